@@ -1,0 +1,24 @@
+"""Typed config of one dataset as used in an experiment (a source or a target)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from omegaconf import MISSING
+
+
+@dataclasses.dataclass
+class DataConfig:
+    name: str = MISSING  # registered dataset name (`zsad data list`)
+    root: str = MISSING  # raw dataset folder; configs/data/*.yaml derive it from ${data_root}
+    categories: list[str] | None = None  # None: every category found under root
+    # Zero-shot protocol: the auxiliary training data is the *test* split of the source dataset.
+    train_split: str = "test"
+    test_split: str = "test"
+    eval_size: int | None = None  # resolution of masks/maps for metrics; None: the model's input size
+    mask_interpolation: str = "nearest"  # "nearest" or "bilinear" (> 0.5 afterwards, as the authors' code)
+    batch_size: int = 8
+    eval_batch_size: int = 8
+    num_workers: int = 2
+    pin_memory: bool = True
+    hflip_p: float = 0.0
