@@ -1,16 +1,28 @@
-"""Benchmarks: raw-layout parsers into one index, a torch dataset and a LightningDataModule."""
+"""Benchmarks: raw-layout parsers into one index, a torch dataset and a LightningDataModule.
 
-from datamodules.config import DataConfig
-from datamodules.datamodule import AnomalyDataModule
-from datamodules.index import DatasetIndex, DatasetSpec, SampleRecord, build_index, dataset_names, get_dataset_spec
+Imports are lazy so that light commands (``zsad data synth``) do not pay for importing Lightning.
+"""
 
-__all__ = [
-    "AnomalyDataModule",
-    "DataConfig",
-    "DatasetIndex",
-    "DatasetSpec",
-    "SampleRecord",
-    "build_index",
-    "dataset_names",
-    "get_dataset_spec",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AnomalyDataModule": "datamodules.datamodule",
+    "DataConfig": "datamodules.config",
+    "DatasetIndex": "datamodules.index",
+    "DatasetSpec": "datamodules.index",
+    "SampleRecord": "datamodules.index",
+    "build_index": "datamodules.index",
+    "dataset_names": "datamodules.index",
+    "get_dataset_spec": "datamodules.index",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'datamodules' has no attribute {name!r}")

@@ -1,0 +1,172 @@
+"""AnomalyCLIP as a plain torch model: object-agnostic prompts on a frozen CLIP.
+
+Only :class:`ObjectAgnosticPrompts` trains (about 43k numbers for ViT-L-14); the CLIP weights are frozen.
+Image features do not depend on the prompts, so :meth:`AnomalyCLIP.encode_images` runs without gradients
+and :meth:`AnomalyCLIP.scores` turns (cached or fresh) image features into logits and maps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from lightning_modules.anomalyclip.config import AnomalyCLIPConfig
+from lightning_modules.clip import DualPathVisionEncoder, PromptTextEncoder, create_clip
+from lightning_modules.losses import dice_loss, focal_loss
+from lightning_modules.ops import gaussian_blur, l2_normalize, patch_class_probabilities
+
+NORMAL, ABNORMAL = 0, 1
+
+
+class ObjectAgnosticPrompts(nn.Module):
+    """``[V1..Vn] object .`` / ``[W1..Wn] damaged object .`` plus deep text tokens.
+
+    The learnable vectors replace the embeddings of ``n`` placeholder words right after the start token;
+    the rest of each prompt (words, end token, padding) stays CLIP's own token embeddings.
+    """
+
+    def __init__(
+        self,
+        text_encoder: PromptTextEncoder,
+        tokenizer,
+        prompt_length: int,
+        deep_prompt_length: int,
+        num_deep_blocks: int,
+    ) -> None:
+        super().__init__()
+        width = text_encoder.width
+        placeholder = " ".join(["X"] * prompt_length)
+        token_ids = tokenizer([f"{placeholder} object.", f"{placeholder} damaged object."])
+        with torch.no_grad():
+            embeddings = text_encoder.embed(token_ids)
+        self.register_buffer("token_ids", token_ids, persistent=False)
+        self.register_buffer("prefix", embeddings[:, :1].clone(), persistent=False)
+        self.register_buffer("suffix", embeddings[:, 1 + prompt_length :].clone(), persistent=False)
+        self.normal_context = nn.Parameter(torch.empty(prompt_length, width).normal_(std=0.02))
+        self.abnormal_context = nn.Parameter(torch.empty(prompt_length, width).normal_(std=0.02))
+        self.deep_tokens = nn.ParameterList(
+            nn.Parameter(torch.empty(deep_prompt_length, width).normal_(std=0.02)) for _ in range(num_deep_blocks)
+        )
+
+    def forward(self) -> torch.Tensor:
+        """Prompt embeddings ``[2, L, width]``: index 0 normal, 1 abnormal."""
+        context = torch.stack([self.normal_context, self.abnormal_context]).to(self.prefix.dtype)
+        return torch.cat([self.prefix, context, self.suffix], dim=1)
+
+
+@dataclasses.dataclass
+class ImageFeatures:
+    """What the frozen image encoder produces for AnomalyCLIP (cacheable: independent of the prompts)."""
+
+    image_embedding: torch.Tensor  # [B, D] L2-normalised class embedding
+    patch_embeddings: dict[int, torch.Tensor]  # layer -> [B, N, D] L2-normalised V-V patch embeddings
+    grid: tuple[int, int]
+
+
+@dataclasses.dataclass
+class AnomalyCLIPOutput:
+    image_logits: torch.Tensor  # [B, 2] cosine / temperature (normal, abnormal)
+    pixel_probs: dict[int, torch.Tensor]  # layer -> [B, 2, H, W] upsampled class probabilities
+
+    @property
+    def image_scores(self) -> torch.Tensor:
+        return self.image_logits.softmax(dim=-1)[:, ABNORMAL]
+
+    def anomaly_map(self) -> torch.Tensor:
+        """``sum_layers (S_a + 1 - S_n) / 2`` as in the authors' test code: ``[B, H, W]``."""
+        return sum((p[:, ABNORMAL] + 1.0 - p[:, NORMAL]) / 2.0 for p in self.pixel_probs.values())
+
+
+class AnomalyCLIP(nn.Module):
+    def __init__(self, cfg: AnomalyCLIPConfig, clip_model: nn.Module | None = None, tokenizer=None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        if clip_model is None:
+            clip_model, tokenizer = create_clip(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir)
+        clip_model.eval().requires_grad_(False)
+        self.clip = clip_model
+        self.vision = DualPathVisionEncoder(
+            clip_model.visual,
+            image_size=cfg.backbone.image_size,
+            dpam_blocks=range(cfg.dpam_start_block, len(clip_model.visual.transformer.resblocks) + 1),
+            pos_embed_interpolation=cfg.backbone.pos_embed_interpolation,
+        )
+        self.text = PromptTextEncoder(clip_model)
+        self._check_layers()
+        self.prompts = ObjectAgnosticPrompts(
+            self.text, tokenizer, cfg.prompt_length, cfg.deep_prompt_length, len(cfg.deep_prompt_blocks)
+        )
+
+    def _check_layers(self) -> None:
+        blocks = self.cfg.deep_prompt_blocks
+        if blocks and blocks != list(range(blocks[0], blocks[0] + len(blocks))):
+            raise ValueError(f"deep_prompt_blocks must be consecutive text blocks, got {blocks}")
+        if blocks and (blocks[0] < 2 or blocks[-1] > self.text.depth):
+            raise ValueError(f"deep_prompt_blocks must lie in 2..{self.text.depth} (block 1 gets none), got {blocks}")
+        bad = [layer for layer in self.cfg.map_layers if not 1 <= layer <= self.vision.depth]
+        if bad or not self.cfg.map_layers:
+            raise ValueError(f"map_layers must be non-empty and lie in 1..{self.vision.depth}, got {self.cfg.map_layers}")
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.prompts.parameters())
+
+    def train(self, mode: bool = True) -> AnomalyCLIP:
+        """The frozen CLIP always stays in eval mode (no dropout), whatever Lightning asks."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> ImageFeatures:
+        features = self.vision(images, layers=self.cfg.map_layers)
+        image_embedding = self.vision.project(features.class_token, ln_post=self.cfg.image_embedding_ln_post)
+        patches = {
+            layer: l2_normalize(self.vision.project(tokens[:, 1:], ln_post=True))
+            for layer, tokens in features.tokens.items()
+        }
+        return ImageFeatures(l2_normalize(image_embedding), patches, features.grid)
+
+    def text_embeddings(self) -> torch.Tensor:
+        """``[2, D]`` L2-normalised (0 normal, 1 abnormal); differentiable w.r.t. the prompts."""
+        deep = list(self.prompts.deep_tokens)
+        if self.cfg.round_deep_prompts_fp16:
+            deep = [d.half().float() for d in deep]
+        first = self.cfg.deep_prompt_blocks[0] if self.cfg.deep_prompt_blocks else 2
+        features = self.text(self.prompts(), self.prompts.token_ids, deep, deep_first_block=first)
+        return l2_normalize(features.float())
+
+    def scores(self, features: ImageFeatures, size: tuple[int, int]) -> AnomalyCLIPOutput:
+        text = self.text_embeddings()
+        image_logits = features.image_embedding.float() @ text.t() / self.cfg.temperature
+        pixel_probs = {
+            layer: patch_class_probabilities(patches.float(), text, features.grid, size, self.cfg.temperature)
+            for layer, patches in features.patch_embeddings.items()
+        }
+        return AnomalyCLIPOutput(image_logits, pixel_probs)
+
+    def forward(self, images: torch.Tensor, size: tuple[int, int] | None = None) -> AnomalyCLIPOutput:
+        size = size or tuple(images.shape[-2:])
+        return self.scores(self.encode_images(images), size)
+
+    def loss(self, output: AnomalyCLIPOutput, labels: torch.Tensor, masks: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """``CE(image) + lambda * sum_layers [focal + dice(S_a, gt) + dice(S_n, 1 - gt)]``.
+
+        ``masks=None`` (auxiliary data without pixel labels) trains with the image loss only.
+        """
+        image_loss = torch.nn.functional.cross_entropy(output.image_logits, labels.long())
+        pixel_loss = image_loss.new_zeros(())
+        if masks is not None:
+            gt = (masks > 0.5).float()
+            for probs in output.pixel_probs.values():
+                pixel_loss = pixel_loss + focal_loss(probs, gt, gamma=self.cfg.focal_gamma)
+                pixel_loss = pixel_loss + dice_loss(probs[:, ABNORMAL], gt) + dice_loss(probs[:, NORMAL], 1.0 - gt)
+        total = image_loss + self.cfg.pixel_loss_weight * pixel_loss
+        return {"loss": total, "image_loss": image_loss, "pixel_loss": pixel_loss}
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batched inference: ``(image scores [B], smoothed anomaly maps [B, H, W])``, one per image."""
+        output = self(images, size)
+        return output.image_scores, gaussian_blur(output.anomaly_map(), self.cfg.gaussian_sigma)

@@ -1,0 +1,107 @@
+"""What every method's LightningModule shares: the evaluation loop and trimmed checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import lightning as L
+import torch
+
+from pipelines.errors import ZsadError
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    fpr_limit: float = 0.3  # AUPRO integrates PRO over FPR in [0, fpr_limit]
+    aupro_method: str = "exact"  # "exact", or "legacy_cflow" only to compare with published numbers
+    pixel_score_dtype: str = "float16"  # storage of pixel scores while a category accumulates
+
+
+class ZeroShotModule(L.LightningModule):
+    """Subclasses implement :meth:`predict_batch`; the test loop feeds an ``AnomalyEvaluator`` built for
+    the datamodule's categories and keeps the result in :attr:`test_results`.
+
+    Checkpoints hold only trainable parameters: frozen CLIP weights are rebuilt from the backbone config,
+    which is stored beside them and checked on load.
+    """
+
+    method_name: str = "?"
+
+    def __init__(self, eval_cfg: EvalConfig | None = None) -> None:
+        super().__init__()
+        self.eval_cfg = eval_cfg or EvalConfig()
+        self.evaluator = None
+        self.test_results = None
+        self.strict_loading = False  # frozen weights are deliberately absent from checkpoints
+
+    # --- evaluation -------------------------------------------------------------------------------
+    def predict_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(image scores [B], anomaly maps [B, H, W] at the mask size or None)``."""
+        raise NotImplementedError
+
+    def on_test_epoch_start(self) -> None:
+        from lightning_modules.metrics import AnomalyEvaluator
+
+        datamodule = self.trainer.datamodule
+        self.evaluator = AnomalyEvaluator(
+            categories=datamodule.categories,
+            pixel_metrics=datamodule.full_index.has_masks,
+            fpr_limit=self.eval_cfg.fpr_limit,
+            aupro_method=self.eval_cfg.aupro_method,
+            pixel_score_dtype=getattr(torch, self.eval_cfg.pixel_score_dtype),
+        ).to(self.device)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        scores, maps = self.predict_batch(batch)
+        self.evaluator.update(
+            category_ids=batch["category_id"],
+            sample_ids=batch["sample_id"],
+            image_scores=scores.float(),
+            labels=batch["label"],
+            anomaly_maps=maps,
+            masks=batch["mask"] if maps is not None else None,
+            has_mask=batch["has_mask"],
+        )
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self.evaluator.compute()
+        self.evaluator.reset()
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def trainable_state_keys(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def checkpoint_identity(self) -> dict[str, Any]:
+        """What must match between the module that saved a checkpoint and the one loading it."""
+        return {"method": self.method_name}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = self.trainable_state_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["zsad"] = self.checkpoint_identity()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_checkpoint(self, checkpoint, source="checkpoint")
+
+    def load_trained_weights(self, path: str) -> None:
+        """Load the trainable state of a checkpoint written by this module type (``zsad test``)."""
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        except FileNotFoundError:
+            raise ZsadError(f"checkpoint not found: {path}") from None
+        except Exception as error:  # noqa: BLE001 - a corrupt file of any kind
+            raise ZsadError(f"cannot read checkpoint {path}: {error}") from None
+        check_checkpoint(self, checkpoint, source=path)
+        self.load_state_dict(checkpoint["state_dict"], strict=False)
+
+
+def check_checkpoint(module: ZeroShotModule, checkpoint: dict[str, Any], source: str) -> None:
+    saved = checkpoint.get("zsad")
+    expected = module.checkpoint_identity()
+    if saved is not None and saved != expected:
+        diff = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
+        raise ZsadError(f"{source} was trained with a different setup: {diff} (saved, current)")
+    missing = module.trainable_state_keys() - set(checkpoint.get("state_dict", {}))
+    if missing:
+        raise ZsadError(f"{source} lacks trained parameters {sorted(missing)[:3]}... for method '{module.method_name}'")

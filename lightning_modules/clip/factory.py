@@ -1,0 +1,84 @@
+"""Creating open_clip models offline.
+
+Weights are never downloaded at run time on the clusters this targets, so a model is created from
+(1) a local weights file, (2) a pretrained tag already in the Hugging Face / open_clip cache, or
+(3) random weights when ``pretrained`` is null (tests and the demo). Anything else fails with one message
+that says where to put the weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import open_clip
+import torch
+
+from pipelines.errors import WeightsNotFoundError, ZsadError
+
+TINY_MODEL = "zsad-tiny-vit"  # registered below: random weights only, for tests and the demo
+RANDOM_WEIGHTS = (None, "", "none", "random")
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+_registered = False
+
+
+def register_builtin_configs() -> None:
+    """Make zsad's own architectures (the tiny test ViT) known to open_clip."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(_CONFIG_DIR)
+        _registered = True
+
+
+def _weights_hint(name: str, pretrained: str) -> str:
+    try:
+        cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    except Exception:  # noqa: BLE001 - only used to improve the message
+        cfg = {}
+    hub = cfg.get("hf_hub", "").rstrip("/") if cfg else ""
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME", "~/.cache/huggingface") + "/hub"
+    where = f"the Hugging Face cache ({cache}, repo {hub})" if hub else f"the open_clip cache ({cache})"
+    return (
+        f"CLIP weights '{name}' / '{pretrained}' are not available offline: download them where you have "
+        f"internet and copy the file here, then set method.backbone.pretrained=/path/to/weights.bin "
+        f"(or put them into {where})"
+    )
+
+
+def create_clip(
+    name: str,
+    pretrained: str | None,
+    cache_dir: str | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[open_clip.CLIP, open_clip.tokenizer.SimpleTokenizer]:
+    """Return ``(model, tokenizer)`` in eval mode with every parameter frozen."""
+    register_builtin_configs()
+    if name not in open_clip.list_models():
+        raise ZsadError(
+            f"unknown CLIP architecture '{name}'; known include {TINY_MODEL}, ViT-L-14-336-quickgelu, "
+            f"ViT-B-16-plus-240 (see open_clip.list_models())"
+        )
+    if isinstance(pretrained, str) and pretrained.lower() in RANDOM_WEIGHTS:
+        pretrained = None
+    if pretrained is not None and ("/" in pretrained or pretrained.endswith((".bin", ".pt", ".pth", ".safetensors"))):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(
+                f"CLIP weights file not found: {path}; set method.backbone.pretrained to an existing file "
+                f"or to a pretrained tag such as 'openai' that is in your cache"
+            )
+        pretrained = str(path)
+    elif pretrained is not None and pretrained not in open_clip.list_pretrained_tags_by_model(name):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise WeightsNotFoundError(
+            f"'{pretrained}' is neither a file nor a pretrained tag of {name} (tags: {', '.join(tags) or 'none'})"
+        )
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained, cache_dir=cache_dir, device=device)
+    except (OSError, RuntimeError, ValueError) as error:
+        if pretrained is None or Path(pretrained).is_file():
+            raise ZsadError(f"cannot load CLIP '{name}' from {pretrained}: {error}") from error
+        raise WeightsNotFoundError(_weights_hint(name, pretrained)) from error
+    model.eval().requires_grad_(False)
+    tokenizer = open_clip.get_tokenizer(name)
+    return model, tokenizer

@@ -1,0 +1,90 @@
+"""CLIP text encoder that accepts learned prompt embeddings and per-block deep tokens.
+
+Prompt learning methods (AnomalyCLIP, CoOp) replace some token embeddings of a tokenised template with
+learned vectors; AnomalyCLIP additionally *overwrites* the hidden states at positions ``1..k`` of some
+text blocks with learned deep tokens. The end-of-text position comes from the token ids (argmax, as CLIP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class PromptTextEncoder(nn.Module):
+    """Shares the text tower of an open_clip ``CLIP`` (or ``CustomTextCLIP``) model."""
+
+    def __init__(self, clip_model: nn.Module) -> None:
+        super().__init__()
+        tower = getattr(clip_model, "text", clip_model)
+        if getattr(tower, "cls_emb", None) is not None:
+            raise TypeError("text towers with an appended class token (CoCa) are not supported")
+        pool = getattr(clip_model, "text_pool_type", getattr(tower, "pool_type", "argmax"))
+        if pool != "argmax":
+            raise TypeError(f"text pooling '{pool}' is not supported; CLIP models pool at argmax(token ids)")
+        self.token_embedding = tower.token_embedding
+        self.positional_embedding = tower.positional_embedding
+        self.transformer = tower.transformer
+        self.ln_final = tower.ln_final
+        self.text_projection = tower.text_projection
+        mask = getattr(clip_model, "attn_mask", getattr(tower, "attn_mask", None))
+        self.register_buffer("attn_mask", mask, persistent=False)
+        self.batch_first = getattr(self.transformer, "batch_first", True)
+
+    @property
+    def width(self) -> int:
+        return self.token_embedding.weight.shape[1]
+
+    @property
+    def depth(self) -> int:
+        return len(self.transformer.resblocks)
+
+    @property
+    def context_length(self) -> int:
+        return self.positional_embedding.shape[0]
+
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings ``[n, L, width]`` of tokenised text (no position embedding)."""
+        return self.token_embedding(token_ids)
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        token_ids: torch.Tensor,
+        deep_tokens: Sequence[torch.Tensor] | None = None,
+        deep_first_block: int = 2,
+    ) -> torch.Tensor:
+        """Text features ``[n, output_dim]`` (not normalised).
+
+        Args:
+            embeddings: ``[n, L, width]`` token embeddings, possibly with learned vectors spliced in.
+            token_ids: ``[n, L]`` the tokenised template; only used to find the end-of-text position.
+            deep_tokens: tensors ``[k, width]``; the j-th overwrites positions ``1..k`` of the hidden state
+                entering block ``deep_first_block + j`` (1-indexed), shared by all ``n`` prompts.
+        """
+        n, length, _ = embeddings.shape
+        x = embeddings + self.positional_embedding[:length].to(embeddings.dtype)
+        mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
+        deep_tokens = list(deep_tokens or ())
+        if deep_tokens and deep_first_block + len(deep_tokens) - 1 > self.depth:
+            raise ValueError(f"{len(deep_tokens)} deep token blocks from block {deep_first_block} exceed depth {self.depth}")
+        for i, block in enumerate(self.transformer.resblocks, start=1):
+            j = i - deep_first_block
+            if 0 <= j < len(deep_tokens):
+                deep = deep_tokens[j].to(x.dtype).expand(n, -1, -1)
+                x = torch.cat([x[:, :1], deep, x[:, 1 + deep.shape[1] :]], dim=1)
+            if self.batch_first:
+                x = block(x, attn_mask=mask)
+            else:
+                x = block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+        x = self.ln_final(x)
+        pooled = x[torch.arange(n, device=x.device), token_ids.argmax(dim=-1)]
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(pooled)
+        return pooled @ self.text_projection
+
+    def encode(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Plain CLIP text features for tokenised text (hand-written prompts)."""
+        return self(self.embed(token_ids), token_ids)

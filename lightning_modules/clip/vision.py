@@ -1,0 +1,168 @@
+"""CLIP image encoder with intermediate tokens and the V-V attention dual path (DPAM).
+
+In the chosen blocks, besides the standard attention ``softmax(Q K^T / sqrt(d)) V`` we compute
+``softmax(V V^T / sqrt(d)) V`` from the same qkv projection and output projection, and keep two
+residual streams (METHODS.md §1):
+
+- original stream: standard CLIP, unchanged (attention + MLP);
+- V-V stream: at the first dual block ``x_vv = x + AttnVV(LN1(x))``; at later dual blocks
+  ``x_vv += AttnVV(LN1(x_ori))`` with the input taken from the *original* stream, and no MLP.
+
+The class token comes from the original stream; patch tokens for anomaly maps from the V-V stream.
+Both attentions run through PyTorch's fused ``scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+POS_EMBED_INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+@dataclasses.dataclass
+class VisionFeatures:
+    class_token: torch.Tensor  # [B, width] original stream after the last block, before ln_post
+    tokens: dict[int, torch.Tensor]  # 1-indexed block -> [B, 1 + N, width]; V-V stream inside DPAM blocks
+    grid: tuple[int, int]  # patch grid (rows, cols) of the N patch tokens
+
+
+def resize_position_embedding(pos_embed: torch.Tensor, grid: int, mode: str = "bilinear") -> torch.Tensor:
+    """Resize ``[1 + s*s, D]`` to ``[1 + grid*grid, D]``; the class position is kept.
+
+    ``bilinear`` (no antialiasing) is what AnomalyCLIP's code does at 518 px; ``bicubic`` with antialiasing
+    is open_clip's own resize. They differ by ~5e-2 in the table, so faithful configs pick the authors'.
+    """
+    if mode not in POS_EMBED_INTERPOLATIONS:
+        raise ValueError(f"pos_embed_interpolation must be one of {POS_EMBED_INTERPOLATIONS}, got {mode!r}")
+    side = int(round((pos_embed.shape[0] - 1) ** 0.5))
+    if side * side + 1 != pos_embed.shape[0]:
+        raise ValueError(f"position embedding of length {pos_embed.shape[0]} is not 1 + a square grid")
+    if side == grid:
+        return pos_embed.clone()
+    table = pos_embed[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    if mode == "bilinear":
+        table = F.interpolate(table, size=(grid, grid), mode="bilinear", align_corners=False)
+    else:
+        table = F.interpolate(table, size=(grid, grid), mode="bicubic", align_corners=False, antialias=True)
+    table = table.permute(0, 2, 3, 1).reshape(grid * grid, -1).to(pos_embed.dtype)
+    return torch.cat([pos_embed[:1], table], dim=0)
+
+
+class DualPathVisionEncoder(nn.Module):
+    """Wraps an open_clip ``VisionTransformer`` (weights shared, never modified).
+
+    Args:
+        visual: ``clip_model.visual``.
+        image_size: input size; the position embedding is interpolated when the grid changes.
+        dpam_blocks: 1-indexed blocks that run the dual path; must be contiguous (empty: plain CLIP).
+        pos_embed_interpolation: ``"bilinear"`` (AnomalyCLIP) or ``"bicubic"`` (open_clip).
+    """
+
+    def __init__(
+        self,
+        visual: nn.Module,
+        image_size: int,
+        dpam_blocks: Iterable[int] = (),
+        pos_embed_interpolation: str = "bilinear",
+    ) -> None:
+        super().__init__()
+        for attribute in ("conv1", "class_embedding", "positional_embedding", "ln_pre", "ln_post", "proj", "transformer"):
+            if not hasattr(visual, attribute):
+                raise TypeError(f"expected an open_clip VisionTransformer, got {type(visual).__name__} without {attribute}")
+        if getattr(visual, "attn_pool", None) is not None:
+            raise TypeError("vision towers with attentional pooling are not supported")
+        self.visual = visual
+        self.blocks = visual.transformer.resblocks
+        self.batch_first = getattr(visual.transformer, "batch_first", True)
+        patch = visual.conv1.kernel_size[0]
+        if image_size % patch:
+            raise ValueError(f"image_size {image_size} is not a multiple of the patch size {patch}")
+        self.image_size = image_size
+        self.grid = image_size // patch
+        self.register_buffer(
+            "pos_embed",
+            resize_position_embedding(visual.positional_embedding.detach(), self.grid, pos_embed_interpolation),
+            persistent=False,
+        )
+        self.dpam_blocks = self._check_blocks(sorted(set(dpam_blocks)))
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def width(self) -> int:
+        return self.visual.conv1.out_channels
+
+    @property
+    def output_dim(self) -> int:
+        return self.visual.proj.shape[1]
+
+    def _check_blocks(self, blocks: Sequence[int]) -> frozenset[int]:
+        if blocks and (blocks[0] < 1 or blocks[-1] > self.depth):
+            raise ValueError(f"DPAM blocks must lie in 1..{self.depth}, got {blocks}")
+        if blocks and list(blocks) != list(range(blocks[0], blocks[-1] + 1)):
+            raise ValueError(f"DPAM blocks must be contiguous, got {blocks}")
+        for i in blocks:
+            attn = getattr(self.blocks[i - 1], "attn", None)
+            if not isinstance(attn, nn.MultiheadAttention):
+                raise TypeError(f"block {i} has no standard multi-head attention; DPAM cannot be applied")
+        return frozenset(blocks)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch embedding + class token + position embedding + ln_pre: ``[B, 1 + N, width]``."""
+        x = self.visual.conv1(images.to(self.visual.conv1.weight.dtype))
+        x = x.flatten(2).transpose(1, 2)
+        cls = self.visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype)
+        return self.visual.ln_pre(x)
+
+    def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.batch_first:
+            return block(x)
+        return block(x.transpose(0, 1)).transpose(0, 1)
+
+    @staticmethod
+    def _dual_block(block: nn.Module, x: torch.Tensor, x_vv: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        attn: nn.MultiheadAttention = block.attn
+        b, n, width = x.shape
+        heads = attn.num_heads
+        qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = qkv.view(b, n, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+        original = F.scaled_dot_product_attention(q, k, v)
+        value_value = F.scaled_dot_product_attention(v, v, v)
+
+        def project(out: torch.Tensor) -> torch.Tensor:
+            return F.linear(out.transpose(1, 2).reshape(b, n, width), attn.out_proj.weight, attn.out_proj.bias)
+
+        x_ori = x + block.ls_1(project(original))
+        x_ori = x_ori + block.ls_2(block.mlp(block.ln_2(x_ori)))
+        x_vv = (x if x_vv is None else x_vv) + block.ls_1(project(value_value))
+        return x_ori, x_vv
+
+    def forward(self, images: torch.Tensor, layers: Iterable[int] = ()) -> VisionFeatures:
+        wanted = set(layers)
+        if wanted and (min(wanted) < 1 or max(wanted) > self.depth):
+            raise ValueError(f"requested layers {sorted(wanted)} outside 1..{self.depth}")
+        x = self.embed(images)
+        x_vv: torch.Tensor | None = None
+        tokens: dict[int, torch.Tensor] = {}
+        for i, block in enumerate(self.blocks, start=1):
+            if i in self.dpam_blocks:
+                x, x_vv = self._dual_block(block, x, x_vv)
+            else:
+                x = self._block(block, x)
+            if i in wanted:
+                tokens[i] = x_vv if x_vv is not None else x
+        return VisionFeatures(class_token=x[:, 0], tokens=tokens, grid=(self.grid, self.grid))
+
+    def project(self, tokens: torch.Tensor, ln_post: bool = True) -> torch.Tensor:
+        """Into the joint image-text space: ``ln_post(tokens) @ proj`` (or without ``ln_post``)."""
+        if ln_post:
+            tokens = self.visual.ln_post(tokens)
+        return tokens @ self.visual.proj

@@ -1,0 +1,65 @@
+"""Small tensor operations shared by the methods' scoring code."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def patch_class_probabilities(
+    patch_embeddings: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    grid: tuple[int, int],
+    size: tuple[int, int],
+    temperature: float = 0.07,
+) -> torch.Tensor:
+    """Per-pixel class probabilities ``[B, C, H, W]``.
+
+    ``patch_embeddings`` ``[B, N, D]`` and ``text_embeddings`` ``[C, D]`` must be L2-normalised; the patch
+    softmax over classes is reshaped to the token grid and bilinearly upsampled (align_corners=False, as the
+    authors' ``get_similarity_map``).
+    """
+    logits = patch_embeddings @ text_embeddings.t() / temperature
+    probs = logits.softmax(dim=-1)
+    b, _, c = probs.shape
+    probs = probs.transpose(1, 2).reshape(b, c, *grid)
+    return F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
+
+
+def _symmetric_indices(length: int, pad: int, device: torch.device) -> torch.Tensor:
+    """Indices of scipy's ``mode='reflect'`` padding (edge sample repeated), valid for any ``pad``."""
+    idx = torch.arange(-pad, length + pad, device=device)
+    period = 2 * length
+    idx = torch.remainder(idx, period)
+    return torch.where(idx >= length, period - 1 - idx, idx)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """Batched Gaussian filter of ``[B, H, W]`` maps, equal to ``scipy.ndimage.gaussian_filter(m, sigma)``
+    per image (same kernel radius ``int(truncate * sigma + 0.5)`` and reflect boundary)."""
+    if sigma <= 0:
+        return maps
+    radius = int(truncate * float(sigma) + 0.5)
+    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(maps.dtype)
+    b, h, w = maps.shape
+    out = maps.reshape(b, 1, h, w)
+    rows = _symmetric_indices(h, radius, maps.device)
+    cols = _symmetric_indices(w, radius, maps.device)
+    out = F.conv2d(out[:, :, rows, :], kernel.view(1, 1, -1, 1))
+    out = F.conv2d(out[:, :, :, cols], kernel.view(1, 1, 1, -1))
+    return out.reshape(b, h, w)
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny if x.is_floating_point() else 1e-12)
+
+
+def grid_side(num_tokens: int) -> int:
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise ValueError(f"{num_tokens} patch tokens do not form a square grid")
+    return side

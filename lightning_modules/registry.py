@@ -1,0 +1,50 @@
+"""Method registry: name -> (config dataclass, LightningModule class, what it needs).
+
+A method is a plain-torch model, a LightningModule and a typed config; registering it here makes it
+usable by ``zsad train/test/run`` and in sweeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from pipelines.errors import ZsadError
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config_class: type
+    build_module: Callable[[Any, Any], Any]  # (method config, EvalConfig) -> ZeroShotModule
+    trains: bool
+    needs: str  # e.g. "image labels + masks of the auxiliary data"
+    description: str = ""
+
+
+_METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    if spec.name in _METHODS:
+        raise ValueError(f"method '{spec.name}' registered twice")
+    _METHODS[spec.name] = spec
+    return spec
+
+
+def _load_builtin_methods() -> None:
+    import lightning_modules.anomalyclip  # noqa: F401
+
+
+def get_method(name: str) -> MethodSpec:
+    _load_builtin_methods()
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise ZsadError(f"unknown method '{name}'; known: {', '.join(sorted(_METHODS))}") from None
+
+
+def method_names() -> list[str]:
+    _load_builtin_methods()
+    return sorted(_METHODS)
