@@ -44,7 +44,8 @@ def resize_position_embedding(pos_embed: torch.Tensor, grid: int, mode: str = "b
         raise ValueError(f"position embedding of length {pos_embed.shape[0]} is not 1 + a square grid")
     if side == grid:
         return pos_embed.clone()
-    table = pos_embed[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    compute_dtype = torch.float64 if pos_embed.dtype == torch.float64 else torch.float32
+    table = pos_embed[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2).to(compute_dtype)
     if mode == "bilinear":
         table = F.interpolate(table, size=(grid, grid), mode="bilinear", align_corners=False)
     else:

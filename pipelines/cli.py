@@ -1,0 +1,172 @@
+"""The ``zsad`` command.
+
+    zsad demo                          synthetic source + target, train AnomalyCLIP (tiny CLIP), evaluate
+    zsad train CONFIG [k=v ...]        train on the experiment's source
+    zsad test CONFIG checkpoint=... [k=v ...]   evaluate on the experiment's targets
+    zsad run EXPERIMENT [k=v ...]      train on the source's test split, then evaluate every target
+    zsad methods                       registered methods
+    zsad data synth|list|check ...     datasets
+    zsad evaluate-maps ...             metrics of saved anomaly maps against a dataset's ground truth
+
+User errors print one line and exit 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pipelines.errors import ZsadError
+
+EXIT_USER_ERROR = 2
+
+
+def _experiment_command(job: str) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        from pipelines import runner
+        from pipelines.config import compose, to_object
+
+        cfg = to_object(compose(args.config, args.overrides))
+        outcome = getattr(runner, job)(cfg)
+        _report(outcome)
+        return 0
+
+    return command
+
+
+def _report(outcome) -> None:
+    from pipelines.results import format_table
+
+    if outcome.results and outcome.results.get("targets"):
+        print()
+        print(format_table(outcome.results))
+        print()
+    print(f"run directory: {outcome.run_dir}")
+    if outcome.checkpoint:
+        print(f"checkpoint:    {outcome.checkpoint}")
+    if outcome.results:
+        print(f"results:       {outcome.run_dir / 'results.json'} and results.csv")
+    for note in outcome.notes:
+        print(note)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Generate the two synthetic domains (reused when already there) and run configs/experiment/demo.yaml."""
+    from datamodules.synthetic import MANIFEST_NAME, generate_synthetic_dataset
+    from pipelines import runner
+    from pipelines.config import compose, to_object
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"output_dir={args.out}")
+    cfg = to_object(compose("demo", overrides))
+    for data_cfg, style in ((cfg.source, "industrial"), (cfg.targets[0], "vivid")):
+        root = Path(data_cfg.root)
+        if (root / MANIFEST_NAME).is_file():
+            print(f"using synthetic '{style}' data in {root}")
+            continue
+        summary = generate_synthetic_dataset(root, seed=args.seed, style=style, overwrite=True)
+        print(f"wrote synthetic '{style}' data: {summary.n_images} images in {root}")
+    _report(runner.run(cfg))
+    return 0
+
+
+def _methods(args: argparse.Namespace) -> int:
+    from lightning_modules.registry import get_method, method_names
+
+    for name in method_names():
+        spec = get_method(name)
+        print(f"{name:14s} {'trains' if spec.trains else 'training-free':14s} needs: {spec.needs}")
+        if spec.description:
+            print(f"{'':14s} {spec.description}")
+    return 0
+
+
+def _optional(module: str, attribute: str):
+    """Subcommands that live with their feature (datasets, metrics); absent ones are not offered."""
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError):
+        return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zsad", description="Zero-shot anomaly detection experiments.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for job, text in (
+        ("train", "train the method of CONFIG on its source dataset"),
+        ("test", "evaluate on the targets of CONFIG (trained methods need checkpoint=...)"),
+        ("run", "train on the source's test split, then evaluate on every target"),
+    ):
+        p = sub.add_parser(job, help=text, description=text)
+        p.add_argument("config", help="experiment config: a name under configs/experiment/ or a .yaml path")
+        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_epochs=3 method=anomalyclip")
+        p.set_defaults(func=_experiment_command(job))
+
+    demo = sub.add_parser("demo", help="the end-to-end demo on synthetic data (tiny CLIP, CPU, minutes)")
+    demo.add_argument("--out", help="output folder (default: runs)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic datasets")
+    demo.add_argument("overrides", nargs="*", help="key=value overrides of configs/experiment/demo.yaml")
+    demo.set_defaults(func=_demo)
+
+    methods = sub.add_parser("methods", help="list the registered methods")
+    methods.set_defaults(func=_methods)
+
+    data = sub.add_parser("data", help="datasets: generate synthetic data, list and check benchmarks")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    from datamodules import synthetic
+
+    synth = data_sub.add_parser("synth", help="write a synthetic dataset in the MVTec AD layout")
+    synthetic.add_arguments(synth)
+    synth.set_defaults(func=synthetic.run)
+    for name, add, run, text in (
+        ("list", "add_list_arguments", "run_list", "the supported benchmarks and their expected counts"),
+        ("check", "add_check_arguments", "run_check", "index and validate a dataset root"),
+    ):
+        add_arguments, run_command = _optional("datamodules.cli", add), _optional("datamodules.cli", run)
+        if add_arguments and run_command:
+            p = data_sub.add_parser(name, help=text)
+            add_arguments(p)
+            p.set_defaults(func=run_command)
+
+    add_maps, run_maps = _optional("pipelines.evaluate_maps", "add_arguments"), _optional("pipelines.evaluate_maps", "run")
+    if add_maps and run_maps:
+        p = sub.add_parser("evaluate-maps", help="evaluate saved anomaly maps against a dataset's ground truth")
+        add_maps(p)
+        p.set_defaults(func=run_maps)
+    return parser
+
+
+def user_message(error: BaseException) -> str:
+    """One line. Errors re-raised from DataLoader workers carry the worker's traceback: keep its last line."""
+    text = str(error).strip()
+    if "Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = re.sub(r"^[\w.]+(Error|Exception): ", "", last)
+    return " ".join(text.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ZsadError as error:
+        if args.debug:
+            raise
+        print(f"zsad: error: {user_message(error)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("zsad: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Typed, composable experiment configs.
+
+An experiment YAML names its parts in ``defaults`` and overrides what it needs::
+
+    defaults:
+      method: anomalyclip        # configs/method/anomalyclip.yaml
+      source: mvtec              # configs/data/mvtec.yaml: trained on (its test split)
+      targets: [visa, mpdd]      # evaluated on
+    name: anomalyclip_mvtec_to_visa
+    trainer: {max_epochs: 15}
+
+Composition order: the dataclass schema <- configs/base.yaml <- method/data files <- the experiment body
+<- command-line ``key=value`` overrides. ``method=NAME``, ``source=NAME`` and ``targets=[A,B]`` on the
+command line pick other files. Unknown keys, wrong types and missing values are :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from datamodules.config import DataConfig
+from lightning_modules.base import EvalConfig
+from pipelines.errors import ConfigError
+
+GROUPS = ("method", "source", "targets")
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    max_epochs: int = 15
+    accelerator: str = "auto"
+    devices: str = "auto"  # "auto", a count ("2") or device ids ("0,1")
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    log_every_n_steps: int = 10
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+
+
+@dataclasses.dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline (sync later with `wandb sync`), online, or disabled
+    project: str = "zsad"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class LoggerConfig:
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    seed: int = 111
+    data_root: str = "${oc.env:ZSAD_DATA_ROOT,/datasets}"  # configs/data/*.yaml put each dataset below it
+    output_dir: str = "runs"
+    run_dir: str | None = None  # default: {output_dir}/{name}/{timestamp}
+    checkpoint: str | None = None  # trained weights for `zsad test`
+    method: Any = MISSING  # the registered method's own config dataclass
+    source: DataConfig | None = None  # auxiliary training data (its train_split, the test split by default)
+    targets: list[DataConfig] = dataclasses.field(default_factory=list)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    logger: LoggerConfig = dataclasses.field(default_factory=LoggerConfig)
+
+
+def config_dir() -> Path:
+    """``$ZSAD_CONFIG_DIR``, else the ``configs/`` folder of this checkout."""
+    return Path(os.environ.get("ZSAD_CONFIG_DIR") or Path(__file__).resolve().parents[1] / "configs")
+
+
+def find_config(kind: str, name: str) -> Path:
+    """A config file by path, or by name under ``configs/{kind}/``."""
+    path = Path(name).expanduser()
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = config_dir() / kind / f"{name}.yaml"
+    if candidate.is_file():
+        return candidate
+    available = sorted(p.stem for p in (config_dir() / kind).glob("*.yaml"))
+    raise ConfigError(f"no {kind} config '{name}'; available: {', '.join(available) or 'none'} (or give a path to a .yaml file)")
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        node = OmegaConf.load(path)
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path} must contain a mapping of keys to values")
+    return node
+
+
+def _one_line(error: OmegaConfBaseException, where: str) -> ConfigError:
+    message = str(error).splitlines()[0]
+    full_key = getattr(error, "full_key", None)
+    suffix = f" (key '{full_key}')" if full_key and full_key not in message else ""
+    return ConfigError(f"{where}: {message}{suffix}")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` with a YAML value (``null``, numbers, ``[a,b]``, strings)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}' is not of the form key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _group_node(kind: str, name: Any, schema: type | None) -> DictConfig:
+    if not isinstance(name, str):
+        raise ConfigError(f"'{kind}' must name a config file, got {name!r}")
+    path = find_config(kind, name)
+    body = _load_yaml(path)
+    if schema is None:  # a method: its file names the registered method, whose dataclass is the schema
+        from lightning_modules.registry import get_method
+
+        method_name = body.get("name") or name
+        schema = get_method(str(method_name)).config_class
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), body)
+    except OmegaConfBaseException as error:
+        raise _one_line(error, str(path)) from None
+
+
+def compose(experiment: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """Build the validated config of an experiment (a path or a name under ``configs/experiment``)."""
+    path = find_config("experiment", str(experiment))
+    body = _load_yaml(path)
+    defaults = dict(OmegaConf.to_container(body.pop("defaults", OmegaConf.create({}))) or {})
+    unknown_groups = set(defaults) - set(GROUPS)
+    if unknown_groups:
+        raise ConfigError(f"{path}: unknown entries in defaults: {sorted(unknown_groups)}; allowed: {list(GROUPS)}")
+
+    values: list[tuple[str, Any]] = []
+    for text in overrides:
+        key, value = parse_override(text)
+        is_group_choice = key in GROUPS and (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)))
+        if is_group_choice:
+            defaults[key] = value
+        else:
+            values.append((key, value))
+
+    cfg = OmegaConf.structured(ExperimentConfig)
+    base = config_dir() / "base.yaml"
+    try:
+        if base.is_file():
+            cfg = OmegaConf.merge(cfg, _load_yaml(base))
+        if "method" not in defaults:
+            raise ConfigError(f"{path}: defaults must name a method (e.g. defaults: {{method: anomalyclip}})")
+        cfg.method = _group_node("method", defaults["method"], None)
+        if defaults.get("source"):
+            cfg.source = _group_node("data", defaults["source"], DataConfig)
+        targets = defaults.get("targets") or []
+        cfg.targets = [_group_node("data", t, DataConfig) for t in ([targets] if isinstance(targets, str) else targets)]
+        cfg = OmegaConf.merge(cfg, body)
+    except OmegaConfBaseException as error:
+        raise _one_line(error, str(path)) from None
+
+    for key, value in values:
+        try:
+            OmegaConf.update(cfg, key, value, merge=True)
+        except OmegaConfBaseException as error:
+            raise _one_line(error, f"override '{key}={value}'") from None
+    _validate(cfg, path)
+    return cfg
+
+
+def _validate(cfg: DictConfig, path: Path) -> None:
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as error:
+        raise _one_line(error, str(path)) from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{path}: missing values for {', '.join(missing)} (set them in the file or as key=value)")
+
+
+def to_object(cfg: DictConfig) -> ExperimentConfig:
+    """The typed dataclass tree (``cfg.method`` becomes the method's own config dataclass)."""
+    return OmegaConf.to_object(cfg)
+
+
+def to_yaml(cfg: DictConfig | ExperimentConfig) -> str:
+    node = cfg if isinstance(cfg, DictConfig | ListConfig) else OmegaConf.structured(cfg)
+    return OmegaConf.to_yaml(node)
