@@ -45,6 +45,15 @@ def _weights_hint(name: str, pretrained: str) -> str:
     )
 
 
+def _require_cached(name: str, tag: str, cache_dir: str | None) -> None:
+    try:
+        path = open_clip.download_pretrained(open_clip.get_pretrained_cfg(name, tag), cache_dir=cache_dir)
+    except Exception as error:  # noqa: BLE001 - hub and URL downloads raise many types when offline
+        raise WeightsNotFoundError(_weights_hint(name, tag)) from error
+    if not path or not Path(path).is_file():
+        raise WeightsNotFoundError(_weights_hint(name, tag))
+
+
 def create_clip(
     name: str,
     pretrained: str | None,
@@ -73,6 +82,8 @@ def create_clip(
         raise WeightsNotFoundError(
             f"'{pretrained}' is neither a file nor a pretrained tag of {name} (tags: {', '.join(tags) or 'none'})"
         )
+    if pretrained is not None and not Path(pretrained).is_file():
+        _require_cached(name, pretrained, cache_dir)  # fail before allocating a large random model
     try:
         model = open_clip.create_model(name, pretrained=pretrained, cache_dir=cache_dir, device=device)
     except (OSError, RuntimeError, ValueError) as error:

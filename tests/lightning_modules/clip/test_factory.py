@@ -25,9 +25,9 @@ def test_local_weights_file_is_loaded(tmp_path, tiny_clip):
         assert torch.equal(a, b), name
 
 
-def test_missing_pretrained_weights_give_one_line_with_where_to_put_them():
+def test_missing_pretrained_weights_give_one_line_with_where_to_put_them(tmp_path):
     with pytest.raises(WeightsNotFoundError) as info:
-        create_clip("ViT-B-16", "openai", cache_dir="/nonexistent-cache")
+        create_clip("ViT-L-14-336-quickgelu", "openai", cache_dir=str(tmp_path / "empty-cache"))
     message = str(info.value)
     assert "\n" not in message
     assert "not available offline" in message and "method.backbone.pretrained=" in message

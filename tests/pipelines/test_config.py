@@ -1,0 +1,91 @@
+"""Composition, overrides and the errors a user sees for bad configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from datamodules.config import DataConfig
+from lightning_modules.anomalyclip import AnomalyCLIPConfig
+from pipelines.config import compose, parse_override, to_object
+from pipelines.errors import ConfigError
+
+
+def test_demo_composes_base_method_data_and_experiment():
+    cfg = to_object(compose("demo"))
+    assert isinstance(cfg.method, AnomalyCLIPConfig)
+    assert cfg.method.backbone.name == "zsad-tiny-vit"
+    assert cfg.method.lr == 1e-3 and cfg.method.betas == [0.5, 0.999]  # from the dataclass / method file
+    assert isinstance(cfg.source, DataConfig) and cfg.source.train_split == "test"  # the zero-shot protocol
+    assert cfg.source.root == "runs/synthetic/industrial"  # interpolated from output_dir (base.yaml)
+    assert [t.root for t in cfg.targets] == ["runs/synthetic/vivid"]
+    assert cfg.trainer.max_epochs == 5 and cfg.seed == 111
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = to_object(compose("demo", ["method.lr=0.01", "trainer.max_epochs=2", "targets.0.batch_size=3", "output_dir=/tmp/x"]))
+    assert cfg.method.lr == 0.01 and cfg.trainer.max_epochs == 2 and cfg.targets[0].batch_size == 3
+    assert cfg.source.root == "/tmp/x/synthetic/industrial"
+
+
+def test_group_overrides_pick_other_files():
+    cfg = to_object(compose("demo", ["method=anomalyclip", "targets=[synthetic_source,synthetic_target]"]))
+    assert cfg.method.backbone.name == "ViT-L-14-336-quickgelu" and cfg.method.backbone.image_size == 518
+    assert [t.root.rsplit("/", 1)[-1] for t in cfg.targets] == ["industrial", "vivid"]
+
+
+def test_data_root_variable_places_every_benchmark(tmp_path, monkeypatch):
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text("defaults: {method: anomalyclip, source: synthetic_source}\ndata_root: /datasets\n")
+    cfg = to_object(compose(experiment, ["data_root=/scratch/data"]))
+    assert cfg.data_root == "/scratch/data"
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("method.lrr=1", "Key 'lrr' not in 'AnomalyCLIPConfig'. Did you mean: 'lr'?"),
+        ("trainer.max_epochs=many", "could not be converted to Integer"),
+        ("trainerr.max_epochs=1", "Key 'trainerr' not in 'ExperimentConfig'"),
+        ("method=nonexistent", "no method config 'nonexistent'"),
+        ("source=nowhere", "no data config 'nowhere'"),
+        ("max_epochs", "not of the form key=value"),
+    ],
+)
+def test_config_errors_are_one_clear_line(override, fragment):
+    with pytest.raises(ConfigError) as info:
+        compose("demo", [override])
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_typos_in_files_are_errors(tmp_path):
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text("defaults: {method: anomalyclip_tiny}\ntrainer: {max_epoch: 3}\n")
+    with pytest.raises(ConfigError, match="max_epoch"):
+        compose(experiment)
+    experiment.write_text("defaults: {method: anomalyclip_tiny, sources: x}\n")
+    with pytest.raises(ConfigError, match="unknown entries in defaults"):
+        compose(experiment)
+    experiment.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="cannot read"):
+        compose(experiment)
+
+
+def test_missing_required_values_are_reported(tmp_path):
+    data_dir = tmp_path / "configs" / "data"
+    data_dir.mkdir(parents=True)
+    (data_dir / "rootless.yaml").write_text("name: mvtec\n")
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(f"defaults: {{method: anomalyclip_tiny, source: {data_dir / 'rootless.yaml'}}}\n")
+    with pytest.raises(ConfigError, match="missing values for source.root"):
+        compose(experiment)
+
+
+def test_parse_override_values():
+    assert parse_override("a.b=3") == ("a.b", 3)
+    assert parse_override("a=null") == ("a", None)
+    assert parse_override("a=[x,y]") == ("a", ["x", "y"])
+    assert parse_override("a=/path/to/w.bin") == ("a", "/path/to/w.bin")
+    assert Path(parse_override("a=runs/x")[1]) == Path("runs/x")
