@@ -12,6 +12,8 @@ class DataConfig:
     name: str = MISSING  # registered dataset name (`zsad data list`)
     root: str = MISSING  # raw dataset folder; configs/data/*.yaml derive it from ${data_root}
     categories: list[str] | None = None  # None: every category found under root
+    # Parser options (`zsad data list` shows them), e.g. covid: {anomalous: "COVID,Viral Pneumonia"}
+    options: dict[str, str] = dataclasses.field(default_factory=dict)
     # Zero-shot protocol: the auxiliary training data is the *test* split of the source dataset.
     train_split: str = "test"
     test_split: str = "test"

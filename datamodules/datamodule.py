@@ -27,7 +27,8 @@ class AnomalyDataModule(L.LightningDataModule):
 
     @functools.cached_property
     def full_index(self) -> DatasetIndex:
-        return build_index(self.cfg.name, self.cfg.root).select(categories=self.cfg.categories)
+        options = dict(getattr(self.cfg, "options", None) or {})
+        return build_index(self.cfg.name, self.cfg.root, **options).select(categories=self.cfg.categories)
 
     def split_index(self, split: str) -> DatasetIndex:
         return self.full_index.select(split=split)

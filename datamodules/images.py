@@ -27,6 +27,23 @@ def _open(path: Path) -> Image.Image:
     return image
 
 
+def open_image(path: str | Path) -> Image.Image:
+    """The decoded PIL image in its own mode; unreadable files raise :class:`CorruptImageError`."""
+    return _open(Path(path))
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` from the file header only (fast checks of whole datasets)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except FileNotFoundError:
+        raise CorruptImageError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise CorruptImageError(f"cannot read {path} ({error}); re-download or remove the file") from None
+
+
 def load_image_rgb(path: str | Path) -> np.ndarray:
     """``(H, W, 3)`` uint8; 16-bit and float images are scaled by their value range to 8 bits."""
     image = _open(Path(path))

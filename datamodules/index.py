@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from pipelines.errors import DatasetLayoutError, ZsadError
+from pipelines.errors import ConfigError, DatasetLayoutError, ZsadError
 
 NORMAL_DEFECT = "good"
 
@@ -57,6 +59,9 @@ class DatasetIndex:
     records: list[SampleRecord]
     has_masks: bool  # the dataset provides pixel ground truth for its anomalous images
     version: str = "official"  # which release/conversion was indexed (SDD, DAGM, polyp sets differ)
+    # Found while parsing, reported by `zsad data check`; loading works regardless.
+    warnings: list[str] = dataclasses.field(default_factory=list)  # ignored things (a stray pred/ folder)
+    problems: list[str] = dataclasses.field(default_factory=list)  # the copy looks incomplete (unpaired masks)
 
     def categories(self) -> list[str]:
         """Category ids in first-seen order (parsers emit them sorted)."""
@@ -99,7 +104,8 @@ class DatasetIndex:
         return {r.category: r.prompt_name for r in self.records}
 
 
-Parser = Callable[[Path], DatasetIndex]
+Parser = Callable[..., DatasetIndex]  # (root, **options) -> index
+CountTable = Mapping[str, tuple[int, int]]  # category -> (normal, anomalous) test images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +120,34 @@ class DatasetSpec:
     domain: str  # "industrial" or "medical"; used for prompt templates and reports
     expected_test_counts: dict[str, tuple[int, int]] | None = None  # category -> (normal, anomalous)
     description: str = ""
+    # Datasets that circulate in several versions: the test counts of each version the parser can
+    # record in ``DatasetIndex.version``; a version missing here has no known counts.
+    version_test_counts: Mapping[str, CountTable] = dataclasses.field(default_factory=dict)
+    expected_test_total: tuple[int, int] | None = None  # when only the total is known (no per-category counts)
+    counts_verified: bool = True  # False: counts from papers, not confirmed; a mismatch is only a warning
+
+    def expected_counts(self, version: str | None = None) -> CountTable | None:
+        """Expected per-category test counts of an indexed version (``DatasetIndex.version``); None when
+        not known. ``version=None``: the default version's, as ``zsad data list`` shows them."""
+        if version is None:
+            return self.expected_test_counts
+        if self.version_test_counts:
+            return self.version_test_counts.get(version)
+        return self.expected_test_counts if version == "official" else None
+
+    def expected_total(self, version: str | None = None) -> tuple[int, int] | None:
+        """Expected (normal, anomalous) test images over all categories; None when not known."""
+        counts = self.expected_counts(version)
+        if counts:
+            return sum(n for n, _ in counts.values()), sum(a for _, a in counts.values())
+        if version is None or (version == "official" and not self.version_test_counts):
+            return self.expected_test_total
+        return None
+
+    def option_names(self) -> list[str]:
+        """Keyword options of the parser (e.g. COVID's folder choice), passed via ``build_index``."""
+        params = list(inspect.signature(self.parse).parameters.values())[1:]
+        return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
@@ -139,16 +173,25 @@ def dataset_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_index(name: str, root: str | Path) -> DatasetIndex:
-    """Parse ``root`` with the parser registered for ``name``."""
+def build_index(name: str, root: str | Path, **options: Any) -> DatasetIndex:
+    """Parse ``root`` with the parser registered for ``name``; ``options`` go to the parser
+    (``DataConfig.options``, ``zsad data check --option``)."""
     spec = get_dataset_spec(name)
+    if options:
+        known = spec.option_names()
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"dataset '{name}' has no option(s) {unknown}; "
+                + (f"known: {known}" if known else "it takes no options")
+            )
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetLayoutError(
             f"dataset root for '{name}' does not exist: {root} "
             f"(set data.root=/path/to/{name} or download the dataset there)"
         )
-    index = spec.parse(root)
+    index = spec.parse(root, **options)
     if not index.records:
         raise DatasetLayoutError(f"no images found for dataset '{name}' under {root}; is this the right folder?")
     return index

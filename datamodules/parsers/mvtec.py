@@ -9,10 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from datamodules.index import NORMAL_DEFECT, DatasetIndex, DatasetSpec, SampleRecord, list_image_files, register_dataset
+from datamodules.index import (
+    NORMAL_DEFECT,
+    DatasetIndex,
+    DatasetSpec,
+    SampleRecord,
+    list_image_files,
+    register_dataset,
+)
+from datamodules.parsers.common import IMAGE_EXTENSIONS, Findings, subdirs
 from pipelines.errors import DatasetLayoutError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+__all__ = ["IMAGE_EXTENSIONS", "MVTEC_CATEGORIES", "MVTEC_TEST_COUNTS", "parse_mvtec", "parse_mvtec_like"]
 
 MVTEC_CATEGORIES = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
@@ -24,6 +32,8 @@ MVTEC_TEST_COUNTS = {
     "hazelnut": (40, 70), "leather": (32, 92), "metal_nut": (22, 93), "pill": (26, 141), "screw": (41, 119),
     "tile": (33, 84), "toothbrush": (12, 30), "transistor": (60, 40), "wood": (19, 60), "zipper": (32, 119),
 }  # fmt: skip
+
+CATEGORY_FOLDERS = ("train", "test", "ground_truth")
 
 
 def _find_mask(mask_dir: Path, stem: str, suffixes: Sequence[str]) -> Path | None:
@@ -44,38 +54,57 @@ def parse_mvtec_like(
     mask_suffixes: Sequence[str] = ("_mask",),
     version: str = "official",
 ) -> DatasetIndex:
-    """Index an MVTec-style root. ``categories=None`` discovers every folder that has ``test/``."""
+    """Index an MVTec-style root. ``categories=None`` discovers every folder that has ``test/``.
+
+    All missing masks are collected and raised together; stray folders become warnings and masks
+    without an image become problems on the index (``zsad data check`` reports both).
+    """
+    findings = Findings(dataset, root)
     if categories is None:
-        present = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "test").is_dir())
+        present = [p.name for p in subdirs(root) if (p / "test").is_dir()]
+        known = set(present)
     else:
         present = [c for c in categories if (root / c).is_dir()]
+        known = set(categories)
     if not present:
         expected = f"category folders like {', '.join(categories[:3])}" if categories else "category folders"
         raise DatasetLayoutError(
             f"{root} does not look like a {dataset} root: expected {expected} with test/ inside"
         )
+    for p in subdirs(root):
+        if p.name not in known:
+            findings.warn(f"ignored folder {p}: not a {dataset} category")
     records: list[SampleRecord] = []
     for category in present:
         name = prompt_name(category)
         cat_dir = root / category
+        for p in subdirs(cat_dir):
+            if p.name not in CATEGORY_FOLDERS:
+                findings.warn(f"ignored folder {p}: expected only {', '.join(CATEGORY_FOLDERS)} in a category")
+        used_masks: set[Path] = set()
+        test_defects: set[str] = set()
         for split in ("train", "test"):
             split_dir = cat_dir / split
             if not split_dir.is_dir():
                 if split == "test":
-                    raise DatasetLayoutError(f"{dataset}: missing folder {split_dir}")
+                    findings.error(f"missing folder {split_dir}")
                 continue
-            for defect_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+            for defect_dir in subdirs(split_dir):
                 defect = defect_dir.name
                 is_normal = defect == normal_dir
+                if split == "test" and not is_normal:
+                    test_defects.add(defect)
                 for image in list_image_files(defect_dir, IMAGE_EXTENSIONS):
                     mask = None
                     if not is_normal:
                         mask = _find_mask(cat_dir / "ground_truth" / defect, image.stem, mask_suffixes)
                         if mask is None and split == "test":
-                            raise DatasetLayoutError(
-                                f"{dataset}: no mask for anomalous image {image} "
+                            findings.error(
+                                f"no mask for anomalous image {image} "
                                 f"(expected {cat_dir / 'ground_truth' / defect / (image.stem + mask_suffixes[0])}.png)"
                             )
+                        if mask is not None:
+                            used_masks.add(mask)
                     records.append(
                         SampleRecord(
                             category=category,
@@ -87,7 +116,15 @@ def parse_mvtec_like(
                             split=split,
                         )
                     )
-    return DatasetIndex(dataset=dataset, root=root, records=records, has_masks=True, version=version)
+        for gt_dir in subdirs(cat_dir / "ground_truth"):
+            if gt_dir.name not in test_defects:
+                findings.problem(f"mask folder {gt_dir} has no test folder {cat_dir / 'test' / gt_dir.name}")
+                continue
+            for mask in list_image_files(gt_dir, IMAGE_EXTENSIONS):
+                if mask not in used_masks:
+                    findings.problem(f"mask {mask} has no image in {cat_dir / 'test' / gt_dir.name}")
+    index = DatasetIndex(dataset=dataset, root=root, records=records, has_masks=True, version=version)
+    return findings.finish(index)
 
 
 def parse_mvtec(root: Path) -> DatasetIndex:

@@ -1,0 +1,92 @@
+"""DAGM 2007 (the Kaggle upload ``DAGM_KaggleUpload``), 10 statistically textured surfaces.
+
+Raw layout: ``Class{1..10}/{Train,Test}/*.PNG`` with weak labels (coarse ellipses)
+``Class{N}/{Train,Test}/Label/{stem}_label.PNG`` (plus ``Labels.txt``). Split folders are capitalised
+and the extension is upper case, which breaks naive scanners; here folders are matched
+case-insensitively. An image is anomalous iff its label file exists. ``Test`` is the split the
+zero-shot papers evaluate on; ``Train`` is indexed as ``train``. Version ``official``.
+
+A copy already converted to MVTec AD layout (``Class{N}/test/{good,<defect>}``) is indexed with the
+MVTec parser and recorded as version ``mvtec-like``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from datamodules.index import DatasetIndex, DatasetSpec, register_dataset
+from datamodules.parsers.common import (
+    Findings,
+    child_dir,
+    make_records,
+    pair_by_stem,
+    subdirs,
+    warn_unexpected,
+)
+from datamodules.parsers.mvtec import parse_mvtec_like
+from pipelines.errors import DatasetLayoutError
+
+DAGM_CATEGORIES = tuple(f"Class{i}" for i in range(1, 11))
+DAGM_PROMPT = "texture"
+# [verify] DAGM's description: classes 1-6 have 1000 + 150 images, 7-10 have 2000 + 300, split in
+# halves into Train/Test; the papers report about 6996 / 1054 test images in total.
+DAGM_TEST_COUNTS = {c: (500, 75) if i <= 6 else (1000, 150) for i, c in enumerate(DAGM_CATEGORIES, start=1)}
+_CLASS = re.compile(r"class(\d+)", re.IGNORECASE)
+
+
+def _class_number(path: Path) -> int:
+    match = _CLASS.fullmatch(path.name)
+    return int(match.group(1)) if match else -1
+
+
+def _is_converted(class_dir: Path) -> bool:
+    test = child_dir(class_dir, "test")
+    return test is not None and (test / "good").is_dir()
+
+
+def parse_dagm(root: Path) -> DatasetIndex:
+    class_dirs = sorted((p for p in subdirs(root) if _CLASS.fullmatch(p.name)), key=_class_number)
+    if not class_dirs:
+        raise DatasetLayoutError(
+            f"dagm: no Class1..Class10 folders under {root}; point data.root at the unpacked DAGM_KaggleUpload folder"
+        )
+    if any(_is_converted(d) for d in class_dirs):
+        return parse_mvtec_like(root, "dagm", None, prompt_name=lambda c: DAGM_PROMPT, version="mvtec-like")
+
+    findings = Findings("dagm", root)
+    warn_unexpected(findings, root, [d.name for d in class_dirs])
+    records = []
+    for class_dir in class_dirs:
+        warn_unexpected(findings, class_dir, ("Train", "Test"))
+        for folder, split in (("Test", "test"), ("Train", "train")):
+            split_dir = child_dir(class_dir, folder)
+            if split_dir is None:
+                if split == "test":
+                    findings.error(f"missing folder {class_dir / folder}")
+                continue
+            warn_unexpected(findings, split_dir, ("Label",))
+            label_dir = child_dir(split_dir, "Label")
+            pairs = pair_by_stem(split_dir, label_dir, findings, mask_suffix="_label", require_masks=False)
+            normal = [(image, None) for image, mask in pairs if mask is None]
+            anomalous = [(image, mask) for image, mask in pairs if mask is not None]
+            records += make_records(normal, class_dir.name, DAGM_PROMPT, 0, "", split)
+            records += make_records(anomalous, class_dir.name, DAGM_PROMPT, 1, "defect", split)
+    index = DatasetIndex(dataset="dagm", root=root, records=records, has_masks=True)
+    return findings.finish(index)
+
+
+register_dataset(
+    DatasetSpec(
+        name="dagm",
+        parse=parse_dagm,
+        categories=DAGM_CATEGORIES,
+        has_masks=True,
+        has_normals=True,
+        domain="industrial",
+        expected_test_counts=DAGM_TEST_COUNTS,
+        version_test_counts={"official": DAGM_TEST_COUNTS},
+        counts_verified=False,
+        description="DAGM 2007 (Kaggle upload), 10 synthetic textures; Train/Test + Label/*_label.PNG, weak masks",
+    )
+)
