@@ -1,0 +1,48 @@
+"""COVID-19 Radiography: class folders chosen by option, matched case-insensitively; lung masks ignored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from datamodules.index import build_index, get_dataset_spec
+from pipelines.errors import DatasetLayoutError, ZsadError
+
+
+def test_default_normal_vs_covid(fake_covid: Path, batch_of) -> None:
+    index = build_index("covid", fake_covid)
+    assert index.version == "official" and not index.has_masks
+    assert index.select(split="test").counts() == {"covid": {"normal": 3, "anomalous": 2}}
+    assert all(r.image_path.parent.name == "images" and r.mask_path is None for r in index.records)
+    assert sum("ignored folder" in w for w in index.warnings) == 2  # Lung_Opacity, Viral Pneumonia
+    batch = batch_of("covid", fake_covid)
+    assert batch["mask"].sum() == 0
+
+
+def test_folder_choice_option(fake_covid: Path, batch_of) -> None:
+    index = build_index("covid", fake_covid, anomalous="COVID,Viral Pneumonia, lung_opacity")
+    assert index.select(split="test").counts() == {"covid": {"normal": 3, "anomalous": 4}}
+    assert index.version == "normal=Normal;anomalous=COVID+Viral Pneumonia+lung_opacity"
+    assert get_dataset_spec("covid").expected_counts(index.version) is None
+    batch_of("covid", fake_covid, anomalous="COVID,Viral Pneumonia")
+
+
+def test_old_layout_upper_case(fake_covid: Path) -> None:
+    (fake_covid / "Normal").rename(fake_covid / "NORMAL")
+    for p in (fake_covid / "NORMAL" / "images").iterdir():
+        p.rename(fake_covid / "NORMAL" / p.name)
+    (fake_covid / "NORMAL" / "images").rmdir()
+    index = build_index("covid", fake_covid)
+    assert index.select(split="test").counts()["covid"]["normal"] == 3
+
+
+def test_bad_options(fake_covid: Path) -> None:
+    with pytest.raises(DatasetLayoutError, match="no folder 'Pneumonia'"):
+        build_index("covid", fake_covid, anomalous="Pneumonia")
+    with pytest.raises(DatasetLayoutError, match="both normal and anomalous"):
+        build_index("covid", fake_covid, normal="Normal,COVID")
+    with pytest.raises(ZsadError, match="no option"):
+        build_index("covid", fake_covid, abnormal="COVID")
+    with pytest.raises(ZsadError, match="takes no options"):
+        build_index("br35h", fake_covid, anomalous="COVID")

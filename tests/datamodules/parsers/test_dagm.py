@@ -1,0 +1,54 @@
+"""DAGM (Kaggle upload): capitalised Train/Test and Label folders, .PNG; anomalous iff a label exists."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from datamodules.index import build_index
+from datamodules.parsers.common import DatasetLayoutProblems
+from datamodules.parsers.dagm import DAGM_TEST_COUNTS
+
+
+def test_index(fake_dagm: Path) -> None:
+    index = build_index("dagm", fake_dagm)
+    assert index.categories() == ["Class1", "Class2", "Class10"]  # numeric order
+    assert index.version == "official"
+    for split in ("test", "train"):
+        counts = index.select(split=split).counts()
+        assert all(c == {"normal": 2, "anomalous": 2} for c in counts.values())
+    for r in index.records:
+        if r.label:
+            assert r.mask_path == r.image_path.parent / "Label" / f"{r.image_path.stem}_label.PNG"
+        else:
+            assert r.mask_path is None
+    assert set(index.prompt_names().values()) == {"texture"}
+    assert index.warnings == [] and index.problems == []  # Label/ and Labels.txt are expected
+
+
+def test_batch_loads(fake_dagm: Path, batch_of) -> None:
+    batch_of("dagm", fake_dagm)
+
+
+def test_expected_counts_sum_to_the_papers() -> None:
+    assert sum(a for _, a in DAGM_TEST_COUNTS.values()) == 1050
+
+
+def test_converted_copy_is_mvtec_like(tmp_path: Path, mvtec_like_writer) -> None:
+    root = tmp_path / "DAGM_anomaly_detection"
+    mvtec_like_writer(root, "Class1", defects=("defect",))
+    index = build_index("dagm", root)
+    assert index.version == "mvtec-like" and index.categories() == ["Class1"]
+
+
+def test_broken_layouts(fake_dagm: Path) -> None:
+    (fake_dagm / "unpacked_twice").mkdir()
+    (fake_dagm / "Class2" / "Test" / "Label" / "0009_label.PNG").write_bytes(b"")
+    index = build_index("dagm", fake_dagm)
+    assert any("unpacked_twice" in w for w in index.warnings)
+    assert any("0009_label.PNG has no image" in p for p in index.problems)
+    shutil.rmtree(fake_dagm / "Class10" / "Test")
+    with pytest.raises(DatasetLayoutProblems, match="missing folder .*Class10/Test"):
+        build_index("dagm", fake_dagm)
