@@ -6,7 +6,8 @@ the class folder and spell it ``NORMAL``; folders are matched case-insensitively
 
 Which folders are normal and which anomalous is a choice: by default Normal vs COVID (10192 / 3616).
 Choose others with the parser options ``normal`` and ``anomalous`` (comma-separated folder names),
-e.g. in a data config ``options: {anomalous: "COVID,Viral Pneumonia"}``, on the command line
+e.g. in a data config ``options: {anomalous: "COVID,Viral Pneumonia"}`` (or the override
+``targets.0.options.anomalous=COVID,Lung_Opacity`` / ``source.options...``), on the command line
 ``zsad data check covid --root ... --option anomalous=COVID,Lung_Opacity``, or in Python
 ``build_index("covid", root, anomalous="COVID,Lung_Opacity")``. A non-default choice is recorded in
 ``DatasetIndex.version`` and has no expected counts. No masks: no pixel-level metrics.
@@ -52,6 +53,7 @@ def parse_covid(
     present = ", ".join(p.name for p in subdirs(root)) or "none"
     records = []
     used: set[Path] = set()
+    found: dict[int, list[str]] = {0: [], 1: []}  # folder names as on disk, for the version string
     for names, label in ((normal_names, 0), (anomalous_names, 1)):
         for name in names:
             class_dir = child_dir(root, name)
@@ -61,6 +63,7 @@ def parse_covid(
                     "point data.root at COVID-19_Radiography_Dataset or fix the normal/anomalous options"
                 )
             used.add(class_dir)
+            found[label].append(class_dir.name)
             records += folder_records(
                 _image_folder(class_dir), COVID_CATEGORY, COVID_PROMPT, label, class_dir.name
             )
@@ -70,12 +73,8 @@ def parse_covid(
                 f"ignored folder {p}: not selected as normal ({', '.join(normal_names)}) "
                 f"or anomalous ({', '.join(anomalous_names)})"
             )
-    default = [n.casefold() for n in normal_names] == ["normal"] and [
-        n.casefold() for n in anomalous_names
-    ] == ["covid"]
-    version = (
-        "official" if default else f"normal={'+'.join(normal_names)};anomalous={'+'.join(anomalous_names)}"
-    )
+    default = [n.casefold() for n in found[0]] == ["normal"] and [n.casefold() for n in found[1]] == ["covid"]
+    version = "official" if default else f"normal={'+'.join(found[0])};anomalous={'+'.join(found[1])}"
     index = DatasetIndex(dataset="covid", root=root, records=records, has_masks=False, version=version)
     return findings.finish(index)
 

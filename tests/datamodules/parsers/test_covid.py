@@ -23,7 +23,7 @@ def test_default_normal_vs_covid(fake_covid: Path, batch_of) -> None:
 def test_folder_choice_option(fake_covid: Path, batch_of) -> None:
     index = build_index("covid", fake_covid, anomalous="COVID,Viral Pneumonia, lung_opacity")
     assert index.select(split="test").counts() == {"covid": {"normal": 3, "anomalous": 4}}
-    assert index.version == "normal=Normal;anomalous=COVID+Viral Pneumonia+lung_opacity"
+    assert index.version == "normal=Normal;anomalous=COVID+Viral Pneumonia+Lung_Opacity"  # names as on disk
     assert get_dataset_spec("covid").expected_counts(index.version) is None
     batch_of("covid", fake_covid, anomalous="COVID,Viral Pneumonia")
 
