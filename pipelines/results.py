@@ -35,7 +35,8 @@ def target_payload(dataset: str, counts: dict[str, dict[str, int]], evaluation: 
     """JSON-ready results of one evaluated dataset; ``evaluation`` is an ``EvaluationResult``."""
     categories = {
         category: {
-            **counts.get(category, {}),
+            "n_normal": counts.get(category, {}).get("normal", 0),
+            "n_anomalous": counts.get(category, {}).get("anomalous", 0),
             **{m: _clean(metrics.get(m)) for m in METRICS},
         }
         for category, metrics in evaluation.per_category.items()

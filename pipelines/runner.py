@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,12 @@ from pipelines.config import ExperimentConfig, to_yaml
 from pipelines.errors import ConfigError
 from pipelines.loggers import log_evaluation, make_loggers, wandb_hint
 from pipelines.results import target_payload, write_results
+
+
+# The frozen CLIP stays in eval mode during training on purpose; this warning would only confuse users.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+# Raised inside Lightning itself with recent torch; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 @dataclasses.dataclass

@@ -8,6 +8,7 @@ that says where to put the weights.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -22,11 +23,19 @@ _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
 
 
+class _TinyRandomWeightsFilter(logging.Filter):
+    """The tiny model has random weights by design; open_clip's warning about it is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(f"No pretrained weights loaded for model '{TINY_MODEL}'")
+
+
 def register_builtin_configs() -> None:
     """Make zsad's own architectures (the tiny test ViT) known to open_clip."""
     global _registered
     if not _registered:
         open_clip.add_model_config(_CONFIG_DIR)
+        logging.getLogger().addFilter(_TinyRandomWeightsFilter())
         _registered = True
 
 

@@ -20,7 +20,7 @@ def test_demo_composes_base_method_data_and_experiment():
     assert isinstance(cfg.source, DataConfig) and cfg.source.train_split == "test"  # the zero-shot protocol
     assert cfg.source.root == "runs/synthetic/industrial"  # interpolated from output_dir (base.yaml)
     assert [t.root for t in cfg.targets] == ["runs/synthetic/vivid"]
-    assert cfg.trainer.max_epochs == 5 and cfg.seed == 111
+    assert cfg.trainer.max_epochs == 15 and cfg.seed == 111
 
 
 def test_overrides_are_typed_and_nested():

@@ -1,0 +1,151 @@
+"""End-to-end ``zsad`` runs on the tiny CLIP and synthetic data, and the errors users see."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from pipelines.cli import main
+
+FAST = ["logger.wandb.mode=disabled", "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "method.backbone.image_size=32"]
+
+
+def write_experiment(tmp_path: Path, source: Path, target: Path) -> Path:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    for name, root in (("src", source), ("tgt", target)):
+        (data / f"{name}.yaml").write_text(f"name: synthetic\nroot: {root}\nbatch_size: 4\neval_batch_size: 5\nnum_workers: 0\n")
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text(
+        "defaults:\n  method: anomalyclip_tiny\n"
+        f"  source: {data / 'src.yaml'}\n  targets: [{data / 'tgt.yaml'}]\n"
+        f"name: e2e\noutput_dir: {tmp_path / 'runs'}\ntrainer: {{accelerator: cpu, devices: '1'}}\n"
+    )
+    return experiment
+
+
+@pytest.mark.slow
+def test_run_writes_results_files_and_train_then_test_reproduces_them(tmp_path, synthetic_pair, capsys):
+    source, target = synthetic_pair
+    experiment = write_experiment(tmp_path, source, target)
+    assert main(["run", str(experiment), *FAST, f"run_dir={tmp_path / 'run'}"]) == 0
+    out = capsys.readouterr().out
+    assert "img AUROC" in out and "ring" in out and "mean" in out
+
+    run_dir = tmp_path / "run"
+    results = json.loads((run_dir / "results.json").read_text())
+    target_results = results["targets"]["synthetic"]
+    assert set(target_results["categories"]) == {"ring", "cells"}
+    for metrics in target_results["categories"].values():
+        assert metrics["n_normal"] == 3 and metrics["n_anomalous"] == 4
+        for key in ("image_auroc", "image_ap", "pixel_auroc"):
+            assert 0.0 <= metrics[key] <= 1.0
+    means = target_results["mean"]
+    expected_mean = np.mean([m["image_auroc"] for m in target_results["categories"].values()])
+    assert means["image_auroc"] == pytest.approx(expected_mean)
+    assert target_results["image_size"] == 32 and target_results["eval_size"] == 32
+
+    rows = list(csv.DictReader((run_dir / "results.csv").open()))
+    assert [r["category"] for r in rows] == ["cells", "ring", "mean"] or [r["category"] for r in rows] == ["ring", "cells", "mean"]
+    assert float(rows[-1]["image_auroc"]) == pytest.approx(means["image_auroc"])
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+    # the checkpoint holds only the prompts; `zsad test` with it reproduces the numbers of `zsad run`
+    import torch
+
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert state and all(key.startswith("model.prompts.") for key in state)
+    assert main(["test", str(experiment), *FAST, f"checkpoint={run_dir / 'checkpoints' / 'last.ckpt'}", f"run_dir={tmp_path / 'eval'}"]) == 0
+    again = json.loads((tmp_path / "eval" / "results.json").read_text())["targets"]["synthetic"]
+    for category, metrics in target_results["categories"].items():
+        for key in ("image_auroc", "image_ap", "pixel_auroc"):
+            assert again["categories"][category][key] == pytest.approx(metrics[key], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_test_loop_metrics_equal_sklearn(tmp_path, synthetic_pair):
+    """The numbers in results.json equal sklearn on the scores the model gives the same images."""
+    import torch
+
+    from datamodules.datamodule import AnomalyDataModule
+    from pipelines import runner
+    from pipelines.config import compose, to_object
+
+    source, target = synthetic_pair
+    cfg = to_object(compose(write_experiment(tmp_path, source, target), [*FAST, "trainer.max_epochs=1", f"run_dir={tmp_path / 'r'}"]))
+    outcome = runner.run(cfg)
+    module = runner.build_module(cfg)
+    module.load_trained_weights(str(outcome.checkpoint))
+    datamodule = AnomalyDataModule(cfg.targets[0], image_size=32)
+    scores, labels, categories, pixel_scores, pixel_labels = [], [], [], [], []
+    for batch in datamodule.test_dataloader():
+        with torch.no_grad():
+            s, maps = module.predict_batch(batch)
+        scores += s.tolist()
+        labels += batch["label"].tolist()
+        categories += [datamodule.categories[i] for i in batch["category_id"]]
+        pixel_scores += list(maps.numpy())
+        pixel_labels += list(batch["mask"].numpy())
+    results = outcome.results["targets"]["synthetic"]["categories"]
+    for category in set(categories):
+        idx = [i for i, c in enumerate(categories) if c == category]
+        y = np.array([labels[i] for i in idx])
+        s = np.array([scores[i] for i in idx])
+        assert results[category]["image_auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6)
+        assert results[category]["image_ap"] == pytest.approx(average_precision_score(y, s), abs=1e-6)
+        px = np.concatenate([pixel_scores[i].ravel() for i in idx])
+        gt = np.concatenate([pixel_labels[i].ravel() for i in idx]) > 0.5
+        # pixel scores are stored as float16 by default (eval.pixel_score_dtype): compare on those values
+        assert results[category]["pixel_auroc"] == pytest.approx(roc_auc_score(gt, px.astype(np.float16)), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_files_are_written(tmp_path, synthetic_pair):
+    source, target = synthetic_pair
+    experiment = write_experiment(tmp_path, source, target)
+    overrides = [o for o in FAST if not o.startswith("logger")] + ["trainer.max_epochs=1", f"run_dir={tmp_path / 'w'}"]
+    assert main(["run", str(experiment), *overrides, "logger.wandb.mode=offline"]) == 0
+    runs = list((tmp_path / "w" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+
+
+def test_missing_dataset_root_is_one_line_and_exit_2(tmp_path, synthetic_pair, capsys):
+    source, target = synthetic_pair
+    experiment = write_experiment(tmp_path, source, target)
+    code = main(["run", str(experiment), *FAST, f"targets.0.root={tmp_path / 'nowhere'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("zsad: error: dataset root for 'synthetic' does not exist") and "\n" not in err
+    assert not (tmp_path / "runs").exists()  # nothing trained, no run folder
+
+
+def test_config_typo_is_one_line_and_exit_2(capsys):
+    assert main(["run", "demo", "method.lrr=0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Did you mean: 'lr'" in err and "\n" not in err
+
+
+def test_missing_weights_is_one_line_and_exit_2(tmp_path, synthetic_pair, capsys):
+    source, target = synthetic_pair
+    experiment = write_experiment(tmp_path, source, target)
+    code = main(["run", str(experiment), "method=anomalyclip", f"method.backbone.cache_dir={tmp_path / 'cache'}", "logger.wandb.mode=disabled"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "not available offline" in err and "\n" not in err
+
+
+def test_test_without_checkpoint_says_what_to_pass(tmp_path, synthetic_pair, capsys):
+    source, target = synthetic_pair
+    assert main(["test", str(write_experiment(tmp_path, source, target)), *FAST]) == 2
+    assert "checkpoint=" in capsys.readouterr().err
+
+
+def test_debug_flag_shows_the_traceback():
+    from pipelines.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        main(["--debug", "run", "demo", "method.lrr=0.1"])
