@@ -21,7 +21,6 @@ from pipelines.errors import ConfigError
 from pipelines.loggers import log_evaluation, make_loggers, wandb_hint
 from pipelines.results import target_payload, write_results
 
-
 # The frozen CLIP stays in eval mode during training on purpose; this warning would only confuse users.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 # Raised inside Lightning itself with recent torch; nothing a user can act on.
