@@ -5,21 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
-from lightning_modules.clip.config import BackboneConfig
+from lightning_modules.anomalyclip import AnomalyCLIP
 from lightning_modules.losses import dice_loss, focal_loss
-
-
-def tiny_config(**overrides) -> AnomalyCLIPConfig:
-    cfg = AnomalyCLIPConfig(
-        backbone=BackboneConfig(name="zsad-tiny-vit", pretrained=None, image_size=32),
-        dpam_start_block=2,
-        map_layers=[6],
-        gaussian_sigma=1.0,
-    )
-    for key, value in overrides.items():
-        setattr(cfg, key, value)
-    return cfg
+from tests_support import tiny_anomalyclip_config as tiny_config
 
 
 @pytest.fixture

@@ -1,0 +1,19 @@
+"""Helpers shared by several test modules (importable because tests/ is on sys.path via rootdir conftest)."""
+
+from __future__ import annotations
+
+from lightning_modules.anomalyclip import AnomalyCLIPConfig
+from lightning_modules.clip.config import BackboneConfig
+
+
+def tiny_anomalyclip_config(**overrides) -> AnomalyCLIPConfig:
+    """AnomalyCLIP on the tiny random-weight CLIP at 32 px (DPAM on blocks 2..6, maps from block 6)."""
+    cfg = AnomalyCLIPConfig(
+        backbone=BackboneConfig(name="zsad-tiny-vit", pretrained=None, image_size=32),
+        dpam_start_block=2,
+        map_layers=[6],
+        gaussian_sigma=1.0,
+    )
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
