@@ -1,0 +1,46 @@
+"""Exact, memory-lean, distributed anomaly-detection metrics (definitions in docs METRICS.md).
+
+- :class:`AnomalyEvaluator`: a torchmetrics ``Metric`` that every method's test loop updates; ``compute``
+  returns an :class:`EvaluationResult` (per category, missing-with-reason, unweighted category mean).
+- Functional pieces: exact ``aupro``/``pro_curve`` (partial selection, float64), the biased
+  ``legacy_cflow_aupro`` kept only for comparisons with published numbers, ``binary_auroc``,
+  ``binary_average_precision`` (sklearn's step-wise AP), ``f1_max``.
+"""
+
+from lightning_modules.metrics.evaluator import (
+    IMAGE_METRICS,
+    METRIC_NAMES,
+    PIXEL_METRICS,
+    AnomalyEvaluator,
+    EvaluationResult,
+)
+from lightning_modules.metrics.functional import (
+    AUPRO_METHODS,
+    UndefinedMetricError,
+    aupro,
+    binary_auroc,
+    binary_average_precision,
+    f1_max,
+    legacy_cflow_aupro,
+    pixel_metrics,
+    pro_curve,
+    trapezoid_area,
+)
+
+__all__ = [
+    "AUPRO_METHODS",
+    "IMAGE_METRICS",
+    "METRIC_NAMES",
+    "PIXEL_METRICS",
+    "AnomalyEvaluator",
+    "EvaluationResult",
+    "UndefinedMetricError",
+    "aupro",
+    "binary_auroc",
+    "binary_average_precision",
+    "f1_max",
+    "legacy_cflow_aupro",
+    "pixel_metrics",
+    "pro_curve",
+    "trapezoid_area",
+]

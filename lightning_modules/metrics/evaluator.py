@@ -1,0 +1,450 @@
+"""Per-category anomaly-detection evaluation as one torchmetrics ``Metric`` (state + update + compute, DDP).
+
+States are flat 1-D tensors (pixel scores of all images back to back, masks as uint8, per-sample metadata),
+so images of different sizes and uneven ranks concatenate and gather without padding tricks. Samples carry
+their dataset index: duplicates added by ``DistributedSampler`` padding are dropped at compute, and samples
+are processed in index order, so N processes give bit-identical results to one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from lightning_modules.metrics.functional import (
+    AUPRO_METHODS,
+    UndefinedMetricError,
+    _ap_from_stats,
+    _auroc_from_stats,
+    _f1_max_from_stats,
+    _rank_stats,
+    _split_scores,
+    pixel_metrics,
+)
+
+IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")
+PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "aupro")
+METRIC_NAMES = IMAGE_METRICS + PIXEL_METRICS
+
+_FLOAT16_MAX = 65504.0
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics per category (fractions in [0, 1]; None = undefined, with the reason in ``missing``) and
+    their unweighted mean over the categories where each is defined (``mean_counts`` says how many)."""
+
+    categories: list[str]
+    per_category: dict[str, dict[str, float | None]]
+    missing: dict[str, dict[str, str]]
+    mean: dict[str, float | None]
+    mean_counts: dict[str, int]
+    num_images: dict[str, int] = field(default_factory=dict)
+    fpr_limit: float = 0.3
+    aupro_method: str = "exact"
+    duplicates_dropped: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_categories(
+        cls,
+        per_category: dict[str, dict[str, float | None]],
+        missing: dict[str, dict[str, str]],
+        *,
+        num_images: dict[str, int] | None = None,
+        fpr_limit: float = 0.3,
+        aupro_method: str = "exact",
+        duplicates_dropped: int = 0,
+        notes: Sequence[str] = (),
+    ) -> EvaluationResult:
+        """Build a result from per-category values, computing the means (used to merge per-class runs)."""
+        categories = list(per_category)
+        mean: dict[str, float | None] = {}
+        counts: dict[str, int] = {}
+        for name in METRIC_NAMES:
+            values = [v[name] for v in per_category.values() if v.get(name) is not None]
+            counts[name] = len(values)
+            mean[name] = math.fsum(values) / len(values) if values else None
+        return cls(
+            categories=categories,
+            per_category={c: {n: per_category[c].get(n) for n in METRIC_NAMES} for c in categories},
+            missing={c: dict(missing.get(c, {})) for c in categories},
+            mean=mean,
+            mean_counts=counts,
+            num_images=dict(num_images or {}),
+            fpr_limit=fpr_limit,
+            aupro_method=aupro_method,
+            duplicates_dropped=duplicates_dropped,
+            notes=list(notes),
+        )
+
+    @classmethod
+    def merge(cls, results: Sequence[EvaluationResult]) -> EvaluationResult:
+        """Combine results of disjoint category sets (e.g. one evaluator per class) into one."""
+        if not results:
+            raise ValueError("nothing to merge")
+        per_category: dict[str, dict[str, float | None]] = {}
+        missing: dict[str, dict[str, str]] = {}
+        num_images: dict[str, int] = {}
+        for r in results:
+            for c in r.categories:
+                if c in per_category:
+                    raise ValueError(f"category {c!r} appears in more than one result")
+                per_category[c] = r.per_category[c]
+                missing[c] = r.missing.get(c, {})
+                if c in r.num_images:
+                    num_images[c] = r.num_images[c]
+        first = results[0]
+        return cls.from_categories(
+            per_category,
+            missing,
+            num_images=num_images,
+            fpr_limit=first.fpr_limit,
+            aupro_method=first.aupro_method,
+            duplicates_dropped=sum(r.duplicates_dropped for r in results),
+            notes=[n for r in results for n in r.notes],
+        )
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        """One row per category plus a final "mean" row (for CSV/JSON writers)."""
+        rows: list[dict[str, Any]] = []
+        for c in self.categories:
+            rows.append({"category": c, "num_images": self.num_images.get(c), **self.per_category[c]})
+        total = sum(self.num_images.values()) if self.num_images else None
+        rows.append({"category": "mean", "num_images": total, **self.mean})
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form with everything needed to interpret the numbers."""
+        return {
+            "metrics": list(METRIC_NAMES),
+            "categories": self.categories,
+            "per_category": self.per_category,
+            "missing": self.missing,
+            "mean": self.mean,
+            "mean_counts": self.mean_counts,
+            "num_images": self.num_images,
+            "fpr_limit": self.fpr_limit,
+            "aupro_method": self.aupro_method,
+            "duplicates_dropped": self.duplicates_dropped,
+            "notes": self.notes,
+        }
+
+    def format_table(self, percent: bool = True) -> str:
+        """Plain-text table (percent with one decimal, as the papers report); '-' marks undefined metrics."""
+        header = ["category", "n", *METRIC_NAMES]
+        lines = [header]
+        for row in self.to_rows():
+            cells = [str(row["category"]), "" if row["num_images"] is None else str(row["num_images"])]
+            for name in METRIC_NAMES:
+                v = row[name]
+                cells.append("-" if v is None else (f"{100 * v:.1f}" if percent else f"{v:.4f}"))
+            lines.append(cells)
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        return "\n".join(
+            "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines
+        )
+
+
+class AnomalyEvaluator(Metric):
+    """Image AUROC/AP/F1-max, pixel AUROC/AP and AUPRO per category, plus their unweighted category mean.
+
+    ``update`` takes a batch: category ids (indices into ``categories``), each sample's unique index in the
+    dataset (to drop the duplicates a ``DistributedSampler`` pads with), image scores, 0/1 labels and,
+    optionally, anomaly maps (B,H,W) with masks (B,H,W) and ``has_mask`` (False = the sample has no pixel
+    ground truth at all; an all-zero mask of a normal image is ground truth). ``compute`` returns an
+    :class:`EvaluationResult`; undefined metrics are None with a reason, never 0.
+
+    Pixel scores are stored as ``pixel_score_dtype`` (float16 halves memory but rounds scores to 11
+    significant bits, which adds ties; use float32 for exact comparisons with float32 maps), masks as uint8.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    img_category: list[Tensor]
+    img_sample: list[Tensor]
+    img_score: list[Tensor]
+    img_label: list[Tensor]
+    img_pixel_gt: list[Tensor]
+    pix_category: list[Tensor]
+    pix_sample: list[Tensor]
+    pix_height: list[Tensor]
+    pix_width: list[Tensor]
+    pix_scores: list[Tensor]
+    pix_masks: list[Tensor]
+
+    def __init__(
+        self,
+        categories: Sequence[str],
+        pixel_metrics: bool = True,
+        fpr_limit: float = 0.3,
+        aupro_method: str = "exact",
+        pixel_score_dtype: torch.dtype = torch.float16,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.categories = [str(c) for c in categories]
+        if not self.categories:
+            raise ValueError("categories must not be empty")
+        if len(set(self.categories)) != len(self.categories):
+            raise ValueError(f"categories must be unique; got {self.categories}")
+        if not 0.0 < float(fpr_limit) <= 1.0:
+            raise ValueError(f"fpr_limit must be in (0, 1]; got {fpr_limit}")
+        if aupro_method not in AUPRO_METHODS:
+            raise ValueError(f"aupro_method must be one of {AUPRO_METHODS}; got {aupro_method!r}")
+        if pixel_score_dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise ValueError(f"pixel_score_dtype must be a float dtype; got {pixel_score_dtype}")
+        self.pixel_metrics = bool(pixel_metrics)
+        self.fpr_limit = float(fpr_limit)
+        self.aupro_method = aupro_method
+        self.pixel_score_dtype = pixel_score_dtype
+        self._state_dtypes = {
+            "img_category": torch.int64,
+            "img_sample": torch.int64,
+            "img_score": torch.float64,
+            "img_label": torch.uint8,
+            "img_pixel_gt": torch.uint8,  # 0: no map, 1: map but no pixel ground truth, 2: map and mask
+            "pix_category": torch.int64,
+            "pix_sample": torch.int64,
+            "pix_height": torch.int64,
+            "pix_width": torch.int64,
+            "pix_scores": pixel_score_dtype,
+            "pix_masks": torch.uint8,
+        }
+        for name in self._state_dtypes:
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    # ----------------------------------------------------------------------------------------------------
+    def update(
+        self,
+        category_ids: Tensor,
+        sample_ids: Tensor,
+        image_scores: Tensor,
+        labels: Tensor,
+        anomaly_maps: Tensor | None = None,
+        masks: Tensor | None = None,
+        has_mask: Tensor | None = None,
+    ) -> None:
+        """Add one batch; pixel data is kept only for samples that have pixel ground truth."""
+        category_ids = torch.as_tensor(category_ids).reshape(-1)
+        b = category_ids.shape[0]
+        sample_ids = torch.as_tensor(sample_ids).reshape(-1)
+        image_scores = torch.as_tensor(image_scores).reshape(-1)
+        labels = torch.as_tensor(labels).reshape(-1)
+        for name, t in (("sample_ids", sample_ids), ("image_scores", image_scores), ("labels", labels)):
+            if t.shape[0] != b:
+                raise ValueError(f"{name} has {t.shape[0]} entries but category_ids has {b}")
+        if category_ids.is_floating_point() or sample_ids.is_floating_point():
+            raise ValueError("category_ids and sample_ids must be integer tensors")
+        if b and (int(category_ids.min()) < 0 or int(category_ids.max()) >= len(self.categories)):
+            raise ValueError(
+                f"category_ids must be in [0, {len(self.categories)}); got {category_ids.tolist()}"
+            )
+        if bool(((labels != 0) & (labels != 1)).any()):
+            raise ValueError("labels must be 0/1")
+        if image_scores.is_floating_point() and bool(torch.isnan(image_scores).any()):
+            raise ValueError("image_scores contain NaN")
+        dev = self.device
+        self.img_category.append(category_ids.to(dev, torch.int64))
+        self.img_sample.append(sample_ids.to(dev, torch.int64))
+        self.img_score.append(image_scores.detach().to(dev, torch.float64))
+        self.img_label.append(labels.to(dev, torch.uint8))
+
+        pixel_gt = torch.zeros(b, dtype=torch.uint8, device=dev)
+        if anomaly_maps is not None and self.pixel_metrics:
+            maps = self._as_bhw(anomaly_maps, "anomaly_maps", b)
+            if masks is None:
+                pixel_gt.fill_(1)
+            else:
+                gts = self._as_bhw(masks, "masks", b)
+                if tuple(gts.shape) != tuple(maps.shape):
+                    raise ValueError(f"masks {tuple(gts.shape)} and anomaly_maps {tuple(maps.shape)} differ")
+                keep = torch.ones(b, dtype=torch.bool) if has_mask is None else torch.as_tensor(has_mask)
+                keep = keep.reshape(-1).to(torch.bool).cpu()
+                if keep.shape[0] != b:
+                    raise ValueError(f"has_mask has {keep.shape[0]} entries but category_ids has {b}")
+                pixel_gt = torch.where(keep, 2, 1).to(dev, torch.uint8)
+                if bool(keep.any()):
+                    self._store_pixels(category_ids[keep], sample_ids[keep], maps[keep], gts[keep])
+        self.img_pixel_gt.append(pixel_gt)
+
+    @staticmethod
+    def _as_bhw(x: Tensor, name: str, b: int) -> Tensor:
+        x = torch.as_tensor(x)
+        if x.ndim == 4 and x.shape[1] == 1:
+            x = x[:, 0]
+        if x.ndim != 3 or x.shape[0] != b:
+            raise ValueError(f"{name} must be (B,H,W) or (B,1,H,W) with B={b}; got {tuple(x.shape)}")
+        return x
+
+    def _store_pixels(self, cats: Tensor, samples: Tensor, maps: Tensor, gts: Tensor) -> None:
+        maps = maps.detach()
+        if maps.is_floating_point() and bool(torch.isnan(maps).any()):
+            raise ValueError("anomaly_maps contain NaN")
+        if self.pixel_score_dtype == torch.float16 and bool((maps.abs() > _FLOAT16_MAX).any()):
+            raise ValueError(
+                "anomaly_maps exceed the float16 range (|x| > 65504); use pixel_score_dtype=torch.float32"
+            )
+        dev = self.device
+        n, h, w = maps.shape
+        self.pix_category.append(cats.to(dev, torch.int64))
+        self.pix_sample.append(samples.to(dev, torch.int64))
+        self.pix_height.append(torch.full((n,), h, dtype=torch.int64, device=dev))
+        self.pix_width.append(torch.full((n,), w, dtype=torch.int64, device=dev))
+        self.pix_scores.append(maps.to(dev, self.pixel_score_dtype).reshape(-1))
+        self.pix_masks.append((gts > 0).to(dev, torch.uint8).reshape(-1))
+
+    def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any = None) -> None:
+        # torchmetrics fills a rank's empty list state with an empty tensor of the metric's float dtype,
+        # which mismatches the other ranks' dtypes in all_gather; give it the state's own dtype instead.
+        for name, dtype in self._state_dtypes.items():
+            value = getattr(self, name)
+            if isinstance(value, list) and not value:
+                setattr(self, name, [torch.empty(0, dtype=dtype, device=self.device)])
+        kwargs = {} if dist_sync_fn is None else {"dist_sync_fn": dist_sync_fn}
+        super()._sync_dist(process_group=process_group, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------------
+    def _cat(self, name: str) -> Tensor:
+        value = getattr(self, name)
+        if isinstance(value, Tensor):
+            return value
+        if not value:
+            return torch.empty(0, dtype=self._state_dtypes[name], device=self.device)
+        return torch.cat(value) if len(value) > 1 else value[0]
+
+    def _pixel_chunks(self, name: str) -> list[Tensor]:
+        value = getattr(self, name)
+        return [value] if isinstance(value, Tensor) else list(value)
+
+    @staticmethod
+    def _first_occurrences(category: np.ndarray, sample: np.ndarray) -> np.ndarray:
+        """Indices of the first occurrence of each (category, sample) pair, ordered by (category, sample)."""
+        if category.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        order = np.lexsort((np.arange(category.size), sample, category))  # stable: first occurrence first
+        cs, ss = category[order], sample[order]
+        first = np.ones(order.size, dtype=bool)
+        first[1:] = (cs[1:] != cs[:-1]) | (ss[1:] != ss[:-1])
+        return order[first]
+
+    def compute(self) -> EvaluationResult:
+        """Metrics per category; undefined ones are None with a reason in ``missing``."""
+        img_cat = self._cat("img_category").cpu().numpy()
+        img_sample = self._cat("img_sample").cpu().numpy()
+        img_score = self._cat("img_score").cpu()
+        img_label = self._cat("img_label").cpu()
+        img_pixel_gt = self._cat("img_pixel_gt").cpu().numpy()
+        keep = self._first_occurrences(img_cat, img_sample)
+        duplicates = int(img_cat.size - keep.size)
+
+        # Pixel samples: views into the stored flat chunks, in the order they were added.
+        pix_cat = self._cat("pix_category").cpu().numpy()
+        pix_sample = self._cat("pix_sample").cpu().numpy()
+        heights = self._cat("pix_height").cpu().numpy()
+        widths = self._cat("pix_width").cpu().numpy()
+        segments = list(self._segments(heights, widths))
+        pix_keep = self._first_occurrences(pix_cat, pix_sample)
+
+        per_category: dict[str, dict[str, float | None]] = {}
+        missing: dict[str, dict[str, str]] = {}
+        num_images: dict[str, int] = {}
+        notes: list[str] = []
+        for ci, name in enumerate(self.categories):
+            idx = keep[img_cat[keep] == ci]
+            num_images[name] = int(idx.size)
+            values: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
+            reasons: dict[str, str] = {}
+            self._image_metrics(img_score[idx], img_label[idx], values, reasons)
+            pidx = pix_keep[pix_cat[pix_keep] == ci]
+            status = img_pixel_gt[idx]
+            if not self.pixel_metrics:
+                for m in PIXEL_METRICS:
+                    reasons[m] = "pixel metrics disabled (pixel_metrics=False)"
+            elif idx.size == 0:
+                for m in PIXEL_METRICS:
+                    reasons[m] = "no samples"
+            elif pidx.size == 0:
+                why = (
+                    "no anomaly maps were given"
+                    if bool((status == 0).all())
+                    else "no pixel ground truth (no sample has a mask)"
+                )
+                for m in PIXEL_METRICS:
+                    reasons[m] = why
+            else:
+                if int((status != 2).sum()):
+                    notes.append(
+                        f"{name}: {int((status != 2).sum())} of {idx.size} samples have no map or no mask "
+                        "and are left out of the pixel metrics"
+                    )
+                maps = [segments[i][0] for i in pidx]
+                gts = [segments[i][1] for i in pidx]
+                pv, pr = pixel_metrics(maps, gts, fpr_limit=self.fpr_limit, aupro_method=self.aupro_method)
+                values.update(pv)
+                reasons.update(pr)
+            per_category[name] = values
+            missing[name] = reasons
+        if duplicates:
+            notes.append(f"dropped {duplicates} duplicate samples (distributed sampler padding)")
+        return EvaluationResult.from_categories(
+            per_category,
+            missing,
+            num_images=num_images,
+            fpr_limit=self.fpr_limit,
+            aupro_method=self.aupro_method,
+            duplicates_dropped=duplicates,
+            notes=notes,
+        )
+
+    def _segments(self, heights: np.ndarray, widths: np.ndarray) -> Iterator[tuple[Tensor, Tensor]]:
+        """(map, mask) 2-D views per stored pixel sample; samples never straddle two stored chunks."""
+        score_chunks = self._pixel_chunks("pix_scores")
+        mask_chunks = self._pixel_chunks("pix_masks")
+        chunk, offset = 0, 0
+        for h, w in zip(heights.tolist(), widths.tolist(), strict=True):
+            n = h * w
+            while chunk < len(score_chunks) and offset >= score_chunks[chunk].shape[0]:
+                chunk, offset = chunk + 1, 0
+            scores, gts = score_chunks[chunk], mask_chunks[chunk]
+            if offset + n > scores.shape[0]:
+                raise RuntimeError("pixel states are inconsistent with their per-sample sizes")
+            yield scores[offset : offset + n].view(h, w), gts[offset : offset + n].view(h, w)
+            offset += n
+
+    @staticmethod
+    def _image_metrics(
+        scores: Tensor, labels: Tensor, values: dict[str, float | None], reasons: dict[str, str]
+    ) -> None:
+        n = int(scores.shape[0])
+        n_pos = int(labels.sum())
+        if n == 0:
+            why = "no samples"
+        elif n_pos == n:
+            why = "no normal images (only one label present)"
+        elif n_pos == 0:
+            why = "no anomalous images (only one label present)"
+        else:
+            why = ""
+        if why:
+            for m in IMAGE_METRICS:
+                reasons[m] = why
+            return
+        try:
+            stats = _rank_stats(_split_scores(scores, labels))
+        except UndefinedMetricError as err:  # pragma: no cover - guarded above
+            for m in IMAGE_METRICS:
+                reasons[m] = str(err)
+            return
+        values["image_auroc"] = _auroc_from_stats(stats)
+        values["image_ap"] = _ap_from_stats(stats)
+        values["image_f1_max"] = _f1_max_from_stats(stats)

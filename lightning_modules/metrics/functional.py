@@ -1,0 +1,751 @@
+"""Exact anomaly-detection metrics as plain functions (see METRICS.md for the definitions).
+
+Everything here is exact with ties (every distinct score is a threshold) and avoids the copies that make
+naive implementations run out of memory on 10^8-10^9 pixels:
+
+- scores are split once into anomaly-free (``neg``) and anomalous (``pos``) pixels; AUROC/AP/F1 need only
+  the two *value-sorted* arrays plus ``searchsorted`` (no argsort, no int64 index array of all pixels);
+- AUPRO sorts only the anomaly-free pixels above the FPR limit (a partial selection finds them) and bins the
+  anomalous pixels between those thresholds, accumulating in float64.
+
+CPU inputs run on numpy (its SIMD sort/partition are ~10x faster than ``torch.sort`` on CPU); CUDA tensors
+stay on their device and use torch. Undefined metrics raise :class:`UndefinedMetricError` with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import Tensor
+
+__all__ = [
+    "AUPRO_METHODS",
+    "UndefinedMetricError",
+    "aupro",
+    "binary_auroc",
+    "binary_average_precision",
+    "f1_max",
+    "legacy_cflow_aupro",
+    "pixel_metrics",
+    "pro_curve",
+    "trapezoid_area",
+]
+
+AUPRO_METHODS = ("exact", "legacy_cflow")
+#: 8-connectivity, as in the MVTec AD evaluation code (``scipy.ndimage.label`` with a 3x3 structure).
+_STRUCTURE_8 = np.ones((3, 3), dtype=bool)
+
+MapLike = Tensor | np.ndarray
+MapsLike = MapLike | Sequence[MapLike]
+
+
+class UndefinedMetricError(ValueError):
+    """The metric has no value for these inputs (e.g. only one label present); the message says why."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Backends: the few operations whose numpy and torch spellings differ. Everything else (slicing, boolean
+# indexing, comparisons) is written once and works on both array types.
+# --------------------------------------------------------------------------------------------------------
+class _NumpyOps:
+    """CPU backend. Arrays are numpy (torch CPU tensors are viewed, not copied)."""
+
+    name = "numpy"
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+
+    def empty(self, n: int, dtype: str) -> np.ndarray:
+        return np.empty(n, dtype=np.dtype(dtype))
+
+    def from_numpy(self, a: np.ndarray) -> np.ndarray:
+        return a
+
+    def to_numpy(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def sort_(self, x: np.ndarray) -> np.ndarray:
+        x.sort()  # in place, values only: no index array
+        return x
+
+    def top_k_sorted_(self, x: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+        """Ascending k largest values (x is reordered in place) and how many values left out tie with the smallest."""
+        n = x.shape[0]
+        if k >= n:
+            return self.sort_(x), 0
+        x.partition(n - k)
+        top = x[n - k :]
+        top.sort()
+        rest = x[: n - k]
+        # Everything left of the partition is <= top[0]; count ties only if there are any (max: no temporary).
+        ties = int(np.count_nonzero(rest == top[0])) if rest.max() == top[0] else 0
+        return top, ties
+
+    def sort_with(self, x: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+        order = np.argsort(x)  # deterministic for a given input, which is all reproducibility needs
+        return (x[order],) + tuple(o[order] for o in others)
+
+    def unique_counts(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct values and counts of an ascending array."""
+        n = x.shape[0]
+        if n == 0:
+            return x[:0], np.zeros(0, dtype=np.int64)
+        flags = np.empty(n, dtype=bool)
+        flags[0] = True
+        np.not_equal(x[1:], x[:-1], out=flags[1:])
+        starts = np.flatnonzero(flags)
+        counts = np.diff(np.append(starts, n)).astype(np.int64, copy=False)
+        return x[starts], counts
+
+    def searchsorted(self, seq: np.ndarray, v: np.ndarray, right: bool) -> np.ndarray:
+        return np.searchsorted(seq, v, side="right" if right else "left").astype(np.int64, copy=False)
+
+    def bincount(self, idx: np.ndarray, weights: np.ndarray | None, n: int) -> np.ndarray:
+        return np.bincount(idx, weights=weights, minlength=n)
+
+    def count_greater(self, x: np.ndarray, t: Any) -> int:
+        return int(np.count_nonzero(x > t))
+
+    def scalar(self, value: float, like: np.ndarray) -> Any:
+        return like.dtype.type(value)
+
+
+class _TorchOps:
+    """Accelerator backend: stays on the tensors' device."""
+
+    name = "torch"
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    _DTYPES = {
+        "float16": torch.float16,
+        "float32": torch.float32,
+        "float64": torch.float64,
+        "int64": torch.int64,
+    }
+
+    def empty(self, n: int, dtype: str) -> Tensor:
+        return torch.empty(n, dtype=self._DTYPES[dtype], device=self.device)
+
+    def from_numpy(self, a: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    def to_numpy(self, x: Tensor) -> np.ndarray:
+        return x.cpu().numpy()
+
+    def sort_(self, x: Tensor) -> Tensor:
+        return torch.sort(x).values
+
+    def top_k_sorted_(self, x: Tensor, k: int) -> tuple[Tensor, int]:
+        n = x.shape[0]
+        if k >= n:
+            return self.sort_(x), 0
+        top = torch.sort(torch.topk(x, k, sorted=False).values).values
+        ties = int(torch.count_nonzero(x == top[0])) - int(torch.count_nonzero(top == top[0]))
+        return top, ties
+
+    def sort_with(self, x: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
+        values, order = torch.sort(x, stable=True)
+        return (values,) + tuple(o[order] for o in others)
+
+    def unique_counts(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.unique_consecutive(x, return_counts=True)
+
+    def searchsorted(self, seq: Tensor, v: Tensor, right: bool) -> Tensor:
+        return torch.searchsorted(seq, v, right=right)
+
+    def bincount(self, idx: Tensor, weights: Tensor | None, n: int) -> Tensor:
+        return torch.bincount(idx, weights=weights, minlength=n)
+
+    def count_greater(self, x: Tensor, t: Any) -> int:
+        return int(torch.count_nonzero(x > t))
+
+    def scalar(self, value: float, like: Tensor) -> Tensor:
+        return torch.tensor(value, dtype=like.dtype, device=like.device)
+
+
+def _flip(x: Any) -> Any:
+    return x.flip(0) if isinstance(x, Tensor) else x[::-1]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Input normalisation
+# --------------------------------------------------------------------------------------------------------
+def _as_2d_list(x: MapsLike, what: str) -> list[MapLike]:
+    """(N,H,W), (N,1,H,W), (H,W) arrays or a sequence of (H,W) arrays -> list of 2-D arrays (views)."""
+    if isinstance(x, Tensor | np.ndarray):
+        if x.ndim == 4 and x.shape[1] == 1:
+            x = x[:, 0]
+        if x.ndim == 2:
+            return [x]
+        if x.ndim == 3:
+            return list(x)
+        raise ValueError(f"{what} must be (N,H,W), (N,1,H,W) or (H,W); got shape {tuple(x.shape)}")
+    out = []
+    for item in x:
+        if not isinstance(item, Tensor | np.ndarray):
+            item = np.asarray(item)
+        if item.ndim == 3 and item.shape[0] == 1:
+            item = item[0]
+        if item.ndim != 2:
+            raise ValueError(f"every item of {what} must be 2-D (H,W); got shape {tuple(item.shape)}")
+        out.append(item)
+    return out
+
+
+def _pick_ops(arrays: Sequence[MapLike]) -> _NumpyOps | _TorchOps:
+    for a in arrays:
+        if isinstance(a, Tensor) and a.device.type != "cpu":
+            return _TorchOps(a.device)
+    return _NumpyOps()
+
+
+def _to_backend(x: MapLike, ops: _NumpyOps | _TorchOps) -> Any:
+    if isinstance(ops, _NumpyOps):
+        if isinstance(x, Tensor):
+            x = x.detach()
+            if x.dtype == torch.bfloat16:
+                x = x.float()  # numpy has no bfloat16; float32 holds it exactly
+            return x.numpy()
+        return np.asarray(x)
+    if not isinstance(x, Tensor):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    return x.detach().to(ops.device)
+
+
+def _is_float64(x: Any) -> bool:
+    return x.dtype in (np.float64, torch.float64)
+
+
+def _is_float(x: Any) -> bool:
+    if isinstance(x, Tensor):
+        return x.is_floating_point()
+    return np.issubdtype(x.dtype, np.floating)
+
+
+def _binarise(g: Any) -> Any:
+    """Ground truth as bool: masks are binarised with > 0 (DATASETS.md)."""
+    if g.dtype in (np.bool_, torch.bool):
+        return g
+    return g > 0
+
+
+def _has_nan(x: Any) -> bool:
+    if not _is_float(x):
+        return False
+    return bool(torch.isnan(x).any()) if isinstance(x, Tensor) else bool(np.isnan(x).any())
+
+
+# --------------------------------------------------------------------------------------------------------
+# The pixel split: anomaly-free scores, anomalous scores and their regions
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class _PixelSplit:
+    """Pixel scores split by ground truth, the only form every pixel metric needs.
+
+    ``neg``/``pos`` are owned buffers (float32, or float64 when any map is float64) that the metrics may
+    reorder in place; ``pos_weight`` is 1/|region| of each anomalous pixel's 8-connected region.
+    """
+
+    ops: _NumpyOps | _TorchOps
+    neg: Any
+    pos: Any
+    pos_weight: Any | None
+    pos_region: Any | None
+    region_sizes: np.ndarray | None
+    n_regions: int
+    neg_sorted: bool = False
+    pos_sorted: bool = False
+
+    @property
+    def n_neg(self) -> int:
+        return int(self.neg.shape[0])
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.pos.shape[0])
+
+
+def _label_regions(g: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected regions of a 2-D bool mask, labelled on the mask's bounding box (much faster for small
+    defects); returns the label of each True pixel in row-major order (like ``m[g]``) and the count."""
+    rows = np.flatnonzero(g.any(axis=1))
+    cols = np.flatnonzero(g.any(axis=0))
+    crop = g[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    labels, count = ndimage.label(crop, structure=_STRUCTURE_8)
+    return labels[crop], int(count)
+
+
+def _split_pixels(
+    maps: MapsLike, masks: MapsLike, *, regions: bool = True, region_ids: bool = False
+) -> _PixelSplit:
+    """Build the split image by image, so that no full-size temporary (bool, int64 or float64) is needed."""
+    map_list = _as_2d_list(maps, "anomaly maps")
+    mask_list = _as_2d_list(masks, "masks")
+    if len(map_list) != len(mask_list):
+        raise ValueError(f"{len(map_list)} anomaly maps but {len(mask_list)} masks")
+    if not map_list:
+        raise UndefinedMetricError("no anomaly maps")
+    ops = _pick_ops(map_list)
+    pairs, shapes = [], []
+    for i, (m, g) in enumerate(zip(map_list, mask_list, strict=True)):
+        if tuple(m.shape) != tuple(g.shape):
+            raise ValueError(f"map {i} has shape {tuple(m.shape)} but its mask has shape {tuple(g.shape)}")
+        pairs.append((_to_backend(m, ops).reshape(-1), _binarise(_to_backend(g, ops)).reshape(-1)))
+        shapes.append(tuple(g.shape))
+    work = "float64" if any(_is_float64(m) or not _is_float(m) for m, _ in pairs) else "float32"
+    count = np.count_nonzero if isinstance(ops, _NumpyOps) else torch.count_nonzero
+    n_pos_each = [int(count(g)) for _, g in pairs]
+    n_pos = sum(n_pos_each)
+    n_neg = sum(int(m.shape[0]) for m, _ in pairs) - n_pos
+    neg, pos = ops.empty(n_neg, work), ops.empty(n_pos, work)
+    weights = np.empty(n_pos, dtype=np.float64) if regions else None
+    region_of = np.empty(n_pos, dtype=np.int64) if region_ids else None
+    sizes: list[np.ndarray] = []
+    n_regions = 0
+    o_neg = o_pos = 0
+    for (m, g), shape, k in zip(pairs, shapes, n_pos_each, strict=True):
+        if k == 0:
+            neg[o_neg : o_neg + m.shape[0]] = m
+            o_neg += int(m.shape[0])
+        else:
+            neg[o_neg : o_neg + m.shape[0] - k] = m[~g]
+            o_neg += int(m.shape[0]) - k
+        if k == 0:
+            continue
+        pos[o_pos : o_pos + k] = m[g]
+        if regions:
+            labels, n_new = _label_regions((g.cpu().numpy() if isinstance(g, Tensor) else g).reshape(shape))
+            size = np.bincount(labels, minlength=n_new + 1)[1:]
+            weights[o_pos : o_pos + k] = 1.0 / size[labels - 1]
+            if region_of is not None:
+                region_of[o_pos : o_pos + k] = labels - 1 + n_regions
+            sizes.append(size)
+            n_regions += n_new
+        o_pos += k
+    if pos.shape[0] and math.isnan(float(pos.max())):  # NaN propagates through max
+        raise ValueError("anomaly maps contain NaN (at anomalous pixels)")
+    # NaNs among the anomaly-free scores are caught where they are sorted or selected (NaN sorts last).
+    return _PixelSplit(
+        ops=ops,
+        neg=neg,
+        pos=pos,
+        pos_weight=None if weights is None else ops.from_numpy(weights),
+        pos_region=None if region_of is None else ops.from_numpy(region_of),
+        region_sizes=np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int64),
+        n_regions=n_regions,
+    )
+
+
+def _check_neg_nan(sp: _PixelSplit, largest: Any) -> None:
+    if math.isnan(float(largest)):
+        raise ValueError("anomaly maps contain NaN (at anomaly-free pixels)")
+
+
+def _split_scores(scores: MapLike, labels: MapLike) -> _PixelSplit:
+    """Image-level (or any flat) scores and 0/1 labels as a split without regions."""
+    s = scores if isinstance(scores, Tensor | np.ndarray) else np.asarray(scores)
+    y = labels if isinstance(labels, Tensor | np.ndarray) else np.asarray(labels)
+    if tuple(s.shape) != tuple(y.shape):
+        raise ValueError(f"scores have shape {tuple(s.shape)} but labels have shape {tuple(y.shape)}")
+    ops = _pick_ops([s])
+    s, y = _to_backend(s, ops).reshape(-1), _to_backend(y, ops).reshape(-1)
+    if _has_nan(s):
+        raise ValueError("scores contain NaN")
+    if y.dtype not in (np.bool_, torch.bool):
+        if bool(((y != 0) & (y != 1)).any()):
+            raise ValueError("labels must be 0/1 or bool")
+        y = y != 0
+    work = "float64" if _is_float64(s) or not _is_float(s) else "float32"
+    n_pos = int(y.sum())
+    neg, pos = ops.empty(int(s.shape[0]) - n_pos, work), ops.empty(n_pos, work)
+    neg[:] = s[~y]
+    pos[:] = s[y]
+    return _PixelSplit(ops, neg, pos, None, None, None, 0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# AUROC, AP, F1-max from the two sorted arrays
+# --------------------------------------------------------------------------------------------------------
+def _require_both(sp: _PixelSplit, negatives: str = "negatives", positives: str = "positives") -> None:
+    if sp.n_pos == 0 and sp.n_neg == 0:
+        raise UndefinedMetricError("no samples")
+    if sp.n_pos == 0:
+        raise UndefinedMetricError(f"no {positives} (only one label present)")
+    if sp.n_neg == 0:
+        raise UndefinedMetricError(f"no {negatives} (only one label present)")
+
+
+def _sort_split(sp: _PixelSplit) -> None:
+    ops = sp.ops
+    if not sp.neg_sorted:
+        sp.neg = ops.sort_(sp.neg)
+        sp.neg_sorted = True
+        if sp.n_neg:
+            _check_neg_nan(sp, sp.neg[-1])
+    if not sp.pos_sorted:
+        if sp.pos_weight is not None or sp.pos_region is not None:
+            extra = [a for a in (sp.pos_weight, sp.pos_region) if a is not None]
+            sp.pos, *rest = ops.sort_with(sp.pos, *extra)
+            if sp.pos_weight is not None:
+                sp.pos_weight = rest.pop(0)
+            if sp.pos_region is not None:
+                sp.pos_region = rest.pop(0)
+        else:
+            sp.pos = ops.sort_(sp.pos)
+        sp.pos_sorted = True
+
+
+@dataclass
+class _RankStats:
+    """Per distinct positive score: how many positives have it, and positives/negatives scoring >= and <."""
+
+    counts: np.ndarray  # int64, positives with exactly this score
+    tp_ge: np.ndarray  # int64, positives with score >= value
+    neg_lt: np.ndarray  # int64, negatives with score < value
+    neg_le: np.ndarray  # int64, negatives with score <= value
+    n_pos: int
+    n_neg: int
+
+
+def _rank_stats(sp: _PixelSplit) -> _RankStats:
+    _sort_split(sp)
+    ops = sp.ops
+    values, counts = ops.unique_counts(sp.pos)
+    lt = ops.to_numpy(ops.searchsorted(sp.neg, values, right=False))
+    le = ops.to_numpy(ops.searchsorted(sp.neg, values, right=True))
+    counts = ops.to_numpy(counts).astype(np.int64, copy=False)
+    tp_ge = np.cumsum(counts[::-1])[::-1]
+    return _RankStats(counts, tp_ge, lt, le, sp.n_pos, sp.n_neg)
+
+
+def _auroc_from_stats(st: _RankStats) -> float:
+    # Mann-Whitney U with ties counted half: sum over positives of (#neg < s) + (#neg == s)/2.
+    # Integer arithmetic is exact while n_pos * n_neg < 2**61 (~1.5e9 pixels per class side).
+    if st.n_pos * st.n_neg < 2**61:
+        twice_u = int(np.dot(st.counts, st.neg_lt + st.neg_le))
+        return twice_u / (2 * st.n_pos * st.n_neg)
+    u = np.dot(st.counts.astype(np.float64), (st.neg_lt + st.neg_le).astype(np.float64))
+    return float(u / (2.0 * st.n_pos * st.n_neg))
+
+
+def _ap_from_stats(st: _RankStats) -> float:
+    # sklearn's step-wise AP: sum over thresholds of (recall increase) * precision; recall only increases at
+    # scores that positives have, where precision = tp(>=s) / (tp(>=s) + fp(>=s)).
+    fp_ge = st.n_neg - st.neg_lt
+    precision = st.tp_ge / (st.tp_ge + fp_ge)
+    return float(np.dot(st.counts.astype(np.float64), precision) / st.n_pos)
+
+
+def _f1_max_from_stats(st: _RankStats) -> float:
+    fp_ge = st.n_neg - st.neg_lt
+    # F1 = 2TP / (2TP + FP + FN) = 2TP / (TP + FP + n_pos); its maximum lies at a score positives have.
+    f1 = 2.0 * st.tp_ge / (st.tp_ge + fp_ge + st.n_pos)
+    return float(f1.max())
+
+
+def binary_auroc(scores: MapLike, labels: MapLike) -> float:
+    """Exact ROC AUC (ties count half, as ``sklearn.metrics.roc_auc_score``); scores need not be probabilities."""
+    sp = _split_scores(scores, labels)
+    _require_both(sp)
+    return _auroc_from_stats(_rank_stats(sp))
+
+
+def binary_average_precision(scores: MapLike, labels: MapLike) -> float:
+    """Average precision as ``sklearn.metrics.average_precision_score`` (step-wise, not a trapezoid)."""
+    sp = _split_scores(scores, labels)
+    _require_both(sp)
+    return _ap_from_stats(_rank_stats(sp))
+
+
+def f1_max(scores: MapLike, labels: MapLike) -> float:
+    """The best F1 over all thresholds (every distinct score)."""
+    sp = _split_scores(scores, labels)
+    _require_both(sp)
+    return _f1_max_from_stats(_rank_stats(sp))
+
+
+# --------------------------------------------------------------------------------------------------------
+# PRO / AUPRO
+# --------------------------------------------------------------------------------------------------------
+def _check_fpr_limit(fpr_limit: float) -> float:
+    fpr_limit = float(fpr_limit)
+    if not 0.0 < fpr_limit <= 1.0:
+        raise ValueError(f"fpr_limit must be in (0, 1]; got {fpr_limit}")
+    return fpr_limit
+
+
+def _normals_needed(n_ok: int, fpr_limit: float) -> int:
+    """Smallest k with k / n_ok > fpr_limit (capped at n_ok): the curve is needed down to that normal pixel."""
+    if fpr_limit >= 1.0:
+        return n_ok
+    k = min(n_ok, math.floor(fpr_limit * n_ok) + 1)
+    while k > 1 and (k - 1) / n_ok > fpr_limit:
+        k -= 1
+    while k < n_ok and k / n_ok <= fpr_limit:
+        k += 1
+    return k
+
+
+def _require_pro(sp: _PixelSplit) -> None:
+    if sp.n_regions == 0:
+        raise UndefinedMetricError("no anomalous regions in the ground truth")
+    if sp.n_neg == 0:
+        raise UndefinedMetricError("no anomaly-free pixels in the ground truth")
+
+
+def _top_normals(sp: _PixelSplit, k: int) -> tuple[Any, int]:
+    """The k largest anomaly-free scores (ascending) and how many other anomaly-free pixels tie with the
+    smallest of them."""
+    ops = sp.ops
+    n = sp.n_neg
+    if sp.neg_sorted:
+        top = sp.neg[n - k :]
+        ties = (n - k) - int(ops.searchsorted(sp.neg, top[:1], right=False)[0])
+    else:
+        top, ties = ops.top_k_sorted_(sp.neg, k)
+        _check_neg_nan(sp, top[-1])  # NaN is the largest for partition/topk and sorts last
+    return top, ties
+
+
+def _pro_steps(sp: _PixelSplit, fpr_limit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The exact PRO curve down to the first threshold whose FPR exceeds ``fpr_limit``.
+
+    Returns float64 arrays over the distinct anomaly-free scores u_1 > u_2 > ... (only these move the FPR):
+    ``fpr[k]`` = FPR at threshold u_k, ``pro_ge[k]`` = PRO counting pixels with score >= u_k and
+    ``pro_gt[k]`` = PRO counting pixels with score > u_k. The curve's polyline runs
+    (fpr[k-1], pro_ge[k-1]) -> (fpr[k-1], pro_gt[k]) (vertical: anomalous pixels only) -> (fpr[k], pro_ge[k]).
+    """
+    _require_pro(sp)
+    ops = sp.ops
+    n_ok = sp.n_neg
+    k = _normals_needed(n_ok, fpr_limit)
+    top, ties = _top_normals(sp, k)
+    thresholds, counts = ops.unique_counts(top)  # ascending
+    n_thr = int(thresholds.shape[0])
+    # Anomalous pixels below the lowest threshold never count, so only the rest are binned. For each pixel,
+    # the number of thresholds <= its score (>= counting) and < its score (> counting).
+    pos, weight = sp.pos, sp.pos_weight
+    if not sp.pos_sorted:
+        keep = pos >= thresholds[0]
+        # Sorted needles keep searchsorted cache-friendly.
+        pos, weight = ops.sort_with(pos[keep], weight[keep])
+    idx_le = ops.searchsorted(thresholds, pos, right=True)
+    idx_lt = ops.searchsorted(thresholds, pos, right=False)
+    hist_ge = ops.to_numpy(ops.bincount(idx_le, weight, n_thr + 1))
+    hist_gt = ops.to_numpy(ops.bincount(idx_lt, weight, n_thr + 1))
+    counts = ops.to_numpy(counts).astype(np.int64)
+    counts[0] += ties
+    fpr = np.cumsum(counts[::-1]) / n_ok
+    pro_ge = np.cumsum(hist_ge[::-1])[:n_thr] / sp.n_regions
+    pro_gt = np.cumsum(hist_gt[::-1])[:n_thr] / sp.n_regions
+    return fpr, pro_gt, pro_ge
+
+
+def _area_from_steps(fpr: np.ndarray, pro_gt: np.ndarray, pro_ge: np.ndarray, fpr_limit: float) -> float:
+    """Trapezoid area under the step representation up to ``fpr_limit``, interpolating at the limit."""
+    n = fpr.shape[0]
+    fpr_prev = np.concatenate(([0.0], fpr[:-1]))
+    stop = int(np.searchsorted(fpr, fpr_limit, side="right"))  # first threshold with FPR > limit
+    area = float(np.sum(0.5 * (pro_gt[:stop] + pro_ge[:stop]) * (fpr[:stop] - fpr_prev[:stop])))
+    if stop < n and fpr_limit > fpr_prev[stop]:
+        x0, x1, y0, y1 = fpr_prev[stop], fpr[stop], pro_gt[stop], pro_ge[stop]
+        y_limit = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
+        area += 0.5 * (y0 + y_limit) * (fpr_limit - x0)
+    return area
+
+
+def _aupro_from_split(sp: _PixelSplit, fpr_limit: float) -> float:
+    """Exact AUPRO without materialising the curve: O(S log S) for the S anomaly-free pixels above the limit.
+
+    With the anomaly-free scores above the limit sorted (``top``, ascending, t* = top[0]), every such pixel
+    except those tied with t* closes one trapezoid of width 1/n_ok and mean height
+    (PRO(> v) + PRO(>= v)) / 2 at its score v. Summed over pixels, an anomalous pixel p with weight
+    1/|region| enters PRO(>= v) for the #{top <= p} - i0 of them above the t* tie (and PRO(> v) likewise with
+    #{top < p}), so the whole area is one dot product over anomalous pixels; the last trapezoid (the t* tie,
+    where the FPR crosses the limit) is interpolated at the limit.
+    """
+    _require_pro(sp)
+    ops = sp.ops
+    n_ok = sp.n_neg
+    k = _normals_needed(n_ok, fpr_limit)
+    top, ties = _top_normals(sp, k)
+    i0 = int(ops.searchsorted(top, top[:1], right=True)[0])  # top values tied with t* = top[0]
+    pos, weight = sp.pos, sp.pos_weight
+    if sp.pos_sorted:
+        start = int(ops.searchsorted(pos, top[:1], right=False)[0])
+        pos, weight = pos[start:], weight[start:]
+    else:
+        keep = pos >= top[0]  # pixels below t* never count before the FPR passes the limit
+        pos, weight = ops.sort_with(pos[keep], weight[keep])  # sorted needles: cache-friendly searchsorted
+    n_le = ops.searchsorted(top, pos, right=True)  # #top <= p
+    # #top < p differs from #top <= p only where p equals a top score; search again just for those.
+    n_lt = n_le.clone() if isinstance(n_le, Tensor) else n_le.copy()
+    tied = (n_le > 0) & (top[(n_le - 1).clip(min=0)] == pos)
+    n_lt[tied] = ops.searchsorted(top, pos[tied], right=False)
+    n_le, n_lt, w = ops.to_numpy(n_le), ops.to_numpy(n_lt), ops.to_numpy(weight)
+    above = np.maximum(n_le - i0, 0) + np.maximum(n_lt - i0, 0)
+    area = 0.5 * float(np.dot(w, above.astype(np.float64))) / (n_ok * sp.n_regions)
+    # Last trapezoid: the t* tie group moves the FPR from x0 past the limit to x1.
+    x0, x1 = (k - i0) / n_ok, (k + ties) / n_ok
+    y0 = float(w[n_lt > 0].sum()) / sp.n_regions  # PRO(> t*)
+    y1 = float(w.sum()) / sp.n_regions  # PRO(>= t*)
+    if fpr_limit >= x1:
+        area += 0.5 * (y0 + y1) * (x1 - x0)
+    elif fpr_limit > x0:
+        y_limit = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
+        area += 0.5 * (y0 + y_limit) * (fpr_limit - x0)
+    return area / fpr_limit
+
+
+def pro_curve(maps: MapsLike, masks: MapsLike, fpr_limit: float | None = None) -> tuple[Tensor, Tensor]:
+    """The exact PRO curve as polyline vertices ``(fpr, pro)`` (float64, CPU), starting at (0, 0).
+
+    Without ``fpr_limit`` the curve ends at (1, 1) like the MVTec AD code; with it, the curve stops at the
+    first vertex whose FPR exceeds the limit (all that AUPRO needs, and only those pixels get sorted).
+    Vertices on vertical segments are merged: the polyline is the same as with one vertex per threshold.
+    """
+    limit = 1.0 if fpr_limit is None else _check_fpr_limit(fpr_limit)
+    sp = _split_pixels(maps, masks)
+    fpr, pro_gt, pro_ge = _pro_steps(sp, limit)
+    n = fpr.shape[0]
+    if fpr_limit is not None:
+        n = min(n, int(np.searchsorted(fpr, limit, side="right")) + 1)
+    x = np.zeros(2 * n + 1)
+    y = np.zeros(2 * n + 1)
+    x[1::2] = np.concatenate(([0.0], fpr[: n - 1]))
+    x[2::2] = fpr[:n]
+    y[1::2] = pro_gt[:n]
+    y[2::2] = pro_ge[:n]
+    if fpr_limit is None and y[-1] < 1.0:  # anomalous pixels scored below every anomaly-free pixel
+        x, y = np.append(x, 1.0), np.append(y, 1.0)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def trapezoid_area(x: MapLike, y: MapLike, x_max: float) -> float:
+    """Trapezoid area under a curve with non-decreasing x, from x[0] to ``x_max``, y linearly interpolated
+    at ``x_max``. A curve that ends before ``x_max`` is integrated to its end (not extrapolated)."""
+    xs = np.asarray(x.cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
+    ys = np.asarray(y.cpu() if isinstance(y, Tensor) else y, dtype=np.float64)
+    stop = int(np.searchsorted(xs, x_max, side="right"))
+    area = float(np.sum(0.5 * (ys[1:stop] + ys[: stop - 1]) * (xs[1:stop] - xs[: stop - 1])))
+    if 0 < stop < xs.shape[0] and x_max > xs[stop - 1]:
+        x0, x1, y0, y1 = xs[stop - 1], xs[stop], ys[stop - 1], ys[stop]
+        y_max = y0 + (y1 - y0) * (x_max - x0) / (x1 - x0)
+        area += 0.5 * (y0 + y_max) * (x_max - x0)
+    return area
+
+
+def aupro(maps: MapsLike, masks: MapsLike, fpr_limit: float = 0.3) -> float:
+    """Exact normalised AUPRO (MVTec AD definition): area under PRO over FPR in [0, fpr_limit] / fpr_limit.
+
+    ``maps``/``masks``: (N,H,W) arrays or sequences of (H,W) arrays (sizes may differ between images),
+    torch or numpy; masks are binarised with > 0. O(P + S log S) for P pixels, S of them above the limit.
+    """
+    fpr_limit = _check_fpr_limit(fpr_limit)
+    return _aupro_from_split(_split_pixels(maps, masks), fpr_limit)
+
+
+def _legacy_from_split(sp: _PixelSplit, fpr_limit: float, num_thresholds: int) -> float:
+    _require_pro(sp)
+    ops = sp.ops
+    _check_neg_nan(sp, sp.neg.max())
+    lo = min(float(sp.neg.min()), float(sp.pos.min()))
+    hi = max(float(sp.neg.max()), float(sp.pos.max()))
+    # Reproduce the reference code's arithmetic: thresholds in the maps' dtype (float32 in practice).
+    dtype = np.float64 if _is_float64(sp.neg) else np.float32
+    min_th, max_th = dtype(lo), dtype(hi)
+    delta = (max_th - min_th) / dtype(num_thresholds)
+    if not delta > 0:
+        raise UndefinedMetricError("all anomaly scores are equal: the legacy thresholds are undefined")
+    thresholds = np.arange(min_th, max_th, delta)
+    sizes = sp.region_sizes.astype(np.float64)
+    fprs = np.empty(len(thresholds))
+    pros = np.empty(len(thresholds))
+    for i, th in enumerate(thresholds):
+        t = ops.scalar(th, sp.neg)
+        fprs[i] = ops.count_greater(sp.neg, t) / sp.n_neg
+        hits = sp.pos_region[sp.pos > t]
+        tp = ops.to_numpy(ops.bincount(hits, None, sp.n_regions)).astype(np.float64)
+        pros[i] = float(np.mean(tp / sizes))
+    keep = fprs < fpr_limit
+    if int(keep.sum()) < 2:
+        raise UndefinedMetricError(f"fewer than 2 of the legacy thresholds have FPR < {fpr_limit}")
+    f, p = fprs[keep], pros[keep]
+    span = f.max() - f.min()
+    if not span > 0:
+        raise UndefinedMetricError(f"the legacy FPRs below {fpr_limit} are all equal: rescaling is undefined")
+    f = (f - f.min()) / span
+    # sklearn.metrics.auc on FPRs that fall as the threshold rises: area = -trapezoid(p, f).
+    return float(-np.sum(0.5 * (p[1:] + p[:-1]) * (f[1:] - f[:-1])))
+
+
+def legacy_cflow_aupro(
+    maps: MapsLike, masks: MapsLike, fpr_limit: float = 0.3, num_thresholds: int = 200
+) -> float:
+    """The biased "cflow-style" AUPRO of the AnomalyCLIP/VAND/MuSc code, only for comparison with their numbers.
+
+    ``num_thresholds`` thresholds ``np.arange(min, max, (max - min) / num_thresholds)`` over all scores,
+    keep points with FPR < ``fpr_limit``, min-max rescale those FPRs to [0, 1], then the trapezoid rule.
+    Regions are labelled once (the reference relabels per threshold; same result).
+    """
+    fpr_limit = _check_fpr_limit(fpr_limit)
+    sp = _split_pixels(maps, masks, region_ids=True)
+    return _legacy_from_split(sp, fpr_limit, num_thresholds)
+
+
+def pixel_metrics(
+    maps: MapsLike,
+    masks: MapsLike,
+    fpr_limit: float = 0.3,
+    aupro_method: str = "exact",
+    metrics: Sequence[str] = ("pixel_auroc", "pixel_ap", "aupro"),
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Pixel AUROC, pixel AP and AUPRO sharing one split and one sort of the anomaly-free pixels.
+
+    Returns (values, reasons): an undefined metric has value None and its reason in ``reasons``.
+    """
+    fpr_limit = _check_fpr_limit(fpr_limit)
+    if aupro_method not in AUPRO_METHODS:
+        raise ValueError(f"aupro_method must be one of {AUPRO_METHODS}; got {aupro_method!r}")
+    want_pro = "aupro" in metrics
+    sp = _split_pixels(maps, masks, regions=want_pro, region_ids=want_pro and aupro_method == "legacy_cflow")
+    values: dict[str, float | None] = {}
+    reasons: dict[str, str] = {}
+
+    def attempt(name: str, fn: Any) -> None:
+        try:
+            values[name] = float(fn())
+        except UndefinedMetricError as err:
+            values[name] = None
+            reasons[name] = str(err)
+
+    ranking = "pixel_auroc" in metrics or "pixel_ap" in metrics
+    if ranking and sp.n_pos > 0 and sp.n_neg > 0:
+        _sort_split(sp)  # the full sort serves AUROC/AP, and AUPRO then reads its top slice
+    if want_pro:
+        if aupro_method == "exact":
+            attempt("aupro", lambda: _aupro_from_split(sp, fpr_limit))
+        else:
+            attempt("aupro", lambda: _legacy_from_split(sp, fpr_limit, 200))
+    if ranking:
+        stats: list[_RankStats] = []
+
+        def get_stats() -> _RankStats:
+            if not stats:
+                _require_both(sp, negatives="anomaly-free pixels", positives="anomalous pixels")
+                stats.append(_rank_stats(sp))
+            return stats[0]
+
+        if "pixel_auroc" in metrics:
+            attempt("pixel_auroc", lambda: _auroc_from_stats(get_stats()))
+        if "pixel_ap" in metrics:
+            attempt("pixel_ap", lambda: _ap_from_stats(get_stats()))
+    return values, reasons

@@ -1,0 +1,264 @@
+"""``zsad evaluate-maps``: metrics of anomaly maps saved by any method against a dataset's ground truth.
+
+Like the MVTec AD evaluation script, but with this project's exact metric suite: maps are one file per
+test image (``.npy`` or ``.tiff``), mirroring the test folder layout, e.g. ``MAPS/{cls}/test/{defect}/{stem}.npy``.
+The image score of each image is the maximum of its map (as in the MVTec AD script). Maps whose size differs
+from the ground truth are resized bilinearly to the mask size, and the output says so.
+
+    zsad evaluate-maps --gt-root /data/mvtec --maps runs/x/maps [--dataset mvtec] [--output metrics.json]
+    python -m pipelines.evaluate_maps ...   (same)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines.errors import CorruptImageError, DatasetLayoutError, ZsadError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MAP_SUFFIXES = (".npy", ".tiff", ".tif")
+DATASETS = ("mvtec",)
+EXIT_USER_ERROR = 2
+
+
+class MapsError(ZsadError):
+    """An anomaly map is missing, unreadable or has the wrong shape."""
+
+
+@dataclass(frozen=True)
+class TestImage:
+    """One test image of the ground truth: where its map should be and where its mask is."""
+
+    category: str
+    defect: str
+    stem: str
+    image: Path
+    mask: Path | None  # None: normal image (empty mask of the image's size)
+
+    @property
+    def relative(self) -> str:
+        return f"{self.category}/test/{self.defect}/{self.stem}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Ground truth (MVTec AD layout), kept self-contained on purpose
+# --------------------------------------------------------------------------------------------------------
+def mvtec_categories(root: Path) -> list[str]:
+    if not root.is_dir():
+        raise DatasetLayoutError(f"--gt-root {root} is not a directory")
+    cats = sorted(p.name for p in root.iterdir() if (p / "test").is_dir())
+    if not cats:
+        raise DatasetLayoutError(
+            f"--gt-root {root} does not look like an MVTec AD root: no {{class}}/test folders in it"
+        )
+    return cats
+
+
+def mvtec_test_images(root: Path, category: str) -> list[TestImage]:
+    """``{cls}/test/{good,<defect>}/*`` with masks ``{cls}/ground_truth/<defect>/{stem}_mask.png``, paired by name."""
+    test_dir = root / category / "test"
+    if not test_dir.is_dir():
+        raise DatasetLayoutError(f"no test folder for class '{category}' in --gt-root {root}")
+    items = []
+    for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
+        for image in sorted(p for p in defect_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            mask = None
+            if defect_dir.name != "good":
+                mask = root / category / "ground_truth" / defect_dir.name / f"{image.stem}_mask.png"
+                if not mask.is_file():
+                    raise DatasetLayoutError(f"missing ground-truth mask {mask} for test image {image}")
+            items.append(TestImage(category, defect_dir.name, image.stem, image, mask))
+    if not items:
+        raise DatasetLayoutError(f"no test images under {test_dir}")
+    return items
+
+
+def read_mask(item: TestImage) -> np.ndarray:
+    """Binary (H, W) mask, binarised with > 0; a normal image gets an empty mask of its own size."""
+    from PIL import Image
+
+    try:
+        if item.mask is None:
+            with Image.open(item.image) as im:
+                width, height = im.size  # header only: PIL's size is (W, H)
+            return np.zeros((height, width), dtype=bool)
+        with Image.open(item.mask) as im:
+            arr = np.asarray(im)
+    except (OSError, ValueError) as err:
+        raise CorruptImageError(f"cannot read {item.mask or item.image}: {err}") from err
+    return arr.any(axis=-1) if arr.ndim == 3 else arr > 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# Maps
+# --------------------------------------------------------------------------------------------------------
+def find_map(maps_root: Path, item: TestImage) -> Path:
+    base = maps_root / item.category / "test" / item.defect / item.stem
+    for suffix in MAP_SUFFIXES:
+        path = base.with_name(base.name + suffix)
+        if path.is_file():
+            return path
+    raise MapsError(f"no anomaly map for {item.relative} (looked for {base}{{{','.join(MAP_SUFFIXES)}}})")
+
+
+def read_map(path: Path) -> np.ndarray:
+    """A 2-D float map from .npy or .tiff; singleton channel axes are dropped."""
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        else:
+            import tifffile
+
+            arr = tifffile.imread(path)
+    except (OSError, ValueError) as err:
+        raise MapsError(f"cannot read anomaly map {path}: {err}") from err
+    arr = np.squeeze(np.asarray(arr))
+    if arr.ndim != 2:
+        raise MapsError(f"anomaly map {path} has shape {arr.shape}; expected (H, W)")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise MapsError(f"anomaly map {path} has dtype {arr.dtype}; expected real numbers")
+    arr = arr.astype(np.float64 if arr.dtype == np.float64 else np.float32, copy=False)
+    if np.isnan(arr).any():
+        raise MapsError(f"anomaly map {path} contains NaN")
+    return arr
+
+
+def resize_map(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(arr))[None, None]
+    out = torch.nn.functional.interpolate(t, size=shape, mode="bilinear", align_corners=False)
+    return out[0, 0].numpy()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Command
+# --------------------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gt-root", required=True, type=Path, help="dataset root with the ground truth")
+    parser.add_argument(
+        "--maps", required=True, type=Path, help="folder of maps: {cls}/test/{defect}/{stem}.npy or .tiff"
+    )
+    parser.add_argument(
+        "--dataset", default="mvtec", choices=DATASETS, help="ground-truth layout (default: mvtec)"
+    )
+    parser.add_argument(
+        "--categories", nargs="+", metavar="CLS", help="classes to evaluate (default: the classes with maps)"
+    )
+    parser.add_argument(
+        "--output", help="JSON file for the metrics (default: MAPS/metrics.json; '-' prints the JSON instead)"
+    )
+    parser.add_argument("--fpr-limit", type=float, default=0.3, help="AUPRO integration limit (default 0.3)")
+    parser.add_argument(
+        "--aupro-method",
+        default="exact",
+        choices=("exact", "legacy_cflow"),
+        help="exact (default) or the biased 200-threshold legacy_cflow, only to compare with published numbers",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate one class at a time (memory is freed between classes); returns the exit code."""
+    from lightning_modules.metrics import AnomalyEvaluator, EvaluationResult
+
+    gt_root, maps_root = Path(args.gt_root), Path(args.maps)
+    if not maps_root.is_dir():
+        raise MapsError(f"--maps {maps_root} is not a directory")
+    available = mvtec_categories(gt_root)
+    if args.categories:
+        unknown = [c for c in args.categories if c not in available]
+        if unknown:
+            raise DatasetLayoutError(f"classes {unknown} are not in --gt-root {gt_root} (it has {available})")
+        categories = list(args.categories)
+    else:
+        categories = [c for c in available if (maps_root / c).is_dir()]
+        if not categories:
+            raise MapsError(
+                f"--maps {maps_root} has no folder of any class in --gt-root ({', '.join(available)})"
+            )
+    if not 0.0 < args.fpr_limit <= 1.0:
+        raise ZsadError(f"--fpr-limit must be in (0, 1]; got {args.fpr_limit}")
+
+    results = []
+    resized: dict[str, int] = {}
+    for category in categories:
+        items = mvtec_test_images(gt_root, category)
+        evaluator = AnomalyEvaluator(
+            [category],
+            fpr_limit=args.fpr_limit,
+            aupro_method=args.aupro_method,
+            pixel_score_dtype=torch.float32,
+        )
+        for index, item in enumerate(items):
+            mask = read_mask(item)
+            amap = read_map(find_map(maps_root, item))
+            if amap.shape != mask.shape:
+                key = f"{amap.shape[0]}x{amap.shape[1]} -> {mask.shape[0]}x{mask.shape[1]}"
+                resized[key] = resized.get(key, 0) + 1
+                amap = resize_map(amap, mask.shape)
+            amap_t = torch.from_numpy(amap)
+            evaluator.update(
+                torch.tensor([0]),
+                torch.tensor([index]),
+                amap_t.max().reshape(1),
+                torch.tensor([int(item.mask is not None)]),
+                amap_t[None],
+                torch.from_numpy(mask)[None],
+            )
+        results.append(evaluator.compute())
+        print(f"evaluated {category}: {len(items)} test images", file=sys.stderr)
+    result = EvaluationResult.merge(results)
+    notes = [f"resized {n} maps {k} (bilinear) to the ground-truth size" for k, n in sorted(resized.items())]
+    result.notes.extend(notes)
+
+    payload = {
+        "dataset": args.dataset,
+        "gt_root": str(gt_root),
+        "maps": str(maps_root),
+        "image_score": "maximum of the anomaly map",
+        **result.to_dict(),
+    }
+    text = json.dumps(payload, indent=2)
+    print(result.format_table())
+    for note in result.notes:
+        print(f"note: {note}")
+    for category, reasons in result.missing.items():
+        for metric, reason in reasons.items():
+            print(f"missing: {category} {metric}: {reason}")
+    if args.output == "-":
+        print(text)
+    else:
+        out = Path(args.output) if args.output else maps_root / "metrics.json"
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text + "\n")
+        except OSError as err:
+            raise ZsadError(f"cannot write {out}: {err}") from err
+        print(f"metrics: {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.evaluate_maps", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except ZsadError as err:
+        if args.debug:
+            raise
+        print(f"evaluate-maps: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

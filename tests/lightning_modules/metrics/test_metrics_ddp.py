@@ -1,0 +1,123 @@
+"""Two processes (Lightning ddp_spawn on CPU/gloo) give exactly the one-process result, although the
+DistributedSampler pads 7 samples to 8 with a duplicate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_modules.metrics import AnomalyEvaluator
+
+CATEGORIES = ["disc", "weave", "cells"]
+N_SAMPLES = 7  # odd: the distributed sampler must pad one rank
+
+
+class TinyAnomalySet(Dataset):
+    """Deterministic samples of three categories (sizes differ per category; 'cells' has no normals)."""
+
+    def __len__(self) -> int:
+        return N_SAMPLES
+
+    def __getitem__(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(100 + i)
+        cat = [0, 0, 0, 1, 1, 2, 2][i]
+        label = [0, 1, 1, 0, 1, 1, 1][i]
+        h, w = [(8, 8), (6, 10), (5, 5)][cat]
+        amap = torch.rand(h, w, generator=g)
+        mask = torch.zeros(h, w, dtype=torch.bool)
+        if label:
+            mask[1:3, 1 + i % 2 : 4] = True
+            amap[mask] += 0.3
+        return {"cat": cat, "sid": i, "score": float(amap.max()), "label": label, "map": amap, "mask": mask}
+
+
+def collate(batch: list[dict]) -> dict:
+    return {
+        "cat": torch.tensor([b["cat"] for b in batch]),
+        "sid": torch.tensor([b["sid"] for b in batch]),
+        "score": torch.tensor([b["score"] for b in batch]),
+        "label": torch.tensor([b["label"] for b in batch]),
+        "map": [b["map"] for b in batch],
+        "mask": [b["mask"] for b in batch],
+    }
+
+
+def update_from_batch(ev: AnomalyEvaluator, batch: dict) -> None:
+    # One update per sample: sizes differ between categories.
+    for j in range(len(batch["sid"])):
+        ev.update(
+            batch["cat"][j : j + 1],
+            batch["sid"][j : j + 1],
+            batch["score"][j : j + 1],
+            batch["label"][j : j + 1],
+            batch["map"][j][None],
+            batch["mask"][j][None],
+        )
+
+
+def result_json(ev: AnomalyEvaluator) -> dict:
+    res = ev.compute()
+    return {
+        "per_category": res.per_category,
+        "missing": res.missing,
+        "mean": res.mean,
+        "num_images": res.num_images,
+        "duplicates_dropped": res.duplicates_dropped,
+    }
+
+
+class EvalModule(pl.LightningModule):
+    """Updates an AnomalyEvaluator in test_step; each rank writes what compute() returned."""
+
+    def __init__(self, out_dir: str) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Linear(1, 1)  # DDP needs a parameter
+        self.evaluator = AnomalyEvaluator(CATEGORIES, pixel_score_dtype=torch.float32)
+        self.out_dir = out_dir
+        self.seen = 0
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.seen += len(batch["sid"])
+        update_from_batch(self.evaluator, batch)
+
+    def on_test_epoch_end(self) -> None:
+        out = result_json(self.evaluator)
+        out["seen_on_rank"] = self.seen
+        Path(self.out_dir, f"rank{self.global_rank}.json").write_text(json.dumps(out))
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(TinyAnomalySet(), batch_size=2, collate_fn=collate)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_process_ddp_spawn_equals_one_process(tmp_path):
+    single = AnomalyEvaluator(CATEGORIES, pixel_score_dtype=torch.float32)
+    for batch in DataLoader(TinyAnomalySet(), batch_size=3, collate_fn=collate):
+        update_from_batch(single, batch)
+    expected = json.loads(json.dumps(result_json(single)))  # same float round trip as the ranks' files
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        strategy="ddp_spawn",
+        devices=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.test(EvalModule(str(tmp_path)))
+    for rank in (0, 1):
+        got = json.loads(Path(tmp_path, f"rank{rank}.json").read_text())
+        assert got.pop("seen_on_rank") == 4  # 7 samples padded to 8: the sampler did add a duplicate
+        assert got.pop("duplicates_dropped") == 1
+        expected_no_dup = dict(expected)
+        assert expected_no_dup.pop("duplicates_dropped") == 0
+        assert got == expected_no_dup
+    assert expected["per_category"]["cells"]["image_auroc"] is None
+    assert expected["per_category"]["disc"]["aupro"] is not None
