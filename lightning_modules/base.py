@@ -27,6 +27,9 @@ class ZeroShotModule(L.LightningModule):
     """
 
     method_name: str = "?"
+    # Methods that adapt at test time (TTA) need autograd in the test loop; the runner then builds the
+    # Trainer with inference_mode=False (inference mode cannot be undone by enable_grad inside a step).
+    needs_grad_at_test: bool = False
 
     def __init__(self, eval_cfg: EvalConfig | None = None) -> None:
         super().__init__()

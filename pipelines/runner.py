@@ -65,7 +65,9 @@ def _devices(value: str) -> int | str | list[int]:
     return value
 
 
-def make_trainer(cfg: ExperimentConfig, run_dir: Path, loggers: list[Logger], training: bool) -> L.Trainer:
+def make_trainer(
+    cfg: ExperimentConfig, run_dir: Path, loggers: list[Logger], training: bool, inference_mode: bool = True
+) -> L.Trainer:
     callbacks = []
     if training:
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0))
@@ -86,6 +88,7 @@ def make_trainer(cfg: ExperimentConfig, run_dir: Path, loggers: list[Logger], tr
         enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        inference_mode=inference_mode,
     )
 
 
@@ -119,7 +122,7 @@ def evaluate(
     datamodules: list[AnomalyDataModule],
 ) -> dict[str, Any]:
     """Test on every target; results files are rewritten after each one."""
-    trainer = make_trainer(cfg, run_dir, loggers, training=False)
+    trainer = make_trainer(cfg, run_dir, loggers, training=False, inference_mode=not module.needs_grad_at_test)
     keys = _target_keys(cfg)
     for key, target, datamodule in zip(keys, cfg.targets, datamodules, strict=True):
         trainer.test(module, datamodule=datamodule, verbose=False)
