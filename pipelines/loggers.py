@@ -13,7 +13,8 @@ from pipelines.errors import ConfigError
 WANDB_MODES = ("offline", "online", "disabled")
 
 
-def make_loggers(cfg: ExperimentConfig, run_dir: Path, job_type: str) -> list[Logger]:
+def make_loggers(cfg: ExperimentConfig, run_dir: Path, job_type: str, run_id: str | None = None) -> list[Logger]:
+    """``run_id`` keeps one W&B run across a requeued job's restarts (``resume="allow"``)."""
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="logs")]
     wandb_cfg = cfg.logger.wandb
     if wandb_cfg.mode not in WANDB_MODES:
@@ -31,6 +32,8 @@ def make_loggers(cfg: ExperimentConfig, run_dir: Path, job_type: str) -> list[Lo
                 tags=list(wandb_cfg.tags),
                 job_type=job_type,
                 mode=wandb_cfg.mode,
+                id=run_id,
+                resume="allow" if run_id else None,
                 config=_flat_config(cfg),
             )
         )

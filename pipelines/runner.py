@@ -1,16 +1,24 @@
-"""The three jobs: train on a source, test on targets, or run both (the zero-shot protocol)."""
+"""The three jobs: train on a source, test on targets, or run both (the zero-shot protocol).
+
+Cluster behaviour lives here too: every process of a DDP job agrees on one run directory, a run that
+was preempted resumes from its newest checkpoint in that directory with the same W&B run id, only global
+rank 0 writes results, and ``status.json`` tells sweeps whether a run is running, finished or failed.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
+import os
+import socket
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
 from datamodules.datamodule import AnomalyDataModule
@@ -26,6 +34,9 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 # Raised inside Lightning itself with recent torch; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
+RUN_DIR_ENV = "ZSAD_RUN_DIR"
+STATUS_FILE = "status.json"
+
 
 @dataclasses.dataclass
 class RunOutcome:
@@ -33,24 +44,87 @@ class RunOutcome:
     checkpoint: Path | None = None
     results: dict[str, Any] | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    skipped: bool = False
 
 
-def prepare_run_dir(cfg: ExperimentConfig) -> Path:
-    """``run_dir`` if set (sweeps and requeued jobs reuse it), else a new timestamped folder."""
+# --- run directory, rank and status ------------------------------------------------------------------
+def global_rank() -> int:
+    """This process's rank from the launcher's environment (before any Trainer exists)."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
+def resolve_run_dir(cfg: ExperimentConfig) -> Path:
+    """One folder per run that every process agrees on.
+
+    ``run_dir`` when set (sweeps), else ``$ZSAD_RUN_DIR`` (set for processes Lightning launches), else one
+    folder per SLURM job (a requeued job keeps its id and so its folder), else a new timestamped folder.
+    """
     if cfg.run_dir:
-        run_dir = Path(cfg.run_dir)
-    else:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(cfg.output_dir) / cfg.name / stamp
-        suffix = 1
-        while run_dir.exists():  # never reuse a finished run's folder by accident
-            run_dir = Path(cfg.output_dir) / cfg.name / f"{stamp}-{suffix}"
-            suffix += 1
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        return Path(cfg.run_dir)
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    base = Path(cfg.output_dir) / cfg.name
+    if os.environ.get("SLURM_JOB_ID"):
+        job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ["SLURM_JOB_ID"])
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        return base / (f"slurm-{job}_{task}" if task else f"slurm-{job}")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir, suffix = base / stamp, 1
+    while run_dir.exists():  # never reuse a finished run's folder by accident
+        run_dir, suffix = base / f"{stamp}-{suffix}", suffix + 1
     return run_dir
 
 
+def prepare_run_dir(cfg: ExperimentConfig) -> Path:
+    run_dir = resolve_run_dir(cfg)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP processes that Lightning starts inherit it
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if global_rank() == 0:
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    return run_dir
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / STATUS_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {"state": "pending"}
+
+
+def write_status(run_dir: Path, state: str, error: str | None = None) -> None:
+    if global_rank() != 0:
+        return
+    status = {
+        "state": state,
+        "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "slurm_job": os.environ.get("SLURM_JOB_ID"),
+        "error": error,
+    }
+    tmp = run_dir / f".{STATUS_FILE}.tmp"
+    tmp.write_text(json.dumps(status, indent=2) + "\n")
+    os.replace(tmp, run_dir / STATUS_FILE)
+
+
+def is_finished(run_dir: Path) -> bool:
+    return read_status(run_dir).get("state") == "finished" and (run_dir / "results.json").is_file()
+
+
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The newest of Lightning's SLURM checkpoints (``hpc_ckpt_N.ckpt``) and ``checkpoints/last.ckpt``."""
+    candidates = list(run_dir.glob("hpc_ckpt_*.ckpt")) + list((run_dir / "checkpoints").glob("last.ckpt"))
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """Stable per run folder, so a requeued run continues the same W&B run."""
+    return hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
+
+
+# --- trainer -----------------------------------------------------------------------------------------
 def build_module(cfg: ExperimentConfig) -> ZeroShotModule:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     return get_method(cfg.method.name).build_module(cfg.method, cfg.eval)
@@ -66,14 +140,19 @@ def _devices(value: str) -> int | str | list[int]:
 
 
 def make_trainer(
-    cfg: ExperimentConfig, run_dir: Path, loggers: list[Logger], training: bool, inference_mode: bool = True
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    loggers: list[Logger],
+    training: bool,
+    inference_mode: bool = True,
+    callbacks: list[Callback] | None = None,
 ) -> L.Trainer:
-    callbacks = []
+    callbacks = list(callbacks or [])
     if training:
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0))
     t = cfg.trainer
     return L.Trainer(
-        default_root_dir=str(run_dir),
+        default_root_dir=str(run_dir),  # also where Lightning writes and finds SLURM requeue checkpoints
         max_epochs=t.max_epochs,
         accelerator=t.accelerator,
         devices=_devices(t.devices),
@@ -99,11 +178,13 @@ def _datamodule(data_cfg: Any, module: ZeroShotModule) -> AnomalyDataModule:
 
 
 def fit(cfg: ExperimentConfig, module: ZeroShotModule, run_dir: Path, loggers: list[Logger]) -> Path:
+    """Train on the source; resumes from the run folder's newest checkpoint after a preemption."""
     if cfg.source is None:
         raise ConfigError("training needs a source dataset: set defaults.source in the experiment or source=NAME")
     datamodule = _datamodule(cfg.source, module)
     trainer = make_trainer(cfg, run_dir, loggers, training=True)
-    trainer.fit(module, datamodule=datamodule)
+    resume = resume_checkpoint(run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     return run_dir / "checkpoints" / "last.ckpt"
 
 
@@ -111,6 +192,33 @@ def target_datamodules(cfg: ExperimentConfig, module: ZeroShotModule) -> list[An
     if not cfg.targets:
         raise ConfigError("no targets to evaluate: set defaults.targets in the experiment or targets=[NAME,...]")
     return [_datamodule(target, module) for target in cfg.targets]
+
+
+class _WriteResults(Callback):
+    """Writes one target's results from inside the global-rank-0 process (works for every strategy,
+    ``ddp_spawn`` included, where the launching process never sees the module's state)."""
+
+    def __init__(self, run_dir: Path, results: dict[str, Any], key: str, target: Any, loggers: list[Logger]) -> None:
+        self.run_dir, self.results, self.key, self.target, self.loggers = run_dir, results, key, target, loggers
+
+    def on_test_end(self, trainer: L.Trainer, module: ZeroShotModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        datamodule = trainer.datamodule
+        index = datamodule.test_index
+        details = {
+            "root": str(index.root),
+            "version": index.version,
+            "split": self.target.test_split,
+            "image_size": module.image_size,
+            "eval_size": datamodule.eval_size,
+            "mask_interpolation": self.target.mask_interpolation,
+            "n_images": len(index.records),
+        }
+        payload = target_payload(self.target.name, index.counts(), module.test_results, details)
+        self.results["targets"][self.key] = payload
+        write_results(self.run_dir, self.results)
+        log_evaluation(self.loggers, self.key, payload)
 
 
 def evaluate(
@@ -121,27 +229,15 @@ def evaluate(
     results: dict[str, Any],
     datamodules: list[AnomalyDataModule],
 ) -> dict[str, Any]:
-    """Test on every target; results files are rewritten after each one."""
-    trainer = make_trainer(cfg, run_dir, loggers, training=False, inference_mode=not module.needs_grad_at_test)
-    keys = _target_keys(cfg)
-    for key, target, datamodule in zip(keys, cfg.targets, datamodules, strict=True):
+    """Test on every target; the results files are rewritten after each one."""
+    for key, target, datamodule in zip(_target_keys(cfg), cfg.targets, datamodules, strict=True):
+        writer = _WriteResults(run_dir, results, key, target, loggers)
+        trainer = make_trainer(
+            cfg, run_dir, loggers, training=False, inference_mode=not module.needs_grad_at_test, callbacks=[writer]
+        )
         trainer.test(module, datamodule=datamodule, verbose=False)
-        if not trainer.is_global_zero:
-            continue
-        index = datamodule.test_index
-        details = {
-            "root": str(index.root),
-            "version": index.version,
-            "split": target.test_split,
-            "image_size": module.image_size,
-            "eval_size": datamodule.eval_size,
-            "mask_interpolation": target.mask_interpolation,
-            "n_images": len(index.records),
-        }
-        payload = target_payload(target.name, index.counts(), module.test_results, details)
-        results["targets"][key] = payload
-        write_results(run_dir, results)
-        log_evaluation(loggers, key, payload)
+        if (run_dir / "results.json").is_file():  # written by rank 0, possibly in another process
+            results = json.loads((run_dir / "results.json").read_text())
     return results
 
 
@@ -165,12 +261,28 @@ def _results_header(cfg: ExperimentConfig, run_dir: Path, checkpoint: Path | Non
     }
 
 
-def train(cfg: ExperimentConfig) -> RunOutcome:
+# --- jobs --------------------------------------------------------------------------------------------
+def _job(cfg: ExperimentConfig, job_type: str, body) -> RunOutcome:
+    """Common frame: run folder, skip when finished, status markers, loggers."""
     run_dir = prepare_run_dir(cfg)
+    if job_type != "train" and is_finished(run_dir):
+        return RunOutcome(run_dir, results=json.loads((run_dir / "results.json").read_text()), skipped=True)
+    write_status(run_dir, "running")
+    loggers: list[Logger] = []
+    try:
+        loggers = make_loggers(cfg, run_dir, job_type=job_type, run_id=wandb_run_id(run_dir))
+        outcome = body(run_dir, loggers)
+    except BaseException as error:
+        write_status(run_dir, "failed", f"{type(error).__name__}: {error}".splitlines()[0][:500])
+        raise
+    write_status(run_dir, "finished")
+    outcome.notes = _notes(loggers)
+    return outcome
+
+
+def train(cfg: ExperimentConfig) -> RunOutcome:
     module = build_module(cfg)
-    loggers = make_loggers(cfg, run_dir, job_type="train")
-    checkpoint = fit(cfg, module, run_dir, loggers)
-    return RunOutcome(run_dir, checkpoint, notes=_notes(loggers))
+    return _job(cfg, "train", lambda run_dir, loggers: RunOutcome(run_dir, fit(cfg, module, run_dir, loggers)))
 
 
 def test(cfg: ExperimentConfig) -> RunOutcome:
@@ -184,23 +296,26 @@ def test(cfg: ExperimentConfig) -> RunOutcome:
     if checkpoint is not None:
         module.load_trained_weights(str(checkpoint))
     datamodules = target_datamodules(cfg, module)
-    run_dir = prepare_run_dir(cfg)
-    loggers = make_loggers(cfg, run_dir, job_type="eval")
-    results = evaluate(cfg, module, run_dir, loggers, _results_header(cfg, run_dir, checkpoint), datamodules)
-    return RunOutcome(run_dir, checkpoint, results, notes=_notes(loggers))
+
+    def body(run_dir: Path, loggers: list[Logger]) -> RunOutcome:
+        results = evaluate(cfg, module, run_dir, loggers, _results_header(cfg, run_dir, checkpoint), datamodules)
+        return RunOutcome(run_dir, checkpoint, results)
+
+    return _job(cfg, "eval", body)
 
 
 def run(cfg: ExperimentConfig) -> RunOutcome:
     """Train on the source (its test split, by the zero-shot protocol), then evaluate every target."""
     module = build_module(cfg)
     datamodules = target_datamodules(cfg, module)  # a wrong target root fails before training, not after
-    run_dir = prepare_run_dir(cfg)
-    loggers = make_loggers(cfg, run_dir, job_type="run")
-    checkpoint = None
-    if get_method(cfg.method.name).trains:
-        checkpoint = fit(cfg, module, run_dir, loggers)
-    results = evaluate(cfg, module, run_dir, loggers, _results_header(cfg, run_dir, checkpoint), datamodules)
-    return RunOutcome(run_dir, checkpoint, results, notes=_notes(loggers))
+    trains = get_method(cfg.method.name).trains
+
+    def body(run_dir: Path, loggers: list[Logger]) -> RunOutcome:
+        checkpoint = fit(cfg, module, run_dir, loggers) if trains else None
+        results = evaluate(cfg, module, run_dir, loggers, _results_header(cfg, run_dir, checkpoint), datamodules)
+        return RunOutcome(run_dir, checkpoint, results)
+
+    return _job(cfg, "run", body)
 
 
 def _notes(loggers: list[Logger]) -> list[str]:
