@@ -5,8 +5,8 @@ naive implementations run out of memory on 10^8-10^9 pixels:
 
 - scores are split once into anomaly-free (``neg``) and anomalous (``pos``) pixels; AUROC/AP/F1 need only
   the two *value-sorted* arrays plus ``searchsorted`` (no argsort, no int64 index array of all pixels);
-- AUPRO sorts only the anomaly-free pixels above the FPR limit (a partial selection finds them) and bins the
-  anomalous pixels between those thresholds, accumulating in float64.
+- AUPRO sorts only the anomaly-free pixels above the FPR limit (a partial selection finds them); the area
+  is then one float64 dot product over the anomalous pixels (see ``_aupro_from_split``).
 
 CPU inputs run on numpy (its SIMD sort/partition are ~10x faster than ``torch.sort`` on CPU); CUDA tensors
 stay on their device and use torch. Undefined metrics raise :class:`UndefinedMetricError` with the reason.
@@ -14,8 +14,10 @@ stay on their device and use torch. Undefined metrics raise :class:`UndefinedMet
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +73,18 @@ class _NumpyOps:
         return x
 
     def sort_(self, x: np.ndarray) -> np.ndarray:
-        x.sort()  # in place, values only: no index array
+        """In place, values only (no index array); large arrays are cut by value and sorted on
+        ``torch.get_num_threads()`` threads (numpy releases the GIL while sorting)."""
+        parts = min(torch.get_num_threads(), 8, x.shape[0] >> 21)
+        if parts < 2:
+            x.sort()
+            return x
+        n = x.shape[0]
+        cuts = [n * i // parts for i in range(1, parts)]
+        x.partition(cuts)
+        bounds = [0, *cuts, n]
+        with ThreadPoolExecutor(parts) as pool:
+            list(pool.map(np.ndarray.sort, [x[a:b] for a, b in itertools.pairwise(bounds)]))
         return x
 
     def top_k_sorted_(self, x: np.ndarray, k: int) -> tuple[np.ndarray, int]:
@@ -80,8 +93,7 @@ class _NumpyOps:
         if k >= n:
             return self.sort_(x), 0
         x.partition(n - k)
-        top = x[n - k :]
-        top.sort()
+        top = self.sort_(x[n - k :])
         rest = x[: n - k]
         # Everything left of the partition is <= top[0]; count ties only if there are any (max: no temporary).
         ties = int(np.count_nonzero(rest == top[0])) if rest.max() == top[0] else 0
@@ -103,8 +115,24 @@ class _NumpyOps:
         counts = np.diff(np.append(starts, n)).astype(np.int64, copy=False)
         return x[starts], counts
 
-    def searchsorted(self, seq: np.ndarray, v: np.ndarray, right: bool) -> np.ndarray:
-        return np.searchsorted(seq, v, side="right" if right else "left").astype(np.int64, copy=False)
+    def searchsorted(
+        self, seq: np.ndarray, v: np.ndarray, right: bool, sorted_needles: bool = False
+    ) -> np.ndarray:
+        side = "right" if right else "left"
+        block = 1 << 15
+        if not sorted_needles or seq.shape[0] <= 4 * block or v.shape[0] < 1024:
+            return np.searchsorted(seq, v, side=side).astype(np.int64, copy=False)
+        # Ascending needles into a large haystack: search one cache-sized block at a time (2-4x faster than
+        # binary searches that miss the cache at every level). Needle p goes to the last block whose first
+        # value is <= p (right) or < p (left): everything before that block counts, nothing after it does.
+        starts = np.arange(0, seq.shape[0], block)
+        cut = np.searchsorted(v, seq[starts], side="left" if right else "right")
+        out = np.zeros(v.shape[0], dtype=np.int64)
+        ends = np.append(cut[1:], v.shape[0])
+        for start, lo, hi in zip(starts.tolist(), cut.tolist(), ends.tolist(), strict=True):
+            if hi > lo:
+                out[lo:hi] = start + np.searchsorted(seq[start : start + block], v[lo:hi], side=side)
+        return out
 
     def bincount(self, idx: np.ndarray, weights: np.ndarray | None, n: int) -> np.ndarray:
         return np.bincount(idx, weights=weights, minlength=n)
@@ -158,7 +186,7 @@ class _TorchOps:
     def unique_counts(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return torch.unique_consecutive(x, return_counts=True)
 
-    def searchsorted(self, seq: Tensor, v: Tensor, right: bool) -> Tensor:
+    def searchsorted(self, seq: Tensor, v: Tensor, right: bool, sorted_needles: bool = False) -> Tensor:
         return torch.searchsorted(seq, v, right=right)
 
     def bincount(self, idx: Tensor, weights: Tensor | None, n: int) -> Tensor:
@@ -221,7 +249,7 @@ def _to_backend(x: MapLike, ops: _NumpyOps | _TorchOps) -> Any:
 
 
 def _is_float64(x: Any) -> bool:
-    return x.dtype in (np.float64, torch.float64)
+    return x.dtype == torch.float64 if isinstance(x, Tensor) else x.dtype == np.float64
 
 
 def _is_float(x: Any) -> bool:
@@ -232,9 +260,8 @@ def _is_float(x: Any) -> bool:
 
 def _binarise(g: Any) -> Any:
     """Ground truth as bool: masks are binarised with > 0 (DATASETS.md)."""
-    if g.dtype in (np.bool_, torch.bool):
-        return g
-    return g > 0
+    is_bool = g.dtype == torch.bool if isinstance(g, Tensor) else g.dtype == np.bool_
+    return g if is_bool else g > 0
 
 
 def _has_nan(x: Any) -> bool:
@@ -359,7 +386,7 @@ def _split_scores(scores: MapLike, labels: MapLike) -> _PixelSplit:
     s, y = _to_backend(s, ops).reshape(-1), _to_backend(y, ops).reshape(-1)
     if _has_nan(s):
         raise ValueError("scores contain NaN")
-    if y.dtype not in (np.bool_, torch.bool):
+    if not (y.dtype == torch.bool if isinstance(y, Tensor) else y.dtype == np.bool_):
         if bool(((y != 0) & (y != 1)).any()):
             raise ValueError("labels must be 0/1 or bool")
         y = y != 0
@@ -419,8 +446,8 @@ def _rank_stats(sp: _PixelSplit) -> _RankStats:
     _sort_split(sp)
     ops = sp.ops
     values, counts = ops.unique_counts(sp.pos)
-    lt = ops.to_numpy(ops.searchsorted(sp.neg, values, right=False))
-    le = ops.to_numpy(ops.searchsorted(sp.neg, values, right=True))
+    lt = ops.to_numpy(ops.searchsorted(sp.neg, values, right=False, sorted_needles=True))
+    le = ops.to_numpy(ops.searchsorted(sp.neg, values, right=True, sorted_needles=True))
     counts = ops.to_numpy(counts).astype(np.int64, copy=False)
     tp_ge = np.cumsum(counts[::-1])[::-1]
     return _RankStats(counts, tp_ge, lt, le, sp.n_pos, sp.n_neg)
@@ -537,8 +564,8 @@ def _pro_steps(sp: _PixelSplit, fpr_limit: float) -> tuple[np.ndarray, np.ndarra
         keep = pos >= thresholds[0]
         # Sorted needles keep searchsorted cache-friendly.
         pos, weight = ops.sort_with(pos[keep], weight[keep])
-    idx_le = ops.searchsorted(thresholds, pos, right=True)
-    idx_lt = ops.searchsorted(thresholds, pos, right=False)
+    idx_le = ops.searchsorted(thresholds, pos, right=True, sorted_needles=True)
+    idx_lt = ops.searchsorted(thresholds, pos, right=False, sorted_needles=True)
     hist_ge = ops.to_numpy(ops.bincount(idx_le, weight, n_thr + 1))
     hist_gt = ops.to_numpy(ops.bincount(idx_lt, weight, n_thr + 1))
     counts = ops.to_numpy(counts).astype(np.int64)
@@ -585,7 +612,7 @@ def _aupro_from_split(sp: _PixelSplit, fpr_limit: float) -> float:
     else:
         keep = pos >= top[0]  # pixels below t* never count before the FPR passes the limit
         pos, weight = ops.sort_with(pos[keep], weight[keep])  # sorted needles: cache-friendly searchsorted
-    n_le = ops.searchsorted(top, pos, right=True)  # #top <= p
+    n_le = ops.searchsorted(top, pos, right=True, sorted_needles=True)  # #top <= p
     # #top < p differs from #top <= p only where p equals a top score; search again just for those.
     n_lt = n_le.clone() if isinstance(n_le, Tensor) else n_le.copy()
     tied = (n_le > 0) & (top[(n_le - 1).clip(min=0)] == pos)

@@ -96,6 +96,7 @@ class EvalModule(pl.LightningModule):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+@pytest.mark.filterwarnings("ignore:The `srun` command is available")
 def test_two_process_ddp_spawn_equals_one_process(tmp_path):
     single = AnomalyEvaluator(CATEGORIES, pixel_score_dtype=torch.float32)
     for batch in DataLoader(TinyAnomalySet(), batch_size=3, collate_fn=collate):

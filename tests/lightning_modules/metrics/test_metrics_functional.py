@@ -472,3 +472,23 @@ def test_cuda_tensors_match_cpu():
     assert legacy_cflow_aupro(maps.cuda(), masks.cuda()) == pytest.approx(
         legacy_cflow_aupro(maps, masks), abs=1e-9
     )
+
+
+def test_numpy_blocked_searchsorted_and_parallel_sort():
+    """The CPU fast paths (cache-blocked search for sorted needles, multi-threaded sort) are exact."""
+    ops = F._NumpyOps()
+    rng = np.random.default_rng(16)
+    for levels in (3, 1000, 10**9):
+        seq = np.sort(rng.integers(0, levels, 300_000).astype(np.float32))
+        needles = np.sort(rng.integers(-1, levels + 1, 5_000).astype(np.float32))
+        for right in (True, False):
+            expected = np.searchsorted(seq, needles, side="right" if right else "left")
+            assert np.array_equal(ops.searchsorted(seq, needles, right, sorted_needles=True), expected)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = rng.integers(0, 50, 4_500_000).astype(np.float32)
+        expected = np.sort(x)
+        assert np.array_equal(ops.sort_(x), expected)
+    finally:
+        torch.set_num_threads(threads)
