@@ -280,6 +280,11 @@ class AnomalyEvaluator(Metric):
                     self._store_pixels(category_ids[keep], sample_ids[keep], maps[keep], gts[keep])
         self.img_pixel_gt.append(pixel_gt)
 
+    def forward(self, *args: Any, **kwargs: Any) -> None:
+        """Calling the metric only accumulates: a per-batch evaluation would sort every pixel of the batch
+        for numbers nobody reads. Call :meth:`compute` at the end of the epoch."""
+        self.update(*args, **kwargs)
+
     @staticmethod
     def _as_bhw(x: Tensor, name: str, b: int) -> Tensor:
         x = torch.as_tensor(x)

@@ -58,8 +58,6 @@ class UndefinedMetricError(ValueError):
 class _NumpyOps:
     """CPU backend. Arrays are numpy (torch CPU tensors are viewed, not copied)."""
 
-    name = "numpy"
-
     def __init__(self) -> None:
         self.device = torch.device("cpu")
 
@@ -146,8 +144,6 @@ class _NumpyOps:
 
 class _TorchOps:
     """Accelerator backend: stays on the tensors' device."""
-
-    name = "torch"
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -459,7 +455,7 @@ def _auroc_from_stats(st: _RankStats) -> float:
     if st.n_pos * st.n_neg < 2**61:
         twice_u = int(np.dot(st.counts, st.neg_lt + st.neg_le))
         return twice_u / (2 * st.n_pos * st.n_neg)
-    u = np.dot(st.counts.astype(np.float64), (st.neg_lt + st.neg_le).astype(np.float64))
+    u = np.sum(st.counts.astype(np.float64) * (st.neg_lt + st.neg_le))
     return float(u / (2.0 * st.n_pos * st.n_neg))
 
 
@@ -468,7 +464,7 @@ def _ap_from_stats(st: _RankStats) -> float:
     # scores that positives have, where precision = tp(>=s) / (tp(>=s) + fp(>=s)).
     fp_ge = st.n_neg - st.neg_lt
     precision = st.tp_ge / (st.tp_ge + fp_ge)
-    return float(np.dot(st.counts.astype(np.float64), precision) / st.n_pos)
+    return float(np.sum(st.counts * precision) / st.n_pos)  # np.sum: deterministic, unlike BLAS dot
 
 
 def _f1_max_from_stats(st: _RankStats) -> float:
@@ -576,19 +572,6 @@ def _pro_steps(sp: _PixelSplit, fpr_limit: float) -> tuple[np.ndarray, np.ndarra
     return fpr, pro_gt, pro_ge
 
 
-def _area_from_steps(fpr: np.ndarray, pro_gt: np.ndarray, pro_ge: np.ndarray, fpr_limit: float) -> float:
-    """Trapezoid area under the step representation up to ``fpr_limit``, interpolating at the limit."""
-    n = fpr.shape[0]
-    fpr_prev = np.concatenate(([0.0], fpr[:-1]))
-    stop = int(np.searchsorted(fpr, fpr_limit, side="right"))  # first threshold with FPR > limit
-    area = float(np.sum(0.5 * (pro_gt[:stop] + pro_ge[:stop]) * (fpr[:stop] - fpr_prev[:stop])))
-    if stop < n and fpr_limit > fpr_prev[stop]:
-        x0, x1, y0, y1 = fpr_prev[stop], fpr[stop], pro_gt[stop], pro_ge[stop]
-        y_limit = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
-        area += 0.5 * (y0 + y_limit) * (fpr_limit - x0)
-    return area
-
-
 def _aupro_from_split(sp: _PixelSplit, fpr_limit: float) -> float:
     """Exact AUPRO without materialising the curve: O(S log S) for the S anomaly-free pixels above the limit.
 
@@ -619,7 +602,9 @@ def _aupro_from_split(sp: _PixelSplit, fpr_limit: float) -> float:
     n_lt[tied] = ops.searchsorted(top, pos[tied], right=False)
     n_le, n_lt, w = ops.to_numpy(n_le), ops.to_numpy(n_lt), ops.to_numpy(weight)
     above = np.maximum(n_le - i0, 0) + np.maximum(n_lt - i0, 0)
-    area = 0.5 * float(np.dot(w, above.astype(np.float64))) / (n_ok * sp.n_regions)
+    # np.sum (pairwise, single-threaded), not np.dot: BLAS may split the sum by thread count, and N processes
+    # must reproduce one process bit for bit.
+    area = 0.5 * float(np.sum(w * above)) / (n_ok * sp.n_regions)
     # Last trapezoid: the t* tie group moves the FPR from x0 past the limit to x1.
     x0, x1 = (k - i0) / n_ok, (k + ties) / n_ok
     y0 = float(w[n_lt > 0].sum()) / sp.n_regions  # PRO(> t*)

@@ -283,6 +283,18 @@ def test_b1hw_maps_reset_and_repeated_compute():
     )
     first = ev.compute()
     assert ev.compute().per_category == first.per_category
+    again = AnomalyEvaluator(CATEGORIES)
+    for s in samples:  # calling the metric accumulates like update
+        out = again(
+            torch.tensor([1]),
+            torch.tensor([s["sid"]]),
+            torch.tensor([s["score"]]),
+            torch.tensor([s["label"]]),
+            s["map"][None],
+            s["mask"][None],
+        )
+        assert out is None
+    assert again.compute().per_category == first.per_category
     assert first.per_category["cable"]["aupro"] is not None
     ev.reset()
     ev.update(torch.tensor([0]), torch.tensor([0]), torch.tensor([0.5]), torch.tensor([1]))
