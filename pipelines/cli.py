@@ -86,6 +86,65 @@ def _methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_command(args: argparse.Namespace) -> int:
+    from pipelines import report
+
+    outcome = report.build_report(args.inputs, out=args.out, reference=args.reference, wandb_mode=args.wandb_mode, project=args.project)
+    print(outcome.markdown)
+    print(f"report: {outcome.markdown_path} and {outcome.csv_path} ({outcome.n_runs} runs)")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from pipelines import sweep
+
+    cfg, source = sweep.load_sweep(args.sweep)
+    if args.sweep_command == "plan":
+        runs = sweep.expand(cfg)
+        print(f"sweep '{cfg.name}': {len(runs)} runs in {sweep.sweep_dir(cfg)}")
+        for index, run in enumerate(runs):
+            print(f"{index:4d}  {run.id}  {run.experiment}  {' '.join(o for o in run.overrides if not o.startswith('run_dir='))}")
+        return 0
+    if args.sweep_command == "status":
+        rows = sweep.status(cfg)
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["state"]] = counts.get(row["state"], 0) + 1
+            error = f"  {row['error']}" if row["state"] == "failed" and row["error"] else ""
+            print(f"{row['index']:4d}  {row['state']:11s} {row['id']}{error}")
+        print(f"sweep '{cfg.name}': " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+        return 0
+    if args.sweep_command == "submit":
+        result = sweep.submit(cfg, source, dry_run=args.dry_run)
+        if not result["to_run"]:
+            print(f"all {result['runs']} runs of '{cfg.name}' are finished; nothing to submit")
+        elif args.dry_run:
+            print(f"{len(result['to_run'])} of {result['runs']} runs to submit; script: {result['script']}")
+        else:
+            print(f"submitted job {result['job_id']}: {len(result['to_run'])} of {result['runs']} runs ({result['script']})")
+        return 0
+    if args.sweep_command == "run":
+        if not args.local:
+            raise ZsadError("`zsad sweep run` executes the manifest on this machine: add --local (or use `zsad sweep submit`)")
+        outcome = sweep.run_local(cfg, source)
+        for run_id, state in outcome.items():
+            print(f"{state:20s} {run_id}")
+        return 1 if any(state.startswith("failed") for state in outcome.values()) else 0
+    raise AssertionError(args.sweep_command)
+
+
+def _sweep_task(args: argparse.Namespace) -> int:
+    """One SLURM array task (or any manifest entry): run entry --index of the manifest."""
+    from pipelines import sweep
+
+    name, runs = sweep.read_manifest(Path(args.manifest))
+    if not 0 <= args.index < len(runs):
+        raise ZsadError(f"index {args.index} outside the manifest's {len(runs)} runs")
+    outcome = sweep.run_entry(name, runs[args.index], args.overrides)
+    print(f"run {runs[args.index].id}: {'already finished' if outcome.skipped else 'finished'} ({outcome.run_dir})")
+    return 0
+
+
 def _optional(module: str, attribute: str):
     """Subcommands that live with their feature (datasets, metrics); absent ones are not offered."""
     try:
@@ -114,6 +173,35 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic datasets")
     demo.add_argument("overrides", nargs="*", help="key=value overrides of configs/experiment/demo.yaml")
     demo.set_defaults(func=_demo)
+
+    sweep_parser = sub.add_parser("sweep", help="grids of runs: plan, submit to SLURM, status, run locally")
+    sweep_sub = sweep_parser.add_subparsers(dest="sweep_command", required=True)
+    for name, text in (
+        ("plan", "list the runs of a sweep"),
+        ("submit", "submit the unfinished runs as a SLURM array job"),
+        ("status", "pending / queued / running / finished / failed per run"),
+        ("run", "execute the unfinished runs here (--local)"),
+    ):
+        p = sweep_sub.add_parser(name, help=text)
+        p.add_argument("sweep", help="sweep YAML: a path or a name under configs/sweep/")
+        if name == "submit":
+            p.add_argument("--dry-run", action="store_true", help="write the sbatch script without submitting")
+        if name == "run":
+            p.add_argument("--local", action="store_true", help="run on this machine, one run after another")
+        p.set_defaults(func=_sweep)
+    task = sweep_sub.add_parser("run-task", help="run one manifest entry (what each SLURM array task calls)")
+    task.add_argument("manifest")
+    task.add_argument("--index", type=int, required=True)
+    task.add_argument("overrides", nargs="*", help="extra key=value overrides (the sbatch script passes trainer ones)")
+    task.set_defaults(func=_sweep_task)
+
+    report = sub.add_parser("report", help="paper-style tables from a sweep or run folders")
+    report.add_argument("inputs", nargs="+", help="sweep YAML files, run folders, or folders containing runs")
+    report.add_argument("--out", help="folder for report.md and report.csv (default: the sweep folder or ./report)")
+    report.add_argument("--reference", action="store_true", help="add the published AnomalyCLIP-paper numbers as rows")
+    report.add_argument("--wandb-mode", default="offline", choices=["offline", "online", "disabled"], help="log the tables to W&B")
+    report.add_argument("--project", default="zsad", help="W&B project for the report tables")
+    report.set_defaults(func=_report_command)
 
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.set_defaults(func=_methods)

@@ -109,6 +109,12 @@ def write_status(run_dir: Path, state: str, error: str | None = None) -> None:
     os.replace(tmp, run_dir / STATUS_FILE)
 
 
+def record_failure(run_dir: Path, error: BaseException) -> None:
+    """Mark a run failed with a one-line reason (sweep status shows it)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_status(run_dir, "failed", f"{type(error).__name__}: {error}".splitlines()[0][:500])
+
+
 def is_finished(run_dir: Path) -> bool:
     return read_status(run_dir).get("state") == "finished" and (run_dir / "results.json").is_file()
 
@@ -273,7 +279,7 @@ def _job(cfg: ExperimentConfig, job_type: str, body) -> RunOutcome:
         loggers = make_loggers(cfg, run_dir, job_type=job_type, run_id=wandb_run_id(run_dir))
         outcome = body(run_dir, loggers)
     except BaseException as error:
-        write_status(run_dir, "failed", f"{type(error).__name__}: {error}".splitlines()[0][:500])
+        record_failure(run_dir, error)
         raise
     write_status(run_dir, "finished")
     outcome.notes = _notes(loggers)

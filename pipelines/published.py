@@ -1,0 +1,57 @@
+"""Published numbers that reports can show as reference rows.
+
+From the AnomalyCLIP paper (ICLR 2024), Tables 1 and 2: image level (AUROC, AP), pixel level (AUROC, AUPRO),
+in percent. AnomalyCLIP, VAND and CoOp were trained on the MVTec AD test set for every dataset except
+MVTec AD itself (trained on VisA); WinCLIP's and VAND's MVTec AD / VisA numbers are from their own papers.
+"""
+
+from __future__ import annotations
+
+SOURCE = "AnomalyCLIP paper (Zhou et al., ICLR 2024), Tables 1-2"
+METHODS = ("clip", "clip_ac", "winclip", "vand", "coop", "anomalyclip")
+
+# dataset -> one (AUROC, AP) pair per method in METHODS order; None where the paper has no number
+_IMAGE = {
+    "mvtec": [(74.1, 87.6), (71.5, 86.4), (91.8, 96.5), (86.1, 93.5), (88.8, 94.8), (91.5, 96.2)],
+    "visa": [(66.4, 71.5), (65.0, 70.1), (78.1, 81.2), (78.0, 81.4), (62.8, 68.1), (82.1, 85.4)],
+    "mpdd": [(54.3, 65.4), (56.2, 66.0), (63.6, 69.9), (73.0, 80.2), (55.1, 64.2), (77.0, 82.0)],
+    "btad": [(34.5, 52.5), (51.0, 62.1), (68.2, 70.9), (73.6, 68.6), (66.8, 77.4), (88.3, 87.3)],
+    "sdd": [(65.7, 45.2), (65.2, 45.7), (84.3, 77.4), (79.8, 71.4), (74.9, 65.1), (84.7, 80.0)],
+    "dagm": [(79.6, 59.0), (82.5, 63.7), (91.8, 79.5), (94.4, 83.8), (87.5, 74.6), (97.5, 92.3)],
+    "dtd": [(71.6, 85.7), (66.8, 83.2), (93.2, 92.6), (86.4, 95.0), None, (93.5, 97.0)],
+    "headct": [(56.5, 58.4), (60.0, 60.7), (81.8, 80.2), (89.1, 89.4), (78.4, 78.8), (93.4, 91.6)],
+    "brainmri": [(73.9, 81.7), (80.6, 86.4), (86.6, 91.5), (89.3, 90.9), (61.3, 44.9), (90.3, 92.2)],
+    "br35h": [(78.4, 78.8), (82.7, 81.3), (80.5, 82.2), (93.1, 92.9), (86.0, 87.5), (94.6, 94.7)],
+    "covid": [(73.7, 42.4), (75.0, 45.9), (66.4, 42.9), (15.5, 8.5), (25.3, 9.2), (80.1, 58.7)],
+}
+# dataset -> one (pixel AUROC, AUPRO) pair per method
+_PIXEL = {
+    "mvtec": [(38.4, 11.3), (38.2, 11.6), (85.1, 64.6), (87.6, 44.0), (33.3, 6.7), (91.1, 81.4)],
+    "visa": [(46.6, 14.8), (47.8, 17.3), (79.6, 56.8), (94.2, 86.8), (24.2, 3.8), (95.5, 87.0)],
+    "mpdd": [(62.1, 33.0), (58.7, 29.1), (76.4, 48.9), (94.1, 83.2), (15.4, 2.3), (96.5, 88.7)],
+    "btad": [(30.6, 4.4), (32.8, 8.3), (72.7, 27.3), (60.8, 25.0), (28.6, 3.8), (94.2, 74.8)],
+    "sdd": [(39.0, 8.9), (32.5, 5.8), (68.8, 24.2), (79.8, 65.1), (28.9, 7.1), (90.6, 67.8)],
+    "dagm": [(28.2, 2.9), (32.7, 4.8), (87.6, 65.7), (82.4, 66.2), (17.5, 2.1), (95.6, 91.0)],
+    "dtd": [(33.9, 12.5), (23.7, 5.5), (83.9, 57.8), (95.3, 86.9), None, (97.9, 92.3)],
+    "isic": [(33.1, 5.8), (36.0, 7.7), (83.3, 55.1), (89.4, 77.2), (51.7, 15.9), (89.7, 78.4)],
+    "colondb": [(49.5, 15.8), (49.5, 11.5), (70.3, 32.5), (78.4, 64.6), (40.5, 2.6), (81.9, 71.3)],
+    "clinicdb": [(47.5, 18.9), (48.5, 12.6), (51.2, 13.8), (80.5, 60.7), (34.8, 2.4), (82.9, 67.8)],
+    "kvasir": [(44.6, 17.7), (45.0, 16.8), (69.7, 24.5), (75.0, 36.2), (44.1, 3.5), (78.9, 45.6)],
+    "endo": [(45.2, 15.9), (46.6, 12.6), (68.2, 28.3), (81.9, 54.9), (40.6, 3.9), (84.1, 63.6)],
+    "tn3k": [(42.3, 7.3), (35.6, 5.2), (70.7, 39.8), (73.6, 37.8), (34.0, 9.5), (81.5, 50.4)],
+}
+
+
+def published(dataset: str, method: str) -> dict[str, float]:
+    """Fractions in [0, 1] keyed like zsad's results (image_auroc, image_ap, pixel_auroc, aupro)."""
+    if method not in METHODS:
+        return {}
+    i = METHODS.index(method)
+    out: dict[str, float] = {}
+    image = _IMAGE.get(dataset, [None] * len(METHODS))[i]
+    pixel = _PIXEL.get(dataset, [None] * len(METHODS))[i]
+    if image:
+        out["image_auroc"], out["image_ap"] = image[0] / 100, image[1] / 100
+    if pixel:
+        out["pixel_auroc"], out["aupro"] = pixel[0] / 100, pixel[1] / 100
+    return out
