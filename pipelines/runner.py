@@ -102,6 +102,7 @@ def write_status(run_dir: Path, state: str, error: str | None = None) -> None:
         "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "slurm_job": os.environ.get("SLURM_JOB_ID"),
+        "slurm_restarts": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
         "error": error,
     }
     tmp = run_dir / f".{STATUS_FILE}.tmp"
@@ -110,9 +111,11 @@ def write_status(run_dir: Path, state: str, error: str | None = None) -> None:
 
 
 def record_failure(run_dir: Path, error: BaseException) -> None:
-    """Mark a run failed with a one-line reason (sweep status shows it)."""
+    """Mark a run failed with a one-line reason (sweep status shows it), or preempted when SLURM stopped
+    it to requeue (Lightning raises SIGTERMException after saving its requeue checkpoint)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_status(run_dir, "failed", f"{type(error).__name__}: {error}".splitlines()[0][:500])
+    state = "preempted" if type(error).__name__ == "SIGTERMException" else "failed"
+    write_status(run_dir, state, f"{type(error).__name__}: {error}".splitlines()[0][:500])
 
 
 def is_finished(run_dir: Path) -> bool:

@@ -232,21 +232,30 @@ def submissions(directory: Path) -> list[dict[str, Any]]:
 
 
 def status(cfg: SweepConfig) -> list[dict[str, Any]]:
-    """One row per run: pending / queued / running / finished / failed (with the error)."""
+    """One row per run: pending / queued / running / preempted / interrupted / finished / failed (with
+    the error). ``interrupted``: the SLURM task is gone without finishing; resubmitting resumes it."""
     from pipelines.runner import read_status
 
     runs = expand(cfg)
-    queued = _queued_tasks([s["job_id"] for s in submissions(sweep_dir(cfg))])
+    directory = sweep_dir(cfg)
+    history = submissions(directory)
+    queued = _queued_tasks([s["job_id"] for s in history])
+    last_job = {i: s["job_id"] for s in history for i in s["indices"]}  # the newest submission wins
     rows = []
     for index, run in enumerate(runs):
         state = read_status(Path(run.run_dir))
-        name = state.get("state", "pending")
+        name, error = state.get("state", "pending"), state.get("error")
         slurm_state = queued.get(index) if queued is not None else None
-        if name in ("pending", "failed") and slurm_state in ("pending", "configuring"):
+        if name in ("pending", "failed", "preempted") and slurm_state in ("pending", "configuring", "requeued"):
             name = "queued"
-        elif name == "running" and queued is not None and slurm_state is None:
-            name = "interrupted"  # the task is gone without finishing: resubmit to resume
-        rows.append({"index": index, "id": run.id, "state": name, "error": state.get("error"), "run_dir": run.run_dir})
+        elif queued is not None and slurm_state is None and index in last_job and name in ("pending", "running", "preempted"):
+            # the array task is gone without finishing: it died before zsad started, or was killed
+            log = directory / "slurm-logs" / f"{last_job[index]}_{index}.out"
+            lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.is_file() else []
+            name = "failed" if name == "pending" else "interrupted"
+            ours = [line for line in lines if line.startswith("zsad: error:")]
+            error = error or (ours or lines or [f"SLURM task {last_job[index]}_{index} ended without a status"])[-1]
+        rows.append({"index": index, "id": run.id, "state": name, "error": error, "run_dir": run.run_dir})
     return rows
 
 
