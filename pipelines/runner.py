@@ -87,6 +87,13 @@ def prepare_run_dir(cfg: ExperimentConfig) -> Path:
     return run_dir
 
 
+def _slurm_job_name() -> str | None:
+    """``ARRAYJOB_TASK`` for array tasks (as squeue shows them), else the job id."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
 def read_status(run_dir: Path) -> dict[str, Any]:
     try:
         return json.loads((run_dir / STATUS_FILE).read_text())
@@ -101,7 +108,7 @@ def write_status(run_dir: Path, state: str, error: str | None = None) -> None:
         "state": state,
         "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
-        "slurm_job": os.environ.get("SLURM_JOB_ID"),
+        "slurm_job": _slurm_job_name(),
         "slurm_restarts": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
         "error": error,
     }

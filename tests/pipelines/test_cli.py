@@ -149,3 +149,19 @@ def test_debug_flag_shows_the_traceback():
 
     with pytest.raises(ConfigError):
         main(["--debug", "run", "demo", "method.lrr=0.1"])
+
+
+@pytest.mark.slow
+def test_a_restarted_run_keeps_its_folder_and_wandb_run(tmp_path, synthetic_pair, caplog):
+    """What a requeued SLURM task does: the same run_dir resumes from last.ckpt and logs to the same W&B id."""
+    source, target = synthetic_pair
+    experiment = write_experiment(tmp_path, source, target)
+    overrides = [o for o in FAST if not o.startswith("logger")] + [f"run_dir={tmp_path / 'r'}", "logger.wandb.mode=offline"]
+    assert main(["train", str(experiment), *overrides, "trainer.max_epochs=1"]) == 0
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert main(["train", str(experiment), *overrides, "trainer.max_epochs=2"]) == 0
+    last = tmp_path / "r" / "checkpoints" / "last.ckpt"
+    assert f"Restoring states from the checkpoint path at {last}" in caplog.text  # resumed, not restarted
+    runs = sorted((tmp_path / "r" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[-1] for r in runs}) == 1  # one W&B id

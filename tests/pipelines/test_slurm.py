@@ -75,7 +75,7 @@ def test_array_sweep_runs_through_sbatch_and_srun(slurm, tmp_path, synthetic_pai
     assert [r["state"] for r in rows] == ["finished", "finished"], (rows, _logs(directory))
     for row in rows:
         status = json.loads((Path(row["run_dir"]) / "status.json").read_text())
-        assert status["slurm_job"] == job_id
+        assert status["slurm_job"] == f"{job_id}_{row['index']}"
         assert (Path(row["run_dir"]) / "results.json").is_file()
     capsys.readouterr()
     assert main(["sweep", "status", str(path)]) == 0
@@ -101,7 +101,7 @@ def test_sigusr1_requeues_and_the_run_resumes_from_its_checkpoint(slurm, tmp_pat
           "the requeued run to finish", interval=5)  # fmt: skip
 
     status = json.loads((run_dir / "status.json").read_text())
-    assert status["slurm_job"] == job_id and status["slurm_restarts"] >= 1
+    assert status["slurm_job"] == f"{job_id}_0" and status["slurm_restarts"] >= 1
     log = _logs(directory)
     assert "Requeued SLURM job" in log
     assert "Restoring states from the checkpoint path at" in log and "hpc_ckpt_1.ckpt" in log
