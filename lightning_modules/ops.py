@@ -63,3 +63,41 @@ def grid_side(num_tokens: int) -> int:
     if side * side != num_tokens:
         raise ValueError(f"{num_tokens} patch tokens do not form a square grid")
     return side
+
+
+def class_logits(embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+    """Cosines ``[B, ..., C]`` of L2-normalised ``[B, ..., D]`` embeddings with ``[C, D]`` texts shared by
+    the batch or ``[B, C, D]`` texts of each image's own category."""
+    if text_embeddings.dim() == 2:
+        return embeddings @ text_embeddings.t()
+    flat = embeddings.reshape(embeddings.shape[0], -1, embeddings.shape[-1])
+    logits = torch.bmm(flat, text_embeddings.transpose(1, 2))
+    return logits.reshape(*embeddings.shape[:-1], text_embeddings.shape[1])
+
+
+def anomaly_probability(embeddings: torch.Tensor, text_embeddings: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``softmax(cos / temperature)`` of the anomalous class (text index 1): ``[B, ...]``."""
+    return (class_logits(embeddings, text_embeddings) / temperature).softmax(dim=-1)[..., 1]
+
+
+def class_probability_maps(
+    patch_embeddings: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    grid: tuple[int, int],
+    size: tuple[int, int],
+    temperature: float,
+    upsample_logits: bool = False,
+    align_corners: bool = False,
+) -> torch.Tensor:
+    """Per-pixel class probabilities ``[B, C, H, W]`` with per-image (``[B, C, D]``) or shared texts.
+
+    ``upsample_logits=False``: softmax on the token grid, then bilinear upsampling (AnomalyCLIP's and
+    CLIP's maps, like :func:`patch_class_probabilities`); ``True``: upsample the logits, then softmax
+    per pixel (VAND's code, with ``align_corners=True``).
+    """
+    logits = class_logits(patch_embeddings, text_embeddings) / temperature
+    b, _, c = logits.shape
+    maps = logits.transpose(1, 2).reshape(b, c, *grid)
+    if upsample_logits:
+        return F.interpolate(maps, size=size, mode="bilinear", align_corners=align_corners).softmax(dim=1)
+    return F.interpolate(maps.softmax(dim=1), size=size, mode="bilinear", align_corners=align_corners)

@@ -162,6 +162,16 @@ class DualPathVisionEncoder(nn.Module):
                 tokens[i] = x_vv if x_vv is not None else x
         return VisionFeatures(class_token=x[:, 0], tokens=tokens, grid=(self.grid, self.grid))
 
+    def transform_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Run already embedded tokens ``[B, L, width]`` through every block on the plain path (no DPAM).
+
+        For sequences :meth:`forward` cannot express, such as WinCLIP's windows (a class token plus a
+        subset of patch tokens, each with its own position embedding).
+        """
+        for block in self.blocks:
+            x = self._block(block, x)
+        return x
+
     def project(self, tokens: torch.Tensor, ln_post: bool = True) -> torch.Tensor:
         """Into the joint image-text space: ``ln_post(tokens) @ proj`` (or without ``ln_post``)."""
         if ln_post:

@@ -1,0 +1,175 @@
+"""Hand-written prompt ensembles: normal / anomalous states x templates, averaged per category.
+
+The one place for the ensembles the baselines use (METHODS.md §3): CLIP's single pair, WinCLIP's
+compositional ensemble (also CLIP-AC's) and VAND's (APRIL-GAN's ``prompt_ensemble.py``: one more
+anomalous state and 35 ImageNet-style templates). ``{}`` in a state is the object word (the dataset's
+prompt name of a category, e.g. "metal nut"), ``{}`` in a template is the stated object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+
+from lightning_modules.clip.text import PromptTextEncoder
+from lightning_modules.ops import l2_normalize
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptEnsemble:
+    normal_states: tuple[str, ...]
+    abnormal_states: tuple[str, ...]
+    templates: tuple[str, ...]
+
+    def sentences(self, word: str) -> tuple[list[str], list[str]]:
+        """``(normal sentences, anomalous sentences)`` for one object word, state-major."""
+
+        def expand(states: tuple[str, ...]) -> list[str]:
+            return [template.format(state.format(word)) for state in states for template in self.templates]
+
+        return expand(self.normal_states), expand(self.abnormal_states)
+
+
+# "a photo of a normal [cls]." / "a photo of an anomalous [cls]." (the article belongs to the state).
+CLIP_PAIR = PromptEnsemble(("a normal {}",), ("an anomalous {}",), ("a photo of {}.",))
+
+WINCLIP_NORMAL_STATES = (
+    "{}",
+    "flawless {}",
+    "perfect {}",
+    "unblemished {}",
+    "{} without flaw",
+    "{} without defect",
+    "{} without damage",
+)
+# The WinCLIP paper's 22 templates (7 x 22 = 154 normal, 4 x 22 = 88 anomalous sentences).
+WINCLIP_TEMPLATES = (
+    "a cropped photo of the {}.",
+    "a cropped photo of a {}.",
+    "a close-up photo of a {}.",
+    "a close-up photo of the {}.",
+    "a bright photo of a {}.",
+    "a bright photo of the {}.",
+    "a dark photo of the {}.",
+    "a dark photo of a {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a jpeg corrupted photo of the {}.",
+    "a blurry photo of the {}.",
+    "a blurry photo of a {}.",
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "a photo of a small {}.",
+    "a photo of the small {}.",
+    "a photo of a large {}.",
+    "a photo of the large {}.",
+    "a photo of the {} for visual inspection.",
+    "a photo of a {} for visual inspection.",
+    "a photo of the {} for anomaly detection.",
+    "a photo of a {} for anomaly detection.",
+)
+WINCLIP = PromptEnsemble(
+    WINCLIP_NORMAL_STATES,
+    ("damaged {}", "{} with flaw", "{} with defect", "{} with damage"),
+    WINCLIP_TEMPLATES,
+)
+
+# APRIL-GAN (VAND): WinCLIP's states plus "broken {}", and CLIP's ImageNet templates (35).
+VAND_TEMPLATES = (
+    "a bad photo of a {}.",
+    "a low resolution photo of the {}.",
+    "a bad photo of the {}.",
+    "a cropped photo of the {}.",
+    "a bright photo of a {}.",
+    "a dark photo of the {}.",
+    "a photo of my {}.",
+    "a photo of the cool {}.",
+    "a close-up photo of a {}.",
+    "a black and white photo of the {}.",
+    "a bright photo of the {}.",
+    "a cropped photo of a {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.",
+    "a photo of the {}.",
+    "a good photo of the {}.",
+    "a photo of one {}.",
+    "a close-up photo of the {}.",
+    "a photo of a {}.",
+    "a low resolution photo of a {}.",
+    "a photo of a large {}.",
+    "a blurry photo of a {}.",
+    "a jpeg corrupted photo of the {}.",
+    "a good photo of a {}.",
+    "a photo of the small {}.",
+    "a photo of the large {}.",
+    "a black and white photo of a {}.",
+    "a dark photo of a {}.",
+    "a photo of a cool {}.",
+    "a photo of a small {}.",
+    "there is a {} in the scene.",
+    "there is the {} in the scene.",
+    "this is a {} in the scene.",
+    "this is the {} in the scene.",
+    "this is one {} in the scene.",
+)
+VAND = PromptEnsemble(
+    WINCLIP_NORMAL_STATES,
+    ("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage"),
+    VAND_TEMPLATES,
+)
+
+PROMPT_ENSEMBLES: dict[str, PromptEnsemble] = {"clip": CLIP_PAIR, "winclip": WINCLIP, "vand": VAND}
+
+
+def get_ensemble(name: str) -> PromptEnsemble:
+    try:
+        return PROMPT_ENSEMBLES[name]
+    except KeyError:
+        raise ValueError(f"unknown prompt ensemble {name!r}; known: {', '.join(PROMPT_ENSEMBLES)}") from None
+
+
+def trim_after_end_token(token_ids: torch.Tensor, text_encoder: PromptTextEncoder) -> torch.Tensor:
+    """Drop the padding columns after the last end-of-text token of a batch of tokenised texts.
+
+    With CLIP's causal attention mask nothing after a text's end token reaches its features, so this is
+    exact and makes short prompts (about 10 of 77 tokens) several times cheaper. Towers without a causal
+    mask keep every column.
+    """
+    if text_encoder.attn_mask is None:
+        return token_ids
+    return token_ids[:, : int(token_ids.argmax(dim=-1).max()) + 1]
+
+
+@torch.no_grad()
+def encode_prompt_ensemble(
+    text_encoder: PromptTextEncoder,
+    tokenizer,
+    ensemble: PromptEnsemble,
+    words: Sequence[str],
+    normalize_each: bool = True,
+    chunk_size: int = 512,
+) -> torch.Tensor:
+    """``[C, 2, D]`` L2-normalised (index 0 normal, 1 anomalous), one row per object word.
+
+    Each state's sentences are encoded and averaged: after normalising each sentence embedding
+    (``normalize_each``, CLIP's zero-shot recipe and VAND's code) or as raw embeddings (the
+    Accurate-WinCLIP reproduction); the mean is normalised either way. All words' sentences go through
+    the text tower in chunks of ``chunk_size``.
+    """
+    if not words:
+        raise ValueError("no object words to build prompts for")
+    sentences: list[str] = []
+    for word in words:
+        normal, abnormal = ensemble.sentences(word)
+        sentences += normal + abnormal
+    device = text_encoder.token_embedding.weight.device
+    token_ids = trim_after_end_token(tokenizer(sentences).to(device), text_encoder)
+    features = torch.cat([text_encoder.encode(part).float() for part in token_ids.split(chunk_size)])
+    if normalize_each:
+        features = l2_normalize(features)
+    n_normal = len(ensemble.normal_states) * len(ensemble.templates)
+    features = features.view(len(words), -1, features.shape[-1])
+    normal = features[:, :n_normal].mean(dim=1)
+    abnormal = features[:, n_normal:].mean(dim=1)
+    return l2_normalize(torch.stack([normal, abnormal], dim=1))

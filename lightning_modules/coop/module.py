@@ -1,0 +1,31 @@
+"""CoOp training (image labels only) and batched evaluation in Lightning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lightning_modules.base import EvalConfig
+from lightning_modules.category_module import CategoryTextModule
+from lightning_modules.coop.config import CoOpConfig
+from lightning_modules.coop.model import CoOp
+
+
+class CoOpModule(CategoryTextModule):
+    """Trains only the context vectors; the CLIP weights never enter the optimizer."""
+
+    method_name = "coop"
+    identity_fields = ("context_length", "separate_state_context")
+
+    def __init__(self, cfg: CoOpConfig, eval_cfg: EvalConfig | None = None, model: CoOp | None = None) -> None:
+        super().__init__(cfg, eval_cfg, model if model is not None else CoOp(cfg))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self.model(batch["image"], batch["category_id"])
+        loss = self.model.loss(logits, batch["label"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.model.trainable_parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.betas))

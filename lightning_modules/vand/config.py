@@ -1,0 +1,30 @@
+"""VAND / APRIL-GAN settings (METHODS.md §3); defaults are the authors' (ByChelsea/VAND-APRIL-GAN)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lightning_modules.clip.config import BackboneConfig
+
+
+def _vand_backbone() -> BackboneConfig:
+    # open_clip resizes the position embedding itself when created at 518 px (bicubic, antialiased).
+    return BackboneConfig(pos_embed_interpolation="bicubic")
+
+
+@dataclasses.dataclass
+class VANDConfig:
+    name: str = "vand"
+    backbone: BackboneConfig = dataclasses.field(default_factory=_vand_backbone)
+    prompt_ensemble: str = "vand"  # 7 normal / 5 anomalous states x 35 templates
+    normalize_each_prompt: bool = True  # as the authors' encode_text_with_prompt_ensemble
+    feature_layers: list[int] = dataclasses.field(default_factory=lambda: [6, 12, 18, 24])  # raw block outputs
+    temperature: float = 0.01  # the authors' 100 * cos, for image and patch scores
+    # 2x2 mosaic of same-category images, applied to this share of training images. The authors use it
+    # when training on MVTec AD (rate 0.2, 3 epochs) and not on VisA (15 epochs): the experiment configs set
+    # both (trainer.max_epochs, method.mosaic_rate).
+    mosaic_rate: float = 0.2
+    focal_gamma: float = 2.0
+    lr: float = 1e-3
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.999])
+    gaussian_sigma: float = 0.0  # the authors' test script does not smooth

@@ -1,0 +1,73 @@
+"""VAND / APRIL-GAN (Chen et al., CVPR 2023 VAND workshop) as plain torch on a frozen CLIP.
+
+Trainable: one ``Linear(width -> embed_dim)`` per chosen block, applied to that block's *raw* patch
+tokens (no ``ln_post``/``proj``). Per layer, ``100 * cos`` against the category's ensemble texts is
+upsampled (bilinear, align_corners=True), then softmaxed per pixel; the map is the sum over layers of
+the anomaly channel. Image score: anomaly softmax of CLIP's image embedding. Loss: per layer
+``focal(probabilities, gt) + dice(anomaly channel, gt)``; masks only, no image loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from lightning_modules.clip.frozen import FrozenCLIP
+from lightning_modules.losses import dice_loss, focal_loss
+from lightning_modules.ops import anomaly_probability, class_probability_maps, gaussian_blur, l2_normalize
+from lightning_modules.vand.config import VANDConfig
+
+ABNORMAL = 1
+
+
+@dataclasses.dataclass
+class VANDOutput:
+    image_scores: torch.Tensor  # [B]
+    pixel_probs: list[torch.Tensor]  # per layer [B, 2, H, W] (normal, anomalous)
+
+    def anomaly_map(self) -> torch.Tensor:
+        return sum(p[:, ABNORMAL] for p in self.pixel_probs)
+
+
+class VAND(FrozenCLIP):
+    def __init__(self, cfg: VANDConfig, clip_model: nn.Module | None = None, tokenizer=None) -> None:
+        super().__init__(
+            cfg.backbone, clip_model, tokenizer, prompt_ensemble=cfg.prompt_ensemble, normalize_each_prompt=cfg.normalize_each_prompt
+        )
+        self.cfg = cfg
+        bad = [layer for layer in cfg.feature_layers if not 1 <= layer <= self.vision.depth]
+        if bad or not cfg.feature_layers:
+            raise ValueError(f"feature_layers must be non-empty and lie in 1..{self.vision.depth}, got {cfg.feature_layers}")
+        self.heads = nn.ModuleList(nn.Linear(self.vision.width, self.vision.output_dim) for _ in cfg.feature_layers)
+
+    def forward(self, images: torch.Tensor, category_ids: torch.Tensor, size: tuple[int, int]) -> VANDOutput:
+        with torch.no_grad():
+            features = self.vision(images, layers=self.cfg.feature_layers)
+            text = self.class_text_for(category_ids)
+            image_scores = anomaly_probability(self.image_embedding(features.class_token), text, self.cfg.temperature)
+        pixel_probs = []
+        for layer, head in zip(self.cfg.feature_layers, self.heads, strict=True):
+            patches = l2_normalize(head(features.tokens[layer][:, 1:].float()))
+            pixel_probs.append(
+                class_probability_maps(
+                    patches, text, features.grid, size, self.cfg.temperature, upsample_logits=True, align_corners=True
+                )
+            )
+        return VANDOutput(image_scores, pixel_probs)
+
+    def loss(self, output: VANDOutput, masks: torch.Tensor) -> torch.Tensor:
+        """``sum_layers focal(p, gt; gamma) + dice(p_anomalous, gt)`` (the authors' FocalLoss / BinaryDiceLoss)."""
+        gt = (masks > 0.5).float()
+        total = masks.new_zeros((), dtype=torch.float32)
+        for probs in output.pixel_probs:
+            total = total + focal_loss(probs, gt, gamma=self.cfg.focal_gamma) + dice_loss(probs[:, ABNORMAL], gt)
+        return total
+
+    @torch.no_grad()
+    def predict(
+        self, images: torch.Tensor, category_ids: torch.Tensor, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self(images, category_ids, size)
+        return output.image_scores, gaussian_blur(output.anomaly_map(), self.cfg.gaussian_sigma)

@@ -1,0 +1,44 @@
+"""VAND training (pixel losses on auxiliary data, optional mosaic) and batched evaluation in Lightning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lightning_modules.base import EvalConfig
+from lightning_modules.category_module import CategoryTextModule
+from lightning_modules.vand.config import VANDConfig
+from lightning_modules.vand.model import VAND
+from lightning_modules.vand.mosaic import SameCategoryMosaic
+from pipelines.errors import ZsadError
+
+
+class VANDModule(CategoryTextModule):
+    """Trains only the linear heads (Adam, the authors' betas); the CLIP weights never enter the optimizer."""
+
+    method_name = "vand"
+    identity_fields = ("feature_layers",)
+
+    def __init__(self, cfg: VANDConfig, eval_cfg: EvalConfig | None = None, model: VAND | None = None) -> None:
+        super().__init__(cfg, eval_cfg, model if model is not None else VAND(cfg))
+        self.mosaic: SameCategoryMosaic | None = None
+
+    def on_train_start(self) -> None:
+        """The mosaic draws its tiles from the training dataset, known once the loader exists."""
+        if self.cfg.mosaic_rate > 0:
+            self.mosaic = SameCategoryMosaic(self.trainer.train_dataloader.dataset, self.cfg.mosaic_rate)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if not bool(batch["has_mask"].all()):
+            raise ZsadError("VAND trains on pixel masks only: the source dataset has none (pick one with masks)")
+        if self.mosaic is not None:
+            batch = self.mosaic(batch)
+        masks = batch["mask"]
+        output = self.model(batch["image"], batch["category_id"], tuple(masks.shape[-2:]))
+        loss = self.model.loss(output, masks)
+        self.log("train/loss", loss, prog_bar=True, batch_size=masks.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.model.trainable_parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.betas))

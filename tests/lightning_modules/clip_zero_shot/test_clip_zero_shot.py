@@ -1,0 +1,77 @@
+"""CLIP and CLIP-AC: scores against plain open_clip, end-to-end `zsad run`, `zsad methods`."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from baselines_support import (
+    FAST,
+    check_results,
+    one_torch_thread,  # noqa: F401 - autouse fixture
+    tiny_backbone,
+    write_method_experiment,
+)
+
+from lightning_modules.clip_zero_shot import CLIPACConfig, CLIPConfig, CLIPZeroShot
+from pipelines.cli import main
+
+
+def test_clip_scores_and_maps_equal_open_clip(tiny_clip):
+    model, tokenizer = tiny_clip
+    clip = CLIPZeroShot(CLIPConfig(backbone=tiny_backbone()), model, tokenizer)
+    clip.set_classes(["disc", "metal nut"])
+    images = torch.randn(3, 3, 32, 32)
+    category_ids = torch.tensor([1, 0, 1])
+    scores, maps = clip.predict(images, category_ids, (40, 40))
+
+    with torch.no_grad():
+        text = F.normalize(model.encode_text(tokenizer([
+            "a photo of a normal disc.", "a photo of an anomalous disc.",
+            "a photo of a normal metal nut.", "a photo of an anomalous metal nut.",
+        ])), dim=-1).view(2, 2, -1)[category_ids]
+        model.visual.output_tokens = True
+        try:
+            pooled, tokens = model.visual(images)  # tokens: ln_post(last block) without proj
+        finally:
+            model.visual.output_tokens = False
+    image = F.normalize(pooled, dim=-1)
+    expected_scores = (torch.einsum("bd,bcd->bc", image, text) / 0.07).softmax(-1)[:, 1]
+    torch.testing.assert_close(scores, expected_scores, atol=1e-5, rtol=1e-5)
+    patch_probs = (torch.einsum("bnd,bcd->bnc", F.normalize(tokens @ model.visual.proj, dim=-1), text) / 0.07).softmax(-1)
+    grid = patch_probs[..., 1].reshape(3, 1, 4, 4)
+    expected_maps = F.interpolate(grid, size=(40, 40), mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(maps, expected_maps, atol=1e-5, rtol=1e-5)
+
+
+def test_clip_ac_uses_the_compositional_ensemble(tiny_clip):
+    model, tokenizer = tiny_clip
+    plain = CLIPZeroShot(CLIPConfig(backbone=tiny_backbone()), model, tokenizer)
+    ensemble = CLIPZeroShot(CLIPACConfig(backbone=tiny_backbone()), model, tokenizer)
+    plain.set_classes(["disc"])
+    ensemble.set_classes(["disc"])
+    assert not torch.allclose(plain.class_text, ensemble.class_text)
+
+
+def test_methods_lists_the_baselines(capsys):
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in lines if line and not line.startswith(" ")}
+    for name in ("clip", "clip_ac", "winclip"):
+        assert "training-free" in rows[name]
+    assert "trains" in rows["vand"] and "masks" in rows["vand"]
+    assert "trains" in rows["coop"] and "image labels" in rows["coop"]
+
+
+def test_clip_and_clip_ac_run_end_to_end(tmp_path, synthetic_pair, capsys):
+    _, target = synthetic_pair
+    for method in ("clip_tiny", "clip_ac_tiny"):
+        experiment = write_method_experiment(tmp_path, method, None, target)
+        run_dir = tmp_path / f"run_{method}"
+        assert main(["run", str(experiment), *FAST, f"run_dir={run_dir}"]) == 0
+        check_results(run_dir, {"ring", "cells"})
+        assert not (run_dir / "checkpoints").exists()  # nothing trained
+    # `zsad train` on a training-free method says what to do instead, on one line
+    capsys.readouterr()
+    assert main(["train", str(experiment), *FAST, f"run_dir={tmp_path / 'train'}", f"source={tmp_path / 'data' / 'tgt.yaml'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "training-free" in err and "\n" not in err
