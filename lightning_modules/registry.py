@@ -36,6 +36,7 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 def _load_builtin_methods() -> None:
     import lightning_modules.anomalyclip  # noqa: F401
     import lightning_modules.clip_zero_shot  # noqa: F401
+    import lightning_modules.cmg  # noqa: F401
     import lightning_modules.coop  # noqa: F401
     import lightning_modules.vand  # noqa: F401
     import lightning_modules.winclip  # noqa: F401
