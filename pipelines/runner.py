@@ -297,6 +297,10 @@ def _job(cfg: ExperimentConfig, job_type: str, body) -> RunOutcome:
 
 
 def train(cfg: ExperimentConfig) -> RunOutcome:
+    if not get_method(cfg.method.name).trains:  # before any run folder or model exists
+        raise ConfigError(
+            f"method '{cfg.method.name}' is training-free: evaluate it with `zsad run` or `zsad test` (no checkpoint)"
+        )
     module = build_module(cfg)
     return _job(cfg, "train", lambda run_dir, loggers: RunOutcome(run_dir, fit(cfg, module, run_dir, loggers)))
 

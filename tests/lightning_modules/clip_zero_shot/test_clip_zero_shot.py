@@ -75,3 +75,4 @@ def test_clip_and_clip_ac_run_end_to_end(tmp_path, synthetic_pair, capsys):
     assert main(["train", str(experiment), *FAST, f"run_dir={tmp_path / 'train'}", f"source={tmp_path / 'data' / 'tgt.yaml'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert "training-free" in err and "\n" not in err
+    assert not (tmp_path / "train").exists()  # refused before a run folder is made
