@@ -12,7 +12,7 @@ class ZsadError(Exception):
     """An error the user can fix; the message says what is wrong and what to do."""
 
 
-class ConfigError(ZsadError):
+class ConfigError(ZsadError, ValueError):
     """A config file, key, value or override is wrong."""
 
 

@@ -16,6 +16,7 @@ from lightning_modules.anomalyclip.config import AnomalyCLIPConfig
 from lightning_modules.clip import DualPathVisionEncoder, PromptTextEncoder, create_clip
 from lightning_modules.losses import dice_loss, focal_loss
 from lightning_modules.ops import gaussian_blur, l2_normalize, patch_class_probabilities
+from pipelines.errors import ConfigError
 
 NORMAL, ABNORMAL = 0, 1
 
@@ -102,12 +103,12 @@ class AnomalyCLIP(nn.Module):
     def _check_layers(self) -> None:
         blocks = self.cfg.deep_prompt_blocks
         if blocks and blocks != list(range(blocks[0], blocks[0] + len(blocks))):
-            raise ValueError(f"deep_prompt_blocks must be consecutive text blocks, got {blocks}")
+            raise ConfigError(f"deep_prompt_blocks must be consecutive text blocks, got {blocks}")
         if blocks and (blocks[0] < 2 or blocks[-1] > self.text.depth):
-            raise ValueError(f"deep_prompt_blocks must lie in 2..{self.text.depth} (block 1 gets none), got {blocks}")
+            raise ConfigError(f"deep_prompt_blocks must lie in 2..{self.text.depth} (block 1 gets none), got {blocks}")
         bad = [layer for layer in self.cfg.map_layers if not 1 <= layer <= self.vision.depth]
         if bad or not self.cfg.map_layers:
-            raise ValueError(f"map_layers must be non-empty and lie in 1..{self.vision.depth}, got {self.cfg.map_layers}")
+            raise ConfigError(f"map_layers must be non-empty and lie in 1..{self.vision.depth}, got {self.cfg.map_layers}")
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.prompts.parameters())

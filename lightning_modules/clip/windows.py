@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from lightning_modules.clip.vision import DualPathVisionEncoder
+from pipelines.errors import ConfigError
 
 
 def window_token_indices(grid: tuple[int, int], size: int, stride: int = 1) -> torch.Tensor:
@@ -19,9 +20,9 @@ def window_token_indices(grid: tuple[int, int], size: int, stride: int = 1) -> t
     """
     rows, cols = grid
     if size < 1 or stride < 1:
-        raise ValueError(f"window size and stride must be positive, got {size} and {stride}")
+        raise ConfigError(f"window size and stride must be positive, got {size} and {stride}")
     if size > rows or size > cols:
-        raise ValueError(f"a {size}x{size} window does not fit the {rows}x{cols} patch grid")
+        raise ConfigError(f"a {size}x{size} window does not fit the {rows}x{cols} patch grid")
     board = torch.arange(rows * cols).view(rows, cols)
     windows = board.unfold(0, size, stride).unfold(1, size, stride)  # [R, C, size, size]
     return windows.reshape(-1, size * size)

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pipelines.errors import ConfigError
+
 FILLS = ("mean", "image_mean")
 APPLY_TO = ("tokens", "pixels")
 CACHE_FORMAT = 1  # bump when the relevance computation changes, so old cache files are ignored
@@ -92,7 +94,7 @@ def keep_regions(relevance: torch.Tensor, keep_ratio: float = 0.75, threshold: f
         keep = relevance > threshold
     else:
         if not 0.0 < keep_ratio <= 1.0:
-            raise ValueError(f"keep_ratio must lie in (0, 1], got {keep_ratio}")
+            raise ConfigError(f"keep_ratio must lie in (0, 1], got {keep_ratio}")
         n_keep = max(1, math.ceil(keep_ratio * regions))
         order = torch.argsort(relevance, dim=1, descending=True, stable=True)[:, :n_keep]
         keep = torch.zeros_like(relevance, dtype=torch.bool).scatter_(1, order, True)

@@ -34,6 +34,7 @@ from lightning_modules.cmg.cmer import (
 from lightning_modules.cmg.cmle import batch_cmle_loss
 from lightning_modules.cmg.config import CMGConfig
 from lightning_modules.ops import gaussian_blur, l2_normalize
+from pipelines.errors import ConfigError
 
 SCOPES = ("batch", "global")
 
@@ -85,12 +86,12 @@ class CMG(FrozenCLIP):
     def _check(self) -> None:
         layers = self.cfg.detector.feature_layers
         if not layers or not all(1 <= layer <= self.vision.depth for layer in layers):
-            raise ValueError(f"detector.feature_layers must be non-empty and lie in 1..{self.vision.depth}, got {layers}")
+            raise ConfigError(f"detector.feature_layers must be non-empty and lie in 1..{self.vision.depth}, got {layers}")
         cmer, cmle = self.cfg.cmer, self.cfg.cmle
         if cmer.fill not in FILLS or cmer.apply_to not in APPLY_TO or cmer.grid < 1:
-            raise ValueError(f"cmer: fill in {FILLS}, apply_to in {APPLY_TO}, grid >= 1; got {cmer}")
+            raise ConfigError(f"cmer: fill in {FILLS}, apply_to in {APPLY_TO}, grid >= 1; got {cmer}")
         if cmle.scope not in SCOPES or cmle.k < 1:
-            raise ValueError(f"cmle: scope in {SCOPES} and k >= 1; got {cmle}")
+            raise ConfigError(f"cmle: scope in {SCOPES} and k >= 1; got {cmle}")
 
     def relevance_settings(self) -> dict[str, object]:
         """What CMER relevance depends on besides the image and its text (the cache key)."""
@@ -124,7 +125,7 @@ class CMG(FrozenCLIP):
         missing = sorted(set(texts) - set(self._text_cache))
         if missing:
             if self.tokenizer is None:
-                raise ValueError("CMG needs the CLIP tokenizer to encode texts")
+                raise ConfigError("CMG needs the CLIP tokenizer to encode texts")
             features = l2_normalize(self.text.encode(self.tokenizer(missing).to(device)).float())
             self._text_cache.update(zip(missing, features.cpu(), strict=True))
         return torch.stack([self._text_cache[t] for t in texts]).to(device)

@@ -20,6 +20,7 @@ from lightning_modules.clip.text import PromptTextEncoder
 from lightning_modules.clip_zero_shot.model import CLIPZeroShot
 from lightning_modules.coop.config import CoOpConfig
 from lightning_modules.ops import class_logits, l2_normalize
+from pipelines.errors import ConfigError
 
 
 class ClassAwareContext(nn.Module):
@@ -31,7 +32,7 @@ class ClassAwareContext(nn.Module):
     def __init__(self, width: int, length: int, separate_states: bool, init_std: float = 0.02) -> None:
         super().__init__()
         if length < 1:
-            raise ValueError(f"context_length must be positive, got {length}")
+            raise ConfigError(f"context_length must be positive, got {length}")
         self.length = length
         self.context = nn.Parameter(torch.empty(2 if separate_states else 1, length, width).normal_(std=init_std))
         for name in ("token_ids", "prefix", "suffix"):
@@ -39,7 +40,7 @@ class ClassAwareContext(nn.Module):
 
     def set_classes(self, text_encoder: PromptTextEncoder, tokenizer, words: Sequence[str], state_words: Sequence[str]) -> None:
         if len(state_words) != 2:
-            raise ValueError(f"state_words must be [normal word, anomalous word], got {list(state_words)}")
+            raise ConfigError(f"state_words must be [normal word, anomalous word], got {list(state_words)}")
         placeholder = " ".join(["X"] * self.length)
         sentences = [f"{placeholder} {state} {word}." for word in words for state in state_words]
         token_ids = trim_after_end_token(tokenizer(sentences).to(self.context.device), text_encoder)

@@ -18,6 +18,7 @@ from lightning_modules.clip.frozen import FrozenCLIP
 from lightning_modules.losses import dice_loss, focal_loss
 from lightning_modules.ops import anomaly_probability, class_probability_maps, gaussian_blur, l2_normalize
 from lightning_modules.vand.config import VANDConfig
+from pipelines.errors import ConfigError
 
 ABNORMAL = 1
 
@@ -39,7 +40,7 @@ class VAND(FrozenCLIP):
         self.cfg = cfg
         bad = [layer for layer in cfg.feature_layers if not 1 <= layer <= self.vision.depth]
         if bad or not cfg.feature_layers:
-            raise ValueError(f"feature_layers must be non-empty and lie in 1..{self.vision.depth}, got {cfg.feature_layers}")
+            raise ConfigError(f"feature_layers must be non-empty and lie in 1..{self.vision.depth}, got {cfg.feature_layers}")
         self.heads = nn.ModuleList(nn.Linear(self.vision.width, self.vision.output_dim) for _ in cfg.feature_layers)
 
     def forward(self, images: torch.Tensor, category_ids: torch.Tensor, size: tuple[int, int]) -> VANDOutput:
