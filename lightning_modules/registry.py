@@ -35,9 +35,11 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 
 def _load_builtin_methods() -> None:
     import lightning_modules.anomalyclip  # noqa: F401
+    import lightning_modules.anovl  # noqa: F401
     import lightning_modules.clip_zero_shot  # noqa: F401
     import lightning_modules.cmg  # noqa: F401
     import lightning_modules.coop  # noqa: F401
+    import lightning_modules.dual_image  # noqa: F401
     import lightning_modules.vand  # noqa: F401
     import lightning_modules.winclip  # noqa: F401
 

@@ -29,6 +29,9 @@ class VisionFeatures:
     class_token: torch.Tensor  # [B, width] original stream after the last block, before ln_post
     tokens: dict[int, torch.Tensor]  # 1-indexed block -> [B, 1 + N, width]; V-V stream inside DPAM blocks
     grid: tuple[int, int]  # patch grid (rows, cols) of the N patch tokens
+    # 1-indexed block -> [B, 1 + N, width] of the *original* stream (asked for with ``original_layers``);
+    # image-to-image patch matching uses standard ViT tokens even where the V-V path runs.
+    original_tokens: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 def resize_position_embedding(pos_embed: torch.Tensor, grid: int, mode: str = "bilinear") -> torch.Tensor:
@@ -146,13 +149,15 @@ class DualPathVisionEncoder(nn.Module):
         x_vv = (x if x_vv is None else x_vv) + block.ls_1(project(value_value))
         return x_ori, x_vv
 
-    def forward(self, images: torch.Tensor, layers: Iterable[int] = ()) -> VisionFeatures:
-        wanted = set(layers)
-        if wanted and (min(wanted) < 1 or max(wanted) > self.depth):
-            raise ValueError(f"requested layers {sorted(wanted)} outside 1..{self.depth}")
+    def forward(self, images: torch.Tensor, layers: Iterable[int] = (), original_layers: Iterable[int] = ()) -> VisionFeatures:
+        wanted, wanted_original = set(layers), set(original_layers)
+        for name, chosen in (("layers", wanted), ("original_layers", wanted_original)):
+            if chosen and (min(chosen) < 1 or max(chosen) > self.depth):
+                raise ValueError(f"requested {name} {sorted(chosen)} outside 1..{self.depth}")
         x = self.embed(images)
         x_vv: torch.Tensor | None = None
         tokens: dict[int, torch.Tensor] = {}
+        original: dict[int, torch.Tensor] = {}
         for i, block in enumerate(self.blocks, start=1):
             if i in self.dpam_blocks:
                 x, x_vv = self._dual_block(block, x, x_vv)
@@ -160,7 +165,9 @@ class DualPathVisionEncoder(nn.Module):
                 x = self._block(block, x)
             if i in wanted:
                 tokens[i] = x_vv if x_vv is not None else x
-        return VisionFeatures(class_token=x[:, 0], tokens=tokens, grid=(self.grid, self.grid))
+            if i in wanted_original:
+                original[i] = x
+        return VisionFeatures(class_token=x[:, 0], tokens=tokens, grid=(self.grid, self.grid), original_tokens=original)
 
     def transform_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Run already embedded tokens ``[B, L, width]`` through every block on the plain path (no DPAM).

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
+from dual_image_support import single_thread  # noqa: F401 - a fixture
 
 from pipelines.cli import main
 from pipelines.config import compose, to_object
@@ -25,13 +25,7 @@ ABLATIONS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models on shared CPUs: one thread avoids oversubscription (10x faster under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

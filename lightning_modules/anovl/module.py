@@ -1,0 +1,95 @@
+"""AnoVL evaluation in Lightning (training-free; test-time adaptation inside the test loop)."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from lightning_modules.anovl.config import AnoVLConfig
+from lightning_modules.anovl.model import AnoVL, BatchText, CategoryText
+from lightning_modules.anovl.prompts import prompt_kind
+from lightning_modules.anovl.tta import TestTimeAdaptation
+from lightning_modules.base import EvalConfig, ZeroShotModule
+
+
+def image_seed(seed: int, image_path: str, salt: int = 0) -> int:
+    """A per-image seed from the run's seed and the image's path: independent of batching and of the
+    process that evaluates the image."""
+    return (int(seed) * 1_000_003 + zlib.crc32(f"{salt}:{image_path}".encode())) % (2**63 - 1)
+
+
+class AnoVLModule(ZeroShotModule):
+    """Text branch (+ TTA) per batch; the text features of each category are computed once per test epoch."""
+
+    method_name = "anovl"
+    model_class: type[AnoVL] = AnoVL
+
+    def __init__(self, cfg: AnoVLConfig, eval_cfg: EvalConfig | None = None, model: AnoVL | None = None) -> None:
+        super().__init__(eval_cfg)
+        self.cfg = cfg
+        self.model = model if model is not None else self.model_class(cfg)
+        # The runner seeds torch (L.seed_everything(experiment seed)) right before building the module.
+        self.seed = int(cfg.seed) if cfg.seed is not None else int(torch.initial_seed())
+        self.tta = TestTimeAdaptation(cfg.tta, cfg.pixel_temperature) if cfg.tta.enabled else None
+        self._categories: list[str] = []
+        self._object_names: dict[str, str] = {}
+        self._domain = "industrial"
+        self._texts: dict[str, CategoryText] = {}
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.backbone.image_size
+
+    @property
+    def needs_grad_at_test(self) -> bool:  # type: ignore[override]
+        return bool(self.cfg.tta.enabled)
+
+    # --- data binding ------------------------------------------------------------------------------
+    def bind_data(self, datamodule: Any) -> None:
+        """Read what scoring needs from the datamodule; drop what belonged to a previous target."""
+        self._categories = list(datamodule.categories)
+        self._object_names = datamodule.full_index.prompt_names()
+        self._domain = datamodule.domain
+        self._texts.clear()
+        if self.tta is not None:
+            self.tta.reset()
+
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self.bind_data(self.trainer.datamodule)
+
+    def category_text(self, category: str) -> CategoryText:
+        if category not in self._texts:
+            name = self._object_names.get(category, category.replace("_", " "))
+            kind = prompt_kind(category, name, self._domain, self.cfg.texture_categories)
+            self._texts[category] = self.model.category_text(name, kind)
+        return self._texts[category]
+
+    def batch_categories(self, batch: dict[str, Any]) -> list[str]:
+        return [self._categories[i] for i in batch["category_id"].tolist()]
+
+    def image_seeds(self, batch: dict[str, Any], salt: int = 0) -> list[int]:
+        return [image_seed(self.seed, path, salt) for path in batch["image_path"]]
+
+    def batch_text(self, categories: Sequence[str]) -> BatchText:
+        return BatchText.stack([self.category_text(c) for c in categories])
+
+    # --- evaluation --------------------------------------------------------------------------------
+    def extra_inputs(self, batch: dict[str, Any], categories: list[str]) -> dict[str, Any]:
+        """What subclasses add to ``model.predict`` (the dual-image method: the visual reference map)."""
+        return {}
+
+    def predict_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        categories = self.batch_categories(batch)
+        return self.model.predict(
+            batch["image"],
+            self.batch_text(categories),
+            size=tuple(batch["mask"].shape[-2:]),
+            tta=self.tta,
+            seeds=self.image_seeds(batch),
+            categories=categories,
+            **self.extra_inputs(batch, categories),
+        )

@@ -1,0 +1,200 @@
+"""AnoVL's test-time adaptation (TTA) of a text adapter on the patch tokens, with synthetic anomalies.
+
+The adapter maps a token onto the span of all ``2K`` prompt embeddings ``T_all``:
+``A(f) = tanh(W f/|f| + b) @ T_all`` and ``f' = 0.5 f + 0.5 A(f)``; only ``W`` and ``b`` learn. Synthetic
+anomalies in feature space are ``f~ = f + N(0, sigma^2)``; the loss per image is
+``H(p(f')) + 0.5 [-log p_a(f~') - log p_n(f')]`` (entropy of the clean prediction, noisy -> abnormal,
+clean -> normal), as in the authors' ``loss_func``. Optional extra targets
+(:class:`SyntheticAnomalies`: tokens of synthesized anomalous images with per-patch targets) add a
+cross-entropy term; the dual-image method supplies them.
+
+A batch of images is adapted *at once* with one independent adapter per image: the batch loss is the sum
+of the per-image losses and AdamW acts element-wise, so each image gets exactly the updates it would get
+alone. Randomness (initialisation, noise) comes from one generator per image, seeded from the image, so
+scores do not depend on batch composition or on how the test set is split across processes.
+
+Gradients: only the adapter requires them; the CLIP stays frozen and its features enter as constants.
+Lightning runs ``test`` under ``torch.inference_mode`` unless the Trainer is built with
+``inference_mode=False`` (zsad's runner does so for methods with ``needs_grad_at_test``); inference mode
+cannot be left from inside, so TTA refuses to run there rather than silently doing nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from lightning_modules.anovl.config import TTA_RESETS, TTAConfig
+from lightning_modules.anovl.model import ABNORMAL, NORMAL, BatchText, class_probabilities
+from pipelines.errors import ConfigError, ZsadError
+
+
+@dataclasses.dataclass
+class SyntheticAnomalies:
+    """Patch tokens of synthesized anomalous images and how abnormal each patch is meant to be."""
+
+    tokens: torch.Tensor  # [B, S, N, D] (unnormalised, like the clean tokens)
+    targets: torch.Tensor  # [B, S, N] in [0, 1]
+    weight: float = 0.5
+
+
+class TextAdapter(nn.Module):
+    """``B`` independent adapters, one per image, stacked: ``weight [B, 2K, D]``, ``bias [B, 2K]``."""
+
+    def __init__(self, prompts: torch.Tensor) -> None:
+        super().__init__()
+        b, k, d = prompts.shape
+        self.register_buffer("prompts", prompts.detach().float(), persistent=False)
+        self.weight = nn.Parameter(torch.zeros(b, k, d, device=prompts.device))
+        self.bias = nn.Parameter(torch.zeros(b, k, device=prompts.device))
+
+    @torch.no_grad()
+    def reset_parameters(self, generators: Sequence[torch.Generator]) -> None:
+        """``nn.Linear``'s default initialisation, ``U(-1/sqrt(D), 1/sqrt(D))``, drawn from each image's generator."""
+        _, k, d = self.weight.shape
+        bound = 1.0 / math.sqrt(d)
+        for i, generator in enumerate(generators):
+            self.weight[i] = ((torch.rand(k, d, generator=generator) * 2 - 1) * bound).to(self.weight)
+            self.bias[i] = ((torch.rand(k, generator=generator) * 2 - 1) * bound).to(self.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``0.5 f + 0.5 A(f)`` for ``tokens [B, ..., D]``."""
+        b, d = tokens.shape[0], tokens.shape[-1]
+        flat = tokens.reshape(b, -1, d)
+        unit = flat / flat.norm(dim=-1, keepdim=True)
+        affinity = torch.tanh(torch.einsum("bnd,bkd->bnk", unit, self.weight) + self.bias[:, None])
+        adapted = 0.5 * flat + 0.5 * torch.einsum("bnk,bkd->bnd", affinity, self.prompts)
+        return adapted.reshape(tokens.shape)
+
+
+def feature_noise(generators: Sequence[torch.Generator], shape: Sequence[int], std: float, device: torch.device) -> torch.Tensor:
+    """``[B, *shape]`` Gaussian noise, image ``i`` from generator ``i`` (drawn on the CPU: same numbers on any device)."""
+    return torch.stack([torch.randn(*shape, generator=g) * std for g in generators]).to(device)
+
+
+def tta_loss(
+    adapter: TextAdapter,
+    tokens: torch.Tensor,
+    classes: torch.Tensor,
+    noise: torch.Tensor,
+    cfg: TTAConfig,
+    temperature: float = 1.0,
+    synthetic: SyntheticAnomalies | None = None,
+) -> torch.Tensor:
+    """Per-image loss ``[B]``: ``tokens [B, N, D]``, ``noise [B, M, N, D]``, ``classes [B, 2, D]``."""
+    log_clean = class_probabilities(adapter(tokens), classes, temperature)  # [B, N, 2]
+    log_noisy = class_probabilities(adapter(tokens[:, None] + noise), classes, temperature)  # [B, M, N, 2]
+    entropy = -(log_clean.exp() * log_clean).sum(dim=-1).mean(dim=-1)
+    hard = -log_noisy[..., ABNORMAL].mean(dim=(1, 2)) - log_clean[..., NORMAL].mean(dim=-1)
+    loss = cfg.entropy_weight * entropy + cfg.hard_weight * hard
+    if synthetic is not None:
+        log_syn = class_probabilities(adapter(synthetic.tokens), classes, temperature)  # [B, S, N, 2]
+        t = synthetic.targets.to(log_syn.dtype)
+        cross_entropy = -(t * log_syn[..., ABNORMAL] + (1 - t) * log_syn[..., NORMAL]).mean(dim=(1, 2))
+        loss = loss + synthetic.weight * cross_entropy
+    return loss
+
+
+def run_steps(
+    adapter: TextAdapter,
+    optimizer: torch.optim.Optimizer,
+    tokens: torch.Tensor,
+    classes: torch.Tensor,
+    generators: Sequence[torch.Generator],
+    cfg: TTAConfig,
+    temperature: float = 1.0,
+    synthetic: SyntheticAnomalies | None = None,
+) -> list[torch.Tensor]:
+    """``cfg.steps`` AdamW steps on the summed per-image losses; returns each step's losses ``[B]``."""
+    history = []
+    with torch.enable_grad():
+        for _ in range(cfg.steps):
+            noise = feature_noise(generators, (cfg.noise_copies, *tokens.shape[1:]), cfg.noise_std, tokens.device)
+            loss = tta_loss(adapter, tokens, classes, noise, cfg, temperature, synthetic)
+            optimizer.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            optimizer.step()
+            history.append(loss.detach())
+    return history
+
+
+class TestTimeAdaptation:
+    """Runs TTA per batch under a reset policy (``TTAConfig.reset``)."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, cfg: TTAConfig, temperature: float = 1.0) -> None:
+        if cfg.reset not in TTA_RESETS:
+            raise ConfigError(f"method.tta.reset must be one of {list(TTA_RESETS)}, got {cfg.reset!r}")
+        if cfg.steps < 0 or cfg.noise_copies < 1:
+            raise ConfigError(f"method.tta needs steps >= 0 and noise_copies >= 1, got {cfg.steps} and {cfg.noise_copies}")
+        self.cfg = cfg
+        self.temperature = temperature
+        self._persistent: dict[str, tuple[TextAdapter, torch.optim.Optimizer]] = {}
+        self.last_losses: list[torch.Tensor] = []  # per step, [B]: for logging and tests
+
+    def reset(self) -> None:
+        """Forget adapters kept across images (a new test epoch or dataset)."""
+        self._persistent.clear()
+
+    def _optimizer(self, adapter: TextAdapter) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(adapter.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def adapt(
+        self,
+        tokens: torch.Tensor,
+        text: BatchText,
+        seeds: Sequence[int],
+        categories: Sequence[str],
+        synthetic: SyntheticAnomalies | None = None,
+    ) -> torch.Tensor:
+        """Adapted tokens ``[B, N, D]`` (no gradient attached)."""
+        if torch.is_inference_mode_enabled():
+            raise ZsadError(
+                "test-time adaptation needs autograd but the test loop runs in inference mode: build the "
+                "Trainer with inference_mode=False (zsad's runner does this when needs_grad_at_test is true)"
+            )
+        if len(seeds) != tokens.shape[0]:
+            raise ValueError(f"TTA needs one seed per image, got {len(seeds)} for {tokens.shape[0]} images")
+        tokens = tokens.detach().float()
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        if self.cfg.reset == "image":
+            adapter = TextAdapter(text.prompts)
+            adapter.reset_parameters(generators)
+            self.last_losses = run_steps(
+                adapter, self._optimizer(adapter), tokens, text.classes, generators, self.cfg, self.temperature, synthetic
+            )
+            with torch.no_grad():
+                return adapter(tokens)
+        return self._adapt_sequentially(tokens, text, generators, categories, synthetic)
+
+    def _adapt_sequentially(
+        self,
+        tokens: torch.Tensor,
+        text: BatchText,
+        generators: Sequence[torch.Generator],
+        categories: Sequence[str],
+        synthetic: SyntheticAnomalies | None,
+    ) -> torch.Tensor:
+        """Adapters kept per category: images one after another, in the order they arrive."""
+        out, losses = [], []
+        for i, generator in enumerate(generators):
+            one = slice(i, i + 1)
+            state = self._persistent.get(categories[i])
+            if state is None:
+                adapter = TextAdapter(text.prompts[one])
+                adapter.reset_parameters([generator])
+                state = self._persistent[categories[i]] = (adapter, self._optimizer(adapter))
+            elif self.cfg.reset == "image_keep_optimizer":
+                state[0].reset_parameters([generator])
+            adapter, optimizer = state
+            part = None if synthetic is None else dataclasses.replace(synthetic, tokens=synthetic.tokens[one], targets=synthetic.targets[one])
+            losses.append(run_steps(adapter, optimizer, tokens[one], text.classes[one], [generator], self.cfg, self.temperature, part))
+            with torch.no_grad():
+                out.append(adapter(tokens[one]))
+        self.last_losses = [torch.cat(step) for step in zip(*losses, strict=True)]
+        return torch.cat(out)
