@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelines.errors import ConfigError
+
 POS_EMBED_INTERPOLATIONS = ("bilinear", "bicubic")
 
 
@@ -41,7 +43,7 @@ def resize_position_embedding(pos_embed: torch.Tensor, grid: int, mode: str = "b
     is open_clip's own resize. They differ by ~5e-2 in the table, so faithful configs pick the authors'.
     """
     if mode not in POS_EMBED_INTERPOLATIONS:
-        raise ValueError(f"pos_embed_interpolation must be one of {POS_EMBED_INTERPOLATIONS}, got {mode!r}")
+        raise ConfigError(f"pos_embed_interpolation must be one of {POS_EMBED_INTERPOLATIONS}, got {mode!r}")
     side = int(round((pos_embed.shape[0] - 1) ** 0.5))
     if side * side + 1 != pos_embed.shape[0]:
         raise ValueError(f"position embedding of length {pos_embed.shape[0]} is not 1 + a square grid")
@@ -85,7 +87,7 @@ class DualPathVisionEncoder(nn.Module):
         self.batch_first = getattr(visual.transformer, "batch_first", True)
         patch = visual.conv1.kernel_size[0]
         if image_size % patch:
-            raise ValueError(f"image_size {image_size} is not a multiple of the patch size {patch}")
+            raise ConfigError(f"image_size {image_size} is not a multiple of the patch size {patch}")
         self.image_size = image_size
         self.grid = image_size // patch
         self.register_buffer(
@@ -109,9 +111,9 @@ class DualPathVisionEncoder(nn.Module):
 
     def _check_blocks(self, blocks: Sequence[int]) -> frozenset[int]:
         if blocks and (blocks[0] < 1 or blocks[-1] > self.depth):
-            raise ValueError(f"DPAM blocks must lie in 1..{self.depth}, got {blocks}")
+            raise ConfigError(f"DPAM blocks must lie in 1..{self.depth}, got {blocks}")
         if blocks and list(blocks) != list(range(blocks[0], blocks[-1] + 1)):
-            raise ValueError(f"DPAM blocks must be contiguous, got {blocks}")
+            raise ConfigError(f"DPAM blocks must be contiguous, got {blocks}")
         for i in blocks:
             attn = getattr(self.blocks[i - 1], "attn", None)
             if not isinstance(attn, nn.MultiheadAttention):
@@ -153,7 +155,7 @@ class DualPathVisionEncoder(nn.Module):
         wanted, wanted_original = set(layers), set(original_layers)
         for name, chosen in (("layers", wanted), ("original_layers", wanted_original)):
             if chosen and (min(chosen) < 1 or max(chosen) > self.depth):
-                raise ValueError(f"requested {name} {sorted(chosen)} outside 1..{self.depth}")
+                raise ConfigError(f"requested {name} {sorted(chosen)} outside 1..{self.depth}")
         x = self.embed(images)
         x_vv: torch.Tensor | None = None
         tokens: dict[int, torch.Tensor] = {}
