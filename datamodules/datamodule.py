@@ -1,12 +1,18 @@
-"""One LightningDataModule for every benchmark: an index, a split and the transforms."""
+"""One LightningDataModule for every benchmark: an index, a split and the transforms.
+
+Methods with a frozen image encoder may hand the datamodule a dataset of cached training features
+(:mod:`lightning_modules.feature_cache`); ``train_dataloader`` then iterates over it instead of the images,
+with the same batch size and shuffling.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.config import DataConfig
 from datamodules.dataset import AnomalyDataset
@@ -24,6 +30,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.image_size = image_size
         self.eval_size = cfg.eval_size or image_size
         self.spec = get_dataset_spec(cfg.name)
+        self.cached_train_features: Dataset | None = None  # set by a method's feature cache (on_fit_start)
 
     @functools.cached_property
     def full_index(self) -> DatasetIndex:
@@ -45,19 +52,58 @@ class AnomalyDataModule(L.LightningDataModule):
     def domain(self) -> str:
         return self.spec.domain
 
-    def _transform(self, train: bool) -> ImageMaskTransform:
-        return ImageMaskTransform(
-            TransformSpec(
-                image_size=self.image_size,
-                eval_size=self.eval_size,
-                mask_interpolation=self.cfg.mask_interpolation,
-                hflip_p=self.cfg.hflip_p if train else 0.0,
-            )
+    def transform_spec(self, train: bool) -> TransformSpec:
+        return TransformSpec(
+            image_size=self.image_size,
+            eval_size=self.eval_size,
+            mask_interpolation=self.cfg.mask_interpolation,
+            hflip_p=self.cfg.hflip_p if train else 0.0,
         )
 
+    def _transform(self, train: bool) -> ImageMaskTransform:
+        return ImageMaskTransform(self.transform_spec(train))
+
+    def _dataset(self, split: str, train: bool) -> AnomalyDataset:
+        return AnomalyDataset(self.split_index(split), self._transform(train), categories=self.categories)
+
+    def train_dataset(self) -> AnomalyDataset:
+        """The training split's images (what a feature cache encodes once)."""
+        return self._dataset(self.cfg.train_split, train=True)
+
+    # --- feature cache ----------------------------------------------------------------------------
+    def train_cache_identity(self) -> dict:
+        """What of the data changes cached training features: dataset, root, split, categories, transform."""
+        index = self.split_index(self.cfg.train_split)
+        return {
+            "dataset": self.cfg.name,
+            "root": str(index.root),
+            "options": dict(getattr(self.cfg, "options", None) or {}),
+            "split": self.cfg.train_split,
+            "categories": list(self.categories),
+            "n_images": len(index.records),
+            "transform": dataclasses.asdict(self.transform_spec(train=True)),
+        }
+
+    def train_cache_bypass_reason(self) -> str | None:
+        if self.cfg.hflip_p > 0:
+            return f"random horizontal flip (hflip_p={self.cfg.hflip_p}) changes training images every epoch"
+        return None
+
+    def use_cached_train_features(self, dataset: Dataset | None) -> None:
+        """Serve ``dataset`` (cached features) from :meth:`train_dataloader`; None goes back to the images."""
+        self.cached_train_features = dataset
+
     def _loader(self, split: str, train: bool) -> DataLoader:
-        index = self.split_index(split)
-        dataset = AnomalyDataset(index, self._transform(train), categories=self.categories)
+        if train and self.cached_train_features is not None:
+            # In-memory tensors: worker processes would only add start-up and copying cost.
+            return DataLoader(
+                self.cached_train_features,
+                batch_size=self.cfg.batch_size,
+                shuffle=True,
+                num_workers=0,
+                pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
+            )
+        dataset = self._dataset(split, train)
         return DataLoader(
             dataset,
             batch_size=self.cfg.batch_size if train else self.cfg.eval_batch_size,

@@ -129,6 +129,18 @@ class AnomalyCLIP(nn.Module):
         }
         return ImageFeatures(l2_normalize(image_embedding), patches, features.grid)
 
+    # --- feature cache (lightning_modules/feature_cache.py) -----------------------------------------
+    def features_to_tensors(self, features: ImageFeatures) -> dict[str, torch.Tensor]:
+        """Per-sample tensors of :class:`ImageFeatures` (name -> [B, ...]), as the feature cache stores them."""
+        return {"image_embedding": features.image_embedding} | {
+            f"patch_{layer}": patches for layer, patches in features.patch_embeddings.items()
+        }
+
+    def features_from_tensors(self, tensors: dict[str, torch.Tensor]) -> ImageFeatures:
+        """Inverse of :meth:`features_to_tensors` (a batch of cached features)."""
+        patches = {layer: tensors[f"patch_{layer}"] for layer in self.cfg.map_layers}
+        return ImageFeatures(tensors["image_embedding"], patches, (self.vision.grid, self.vision.grid))
+
     def text_embeddings(self) -> torch.Tensor:
         """``[2, D]`` L2-normalised (0 normal, 1 abnormal); differentiable w.r.t. the prompts."""
         deep = list(self.prompts.deep_tokens)

@@ -10,6 +10,7 @@ import torch
 from lightning_modules.anomalyclip.config import AnomalyCLIPConfig
 from lightning_modules.anomalyclip.model import AnomalyCLIP
 from lightning_modules.base import EvalConfig, ZeroShotModule
+from lightning_modules.feature_cache import backbone_cache_identity, prepare_cached_training
 
 
 class AnomalyCLIPModule(ZeroShotModule):
@@ -32,12 +33,32 @@ class AnomalyCLIPModule(ZeroShotModule):
         shape = {k: getattr(self.cfg, k) for k in ("prompt_length", "deep_prompt_length", "deep_prompt_blocks")}
         return {"method": self.method_name, "backbone": backbone, **{k: list(v) if isinstance(v, list) else v for k, v in shape.items()}}
 
+    # --- feature cache: the frozen image features are the same every epoch ---------------------------
+    def feature_cache_identity(self) -> dict[str, Any]:
+        keys = ("dpam_start_block", "map_layers", "image_embedding_ln_post")
+        return {"method": self.method_name, "backbone": backbone_cache_identity(self.cfg.backbone)} | {
+            k: list(v) if isinstance(v := getattr(self.cfg, k), list) else v for k in keys
+        }
+
+    def encode_for_cache(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.features_to_tensors(self.model.encode_images(images))
+
+    def feature_cache_bypass_reason(self) -> str | None:
+        return None
+
+    def on_fit_start(self) -> None:
+        prepare_cached_training(self, self.cfg.cache_features, self.cfg.cache_dir)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        images, masks = batch["image"], batch["mask"]
+        masks = batch["mask"]
         has_masks = bool(batch["has_mask"].all())
-        output = self.model(images, size=tuple(masks.shape[-2:]))
+        if "features" in batch:  # served by the feature cache: no image, no encoder pass
+            features = self.model.features_from_tensors(batch["features"])
+        else:
+            features = self.model.encode_images(batch["image"])
+        output = self.model.scores(features, size=tuple(masks.shape[-2:]))
         losses = self.model.loss(output, batch["label"], masks if has_masks else None)
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=images.shape[0])
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=masks.shape[0])
         return losses["loss"]
 
     def predict_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

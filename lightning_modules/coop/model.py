@@ -76,11 +76,18 @@ class CoOp(CLIPZeroShot):
         features = self.text(self.prompts(rows), self.prompts.token_ids[rows])
         return l2_normalize(features.float()).view(len(classes), 2, -1)[inverse]
 
+    @torch.no_grad()
+    def encode_image_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen global image embedding ``[B, D]`` (L2-normalised; what the feature cache stores)."""
+        return self.image_embedding(self.vision(images).class_token)
+
     def forward(self, images: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
         """Image logits ``[B, 2]`` (normal, anomalous): cosine of the global embedding / temperature."""
-        with torch.no_grad():
-            image = self.image_embedding(self.vision(images).class_token)
-        return class_logits(image, self.class_text_for(category_ids)) / self.cfg.temperature
+        return self.logits(self.encode_image_embedding(images), category_ids)
+
+    def logits(self, image_embedding: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
+        """The trainable part on a (fresh or cached) :meth:`encode_image_embedding`."""
+        return class_logits(image_embedding, self.class_text_for(category_ids)) / self.cfg.temperature
 
     def loss(self, image_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.cross_entropy(image_logits, labels.long())

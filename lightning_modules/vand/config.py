@@ -28,3 +28,8 @@ class VANDConfig:
     lr: float = 1e-3
     betas: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.999])
     gaussian_sigma: float = 0.0  # the authors' test script does not smooth
+    # Frozen image features computed once per training split and reused every epoch (lightning_modules/
+    # feature_cache.py); same results as encoding every step. Bypassed (reason logged) while mosaic_rate > 0:
+    # the mosaic changes training images every epoch. cache_dir: also keep them on disk for later runs.
+    cache_features: bool = True
+    cache_dir: str | None = None

@@ -43,17 +43,30 @@ class VAND(FrozenCLIP):
             raise ConfigError(f"feature_layers must be non-empty and lie in 1..{self.vision.depth}, got {cfg.feature_layers}")
         self.heads = nn.ModuleList(nn.Linear(self.vision.width, self.vision.output_dim) for _ in cfg.feature_layers)
 
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Frozen features (cacheable): ``image_embedding`` [B, D] and raw patch tokens ``tokens_{layer}``
+        [B, N, width] of each feature layer."""
+        features = self.vision(images, layers=self.cfg.feature_layers)
+        return {"image_embedding": self.image_embedding(features.class_token)} | {
+            f"tokens_{layer}": features.tokens[layer][:, 1:] for layer in self.cfg.feature_layers
+        }
+
     def forward(self, images: torch.Tensor, category_ids: torch.Tensor, size: tuple[int, int]) -> VANDOutput:
+        return self.scores(self.encode_images(images), category_ids, size)
+
+    def scores(self, features: dict[str, torch.Tensor], category_ids: torch.Tensor, size: tuple[int, int]) -> VANDOutput:
+        """The trainable part on (fresh or cached) :meth:`encode_images` features."""
+        grid = (self.vision.grid, self.vision.grid)
         with torch.no_grad():
-            features = self.vision(images, layers=self.cfg.feature_layers)
             text = self.class_text_for(category_ids)
-            image_scores = anomaly_probability(self.image_embedding(features.class_token), text, self.cfg.temperature)
+            image_scores = anomaly_probability(features["image_embedding"], text, self.cfg.temperature)
         pixel_probs = []
         for layer, head in zip(self.cfg.feature_layers, self.heads, strict=True):
-            patches = l2_normalize(head(features.tokens[layer][:, 1:].float()))
+            patches = l2_normalize(head(features[f"tokens_{layer}"].float()))
             pixel_probs.append(
                 class_probability_maps(
-                    patches, text, features.grid, size, self.cfg.temperature, upsample_logits=True, align_corners=True
+                    patches, text, grid, size, self.cfg.temperature, upsample_logits=True, align_corners=True
                 )
             )
         return VANDOutput(image_scores, pixel_probs)

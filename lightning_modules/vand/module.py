@@ -8,6 +8,7 @@ import torch
 
 from lightning_modules.base import EvalConfig
 from lightning_modules.category_module import CategoryTextModule
+from lightning_modules.feature_cache import backbone_cache_identity, prepare_cached_training
 from lightning_modules.vand.config import VANDConfig
 from lightning_modules.vand.model import VAND
 from lightning_modules.vand.mosaic import SameCategoryMosaic
@@ -24,6 +25,26 @@ class VANDModule(CategoryTextModule):
         super().__init__(cfg, eval_cfg, model if model is not None else VAND(cfg))
         self.mosaic: SameCategoryMosaic | None = None
 
+    # --- feature cache: the frozen image features are the same every epoch (unless mosaic) ------------
+    def feature_cache_identity(self) -> dict[str, Any]:
+        return {
+            "method": self.method_name,
+            "backbone": backbone_cache_identity(self.cfg.backbone),
+            "feature_layers": list(self.cfg.feature_layers),
+        }
+
+    def encode_for_cache(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.encode_images(images)
+
+    def feature_cache_bypass_reason(self) -> str | None:
+        if self.cfg.mosaic_rate > 0:
+            return f"VAND's mosaic (mosaic_rate={self.cfg.mosaic_rate}) changes training images every epoch"
+        return None
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        prepare_cached_training(self, self.cfg.cache_features, self.cfg.cache_dir)
+
     def on_train_start(self) -> None:
         """The mosaic draws its tiles from the training dataset, known once the loader exists."""
         if self.cfg.mosaic_rate > 0:
@@ -35,7 +56,10 @@ class VANDModule(CategoryTextModule):
         if self.mosaic is not None:
             batch = self.mosaic(batch)
         masks = batch["mask"]
-        output = self.model(batch["image"], batch["category_id"], tuple(masks.shape[-2:]))
+        if "features" in batch:  # served by the feature cache: no image, no encoder pass
+            output = self.model.scores(batch["features"], batch["category_id"], tuple(masks.shape[-2:]))
+        else:
+            output = self.model(batch["image"], batch["category_id"], tuple(masks.shape[-2:]))
         loss = self.model.loss(output, masks)
         self.log("train/loss", loss, prog_bar=True, batch_size=masks.shape[0])
         return loss

@@ -1,0 +1,53 @@
+"""Shared pieces of the speed benchmarks (train_epoch.py, inference.py, end_to_end.py): a synthetic
+dataset, the tiny random-weight AnomalyCLIP, and a description of the machine for the printed reports."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from datamodules.synthetic import generate_synthetic_dataset  # noqa: E402
+from lightning_modules.anomalyclip import AnomalyCLIPConfig  # noqa: E402
+from lightning_modules.clip.config import BackboneConfig  # noqa: E402
+from lightning_modules.clip.factory import TINY_MODEL  # noqa: E402
+
+
+def synthetic_source(out: Path, categories: int, per_category: int, file_size: int, seed: int = 0) -> tuple[Path, int]:
+    """A synthetic MVTec-layout dataset whose test split has ``categories * per_category`` images
+    (half good, half defective over the four defect kinds) of ``file_size`` px. Returns (root, n_images)."""
+    names = ["disc", "weave", "plate", "tile", "bolt", "mesh"][:categories]
+    per_kind = max(1, per_category // 8)
+    good = per_category - 4 * per_kind
+    summary = generate_synthetic_dataset(
+        out, seed=seed, style="industrial", categories=names, image_size=file_size,
+        n_train=1, n_test_good=good, n_test_defect_per_kind=per_kind, overwrite=True,
+    )
+    return summary.root, categories * (good + 4 * per_kind)
+
+
+def tiny_anomalyclip(image_size: int, **overrides) -> AnomalyCLIPConfig:
+    """AnomalyCLIP on the tiny random-weight ViT (6 blocks, width 64, patch 8), DPAM on blocks 2..6."""
+    cfg = AnomalyCLIPConfig(
+        backbone=BackboneConfig(name=TINY_MODEL, pretrained=None, image_size=image_size),
+        dpam_start_block=2,
+        map_layers=[6],
+    )
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def machine() -> str:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
+    return (
+        f"{device}; torch {torch.__version__}; {torch.get_num_threads()} torch threads; "
+        f"{os.cpu_count()} CPUs visible; python {platform.python_version()}"
+    )

@@ -1,0 +1,289 @@
+"""Cached frozen image features for methods whose image encoder does not train (AnomalyCLIP, VAND, CoOp).
+
+Why: these methods train only prompts or small heads, so the frozen image encoder returns the same
+features for a training image in every epoch. Encoding (and decoding + resizing the image file) once per
+dataset and resolution, then training on the stored features, makes every later step cost only the
+trainable part (METHODS.md §2, last note).
+
+How it fits Lightning (the datamodule owns ``train_dataloader``):
+
+1. ``on_fit_start`` of a module that opts in calls :func:`prepare_cached_training`. It asks the module
+   whether caching applies (:meth:`FeatureCacheSource.feature_cache_bypass_reason`: e.g. VAND's mosaic
+   or a random flip changes the image every epoch, so the cache is bypassed and the reason logged once).
+2. It builds a :class:`FeatureTable`: one pass over the training split in index order, batched, without
+   gradients and under the trainer's precision context, storing for each sample the module's features
+   (:meth:`FeatureCacheSource.encode_for_cache`, in the model's own dtype, on the CPU) plus label,
+   category, ``has_mask`` and the mask (bool). The table is keyed by a hash of everything that changes
+   it (:func:`cache_identity`); with ``cache_dir`` it is also saved there and reused by later runs.
+   The pass runs inside ``torch.random.fork_rng``: the global RNG, hence shuffling, is untouched.
+3. The datamodule is handed a :class:`CachedFeatureDataset` (``use_cached_train_features``) and its
+   ``train_dataloader`` then iterates over it: same batch size, same ``shuffle=True`` sampler drawing from
+   the same global RNG, so each epoch visits the samples in the same order as the uncached path; no
+   image is decoded and no encoder runs. Batches carry ``batch["features"]`` instead of ``batch["image"]``
+   and the module's ``training_step`` uses them in place of its encoder output.
+
+The only difference to the uncached path is batch composition inside the encoder (features computed in
+batches of ``eval_batch_size`` in index order instead of the shuffled training batches), which changes
+floating-point results at round-off level only; tests check "same seed -> same learned parameters".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when the stored layout changes
+
+
+class FeatureCacheSource(Protocol):
+    """What a LightningModule provides to have its frozen features cached."""
+
+    def feature_cache_identity(self) -> dict[str, Any]:
+        """Everything of the *model* that changes the features (backbone, weights, input size, layers...)."""
+
+    def encode_for_cache(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Frozen features of a batch: name -> tensor with the batch as first dimension (no gradients)."""
+
+    def feature_cache_bypass_reason(self) -> str | None:
+        """Why the cache cannot be used for this run (e.g. an augmentation that changes every epoch), or None."""
+
+
+def weights_identity(pretrained: str | None) -> dict[str, Any]:
+    """Identifies the weights: a pretrained tag as is; a local file by resolved path, size and mtime."""
+    if pretrained is None:
+        return {"weights": None}
+    path = Path(os.path.expanduser(str(pretrained)))
+    if path.is_file():
+        stat = path.stat()
+        return {"weights": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"weights": str(pretrained)}
+
+
+def backbone_cache_identity(backbone: Any) -> dict[str, Any]:
+    """The backbone fields that change image features (not ``cache_dir``: where weights are found)."""
+    return {
+        "name": backbone.name,
+        **weights_identity(backbone.pretrained),
+        "image_size": int(backbone.image_size),
+        "pos_embed_interpolation": backbone.pos_embed_interpolation,
+    }
+
+
+def cache_key(identity: dict[str, Any]) -> str:
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def cache_identity(module: Any, datamodule: Any) -> dict[str, Any]:
+    """Model identity + data identity (dataset, root, split, categories, transform) + precision + format."""
+    trainer = getattr(module, "_trainer", None)
+    precision = str(getattr(trainer, "precision", "32-true")) if trainer is not None else "32-true"
+    return {
+        "format": CACHE_FORMAT,
+        "model": module.feature_cache_identity(),
+        "data": datamodule.train_cache_identity(),
+        "precision": precision,
+        "torch": torch.__version__.split("+")[0],
+    }
+
+
+@dataclasses.dataclass
+class FeatureTable:
+    """Per-sample frozen features of one training split, row ``i`` = sample ``i`` of the split's index."""
+
+    key: str
+    identity: dict[str, Any]
+    features: dict[str, torch.Tensor]  # name -> [N, ...] in the model's dtype (CPU)
+    masks: torch.Tensor  # [N, H, W] bool at the evaluation size
+    labels: torch.Tensor  # [N] long
+    category_ids: torch.Tensor  # [N] long
+    has_mask: torch.Tensor  # [N] bool
+    image_paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def nbytes(self) -> int:
+        tensors = [*self.features.values(), self.masks, self.labels, self.category_ids, self.has_mask]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "key": self.key,
+            "identity": json.dumps(self.identity, sort_keys=True, default=str),
+            "features": self.features,
+            "masks": self.masks,
+            "labels": self.labels,
+            "category_ids": self.category_ids,
+            "has_mask": self.has_mask,
+            "image_paths": self.image_paths,
+        }
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)  # atomic: concurrent runs (or DDP ranks) never read a half-written file
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureTable:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload["identity"] = json.loads(payload["identity"])
+        return cls(**payload)
+
+
+class CachedFeatureDataset(Dataset):
+    """Training items from a :class:`FeatureTable`: like ``AnomalyDataset`` items, with ``features``
+    (name -> tensor) in place of ``image``; masks come back as float {0, 1} as the image path gives them."""
+
+    def __init__(self, table: FeatureTable) -> None:
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        t = self.table
+        return {
+            "features": {name: values[i] for name, values in t.features.items()},
+            "mask": t.masks[i].float(),
+            "label": t.labels[i],
+            "category_id": t.category_ids[i],
+            "sample_id": torch.tensor(i, dtype=torch.long),
+            "has_mask": t.has_mask[i],
+            "image_path": t.image_paths[i],
+        }
+
+
+@torch.no_grad()
+def build_feature_table(
+    dataset: Dataset,
+    encode: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    key: str,
+    identity: dict[str, Any],
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+    num_workers: int = 0,
+    context: Callable[[], Any] | None = None,
+) -> FeatureTable:
+    """Encode every sample of ``dataset`` (an ``AnomalyDataset``) once, in index order, batched.
+
+    The global RNG state is restored afterwards, so the training run that follows shuffles exactly as it
+    would have without this pass.
+    """
+    device = torch.device(device)
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    parts: dict[str, list[torch.Tensor]] = {}
+    masks, labels, category_ids, has_mask, paths = [], [], [], [], []
+    with torch.random.fork_rng(devices=fork_devices):
+        for batch in loader:
+            images = batch["image"].to(device, non_blocking=True)
+            if context is not None:
+                with context():
+                    encoded = encode(images)
+            else:
+                encoded = encode(images)
+            for name, value in encoded.items():
+                parts.setdefault(name, []).append(value.detach().to("cpu"))
+            masks.append(batch["mask"] > 0.5)
+            labels.append(batch["label"].long())
+            category_ids.append(batch["category_id"].long())
+            has_mask.append(batch["has_mask"].bool())
+            paths.extend(batch["image_path"])
+    return FeatureTable(
+        key=key,
+        identity=identity,
+        features={name: torch.cat(values) for name, values in parts.items()},
+        masks=torch.cat(masks),
+        labels=torch.cat(labels),
+        category_ids=torch.cat(category_ids),
+        has_mask=torch.cat(has_mask),
+        image_paths=paths,
+    )
+
+
+def _bypass(module: Any, reason: str) -> None:
+    from lightning.pytorch.utilities import rank_zero_info
+
+    module.feature_cache_status = f"bypassed: {reason}"
+    rank_zero_info(f"zsad feature cache not used: {reason}")
+
+
+def prepare_cached_training(module: Any, enabled: bool, cache_dir: str | None = None) -> FeatureTable | None:
+    """Call from ``on_fit_start``: build (or load) the training split's feature table and make the
+    datamodule serve it. Returns the table, or None when the cache is off or bypassed (reason logged once
+    and kept in ``module.feature_cache_status``)."""
+    from lightning.pytorch.utilities import rank_zero_info
+
+    if not enabled:
+        module.feature_cache_status = "off"
+        return None
+    trainer = module.trainer
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is None or not hasattr(datamodule, "use_cached_train_features"):
+        _bypass(module, "training data does not come from an AnomalyDataModule")
+        return None
+    reason = module.feature_cache_bypass_reason() or datamodule.train_cache_bypass_reason()
+    if reason:
+        datamodule.use_cached_train_features(None)
+        _bypass(module, reason)
+        return None
+
+    identity = cache_identity(module, datamodule)
+    key = cache_key(identity)
+    current = datamodule.cached_train_features
+    if current is not None and current.table.key == key:
+        module.feature_cache_status = "cached (in memory)"
+        return current.table
+
+    dataset = datamodule.train_dataset()
+    paths = [str(record.image_path) for record in dataset.records]
+    file = Path(cache_dir) / f"{getattr(module, 'method_name', 'features')}-{key}.pt" if cache_dir else None
+    table = None
+    if file is not None and file.is_file():
+        try:
+            loaded = FeatureTable.load(file)
+            if loaded.key == key and loaded.image_paths == paths:
+                table = loaded
+                module.feature_cache_status = f"cached (loaded {file})"
+        except Exception as error:  # noqa: BLE001 - a stale or corrupt cache file is rebuilt, never fatal
+            log.warning("ignoring unreadable feature cache %s (%s)", file, error)
+    if table is None:
+        start = time.perf_counter()
+        table = build_feature_table(
+            dataset,
+            module.encode_for_cache,
+            key,
+            identity,
+            device=module.device,
+            batch_size=datamodule.cfg.eval_batch_size,
+            num_workers=datamodule.cfg.num_workers,
+            context=trainer.precision_plugin.train_step_context,  # as around training_step
+        )
+        seconds = time.perf_counter() - start
+        module.feature_cache_status = "cached (built)"
+        rank_zero_info(
+            f"zsad feature cache: encoded {len(table)} training images once in {seconds:.1f}s "
+            f"({table.nbytes() / 2**20:.1f} MiB); later steps skip image loading and the image encoder"
+        )
+        if file is not None and trainer.is_global_zero:
+            table.save(file)
+    datamodule.use_cached_train_features(CachedFeatureDataset(table))
+    return table

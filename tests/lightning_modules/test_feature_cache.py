@@ -1,0 +1,195 @@
+"""Cached frozen features (lightning_modules/feature_cache.py): identical features, identical training,
+keys that change with what changes the features, the on-disk cache, and the bypasses (mosaic, flip)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import lightning as L
+import pytest
+import torch
+from baselines_support import one_torch_thread, tiny_backbone  # noqa: F401 - autouse fixture
+
+from datamodules.config import DataConfig
+from datamodules.datamodule import AnomalyDataModule
+from lightning_modules.anomalyclip import AnomalyCLIPModule
+from lightning_modules.coop import CoOpConfig, CoOpModule
+from lightning_modules.feature_cache import CachedFeatureDataset, build_feature_table, cache_identity, cache_key
+from lightning_modules.vand import VANDConfig, VANDModule
+from tests_support import tiny_anomalyclip_config
+
+
+def _datamodule(root, **overrides) -> AnomalyDataModule:
+    cfg = DataConfig(name="synthetic", root=str(root), batch_size=4, eval_batch_size=5, num_workers=0, **overrides)
+    return AnomalyDataModule(cfg, image_size=32)
+
+
+def _trainer(tmp_path, epochs: int) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, enable_checkpointing=False,
+    )
+
+
+def _fit(make_module, root, tmp_path, epochs: int = 2, seed: int = 7, **data_overrides):
+    L.seed_everything(seed, verbose=False)
+    module = make_module()
+    datamodule = _datamodule(root, **data_overrides)
+    _trainer(tmp_path, epochs).fit(module, datamodule=datamodule)
+    return module, datamodule
+
+
+def _trainable(module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def _assert_same_training(make_cached, make_uncached, root, tmp_path) -> None:
+    cached, datamodule = _fit(make_cached, root, tmp_path)
+    assert cached.feature_cache_status == "cached (built)"
+    assert isinstance(datamodule.train_dataloader().dataset, CachedFeatureDataset)
+    uncached, _ = _fit(make_uncached, root, tmp_path)
+    assert uncached.feature_cache_status == "off"
+    a, b = _trainable(cached), _trainable(uncached)
+    assert a.keys() == b.keys() and a
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
+    other_seed, _ = _fit(make_cached, root, tmp_path, seed=8)
+    assert any(not torch.allclose(a[n], p) for n, p in _trainable(other_seed).items())
+
+
+def test_cached_features_equal_encode_images(synthetic_pair):
+    source, _ = synthetic_pair
+    module = AnomalyCLIPModule(tiny_anomalyclip_config())
+    datamodule = _datamodule(source)
+    dataset = datamodule.train_dataset()
+    table = build_feature_table(dataset, module.encode_for_cache, "k", {}, batch_size=5)
+    assert len(table) == len(dataset) and table.masks.dtype == torch.bool
+    assert table.features["image_embedding"].dtype == next(module.model.clip.parameters()).dtype
+    first = [dataset[i] for i in range(5)]  # the same batch as the table's first encoder pass
+    fresh = module.model.encode_images(torch.stack([item["image"] for item in first]))
+    assert torch.equal(table.features["image_embedding"][:5], fresh.image_embedding)
+    assert torch.equal(table.features["patch_6"][:5], fresh.patch_embeddings[6])
+    for i, item in enumerate(first):
+        assert torch.equal(table.masks[i].float(), item["mask"]) and table.labels[i] == item["label"]
+    # A batch of cached items rebuilds the same ImageFeatures.
+    rebuilt = module.model.features_from_tensors({k: v[:5] for k, v in table.features.items()})
+    assert rebuilt.grid == fresh.grid and torch.equal(rebuilt.patch_embeddings[6], fresh.patch_embeddings[6])
+
+
+def test_training_state_and_shuffling_are_unchanged_by_the_cache_pass(synthetic_pair):
+    source, _ = synthetic_pair
+    module = AnomalyCLIPModule(tiny_anomalyclip_config())
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    build_feature_table(_datamodule(source).train_dataset(), module.encode_for_cache, "k", {}, batch_size=4)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.slow
+def test_anomalyclip_same_seed_same_prompts_cached_or_not(synthetic_pair, tmp_path):
+    source, _ = synthetic_pair
+    _assert_same_training(
+        lambda: AnomalyCLIPModule(tiny_anomalyclip_config()),
+        lambda: AnomalyCLIPModule(tiny_anomalyclip_config(cache_features=False)),
+        source,
+        tmp_path,
+    )
+
+
+@pytest.mark.slow
+def test_vand_without_mosaic_same_heads_cached_or_not(synthetic_pair, tmp_path):
+    source, _ = synthetic_pair
+    _assert_same_training(
+        lambda: VANDModule(VANDConfig(backbone=tiny_backbone(), feature_layers=[3, 6], mosaic_rate=0.0)),
+        lambda: VANDModule(VANDConfig(backbone=tiny_backbone(), feature_layers=[3, 6], mosaic_rate=0.0, cache_features=False)),
+        source,
+        tmp_path,
+    )
+
+
+@pytest.mark.slow
+def test_coop_same_seed_same_context_cached_or_not(synthetic_pair, tmp_path):
+    source, _ = synthetic_pair
+    _assert_same_training(
+        lambda: CoOpModule(CoOpConfig(backbone=tiny_backbone())),
+        lambda: CoOpModule(CoOpConfig(backbone=tiny_backbone(), cache_features=False)),
+        source,
+        tmp_path,
+    )
+
+
+@pytest.mark.slow
+def test_vand_mosaic_bypasses_the_cache_and_says_why(synthetic_pair, tmp_path, caplog):
+    source, _ = synthetic_pair
+    with caplog.at_level(logging.INFO):
+        module, datamodule = _fit(
+            lambda: VANDModule(VANDConfig(backbone=tiny_backbone(), feature_layers=[3, 6], mosaic_rate=0.5)), source, tmp_path, epochs=1
+        )
+    assert module.feature_cache_status.startswith("bypassed: VAND's mosaic")
+    assert datamodule.cached_train_features is None
+    assert sum("feature cache not used" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.slow
+def test_random_flip_bypasses_the_cache(synthetic_pair, tmp_path):
+    source, _ = synthetic_pair
+    module, datamodule = _fit(lambda: AnomalyCLIPModule(tiny_anomalyclip_config()), source, tmp_path, epochs=1, hflip_p=0.5)
+    assert "horizontal flip" in module.feature_cache_status and datamodule.cached_train_features is None
+
+
+@pytest.mark.slow
+def test_disk_cache_is_reused_without_encoding(synthetic_pair, tmp_path, monkeypatch):
+    source, _ = synthetic_pair
+    cache_dir = tmp_path / "cache"
+    first, _ = _fit(lambda: AnomalyCLIPModule(tiny_anomalyclip_config(cache_dir=str(cache_dir))), source, tmp_path, epochs=1)
+    files = list(cache_dir.glob("anomalyclip-*.pt"))
+    assert first.feature_cache_status == "cached (built)" and len(files) == 1
+
+    def no_encoding(self, images):
+        raise AssertionError("the image encoder ran although the disk cache holds every feature")
+
+    monkeypatch.setattr(AnomalyCLIPModule, "encode_for_cache", no_encoding)
+    second, _ = _fit(lambda: AnomalyCLIPModule(tiny_anomalyclip_config(cache_dir=str(cache_dir))), source, tmp_path, epochs=1)
+    assert second.feature_cache_status.startswith("cached (loaded")
+    for (name, a), (_, b) in zip(_trainable(first).items(), _trainable(second).items(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_cache_key_changes_with_what_changes_the_features(synthetic_pair, tmp_path):
+    source, target = synthetic_pair
+    weights_file = tmp_path / "weights.pt"
+    weights_file.write_bytes(b"weights")
+
+    class FakeTrainer:
+        precision = "32-true"
+
+    def key(cfg_overrides=None, root=source, image_size=32, precision="32-true", weights=None, **data):
+        module = AnomalyCLIPModule(tiny_anomalyclip_config(**(cfg_overrides or {})))
+        module.cfg.backbone.pretrained = weights  # only the identity is computed: no weights are loaded
+        trainer = FakeTrainer()
+        trainer.precision = precision
+        module._trainer = trainer
+        datamodule = _datamodule(root, **data)
+        datamodule.image_size = image_size
+        return cache_key(cache_identity(module, datamodule))
+
+    base = key()
+    assert key() == base  # deterministic
+    changed = [
+        key({"map_layers": [5]}),
+        key({"dpam_start_block": 3}),
+        key({"image_embedding_ln_post": True}),
+        key(root=target),
+        key(image_size=64),
+        key(mask_interpolation="bilinear"),
+        key(train_split="train"),
+        key(precision="bf16-mixed"),
+        key(weights="openai"),
+        key(weights=str(weights_file)),
+    ]
+    assert base not in changed and len(set(changed)) == len(changed)
+    weights_file.write_bytes(b"other weights, same path")  # a replaced file (size/mtime) is other weights
+    os.utime(weights_file, ns=(1, 1))
+    assert key(weights=str(weights_file)) != changed[-1]
+    assert key({"lr": 0.1, "prompt_length": 4}) == base  # trainable-side settings do not change features
