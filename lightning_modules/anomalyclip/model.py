@@ -150,8 +150,31 @@ class AnomalyCLIP(nn.Module):
         features = self.text(self.prompts(), self.prompts.token_ids, deep, deep_first_block=first)
         return l2_normalize(features.float())
 
-    def scores(self, features: ImageFeatures, size: tuple[int, int]) -> AnomalyCLIPOutput:
-        text = self.text_embeddings()
+    def inference_text_embeddings(self) -> torch.Tensor:
+        """:meth:`text_embeddings` for inference, computed once and reused until the prompts change.
+
+        The text side does not depend on the image, so evaluation needs it once, not once per batch (at
+        batch size 1 on small inputs the text encoder is a sizeable share of the time). The cache is keyed by
+        the prompts' storage and in-place version counters (an optimizer step or ``load_state_dict`` bumps
+        them), the device and the autocast state.
+        """
+        device = self.prompts.normal_context.device
+        key = (
+            tuple((p.data_ptr(), p._version) for p in self.prompts.parameters()),
+            device,
+            torch.is_autocast_enabled(device.type),
+            torch.get_autocast_dtype(device.type),
+        )
+        cached = getattr(self, "_inference_text", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, self.text_embeddings())
+            self._inference_text = cached
+        return cached[1]
+
+    def scores(self, features: ImageFeatures, size: tuple[int, int], text: torch.Tensor | None = None) -> AnomalyCLIPOutput:
+        """Logits and maps of (fresh or cached) image features; ``text`` defaults to :meth:`text_embeddings`."""
+        text = self.text_embeddings() if text is None else text
         image_logits = features.image_embedding.float() @ text.t() / self.cfg.temperature
         pixel_probs = {
             layer: patch_class_probabilities(patches.float(), text, features.grid, size, self.cfg.temperature)
@@ -181,5 +204,5 @@ class AnomalyCLIP(nn.Module):
     @torch.no_grad()
     def predict(self, images: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Batched inference: ``(image scores [B], smoothed anomaly maps [B, H, W])``, one per image."""
-        output = self(images, size)
+        output = self.scores(self.encode_images(images), size, text=self.inference_text_embeddings())
         return output.image_scores, gaussian_blur(output.anomaly_map(), self.cfg.gaussian_sigma)

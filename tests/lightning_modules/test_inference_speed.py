@@ -1,0 +1,82 @@
+"""Inference speed pieces: the text embeddings computed once per evaluation, mixed precision on CPU, and
+smoke runs of the speed benchmarks (benchmarks/train_epoch.py, inference.py, end_to_end.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from baselines_support import one_torch_thread  # noqa: F401 - autouse fixture
+
+from lightning_modules.anomalyclip.model import AnomalyCLIP
+from tests_support import tiny_anomalyclip_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def model(tiny_clip) -> AnomalyCLIP:
+    clip_model, tokenizer = tiny_clip
+    return AnomalyCLIP(tiny_anomalyclip_config(), clip_model, tokenizer).eval()
+
+
+def test_inference_text_is_computed_once_and_follows_the_prompts(model, monkeypatch):
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    fresh = model(images, size=(32, 32))
+    calls = []
+    original = model.text_embeddings
+    monkeypatch.setattr(model, "text_embeddings", lambda: calls.append(1) or original())
+    scores, _ = model.predict(images, size=(32, 32))
+    model.predict(images, size=(32, 32))
+    assert len(calls) == 1
+    torch.testing.assert_close(scores, fresh.image_scores, atol=0, rtol=0)
+
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=0.1)  # a training step changes the prompts
+    model.loss(model(images, size=(32, 32)), torch.tensor([0, 1, 0]), None)["loss"].backward()
+    optimizer.step()
+    after_step, _ = model.predict(images, size=(32, 32))
+    assert len(calls) == 3 and not torch.allclose(after_step, scores)  # 1 + the forward above + the refresh
+
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()} | {"prompts.normal_context": torch.zeros_like(model.prompts.normal_context)})
+    model.predict(images, size=(32, 32))
+    assert len(calls) == 4
+    torch.testing.assert_close(model.inference_text_embeddings(), original())
+
+
+def test_bf16_autocast_inference_on_cpu_is_close_to_fp32(model):
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    scores32, maps32 = model.predict(images, size=(32, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores16, maps16 = model.predict(images, size=(32, 32))
+    assert scores16.shape == scores32.shape and maps16.shape == maps32.shape
+    assert (scores16.float() - scores32).abs().max() < 0.1 and (maps16.float() - maps32).abs().max() < 0.1
+
+
+def _run(script: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True, timeout=500, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_train_epoch_benchmark_prints_the_cache_ratio():
+    out = _run("train_epoch.py", "--images-per-category", "8", "--file-size", "64", "--image-size", "32", "--epochs", "1", "--threads", "1")
+    assert "ratio per epoch:" in out and "max |cached - uncached|" in out
+
+
+@pytest.mark.slow
+def test_inference_benchmark_prints_rates_by_batch_size():
+    out = _run("inference.py", "--image-size", "32", "--batch-sizes", "1,4", "--images", "8", "--threads", "1")
+    assert "vs batch-1 loop" in out and "best: batch" in out
+
+
+@pytest.mark.slow
+def test_end_to_end_benchmark_prints_the_time_split():
+    out = _run("end_to_end.py", "--images-per-category", "8", "--file-size", "64", "--image-size", "32", "--threads", "1")
+    for phase in ("data", "encoder", "maps", "metrics"):
+        assert phase in out
