@@ -15,7 +15,12 @@ from datamodules.config import DataConfig
 from datamodules.datamodule import AnomalyDataModule
 from lightning_modules.anomalyclip import AnomalyCLIPModule
 from lightning_modules.coop import CoOpConfig, CoOpModule
-from lightning_modules.feature_cache import CachedFeatureDataset, build_feature_table, cache_identity, cache_key
+from lightning_modules.feature_cache import (
+    CachedFeatureDataset,
+    build_feature_table,
+    cache_identity,
+    cache_key,
+)
 from lightning_modules.vand import VANDConfig, VANDModule
 from tests_support import tiny_anomalyclip_config
 

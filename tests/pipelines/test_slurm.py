@@ -87,15 +87,20 @@ def test_array_sweep_runs_through_sbatch_and_srun(slurm, tmp_path, synthetic_pai
 
 
 def test_sigusr1_requeues_and_the_run_resumes_from_its_checkpoint(slurm, tmp_path, synthetic_pair):
-    # enough epochs that training is still running when the signal comes, however fast this machine is
-    path = write_sweep(tmp_path, *synthetic_pair, seeds=[5], epochs=600, name="requeue")
+    # Training must still run when the signal comes, however fast the machine: no feature cache (cached
+    # epochs take milliseconds) and many epochs; the signal is sent as soon as Lightning has installed
+    # its requeue handler, i.e. right at the start of fit.
+    extra = {"overrides": ["trainer.max_epochs=120", "logger.wandb.mode=disabled", "method.backbone.image_size=32",
+                           "method.cache_features=false", "source.batch_size=1"]}  # fmt: skip
+    path = write_sweep(tmp_path, *synthetic_pair, seeds=[5], name="requeue", extra=extra)
     assert main(["sweep", "submit", str(path)]) == 0
     cfg, _ = sweep.load_sweep(path)
     directory = sweep.sweep_dir(cfg)
     job_id = sweep.submissions(directory)[-1]["job_id"]
     run_dir = Path(sweep.expand(cfg)[0].run_dir)
 
-    _wait(lambda: (run_dir / "checkpoints" / "last.ckpt").is_file(), 300, "the first epoch to finish", interval=0.2)
+    _wait(lambda: "SLURM auto-requeueing enabled" in _logs(directory), 300, "training to start", interval=0.2)
+    time.sleep(2)
     subprocess.run(["scancel", "--signal=USR1", job_id], check=True)  # what SLURM sends before the time limit
     _wait(lambda: list(run_dir.glob("hpc_ckpt_*.ckpt")), 120, "Lightning's requeue checkpoint")
     _wait(lambda: json.loads((run_dir / "status.json").read_text()).get("state") == "finished", 600,
