@@ -27,7 +27,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from inference import PRECISIONS, autocast, sync
-from perf_support import machine, synthetic_source, tiny_anomalyclip
+from perf_support import add_model_arguments, machine, model_from_arguments, synthetic_source
 
 from datamodules.config import DataConfig
 from datamodules.datamodule import AnomalyDataModule
@@ -83,21 +83,11 @@ def main() -> None:
     parser.add_argument("--categories", type=int, default=2)
     parser.add_argument("--images-per-category", type=int, default=32)
     parser.add_argument("--file-size", type=int, default=256)
-    parser.add_argument("--backbone", default="zsad-tiny-vit")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--dpam-start", type=int, default=2)
-    parser.add_argument("--map-layers", default="6")
+    add_model_arguments(parser, sorted(PRECISIONS))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", default="32-true", choices=sorted(PRECISIONS))
-    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    cfg = tiny_anomalyclip(args.image_size, dpam_start_block=args.dpam_start, map_layers=[int(x) for x in args.map_layers.split(",")])
-    cfg.backbone.name = args.backbone
+    cfg, device = model_from_arguments(args)
     with tempfile.TemporaryDirectory() as tmp:
         root, n_images = synthetic_source(Path(tmp) / "data", args.categories, args.images_per_category, args.file_size)
         data = DataConfig(

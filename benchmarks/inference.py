@@ -22,7 +22,7 @@ import contextlib
 import time
 
 import torch
-from perf_support import machine, tiny_anomalyclip
+from perf_support import add_model_arguments, machine, model_from_arguments
 
 from lightning_modules.anomalyclip.model import AnomalyCLIP
 
@@ -44,21 +44,11 @@ def sync(device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="zsad-tiny-vit")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--dpam-start", type=int, default=2, help="first V-V block (tiny: 2; ViT-L-14: 6)")
-    parser.add_argument("--map-layers", default="6", help="comma list (tiny: 6; ViT-L-14: 24)")
+    add_model_arguments(parser, sorted(PRECISIONS))
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32")
     parser.add_argument("--images", type=int, default=64, help="images timed per batch size")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", default="32-true", choices=sorted(PRECISIONS))
-    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    cfg = tiny_anomalyclip(args.image_size, dpam_start_block=args.dpam_start, map_layers=[int(x) for x in args.map_layers.split(",")])
-    cfg.backbone.name = args.backbone
+    cfg, device = model_from_arguments(args)
     torch.manual_seed(0)
     model = AnomalyCLIP(cfg).to(device).eval()
     size = (args.image_size, args.image_size)

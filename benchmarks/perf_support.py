@@ -3,6 +3,7 @@ dataset, the tiny random-weight AnomalyCLIP, and a description of the machine fo
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import sys
@@ -43,6 +44,27 @@ def tiny_anomalyclip(image_size: int, **overrides) -> AnomalyCLIPConfig:
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, precisions: list[str]) -> None:
+    """The model, device and threading options shared by inference.py and end_to_end.py."""
+    parser.add_argument("--backbone", default="zsad-tiny-vit")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--dpam-start", type=int, default=2, help="first V-V block (tiny: 2; ViT-L-14: 6)")
+    parser.add_argument("--map-layers", default="6", help="comma list (tiny: 6; ViT-L-14: 24)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="32-true", choices=precisions)
+    parser.add_argument("--threads", type=int, default=None)
+
+
+def model_from_arguments(args: argparse.Namespace) -> tuple[AnomalyCLIPConfig, torch.device]:
+    """Apply ``--threads`` and build the AnomalyCLIP config and device that ``add_model_arguments`` describe."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    layers = [int(x) for x in args.map_layers.split(",")]
+    cfg = tiny_anomalyclip(args.image_size, dpam_start_block=args.dpam_start, map_layers=layers)
+    cfg.backbone.name = args.backbone
+    return cfg, torch.device(args.device)
 
 
 def machine() -> str:
