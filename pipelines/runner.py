@@ -345,7 +345,3 @@ def _notes(loggers: list[Logger]) -> list[str]:
         if hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
             logger.experiment.finish()  # W&B: close the run so the next one in this process starts clean
     return [hint] if hint else []
-
-
-def load_results(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "results.json").read_text())
