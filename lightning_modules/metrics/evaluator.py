@@ -164,6 +164,7 @@ class AnomalyEvaluator(Metric):
 
     Pixel scores are stored as ``pixel_score_dtype`` (float16 halves memory but rounds scores to 11
     significant bits, which adds ties; use float32 for exact comparisons with float32 maps), masks as uint8.
+    With 16-bit scores the pixel metrics count bit patterns instead of sorting (several times faster).
     ``aupro_method="legacy_cflow"`` switches AUPRO to the biased 200-threshold variant, only for comparisons
     with published numbers. torchmetrics options pass through ``kwargs`` (e.g. ``compute_on_cpu=True``
     keeps the pixel states of a GPU run in host memory).

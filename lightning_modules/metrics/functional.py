@@ -5,8 +5,11 @@ naive implementations run out of memory on 10^8-10^9 pixels:
 
 - scores are split once into anomaly-free (``neg``) and anomalous (``pos``) pixels; AUROC/AP/F1 need only
   the two *value-sorted* arrays plus ``searchsorted`` (no argsort, no int64 index array of all pixels);
-- AUPRO sorts only the anomaly-free pixels above the FPR limit (a partial selection finds them); the area
-  is then one float64 dot product over the anomalous pixels (see ``_aupro_from_split``).
+- AUPRO sorts only the anomaly-free pixels above the FPR limit; the area is then one float64 dot product
+  over the anomalous pixels (see ``_aupro_from_split``). On large inputs a sampled floor lets the split copy
+  only those pixels (``_normal_score_floor``); a floor that keeps too few is detected and the split redone;
+- 16-bit scores (float16, the evaluator's default storage, or bfloat16) take one of 65,536 bit patterns, so
+  per-pattern counts (``np.bincount``, O(P)) replace the split and the sort (``_histogram_pixels``).
 
 CPU inputs run on numpy (its SIMD sort/partition are ~10x faster than ``torch.sort`` on CPU); CUDA tensors
 stay on their device and use torch. Undefined metrics raise :class:`UndefinedMetricError` with the reason.
@@ -14,6 +17,7 @@ stay on their device and use torch. Undefined metrics raise :class:`UndefinedMet
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -98,7 +102,7 @@ class _NumpyOps:
         return top, ties
 
     def sort_with(self, x: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
-        order = np.argsort(x)  # deterministic for a given input, which is all reproducibility needs
+        order = _argsort_float32(x) if x.dtype == np.float32 and x.shape[0] < 2**32 else np.argsort(x)
         return (x[order],) + tuple(o[order] for o in others)
 
     def unique_counts(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,6 +144,17 @@ class _NumpyOps:
 
     def scalar(self, value: float, like: np.ndarray) -> Any:
         return like.dtype.type(value)
+
+
+def _argsort_float32(x: np.ndarray) -> np.ndarray:
+    """``np.argsort`` for float32 (ties in index order), ~2x faster: each value becomes an order-preserving
+    uint32 key (flip all bits of negatives, the sign bit of the rest), packed above its index into one
+    uint64 that numpy's SIMD sort orders. -0.0 sorts just before +0.0; they compare equal either way."""
+    bits = x.view(np.uint32)
+    key = bits ^ np.where(bits >> 31, np.uint32(0xFFFFFFFF), np.uint32(0x80000000))
+    packed = (key.astype(np.uint64) << np.uint64(32)) | np.arange(x.shape[0], dtype=np.uint64)
+    packed.sort()
+    return (packed & np.uint64(0xFFFFFFFF)).astype(np.intp)
 
 
 class _TorchOps:
@@ -286,14 +301,38 @@ class _PixelSplit:
     n_regions: int
     neg_sorted: bool = False
     pos_sorted: bool = False
+    #: Anomaly-free pixels left out of ``neg`` because they score below every threshold AUPRO needs.
+    n_neg_below: int = 0
 
     @property
     def n_neg(self) -> int:
-        return int(self.neg.shape[0])
+        return int(self.neg.shape[0]) + self.n_neg_below
 
     @property
     def n_pos(self) -> int:
         return int(self.pos.shape[0])
+
+
+def _paired_maps(maps: MapsLike, masks: MapsLike) -> tuple[list[MapLike], list[MapLike]]:
+    """Maps and masks as equally long lists of 2-D arrays of matching shapes."""
+    map_list = _as_2d_list(maps, "anomaly maps")
+    mask_list = _as_2d_list(masks, "masks")
+    if len(map_list) != len(mask_list):
+        raise ValueError(f"{len(map_list)} anomaly maps but {len(mask_list)} masks")
+    if not map_list:
+        raise UndefinedMetricError("no anomaly maps")
+    for i, (m, g) in enumerate(zip(map_list, mask_list, strict=True)):
+        if tuple(m.shape) != tuple(g.shape):
+            raise ValueError(f"map {i} has shape {tuple(m.shape)} but its mask has shape {tuple(g.shape)}")
+    return map_list, mask_list
+
+
+def _region_weights(g: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For a mask with anomalous pixels: 1/|region| of each of them (row-major, like ``m[g]``), region sizes
+    and the 0-based region of each pixel."""
+    labels, n_regions = _label_regions((g.cpu().numpy() if isinstance(g, Tensor) else g).reshape(shape))
+    size = np.bincount(labels, minlength=n_regions + 1)[1:]
+    return 1.0 / size[labels - 1], size, labels - 1
 
 
 def _label_regions(g: np.ndarray) -> tuple[np.ndarray, int]:
@@ -306,53 +345,109 @@ def _label_regions(g: np.ndarray) -> tuple[np.ndarray, int]:
     return labels[crop], int(count)
 
 
+#: AUPRO needs only the anomaly-free scores above its threshold t* (~fpr_limit of them). On inputs this
+#: large, a sample estimates a floor below t* so that only the pixels above it are copied and selected.
+_PREFILTER_MIN_PIXELS = 1 << 20
+_PREFILTER_SAMPLE = 1 << 18
+#: Extra fraction of anomaly-free pixels kept above the sampled quantile; a sample of 2^18 pixels misses the
+#: true quantile by more than 0.02 with negligible probability, and a miss only costs a second split.
+_PREFILTER_MARGIN = 0.02
+
+
+def _normal_score_floor(
+    pairs: list[tuple[Any, Any]], fpr_limit: float, ops: _NumpyOps | _TorchOps
+) -> float | None:
+    """A score that (very likely) lies below the AUPRO threshold t*, estimated from a strided sample of the
+    anomaly-free pixels; None where filtering would not pay off. Callers verify that enough pixels are kept."""
+    total = sum(int(m.shape[0]) for m, _ in pairs)
+    level = 1.0 - fpr_limit - _PREFILTER_MARGIN
+    if total < _PREFILTER_MIN_PIXELS or level < 0.1:
+        return None
+    step = max(1, total // _PREFILTER_SAMPLE)
+    sample = [m[::step][~g[::step]] for m, g in pairs]
+    sample = np.concatenate(sample) if isinstance(ops, _NumpyOps) else torch.cat(sample)
+    if sample.shape[0] < _PREFILTER_SAMPLE // 8:  # mostly anomalous pixels: not worth it
+        return None
+    kth = min(int(level * sample.shape[0]), sample.shape[0] - 1)
+    if isinstance(ops, _NumpyOps):
+        floor = float(np.partition(sample, kth)[kth])
+    else:
+        floor = float(torch.kthvalue(sample, kth + 1).values)
+    return None if math.isnan(floor) else floor
+
+
 def _split_pixels(
-    maps: MapsLike, masks: MapsLike, *, regions: bool = True, region_ids: bool = False
+    maps: MapsLike,
+    masks: MapsLike,
+    *,
+    regions: bool = True,
+    region_ids: bool = False,
+    aupro_fpr_limit: float | None = None,
 ) -> _PixelSplit:
-    """Build the split image by image, so that no full-size temporary (bool, int64 or float64) is needed."""
-    map_list = _as_2d_list(maps, "anomaly maps")
-    mask_list = _as_2d_list(masks, "masks")
-    if len(map_list) != len(mask_list):
-        raise ValueError(f"{len(map_list)} anomaly maps but {len(mask_list)} masks")
-    if not map_list:
-        raise UndefinedMetricError("no anomaly maps")
+    """Build the split image by image, so that no full-size temporary (bool, int64 or float64) is needed.
+
+    With ``aupro_fpr_limit`` the split serves AUPRO only: anomaly-free pixels that score below every
+    threshold AUPRO needs may be left out (counted in ``n_neg_below``), which saves most of the copying
+    and selection for the usual limit of 0.3.
+    """
+    map_list, mask_list = _paired_maps(maps, masks)
     ops = _pick_ops(map_list)
-    pairs, shapes = [], []
-    for i, (m, g) in enumerate(zip(map_list, mask_list, strict=True)):
-        if tuple(m.shape) != tuple(g.shape):
-            raise ValueError(f"map {i} has shape {tuple(m.shape)} but its mask has shape {tuple(g.shape)}")
-        pairs.append((_to_backend(m, ops).reshape(-1), _binarise(_to_backend(g, ops)).reshape(-1)))
-        shapes.append(tuple(g.shape))
+    pairs = [
+        (_to_backend(m, ops).reshape(-1), _binarise(_to_backend(g, ops)).reshape(-1))
+        for m, g in zip(map_list, mask_list, strict=True)
+    ]
+    shapes = [tuple(g.shape) for g in mask_list]
     work = "float64" if any(_is_float64(m) or not _is_float(m) for m, _ in pairs) else "float32"
     count = np.count_nonzero if isinstance(ops, _NumpyOps) else torch.count_nonzero
     n_pos_each = [int(count(g)) for _, g in pairs]
     n_pos = sum(n_pos_each)
-    n_neg = sum(int(m.shape[0]) for m, _ in pairs) - n_pos
-    neg, pos = ops.empty(n_neg, work), ops.empty(n_pos, work)
+    n_neg_all = sum(int(m.shape[0]) for m, _ in pairs) - n_pos
+    floor = None if aupro_fpr_limit is None else _normal_score_floor(pairs, aupro_fpr_limit, ops)
+    keep: list[Any] | None = None
+    if floor is not None:
+
+        def normals_above_floor(pair: tuple[Any, Any]) -> Any:
+            # ~(m < floor), not m >= floor: NaN scores are kept, so that they are reported, not dropped.
+            m, g = pair
+            return ~((m < floor) | g)
+
+        keep = [normals_above_floor(pair) for pair in pairs]
+        n_neg_each = [int(count(sel)) for sel in keep]
+        if sum(n_neg_each) < _normals_needed(n_neg_all, aupro_fpr_limit):
+            keep = None  # the sample was unrepresentative: keep every anomaly-free pixel
+    if keep is None:
+        n_neg_each = [int(m.shape[0]) - k for (m, _), k in zip(pairs, n_pos_each, strict=True)]
+    neg_at = np.cumsum([0, *n_neg_each]).tolist()
+    pos_at = np.cumsum([0, *n_pos_each]).tolist()
+    neg, pos = ops.empty(neg_at[-1], work), ops.empty(n_pos, work)
     weights = np.empty(n_pos, dtype=np.float64) if regions else None
     region_of = np.empty(n_pos, dtype=np.int64) if region_ids else None
-    sizes: list[np.ndarray] = []
-    n_regions = 0
-    o_neg = o_pos = 0
-    for (m, g), shape, k in zip(pairs, shapes, n_pos_each, strict=True):
+
+    def fill(i: int) -> np.ndarray | None:
+        """Write image i's slices of the split; returns its region sizes."""
+        m, g = pairs[i]
+        k = n_pos_each[i]
+        neg[neg_at[i] : neg_at[i + 1]] = m if keep is None and k == 0 else m[~g if keep is None else keep[i]]
         if k == 0:
-            neg[o_neg : o_neg + m.shape[0]] = m
-            o_neg += int(m.shape[0])
-        else:
-            neg[o_neg : o_neg + m.shape[0] - k] = m[~g]
-            o_neg += int(m.shape[0]) - k
-        if k == 0:
-            continue
-        pos[o_pos : o_pos + k] = m[g]
-        if regions:
-            labels, n_new = _label_regions((g.cpu().numpy() if isinstance(g, Tensor) else g).reshape(shape))
-            size = np.bincount(labels, minlength=n_new + 1)[1:]
-            weights[o_pos : o_pos + k] = 1.0 / size[labels - 1]
-            if region_of is not None:
-                region_of[o_pos : o_pos + k] = labels - 1 + n_regions
-            sizes.append(size)
-            n_regions += n_new
-        o_pos += k
+            return None
+        pos[pos_at[i] : pos_at[i + 1]] = m[g]
+        if not regions:
+            return None
+        weights[pos_at[i] : pos_at[i + 1]], size, region = _region_weights(g, shapes[i])
+        if region_of is not None:
+            region_of[pos_at[i] : pos_at[i + 1]] = region  # made global below
+        return size
+
+    size_each = [fill(i) for i in range(len(pairs))]
+    sizes = [size for size in size_each if size is not None]
+    n_regions = sum(len(size) for size in sizes)
+    if region_of is not None:
+        first_region = 0
+        for i, size in enumerate(size_each):
+            if size is not None:
+                region_of[pos_at[i] : pos_at[i + 1]] += first_region
+                first_region += len(size)
+    n_neg = neg_at[-1]
     if pos.shape[0] and math.isnan(float(pos.max())):  # NaN propagates through max
         raise ValueError("anomaly maps contain NaN (at anomalous pixels)")
     # NaNs among the anomaly-free scores are caught where they are sorted or selected (NaN sorts last).
@@ -364,6 +459,7 @@ def _split_pixels(
         pos_region=None if region_of is None else ops.from_numpy(region_of),
         region_sizes=np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int64),
         n_regions=n_regions,
+        n_neg_below=n_neg_all - n_neg,
     )
 
 
@@ -397,7 +493,9 @@ def _split_scores(scores: MapLike, labels: MapLike) -> _PixelSplit:
 # --------------------------------------------------------------------------------------------------------
 # AUROC, AP, F1-max from the two sorted arrays
 # --------------------------------------------------------------------------------------------------------
-def _require_both(sp: _PixelSplit, negatives: str = "negatives", positives: str = "positives") -> None:
+def _require_both(
+    sp: _PixelSplit | _ValueHistogram, negatives: str = "negatives", positives: str = "positives"
+) -> None:
     if sp.n_pos == 0 and sp.n_neg == 0:
         raise UndefinedMetricError("no samples")
     if sp.n_pos == 0:
@@ -407,6 +505,8 @@ def _require_both(sp: _PixelSplit, negatives: str = "negatives", positives: str 
 
 
 def _sort_split(sp: _PixelSplit) -> None:
+    if sp.n_neg_below:
+        raise RuntimeError("this split holds only the anomaly-free pixels AUPRO needs; split again in full")
     ops = sp.ops
     if not sp.neg_sorted:
         sp.neg = ops.sort_(sp.neg)
@@ -517,7 +617,7 @@ def _normals_needed(n_ok: int, fpr_limit: float) -> int:
     return k
 
 
-def _require_pro(sp: _PixelSplit) -> None:
+def _require_pro(sp: _PixelSplit | _ValueHistogram) -> None:
     if sp.n_regions == 0:
         raise UndefinedMetricError("no anomalous regions in the ground truth")
     if sp.n_neg == 0:
@@ -528,7 +628,12 @@ def _top_normals(sp: _PixelSplit, k: int) -> tuple[Any, int]:
     """The k largest anomaly-free scores (ascending) and how many other anomaly-free pixels tie with the
     smallest of them."""
     ops = sp.ops
-    n = sp.n_neg
+    n = int(sp.neg.shape[0])
+    if sp.n_neg_below and not sp.neg_sorted:
+        # A prefiltered split holds little more than the k pixels needed: one sort beats select-then-sort.
+        sp.neg = ops.sort_(sp.neg)
+        sp.neg_sorted = True
+        _check_neg_nan(sp, sp.neg[-1])
     if sp.neg_sorted:
         top = sp.neg[n - k :]
         ties = (n - k) - int(ops.searchsorted(sp.neg, top[:1], right=False)[0])
@@ -617,6 +722,119 @@ def _aupro_from_split(sp: _PixelSplit, fpr_limit: float) -> float:
     return area / fpr_limit
 
 
+# --------------------------------------------------------------------------------------------------------
+# 16-bit scores: counting the 65,536 bit patterns replaces sorting
+# --------------------------------------------------------------------------------------------------------
+# AnomalyEvaluator stores pixel scores as float16 by default. A 16-bit score takes one of 65,536 bit
+# patterns, so one histogram per image (np.bincount, O(P)) holds everything the exact metrics need: the
+# patterns in value order are the distinct thresholds. No split, no sort, no copy of the scores.
+_FORMATS16 = {torch.float16: "float16", torch.bfloat16: "bfloat16", np.dtype(np.float16): "float16"}
+_N_PATTERNS = 1 << 16
+
+
+def _format16(map_list: Sequence[MapLike]) -> str | None:
+    """'float16' or 'bfloat16' when every map is stored in that format, else None."""
+    formats = {_FORMATS16.get(m.dtype) for m in map_list}
+    return formats.pop() if len(formats) == 1 and None not in formats else None
+
+
+@functools.cache
+def _pattern_values(fmt: str) -> tuple[np.ndarray, np.ndarray]:
+    """(value of every bit pattern as float64, the non-NaN patterns in ascending value order)."""
+    patterns = torch.arange(_N_PATTERNS, dtype=torch.int32).to(torch.int16)
+    values = patterns.view(getattr(torch, fmt)).double().numpy()
+    order = np.argsort(values, kind="stable")  # NaN patterns sort last
+    return values, order[: int(np.count_nonzero(~np.isnan(values)))]
+
+
+def _pattern_counts(m: MapLike, weights: np.ndarray | None = None) -> np.ndarray:
+    """Occurrences (or summed weights) of each bit pattern among the scores of m."""
+    if isinstance(m, Tensor):
+        bits = m.detach().reshape(-1).view(torch.int16)
+        if bits.device.type != "cpu" and weights is None:
+            return torch.bincount(bits.int() & 0xFFFF, minlength=_N_PATTERNS).cpu().numpy()
+        bits = bits.cpu().numpy()
+    else:
+        bits = np.ascontiguousarray(m).reshape(-1)
+    return np.bincount(bits.view(np.uint16), weights=weights, minlength=_N_PATTERNS)
+
+
+@dataclass
+class _ValueHistogram:
+    """Pixel counts per distinct score (ascending): the exact-metric equivalent of a sorted split."""
+
+    neg: np.ndarray  # int64, anomaly-free pixels with this score
+    pos: np.ndarray  # int64, anomalous pixels with this score
+    pos_weight: np.ndarray  # float64, sum of 1/|region| over those anomalous pixels
+    n_regions: int
+
+    @property
+    def n_neg(self) -> int:
+        return int(self.neg.sum())
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.pos.sum())
+
+
+def _histogram_pixels(map_list: Sequence[MapLike], mask_list: Sequence[MapLike]) -> _ValueHistogram:
+    """Histograms of 16-bit scores by ground truth; regions are labelled as for the split."""
+    fmt = _format16(map_list)
+    every = np.zeros(_N_PATTERNS, dtype=np.int64)
+    pos = np.zeros(_N_PATTERNS, dtype=np.int64)
+    weight = np.zeros(_N_PATTERNS, dtype=np.float64)
+    n_regions = 0
+    for m, g in zip(map_list, mask_list, strict=True):
+        every += _pattern_counts(m)
+        g = _binarise(g.detach().cpu().numpy() if isinstance(g, Tensor) else np.asarray(g))
+        if not g.any():
+            continue
+        anomalous = m.detach().cpu()[torch.from_numpy(g)] if isinstance(m, Tensor) else np.asarray(m)[g]
+        pixel_weight, size, _ = _region_weights(g, tuple(g.shape))
+        pos += _pattern_counts(anomalous)
+        weight += _pattern_counts(anomalous, pixel_weight)
+        n_regions += len(size)
+    values, order = _pattern_values(fmt)
+    nan = np.isnan(values)
+    if pos[nan].any():
+        raise ValueError("anomaly maps contain NaN (at anomalous pixels)")
+    if (every - pos)[nan].any():
+        raise ValueError("anomaly maps contain NaN (at anomaly-free pixels)")
+    # Patterns with equal values (-0 and +0) are one threshold.
+    ordered = values[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+
+    def by_value(counts: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(counts[order], starts)
+
+    return _ValueHistogram(by_value(every - pos), by_value(pos), by_value(weight), n_regions)
+
+
+def _rank_stats_from_histogram(h: _ValueHistogram) -> _RankStats:
+    neg_le = np.cumsum(h.neg)
+    present = h.pos > 0
+    counts = h.pos[present]
+    tp_ge = np.cumsum(counts[::-1])[::-1]
+    return _RankStats(counts, tp_ge, (neg_le - h.neg)[present], neg_le[present], h.n_pos, h.n_neg)
+
+
+def _pro_steps_from_histogram(h: _ValueHistogram) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_pro_steps`` (same arrays, same meaning) over every distinct anomaly-free score."""
+    _require_pro(h)
+    neg_ge = np.cumsum(h.neg[::-1])[::-1]
+    weight_ge = np.cumsum(h.pos_weight[::-1])[::-1]
+    thresholds = np.flatnonzero(h.neg)[::-1]  # descending scores
+    fpr = neg_ge[thresholds] / neg_ge[0]
+    pro_ge = weight_ge[thresholds] / h.n_regions
+    pro_gt = (weight_ge - h.pos_weight)[thresholds] / h.n_regions
+    return fpr, pro_gt, pro_ge
+
+
+def _aupro_from_histogram(h: _ValueHistogram, fpr_limit: float) -> float:
+    x, y = _pro_polyline(*_pro_steps_from_histogram(h), fpr_limit)
+    return trapezoid_area(x, y, fpr_limit) / fpr_limit
+
+
 def pro_curve(maps: MapsLike, masks: MapsLike, fpr_limit: float | None = None) -> tuple[Tensor, Tensor]:
     """The exact PRO curve as polyline vertices ``(fpr, pro)`` (float64, CPU), starting at (0, 0).
 
@@ -625,20 +843,29 @@ def pro_curve(maps: MapsLike, masks: MapsLike, fpr_limit: float | None = None) -
     Vertices on vertical segments are merged: the polyline is the same as with one vertex per threshold.
     """
     limit = 1.0 if fpr_limit is None else _check_fpr_limit(fpr_limit)
-    sp = _split_pixels(maps, masks)
-    fpr, pro_gt, pro_ge = _pro_steps(sp, limit)
-    n = fpr.shape[0]
-    if fpr_limit is not None:
-        n = min(n, int(np.searchsorted(fpr, limit, side="right")) + 1)
+    map_list, mask_list = _paired_maps(maps, masks)
+    if _format16(map_list):
+        fpr, pro_gt, pro_ge = _pro_steps_from_histogram(_histogram_pixels(map_list, mask_list))
+    else:
+        fpr, pro_gt, pro_ge = _pro_steps(_split_pixels(map_list, mask_list, aupro_fpr_limit=limit), limit)
+    x, y = _pro_polyline(fpr, pro_gt, pro_ge, limit)
+    if fpr_limit is None and y[-1] < 1.0:  # anomalous pixels scored below every anomaly-free pixel
+        x, y = np.append(x, 1.0), np.append(y, 1.0)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _pro_polyline(
+    fpr: np.ndarray, pro_gt: np.ndarray, pro_ge: np.ndarray, limit: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices of the PRO polyline from (0, 0) to the first vertex whose FPR reaches past ``limit``."""
+    n = min(fpr.shape[0], int(np.searchsorted(fpr, limit, side="right")) + 1)
     x = np.zeros(2 * n + 1)
     y = np.zeros(2 * n + 1)
     x[1::2] = np.concatenate(([0.0], fpr[: n - 1]))
     x[2::2] = fpr[:n]
     y[1::2] = pro_gt[:n]
     y[2::2] = pro_ge[:n]
-    if fpr_limit is None and y[-1] < 1.0:  # anomalous pixels scored below every anomaly-free pixel
-        x, y = np.append(x, 1.0), np.append(y, 1.0)
-    return torch.from_numpy(x), torch.from_numpy(y)
+    return x, np.minimum(y, 1.0)  # summed weights may round past 1 (the MVTec AD code clips too)
 
 
 def trapezoid_area(x: MapLike, y: MapLike, x_max: float) -> float:
@@ -662,11 +889,16 @@ def aupro(maps: MapsLike, masks: MapsLike, fpr_limit: float = 0.3) -> float:
     torch or numpy; masks are binarised with > 0. O(P + S log S) for P pixels, S of them above the limit.
     """
     fpr_limit = _check_fpr_limit(fpr_limit)
-    return _aupro_from_split(_split_pixels(maps, masks), fpr_limit)
+    map_list, mask_list = _paired_maps(maps, masks)
+    if _format16(map_list):
+        return _aupro_from_histogram(_histogram_pixels(map_list, mask_list), fpr_limit)
+    return _aupro_from_split(_split_pixels(map_list, mask_list, aupro_fpr_limit=fpr_limit), fpr_limit)
 
 
 def _legacy_from_split(sp: _PixelSplit, fpr_limit: float, num_thresholds: int) -> float:
     _require_pro(sp)
+    if sp.n_neg_below:
+        raise RuntimeError("the legacy AUPRO needs every anomaly-free pixel; split without aupro_fpr_limit")
     ops = sp.ops
     _check_neg_nan(sp, sp.neg.max())
     lo = min(float(sp.neg.min()), float(sp.pos.min()))
@@ -720,7 +952,8 @@ def pixel_metrics(
     aupro_method: str = "exact",
     metrics: Sequence[str] = ("pixel_auroc", "pixel_ap", "aupro"),
 ) -> tuple[dict[str, float | None], dict[str, str]]:
-    """Pixel AUROC, pixel AP and AUPRO sharing one split and one sort of the anomaly-free pixels.
+    """Pixel AUROC, pixel AP and AUPRO sharing one split and one sort of the anomaly-free pixels (or, for
+    16-bit scores, one histogram).
 
     Returns (values, reasons): an undefined metric has value None and its reason in ``reasons``.
     """
@@ -728,7 +961,23 @@ def pixel_metrics(
     if aupro_method not in AUPRO_METHODS:
         raise ValueError(f"aupro_method must be one of {AUPRO_METHODS}; got {aupro_method!r}")
     want_pro = "aupro" in metrics
-    sp = _split_pixels(maps, masks, regions=want_pro, region_ids=want_pro and aupro_method == "legacy_cflow")
+    ranking = "pixel_auroc" in metrics or "pixel_ap" in metrics
+    map_list, mask_list = _paired_maps(maps, masks)
+    source: _PixelSplit | _ValueHistogram
+    if _format16(map_list) and (aupro_method == "exact" or not want_pro):
+        source = _histogram_pixels(map_list, mask_list)
+        exact_aupro, rank_stats = _aupro_from_histogram, _rank_stats_from_histogram
+    else:
+        source = _split_pixels(
+            map_list,
+            mask_list,
+            regions=want_pro,
+            region_ids=want_pro and aupro_method == "legacy_cflow",
+            aupro_fpr_limit=fpr_limit if want_pro and aupro_method == "exact" and not ranking else None,
+        )
+        exact_aupro, rank_stats = _aupro_from_split, _rank_stats
+        if ranking and source.n_pos > 0 and source.n_neg > 0:
+            _sort_split(source)  # the full sort serves AUROC/AP, and AUPRO then reads its top slice
     values: dict[str, float | None] = {}
     reasons: dict[str, str] = {}
 
@@ -739,21 +988,18 @@ def pixel_metrics(
             values[name] = None
             reasons[name] = str(err)
 
-    ranking = "pixel_auroc" in metrics or "pixel_ap" in metrics
-    if ranking and sp.n_pos > 0 and sp.n_neg > 0:
-        _sort_split(sp)  # the full sort serves AUROC/AP, and AUPRO then reads its top slice
     if want_pro:
         if aupro_method == "exact":
-            attempt("aupro", lambda: _aupro_from_split(sp, fpr_limit))
+            attempt("aupro", lambda: exact_aupro(source, fpr_limit))
         else:
-            attempt("aupro", lambda: _legacy_from_split(sp, fpr_limit, 200))
+            attempt("aupro", lambda: _legacy_from_split(source, fpr_limit, 200))
     if ranking:
         stats: list[_RankStats] = []
 
         def get_stats() -> _RankStats:
             if not stats:
-                _require_both(sp, negatives="anomaly-free pixels", positives="anomalous pixels")
-                stats.append(_rank_stats(sp))
+                _require_both(source, negatives="anomaly-free pixels", positives="anomalous pixels")
+                stats.append(rank_stats(source))
             return stats[0]
 
         if "pixel_auroc" in metrics:

@@ -469,6 +469,10 @@ def test_cuda_tensors_match_cpu():
     for name, value in cpu.items():
         assert gpu[name] == pytest.approx(value, abs=1e-9)
     assert aupro(maps.cuda(), masks.cuda()) == pytest.approx(aupro(maps, masks), abs=1e-9)
+    half_cpu = pixel_metrics(maps.half(), masks)[0]  # 16-bit scores: bit-pattern counts on the device
+    half_gpu = pixel_metrics(maps.half().cuda(), masks.cuda())[0]
+    for name, value in half_cpu.items():
+        assert half_gpu[name] == pytest.approx(value, abs=1e-12)
     assert legacy_cflow_aupro(maps.cuda(), masks.cuda()) == pytest.approx(
         legacy_cflow_aupro(maps, masks), abs=1e-9
     )
@@ -492,3 +496,103 @@ def test_numpy_blocked_searchsorted_and_parallel_sort():
         assert np.array_equal(ops.sort_(x), expected)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_float32_argsort_by_packed_keys_matches_numpy():
+    rng = np.random.default_rng(17)
+    x = rng.normal(size=50_000).astype(np.float32)
+    x[::97] = np.float32(1.5)  # ties
+    x[5], x[6], x[7] = np.inf, -np.inf, np.float32(-3e38)
+    order = F._argsort_float32(x)
+    assert np.array_equal(order, np.argsort(x, kind="stable"))  # ties keep index order
+    zeros = np.array([0.0, -0.0, 1.0, -1.0, -0.0], dtype=np.float32)
+    assert np.array_equal(zeros[F._argsort_float32(zeros)], np.sort(zeros))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Fast paths: 16-bit histograms and the AUPRO prefilter must give the same numbers as the general path
+# --------------------------------------------------------------------------------------------------------
+def _assert_same_metrics(fast, general, atol=1e-12):
+    assert fast[1] == general[1]
+    for name, value in general[0].items():
+        if value is None:
+            assert fast[0][name] is None
+        else:
+            assert fast[0][name] == pytest.approx(value, abs=atol), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16bit_scores_use_histograms_with_the_same_results(dtype):
+    rng = np.random.default_rng(18)
+    maps = torch.from_numpy(rng.normal(size=(6, 20, 24)).astype(np.float32))
+    masks = torch.from_numpy(rng.random((6, 20, 24)) < 0.2)
+    masks[2] = False  # an image without anomalies
+    maps[masks] += 1.0
+    maps[0, :4, :4] = 0.0
+    maps[1, :4, :4] = -0.0  # the same threshold as +0.0
+    maps[3, 0, :3] = torch.tensor([float("inf"), float("-inf"), 2.0])
+    low = maps.to(dtype)
+    as_float32 = low.float()  # exact: every 16-bit value is a float32
+    fast = F._histogram_pixels(list(low), list(masks))
+    assert fast.n_neg == int((~masks).sum()) and fast.n_pos == int(masks.sum())
+    for limit in (0.01, 0.3, 1.0):
+        _assert_same_metrics(pixel_metrics(low, masks, limit), pixel_metrics(as_float32, masks, limit))
+        assert aupro(low, masks, limit) == pytest.approx(aupro(as_float32, masks, limit), abs=1e-12)
+        x16, y16 = pro_curve(low, masks, limit)
+        x32, y32 = pro_curve(as_float32, masks, limit)
+        assert torch.allclose(x16, x32, rtol=0, atol=1e-12) and torch.allclose(y16, y32, rtol=0, atol=1e-12)
+    if dtype == torch.float16:  # numpy float16 takes the same path
+        _assert_same_metrics(pixel_metrics(low.numpy(), masks.numpy()), pixel_metrics(as_float32, masks))
+
+
+def test_16bit_histograms_report_nan_and_undefined_metrics():
+    maps = torch.rand(2, 8, 8).half()
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, 2:4, 2:4] = True
+    values, reasons = pixel_metrics(maps, torch.zeros_like(masks))
+    assert values == {"aupro": None, "pixel_auroc": None, "pixel_ap": None}
+    assert "no anomalous regions" in reasons["aupro"] and "no anomalous pixels" in reasons["pixel_auroc"]
+    values, reasons = pixel_metrics(maps, torch.ones_like(masks))
+    assert values["aupro"] is None and "no anomaly-free pixels" in reasons["aupro"]
+    bad = maps.clone()
+    bad[1, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN .at anomaly-free"):
+        pixel_metrics(bad, masks)
+    bad = maps.clone()
+    bad[0, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN .at anomalous"):
+        aupro(bad, masks)
+
+
+def test_aupro_prefilter_is_exact_and_falls_back_when_the_sample_misleads(monkeypatch):
+    """Large inputs copy only the anomaly-free pixels above a sampled floor; forced on tiny inputs here."""
+    monkeypatch.setattr(F, "_PREFILTER_MIN_PIXELS", 0)
+    monkeypatch.setattr(F, "_PREFILTER_SAMPLE", 64)
+    rng = np.random.default_rng(19)
+    for n_levels in (None, 5):
+        maps, masks = random_case(rng, n_levels=n_levels, n_images=4)
+        maps = np.concatenate([maps, rng.normal(size=(2, *maps.shape[1:])).astype(np.float32)])
+        masks = np.concatenate([masks, np.zeros((2, *masks.shape[1:]), dtype=bool)])
+        masks[0, 0, 0] = True
+        for limit in (0.1, 0.3):
+            split = F._split_pixels(maps, masks, aupro_fpr_limit=limit)
+            assert split.n_neg == int((~masks).sum())
+            expected = brute_force_aupro(list(maps), list(masks), limit)
+            assert aupro(maps, masks, limit) == pytest.approx(expected, abs=1e-12)
+            assert pixel_metrics(maps, masks, limit, metrics=("aupro",))[0]["aupro"] == pytest.approx(
+                expected, abs=1e-12
+            )
+    big = rng.normal(size=(4, 30, 30)).astype(np.float32)
+    big_masks = np.zeros(big.shape, dtype=bool)
+    big_masks[:2, 5:12, 5:12] = True
+    big[big_masks] += 1.0
+    assert F._split_pixels(big, big_masks, aupro_fpr_limit=0.3).n_neg_below > 0  # it did filter
+    expected = brute_force_aupro(list(big), list(big_masks), 0.3)
+    assert aupro(big, big_masks) == pytest.approx(expected, abs=1e-12)
+    monkeypatch.setattr(F, "_PREFILTER_MARGIN", -0.25)  # a floor above t*: too few pixels kept
+    assert F._split_pixels(big, big_masks, aupro_fpr_limit=0.3).n_neg_below == 0
+    assert aupro(big, big_masks) == pytest.approx(expected, abs=1e-12)
+    monkeypatch.setattr(F, "_PREFILTER_MARGIN", 0.02)
+    big[3, 0, 0] = np.nan  # NaN never falls below the floor: it is reported, not dropped
+    with pytest.raises(ValueError, match="NaN"):
+        aupro(big, big_masks)
