@@ -219,6 +219,61 @@ def build_feature_table(
     )
 
 
+def available_memory_bytes() -> int | None:
+    """Memory the OS can still hand out (``MemAvailable``: free plus reclaimable cache), None if unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+@torch.no_grad()
+def estimate_table_bytes(
+    dataset: Dataset,
+    encode: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    device: torch.device,
+    context: Callable[[], Any] | None = None,
+) -> int:
+    """Bytes a feature table of ``dataset`` will take, from the features of its first sample."""
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        sample = dataset[0]
+        images = sample["image"][None].to(device)
+        if context is not None:
+            with context():
+                encoded = encode(images)
+        else:
+            encoded = encode(images)
+    per_sample = sum(v[0].numel() * v.element_size() for v in encoded.values()) + sample["mask"].numel()
+    return per_sample * len(dataset)
+
+
+def memory_limit_reason(table_bytes: int, max_gb: float | None, processes: int) -> str | None:
+    """Why a table of ``table_bytes`` should not be kept in memory by each of ``processes`` processes on
+    this machine, or None if it fits: above ``max_gb`` (per process) when set, else above half of the
+    memory available now, shared by the processes."""
+    gib = table_bytes / 2**30
+    if max_gb is not None:
+        if table_bytes > max_gb * 2**30:
+            return (
+                f"the feature table would take {gib:.1f} GiB per process, above method.cache_max_gb={max_gb}"
+            )
+        return None
+    available = available_memory_bytes()
+    if available is not None and table_bytes * processes > available / 2:
+        return (
+            f"the feature table would take {gib:.1f} GiB per process x {processes} process(es), more than half "
+            f"of the {available / 2**30:.1f} GiB available (raise method.cache_max_gb to force it)"
+        )
+    return None
+
+
 def _bypass(module: Any, reason: str) -> None:
     from lightning.pytorch.utilities import rank_zero_info
 
@@ -226,10 +281,13 @@ def _bypass(module: Any, reason: str) -> None:
     rank_zero_info(f"zsad feature cache not used: {reason}")
 
 
-def prepare_cached_training(module: Any, enabled: bool, cache_dir: str | None = None) -> FeatureTable | None:
+def prepare_cached_training(
+    module: Any, enabled: bool, cache_dir: str | None = None, max_gb: float | None = None
+) -> FeatureTable | None:
     """Call from ``on_fit_start``: build (or load) the training split's feature table and make the
     datamodule serve it. Returns the table, or None when the cache is off or bypassed (reason logged once
-    and kept in ``module.feature_cache_status``)."""
+    and kept in ``module.feature_cache_status``). A table that would not fit in memory (see
+    :func:`memory_limit_reason`) is bypassed too; all processes of a run take the same decision."""
     from lightning.pytorch.utilities import rank_zero_info
 
     if not enabled:
@@ -254,8 +312,18 @@ def prepare_cached_training(module: Any, enabled: bool, cache_dir: str | None = 
         return current.table
 
     dataset = datamodule.train_dataset()
-    paths = [str(record.image_path) for record in dataset.records]
+    context = trainer.precision_plugin.train_step_context  # as around training_step
     file = Path(cache_dir) / f"{getattr(module, 'method_name', 'features')}-{key}.pt" if cache_dir else None
+    if file is not None and file.is_file():
+        table_bytes = file.stat().st_size
+    else:
+        table_bytes = estimate_table_bytes(dataset, module.encode_for_cache, module.device, context)
+    too_big = memory_limit_reason(table_bytes, max_gb, max(1, int(getattr(trainer, "num_devices", 1))))
+    if not trainer.strategy.reduce_boolean_decision(too_big is None, all=True):
+        datamodule.use_cached_train_features(None)
+        _bypass(module, too_big or "the feature table does not fit in memory on another process of this run")
+        return None
+    paths = [str(record.image_path) for record in dataset.records]
     table = None
     if file is not None and file.is_file():
         try:
@@ -275,7 +343,7 @@ def prepare_cached_training(module: Any, enabled: bool, cache_dir: str | None = 
             device=module.device,
             batch_size=datamodule.cfg.eval_batch_size,
             num_workers=datamodule.cfg.num_workers,
-            context=trainer.precision_plugin.train_step_context,  # as around training_step
+            context=context,
         )
         seconds = time.perf_counter() - start
         module.feature_cache_status = "cached (built)"

@@ -47,7 +47,7 @@ class AnomalyCLIPModule(ZeroShotModule):
         return None
 
     def on_fit_start(self) -> None:
-        prepare_cached_training(self, self.cfg.cache_features, self.cfg.cache_dir)
+        prepare_cached_training(self, self.cfg.cache_features, self.cfg.cache_dir, self.cfg.cache_max_gb)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         masks = batch["mask"]

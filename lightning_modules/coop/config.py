@@ -29,3 +29,4 @@ class CoOpConfig:
     # feature_cache.py); same results as encoding every step. cache_dir: also keep them on disk for later runs.
     cache_features: bool = True
     cache_dir: str | None = None
+    cache_max_gb: float | None = None  # per process; None: at most half the free memory

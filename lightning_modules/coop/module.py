@@ -34,7 +34,7 @@ class CoOpModule(CategoryTextModule):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        prepare_cached_training(self, self.cfg.cache_features, self.cfg.cache_dir)
+        prepare_cached_training(self, self.cfg.cache_features, self.cfg.cache_dir, self.cfg.cache_max_gb)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if "features" in batch:  # served by the feature cache: no image, no encoder pass

@@ -33,3 +33,4 @@ class VANDConfig:
     # the mosaic changes training images every epoch. cache_dir: also keep them on disk for later runs.
     cache_features: bool = True
     cache_dir: str | None = None
+    cache_max_gb: float | None = None  # per process; None: at most half the free memory

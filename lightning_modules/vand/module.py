@@ -43,7 +43,7 @@ class VANDModule(CategoryTextModule):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        prepare_cached_training(self, self.cfg.cache_features, self.cfg.cache_dir)
+        prepare_cached_training(self, self.cfg.cache_features, self.cfg.cache_dir, self.cfg.cache_max_gb)
 
     def on_train_start(self) -> None:
         """The mosaic draws its tiles from the training dataset, known once the loader exists."""

@@ -198,3 +198,40 @@ def test_cache_key_changes_with_what_changes_the_features(synthetic_pair, tmp_pa
     os.utime(weights_file, ns=(1, 1))
     assert key(weights=str(weights_file)) != changed[-1]
     assert key({"lr": 0.1, "prompt_length": 4}) == base  # trainable-side settings do not change features
+
+
+def test_memory_limit_reason_uses_the_setting_or_half_the_available_memory(monkeypatch):
+    from lightning_modules import feature_cache
+
+    gib = 2**30
+    assert feature_cache.memory_limit_reason(3 * gib, max_gb=4.0, processes=8) is None
+    assert "above method.cache_max_gb=2.0" in feature_cache.memory_limit_reason(3 * gib, max_gb=2.0, processes=1)
+    monkeypatch.setattr(feature_cache, "available_memory_bytes", lambda: 16 * gib)
+    assert feature_cache.memory_limit_reason(3 * gib, None, processes=2) is None  # 6 of 16 GiB
+    reason = feature_cache.memory_limit_reason(3 * gib, None, processes=4)  # 12 of 16 GiB
+    assert "3.0 GiB per process x 4" in reason and "16.0 GiB available" in reason
+    monkeypatch.setattr(feature_cache, "available_memory_bytes", lambda: None)
+    assert feature_cache.memory_limit_reason(10**15, None, processes=1) is None  # unknown: no guess
+
+
+def test_size_estimate_matches_the_built_table(synthetic_pair):
+    from lightning_modules.feature_cache import estimate_table_bytes
+
+    source, _ = synthetic_pair
+    module = AnomalyCLIPModule(tiny_anomalyclip_config())
+    dataset = _datamodule(source).train_dataset()
+    table = build_feature_table(dataset, module.encode_for_cache, "k", {})
+    small_fields = sum(t.numel() * t.element_size() for t in (table.labels, table.category_ids, table.has_mask))
+    assert estimate_table_bytes(dataset, module.encode_for_cache, torch.device("cpu")) == table.nbytes() - small_fields
+
+
+@pytest.mark.slow
+def test_a_table_too_large_for_memory_is_bypassed_and_training_still_runs(synthetic_pair, tmp_path, caplog):
+    source, _ = synthetic_pair
+    with caplog.at_level(logging.INFO):
+        module, datamodule = _fit(
+            lambda: AnomalyCLIPModule(tiny_anomalyclip_config(cache_max_gb=1e-6)), source, tmp_path, epochs=1
+        )
+    assert module.feature_cache_status.startswith("bypassed: the feature table would take")
+    assert "method.cache_max_gb=1e-06" in module.feature_cache_status
+    assert datamodule.cached_train_features is None and module.trainer.current_epoch == 1
