@@ -1,8 +1,9 @@
 """Inference speed pieces: the text embeddings computed once per evaluation, mixed precision on CPU, and
-smoke runs of the speed benchmarks (benchmarks/train_epoch.py, inference.py, end_to_end.py)."""
+smoke runs of the speed benchmarks (benchmarks/train_epoch.py, inference.py, end_to_end.py, gpu_suite.sh)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,17 @@ def test_end_to_end_benchmark_prints_the_time_split():
     out = _run("end_to_end.py", "--images-per-category", "8", "--file-size", "64", "--image-size", "32", "--threads", "1")
     for phase in ("data", "encoder", "maps", "metrics"):
         assert phase in out
+
+
+@pytest.mark.slow
+def test_gpu_suite_runs_every_step_in_smoke_mode(tmp_path):
+    """The GPU suite (run on lent GPU machines) is kept working here: SMOKE=1 runs its steps on the CPU."""
+    env = os.environ | {"SMOKE": "1", "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_suite.sh")], capture_output=True, text=True, timeout=500, env=env
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for step in ("cuda_tests", "inference_fp32", "inference_bf16", "train_bf16"):
+        log = (tmp_path / f"{step}.txt").read_text()
+        assert log.rstrip().endswith(f"== {step} exit 0"), log[-2000:]
+    assert "whole cached training:" in (tmp_path / "train_bf16.txt").read_text()

@@ -1,0 +1,28 @@
+"""benchmarks/metrics.py runs on both score types and its exact and full-sort AUPRO agree."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.mark.slow
+def test_metrics_benchmark_times_float16_and_float32_and_agrees_with_the_full_sort():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "metrics.py"), "--num-maps", "6", "--size", "96", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "summary float16:" in out and "summary float32:" in out
+    gaps = [float(g) for g in re.findall(r"\|exact - full sort\| = ([0-9.e+-]+)", out)]
+    assert len(gaps) == 2 and max(gaps) < 1e-9
