@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -164,4 +165,6 @@ def test_a_restarted_run_keeps_its_folder_and_wandb_run(tmp_path, synthetic_pair
     last = tmp_path / "r" / "checkpoints" / "last.ckpt"
     assert f"Restoring states from the checkpoint path at {last}" in caplog.text  # resumed, not restarted
     runs = sorted((tmp_path / "r" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[-1] for r in runs}) == 1  # one W&B id
+    # offline-run-<date>_<time>-<id>, with "-1" appended by W&B when both runs start in the same second
+    ids = {re.fullmatch(r"offline-run-\d{8}_\d{6}-([0-9a-z]+)(-\d+)?", r.name).group(1) for r in runs}
+    assert len(runs) == 2 and len(ids) == 1  # one W&B id
