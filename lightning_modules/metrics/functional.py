@@ -349,8 +349,9 @@ def _label_regions(g: np.ndarray) -> tuple[np.ndarray, int]:
 #: large, a sample estimates a floor below t* so that only the pixels above it are copied and selected.
 _PREFILTER_MIN_PIXELS = 1 << 20
 _PREFILTER_SAMPLE = 1 << 18
-#: Extra fraction of anomaly-free pixels kept above the sampled quantile; a sample of 2^18 pixels misses the
-#: true quantile by more than 0.02 with negligible probability, and a miss only costs a second split.
+#: Extra fraction of anomaly-free pixels kept below the sampled quantile: the quantile of 2^18 pixels that
+#: behave like a random sample is off by more than 0.02 with negligible probability, and a floor that
+#: keeps too few pixels (a sample that misled, e.g. by aligning with a pattern) only costs a second split.
 _PREFILTER_MARGIN = 0.02
 
 
@@ -405,13 +406,8 @@ def _split_pixels(
     floor = None if aupro_fpr_limit is None else _normal_score_floor(pairs, aupro_fpr_limit, ops)
     keep: list[Any] | None = None
     if floor is not None:
-
-        def normals_above_floor(pair: tuple[Any, Any]) -> Any:
-            # ~(m < floor), not m >= floor: NaN scores are kept, so that they are reported, not dropped.
-            m, g = pair
-            return ~((m < floor) | g)
-
-        keep = [normals_above_floor(pair) for pair in pairs]
+        # ~(m < floor), not m >= floor: NaN scores are kept, so that they are reported, not dropped.
+        keep = [~((m < floor) | g) for m, g in pairs]
         n_neg_each = [int(count(sel)) for sel in keep]
         if sum(n_neg_each) < _normals_needed(n_neg_all, aupro_fpr_limit):
             keep = None  # the sample was unrepresentative: keep every anomaly-free pixel
