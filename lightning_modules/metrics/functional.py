@@ -418,31 +418,20 @@ def _split_pixels(
     neg, pos = ops.empty(neg_at[-1], work), ops.empty(n_pos, work)
     weights = np.empty(n_pos, dtype=np.float64) if regions else None
     region_of = np.empty(n_pos, dtype=np.int64) if region_ids else None
-
-    def fill(i: int) -> np.ndarray | None:
-        """Write image i's slices of the split; returns its region sizes."""
-        m, g = pairs[i]
-        k = n_pos_each[i]
+    sizes: list[np.ndarray] = []
+    n_regions = 0
+    for i, ((m, g), k) in enumerate(zip(pairs, n_pos_each, strict=True)):
         neg[neg_at[i] : neg_at[i + 1]] = m if keep is None and k == 0 else m[~g if keep is None else keep[i]]
         if k == 0:
-            return None
-        pos[pos_at[i] : pos_at[i + 1]] = m[g]
-        if not regions:
-            return None
-        weights[pos_at[i] : pos_at[i + 1]], size, region = _region_weights(g, shapes[i])
-        if region_of is not None:
-            region_of[pos_at[i] : pos_at[i + 1]] = region  # made global below
-        return size
-
-    size_each = [fill(i) for i in range(len(pairs))]
-    sizes = [size for size in size_each if size is not None]
-    n_regions = sum(len(size) for size in sizes)
-    if region_of is not None:
-        first_region = 0
-        for i, size in enumerate(size_each):
-            if size is not None:
-                region_of[pos_at[i] : pos_at[i + 1]] += first_region
-                first_region += len(size)
+            continue
+        at = slice(pos_at[i], pos_at[i + 1])
+        pos[at] = m[g]
+        if regions:
+            weights[at], size, region = _region_weights(g, shapes[i])
+            if region_of is not None:
+                region_of[at] = region + n_regions
+            sizes.append(size)
+            n_regions += len(size)
     n_neg = neg_at[-1]
     if pos.shape[0] and math.isnan(float(pos.max())):  # NaN propagates through max
         raise ValueError("anomaly maps contain NaN (at anomalous pixels)")
