@@ -29,6 +29,7 @@ floating-point results at round-off level only; tests check "same seed -> same l
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -165,6 +166,21 @@ class CachedFeatureDataset(Dataset):
         }
 
 
+def _rng_untouched(device: torch.device) -> Any:
+    """A block after which the global RNG (CPU and ``device``) is as before: shuffling is not shifted."""
+    return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
+
+
+def _encode(
+    encode: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    images: torch.Tensor,
+    context: Callable[[], Any] | None,
+) -> dict[str, torch.Tensor]:
+    """``encode(images)`` under the trainer's precision ``context`` when one is given."""
+    with context() if context is not None else contextlib.nullcontext():
+        return encode(images)
+
+
 @torch.no_grad()
 def build_feature_table(
     dataset: Dataset,
@@ -182,7 +198,6 @@ def build_feature_table(
     would have without this pass.
     """
     device = torch.device(device)
-    fork_devices = [device.index or 0] if device.type == "cuda" else []
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -192,14 +207,9 @@ def build_feature_table(
     )
     parts: dict[str, list[torch.Tensor]] = {}
     masks, labels, category_ids, has_mask, paths = [], [], [], [], []
-    with torch.random.fork_rng(devices=fork_devices):
+    with _rng_untouched(device):
         for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
-            if context is not None:
-                with context():
-                    encoded = encode(images)
-            else:
-                encoded = encode(images)
+            encoded = _encode(encode, batch["image"].to(device, non_blocking=True), context)
             for name, value in encoded.items():
                 parts.setdefault(name, []).append(value.detach().to("cpu"))
             masks.append(batch["mask"] > 0.5)
@@ -242,14 +252,9 @@ def estimate_table_bytes(
     context: Callable[[], Any] | None = None,
 ) -> int:
     """Bytes a feature table of ``dataset`` will take, from the features of its first sample."""
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+    with _rng_untouched(device):
         sample = dataset[0]
-        images = sample["image"][None].to(device)
-        if context is not None:
-            with context():
-                encoded = encode(images)
-        else:
-            encoded = encode(images)
+        encoded = _encode(encode, sample["image"][None].to(device), context)
     per_sample = sum(v[0].numel() * v.element_size() for v in encoded.values()) + sample["mask"].numel()
     return per_sample * len(dataset)
 
