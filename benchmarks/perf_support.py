@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from datamodules.synthetic import generate_synthetic_dataset  # noqa: E402
+from datamodules.synthetic import STYLES, generate_synthetic_dataset  # noqa: E402
 from lightning_modules.anomalyclip import AnomalyCLIPConfig  # noqa: E402
 from lightning_modules.clip.config import BackboneConfig  # noqa: E402
 from lightning_modules.clip.factory import TINY_MODEL  # noqa: E402
@@ -29,7 +29,10 @@ def synthetic_source(
     (half good, half defective over the four defect kinds) of ``file_size`` px. ``copies > 1`` adds
     byte-identical copies of each test image (and mask) under new names: as many files to decode and
     encode at a fraction of the rendering time, which is all a speed measurement needs. Returns (root, n)."""
-    names = ["disc", "weave", "plate", "tile", "bolt", "mesh"][:categories]
+    available = list(STYLES["industrial"].categories)
+    if not 1 <= categories <= len(available):
+        raise ValueError(f"the synthetic 'industrial' style has {len(available)} categories; asked for {categories}")
+    names = available[:categories]
     per_kind = max(1, per_category // 8)
     good = per_category - 4 * per_kind
     summary = generate_synthetic_dataset(

@@ -2,10 +2,10 @@
 
     python benchmarks/train_epoch.py --threads 1         # 64 images of 384 px, model input 336, 3 epochs each
     python benchmarks/train_epoch.py --threads 1 --image-size 224 --file-size 256
-    # issue 9's GPU run: 15 epochs on 1,725 images (5 x 23 x 15 copies), ViT-L-14-336, random weights, 518 px
+    # issue 9's GPU run: 15 epochs on 1,725 images (3 x 23 x 25 copies), ViT-L-14-336, random weights, 518 px
     python benchmarks/train_epoch.py --backbone ViT-L-14-336-quickgelu --image-size 518 --dpam-start 6 \
-        --map-layers 24 --device cuda --precision bf16-mixed --categories 5 --images-per-category 23 \
-        --copies 15 --file-size 518 --epochs 15 --uncached-epochs 1 --workers 8
+        --map-layers 24 --device cuda --precision bf16-mixed --categories 3 --images-per-category 23 \
+        --copies 25 --file-size 518 --epochs 15 --uncached-epochs 1 --workers 8
 
 Both runs train the same module from the same seed in one process, with the real AnomalyDataModule
 (PNG decoding, bicubic resize to the model input) and Lightning's Trainer. Printed: the mean epoch time
