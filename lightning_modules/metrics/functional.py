@@ -8,6 +8,8 @@ naive implementations run out of memory on 10^8-10^9 pixels:
 - AUPRO sorts only the anomaly-free pixels above the FPR limit; the area is then one float64 dot product
   over the anomalous pixels (see ``_aupro_from_split``). On large inputs a sampled floor lets the split copy
   only those pixels (``_normal_score_floor``); a floor that keeps too few is detected and the split redone;
+- on the CPU, work that numpy runs without the GIL (the split's two halves, large sorts and searches) is
+  spread over ``torch.get_num_threads()`` threads;
 - 16-bit scores (float16, the evaluator's default storage, or bfloat16) take one of 65,536 bit patterns, so
   per-pattern counts (``np.bincount``, O(P)) replace the split and the sort (``_histogram_pixels``).
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +57,26 @@ class UndefinedMetricError(ValueError):
     """The metric has no value for these inputs (e.g. only one label present); the message says why."""
 
 
+#: A CPU sort or search uses one thread per this many values (at most torch.get_num_threads(), at most 8).
+_VALUES_PER_THREAD = 1 << 21
+
+
+def _thread_count(n: int) -> int:
+    """How many threads a CPU sort of n values (or a search of n / 16 needles) is split across."""
+    return max(1, min(torch.get_num_threads(), 8, n // _VALUES_PER_THREAD))
+
+
+def _in_threads(tasks: Sequence[Callable[[], Any]]) -> list[Any]:
+    """Run the tasks concurrently (the first on the calling thread) and return their results in order.
+    Worth it for numpy work that releases the GIL: sorting, comparisons, boolean indexing, searchsorted."""
+    if len(tasks) == 1:
+        return [tasks[0]()]
+    with ThreadPoolExecutor(len(tasks) - 1) as pool:
+        futures = [pool.submit(task) for task in tasks[1:]]
+        first = tasks[0]()
+        return [first, *(f.result() for f in futures)]
+
+
 # --------------------------------------------------------------------------------------------------------
 # Backends: the few operations whose numpy and torch spellings differ. Everything else (slicing, boolean
 # indexing, comparisons) is written once and works on both array types.
@@ -77,7 +99,7 @@ class _NumpyOps:
     def sort_(self, x: np.ndarray) -> np.ndarray:
         """In place, values only (no index array); large arrays are cut by value and sorted on
         ``torch.get_num_threads()`` threads (numpy releases the GIL while sorting)."""
-        parts = min(torch.get_num_threads(), 8, x.shape[0] >> 21)
+        parts = _thread_count(x.shape[0])
         if parts < 2:
             x.sort()
             return x
@@ -85,8 +107,7 @@ class _NumpyOps:
         cuts = [n * i // parts for i in range(1, parts)]
         x.partition(cuts)
         bounds = [0, *cuts, n]
-        with ThreadPoolExecutor(parts) as pool:
-            list(pool.map(np.ndarray.sort, [x[a:b] for a, b in itertools.pairwise(bounds)]))
+        _in_threads([functools.partial(np.ndarray.sort, x[a:b]) for a, b in itertools.pairwise(bounds)])
         return x
 
     def top_k_sorted_(self, x: np.ndarray, k: int) -> tuple[np.ndarray, int]:
@@ -131,9 +152,18 @@ class _NumpyOps:
         cut = np.searchsorted(v, seq[starts], side="left" if right else "right")
         out = np.zeros(v.shape[0], dtype=np.int64)
         ends = np.append(cut[1:], v.shape[0])
-        for start, lo, hi in zip(starts.tolist(), cut.tolist(), ends.tolist(), strict=True):
-            if hi > lo:
+        jobs = [
+            (a, lo, hi)
+            for a, lo, hi in zip(starts.tolist(), cut.tolist(), ends.tolist(), strict=True)
+            if hi > lo
+        ]
+
+        def search(some: list[tuple[int, int, int]]) -> None:
+            for start, lo, hi in some:
                 out[lo:hi] = start + np.searchsorted(seq[start : start + block], v[lo:hi], side=side)
+
+        threads = _thread_count(16 * v.shape[0])  # numpy releases the GIL while searching
+        _in_threads([functools.partial(search, jobs[i::threads]) for i in range(threads)])
         return out
 
     def bincount(self, idx: np.ndarray, weights: np.ndarray | None, n: int) -> np.ndarray:
@@ -377,6 +407,69 @@ def _normal_score_floor(
     return None if math.isnan(floor) else floor
 
 
+def _anomalous_pixels(
+    pairs: list[tuple[Any, Any]],
+    shapes: list[tuple[int, ...]],
+    ops: _NumpyOps | _TorchOps,
+    work: str,
+    regions: bool,
+    region_ids: bool,
+) -> tuple[Any, Any | None, Any | None, list[np.ndarray]]:
+    """The anomalous pixels sorted by score, with 1/|region| of each one's 8-connected region and its global
+    region id where asked for, and every image's region sizes."""
+    count = np.count_nonzero if isinstance(ops, _NumpyOps) else torch.count_nonzero
+    pos_at = np.cumsum([0, *(int(count(g)) for _, g in pairs)]).tolist()
+    pos = ops.empty(pos_at[-1], work)
+    weights = np.empty(pos_at[-1], dtype=np.float64) if regions else None
+    region_of = np.empty(pos_at[-1], dtype=np.int64) if region_ids else None
+    sizes: list[np.ndarray] = []
+    n_regions = 0
+    for i, (m, g) in enumerate(pairs):
+        if pos_at[i + 1] == pos_at[i]:
+            continue
+        at = slice(pos_at[i], pos_at[i + 1])
+        pos[at] = m[g]
+        if weights is not None:
+            weights[at], size, region = _region_weights(g, shapes[i])
+            if region_of is not None:
+                region_of[at] = region + n_regions
+            sizes.append(size)
+            n_regions += len(size)
+    if pos.shape[0] and math.isnan(float(pos.max())):  # NaN propagates through max
+        raise ValueError("anomaly maps contain NaN (at anomalous pixels)")
+    extra = [ops.from_numpy(a) for a in (weights, region_of) if a is not None]
+    pos, *extra = ops.sort_with(pos, *extra)
+    weight_sorted = extra.pop(0) if weights is not None else None
+    region_sorted = extra.pop(0) if region_of is not None else None
+    return pos, weight_sorted, region_sorted, sizes
+
+
+def _anomaly_free_pixels(
+    pairs: list[tuple[Any, Any]], ops: _NumpyOps | _TorchOps, work: str, floor: float | None, fpr_limit: float
+) -> Any:
+    """The anomaly-free scores, image after image; with a floor only those not below it, unless that keeps
+    fewer than AUPRO at ``fpr_limit`` needs (the sample behind the floor misled: then every one is kept)."""
+    count = np.count_nonzero if isinstance(ops, _NumpyOps) else torch.count_nonzero
+    n_each = [int(m.shape[0]) - int(count(g)) for m, g in pairs]
+    keep: list[Any] | None = None
+    if floor is not None:
+        # ~(m < floor), not m >= floor: NaN scores are kept, so that they are reported, not dropped.
+        keep = [~((m < floor) | g) for m, g in pairs]
+        n_kept = [int(count(sel)) for sel in keep]
+        if sum(n_kept) >= _normals_needed(sum(n_each), fpr_limit):
+            n_each = n_kept
+        else:
+            keep = None
+    at = np.cumsum([0, *n_each]).tolist()
+    neg = ops.empty(at[-1], work)
+    for i, (m, g) in enumerate(pairs):
+        if keep is not None:
+            neg[at[i] : at[i + 1]] = m[keep[i]]
+        else:
+            neg[at[i] : at[i + 1]] = m if n_each[i] == m.shape[0] else m[~g]
+    return neg
+
+
 def _split_pixels(
     maps: MapsLike,
     masks: MapsLike,
@@ -386,10 +479,12 @@ def _split_pixels(
     aupro_fpr_limit: float | None = None,
 ) -> _PixelSplit:
     """Build the split image by image, so that no full-size temporary (bool, int64 or float64) is needed.
+    The anomaly-free and the anomalous pixels are gathered on two threads (numpy releases the GIL in the
+    comparisons and copies; the region labelling runs beside them).
 
     With ``aupro_fpr_limit`` the split serves AUPRO only: anomaly-free pixels that score below every
     threshold AUPRO needs may be left out (counted in ``n_neg_below``), which saves most of the copying
-    and selection for the usual limit of 0.3.
+    and sorting for the usual limit of 0.3.
     """
     map_list, mask_list = _paired_maps(maps, masks)
     ops = _pick_ops(map_list)
@@ -399,52 +494,25 @@ def _split_pixels(
     ]
     shapes = [tuple(g.shape) for g in mask_list]
     work = "float64" if any(_is_float64(m) or not _is_float(m) for m, _ in pairs) else "float32"
-    count = np.count_nonzero if isinstance(ops, _NumpyOps) else torch.count_nonzero
-    n_pos_each = [int(count(g)) for _, g in pairs]
-    n_pos = sum(n_pos_each)
-    n_neg_all = sum(int(m.shape[0]) for m, _ in pairs) - n_pos
     floor = None if aupro_fpr_limit is None else _normal_score_floor(pairs, aupro_fpr_limit, ops)
-    keep: list[Any] | None = None
-    if floor is not None:
-        # ~(m < floor), not m >= floor: NaN scores are kept, so that they are reported, not dropped.
-        keep = [~((m < floor) | g) for m, g in pairs]
-        n_neg_each = [int(count(sel)) for sel in keep]
-        if sum(n_neg_each) < _normals_needed(n_neg_all, aupro_fpr_limit):
-            keep = None  # the sample was unrepresentative: keep every anomaly-free pixel
-    if keep is None:
-        n_neg_each = [int(m.shape[0]) - k for (m, _), k in zip(pairs, n_pos_each, strict=True)]
-    neg_at = np.cumsum([0, *n_neg_each]).tolist()
-    pos_at = np.cumsum([0, *n_pos_each]).tolist()
-    neg, pos = ops.empty(neg_at[-1], work), ops.empty(n_pos, work)
-    weights = np.empty(n_pos, dtype=np.float64) if regions else None
-    region_of = np.empty(n_pos, dtype=np.int64) if region_ids else None
-    sizes: list[np.ndarray] = []
-    n_regions = 0
-    for i, ((m, g), k) in enumerate(zip(pairs, n_pos_each, strict=True)):
-        neg[neg_at[i] : neg_at[i + 1]] = m if keep is None and k == 0 else m[~g if keep is None else keep[i]]
-        if k == 0:
-            continue
-        at = slice(pos_at[i], pos_at[i + 1])
-        pos[at] = m[g]
-        if regions:
-            weights[at], size, region = _region_weights(g, shapes[i])
-            if region_of is not None:
-                region_of[at] = region + n_regions
-            sizes.append(size)
-            n_regions += len(size)
-    n_neg = neg_at[-1]
-    if pos.shape[0] and math.isnan(float(pos.max())):  # NaN propagates through max
-        raise ValueError("anomaly maps contain NaN (at anomalous pixels)")
+    (pos, weight, region, sizes), neg = _in_threads(
+        [
+            lambda: _anomalous_pixels(pairs, shapes, ops, work, regions, region_ids),
+            lambda: _anomaly_free_pixels(pairs, ops, work, floor, aupro_fpr_limit or 1.0),
+        ]
+    )
+    n_total = sum(int(m.shape[0]) for m, _ in pairs)
     # NaNs among the anomaly-free scores are caught where they are sorted or selected (NaN sorts last).
     return _PixelSplit(
         ops=ops,
         neg=neg,
         pos=pos,
-        pos_weight=None if weights is None else ops.from_numpy(weights),
-        pos_region=None if region_of is None else ops.from_numpy(region_of),
+        pos_weight=weight,
+        pos_region=region,
         region_sizes=np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int64),
-        n_regions=n_regions,
-        n_neg_below=n_neg_all - n_neg,
+        n_regions=sum(len(s) for s in sizes),
+        pos_sorted=True,
+        n_neg_below=n_total - int(pos.shape[0]) - int(neg.shape[0]),
     )
 
 

@@ -494,6 +494,14 @@ def test_numpy_blocked_searchsorted_and_parallel_sort():
         x = rng.integers(0, 50, 4_500_000).astype(np.float32)
         expected = np.sort(x)
         assert np.array_equal(ops.sort_(x), expected)
+        assert F._thread_count(16 * 300_000) == 2  # so the search below runs on two threads
+        seq = np.sort(rng.normal(size=1_000_000).astype(np.float32))
+        needles = np.sort(
+            np.concatenate([seq[::7], rng.normal(size=300_000 - len(seq[::7]))]).astype(np.float32)
+        )
+        for right in (True, False):
+            expected = np.searchsorted(seq, needles, side="right" if right else "left")
+            assert np.array_equal(ops.searchsorted(seq, needles, right, sorted_needles=True), expected)
     finally:
         torch.set_num_threads(threads)
 
