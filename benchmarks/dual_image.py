@@ -54,7 +54,9 @@ def run_one(pool: int, k: int, args: argparse.Namespace) -> dict:
     clip_model, tokenizer = create_clip(args.backbone, None)
     depth = len(clip_model.visual.transformer.resblocks)
     layers = [depth // 2, 3 * depth // 4]  # tiny (6 blocks): 3, 4; ViT-B (12): 6, 9 as the dual_image config
-    visual = VisualReferenceConfig(layers=layers, k=k, aggregate="interval_mean" if k < 0 else "mean", partner_chunk=args.chunk)
+    visual = VisualReferenceConfig(
+        layers=layers, k=k, aggregate="interval_mean" if k < 0 else "mean", partner_chunk=args.chunk
+    )
     cfg = DualImageConfig(
         backbone=BackboneConfig(name=args.backbone, pretrained=None, image_size=args.image_size),
         map_layer=depth,
@@ -64,7 +66,9 @@ def run_one(pool: int, k: int, args: argparse.Namespace) -> dict:
         tta=DualImageTTAConfig(enabled=False),
     )
     model = DualImageCLIP(cfg, clip_model, tokenizer).to(device)
-    images = torch.randn(pool, 3, args.image_size, args.image_size, generator=torch.Generator().manual_seed(1)).to(device)
+    images = torch.randn(
+        pool, 3, args.image_size, args.image_size, generator=torch.Generator().manual_seed(1)
+    ).to(device)
     text = model.category_text("object", "object")
     grid = (model.vision.grid, model.vision.grid)
     size = (args.image_size, args.image_size)
@@ -114,9 +118,13 @@ def run_one(pool: int, k: int, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pools", type=int, nargs="+", default=[50, 200])
-    parser.add_argument("--ks", type=int, nargs="+", default=[1, -1], help="partners per image; -1: all others")
+    parser.add_argument(
+        "--ks", type=int, nargs="+", default=[1, -1], help="partners per image; -1: all others"
+    )
     parser.add_argument("--backbone", default=TINY_MODEL, help="open_clip architecture, random weights")
-    parser.add_argument("--image-size", type=int, default=64, help="input size (tiny CLIP, patch 8: 64 px = 8 x 8 tokens)")
+    parser.add_argument(
+        "--image-size", type=int, default=64, help="input size (tiny CLIP, patch 8: 64 px = 8 x 8 tokens)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--chunk", type=int, default=16, help="partners compared at once")
     parser.add_argument("--device", default="cpu")
@@ -129,7 +137,11 @@ def main() -> None:
         print(json.dumps(run_one(*args.child, args)))
         return
 
-    passthrough = [f"--backbone={args.backbone}", f"--image-size={args.image_size}", f"--batch-size={args.batch_size}"]
+    passthrough = [
+        f"--backbone={args.backbone}",
+        f"--image-size={args.image_size}",
+        f"--batch-size={args.batch_size}",
+    ]
     passthrough += [f"--chunk={args.chunk}"]
     passthrough += [f"--device={args.device}", f"--threads={args.threads}"]
     print(
@@ -142,7 +154,11 @@ def main() -> None:
     for pool in args.pools:
         for k in args.ks:
             command = [sys.executable, __file__, "--child", str(pool), str(k), *passthrough]
-            row = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+            row = json.loads(
+                subprocess.run(command, check=True, capture_output=True, text=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             print(
                 f"{row['pool']:>5} {row['k']!s:>4} {row['partners']:>8} {row['images_per_s']:>8.1f} "
                 f"{row['scoring_images_per_s']:>14.1f} {row['peak_mib']:>9.1f} {row['extra_mib']:>7.1f} {row['bank_mib']:>9.2f}"

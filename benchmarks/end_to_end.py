@@ -36,9 +36,13 @@ from lightning_modules.metrics import AnomalyEvaluator
 from lightning_modules.ops import gaussian_blur
 
 
-def timed_evaluation(module: AnomalyCLIPModule, datamodule: AnomalyDataModule, device: torch.device, precision: str):
+def timed_evaluation(
+    module: AnomalyCLIPModule, datamodule: AnomalyDataModule, device: torch.device, precision: str
+):
     model = module.model
-    evaluator = AnomalyEvaluator(categories=datamodule.categories, pixel_metrics=datamodule.full_index.has_masks).to(device)
+    evaluator = AnomalyEvaluator(
+        categories=datamodule.categories, pixel_metrics=datamodule.full_index.has_masks
+    ).to(device)
     times = dict.fromkeys(("data", "encoder", "maps", "metrics"), 0.0)
     n = 0
     start = time.perf_counter()
@@ -50,7 +54,9 @@ def timed_evaluation(module: AnomalyCLIPModule, datamodule: AnomalyDataModule, d
             if batch is None:
                 times["data"] += time.perf_counter() - t0
                 break
-            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = {
+                k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+            }
             sync(device)
             t1 = time.perf_counter()
             features = model.encode_images(batch["image"])
@@ -62,8 +68,13 @@ def timed_evaluation(module: AnomalyCLIPModule, datamodule: AnomalyDataModule, d
             sync(device)
             t3 = time.perf_counter()
             evaluator.update(
-                category_ids=batch["category_id"], sample_ids=batch["sample_id"], image_scores=output.image_scores.float(),
-                labels=batch["label"], anomaly_maps=maps, masks=batch["mask"], has_mask=batch["has_mask"],
+                category_ids=batch["category_id"],
+                sample_ids=batch["sample_id"],
+                image_scores=output.image_scores.float(),
+                labels=batch["label"],
+                anomaly_maps=maps,
+                masks=batch["mask"],
+                has_mask=batch["has_mask"],
             )
             sync(device)
             t4 = time.perf_counter()
@@ -79,7 +90,9 @@ def timed_evaluation(module: AnomalyCLIPModule, datamodule: AnomalyDataModule, d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--categories", type=int, default=2)
     parser.add_argument("--images-per-category", type=int, default=32)
     parser.add_argument("--file-size", type=int, default=256)
@@ -89,23 +102,35 @@ def main() -> None:
     args = parser.parse_args()
     cfg, device = model_from_arguments(args)
     with tempfile.TemporaryDirectory() as tmp:
-        root, n_images = synthetic_source(Path(tmp) / "data", args.categories, args.images_per_category, args.file_size)
+        root, n_images = synthetic_source(
+            Path(tmp) / "data", args.categories, args.images_per_category, args.file_size
+        )
         data = DataConfig(
-            name="synthetic", root=str(root), batch_size=args.batch_size, eval_batch_size=args.batch_size,
+            name="synthetic",
+            root=str(root),
+            batch_size=args.batch_size,
+            eval_batch_size=args.batch_size,
             num_workers=args.workers,
         )
         torch.manual_seed(0)
         module = AnomalyCLIPModule(cfg).to(device).eval()
         datamodule = AnomalyDataModule(data, image_size=args.image_size)
         print(f"machine: {machine()}; device {device}")
-        print(f"setup: AnomalyCLIP on {args.backbone} (random weights), {n_images} test images ({args.file_size} px PNG) -> "
-              f"{args.image_size} px, batch {args.batch_size}, {args.workers} workers, precision {args.precision}")
+        print(
+            f"setup: AnomalyCLIP on {args.backbone} (random weights), {n_images} test images ({args.file_size} px PNG) -> "
+            f"{args.image_size} px, batch {args.batch_size}, {args.workers} workers, precision {args.precision}"
+        )
         times, total, n, result = timed_evaluation(module, datamodule, device, args.precision)
 
         accelerator = "gpu" if device.type == "cuda" else "cpu"
         trainer = L.Trainer(
-            accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-            precision=args.precision, default_root_dir=tmp,
+            accelerator=accelerator,
+            devices=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            precision=args.precision,
+            default_root_dir=tmp,
         )
         start = time.perf_counter()
         trainer.test(module, datamodule=datamodule, verbose=False)
@@ -114,11 +139,21 @@ def main() -> None:
     print(f"{'part':>8} {'seconds':>9} {'share':>7}")
     for part, seconds in times.items():
         print(f"{part:>8} {seconds:>9.3f} {seconds / total:>6.1%}")
-    print(f"{'total':>8} {total:>9.3f}  ({n / total:.2f} images/s; parts sum to {sum(times.values()) / total:.1%})")
-    print(f"Trainer.test of the same evaluation: {lightning_total:.3f} s ({n / lightning_total:.2f} images/s)")
+    print(
+        f"{'total':>8} {total:>9.3f}  ({n / total:.2f} images/s; parts sum to {sum(times.values()) / total:.1%})"
+    )
+    print(
+        f"Trainer.test of the same evaluation: {lightning_total:.3f} s ({n / lightning_total:.2f} images/s)"
+    )
     ours, theirs = result.per_category, module.test_results.per_category
-    diffs = [abs(ours[c][k] - theirs[c][k]) for c in ours for k in ours[c] if ours[c][k] is not None and theirs[c][k] is not None]
+    diffs = [
+        abs(ours[c][k] - theirs[c][k])
+        for c in ours
+        for k in ours[c]
+        if ours[c][k] is not None and theirs[c][k] is not None
+    ]
     print(f"metrics of the timed loop vs Trainer.test: max |diff| {max(diffs):.2e} over {len(diffs)} values")
+
 
 if __name__ == "__main__":
     main()

@@ -43,7 +43,9 @@ def sync(device: torch.device) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_model_arguments(parser, sorted(PRECISIONS))
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32")
     parser.add_argument("--images", type=int, default=64, help="images timed per batch size")
@@ -53,11 +55,15 @@ def main() -> None:
     model = AnomalyCLIP(cfg).to(device).eval()
     size = (args.image_size, args.image_size)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    images = torch.randn(max(max(batch_sizes), args.images), 3, *size, generator=torch.Generator().manual_seed(1)).to(device)
+    images = torch.randn(
+        max(max(batch_sizes), args.images), 3, *size, generator=torch.Generator().manual_seed(1)
+    ).to(device)
 
     print(f"machine: {machine()}; device {device}")
-    print(f"setup: AnomalyCLIP on {args.backbone} (random weights), {args.image_size} px, DPAM from block "
-          f"{args.dpam_start}, maps from {cfg.map_layers}, precision {args.precision}, {args.images} images per row")
+    print(
+        f"setup: AnomalyCLIP on {args.backbone} (random weights), {args.image_size} px, DPAM from block "
+        f"{args.dpam_start}, maps from {cfg.map_layers}, precision {args.precision}, {args.images} images per row"
+    )
     rates: dict[int, float] = {}
     with torch.inference_mode(), autocast(device, args.precision):
         for bs in batch_sizes:
@@ -79,8 +85,12 @@ def main() -> None:
         print(f"{bs:>6} {rate:>10.2f} {rate / base if base else float('nan'):>15.2f}x")
     best = max(rates, key=rates.get)
     if base:
-        print(f"best: batch {best}, {rates[best]:.2f} images/s = {rates[best] / base:.2f}x the batch-size-1 loop")
-    print(f"batched vs per-image scores ({n_check} images), max |diff|: {(batched.float() - single.float()).abs().max().item():.2e}")
+        print(
+            f"best: batch {best}, {rates[best]:.2f} images/s = {rates[best] / base:.2f}x the batch-size-1 loop"
+        )
+    print(
+        f"batched vs per-image scores ({n_check} images), max |diff|: {(batched.float() - single.float()).abs().max().item():.2e}"
+    )
 
 
 if __name__ == "__main__":

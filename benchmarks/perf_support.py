@@ -31,7 +31,9 @@ def synthetic_source(
     encode at a fraction of the rendering time, which is all a speed measurement needs. Returns (root, n)."""
     available = list(STYLES["industrial"].categories)
     if not 1 <= categories <= len(available):
-        raise ValueError(f"the synthetic 'industrial' style has {len(available)} categories; asked for {categories}")
+        raise ValueError(
+            f"the synthetic 'industrial' style has {len(available)} categories; asked for {categories}"
+        )
     names = available[:categories]
     per_kind = max(1, per_category // 8)
     good = per_category - 4 * per_kind
@@ -89,7 +91,11 @@ def model_from_arguments(args: argparse.Namespace) -> tuple[AnomalyCLIPConfig, t
 
 
 def machine() -> str:
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else platform.processor() or platform.machine()
+    )
     return (
         f"{device}; torch {torch.__version__}; {torch.get_num_threads()} torch threads; "
         f"{os.cpu_count()} CPUs visible; python {platform.python_version()}"

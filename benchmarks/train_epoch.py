@@ -54,38 +54,57 @@ class EpochTimer(Callback):
         self.fit_s = time.perf_counter() - self._fit_start
 
 
-def train(root: Path, args: argparse.Namespace, cache: bool, epochs: int) -> tuple[EpochTimer, AnomalyCLIPModule]:
+def train(
+    root: Path, args: argparse.Namespace, cache: bool, epochs: int
+) -> tuple[EpochTimer, AnomalyCLIPModule]:
     L.seed_everything(args.seed, verbose=False)
     cfg, device = model_from_arguments(args)
     cfg.cache_features = cache
     module = AnomalyCLIPModule(cfg)
     data = DataConfig(
-        name="synthetic", root=str(root), batch_size=args.batch_size, eval_batch_size=args.batch_size,
-        num_workers=args.workers, eval_size=args.eval_size,
+        name="synthetic",
+        root=str(root),
+        batch_size=args.batch_size,
+        eval_batch_size=args.batch_size,
+        num_workers=args.workers,
+        eval_size=args.eval_size,
     )
     timer = EpochTimer()
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
-        precision=args.precision, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False, callbacks=[timer], default_root_dir=args.tmp,
+        max_epochs=epochs,
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        precision=args.precision,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[timer],
+        default_root_dir=args.tmp,
     )
     trainer.fit(module, datamodule=AnomalyDataModule(data, image_size=args.image_size))
     return timer, module
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--categories", type=int, default=2)
     parser.add_argument("--images-per-category", type=int, default=32)
     parser.add_argument("--file-size", type=int, default=384, help="size of the generated PNG files")
-    parser.add_argument("--copies", type=int, default=1, help="copies of each generated test image (see perf_support)")
+    parser.add_argument(
+        "--copies", type=int, default=1, help="copies of each generated test image (see perf_support)"
+    )
     parser.add_argument("--eval-size", type=int, default=None, help="mask / loss size (default: image size)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument(
         "--uncached-epochs", type=int, default=None, help="epochs of the uncached run (default: --epochs)"
     )
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (0, as the authors' timing)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="DataLoader workers (0, as the authors' timing)"
+    )
     parser.add_argument("--seed", type=int, default=111)
     add_model_arguments(parser, sorted(PRECISIONS))
     parser.set_defaults(image_size=336)
@@ -107,20 +126,30 @@ def main() -> None:
     assert b.feature_cache_status == "cached (built)", b.feature_cache_status
     t_cached = statistics.mean(cached.epochs)
     build = cached.setup_s - (uncached[0].setup_s if uncached else 0.0)
-    print(f"cache build (once):       {build:8.3f} s  (one encoder pass over the split, batch {args.batch_size})")
-    print(f"epoch with cache:         {t_cached:8.3f} s  (epochs: {', '.join(f'{t:.3f}' for t in cached.epochs)})")
-    print(f"whole cached training:    {cached.fit_s:8.3f} s  ({args.epochs} epochs, set-up and cache build included)")
+    print(
+        f"cache build (once):       {build:8.3f} s  (one encoder pass over the split, batch {args.batch_size})"
+    )
+    print(
+        f"epoch with cache:         {t_cached:8.3f} s  (epochs: {', '.join(f'{t:.3f}' for t in cached.epochs)})"
+    )
+    print(
+        f"whole cached training:    {cached.fit_s:8.3f} s  ({args.epochs} epochs, set-up and cache build included)"
+    )
     if uncached is None:
         return
     timer, a = uncached
     t_uncached = statistics.mean(timer.epochs)
-    print(f"epoch without cache:      {t_uncached:8.3f} s  (epochs: {', '.join(f'{t:.3f}' for t in timer.epochs)})")
+    print(
+        f"epoch without cache:      {t_uncached:8.3f} s  (epochs: {', '.join(f'{t:.3f}' for t in timer.epochs)})"
+    )
     print(f"ratio per epoch:          {t_uncached / t_cached:8.1f} x  faster with cache (target >= 10x)")
     if uncached_epochs == args.epochs:
         total_u, total_c = sum(timer.epochs), sum(cached.epochs) + build
         print(f"ratio over {args.epochs} epochs:      {total_u / total_c:8.1f} x  (cache build included)")
         pairs = zip(a.model.prompts.parameters(), b.model.prompts.parameters(), strict=True)
-        print(f"learned prompts, max |cached - uncached|: {max((x - y).abs().max().item() for x, y in pairs):.2e}")
+        print(
+            f"learned prompts, max |cached - uncached|: {max((x - y).abs().max().item() for x, y in pairs):.2e}"
+        )
 
 
 if __name__ == "__main__":

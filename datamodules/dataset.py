@@ -18,7 +18,9 @@ class AnomalyDataset(Dataset):
     """Items are dicts; ``sample_id`` is the position in the index, so metrics can drop the duplicates
     that a padding distributed sampler adds."""
 
-    def __init__(self, index: DatasetIndex, transform: ImageMaskTransform, categories: list[str] | None = None) -> None:
+    def __init__(
+        self, index: DatasetIndex, transform: ImageMaskTransform, categories: list[str] | None = None
+    ) -> None:
         self.index = index
         self.records = index.records
         self.transform = transform

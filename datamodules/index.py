@@ -61,7 +61,9 @@ class DatasetIndex:
     version: str = "official"  # which release/conversion was indexed (SDD, DAGM, polyp sets differ)
     # Found while parsing, reported by `zsad data check`; loading works regardless.
     warnings: list[str] = dataclasses.field(default_factory=list)  # ignored things (a stray pred/ folder)
-    problems: list[str] = dataclasses.field(default_factory=list)  # the copy looks incomplete (unpaired masks)
+    problems: list[str] = dataclasses.field(
+        default_factory=list
+    )  # the copy looks incomplete (unpaired masks)
 
     def categories(self) -> list[str]:
         """Category ids in first-seen order (parsers emit them sorted)."""
@@ -89,9 +91,7 @@ class DatasetIndex:
         anomalous: collections.Counter[str] = collections.Counter()
         for r in self.records:
             (anomalous if r.label else normal)[r.category] += 1
-        return {
-            c: CategoryCapabilities(normal[c], anomalous[c], self.has_masks) for c in self.categories()
-        }
+        return {c: CategoryCapabilities(normal[c], anomalous[c], self.has_masks) for c in self.categories()}
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per category: number of normal and anomalous images (for checks and reports)."""
@@ -123,7 +123,9 @@ class DatasetSpec:
     # Datasets that circulate in several versions: the test counts of each version the parser can
     # record in ``DatasetIndex.version``; a version missing here has no known counts.
     version_test_counts: Mapping[str, CountTable] = dataclasses.field(default_factory=dict)
-    expected_test_total: tuple[int, int] | None = None  # when only the total is known (no per-category counts)
+    expected_test_total: tuple[int, int] | None = (
+        None  # when only the total is known (no per-category counts)
+    )
     counts_verified: bool = True  # False: counts from papers, not confirmed; a mismatch is only a warning
 
     def expected_counts(self, version: str | None = None) -> CountTable | None:
@@ -193,7 +195,9 @@ def build_index(name: str, root: str | Path, **options: Any) -> DatasetIndex:
         )
     index = spec.parse(root, **options)
     if not index.records:
-        raise DatasetLayoutError(f"no images found for dataset '{name}' under {root}; is this the right folder?")
+        raise DatasetLayoutError(
+            f"no images found for dataset '{name}' under {root}; is this the right folder?"
+        )
     return index
 
 
@@ -207,4 +211,6 @@ def list_image_files(folder: Path, extensions: Iterable[str]) -> list[Path]:
     exts = {e.lower() for e in extensions}
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts)
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts
+    )

@@ -29,7 +29,9 @@ class TransformSpec:
 
     def __post_init__(self) -> None:
         if self.mask_interpolation not in MASK_INTERPOLATIONS:
-            raise ValueError(f"mask_interpolation must be one of {MASK_INTERPOLATIONS}, got {self.mask_interpolation!r}")
+            raise ValueError(
+                f"mask_interpolation must be one of {MASK_INTERPOLATIONS}, got {self.mask_interpolation!r}"
+            )
 
 
 class ImageMaskTransform:
@@ -44,7 +46,9 @@ class ImageMaskTransform:
                 A.Normalize(mean=CLIP_MEAN, std=CLIP_STD, max_pixel_value=255.0),
             ]
         )
-        self.mask_interpolation = cv2.INTER_LINEAR if spec.mask_interpolation == "bilinear" else cv2.INTER_NEAREST
+        self.mask_interpolation = (
+            cv2.INTER_LINEAR if spec.mask_interpolation == "bilinear" else cv2.INTER_NEAREST
+        )
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         mask = mask.astype(np.float32)
@@ -54,4 +58,6 @@ class ImageMaskTransform:
         image = self.image_pipeline(image=image)["image"]
         size = (self.spec.eval_size, self.spec.eval_size)
         mask = cv2.resize(mask, size, interpolation=self.mask_interpolation) > 0.5
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(mask.astype(np.float32))
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(
+            mask.astype(np.float32)
+        )

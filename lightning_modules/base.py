@@ -107,4 +107,6 @@ def check_checkpoint(module: ZeroShotModule, checkpoint: dict[str, Any], source:
         raise ZsadError(f"{source} was trained with a different setup: {diff} (saved, current)")
     missing = module.trainable_state_keys() - set(checkpoint.get("state_dict", {}))
     if missing:
-        raise ZsadError(f"{source} lacks trained parameters {sorted(missing)[:3]}... for method '{module.method_name}'")
+        raise ZsadError(
+            f"{source} lacks trained parameters {sorted(missing)[:3]}... for method '{module.method_name}'"
+        )

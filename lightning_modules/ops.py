@@ -53,8 +53,9 @@ def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> to
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny if x.is_floating_point() else 1e-12)
-
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(
+        torch.finfo(x.dtype).tiny if x.is_floating_point() else 1e-12
+    )
 
 
 def class_logits(embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
@@ -67,7 +68,9 @@ def class_logits(embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> tor
     return logits.reshape(*embeddings.shape[:-1], text_embeddings.shape[1])
 
 
-def anomaly_probability(embeddings: torch.Tensor, text_embeddings: torch.Tensor, temperature: float) -> torch.Tensor:
+def anomaly_probability(
+    embeddings: torch.Tensor, text_embeddings: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """``softmax(cos / temperature)`` of the anomalous class (text index 1): ``[B, ...]``."""
     return (class_logits(embeddings, text_embeddings) / temperature).softmax(dim=-1)[..., 1]
 

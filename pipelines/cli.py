@@ -89,7 +89,9 @@ def _methods(args: argparse.Namespace) -> int:
 def _report_command(args: argparse.Namespace) -> int:
     from pipelines import report
 
-    outcome = report.build_report(args.inputs, out=args.out, reference=args.reference, wandb_mode=args.wandb_mode, project=args.project)
+    outcome = report.build_report(
+        args.inputs, out=args.out, reference=args.reference, wandb_mode=args.wandb_mode, project=args.project
+    )
     print(outcome.markdown)
     print(f"report: {outcome.markdown_path} and {outcome.csv_path} ({outcome.n_runs} runs)")
     return 0
@@ -103,7 +105,9 @@ def _sweep(args: argparse.Namespace) -> int:
         runs = sweep.expand(cfg)
         print(f"sweep '{cfg.name}': {len(runs)} runs in {sweep.sweep_dir(cfg)}")
         for index, run in enumerate(runs):
-            print(f"{index:4d}  {run.id}  {run.experiment}  {' '.join(o for o in run.overrides if not o.startswith('run_dir='))}")
+            print(
+                f"{index:4d}  {run.id}  {run.experiment}  {' '.join(o for o in run.overrides if not o.startswith('run_dir='))}"
+            )
         return 0
     if args.sweep_command == "status":
         rows = sweep.status(cfg)
@@ -121,11 +125,15 @@ def _sweep(args: argparse.Namespace) -> int:
         elif args.dry_run:
             print(f"{len(result['to_run'])} of {result['runs']} runs to submit; script: {result['script']}")
         else:
-            print(f"submitted job {result['job_id']}: {len(result['to_run'])} of {result['runs']} runs ({result['script']})")
+            print(
+                f"submitted job {result['job_id']}: {len(result['to_run'])} of {result['runs']} runs ({result['script']})"
+            )
         return 0
     if args.sweep_command == "run":
         if not args.local:
-            raise ZsadError("`zsad sweep run` executes the manifest on this machine: add --local (or use `zsad sweep submit`)")
+            raise ZsadError(
+                "`zsad sweep run` executes the manifest on this machine: add --local (or use `zsad sweep submit`)"
+            )
         outcome = sweep.run_local(cfg, source)
         for run_id, state in outcome.items():
             print(f"{state:20s} {run_id}")
@@ -141,7 +149,9 @@ def _sweep_task(args: argparse.Namespace) -> int:
     if not 0 <= args.index < len(runs):
         raise ZsadError(f"index {args.index} outside the manifest's {len(runs)} runs")
     outcome = sweep.run_entry(name, runs[args.index], args.overrides)
-    print(f"run {runs[args.index].id}: {'already finished' if outcome.skipped else 'finished'} ({outcome.run_dir})")
+    print(
+        f"run {runs[args.index].id}: {'already finished' if outcome.skipped else 'finished'} ({outcome.run_dir})"
+    )
     return 0
 
 
@@ -165,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(job, help=text, description=text)
         p.add_argument("config", help="experiment config: a name under configs/experiment/ or a .yaml path")
-        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_epochs=3 method=anomalyclip")
+        p.add_argument(
+            "overrides", nargs="*", help="key=value overrides, e.g. trainer.max_epochs=3 method=anomalyclip"
+        )
         p.set_defaults(func=_experiment_command(job))
 
     demo = sub.add_parser("demo", help="the end-to-end demo on synthetic data (tiny CLIP, CPU, minutes)")
@@ -185,21 +197,34 @@ def build_parser() -> argparse.ArgumentParser:
         p = sweep_sub.add_parser(name, help=text)
         p.add_argument("sweep", help="sweep YAML: a path or a name under configs/sweep/")
         if name == "submit":
-            p.add_argument("--dry-run", action="store_true", help="write the sbatch script without submitting")
+            p.add_argument(
+                "--dry-run", action="store_true", help="write the sbatch script without submitting"
+            )
         if name == "run":
             p.add_argument("--local", action="store_true", help="run on this machine, one run after another")
         p.set_defaults(func=_sweep)
     task = sweep_sub.add_parser("run-task", help="run one manifest entry (what each SLURM array task calls)")
     task.add_argument("manifest")
     task.add_argument("--index", type=int, required=True)
-    task.add_argument("overrides", nargs="*", help="extra key=value overrides (the sbatch script passes trainer ones)")
+    task.add_argument(
+        "overrides", nargs="*", help="extra key=value overrides (the sbatch script passes trainer ones)"
+    )
     task.set_defaults(func=_sweep_task)
 
     report = sub.add_parser("report", help="paper-style tables from a sweep or run folders")
     report.add_argument("inputs", nargs="+", help="sweep YAML files, run folders, or folders containing runs")
-    report.add_argument("--out", help="folder for report.md and report.csv (default: the sweep folder or ./report)")
-    report.add_argument("--reference", action="store_true", help="add the published AnomalyCLIP-paper numbers as rows")
-    report.add_argument("--wandb-mode", default="offline", choices=["offline", "online", "disabled"], help="log the tables to W&B")
+    report.add_argument(
+        "--out", help="folder for report.md and report.csv (default: the sweep folder or ./report)"
+    )
+    report.add_argument(
+        "--reference", action="store_true", help="add the published AnomalyCLIP-paper numbers as rows"
+    )
+    report.add_argument(
+        "--wandb-mode",
+        default="offline",
+        choices=["offline", "online", "disabled"],
+        help="log the tables to W&B",
+    )
     report.add_argument("--project", default="zsad", help="W&B project for the report tables")
     report.set_defaults(func=_report_command)
 
@@ -223,9 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
             add_arguments(p)
             p.set_defaults(func=run_command)
 
-    add_maps, run_maps = _optional("pipelines.evaluate_maps", "add_arguments"), _optional("pipelines.evaluate_maps", "run")
+    add_maps, run_maps = (
+        _optional("pipelines.evaluate_maps", "add_arguments"),
+        _optional("pipelines.evaluate_maps", "run"),
+    )
     if add_maps and run_maps:
-        p = sub.add_parser("evaluate-maps", help="evaluate saved anomaly maps against a dataset's ground truth")
+        p = sub.add_parser(
+            "evaluate-maps", help="evaluate saved anomaly maps against a dataset's ground truth"
+        )
         add_maps(p)
         p.set_defaults(func=run_maps)
     return parser

@@ -90,7 +90,9 @@ def find_config(kind: str, name: str) -> Path:
     if candidate.is_file():
         return candidate
     available = sorted(p.stem for p in (config_dir() / kind).glob("*.yaml"))
-    raise ConfigError(f"no {kind} config '{name}'; available: {', '.join(available) or 'none'} (or give a path to a .yaml file)")
+    raise ConfigError(
+        f"no {kind} config '{name}'; available: {', '.join(available) or 'none'} (or give a path to a .yaml file)"
+    )
 
 
 def _load_yaml(path: Path) -> DictConfig:
@@ -145,12 +147,16 @@ def compose(experiment: str | Path, overrides: Sequence[str] = ()) -> DictConfig
     defaults = dict(OmegaConf.to_container(body.pop("defaults", OmegaConf.create({}))) or {})
     unknown_groups = set(defaults) - set(GROUPS)
     if unknown_groups:
-        raise ConfigError(f"{path}: unknown entries in defaults: {sorted(unknown_groups)}; allowed: {list(GROUPS)}")
+        raise ConfigError(
+            f"{path}: unknown entries in defaults: {sorted(unknown_groups)}; allowed: {list(GROUPS)}"
+        )
 
     values: list[tuple[str, Any]] = []
     for text in overrides:
         key, value = parse_override(text)
-        is_group_choice = key in GROUPS and (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)))
+        is_group_choice = key in GROUPS and (
+            isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        )
         if is_group_choice:
             defaults[key] = value
         else:
@@ -167,7 +173,9 @@ def compose(experiment: str | Path, overrides: Sequence[str] = ()) -> DictConfig
         if defaults.get("source"):
             cfg.source = _group_node("data", defaults["source"], DataConfig)
         targets = defaults.get("targets") or []
-        cfg.targets = [_group_node("data", t, DataConfig) for t in ([targets] if isinstance(targets, str) else targets)]
+        cfg.targets = [
+            _group_node("data", t, DataConfig) for t in ([targets] if isinstance(targets, str) else targets)
+        ]
         cfg = OmegaConf.merge(cfg, body)
     except OmegaConfBaseException as error:
         raise _one_line(error, str(path)) from None
@@ -188,7 +196,9 @@ def _validate(cfg: DictConfig, path: Path) -> None:
         raise _one_line(error, str(path)) from None
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        raise ConfigError(f"{path}: missing values for {', '.join(missing)} (set them in the file or as key=value)")
+        raise ConfigError(
+            f"{path}: missing values for {', '.join(missing)} (set them in the file or as key=value)"
+        )
 
 
 def to_object(cfg: DictConfig) -> ExperimentConfig:

@@ -13,7 +13,9 @@ from pipelines.errors import ConfigError
 WANDB_MODES = ("offline", "online", "disabled")
 
 
-def make_loggers(cfg: ExperimentConfig, run_dir: Path, job_type: str, run_id: str | None = None) -> list[Logger]:
+def make_loggers(
+    cfg: ExperimentConfig, run_dir: Path, job_type: str, run_id: str | None = None
+) -> list[Logger]:
     """``run_id`` keeps one W&B run across a requeued job's restarts (``resume="allow"``)."""
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="logs")]
     wandb_cfg = cfg.logger.wandb
@@ -58,7 +60,10 @@ def log_evaluation(loggers: list[Logger], target: str, payload: dict[str, Any]) 
             logger.log_metrics(means)
         if isinstance(logger, WandbLogger):
             columns = ["category", "n_normal", "n_anomalous", *METRICS]
-            rows = [[c, v.get("n_normal"), v.get("n_anomalous"), *(v.get(m) for m in METRICS)] for c, v in payload["categories"].items()]
+            rows = [
+                [c, v.get("n_normal"), v.get("n_anomalous"), *(v.get(m) for m in METRICS)]
+                for c, v in payload["categories"].items()
+            ]
             logger.log_table(key=f"eval/{target}/per_category", columns=columns, data=rows)
             for key, value in means.items():
                 logger.experiment.summary[key] = value

@@ -18,7 +18,10 @@ from typing import Any
 from pipelines.errors import ZsadError
 from pipelines.published import SOURCE, published
 
-TABLES = (("image level (AUROC, AP)", ("image_auroc", "image_ap")), ("pixel level (AUROC, AUPRO)", ("pixel_auroc", "aupro")))
+TABLES = (
+    ("image level (AUROC, AP)", ("image_auroc", "image_ap")),
+    ("pixel level (AUROC, AUPRO)", ("pixel_auroc", "aupro")),
+)
 
 
 @dataclasses.dataclass
@@ -78,7 +81,13 @@ def _cell(values: list[float] | None) -> str:
     return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f}±{100 * statistics.stdev(values):.1f}"
 
 
-def build_report(inputs: list[str], out: str | None = None, reference: bool = False, wandb_mode: str = "offline", project: str = "zsad") -> Report:
+def build_report(
+    inputs: list[str],
+    out: str | None = None,
+    reference: bool = False,
+    wandb_mode: str = "offline",
+    project: str = "zsad",
+) -> Report:
     run_dirs, default_out, group = _collect_run_dirs(inputs)
     runs = _load(run_dirs)
     if not runs:
@@ -94,7 +103,12 @@ def build_report(inputs: list[str], out: str | None = None, reference: bool = Fa
     lines = [f"# Results ({len(runs)} runs)", ""]
     rows_csv: list[dict[str, Any]] = []
     for title, metrics in TABLES:
-        lines += [f"## {title}", "", "| dataset | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+        lines += [
+            f"## {title}",
+            "",
+            "| dataset | " + " | ".join(labels) + " |",
+            "|---" * (len(labels) + 1) + "|",
+        ]
         for dataset in datasets:
             row = []
             for method, source in columns:
@@ -118,7 +132,11 @@ def build_report(inputs: list[str], out: str | None = None, reference: bool = Fa
                 }
             )  # fmt: skip
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["dataset", "method", "source", "metric", "mean", "std", "n_runs", "published"], lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer,
+        fieldnames=["dataset", "method", "source", "metric", "mean", "std", "n_runs", "published"],
+        lineterminator="\n",
+    )
     writer.writeheader()
     writer.writerows(rows_csv)
 
@@ -132,10 +150,18 @@ def build_report(inputs: list[str], out: str | None = None, reference: bool = Fa
     return Report(markdown, buffer.getvalue(), out_dir / "report.md", out_dir / "report.csv", len(runs))
 
 
-def _log_to_wandb(rows: list[dict[str, Any]], out_dir: Path, group: str | None, mode: str, project: str) -> None:
+def _log_to_wandb(
+    rows: list[dict[str, Any]], out_dir: Path, group: str | None, mode: str, project: str
+) -> None:
     import wandb
 
-    columns = list(rows[0]) if rows else ["dataset", "method", "source", "metric", "mean", "std", "n_runs", "published"]
-    run = wandb.init(project=project, group=group, job_type="report", mode=mode, dir=str(out_dir), reinit="finish_previous")
+    columns = (
+        list(rows[0])
+        if rows
+        else ["dataset", "method", "source", "metric", "mean", "std", "n_runs", "published"]
+    )
+    run = wandb.init(
+        project=project, group=group, job_type="report", mode=mode, dir=str(out_dir), reinit="finish_previous"
+    )
     run.log({"report/table": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])})
     run.finish()

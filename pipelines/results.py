@@ -31,7 +31,9 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def target_payload(dataset: str, counts: dict[str, dict[str, int]], evaluation: Any, details: dict[str, Any]) -> dict[str, Any]:
+def target_payload(
+    dataset: str, counts: dict[str, dict[str, int]], evaluation: Any, details: dict[str, Any]
+) -> dict[str, Any]:
     """JSON-ready results of one evaluated dataset; ``evaluation`` is an ``EvaluationResult``."""
     categories = {
         category: {
@@ -58,7 +60,9 @@ def csv_text(results: dict[str, Any]) -> str:
         rows = [{"category": c, **v} for c, v in target["categories"].items()]
         n_normal = sum(v.get("n_normal", 0) for v in target["categories"].values())
         n_anomalous = sum(v.get("n_anomalous", 0) for v in target["categories"].values())
-        rows.append({"category": MEAN_ROW, "n_normal": n_normal, "n_anomalous": n_anomalous, **target["mean"]})
+        rows.append(
+            {"category": MEAN_ROW, "n_normal": n_normal, "n_anomalous": n_anomalous, **target["mean"]}
+        )
         for row in rows:
             writer.writerow({"dataset": key, **{c: row.get(c) for c in CSV_COLUMNS if c != "dataset"}})
     return buffer.getvalue()
@@ -81,6 +85,11 @@ def format_table(results: dict[str, Any]) -> str:
             cells = [f"{100 * v:.1f}" if v is not None else "-" for v in (metrics.get(m) for m in METRICS)]
             lines.append((key, category, *cells))
     widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
+
     def fmt(row: tuple) -> str:
-        return "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        return "  ".join(
+            str(c).ljust(w) if i < 2 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, lines)])

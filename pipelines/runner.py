@@ -196,7 +196,9 @@ def _datamodule(data_cfg: Any, module: ZeroShotModule) -> AnomalyDataModule:
 def fit(cfg: ExperimentConfig, module: ZeroShotModule, run_dir: Path, loggers: list[Logger]) -> Path:
     """Train on the source; resumes from the run folder's newest checkpoint after a preemption."""
     if cfg.source is None:
-        raise ConfigError("training needs a source dataset: set defaults.source in the experiment or source=NAME")
+        raise ConfigError(
+            "training needs a source dataset: set defaults.source in the experiment or source=NAME"
+        )
     datamodule = _datamodule(cfg.source, module)
     trainer = make_trainer(cfg, run_dir, loggers, training=True)
     resume = resume_checkpoint(run_dir)
@@ -206,7 +208,9 @@ def fit(cfg: ExperimentConfig, module: ZeroShotModule, run_dir: Path, loggers: l
 
 def target_datamodules(cfg: ExperimentConfig, module: ZeroShotModule) -> list[AnomalyDataModule]:
     if not cfg.targets:
-        raise ConfigError("no targets to evaluate: set defaults.targets in the experiment or targets=[NAME,...]")
+        raise ConfigError(
+            "no targets to evaluate: set defaults.targets in the experiment or targets=[NAME,...]"
+        )
     return [_datamodule(target, module) for target in cfg.targets]
 
 
@@ -214,8 +218,16 @@ class _WriteResults(Callback):
     """Writes one target's results from inside the global-rank-0 process (works for every strategy,
     ``ddp_spawn`` included, where the launching process never sees the module's state)."""
 
-    def __init__(self, run_dir: Path, results: dict[str, Any], key: str, target: Any, loggers: list[Logger]) -> None:
-        self.run_dir, self.results, self.key, self.target, self.loggers = run_dir, results, key, target, loggers
+    def __init__(
+        self, run_dir: Path, results: dict[str, Any], key: str, target: Any, loggers: list[Logger]
+    ) -> None:
+        self.run_dir, self.results, self.key, self.target, self.loggers = (
+            run_dir,
+            results,
+            key,
+            target,
+            loggers,
+        )
 
     def on_test_end(self, trainer: L.Trainer, module: ZeroShotModule) -> None:
         if not trainer.is_global_zero:
@@ -249,7 +261,12 @@ def evaluate(
     for key, target, datamodule in zip(_target_keys(cfg), cfg.targets, datamodules, strict=True):
         writer = _WriteResults(run_dir, results, key, target, loggers)
         trainer = make_trainer(
-            cfg, run_dir, loggers, training=False, inference_mode=not module.needs_grad_at_test, callbacks=[writer]
+            cfg,
+            run_dir,
+            loggers,
+            training=False,
+            inference_mode=not module.needs_grad_at_test,
+            callbacks=[writer],
         )
         trainer.test(module, datamodule=datamodule, verbose=False)
         if (run_dir / "results.json").is_file():  # written by rank 0, possibly in another process
@@ -260,7 +277,10 @@ def evaluate(
 def _target_keys(cfg: ExperimentConfig) -> list[str]:
     """Unique result keys: the dataset name, or name@root-folder when a dataset appears twice."""
     names = [t.name for t in cfg.targets]
-    return [n if names.count(n) == 1 else f"{n}@{Path(t.root).name}" for n, t in zip(names, cfg.targets, strict=True)]
+    return [
+        n if names.count(n) == 1 else f"{n}@{Path(t.root).name}"
+        for n, t in zip(names, cfg.targets, strict=True)
+    ]
 
 
 def _results_header(cfg: ExperimentConfig, run_dir: Path, checkpoint: Path | None) -> dict[str, Any]:
@@ -302,7 +322,9 @@ def train(cfg: ExperimentConfig) -> RunOutcome:
             f"method '{cfg.method.name}' is training-free: evaluate it with `zsad run` or `zsad test` (no checkpoint)"
         )
     module = build_module(cfg)
-    return _job(cfg, "train", lambda run_dir, loggers: RunOutcome(run_dir, fit(cfg, module, run_dir, loggers)))
+    return _job(
+        cfg, "train", lambda run_dir, loggers: RunOutcome(run_dir, fit(cfg, module, run_dir, loggers))
+    )
 
 
 def test(cfg: ExperimentConfig) -> RunOutcome:
@@ -318,7 +340,9 @@ def test(cfg: ExperimentConfig) -> RunOutcome:
     datamodules = target_datamodules(cfg, module)
 
     def body(run_dir: Path, loggers: list[Logger]) -> RunOutcome:
-        results = evaluate(cfg, module, run_dir, loggers, _results_header(cfg, run_dir, checkpoint), datamodules)
+        results = evaluate(
+            cfg, module, run_dir, loggers, _results_header(cfg, run_dir, checkpoint), datamodules
+        )
         return RunOutcome(run_dir, checkpoint, results)
 
     return _job(cfg, "eval", body)
@@ -332,7 +356,9 @@ def run(cfg: ExperimentConfig) -> RunOutcome:
 
     def body(run_dir: Path, loggers: list[Logger]) -> RunOutcome:
         checkpoint = fit(cfg, module, run_dir, loggers) if trains else None
-        results = evaluate(cfg, module, run_dir, loggers, _results_header(cfg, run_dir, checkpoint), datamodules)
+        results = evaluate(
+            cfg, module, run_dir, loggers, _results_header(cfg, run_dir, checkpoint), datamodules
+        )
         return RunOutcome(run_dir, checkpoint, results)
 
     return _job(cfg, "run", body)

@@ -93,8 +93,14 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, Path]:
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SweepConfig), OmegaConf.load(path)))
     except (OmegaConfBaseException, yaml.YAMLError) as error:
         raise ConfigError(f"{path}: {str(error).splitlines()[0]}") from None
-    if not cfg.experiment and "experiment" not in cfg.grid and not all("experiment" in v for v in cfg.variants or [{}]):
-        raise ConfigError(f"{path}: set 'experiment' (the base experiment config), or give it in the grid or every variant")
+    if (
+        not cfg.experiment
+        and "experiment" not in cfg.grid
+        and not all("experiment" in v for v in cfg.variants or [{}])
+    ):
+        raise ConfigError(
+            f"{path}: set 'experiment' (the base experiment config), or give it in the grid or every variant"
+        )
     empty = [k for k, v in cfg.grid.items() if not v]
     if empty:
         raise ConfigError(f"{path}: grid entries without values: {empty}")
@@ -180,7 +186,9 @@ def run_entry(sweep_name: str, run: PlannedRun, extra: list[str] = ()) -> Any:
     try:
         return runner.run(to_object(compose(run.experiment, overrides)))
     except Exception as error:
-        if runner.read_status(Path(run.run_dir)).get("state") != "failed":  # failed before the run folder existed
+        if (
+            runner.read_status(Path(run.run_dir)).get("state") != "failed"
+        ):  # failed before the run folder existed
             runner.record_failure(Path(run.run_dir), error)
         raise
 
@@ -211,7 +219,10 @@ def _queued_tasks(job_ids: list[str]) -> dict[int, str] | None:
         return None
     try:
         proc = subprocess.run(
-            ["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%K %T"], capture_output=True, text=True, timeout=30
+            ["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%K %T"],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -246,15 +257,31 @@ def status(cfg: SweepConfig) -> list[dict[str, Any]]:
         state = read_status(Path(run.run_dir))
         name, error = state.get("state", "pending"), state.get("error")
         slurm_state = queued.get(index) if queued is not None else None
-        if name in ("pending", "failed", "preempted") and slurm_state in ("pending", "configuring", "requeued"):
+        if name in ("pending", "failed", "preempted") and slurm_state in (
+            "pending",
+            "configuring",
+            "requeued",
+        ):
             name = "queued"
-        elif queued is not None and slurm_state is None and index in last_job and name in ("pending", "running", "preempted"):
+        elif (
+            queued is not None
+            and slurm_state is None
+            and index in last_job
+            and name in ("pending", "running", "preempted")
+        ):
             # the array task is gone without finishing: it died before zsad started, or was killed
             log = directory / "slurm-logs" / f"{last_job[index]}_{index}.out"
-            lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.is_file() else []
+            lines = (
+                [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+                if log.is_file()
+                else []
+            )
             name = "failed" if name == "pending" else "interrupted"
             ours = [line for line in lines if line.startswith("zsad: error:")]
-            error = error or (ours or lines or [f"SLURM task {last_job[index]}_{index} ended without a status"])[-1]
+            error = (
+                error
+                or (ours or lines or [f"SLURM task {last_job[index]}_{index} ended without a status"])[-1]
+            )
         rows.append({"index": index, "id": run.id, "state": name, "error": error, "run_dir": run.run_dir})
     return rows
 
@@ -328,12 +355,16 @@ def submit(cfg: SweepConfig, source: Path, dry_run: bool = False) -> dict[str, A
     if dry_run:
         return result
     if shutil.which("sbatch") is None:
-        raise ZsadError(f"sbatch not found: is this a SLURM login node? The script is at {script}; or use `zsad sweep run --local`")
+        raise ZsadError(
+            f"sbatch not found: is this a SLURM login node? The script is at {script}; or use `zsad sweep run --local`"
+        )
     proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise ZsadError(f"sbatch failed: {proc.stderr.strip() or proc.stdout.strip()} (script: {script})")
     job_id = proc.stdout.strip().split(";")[0]
     result["job_id"] = job_id
-    history = submissions(directory) + [{"job_id": job_id, "indices": todo, "script": str(script), "submitted": stamp}]
+    history = submissions(directory) + [
+        {"job_id": job_id, "indices": todo, "script": str(script), "submitted": stamp}
+    ]
     (directory / "submissions.json").write_text(json.dumps(history, indent=2) + "\n")
     return result

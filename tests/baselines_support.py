@@ -25,7 +25,9 @@ def write_method_experiment(tmp_path: Path, method: str, source: Path | None, ta
     data.mkdir(exist_ok=True)
     roots = {"tgt": target} if source is None else {"src": source, "tgt": target}
     for name, root in roots.items():
-        (data / f"{name}.yaml").write_text(f"name: synthetic\nroot: {root}\nbatch_size: 4\neval_batch_size: 5\nnum_workers: 0\n")
+        (data / f"{name}.yaml").write_text(
+            f"name: synthetic\nroot: {root}\nbatch_size: 4\neval_batch_size: 5\nnum_workers: 0\n"
+        )
     source_line = "" if source is None else f"  source: {data / 'src.yaml'}\n"
     experiment = tmp_path / f"{method}.yaml"
     experiment.write_text(
@@ -55,7 +57,9 @@ def capture_modules(monkeypatch) -> list[Any]:
     def build(cfg):
         module = original(cfg)
         module.frozen_before = {k: v.clone() for k, v in module.model.clip.state_dict().items()}
-        module.trainable_before = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+        module.trainable_before = {
+            n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad
+        }
         built.append(module)
         return module
 

@@ -27,6 +27,8 @@ def synthetic_pair(tmp_path_factory) -> tuple[Path, Path]:
     """A small source ('industrial') and target ('vivid') dataset in the MVTec AD layout."""
     base = tmp_path_factory.mktemp("synthetic")
     kwargs = dict(seed=3, image_size=32, n_train=1, n_test_good=3, n_test_defect_per_kind=1)
-    source = generate_synthetic_dataset(base / "industrial", style="industrial", categories=["disc", "weave"], **kwargs)
+    source = generate_synthetic_dataset(
+        base / "industrial", style="industrial", categories=["disc", "weave"], **kwargs
+    )
     target = generate_synthetic_dataset(base / "vivid", style="vivid", categories=["ring", "cells"], **kwargs)
     return source.root, target.root

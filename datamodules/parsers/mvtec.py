@@ -80,7 +80,9 @@ def parse_mvtec_like(
         cat_dir = root / category
         for p in subdirs(cat_dir):
             if p.name not in CATEGORY_FOLDERS:
-                findings.warn(f"ignored folder {p}: expected only {', '.join(CATEGORY_FOLDERS)} in a category")
+                findings.warn(
+                    f"ignored folder {p}: expected only {', '.join(CATEGORY_FOLDERS)} in a category"
+                )
         used_masks: set[Path] = set()
         test_defects: set[str] = set()
         for split in ("train", "test"):

@@ -13,10 +13,16 @@ class AnomalyCLIPConfig:
     backbone: BackboneConfig = dataclasses.field(default_factory=BackboneConfig)
     prompt_length: int = 12  # learnable vectors V1..V12 / W1..W12 before "object" / "damaged object"
     deep_prompt_length: int = 4  # deep text tokens overwrite positions 1..4 ...
-    deep_prompt_blocks: list[int] = dataclasses.field(default_factory=lambda: list(range(2, 10)))  # ... of text blocks 2..9
+    deep_prompt_blocks: list[int] = dataclasses.field(
+        default_factory=lambda: list(range(2, 10))
+    )  # ... of text blocks 2..9
     round_deep_prompts_fp16: bool = True  # the authors' code casts deep tokens to float16 before insertion
-    dpam_start_block: int = 6  # V-V dual path on blocks 6..last (1-indexed); the authors' DPAM_layer=20 on 24 blocks
-    map_layers: list[int] = dataclasses.field(default_factory=lambda: [24])  # released code (2025 fix): layer 24 only
+    dpam_start_block: int = (
+        6  # V-V dual path on blocks 6..last (1-indexed); the authors' DPAM_layer=20 on 24 blocks
+    )
+    map_layers: list[int] = dataclasses.field(
+        default_factory=lambda: [24]
+    )  # released code (2025 fix): layer 24 only
     image_embedding_ln_post: bool = False  # the authors skip ln_post for the class token
     temperature: float = 0.07
     pixel_loss_weight: float = 4.0  # lambda in L = CE + lambda * sum_layers(focal + dice + dice)

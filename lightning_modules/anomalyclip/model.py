@@ -48,7 +48,8 @@ class ObjectAgnosticPrompts(nn.Module):
         self.normal_context = nn.Parameter(torch.empty(prompt_length, width).normal_(std=0.02))
         self.abnormal_context = nn.Parameter(torch.empty(prompt_length, width).normal_(std=0.02))
         self.deep_tokens = nn.ParameterList(
-            nn.Parameter(torch.empty(deep_prompt_length, width).normal_(std=0.02)) for _ in range(num_deep_blocks)
+            nn.Parameter(torch.empty(deep_prompt_length, width).normal_(std=0.02))
+            for _ in range(num_deep_blocks)
         )
 
     def forward(self) -> torch.Tensor:
@@ -85,7 +86,9 @@ class AnomalyCLIP(nn.Module):
         super().__init__()
         self.cfg = cfg
         if clip_model is None:
-            clip_model, tokenizer = create_clip(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir)
+            clip_model, tokenizer = create_clip(
+                cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir
+            )
         clip_model.eval().requires_grad_(False)
         self.clip = clip_model
         self.vision = DualPathVisionEncoder(
@@ -105,10 +108,14 @@ class AnomalyCLIP(nn.Module):
         if blocks and blocks != list(range(blocks[0], blocks[0] + len(blocks))):
             raise ConfigError(f"deep_prompt_blocks must be consecutive text blocks, got {blocks}")
         if blocks and (blocks[0] < 2 or blocks[-1] > self.text.depth):
-            raise ConfigError(f"deep_prompt_blocks must lie in 2..{self.text.depth} (block 1 gets none), got {blocks}")
+            raise ConfigError(
+                f"deep_prompt_blocks must lie in 2..{self.text.depth} (block 1 gets none), got {blocks}"
+            )
         bad = [layer for layer in self.cfg.map_layers if not 1 <= layer <= self.vision.depth]
         if bad or not self.cfg.map_layers:
-            raise ConfigError(f"map_layers must be non-empty and lie in 1..{self.vision.depth}, got {self.cfg.map_layers}")
+            raise ConfigError(
+                f"map_layers must be non-empty and lie in 1..{self.vision.depth}, got {self.cfg.map_layers}"
+            )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.prompts.parameters())
@@ -172,7 +179,9 @@ class AnomalyCLIP(nn.Module):
             self._inference_text = cached
         return cached[1]
 
-    def scores(self, features: ImageFeatures, size: tuple[int, int], text: torch.Tensor | None = None) -> AnomalyCLIPOutput:
+    def scores(
+        self, features: ImageFeatures, size: tuple[int, int], text: torch.Tensor | None = None
+    ) -> AnomalyCLIPOutput:
         """Logits and maps of (fresh or cached) image features; ``text`` defaults to :meth:`text_embeddings`."""
         text = self.text_embeddings() if text is None else text
         image_logits = features.image_embedding.float() @ text.t() / self.cfg.temperature
@@ -186,7 +195,9 @@ class AnomalyCLIP(nn.Module):
         size = size or tuple(images.shape[-2:])
         return self.scores(self.encode_images(images), size)
 
-    def loss(self, output: AnomalyCLIPOutput, labels: torch.Tensor, masks: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def loss(
+        self, output: AnomalyCLIPOutput, labels: torch.Tensor, masks: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
         """``CE(image) + lambda * sum_layers [focal + dice(S_a, gt) + dice(S_n, 1 - gt)]``.
 
         ``masks=None`` (auxiliary data without pixel labels) trains with the image loss only.
@@ -197,7 +208,9 @@ class AnomalyCLIP(nn.Module):
             gt = (masks > 0.5).float()
             for probs in output.pixel_probs.values():
                 pixel_loss = pixel_loss + focal_loss(probs, gt, gamma=self.cfg.focal_gamma)
-                pixel_loss = pixel_loss + dice_loss(probs[:, ABNORMAL], gt) + dice_loss(probs[:, NORMAL], 1.0 - gt)
+                pixel_loss = (
+                    pixel_loss + dice_loss(probs[:, ABNORMAL], gt) + dice_loss(probs[:, NORMAL], 1.0 - gt)
+                )
         total = image_loss + self.cfg.pixel_loss_weight * pixel_loss
         return {"loss": total, "image_loss": image_loss, "pixel_loss": pixel_loss}
 

@@ -18,7 +18,9 @@ class AnomalyCLIPModule(ZeroShotModule):
 
     method_name = "anomalyclip"
 
-    def __init__(self, cfg: AnomalyCLIPConfig, eval_cfg: EvalConfig | None = None, model: AnomalyCLIP | None = None) -> None:
+    def __init__(
+        self, cfg: AnomalyCLIPConfig, eval_cfg: EvalConfig | None = None, model: AnomalyCLIP | None = None
+    ) -> None:
         super().__init__(eval_cfg)
         self.cfg = cfg
         self.model = model if model is not None else AnomalyCLIP(cfg)
@@ -28,10 +30,20 @@ class AnomalyCLIPModule(ZeroShotModule):
         return self.cfg.backbone.image_size
 
     def checkpoint_identity(self) -> dict[str, Any]:
-        backbone = dataclasses.asdict(self.cfg.backbone) if dataclasses.is_dataclass(self.cfg.backbone) else dict(self.cfg.backbone)
+        backbone = (
+            dataclasses.asdict(self.cfg.backbone)
+            if dataclasses.is_dataclass(self.cfg.backbone)
+            else dict(self.cfg.backbone)
+        )
         backbone.pop("cache_dir", None)
-        shape = {k: getattr(self.cfg, k) for k in ("prompt_length", "deep_prompt_length", "deep_prompt_blocks")}
-        return {"method": self.method_name, "backbone": backbone, **{k: list(v) if isinstance(v, list) else v for k, v in shape.items()}}
+        shape = {
+            k: getattr(self.cfg, k) for k in ("prompt_length", "deep_prompt_length", "deep_prompt_blocks")
+        }
+        return {
+            "method": self.method_name,
+            "backbone": backbone,
+            **{k: list(v) if isinstance(v, list) else v for k, v in shape.items()},
+        }
 
     # --- feature cache: the frozen image features are the same every epoch ---------------------------
     def feature_cache_identity(self) -> dict[str, Any]:
@@ -65,4 +77,6 @@ class AnomalyCLIPModule(ZeroShotModule):
         return self.model.predict(batch["image"], size=tuple(batch["mask"].shape[-2:]))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.trainable_parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.betas))
+        return torch.optim.Adam(
+            self.model.trainable_parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.betas)
+        )

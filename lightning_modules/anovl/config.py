@@ -11,7 +11,12 @@ TTA_RESETS = ("image", "image_keep_optimizer", "category")
 
 
 def _anovl_backbone() -> BackboneConfig:
-    return BackboneConfig(name="ViT-B-16-plus-240", pretrained="laion400m_e32", image_size=240, pos_embed_interpolation="bicubic")
+    return BackboneConfig(
+        name="ViT-B-16-plus-240",
+        pretrained="laion400m_e32",
+        image_size=240,
+        pos_embed_interpolation="bicubic",
+    )
 
 
 @dataclasses.dataclass

@@ -41,7 +41,9 @@ class CategoryText:
     """Text side of one category."""
 
     classes: torch.Tensor  # [2, D] (normal, abnormal): L2-normalised mean of the raw sentence embeddings
-    prompts: torch.Tensor  # [2K, D] every sentence embedding, L2-normalised, normal first (the adapter's span)
+    prompts: (
+        torch.Tensor
+    )  # [2K, D] every sentence embedding, L2-normalised, normal first (the adapter's span)
 
 
 @dataclasses.dataclass
@@ -57,9 +59,13 @@ class BatchText:
 @dataclasses.dataclass
 class AnoVLFeatures:
     class_embedding: torch.Tensor  # [B, D] L2-normalised
-    patch_tokens: torch.Tensor  # [B, N, D] projected map-layer V-V tokens, *not* normalised (the adapter's input)
+    patch_tokens: (
+        torch.Tensor
+    )  # [B, N, D] projected map-layer V-V tokens, *not* normalised (the adapter's input)
     grid: tuple[int, int]
-    reference_tokens: dict[int, torch.Tensor]  # layer -> [B, N, width] L2-normalised tokens for patch matching
+    reference_tokens: dict[
+        int, torch.Tensor
+    ]  # layer -> [B, N, width] L2-normalised tokens for patch matching
 
 
 @dataclasses.dataclass
@@ -69,7 +75,9 @@ class TextBranchOutput:
     features: AnoVLFeatures
 
 
-def class_probabilities(tokens: torch.Tensor, classes: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def class_probabilities(
+    tokens: torch.Tensor, classes: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """``log softmax_c(cos(f, t_c) / T)``: ``tokens [B, ..., D]``, ``classes [B, 2, D]`` -> ``[B, ..., 2]``."""
     b, d = tokens.shape[0], tokens.shape[-1]
     flat = l2_normalize(tokens.reshape(b, -1, d))
@@ -99,7 +107,16 @@ def anovl_views(images: torch.Tensor) -> torch.Tensor:
         theta = torch.tensor(angle * math.pi / 16)
         matrix = torch.tensor([[theta.cos(), -theta.sin(), 0.0], [theta.sin(), theta.cos(), 0.0]])
         views.append(_affine(images, matrix.to(images)))
-    for a, b in ((0.2, 0.2), (-0.2, 0.2), (-0.2, -0.2), (0.2, -0.2), (0.1, 0.1), (-0.1, 0.1), (-0.1, -0.1), (0.1, -0.1)):
+    for a, b in (
+        (0.2, 0.2),
+        (-0.2, 0.2),
+        (-0.2, -0.2),
+        (0.2, -0.2),
+        (0.1, 0.1),
+        (-0.1, 0.1),
+        (-0.1, -0.1),
+        (0.1, -0.1),
+    ):
         views.append(_affine(images, torch.tensor([[1.0, 0.0, a], [0.0, 1.0, b]]).to(images)))
     views.append(images.flip(-1))
     grey = 0.299 * images[:, 0:1] + 0.587 * images[:, 1:2] + 0.114 * images[:, 2:3]
@@ -111,14 +128,20 @@ def anovl_views(images: torch.Tensor) -> torch.Tensor:
 class AnoVL(FrozenCLIP):
     def __init__(self, cfg: AnoVLConfig, clip_model: nn.Module | None = None, tokenizer=None) -> None:
         if clip_model is None:
-            clip_model, tokenizer = create_clip(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir)
+            clip_model, tokenizer = create_clip(
+                cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir
+            )
         depth = len(clip_model.visual.transformer.resblocks)
-        super().__init__(cfg.backbone, clip_model, tokenizer, dpam_blocks=range(cfg.dpam_start_block, depth + 1))
+        super().__init__(
+            cfg.backbone, clip_model, tokenizer, dpam_blocks=range(cfg.dpam_start_block, depth + 1)
+        )
         self.cfg = cfg
         # The class token is the original stream, which the dual path leaves unchanged: the 22 views of the
         # image score skip the V-V attention.
         self.plain_vision = DualPathVisionEncoder(
-            clip_model.visual, image_size=cfg.backbone.image_size, pos_embed_interpolation=cfg.backbone.pos_embed_interpolation
+            clip_model.visual,
+            image_size=cfg.backbone.image_size,
+            pos_embed_interpolation=cfg.backbone.pos_embed_interpolation,
         )
         if not 1 <= cfg.map_layer <= depth or not 1 <= cfg.dpam_start_block <= cfg.map_layer:
             raise ConfigError(
@@ -155,7 +178,9 @@ class AnoVL(FrozenCLIP):
 
     # --- vision ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, reference_layers: Sequence[int] = (), reference_stream: str = "original") -> AnoVLFeatures:
+    def encode(
+        self, images: torch.Tensor, reference_layers: Sequence[int] = (), reference_stream: str = "original"
+    ) -> AnoVLFeatures:
         if reference_stream not in REFERENCE_STREAMS:
             raise ValueError(f"reference stream must be one of {REFERENCE_STREAMS}, got {reference_stream!r}")
         vv_layers = [self.cfg.map_layer, *(reference_layers if reference_stream == "vv" else ())]
@@ -168,17 +193,23 @@ class AnoVL(FrozenCLIP):
         return AnoVLFeatures(class_embedding, patch_tokens, features.grid, reference)
 
     @torch.no_grad()
-    def image_scores(self, images: torch.Tensor, classes: torch.Tensor, features: AnoVLFeatures | None = None) -> torch.Tensor:
+    def image_scores(
+        self, images: torch.Tensor, classes: torch.Tensor, features: AnoVLFeatures | None = None
+    ) -> torch.Tensor:
         """``p_abnormal`` of the class embedding, averaged over the 22 views when ``multi_view``."""
         if self.cfg.multi_view:
             embedding = self.image_embedding(self.plain_vision(anovl_views(images)).class_token)
             embedding = embedding.view(-1, *classes.shape[::2])  # [views, B, D]
         else:
             embedding = (features if features is not None else self.encode(images)).class_embedding[None]
-        logits = torch.einsum("vbd,bkd->vbk", embedding, classes.to(embedding.dtype)) / self.cfg.image_temperature
+        logits = (
+            torch.einsum("vbd,bkd->vbk", embedding, classes.to(embedding.dtype)) / self.cfg.image_temperature
+        )
         return logits.softmax(dim=-1)[..., ABNORMAL].mean(dim=0)
 
-    def anomaly_grid(self, tokens: torch.Tensor, classes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def anomaly_grid(
+        self, tokens: torch.Tensor, classes: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
         """Pooled patch anomaly probabilities ``[B, h, w]``."""
         probs = class_probabilities(tokens, classes, self.cfg.pixel_temperature)[..., ABNORMAL].exp()
         return pool_replicate(probs.reshape(-1, *grid), self.cfg.pool_size)
@@ -221,6 +252,8 @@ class AnoVL(FrozenCLIP):
         """``(image scores [B], anomaly maps [B, H, W])``, one per image; ``extras`` go to :meth:`scores_and_maps`."""
         return self.scores_and_maps(self.text_branch(images, text, tta, seeds, categories), size, **extras)
 
-    def scores_and_maps(self, out: TextBranchOutput, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores_and_maps(
+        self, out: TextBranchOutput, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """AnoVL's outputs: the text probability and the upsampled text map."""
         return out.image_scores, self.upsample(out.grid, size)

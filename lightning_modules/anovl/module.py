@@ -27,7 +27,9 @@ class AnoVLModule(ZeroShotModule):
     method_name = "anovl"
     model_class: type[AnoVL] = AnoVL
 
-    def __init__(self, cfg: AnoVLConfig, eval_cfg: EvalConfig | None = None, model: AnoVL | None = None) -> None:
+    def __init__(
+        self, cfg: AnoVLConfig, eval_cfg: EvalConfig | None = None, model: AnoVL | None = None
+    ) -> None:
         super().__init__(eval_cfg)
         self.cfg = cfg
         self.model = model if model is not None else self.model_class(cfg)

@@ -71,7 +71,9 @@ class TextAdapter(nn.Module):
         return adapted.reshape(tokens.shape)
 
 
-def feature_noise(generators: Sequence[torch.Generator], shape: Sequence[int], std: float, device: torch.device) -> torch.Tensor:
+def feature_noise(
+    generators: Sequence[torch.Generator], shape: Sequence[int], std: float, device: torch.device
+) -> torch.Tensor:
     """``[B, *shape]`` Gaussian noise, image ``i`` from generator ``i`` (drawn on the CPU: same numbers on any device)."""
     return torch.stack([torch.randn(*shape, generator=g) * std for g in generators]).to(device)
 
@@ -113,7 +115,9 @@ def run_steps(
     history = []
     with torch.enable_grad():
         for _ in range(cfg.steps):
-            noise = feature_noise(generators, (cfg.noise_copies, *tokens.shape[1:]), cfg.noise_std, tokens.device)
+            noise = feature_noise(
+                generators, (cfg.noise_copies, *tokens.shape[1:]), cfg.noise_std, tokens.device
+            )
             loss = tta_loss(adapter, tokens, classes, noise, cfg, temperature, synthetic)
             optimizer.zero_grad(set_to_none=True)
             loss.sum().backward()
@@ -131,7 +135,9 @@ class TestTimeAdaptation:
         if cfg.reset not in TTA_RESETS:
             raise ConfigError(f"method.tta.reset must be one of {list(TTA_RESETS)}, got {cfg.reset!r}")
         if cfg.steps < 0 or cfg.noise_copies < 1:
-            raise ConfigError(f"method.tta needs steps >= 0 and noise_copies >= 1, got {cfg.steps} and {cfg.noise_copies}")
+            raise ConfigError(
+                f"method.tta needs steps >= 0 and noise_copies >= 1, got {cfg.steps} and {cfg.noise_copies}"
+            )
         self.cfg = cfg
         self.temperature = temperature
         self._persistent: dict[str, tuple[TextAdapter, torch.optim.Optimizer]] = {}
@@ -166,7 +172,14 @@ class TestTimeAdaptation:
             adapter = TextAdapter(text.prompts)
             adapter.reset_parameters(generators)
             self.last_losses = run_steps(
-                adapter, self._optimizer(adapter), tokens, text.classes, generators, self.cfg, self.temperature, synthetic
+                adapter,
+                self._optimizer(adapter),
+                tokens,
+                text.classes,
+                generators,
+                self.cfg,
+                self.temperature,
+                synthetic,
             )
             with torch.no_grad():
                 return adapter(tokens)
@@ -192,8 +205,25 @@ class TestTimeAdaptation:
             elif self.cfg.reset == "image_keep_optimizer":
                 state[0].reset_parameters([generator])
             adapter, optimizer = state
-            part = None if synthetic is None else dataclasses.replace(synthetic, tokens=synthetic.tokens[one], targets=synthetic.targets[one])
-            losses.append(run_steps(adapter, optimizer, tokens[one], text.classes[one], [generator], self.cfg, self.temperature, part))
+            part = (
+                None
+                if synthetic is None
+                else dataclasses.replace(
+                    synthetic, tokens=synthetic.tokens[one], targets=synthetic.targets[one]
+                )
+            )
+            losses.append(
+                run_steps(
+                    adapter,
+                    optimizer,
+                    tokens[one],
+                    text.classes[one],
+                    [generator],
+                    self.cfg,
+                    self.temperature,
+                    part,
+                )
+            )
             with torch.no_grad():
                 out.append(adapter(tokens[one]))
         self.last_losses = [torch.cat(step) for step in zip(*losses, strict=True)]

@@ -78,7 +78,9 @@ def create_clip(
         )
     if isinstance(pretrained, str) and pretrained.lower() in RANDOM_WEIGHTS:
         pretrained = None
-    if pretrained is not None and ("/" in pretrained or pretrained.endswith((".bin", ".pt", ".pth", ".safetensors"))):
+    if pretrained is not None and (
+        "/" in pretrained or pretrained.endswith((".bin", ".pt", ".pth", ".safetensors"))
+    ):
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise WeightsNotFoundError(

@@ -71,7 +71,11 @@ class FrozenCLIP(nn.Module):
         if self.prompt_ensemble is None:
             raise TypeError(f"{type(self).__name__} has no prompt ensemble; override set_classes")
         self.class_text = encode_prompt_ensemble(
-            self.text, self.tokenizer, self.prompt_ensemble, list(words), normalize_each=self.normalize_each_prompt
+            self.text,
+            self.tokenizer,
+            self.prompt_ensemble,
+            list(words),
+            normalize_each=self.normalize_each_prompt,
         )
 
     def class_text_for(self, category_ids: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,9 @@ class PromptTextEncoder(nn.Module):
         mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
         deep_tokens = list(deep_tokens or ())
         if deep_tokens and deep_first_block + len(deep_tokens) - 1 > self.depth:
-            raise ValueError(f"{len(deep_tokens)} deep token blocks from block {deep_first_block} exceed depth {self.depth}")
+            raise ValueError(
+                f"{len(deep_tokens)} deep token blocks from block {deep_first_block} exceed depth {self.depth}"
+            )
         for i, block in enumerate(self.transformer.resblocks, start=1):
             j = i - deep_first_block
             if 0 <= j < len(deep_tokens):

@@ -77,9 +77,19 @@ class DualPathVisionEncoder(nn.Module):
         pos_embed_interpolation: str = "bilinear",
     ) -> None:
         super().__init__()
-        for attribute in ("conv1", "class_embedding", "positional_embedding", "ln_pre", "ln_post", "proj", "transformer"):
+        for attribute in (
+            "conv1",
+            "class_embedding",
+            "positional_embedding",
+            "ln_pre",
+            "ln_post",
+            "proj",
+            "transformer",
+        ):
             if not hasattr(visual, attribute):
-                raise TypeError(f"expected an open_clip VisionTransformer, got {type(visual).__name__} without {attribute}")
+                raise TypeError(
+                    f"expected an open_clip VisionTransformer, got {type(visual).__name__} without {attribute}"
+                )
         if getattr(visual, "attn_pool", None) is not None:
             raise TypeError("vision towers with attentional pooling are not supported")
         self.visual = visual
@@ -92,7 +102,9 @@ class DualPathVisionEncoder(nn.Module):
         self.grid = image_size // patch
         self.register_buffer(
             "pos_embed",
-            resize_position_embedding(visual.positional_embedding.detach(), self.grid, pos_embed_interpolation),
+            resize_position_embedding(
+                visual.positional_embedding.detach(), self.grid, pos_embed_interpolation
+            ),
             persistent=False,
         )
         self.dpam_blocks = self._check_blocks(sorted(set(dpam_blocks)))
@@ -134,7 +146,9 @@ class DualPathVisionEncoder(nn.Module):
         return block(x.transpose(0, 1)).transpose(0, 1)
 
     @staticmethod
-    def _dual_block(block: nn.Module, x: torch.Tensor, x_vv: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _dual_block(
+        block: nn.Module, x: torch.Tensor, x_vv: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         attn: nn.MultiheadAttention = block.attn
         b, n, width = x.shape
         heads = attn.num_heads
@@ -144,14 +158,18 @@ class DualPathVisionEncoder(nn.Module):
         value_value = F.scaled_dot_product_attention(v, v, v)
 
         def project(out: torch.Tensor) -> torch.Tensor:
-            return F.linear(out.transpose(1, 2).reshape(b, n, width), attn.out_proj.weight, attn.out_proj.bias)
+            return F.linear(
+                out.transpose(1, 2).reshape(b, n, width), attn.out_proj.weight, attn.out_proj.bias
+            )
 
         x_ori = x + block.ls_1(project(original))
         x_ori = x_ori + block.ls_2(block.mlp(block.ln_2(x_ori)))
         x_vv = (x if x_vv is None else x_vv) + block.ls_1(project(value_value))
         return x_ori, x_vv
 
-    def forward(self, images: torch.Tensor, layers: Iterable[int] = (), original_layers: Iterable[int] = ()) -> VisionFeatures:
+    def forward(
+        self, images: torch.Tensor, layers: Iterable[int] = (), original_layers: Iterable[int] = ()
+    ) -> VisionFeatures:
         wanted, wanted_original = set(layers), set(original_layers)
         for name, chosen in (("layers", wanted), ("original_layers", wanted_original)):
             if chosen and (min(chosen) < 1 or max(chosen) > self.depth):
@@ -169,7 +187,9 @@ class DualPathVisionEncoder(nn.Module):
                 tokens[i] = x_vv if x_vv is not None else x
             if i in wanted_original:
                 original[i] = x
-        return VisionFeatures(class_token=x[:, 0], tokens=tokens, grid=(self.grid, self.grid), original_tokens=original)
+        return VisionFeatures(
+            class_token=x[:, 0], tokens=tokens, grid=(self.grid, self.grid), original_tokens=original
+        )
 
     def transform_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Run already embedded tokens ``[B, L, width]`` through every block on the plain path (no DPAM).

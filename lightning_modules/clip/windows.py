@@ -46,11 +46,15 @@ def encode_windows(
     return torch.cat(outputs).reshape(b, n_windows, width)
 
 
-def harmonic_window_aggregation(window_scores: torch.Tensor, windows: torch.Tensor, num_patches: int) -> torch.Tensor:
+def harmonic_window_aggregation(
+    window_scores: torch.Tensor, windows: torch.Tensor, num_patches: int
+) -> torch.Tensor:
     """Per-patch harmonic mean ``[B, N]`` of the scores ``[B, W]`` of the windows covering each patch.
 
     A patch covered by no window gets NaN (cannot happen with stride 1 when the window fits the grid).
     """
-    membership = torch.zeros(windows.shape[0], num_patches, dtype=window_scores.dtype, device=window_scores.device)
+    membership = torch.zeros(
+        windows.shape[0], num_patches, dtype=window_scores.dtype, device=window_scores.device
+    )
     membership.scatter_(1, windows.to(window_scores.device), 1.0)
     return membership.sum(dim=0) / ((1.0 / window_scores) @ membership)

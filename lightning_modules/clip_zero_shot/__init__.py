@@ -7,7 +7,10 @@ from lightning_modules.registry import MethodSpec, register_method
 
 for _config, _description in (
     (CLIPConfig, "frozen CLIP, 'a photo of a normal/an anomalous [cls].', maps from last-layer tokens"),
-    (CLIPACConfig, "CLIP with WinCLIP's compositional prompt ensemble (states x templates, averaged per class)"),
+    (
+        CLIPACConfig,
+        "CLIP with WinCLIP's compositional prompt ensemble (states x templates, averaged per class)",
+    ),
 ):
     register_method(
         MethodSpec(

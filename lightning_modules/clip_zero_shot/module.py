@@ -11,6 +11,8 @@ from lightning_modules.clip_zero_shot.model import CLIPZeroShot
 class CLIPZeroShotModule(TrainingFreeModule):
     """Serves both ``clip`` and ``clip_ac``: they differ only in the prompt ensemble."""
 
-    def __init__(self, cfg: CLIPConfig, eval_cfg: EvalConfig | None = None, model: CLIPZeroShot | None = None) -> None:
+    def __init__(
+        self, cfg: CLIPConfig, eval_cfg: EvalConfig | None = None, model: CLIPZeroShot | None = None
+    ) -> None:
         super().__init__(cfg, eval_cfg, model if model is not None else CLIPZeroShot(cfg))
         self.method_name = cfg.name

@@ -48,11 +48,17 @@ def fill_regions(images: torch.Tensor, discard: torch.Tensor, grid: int, fill: s
     if fill not in FILLS:
         raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
     pixel_discard = regions_to_grid(discard, grid, tuple(images.shape[-2:]))[:, None]  # [B, 1, H, W]
-    value = images.mean(dim=(2, 3), keepdim=True) if fill == "image_mean" else torch.zeros_like(images[:, :, :1, :1])
+    value = (
+        images.mean(dim=(2, 3), keepdim=True)
+        if fill == "image_mean"
+        else torch.zeros_like(images[:, :, :1, :1])
+    )
     return torch.where(pixel_discard, value.expand_as(images), images)
 
 
-def occluded_views(images: torch.Tensor, grid: int, fill: str, views: torch.Tensor | None = None) -> torch.Tensor:
+def occluded_views(
+    images: torch.Tensor, grid: int, fill: str, views: torch.Tensor | None = None
+) -> torch.Tensor:
     """Views ``[n, 3, H, W]`` of the batch, by flat view id ``v = image * (1 + R) + j``: ``j = 0`` is the image
     itself, ``j = k + 1`` the image with region ``k`` (row-major) filled. Default: all ``B * (1 + R)`` views."""
     regions = grid * grid
@@ -78,14 +84,18 @@ def occlusion_relevance(
     """
     b, regions = images.shape[0], grid * grid
     all_views = torch.arange(b * (1 + regions), device=images.device)
-    embeddings = torch.cat([embed_images(occluded_views(images, grid, fill, ids)) for ids in all_views.split(chunk_size)])
+    embeddings = torch.cat(
+        [embed_images(occluded_views(images, grid, fill, ids)) for ids in all_views.split(chunk_size)]
+    )
     embeddings = F.normalize(embeddings.float(), dim=-1).reshape(b, 1 + regions, -1)
     text = F.normalize(text_embeddings.float(), dim=-1)
     scores = (embeddings * text[:, None]).sum(-1)  # [B, 1 + R]
     return scores[:, :1] - scores[:, 1:]
 
 
-def keep_regions(relevance: torch.Tensor, keep_ratio: float = 0.75, threshold: float | None = None) -> torch.Tensor:
+def keep_regions(
+    relevance: torch.Tensor, keep_ratio: float = 0.75, threshold: float | None = None
+) -> torch.Tensor:
     """Boolean ``[B, R]``: regions kept. ``threshold``: ``r_k > threshold`` (at least the most relevant
     region); otherwise the top ``ceil(keep_ratio * R)`` regions (at least one)."""
     b, regions = relevance.shape
@@ -107,7 +117,9 @@ class RelevanceCache:
 
     def __init__(self, settings: dict[str, Any], folder: str | Path | None = None) -> None:
         self.settings = {"format": CACHE_FORMAT, **settings}
-        digest = hashlib.sha1(json.dumps(self.settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        digest = hashlib.sha1(json.dumps(self.settings, sort_keys=True, default=str).encode()).hexdigest()[
+            :16
+        ]
         self.path = Path(folder) / f"relevance-{digest}.pt" if folder else None
         self.entries: dict[str, torch.Tensor] = {}
         self.dirty = False

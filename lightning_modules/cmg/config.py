@@ -17,7 +17,9 @@ def _cmg_backbone() -> BackboneConfig:
 class DetectorConfig:
     """The unsupervised vision detector: a per-token MLP autoencoder on frozen CLIP patch tokens."""
 
-    feature_layers: list[int] = dataclasses.field(default_factory=lambda: [3, 6, 9])  # 1-indexed blocks, concatenated
+    feature_layers: list[int] = dataclasses.field(
+        default_factory=lambda: [3, 6, 9]
+    )  # 1-indexed blocks, concatenated
     hidden_dim: int = 512
     latent_dim: int = 64  # bottleneck; the image's latent code (CMLE) is the mean of its kept tokens' codes
     jitter_scale: float = 0.2  # training-time feature jitter (UniAD): noise std = scale * ||f|| / sqrt(C)
@@ -34,7 +36,9 @@ class CMERConfig:
     keep_ratio: float = 0.75  # keep the top fraction of regions by relevance (used when threshold is null)
     threshold: float | None = None  # instead: keep the regions with r_k > threshold
     fill: str = "mean"  # occluded pixels: "mean" (CLIP mean colour, 0 after normalisation) or "image_mean"
-    apply_to: str = "tokens"  # "tokens": drop discarded tokens from loss/codes; "pixels": blank them in the input
+    apply_to: str = (
+        "tokens"  # "tokens": drop discarded tokens from loss/codes; "pixels": blank them in the input
+    )
     apply_at_test: bool = True  # also at test (the map is zero over discarded regions); false: whole image
     chunk_size: int = 64  # occluded views per encoder call
     # Relevance scores are cached per image (path + its text) and settings (backbone, grid, fill). null: in
@@ -50,7 +54,9 @@ class CMLEConfig:
     weight: float = 1.0  # lambda in L = L_detector + lambda * ||(I - W) Z||_F^2 / n
     k: int = 5  # nearest neighbours (in text space) per sample; capped at n - 1
     reg: float = 1e-3  # local Gram regulariser, times its trace (as scikit-learn's LLE); reg itself when the trace is 0
-    scope: str = "batch"  # "batch": W over the batch's texts; "global": over the whole training set + a code bank
+    scope: str = (
+        "batch"  # "batch": W over the batch's texts; "global": over the whole training set + a code bank
+    )
     normalize_latent: bool = True  # L2-normalise codes first, so shrinking them cannot zero the loss
 
 

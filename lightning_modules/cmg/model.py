@@ -44,8 +44,12 @@ class TokenAutoencoder(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int, latent_dim: int) -> None:
         super().__init__()
-        self.encoder = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, latent_dim))
-        self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, in_dim))
+        self.encoder = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, latent_dim)
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, in_dim)
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         codes = self.encoder(x)
@@ -86,7 +90,9 @@ class CMG(FrozenCLIP):
     def _check(self) -> None:
         layers = self.cfg.detector.feature_layers
         if not layers or not all(1 <= layer <= self.vision.depth for layer in layers):
-            raise ConfigError(f"detector.feature_layers must be non-empty and lie in 1..{self.vision.depth}, got {layers}")
+            raise ConfigError(
+                f"detector.feature_layers must be non-empty and lie in 1..{self.vision.depth}, got {layers}"
+            )
         cmer, cmle = self.cfg.cmer, self.cfg.cmle
         if cmer.fill not in FILLS or cmer.apply_to not in APPLY_TO or cmer.grid < 1:
             raise ConfigError(f"cmer: fill in {FILLS}, apply_to in {APPLY_TO}, grid >= 1; got {cmer}")
@@ -139,12 +145,17 @@ class CMG(FrozenCLIP):
     def token_features(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """``[B, N, C]``: patch tokens of the feature layers, each layer-normalised, concatenated."""
         features = self.vision(images, layers=self.cfg.detector.feature_layers)
-        tokens = [F.layer_norm(features.tokens[layer][:, 1:].float(), (self.vision.width,)) for layer in self.cfg.detector.feature_layers]
+        tokens = [
+            F.layer_norm(features.tokens[layer][:, 1:].float(), (self.vision.width,))
+            for layer in self.cfg.detector.feature_layers
+        ]
         return torch.cat(tokens, dim=-1), features.grid
 
     # --- CMER -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def relevance(self, images: torch.Tensor, image_paths: Sequence[str], texts: Sequence[str]) -> torch.Tensor:
+    def relevance(
+        self, images: torch.Tensor, image_paths: Sequence[str], texts: Sequence[str]
+    ) -> torch.Tensor:
         """``[B, grid^2]`` occlusion relevance, from the cache or computed for the missing images at once."""
         keys = [RelevanceCache.key(p, t) for p, t in zip(image_paths, texts, strict=True)]
         cached = self.relevance_cache.get(keys)
@@ -163,7 +174,9 @@ class CMG(FrozenCLIP):
                 cached[i] = value
         return torch.stack(cached).to(images.device)
 
-    def keep_mask(self, images: torch.Tensor, image_paths: Sequence[str], texts: Sequence[str]) -> torch.Tensor | None:
+    def keep_mask(
+        self, images: torch.Tensor, image_paths: Sequence[str], texts: Sequence[str]
+    ) -> torch.Tensor | None:
         """``[B, grid^2]`` regions CMER keeps, or None when CMER is off."""
         if not self.cfg.cmer.enabled:
             return None
@@ -171,7 +184,9 @@ class CMG(FrozenCLIP):
         return keep_regions(relevance, self.cfg.cmer.keep_ratio, self.cfg.cmer.threshold)
 
     # --- detector ---------------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor, keep: torch.Tensor | None = None, jitter: bool = False) -> DetectorOutput:
+    def forward(
+        self, images: torch.Tensor, keep: torch.Tensor | None = None, jitter: bool = False
+    ) -> DetectorOutput:
         """Reconstruct the tokens; with ``keep`` (CMER) discarded regions are blanked in the input
         (``apply_to: pixels``) and, in both modes, left out of the loss, the codes and the map."""
         if keep is not None and self.cfg.cmer.apply_to == "pixels":
@@ -189,7 +204,9 @@ class CMG(FrozenCLIP):
             token_keep = regions_to_grid(keep, self.cfg.cmer.grid, grid).flatten(1)
         return DetectorOutput(errors, codes, token_keep, grid)
 
-    def loss(self, output: DetectorOutput, text_embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def loss(
+        self, output: DetectorOutput, text_embeddings: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """``L_detector + lambda * L_CMLE`` with the per-batch matrix (the global one lives in the module)."""
         detector = output.reconstruction_loss()
         cmle = detector.new_zeros(())
@@ -198,7 +215,9 @@ class CMG(FrozenCLIP):
             cmle = batch_cmle_loss(codes, text_embeddings, self.cfg.cmle.k, self.cfg.cmle.reg)
         return {"loss": detector + self.cfg.cmle.weight * cmle, "detector_loss": detector, "cmle_loss": cmle}
 
-    def anomaly_maps(self, output: DetectorOutput, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def anomaly_maps(
+        self, output: DetectorOutput, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(image scores [B], maps [B, H, W])``: token errors (zero where CMER discards), bilinearly
         upsampled, Gaussian-smoothed; score = mean of the top ``topk_ratio`` map values."""
         maps = (output.errors * output.token_keep).reshape(-1, 1, *output.grid)
@@ -210,7 +229,11 @@ class CMG(FrozenCLIP):
 
     @torch.no_grad()
     def predict(
-        self, images: torch.Tensor, size: tuple[int, int], image_paths: Sequence[str] = (), texts: Sequence[str] = ()
+        self,
+        images: torch.Tensor,
+        size: tuple[int, int],
+        image_paths: Sequence[str] = (),
+        texts: Sequence[str] = (),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Batched inference; CMER (when applied at test) needs each image's path (cache key) and text."""
         keep = self.keep_mask(images, image_paths, texts) if self.cfg.cmer.apply_at_test else None

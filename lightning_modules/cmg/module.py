@@ -55,13 +55,17 @@ class CMGModule(ZeroShotModule):
         cache_dir = self.cfg.cmer.cache_dir
         if cache_dir == RUN_CACHE:
             trainer = getattr(self, "_trainer", None)
-            cache_dir = str(Path(trainer.default_root_dir) / "cache" / "cmer") if trainer is not None else None
+            cache_dir = (
+                str(Path(trainer.default_root_dir) / "cache" / "cmer") if trainer is not None else None
+            )
         if self.cfg.cmer.enabled:
             self.model.use_relevance_cache_dir(cache_dir)
 
     def _batch_texts(self, batch: dict[str, Any]) -> list[str]:
         if self.texts is None:
-            raise ZsadError("CMG needs its dataset's texts: call module.bind_data(datamodule) before predicting")
+            raise ZsadError(
+                "CMG needs its dataset's texts: call module.bind_data(datamodule) before predicting"
+            )
         return self.texts.batch_texts(batch["image_path"], batch["category_id"])
 
     def _training_texts(self, datamodule: Any) -> list[str]:
@@ -80,11 +84,19 @@ class CMGModule(ZeroShotModule):
                     f"paths must be relative to the dataset root {self.texts.root}, e.g. '{example}'"
                 )
             if captioned < len(records):
-                log.warning("captions for %d of %d training images; the others use the template", captioned, len(records))
+                log.warning(
+                    "captions for %d of %d training images; the others use the template",
+                    captioned,
+                    len(records),
+                )
         if self.cfg.cmer.enabled and datamodule.cfg.hflip_p > 0:
-            log.warning("CMER relevance is cached per image path: flipped training images get unflipped masks")
+            log.warning(
+                "CMER relevance is cached per image path: flipped training images get unflipped masks"
+            )
         if self.cfg.cmle.enabled and len(datamodule.categories) < 2 and not self.cfg.captions_file:
-            log.warning("CMLE on one category with templated texts: every image has the same text, so the matrix is uniform")
+            log.warning(
+                "CMLE on one category with templated texts: every image has the same text, so the matrix is uniform"
+            )
 
     def on_fit_start(self) -> None:
         datamodule = self.trainer.datamodule
@@ -93,7 +105,9 @@ class CMGModule(ZeroShotModule):
         cmle = self.cfg.cmle
         if cmle.enabled and cmle.scope == "global":
             embeddings = self.model.encode_texts(self._training_texts(datamodule))
-            self.structure = GlobalStructure(embeddings, cmle.k, cmle.reg, self.cfg.detector.latent_dim).to(self.device)
+            self.structure = GlobalStructure(embeddings, cmle.k, cmle.reg, self.cfg.detector.latent_dim).to(
+                self.device
+            )
 
     def on_train_epoch_end(self) -> None:
         self.model.relevance_cache.save()
@@ -130,4 +144,6 @@ class CMGModule(ZeroShotModule):
         return self.model.predict(batch["image"], tuple(batch["mask"].shape[-2:]), batch["image_path"], texts)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.model.trainable_parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        return torch.optim.AdamW(
+            self.model.trainable_parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+        )

@@ -40,7 +40,9 @@ def ablation_table(run_dirs: Sequence[str | Path], metrics: Sequence[str] = METR
         for target, payload in results["targets"].items():
             base = reference.get(target, {}) if i > 0 else {}
             cells = [_cell(payload["mean"].get(m), base.get(m)) for m in metrics]
-            rows.append(f"| {results.get('experiment') or Path(run_dir).name} | {target} | {' | '.join(cells)} |")
+            rows.append(
+                f"| {results.get('experiment') or Path(run_dir).name} | {target} | {' | '.join(cells)} |"
+            )
     return "\n".join(rows)
 
 

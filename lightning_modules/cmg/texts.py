@@ -61,12 +61,17 @@ class ImageTexts:
     def from_datamodule(cls, datamodule: Any, template: str, captions_file: str | None) -> ImageTexts:
         index = datamodule.full_index
         captions = load_captions(captions_file) if captions_file else None
-        return cls(index.root, datamodule.categories, index.prompt_names(), datamodule.domain, template, captions)
+        return cls(
+            index.root, datamodule.categories, index.prompt_names(), datamodule.domain, template, captions
+        )
 
     def caption(self, image_path: str | Path) -> str | None:
         """The user's caption of an image (by path relative to the root, or absolute), if any."""
         path = Path(image_path)
-        if path.is_relative_to(self.root) and (relative := path.relative_to(self.root).as_posix()) in self.captions:
+        if (
+            path.is_relative_to(self.root)
+            and (relative := path.relative_to(self.root).as_posix()) in self.captions
+        ):
             return self.captions[relative]
         return self.captions.get(str(path))
 
@@ -78,4 +83,7 @@ class ImageTexts:
         return self.template.format(name=name, domain=self.domain, category=category)
 
     def batch_texts(self, image_paths: Sequence[str], category_ids: torch.Tensor) -> list[str]:
-        return [self.text(p, self.categories[int(c)]) for p, c in zip(image_paths, category_ids.tolist(), strict=True)]
+        return [
+            self.text(p, self.categories[int(c)])
+            for p, c in zip(image_paths, category_ids.tolist(), strict=True)
+        ]

@@ -34,11 +34,15 @@ class ClassAwareContext(nn.Module):
         if length < 1:
             raise ConfigError(f"context_length must be positive, got {length}")
         self.length = length
-        self.context = nn.Parameter(torch.empty(2 if separate_states else 1, length, width).normal_(std=init_std))
+        self.context = nn.Parameter(
+            torch.empty(2 if separate_states else 1, length, width).normal_(std=init_std)
+        )
         for name in ("token_ids", "prefix", "suffix"):
             self.register_buffer(name, None, persistent=False)
 
-    def set_classes(self, text_encoder: PromptTextEncoder, tokenizer, words: Sequence[str], state_words: Sequence[str]) -> None:
+    def set_classes(
+        self, text_encoder: PromptTextEncoder, tokenizer, words: Sequence[str], state_words: Sequence[str]
+    ) -> None:
         if len(state_words) != 2:
             raise ConfigError(f"state_words must be [normal word, anomalous word], got {list(state_words)}")
         placeholder = " ".join(["X"] * self.length)
@@ -61,7 +65,9 @@ class ClassAwareContext(nn.Module):
 class CoOp(CLIPZeroShot):
     def __init__(self, cfg: CoOpConfig, clip_model: nn.Module | None = None, tokenizer=None) -> None:
         super().__init__(cfg, clip_model, tokenizer)
-        self.prompts = ClassAwareContext(self.text.width, cfg.context_length, cfg.separate_state_context, cfg.context_init_std)
+        self.prompts = ClassAwareContext(
+            self.text.width, cfg.context_length, cfg.separate_state_context, cfg.context_init_std
+        )
 
     def set_classes(self, words: Sequence[str]) -> None:
         self.prompts.set_classes(self.text, self.tokenizer, list(words), self.cfg.state_words)

@@ -19,7 +19,9 @@ class CoOpModule(CategoryTextModule):
     method_name = "coop"
     identity_fields = ("context_length", "separate_state_context")
 
-    def __init__(self, cfg: CoOpConfig, eval_cfg: EvalConfig | None = None, model: CoOp | None = None) -> None:
+    def __init__(
+        self, cfg: CoOpConfig, eval_cfg: EvalConfig | None = None, model: CoOp | None = None
+    ) -> None:
         super().__init__(cfg, eval_cfg, model if model is not None else CoOp(cfg))
 
     # --- feature cache: the frozen image embedding is the same every epoch ------------------------------
@@ -46,4 +48,6 @@ class CoOpModule(CategoryTextModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.trainable_parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.betas))
+        return torch.optim.Adam(
+            self.model.trainable_parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.betas)
+        )

@@ -35,11 +35,15 @@ class DualImageTTAConfig(TTAConfig):
     image_anomalies: bool = False
     image_anomaly_weight: float = 0.5  # weight of the per-patch cross-entropy on synthesized images
     image_anomaly_copies: int = 1  # synthesized images per test image
-    texture: str = "procedural"  # foreign texture: "procedural" (coloured Perlin) or "batch" (another test image)
+    texture: str = (
+        "procedural"  # foreign texture: "procedural" (coloured Perlin) or "batch" (another test image)
+    )
     perlin_min_scale: int = 0  # Perlin lattice 2^[min, max) cells per side (DRAEM: 0, 6)
     perlin_max_scale: int = 6
     perlin_threshold: float = 0.5
-    max_opacity: float = 0.8  # synthetic region = beta * image + (1 - beta) * texture, beta ~ U(0, max_opacity)
+    max_opacity: float = (
+        0.8  # synthetic region = beta * image + (1 - beta) * texture, beta ~ U(0, max_opacity)
+    )
 
 
 @dataclasses.dataclass

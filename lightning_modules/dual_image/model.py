@@ -31,10 +31,17 @@ def check_config(cfg: DualImageConfig, depth: int) -> None:
     problems = []
     if not visual.layers or any(not 1 <= layer <= depth for layer in visual.layers):
         problems.append(f"visual.layers must be non-empty and lie in 1..{depth}, got {visual.layers}")
-    choices = (("visual.stream", visual.stream, REFERENCE_STREAMS), ("visual.pairing", visual.pairing, PAIRINGS))
+    choices = (
+        ("visual.stream", visual.stream, REFERENCE_STREAMS),
+        ("visual.pairing", visual.pairing, PAIRINGS),
+    )
     choices += (("visual.aggregate", visual.aggregate, AGGREGATES), ("tta.texture", tta.texture, TEXTURES))
     choices += (("visual.bank_dtype", visual.bank_dtype, ("float32", "float16", "bfloat16")),)
-    problems += [f"{key} must be one of {list(allowed)}, got {value!r}" for key, value, allowed in choices if value not in allowed]
+    problems += [
+        f"{key} must be one of {list(allowed)}, got {value!r}"
+        for key, value, allowed in choices
+        if value not in allowed
+    ]
     if visual.k == 0 or visual.k < -1:
         problems.append(f"visual.k must be >= 1 or -1 (every other image), got {visual.k}")
     if not 0 < visual.interval_fraction <= 1:
@@ -62,11 +69,17 @@ class DualImageCLIP(AnoVL):
         return features.class_embedding, features.reference_tokens
 
     def reference_grid(
-        self, queries: Mapping[int, torch.Tensor], bank: Mapping[int, torch.Tensor], partners: torch.Tensor, grid: tuple[int, int]
+        self,
+        queries: Mapping[int, torch.Tensor],
+        bank: Mapping[int, torch.Tensor],
+        partners: torch.Tensor,
+        grid: tuple[int, int],
     ) -> torch.Tensor:
         """Visual anomaly map ``[B, h, w]`` of the queries against their partners in ``bank``."""
         visual = self.cfg.visual
-        distances = reference_distances(queries, bank, partners, visual.aggregate, visual.interval_fraction, visual.partner_chunk)
+        distances = reference_distances(
+            queries, bank, partners, visual.aggregate, visual.interval_fraction, visual.partner_chunk
+        )
         return distances.reshape(-1, *grid)
 
     @torch.no_grad()
@@ -78,7 +91,13 @@ class DualImageCLIP(AnoVL):
         generators = [torch.Generator().manual_seed((int(s) + SYNTHESIS_SALT) % (2**63 - 1)) for s in seeds]
         copies = [
             synthesize_anomalies(
-                images, generators, tta.texture, tta.perlin_min_scale, tta.perlin_max_scale, tta.perlin_threshold, tta.max_opacity
+                images,
+                generators,
+                tta.texture,
+                tta.perlin_min_scale,
+                tta.perlin_max_scale,
+                tta.perlin_threshold,
+                tta.max_opacity,
             )
             for _ in range(tta.image_anomaly_copies)
         ]
@@ -86,8 +105,12 @@ class DualImageCLIP(AnoVL):
         masks = torch.stack([c[1] for c in copies], dim=1)  # [B, S, H, W]
         b, s = masks.shape[:2]
         tokens = self.encode(synthetic.flatten(0, 1)).patch_tokens
-        targets = F.avg_pool2d(masks.flatten(0, 1)[:, None].float(), self.patch_size)  # covered fraction per patch
-        return SyntheticAnomalies(tokens.view(b, s, *tokens.shape[1:]), targets.view(b, s, -1), tta.image_anomaly_weight)
+        targets = F.avg_pool2d(
+            masks.flatten(0, 1)[:, None].float(), self.patch_size
+        )  # covered fraction per patch
+        return SyntheticAnomalies(
+            tokens.view(b, s, *tokens.shape[1:]), targets.view(b, s, -1), tta.image_anomaly_weight
+        )
 
     def scores_and_maps(
         self, out: TextBranchOutput, size: tuple[int, int], reference_grid: torch.Tensor | None = None

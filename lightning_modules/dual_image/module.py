@@ -48,7 +48,9 @@ class DualImageModule(AnoVLModule):
     cfg: DualImageConfig
     model: DualImageCLIP
 
-    def __init__(self, cfg: DualImageConfig, eval_cfg: EvalConfig | None = None, model: DualImageCLIP | None = None) -> None:
+    def __init__(
+        self, cfg: DualImageConfig, eval_cfg: EvalConfig | None = None, model: DualImageCLIP | None = None
+    ) -> None:
         super().__init__(cfg, eval_cfg, model)
         self._dataset = None
         self._loader_options: dict[str, Any] = {}
@@ -56,7 +58,9 @@ class DualImageModule(AnoVLModule):
 
     def bind_data(self, datamodule: Any) -> None:
         super().bind_data(datamodule)
-        self._dataset = datamodule.test_dataloader().dataset  # the same items, ids and transforms as the test loop
+        self._dataset = (
+            datamodule.test_dataloader().dataset
+        )  # the same items, ids and transforms as the test loop
         cfg = datamodule.cfg
         self._loader_options = {"batch_size": cfg.eval_batch_size, "num_workers": cfg.num_workers}
         self._banks.clear()

@@ -26,7 +26,9 @@ def partner_count(n: int, k: int) -> int:
     return max(n - 1, 0) if k < 0 else min(k, max(n - 1, 0))
 
 
-def pair_partners(class_embeddings: torch.Tensor, strategy: str, k: int, generator: torch.Generator) -> torch.Tensor:
+def pair_partners(
+    class_embeddings: torch.Tensor, strategy: str, k: int, generator: torch.Generator
+) -> torch.Tensor:
     """Partner indices ``[n, k']`` for the ``n`` images of one category (rows: images in bank order)."""
     if strategy not in PAIRINGS:
         raise ValueError(f"pairing must be one of {PAIRINGS}, got {strategy!r}")

@@ -49,7 +49,12 @@ def _scale(generator: torch.Generator, low: int, high: int) -> int:
 
 
 def perlin_mask(
-    size: tuple[int, int], generator: torch.Generator, min_scale: int = 0, max_scale: int = 6, threshold: float = 0.5, tries: int = 8
+    size: tuple[int, int],
+    generator: torch.Generator,
+    min_scale: int = 0,
+    max_scale: int = 6,
+    threshold: float = 0.5,
+    tries: int = 8,
 ) -> torch.Tensor:
     """Binary ``[H, W]`` float mask ``noise > threshold``; never empty (after ``tries`` the top 5% is used)."""
     noise = None
@@ -62,7 +67,9 @@ def perlin_mask(
     return (noise >= noise.flatten().quantile(0.95)).float()
 
 
-def procedural_texture(size: tuple[int, int], generator: torch.Generator, min_scale: int = 0, max_scale: int = 6) -> torch.Tensor:
+def procedural_texture(
+    size: tuple[int, int], generator: torch.Generator, min_scale: int = 0, max_scale: int = 6
+) -> torch.Tensor:
     """A coloured fractal-Perlin texture ``[3, H, W]`` in [0, 1]."""
     base = _scale(generator, max(min_scale, 1), max_scale)
     pattern = sum(perlin_noise(size, (base * 2**o, base * 2**o), generator) / 2**o for o in range(3))

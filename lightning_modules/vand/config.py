@@ -18,7 +18,9 @@ class VANDConfig:
     backbone: BackboneConfig = dataclasses.field(default_factory=_vand_backbone)
     prompt_ensemble: str = "vand"  # 7 normal / 5 anomalous states x 35 templates
     normalize_each_prompt: bool = True  # as the authors' encode_text_with_prompt_ensemble
-    feature_layers: list[int] = dataclasses.field(default_factory=lambda: [6, 12, 18, 24])  # raw block outputs
+    feature_layers: list[int] = dataclasses.field(
+        default_factory=lambda: [6, 12, 18, 24]
+    )  # raw block outputs
     temperature: float = 0.01  # the authors' 100 * cos, for image and patch scores
     # 2x2 mosaic of same-category images, applied to this share of training images. The authors use it
     # when training on MVTec AD (rate 0.2, 3 epochs) and not on VisA (15 epochs): the experiment configs set

@@ -35,13 +35,21 @@ class VANDOutput:
 class VAND(FrozenCLIP):
     def __init__(self, cfg: VANDConfig, clip_model: nn.Module | None = None, tokenizer=None) -> None:
         super().__init__(
-            cfg.backbone, clip_model, tokenizer, prompt_ensemble=cfg.prompt_ensemble, normalize_each_prompt=cfg.normalize_each_prompt
+            cfg.backbone,
+            clip_model,
+            tokenizer,
+            prompt_ensemble=cfg.prompt_ensemble,
+            normalize_each_prompt=cfg.normalize_each_prompt,
         )
         self.cfg = cfg
         bad = [layer for layer in cfg.feature_layers if not 1 <= layer <= self.vision.depth]
         if bad or not cfg.feature_layers:
-            raise ConfigError(f"feature_layers must be non-empty and lie in 1..{self.vision.depth}, got {cfg.feature_layers}")
-        self.heads = nn.ModuleList(nn.Linear(self.vision.width, self.vision.output_dim) for _ in cfg.feature_layers)
+            raise ConfigError(
+                f"feature_layers must be non-empty and lie in 1..{self.vision.depth}, got {cfg.feature_layers}"
+            )
+        self.heads = nn.ModuleList(
+            nn.Linear(self.vision.width, self.vision.output_dim) for _ in cfg.feature_layers
+        )
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -55,7 +63,9 @@ class VAND(FrozenCLIP):
     def forward(self, images: torch.Tensor, category_ids: torch.Tensor, size: tuple[int, int]) -> VANDOutput:
         return self.scores(self.encode_images(images), category_ids, size)
 
-    def scores(self, features: dict[str, torch.Tensor], category_ids: torch.Tensor, size: tuple[int, int]) -> VANDOutput:
+    def scores(
+        self, features: dict[str, torch.Tensor], category_ids: torch.Tensor, size: tuple[int, int]
+    ) -> VANDOutput:
         """The trainable part on (fresh or cached) :meth:`encode_images` features."""
         grid = (self.vision.grid, self.vision.grid)
         with torch.no_grad():
@@ -76,7 +86,9 @@ class VAND(FrozenCLIP):
         gt = (masks > 0.5).float()
         total = masks.new_zeros((), dtype=torch.float32)
         for probs in output.pixel_probs:
-            total = total + focal_loss(probs, gt, gamma=self.cfg.focal_gamma) + dice_loss(probs[:, ABNORMAL], gt)
+            total = (
+                total + focal_loss(probs, gt, gamma=self.cfg.focal_gamma) + dice_loss(probs[:, ABNORMAL], gt)
+            )
         return total
 
     @torch.no_grad()

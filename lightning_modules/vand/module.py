@@ -21,7 +21,9 @@ class VANDModule(CategoryTextModule):
     method_name = "vand"
     identity_fields = ("feature_layers",)
 
-    def __init__(self, cfg: VANDConfig, eval_cfg: EvalConfig | None = None, model: VAND | None = None) -> None:
+    def __init__(
+        self, cfg: VANDConfig, eval_cfg: EvalConfig | None = None, model: VAND | None = None
+    ) -> None:
         super().__init__(cfg, eval_cfg, model if model is not None else VAND(cfg))
         self.mosaic: SameCategoryMosaic | None = None
 
@@ -52,7 +54,9 @@ class VANDModule(CategoryTextModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if not bool(batch["has_mask"].all()):
-            raise ZsadError("VAND trains on pixel masks only: the source dataset has none (pick one with masks)")
+            raise ZsadError(
+                "VAND trains on pixel masks only: the source dataset has none (pick one with masks)"
+            )
         if self.mosaic is not None:
             batch = self.mosaic(batch)
         masks = batch["mask"]
@@ -65,4 +69,6 @@ class VANDModule(CategoryTextModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.trainable_parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.betas))
+        return torch.optim.Adam(
+            self.model.trainable_parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.betas)
+        )

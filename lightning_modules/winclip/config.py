@@ -9,7 +9,12 @@ from lightning_modules.clip.config import BackboneConfig
 
 def _winclip_backbone() -> BackboneConfig:
     # LAION-400M ViT-B/16+ at its native 240 px (15 x 15 patches): no position-embedding resize.
-    return BackboneConfig(name="ViT-B-16-plus-240", pretrained="laion400m_e31", image_size=240, pos_embed_interpolation="bicubic")
+    return BackboneConfig(
+        name="ViT-B-16-plus-240",
+        pretrained="laion400m_e31",
+        image_size=240,
+        pos_embed_interpolation="bicubic",
+    )
 
 
 @dataclasses.dataclass
@@ -20,7 +25,9 @@ class WinCLIPConfig:
     # Average normalised sentence embeddings (CLIP's recipe); false: raw embeddings, as the
     # Accurate-WinCLIP reproduction [design choice: the paper does not say].
     normalize_each_prompt: bool = True
-    window_sizes: list[int] = dataclasses.field(default_factory=lambda: [2, 3])  # in patches (32 and 48 px at 240)
+    window_sizes: list[int] = dataclasses.field(
+        default_factory=lambda: [2, 3]
+    )  # in patches (32 and 48 px at 240)
     window_stride: int = 1  # in patches
     temperature: float = 0.07
     window_chunk_size: int = 4096  # window sequences per ViT pass (bounds memory, not results)

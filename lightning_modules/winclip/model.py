@@ -24,14 +24,20 @@ from lightning_modules.winclip.config import WinCLIPConfig
 class WinCLIP(FrozenCLIP):
     def __init__(self, cfg: WinCLIPConfig, clip_model: nn.Module | None = None, tokenizer=None) -> None:
         super().__init__(
-            cfg.backbone, clip_model, tokenizer, prompt_ensemble=cfg.prompt_ensemble, normalize_each_prompt=cfg.normalize_each_prompt
+            cfg.backbone,
+            clip_model,
+            tokenizer,
+            prompt_ensemble=cfg.prompt_ensemble,
+            normalize_each_prompt=cfg.normalize_each_prompt,
         )
         self.cfg = cfg
         grid = (self.vision.grid, self.vision.grid)
         if not cfg.window_sizes:
             raise ValueError("window_sizes must name at least one window size")
         for i, size in enumerate(cfg.window_sizes):
-            self.register_buffer(f"windows_{i}", window_token_indices(grid, size, cfg.window_stride), persistent=False)
+            self.register_buffer(
+                f"windows_{i}", window_token_indices(grid, size, cfg.window_stride), persistent=False
+            )
 
     @property
     def windows(self) -> list[torch.Tensor]:
@@ -52,7 +58,9 @@ class WinCLIP(FrozenCLIP):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(image scores [B], anomaly maps [B, H, W])``."""
         text = self.class_text_for(category_ids)
-        image_scores = anomaly_probability(self.image_embedding(self.vision(images).class_token), text, self.cfg.temperature)
+        image_scores = anomaly_probability(
+            self.image_embedding(self.vision(images).class_token), text, self.cfg.temperature
+        )
         n = self.vision.grid * self.vision.grid
         patch_scores = [
             harmonic_window_aggregation(scores, windows, n)

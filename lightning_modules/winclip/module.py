@@ -11,5 +11,7 @@ from lightning_modules.winclip.model import WinCLIP
 class WinCLIPModule(TrainingFreeModule):
     method_name = "winclip"
 
-    def __init__(self, cfg: WinCLIPConfig, eval_cfg: EvalConfig | None = None, model: WinCLIP | None = None) -> None:
+    def __init__(
+        self, cfg: WinCLIPConfig, eval_cfg: EvalConfig | None = None, model: WinCLIP | None = None
+    ) -> None:
         super().__init__(cfg, eval_cfg, model if model is not None else WinCLIP(cfg))

@@ -26,14 +26,22 @@ from tests_support import tiny_anomalyclip_config
 
 
 def _datamodule(root, **overrides) -> AnomalyDataModule:
-    cfg = DataConfig(name="synthetic", root=str(root), batch_size=4, eval_batch_size=5, num_workers=0, **overrides)
+    cfg = DataConfig(
+        name="synthetic", root=str(root), batch_size=4, eval_batch_size=5, num_workers=0, **overrides
+    )
     return AnomalyDataModule(cfg, image_size=32)
 
 
 def _trainer(tmp_path, epochs: int) -> L.Trainer:
     return L.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, enable_checkpointing=False,
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
     )
 
 
@@ -107,7 +115,9 @@ def test_vand_without_mosaic_same_heads_cached_or_not(synthetic_pair, tmp_path):
     source, _ = synthetic_pair
     _assert_same_training(
         lambda: VANDModule(VANDConfig(backbone=tiny_backbone(), feature_layers=[3, 6], mosaic_rate=0.0)),
-        lambda: VANDModule(VANDConfig(backbone=tiny_backbone(), feature_layers=[3, 6], mosaic_rate=0.0, cache_features=False)),
+        lambda: VANDModule(
+            VANDConfig(backbone=tiny_backbone(), feature_layers=[3, 6], mosaic_rate=0.0, cache_features=False)
+        ),
         source,
         tmp_path,
     )
@@ -129,7 +139,10 @@ def test_vand_mosaic_bypasses_the_cache_and_says_why(synthetic_pair, tmp_path, c
     source, _ = synthetic_pair
     with caplog.at_level(logging.INFO):
         module, datamodule = _fit(
-            lambda: VANDModule(VANDConfig(backbone=tiny_backbone(), feature_layers=[3, 6], mosaic_rate=0.5)), source, tmp_path, epochs=1
+            lambda: VANDModule(VANDConfig(backbone=tiny_backbone(), feature_layers=[3, 6], mosaic_rate=0.5)),
+            source,
+            tmp_path,
+            epochs=1,
         )
     assert module.feature_cache_status.startswith("bypassed: VAND's mosaic")
     assert datamodule.cached_train_features is None
@@ -139,7 +152,9 @@ def test_vand_mosaic_bypasses_the_cache_and_says_why(synthetic_pair, tmp_path, c
 @pytest.mark.slow
 def test_random_flip_bypasses_the_cache(synthetic_pair, tmp_path):
     source, _ = synthetic_pair
-    module, datamodule = _fit(lambda: AnomalyCLIPModule(tiny_anomalyclip_config()), source, tmp_path, epochs=1, hflip_p=0.5)
+    module, datamodule = _fit(
+        lambda: AnomalyCLIPModule(tiny_anomalyclip_config()), source, tmp_path, epochs=1, hflip_p=0.5
+    )
     assert "horizontal flip" in module.feature_cache_status and datamodule.cached_train_features is None
 
 
@@ -147,7 +162,12 @@ def test_random_flip_bypasses_the_cache(synthetic_pair, tmp_path):
 def test_disk_cache_is_reused_without_encoding(synthetic_pair, tmp_path, monkeypatch):
     source, _ = synthetic_pair
     cache_dir = tmp_path / "cache"
-    first, _ = _fit(lambda: AnomalyCLIPModule(tiny_anomalyclip_config(cache_dir=str(cache_dir))), source, tmp_path, epochs=1)
+    first, _ = _fit(
+        lambda: AnomalyCLIPModule(tiny_anomalyclip_config(cache_dir=str(cache_dir))),
+        source,
+        tmp_path,
+        epochs=1,
+    )
     files = list(cache_dir.glob("anomalyclip-*.pt"))
     assert first.feature_cache_status == "cached (built)" and len(files) == 1
 
@@ -155,7 +175,12 @@ def test_disk_cache_is_reused_without_encoding(synthetic_pair, tmp_path, monkeyp
         raise AssertionError("the image encoder ran although the disk cache holds every feature")
 
     monkeypatch.setattr(AnomalyCLIPModule, "encode_for_cache", no_encoding)
-    second, _ = _fit(lambda: AnomalyCLIPModule(tiny_anomalyclip_config(cache_dir=str(cache_dir))), source, tmp_path, epochs=1)
+    second, _ = _fit(
+        lambda: AnomalyCLIPModule(tiny_anomalyclip_config(cache_dir=str(cache_dir))),
+        source,
+        tmp_path,
+        epochs=1,
+    )
     assert second.feature_cache_status.startswith("cached (loaded")
     for (name, a), (_, b) in zip(_trainable(first).items(), _trainable(second).items(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
@@ -205,7 +230,9 @@ def test_memory_limit_reason_uses_the_setting_or_half_the_available_memory(monke
 
     gib = 2**30
     assert feature_cache.memory_limit_reason(3 * gib, max_gb=4.0, processes=8) is None
-    assert "above method.cache_max_gb=2.0" in feature_cache.memory_limit_reason(3 * gib, max_gb=2.0, processes=1)
+    assert "above method.cache_max_gb=2.0" in feature_cache.memory_limit_reason(
+        3 * gib, max_gb=2.0, processes=1
+    )
     monkeypatch.setattr(feature_cache, "available_memory_bytes", lambda: 16 * gib)
     assert feature_cache.memory_limit_reason(3 * gib, None, processes=2) is None  # 6 of 16 GiB
     reason = feature_cache.memory_limit_reason(3 * gib, None, processes=4)  # 12 of 16 GiB
@@ -221,8 +248,13 @@ def test_size_estimate_matches_the_built_table(synthetic_pair):
     module = AnomalyCLIPModule(tiny_anomalyclip_config())
     dataset = _datamodule(source).train_dataset()
     table = build_feature_table(dataset, module.encode_for_cache, "k", {})
-    small_fields = sum(t.numel() * t.element_size() for t in (table.labels, table.category_ids, table.has_mask))
-    assert estimate_table_bytes(dataset, module.encode_for_cache, torch.device("cpu")) == table.nbytes() - small_fields
+    small_fields = sum(
+        t.numel() * t.element_size() for t in (table.labels, table.category_ids, table.has_mask)
+    )
+    assert (
+        estimate_table_bytes(dataset, module.encode_for_cache, torch.device("cpu"))
+        == table.nbytes() - small_fields
+    )
 
 
 @pytest.mark.slow

@@ -41,7 +41,10 @@ def test_inference_text_is_computed_once_and_follows_the_prompts(model, monkeypa
     after_step, _ = model.predict(images, size=(32, 32))
     assert len(calls) == 3 and not torch.allclose(after_step, scores)  # 1 + the forward above + the refresh
 
-    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()} | {"prompts.normal_context": torch.zeros_like(model.prompts.normal_context)})
+    model.load_state_dict(
+        {k: v.clone() for k, v in model.state_dict().items()}
+        | {"prompts.normal_context": torch.zeros_like(model.prompts.normal_context)}
+    )
     model.predict(images, size=(32, 32))
     assert len(calls) == 4
     torch.testing.assert_close(model.inference_text_embeddings(), original())
@@ -58,7 +61,11 @@ def test_bf16_autocast_inference_on_cpu_is_close_to_fp32(model):
 
 def _run(script: str, *args: str) -> str:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True, timeout=500, cwd=ROOT
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=500,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -66,19 +73,43 @@ def _run(script: str, *args: str) -> str:
 
 @pytest.mark.slow
 def test_train_epoch_benchmark_prints_the_cache_ratio():
-    out = _run("train_epoch.py", "--images-per-category", "8", "--file-size", "64", "--image-size", "32", "--epochs", "1", "--threads", "1")
+    out = _run(
+        "train_epoch.py",
+        "--images-per-category",
+        "8",
+        "--file-size",
+        "64",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+    )
     assert "ratio per epoch:" in out and "max |cached - uncached|" in out
 
 
 @pytest.mark.slow
 def test_inference_benchmark_prints_rates_by_batch_size():
-    out = _run("inference.py", "--image-size", "32", "--batch-sizes", "1,4", "--images", "8", "--threads", "1")
+    out = _run(
+        "inference.py", "--image-size", "32", "--batch-sizes", "1,4", "--images", "8", "--threads", "1"
+    )
     assert "vs batch-1 loop" in out and "best: batch" in out
 
 
 @pytest.mark.slow
 def test_end_to_end_benchmark_prints_the_time_split():
-    out = _run("end_to_end.py", "--images-per-category", "8", "--file-size", "64", "--image-size", "32", "--threads", "1")
+    out = _run(
+        "end_to_end.py",
+        "--images-per-category",
+        "8",
+        "--file-size",
+        "64",
+        "--image-size",
+        "32",
+        "--threads",
+        "1",
+    )
     for phase in ("data", "encoder", "maps", "metrics"):
         assert phase in out
 
@@ -88,7 +119,11 @@ def test_gpu_suite_runs_every_step_in_smoke_mode(tmp_path):
     """The GPU suite (run on lent GPU machines) is kept working here: SMOKE=1 runs its steps on the CPU."""
     env = os.environ | {"SMOKE": "1", "PYTHON": sys.executable, "OUT": str(tmp_path)}
     result = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_suite.sh")], capture_output=True, text=True, timeout=500, env=env
+        ["bash", str(ROOT / "benchmarks" / "gpu_suite.sh")],
+        capture_output=True,
+        text=True,
+        timeout=500,
+        env=env,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for step in ("cuda_tests", "inference_fp32", "inference_bf16", "train_bf16"):

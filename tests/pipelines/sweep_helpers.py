@@ -7,11 +7,21 @@ from pathlib import Path
 import yaml
 
 
-def write_sweep(tmp_path: Path, source: Path, target: Path, seeds: list[int], epochs: int = 1, extra: dict | None = None, name: str = "s") -> Path:
+def write_sweep(
+    tmp_path: Path,
+    source: Path,
+    target: Path,
+    seeds: list[int],
+    epochs: int = 1,
+    extra: dict | None = None,
+    name: str = "s",
+) -> Path:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     for key, root in (("src", source), ("tgt", target)):
-        (data / f"{key}.yaml").write_text(f"name: synthetic\nroot: {root}\nbatch_size: 4\neval_batch_size: 8\nnum_workers: 0\n")
+        (data / f"{key}.yaml").write_text(
+            f"name: synthetic\nroot: {root}\nbatch_size: 4\neval_batch_size: 8\nnum_workers: 0\n"
+        )
     experiment = tmp_path / "experiment.yaml"
     experiment.write_text(
         f"defaults:\n  method: anomalyclip_tiny\n  source: {data / 'src.yaml'}\n  targets: [{data / 'tgt.yaml'}]\n"
@@ -21,9 +31,19 @@ def write_sweep(tmp_path: Path, source: Path, target: Path, seeds: list[int], ep
         "name": name,
         "experiment": str(experiment),
         "grid": {"seed": seeds},
-        "overrides": [f"trainer.max_epochs={epochs}", "logger.wandb.mode=disabled", "method.backbone.image_size=32"],
+        "overrides": [
+            f"trainer.max_epochs={epochs}",
+            "logger.wandb.mode=disabled",
+            "method.backbone.image_size=32",
+        ],
         "output_dir": str(tmp_path / "sweeps"),
-        "slurm": {"gpus_per_node": 0, "cpus_per_task": 1, "time": "00:15:00", "max_concurrent": 2, "partition": "debug"},
+        "slurm": {
+            "gpus_per_node": 0,
+            "cpus_per_task": 1,
+            "time": "00:15:00",
+            "max_concurrent": 2,
+            "partition": "debug",
+        },
         **(extra or {}),
     }
     path = tmp_path / f"{name}.yaml"

@@ -13,14 +13,21 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pipelines.cli import main
 
-FAST = ["logger.wandb.mode=disabled", "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "method.backbone.image_size=32"]
+FAST = [
+    "logger.wandb.mode=disabled",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "method.backbone.image_size=32",
+]
 
 
 def write_experiment(tmp_path: Path, source: Path, target: Path) -> Path:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     for name, root in (("src", source), ("tgt", target)):
-        (data / f"{name}.yaml").write_text(f"name: synthetic\nroot: {root}\nbatch_size: 4\neval_batch_size: 5\nnum_workers: 0\n")
+        (data / f"{name}.yaml").write_text(
+            f"name: synthetic\nroot: {root}\nbatch_size: 4\neval_batch_size: 5\nnum_workers: 0\n"
+        )
     experiment = tmp_path / "experiment.yaml"
     experiment.write_text(
         "defaults:\n  method: anomalyclip_tiny\n"
@@ -52,7 +59,11 @@ def test_run_writes_results_files_and_train_then_test_reproduces_them(tmp_path, 
     assert target_results["image_size"] == 32 and target_results["eval_size"] == 32
 
     rows = list(csv.DictReader((run_dir / "results.csv").open()))
-    assert [r["category"] for r in rows] == ["cells", "ring", "mean"] or [r["category"] for r in rows] == ["ring", "cells", "mean"]
+    assert [r["category"] for r in rows] == ["cells", "ring", "mean"] or [r["category"] for r in rows] == [
+        "ring",
+        "cells",
+        "mean",
+    ]
     assert float(rows[-1]["image_auroc"]) == pytest.approx(means["image_auroc"])
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
 
@@ -61,7 +72,18 @@ def test_run_writes_results_files_and_train_then_test_reproduces_them(tmp_path, 
 
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert state and all(key.startswith("model.prompts.") for key in state)
-    assert main(["test", str(experiment), *FAST, f"checkpoint={run_dir / 'checkpoints' / 'last.ckpt'}", f"run_dir={tmp_path / 'eval'}"]) == 0
+    assert (
+        main(
+            [
+                "test",
+                str(experiment),
+                *FAST,
+                f"checkpoint={run_dir / 'checkpoints' / 'last.ckpt'}",
+                f"run_dir={tmp_path / 'eval'}",
+            ]
+        )
+        == 0
+    )
     again = json.loads((tmp_path / "eval" / "results.json").read_text())["targets"]["synthetic"]
     for category, metrics in target_results["categories"].items():
         for key in ("image_auroc", "image_ap", "pixel_auroc"):
@@ -78,7 +100,12 @@ def test_test_loop_metrics_equal_sklearn(tmp_path, synthetic_pair):
     from pipelines.config import compose, to_object
 
     source, target = synthetic_pair
-    cfg = to_object(compose(write_experiment(tmp_path, source, target), [*FAST, "trainer.max_epochs=1", f"run_dir={tmp_path / 'r'}"]))
+    cfg = to_object(
+        compose(
+            write_experiment(tmp_path, source, target),
+            [*FAST, "trainer.max_epochs=1", f"run_dir={tmp_path / 'r'}"],
+        )
+    )
     outcome = runner.run(cfg)
     module = runner.build_module(cfg)
     module.load_trained_weights(str(outcome.checkpoint))
@@ -102,14 +129,19 @@ def test_test_loop_metrics_equal_sklearn(tmp_path, synthetic_pair):
         px = np.concatenate([pixel_scores[i].ravel() for i in idx])
         gt = np.concatenate([pixel_labels[i].ravel() for i in idx]) > 0.5
         # pixel scores are stored as float16 by default (eval.pixel_score_dtype): compare on those values
-        assert results[category]["pixel_auroc"] == pytest.approx(roc_auc_score(gt, px.astype(np.float16)), abs=1e-6)
+        assert results[category]["pixel_auroc"] == pytest.approx(
+            roc_auc_score(gt, px.astype(np.float16)), abs=1e-6
+        )
 
 
 @pytest.mark.slow
 def test_wandb_offline_run_files_are_written(tmp_path, synthetic_pair):
     source, target = synthetic_pair
     experiment = write_experiment(tmp_path, source, target)
-    overrides = [o for o in FAST if not o.startswith("logger")] + ["trainer.max_epochs=1", f"run_dir={tmp_path / 'w'}"]
+    overrides = [o for o in FAST if not o.startswith("logger")] + [
+        "trainer.max_epochs=1",
+        f"run_dir={tmp_path / 'w'}",
+    ]
     assert main(["run", str(experiment), *overrides, "logger.wandb.mode=offline"]) == 0
     runs = list((tmp_path / "w" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
@@ -134,7 +166,15 @@ def test_config_typo_is_one_line_and_exit_2(capsys):
 def test_missing_weights_is_one_line_and_exit_2(tmp_path, synthetic_pair, capsys):
     source, target = synthetic_pair
     experiment = write_experiment(tmp_path, source, target)
-    code = main(["run", str(experiment), "method=anomalyclip", f"method.backbone.cache_dir={tmp_path / 'cache'}", "logger.wandb.mode=disabled"])
+    code = main(
+        [
+            "run",
+            str(experiment),
+            "method=anomalyclip",
+            f"method.backbone.cache_dir={tmp_path / 'cache'}",
+            "logger.wandb.mode=disabled",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "not available offline" in err and "\n" not in err
 
@@ -157,7 +197,10 @@ def test_a_restarted_run_keeps_its_folder_and_wandb_run(tmp_path, synthetic_pair
     """What a requeued SLURM task does: the same run_dir resumes from last.ckpt and logs to the same W&B id."""
     source, target = synthetic_pair
     experiment = write_experiment(tmp_path, source, target)
-    overrides = [o for o in FAST if not o.startswith("logger")] + [f"run_dir={tmp_path / 'r'}", "logger.wandb.mode=offline"]
+    overrides = [o for o in FAST if not o.startswith("logger")] + [
+        f"run_dir={tmp_path / 'r'}",
+        "logger.wandb.mode=offline",
+    ]
     assert main(["train", str(experiment), *overrides, "trainer.max_epochs=1"]) == 0
     caplog.clear()
     with caplog.at_level("INFO"):

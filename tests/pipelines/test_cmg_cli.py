@@ -54,7 +54,9 @@ def test_zsad_test_with_the_checkpoint_reproduces_the_full_run(ablation_runs, tm
     runs, common = ablation_runs
     run_dir = runs["cmg_full"]
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    assert main(["test", "cmg_full", *common, f"checkpoint={checkpoint}", f"run_dir={tmp_path / 'eval'}"]) == 0
+    assert (
+        main(["test", "cmg_full", *common, f"checkpoint={checkpoint}", f"run_dir={tmp_path / 'eval'}"]) == 0
+    )
     again = json.loads((tmp_path / "eval" / "results.json").read_text())["targets"]["synthetic"]["mean"]
     first = json.loads((run_dir / "results.json").read_text())["targets"]["synthetic"]["mean"]
     for key, value in first.items():
@@ -68,9 +70,15 @@ def test_ablation_table_compares_the_runs_against_the_baseline(ablation_runs):
     assert table[0].startswith("| run | target | img AUROC |") and len(table) == 2 + len(ABLATIONS)
     baseline = json.loads((runs["cmg_baseline"] / "results.json").read_text())["targets"]["synthetic"]["mean"]
     full = json.loads((runs["cmg_full"] / "results.json").read_text())["targets"]["synthetic"]["mean"]
-    assert table[2].startswith("| cmg_baseline | synthetic | ") and f"{100 * baseline['image_auroc']:.1f} |" in table[2]
+    assert (
+        table[2].startswith("| cmg_baseline | synthetic | ")
+        and f"{100 * baseline['image_auroc']:.1f} |" in table[2]
+    )
     delta = 100 * (full["image_auroc"] - baseline["image_auroc"])
-    assert table[5].startswith("| cmg_full | synthetic | ") and f"{100 * full['image_auroc']:.1f} ({delta:+.1f})" in table[5]
+    assert (
+        table[5].startswith("| cmg_full | synthetic | ")
+        and f"{100 * full['image_auroc']:.1f} ({delta:+.1f})" in table[5]
+    )
 
 
 def test_ablation_table_marks_missing_metrics(tmp_path):

@@ -24,7 +24,11 @@ def test_demo_composes_base_method_data_and_experiment():
 
 
 def test_overrides_are_typed_and_nested():
-    cfg = to_object(compose("demo", ["method.lr=0.01", "trainer.max_epochs=2", "targets.0.batch_size=3", "output_dir=/tmp/x"]))
+    cfg = to_object(
+        compose(
+            "demo", ["method.lr=0.01", "trainer.max_epochs=2", "targets.0.batch_size=3", "output_dir=/tmp/x"]
+        )
+    )
     assert cfg.method.lr == 0.01 and cfg.trainer.max_epochs == 2 and cfg.targets[0].batch_size == 3
     assert cfg.source.root == "/tmp/x/synthetic/industrial"
 

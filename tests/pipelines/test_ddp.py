@@ -14,11 +14,25 @@ from pipelines.cli import main
 def test_two_process_evaluation_equals_one_process(tmp_path, synthetic_pair):
     source, target = synthetic_pair
     experiment = write_experiment(tmp_path, source, target)
-    assert main(["train", str(experiment), *FAST, "trainer.max_epochs=1", f"run_dir={tmp_path / 'train'}"]) == 0
+    assert (
+        main(["train", str(experiment), *FAST, "trainer.max_epochs=1", f"run_dir={tmp_path / 'train'}"]) == 0
+    )
     checkpoint = tmp_path / "train" / "checkpoints" / "last.ckpt"
 
     def evaluate(name: str, *overrides: str) -> dict:
-        assert main(["test", str(experiment), *FAST, f"checkpoint={checkpoint}", f"run_dir={tmp_path / name}", *overrides]) == 0
+        assert (
+            main(
+                [
+                    "test",
+                    str(experiment),
+                    *FAST,
+                    f"checkpoint={checkpoint}",
+                    f"run_dir={tmp_path / name}",
+                    *overrides,
+                ]
+            )
+            == 0
+        )
         return json.loads((tmp_path / name / "results.json").read_text())["targets"]["synthetic"]
 
     single = evaluate("one")

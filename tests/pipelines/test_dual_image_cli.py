@@ -50,17 +50,25 @@ def _overrides(name: str, target_yaml, run_dir) -> list[str]:
 
 def test_ablation_configs_keep_their_switches(target_yaml, tmp_path):
     """The tiny method swaps the backbone only: each experiment's own switches survive the override."""
-    got = {name: to_object(compose(name, _overrides(name, target_yaml, tmp_path))).method for name in ABLATIONS}
+    got = {
+        name: to_object(compose(name, _overrides(name, target_yaml, tmp_path))).method for name in ABLATIONS
+    }
     assert not got["dual_image_text_only"].visual.enabled and not got["dual_image_text_only"].tta.enabled
     assert got["dual_image_visual"].visual.enabled and not got["dual_image_visual"].tta.enabled
     assert got["dual_image_tta"].tta.enabled and not got["dual_image_tta"].visual.enabled
     assert got["dual_image_full"].visual.enabled and got["dual_image_full"].tta.enabled
     assert got["dual_image_full_perlin"].tta.image_anomalies
     assert [got[f"dual_image_k{k}"].visual.k for k in (1, 2, 4)] == [1, 2, 4]
-    assert got["dual_image_kall"].visual.k == -1 and got["dual_image_kall"].visual.aggregate == "interval_mean"
+    assert (
+        got["dual_image_kall"].visual.k == -1 and got["dual_image_kall"].visual.aggregate == "interval_mean"
+    )
     assert all(m.backbone.name == "zsad-tiny-vit" for m in got.values())
     full = to_object(compose("dual_image_full", ["data_root=/nowhere"])).method
-    assert full.backbone.name == "ViT-B-16-plus-240" and full.backbone.pretrained == "laion400m_e32" and full.backbone.image_size == 240
+    assert (
+        full.backbone.name == "ViT-B-16-plus-240"
+        and full.backbone.pretrained == "laion400m_e32"
+        and full.backbone.image_size == 240
+    )
 
 
 @pytest.mark.slow
@@ -69,7 +77,10 @@ def test_zsad_test_without_checkpoint_writes_results(name, target_yaml, tmp_path
     run_dir = tmp_path / name
     assert main(["test", name, *_overrides(name, target_yaml, run_dir)]) == 0
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["method"] == ("anovl" if name.startswith("anovl") else "dual_image") and results["checkpoint"] is None
+    assert (
+        results["method"] == ("anovl" if name.startswith("anovl") else "dual_image")
+        and results["checkpoint"] is None
+    )
     target = results["targets"]["synthetic"]
     assert set(target["categories"]) == {"ring", "cells"}
     for metrics in target["categories"].values():

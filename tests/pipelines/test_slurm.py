@@ -26,11 +26,15 @@ def _slurm_problem() -> str | None:
     if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
         return "SLURM client tools (sbatch, sinfo) are not installed"
     try:
-        states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20).stdout
+        states = subprocess.run(
+            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20
+        ).stdout
     except (OSError, subprocess.SubprocessError) as error:
         return f"sinfo failed: {error}"
     if not any(state in states for state in ("idle", "mixed", "alloc")):
-        return f"no SLURM node is up (sinfo: {states.strip() or 'nothing'}); start one with .ci/start_slurm.sh"
+        return (
+            f"no SLURM node is up (sinfo: {states.strip() or 'nothing'}); start one with .ci/start_slurm.sh"
+        )
     return None
 
 
@@ -111,4 +115,7 @@ def test_sigusr1_requeues_and_the_run_resumes_from_its_checkpoint(slurm, tmp_pat
     log = _logs(directory)
     assert "Requeued SLURM job" in log
     assert "Restoring states from the checkpoint path at" in log and "hpc_ckpt_1.ckpt" in log
-    assert json.loads((run_dir / "results.json").read_text())["targets"]["synthetic"]["mean"]["image_auroc"] is not None
+    assert (
+        json.loads((run_dir / "results.json").read_text())["targets"]["synthetic"]["mean"]["image_auroc"]
+        is not None
+    )

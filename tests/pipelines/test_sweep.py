@@ -18,7 +18,12 @@ from pipelines.report import build_report
 
 
 def test_grid_and_variants_expand_with_stable_ids(tmp_path, synthetic_pair):
-    path = write_sweep(tmp_path, *synthetic_pair, seeds=[1, 2], extra={"variants": [{"method.lr": 0.001}, {"method.lr": 0.01}]})
+    path = write_sweep(
+        tmp_path,
+        *synthetic_pair,
+        seeds=[1, 2],
+        extra={"variants": [{"method.lr": 0.001}, {"method.lr": 0.01}]},
+    )
     cfg, _ = sweep.load_sweep(path)
     runs = sweep.expand(cfg)
     assert len(runs) == 4 and len({r.id for r in runs}) == 4
@@ -48,7 +53,9 @@ def test_plan_validates_every_run_config(tmp_path, synthetic_pair, capsys):
     assert main(["sweep", "plan", str(path)]) == 0
     out = capsys.readouterr().out
     assert "2 runs" in out and "seed=1" in out
-    broken = write_sweep(tmp_path, *synthetic_pair, seeds=[1], extra={"overrides": ["method.lrr=1"]}, name="broken")
+    broken = write_sweep(
+        tmp_path, *synthetic_pair, seeds=[1], extra={"overrides": ["method.lrr=1"]}, name="broken"
+    )
     assert main(["sweep", "submit", "--dry-run", str(broken)]) == 2
     assert "Did you mean" in capsys.readouterr().err
 
@@ -81,7 +88,11 @@ def test_local_sweep_runs_records_failures_skips_finished_and_reports(tmp_path, 
     report_dir = sweep.sweep_dir(cfg)
     markdown = (report_dir / "report.md").read_text()
     assert "| synthetic |" in markdown and "anomalyclip" in markdown
-    finished = [json.loads((Path(r["run_dir"]) / "results.json").read_text()) for r in rows.values() if r["state"] == "finished"]
+    finished = [
+        json.loads((Path(r["run_dir"]) / "results.json").read_text())
+        for r in rows.values()
+        if r["state"] == "finished"
+    ]
     expected = sum(f["targets"]["synthetic"]["mean"]["image_auroc"] for f in finished) / 2
     csv_rows = (report_dir / "report.csv").read_text().splitlines()
     image_auroc = next(r for r in csv_rows if r.startswith("synthetic,anomalyclip,synthetic,image_auroc,"))
@@ -99,7 +110,9 @@ def test_sbatch_script_has_array_signal_requeue_and_ddp_settings(tmp_path, synth
                  "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4", "module load cuda"):  # fmt: skip
         assert line in script
     assert "srun " in script and "sweep run-task" in script and '--index "$SLURM_ARRAY_TASK_ID"' in script
-    assert "trainer.devices=4" in script and "trainer.num_nodes=2" in script and "trainer.strategy=ddp" in script
+    assert (
+        "trainer.devices=4" in script and "trainer.num_nodes=2" in script and "trainer.strategy=ddp" in script
+    )
 
 
 def test_report_reference_rows_show_the_published_numbers(tmp_path):
@@ -110,7 +123,9 @@ def test_report_reference_rows_show_the_published_numbers(tmp_path):
         "targets": {"mvtec": {"dataset": "mvtec", "mean": {"image_auroc": 0.9, "image_ap": 0.95, "pixel_auroc": 0.91, "aupro": 0.8}}},
     }  # fmt: skip
     (run_dir / "results.json").write_text(json.dumps(results))
-    report = build_report([str(tmp_path / "runs")], out=str(tmp_path / "rep"), reference=True, wandb_mode="disabled")
+    report = build_report(
+        [str(tmp_path / "runs")], out=str(tmp_path / "rep"), reference=True, wandb_mode="disabled"
+    )
     assert "| mvtec | 90.0, 95.0 |" in report.markdown
     assert "| mvtec (published) | 91.5, 96.2 |" in report.markdown
     assert "| mvtec (published) | 91.1, 81.4 |" in report.markdown

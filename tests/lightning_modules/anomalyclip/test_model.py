@@ -25,7 +25,9 @@ def test_prompts_splice_learned_vectors_after_the_start_token(model):
     torch.testing.assert_close(prompts[0, 1:13], model.prompts.normal_context)
     torch.testing.assert_close(prompts[1, 1:13], model.prompts.abnormal_context)
     torch.testing.assert_close(prompts[:, :1], reference[:, :1])  # start token
-    torch.testing.assert_close(prompts[:, 13:], reference[:, 13:])  # "object ." / "damaged object ." + end + padding
+    torch.testing.assert_close(
+        prompts[:, 13:], reference[:, 13:]
+    )  # "object ." / "damaged object ." + end + padding
     assert tokens[0].argmax() == 1 + 12 + 2  # end token after "object" "."
     assert tokens[1].argmax() == 1 + 12 + 3  # after "damaged" "object" "."
 

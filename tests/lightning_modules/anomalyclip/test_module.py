@@ -15,7 +15,9 @@ from tests_support import tiny_anomalyclip_config
 
 
 def _datamodule(root) -> AnomalyDataModule:
-    return AnomalyDataModule(DataConfig(name="synthetic", root=str(root), batch_size=4, num_workers=0), image_size=32)
+    return AnomalyDataModule(
+        DataConfig(name="synthetic", root=str(root), batch_size=4, num_workers=0), image_size=32
+    )
 
 
 def _dataset_loss(module: AnomalyCLIPModule, datamodule: AnomalyDataModule) -> float:
@@ -23,7 +25,9 @@ def _dataset_loss(module: AnomalyCLIPModule, datamodule: AnomalyDataModule) -> f
     with torch.no_grad():
         for batch in datamodule.train_dataloader():
             output = module.model(batch["image"], size=tuple(batch["mask"].shape[-2:]))
-            total += module.model.loss(output, batch["label"], batch["mask"])["loss"].item() * len(batch["label"])
+            total += module.model.loss(output, batch["label"], batch["mask"])["loss"].item() * len(
+                batch["label"]
+            )
             n += len(batch["label"])
     return total / n
 
@@ -32,8 +36,14 @@ def _fit(root, seed: int, epochs: int, tmp_path) -> AnomalyCLIPModule:
     L.seed_everything(seed, verbose=False)
     module = AnomalyCLIPModule(tiny_anomalyclip_config())
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, enable_checkpointing=False,
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
     )
     trainer.fit(module, datamodule=_datamodule(root))
     return module
@@ -56,7 +66,10 @@ def test_same_seed_gives_the_same_prompts(synthetic_pair, tmp_path):
     b = _fit(source, seed=7, epochs=1, tmp_path=tmp_path)
     c = _fit(source, seed=8, epochs=1, tmp_path=tmp_path)
     for (name, pa), (_, pb), (_, pc) in zip(
-        a.model.prompts.named_parameters(), b.model.prompts.named_parameters(), c.model.prompts.named_parameters(), strict=True
+        a.model.prompts.named_parameters(),
+        b.model.prompts.named_parameters(),
+        c.model.prompts.named_parameters(),
+        strict=True,
     ):
         torch.testing.assert_close(pa, pb, msg=name)
         assert not torch.equal(pa, pc)
@@ -74,7 +87,9 @@ def test_checkpoint_from_another_setup_is_refused(tmp_path):
     module = AnomalyCLIPModule(tiny_anomalyclip_config())
     checkpoint = {"state_dict": dict(module.state_dict())}
     module.on_save_checkpoint(checkpoint)
-    assert set(checkpoint["state_dict"]) == {f"model.{k}" for k, _ in module.model.prompts.named_parameters(prefix="prompts")}
+    assert set(checkpoint["state_dict"]) == {
+        f"model.{k}" for k, _ in module.model.prompts.named_parameters(prefix="prompts")
+    }
     path = tmp_path / "prompts.ckpt"
     torch.save(checkpoint, path)
 

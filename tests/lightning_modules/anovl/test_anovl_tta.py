@@ -86,7 +86,14 @@ def test_tta_changes_only_the_adapter(setup):
     fresh.reset_parameters(_generators([1, 2, 3]))
     trained = TextAdapter(text.prompts)
     trained.reset_parameters(_generators([1, 2, 3]))
-    run_steps(trained, torch.optim.AdamW(trained.parameters(), lr=1e-2), tokens, text.classes, _generators([1, 2, 3]), TTAConfig(steps=3))
+    run_steps(
+        trained,
+        torch.optim.AdamW(trained.parameters(), lr=1e-2),
+        tokens,
+        text.classes,
+        _generators([1, 2, 3]),
+        TTAConfig(steps=3),
+    )
     assert not torch.allclose(trained.weight, fresh.weight)
 
 
@@ -112,7 +119,9 @@ def test_reset_policies(setup):
     # later images carry state (optimizer moments, or the whole adapter)
     assert not torch.allclose(first[1][1], first[0][1]) and not torch.allclose(first[2][1], first[0][1])
     category.reset()
-    torch.testing.assert_close(category.adapt(tokens, text, [1, 2, 3], ["ring"] * 3), first[2], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        category.adapt(tokens, text, [1, 2, 3], ["ring"] * 3), first[2], atol=1e-6, rtol=1e-6
+    )
     with pytest.raises(ConfigError, match="reset"):
         TestTimeAdaptation(dataclasses.replace(TTAConfig(), reset="never"))
 
@@ -122,5 +131,7 @@ def test_tta_refuses_inference_mode(setup):
     tta = TestTimeAdaptation(TTAConfig(steps=1))
     with torch.inference_mode(), pytest.raises(ZsadError, match="inference_mode=False"):
         tta.adapt(tokens, text, [1, 2, 3], ["ring"] * 3)
-    with torch.no_grad():  # what Lightning's test loop does with inference_mode=False: TTA enables grad itself
+    with (
+        torch.no_grad()
+    ):  # what Lightning's test loop does with inference_mode=False: TTA enables grad itself
         assert tta.adapt(tokens, text, [1, 2, 3], ["ring"] * 3).shape == tokens.shape

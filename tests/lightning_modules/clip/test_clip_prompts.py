@@ -19,10 +19,16 @@ from lightning_modules.clip.prompts import (
 
 
 def test_ensemble_sizes_and_sentences():
-    assert CLIP_PAIR.sentences("metal nut") == (["a photo of a normal metal nut."], ["a photo of an anomalous metal nut."])
+    assert CLIP_PAIR.sentences("metal nut") == (
+        ["a photo of a normal metal nut."],
+        ["a photo of an anomalous metal nut."],
+    )
     normal, abnormal = WINCLIP.sentences("bottle")
     assert (len(normal), len(abnormal)) == (7 * 22, 4 * 22)  # the WinCLIP paper's 154 / 88
-    assert normal[0] == "a cropped photo of the bottle." and "a photo of a bottle without damage for anomaly detection." in normal
+    assert (
+        normal[0] == "a cropped photo of the bottle."
+        and "a photo of a bottle without damage for anomaly detection." in normal
+    )
     assert abnormal[-1] == "a photo of a bottle with damage for anomaly detection."
     normal, abnormal = VAND.sentences("pill")
     assert (len(normal), len(abnormal)) == (7 * 35, 5 * 35) and "a bad photo of a broken pill." in abnormal
@@ -34,9 +40,13 @@ def test_ensemble_sizes_and_sentences():
 @pytest.mark.parametrize("normalize_each", [True, False])
 def test_ensemble_embeddings_equal_open_clip(tiny_clip, normalize_each):
     model, tokenizer = tiny_clip
-    ensemble = PromptEnsemble(("{}", "perfect {}"), ("broken {}",), ("a photo of a {}.", "there is the {} in the scene."))
+    ensemble = PromptEnsemble(
+        ("{}", "perfect {}"), ("broken {}",), ("a photo of a {}.", "there is the {} in the scene.")
+    )
     words = ["disc", "metal nut"]
-    got = encode_prompt_ensemble(PromptTextEncoder(model), tokenizer, ensemble, words, normalize_each=normalize_each, chunk_size=3)
+    got = encode_prompt_ensemble(
+        PromptTextEncoder(model), tokenizer, ensemble, words, normalize_each=normalize_each, chunk_size=3
+    )
     assert got.shape == (2, 2, model.text_projection.shape[1])
     for c, word in enumerate(words):
         for s, sentences in enumerate(ensemble.sentences(word)):

@@ -19,7 +19,9 @@ def test_deep_tokens_overwrite_positions_1_to_k_of_the_chosen_blocks(tiny_clip):
     encoder = PromptTextEncoder(model)
     tokens = tokenizer(["X X X X X X object.", "X X X X X X damaged object."])
     embeddings = encoder.embed(tokens)
-    deep = [torch.full((4, encoder.width), float(j + 1)) for j in range(8)]  # block 2 gets 1.0, block 9 gets 8.0
+    deep = [
+        torch.full((4, encoder.width), float(j + 1)) for j in range(8)
+    ]  # block 2 gets 1.0, block 9 gets 8.0
     seen: dict[int, torch.Tensor] = {}
     hooks = [
         block.register_forward_pre_hook(lambda _m, args, i=i: seen.__setitem__(i, args[0].detach().clone()))

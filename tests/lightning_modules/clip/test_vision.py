@@ -16,7 +16,9 @@ def test_plain_encoder_equals_open_clip(tiny_clip):
     images = torch.randn(3, 3, 32, 32)
     encoder = DualPathVisionEncoder(model.visual, image_size=32)
     features = encoder(images, layers=[6])
-    torch.testing.assert_close(encoder.project(features.class_token), model.encode_image(images), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        encoder.project(features.class_token), model.encode_image(images), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_original_stream_unchanged_by_dual_path(tiny_clip):
@@ -29,7 +31,9 @@ def test_original_stream_unchanged_by_dual_path(tiny_clip):
         x = block(x)
     features = dual(images, layers=[1, 2])
     torch.testing.assert_close(features.class_token, x[:, 0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(dual.project(features.class_token), model.encode_image(images), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        dual.project(features.class_token), model.encode_image(images), atol=1e-5, rtol=1e-5
+    )
     # before the first dual block, returned tokens are the original stream
     plain = model.visual.transformer.resblocks[0](dual.embed(images))
     torch.testing.assert_close(features.tokens[1], plain, atol=1e-5, rtol=1e-5)
@@ -88,8 +92,10 @@ def _bilinear_reference(table: np.ndarray, new: int) -> np.ndarray:
             y1, x1 = min(y0 + 1, old - 1), min(x0 + 1, old - 1)
             dy, dx = y - y0, x - x0
             out[i, j] = (
-                table[y0, x0] * (1 - dy) * (1 - dx) + table[y0, x1] * (1 - dy) * dx
-                + table[y1, x0] * dy * (1 - dx) + table[y1, x1] * dy * dx
+                table[y0, x0] * (1 - dy) * (1 - dx)
+                + table[y0, x1] * (1 - dy) * dx
+                + table[y1, x0] * dy * (1 - dx)
+                + table[y1, x1] * dy * dx
             )
     return out
 

@@ -25,10 +25,19 @@ def test_clip_scores_and_maps_equal_open_clip(tiny_clip):
     scores, maps = clip.predict(images, category_ids, (40, 40))
 
     with torch.no_grad():
-        text = F.normalize(model.encode_text(tokenizer([
-            "a photo of a normal disc.", "a photo of an anomalous disc.",
-            "a photo of a normal metal nut.", "a photo of an anomalous metal nut.",
-        ])), dim=-1).view(2, 2, -1)[category_ids]
+        text = F.normalize(
+            model.encode_text(
+                tokenizer(
+                    [
+                        "a photo of a normal disc.",
+                        "a photo of an anomalous disc.",
+                        "a photo of a normal metal nut.",
+                        "a photo of an anomalous metal nut.",
+                    ]
+                )
+            ),
+            dim=-1,
+        ).view(2, 2, -1)[category_ids]
         model.visual.output_tokens = True
         try:
             pooled, tokens = model.visual(images)  # tokens: ln_post(last block) without proj
@@ -37,7 +46,9 @@ def test_clip_scores_and_maps_equal_open_clip(tiny_clip):
     image = F.normalize(pooled, dim=-1)
     expected_scores = (torch.einsum("bd,bcd->bc", image, text) / 0.07).softmax(-1)[:, 1]
     torch.testing.assert_close(scores, expected_scores, atol=1e-5, rtol=1e-5)
-    patch_probs = (torch.einsum("bnd,bcd->bnc", F.normalize(tokens @ model.visual.proj, dim=-1), text) / 0.07).softmax(-1)
+    patch_probs = (
+        torch.einsum("bnd,bcd->bnc", F.normalize(tokens @ model.visual.proj, dim=-1), text) / 0.07
+    ).softmax(-1)
     grid = patch_probs[..., 1].reshape(3, 1, 4, 4)
     expected_maps = F.interpolate(grid, size=(40, 40), mode="bilinear", align_corners=False)[:, 0]
     torch.testing.assert_close(maps, expected_maps, atol=1e-5, rtol=1e-5)
@@ -72,7 +83,18 @@ def test_clip_and_clip_ac_run_end_to_end(tmp_path, synthetic_pair, capsys):
         assert not (run_dir / "checkpoints").exists()  # nothing trained
     # `zsad train` on a training-free method says what to do instead, on one line
     capsys.readouterr()
-    assert main(["train", str(experiment), *FAST, f"run_dir={tmp_path / 'train'}", f"source={tmp_path / 'data' / 'tgt.yaml'}"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                str(experiment),
+                *FAST,
+                f"run_dir={tmp_path / 'train'}",
+                f"source={tmp_path / 'data' / 'tgt.yaml'}",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "training-free" in err and "\n" not in err
     assert not (tmp_path / "train").exists()  # refused before a run folder is made

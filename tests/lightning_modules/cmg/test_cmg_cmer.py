@@ -59,7 +59,9 @@ def test_occluded_views_fill_exactly_one_region_each():
         expected[4 * (k // 3) : 4 * (k // 3) + 4, 4 * (k % 3) : 4 * (k % 3) + 4] = True
         assert torch.equal(changed[0, k], expected)
     # view k + 1 fills region k (here region 5: middle row, right column) with the image's channel means
-    torch.testing.assert_close(views[1, 6, :, 4:8, 8:12], images[1].mean(dim=(1, 2))[:, None, None].expand(3, 4, 4))
+    torch.testing.assert_close(
+        views[1, 6, :, 4:8, 8:12], images[1].mean(dim=(1, 2))[:, None, None].expand(3, 4, 4)
+    )
     assert occluded_views(images, GRID, "mean")[1, :, :4, :4].eq(0).all()  # CLIP mean colour = 0
 
 

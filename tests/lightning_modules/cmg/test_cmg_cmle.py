@@ -11,7 +11,9 @@ def _plane_points(n: int = 24, dim: int = 6, seed: int = 0) -> torch.Tensor:
     """Points on a 2-d affine plane in ``dim`` dimensions: each is an affine combination of its neighbours."""
     g = torch.Generator().manual_seed(seed)
     coords = torch.rand(n, 2, generator=g, dtype=torch.float64)
-    return coords @ torch.randn(2, dim, generator=g, dtype=torch.float64) + torch.randn(dim, generator=g, dtype=torch.float64)
+    return coords @ torch.randn(2, dim, generator=g, dtype=torch.float64) + torch.randn(
+        dim, generator=g, dtype=torch.float64
+    )
 
 
 def test_lle_weights_reconstruct_the_embeddings_and_rows_sum_to_one():
@@ -65,9 +67,13 @@ def test_global_structure_uses_the_bank_for_neighbours_outside_the_batch():
     first, second = torch.arange(0, 6), torch.arange(6, 12)
     early = structure.loss(codes[first], first)  # only rows whose neighbours all lie in the batch count
     usable = (structure.idx[first] < 6).all(dim=1)
-    expected_early = cmle_loss(codes[first][usable], codes[structure.idx[first][usable]], structure.weights[first][usable])
+    expected_early = cmle_loss(
+        codes[first][usable], codes[structure.idx[first][usable]], structure.weights[first][usable]
+    )
     torch.testing.assert_close(early, expected_early)
     structure.loss(codes[second], second)
     # every code is in the bank now: a batch's loss is the full matrix's rows of that batch
     late = structure.loss(codes[first], first)
-    torch.testing.assert_close(late, cmle_loss(codes[first], codes[structure.idx[first]], structure.weights[first]))
+    torch.testing.assert_close(
+        late, cmle_loss(codes[first], codes[structure.idx[first]], structure.weights[first])
+    )

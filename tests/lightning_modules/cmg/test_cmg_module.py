@@ -43,7 +43,14 @@ def cmg_dataset(tmp_path_factory):
 
 
 def _datamodule(root, batch_size: int = 6) -> AnomalyDataModule:
-    cfg = DataConfig(name="synthetic", root=str(root), train_split="train", batch_size=batch_size, eval_batch_size=8, num_workers=0)
+    cfg = DataConfig(
+        name="synthetic",
+        root=str(root),
+        train_split="train",
+        batch_size=batch_size,
+        eval_batch_size=8,
+        num_workers=0,
+    )
     return AnomalyDataModule(cfg, image_size=32)
 
 
@@ -66,7 +73,9 @@ def _training_loss(module: CMGModule, datamodule: AnomalyDataModule) -> float:
     with torch.no_grad():
         for batch in datamodule.train_dataloader():
             texts = module._batch_texts(batch)
-            output = module.model(batch["image"], module.model.keep_mask(batch["image"], batch["image_path"], texts))
+            output = module.model(
+                batch["image"], module.model.keep_mask(batch["image"], batch["image_path"], texts)
+            )
             total += module.model.loss(output, module.model.encode_texts(texts))["loss"].item() * len(texts)
             n += len(texts)
     return total / n
@@ -76,14 +85,19 @@ def test_texts_come_from_captions_then_the_template(cmg_dataset, tmp_path):
     datamodule = _datamodule(cmg_dataset)
     records = datamodule.split_index("train").records
     captions = tmp_path / "captions.json"
-    captions.write_text(json.dumps({records[0].image_path.relative_to(cmg_dataset).as_posix(): "a shiny round disc"}))
+    captions.write_text(
+        json.dumps({records[0].image_path.relative_to(cmg_dataset).as_posix(): "a shiny round disc"})
+    )
     texts = ImageTexts.from_datamodule(datamodule, "{domain} photo of a {name}.", str(captions))
     assert texts.text(records[0].image_path, records[0].category) == "a shiny round disc"
     assert texts.text(records[-1].image_path, "weave") == "industrial photo of a weave."
     csv_file = tmp_path / "captions.csv"
     csv_file.write_text(f"image,caption\n{records[1].image_path},absolute paths match too\n")
     assert load_captions(csv_file) == {str(records[1].image_path): "absolute paths match too"}
-    assert ImageTexts.from_datamodule(datamodule, "{name}", str(csv_file)).text(records[1].image_path, "disc") == "absolute paths match too"
+    assert (
+        ImageTexts.from_datamodule(datamodule, "{name}", str(csv_file)).text(records[1].image_path, "disc")
+        == "absolute paths match too"
+    )
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ConfigError, match="object mapping"):
         load_captions(tmp_path / "bad.json")
@@ -98,7 +112,9 @@ def test_cmer_relevance_is_computed_once_per_image_in_batched_calls(tiny_clip, c
     batch = next(iter(_datamodule(cmg_dataset).train_dataloader()))
     texts = module._batch_texts(batch)
     first = module.model.relevance(batch["image"], batch["image_path"], texts)
-    assert first.shape == (6, 4) and sum(calls) == 6 * 5 and max(calls) <= 8  # (1 + 4) views per image, chunked
+    assert (
+        first.shape == (6, 4) and sum(calls) == 6 * 5 and max(calls) <= 8
+    )  # (1 + 4) views per image, chunked
     again = module.model.relevance(batch["image"], batch["image_path"], texts)
     torch.testing.assert_close(again, first)
     assert sum(calls) == 30  # second pass: all from the cache
@@ -156,16 +172,22 @@ def test_checkpoint_holds_only_the_autoencoder(tiny_clip, tmp_path):
     module = _module(tiny_clip)
     checkpoint = {"state_dict": dict(module.state_dict())}
     module.on_save_checkpoint(checkpoint)
-    assert checkpoint["state_dict"] and all(k.startswith("model.autoencoder.") for k in checkpoint["state_dict"])
+    assert checkpoint["state_dict"] and all(
+        k.startswith("model.autoencoder.") for k in checkpoint["state_dict"]
+    )
     torch.save(checkpoint, tmp_path / "cmg.ckpt")
     other = _module(tiny_clip, tiny_cmg_config(detector=DetectorConfig(feature_layers=[2, 4], latent_dim=8)))
     with pytest.raises(ZsadError, match="different setup"):
         other.load_trained_weights(str(tmp_path / "cmg.ckpt"))
     same = _module(tiny_clip)
     same.load_trained_weights(str(tmp_path / "cmg.ckpt"))
-    torch.testing.assert_close(same.model.autoencoder.encoder[0].weight, module.model.autoencoder.encoder[0].weight)
+    torch.testing.assert_close(
+        same.model.autoencoder.encoder[0].weight, module.model.autoencoder.encoder[0].weight
+    )
     optimizer = module.configure_optimizers()
-    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in module.model.autoencoder.parameters()}
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {
+        id(p) for p in module.model.autoencoder.parameters()
+    }
 
 
 def test_a_captions_file_that_matches_no_training_image_is_an_error(tiny_clip, cmg_dataset, tmp_path):

@@ -31,12 +31,21 @@ def test_context_replaces_the_placeholders_of_every_class_prompt(tiny_clip):
     coop.set_classes(["disc", "metal nut"])
     rows = torch.arange(4)
     embeddings = coop.prompts(rows)
-    token_ids = tokenizer(["X X X normal disc.", "X X X anomalous disc.", "X X X normal metal nut.", "X X X anomalous metal nut."])
+    token_ids = tokenizer(
+        [
+            "X X X normal disc.",
+            "X X X anomalous disc.",
+            "X X X normal metal nut.",
+            "X X X anomalous metal nut.",
+        ]
+    )
     reference = PromptTextEncoder(model).embed(token_ids)[:, : embeddings.shape[1]]
     torch.testing.assert_close(embeddings[:, 0], reference[:, 0])  # start token
     torch.testing.assert_close(embeddings[:, 4:], reference[:, 4:])  # "<state> <class>." and the end token
     for row in range(4):
-        torch.testing.assert_close(embeddings[row, 1:4], coop.prompts.context[0])  # shared by classes and states
+        torch.testing.assert_close(
+            embeddings[row, 1:4], coop.prompts.context[0]
+        )  # shared by classes and states
 
 
 def test_class_texts_follow_each_images_category_and_carry_gradients(tiny_clip):
@@ -52,7 +61,9 @@ def test_class_texts_follow_each_images_category_and_carry_gradients(tiny_clip):
     logits = coop(images, torch.tensor([2, 0, 2]))
     with torch.no_grad():
         image = F.normalize(coop.clip.encode_image(images), dim=-1)
-    torch.testing.assert_close(logits, torch.einsum("bd,bcd->bc", image, batch.detach()) / 0.01, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        logits, torch.einsum("bd,bcd->bc", image, batch.detach()) / 0.01, atol=1e-4, rtol=1e-4
+    )
     coop.loss(logits, labels).backward()
     assert coop.prompts.context.grad is not None and coop.prompts.context.grad.abs().sum() > 0
     assert [n for n, p in coop.named_parameters() if p.requires_grad] == ["prompts.context"]

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def tiny_dual_image_config(**visual) -> DualImageConfig:
     """``dual_image_tiny`` (visual layers 3 and 5) with image-space anomalies in the TTA and a fixed seed."""
     overrides = {f"visual.{key}": value for key, value in visual.items()}
-    return tiny_method_config("dual_image_tiny", templates_per_domain=1, seed=7, **overrides, **{"tta.image_anomalies": True})
+    return tiny_method_config(
+        "dual_image_tiny", templates_per_domain=1, seed=7, **overrides, **{"tta.image_anomalies": True}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,9 @@ def test_scores_do_not_depend_on_how_the_test_set_is_split(tiny_clip, datamodule
     split = {}
     for rank in (0, 1):
         sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=False)
-        split.update(_scores(_module(cfg, tiny_clip, datamodule), DataLoader(dataset, batch_size=2, sampler=sampler)))
+        split.update(
+            _scores(_module(cfg, tiny_clip, datamodule), DataLoader(dataset, batch_size=2, sampler=sampler))
+        )
     assert set(split) == set(whole) == set(range(len(dataset)))
     for sample_id, (score, amap) in whole.items():
         assert split[sample_id][0] == pytest.approx(score, abs=1e-5)
@@ -96,11 +100,15 @@ def test_fused_map_and_score_equal_direct_computation(tiny_clip, datamodule):
         partner_id = [p for p, r in bank.rows.items() if r == partner][0]
         assert partner_id != sample_id
         own = model.encode(batch["image"][i : i + 1], [3, 5]).reference_tokens
-        ref = model.encode(datamodule.test_dataloader().dataset[partner_id]["image"][None], [3, 5]).reference_tokens
+        ref = model.encode(
+            datamodule.test_dataloader().dataset[partner_id]["image"][None], [3, 5]
+        ).reference_tokens
         per_layer = [1 - (own[layer][0] @ ref[layer][0].t()).amax(dim=1) for layer in (3, 5)]
         visual[i] = torch.stack(per_layer).mean(0).view(4, 4)
     fused = out.grid + 0.7 * visual
-    torch.testing.assert_close(scores, 0.75 * out.image_scores + 0.25 * fused.flatten(1).amax(1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        scores, 0.75 * out.image_scores + 0.25 * fused.flatten(1).amax(1), atol=1e-5, rtol=1e-4
+    )
     torch.testing.assert_close(maps, model.upsample(fused, (32, 32)), atol=1e-5, rtol=1e-4)
 
 

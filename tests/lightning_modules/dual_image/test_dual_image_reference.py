@@ -34,7 +34,10 @@ def test_pairing_is_deterministic_per_seed_and_never_self(strategy, k):
 
 def test_random_pairing_changes_with_the_seed_and_is_a_cycle():
     emb = _embeddings(9)
-    outcomes = {tuple(pair_partners(emb, "random", 1, torch.Generator().manual_seed(s))[:, 0].tolist()) for s in range(6)}
+    outcomes = {
+        tuple(pair_partners(emb, "random", 1, torch.Generator().manual_seed(s))[:, 0].tolist())
+        for s in range(6)
+    }
     assert len(outcomes) > 1
     partners = pair_partners(emb, "random", 1, torch.Generator().manual_seed(3))[:, 0]
     assert sorted(partners.tolist()) == list(range(9))  # every image is the reference of exactly one other
@@ -72,7 +75,9 @@ def _brute_force(queries, bank, partners, aggregate, fraction=0.3):
             for layer in layers:
                 d = []
                 for j in partners[i].tolist():
-                    best = max(float(queries[layer][i, p] @ bank[layer][j, q]) for q in range(bank[layer].shape[1]))
+                    best = max(
+                        float(queries[layer][i, p] @ bank[layer][j, q]) for q in range(bank[layer].shape[1])
+                    )
                     d.append(1.0 - best)
                 if aggregate == "mean":
                     per_layer.append(sum(d) / len(d))
@@ -115,7 +120,9 @@ def test_mutual_scoring_interval_mean_equals_direct_computation():
         expected.append(d.sort(dim=1).values[:, :keep].mean(dim=1))
     torch.testing.assert_close(got, torch.stack(expected).mean(0), atol=1e-6, rtol=1e-6)
     # the chunk size only changes memory, not the result
-    torch.testing.assert_close(reference_distances(bank, bank, partners, "interval_mean", chunk=16), got, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        reference_distances(bank, bank, partners, "interval_mean", chunk=16), got, atol=1e-6, rtol=1e-6
+    )
 
 
 def test_streaming_aggregate_keeps_only_the_lowest_values():

@@ -15,7 +15,16 @@ ROOT = Path(__file__).resolve().parents[3]
 @pytest.mark.slow
 def test_metrics_benchmark_times_float16_and_float32_and_agrees_with_the_full_sort():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "metrics.py"), "--num-maps", "6", "--size", "96", "--repeat", "1"],
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "metrics.py"),
+            "--num-maps",
+            "6",
+            "--size",
+            "96",
+            "--repeat",
+            "1",
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -56,9 +56,13 @@ def test_maps_upsample_logits_then_softmax(tiny_clip):
     with torch.no_grad():
         features = vand.vision(images, layers=[3, 6])
         for i, layer in enumerate((3, 6)):
-            patches = F.normalize(vand.heads[i](features.tokens[layer][:, 1:]), dim=-1)  # raw tokens: no ln_post/proj
+            patches = F.normalize(
+                vand.heads[i](features.tokens[layer][:, 1:]), dim=-1
+            )  # raw tokens: no ln_post/proj
             logits = 100.0 * patches @ vand.class_text[0].t()
-            logits = F.interpolate(logits.transpose(1, 2).reshape(2, 2, 4, 4), size=(16, 16), mode="bilinear", align_corners=True)
+            logits = F.interpolate(
+                logits.transpose(1, 2).reshape(2, 2, 4, 4), size=(16, 16), mode="bilinear", align_corners=True
+            )
             torch.testing.assert_close(output.pixel_probs[i], logits.softmax(dim=1), atol=1e-5, rtol=1e-5)
         image = F.normalize(model.encode_image(images), dim=-1)
         expected = (100.0 * image @ vand.class_text[0].t()).softmax(-1)[:, 1]
@@ -71,16 +75,32 @@ def test_mosaic_tiles_come_from_the_same_category():
     tiles = [torch.full((3, 4, 4), float(v)) for v in range(4)]
     mosaic = mosaic_2x2(tiles)
     assert mosaic.shape == (3, 4, 4)
-    assert mosaic[0, :2, :2].eq(0).all() and mosaic[0, :2, 2:].eq(1).all() and mosaic[0, 2:, :2].eq(2).all() and mosaic[0, 2:, 2:].eq(3).all()
+    assert (
+        mosaic[0, :2, :2].eq(0).all()
+        and mosaic[0, :2, 2:].eq(1).all()
+        and mosaic[0, 2:, :2].eq(2).all()
+        and mosaic[0, 2:, 2:].eq(3).all()
+    )
 
     records = [SimpleNamespace(category=c) for c in ("a", "b", "a", "b", "a")]
     items = [
-        {"image": torch.full((3, 4, 4), float(i)), "mask": torch.full((4, 4), float(i == 4)), "label": torch.tensor(int(i == 4))}
+        {
+            "image": torch.full((3, 4, 4), float(i)),
+            "mask": torch.full((4, 4), float(i == 4)),
+            "label": torch.tensor(int(i == 4)),
+        }
         for i in range(5)
     ]
-    dataset = type("D", (), {"records": records, "categories": ["a", "b"], "__getitem__": lambda self, i: items[i]})()
-    batch = {"image": torch.zeros(3, 3, 4, 4), "mask": torch.zeros(3, 4, 4), "label": torch.zeros(3, dtype=torch.long),
-             "category_id": torch.tensor([0, 1, 0]), "has_mask": torch.ones(3, dtype=torch.bool)}
+    dataset = type(
+        "D", (), {"records": records, "categories": ["a", "b"], "__getitem__": lambda self, i: items[i]}
+    )()
+    batch = {
+        "image": torch.zeros(3, 3, 4, 4),
+        "mask": torch.zeros(3, 4, 4),
+        "label": torch.zeros(3, dtype=torch.long),
+        "category_id": torch.tensor([0, 1, 0]),
+        "has_mask": torch.ones(3, dtype=torch.bool),
+    }
     torch.manual_seed(0)
     out = SameCategoryMosaic(dataset, rate=1.0)(batch)
     for i, category in enumerate((0, 1, 0)):
@@ -106,7 +126,21 @@ def test_vand_trains_only_its_heads_and_runs_end_to_end(tmp_path, synthetic_pair
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert state and all(key.startswith("model.heads.") for key in state)
     # `zsad test` with the checkpoint reproduces the numbers
-    assert main(["test", str(experiment), *fast, f"checkpoint={run_dir / 'checkpoints' / 'last.ckpt'}", f"run_dir={tmp_path / 'eval'}"]) == 0
-    first, again = check_results(run_dir, {"ring", "cells"}), check_results(tmp_path / "eval", {"ring", "cells"})
+    assert (
+        main(
+            [
+                "test",
+                str(experiment),
+                *fast,
+                f"checkpoint={run_dir / 'checkpoints' / 'last.ckpt'}",
+                f"run_dir={tmp_path / 'eval'}",
+            ]
+        )
+        == 0
+    )
+    first, again = (
+        check_results(run_dir, {"ring", "cells"}),
+        check_results(tmp_path / "eval", {"ring", "cells"}),
+    )
     for category, metrics in first["categories"].items():
         assert again["categories"][category]["pixel_auroc"] == pytest.approx(metrics["pixel_auroc"], abs=1e-6)

@@ -20,7 +20,14 @@ from pipelines.cli import main
 
 def test_window_indices_are_row_major_unfold():
     windows = window_token_indices((3, 4), size=2)
-    assert windows.tolist() == [[0, 1, 4, 5], [1, 2, 5, 6], [2, 3, 6, 7], [4, 5, 8, 9], [5, 6, 9, 10], [6, 7, 10, 11]]
+    assert windows.tolist() == [
+        [0, 1, 4, 5],
+        [1, 2, 5, 6],
+        [2, 3, 6, 7],
+        [4, 5, 8, 9],
+        [5, 6, 9, 10],
+        [6, 7, 10, 11],
+    ]
     assert window_token_indices((4, 4), size=3, stride=1).shape == (4, 9)
     with pytest.raises(ValueError, match="does not fit"):
         window_token_indices((2, 2), size=3)
@@ -44,7 +51,9 @@ def _direct_window_embedding(visual, image: torch.Tensor, rows: range, cols: ran
 
 def test_window_scores_and_map_equal_a_direct_computation(tiny_clip):
     model, tokenizer = tiny_clip
-    winclip = WinCLIP(WinCLIPConfig(backbone=tiny_backbone(32), window_chunk_size=5), model, tokenizer)  # 4x4 grid
+    winclip = WinCLIP(
+        WinCLIPConfig(backbone=tiny_backbone(32), window_chunk_size=5), model, tokenizer
+    )  # 4x4 grid
     torch.manual_seed(1)
     winclip.class_text = F.normalize(torch.randn(2, 2, model.visual.proj.shape[1]), dim=-1)
     images = torch.randn(2, 3, 32, 32)
@@ -57,7 +66,9 @@ def test_window_scores_and_map_equal_a_direct_computation(tiny_clip):
         return (text[b] @ embedding / 0.07).softmax(-1)[1]
 
     with torch.no_grad():
-        image_scores = [probability(F.normalize(model.encode_image(images[b : b + 1])[0], dim=-1), b) for b in range(2)]
+        image_scores = [
+            probability(F.normalize(model.encode_image(images[b : b + 1])[0], dim=-1), b) for b in range(2)
+        ]
         torch.testing.assert_close(scores, torch.stack(image_scores), atol=1e-5, rtol=1e-5)
         expected_map = torch.zeros(2, 4, 4)
         for b in range(2):
@@ -65,14 +76,25 @@ def test_window_scores_and_map_equal_a_direct_computation(tiny_clip):
             for scale, size in enumerate((2, 3)):
                 corners = [(r, c) for r in range(4 - size + 1) for c in range(4 - size + 1)]
                 window_scores = [
-                    probability(_direct_window_embedding(model.visual, images[b], range(r, r + size), range(c, c + size)), b)
+                    probability(
+                        _direct_window_embedding(
+                            model.visual, images[b], range(r, r + size), range(c, c + size)
+                        ),
+                        b,
+                    )
                     for r, c in corners
                 ]
-                torch.testing.assert_close(batched[scale][b], torch.stack(window_scores), atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(
+                    batched[scale][b], torch.stack(window_scores), atol=1e-5, rtol=1e-5
+                )
                 patch = torch.zeros(4, 4)
                 for pr in range(4):
                     for pc in range(4):
-                        covering = [s for (r, c), s in zip(corners, window_scores, strict=True) if r <= pr < r + size and c <= pc < c + size]
+                        covering = [
+                            s
+                            for (r, c), s in zip(corners, window_scores, strict=True)
+                            if r <= pr < r + size and c <= pc < c + size
+                        ]
                         patch[pr, pc] = len(covering) / sum(1.0 / s for s in covering)
                 per_scale.append(patch)
             expected_map[b] = 3.0 / (1.0 / per_scale[0] + 1.0 / per_scale[1] + 1.0 / image_scores[b])
@@ -90,6 +112,9 @@ def test_harmonic_aggregation_counts_each_covering_window():
 def test_winclip_runs_end_to_end(tmp_path, synthetic_pair):
     _, target = synthetic_pair
     experiment = write_method_experiment(tmp_path, "winclip_tiny", None, target)
-    assert main(["run", str(experiment), *FAST, f"run_dir={tmp_path / 'run'}", "method.backbone.image_size=48"]) == 0
+    assert (
+        main(["run", str(experiment), *FAST, f"run_dir={tmp_path / 'run'}", "method.backbone.image_size=48"])
+        == 0
+    )
     results = check_results(tmp_path / "run", {"ring", "cells"})
     assert results["image_size"] == 48
