@@ -479,8 +479,8 @@ def _split_pixels(
     aupro_fpr_limit: float | None = None,
 ) -> _PixelSplit:
     """Build the split image by image, so that no full-size temporary (bool, int64 or float64) is needed.
-    The anomaly-free and the anomalous pixels are gathered on two threads (numpy releases the GIL in the
-    comparisons and copies; the region labelling runs beside them).
+    On the CPU the anomaly-free and the anomalous pixels are gathered on two threads (numpy releases the GIL
+    in the comparisons and copies; the region labelling runs beside them).
 
     With ``aupro_fpr_limit`` the split serves AUPRO only: anomaly-free pixels that score below every
     threshold AUPRO needs may be left out (counted in ``n_neg_below``), which saves most of the copying
@@ -495,12 +495,13 @@ def _split_pixels(
     shapes = [tuple(g.shape) for g in mask_list]
     work = "float64" if any(_is_float64(m) or not _is_float(m) for m, _ in pairs) else "float32"
     floor = None if aupro_fpr_limit is None else _normal_score_floor(pairs, aupro_fpr_limit, ops)
-    (pos, weight, region, sizes), neg = _in_threads(
-        [
-            lambda: _anomalous_pixels(pairs, shapes, ops, work, regions, region_ids),
-            lambda: _anomaly_free_pixels(pairs, ops, work, floor, aupro_fpr_limit or 1.0),
-        ]
-    )
+    tasks = [
+        lambda: _anomalous_pixels(pairs, shapes, ops, work, regions, region_ids),
+        lambda: _anomaly_free_pixels(pairs, ops, work, floor, aupro_fpr_limit or 1.0),
+    ]
+    # Tensors stay on the calling thread (its CUDA device and stream); numpy halves run side by side.
+    run = _in_threads if isinstance(ops, _NumpyOps) else lambda fns: [fn() for fn in fns]
+    (pos, weight, region, sizes), neg = run(tasks)
     n_total = sum(int(m.shape[0]) for m, _ in pairs)
     # NaNs among the anomaly-free scores are caught where they are sorted or selected (NaN sorts last).
     return _PixelSplit(
