@@ -1,6 +1,6 @@
 """Time the exact AUPRO against the legacy 200-threshold AUPRO and a straightforward full-sort AUPRO.
 
-    python benchmarks/metrics.py                    # 100 maps of 518 x 518, float16 then float32, best of 3
+    python benchmarks/metrics.py                    # 100 maps of 518 x 518, float16 then float32, best of 7
     python benchmarks/metrics.py --dtype float32 --num-maps 20 --size 256
     python benchmarks/metrics.py --memory-check     # 1000 maps of 518 x 518 through AnomalyEvaluator
 
