@@ -16,6 +16,9 @@ class EvalConfig:
     fpr_limit: float = 0.3  # AUPRO integrates PRO over FPR in [0, fpr_limit]
     aupro_method: str = "exact"  # "exact", or "legacy_cflow" only to compare with published numbers
     pixel_score_dtype: str = "float16"  # storage of pixel scores while a category accumulates
+    # Write every test image's anomaly map to {run_dir}/maps/{target}/, mirroring the dataset's folders
+    # (e.g. {cls}/test/{defect}/{stem}.npy, what `zsad evaluate-maps` reads), stored as pixel_score_dtype.
+    save_maps: bool = False
 
 
 class ZeroShotModule(L.LightningModule):
@@ -55,7 +58,8 @@ class ZeroShotModule(L.LightningModule):
             pixel_score_dtype=getattr(torch, self.eval_cfg.pixel_score_dtype),
         ).to(self.device)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor | None]:
+        """Feeds the evaluator; returns the batch's scores and maps for callbacks (e.g. the map writer)."""
         scores, maps = self.predict_batch(batch)
         self.evaluator.update(
             category_ids=batch["category_id"],
@@ -66,6 +70,7 @@ class ZeroShotModule(L.LightningModule):
             masks=batch["mask"] if maps is not None else None,
             has_mask=batch["has_mask"],
         )
+        return {"image_scores": scores, "anomaly_maps": maps}
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self.evaluator.compute()

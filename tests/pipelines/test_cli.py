@@ -147,6 +147,43 @@ def test_wandb_offline_run_files_are_written(tmp_path, synthetic_pair):
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
 
 
+@pytest.mark.slow
+def test_saved_maps_mirror_the_dataset_and_evaluate_maps_reproduces_the_pixel_metrics(
+    tmp_path, synthetic_pair
+):
+    """eval.save_maps writes one float16 map per test image where `zsad evaluate-maps` looks for it; at the
+    ground truth's size (32 px here) that command then gives the run's pixel metrics again."""
+    source, target = synthetic_pair
+    experiment = write_experiment(tmp_path, source, target)
+    run_dir = tmp_path / "m"
+    args = [
+        "run",
+        str(experiment),
+        *FAST,
+        "trainer.max_epochs=1",
+        "eval.save_maps=true",
+        f"run_dir={run_dir}",
+    ]
+    assert main(args) == 0
+    maps_dir = run_dir / "maps" / "synthetic"
+    images = sorted(p.relative_to(target) for p in target.glob("*/test/*/*.png"))
+    saved = sorted(p.relative_to(maps_dir) for p in maps_dir.rglob("*.npy"))
+    assert saved == [p.with_suffix(".npy") for p in images] and len(saved) == 14
+    amap = np.load(maps_dir / saved[0])
+    assert amap.dtype == np.float16 and amap.shape == (32, 32) and np.isfinite(amap).all()
+
+    out = tmp_path / "again.json"
+    assert (
+        main(["evaluate-maps", "--gt-root", str(target), "--maps", str(maps_dir), "--output", str(out)]) == 0
+    )
+    again = json.loads(out.read_text())["per_category"]
+    run = json.loads((run_dir / "results.json").read_text())["targets"]["synthetic"]["categories"]
+    assert set(again) == set(run) == {"ring", "cells"}
+    for category, metrics in run.items():
+        for key in ("pixel_auroc", "pixel_ap", "aupro"):
+            assert again[category][key] == pytest.approx(metrics[key], abs=1e-12), (category, key)
+
+
 def test_missing_dataset_root_is_one_line_and_exit_2(tmp_path, synthetic_pair, capsys):
     source, target = synthetic_pair
     experiment = write_experiment(tmp_path, source, target)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from test_cli import FAST, write_experiment
 
@@ -35,8 +36,15 @@ def test_two_process_evaluation_equals_one_process(tmp_path, synthetic_pair):
         )
         return json.loads((tmp_path / name / "results.json").read_text())["targets"]["synthetic"]
 
-    single = evaluate("one")
+    single = evaluate("one", "eval.save_maps=true")
     # 14 test images over 2 ranks with eval batches of 5: the distributed sampler pads, metrics must not count twice
-    double = evaluate("two", "trainer.strategy=ddp_spawn", "trainer.devices=2")
+    double = evaluate("two", "trainer.strategy=ddp_spawn", "trainer.devices=2", "eval.save_maps=true")
     assert double["categories"] == single["categories"]
     assert double["mean"] == single["mean"]
+    # each rank wrote its own samples' maps (a padding duplicate twice, atomically): the same 14 files
+    one, two = (sorted((tmp_path / name / "maps").rglob("*.npy")) for name in ("one", "two"))
+    assert len(one) == 14 and [p.relative_to(tmp_path / "one") for p in one] == [
+        p.relative_to(tmp_path / "two") for p in two
+    ]
+    assert all((np.load(a) == np.load(b)).all() for a, b in zip(one, two, strict=True))
+    assert not list((tmp_path / "two" / "maps").rglob("*.tmp"))
