@@ -2,8 +2,10 @@
 
 Like the MVTec AD evaluation script, but with this project's exact metric suite: maps are one file per
 test image (``.npy`` or ``.tiff``), mirroring the test folder layout, e.g. ``MAPS/{cls}/test/{defect}/{stem}.npy``.
-The image score of each image is the maximum of its map (as in the MVTec AD script). Maps whose size differs
-from the ground truth are resized bilinearly to the mask size, and the output says so.
+The image score of each image is the maximum of its map (as in the MVTec AD script), or the method's own
+score from ``--image-scores`` (the ``image_scores.csv`` that ``eval.save_maps`` writes beside the maps).
+Maps whose size differs from the ground truth are resized bilinearly to the mask size, and the output says
+so.
 
     zsad evaluate-maps --gt-root /data/mvtec --maps runs/x/maps [--dataset mvtec] [--output metrics.json]
     python -m pipelines.evaluate_maps ...   (same)
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from pipelines.errors import CorruptImageError, DatasetLayoutError, ZsadError
+from pipelines.map_writer import read_image_scores
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MAP_SUFFIXES = (".npy", ".tiff", ".tif")
@@ -154,6 +157,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output", help="JSON file for the metrics (default: MAPS/metrics.json; '-' prints the JSON instead)"
     )
+    parser.add_argument(
+        "--image-scores",
+        type=Path,
+        help="CSV with columns image ({cls}/test/{defect}/{stem}) and score: the method's image scores, e.g. "
+        "the image_scores.csv that eval.save_maps writes beside the maps (default: each map's maximum)",
+    )
     parser.add_argument("--fpr-limit", type=float, default=0.3, help="AUPRO integration limit (default 0.3)")
     parser.add_argument(
         "--aupro-method",
@@ -185,6 +194,13 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.fpr_limit <= 1.0:
         raise ZsadError(f"--fpr-limit must be in (0, 1]; got {args.fpr_limit}")
 
+    image_scores = None
+    if args.image_scores is not None:
+        try:
+            image_scores = read_image_scores(Path(args.image_scores))
+        except (OSError, ValueError) as err:
+            raise ZsadError(f"cannot read --image-scores {args.image_scores}: {err}") from err
+
     results = []
     resized: dict[str, int] = {}
     for category in categories:
@@ -203,10 +219,16 @@ def run(args: argparse.Namespace) -> int:
                 resized[key] = resized.get(key, 0) + 1
                 amap = resize_map(amap, mask.shape)
             amap_t = torch.from_numpy(amap)
+            if image_scores is None:
+                score = amap_t.max().reshape(1)
+            elif item.relative in image_scores:
+                score = torch.tensor([image_scores[item.relative]], dtype=torch.float32)
+            else:
+                raise MapsError(f"--image-scores {args.image_scores} has no score for {item.relative}")
             evaluator.update(
                 torch.tensor([0]),
                 torch.tensor([index]),
-                amap_t.max().reshape(1),
+                score,
                 torch.tensor([int(item.mask is not None)]),
                 amap_t[None],
                 torch.from_numpy(mask)[None],
@@ -221,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
         "dataset": args.dataset,
         "gt_root": str(gt_root),
         "maps": str(maps_root),
-        "image_score": "maximum of the anomaly map",
+        "image_score": "maximum of the anomaly map" if image_scores is None else str(args.image_scores),
         **result.to_dict(),
     }
     text = json.dumps(payload, indent=2)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
@@ -28,6 +27,7 @@ from lightning_modules.registry import get_method
 from pipelines.config import ExperimentConfig, to_yaml
 from pipelines.errors import ConfigError
 from pipelines.loggers import log_evaluation, make_loggers, wandb_hint
+from pipelines.map_writer import MapWriter
 from pipelines.results import target_payload, write_results
 
 # The frozen CLIP stays in eval mode during training on purpose; this warning would only confuse users.
@@ -250,47 +250,6 @@ class _WriteResults(Callback):
         log_evaluation(self.loggers, self.key, payload)
 
 
-class _WriteMaps(Callback):
-    """Writes each test image's anomaly map to ``{out_dir}/{image path below the dataset root}.npy``, in the
-    evaluator's storage type (float16 by default; bfloat16 as float32, which numpy lacks), so that
-    ``zsad evaluate-maps`` can score them again, e.g. at the ground truth's own resolution. Every DDP
-    process writes its own samples; a file is replaced atomically (a padding duplicate writes it twice)."""
-
-    def __init__(self, out_dir: Path) -> None:
-        self.out_dir = out_dir
-
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        module: ZeroShotModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        maps = outputs.get("anomaly_maps") if isinstance(outputs, dict) else None
-        if maps is None:
-            return
-        datamodule = trainer.datamodule
-        root = Path(datamodule.test_index.root)
-        dtype = np.float16 if module.eval_cfg.pixel_score_dtype == "float16" else np.float32
-        arrays = maps.detach().float().cpu().numpy().astype(dtype)
-        for path, category_id, amap in zip(
-            batch["image_path"], batch["category_id"].tolist(), arrays, strict=True
-        ):
-            image = Path(path)
-            try:
-                relative = image.relative_to(root)
-            except ValueError:  # an image outside the root (a parser that follows a file list)
-                relative = Path(datamodule.categories[category_id]) / image.name
-            file = self.out_dir / relative.with_suffix(".npy")
-            file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as handle:
-                np.save(handle, amap)
-            os.replace(tmp, file)
-
-
 def evaluate(
     cfg: ExperimentConfig,
     module: ZeroShotModule,
@@ -303,7 +262,7 @@ def evaluate(
     for key, target, datamodule in zip(_target_keys(cfg), cfg.targets, datamodules, strict=True):
         callbacks: list[Callback] = [_WriteResults(run_dir, results, key, target, loggers)]
         if cfg.eval.save_maps:
-            callbacks.append(_WriteMaps(run_dir / "maps" / key))
+            callbacks.append(MapWriter(run_dir / "maps" / key))
         trainer = make_trainer(
             cfg,
             run_dir,

@@ -148,11 +148,10 @@ def test_wandb_offline_run_files_are_written(tmp_path, synthetic_pair):
 
 
 @pytest.mark.slow
-def test_saved_maps_mirror_the_dataset_and_evaluate_maps_reproduces_the_pixel_metrics(
-    tmp_path, synthetic_pair
-):
-    """eval.save_maps writes one float16 map per test image where `zsad evaluate-maps` looks for it; at the
-    ground truth's size (32 px here) that command then gives the run's pixel metrics again."""
+def test_saved_outputs_mirror_the_dataset_and_evaluate_maps_reproduces_the_run(tmp_path, synthetic_pair):
+    """eval.save_maps writes one float16 map per test image where `zsad evaluate-maps` looks for it and the
+    method's image scores beside them; at the ground truth's size (32 px here) that command then gives all
+    of the run's metrics again."""
     source, target = synthetic_pair
     experiment = write_experiment(tmp_path, source, target)
     run_dir = tmp_path / "m"
@@ -171,17 +170,62 @@ def test_saved_maps_mirror_the_dataset_and_evaluate_maps_reproduces_the_pixel_me
     assert saved == [p.with_suffix(".npy") for p in images] and len(saved) == 14
     amap = np.load(maps_dir / saved[0])
     assert amap.dtype == np.float16 and amap.shape == (32, 32) and np.isfinite(amap).all()
+    rows = list(csv.DictReader((maps_dir / "image_scores.csv").open()))
+    assert [r["image"] for r in rows] == [p.with_suffix("").as_posix() for p in images]
+    assert {r["label"] for r in rows if "/test/good/" in r["image"]} == {"0"}
+    assert {r["label"] for r in rows if "/test/good/" not in r["image"]} == {"1"}
 
-    out = tmp_path / "again.json"
-    assert (
-        main(["evaluate-maps", "--gt-root", str(target), "--maps", str(maps_dir), "--output", str(out)]) == 0
-    )
-    again = json.loads(out.read_text())["per_category"]
     run = json.loads((run_dir / "results.json").read_text())["targets"]["synthetic"]["categories"]
+    gt, maps = ["--gt-root", str(target)], ["--maps", str(maps_dir)]
+    scores = ["--image-scores", str(maps_dir / "image_scores.csv")]
+    assert main(["evaluate-maps", *gt, *maps, *scores, "--output", str(tmp_path / "all.json")]) == 0
+    again = json.loads((tmp_path / "all.json").read_text())["per_category"]
     assert set(again) == set(run) == {"ring", "cells"}
     for category, metrics in run.items():
-        for key in ("pixel_auroc", "pixel_ap", "aupro"):
+        for key in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro"):
             assert again[category][key] == pytest.approx(metrics[key], abs=1e-12), (category, key)
+    # without --image-scores the image score is the map's maximum: pixel metrics unchanged
+    assert main(["evaluate-maps", *gt, *maps, "--output", str(tmp_path / "max.json")]) == 0
+    by_max = json.loads((tmp_path / "max.json").read_text())
+    assert by_max["image_score"] == "maximum of the anomaly map"
+    for category, metrics in run.items():
+        assert by_max["per_category"][category]["aupro"] == pytest.approx(metrics["aupro"], abs=1e-12)
+
+
+def test_evaluate_maps_says_which_image_has_no_score(tmp_path, synthetic_pair, capsys):
+    _, target = synthetic_pair
+    maps_dir = tmp_path / "maps"
+    for image in target.glob("*/test/*/*.png"):
+        file = maps_dir / image.relative_to(target).with_suffix(".npy")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        np.save(file, np.zeros((32, 32), dtype=np.float32))
+    (tmp_path / "scores.csv").write_text("image,score\nring/test/good/000,0.5\n")
+    code = main(
+        [
+            "evaluate-maps",
+            "--gt-root",
+            str(target),
+            "--maps",
+            str(maps_dir),
+            "--image-scores",
+            str(tmp_path / "scores.csv"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "has no score for" in err
+    (tmp_path / "bad.csv").write_text("path,value\nx,1\n")
+    code = main(
+        [
+            "evaluate-maps",
+            "--gt-root",
+            str(target),
+            "--maps",
+            str(maps_dir),
+            "--image-scores",
+            str(tmp_path / "bad.csv"),
+        ]
+    )
+    assert code == 2 and "needs the columns 'image' and 'score'" in capsys.readouterr().err
 
 
 def test_missing_dataset_root_is_one_line_and_exit_2(tmp_path, synthetic_pair, capsys):

@@ -1,0 +1,103 @@
+"""``eval.save_maps``: a run's test outputs on disk, in the form ``zsad evaluate-maps`` reads.
+
+For each target, ``RUN/maps/{target}/`` receives one anomaly map per test image at the path of the image
+below the dataset root (``{cls}/test/{defect}/{stem}.npy`` for MVTec AD layouts), and ``image_scores.csv``
+with the method's own image score of every image. Scoring them again reproduces the run's metrics; at the
+ground truth's full resolution it gives the numbers the MVTec AD evaluation script would.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+IMAGE_SCORES_FILE = "image_scores.csv"
+IMAGE_SCORES_COLUMNS = ("image", "category", "label", "score")
+
+
+class MapWriter(Callback):
+    """Writes the maps batch by batch (each DDP process its own samples; a file is replaced atomically, so a
+    padding duplicate may write it twice) and, at the end, the image scores of all processes from rank 0.
+
+    Maps are stored in the evaluator's storage type (``eval.pixel_score_dtype``: float16 by default;
+    bfloat16 as float32, which numpy lacks), i.e. exactly the values the run's metrics were computed on.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.rows: dict[str, tuple[str, int, float]] = {}
+
+    def on_test_epoch_start(self, trainer: L.Trainer, module: Any) -> None:
+        self.rows = {}
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        module: Any,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not isinstance(outputs, dict):
+            return
+        datamodule = trainer.datamodule
+        root = Path(datamodule.test_index.root)
+        maps = outputs.get("anomaly_maps")
+        if maps is not None:
+            dtype = np.float16 if module.eval_cfg.pixel_score_dtype == "float16" else np.float32
+            maps = maps.detach().float().cpu().numpy().astype(dtype)
+        scores = outputs["image_scores"].detach().float().cpu().tolist()
+        category_ids = batch["category_id"].tolist()
+        for i, (path, category_id) in enumerate(zip(batch["image_path"], category_ids, strict=True)):
+            category = datamodule.categories[category_id]
+            image = Path(path)
+            try:
+                relative = image.relative_to(root).with_suffix("")
+            except ValueError:  # an image outside the root (a parser that follows a file list)
+                relative = Path(category) / image.stem
+            self.rows[relative.as_posix()] = (category, int(batch["label"][i]), float(scores[i]))
+            if maps is not None:
+                _save_atomically(self.out_dir / f"{relative.as_posix()}.npy", maps[i])
+
+    def on_test_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
+        rows = self.rows
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = {key: row for part in gathered for key, row in part.items()}
+        if not trainer.is_global_zero:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.out_dir / f".{IMAGE_SCORES_FILE}.{os.getpid()}.tmp"
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(IMAGE_SCORES_COLUMNS)
+            for image in sorted(rows):
+                category, label, score = rows[image]
+                writer.writerow([image, category, label, repr(score)])
+        os.replace(tmp, self.out_dir / IMAGE_SCORES_FILE)
+
+
+def _save_atomically(file: Path, array: np.ndarray) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, array)
+    os.replace(tmp, file)
+
+
+def read_image_scores(path: Path) -> dict[str, float]:
+    """``image_scores.csv`` as {image path below the dataset root, without suffix: score}."""
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or not {"image", "score"} <= set(reader.fieldnames):
+            raise ValueError(f"{path} needs the columns 'image' and 'score' (has {reader.fieldnames})")
+        return {row["image"]: float(row["score"]) for row in reader}
