@@ -278,7 +278,8 @@ def format_report(report: CheckReport) -> str:
     return "\n".join(lines)
 
 
-def _option(text: str) -> tuple[str, str]:
+def parse_option(text: str) -> tuple[str, str]:
+    """``--option KEY=VALUE`` of a dataset parser (``zsad data check``, ``zsad evaluate-maps``)."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -291,7 +292,7 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", type=Path, required=True, help="the dataset's raw folder")
     parser.add_argument(
         "--option",
-        type=_option,
+        type=parse_option,
         action="append",
         default=[],
         metavar="KEY=VALUE",

@@ -1,13 +1,15 @@
 """``zsad evaluate-maps``: metrics of anomaly maps saved by any method against a dataset's ground truth.
 
 Like the MVTec AD evaluation script, but with this project's exact metric suite: maps are one file per
-test image (``.npy`` or ``.tiff``), mirroring the test folder layout, e.g. ``MAPS/{cls}/test/{defect}/{stem}.npy``.
+test image (``.npy`` or ``.tiff``) at the image's path below the dataset root without its suffix, e.g.
+``MAPS/{cls}/test/{defect}/{stem}.npy`` (what ``eval.save_maps`` writes). ``--dataset mvtec`` (default)
+reads any folder in MVTec AD's layout on its own; any other registered dataset is read by its parser.
 The image score of each image is the maximum of its map (as in the MVTec AD script), or the method's own
 score from ``--image-scores`` (the ``image_scores.csv`` that ``eval.save_maps`` writes beside the maps).
 Maps whose size differs from the ground truth are resized bilinearly to the mask size, and the output says
 so.
 
-    zsad evaluate-maps --gt-root /data/mvtec --maps runs/x/maps [--dataset mvtec] [--output metrics.json]
+    zsad evaluate-maps --gt-root /data/mvtec --maps runs/x/maps/mvtec [--dataset mvtec] [--output metrics.json]
     python -m pipelines.evaluate_maps ...   (same)
 """
 
@@ -23,12 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.errors import CorruptImageError, DatasetLayoutError, ZsadError
+from pipelines.errors import DatasetLayoutError, ZsadError
 from pipelines.map_writer import read_image_scores
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MAP_SUFFIXES = (".npy", ".tiff", ".tif")
-DATASETS = ("mvtec",)
 EXIT_USER_ERROR = 2
 
 
@@ -41,14 +42,10 @@ class TestImage:
     """One test image of the ground truth: where its map should be and where its mask is."""
 
     category: str
-    defect: str
-    stem: str
+    relative: str  # the image's path below the dataset root without suffix: the map is MAPS/{relative}.npy
     image: Path
-    mask: Path | None  # None: normal image (empty mask of the image's size)
-
-    @property
-    def relative(self) -> str:
-        return f"{self.category}/test/{self.defect}/{self.stem}"
+    mask: Path | None  # None: no anomalous pixels (a normal image) or a dataset without pixel ground truth
+    label: int  # 0 normal, 1 anomalous
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -78,38 +75,65 @@ def mvtec_test_images(root: Path, category: str) -> list[TestImage]:
                 mask = root / category / "ground_truth" / defect_dir.name / f"{image.stem}_mask.png"
                 if not mask.is_file():
                     raise DatasetLayoutError(f"missing ground-truth mask {mask} for test image {image}")
-            items.append(TestImage(category, defect_dir.name, image.stem, image, mask))
+            relative = f"{category}/test/{defect_dir.name}/{image.stem}"
+            items.append(TestImage(category, relative, image, mask, int(mask is not None)))
     if not items:
         raise DatasetLayoutError(f"no test images under {test_dir}")
     return items
 
 
-def read_mask(item: TestImage) -> np.ndarray:
-    """Binary (H, W) mask, binarised with > 0; a normal image gets an empty mask of its own size."""
-    from PIL import Image
+def indexed_test_images(
+    dataset: str, root: Path, options: dict[str, str], split: str
+) -> tuple[dict[str, list[TestImage]], bool]:
+    """The test images of any registered dataset, read by zsad's own parser for its raw layout, by category;
+    and whether the dataset has pixel ground truth. Paths mirror what ``eval.save_maps`` writes."""
+    from datamodules.index import build_index
 
-    try:
-        if item.mask is None:
-            with Image.open(item.image) as im:
-                width, height = im.size  # header only: PIL's size is (W, H)
-            return np.zeros((height, width), dtype=bool)
-        with Image.open(item.mask) as im:
-            arr = np.asarray(im)
-    except (OSError, ValueError) as err:
-        raise CorruptImageError(f"cannot read {item.mask or item.image}: {err}") from err
-    return arr.any(axis=-1) if arr.ndim == 3 else arr > 0
+    index = build_index(dataset, root, **options).select(split=split)
+    if not index.records:
+        raise DatasetLayoutError(f"dataset '{dataset}' at {root} has no '{split}' images")
+    items: dict[str, list[TestImage]] = {}
+    for record in index.records:
+        try:
+            relative = record.image_path.relative_to(index.root).with_suffix("").as_posix()
+        except ValueError:  # an image outside the root (a parser that follows a file list)
+            relative = f"{record.category}/{record.image_path.stem}"
+        image = TestImage(record.category, relative, record.image_path, record.mask_path, record.label)
+        items.setdefault(record.category, []).append(image)
+    return items, index.has_masks
+
+
+def read_mask(item: TestImage) -> np.ndarray:
+    """Binary (H, W) mask (any non-zero value is anomalous); without one, an empty mask of the image's size."""
+    from datamodules.images import image_size, load_mask
+
+    if item.mask is None:
+        width, height = image_size(item.image)  # header only
+        return np.zeros((height, width), dtype=bool)
+    return load_mask(item.mask)
 
 
 # --------------------------------------------------------------------------------------------------------
 # Maps
 # --------------------------------------------------------------------------------------------------------
+def _has_maps(maps_root: Path, category: str, items: list[TestImage]) -> bool:
+    """Whether ``--maps`` holds maps of this class (its folder, for the MVTec layout read class by class)."""
+    if not items:
+        return (maps_root / category).is_dir()
+    return any(path.is_file() for item in items for path in map_candidates(maps_root, item))
+
+
+def map_candidates(maps_root: Path, item: TestImage) -> list[Path]:
+    base = maps_root / item.relative
+    return [base.with_name(base.name + suffix) for suffix in MAP_SUFFIXES]
+
+
 def find_map(maps_root: Path, item: TestImage) -> Path:
-    base = maps_root / item.category / "test" / item.defect / item.stem
-    for suffix in MAP_SUFFIXES:
-        path = base.with_name(base.name + suffix)
+    for path in map_candidates(maps_root, item):
         if path.is_file():
             return path
-    raise MapsError(f"no anomaly map for {item.relative} (looked for {base}{{{','.join(MAP_SUFFIXES)}}})")
+    looked = f"{maps_root / item.relative}{{{','.join(MAP_SUFFIXES)}}}"
+    raise MapsError(f"no anomaly map for {item.relative} (looked for {looked})")
 
 
 def read_map(path: Path) -> np.ndarray:
@@ -144,13 +168,32 @@ def resize_map(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 # Command
 # --------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from datamodules.cli import parse_option
+
     parser.add_argument("--gt-root", required=True, type=Path, help="dataset root with the ground truth")
     parser.add_argument(
-        "--maps", required=True, type=Path, help="folder of maps: {cls}/test/{defect}/{stem}.npy or .tiff"
+        "--maps",
+        required=True,
+        type=Path,
+        help="folder of maps, one per test image at its path below the dataset root: "
+        "{cls}/test/{defect}/{stem}.npy (or .tiff) in MVTec AD's layout",
     )
     parser.add_argument(
-        "--dataset", default="mvtec", choices=DATASETS, help="ground-truth layout (default: mvtec)"
+        "--dataset",
+        default="mvtec",
+        metavar="NAME",
+        help="ground-truth layout: mvtec (default: any folder in MVTec AD's layout, classes discovered) or any "
+        "dataset of `zsad data list`, read by its own parser",
     )
+    parser.add_argument(
+        "--option",
+        type=parse_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="parser option of --dataset (repeatable), as in `zsad data check`",
+    )
+    parser.add_argument("--split", default="test", help="split of --dataset to evaluate (default: test)")
     parser.add_argument(
         "--categories", nargs="+", metavar="CLS", help="classes to evaluate (default: the classes with maps)"
     )
@@ -160,7 +203,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-scores",
         type=Path,
-        help="CSV with columns image ({cls}/test/{defect}/{stem}) and score: the method's image scores, e.g. "
+        help="CSV with columns image (the map's path below --maps without suffix) and score: the method's image scores, e.g. "
         "the image_scores.csv that eval.save_maps writes beside the maps (default: each map's maximum)",
     )
     parser.add_argument("--fpr-limit", type=float, default=0.3, help="AUPRO integration limit (default 0.3)")
@@ -179,20 +222,25 @@ def run(args: argparse.Namespace) -> int:
     gt_root, maps_root = Path(args.gt_root), Path(args.maps)
     if not maps_root.is_dir():
         raise MapsError(f"--maps {maps_root} is not a directory")
-    available = mvtec_categories(gt_root)
+    if not 0.0 < args.fpr_limit <= 1.0:
+        raise ZsadError(f"--fpr-limit must be in (0, 1]; got {args.fpr_limit}")
+    if args.dataset == "mvtec":
+        by_category = {c: [] for c in mvtec_categories(gt_root)}  # read one class at a time below
+        has_masks = True
+    else:
+        by_category, has_masks = indexed_test_images(args.dataset, gt_root, dict(args.option), args.split)
+    available = list(by_category)
     if args.categories:
         unknown = [c for c in args.categories if c not in available]
         if unknown:
             raise DatasetLayoutError(f"classes {unknown} are not in --gt-root {gt_root} (it has {available})")
         categories = list(args.categories)
-    else:
-        categories = [c for c in available if (maps_root / c).is_dir()]
+    else:  # the classes with maps
+        categories = [c for c in available if _has_maps(maps_root, c, by_category[c])]
         if not categories:
             raise MapsError(
-                f"--maps {maps_root} has no folder of any class in --gt-root ({', '.join(available)})"
+                f"--maps {maps_root} has no maps of any class in --gt-root ({', '.join(available)})"
             )
-    if not 0.0 < args.fpr_limit <= 1.0:
-        raise ZsadError(f"--fpr-limit must be in (0, 1]; got {args.fpr_limit}")
 
     image_scores = None
     if args.image_scores is not None:
@@ -204,17 +252,18 @@ def run(args: argparse.Namespace) -> int:
     results = []
     resized: dict[str, int] = {}
     for category in categories:
-        items = mvtec_test_images(gt_root, category)
+        items = by_category[category] or mvtec_test_images(gt_root, category)
         evaluator = AnomalyEvaluator(
             [category],
+            pixel_metrics=has_masks,
             fpr_limit=args.fpr_limit,
             aupro_method=args.aupro_method,
             pixel_score_dtype=torch.float32,
         )
         for index, item in enumerate(items):
-            mask = read_mask(item)
             amap = read_map(find_map(maps_root, item))
-            if amap.shape != mask.shape:
+            mask = read_mask(item) if has_masks else None
+            if mask is not None and amap.shape != mask.shape:
                 key = f"{amap.shape[0]}x{amap.shape[1]} -> {mask.shape[0]}x{mask.shape[1]}"
                 resized[key] = resized.get(key, 0) + 1
                 amap = resize_map(amap, mask.shape)
@@ -229,9 +278,9 @@ def run(args: argparse.Namespace) -> int:
                 torch.tensor([0]),
                 torch.tensor([index]),
                 score,
-                torch.tensor([int(item.mask is not None)]),
-                amap_t[None],
-                torch.from_numpy(mask)[None],
+                torch.tensor([item.label]),
+                amap_t[None] if mask is not None else None,
+                torch.from_numpy(mask)[None] if mask is not None else None,
             )
         results.append(evaluator.compute())
         print(f"evaluated {category}: {len(items)} test images", file=sys.stderr)
