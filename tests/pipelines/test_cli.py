@@ -199,33 +199,13 @@ def test_evaluate_maps_says_which_image_has_no_score(tmp_path, synthetic_pair, c
         file = maps_dir / image.relative_to(target).with_suffix(".npy")
         file.parent.mkdir(parents=True, exist_ok=True)
         np.save(file, np.zeros((32, 32), dtype=np.float32))
+    args = ["evaluate-maps", "--gt-root", str(target), "--maps", str(maps_dir), "--image-scores"]
     (tmp_path / "scores.csv").write_text("image,score\nring/test/good/000,0.5\n")
-    code = main(
-        [
-            "evaluate-maps",
-            "--gt-root",
-            str(target),
-            "--maps",
-            str(maps_dir),
-            "--image-scores",
-            str(tmp_path / "scores.csv"),
-        ]
-    )
-    err = capsys.readouterr().err
-    assert code == 2 and "has no score for" in err
+    assert main([*args, str(tmp_path / "scores.csv")]) == 2
+    assert "has no score for" in capsys.readouterr().err
     (tmp_path / "bad.csv").write_text("path,value\nx,1\n")
-    code = main(
-        [
-            "evaluate-maps",
-            "--gt-root",
-            str(target),
-            "--maps",
-            str(maps_dir),
-            "--image-scores",
-            str(tmp_path / "bad.csv"),
-        ]
-    )
-    assert code == 2 and "needs the columns 'image' and 'score'" in capsys.readouterr().err
+    assert main([*args, str(tmp_path / "bad.csv")]) == 2
+    assert "needs the columns 'image' and 'score'" in capsys.readouterr().err
 
 
 def test_missing_dataset_root_is_one_line_and_exit_2(tmp_path, synthetic_pair, capsys):
