@@ -169,6 +169,9 @@ class _NumpyOps:
     def bincount(self, idx: np.ndarray, weights: np.ndarray | None, n: int) -> np.ndarray:
         return np.bincount(idx, weights=weights, minlength=n)
 
+    def count_true(self, x: np.ndarray) -> int:
+        return int(np.count_nonzero(x))
+
     def count_greater(self, x: np.ndarray, t: Any) -> int:
         return int(np.count_nonzero(x > t))
 
@@ -232,6 +235,9 @@ class _TorchOps:
 
     def bincount(self, idx: Tensor, weights: Tensor | None, n: int) -> Tensor:
         return torch.bincount(idx, weights=weights, minlength=n)
+
+    def count_true(self, x: Tensor) -> int:
+        return int(torch.count_nonzero(x))
 
     def count_greater(self, x: Tensor, t: Any) -> int:
         return int(torch.count_nonzero(x > t))
@@ -417,8 +423,7 @@ def _anomalous_pixels(
 ) -> tuple[Any, Any | None, Any | None, list[np.ndarray]]:
     """The anomalous pixels sorted by score, with 1/|region| of each one's 8-connected region and its global
     region id where asked for, and every image's region sizes."""
-    count = np.count_nonzero if isinstance(ops, _NumpyOps) else torch.count_nonzero
-    pos_at = np.cumsum([0, *(int(count(g)) for _, g in pairs)]).tolist()
+    pos_at = np.cumsum([0, *(ops.count_true(g) for _, g in pairs)]).tolist()
     pos = ops.empty(pos_at[-1], work)
     weights = np.empty(pos_at[-1], dtype=np.float64) if regions else None
     region_of = np.empty(pos_at[-1], dtype=np.int64) if region_ids else None
@@ -449,13 +454,12 @@ def _anomaly_free_pixels(
 ) -> Any:
     """The anomaly-free scores, image after image; with a floor only those not below it, unless that keeps
     fewer than AUPRO at ``fpr_limit`` needs (the sample behind the floor misled: then every one is kept)."""
-    count = np.count_nonzero if isinstance(ops, _NumpyOps) else torch.count_nonzero
-    n_each = [int(m.shape[0]) - int(count(g)) for m, g in pairs]
+    n_each = [int(m.shape[0]) - ops.count_true(g) for m, g in pairs]
     keep: list[Any] | None = None
     if floor is not None:
         # ~(m < floor), not m >= floor: NaN scores are kept, so that they are reported, not dropped.
         keep = [~((m < floor) | g) for m, g in pairs]
-        n_kept = [int(count(sel)) for sel in keep]
+        n_kept = [ops.count_true(sel) for sel in keep]
         if sum(n_kept) >= _normals_needed(sum(n_each), fpr_limit):
             n_each = n_kept
         else:
@@ -567,16 +571,8 @@ def _sort_split(sp: _PixelSplit) -> None:
         sp.neg_sorted = True
         if sp.n_neg:
             _check_neg_nan(sp, sp.neg[-1])
-    if not sp.pos_sorted:
-        if sp.pos_weight is not None or sp.pos_region is not None:
-            extra = [a for a in (sp.pos_weight, sp.pos_region) if a is not None]
-            sp.pos, *rest = ops.sort_with(sp.pos, *extra)
-            if sp.pos_weight is not None:
-                sp.pos_weight = rest.pop(0)
-            if sp.pos_region is not None:
-                sp.pos_region = rest.pop(0)
-        else:
-            sp.pos = ops.sort_(sp.pos)
+    if not sp.pos_sorted:  # image-level splits; pixel splits come sorted with their weights (_split_pixels)
+        sp.pos = ops.sort_(sp.pos)
         sp.pos_sorted = True
 
 
@@ -714,11 +710,8 @@ def _pro_steps(sp: _PixelSplit, fpr_limit: float) -> tuple[np.ndarray, np.ndarra
     n_thr = int(thresholds.shape[0])
     # Anomalous pixels below the lowest threshold never count, so only the rest are binned. For each pixel,
     # the number of thresholds <= its score (>= counting) and < its score (> counting).
-    pos, weight = sp.pos, sp.pos_weight
-    if not sp.pos_sorted:
-        keep = pos >= thresholds[0]
-        # Sorted needles keep searchsorted cache-friendly.
-        pos, weight = ops.sort_with(pos[keep], weight[keep])
+    start = int(ops.searchsorted(sp.pos, thresholds[:1], right=False)[0])  # pos is sorted (_split_pixels)
+    pos, weight = sp.pos[start:], sp.pos_weight[start:]
     idx_le = ops.searchsorted(thresholds, pos, right=True, sorted_needles=True)
     idx_lt = ops.searchsorted(thresholds, pos, right=False, sorted_needles=True)
     hist_ge = ops.to_numpy(ops.bincount(idx_le, weight, n_thr + 1))
@@ -747,13 +740,9 @@ def _aupro_from_split(sp: _PixelSplit, fpr_limit: float) -> float:
     k = _normals_needed(n_ok, fpr_limit)
     top, ties = _top_normals(sp, k)
     i0 = int(ops.searchsorted(top, top[:1], right=True)[0])  # top values tied with t* = top[0]
-    pos, weight = sp.pos, sp.pos_weight
-    if sp.pos_sorted:
-        start = int(ops.searchsorted(pos, top[:1], right=False)[0])
-        pos, weight = pos[start:], weight[start:]
-    else:
-        keep = pos >= top[0]  # pixels below t* never count before the FPR passes the limit
-        pos, weight = ops.sort_with(pos[keep], weight[keep])  # sorted needles: cache-friendly searchsorted
+    # Pixels below t* never count before the FPR passes the limit; pos is sorted (_split_pixels).
+    start = int(ops.searchsorted(sp.pos, top[:1], right=False)[0])
+    pos, weight = sp.pos[start:], sp.pos_weight[start:]
     n_le = ops.searchsorted(top, pos, right=True, sorted_needles=True)  # #top <= p
     # #top < p differs from #top <= p only where p equals a top score; search again just for those.
     n_lt = n_le.clone() if isinstance(n_le, Tensor) else n_le.copy()
