@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from pipelines.errors import DatasetLayoutError, ZsadError
-from pipelines.map_writer import read_image_scores
+from pipelines.map_writer import map_name, read_image_scores
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MAP_SUFFIXES = (".npy", ".tiff", ".tif")
@@ -94,10 +94,7 @@ def indexed_test_images(
         raise DatasetLayoutError(f"dataset '{dataset}' at {root} has no '{split}' images")
     items: dict[str, list[TestImage]] = {}
     for record in index.records:
-        try:
-            relative = record.image_path.relative_to(index.root).with_suffix("").as_posix()
-        except ValueError:  # an image outside the root (a parser that follows a file list)
-            relative = f"{record.category}/{record.image_path.stem}"
+        relative = map_name(record.image_path, index.root, record.category)
         image = TestImage(record.category, relative, record.image_path, record.mask_path, record.label)
         items.setdefault(record.category, []).append(image)
     return items, index.has_masks

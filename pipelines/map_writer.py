@@ -9,6 +9,7 @@ ground truth's full resolution it gives the numbers the MVTec AD evaluation scri
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+
+from pipelines.results import atomic_write_text
 
 IMAGE_SCORES_FILE = "image_scores.csv"
 IMAGE_SCORES_COLUMNS = ("image", "category", "label", "score")
@@ -58,14 +61,10 @@ class MapWriter(Callback):
         category_ids = batch["category_id"].tolist()
         for i, (path, category_id) in enumerate(zip(batch["image_path"], category_ids, strict=True)):
             category = datamodule.categories[category_id]
-            image = Path(path)
-            try:
-                relative = image.relative_to(root).with_suffix("")
-            except ValueError:  # an image outside the root (a parser that follows a file list)
-                relative = Path(category) / image.stem
-            self.rows[relative.as_posix()] = (category, int(batch["label"][i]), float(scores[i]))
+            name = map_name(Path(path), root, category)
+            self.rows[name] = (category, int(batch["label"][i]), float(scores[i]))
             if maps is not None:
-                _save_atomically(self.out_dir / f"{relative.as_posix()}.npy", maps[i])
+                _save_atomically(self.out_dir / f"{name}.npy", maps[i])
 
     def on_test_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
         rows = self.rows
@@ -75,15 +74,24 @@ class MapWriter(Callback):
             rows = {key: row for part in gathered for key, row in part.items()}
         if not trainer.is_global_zero:
             return
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(IMAGE_SCORES_COLUMNS)
+        for image in sorted(rows):
+            category, label, score = rows[image]
+            writer.writerow([image, category, label, repr(score)])
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.out_dir / f".{IMAGE_SCORES_FILE}.{os.getpid()}.tmp"
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(IMAGE_SCORES_COLUMNS)
-            for image in sorted(rows):
-                category, label, score = rows[image]
-                writer.writerow([image, category, label, repr(score)])
-        os.replace(tmp, self.out_dir / IMAGE_SCORES_FILE)
+        atomic_write_text(self.out_dir / IMAGE_SCORES_FILE, text.getvalue())
+
+
+def map_name(image: Path, root: Path, category: str) -> str:
+    """Where an image's map goes below the maps folder, without suffix: the image's path below the dataset
+    root (``{cls}/test/{defect}/{stem}`` for MVTec AD), or ``{category}/{stem}`` for an image outside it
+    (a parser that follows a file list). ``zsad evaluate-maps`` looks the maps up by the same rule."""
+    try:
+        return image.relative_to(root).with_suffix("").as_posix()
+    except ValueError:
+        return f"{category}/{image.stem}"
 
 
 def _save_atomically(file: Path, array: np.ndarray) -> None:

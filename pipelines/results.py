@@ -19,7 +19,8 @@ CSV_COLUMNS = ("dataset", "category", "n_normal", "n_anomalous", *METRICS)
 MEAN_ROW = "mean"
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never a half-written one."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -70,8 +71,8 @@ def csv_text(results: dict[str, Any]) -> str:
 
 def write_results(run_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
     json_path, csv_path = run_dir / "results.json", run_dir / "results.csv"
-    _atomic_write(json_path, json.dumps(results, indent=2, sort_keys=False) + "\n")
-    _atomic_write(csv_path, csv_text(results))
+    atomic_write_text(json_path, json.dumps(results, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(csv_path, csv_text(results))
     return json_path, csv_path
 
 
