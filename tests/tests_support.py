@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+import lightning as L
+
 from lightning_modules.anomalyclip import AnomalyCLIPConfig
 from lightning_modules.clip.config import BackboneConfig
+
+
+def quiet_trainer(**settings) -> L.Trainer:
+    """A CPU Trainer without logger, progress bar, model summary or checkpoints; ``settings`` override."""
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    return L.Trainer(**{**defaults, **settings})
 
 
 def tiny_anomalyclip_config(**overrides) -> AnomalyCLIPConfig:

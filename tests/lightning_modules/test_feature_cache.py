@@ -22,7 +22,7 @@ from lightning_modules.feature_cache import (
     cache_key,
 )
 from lightning_modules.vand import VANDConfig, VANDModule
-from tests_support import tiny_anomalyclip_config
+from tests_support import quiet_trainer, tiny_anomalyclip_config
 
 
 def _datamodule(root, **overrides) -> AnomalyDataModule:
@@ -33,16 +33,7 @@ def _datamodule(root, **overrides) -> AnomalyDataModule:
 
 
 def _trainer(tmp_path, epochs: int) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        enable_checkpointing=False,
-    )
+    return quiet_trainer(max_epochs=epochs, default_root_dir=tmp_path)
 
 
 def _fit(make_module, root, tmp_path, epochs: int = 2, seed: int = 7, **data_overrides):

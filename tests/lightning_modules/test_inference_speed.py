@@ -71,21 +71,22 @@ def _run(script: str, *args: str) -> str:
     return result.stdout
 
 
+#: 8 rendered 64 px images per category, encoded at 32 px on one thread (train_epoch.py, end_to_end.py).
+SMALL_RENDERED_RUN = (
+    "--images-per-category",
+    "8",
+    "--file-size",
+    "64",
+    "--image-size",
+    "32",
+    "--threads",
+    "1",
+)
+
+
 @pytest.mark.slow
 def test_train_epoch_benchmark_prints_the_cache_ratio():
-    out = _run(
-        "train_epoch.py",
-        "--images-per-category",
-        "8",
-        "--file-size",
-        "64",
-        "--image-size",
-        "32",
-        "--epochs",
-        "1",
-        "--threads",
-        "1",
-    )
+    out = _run("train_epoch.py", *SMALL_RENDERED_RUN, "--epochs", "1")
     assert "ratio per epoch:" in out and "max |cached - uncached|" in out
 
 
@@ -99,17 +100,7 @@ def test_inference_benchmark_prints_rates_by_batch_size():
 
 @pytest.mark.slow
 def test_end_to_end_benchmark_prints_the_time_split():
-    out = _run(
-        "end_to_end.py",
-        "--images-per-category",
-        "8",
-        "--file-size",
-        "64",
-        "--image-size",
-        "32",
-        "--threads",
-        "1",
-    )
+    out = _run("end_to_end.py", *SMALL_RENDERED_RUN)
     for phase in ("data", "encoder", "maps", "metrics"):
         assert phase in out
 

@@ -11,7 +11,7 @@ from datamodules.datamodule import AnomalyDataModule
 from lightning_modules.anomalyclip import AnomalyCLIPModule
 from lightning_modules.anomalyclip.model import AnomalyCLIP
 from pipelines.errors import ZsadError
-from tests_support import tiny_anomalyclip_config
+from tests_support import quiet_trainer, tiny_anomalyclip_config
 
 
 def _datamodule(root) -> AnomalyDataModule:
@@ -35,16 +35,7 @@ def _dataset_loss(module: AnomalyCLIPModule, datamodule: AnomalyDataModule) -> f
 def _fit(root, seed: int, epochs: int, tmp_path) -> AnomalyCLIPModule:
     L.seed_everything(seed, verbose=False)
     module = AnomalyCLIPModule(tiny_anomalyclip_config())
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        enable_checkpointing=False,
-    )
+    trainer = quiet_trainer(max_epochs=epochs, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=_datamodule(root))
     return module
 

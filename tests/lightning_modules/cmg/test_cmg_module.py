@@ -16,6 +16,7 @@ from lightning_modules.cmg import CMG, CMGConfig, CMGModule
 from lightning_modules.cmg.config import CMERConfig, CMLEConfig, DetectorConfig
 from lightning_modules.cmg.texts import ImageTexts, load_captions
 from pipelines.errors import ConfigError, ZsadError
+from tests_support import quiet_trainer
 
 
 def tiny_cmg_config(**overrides) -> CMGConfig:
@@ -60,10 +61,7 @@ def _module(tiny_clip, cfg: CMGConfig | None = None) -> CMGModule:
 
 
 def _trainer(tmp_path, epochs: int) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, enable_checkpointing=False,
-    )  # fmt: skip
+    return quiet_trainer(max_epochs=epochs, default_root_dir=tmp_path)
 
 
 def _training_loss(module: CMGModule, datamodule: AnomalyDataModule) -> float:

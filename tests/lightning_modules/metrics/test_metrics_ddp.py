@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_modules.metrics import AnomalyEvaluator
+from tests_support import quiet_trainer
 
 CATEGORIES = ["disc", "weave", "cells"]
 N_SAMPLES = 7  # odd: the distributed sampler must pad one rank
@@ -103,15 +104,7 @@ def test_two_process_ddp_spawn_equals_one_process(tmp_path):
         update_from_batch(single, batch)
     expected = json.loads(json.dumps(result_json(single)))  # same float round trip as the ranks' files
 
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        strategy="ddp_spawn",
-        devices=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
+    trainer = quiet_trainer(strategy="ddp_spawn", devices=2)
     trainer.test(EvalModule(str(tmp_path)))
     for rank in (0, 1):
         got = json.loads(Path(tmp_path, f"rank{rank}.json").read_text())
