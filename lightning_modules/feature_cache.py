@@ -16,6 +16,8 @@ How it fits Lightning (the datamodule owns ``train_dataloader``):
    category, ``has_mask`` and the mask (bool). The table is keyed by a hash of everything that changes
    it (:func:`cache_identity`); with ``cache_dir`` it is also saved there and reused by later runs.
    The pass runs inside ``torch.random.fork_rng``: the global RNG, hence shuffling, is untouched.
+   Under DDP each process encodes only its share of the split and the shares are gathered, so every
+   process holds the whole table (its sampler may ask for any sample) after ``1 / world_size`` of the work.
 3. The datamodule is handed a :class:`CachedFeatureDataset` (``use_cached_train_features``) and its
    ``train_dataloader`` then iterates over it: same batch size, same ``shuffle=True`` sampler drawing from
    the same global RNG, so each epoch visits the samples in the same order as the uncached path; no
@@ -41,7 +43,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +183,32 @@ def _encode(
         return encode(images)
 
 
+class Collective(Protocol):
+    """The part of a Lightning strategy a sharded build needs (``trainer.strategy`` provides it)."""
+
+    global_rank: int
+    world_size: int
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` ([B, ...], same shape on every process) of all processes: [world_size, B, ...]."""
+
+
+def shard_indices(count: int, rank: int, world_size: int) -> list[int]:
+    """Process ``rank``'s share of ``range(count)``: every ``world_size``-th index from ``rank``, padded with
+    ``count - 1`` so that all processes get ``ceil(count / world_size)`` items (the same batches)."""
+    per_process = -(-count // world_size)
+    return [min(rank + world_size * i, count - 1) for i in range(per_process)]
+
+
+def _gather_shares(value: torch.Tensor, collective: Collective | None, device: torch.device) -> torch.Tensor:
+    """This process's ``value`` ([B, ...]) with those of the others: [world_size, B, ...] on the CPU.
+    Sent from ``device`` (NCCL gathers CUDA tensors only), bool as uint8 (not every backend sends bool)."""
+    if collective is None or collective.world_size == 1:
+        return value.detach().to("cpu")[None]
+    value = value.to(device, non_blocking=True)
+    return collective.all_gather(value.to(torch.uint8) if value.dtype == torch.bool else value).to("cpu")
+
+
 @torch.no_grad()
 def build_feature_table(
     dataset: Dataset,
@@ -191,41 +219,60 @@ def build_feature_table(
     batch_size: int = 8,
     num_workers: int = 0,
     context: Callable[[], Any] | None = None,
+    collective: Collective | None = None,
 ) -> FeatureTable:
-    """Encode every sample of ``dataset`` (an ``AnomalyDataset``) once, in index order, batched.
+    """Encode every sample of ``dataset`` (an ``AnomalyDataset``) once, batched, into a table in index order.
 
-    The global RNG state is restored afterwards, so the training run that follows shuffles exactly as it
-    would have without this pass.
+    With a ``collective`` of several processes (DDP), each process encodes only its share
+    (:func:`shard_indices`) and the shares are gathered batch by batch, so every process ends with the
+    whole table after encoding ``1 / world_size`` of the images. The global RNG state is restored
+    afterwards, so the training run that follows shuffles exactly as it would have without this pass.
     """
     device = torch.device(device)
+    count = len(dataset)
+    world = collective.world_size if collective is not None else 1
+    rank = collective.global_rank if collective is not None else 0
+    share = Subset(dataset, shard_indices(count, rank, world)) if world > 1 else dataset
     loader = DataLoader(
-        dataset,
+        share,
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
     )
-    parts: dict[str, list[torch.Tensor]] = {}
-    masks, labels, category_ids, has_mask, paths = [], [], [], [], []
+    columns: dict[
+        str, torch.Tensor
+    ] = {}  # "feature:<name>" and the per-sample fields, [count, ...] on the CPU
+    done = 0  # rows of this process's share encoded so far
     with _rng_untouched(device):
         for batch in loader:
             encoded = _encode(encode, batch["image"].to(device, non_blocking=True), context)
-            for name, value in encoded.items():
-                parts.setdefault(name, []).append(value.detach().to("cpu"))
-            masks.append(batch["mask"] > 0.5)
-            labels.append(batch["label"].long())
-            category_ids.append(batch["category_id"].long())
-            has_mask.append(batch["has_mask"].bool())
-            paths.extend(batch["image_path"])
+            fields = {f"feature:{name}": value for name, value in encoded.items()}
+            fields |= {
+                "masks": batch["mask"] > 0.5,
+                "labels": batch["label"].long(),
+                "category_ids": batch["category_id"].long(),
+                "has_mask": batch["has_mask"].bool(),
+            }
+            size = len(batch["label"])
+            # row of share position p on process w: w + world * p; padding rows (>= count) are dropped
+            rows = torch.arange(world)[:, None] + world * torch.arange(done, done + size)[None, :]
+            keep = rows < count
+            for name, value in fields.items():
+                shares = _gather_shares(value, collective, device)
+                if name not in columns:
+                    columns[name] = torch.empty((count, *value.shape[1:]), dtype=value.dtype)
+                columns[name][rows[keep]] = shares[keep].to(value.dtype)
+            done += size
     return FeatureTable(
         key=key,
         identity=identity,
-        features={name: torch.cat(values) for name, values in parts.items()},
-        masks=torch.cat(masks),
-        labels=torch.cat(labels),
-        category_ids=torch.cat(category_ids),
-        has_mask=torch.cat(has_mask),
-        image_paths=paths,
+        features={name.split(":", 1)[1]: v for name, v in columns.items() if name.startswith("feature:")},
+        masks=columns["masks"],
+        labels=columns["labels"],
+        category_ids=columns["category_ids"],
+        has_mask=columns["has_mask"],
+        image_paths=[str(record.image_path) for record in dataset.records],
     )
 
 
@@ -338,7 +385,11 @@ def prepare_cached_training(
                 module.feature_cache_status = f"cached (loaded {file})"
         except Exception as error:  # noqa: BLE001 - a stale or corrupt cache file is rebuilt, never fatal
             log.warning("ignoring unreadable feature cache %s (%s)", file, error)
+    # The build below is collective under DDP: if any process could not load the file, all build.
+    if not trainer.strategy.reduce_boolean_decision(table is not None, all=True):
+        table = None
     if table is None:
+        processes = int(trainer.world_size)
         start = time.perf_counter()
         table = build_feature_table(
             dataset,
@@ -349,11 +400,13 @@ def prepare_cached_training(
             batch_size=datamodule.cfg.eval_batch_size,
             num_workers=datamodule.cfg.num_workers,
             context=context,
+            collective=trainer.strategy if processes > 1 else None,
         )
         seconds = time.perf_counter() - start
         module.feature_cache_status = "cached (built)"
+        shared = f", shared by {processes} processes" if processes > 1 else ""
         rank_zero_info(
-            f"zsad feature cache: encoded {len(table)} training images once in {seconds:.1f}s "
+            f"zsad feature cache: encoded {len(table)} training images once in {seconds:.1f}s{shared} "
             f"({table.nbytes() / 2**20:.1f} MiB); later steps skip image loading and the image encoder"
         )
         if file is not None and trainer.is_global_zero:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -20,6 +21,7 @@ from lightning_modules.feature_cache import (
     build_feature_table,
     cache_identity,
     cache_key,
+    shard_indices,
 )
 from lightning_modules.vand import VANDConfig, VANDModule
 from tests_support import quiet_trainer, tiny_anomalyclip_config
@@ -258,3 +260,65 @@ def test_a_table_too_large_for_memory_is_bypassed_and_training_still_runs(synthe
     assert module.feature_cache_status.startswith("bypassed: the feature table would take")
     assert "method.cache_max_gb=1e-06" in module.feature_cache_status
     assert datamodule.cached_train_features is None and module.trainer.current_epoch == 1
+
+
+def test_shard_indices_cover_every_sample_once_with_equal_padded_shares():
+    shares = [shard_indices(7, rank, 3) for rank in range(3)]
+    assert shares == [[0, 3, 6], [1, 4, 6], [2, 5, 6]]  # 7 = 3 x 3 - 2: two padding rows repeat index 6
+    assert sorted({i for share in shares for i in share}) == list(range(7))
+    assert shard_indices(5, 0, 1) == list(range(5))
+
+
+class RecordingAnomalyCLIP(AnomalyCLIPModule):
+    """Counts the images its encoder sees for the cache and saves, per process, the table it trained on."""
+
+    def __init__(self, cfg, out_dir: str) -> None:
+        super().__init__(cfg)
+        self.out_dir = out_dir
+        self.images_encoded = 0
+
+    def encode_for_cache(self, images):
+        self.images_encoded += len(images)
+        return super().encode_for_cache(images)
+
+    def on_train_start(self) -> None:
+        table = self.trainer.datamodule.cached_train_features.table
+        record = {"images_encoded": self.images_encoded, "status": self.feature_cache_status, "table": table}
+        torch.save(record, Path(self.out_dir, f"rank{self.global_rank}.pt"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.filterwarnings("ignore:The `srun` command is available")
+def test_ddp_processes_share_the_cache_build_and_train_as_without_it(synthetic_pair, tmp_path):
+    source, _ = synthetic_pair
+    data = dict(categories=["disc"])  # 7 training images over 2 processes: one padding row
+
+    def fit(make_module) -> dict[str, torch.Tensor]:
+        L.seed_everything(7, verbose=False)
+        module = make_module()
+        trainer = quiet_trainer(max_epochs=2, default_root_dir=tmp_path, strategy="ddp_spawn", devices=2)
+        trainer.fit(module, datamodule=_datamodule(source, **data))
+        return _trainable(module)  # ddp_spawn hands rank 0's trained weights back to this process
+
+    cached = fit(lambda: RecordingAnomalyCLIP(tiny_anomalyclip_config(), str(tmp_path)))
+    uncached = fit(lambda: AnomalyCLIPModule(tiny_anomalyclip_config(cache_features=False)))
+    for name in cached:
+        torch.testing.assert_close(cached[name], uncached[name], atol=1e-5, rtol=1e-4, msg=name)
+
+    L.seed_everything(7, verbose=False)  # the same random tiny CLIP as the trained one
+    module = AnomalyCLIPModule(tiny_anomalyclip_config())
+    dataset = _datamodule(source, **data).train_dataset()
+    expected = build_feature_table(dataset, module.encode_for_cache, "k", {}, batch_size=5)
+    assert len(expected) == 7
+    for rank in (0, 1):
+        record = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        # each process encoded its 4 images (one a padding repeat) and one sample for the size estimate
+        assert record["status"] == "cached (built)" and record["images_encoded"] == 4 + 1
+        table = record["table"]
+        assert table.image_paths == expected.image_paths
+        for field in ("masks", "labels", "category_ids", "has_mask"):
+            assert torch.equal(getattr(table, field), getattr(expected, field)), field
+        assert table.features.keys() == expected.features.keys()
+        for name, values in expected.features.items():
+            torch.testing.assert_close(table.features[name], values, atol=1e-6, rtol=1e-5, msg=name)
