@@ -140,7 +140,9 @@ class FeatureTable:
 
     @classmethod
     def load(cls, path: Path) -> FeatureTable:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        """Memory-mapped: the OS shares the pages among the processes reading the same file (the ranks of a
+        DDP run, concurrent runs of a sweep on one node) and pages them in on demand."""
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         payload["identity"] = json.loads(payload["identity"])
         return cls(**payload)
 
@@ -326,6 +328,18 @@ def memory_limit_reason(table_bytes: int, max_gb: float | None, processes: int) 
     return None
 
 
+def _load_matching_table(file: Path, key: str, image_paths: list[str]) -> FeatureTable | None:
+    """The table saved at ``file`` if it exists and was built for ``key`` from exactly ``image_paths``."""
+    if not file.is_file():
+        return None
+    try:
+        table = FeatureTable.load(file)
+    except Exception as error:  # noqa: BLE001 - a stale or corrupt cache file is rebuilt, never fatal
+        log.warning("ignoring unreadable feature cache %s (%s)", file, error)
+        return None
+    return table if table.key == key and table.image_paths == image_paths else None
+
+
 def _bypass(module: Any, reason: str) -> None:
     from lightning.pytorch.utilities import rank_zero_info
 
@@ -338,8 +352,10 @@ def prepare_cached_training(
 ) -> FeatureTable | None:
     """Call from ``on_fit_start``: build (or load) the training split's feature table and make the
     datamodule serve it. Returns the table, or None when the cache is off or bypassed (reason logged once
-    and kept in ``module.feature_cache_status``). A table that would not fit in memory (see
-    :func:`memory_limit_reason`) is bypassed too; all processes of a run take the same decision."""
+    and kept in ``module.feature_cache_status``). A table that would have to be built and would not fit in
+    memory (see :func:`memory_limit_reason`) is bypassed too; all processes of a run take the same decision.
+    A table loaded from ``cache_dir`` is memory-mapped (pages shared by the node's processes, paged in on
+    demand), so it is not held to that limit."""
     from lightning.pytorch.utilities import rank_zero_info
 
     if not enabled:
@@ -366,29 +382,23 @@ def prepare_cached_training(
     dataset = datamodule.train_dataset()
     context = trainer.precision_plugin.train_step_context  # as around training_step
     file = Path(cache_dir) / f"{getattr(module, 'method_name', 'features')}-{key}.pt" if cache_dir else None
-    if file is not None and file.is_file():
-        table_bytes = file.stat().st_size
-    else:
-        table_bytes = estimate_table_bytes(dataset, module.encode_for_cache, module.device, context)
-    too_big = memory_limit_reason(table_bytes, max_gb, max(1, int(getattr(trainer, "num_devices", 1))))
-    if not trainer.strategy.reduce_boolean_decision(too_big is None, all=True):
-        datamodule.use_cached_train_features(None)
-        _bypass(module, too_big or "the feature table does not fit in memory on another process of this run")
-        return None
     paths = [str(record.image_path) for record in dataset.records]
-    table = None
-    if file is not None and file.is_file():
-        try:
-            loaded = FeatureTable.load(file)
-            if loaded.key == key and loaded.image_paths == paths:
-                table = loaded
-                module.feature_cache_status = f"cached (loaded {file})"
-        except Exception as error:  # noqa: BLE001 - a stale or corrupt cache file is rebuilt, never fatal
-            log.warning("ignoring unreadable feature cache %s (%s)", file, error)
-    # The build below is collective under DDP: if any process could not load the file, all build.
+    table = _load_matching_table(file, key, paths) if file is not None else None
+    # Loading or building is one decision under DDP (the build is collective): if a process could not load
+    # the file, all build.
     if not trainer.strategy.reduce_boolean_decision(table is not None, all=True):
         table = None
-    if table is None:
+    if table is not None:
+        module.feature_cache_status = f"cached (loaded {file})"
+    else:
+        table_bytes = estimate_table_bytes(dataset, module.encode_for_cache, module.device, context)
+        too_big = memory_limit_reason(table_bytes, max_gb, max(1, int(getattr(trainer, "num_devices", 1))))
+        if not trainer.strategy.reduce_boolean_decision(too_big is None, all=True):
+            datamodule.use_cached_train_features(None)
+            _bypass(
+                module, too_big or "the feature table does not fit in memory on another process of this run"
+            )
+            return None
         processes = int(trainer.world_size)
         start = time.perf_counter()
         table = build_feature_table(

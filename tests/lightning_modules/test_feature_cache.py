@@ -168,8 +168,9 @@ def test_disk_cache_is_reused_without_encoding(synthetic_pair, tmp_path, monkeyp
         raise AssertionError("the image encoder ran although the disk cache holds every feature")
 
     monkeypatch.setattr(AnomalyCLIPModule, "encode_for_cache", no_encoding)
+    # a saved table is memory-mapped, not copied into the process: the in-memory size limit does not apply
     second, _ = _fit(
-        lambda: AnomalyCLIPModule(tiny_anomalyclip_config(cache_dir=str(cache_dir))),
+        lambda: AnomalyCLIPModule(tiny_anomalyclip_config(cache_dir=str(cache_dir), cache_max_gb=1e-6)),
         source,
         tmp_path,
         epochs=1,
