@@ -419,7 +419,13 @@ def prepare_cached_training(
             f"zsad feature cache: encoded {len(table)} training images once in {seconds:.1f}s{shared} "
             f"({table.nbytes() / 2**20:.1f} MiB); later steps skip image loading and the image encoder"
         )
-        if file is not None and trainer.is_global_zero:
-            table.save(file)
+        if file is not None:
+            if trainer.is_global_zero:
+                table.save(file)
+            if processes > 1:
+                # One copy per node instead of one per process: every process maps the saved file (where the
+                # file system is not shared, the other nodes keep the table they built).
+                trainer.strategy.barrier("zsad-feature-cache-saved")
+                table = _load_matching_table(file, key, paths) or table
     datamodule.use_cached_train_features(CachedFeatureDataset(table))
     return table

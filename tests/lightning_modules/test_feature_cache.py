@@ -284,7 +284,13 @@ class RecordingAnomalyCLIP(AnomalyCLIPModule):
 
     def on_train_start(self) -> None:
         table = self.trainer.datamodule.cached_train_features.table
-        record = {"images_encoded": self.images_encoded, "status": self.feature_cache_status, "table": table}
+        mapped = Path("/proc/self/maps").read_text()
+        record = {
+            "images_encoded": self.images_encoded,
+            "status": self.feature_cache_status,
+            "table": table,
+            "maps_the_cache_file": any(f"anomalyclip-{table.key}.pt" in line for line in mapped.splitlines()),
+        }
         torch.save(record, Path(self.out_dir, f"rank{self.global_rank}.pt"))
 
 
@@ -302,7 +308,8 @@ def test_ddp_processes_share_the_cache_build_and_train_as_without_it(synthetic_p
         trainer.fit(module, datamodule=_datamodule(source, **data))
         return _trainable(module)  # ddp_spawn hands rank 0's trained weights back to this process
 
-    cached = fit(lambda: RecordingAnomalyCLIP(tiny_anomalyclip_config(), str(tmp_path)))
+    cache_dir = str(tmp_path / "cache")
+    cached = fit(lambda: RecordingAnomalyCLIP(tiny_anomalyclip_config(cache_dir=cache_dir), str(tmp_path)))
     uncached = fit(lambda: AnomalyCLIPModule(tiny_anomalyclip_config(cache_features=False)))
     for name in cached:
         torch.testing.assert_close(cached[name], uncached[name], atol=1e-5, rtol=1e-4, msg=name)
@@ -316,6 +323,8 @@ def test_ddp_processes_share_the_cache_build_and_train_as_without_it(synthetic_p
         record = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
         # each process encoded its 4 images (one a padding repeat) and one sample for the size estimate
         assert record["status"] == "cached (built)" and record["images_encoded"] == 4 + 1
+        # after rank 0 saved the table, both processes train on the memory-mapped file: one copy per node
+        assert record["maps_the_cache_file"]
         table = record["table"]
         assert table.image_paths == expected.image_paths
         for field in ("masks", "labels", "category_ids", "has_mask"):
