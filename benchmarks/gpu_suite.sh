@@ -6,7 +6,7 @@
 #   device run: bash benchmarks/gpu_suite.sh            # there, carrying .whl; ~6-8 min on one H100
 #
 # One log per step lands in $OUT (or ./gpu_results): device.txt, cuda_tests.txt, inference_fp32.txt,
-# inference_bf16.txt, train_bf16.txt. Their numbers go into docs/performance.md with the device named.
+# inference_tf32.txt, inference_bf16.txt, train_bf16.txt. Their numbers go into docs/performance.md with the device named.
 # SMOKE=1 runs the same steps on the CPU with the tiny backbone and a few images (checks the script).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,5 +44,6 @@ else
   TRAIN=(--categories 3 --images-per-category 23 --copies 25 --file-size 518 --epochs 15 --uncached-epochs 1 --workers 8)
 fi
 step inference_fp32 benchmarks/inference.py "${MODEL[@]}" --precision 32-true "${INFER[@]}"
+step inference_tf32 benchmarks/inference.py "${MODEL[@]}" --precision 32-true --matmul-precision high "${INFER[@]}"
 step inference_bf16 benchmarks/inference.py "${MODEL[@]}" --precision bf16-mixed "${INFER[@]}"
 step train_bf16 benchmarks/train_epoch.py "${MODEL[@]}" --precision bf16-mixed "${TRAIN[@]}"

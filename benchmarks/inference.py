@@ -62,7 +62,8 @@ def main() -> None:
     print(f"machine: {machine()}; device {device}")
     print(
         f"setup: AnomalyCLIP on {args.backbone} (random weights), {args.image_size} px, DPAM from block "
-        f"{args.dpam_start}, maps from {cfg.map_layers}, precision {args.precision}, {args.images} images per row"
+        f"{args.dpam_start}, maps from {cfg.map_layers}, precision {args.precision} (float32 matmul "
+        f"{args.matmul_precision}), {args.images} images per row"
     )
     rates: dict[int, float] = {}
     with torch.inference_mode(), autocast(device, args.precision):
@@ -79,6 +80,10 @@ def main() -> None:
         n_check = min(8, images.shape[0])
         batched, _ = model.predict(images[:n_check], size)
         single = torch.cat([model.predict(images[i : i + 1], size)[0] for i in range(n_check)])
+        if args.matmul_precision != "highest":  # what TF32 / bf16 products cost in accuracy
+            torch.set_float32_matmul_precision("highest")
+            exact, _ = model.predict(images[:n_check], size)
+            torch.set_float32_matmul_precision(args.matmul_precision)
     base = rates.get(1)
     print(f"{'batch':>6} {'images/s':>10} {'vs batch-1 loop':>16}")
     for bs, rate in rates.items():
@@ -91,6 +96,11 @@ def main() -> None:
     print(
         f"batched vs per-image scores ({n_check} images), max |diff|: {(batched.float() - single.float()).abs().max().item():.2e}"
     )
+    if args.matmul_precision != "highest":
+        print(
+            f"scores with float32 matmul {args.matmul_precision} vs highest ({n_check} images), max |diff|: "
+            f"{(batched.float() - exact.float()).abs().max().item():.2e}"
+        )
 
 
 if __name__ == "__main__":

@@ -77,6 +77,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, precisions: list[str]) 
     parser.add_argument("--map-layers", default="6", help="comma list (tiny: 6; ViT-L-14: 24)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="32-true", choices=precisions)
+    parser.add_argument(
+        "--matmul-precision",
+        default="highest",
+        choices=["highest", "high", "medium"],
+        help="torch.set_float32_matmul_precision (high: TF32 tensor cores on GPUs), as trainer.float32_matmul_precision",
+    )
     parser.add_argument("--threads", type=int, default=None)
 
 
@@ -84,6 +90,7 @@ def model_from_arguments(args: argparse.Namespace) -> tuple[AnomalyCLIPConfig, t
     """Apply ``--threads`` and build the AnomalyCLIP config and device that ``add_model_arguments`` describe."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.set_float32_matmul_precision(args.matmul_precision)
     layers = [int(x) for x in args.map_layers.split(",")]
     cfg = tiny_anomalyclip(args.image_size, dpam_start_block=args.dpam_start, map_layers=layers)
     cfg.backbone.name = args.backbone

@@ -90,7 +90,7 @@ def cache_key(identity: dict[str, Any]) -> str:
 
 
 def cache_identity(module: Any, datamodule: Any) -> dict[str, Any]:
-    """Model identity + data identity (dataset, root, split, categories, transform) + precision + format."""
+    """Model identity + data identity (dataset, root, split, categories, transform) + precisions + format."""
     trainer = getattr(module, "_trainer", None)
     precision = str(getattr(trainer, "precision", "32-true")) if trainer is not None else "32-true"
     return {
@@ -98,6 +98,7 @@ def cache_identity(module: Any, datamodule: Any) -> dict[str, Any]:
         "model": module.feature_cache_identity(),
         "data": datamodule.train_cache_identity(),
         "precision": precision,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),  # TF32/bf16 products change features
         "torch": torch.__version__.split("+")[0],
     }
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
@@ -156,6 +157,17 @@ def _devices(value: str) -> int | str | list[int]:
     return value
 
 
+class _Float32MatmulPrecision(Callback):
+    """Applies ``trainer.float32_matmul_precision`` in ``setup``, i.e. in every process of the run (the
+    processes ``ddp_spawn`` starts do not inherit the launching process's setting)."""
+
+    def __init__(self, precision: str) -> None:
+        self.precision = precision
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        torch.set_float32_matmul_precision(self.precision)
+
+
 def make_trainer(
     cfg: ExperimentConfig,
     run_dir: Path,
@@ -164,10 +176,10 @@ def make_trainer(
     inference_mode: bool = True,
     callbacks: list[Callback] | None = None,
 ) -> L.Trainer:
-    callbacks = list(callbacks or [])
+    t = cfg.trainer
+    callbacks = [*(callbacks or []), _Float32MatmulPrecision(t.float32_matmul_precision.value)]
     if training:
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0))
-    t = cfg.trainer
     return L.Trainer(
         default_root_dir=str(run_dir),  # also where Lightning writes and finds SLURM requeue checkpoints
         max_epochs=t.max_epochs,

@@ -180,7 +180,7 @@ def test_disk_cache_is_reused_without_encoding(synthetic_pair, tmp_path, monkeyp
         torch.testing.assert_close(a, b, msg=name)
 
 
-def test_cache_key_changes_with_what_changes_the_features(synthetic_pair, tmp_path):
+def test_cache_key_changes_with_what_changes_the_features(synthetic_pair, tmp_path, monkeypatch):
     source, target = synthetic_pair
     weights_file = tmp_path / "weights.pt"
     weights_file.write_bytes(b"weights")
@@ -188,7 +188,16 @@ def test_cache_key_changes_with_what_changes_the_features(synthetic_pair, tmp_pa
     class FakeTrainer:
         precision = "32-true"
 
-    def key(cfg_overrides=None, root=source, image_size=32, precision="32-true", weights=None, **data):
+    def key(
+        cfg_overrides=None,
+        root=source,
+        image_size=32,
+        precision="32-true",
+        weights=None,
+        matmul="highest",
+        **data,
+    ):
+        monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: matmul)
         module = AnomalyCLIPModule(tiny_anomalyclip_config(**(cfg_overrides or {})))
         module.cfg.backbone.pretrained = weights  # only the identity is computed: no weights are loaded
         trainer = FakeTrainer()
@@ -209,6 +218,7 @@ def test_cache_key_changes_with_what_changes_the_features(synthetic_pair, tmp_pa
         key(mask_interpolation="bilinear"),
         key(train_split="train"),
         key(precision="bf16-mixed"),
+        key(matmul="high"),  # TF32 products
         key(weights="openai"),
         key(weights=str(weights_file)),
     ]

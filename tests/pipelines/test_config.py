@@ -55,6 +55,7 @@ def test_data_root_variable_places_every_benchmark(tmp_path, monkeypatch):
         ("method=nonexistent", "no method config 'nonexistent'"),
         ("source=nowhere", "no data config 'nowhere'"),
         ("max_epochs", "not of the form key=value"),
+        ("trainer.float32_matmul_precision=fast", "expected one of [highest, high, medium]"),
     ],
 )
 def test_config_errors_are_one_clear_line(override, fragment):

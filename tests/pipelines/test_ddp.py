@@ -1,15 +1,22 @@
-"""Evaluation under DDP (2 CPU processes, ddp_spawn) gives exactly the single-process results."""
+"""Evaluation under DDP (2 CPU processes, ddp_spawn) gives exactly the single-process results, and run-wide
+settings reach every process."""
 
 from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
+import torch
 from test_cli import FAST, write_experiment
+from torch.utils.data import DataLoader
 
+from pipelines import runner
 from pipelines.cli import main
+from pipelines.config import compose, to_object
 
 
 @pytest.mark.slow
@@ -60,3 +67,34 @@ def test_two_process_evaluation_equals_one_process(tmp_path, synthetic_pair):
     )
     assert len(one_rows) == 15 and [r[:3] for r in one_rows] == [r[:3] for r in two_rows]
     assert np.allclose([float(r[3]) for r in one_rows[1:]], [float(r[3]) for r in two_rows[1:]], rtol=1e-5)
+
+
+class MatmulPrecisionProbe(L.LightningModule):
+    """Writes, from each process, the float32 matmul precision its test step runs with."""
+
+    def __init__(self, out_dir: str) -> None:
+        super().__init__()
+        self.out_dir = out_dir
+        self.layer = torch.nn.Linear(2, 2)
+
+    def test_step(self, batch, batch_idx) -> None:
+        Path(self.out_dir, f"rank{self.global_rank}.txt").write_text(torch.get_float32_matmul_precision())
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(torch.zeros(4, 2), batch_size=2)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The `srun` command is available")
+def test_float32_matmul_precision_reaches_every_spawned_process(tmp_path):
+    cfg = to_object(compose("demo", ["trainer.float32_matmul_precision=high"]))
+    cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.strategy = "cpu", "2", "ddp_spawn"
+    cfg.trainer.enable_progress_bar = False
+    before = torch.get_float32_matmul_precision()
+    try:
+        runner.make_trainer(cfg, tmp_path, loggers=[], training=False).test(
+            MatmulPrecisionProbe(str(tmp_path))
+        )
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert [Path(tmp_path, f"rank{rank}.txt").read_text() for rank in (0, 1)] == ["high", "high"]
