@@ -6,10 +6,13 @@ test image (``.npy`` or ``.tiff``) at the image's path below the dataset root wi
 reads any folder in MVTec AD's layout on its own; any other registered dataset is read by its parser.
 The image score of each image is the maximum of its map (as in the MVTec AD script), or the method's own
 score from ``--image-scores`` (the ``image_scores.csv`` that ``eval.save_maps`` writes beside the maps).
+Maps written by ``eval.save_maps`` come with ``dataset.json``, from which the dataset, root, parser options
+and split default, so ``zsad evaluate-maps --maps runs/x/maps/visa`` scores them against what they were
+written for.
 Maps whose size differs from the ground truth are resized bilinearly to the mask size, and the output says
 so.
 
-    zsad evaluate-maps --gt-root /data/mvtec --maps runs/x/maps/mvtec [--dataset mvtec] [--output metrics.json]
+    zsad evaluate-maps --maps runs/x/maps/mvtec [--gt-root /data/mvtec] [--output metrics.json]
     python -m pipelines.evaluate_maps ...   (same)
 """
 
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 
 from pipelines.errors import DatasetLayoutError, ZsadError
-from pipelines.map_writer import map_name, read_image_scores
+from pipelines.map_writer import DATASET_FILE, map_name, read_dataset_record, read_image_scores
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MAP_SUFFIXES = (".npy", ".tiff", ".tif")
@@ -167,7 +170,12 @@ def resize_map(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from datamodules.cli import parse_option
 
-    parser.add_argument("--gt-root", required=True, type=Path, help="dataset root with the ground truth")
+    parser.add_argument(
+        "--gt-root",
+        type=Path,
+        help="dataset root with the ground truth (default: the root in MAPS/dataset.json, which eval.save_maps "
+        "writes; --dataset, --option and --split default to that record too)",
+    )
     parser.add_argument(
         "--maps",
         required=True,
@@ -177,20 +185,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dataset",
-        default="mvtec",
         metavar="NAME",
-        help="ground-truth layout: mvtec (default: any folder in MVTec AD's layout, classes discovered) or any "
-        "dataset of `zsad data list`, read by its own parser",
+        help="ground-truth layout: mvtec (any folder in MVTec AD's layout, classes discovered; the default without "
+        "a dataset.json) or any dataset of `zsad data list`, read by its own parser",
     )
     parser.add_argument(
         "--option",
         type=parse_option,
         action="append",
-        default=[],
         metavar="KEY=VALUE",
         help="parser option of --dataset (repeatable), as in `zsad data check`",
     )
-    parser.add_argument("--split", default="test", help="split of --dataset to evaluate (default: test)")
+    parser.add_argument("--split", help="split of --dataset to evaluate (default: test)")
     parser.add_argument(
         "--categories", nargs="+", metavar="CLS", help="classes to evaluate (default: the classes with maps)"
     )
@@ -212,20 +218,74 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+@dataclass(frozen=True)
+class GroundTruth:
+    """Which ground truth the maps are scored against, and how that differs from what they were written for."""
+
+    dataset: str
+    root: Path
+    options: dict[str, str]
+    split: str
+    notes: list[str]
+
+
+def ground_truth(args: argparse.Namespace, maps_root: Path) -> GroundTruth:
+    """``--dataset``/``--gt-root``/``--option``/``--split``, each defaulting to the ``dataset.json`` that
+    ``eval.save_maps`` wrote beside the maps. An explicit value that selects other images than the record
+    (dataset, options, split) is used and reported in the notes: the metrics would not be the run's."""
+    try:
+        record = read_dataset_record(maps_root)
+    except ValueError as err:
+        raise MapsError(str(err)) from err
+    options = dict(args.option) if args.option is not None else None
+    if record is None:
+        if args.gt_root is None:
+            raise ZsadError(
+                f"--gt-root is needed: --maps {maps_root} has no {DATASET_FILE} (eval.save_maps writes one) "
+                "naming the dataset root"
+            )
+        return GroundTruth(
+            args.dataset or "mvtec", Path(args.gt_root), options or {}, args.split or "test", []
+        )
+    notes = [
+        f"{flag} {given} differs from the {recorded} the maps were written for ({maps_root / DATASET_FILE})"
+        for flag, given, recorded in (
+            ("--dataset", args.dataset, record["dataset"]),
+            ("--option", options, record["options"]),
+            ("--split", args.split, record["split"]),
+        )
+        if given is not None and given != recorded
+    ]
+    root = Path(args.gt_root if args.gt_root is not None else record["root"])
+    if args.gt_root is None and not root.is_dir():
+        raise DatasetLayoutError(
+            f"the dataset root in {maps_root / DATASET_FILE}, {root}, is not a directory here: pass --gt-root"
+        )
+    return GroundTruth(
+        dataset=args.dataset or record["dataset"],
+        root=root,
+        options=options if options is not None else dict(record["options"]),
+        split=args.split or record["split"],
+        notes=notes,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate one class at a time (memory is freed between classes); returns the exit code."""
     from lightning_modules.metrics import AnomalyEvaluator, EvaluationResult
 
-    gt_root, maps_root = Path(args.gt_root), Path(args.maps)
+    maps_root = Path(args.maps)
     if not maps_root.is_dir():
         raise MapsError(f"--maps {maps_root} is not a directory")
     if not 0.0 < args.fpr_limit <= 1.0:
         raise ZsadError(f"--fpr-limit must be in (0, 1]; got {args.fpr_limit}")
-    if args.dataset == "mvtec":
+    truth = ground_truth(args, maps_root)
+    gt_root = truth.root
+    if truth.dataset == "mvtec":
         by_category = {c: [] for c in mvtec_categories(gt_root)}  # read one class at a time below
         has_masks = True
     else:
-        by_category, has_masks = indexed_test_images(args.dataset, gt_root, dict(args.option), args.split)
+        by_category, has_masks = indexed_test_images(truth.dataset, gt_root, truth.options, truth.split)
     available = list(by_category)
     if args.categories:
         unknown = [c for c in args.categories if c not in available]
@@ -283,11 +343,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"evaluated {category}: {len(items)} test images", file=sys.stderr)
     result = EvaluationResult.merge(results)
     notes = [f"resized {n} maps {k} (bilinear) to the ground-truth size" for k, n in sorted(resized.items())]
-    result.notes.extend(notes)
+    result.notes.extend(truth.notes + notes)
 
     payload = {
-        "dataset": args.dataset,
+        "dataset": truth.dataset,
         "gt_root": str(gt_root),
+        "options": truth.options,
+        "split": truth.split,
         "maps": str(maps_root),
         "image_score": "maximum of the anomaly map" if image_scores is None else str(args.image_scores),
         **result.to_dict(),

@@ -1,8 +1,9 @@
 """``eval.save_maps``: a run's test outputs on disk, in the form ``zsad evaluate-maps`` reads.
 
 For each target, ``RUN/maps/{target}/`` receives one anomaly map per test image at the path of the image
-below the dataset root (``{cls}/test/{defect}/{stem}.npy`` for MVTec AD layouts), and ``image_scores.csv``
-with the method's own image score of every image. Scoring them again reproduces the run's metrics; at the
+below the dataset root (``{cls}/test/{defect}/{stem}.npy`` for MVTec AD layouts), ``image_scores.csv``
+with the method's own image score of every image, and ``dataset.json``: which dataset, root, parser options
+and split the maps belong to (``zsad evaluate-maps`` takes its defaults from it). Scoring them again reproduces the run's metrics; at the
 ground truth's full resolution it gives the numbers the MVTec AD evaluation script would.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from pipelines.results import atomic_write_text
 
 IMAGE_SCORES_FILE = "image_scores.csv"
 IMAGE_SCORES_COLUMNS = ("image", "category", "label", "score")
+DATASET_FILE = "dataset.json"
 
 
 class MapWriter(Callback):
@@ -82,6 +85,15 @@ class MapWriter(Callback):
             writer.writerow([image, category, label, repr(score)])
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out_dir / IMAGE_SCORES_FILE, text.getvalue())
+        data_cfg = trainer.datamodule.cfg
+        record = {
+            "dataset": data_cfg.name,
+            "root": str(trainer.datamodule.test_index.root),
+            "options": {key: str(value) for key, value in (data_cfg.options or {}).items()},
+            "split": data_cfg.test_split,
+            "categories": list(trainer.datamodule.categories),
+        }
+        atomic_write_text(self.out_dir / DATASET_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def map_name(image: Path, root: Path, category: str) -> str:
@@ -109,3 +121,17 @@ def read_image_scores(path: Path) -> dict[str, float]:
         if reader.fieldnames is None or not {"image", "score"} <= set(reader.fieldnames):
             raise ValueError(f"{path} needs the columns 'image' and 'score' (has {reader.fieldnames})")
         return {row["image"]: float(row["score"]) for row in reader}
+
+
+def read_dataset_record(maps_dir: Path) -> dict[str, Any] | None:
+    """The ``dataset.json`` that ``eval.save_maps`` wrote in ``maps_dir``, or None (maps from elsewhere)."""
+    file = Path(maps_dir) / DATASET_FILE
+    if not file.is_file():
+        return None
+    try:
+        record = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {file}: {err}") from err
+    if not isinstance(record, dict) or not {"dataset", "root", "options", "split"} <= set(record):
+        raise ValueError(f"{file} is not a dataset record of eval.save_maps (dataset, root, options, split)")
+    return record

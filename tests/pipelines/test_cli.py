@@ -175,19 +175,37 @@ def test_saved_outputs_mirror_the_dataset_and_evaluate_maps_reproduces_the_run(t
     assert {r["label"] for r in rows if "/test/good/" in r["image"]} == {"0"}
     assert {r["label"] for r in rows if "/test/good/" not in r["image"]} == {"1"}
 
+    record = json.loads((maps_dir / "dataset.json").read_text())
+    assert record == {
+        "dataset": "synthetic",
+        "root": str(target),
+        "options": {},
+        "split": "test",
+        "categories": ["cells", "ring"],
+    }
+
     run = json.loads((run_dir / "results.json").read_text())["targets"]["synthetic"]["categories"]
-    gt, maps = ["--gt-root", str(target)], ["--maps", str(maps_dir)]
+    maps = ["--maps", str(maps_dir)]  # dataset, root, options and split come from dataset.json
     scores = ["--image-scores", str(maps_dir / "image_scores.csv")]
-    assert main(["evaluate-maps", *gt, *maps, *scores, "--output", str(tmp_path / "all.json")]) == 0
-    again = json.loads((tmp_path / "all.json").read_text())["per_category"]
+    assert main(["evaluate-maps", *maps, *scores, "--output", str(tmp_path / "all.json")]) == 0
+    evaluated = json.loads((tmp_path / "all.json").read_text())
+    assert (evaluated["dataset"], evaluated["gt_root"], evaluated["split"]) == (
+        "synthetic",
+        str(target),
+        "test",
+    )
+    again = evaluated["per_category"]
     assert set(again) == set(run) == {"ring", "cells"}
     for category, metrics in run.items():
         for key in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro"):
             assert again[category][key] == pytest.approx(metrics[key], abs=1e-12), (category, key)
-    # without --image-scores the image score is the map's maximum: pixel metrics unchanged
-    assert main(["evaluate-maps", *gt, *maps, "--output", str(tmp_path / "max.json")]) == 0
+    # without --image-scores the image score is the map's maximum: pixel metrics unchanged; an explicit
+    # --dataset other than the recorded one is used (MVTec AD's generic reader here) and reported
+    other = ["--dataset", "mvtec", "--gt-root", str(target)]
+    assert main(["evaluate-maps", *maps, *other, "--output", str(tmp_path / "max.json")]) == 0
     by_max = json.loads((tmp_path / "max.json").read_text())
     assert by_max["image_score"] == "maximum of the anomaly map"
+    assert any(n.startswith("--dataset mvtec differs from the synthetic") for n in by_max["notes"])
     for category, metrics in run.items():
         assert by_max["per_category"][category]["aupro"] == pytest.approx(metrics["aupro"], abs=1e-12)
 

@@ -136,6 +136,20 @@ def test_errors_are_one_line_and_nonzero(tmp_path, capsys):
         ["--gt-root", str(tmp_path / "gt"), "--maps", str(tmp_path / "maps"), "--categories", "weave"]
     )
     assert code == 2 and "expected (H, W)" in capsys.readouterr().err
+    code = evaluate_maps.main(["--maps", str(tmp_path / "maps")])  # maps from elsewhere: no dataset.json
+    assert code == 2 and "--gt-root is needed" in capsys.readouterr().err
+
+
+def test_a_dataset_record_whose_root_is_not_here_asks_for_gt_root(tmp_path, capsys):
+    write_mvtec(tmp_path / "gt", tmp_path / "maps")
+    record = {"dataset": "mvtec", "root": str(tmp_path / "elsewhere"), "options": {}, "split": "test"}
+    (tmp_path / "maps" / "dataset.json").write_text(json.dumps(record))
+    assert evaluate_maps.main(["--maps", str(tmp_path / "maps")]) == 2
+    assert "is not a directory here: pass --gt-root" in capsys.readouterr().err
+    assert evaluate_maps.main(["--maps", str(tmp_path / "maps"), "--gt-root", str(tmp_path / "gt")]) == 0
+    (tmp_path / "maps" / "dataset.json").write_text("{not json")
+    assert evaluate_maps.main(["--maps", str(tmp_path / "maps"), "--gt-root", str(tmp_path / "gt")]) == 2
+    assert "cannot read" in capsys.readouterr().err
 
 
 @pytest.mark.slow
