@@ -21,6 +21,8 @@ class DataConfig:
     mask_interpolation: str = "nearest"  # "nearest" or "bilinear" (> 0.5 afterwards, as the authors' code)
     batch_size: int = 8
     eval_batch_size: int = 8
-    num_workers: int = 2
+    # DataLoader worker processes per training process; None: as many as the CPU cores this process may use
+    # allow (datamodules.datamodule.auto_num_workers), at most 8
+    num_workers: int | None = None
     pin_memory: bool = True
     hflip_p: float = 0.0

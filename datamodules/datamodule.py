@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import lightning as L
 import torch
@@ -18,6 +19,29 @@ from datamodules.config import DataConfig
 from datamodules.dataset import AnomalyDataset
 from datamodules.index import DatasetIndex, build_index, get_dataset_spec
 from datamodules.transforms import ImageMaskTransform, TransformSpec
+
+MAX_AUTO_WORKERS = 8
+
+
+def usable_cores(local_processes: int = 1) -> int:
+    """CPU cores one of ``local_processes`` training processes on this node may use: ``SLURM_CPUS_PER_TASK``
+    when SLURM gave each task its own cores, else the cores this process may run on (its affinity: cgroup,
+    ``taskset``) shared equally by the node's processes."""
+    per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if per_task.isdigit() and int(per_task) > 0:
+        return int(per_task)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, local_processes))
+
+
+def auto_num_workers(local_processes: int = 1) -> int:
+    """Loader workers when ``data.num_workers`` is unset: the usable cores minus one for the process itself,
+    at most :data:`MAX_AUTO_WORKERS`. Decoding and resizing a full-size PNG and its mask costs ~30 ms, so a
+    GPU that evaluates hundreds of images a second needs several workers; a 1-core process loads in-line."""
+    return max(0, min(MAX_AUTO_WORKERS, usable_cores(local_processes) - 1))
 
 
 class AnomalyDataModule(L.LightningDataModule):
@@ -31,6 +55,14 @@ class AnomalyDataModule(L.LightningDataModule):
         self.eval_size = cfg.eval_size or image_size
         self.spec = get_dataset_spec(cfg.name)
         self.cached_train_features: Dataset | None = None  # set by a method's feature cache (on_fit_start)
+
+    @property
+    def num_workers(self) -> int:
+        """``data.num_workers``, or :func:`auto_num_workers` for the processes of this node's run."""
+        if self.cfg.num_workers is not None:
+            return self.cfg.num_workers
+        trainer = self.trainer  # None until the datamodule is attached to a Trainer
+        return auto_num_workers(int(trainer.num_devices) if trainer is not None else 1)
 
     @functools.cached_property
     def full_index(self) -> DatasetIndex:
@@ -104,13 +136,14 @@ class AnomalyDataModule(L.LightningDataModule):
                 pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
             )
         dataset = self._dataset(split, train)
+        workers = self.num_workers
         return DataLoader(
             dataset,
             batch_size=self.cfg.batch_size if train else self.cfg.eval_batch_size,
             shuffle=train,
-            num_workers=self.cfg.num_workers,
+            num_workers=workers,
             pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.cfg.num_workers > 0,
+            persistent_workers=workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:

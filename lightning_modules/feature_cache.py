@@ -409,7 +409,7 @@ def prepare_cached_training(
             identity,
             device=module.device,
             batch_size=datamodule.cfg.eval_batch_size,
-            num_workers=datamodule.cfg.num_workers,
+            num_workers=datamodule.num_workers,
             context=context,
             collective=trainer.strategy if processes > 1 else None,
         )

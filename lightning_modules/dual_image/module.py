@@ -62,7 +62,7 @@ class DualImageModule(AnoVLModule):
             datamodule.test_dataloader().dataset
         )  # the same items, ids and transforms as the test loop
         cfg = datamodule.cfg
-        self._loader_options = {"batch_size": cfg.eval_batch_size, "num_workers": cfg.num_workers}
+        self._loader_options = {"batch_size": cfg.eval_batch_size, "num_workers": datamodule.num_workers}
         self._banks.clear()
 
     def category_bank(self, category: str) -> ReferenceBank:
