@@ -6,8 +6,9 @@
 #   device run: bash benchmarks/gpu_suite.sh            # there, carrying .whl; ~6-8 min on one H100
 #
 # One log per step lands in $OUT (or ./gpu_results): device.txt, cuda_tests.txt, inference_fp32.txt,
-# inference_tf32.txt, inference_bf16.txt, train_bf16.txt. Their numbers go into docs/performance.md with the device named.
+# inference_tf32.txt, inference_bf16.txt, end_to_end_bf16.txt, train_bf16.txt. Their numbers go into docs/performance.md with the device named.
 # SMOKE=1 runs the same steps on the CPU with the tiny backbone and a few images (checks the script).
+# STEPS="inference_bf16 train_bf16" runs only those steps (to split the suite over two 10-minute calls).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_results}"
@@ -21,9 +22,10 @@ if ! "$PY" -c "import open_clip, omegaconf, albumentations" 2> /dev/null; then
 fi
 export PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled
 
-step() {  # step NAME ARGS...: run and keep the log, whatever the exit status
+step() {  # step NAME ARGS...: run and keep the log, whatever the exit status (only NAMEs in $STEPS, if set)
   local name=$1
   shift
+  if [ -n "${STEPS:-}" ] && [[ " $STEPS " != *" $name "* ]]; then return 0; fi
   echo "== $name: $*"
   "$PY" "$@" 2>&1 | tee "$OUT/$name.txt"
   echo "== $name exit ${PIPESTATUS[0]}" | tee -a "$OUT/$name.txt"
@@ -37,13 +39,17 @@ if [ "${SMOKE:-0}" = 1 ]; then
   MODEL=(--image-size 64 --device cpu)
   INFER=(--batch-sizes 1,4 --images 8)
   TRAIN=(--categories 3 --images-per-category 8 --copies 2 --file-size 64 --epochs 2 --uncached-epochs 1 --workers 0)
+  EVAL=(--categories 2 --images-per-category 8 --copies 2 --file-size 64 --batch-size 4 --workers 0)
 else
   MODEL=(--backbone ViT-L-14-336-quickgelu --image-size 518 --dpam-start 6 --map-layers 24 --device cuda)
   INFER=(--batch-sizes 1,8,16,32 --images 256)
   # 1,725 training images (MVTec AD's test split size) = 3 categories x 23 rendered images x 25 copies.
   TRAIN=(--categories 3 --images-per-category 23 --copies 25 --file-size 518 --epochs 15 --uncached-epochs 1 --workers 8)
+  # one whole evaluation with real-size files (MVTec AD's are 700-1,024 px): does data loading keep up?
+  EVAL=(--categories 2 --images-per-category 16 --copies 16 --file-size 1024 --batch-size 32 --workers 8)
 fi
 step inference_fp32 benchmarks/inference.py "${MODEL[@]}" --precision 32-true "${INFER[@]}"
 step inference_tf32 benchmarks/inference.py "${MODEL[@]}" --precision 32-true --matmul-precision high "${INFER[@]}"
 step inference_bf16 benchmarks/inference.py "${MODEL[@]}" --precision bf16-mixed "${INFER[@]}"
+step end_to_end_bf16 benchmarks/end_to_end.py "${MODEL[@]}" --precision bf16-mixed "${EVAL[@]}"
 step train_bf16 benchmarks/train_epoch.py "${MODEL[@]}" --precision bf16-mixed "${TRAIN[@]}"

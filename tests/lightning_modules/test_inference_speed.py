@@ -117,7 +117,15 @@ def test_gpu_suite_runs_every_step_in_smoke_mode(tmp_path):
         env=env,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for step in ("cuda_tests", "inference_fp32", "inference_tf32", "inference_bf16", "train_bf16"):
+    steps = (
+        "cuda_tests",
+        "inference_fp32",
+        "inference_tf32",
+        "inference_bf16",
+        "end_to_end_bf16",
+        "train_bf16",
+    )
+    for step in steps:
         log = (tmp_path / f"{step}.txt").read_text()
         assert log.rstrip().endswith(f"== {step} exit 0"), log[-2000:]
     assert "whole cached training:" in (tmp_path / "train_bf16.txt").read_text()
