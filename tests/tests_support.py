@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 
 from lightning_modules.anomalyclip import AnomalyCLIPConfig
@@ -32,3 +34,11 @@ def tiny_anomalyclip_config(**overrides) -> AnomalyCLIPConfig:
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
+
+
+def zsad_test_from_run(experiment: Path, trained_run: Path, out_dir: Path, overrides: list[str]) -> int:
+    """Exit code of ``zsad test EXPERIMENT`` with the last checkpoint of ``trained_run``, writing to ``out_dir``."""
+    from pipelines.cli import main
+
+    checkpoint = Path(trained_run) / "checkpoints" / "last.ckpt"
+    return main(["test", str(experiment), *overrides, f"checkpoint={checkpoint}", f"run_dir={out_dir}"])

@@ -12,6 +12,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pipelines.cli import main
+from tests_support import zsad_test_from_run
 
 FAST = [
     "logger.wandb.mode=disabled",
@@ -72,18 +73,7 @@ def test_run_writes_results_files_and_train_then_test_reproduces_them(tmp_path, 
 
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert state and all(key.startswith("model.prompts.") for key in state)
-    assert (
-        main(
-            [
-                "test",
-                str(experiment),
-                *FAST,
-                f"checkpoint={run_dir / 'checkpoints' / 'last.ckpt'}",
-                f"run_dir={tmp_path / 'eval'}",
-            ]
-        )
-        == 0
-    )
+    assert zsad_test_from_run(experiment, run_dir, tmp_path / "eval", FAST) == 0
     again = json.loads((tmp_path / "eval" / "results.json").read_text())["targets"]["synthetic"]
     for category, metrics in target_results["categories"].items():
         for key in ("image_auroc", "image_ap", "pixel_auroc"):

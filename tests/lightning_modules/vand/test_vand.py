@@ -21,6 +21,7 @@ from baselines_support import (
 from lightning_modules.vand import VAND, VANDConfig, VANDOutput
 from lightning_modules.vand.mosaic import SameCategoryMosaic, mosaic_2x2
 from pipelines.cli import main
+from tests_support import zsad_test_from_run
 
 
 def _tiny_vand(tiny_clip, **overrides) -> VAND:
@@ -126,18 +127,7 @@ def test_vand_trains_only_its_heads_and_runs_end_to_end(tmp_path, synthetic_pair
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert state and all(key.startswith("model.heads.") for key in state)
     # `zsad test` with the checkpoint reproduces the numbers
-    assert (
-        main(
-            [
-                "test",
-                str(experiment),
-                *fast,
-                f"checkpoint={run_dir / 'checkpoints' / 'last.ckpt'}",
-                f"run_dir={tmp_path / 'eval'}",
-            ]
-        )
-        == 0
-    )
+    assert zsad_test_from_run(experiment, run_dir, tmp_path / "eval", fast) == 0
     first, again = (
         check_results(run_dir, {"ring", "cells"}),
         check_results(tmp_path / "eval", {"ring", "cells"}),
