@@ -5,8 +5,10 @@
 #   bash benchmarks/gpu_wheels.sh                       # here: the missing wheels into .whl/ (~11 MB)
 #   device run: bash benchmarks/gpu_suite.sh            # there, carrying .whl; ~6-8 min on one H100
 #
-# One log per step lands in $OUT (or ./gpu_results): device.txt, cuda_tests.txt, inference_fp32.txt,
-# inference_tf32.txt, inference_bf16.txt, end_to_end_bf16.txt, train_bf16.txt. Their numbers go into docs/performance.md with the device named.
+# One log per step lands in $OUT (or ./gpu_results): device.txt, cuda_tests.txt, flops.txt (FLOPs per image,
+# counted on the meta device, to turn images/s into TFLOP/s; PEAK_BF16 = the GPU's datasheet bf16 TFLOP/s,
+# default 989 as on the H100 SXM and H200), inference_fp32.txt, inference_tf32.txt, inference_bf16.txt,
+# end_to_end_bf16.txt, train_bf16.txt. Their numbers go into docs/performance.md with the device named.
 # SMOKE=1 runs the same steps on the CPU with the tiny backbone and a few images (checks the script).
 # STEPS="inference_bf16 train_bf16" runs only those steps (to split the suite over two 10-minute calls).
 set -uo pipefail
@@ -36,7 +38,7 @@ step() {  # step NAME ARGS...: run and keep the log, whatever the exit status (o
   2>&1 | tee "$OUT/device.txt"
 step cuda_tests -m pytest -q -p no:cacheprovider tests/lightning_modules/metrics -k "cuda"
 if [ "${SMOKE:-0}" = 1 ]; then
-  MODEL=(--image-size 64 --device cpu)
+  MODEL=(--backbone zsad-tiny-vit --image-size 64 --dpam-start 2 --map-layers 6 --device cpu)
   INFER=(--batch-sizes 1,4 --images 8)
   TRAIN=(--categories 3 --images-per-category 8 --copies 2 --file-size 64 --epochs 2 --uncached-epochs 1 --workers 0)
   EVAL=(--categories 2 --images-per-category 8 --copies 2 --file-size 64 --batch-size 4 --workers 0)
@@ -48,6 +50,7 @@ else
   # one whole evaluation with real-size files (MVTec AD's are 700-1,024 px): does data loading keep up?
   EVAL=(--categories 2 --images-per-category 16 --copies 16 --file-size 1024 --batch-size 32 --workers 8)
 fi
+step flops benchmarks/flops.py "${MODEL[@]}" --peak "bf16 dense peak from the datasheet=${PEAK_BF16:-989}"
 step inference_fp32 benchmarks/inference.py "${MODEL[@]}" --precision 32-true "${INFER[@]}"
 step inference_tf32 benchmarks/inference.py "${MODEL[@]}" --precision 32-true --matmul-precision high "${INFER[@]}"
 step inference_bf16 benchmarks/inference.py "${MODEL[@]}" --precision bf16-mixed "${INFER[@]}"

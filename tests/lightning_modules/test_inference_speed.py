@@ -1,8 +1,10 @@
 """Inference speed pieces: the text embeddings computed once per evaluation, mixed precision on CPU, and
-smoke runs of the speed benchmarks (benchmarks/train_epoch.py, inference.py, end_to_end.py, gpu_suite.sh)."""
+smoke runs of the speed benchmarks (benchmarks/train_epoch.py, inference.py, end_to_end.py, gpu_suite.sh)
+and the FLOP count (benchmarks/flops.py) against a hand-written formula."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import torch
 from baselines_support import one_torch_thread  # noqa: F401 - autouse fixture
 
 from lightning_modules.anomalyclip.model import AnomalyCLIP
+from lightning_modules.clip.config import BackboneConfig
 from tests_support import tiny_anomalyclip_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,6 +122,7 @@ def test_gpu_suite_runs_every_step_in_smoke_mode(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     steps = (
         "cuda_tests",
+        "flops",
         "inference_fp32",
         "inference_tf32",
         "inference_bf16",
@@ -130,3 +134,50 @@ def test_gpu_suite_runs_every_step_in_smoke_mode(tmp_path):
         assert log.rstrip().endswith(f"== {step} exit 0"), log[-2000:]
     assert "whole cached training:" in (tmp_path / "train_bf16.txt").read_text()
     assert "scores with float32 matmul high vs highest" in (tmp_path / "inference_tf32.txt").read_text()
+
+
+def vit_encoder_flops(
+    image: int, patch: int, width: int, blocks: int, vv_blocks: int, embed: int, mlp_ratio: int = 4
+) -> int:
+    """Matrix-product FLOPs of a CLIP ViT with DPAM, written out by hand: the reference for flops.py.
+
+    A block does q, k, v, out and two MLP products (``2 N d^2 (3 + 1 + 2 mlp_ratio)``) and attention
+    ``Q K^T`` and ``A V`` (``4 N^2 d``); a DPAM block adds the V-V attention (``4 N^2 d``) and its out
+    projection (``2 N d^2``). Then the patch convolution and the class and patch projections to ``embed``.
+    """
+    patches = (image // patch) ** 2
+    tokens = patches + 1
+    block = 2 * tokens * width * width * (4 + 2 * mlp_ratio) + 4 * tokens**2 * width
+    vv = 2 * tokens * width * width + 4 * tokens**2 * width
+    convolution = 2 * patches * 3 * patch * patch * width
+    projections = 2 * (patches + 1) * width * embed
+    return blocks * block + vv_blocks * vv + convolution + projections
+
+
+def test_flop_count_matches_the_vit_formula_and_the_cache_removes_the_encoder(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    flops_script = importlib.import_module("flops")
+    model = AnomalyCLIP(tiny_anomalyclip_config(backbone=BackboneConfig("zsad-tiny-vit", None, 64)))
+    flops = flops_script.anomalyclip_flops(model.eval().to("meta"), image_size=64, train_batch=4)
+    # the tiny ViT: 6 blocks of width 64, patch 8, DPAM on blocks 2..6, 64-d embeddings
+    assert flops["image encoder"] == vit_encoder_flops(64, 8, 64, blocks=6, vv_blocks=5, embed=64)
+    assert flops["logits (class token and patches)"] == 2 * 65 * 64 * 2  # 65 embeddings x 2 text embeddings
+    assert flops["training step, uncached (per image)"] == (
+        flops["training step, cached (per image)"] + flops["image encoder"]
+    )
+    # a cached step runs the text encoder forward and backward (input gradients only: CLIP is frozen)
+    assert (
+        flops["text encoder (once per evaluation)"]
+        < flops["training step, cached (per image)"] * 4
+        < (3 * flops["text encoder (once per evaluation)"])
+    )
+
+
+@pytest.mark.slow
+def test_flops_benchmark_prints_bounds_for_the_given_peaks():
+    out = _run(
+        "flops.py", "--backbone", "zsad-tiny-vit", "--image-size", "64", "--dpam-start", "2",
+        "--map-layers", "6", "--peak", "one TFLOP/s=1",
+    )  # fmt: skip
+    assert "image encoder" in out and "less arithmetic" in out
+    assert "at 1 TFLOP/s sustained (one TFLOP/s): at most" in out
