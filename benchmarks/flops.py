@@ -21,6 +21,7 @@ runs reach a fraction of a datasheet's peak.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import torch
 from perf_support import add_model_arguments, model_from_arguments
@@ -30,11 +31,11 @@ from lightning_modules.anomalyclip.model import AnomalyCLIP
 from lightning_modules.ops import gaussian_blur
 
 
-def counted(fn) -> int:
-    """FLOPs of ``fn()`` (forward, and backward if ``fn`` calls it)."""
+def counted(fn) -> tuple[int, Any]:
+    """``(FLOPs, result)`` of ``fn()`` (forward, and backward if ``fn`` calls it)."""
     with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
+        result = fn()
+    return counter.get_total_flops(), result
 
 
 def anomalyclip_flops(model: AnomalyCLIP, image_size: int, train_batch: int) -> dict[str, float]:
@@ -43,13 +44,10 @@ def anomalyclip_flops(model: AnomalyCLIP, image_size: int, train_batch: int) -> 
     image = torch.empty(1, 3, *size, device="meta")
     batch = torch.empty(train_batch, 3, *size, device="meta")
     with torch.no_grad():
-        encoder = counted(lambda: model.encode_images(image))
-        text = counted(model.text_embeddings)
-        features = model.encode_images(image)
-        text_embeddings = model.text_embeddings()
-        logits = counted(lambda: model.scores(features, size, text=text_embeddings))
-        output = model.scores(features, size, text=text_embeddings)
-        blur = counted(lambda: gaussian_blur(output.anomaly_map(), model.cfg.gaussian_sigma))
+        encoder, features = counted(lambda: model.encode_images(image))
+        text, text_embeddings = counted(model.text_embeddings)
+        logits, output = counted(lambda: model.scores(features, size, text=text_embeddings))
+        blur, _ = counted(lambda: gaussian_blur(output.anomaly_map(), model.cfg.gaussian_sigma))
 
     labels = torch.zeros(train_batch, dtype=torch.long, device="meta")
     masks = torch.zeros(train_batch, *size, device="meta")
@@ -58,7 +56,7 @@ def anomalyclip_flops(model: AnomalyCLIP, image_size: int, train_batch: int) -> 
     def cached_step() -> None:  # what a training step computes when the cache serves the features
         model.loss(model.scores(cached_features, size), labels, masks)["loss"].backward()
 
-    step = counted(cached_step) / train_batch
+    step = counted(cached_step)[0] / train_batch
     return {
         "image encoder": encoder,
         "text encoder (once per evaluation)": text,
