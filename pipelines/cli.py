@@ -90,10 +90,17 @@ def _report_command(args: argparse.Namespace) -> int:
     from pipelines import report
 
     outcome = report.build_report(
-        args.inputs, out=args.out, reference=args.reference, wandb_mode=args.wandb_mode, project=args.project
+        args.inputs,
+        out=args.out,
+        reference=args.reference,
+        wandb_mode=args.wandb_mode,
+        project=args.project,
+        group_by=args.group_by,
     )
     print(outcome.markdown)
-    print(f"report: {outcome.markdown_path} and {outcome.csv_path} ({outcome.n_runs} runs)")
+    print(
+        f"report: {outcome.markdown_path}, {outcome.csv_path} and {outcome.html_path} ({outcome.n_runs} runs)"
+    )
     return 0
 
 
@@ -211,13 +218,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     task.set_defaults(func=_sweep_task)
 
-    report = sub.add_parser("report", help="paper-style tables from a sweep or run folders")
+    report = sub.add_parser(
+        "report",
+        help="paper-style tables from a sweep or run folders",
+        description="One column per setting (each run's config minus seed and keys that do not change "
+        "results), mean±std over seeds; see docs/reports.md.",
+    )
     report.add_argument("inputs", nargs="+", help="sweep YAML files, run folders, or folders containing runs")
     report.add_argument(
-        "--out", help="folder for report.md and report.csv (default: the sweep folder or ./report)"
+        "--out",
+        help="folder for report.md, report.csv and report.html (default: the sweep folder or ./report)",
     )
     report.add_argument(
-        "--reference", action="store_true", help="add the published AnomalyCLIP-paper numbers as rows"
+        "--reference",
+        action="store_true",
+        help="add the published AnomalyCLIP-paper numbers as rows (AUPRO compared as the papers' cflow-style)",
+    )
+    report.add_argument(
+        "--group-by",
+        nargs="+",
+        metavar="KEY",
+        help="group by these config keys only (e.g. method.name source.name); cells that then mix other "
+        "settings are flagged",
     )
     report.add_argument(
         "--wandb-mode",

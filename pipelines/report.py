@@ -1,27 +1,65 @@
-"""Paper-style tables from finished runs: datasets x methods, image (AUROC, AP) and pixel (AUROC, AUPRO).
+"""Paper-style tables from finished runs: datasets x settings, image (AUROC, AP) and pixel (AUROC, AUPRO).
 
-Runs of the same method, source and target (e.g. seeds) are averaged; the cell shows mean and, with
-several runs, the standard deviation. Published numbers can be added as reference rows.
+A table is only as honest as its grouping. Runs are grouped by their *full resolved config*
+(``config.yaml``) minus the seed and minus the keys that cannot change a result (:data:`IGNORED_KEYS`):
+each distinct setting is a column, named by its method and the keys that differ from the other columns
+of that method; each target is a row. A cell is the mean ± sample standard deviation over seeds, with n.
+Identical reruns (same setting and same seed) count once, the newest result; a cell that still mixes
+anything but seeds (``--group-by`` chose coarser groups, runs without ``config.yaml``, different data
+behind the same name) gets a warning. Written as ``report.md``, ``report.csv`` and a self-contained
+``report.html`` (tables and every run's curves); see docs/reports.md.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
+import fnmatch
 import io
 import json
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import ZsadError
-from pipelines.published import SOURCE, published
+import yaml
 
+from pipelines.errors import ConfigError, ZsadError
+from pipelines.published import SOURCE, published
+from pipelines.results import atomic_write_text
+
+# Config keys (dotted, fnmatch patterns) that do not change a run's numbers: where things are read and
+# written, logging, and how fast it runs. Everything else separates settings. ``seed`` is the replicate axis.
+IGNORED_KEYS = (
+    "seed",
+    "name",  # the experiment's label; its settings are the other keys
+    "run_dir",
+    "output_dir",
+    "data_root",
+    "checkpoint",  # a path; what was trained is in the other keys and the seed
+    "logger.*",  # W&B / CSV logging
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "*.root",  # where a dataset lies; its identity is checked through the results (version, n_images)
+    "*.num_workers",
+    "*.pin_memory",
+    "*cache_dir",  # feature caches and CLIP weight caches
+    "*.cache_features",  # same learned parameters with or without the feature cache
+    "*.cache_max_gb",
+    "eval.save_maps",
+    "eval.visualize*",  # pictures of an evaluation
+)
+TARGET_PREFIX = "target."  # a target's own settings in a cell's setting (from ``targets.N.*``)
+# Fields of a target's results that must agree for runs to be the same experiment on the same data.
+DATA_FIELDS = ("version", "n_images", "split", "image_size", "eval_size")
 TABLES = (
     ("image level (AUROC, AP)", ("image_auroc", "image_ap")),
     ("pixel level (AUROC, AUPRO)", ("pixel_auroc", "aupro")),
 )
+CFLOW_AUPRO = "aupro_cflow"  # the papers' 200-threshold AUPRO, beside the exact one in results.json
+ABSENT = "—"
 
 
 @dataclasses.dataclass
@@ -30,9 +68,48 @@ class Report:
     csv_text: str
     markdown_path: Path
     csv_path: Path
+    html_path: Path
     n_runs: int
+    warnings: list[str]
 
 
+@dataclasses.dataclass
+class RunRecord:
+    """One finished run: its results and its setting (flattened, ignored keys removed)."""
+
+    run_dir: Path
+    results: dict[str, Any]
+    setting: dict[str, Any]  # without targets.*
+    target_settings: list[dict[str, Any]]  # one per configured target, keys without the prefix
+    seed: Any
+    has_config: bool
+
+
+@dataclasses.dataclass
+class Entry:
+    """One (run, target) measurement."""
+
+    run: RunRecord
+    target_key: str
+    payload: dict[str, Any]
+    setting: dict[str, Any]  # the run's setting + ``target.*``
+
+    @property
+    def created(self) -> str:
+        return str(self.run.results.get("created") or "")
+
+
+@dataclasses.dataclass
+class Cell:
+    row: str
+    column: str
+    entries: list[Entry]  # one per distinct (setting, seed): identical reruns removed
+
+    def values(self, metric: str) -> list[float]:
+        return [v for v in (metric_value(e, metric) for e in self.entries) if v is not None]
+
+
+# --- loading ------------------------------------------------------------------------------------------
 def _collect_run_dirs(inputs: list[str]) -> tuple[list[Path], Path | None, str | None]:
     run_dirs: list[Path] = []
     default_out, group = None, None
@@ -50,35 +127,438 @@ def _collect_run_dirs(inputs: list[str]) -> tuple[list[Path], Path | None, str |
             run_dirs += sorted(p.parent for p in path.rglob("results.json"))
         else:
             raise ZsadError(f"report input not found: {item} (give sweep files or run folders)")
-    return run_dirs, default_out, group
+    return list(dict.fromkeys(run_dirs)), default_out, group
 
 
-def _load(run_dirs: list[Path]) -> list[dict[str, Any]]:
-    runs = []
-    for run_dir in run_dirs:
-        path = run_dir / "results.json"
-        if path.is_file():
-            runs.append(json.loads(path.read_text()))
-    return runs
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": [1, {"c": 2}]}}`` -> ``{"a.b.0": 1, "a.b.1.c": 2}``; empty containers stay values."""
+    if isinstance(node, dict) and node:
+        items: Iterable = node.items()
+    elif isinstance(node, list) and node and any(isinstance(v, dict | list) for v in node):
+        items = enumerate(node)
+    else:
+        return {prefix.rstrip("."): node}
+    out: dict[str, Any] = {}
+    for key, value in items:
+        out.update(flatten(value, f"{prefix}{key}."))
+    return out
 
 
-def aggregate(runs: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, list[float]]]:
-    """(dataset, method, source) -> metric -> values over runs."""
-    cells: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+def is_ignored(key: str) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in IGNORED_KEYS)
+
+
+def _without_ignored(flat: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in flat.items() if not is_ignored(k)}
+
+
+def _setting_from_results(results: dict[str, Any]) -> dict[str, Any]:
+    """What a results.json alone says about a run without config.yaml (older or hand-made runs)."""
+    flat = {"method.name": results.get("method"), "source.name": results.get("source")}
+    flat.update(flatten(results.get("eval") or {}, "eval."))
+    return _without_ignored(flat)
+
+
+def load_run(run_dir: Path) -> RunRecord | None:
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as error:
+        raise ZsadError(
+            f"{run_dir / 'results.json'} is not valid JSON ({error}); rerun or remove it"
+        ) from None
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        return RunRecord(run_dir, results, _setting_from_results(results), [], results.get("seed"), False)
+    config = yaml.safe_load(config_path.read_text()) or {}
+    targets = config.pop("targets", None) or []
+    setting = _without_ignored(flatten(config))
+    target_settings = [
+        {k: v for k, v in flatten(t).items() if not is_ignored(f"{TARGET_PREFIX}{k}")} for t in targets
+    ]
+    return RunRecord(run_dir, results, setting, target_settings, config.get("seed"), True)
+
+
+def _entries(runs: list[RunRecord]) -> list[Entry]:
+    """One entry per evaluated target. results.json lists the targets in config order (a prefix of it
+    when a later target failed), so the N-th result belongs to ``targets.N``."""
+    entries = []
     for run in runs:
-        for target in run.get("targets", {}).values():
-            key = (target["dataset"], run["method"], run.get("source") or "-")
-            for metric, value in target["mean"].items():
-                if value is not None:
-                    cells[key][metric].append(value)
-    return cells
+        for index, (key, payload) in enumerate(run.results.get("targets", {}).items()):
+            own = (
+                run.target_settings[index]
+                if index < len(run.target_settings)
+                else {"name": payload.get("dataset")}
+            )
+            setting = {**run.setting, **{f"{TARGET_PREFIX}{k}": v for k, v in own.items()}}
+            entries.append(Entry(run, key, payload, setting))
+    return entries
 
 
-def _cell(values: list[float] | None) -> str:
+def metric_value(entry: Entry, metric: str) -> float | None:
+    """A cell's number; ``aupro_cflow`` falls back to ``aupro`` of runs that computed the cflow AUPRO."""
+    mean = entry.payload.get("mean", {})
+    legacy = (entry.run.results.get("eval") or {}).get("aupro_method") == "legacy_cflow"
+    if metric == CFLOW_AUPRO and mean.get(CFLOW_AUPRO) is None and legacy:
+        return mean.get("aupro")
+    return mean.get(metric)
+
+
+# --- grouping -----------------------------------------------------------------------------------------
+def _frozen(setting: dict[str, Any], keys: Iterable[str]) -> tuple:
+    return tuple((k, json.dumps(setting.get(k, ABSENT), sort_keys=True, default=str)) for k in sorted(keys))
+
+
+def _show(value: Any) -> str:
+    return ABSENT if value is None else json.dumps(value) if isinstance(value, dict | list) else str(value)
+
+
+def _short_names(keys: Iterable[str], universe: Iterable[str]) -> dict[str, str]:
+    """The shortest dotted suffix of each key that no other key of ``universe`` ends with."""
+    universe = set(universe)
+    names = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            suffix = ".".join(parts[-n:])
+            if not any(
+                other != key and (other == suffix or other.endswith("." + suffix)) for other in universe
+            ):
+                break
+        names[key] = suffix
+    return names
+
+
+def _check_group_by(keys: list[str], entries: list[Entry]) -> None:
+    known = {k for e in entries for k in e.setting} | {"seed"}
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = (
+                f"; did you mean '{close[0]}'?"
+                if close
+                else " (keys are dotted, e.g. method.lr, target.name)"
+            )
+            raise ConfigError(f"--group-by: no run has the config key '{key}'{hint}")
+
+
+@dataclasses.dataclass
+class Grouping:
+    cells: dict[tuple[str, str], Cell]
+    rows: list[str]
+    columns: list[str]
+    column_method: dict[str, str]  # label -> method name (for the published numbers)
+    column_keys: dict[str, str]  # label -> its distinguishing keys in full (key=value, ...)
+    column_seeds: dict[str, list[Any]]
+    warnings: list[str]
+    notes: list[str]
+
+
+def group(entries: list[Entry], group_by: list[str] | None = None) -> Grouping:
+    """Rows: targets (split by their differing ``target.*`` keys); columns: settings (see module doc)."""
+    all_keys = sorted({k for e in entries for k in e.setting})
+    if group_by:
+        _check_group_by(group_by, entries)
+        keys = [k for k in group_by if k != "seed"]
+    else:
+        keys = all_keys
+    column_keys = [k for k in keys if not k.startswith(TARGET_PREFIX)]
+    row_keys = [k for k in keys if k.startswith(TARGET_PREFIX) and k != f"{TARGET_PREFIX}name"]
+
+    # Without config.yaml a run's setting is a few keys from results.json: such runs form their own
+    # columns (by those keys) unless --group-by names the keys for everyone.
+    raw_apart = not group_by
+
+    def row_id(e: Entry) -> tuple:
+        if raw_apart and not e.run.has_config:
+            return (e.target_key, None)
+        return (e.target_key, _frozen(e.setting, row_keys))
+
+    def column_id(e: Entry) -> tuple:
+        if raw_apart and not e.run.has_config:
+            return ("no config.yaml", _frozen(e.setting, e.setting))
+        return ("", _frozen(e.setting, column_keys))
+
+    rows_of: dict[str, set[tuple]] = defaultdict(set)
+    for e in entries:
+        rows_of[e.target_key].add(row_id(e)[1])
+    row_labels = {}
+    for target, variants in rows_of.items():
+        known = [dict(v) for v in variants if v is not None]
+        varying = [k for k in row_keys if len({v[k] for v in known}) > 1]
+        for variant in variants:
+            values = dict(variant or ())
+            extra = ", ".join(
+                f"{k[len(TARGET_PREFIX) :]}={json.loads(values[k])}" for k in varying if k in values
+            )
+            row_labels[(target, variant)] = f"{target} ({extra})" if extra else target
+
+    column_labels: dict[tuple, str] = {}
+    descriptions: dict[tuple, str] = {}
+    for kind in ("", "no config.yaml"):
+        part = {column_id(e)[1]: e.setting for e in entries if column_id(e)[0] == kind}
+        part_keys = sorted({k for setting in part.values() for k in setting if k in column_keys or kind})
+        labels, described = _column_labels(part, part_keys, all_keys)
+        for cid, label in labels.items():
+            column_labels[(kind, cid)] = f"{label} ({kind})" if kind else label
+            descriptions[(kind, cid)] = described[cid]
+    column_method = {column_labels[column_id(e)]: str(e.setting.get("method.name", "?")) for e in entries}
+
+    buckets: dict[tuple[str, str], list[Entry]] = defaultdict(list)
+    for e in entries:
+        buckets[(row_labels[row_id(e)], column_labels[column_id(e)])].append(e)
+    warnings: list[str] = []
+    notes: list[str] = []
+    cells = {}
+    for (row, column), members in buckets.items():
+        kept = _drop_reruns(members, all_keys, row, column, notes)
+        warnings += _mixing_warnings(kept, all_keys, keys, row, column)
+        cells[(row, column)] = Cell(row, column, kept)
+
+    missing_config = sorted({str(e.run.run_dir) for e in entries if not e.run.has_config})
+    if missing_config:
+        warnings.insert(
+            0,
+            f"{len(missing_config)} run(s) have no config.yaml and are grouped only by method, source and "
+            f"eval settings, which may mix settings: {', '.join(missing_config)}",
+        )
+    ordered_columns = sorted(set(column_labels.values()))
+    column_seeds = {
+        label: sorted({e.run.seed for c in cells.values() if c.column == label for e in c.entries}, key=str)
+        for label in ordered_columns
+    }
+    rows = sorted(set(row_labels.values()))
+    column_described = {column_labels[cid]: descriptions[cid] for cid in column_labels}
+    return Grouping(
+        cells, rows, ordered_columns, column_method, column_described, column_seeds, warnings, notes
+    )
+
+
+def _column_labels(
+    columns: dict[tuple, dict[str, Any]], column_keys: list[str], all_keys: list[str]
+) -> tuple[dict[tuple, str], dict[tuple, str]]:
+    """``method [from SOURCE] key=value ...``: the keys that differ between columns of the same method
+    (shortest unambiguous names), and the same keys in full."""
+    method = {cid: str(s.get("method.name", "?")) for cid, s in columns.items()}
+    source = {cid: s.get("source.name") for cid, s in columns.items()}
+    several_sources = len(set(source.values())) > 1
+    labels, descriptions = {}, {}
+    short = _short_names(column_keys, all_keys)
+    for cid in columns:
+        siblings = [c for c in columns if method[c] == method[cid]]
+        varying = [
+            k
+            for k in column_keys
+            if k not in ("method.name", "source.name") and len({dict(c)[k] for c in siblings}) > 1
+        ]
+        parts = [method[cid]]
+        if several_sources:
+            parts.append(f"from {_show(source[cid])}")
+        parts += [f"{short[k]}={_show(json.loads(dict(cid)[k]))}" for k in varying]
+        labels[cid] = " ".join(parts)
+        shown = [k for k in ("method.name", "source.name") if k in column_keys] + varying
+        descriptions[cid] = ", ".join(f"{k}={_show(json.loads(dict(cid)[k]))}" for k in shown)
+    return labels, descriptions
+
+
+def _drop_reruns(
+    members: list[Entry], all_keys: list[str], row: str, column: str, notes: list[str]
+) -> list[Entry]:
+    """Same setting (every non-ignored key) and same seed: one run counted, the newest."""
+    by_identity: dict[tuple, list[Entry]] = defaultdict(list)
+    for e in members:
+        by_identity[(_frozen(e.setting, all_keys), json.dumps(e.run.seed, default=str))].append(e)
+    kept = []
+    for same in by_identity.values():
+        same.sort(key=lambda e: (e.created, str(e.run.run_dir)))
+        kept.append(same[-1])
+        if len(same) > 1:
+            dropped = ", ".join(str(e.run.run_dir) for e in same[:-1])
+            notes.append(
+                f"{row} / {column}: {len(same)} identical runs with seed {same[-1].run.seed} counted once "
+                f"(the newest, {same[-1].run.run_dir}; not counted: {dropped})"
+            )
+    kept.sort(key=lambda e: (str(e.run.seed), str(e.run.run_dir)))
+    return kept
+
+
+def _mixing_warnings(
+    kept: list[Entry], all_keys: list[str], keys: list[str], row: str, column: str
+) -> list[str]:
+    """A cell must differ only in its seeds: name any other setting or data difference."""
+    out = []
+    varying = [
+        k for k in all_keys if len({json.dumps(e.setting.get(k, ABSENT), default=str) for e in kept}) > 1
+    ]
+    if varying:
+        shown = "; ".join(
+            f"{k}: {', '.join(sorted({_show(e.setting.get(k)) for e in kept}))}" for k in varying[:6]
+        )
+        more = f" (and {len(varying) - 6} more keys)" if len(varying) > 6 else ""
+        out.append(f"{row} / {column} mixes settings, not only seeds: {shown}{more}")
+    seeds = [json.dumps(e.run.seed, default=str) for e in kept]
+    if len(set(seeds)) < len(seeds):
+        out.append(f"{row} / {column} counts the same seed more than once (runs with different settings)")
+    for field in DATA_FIELDS:
+        values = {json.dumps(e.payload.get(field), default=str) for e in kept if field in e.payload}
+        if len(values) > 1:
+            out.append(f"{row} / {column} mixes different data: {field} = {', '.join(sorted(values))}")
+    return out
+
+
+# --- rendering ----------------------------------------------------------------------------------------
+def _cell_text(values: list[float]) -> str:
     if not values:
         return "-"
     mean = 100 * statistics.fmean(values)
     return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f}±{100 * statistics.stdev(values):.1f}"
+
+
+def _tables(reference: bool, grouping: Grouping) -> list[tuple[str, tuple[str, ...], str | None]]:
+    """(title, metrics, note). With --reference the pixel table shows the papers' cflow AUPRO."""
+    if not reference:
+        return [(title, metrics, None) for title, metrics in TABLES]
+    has_cflow = any(c.values(CFLOW_AUPRO) for c in grouping.cells.values())
+    if has_cflow:
+        note = (
+            "AUPRO here is the 200-threshold cflow-style AUPRO of the public ZSAD code (`aupro_cflow`), the "
+            "one the papers report, so it is comparable with the published rows; the exact AUPRO is in report.csv."
+        )
+        return [
+            (*TABLES[0], None),
+            ("pixel level (AUROC, AUPRO cflow-style)", ("pixel_auroc", CFLOW_AUPRO), note),
+        ]
+    note = (
+        "AUPRO here is zsad's exact AUPRO; the published AUPRO (marked *) is the papers' 200-threshold "
+        "cflow-style AUPRO, which these runs did not record (no `aupro_cflow`): the two are NOT comparable. "
+        "Use runs that record `aupro_cflow` or ran with eval.aupro_method=legacy_cflow."
+    )
+    return [(TABLES[0][0], TABLES[0][1], None), (TABLES[1][0], TABLES[1][1], note)]
+
+
+def _published_for(row: str, column: str, grouping: Grouping, metric: str) -> float | None:
+    dataset = _row_dataset(row, grouping)
+    method = grouping.column_method[column]
+    return published(dataset, method).get("aupro" if metric == CFLOW_AUPRO else metric)
+
+
+def _row_dataset(row: str, grouping: Grouping) -> str:
+    for cell in grouping.cells.values():
+        if cell.row == row and cell.entries:
+            return str(cell.entries[0].payload.get("dataset", row))
+    return row
+
+
+def _n_text(cell: Cell | None) -> str:
+    return str(len(cell.entries)) if cell else "0"
+
+
+def table_rows(grouping: Grouping, metrics: tuple[str, ...], reference: bool) -> list[tuple[str, list[str]]]:
+    """(row label, one text per column) for one table, published rows interleaved."""
+    out = []
+    for row in grouping.rows:
+        texts = []
+        for column in grouping.columns:
+            cell = grouping.cells.get((row, column))
+            if cell is None:
+                texts.append("")
+                continue
+            numbers = ", ".join(_cell_text(cell.values(m)) for m in metrics)
+            texts.append(f"{numbers} (n={_n_text(cell)})")
+        out.append((row, texts))
+        if reference:
+            ref = []
+            for column in grouping.columns:
+                values = [_published_for(row, column, grouping, m) for m in metrics]
+                # the papers' AUPRO is the cflow-style one: marked where the column holds the exact AUPRO
+                ref.append(
+                    ", ".join(
+                        "-" if v is None else f"{100 * v:.1f}" + ("*" if m == "aupro" else "")
+                        for m, v in zip(metrics, values, strict=True)
+                    )
+                )
+            out.append((f"{row} (published)", ref))
+    return out
+
+
+def _markdown(grouping: Grouping, n_runs: int, reference: bool, group_by: list[str] | None) -> str:
+    how = (
+        f"grouped by {', '.join(group_by)}"
+        if group_by
+        else "grouped by each run's full config minus the seed and the keys that do not change results"
+    )
+    lines = [
+        f"# Results ({n_runs} runs, {len(grouping.columns)} settings)",
+        "",
+        f"Cells: mean±std over seeds, in percent, n = number of seeds; {how} (docs/reports.md).",
+        "",
+        "| setting | seeds | keys |",
+        "|---|---|---|",
+    ]
+    for column in grouping.columns:
+        seeds = ", ".join(map(str, grouping.column_seeds[column]))
+        lines.append(f"| {column} | {seeds} | {grouping.column_keys[column]} |")
+    lines.append("")
+    for title, metrics, note in _tables(reference, grouping):
+        lines += [f"## {title}", "", "| dataset | " + " | ".join(grouping.columns) + " |"]
+        lines.append("|---" * (len(grouping.columns) + 1) + "|")
+        lines += [
+            f"| {row} | " + " | ".join(texts) + " |"
+            for row, texts in table_rows(grouping, metrics, reference)
+        ]
+        lines.append("")
+        if note:
+            lines += [note, ""]
+    if reference:
+        lines += [f"Published rows: {SOURCE}.", ""]
+    if grouping.warnings:
+        lines += ["## Warnings", "", *(f"- {w}" for w in grouping.warnings), ""]
+    if grouping.notes:
+        lines += ["## Notes", "", *(f"- {n}" for n in grouping.notes), ""]
+    return "\n".join(lines)
+
+
+CSV_FIELDS = ("dataset", "setting", "method", "metric", "mean", "std", "n", "seeds", "published", "runs")
+
+
+def _csv_rows(grouping: Grouping) -> list[dict[str, Any]]:
+    rows = []
+    for (row, column), cell in sorted(grouping.cells.items()):
+        metrics = sorted(
+            {m for e in cell.entries for m, v in e.payload.get("mean", {}).items() if v is not None}
+        )
+        if any(metric_value(e, CFLOW_AUPRO) is not None for e in cell.entries) and CFLOW_AUPRO not in metrics:
+            metrics.append(CFLOW_AUPRO)
+        for metric in metrics:
+            numbers = cell.values(metric)
+            if not numbers:
+                continue
+            rows.append(
+                {
+                    "dataset": row,
+                    "setting": column,
+                    "method": grouping.column_method[column],
+                    "metric": metric,
+                    "mean": statistics.fmean(numbers),
+                    "std": statistics.stdev(numbers) if len(numbers) > 1 else 0.0,
+                    "n": len(numbers),
+                    "seeds": " ".join(
+                        str(e.run.seed) for e in cell.entries if metric_value(e, metric) is not None
+                    ),
+                    "published": None if metric == "aupro" else _published_for(row, column, grouping, metric),
+                    "runs": " ".join(str(e.run.run_dir) for e in cell.entries),
+                }
+            )
+    return rows
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def build_report(
@@ -87,67 +567,30 @@ def build_report(
     reference: bool = False,
     wandb_mode: str = "offline",
     project: str = "zsad",
+    group_by: list[str] | None = None,
 ) -> Report:
-    run_dirs, default_out, group = _collect_run_dirs(inputs)
-    runs = _load(run_dirs)
-    if not runs:
-        raise ZsadError("no finished runs (results.json) found in the given inputs")
-    cells = aggregate(runs)
-    datasets = sorted({d for d, _, _ in cells})
-    sources_per_method: dict[str, set[str]] = defaultdict(set)
-    for _, method, source in cells:
-        sources_per_method[method].add(source)
-    columns = sorted({(m, s) for _, m, s in cells})
-    labels = [m if len(sources_per_method[m]) == 1 else f"{m} (from {s})" for m, s in columns]
+    from pipelines.report_html import render_html
 
-    lines = [f"# Results ({len(runs)} runs)", ""]
-    rows_csv: list[dict[str, Any]] = []
-    for title, metrics in TABLES:
-        lines += [
-            f"## {title}",
-            "",
-            "| dataset | " + " | ".join(labels) + " |",
-            "|---" * (len(labels) + 1) + "|",
-        ]
-        for dataset in datasets:
-            row = []
-            for method, source in columns:
-                values = cells.get((dataset, method, source), {})
-                row.append(", ".join(_cell(values.get(m)) for m in metrics))
-            lines.append(f"| {dataset} | " + " | ".join(row) + " |")
-            if reference:
-                ref = [published(dataset, method) for method, _ in columns]
-                text = [", ".join(f"{100 * r[m]:.1f}" if m in r else "-" for m in metrics) for r in ref]
-                lines.append(f"| {dataset} (published) | " + " | ".join(text) + " |")
-        lines.append("")
-    if reference:
-        lines.append(f"Published rows: {SOURCE}.")
-    for (dataset, method, source), values in sorted(cells.items()):
-        for metric, numbers in sorted(values.items()):
-            rows_csv.append(
-                {
-                    "dataset": dataset, "method": method, "source": source, "metric": metric,
-                    "mean": statistics.fmean(numbers), "std": statistics.stdev(numbers) if len(numbers) > 1 else 0.0,
-                    "n_runs": len(numbers), "published": published(dataset, method).get(metric),
-                }
-            )  # fmt: skip
-    buffer = io.StringIO()
-    writer = csv.DictWriter(
-        buffer,
-        fieldnames=["dataset", "method", "source", "metric", "mean", "std", "n_runs", "published"],
-        lineterminator="\n",
-    )
-    writer.writeheader()
-    writer.writerows(rows_csv)
+    run_dirs, default_out, wandb_group = _collect_run_dirs(inputs)
+    runs = [r for r in (load_run(d) for d in run_dirs) if r is not None]
+    entries = _entries(runs)
+    if not entries:
+        raise ZsadError("no finished runs (results.json with evaluated targets) found in the given inputs")
+    grouping = group(entries, group_by)
+    markdown = _markdown(grouping, len(runs), reference, group_by)
+    rows = _csv_rows(grouping)
+    csv_text = _csv_text(rows)
 
     out_dir = Path(out) if out else (default_out or Path("report"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = "\n".join(lines)
-    (out_dir / "report.md").write_text(markdown + "\n")
-    (out_dir / "report.csv").write_text(buffer.getvalue())
+    paths = out_dir / "report.md", out_dir / "report.csv", out_dir / "report.html"
+    atomic_write_text(paths[0], markdown + "\n")
+    atomic_write_text(paths[1], csv_text)
+    tables = [(t, table_rows(grouping, m, reference), n) for t, m, n in _tables(reference, grouping)]
+    atomic_write_text(paths[2], render_html(grouping, tables, markdown.splitlines()[0][2:], reference))
     if wandb_mode != "disabled":
-        _log_to_wandb(rows_csv, out_dir, group, wandb_mode, project)
-    return Report(markdown, buffer.getvalue(), out_dir / "report.md", out_dir / "report.csv", len(runs))
+        _log_to_wandb(rows, out_dir, wandb_group, wandb_mode, project)
+    return Report(markdown, csv_text, *paths, len(runs), grouping.warnings)
 
 
 def _log_to_wandb(
@@ -155,13 +598,9 @@ def _log_to_wandb(
 ) -> None:
     import wandb
 
-    columns = (
-        list(rows[0])
-        if rows
-        else ["dataset", "method", "source", "metric", "mean", "std", "n_runs", "published"]
-    )
     run = wandb.init(
         project=project, group=group, job_type="report", mode=mode, dir=str(out_dir), reinit="finish_previous"
     )
+    columns = list(CSV_FIELDS)
     run.log({"report/table": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])})
     run.finish()

@@ -1,0 +1,119 @@
+"""The report as one self-contained HTML page: inline CSS, the tables, warnings, and every run's curve
+pictures (``RUN/plots/**.png``, written by the evaluation) embedded as data URIs."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipelines.report import Grouping
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #bbb; padding: 0.3em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+tr.published td { color: #666; font-style: italic; }
+.warning { color: #a40; }
+.note { color: #555; }
+figure { display: inline-block; margin: 0.4em; text-align: center; font-size: 0.8em; }
+figure img { max-width: 360px; display: block; }
+details { margin: 0.6em 0; }
+"""
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text))
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _table(rows: list[tuple[str, list[str]]], columns: list[str]) -> list[str]:
+    out = ["<table>", "<tr><th>dataset</th>" + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>"]
+    for label, texts in rows:
+        css = ' class="published"' if label.endswith("(published)") else ""
+        out.append(f"<tr{css}><td>{_e(label)}</td>" + "".join(f"<td>{_e(t)}</td>" for t in texts) + "</tr>")
+    out.append("</table>")
+    return out
+
+
+def curve_pictures(run_dir: Path) -> list[Path]:
+    """Every picture an evaluation wrote below the run folder's ``plots/``."""
+    return sorted((run_dir / "plots").rglob("*.png")) if (run_dir / "plots").is_dir() else []
+
+
+def _curves(grouping: Grouping) -> list[str]:
+    out = []
+    for column in grouping.columns:
+        runs = sorted(
+            {
+                e.run.run_dir: e.run for c in grouping.cells.values() if c.column == column for e in c.entries
+            }.values(),
+            key=lambda r: (str(r.seed), str(r.run_dir)),
+        )
+        for run in runs:
+            pictures = curve_pictures(run.run_dir)
+            if not pictures:
+                continue
+            out.append(f"<details><summary>{_e(column)}, seed {_e(run.seed)} ({_e(run.run_dir)})</summary>")
+            for picture in pictures:
+                caption = picture.relative_to(run.run_dir / "plots").as_posix()
+                out.append(
+                    f'<figure><img src="{_data_uri(picture)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
+                )
+            out.append("</details>")
+    return (
+        ["<h2>Curves</h2>", *out]
+        if out
+        else ["<h2>Curves</h2>", '<p class="note">No run has curve pictures (RUN/plots/).</p>']
+    )
+
+
+def render_html(
+    grouping: Grouping,
+    tables: list[tuple[str, list[tuple[str, list[str]]], str | None]],
+    title: str,
+    reference: bool,
+) -> str:
+    body = [f"<h1>{_e(title)}</h1>", "<p>Cells: mean±std over seeds, in percent, n = number of seeds.</p>"]
+    body += ["<table>", "<tr><th>setting</th><th>seeds</th><th>keys</th></tr>"]
+    for column in grouping.columns:
+        seeds = ", ".join(map(str, grouping.column_seeds[column]))
+        body.append(
+            f"<tr><td>{_e(column)}</td><td>{_e(seeds)}</td><td>{_e(grouping.column_keys[column])}</td></tr>"
+        )
+    body.append("</table>")
+    for table_title, rows, note in tables:
+        body += [f"<h2>{_e(table_title)}</h2>", *_table(rows, grouping.columns)]
+        if note:
+            body.append(f'<p class="note">{_e(note)}</p>')
+    if reference:
+        from pipelines.published import SOURCE
+
+        body.append(f'<p class="note">Published rows: {_e(SOURCE)}.</p>')
+    if grouping.warnings:
+        body += [
+            "<h2>Warnings</h2>",
+            "<ul>",
+            *(f'<li class="warning">{_e(w)}</li>' for w in grouping.warnings),
+            "</ul>",
+        ]
+    if grouping.notes:
+        body += [
+            "<h2>Notes</h2>",
+            "<ul>",
+            *(f'<li class="note">{_e(n)}</li>' for n in grouping.notes),
+            "</ul>",
+        ]
+    body += _curves(grouping)
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{STYLE}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )

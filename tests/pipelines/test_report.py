@@ -1,0 +1,174 @@
+"""Reports: grouping by the full resolved config, mean ± std over seeds only, reruns counted once,
+warnings for mixed cells, --group-by, the published reference column and the files written."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.cli import main
+from pipelines.config import compose, to_yaml
+from pipelines.errors import ConfigError
+from pipelines.published import published
+from pipelines.report import build_report
+
+PNG_1x1 = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c6360f8cf"
+    "c0f01f0005000201aa4ab0f70000000049454e44ae426082"
+)
+
+
+def make_run(
+    base: Path,
+    folder: str,
+    overrides: list[str],
+    image_auroc: float,
+    created: str = "2026-01-01T00:00:00+00:00",
+    n_images: int = 20,
+    aupro_cflow: float | None = None,
+    with_config: bool = True,
+) -> Path:
+    """A finished run folder: the resolved config.yaml of the demo experiment and a results.json."""
+    run_dir = base / folder
+    run_dir.mkdir(parents=True)
+    cfg = compose("demo", [f"run_dir={run_dir}", *overrides])
+    if with_config:
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    mean = {"image_auroc": image_auroc, "image_ap": image_auroc / 2, "pixel_auroc": 0.5, "aupro": 0.25}
+    if aupro_cflow is not None:
+        mean["aupro_cflow"] = aupro_cflow
+    results = {
+        "experiment": "demo", "method": "anomalyclip", "source": "synthetic", "seed": cfg.seed,
+        "run_dir": str(run_dir), "created": created, "eval": {"fpr_limit": 0.3, "aupro_method": "exact"},
+        "targets": {"synthetic": {"dataset": "synthetic", "n_images": n_images, "version": None, "mean": mean}},
+    }  # fmt: skip
+    (run_dir / "results.json").write_text(json.dumps(results))
+    return run_dir
+
+
+def csv_rows(report) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(report.csv_text)))
+
+
+def row(rows, setting: str, metric: str) -> dict[str, str]:
+    return next(r for r in rows if r["setting"] == setting and r["metric"] == metric)
+
+
+@pytest.fixture()
+def sigma_sweep(tmp_path) -> tuple[Path, dict[tuple[float, int], float]]:
+    """gaussian_sigma [0.0, 2.0] x seeds [1, 2], one identical rerun and one run that differs only in
+    keys that do not change results (paths, logging, workers)."""
+    runs = tmp_path / "runs"
+    values = {(0.0, 1): 0.40, (0.0, 2): 0.50, (2.0, 1): 0.70, (2.0, 2): 0.90}
+    for (sigma, seed), value in values.items():
+        make_run(runs, f"s{sigma}_{seed}", [f"method.gaussian_sigma={sigma}", f"seed={seed}"], value)
+    # the same setting and seed again, newer: counted once, with the newest numbers
+    make_run(
+        runs,
+        "s0.0_1_rerun",
+        ["method.gaussian_sigma=0.0", "seed=1"],
+        0.44,
+        created="2026-02-01T00:00:00+00:00",
+    )
+    values[(0.0, 1)] = 0.44
+    ignored = ["logger.wandb.mode=disabled", "targets.0.num_workers=3", "trainer.enable_progress_bar=false"]
+    make_run(runs, "s0.0_3_elsewhere", ["method.gaussian_sigma=0.0", "seed=3", *ignored], 0.60)
+    values[(0.0, 3)] = 0.60
+    return runs, values
+
+
+def test_settings_become_columns_and_only_seeds_are_averaged(tmp_path, sigma_sweep):
+    runs, values = sigma_sweep
+    report = build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled")
+    rows = csv_rows(report)
+    for sigma in (0.0, 2.0):
+        numbers = np.array([v for (s, _), v in values.items() if s == sigma])
+        found = row(rows, f"anomalyclip gaussian_sigma={sigma}", "image_auroc")
+        assert float(found["mean"]) == pytest.approx(numbers.mean())
+        assert float(found["std"]) == pytest.approx(numbers.std(ddof=1))
+        assert int(found["n"]) == len(numbers)
+    assert row(rows, "anomalyclip gaussian_sigma=0.0", "image_auroc")["seeds"] == "1 2 3"
+    assert f"| synthetic | {100 * np.mean([0.44, 0.5, 0.6]):.1f}±" in report.markdown
+    assert "(n=3)" in report.markdown and "(n=2)" in report.markdown
+    assert report.warnings == []  # the cells differ only in their seeds
+    notes = report.markdown.split("## Notes")[1]
+    assert "2 identical runs with seed 1 counted once" in notes and "s0.0_1_rerun" in notes
+    assert report.n_runs == 6
+
+
+def test_group_by_merges_settings_and_warns_what_a_cell_mixes(tmp_path, sigma_sweep):
+    runs, values = sigma_sweep
+    report = build_report(
+        [str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled", group_by=["method.name"]
+    )
+    found = row(csv_rows(report), "anomalyclip", "image_auroc")
+    assert float(found["mean"]) == pytest.approx(np.mean(list(values.values())))
+    assert int(found["n"]) == 5
+    assert any(
+        "mixes settings, not only seeds: method.gaussian_sigma: 0.0, 2.0" in w for w in report.warnings
+    )
+    assert any("same seed more than once" in w for w in report.warnings)
+    assert "## Warnings" in report.markdown
+    with pytest.raises(ConfigError, match="did you mean 'method.gaussian_sigma'"):
+        build_report(
+            [str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled", group_by=["method.gausian_sigma"]
+        )
+
+
+def test_schedules_and_data_never_mix_silently(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "long", ["trainer.max_epochs=15"], 0.8)
+    make_run(runs, "short", ["trainer.max_epochs=1"], 0.6)
+    make_run(runs, "short_other_data", ["trainer.max_epochs=1", "seed=2"], 0.7, n_images=30)
+    make_run(runs, "no_config", ["seed=5"], 0.1, with_config=False)
+    report = build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled")
+    rows = csv_rows(report)
+    assert float(row(rows, "anomalyclip max_epochs=15", "image_auroc")["mean"]) == pytest.approx(0.8)
+    assert int(row(rows, "anomalyclip max_epochs=1", "image_auroc")["n"]) == 2
+    assert any("mixes different data: n_images = 20, 30" in w for w in report.warnings)
+    assert any("no config.yaml" in w and "no_config" in w for w in report.warnings)
+
+
+def test_reference_compares_the_cflow_aupro_or_says_it_cannot(tmp_path):
+    exact_only = tmp_path / "exact"
+    make_run(exact_only, "r", ["method.gaussian_sigma=0.0"], 0.9)
+    report = build_report([str(exact_only)], out=str(tmp_path / "a"), reference=True, wandb_mode="disabled")
+    # synthetic has no published numbers; the note is there whenever the reference is asked for
+    assert "NOT comparable" in report.markdown
+    assert row(csv_rows(report), "anomalyclip", "aupro")["published"] == ""
+
+    with_cflow = tmp_path / "cflow"
+    run = make_run(with_cflow, "r", [], 0.9, aupro_cflow=0.8)
+    results = json.loads((run / "results.json").read_text())
+    results["targets"] = {"mvtec": {**results["targets"]["synthetic"], "dataset": "mvtec"}}
+    (run / "results.json").write_text(json.dumps(results))
+    report = build_report([str(with_cflow)], out=str(tmp_path / "b"), reference=True, wandb_mode="disabled")
+    assert "## pixel level (AUROC, AUPRO cflow-style)" in report.markdown
+    assert "| mvtec | 50.0, 80.0 (n=1) |" in report.markdown
+    assert "| mvtec (published) | 91.1, 81.4 |" in report.markdown  # AnomalyCLIP, Table 2
+    assert "| mvtec (published) | 91.5, 96.2 |" in report.markdown
+    cflow = row(csv_rows(report), "anomalyclip", "aupro_cflow")
+    assert float(cflow["published"]) == pytest.approx(0.814) and float(cflow["mean"]) == pytest.approx(0.8)
+    assert published("isic", "vand") == {"pixel_auroc": 0.894, "aupro": 0.772}
+
+
+def test_cli_writes_markdown_csv_and_a_self_contained_html_page(tmp_path, sigma_sweep, capsys):
+    runs, _ = sigma_sweep
+    plots = runs / "s2.0_1" / "plots" / "synthetic" / "ring"
+    plots.mkdir(parents=True)
+    (plots / "roc.png").write_bytes(PNG_1x1)
+    out = tmp_path / "rep"
+    assert main(["report", str(runs), "--out", str(out), "--wandb-mode", "disabled"]) == 0
+    printed = capsys.readouterr().out
+    assert "anomalyclip gaussian_sigma=2.0" in printed and "report.html" in printed
+    assert (out / "report.md").read_text().startswith("# Results (6 runs, 2 settings)")
+    assert next(csv.DictReader((out / "report.csv").open()))["setting"].startswith("anomalyclip")
+    page = (out / "report.html").read_text()
+    assert "<table>" in page and "anomalyclip gaussian_sigma=0.0" in page and "<style>" in page
+    assert 'src="data:image/png;base64,' in page and "synthetic/ring/roc.png" in page
+    assert "http://" not in page and "https://" not in page and "<link" not in page
