@@ -1,4 +1,5 @@
-"""WinCLIP settings (zero-shot, METHODS.md §3); defaults are the paper's."""
+"""WinCLIP settings (zero-shot, docs/methods.md#winclip); defaults are the paper's and, where the paper is
+silent, the public reimplementations' (anomalib's WinCLIP)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ class WinCLIPConfig:
     name: str = "winclip"
     backbone: BackboneConfig = dataclasses.field(default_factory=_winclip_backbone)
     prompt_ensemble: str = "winclip"  # compositional ensemble: 7 normal / 4 anomalous states x 22 templates
-    # Average normalised sentence embeddings (CLIP's recipe); false: raw embeddings, as the
-    # Accurate-WinCLIP reproduction [design choice: the paper does not say].
-    normalize_each_prompt: bool = True
+    # false (default): average the raw sentence embeddings of a state, then normalise the mean, as both public
+    # reimplementations do (anomalib's WinClipModel._collect_text_embeddings; the paper does not say).
+    # true: normalise each sentence embedding before averaging (CLIP's zero-shot recipe; zsad's old default).
+    normalize_each_prompt: bool = False
     window_sizes: list[int] = dataclasses.field(
         default_factory=lambda: [2, 3]
     )  # in patches (32 and 48 px at 240)
