@@ -1,5 +1,5 @@
 """Dual-Image Enhanced CLIP settings. The paper's method section is not public: everything beyond AnoVL
-is a documented reconstruction (METHODS.md §4, [design choice]) and switchable here."""
+is a documented reconstruction (docs/methods.md#dual-image, [reconstruction]) and switchable here."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 
 from lightning_modules.anovl.config import AnoVLConfig, TTAConfig
 
-PAIRINGS = ("random", "nearest")
+PAIRINGS = ("random", "random_cycle", "nearest")
 AGGREGATES = ("mean", "interval_mean", "min")
 TEXTURES = ("procedural", "batch")
 
@@ -19,7 +19,10 @@ class VisualReferenceConfig:
     enabled: bool = True
     layers: list[int] = dataclasses.field(default_factory=lambda: [6, 9])  # blocks whose tokens are matched
     stream: str = "original"  # "original" (standard ViT tokens) or "vv" (the V-V path's)
-    pairing: str = "random"  # "random" (seeded cycle through a permutation) or "nearest" (class embedding)
+    # "random": seeded mutual groups of k + 1 images (k = 1: pairs referencing each other, as the abstract's
+    # "each image as a visual reference for the other"); "random_cycle": each image references the next k
+    # of a seeded cycle (A->B->C..., not mutual; zsad's old default); "nearest": most similar class embedding.
+    pairing: str = "random"
     k: int = 1  # partners per image; -1: every other image of the category (mutual scoring)
     aggregate: str = "mean"  # over partners: "mean", "interval_mean" (mean of the lowest fraction), "min"
     interval_fraction: float = 0.3  # interval_mean keeps max(1, floor(fraction * partners)) lowest distances

@@ -1,9 +1,11 @@
 """Visual references among the test images of one category: pairing and patch-matching scores.
 
-- Pairing (:func:`pair_partners`): ``random`` arranges a seeded permutation in a cycle and gives each
-  image the next ``k`` images (k = 1: every image is the reference of exactly one other); ``nearest`` takes
-  the ``k`` most similar class embeddings; ``k = -1`` (or ``k >= n - 1``) takes every other image. An image
-  is never its own partner.
+- Pairing (:func:`pair_partners`): ``random`` (default) cuts a seeded permutation into groups of ``k + 1``
+  images that are each other's references (k = 1: mutual pairs, "each image as a visual reference for the
+  other" of the paper's abstract); ``random_cycle`` arranges the permutation in a cycle and gives each image
+  the next ``k`` images (A->B->C->...; k = 1: every image is the reference of exactly one other, not mutual);
+  ``nearest`` takes the ``k`` most similar class embeddings; ``k = -1`` (or ``k >= n - 1``) takes every
+  other image. An image is never its own partner.
 - Score (:func:`reference_distances`): per partner ``d_j[p] = 1 - max_q cos(F[p], F_j[q])`` on L2-normalised
   tokens, aggregated over partners (mean, minimum, or the interval mean of MuSc-style mutual scoring:
   the mean of the lowest ``fraction`` of the per-partner distances) and averaged over layers. Partners are
@@ -38,6 +40,8 @@ def pair_partners(
         others = torch.arange(n).expand(n, n)
         return others[~torch.eye(n, dtype=torch.bool)].view(n, n - 1)
     if strategy == "random":
+        return mutual_groups(torch.randperm(n, generator=generator), k)
+    if strategy == "random_cycle":
         order = torch.randperm(n, generator=generator)
         partners = torch.empty(n, k, dtype=torch.long)
         for step in range(1, k + 1):
@@ -46,6 +50,31 @@ def pair_partners(
     similarity = class_embeddings.float().cpu() @ class_embeddings.float().cpu().t()
     similarity.fill_diagonal_(-math.inf)
     return torch.sort(similarity, dim=1, descending=True, stable=True).indices[:, :k]
+
+
+def mutual_groups(order: torch.Tensor, k: int) -> torch.Tensor:
+    """Partners ``[n, k]``: ``order`` cut into consecutive groups of ``k + 1``; each member's partners are
+    the other members of its group, in group order.
+
+    When ``n`` is not a multiple of ``k + 1`` [reconstruction: the abstract does not say], the ``r`` images
+    left over form a last, smaller group; each takes the other ``r - 1`` leftovers plus the first
+    ``k - r + 1`` images of the group before it (those references are one-way: the earlier group keeps its
+    own partners). With k = 1 and an odd count, the last image of the permutation is scored against the
+    first image of the last pair. Needs ``n >= k + 1`` (``pair_partners`` caps ``k`` at ``n - 1``).
+    """
+    n, size = order.numel(), k + 1
+    partners = torch.empty(n, k, dtype=torch.long)
+    full = (n // size) * size
+    for start in range(0, full, size):
+        group = order[start : start + size]
+        for j in range(size):
+            partners[group[j]] = torch.cat([group[:j], group[j + 1 :]])
+    leftovers = order[full:]
+    if leftovers.numel():
+        borrowed = order[full - size : full - size + k - leftovers.numel() + 1]
+        for j in range(leftovers.numel()):
+            partners[leftovers[j]] = torch.cat([leftovers[:j], leftovers[j + 1 :], borrowed])
+    return partners
 
 
 class StreamingAggregate:

@@ -20,7 +20,7 @@ def _embeddings(n: int, seed: int = 0) -> torch.Tensor:
     return l2_normalize(torch.randn(n, 8, generator=torch.Generator().manual_seed(seed)))
 
 
-@pytest.mark.parametrize("strategy", ["random", "nearest"])
+@pytest.mark.parametrize("strategy", ["random", "random_cycle", "nearest"])
 @pytest.mark.parametrize("k", [1, 2, 4, -1])
 def test_pairing_is_deterministic_per_seed_and_never_self(strategy, k):
     emb = _embeddings(7)
@@ -32,20 +32,53 @@ def test_pairing_is_deterministic_per_seed_and_never_self(strategy, k):
         assert i not in row and len(set(row)) == len(row)
 
 
-def test_random_pairing_changes_with_the_seed_and_is_a_cycle():
+def test_random_cycle_pairing_changes_with_the_seed_and_is_a_cycle():
     emb = _embeddings(9)
     outcomes = {
-        tuple(pair_partners(emb, "random", 1, torch.Generator().manual_seed(s))[:, 0].tolist())
+        tuple(pair_partners(emb, "random_cycle", 1, torch.Generator().manual_seed(s))[:, 0].tolist())
         for s in range(6)
     }
     assert len(outcomes) > 1
-    partners = pair_partners(emb, "random", 1, torch.Generator().manual_seed(3))[:, 0]
+    partners = pair_partners(emb, "random_cycle", 1, torch.Generator().manual_seed(3))[:, 0]
     assert sorted(partners.tolist()) == list(range(9))  # every image is the reference of exactly one other
     seen, i = set(), 0
     while i not in seen:
         seen.add(i)
         i = int(partners[i])
     assert len(seen) == 9  # one cycle through all images
+
+
+def _expected_mutual(order: list[int], k: int) -> dict[int, list[int]]:
+    """The documented rule written out: groups of k + 1 along the permutation; leftovers borrow the first
+    images of the group before them."""
+    size, n = k + 1, len(order)
+    full = n - n % size
+    expected = {}
+    for start in range(0, full, size):
+        group = order[start : start + size]
+        for member in group:
+            expected[member] = [m for m in group if m != member]
+    leftovers = order[full:]
+    for member in leftovers:
+        expected[member] = [m for m in leftovers if m != member] + order[full - size :][
+            : k - len(leftovers) + 1
+        ]
+    return expected
+
+
+@pytest.mark.parametrize(("n", "k"), [(8, 1), (9, 1), (9, 2), (10, 2), (11, 3)])
+def test_random_pairing_forms_mutual_groups_from_the_seeded_permutation(n, k):
+    seed = 4
+    partners = pair_partners(_embeddings(n), "random", k, torch.Generator().manual_seed(seed))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    expected = _expected_mutual(order, k)
+    assert {i: partners[i].tolist() for i in range(n)} == expected
+    mutual = [i for i in range(n) if all(i in partners[j].tolist() for j in partners[i].tolist())]
+    assert len(mutual) == n - n % (k + 1)  # every image of a full group is its partners' partner
+    if k == 1 and n % 2 == 0:  # the abstract's image pairs: a perfect matching
+        assert all(int(partners[int(partners[i, 0]), 0]) == i for i in range(n))
+    if k == 1 and n % 2 == 1:  # the last image of the permutation references the first of the last pair
+        assert partners[order[-1]].tolist() == [order[-3]]
 
 
 def test_nearest_pairing_takes_the_most_similar_other_image():
