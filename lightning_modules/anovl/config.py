@@ -1,4 +1,4 @@
-"""AnoVL settings; defaults are the authors' released code (METHODS.md §4)."""
+"""AnoVL settings; defaults are the authors' released code (hq-deng/AnoVL, docs/methods.md#anovl)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from lightning_modules.anovl.prompts import TEXTURE_CATEGORIES
 from lightning_modules.clip.config import BackboneConfig
 
 TTA_RESETS = ("image", "image_keep_optimizer", "category")
+SEQUENTIAL_TTA_RESETS = ("image_keep_optimizer", "category")  # state carried from image to image
 
 
 def _anovl_backbone() -> BackboneConfig:
@@ -31,11 +32,14 @@ class TTAConfig:
     noise_copies: int = 1  # noisy copies per step (the authors' noise_level)
     entropy_weight: float = 1.0  # H(p(f')) of the clean prediction
     hard_weight: float = 0.5  # -log p_a(noisy) - log p_n(clean)
-    # "image": a fresh adapter and optimizer per image (order-independent, batched; default).
-    # "image_keep_optimizer": the authors' code: weights re-initialised per image, AdamW moments kept per
-    #   category across images (sequential: depends on the order images arrive in).
+    # "image_keep_optimizer" (default, the authors' vl_test.py): one AdamW per category, created once; the
+    #   adapter's weights are re-initialised for every image but the optimizer's moments and step count carry
+    #   over from image to image of the category. Sequential: an image's result depends on the images of its
+    #   category before it, in the test split's index order (zsad's loader never shuffles). It cannot be
+    #   split over DDP processes (each would see another subset): zsad refuses world_size > 1 with it.
+    # "image": a fresh adapter and optimizer per image (order-independent, batched, DDP-safe; a deviation).
     # "category": adapter and optimizer persist within a category (continual TTA; order-dependent).
-    reset: str = "image"
+    reset: str = "image_keep_optimizer"
 
 
 @dataclasses.dataclass

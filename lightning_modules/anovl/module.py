@@ -8,11 +8,12 @@ from typing import Any
 
 import torch
 
-from lightning_modules.anovl.config import AnoVLConfig
+from lightning_modules.anovl.config import SEQUENTIAL_TTA_RESETS, AnoVLConfig
 from lightning_modules.anovl.model import AnoVL, BatchText, CategoryText
 from lightning_modules.anovl.prompts import prompt_kind
 from lightning_modules.anovl.tta import TestTimeAdaptation
 from lightning_modules.base import EvalConfig, ZeroShotModule
+from pipelines.errors import ConfigError
 
 
 def image_seed(seed: int, image_path: str, salt: int = 0) -> int:
@@ -59,7 +60,19 @@ class AnoVLModule(ZeroShotModule):
         if self.tta is not None:
             self.tta.reset()
 
+    def check_sequential_tta(self, world_size: int) -> None:
+        """The authors' TTA carries optimizer state from image to image of a category, in index order; split
+        over processes, each would adapt on another subset and the scores would depend on the world size."""
+        reset = self.cfg.tta.reset
+        if self.tta is not None and reset in SEQUENTIAL_TTA_RESETS and world_size > 1:
+            raise ConfigError(
+                f"method.tta.reset={reset} adapts the images of a category one after another (the authors' "
+                f"protocol), which cannot be split over {world_size} processes: evaluate on one device "
+                f"(trainer.devices=1 trainer.num_nodes=1) or set method.tta.reset=image (order-independent)"
+            )
+
     def on_test_epoch_start(self) -> None:
+        self.check_sequential_tta(self.trainer.world_size)
         super().on_test_epoch_start()
         self.bind_data(self.trainer.datamodule)
 

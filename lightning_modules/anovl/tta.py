@@ -8,10 +8,14 @@ clean -> normal), as in the authors' ``loss_func``. Optional extra targets
 (:class:`SyntheticAnomalies`: tokens of synthesized anomalous images with per-patch targets) add a
 cross-entropy term; the dual-image method supplies them.
 
-A batch of images is adapted *at once* with one independent adapter per image: the batch loss is the sum
-of the per-image losses and AdamW acts element-wise, so each image gets exactly the updates it would get
-alone. Randomness (initialisation, noise) comes from one generator per image, seeded from the image, so
-scores do not depend on batch composition or on how the test set is split across processes.
+Reset policies (``TTAConfig.reset``). The default, ``image_keep_optimizer``, is the authors' ``vl_test.py``:
+one AdamW per category, created with the category's adapter; every image re-initialises the adapter's
+weights, but the optimizer's moments and step count carry over, so images are adapted one after another
+in the order they arrive (the test split's index order) and the module refuses DDP for it. ``image`` (a
+deviation) adapts a batch *at once* with one independent adapter and optimizer per image: the batch loss is
+the sum of the per-image losses and AdamW acts element-wise, so each image gets exactly the updates it
+would get alone. Randomness (initialisation, noise) comes from one generator per image, seeded from the
+image, so under ``image`` scores depend neither on batch composition nor on how the test set is split.
 
 Gradients: only the adapter requires them; the CLIP stays frozen and its features enter as constants.
 Lightning runs ``test`` under ``torch.inference_mode`` unless the Trainer is built with

@@ -35,6 +35,10 @@ class VisualReferenceConfig:
 class DualImageTTAConfig(TTAConfig):
     """AnoVL's TTA plus optional image-space synthetic anomalies (DRAEM-style Perlin masks)."""
 
+    # [reconstruction] a fresh adapter and optimizer per image: order-independent and DDP-safe, like the
+    # visual reference banks. AnoVL's own default is the authors' sequential "image_keep_optimizer".
+    reset: str = "image"
+
     image_anomalies: bool = False
     image_anomaly_weight: float = 0.5  # weight of the per-patch cross-entropy on synthesized images
     image_anomaly_copies: int = 1  # synthesized images per test image

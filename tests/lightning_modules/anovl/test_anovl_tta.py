@@ -99,7 +99,7 @@ def test_tta_changes_only_the_adapter(setup):
 
 def test_batched_adaptation_equals_one_image_at_a_time(setup):
     _, text, tokens = setup
-    tta = TestTimeAdaptation(TTAConfig(steps=3, lr=1e-2))
+    tta = TestTimeAdaptation(TTAConfig(steps=3, lr=1e-2, reset="image"))
     together = tta.adapt(tokens, text, seeds=[11, 12, 13], categories=["ring"] * 3)
     for i, seed in enumerate([11, 12, 13]):
         one = BatchText(text.classes[i : i + 1], text.prompts[i : i + 1])
@@ -124,6 +124,66 @@ def test_reset_policies(setup):
     )
     with pytest.raises(ConfigError, match="reset"):
         TestTimeAdaptation(dataclasses.replace(TTAConfig(), reset="never"))
+
+
+def test_default_keeps_one_adamw_per_category_as_the_authors_loop(setup):
+    """The authors' vl_test.py, written out: one AdamW per class made once, the adapter re-initialised for
+    every image, moments and step count carried over; a new class starts with a fresh optimizer."""
+    _, text, tokens = setup
+    cfg = dataclasses.replace(TTAConfig(), steps=3, lr=1e-2)
+    assert cfg.reset == "image_keep_optimizer"  # the default
+    seeds, categories = [21, 22, 23], ["ring", "ring", "cells"]
+    tta = TestTimeAdaptation(cfg)
+    got = tta.adapt(tokens, text, seeds, categories)
+
+    adapters, optimizers, expected = {}, {}, []
+    for i, (seed, category) in enumerate(zip(seeds, categories, strict=True)):
+        generator = torch.Generator().manual_seed(seed)
+        if category not in adapters:
+            adapters[category] = TextAdapter(text.prompts[i : i + 1])
+            optimizers[category] = torch.optim.AdamW(adapters[category].parameters(), lr=cfg.lr)
+        adapter, optimizer = adapters[category], optimizers[category]
+        adapter.reset_parameters([generator])  # weight_reset per image
+        for _ in range(cfg.steps):
+            noise = feature_noise([generator], (1, *tokens.shape[1:]), cfg.noise_std, tokens.device)
+            loss = tta_loss(adapter, tokens[i : i + 1], text.classes[i : i + 1], noise, cfg)
+            optimizer.zero_grad()
+            loss.sum().backward()
+            optimizer.step()
+        with torch.no_grad():
+            expected.append(adapter(tokens[i : i + 1]))
+    torch.testing.assert_close(got, torch.cat(expected), atol=1e-6, rtol=1e-6)
+
+    # the state itself: the category's AdamW has stepped for both of its images, the new one only for its own
+    kept = {c: optimizer for c, (_, optimizer) in tta._persistent.items()}
+    steps = {c: [float(state["step"]) for state in opt.state.values()] for c, opt in kept.items()}
+    assert steps == {"ring": [6.0, 6.0], "cells": [3.0, 3.0]}
+    # and it matters: the second image differs from what a fresh optimizer would give it
+    fresh = TestTimeAdaptation(dataclasses.replace(cfg, reset="image")).adapt(
+        tokens[1:2], BatchText(text.classes[1:2], text.prompts[1:2]), [22], ["ring"]
+    )
+    assert not torch.allclose(fresh, got[1:2], atol=1e-6)
+    torch.testing.assert_close(  # while the first image of each category starts fresh
+        TestTimeAdaptation(dataclasses.replace(cfg, reset="image")).adapt(
+            tokens[2:3], BatchText(text.classes[2:3], text.prompts[2:3]), [23], ["cells"]
+        ),
+        got[2:3],
+        atol=1e-6,
+        rtol=1e-6,
+    )
+    tta.reset()  # a new test epoch / dataset forgets the optimizers
+    assert tta._persistent == {}
+
+
+def test_sequential_tta_refuses_ddp(tiny_clip):
+    from lightning_modules.anovl import AnoVLModule
+
+    module = AnoVLModule(tiny_anovl_config(), model=AnoVL(tiny_anovl_config(), *tiny_clip))
+    module.check_sequential_tta(world_size=1)
+    with pytest.raises(ConfigError, match=r"tta\.reset=image_keep_optimizer.*2 processes.*reset=image"):
+        module.check_sequential_tta(world_size=2)
+    per_image = tiny_anovl_config(**{"tta.reset": "image"})
+    AnoVLModule(per_image, model=AnoVL(per_image, *tiny_clip)).check_sequential_tta(world_size=4)
 
 
 def test_tta_refuses_inference_mode(setup):
