@@ -38,6 +38,7 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` i
 
 RUN_DIR_ENV = "ZSAD_RUN_DIR"
 STATUS_FILE = "status.json"
+LIGHTNING_DIR = ".lightning"  # default_root_dir of the test Trainer in a run folder: never holds checkpoints
 
 
 @dataclasses.dataclass
@@ -181,7 +182,10 @@ def make_trainer(
     if training:
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0))
     return L.Trainer(
-        default_root_dir=str(run_dir),  # also where Lightning writes and finds SLURM requeue checkpoints
+        # Where Lightning writes and, under SLURM, *finds* requeue checkpoints (hpc_ckpt_*.ckpt): a test
+        # Trainer would load the newest one into the module before testing, replacing the weights the
+        # training ended with. The test Trainer gets a folder that never holds a checkpoint.
+        default_root_dir=str(run_dir if training else run_dir / LIGHTNING_DIR),
         max_epochs=t.max_epochs,
         accelerator=t.accelerator,
         devices=_devices(t.devices),
