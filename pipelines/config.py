@@ -64,7 +64,10 @@ class WandbConfig:
     mode: str = "offline"  # offline (sync later with `wandb sync`), online, or disabled
     project: str = "zsad"
     entity: str | None = None
-    group: str | None = None
+    # The run's display name; None: "{method} {experiment name} seed={seed}". Sweeps set it from the run's
+    # varied keys so that the runs of a sweep can be told apart on the dashboard.
+    name: str | None = None
+    group: str | None = None  # sweeps: the sweep's name
     tags: list[str] = dataclasses.field(default_factory=list)
 
 

@@ -26,12 +26,12 @@ def make_loggers(
 
         loggers.append(
             WandbLogger(
-                name=cfg.name,
+                name=display_name(cfg),
                 save_dir=str(run_dir),
                 project=wandb_cfg.project,
                 entity=wandb_cfg.entity,
                 group=wandb_cfg.group,
-                tags=list(wandb_cfg.tags),
+                tags=[str(tag)[:64] for tag in wandb_cfg.tags],  # W&B refuses longer tags
                 job_type=job_type,
                 mode=wandb_cfg.mode,
                 id=run_id,
@@ -42,22 +42,41 @@ def make_loggers(
     return loggers
 
 
+def display_name(cfg: ExperimentConfig) -> str:
+    """``logger.wandb.name``, else method, experiment and seed: runs of one experiment differ by seed."""
+    return cfg.logger.wandb.name or f"{cfg.method.name} {cfg.name} seed={cfg.seed}"
+
+
 def _flat_config(cfg: ExperimentConfig) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
 
 
+def evaluation_scalars(target: str, payload: dict[str, Any]) -> dict[str, float]:
+    """``eval/{target}/{metric}`` (the category mean) and ``eval/{target}/{category}/{metric}``; undefined
+    metrics are left out (results.json says why)."""
+    from pipelines.results import METRICS
+
+    scalars = {f"eval/{target}/{m}": v for m, v in payload["mean"].items() if v is not None}
+    for category, values in payload["categories"].items():
+        scalars.update(
+            {f"eval/{target}/{category}/{m}": values[m] for m in METRICS if values.get(m) is not None}
+        )
+    return scalars
+
+
 def log_evaluation(loggers: list[Logger], target: str, payload: dict[str, Any]) -> None:
-    """Per-category table and mean metrics of one target, into every logger that takes them."""
+    """One target's metrics, mean and per category, as scalars into every logger; in W&B also as summary
+    values (what the runs table and parallel-coordinates plots compare) and as a per-category table."""
     from lightning.pytorch.loggers import WandbLogger
 
     from pipelines.results import METRICS
 
-    means = {f"eval/{target}/{m}": v for m, v in payload["mean"].items() if v is not None}
+    scalars = evaluation_scalars(target, payload)
     for logger in loggers:
-        if means:
-            logger.log_metrics(means)
+        if scalars:
+            logger.log_metrics(scalars)
         if isinstance(logger, WandbLogger):
             columns = ["category", "n_normal", "n_anomalous", *METRICS]
             rows = [
@@ -65,8 +84,7 @@ def log_evaluation(loggers: list[Logger], target: str, payload: dict[str, Any]) 
                 for c, v in payload["categories"].items()
             ]
             logger.log_table(key=f"eval/{target}/per_category", columns=columns, data=rows)
-            for key, value in means.items():
-                logger.experiment.summary[key] = value
+            logger.experiment.summary.update(scalars)
 
 
 def wandb_hint(loggers: list[Logger]) -> str | None:

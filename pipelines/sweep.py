@@ -74,6 +74,8 @@ class PlannedRun:
     experiment: str
     overrides: list[str]
     run_dir: str
+    # W&B display name: method, varied keys, seed (``${...}`` are resolved in the run's config)
+    display_name: str = ""
 
     @property
     def tags(self) -> list[str]:
@@ -123,6 +125,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")[:60]
 
 
+def _display_name(choice: dict[str, Any], varies_experiment: bool) -> str:
+    """``anomalyclip gaussian_sigma=2.0 seed=1``: method and experiment come from the composed config."""
+    varied = [
+        f"{k.rsplit('.', 1)[-1]}={_format_value(v)}" for k, v in choice.items() if k not in ("seed", "method")
+    ]
+    parts = ["${method.name}", *(["${name}"] if varies_experiment else []), *varied, "seed=${seed}"]
+    return " ".join(parts)
+
+
 def expand(cfg: SweepConfig) -> list[PlannedRun]:
     """Every grid combination as a run with a stable id."""
     keys = list(cfg.grid)
@@ -138,7 +149,8 @@ def expand(cfg: SweepConfig) -> list[PlannedRun]:
         experiment_part = _slug(Path(experiment).stem) if varies_experiment else ""
         run_id = "_".join(p for p in (experiment_part, readable, digest) if p)
         run_dir = str(sweep_dir(cfg) / "runs" / run_id)
-        runs.append(PlannedRun(run_id, experiment, [*overrides, f"run_dir={run_dir}"], run_dir))
+        name = _display_name(choice, varies_experiment)
+        runs.append(PlannedRun(run_id, experiment, [*overrides, f"run_dir={run_dir}"], run_dir, name))
     ids = [r.id for r in runs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"sweep '{cfg.name}' has duplicate runs (the same settings twice)")
@@ -181,8 +193,10 @@ def run_entry(sweep_name: str, run: PlannedRun, extra: list[str] = ()) -> Any:
     from pipelines import runner
     from pipelines.config import compose, to_object
 
-    tags = ",".join(_format_value(t) for t in run.tags)
-    overrides = [*run.overrides, f"logger.wandb.group={sweep_name}", f"logger.wandb.tags=[{tags}]", *extra]
+    wandb = [f"logger.wandb.group={sweep_name}", f"logger.wandb.tags={json.dumps(run.tags)}"]
+    if run.display_name:
+        wandb.append(f"logger.wandb.name={json.dumps(run.display_name)}")
+    overrides = [*run.overrides, *wandb, *extra]
     try:
         return runner.run(to_object(compose(run.experiment, overrides)))
     except Exception as error:

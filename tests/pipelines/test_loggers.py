@@ -1,0 +1,45 @@
+"""W&B runs that a dashboard can compare, checked by reading the offline run files back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sweep_helpers import write_sweep
+from wandb_records import offline_run
+
+from pipelines import sweep
+from pipelines.results import METRICS
+
+
+@pytest.mark.slow
+def test_sweep_runs_log_per_category_scalars_under_readable_names(tmp_path, synthetic_pair):
+    overrides = ["trainer.max_epochs=1", "logger.wandb.mode=offline", "method.backbone.image_size=32"]
+    path = write_sweep(
+        tmp_path,
+        *synthetic_pair,
+        seeds=[1],
+        extra={"overrides": overrides, "variants": [{"method.gaussian_sigma": 2.0}]},
+        name="sigmas",
+    )
+    cfg, source = sweep.load_sweep(path)
+    assert sweep.run_local(cfg, source) == {sweep.expand(cfg)[0].id: "finished"}
+    run_dir = Path(sweep.expand(cfg)[0].run_dir)
+    results = json.loads((run_dir / "results.json").read_text())["targets"]["synthetic"]
+    (wandb_dir,) = (run_dir / "wandb").glob("offline-run-*")
+    run = offline_run(wandb_dir)
+
+    assert run["name"] == "anomalyclip gaussian_sigma=2.0 seed=1"
+    assert run["group"] == "sigmas" and run["job_type"] == "run"
+    assert "method.gaussian_sigma=2.0" in run["tags"] and "seed=1" in run["tags"]
+    logged = {k: v for row in run["history"] for k, v in row.items()}
+    expected = {f"eval/synthetic/{m}": v for m, v in results["mean"].items() if v is not None}
+    for category, values in results["categories"].items():
+        expected.update(
+            {f"eval/synthetic/{category}/{m}": values[m] for m in METRICS if values[m] is not None}
+        )
+    assert {"eval/synthetic/ring/image_auroc", "eval/synthetic/cells/pixel_auroc"} <= set(expected)
+    for key, value in expected.items():
+        assert logged[key] == pytest.approx(value), key
+        assert run["summary"][key] == pytest.approx(value), key
