@@ -5,6 +5,8 @@
     zsad test CONFIG checkpoint=... [k=v ...]   evaluate on the experiment's targets
     zsad run EXPERIMENT [k=v ...]      train on the source's test split, then evaluate every target
     zsad methods                       registered methods
+    zsad experiments                   experiment configs with a one-line description each
+    zsad config show CONFIG [k=v ...]  the composed, resolved config (YAML)
     zsad data synth|list|check ...     datasets
     zsad evaluate-maps ...             metrics of saved anomaly maps against a dataset's ground truth
 
@@ -83,6 +85,24 @@ def _methods(args: argparse.Namespace) -> int:
         print(f"{name:14s} {'trains' if spec.trains else 'training-free':14s} needs: {spec.needs}")
         if spec.description:
             print(f"{'':14s} {spec.description}")
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    """The composed, resolved config exactly as a run would use it (and write to its config.yaml)."""
+    from pipelines.config import compose, to_object, to_yaml
+
+    print(to_yaml(to_object(compose(args.config, args.overrides))), end="")
+    return 0
+
+
+def _experiments(args: argparse.Namespace) -> int:
+    from pipelines.config import experiment_summaries
+
+    rows = experiment_summaries()
+    width = max((len(name) for name, _ in rows), default=0)
+    for name, description in rows:
+        print(f"{name:{width}s}  {description or '(no description)'}")
     return 0
 
 
@@ -252,6 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.set_defaults(func=_methods)
+
+    experiments = sub.add_parser("experiments", help="list the experiment configs with their descriptions")
+    experiments.set_defaults(func=_experiments)
+    config_parser = sub.add_parser("config", help="inspect configs")
+    config_sub = config_parser.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser(
+        "show", help="print the composed, resolved config of CONFIG with overrides (YAML), as a run uses it"
+    )
+    show.add_argument("config", help="experiment config: a name under configs/experiment/ or a .yaml path")
+    show.add_argument("overrides", nargs="*", help="key=value overrides, as for zsad run")
+    show.set_defaults(func=_config_show)
 
     data = sub.add_parser("data", help="datasets: generate synthetic data, list and check benchmarks")
     data_sub = data.add_subparsers(dest="data_command", required=True)

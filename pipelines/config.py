@@ -79,6 +79,7 @@ class LoggerConfig:
 @dataclasses.dataclass
 class ExperimentConfig:
     name: str = "experiment"
+    description: str = ""  # one line for `zsad experiments`; every file under configs/experiment/ has one
     seed: int = 111
     data_root: str = "${oc.env:ZSAD_DATA_ROOT,/datasets}"  # configs/data/*.yaml put each dataset below it
     output_dir: str = "runs"
@@ -109,6 +110,15 @@ def find_config(kind: str, name: str) -> Path:
     raise ConfigError(
         f"no {kind} config '{name}'; available: {', '.join(available) or 'none'} (or give a path to a .yaml file)"
     )
+
+
+def experiment_summaries() -> list[tuple[str, str]]:
+    """(name, description) of every file under ``configs/experiment/``, read without composing."""
+    rows = []
+    for path in sorted((config_dir() / "experiment").glob("*.yaml")):
+        description = _load_yaml(path).get("description") or ""
+        rows.append((path.stem, " ".join(str(description).split())))
+    return rows
 
 
 def _load_yaml(path: Path) -> DictConfig:

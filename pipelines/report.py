@@ -35,6 +35,7 @@ from pipelines.results import atomic_write_text
 IGNORED_KEYS = (
     "seed",
     "name",  # the experiment's label; its settings are the other keys
+    "description",
     "run_dir",
     "output_dir",
     "data_root",
