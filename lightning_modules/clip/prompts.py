@@ -1,9 +1,10 @@
 """Hand-written prompt ensembles: normal / anomalous states x templates, averaged per category.
 
-The one place for the ensembles the baselines use (METHODS.md §3): CLIP's single pair, WinCLIP's
-compositional ensemble (also CLIP-AC's) and VAND's (APRIL-GAN's ``prompt_ensemble.py``: one more
-anomalous state and 35 ImageNet-style templates). ``{}`` in a state is the object word (the dataset's
-prompt name of a category, e.g. "metal nut"), ``{}`` in a template is the stated object.
+The one place for the ensembles the baselines use (docs/methods.md): CLIP's single pair, CLIP-AC's
+("normal/anomalous [cls]" in CLIP's 80 ImageNet templates), WinCLIP's compositional ensemble and VAND's
+(APRIL-GAN's ``prompt_ensemble.py``: one more anomalous state and 35 ImageNet-style templates). ``{}`` in a
+state is the object word (e.g. "metal nut", or VAND's raw folder name "metal_nut"), ``{}`` in a template is
+the stated object.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import torch
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
 from lightning_modules.clip.text import PromptTextEncoder
 from lightning_modules.ops import l2_normalize
@@ -119,7 +121,20 @@ VAND = PromptEnsemble(
     VAND_TEMPLATES,
 )
 
-PROMPT_ENSEMBLES: dict[str, PromptEnsemble] = {"clip": CLIP_PAIR, "winclip": WINCLIP, "vand": VAND}
+# CLIP-AC [reconstruction]: AnomalyCLIP's appendix describes it as CLIP with "an ensemble of text prompts
+# designed for the ImageNet dataset", the normal and anomalous embeddings averaged per class; the WinCLIP
+# paper's CLIP-AC classifies "normal [c]" vs "anomalous [c]". So: those two labels in each of CLIP's 80
+# ImageNet templates (open_clip's copy of OpenAI's list), e.g. "a bad photo of a anomalous bottle.".
+CLIP_AC = PromptEnsemble(
+    ("normal {}",), ("anomalous {}",), tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES)
+)
+
+PROMPT_ENSEMBLES: dict[str, PromptEnsemble] = {
+    "clip": CLIP_PAIR,
+    "clip_ac": CLIP_AC,
+    "winclip": WINCLIP,
+    "vand": VAND,
+}
 
 
 def get_ensemble(name: str) -> PromptEnsemble:

@@ -54,13 +54,29 @@ def test_clip_scores_and_maps_equal_open_clip(tiny_clip):
     torch.testing.assert_close(maps, expected_maps, atol=1e-5, rtol=1e-5)
 
 
-def test_clip_ac_uses_the_compositional_ensemble(tiny_clip):
+def test_clip_ac_averages_normal_and_anomalous_over_clips_imagenet_templates(tiny_clip):
+    """CLIP-AC's texts: "normal/anomalous [cls]" in each of OpenAI's 80 ImageNet templates, each sentence
+    embedding normalised, averaged per class, normalised (CLIP's zero-shot recipe), written out here."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
     model, tokenizer = tiny_clip
-    plain = CLIPZeroShot(CLIPConfig(backbone=tiny_backbone()), model, tokenizer)
-    ensemble = CLIPZeroShot(CLIPACConfig(backbone=tiny_backbone()), model, tokenizer)
-    plain.set_classes(["disc"])
-    ensemble.set_classes(["disc"])
-    assert not torch.allclose(plain.class_text, ensemble.class_text)
+    clip_ac = CLIPZeroShot(CLIPACConfig(backbone=tiny_backbone()), model, tokenizer)
+    clip_ac.set_classes(["metal nut"])
+    assert len(OPENAI_IMAGENET_TEMPLATES) == 80
+    with torch.no_grad():
+        for s, state in enumerate(("normal", "anomalous")):
+            sentences = [template(f"{state} metal nut") for template in OPENAI_IMAGENET_TEMPLATES]
+            assert sentences[0] == f"a bad photo of a {state} metal nut."
+            expected = F.normalize(
+                F.normalize(model.encode_text(tokenizer(sentences)), dim=-1).mean(0), dim=-1
+            )
+            torch.testing.assert_close(clip_ac.class_text[0, s], expected, atol=2e-6, rtol=1e-5)
+    # the switch back to WinCLIP's compositional ensemble gives other texts, and scoring stays CLIP's
+    winclip_texts = CLIPZeroShot(
+        CLIPACConfig(backbone=tiny_backbone(), prompt_ensemble="winclip"), model, tokenizer
+    )
+    winclip_texts.set_classes(["metal nut"])
+    assert not torch.allclose(winclip_texts.class_text, clip_ac.class_text)
 
 
 def test_methods_lists_the_baselines(capsys):
