@@ -8,15 +8,19 @@ that says where to put the weights.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
 
 import open_clip
 import torch
+from open_clip.transformer import QuickGELU
+from torch import nn
 
 from pipelines.errors import WeightsNotFoundError, ZsadError
 
+MLP_ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
 TINY_MODEL = "zsad-tiny-vit"  # registered below: random weights only, for tests and the demo
 RANDOM_WEIGHTS = (None, "", "none", "random")
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -104,3 +108,36 @@ def create_clip(
     model.eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(name)
     return model, tokenizer
+
+
+def _mlps(model: nn.Module) -> list[nn.Module]:
+    """The MLPs of every transformer block of both towers (open_clip names their activation ``gelu``)."""
+    return [m.mlp for m in model.modules() if isinstance(getattr(m, "mlp", None), nn.Sequential)]
+
+
+def mlp_activation(model: nn.Module) -> str:
+    """``"gelu"`` or ``"quick_gelu"``: the activation all of the model's transformer MLPs use."""
+    kinds = set()
+    for mlp in _mlps(model):
+        kinds |= {name for name, layer in MLP_ACTIVATIONS.items() if type(mlp.gelu) is layer}
+    if len(kinds) != 1:
+        raise TypeError(f"expected one MLP activation among {list(MLP_ACTIVATIONS)}, found {sorted(kinds)}")
+    return kinds.pop()
+
+
+def with_mlp_activation(model: nn.Module, activation: str, in_place: bool = False) -> nn.Module:
+    """The model with every transformer MLP of both towers using ``activation`` (weights unchanged).
+
+    Exact GELU and QuickGELU (``x * sigmoid(1.702 x)``) have no weights, so this is how open_clip builds the
+    same architecture with or without ``quick_gelu``. The model is returned as is when it already uses the
+    activation; otherwise a copy is changed unless ``in_place`` (a model the caller owns alone).
+    """
+    if activation not in MLP_ACTIVATIONS:
+        raise ZsadError(f"unknown MLP activation {activation!r}; known: {', '.join(MLP_ACTIVATIONS)}")
+    if mlp_activation(model) == activation:
+        return model
+    if not in_place:
+        model = copy.deepcopy(model)
+    for mlp in _mlps(model):
+        mlp.gelu = MLP_ACTIVATIONS[activation]()
+    return model

@@ -5,19 +5,27 @@ tokens (no ``ln_post``/``proj``). Per layer, ``100 * cos`` against the category'
 upsampled (bilinear, align_corners=True), then softmaxed per pixel; the map is the sum over layers of
 the anomaly channel. Image score: anomaly softmax of CLIP's image embedding. Loss: per layer
 ``focal(probabilities, gt) + dice(anomaly channel, gt)``; masks only, no image loss.
+
+As the authors' code runs it (docs/methods.md#vand): exact GELU in both towers at any size other than the
+architecture's native one (``activation``), and text encoding, encoder, heads and maps under fp16 autocast
+on CUDA (``fp16_autocast``; the loss outside it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from lightning_modules.clip.factory import create_clip, mlp_activation, with_mlp_activation
 from lightning_modules.clip.frozen import FrozenCLIP
 from lightning_modules.losses import dice_loss, focal_loss
 from lightning_modules.ops import anomaly_probability, class_probability_maps, gaussian_blur, l2_normalize
-from lightning_modules.vand.config import VANDConfig
+from lightning_modules.vand.config import PROMPT_WORDS, VAND_ACTIVATIONS, VANDConfig
+from lightning_modules.vand.mosaic import MOSAIC_STYLES
 from pipelines.errors import ConfigError
 
 ABNORMAL = 1
@@ -32,8 +40,36 @@ class VANDOutput:
         return sum(p[:, ABNORMAL] for p in self.pixel_probs)
 
 
+def resolve_activation(cfg: VANDConfig, clip_model: nn.Module) -> str:
+    """The MLP activation the authors' code would run: GELU unless the input size is the native one."""
+    if cfg.activation != "authors":
+        return cfg.activation
+    native = clip_model.visual.image_size
+    native = native[0] if isinstance(native, tuple | list) else int(native)
+    return "gelu" if cfg.backbone.image_size != native else mlp_activation(clip_model)
+
+
+def check_choices(cfg: VANDConfig) -> None:
+    for key, value, allowed in (
+        ("activation", cfg.activation, VAND_ACTIVATIONS),
+        ("prompt_words", cfg.prompt_words, PROMPT_WORDS),
+        ("mosaic_style", cfg.mosaic_style, MOSAIC_STYLES),
+    ):
+        if value not in allowed:
+            raise ConfigError(f"method.{key} must be one of {list(allowed)}, got {value!r}")
+
+
 class VAND(FrozenCLIP):
     def __init__(self, cfg: VANDConfig, clip_model: nn.Module | None = None, tokenizer=None) -> None:
+        check_choices(cfg)
+        owned = clip_model is None
+        if owned:
+            clip_model, tokenizer = create_clip(
+                cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir
+            )
+        activation = resolve_activation(cfg, clip_model)
+        # a model handed in may be shared (tests): it is copied rather than changed when the activation differs
+        clip_model = with_mlp_activation(clip_model, activation, in_place=owned)
         super().__init__(
             cfg.backbone,
             clip_model,
@@ -42,6 +78,7 @@ class VAND(FrozenCLIP):
             normalize_each_prompt=cfg.normalize_each_prompt,
         )
         self.cfg = cfg
+        self.activation = activation
         bad = [layer for layer in cfg.feature_layers if not 1 <= layer <= self.vision.depth]
         if bad or not cfg.feature_layers:
             raise ConfigError(
@@ -51,10 +88,25 @@ class VAND(FrozenCLIP):
             nn.Linear(self.vision.width, self.vision.output_dim) for _ in cfg.feature_layers
         )
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """fp16 autocast where the authors' ``torch.cuda.amp.autocast()`` is active: on CUDA only."""
+        on_cuda = self.vision.pos_embed.device.type == "cuda"
+        if self.cfg.fp16_autocast and on_cuda:
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def set_classes(self, words: Sequence[str]) -> None:
+        with self.autocast():
+            super().set_classes(words)
+
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Frozen features (cacheable): ``image_embedding`` [B, D] and raw patch tokens ``tokens_{layer}``
         [B, N, width] of each feature layer."""
+        with self.autocast():
+            return self._encode_images(images)
+
+    def _encode_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.vision(images, layers=self.cfg.feature_layers)
         return {"image_embedding": self.image_embedding(features.class_token)} | {
             f"tokens_{layer}": features.tokens[layer][:, 1:] for layer in self.cfg.feature_layers
@@ -67,6 +119,12 @@ class VAND(FrozenCLIP):
         self, features: dict[str, torch.Tensor], category_ids: torch.Tensor, size: tuple[int, int]
     ) -> VANDOutput:
         """The trainable part on (fresh or cached) :meth:`encode_images` features."""
+        with self.autocast():
+            return self._scores(features, category_ids, size)
+
+    def _scores(
+        self, features: dict[str, torch.Tensor], category_ids: torch.Tensor, size: tuple[int, int]
+    ) -> VANDOutput:
         grid = (self.vision.grid, self.vision.grid)
         with torch.no_grad():
             text = self.class_text_for(category_ids)

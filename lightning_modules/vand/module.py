@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from lightning_modules.base import EvalConfig
-from lightning_modules.category_module import CategoryTextModule
+from lightning_modules.category_module import CategoryTextModule, category_words
 from lightning_modules.feature_cache import backbone_cache_identity, prepare_cached_training
 from lightning_modules.vand.config import VANDConfig
 from lightning_modules.vand.model import VAND
@@ -19,7 +19,7 @@ class VANDModule(CategoryTextModule):
     """Trains only the linear heads (Adam, the authors' betas); the CLIP weights never enter the optimizer."""
 
     method_name = "vand"
-    identity_fields = ("feature_layers",)
+    identity_fields = ("feature_layers", "prompt_words")  # the heads are trained against these texts
 
     def __init__(
         self, cfg: VANDConfig, eval_cfg: EvalConfig | None = None, model: VAND | None = None
@@ -27,12 +27,26 @@ class VANDModule(CategoryTextModule):
         super().__init__(cfg, eval_cfg, model if model is not None else VAND(cfg))
         self.mosaic: SameCategoryMosaic | None = None
 
+    def checkpoint_identity(self) -> dict[str, Any]:
+        """Heads trained on GELU features do not fit QuickGELU ones: the resolved activation is part of it."""
+        return {**super().checkpoint_identity(), "activation": self.model.activation}
+
+    def use_datamodule_categories(self) -> None:
+        """Texts from the folder names ("metal_nut", the authors' cls_name) or the datasets' object words."""
+        datamodule = self.trainer.datamodule
+        if self.cfg.prompt_words == "folder":
+            self.model.set_classes(list(datamodule.categories))
+        else:
+            self.model.set_classes(category_words(datamodule))
+
     # --- feature cache: the frozen image features are the same every epoch (unless mosaic) ------------
     def feature_cache_identity(self) -> dict[str, Any]:
         return {
             "method": self.method_name,
             "backbone": backbone_cache_identity(self.cfg.backbone),
             "feature_layers": list(self.cfg.feature_layers),
+            "activation": self.model.activation,
+            "fp16_autocast": bool(self.cfg.fp16_autocast),
         }
 
     def encode_for_cache(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -50,7 +64,9 @@ class VANDModule(CategoryTextModule):
     def on_train_start(self) -> None:
         """The mosaic draws its tiles from the training dataset, known once the loader exists."""
         if self.cfg.mosaic_rate > 0:
-            self.mosaic = SameCategoryMosaic(self.trainer.train_dataloader.dataset, self.cfg.mosaic_rate)
+            self.mosaic = SameCategoryMosaic(
+                self.trainer.train_dataloader.dataset, self.cfg.mosaic_rate, self.cfg.mosaic_style
+            )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if not bool(batch["has_mask"].all()):

@@ -1,14 +1,17 @@
 """VAND's mosaic augmentation: a training image replaced by a 2x2 mosaic of four same-category images.
 
-The authors do this in their MVTec AD dataset class (``aug_rate=0.2``): with that probability an item
-becomes four random images of its category (any defect type or good) pasted 2x2 and resized to the input
-size, masks alike. zsad's DataModule serves every method, so the mosaic is built on the training batch
-inside ``VANDModule.training_step`` from the training dataset: the tiles are loaded in the main process
-(four images per mosaic, about 0.8 extra loads per training image at rate 0.2).
+The authors do this in their MVTec AD dataset class (``MVTecDataset.combine_img``, ``aug_rate=0.2``): with
+that probability an item becomes four images of its category, each drawn by first picking one of the
+category's test folders (``good`` or a defect type) and then a file in it; the *full-size* originals are
+pasted 2x2 onto a canvas twice the size of the first one (a larger image is cut at the canvas' edge, as
+PIL's ``paste``), the masks alike, and the canvas then goes through the ordinary preprocessing (resize to
+the input size, masks to the evaluation size). zsad's DataModule serves every method, so the mosaic is built
+on the training batch inside ``VANDModule.training_step`` from the training dataset's records and its own
+transform (``style="authors"``, the default; four full-size image loads per mosaic).
 
-Differences [design choice]: tiles are drawn uniformly over the category's images (the authors first draw
-a defect type, then an image), and the already resized tiles are combined by area downsampling rather
-than resizing the pasted originals; the mosaic's image label is that of any anomalous tile.
+``style="resized_tiles"`` (zsad's earlier mosaic, a deviation): tiles drawn uniformly over the category's
+images and their already preprocessed tensors combined by 2x2 area downsampling. Either way the mosaic's
+image label is that of any anomalous tile (VAND's loss does not use it).
 """
 
 from __future__ import annotations
@@ -16,8 +19,13 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from datamodules.images import load_image_rgb, load_mask
+
+MOSAIC_STYLES = ("authors", "resized_tiles")
 
 
 def mosaic_2x2(tiles: list[torch.Tensor]) -> torch.Tensor:
@@ -30,22 +38,73 @@ def mosaic_2x2(tiles: list[torch.Tensor]) -> torch.Tensor:
     return F.interpolate(grid[None].float(), size=tiles[0].shape[-2:], mode="area")[0]
 
 
+def paste_2x2(tiles: list[np.ndarray]) -> np.ndarray:
+    """Four full-size arrays (``H x W`` or ``H x W x C``) pasted in reading order onto a zero canvas of twice
+    the first one's height and width; a tile larger than its quarter is cut at the canvas' edge."""
+    if len(tiles) != 4:
+        raise ValueError(f"a 2x2 mosaic needs 4 tiles, got {len(tiles)}")
+    height, width = tiles[0].shape[:2]
+    canvas = np.zeros((2 * height, 2 * width, *tiles[0].shape[2:]), dtype=tiles[0].dtype)
+    for i, tile in enumerate(tiles):
+        top, left = (i // 2) * height, (i % 2) * width
+        part = tile[: 2 * height - top, : 2 * width - left]
+        canvas[top : top + part.shape[0], left : left + part.shape[1]] = part
+    return canvas
+
+
 class SameCategoryMosaic:
     """Applies the mosaic to a share ``rate`` of a batch's images, drawing tiles from ``dataset``.
 
-    ``dataset`` is the training :class:`~datamodules.dataset.AnomalyDataset` (items are dicts with image,
-    mask, label and category_id); ``torch``'s global generator draws, so runs are seeded by ``seed``.
+    ``dataset`` is the training :class:`~datamodules.dataset.AnomalyDataset` (``records``, ``categories``,
+    ``transform``; items are dicts with image, mask, label and category_id); ``torch``'s global generator
+    draws, so runs are seeded by ``seed``.
     """
 
-    def __init__(self, dataset: Any, rate: float) -> None:
+    def __init__(self, dataset: Any, rate: float, style: str = "authors") -> None:
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"mosaic rate must lie in [0, 1], got {rate}")
+        if style not in MOSAIC_STYLES:
+            raise ValueError(f"mosaic style must be one of {MOSAIC_STYLES}, got {style!r}")
         self.dataset = dataset
         self.rate = rate
+        self.style = style
         category_index = {name: i for i, name in enumerate(dataset.categories)}
         self.by_category: dict[int, list[int]] = defaultdict(list)
+        # category id -> folder (defect type, "good" included) -> positions, in index order
+        self.by_folder: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         for position, record in enumerate(dataset.records):
-            self.by_category[category_index[record.category]].append(position)
+            category = category_index[record.category]
+            self.by_category[category].append(position)
+            self.by_folder[category][getattr(record, "defect_type", "")].append(position)
+
+    def draw_tiles(self, category_id: int) -> list[int]:
+        """Positions of the four tiles: per tile a folder of the category, then a file of that folder
+        (``authors``), or a file of the category (``resized_tiles``)."""
+        if self.style == "resized_tiles":
+            pool = self.by_category[category_id]
+            return [pool[j] for j in torch.randint(len(pool), (4,)).tolist()]
+        folders = list(self.by_folder[category_id].values())
+        tiles = []
+        for _ in range(4):
+            files = folders[int(torch.randint(len(folders), ()))]
+            tiles.append(files[int(torch.randint(len(files), ()))])
+        return tiles
+
+    def compose(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(image, mask, label)`` of the mosaic of the given tiles, preprocessed like any training image."""
+        if self.style == "resized_tiles":
+            items = [self.dataset[p] for p in positions]
+            image = mosaic_2x2([item["image"] for item in items])
+            mask = mosaic_2x2([item["mask"][None] for item in items])[0] > 0.5
+            return image, mask.float(), max(int(item["label"]) for item in items)
+        records = [self.dataset.records[p] for p in positions]
+        images = [load_image_rgb(record.image_path) for record in records]
+        masks = [
+            load_mask(r.mask_path) if r.mask_path is not None else np.zeros(im.shape[:2], dtype=bool)
+            for r, im in zip(records, images, strict=True)
+        ]
+        image, mask = self.dataset.transform(paste_2x2(images), paste_2x2(masks))
+        return image, mask, max(int(record.label) for record in records)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         chosen = (torch.rand(len(batch["image"])) < self.rate).nonzero().flatten().tolist()
@@ -53,9 +112,8 @@ class SameCategoryMosaic:
             return batch
         images, masks, labels = batch["image"].clone(), batch["mask"].clone(), batch["label"].clone()
         for i in chosen:
-            pool = self.by_category[int(batch["category_id"][i])]
-            items = [self.dataset[pool[j]] for j in torch.randint(len(pool), (4,)).tolist()]
-            images[i] = mosaic_2x2([item["image"] for item in items]).to(images)
-            masks[i] = (mosaic_2x2([item["mask"][None] for item in items])[0] > 0.5).to(masks)
-            labels[i] = max(int(item["label"]) for item in items)
+            image, mask, label = self.compose(self.draw_tiles(int(batch["category_id"][i])))
+            images[i] = image.to(images)
+            masks[i] = mask.to(masks)
+            labels[i] = label
         return {**batch, "image": images, "mask": masks, "label": labels}

@@ -72,7 +72,7 @@ def test_maps_upsample_logits_then_softmax(tiny_clip):
     torch.testing.assert_close(maps, output.pixel_probs[0][:, 1] + output.pixel_probs[1][:, 1])
 
 
-def test_mosaic_tiles_come_from_the_same_category():
+def test_resized_tiles_mosaic_takes_tiles_of_the_same_category():
     tiles = [torch.full((3, 4, 4), float(v)) for v in range(4)]
     mosaic = mosaic_2x2(tiles)
     assert mosaic.shape == (3, 4, 4)
@@ -103,14 +103,14 @@ def test_mosaic_tiles_come_from_the_same_category():
         "has_mask": torch.ones(3, dtype=torch.bool),
     }
     torch.manual_seed(0)
-    out = SameCategoryMosaic(dataset, rate=1.0)(batch)
+    out = SameCategoryMosaic(dataset, rate=1.0, style="resized_tiles")(batch)
     for i, category in enumerate((0, 1, 0)):
         quadrant_values = {out["image"][i, 0, r, c].item() for r in (0, 2) for c in (0, 2)}
         allowed = {0.0, 2.0, 4.0} if category == 0 else {1.0, 3.0}
         assert quadrant_values <= allowed
         quadrant_masks = {out["mask"][i, r, c].item() for r in (0, 2) for c in (0, 2)}
         assert out["label"][i].item() == int(1.0 in quadrant_masks)
-    assert SameCategoryMosaic(dataset, rate=0.0)(batch) is batch
+    assert SameCategoryMosaic(dataset, rate=0.0, style="resized_tiles")(batch) is batch
 
 
 def test_vand_trains_only_its_heads_and_runs_end_to_end(tmp_path, synthetic_pair, monkeypatch):
