@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from lightning_modules.checkpoint_io import safe_torch_load
 from pipelines.errors import ZsadError
 
 
@@ -95,9 +96,11 @@ class ZeroShotModule(L.LightningModule):
     def load_trained_weights(self, path: str) -> None:
         """Load the trainable state of a checkpoint written by this module type (``zsad test``)."""
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+            checkpoint = safe_torch_load(path)  # never runs code from the file
         except FileNotFoundError:
             raise ZsadError(f"checkpoint not found: {path}") from None
+        except ZsadError:
+            raise
         except Exception as error:  # noqa: BLE001 - a corrupt file of any kind
             raise ZsadError(f"cannot read checkpoint {path}: {error}") from None
         check_checkpoint(self, checkpoint, source=path)

@@ -41,10 +41,22 @@ def _experiment_command(job: str) -> Callable[[argparse.Namespace], int]:
 
 
 def _report(outcome) -> None:
+    """What a job did, from global rank 0 only (under DDP every rank returns from the job)."""
     from pipelines.results import format_table
+    from pipelines.run_state import global_rank
 
+    if global_rank() != 0:
+        return
+    if outcome.skipped:
+        print(
+            f"skipped: {outcome.run_dir} already holds a finished run of this config; nothing was run "
+            "(use another run_dir to run it again)"
+        )
     if outcome.results and outcome.results.get("targets"):
+        created = outcome.results.get("created")
         print()
+        if outcome.skipped:
+            print(f"existing results of that run{f' (written {created})' if created else ''}:")
         print(format_table(outcome.results))
         print()
     print(f"run directory: {outcome.run_dir}")

@@ -32,6 +32,9 @@ from lightning_modules.base import EvalConfig
 from pipelines.errors import ConfigError
 
 GROUPS = ("method", "source", "targets")
+# Keys that say where a run's files go or how it is shown, not what it computes: a finished run folder
+# may be re-entered with other values of these (config_differences ignores them).
+PLACEMENT_KEYS = ("run_dir", "output_dir", "logger", "trainer.enable_progress_bar")
 
 
 class MatmulPrecision(enum.Enum):
@@ -225,6 +228,40 @@ def _validate(cfg: DictConfig, path: Path) -> None:
         raise ConfigError(
             f"{path}: missing values for {', '.join(missing)} (set them in the file or as key=value)"
         )
+    _validate_name(cfg, path)
+
+
+def _validate_name(cfg: DictConfig, path: Path) -> None:
+    """``name`` becomes a folder below ``output_dir``: it must be one path component (``run_dir`` is the
+    way to put a run anywhere)."""
+    name = cfg.get("name")
+    if (
+        not isinstance(name, str)
+        or name.strip() in ("", ".", "..")
+        or any(sep in name for sep in ("/", "\\", os.sep))
+        or any(ord(c) < 32 for c in name)
+    ):
+        raise ConfigError(
+            f"{path}: name {name!r} must be a plain folder name (no '/', '..' or control characters); "
+            "to write a run elsewhere set run_dir=PATH"
+        )
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain config trees (``config.yaml`` contents), except
+    :data:`PLACEMENT_KEYS`; list items are compared position by position (``targets.0.root``)."""
+    if prefix.rstrip(".") in PLACEMENT_KEYS:
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(old) + [k for k in new if k not in old]
+        return [d for k in keys for d in config_differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [
+            d
+            for i, (a, b) in enumerate(zip(old, new, strict=True))
+            for d in config_differences(a, b, f"{prefix}{i}.")
+        ]
+    return [] if old == new else [prefix.rstrip(".")]
 
 
 def to_object(cfg: DictConfig) -> ExperimentConfig:

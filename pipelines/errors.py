@@ -26,3 +26,28 @@ class DatasetLayoutError(ZsadError):
 
 class CorruptImageError(ZsadError):
     """An image or mask file cannot be decoded."""
+
+
+class RunFolderError(ZsadError):
+    """A run folder this process may not use (another owner, a finished run of another config). The
+    folder's status belongs to whoever owns it, so it is left as it is."""
+
+    def __init__(self, message: str, path: object = None) -> None:
+        super().__init__(message)
+        self.path = str(path) if path is not None else None
+
+
+class RunLockedError(RunFolderError):
+    """Another live process owns the run folder (its ``run.lock``)."""
+
+
+class FinishedRunError(RunFolderError):
+    """The run folder holds a finished run of a different config."""
+
+
+class WriteFailedError(ZsadError):
+    """A file could not be written (full disk, permissions, quota...); nothing half-written was left."""
+
+    def __init__(self, message: str, path: object = None) -> None:
+        super().__init__(message)
+        self.path = str(path) if path is not None else None

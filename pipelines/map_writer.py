@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from pipelines.results import atomic_write_text
+from pipelines.results import atomic_write, atomic_write_text
 
 IMAGE_SCORES_FILE = "image_scores.csv"
 IMAGE_SCORES_COLUMNS = ("image", "category", "label", "score")
@@ -108,10 +107,7 @@ def map_name(image: Path, root: Path, category: str) -> str:
 
 def _save_atomically(file: Path, array: np.ndarray) -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array)
-    os.replace(tmp, file)
+    atomic_write(file, lambda handle: np.save(handle, array))
 
 
 def read_image_scores(path: Path) -> dict[str, float]:

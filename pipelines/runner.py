@@ -1,8 +1,9 @@
 """The three jobs: train on a source, test on targets, or run both (the zero-shot protocol).
 
 Cluster behaviour lives here too: every process of a DDP job agrees on one run directory, a run that
-was preempted resumes from its newest checkpoint in that directory with the same W&B run id, only global
-rank 0 writes results, and ``status.json`` tells sweeps whether a run is running, finished or failed.
+was preempted resumes from its newest checkpoint in that directory with the same W&B run id, and only
+global rank 0 writes results. Who owns a run folder and how it stands (``run.lock``, ``status.json``) is
+:mod:`pipelines.run_state`.
 """
 
 from __future__ import annotations
@@ -12,24 +13,25 @@ import datetime
 import hashlib
 import json
 import os
-import socket
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
 from datamodules.datamodule import AnomalyDataModule
 from lightning_modules.base import ZeroShotModule
 from lightning_modules.registry import get_method
-from pipelines.config import ExperimentConfig, to_yaml
-from pipelines.errors import ConfigError
+from pipelines.config import ExperimentConfig, config_differences, to_yaml
+from pipelines.errors import ConfigError, FinishedRunError
 from pipelines.loggers import log_evaluation, make_loggers, wandb_hint
 from pipelines.map_writer import MapWriter
-from pipelines.results import target_payload, write_results
+from pipelines.results import atomic_write_text, target_payload, write_error, write_results
+from pipelines.run_state import acquire_run_lock, global_rank, read_status, record_failure, write_status
 
 # The frozen CLIP stays in eval mode during training on purpose; this warning would only confuse users.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -37,7 +39,7 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 RUN_DIR_ENV = "ZSAD_RUN_DIR"
-STATUS_FILE = "status.json"
+CONFIG_FILE = "config.yaml"
 LIGHTNING_DIR = ".lightning"  # default_root_dir of the test Trainer in a run folder: never holds checkpoints
 
 
@@ -50,15 +52,7 @@ class RunOutcome:
     skipped: bool = False
 
 
-# --- run directory, rank and status ------------------------------------------------------------------
-def global_rank() -> int:
-    """This process's rank from the launcher's environment (before any Trainer exists)."""
-    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(key, "").isdigit():
-            return int(os.environ[key])
-    return 0
-
-
+# --- run directory ------------------------------------------------------------------------------------
 def resolve_run_dir(cfg: ExperimentConfig) -> Path:
     """One folder per run that every process agrees on.
 
@@ -84,52 +78,55 @@ def resolve_run_dir(cfg: ExperimentConfig) -> Path:
 def prepare_run_dir(cfg: ExperimentConfig) -> Path:
     run_dir = resolve_run_dir(cfg)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP processes that Lightning starts inherit it
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if global_rank() == 0:
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise write_error(run_dir, error) from error
     return run_dir
 
 
-def _slurm_job_name() -> str | None:
-    """``ARRAYJOB_TASK`` for array tasks (as squeue shows them), else the job id."""
-    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    return os.environ.get("SLURM_JOB_ID")
-
-
-def read_status(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / STATUS_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {"state": "pending"}
-
-
-def write_status(run_dir: Path, state: str, error: str | None = None) -> None:
-    if global_rank() != 0:
+def write_config(cfg: ExperimentConfig, run_dir: Path) -> None:
+    """``config.yaml``: the fully resolved config (rank 0; left alone when it already says the same)."""
+    path, text = run_dir / CONFIG_FILE, to_yaml(cfg)
+    if global_rank() != 0 or (path.is_file() and path.read_text() == text):
         return
-    status = {
-        "state": state,
-        "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "host": socket.gethostname(),
-        "slurm_job": _slurm_job_name(),
-        "slurm_restarts": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
-        "error": error,
-    }
-    tmp = run_dir / f".{STATUS_FILE}.tmp"
-    tmp.write_text(json.dumps(status, indent=2) + "\n")
-    os.replace(tmp, run_dir / STATUS_FILE)
+    atomic_write_text(path, text)
 
 
-def record_failure(run_dir: Path, error: BaseException) -> None:
-    """Mark a run failed with a one-line reason (sweep status shows it), or preempted when SLURM stopped
-    it to requeue (Lightning raises SIGTERMException after saving its requeue checkpoint)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = "preempted" if type(error).__name__ == "SIGTERMException" else "failed"
-    write_status(run_dir, state, f"{type(error).__name__}: {error}".splitlines()[0][:500])
+def finished_run(cfg: ExperimentConfig, run_dir: Path, job_type: str) -> RunOutcome | None:
+    """A finished run in ``run_dir``: the outcome to report instead of running again when it is this
+    config's (training only, or with results for evaluating jobs), else None.
 
-
-def is_finished(run_dir: Path) -> bool:
-    return read_status(run_dir).get("state") == "finished" and (run_dir / "results.json").is_file()
+    Raises :class:`FinishedRunError` when the folder holds a finished run of another config: its results
+    and ``config.yaml`` are never replaced by those of a different experiment."""
+    if read_status(run_dir).get("state") != "finished":
+        return None
+    config_file = run_dir / CONFIG_FILE
+    if config_file.is_file():
+        differences = config_differences(
+            yaml.safe_load(config_file.read_text()) or {}, yaml.safe_load(to_yaml(cfg))
+        )
+        if differences:
+            shown = ", ".join(differences[:8]) + (
+                f" and {len(differences) - 8} more" if len(differences) > 8 else ""
+            )
+            raise FinishedRunError(
+                f"run folder {run_dir} holds a finished run of a different config (differs in {shown}); "
+                "use another run_dir, or delete that folder to redo it",
+                path=config_file,
+            )
+    results_file = run_dir / "results.json"
+    if results_file.is_file():
+        checkpoint = run_dir / "checkpoints" / "last.ckpt"
+        return RunOutcome(
+            run_dir,
+            checkpoint if checkpoint.is_file() else None,
+            results=json.loads(results_file.read_text()),
+            skipped=True,
+        )
+    if job_type == "train":
+        return RunOutcome(run_dir, run_dir / "checkpoints" / "last.ckpt", skipped=True)
+    return None  # trained here with this very config, not evaluated yet: evaluate
 
 
 def resume_checkpoint(run_dir: Path) -> Path | None:
@@ -318,20 +315,27 @@ def _results_header(cfg: ExperimentConfig, run_dir: Path, checkpoint: Path | Non
 
 # --- jobs --------------------------------------------------------------------------------------------
 def _job(cfg: ExperimentConfig, job_type: str, body) -> RunOutcome:
-    """Common frame: run folder, skip when finished, status markers, loggers."""
+    """Common frame: own the run folder (its lock), skip when finished, config, status, loggers.
+
+    Whatever ends the job (an error, Ctrl-C, SystemExit), status.json says how it ended and the lock is
+    released; a job refused the folder (locked, or a finished run of another config) leaves both alone.
+    """
     run_dir = prepare_run_dir(cfg)
-    if job_type != "train" and is_finished(run_dir):
-        return RunOutcome(run_dir, results=json.loads((run_dir / "results.json").read_text()), skipped=True)
-    write_status(run_dir, "running")
-    loggers: list[Logger] = []
-    try:
-        loggers = make_loggers(cfg, run_dir, job_type=job_type, run_id=wandb_run_id(run_dir))
-        outcome = body(run_dir, loggers)
-    except BaseException as error:
-        record_failure(run_dir, error)
-        raise
-    write_status(run_dir, "finished")
-    outcome.notes = _notes(loggers)
+    with acquire_run_lock(run_dir):
+        finished = finished_run(cfg, run_dir, job_type)
+        if finished is not None:
+            return finished
+        loggers: list[Logger] = []
+        try:
+            write_config(cfg, run_dir)
+            write_status(run_dir, "running")
+            loggers = make_loggers(cfg, run_dir, job_type=job_type, run_id=wandb_run_id(run_dir))
+            outcome = body(run_dir, loggers)
+            write_status(run_dir, "finished")
+        except BaseException as error:
+            record_failure(run_dir, error)
+            raise
+        outcome.notes = _notes(loggers)
     return outcome
 
 

@@ -190,7 +190,7 @@ def read_manifest(path: Path) -> tuple[str, list[PlannedRun]]:
 # --- running ------------------------------------------------------------------------------------------
 def run_entry(sweep_name: str, run: PlannedRun, extra: list[str] = ()) -> Any:
     """One manifest entry: compose its config and run it (skipped when already finished)."""
-    from pipelines import runner
+    from pipelines import run_state, runner
     from pipelines.config import compose, to_object
 
     wandb = [f"logger.wandb.group={sweep_name}", f"logger.wandb.tags={json.dumps(run.tags)}"]
@@ -201,15 +201,15 @@ def run_entry(sweep_name: str, run: PlannedRun, extra: list[str] = ()) -> Any:
         return runner.run(to_object(compose(run.experiment, overrides)))
     except Exception as error:
         if (
-            runner.read_status(Path(run.run_dir)).get("state") != "failed"
+            run_state.read_status(Path(run.run_dir)).get("state") != "failed"
         ):  # failed before the run folder existed
-            runner.record_failure(Path(run.run_dir), error)
+            run_state.record_failure(Path(run.run_dir), error)
         raise
 
 
 def run_local(cfg: SweepConfig, source: Path) -> dict[str, str]:
     """Execute every unfinished run in this process, one after another; failures do not stop the rest."""
-    from pipelines.runner import is_finished
+    from pipelines.run_state import is_finished
 
     runs = expand(cfg)
     write_manifest(cfg, source, runs)
@@ -259,7 +259,7 @@ def submissions(directory: Path) -> list[dict[str, Any]]:
 def status(cfg: SweepConfig) -> list[dict[str, Any]]:
     """One row per run: pending / queued / running / preempted / interrupted / finished / failed (with
     the error). ``interrupted``: the SLURM task is gone without finishing; resubmitting resumes it."""
-    from pipelines.runner import read_status
+    from pipelines.run_state import read_status
 
     runs = expand(cfg)
     directory = sweep_dir(cfg)
@@ -352,7 +352,7 @@ def render_sbatch(cfg: SweepConfig, manifest: Path, indices: list[int], command:
 
 def submit(cfg: SweepConfig, source: Path, dry_run: bool = False) -> dict[str, Any]:
     """Render the array script for the unfinished runs and hand it to ``sbatch``."""
-    from pipelines.runner import is_finished
+    from pipelines.run_state import is_finished
 
     runs = expand(cfg)
     manifest = write_manifest(cfg, source, runs)

@@ -12,6 +12,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pipelines.cli import main
+from pipelines.run_state import write_status
 from tests_support import zsad_test_from_run
 
 FAST = [
@@ -271,6 +272,9 @@ def test_a_restarted_run_keeps_its_folder_and_wandb_run(tmp_path, synthetic_pair
         "logger.wandb.mode=offline",
     ]
     assert main(["train", str(experiment), *overrides, "trainer.max_epochs=1"]) == 0
+    write_status(
+        tmp_path / "r", "preempted"
+    )  # as a requeued task leaves it (a finished run is not re-entered)
     caplog.clear()
     with caplog.at_level("INFO"):
         assert main(["train", str(experiment), *overrides, "trainer.max_epochs=2"]) == 0
