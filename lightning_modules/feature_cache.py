@@ -3,7 +3,7 @@
 Why: these methods train only prompts or small heads, so the frozen image encoder returns the same
 features for a training image in every epoch. Encoding (and decoding + resizing the image file) once per
 dataset and resolution, then training on the stored features, makes every later step cost only the
-trainable part (METHODS.md §2, last note).
+trainable part (docs/methods.md#anomalyclip, `cache_features`).
 
 How it fits Lightning (the datamodule owns ``train_dataloader``):
 

@@ -2,7 +2,7 @@
 
 In the chosen blocks, besides the standard attention ``softmax(Q K^T / sqrt(d)) V`` we compute
 ``softmax(V V^T / sqrt(d)) V`` from the same qkv projection and output projection, and keep two
-residual streams (METHODS.md §1):
+residual streams (docs/methods.md#shared-clip-machinery):
 
 - original stream: standard CLIP, unchanged (attention + MLP);
 - V-V stream: at the first dual block ``x_vv = x + AttnVV(LN1(x))``; at later dual blocks

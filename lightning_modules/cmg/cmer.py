@@ -1,6 +1,6 @@
 """CMER: occlusion relevance from image-text matching, to discard image regions irrelevant to the text.
 
-[design choice, METHODS.md §5] The image is cut into a ``grid x grid`` partition; each region ``k`` is
+[design choice, docs/methods.md#cmg] The image is cut into a ``grid x grid`` partition; each region ``k`` is
 filled in turn and ``r_k = s(x) - s(x with region k filled)`` with ``s`` the cosine between the CLIP image
 embedding and the image's text embedding. Regions with the largest ``r_k`` (those whose loss lowers the
 match most) are kept; the others are discarded. Relevance depends only on the frozen CLIP, the image and

@@ -1,4 +1,4 @@
-"""CMLE: a correlation structure learned from text, imposed on the vision latent space (METHODS.md §5).
+"""CMLE: a correlation structure learned from text, imposed on the vision latent space (docs/methods.md#cmg).
 
 Locally-linear embedding weights [design choice]: each sample's text embedding is reconstructed from its
 ``k`` nearest neighbours' embeddings with weights that sum to 1 (regularised local Gram solve, as

@@ -1,4 +1,4 @@
-"""CMG settings (METHODS.md §5). The public record is only the abstract, so every default below that is not
+"""CMG settings (docs/methods.md#cmg). The public record is only the abstract, so every default below that is not
 "what the abstract says" is a documented design choice and switchable."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """CMG as a plain torch model: a vision anomaly detector on frozen CLIP tokens, guided by text.
 
-- Detector [design choice, METHODS.md §5]: a per-token MLP autoencoder reconstructs layer-normalised
+- Detector [design choice, docs/methods.md#cmg]: a per-token MLP autoencoder reconstructs layer-normalised
   patch tokens of some CLIP blocks (concatenated); the anomaly map is the per-token reconstruction error
   and the image score the mean of the map's top values. Training adds feature jitter (UniAD) so the
   autoencoder cannot learn the identity. One model serves all categories of a dataset (unified).

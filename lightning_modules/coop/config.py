@@ -1,4 +1,4 @@
-"""CoOp settings as a zero-shot anomaly detection baseline (METHODS.md §3).
+"""CoOp settings as a zero-shot anomaly detection baseline (docs/methods.md#coop).
 
 The public record fixes the prompt form and "image-level training only, frozen CLIP"; the rest are
 [design choice]s, documented here: 12 context vectors (AnomalyCLIP's prompt length), one context shared
