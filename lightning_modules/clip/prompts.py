@@ -123,7 +123,8 @@ VAND = PromptEnsemble(
 
 # CLIP-AC [reconstruction]: AnomalyCLIP's appendix describes it as CLIP with "an ensemble of text prompts
 # designed for the ImageNet dataset", the normal and anomalous embeddings averaged per class; the WinCLIP
-# paper's CLIP-AC classifies "normal [c]" vs "anomalous [c]". So: those two labels in each of CLIP's 80
+# paper's CLIP-AC (as zsad reads it) classifies "normal [c]" vs "anomalous [c]"; neither lists the exact
+# sentences. So: those two labels in each of CLIP's 80
 # ImageNet templates (open_clip's copy of OpenAI's list), e.g. "a bad photo of a anomalous bottle.".
 CLIP_AC = PromptEnsemble(
     ("normal {}",), ("anomalous {}",), tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES)
