@@ -18,7 +18,14 @@ class DataConfig:
     train_split: str = "test"
     test_split: str = "test"
     eval_size: int | None = None  # resolution of masks/maps for metrics; None: the model's input size
-    mask_interpolation: str = "nearest"  # "nearest" or "bilinear" (> 0.5 afterwards, as the authors' code)
+    # Preprocessing: unset (None) keys follow the method's official code (ZeroShotModule.preprocessing,
+    # datamodules.transforms.ImagePreprocessing, docs/datasets.md "Preprocessing"); a value overrides it.
+    resize_backend: str | None = None  # "pil" (AnomalyCLIP, VAND, AnoVL) or "tensor" (anomalib's WinCLIP)
+    interpolation: str | None = None  # image resize: "bicubic" or "bilinear" (AnoVL, Dual-Image)
+    antialias: bool | None = None  # False only with resize_backend=tensor
+    mask_interpolation: str | None = None  # "bilinear" then > mask_threshold (official) or "nearest"
+    mask_threshold: float | None = None  # official: 0.5
+    high_bit_depth: str | None = None  # 16-bit images: "clip" at 255 (official) or "scale" to 8 bits
     batch_size: int = 8
     eval_batch_size: int = 8
     # DataLoader worker processes per training process; None: as many as the CPU cores this process may use

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.config import DataConfig
 from datamodules.dataset import AnomalyDataset
 from datamodules.index import DatasetIndex, build_index, get_dataset_spec
-from datamodules.transforms import ImageMaskTransform, TransformSpec
+from datamodules.transforms import ImageMaskTransform, ImagePreprocessing, TransformSpec
+from pipelines.errors import ConfigError
 
 MAX_AUTO_WORKERS = 8
 
@@ -44,15 +45,32 @@ def auto_num_workers(local_processes: int = 1) -> int:
     return max(0, min(MAX_AUTO_WORKERS, usable_cores(local_processes) - 1))
 
 
+PREPROCESSING_KEYS = tuple(field.name for field in dataclasses.fields(ImagePreprocessing))
+
+
+def preprocessing_for(cfg: DataConfig, method_default: ImagePreprocessing) -> ImagePreprocessing:
+    """The method's preprocessing with the data config's set keys (``resize_backend``, ...) applied; a
+    combination that the resize cannot do is a one-line ConfigError."""
+    try:
+        return method_default.with_overrides(**{key: getattr(cfg, key, None) for key in PREPROCESSING_KEYS})
+    except ValueError as error:
+        raise ConfigError(f"data '{cfg.name}': {error}") from None
+
+
 class AnomalyDataModule(L.LightningDataModule):
     """Train on ``cfg.train_split`` (the source's test split in the zero-shot protocol), test on
-    ``cfg.test_split``. ``image_size`` comes from the method (the model's input size)."""
+    ``cfg.test_split``. ``image_size`` and ``preprocessing`` come from the method (the model's input size
+    and its official code's resize; ``ZeroShotModule.preprocessing``); the data config's preprocessing keys
+    override the latter."""
 
-    def __init__(self, cfg: DataConfig, image_size: int) -> None:
+    def __init__(
+        self, cfg: DataConfig, image_size: int, preprocessing: ImagePreprocessing | None = None
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.image_size = image_size
         self.eval_size = cfg.eval_size or image_size
+        self.preprocessing = preprocessing_for(cfg, preprocessing or ImagePreprocessing())
         self.spec = get_dataset_spec(cfg.name)
         self.cached_train_features: Dataset | None = None  # set by a method's feature cache (on_fit_start)
 
@@ -88,7 +106,7 @@ class AnomalyDataModule(L.LightningDataModule):
         return TransformSpec(
             image_size=self.image_size,
             eval_size=self.eval_size,
-            mask_interpolation=self.cfg.mask_interpolation,
+            preprocessing=self.preprocessing,
             hflip_p=self.cfg.hflip_p if train else 0.0,
         )
 

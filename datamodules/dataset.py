@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.images import load_image_rgb, load_mask
+from datamodules.images import open_image, open_mask
 from datamodules.index import DatasetIndex
 from datamodules.transforms import ImageMaskTransform
 from pipelines.errors import DatasetLayoutError
@@ -32,16 +31,15 @@ class AnomalyDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         record = self.records[i]
-        image = load_image_rgb(record.image_path)
+        image = open_image(record.image_path)
+        mask = None
         if record.mask_path is not None:
-            mask = load_mask(record.mask_path)
-            if mask.shape != image.shape[:2]:
+            mask = open_mask(record.mask_path)
+            if mask.size != image.size:
                 raise DatasetLayoutError(
-                    f"mask {record.mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {record.image_path} "
-                    f"is {image.shape[1]}x{image.shape[0]}"
+                    f"mask {record.mask_path} is {mask.size[0]}x{mask.size[1]} but image {record.image_path} "
+                    f"is {image.size[0]}x{image.size[1]}"
                 )
-        else:
-            mask = np.zeros(image.shape[:2], dtype=bool)
         image_tensor, mask_tensor = self.transform(image, mask)
         return {
             "image": image_tensor,

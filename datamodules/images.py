@@ -1,7 +1,9 @@
 """Reading images and masks the same way for every dataset.
 
-Benchmarks mix grayscale, palette, 16-bit and RGB(A) files; everything is returned as 8-bit RGB so the
-model sees one format. Masks are binarised with ``> 0`` (VisA stores class indices, others 0/255).
+Benchmarks mix grayscale, palette, 16-bit and RGB(A) files. The model's input is made from the decoded
+image by :mod:`datamodules.transforms` (as each method's official code does); :func:`load_image_rgb` is
+8-bit RGB for checks. Masks are read as the official code reads them: ``convert("L") > 0`` (the luma of a
+colour mask; VisA stores class indices, others 0/255).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipelines.errors import CorruptImageError
 
-_HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
 def _open(path: Path) -> Image.Image:
@@ -44,26 +46,33 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise CorruptImageError(f"cannot read {path} ({error}); re-download or remove the file") from None
 
 
+def scale_to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit or float image as 8-bit grey ("L"), scaled by its value range (16-bit: 65535; 32-bit
+    integer: its maximum; float: min..max), instead of Pillow's clipping at 255."""
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        low = float(array.min())
+        array = (array - low) / max(float(array.max()) - low, 1e-12) * 255.0
+    else:
+        high = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        array = array / high * 255.0
+    return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
+
+
 def load_image_rgb(path: str | Path) -> np.ndarray:
     """``(H, W, 3)`` uint8; 16-bit and float images are scaled by their value range to 8 bits."""
     image = _open(Path(path))
-    if image.mode in _HIGH_BIT_MODES:
-        array = np.asarray(image, dtype=np.float64)
-        high = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
-        if image.mode == "F":
-            low = float(array.min())
-            array = (array - low) / max(float(array.max()) - low, 1e-12) * 255.0
-        else:
-            array = array / high * 255.0
-        gray = np.clip(np.rint(array), 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=2)
+    if image.mode in HIGH_BIT_MODES:
+        image = scale_to_8bit(image)
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+def open_mask(path: str | Path) -> Image.Image:
+    """The mask as the official code builds it: ``convert("L") > 0`` as a mode-"L" image of 0 / 255."""
+    return Image.fromarray(load_mask(path).astype(np.uint8) * 255, mode="L")
+
+
 def load_mask(path: str | Path) -> np.ndarray:
-    """``(H, W)`` bool: any non-zero value (in any channel, palette index or bit depth) is anomalous."""
-    image = _open(Path(path))
-    array = np.asarray(image)
-    if array.ndim == 3:
-        array = array[..., :3].max(axis=2) if image.mode != "LA" else array[..., 0]
-    return array > 0
+    """``(H, W)`` bool: anomalous where the luma (``convert("L")``, as every official pipeline reads masks)
+    is non-zero; palette, 16-bit and RGB(A) masks included."""
+    return np.asarray(_open(Path(path)).convert("L")) > 0

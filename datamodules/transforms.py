@@ -1,63 +1,141 @@
-"""Image and mask transforms (albumentations, applied to image and mask together).
+"""Image and mask preprocessing as each method's official code does it (docs/datasets.md, "Preprocessing").
 
-CLIP preprocessing as in the methods' code: square resize without keeping the aspect ratio (bicubic)
-and CLIP's mean/std. The mask goes from its original size straight to the evaluation size; how it is
-interpolated changes PRO, so it is a recorded option.
+The official pipelines differ in ways that move the numbers, so each method declares an
+:class:`ImagePreprocessing` (``ZeroShotModule.preprocessing``) and the datamodule applies it:
+
+- AnomalyCLIP, VAND (and, by default, the methods without official code): the PIL image is resized in its
+  file's mode with torchvision's ``Resize((S, S), BICUBIC)`` (PIL resampling, which always antialiases),
+  then ``CenterCrop(S)`` (a no-op), ``convert("RGB")``, ``ToTensor`` and OpenAI's mean/std. The mask file
+  is ``convert("L") > 0``, stored as 0/255, resized with ``Resize((S, S))`` (PIL bilinear), ``ToTensor``
+  and binarised ``> 0.5``.
+- AnoVL (and Dual-Image, built on it): the same with a *bilinear* image resize.
+- WinCLIP (anomalib): ``convert("RGB")`` first, then the float tensor in [0, 1] is resized by torchvision
+  (``Resize((240, 240), BICUBIC, antialias=True)``) and normalised; the mask (``convert("L") > 0``) is
+  resized as a ``Mask``, i.e. nearest on the tensor.
+
+Every field is a switch whose default is AnomalyCLIP's behaviour; ``DataConfig`` can override the
+method's choice per dataset, and the applied values are recorded in the results.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
+from typing import Any
 
-import albumentations as A
-import cv2
-import numpy as np
 import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+from datamodules.images import HIGH_BIT_MODES, scale_to_8bit
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI's, used by every official pipeline
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-MASK_INTERPOLATIONS = ("nearest", "bilinear")
+RESIZE_BACKENDS = ("pil", "tensor")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+MASK_INTERPOLATIONS = ("bilinear", "nearest")
+HIGH_BIT_DEPTHS = ("clip", "scale")
+_MODES = {
+    "bicubic": InterpolationMode.BICUBIC,
+    "bilinear": InterpolationMode.BILINEAR,
+    "nearest": InterpolationMode.NEAREST,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePreprocessing:
+    """How a method's official code turns an image file and its mask file into tensors.
+
+    The defaults are AnomalyCLIP's (utils.get_transform + dataset.py); see the module docstring for the
+    others. ``resize_backend`` applies to image and mask alike.
+    """
+
+    # "pil": resize the decoded PIL image in its own mode (uint8 results), then convert to RGB, as
+    # torchvision does for PIL inputs (AnomalyCLIP, VAND, AnoVL); "tensor": convert to RGB, scale to float
+    # in [0, 1] and resize the tensor with torchvision (anomalib's WinCLIP).
+    resize_backend: str = "pil"
+    interpolation: str = "bicubic"  # image resize: "bicubic" (AnomalyCLIP, VAND, WinCLIP), "bilinear" (AnoVL)
+    antialias: bool = True  # PIL always antialiases; False is only possible with resize_backend="tensor"
+    mask_interpolation: str = "bilinear"  # "bilinear" then > mask_threshold (official), or "nearest"
+    mask_threshold: float = 0.5  # the resized mask in [0, 1] is anomalous where > this (official: 0.5)
+    # 16-bit and float images: "clip" at 255 as Pillow's convert("RGB") does in the official code, or
+    # "scale" by the value range to 8 bits first (zsad's option; no benchmark of docs/datasets.md needs it).
+    high_bit_depth: str = "clip"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("resize_backend", RESIZE_BACKENDS),
+            ("interpolation", INTERPOLATIONS),
+            ("mask_interpolation", MASK_INTERPOLATIONS),
+            ("high_bit_depth", HIGH_BIT_DEPTHS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not self.antialias and self.resize_backend == "pil":
+            raise ValueError(
+                "antialias=False needs resize_backend='tensor' (PIL resampling always antialiases)"
+            )
+        if not 0.0 <= self.mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must be in [0, 1), got {self.mask_threshold}")
+
+    def with_overrides(self, **overrides: Any) -> ImagePreprocessing:
+        """A copy with the given fields replaced; ``None`` values keep this one's (unset config keys)."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclasses.dataclass(frozen=True)
 class TransformSpec:
     image_size: int  # model input size (square)
     eval_size: int  # size of the ground-truth masks and anomaly maps used for metrics
-    mask_interpolation: str = "nearest"  # "nearest", or "bilinear" followed by > 0.5 (the authors' code)
+    preprocessing: ImagePreprocessing = ImagePreprocessing()
     hflip_p: float = 0.0  # training-time augmentation (off in the authors' protocol)
 
-    def __post_init__(self) -> None:
-        if self.mask_interpolation not in MASK_INTERPOLATIONS:
-            raise ValueError(
-                f"mask_interpolation must be one of {MASK_INTERPOLATIONS}, got {self.mask_interpolation!r}"
-            )
+
+def _resize_pil(image: Image.Image, size: int, interpolation: str) -> Image.Image:
+    return TF.resize(image, [size, size], interpolation=_MODES[interpolation])
+
+
+def _resize_tensor(tensor: torch.Tensor, size: int, interpolation: str, antialias: bool) -> torch.Tensor:
+    return TF.resize(tensor, [size, size], interpolation=_MODES[interpolation], antialias=antialias)
 
 
 class ImageMaskTransform:
-    """``(image uint8 HxWx3, mask bool HxW) -> (image float 3xSxS normalised, mask float SxS in {0,1})``."""
+    """``(PIL image as decoded, binary mask or None) -> (image float 3xSxS normalised, mask float ExE in
+    {0, 1})``; the mask is the official code's mode-"L" image of 0/255 (:func:`datamodules.images.open_mask`)."""
 
     def __init__(self, spec: TransformSpec) -> None:
         self.spec = spec
-        self.augment = A.Compose([A.HorizontalFlip(p=spec.hflip_p)]) if spec.hflip_p > 0 else None
-        self.image_pipeline = A.Compose(
-            [
-                A.Resize(spec.image_size, spec.image_size, interpolation=cv2.INTER_CUBIC),
-                A.Normalize(mean=CLIP_MEAN, std=CLIP_STD, max_pixel_value=255.0),
-            ]
-        )
-        self.mask_interpolation = (
-            cv2.INTER_LINEAR if spec.mask_interpolation == "bilinear" else cv2.INTER_NEAREST
-        )
+        self.pre = spec.preprocessing
+        self.mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(CLIP_STD).view(3, 1, 1)
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = mask.astype(np.float32)
-        if self.augment is not None:
-            out = self.augment(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        image = self.image_pipeline(image=image)["image"]
-        size = (self.spec.eval_size, self.spec.eval_size)
-        mask = cv2.resize(mask, size, interpolation=self.mask_interpolation) > 0.5
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(
-            mask.astype(np.float32)
-        )
+    def image(self, image: Image.Image) -> torch.Tensor:
+        pre, size = self.pre, self.spec.image_size
+        if image.mode in HIGH_BIT_MODES and pre.high_bit_depth == "scale":
+            image = scale_to_8bit(image)
+        if pre.resize_backend == "pil":
+            tensor = TF.pil_to_tensor(_resize_pil(image, size, pre.interpolation).convert("RGB"))
+            tensor = tensor.float().div(255)
+        else:
+            tensor = TF.pil_to_tensor(image.convert("RGB")).float().div(255)
+            tensor = _resize_tensor(tensor, size, pre.interpolation, pre.antialias)
+        return (tensor - self.mean) / self.std
+
+    def mask(self, mask: Image.Image | None) -> torch.Tensor:
+        size, pre = self.spec.eval_size, self.pre
+        if mask is None:  # a normal image: the official code resizes an all-zero mask
+            return torch.zeros(size, size)
+        if pre.resize_backend == "pil":
+            resized = TF.pil_to_tensor(_resize_pil(mask, size, pre.mask_interpolation))[0].float().div(255)
+        else:
+            tensor = TF.pil_to_tensor(mask).float().div(255)
+            resized = _resize_tensor(tensor, size, pre.mask_interpolation, pre.antialias)[0]
+        return (resized > pre.mask_threshold).float()
+
+    def __call__(self, image: Image.Image, mask: Image.Image | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.spec.hflip_p > 0 and random.random() < self.spec.hflip_p:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mask is not None else None
+        return self.image(image), self.mask(mask)

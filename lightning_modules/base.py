@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from datamodules.transforms import ImagePreprocessing
 from lightning_modules.checkpoint_io import safe_torch_load
 from pipelines.errors import ZsadError
 
@@ -43,6 +44,12 @@ class ZeroShotModule(L.LightningModule):
         self.strict_loading = False  # frozen weights are deliberately absent from checkpoints
 
     # --- evaluation -------------------------------------------------------------------------------
+    @property
+    def preprocessing(self) -> ImagePreprocessing:
+        """How the method's official code resizes images and masks (docs/datasets.md, "Preprocessing");
+        AnomalyCLIP's by default, overridden by methods whose code differs (AnoVL: bilinear)."""
+        return ImagePreprocessing()
+
     def predict_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(image scores [B], anomaly maps [B, H, W] at the mask size or None)``."""
         raise NotImplementedError

@@ -89,6 +89,7 @@ class MapWriter(Callback):
             "dataset": data_cfg.name,
             "root": str(trainer.datamodule.test_index.root),
             "options": {key: str(value) for key, value in (data_cfg.options or {}).items()},
+            "version": trainer.datamodule.test_index.version,
             "split": data_cfg.test_split,
             "categories": list(trainer.datamodule.categories),
         }

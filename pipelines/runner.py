@@ -202,7 +202,7 @@ def make_trainer(
 
 
 def _datamodule(data_cfg: Any, module: ZeroShotModule) -> AnomalyDataModule:
-    datamodule = AnomalyDataModule(data_cfg, image_size=module.image_size)
+    datamodule = AnomalyDataModule(data_cfg, image_size=module.image_size, preprocessing=module.preprocessing)
     _ = datamodule.full_index  # parse now: a wrong root fails before any training time is spent
     return datamodule
 
@@ -254,7 +254,8 @@ class _WriteResults(Callback):
             "split": self.target.test_split,
             "image_size": module.image_size,
             "eval_size": datamodule.eval_size,
-            "mask_interpolation": self.target.mask_interpolation,
+            "preprocessing": dataclasses.asdict(datamodule.preprocessing),
+            "options": dict(datamodule.cfg.options or {}),
             "n_images": len(index.records),
         }
         payload = target_payload(self.target.name, index.counts(), module.test_results, details)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from datamodules.transforms import ImagePreprocessing
 from lightning_modules.anovl.config import SEQUENTIAL_TTA_RESETS, AnoVLConfig
 from lightning_modules.anovl.model import AnoVL, BatchText, CategoryText
 from lightning_modules.anovl.prompts import prompt_kind
@@ -45,6 +46,10 @@ class AnoVLModule(ZeroShotModule):
     @property
     def image_size(self) -> int:
         return self.cfg.backbone.image_size
+
+    @property
+    def preprocessing(self) -> ImagePreprocessing:  # AnoVL's vl_test.py: Resize((S, S)), i.e. bilinear
+        return ImagePreprocessing(interpolation="bilinear")
 
     @property
     def needs_grad_at_test(self) -> bool:  # type: ignore[override]

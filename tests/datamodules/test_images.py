@@ -1,4 +1,5 @@
-"""Every file type the benchmarks use loads as 8-bit RGB (H, W, 3); masks as bool (H, W) with > 0."""
+"""Every file type the benchmarks use loads as 8-bit RGB (H, W, 3); masks as bool (H, W): the luma
+(``convert("L")``, as every official pipeline reads masks) > 0."""
 
 from __future__ import annotations
 
@@ -56,10 +57,25 @@ def test_rgba_drops_alpha(tmp_path: Path) -> None:
 )
 def test_masks_binarised_above_zero(tmp_path: Path, mode: str, value: object) -> None:
     image = Image.new(mode, (24, 16))
+    if mode == "P":  # index 2 is dark red: luma 0.299 * 60 = 18
+        image.putpalette([0, 0, 0, 0, 0, 0, 60, 0, 0] + [0] * 759)
     image.paste(value, (0, 0, 12, 16))
     mask = load_mask(_save(image, tmp_path / "m.png"))
     assert mask.dtype == bool and mask.shape == (16, 24)
     assert mask[:, :12].all() and not mask[:, 12:].any()
+
+
+def test_colour_masks_are_read_by_their_luma_as_the_official_code_does(tmp_path: Path) -> None:
+    """``np.array(Image.open(mask).convert("L")) > 0``: ITU-R 601 luma rounded to 8 bits, so a pure red
+    of 1 (luma 0.299) is normal, a red of 2 (0.598 -> 1) anomalous."""
+    array = np.zeros((16, 24, 3), dtype=np.uint8)
+    array[:, :8] = (1, 0, 0)
+    array[:, 8:16] = (2, 0, 0)
+    array[:, 16:] = (0, 0, 5)  # blue: 5 * 0.114 = 0.57 -> 1
+    mask = load_mask(_save(Image.fromarray(array), tmp_path / "c.png"))
+    luma = np.rint(array @ np.array([0.299, 0.587, 0.114]))
+    assert (mask == (luma > 0)).all()
+    assert not mask[:, :8].any() and mask[:, 8:].all()
 
 
 def test_tiff_and_bmp(tmp_path: Path) -> None:

@@ -215,7 +215,7 @@ def test_cache_key_changes_with_what_changes_the_features(synthetic_pair, tmp_pa
         key({"image_embedding_ln_post": True}),
         key(root=target),
         key(image_size=64),
-        key(mask_interpolation="bilinear"),
+        key(mask_interpolation="nearest"),
         key(train_split="train"),
         key(precision="bf16-mixed"),
         key(matmul="high"),  # TF32 products

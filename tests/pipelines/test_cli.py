@@ -59,6 +59,8 @@ def test_run_writes_results_files_and_train_then_test_reproduces_them(tmp_path, 
     expected_mean = np.mean([m["image_auroc"] for m in target_results["categories"].values()])
     assert means["image_auroc"] == pytest.approx(expected_mean)
     assert target_results["image_size"] == 32 and target_results["eval_size"] == 32
+    assert target_results["preprocessing"]["interpolation"] == "bicubic"  # AnomalyCLIP's official resize
+    assert target_results["preprocessing"]["mask_interpolation"] == "bilinear"
 
     rows = list(csv.DictReader((run_dir / "results.csv").open()))
     assert [r["category"] for r in rows] == ["cells", "ring", "mean"] or [r["category"] for r in rows] == [
@@ -171,6 +173,7 @@ def test_saved_outputs_mirror_the_dataset_and_evaluate_maps_reproduces_the_run(t
         "dataset": "synthetic",
         "root": str(target),
         "options": {},
+        "version": "synthetic",
         "split": "test",
         "categories": ["cells", "ring"],
     }
