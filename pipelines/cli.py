@@ -16,6 +16,7 @@ User errors print one line and exit 2; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import re
 import sys
@@ -345,6 +346,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"zsad: error: {user_message(error)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as error:  # a full disk or quota anywhere (loggers, checkpoints): one line, no traceback
+        if args.debug or error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        from pipelines.results import write_error
+
+        where = Path(error.filename) if error.filename else Path.cwd() / "?"
+        print(f"zsad: error: {write_error(where, error)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("zsad: interrupted", file=sys.stderr)

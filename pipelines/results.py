@@ -36,8 +36,9 @@ _FILE_MODE = 0o666 & ~_current_umask()  # what open() would give a new file (mks
 
 
 def _free_space(folder: Path) -> str:
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), folder)
     try:
-        free = shutil.disk_usage(folder).free
+        free = shutil.disk_usage(existing).free
     except OSError:
         return "free space unknown"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

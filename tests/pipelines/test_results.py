@@ -1,0 +1,142 @@
+"""Atomic writes of run files: concurrent writers never collide, failures leave no temp file and no torn file."""
+
+from __future__ import annotations
+
+import errno
+import json
+import multiprocessing
+import os
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from pipelines.errors import WriteFailedError
+from pipelines.results import atomic_write, atomic_write_text
+
+
+def _payload(writer: str, i: int) -> str:
+    # large enough (~40 KiB) that a torn or interleaved file could not parse
+    return json.dumps({"writer": writer, "i": i, "rows": [[writer, i, k] for k in range(2000)]})
+
+
+def _write_many(path: str, writer: str, n: int) -> None:
+    for i in range(n):
+        atomic_write_text(Path(path), _payload(writer, i))
+
+
+def test_concurrent_writers_threads_and_processes_never_tear_a_file(tmp_path):
+    path = tmp_path / "results.json"
+    atomic_write_text(path, _payload("start", 0))
+    n = 100
+    errors: list[BaseException] = []
+    reads = 0
+    done = threading.Event()
+
+    def write(name: str) -> None:
+        try:
+            _write_many(str(path), name, n)
+        except BaseException as error:  # noqa: BLE001 - collected and asserted below
+            errors.append(error)
+
+    def read() -> None:
+        nonlocal reads
+        while not done.is_set():
+            try:
+                data = json.loads(path.read_text())
+                assert len(data["rows"]) == 2000
+                reads += 1
+            except BaseException as error:  # noqa: BLE001 - collected and asserted below
+                errors.append(error)
+                return
+
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=_write_many, args=(str(path), f"p{k}", n)) for k in range(4)]
+    threads = [threading.Thread(target=write, args=(f"t{k}",)) for k in range(4)]
+    reader = threading.Thread(target=read)
+    reader.start()
+    for worker in (*processes, *threads):
+        worker.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    for process in processes:
+        process.join(timeout=300)
+    done.set()
+    reader.join(timeout=60)
+    assert not errors, errors[:3]
+    assert [process.exitcode for process in processes] == [0] * 4
+    assert reads > 0
+    final = json.loads(path.read_text())
+    assert final["i"] == n - 1  # the last write of some writer
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("where", ["write", "fsync", "rename"])
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monkeypatch, where):
+    path = tmp_path / "results.json"
+    atomic_write_text(path, '{"old": true}\n')
+    if where == "fsync":
+        monkeypatch.setattr(os, "fsync", _no_space)
+    elif where == "rename":
+        monkeypatch.setattr(os, "replace", _no_space)
+
+    def write(handle) -> None:
+        handle.write(b'{"new": ')
+        if where == "write":
+            _no_space()
+        handle.write(b"true}\n")
+
+    with pytest.raises(WriteFailedError) as failed:
+        atomic_write(path, write)
+    message = str(failed.value)
+    assert message.startswith(f"cannot write results.json in {tmp_path}: No space left on device (ENOSPC);")
+    assert " free there" in message and "\n" not in message
+    assert failed.value.path == str(path)
+    assert path.read_text() == '{"old": true}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_other_errors_also_remove_the_temp_file(tmp_path):
+    def write(handle) -> None:
+        handle.write(b"partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "x.json", write)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_files_get_the_usual_permissions(tmp_path):
+    atomic_write_text(tmp_path / "config.yaml", "a: 1\n")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "config.yaml").stat().st_mode) == 0o666 & ~mask  # not mkstemp's 0600
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 64 KiB tmpfs (needs root; skipped elsewhere, the injected ENOSPC above always runs)."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_clear_error_and_the_old_file_survives(small_tmpfs):
+    path = small_tmpfs / "results.json"
+    atomic_write_text(path, '{"old": true}\n')
+    with pytest.raises(WriteFailedError, match=r"No space left on device \(ENOSPC\); [\d.]+ \w+ free there"):
+        atomic_write_text(path, "x" * 200_000)
+    assert path.read_text() == '{"old": true}\n'
+    assert [p.name for p in small_tmpfs.iterdir()] == ["results.json"]
