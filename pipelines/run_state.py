@@ -45,11 +45,17 @@ _SLURM_LIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPEN
 
 
 def global_rank() -> int:
-    """This process's rank from the launcher's environment (before any Trainer exists)."""
-    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+    """This process's rank from the launcher's environment (before any Trainer exists): torchrun's or
+    SLURM's global rank, else Lightning's ``NODE_RANK``/``LOCAL_RANK`` (zero only on node 0's first
+    process; the number itself assumes ``LOCAL_WORLD_SIZE``, 1 when unset)."""
+    for key in ("RANK", "SLURM_PROCID"):
         if os.environ.get(key, "").isdigit():
             return int(os.environ[key])
-    return 0
+    local, node, width = (os.environ.get(k, "") for k in ("LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE"))
+    node_rank = int(node) if node.isdigit() else 0
+    return node_rank * (int(width) if width.isdigit() and int(width) > 0 else 1) + (
+        int(local) if local.isdigit() else 0
+    )
 
 
 def _slurm_job_name() -> str | None:

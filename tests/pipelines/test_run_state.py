@@ -26,7 +26,7 @@ from pipelines.run_state import (
 )
 
 SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")
-RANK_VARS = ("RANK", "SLURM_PROCID", "LOCAL_RANK")
+RANK_VARS = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE")
 
 
 @pytest.fixture(autouse=True)
@@ -84,6 +84,15 @@ def test_status_has_the_documented_fields(tmp_path, monkeypatch):
         write_status(tmp_path, "done")
     (tmp_path / "status.json").write_text('{"state": "runn')  # torn by something else: reads as pending
     assert read_status(tmp_path) == {"state": "pending"}
+
+
+def test_global_rank_from_the_launchers_environment(monkeypatch):
+    assert run_state.global_rank() == 0
+    monkeypatch.setenv("NODE_RANK", "1")  # Lightning's multi-node launch: node 1's first process
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert run_state.global_rank() != 0
+    monkeypatch.setenv("SLURM_PROCID", "0")  # SLURM's (or torchrun's RANK) global rank wins
+    assert run_state.global_rank() == 0
 
 
 def test_only_global_rank_zero_writes_status_and_takes_the_lock(tmp_path, monkeypatch):
