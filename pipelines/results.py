@@ -32,7 +32,7 @@ def _current_umask() -> int:
     return mask
 
 
-_FILE_MODE = 0o666 & ~_current_umask()  # what open() would give a new file (mkstemp gives 0600)
+FILE_MODE = 0o666 & ~_current_umask()  # what open() would give a new file (mkstemp gives 0600)
 
 
 def _free_space(folder: Path) -> str:
@@ -73,7 +73,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
         raise write_error(path, error) from error
     try:
         with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), _FILE_MODE)
+            os.fchmod(handle.fileno(), FILE_MODE)
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())

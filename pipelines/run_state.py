@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import RunFolderError, RunLockedError
-from pipelines.results import atomic_write_text
+from pipelines.results import FILE_MODE, atomic_write_text
 
 STATUS_FILE = "status.json"
 LOCK_FILE = "run.lock"
@@ -171,6 +171,8 @@ def read_lock(run_dir: Path) -> dict[str, Any] | None:
         text = (Path(run_dir) / LOCK_FILE).read_text()
     except FileNotFoundError:
         return None
+    except OSError:
+        return {}
     try:
         lock = json.loads(text)
     except ValueError:
@@ -200,7 +202,8 @@ def _process_started_after(pid: int, moment: str) -> bool:
             if line.startswith("btime")
         )
         started = boot + ticks / os.sysconf("SC_CLK_TCK")
-        return started > datetime.datetime.fromisoformat(moment).timestamp() + 2.0  # btime is rounded
+        # generous margin: btime is rounded and clocks get stepped; a reuse missed here only keeps a lock
+        return started > datetime.datetime.fromisoformat(moment).timestamp() + 30.0
     except (OSError, ValueError, IndexError, StopIteration, TypeError):
         return False
 
@@ -256,6 +259,7 @@ def _create_lock(path: Path, record: dict[str, Any]) -> bool:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
+            os.fchmod(handle.fileno(), FILE_MODE)  # readable by whoever may want the folder next
             handle.write(json.dumps(record) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
