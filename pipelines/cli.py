@@ -189,9 +189,12 @@ def _sweep_task(args: argparse.Namespace) -> int:
     if not 0 <= args.index < len(runs):
         raise ZsadError(f"index {args.index} outside the manifest's {len(runs)} runs")
     outcome = sweep.run_entry(name, runs[args.index], args.overrides)
-    print(
-        f"run {runs[args.index].id}: {'already finished' if outcome.skipped else 'finished'} ({outcome.run_dir})"
-    )
+    from pipelines.run_state import global_rank
+
+    if global_rank() == 0:  # under DDP every rank of the task returns here
+        print(
+            f"run {runs[args.index].id}: {'already finished' if outcome.skipped else 'finished'} ({outcome.run_dir})"
+        )
     return 0
 
 
