@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from datamodules.images import load_image_rgb, load_mask
 
@@ -103,7 +104,10 @@ class SameCategoryMosaic:
             load_mask(r.mask_path) if r.mask_path is not None else np.zeros(im.shape[:2], dtype=bool)
             for r, im in zip(records, images, strict=True)
         ]
-        image, mask = self.dataset.transform(paste_2x2(images), paste_2x2(masks))
+        # the authors' canvases: Image.new("RGB", ...) and Image.new("L", ...) of 0/255, then the preprocessing
+        canvas = Image.fromarray(paste_2x2(images))
+        mask_canvas = Image.fromarray(paste_2x2(masks).astype(np.uint8) * 255, mode="L")
+        image, mask = self.dataset.transform(canvas, mask_canvas)
         return image, mask, max(int(record.label) for record in records)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:

@@ -142,9 +142,9 @@ def test_authors_mosaic_pastes_full_size_originals_then_preprocesses(tmp_path):
         pil_masks.append(Image.fromarray(mask, mode="L"))
     seen = []
 
-    def transform(image: np.ndarray, mask: np.ndarray):
-        seen.append((image, mask))
-        return torch.from_numpy(image).permute(2, 0, 1).float(), torch.from_numpy(mask).float()
+    def transform(image: Image.Image, mask: Image.Image):  # the datamodule's transform takes PIL images
+        seen.append((np.asarray(image), np.asarray(mask)))
+        return torch.from_numpy(seen[-1][0]).permute(2, 0, 1).float(), torch.from_numpy(seen[-1][1]).float()
 
     dataset = SimpleNamespace(records=records, categories=["nut"], transform=transform)
     image, mask, label = SameCategoryMosaic(dataset, rate=1.0).compose([0, 1, 2, 3])
@@ -156,7 +156,7 @@ def test_authors_mosaic_pastes_full_size_originals_then_preprocesses(tmp_path):
         canvas.paste(tile, corner)
         canvas_mask.paste(tile_mask, corner)
     assert np.array_equal(seen[0][0], np.asarray(canvas))
-    assert np.array_equal(seen[0][1], np.asarray(canvas_mask) > 0)
+    assert np.array_equal(seen[0][1], np.asarray(canvas_mask))
     assert image.shape == (3, 20, 24) and label == 1
 
 
