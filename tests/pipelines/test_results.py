@@ -56,8 +56,7 @@ def test_concurrent_writers_threads_and_processes_never_tear_a_file(tmp_path):
     processes = [context.Process(target=_write_many, args=(str(path), f"p{k}", n)) for k in range(4)]
     threads = [threading.Thread(target=write, args=(f"t{k}",)) for k in range(4)]
     reader = threading.Thread(target=read)
-    reader.start()
-    for worker in (*processes, *threads):
+    for worker in (*processes, reader, *threads):  # fork before any thread runs
         worker.start()
     for thread in threads:
         thread.join(timeout=300)
