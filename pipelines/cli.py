@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipelines.errors import ZsadError
+from pipelines.errors import ConfigError, ZsadError
 
 EXIT_USER_ERROR = 2
 
@@ -143,10 +143,16 @@ def _sweep(args: argparse.Namespace) -> int:
     cfg, source = sweep.load_sweep(args.sweep)
     if args.sweep_command == "plan":
         runs = sweep.expand(cfg)
+        invalid = dict((run.id, error) for run, error in sweep.invalid_runs(cfg, runs))
         print(f"sweep '{cfg.name}': {len(runs)} runs in {sweep.sweep_dir(cfg)}")
         for index, run in enumerate(runs):
-            print(
-                f"{index:4d}  {run.id}  {run.experiment}  {' '.join(o for o in run.overrides if not o.startswith('run_dir='))}"
+            settings = " ".join(o for o in run.overrides if not o.startswith("run_dir="))
+            print(f"{index:4d}  {run.id}  {run.experiment}  {settings}")
+            if run.id in invalid:
+                print(f"      invalid: {invalid[run.id]}")
+        if invalid:
+            raise ConfigError(
+                f"sweep '{cfg.name}': {len(invalid)} of {len(runs)} runs are invalid (listed above)"
             )
         return 0
     if args.sweep_command == "status":
@@ -154,12 +160,16 @@ def _sweep(args: argparse.Namespace) -> int:
         counts: dict[str, int] = {}
         for row in rows:
             counts[row["state"]] = counts.get(row["state"], 0) + 1
-            error = f"  {row['error']}" if row["state"] == "failed" and row["error"] else ""
-            print(f"{row['index']:4d}  {row['state']:11s} {row['id']}{error}")
+            print(f"{row['index']:4d}  {row['state']:11s} {row['job'] or '-':12s} {row['id']}")
+            if row["error"]:
+                where = f"  ({row['error_file']})" if row["error_file"] else ""
+                print(f"      {row['error']}{where}")
         print(f"sweep '{cfg.name}': " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
         return 0
     if args.sweep_command == "submit":
         result = sweep.submit(cfg, source, dry_run=args.dry_run)
+        for run_id, owner in result["busy"].items():
+            print(f"not submitted again: {run_id} (queued or running: {owner})")
         if not result["to_run"]:
             print(f"all {result['runs']} runs of '{cfg.name}' are finished; nothing to submit")
         elif args.dry_run:
@@ -232,9 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_parser = sub.add_parser("sweep", help="grids of runs: plan, submit to SLURM, status, run locally")
     sweep_sub = sweep_parser.add_subparsers(dest="sweep_command", required=True)
     for name, text in (
-        ("plan", "list the runs of a sweep"),
+        ("plan", "list the runs of a sweep and validate their configs"),
         ("submit", "submit the unfinished runs as a SLURM array job"),
-        ("status", "pending / queued / running / finished / failed per run"),
+        ("status", "pending / queued / running / preempted / interrupted / finished / failed per run"),
         ("run", "execute the unfinished runs here (--local)"),
     ):
         p = sweep_sub.add_parser(name, help=text)

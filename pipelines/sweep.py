@@ -4,15 +4,18 @@ A sweep YAML::
 
     name: mvtec_to_all
     experiment: anomalyclip_mvtec_to_all      # base experiment (a grid key may also be `experiment`)
-    grid:                                     # every combination is one run
+    grid:                                     # every combination is one run; values are any YAML value
       experiment: [anomalyclip_mvtec_to_all, vand_mvtec_to_all]
       seed: [111, 222, 333]
+      targets: [[visa], [mpdd, btad]]
     overrides: [trainer.max_epochs=15]        # applied to every run
     output_dir: runs/sweeps                   # the sweep folder is {output_dir}/{name}
     slurm: {partition: gpu, gpus_per_node: 1, time: "08:00:00", max_concurrent: 8}
 
 Run ids are derived from each run's settings (not its position), so they stay stable when the grid
 grows; every run has its own folder ``{sweep}/runs/{id}``, which a requeued or resubmitted task reuses.
+Each submission gets its own copy of the manifest, so a task requeued after the sweep file changed still
+runs the entry it was submitted for.
 """
 
 from __future__ import annotations
@@ -23,9 +26,7 @@ import hashlib
 import itertools
 import json
 import re
-import shlex
 import shutil
-import string
 import subprocess
 import sys
 from pathlib import Path
@@ -35,25 +36,18 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipelines import run_state, slurm
 from pipelines.errors import ConfigError, ZsadError
+from pipelines.results import atomic_write_text
+from pipelines.slurm import SlurmConfig
 
 MANIFEST = "manifest.json"
-TEMPLATE = Path(__file__).resolve().parents[1] / "slurm" / "sweep.sbatch"
-
-
-@dataclasses.dataclass
-class SlurmConfig:
-    partition: str | None = None
-    account: str | None = None
-    nodes: int = 1
-    gpus_per_node: int = 1  # also the number of tasks (DDP ranks) per node; 0 runs on CPU
-    cpus_per_task: int = 8
-    mem: str | None = None  # e.g. "64G"
-    time: str = "08:00:00"
-    max_concurrent: int = 8  # the %N of --array
-    signal_seconds: int = 90  # SIGUSR1 this long before the time limit -> checkpoint + requeue
-    extra_sbatch: list[str] = dataclasses.field(default_factory=list)  # e.g. ["--qos=high"]
-    setup: list[str] = dataclasses.field(default_factory=list)  # shell lines before srun (module load, ...)
+SUBMISSIONS = "submissions.json"
+# Sweep names become a folder and part of the SLURM job name.
+_SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+# Keys a sweep sets itself for every run.
+_MANAGED_KEYS = ("run_dir",)
+WANDB_TAG_LENGTH = 64  # W&B refuses longer tags
 
 
 @dataclasses.dataclass
@@ -79,7 +73,9 @@ class PlannedRun:
 
     @property
     def tags(self) -> list[str]:
-        return [o for o in self.overrides if not o.startswith(("run_dir=", "logger.", "output_dir="))]
+        """The run's own settings as W&B tags (``key=value``, at most W&B's 64 characters each)."""
+        tags = [o for o in self.overrides if not o.startswith(("run_dir=", "logger.", "output_dir="))]
+        return [t if len(t) <= WANDB_TAG_LENGTH else t[: WANDB_TAG_LENGTH - 3] + "..." for t in tags]
 
 
 def load_sweep(path: str | Path) -> tuple[SweepConfig, Path]:
@@ -95,6 +91,11 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, Path]:
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SweepConfig), OmegaConf.load(path)))
     except (OmegaConfBaseException, yaml.YAMLError) as error:
         raise ConfigError(f"{path}: {str(error).splitlines()[0]}") from None
+    if not _SWEEP_NAME.fullmatch(cfg.name) or ".." in cfg.name:
+        raise ConfigError(
+            f"{path}: name {cfg.name!r} is not a valid sweep name (it names the folder {{output_dir}}/{{name}}): "
+            "use letters, digits and _ . + - (no '/' or '..')"
+        )
     if (
         not cfg.experiment
         and "experiment" not in cfg.grid
@@ -106,6 +107,14 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, Path]:
     empty = [k for k, v in cfg.grid.items() if not v]
     if empty:
         raise ConfigError(f"{path}: grid entries without values: {empty}")
+    managed = [k for k in [*cfg.grid, *(k for v in cfg.variants for k in v)] if k in _MANAGED_KEYS]
+    managed += [o for o in cfg.overrides if o.partition("=")[0].strip() in _MANAGED_KEYS]
+    if managed:
+        raise ConfigError(f"{path}: {managed[0]!r}: the sweep sets run_dir itself ({{sweep}}/runs/{{id}})")
+    try:
+        slurm.check_slurm(cfg.slurm)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     return cfg, path
 
 
@@ -113,12 +122,16 @@ def sweep_dir(cfg: SweepConfig) -> Path:
     return Path(cfg.output_dir) / cfg.name
 
 
-def _format_value(value: Any) -> str:
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(_format_value(v) for v in value) + "]"
-    if value is None:
-        return "null"
-    return str(value)
+def job_name(cfg: SweepConfig) -> str:
+    """The SLURM job name of the sweep's arrays (also how its jobs are told from reused job ids)."""
+    return f"zsad-{cfg.name}"
+
+
+def override_value(value: Any) -> str:
+    """A value in the override syntax (YAML flow): ``[[visa], [mpdd]]``, ``{a: 1}``, ``'1'`` for the
+    string "1"; reading it back (``parse_override``) gives the same value."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"), allow_unicode=True)
+    return text.removesuffix("\n...\n").rstrip("\n")
 
 
 def _slug(text: str) -> str:
@@ -128,7 +141,9 @@ def _slug(text: str) -> str:
 def _display_name(choice: dict[str, Any], varies_experiment: bool) -> str:
     """``anomalyclip gaussian_sigma=2.0 seed=1``: method and experiment come from the composed config."""
     varied = [
-        f"{k.rsplit('.', 1)[-1]}={_format_value(v)}" for k, v in choice.items() if k not in ("seed", "method")
+        f"{k.rsplit('.', 1)[-1]}={override_value(v)}"
+        for k, v in choice.items()
+        if k not in ("seed", "method")
     ]
     parts = ["${method.name}", *(["${name}"] if varies_experiment else []), *varied, "seed=${seed}"]
     return " ".join(parts)
@@ -139,33 +154,63 @@ def expand(cfg: SweepConfig) -> list[PlannedRun]:
     keys = list(cfg.grid)
     varies_experiment = "experiment" in cfg.grid or any("experiment" in v for v in cfg.variants)
     runs = []
+    root = sweep_dir(cfg).resolve() / "runs"
     combinations = itertools.product(cfg.variants or [{}], itertools.product(*(cfg.grid[k] for k in keys)))
     for variant, values in combinations:
         choice = {**variant, **dict(zip(keys, values, strict=True))}
         experiment = str(choice.pop("experiment", cfg.experiment))
-        overrides = [*cfg.overrides, *(f"{k}={_format_value(v)}" for k, v in choice.items())]
+        overrides = [*cfg.overrides, *(f"{k}={override_value(v)}" for k, v in choice.items())]
         digest = hashlib.sha1(json.dumps([experiment, overrides]).encode()).hexdigest()[:8]
-        readable = "_".join(_slug(f"{k.rsplit('.', 1)[-1]}-{_format_value(v)}") for k, v in choice.items())
+        readable = "_".join(_slug(f"{k.rsplit('.', 1)[-1]}-{override_value(v)}") for k, v in choice.items())
         experiment_part = _slug(Path(experiment).stem) if varies_experiment else ""
         run_id = "_".join(p for p in (experiment_part, readable, digest) if p)
-        run_dir = str(sweep_dir(cfg) / "runs" / run_id)
+        run_dir = sweep_dir(cfg) / "runs" / run_id
+        if run_dir.resolve().parent != root:  # ids are slugs; this only guards the invariant
+            raise ConfigError(f"sweep '{cfg.name}': run id {run_id!r} would leave {root}")
         name = _display_name(choice, varies_experiment)
-        runs.append(PlannedRun(run_id, experiment, [*overrides, f"run_dir={run_dir}"], run_dir, name))
+        runs.append(PlannedRun(run_id, experiment, [*overrides, f"run_dir={run_dir}"], str(run_dir), name))
     ids = [r.id for r in runs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"sweep '{cfg.name}' has duplicate runs (the same settings twice)")
     return runs
 
 
-def write_manifest(cfg: SweepConfig, source: Path, runs: list[PlannedRun]) -> Path:
-    """The manifest each array task reads; the runs' configs are validated before anything is written."""
-    from pipelines.config import compose
+def _run_overrides(sweep_name: str, run: PlannedRun) -> list[str]:
+    """The run's overrides plus its W&B group, tags and display name."""
+    wandb = [
+        f"logger.wandb.group={override_value(sweep_name)}",
+        f"logger.wandb.tags={override_value(run.tags)}",
+    ]
+    if run.display_name:
+        wandb.append(f"logger.wandb.name={override_value(run.display_name)}")
+    return [*run.overrides, *wandb]
 
+
+def invalid_runs(cfg: SweepConfig, runs: list[PlannedRun]) -> list[tuple[PlannedRun, str]]:
+    """Every run whose composed config is not valid, with the reason (composed exactly as the run will be)."""
+    from pipelines.config import compose, to_object
+
+    invalid = []
     for run in runs:
         try:
-            compose(run.experiment, [*run.overrides, f"logger.wandb.group={cfg.name}"])
+            to_object(compose(run.experiment, _run_overrides(cfg.name, run)))
         except ZsadError as error:
-            raise ConfigError(f"sweep run {run.id}: {error}") from None
+            invalid.append((run, str(error).splitlines()[0] if str(error) else type(error).__name__))
+        except (OmegaConfBaseException, ValueError, TypeError) as error:  # raised by a config's checks
+            invalid.append((run, f"{type(error).__name__}: {str(error).splitlines()[0]}"))
+    return invalid
+
+
+def check_runs(cfg: SweepConfig, runs: list[PlannedRun]) -> None:
+    invalid = invalid_runs(cfg, runs)
+    if invalid:
+        details = "; ".join(f"run {run.id}: {error}" for run, error in invalid)
+        raise ConfigError(f"sweep '{cfg.name}': {len(invalid)} of {len(runs)} runs are invalid: {details}")
+
+
+def write_manifest(cfg: SweepConfig, source: Path, runs: list[PlannedRun], name: str = MANIFEST) -> Path:
+    """The manifest each array task reads; the runs' configs are validated before anything is written."""
+    check_runs(cfg, runs)
     directory = sweep_dir(cfg)
     directory.mkdir(parents=True, exist_ok=True)
     manifest = {
@@ -174,8 +219,8 @@ def write_manifest(cfg: SweepConfig, source: Path, runs: list[PlannedRun]) -> Pa
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "runs": [dataclasses.asdict(r) for r in runs],
     }
-    path = directory / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    path = directory / name
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
     return path
 
 
@@ -193,12 +238,8 @@ def run_entry(sweep_name: str, run: PlannedRun, extra: list[str] = ()) -> Any:
     from pipelines import run_state, runner
     from pipelines.config import compose, to_object
 
-    wandb = [f"logger.wandb.group={sweep_name}", f"logger.wandb.tags={json.dumps(run.tags)}"]
-    if run.display_name:
-        wandb.append(f"logger.wandb.name={json.dumps(run.display_name)}")
-    overrides = [*run.overrides, *wandb, *extra]
     try:
-        return runner.run(to_object(compose(run.experiment, overrides)))
+        return runner.run(to_object(compose(run.experiment, [*_run_overrides(sweep_name, run), *extra])))
     except Exception as error:
         if (
             run_state.read_status(Path(run.run_dir)).get("state") != "failed"
@@ -227,143 +268,171 @@ def run_local(cfg: SweepConfig, source: Path) -> dict[str, str]:
 
 
 # --- status -------------------------------------------------------------------------------------------
-def _queued_tasks(job_ids: list[str]) -> dict[int, str] | None:
-    """Array task index -> SLURM state for the sweep's jobs still known to squeue (None: not asked)."""
-    if not job_ids or shutil.which("squeue") is None:
-        return None
-    try:
-        proc = subprocess.run(
-            ["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%K %T"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
-        return None
-    out = proc.stdout
-    states = {}
-    for line in out.split("\n"):
-        parts = line.split()
-        if len(parts) == 2 and parts[0].isdigit():
-            states[int(parts[0])] = parts[1].lower()
-    return states
+def _owner_alive(run_dir: Path, status: dict[str, Any]) -> bool:
+    """Whether the process that owns a run folder (its ``run.lock``, else the pid in its status) may
+    still be at work: False only when it is known to be gone (see ``run_state.lock_is_stale``)."""
+    owner = run_state.read_lock(run_dir) or status
+    return not run_state.lock_is_stale(owner)
 
 
 def submissions(directory: Path) -> list[dict[str, Any]]:
-    path = directory / "submissions.json"
+    path = directory / SUBMISSIONS
     return json.loads(path.read_text()) if path.is_file() else []
 
 
-def status(cfg: SweepConfig) -> list[dict[str, Any]]:
-    """One row per run: pending / queued / running / preempted / interrupted / finished / failed (with
-    the error). ``interrupted``: the SLURM task is gone without finishing; resubmitting resumes it."""
-    from pipelines.run_state import read_status
+def scheduler_view(cfg: SweepConfig, runs: list[PlannedRun]) -> dict[str, slurm.Task] | None:
+    """Run id -> its task in the newest submission that included it (``GONE`` once SLURM forgot the
+    job); None when the scheduler cannot be asked."""
+    newest: dict[str, tuple[str, int]] = {}
+    for entry in submissions(sweep_dir(cfg)):
+        ids = entry.get("ids") or [runs[i].id if i < len(runs) else None for i in entry["indices"]]
+        for index, run_id in zip(entry["indices"], ids, strict=True):
+            if run_id:
+                newest[run_id] = (entry["job_id"], index)
+    view: dict[str, slurm.Task] = {}
+    for job_id in sorted({job for job, _ in newest.values()}):
+        tasks = slurm.array_tasks(job_id, job_name(cfg))
+        if tasks is None:
+            return None
+        for run_id, (job, index) in newest.items():
+            if job == job_id:
+                view[run_id] = tasks.get(index) or slurm.Task(f"{job}_{index}", "GONE", 0)
+    return view
 
+
+_TRACEBACK_LAST = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*")
+
+
+def log_summary(path: Path) -> str | None:
+    """The most useful line of a task's log: zsad's own error, SLURM's verdict (``*** ... CANCELLED``),
+    the exception of a traceback, an srun error, else the last line."""
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    for test in (
+        lambda line: line.startswith("zsad: error:"),
+        lambda line: "***" in line and ("CANCELLED" in line or "DUE TO" in line),
+        _TRACEBACK_LAST.match,
+        lambda line: line.startswith(("srun: error:", "slurmstepd: error:")),
+    ):
+        found = [line for line in lines if test(line)]
+        if found:
+            return found[-1]
+    return lines[-1] if lines else None
+
+
+def _row_state(run_dir: Path, file: dict[str, Any], task: slurm.Task | None, asked: bool) -> tuple[str, str]:
+    """(state, why) of one run from its status file and its SLURM task (None: not submitted, or the
+    scheduler was not asked)."""
+    state = file.get("state")
+    if state == "finished" and (run_dir / "results.json").is_file():
+        return "finished", ""
+    if task is not None and task.state in slurm.RUNNING_STATES:
+        return "running", f"restart {task.restarts}" if task.restarts else ""
+    if task is not None and task.state in slurm.WAITING_STATES:
+        requeued = task.restarts > 0 or task.state in slurm.REQUEUE_STATES
+        if requeued or (state == "preempted" and file.get("slurm_job") == task.job):
+            return "preempted", f"requeued {task.restarts}x, waiting ({task.reason or task.state})"
+        return "queued", task.reason if task.reason not in ("", "None") else ""
+    if state in ("running", "preempted"):
+        if task is None and not asked and file.get("slurm_job"):
+            return state, "SLURM could not be asked: not checked"
+        if task is None and _owner_alive(run_dir, file):  # not a task of this sweep: a local run
+            return state, ""
+        gone = f"SLURM task {task.job} ended ({task.state})" if task else "its process is gone"
+        return "interrupted", f"{gone} without finishing; submitting the sweep again resumes it"
+    if state == "interrupted":
+        return "interrupted", file.get("error") or "stopped; submitting the sweep again resumes it"
+    if state == "failed":
+        return "failed", file.get("error") or "failed"
+    if task is not None:  # submitted, but no status: it ended before zsad started
+        return "failed", f"SLURM task {task.job} ended ({task.state}) before zsad started"
+    return "pending", ""
+
+
+def status(cfg: SweepConfig) -> list[dict[str, Any]]:
+    """One row per run: pending (never submitted) / queued / running / preempted (requeued, waiting) /
+    interrupted (its process is gone; resubmitting resumes it) / finished / failed, from the scheduler
+    and the run folder together; ``error`` and ``error_file`` say why a run failed or stopped."""
     runs = expand(cfg)
     directory = sweep_dir(cfg)
-    history = submissions(directory)
-    queued = _queued_tasks([s["job_id"] for s in history])
-    last_job = {i: s["job_id"] for s in history for i in s["indices"]}  # the newest submission wins
+    view = scheduler_view(cfg, runs)
     rows = []
     for index, run in enumerate(runs):
-        state = read_status(Path(run.run_dir))
-        name, error = state.get("state", "pending"), state.get("error")
-        slurm_state = queued.get(index) if queued is not None else None
-        if name in ("pending", "failed", "preempted") and slurm_state in (
-            "pending",
-            "configuring",
-            "requeued",
-        ):
-            name = "queued"
-        elif (
-            queued is not None
-            and slurm_state is None
-            and index in last_job
-            and name in ("pending", "running", "preempted")
-        ):
-            # the array task is gone without finishing: it died before zsad started, or was killed
-            log = directory / "slurm-logs" / f"{last_job[index]}_{index}.out"
-            lines = (
-                [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-                if log.is_file()
-                else []
-            )
-            name = "failed" if name == "pending" else "interrupted"
-            ours = [line for line in lines if line.startswith("zsad: error:")]
-            error = (
-                error
-                or (ours or lines or [f"SLURM task {last_job[index]}_{index} ended without a status"])[-1]
-            )
-        rows.append({"index": index, "id": run.id, "state": name, "error": error, "run_dir": run.run_dir})
+        run_dir = Path(run.run_dir)
+        file = run_state.read_status(run_dir)
+        task = view.get(run.id) if view is not None else None
+        state, why = _row_state(run_dir, file, task, view is not None)
+        job = task.job if task else file.get("slurm_job")
+        log = directory / "slurm-logs" / f"{job}.out" if job else None
+        error_file = file.get("error_file") if state in ("failed", "interrupted") else None
+        if state in ("failed", "interrupted") and not error_file and log is not None and log.is_file():
+            error_file = str(log)
+            if state == "failed" and not file.get("error"):
+                why = log_summary(log) or why
+        rows.append({"index": index, "id": run.id, "state": state, "error": why or None,
+                     "error_file": error_file, "job": job, "run_dir": run.run_dir})  # fmt: skip
     return rows
 
 
 # --- SLURM --------------------------------------------------------------------------------------------
-def _compress(indices: list[int]) -> str:
-    """``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
-    parts, start = [], None
-    for i, value in enumerate(indices):
-        if start is None:
-            start = value
-        if i + 1 == len(indices) or indices[i + 1] != value + 1:
-            parts.append(str(start) if start == value else f"{start}-{value}")
-            start = None
-    return ",".join(parts)
-
-
-def render_sbatch(cfg: SweepConfig, manifest: Path, indices: list[int], command: str | None = None) -> str:
-    s = cfg.slurm
-    directives = []
-    if s.partition:
-        directives.append(f"#SBATCH --partition={s.partition}")
-    if s.account:
-        directives.append(f"#SBATCH --account={s.account}")
-    if s.mem:
-        directives.append(f"#SBATCH --mem={s.mem}")
-    if s.gpus_per_node > 0:
-        directives.append(f"#SBATCH --gpus-per-node={s.gpus_per_node}")
-    directives += [f"#SBATCH {option}" for option in s.extra_sbatch]
-    tasks = max(s.gpus_per_node, 1)
-    trainer = [f"trainer.num_nodes={s.nodes}"]
-    if s.gpus_per_node > 0:
-        trainer += ["trainer.accelerator=gpu", f"trainer.devices={s.gpus_per_node}"]
-        if s.gpus_per_node * s.nodes > 1:
-            trainer.append("trainer.strategy=ddp")
-    directory = manifest.parent.resolve()
-    return string.Template(TEMPLATE.read_text()).substitute(
-        sweep=cfg.name,
-        array=f"{_compress(indices)}%{s.max_concurrent}",
-        nodes=s.nodes,
-        tasks_per_node=tasks,
-        cpus_per_task=s.cpus_per_task,
-        time=s.time,
-        log_dir=directory / "slurm-logs",
-        signal_seconds=s.signal_seconds,
-        directives="\n".join(directives),
-        setup="\n".join(s.setup),
-        sweep_dir=shlex.quote(str(directory)),
-        command=command or f"{shlex.quote(sys.executable)} -m pipelines.cli",
-        manifest=shlex.quote(str(manifest.resolve())),
-        trainer_overrides=" ".join(trainer),
+def render_sbatch(
+    cfg: SweepConfig, manifest: Path, indices: list[int], command: list[str] | None = None
+) -> str:
+    """The array script for manifest entries ``indices`` (``command``: the zsad CLI as an argv)."""
+    return slurm.render_script(
+        cfg.slurm, job_name(cfg), manifest, indices, command or [sys.executable, "-m", "pipelines.cli"]
     )
 
 
+def owners(runs: list[PlannedRun], view: dict[str, slurm.Task] | None) -> dict[str, str]:
+    """Run id -> who trains it now: its queued or running SLURM task, or another live owner of its
+    folder (e.g. a local `zsad sweep run`)."""
+    busy = {run.id: view[run.id].job for run in runs if view and run.id in view and view[run.id].active}
+    for run in runs:
+        run_dir = Path(run.run_dir)
+        file = run_state.read_status(run_dir)
+        if run.id in busy or (view and run.id in view) or file.get("state") != "running":
+            continue
+        if _owner_alive(run_dir, file):
+            owner = run_state.read_lock(run_dir) or file
+            busy[run.id] = f"pid {owner.get('pid')} on {owner.get('host')}"
+    return busy
+
+
 def submit(cfg: SweepConfig, source: Path, dry_run: bool = False) -> dict[str, Any]:
-    """Render the array script for the unfinished runs and hand it to ``sbatch``."""
+    """Render the array script for the unfinished runs and hand it to ``sbatch``. A run is trained by
+    one job at a time: runs still queued or running are left out (``busy``), and a submission of
+    nothing but such runs is refused, naming their jobs."""
     from pipelines.run_state import is_finished
 
     runs = expand(cfg)
-    manifest = write_manifest(cfg, source, runs)
-    todo = [i for i, run in enumerate(runs) if not is_finished(Path(run.run_dir))]
-    result: dict[str, Any] = {"runs": len(runs), "to_run": todo, "job_id": None, "script": None}
+    check_runs(cfg, runs)
+    directory = sweep_dir(cfg)
+    unfinished = [i for i, run in enumerate(runs) if not is_finished(Path(run.run_dir))]
+    busy = owners([runs[i] for i in unfinished], scheduler_view(cfg, runs))
+    todo = [i for i in unfinished if runs[i].id not in busy]
+    result: dict[str, Any] = {"runs": len(runs), "to_run": todo, "busy": busy, "job_id": None, "script": None}
+    if busy and not todo:
+        jobs = sorted({job.split("_")[0] for job in busy.values() if not job.startswith("pid")})
+        holders = ", ".join(f"{run_id} ({job})" for run_id, job in busy.items())
+        cancel = f" or cancel them (scancel {' '.join(jobs)})" if jobs else ""
+        raise ZsadError(
+            f"sweep '{cfg.name}' is already queued or running: its {len(busy)} unfinished runs are owned by "
+            f"{holders}; wait for them (zsad sweep status){cancel} before submitting again"
+        )
     if not todo:
         return result
-    directory = manifest.parent
-    (directory / "slurm-logs").mkdir(exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    script = directory / f"submit-{stamp}.sbatch"
+    suffix, n = "", 1
+    while (directory / f"submit-{stamp}{suffix}.sbatch").exists():
+        suffix, n = f"-{n}", n + 1
+    write_manifest(cfg, source, runs)
+    manifest = write_manifest(cfg, source, runs, name=f"submit-{stamp}{suffix}.manifest.json")
+    (directory / "slurm-logs").mkdir(exist_ok=True)
+    script = directory / f"submit-{stamp}{suffix}.sbatch"
     script.write_text(render_sbatch(cfg, manifest, todo))
     result["script"] = str(script)
     if dry_run:
@@ -377,8 +446,7 @@ def submit(cfg: SweepConfig, source: Path, dry_run: bool = False) -> dict[str, A
         raise ZsadError(f"sbatch failed: {proc.stderr.strip() or proc.stdout.strip()} (script: {script})")
     job_id = proc.stdout.strip().split(";")[0]
     result["job_id"] = job_id
-    history = submissions(directory) + [
-        {"job_id": job_id, "indices": todo, "script": str(script), "submitted": stamp}
-    ]
-    (directory / "submissions.json").write_text(json.dumps(history, indent=2) + "\n")
+    entry = {"job_id": job_id, "indices": todo, "ids": [runs[i].id for i in todo], "script": str(script),
+             "manifest": str(manifest), "submitted": stamp}  # fmt: skip
+    atomic_write_text(directory / SUBMISSIONS, json.dumps([*submissions(directory), entry], indent=2) + "\n")
     return result
