@@ -393,7 +393,7 @@ def owners(runs: list[PlannedRun], view: dict[str, slurm.Task] | None) -> dict[s
     for run in runs:
         run_dir = Path(run.run_dir)
         file = run_state.read_status(run_dir)
-        if run.id in busy or (view and run.id in view) or file.get("state") != "running":
+        if run.id in busy or file.get("state") != "running":
             continue
         if _owner_alive(run_dir, file):
             owner = run_state.read_lock(run_dir) or file

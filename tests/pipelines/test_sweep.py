@@ -281,6 +281,11 @@ def _fake_queue(monkeypatch, tasks: dict[int, tuple[str, int]], job: str = "77")
     view = {i: slurm.Task(f"{job}_{i}", state, restarts, "") for i, (state, restarts) in tasks.items()}
     monkeypatch.setattr(slurm, "array_tasks", lambda job_id, name=None: view if job_id == job else {})
 
+    def no_sbatch(*args, **kwargs):
+        raise AssertionError(f"a unit test must not submit to SLURM: {args}")
+
+    monkeypatch.setattr(sweep.subprocess, "run", no_sbatch)
+
 
 def _dead_pid() -> int:
     import subprocess
