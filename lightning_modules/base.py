@@ -21,6 +21,10 @@ class EvalConfig:
     # Write every test image's anomaly map to {run_dir}/maps/{target}/, mirroring the dataset's folders
     # (e.g. {cls}/test/{defect}/{stem}.npy, what `zsad evaluate-maps` reads), stored as pixel_score_dtype.
     save_maps: bool = False
+    # Pictures of every evaluation (pipelines/visualize.py): per category ROC, PR and PRO curves (PNG + the
+    # points as CSV) and a gallery of the most and least anomalous test images, in {run_dir}/plots/ and W&B.
+    visualize: bool = True
+    gallery_size: int = 8  # gallery images per category: the most anomalous half and the least anomalous half
 
 
 class ZeroShotModule(L.LightningModule):
@@ -41,6 +45,7 @@ class ZeroShotModule(L.LightningModule):
         self.eval_cfg = eval_cfg or EvalConfig()
         self.evaluator = None
         self.test_results = None
+        self.test_curves = None  # per category CurveSet of the last test epoch (F1 thresholds, pictures)
         self.strict_loading = False  # frozen weights are deliberately absent from checkpoints
 
     # --- evaluation -------------------------------------------------------------------------------
@@ -82,7 +87,18 @@ class ZeroShotModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self.evaluator.compute()
+        self.test_curves = self.evaluator.curves()
         self.evaluator.reset()
+
+    # --- prediction (`zsad predict`: images without ground truth) -----------------------------------
+    def on_predict_epoch_start(self) -> None:
+        """The same preparation as a test epoch (texts for the datamodule's categories, references, TTA)."""
+        self.on_test_epoch_start()
+        self.evaluator = None  # nothing to evaluate
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor | None]:
+        scores, maps = self.predict_batch(batch)
+        return {"image_scores": scores, "anomaly_maps": maps}
 
     # --- checkpoints ------------------------------------------------------------------------------
     def trainable_state_keys(self) -> set[str]:

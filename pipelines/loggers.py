@@ -94,3 +94,46 @@ def wandb_hint(loggers: list[Logger]) -> str | None:
         if isinstance(logger, WandbLogger) and getattr(logger.experiment.settings, "mode", "") == "offline":
             return f"W&B run saved offline; upload it with: wandb sync {logger.experiment.dir.rsplit('/files', 1)[0]}"
     return None
+
+
+def log_pictures(loggers: list[Logger], target: str, pictures: dict[str, Path], gallery: list) -> None:
+    """One target's evaluation pictures into W&B (``pipelines.visualize``): every PNG as a ``wandb.Image``
+    under ``plots/{target}/{category}/{curves|gallery}``, and the gallery as a table ``plots/{target}/gallery``
+    of (category, path, label, score, image with ground-truth and predicted masks, heatmap overlay)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        import numpy as np
+        import wandb
+
+        payload: dict[str, Any] = {
+            f"plots/{target}/{key}": wandb.Image(str(path), caption=f"{target}/{key}")
+            for key, path in pictures.items()
+        }
+        rows = []
+        for category, row in gallery:
+            masks = {}
+            for name, mask in (("ground_truth", row.item.mask), ("prediction", row.predicted)):
+                if mask is not None:
+                    labels = {
+                        0: "normal",
+                        1: "anomalous" if name == "ground_truth" else "predicted anomalous",
+                    }
+                    masks[name] = {"mask_data": np.asarray(mask, dtype=np.uint8), "class_labels": labels}
+            rows.append(
+                [
+                    category,
+                    row.item.image_path,
+                    row.item.label,
+                    row.item.score,
+                    wandb.Image(row.image, masks=masks or None),
+                    None if row.heatmap is None else wandb.Image(row.heatmap),
+                ]
+            )
+        if rows:
+            columns = ["category", "image_path", "label", "score", "image", "anomaly_map"]
+            payload[f"plots/{target}/gallery"] = wandb.Table(columns=columns, data=rows)
+        if payload:
+            logger.experiment.log(payload)

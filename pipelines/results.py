@@ -114,14 +114,21 @@ def _clean(value: Any) -> Any:
 
 
 def target_payload(
-    dataset: str, counts: dict[str, dict[str, int]], evaluation: Any, details: dict[str, Any]
+    dataset: str,
+    counts: dict[str, dict[str, int]],
+    evaluation: Any,
+    details: dict[str, Any],
+    thresholds: dict[str, dict[str, float | None]] | None = None,
 ) -> dict[str, Any]:
-    """JSON-ready results of one evaluated dataset; ``evaluation`` is an ``EvaluationResult``."""
+    """JSON-ready results of one evaluated dataset; ``evaluation`` is an ``EvaluationResult``;
+    ``thresholds``: per category the F1-optimal ``{"image": t, "pixel": t}`` (score >= t is anomalous),
+    what ``zsad predict --threshold-from RUN`` reads."""
     categories = {
         category: {
             "n_normal": counts.get(category, {}).get("normal", 0),
             "n_anomalous": counts.get(category, {}).get("anomalous", 0),
             **{m: _clean(metrics.get(m)) for m in METRICS},
+            **({"f1_thresholds": thresholds.get(category)} if thresholds is not None else {}),
         }
         for category, metrics in evaluation.per_category.items()
     }

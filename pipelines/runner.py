@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import Logger
 
 from datamodules.datamodule import AnomalyDataModule
 from lightning_modules.base import ZeroShotModule
+from lightning_modules.metrics.curves import f1_thresholds
 from lightning_modules.registry import get_method
 from pipelines.config import ExperimentConfig, config_differences, to_yaml
 from pipelines.errors import ConfigError, FinishedRunError
@@ -32,6 +33,7 @@ from pipelines.loggers import log_evaluation, make_loggers, wandb_hint
 from pipelines.map_writer import MapWriter
 from pipelines.results import atomic_write_text, target_payload, write_error, write_results
 from pipelines.run_state import acquire_run_lock, global_rank, read_status, record_failure, write_status
+from pipelines.visualize import EvaluationPictures
 
 # The frozen CLIP stays in eval mode during training on purpose; this warning would only confuse users.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -258,7 +260,8 @@ class _WriteResults(Callback):
             "options": dict(datamodule.cfg.options or {}),
             "n_images": len(index.records),
         }
-        payload = target_payload(self.target.name, index.counts(), module.test_results, details)
+        thresholds = f1_thresholds(module.test_curves) if module.test_curves is not None else None
+        payload = target_payload(self.target.name, index.counts(), module.test_results, details, thresholds)
         self.results["targets"][self.key] = payload
         write_results(self.run_dir, self.results)
         log_evaluation(self.loggers, self.key, payload)
@@ -277,6 +280,12 @@ def evaluate(
         callbacks: list[Callback] = [_WriteResults(run_dir, results, key, target, loggers)]
         if cfg.eval.save_maps:
             callbacks.append(MapWriter(run_dir / "maps" / key))
+        if cfg.eval.visualize:
+            callbacks.append(
+                EvaluationPictures(
+                    run_dir / "plots" / key, key, loggers, cfg.eval.gallery_size, cfg.eval.fpr_limit
+                )
+            )
         trainer = make_trainer(
             cfg,
             run_dir,

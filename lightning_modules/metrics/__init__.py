@@ -2,11 +2,21 @@
 
 - :class:`AnomalyEvaluator`: a torchmetrics ``Metric`` that every method's test loop updates; ``compute``
   returns an :class:`EvaluationResult` (per category, missing-with-reason, unweighted category mean).
+- :mod:`.curves`: the ROC, PR and PRO curves those metrics integrate and the F1-optimal thresholds
+  (``AnomalyEvaluator.curves``, ``ranking_curve``, ``pixel_curves``).
 - Functional pieces: exact ``aupro``/``pro_curve`` (partial selection, float64), the biased
   ``legacy_cflow_aupro`` kept only for comparisons with published numbers, ``binary_auroc``,
   ``binary_average_precision`` (sklearn's step-wise AP), ``f1_max``.
 """
 
+from lightning_modules.metrics.curves import (
+    CurveSet,
+    RankingCurve,
+    curve_set,
+    f1_thresholds,
+    pixel_curves,
+    ranking_curve,
+)
 from lightning_modules.metrics.evaluator import (
     IMAGE_METRICS,
     METRIC_NAMES,
@@ -33,14 +43,20 @@ __all__ = [
     "METRIC_NAMES",
     "PIXEL_METRICS",
     "AnomalyEvaluator",
+    "CurveSet",
     "EvaluationResult",
+    "RankingCurve",
     "UndefinedMetricError",
     "aupro",
     "binary_auroc",
     "binary_average_precision",
+    "curve_set",
     "f1_max",
+    "f1_thresholds",
     "legacy_cflow_aupro",
+    "pixel_curves",
     "pixel_metrics",
     "pro_curve",
+    "ranking_curve",
     "trapezoid_area",
 ]

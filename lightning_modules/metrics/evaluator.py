@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lightning_modules.metrics.curves import CurveSet, curve_set
 from lightning_modules.metrics.functional import (
     AUPRO_METHODS,
     UndefinedMetricError,
@@ -414,6 +415,31 @@ class AnomalyEvaluator(Metric):
             duplicates_dropped=duplicates,
             notes=notes,
         )
+
+    def curves(self) -> dict[str, CurveSet]:
+        """Each category's ROC, PR and PRO curves and F1-optimal thresholds (:mod:`.curves`) from the same
+        synchronised, de-duplicated states as :meth:`compute`; under DDP every process must call it."""
+        with self.sync_context(
+            dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
+        ):
+            img_cat = self._cat("img_category").cpu().numpy()
+            keep = self._first_occurrences(img_cat, self._cat("img_sample").cpu().numpy())
+            img_score, img_label = self._cat("img_score").cpu(), self._cat("img_label").cpu()
+            pix_cat = self._cat("pix_category").cpu().numpy()
+            pix_keep = self._first_occurrences(pix_cat, self._cat("pix_sample").cpu().numpy())
+            heights, widths = self._cat("pix_height").cpu().numpy(), self._cat("pix_width").cpu().numpy()
+            segments = list(self._segments(heights, widths)) if self.pixel_metrics else []
+            result = {}
+            for ci, name in enumerate(self.categories):
+                idx = keep[img_cat[keep] == ci]
+                pidx = pix_keep[pix_cat[pix_keep] == ci] if segments else []
+                result[name] = curve_set(
+                    img_score[idx],
+                    img_label[idx],
+                    [segments[i][0] for i in pidx],
+                    [segments[i][1] for i in pidx],
+                )
+            return result
 
     def _segments(self, heights: np.ndarray, widths: np.ndarray) -> Iterator[tuple[Tensor, Tensor]]:
         """(map, mask) 2-D views per stored pixel sample; samples never straddle two stored chunks."""

@@ -586,6 +586,8 @@ class _RankStats:
     neg_le: np.ndarray  # int64, negatives with score <= value
     n_pos: int
     n_neg: int
+    #: The distinct positive scores themselves (ascending, the backend's array): the thresholds of the curves.
+    values: Any = None
 
 
 def _rank_stats(sp: _PixelSplit) -> _RankStats:
@@ -596,7 +598,7 @@ def _rank_stats(sp: _PixelSplit) -> _RankStats:
     le = ops.to_numpy(ops.searchsorted(sp.neg, values, right=True, sorted_needles=True))
     counts = ops.to_numpy(counts).astype(np.int64, copy=False)
     tp_ge = np.cumsum(counts[::-1])[::-1]
-    return _RankStats(counts, tp_ge, lt, le, sp.n_pos, sp.n_neg)
+    return _RankStats(counts, tp_ge, lt, le, sp.n_pos, sp.n_neg, values)
 
 
 def _auroc_from_stats(st: _RankStats) -> float:
@@ -810,6 +812,7 @@ class _ValueHistogram:
     pos: np.ndarray  # int64, anomalous pixels with this score
     pos_weight: np.ndarray  # float64, sum of 1/|region| over those anomalous pixels
     n_regions: int
+    values: np.ndarray | None = None  # float64, the distinct scores themselves
 
     @property
     def n_neg(self) -> int:
@@ -850,7 +853,9 @@ def _histogram_pixels(map_list: Sequence[MapLike], mask_list: Sequence[MapLike])
     def by_value(counts: np.ndarray) -> np.ndarray:
         return np.add.reduceat(counts[order], starts)
 
-    return _ValueHistogram(by_value(every - pos), by_value(pos), by_value(weight), n_regions)
+    return _ValueHistogram(
+        by_value(every - pos), by_value(pos), by_value(weight), n_regions, values=ordered[starts]
+    )
 
 
 def _rank_stats_from_histogram(h: _ValueHistogram) -> _RankStats:
@@ -858,7 +863,8 @@ def _rank_stats_from_histogram(h: _ValueHistogram) -> _RankStats:
     present = h.pos > 0
     counts = h.pos[present]
     tp_ge = np.cumsum(counts[::-1])[::-1]
-    return _RankStats(counts, tp_ge, (neg_le - h.neg)[present], neg_le[present], h.n_pos, h.n_neg)
+    values = None if h.values is None else h.values[present]
+    return _RankStats(counts, tp_ge, (neg_le - h.neg)[present], neg_le[present], h.n_pos, h.n_neg, values)
 
 
 def _pro_steps_from_histogram(h: _ValueHistogram) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

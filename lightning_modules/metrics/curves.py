@@ -1,0 +1,178 @@
+"""The curves behind the metrics: ROC, precision-recall and PRO, and the F1-optimal thresholds.
+
+They come from the very rank statistics and PRO steps that :mod:`~lightning_modules.metrics.functional`
+integrates into AUROC, AP, F1-max and AUPRO (one split or 16-bit histogram, every distinct score a
+threshold), so a curve and its number can never disagree: the trapezoid area under :attr:`RankingCurve.roc`
+is the AUROC, ``sum(diff(recall) * precision)`` is the AP, ``max(f1)`` is F1-max.
+
+Thresholds are the distinct scores of the positives, highest first; a sample (or pixel) is predicted
+anomalous when its score is ``>= threshold``. The F1-optimal threshold is the highest one that attains
+F1-max.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lightning_modules.metrics.functional import (
+    MapLike,
+    MapsLike,
+    UndefinedMetricError,
+    _format16,
+    _histogram_pixels,
+    _paired_maps,
+    _pro_polyline,
+    _pro_steps,
+    _pro_steps_from_histogram,
+    _rank_stats,
+    _rank_stats_from_histogram,
+    _RankStats,
+    _require_both,
+    _require_pro,
+    _sort_split,
+    _split_pixels,
+    _split_scores,
+)
+
+
+@dataclass
+class RankingCurve:
+    """ROC and PR curve of one ranking (images or pixels), one entry per threshold (descending)."""
+
+    thresholds: np.ndarray  # float64, the distinct positive scores, highest first
+    tpr: np.ndarray  # = recall, positives scoring >= threshold / positives
+    fpr: np.ndarray  # negatives scoring >= threshold / negatives
+    precision: np.ndarray
+    f1: np.ndarray
+    roc_fpr: np.ndarray  # ROC polyline from (0, 0) to (1, 1); ties between classes are diagonal segments
+    roc_tpr: np.ndarray
+    n_pos: int
+    n_neg: int
+
+    @property
+    def best_index(self) -> int:
+        return int(np.argmax(self.f1))  # first maximum = the highest threshold attaining it
+
+    @property
+    def f1_threshold(self) -> float:
+        """The threshold that maximises F1 (score >= threshold is anomalous)."""
+        return float(self.thresholds[self.best_index])
+
+    @property
+    def f1_max(self) -> float:
+        return float(self.f1[self.best_index])
+
+
+@dataclass
+class CurveSet:
+    """Everything one category's pictures and thresholds need; ``None`` curves have a reason."""
+
+    image: RankingCurve | None
+    pixel: RankingCurve | None
+    pro_fpr: np.ndarray | None  # exact PRO polyline over the whole FPR range, from (0, 0) to (1, 1)
+    pro: np.ndarray | None
+    reasons: dict[str, str]  # "image" / "pixel" / "pro" -> why that curve is undefined
+
+
+def _curve_from_stats(st: _RankStats) -> RankingCurve:
+    values = st.values.detach().cpu().numpy() if isinstance(st.values, torch.Tensor) else st.values
+    thresholds = np.asarray(values, dtype=np.float64)[::-1]
+    counts = st.counts[::-1]
+    tp_ge = st.tp_ge[::-1]
+    fp_ge = (st.n_neg - st.neg_lt)[::-1]
+    fp_gt = (st.n_neg - st.neg_le)[::-1]
+    tp_gt = tp_ge - counts
+    # Per threshold: the corner before its ties are counted (> t) and after (>= t).
+    roc_fp = np.concatenate(([0], np.stack([fp_gt, fp_ge], axis=1).reshape(-1), [st.n_neg]))
+    roc_tp = np.concatenate(([0], np.stack([tp_gt, tp_ge], axis=1).reshape(-1), [st.n_pos]))
+    return RankingCurve(
+        thresholds=thresholds,
+        tpr=tp_ge / st.n_pos,
+        fpr=fp_ge / st.n_neg,
+        precision=tp_ge / (tp_ge + fp_ge),
+        f1=2.0 * tp_ge / (tp_ge + fp_ge + st.n_pos),
+        roc_fpr=roc_fp / st.n_neg,
+        roc_tpr=roc_tp / st.n_pos,
+        n_pos=st.n_pos,
+        n_neg=st.n_neg,
+    )
+
+
+def ranking_curve(scores: MapLike, labels: MapLike) -> RankingCurve:
+    """ROC/PR curve of image scores (or any flat scores) with 0/1 labels; raises ``UndefinedMetricError``
+    when one class is absent."""
+    split = _split_scores(scores, labels)
+    _require_both(split)
+    return _curve_from_stats(_rank_stats(split))
+
+
+def pixel_curves(
+    maps: MapsLike, masks: MapsLike
+) -> tuple[RankingCurve | None, tuple[np.ndarray, np.ndarray] | None, dict[str, str]]:
+    """Pixel ROC/PR curve and the whole exact PRO curve from one split (or one 16-bit histogram), the
+    same the pixel metrics use. Returns ``(ranking, (pro_fpr, pro), reasons)``; undefined parts are None."""
+    map_list, mask_list = _paired_maps(maps, masks)
+    if _format16(map_list):
+        source = _histogram_pixels(map_list, mask_list)
+        stats_of, pro_steps = _rank_stats_from_histogram, _pro_steps_from_histogram
+    else:
+        source = _split_pixels(map_list, mask_list, regions=True)
+        if source.n_pos and source.n_neg:
+            _sort_split(source)
+        stats_of, pro_steps = _rank_stats, lambda sp: _pro_steps(sp, 1.0)
+    reasons: dict[str, str] = {}
+    ranking = pro = None
+    try:
+        _require_both(source, negatives="anomaly-free pixels", positives="anomalous pixels")
+        ranking = _curve_from_stats(stats_of(source))
+    except UndefinedMetricError as err:
+        reasons["pixel"] = str(err)
+    try:
+        _require_pro(source)
+        x, y = _pro_polyline(*pro_steps(source), 1.0)
+        if y[-1] < 1.0:  # anomalous pixels scored below every anomaly-free pixel
+            x, y = np.append(x, 1.0), np.append(y, 1.0)
+        pro = (x, y)
+    except UndefinedMetricError as err:
+        reasons["pro"] = str(err)
+    return ranking, pro, reasons
+
+
+def curve_set(
+    scores: MapLike, labels: MapLike, maps: Sequence[MapLike] = (), masks: Sequence[MapLike] = ()
+) -> CurveSet:
+    """All curves of one category (pixel curves only when maps with ground truth are given)."""
+    reasons: dict[str, str] = {}
+    image = pixel = None
+    pro = None
+    try:
+        image = ranking_curve(scores, labels)
+    except UndefinedMetricError as err:
+        reasons["image"] = str(err)
+    if len(maps):
+        pixel, pro, pixel_reasons = pixel_curves(list(maps), list(masks))
+        reasons.update(pixel_reasons)
+    else:
+        reasons["pixel"] = reasons["pro"] = "no anomaly maps with pixel ground truth"
+    return CurveSet(
+        image=image,
+        pixel=pixel,
+        pro_fpr=None if pro is None else pro[0],
+        pro=None if pro is None else pro[1],
+        reasons=reasons,
+    )
+
+
+def f1_thresholds(curves: dict[str, CurveSet]) -> dict[str, dict[str, float | None]]:
+    """Per category the F1-optimal image and pixel thresholds (None where that curve is undefined)."""
+    return {
+        category: {
+            "image": None if c.image is None else c.image.f1_threshold,
+            "pixel": None if c.pixel is None else c.pixel.f1_threshold,
+        }
+        for category, c in curves.items()
+    }

@@ -1,0 +1,92 @@
+"""The exported curves integrate to the metrics (same code path) and match independent computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+from lightning_modules.metrics import (
+    AnomalyEvaluator,
+    aupro,
+    pixel_curves,
+    pixel_metrics,
+    pro_curve,
+    ranking_curve,
+    trapezoid_area,
+)
+
+
+def _step_ap(curve) -> float:
+    return float(np.sum(np.diff(np.concatenate(([0.0], curve.tpr))) * curve.precision))
+
+
+def test_image_curve_integrates_to_sklearn_auroc_ap_and_its_f1_threshold_attains_f1_max():
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.normal(size=200), 1)  # many ties, also between the classes
+    labels = (rng.random(200) < 0.3).astype(int)
+    scores[labels == 1] += 0.8
+    curve = ranking_curve(scores, labels)
+    assert trapezoid_area(curve.roc_fpr, curve.roc_tpr, 1.0) == pytest.approx(roc_auc_score(labels, scores))
+    assert _step_ap(curve) == pytest.approx(average_precision_score(labels, scores))
+    assert np.all(np.diff(curve.thresholds) < 0) and curve.roc_fpr[-1] == curve.roc_tpr[-1] == 1.0
+    best = max(f1_score(labels, scores >= t) for t in np.unique(scores))
+    assert curve.f1_max == pytest.approx(best)
+    assert f1_score(labels, scores >= curve.f1_threshold) == pytest.approx(best)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_pixel_curves_integrate_to_the_pixel_metrics(dtype):
+    rng = np.random.default_rng(1)
+    masks = np.zeros((4, 24, 24), dtype=np.uint8)
+    masks[0, 2:8, 3:9] = 1
+    masks[1, 10:20, 10:14] = 1
+    masks[3, 0:3, 0:3] = 1
+    maps = (rng.random(masks.shape) + 0.7 * masks).astype(dtype)
+    ranking, (pro_fpr, pro), reasons = pixel_curves(list(maps), list(masks))
+    assert reasons == {}
+    values, _ = pixel_metrics(list(maps), list(masks), fpr_limit=0.3)
+    assert trapezoid_area(ranking.roc_fpr, ranking.roc_tpr, 1.0) == pytest.approx(
+        values["pixel_auroc"], abs=1e-12
+    )
+    assert _step_ap(ranking) == pytest.approx(values["pixel_ap"], abs=1e-12)
+    assert roc_auc_score(masks.reshape(-1), maps.reshape(-1)) == pytest.approx(values["pixel_auroc"])
+    assert trapezoid_area(pro_fpr, pro, 0.3) / 0.3 == pytest.approx(aupro(list(maps), list(masks)), abs=1e-12)
+    reference_fpr, reference_pro = pro_curve(list(maps), list(masks))
+    np.testing.assert_allclose(pro_fpr, reference_fpr.numpy())
+    np.testing.assert_allclose(pro, reference_pro.numpy())
+    predicted = maps.reshape(-1) >= ranking.f1_threshold
+    assert f1_score(masks.reshape(-1), predicted) == pytest.approx(ranking.f1_max)
+
+
+def test_pixel_curves_say_why_they_are_undefined():
+    ranking, pro, reasons = pixel_curves([np.ones((4, 4), np.float32)], [np.zeros((4, 4))])
+    assert ranking is None and pro is None
+    assert "anomalous" in reasons["pixel"] and "regions" in reasons["pro"]
+
+
+def test_evaluator_curves_agree_with_its_metrics_and_drop_padding_duplicates():
+    torch.manual_seed(0)
+    evaluator = AnomalyEvaluator(["a", "b"], pixel_score_dtype=torch.float32)
+    masks = torch.zeros(8, 16, 16)
+    masks[4:, 4:10, 4:10] = 1
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    maps = torch.rand(8, 16, 16) + masks * 0.5
+    scores = maps.flatten(1).amax(1)
+    categories = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    evaluator.update(categories, torch.arange(8), scores, labels, maps, masks)
+    evaluator.update(
+        categories[:2], torch.arange(2), scores[:2] + 9, labels[:2], maps[:2], masks[:2]
+    )  # padding
+    results = evaluator.compute()
+    curves = evaluator.curves()
+    for name in ("a", "b"):
+        metrics, curve_set = results.per_category[name], curves[name]
+        image = curve_set.image
+        assert trapezoid_area(image.roc_fpr, image.roc_tpr, 1.0) == pytest.approx(metrics["image_auroc"])
+        assert image.f1_max == pytest.approx(metrics["image_f1_max"])
+        pixel = curve_set.pixel
+        assert trapezoid_area(pixel.roc_fpr, pixel.roc_tpr, 1.0) == pytest.approx(metrics["pixel_auroc"])
+        assert trapezoid_area(curve_set.pro_fpr, curve_set.pro, 0.3) / 0.3 == pytest.approx(metrics["aupro"])
+        assert image.thresholds.max() < 9  # the duplicate's shifted score was dropped

@@ -1,0 +1,138 @@
+"""Pictures of an evaluation: files in the run folder, thresholds in results.json, images in the W&B run."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import f1_score, roc_auc_score
+from wandb_support import logged_values, wandb_records
+
+from datamodules.images import load_mask
+from lightning_modules.metrics import trapezoid_area
+from pipelines.cli import main
+from pipelines.visualize import GalleryHeaps, GalleryItem, select_gallery, thin
+
+
+def _item(score: float, sample_id: int) -> GalleryItem:
+    return GalleryItem(score, sample_id, f"{sample_id}.png", 0, None, None)
+
+
+def test_gallery_heaps_keep_only_the_highest_and_lowest_scores():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=500)
+    heaps = GalleryHeaps(size=5)  # 3 most and 2 least anomalous
+    built = []
+
+    def item_of(score, i):
+        built.append(i)
+        return _item(score, i)
+
+    for i, score in enumerate(scores):
+        heaps.add(i % 2, float(score), lambda s=float(score), i=i: item_of(s, i))
+    assert len(built) < 100  # items (maps) are only built for samples that enter a heap
+    for category in (0, 1):
+        ids = np.flatnonzero(np.arange(500) % 2 == category)
+        order = ids[np.argsort(-scores[ids], kind="stable")]
+        chosen = select_gallery(heaps.items()[category], 5)
+        assert [i.sample_id for i in chosen] == [*order[:3], *order[-2:]]
+
+
+def test_select_gallery_shows_small_categories_once():
+    items = [_item(0.3, 1), _item(0.9, 2), _item(0.3, 1)]
+    assert [i.sample_id for i in select_gallery(items, 8)] == [2, 1]
+
+
+def test_thin_keeps_endpoints_and_the_requested_point():
+    x = np.linspace(0, 1, 10_000)
+    kept = thin(x, x**2, keep=1234, limit=100)
+    assert len(kept) <= 103 and {0, 1234, 9_999} <= set(kept.tolist())
+    assert np.all(np.diff(kept) > 0)
+    assert thin(x[:50], x[:50], limit=100).tolist() == list(range(50))
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_evaluation_writes_curves_gallery_thresholds_and_logs_them_to_wandb(tmp_path, synthetic_pair):
+    _, target = synthetic_pair
+    data = tmp_path / "tgt.yaml"
+    data.write_text(f"name: synthetic\nroot: {target}\neval_batch_size: 3\nnum_workers: 0\n")
+    run_dir = tmp_path / "run"
+    overrides = [
+        "method=clip_tiny",
+        f"targets=[{data}]",
+        "trainer.enable_progress_bar=false",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "eval.save_maps=true",
+        "eval.gallery_size=4",
+        "logger.wandb.mode=offline",
+        f"run_dir={run_dir}",
+    ]
+    assert main(["test", "clip_all", *overrides]) == 0
+    results = json.loads((run_dir / "results.json").read_text())["targets"]["synthetic"]
+    scores = {row["image"]: row for row in _rows(run_dir / "maps" / "synthetic" / "image_scores.csv")}
+    for category, metrics in results["categories"].items():
+        folder = run_dir / "plots" / "synthetic" / category
+        roc = [r for r in _rows(folder / "roc.csv") if r["level"] == "image"]
+        area = trapezoid_area([float(r["fpr"]) for r in roc], [float(r["tpr"]) for r in roc], 1.0)
+        assert area == pytest.approx(metrics["image_auroc"])
+        assert {r["level"] for r in _rows(folder / "pr.csv")} == {"image", "pixel"} and _rows(
+            folder / "pro.csv"
+        )
+        # The stored F1-optimal threshold reproduces F1-max on the run's own image scores.
+        mine = [row for row in scores.values() if row["category"] == category]
+        labels = [int(r["label"]) for r in mine]
+        values = np.array([float(r["score"]) for r in mine])
+        assert roc_auc_score(labels, values) == pytest.approx(metrics["image_auroc"])
+        threshold = metrics["f1_thresholds"]["image"]
+        assert f1_score(labels, values >= threshold) == pytest.approx(metrics["image_f1_max"])
+        assert isinstance(metrics["f1_thresholds"]["pixel"], float)
+        for name in ("curves.png", "gallery.png"):
+            with Image.open(folder / name) as picture:
+                assert picture.format == "PNG" and picture.width > 400
+
+    (wandb_dir,) = (run_dir / "wandb").glob("offline-run-*")
+    logged = logged_values(wandb_dir)
+    for category in results["categories"]:
+        for name in ("curves", "gallery"):
+            assert logged[f"plots/synthetic/{category}/{name}/_type"] == ["image-file"]
+            assert (wandb_dir / "files" / logged[f"plots/synthetic/{category}/{name}/path"][0]).is_file()
+    assert logged["plots/synthetic/gallery/nrows"] == [4 * len(results["categories"])]
+    # The gallery table (kept in the run's table artifact): image with ground-truth and predicted masks.
+    (table_artifact,) = [
+        r.artifact
+        for r in wandb_records(next(wandb_dir.glob("run-*.wandb")))
+        if r.WhichOneof("record_type") == "artifact" and "gallery" in r.artifact.name
+    ]
+    files = {entry.path: entry.local_path for entry in table_artifact.manifest.contents}
+    table = json.loads(Path(files["plots/synthetic/gallery.table.json"]).read_text())
+    assert table["columns"] == ["category", "image_path", "label", "score", "image", "anomaly_map"]
+    for _, image_path, label, _, image, heatmap in table["data"]:
+        assert heatmap["_type"] == "image-file" and image["_type"] == "image-file"
+        ground_truth = np.asarray(Image.open(files[image["masks"]["ground_truth"]["path"]]))
+        assert Image.open(files[image["masks"]["prediction"]["path"]]).size == (32, 32)
+        path = Path(image_path)
+        if label:  # the synthetic images are 32 px, the evaluation size: the mask is the dataset's own
+            expected = load_mask(
+                path.parents[2] / "ground_truth" / path.parent.name / f"{path.stem}_mask.png"
+            )
+        else:
+            expected = np.zeros((32, 32), dtype=bool)
+        np.testing.assert_array_equal(ground_truth > 0, expected)
+    by_category = {}
+    for category, _, _, score, *_ in table["data"]:
+        by_category.setdefault(category, []).append(score)
+    for category, shown in by_category.items():
+        everything = sorted(
+            (float(r["score"]) for r in scores.values() if r["category"] == category), reverse=True
+        )
+        assert shown == pytest.approx(everything[:2] + everything[-2:])
