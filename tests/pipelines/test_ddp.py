@@ -47,7 +47,11 @@ def test_two_process_evaluation_equals_one_process(tmp_path, synthetic_pair):
     single = evaluate("one", "eval.save_maps=true")
     # 14 test images over 2 ranks with eval batches of 5: the distributed sampler pads, metrics must not count twice
     double = evaluate("two", "trainer.strategy=ddp_spawn", "trainer.devices=2", "eval.save_maps=true")
+    # F1-optimal thresholds are scores, which may differ in the last float32 bits (other batch compositions)
+    thresholds = [{c: v.pop("f1_thresholds") for c, v in r["categories"].items()} for r in (single, double)]
     assert double["categories"] == single["categories"]
+    for category, levels in thresholds[0].items():
+        assert levels == pytest.approx(thresholds[1][category], rel=2**-9)  # pixel ones: float16 steps
     assert double["mean"] == single["mean"]
     # each rank wrote its own samples' maps (a padding duplicate twice, atomically): the same 14 files
     one, two = (sorted((tmp_path / name / "maps").rglob("*.npy")) for name in ("one", "two"))
@@ -67,6 +71,26 @@ def test_two_process_evaluation_equals_one_process(tmp_path, synthetic_pair):
     )
     assert len(one_rows) == 15 and [r[:3] for r in one_rows] == [r[:3] for r in two_rows]
     assert np.allclose([float(r[3]) for r in one_rows[1:]], [float(r[3]) for r in two_rows[1:]], rtol=1e-5)
+    # the evaluation pictures: rank 0 drew every category from the gallery heaps of both ranks
+    pictures = [
+        sorted(p.relative_to(tmp_path / name) for p in (tmp_path / name / "plots").rglob("*.*"))
+        for name in ("one", "two")
+    ]
+    assert pictures[0] == pictures[1] and len(pictures[0]) == 2 * 5
+    for category in single["categories"]:
+        one_pr, two_pr = (
+            [
+                r
+                for r in csv.DictReader(
+                    (tmp_path / name / "plots" / "synthetic" / category / "pr.csv").open()
+                )
+                if r["level"] == "image"
+            ]
+            for name in ("one", "two")
+        )
+        assert np.allclose(
+            [float(r["threshold"]) for r in one_pr], [float(r["threshold"]) for r in two_pr], rtol=1e-5
+        )
 
 
 class MatmulPrecisionProbe(L.LightningModule):
