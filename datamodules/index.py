@@ -191,7 +191,8 @@ def build_index(name: str, root: str | Path, **options: Any) -> DatasetIndex:
     if not root.is_dir():
         raise DatasetLayoutError(
             f"dataset root for '{name}' does not exist: {root} "
-            f"(set data.root=/path/to/{name} or download the dataset there)"
+            f"(set source.root=/path/to/{name} or targets.N.root=/path/to/{name}, or data_root=DIR for every "
+            "dataset; --root for zsad data check; or download the dataset there)"
         )
     index = spec.parse(root, **options)
     if not index.records:

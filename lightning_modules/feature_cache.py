@@ -45,6 +45,8 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from datamodules.progress import progress
+
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the stored layout changes
@@ -248,7 +250,7 @@ def build_feature_table(
     ] = {}  # "feature:<name>" and the per-sample fields, [count, ...] on the CPU
     done = 0  # rows of this process's share encoded so far
     with _rng_untouched(device):
-        for batch in loader:
+        for batch in progress(loader, "zsad feature cache: encoding", unit="batch"):
             encoded = _encode(encode, batch["image"].to(device, non_blocking=True), context)
             fields = {f"feature:{name}": value for name, value in encoded.items()}
             fields |= {

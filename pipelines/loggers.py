@@ -22,23 +22,26 @@ def make_loggers(
     if wandb_cfg.mode not in WANDB_MODES:
         raise ConfigError(f"logger.wandb.mode must be one of {WANDB_MODES}, got '{wandb_cfg.mode}'")
     if wandb_cfg.mode != "disabled":
+        import wandb
         from lightning.pytorch.loggers import WandbLogger
 
-        loggers.append(
-            WandbLogger(
-                name=display_name(cfg),
-                save_dir=str(run_dir),
-                project=wandb_cfg.project,
-                entity=wandb_cfg.entity,
-                group=wandb_cfg.group,
-                tags=[str(tag)[:64] for tag in wandb_cfg.tags],  # W&B refuses longer tags
-                job_type=job_type,
-                mode=wandb_cfg.mode,
-                id=run_id,
-                resume="allow" if run_id else None,
-                config=_flat_config(cfg),
-            )
+        wandb_logger = WandbLogger(
+            name=display_name(cfg),
+            save_dir=str(run_dir),
+            project=wandb_cfg.project,
+            entity=wandb_cfg.entity,
+            group=wandb_cfg.group,
+            tags=[str(tag)[:64] for tag in wandb_cfg.tags],  # W&B refuses longer tags
+            job_type=job_type,
+            mode=wandb_cfg.mode,
+            id=run_id,
+            resume="allow" if run_id else None,
+            config=_flat_config(cfg),
+            settings=wandb.Settings(quiet=True),  # no banner or run summary: zsad prints its own
         )
+        # Lightning always passes anonymous=None, which wandb now warns about at every run
+        wandb_logger._wandb_init.pop("anonymous", None)
+        loggers.append(wandb_logger)
     return loggers
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -24,6 +25,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
 from datamodules.datamodule import AnomalyDataModule
+from datamodules.progress import lightning_progress_bar
 from lightning_modules.base import ZeroShotModule
 from lightning_modules.metrics.curves import f1_thresholds
 from lightning_modules.registry import get_method
@@ -39,6 +41,11 @@ from pipelines.visualize import EvaluationPictures
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 # Raised inside Lightning itself with recent torch; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+# Printed by Lightning at every Trainer start on machines with srun; zsad's SLURM path does use srun.
+warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage()  # an advertisement at every Trainer start
+)
 
 RUN_DIR_ENV = "ZSAD_RUN_DIR"
 CONFIG_FILE = "config.yaml"
@@ -178,6 +185,8 @@ def make_trainer(
 ) -> L.Trainer:
     t = cfg.trainer
     callbacks = [*(callbacks or []), _Float32MatmulPrecision(t.float32_matmul_precision.value)]
+    if t.enable_progress_bar:
+        callbacks.append(lightning_progress_bar())  # whole lines when the output is a log file
     if training:
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0))
     return L.Trainer(

@@ -60,7 +60,7 @@ def parse_covid(
             if class_dir is None:
                 raise DatasetLayoutError(
                     f"covid: no folder '{name}' under {root} (folders present: {present}); "
-                    "point data.root at COVID-19_Radiography_Dataset or fix the normal/anomalous options"
+                    "point the dataset root (source.root / targets.N.root; --root for zsad data check) at COVID-19_Radiography_Dataset or fix the normal/anomalous options"
                 )
             used.add(class_dir)
             found[label].append(class_dir.name)

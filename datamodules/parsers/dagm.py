@@ -49,7 +49,7 @@ def parse_dagm(root: Path) -> DatasetIndex:
     class_dirs = sorted((p for p in subdirs(root) if _CLASS.fullmatch(p.name)), key=_class_number)
     if not class_dirs:
         raise DatasetLayoutError(
-            f"dagm: no Class1..Class10 folders under {root}; point data.root at the unpacked DAGM_KaggleUpload folder"
+            f"dagm: no Class1..Class10 folders under {root}; point the dataset root (source.root / targets.N.root; --root for zsad data check) at the unpacked DAGM_KaggleUpload folder"
         )
     if any(_is_converted(d) for d in class_dirs):
         return parse_mvtec_like(root, "dagm", None, prompt_name=lambda c: DAGM_PROMPT, version="mvtec-like")

@@ -14,7 +14,10 @@ from datamodules.parsers.common import PairedSplit, parse_paired_folders
 
 TN3K_SPLITS = (
     PairedSplit(
-        "test", ("test-image",), ("test-mask",), hint="point data.root at the tn3k folder of the archive"
+        "test",
+        ("test-image",),
+        ("test-mask",),
+        hint="point the dataset root (source.root / targets.N.root; --root for zsad data check) at the tn3k folder of the archive",
     ),
     PairedSplit("train", ("trainval-image",), ("trainval-mask",), required=False),
 )

@@ -38,7 +38,7 @@ def parse_visa(root: Path) -> DatasetIndex:
     if not csv_path.is_file():
         raise DatasetLayoutError(
             f"visa: {csv_path} not found; unpack the official VisA_20220922.tar (it contains split_csv/1cls.csv) "
-            "and point data.root at the folder that holds split_csv/"
+            "and point the dataset root (source.root / targets.N.root; --root for zsad data check) at the folder that holds split_csv/"
         )
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from datamodules.progress import progress
 from lightning_modules.anovl.module import AnoVLModule, image_seed
 from lightning_modules.base import EvalConfig
 from lightning_modules.dual_image.config import DualImageConfig
@@ -73,7 +74,8 @@ class DualImageModule(AnoVLModule):
         positions = [i for i, record in enumerate(self._dataset.records) if record.category == category]
         embeddings, tokens = [], collections.defaultdict(list)
         dtype = getattr(torch, self.cfg.visual.bank_dtype)
-        for batch in DataLoader(Subset(self._dataset, positions), shuffle=False, **self._loader_options):
+        loader = DataLoader(Subset(self._dataset, positions), shuffle=False, **self._loader_options)
+        for batch in progress(loader, f"reference bank {category}", unit="batch"):
             class_embedding, layer_tokens = self.model.encode_reference(batch["image"].to(self.device))
             embeddings.append(class_embedding)
             for layer, value in layer_tokens.items():

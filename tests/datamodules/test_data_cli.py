@@ -73,6 +73,28 @@ def test_check_ok(
     assert _run_check("mvtec", "--root", str(fake_mvtec), "--decode", "--categories", "bottle") == 0
 
 
+def test_check_decodes_small_datasets_by_default(
+    fake_mvtec: Path, mvtec_counts_of_the_fake: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A truncated PNG has a valid header: only decoding finds it, and a check that did not decode says so."""
+    image = fake_mvtec / "bottle" / "test" / "good" / "001.png"
+    image.write_bytes(image.read_bytes()[:-40])
+    assert _run_check("mvtec", "--root", str(fake_mvtec)) == 1
+    out = capsys.readouterr().out
+    assert "cannot decode" in out and "good/001.png" in out and "every image and mask decoded" in out
+    assert _run_check("mvtec", "--root", str(fake_mvtec), "--no-decode") == 0
+    assert "headers only" in capsys.readouterr().out
+    monkeypatch_limit = pytest.MonkeyPatch()
+    monkeypatch_limit.setattr(cli, "DECODE_AUTO_MAX_IMAGES", 3)  # larger datasets: headers only, said so
+    try:
+        assert _run_check("mvtec", "--root", str(fake_mvtec)) == 0
+    finally:
+        monkeypatch_limit.undo()
+    assert (
+        "files not decoded: a truncated file passes; --decode decodes every file" in capsys.readouterr().out
+    )
+
+
 def test_check_reports_every_problem(
     fake_mvtec: Path,
     mvtec_counts_of_the_fake: None,
@@ -88,7 +110,7 @@ def test_check_reports_every_problem(
     assert _run_check("mvtec", "--root", str(fake_mvtec)) == 1
     out = capsys.readouterr().out
     assert "000_mask.png is 16x24 but image" in out and "000.png is 24x16" in out
-    assert "cannot read" in out and "good/001.png" in out
+    assert "cannot decode" in out and "good/001.png" in out  # small datasets are decoded by default
     assert "042_mask.png has no image" in out
     assert "ignored folder" in out and "stray" in out
     assert "FAILED: 3 error(s), 1 warning(s)" in out
