@@ -49,6 +49,12 @@ def resolve_activation(cfg: VANDConfig, clip_model: nn.Module) -> str:
     return "gelu" if cfg.backbone.image_size != native else mlp_activation(clip_model)
 
 
+def normalized_as_stored(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalised in float32 and stored in ``x``'s dtype, as the authors' in-place ``x /= x.norm(...)``
+    (float16 under autocast; a no-op cast in float32)."""
+    return l2_normalize(x.float()).to(x.dtype)
+
+
 def check_choices(cfg: VANDConfig) -> None:
     for key, value, allowed in (
         ("activation", cfg.activation, VAND_ACTIVATIONS),
@@ -108,7 +114,7 @@ class VAND(FrozenCLIP):
 
     def _encode_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.vision(images, layers=self.cfg.feature_layers)
-        return {"image_embedding": self.image_embedding(features.class_token)} | {
+        return {"image_embedding": normalized_as_stored(self.vision.project(features.class_token))} | {
             f"tokens_{layer}": features.tokens[layer][:, 1:] for layer in self.cfg.feature_layers
         }
 
@@ -126,15 +132,17 @@ class VAND(FrozenCLIP):
         self, features: dict[str, torch.Tensor], category_ids: torch.Tensor, size: tuple[int, int]
     ) -> VANDOutput:
         grid = (self.vision.grid, self.vision.grid)
+        # The authors' order, which matters under fp16: (100 * embedding) @ text, i.e. scaled before the product.
+        scale = 1.0 / self.cfg.temperature
         with torch.no_grad():
             text = self.class_text_for(category_ids)
-            image_scores = anomaly_probability(features["image_embedding"], text, self.cfg.temperature)
+            image_scores = anomaly_probability(scale * features["image_embedding"], text, 1.0)
         pixel_probs = []
         for layer, head in zip(self.cfg.feature_layers, self.heads, strict=True):
-            patches = l2_normalize(head(features[f"tokens_{layer}"].float()))
+            patches = normalized_as_stored(head(features[f"tokens_{layer}"].float()))
             pixel_probs.append(
                 class_probability_maps(
-                    patches, text, grid, size, self.cfg.temperature, upsample_logits=True, align_corners=True
+                    scale * patches, text, grid, size, 1.0, upsample_logits=True, align_corners=True
                 )
             )
         return VANDOutput(image_scores, pixel_probs)

@@ -87,6 +87,9 @@ def test_fp16_autocast_on_cuda_runs_heads_in_half_and_the_loss_in_float(tiny_cli
     ids = torch.zeros(2, dtype=torch.long, device="cuda")
     for model in (vand, plain):
         model.set_classes(["metal_nut"])
+        features = model.encode_images(images)
+        expected = torch.float16 if model is vand else torch.float32
+        assert features["image_embedding"].dtype == expected  # stored as the authors' in-place /= norm
         output = model(images, ids, (16, 16))
         assert output.pixel_probs[0].dtype == torch.float32  # softmax autocasts to float32
         assert model.loss(output, torch.zeros(2, 16, 16, device="cuda")).dtype == torch.float32
