@@ -3,8 +3,8 @@
 The authors do this in their MVTec AD dataset class (``MVTecDataset.combine_img``, ``aug_rate=0.2``): with
 that probability an item becomes four images of its category, each drawn by first picking one of the
 category's test folders (``good`` or a defect type) and then a file in it; the *full-size* originals are
-pasted 2x2 onto a canvas twice the size of the first one (a larger image is cut at the canvas' edge, as
-PIL's ``paste``), the masks alike, and the canvas then goes through the ordinary preprocessing (resize to
+pasted 2x2 onto an RGB canvas twice the size of the first one (a larger image overlaps the next cell or is
+cut at the canvas' edge, as PIL's ``paste``), the masks alike on an "L" canvas of the same size, and the canvas then goes through the ordinary preprocessing (resize to
 the input size, masks to the evaluation size). zsad's DataModule serves every method, so the mosaic is built
 on the training batch inside ``VANDModule.training_step`` from the training dataset's records and its own
 transform (``style="authors"``, the default; four full-size image loads per mosaic).
@@ -19,12 +19,11 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from datamodules.images import load_image_rgb, load_mask
+from datamodules.images import open_image, open_mask
 
 MOSAIC_STYLES = ("authors", "resized_tiles")
 
@@ -39,17 +38,16 @@ def mosaic_2x2(tiles: list[torch.Tensor]) -> torch.Tensor:
     return F.interpolate(grid[None].float(), size=tiles[0].shape[-2:], mode="area")[0]
 
 
-def paste_2x2(tiles: list[np.ndarray]) -> np.ndarray:
-    """Four full-size arrays (``H x W`` or ``H x W x C``) pasted in reading order onto a zero canvas of twice
-    the first one's height and width; a tile larger than its quarter is cut at the canvas' edge."""
+def paste_2x2(tiles: list[Image.Image], mode: str, quarter: tuple[int, int]) -> Image.Image:
+    """Four PIL images pasted in reading order at the corners of the ``quarter`` (width, height) cells of a
+    black ``mode`` canvas twice that size (PIL converts each to the canvas' mode; a tile larger than its
+    cell overlaps the next or is cut at the edge, as the authors' ``paste``)."""
     if len(tiles) != 4:
         raise ValueError(f"a 2x2 mosaic needs 4 tiles, got {len(tiles)}")
-    height, width = tiles[0].shape[:2]
-    canvas = np.zeros((2 * height, 2 * width, *tiles[0].shape[2:]), dtype=tiles[0].dtype)
+    width, height = quarter
+    canvas = Image.new(mode, (2 * width, 2 * height))
     for i, tile in enumerate(tiles):
-        top, left = (i // 2) * height, (i % 2) * width
-        part = tile[: 2 * height - top, : 2 * width - left]
-        canvas[top : top + part.shape[0], left : left + part.shape[1]] = part
+        canvas.paste(tile, ((i % 2) * width, (i // 2) * height))
     return canvas
 
 
@@ -99,15 +97,17 @@ class SameCategoryMosaic:
             mask = mosaic_2x2([item["mask"][None] for item in items])[0] > 0.5
             return image, mask.float(), max(int(item["label"]) for item in items)
         records = [self.dataset.records[p] for p in positions]
-        images = [load_image_rgb(record.image_path) for record in records]
+        images = [open_image(record.image_path) for record in records]
+        # A normal tile's mask is the authors' Image.fromarray(np.zeros((W, H))): zeros of size H x W
+        # (transposed; it only matters for non-square tiles), pasted like any mask.
         masks = [
-            load_mask(r.mask_path) if r.mask_path is not None else np.zeros(im.shape[:2], dtype=bool)
+            open_mask(r.mask_path) if r.mask_path is not None else Image.new("L", (im.height, im.width))
             for r, im in zip(records, images, strict=True)
         ]
-        # the authors' canvases: Image.new("RGB", ...) and Image.new("L", ...) of 0/255, then the preprocessing
-        canvas = Image.fromarray(paste_2x2(images))
-        mask_canvas = Image.fromarray(paste_2x2(masks).astype(np.uint8) * 255, mode="L")
-        image, mask = self.dataset.transform(canvas, mask_canvas)
+        quarter = images[0].size  # the first image sets the cells, for the image and the mask canvas alike
+        image, mask = self.dataset.transform(
+            paste_2x2(images, "RGB", quarter), paste_2x2(masks, "L", quarter)
+        )
         return image, mask, max(int(record.label) for record in records)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
