@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from baselines_support import FAST, write_method_experiment
 
 from pipelines import runner
@@ -152,6 +153,29 @@ def test_ctrl_c_records_interrupted_and_releases_the_folder(tmp_path, experiment
     assert main(["run", str(experiments["clip_tiny"]), *FAST, f"run_dir={run_dir}"]) == 130
     assert read_status(run_dir)["state"] == "interrupted"
     assert _leftovers(run_dir) == []
+
+
+class _RunsCode:
+    """Unpickling this calls ``Path.touch(marker)``: what a crafted checkpoint could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_zsad_test_refuses_a_checkpoint_that_would_run_code(tmp_path, synthetic_pair, capsys):
+    source, target = synthetic_pair
+    experiment = write_method_experiment(tmp_path, "vand_tiny", source, target)
+    marker, crafted = tmp_path / "ran", tmp_path / "crafted.ckpt"
+    torch.save({"state_dict": {}, "zsad": _RunsCode(marker)}, crafted)
+    assert main(["test", str(experiment), *FAST, f"checkpoint={crafted}", f"run_dir={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith(f"zsad: error: refused to load {crafted}: it needs code or types") and "\n" not in err
+    )
+    assert not marker.exists() and not (tmp_path / "r").exists()
 
 
 def test_only_global_rank_zero_prints_results(tmp_path, monkeypatch, capsys):
