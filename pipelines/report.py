@@ -14,53 +14,20 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import difflib
-import fnmatch
 import io
-import json
 import statistics
-from collections import defaultdict
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pipelines.errors import ConfigError, ZsadError
+from pipelines.errors import ZsadError
 from pipelines.published import SOURCE, published
+from pipelines.report_grouping import CFLOW_AUPRO, Cell, Grouping, entries_of, group, load_run, metric_value
 from pipelines.results import atomic_write_text
 
-# Config keys (dotted, fnmatch patterns) that do not change a run's numbers: where things are read and
-# written, logging, and how fast it runs. Everything else separates settings. ``seed`` is the replicate axis.
-IGNORED_KEYS = (
-    "seed",
-    "name",  # the experiment's label; its settings are the other keys
-    "description",
-    "run_dir",
-    "output_dir",
-    "data_root",
-    "checkpoint",  # a path; what was trained is in the other keys and the seed
-    "logger.*",  # W&B / CSV logging
-    "trainer.enable_progress_bar",
-    "trainer.log_every_n_steps",
-    "*.root",  # where a dataset lies; its identity is checked through the results (version, n_images)
-    "*.num_workers",
-    "*.pin_memory",
-    "*cache_dir",  # feature caches and CLIP weight caches
-    "*.cache_features",  # same learned parameters with or without the feature cache
-    "*.cache_max_gb",
-    "eval.save_maps",
-    "eval.visualize*",  # pictures of an evaluation
-)
-TARGET_PREFIX = "target."  # a target's own settings in a cell's setting (from ``targets.N.*``)
-# Fields of a target's results that must agree for runs to be the same experiment on the same data.
-DATA_FIELDS = ("version", "n_images", "split", "image_size", "eval_size")
 TABLES = (
     ("image level (AUROC, AP)", ("image_auroc", "image_ap")),
     ("pixel level (AUROC, AUPRO)", ("pixel_auroc", "aupro")),
 )
-CFLOW_AUPRO = "aupro_cflow"  # the papers' 200-threshold AUPRO, beside the exact one in results.json
-ABSENT = "—"
 
 
 @dataclasses.dataclass
@@ -72,42 +39,6 @@ class Report:
     html_path: Path
     n_runs: int
     warnings: list[str]
-
-
-@dataclasses.dataclass
-class RunRecord:
-    """One finished run: its results and its setting (flattened, ignored keys removed)."""
-
-    run_dir: Path
-    results: dict[str, Any]
-    setting: dict[str, Any]  # without targets.*
-    target_settings: list[dict[str, Any]]  # one per configured target, keys without the prefix
-    seed: Any
-    has_config: bool
-
-
-@dataclasses.dataclass
-class Entry:
-    """One (run, target) measurement."""
-
-    run: RunRecord
-    target_key: str
-    payload: dict[str, Any]
-    setting: dict[str, Any]  # the run's setting + ``target.*``
-
-    @property
-    def created(self) -> str:
-        return str(self.run.results.get("created") or "")
-
-
-@dataclasses.dataclass
-class Cell:
-    row: str
-    column: str
-    entries: list[Entry]  # one per distinct (setting, seed): identical reruns removed
-
-    def values(self, metric: str) -> list[float]:
-        return [v for v in (metric_value(e, metric) for e in self.entries) if v is not None]
 
 
 # --- loading ------------------------------------------------------------------------------------------
@@ -129,283 +60,6 @@ def _collect_run_dirs(inputs: list[str]) -> tuple[list[Path], Path | None, str |
         else:
             raise ZsadError(f"report input not found: {item} (give sweep files or run folders)")
     return list(dict.fromkeys(run_dirs)), default_out, group
-
-
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": [1, {"c": 2}]}}`` -> ``{"a.b.0": 1, "a.b.1.c": 2}``; empty containers stay values."""
-    if isinstance(node, dict) and node:
-        items: Iterable = node.items()
-    elif isinstance(node, list) and node and any(isinstance(v, dict | list) for v in node):
-        items = enumerate(node)
-    else:
-        return {prefix.rstrip("."): node}
-    out: dict[str, Any] = {}
-    for key, value in items:
-        out.update(flatten(value, f"{prefix}{key}."))
-    return out
-
-
-def is_ignored(key: str) -> bool:
-    return any(fnmatch.fnmatchcase(key, pattern) for pattern in IGNORED_KEYS)
-
-
-def _without_ignored(flat: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in flat.items() if not is_ignored(k)}
-
-
-def _setting_from_results(results: dict[str, Any]) -> dict[str, Any]:
-    """What a results.json alone says about a run without config.yaml (older or hand-made runs)."""
-    flat = {"method.name": results.get("method"), "source.name": results.get("source")}
-    flat.update(flatten(results.get("eval") or {}, "eval."))
-    return _without_ignored(flat)
-
-
-def load_run(run_dir: Path) -> RunRecord | None:
-    try:
-        results = json.loads((run_dir / "results.json").read_text())
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError as error:
-        raise ZsadError(
-            f"{run_dir / 'results.json'} is not valid JSON ({error}); rerun or remove it"
-        ) from None
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        return RunRecord(run_dir, results, _setting_from_results(results), [], results.get("seed"), False)
-    config = yaml.safe_load(config_path.read_text()) or {}
-    targets = config.pop("targets", None) or []
-    setting = _without_ignored(flatten(config))
-    target_settings = [
-        {k: v for k, v in flatten(t).items() if not is_ignored(f"{TARGET_PREFIX}{k}")} for t in targets
-    ]
-    return RunRecord(run_dir, results, setting, target_settings, config.get("seed"), True)
-
-
-def _entries(runs: list[RunRecord]) -> list[Entry]:
-    """One entry per evaluated target. results.json lists the targets in config order (a prefix of it
-    when a later target failed), so the N-th result belongs to ``targets.N``."""
-    entries = []
-    for run in runs:
-        for index, (key, payload) in enumerate(run.results.get("targets", {}).items()):
-            own = (
-                run.target_settings[index]
-                if index < len(run.target_settings)
-                else {"name": payload.get("dataset")}
-            )
-            setting = {**run.setting, **{f"{TARGET_PREFIX}{k}": v for k, v in own.items()}}
-            entries.append(Entry(run, key, payload, setting))
-    return entries
-
-
-def metric_value(entry: Entry, metric: str) -> float | None:
-    """A cell's number; ``aupro_cflow`` falls back to ``aupro`` of runs that computed the cflow AUPRO."""
-    mean = entry.payload.get("mean", {})
-    legacy = (entry.run.results.get("eval") or {}).get("aupro_method") == "legacy_cflow"
-    if metric == CFLOW_AUPRO and mean.get(CFLOW_AUPRO) is None and legacy:
-        return mean.get("aupro")
-    return mean.get(metric)
-
-
-# --- grouping -----------------------------------------------------------------------------------------
-def _frozen(setting: dict[str, Any], keys: Iterable[str]) -> tuple:
-    return tuple((k, json.dumps(setting.get(k, ABSENT), sort_keys=True, default=str)) for k in sorted(keys))
-
-
-def _show(value: Any) -> str:
-    return ABSENT if value is None else json.dumps(value) if isinstance(value, dict | list) else str(value)
-
-
-def _short_names(keys: Iterable[str], universe: Iterable[str]) -> dict[str, str]:
-    """The shortest dotted suffix of each key that no other key of ``universe`` ends with."""
-    universe = set(universe)
-    names = {}
-    for key in keys:
-        parts = key.split(".")
-        for n in range(1, len(parts) + 1):
-            suffix = ".".join(parts[-n:])
-            if not any(
-                other != key and (other == suffix or other.endswith("." + suffix)) for other in universe
-            ):
-                break
-        names[key] = suffix
-    return names
-
-
-def _check_group_by(keys: list[str], entries: list[Entry]) -> None:
-    known = {k for e in entries for k in e.setting} | {"seed"}
-    for key in keys:
-        if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = (
-                f"; did you mean '{close[0]}'?"
-                if close
-                else " (keys are dotted, e.g. method.lr, target.name)"
-            )
-            raise ConfigError(f"--group-by: no run has the config key '{key}'{hint}")
-
-
-@dataclasses.dataclass
-class Grouping:
-    cells: dict[tuple[str, str], Cell]
-    rows: list[str]
-    columns: list[str]
-    column_method: dict[str, str]  # label -> method name (for the published numbers)
-    column_keys: dict[str, str]  # label -> its distinguishing keys in full (key=value, ...)
-    column_seeds: dict[str, list[Any]]
-    warnings: list[str]
-    notes: list[str]
-
-
-def group(entries: list[Entry], group_by: list[str] | None = None) -> Grouping:
-    """Rows: targets (split by their differing ``target.*`` keys); columns: settings (see module doc)."""
-    all_keys = sorted({k for e in entries for k in e.setting})
-    if group_by:
-        _check_group_by(group_by, entries)
-        keys = [k for k in group_by if k != "seed"]
-    else:
-        keys = all_keys
-    column_keys = [k for k in keys if not k.startswith(TARGET_PREFIX)]
-    row_keys = [k for k in keys if k.startswith(TARGET_PREFIX) and k != f"{TARGET_PREFIX}name"]
-
-    # Without config.yaml a run's setting is a few keys from results.json: such runs form their own
-    # columns (by those keys) unless --group-by names the keys for everyone.
-    raw_apart = not group_by
-
-    def row_id(e: Entry) -> tuple:
-        if raw_apart and not e.run.has_config:
-            return (e.target_key, None)
-        return (e.target_key, _frozen(e.setting, row_keys))
-
-    def column_id(e: Entry) -> tuple:
-        if raw_apart and not e.run.has_config:
-            return ("no config.yaml", _frozen(e.setting, e.setting))
-        return ("", _frozen(e.setting, column_keys))
-
-    rows_of: dict[str, set[tuple]] = defaultdict(set)
-    for e in entries:
-        rows_of[e.target_key].add(row_id(e)[1])
-    row_labels = {}
-    for target, variants in rows_of.items():
-        known = [dict(v) for v in variants if v is not None]
-        varying = [k for k in row_keys if len({v[k] for v in known}) > 1]
-        for variant in variants:
-            values = dict(variant or ())
-            extra = ", ".join(
-                f"{k[len(TARGET_PREFIX) :]}={json.loads(values[k])}" for k in varying if k in values
-            )
-            row_labels[(target, variant)] = f"{target} ({extra})" if extra else target
-
-    column_labels: dict[tuple, str] = {}
-    descriptions: dict[tuple, str] = {}
-    for kind in ("", "no config.yaml"):
-        part = {column_id(e)[1]: e.setting for e in entries if column_id(e)[0] == kind}
-        part_keys = sorted({k for setting in part.values() for k in setting if k in column_keys or kind})
-        labels, described = _column_labels(part, part_keys, all_keys)
-        for cid, label in labels.items():
-            column_labels[(kind, cid)] = f"{label} ({kind})" if kind else label
-            descriptions[(kind, cid)] = described[cid]
-    column_method = {column_labels[column_id(e)]: str(e.setting.get("method.name", "?")) for e in entries}
-
-    buckets: dict[tuple[str, str], list[Entry]] = defaultdict(list)
-    for e in entries:
-        buckets[(row_labels[row_id(e)], column_labels[column_id(e)])].append(e)
-    warnings: list[str] = []
-    notes: list[str] = []
-    cells = {}
-    for (row, column), members in buckets.items():
-        kept = _drop_reruns(members, all_keys, row, column, notes)
-        warnings += _mixing_warnings(kept, all_keys, keys, row, column)
-        cells[(row, column)] = Cell(row, column, kept)
-
-    missing_config = sorted({str(e.run.run_dir) for e in entries if not e.run.has_config})
-    if missing_config:
-        warnings.insert(
-            0,
-            f"{len(missing_config)} run(s) have no config.yaml and are grouped only by method, source and "
-            f"eval settings, which may mix settings: {', '.join(missing_config)}",
-        )
-    ordered_columns = sorted(set(column_labels.values()))
-    column_seeds = {
-        label: sorted({e.run.seed for c in cells.values() if c.column == label for e in c.entries}, key=str)
-        for label in ordered_columns
-    }
-    rows = sorted(set(row_labels.values()))
-    column_described = {column_labels[cid]: descriptions[cid] for cid in column_labels}
-    return Grouping(
-        cells, rows, ordered_columns, column_method, column_described, column_seeds, warnings, notes
-    )
-
-
-def _column_labels(
-    columns: dict[tuple, dict[str, Any]], column_keys: list[str], all_keys: list[str]
-) -> tuple[dict[tuple, str], dict[tuple, str]]:
-    """``method [from SOURCE] key=value ...``: the keys that differ between columns of the same method
-    (shortest unambiguous names), and the same keys in full."""
-    method = {cid: str(s.get("method.name", "?")) for cid, s in columns.items()}
-    source = {cid: s.get("source.name") for cid, s in columns.items()}
-    several_sources = len(set(source.values())) > 1
-    labels, descriptions = {}, {}
-    short = _short_names(column_keys, all_keys)
-    for cid in columns:
-        siblings = [c for c in columns if method[c] == method[cid]]
-        varying = [
-            k
-            for k in column_keys
-            if k not in ("method.name", "source.name") and len({dict(c)[k] for c in siblings}) > 1
-        ]
-        parts = [method[cid]]
-        if several_sources:
-            parts.append(f"from {_show(source[cid])}")
-        parts += [f"{short[k]}={_show(json.loads(dict(cid)[k]))}" for k in varying]
-        labels[cid] = " ".join(parts)
-        shown = [k for k in ("method.name", "source.name") if k in column_keys] + varying
-        descriptions[cid] = ", ".join(f"{k}={_show(json.loads(dict(cid)[k]))}" for k in shown)
-    return labels, descriptions
-
-
-def _drop_reruns(
-    members: list[Entry], all_keys: list[str], row: str, column: str, notes: list[str]
-) -> list[Entry]:
-    """Same setting (every non-ignored key) and same seed: one run counted, the newest."""
-    by_identity: dict[tuple, list[Entry]] = defaultdict(list)
-    for e in members:
-        by_identity[(_frozen(e.setting, all_keys), json.dumps(e.run.seed, default=str))].append(e)
-    kept = []
-    for same in by_identity.values():
-        same.sort(key=lambda e: (e.created, str(e.run.run_dir)))
-        kept.append(same[-1])
-        if len(same) > 1:
-            dropped = ", ".join(str(e.run.run_dir) for e in same[:-1])
-            notes.append(
-                f"{row} / {column}: {len(same)} identical runs with seed {same[-1].run.seed} counted once "
-                f"(the newest, {same[-1].run.run_dir}; not counted: {dropped})"
-            )
-    kept.sort(key=lambda e: (str(e.run.seed), str(e.run.run_dir)))
-    return kept
-
-
-def _mixing_warnings(
-    kept: list[Entry], all_keys: list[str], keys: list[str], row: str, column: str
-) -> list[str]:
-    """A cell must differ only in its seeds: name any other setting or data difference."""
-    out = []
-    varying = [
-        k for k in all_keys if len({json.dumps(e.setting.get(k, ABSENT), default=str) for e in kept}) > 1
-    ]
-    if varying:
-        shown = "; ".join(
-            f"{k}: {', '.join(sorted({_show(e.setting.get(k)) for e in kept}))}" for k in varying[:6]
-        )
-        more = f" (and {len(varying) - 6} more keys)" if len(varying) > 6 else ""
-        out.append(f"{row} / {column} mixes settings, not only seeds: {shown}{more}")
-    seeds = [json.dumps(e.run.seed, default=str) for e in kept]
-    if len(set(seeds)) < len(seeds):
-        out.append(f"{row} / {column} counts the same seed more than once (runs with different settings)")
-    for field in DATA_FIELDS:
-        values = {json.dumps(e.payload.get(field), default=str) for e in kept if field in e.payload}
-        if len(values) > 1:
-            out.append(f"{row} / {column} mixes different data: {field} = {', '.join(sorted(values))}")
-    return out
 
 
 # --- rendering ----------------------------------------------------------------------------------------
@@ -523,11 +177,15 @@ def _markdown(grouping: Grouping, n_runs: int, reference: bool, group_by: list[s
 CSV_FIELDS = ("dataset", "setting", "method", "metric", "mean", "std", "n", "seeds", "published", "runs")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _csv_rows(grouping: Grouping) -> list[dict[str, Any]]:
     rows = []
     for (row, column), cell in sorted(grouping.cells.items()):
         metrics = sorted(
-            {m for e in cell.entries for m, v in e.payload.get("mean", {}).items() if v is not None}
+            {m for e in cell.entries for m, v in e.payload.get("mean", {}).items() if _is_number(v)}
         )
         if any(metric_value(e, CFLOW_AUPRO) is not None for e in cell.entries) and CFLOW_AUPRO not in metrics:
             metrics.append(CFLOW_AUPRO)
@@ -574,7 +232,7 @@ def build_report(
 
     run_dirs, default_out, wandb_group = _collect_run_dirs(inputs)
     runs = [r for r in (load_run(d) for d in run_dirs) if r is not None]
-    entries = _entries(runs)
+    entries = entries_of(runs)
     if not entries:
         raise ZsadError("no finished runs (results.json with evaluated targets) found in the given inputs")
     grouping = group(entries, group_by)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pipelines.report import Grouping
+    from pipelines.report_grouping import Grouping
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
