@@ -40,3 +40,24 @@ def test_missing_weights_file_and_unknown_names():
         create_clip("ViT-B-16", "no-such-tag")
     with pytest.raises(ZsadError, match="unknown CLIP architecture"):
         create_clip("ViT-Q-99", None)
+
+
+def test_with_mlp_activation_swaps_both_towers_and_copies_unless_in_place(tiny_clip):
+    import copy
+
+    from torch import nn
+
+    from lightning_modules.clip.factory import mlp_activation, with_mlp_activation
+
+    model, _ = tiny_clip
+    assert mlp_activation(model) == "quick_gelu"
+    assert with_mlp_activation(model, "quick_gelu") is model  # nothing to change
+    gelu = with_mlp_activation(model, "gelu")
+    assert gelu is not model and mlp_activation(model) == "quick_gelu"  # the caller's model is untouched
+    blocks = [*gelu.visual.transformer.resblocks, *gelu.transformer.resblocks]
+    assert len(blocks) == 6 + 9 and all(type(b.mlp.gelu) is nn.GELU for b in blocks)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), gelu.parameters(), strict=True))
+    owned = copy.deepcopy(model)
+    assert with_mlp_activation(owned, "gelu", in_place=True) is owned and mlp_activation(owned) == "gelu"
+    with pytest.raises(ZsadError, match="unknown MLP activation"):
+        with_mlp_activation(model, "relu")
