@@ -70,11 +70,12 @@ class SameCategoryMosaic:
         category_index = {name: i for i, name in enumerate(dataset.categories)}
         self.by_category: dict[int, list[int]] = defaultdict(list)
         # category id -> folder (defect type, "good" included) -> positions, in index order
-        self.by_folder: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        self.by_folder: dict[int, dict[str, list[int]]] = {}
         for position, record in enumerate(dataset.records):
             category = category_index[record.category]
             self.by_category[category].append(position)
-            self.by_folder[category][getattr(record, "defect_type", "")].append(position)
+            folders = self.by_folder.setdefault(category, {})
+            folders.setdefault(getattr(record, "defect_type", ""), []).append(position)
 
     def draw_tiles(self, category_id: int) -> list[int]:
         """Positions of the four tiles: per tile a folder of the category, then a file of that folder
