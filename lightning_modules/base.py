@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Any
 
 import lightning as L
@@ -13,11 +14,19 @@ from lightning_modules.checkpoint_io import safe_torch_load
 from pipelines.errors import ZsadError
 
 
+class PixelScoreDtype(enum.Enum):
+    """Storage of pixel scores while a category accumulates (an Enum: any other value is a config error)."""
+
+    float32 = "float32"  # exact for float32 maps
+    float16 = "float16"  # half the memory; metrics are exact for the maps rounded to float16
+
+
 @dataclasses.dataclass
 class EvalConfig:
-    fpr_limit: float = 0.3  # AUPRO integrates PRO over FPR in [0, fpr_limit]
-    aupro_method: str = "exact"  # "exact", or "legacy_cflow" only to compare with published numbers
-    pixel_score_dtype: str = "float16"  # storage of pixel scores while a category accumulates
+    # AUPRO integrates PRO over FPR in [0, fpr_limit]; every result has the exact `aupro` and the published
+    # cflow-style `aupro_cflow` (docs/metrics.md).
+    fpr_limit: float = 0.3
+    pixel_score_dtype: PixelScoreDtype = PixelScoreDtype.float32
     # Write every test image's anomaly map to {run_dir}/maps/{target}/, mirroring the dataset's folders
     # (e.g. {cls}/test/{defect}/{stem}.npy, what `zsad evaluate-maps` reads), stored as pixel_score_dtype.
     save_maps: bool = False
@@ -25,6 +34,10 @@ class EvalConfig:
     # points as CSV) and a gallery of the most and least anomalous test images, in {run_dir}/plots/ and W&B.
     visualize: bool = True
     gallery_size: int = 8  # gallery images per category: the most anomalous half and the least anomalous half
+
+    @property
+    def pixel_score_torch_dtype(self) -> torch.dtype:
+        return getattr(torch, PixelScoreDtype(self.pixel_score_dtype).value)
 
 
 class ZeroShotModule(L.LightningModule):
@@ -63,12 +76,13 @@ class ZeroShotModule(L.LightningModule):
         from lightning_modules.metrics import AnomalyEvaluator
 
         datamodule = self.trainer.datamodule
+        counts = datamodule.test_index.counts()
         self.evaluator = AnomalyEvaluator(
             categories=datamodule.categories,
             pixel_metrics=datamodule.full_index.has_masks,
             fpr_limit=self.eval_cfg.fpr_limit,
-            aupro_method=self.eval_cfg.aupro_method,
-            pixel_score_dtype=getattr(torch, self.eval_cfg.pixel_score_dtype),
+            pixel_score_dtype=self.eval_cfg.pixel_score_torch_dtype,
+            samples_per_category=[sum(counts.get(c, {}).values()) for c in datamodule.categories],
         ).to(self.device)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor | None]:

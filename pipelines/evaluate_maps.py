@@ -209,12 +209,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CSV with columns image (the map's path below --maps without suffix) and score: the method's image scores, e.g. "
         "the image_scores.csv that eval.save_maps writes beside the maps (default: each map's maximum)",
     )
-    parser.add_argument("--fpr-limit", type=float, default=0.3, help="AUPRO integration limit (default 0.3)")
     parser.add_argument(
-        "--aupro-method",
-        default="exact",
-        choices=("exact", "legacy_cflow"),
-        help="exact (default) or the biased 200-threshold legacy_cflow, only to compare with published numbers",
+        "--fpr-limit",
+        type=float,
+        default=0.3,
+        help="FPR limit of both AUPROs: exact aupro and the published cflow-style aupro_cflow (default 0.3)",
     )
 
 
@@ -314,7 +313,6 @@ def run(args: argparse.Namespace) -> int:
             [category],
             pixel_metrics=has_masks,
             fpr_limit=args.fpr_limit,
-            aupro_method=args.aupro_method,
             pixel_score_dtype=torch.float32,
         )
         for index, item in enumerate(items):

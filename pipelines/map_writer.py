@@ -31,8 +31,8 @@ class MapWriter(Callback):
     """Writes the maps batch by batch (each DDP process its own samples; a file is replaced atomically, so a
     padding duplicate may write it twice) and, at the end, the image scores of all processes from rank 0.
 
-    Maps are stored in the evaluator's storage type (``eval.pixel_score_dtype``: float16 by default;
-    bfloat16 as float32, which numpy lacks), i.e. exactly the values the run's metrics were computed on.
+    Maps are stored in the evaluator's storage type (``eval.pixel_score_dtype``: float32 by default,
+    float16 opt-in), i.e. exactly the values the run's metrics were computed on.
     """
 
     def __init__(self, out_dir: Path) -> None:
@@ -57,7 +57,7 @@ class MapWriter(Callback):
         root = Path(datamodule.test_index.root)
         maps = outputs.get("anomaly_maps")
         if maps is not None:
-            dtype = np.float16 if module.eval_cfg.pixel_score_dtype == "float16" else np.float32
+            dtype = np.float16 if module.eval_cfg.pixel_score_torch_dtype == torch.float16 else np.float32
             maps = maps.detach().float().cpu().numpy().astype(dtype)
         scores = outputs["image_scores"].detach().float().cpu().tolist()
         category_ids = batch["category_id"].tolist()

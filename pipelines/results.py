@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import enum
 import errno
 import io
 import json
@@ -19,9 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from lightning_modules.metrics.evaluator import METRIC_NAMES
 from pipelines.errors import WriteFailedError
 
-METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro")
+#: Every result has both AUPROs: ``aupro`` (exact) and ``aupro_cflow`` (the published 200-threshold one).
+METRICS = METRIC_NAMES
 CSV_COLUMNS = ("dataset", "category", "n_normal", "n_anomalous", *METRICS)
 MEAN_ROW = "mean"
 
@@ -138,6 +141,8 @@ def target_payload(
         "categories": categories,
         "mean": {m: _clean(evaluation.mean.get(m)) for m in METRICS},
         "missing": evaluation.missing,
+        "fpr_limit": evaluation.fpr_limit,
+        "pixel_score_dtype": evaluation.pixel_score_dtype,
     }
 
 
@@ -157,16 +162,33 @@ def csv_text(results: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
+def _json_value(value: Any) -> Any:
+    """Config choices (Enums, e.g. ``eval.pixel_score_dtype``) are written as their values."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def write_results(run_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
     json_path, csv_path = run_dir / "results.json", run_dir / "results.csv"
-    atomic_write_text(json_path, json.dumps(results, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(json_path, json.dumps(results, indent=2, sort_keys=False, default=_json_value) + "\n")
     atomic_write_text(csv_path, csv_text(results))
     return json_path, csv_path
 
 
 def format_table(results: dict[str, Any]) -> str:
     """Per-category table in percent with one decimal, as papers report; '-' where undefined."""
-    header = ("dataset", "category", "img AUROC", "img AP", "img F1", "px AUROC", "px AP", "AUPRO")
+    header = (
+        "dataset",
+        "category",
+        "img AUROC",
+        "img AP",
+        "img F1",
+        "px AUROC",
+        "px AP",
+        "AUPRO",
+        "AUPRO cflow",
+    )
     lines = []
     for key, target in results["targets"].items():
         rows = list(target["categories"].items()) + [(MEAN_ROW, target["mean"])]

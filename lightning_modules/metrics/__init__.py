@@ -1,11 +1,11 @@
-"""Exact, memory-lean, distributed anomaly-detection metrics (definitions in docs METRICS.md).
+"""Exact, memory-lean, distributed anomaly-detection metrics (definitions in docs/metrics.md).
 
 - :class:`AnomalyEvaluator`: a torchmetrics ``Metric`` that every method's test loop updates; ``compute``
   returns an :class:`EvaluationResult` (per category, missing-with-reason, unweighted category mean).
 - :mod:`.curves`: the ROC, PR and PRO curves those metrics integrate and the F1-optimal thresholds
   (``AnomalyEvaluator.curves``, ``ranking_curve``, ``pixel_curves``).
-- Functional pieces: exact ``aupro``/``pro_curve`` (partial selection, float64), the biased
-  ``legacy_cflow_aupro`` kept only for comparisons with published numbers, ``binary_auroc``,
+- Functional pieces: exact ``aupro``/``pro_curve`` (partial selection, float64), the biased 200-threshold
+  ``legacy_cflow_aupro`` of the published tables (reported beside the exact one as ``aupro_cflow``), ``binary_auroc``,
   ``binary_average_precision`` (sklearn's step-wise AP), ``f1_max``.
 """
 
@@ -20,12 +20,13 @@ from lightning_modules.metrics.curves import (
 from lightning_modules.metrics.evaluator import (
     IMAGE_METRICS,
     METRIC_NAMES,
-    PIXEL_METRICS,
+    PIXEL_SCORE_DTYPES,
     AnomalyEvaluator,
     EvaluationResult,
 )
 from lightning_modules.metrics.functional import (
-    AUPRO_METHODS,
+    CFLOW_THRESHOLDS,
+    PIXEL_METRICS,
     UndefinedMetricError,
     aupro,
     binary_auroc,
@@ -38,10 +39,11 @@ from lightning_modules.metrics.functional import (
 )
 
 __all__ = [
-    "AUPRO_METHODS",
+    "CFLOW_THRESHOLDS",
     "IMAGE_METRICS",
     "METRIC_NAMES",
     "PIXEL_METRICS",
+    "PIXEL_SCORE_DTYPES",
     "AnomalyEvaluator",
     "CurveSet",
     "EvaluationResult",

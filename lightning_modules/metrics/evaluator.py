@@ -20,7 +20,7 @@ from torchmetrics import Metric
 
 from lightning_modules.metrics.curves import CurveSet, curve_set
 from lightning_modules.metrics.functional import (
-    AUPRO_METHODS,
+    PIXEL_METRICS,
     UndefinedMetricError,
     _ap_from_stats,
     _auroc_from_stats,
@@ -31,8 +31,10 @@ from lightning_modules.metrics.functional import (
 )
 
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")
-PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "aupro")
 METRIC_NAMES = IMAGE_METRICS + PIXEL_METRICS
+#: Storage types of pixel scores: float32 (default, exact for float32 maps) or float16 (half the memory;
+#: the metrics are then exact for the maps rounded to float16).
+PIXEL_SCORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 _FLOAT16_MAX = 65504.0
 
@@ -49,7 +51,7 @@ class EvaluationResult:
     mean_counts: dict[str, int]
     num_images: dict[str, int] = field(default_factory=dict)
     fpr_limit: float = 0.3
-    aupro_method: str = "exact"
+    pixel_score_dtype: str = "float32"
     duplicates_dropped: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -61,7 +63,7 @@ class EvaluationResult:
         *,
         num_images: dict[str, int] | None = None,
         fpr_limit: float = 0.3,
-        aupro_method: str = "exact",
+        pixel_score_dtype: str = "float32",
         duplicates_dropped: int = 0,
         notes: Sequence[str] = (),
     ) -> EvaluationResult:
@@ -81,7 +83,7 @@ class EvaluationResult:
             mean_counts=counts,
             num_images=dict(num_images or {}),
             fpr_limit=fpr_limit,
-            aupro_method=aupro_method,
+            pixel_score_dtype=pixel_score_dtype,
             duplicates_dropped=duplicates_dropped,
             notes=list(notes),
         )
@@ -108,7 +110,7 @@ class EvaluationResult:
             missing,
             num_images=num_images,
             fpr_limit=first.fpr_limit,
-            aupro_method=first.aupro_method,
+            pixel_score_dtype=first.pixel_score_dtype,
             duplicates_dropped=sum(r.duplicates_dropped for r in results),
             notes=[n for r in results for n in r.notes],
         )
@@ -133,7 +135,7 @@ class EvaluationResult:
             "mean_counts": self.mean_counts,
             "num_images": self.num_images,
             "fpr_limit": self.fpr_limit,
-            "aupro_method": self.aupro_method,
+            "pixel_score_dtype": self.pixel_score_dtype,
             "duplicates_dropped": self.duplicates_dropped,
             "notes": self.notes,
         }
@@ -155,7 +157,8 @@ class EvaluationResult:
 
 
 class AnomalyEvaluator(Metric):
-    """Image AUROC/AP/F1-max, pixel AUROC/AP and AUPRO per category, plus their unweighted category mean.
+    """Image AUROC/AP/F1-max, pixel AUROC/AP, exact AUPRO and cflow-style AUPRO per category, plus their
+    unweighted category mean.
 
     ``update`` takes a batch: category ids (indices into ``categories``), each sample's unique index in the
     dataset (to drop the duplicates a ``DistributedSampler`` pads with), image scores, 0/1 labels and,
@@ -163,12 +166,16 @@ class AnomalyEvaluator(Metric):
     ground truth at all; an all-zero mask of a normal image is ground truth). ``compute`` returns an
     :class:`EvaluationResult`; undefined metrics are None with a reason, never 0.
 
-    Pixel scores are stored as ``pixel_score_dtype`` (float16 halves memory but rounds scores to 11
-    significant bits, which adds ties; use float32 for exact comparisons with float32 maps), masks as uint8.
-    With 16-bit scores the pixel metrics count bit patterns instead of sorting (several times faster).
-    ``aupro_method="legacy_cflow"`` switches AUPRO to the biased 200-threshold variant, only for comparisons
-    with published numbers. torchmetrics options pass through ``kwargs`` (e.g. ``compute_on_cpu=True``
-    keeps the pixel states of a GPU run in host memory).
+    Pixel scores are stored as ``pixel_score_dtype``: float32 by default (exact for float32 maps); float16
+    halves memory but rounds scores to 11 significant bits (the metrics are then exact for the rounded maps).
+    Masks are stored as uint8.
+
+    Memory: given ``samples_per_category`` (the number of test samples of each category), a single process
+    computes a category's pixel metrics as soon as all its samples have arrived and frees its pixel states,
+    so that at most the categories in progress are held (one at a time for a loader in category order).
+    Under DDP every category waits for the end of the epoch (the states are gathered then). torchmetrics
+    options pass through ``kwargs`` (e.g. ``compute_on_cpu=True`` keeps the pixel states of a GPU run in host
+    memory).
     """
 
     is_differentiable = False
@@ -187,15 +194,22 @@ class AnomalyEvaluator(Metric):
     pix_scores: list[Tensor]
     pix_masks: list[Tensor]
 
+    _PIXEL_STATES = ("pix_category", "pix_sample", "pix_height", "pix_width", "pix_scores", "pix_masks")
+
     def __init__(
         self,
         categories: Sequence[str],
         pixel_metrics: bool = True,
         fpr_limit: float = 0.3,
-        aupro_method: str = "exact",
-        pixel_score_dtype: torch.dtype = torch.float16,
+        pixel_score_dtype: torch.dtype = torch.float32,
+        samples_per_category: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
+        if "aupro_method" in kwargs:
+            raise ValueError(
+                "aupro_method was removed: every result has both the exact 'aupro' and the cflow-style "
+                "'aupro_cflow'"
+            )
         super().__init__(**kwargs)
         self.categories = [str(c) for c in categories]
         if not self.categories:
@@ -204,14 +218,22 @@ class AnomalyEvaluator(Metric):
             raise ValueError(f"categories must be unique; got {self.categories}")
         if not 0.0 < float(fpr_limit) <= 1.0:
             raise ValueError(f"fpr_limit must be in (0, 1]; got {fpr_limit}")
-        if aupro_method not in AUPRO_METHODS:
-            raise ValueError(f"aupro_method must be one of {AUPRO_METHODS}; got {aupro_method!r}")
         if pixel_score_dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             raise ValueError(f"pixel_score_dtype must be a float dtype; got {pixel_score_dtype}")
+        if samples_per_category is not None and len(samples_per_category) != len(self.categories):
+            raise ValueError(
+                f"samples_per_category has {len(samples_per_category)} entries for {len(self.categories)} categories"
+            )
         self.pixel_metrics = bool(pixel_metrics)
         self.fpr_limit = float(fpr_limit)
-        self.aupro_method = aupro_method
         self.pixel_score_dtype = pixel_score_dtype
+        self.samples_per_category = (
+            None if samples_per_category is None else [int(n) for n in samples_per_category]
+        )
+        # Per category: sample ids seen so far, and the pixel results of categories already finished.
+        self._seen: dict[int, set[int]] = {}
+        self._finished: dict[int, tuple[dict[str, float | None], dict[str, str], list[str]]] = {}
+        self._finished_curves: dict[int, CurveSet] = {}
         self._state_dtypes = {
             "img_category": torch.int64,
             "img_sample": torch.int64,
@@ -227,6 +249,10 @@ class AnomalyEvaluator(Metric):
         }
         for name in self._state_dtypes:
             self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    @property
+    def pixel_score_dtype_name(self) -> str:
+        return str(self.pixel_score_dtype).removeprefix("torch.")
 
     # ----------------------------------------------------------------------------------------------------
     def update(
@@ -259,11 +285,6 @@ class AnomalyEvaluator(Metric):
         if image_scores.is_floating_point() and bool(torch.isnan(image_scores).any()):
             raise ValueError("image_scores contain NaN")
         dev = self.device
-        self.img_category.append(category_ids.to(dev, torch.int64))
-        self.img_sample.append(sample_ids.to(dev, torch.int64))
-        self.img_score.append(image_scores.detach().to(dev, torch.float64))
-        self.img_label.append(labels.to(dev, torch.uint8))
-
         pixel_gt = torch.zeros(b, dtype=torch.uint8, device=dev)
         if anomaly_maps is not None and self.pixel_metrics:
             maps = self._as_bhw(anomaly_maps, "anomaly_maps", b)
@@ -277,15 +298,31 @@ class AnomalyEvaluator(Metric):
                 keep = keep.reshape(-1).to(torch.bool).cpu()
                 if keep.shape[0] != b:
                     raise ValueError(f"has_mask has {keep.shape[0]} entries but category_ids has {b}")
+                self._check_maps(maps[keep])
                 pixel_gt = torch.where(keep, 2, 1).to(dev, torch.uint8)
-                if bool(keep.any()):
-                    self._store_pixels(category_ids[keep], sample_ids[keep], maps[keep], gts[keep])
+                cats = category_ids.cpu()
+                for ci in torch.unique(cats[keep]).tolist():  # one stored chunk per category
+                    if ci in self._finished:
+                        continue  # duplicates of a finished category's samples (checked below)
+                    sel = keep & (cats == ci)
+                    self._store_pixels(category_ids[sel], sample_ids[sel], maps[sel], gts[sel])
+        self.img_category.append(category_ids.to(dev, torch.int64))
+        self.img_sample.append(sample_ids.to(dev, torch.int64))
+        self.img_score.append(image_scores.detach().to(dev, torch.float64))
+        self.img_label.append(labels.to(dev, torch.uint8))
         self.img_pixel_gt.append(pixel_gt)
+        self._finish_complete_categories(category_ids, sample_ids)
 
     def forward(self, *args: Any, **kwargs: Any) -> None:
         """Calling the metric only accumulates: a per-batch evaluation would sort every pixel of the batch
         for numbers nobody reads. Call :meth:`compute` at the end of the epoch."""
         self.update(*args, **kwargs)
+
+    def reset(self) -> None:
+        super().reset()
+        self._seen = {}
+        self._finished = {}
+        self._finished_curves = {}
 
     @staticmethod
     def _as_bhw(x: Tensor, name: str, b: int) -> Tensor:
@@ -296,14 +333,17 @@ class AnomalyEvaluator(Metric):
             raise ValueError(f"{name} must be (B,H,W) or (B,1,H,W) with B={b}; got {tuple(x.shape)}")
         return x
 
-    def _store_pixels(self, cats: Tensor, samples: Tensor, maps: Tensor, gts: Tensor) -> None:
-        maps = maps.detach()
+    def _check_maps(self, maps: Tensor) -> None:
         if maps.is_floating_point() and bool(torch.isnan(maps).any()):
             raise ValueError("anomaly_maps contain NaN")
         if self.pixel_score_dtype == torch.float16 and bool((maps.abs() > _FLOAT16_MAX).any()):
             raise ValueError(
-                "anomaly_maps exceed the float16 range (|x| > 65504); use pixel_score_dtype=torch.float32"
+                "anomaly_maps exceed the float16 range (|x| > 65504); store pixel scores as float32 "
+                "(eval.pixel_score_dtype=float32)"
             )
+
+    def _store_pixels(self, cats: Tensor, samples: Tensor, maps: Tensor, gts: Tensor) -> None:
+        maps = maps.detach()
         dev = self.device
         n, h, w = maps.shape
         self.pix_category.append(cats.to(dev, torch.int64))
@@ -312,6 +352,38 @@ class AnomalyEvaluator(Metric):
         self.pix_width.append(torch.full((n,), w, dtype=torch.int64, device=dev))
         self.pix_scores.append(maps.to(dev, self.pixel_score_dtype).reshape(-1))
         self.pix_masks.append((gts > 0).to(dev, torch.uint8).reshape(-1))
+
+    # --- categories finished early (single process, known sizes) -----------------------------------------
+    @staticmethod
+    def _distributed() -> bool:
+        return (
+            torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1
+        )
+
+    def _finish_complete_categories(self, category_ids: Tensor, sample_ids: Tensor) -> None:
+        """Compute and free the pixel states of every category whose samples have all arrived."""
+        if self.samples_per_category is None or self._distributed():
+            return
+        for ci, sid in zip(category_ids.tolist(), sample_ids.tolist(), strict=True):
+            seen = self._seen.setdefault(ci, set())
+            if ci in self._finished and sid not in seen:
+                raise ValueError(
+                    f"category {self.categories[ci]!r} received sample {sid} after all of its "
+                    f"{self.samples_per_category[ci]} samples (samples_per_category is wrong)"
+                )
+            seen.add(sid)
+        for ci in sorted(set(category_ids.tolist())):
+            if ci not in self._finished and len(self._seen[ci]) >= self.samples_per_category[ci]:
+                self._finished[ci] = self._category_pixel_metrics(ci)
+                self._finished_curves[ci] = self._category_curves(ci)
+                drop = [
+                    i for i, chunk in enumerate(self._pixel_chunks("pix_category")) if int(chunk[0]) == ci
+                ]
+                for name in self._PIXEL_STATES:
+                    chunks = getattr(self, name)
+                    setattr(self, name, [c for i, c in enumerate(chunks) if i not in drop])
 
     def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any = None) -> None:
         # torchmetrics fills a rank's empty list state with an empty tensor of the metric's float dtype,
@@ -347,24 +419,53 @@ class AnomalyEvaluator(Metric):
         first[1:] = (cs[1:] != cs[:-1]) | (ss[1:] != ss[:-1])
         return order[first]
 
-    def compute(self) -> EvaluationResult:
-        """Metrics per category; undefined ones are None with a reason in ``missing``."""
+    def _image_states(self) -> tuple[np.ndarray, Tensor, Tensor, np.ndarray, np.ndarray, int]:
+        """(category, score, label, pixel-gt status) of the first occurrence of every sample, the indices of
+        those, and how many duplicates were dropped."""
         img_cat = self._cat("img_category").cpu().numpy()
         img_sample = self._cat("img_sample").cpu().numpy()
-        img_score = self._cat("img_score").cpu()
-        img_label = self._cat("img_label").cpu()
-        img_pixel_gt = self._cat("img_pixel_gt").cpu().numpy()
         keep = self._first_occurrences(img_cat, img_sample)
-        duplicates = int(img_cat.size - keep.size)
+        return (
+            img_cat,
+            self._cat("img_score").cpu(),
+            self._cat("img_label").cpu(),
+            self._cat("img_pixel_gt").cpu().numpy(),
+            keep,
+            int(img_cat.size - keep.size),
+        )
 
-        # Pixel samples: views into the stored flat chunks, in the order they were added.
-        pix_cat = self._cat("pix_category").cpu().numpy()
-        pix_sample = self._cat("pix_sample").cpu().numpy()
-        heights = self._cat("pix_height").cpu().numpy()
-        widths = self._cat("pix_width").cpu().numpy()
-        segments = list(self._segments(heights, widths))
-        pix_keep = self._first_occurrences(pix_cat, pix_sample)
+    def _category_pixel_metrics(self, ci: int) -> tuple[dict[str, float | None], dict[str, str], list[str]]:
+        """Pixel metrics of category ``ci`` from the stored states: (values, reasons, notes)."""
+        name = self.categories[ci]
+        img_cat, _, _, img_pixel_gt, keep, _ = self._image_states()
+        idx = keep[img_cat[keep] == ci]
+        status = img_pixel_gt[idx]
+        values: dict[str, float | None] = dict.fromkeys(PIXEL_METRICS)
+        notes: list[str] = []
+        if not self.pixel_metrics:
+            return values, dict.fromkeys(PIXEL_METRICS, "pixel metrics disabled (pixel_metrics=False)"), notes
+        if idx.size == 0:
+            return values, dict.fromkeys(PIXEL_METRICS, "no samples"), notes
+        maps, gts = self._category_pixels(ci)
+        if not maps:
+            why = (
+                "no anomaly maps were given"
+                if bool((status == 0).all())
+                else "no pixel ground truth (no sample has a mask)"
+            )
+            return values, dict.fromkeys(PIXEL_METRICS, why), notes
+        if int((status != 2).sum()):
+            notes.append(
+                f"{name}: {int((status != 2).sum())} of {idx.size} samples have no map or no mask "
+                "and are left out of the pixel metrics"
+            )
+        pv, pr = pixel_metrics(maps, gts, fpr_limit=self.fpr_limit)
+        values.update(pv)
+        return values, pr, notes
 
+    def compute(self) -> EvaluationResult:
+        """Metrics per category; undefined ones are None with a reason in ``missing``."""
+        img_cat, img_score, img_label, _, keep, duplicates = self._image_states()
         per_category: dict[str, dict[str, float | None]] = {}
         missing: dict[str, dict[str, str]] = {}
         num_images: dict[str, int] = {}
@@ -375,33 +476,10 @@ class AnomalyEvaluator(Metric):
             values: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
             reasons: dict[str, str] = {}
             self._image_metrics(img_score[idx], img_label[idx], values, reasons)
-            pidx = pix_keep[pix_cat[pix_keep] == ci]
-            status = img_pixel_gt[idx]
-            if not self.pixel_metrics:
-                for m in PIXEL_METRICS:
-                    reasons[m] = "pixel metrics disabled (pixel_metrics=False)"
-            elif idx.size == 0:
-                for m in PIXEL_METRICS:
-                    reasons[m] = "no samples"
-            elif pidx.size == 0:
-                why = (
-                    "no anomaly maps were given"
-                    if bool((status == 0).all())
-                    else "no pixel ground truth (no sample has a mask)"
-                )
-                for m in PIXEL_METRICS:
-                    reasons[m] = why
-            else:
-                if int((status != 2).sum()):
-                    notes.append(
-                        f"{name}: {int((status != 2).sum())} of {idx.size} samples have no map or no mask "
-                        "and are left out of the pixel metrics"
-                    )
-                maps = [segments[i][0] for i in pidx]
-                gts = [segments[i][1] for i in pidx]
-                pv, pr = pixel_metrics(maps, gts, fpr_limit=self.fpr_limit, aupro_method=self.aupro_method)
-                values.update(pv)
-                reasons.update(pr)
+            pv, pr, pn = self._finished[ci] if ci in self._finished else self._category_pixel_metrics(ci)
+            values.update(pv)
+            reasons.update(pr)
+            notes.extend(pn)
             per_category[name] = values
             missing[name] = reasons
         if duplicates:
@@ -411,7 +489,7 @@ class AnomalyEvaluator(Metric):
             missing,
             num_images=num_images,
             fpr_limit=self.fpr_limit,
-            aupro_method=self.aupro_method,
+            pixel_score_dtype=self.pixel_score_dtype_name,
             duplicates_dropped=duplicates,
             notes=notes,
         )
@@ -422,24 +500,29 @@ class AnomalyEvaluator(Metric):
         with self.sync_context(
             dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
         ):
-            img_cat = self._cat("img_category").cpu().numpy()
-            keep = self._first_occurrences(img_cat, self._cat("img_sample").cpu().numpy())
-            img_score, img_label = self._cat("img_score").cpu(), self._cat("img_label").cpu()
-            pix_cat = self._cat("pix_category").cpu().numpy()
-            pix_keep = self._first_occurrences(pix_cat, self._cat("pix_sample").cpu().numpy())
-            heights, widths = self._cat("pix_height").cpu().numpy(), self._cat("pix_width").cpu().numpy()
-            segments = list(self._segments(heights, widths)) if self.pixel_metrics else []
-            result = {}
-            for ci, name in enumerate(self.categories):
-                idx = keep[img_cat[keep] == ci]
-                pidx = pix_keep[pix_cat[pix_keep] == ci] if segments else []
-                result[name] = curve_set(
-                    img_score[idx],
-                    img_label[idx],
-                    [segments[i][0] for i in pidx],
-                    [segments[i][1] for i in pidx],
-                )
-            return result
+            return {
+                name: self._finished_curves[ci] if ci in self._finished_curves else self._category_curves(ci)
+                for ci, name in enumerate(self.categories)
+            }
+
+    def _category_curves(self, ci: int) -> CurveSet:
+        img_cat, img_score, img_label, _, keep, _ = self._image_states()
+        idx = keep[img_cat[keep] == ci]
+        maps, gts = self._category_pixels(ci) if self.pixel_metrics else ([], [])
+        return curve_set(img_score[idx], img_label[idx], maps, gts)
+
+    def _category_pixels(self, ci: int) -> tuple[list[Tensor], list[Tensor]]:
+        """(maps, masks) of category ``ci``: 2-D views of the first occurrence of each of its samples, in
+        sample order."""
+        pix_cat = self._cat("pix_category").cpu().numpy()
+        pix_keep = self._first_occurrences(pix_cat, self._cat("pix_sample").cpu().numpy())
+        pidx = pix_keep[pix_cat[pix_keep] == ci]
+        if pidx.size == 0:
+            return [], []
+        heights = self._cat("pix_height").cpu().numpy()
+        widths = self._cat("pix_width").cpu().numpy()
+        segments = list(self._segments(heights, widths))
+        return [segments[i][0] for i in pidx], [segments[i][1] for i in pidx]
 
     def _segments(self, heights: np.ndarray, widths: np.ndarray) -> Iterator[tuple[Tensor, Tensor]]:
         """(map, mask) 2-D views per stored pixel sample; samples never straddle two stored chunks."""

@@ -1,4 +1,4 @@
-"""Exact anomaly-detection metrics as plain functions (see METRICS.md for the definitions).
+"""Exact anomaly-detection metrics as plain functions (definitions: docs/metrics.md).
 
 Everything here is exact with ties (every distinct score is a threshold) and avoids the copies that make
 naive implementations run out of memory on 10^8-10^9 pixels:
@@ -33,7 +33,8 @@ from scipy import ndimage
 from torch import Tensor
 
 __all__ = [
-    "AUPRO_METHODS",
+    "CFLOW_THRESHOLDS",
+    "PIXEL_METRICS",
     "UndefinedMetricError",
     "aupro",
     "binary_auroc",
@@ -45,7 +46,10 @@ __all__ = [
     "trapezoid_area",
 ]
 
-AUPRO_METHODS = ("exact", "legacy_cflow")
+#: The pixel metrics :func:`pixel_metrics` computes: exact AUPRO and the published cflow-style AUPRO side by side.
+PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "aupro", "aupro_cflow")
+#: Thresholds of the cflow-style AUPRO (the AnomalyCLIP/VAND evaluation code).
+CFLOW_THRESHOLDS = 200
 #: 8-connectivity, as in the MVTec AD evaluation code (``scipy.ndimage.label`` with a 3x3 structure).
 _STRUCTURE_8 = np.ones((3, 3), dtype=bool)
 
@@ -306,7 +310,7 @@ def _is_float(x: Any) -> bool:
 
 
 def _binarise(g: Any) -> Any:
-    """Ground truth as bool: masks are binarised with > 0 (DATASETS.md)."""
+    """Ground truth as bool: masks are binarised with > 0 (docs/metrics.md)."""
     is_bool = g.dtype == torch.bool if isinstance(g, Tensor) else g.dtype == np.bool_
     return g if is_bool else g > 0
 
@@ -945,13 +949,19 @@ def aupro(maps: MapsLike, masks: MapsLike, fpr_limit: float = 0.3) -> float:
 
 
 def _legacy_from_split(sp: _PixelSplit, fpr_limit: float, num_thresholds: int) -> float:
+    """The cflow-style AUPRO from a split with region ids: the reference code's thresholds and arithmetic,
+    but FPR counts and per-region hits come from the sorted split (one search per threshold and one
+    histogram of the anomalous pixels by (region, threshold bin)) instead of 200 passes over every pixel.
+    Counts are integers, so the result is the reference's bit for bit."""
     _require_pro(sp)
     if sp.n_neg_below:
         raise RuntimeError("the legacy AUPRO needs every anomaly-free pixel; split without aupro_fpr_limit")
+    _sort_split(sp)
     ops = sp.ops
-    _check_neg_nan(sp, sp.neg.max())
-    lo = min(float(sp.neg.min()), float(sp.pos.min()))
-    hi = max(float(sp.neg.max()), float(sp.pos.max()))
+    lo = min(float(sp.neg[0]), float(sp.pos[0]))
+    hi = max(float(sp.neg[-1]), float(sp.pos[-1]))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise UndefinedMetricError("scores include infinity: the legacy thresholds are undefined")
     # Reproduce the reference code's arithmetic: thresholds in the maps' dtype (float32 in practice).
     dtype = np.float64 if _is_float64(sp.neg) else np.float32
     min_th, max_th = dtype(lo), dtype(hi)
@@ -959,15 +969,21 @@ def _legacy_from_split(sp: _PixelSplit, fpr_limit: float, num_thresholds: int) -
     if not delta > 0:
         raise UndefinedMetricError("all anomaly scores are equal: the legacy thresholds are undefined")
     thresholds = np.arange(min_th, max_th, delta)
-    sizes = sp.region_sizes.astype(np.float64)
-    fprs = np.empty(len(thresholds))
-    pros = np.empty(len(thresholds))
-    for i, th in enumerate(thresholds):
-        t = ops.scalar(th, sp.neg)
-        fprs[i] = ops.count_greater(sp.neg, t) / sp.n_neg
-        hits = sp.pos_region[sp.pos > t]
-        tp = ops.to_numpy(ops.bincount(hits, None, sp.n_regions)).astype(np.float64)
-        pros[i] = float(np.mean(tp / sizes))
+    n_thr = len(thresholds)
+    # np.arange returns float64; each threshold is compared in the maps' dtype, as numpy 1.x did with the
+    # reference's ``amaps <= th``.
+    th = ops.from_numpy(thresholds.astype(dtype))
+    # FPR(t) = #(neg > t) / n_neg; neg is sorted.
+    neg_le = ops.to_numpy(ops.searchsorted(sp.neg, th, right=True)).astype(np.int64)
+    fprs = (sp.n_neg - neg_le) / sp.n_neg
+    # An anomalous pixel p counts at threshold i iff p > t_i, i.e. for i < #(t < p): histogram by region and
+    # that bin, then sum the bins above i.
+    bins = ops.searchsorted(th, sp.pos, right=False, sorted_needles=True)
+    flat = sp.pos_region * (n_thr + 1) + bins
+    hist = ops.to_numpy(ops.bincount(flat, None, sp.n_regions * (n_thr + 1))).reshape(sp.n_regions, n_thr + 1)
+    tp = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:].astype(np.float64)  # [region, threshold]
+    ratio = np.ascontiguousarray((tp / sp.region_sizes.astype(np.float64)[:, None]).T)
+    pros = np.array([np.mean(row) for row in ratio])  # per threshold, as the reference's np.mean
     keep = fprs < fpr_limit
     if int(keep.sum()) < 2:
         raise UndefinedMetricError(f"fewer than 2 of the legacy thresholds have FPR < {fpr_limit}")
@@ -981,7 +997,7 @@ def _legacy_from_split(sp: _PixelSplit, fpr_limit: float, num_thresholds: int) -
 
 
 def legacy_cflow_aupro(
-    maps: MapsLike, masks: MapsLike, fpr_limit: float = 0.3, num_thresholds: int = 200
+    maps: MapsLike, masks: MapsLike, fpr_limit: float = 0.3, num_thresholds: int = CFLOW_THRESHOLDS
 ) -> float:
     """The biased "cflow-style" AUPRO of the AnomalyCLIP/VAND/MuSc code, only for comparison with their numbers.
 
@@ -998,35 +1014,37 @@ def pixel_metrics(
     maps: MapsLike,
     masks: MapsLike,
     fpr_limit: float = 0.3,
-    aupro_method: str = "exact",
-    metrics: Sequence[str] = ("pixel_auroc", "pixel_ap", "aupro"),
+    metrics: Sequence[str] = PIXEL_METRICS,
 ) -> tuple[dict[str, float | None], dict[str, str]]:
-    """Pixel AUROC, pixel AP and AUPRO sharing one split and one sort of the anomaly-free pixels (or, for
-    16-bit scores, one histogram).
+    """Pixel AUROC, pixel AP, the exact AUPRO and the cflow-style AUPRO (``aupro_cflow``) sharing one split
+    and one sort of the anomaly-free pixels (or, for 16-bit scores without ``aupro_cflow``, one histogram).
 
     Returns (values, reasons): an undefined metric has value None and its reason in ``reasons``.
     """
     fpr_limit = _check_fpr_limit(fpr_limit)
-    if aupro_method not in AUPRO_METHODS:
-        raise ValueError(f"aupro_method must be one of {AUPRO_METHODS}; got {aupro_method!r}")
+    unknown = [m for m in metrics if m not in PIXEL_METRICS]
+    if unknown:
+        raise ValueError(f"unknown pixel metrics {unknown}; choose from {PIXEL_METRICS}")
     want_pro = "aupro" in metrics
+    want_cflow = "aupro_cflow" in metrics
     ranking = "pixel_auroc" in metrics or "pixel_ap" in metrics
     map_list, mask_list = _paired_maps(maps, masks)
     source: _PixelSplit | _ValueHistogram
-    if _format16(map_list) and (aupro_method == "exact" or not want_pro):
+    if _format16(map_list) and not want_cflow:
         source = _histogram_pixels(map_list, mask_list)
         exact_aupro, rank_stats = _aupro_from_histogram, _rank_stats_from_histogram
     else:
+        full = ranking or want_cflow
         source = _split_pixels(
             map_list,
             mask_list,
-            regions=want_pro,
-            region_ids=want_pro and aupro_method == "legacy_cflow",
-            aupro_fpr_limit=fpr_limit if want_pro and aupro_method == "exact" and not ranking else None,
+            regions=want_pro or want_cflow,
+            region_ids=want_cflow,
+            aupro_fpr_limit=None if full else fpr_limit,
         )
         exact_aupro, rank_stats = _aupro_from_split, _rank_stats
-        if ranking and source.n_pos > 0 and source.n_neg > 0:
-            _sort_split(source)  # the full sort serves AUROC/AP, and AUPRO then reads its top slice
+        if full and source.n_pos > 0 and source.n_neg > 0:
+            _sort_split(source)  # the full sort serves AUROC/AP and the cflow thresholds; AUPRO reads its top
     values: dict[str, float | None] = {}
     reasons: dict[str, str] = {}
 
@@ -1038,10 +1056,9 @@ def pixel_metrics(
             reasons[name] = str(err)
 
     if want_pro:
-        if aupro_method == "exact":
-            attempt("aupro", lambda: exact_aupro(source, fpr_limit))
-        else:
-            attempt("aupro", lambda: _legacy_from_split(source, fpr_limit, 200))
+        attempt("aupro", lambda: exact_aupro(source, fpr_limit))
+    if want_cflow:
+        attempt("aupro_cflow", lambda: _legacy_from_split(source, fpr_limit, CFLOW_THRESHOLDS))
     if ranking:
         stats: list[_RankStats] = []
 

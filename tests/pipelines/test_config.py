@@ -56,6 +56,8 @@ def test_data_root_variable_places_every_benchmark(tmp_path, monkeypatch):
         ("source=nowhere", "no data config 'nowhere'"),
         ("max_epochs", "not of the form key=value"),
         ("trainer.float32_matmul_precision=fast", "expected one of [highest, high, medium]"),
+        ("eval.aupro_method=legacy_cflow", "Key 'aupro_method' not in 'EvalConfig'"),
+        ("eval.pixel_score_dtype=bfloat16", "expected one of [float32, float16]"),
     ],
 )
 def test_config_errors_are_one_clear_line(override, fragment):

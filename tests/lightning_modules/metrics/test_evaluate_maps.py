@@ -14,7 +14,7 @@ import tifffile
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from lightning_modules.metrics import aupro
+from lightning_modules.metrics import aupro, legacy_cflow_aupro
 from pipelines import evaluate_maps
 from pipelines.errors import ZsadError
 
@@ -72,7 +72,8 @@ def test_metrics_match_direct_computation(tmp_path, capsys):
         == 0
     )
     result = json.loads(out.read_text())
-    assert result["aupro_method"] == "exact" and result["fpr_limit"] == 0.3
+    assert result["fpr_limit"] == 0.3 and result["pixel_score_dtype"] == "float32"
+    assert "aupro" in result["metrics"] and "aupro_cflow" in result["metrics"]
     for cls, t in truth.items():
         got = result["per_category"][cls]
         maps, masks = t["maps"], t["masks"]
@@ -82,6 +83,9 @@ def test_metrics_match_direct_computation(tmp_path, capsys):
         flat_s = np.concatenate([m.ravel() for m in maps])
         assert got["pixel_auroc"] == pytest.approx(roc_auc_score(flat_y, flat_s), abs=1e-12)
         assert got["aupro"] == pytest.approx(aupro(maps, masks), abs=1e-12)
+        assert got["aupro_cflow"] == pytest.approx(
+            legacy_cflow_aupro(np.stack(maps), np.stack(masks)), abs=1e-12
+        )
     assert result["mean"]["aupro"] == pytest.approx(
         (result["per_category"]["disc"]["aupro"] + result["per_category"]["weave"]["aupro"]) / 2
     )
@@ -164,8 +168,6 @@ def test_runs_as_a_module(tmp_path):
             str(tmp_path / "gt"),
             "--maps",
             str(tmp_path / "maps"),
-            "--aupro-method",
-            "legacy_cflow",
         ],
         cwd=REPO,
         capture_output=True,
@@ -174,4 +176,4 @@ def test_runs_as_a_module(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "maps" / "metrics.json").read_text())
-    assert result["aupro_method"] == "legacy_cflow" and result["per_category"]["weave"]["aupro"] is not None
+    assert result["per_category"]["weave"]["aupro_cflow"] is not None

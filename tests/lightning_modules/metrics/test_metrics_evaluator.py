@@ -94,14 +94,17 @@ def expected_metrics(samples, dtype=torch.float32):
                 np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps])
             )
             v["aupro"] = aupro(maps, masks)
+            v["aupro_cflow"] = legacy_cflow_aupro(maps, masks)
         out[name] = v
     return out
 
 
 def test_per_category_values_mean_and_missing():
+    """float32 storage (the default) is exact: the metrics equal sklearn's on the float32 maps."""
     samples = make_samples()
-    ev = AnomalyEvaluator(CATEGORIES, pixel_score_dtype=torch.float32)
+    ev = AnomalyEvaluator(CATEGORIES)
     feed(ev, samples)
+    assert ev.pix_scores[0].dtype == torch.float32
     res = ev.compute()
     expected = expected_metrics(samples)
     for name in CATEGORIES:
@@ -124,6 +127,7 @@ def test_per_category_values_mean_and_missing():
         "pixel_auroc": 3,
         "pixel_ap": 3,
         "aupro": 3,
+        "aupro_cflow": 3,
     }
     for metric in METRIC_NAMES:
         vals = [expected[c][metric] for c in CATEGORIES if expected[c][metric] is not None]
@@ -151,18 +155,19 @@ def test_duplicates_and_order_do_not_change_anything():
 
 def test_float16_storage_is_exact_for_rounded_maps():
     samples = make_samples(2)
-    ev = AnomalyEvaluator(CATEGORIES)  # float16 by default
+    ev = AnomalyEvaluator(CATEGORIES, pixel_score_dtype=torch.float16)
     feed(ev, samples)
     res = ev.compute()
     assert ev.pix_scores[0].dtype == torch.float16 and ev.pix_masks[0].dtype == torch.uint8
+    assert res.pixel_score_dtype == "float16" and res.to_dict()["pixel_score_dtype"] == "float16"
     expected = expected_metrics(samples, dtype=torch.float16)
     for name in ("bottle", "cable", "skin"):
-        for metric in ("pixel_auroc", "pixel_ap", "aupro"):
+        for metric in ("pixel_auroc", "pixel_ap", "aupro", "aupro_cflow"):
             assert res.per_category[name][metric] == pytest.approx(expected[name][metric], abs=1e-12)
 
 
 def test_float16_overflow_and_bad_inputs_are_rejected():
-    ev = AnomalyEvaluator(["a"])
+    ev = AnomalyEvaluator(["a"], pixel_score_dtype=torch.float16)
     one = dict(category_ids=torch.tensor([0]), sample_ids=torch.tensor([0]), image_scores=torch.tensor([1.0]))
     masks = torch.zeros(1, 4, 4, dtype=torch.bool)
     with pytest.raises(ValueError, match="float16"):
@@ -177,8 +182,8 @@ def test_float16_overflow_and_bad_inputs_are_rejected():
         ev.update(
             **one, labels=torch.tensor([1]), anomaly_maps=torch.zeros(1, 4, 4), masks=torch.zeros(1, 4, 5)
         )
-    with pytest.raises(ValueError, match="aupro_method"):
-        AnomalyEvaluator(["a"], aupro_method="cflow")
+    with pytest.raises(ValueError, match="aupro_method was removed"):
+        AnomalyEvaluator(["a"], aupro_method="legacy_cflow")
     with pytest.raises(ValueError, match="fpr_limit"):
         AnomalyEvaluator(["a"], fpr_limit=0)
     ev32 = AnomalyEvaluator(["a"], pixel_score_dtype=torch.float32)
@@ -255,19 +260,16 @@ def test_no_anomalous_pixels_and_no_samples():
     assert res.mean["aupro"] is None and res.mean_counts["aupro"] == 0
 
 
-def test_legacy_method_and_fpr_limit_are_passed_through():
+def test_both_aupros_get_the_fpr_limit():
     samples = [s for s in make_samples(5) if s["cat"] == 0]
-    ev = AnomalyEvaluator(
-        ["bottle"], aupro_method="legacy_cflow", fpr_limit=0.2, pixel_score_dtype=torch.float32
-    )
+    ev = AnomalyEvaluator(["bottle"], fpr_limit=0.2)
     feed(ev, samples)
     res = ev.compute()
     maps = np.stack([s["map"].numpy() for s in samples])
     masks = np.stack([s["mask"].numpy() for s in samples])
-    assert res.per_category["bottle"]["aupro"] == pytest.approx(
-        legacy_cflow_aupro(maps, masks, 0.2), abs=1e-12
-    )
-    assert res.aupro_method == "legacy_cflow" and res.to_dict()["fpr_limit"] == 0.2
+    assert res.per_category["bottle"]["aupro_cflow"] == legacy_cflow_aupro(maps, masks, 0.2)
+    assert res.per_category["bottle"]["aupro"] == pytest.approx(aupro(maps, masks, 0.2), abs=1e-12)
+    assert res.to_dict()["fpr_limit"] == 0.2 and "aupro_cflow" in res.format_table()
 
 
 def test_b1hw_maps_reset_and_repeated_compute():
@@ -316,7 +318,7 @@ def test_merge_results():
 
 def test_sync_gives_empty_states_their_own_dtype():
     """A rank without pixel data must not send float32 empties for uint8/int64/float16 states."""
-    ev = AnomalyEvaluator(["a"])
+    ev = AnomalyEvaluator(["a"], pixel_score_dtype=torch.float16)
     ev.update(torch.tensor([0, 0]), torch.tensor([0, 1]), torch.tensor([0.2, 0.9]), torch.tensor([0, 1]))
     seen = {}
 
@@ -329,3 +331,41 @@ def test_sync_gives_empty_states_their_own_dtype():
     assert ev.pix_sample.dtype == torch.int64 and ev.pix_scores.numel() == 0
     res = ev.compute()
     assert res.duplicates_dropped == 2 and res.per_category["a"]["image_auroc"] == 1.0
+
+
+def test_known_category_sizes_free_each_category_once_complete():
+    """With samples_per_category, a category's pixels are scored and freed as soon as its last sample
+    arrives: a loader in category order holds one category at a time, with the same numbers."""
+    samples = make_samples(7)
+    ref = AnomalyEvaluator(CATEGORIES)
+    feed(ref, samples)
+    expected = ref.compute()
+    sizes = [sum(s["cat"] == ci for s in samples) for ci in range(len(CATEGORIES))]
+    ev = AnomalyEvaluator(CATEGORIES, samples_per_category=sizes)
+    held = []
+    for s in sorted(samples, key=lambda s: s["cat"]):
+        ev.update(
+            torch.tensor([s["cat"]]),
+            torch.tensor([s["sid"]]),
+            torch.tensor([s["score"]]),
+            torch.tensor([s["label"]]),
+            s["map"][None],
+            s["mask"][None],
+            torch.tensor([s["has_mask"]]),
+        )
+        held.append({int(c[0]) for c in ev.pix_category})
+    assert max(len(h) for h in held) == 1 and len(ev.pix_scores) == 0
+    got = ev.compute()
+    assert got.per_category == expected.per_category and got.missing == expected.missing
+    assert got.notes == expected.notes
+    first = samples[0]
+    duplicate = (torch.tensor([0]), torch.tensor([first["sid"]]), torch.tensor([0.5]), torch.tensor([0]))
+    ev.update(*duplicate, first["map"][None], first["mask"][None])  # padding duplicate: ignored
+    assert len(ev.pix_scores) == 0 and ev.compute().per_category == expected.per_category
+    with pytest.raises(ValueError, match="samples_per_category is wrong"):
+        ev.update(torch.tensor([0]), torch.tensor([999]), torch.tensor([0.5]), torch.tensor([0]))
+    ev.reset()
+    feed(ev, [s for s in samples if s["cat"] == 1])
+    assert ev.compute().per_category["cable"] == expected.per_category["cable"]
+    with pytest.raises(ValueError, match="entries"):
+        AnomalyEvaluator(CATEGORIES, samples_per_category=[1])

@@ -410,9 +410,13 @@ def test_legacy_undefined_cases():
         legacy_cflow_aupro(np.ones_like(maps), masks)
     with pytest.raises(UndefinedMetricError, match="no anomalous regions"):
         legacy_cflow_aupro(maps, np.zeros_like(masks))
-    values, reasons = pixel_metrics(np.ones_like(maps), masks, aupro_method="legacy_cflow")
-    assert values["aupro"] is None and "legacy" in reasons["aupro"]
-    assert values["pixel_auroc"] == 0.5
+    values, reasons = pixel_metrics(np.ones_like(maps), masks)
+    assert values["aupro_cflow"] is None and "legacy" in reasons["aupro_cflow"]
+    assert values["aupro"] is not None and values["pixel_auroc"] == 0.5
+    infinite = maps.copy()
+    infinite[1, 0, 0] = np.inf
+    values, reasons = pixel_metrics(infinite, masks)
+    assert values["aupro_cflow"] is None and "infinity" in reasons["aupro_cflow"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -430,9 +434,13 @@ def test_pixel_metrics_match_sklearn_and_aupro():
     assert values["pixel_auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
     assert values["pixel_ap"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
     assert values["aupro"] == pytest.approx(aupro(maps, masks), abs=1e-12)
+    assert values["aupro_cflow"] == pytest.approx(anomalyclip_pro(masks, maps), abs=1e-12)
     values, reasons = pixel_metrics(maps, np.zeros_like(masks))
-    assert values == {"aupro": None, "pixel_auroc": None, "pixel_ap": None}
+    assert values == {"aupro": None, "aupro_cflow": None, "pixel_auroc": None, "pixel_ap": None}
     assert "no anomalous" in reasons["pixel_auroc"] and "no anomalous regions" in reasons["aupro"]
+    assert "no anomalous regions" in reasons["aupro_cflow"]
+    with pytest.raises(ValueError, match="unknown pixel metrics"):
+        pixel_metrics(maps, masks, metrics=("aupro_legacy",))
 
 
 def test_torch_backend_equals_numpy_backend(monkeypatch):
@@ -520,6 +528,10 @@ def test_float32_argsort_by_packed_keys_matches_numpy():
 # --------------------------------------------------------------------------------------------------------
 # Fast paths: 16-bit histograms and the AUPRO prefilter must give the same numbers as the general path
 # --------------------------------------------------------------------------------------------------------
+#: Without aupro_cflow (which needs per-pixel regions), 16-bit scores take the histogram path.
+EXACT_PIXEL = ("pixel_auroc", "pixel_ap", "aupro")
+
+
 def _assert_same_metrics(fast, general, atol=1e-12):
     assert fast[1] == general[1]
     for name, value in general[0].items():
@@ -544,28 +556,34 @@ def test_16bit_scores_use_histograms_with_the_same_results(dtype):
     fast = F._histogram_pixels(list(low), list(masks))
     assert fast.n_neg == int((~masks).sum()) and fast.n_pos == int(masks.sum())
     for limit in (0.01, 0.3, 1.0):
-        _assert_same_metrics(pixel_metrics(low, masks, limit), pixel_metrics(as_float32, masks, limit))
+        _assert_same_metrics(
+            pixel_metrics(low, masks, limit, EXACT_PIXEL),
+            pixel_metrics(as_float32, masks, limit, EXACT_PIXEL),
+        )
         assert aupro(low, masks, limit) == pytest.approx(aupro(as_float32, masks, limit), abs=1e-12)
         x16, y16 = pro_curve(low, masks, limit)
         x32, y32 = pro_curve(as_float32, masks, limit)
         assert torch.allclose(x16, x32, rtol=0, atol=1e-12) and torch.allclose(y16, y32, rtol=0, atol=1e-12)
     if dtype == torch.float16:  # numpy float16 takes the same path
-        _assert_same_metrics(pixel_metrics(low.numpy(), masks.numpy()), pixel_metrics(as_float32, masks))
+        _assert_same_metrics(
+            pixel_metrics(low.numpy(), masks.numpy(), metrics=EXACT_PIXEL),
+            pixel_metrics(as_float32, masks, metrics=EXACT_PIXEL),
+        )
 
 
 def test_16bit_histograms_report_nan_and_undefined_metrics():
     maps = torch.rand(2, 8, 8).half()
     masks = torch.zeros(2, 8, 8, dtype=torch.bool)
     masks[0, 2:4, 2:4] = True
-    values, reasons = pixel_metrics(maps, torch.zeros_like(masks))
+    values, reasons = pixel_metrics(maps, torch.zeros_like(masks), metrics=EXACT_PIXEL)
     assert values == {"aupro": None, "pixel_auroc": None, "pixel_ap": None}
     assert "no anomalous regions" in reasons["aupro"] and "no anomalous pixels" in reasons["pixel_auroc"]
-    values, reasons = pixel_metrics(maps, torch.ones_like(masks))
+    values, reasons = pixel_metrics(maps, torch.ones_like(masks), metrics=EXACT_PIXEL)
     assert values["aupro"] is None and "no anomaly-free pixels" in reasons["aupro"]
     bad = maps.clone()
     bad[1, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN .at anomaly-free"):
-        pixel_metrics(bad, masks)
+        pixel_metrics(bad, masks, metrics=EXACT_PIXEL)
     bad = maps.clone()
     bad[0, 2, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN .at anomalous"):
