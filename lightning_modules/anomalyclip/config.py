@@ -1,4 +1,4 @@
-"""AnomalyCLIP settings; defaults are the authors' (METHODS.md §2)."""
+"""AnomalyCLIP settings; defaults are the authors' (docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ class AnomalyCLIPConfig:
     deep_prompt_blocks: list[int] = dataclasses.field(
         default_factory=lambda: list(range(2, 10))
     )  # ... of text blocks 2..9
-    round_deep_prompts_fp16: bool = True  # the authors' code casts deep tokens to float16 before insertion
+    # The authors' code casts each prompt's copy of the deep tokens to float16 before insertion (values and,
+    # per copy, gradients rounded); False keeps them float32 (docs/methods.md).
+    round_deep_prompts_fp16: bool = True
     dpam_start_block: int = (
         6  # V-V dual path on blocks 6..last (1-indexed); the authors' DPAM_layer=20 on 24 blocks
     )

@@ -150,11 +150,15 @@ class AnomalyCLIP(nn.Module):
 
     def text_embeddings(self) -> torch.Tensor:
         """``[2, D]`` L2-normalised (0 normal, 1 abnormal); differentiable w.r.t. the prompts."""
+        prompts = self.prompts()
         deep = list(self.prompts.deep_tokens)
         if self.cfg.round_deep_prompts_fp16:
-            deep = [d.half().float() for d in deep]
+            # The authors' order (AnomalyCLIP_lib: ``context.expand(n, -1, -1).permute(1, 0, 2).half()``): one
+            # copy per prompt, then rounded. The forward equals rounding first, but the gradient of each copy
+            # is rounded to float16 before the copies' gradients are summed, not after.
+            deep = [d.expand(prompts.shape[0], -1, -1).half().float() for d in deep]
         first = self.cfg.deep_prompt_blocks[0] if self.cfg.deep_prompt_blocks else 2
-        features = self.text(self.prompts(), self.prompts.token_ids, deep, deep_first_block=first)
+        features = self.text(prompts, self.prompts.token_ids, deep, deep_first_block=first)
         return l2_normalize(features.float())
 
     def inference_text_embeddings(self) -> torch.Tensor:

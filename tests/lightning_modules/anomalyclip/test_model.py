@@ -54,6 +54,36 @@ def test_deep_tokens_are_rounded_to_float16_when_faithful(model):
     assert torch.equal(model.text_embeddings(), exact)
 
 
+def _deep_prompt_gradients(model, weights):
+    """Plain torch, the official order: every prompt gets its own float16 copy of each deep token block
+    (leaves here); the gradient of a block is the sum over prompts of each copy's gradient rounded to
+    float16. Returns (official, rounded after summing, the per-copy gradients)."""
+    copies = [
+        d.detach().half().float().expand(2, -1, -1).clone().requires_grad_(True)
+        for d in model.prompts.deep_tokens
+    ]
+    first = model.cfg.deep_prompt_blocks[0]
+    features = model.text(model.prompts().detach(), model.prompts.token_ids, copies, deep_first_block=first)
+    (torch.nn.functional.normalize(features.float(), dim=-1) * weights).sum().backward()
+    official = [c.grad.half().float().sum(0) for c in copies]
+    summed_first = [c.grad.sum(0).half().float() for c in copies]
+    return official, summed_first
+
+
+def test_deep_prompt_gradients_are_rounded_per_prompt_as_the_official_code(model):
+    torch.manual_seed(3)
+    weights = torch.randn(2, model.text_embeddings().shape[-1]) * 1e3  # gradients well inside float16
+    official, summed_first = _deep_prompt_gradients(model, weights)
+    (model.text_embeddings() * weights).sum().backward()
+    got = [d.grad for d in model.prompts.deep_tokens]
+    differs = 0
+    for g, want, old in zip(got, official, summed_first, strict=True):
+        ulp = torch.finfo(torch.float16).eps * want.abs().clamp_min(torch.finfo(torch.float16).tiny)
+        assert ((g - want).abs() <= ulp).all()
+        differs += int(((old - want).abs() > 0).sum())
+    assert differs > 0  # rounding after summing the two prompts' gradients is another result
+
+
 def test_loss_is_ce_plus_lambda_times_focal_and_two_dice(model):
     torch.manual_seed(1)
     images = torch.randn(3, 3, 32, 32)
