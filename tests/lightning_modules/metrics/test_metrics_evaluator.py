@@ -73,6 +73,19 @@ def feed(ev: AnomalyEvaluator, samples, batch_size: int = 3) -> None:
             )
 
 
+def update_one(ev: AnomalyEvaluator, s: dict, with_masks: bool = True) -> None:
+    """One sample: its map, and its mask unless with_masks is False."""
+    masks = (s["mask"][None], torch.tensor([s["has_mask"]])) if with_masks else ()
+    ev.update(
+        torch.tensor([s["cat"]]),
+        torch.tensor([s["sid"]]),
+        torch.tensor([s["score"]]),
+        torch.tensor([s["label"]]),
+        s["map"][None],
+        *masks,
+    )
+
+
 def expected_metrics(samples, dtype=torch.float32):
     out = {}
     for ci, name in enumerate(CATEGORIES):
@@ -194,13 +207,7 @@ def test_maps_without_masks_and_disabled_pixel_metrics():
     samples = make_samples(3)
     ev = AnomalyEvaluator(CATEGORIES)
     for s in samples:  # maps but never masks
-        ev.update(
-            torch.tensor([s["cat"]]),
-            torch.tensor([s["sid"]]),
-            torch.tensor([s["score"]]),
-            torch.tensor([s["label"]]),
-            s["map"][None],
-        )
+        update_one(ev, s, with_masks=False)
     res = ev.compute()
     assert res.per_category["bottle"]["aupro"] is None
     assert "no pixel ground truth" in res.missing["bottle"]["aupro"]
@@ -344,15 +351,7 @@ def test_known_category_sizes_free_each_category_once_complete():
     ev = AnomalyEvaluator(CATEGORIES, samples_per_category=sizes)
     held = []
     for s in sorted(samples, key=lambda s: s["cat"]):
-        ev.update(
-            torch.tensor([s["cat"]]),
-            torch.tensor([s["sid"]]),
-            torch.tensor([s["score"]]),
-            torch.tensor([s["label"]]),
-            s["map"][None],
-            s["mask"][None],
-            torch.tensor([s["has_mask"]]),
-        )
+        update_one(ev, s)
         held.append({int(c[0]) for c in ev.pix_category})
     assert max(len(h) for h in held) == 1 and len(ev.pix_scores) == 0
     got = ev.compute()
