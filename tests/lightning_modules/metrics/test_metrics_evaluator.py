@@ -357,6 +357,14 @@ def test_known_category_sizes_free_each_category_once_complete():
     got = ev.compute()
     assert got.per_category == expected.per_category and got.missing == expected.missing
     assert got.notes == expected.notes
+    for name, curves in ref.curves().items():  # the curves were kept when the pixels were freed
+        early = ev.curves()[name]
+        assert early.reasons == curves.reasons
+        for a, b in (
+            (early.pro, curves.pro),
+            (early.pixel and early.pixel.f1, curves.pixel and curves.pixel.f1),
+        ):
+            assert (a is None and b is None) or np.array_equal(a, b), name
     first = samples[0]
     duplicate = (torch.tensor([0]), torch.tensor([first["sid"]]), torch.tensor([0.5]), torch.tensor([0]))
     ev.update(*duplicate, first["map"][None], first["mask"][None])  # padding duplicate: ignored
