@@ -4,13 +4,16 @@ Layout: ``{COVID,Normal,Lung_Opacity,Viral Pneumonia}/images/*.png``; the ``mask
 ``images/`` are lung masks, not lesions, and are ignored. Older releases put the images directly in
 the class folder and spell it ``NORMAL``; folders are matched case-insensitively.
 
-Which folders are normal and which anomalous is a choice: by default Normal vs COVID (10192 / 3616).
-Choose others with the parser options ``normal`` and ``anomalous`` (comma-separated folder names),
-e.g. in a data config ``options: {anomalous: "COVID,Viral Pneumonia"}`` (or the override
-``targets.0.options.anomalous=COVID,Lung_Opacity`` / ``source.options...``), on the command line
-``zsad data check covid --root ... --option anomalous=COVID,Lung_Opacity``, or in Python
-``build_index("covid", root, anomalous="COVID,Lung_Opacity")``. A non-default choice is recorded in
-``DatasetIndex.version`` and has no expected counts. No masks: no pixel-level metrics.
+Which folders are normal and which anomalous is a choice. The default is AnomalyCLIP's generator
+(``generate_dataset_json/covid.py``): every top-level class folder except ``NORMAL`` is anomalous, i.e.
+COVID, Lung_Opacity and Viral Pneumonia against Normal (10192 / 10973 in the current release); version
+``anomalyclip``. Choose others with the parser options ``normal`` and ``anomalous`` (comma-separated
+folder names; ``anomalous=all`` is the default), e.g. Kaggle's Normal vs COVID (10192 / 3616, version
+``normal=Normal;anomalous=COVID``) with ``options: {anomalous: COVID}`` in a data config (or the override
+``targets.0.options.anomalous=COVID`` / ``source.options...``), on the command line ``zsad data check
+covid --root ... --option anomalous=COVID``, or in Python ``build_index("covid", root, anomalous="COVID")``.
+Any other choice is recorded in ``DatasetIndex.version`` and has no expected counts. No masks: no
+pixel-level metrics. See docs/datasets.md.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from pipelines.errors import DatasetLayoutError
 COVID_CATEGORY = "covid"
 COVID_PROMPT = "chest"
 DEFAULT_NORMAL = ("Normal",)
-DEFAULT_ANOMALOUS = ("COVID",)
+ALL_OTHERS = "all"  # every class folder that is not normal (AnomalyCLIP's generator)
+ANOMALYCLIP_VERSION = "anomalyclip"
+NORMAL_VS_COVID = "normal=Normal;anomalous=COVID"
 
 
 def _names(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -41,9 +46,13 @@ def _image_folder(class_dir: Path) -> Path:
 def parse_covid(
     root: Path,
     normal: str | Sequence[str] = DEFAULT_NORMAL,
-    anomalous: str | Sequence[str] = DEFAULT_ANOMALOUS,
+    anomalous: str | Sequence[str] = ALL_OTHERS,
 ) -> DatasetIndex:
     normal_names, anomalous_names = _names(normal), _names(anomalous)
+    every_other = [n.casefold() for n in anomalous_names] == [ALL_OTHERS]
+    if every_other:
+        normal_dirs = {d for d in (child_dir(root, n) for n in normal_names) if d is not None}
+        anomalous_names = tuple(p.name for p in subdirs(root) if p not in normal_dirs)
     if not normal_names or not anomalous_names:
         raise DatasetLayoutError("covid: options 'normal' and 'anomalous' each need at least one folder name")
     overlap = {n.casefold() for n in normal_names} & {n.casefold() for n in anomalous_names}
@@ -73,8 +82,12 @@ def parse_covid(
                 f"ignored folder {p}: not selected as normal ({', '.join(normal_names)}) "
                 f"or anomalous ({', '.join(anomalous_names)})"
             )
-    default = [n.casefold() for n in found[0]] == ["normal"] and [n.casefold() for n in found[1]] == ["covid"]
-    version = "official" if default else f"normal={'+'.join(found[0])};anomalous={'+'.join(found[1])}"
+    anomalyclip = every_other and [n.casefold() for n in found[0]] == ["normal"]
+    version = (
+        ANOMALYCLIP_VERSION if anomalyclip else f"normal={'+'.join(found[0])};anomalous={'+'.join(found[1])}"
+    )
+    if version.casefold() == NORMAL_VS_COVID.casefold():
+        version = NORMAL_VS_COVID
     index = DatasetIndex(dataset="covid", root=root, records=records, has_masks=False, version=version)
     return findings.finish(index)
 
@@ -87,7 +100,14 @@ register_dataset(
         has_masks=False,
         has_normals=True,
         domain="medical",
-        expected_test_counts={COVID_CATEGORY: (10192, 3616)},
-        description="COVID-19 Radiography Database (Kaggle), chest X-rays; Normal vs COVID by default; no masks",
+        # the current Kaggle release (Normal 10192, COVID 3616, Lung_Opacity 6012, Viral Pneumonia 1345)
+        expected_test_counts={COVID_CATEGORY: (10192, 10973)},
+        version_test_counts={
+            ANOMALYCLIP_VERSION: {COVID_CATEGORY: (10192, 10973)},
+            NORMAL_VS_COVID: {COVID_CATEGORY: (10192, 3616)},
+        },
+        counts_verified=False,  # AnomalyCLIP read an older release (NORMAL, images in the class folders)
+        description="COVID-19 Radiography Database (Kaggle), chest X-rays; Normal vs every other class "
+        "(AnomalyCLIP's generator) by default; no masks",
     )
 )

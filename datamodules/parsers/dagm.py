@@ -3,8 +3,21 @@
 Raw layout: ``Class{1..10}/{Train,Test}/*.PNG`` with weak labels (coarse ellipses)
 ``Class{N}/{Train,Test}/Label/{stem}_label.PNG`` (plus ``Labels.txt``). Split folders are capitalised
 and the extension is upper case, which breaks naive scanners; here folders are matched
-case-insensitively. An image is anomalous iff its label file exists. ``Test`` is the split the
-zero-shot papers evaluate on; ``Train`` is indexed as ``train``. Version ``official``.
+case-insensitively. An image is anomalous iff its label file exists.
+
+Which images are the test set is a choice (parser option ``version``, recorded in the results):
+
+``official`` (default)
+    DAGM's own ``Test`` folders; ``Train`` is indexed as ``train``. AnomalyCLIP's generator
+    (``generate_dataset_json/DAGM.py``) indexes exactly this rule for both folders, but writes them under
+    the keys ``Train``/``Test`` while its test script reads ``test``, so which of them the published
+    table used cannot be recovered from its code: this default is a *reconstruction* (its ``Test``).
+``adaclip-balanced``
+    AdaCLIP's conversion (``data_preprocess/dagm-pre.py``): per class and per folder (``Train`` and
+    ``Test``), every labelled image and as many normal images go to the test set, the other normals to
+    ``train``, pooled over both folders. AdaCLIP takes the normals in ``os.listdir`` order (filesystem
+    dependent) and writes both folders into one, so equal names overwrite each other; here the normals are
+    taken in sorted name order and nothing is overwritten: also a *reconstruction*.
 
 A copy already converted to MVTec AD layout (``Class{N}/test/{good,<defect>}``) is indexed with the
 MVTec parser and recorded as version ``mvtec-like``.
@@ -32,7 +45,12 @@ DAGM_PROMPT = "texture"
 # [verify] DAGM's description: classes 1-6 have 1000 + 150 images, 7-10 have 2000 + 300, split in
 # halves into Train/Test; the papers report about 6996 / 1054 test images in total.
 DAGM_TEST_COUNTS = {c: (500, 75) if i <= 6 else (1000, 150) for i, c in enumerate(DAGM_CATEGORIES, start=1)}
+# [verify] AdaCLIP's balanced set from the same description: all 150 / 300 defects and as many normals
+ADACLIP_TEST_COUNTS = {
+    c: (150, 150) if i <= 6 else (300, 300) for i, c in enumerate(DAGM_CATEGORIES, start=1)
+}
 _CLASS = re.compile(r"class(\d+)", re.IGNORECASE)
+VERSIONS = ("official", "adaclip-balanced")
 
 
 def _class_number(path: Path) -> int:
@@ -45,7 +63,9 @@ def _is_converted(class_dir: Path) -> bool:
     return test is not None and (test / "good").is_dir()
 
 
-def parse_dagm(root: Path) -> DatasetIndex:
+def parse_dagm(root: Path, version: str = "official") -> DatasetIndex:
+    if version not in VERSIONS:
+        raise DatasetLayoutError(f"dagm: option version must be one of {VERSIONS}, got {version!r}")
     class_dirs = sorted((p for p in subdirs(root) if _CLASS.fullmatch(p.name)), key=_class_number)
     if not class_dirs:
         raise DatasetLayoutError(
@@ -68,11 +88,17 @@ def parse_dagm(root: Path) -> DatasetIndex:
             warn_unexpected(findings, split_dir, ("Label",))
             label_dir = child_dir(split_dir, "Label")
             pairs = pair_by_stem(split_dir, label_dir, findings, mask_suffix="_label", require_masks=False)
-            normal = [(image, None) for image, mask in pairs if mask is None]
+            normal = sorted((image, None) for image, mask in pairs if mask is None)
             anomalous = [(image, mask) for image, mask in pairs if mask is not None]
+            if version == "adaclip-balanced":  # as many normals as defects to the test set, from each folder
+                test_normal, train_normal = normal[: len(anomalous)], normal[len(anomalous) :]
+                records += make_records(test_normal, class_dir.name, DAGM_PROMPT, 0, "", "test")
+                records += make_records(train_normal, class_dir.name, DAGM_PROMPT, 0, "", "train")
+                records += make_records(anomalous, class_dir.name, DAGM_PROMPT, 1, "defect", "test")
+                continue
             records += make_records(normal, class_dir.name, DAGM_PROMPT, 0, "", split)
             records += make_records(anomalous, class_dir.name, DAGM_PROMPT, 1, "defect", split)
-    index = DatasetIndex(dataset="dagm", root=root, records=records, has_masks=True)
+    index = DatasetIndex(dataset="dagm", root=root, records=records, has_masks=True, version=version)
     return findings.finish(index)
 
 
@@ -85,7 +111,7 @@ register_dataset(
         has_normals=True,
         domain="industrial",
         expected_test_counts=DAGM_TEST_COUNTS,
-        version_test_counts={"official": DAGM_TEST_COUNTS},
+        version_test_counts={"official": DAGM_TEST_COUNTS, "adaclip-balanced": ADACLIP_TEST_COUNTS},
         counts_verified=False,
         description="DAGM 2007 (Kaggle upload), 10 synthetic textures; Train/Test + Label/*_label.PNG, weak masks",
     )

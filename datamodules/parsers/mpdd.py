@@ -18,7 +18,7 @@ MPDD_TEST_COUNTS = {
 
 
 def parse_mpdd(root: Path) -> DatasetIndex:
-    # Prompt name = class name as on disk (DATASETS.md); only MVTec's replace "_" by a space.
+    # Prompt name = class name as on disk (docs/datasets.md); only MVTec's replace "_" by a space.
     return parse_mvtec_like(
         root, "mpdd", MPDD_CATEGORIES, prompt_name=lambda c: c, mask_suffixes=("_mask", "")
     )

@@ -10,10 +10,12 @@ Two versions are indexed; ``DatasetIndex.version`` records which:
     of the label is non-empty; all anomalous thirds go to the test split and a quarter of the normal
     thirds (``ceil(0.25 n)``, chosen as ``sklearn.train_test_split(test_size=0.25, random_state=42)``
     does, i.e. ``RandomState(42).permutation``) join them; the rest is ``train``. This gives the
-    commonly reported 286 normal / 54 anomalous test images. DRA's script took the crops in
-    ``os.listdir`` order, which is filesystem-dependent; here they are taken in sorted order
-    (folder, file, third), so which normal thirds are in the test split may differ from a given
-    DRA copy while the counts are the same.
+    commonly reported 286 normal / 54 anomalous test images. DRA's script (AdaCLIP's
+    ``data_preprocess/sdd-pre.py``) took the crops in ``os.listdir`` order, which is filesystem-dependent,
+    so the published split's choice of normal thirds cannot be recovered from the raw archive: here they
+    are taken in sorted order (folder, file, third), a *reconstruction* with the same counts whose 286
+    test normals may differ from the published copy's (``zsad data check`` says so). For the published
+    split, point the root at the published conversion (``mvtec-like`` below).
 
     The index holds file paths, so the crops are written once (lossless PNG, the image's own mode)
     in MVTec AD layout -- ``SDD/{train/good,test/good,test/defect,ground_truth/defect}`` with names
@@ -61,6 +63,11 @@ TEST_FRACTION = 0.25
 SPLIT_SEED = 42
 THIRDS_TEST_COUNTS = {SDD_CATEGORY: (286, 54)}
 ANOMALYCLIP_TEST_COUNTS = {SDD_CATEGORY: (181, 74)}
+RECONSTRUCTION_NOTE = (
+    "sdd raw-thirds: a reconstruction of DRA's split (normal thirds in sorted order; the published copy took "
+    "them in os.listdir order): same counts, possibly other test normals; for the published split point the "
+    "root at its SDD_anomaly_detection copy (docs/datasets.md, SDD)"
+)
 _KOS = re.compile(r"kos\d+", re.IGNORECASE)
 
 
@@ -222,6 +229,7 @@ def _parse_raw(root: Path, kos_dirs: list[Path]) -> DatasetIndex:
     converted = materialise_thirds(root, sources, findings)
     index = parse_mvtec_like(converted, "sdd", [CONVERTED_CATEGORY], prompt_name=lambda c: SDD_PROMPT)
     index = _as_sdd(index, root, "raw-thirds")
+    index.warnings.append(RECONSTRUCTION_NOTE)
     index.warnings.extend(findings.warnings)
     index.problems.extend(findings.problems)
     return index

@@ -10,14 +10,24 @@ from datamodules.index import build_index, get_dataset_spec
 from pipelines.errors import DatasetLayoutError, ZsadError
 
 
-def test_default_normal_vs_covid(fake_covid: Path, batch_of) -> None:
+def test_default_is_anomalyclip_every_class_but_normal_anomalous(fake_covid: Path, batch_of) -> None:
     index = build_index("covid", fake_covid)
-    assert index.version == "official" and not index.has_masks
-    assert index.select(split="test").counts() == {"covid": {"normal": 3, "anomalous": 2}}
+    assert index.version == "anomalyclip" and not index.has_masks
+    assert index.select(split="test").counts() == {"covid": {"normal": 3, "anomalous": 4}}
+    assert {r.defect_type for r in index.records if r.label} == {"COVID", "Lung_Opacity", "Viral Pneumonia"}
     assert all(r.image_path.parent.name == "images" and r.mask_path is None for r in index.records)
-    assert sum("ignored folder" in w for w in index.warnings) == 2  # Lung_Opacity, Viral Pneumonia
+    assert not index.warnings  # the metadata .xlsx files are not folders
+    assert get_dataset_spec("covid").expected_counts(index.version) == {"covid": (10192, 10973)}
     batch = batch_of("covid", fake_covid)
     assert batch["mask"].sum() == 0
+
+
+def test_kaggle_normal_vs_covid_is_an_option(fake_covid: Path) -> None:
+    index = build_index("covid", fake_covid, anomalous="covid")
+    assert index.version == "normal=Normal;anomalous=COVID"
+    assert index.select(split="test").counts() == {"covid": {"normal": 3, "anomalous": 2}}
+    assert sum("ignored folder" in w for w in index.warnings) == 2  # Lung_Opacity, Viral Pneumonia
+    assert get_dataset_spec("covid").expected_counts(index.version) == {"covid": (10192, 3616)}
 
 
 def test_folder_choice_option(fake_covid: Path, batch_of) -> None:
@@ -33,15 +43,17 @@ def test_old_layout_upper_case(fake_covid: Path) -> None:
     for p in (fake_covid / "NORMAL" / "images").iterdir():
         p.rename(fake_covid / "NORMAL" / p.name)
     (fake_covid / "NORMAL" / "images").rmdir()
+    (fake_covid / "Lung_Opacity").rename(fake_covid / "COVID-19")  # as in the release AnomalyCLIP read
     index = build_index("covid", fake_covid)
-    assert index.select(split="test").counts()["covid"]["normal"] == 3
+    assert index.select(split="test").counts()["covid"] == {"normal": 3, "anomalous": 4}
+    assert index.version == "anomalyclip"
 
 
 def test_bad_options(fake_covid: Path) -> None:
     with pytest.raises(DatasetLayoutError, match="no folder 'Pneumonia'"):
         build_index("covid", fake_covid, anomalous="Pneumonia")
     with pytest.raises(DatasetLayoutError, match="both normal and anomalous"):
-        build_index("covid", fake_covid, normal="Normal,COVID")
+        build_index("covid", fake_covid, normal="Normal,COVID", anomalous="covid")
     with pytest.raises(ZsadError, match="no option"):
         build_index("covid", fake_covid, abnormal="COVID")
     with pytest.raises(ZsadError, match="takes no options"):

@@ -10,6 +10,7 @@ import pytest
 from datamodules.index import build_index
 from datamodules.parsers.common import DatasetLayoutProblems
 from datamodules.parsers.dagm import DAGM_TEST_COUNTS
+from pipelines.errors import DatasetLayoutError
 
 
 def test_index(fake_dagm: Path) -> None:
@@ -26,6 +27,24 @@ def test_index(fake_dagm: Path) -> None:
             assert r.mask_path is None
     assert set(index.prompt_names().values()) == {"texture"}
     assert index.warnings == [] and index.problems == []  # Label/ and Labels.txt are expected
+
+
+def test_adaclip_balanced_pools_defects_and_as_many_normals_of_both_folders(fake_dagm: Path) -> None:
+    index = build_index("dagm", fake_dagm, version="adaclip-balanced")
+    assert index.version == "adaclip-balanced"
+    test = index.select(split="test")
+    # per folder 2 defects (0002, 0004) and the first 2 normals by name (0001, 0003); train keeps none
+    assert all(c == {"normal": 4, "anomalous": 4} for c in test.counts().values())
+    assert not index.select(split="train").records
+    normals = sorted(r.image_path.relative_to(fake_dagm).as_posix() for r in test.records if not r.label)
+    assert normals[:4] == [
+        "Class1/Test/0001.PNG",
+        "Class1/Test/0003.PNG",
+        "Class1/Train/0001.PNG",
+        "Class1/Train/0003.PNG",
+    ]
+    with pytest.raises(DatasetLayoutError, match="version must be one of"):
+        build_index("dagm", fake_dagm, version="balanced")
 
 
 def test_batch_loads(fake_dagm: Path, batch_of) -> None:
