@@ -4,7 +4,7 @@ Layout: ``split_csv/1cls.csv`` with columns ``object, split, label, image, mask`
 ``normal`` or ``anomaly`` and paths are relative to the root, e.g.
 ``candle/Data/Images/Anomaly/000.JPG`` and ``candle/Data/Masks/Anomaly/000.png``. The CSV, not a folder
 scan, defines the split: the zero-shot papers evaluate on its test rows. Mask values are class indices
-(1, 2, ...), so any non-zero pixel is anomalous (``load_mask`` binarises with ``> 0``).
+(1, 2, ...), so any non-zero pixel is anomalous (``load_mask``: ``convert("L") > 0``, as the official code).
 """
 
 from __future__ import annotations
