@@ -2,8 +2,9 @@
 
 Like the MVTec AD evaluation script, but with this project's exact metric suite: maps are one file per
 test image (``.npy`` or ``.tiff``) at the image's path below the dataset root without its suffix, e.g.
-``MAPS/{cls}/test/{defect}/{stem}.npy`` (what ``eval.save_maps`` writes). ``--dataset mvtec`` (default)
-reads any folder in MVTec AD's layout on its own; any other registered dataset is read by its parser.
+``MAPS/{cls}/test/{defect}/{stem}.npy`` (what ``eval.save_maps`` writes). ``--dataset mvtec_layout``
+(default) reads any folder in MVTec AD's layout on its own, ``mvtec`` the same for MVTec AD itself (its
+classes, as ``zsad data check mvtec``); any other registered dataset is read by its parser.
 The image score of each image is the maximum of its map (as in the MVTec AD script), or the method's own
 score from ``--image-scores`` (the ``image_scores.csv`` that ``eval.save_maps`` writes beside the maps).
 Maps written by ``eval.save_maps`` come with ``dataset.json``, from which the dataset, root, parser options
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from datamodules.parsers.mvtec import LAYOUT_DATASET, MVTEC_CATEGORIES
 from pipelines.errors import DatasetLayoutError, ZsadError
 from pipelines.map_writer import DATASET_FILE, map_name, read_dataset_record, read_image_scores
 
@@ -54,13 +56,19 @@ class TestImage:
 # --------------------------------------------------------------------------------------------------------
 # Ground truth (MVTec AD layout), kept self-contained on purpose
 # --------------------------------------------------------------------------------------------------------
-def mvtec_categories(root: Path) -> list[str]:
+def mvtec_categories(root: Path, dataset: str = LAYOUT_DATASET) -> list[str]:
+    """The ``{class}/test`` folders; ``mvtec`` (MVTec AD) also needs MVTec AD's classes, as its parser."""
     if not root.is_dir():
         raise DatasetLayoutError(f"--gt-root {root} is not a directory")
     cats = sorted(p.name for p in root.iterdir() if (p / "test").is_dir())
     if not cats:
         raise DatasetLayoutError(
             f"--gt-root {root} does not look like an MVTec AD root: no {{class}}/test folders in it"
+        )
+    if dataset == "mvtec" and not set(cats) & set(MVTEC_CATEGORIES):
+        raise DatasetLayoutError(
+            f"--gt-root {root} has none of MVTec AD's classes (found: {', '.join(cats[:5])}): "
+            f"read other data in this layout with --dataset {LAYOUT_DATASET}"
         )
     return cats
 
@@ -186,8 +194,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         metavar="NAME",
-        help="ground-truth layout: mvtec (any folder in MVTec AD's layout, classes discovered; the default without "
-        "a dataset.json) or any dataset of `zsad data list`, read by its own parser",
+        help=f"ground-truth layout: {LAYOUT_DATASET} (any folder in MVTec AD's layout, classes discovered; the "
+        "default without a dataset.json), mvtec (MVTec AD itself), or any dataset of `zsad data list`, read "
+        "by its own parser",
     )
     parser.add_argument(
         "--option",
@@ -244,7 +253,7 @@ def ground_truth(args: argparse.Namespace, maps_root: Path) -> GroundTruth:
                 "naming the dataset root"
             )
         return GroundTruth(
-            args.dataset or "mvtec", Path(args.gt_root), options or {}, args.split or "test", []
+            args.dataset or LAYOUT_DATASET, Path(args.gt_root), options or {}, args.split or "test", []
         )
     notes = [
         f"{flag} {given} differs from the {recorded} the maps were written for ({maps_root / DATASET_FILE})"
@@ -280,8 +289,8 @@ def run(args: argparse.Namespace) -> int:
         raise ZsadError(f"--fpr-limit must be in (0, 1]; got {args.fpr_limit}")
     truth = ground_truth(args, maps_root)
     gt_root = truth.root
-    if truth.dataset == "mvtec":
-        by_category = {c: [] for c in mvtec_categories(gt_root)}  # read one class at a time below
+    if truth.dataset in ("mvtec", LAYOUT_DATASET):
+        by_category = {c: [] for c in mvtec_categories(gt_root, truth.dataset)}  # one class at a time below
         has_masks = True
     else:
         by_category, has_masks = indexed_test_images(truth.dataset, gt_root, truth.options, truth.split)

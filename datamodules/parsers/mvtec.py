@@ -20,7 +20,9 @@ from datamodules.index import (
 from datamodules.parsers.common import IMAGE_EXTENSIONS, Findings, subdirs
 from pipelines.errors import DatasetLayoutError
 
-__all__ = ["IMAGE_EXTENSIONS", "MVTEC_CATEGORIES", "MVTEC_TEST_COUNTS", "parse_mvtec", "parse_mvtec_like"]
+__all__ = [
+    "IMAGE_EXTENSIONS", "LAYOUT_DATASET", "MVTEC_CATEGORIES", "MVTEC_TEST_COUNTS", "parse_mvtec", "parse_mvtec_like",
+]  # fmt: skip
 
 MVTEC_CATEGORIES = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
@@ -34,6 +36,7 @@ MVTEC_TEST_COUNTS = {
 }  # fmt: skip
 
 CATEGORY_FOLDERS = ("train", "test", "ground_truth")
+LAYOUT_DATASET = "mvtec_layout"  # any data in MVTec AD's layout, categories discovered
 
 
 def _find_mask(mask_dir: Path, stem: str, suffixes: Sequence[str]) -> Path | None:
@@ -129,8 +132,25 @@ def parse_mvtec_like(
     return findings.finish(index)
 
 
+def _prompt_name(category: str) -> str:
+    return category.replace("_", " ")
+
+
 def parse_mvtec(root: Path) -> DatasetIndex:
-    return parse_mvtec_like(root, "mvtec", MVTEC_CATEGORIES, prompt_name=lambda c: c.replace("_", " "))
+    if root.is_dir() and not any((root / c).is_dir() for c in MVTEC_CATEGORIES):
+        found = [p.name for p in subdirs(root) if (p / "test").is_dir()]
+        if found:  # another dataset in this layout: named as such, never taken for MVTec AD
+            raise DatasetLayoutError(
+                f"{root} is in MVTec AD's layout but has none of MVTec AD's categories (found: "
+                f"{', '.join(found[:5])}{', ...' if len(found) > 5 else ''}); for other data in this layout "
+                f"use dataset {LAYOUT_DATASET} (zsad data check {LAYOUT_DATASET} --root ...; "
+                f"targets=[{LAYOUT_DATASET}] targets.0.root=...; evaluate-maps --dataset {LAYOUT_DATASET})"
+            )
+    return parse_mvtec_like(root, "mvtec", MVTEC_CATEGORIES, prompt_name=_prompt_name)
+
+
+def parse_mvtec_layout(root: Path) -> DatasetIndex:
+    return parse_mvtec_like(root, LAYOUT_DATASET, None, prompt_name=_prompt_name, version="custom")
 
 
 register_dataset(
@@ -143,5 +163,18 @@ register_dataset(
         domain="industrial",
         expected_test_counts=MVTEC_TEST_COUNTS,
         description="MVTec AD (Bergmann et al., CVPR 2019), 15 industrial object and texture categories",
+    )
+)
+
+register_dataset(
+    DatasetSpec(
+        name=LAYOUT_DATASET,
+        parse=parse_mvtec_layout,
+        categories=(),
+        has_masks=True,
+        has_normals=True,
+        domain="industrial",
+        description="your own data in MVTec AD's layout ({cls}/test/{good,defect}/, "
+        "{cls}/ground_truth/{defect}/{stem}_mask.png); categories found under the root, no expected counts",
     )
 )

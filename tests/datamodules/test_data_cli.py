@@ -95,6 +95,26 @@ def test_check_decodes_small_datasets_by_default(
     )
 
 
+def test_other_data_in_mvtec_layout_is_mvtec_layout_everywhere(
+    fake_mvtec: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`mvtec` means MVTec AD in data check, runs and evaluate-maps; other categories are `mvtec_layout`."""
+    from pipelines import evaluate_maps
+
+    for category in ("bottle", "metal_nut"):
+        (fake_mvtec / category).rename(fake_mvtec / f"my_{category}")
+    assert _run_check("mvtec", "--root", str(fake_mvtec)) == 1
+    assert "none of MVTec AD's categories" in capsys.readouterr().out
+    assert _run_check("mvtec_layout", "--root", str(fake_mvtec)) == 0
+    out = capsys.readouterr().out
+    assert "my_bottle" in out and "OK: 15 images checked" in out
+    maps = fake_mvtec.parent / "no_maps"
+    maps.mkdir()
+    assert evaluate_maps.main(["--maps", str(maps), "--gt-root", str(fake_mvtec), "--dataset", "mvtec"]) == 2
+    err = capsys.readouterr().err
+    assert "none of MVTec AD's classes" in err and "--dataset mvtec_layout" in err
+
+
 def test_check_reports_every_problem(
     fake_mvtec: Path,
     mvtec_counts_of_the_fake: None,

@@ -201,12 +201,12 @@ def test_saved_outputs_mirror_the_dataset_and_evaluate_maps_reproduces_the_run(t
         ):
             assert again[category][key] == pytest.approx(metrics[key], abs=1e-12), (category, key)
     # without --image-scores the image score is the map's maximum: pixel metrics unchanged; an explicit
-    # --dataset other than the recorded one is used (MVTec AD's generic reader here) and reported
-    other = ["--dataset", "mvtec", "--gt-root", str(target)]
+    # --dataset other than the recorded one is used (the generic MVTec-layout reader here) and reported
+    other = ["--dataset", "mvtec_layout", "--gt-root", str(target)]
     assert main(["evaluate-maps", *maps, *other, "--output", str(tmp_path / "max.json")]) == 0
     by_max = json.loads((tmp_path / "max.json").read_text())
     assert by_max["image_score"] == "maximum of the anomaly map"
-    assert any(n.startswith("--dataset mvtec differs from the synthetic") for n in by_max["notes"])
+    assert any(n.startswith("--dataset mvtec_layout differs from the synthetic") for n in by_max["notes"])
     for category, metrics in run.items():
         assert by_max["per_category"][category]["aupro"] == pytest.approx(metrics["aupro"], abs=1e-12)
 

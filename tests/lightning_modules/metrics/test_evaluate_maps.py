@@ -146,7 +146,7 @@ def test_errors_are_one_line_and_nonzero(tmp_path, capsys):
 
 def test_a_dataset_record_whose_root_is_not_here_asks_for_gt_root(tmp_path, capsys):
     write_mvtec(tmp_path / "gt", tmp_path / "maps")
-    record = {"dataset": "mvtec", "root": str(tmp_path / "elsewhere"), "options": {}, "split": "test"}
+    record = {"dataset": "mvtec_layout", "root": str(tmp_path / "elsewhere"), "options": {}, "split": "test"}
     (tmp_path / "maps" / "dataset.json").write_text(json.dumps(record))
     assert evaluate_maps.main(["--maps", str(tmp_path / "maps")]) == 2
     assert "is not a directory here: pass --gt-root" in capsys.readouterr().err
