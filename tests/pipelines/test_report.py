@@ -3,13 +3,16 @@ warnings for mixed cells, --group-by, the published reference column and the fil
 
 from __future__ import annotations
 
+import copy
 import csv
+import functools
 import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from pipelines.cli import main
 from pipelines.config import compose, to_yaml
@@ -23,6 +26,12 @@ PNG_1x1 = bytes.fromhex(
 )
 
 
+@functools.cache
+def demo_config() -> dict:
+    """The demo experiment's resolved config as a run writes it to config.yaml (composed once)."""
+    return yaml.safe_load(to_yaml(compose("demo")))
+
+
 def make_run(
     base: Path,
     folder: str,
@@ -33,17 +42,24 @@ def make_run(
     aupro_cflow: float | None = None,
     with_config: bool = True,
 ) -> Path:
-    """A finished run folder: the resolved config.yaml of the demo experiment and a results.json."""
+    """A finished run folder: the demo experiment's resolved config.yaml with ``overrides`` (dotted
+    key=value, values as YAML) and a results.json."""
     run_dir = base / folder
     run_dir.mkdir(parents=True)
-    cfg = compose("demo", [f"run_dir={run_dir}", *overrides])
+    cfg = copy.deepcopy(demo_config())
+    for key, value in (o.split("=", 1) for o in [f"run_dir={run_dir}", *overrides]):
+        *parents, last = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[last] = yaml.safe_load(value)
     if with_config:
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
     mean = {"image_auroc": image_auroc, "image_ap": image_auroc / 2, "pixel_auroc": 0.5, "aupro": 0.25}
     if aupro_cflow is not None:
         mean["aupro_cflow"] = aupro_cflow
     results = {
-        "experiment": "demo", "method": "anomalyclip", "source": "synthetic", "seed": cfg.seed,
+        "experiment": "demo", "method": "anomalyclip", "source": "synthetic", "seed": cfg["seed"],
         "run_dir": str(run_dir), "created": created, "eval": {"fpr_limit": 0.3, "aupro_method": "exact"},
         "targets": {"synthetic": {"dataset": "synthetic", "n_images": n_images, "version": None, "mean": mean}},
     }  # fmt: skip
