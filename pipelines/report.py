@@ -87,7 +87,7 @@ def _tables(reference: bool, grouping: Grouping) -> list[tuple[str, tuple[str, .
     note = (
         "AUPRO here is zsad's exact AUPRO; the published AUPRO (marked *) is the papers' 200-threshold "
         "cflow-style AUPRO, which these runs did not record (no `aupro_cflow`): the two are NOT comparable. "
-        "Use runs that record `aupro_cflow` or ran with eval.aupro_method=legacy_cflow."
+        "Runs of this zsad version record `aupro_cflow` beside `aupro`: evaluate again to compare."
     )
     return [(TABLES[0][0], TABLES[0][1], None), (TABLES[1][0], TABLES[1][1], note)]
 

@@ -155,7 +155,8 @@ def entries_of(runs: list[RunRecord]) -> list[Entry]:
 
 
 def metric_value(entry: Entry, metric: str) -> float | None:
-    """A cell's number; ``aupro_cflow`` falls back to ``aupro`` of runs that computed the cflow AUPRO."""
+    """A cell's number; ``aupro_cflow`` falls back to ``aupro`` of older runs whose ``aupro`` was the cflow
+    AUPRO (``eval.aupro_method=legacy_cflow`` before both were recorded)."""
     mean = entry.payload.get("mean", {})
     legacy = (entry.run.results.get("eval") or {}).get("aupro_method") == "legacy_cflow"
     if metric == CFLOW_AUPRO and mean.get(CFLOW_AUPRO) is None and legacy:
