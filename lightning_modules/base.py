@@ -168,6 +168,17 @@ class ZeroShotModule(L.LightningModule):
         return converter.zsad_state_dict(self, checkpoint, source)
 
 
+def official_entries(checkpoint: dict[str, Any], key: str, source: str, what: str) -> dict[str, torch.Tensor]:
+    """The state dict the authors saved under ``key``, or a :class:`ZsadError` saying the file is neither."""
+    entries = checkpoint.get(key)
+    if not isinstance(entries, dict):
+        raise ZsadError(
+            f"{source} is neither a zsad checkpoint (no 'state_dict') nor {what} (no '{key}'); "
+            f"its keys: {sorted(checkpoint)[:5]}"
+        )
+    return entries
+
+
 def checked_official_state(
     module: ZeroShotModule, tensors: dict[str, torch.Tensor], source: str, what: str
 ) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from lightning_modules.base import ZeroShotModule, checked_official_state
+from lightning_modules.base import ZeroShotModule, checked_official_state, official_entries
 from pipelines.errors import ZsadError
 
 FORMAT = "the AnomalyCLIP authors' prompt learner"
@@ -32,12 +32,7 @@ def zsad_state_dict(
     module: ZeroShotModule, checkpoint: dict[str, Any], source: str
 ) -> dict[str, torch.Tensor]:
     """zsad's trainable state (``model.prompts.*``) from ``{"prompt_learner": state_dict}``."""
-    learner = checkpoint.get("prompt_learner")
-    if not isinstance(learner, dict):
-        raise ZsadError(
-            f"{source} is neither a zsad checkpoint (no 'state_dict') nor {FORMAT} (no 'prompt_learner'); "
-            f"its keys: {sorted(checkpoint)[:5]}"
-        )
+    learner = official_entries(checkpoint, "prompt_learner", source, FORMAT)
     prompts = module.model.prompts
     state: dict[str, torch.Tensor] = {}
     for key, tensor in learner.items():

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lightning_modules.base import ZeroShotModule, checked_official_state
+from lightning_modules.base import ZeroShotModule, checked_official_state, official_entries
 from pipelines.errors import ZsadError
 
 FORMAT = "the VAND authors' linear layers"
@@ -26,12 +26,7 @@ def zsad_state_dict(
     module: ZeroShotModule, checkpoint: dict[str, Any], source: str
 ) -> dict[str, torch.Tensor]:
     """zsad's trainable state (``model.heads.*``) from ``{"trainable_linearlayer": state_dict}``."""
-    layers = checkpoint.get("trainable_linearlayer")
-    if not isinstance(layers, dict):
-        raise ZsadError(
-            f"{source} is neither a zsad checkpoint (no 'state_dict') nor {FORMAT} "
-            f"(no 'trainable_linearlayer'); its keys: {sorted(checkpoint)[:5]}"
-        )
+    layers = official_entries(checkpoint, "trainable_linearlayer", source, FORMAT)
     state: dict[str, torch.Tensor] = {}
     for key, tensor in layers.items():
         match = _HEAD.fullmatch(key)
