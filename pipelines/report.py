@@ -21,8 +21,18 @@ from typing import Any
 
 from pipelines.errors import ZsadError
 from pipelines.published import SOURCE, published
-from pipelines.report_grouping import CFLOW_AUPRO, Cell, Grouping, entries_of, group, load_run, metric_value
+from pipelines.report_grouping import (
+    CFLOW_AUPRO,
+    Cell,
+    Grouping,
+    RunRecord,
+    entries_of,
+    group,
+    load_run,
+    metric_value,
+)
 from pipelines.results import atomic_write_text
+from pipelines.run_state import read_status
 
 TABLES = (
     ("image level (AUROC, AP)", ("image_auroc", "image_ap")),
@@ -220,6 +230,20 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def _note_unfinished(grouping: Grouping, run_dirs: list[Path], runs: list[RunRecord]) -> None:
+    """Runs of the inputs without results are named; results of a run that did not finish may be partial."""
+    waiting = [d for d in run_dirs if not (d / "results.json").is_file()]
+    if waiting:
+        shown = ", ".join(str(d) for d in waiting[:10]) + (" ..." if len(waiting) > 10 else "")
+        grouping.notes.insert(0, f"{len(waiting)} run(s) have no results.json yet and are left out: {shown}")
+    for run in runs:
+        state = read_status(run.run_dir)["state"]
+        if state not in ("finished", "pending"):  # pending: no status.json (a run of an older version)
+            grouping.warnings.append(
+                f"{run.run_dir} is {state}: its results.json holds only the targets evaluated so far"
+            )
+
+
 def build_report(
     inputs: list[str],
     out: str | None = None,
@@ -236,6 +260,7 @@ def build_report(
     if not entries:
         raise ZsadError("no finished runs (results.json with evaluated targets) found in the given inputs")
     grouping = group(entries, group_by)
+    _note_unfinished(grouping, run_dirs, runs)
     markdown = _markdown(grouping, len(runs), reference, group_by)
     rows = _csv_rows(grouping)
     csv_text = _csv_text(rows)

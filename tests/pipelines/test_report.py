@@ -142,12 +142,17 @@ def test_schedules_and_data_never_mix_silently(tmp_path):
     make_run(runs, "short", ["trainer.max_epochs=1"], 0.6)
     make_run(runs, "short_other_data", ["trainer.max_epochs=1", "seed=2"], 0.7, n_images=30)
     make_run(runs, "no_config", ["seed=5"], 0.1, with_config=False)
+    (runs / "long" / "status.json").write_text(json.dumps({"state": "failed", "error": "on the 2nd target"}))
     report = build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled")
     rows = csv_rows(report)
     assert float(row(rows, "anomalyclip max_epochs=15", "image_auroc")["mean"]) == pytest.approx(0.8)
     assert int(row(rows, "anomalyclip max_epochs=1", "image_auroc")["n"]) == 2
     assert any("mixes different data: n_images = 20, 30" in w for w in report.warnings)
     assert any("no config.yaml" in w and "no_config" in w for w in report.warnings)
+    assert any(
+        w.endswith("long is failed: its results.json holds only the targets evaluated so far")
+        for w in report.warnings
+    )
 
 
 def test_reference_compares_the_cflow_aupro_or_says_it_cannot(tmp_path):

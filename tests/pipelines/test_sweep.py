@@ -87,6 +87,7 @@ def test_local_sweep_runs_records_failures_skips_finished_and_reports(tmp_path, 
     report_dir = sweep.sweep_dir(cfg)
     markdown = (report_dir / "report.md").read_text()
     assert "| synthetic |" in markdown and "anomalyclip" in markdown
+    assert "2 run(s) have no results.json yet and are left out" in markdown  # the failed ones
     finished = [
         json.loads((Path(r["run_dir"]) / "results.json").read_text())
         for r in rows.values()
