@@ -213,7 +213,7 @@ def _csv_rows(grouping: Grouping) -> list[dict[str, Any]]:
                     "std": statistics.stdev(numbers) if len(numbers) > 1 else 0.0,
                     "n": len(numbers),
                     "seeds": " ".join(
-                        str(e.run.seed) for e in cell.entries if metric_value(e, metric) is not None
+                        e.run.seed_label for e in cell.entries if metric_value(e, metric) is not None
                     ),
                     "published": None if metric == "aupro" else _published_for(row, column, grouping, metric),
                     "runs": " ".join(str(e.run.run_dir) for e in cell.entries),

@@ -155,6 +155,18 @@ def test_schedules_and_data_never_mix_silently(tmp_path):
     )
 
 
+def test_test_runs_of_different_checkpoints_are_different_replicates(tmp_path):
+    runs = tmp_path / "runs"
+    for name, value in (("trainA", 0.6), ("trainB", 0.8)):
+        make_run(runs, f"test_{name}", [f"checkpoint=/r/{name}/checkpoints/last.ckpt"], value)
+    make_run(runs, "test_trainB_again", ["checkpoint=/r/trainB/checkpoints/last.ckpt"], 0.9, created="2027")
+    report = build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled")
+    found = row(csv_rows(report), "anomalyclip", "image_auroc")
+    assert int(found["n"]) == 2 and float(found["mean"]) == pytest.approx(np.mean([0.6, 0.9]))
+    assert found["seeds"] == "111@trainA 111@trainB" and report.warnings == []
+    assert "2 identical runs with seed 111@trainB counted once" in report.markdown
+
+
 def test_reference_compares_the_cflow_aupro_or_says_it_cannot(tmp_path):
     exact_only = tmp_path / "exact"
     make_run(exact_only, "r", ["method.gaussian_sigma=0.0"], 0.9)
