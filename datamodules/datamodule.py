@@ -2,7 +2,8 @@
 
 Methods with a frozen image encoder may hand the datamodule a dataset of cached training features
 (:mod:`lightning_modules.feature_cache`); ``train_dataloader`` then iterates over it instead of the images,
-with the same batch size and shuffling.
+with the same batch size and shuffling. The training order is :mod:`datamodules.resumable`'s: a function of
+(seed, epoch) that a resumed run continues mid-epoch.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.config import DataConfig
 from datamodules.dataset import AnomalyDataset
 from datamodules.index import DatasetIndex, build_index, get_dataset_spec
+from datamodules.resumable import EpochSampler, ResumableDataLoader
 from datamodules.transforms import ImageMaskTransform, ImagePreprocessing, TransformSpec
 from pipelines.errors import ConfigError
 
@@ -61,14 +63,20 @@ class AnomalyDataModule(L.LightningDataModule):
     """Train on ``cfg.train_split`` (the source's test split in the zero-shot protocol), test on
     ``cfg.test_split``. ``image_size`` and ``preprocessing`` come from the method (the model's input size
     and its official code's resize; ``ZeroShotModule.preprocessing``); the data config's preprocessing keys
-    override the latter."""
+    override the latter. ``seed`` orders the training batches of every epoch (default: the seed of
+    ``lightning.seed_everything``, else 0)."""
 
     def __init__(
-        self, cfg: DataConfig, image_size: int, preprocessing: ImagePreprocessing | None = None
+        self,
+        cfg: DataConfig,
+        image_size: int,
+        preprocessing: ImagePreprocessing | None = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
         self.image_size = image_size
+        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
         self.eval_size = cfg.eval_size or image_size
         self.preprocessing = preprocessing_for(cfg, preprocessing or ImagePreprocessing())
         self.spec = get_dataset_spec(cfg.name)
@@ -143,22 +151,31 @@ class AnomalyDataModule(L.LightningDataModule):
         """Serve ``dataset`` (cached features) from :meth:`train_dataloader`; None goes back to the images."""
         self.cached_train_features = dataset
 
+    def _train_loader(self, dataset: Dataset, workers: int) -> ResumableDataLoader:
+        """Each process's share of a (seed, epoch) permutation, in batches; resumable mid-epoch."""
+        trainer = self.trainer
+        world, rank = (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
+        return ResumableDataLoader(
+            dataset,
+            EpochSampler(dataset, num_replicas=world, rank=rank, seed=self.seed),
+            batch_size=self.cfg.batch_size,
+            num_workers=workers,
+            pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+        )
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         if train and self.cached_train_features is not None:
             # In-memory tensors: worker processes would only add start-up and copying cost.
-            return DataLoader(
-                self.cached_train_features,
-                batch_size=self.cfg.batch_size,
-                shuffle=True,
-                num_workers=0,
-                pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
-            )
+            return self._train_loader(self.cached_train_features, workers=0)
         dataset = self._dataset(split, train)
         workers = self.num_workers
+        if train:
+            return self._train_loader(dataset, workers)
         return DataLoader(
             dataset,
-            batch_size=self.cfg.batch_size if train else self.cfg.eval_batch_size,
-            shuffle=train,
+            batch_size=self.cfg.eval_batch_size,
+            shuffle=False,
             num_workers=workers,
             pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
             persistent_workers=workers > 0,

@@ -114,7 +114,7 @@ def progress(
         file=stream if terminal else _WholeLines(stream),
         disable=_disabled(),
         dynamic_ncols=terminal,
-        ncols=None,  # a line bar: full width, nothing cut off
+        ncols=None if terminal else 100,
         mininterval=0.1 if terminal else 0,
         leave=True,
     )
@@ -138,7 +138,7 @@ class LightningLineBar(TQDMProgressBar):
             disable=self.is_disabled,
             leave=leave,
             file=_WholeLines(sys.stdout),
-            ncols=None,  # the whole line: nothing of the postfix (losses) cut off
+            ncols=100,
             mininterval=0,
             smoothing=0,
             bar_format=self.BAR_FORMAT,

@@ -15,12 +15,12 @@ How it fits Lightning (the datamodule owns ``train_dataloader``):
    (:meth:`FeatureCacheSource.encode_for_cache`, in the model's own dtype, on the CPU) plus label,
    category, ``has_mask`` and the mask (bool). The table is keyed by a hash of everything that changes
    it (:func:`cache_identity`); with ``cache_dir`` it is also saved there and reused by later runs.
-   The pass runs inside ``torch.random.fork_rng``: the global RNG, hence shuffling, is untouched.
+   The pass runs inside ``torch.random.fork_rng``: the global RNG is untouched.
    Under DDP each process encodes only its share of the split and the shares are gathered, so every
    process holds the whole table (its sampler may ask for any sample) after ``1 / world_size`` of the work.
 3. The datamodule is handed a :class:`CachedFeatureDataset` (``use_cached_train_features``) and its
-   ``train_dataloader`` then iterates over it: same batch size, same ``shuffle=True`` sampler drawing from
-   the same global RNG, so each epoch visits the samples in the same order as the uncached path; no
+   ``train_dataloader`` then iterates over it: same batch size, same (seed, epoch) order
+   (``datamodules.resumable``), so each epoch visits the samples in the same order as the uncached path; no
    image is decoded and no encoder runs. Batches carry ``batch["features"]`` instead of ``batch["image"]``
    and the module's ``training_step`` uses them in place of its encoder output.
 

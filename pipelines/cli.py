@@ -353,8 +353,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    from pipelines.checkpointing import TrainingInterrupted
+
     try:
         return int(args.func(args) or 0)
+    except TrainingInterrupted as error:  # saved; status.json says interrupted or preempted
+        print(f"zsad: {error}", file=sys.stderr)
+        return error.exit_code
     except ZsadError as error:
         if args.debug:
             raise

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from pipelines.config import ExperimentConfig
 from pipelines.errors import ConfigError
@@ -16,8 +19,9 @@ WANDB_MODES = ("offline", "online", "disabled")
 def make_loggers(
     cfg: ExperimentConfig, run_dir: Path, job_type: str, run_id: str | None = None
 ) -> list[Logger]:
-    """``run_id`` keeps one W&B run across a requeued job's restarts (``resume="allow"``)."""
-    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="logs")]
+    """``run_id`` keeps one W&B run across a requeued job's restarts (``resume="allow"``); the restart is
+    recorded in it (:func:`record_restart`)."""
+    loggers: list[Logger] = [AppendingCSVLogger(save_dir=str(run_dir), name="", version="logs")]
     wandb_cfg = cfg.logger.wandb
     if wandb_cfg.mode not in WANDB_MODES:
         raise ConfigError(f"logger.wandb.mode must be one of {WANDB_MODES}, got '{wandb_cfg.mode}'")
@@ -41,8 +45,60 @@ def make_loggers(
         )
         # Lightning always passes anonymous=None, which wandb now warns about at every run
         wandb_logger._wandb_init.pop("anonymous", None)
+        restarts = _earlier_sessions(run_dir, run_id) if run_id else 0
         loggers.append(wandb_logger)
+        if restarts:
+            record_restart(wandb_logger, restarts)
     return loggers
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes ``metrics.csv`` when its folder exists; a resumed run appends to it
+    (with the columns it already has, so rows of earlier sessions keep their values)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = sorted(next(csv.reader(file), []))
+
+
+class AppendingCSVLogger(CSVLogger):
+    """``logs/metrics.csv`` that keeps every epoch across the restarts of a run."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def _earlier_sessions(run_dir: Path, run_id: str) -> int:
+    """W&B sessions of run ``run_id`` already in ``run_dir/wandb`` (offline or online folders)."""
+    return sum(1 for _ in (Path(run_dir) / "wandb").glob(f"*run-*-{run_id}*"))
+
+
+def record_restart(logger: Logger, restarts: int) -> None:
+    """Say in the W&B run that this session continues an interrupted one: ``zsad/restarts`` (summary)
+    and a ``zsad/restart`` point in the history."""
+    experiment = logger.experiment
+    experiment.summary["zsad/restarts"] = restarts
+    experiment.log({"zsad/restart": restarts})
+
+
+def close_interrupted(loggers: list[Logger], state: str, exit_code: int) -> None:
+    """Flush and close the W&B run of an interrupted session while its service still runs (before a
+    requeue, whose SIGTERM also stops the service), recording ``zsad/state``; best effort."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            try:
+                logger.experiment.summary["zsad/state"] = state
+                logger.experiment.finish(exit_code=exit_code)
+            except Exception as error:  # noqa: BLE001 - the service may be gone already (SIGTERM)
+                print(f"zsad: could not close the W&B run: {type(error).__name__}: {error}")
 
 
 def display_name(cfg: ExperimentConfig) -> str:

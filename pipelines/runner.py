@@ -21,14 +21,22 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from datamodules.datamodule import AnomalyDataModule
 from datamodules.progress import lightning_progress_bar
 from lightning_modules.base import ZeroShotModule
 from lightning_modules.metrics.curves import f1_thresholds
 from lightning_modules.registry import get_method
+from pipelines.checkpointing import (
+    AtomicCheckpointIO,
+    ExactResume,
+    TrainingInterrupted,
+    find_resume_checkpoint,
+    last_checkpoint,
+)
 from pipelines.config import ExperimentConfig, config_differences, to_yaml
 from pipelines.errors import ConfigError, FinishedRunError
 from pipelines.loggers import log_evaluation, make_loggers, wandb_hint
@@ -49,7 +57,7 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
 
 RUN_DIR_ENV = "ZSAD_RUN_DIR"
 CONFIG_FILE = "config.yaml"
-LIGHTNING_DIR = ".lightning"  # default_root_dir of the test Trainer in a run folder: never holds checkpoints
+LIGHTNING_DIR = ".lightning"  # the Trainers' default_root_dir in a run folder: never holds checkpoints
 
 
 @dataclasses.dataclass
@@ -138,12 +146,6 @@ def finished_run(cfg: ExperimentConfig, run_dir: Path, job_type: str) -> RunOutc
     return None  # trained here with this very config, not evaluated yet: evaluate
 
 
-def resume_checkpoint(run_dir: Path) -> Path | None:
-    """The newest of Lightning's SLURM checkpoints (``hpc_ckpt_N.ckpt``) and ``checkpoints/last.ckpt``."""
-    candidates = list(run_dir.glob("hpc_ckpt_*.ckpt")) + list((run_dir / "checkpoints").glob("last.ckpt"))
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
-
-
 def wandb_run_id(run_dir: Path) -> str:
     """Stable per run folder, so a requeued run continues the same W&B run."""
     return hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
@@ -187,13 +189,17 @@ def make_trainer(
     callbacks = [*(callbacks or []), _Float32MatmulPrecision(t.float32_matmul_precision.value)]
     if t.enable_progress_bar:
         callbacks.append(lightning_progress_bar())  # whole lines when the output is a log file
+    plugins: list[Any] = []
     if training:
-        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0))
+        callbacks.append(ExactResume(run_dir, cfg.seed, t.max_epochs, t.checkpoint_minutes))
+        plugins.append(AtomicCheckpointIO())
+        if SLURMEnvironment.detect():  # zsad saves and requeues on SIGUSR1 itself (ExactResume)
+            plugins.append(SLURMEnvironment(auto_requeue=False))
     return L.Trainer(
-        # Where Lightning writes and, under SLURM, *finds* requeue checkpoints (hpc_ckpt_*.ckpt): a test
-        # Trainer would load the newest one into the module before testing, replacing the weights the
-        # training ended with. The test Trainer gets a folder that never holds a checkpoint.
-        default_root_dir=str(run_dir if training else run_dir / LIGHTNING_DIR),
+        # Where Lightning writes and, under SLURM, *finds* requeue checkpoints (hpc_ckpt_*.ckpt): a Trainer
+        # would load the newest one into the module, replacing the weights training ended with (test) or
+        # resuming from a point zsad did not choose (fit). zsad's checkpoints live in RUN/checkpoints/.
+        default_root_dir=str(run_dir / LIGHTNING_DIR),
         max_epochs=t.max_epochs,
         accelerator=t.accelerator,
         devices=_devices(t.devices),
@@ -202,7 +208,8 @@ def make_trainer(
         precision=t.precision,
         logger=loggers or False,
         callbacks=callbacks,
-        enable_checkpointing=training,
+        plugins=plugins or None,
+        enable_checkpointing=False,  # ExactResume writes the checkpoints
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar,
@@ -212,23 +219,32 @@ def make_trainer(
     )
 
 
-def _datamodule(data_cfg: Any, module: ZeroShotModule) -> AnomalyDataModule:
-    datamodule = AnomalyDataModule(data_cfg, image_size=module.image_size, preprocessing=module.preprocessing)
+def _datamodule(data_cfg: Any, module: ZeroShotModule, seed: int) -> AnomalyDataModule:
+    datamodule = AnomalyDataModule(
+        data_cfg, image_size=module.image_size, preprocessing=module.preprocessing, seed=seed
+    )
     _ = datamodule.full_index  # parse now: a wrong root fails before any training time is spent
     return datamodule
 
 
 def fit(cfg: ExperimentConfig, module: ZeroShotModule, run_dir: Path, loggers: list[Logger]) -> Path:
-    """Train on the source; resumes from the run folder's newest checkpoint after a preemption."""
+    """Train on the source, resuming exactly from the run folder's newest valid checkpoint
+    (:mod:`pipelines.checkpointing`); a training that already ended is not repeated: its final weights
+    are loaded."""
     if cfg.source is None:
         raise ConfigError(
             "training needs a source dataset: set defaults.source in the experiment or source=NAME"
         )
-    datamodule = _datamodule(cfg.source, module)
+    datamodule = _datamodule(cfg.source, module, cfg.seed)
+    resume = find_resume_checkpoint(run_dir, warn=global_rank() == 0)
+    if resume is not None and resume.complete and resume.max_epochs == cfg.trainer.max_epochs:
+        module.load_trained_weights(str(resume.path))
+        return resume.path
     trainer = make_trainer(cfg, run_dir, loggers, training=True)
-    resume = resume_checkpoint(run_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
-    return run_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(
+        module, datamodule=datamodule, ckpt_path=str(resume.path) if resume else None, weights_only=True
+    )
+    return last_checkpoint(run_dir)
 
 
 def target_datamodules(cfg: ExperimentConfig, module: ZeroShotModule) -> list[AnomalyDataModule]:
@@ -236,7 +252,7 @@ def target_datamodules(cfg: ExperimentConfig, module: ZeroShotModule) -> list[An
         raise ConfigError(
             "no targets to evaluate: set defaults.targets in the experiment or targets=[NAME,...]"
         )
-    return [_datamodule(target, module) for target in cfg.targets]
+    return [_datamodule(target, module, cfg.seed) for target in cfg.targets]
 
 
 class _WriteResults(Callback):
@@ -352,8 +368,12 @@ def _job(cfg: ExperimentConfig, job_type: str, body) -> RunOutcome:
             outcome = body(run_dir, loggers)
             write_status(run_dir, "finished")
         except BaseException as error:
-            record_failure(run_dir, error)
-            raise
+            interruption = TrainingInterrupted.recognise(error)  # saved: the same command resumes it
+            if interruption is None:
+                record_failure(run_dir, error)
+                raise
+            write_status(run_dir, interruption.state, str(interruption), interruption.checkpoint)
+            raise interruption from None
         outcome.notes = _notes(loggers)
     return outcome
 

@@ -1,14 +1,24 @@
-"""Interrupted runs: evaluation uses the weights the training ended with, never a requeue checkpoint."""
+"""Interrupted runs: evaluation uses the weights the training ended with, never a requeue checkpoint, and a
+run interrupted anywhere resumes to bit-identical trained parameters and results."""
 
 from __future__ import annotations
 
+import csv
 import json
+import multiprocessing
+import os
+import re
+import signal
+import struct
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from test_cli import FAST, write_experiment
 
+from pipelines import runner
 from pipelines.cli import main
 from tests_support import zsad_test_from_run
 
@@ -61,3 +71,232 @@ def test_evaluation_under_slurm_ignores_requeue_checkpoints(tmp_path, synthetic_
     assert (
         _target_results(tmp_path / "slurm")["categories"] == _target_results(tmp_path / "plain")["categories"]
     )
+
+
+# --- exact resume ------------------------------------------------------------------------------------
+class SendAt(Callback):
+    """Sends ``signum`` to this process (global rank 0) after training batch ``batch`` of ``epoch``, or
+    raises ``RuntimeError`` there when ``signum`` is None (a crash: nothing saved on the way out). With
+    ``to_wandb`` the W&B service process gets it too, as when SLURM signals every process of a job."""
+
+    def __init__(self, epoch: int, batch: int, signum: int | None, to_wandb: bool = False) -> None:
+        self.epoch, self.batch, self.signum, self.to_wandb = epoch, batch, signum, to_wandb
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (trainer.current_epoch, batch_idx) != (self.epoch, self.batch) or not trainer.is_global_zero:
+            return
+        if self.signum is None:
+            raise RuntimeError("simulated node failure")
+        if self.to_wandb:
+            for pid in _wandb_service_pids():
+                os.kill(pid, self.signum)
+        os.kill(os.getpid(), self.signum)
+
+
+def _wandb_service_pids() -> list[int]:
+    pids = []
+    for child in Path("/proc").glob("[0-9]*"):
+        try:
+            stat, cmdline = (child / "stat").read_text(), (child / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"wandb-core" in cmdline:
+            pids.append(int(child.name))
+    assert pids, "no W&B service process found"
+    return pids
+
+
+MAKE_TRAINER = runner.make_trainer
+
+
+def _make_trainer_with(event: SendAt | None, built: list[bool]):
+    def make_trainer(cfg, run_dir, loggers, training, **kwargs):
+        built.append(training)
+        if training and event is not None:
+            kwargs["callbacks"] = [event, *(kwargs.get("callbacks") or [])]
+        return MAKE_TRAINER(cfg, run_dir, loggers, training, **kwargs)
+
+    return make_trainer
+
+
+def _interrupt_at(monkeypatch, event: SendAt | None) -> list[bool]:
+    """Adds ``event`` to the training Trainer of the next runs; returns the ``training`` flag of every
+    Trainer built."""
+    built: list[bool] = []
+    monkeypatch.setattr(runner, "make_trainer", _make_trainer_with(event, built))
+    return built
+
+
+def _main_with(args: list[str], event: SendAt | None) -> None:
+    for key in [k for k in os.environ if k.startswith("WANDB_SERVICE")]:
+        del os.environ[key]  # this process starts its own W&B service
+    runner.make_trainer = _make_trainer_with(event, [])
+    sys.exit(main(args))
+
+
+def _main_in_new_process(args: list[str], event: SendAt | None = None) -> int:
+    """The exit code of ``main(args)`` (with ``event``) in a new process, as a requeued job runs: with its
+    own W&B service, which ``event`` may stop without stopping this process's."""
+    process = multiprocessing.get_context("spawn").Process(target=_main_with, args=(args, event))
+    process.start()
+    process.join(600)
+    return process.exitcode
+
+
+def _trained(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def _assert_same_training(run_dir: Path, reference: Path, results: bool = True) -> None:
+    trained, expected = _trained(run_dir), _trained(reference)
+    assert trained.keys() == expected.keys() and trained
+    assert all(torch.equal(trained[k], expected[k]) for k in expected), "trainable parameters differ"
+    if results:
+        assert _target_results(run_dir) == _target_results(reference)
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+
+
+EXACT = [*FAST, "trainer.max_epochs=3"]  # 14 source images in batches of 4: 4 steps per epoch
+
+
+@pytest.mark.slow
+def test_interrupted_and_crashed_runs_resume_to_the_uninterrupted_result(
+    tmp_path, synthetic_pair, monkeypatch, caplog
+):
+    source, target = synthetic_pair
+    experiment = write_experiment(tmp_path, source, target)
+    reference, run_dir = tmp_path / "reference", tmp_path / "interrupted"
+    assert main(["run", str(experiment), *EXACT, f"run_dir={reference}"]) == 0
+
+    args = ["run", str(experiment), *EXACT, f"run_dir={run_dir}"]
+    status = run_dir / "status.json"
+    # SLURM's warning signal at the end of epoch 0, Ctrl-C in the middle of epoch 1
+    for event, code, state in (
+        (SendAt(0, 3, signal.SIGUSR1), 128 + signal.SIGUSR1, "preempted"),
+        (SendAt(1, 1, signal.SIGINT), 130, "interrupted"),
+    ):
+        _interrupt_at(monkeypatch, event)
+        assert main(args) == code
+        assert json.loads(status.read_text())["state"] == state
+    # a crash right after a time-based checkpoint (one after every step): the restart loses nothing
+    _interrupt_at(monkeypatch, SendAt(2, 2, None))
+    with pytest.raises(RuntimeError, match="simulated node failure"):
+        main([*args, "trainer.checkpoint_minutes=0"])
+    assert json.loads(status.read_text())["state"] == "failed"
+    assert len(list((run_dir / "checkpoints" / "resume").glob("step-*.ckpt"))) == 2  # the newest two kept
+
+    # a kill during a write cannot leave a cut file (atomic renames); a damaged newest one is still skipped
+    older, newest = sorted((run_dir / "checkpoints" / "resume").glob("step-*.ckpt"))
+    newest.write_bytes(newest.read_bytes()[:1000])
+    _interrupt_at(monkeypatch, None)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert main(args) == 0
+    assert f"skipping checkpoint {newest}" in caplog.text and f"resuming from {older}" in caplog.text
+    _assert_same_training(run_dir, reference)
+    assert not list(run_dir.rglob("*.tmp")) and not list(run_dir.rglob("hpc_ckpt_*"))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The `srun` command is available")
+def test_two_process_ddp_run_interrupted_mid_epoch_resumes_exactly(tmp_path, synthetic_pair, monkeypatch):
+    source, target = synthetic_pair
+    experiment = write_experiment(tmp_path, source, target)
+    ddp = [*FAST, "trainer.max_epochs=2", "trainer.strategy=ddp_spawn", "trainer.devices=2"]
+    reference, run_dir = tmp_path / "reference", tmp_path / "interrupted"
+    assert main(["train", str(experiment), *ddp, f"run_dir={reference}"]) == 0
+    args = ["train", str(experiment), *ddp, f"run_dir={run_dir}"]
+    _interrupt_at(monkeypatch, SendAt(0, 0, signal.SIGTERM))  # 2 steps per epoch and process
+    assert main(args) == 128 + signal.SIGTERM
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "preempted"
+    _interrupt_at(monkeypatch, None)
+    assert main(args) == 0
+    _assert_same_training(run_dir, reference, results=False)
+
+
+class RunsCode:
+    """Unpickling this calls ``Path.touch(marker)``: what a crafted checkpoint could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path, caplog):
+    from lightning_modules.checkpoint_io import UnsafeCheckpointError
+    from pipelines.checkpointing import AtomicCheckpointIO, find_resume_checkpoint
+
+    marker, crafted = tmp_path / "ran", tmp_path / "checkpoints" / "resume" / "step-000000001.ckpt"
+    crafted.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "loops": RunsCode(marker), "optimizer_states": []}, crafted)
+    with caplog.at_level("WARNING"):
+        assert find_resume_checkpoint(tmp_path) is None
+    assert f"skipping checkpoint {crafted}" in caplog.text and "restarts from scratch" in caplog.text
+    with pytest.raises(UnsafeCheckpointError):  # Lightning's own resume reads through this
+        AtomicCheckpointIO().load_checkpoint(crafted)
+    assert not marker.exists()
+
+
+def wandb_records(path: Path) -> list:
+    """The protobuf records of a W&B ``.wandb`` file (W&B's LevelDB-style log: a 7-byte file header, then
+    32 KiB blocks of records with a 7-byte header each; kind 1 = full, 2/3/4 = first/middle/last part)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B"
+    offset, pending, records = 7, b"", []
+    while offset + 7 <= len(data):
+        if block - offset % block < 7:
+            offset += block - offset % block
+            continue
+        _checksum, length, kind = struct.unpack("<IHB", data[offset : offset + 7])
+        pending += data[offset + 7 : offset + 7 + length]
+        offset += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def _summary(records: list) -> dict[str, str]:
+    return {
+        item.key or "/".join(item.nested_key): item.value_json
+        for record in records
+        if record.WhichOneof("record_type") == "summary"
+        for item in record.summary.update
+    }
+
+
+@pytest.mark.slow
+def test_requeues_keep_one_wandb_run_that_records_them_and_the_whole_csv_log(
+    tmp_path, synthetic_pair, monkeypatch
+):
+    source, target = synthetic_pair
+    experiment = write_experiment(tmp_path, source, target)
+    run_dir = tmp_path / "w"
+    overrides = [o for o in FAST if not o.startswith("logger")] + ["trainer.log_every_n_steps=1"]
+    args = ["train", str(experiment), *overrides, "logger.wandb.mode=offline", f"run_dir={run_dir}"]
+    _interrupt_at(monkeypatch, SendAt(0, 1, signal.SIGUSR1))  # SLURM's warning: W&B closes the session
+    assert main(args) == 128 + signal.SIGUSR1
+    # SIGTERM that reaches the W&B service too: still preempted, not a W&B connection error
+    assert _main_in_new_process(args, SendAt(1, 1, signal.SIGTERM, to_wandb=True)) == 128 + signal.SIGTERM
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "preempted" and "SIGTERM" in status["error"]
+    assert _main_in_new_process(args) == 0
+
+    sessions = sorted((run_dir / "wandb").glob("offline-run-*"), key=lambda p: p.stat().st_mtime)
+    ids = {re.fullmatch(r"offline-run-\d{8}_\d{6}-([0-9a-z]+)(-\d+)?", p.name).group(1) for p in sessions}
+    assert len(sessions) == 3 and len(ids) == 1  # one W&B run, three sessions
+    first, _, last = (wandb_records(next(p.glob("run-*.wandb"))) for p in sessions)
+    assert _summary(first)["zsad/state"] == '"preempted"'
+    assert [r.exit.exit_code for r in first if r.WhichOneof("record_type") == "exit"] == [
+        128 + signal.SIGUSR1
+    ]
+    assert _summary(last)["zsad/restarts"] == "2"
+
+    rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
+    assert {row["epoch"] for row in rows if row.get("epoch")} == {"0", "1"}  # epoch 0 survived the restarts

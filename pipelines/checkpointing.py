@@ -1,0 +1,347 @@
+"""Checkpoints that let an interrupted training resume exactly (docs/cluster.md, "Interruptions and exact resume").
+
+The promise: a run interrupted at any point and resumed ends with bit-identical trainable parameters (hence
+results) to the same run uninterrupted. How:
+
+- **Randomness is a function of the position**, never of history: the training order is the
+  (seed, epoch) permutation of :mod:`datamodules.resumable` (which also resumes mid-epoch), and
+  :class:`ExactResume` re-seeds Python, NumPy and torch (CPU and CUDA) at every epoch start and before every
+  training step from (seed, epoch, batch, rank). A resumed run therefore needs no RNG state at all: the
+  model, optimizer and loop state of the checkpoint plus the position determine everything after it
+  (VAND's mosaic, dropout, worker seeds).
+- **Bounded loss**: a checkpoint at the end of every epoch and, within an epoch, after the first step that
+  ends ``trainer.checkpoint_minutes`` after the previous one. SIGINT (Ctrl-C), SIGTERM and SIGUSR1 (SLURM's
+  warning before the time limit) only set a flag; after the step in progress every process saves and stops
+  (:class:`TrainingInterrupted`: status ``interrupted`` for Ctrl-C, ``preempted`` otherwise; exit code
+  128 + signal). SIGUSR1 under SLURM also requeues the job. A second Ctrl-C stops at once.
+- **Atomic files**: written to a unique temporary name, fsynced, renamed (:class:`AtomicCheckpointIO`), so a
+  kill during a write leaves the previous files intact. The two newest resume checkpoints are kept in
+  ``checkpoints/resume/``; ``checkpoints/last.ckpt`` is written when training ends and marks it complete.
+- **Safe, checked loading**: every checkpoint is read with ``torch.load(weights_only=True)`` and zsad's
+  allow-list (:mod:`lightning_modules.checkpoint_io`), Lightning's resume included; a file that cannot be
+  read or lacks the training state is skipped with a warning naming it (:func:`find_resume_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+import re
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
+
+from datamodules.resumable import derived_seed
+from lightning_modules.checkpoint_io import safe_torch_load
+from pipelines.errors import ZsadError
+from pipelines.loggers import close_interrupted
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+RESUME_DIR = "resume"  # below CHECKPOINT_DIR
+LAST_CHECKPOINT = "last.ckpt"
+RESUME_KEY = "zsad_resume"  # what ExactResume adds to every checkpoint it writes
+RESUME_FORMAT = 1
+KEEP_RESUME_CHECKPOINTS = 2  # the newest may be cut short by a hard kill at the worst moment
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
+# Stop signals this process received during its current training, so that an error they caused on the way
+# (e.g. W&B's service, which SLURM's SIGTERM stops too, dropping the connection) still reads as preempted.
+_received: list[str] = []
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    return run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+
+
+def resume_dir(run_dir: Path) -> Path:
+    return run_dir / CHECKPOINT_DIR / RESUME_DIR
+
+
+# --- atomic, safe checkpoint files -------------------------------------------------------------------
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a folder be opened for fsync
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` that readers (and a restart after a kill) see complete or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint files, written atomically and read with zsad's allow-list only."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        atomic_torch_save(checkpoint, Path(path))
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> Any:
+        return safe_torch_load(path, map_location=map_location or "cpu")
+
+
+# --- choosing the checkpoint to resume from ----------------------------------------------------------
+@dataclasses.dataclass
+class ResumePoint:
+    path: Path
+    complete: bool  # training ended (last.ckpt): nothing to train for the same max_epochs
+    max_epochs: int
+    epoch: int
+    global_step: int
+
+
+def _check_resume_checkpoint(path: Path) -> ResumePoint:
+    checkpoint = safe_torch_load(path)
+    marker = checkpoint.get(RESUME_KEY) if isinstance(checkpoint, dict) else None
+    missing = [k for k in ("state_dict", "loops", "optimizer_states") if k not in (checkpoint or {})]
+    if not isinstance(marker, dict) or marker.get("format") != RESUME_FORMAT or missing:
+        raise ValueError(f"not a zsad training checkpoint (missing {missing or [RESUME_KEY]})")
+    return ResumePoint(
+        path=path,
+        complete=bool(marker["complete"]),
+        max_epochs=int(marker["max_epochs"]),
+        epoch=int(checkpoint.get("epoch", 0)),
+        global_step=int(checkpoint.get("global_step", 0)),
+    )
+
+
+def _candidates(run_dir: Path) -> list[Path]:
+    """Newest first: last.ckpt, then the resume checkpoints by step (their names sort by step)."""
+    last = last_checkpoint(run_dir)
+    resume = sorted(resume_dir(run_dir).glob("step-*.ckpt"), reverse=True)
+    return ([last] if last.is_file() else []) + resume
+
+
+def find_resume_checkpoint(run_dir: Path, warn: bool = True) -> ResumePoint | None:
+    """The newest readable training checkpoint of ``run_dir``; each unreadable one is named in a warning,
+    and when none is valid the warning says that training starts from scratch."""
+    rejected: list[str] = []
+    for path in _candidates(run_dir):
+        try:
+            point = _check_resume_checkpoint(path)
+        except Exception as error:  # noqa: BLE001 - truncated, corrupt, refused or foreign: try the next
+            reason = " ".join(str(error).split())[:300] or type(error).__name__
+            rejected.append(f"{path} ({reason})")
+            if warn:
+                log.warning("zsad: skipping checkpoint %s: it cannot be resumed from: %s", path, reason)
+            continue
+        if rejected and warn:
+            log.warning("zsad: resuming from %s instead", path)
+        return point
+    if rejected and warn:
+        log.warning("zsad: no valid checkpoint in %s; training restarts from scratch", run_dir)
+    return None
+
+
+# --- interruptions -----------------------------------------------------------------------------------
+class TrainingInterrupted(ZsadError):
+    """Training stopped on a signal after saving a checkpoint; the same command resumes it."""
+
+    def __init__(self, signal_name: str, checkpoint: Path | str | None) -> None:
+        self.signal_name = signal_name
+        self.checkpoint = str(checkpoint) if checkpoint else None
+        self.state = "interrupted" if signal_name == "SIGINT" else "preempted"
+        self.exit_code = 128 + int(getattr(signal, signal_name))
+        where = f"saved {self.checkpoint}" if self.checkpoint else "no new checkpoint"
+        super().__init__(f"{self.state} by {signal_name} ({where}); run the same command again to resume")
+
+    @classmethod
+    def recognise(cls, error: BaseException) -> TrainingInterrupted | None:
+        """``error`` as an interruption: this type (also re-raised as text from a ``ddp_spawn`` process),
+        Lightning's own SIGTERM exit, or Ctrl-C (Lightning turns it into ``SystemExit(1)``)."""
+        if isinstance(error, cls):
+            return error
+        received, _received[:] = list(_received), []
+        if received and not isinstance(error, ZsadError):
+            return cls(received[0], None)
+        match = re.search(
+            r"TrainingInterrupted: (?:interrupted|preempted) by (SIG\w+) \((?:saved (.+?)|no new checkpoint)\)",
+            str(error),
+        )
+        if match:
+            return cls(match.group(1), match.group(2))
+        if type(error).__name__ == "SIGTERMException":
+            return cls("SIGTERM", None)
+        if isinstance(error, KeyboardInterrupt) or (
+            isinstance(error, SystemExit) and isinstance(error.__context__, KeyboardInterrupt)
+        ):
+            return cls("SIGINT", None)
+        return None
+
+
+def _requeue_slurm_job() -> None:
+    """``scontrol requeue`` of this job (array task), as Lightning's auto-requeue did."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        log.warning("zsad: could not requeue SLURM job %s: %s", job, error)
+        return
+    if result.returncode != 0:
+        log.warning("zsad: scontrol requeue %s failed: %s", job, (result.stderr or result.stdout).strip())
+    else:
+        log.info("zsad: requeued SLURM job %s", job)
+
+
+def seed_position(seed: int, *position: int | str) -> None:
+    """Seed Python, NumPy and torch (all devices) from ``seed`` and a position in the training."""
+    value = derived_seed(seed, *position)
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+
+
+class ExactResume(Callback):
+    """Position-seeded randomness, periodic and on-signal checkpoints, and ``last.ckpt`` at the end."""
+
+    def __init__(self, run_dir: Path, seed: int, max_epochs: int, checkpoint_minutes: float | None) -> None:
+        self.run_dir = Path(run_dir)
+        self.seed = seed
+        self.max_epochs = max_epochs
+        self.interval_s = None if checkpoint_minutes is None else 60.0 * checkpoint_minutes
+        self._signal: int = 0  # the first stop signal received (a number), 0 when none
+        self._previous_handlers: dict[int, Any] = {}
+        self._last_save = time.monotonic()
+        self._complete = False
+        _received.clear()  # a new training of this process
+
+    # --- signals --------------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self._signal == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        if not self._signal:
+            self._signal = signum
+            _received.append(signal.Signals(signum).name)
+            if signum == signal.SIGINT:
+                print("zsad: Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop at once)")
+
+    def _install_handlers(self) -> None:
+        """Ours replace whatever is there (also Lightning's SIGTERM handler, whose in-handler broadcast
+        would not match our collective decision); restored at teardown."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in STOP_SIGNALS:
+            signum = int(getattr(signal, name))
+            current = signal.getsignal(signum)
+            if current is not self._on_signal:
+                self._previous_handlers.setdefault(signum, current)
+                signal.signal(signum, self._on_signal)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._install_handlers()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install_handlers()  # again: Lightning registers its handlers after setup
+        self._last_save = time.monotonic()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, handler in self._previous_handlers.items():
+            if signal.getsignal(signum) is self._on_signal:
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous_handlers = {}
+
+    # --- randomness -----------------------------------------------------------------------------------
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seed_position(self.seed, trainer.current_epoch, "epoch", trainer.global_rank)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        seed_position(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank)
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+    def _agree(self, trainer: L.Trainer) -> tuple[int, bool]:
+        """(stop signal of any process, whether rank 0's clock says a checkpoint is due), the same on all."""
+        due = (
+            trainer.is_global_zero
+            and self.interval_s is not None
+            and time.monotonic() - self._last_save >= self.interval_s
+        )
+        if trainer.world_size == 1:
+            return self._signal, due
+        flags = torch.tensor([self._signal, int(due)], device=trainer.strategy.root_device)
+        flags = trainer.strategy.reduce(flags, reduce_op="max")
+        return int(flags[0]), bool(flags[1])
+
+    def _save_resume(self, trainer: L.Trainer) -> Path:
+        folder = resume_dir(self.run_dir)
+        path = folder / f"step-{trainer.global_step:09d}.ckpt"
+        trainer.save_checkpoint(path)
+        self._last_save = time.monotonic()
+        if trainer.is_global_zero:
+            for old in sorted(folder.glob("step-*.ckpt"), reverse=True)[KEEP_RESUME_CHECKPOINTS:]:
+                old.unlink(missing_ok=True)
+        return path
+
+    def _stop(self, trainer: L.Trainer, signum: int, checkpoint: Path) -> None:
+        interruption = TrainingInterrupted(signal.Signals(signum).name, checkpoint)
+        if trainer.is_global_zero:
+            # W&B first: a requeue's SIGTERM also stops W&B's service
+            close_interrupted(trainer.loggers, interruption.state, interruption.exit_code)
+            if interruption.signal_name == "SIGUSR1":
+                _requeue_slurm_job()
+        raise interruption
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return  # the epoch-end checkpoint follows
+        signum, due = self._agree(trainer)
+        if signum or due:
+            path = self._save_resume(trainer)
+            if signum:
+                self._stop(trainer, signum, path)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        signum, _ = self._agree(trainer)
+        path = self._save_resume(trainer)
+        if signum:
+            self._stop(trainer, signum, path)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._complete = True
+        trainer.save_checkpoint(last_checkpoint(self.run_dir))
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[RESUME_KEY] = {
+            "format": RESUME_FORMAT,
+            "complete": self._complete,
+            "max_epochs": self.max_epochs,
+        }
