@@ -6,10 +6,10 @@
 
 All implementations run on the same inputs in one process. The maps imitate CLIP patch maps: a 37 x 37 grid
 upsampled bilinearly to the image size plus pixel noise, with elliptic defects (their masks) raising the
-scores in ~70% of the images. Two score types are timed: float16, the form in which AnomalyEvaluator stores
-every method's maps by default (the exact metrics then count bit patterns instead of sorting), and float32,
-the form of most ``.npy``/``.tiff`` maps given to ``zsad evaluate-maps`` (exact AUPRO sorts the anomaly-free
-scores above a sampled floor). Targets (issue 3): exact >= 10x faster than legacy, >= 2x faster than full sort.
+scores in ~70% of the images. Two score types are timed: float32, the form in which AnomalyEvaluator stores
+every method's maps by default and of most ``.npy``/``.tiff`` maps given to ``zsad evaluate-maps`` (exact
+AUPRO sorts the anomaly-free scores above a sampled floor), and float16, the opt-in storage
+(``eval.pixel_score_dtype=float16``; the exact metrics then count bit patterns instead of sorting). Targets (issue 3): exact >= 10x faster than legacy, >= 2x faster than full sort.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def run_memory_check(args: argparse.Namespace) -> None:
     """One category of --num-maps images through AnomalyEvaluator (update in batches, compute once)."""
     dtype = {"float16": torch.float16, "float32": torch.float32}[args.pixel_dtype]
     g = torch.Generator().manual_seed(args.seed)
-    ev = AnomalyEvaluator(["category"], pixel_score_dtype=dtype, aupro_method="exact")
+    ev = AnomalyEvaluator(["category"], pixel_score_dtype=dtype)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     start = time.perf_counter()
     for first in range(0, args.num_maps, 8):
