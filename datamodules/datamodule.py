@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.config import DataConfig
 from datamodules.dataset import AnomalyDataset
-from datamodules.index import DatasetIndex, build_index, get_dataset_spec
+from datamodules.index import DatasetIndex, DatasetSpec, build_index, get_dataset_spec
 from datamodules.resumable import EpochSampler, ResumableDataLoader
 from datamodules.transforms import ImageMaskTransform, ImagePreprocessing, TransformSpec
 from pipelines.errors import ConfigError
@@ -79,8 +79,11 @@ class AnomalyDataModule(L.LightningDataModule):
         self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
         self.eval_size = cfg.eval_size or image_size
         self.preprocessing = preprocessing_for(cfg, preprocessing or ImagePreprocessing())
-        self.spec = get_dataset_spec(cfg.name)
         self.cached_train_features: Dataset | None = None  # set by a method's feature cache (on_fit_start)
+
+    @functools.cached_property
+    def spec(self) -> DatasetSpec:
+        return get_dataset_spec(self.cfg.name)
 
     @property
     def num_workers(self) -> int:

@@ -9,6 +9,7 @@
     zsad config show CONFIG [k=v ...]  the composed, resolved config (YAML)
     zsad data synth|list|check ...     datasets
     zsad evaluate-maps ...             metrics of saved anomaly maps against a dataset's ground truth
+    zsad predict CONFIG --input PATH... --out DIR   maps, scores, masks and overlays for any images
 
 User errors print one line and exit 2; ``--debug`` shows the traceback.
 """
@@ -326,6 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
             p = data_sub.add_parser(name, help=text)
             add_arguments(p)
             p.set_defaults(func=run_command)
+
+    add_predict, run_predict = (
+        _optional("pipelines.predict", "add_arguments"),
+        _optional("pipelines.predict", "run"),
+    )
+    if add_predict and run_predict:
+        text = "anomaly maps, scores, masks and overlays for any images (files, folders, globs)"
+        p = sub.add_parser("predict", help=text, description=text)
+        add_predict(p)
+        p.set_defaults(func=run_predict)
 
     add_maps, run_maps = (
         _optional("pipelines.evaluate_maps", "add_arguments"),

@@ -66,7 +66,7 @@ class MapWriter(Callback):
             name = map_name(Path(path), root, category)
             self.rows[name] = (category, int(batch["label"][i]), float(scores[i]))
             if maps is not None:
-                _save_atomically(self.out_dir / f"{name}.npy", maps[i])
+                save_atomically(self.out_dir / f"{name}.npy", maps[i])
 
     def on_test_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
         rows = self.rows
@@ -106,7 +106,7 @@ def map_name(image: Path, root: Path, category: str) -> str:
         return f"{category}/{image.stem}"
 
 
-def _save_atomically(file: Path, array: np.ndarray) -> None:
+def save_atomically(file: Path, array: np.ndarray) -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(file, lambda handle: np.save(handle, array))
 

@@ -389,7 +389,8 @@ def train(cfg: ExperimentConfig) -> RunOutcome:
     )
 
 
-def test(cfg: ExperimentConfig) -> RunOutcome:
+def evaluation_module(cfg: ExperimentConfig) -> tuple[ZeroShotModule, Path | None]:
+    """The configured method with its trained weights (``checkpoint=``, required for trained methods)."""
     module = build_module(cfg)
     spec = get_method(cfg.method.name)
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else None
@@ -399,6 +400,11 @@ def test(cfg: ExperimentConfig) -> RunOutcome:
         )
     if checkpoint is not None:
         module.load_trained_weights(str(checkpoint))
+    return module, checkpoint
+
+
+def test(cfg: ExperimentConfig) -> RunOutcome:
+    module, checkpoint = evaluation_module(cfg)
     datamodules = target_datamodules(cfg, module)
 
     def body(run_dir: Path, loggers: list[Logger]) -> RunOutcome:

@@ -114,7 +114,7 @@ def thin(x: np.ndarray, y: np.ndarray, keep: int | None = None, limit: int = MAX
     return np.unique(np.concatenate((picked, extra)))
 
 
-def _csv(header: tuple[str, ...], rows: Any) -> str:
+def table_csv(header: tuple[str, ...], rows: Any) -> str:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header)
@@ -138,15 +138,17 @@ def write_curve_files(curves: CurveSet, out_dir: Path) -> None:
                     *(repr(float(a[i])) for a in (curve.thresholds, curve.tpr, curve.precision, curve.f1)),
                 )
             )
-    atomic_write_text(out_dir / "roc.csv", _csv(("level", "fpr", "tpr"), roc_rows))
-    atomic_write_text(out_dir / "pr.csv", _csv(("level", "threshold", "recall", "precision", "f1"), pr_rows))
+    atomic_write_text(out_dir / "roc.csv", table_csv(("level", "fpr", "tpr"), roc_rows))
+    atomic_write_text(
+        out_dir / "pr.csv", table_csv(("level", "threshold", "recall", "precision", "f1"), pr_rows)
+    )
     pro_rows = []
     if curves.pro is not None:
         pro_rows = [
             (repr(float(curves.pro_fpr[i])), repr(float(curves.pro[i])))
             for i in thin(curves.pro_fpr, curves.pro)
         ]
-    atomic_write_text(out_dir / "pro.csv", _csv(("fpr", "pro"), pro_rows))
+    atomic_write_text(out_dir / "pro.csv", table_csv(("fpr", "pro"), pro_rows))
 
 
 def plot_curves(curves: CurveSet, metrics: dict[str, Any], fpr_limit: float, title: str, path: Path) -> None:
@@ -358,13 +360,7 @@ class EvaluationPictures(Callback):
         self.heaps = GalleryHeaps(self.gallery_size)
 
     def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        module: Any,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, *index: int
     ) -> None:
         if not isinstance(outputs, dict) or self.gallery_size == 0:
             return

@@ -1,0 +1,480 @@
+"""``zsad predict``: a configured method on any images, with maps, scores, thresholded masks and overlays.
+
+    zsad predict CONFIG [checkpoint=RUN/checkpoints/last.ckpt] [key=value ...] --input PATH... --out DIR
+        [--image-threshold T] [--pixel-threshold T] | [--threshold-from RUN [--threshold-category T/C]]
+        | [--normal-dir DIR --fpr 0.01]
+
+Per readable input image (below ``--out``, mirroring the images' paths below their common folder):
+``maps/{name}.tiff`` (float32) and/or ``.npy`` (``--map-format``), the anomaly map at the image's own
+resolution (the model's map at its input size, resized bilinearly); ``overlays/{name}.png``, the map as a
+heatmap over the image; ``masks/{name}.png`` (0/255, map >= the pixel threshold, when there is one).
+``predictions.csv`` (path, score, label; label empty without an image threshold), ``prediction.json``
+(what was run, the thresholds and where they came from) and ``unreadable.csv`` for inputs that could not
+be decoded (named on stderr and skipped: one bad file never costs the other predictions).
+
+Runs like ``zsad test``: the same trainer/strategy config, batched; under DDP every image is predicted
+exactly once (Lightning's unrepeated sampler for prediction), its files are written by the process that
+predicted it, and rank 0 gathers the rows of ``predictions.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from datamodules.image_folder import ImageFolderDataModule, ImageList, collect_images
+from datamodules.images import load_image_rgb
+from pipelines.errors import ConfigError, ZsadError
+from pipelines.map_writer import save_atomically
+from pipelines.results import atomic_write_text
+
+MAP_FORMATS = ("tiff", "npy", "both")
+PREDICTIONS_FILE = "predictions.csv"
+UNREADABLE_FILE = "unreadable.csv"
+NORMAL_THRESHOLDS_FILE = "normal_thresholds.json"
+
+
+@dataclasses.dataclass
+class Thresholds:
+    """``score >= image`` is anomalous, ``map >= pixel`` is an anomalous pixel; None: not given."""
+
+    image: float | None = None
+    pixel: float | None = None
+    source: str = "none"
+
+
+@dataclasses.dataclass
+class PredictOptions:
+    inputs: list[str]
+    out: Path
+    image_threshold: float | None = None
+    pixel_threshold: float | None = None
+    threshold_from: Path | None = None
+    threshold_category: str | None = None
+    normal_dir: Path | None = None
+    fpr: float = 0.01
+    map_format: str = "tiff"
+    object_name: str = "object"
+    domain: str = "industrial"
+    batch_size: int = 8
+    num_workers: int | None = None
+    overlay_range: tuple[float, float] = (0.0, 1.0)
+
+
+@dataclasses.dataclass
+class PredictOutcome:
+    out: Path
+    n_predicted: int
+    unreadable: list[tuple[str, str]]
+    thresholds: Thresholds
+
+
+# --- thresholds --------------------------------------------------------------------------------------
+def thresholds_from_run(run_dir: Path, category: str | None) -> Thresholds:
+    """The F1-optimal thresholds an evaluation stored in ``RUN/results.json`` for one target/category
+    (``category`` may be omitted when the run evaluated exactly one)."""
+    path = Path(run_dir) / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ZsadError(
+            f"--threshold-from: {path} not found (pass the folder of a `zsad test` or `zsad run`)"
+        ) from None
+    except ValueError as error:
+        raise ZsadError(f"--threshold-from: cannot read {path}: {error}") from None
+    available = {
+        f"{target}/{name}": values
+        for target, payload in results.get("targets", {}).items()
+        for name, values in payload.get("categories", {}).items()
+    }
+    if category is None:
+        if len(available) != 1:
+            raise ZsadError(
+                f"--threshold-from {run_dir}: the run has {len(available)} categories; choose one with "
+                f"--threshold-category, one of: {', '.join(sorted(available)) or 'none'}"
+            )
+        category = next(iter(available))
+    if category not in available:
+        raise ZsadError(
+            f"--threshold-category {category} is not in {path}; available: {', '.join(sorted(available))}"
+        )
+    stored = available[category].get("f1_thresholds")
+    if not stored:
+        raise ZsadError(
+            f"{path} has no F1 thresholds for {category} (written by zsad before thresholds were stored?); re-run the evaluation"
+        )
+    if stored.get("image") is None and stored.get("pixel") is None:
+        raise ZsadError(
+            f"{path}: both F1 thresholds of {category} are undefined (one class or no ground truth)"
+        )
+    return Thresholds(
+        stored.get("image"), stored.get("pixel"), f"F1-optimal thresholds of {category} in {path}"
+    )
+
+
+def fpr_threshold(normal_scores: np.ndarray, fpr: float) -> float:
+    """The lowest threshold at which at most ``fpr`` of the normal scores are flagged (``score >= t``):
+    just above the ``floor(fpr * n)``-th highest normal score (0-based), so that ties never push the
+    false-positive rate past ``fpr``. The step is taken in the scores' own precision (float32 maps), so
+    the threshold is a value of that type and comparisons in float32 or float64 agree."""
+    values = np.sort(np.asarray(normal_scores).reshape(-1))[::-1]
+    k = math.floor(fpr * values.size)
+    if k >= values.size:
+        return float(values[-1])
+    return float(np.nextafter(values[k], np.array(np.inf, dtype=values.dtype)))
+
+
+class NormalStatistics(Callback):
+    """Image scores and maps of the normal images (``--normal-dir``); at the end every process has the
+    thresholds at ``fpr`` from all processes' images, and rank 0 records them in ``out``."""
+
+    def __init__(self, fpr: float, out: Path, source: str) -> None:
+        self.fpr, self.out, self.source = fpr, out, source
+        self.scores: list[np.ndarray] = []
+        self.pixels: list[np.ndarray] = []
+        self.thresholds: Thresholds | None = None
+
+    def on_predict_batch_end(
+        self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, *index: int
+    ) -> None:
+        readable = np.array([not e for e in batch["error"]], dtype=bool)
+        self.scores.append(outputs["image_scores"].detach().float().cpu().numpy()[readable])
+        if outputs.get("anomaly_maps") is not None:
+            self.pixels.append(outputs["anomaly_maps"].detach().float().cpu().numpy()[readable].reshape(-1))
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
+        mine = tuple(
+            np.concatenate(values) if values else np.zeros(0) for values in (self.scores, self.pixels)
+        )
+        parts = gather_objects(mine)
+        scores = np.concatenate([p[0] for p in parts])
+        pixels = np.concatenate([p[1] for p in parts])
+        self.thresholds = Thresholds(
+            fpr_threshold(scores, self.fpr),
+            fpr_threshold(pixels, self.fpr) if pixels.size else None,
+            f"{self.source}: {scores.size} normal images at FPR {self.fpr:g}",
+        )
+        if trainer.is_global_zero:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(
+                self.out / NORMAL_THRESHOLDS_FILE,
+                json.dumps(dataclasses.asdict(self.thresholds), indent=2) + "\n",
+            )
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """``value`` of every process (just ``[value]`` without DDP)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, value)
+        return gathered
+    return [value]
+
+
+# --- outputs -----------------------------------------------------------------------------------------
+def _write_tiff(path: Path, array: np.ndarray) -> None:
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.tiff")
+    tifffile.imwrite(tmp, array.astype(np.float32))
+    os.replace(tmp, path)
+
+
+class PredictionWriter(Callback):
+    """Writes each readable image's map, overlay and mask from the process that predicted it; rank 0
+    gathers every process's rows into ``predictions.csv`` and ``unreadable.csv``."""
+
+    def __init__(
+        self,
+        out: Path,
+        images: ImageList,
+        thresholds: Thresholds,
+        options: PredictOptions,
+        record: dict[str, Any],
+    ) -> None:
+        self.out, self.root, self.thresholds, self.options, self.record = (
+            out,
+            images.root,
+            thresholds,
+            options,
+            record,
+        )
+        self.rows: dict[str, tuple[float, int | None]] = {}
+        self.unreadable: dict[str, str] = {}
+        self.known_unreadable = {str(path): error for path, error in images.unreadable}  # bad headers
+
+    def name(self, image: Path) -> str:
+        return image.relative_to(self.root).with_suffix("").as_posix()
+
+    def on_predict_batch_end(
+        self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, *index: int
+    ) -> None:
+        from pipelines.visualize import overlay, save_png
+
+        scores = outputs["image_scores"].detach().float().cpu().tolist()
+        maps = outputs.get("anomaly_maps")
+        low, high = self.options.overlay_range
+        for i, path_text in enumerate(batch["image_path"]):
+            if batch["error"][i]:
+                self.unreadable[path_text] = batch["error"][i]
+                print(f"zsad: skipped unreadable image: {batch['error'][i]}", file=sys.stderr)
+                continue
+            image_threshold = self.thresholds.image
+            label = None if image_threshold is None else int(scores[i] >= image_threshold)
+            self.rows[path_text] = (scores[i], label)
+            if maps is None:
+                continue
+            height, width = (int(v) for v in batch["original_size"][i])
+            full = torch.nn.functional.interpolate(
+                maps[i][None, None].float(), size=(height, width), mode="bilinear", align_corners=False
+            )
+            anomaly_map = full[0, 0].cpu().numpy()
+            name = self.name(Path(path_text))
+            if self.options.map_format in ("tiff", "both"):
+                _write_tiff(self.out / "maps" / f"{name}.tiff", anomaly_map)
+            if self.options.map_format in ("npy", "both"):
+                save_atomically(self.out / "maps" / f"{name}.npy", anomaly_map)
+            save_png(
+                overlay(load_image_rgb(path_text), anomaly_map, low, high),
+                self.out / "overlays" / f"{name}.png",
+            )
+            if self.thresholds.pixel is not None:
+                # in float64: a float32 comparison would round the threshold to the maps' precision first
+                mask = (anomaly_map.astype(np.float64) >= self.thresholds.pixel).astype(np.uint8) * 255
+                save_png(mask, self.out / "masks" / f"{name}.png")
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
+        gathered = gather_objects((self.rows, self.unreadable))
+        rows = {k: v for part in gathered for k, v in part[0].items()}
+        unreadable = {**self.known_unreadable, **{k: v for part in gathered for k, v in part[1].items()}}
+        if not trainer.is_global_zero:
+            return
+        from pipelines.visualize import table_csv
+
+        lines = [
+            (path, repr(score), "" if label is None else label)
+            for path, (score, label) in sorted(rows.items())
+        ]
+        if unreadable:
+            atomic_write_text(
+                self.out / UNREADABLE_FILE, table_csv(("path", "error"), sorted(unreadable.items()))
+            )
+        atomic_write_text(self.out / PREDICTIONS_FILE, table_csv(("path", "score", "label"), lines))
+        record = {**self.record, "n_predicted": len(rows), "n_unreadable": len(unreadable)}
+        atomic_write_text(self.out / "prediction.json", json.dumps(record, indent=2) + "\n")
+
+
+# --- the job -----------------------------------------------------------------------------------------
+def _datamodule(images: ImageList, module: Any, options: PredictOptions) -> ImageFolderDataModule:
+    return ImageFolderDataModule(
+        images,
+        module.image_size,
+        module.preprocessing,
+        object_name=options.object_name,
+        domain=options.domain,
+        batch_size=options.batch_size,
+        num_workers=options.num_workers,
+    )
+
+
+def _run(cfg: Any, module: Any, datamodule: ImageFolderDataModule, out: Path, callback: Callback) -> None:
+    from pipelines.progress import progress_bar
+    from pipelines.runner import make_trainer
+
+    callbacks = [callback, *([progress_bar()] if cfg.trainer.enable_progress_bar else [])]
+    trainer = make_trainer(
+        cfg, out, [], training=False, inference_mode=not module.needs_grad_at_test, callbacks=callbacks
+    )
+    trainer.predict(module, datamodule=datamodule, return_predictions=False)
+
+
+def check_options(options: PredictOptions) -> None:
+    """Contradictory or incomplete threshold choices are one-line errors before any model is built."""
+    chosen = [
+        name
+        for name, given in (
+            (
+                "--image-threshold/--pixel-threshold",
+                options.image_threshold is not None or options.pixel_threshold is not None,
+            ),
+            ("--threshold-from", options.threshold_from is not None),
+            ("--normal-dir", options.normal_dir is not None),
+        )
+        if given
+    ]
+    if len(chosen) > 1:
+        raise ConfigError(f"choose one source of thresholds, not {' and '.join(chosen)}")
+    if options.threshold_category and options.threshold_from is None:
+        raise ConfigError("--threshold-category needs --threshold-from RUN")
+    if not 0.0 <= options.fpr < 1.0:
+        raise ConfigError(f"--fpr must be in [0, 1), got {options.fpr}")
+    if options.map_format not in MAP_FORMATS:
+        raise ConfigError(f"--map-format must be one of {MAP_FORMATS}")
+    if (options.out / PREDICTIONS_FILE).exists():
+        raise ZsadError(
+            f"{options.out} already holds predictions ({PREDICTIONS_FILE}); choose another --out or remove it"
+        )
+
+
+def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
+    from pipelines.runner import evaluation_module
+
+    check_options(options)
+    images = collect_images(options.inputs)
+    for _, error in images.unreadable:
+        print(f"zsad: skipped unreadable image: {error}", file=sys.stderr)
+    module, checkpoint = evaluation_module(cfg)
+    out = options.out
+    (out / UNREADABLE_FILE).unlink(missing_ok=True)  # never report a previous attempt's files
+    thresholds = Thresholds(
+        options.image_threshold,
+        options.pixel_threshold,
+        "values given"
+        if options.image_threshold is not None or options.pixel_threshold is not None
+        else "none",
+    )
+    if options.threshold_from is not None:
+        thresholds = thresholds_from_run(options.threshold_from, options.threshold_category)
+    if options.normal_dir is not None:
+        normals = collect_images([str(options.normal_dir)])
+        statistics = NormalStatistics(options.fpr, out, f"normal images in {options.normal_dir}")
+        _run(cfg, module, _datamodule(normals, module, options), out, statistics)
+        # ddp_spawn: the statistics were computed in the spawned processes; rank 0 left them in a file
+        thresholds = statistics.thresholds or Thresholds(
+            **json.loads((out / NORMAL_THRESHOLDS_FILE).read_text())
+        )
+    record = {
+        "experiment": cfg.name,
+        "method": cfg.method.name,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "inputs": list(options.inputs),
+        "root": str(images.root),
+        "image_size": module.image_size,
+        "preprocessing": dataclasses.asdict(module.preprocessing),
+        "object_name": options.object_name,
+        "thresholds": dataclasses.asdict(thresholds),
+        "map_format": options.map_format,
+        "overlay_range": list(options.overlay_range),
+    }
+    writer = PredictionWriter(out, images, thresholds, options, record)
+    _run(cfg, module, _datamodule(images, module, options), out, writer)
+    # Read back what rank 0 wrote (under ddp_spawn it ran in another process).
+    with open(out / PREDICTIONS_FILE, newline="") as handle:
+        n_predicted = sum(1 for _ in csv.DictReader(handle))
+    unreadable: list[tuple[str, str]] = []
+    if (out / UNREADABLE_FILE).is_file():
+        with open(out / UNREADABLE_FILE, newline="") as handle:
+            unreadable = [(row["path"], row["error"]) for row in csv.DictReader(handle)]
+    return PredictOutcome(out, n_predicted, unreadable, thresholds)
+
+
+# --- command line ------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="experiment config: a name under configs/experiment/ or a .yaml path")
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value overrides, e.g. checkpoint=RUN/checkpoints/last.ckpt"
+    )
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        action="extend",
+        metavar="PATH",
+        help="image files, folders (recursively) or globs",
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output folder (maps/, overlays/, masks/, predictions.csv)"
+    )
+    parser.add_argument("--image-threshold", type=float, help="score >= T labels an image anomalous")
+    parser.add_argument("--pixel-threshold", type=float, help="map >= T marks a pixel anomalous (masks/)")
+    parser.add_argument(
+        "--threshold-from",
+        type=Path,
+        metavar="RUN",
+        help="the F1-optimal thresholds an evaluation run stored in results.json",
+    )
+    parser.add_argument(
+        "--threshold-category",
+        metavar="TARGET/CATEGORY",
+        help="which of the run's categories (when it has several)",
+    )
+    parser.add_argument(
+        "--normal-dir",
+        type=Path,
+        metavar="DIR",
+        help="normal images: thresholds at --fpr of their scores and pixels",
+    )
+    parser.add_argument(
+        "--fpr", type=float, default=0.01, help="false-positive rate on --normal-dir (default 0.01)"
+    )
+    parser.add_argument(
+        "--map-format",
+        choices=MAP_FORMATS,
+        default="tiff",
+        help="anomaly map files: float32 .tiff, .npy or both",
+    )
+    parser.add_argument(
+        "--object",
+        dest="object_name",
+        default="object",
+        help="object word for methods whose prompts name the object (default 'object')",
+    )
+    parser.add_argument(
+        "--domain",
+        choices=("industrial", "medical"),
+        default="industrial",
+        help="prompt templates of methods that distinguish them",
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--num-workers", type=int, help="loader processes (default: from the CPU cores)")
+    parser.add_argument(
+        "--overlay-range",
+        type=float,
+        nargs=2,
+        default=(0.0, 1.0),
+        metavar=("LOW", "HIGH"),
+        help="map values the heatmap colours span (default 0 1)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.config import compose, to_object
+
+    cfg = to_object(compose(args.config, args.overrides))
+    options = PredictOptions(
+        inputs=list(args.input),
+        out=args.out,
+        image_threshold=args.image_threshold,
+        pixel_threshold=args.pixel_threshold,
+        threshold_from=args.threshold_from,
+        threshold_category=args.threshold_category,
+        normal_dir=args.normal_dir,
+        fpr=args.fpr,
+        map_format=args.map_format,
+        object_name=args.object_name,
+        domain=args.domain,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        overlay_range=tuple(args.overlay_range),
+    )
+    outcome = predict(cfg, options)
+    print(f"predicted {outcome.n_predicted} images: {outcome.out / PREDICTIONS_FILE}")
+    print(
+        f"thresholds: image {outcome.thresholds.image}, pixel {outcome.thresholds.pixel} ({outcome.thresholds.source})"
+    )
+    if outcome.unreadable:
+        print(f"{len(outcome.unreadable)} unreadable inputs skipped: {outcome.out / 'unreadable.csv'}")
+    return 0

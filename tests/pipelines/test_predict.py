@@ -1,0 +1,208 @@
+"""`zsad predict` end to end on the tiny CLIP: the same numbers as `zsad test`, every threshold source,
+DDP, and the errors users see."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from pipelines.cli import main
+
+COMMON = ["trainer.accelerator=cpu", "trainer.devices=1", "logger.wandb.mode=disabled"]
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, synthetic_pair):
+    """A `zsad test` of CLIP (tiny) on the synthetic target, with its maps and image scores saved."""
+    _, target = synthetic_pair
+    base = tmp_path_factory.mktemp("predict")
+    data = base / "tgt.yaml"
+    data.write_text(f"name: synthetic\nroot: {target}\neval_batch_size: 4\nnum_workers: 0\n")
+    run_dir = base / "eval"
+    overrides = ["method=clip_tiny", f"targets=[{data}]", *COMMON, "trainer.enable_progress_bar=false"]
+    assert (
+        main(
+            [
+                "test",
+                "clip_all",
+                *overrides,
+                "eval.save_maps=true",
+                "eval.visualize=false",
+                f"run_dir={run_dir}",
+            ]
+        )
+        == 0
+    )
+    return target, run_dir
+
+
+def test_predictions_equal_the_evaluation_and_follow_the_runs_thresholds(evaluated, tmp_path, capsys):
+    target, run_dir = evaluated
+    out = tmp_path / "out"
+    # a folder and a glob; CLIP's texts name the object, so it is the evaluation's word for this category
+    inputs = [str(target / "ring" / "test" / "good"), str(target / "ring" / "test" / "[a-fh-z]*" / "*.png")]
+    args = ["predict", "clip_all", "method=clip_tiny", *COMMON, "--out", str(out), "--map-format", "both"]
+    args += [
+        "--threshold-from",
+        str(run_dir),
+        "--threshold-category",
+        "synthetic/ring",
+        "--batch-size",
+        "3",
+        "--object",
+        "ring",
+    ]
+    assert main([*args, "--input", *inputs]) == 0
+    assert "Predicting: 3/3 batches (100%)" in capsys.readouterr().err  # one line per update, not a tty
+    thresholds = json.loads((run_dir / "results.json").read_text())["targets"]["synthetic"]["categories"][
+        "ring"
+    ]
+    image_t, pixel_t = thresholds["f1_thresholds"]["image"], thresholds["f1_thresholds"]["pixel"]
+    evaluation = {
+        row["image"]: float(row["score"])
+        for row in _rows(run_dir / "maps" / "synthetic" / "image_scores.csv")
+    }
+    rows = _rows(out / "predictions.csv")
+    assert len(rows) == 7 and [r["path"] for r in rows] == sorted(r["path"] for r in rows)
+    for row in rows:
+        path = Path(row["path"])
+        key = path.relative_to(target).with_suffix("").as_posix()
+        score = float(row["score"])
+        assert score == pytest.approx(
+            evaluation[key], rel=1e-5
+        )  # same preprocessing and model (other batches)
+        assert int(row["label"]) == int(score >= image_t)
+        name = (
+            path.relative_to(target / "ring" / "test").with_suffix("").as_posix()
+        )  # below the common folder
+        anomaly_map = tifffile.imread(out / "maps" / f"{name}.tiff")
+        assert anomaly_map.dtype == np.float32 and anomaly_map.shape == (32, 32)  # the image's own size
+        np.testing.assert_array_equal(anomaly_map, np.load(out / "maps" / f"{name}.npy"))
+        saved = np.load(run_dir / "maps" / "synthetic" / f"{key}.npy")  # float16, at the evaluation size
+        np.testing.assert_allclose(anomaly_map, saved.astype(np.float32), rtol=2**-10, atol=1e-6)
+        mask = np.asarray(Image.open(out / "masks" / f"{name}.png"))
+        np.testing.assert_array_equal(mask == 255, anomaly_map.astype(float) >= pixel_t)
+        assert Image.open(out / "overlays" / f"{name}.png").size == (32, 32)
+    record = json.loads((out / "prediction.json").read_text())
+    assert record["thresholds"]["image"] == image_t and "synthetic/ring" in record["thresholds"]["source"]
+    # a second prediction into the same folder would mix two runs' files: refused
+    assert main([*args, "--input", *inputs]) == 2
+    assert "already holds predictions" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_predict_every_image_once(evaluated, tmp_path):
+    target, run_dir = evaluated
+    out = tmp_path / "two"
+    args = [
+        "predict",
+        "clip_all",
+        "method=clip_tiny",
+        "trainer.accelerator=cpu",
+        "logger.wandb.mode=disabled",
+    ]
+    args += ["trainer.devices=2", "trainer.strategy=ddp_spawn", "--out", str(out), "--object", "ring"]
+    args += ["--image-threshold", "0.5", "--batch-size", "2", "--input", str(target / "ring" / "test")]
+    assert main(args) == 0
+    rows = _rows(out / "predictions.csv")
+    evaluation = {
+        row["image"]: float(row["score"])
+        for row in _rows(run_dir / "maps" / "synthetic" / "image_scores.csv")
+    }
+    keys = [Path(r["path"]).relative_to(target).with_suffix("").as_posix() for r in rows]
+    assert sorted(keys) == sorted(k for k in evaluation if k.startswith("ring/"))  # each image exactly once
+    assert [float(r["score"]) for r in rows] == pytest.approx([evaluation[k] for k in keys], rel=1e-5)
+    assert [int(r["label"]) for r in rows] == [int(float(r["score"]) >= 0.5) for r in rows]
+    assert len(list((out / "maps").rglob("*.tiff"))) == 7 and not list(out.rglob("*.tmp*"))
+
+
+def test_thresholds_at_a_false_positive_rate_of_normal_images(evaluated, tmp_path):
+    target, _ = evaluated
+    out, normal = tmp_path / "fpr", target / "ring" / "test" / "good"
+    args = ["predict", "clip_all", "method=clip_tiny", *COMMON, "trainer.enable_progress_bar=false"]
+    args += [
+        "--out",
+        str(out),
+        "--normal-dir",
+        str(normal),
+        "--fpr",
+        "0.34",
+        "--batch-size",
+        "3",
+        "--input",
+        str(normal),
+    ]
+    assert main(args) == 0
+    rows = _rows(out / "predictions.csv")  # the normal images themselves, in the same batches
+    scores = sorted((float(r["score"]) for r in rows), reverse=True)
+    thresholds = json.loads((out / "prediction.json").read_text())["thresholds"]
+    # the lowest threshold at which at most 34% of the 3 normal images (i.e. 1) are flagged
+    # (the next float32 above the second-highest score: scores are float32)
+    assert thresholds["image"] == np.nextafter(np.float32(scores[math.floor(0.34 * 3)]), np.float32(np.inf))
+    assert sum(int(r["label"]) for r in rows) == 1
+    pixels = np.concatenate([tifffile.imread(p).reshape(-1) for p in (out / "maps").rglob("*.tiff")]).astype(
+        float
+    )
+    next_lower = pixels[pixels < thresholds["pixel"]].max()  # any lower threshold flags this pixel value too
+    assert np.mean(pixels >= thresholds["pixel"]) <= 0.34 < np.mean(pixels >= next_lower)
+    assert "3 normal images at FPR 0.34" in thresholds["source"]
+
+
+def test_errors_name_what_is_wrong(tmp_path, synthetic_pair, capsys):
+    _, target = synthetic_pair
+    image = str(target / "ring" / "test" / "good" / "000.png")
+    out = ["--out", str(tmp_path / "o")]
+    assert main(["predict", "clip_all", "method=anomalyclip_tiny", *COMMON, "--input", image, *out]) == 2
+    assert "checkpoint=" in capsys.readouterr().err  # a trained method needs its weights
+    assert (
+        main(
+            ["predict", "clip_all", "method=clip_tiny", *COMMON, "--input", str(tmp_path / "none*.png"), *out]
+        )
+        == 2
+    )
+    assert "matches no image" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "predict",
+                "clip_all",
+                "method=clip_tiny",
+                "--input",
+                image,
+                *out,
+                "--threshold-from",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
+    assert "results.json not found" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "predict",
+                "clip_all",
+                "--input",
+                image,
+                *out,
+                "--image-threshold",
+                "1",
+                "--normal-dir",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
+    assert "choose one source of thresholds" in capsys.readouterr().err
