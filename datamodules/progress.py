@@ -65,8 +65,10 @@ class LineTqdm(tqdm):
         return (self.n, self.total, self.desc, self.postfix)
 
     def _print_line(self) -> None:
+        if self.disable:  # a disabled bar (DDP ranks > 0) never set desc, postfix, ...
+            return
         state = self._line_state()
-        if self.disable or state == self._line_printed or not self.n:
+        if state == self._line_printed or not self.n:
             return
         self.fp.write(self.__str__().strip() + "\n")
         self.fp.flush()
