@@ -291,12 +291,10 @@ def _datamodule(images: ImageList, module: Any, options: PredictOptions) -> Imag
 
 
 def _run(cfg: Any, module: Any, datamodule: ImageFolderDataModule, out: Path, callback: Callback) -> None:
-    from pipelines.progress import progress_bar
-    from pipelines.runner import make_trainer
+    from pipelines.runner import make_trainer  # with the run's progress bar (whole lines in log files)
 
-    callbacks = [callback, *([progress_bar()] if cfg.trainer.enable_progress_bar else [])]
     trainer = make_trainer(
-        cfg, out, [], training=False, inference_mode=not module.needs_grad_at_test, callbacks=callbacks
+        cfg, out, [], training=False, inference_mode=not module.needs_grad_at_test, callbacks=[callback]
     )
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
 

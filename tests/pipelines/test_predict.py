@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,8 @@ def test_predictions_equal_the_evaluation_and_follow_the_runs_thresholds(evaluat
         "ring",
     ]
     assert main([*args, "--input", *inputs]) == 0
-    assert "Predicting: 3/3 batches (100%)" in capsys.readouterr().err  # one line per update, not a tty
+    printed = capsys.readouterr().out  # not a terminal: whole lines, no carriage-return redraws
+    assert re.search(r"^Predicting DataLoader 0: 100%.* 3/3 ", printed, re.M) and "\r" not in printed
     thresholds = json.loads((run_dir / "results.json").read_text())["targets"]["synthetic"]["categories"][
         "ring"
     ]
