@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks import Callback
 
 from datamodules.images import load_image_rgb
 from lightning_modules.metrics.curves import CurveSet, RankingCurve
+from pipelines.errors import ConfigError
 from pipelines.results import atomic_write_text
 
 MAX_CURVE_POINTS = 2000
@@ -155,7 +156,7 @@ def plot_curves(curves: CurveSet, metrics: dict[str, Any], fpr_limit: float, tit
     """ROC | PR | PRO of one category in one PNG; legends carry the exact metrics of results.json."""
     figure = _figure(12, 4, 72)
     roc_ax, pr_ax, pro_ax = figure.subplots(1, 3)
-    figure.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=0.86, wspace=0.22)
+    figure.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=0.83, wspace=0.22)
     styles = {"image": "tab:blue", "pixel": "tab:orange"}
 
     def value(name: str) -> str:
@@ -195,7 +196,7 @@ def plot_curves(curves: CurveSet, metrics: dict[str, Any], fpr_limit: float, tit
             curves.pro_fpr[k],
             curves.pro[k],
             color=styles["pixel"],
-            label=f"AUPRO@{fpr_limit:g} {value('aupro')}",
+            label=f"AUPRO@{fpr_limit:g} {value('aupro')} (cflow {value('aupro_cflow')})",
         )
         pro_ax.axvline(fpr_limit, color="gray", linestyle="--", linewidth=0.8)
     for ax, (xlabel, ylabel, name) in zip(
@@ -222,7 +223,7 @@ def plot_curves(curves: CurveSet, metrics: dict[str, Any], fpr_limit: float, tit
                 fontsize=9,
                 wrap=True,
             )
-    figure.suptitle(title)
+    figure.suptitle(title, y=0.985)
     _save_figure(figure, path)
 
 
@@ -351,6 +352,8 @@ class EvaluationPictures(Callback):
     def __init__(
         self, out_dir: Path, target: str, loggers: list, gallery_size: int, fpr_limit: float
     ) -> None:
+        if gallery_size < 0:
+            raise ConfigError(f"eval.gallery_size must be >= 0 (0: curves only), got {gallery_size}")
         self.out_dir, self.target, self.loggers = Path(out_dir), target, loggers
         self.gallery_size, self.fpr_limit = gallery_size, fpr_limit
         self.heaps = GalleryHeaps(gallery_size)

@@ -15,7 +15,8 @@ from wandb_support import logged_values, wandb_records
 from datamodules.images import load_mask
 from lightning_modules.metrics import trapezoid_area
 from pipelines.cli import main
-from pipelines.visualize import GalleryHeaps, GalleryItem, select_gallery, thin
+from pipelines.errors import ConfigError
+from pipelines.visualize import EvaluationPictures, GalleryHeaps, GalleryItem, select_gallery, thin
 
 
 def _item(score: float, sample_id: int) -> GalleryItem:
@@ -45,6 +46,11 @@ def test_gallery_heaps_keep_only_the_highest_and_lowest_scores():
 def test_select_gallery_shows_small_categories_once():
     items = [_item(0.3, 1), _item(0.9, 2), _item(0.3, 1)]
     assert [i.sample_id for i in select_gallery(items, 8)] == [2, 1]
+
+
+def test_a_negative_gallery_size_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="eval.gallery_size"):
+        EvaluationPictures(tmp_path, "t", [], gallery_size=-1, fpr_limit=0.3)
 
 
 def test_thin_keeps_endpoints_and_the_requested_point():
