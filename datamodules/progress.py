@@ -116,7 +116,7 @@ def progress(
         file=stream if terminal else _WholeLines(stream),
         disable=_disabled(),
         dynamic_ncols=terminal,
-        ncols=None if terminal else 100,
+        ncols=None,  # a line bar: full width, nothing cut off
         mininterval=0.1 if terminal else 0,
         leave=True,
     )
@@ -140,7 +140,7 @@ class LightningLineBar(TQDMProgressBar):
             disable=self.is_disabled,
             leave=leave,
             file=_WholeLines(sys.stdout),
-            ncols=100,
+            ncols=None,  # the whole line: nothing of the postfix (losses) cut off
             mininterval=0,
             smoothing=0,
             bar_format=self.BAR_FORMAT,

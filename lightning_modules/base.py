@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import importlib
 from typing import Any
 
 import lightning as L
@@ -140,8 +141,64 @@ class ZeroShotModule(L.LightningModule):
             raise
         except Exception as error:  # noqa: BLE001 - a corrupt file of any kind
             raise ZsadError(f"cannot read checkpoint {path}: {error}") from None
+        if isinstance(checkpoint, dict) and "state_dict" not in checkpoint:
+            checkpoint = {"state_dict": self.official_state_dict(checkpoint, source=path)}
         check_checkpoint(self, checkpoint, source=path)
         self.load_state_dict(checkpoint["state_dict"], strict=False)
+
+    def official_state_dict(self, checkpoint: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
+        """The trainable state of a checkpoint in the method authors' own format (their released weights).
+
+        A method whose authors released weights converts them in ``official_checkpoint.py`` of its package,
+        ``zsad_state_dict(module, checkpoint, source)`` (e.g. ``lightning_modules/anomalyclip``); that checks
+        names and shapes and raises a :class:`ZsadError` for any other file."""
+        package = type(self).__module__.rpartition(".")[0]
+        name = f"{package}.official_checkpoint"
+        try:
+            converter = importlib.import_module(name) if package else None
+        except ModuleNotFoundError as error:
+            if error.name != name:
+                raise
+            converter = None
+        if converter is None:
+            raise ZsadError(
+                f"{source} is not a zsad checkpoint (no 'state_dict'; keys: {sorted(checkpoint)[:5]}) and "
+                f"method '{self.method_name}' reads no other format"
+            )
+        return converter.zsad_state_dict(self, checkpoint, source)
+
+
+def official_entries(checkpoint: dict[str, Any], key: str, source: str, what: str) -> dict[str, torch.Tensor]:
+    """The state dict the authors saved under ``key``, or a :class:`ZsadError` saying the file is neither."""
+    entries = checkpoint.get(key)
+    if not isinstance(entries, dict):
+        raise ZsadError(
+            f"{source} is neither a zsad checkpoint (no 'state_dict') nor {what} (no '{key}'); "
+            f"its keys: {sorted(checkpoint)[:5]}"
+        )
+    return entries
+
+
+def checked_official_state(
+    module: ZeroShotModule, tensors: dict[str, torch.Tensor], source: str, what: str
+) -> dict[str, torch.Tensor]:
+    """``tensors`` (zsad parameter name -> the authors' tensor, already reshaped) after checking that they
+    are exactly the module's trainable parameters, each with its shape; ``what`` names the authors' format."""
+    params = dict(module.named_parameters())
+    expected = module.trainable_state_keys()
+    if set(tensors) != expected:
+        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        raise ZsadError(
+            f"{source} ({what}) does not fit method '{module.method_name}' as configured: "
+            f"missing {missing[:3]}, unexpected {extra[:3]}"
+        )
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != tuple(params[name].shape):
+            raise ZsadError(
+                f"{source} ({what}): {name} has shape {tuple(tensor.shape)} but this model needs "
+                f"{tuple(params[name].shape)}; check the method and backbone settings"
+            )
+    return tensors
 
 
 def check_checkpoint(module: ZeroShotModule, checkpoint: dict[str, Any], source: str) -> None:

@@ -21,8 +21,18 @@ from typing import Any
 
 from pipelines.errors import ZsadError
 from pipelines.published import SOURCE, published
-from pipelines.report_grouping import CFLOW_AUPRO, Cell, Grouping, entries_of, group, load_run, metric_value
+from pipelines.report_grouping import (
+    CFLOW_AUPRO,
+    Cell,
+    Grouping,
+    RunRecord,
+    entries_of,
+    group,
+    load_run,
+    metric_value,
+)
 from pipelines.results import atomic_write_text
+from pipelines.run_state import read_status
 
 TABLES = (
     ("image level (AUROC, AP)", ("image_auroc", "image_ap")),
@@ -87,7 +97,7 @@ def _tables(reference: bool, grouping: Grouping) -> list[tuple[str, tuple[str, .
     note = (
         "AUPRO here is zsad's exact AUPRO; the published AUPRO (marked *) is the papers' 200-threshold "
         "cflow-style AUPRO, which these runs did not record (no `aupro_cflow`): the two are NOT comparable. "
-        "Use runs that record `aupro_cflow` or ran with eval.aupro_method=legacy_cflow."
+        "Runs of this zsad version record `aupro_cflow` beside `aupro`: evaluate again to compare."
     )
     return [(TABLES[0][0], TABLES[0][1], None), (TABLES[1][0], TABLES[1][1], note)]
 
@@ -203,7 +213,7 @@ def _csv_rows(grouping: Grouping) -> list[dict[str, Any]]:
                     "std": statistics.stdev(numbers) if len(numbers) > 1 else 0.0,
                     "n": len(numbers),
                     "seeds": " ".join(
-                        str(e.run.seed) for e in cell.entries if metric_value(e, metric) is not None
+                        e.run.seed_label for e in cell.entries if metric_value(e, metric) is not None
                     ),
                     "published": None if metric == "aupro" else _published_for(row, column, grouping, metric),
                     "runs": " ".join(str(e.run.run_dir) for e in cell.entries),
@@ -218,6 +228,20 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def _note_unfinished(grouping: Grouping, run_dirs: list[Path], runs: list[RunRecord]) -> None:
+    """Runs of the inputs without results are named; results of a run that did not finish may be partial."""
+    waiting = [d for d in run_dirs if not (d / "results.json").is_file()]
+    if waiting:
+        shown = ", ".join(str(d) for d in waiting[:10]) + (" ..." if len(waiting) > 10 else "")
+        grouping.notes.insert(0, f"{len(waiting)} run(s) have no results.json yet and are left out: {shown}")
+    for run in runs:
+        state = read_status(run.run_dir)["state"]
+        if state not in ("finished", "pending"):  # pending: no status.json (a run of an older version)
+            grouping.warnings.append(
+                f"{run.run_dir} is {state}: its results.json holds only the targets evaluated so far"
+            )
 
 
 def build_report(
@@ -236,6 +260,7 @@ def build_report(
     if not entries:
         raise ZsadError("no finished runs (results.json with evaluated targets) found in the given inputs")
     grouping = group(entries, group_by)
+    _note_unfinished(grouping, run_dirs, runs)
     markdown = _markdown(grouping, len(runs), reference, group_by)
     rows = _csv_rows(grouping)
     csv_text = _csv_text(rows)

@@ -30,7 +30,7 @@ IGNORED_KEYS = (
     "run_dir",
     "output_dir",
     "data_root",
-    "checkpoint",  # a path; what was trained is in the other keys and the seed
+    "checkpoint",  # the trained weights of a test run: with the seed, the replicate (RunRecord.replicate)
     "logger.*",  # W&B / CSV logging
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
@@ -61,6 +61,22 @@ class RunRecord:
     target_settings: list[dict[str, Any]]  # one per configured target, keys without the prefix
     seed: Any
     has_config: bool
+    checkpoint: str | None = (
+        None  # a `zsad test` run's weights: runs of other checkpoints are other replicates
+    )
+
+    @property
+    def replicate(self) -> str:
+        """What a cell averages over: the seed, and for test runs the checkpoint they evaluated."""
+        return json.dumps([self.seed, self.checkpoint], default=str)
+
+    @property
+    def seed_label(self) -> str:
+        """The seed as shown; a test run adds its checkpoint's run folder (RUN/checkpoints/x.ckpt)."""
+        if not self.checkpoint:
+            return str(self.seed)
+        path = Path(self.checkpoint)
+        return f"{self.seed}@{path.parent.parent.name if path.parent.name == 'checkpoints' else path.name}"
 
 
 @dataclasses.dataclass
@@ -135,7 +151,9 @@ def load_run(run_dir: Path) -> RunRecord | None:
     target_settings = [
         {k: v for k, v in flatten(t).items() if not is_ignored(f"{TARGET_PREFIX}{k}")} for t in targets
     ]
-    return RunRecord(run_dir, results, setting, target_settings, config.get("seed"), True)
+    return RunRecord(
+        run_dir, results, setting, target_settings, config.get("seed"), True, config.get("checkpoint")
+    )
 
 
 def entries_of(runs: list[RunRecord]) -> list[Entry]:
@@ -155,7 +173,8 @@ def entries_of(runs: list[RunRecord]) -> list[Entry]:
 
 
 def metric_value(entry: Entry, metric: str) -> float | None:
-    """A cell's number; ``aupro_cflow`` falls back to ``aupro`` of runs that computed the cflow AUPRO."""
+    """A cell's number; ``aupro_cflow`` falls back to ``aupro`` of older runs whose ``aupro`` was the cflow
+    AUPRO (``eval.aupro_method=legacy_cflow`` before both were recorded)."""
     mean = entry.payload.get("mean", {})
     legacy = (entry.run.results.get("eval") or {}).get("aupro_method") == "legacy_cflow"
     if metric == CFLOW_AUPRO and mean.get(CFLOW_AUPRO) is None and legacy:
@@ -283,7 +302,7 @@ def group(entries: list[Entry], group_by: list[str] | None = None) -> Grouping:
         )
     ordered_columns = sorted(set(column_labels.values()))
     column_seeds = {
-        label: sorted({e.run.seed for c in cells.values() if c.column == label for e in c.entries}, key=str)
+        label: sorted({e.run.seed_label for c in cells.values() if c.column == label for e in c.entries})
         for label in ordered_columns
     }
     rows = sorted(set(row_labels.values()))
@@ -326,7 +345,7 @@ def _drop_reruns(
     """Same setting (every non-ignored key) and same seed: one run counted, the newest."""
     by_identity: dict[tuple, list[Entry]] = defaultdict(list)
     for e in members:
-        by_identity[(_frozen(e.setting, all_keys), json.dumps(e.run.seed, default=str))].append(e)
+        by_identity[(_frozen(e.setting, all_keys), e.run.replicate)].append(e)
     kept = []
     for same in by_identity.values():
         same.sort(key=lambda e: (e.created, str(e.run.run_dir)))
@@ -334,10 +353,10 @@ def _drop_reruns(
         if len(same) > 1:
             dropped = ", ".join(str(e.run.run_dir) for e in same[:-1])
             notes.append(
-                f"{row} / {column}: {len(same)} identical runs with seed {same[-1].run.seed} counted once "
+                f"{row} / {column}: {len(same)} identical runs with seed {same[-1].run.seed_label} counted once "
                 f"(the newest, {same[-1].run.run_dir}; not counted: {dropped})"
             )
-    kept.sort(key=lambda e: (str(e.run.seed), str(e.run.run_dir)))
+    kept.sort(key=lambda e: (e.run.seed_label, str(e.run.run_dir)))
     return kept
 
 
@@ -355,8 +374,8 @@ def _mixing_warnings(
         )
         more = f" (and {len(varying) - 6} more keys)" if len(varying) > 6 else ""
         out.append(f"{row} / {column} mixes settings, not only seeds: {shown}{more}")
-    seeds = [json.dumps(e.run.seed, default=str) for e in kept]
-    if len(set(seeds)) < len(seeds):
+    replicates = [e.run.replicate for e in kept]
+    if len(set(replicates)) < len(replicates):
         out.append(f"{row} / {column} counts the same seed more than once (runs with different settings)")
     for field in DATA_FIELDS:
         values = {json.dumps(e.payload.get(field), default=str) for e in kept if field in e.payload}

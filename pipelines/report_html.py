@@ -54,13 +54,15 @@ def _curves(grouping: Grouping) -> list[str]:
             {
                 e.run.run_dir: e.run for c in grouping.cells.values() if c.column == column for e in c.entries
             }.values(),
-            key=lambda r: (str(r.seed), str(r.run_dir)),
+            key=lambda r: (r.seed_label, str(r.run_dir)),
         )
         for run in runs:
             pictures = curve_pictures(run.run_dir)
             if not pictures:
                 continue
-            out.append(f"<details><summary>{_e(column)}, seed {_e(run.seed)} ({_e(run.run_dir)})</summary>")
+            out.append(
+                f"<details><summary>{_e(column)}, seed {_e(run.seed_label)} ({_e(run.run_dir)})</summary>"
+            )
             for picture in pictures:
                 caption = picture.relative_to(run.run_dir / "plots").as_posix()
                 out.append(

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import torch
 
-from lightning_modules.anomalyclip import AnomalyCLIPConfig
+from lightning_modules.anomalyclip import AnomalyCLIPConfig, AnomalyCLIPModule
 from lightning_modules.clip.config import BackboneConfig
 
 
@@ -42,3 +43,28 @@ def zsad_test_from_run(experiment: Path, trained_run: Path, out_dir: Path, overr
 
     checkpoint = Path(trained_run) / "checkpoints" / "last.ckpt"
     return main(["test", str(experiment), *overrides, f"checkpoint={checkpoint}", f"run_dir={out_dir}"])
+
+
+def authors_prompt_learner(module: AnomalyCLIPModule, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict named and shaped as the authors' AnomalyCLIP_PromptLearner (prompt_ensemble.py) for
+    n_ctx = prompt_length, t_n_ctx = deep_prompt_length, depth = number of deep blocks + 1; random values."""
+    g = torch.Generator().manual_seed(seed)
+    cfg, width = module.cfg, module.model.text.width
+    n, k, depth = cfg.prompt_length, cfg.deep_prompt_length, len(cfg.deep_prompt_blocks) + 1
+    tokens = module.model.prompts.token_ids
+    length = tokens.shape[1]
+    state = {
+        "ctx_pos": torch.randn(1, 1, n, width, generator=g),
+        "ctx_neg": torch.randn(1, 1, n, width, generator=g),
+        **{f"compound_prompts_text.{j}": torch.randn(k, width, generator=g) for j in range(depth - 1)},
+        "token_prefix_pos": torch.randn(1, 1, 1, width, generator=g),
+        "token_suffix_pos": torch.randn(1, 1, length - 1 - n, width, generator=g),
+        "token_prefix_neg": torch.randn(1, 1, 1, width, generator=g),
+        "token_suffix_neg": torch.randn(1, 1, length - 1 - n, width, generator=g),
+        "tokenized_prompts_pos": tokens[0].reshape(1, 1, -1).int(),
+        "tokenized_prompts_neg": tokens[1].reshape(1, 1, -1).int(),
+    }
+    for j in range(depth - 1):  # Linear(ctx_dim, 896) per deep block, unused by their forward
+        state[f"compound_prompt_projections.{j}.weight"] = torch.randn(896, width, generator=g)
+        state[f"compound_prompt_projections.{j}.bias"] = torch.randn(896, generator=g)
+    return state

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision import transforms as T
 
 from datamodules.config import DataConfig
 from datamodules.datamodule import AnomalyDataModule
@@ -96,6 +97,27 @@ def test_default_is_anomalyclip_bicubic_pil_resize_with_antialiasing(tmp_path: P
     aliased = F.interpolate(rgb, (SIZE, SIZE), mode="bicubic", antialias=False)[0].clamp(0, 255)
     old = (aliased / 255 - torch.from_numpy(MEAN)[:, None, None]) / torch.from_numpy(STD)[:, None, None]
     assert np.abs(old.numpy() - reference).mean() * STD.mean() * 255 > 5  # mean |diff| > 5 grey levels
+
+
+def test_equals_the_official_torchvision_compositions(tmp_path: Path) -> None:
+    """AnomalyCLIP's get_transform and target_transform as torchvision objects, applied to the files."""
+    path, mask = _textured(tmp_path / "t.png"), _blob_mask(tmp_path / "m.png")
+    preprocess = T.Compose(
+        [
+            T.Resize((SIZE, SIZE), interpolation=T.InterpolationMode.BICUBIC, antialias=None),
+            T.CenterCrop((SIZE, SIZE)),
+            lambda image: image.convert("RGB"),
+            T.ToTensor(),
+            T.Normalize(tuple(MEAN.tolist()), tuple(STD.tolist())),
+        ]
+    )
+    target_transform = T.Compose([T.Resize((SIZE, SIZE)), T.CenterCrop(SIZE), T.ToTensor()])
+    binary = Image.fromarray((np.array(Image.open(mask).convert("L")) > 0).astype(np.uint8) * 255, mode="L")
+    official_mask = target_transform(binary)[0]
+    official_mask[official_mask > 0.5], official_mask[official_mask <= 0.5] = 1, 0  # test.py
+    image, target = _zsad(path, mask)
+    assert np.abs(image - preprocess(Image.open(path)).numpy()).max() <= 1e-6
+    assert (target == official_mask.numpy()).all()
 
 
 def test_anovl_resizes_bilinear(tmp_path: Path) -> None:

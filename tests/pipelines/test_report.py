@@ -3,13 +3,16 @@ warnings for mixed cells, --group-by, the published reference column and the fil
 
 from __future__ import annotations
 
+import copy
 import csv
+import functools
 import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from pipelines.cli import main
 from pipelines.config import compose, to_yaml
@@ -23,6 +26,12 @@ PNG_1x1 = bytes.fromhex(
 )
 
 
+@functools.cache
+def demo_config() -> dict:
+    """The demo experiment's resolved config as a run writes it to config.yaml (composed once)."""
+    return yaml.safe_load(to_yaml(compose("demo")))
+
+
 def make_run(
     base: Path,
     folder: str,
@@ -33,17 +42,24 @@ def make_run(
     aupro_cflow: float | None = None,
     with_config: bool = True,
 ) -> Path:
-    """A finished run folder: the resolved config.yaml of the demo experiment and a results.json."""
+    """A finished run folder: the demo experiment's resolved config.yaml with ``overrides`` (dotted
+    key=value, values as YAML) and a results.json."""
     run_dir = base / folder
     run_dir.mkdir(parents=True)
-    cfg = compose("demo", [f"run_dir={run_dir}", *overrides])
+    cfg = copy.deepcopy(demo_config())
+    for key, value in (o.split("=", 1) for o in [f"run_dir={run_dir}", *overrides]):
+        *parents, last = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[last] = yaml.safe_load(value)
     if with_config:
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
     mean = {"image_auroc": image_auroc, "image_ap": image_auroc / 2, "pixel_auroc": 0.5, "aupro": 0.25}
     if aupro_cflow is not None:
         mean["aupro_cflow"] = aupro_cflow
     results = {
-        "experiment": "demo", "method": "anomalyclip", "source": "synthetic", "seed": cfg.seed,
+        "experiment": "demo", "method": "anomalyclip", "source": "synthetic", "seed": cfg["seed"],
         "run_dir": str(run_dir), "created": created, "eval": {"fpr_limit": 0.3, "aupro_method": "exact"},
         "targets": {"synthetic": {"dataset": "synthetic", "n_images": n_images, "version": None, "mean": mean}},
     }  # fmt: skip
@@ -126,12 +142,29 @@ def test_schedules_and_data_never_mix_silently(tmp_path):
     make_run(runs, "short", ["trainer.max_epochs=1"], 0.6)
     make_run(runs, "short_other_data", ["trainer.max_epochs=1", "seed=2"], 0.7, n_images=30)
     make_run(runs, "no_config", ["seed=5"], 0.1, with_config=False)
+    (runs / "long" / "status.json").write_text(json.dumps({"state": "failed", "error": "on the 2nd target"}))
     report = build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled")
     rows = csv_rows(report)
     assert float(row(rows, "anomalyclip max_epochs=15", "image_auroc")["mean"]) == pytest.approx(0.8)
     assert int(row(rows, "anomalyclip max_epochs=1", "image_auroc")["n"]) == 2
     assert any("mixes different data: n_images = 20, 30" in w for w in report.warnings)
     assert any("no config.yaml" in w and "no_config" in w for w in report.warnings)
+    assert any(
+        w.endswith("long is failed: its results.json holds only the targets evaluated so far")
+        for w in report.warnings
+    )
+
+
+def test_test_runs_of_different_checkpoints_are_different_replicates(tmp_path):
+    runs = tmp_path / "runs"
+    for name, value in (("trainA", 0.6), ("trainB", 0.8)):
+        make_run(runs, f"test_{name}", [f"checkpoint=/r/{name}/checkpoints/last.ckpt"], value)
+    make_run(runs, "test_trainB_again", ["checkpoint=/r/trainB/checkpoints/last.ckpt"], 0.9, created="2027")
+    report = build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled")
+    found = row(csv_rows(report), "anomalyclip", "image_auroc")
+    assert int(found["n"]) == 2 and float(found["mean"]) == pytest.approx(np.mean([0.6, 0.9]))
+    assert found["seeds"] == "111@trainA 111@trainB" and report.warnings == []
+    assert "2 identical runs with seed 111@trainB counted once" in report.markdown
 
 
 def test_reference_compares_the_cflow_aupro_or_says_it_cannot(tmp_path):

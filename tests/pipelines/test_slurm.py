@@ -1,4 +1,5 @@
-"""Sweeps through a real SLURM (sbatch array + srun), including SIGUSR1 requeue and resume.
+"""Sweeps through a real SLURM (sbatch array + exec'd srun): requeue by signal and by time limit, a task
+killed with -9 and resubmitted, duplicate submissions, status, and results equal to an uninterrupted run.
 
 `.ci/run` starts a single-node SLURM on loopback (`.ci/start_slurm.sh`); there these tests must run and
 fail loudly if SLURM is not up. Elsewhere they are skipped with the reason.
@@ -6,18 +7,24 @@ fail loudly if SLURM is not up. Elsewhere they are skipped with the reason.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from sweep_helpers import write_sweep
 
 from pipelines import sweep
 from pipelines.cli import main
+from pipelines.run_state import is_finished
 
 pytestmark = pytest.mark.slow
 
@@ -57,75 +64,169 @@ def _wait(condition, timeout: float, what: str, interval: float = 2.0):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _job_gone(job_id: str) -> bool:
-    out = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True).stdout
-    return not out.strip()
+def _job_field(task: str, field: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", "-o", task], capture_output=True, text=True).stdout
+    match = re.search(rf"\b{field}=(\S*)", out)
+    return match.group(1) if match else ""
 
 
 def _requeued_and_pending(task: str) -> bool:
-    out = subprocess.run(["scontrol", "show", "job", task], capture_output=True, text=True).stdout
-    return "JobState=PENDING" in out and "Restarts=0" not in out
+    return _job_field(task, "JobState") == "PENDING" and int(_job_field(task, "Restarts") or 0) >= 1
+
+
+def _release(task: str, *settings: str) -> None:
+    """SLURM holds a requeued job for about two minutes before it may start again (EligibleTime); what
+    is tested is that it resumes, not that wait. The hold is set when the requeue completes, which may
+    be just after the job shows as pending: update until the job is eligible now."""
+
+    def released() -> bool:
+        subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now", *settings], check=True)
+        if _job_field(task, "JobState") != "PENDING":
+            return True
+        eligible = _job_field(task, "EligibleTime")
+        return eligible[:1].isdigit() and datetime.datetime.fromisoformat(eligible) <= datetime.datetime.now()
+
+    _wait(released, 120, f"SLURM to accept the release of {task}", interval=3)
 
 
 def _logs(directory: Path) -> str:
     return "\n".join(p.read_text(errors="replace") for p in sorted((directory / "slurm-logs").glob("*.out")))
 
 
-def test_array_sweep_runs_through_sbatch_and_srun(slurm, tmp_path, synthetic_pair, capsys):
-    path = write_sweep(tmp_path, *synthetic_pair, seeds=[1, 2], epochs=1)
-    assert main(["sweep", "submit", str(path)]) == 0
-    cfg, _ = sweep.load_sweep(path)
-    directory = sweep.sweep_dir(cfg)
-    job_id = sweep.submissions(directory)[-1]["job_id"]
-    assert "#SBATCH --array=0-1%2" in Path(sweep.submissions(directory)[-1]["script"]).read_text()
-    _wait(lambda: _job_gone(job_id), 600, f"SLURM job {job_id} to finish")
+def _training(run_dir: Path, log: Path) -> bool:
+    """Training is under way with its signal handlers installed: a resume checkpoint was written (or,
+    with Lightning's own SLURM requeue, Lightning said it set its handlers)."""
+    return bool(list(run_dir.glob("checkpoints/resume/*.ckpt"))) or (
+        log.is_file() and "SLURM auto-requeueing enabled" in log.read_text(errors="replace")
+    )
 
-    rows = sweep.status(cfg)
-    assert [r["state"] for r in rows] == ["finished", "finished"], (rows, _logs(directory))
-    for row in rows:
-        status = json.loads((Path(row["run_dir"]) / "status.json").read_text())
-        assert status["slurm_job"] == f"{job_id}_{row['index']}"
-        assert (Path(row["run_dir"]) / "results.json").is_file()
+
+def _signalled(pid: int) -> bool:
+    """Whether a stopped process received SIGUSR1: it is pending, or the sender continued the process
+    (slurmstepd sends SIGCONT with the signals it delivers), or the process is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except FileNotFoundError:
+        return True
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    pending = int(fields.get("SigPnd", "0").strip(), 16) | int(fields.get("ShdPnd", "0").strip(), 16)
+    return bool(pending & (1 << (signal.SIGUSR1 - 1))) or not fields.get("State", "").strip().startswith("T")
+
+
+def _outcome(run_dir: Path) -> tuple[dict, dict]:
+    """What must not depend on interruptions: every metric of every target, and the trainable parameters."""
+    from lightning_modules.checkpoint_io import safe_torch_load
+
+    results = json.loads((run_dir / "results.json").read_text())
+    metrics = {
+        key: {"categories": t["categories"], "mean": t["mean"]} for key, t in results["targets"].items()
+    }
+    return metrics, safe_torch_load(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+
+
+@pytest.mark.timeout(1800)
+def test_requeued_timed_out_and_killed_tasks_end_as_the_uninterrupted_run(
+    slurm, tmp_path, synthetic_pair, capsys
+):
+    """Four tasks train the same run (same config and seed; only the experiment's name differs): task 0
+    is requeued by SIGUSR1 sent to the batch step (`scancel --batch`, which srun forwards), task 1 by its
+    time limit (`--signal=SIGUSR1@300`; the limit is lowered once it trains), task 2 is killed with -9
+    and submitted again, task 3 runs uninterrupted. All end with the metrics and trainable parameters of
+    task 3, bit for bit; `sweep status` follows them and a second submit of busy runs is refused.
+
+    Training is short (8 epochs of 4 steps); tasks 0 and 1 are paused (SIGSTOP) as soon as they train, so
+    that however fast the machine, the signals reach them mid-training."""
+    extra = {
+        "grid": {"seed": [5], "name": ["signal", "timelimit", "kill9", "reference"]},
+        "overrides": ["trainer.max_epochs=8", "logger.wandb.mode=disabled", "method.backbone.image_size=32",
+                      "method.cache_features=false"],
+        "slurm": {"gpus_per_node": 0, "cpus_per_task": 1, "time": "30", "signal_seconds": 300,
+                  "max_concurrent": 4, "partition": "debug"},
+    }  # fmt: skip
+    path = write_sweep(tmp_path, *synthetic_pair, seeds=[5], name="interrupt", extra=extra)
+    cfg, _ = sweep.load_sweep(path)
+    directory, runs = sweep.sweep_dir(cfg), sweep.expand(cfg)
+    run_dirs = [Path(r.run_dir) for r in runs]
+    assert main(["sweep", "submit", str(path)]) == 0
+    job = sweep.submissions(directory)[-1]["job_id"]
+    assert "#SBATCH --array=0-3%4" in Path(sweep.submissions(directory)[-1]["script"]).read_text()
+    tasks = [f"{job}_{i}" for i in range(4)]
+    logs = [directory / "slurm-logs" / f"{t}.out" for t in tasks]
+
+    def state(index: int) -> str:
+        return sweep.status(cfg)[index]["state"]
+
+    def pid(index: int) -> int:
+        return json.loads((run_dirs[index] / "run.lock").read_text())["pid"]
+
+    # the node has CPUs for two tasks: 2 and 3 wait while 0 and 1 train
+    assert state(3) == "queued"
+    capsys.readouterr()
+    assert main(["sweep", "submit", str(path)]) == 2  # every unfinished run is queued or running
+    assert f"scancel {job}" in capsys.readouterr().err
+    paused: dict[int, int] = {}
+
+    def pause_when_training() -> bool:
+        for index in (0, 1):
+            if index not in paused and _training(run_dirs[index], logs[index]):
+                paused[index] = pid(index)
+                os.kill(paused[index], signal.SIGSTOP)
+        return len(paused) == 2
+
+    _wait(pause_when_training, 600, "tasks 0 and 1 to train", interval=0.1)
+    assert state(0) == "running" and state(1) == "running"
+    try:
+        # task 0: SIGUSR1 to the batch step only. scancel retries while the job is being requeued (which
+        # the signal itself starts); it is stopped once the requeue is seen, so that it cannot signal the
+        # restarted task
+        scancel = subprocess.Popen(["scancel", "--batch", "--signal=USR1", tasks[0]])
+        # task 1: a time limit 2-3 minutes away, i.e. inside the signal's 300 s; SLURM checks time limits
+        # every 30 s
+        runtime = re.split("[:-]", _job_field(tasks[1], "RunTime"))
+        elapsed = sum(int(x) * f for x, f in zip(reversed(runtime), (1, 60, 3600), strict=False))
+        subprocess.run(
+            ["scontrol", "update", f"JobId={tasks[1]}", f"TimeLimit={elapsed // 60 + 3}"], check=True
+        )
+        _wait(lambda: all(_signalled(p) for p in paused.values()), 120, "SIGUSR1 to reach tasks 0 and 1")
+    finally:
+        for process in paused.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process, signal.SIGCONT)
+    _wait(lambda: _requeued_and_pending(tasks[0]), 300, "task 0 to be requeued")
+    assert state(0) == "preempted"
+    if scancel.poll() is None:
+        scancel.terminate()
+    scancel.wait(timeout=60)
+    _release(tasks[0])
+    _wait(lambda: _requeued_and_pending(tasks[1]), 300, "task 1 to be requeued")
+    _release(tasks[1], "TimeLimit=30")
+
+    # task 2: killed with -9 once it trains, then submitted again (the others are left out)
+    _wait(lambda: _training(run_dirs[2], logs[2]), 600, "task 2 to train", interval=0.1)
+    os.kill(pid(2), signal.SIGKILL)
+    _wait(lambda: state(2) == "interrupted", 300, "task 2 to be seen as interrupted")
+    assert main(["sweep", "submit", str(path)]) == 0
+    resubmitted = sweep.submissions(directory)[-1]
+    assert resubmitted["ids"] == [runs[2].id]  # the runs still queued or running are left out
+
+    _wait(lambda: all(is_finished(d) for d in run_dirs), 1200, "every run to finish", interval=5)
+    assert [r["state"] for r in sweep.status(cfg)] == ["finished"] * 4
+    for index in (0, 1):
+        status = json.loads((run_dirs[index] / "status.json").read_text())
+        assert status["slurm_job"] == tasks[index] and status["slurm_restarts"] >= 1, status
+    assert json.loads((run_dirs[2] / "status.json").read_text())["slurm_job"] == f"{resubmitted['job_id']}_2"
+    reference_metrics, reference_weights = _outcome(run_dirs[3])
+    for index in (0, 1, 2):
+        metrics, weights = _outcome(run_dirs[index])
+        assert metrics == reference_metrics, (index, _logs(directory))
+        assert weights.keys() == reference_weights.keys()
+        different = [k for k in weights if not torch.equal(weights[k], reference_weights[k])]
+        assert not different, (index, different)
+
     capsys.readouterr()
     assert main(["sweep", "status", str(path)]) == 0
-    assert "2 finished" in capsys.readouterr().out
+    assert "4 finished" in capsys.readouterr().out
     assert main(["sweep", "submit", str(path)]) == 0  # nothing left: no new job
     assert "nothing to submit" in capsys.readouterr().out
     assert main(["report", str(path), "--wandb-mode", "disabled"]) == 0
     assert "| synthetic |" in (directory / "report.md").read_text()
-
-
-def test_sigusr1_requeues_and_the_run_resumes_from_its_checkpoint(slurm, tmp_path, synthetic_pair):
-    # Training must still run when the signal comes, however fast the machine: no feature cache (cached
-    # epochs take milliseconds) and many epochs; the signal is sent as soon as Lightning has installed
-    # its requeue handler, i.e. right at the start of fit.
-    extra = {"overrides": ["trainer.max_epochs=60", "logger.wandb.mode=disabled", "method.backbone.image_size=32",
-                           "method.cache_features=false", "source.batch_size=1"]}  # fmt: skip
-    path = write_sweep(tmp_path, *synthetic_pair, seeds=[5], name="requeue", extra=extra)
-    assert main(["sweep", "submit", str(path)]) == 0
-    cfg, _ = sweep.load_sweep(path)
-    directory = sweep.sweep_dir(cfg)
-    job_id = sweep.submissions(directory)[-1]["job_id"]
-    run_dir = Path(sweep.expand(cfg)[0].run_dir)
-
-    _wait(lambda: "SLURM auto-requeueing enabled" in _logs(directory), 300, "training to start", interval=0.2)
-    time.sleep(2)
-    subprocess.run(["scancel", "--signal=USR1", job_id], check=True)  # what SLURM sends before the time limit
-    _wait(lambda: list(run_dir.glob("hpc_ckpt_*.ckpt")), 120, "Lightning's requeue checkpoint")
-    # SLURM holds a requeued job for about two minutes before it may start again (EligibleTime); what is
-    # tested is that it resumes, not that wait, so the hold is lifted once the job is back in the queue.
-    task = f"{job_id}_0"
-    _wait(lambda: _requeued_and_pending(task), 120, "the job to be requeued", interval=0.5)
-    subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=True)
-    _wait(lambda: json.loads((run_dir / "status.json").read_text()).get("state") == "finished", 600,
-          "the requeued run to finish", interval=5)  # fmt: skip
-
-    status = json.loads((run_dir / "status.json").read_text())
-    assert status["slurm_job"] == f"{job_id}_0" and status["slurm_restarts"] >= 1
-    log = _logs(directory)
-    assert "Requeued SLURM job" in log
-    assert "Restoring states from the checkpoint path at" in log and "hpc_ckpt_1.ckpt" in log
-    assert (
-        json.loads((run_dir / "results.json").read_text())["targets"]["synthetic"]["mean"]["image_auroc"]
-        is not None
-    )

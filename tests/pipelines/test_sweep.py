@@ -87,6 +87,7 @@ def test_local_sweep_runs_records_failures_skips_finished_and_reports(tmp_path, 
     report_dir = sweep.sweep_dir(cfg)
     markdown = (report_dir / "report.md").read_text()
     assert "| synthetic |" in markdown and "anomalyclip" in markdown
+    assert "2 run(s) have no results.json yet and are left out" in markdown  # the failed ones
     finished = [
         json.loads((Path(r["run_dir"]) / "results.json").read_text())
         for r in rows.values()
@@ -365,3 +366,26 @@ def test_a_second_submit_is_refused_while_runs_are_queued_or_running(
     (Path(runs[1].run_dir) / "status.json").write_text(json.dumps({"state": "running", "host": socket.gethostname(), "pid": os.getpid()}))  # fmt: skip
     assert main(["sweep", "submit", str(path)]) == 2
     assert f"{runs[1].id} (pid {os.getpid()} on {socket.gethostname()})" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("log", "line"),
+    [
+        ("Traceback (most recent call last):\n  File x\nzsad: error: no dataset at /x\n", "zsad: error: no dataset at /x"),
+        ("start\nslurmstepd: error: *** JOB 5 ON vm CANCELLED AT 2026 DUE TO TIME LIMIT ***\n", "slurmstepd: error: *** JOB 5 ON vm CANCELLED AT 2026 DUE TO TIME LIMIT ***"),
+        ("Traceback (most recent call last):\n  File x\ntorch.OutOfMemoryError: CUDA out of memory\nsrun: error: vm: task 0: Exited with exit code 1\n", "torch.OutOfMemoryError: CUDA out of memory"),
+        ("/x/setup.sh: line 3: module: command not found\n\n", "/x/setup.sh: line 3: module: command not found"),
+    ],
+)  # fmt: skip
+def test_the_log_line_that_says_why_a_task_failed(tmp_path, log, line):
+    path = tmp_path / "1_0.out"
+    path.write_text(log)
+    assert sweep.log_summary(path) == line
+    assert sweep.log_summary(tmp_path / "missing.out") is None
+
+
+def test_scontrol_array_task_ids_expand_to_indices():
+    from pipelines.slurm import _expand_ids
+
+    assert _expand_ids("0-2,5%2") == [0, 1, 2, 5]
+    assert _expand_ids("7") == [7] and _expand_ids("") == []

@@ -1,0 +1,32 @@
+"""`zsad test ... checkpoint=<the authors' file>` evaluates a method with its authors' released weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_cli import FAST, write_experiment
+
+from pipelines import runner
+from pipelines.cli import main
+from pipelines.config import compose, to_object
+from tests_support import authors_prompt_learner
+
+
+@pytest.mark.slow
+def test_zsad_test_evaluates_the_authors_file(tmp_path, synthetic_pair):
+    source, target = synthetic_pair
+    experiment = write_experiment(tmp_path, source, target)
+    module = runner.build_module(to_object(compose(experiment, FAST)))
+    torch.save({"prompt_learner": authors_prompt_learner(module)}, tmp_path / "epoch_15.pth")
+    args = [
+        "test",
+        str(experiment),
+        *FAST,
+        f"checkpoint={tmp_path / 'epoch_15.pth'}",
+        f"run_dir={tmp_path / 't'}",
+    ]
+    assert main(args) == 0
+    mean = json.loads((tmp_path / "t" / "results.json").read_text())["targets"]["synthetic"]["mean"]
+    assert mean["image_auroc"] is not None and mean["aupro_cflow"] is not None
