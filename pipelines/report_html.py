@@ -1,5 +1,5 @@
-"""The report as one self-contained HTML page: inline CSS, the tables, warnings, and every run's curve
-pictures (``RUN/plots/**.png``, written by the evaluation) embedded as data URIs."""
+"""The report as one self-contained HTML page: inline CSS, the tables, warnings, and the curves (figures
+comparing the settings, each setting's ``RUN/plots/{target}/{category}/curves.png``) as data URIs."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ tr.published td { color: #666; font-style: italic; }
 .note { color: #555; }
 figure { display: inline-block; margin: 0.4em; text-align: center; font-size: 0.8em; }
 figure img { max-width: 360px; display: block; }
+figure img.wide { max-width: 900px; }
 details { margin: 0.6em 0; }
 """
 
@@ -42,38 +43,39 @@ def _table(rows: list[tuple[str, list[str]]], columns: list[str]) -> list[str]:
     return out
 
 
-def curve_pictures(run_dir: Path) -> list[Path]:
-    """Every picture an evaluation wrote below the run folder's ``plots/``."""
-    return sorted((run_dir / "plots").rglob("*.png")) if (run_dir / "plots").is_dir() else []
-
-
 def _curves(grouping: Grouping) -> list[str]:
-    out = []
-    for column in grouping.columns:
-        runs = sorted(
-            {
-                e.run.run_dir: e.run for c in grouping.cells.values() if c.column == column for e in c.entries
-            }.values(),
-            key=lambda r: (r.seed_label, str(r.run_dir)),
+    """The settings compared in one figure per target and category, then each setting's own pictures
+    (its first replicate's ``curves.png``; galleries are named, not embedded: they are large)."""
+    from pipelines.report_curves import comparison_figures, first_replicates
+
+    out = ["<h2>Curves</h2>"]
+    figures = comparison_figures(grouping)
+    for caption, png in figures:
+        uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        out.append(
+            f'<figure><img class="wide" src="{uri}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
         )
-        for run in runs:
-            pictures = curve_pictures(run.run_dir)
+    for row in grouping.rows:
+        for column, entry in first_replicates(grouping, row).items():
+            plots = entry.run.run_dir / "plots" / entry.target_key
+            pictures = sorted(plots.glob("*/curves.png")) if plots.is_dir() else []
             if not pictures:
                 continue
             out.append(
-                f"<details><summary>{_e(column)}, seed {_e(run.seed_label)} ({_e(run.run_dir)})</summary>"
+                f"<details><summary>{_e(row)} / {_e(column)}, seed {_e(entry.run.seed_label)}</summary>"
             )
             for picture in pictures:
-                caption = picture.relative_to(run.run_dir / "plots").as_posix()
+                caption = picture.relative_to(entry.run.run_dir).as_posix()
                 out.append(
                     f'<figure><img src="{_data_uri(picture)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
                 )
+            galleries = sorted(plots.glob("*/gallery.png"))
+            if galleries:
+                out.append(f'<p class="note">Galleries: {_e(", ".join(str(g) for g in galleries))}</p>')
             out.append("</details>")
-    return (
-        ["<h2>Curves</h2>", *out]
-        if out
-        else ["<h2>Curves</h2>", '<p class="note">No run has curve pictures (RUN/plots/).</p>']
-    )
+    if len(out) == 1:
+        out.append('<p class="note">No run has curve pictures (RUN/plots/).</p>')
+    return out
 
 
 def render_html(

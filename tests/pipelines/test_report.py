@@ -3,6 +3,7 @@ warnings for mixed cells, --group-by, the published reference column and the fil
 
 from __future__ import annotations
 
+import base64
 import copy
 import csv
 import functools
@@ -192,9 +193,15 @@ def test_reference_compares_the_cflow_aupro_or_says_it_cannot(tmp_path):
 
 def test_cli_writes_markdown_csv_and_a_self_contained_html_page(tmp_path, sigma_sweep, capsys):
     runs, _ = sigma_sweep
-    plots = runs / "s2.0_1" / "plots" / "synthetic" / "ring"
-    plots.mkdir(parents=True)
-    (plots / "roc.png").write_bytes(PNG_1x1)
+    for folder in ("s0.0_1_rerun", "s2.0_1"):  # each setting's first replicate (seed 1; the newest rerun)
+        plots = runs / folder / "plots" / "synthetic" / "ring"
+        plots.mkdir(parents=True)
+        (plots / "roc.csv").write_text(
+            "level,fpr,tpr\nimage,0,0\nimage,0.5,1\nimage,1,1\npixel,0,0\npixel,1,1\n"
+        )
+        (plots / "pro.csv").write_text("fpr,pro\n0,0\n0.3,0.6\n")
+        (plots / "curves.png").write_bytes(PNG_1x1)
+        (plots / "gallery.png").write_bytes(PNG_1x1)
     out = tmp_path / "rep"
     assert main(["report", str(runs), "--out", str(out), "--wandb-mode", "disabled"]) == 0
     printed = capsys.readouterr().out
@@ -203,5 +210,11 @@ def test_cli_writes_markdown_csv_and_a_self_contained_html_page(tmp_path, sigma_
     assert next(csv.DictReader((out / "report.csv").open()))["setting"].startswith("anomalyclip")
     page = (out / "report.html").read_text()
     assert "<table>" in page and "anomalyclip gaussian_sigma=0.0" in page and "<style>" in page
-    assert 'src="data:image/png;base64,' in page and "synthetic/ring/roc.png" in page
+    # one figure compares the settings' curves (drawn from the points), then each setting's own pictures
+    assert (
+        page.count('class="wide" src="data:image/png;base64,') == 1
+        and "synthetic / ring</figcaption>" in page
+    )
+    assert page.count(f'src="data:image/png;base64,{base64.b64encode(PNG_1x1).decode()}"') == 2  # curves.png
+    assert "plots/synthetic/ring/curves.png" in page and "ring/gallery.png" in page  # galleries named only
     assert "http://" not in page and "https://" not in page and "<link" not in page
