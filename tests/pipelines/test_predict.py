@@ -208,3 +208,28 @@ def test_errors_name_what_is_wrong(tmp_path, synthetic_pair, capsys):
         == 2
     )
     assert "choose one source of thresholds" in capsys.readouterr().err
+
+
+def test_any_format_and_size_gets_a_map_at_its_own_size_and_unreadable_files_are_listed(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    shots = tmp_path / "shots"
+    (shots / "sub").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (40, 61, 3), dtype=np.uint8)).save(shots / "rgb.jpg")
+    Image.fromarray(rng.integers(0, 256, (23, 37, 4), dtype=np.uint8), mode="RGBA").save(shots / "rgba.png")
+    Image.fromarray(rng.integers(0, 65536, (50, 19), dtype=np.uint16)).save(shots / "sub" / "deep16.tif")
+    Image.fromarray(rng.integers(0, 256, (33, 33), dtype=np.uint8)).save(shots / "sub" / "gray.bmp")
+    (shots / "garbage.png").write_bytes(b"not an image")
+    whole = (shots / "rgba.png").read_bytes()
+    (shots / "sub" / "cut.png").write_bytes(whole[: len(whole) // 2])  # header fine, pixels missing
+    out = tmp_path / "out"
+    args = ["predict", "clip_all", "method=clip_tiny", *COMMON, "trainer.enable_progress_bar=false"]
+    assert main([*args, "--out", str(out), "--batch-size", "2", "--input", str(shots)]) == 0
+    assert capsys.readouterr().err.count("skipped unreadable image") == 2
+    expected = {"rgb": (40, 61), "rgba": (23, 37), "sub/deep16": (50, 19), "sub/gray": (33, 33)}
+    for name, shape in expected.items():
+        assert tifffile.imread(out / "maps" / f"{name}.tiff").shape == shape
+        assert Image.open(out / "overlays" / f"{name}.png").size == shape[::-1]
+    assert not (out / "masks").exists()  # no pixel threshold given
+    rows = _rows(out / "predictions.csv")
+    assert len(rows) == 4 and all(r["label"] == "" for r in rows)
+    assert sorted(Path(r["path"]).name for r in _rows(out / "unreadable.csv")) == ["cut.png", "garbage.png"]
