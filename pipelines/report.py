@@ -23,7 +23,6 @@ from pipelines.errors import ZsadError
 from pipelines.published import SOURCE, published
 from pipelines.report_grouping import (
     CFLOW_AUPRO,
-    Cell,
     Grouping,
     RunRecord,
     entries_of,
@@ -115,10 +114,6 @@ def _row_dataset(row: str, grouping: Grouping) -> str:
     return row
 
 
-def _n_text(cell: Cell | None) -> str:
-    return str(len(cell.entries)) if cell else "0"
-
-
 def table_rows(grouping: Grouping, metrics: tuple[str, ...], reference: bool) -> list[tuple[str, list[str]]]:
     """(row label, one text per column) for one table, published rows interleaved."""
     out = []
@@ -130,7 +125,7 @@ def table_rows(grouping: Grouping, metrics: tuple[str, ...], reference: bool) ->
                 texts.append("")
                 continue
             numbers = ", ".join(_cell_text(cell.values(m)) for m in metrics)
-            texts.append(f"{numbers} (n={_n_text(cell)})")
+            texts.append(f"{numbers} (n={len(cell.entries)})")
         out.append((row, texts))
         if reference:
             ref = []

@@ -290,7 +290,7 @@ def group(entries: list[Entry], group_by: list[str] | None = None) -> Grouping:
     cells = {}
     for (row, column), members in buckets.items():
         kept = _drop_reruns(members, all_keys, row, column, notes)
-        warnings += _mixing_warnings(kept, all_keys, keys, row, column)
+        warnings += _mixing_warnings(kept, all_keys, row, column)
         cells[(row, column)] = Cell(row, column, kept)
 
     missing_config = sorted({str(e.run.run_dir) for e in entries if not e.run.has_config})
@@ -360,9 +360,7 @@ def _drop_reruns(
     return kept
 
 
-def _mixing_warnings(
-    kept: list[Entry], all_keys: list[str], keys: list[str], row: str, column: str
-) -> list[str]:
+def _mixing_warnings(kept: list[Entry], all_keys: list[str], row: str, column: str) -> list[str]:
     """A cell must differ only in its seeds: name any other setting or data difference."""
     out = []
     varying = [
