@@ -383,7 +383,9 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="experiment config: a name under configs/experiment/ or a .yaml path")
     parser.add_argument(
-        "overrides", nargs="*", help="key=value overrides, e.g. checkpoint=RUN/checkpoints/last.ckpt"
+        "overrides",
+        nargs="*",
+        help="key=value overrides, e.g. checkpoint=RUN/checkpoints/last.ckpt (before --input, which takes every following word)",
     )
     parser.add_argument(
         "--input",
@@ -428,6 +430,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--object",
         dest="object_name",
         default="object",
+        metavar="WORD",
         help="object word for methods whose prompts name the object (default 'object')",
     )
     parser.add_argument(

@@ -168,6 +168,12 @@ def test_errors_name_what_is_wrong(tmp_path, synthetic_pair, capsys):
     out = ["--out", str(tmp_path / "o")]
     assert main(["predict", "clip_all", "method=anomalyclip_tiny", *COMMON, "--input", image, *out]) == 2
     assert "checkpoint=" in capsys.readouterr().err  # a trained method needs its weights
+    missing = f"checkpoint={tmp_path / 'gone.ckpt'}"
+    assert (
+        main(["predict", "clip_all", "method=anomalyclip_tiny", missing, *COMMON, "--input", image, *out])
+        == 2
+    )
+    assert "checkpoint not found" in capsys.readouterr().err
     assert (
         main(
             ["predict", "clip_all", "method=clip_tiny", *COMMON, "--input", str(tmp_path / "none*.png"), *out]
