@@ -234,7 +234,7 @@ class GalleryItem:
     sample_id: int
     image_path: str
     label: int
-    anomaly_map: np.ndarray | None  # float16 at the evaluation size
+    anomaly_map: np.ndarray | None  # float32 at the evaluation size (exact for the thresholded column)
     mask: np.ndarray | None  # bool at the evaluation size; None: the dataset has no pixel ground truth
 
 
@@ -380,7 +380,7 @@ class EvaluationPictures(Callback):
                     label=int(batch["label"][i]),
                     anomaly_map=None
                     if maps is None
-                    else maps[i].detach().float().cpu().numpy().astype(np.float16),
+                    else maps[i].detach().float().cpu().numpy().copy(),  # not a view of the batch
                     mask=batch["mask"][i].cpu().numpy() > 0.5 if has_mask[i] else None,
                 )
 
