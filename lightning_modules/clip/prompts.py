@@ -77,6 +77,19 @@ WINCLIP = PromptEnsemble(
     WINCLIP_TEMPLATES,
 )
 
+# anomalib's WinCLIP (prompting.TEMPLATES): the paper's list without "a cropped photo of a {}." and with
+# "a jpeg corrupted photo of the {}." twice instead of "... of a {}." (21 templates, one of them doubled, so
+# that sentence weighs twice in the mean). prompt_ensemble=winclip_anomalib reproduces anomalib's numbers.
+WINCLIP_ANOMALIB = PromptEnsemble(
+    WINCLIP.normal_states,
+    WINCLIP.abnormal_states,
+    tuple(
+        "a jpeg corrupted photo of the {}." if t == "a jpeg corrupted photo of a {}." else t
+        for t in WINCLIP_TEMPLATES
+        if t != "a cropped photo of a {}."
+    ),
+)
+
 # APRIL-GAN (VAND): WinCLIP's states plus "broken {}", and CLIP's ImageNet templates (35).
 VAND_TEMPLATES = (
     "a bad photo of a {}.",
@@ -134,6 +147,7 @@ PROMPT_ENSEMBLES: dict[str, PromptEnsemble] = {
     "clip": CLIP_PAIR,
     "clip_ac": CLIP_AC,
     "winclip": WINCLIP,
+    "winclip_anomalib": WINCLIP_ANOMALIB,
     "vand": VAND,
 }
 

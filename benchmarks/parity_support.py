@@ -1,0 +1,137 @@
+"""Shared pieces of the parity scripts (benchmarks/parity_*.py) and of the tests that compare zsad with
+the fixtures those scripts write (tests/fixtures/parity/*.npz).
+
+A parity run feeds the official code and zsad the *same* tiny random-weight CLIP (built once from a seed,
+its state dict loaded into both) and the *same image files on disk* (a synthetic MVTec-layout dataset
+generated from a seed, read by each side's own loader and transforms), then prints max |delta| per
+quantity. The fixtures keep the official outputs plus fingerprints of the weights and of the decoded
+pixels, so a test that runs zsad alone can tell "zsad deviates" from "the inputs changed".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import open_clip  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from datamodules.synthetic import generate_synthetic_dataset  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "parity"
+
+# A tiny ViT with WinCLIP's geometry (240 px, 16 px patches: a 15 x 15 grid, as ViT-B-16-plus-240) and a
+# small text tower: fast on CPU, yet every code path of the real backbones runs.
+PARITY_MODEL = "zsad-parity-vit-240"
+PARITY_MODEL_CONFIG: dict[str, Any] = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 240, "layers": 4, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+WEIGHTS_SEED = 0
+IMAGES_SEED = 7
+CATEGORIES = ("disc", "weave")  # synthetic "industrial" categories (no underscores: same word either way)
+IMAGE_FILE_SIZE = 100  # px; not the model's size, so each side's resize runs
+
+
+def write_model_config(folder: Path, config: dict[str, Any] | None = None, name: str = PARITY_MODEL) -> Path:
+    """The parity model's open_clip JSON in ``folder`` (for open_clip.add_model_config or a vendored copy)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(config or PARITY_MODEL_CONFIG, indent=2))
+    return path
+
+
+def register_parity_model() -> None:
+    """Make :data:`PARITY_MODEL` known to the installed open_clip."""
+    if PARITY_MODEL not in open_clip.list_models():
+        open_clip.add_model_config(write_model_config(Path(tempfile.mkdtemp(prefix="zsad-parity-"))))
+
+
+def parity_state_dict(seed: int = WEIGHTS_SEED) -> dict[str, torch.Tensor]:
+    """The random weights both sides load: open_clip's initialisation after ``torch.manual_seed(seed)``."""
+    register_parity_model()
+    torch.manual_seed(seed)
+    model = open_clip.create_model(PARITY_MODEL, pretrained=None)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def parity_clip(state_dict: dict[str, torch.Tensor] | None = None):
+    """``(model, tokenizer)``: the parity CLIP in eval mode, frozen, with ``state_dict`` (default seed)."""
+    register_parity_model()
+    model = open_clip.create_model(PARITY_MODEL, pretrained=None)
+    model.load_state_dict(state_dict if state_dict is not None else parity_state_dict())
+    model.eval().requires_grad_(False)
+    return model, open_clip.get_tokenizer(PARITY_MODEL)
+
+
+def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> np.ndarray:
+    """``[n_tensors, 2]`` float64 (sum, sum of |x|) per tensor in key order: equal weights, equal rows."""
+    rows = [(float(v.double().sum()), float(v.double().abs().sum())) for _, v in sorted(state_dict.items())]
+    return np.asarray(rows, dtype=np.float64)
+
+
+def write_parity_images(root: Path, seed: int = IMAGES_SEED) -> Path:
+    """A small synthetic MVTec-layout dataset (PNG images and 0/255 masks) under ``root``; returns ``root``."""
+    generate_synthetic_dataset(
+        root,
+        seed=seed,
+        style="industrial",
+        categories=list(CATEGORIES),
+        image_size=IMAGE_FILE_SIZE,
+        n_train=1,
+        n_test_good=2,
+        n_test_defect_per_kind=1,
+        overwrite=True,
+    )
+    return root
+
+
+def pixels_fingerprint(root: Path) -> str:
+    """sha256 of every image file's relative path and decoded pixels (PNG bytes may differ by zlib)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".bmp"}):
+        digest.update(str(path.relative_to(root)).encode())
+        with Image.open(path) as image:
+            digest.update(image.mode.encode())
+            digest.update(np.asarray(image).tobytes())
+    return digest.hexdigest()
+
+
+def max_abs_delta(official: Any, ours: Any) -> float:
+    """max |official - ours| in float64 (shapes must agree)."""
+    a = np.asarray(torch.as_tensor(official).detach().double().cpu())
+    b = np.asarray(torch.as_tensor(ours).detach().double().cpu())
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: official {a.shape}, zsad {b.shape}")
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def print_delta(name: str, official: Any, ours: Any) -> float:
+    delta = max_abs_delta(official, ours)
+    print(f"  {name:<32} max |delta| = {delta:.3e}")
+    return delta
+
+
+def save_fixture(path: Path, **arrays: Any) -> Path:
+    """Write ``arrays`` (numbers, strings, tensors) compressed to ``path`` and print its size."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {k: np.asarray(v.detach().cpu() if torch.is_tensor(v) else v) for k, v in arrays.items()}
+    np.savez_compressed(path, **data)
+    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    return path
+
+
+def load_fixture(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
