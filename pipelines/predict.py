@@ -39,6 +39,7 @@ from datamodules.images import load_image_rgb
 from pipelines.errors import ConfigError, ZsadError
 from pipelines.map_writer import save_atomically
 from pipelines.results import atomic_write_text
+from pipelines.run_state import global_rank
 
 MAP_FORMATS = ("tiff", "npy", "both")
 PREDICTIONS_FILE = "predictions.csv"
@@ -76,7 +77,7 @@ class PredictOptions:
 @dataclasses.dataclass
 class PredictOutcome:
     out: Path
-    n_predicted: int
+    n_predicted: int | None  # None in the processes other than global rank 0
     unreadable: list[tuple[str, str]]
     thresholds: Thresholds
 
@@ -332,7 +333,7 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
 
     check_options(options)
     images = collect_images(options.inputs)
-    for _, error in images.unreadable:
+    for _, error in images.unreadable if global_rank() == 0 else []:
         print(f"zsad: skipped unreadable image: {error}", file=sys.stderr)
     module, checkpoint = evaluation_module(cfg)
     out = options.out
@@ -369,6 +370,8 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
     }
     writer = PredictionWriter(out, images, thresholds, options, record)
     _run(cfg, module, _datamodule(images, module, options), out, writer)
+    if global_rank() != 0:  # torchrun/srun: rank 0 may still be writing; it reports for everyone
+        return PredictOutcome(out, None, [], thresholds)
     # Read back what rank 0 wrote (under ddp_spawn it ran in another process).
     with open(out / PREDICTIONS_FILE, newline="") as handle:
         n_predicted = sum(1 for _ in csv.DictReader(handle))
@@ -472,6 +475,8 @@ def run(args: argparse.Namespace) -> int:
         overlay_range=tuple(args.overlay_range),
     )
     outcome = predict(cfg, options)
+    if outcome.n_predicted is None:  # not global rank 0
+        return 0
     print(f"predicted {outcome.n_predicted} images: {outcome.out / PREDICTIONS_FILE}")
     print(
         f"thresholds: image {outcome.thresholds.image}, pixel {outcome.thresholds.pixel} ({outcome.thresholds.source})"
