@@ -78,6 +78,25 @@ class PlannedRun:
         return [t if len(t) <= WANDB_TAG_LENGTH else t[: WANDB_TAG_LENGTH - 3] + "..." for t in tags]
 
 
+def _refuse_unquoted_time(path: Path) -> None:
+    """YAML reads an unquoted ``time: 1:30`` as the number 90 (base 60), which SLURM would take as 90
+    minutes: such a time must be quoted."""
+    root = yaml.compose(path.read_text(), Loader=yaml.SafeLoader)
+    for key, value in getattr(root, "value", []) if isinstance(root, yaml.MappingNode) else []:
+        if key.value == "slurm" and isinstance(value, yaml.MappingNode):
+            for inner, node in value.value:
+                if (
+                    inner.value == "time"
+                    and isinstance(node, yaml.ScalarNode)
+                    and ":" in node.value
+                    and node.tag.endswith((":int", ":float"))  # "08:00:00" stays a string
+                ):
+                    raise ConfigError(
+                        f'{path}: slurm.time: {node.value} must be quoted (time: "{node.value}"): '
+                        "unquoted, YAML reads it as a number in base 60"
+                    )
+
+
 def load_sweep(path: str | Path) -> tuple[SweepConfig, Path]:
     path = Path(path)
     if not path.is_file():
@@ -88,6 +107,7 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, Path]:
             raise ConfigError(f"no sweep file '{path}' (give a path or a name under configs/sweep/)")
         path = candidate
     try:
+        _refuse_unquoted_time(path)
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SweepConfig), OmegaConf.load(path)))
     except (OmegaConfBaseException, yaml.YAMLError) as error:
         raise ConfigError(f"{path}: {str(error).splitlines()[0]}") from None

@@ -93,12 +93,10 @@ def _logs(directory: Path) -> str:
     return "\n".join(p.read_text(errors="replace") for p in sorted((directory / "slurm-logs").glob("*.out")))
 
 
-def _training(run_dir: Path, log: Path) -> bool:
-    """Training is under way with its signal handlers installed: a resume checkpoint was written (or,
-    with Lightning's own SLURM requeue, Lightning said it set its handlers)."""
-    return bool(list(run_dir.glob("checkpoints/resume/*.ckpt"))) or (
-        log.is_file() and "SLURM auto-requeueing enabled" in log.read_text(errors="replace")
-    )
+def _training(run_dir: Path) -> bool:
+    """Training is under way (past its first epoch, signal handlers installed): a resume checkpoint
+    was written."""
+    return bool(list(run_dir.glob("checkpoints/resume/*.ckpt")))
 
 
 def _signalled(pid: int) -> bool:
@@ -151,7 +149,6 @@ def test_requeued_timed_out_and_killed_tasks_end_as_the_uninterrupted_run(
     job = sweep.submissions(directory)[-1]["job_id"]
     assert "#SBATCH --array=0-3%4" in Path(sweep.submissions(directory)[-1]["script"]).read_text()
     tasks = [f"{job}_{i}" for i in range(4)]
-    logs = [directory / "slurm-logs" / f"{t}.out" for t in tasks]
 
     def state(index: int) -> str:
         return sweep.status(cfg)[index]["state"]
@@ -168,7 +165,7 @@ def test_requeued_timed_out_and_killed_tasks_end_as_the_uninterrupted_run(
 
     def pause_when_training() -> bool:
         for index in (0, 1):
-            if index not in paused and _training(run_dirs[index], logs[index]):
+            if index not in paused and _training(run_dirs[index]):
                 paused[index] = pid(index)
                 os.kill(paused[index], signal.SIGSTOP)
         return len(paused) == 2
@@ -202,7 +199,7 @@ def test_requeued_timed_out_and_killed_tasks_end_as_the_uninterrupted_run(
     _release(tasks[1], "TimeLimit=30")
 
     # task 2: killed with -9 once it trains, then submitted again (the others are left out)
-    _wait(lambda: _training(run_dirs[2], logs[2]), 600, "task 2 to train", interval=0.1)
+    _wait(lambda: _training(run_dirs[2]), 600, "task 2 to train", interval=0.1)
     os.kill(pid(2), signal.SIGKILL)
     _wait(lambda: state(2) == "interrupted", 300, "task 2 to be seen as interrupted")
     assert main(["sweep", "submit", str(path)]) == 0

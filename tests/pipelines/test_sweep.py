@@ -389,3 +389,12 @@ def test_scontrol_array_task_ids_expand_to_indices():
 
     assert _expand_ids("0-2,5%2") == [0, 1, 2, 5]
     assert _expand_ids("7") == [7] and _expand_ids("") == []
+
+
+def test_an_unquoted_slurm_time_is_an_error_not_base_60_minutes(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nexperiment: demo\nslurm:\n  time: 1:30\n")
+    with pytest.raises(ConfigError, match=r"slurm.time: 1:30 must be quoted"):
+        sweep.load_sweep(path)
+    path.write_text("name: s\nexperiment: demo\nslurm:\n  time: '1:30'\n")
+    assert sweep.load_sweep(path)[0].slurm.time == "1:30"
