@@ -300,3 +300,28 @@ def test_requeues_keep_one_wandb_run_that_records_them_and_the_whole_csv_log(
 
     rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
     assert {row["epoch"] for row in rows if row.get("epoch")} == {"0", "1"}  # epoch 0 survived the restarts
+
+
+@pytest.mark.slow
+def test_a_run_stopped_during_evaluation_evaluates_its_final_weights_without_retraining(
+    tmp_path, synthetic_pair, monkeypatch
+):
+    source, target = synthetic_pair
+    experiment = write_experiment(tmp_path, source, target)
+    run_dir = tmp_path / "r"
+    args = ["run", str(experiment), *FAST, "trainer.max_epochs=1", f"run_dir={run_dir}"]
+
+    def preempted_evaluation(*args, **kwargs):
+        raise RuntimeError("node lost during evaluation")
+
+    monkeypatch.setattr(runner, "evaluate", preempted_evaluation)
+    with pytest.raises(RuntimeError, match="node lost"):
+        main(args)
+    final = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    monkeypatch.undo()
+    built = _interrupt_at(monkeypatch, None)
+    assert main(args) == 0
+    assert built == [False]  # only the test Trainer: nothing was trained again
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == final
+    assert zsad_test_from_run(experiment, run_dir, tmp_path / "again", [*FAST, "trainer.max_epochs=1"]) == 0
+    assert _target_results(run_dir) == _target_results(tmp_path / "again")
