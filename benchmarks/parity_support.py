@@ -135,3 +135,15 @@ def save_fixture(path: Path, **arrays: Any) -> Path:
 def load_fixture(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+def parity_inputs(folder: Path, fixture: dict[str, np.ndarray], state_dict: dict[str, torch.Tensor]) -> Path:
+    """Write the parity images under ``folder`` and check that they and the weights are those of the
+    fixture's official run (else a comparison would mean nothing: rerun the parity script)."""
+    root = write_parity_images(folder / "mvtec")
+    if pixels_fingerprint(root) != str(fixture["pixels_fingerprint"]):
+        raise AssertionError("the generated images differ from the fixture's: rerun the parity script")
+    np.testing.assert_allclose(
+        weights_fingerprint(state_dict), fixture["weights_fingerprint"], rtol=1e-12, atol=1e-12
+    )
+    return root

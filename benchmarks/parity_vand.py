@@ -1,0 +1,294 @@
+"""VAND parity: the authors' APRIL-GAN code and zsad on the same tiny random-weight CLIP and image files.
+
+    python benchmarks/parity_vand.py --official /tmp/vand --official-env /tmp/vand-env [--write-fixture]
+
+``--official`` is a checkout of ByChelsea/VAND-APRIL-GAN (its folder goes first on the official side's
+``sys.path``, so ``import open_clip`` is the authors' vendored copy); ``--official-env`` holds what it
+imports beyond zsad's environment (``setuptools<81`` for ``pkg_resources``). Nothing is fetched.
+
+The official side (a subprocess) writes ``meta.json`` with the authors' ``data/mvtec.py`` solver (its class
+list set to the generated categories), reads the files with their ``MVTecDataset`` (``aug_rate=0``: no
+mosaic, which is random), their ``preprocess`` and target transform, encodes the texts with
+``encode_text_with_prompt_ensemble``, runs ``encode_image(image, features_list)`` and ``LinearLayer``
+(weights from a seed, shared with zsad's heads) and does one training step of ``train.py``: maps, focal +
+dice loss, gradient. On CPU in float32 (their autocast is CUDA-only). Their ViT's forward moves an unused
+attention sum to ``'cuda'`` and needs a 12th block, so the parity model here has 12 blocks and that one
+``torch.zeros(...).to('cuda')`` is kept on the CPU by a shim (nothing else is changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import parity_support as ps  # noqa: E402
+import torch  # noqa: E402
+
+FIXTURE = ps.FIXTURES / "vand.npz"
+IMAGE_SIZE = 240
+FEATURE_LAYERS = [3, 6, 9, 12]
+HEADS_SEED = 1
+VAND_MODEL = "zsad-parity-vit-240-12"
+VAND_MODEL_CONFIG = {
+    **ps.PARITY_MODEL_CONFIG,
+    "vision_cfg": {**ps.PARITY_MODEL_CONFIG["vision_cfg"], "layers": 12},
+}
+COMPARED = ("images", "masks", "text", "image_embedding", "tokens", "maps", "image_scores", "loss", "grads")
+
+
+def vand_state_dict(seed: int = ps.WEIGHTS_SEED) -> dict[str, torch.Tensor]:
+    import open_clip
+
+    folder = Path(tempfile.mkdtemp(prefix="zsad-parity-"))
+    open_clip.add_model_config(ps.write_model_config(folder, VAND_MODEL_CONFIG, VAND_MODEL))
+    torch.manual_seed(seed)
+    return open_clip.create_model(VAND_MODEL, pretrained=None).state_dict()
+
+
+def heads_state_dict(width: int, dim: int) -> dict[str, torch.Tensor]:
+    """The authors' ``LinearLayer`` initialisation after ``torch.manual_seed(HEADS_SEED)``, as ``fc.i.*``."""
+    torch.manual_seed(HEADS_SEED)
+    heads = torch.nn.ModuleList(torch.nn.Linear(width, dim) for _ in FEATURE_LAYERS)
+    return {f"fc.{k}": v for k, v in heads.state_dict().items()}
+
+
+def _step(maps_per_layer, loss, heads) -> dict[str, np.ndarray]:
+    loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in heads.parameters()])
+    return {"loss": loss.detach().numpy(), "grads": grads.numpy()}
+
+
+def zsad_outputs(root: Path) -> dict[str, np.ndarray]:
+    import open_clip
+
+    from datamodules import AnomalyDataModule, DataConfig
+    from lightning_modules.clip.config import BackboneConfig
+    from lightning_modules.vand import VAND, VANDConfig, VANDModule
+
+    state = vand_state_dict()
+    model = open_clip.create_model(VAND_MODEL, pretrained=None)
+    model.load_state_dict(state)
+    model.eval().requires_grad_(False)
+    cfg = VANDConfig(
+        backbone=BackboneConfig(name=VAND_MODEL, pretrained=None, image_size=IMAGE_SIZE),
+        feature_layers=list(FEATURE_LAYERS),
+        fp16_autocast=False,
+        mosaic_rate=0.0,
+        cache_features=False,
+    )
+    vand = VAND(cfg, model, open_clip.get_tokenizer(VAND_MODEL))
+    heads = heads_state_dict(vand.vision.width, vand.vision.output_dim)
+    vand.heads.load_state_dict({k.removeprefix("fc."): v for k, v in heads.items()})
+    data = AnomalyDataModule(
+        DataConfig(name="synthetic", root=str(root), num_workers=0, eval_batch_size=64),
+        IMAGE_SIZE,
+        VANDModule(cfg, model=vand).preprocessing,
+    )
+    vand.set_classes(list(data.categories))  # prompt_words=folder: the folder names
+    batch = next(iter(data.test_dataloader()))
+    images, ids, masks = batch["image"], batch["category_id"], batch["mask"]
+    features = vand.encode_images(images)
+    output = vand.scores(features, ids, (IMAGE_SIZE, IMAGE_SIZE))
+    result = {
+        "paths": np.array([str(Path(p).relative_to(root)) for p in batch["image_path"]]),
+        "images": images.numpy(),
+        "masks": masks.numpy(),
+        "text": vand.class_text.transpose(1, 2).numpy(),  # [C, D, 2] as the authors' text_prompts
+        "image_embedding": features["image_embedding"].numpy(),
+        "tokens": torch.stack([features[f"tokens_{layer}"] for layer in FEATURE_LAYERS]).numpy(),
+        "maps": torch.stack([p.detach() for p in output.pixel_probs]).numpy(),
+        "image_scores": output.image_scores.numpy(),
+    }
+    return result | _step(output.pixel_probs, vand.loss(output, masks), vand.heads)
+
+
+class _CpuZeros:
+    """``torch`` for the authors' transformer module, except that ``zeros(...).to('cuda')`` stays on the CPU."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def zeros(*args, **kwargs):
+        class _Stay(torch.Tensor):
+            def to(self, *a, **k):
+                return torch.Tensor(self)
+
+        return torch.zeros(*args, **kwargs).as_subclass(_Stay)
+
+
+def _old_pillow_fromarray(fromarray):
+    """Pillow < 11 accepted ``fromarray(float64 array, mode="L")`` and read the first bytes of its buffer
+    (the authors' all-zero mask of a normal image: zeros either way); Pillow >= 11 refuses."""
+
+    def wrapped(array, mode=None):
+        array = np.asarray(array)
+        if mode == "L" and array.dtype != np.uint8:
+            array = np.frombuffer(array.tobytes(), np.uint8)[: array.size].reshape(array.shape)
+        return fromarray(array, mode=mode)
+
+    return wrapped
+
+
+def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
+    import open_clip  # the authors' vendored copy (the official folder leads PYTHONPATH)
+    import open_clip.transformer as vendored_transformer
+    import torchvision.transforms as transforms
+    from data.mvtec import MVTecSolver
+    from dataset import MVTecDataset
+    from loss import BinaryDiceLoss, FocalLoss
+    from model import LinearLayer
+    from prompt_ensemble import encode_text_with_prompt_ensemble
+    from torch.nn import functional as F
+
+    assert Path(open_clip.__file__).is_relative_to(official), open_clip.__file__
+    vendored_transformer.torch = _CpuZeros()
+    import dataset
+
+    dataset.Image.fromarray = _old_pillow_fromarray(dataset.Image.fromarray)
+    folder = Path(tempfile.mkdtemp(prefix="zsad-parity-"))
+    open_clip.add_model_config(ps.write_model_config(folder, VAND_MODEL_CONFIG, VAND_MODEL))
+    model, _, preprocess = open_clip.create_model_and_transforms(VAND_MODEL, IMAGE_SIZE, pretrained=None)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(VAND_MODEL)
+    solver = MVTecSolver(root=str(root))
+    solver.CLSNAMES = list(ps.CATEGORIES)
+    solver.run()
+    transform = transforms.Compose(
+        [
+            transforms.Resize((IMAGE_SIZE, IMAGE_SIZE)),
+            transforms.CenterCrop(IMAGE_SIZE),
+            transforms.ToTensor(),
+        ]
+    )
+    data = MVTecDataset(root=str(root), transform=preprocess, target_transform=transform, aug_rate=0.0)
+    items = next(iter(torch.utils.data.DataLoader(data, batch_size=len(data), shuffle=False)))
+    config = VAND_MODEL_CONFIG
+    trainable_layer = LinearLayer(
+        config["vision_cfg"]["width"], config["embed_dim"], len(FEATURE_LAYERS), "ViT"
+    )
+    trainable_layer.load_state_dict(heads_state_dict(config["vision_cfg"]["width"], config["embed_dim"]))
+    # train.py, one step
+    with torch.no_grad():
+        obj_list = data.get_cls_names()
+        text_prompts = encode_text_with_prompt_ensemble(model, obj_list, tokenizer, "cpu")
+    image = items["img"]
+    with torch.no_grad():
+        image_features, patch_tokens = model.encode_image(image, FEATURE_LAYERS)
+        raw_tokens = torch.stack([t[:, 1:] for t in patch_tokens])
+        text_features = torch.stack([text_prompts[cls] for cls in items["cls_name"]], dim=0)
+    patch_tokens = trainable_layer(patch_tokens)
+    anomaly_maps = []
+    for layer in range(len(patch_tokens)):
+        # train.py divides in place; that backpropagates only under its CUDA autocast (norm runs on an fp32
+        # copy of the fp16 tokens); in float32 on the CPU the same value is computed out of place
+        patch_tokens[layer] = patch_tokens[layer] / patch_tokens[layer].norm(dim=-1, keepdim=True)
+        anomaly_map = 100.0 * patch_tokens[layer] @ text_features
+        B, L, C = anomaly_map.shape
+        H = int(np.sqrt(L))
+        anomaly_map = F.interpolate(
+            anomaly_map.permute(0, 2, 1).view(B, 2, H, H),
+            size=IMAGE_SIZE,
+            mode="bilinear",
+            align_corners=True,
+        )
+        anomaly_maps.append(torch.softmax(anomaly_map, dim=1))
+    gt = items["img_mask"].squeeze().clone()
+    gt[gt > 0.5], gt[gt <= 0.5] = 1, 0
+    loss = 0
+    for num in range(len(anomaly_maps)):
+        loss += FocalLoss()(anomaly_maps[num], gt)
+        loss += BinaryDiceLoss()(anomaly_maps[num][:, 1, :, :], gt)
+    # test.py's zero-shot image score: softmax of 100 * normalised image features @ texts, anomalous column
+    image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+    image_scores = (100.0 * image_features[:, None] @ text_features)[:, 0].softmax(dim=-1)[:, 1]
+    result = {
+        "paths": np.array([str(Path(p).relative_to(root)) for p in items["img_path"]]),
+        "images": image.numpy(),
+        "masks": gt.numpy(),
+        "text": torch.stack([text_prompts[c] for c in obj_list]).numpy(),
+        "image_embedding": image_features.numpy(),
+        "tokens": raw_tokens.numpy(),
+        "maps": torch.stack([m.detach() for m in anomaly_maps]).numpy(),
+        "image_scores": image_scores.detach().numpy(),
+    }
+    return result | _step(anomaly_maps, loss, trainable_layer)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--official", type=Path, required=True, help="checkout of ByChelsea/VAND-APRIL-GAN")
+    parser.add_argument("--official-env", default="", help="PYTHONPATH entries the official side needs")
+    parser.add_argument(
+        "--write-fixture", action="store_true", help=f"store the official outputs in {FIXTURE}"
+    )
+    parser.add_argument("--official-side", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.official_side:
+        ps.save_fixture(
+            args.official_side, **official_outputs(args.official.resolve(), args.root, args.weights)
+        )
+        return
+    work = Path(tempfile.mkdtemp(prefix="zsad-parity-vand-"))
+    root = ps.write_parity_images(work / "mvtec")
+    ours = zsad_outputs(root)
+    torch.save(vand_state_dict(), work / "weights.pt")
+    paths = (str(args.official.resolve()), args.official_env, os.environ.get("PYTHONPATH"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}  # the vendored open_clip first
+    command = [
+        sys.executable,
+        __file__,
+        "--official",
+        str(args.official),
+        "--official-side",
+        str(work / "o.npz"),
+    ]
+    subprocess.run(
+        [*command, "--root", str(root), "--weights", str(work / "weights.pt")], check=True, env=env
+    )
+    theirs = ps.load_fixture(work / "o.npz")
+    print(f"VAND: APRIL-GAN ({args.official}) vs zsad, {len(ours['paths'])} images, one training step")
+    if not np.array_equal(np.sort(theirs["paths"]), np.sort(ours["paths"])):
+        raise SystemExit("the two sides read different files")
+    order = [list(theirs["paths"]).index(p) for p in ours["paths"]]  # zsad's order
+    for name in COMPARED:
+        a = theirs[name]
+        if name in ("images", "masks", "image_embedding", "image_scores"):
+            a = a[order]
+        elif name in ("tokens", "maps"):
+            a = a[:, order]
+        ps.print_delta(name, a, ours[name])
+        theirs[name] = a
+    if args.write_fixture:
+        ps.save_fixture(
+            FIXTURE,
+            weights_fingerprint=ps.weights_fingerprint(vand_state_dict()),
+            pixels_fingerprint=ps.pixels_fingerprint(root),
+            paths=ours["paths"],
+            masks_sum=theirs["masks"].reshape(len(theirs["masks"]), -1).sum(1),
+            **sampled(theirs),
+        )
+
+
+def sampled(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What the fixture keeps (the full tokens and maps are megabytes): texts, image embeddings and scores,
+    the tokens of every 32nd patch, every 10th row and column of the anomalous maps, loss and gradient."""
+    kept = {k: outputs[k] for k in ("text", "image_embedding", "image_scores", "loss", "grads")}
+    return kept | {
+        "tokens_sampled": outputs["tokens"][:, :, ::32],
+        "maps_sampled": outputs["maps"][:, :, 1, ::10, ::10],
+    }
+
+
+if __name__ == "__main__":
+    main()
