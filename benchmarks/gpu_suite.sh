@@ -16,13 +16,13 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_results}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
-if ! "$PY" -c "import open_clip, omegaconf, albumentations" 2> /dev/null; then
+if ! "$PY" -c "import open_clip, omegaconf" 2> /dev/null; then
   compgen -G ".whl/*.whl" > /dev/null || { echo "zsad's packages are missing: run benchmarks/gpu_wheels.sh here first"; exit 1; }
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .whl/*.whl || exit 1
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled
 
 step() {  # step NAME ARGS...: run and keep the log, whatever the exit status (only NAMEs in $STEPS, if set)
   local name=$1

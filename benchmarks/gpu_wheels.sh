@@ -9,8 +9,7 @@ PIP="${PIP:-.venv/bin/pip}"
 PACKAGES=(
   open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4
   omegaconf==2.4.0
-  albumentations==2.0.8 albucore==0.0.24 simsimd==6.5.16 stringzilla==5.3.2
-  pydantic==2.14.3 pydantic_core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0
+  typing_extensions==4.16.0
 )
 "$PIP" download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
