@@ -300,7 +300,9 @@ class ExactResume(Callback):
     def _save_resume(self, trainer: L.Trainer) -> Path:
         folder = resume_dir(self.run_dir)
         path = folder / f"step-{trainer.global_step:09d}.ckpt"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(
+            path, weights_only=False
+        )  # full state; explicit, else Lightning logs a line per save
         self._last_save = time.monotonic()
         if trainer.is_global_zero:
             for old in sorted(folder.glob("step-*.ckpt"), reverse=True)[KEEP_RESUME_CHECKPOINTS:]:
@@ -335,7 +337,7 @@ class ExactResume(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._complete = True
-        trainer.save_checkpoint(last_checkpoint(self.run_dir))
+        trainer.save_checkpoint(last_checkpoint(self.run_dir), weights_only=False)
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
