@@ -14,11 +14,11 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+from datamodules.errors import ZsadError
 from datamodules.images import image_size, load_image_rgb, load_mask
 from datamodules.index import DatasetIndex, DatasetSpec, build_index, dataset_names, get_dataset_spec
 from datamodules.parsers.common import DatasetLayoutProblems
 from datamodules.progress import progress
-from pipelines.errors import ZsadError
 
 MAX_PRINTED = 100  # errors/warnings printed per section; the summary gives the full count
 # `zsad data check` decodes every file of datasets up to this many images unless told (--decode/--no-decode):

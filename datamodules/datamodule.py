@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.config import DataConfig
 from datamodules.dataset import AnomalyDataset
+from datamodules.errors import ConfigError
 from datamodules.index import DatasetIndex, DatasetSpec, build_index, get_dataset_spec
 from datamodules.resumable import EpochSampler, ResumableDataLoader
 from datamodules.transforms import ImageMaskTransform, ImagePreprocessing, TransformSpec
-from pipelines.errors import ConfigError
 
 MAX_AUTO_WORKERS = 8
 

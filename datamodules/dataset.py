@@ -7,10 +7,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.errors import DatasetLayoutError
 from datamodules.images import open_image, open_mask
 from datamodules.index import DatasetIndex
 from datamodules.transforms import ImageMaskTransform
-from pipelines.errors import DatasetLayoutError
 
 
 class AnomalyDataset(Dataset):

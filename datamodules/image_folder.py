@@ -23,10 +23,10 @@ import torch
 from datamodules.config import DataConfig
 from datamodules.datamodule import AnomalyDataModule
 from datamodules.dataset import AnomalyDataset
+from datamodules.errors import CorruptImageError, ZsadError
 from datamodules.images import image_size
 from datamodules.index import DatasetIndex, SampleRecord
 from datamodules.transforms import ImagePreprocessing
-from pipelines.errors import CorruptImageError, ZsadError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DATASET_NAME = "images"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import ConfigError, DatasetLayoutError, ZsadError
+from datamodules.errors import ConfigError, DatasetLayoutError, ZsadError
 
 NORMAL_DEFECT = "good"
 

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from pipelines.errors import ZsadError
+from datamodules.errors import ZsadError
 
 MANIFEST_NAME = "synthetic_manifest.json"
 FORMAT_VERSION = 1

@@ -10,9 +10,9 @@ from typing import Any
 import lightning as L
 import torch
 
+from datamodules.errors import ZsadError
 from datamodules.transforms import ImagePreprocessing
 from lightning_modules.checkpoint_io import safe_torch_load
-from pipelines.errors import ZsadError
 
 
 class PixelScoreDtype(enum.Enum):

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
+from datamodules.errors import ZsadError
 from lightning_modules.base import EvalConfig, ZeroShotModule
 from lightning_modules.clip.frozen import FrozenCLIP
-from pipelines.errors import ZsadError
 
 
 def category_words(datamodule: Any) -> list[str]:

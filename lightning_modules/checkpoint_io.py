@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines.errors import ZsadError
+from datamodules.errors import ZsadError
 
 # Beyond what weights_only always allows: numpy arrays and their dtypes, which RNG states hold
 # (numpy's legacy ``get_state()`` is a tuple with a uint32 array). Add a type here only when zsad itself

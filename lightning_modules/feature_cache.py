@@ -45,6 +45,7 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from datamodules.atomic_io import atomic_torch_save
 from datamodules.progress import progress
 
 log = logging.getLogger(__name__)
@@ -137,9 +138,7 @@ class FeatureTable:
             "has_mask": self.has_mask,
             "image_paths": self.image_paths,
         }
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)  # atomic: concurrent runs (or DDP ranks) never read a half-written file
+        atomic_torch_save(payload, path)  # concurrent runs (or DDP ranks) never read a half-written file
 
     @classmethod
     def load(cls, path: Path) -> FeatureTable:

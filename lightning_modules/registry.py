@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.errors import ZsadError
+from datamodules.errors import ZsadError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,6 @@ results) to the same run uninterrupted. How:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -34,7 +33,6 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +42,10 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
+from datamodules.atomic_io import atomic_torch_save
+from datamodules.errors import ZsadError
 from datamodules.resumable import derived_seed
 from lightning_modules.checkpoint_io import safe_torch_load
-from pipelines.errors import ZsadError
 from pipelines.loggers import close_interrupted
 
 log = logging.getLogger(__name__)
@@ -72,31 +71,6 @@ def resume_dir(run_dir: Path) -> Path:
 
 
 # --- atomic, safe checkpoint files -------------------------------------------------------------------
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a folder be opened for fsync
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` that readers (and a restart after a kill) see complete or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint files, written atomically and read with zsad's allow-list only."""
 

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipelines.errors import ConfigError, ZsadError
+from datamodules.errors import ConfigError, ZsadError
 
 EXIT_USER_ERROR = 2
 
@@ -379,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:  # a full disk or quota anywhere (loggers, checkpoints): one line, no traceback
         if args.debug or error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        from pipelines.results import write_error
+        from datamodules.atomic_io import write_error
 
         where = Path(error.filename) if error.filename else Path.cwd() / "?"
         print(f"zsad: error: {write_error(where, error)}", file=sys.stderr)

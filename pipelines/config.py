@@ -28,8 +28,8 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from datamodules.config import DataConfig
+from datamodules.errors import ConfigError
 from lightning_modules.base import EvalConfig
-from pipelines.errors import ConfigError
 
 GROUPS = ("method", "source", "targets")
 # Keys that say where a run's files go or how it is shown, not what it computes: a finished run folder

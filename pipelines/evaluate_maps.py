@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from datamodules.errors import DatasetLayoutError, ZsadError
 from datamodules.parsers.mvtec import LAYOUT_DATASET, MVTEC_CATEGORIES
-from pipelines.errors import DatasetLayoutError, ZsadError
 from pipelines.map_writer import DATASET_FILE, map_name, read_dataset_record, read_image_scores
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

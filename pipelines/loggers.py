@@ -10,8 +10,8 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from datamodules.errors import ConfigError
 from pipelines.config import ExperimentConfig
-from pipelines.errors import ConfigError
 
 WANDB_MODES = ("offline", "online", "disabled")
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from pipelines.results import atomic_write, atomic_write_text
+from datamodules.atomic_io import atomic_write, atomic_write_text
 
 IMAGE_SCORES_FILE = "image_scores.csv"
 IMAGE_SCORES_COLUMNS = ("image", "category", "label", "score")

@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from datamodules.atomic_io import atomic_write_text
+from datamodules.errors import ConfigError, ZsadError
 from datamodules.image_folder import ImageFolderDataModule, ImageList, collect_images
 from datamodules.images import load_image_rgb
-from pipelines.errors import ConfigError, ZsadError
 from pipelines.map_writer import save_atomically
-from pipelines.results import atomic_write_text
 from pipelines.run_state import global_rank
 
 MAP_FORMATS = ("tiff", "npy", "both")

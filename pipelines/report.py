@@ -19,7 +19,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import ZsadError
+from datamodules.atomic_io import atomic_write_text
+from datamodules.errors import ZsadError
 from pipelines.published import SOURCE, published
 from pipelines.report_grouping import (
     CFLOW_AUPRO,
@@ -30,7 +31,6 @@ from pipelines.report_grouping import (
     load_run,
     metric_value,
 )
-from pipelines.results import atomic_write_text
 from pipelines.run_state import read_status
 
 TABLES = (

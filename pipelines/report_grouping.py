@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.errors import ConfigError, ZsadError
+from datamodules.errors import ConfigError, ZsadError
 
 # Config keys (dotted, fnmatch patterns) that do not change a run's numbers: where things are read and
 # written, logging, and how fast it runs. Everything else separates settings. ``seed`` is the replicate axis.

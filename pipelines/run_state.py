@@ -33,8 +33,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import RunFolderError, RunLockedError
-from pipelines.results import FILE_MODE, atomic_write_text
+from datamodules.atomic_io import FILE_MODE, atomic_write_text
+from datamodules.errors import RunFolderError, RunLockedError
 
 STATUS_FILE = "status.json"
 LOCK_FILE = "run.lock"

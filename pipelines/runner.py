@@ -25,7 +25,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
+from datamodules.atomic_io import atomic_write_text, write_error
 from datamodules.datamodule import AnomalyDataModule
+from datamodules.errors import ConfigError, FinishedRunError
 from datamodules.progress import lightning_progress_bar
 from lightning_modules.base import ZeroShotModule
 from lightning_modules.metrics.curves import f1_thresholds
@@ -38,10 +40,9 @@ from pipelines.checkpointing import (
     last_checkpoint,
 )
 from pipelines.config import ExperimentConfig, config_differences, to_yaml
-from pipelines.errors import ConfigError, FinishedRunError
 from pipelines.loggers import log_evaluation, make_loggers, wandb_hint
 from pipelines.map_writer import MapWriter
-from pipelines.results import atomic_write_text, target_payload, write_error, write_results
+from pipelines.results import target_payload, write_results
 from pipelines.run_state import acquire_run_lock, global_rank, read_status, record_failure, write_status
 from pipelines.visualize import EvaluationPictures
 

@@ -20,7 +20,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.errors import ConfigError
+from datamodules.errors import ConfigError
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "slurm" / "sweep.sbatch"
 MAX_SIGNAL_SECONDS = 65535  # sbatch --signal=SIG@TIME takes at most this

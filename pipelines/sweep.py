@@ -36,9 +36,9 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from datamodules.atomic_io import atomic_write_text
+from datamodules.errors import ConfigError, ZsadError
 from pipelines import run_state, slurm
-from pipelines.errors import ConfigError, ZsadError
-from pipelines.results import atomic_write_text
 from pipelines.slurm import SlurmConfig
 
 MANIFEST = "manifest.json"

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from datamodules.atomic_io import atomic_write_text
+from datamodules.errors import ConfigError
 from datamodules.images import load_image_rgb
 from lightning_modules.metrics.curves import CurveSet, RankingCurve
-from pipelines.errors import ConfigError
-from pipelines.results import atomic_write_text
 
 MAX_CURVE_POINTS = 2000
 TILE = 160  # gallery tile size in pixels

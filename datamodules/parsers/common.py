@@ -12,8 +12,8 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from datamodules.errors import DatasetLayoutError
 from datamodules.index import NORMAL_DEFECT, DatasetIndex, SampleRecord, list_image_files
-from pipelines.errors import DatasetLayoutError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MAX_LISTED = 5  # problems spelled out in an error message; `zsad data check` prints all of them

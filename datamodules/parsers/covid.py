@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from datamodules.errors import DatasetLayoutError
 from datamodules.index import DatasetIndex, DatasetSpec, register_dataset
 from datamodules.parsers.common import Findings, child_dir, folder_records, subdirs
-from pipelines.errors import DatasetLayoutError
 
 COVID_CATEGORY = "covid"
 COVID_PROMPT = "chest"

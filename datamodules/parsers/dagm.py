@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from datamodules.errors import DatasetLayoutError
 from datamodules.index import DatasetIndex, DatasetSpec, register_dataset
 from datamodules.parsers.common import (
     Findings,
@@ -38,7 +39,6 @@ from datamodules.parsers.common import (
     warn_unexpected,
 )
 from datamodules.parsers.mvtec import parse_mvtec_like
-from pipelines.errors import DatasetLayoutError
 
 DAGM_CATEGORIES = tuple(f"Class{i}" for i in range(1, 11))
 DAGM_PROMPT = "texture"

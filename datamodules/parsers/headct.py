@@ -10,9 +10,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from datamodules.errors import DatasetLayoutError
 from datamodules.index import DatasetIndex, DatasetSpec, list_image_files, register_dataset
 from datamodules.parsers.common import IMAGE_EXTENSIONS, Findings, make_records, require_dir, warn_unexpected
-from pipelines.errors import DatasetLayoutError
 
 HEADCT_CATEGORY = "headct"
 HEADCT_PROMPT = "brain"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from datamodules.errors import DatasetLayoutError
 from datamodules.index import (
     NORMAL_DEFECT,
     DatasetIndex,
@@ -18,7 +19,6 @@ from datamodules.index import (
     register_dataset,
 )
 from datamodules.parsers.common import IMAGE_EXTENSIONS, Findings, subdirs
-from pipelines.errors import DatasetLayoutError
 
 __all__ = [
     "IMAGE_EXTENSIONS", "LAYOUT_DATASET", "MVTEC_CATEGORIES", "MVTEC_TEST_COUNTS", "parse_mvtec", "parse_mvtec_like",

@@ -48,11 +48,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from datamodules.errors import DatasetLayoutError
 from datamodules.images import image_size, load_mask, open_image
 from datamodules.index import DatasetIndex, DatasetSpec, list_image_files, register_dataset
 from datamodules.parsers.common import IMAGE_EXTENSIONS, Findings, subdirs
 from datamodules.parsers.mvtec import parse_mvtec_like
-from pipelines.errors import DatasetLayoutError
 
 SDD_CATEGORY = "sdd"
 SDD_PROMPT = "electrical commutators"

@@ -12,9 +12,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from datamodules.errors import DatasetLayoutError
 from datamodules.index import NORMAL_DEFECT, DatasetIndex, DatasetSpec, SampleRecord, register_dataset
 from datamodules.parsers.common import Findings, warn_unexpected
-from pipelines.errors import DatasetLayoutError
 
 VISA_CATEGORIES = (
     "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1",

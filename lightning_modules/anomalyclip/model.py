@@ -12,11 +12,11 @@ import dataclasses
 import torch
 from torch import nn
 
+from datamodules.errors import ConfigError
 from lightning_modules.anomalyclip.config import AnomalyCLIPConfig
 from lightning_modules.clip import DualPathVisionEncoder, PromptTextEncoder, create_clip
 from lightning_modules.losses import dice_loss, focal_loss
 from lightning_modules.ops import gaussian_blur, l2_normalize, patch_class_probabilities
-from pipelines.errors import ConfigError
 
 NORMAL, ABNORMAL = 0, 1
 

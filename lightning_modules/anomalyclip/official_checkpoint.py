@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
+from datamodules.errors import ZsadError
 from lightning_modules.base import ZeroShotModule, checked_official_state, official_entries
-from pipelines.errors import ZsadError
 
 FORMAT = "the AnomalyCLIP authors' prompt learner"
 _IGNORED = re.compile(r"compound_prompt_projections\.\d+\.(weight|bias)|token_(prefix|suffix)_(pos|neg)")

@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datamodules.errors import ConfigError
 from lightning_modules.anovl.config import AnoVLConfig
 from lightning_modules.anovl.prompts import anovl_ensemble
 from lightning_modules.clip import DualPathVisionEncoder, create_clip
 from lightning_modules.clip.frozen import FrozenCLIP
 from lightning_modules.ops import gaussian_blur, l2_normalize
-from pipelines.errors import ConfigError
 
 if TYPE_CHECKING:
     from lightning_modules.anovl.tta import SyntheticAnomalies, TestTimeAdaptation

@@ -8,13 +8,13 @@ from typing import Any
 
 import torch
 
+from datamodules.errors import ConfigError
 from datamodules.transforms import ImagePreprocessing
 from lightning_modules.anovl.config import SEQUENTIAL_TTA_RESETS, AnoVLConfig
 from lightning_modules.anovl.model import AnoVL, BatchText, CategoryText
 from lightning_modules.anovl.prompts import prompt_kind
 from lightning_modules.anovl.tta import TestTimeAdaptation
 from lightning_modules.base import EvalConfig, ZeroShotModule
-from pipelines.errors import ConfigError
 
 
 def image_seed(seed: int, image_path: str, salt: int = 0) -> int:

@@ -32,9 +32,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from datamodules.errors import ConfigError, ZsadError
 from lightning_modules.anovl.config import TTA_RESETS, TTAConfig
 from lightning_modules.anovl.model import ABNORMAL, NORMAL, BatchText, class_probabilities
-from pipelines.errors import ConfigError, ZsadError
 
 
 @dataclasses.dataclass

@@ -18,7 +18,7 @@ import torch
 from open_clip.transformer import QuickGELU
 from torch import nn
 
-from pipelines.errors import WeightsNotFoundError, ZsadError
+from datamodules.errors import WeightsNotFoundError, ZsadError
 
 MLP_ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
 TINY_MODEL = "zsad-tiny-vit"  # registered below: random weights only, for tests and the demo

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.errors import ConfigError
+from datamodules.errors import ConfigError
 
 POS_EMBED_INTERPOLATIONS = ("bilinear", "bicubic")
 

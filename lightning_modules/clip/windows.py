@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from datamodules.errors import ConfigError
 from lightning_modules.clip.vision import DualPathVisionEncoder
-from pipelines.errors import ConfigError
 
 
 def window_token_indices(grid: tuple[int, int], size: int, stride: int = 1) -> torch.Tensor:

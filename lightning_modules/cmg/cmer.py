@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pipelines.errors import ConfigError
+from datamodules.atomic_io import atomic_torch_save
+from datamodules.errors import ConfigError
 
 FILLS = ("mean", "image_mean")
 APPLY_TO = ("tokens", "pixels")
@@ -151,7 +151,5 @@ class RelevanceCache:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         merged = {**self._read(), **self.entries} if self.path.is_file() else dict(self.entries)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        torch.save({"settings": self.settings, "entries": merged}, tmp)
-        os.replace(tmp, self.path)
+        atomic_torch_save({"settings": self.settings, "entries": merged}, self.path)
         self.dirty = False

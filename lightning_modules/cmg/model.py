@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datamodules.errors import ConfigError
 from lightning_modules.clip.frozen import FrozenCLIP
 from lightning_modules.cmg.cmer import (
     APPLY_TO,
@@ -34,7 +35,6 @@ from lightning_modules.cmg.cmer import (
 from lightning_modules.cmg.cmle import batch_cmle_loss
 from lightning_modules.cmg.config import CMGConfig
 from lightning_modules.ops import gaussian_blur, l2_normalize
-from pipelines.errors import ConfigError
 
 SCOPES = ("batch", "global")
 

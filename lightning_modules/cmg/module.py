@@ -8,13 +8,13 @@ from typing import Any
 
 import torch
 
+from datamodules.errors import ConfigError, ZsadError
 from lightning_modules.base import EvalConfig, ZeroShotModule
 from lightning_modules.category_module import backbone_identity
 from lightning_modules.cmg.cmle import GlobalStructure
 from lightning_modules.cmg.config import CMGConfig
 from lightning_modules.cmg.model import CMG
 from lightning_modules.cmg.texts import ImageTexts
-from pipelines.errors import ConfigError, ZsadError
 
 log = logging.getLogger(__name__)
 RUN_CACHE = "run"  # cmer.cache_dir value meaning {run_dir}/cache/cmer

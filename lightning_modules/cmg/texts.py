@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pipelines.errors import ConfigError
+from datamodules.errors import ConfigError
 
 
 def load_captions(path: str | Path) -> dict[str, str]:

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from datamodules.errors import ConfigError
 from lightning_modules.clip.prompts import trim_after_end_token
 from lightning_modules.clip.text import PromptTextEncoder
 from lightning_modules.clip_zero_shot.model import CLIPZeroShot
 from lightning_modules.coop.config import CoOpConfig
 from lightning_modules.ops import class_logits, l2_normalize
-from pipelines.errors import ConfigError
 
 
 class ClassAwareContext(nn.Module):

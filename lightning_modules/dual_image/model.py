@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datamodules.errors import ConfigError
 from lightning_modules.anovl.model import REFERENCE_STREAMS, AnoVL, TextBranchOutput
 from lightning_modules.anovl.tta import SyntheticAnomalies
 from lightning_modules.dual_image.config import AGGREGATES, PAIRINGS, TEXTURES, DualImageConfig
 from lightning_modules.dual_image.reference import reference_distances
 from lightning_modules.dual_image.synthesis import synthesize_anomalies
-from pipelines.errors import ConfigError
 
 SYNTHESIS_SALT = 0x5EED  # image-space synthesis draws from its own per-image generator
 

@@ -6,13 +6,13 @@ from typing import Any
 
 import torch
 
+from datamodules.errors import ZsadError
 from lightning_modules.base import EvalConfig
 from lightning_modules.category_module import CategoryTextModule, category_words
 from lightning_modules.feature_cache import backbone_cache_identity, prepare_cached_training
 from lightning_modules.vand.config import VANDConfig
 from lightning_modules.vand.model import VAND
 from lightning_modules.vand.mosaic import SameCategoryMosaic
-from pipelines.errors import ZsadError
 
 
 class VANDModule(CategoryTextModule):

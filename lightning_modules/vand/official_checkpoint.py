@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from datamodules.errors import ZsadError
 from lightning_modules.base import ZeroShotModule, checked_official_state, official_entries
-from pipelines.errors import ZsadError
 
 FORMAT = "the VAND authors' linear layers"
 _HEAD = re.compile(r"fc\.(\d+)\.(weight|bias)")

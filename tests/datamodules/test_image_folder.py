@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import write_image
 
+from datamodules.errors import ZsadError
 from datamodules.image_folder import ImageFolderDataModule, collect_images
 from datamodules.images import open_image
 from datamodules.transforms import ImageMaskTransform, ImagePreprocessing, TransformSpec
-from pipelines.errors import ZsadError
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datamodules.errors import CorruptImageError
 from datamodules.images import image_size, load_image_rgb, load_mask, open_image
-from pipelines.errors import CorruptImageError
 
 
 def _save(image: Image.Image, path: Path) -> Path:

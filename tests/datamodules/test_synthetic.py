@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datamodules.errors import ZsadError
 from datamodules.synthetic import (
     DEFECT_KINDS,
     MANIFEST_NAME,
@@ -22,7 +23,6 @@ from datamodules.synthetic import (
     render_sample,
     run,
 )
-from pipelines.errors import ZsadError
 
 SMALL = {"image_size": 32, "n_train": 2, "n_test_good": 3, "n_test_defect_per_kind": 2}
 

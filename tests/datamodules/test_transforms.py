@@ -19,6 +19,7 @@ from torchvision import transforms as T
 
 from datamodules.config import DataConfig
 from datamodules.datamodule import AnomalyDataModule
+from datamodules.errors import ConfigError
 from datamodules.images import open_image, open_mask
 from datamodules.transforms import ImageMaskTransform, ImagePreprocessing, TransformSpec
 from lightning_modules.anomalyclip.module import AnomalyCLIPModule
@@ -26,7 +27,6 @@ from lightning_modules.anovl.module import AnoVLModule
 from lightning_modules.dual_image.module import DualImageModule
 from lightning_modules.vand.module import VANDModule
 from lightning_modules.winclip.module import WinCLIPModule
-from pipelines.errors import ConfigError
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)

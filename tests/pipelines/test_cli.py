@@ -266,7 +266,7 @@ def test_test_without_checkpoint_says_what_to_pass(tmp_path, synthetic_pair, cap
 
 
 def test_debug_flag_shows_the_traceback():
-    from pipelines.errors import ConfigError
+    from datamodules.errors import ConfigError
 
     with pytest.raises(ConfigError):
         main(["--debug", "run", "demo", "method.lrr=0.1"])

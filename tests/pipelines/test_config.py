@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from datamodules.config import DataConfig
+from datamodules.errors import ConfigError
 from lightning_modules.anomalyclip import AnomalyCLIPConfig
 from pipelines.config import compose, parse_override, to_object
-from pipelines.errors import ConfigError
 
 
 def test_demo_composes_base_method_data_and_experiment():

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
+from datamodules.errors import ConfigError
 from pipelines.cli import main
 from pipelines.config import compose, to_yaml
-from pipelines.errors import ConfigError
 from pipelines.published import published
 from pipelines.report import build_report
 

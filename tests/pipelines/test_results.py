@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.errors import WriteFailedError
-from pipelines.results import atomic_write, atomic_write_text
+from datamodules.atomic_io import atomic_write, atomic_write_text
+from datamodules.errors import WriteFailedError
 
 
 def _payload(writer: str, i: int) -> str:

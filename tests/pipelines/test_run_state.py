@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from datamodules.errors import FinishedRunError, RunLockedError, WriteFailedError
 from pipelines import run_state
-from pipelines.errors import FinishedRunError, RunLockedError, WriteFailedError
 from pipelines.run_state import (
     LOCK_FILE,
     acquire_run_lock,

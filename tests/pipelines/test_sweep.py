@@ -10,10 +10,10 @@ import pytest
 import yaml
 from sweep_helpers import write_sweep
 
+from datamodules.errors import ConfigError
 from pipelines import sweep
 from pipelines.cli import build_parser, main
 from pipelines.config import config_dir
-from pipelines.errors import ConfigError
 
 
 def test_grid_and_variants_expand_with_stable_ids(tmp_path, synthetic_pair):

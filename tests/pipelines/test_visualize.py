@@ -12,10 +12,10 @@ from PIL import Image
 from sklearn.metrics import f1_score, roc_auc_score
 from wandb_support import logged_values, wandb_records
 
+from datamodules.errors import ConfigError
 from datamodules.images import load_mask
 from lightning_modules.metrics import trapezoid_area
 from pipelines.cli import main
-from pipelines.errors import ConfigError
 from pipelines.visualize import EvaluationPictures, GalleryHeaps, GalleryItem, select_gallery, thin
 
 

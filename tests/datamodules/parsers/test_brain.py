@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from datamodules.errors import DatasetLayoutError
 from datamodules.index import build_index
-from pipelines.errors import DatasetLayoutError
 
 
 def test_brainmri_uses_the_nested_copy_once(fake_brainmri: Path, batch_of) -> None:

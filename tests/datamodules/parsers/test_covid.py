@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from datamodules.errors import DatasetLayoutError, ZsadError
 from datamodules.index import build_index, get_dataset_spec
-from pipelines.errors import DatasetLayoutError, ZsadError
 
 
 def test_default_is_anomalyclip_every_class_but_normal_anomalous(fake_covid: Path, batch_of) -> None:

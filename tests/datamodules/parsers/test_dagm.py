@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from datamodules.errors import DatasetLayoutError
 from datamodules.index import build_index
 from datamodules.parsers.common import DatasetLayoutProblems
 from datamodules.parsers.dagm import DAGM_TEST_COUNTS
-from pipelines.errors import DatasetLayoutError
 
 
 def test_index(fake_dagm: Path) -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from datamodules.errors import DatasetLayoutError
 from datamodules.index import build_index
 from datamodules.parsers.common import DatasetLayoutProblems
-from pipelines.errors import DatasetLayoutError
 
 
 def test_index(fake_headct: Path, batch_of) -> None:

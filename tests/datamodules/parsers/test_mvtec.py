@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from datamodules.errors import DatasetLayoutError
 from datamodules.index import build_index, get_dataset_spec
 from datamodules.parsers.common import DatasetLayoutProblems
-from pipelines.errors import DatasetLayoutError
 
 
 def test_index_counts_labels_and_pairing(fake_mvtec: Path) -> None:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datamodules.errors import DatasetLayoutError
 from datamodules.images import load_mask
 from datamodules.index import build_index, get_dataset_spec
 from datamodules.parsers import sdd
 from datamodules.parsers.common import DatasetLayoutProblems
-from pipelines.errors import DatasetLayoutError
 
 
 def test_thirds_and_split_rule() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from datamodules.errors import DatasetLayoutError
 from datamodules.index import build_index
-from pipelines.errors import DatasetLayoutError
 
 
 def test_index(fake_tn3k: Path, batch_of) -> None:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datamodules.errors import DatasetLayoutError
 from datamodules.images import load_mask
 from datamodules.index import build_index
 from datamodules.parsers.common import DatasetLayoutProblems
-from pipelines.errors import DatasetLayoutError
 
 
 def test_index_from_csv(fake_visa: Path) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from datamodules.errors import ZsadError
 from lightning_modules.anomalyclip import AnomalyCLIPModule
 from lightning_modules.base import ZeroShotModule
-from pipelines.errors import ZsadError
 from tests_support import authors_prompt_learner, tiny_anomalyclip_config
 
 

@@ -8,9 +8,9 @@ import torch
 
 from datamodules.config import DataConfig
 from datamodules.datamodule import AnomalyDataModule
+from datamodules.errors import ZsadError
 from lightning_modules.anomalyclip import AnomalyCLIPModule
 from lightning_modules.anomalyclip.model import AnomalyCLIP
-from pipelines.errors import ZsadError
 from tests_support import quiet_trainer, tiny_anomalyclip_config
 
 

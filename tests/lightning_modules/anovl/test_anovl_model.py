@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from dual_image_support import single_thread, tiny_method_config  # noqa: F401 - a fixture
 
+from datamodules.errors import ConfigError
 from lightning_modules.anovl import AnoVL, AnoVLConfig, BatchText
 from lightning_modules.anovl.model import anovl_views, pool_replicate
 from lightning_modules.anovl.prompts import ABNORMAL_STATES, MEDIA, NORMAL_STATES, anovl_ensemble, prompt_kind
 from lightning_modules.ops import l2_normalize
-from pipelines.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

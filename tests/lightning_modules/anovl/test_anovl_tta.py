@@ -10,9 +10,9 @@ import torch
 from dual_image_support import single_thread  # noqa: F401 - a fixture
 from test_anovl_model import tiny_anovl_config
 
+from datamodules.errors import ConfigError, ZsadError
 from lightning_modules.anovl import AnoVL, BatchText, TestTimeAdaptation, TextAdapter, TTAConfig
 from lightning_modules.anovl.tta import feature_noise, run_steps, tta_loss
-from pipelines.errors import ConfigError, ZsadError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from datamodules.errors import WeightsNotFoundError, ZsadError
 from lightning_modules.clip import TINY_MODEL, create_clip
-from pipelines.errors import WeightsNotFoundError, ZsadError
 
 
 def test_tiny_model_is_frozen_and_in_eval_mode(tiny_clip):

@@ -10,12 +10,12 @@ import torch
 
 from datamodules.config import DataConfig
 from datamodules.datamodule import AnomalyDataModule
+from datamodules.errors import ConfigError, ZsadError
 from datamodules.synthetic import generate_synthetic_dataset
 from lightning_modules.clip.config import BackboneConfig
 from lightning_modules.cmg import CMG, CMGConfig, CMGModule
 from lightning_modules.cmg.config import CMERConfig, CMLEConfig, DetectorConfig
 from lightning_modules.cmg.texts import ImageTexts, load_captions
-from pipelines.errors import ConfigError, ZsadError
 from tests_support import quiet_trainer
 
 

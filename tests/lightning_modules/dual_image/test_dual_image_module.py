@@ -10,12 +10,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from datamodules.config import DataConfig
 from datamodules.datamodule import AnomalyDataModule
+from datamodules.errors import ConfigError
 from lightning_modules.dual_image import (
     DualImageCLIP,
     DualImageConfig,
     DualImageModule,
 )
-from pipelines.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -14,9 +14,9 @@ import tifffile
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from datamodules.errors import ZsadError
 from lightning_modules.metrics import aupro, legacy_cflow_aupro
 from pipelines import evaluate_maps
-from pipelines.errors import ZsadError
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -15,10 +15,10 @@ from open_clip.transformer import QuickGELU
 from PIL import Image
 from torch import nn
 
+from datamodules.errors import ConfigError
 from lightning_modules.clip.factory import mlp_activation
 from lightning_modules.vand import VAND, VANDConfig, VANDModule
 from lightning_modules.vand.mosaic import SameCategoryMosaic
-from pipelines.errors import ConfigError
 
 
 def _vand(tiny_clip, image_size: int, **overrides) -> VAND:

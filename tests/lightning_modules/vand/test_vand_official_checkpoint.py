@@ -6,8 +6,8 @@ import pytest
 import torch
 from baselines_support import tiny_backbone
 
+from datamodules.errors import ZsadError
 from lightning_modules.vand import VANDConfig, VANDModule
-from pipelines.errors import ZsadError
 
 
 def authors_linear_layer(width: int, embed_dim: int, k: int) -> dict[str, torch.Tensor]:
