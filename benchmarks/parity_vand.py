@@ -2,6 +2,8 @@
 
     python benchmarks/parity_vand.py --official /tmp/vand --official-env /tmp/vand-env [--write-fixture]
 
+where /tmp/vand-env holds setuptools<81, tabulate, scikit-image (test.py, prompt_ensemble.py imports).
+
 ``--official`` is a checkout of ByChelsea/VAND-APRIL-GAN (its folder goes first on the official side's
 ``sys.path``, so ``import open_clip`` is the authors' vendored copy); ``--official-env`` holds what it
 imports beyond zsad's environment (``setuptools<81`` for ``pkg_resources``). Nothing is fetched.
@@ -41,6 +43,8 @@ VAND_MODEL_CONFIG = {
     "vision_cfg": {**ps.PARITY_MODEL_CONFIG["vision_cfg"], "layers": 12},
 }
 COMPARED = ("images", "masks", "text", "image_embedding", "tokens", "maps", "image_scores", "loss", "grads")
+METRICS = ("pixel_auroc", "image_auroc", "image_ap", "pixel_ap", "aupro_cflow")  # compared with zsad
+# the last official column, test.py's own call of cal_pro_score, is printed, not compared
 
 
 def vand_state_dict(seed: int = ps.WEIGHTS_SEED) -> dict[str, torch.Tensor]:
@@ -70,6 +74,7 @@ def zsad_outputs(root: Path) -> dict[str, np.ndarray]:
 
     from datamodules import AnomalyDataModule, DataConfig
     from lightning_modules.clip.config import BackboneConfig
+    from lightning_modules.metrics import binary_auroc, binary_average_precision, legacy_cflow_aupro
     from lightning_modules.vand import VAND, VANDConfig, VANDModule
 
     state = vand_state_dict()
@@ -106,6 +111,20 @@ def zsad_outputs(root: Path) -> dict[str, np.ndarray]:
         "maps": torch.stack([p.detach() for p in output.pixel_probs]).numpy(),
         "image_scores": output.image_scores.numpy(),
     }
+    amap, labels = output.anomaly_map().detach(), batch["label"]
+    rows = []
+    for c in range(len(data.categories)):
+        sel = ids == c
+        rows.append(
+            [
+                binary_auroc(amap[sel], masks[sel]),
+                binary_auroc(output.image_scores[sel], labels[sel]),
+                binary_average_precision(output.image_scores[sel], labels[sel]),
+                binary_average_precision(amap[sel], masks[sel]),
+                legacy_cflow_aupro(amap[sel], masks[sel], fpr_limit=0.3),
+            ]
+        )
+    result["metrics"] = np.asarray(rows)
     return result | _step(output.pixel_probs, vand.loss(output, masks), vand.heads)
 
 
@@ -220,7 +239,35 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
         "maps": torch.stack([m.detach() for m in anomaly_maps]).numpy(),
         "image_scores": image_scores.detach().numpy(),
     }
+    result["metrics"] = _test_py_metrics(obj_list, items, gt, anomaly_maps, image_scores)
     return result | _step(anomaly_maps, loss, trainable_layer)
+
+
+def _test_py_metrics(obj_list, items, gt, anomaly_maps, image_scores) -> np.ndarray:
+    """test.py's zero-shot metrics per class: sklearn on the summed anomalous maps and the image scores,
+    and its own ``cal_pro_score``, once on [N, H, W] and once shaped as test.py collects them, [N, 1, H, W]:
+    there ``measure.label`` labels 3-D regions whose ``coords[:, 0]`` is the singleton axis, so each region
+    pixel counts its whole image row as true positives (PRO far above 1)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    from test import cal_pro_score
+
+    maps = np.sum([m.detach()[:, 1].numpy() for m in anomaly_maps], axis=0)[:, None]
+    masks, labels, scores = gt.numpy()[:, None], items["anomaly"].numpy(), image_scores.detach().numpy()
+    rows = []
+    for obj in obj_list:
+        sel = np.array([c == obj for c in items["cls_name"]])
+        gt_px, pr_px, gt_sp, pr_sp = masks[sel], maps[sel], labels[sel], scores[sel]
+        rows.append(
+            [
+                roc_auc_score(gt_px.ravel(), pr_px.ravel()),
+                roc_auc_score(gt_sp, pr_sp),
+                average_precision_score(gt_sp, pr_sp),
+                average_precision_score(gt_px.ravel(), pr_px.ravel()),
+                cal_pro_score(gt_px[:, 0], pr_px[:, 0]),  # on [N, H, W]: the cflow AUPRO (see below)
+                cal_pro_score(gt_px, pr_px),  # as test.py calls it
+            ]
+        )
+    return np.asarray(rows)
 
 
 def main() -> None:
@@ -269,6 +316,12 @@ def main() -> None:
             a = a[:, order]
         ps.print_delta(name, a, ours[name])
         theirs[name] = a
+    for m, metric in enumerate(METRICS):
+        ps.print_delta(f"{metric} (per category)", theirs["metrics"][:, m], ours["metrics"][:, m])
+    print(
+        f"  test.py's own AUPRO call ([N, 1, H, W]): {theirs['metrics'][:, -1]} (zsad: {ours['metrics'][:, -1]})"
+    )
+    theirs["metrics"] = theirs["metrics"][:, : len(METRICS)]
     if args.write_fixture:
         ps.save_fixture(
             FIXTURE,
@@ -283,7 +336,7 @@ def main() -> None:
 def sampled(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What the fixture keeps (the full tokens and maps are megabytes): texts, image embeddings and scores,
     the tokens of every 32nd patch, every 10th row and column of the anomalous maps, loss and gradient."""
-    kept = {k: outputs[k] for k in ("text", "image_embedding", "image_scores", "loss", "grads")}
+    kept = {k: outputs[k] for k in ("text", "image_embedding", "image_scores", "loss", "grads", "metrics")}
     return kept | {
         "tokens_sampled": outputs["tokens"][:, :, ::32],
         "maps_sampled": outputs["maps"][:, :, 1, ::10, ::10],

@@ -40,3 +40,9 @@ def test_inputs_are_the_same_files_and_masks(fixture, ours):
 def test_features_maps_scores_loss_and_gradient_match_the_authors(fixture, ours, name):
     assert ours[name].shape == fixture[name].shape
     assert ps.max_abs_delta(fixture[name], ours[name]) <= 1e-5, name
+
+
+def test_metrics_match_test_py(fixture, ours):
+    """Pixel/image AUROC and AP (sklearn in test.py) and the cflow AUPRO (test.py's cal_pro_score on 2-D masks)."""
+    assert ours["metrics"].shape == fixture["metrics"].shape == (2, len(pv.METRICS))
+    assert ps.max_abs_delta(fixture["metrics"], ours["metrics"]) <= 1e-6
