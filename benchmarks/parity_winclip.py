@@ -1,10 +1,11 @@
 """WinCLIP parity: anomalib's WinCLIP and zsad on the same tiny random-weight CLIP and the same image files.
 
-    python benchmarks/parity_winclip.py --official /tmp/anomalib [--write-fixture]
+    python benchmarks/parity_winclip.py --official /tmp/anomalib --official-env /tmp/anomalib-env [--write-fixture]
 
-``--official`` is a checkout of open-edge-platform/anomalib (its ``src/`` goes on ``sys.path``; anomalib's
-own dependencies must be importable, e.g. ``PYTHONPATH=/tmp/anomalib-deps`` from
-``pip install --target``; nothing is fetched). The official side reads the files with anomalib's
+``--official`` is a checkout of open-edge-platform/anomalib (its ``src/`` goes on the official side's
+``sys.path``); ``--official-env`` holds anomalib's dependencies beyond zsad's and its pinned open_clip
+(``pip install --target /tmp/anomalib-env``, docs/methods.md lists them); nothing is fetched. The official
+side runs in a subprocess and reads the files with anomalib's
 ``MVTecADDataset`` (``read_image``/``read_mask``), applies ``WinClip.configure_pre_processor()``'s
 transform to image and mask as its ``PreProcessor`` does, runs ``WinClipModel`` (the class's own text
 embeddings, windows and harmonic aggregation) and scores with anomalib's AUROC / AUPR / AUPRO; zsad reads
