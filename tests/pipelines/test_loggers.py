@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from sweep_helpers import write_sweep
-from wandb_records import offline_run
+from wandb_support import offline_run
 
 from pipelines import sweep
 from pipelines.results import METRICS

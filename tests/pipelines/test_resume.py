@@ -9,7 +9,6 @@ import multiprocessing
 import os
 import re
 import signal
-import struct
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from test_cli import FAST, write_experiment
+from wandb_support import summary_json, wandb_records
 
 from pipelines import runner
 from pipelines.cli import main
@@ -239,38 +239,6 @@ def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path, caplog):
     assert not marker.exists()
 
 
-def wandb_records(path: Path) -> list:
-    """The protobuf records of a W&B ``.wandb`` file (W&B's LevelDB-style log: a 7-byte file header, then
-    32 KiB blocks of records with a 7-byte header each; kind 1 = full, 2/3/4 = first/middle/last part)."""
-    from wandb.proto import wandb_internal_pb2
-
-    data, block = path.read_bytes(), 32768
-    assert data[:4] == b":W&B"
-    offset, pending, records = 7, b"", []
-    while offset + 7 <= len(data):
-        if block - offset % block < 7:
-            offset += block - offset % block
-            continue
-        _checksum, length, kind = struct.unpack("<IHB", data[offset : offset + 7])
-        pending += data[offset + 7 : offset + 7 + length]
-        offset += 7 + length
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-            pending = b""
-    return records
-
-
-def _summary(records: list) -> dict[str, str]:
-    return {
-        item.key or "/".join(item.nested_key): item.value_json
-        for record in records
-        if record.WhichOneof("record_type") == "summary"
-        for item in record.summary.update
-    }
-
-
 @pytest.mark.slow
 def test_requeues_keep_one_wandb_run_that_records_them_and_the_whole_csv_log(
     tmp_path, synthetic_pair, monkeypatch
@@ -292,11 +260,11 @@ def test_requeues_keep_one_wandb_run_that_records_them_and_the_whole_csv_log(
     ids = {re.fullmatch(r"offline-run-\d{8}_\d{6}-([0-9a-z]+)(-\d+)?", p.name).group(1) for p in sessions}
     assert len(sessions) == 3 and len(ids) == 1  # one W&B run, three sessions
     first, _, last = (wandb_records(next(p.glob("run-*.wandb"))) for p in sessions)
-    assert _summary(first)["zsad/state"] == '"preempted"'
+    assert summary_json(first)["zsad/state"] == '"preempted"'
     assert [r.exit.exit_code for r in first if r.WhichOneof("record_type") == "exit"] == [
         128 + signal.SIGUSR1
     ]
-    assert _summary(last)["zsad/restarts"] == "2"
+    assert summary_json(last)["zsad/restarts"] == "2"
 
     rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
     assert {row["epoch"] for row in rows if row.get("epoch")} == {"0", "1"}  # epoch 0 survived the restarts
