@@ -27,8 +27,6 @@ interpolated as at 518 px.
 
 from __future__ import annotations
 
-import argparse
-import subprocess
 import sys
 import tempfile
 import types
@@ -370,15 +368,7 @@ def official_metrics(theirs: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--official", type=Path, required=True, help="checkout of zqhang/AnomalyCLIP")
-    parser.add_argument(
-        "--write-fixture", action="store_true", help=f"store the official outputs in {FIXTURE}"
-    )
-    parser.add_argument("--official-side", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = ps.parity_arguments(__doc__, "checkout of zqhang/AnomalyCLIP")
     if args.official_side:
         ps.save_fixture(
             args.official_side, **official_outputs(args.official.resolve(), args.root, args.weights)
@@ -386,17 +376,7 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="zsad-parity-anomalyclip-"))
     root = ps.write_parity_images(work / "mvtec")
-    torch.save(state_dict(), work / "weights.pt")
-    command = [
-        sys.executable,
-        __file__,
-        "--official",
-        str(args.official),
-        "--official-side",
-        str(work / "o.npz"),
-    ]
-    subprocess.run([*command, "--root", str(root), "--weights", str(work / "weights.pt")], check=True)
-    theirs = ps.load_fixture(work / "o.npz")
+    theirs = ps.run_official_side(__file__, args.official, root, state_dict(), work)
     ours = zsad_outputs(root, prompt_learner_of(theirs))
     print(f"AnomalyCLIP: official ({args.official}) vs zsad, {len(ours['paths'])} images, one training step")
     if not np.array_equal(np.sort(theirs["paths"]), np.sort(ours["paths"])):

@@ -10,9 +10,11 @@ pixels, so a test that runs zsad alone can tell "zsad deviates" from "the inputs
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -147,3 +149,42 @@ def parity_inputs(folder: Path, fixture: dict[str, np.ndarray], state_dict: dict
         weights_fingerprint(state_dict), fixture["weights_fingerprint"], rtol=1e-12, atol=1e-12
     )
     return root
+
+
+def parity_arguments(
+    doc: str, official_help: str, official_env_help: str | None = None
+) -> argparse.Namespace:
+    """The command line every parity script shares: ``--official PATH`` (the authors' checkout),
+    ``--write-fixture``, optionally ``--official-env`` (PYTHONPATH entries for the official side), and
+    the internal flags with which the script runs its own official side in a subprocess."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--official", type=Path, required=True, help=official_help)
+    if official_env_help:
+        parser.add_argument("--official-env", default="", help=official_env_help)
+    parser.add_argument(
+        "--write-fixture", action="store_true", help="store the official outputs as the test fixture"
+    )
+    parser.add_argument("--official-side", type=Path, help=argparse.SUPPRESS)  # internal: the subprocess
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def run_official_side(
+    script: str,
+    official: Path,
+    root: Path,
+    weights: dict[str, torch.Tensor],
+    work: Path,
+    pythonpath: tuple[str, ...] = (),
+) -> dict[str, np.ndarray]:
+    """Run ``script``'s official side in a subprocess (its imports never mix with zsad's), with
+    ``pythonpath`` first on its ``PYTHONPATH``; the weights travel as a state-dict file, the outputs come
+    back as an ``.npz``."""
+    weights_file, out = work / "weights.pt", work / "official.npz"
+    torch.save(weights, weights_file)
+    paths = [p for p in (*pythonpath, os.environ.get("PYTHONPATH", "")) if p]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    command = [sys.executable, script, "--official", str(official), "--official-side", str(out)]
+    subprocess.run([*command, "--root", str(root), "--weights", str(weights_file)], check=True, env=env)
+    return load_fixture(out)

@@ -20,9 +20,6 @@ attention sum to ``'cuda'`` and needs a 12th block, so the parity model here has
 
 from __future__ import annotations
 
-import argparse
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -271,16 +268,9 @@ def _test_py_metrics(obj_list, items, gt, anomaly_maps, image_scores) -> np.ndar
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--official", type=Path, required=True, help="checkout of ByChelsea/VAND-APRIL-GAN")
-    parser.add_argument("--official-env", default="", help="PYTHONPATH entries the official side needs")
-    parser.add_argument(
-        "--write-fixture", action="store_true", help=f"store the official outputs in {FIXTURE}"
+    args = ps.parity_arguments(
+        __doc__, "checkout of ByChelsea/VAND-APRIL-GAN", "PYTHONPATH entries the official side needs"
     )
-    parser.add_argument("--official-side", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
     if args.official_side:
         ps.save_fixture(
             args.official_side, **official_outputs(args.official.resolve(), args.root, args.weights)
@@ -289,21 +279,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="zsad-parity-vand-"))
     root = ps.write_parity_images(work / "mvtec")
     ours = zsad_outputs(root)
-    torch.save(vand_state_dict(), work / "weights.pt")
-    paths = (str(args.official.resolve()), args.official_env, os.environ.get("PYTHONPATH"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}  # the vendored open_clip first
-    command = [
-        sys.executable,
+    theirs = ps.run_official_side(  # the checkout first: its vendored open_clip shadows zsad's
         __file__,
-        "--official",
-        str(args.official),
-        "--official-side",
-        str(work / "o.npz"),
-    ]
-    subprocess.run(
-        [*command, "--root", str(root), "--weights", str(work / "weights.pt")], check=True, env=env
+        args.official,
+        root,
+        vand_state_dict(),
+        work,
+        (str(args.official.resolve()), args.official_env),
     )
-    theirs = ps.load_fixture(work / "o.npz")
     print(f"VAND: APRIL-GAN ({args.official}) vs zsad, {len(ours['paths'])} images, one training step")
     if not np.array_equal(np.sort(theirs["paths"]), np.sort(ours["paths"])):
         raise SystemExit("the two sides read different files")

@@ -17,9 +17,6 @@ tests/fixtures/parity/winclip.npz (tests/lightning_modules/winclip/test_winclip_
 
 from __future__ import annotations
 
-import argparse
-import os
-import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -212,40 +209,26 @@ COMPARED = (
 )
 
 
-def run_official(official: Path, official_env: str, root: Path, work: Path) -> dict[str, np.ndarray]:
-    """The official side in a subprocess whose ``PYTHONPATH`` starts with ``official_env`` (anomalib's
-    dependencies, its pinned open_clip) and ``official/src``; the weights travel as a state-dict file."""
-    weights, out = work / "weights.pt", work / "official.npz"
-    torch.save(ps.parity_state_dict(), weights)
-    paths = [p for p in (official_env, str(official / "src"), os.environ.get("PYTHONPATH", "")) if p]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    command = [sys.executable, __file__, "--official", str(official), "--official-side", str(out)]
-    subprocess.run([*command, "--root", str(root), "--weights", str(weights)], check=True, env=env)
-    return ps.load_fixture(out)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--official", type=Path, required=True, help="checkout of open-edge-platform/anomalib"
+    args = ps.parity_arguments(
+        __doc__,
+        "checkout of open-edge-platform/anomalib",
+        "PYTHONPATH entries for the official side (its pinned open_clip)",
     )
-    parser.add_argument(
-        "--official-env", default="", help="PYTHONPATH entries for the official side (its pinned open_clip)"
-    )
-    parser.add_argument(
-        "--write-fixture", action="store_true", help=f"store the official outputs in {FIXTURE}"
-    )
-    parser.add_argument("--official-side", type=Path, help=argparse.SUPPRESS)  # internal: the subprocess
-    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
     if args.official_side:
         ps.save_fixture(args.official_side, **official_outputs(args.official, args.root, args.weights))
         return
     work = Path(tempfile.mkdtemp(prefix="zsad-parity-winclip-"))
     root = ps.write_parity_images(work / "mvtec")
     ours = zsad_outputs(root)
-    theirs = run_official(args.official, args.official_env, root, work)
+    theirs = ps.run_official_side(  # anomalib's dependencies and its pinned open_clip first, then its src
+        __file__,
+        args.official,
+        root,
+        ps.parity_state_dict(),
+        work,
+        (args.official_env, str(args.official / "src")),
+    )
     categories = [str(c) for c in ours["categories"]]
     print(
         f"WinCLIP: anomalib ({args.official}) vs zsad, categories {categories}, {len(ours['scores'])} images"
