@@ -45,6 +45,10 @@ class FinishedRunError(RunFolderError):
     """The run folder holds a finished run of a different config."""
 
 
+class UnfinishedRunError(RunFolderError):
+    """The run folder holds an unfinished run (resume checkpoints) of a different config."""
+
+
 class WriteFailedError(ZsadError):
     """A file could not be written (full disk, permissions, quota...); nothing half-written was left."""
 

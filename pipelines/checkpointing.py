@@ -113,6 +113,11 @@ def _candidates(run_dir: Path) -> list[Path]:
     return ([last] if last.is_file() else []) + resume
 
 
+def has_training_checkpoints(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds any training checkpoint a run would resume from (valid or not)."""
+    return bool(_candidates(run_dir))
+
+
 def find_resume_checkpoint(run_dir: Path, warn: bool = True) -> ResumePoint | None:
     """The newest readable training checkpoint of ``run_dir``; each unreadable one is named in a warning,
     and when none is valid the warning says that training starts from scratch."""
@@ -188,6 +193,14 @@ def _requeue_slurm_job() -> None:
         log.info("zsad: requeued SLURM job %s", job)
 
 
+def _log_this_step(trainer: L.Trainer) -> None:
+    """Log the step that just ended, as Lightning does right after ``on_train_batch_end``: a stop raised
+    there would lose its metrics, and the resumed session starts with the next step."""
+    connector = trainer._logger_connector
+    connector.on_batch_end()
+    connector.update_train_step_metrics()
+
+
 def seed_position(seed: int, *position: int | str) -> None:
     """Seed Python, NumPy and torch (all devices) from ``seed`` and a position in the training."""
     value = derived_seed(seed, *position)
@@ -196,21 +209,18 @@ def seed_position(seed: int, *position: int | str) -> None:
     torch.manual_seed(value)
 
 
-class ExactResume(Callback):
-    """Position-seeded randomness, periodic and on-signal checkpoints, and ``last.ckpt`` at the end."""
+class _StopOnSignal(Callback):
+    """Stop signals only set a flag while a Trainer runs (its subclass stops at the next safe point);
+    the handlers replace whatever is there (also Lightning's, whose SIGTERM in-handler broadcast would not
+    match zsad's collective decision) and are restored at teardown."""
 
-    def __init__(self, run_dir: Path, seed: int, max_epochs: int, checkpoint_minutes: float | None) -> None:
-        self.run_dir = Path(run_dir)
-        self.seed = seed
-        self.max_epochs = max_epochs
-        self.interval_s = None if checkpoint_minutes is None else 60.0 * checkpoint_minutes
+    signals: tuple[str, ...] = STOP_SIGNALS
+
+    def __init__(self) -> None:
         self._signal: int = 0  # the first stop signal received (a number), 0 when none
         self._previous_handlers: dict[int, Any] = {}
-        self._last_save = time.monotonic()
-        self._complete = False
-        _received.clear()  # a new training of this process
+        _received.clear()  # a new Trainer of this process
 
-    # --- signals --------------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
         if signum == signal.SIGINT and self._signal == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
@@ -221,16 +231,83 @@ class ExactResume(Callback):
                 print("zsad: Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop at once)")
 
     def _install_handlers(self) -> None:
-        """Ours replace whatever is there (also Lightning's SIGTERM handler, whose in-handler broadcast
-        would not match our collective decision); restored at teardown."""
         if threading.current_thread() is not threading.main_thread():
             return
-        for name in STOP_SIGNALS:
+        for name in self.signals:
             signum = int(getattr(signal, name))
             current = signal.getsignal(signum)
-            if current is not self._on_signal:
+            if current != self._on_signal:
                 self._previous_handlers.setdefault(signum, current)
                 signal.signal(signum, self._on_signal)
+
+    def _any_signal(self, trainer: L.Trainer) -> int:
+        """The stop signal of any process (the same on all of them)."""
+        if trainer.world_size == 1:
+            return self._signal
+        flag = torch.tensor([self._signal], device=trainer.strategy.root_device)
+        return int(trainer.strategy.reduce(flag, reduce_op="max")[0])
+
+    def restore_handlers(self) -> None:
+        """The handlers from before this callback's, where its own are still installed."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, handler in self._previous_handlers.items():
+            if signal.getsignal(signum) == self._on_signal:  # bound methods: equal, never identical
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous_handlers = {}
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.restore_handlers()
+
+
+def restore_signal_handlers(trainer: L.Trainer) -> None:
+    """After a Trainer that an error stopped: Lightning then calls no ``teardown`` hook and puts back the
+    handlers it found, which may be zsad's of that Trainer."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, _StopOnSignal):
+            callback.restore_handlers()
+
+
+class RequeueEvaluation(_StopOnSignal):
+    """SLURM's SIGUSR1 during an evaluation (test or predict): after the batch in progress, requeue the
+    job (global rank 0) and stop as ``preempted``. Nothing is saved: the restarted job evaluates again
+    from the same weights (a run's complete ``last.ckpt``, or ``checkpoint=``). SIGTERM and Ctrl-C stay
+    Lightning's (``preempted`` / ``interrupted`` as well). Used instead of Lightning's auto-requeue, which
+    would save an ``hpc_ckpt_*.ckpt`` that a later Trainer of the job might load."""
+
+    signals = ("SIGUSR1",)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install_handlers()  # after Lightning registered its own, which it restores at the end
+
+    on_predict_start = on_test_start
+
+    def _stop_if_signalled(self, trainer: L.Trainer) -> None:
+        signum = self._any_signal(trainer)
+        if not signum:
+            return
+        if trainer.is_global_zero:
+            _requeue_slurm_job()
+        raise TrainingInterrupted(signal.Signals(signum).name, None)
+
+    def on_test_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._stop_if_signalled(trainer)
+
+    def on_predict_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._stop_if_signalled(trainer)
+
+
+class ExactResume(_StopOnSignal):
+    """Position-seeded randomness, periodic and on-signal checkpoints, and ``last.ckpt`` at the end."""
+
+    def __init__(self, run_dir: Path, seed: int, max_epochs: int, checkpoint_minutes: float | None) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.seed = seed
+        self.max_epochs = max_epochs
+        self.interval_s = None if checkpoint_minutes is None else 60.0 * checkpoint_minutes
+        self._last_save = time.monotonic()
+        self._complete = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
@@ -239,14 +316,6 @@ class ExactResume(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install_handlers()  # again: Lightning registers its handlers after setup
         self._last_save = time.monotonic()
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum, handler in self._previous_handlers.items():
-            if signal.getsignal(signum) is self._on_signal:
-                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        self._previous_handlers = {}
 
     # --- randomness -----------------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -301,6 +370,7 @@ class ExactResume(Callback):
         if signum or due:
             path = self._save_resume(trainer)
             if signum:
+                _log_this_step(trainer)
                 self._stop(trainer, signum, path)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -35,6 +35,11 @@ GROUPS = ("method", "source", "targets")
 # Keys that say where a run's files go or how it is shown, not what it computes: a finished run folder
 # may be re-entered with other values of these (config_differences ignores them).
 PLACEMENT_KEYS = ("run_dir", "output_dir", "logger", "trainer.enable_progress_bar")
+# Keys an unfinished run (resume checkpoints in its folder) may be resumed with other values of: they
+# change when checkpoints are written or how often metrics are logged, never a trained parameter. Anything
+# else -- devices, strategy and num_nodes too (each process's share of an epoch and the rank-seeded step
+# randomness depend on the number of processes), precision, num_workers -- would mix two configs' training.
+RESUME_NEUTRAL_KEYS = (*PLACEMENT_KEYS, "trainer.checkpoint_minutes", "trainer.log_every_n_steps")
 
 
 class MatmulPrecision(enum.Enum):
@@ -251,19 +256,21 @@ def _validate_name(cfg: DictConfig, path: Path) -> None:
         )
 
 
-def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+def config_differences(
+    old: Any, new: Any, prefix: str = "", ignore: Sequence[str] = PLACEMENT_KEYS
+) -> list[str]:
     """Dotted keys whose values differ between two plain config trees (``config.yaml`` contents), except
-    :data:`PLACEMENT_KEYS`; list items are compared position by position (``targets.0.root``)."""
-    if prefix.rstrip(".") in PLACEMENT_KEYS:
+    ``ignore`` (and the keys below them); list items are compared position by position (``targets.0.root``)."""
+    if prefix.rstrip(".") in ignore:
         return []
     if isinstance(old, dict) and isinstance(new, dict):
         keys = list(old) + [k for k in new if k not in old]
-        return [d for k in keys for d in config_differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+        return [d for k in keys for d in config_differences(old.get(k), new.get(k), f"{prefix}{k}.", ignore)]
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         return [
             d
             for i, (a, b) in enumerate(zip(old, new, strict=True))
-            for d in config_differences(a, b, f"{prefix}{i}.")
+            for d in config_differences(a, b, f"{prefix}{i}.", ignore)
         ]
     return [] if old == new else [prefix.rstrip(".")]
 

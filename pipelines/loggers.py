@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from datamodules.atomic_io import atomic_write_text
 from datamodules.errors import ConfigError
 from pipelines.config import ExperimentConfig
 
@@ -72,6 +74,35 @@ class AppendingCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def drop_redone_training_rows(loggers: list[Logger], first_step: int) -> None:
+    """Before a training resumes at ``first_step`` (the resume checkpoint's global step; 0 when it starts
+    over), remove the CSV rows the training loop logged (they carry an ``epoch``) from that step on: an
+    earlier session that ran past its last checkpoint logged them, and the resumed session logs them again.
+    Call on global rank 0 only."""
+    for logger in loggers:
+        if not isinstance(logger, AppendingCSVLogger):
+            continue
+        path = Path(logger.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+        if not path.is_file():
+            continue
+        with path.open(newline="") as file:
+            reader = csv.DictReader(file)
+            columns, rows = reader.fieldnames or [], list(reader)
+        kept = [row for row in rows if not _redone(row, first_step)]
+        if len(kept) == len(rows):
+            continue
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write_text(path, text.getvalue())
+
+
+def _redone(row: dict[str, str], first_step: int) -> bool:
+    step = row.get("step") or ""
+    return bool(row.get("epoch")) and step.isdigit() and int(step) >= first_step
 
 
 def _earlier_sessions(run_dir: Path, run_id: str) -> int:

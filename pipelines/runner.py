@@ -27,7 +27,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from datamodules.atomic_io import atomic_write_text, write_error
 from datamodules.datamodule import AnomalyDataModule
-from datamodules.errors import ConfigError, FinishedRunError
+from datamodules.errors import ConfigError, FinishedRunError, UnfinishedRunError
 from datamodules.progress import lightning_progress_bar
 from lightning_modules.base import ZeroShotModule
 from lightning_modules.metrics.curves import f1_thresholds
@@ -35,12 +35,21 @@ from lightning_modules.registry import get_method
 from pipelines.checkpointing import (
     AtomicCheckpointIO,
     ExactResume,
+    RequeueEvaluation,
     TrainingInterrupted,
     find_resume_checkpoint,
+    has_training_checkpoints,
     last_checkpoint,
+    restore_signal_handlers,
 )
-from pipelines.config import ExperimentConfig, config_differences, to_yaml
-from pipelines.loggers import log_evaluation, make_loggers, wandb_hint
+from pipelines.config import (
+    PLACEMENT_KEYS,
+    RESUME_NEUTRAL_KEYS,
+    ExperimentConfig,
+    config_differences,
+    to_yaml,
+)
+from pipelines.loggers import drop_redone_training_rows, log_evaluation, make_loggers, wandb_hint
 from pipelines.map_writer import MapWriter
 from pipelines.results import target_payload, write_results
 from pipelines.run_state import acquire_run_lock, global_rank, read_status, record_failure, write_status
@@ -111,6 +120,36 @@ def write_config(cfg: ExperimentConfig, run_dir: Path) -> None:
     atomic_write_text(path, text)
 
 
+def _differences_from_folder(cfg: ExperimentConfig, run_dir: Path, ignore: tuple[str, ...]) -> str | None:
+    """The keys (shown, at most 8) in which ``cfg`` differs from the folder's ``config.yaml``, None when
+    it has none or they agree."""
+    config_file = run_dir / CONFIG_FILE
+    if not config_file.is_file():
+        return None
+    differences = config_differences(
+        yaml.safe_load(config_file.read_text()) or {}, yaml.safe_load(to_yaml(cfg)), ignore=ignore
+    )
+    if not differences:
+        return None
+    more = len(differences) - 8
+    return ", ".join(differences[:8]) + (f" and {more} more" if more > 0 else "")
+
+
+def refuse_resume_of_another_config(cfg: ExperimentConfig, run_dir: Path) -> None:
+    """Raises :class:`UnfinishedRunError` when ``run_dir`` holds training checkpoints of an unfinished
+    run whose config differs from ``cfg`` in anything but :data:`RESUME_NEUTRAL_KEYS`: resuming would
+    mix two configs' training."""
+    if not has_training_checkpoints(run_dir):
+        return
+    shown = _differences_from_folder(cfg, run_dir, RESUME_NEUTRAL_KEYS)
+    if shown:
+        raise UnfinishedRunError(
+            f"run folder {run_dir} holds an unfinished run of a different config (differs in {shown}); "
+            "resume it with the same config, or use another run_dir",
+            path=run_dir / CONFIG_FILE,
+        )
+
+
 def finished_run(cfg: ExperimentConfig, run_dir: Path, job_type: str) -> RunOutcome | None:
     """A finished run in ``run_dir``: the outcome to report instead of running again when it is this
     config's (training only, or with results for evaluating jobs), else None.
@@ -119,20 +158,13 @@ def finished_run(cfg: ExperimentConfig, run_dir: Path, job_type: str) -> RunOutc
     and ``config.yaml`` are never replaced by those of a different experiment."""
     if read_status(run_dir).get("state") != "finished":
         return None
-    config_file = run_dir / CONFIG_FILE
-    if config_file.is_file():
-        differences = config_differences(
-            yaml.safe_load(config_file.read_text()) or {}, yaml.safe_load(to_yaml(cfg))
+    shown = _differences_from_folder(cfg, run_dir, PLACEMENT_KEYS)
+    if shown:
+        raise FinishedRunError(
+            f"run folder {run_dir} holds a finished run of a different config (differs in {shown}); "
+            "use another run_dir, or delete that folder to redo it",
+            path=run_dir / CONFIG_FILE,
         )
-        if differences:
-            shown = ", ".join(differences[:8]) + (
-                f" and {len(differences) - 8} more" if len(differences) > 8 else ""
-            )
-            raise FinishedRunError(
-                f"run folder {run_dir} holds a finished run of a different config (differs in {shown}); "
-                "use another run_dir, or delete that folder to redo it",
-                path=config_file,
-            )
     results_file = run_dir / "results.json"
     if results_file.is_file():
         checkpoint = run_dir / "checkpoints" / "last.ckpt"
@@ -194,8 +226,10 @@ def make_trainer(
     if training:
         callbacks.append(ExactResume(run_dir, cfg.seed, t.max_epochs, t.checkpoint_minutes))
         plugins.append(AtomicCheckpointIO())
-        if SLURMEnvironment.detect():  # zsad saves and requeues on SIGUSR1 itself (ExactResume)
-            plugins.append(SLURMEnvironment(auto_requeue=False))
+    else:
+        callbacks.append(RequeueEvaluation())
+    if SLURMEnvironment.detect():  # zsad requeues on SIGUSR1 itself (ExactResume, RequeueEvaluation)
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     return L.Trainer(
         # Where Lightning writes and, under SLURM, *finds* requeue checkpoints (hpc_ckpt_*.ckpt): a Trainer
         # would load the newest one into the module, replacing the weights training ended with (test) or
@@ -241,10 +275,15 @@ def fit(cfg: ExperimentConfig, module: ZeroShotModule, run_dir: Path, loggers: l
     if resume is not None and resume.complete and resume.max_epochs == cfg.trainer.max_epochs:
         module.load_trained_weights(str(resume.path))
         return resume.path
+    if global_rank() == 0:
+        drop_redone_training_rows(loggers, resume.global_step if resume else 0)
     trainer = make_trainer(cfg, run_dir, loggers, training=True)
-    trainer.fit(
-        module, datamodule=datamodule, ckpt_path=str(resume.path) if resume else None, weights_only=True
-    )
+    try:
+        trainer.fit(
+            module, datamodule=datamodule, ckpt_path=str(resume.path) if resume else None, weights_only=True
+        )
+    finally:
+        restore_signal_handlers(trainer)
     return last_checkpoint(run_dir)
 
 
@@ -354,13 +393,15 @@ def _job(cfg: ExperimentConfig, job_type: str, body) -> RunOutcome:
     """Common frame: own the run folder (its lock), skip when finished, config, status, loggers.
 
     Whatever ends the job (an error, Ctrl-C, SystemExit), status.json says how it ended and the lock is
-    released; a job refused the folder (locked, or a finished run of another config) leaves both alone.
+    released; a job refused the folder (locked, or a finished or resumable run of another config) leaves
+    both alone.
     """
     run_dir = prepare_run_dir(cfg)
     with acquire_run_lock(run_dir):
         finished = finished_run(cfg, run_dir, job_type)
         if finished is not None:
             return finished
+        refuse_resume_of_another_config(cfg, run_dir)
         loggers: list[Logger] = []
         try:
             write_config(cfg, run_dir)

@@ -293,3 +293,96 @@ def test_a_run_stopped_during_evaluation_evaluates_its_final_weights_without_ret
     assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == final
     assert zsad_test_from_run(experiment, run_dir, tmp_path / "again", [*FAST, "trainer.max_epochs=1"]) == 0
     assert _target_results(run_dir) == _target_results(tmp_path / "again")
+
+
+def _folder_contents(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_an_unfinished_run_resumes_only_with_its_own_config_and_logs_each_step_once(
+    tmp_path, synthetic_pair, monkeypatch, capsys
+):
+    source, target = synthetic_pair
+    experiment = write_experiment(tmp_path, source, target)
+    run_dir = tmp_path / "r"
+    args = ["train", str(experiment), *FAST, "trainer.log_every_n_steps=1", f"run_dir={run_dir}"]
+    _interrupt_at(monkeypatch, SendAt(1, 1, signal.SIGINT))  # mid-epoch 1: steps 4 and 5 done
+    assert main(args) == 130
+    before = _folder_contents(run_dir)
+    capsys.readouterr()
+
+    # another learning rate would mix two trainings: refused, nothing in the folder changes
+    assert main([*args, "method.lr=0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"zsad: error: run folder {run_dir} holds an unfinished run of a different config")
+    assert "method.lr" in err and "same config" in err and "\n" not in err
+    assert _folder_contents(run_dir) == before
+
+    # the interruption logged its last step; a damaged newest checkpoint makes the resume redo steps 4
+    # and 5, whose earlier rows go: every step is in the CSV once (checkpoint timing may differ)
+    steps = [row["step"] for row in csv.DictReader((run_dir / "logs" / "metrics.csv").open())]
+    assert steps == [str(step) for step in range(6)]
+    older, newest = sorted((run_dir / "checkpoints" / "resume").glob("step-*.ckpt"))
+    assert (older.name, newest.name) == ("step-000000004.ckpt", "step-000000006.ckpt")
+    newest.write_bytes(newest.read_bytes()[:1000])
+    _interrupt_at(monkeypatch, None)
+    assert main([*args, "trainer.checkpoint_minutes=0"]) == 0
+    rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
+    assert [(row["epoch"], row["step"]) for row in rows] == [(str(step // 4), str(step)) for step in range(8)]
+
+
+class SignalAtTestBatch(Callback):
+    """Sends ``signum`` to this process after the first test batch."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def on_test_batch_end(self, trainer, *args, **kwargs) -> None:
+        if trainer.is_global_zero and not hasattr(self, "sent"):
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The `srun` command is available")
+def test_sigusr1_during_evaluation_under_slurm_is_zsads_requeue_not_lightnings(
+    tmp_path, synthetic_pair, monkeypatch, caplog
+):
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from pipelines import checkpointing
+
+    source, target = synthetic_pair
+    experiment = write_experiment(tmp_path, source, target)
+    run_dir = tmp_path / "r"
+    args = ["run", str(experiment), *FAST, "trainer.max_epochs=1", f"run_dir={run_dir}"]
+    for key, value in SLURM_LIKE_ENV.items():
+        monkeypatch.setenv(key, value)
+    requeued: list[str] = []
+    monkeypatch.setattr(checkpointing, "_requeue_slurm_job", lambda: requeued.append("requeue"))
+    trainers = []
+
+    def make_trainer(cfg, run_dir, loggers, training, **kwargs):
+        if not training:
+            kwargs["callbacks"] = [SignalAtTestBatch(signal.SIGUSR1), *(kwargs.get("callbacks") or [])]
+        trainers.append(MAKE_TRAINER(cfg, run_dir, loggers, training, **kwargs))
+        return trainers[-1]
+
+    monkeypatch.setattr(runner, "make_trainer", make_trainer)
+    with caplog.at_level("INFO"):
+        assert main(args) == 128 + signal.SIGUSR1
+    environments = [t._accelerator_connector.cluster_environment for t in trainers]
+    assert len(environments) == 2 and all(isinstance(e, SLURMEnvironment) for e in environments)
+    assert not any(e.auto_requeue for e in environments)
+    assert "auto-requeueing enabled" not in caplog.text
+    assert requeued == ["requeue"]  # zsad's own requeue, once
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "preempted" and "SIGUSR1" in status["error"]
+    assert not list(run_dir.rglob("hpc_ckpt_*")) and not (run_dir / "results.json").exists()
+    assert signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None)  # handlers restored
+
+    # the requeued job evaluates the final weights again, without training
+    built = _interrupt_at(monkeypatch, None)
+    assert main(args) == 0 and built == [False]
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
