@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from datamodules.atomic_io import atomic_write_text
 from datamodules.errors import DatasetLayoutError, ZsadError
 from datamodules.parsers.mvtec import LAYOUT_DATASET, MVTEC_CATEGORIES
 from pipelines.map_writer import DATASET_FILE, map_name, read_dataset_record, read_image_scores
@@ -374,9 +375,9 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.output) if args.output else maps_root / "metrics.json"
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text + "\n")
         except OSError as err:
             raise ZsadError(f"cannot write {out}: {err}") from err
+        atomic_write_text(out, text + "\n")  # a full disk: one line naming the file and the free space
         print(f"metrics: {out}")
     return 0
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from datamodules.atomic_io import atomic_write_text
+from datamodules.atomic_io import atomic_write, atomic_write_text
 from datamodules.errors import ConfigError, ZsadError
 from datamodules.image_folder import ImageFolderDataModule, ImageList, collect_images
 from datamodules.images import load_image_rgb
@@ -189,9 +189,9 @@ def _write_tiff(path: Path, array: np.ndarray) -> None:
     import tifffile
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.tiff")
-    tifffile.imwrite(tmp, array.astype(np.float32))
-    os.replace(tmp, path)
+    buffer = io.BytesIO()  # tifffile wants a named file or a buffer, not a bare descriptor
+    tifffile.imwrite(buffer, array.astype(np.float32))
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
 
 
 class PredictionWriter(Callback):

@@ -453,7 +453,7 @@ def submit(cfg: SweepConfig, source: Path, dry_run: bool = False) -> dict[str, A
     manifest = write_manifest(cfg, source, runs, name=f"submit-{stamp}{suffix}.manifest.json")
     (directory / "slurm-logs").mkdir(exist_ok=True)
     script = directory / f"submit-{stamp}{suffix}.sbatch"
-    script.write_text(render_sbatch(cfg, manifest, todo))
+    atomic_write_text(script, render_sbatch(cfg, manifest, todo))
     result["script"] = str(script)
     if dry_run:
         return result

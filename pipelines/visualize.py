@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from datamodules.atomic_io import atomic_write_text
+from datamodules.atomic_io import atomic_write, atomic_write_text
 from datamodules.errors import ConfigError
 from datamodules.images import load_image_rgb
 from lightning_modules.metrics.curves import CurveSet, RankingCurve
@@ -81,9 +81,8 @@ def save_png(array: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    tmp.replace(path)
+    image = Image.fromarray(array)
+    atomic_write(path, lambda handle: image.save(handle, format="PNG"))
 
 
 def _figure(width: float, height: float, dpi: int) -> Any:
@@ -97,9 +96,7 @@ def _save_figure(figure: Any, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    FigureCanvasAgg(figure).print_png(str(tmp))
-    tmp.replace(path)
+    atomic_write(path, FigureCanvasAgg(figure).print_png)
 
 
 # --- curves ----------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,37 @@ def test_evaluation_writes_curves_gallery_thresholds_and_logs_them_to_wandb(tmp_
             (float(r["score"]) for r in scores.values() if r["category"] == category), reverse=True
         )
         assert shown == pytest.approx(everything[:2] + everything[-2:])
+
+
+def test_picture_and_map_writers_leave_the_old_file_or_none_and_no_temp_on_a_full_disk(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import tifffile
+
+    from datamodules.errors import WriteFailedError
+    from pipelines.predict import _write_tiff
+    from pipelines.visualize import _figure, _save_figure, save_png
+
+    image = np.full((4, 4, 3), 200, dtype=np.uint8)
+    writers = {
+        "a.png": lambda path: save_png(image, path),
+        "b.png": lambda path: _save_figure(_figure(1, 1, 20), path),
+        "c.tiff": lambda path: _write_tiff(path, np.ones((4, 4))),
+    }
+    for name, write in writers.items():
+        write(tmp_path / name)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), image)
+    assert np.array_equal(tifffile.imread(tmp_path / "c.tiff"), np.ones((4, 4), dtype=np.float32))
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    for name, write in writers.items():
+        with pytest.raises(WriteFailedError, match=f"cannot write {re.escape(name)} in .*ENOSPC"):
+            write(tmp_path / name)
+        with pytest.raises(WriteFailedError):
+            write(tmp_path / f"new-{name}")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temp, no new file
