@@ -27,7 +27,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from datamodules.atomic_io import atomic_write_text, write_error
 from datamodules.datamodule import AnomalyDataModule
-from datamodules.errors import ConfigError, FinishedRunError, UnfinishedRunError
+from datamodules.errors import ConfigError, FinishedRunError, RunFolderError, UnfinishedRunError
 from datamodules.progress import lightning_progress_bar
 from lightning_modules.base import ZeroShotModule
 from lightning_modules.metrics.curves import f1_thresholds
@@ -120,34 +120,40 @@ def write_config(cfg: ExperimentConfig, run_dir: Path) -> None:
     atomic_write_text(path, text)
 
 
-def _differences_from_folder(cfg: ExperimentConfig, run_dir: Path, ignore: tuple[str, ...]) -> str | None:
-    """The keys (shown, at most 8) in which ``cfg`` differs from the folder's ``config.yaml``, None when
-    it has none or they agree."""
+def _refuse_another_config(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    ignore: tuple[str, ...],
+    error: type[RunFolderError],
+    held: str,
+    todo: str,
+) -> None:
+    """Raises ``error`` naming the keys (at most 8 shown) in which ``cfg`` differs from the folder's
+    ``config.yaml`` (none: nothing to refuse), except ``ignore``."""
     config_file = run_dir / CONFIG_FILE
     if not config_file.is_file():
-        return None
+        return
     differences = config_differences(
         yaml.safe_load(config_file.read_text()) or {}, yaml.safe_load(to_yaml(cfg)), ignore=ignore
     )
-    if not differences:
-        return None
-    more = len(differences) - 8
-    return ", ".join(differences[:8]) + (f" and {more} more" if more > 0 else "")
+    if differences:
+        more = len(differences) - 8
+        shown = ", ".join(differences[:8]) + (f" and {more} more" if more > 0 else "")
+        raise error(
+            f"run folder {run_dir} holds {held} of a different config (differs in {shown}); {todo}",
+            path=config_file,
+        )
 
 
 def refuse_resume_of_another_config(cfg: ExperimentConfig, run_dir: Path) -> None:
     """Raises :class:`UnfinishedRunError` when ``run_dir`` holds training checkpoints of an unfinished
     run whose config differs from ``cfg`` in anything but :data:`RESUME_NEUTRAL_KEYS`: resuming would
     mix two configs' training."""
-    if not has_training_checkpoints(run_dir):
-        return
-    shown = _differences_from_folder(cfg, run_dir, RESUME_NEUTRAL_KEYS)
-    if shown:
-        raise UnfinishedRunError(
-            f"run folder {run_dir} holds an unfinished run of a different config (differs in {shown}); "
+    if has_training_checkpoints(run_dir):
+        _refuse_another_config(
+            cfg, run_dir, RESUME_NEUTRAL_KEYS, UnfinishedRunError, "an unfinished run",
             "resume it with the same config, or use another run_dir",
-            path=run_dir / CONFIG_FILE,
-        )
+        )  # fmt: skip
 
 
 def finished_run(cfg: ExperimentConfig, run_dir: Path, job_type: str) -> RunOutcome | None:
@@ -158,13 +164,10 @@ def finished_run(cfg: ExperimentConfig, run_dir: Path, job_type: str) -> RunOutc
     and ``config.yaml`` are never replaced by those of a different experiment."""
     if read_status(run_dir).get("state") != "finished":
         return None
-    shown = _differences_from_folder(cfg, run_dir, PLACEMENT_KEYS)
-    if shown:
-        raise FinishedRunError(
-            f"run folder {run_dir} holds a finished run of a different config (differs in {shown}); "
-            "use another run_dir, or delete that folder to redo it",
-            path=run_dir / CONFIG_FILE,
-        )
+    _refuse_another_config(
+        cfg, run_dir, PLACEMENT_KEYS, FinishedRunError, "a finished run",
+        "use another run_dir, or delete that folder to redo it",
+    )  # fmt: skip
     results_file = run_dir / "results.json"
     if results_file.is_file():
         checkpoint = run_dir / "checkpoints" / "last.ckpt"

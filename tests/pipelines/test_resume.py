@@ -295,6 +295,13 @@ def test_a_run_stopped_during_evaluation_evaluates_its_final_weights_without_ret
     assert _target_results(run_dir) == _target_results(tmp_path / "again")
 
 
+def _tiny_job(tmp_path: Path, synthetic_pair, job: str, *overrides: str) -> tuple[Path, list[str]]:
+    """The run folder and CLI arguments of a tiny ``job`` (train or run) on the synthetic pair."""
+    experiment = write_experiment(tmp_path, *synthetic_pair)
+    run_dir = tmp_path / "r"
+    return run_dir, [job, str(experiment), *FAST, *overrides, f"run_dir={run_dir}"]
+
+
 def _folder_contents(run_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
@@ -303,10 +310,7 @@ def _folder_contents(run_dir: Path) -> dict[str, bytes]:
 def test_an_unfinished_run_resumes_only_with_its_own_config_and_logs_each_step_once(
     tmp_path, synthetic_pair, monkeypatch, capsys
 ):
-    source, target = synthetic_pair
-    experiment = write_experiment(tmp_path, source, target)
-    run_dir = tmp_path / "r"
-    args = ["train", str(experiment), *FAST, "trainer.log_every_n_steps=1", f"run_dir={run_dir}"]
+    run_dir, args = _tiny_job(tmp_path, synthetic_pair, "train", "trainer.log_every_n_steps=1")
     _interrupt_at(monkeypatch, SendAt(1, 1, signal.SIGINT))  # mid-epoch 1: steps 4 and 5 done
     assert main(args) == 130
     before = _folder_contents(run_dir)
@@ -353,10 +357,7 @@ def test_sigusr1_during_evaluation_under_slurm_is_zsads_requeue_not_lightnings(
 
     from pipelines import checkpointing
 
-    source, target = synthetic_pair
-    experiment = write_experiment(tmp_path, source, target)
-    run_dir = tmp_path / "r"
-    args = ["run", str(experiment), *FAST, "trainer.max_epochs=1", f"run_dir={run_dir}"]
+    run_dir, args = _tiny_job(tmp_path, synthetic_pair, "run", "trainer.max_epochs=1")
     for key, value in SLURM_LIKE_ENV.items():
         monkeypatch.setenv(key, value)
     requeued: list[str] = []
