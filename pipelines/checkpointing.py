@@ -240,13 +240,6 @@ class _StopOnSignal(Callback):
                 self._previous_handlers.setdefault(signum, current)
                 signal.signal(signum, self._on_signal)
 
-    def _any_signal(self, trainer: L.Trainer) -> int:
-        """The stop signal of any process (the same on all of them)."""
-        if trainer.world_size == 1:
-            return self._signal
-        flag = torch.tensor([self._signal], device=trainer.strategy.root_device)
-        return int(trainer.strategy.reduce(flag, reduce_op="max")[0])
-
     def restore_handlers(self) -> None:
         """The handlers from before this callback's, where its own are still installed."""
         if threading.current_thread() is not threading.main_thread():
@@ -283,12 +276,13 @@ class RequeueEvaluation(_StopOnSignal):
     on_predict_start = on_test_start
 
     def _stop_if_signalled(self, trainer: L.Trainer) -> None:
-        signum = self._any_signal(trainer)
-        if not signum:
+        """Each process by its own flag, without a collective (as Lightning's SIGTERM check in evaluation):
+        under DDP ``predict`` gives the processes unequal numbers of batches, and srun signals them all."""
+        if not self._signal:
             return
         if trainer.is_global_zero:
             _requeue_slurm_job()
-        raise TrainingInterrupted(signal.Signals(signum).name, None)
+        raise TrainingInterrupted(signal.Signals(self._signal).name, None)
 
     def on_test_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         self._stop_if_signalled(trainer)
