@@ -127,15 +127,20 @@ def _refuse_another_config(
     error: type[RunFolderError],
     held: str,
     todo: str,
+    longer_training: bool = False,
 ) -> None:
     """Raises ``error`` naming the keys (at most 8 shown) in which ``cfg`` differs from the folder's
-    ``config.yaml`` (none: nothing to refuse), except ``ignore``."""
+    ``config.yaml`` (none: nothing to refuse), except ``ignore`` and, with ``longer_training``, a larger
+    ``trainer.max_epochs``."""
     config_file = run_dir / CONFIG_FILE
     if not config_file.is_file():
         return
-    differences = config_differences(
-        yaml.safe_load(config_file.read_text()) or {}, yaml.safe_load(to_yaml(cfg)), ignore=ignore
-    )
+    old, new = yaml.safe_load(config_file.read_text()) or {}, yaml.safe_load(to_yaml(cfg))
+    differences = config_differences(old, new, ignore=ignore)
+    if longer_training and "trainer.max_epochs" in differences:
+        before = (old.get("trainer") or {}).get("max_epochs")
+        if isinstance(before, int) and cfg.trainer.max_epochs > before:
+            differences.remove("trainer.max_epochs")
     if differences:
         more = len(differences) - 8
         shown = ", ".join(differences[:8]) + (f" and {more} more" if more > 0 else "")
@@ -147,12 +152,14 @@ def _refuse_another_config(
 
 def refuse_resume_of_another_config(cfg: ExperimentConfig, run_dir: Path) -> None:
     """Raises :class:`UnfinishedRunError` when ``run_dir`` holds training checkpoints of an unfinished
-    run whose config differs from ``cfg`` in anything but :data:`RESUME_NEUTRAL_KEYS`: resuming would
-    mix two configs' training."""
+    run whose config differs from ``cfg`` in anything but :data:`RESUME_NEUTRAL_KEYS` or a larger
+    ``trainer.max_epochs`` (continuing the training is the uninterrupted longer run: randomness and data
+    order depend on the position only, and no schedule depends on max_epochs): resuming would mix two
+    configs' training."""
     if has_training_checkpoints(run_dir):
         _refuse_another_config(
             cfg, run_dir, RESUME_NEUTRAL_KEYS, UnfinishedRunError, "an unfinished run",
-            "resume it with the same config, or use another run_dir",
+            "resume it with the same config, or use another run_dir", longer_training=True,
         )  # fmt: skip
 
 

@@ -321,6 +321,8 @@ def test_an_unfinished_run_resumes_only_with_its_own_config_and_logs_each_step_o
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"zsad: error: run folder {run_dir} holds an unfinished run of a different config")
     assert "method.lr" in err and "same config" in err and "\n" not in err
+    assert main([*args, "trainer.max_epochs=1"]) == 2  # fewer epochs than trained for: refused too
+    assert "differs in trainer.max_epochs)" in capsys.readouterr().err
     assert _folder_contents(run_dir) == before
 
     # the interruption logged its last step; a damaged newest checkpoint makes the resume redo steps 4
