@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from datamodules.atomic_io import atomic_write_text
 from datamodules.errors import ZsadError
 
 MANIFEST_NAME = "synthetic_manifest.json"
@@ -662,7 +663,8 @@ def generate_synthetic_dataset(
         },
     }
     manifest_path = out / MANIFEST_NAME
-    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    # written last and atomically: a dataset cut short by a kill or a full disk has no manifest
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return SyntheticSummary(
         root=out,
         seed=int(seed),
