@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import importlib
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -13,6 +14,16 @@ import torch
 from datamodules.errors import ZsadError
 from datamodules.transforms import ImagePreprocessing
 from lightning_modules.checkpoint_io import safe_torch_load
+
+#: zsad's Trainers work in ``RUN/.lightning`` (their ``default_root_dir``), a folder that never holds
+#: checkpoints, so Lightning cannot find a SLURM requeue checkpoint there (see pipelines/runner.py).
+LIGHTNING_DIR = ".lightning"
+
+
+def run_folder(trainer: L.Trainer) -> Path:
+    """The run folder of ``trainer``: the parent of zsad's ``RUN/.lightning``, else ``default_root_dir``."""
+    root = Path(trainer.default_root_dir)
+    return root.parent if root.name == LIGHTNING_DIR else root
 
 
 class PixelScoreDtype(enum.Enum):

@@ -29,7 +29,7 @@ from datamodules.atomic_io import atomic_write_text, write_error
 from datamodules.datamodule import AnomalyDataModule
 from datamodules.errors import ConfigError, FinishedRunError, RunFolderError, UnfinishedRunError
 from datamodules.progress import lightning_progress_bar
-from lightning_modules.base import ZeroShotModule
+from lightning_modules.base import LIGHTNING_DIR, ZeroShotModule
 from lightning_modules.metrics.curves import f1_thresholds
 from lightning_modules.registry import get_method
 from pipelines.checkpointing import (
@@ -67,7 +67,6 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
 
 RUN_DIR_ENV = "ZSAD_RUN_DIR"
 CONFIG_FILE = "config.yaml"
-LIGHTNING_DIR = ".lightning"  # the Trainers' default_root_dir in a run folder: never holds checkpoints
 
 
 @dataclasses.dataclass

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from datamodules.errors import ConfigError, ZsadError
-from lightning_modules.base import EvalConfig, ZeroShotModule
+from lightning_modules.base import EvalConfig, ZeroShotModule, run_folder
 from lightning_modules.category_module import backbone_identity
 from lightning_modules.cmg.cmle import GlobalStructure
 from lightning_modules.cmg.config import CMGConfig
@@ -55,9 +54,7 @@ class CMGModule(ZeroShotModule):
         cache_dir = self.cfg.cmer.cache_dir
         if cache_dir == RUN_CACHE:
             trainer = getattr(self, "_trainer", None)
-            cache_dir = (
-                str(Path(trainer.default_root_dir) / "cache" / "cmer") if trainer is not None else None
-            )
+            cache_dir = str(run_folder(trainer) / "cache" / "cmer") if trainer is not None else None
         if self.cfg.cmer.enabled:
             self.model.use_relevance_cache_dir(cache_dir)
 
