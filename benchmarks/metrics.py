@@ -29,8 +29,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_modules.metrics import AnomalyEvaluator, aupro, legacy_cflow_aupro  # noqa: E402
-from lightning_modules.metrics import functional as F  # noqa: E402
+from lightning_modules.metrics import AnomalyEvaluator, _split, aupro, legacy_cflow_aupro, pro  # noqa: E402  # noqa: E402
 
 
 def synthetic_batch(
@@ -119,9 +118,9 @@ def anomalyclip_reference_aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: 
 
 def exact_with_full_value_sort(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
     """Ablation: the exact algorithm, but sorting all anomaly-free scores instead of a partial selection."""
-    split = F._split_pixels(maps, masks)
-    F._sort_split(split)
-    return F._aupro_from_split(split, fpr_limit)
+    split = _split._split_pixels(maps, masks)
+    _split._sort_split(split)
+    return pro._aupro_from_split(split, fpr_limit)
 
 
 #: References that take ~10 s a run (the ratios against them are far from their targets) run at most 3 times.

@@ -18,25 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lightning_modules.metrics.functional import (
-    MapLike,
-    MapsLike,
-    UndefinedMetricError,
-    _format16,
-    _histogram_pixels,
-    _paired_maps,
-    _pro_polyline,
-    _pro_steps,
-    _pro_steps_from_histogram,
-    _rank_stats,
-    _rank_stats_from_histogram,
-    _RankStats,
-    _require_both,
-    _require_pro,
-    _sort_split,
-    _split_pixels,
-    _split_scores,
-)
+from lightning_modules.metrics._arrays import MapLike, MapsLike, UndefinedMetricError
+from lightning_modules.metrics._histogram import _format16, _histogram_pixels, _rank_stats_from_histogram
+from lightning_modules.metrics._split import _paired_maps, _sort_split, _split_pixels, _split_scores
+from lightning_modules.metrics.pro import _pro_polyline, _pro_steps, _pro_steps_from_histogram, _require_pro
+from lightning_modules.metrics.ranking import _rank_stats, _RankStats, _require_both
 
 
 @dataclass

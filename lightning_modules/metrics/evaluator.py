@@ -18,16 +18,15 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lightning_modules.metrics._arrays import UndefinedMetricError
+from lightning_modules.metrics._split import _split_scores
 from lightning_modules.metrics.curves import CurveSet, curve_set
-from lightning_modules.metrics.functional import (
-    PIXEL_METRICS,
-    UndefinedMetricError,
+from lightning_modules.metrics.functional import PIXEL_METRICS, pixel_metrics
+from lightning_modules.metrics.ranking import (
     _ap_from_stats,
     _auroc_from_stats,
     _f1_max_from_stats,
     _rank_stats,
-    _split_scores,
-    pixel_metrics,
 )
 
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")

@@ -13,6 +13,9 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 
 from lightning_modules.metrics import (
     UndefinedMetricError,
+    _arrays,
+    _histogram,
+    _split,
     aupro,
     binary_auroc,
     binary_average_precision,
@@ -22,7 +25,6 @@ from lightning_modules.metrics import (
     pro_curve,
     trapezoid_area,
 )
-from lightning_modules.metrics import functional as F
 
 # --------------------------------------------------------------------------------------------------------
 # Independent references
@@ -450,7 +452,7 @@ def test_torch_backend_equals_numpy_backend(monkeypatch):
     masks[1, 0, 0] = True
     masks[1, 0, 1] = False
     numpy_values = (aupro(maps, masks), legacy_cflow_aupro(maps, masks), pixel_metrics(maps, masks)[0])
-    monkeypatch.setattr(F, "_pick_ops", lambda arrays: F._TorchOps(torch.device("cpu")))
+    monkeypatch.setattr(_split, "_pick_ops", lambda arrays: _arrays._TorchOps(torch.device("cpu")))
     torch_values = (aupro(maps, masks), legacy_cflow_aupro(maps, masks), pixel_metrics(maps, masks)[0])
     assert torch_values[0] == pytest.approx(numpy_values[0], abs=1e-12)
     assert torch_values[1] == pytest.approx(numpy_values[1], abs=1e-12)
@@ -488,7 +490,7 @@ def test_cuda_tensors_match_cpu():
 
 def test_numpy_blocked_searchsorted_and_parallel_sort():
     """The CPU fast paths (cache-blocked search for sorted needles, multi-threaded sort) are exact."""
-    ops = F._NumpyOps()
+    ops = _arrays._NumpyOps()
     rng = np.random.default_rng(16)
     for levels in (3, 1000, 10**9):
         seq = np.sort(rng.integers(0, levels, 300_000).astype(np.float32))
@@ -502,7 +504,7 @@ def test_numpy_blocked_searchsorted_and_parallel_sort():
         x = rng.integers(0, 50, 4_500_000).astype(np.float32)
         expected = np.sort(x)
         assert np.array_equal(ops.sort_(x), expected)
-        assert F._thread_count(16 * 300_000) == 2  # so the search below runs on two threads
+        assert _arrays._thread_count(16 * 300_000) == 2  # so the search below runs on two threads
         seq = np.sort(rng.normal(size=1_000_000).astype(np.float32))
         needles = np.sort(
             np.concatenate([seq[::7], rng.normal(size=300_000 - len(seq[::7]))]).astype(np.float32)
@@ -519,10 +521,10 @@ def test_float32_argsort_by_packed_keys_matches_numpy():
     x = rng.normal(size=50_000).astype(np.float32)
     x[::97] = np.float32(1.5)  # ties
     x[5], x[6], x[7] = np.inf, -np.inf, np.float32(-3e38)
-    order = F._argsort_float32(x)
+    order = _arrays._argsort_float32(x)
     assert np.array_equal(order, np.argsort(x, kind="stable"))  # ties keep index order
     zeros = np.array([0.0, -0.0, 1.0, -1.0, -0.0], dtype=np.float32)
-    assert np.array_equal(zeros[F._argsort_float32(zeros)], np.sort(zeros))
+    assert np.array_equal(zeros[_arrays._argsort_float32(zeros)], np.sort(zeros))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -553,7 +555,7 @@ def test_16bit_scores_use_histograms_with_the_same_results(dtype):
     maps[3, 0, :3] = torch.tensor([float("inf"), float("-inf"), 2.0])
     low = maps.to(dtype)
     as_float32 = low.float()  # exact: every 16-bit value is a float32
-    fast = F._histogram_pixels(list(low), list(masks))
+    fast = _histogram._histogram_pixels(list(low), list(masks))
     assert fast.n_neg == int((~masks).sum()) and fast.n_pos == int(masks.sum())
     for limit in (0.01, 0.3, 1.0):
         _assert_same_metrics(
@@ -592,8 +594,8 @@ def test_16bit_histograms_report_nan_and_undefined_metrics():
 
 def test_aupro_prefilter_is_exact_and_falls_back_when_the_sample_misleads(monkeypatch):
     """Large inputs copy only the anomaly-free pixels above a sampled floor; forced on tiny inputs here."""
-    monkeypatch.setattr(F, "_PREFILTER_MIN_PIXELS", 0)
-    monkeypatch.setattr(F, "_PREFILTER_SAMPLE", 64)
+    monkeypatch.setattr(_split, "_PREFILTER_MIN_PIXELS", 0)
+    monkeypatch.setattr(_split, "_PREFILTER_SAMPLE", 64)
     rng = np.random.default_rng(19)
     for n_levels in (None, 5):
         maps, masks = random_case(rng, n_levels=n_levels, n_images=4)
@@ -601,7 +603,7 @@ def test_aupro_prefilter_is_exact_and_falls_back_when_the_sample_misleads(monkey
         masks = np.concatenate([masks, np.zeros((2, *masks.shape[1:]), dtype=bool)])
         masks[0, 0, 0] = True
         for limit in (0.1, 0.3):
-            split = F._split_pixels(maps, masks, aupro_fpr_limit=limit)
+            split = _split._split_pixels(maps, masks, aupro_fpr_limit=limit)
             assert split.n_neg == int((~masks).sum())
             expected = brute_force_aupro(list(maps), list(masks), limit)
             assert aupro(maps, masks, limit) == pytest.approx(expected, abs=1e-12)
@@ -612,13 +614,13 @@ def test_aupro_prefilter_is_exact_and_falls_back_when_the_sample_misleads(monkey
     big_masks = np.zeros(big.shape, dtype=bool)
     big_masks[:2, 5:12, 5:12] = True
     big[big_masks] += 1.0
-    assert F._split_pixels(big, big_masks, aupro_fpr_limit=0.3).n_neg_below > 0  # it did filter
+    assert _split._split_pixels(big, big_masks, aupro_fpr_limit=0.3).n_neg_below > 0  # it did filter
     expected = brute_force_aupro(list(big), list(big_masks), 0.3)
     assert aupro(big, big_masks) == pytest.approx(expected, abs=1e-12)
-    monkeypatch.setattr(F, "_PREFILTER_MARGIN", -0.25)  # a floor above t*: too few pixels kept
-    assert F._split_pixels(big, big_masks, aupro_fpr_limit=0.3).n_neg_below == 0
+    monkeypatch.setattr(_split, "_PREFILTER_MARGIN", -0.25)  # a floor above t*: too few pixels kept
+    assert _split._split_pixels(big, big_masks, aupro_fpr_limit=0.3).n_neg_below == 0
     assert aupro(big, big_masks) == pytest.approx(expected, abs=1e-12)
-    monkeypatch.setattr(F, "_PREFILTER_MARGIN", 0.02)
+    monkeypatch.setattr(_split, "_PREFILTER_MARGIN", 0.02)
     big[3, 0, 0] = np.nan  # NaN never falls below the floor: it is reported, not dropped
     with pytest.raises(ValueError, match="NaN"):
         aupro(big, big_masks)
