@@ -36,7 +36,7 @@ step() {  # step NAME ARGS...: run and keep the log, whatever the exit status (o
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi"; "$PY" -c \
   "import torch, open_clip, lightning; print('torch', torch.__version__, 'open_clip', open_clip.__version__, 'lightning', lightning.__version__)"; } \
   2>&1 | tee "$OUT/device.txt"
-step cuda_tests -m pytest -q -p no:cacheprovider tests/lightning_modules/metrics -k "cuda"
+step cuda_tests -m pytest -q -p no:cacheprovider tests/lightning_modules/metrics tests/lightning_modules/vand/test_vand_authors.py -k "cuda"
 if [ "${SMOKE:-0}" = 1 ]; then
   MODEL=(--backbone zsad-tiny-vit --image-size 64 --dpam-start 2 --map-layers 6 --device cpu)
   INFER=(--batch-sizes 1,4 --images 8)
