@@ -19,10 +19,9 @@ from datamodules.synthetic import (
     SyntheticSummary,
     add_arguments,
     generate_synthetic_dataset,
-    render_defect_pair,
-    render_sample,
     run,
 )
+from datamodules.synthetic_render import render_defect_pair, render_sample
 
 SMALL = {"image_size": 32, "n_train": 2, "n_test_good": 3, "n_test_defect_per_kind": 2}
 
