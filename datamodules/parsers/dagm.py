@@ -10,14 +10,17 @@ Which images are the test set is a choice (parser option ``version``, recorded i
 ``official`` (default)
     DAGM's own ``Test`` folders; ``Train`` is indexed as ``train``. AnomalyCLIP's generator
     (``generate_dataset_json/DAGM.py``) indexes exactly this rule for both folders, but writes them under
-    the keys ``Train``/``Test`` while its test script reads ``test``, so which of them the published
-    table used cannot be recovered from its code: this default is a *reconstruction* (its ``Test``).
+    the keys ``Train``/``Test`` while its test script reads ``test``, so its code does not say which folder
+    the published table used. It counts (and prints) the ``Test`` folders only, and those hold 6996 normal /
+    1054 defective images, the figures quoted for AnomalyCLIP's dataset table: this default follows that,
+    a *reconstruction* in so far as the table itself could not be re-read here (docs/datasets.md).
 ``adaclip-balanced``
     AdaCLIP's conversion (``data_preprocess/dagm-pre.py``): per class and per folder (``Train`` and
     ``Test``), every labelled image and as many normal images go to the test set, the other normals to
     ``train``, pooled over both folders. AdaCLIP takes the normals in ``os.listdir`` order (filesystem
-    dependent) and writes both folders into one, so equal names overwrite each other; here the normals are
-    taken in sorted name order and nothing is overwritten: also a *reconstruction*.
+    dependent) and copies both folders into one, where a file name present in both would overwrite the
+    other; here the normals are taken in sorted name order and nothing is overwritten: also a
+    *reconstruction*.
 
 A copy already converted to MVTec AD layout (``Class{N}/test/{good,<defect>}``) is indexed with the
 MVTec parser and recorded as version ``mvtec-like``.
@@ -42,12 +45,24 @@ from datamodules.parsers.mvtec import parse_mvtec_like
 
 DAGM_CATEGORIES = tuple(f"Class{i}" for i in range(1, 11))
 DAGM_PROMPT = "texture"
-# [verify] DAGM's description: classes 1-6 have 1000 + 150 images, 7-10 have 2000 + 300, split in
-# halves into Train/Test; the papers report about 6996 / 1054 test images in total.
-DAGM_TEST_COUNTS = {c: (500, 75) if i <= 6 else (1000, 150) for i, c in enumerate(DAGM_CATEGORIES, start=1)}
-# [verify] AdaCLIP's balanced set from the same description: all 150 / 300 defects and as many normals
+# Defective images per class in DAGM's Test and Train folders: the counts NVIDIA's DeepLearningExamples
+# checks its DAGM 2007 copy against (TensorFlow/Segmentation/UNet_Industrial/preprocess_dagm2007.py,
+# EXPECTED_DEFECTIVE_SAMPLES_PER_CLASS). DAGM's description gives 1150 images per class 1-6 (1000 normal,
+# 150 defective) and 2300 per class 7-10 (2000, 300), half of them in each folder: 575 / 1150 images per folder.
+DAGM_DEFECTIVE = {
+    "Test": (71, 84, 84, 68, 80, 67, 150, 150, 150, 150),
+    "Train": (79, 66, 66, 82, 70, 83, 150, 150, 150, 150),
+}
+DAGM_FOLDER_SIZE = tuple(575 if i <= 6 else 1150 for i in range(1, 11))
+# official: the Test folders, 6996 / 1054 in all; [reconstruction] the normals assume equal halves.
+DAGM_TEST_COUNTS = {
+    c: (size - defective, defective)
+    for c, size, defective in zip(DAGM_CATEGORIES, DAGM_FOLDER_SIZE, DAGM_DEFECTIVE["Test"], strict=True)
+}
+# adaclip-balanced without AdaCLIP's overwriting: all 150 / 300 defects of both folders and as many normals
 ADACLIP_TEST_COUNTS = {
-    c: (150, 150) if i <= 6 else (300, 300) for i, c in enumerate(DAGM_CATEGORIES, start=1)
+    c: (test + train, test + train)
+    for c, test, train in zip(DAGM_CATEGORIES, DAGM_DEFECTIVE["Test"], DAGM_DEFECTIVE["Train"], strict=True)
 }
 _CLASS = re.compile(r"class(\d+)", re.IGNORECASE)
 VERSIONS = ("official", "adaclip-balanced")
@@ -112,7 +127,7 @@ register_dataset(
         domain="industrial",
         expected_test_counts=DAGM_TEST_COUNTS,
         version_test_counts={"official": DAGM_TEST_COUNTS, "adaclip-balanced": ADACLIP_TEST_COUNTS},
-        counts_verified=False,
+        counts_verified=False,  # defects per folder as NVIDIA counts them; normals from equal halves
         description="DAGM 2007 (Kaggle upload), 10 synthetic textures; Train/Test + Label/*_label.PNG, weak masks",
     )
 )

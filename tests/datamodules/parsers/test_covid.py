@@ -38,15 +38,24 @@ def test_folder_choice_option(fake_covid: Path, batch_of) -> None:
     batch_of("covid", fake_covid, anomalous="COVID,Viral Pneumonia")
 
 
-def test_old_layout_upper_case(fake_covid: Path) -> None:
+def test_2020_release_layout_is_recorded_and_has_no_expected_counts(fake_covid: Path) -> None:
+    """The layout AnomalyCLIP's generator reads: images directly in the class folders, ``NORMAL``."""
     (fake_covid / "Normal").rename(fake_covid / "NORMAL")
-    for p in (fake_covid / "NORMAL" / "images").iterdir():
-        p.rename(fake_covid / "NORMAL" / p.name)
-    (fake_covid / "NORMAL" / "images").rmdir()
-    (fake_covid / "Lung_Opacity").rename(fake_covid / "COVID-19")  # as in the release AnomalyCLIP read
+    for folder in ("NORMAL", "COVID", "Lung_Opacity", "Viral Pneumonia"):
+        for p in (fake_covid / folder / "images").iterdir():
+            p.rename(fake_covid / folder / p.name)
+        (fake_covid / folder / "images").rmdir()
+    (fake_covid / "Lung_Opacity").rename(fake_covid / "COVID-19")
     index = build_index("covid", fake_covid)
+    # the generator's rule: every top-level folder but NORMAL is anomalous
     assert index.select(split="test").counts()["covid"] == {"normal": 3, "anomalous": 4}
-    assert index.version == "anomalyclip"
+    assert {r.defect_type for r in index.records if r.label} == {"COVID", "COVID-19", "Viral Pneumonia"}
+    assert index.version == "anomalyclip;release=2020"
+    spec = get_dataset_spec("covid")
+    assert spec.expected_counts(index.version) is None  # not the current release's 10192 / 10973
+    other = build_index("covid", fake_covid, anomalous="COVID")
+    assert other.version == "normal=Normal;anomalous=COVID;release=2020"  # spelling canonical
+    assert spec.expected_counts(other.version) is None
 
 
 def test_bad_options(fake_covid: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from datamodules.errors import DatasetLayoutError
 from datamodules.index import build_index
 from datamodules.parsers.common import DatasetLayoutProblems
-from datamodules.parsers.dagm import DAGM_TEST_COUNTS
+from datamodules.parsers.dagm import ADACLIP_TEST_COUNTS, DAGM_TEST_COUNTS
 
 
 def test_index(fake_dagm: Path) -> None:
@@ -51,8 +51,47 @@ def test_batch_loads(fake_dagm: Path, batch_of) -> None:
     batch_of("dagm", fake_dagm)
 
 
-def test_expected_counts_sum_to_the_papers() -> None:
-    assert sum(a for _, a in DAGM_TEST_COUNTS.values()) == 1050
+def test_expected_counts_are_the_test_folders_of_nvidias_defect_counts() -> None:
+    # NVIDIA's DeepLearningExamples (UNet_Industrial/preprocess_dagm2007.py) expects these defective images
+    # per class in the Test folders; DAGM's folders hold 575 (classes 1-6) / 1150 (classes 7-10) images.
+    test_defective = [71, 84, 84, 68, 80, 67, 150, 150, 150, 150]
+    assert [DAGM_TEST_COUNTS[f"Class{i}"] for i in range(1, 11)] == [
+        ((575 if i <= 6 else 1150) - d, d) for i, d in enumerate(test_defective, start=1)
+    ]
+    assert sum(n for n, _ in DAGM_TEST_COUNTS.values()) == 6996
+    assert sum(a for _, a in DAGM_TEST_COUNTS.values()) == 1054
+    # both folders' defects (150 / 300 per class, DAGM's description) and as many normals
+    assert {
+        c: (150, 150) if i <= 6 else (300, 300) for i, c in enumerate(DAGM_TEST_COUNTS, 1)
+    } == ADACLIP_TEST_COUNTS
+
+
+def test_adaclip_balanced_takes_as_many_normals_as_defects_per_folder(
+    tmp_path: Path, image_writer, mask_writer
+) -> None:
+    """Unequal defects per folder, as in DAGM (Class1: 71 in Test, 79 in Train): the normals follow each
+    folder's own count, as AdaCLIP's ``dagm-pre.py`` slices ``normal_image_path[:length]`` per folder."""
+    root = tmp_path / "DAGM_KaggleUpload"
+    for folder, defective in (("Test", (3,)), ("Train", (1, 5, 6))):
+        split_dir = root / "Class1" / folder
+        offset = 0 if folder == "Test" else 10  # names unique across both folders
+        for i in range(1, 8):
+            image_writer(split_dir / f"{offset + i:04d}.PNG", mode="L", seed=i)
+        for i in defective:
+            mask_writer(split_dir / "Label" / f"{offset + i:04d}_label.PNG")
+    index = build_index("dagm", root, version="adaclip-balanced")
+    test = index.select(split="test")
+    names = sorted(r.image_path.relative_to(root).as_posix() for r in test.records if not r.label)
+    assert names == [
+        "Class1/Test/0001.PNG",
+        "Class1/Train/0012.PNG",
+        "Class1/Train/0013.PNG",
+        "Class1/Train/0014.PNG",
+    ]
+    assert test.counts() == {"Class1": {"normal": 4, "anomalous": 4}}
+    assert len(index.select(split="train").records) == (7 - 1 - 1) + (7 - 3 - 3)
+    official = build_index("dagm", root)
+    assert official.select(split="test").counts() == {"Class1": {"normal": 6, "anomalous": 1}}
 
 
 def test_converted_copy_is_mvtec_like(tmp_path: Path, mvtec_like_writer) -> None:
