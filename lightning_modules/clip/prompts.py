@@ -134,11 +134,11 @@ VAND = PromptEnsemble(
     VAND_TEMPLATES,
 )
 
-# CLIP-AC [reconstruction]: AnomalyCLIP's appendix describes it as CLIP with "an ensemble of text prompts
-# designed for the ImageNet dataset", the normal and anomalous embeddings averaged per class; the WinCLIP
-# paper's CLIP-AC (as zsad reads it) classifies "normal [c]" vs "anomalous [c]"; neither lists the exact
-# sentences. So: those two labels in each of CLIP's 80
-# ImageNet templates (open_clip's copy of OpenAI's list), e.g. "a bad photo of a anomalous bottle.".
+# CLIP-AC [reconstruction] (docs/methods.md#clip-and-clip-ac says what was searched): the labels "normal [c]" /
+# "anomalous [c]" are those a summary of the WinCLIP paper gives for CLIP-AC (junxnone/aiwiki issue 468);
+# putting them into CLIP's 80 ImageNet templates (open_clip's copy of OpenAI's list, e.g. "a bad photo of a
+# anomalous bottle.") rests only on an unverified recollection of AnomalyCLIP's appendix ("an ensemble of
+# text prompts designed for the ImageNet dataset"). Neither paper's text could be read; no code implements it.
 CLIP_AC = PromptEnsemble(
     ("normal {}",), ("anomalous {}",), tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES)
 )

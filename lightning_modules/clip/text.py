@@ -61,8 +61,10 @@ class PromptTextEncoder(nn.Module):
         Args:
             embeddings: ``[n, L, width]`` token embeddings, possibly with learned vectors spliced in.
             token_ids: ``[n, L]`` the tokenised template; only used to find the end-of-text position.
-            deep_tokens: tensors ``[k, width]``; the j-th overwrites positions ``1..k`` of the hidden state
-                entering block ``deep_first_block + j`` (1-indexed), shared by all ``n`` prompts.
+            deep_tokens: one tensor per block, ``[k, width]`` (shared by all ``n`` prompts) or ``[n, k, width]``
+                (one copy per prompt, as AnomalyCLIP passes them so that each copy's gradient is rounded to
+                float16 on its own); the j-th overwrites positions ``1..k`` of the hidden state entering block
+                ``deep_first_block + j`` (1-indexed).
         """
         n, length, _ = embeddings.shape
         x = embeddings + self.positional_embedding[:length].to(embeddings.dtype)

@@ -9,7 +9,8 @@ for _config, _description in (
     (CLIPConfig, "frozen CLIP, 'a photo of a normal/an anomalous [cls].', maps from last-layer tokens"),
     (
         CLIPACConfig,
-        "CLIP with CLIP's ImageNet prompt ensemble: 'normal/anomalous [cls]' in 80 templates, averaged per class",
+        "CLIP with CLIP's ImageNet prompt ensemble: 'normal/anomalous [cls]' in 80 templates, averaged per "
+        "class (reconstruction)",
     ),
 ):
     register_method(

@@ -24,7 +24,8 @@ class CLIPConfig:
 @dataclasses.dataclass
 class CLIPACConfig(CLIPConfig):
     name: str = "clip_ac"
-    # [reconstruction] "normal [cls]" / "anomalous [cls]" in CLIP's 80 ImageNet templates (AnomalyCLIP's appendix:
-    # "an ensemble of text prompts designed for the ImageNet dataset"); "winclip": WinCLIP's compositional
+    # [reconstruction] "normal [cls]" / "anomalous [cls]" (the labels a summary of the WinCLIP paper gives for
+    # CLIP-AC) in CLIP's 80 ImageNet templates (unverified: AnomalyCLIP's appendix as recalled, not read);
+    # docs/methods.md#clip-and-clip-ac lists the sources searched. "winclip": WinCLIP's compositional
     # ensemble (zsad's old CLIP-AC, which scores like WinCLIP's image score, not the published CLIP-AC).
     prompt_ensemble: str = "clip_ac"

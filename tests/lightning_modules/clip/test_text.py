@@ -50,3 +50,19 @@ def test_features_depend_on_deep_tokens_and_are_differentiable(tiny_clip):
     out.sum().backward()
     assert deep[0].grad is not None and deep[0].grad.abs().sum() > 0
     assert not torch.allclose(out, encoder.encode(tokens))
+
+
+def test_deep_tokens_per_prompt_equal_shared_ones(tiny_clip):
+    """``[n, k, width]`` (AnomalyCLIP's one copy per prompt) gives the features of ``[k, width]`` shared."""
+    model, tokenizer = tiny_clip
+    encoder = PromptTextEncoder(model)
+    tokens = tokenizer(["X X object.", "X X damaged object."])
+    embeddings = encoder.embed(tokens)
+    shared = [torch.randn(2, encoder.width, generator=torch.Generator().manual_seed(j)) for j in range(3)]
+    per_prompt = [d.expand(2, -1, -1).clone() for d in shared]
+    expected = encoder(embeddings, tokens, shared, deep_first_block=2)
+    torch.testing.assert_close(encoder(embeddings, tokens, per_prompt, deep_first_block=2), expected)
+    per_prompt[0][1] += 1.0  # the copies are used per prompt: changing prompt 1's changes only its features
+    changed = encoder(embeddings, tokens, per_prompt, deep_first_block=2)
+    torch.testing.assert_close(changed[0], expected[0])
+    assert not torch.allclose(changed[1], expected[1])
