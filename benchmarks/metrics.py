@@ -9,7 +9,9 @@ upsampled bilinearly to the image size plus pixel noise, with elliptic defects (
 scores in ~70% of the images. Two score types are timed: float32, the form in which AnomalyEvaluator stores
 every method's maps by default and of most ``.npy``/``.tiff`` maps given to ``zsad evaluate-maps`` (exact
 AUPRO sorts the anomaly-free scores above a sampled floor), and float16, the opt-in storage
-(``eval.pixel_score_dtype=float16``; the exact metrics then count bit patterns instead of sorting). Targets (issue 3): exact >= 10x faster than legacy, >= 2x faster than full sort.
+(``eval.pixel_score_dtype=float16``; the exact metrics then count bit patterns instead of sorting). Targets (issue 3): exact >= 10x faster than the legacy AUPRO
+as the AnomalyCLIP code computes it (``--reference-legacy``), >= 2x faster than full sort. zsad's own
+cflow-style AUPRO (``legacy_cflow_aupro``) reads the same sorted split and is timed for information.
 """
 
 from __future__ import annotations
@@ -168,8 +170,10 @@ def run_timing(args: argparse.Namespace, dtype: str) -> dict[str, float]:
     exact_value, exact_time = results["exact"]
     full_value, full_time = results["full sort (MVTec AD code's algorithm)"]
     legacy_value, legacy_time = results["legacy 200 thresholds (cflow-style)"]
-    ratios = {"legacy": legacy_time / exact_time, "full sort": full_time / exact_time}
-    print(f"{dtype}: speed-up vs legacy:    {ratios['legacy']:6.1f}x   (target >= 10x)")
+    ratios = {"cflow-style AUPRO": legacy_time / exact_time, "full sort": full_time / exact_time}
+    # zsad's cflow-style AUPRO reads the same sorted split, so this ratio is no longer issue 3's target (that
+    # is against the AnomalyCLIP code's loop, --reference-legacy).
+    print(f"{dtype}: speed-up vs zsad's cflow-style AUPRO: {ratios['cflow-style AUPRO']:6.1f}x")
     print(f"{dtype}: speed-up vs full sort: {ratios['full sort']:6.1f}x   (target >= 2x)")
     if "exact, full value sort (ablation)" in results:
         ablation_time = results["exact, full value sort (ablation)"][1]
@@ -178,8 +182,9 @@ def run_timing(args: argparse.Namespace, dtype: str) -> dict[str, float]:
         )
     if args.reference_legacy:
         ref_value, ref_time = results["legacy as in the AnomalyCLIP code"]
+        ratios["the AnomalyCLIP legacy code"] = ref_time / exact_time
         print(
-            f"speed-up vs the AnomalyCLIP legacy code: {ref_time / exact_time:6.1f}x "
+            f"{dtype}: speed-up vs the AnomalyCLIP legacy code: {ref_time / exact_time:6.1f}x (target >= 10x) "
             f"(its value - legacy_cflow_aupro = {ref_value - legacy_value:+.1e})"
         )
     print(
@@ -241,7 +246,7 @@ def main() -> None:
         "--dtype",
         default="both",
         choices=("both", "float16", "float32"),
-        help="score type of the maps (default: float16, as AnomalyEvaluator stores them, then float32)",
+        help="score type of the maps (default both: float16, the opt-in storage, then float32, AnomalyEvaluator's default)",
     )
     parser.add_argument(
         "--reference-legacy",
@@ -249,7 +254,12 @@ def main() -> None:
         help="also time the legacy metric as the AnomalyCLIP code runs it (slow)",
     )
     parser.add_argument("--memory-check", action="store_true", help="peak RSS of one 1000-image category")
-    parser.add_argument("--pixel-dtype", default="float16", choices=("float16", "float32"))
+    parser.add_argument(
+        "--pixel-dtype",
+        default="float32",
+        choices=("float16", "float32"),
+        help="storage of --memory-check (default float32, as AnomalyEvaluator)",
+    )
     args = parser.parse_args()
     if args.memory_check:
         args.num_maps = args.num_maps or 1000
