@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch.utils.data import DataLoader
 
 from datamodules.errors import ZsadError
 from datamodules.transforms import ImagePreprocessing
@@ -95,7 +96,24 @@ class ZeroShotModule(L.LightningModule):
             fpr_limit=self.eval_cfg.fpr_limit,
             pixel_score_dtype=self.eval_cfg.pixel_score_torch_dtype,
             samples_per_category=[sum(counts.get(c, {}).values()) for c in datamodule.categories],
+            expected_samples=self._expected_test_samples(),
         ).to(self.device)
+
+    def _expected_test_samples(self) -> list[frozenset[int]] | None:
+        """Per category, the test samples this process's loader yields, so that a DDP evaluation scores
+        and frees each category as it goes (docs/metrics.md); None in one process (the sizes suffice), when
+        the loader's order is not known in advance, or when a batch limit cuts the epoch short."""
+        from lightning_modules.metrics.distributed import expected_samples
+
+        trainer = self.trainer
+        loader = trainer.test_dataloaders
+        if trainer.world_size == 1 or not isinstance(loader, DataLoader):
+            return None
+        if list(trainer.num_test_batches) != [len(loader)]:
+            return None
+        datamodule = trainer.datamodule
+        ids = {c: i for i, c in enumerate(datamodule.categories)}
+        return expected_samples(loader, [ids[r.category] for r in datamodule.test_index.records], len(ids))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor | None]:
         """Feeds the evaluator; returns the batch's scores and maps for callbacks (e.g. the map writer)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.atomic_io import atomic_write_text
-from lightning_modules.metrics.evaluator import METRIC_NAMES
+from lightning_modules.metrics.evaluation_result import METRIC_NAMES
 
 #: Every result has both AUPROs: ``aupro`` (exact) and ``aupro_cflow`` (the published 200-threshold one).
 METRICS = METRIC_NAMES

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightning_modules.metrics.evaluator import METRIC_NAMES as METRICS
+from lightning_modules.metrics.evaluation_result import METRIC_NAMES as METRICS
 
 LABELS = {
     "image_auroc": "img AUROC", "image_ap": "img AP", "image_f1_max": "img F1",

@@ -2,6 +2,7 @@
 
 - :class:`AnomalyEvaluator`: a torchmetrics ``Metric`` that every method's test loop updates; ``compute``
   returns an :class:`EvaluationResult` (per category, missing-with-reason, unweighted category mean).
+  Each category is scored and its pixels freed once complete, under DDP too (:mod:`.distributed`).
 - :mod:`.curves`: the ROC, PR and PRO curves those metrics integrate and the F1-optimal thresholds
   (``AnomalyEvaluator.curves``, ``ranking_curve``, ``pixel_curves``).
 - Functional pieces: exact ``aupro``/``pro_curve`` (partial selection, float64), the biased 200-threshold
@@ -17,13 +18,8 @@ from lightning_modules.metrics.curves import (
     pixel_curves,
     ranking_curve,
 )
-from lightning_modules.metrics.evaluator import (
-    IMAGE_METRICS,
-    METRIC_NAMES,
-    PIXEL_SCORE_DTYPES,
-    AnomalyEvaluator,
-    EvaluationResult,
-)
+from lightning_modules.metrics.evaluation_result import IMAGE_METRICS, METRIC_NAMES, EvaluationResult
+from lightning_modules.metrics.evaluator import PIXEL_SCORE_DTYPES, AnomalyEvaluator
 from lightning_modules.metrics.functional import (
     CFLOW_THRESHOLDS,
     PIXEL_METRICS,

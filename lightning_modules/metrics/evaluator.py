@@ -2,15 +2,15 @@
 
 States are flat 1-D tensors (pixel scores of all images back to back, masks as uint8, per-sample metadata),
 so images of different sizes and uneven ranks concatenate and gather without padding tricks. Samples carry
-their dataset index: duplicates added by ``DistributedSampler`` padding are dropped at compute, and samples
-are processed in index order, so N processes give bit-identical results to one.
+their dataset index: duplicates added by ``DistributedSampler`` padding are dropped, and samples are
+processed in index order, so N processes give bit-identical results to one. Categories whose samples have
+all arrived are scored and their pixels freed during the epoch, under DDP too (:mod:`.distributed`).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,8 @@ from torchmetrics import Metric
 from lightning_modules.metrics._arrays import UndefinedMetricError
 from lightning_modules.metrics._split import _split_scores
 from lightning_modules.metrics.curves import CurveSet, curve_set
+from lightning_modules.metrics.distributed import gather_category
+from lightning_modules.metrics.evaluation_result import IMAGE_METRICS, METRIC_NAMES, EvaluationResult
 from lightning_modules.metrics.functional import PIXEL_METRICS, pixel_metrics
 from lightning_modules.metrics.ranking import (
     _ap_from_stats,
@@ -29,130 +31,11 @@ from lightning_modules.metrics.ranking import (
     _rank_stats,
 )
 
-IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")
-METRIC_NAMES = IMAGE_METRICS + PIXEL_METRICS
 #: Storage types of pixel scores: float32 (default, exact for float32 maps) or float16 (half the memory;
 #: the metrics are then exact for the maps rounded to float16).
 PIXEL_SCORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 _FLOAT16_MAX = 65504.0
-
-
-@dataclass
-class EvaluationResult:
-    """Metrics per category (fractions in [0, 1]; None = undefined, with the reason in ``missing``) and
-    their unweighted mean over the categories where each is defined (``mean_counts`` says how many)."""
-
-    categories: list[str]
-    per_category: dict[str, dict[str, float | None]]
-    missing: dict[str, dict[str, str]]
-    mean: dict[str, float | None]
-    mean_counts: dict[str, int]
-    num_images: dict[str, int] = field(default_factory=dict)
-    fpr_limit: float = 0.3
-    pixel_score_dtype: str = "float32"
-    duplicates_dropped: int = 0
-    notes: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_categories(
-        cls,
-        per_category: dict[str, dict[str, float | None]],
-        missing: dict[str, dict[str, str]],
-        *,
-        num_images: dict[str, int] | None = None,
-        fpr_limit: float = 0.3,
-        pixel_score_dtype: str = "float32",
-        duplicates_dropped: int = 0,
-        notes: Sequence[str] = (),
-    ) -> EvaluationResult:
-        """Build a result from per-category values, computing the means (used to merge per-class runs)."""
-        categories = list(per_category)
-        mean: dict[str, float | None] = {}
-        counts: dict[str, int] = {}
-        for name in METRIC_NAMES:
-            values = [v[name] for v in per_category.values() if v.get(name) is not None]
-            counts[name] = len(values)
-            mean[name] = math.fsum(values) / len(values) if values else None
-        return cls(
-            categories=categories,
-            per_category={c: {n: per_category[c].get(n) for n in METRIC_NAMES} for c in categories},
-            missing={c: dict(missing.get(c, {})) for c in categories},
-            mean=mean,
-            mean_counts=counts,
-            num_images=dict(num_images or {}),
-            fpr_limit=fpr_limit,
-            pixel_score_dtype=pixel_score_dtype,
-            duplicates_dropped=duplicates_dropped,
-            notes=list(notes),
-        )
-
-    @classmethod
-    def merge(cls, results: Sequence[EvaluationResult]) -> EvaluationResult:
-        """Combine results of disjoint category sets (e.g. one evaluator per class) into one."""
-        if not results:
-            raise ValueError("nothing to merge")
-        per_category: dict[str, dict[str, float | None]] = {}
-        missing: dict[str, dict[str, str]] = {}
-        num_images: dict[str, int] = {}
-        for r in results:
-            for c in r.categories:
-                if c in per_category:
-                    raise ValueError(f"category {c!r} appears in more than one result")
-                per_category[c] = r.per_category[c]
-                missing[c] = r.missing.get(c, {})
-                if c in r.num_images:
-                    num_images[c] = r.num_images[c]
-        first = results[0]
-        return cls.from_categories(
-            per_category,
-            missing,
-            num_images=num_images,
-            fpr_limit=first.fpr_limit,
-            pixel_score_dtype=first.pixel_score_dtype,
-            duplicates_dropped=sum(r.duplicates_dropped for r in results),
-            notes=[n for r in results for n in r.notes],
-        )
-
-    def to_rows(self) -> list[dict[str, Any]]:
-        """One row per category plus a final "mean" row (for CSV/JSON writers)."""
-        rows: list[dict[str, Any]] = []
-        for c in self.categories:
-            rows.append({"category": c, "num_images": self.num_images.get(c), **self.per_category[c]})
-        total = sum(self.num_images.values()) if self.num_images else None
-        rows.append({"category": "mean", "num_images": total, **self.mean})
-        return rows
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form with everything needed to interpret the numbers."""
-        return {
-            "metrics": list(METRIC_NAMES),
-            "categories": self.categories,
-            "per_category": self.per_category,
-            "missing": self.missing,
-            "mean": self.mean,
-            "mean_counts": self.mean_counts,
-            "num_images": self.num_images,
-            "fpr_limit": self.fpr_limit,
-            "pixel_score_dtype": self.pixel_score_dtype,
-            "duplicates_dropped": self.duplicates_dropped,
-            "notes": self.notes,
-        }
-
-    def format_table(self, percent: bool = True) -> str:
-        """Plain-text table (percent with one decimal, as the papers report); '-' marks undefined metrics."""
-        header = ["category", "n", *METRIC_NAMES]
-        lines = [header]
-        for row in self.to_rows():
-            cells = [str(row["category"]), "" if row["num_images"] is None else str(row["num_images"])]
-            for name in METRIC_NAMES:
-                v = row[name]
-                cells.append("-" if v is None else (f"{100 * v:.1f}" if percent else f"{v:.4f}"))
-            lines.append(cells)
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        return "\n".join(
-            "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines
-        )
 
 
 class AnomalyEvaluator(Metric):
@@ -170,11 +53,20 @@ class AnomalyEvaluator(Metric):
     Masks are stored as uint8.
 
     Memory: given ``samples_per_category`` (the number of test samples of each category), a single process
-    computes a category's pixel metrics as soon as all its samples have arrived and frees its pixel states,
-    so that at most the categories in progress are held (one at a time for a loader in category order).
-    Under DDP every category waits for the end of the epoch (the states are gathered then). torchmetrics
-    options pass through ``kwargs`` (e.g. ``compute_on_cpu=True`` keeps the pixel states of a GPU run in host
-    memory).
+    computes a category's pixel metrics and curves as soon as all its samples have arrived and frees its
+    pixel states, so that at most the categories in progress are held (one at a time for a loader in
+    category order). Under DDP the same holds when each process also gets ``expected_samples`` (per
+    category, the sample ids its loader gives it, padding duplicates left out;
+    :func:`~.distributed.expected_samples` derives them from the loader): every process then finishes the
+    categories in ascending order, each as soon as its own samples of it and of the categories before it
+    have arrived (at once for a category it has none of), by gathering only that category's states from
+    all processes (:func:`~.distributed.gather_category`); a process holds its share of the category in
+    progress plus, while finishing one, the gathered category. A padding duplicate that arrives after its
+    category was finished is not stored; the test step must issue no collective of its own per step (every
+    process must finish the same categories in the same order). Without ``expected_samples`` (a custom or
+    shuffled sampler, sizes unknown) DDP falls back to holding every pixel until the end of the epoch, when
+    the states are gathered; the numbers are the same. torchmetrics options pass through ``kwargs`` (e.g.
+    ``compute_on_cpu=True`` keeps the pixel states of a GPU run in host memory).
     """
 
     is_differentiable = False
@@ -193,6 +85,7 @@ class AnomalyEvaluator(Metric):
     pix_scores: list[Tensor]
     pix_masks: list[Tensor]
 
+    _IMAGE_STATES = ("img_category", "img_sample", "img_score", "img_label", "img_pixel_gt")
     _PIXEL_STATES = ("pix_category", "pix_sample", "pix_height", "pix_width", "pix_scores", "pix_masks")
 
     def __init__(
@@ -202,6 +95,7 @@ class AnomalyEvaluator(Metric):
         fpr_limit: float = 0.3,
         pixel_score_dtype: torch.dtype = torch.float32,
         samples_per_category: Sequence[int] | None = None,
+        expected_samples: Sequence[Collection[int]] | None = None,
         **kwargs: Any,
     ) -> None:
         if "aupro_method" in kwargs:
@@ -223,16 +117,28 @@ class AnomalyEvaluator(Metric):
             raise ValueError(
                 f"samples_per_category has {len(samples_per_category)} entries for {len(self.categories)} categories"
             )
+        if expected_samples is not None and (
+            samples_per_category is None or len(expected_samples) != len(self.categories)
+        ):
+            raise ValueError(
+                "expected_samples needs samples_per_category and one set of sample ids per category"
+            )
         self.pixel_metrics = bool(pixel_metrics)
         self.fpr_limit = float(fpr_limit)
         self.pixel_score_dtype = pixel_score_dtype
         self.samples_per_category = (
             None if samples_per_category is None else [int(n) for n in samples_per_category]
         )
-        # Per category: sample ids seen so far, and the pixel results of categories already finished.
+        self.expected_samples = (
+            None if expected_samples is None else [frozenset(int(i) for i in s) for s in expected_samples]
+        )
+        # Per category: sample ids seen so far, and the pixel results of categories already finished; under
+        # DDP the next category to finish. The most pixel samples stored at once (before freeing any).
         self._seen: dict[int, set[int]] = {}
         self._finished: dict[int, tuple[dict[str, float | None], dict[str, str], list[str]]] = {}
         self._finished_curves: dict[int, CurveSet] = {}
+        self._next_in_order = 0
+        self.peak_stored_pixel_samples = 0
         self._state_dtypes = {
             "img_category": torch.int64,
             "img_sample": torch.int64,
@@ -252,6 +158,11 @@ class AnomalyEvaluator(Metric):
     @property
     def pixel_score_dtype_name(self) -> str:
         return str(self.pixel_score_dtype).removeprefix("torch.")
+
+    @property
+    def stored_pixel_samples(self) -> int:
+        """How many samples' pixels this process holds now (padding duplicates included)."""
+        return sum(int(chunk.shape[0]) for chunk in self._pixel_chunks("pix_sample"))
 
     # ----------------------------------------------------------------------------------------------------
     def update(
@@ -310,6 +221,7 @@ class AnomalyEvaluator(Metric):
         self.img_score.append(image_scores.detach().to(dev, torch.float64))
         self.img_label.append(labels.to(dev, torch.uint8))
         self.img_pixel_gt.append(pixel_gt)
+        self.peak_stored_pixel_samples = max(self.peak_stored_pixel_samples, self.stored_pixel_samples)
         self._finish_complete_categories(category_ids, sample_ids)
 
     def forward(self, *args: Any, **kwargs: Any) -> None:
@@ -322,6 +234,8 @@ class AnomalyEvaluator(Metric):
         self._seen = {}
         self._finished = {}
         self._finished_curves = {}
+        self._next_in_order = 0
+        self.peak_stored_pixel_samples = 0
 
     @staticmethod
     def _as_bhw(x: Tensor, name: str, b: int) -> Tensor:
@@ -352,7 +266,7 @@ class AnomalyEvaluator(Metric):
         self.pix_scores.append(maps.to(dev, self.pixel_score_dtype).reshape(-1))
         self.pix_masks.append((gts > 0).to(dev, torch.uint8).reshape(-1))
 
-    # --- categories finished early (single process, known sizes) -----------------------------------------
+    # --- categories finished early (known sizes) ---------------------------------------------------------
     @staticmethod
     def _distributed() -> bool:
         return (
@@ -362,27 +276,84 @@ class AnomalyEvaluator(Metric):
         )
 
     def _finish_complete_categories(self, category_ids: Tensor, sample_ids: Tensor) -> None:
-        """Compute and free the pixel states of every category whose samples have all arrived."""
-        if self.samples_per_category is None or self._distributed():
+        """Compute and free the pixel states of every category whose samples have all arrived: in any
+        order in one process, in ascending order and gathered from all processes under DDP."""
+        if self.samples_per_category is None:
             return
+        distributed = self._distributed()
+        if distributed and self.expected_samples is None:
+            return  # the end-of-epoch gather
         for ci, sid in zip(category_ids.tolist(), sample_ids.tolist(), strict=True):
             seen = self._seen.setdefault(ci, set())
-            if ci in self._finished and sid not in seen:
+            if not distributed and ci in self._finished and sid not in seen:
                 raise ValueError(
                     f"category {self.categories[ci]!r} received sample {sid} after all of its "
                     f"{self.samples_per_category[ci]} samples (samples_per_category is wrong)"
                 )
-            seen.add(sid)
+            if not distributed or sid in self.expected_samples[ci]:  # not a padding duplicate
+                seen.add(sid)
+        if distributed:
+            self._finish_in_order()
+            return
         for ci in sorted(set(category_ids.tolist())):
             if ci not in self._finished and len(self._seen[ci]) >= self.samples_per_category[ci]:
-                self._finished[ci] = self._category_pixel_metrics(ci)
-                self._finished_curves[ci] = self._category_curves(ci)
-                drop = [
-                    i for i, chunk in enumerate(self._pixel_chunks("pix_category")) if int(chunk[0]) == ci
-                ]
-                for name in self._PIXEL_STATES:
-                    chunks = getattr(self, name)
-                    setattr(self, name, [c for i, c in enumerate(chunks) if i not in drop])
+                self._finish_category(ci)
+
+    def _finish_in_order(self) -> None:
+        """Finish the next categories whose samples this process expects have all arrived (every process
+        issues the same gathers in the same order); raises on every process alike when one is incomplete."""
+        while self._next_in_order < len(self.categories):
+            ci = self._next_in_order
+            if len(self._seen.get(ci, ())) < len(self.expected_samples[ci]):
+                return
+            rows = self._cat("img_category") == ci
+            local = {name: self._cat(name)[rows] for name in self._IMAGE_STATES}
+            pixels = self._category_chunks(ci)
+            local.update({name: self._cat_chunks(name, pixels) for name in self._PIXEL_STATES})
+            with self._states_replaced(gather_category(ci, local, self.device, self.process_group)):
+                arrived = int(torch.unique(self._cat("img_sample")).numel())
+                if arrived != self.samples_per_category[ci]:
+                    raise ValueError(
+                        f"category {self.categories[ci]!r}: {arrived} of its {self.samples_per_category[ci]} "
+                        "samples arrived on all processes together (samples_per_category or "
+                        "expected_samples is wrong)"
+                    )
+                self._finish_category(ci, drop=False)
+            self._drop_pixel_chunks(pixels)
+            self._next_in_order += 1
+
+    def _finish_category(self, ci: int, drop: bool = True) -> None:
+        self._finished[ci] = self._category_pixel_metrics(ci)
+        self._finished_curves[ci] = self._category_curves(ci)
+        if drop:
+            self._drop_pixel_chunks(self._category_chunks(ci))
+
+    def _category_chunks(self, ci: int) -> list[int]:
+        """Positions of category ``ci``'s stored pixel chunks (one category per chunk)."""
+        return [i for i, chunk in enumerate(self._pixel_chunks("pix_category")) if int(chunk[0]) == ci]
+
+    def _cat_chunks(self, name: str, positions: list[int]) -> Tensor:
+        chunks = self._pixel_chunks(name)
+        if not positions:
+            return torch.empty(0, dtype=self._state_dtypes[name], device=self.device)
+        return torch.cat([chunks[i] for i in positions])
+
+    def _drop_pixel_chunks(self, positions: list[int]) -> None:
+        for name in self._PIXEL_STATES:
+            chunks = self._pixel_chunks(name)
+            setattr(self, name, [c for i, c in enumerate(chunks) if i not in positions])
+
+    @contextmanager
+    def _states_replaced(self, states: dict[str, Tensor]) -> Iterator[None]:
+        """Compute from ``states`` (one category's, gathered) instead of this process's own states."""
+        own = {name: getattr(self, name) for name in states}
+        for name, value in states.items():
+            setattr(self, name, [value])
+        try:
+            yield
+        finally:
+            for name, value in own.items():
+                setattr(self, name, value)
 
     def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any = None) -> None:
         # torchmetrics fills a rank's empty list state with an empty tensor of the metric's float dtype,

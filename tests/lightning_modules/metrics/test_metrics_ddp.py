@@ -1,17 +1,21 @@
 """Two processes (Lightning ddp_spawn on CPU/gloo) give exactly the one-process result, although the
-DistributedSampler pads 7 samples to 8 with a duplicate."""
+DistributedSampler pads with a duplicate: at the end of the epoch, and with categories finished (and their
+pixels freed) one after another."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_modules.metrics import AnomalyEvaluator
+from lightning_modules.metrics.distributed import expected_samples
 from tests_support import quiet_trainer
 
 CATEGORIES = ["disc", "weave", "cells"]
@@ -115,3 +119,117 @@ def test_two_process_ddp_spawn_equals_one_process(tmp_path):
         assert got == expected_no_dup
     assert expected["per_category"]["cells"]["image_auroc"] is None
     assert expected["per_category"]["disc"]["aupro"] is not None
+
+
+# --- categories finished one by one under DDP (bounded memory) ---------------------------------------------
+SIZES = [7, 1, 6, 2, 5]  # uneven; "b" has fewer samples than processes; 21 samples: one padding duplicate
+UNEVEN = ["a", "b", "c", "d", "e"]
+UNEVEN_CATEGORY = [ci for ci, n in enumerate(SIZES) for _ in range(n)]
+BATCH = 3
+
+
+class UnevenSet(Dataset):
+    """Samples in category order with maps of one size (a batch may span two categories)."""
+
+    def __len__(self) -> int:
+        return len(UNEVEN_CATEGORY)
+
+    def __getitem__(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(500 + i)
+        cat = UNEVEN_CATEGORY[i]
+        label = int(i % 3 != 0)
+        amap = torch.rand(7, 9, generator=g)
+        mask = torch.zeros(7, 9, dtype=torch.bool)
+        if label:
+            mask[1 + i % 3 : 4, 2 : 5 + i % 2] = True
+            amap[mask] += 0.25
+        return {"cat": cat, "sid": i, "score": float(amap.mean()), "label": label, "map": amap, "mask": mask}
+
+
+def update_batch(ev: AnomalyEvaluator, batch: dict) -> None:
+    ev.update(
+        batch["cat"],
+        batch["sid"],
+        batch["score"],
+        batch["label"],
+        torch.stack(batch["map"]),
+        torch.stack(batch["mask"]),
+    )
+
+
+def curves_json(ev: AnomalyEvaluator) -> dict:
+    def plain(value):
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {name: plain(dataclasses.asdict(c)) for name, c in ev.curves().items()}
+
+
+class TwoEvaluatorsModule(pl.LightningModule):
+    """Feeds the same batches to an evaluator that knows this process's samples (categories finished as
+    they complete) and to one that does not (the end-of-epoch gather); writes what each computed."""
+
+    def __init__(self, out_dir: str) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Linear(1, 1)
+        self.out_dir = out_dir
+
+    def on_test_epoch_start(self) -> None:
+        own = expected_samples(self.trainer.test_dataloaders, UNEVEN_CATEGORY, len(UNEVEN))
+        assert own is not None
+        self.own_shares = [len(s) for s in own]
+        self.bounded = AnomalyEvaluator(UNEVEN, samples_per_category=SIZES, expected_samples=own)
+        self.fallback = AnomalyEvaluator(UNEVEN, samples_per_category=SIZES)
+        self.received = 0
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.received += len(batch["sid"])
+        update_batch(self.bounded, batch)
+        update_batch(self.fallback, batch)
+
+    def on_test_epoch_end(self) -> None:
+        out = {
+            "own_shares": self.own_shares,
+            "received": self.received,
+            **{
+                name: {
+                    "result": result_json(ev),
+                    "curves": curves_json(ev),
+                    "peak": ev.peak_stored_pixel_samples,
+                    "left": ev.stored_pixel_samples,
+                }
+                for name, ev in (("bounded", self.bounded), ("fallback", self.fallback))
+            },
+        }
+        Path(self.out_dir, f"rank{self.global_rank}.json").write_text(json.dumps(out))
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(UnevenSet(), batch_size=BATCH, collate_fn=collate)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.filterwarnings("ignore:The `srun` command is available")
+def test_ddp_finishes_categories_in_order_with_bounded_memory_and_one_process_results(tmp_path):
+    single = AnomalyEvaluator(UNEVEN, samples_per_category=SIZES)
+    for batch in DataLoader(UnevenSet(), batch_size=4, collate_fn=collate):
+        update_batch(single, batch)
+    expected = json.loads(json.dumps({"result": result_json(single), "curves": curves_json(single)}))
+    assert expected["result"].pop("duplicates_dropped") == 0
+
+    quiet_trainer(strategy="ddp_spawn", devices=2).test(TwoEvaluatorsModule(str(tmp_path)))
+    for rank in (0, 1):
+        got = json.loads(Path(tmp_path, f"rank{rank}.json").read_text())
+        assert got["received"] == 11 and sum(got["own_shares"]) == 11 - rank  # rank 1 got the duplicate
+        for name in ("bounded", "fallback"):
+            assert got[name]["result"].pop("duplicates_dropped") == 1
+            assert got[name]["result"] == expected["result"], (rank, name)
+            assert got[name]["curves"] == expected["curves"], (rank, name)
+        # finished one category after another: never more than the largest share and a batch held
+        assert got["bounded"]["peak"] <= max(got["own_shares"]) + BATCH
+        assert got["bounded"]["left"] == 0
+        assert got["fallback"]["peak"] == got["fallback"]["left"] == 11  # everything until the end
+    assert expected["result"]["per_category"]["b"]["pixel_auroc"] is not None  # a 1-sample category
