@@ -35,3 +35,26 @@ def test_metrics_benchmark_times_float16_and_float32_and_agrees_with_the_full_so
     assert "summary float16:" in out and "summary float32:" in out
     gaps = [float(g) for g in re.findall(r"\|exact - full sort\| = ([0-9.e+-]+)", out)]
     assert len(gaps) == 2 and max(gaps) < 1e-9
+
+
+@pytest.mark.slow
+def test_ddp_memory_benchmark_holds_less_with_the_same_results():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ddp_eval_memory.py"), "--categories", "3"]
+        + ["--per-category", "8", "--size", "32", "--batch", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    stored = {
+        mode: [
+            int(n) for n in re.findall(rf"{mode} rank \d: \d+ samples received, at most (\d+) stored", out)
+        ]
+        for mode in ("end-of-epoch gather", "category by category")
+    }
+    assert stored["end-of-epoch gather"] == [15, 15]  # 30 samples: every one a process received
+    assert max(stored["category by category"]) <= 6 + 2  # the largest category's share and a batch
+    assert "identical results in both modes on every process: True" in out
