@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import random
-import re
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -43,10 +40,11 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from datamodules.atomic_io import atomic_torch_save
-from datamodules.errors import ZsadError
 from datamodules.resumable import derived_seed
 from lightning_modules.checkpoint_io import safe_torch_load
+from pipelines import stop_signals
 from pipelines.loggers import close_interrupted
+from pipelines.stop_signals import STOP_SIGNALS, TrainingInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +54,6 @@ LAST_CHECKPOINT = "last.ckpt"
 RESUME_KEY = "zsad_resume"  # what ExactResume adds to every checkpoint it writes
 RESUME_FORMAT = 1
 KEEP_RESUME_CHECKPOINTS = 2  # the newest may be cut short by a hard kill at the worst moment
-STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
-# Stop signals this process received during its current training, so that an error they caused on the way
-# (e.g. W&B's service, which SLURM's SIGTERM stops too, dropping the connection) still reads as preempted.
-_received: list[str] = []
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -139,60 +133,7 @@ def find_resume_checkpoint(run_dir: Path, warn: bool = True) -> ResumePoint | No
     return None
 
 
-# --- interruptions -----------------------------------------------------------------------------------
-class TrainingInterrupted(ZsadError):
-    """Training stopped on a signal after saving a checkpoint; the same command resumes it."""
-
-    def __init__(self, signal_name: str, checkpoint: Path | str | None) -> None:
-        self.signal_name = signal_name
-        self.checkpoint = str(checkpoint) if checkpoint else None
-        self.state = "interrupted" if signal_name == "SIGINT" else "preempted"
-        self.exit_code = 128 + int(getattr(signal, signal_name))
-        where = f"saved {self.checkpoint}" if self.checkpoint else "no new checkpoint"
-        super().__init__(f"{self.state} by {signal_name} ({where}); run the same command again to resume")
-
-    @classmethod
-    def recognise(cls, error: BaseException) -> TrainingInterrupted | None:
-        """``error`` as an interruption: this type (also re-raised as text from a ``ddp_spawn`` process),
-        Lightning's own SIGTERM exit, or Ctrl-C (Lightning turns it into ``SystemExit(1)``)."""
-        if isinstance(error, cls):
-            return error
-        received, _received[:] = list(_received), []
-        if received and not isinstance(error, ZsadError):
-            return cls(received[0], None)
-        match = re.search(
-            r"TrainingInterrupted: (?:interrupted|preempted) by (SIG\w+) \((?:saved (.+?)|no new checkpoint)\)",
-            str(error),
-        )
-        if match:
-            return cls(match.group(1), match.group(2))
-        if type(error).__name__ == "SIGTERMException":
-            return cls("SIGTERM", None)
-        if isinstance(error, KeyboardInterrupt) or (
-            isinstance(error, SystemExit) and isinstance(error.__context__, KeyboardInterrupt)
-        ):
-            return cls("SIGINT", None)
-        return None
-
-
-def _requeue_slurm_job() -> None:
-    """``scontrol requeue`` of this job (array task), as Lightning's auto-requeue did."""
-    job = os.environ.get("SLURM_JOB_ID")
-    if not job:
-        return
-    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    try:
-        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        log.warning("zsad: could not requeue SLURM job %s: %s", job, error)
-        return
-    if result.returncode != 0:
-        log.warning("zsad: scontrol requeue %s failed: %s", job, (result.stderr or result.stdout).strip())
-    else:
-        log.info("zsad: requeued SLURM job %s", job)
-
-
+# --- interruptions (the signal record and TrainingInterrupted: pipelines.stop_signals) ---------------
 def _log_this_step(trainer: L.Trainer) -> None:
     """Log the step that just ended, as Lightning does right after ``on_train_batch_end``: a stop raised
     there would lose its metrics, and the resumed session starts with the next step."""
@@ -212,23 +153,24 @@ def seed_position(seed: int, *position: int | str) -> None:
 class _StopOnSignal(Callback):
     """Stop signals only set a flag while a Trainer runs (its subclass stops at the next safe point);
     the handlers replace whatever is there (also Lightning's, whose SIGTERM in-handler broadcast would not
-    match zsad's collective decision) and are restored at teardown."""
+    match zsad's collective decision) and are restored at teardown. The flag is the process-wide record of
+    :mod:`pipelines.stop_signals`, so a signal the job's guard recorded just before (the Trainer's setup)
+    counts, and one that comes after the Trainer's last check still stops the job as the Trainer returns."""
 
     signals: tuple[str, ...] = STOP_SIGNALS
 
     def __init__(self) -> None:
-        self._signal: int = 0  # the first stop signal received (a number), 0 when none
         self._previous_handlers: dict[int, Any] = {}
-        _received.clear()  # a new Trainer of this process
+        stop_signals.new_trainer()
+
+    @property
+    def _signal(self) -> int:
+        """The first stop signal received (a number), 0 when none."""
+        return stop_signals.received_signum()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and self._signal == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        if not self._signal:
-            self._signal = signum
-            _received.append(signal.Signals(signum).name)
-            if signum == signal.SIGINT:
-                print("zsad: Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop at once)")
+        if stop_signals.note_signal(signum) and signum == signal.SIGINT:  # a second Ctrl-C: stops now
+            print("zsad: Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop at once)")
 
     def _install_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -278,11 +220,11 @@ class RequeueEvaluation(_StopOnSignal):
     def _stop_if_signalled(self, trainer: L.Trainer) -> None:
         """Each process by its own flag, without a collective (as Lightning's SIGTERM check in evaluation):
         under DDP ``predict`` gives the processes unequal numbers of batches, and srun signals them all."""
-        if not self._signal:
+        if self._signal != signal.SIGUSR1:  # SIGTERM, Ctrl-C: Lightning's
             return
         if trainer.is_global_zero:
-            _requeue_slurm_job()
-        raise TrainingInterrupted(signal.Signals(self._signal).name, None)
+            stop_signals.requeue_slurm_job()
+        raise TrainingInterrupted("SIGUSR1", None)
 
     def on_test_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         self._stop_if_signalled(trainer)
@@ -352,7 +294,7 @@ class ExactResume(_StopOnSignal):
             # W&B first: a requeue's SIGTERM also stops W&B's service
             close_interrupted(trainer.loggers, interruption.state, interruption.exit_code)
             if interruption.signal_name == "SIGUSR1":
-                _requeue_slurm_job()
+                stop_signals.requeue_slurm_job()
         raise interruption
 
     def on_train_batch_end(

@@ -364,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    from pipelines.checkpointing import TrainingInterrupted
+    from pipelines.stop_signals import TrainingInterrupted
 
     try:
         return int(args.func(args) or 0)

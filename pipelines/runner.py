@@ -8,6 +8,7 @@ global rank 0 writes results. Who owns a run folder and how it stands (``run.loc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -32,11 +33,11 @@ from datamodules.progress import lightning_progress_bar
 from lightning_modules.base import LIGHTNING_DIR, ZeroShotModule
 from lightning_modules.metrics.curves import f1_thresholds
 from lightning_modules.registry import get_method
+from pipelines import stop_signals
 from pipelines.checkpointing import (
     AtomicCheckpointIO,
     ExactResume,
     RequeueEvaluation,
-    TrainingInterrupted,
     find_resume_checkpoint,
     has_training_checkpoints,
     last_checkpoint,
@@ -53,6 +54,7 @@ from pipelines.loggers import drop_redone_training_rows, log_evaluation, make_lo
 from pipelines.map_writer import MapWriter
 from pipelines.results import target_payload, write_results
 from pipelines.run_state import acquire_run_lock, global_rank, read_status, record_failure, write_status
+from pipelines.stop_signals import TrainingInterrupted, deferred, stop_signal_guard
 from pipelines.visualize import EvaluationPictures
 
 # The frozen CLIP stays in eval mode during training on purpose; this warning would only confuse users.
@@ -286,11 +288,10 @@ def fit(cfg: ExperimentConfig, module: ZeroShotModule, run_dir: Path, loggers: l
         return resume.path
     if global_rank() == 0:
         drop_redone_training_rows(loggers, resume.global_step if resume else 0)
-    trainer = make_trainer(cfg, run_dir, loggers, training=True)
+    trainer, ckpt_path = make_trainer(cfg, run_dir, loggers, training=True), resume and str(resume.path)
     try:
-        trainer.fit(
-            module, datamodule=datamodule, ckpt_path=str(resume.path) if resume else None, weights_only=True
-        )
+        with stop_signals.under_trainer(trainer):  # its safe points decide (pipelines.stop_signals)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     finally:
         restore_signal_handlers(trainer)
     return last_checkpoint(run_dir)
@@ -368,7 +369,8 @@ def evaluate(
             inference_mode=not module.needs_grad_at_test,
             callbacks=callbacks,
         )
-        trainer.test(module, datamodule=datamodule, verbose=False)
+        with stop_signals.under_trainer(trainer):  # its batch ends decide (pipelines.stop_signals)
+            trainer.test(module, datamodule=datamodule, verbose=False)
         if (run_dir / "results.json").is_file():  # written by rank 0, possibly in another process
             results = json.loads((run_dir / "results.json").read_text())
     return results
@@ -401,12 +403,14 @@ def _results_header(cfg: ExperimentConfig, run_dir: Path, checkpoint: Path | Non
 def _job(cfg: ExperimentConfig, job_type: str, body) -> RunOutcome:
     """Common frame: own the run folder (its lock), skip when finished, config, status, loggers.
 
-    Whatever ends the job (an error, Ctrl-C, SystemExit), status.json says how it ended and the lock is
-    released; a job refused the folder (locked, or a finished or resumable run of another config) leaves
-    both alone.
+    Whatever ends the job (an error, a stop signal at any moment, SystemExit), status.json says how it
+    ended and the lock is released; a job refused the folder (locked, or a finished or resumable run of
+    another config) leaves both alone. Runs inside the caller's :func:`stop_signal_guard`.
     """
     run_dir = prepare_run_dir(cfg)
-    with acquire_run_lock(run_dir):
+    with contextlib.ExitStack() as owned:
+        with deferred():  # a signal cannot come between taking the lock and owning its release
+            owned.enter_context(acquire_run_lock(run_dir))
         finished = finished_run(cfg, run_dir, job_type)
         if finished is not None:
             return finished
@@ -417,15 +421,19 @@ def _job(cfg: ExperimentConfig, job_type: str, body) -> RunOutcome:
             write_status(run_dir, "running")
             loggers = make_loggers(cfg, run_dir, job_type=job_type, run_id=wandb_run_id(run_dir))
             outcome = body(run_dir, loggers)
-            write_status(run_dir, "finished")
+            with deferred(stop_after=False):  # from here on a signal changes nothing: the run finished
+                write_status(run_dir, "finished")
         except BaseException as error:
-            interruption = TrainingInterrupted.recognise(error)  # saved: the same command resumes it
-            if interruption is None:
-                record_failure(run_dir, error)
-                raise
-            write_status(run_dir, interruption.state, str(interruption), interruption.checkpoint)
+            with deferred(stop_after=False):  # the status is written whole, whatever comes meanwhile
+                interruption = TrainingInterrupted.recognise(error)  # saved: the same command resumes it
+                if interruption is None:
+                    record_failure(run_dir, error)
+                    raise
+                stop_signals.close_loggers_after_stop(loggers, interruption)
+                write_status(run_dir, interruption.state, str(interruption), interruption.checkpoint)
             raise interruption from None
-        outcome.notes = _notes(loggers)
+        with deferred(stop_after=False):  # finished: a signal changes nothing (a second Ctrl-C stops)
+            outcome.notes = _notes(loggers)
     return outcome
 
 
@@ -434,10 +442,11 @@ def train(cfg: ExperimentConfig) -> RunOutcome:
         raise ConfigError(
             f"method '{cfg.method.name}' is training-free: evaluate it with `zsad run` or `zsad test` (no checkpoint)"
         )
-    module = build_module(cfg)
-    return _job(
-        cfg, "train", lambda run_dir, loggers: RunOutcome(run_dir, fit(cfg, module, run_dir, loggers))
-    )
+    with stop_signal_guard():
+        module = build_module(cfg)
+        return _job(
+            cfg, "train", lambda run_dir, loggers: RunOutcome(run_dir, fit(cfg, module, run_dir, loggers))
+        )
 
 
 def evaluation_module(cfg: ExperimentConfig) -> tuple[ZeroShotModule, Path | None]:
@@ -455,32 +464,34 @@ def evaluation_module(cfg: ExperimentConfig) -> tuple[ZeroShotModule, Path | Non
 
 
 def test(cfg: ExperimentConfig) -> RunOutcome:
-    module, checkpoint = evaluation_module(cfg)
-    datamodules = target_datamodules(cfg, module)
+    with stop_signal_guard():
+        module, checkpoint = evaluation_module(cfg)
+        datamodules = target_datamodules(cfg, module)
 
-    def body(run_dir: Path, loggers: list[Logger]) -> RunOutcome:
-        results = evaluate(
-            cfg, module, run_dir, loggers, _results_header(cfg, run_dir, checkpoint), datamodules
-        )
-        return RunOutcome(run_dir, checkpoint, results)
+        def body(run_dir: Path, loggers: list[Logger]) -> RunOutcome:
+            results = evaluate(
+                cfg, module, run_dir, loggers, _results_header(cfg, run_dir, checkpoint), datamodules
+            )
+            return RunOutcome(run_dir, checkpoint, results)
 
-    return _job(cfg, "eval", body)
+        return _job(cfg, "eval", body)
 
 
 def run(cfg: ExperimentConfig) -> RunOutcome:
     """Train on the source (its test split, by the zero-shot protocol), then evaluate every target."""
-    module = build_module(cfg)
-    datamodules = target_datamodules(cfg, module)  # a wrong target root fails before training, not after
-    trains = get_method(cfg.method.name).trains
+    with stop_signal_guard():
+        module = build_module(cfg)
+        datamodules = target_datamodules(cfg, module)  # a wrong target root fails before training
+        trains = get_method(cfg.method.name).trains
 
-    def body(run_dir: Path, loggers: list[Logger]) -> RunOutcome:
-        checkpoint = fit(cfg, module, run_dir, loggers) if trains else None
-        results = evaluate(
-            cfg, module, run_dir, loggers, _results_header(cfg, run_dir, checkpoint), datamodules
-        )
-        return RunOutcome(run_dir, checkpoint, results)
+        def body(run_dir: Path, loggers: list[Logger]) -> RunOutcome:
+            checkpoint = fit(cfg, module, run_dir, loggers) if trains else None
+            results = evaluate(
+                cfg, module, run_dir, loggers, _results_header(cfg, run_dir, checkpoint), datamodules
+            )
+            return RunOutcome(run_dir, checkpoint, results)
 
-    return _job(cfg, "run", body)
+        return _job(cfg, "run", body)
 
 
 def _notes(loggers: list[Logger]) -> list[str]:

@@ -257,9 +257,12 @@ def run_entry(sweep_name: str, run: PlannedRun, extra: list[str] = ()) -> Any:
     """One manifest entry: compose its config and run it (skipped when already finished)."""
     from pipelines import run_state, runner
     from pipelines.config import compose, to_object
+    from pipelines.stop_signals import TrainingInterrupted
 
     try:
         return runner.run(to_object(compose(run.experiment, [*_run_overrides(sweep_name, run), *extra])))
+    except TrainingInterrupted:
+        raise  # status.json says interrupted or preempted; it resumes, it did not fail
     except Exception as error:
         if (
             run_state.read_status(Path(run.run_dir)).get("state") != "failed"
@@ -269,8 +272,10 @@ def run_entry(sweep_name: str, run: PlannedRun, extra: list[str] = ()) -> Any:
 
 
 def run_local(cfg: SweepConfig, source: Path) -> dict[str, str]:
-    """Execute every unfinished run in this process, one after another; failures do not stop the rest."""
+    """Execute every unfinished run in this process, one after another; failures do not stop the rest,
+    a stop signal does (the interrupted run resumes when the sweep runs again)."""
     from pipelines.run_state import is_finished
+    from pipelines.stop_signals import TrainingInterrupted
 
     runs = expand(cfg)
     write_manifest(cfg, source, runs)
@@ -282,6 +287,8 @@ def run_local(cfg: SweepConfig, source: Path) -> dict[str, str]:
         try:
             run_entry(cfg.name, run)
             outcome[run.id] = "finished"
+        except TrainingInterrupted:
+            raise
         except Exception as error:  # noqa: BLE001 - recorded in the run's status.json, reported below
             outcome[run.id] = f"failed: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
     return outcome

@@ -357,13 +357,13 @@ def test_sigusr1_during_evaluation_under_slurm_is_zsads_requeue_not_lightnings(
 ):
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    from pipelines import checkpointing
+    from pipelines import stop_signals
 
     run_dir, args = _tiny_job(tmp_path, synthetic_pair, "run", "trainer.max_epochs=1")
     for key, value in SLURM_LIKE_ENV.items():
         monkeypatch.setenv(key, value)
     requeued: list[str] = []
-    monkeypatch.setattr(checkpointing, "_requeue_slurm_job", lambda: requeued.append("requeue"))
+    monkeypatch.setattr(stop_signals, "requeue_slurm_job", lambda: requeued.append("requeue"))
     trainers = []
 
     def make_trainer(cfg, run_dir, loggers, training, **kwargs):
