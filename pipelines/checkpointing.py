@@ -25,6 +25,7 @@ results) to the same run uninterrupted. How:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import random
 import signal
@@ -225,6 +226,13 @@ class RequeueEvaluation(_StopOnSignal):
         if trainer.is_global_zero:
             stop_signals.requeue_slurm_job()
         raise TrainingInterrupted("SIGUSR1", None)
+
+    def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        # Under DDP a process that is ahead waits for the others inside the test step (the evaluator
+        # gathers each complete category): it stops there too, or it would wait for processes that stopped.
+        evaluator = getattr(pl_module, "evaluator", None)
+        if evaluator is not None and hasattr(evaluator, "while_waiting"):
+            evaluator.while_waiting = functools.partial(self._stop_if_signalled, trainer)
 
     def on_test_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         self._stop_if_signalled(trainer)

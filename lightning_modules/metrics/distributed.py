@@ -12,7 +12,8 @@ the test step to issue no other collective per step (zsad's do not: the requeue 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -57,14 +58,31 @@ def expected_samples(
 
 
 def gather_category(
-    category: int, states: dict[str, Tensor], device: torch.device, group: Any = None
+    category: int,
+    states: dict[str, Tensor],
+    device: torch.device,
+    group: Any = None,
+    while_waiting: Callable[[], None] | None = None,
 ) -> dict[str, Tensor]:
     """One category's flat states of every process, concatenated in rank order (each state keeps its
     dtype; ``device`` is where the collectives run, e.g. the GPU under NCCL; ``group``: all processes when
-    None). Raises the same error on every
-    process when the processes are not finishing the same category (they would be out of step)."""
-    header = gather_all_tensors(torch.tensor([category], dtype=torch.int64, device=device), group)
-    ranks_at = [int(h) for h in header]
+    None). Raises the same error on every process when the processes are not finishing the same category
+    (they would be out of step).
+
+    A process that is ahead waits here for the others, polling, so that signal handlers run meanwhile;
+    ``while_waiting`` is called between polls and may raise to give up (on a requeue signal: the others
+    stop at the end of their batch instead of joining)."""
+    header = torch.tensor([category], dtype=torch.int64, device=device)
+    headers = [torch.zeros_like(header) for _ in range(torch.distributed.get_world_size(group))]
+    work = torch.distributed.all_gather(headers, header, group=group, async_op=True)
+    delay = 0.0005
+    while not work.is_completed():  # the others may still be scoring their batches
+        if while_waiting is not None:
+            while_waiting()
+        time.sleep(delay)
+        delay = min(2 * delay, 0.05)
+    work.wait()
+    ranks_at = [int(h) for h in headers]
     if len(set(ranks_at)) != 1:
         raise RuntimeError(
             f"evaluation processes are out of step: finishing categories {ranks_at} (one per rank); "

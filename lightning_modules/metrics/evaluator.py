@@ -9,7 +9,7 @@ all arrived are scored and their pixels freed during the epoch, under DDP too (:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -63,7 +63,8 @@ class AnomalyEvaluator(Metric):
     all processes (:func:`~.distributed.gather_category`); a process holds its share of the category in
     progress plus, while finishing one, the gathered category. A padding duplicate that arrives after its
     category was finished is not stored; the test step must issue no collective of its own per step (every
-    process must finish the same categories in the same order). Without ``expected_samples`` (a custom or
+    process must finish the same categories in the same order). :attr:`while_waiting`, when set, is called
+    while a process waits for the others and may raise to stop (zsad's requeue signal does). Without ``expected_samples`` (a custom or
     shuffled sampler, sizes unknown) DDP falls back to holding every pixel until the end of the epoch, when
     the states are gathered; the numbers are the same. torchmetrics options pass through ``kwargs`` (e.g.
     ``compute_on_cpu=True`` keeps the pixel states of a GPU run in host memory).
@@ -139,6 +140,8 @@ class AnomalyEvaluator(Metric):
         self._finished_curves: dict[int, CurveSet] = {}
         self._next_in_order = 0
         self.peak_stored_pixel_samples = 0
+        # Called while this process waits for the others to finish a category; may raise to stop.
+        self.while_waiting: Callable[[], None] | None = None
         self._state_dtypes = {
             "img_category": torch.int64,
             "img_sample": torch.int64,
@@ -310,7 +313,9 @@ class AnomalyEvaluator(Metric):
             local = {name: self._cat(name)[rows] for name in self._IMAGE_STATES}
             pixels = self._category_chunks(ci)
             local.update({name: self._cat_chunks(name, pixels) for name in self._PIXEL_STATES})
-            with self._states_replaced(gather_category(ci, local, self.device, self.process_group)):
+            with self._states_replaced(
+                gather_category(ci, local, self.device, self.process_group, self.while_waiting)
+            ):
                 arrived = int(torch.unique(self._cat("img_sample")).numel())
                 if arrived != self.samples_per_category[ci]:
                     raise ValueError(

@@ -350,6 +350,26 @@ class SignalAtTestBatch(Callback):
             os.kill(os.getpid(), self.signum)
 
 
+def test_sigusr1_reaches_a_process_waiting_for_the_others_inside_the_test_step(monkeypatch):
+    """Under DDP the evaluator waits for the other processes when it finishes a category; the requeue
+    signal stops it there as at the end of a batch (the others stop at theirs instead of joining)."""
+    from types import SimpleNamespace
+
+    from lightning_modules.metrics import AnomalyEvaluator
+    from pipelines import checkpointing
+
+    requeued: list[str] = []
+    monkeypatch.setattr(checkpointing, "_requeue_slurm_job", lambda: requeued.append("requeue"))
+    callback = checkpointing.RequeueEvaluation()
+    module = SimpleNamespace(evaluator=AnomalyEvaluator(["a"]))
+    callback.on_test_batch_start(SimpleNamespace(is_global_zero=True), module, {}, 0)
+    module.evaluator.while_waiting()  # no signal yet: keeps waiting
+    callback._on_signal(signal.SIGUSR1, None)
+    with pytest.raises(checkpointing.TrainingInterrupted, match="SIGUSR1"):
+        module.evaluator.while_waiting()
+    assert requeued == ["requeue"]
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The `srun` command is available")
 def test_sigusr1_during_evaluation_under_slurm_is_zsads_requeue_not_lightnings(

@@ -3,12 +3,19 @@ the categories one by one); the two-process runs are in test_metrics_ddp.py."""
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+from pathlib import Path
+
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from lightning_modules.metrics import AnomalyEvaluator
-from lightning_modules.metrics.distributed import expected_samples, loader_sample_ids
+from lightning_modules.metrics.distributed import expected_samples, gather_category, loader_sample_ids
 
 
 def distributed_loader(n: int, world: int, rank: int, **options) -> DataLoader:
@@ -58,3 +65,41 @@ def test_expected_samples_need_the_category_sizes():
         AnomalyEvaluator(["a", "b"], expected_samples=[{0}, {1}])
     with pytest.raises(ValueError, match="one set of sample ids per category"):
         AnomalyEvaluator(["a", "b"], samples_per_category=[1, 1], expected_samples=[{0}])
+
+
+def _ahead_process_gives_up_waiting(rank: int, port: int, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    gave_up = Path(folder, "gave_up")
+    cpu = torch.device("cpu")
+    if rank == 0:
+        polls: list[int] = []
+
+        def stop_after_three_polls() -> None:
+            polls.append(1)
+            if len(polls) == 3:
+                raise InterruptedError("requeue signal")
+
+        with pytest.raises(InterruptedError):
+            gather_category(1, {"x": torch.arange(2)}, cpu, while_waiting=stop_after_three_polls)
+        gave_up.write_text("after 3 polls")
+    else:  # behind: joins that category only once the other process gave up
+        deadline = time.monotonic() + 60
+        while not gave_up.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gave_up.exists()
+        dist.all_gather([torch.zeros(1, dtype=torch.int64)] * 2, torch.tensor([1]))  # the pending header
+    # the next category: uneven shares, kept dtypes, rank order
+    states = {"x": torch.arange(3 + rank, dtype=torch.float16), "n": torch.full((rank,), 7)}
+    got = gather_category(2, states, cpu)
+    assert got["x"].tolist() == [0, 1, 2, 0, 1, 2, 3] and got["x"].dtype == torch.float16
+    assert got["n"].tolist() == [7]
+    dist.destroy_process_group()
+
+
+def test_a_process_waiting_for_the_others_can_give_up_and_gathers_keep_rank_order(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    mp.spawn(_ahead_process_gives_up_waiting, args=(port, str(tmp_path)), nprocs=2, join=True)
+    assert (tmp_path / "gave_up").read_text() == "after 3 polls"
