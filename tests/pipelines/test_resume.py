@@ -356,10 +356,11 @@ def test_sigusr1_reaches_a_process_waiting_for_the_others_inside_the_test_step(m
     from types import SimpleNamespace
 
     from lightning_modules.metrics import AnomalyEvaluator
-    from pipelines import checkpointing
+    from pipelines import checkpointing, stop_signals
 
     requeued: list[str] = []
-    monkeypatch.setattr(checkpointing, "_requeue_slurm_job", lambda: requeued.append("requeue"))
+    monkeypatch.setattr(stop_signals, "requeue_slurm_job", lambda: requeued.append("requeue"))
+    monkeypatch.setattr(stop_signals, "_record", stop_signals._Record())  # this test's signal stays here
     callback = checkpointing.RequeueEvaluation()
     module = SimpleNamespace(evaluator=AnomalyEvaluator(["a"]))
     callback.on_test_batch_start(SimpleNamespace(is_global_zero=True), module, {}, 0)
