@@ -193,8 +193,6 @@ def _stub_modules() -> None:
 
 
 def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
-    from parity_vand import _old_pillow_fromarray
-
     sys.path.insert(0, str(official))  # before benchmarks/ (which has its own metrics.py)
     _stub_modules()
     import AnomalyCLIP_lib
@@ -213,7 +211,7 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
 
     categories = list(ps.CATEGORIES)
     dataset.generate_class_info = lambda name: (categories, {c: i for i, c in enumerate(categories)})
-    dataset.Image.fromarray = _old_pillow_fromarray(dataset.Image.fromarray)
+    dataset.Image.fromarray = ps.old_pillow_fromarray(dataset.Image.fromarray)
     solver = MVTecSolver(root=str(root))
     solver.CLSNAMES = categories
     solver.run()

@@ -44,37 +44,50 @@ WEIGHTS_SEED = 0
 IMAGES_SEED = 7
 CATEGORIES = ("disc", "weave")  # synthetic "industrial" categories (no underscores: same word either way)
 IMAGE_FILE_SIZE = 100  # px; not the model's size, so each side's resize runs
+# The same tower with 12 vision blocks, for official code that rebuilds or reads the last 12 blocks
+# (APRIL-GAN's ViT reads the 12th block's attention, AnoVL's forward replaces the attention of blocks
+# -1..-12 with its V-V surgery).
+PARITY_MODEL_12 = "zsad-parity-vit-240-12"
+PARITY_MODELS: dict[str, dict[str, Any]] = {
+    PARITY_MODEL: PARITY_MODEL_CONFIG,
+    PARITY_MODEL_12: {
+        **PARITY_MODEL_CONFIG,
+        "vision_cfg": {**PARITY_MODEL_CONFIG["vision_cfg"], "layers": 12},
+    },
+}
 
 
 def write_model_config(folder: Path, config: dict[str, Any] | None = None, name: str = PARITY_MODEL) -> Path:
     """The parity model's open_clip JSON in ``folder`` (for open_clip.add_model_config or a vendored copy)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
-    path.write_text(json.dumps(config or PARITY_MODEL_CONFIG, indent=2))
+    path.write_text(json.dumps(config or PARITY_MODELS[name], indent=2))
     return path
 
 
-def register_parity_model() -> None:
-    """Make :data:`PARITY_MODEL` known to the installed open_clip."""
-    if PARITY_MODEL not in open_clip.list_models():
-        open_clip.add_model_config(write_model_config(Path(tempfile.mkdtemp(prefix="zsad-parity-"))))
+def register_parity_model(name: str = PARITY_MODEL, clip_package: Any = open_clip) -> None:
+    """Make the parity model ``name`` (a key of :data:`PARITY_MODELS`) known to ``clip_package``: the
+    installed open_clip, or an official checkout's vendored copy (same ``list_models``/``add_model_config``)."""
+    if name not in clip_package.list_models():
+        folder = Path(tempfile.mkdtemp(prefix="zsad-parity-"))
+        clip_package.add_model_config(write_model_config(folder, PARITY_MODELS[name], name))
 
 
-def parity_state_dict(seed: int = WEIGHTS_SEED) -> dict[str, torch.Tensor]:
+def parity_state_dict(seed: int = WEIGHTS_SEED, name: str = PARITY_MODEL) -> dict[str, torch.Tensor]:
     """The random weights both sides load: open_clip's initialisation after ``torch.manual_seed(seed)``."""
-    register_parity_model()
+    register_parity_model(name)
     torch.manual_seed(seed)
-    model = open_clip.create_model(PARITY_MODEL, pretrained=None)
+    model = open_clip.create_model(name, pretrained=None)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def parity_clip(state_dict: dict[str, torch.Tensor] | None = None):
-    """``(model, tokenizer)``: the parity CLIP in eval mode, frozen, with ``state_dict`` (default seed)."""
-    register_parity_model()
-    model = open_clip.create_model(PARITY_MODEL, pretrained=None)
-    model.load_state_dict(state_dict if state_dict is not None else parity_state_dict())
+def parity_clip(state_dict: dict[str, torch.Tensor] | None = None, name: str = PARITY_MODEL):
+    """``(model, tokenizer)``: the parity CLIP ``name`` in eval mode, frozen, with ``state_dict`` (default seed)."""
+    register_parity_model(name)
+    model = open_clip.create_model(name, pretrained=None)
+    model.load_state_dict(state_dict if state_dict is not None else parity_state_dict(name=name))
     model.eval().requires_grad_(False)
-    return model, open_clip.get_tokenizer(PARITY_MODEL)
+    return model, open_clip.get_tokenizer(name)
 
 
 def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> np.ndarray:
@@ -149,6 +162,20 @@ def parity_inputs(folder: Path, fixture: dict[str, np.ndarray], state_dict: dict
         weights_fingerprint(state_dict), fixture["weights_fingerprint"], rtol=1e-12, atol=1e-12
     )
     return root
+
+
+def old_pillow_fromarray(fromarray):
+    """``Image.fromarray`` as the authors' datasets need it (their module's ``Image.fromarray`` is replaced
+    by it): Pillow < 11 accepted ``fromarray(float64 array, mode="L")`` and read the first bytes of its
+    buffer (the authors' all-zero mask of a normal image: zeros either way); Pillow >= 11 refuses."""
+
+    def wrapped(array, mode=None):
+        array = np.asarray(array)
+        if mode == "L" and array.dtype != np.uint8:
+            array = np.frombuffer(array.tobytes(), np.uint8)[: array.size].reshape(array.shape)
+        return fromarray(array, mode=mode)
+
+    return wrapped
 
 
 def parity_arguments(

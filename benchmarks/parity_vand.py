@@ -34,23 +34,15 @@ FIXTURE = ps.FIXTURES / "vand.npz"
 IMAGE_SIZE = 240
 FEATURE_LAYERS = [3, 6, 9, 12]
 HEADS_SEED = 1
-VAND_MODEL = "zsad-parity-vit-240-12"
-VAND_MODEL_CONFIG = {
-    **ps.PARITY_MODEL_CONFIG,
-    "vision_cfg": {**ps.PARITY_MODEL_CONFIG["vision_cfg"], "layers": 12},
-}
+VAND_MODEL = ps.PARITY_MODEL_12  # their ViT reads the 12th block
+VAND_MODEL_CONFIG = ps.PARITY_MODELS[VAND_MODEL]
 COMPARED = ("images", "masks", "text", "image_embedding", "tokens", "maps", "image_scores", "loss", "grads")
 METRICS = ("pixel_auroc", "image_auroc", "image_ap", "pixel_ap", "aupro_cflow")  # compared with zsad
 # the last official column, test.py's own call of cal_pro_score, is printed, not compared
 
 
 def vand_state_dict(seed: int = ps.WEIGHTS_SEED) -> dict[str, torch.Tensor]:
-    import open_clip
-
-    folder = Path(tempfile.mkdtemp(prefix="zsad-parity-"))
-    open_clip.add_model_config(ps.write_model_config(folder, VAND_MODEL_CONFIG, VAND_MODEL))
-    torch.manual_seed(seed)
-    return open_clip.create_model(VAND_MODEL, pretrained=None).state_dict()
+    return ps.parity_state_dict(seed, VAND_MODEL)
 
 
 def heads_state_dict(width: int, dim: int) -> dict[str, torch.Tensor]:
@@ -67,17 +59,12 @@ def _step(maps_per_layer, loss, heads) -> dict[str, np.ndarray]:
 
 
 def zsad_outputs(root: Path) -> dict[str, np.ndarray]:
-    import open_clip
-
     from datamodules import AnomalyDataModule, DataConfig
     from lightning_modules.clip.config import BackboneConfig
     from lightning_modules.metrics import binary_auroc, binary_average_precision, legacy_cflow_aupro
     from lightning_modules.vand import VAND, VANDConfig, VANDModule
 
-    state = vand_state_dict()
-    model = open_clip.create_model(VAND_MODEL, pretrained=None)
-    model.load_state_dict(state)
-    model.eval().requires_grad_(False)
+    model, tokenizer = ps.parity_clip(vand_state_dict(), VAND_MODEL)
     cfg = VANDConfig(
         backbone=BackboneConfig(name=VAND_MODEL, pretrained=None, image_size=IMAGE_SIZE),
         feature_layers=list(FEATURE_LAYERS),
@@ -85,7 +72,7 @@ def zsad_outputs(root: Path) -> dict[str, np.ndarray]:
         mosaic_rate=0.0,
         cache_features=False,
     )
-    vand = VAND(cfg, model, open_clip.get_tokenizer(VAND_MODEL))
+    vand = VAND(cfg, model, tokenizer)
     heads = heads_state_dict(vand.vision.width, vand.vision.output_dim)
     vand.heads.load_state_dict({k.removeprefix("fc."): v for k, v in heads.items()})
     data = AnomalyDataModule(
@@ -140,19 +127,6 @@ class _CpuZeros:
         return torch.zeros(*args, **kwargs).as_subclass(_Stay)
 
 
-def _old_pillow_fromarray(fromarray):
-    """Pillow < 11 accepted ``fromarray(float64 array, mode="L")`` and read the first bytes of its buffer
-    (the authors' all-zero mask of a normal image: zeros either way); Pillow >= 11 refuses."""
-
-    def wrapped(array, mode=None):
-        array = np.asarray(array)
-        if mode == "L" and array.dtype != np.uint8:
-            array = np.frombuffer(array.tobytes(), np.uint8)[: array.size].reshape(array.shape)
-        return fromarray(array, mode=mode)
-
-    return wrapped
-
-
 def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
     import open_clip  # the authors' vendored copy (the official folder leads PYTHONPATH)
     import open_clip.transformer as vendored_transformer
@@ -168,9 +142,8 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     vendored_transformer.torch = _CpuZeros()
     import dataset
 
-    dataset.Image.fromarray = _old_pillow_fromarray(dataset.Image.fromarray)
-    folder = Path(tempfile.mkdtemp(prefix="zsad-parity-"))
-    open_clip.add_model_config(ps.write_model_config(folder, VAND_MODEL_CONFIG, VAND_MODEL))
+    dataset.Image.fromarray = ps.old_pillow_fromarray(dataset.Image.fromarray)
+    ps.register_parity_model(VAND_MODEL, open_clip)
     model, _, preprocess = open_clip.create_model_and_transforms(VAND_MODEL, IMAGE_SIZE, pretrained=None)
     model.load_state_dict(torch.load(weights, weights_only=True))
     model.eval()

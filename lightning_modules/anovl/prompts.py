@@ -3,7 +3,8 @@
 Seven normal/abnormal state pairs, each put into 22 sentence templates per "domain" (the medium the
 picture is said to be: an industrial photo, a manufacturing image, ...). Objects and textures get
 different media, as in the authors' ``prompt_ensemble.py``; the sentence order (templates outer, states
-inner) is theirs too, although only the averages and the span of all embeddings are used.
+inner) is theirs too: it is the row order of the TTA adapter's prompt span, so with the same random
+initialisation both adapt the same way.
 
 The ensembles are :class:`~lightning_modules.clip.prompts.PromptEnsemble` objects like the baselines';
 AnoVL's states differ from WinCLIP's ("normal {}" and four more abnormal states), and its templates depend
@@ -83,10 +84,9 @@ def anovl_ensemble(kind: str, templates_per_domain: int | None = None) -> Prompt
     """7 state pairs x (3 media x 22 templates) for one kind of category.
 
     ``templates_per_domain`` keeps only the first templates of each medium (the tiny test configs use it
-    to stay fast; ``None`` is the authors' full set). Sentence order differs from the authors' (states
-    outer): only the per-state means and the span of all embeddings are used, so it does not matter.
+    to stay fast; ``None`` is the authors' full set). Sentences are template-major, as the authors'.
     """
     if kind not in MEDIA:
         raise ValueError(f"prompt kind must be one of {sorted(MEDIA)}, got {kind!r}")
     templates = tuple(t for medium in MEDIA[kind] for t in domain_templates(medium)[:templates_per_domain])
-    return PromptEnsemble(NORMAL_STATES, ABNORMAL_STATES, templates)
+    return PromptEnsemble(NORMAL_STATES, ABNORMAL_STATES, templates, template_major=True)

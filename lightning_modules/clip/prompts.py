@@ -24,12 +24,17 @@ class PromptEnsemble:
     normal_states: tuple[str, ...]
     abnormal_states: tuple[str, ...]
     templates: tuple[str, ...]
+    # Sentence order: states outer (the default) or templates outer, states inner (AnoVL's
+    # prompt_ensemble.py: there the order is also the row order of the TTA adapter's prompt span).
+    template_major: bool = False
 
     def sentences(self, word: str) -> tuple[list[str], list[str]]:
-        """``(normal sentences, anomalous sentences)`` for one object word, state-major."""
+        """``(normal sentences, anomalous sentences)`` for one object word, state- or template-major."""
 
         def expand(states: tuple[str, ...]) -> list[str]:
-            return [template.format(state.format(word)) for state in states for template in self.templates]
+            if self.template_major:
+                return [t.format(s.format(word)) for t in self.templates for s in states]
+            return [t.format(s.format(word)) for s in states for t in self.templates]
 
         return expand(self.normal_states), expand(self.abnormal_states)
 

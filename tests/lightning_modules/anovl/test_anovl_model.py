@@ -26,6 +26,12 @@ def test_prompts_are_seven_state_pairs_times_66_domain_templates():
     assert len(normal) == len(abnormal) == 7 * 66 and len(set(normal)) == 7 * 66
     assert "an industrial photo of a flawless metal nut for visual inspection" in normal
     assert "a manufacturing image of the metal nut with defect" in abnormal
+    # template-major as the authors' prompt_ensemble.py (the row order of the TTA adapter's prompt span)
+    assert normal[:2] == [
+        "a cropped industrial photo of the normal metal nut",
+        "a cropped industrial photo of the flawless metal nut",
+    ]
+    assert abnormal[7] == "a cropped industrial photo of a damaged metal nut"
     texture, _ = anovl_ensemble("texture").sentences("carpet")
     assert any("surface picture" in s for s in texture) and not any("manufacturing" in s for s in texture)
     assert prompt_kind("carpet", "carpet", "industrial", ["carpet"]) == "texture"

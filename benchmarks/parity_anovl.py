@@ -1,0 +1,554 @@
+"""AnoVL parity: the authors' vl_test.py and zsad on the same tiny random-weight CLIP and image files.
+
+    python benchmarks/parity_anovl.py --official /tmp/anovl --official-env /tmp/anovl-env [--write-fixture]
+
+``--official`` is a checkout of hq-deng/AnoVL (its folder leads the official side's ``sys.path``, so
+``import open_clip`` is the authors' vendored copy); ``--official-env`` holds what vl_test.py imports beyond
+zsad's environment (kornia, scikit-image, tabulate, ``setuptools<81`` for ``pkg_resources``; docs/methods.md
+gives the pip line). Nothing is fetched.
+
+The official side (a subprocess) writes ``meta.json`` with the authors' ``data/mvtec.py`` solver (class list
+set to the generated categories) and runs **their ``vl_test.test(args)`` itself**, with the arguments of
+``test_zero_shot.sh`` (``--features_list 3 6 9 12 --image_size 240 --adapter True --epoch 5 --seed 111``)
+on the parity CLIP: their ``MVTecDataset`` and ``get_data_transforms`` (bilinear resize), vendored
+``create_model_and_transforms`` (the parity state dict loaded into it as it is: the vendored open_clip has
+the installed one's key layout), ``encode_text_with_prompt_ensemble``, ``aug`` (22 views), V-V surgery on all
+12 blocks, ``LinearLayer``, ``TextAdapter`` + ``loss_func`` + one ``AdamW`` per class for 5 steps per image,
+pooling, upsampling and their metrics. What they compute is read, not recomputed: the per-image results and
+per-class metrics from ``test``'s own locals (``sys.settrace``), the texts, tokens, views, losses and every
+AdamW step's gradients and updated weights through wrappers and torch's global optimizer hooks.
+
+What is changed on the official side, and why:
+
+- **random draws**: the adapter's re-initialisation (their ``weight_reset``: ``nn.Linear``'s
+  ``U(-1/sqrt(D), 1/sqrt(D))``) and the feature noise (``torch.normal(0, 0.05 * 1.1, ...)`` in
+  ``TextAdapter.aug``) come from the global RNG, interleaved with the views' ``randperm``; neither side can
+  replay the other's stream, so both draw them from one generator per image seeded by :func:`draw_seed`,
+  in zsad's order (weight, bias, then each step's noise): same distribution, same numbers on both sides;
+- the solver's ``os.listdir`` (filesystem order: their TTA carries AdamW state from image to image, so the
+  order matters) is sorted, which is the order zsad's index reads;
+- ``prompt_ensemble.texture_list`` is the generated texture category (``weave``), so both template sets run;
+- Pillow >= 11's refusal of a float64 mask is undone (``parity_support.old_pillow_fromarray``), and
+  ``torch.cuda.is_available`` is false: CPU, float32.
+
+zsad's side: its datamodule with AnoVL's preprocessing, ``AnoVL.predict`` with its ``TestTimeAdaptation``
+(default ``tta.reset=image_keep_optimizer``) and seeds ``draw_seed(relative path)``, and zsad's metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import tempfile
+import types
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import parity_support as ps  # noqa: E402
+import torch  # noqa: E402
+from torch.optim.optimizer import (  # noqa: E402
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+
+FIXTURE = ps.FIXTURES / "anovl.npz"
+MODEL = ps.PARITY_MODEL_12  # their forward puts the V-V surgery on blocks -1..-12
+IMAGE_SIZE = 240
+FEATURES_LIST = [3, 6, 9, 12]  # test_zero_shot.sh; their map reads patch_tokens[6]: block 12's V-V tokens
+TTA_STEPS = 5  # --epoch 5
+OFFICIAL_SEED = 111  # --seed 111 (setup_seed): only the unused initialisations and the views' order
+TEXTURES = ("weave",)  # a texture category on both sides: its prompts use the texture media
+DRAWS_SEED = 5
+NUM_VIEWS = 22
+# vl_test.py's per-class table, in its order; zsad's counterparts are in zsad_metrics
+METRICS = (
+    "pixel_auroc",
+    "pixel_f1_max",
+    "pixel_ap",
+    "aupro_cflow",
+    "image_auroc",
+    "image_f1_max",
+    "image_aupr",
+)
+OFFICIAL_METRIC_LISTS = (
+    "auroc_px_ls",
+    "f1_px_ls",
+    "ap_px_ls",
+    "aupro_ls",
+    "auroc_sp_ls",
+    "f1_sp_ls",
+    "ap_sp_ls",
+)
+# vl_test.py's image "AP" column is auc(recall, precision) (trapezoids); zsad's image AP is the step-wise
+# sum of the ZSAD papers (sklearn's average_precision_score): a definition, compared but not expected equal
+AGREEING_METRICS = METRICS[:-1]
+MAP_SAMPLES = np.s_[:, ::12, ::12]
+TTA_SAMPLES = np.s_[..., ::160]
+ADAMW_EPS = 1e-8  # torch.optim.AdamW's default, both sides
+GRADIENT_ATOL = 1e-8  # TTA gradients (at most 3.2e-5 here) carry float32 noise of a few 1e-9
+
+
+def draw_seed(relative_path: str) -> int:
+    """The seed of an image's random draws (adapter initialisation, noise) on both sides: from its path
+    below the dataset root, so the fixture does not depend on where the files were written."""
+    return DRAWS_SEED * 1_000_003 + zlib.crc32(relative_path.encode())
+
+
+@contextlib.contextmanager
+def optimizer_steps() -> Iterator[dict[str, list[list[np.ndarray]]]]:
+    """Every optimizer step taken inside (torch's global optimizer hooks): the gradients before it and the
+    parameters after it, per adapted image: the weight and bias of one image's adapter flattened and
+    concatenated. The authors' adapter is one image's ``nn.Linear`` (weight ``[2K, D]``); zsad's stacks one
+    adapter per image along a leading dimension (weight ``[B, 2K, D]``, bias ``[B, 2K]``)."""
+    steps: dict[str, list[list[np.ndarray]]] = {"grads": [], "weights": []}
+
+    def per_image(optimizer, value: Callable[[torch.Tensor], torch.Tensor]) -> list[np.ndarray]:
+        weight, bias = (value(p).detach() for group in optimizer.param_groups for p in group["params"])
+        if weight.dim() == 2:
+            weight, bias = weight[None], bias[None]
+        return [
+            torch.cat([w.flatten(), b.flatten()]).numpy().copy() for w, b in zip(weight, bias, strict=True)
+        ]
+
+    pre = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: steps["grads"].append(per_image(opt, lambda p: p.grad))
+    )
+    post = register_optimizer_step_post_hook(
+        lambda opt, args, kwargs: steps["weights"].append(per_image(opt, lambda p: p))
+    )
+    try:
+        yield steps
+    finally:
+        pre.remove()
+        post.remove()
+
+
+def per_image_steps(records: list[list[np.ndarray]], num_images: int) -> np.ndarray:
+    """``[images, steps, parameters]`` from :func:`optimizer_steps`' records: one optimizer per image at
+    a time (the authors', zsad's default) gives steps in image order, one optimizer for the whole batch
+    (zsad's ``tta.reset=image``) all images at every step."""
+    if all(len(record) == 1 for record in records):
+        return np.stack([record[0] for record in records]).reshape(num_images, TTA_STEPS, -1)
+    return np.stack([np.stack(record) for record in records], axis=1)
+
+
+def zsad_config(**overrides):
+    from lightning_modules.anovl import AnoVLConfig
+    from lightning_modules.clip.config import BackboneConfig
+
+    cfg = AnoVLConfig(
+        backbone=BackboneConfig(name=MODEL, pretrained=None, image_size=IMAGE_SIZE),
+        texture_categories=list(TEXTURES),
+    )
+    for key, value in overrides.items():
+        target = cfg
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = getattr(target, parent)
+        setattr(target, leaf, value)
+    return cfg
+
+
+def zsad_metrics(maps, masks, scores, labels) -> list[float]:
+    """zsad's counterparts of vl_test.py's per-class table (:data:`METRICS`)."""
+    from lightning_modules.metrics import binary_auroc, binary_average_precision, f1_max, legacy_cflow_aupro
+
+    return [
+        binary_auroc(maps, masks),
+        f1_max(maps, masks),
+        binary_average_precision(maps, masks),
+        legacy_cflow_aupro(maps, masks, fpr_limit=0.3),
+        binary_auroc(scores, labels),
+        f1_max(scores, labels),
+        binary_average_precision(scores, labels),
+    ]
+
+
+def per_category_metrics(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """``[C, len(METRICS)]``: zsad's metrics on one side's maps and image scores, per category."""
+    rows = []
+    for c in range(len(outputs["categories"])):
+        sel = outputs["category_ids"] == c
+        maps, masks = torch.from_numpy(outputs["maps"][sel]), torch.from_numpy(outputs["masks"][sel] > 0.5)
+        scores, labels = (
+            torch.from_numpy(outputs["image_scores"][sel]),
+            torch.from_numpy(outputs["labels"][sel]),
+        )
+        rows.append(zsad_metrics(maps, masks, scores, labels))
+    return np.asarray(rows)
+
+
+def weights_agree(
+    official_grads: np.ndarray, official_weights: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    """Per element ``[images, steps, parameters]``: the adapter's weights after each AdamW step within
+    ``1e-6 + sum over the image's steps so far of lr * GRADIENT_ATOL / (|g| + eps)``.
+
+    Why: both sides re-initialise the weights per image from the same draws, so a weight's difference is
+    the sum of its updates' differences. An update ``lr * m/(sqrt(v) + eps)`` turns a gradient difference
+    ``dg`` into about ``lr * dg / (|g| + eps)``: negligible where ``|g|`` is large, but up to
+    ``lr * dg / eps`` (1e-4 for ``dg = 1e-9``) where the gradient is near AdamW's eps (1e-8), which the
+    random-weight CLIP's flat loss (about ln 4) produces for many elements. The 1e-6 covers
+    float rounding and the moments carried over from the category's earlier images.
+    """
+    from lightning_modules.anovl import TTAConfig
+
+    sensitivity = TTAConfig.lr * GRADIENT_ATOL / (np.abs(official_grads.astype(np.float64)) + ADAMW_EPS)
+    tolerance = 1e-6 + np.cumsum(sensitivity, axis=1)
+    return np.abs(official_weights.astype(np.float64) - weights) <= tolerance
+
+
+def zsad_outputs(root: Path, cfg=None, views: bool = True) -> dict[str, np.ndarray]:
+    """zsad on the files under ``root``: inputs, texts, features, scores, maps, TTA, metrics and, with
+    ``views``, the embeddings of the 22 views (a second pass through the ViT)."""
+    from datamodules import AnomalyDataModule, DataConfig
+    from lightning_modules.anovl import AnoVL, AnoVLModule
+    from lightning_modules.anovl.model import anovl_views
+
+    clip, tokenizer = ps.parity_clip(name=MODEL)
+    cfg = cfg or zsad_config()
+    model = AnoVL(cfg, clip, tokenizer)
+    module = AnoVLModule(cfg, model=model)
+    data = AnomalyDataModule(
+        DataConfig(name="synthetic", root=str(root), num_workers=0, eval_batch_size=64),
+        IMAGE_SIZE,
+        module.preprocessing,
+    )
+    module.bind_data(data)
+    batch = next(iter(data.test_dataloader()))
+    images, masks, labels, ids = batch["image"], batch["mask"], batch["label"], batch["category_id"]
+    paths = [str(Path(p).relative_to(root)) for p in batch["image_path"]]
+    categories = module.batch_categories(batch)
+    text = module.batch_text(categories)
+    seeds = [draw_seed(p) for p in paths]
+    with optimizer_steps() as steps:  # model.predict in two steps, for the pooled grid
+        out = model.text_branch(images, text, tta=module.tta, seeds=seeds, categories=categories)
+    scores, maps = model.scores_and_maps(out, tuple(masks.shape[-2:]))
+    features = out.features
+    texts = [module.category_text(c) for c in data.categories]
+    n = len(paths)
+    result = {
+        "paths": np.array(paths),
+        "categories": np.array(list(data.categories)),
+        "category_ids": ids.numpy(),
+        "labels": labels.numpy(),
+        "images": images.numpy(),
+        "masks": masks.numpy(),
+        "text_classes": torch.stack([t.classes for t in texts]).numpy(),
+        "text_prompts": torch.stack([t.prompts for t in texts]).numpy(),
+        "class_embedding": features.class_embedding.numpy(),
+        "tokens": features.patch_tokens.numpy(),
+        "image_scores": scores.numpy(),
+        "grids": out.grid.detach().numpy(),
+        "maps": maps.detach().numpy(),
+        "tta_losses": torch.stack(module.tta.last_losses, dim=1).numpy(),
+        "tta_grads": per_image_steps(steps["grads"], n),
+        "tta_weights": per_image_steps(steps["weights"], n),
+    }
+    if views:
+        with torch.no_grad():
+            embeddings = model.image_embedding(model.plain_vision(anovl_views(images)).class_token)
+        result["view_embeddings"] = embeddings.reshape(NUM_VIEWS, n, -1).numpy()
+    return result | {"metrics": per_category_metrics(result)}
+
+
+# --- the official side (a subprocess with the checkout first on sys.path) ------------------------------
+@contextlib.contextmanager
+def locals_of(function: Callable, names: tuple[str, ...]) -> Iterator[dict[str, list[Any]]]:
+    """The objects bound to the local ``names`` of ``function`` while it runs (``sys.settrace``, per line),
+    distinct objects in order: vl_test.test keeps its results in locals and rebinds ``results`` to the
+    printed table at its end, so the dict is the first binding."""
+    seen: dict[str, list[Any]] = {name: [] for name in names}
+    code = function.__code__
+
+    def local(frame, event, arg):
+        for name in names:
+            value = frame.f_locals.get(name)
+            if value is not None and not any(v is value for v in seen[name]):
+                seen[name].append(value)
+        return local
+
+    previous = sys.gettrace()
+    sys.settrace(lambda frame, event, arg: local if frame.f_code is code else None)
+    try:
+        yield seen
+    finally:
+        sys.settrace(previous)
+
+
+class _SeededDraws:
+    """The official side's random draws of the TTA, from the current image's generator (see the module
+    docstring): ``weight_reset`` replaces vl_test's, ``normal`` model.py's ``torch.normal``."""
+
+    def __init__(self) -> None:
+        self.generator: torch.Generator | None = None
+
+    def start_image(self, relative_path: str) -> None:
+        self.generator = torch.Generator().manual_seed(draw_seed(relative_path))
+
+    def weight_reset(self, module: torch.nn.Module) -> None:
+        if isinstance(module, torch.nn.Linear):  # nn.Linear.reset_parameters' bounds, zsad's draw order
+            bound = 1.0 / math.sqrt(module.in_features)
+            with torch.no_grad():
+                for p in (module.weight, module.bias):
+                    p.copy_((torch.rand(p.shape, generator=self.generator) * 2 - 1) * bound)
+
+    def normal(self, mean: float, std: float, size) -> torch.Tensor:
+        """model.py's ``torch.normal(0, std, shape)``, as zsad draws it: ``randn(shape) * std``."""
+        return torch.randn(size, generator=self.generator) * std + mean
+
+
+class _ModuleWith:
+    """A module with some attributes replaced (for an official module's ``torch`` or ``F``)."""
+
+    def __init__(self, module: types.ModuleType, **replaced) -> None:
+        self._module, self._replaced = module, replaced
+
+    def __getattr__(self, name):
+        return self._replaced[name] if name in self._replaced else getattr(self._module, name)
+
+
+def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
+    import open_clip  # the authors' vendored copy (the official folder leads PYTHONPATH)
+
+    assert Path(open_clip.__file__).is_relative_to(official), open_clip.__file__
+    import dataset
+    import model as official_model
+    import prompt_ensemble
+    import utils
+    import vl_test
+    from data import mvtec
+
+    categories = list(ps.CATEGORIES)
+    mvtec.os = types.SimpleNamespace(listdir=lambda path: sorted(os.listdir(path)))
+    solver = mvtec.MVTecSolver(root=str(root))
+    solver.CLSNAMES = categories
+    solver.run()
+    prompt_ensemble.texture_list = list(TEXTURES)
+    dataset.Image.fromarray = ps.old_pillow_fromarray(dataset.Image.fromarray)
+    ps.register_parity_model(MODEL, open_clip)
+    work = Path(tempfile.mkdtemp(prefix="zsad-parity-anovl-"))
+    config_path = ps.write_model_config(work, name=MODEL)
+
+    record: dict[str, Any] = {
+        "items": [],
+        "texts": None,
+        "encoded": [],
+        "perms": [],
+        "tokens": {},
+        "losses": [],
+        "grids": [],
+    }
+    draws = _SeededDraws()
+    current = {"index": -1}
+
+    create = open_clip.create_model_and_transforms
+
+    def create_parity_model(name, img_size, pretrained=None, **kwargs):
+        model, train_transform, val_transform = create(name, img_size, pretrained=None, **kwargs)
+        model.load_state_dict(torch.load(weights, weights_only=True))
+        encode_image = model.encode_image
+
+        def recorded_encode_image(image, out_layers, normalize=False):
+            pooled, tokens = encode_image(image, out_layers, normalize)
+            record["encoded"].append(pooled[:, 0].detach().clone())
+            return pooled, tokens
+
+        model.encode_image = recorded_encode_image
+        return model, train_transform, val_transform
+
+    getitem = dataset.MVTecDataset.__getitem__
+
+    def recorded_getitem(self, index):
+        item = getitem(self, index)
+        relative = str(Path(item["img_path"]).relative_to(root))
+        record["items"].append({"path": relative, "img": item["img"], "mask": item["img_mask"]})
+        current["index"] = len(record["items"]) - 1
+        draws.start_image(relative)
+        return item
+
+    encode_texts = vl_test.encode_text_with_prompt_ensemble
+
+    def recorded_encode_texts(*args, **kwargs):
+        record["texts"] = encode_texts(*args, **kwargs)
+        return record["texts"]
+
+    resize_tokens = vl_test.resize_tokens
+
+    def recorded_resize_tokens(x):
+        record["tokens"][current["index"]] = x.detach().clone()
+        return resize_tokens(x)
+
+    loss_func = vl_test.loss_func
+
+    def recorded_loss_func(pred):
+        loss = loss_func(pred)
+        record["losses"].append(float(loss))
+        return loss
+
+    def recorded_randperm(n, *args, **kwargs):
+        perm = torch.randperm(n, *args, **kwargs)
+        record["perms"].append(perm.clone())
+        return perm
+
+    def recorded_interpolate(grid, *args, **kwargs):
+        if grid.shape[:2] == (1, 1):  # the final map's pooled grid (the views' map has 2 channels)
+            record["grids"].append(grid[0, 0].detach().clone())
+        return torch.nn.functional.interpolate(grid, *args, **kwargs)
+
+    args = types.SimpleNamespace(
+        data_path=str(root),
+        save_path=str(work / "results"),
+        config_path=str(config_path),
+        dataset="mvtec",
+        model=MODEL,
+        pretrained="parity",  # not loaded: create_parity_model loads the parity weights
+        features_list=list(FEATURES_LIST),
+        few_shot_features=[3, 6, 9],
+        image_size=IMAGE_SIZE,
+        mode="zero_shot",
+        adapter=True,
+        epoch=TTA_STEPS,
+        k_shot=10,
+        seed=OFFICIAL_SEED,
+    )
+    vl_test.setup_seed(args.seed)
+    with contextlib.ExitStack() as stack:
+        for target, name, value in (
+            (open_clip, "create_model_and_transforms", create_parity_model),
+            (dataset.MVTecDataset, "__getitem__", recorded_getitem),
+            (vl_test, "encode_text_with_prompt_ensemble", recorded_encode_texts),
+            (vl_test, "resize_tokens", recorded_resize_tokens),
+            (vl_test, "loss_func", recorded_loss_func),
+            (vl_test, "weight_reset", draws.weight_reset),
+            (official_model, "torch", _ModuleWith(torch, normal=draws.normal)),
+            (utils, "torch", _ModuleWith(torch, randperm=recorded_randperm)),
+            (vl_test, "F", _ModuleWith(torch.nn.functional, interpolate=recorded_interpolate)),
+            (vl_test.torch.cuda, "is_available", lambda: False),
+        ):
+            stack.enter_context(mock.patch.object(target, name, value))
+        steps = stack.enter_context(optimizer_steps())
+        local = stack.enter_context(locals_of(vl_test.test, ("results", *OFFICIAL_METRIC_LISTS)))
+        vl_test.test(args)
+    return _official_result(record, steps, local, categories)
+
+
+def _official_result(record, steps, local, categories) -> dict[str, np.ndarray]:
+    results = next(v for v in local["results"] if isinstance(v, dict))
+    n = len(record["items"])
+    paths = [item["path"] for item in record["items"]]
+    text_prompts, text_prompts_list = record["texts"]
+    encoded = record["encoded"]  # per image: the 22 views, then the image itself
+    views = []
+    for i in range(n):
+        embeddings = torch.nn.functional.normalize(encoded[2 * i], dim=-1)
+        unpermuted = torch.empty_like(embeddings)
+        unpermuted[record["perms"][i]] = embeddings  # aug's last line: views[randperm]
+        views.append(unpermuted)
+    return {
+        "paths": np.array(paths),
+        "categories": np.array(categories),
+        "category_ids": np.array([categories.index(c) for c in results["cls_names"]]),
+        "labels": np.array(results["gt_sp"]),
+        "images": torch.cat([item["img"][None] for item in record["items"]]).numpy(),
+        "masks": np.stack([m[0, 0].numpy() for m in results["imgs_masks"]]),
+        "text_classes": torch.stack([text_prompts[c].T for c in categories]).numpy(),
+        "text_prompts": torch.stack(
+            [torch.cat([text_prompts_list[c][..., 0], text_prompts_list[c][..., 1]]) for c in categories]
+        ).numpy(),
+        "class_embedding": torch.stack(
+            [torch.nn.functional.normalize(encoded[2 * i + 1][0], dim=-1) for i in range(n)]
+        ).numpy(),
+        "view_embeddings": torch.stack(views, dim=1).numpy(),
+        "tokens": torch.cat([record["tokens"][i] for i in range(n)]).numpy(),
+        "image_scores": np.array(results["pr_sp"]),
+        "grids": torch.stack(record["grids"]).numpy(),
+        "maps": np.stack([m[0] for m in results["anomaly_maps"]]),
+        "tta_losses": np.array(record["losses"]).reshape(n, TTA_STEPS),
+        "tta_grads": per_image_steps(steps["grads"], n),
+        "tta_weights": per_image_steps(steps["weights"], n),
+        "metrics": np.array([local[name][-1] for name in OFFICIAL_METRIC_LISTS]).T,
+    }
+
+
+# --- comparison ------------------------------------------------------------------------------------------
+def sampled(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What the fixture keeps (the full arrays are megabytes): the texts' class embeddings and every 16th
+    prompt embedding, class embeddings, every 4th element of the view embeddings, every 8th patch token's
+    every 2nd element, the pooled grids (the maps are their upsampling), every 12th row and column of the
+    maps, image scores, the TTA losses and every 160th element of each step's gradients and weights."""
+    kept = ("text_classes", "class_embedding", "image_scores", "grids", "tta_losses")
+    return {k: outputs[k] for k in kept} | {
+        "text_prompts_sampled": outputs["text_prompts"][:, ::16],
+        "view_embeddings_sampled": outputs["view_embeddings"][:, :, ::4],
+        "tokens_sampled": outputs["tokens"][:, ::8, ::2],
+        "maps_sampled": outputs["maps"][MAP_SAMPLES],
+        "tta_grads_sampled": outputs["tta_grads"][TTA_SAMPLES],
+        "tta_weights_sampled": outputs["tta_weights"][TTA_SAMPLES],
+    }
+
+
+def main() -> None:
+    args = ps.parity_arguments(
+        __doc__, "checkout of hq-deng/AnoVL", "PYTHONPATH entries the official side needs (kornia, ...)"
+    )
+    if args.official_side:
+        ps.save_fixture(
+            args.official_side, **official_outputs(args.official.resolve(), args.root, args.weights)
+        )
+        return
+    work = Path(tempfile.mkdtemp(prefix="zsad-parity-anovl-"))
+    root = ps.write_parity_images(work / "mvtec")
+    ours = zsad_outputs(root)
+    theirs = ps.run_official_side(  # the checkout first: its vendored open_clip shadows zsad's
+        __file__,
+        args.official,
+        root,
+        ps.parity_state_dict(name=MODEL),
+        work,
+        (str(args.official.resolve()), args.official_env),
+    )
+    n = len(ours["paths"])
+    print(f"AnoVL: vl_test.py ({args.official}) vs zsad, {n} images, {TTA_STEPS} TTA steps each")
+    if theirs["paths"].tolist() != ours["paths"].tolist():
+        raise SystemExit(
+            f"the two sides read the files in another order: {theirs['paths']} vs {ours['paths']}"
+        )
+    for name in ("category_ids", "labels"):
+        if not np.array_equal(theirs[name], ours[name]):
+            raise SystemExit(f"{name} differ: {theirs[name]} vs {ours[name]}")
+    for name in ("images", "masks", "text_classes", "text_prompts", "class_embedding", "view_embeddings"):
+        ps.print_delta(name, theirs[name], ours[name])
+    for name in ("tokens", "image_scores", "grids", "maps", "tta_losses", "tta_grads", "tta_weights"):
+        ps.print_delta(name, theirs[name], ours[name])
+    agree = weights_agree(theirs["tta_grads"], theirs["tta_weights"], ours["tta_weights"])
+    print(f"  TTA weights within tolerance: {agree.sum()} of {agree.size} (see weights_agree)")
+    on_theirs = per_category_metrics(theirs)
+    for m, metric in enumerate(METRICS):
+        ps.print_delta(f"{metric} (per category)", theirs["metrics"][:, m], ours["metrics"][:, m])
+        ps.print_delta("  zsad's metric on their maps", theirs["metrics"][:, m], on_theirs[:, m])
+    if args.write_fixture:
+        ps.save_fixture(
+            FIXTURE,
+            weights_fingerprint=ps.weights_fingerprint(ps.parity_state_dict(name=MODEL)),
+            pixels_fingerprint=ps.pixels_fingerprint(root),
+            paths=theirs["paths"],
+            categories=theirs["categories"],
+            category_ids=theirs["category_ids"],
+            labels=theirs["labels"],
+            masks_sum=theirs["masks"].reshape(n, -1).sum(1),
+            metrics=theirs["metrics"],
+            **sampled(theirs),
+        )
+
+
+if __name__ == "__main__":
+    main()
