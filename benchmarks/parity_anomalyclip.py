@@ -367,10 +367,7 @@ def official_metrics(theirs: dict[str, np.ndarray]) -> dict[str, float]:
 
 def main() -> None:
     args = ps.parity_arguments(__doc__, "checkout of zqhang/AnomalyCLIP")
-    if args.official_side:
-        ps.save_fixture(
-            args.official_side, **official_outputs(args.official.resolve(), args.root, args.weights)
-        )
+    if ps.serve_official_side(args, official_outputs):
         return
     work = Path(tempfile.mkdtemp(prefix="zsad-parity-anomalyclip-"))
     root = ps.write_parity_images(work / "mvtec")

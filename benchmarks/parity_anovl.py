@@ -500,20 +500,13 @@ def main() -> None:
     args = ps.parity_arguments(
         __doc__, "checkout of hq-deng/AnoVL", "PYTHONPATH entries the official side needs (kornia, ...)"
     )
-    if args.official_side:
-        ps.save_fixture(
-            args.official_side, **official_outputs(args.official.resolve(), args.root, args.weights)
-        )
+    if ps.serve_official_side(args, official_outputs):
         return
-    work = Path(tempfile.mkdtemp(prefix="zsad-parity-anovl-"))
-    root = ps.write_parity_images(work / "mvtec")
-    ours = zsad_outputs(root)
-    theirs = ps.run_official_side(  # the checkout first: its vendored open_clip shadows zsad's
+    root, ours, theirs = ps.zsad_then_official(  # the checkout first: its open_clip shadows zsad's
+        args,
         __file__,
-        args.official,
-        root,
+        zsad_outputs,
         ps.parity_state_dict(name=MODEL),
-        work,
         (str(args.official.resolve()), args.official_env),
     )
     n = len(ours["paths"])

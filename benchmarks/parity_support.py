@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +216,27 @@ def run_official_side(
     command = [sys.executable, script, "--official", str(official), "--official-side", str(out)]
     subprocess.run([*command, "--root", str(root), "--weights", str(weights_file)], check=True, env=env)
     return load_fixture(out)
+
+
+def serve_official_side(args: argparse.Namespace, official_outputs: Callable[..., dict[str, Any]]) -> bool:
+    """In the subprocess :func:`run_official_side` starts (``--official-side OUT``): write
+    ``official_outputs(checkout, root, weights file)`` to OUT and return true; else return false."""
+    if not args.official_side:
+        return False
+    save_fixture(args.official_side, **official_outputs(args.official.resolve(), args.root, args.weights))
+    return True
+
+
+def zsad_then_official(
+    args: argparse.Namespace,
+    script: str,
+    zsad_outputs: Callable[[Path], dict[str, np.ndarray]],
+    weights: dict[str, torch.Tensor],
+    pythonpath: tuple[str, ...] = (),
+) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(images root, zsad's outputs, the official ones)``: the parity images written to a new folder,
+    zsad run on them in this process, then ``script``'s official side in a subprocess."""
+    work = Path(tempfile.mkdtemp(prefix=f"zsad-{Path(script).stem}-"))
+    root = write_parity_images(work / "mvtec")
+    ours = zsad_outputs(root)
+    return root, ours, run_official_side(script, args.official, root, weights, work, pythonpath)

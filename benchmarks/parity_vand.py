@@ -21,7 +21,6 @@ attention sum to ``'cuda'`` and needs a 12th block, so the parity model here has
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -244,21 +243,10 @@ def main() -> None:
     args = ps.parity_arguments(
         __doc__, "checkout of ByChelsea/VAND-APRIL-GAN", "PYTHONPATH entries the official side needs"
     )
-    if args.official_side:
-        ps.save_fixture(
-            args.official_side, **official_outputs(args.official.resolve(), args.root, args.weights)
-        )
+    if ps.serve_official_side(args, official_outputs):
         return
-    work = Path(tempfile.mkdtemp(prefix="zsad-parity-vand-"))
-    root = ps.write_parity_images(work / "mvtec")
-    ours = zsad_outputs(root)
-    theirs = ps.run_official_side(  # the checkout first: its vendored open_clip shadows zsad's
-        __file__,
-        args.official,
-        root,
-        vand_state_dict(),
-        work,
-        (str(args.official.resolve()), args.official_env),
+    root, ours, theirs = ps.zsad_then_official(  # the checkout first: its vendored open_clip shadows zsad's
+        args, __file__, zsad_outputs, vand_state_dict(), (str(args.official.resolve()), args.official_env)
     )
     print(f"VAND: APRIL-GAN ({args.official}) vs zsad, {len(ours['paths'])} images, one training step")
     if not np.array_equal(np.sort(theirs["paths"]), np.sort(ours["paths"])):

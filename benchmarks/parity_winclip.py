@@ -18,7 +18,6 @@ tests/fixtures/parity/winclip.npz (tests/lightning_modules/winclip/test_winclip_
 from __future__ import annotations
 
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
@@ -215,18 +214,13 @@ def main() -> None:
         "checkout of open-edge-platform/anomalib",
         "PYTHONPATH entries for the official side (its pinned open_clip)",
     )
-    if args.official_side:
-        ps.save_fixture(args.official_side, **official_outputs(args.official, args.root, args.weights))
+    if ps.serve_official_side(args, official_outputs):
         return
-    work = Path(tempfile.mkdtemp(prefix="zsad-parity-winclip-"))
-    root = ps.write_parity_images(work / "mvtec")
-    ours = zsad_outputs(root)
-    theirs = ps.run_official_side(  # anomalib's dependencies and its pinned open_clip first, then its src
+    root, ours, theirs = ps.zsad_then_official(  # anomalib's dependencies and pinned open_clip, then its src
+        args,
         __file__,
-        args.official,
-        root,
+        zsad_outputs,
         ps.parity_state_dict(),
-        work,
         (args.official_env, str(args.official / "src")),
     )
     categories = [str(c) for c in ours["categories"]]
