@@ -1,4 +1,5 @@
-"""benchmarks/metrics.py runs on both score types and its exact and full-sort AUPRO agree."""
+"""benchmarks/metrics.py runs on both score types and its exact and full-sort AUPRO agree;
+benchmarks/ddp_eval_memory.py shows what finishing categories one by one saves under DDP."""
 
 from __future__ import annotations
 
@@ -12,26 +13,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.mark.slow
-def test_metrics_benchmark_times_float16_and_float32_and_agrees_with_the_full_sort():
+def benchmark_output(script: str, *args: str) -> str:
+    """The printed report of ``benchmarks/{script}`` run with ``args`` (which must succeed)."""
     result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "metrics.py"),
-            "--num-maps",
-            "6",
-            "--size",
-            "96",
-            "--repeat",
-            "1",
-        ],
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_metrics_benchmark_times_float16_and_float32_and_agrees_with_the_full_sort():
+    out = benchmark_output("metrics.py", "--num-maps", "6", "--size", "96", "--repeat", "1")
     assert "summary float16:" in out and "summary float32:" in out
     gaps = [float(g) for g in re.findall(r"\|exact - full sort\| = ([0-9.e+-]+)", out)]
     assert len(gaps) == 2 and max(gaps) < 1e-9
@@ -39,16 +36,9 @@ def test_metrics_benchmark_times_float16_and_float32_and_agrees_with_the_full_so
 
 @pytest.mark.slow
 def test_ddp_memory_benchmark_holds_less_with_the_same_results():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "ddp_eval_memory.py"), "--categories", "3"]
-        + ["--per-category", "8", "--size", "32", "--batch", "2"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
+    out = benchmark_output(
+        "ddp_eval_memory.py", "--categories", "3", "--per-category", "8", "--size", "32", "--batch", "2"
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
     stored = {
         mode: [
             int(n) for n in re.findall(rf"{mode} rank \d: \d+ samples received, at most (\d+) stored", out)
