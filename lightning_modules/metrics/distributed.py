@@ -7,7 +7,8 @@ every process finishes the categories in ascending order, each as soon as its ow
 (:func:`gather_category`), scoring them identically and freeing them. All processes issue the same
 collectives in the same order, so one that is ahead simply waits in the gather for the others. This needs
 the test step to issue no other collective per step (zsad's do not: the requeue check of
-``pipelines/checkpointing.py`` reads each process's own flag; callbacks gather at the end of the epoch).
+``pipelines/checkpointing.py`` reads each process's own flag, also while one waits here; callbacks gather
+at the end of the epoch).
 """
 
 from __future__ import annotations
