@@ -43,7 +43,10 @@ def make_loggers(
             id=run_id,
             resume="allow" if run_id else None,
             config=_flat_config(cfg),
-            settings=wandb.Settings(quiet=True),  # no banner or run summary: zsad prints its own
+            # no banner or run summary: zsad prints its own. Offline, W&B prints its header (offline
+            # notice, local folder, `wandb leet` hint) even when quiet; zsad's closing line names the
+            # folder and the `wandb sync` command. Only this run's printer: W&B's warnings still show.
+            settings=wandb.Settings(quiet=True, silent=wandb_cfg.mode == "offline"),
         )
         # Lightning always passes anonymous=None, which wandb now warns about at every run
         wandb_logger._wandb_init.pop("anonymous", None)

@@ -63,9 +63,21 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 # Printed by Lightning at every Trainer start on machines with srun; zsad's SLURM path does use srun.
 warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-    lambda record: "litlogger" not in record.getMessage()  # an advertisement at every Trainer start
-)
+_said_once: set[str] = set()
+
+
+def _lightning_info(record: logging.LogRecord) -> bool:
+    """Lightning's lines at every Trainer start (a job has several): its litlogger advertisement never,
+    the accelerators it found ("GPU available: ...", "TPU available: ...") once per process."""
+    message = record.getMessage()
+    if message.startswith(("GPU available: ", "TPU available: ")):
+        if message in _said_once:
+            return False
+        _said_once.add(message)
+    return "litlogger" not in message
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_lightning_info)
 
 RUN_DIR_ENV = "ZSAD_RUN_DIR"
 CONFIG_FILE = "config.yaml"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -294,3 +297,22 @@ def test_a_restarted_run_keeps_its_folder_and_wandb_run(tmp_path, synthetic_pair
     # offline-run-<date>_<time>-<id>, with "-1" appended by W&B when both runs start in the same second
     ids = {re.fullmatch(r"offline-run-\d{8}_\d{6}-([0-9a-z]+)(-\d+)?", r.name).group(1) for r in runs}
     assert len(runs) == 2 and len(ids) == 1  # one W&B id
+
+
+@pytest.mark.slow
+def test_a_run_says_each_start_up_line_once(tmp_path, synthetic_pair):
+    """Lightning's accelerator lines (one per Trainer, a run has two) and W&B's offline header (the same as
+    zsad's closing line) in the output of a real `zsad run`, with W&B's output not silenced."""
+    experiment = write_experiment(tmp_path, *synthetic_pair)
+    overrides = [o for o in FAST if not o.startswith("logger")] + ["logger.wandb.mode=offline"]
+    env = {key: value for key, value in os.environ.items() if key != "WANDB_SILENT"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", str(experiment), *overrides, "trainer.max_epochs=1",
+         f"run_dir={tmp_path / 'r'}"],
+        cwd=Path(__file__).parents[2], env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    for line in ("GPU available: ", "TPU available: ", "W&B run saved offline; upload it with: wandb sync"):
+        assert output.count(line) == 1, output
+    assert "Run data is saved locally" not in output and "syncing is set to" not in output, output
