@@ -71,15 +71,15 @@ class TrainingInterrupted(ZsadError):
             return error
         if isinstance(error, StopRequested):
             return cls(error.signal_name, None)
-        received = received_signal()
-        if received and not isinstance(error, ZsadError):
-            return cls(received, None)
-        match = re.search(
+        match = re.search(  # first: the checkpoint a ddp_spawn process saved, named in its text
             r"TrainingInterrupted: (?:interrupted|preempted) by (SIG\w+) \((?:saved (.+?)|no new checkpoint)\)",
             str(error),
         )
         if match:
             return cls(match.group(1), match.group(2))
+        received = received_signal()
+        if received and not isinstance(error, ZsadError):
+            return cls(received, None)
         if type(error).__name__ == "SIGTERMException":
             return cls("SIGTERM", None)
         if isinstance(error, KeyboardInterrupt) or (
