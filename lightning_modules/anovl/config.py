@@ -53,6 +53,10 @@ class AnoVLConfig:
     pixel_temperature: float = 1.0
     pool_size: int = 3  # 3x3 average pooling (replicate padding) of the patch map before upsampling
     gaussian_sigma: float = 0.0  # optional extra smoothing at the mask size (off in the authors' code)
+    # Object word in the prompts: "folder" (the authors': the category's folder name, their meta.json
+    # cls_name, "metal_nut", with their class_mapping macaroni1/2 -> "macaroni") or "object_word" (the
+    # dataset's prompt name, "metal nut").
+    prompt_words: str = "folder"
     texture_categories: list[str] = dataclasses.field(default_factory=lambda: list(TEXTURE_CATEGORIES))
     templates_per_domain: int | None = None  # None: all 22 templates per medium (tiny configs use fewer)
     text_batch_size: int = 256  # sentences per text-encoder pass

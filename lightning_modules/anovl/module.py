@@ -12,9 +12,10 @@ from datamodules.errors import ConfigError
 from datamodules.transforms import ImagePreprocessing
 from lightning_modules.anovl.config import SEQUENTIAL_TTA_RESETS, AnoVLConfig
 from lightning_modules.anovl.model import AnoVL, BatchText, CategoryText
-from lightning_modules.anovl.prompts import prompt_kind
+from lightning_modules.anovl.prompts import AUTHORS_CLASS_MAPPING, prompt_kind
 from lightning_modules.anovl.tta import TestTimeAdaptation
 from lightning_modules.base import EvalConfig, ZeroShotModule
+from lightning_modules.clip.prompts import PROMPT_WORDS
 
 
 def image_seed(seed: int, image_path: str, salt: int = 0) -> int:
@@ -33,6 +34,10 @@ class AnoVLModule(ZeroShotModule):
         self, cfg: AnoVLConfig, eval_cfg: EvalConfig | None = None, model: AnoVL | None = None
     ) -> None:
         super().__init__(eval_cfg)
+        if cfg.prompt_words not in PROMPT_WORDS:
+            raise ConfigError(
+                f"method.prompt_words must be one of {list(PROMPT_WORDS)}, got {cfg.prompt_words!r}"
+            )
         self.cfg = cfg
         self.model = model if model is not None else self.model_class(cfg)
         # The runner seeds torch (L.seed_everything(experiment seed)) right before building the module.
@@ -81,9 +86,15 @@ class AnoVLModule(ZeroShotModule):
         super().on_test_epoch_start()
         self.bind_data(self.trainer.datamodule)
 
+    def object_word(self, category: str) -> str:
+        """What names the category in its prompts (``method.prompt_words``)."""
+        if self.cfg.prompt_words == "folder":
+            return AUTHORS_CLASS_MAPPING.get(category, category)
+        return self._object_names.get(category, category.replace("_", " "))
+
     def category_text(self, category: str) -> CategoryText:
         if category not in self._texts:
-            name = self._object_names.get(category, category.replace("_", " "))
+            name = self.object_word(category)
             kind = prompt_kind(category, name, self._domain, self.cfg.texture_categories)
             self._texts[category] = self.model.category_text(name, kind)
         return self._texts[category]

@@ -63,6 +63,9 @@ MEDIA: dict[str, tuple[str, ...]] = {
 }
 # MVTec AD's texture classes, as in the authors' code.
 TEXTURE_CATEGORIES = ("carpet", "grid", "leather", "tile", "wood")
+# The authors' class_mapping: folder names that their prompts replace (every other folder name is used as
+# it is, "metal_nut" with its underscore).
+AUTHORS_CLASS_MAPPING = {"macaroni1": "macaroni", "macaroni2": "macaroni"}
 
 
 def domain_templates(medium: str) -> list[str]:

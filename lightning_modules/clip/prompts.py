@@ -18,6 +18,11 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from lightning_modules.clip.text import PromptTextEncoder
 from lightning_modules.ops import l2_normalize
 
+# What names the object in a method's prompts (``method.prompt_words``): "folder", the category's folder
+# name as the authors' meta.json cls_name ("metal_nut", "pipe_fryum"), or "object_word", the dataset's
+# prompt name ("metal nut").
+PROMPT_WORDS = ("folder", "object_word")
+
 
 @dataclasses.dataclass(frozen=True)
 class PromptEnsemble:

@@ -7,7 +7,6 @@ import dataclasses
 from lightning_modules.clip.config import BackboneConfig
 
 VAND_ACTIVATIONS = ("authors", "gelu", "quick_gelu")
-PROMPT_WORDS = ("folder", "object_word")
 
 
 def _vand_backbone() -> BackboneConfig:

@@ -23,9 +23,10 @@ from torch import nn
 from datamodules.errors import ConfigError
 from lightning_modules.clip.factory import create_clip, mlp_activation, with_mlp_activation
 from lightning_modules.clip.frozen import FrozenCLIP
+from lightning_modules.clip.prompts import PROMPT_WORDS
 from lightning_modules.losses import dice_loss, focal_loss
 from lightning_modules.ops import anomaly_probability, class_probability_maps, gaussian_blur, l2_normalize
-from lightning_modules.vand.config import PROMPT_WORDS, VAND_ACTIVATIONS, VANDConfig
+from lightning_modules.vand.config import VAND_ACTIVATIONS, VANDConfig
 from lightning_modules.vand.mosaic import MOSAIC_STYLES
 
 ABNORMAL = 1

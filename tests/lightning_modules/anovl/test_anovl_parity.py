@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
 
 import parity_anovl as pa  # noqa: E402
 import parity_support as ps  # noqa: E402
+from dual_image_support import single_thread  # noqa: E402, F401 - a fixture
 
 IMAGE_METRICS = [pa.METRICS.index(m) for m in ("image_auroc", "image_f1_max")]
 PIXEL_METRICS = [pa.METRICS.index(m) for m in ("pixel_auroc", "pixel_f1_max", "pixel_ap", "aupro_cflow")]
@@ -24,6 +25,8 @@ PIXEL_METRICS = [pa.METRICS.index(m) for m in ("pixel_auroc", "pixel_f1_max", "p
 # their float32 differences (<= 5.4e-7) reorder neighbouring pixels; measured 1.4e-5 (pixel AUROC). The
 # metric definitions themselves are checked to 1e-6 on the authors' maps (test_metric_definitions_...).
 PIXEL_METRICS_OF_OWN_MAPS_ATOL = 1e-4
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
