@@ -6,7 +6,7 @@ category it writes to ``RUN/plots/{target}/{category}/``:
 - ``curves.png``: ROC, PR and PRO curves (image and pixel level), from the exact curves of
   :mod:`lightning_modules.metrics.curves` (the ones the metrics in results.json integrate);
 - ``roc.csv`` (``level,fpr,tpr``: the ROC polyline), ``pr.csv`` (``level,threshold,recall,precision,f1``)
-  and ``pro.csv`` (``fpr,pro``: the PRO polyline); a curve with more than :data:`MAX_CURVE_POINTS` points
+  and ``pro.csv`` (``fpr,pro``: the PRO polyline); a curve with more than :data:`~lightning_modules.metrics.curves.CURVE_POINTS` points
   is thinned to that many, evenly along its length (first, last and F1-optimal points always kept);
 - ``gallery.png``: the most and least anomalous test images (image | ground truth | map | map thresholded
   at the category's F1-optimal pixel threshold), ``eval.gallery_size`` of them.
@@ -33,9 +33,8 @@ from lightning.pytorch.callbacks import Callback
 from datamodules.atomic_io import atomic_write, atomic_write_text
 from datamodules.errors import ConfigError
 from datamodules.images import load_image_rgb
-from lightning_modules.metrics.curves import CurveSet, RankingCurve
+from lightning_modules.metrics.curves import CurveSet, RankingCurve, thin_indices
 
-MAX_CURVE_POINTS = 2000
 TILE = 160  # gallery tile size in pixels
 GAP = 4
 OVERLAY_ALPHA = 0.5
@@ -100,18 +99,6 @@ def _save_figure(figure: Any, path: Path) -> None:
 
 
 # --- curves ----------------------------------------------------------------------------------------
-def thin(x: np.ndarray, y: np.ndarray, keep: int | None = None, limit: int = MAX_CURVE_POINTS) -> np.ndarray:
-    """Indices of at most ``limit`` points spread evenly along the polyline (x, y); ``keep`` always in."""
-    n = int(x.shape[0])
-    if n <= limit:
-        return np.arange(n)
-    length = np.concatenate(([0.0], np.cumsum(np.hypot(np.diff(x), np.diff(y)))))
-    targets = np.linspace(0.0, length[-1], limit - 1)
-    picked = np.searchsorted(length, targets).clip(0, n - 1)
-    extra = [0, n - 1] + ([keep] if keep is not None else [])
-    return np.unique(np.concatenate((picked, extra)))
-
-
 def table_csv(header: tuple[str, ...], rows: Any) -> str:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -127,9 +114,9 @@ def write_curve_files(curves: CurveSet, out_dir: Path) -> None:
     for level, curve in (("image", curves.image), ("pixel", curves.pixel)):
         if curve is None:
             continue
-        for i in thin(curve.roc_fpr, curve.roc_tpr):
+        for i in thin_indices(curve.roc_fpr, curve.roc_tpr):
             roc_rows.append((level, repr(float(curve.roc_fpr[i])), repr(float(curve.roc_tpr[i]))))
-        for i in thin(curve.tpr, curve.precision, keep=curve.best_index):
+        for i in thin_indices(curve.tpr, curve.precision, keep=curve.best_index):
             pr_rows.append(
                 (
                     level,
@@ -144,7 +131,7 @@ def write_curve_files(curves: CurveSet, out_dir: Path) -> None:
     if curves.pro is not None:
         pro_rows = [
             (repr(float(curves.pro_fpr[i])), repr(float(curves.pro[i])))
-            for i in thin(curves.pro_fpr, curves.pro)
+            for i in thin_indices(curves.pro_fpr, curves.pro)
         ]
     atomic_write_text(out_dir / "pro.csv", table_csv(("fpr", "pro"), pro_rows))
 
@@ -164,14 +151,14 @@ def plot_curves(curves: CurveSet, metrics: dict[str, Any], fpr_limit: float, tit
     for level, curve in (("image", curves.image), ("pixel", curves.pixel)):
         if curve is None:
             continue
-        i = thin(curve.roc_fpr, curve.roc_tpr)
+        i = thin_indices(curve.roc_fpr, curve.roc_tpr)
         roc_ax.plot(
             curve.roc_fpr[i],
             curve.roc_tpr[i],
             color=styles[level],
             label=f"{level} AUROC {value(f'{level}_auroc')}",
         )
-        j = thin(curve.tpr, curve.precision, keep=curve.best_index)
+        j = thin_indices(curve.tpr, curve.precision, keep=curve.best_index)
         pr_ax.step(
             curve.tpr[j],
             curve.precision[j],
@@ -188,7 +175,7 @@ def plot_curves(curves: CurveSet, metrics: dict[str, Any], fpr_limit: float, tit
         )
     roc_ax.plot([0, 1], [0, 1], ":", color="gray", linewidth=0.8)
     if curves.pro is not None:
-        k = thin(curves.pro_fpr, curves.pro)
+        k = thin_indices(curves.pro_fpr, curves.pro)
         pro_ax.plot(
             curves.pro_fpr[k],
             curves.pro[k],

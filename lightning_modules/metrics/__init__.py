@@ -11,6 +11,7 @@
 """
 
 from lightning_modules.metrics.curves import (
+    CURVE_POINTS,
     CurveSet,
     RankingCurve,
     curve_set,
@@ -36,6 +37,7 @@ from lightning_modules.metrics.functional import (
 
 __all__ = [
     "CFLOW_THRESHOLDS",
+    "CURVE_POINTS",
     "IMAGE_METRICS",
     "METRIC_NAMES",
     "PIXEL_METRICS",

@@ -8,10 +8,17 @@ is the AUROC, ``sum(diff(recall) * precision)`` is the AP, ``max(f1)`` is F1-max
 Thresholds are the distinct scores of the positives, highest first; a sample (or pixel) is predicted
 anomalous when its score is ``>= threshold``. The F1-optimal threshold is the highest one that attains
 F1-max.
+
+A curve has a point per distinct score (an exact PRO curve one per distinct anomaly-free pixel score,
+several times the size of the category's pixel states), so the evaluator keeps each finished category's
+curves thinned to :data:`CURVE_POINTS` points spread evenly along their length, the first, last and
+F1-optimal points kept (:meth:`CurveSet.thinned`): what the pictures and CSVs show, and the same
+F1-optimal thresholds. The metrics are always computed from the full curves.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +30,24 @@ from lightning_modules.metrics._histogram import _format16, _histogram_pixels, _
 from lightning_modules.metrics._split import _paired_maps, _sort_split, _split_pixels, _split_scores
 from lightning_modules.metrics.pro import _pro_polyline, _pro_steps, _pro_steps_from_histogram, _require_pro
 from lightning_modules.metrics.ranking import _rank_stats, _RankStats, _require_both
+
+#: Points a kept curve is thinned to (see the module docstring); pictures and CSVs show at most this many.
+CURVE_POINTS = 2000
+
+
+def thin_indices(
+    x: np.ndarray, y: np.ndarray, keep: int | None = None, limit: int = CURVE_POINTS
+) -> np.ndarray:
+    """Indices of at most ``limit`` points spread evenly along the polyline (x, y) (plus the first, the last
+    and ``keep``, always in), ascending; every index when the curve has no more than ``limit`` points."""
+    n = int(x.shape[0])
+    if n <= limit:
+        return np.arange(n)
+    length = np.concatenate(([0.0], np.cumsum(np.hypot(np.diff(x), np.diff(y)))))
+    targets = np.linspace(0.0, length[-1], limit - 1)
+    picked = np.searchsorted(length, targets).clip(0, n - 1)
+    extra = [0, n - 1] + ([keep] if keep is not None else [])
+    return np.unique(np.concatenate((picked, extra)))
 
 
 @dataclass
@@ -52,6 +77,21 @@ class RankingCurve:
     def f1_max(self) -> float:
         return float(self.f1[self.best_index])
 
+    def thinned(self, limit: int = CURVE_POINTS) -> RankingCurve:
+        """The ROC polyline and the per-threshold arrays each thinned to about ``limit`` points; the
+        F1-optimal threshold stays in (points before it have a lower F1, so it stays the first maximum)."""
+        roc = thin_indices(self.roc_fpr, self.roc_tpr, limit=limit)
+        per_threshold = thin_indices(self.tpr, self.precision, keep=self.best_index, limit=limit)
+        return dataclasses.replace(
+            self,
+            **{
+                name: getattr(self, name)[per_threshold]
+                for name in ("thresholds", "tpr", "fpr", "precision", "f1")
+            },
+            roc_fpr=self.roc_fpr[roc],
+            roc_tpr=self.roc_tpr[roc],
+        )
+
 
 @dataclass
 class CurveSet:
@@ -62,6 +102,21 @@ class CurveSet:
     pro_fpr: np.ndarray | None  # exact PRO polyline over the whole FPR range, from (0, 0) to (1, 1)
     pro: np.ndarray | None
     reasons: dict[str, str]  # "image" / "pixel" / "pro" -> why that curve is undefined
+
+    def thinned(self, limit: int = CURVE_POINTS) -> CurveSet:
+        """Every curve thinned to about ``limit`` points (:func:`thin_indices`)."""
+        pro = (
+            None
+            if self.pro_fpr is None or self.pro is None
+            else thin_indices(self.pro_fpr, self.pro, limit=limit)
+        )
+        return CurveSet(
+            image=None if self.image is None else self.image.thinned(limit),
+            pixel=None if self.pixel is None else self.pixel.thinned(limit),
+            pro_fpr=None if pro is None else self.pro_fpr[pro],
+            pro=None if pro is None else self.pro[pro],
+            reasons=dict(self.reasons),
+        )
 
 
 def _curve_from_stats(st: _RankStats) -> RankingCurve:

@@ -20,7 +20,7 @@ from torchmetrics import Metric
 
 from lightning_modules.metrics._arrays import UndefinedMetricError
 from lightning_modules.metrics._split import _split_scores
-from lightning_modules.metrics.curves import CurveSet, curve_set
+from lightning_modules.metrics.curves import CURVE_POINTS, CurveSet, curve_set
 from lightning_modules.metrics.distributed import gather_category
 from lightning_modules.metrics.evaluation_result import IMAGE_METRICS, METRIC_NAMES, EvaluationResult
 from lightning_modules.metrics.functional import PIXEL_METRICS, pixel_metrics
@@ -66,7 +66,9 @@ class AnomalyEvaluator(Metric):
     process must finish the same categories in the same order). :attr:`while_waiting`, when set, is called
     while a process waits for the others and may raise to stop (zsad's requeue signal does). Without ``expected_samples`` (a custom or
     shuffled sampler, sizes unknown) DDP falls back to holding every pixel until the end of the epoch, when
-    the states are gathered; the numbers are the same. torchmetrics options pass through ``kwargs`` (e.g.
+    the states are gathered; the numbers are the same. The curves kept for :meth:`curves` are thinned to
+    ``curve_points`` points each (``None``: the full curves, which for pixels are larger than the pixel
+    states they come from). torchmetrics options pass through ``kwargs`` (e.g.
     ``compute_on_cpu=True`` keeps the pixel states of a GPU run in host memory).
     """
 
@@ -97,6 +99,7 @@ class AnomalyEvaluator(Metric):
         pixel_score_dtype: torch.dtype = torch.float32,
         samples_per_category: Sequence[int] | None = None,
         expected_samples: Sequence[Collection[int]] | None = None,
+        curve_points: int | None = CURVE_POINTS,
         **kwargs: Any,
     ) -> None:
         if "aupro_method" in kwargs:
@@ -124,8 +127,13 @@ class AnomalyEvaluator(Metric):
             raise ValueError(
                 "expected_samples needs samples_per_category and one set of sample ids per category"
             )
+        if curve_points is not None and int(curve_points) < 3:
+            raise ValueError(
+                f"curve_points must be at least 3 (or None for the full curves); got {curve_points}"
+            )
         self.pixel_metrics = bool(pixel_metrics)
         self.fpr_limit = float(fpr_limit)
+        self.curve_points = None if curve_points is None else int(curve_points)
         self.pixel_score_dtype = pixel_score_dtype
         self.samples_per_category = (
             None if samples_per_category is None else [int(n) for n in samples_per_category]
@@ -484,7 +492,8 @@ class AnomalyEvaluator(Metric):
         img_cat, img_score, img_label, _, keep, _ = self._image_states()
         idx = keep[img_cat[keep] == ci]
         maps, gts = self._category_pixels(ci) if self.pixel_metrics else ([], [])
-        return curve_set(img_score[idx], img_label[idx], maps, gts)
+        curves = curve_set(img_score[idx], img_label[idx], maps, gts)
+        return curves if self.curve_points is None else curves.thinned(self.curve_points)
 
     def _category_pixels(self, ci: int) -> tuple[list[Tensor], list[Tensor]]:
         """(maps, masks) of category ``ci``: 2-D views of the first occurrence of each of its samples, in

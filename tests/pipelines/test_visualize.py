@@ -17,7 +17,7 @@ from datamodules.errors import ConfigError
 from datamodules.images import load_mask
 from lightning_modules.metrics import trapezoid_area
 from pipelines.cli import main
-from pipelines.visualize import EvaluationPictures, GalleryHeaps, GalleryItem, select_gallery, thin
+from pipelines.visualize import EvaluationPictures, GalleryHeaps, GalleryItem, select_gallery
 
 
 def _item(score: float, sample_id: int) -> GalleryItem:
@@ -52,14 +52,6 @@ def test_select_gallery_shows_small_categories_once():
 def test_a_negative_gallery_size_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="eval.gallery_size"):
         EvaluationPictures(tmp_path, "t", [], gallery_size=-1, fpr_limit=0.3)
-
-
-def test_thin_keeps_endpoints_and_the_requested_point():
-    x = np.linspace(0, 1, 10_000)
-    kept = thin(x, x**2, keep=1234, limit=100)
-    assert len(kept) <= 103 and {0, 1234, 9_999} <= set(kept.tolist())
-    assert np.all(np.diff(kept) > 0)
-    assert thin(x[:50], x[:50], limit=100).tolist() == list(range(50))
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

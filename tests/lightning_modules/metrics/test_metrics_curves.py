@@ -8,6 +8,7 @@ import torch
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from lightning_modules.metrics import (
+    CURVE_POINTS,
     AnomalyEvaluator,
     aupro,
     pixel_curves,
@@ -16,6 +17,7 @@ from lightning_modules.metrics import (
     ranking_curve,
     trapezoid_area,
 )
+from lightning_modules.metrics.curves import curve_set, thin_indices
 
 
 def _step_ap(curve) -> float:
@@ -68,7 +70,7 @@ def test_pixel_curves_say_why_they_are_undefined():
 
 def test_evaluator_curves_agree_with_its_metrics_and_drop_padding_duplicates():
     torch.manual_seed(0)
-    evaluator = AnomalyEvaluator(["a", "b"], pixel_score_dtype=torch.float32)
+    evaluator = AnomalyEvaluator(["a", "b"], pixel_score_dtype=torch.float32, curve_points=None)
     masks = torch.zeros(8, 16, 16)
     masks[4:, 4:10, 4:10] = 1
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
@@ -90,3 +92,45 @@ def test_evaluator_curves_agree_with_its_metrics_and_drop_padding_duplicates():
         assert trapezoid_area(pixel.roc_fpr, pixel.roc_tpr, 1.0) == pytest.approx(metrics["pixel_auroc"])
         assert trapezoid_area(curve_set.pro_fpr, curve_set.pro, 0.3) / 0.3 == pytest.approx(metrics["aupro"])
         assert image.thresholds.max() < 9  # the duplicate's shifted score was dropped
+
+
+def test_thin_keeps_endpoints_and_the_requested_point():
+    x = np.linspace(0, 1, 10_000)
+    kept = thin_indices(x, x**2, keep=1234, limit=100)
+    assert len(kept) <= 103 and {0, 1234, 9_999} <= set(kept.tolist())
+    assert np.all(np.diff(kept) > 0)
+    assert thin_indices(x[:50], x[:50], limit=100).tolist() == list(range(50))
+
+
+def test_kept_curves_are_thinned_and_keep_the_f1_thresholds():
+    """A finished category keeps thinned curves (an exact pixel curve is larger than the pixels): at most
+    about CURVE_POINTS points, the same F1-optimal thresholds and F1-max, every kept point a point of the
+    full curve, and the full curves' metrics unchanged."""
+    generator = torch.Generator().manual_seed(3)
+    maps = torch.rand(6, 40, 40, generator=generator)
+    masks = torch.zeros(6, 40, 40)
+    masks[3:, 10:25, 12:30] = 1
+    maps = maps + 0.4 * masks
+    scores, labels = maps.flatten(1).amax(1), torch.tensor([0, 0, 0, 1, 1, 1])
+    limit = 50
+    thinned, full = (
+        AnomalyEvaluator(["c"], samples_per_category=[6], curve_points=points) for points in (limit, None)
+    )
+    for evaluator in (thinned, full):
+        evaluator.update(torch.zeros(6, dtype=torch.long), torch.arange(6), scores, labels, maps, masks)
+    assert thinned.compute().per_category == full.compute().per_category
+    small, exact = thinned.curves()["c"], full.curves()["c"]
+    assert exact.pixel.thresholds.shape[0] > 10 * limit  # the full curve really is long
+    reference = curve_set(scores, labels, list(maps), list(masks))
+    assert np.array_equal(exact.pro, reference.pro)
+    for got, want in ((small.pixel, exact.pixel), (small.image, exact.image)):
+        assert got.thresholds.shape[0] <= limit + 2 and got.roc_fpr.shape[0] <= limit + 2
+        assert got.f1_threshold == want.f1_threshold and got.f1_max == want.f1_max
+        assert set(got.thresholds.tolist()) <= set(want.thresholds.tolist())
+        assert got.roc_fpr[0] == want.roc_fpr[0] and got.roc_tpr[-1] == want.roc_tpr[-1]
+    kept = thin_indices(exact.pro_fpr, exact.pro, limit=limit)
+    assert np.array_equal(small.pro_fpr, exact.pro_fpr[kept]) and np.array_equal(small.pro, exact.pro[kept])
+    assert small.pro[-1] == 1.0 and small.pro_fpr[-1] == 1.0
+    assert AnomalyEvaluator(["c"]).curve_points == CURVE_POINTS
+    with pytest.raises(ValueError, match="curve_points"):
+        AnomalyEvaluator(["c"], curve_points=2)
