@@ -41,7 +41,6 @@ import contextlib
 import math
 import os
 import sys
-import tempfile
 import types
 import zlib
 from collections.abc import Callable, Iterator
@@ -335,7 +334,8 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     prompt_ensemble.texture_list = list(TEXTURES)
     dataset.Image.fromarray = ps.old_pillow_fromarray(dataset.Image.fromarray)
     ps.register_parity_model(MODEL, open_clip)
-    work = Path(tempfile.mkdtemp(prefix="zsad-parity-anovl-"))
+    work = root.parent / "official"  # their log.txt and the parity model config, beside the images
+    work.mkdir(exist_ok=True)
     config_path = ps.write_model_config(work, name=MODEL)
 
     record: dict[str, Any] = {
