@@ -10,7 +10,7 @@ gives the pip line). Nothing is fetched.
 The official side (a subprocess) writes ``meta.json`` with the authors' ``data/mvtec.py`` solver (class list
 set to the generated categories) and runs **their ``vl_test.test(args)`` itself**, with the arguments of
 ``test_zero_shot.sh`` (``--features_list 3 6 9 12 --image_size 240 --adapter True --epoch 5 --seed 111``)
-on the parity CLIP: their ``MVTecDataset`` and ``get_data_transforms`` (bilinear resize), vendored
+on the 12-block parity CLIP: their ``MVTecDataset`` and ``get_data_transforms`` (bilinear resize), vendored
 ``create_model_and_transforms`` (the parity state dict loaded into it as it is: the vendored open_clip has
 the installed one's key layout), ``encode_text_with_prompt_ensemble``, ``aug`` (22 views), V-V surgery on all
 12 blocks, ``LinearLayer``, ``TextAdapter`` + ``loss_func`` + one ``AdamW`` per class for 5 steps per image,
@@ -31,8 +31,9 @@ What is changed on the official side, and why:
 - Pillow >= 11's refusal of a float64 mask is undone (``parity_support.old_pillow_fromarray``), and
   ``torch.cuda.is_available`` is false: CPU, float32.
 
-zsad's side: its datamodule with AnoVL's preprocessing, ``AnoVL.predict`` with its ``TestTimeAdaptation``
-(default ``tta.reset=image_keep_optimizer``) and seeds ``draw_seed(relative path)``, and zsad's metrics.
+zsad's side: its datamodule with AnoVL's preprocessing, ``AnoVL.text_branch`` and ``scores_and_maps`` (what
+``predict`` does) with its ``TestTimeAdaptation`` (default ``tta.reset=image_keep_optimizer``) and seeds
+``draw_seed(relative path)``, and zsad's metrics.
 """
 
 from __future__ import annotations
