@@ -21,6 +21,9 @@ class MethodSpec:
     trains: bool
     needs: str  # e.g. "image labels + masks of the auxiliary data"
     description: str = ""
+    # (method config, dataset name) -> what that target's results record as the method's protocol
+    # (``method_protocol``); raises ConfigError for a protocol the method does not implement there.
+    dataset_protocol: Callable[[Any, str], dict[str, Any]] | None = None
 
 
 _METHODS: dict[str, MethodSpec] = {}

@@ -309,6 +309,13 @@ def fit(cfg: ExperimentConfig, module: ZeroShotModule, run_dir: Path, loggers: l
     return last_checkpoint(run_dir)
 
 
+def method_protocols(cfg: ExperimentConfig) -> list[dict[str, Any] | None]:
+    """Per target, the method's protocol there as its results record it (None: the method declares none);
+    a protocol the method refuses on a target raises ConfigError before any model, data or run folder."""
+    protocol = get_method(cfg.method.name).dataset_protocol
+    return [protocol(cfg.method, target.name) if protocol else None for target in cfg.targets]
+
+
 def target_datamodules(cfg: ExperimentConfig, module: ZeroShotModule) -> list[AnomalyDataModule]:
     if not cfg.targets:
         raise ConfigError(
@@ -322,7 +329,13 @@ class _WriteResults(Callback):
     ``ddp_spawn`` included, where the launching process never sees the module's state)."""
 
     def __init__(
-        self, run_dir: Path, results: dict[str, Any], key: str, target: Any, loggers: list[Logger]
+        self,
+        run_dir: Path,
+        results: dict[str, Any],
+        key: str,
+        target: Any,
+        loggers: list[Logger],
+        protocol: dict[str, Any] | None = None,
     ) -> None:
         self.run_dir, self.results, self.key, self.target, self.loggers = (
             run_dir,
@@ -331,6 +344,7 @@ class _WriteResults(Callback):
             target,
             loggers,
         )
+        self.protocol = protocol
 
     def on_test_end(self, trainer: L.Trainer, module: ZeroShotModule) -> None:
         if not trainer.is_global_zero:
@@ -346,6 +360,7 @@ class _WriteResults(Callback):
             "preprocessing": dataclasses.asdict(datamodule.preprocessing),
             "options": dict(datamodule.cfg.options or {}),
             "n_images": len(index.records),
+            **({"method_protocol": self.protocol} if self.protocol is not None else {}),
         }
         thresholds = f1_thresholds(module.test_curves) if module.test_curves is not None else None
         payload = target_payload(self.target.name, index.counts(), module.test_results, details, thresholds)
@@ -363,8 +378,9 @@ def evaluate(
     datamodules: list[AnomalyDataModule],
 ) -> dict[str, Any]:
     """Test on every target; the results files are rewritten after each one."""
-    for key, target, datamodule in zip(_target_keys(cfg), cfg.targets, datamodules, strict=True):
-        callbacks: list[Callback] = [_WriteResults(run_dir, results, key, target, loggers)]
+    targets = zip(_target_keys(cfg), cfg.targets, datamodules, method_protocols(cfg), strict=True)
+    for key, target, datamodule, protocol in targets:
+        callbacks: list[Callback] = [_WriteResults(run_dir, results, key, target, loggers, protocol)]
         if cfg.eval.save_maps:
             callbacks.append(MapWriter(run_dir / "maps" / key))
         if cfg.eval.visualize:
@@ -476,6 +492,7 @@ def evaluation_module(cfg: ExperimentConfig) -> tuple[ZeroShotModule, Path | Non
 
 
 def test(cfg: ExperimentConfig) -> RunOutcome:
+    method_protocols(cfg)  # a refused target stops the job before anything is built
     with stop_signal_guard():
         module, checkpoint = evaluation_module(cfg)
         datamodules = target_datamodules(cfg, module)
@@ -491,6 +508,7 @@ def test(cfg: ExperimentConfig) -> RunOutcome:
 
 def run(cfg: ExperimentConfig) -> RunOutcome:
     """Train on the source (its test split, by the zero-shot protocol), then evaluate every target."""
+    method_protocols(cfg)  # a refused target stops the job before any training
     with stop_signal_guard():
         module = build_module(cfg)
         datamodules = target_datamodules(cfg, module)  # a wrong target root fails before training

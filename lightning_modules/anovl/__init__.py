@@ -15,6 +15,7 @@ register_method(
         trains=False,
         needs="nothing: training-free (test images only)",
         description="domain-aware state prompts + V-V tokens + per-image test-time adaptation (AnoVL)",
+        dataset_protocol=AnoVLModule.protocol_on,
     )
 )
 

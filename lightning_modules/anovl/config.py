@@ -57,6 +57,11 @@ class AnoVLConfig:
     # cls_name, "metal_nut", with their class_mapping macaroni1/2 -> "macaroni") or "object_word" (the
     # dataset's prompt name, "metal nut").
     prompt_words: str = "folder"
+    # VisA's protocol (lightning_modules/anovl/protocol.py): "vis_test" (the authors' vis_test.py: short side
+    # to 240, two tiles, class-token score, D x D adapter; not implemented yet, so refused on VisA) or
+    # "vl_test" (vl_test.py's, as on MVTec AD; a deviation on VisA, recorded in results.json). Other
+    # datasets always get vl_test.py's.
+    visa_protocol: str = "vis_test"
     texture_categories: list[str] = dataclasses.field(default_factory=lambda: list(TEXTURE_CATEGORIES))
     templates_per_domain: int | None = None  # None: all 22 templates per medium (tiny configs use fewer)
     text_batch_size: int = 256  # sentences per text-encoder pass

@@ -13,6 +13,7 @@ from datamodules.transforms import ImagePreprocessing
 from lightning_modules.anovl.config import SEQUENTIAL_TTA_RESETS, AnoVLConfig
 from lightning_modules.anovl.model import AnoVL, BatchText, CategoryText
 from lightning_modules.anovl.prompts import AUTHORS_CLASS_MAPPING, prompt_kind
+from lightning_modules.anovl.protocol import dataset_protocol
 from lightning_modules.anovl.tta import TestTimeAdaptation
 from lightning_modules.base import EvalConfig, ZeroShotModule
 from lightning_modules.clip.prompts import PROMPT_WORDS
@@ -29,6 +30,7 @@ class AnoVLModule(ZeroShotModule):
 
     method_name = "anovl"
     model_class: type[AnoVL] = AnoVL
+    authors_code = True  # False: the method's protocol is a reconstruction (Dual-Image)
 
     def __init__(
         self, cfg: AnoVLConfig, eval_cfg: EvalConfig | None = None, model: AnoVL | None = None
@@ -39,6 +41,7 @@ class AnoVLModule(ZeroShotModule):
                 f"method.prompt_words must be one of {list(PROMPT_WORDS)}, got {cfg.prompt_words!r}"
             )
         self.cfg = cfg
+        self.protocol_on(cfg, "")  # a wrong method.visa_protocol fails here, before the model is built
         self.model = model if model is not None else self.model_class(cfg)
         # The runner seeds torch (L.seed_everything(experiment seed)) right before building the module.
         self.seed = int(cfg.seed) if cfg.seed is not None else int(torch.initial_seed())
@@ -81,7 +84,17 @@ class AnoVLModule(ZeroShotModule):
                 f"(trainer.devices=1 trainer.num_nodes=1) or set method.tta.reset=image (order-independent)"
             )
 
+    @classmethod
+    def protocol_on(cls, cfg: AnoVLConfig, dataset: str) -> dict[str, Any]:
+        """The protocol this method runs on ``dataset`` (``method.visa_protocol``), as results record it;
+        refused when zsad does not implement it. The runner checks every target before any work (the
+        registry's ``dataset_protocol``); the test epoch checks again for direct use of the module."""
+        return dataset_protocol(
+            cfg.visa_protocol, dataset, method=cls.method_name, authors_code=cls.authors_code
+        )
+
     def on_test_epoch_start(self) -> None:
+        self.protocol_on(self.cfg, self.trainer.datamodule.cfg.name)
         self.check_sequential_tta(self.trainer.world_size)
         super().on_test_epoch_start()
         self.bind_data(self.trainer.datamodule)

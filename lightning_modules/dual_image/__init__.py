@@ -15,6 +15,7 @@ register_method(
         trains=False,
         needs="nothing: training-free (the other test images of each category are the visual references)",
         description="AnoVL text branch + same-category test images as visual references + TTA (DIE-CLIP)",
+        dataset_protocol=DualImageModule.protocol_on,
     )
 )
 

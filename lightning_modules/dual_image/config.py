@@ -60,3 +60,6 @@ class DualImageConfig(AnoVLConfig):
     tta: DualImageTTAConfig = dataclasses.field(default_factory=DualImageTTAConfig)
     # image score = (1 - w) * p_text + w * max(fused map on the token grid); 0 gives AnoVL's score
     image_score_map_weight: float = 0.5
+    # [reconstruction] AnoVL's vl_test.py protocol on every dataset, VisA included (the paper's code is not
+    # public; AnoVL's authors evaluate VisA with vis_test.py, whose tiles the visual references lack).
+    visa_protocol: str = "vl_test"

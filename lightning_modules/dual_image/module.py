@@ -45,6 +45,7 @@ class ReferenceBank:
 
 class DualImageModule(AnoVLModule):
     method_name = "dual_image"
+    authors_code = False  # [reconstruction] no public code: its protocol (vl_test.py's everywhere) is zsad's
     model_class = DualImageCLIP
     cfg: DualImageConfig
     model: DualImageCLIP
