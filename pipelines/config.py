@@ -39,7 +39,7 @@ PLACEMENT_KEYS = ("run_dir", "output_dir", "logger", "trainer.enable_progress_ba
 # change when checkpoints are written or how often metrics are logged, never a trained parameter. Anything
 # else -- devices, strategy and num_nodes too (each process's share of an epoch and the rank-seeded step
 # randomness depend on the number of processes), precision, num_workers -- would mix two configs' training.
-# (A larger trainer.max_epochs is also accepted: runner.refuse_resume_of_another_config.)
+# (A larger trainer.max_epochs is also accepted: run_folder.refuse_resume_of_another_config.)
 RESUME_NEUTRAL_KEYS = (*PLACEMENT_KEYS, "trainer.checkpoint_minutes", "trainer.log_every_n_steps")
 
 
