@@ -2,7 +2,8 @@
 
 Cluster behaviour lives here too: every process of a DDP job agrees on one run directory, a run that
 was preempted resumes from its newest checkpoint in that directory with the same W&B run id, and only
-global rank 0 writes results. Who owns a run folder and how it stands (``run.lock``, ``status.json``) is
+global rank 0 writes results. Which folder a run uses and whether its config may use it is
+:mod:`pipelines.run_folder`; who owns it and how it stands (``run.lock``, ``status.json``),
 :mod:`pipelines.run_state`.
 """
 
