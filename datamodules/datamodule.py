@@ -177,12 +177,18 @@ class AnomalyDataModule(L.LightningDataModule):
             return self._train_loader(dataset, workers)
         return DataLoader(
             dataset,
-            batch_size=self.cfg.eval_batch_size,
+            batch_size=self.eval_batch_size,
             shuffle=False,
             num_workers=workers,
             pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
             persistent_workers=workers > 0,
         )
+
+    @property
+    def eval_batch_size(self) -> int:
+        """``eval_batch_size``; 1 when images keep their aspect ratio (``resize=short_side``): images of
+        different shapes cannot be stacked into one batch (the authors' loader has batch size 1)."""
+        return 1 if self.preprocessing.resize == "short_side" else self.cfg.eval_batch_size
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.cfg.train_split, train=True)

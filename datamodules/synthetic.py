@@ -232,6 +232,42 @@ def generate_synthetic_dataset(
     )
 
 
+def write_visa_layout(mvtec_root: Path | str, out: Path | str, size: tuple[int, int]) -> Path:
+    """The *test* images of a synthetic MVTec-layout dataset in VisA's raw layout under ``out``, resized
+    to ``size`` (W, H; VisA's images are landscape): ``{cls}/Data/Images/{Normal,Anomaly}/{defect}_{i}.png``,
+    masks (0/255, resized nearest) in ``{cls}/Data/Masks/Anomaly/`` and ``split_csv/1cls.csv`` listing
+    them, categories sorted and files sorted within each (for methods with VisA-specific protocols)."""
+    mvtec_root, out = Path(mvtec_root), Path(out)
+    rows = []
+    for category in sorted(p.name for p in mvtec_root.iterdir() if p.is_dir()):
+        for image in sorted((mvtec_root / category / "test").glob("*/*.png")):
+            defect = image.parent.name
+            normal = defect == "good"
+            relative = Path(
+                category, "Data", "Images", "Normal" if normal else "Anomaly", f"{defect}_{image.name}"
+            )
+            (out / relative).parent.mkdir(parents=True, exist_ok=True)
+            with Image.open(image) as decoded:
+                _save_png(out / relative, np.asarray(decoded.resize(size, Image.Resampling.BILINEAR)))
+            mask = ""
+            if not normal:
+                mask_path = Path(category, "Data", "Masks", "Anomaly", relative.name)
+                (out / mask_path).parent.mkdir(parents=True, exist_ok=True)
+                with Image.open(
+                    mvtec_root / category / "ground_truth" / defect / f"{image.stem}_mask.png"
+                ) as m:
+                    _save_png(out / mask_path, np.asarray(m.resize(size, Image.Resampling.NEAREST)))
+                mask = mask_path.as_posix()
+            rows.append(
+                ",".join([category, "test", "normal" if normal else "anomaly", relative.as_posix(), mask])
+            )
+    (out / "split_csv").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        out / "split_csv" / "1cls.csv", "\n".join(["object,split,label,image,mask", *rows]) + "\n"
+    )
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # CLI: registered by pipelines/cli.py as `zsad data synth`
 

@@ -34,6 +34,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI's, used by every offic
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 RESIZE_BACKENDS = ("pil", "tensor")
+RESIZES = ("square", "short_side")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 MASK_INTERPOLATIONS = ("bilinear", "nearest")
 HIGH_BIT_DEPTHS = ("clip", "scale")
@@ -63,6 +64,10 @@ class ImagePreprocessing:
     # 16-bit and float images: "clip" at 255 as Pillow's convert("RGB") does in the official code, or
     # "scale" by the value range to 8 bits first (zsad's option; no benchmark of docs/datasets.md needs it).
     high_bit_depth: str = "clip"
+    # "square": Resize((S, S)) (every method's default); "short_side": torchvision's Resize(S), the short
+    # side to S and the long one to int(S * long / short), no crop (AnoVL's vis_test.py on VisA). The
+    # mask goes the same way to the evaluation size.
+    resize: str = "square"
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -70,6 +75,7 @@ class ImagePreprocessing:
             ("interpolation", INTERPOLATIONS),
             ("mask_interpolation", MASK_INTERPOLATIONS),
             ("high_bit_depth", HIGH_BIT_DEPTHS),
+            ("resize", RESIZES),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -93,12 +99,19 @@ class TransformSpec:
     hflip_p: float = 0.0  # training-time augmentation (off in the authors' protocol)
 
 
-def _resize_pil(image: Image.Image, size: int, interpolation: str) -> Image.Image:
-    return TF.resize(image, [size, size], interpolation=_MODES[interpolation])
+def _size(size: int, resize: str) -> list[int]:
+    """torchvision's size argument: ``[S, S]``, or ``[S]`` for the short side."""
+    return [size, size] if resize == "square" else [size]
 
 
-def _resize_tensor(tensor: torch.Tensor, size: int, interpolation: str, antialias: bool) -> torch.Tensor:
-    return TF.resize(tensor, [size, size], interpolation=_MODES[interpolation], antialias=antialias)
+def _resize_pil(image: Image.Image, size: int, interpolation: str, resize: str = "square") -> Image.Image:
+    return TF.resize(image, _size(size, resize), interpolation=_MODES[interpolation])
+
+
+def _resize_tensor(
+    tensor: torch.Tensor, size: int, interpolation: str, antialias: bool, resize: str = "square"
+) -> torch.Tensor:
+    return TF.resize(tensor, _size(size, resize), interpolation=_MODES[interpolation], antialias=antialias)
 
 
 class ImageMaskTransform:
@@ -116,26 +129,34 @@ class ImageMaskTransform:
         if image.mode in HIGH_BIT_MODES and pre.high_bit_depth == "scale":
             image = scale_to_8bit(image)
         if pre.resize_backend == "pil":
-            tensor = TF.pil_to_tensor(_resize_pil(image, size, pre.interpolation).convert("RGB"))
+            resized = _resize_pil(image, size, pre.interpolation, pre.resize)
+            tensor = TF.pil_to_tensor(resized.convert("RGB"))
             tensor = tensor.float().div(255)
         else:
             tensor = TF.pil_to_tensor(image.convert("RGB")).float().div(255)
-            tensor = _resize_tensor(tensor, size, pre.interpolation, pre.antialias)
+            tensor = _resize_tensor(tensor, size, pre.interpolation, pre.antialias, pre.resize)
         return (tensor - self.mean) / self.std
 
     def mask(self, mask: Image.Image | None) -> torch.Tensor:
         size, pre = self.spec.eval_size, self.pre
-        if mask is None:  # a normal image: the official code resizes an all-zero mask
+        if (
+            mask is None and pre.resize == "square"
+        ):  # a normal image: the official code resizes an all-zero mask
             return torch.zeros(size, size)
+        if mask is None:
+            raise ValueError("resize='short_side' needs the image's size for a normal image's mask")
         if pre.resize_backend == "pil":
-            resized = TF.pil_to_tensor(_resize_pil(mask, size, pre.mask_interpolation))[0].float().div(255)
+            resized = _resize_pil(mask, size, pre.mask_interpolation, pre.resize)
+            resized = TF.pil_to_tensor(resized)[0].float().div(255)
         else:
             tensor = TF.pil_to_tensor(mask).float().div(255)
-            resized = _resize_tensor(tensor, size, pre.mask_interpolation, pre.antialias)[0]
+            resized = _resize_tensor(tensor, size, pre.mask_interpolation, pre.antialias, pre.resize)[0]
         return (resized > pre.mask_threshold).float()
 
     def __call__(self, image: Image.Image, mask: Image.Image | None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.spec.hflip_p > 0 and random.random() < self.spec.hflip_p:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mask is not None else None
+        if mask is None and self.pre.resize == "short_side":  # its shape follows the image's
+            return self.image(image), self.mask(Image.new("L", image.size))
         return self.image(image), self.mask(mask)

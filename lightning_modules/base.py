@@ -81,6 +81,10 @@ class ZeroShotModule(L.LightningModule):
         AnomalyCLIP's by default, overridden by methods whose code differs (AnoVL: bilinear)."""
         return ImagePreprocessing()
 
+    def dataset_preprocessing(self, dataset: str) -> ImagePreprocessing:
+        """The preprocessing of ``dataset``'s images: the method's, unless its protocol there differs."""
+        return self.preprocessing
+
     def predict_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(image scores [B], anomaly maps [B, H, W] at the mask size or None)``."""
         raise NotImplementedError

@@ -152,7 +152,10 @@ def make_trainer(
 
 def _datamodule(data_cfg: Any, module: ZeroShotModule, seed: int) -> AnomalyDataModule:
     datamodule = AnomalyDataModule(
-        data_cfg, image_size=module.image_size, preprocessing=module.preprocessing, seed=seed
+        data_cfg,
+        image_size=module.image_size,
+        preprocessing=module.dataset_preprocessing(data_cfg.name),
+        seed=seed,
     )
     _ = datamodule.full_index  # parse now: a wrong root fails before any training time is spent
     return datamodule

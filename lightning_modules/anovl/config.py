@@ -58,9 +58,9 @@ class AnoVLConfig:
     # dataset's prompt name, "metal nut").
     prompt_words: str = "folder"
     # VisA's protocol (lightning_modules/anovl/protocol.py): "vis_test" (the authors' vis_test.py: short side
-    # to 240, two tiles, class-token score, D x D adapter; not implemented yet, so refused on VisA) or
-    # "vl_test" (vl_test.py's, as on MVTec AD; a deviation on VisA, recorded in results.json). Other
-    # datasets always get vl_test.py's.
+    # to 240 without a crop, two tiles, class-token score, D x D adapter; anovl/vis_test.py) or "vl_test"
+    # (vl_test.py's, as on MVTec AD; a deviation on VisA, recorded in results.json). Other datasets always
+    # get vl_test.py's.
     visa_protocol: str = "vis_test"
     texture_categories: list[str] = dataclasses.field(default_factory=lambda: list(TEXTURE_CATEGORIES))
     templates_per_domain: int | None = None  # None: all 22 templates per medium (tiny configs use fewer)

@@ -13,8 +13,9 @@ from datamodules.transforms import ImagePreprocessing
 from lightning_modules.anovl.config import SEQUENTIAL_TTA_RESETS, AnoVLConfig
 from lightning_modules.anovl.model import AnoVL, BatchText, CategoryText
 from lightning_modules.anovl.prompts import AUTHORS_CLASS_MAPPING, prompt_kind
-from lightning_modules.anovl.protocol import dataset_protocol
+from lightning_modules.anovl.protocol import VIS_TEST, VISA_PROTOCOLS, dataset_protocol
 from lightning_modules.anovl.tta import TestTimeAdaptation
+from lightning_modules.anovl.vis_test import TiledAdaptation, vis_test_predict
 from lightning_modules.base import EvalConfig, ZeroShotModule
 from lightning_modules.clip.prompts import PROMPT_WORDS
 
@@ -31,6 +32,7 @@ class AnoVLModule(ZeroShotModule):
     method_name = "anovl"
     model_class: type[AnoVL] = AnoVL
     authors_code = True  # False: the method's protocol is a reconstruction (Dual-Image)
+    protocols: tuple[str, ...] = VISA_PROTOCOLS  # the protocols (protocol.py) this method implements
 
     def __init__(
         self, cfg: AnoVLConfig, eval_cfg: EvalConfig | None = None, model: AnoVL | None = None
@@ -46,6 +48,8 @@ class AnoVLModule(ZeroShotModule):
         # The runner seeds torch (L.seed_everything(experiment seed)) right before building the module.
         self.seed = int(cfg.seed) if cfg.seed is not None else int(torch.initial_seed())
         self.tta = TestTimeAdaptation(cfg.tta, cfg.pixel_temperature) if cfg.tta.enabled else None
+        self.tiled_tta = TiledAdaptation(cfg.tta) if cfg.tta.enabled else None  # vis_test.py's
+        self.protocol = "vl_test"  # of the bound dataset (protocol.py)
         self._categories: list[str] = []
         self._object_names: dict[str, str] = {}
         self._domain = "industrial"
@@ -59,6 +63,12 @@ class AnoVLModule(ZeroShotModule):
     def preprocessing(self) -> ImagePreprocessing:  # AnoVL's vl_test.py: Resize((S, S)), i.e. bilinear
         return ImagePreprocessing(interpolation="bilinear")
 
+    def dataset_preprocessing(self, dataset: str) -> ImagePreprocessing:
+        """vis_test.py (VisA): ``Resize(S)``, the short side to S without a crop (bilinear)."""
+        if self.protocol_on(self.cfg, dataset)["protocol"] == VIS_TEST:
+            return ImagePreprocessing(interpolation="bilinear", resize="short_side")
+        return self.preprocessing
+
     @property
     def needs_grad_at_test(self) -> bool:  # type: ignore[override]
         return bool(self.cfg.tta.enabled)
@@ -70,8 +80,11 @@ class AnoVLModule(ZeroShotModule):
         self._object_names = datamodule.full_index.prompt_names()
         self._domain = datamodule.domain
         self._texts.clear()
-        if self.tta is not None:
-            self.tta.reset()
+        cfg = getattr(datamodule, "cfg", None)
+        self.protocol = self.protocol_on(self.cfg, cfg.name)["protocol"] if cfg is not None else "vl_test"
+        for tta in (self.tta, self.tiled_tta):
+            if tta is not None:
+                tta.reset()
 
     def check_sequential_tta(self, world_size: int) -> None:
         """The authors' TTA carries optimizer state from image to image of a category, in index order; split
@@ -90,11 +103,14 @@ class AnoVLModule(ZeroShotModule):
         refused when zsad does not implement it. The runner checks every target before any work (the
         registry's ``dataset_protocol``); the test epoch checks again for direct use of the module."""
         return dataset_protocol(
-            cfg.visa_protocol, dataset, method=cls.method_name, authors_code=cls.authors_code
+            cfg.visa_protocol,
+            dataset,
+            method=cls.method_name,
+            authors_code=cls.authors_code,
+            implemented=cls.protocols,
         )
 
     def on_test_epoch_start(self) -> None:
-        self.protocol_on(self.cfg, self.trainer.datamodule.cfg.name)
         self.check_sequential_tta(self.trainer.world_size)
         super().on_test_epoch_start()
         self.bind_data(self.trainer.datamodule)
@@ -128,6 +144,18 @@ class AnoVLModule(ZeroShotModule):
 
     def predict_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         categories = self.batch_categories(batch)
+        if self.protocol == VIS_TEST:
+            generators = [torch.Generator().manual_seed(s) for s in self.image_seeds(batch)]
+            scores, _, maps = vis_test_predict(
+                self.model,
+                batch["image"],
+                self.batch_text(categories).classes,
+                tuple(batch["mask"].shape[-2:]),
+                self.tiled_tta,
+                generators,
+                categories,
+            )
+            return scores, maps
         return self.model.predict(
             batch["image"],
             self.batch_text(categories),

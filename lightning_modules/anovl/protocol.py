@@ -2,9 +2,10 @@
 
 The authors evaluate MVTec AD with ``vl_test.py`` and VisA with another script, ``vis_test.py``, with
 another protocol (short side to 240 without a crop, two overlapping square tiles, the tiles' class tokens
-as image score, a ``D x D`` adapter for TTA). zsad implements ``vl_test.py``'s. ``method.visa_protocol``
-says which one VisA gets; the authors' (``vis_test``) is refused until zsad implements it, so that no
-result on VisA is silently another protocol. The choice is recorded with every target's results.
+as image score, a ``D x D`` adapter for TTA; :mod:`lightning_modules.anovl.vis_test`).
+``method.visa_protocol`` says which one VisA gets: the authors' (``vis_test``) by default, ``vl_test`` as a
+deviation. A method that does not implement a protocol refuses it (Dual-Image: vis_test), so that no
+result is silently another protocol. The choice is recorded with every target's results.
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ VIS_TEST = "vis_test"  # vis_test.py: short side 240, two tiles, class-token sco
 VISA_PROTOCOLS = (VIS_TEST, VL_TEST)
 #: The datasets the authors published a script for, and which script.
 AUTHORS_PROTOCOLS = {"mvtec": VL_TEST, "visa": VIS_TEST}
-IMPLEMENTED = (VL_TEST,)
 
 
 def dataset_protocol(
-    visa_protocol: str, dataset: str, *, method: str = "anovl", authors_code: bool = True
+    visa_protocol: str,
+    dataset: str,
+    *,
+    method: str = "anovl",
+    authors_code: bool = True,
+    implemented: tuple[str, ...] = VISA_PROTOCOLS,
 ) -> dict[str, Any]:
     """The protocol ``method`` runs on ``dataset``, as results record it (``method_protocol``); raises
     :class:`ConfigError` for a protocol zsad does not implement. ``authors_code=False`` (Dual-Image, whose
@@ -32,13 +37,12 @@ def dataset_protocol(
             f"method.visa_protocol must be one of {list(VISA_PROTOCOLS)}, got {visa_protocol!r}"
         )
     protocol = visa_protocol if dataset == "visa" else VL_TEST
-    if protocol not in IMPLEMENTED:
+    if protocol not in implemented:
         raise ConfigError(
-            f"{method} on visa: AnoVL's authors evaluate VisA with vis_test.py (short side resized to 240 "
-            "without a crop, two overlapping square tiles whose maps are averaged, the tiles' class tokens "
-            f"as image score, a D x D adapter for TTA), which zsad does not implement yet "
-            f"(method.visa_protocol={protocol}); to run vl_test.py's protocol on VisA instead (a deviation "
-            f"from the authors' code, recorded in results.json), set method.visa_protocol={VL_TEST}"
+            f"{method} on visa: method.visa_protocol={protocol} is AnoVL's authors' VisA protocol (vis_test.py: "
+            "short side resized to 240 without a crop, two overlapping square tiles whose maps are averaged, "
+            f"the tiles' class tokens as image score, a D x D adapter for TTA), which zsad does not implement "
+            f"for {method}; set method.visa_protocol={VL_TEST} to run vl_test.py's protocol on VisA"
         )
     if not authors_code:
         return {"protocol": protocol, "authors_protocol": None, "reconstruction": True}

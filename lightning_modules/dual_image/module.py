@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 from datamodules.progress import progress
 from lightning_modules.anovl.module import AnoVLModule, image_seed
+from lightning_modules.anovl.protocol import VL_TEST
 from lightning_modules.base import EvalConfig
 from lightning_modules.dual_image.config import DualImageConfig
 from lightning_modules.dual_image.model import DualImageCLIP
@@ -46,6 +47,7 @@ class ReferenceBank:
 class DualImageModule(AnoVLModule):
     method_name = "dual_image"
     authors_code = False  # [reconstruction] no public code: its protocol (vl_test.py's everywhere) is zsad's
+    protocols = (VL_TEST,)  # vis_test.py's tiles would need tiled visual references too
     model_class = DualImageCLIP
     cfg: DualImageConfig
     model: DualImageCLIP

@@ -127,6 +127,28 @@ def test_anovl_resizes_bilinear(tmp_path: Path) -> None:
     assert np.abs(image - _official_pil_image(path, Image.Resampling.BICUBIC)).max() > 0.05
 
 
+def test_anovl_vis_test_resizes_the_short_side_without_a_crop(tmp_path: Path) -> None:
+    """vis_test.py's get_data_transforms as torchvision objects: Resize(S) (int: the short side; bilinear),
+    no crop, on the image and on the mask; a normal image's mask is zeros of the image's shape."""
+    path, mask = _textured(tmp_path / "t.png"), _blob_mask(tmp_path / "m.png")
+    image_transform = T.Compose(
+        [
+            T.Resize(SIZE),
+            lambda image: image.convert("RGB"),
+            T.ToTensor(),
+            T.Normalize(tuple(MEAN.tolist()), tuple(STD.tolist())),
+        ]
+    )
+    binary = Image.fromarray((np.array(Image.open(mask).convert("L")) > 0).astype(np.uint8) * 255, mode="L")
+    official_mask = T.Compose([T.Resize(SIZE), T.ToTensor()])(binary)[0] > 0.5
+    image, target = _zsad(path, mask, interpolation="bilinear", resize="short_side")
+    assert image.shape == (3, SIZE, 96)  # 150 x 100 -> int(64 * 150 / 100) x 64
+    assert np.abs(image - image_transform(Image.open(path)).numpy()).max() <= 1e-6
+    assert (target == official_mask.numpy()).all() and target.any()
+    _, normal = _zsad(path, interpolation="bilinear", resize="short_side")
+    assert normal.shape == (SIZE, 96) and not normal.any()
+
+
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "I;16"])
 def test_the_file_mode_is_resized_before_conversion_to_rgb(tmp_path: Path, mode: str) -> None:
     """As torchvision on PIL: a grey image is resized grey, a palette one nearest (Pillow's rule for

@@ -1,17 +1,17 @@
-"""AnoVL's protocol per dataset: VisA gets the authors' vis_test.py protocol or nothing, unless the user
-chooses vl_test.py's (a deviation recorded in results.json); other datasets are unchanged."""
+"""AnoVL's protocol per dataset: VisA gets the authors' vis_test.py protocol unless the user chooses
+vl_test.py's (a deviation recorded in results.json); other datasets are unchanged; a protocol a method does
+not implement (Dual-Image: vis_test) is refused before any work."""
 
 from __future__ import annotations
 
-import csv
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from dual_image_support import single_thread  # noqa: F401 - a fixture
 
 from datamodules.errors import ConfigError
+from datamodules.synthetic import write_visa_layout
 from lightning_modules.anovl import AnoVLModule
 from lightning_modules.anovl.config import AnoVLConfig
 from lightning_modules.dual_image import DualImageModule
@@ -20,33 +20,6 @@ from pipelines import runner
 from pipelines.config import compose, to_object
 
 VL_TEST_ON_VISA = {"protocol": "vl_test", "authors_protocol": "vis_test", "deviation": True}
-
-
-def write_visa_layout(mvtec_root: Path, out: Path) -> Path:
-    """The test images of an MVTec-layout dataset in VisA's raw layout (split_csv/1cls.csv)."""
-    rows = []
-    for category in sorted(p.name for p in mvtec_root.iterdir() if p.is_dir()):
-        for image in sorted((mvtec_root / category / "test").glob("*/*.png")):
-            defect = image.parent.name
-            label = "normal" if defect == "good" else "anomaly"
-            folder = "Normal" if defect == "good" else "Anomaly"
-            relative = Path(category) / "Data" / "Images" / folder / f"{defect}_{image.name}"
-            (out / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(image, out / relative)
-            mask = ""
-            if label == "anomaly":
-                mask_path = Path(category) / "Data" / "Masks" / "Anomaly" / f"{defect}_{image.name}"
-                (out / mask_path).parent.mkdir(parents=True, exist_ok=True)
-                source = mvtec_root / category / "ground_truth" / defect / f"{image.stem}_mask.png"
-                shutil.copy(source, out / mask_path)
-                mask = str(mask_path)
-            rows.append([category, "test", label, str(relative), mask])
-    (out / "split_csv").mkdir(parents=True)
-    with (out / "split_csv" / "1cls.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["object", "split", "label", "image", "mask"])
-        writer.writerows(rows)
-    return out
 
 
 def experiment(method: str, targets: str, run_dir: Path, *extra: str):
@@ -68,12 +41,9 @@ def experiment(method: str, targets: str, run_dir: Path, *extra: str):
     )
 
 
-def test_visa_is_refused_with_the_authors_protocol_and_the_way_out():
-    with pytest.raises(ConfigError) as refused:
-        AnoVLModule.protocol_on(AnoVLConfig(), "visa")
-    message = str(refused.value)
-    assert "vis_test.py" in message and "two overlapping square tiles" in message
-    assert "does not implement" in message and "method.visa_protocol=vl_test" in message
+def test_visa_gets_the_authors_vis_test_protocol_by_default():
+    vis_test = {"protocol": "vis_test", "authors_protocol": "vis_test", "deviation": False}
+    assert AnoVLModule.protocol_on(AnoVLConfig(), "visa") == vis_test
 
 
 def test_the_chosen_deviation_and_the_other_datasets_are_recorded():
@@ -90,34 +60,51 @@ def test_dual_image_runs_vl_test_everywhere_as_a_reconstruction():
     reconstruction = {"protocol": "vl_test", "authors_protocol": None, "reconstruction": True}
     for dataset in ("visa", "mvtec"):
         assert DualImageModule.protocol_on(DualImageConfig(), dataset) == reconstruction
-    with pytest.raises(ConfigError, match="dual_image on visa.*does not implement"):
+    with pytest.raises(ConfigError) as refused:
         DualImageModule.protocol_on(DualImageConfig(visa_protocol="vis_test"), "visa")
+    message = str(refused.value)
+    assert "vis_test.py" in message and "two overlapping square tiles" in message
+    assert "does not implement" in message and "method.visa_protocol=vl_test" in message
 
 
 @pytest.mark.parametrize("job", [runner.test, runner.run])
 def test_a_run_on_visa_stops_before_any_model_data_or_run_folder(job, tmp_path):
     """The root does not even exist: the protocol is refused before the dataset is read."""
-    cfg = experiment("anovl_tiny", "[visa]", tmp_path / "run", f"targets.0.root={tmp_path / 'none'}")
+    root = f"targets.0.root={tmp_path / 'none'}"
+    cfg = experiment("dual_image_tiny", "[visa]", tmp_path / "run", root, "method.visa_protocol=vis_test")
     with pytest.raises(ConfigError, match="vis_test.py"):
         job(cfg)
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.usefixtures("single_thread")
-def test_vl_test_on_visa_is_evaluated_and_recorded_as_a_deviation(synthetic_pair, tmp_path):
-    visa = write_visa_layout(synthetic_pair[1], tmp_path / "visa")
+@pytest.fixture
+def visa_and_synthetic(synthetic_pair, tmp_path) -> tuple[str, str]:
+    """``targets=`` and the VisA root override for a VisA-layout copy of the synthetic target and itself."""
+    visa = write_visa_layout(synthetic_pair[1], tmp_path / "visa", size=(40, 30))
     target = tmp_path / "synthetic.yaml"
     target.write_text(f"name: synthetic\nroot: {synthetic_pair[1]}\nnum_workers: 0\n")
-    cfg = experiment(
-        "anovl_tiny",
-        f"[visa,{target}]",
-        tmp_path / "run",
-        f"targets.0.root={visa}",
-        "targets.0.num_workers=0",
-        "method.visa_protocol=vl_test",
-    )
-    runner.test(cfg)
+    return f"[visa,{target}]", f"targets.0.root={visa}"
+
+
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize(
+    ("visa_protocol", "recorded"),
+    [
+        ("vis_test", {"protocol": "vis_test", "authors_protocol": "vis_test", "deviation": False}),
+        ("vl_test", VL_TEST_ON_VISA),
+    ],
+)
+def test_visa_is_evaluated_under_the_chosen_protocol_and_recorded(
+    visa_protocol, recorded, visa_and_synthetic, tmp_path
+):
+    targets, visa_root = visa_and_synthetic
+    overrides = (visa_root, "targets.0.num_workers=0", f"method.visa_protocol={visa_protocol}")
+    runner.test(experiment("anovl_tiny", targets, tmp_path / "run", *overrides))
     results = json.loads((tmp_path / "run" / "results.json").read_text())["targets"]
-    assert results["visa"]["method_protocol"] == VL_TEST_ON_VISA
+    assert results["visa"]["method_protocol"] == recorded
     assert results["synthetic"]["method_protocol"] == {"protocol": "vl_test", "authors_protocol": None}
     assert results["visa"]["mean"]["image_auroc"] is not None
+    assert results["visa"]["mean"]["pixel_auroc"] is not None
+    resize = "short_side" if visa_protocol == "vis_test" else "square"
+    assert results["visa"]["preprocessing"]["resize"] == resize
+    assert results["synthetic"]["preprocessing"]["resize"] == "square"
