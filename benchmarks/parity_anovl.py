@@ -90,6 +90,8 @@ OFFICIAL_METRIC_LISTS = (
 # vl_test.py's image "AP" column is auc(recall, precision) (trapezoids); zsad's image AP is the step-wise
 # sum of the ZSAD papers (sklearn's average_precision_score): a definition, compared but not expected equal
 AGREEING_METRICS = METRICS[:-1]
+IMAGE_METRIC_COLUMNS = [METRICS.index(m) for m in ("image_auroc", "image_f1_max")]
+PIXEL_METRIC_COLUMNS = [METRICS.index(m) for m in ("pixel_auroc", "pixel_f1_max", "pixel_ap", "aupro_cflow")]
 MAP_SAMPLES = np.s_[:, ::12, ::12]
 TTA_SAMPLES = np.s_[..., ::160]
 ADAMW_EPS = 1e-8  # torch.optim.AdamW's default, both sides
@@ -316,6 +318,111 @@ class _ModuleWith:
         return self._replaced[name] if name in self._replaced else getattr(self._module, name)
 
 
+class OfficialRun:
+    """The authors' test loop (``vl_test.test`` or ``vis_test.test``) run on the parity model and images,
+    and what it computes, recorded: the dataset items, the text ensemble, the class tokens of each
+    ``encode_image`` call, the map layer's tokens, the TTA losses and the final map's pooled grids; the
+    TTA's random draws come from :class:`_SeededDraws`."""
+
+    def __init__(self, root: Path, weights: Path) -> None:
+        self.root, self.weights = root, weights
+        self.items: list[dict[str, Any]] = []
+        self.texts: Any = None
+        self.encoded: list[torch.Tensor] = []
+        self.tokens: dict[int, torch.Tensor] = {}
+        self.losses: list[float] = []
+        self.grids: list[torch.Tensor] = []  # per image [tiles, h, w] (vl_test.py: one)
+        self.draws = _SeededDraws()
+
+    def patches(self, open_clip, dataset_class, script, official_model) -> list[tuple[Any, str, Any]]:
+        """``(target, attribute, replacement)``: the parity model, the recording wrappers, the seeded draws
+        and the CPU."""
+        create, getitem = open_clip.create_model_and_transforms, dataset_class.__getitem__
+        encode_texts, resize_tokens, loss_func = (
+            script.encode_text_with_prompt_ensemble,
+            script.resize_tokens,
+            script.loss_func,
+        )
+
+        def create_parity_model(name, img_size, pretrained=None, **kwargs):
+            model, train_transform, val_transform = create(name, img_size, pretrained=None, **kwargs)
+            model.load_state_dict(torch.load(self.weights, weights_only=True))
+            encode_image = model.encode_image
+
+            def recorded_encode_image(image, out_layers, normalize=False):
+                pooled, tokens = encode_image(image, out_layers, normalize)
+                self.encoded.append(pooled[:, 0].detach().clone())
+                return pooled, tokens
+
+            model.encode_image = recorded_encode_image
+            return model, train_transform, val_transform
+
+        def recorded_getitem(dataset, index):
+            item = getitem(dataset, index)
+            relative = str(Path(item["img_path"]).relative_to(self.root))
+            self.items.append({"path": relative, "img": item["img"], "mask": item["img_mask"]})
+            self.draws.start_image(relative)
+            return item
+
+        def recorded_encode_texts(*args, **kwargs):
+            self.texts = encode_texts(*args, **kwargs)
+            return self.texts
+
+        def recorded_resize_tokens(x):
+            self.tokens[len(self.items) - 1] = x.detach().clone()
+            return resize_tokens(x)
+
+        def recorded_loss_func(pred):
+            loss = loss_func(pred)
+            self.losses.append(float(loss))
+            return loss
+
+        def recorded_interpolate(grid, *args, **kwargs):
+            if grid.shape[1] == 1:  # the final map's pooled grids (the views' and TTA's maps: 2 channels)
+                self.grids.append(grid[:, 0].detach().clone())
+            return torch.nn.functional.interpolate(grid, *args, **kwargs)
+
+        return [
+            (open_clip, "create_model_and_transforms", create_parity_model),
+            (dataset_class, "__getitem__", recorded_getitem),
+            (script, "encode_text_with_prompt_ensemble", recorded_encode_texts),
+            (script, "resize_tokens", recorded_resize_tokens),
+            (script, "loss_func", recorded_loss_func),
+            (script, "weight_reset", self.draws.weight_reset),
+            (official_model, "torch", _ModuleWith(torch, normal=self.draws.normal)),
+            (script, "F", _ModuleWith(torch.nn.functional, interpolate=recorded_interpolate)),
+            (script.torch.cuda, "is_available", lambda: False),
+        ]
+
+    def run(self, script, patches, config_path: Path, dataset: str, seed: int):
+        """``script.test(args)`` with the arguments of the authors' command line for ``dataset``; returns
+        the optimizer steps (:func:`optimizer_steps`) and ``test``'s locals (:func:`locals_of`)."""
+        args = types.SimpleNamespace(
+            data_path=str(self.root),
+            save_path=str(config_path.parent / "results"),
+            config_path=str(config_path),
+            dataset=dataset,
+            model=MODEL,
+            pretrained="parity",  # not loaded: create_parity_model loads the parity weights
+            features_list=list(FEATURES_LIST),
+            few_shot_features=[3, 6, 9],
+            image_size=IMAGE_SIZE,
+            mode="zero_shot",
+            adapter=True,
+            epoch=TTA_STEPS,
+            k_shot=10,
+            seed=seed,
+        )
+        script.setup_seed(args.seed)
+        with contextlib.ExitStack() as stack:
+            for target, name, value in patches:
+                stack.enter_context(mock.patch.object(target, name, value))
+            steps = stack.enter_context(optimizer_steps())
+            local = stack.enter_context(locals_of(script.test, ("results", *OFFICIAL_METRIC_LISTS)))
+            script.test(args)
+        return steps, local
+
+
 def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
     import open_clip  # the authors' vendored copy (the official folder leads PYTHONPATH)
 
@@ -336,130 +443,39 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     dataset.Image.fromarray = ps.old_pillow_fromarray(dataset.Image.fromarray)
     ps.register_parity_model(MODEL, open_clip)
     work = root.parent / "official"  # their log.txt and the parity model config, beside the images
-    work.mkdir(exist_ok=True)
     config_path = ps.write_model_config(work, name=MODEL)
 
-    record: dict[str, Any] = {
-        "items": [],
-        "texts": None,
-        "encoded": [],
-        "perms": [],
-        "tokens": {},
-        "losses": [],
-        "grids": [],
-    }
-    draws = _SeededDraws()
-    current = {"index": -1}
-
-    create = open_clip.create_model_and_transforms
-
-    def create_parity_model(name, img_size, pretrained=None, **kwargs):
-        model, train_transform, val_transform = create(name, img_size, pretrained=None, **kwargs)
-        model.load_state_dict(torch.load(weights, weights_only=True))
-        encode_image = model.encode_image
-
-        def recorded_encode_image(image, out_layers, normalize=False):
-            pooled, tokens = encode_image(image, out_layers, normalize)
-            record["encoded"].append(pooled[:, 0].detach().clone())
-            return pooled, tokens
-
-        model.encode_image = recorded_encode_image
-        return model, train_transform, val_transform
-
-    getitem = dataset.MVTecDataset.__getitem__
-
-    def recorded_getitem(self, index):
-        item = getitem(self, index)
-        relative = str(Path(item["img_path"]).relative_to(root))
-        record["items"].append({"path": relative, "img": item["img"], "mask": item["img_mask"]})
-        current["index"] = len(record["items"]) - 1
-        draws.start_image(relative)
-        return item
-
-    encode_texts = vl_test.encode_text_with_prompt_ensemble
-
-    def recorded_encode_texts(*args, **kwargs):
-        record["texts"] = encode_texts(*args, **kwargs)
-        return record["texts"]
-
-    resize_tokens = vl_test.resize_tokens
-
-    def recorded_resize_tokens(x):
-        record["tokens"][current["index"]] = x.detach().clone()
-        return resize_tokens(x)
-
-    loss_func = vl_test.loss_func
-
-    def recorded_loss_func(pred):
-        loss = loss_func(pred)
-        record["losses"].append(float(loss))
-        return loss
+    run, perms = OfficialRun(root, weights), []
 
     def recorded_randperm(n, *args, **kwargs):
         perm = torch.randperm(n, *args, **kwargs)
-        record["perms"].append(perm.clone())
+        perms.append(perm.clone())
         return perm
 
-    def recorded_interpolate(grid, *args, **kwargs):
-        if grid.shape[:2] == (1, 1):  # the final map's pooled grid (the views' map has 2 channels)
-            record["grids"].append(grid[0, 0].detach().clone())
-        return torch.nn.functional.interpolate(grid, *args, **kwargs)
-
-    args = types.SimpleNamespace(
-        data_path=str(root),
-        save_path=str(work / "results"),
-        config_path=str(config_path),
-        dataset="mvtec",
-        model=MODEL,
-        pretrained="parity",  # not loaded: create_parity_model loads the parity weights
-        features_list=list(FEATURES_LIST),
-        few_shot_features=[3, 6, 9],
-        image_size=IMAGE_SIZE,
-        mode="zero_shot",
-        adapter=True,
-        epoch=TTA_STEPS,
-        k_shot=10,
-        seed=OFFICIAL_SEED,
-    )
-    vl_test.setup_seed(args.seed)
-    with contextlib.ExitStack() as stack:
-        for target, name, value in (
-            (open_clip, "create_model_and_transforms", create_parity_model),
-            (dataset.MVTecDataset, "__getitem__", recorded_getitem),
-            (vl_test, "encode_text_with_prompt_ensemble", recorded_encode_texts),
-            (vl_test, "resize_tokens", recorded_resize_tokens),
-            (vl_test, "loss_func", recorded_loss_func),
-            (vl_test, "weight_reset", draws.weight_reset),
-            (official_model, "torch", _ModuleWith(torch, normal=draws.normal)),
-            (utils, "torch", _ModuleWith(torch, randperm=recorded_randperm)),
-            (vl_test, "F", _ModuleWith(torch.nn.functional, interpolate=recorded_interpolate)),
-            (vl_test.torch.cuda, "is_available", lambda: False),
-        ):
-            stack.enter_context(mock.patch.object(target, name, value))
-        steps = stack.enter_context(optimizer_steps())
-        local = stack.enter_context(locals_of(vl_test.test, ("results", *OFFICIAL_METRIC_LISTS)))
-        vl_test.test(args)
-    return _official_result(record, steps, local, categories)
+    patches = run.patches(open_clip, dataset.MVTecDataset, vl_test, official_model)
+    patches.append((utils, "torch", _ModuleWith(torch, randperm=recorded_randperm)))
+    steps, local = run.run(vl_test, patches, config_path, "mvtec", OFFICIAL_SEED)
+    return _official_result(run, perms, steps, local, categories)
 
 
-def _official_result(record, steps, local, categories) -> dict[str, np.ndarray]:
+def _official_result(run: OfficialRun, perms, steps, local, categories) -> dict[str, np.ndarray]:
     results = next(v for v in local["results"] if isinstance(v, dict))
-    n = len(record["items"])
-    paths = [item["path"] for item in record["items"]]
-    text_prompts, text_prompts_list = record["texts"]
-    encoded = record["encoded"]  # per image: the 22 views, then the image itself
+    n = len(run.items)
+    paths = [item["path"] for item in run.items]
+    text_prompts, text_prompts_list = run.texts
+    encoded = run.encoded  # per image: the 22 views, then the image itself
     views = []
     for i in range(n):
         embeddings = torch.nn.functional.normalize(encoded[2 * i], dim=-1)
         unpermuted = torch.empty_like(embeddings)
-        unpermuted[record["perms"][i]] = embeddings  # aug's last line: views[randperm]
+        unpermuted[perms[i]] = embeddings  # aug's last line: views[randperm]
         views.append(unpermuted)
     return {
         "paths": np.array(paths),
         "categories": np.array(categories),
         "category_ids": np.array([categories.index(c) for c in results["cls_names"]]),
         "labels": np.array(results["gt_sp"]),
-        "images": torch.cat([item["img"][None] for item in record["items"]]).numpy(),
+        "images": torch.cat([item["img"][None] for item in run.items]).numpy(),
         "masks": np.stack([m[0, 0].numpy() for m in results["imgs_masks"]]),
         "text_classes": torch.stack([text_prompts[c].T for c in categories]).numpy(),
         "text_prompts": torch.stack(
@@ -469,11 +485,11 @@ def _official_result(record, steps, local, categories) -> dict[str, np.ndarray]:
             [torch.nn.functional.normalize(encoded[2 * i + 1][0], dim=-1) for i in range(n)]
         ).numpy(),
         "view_embeddings": torch.stack(views, dim=1).numpy(),
-        "tokens": torch.cat([record["tokens"][i] for i in range(n)]).numpy(),
+        "tokens": torch.cat([run.tokens[i] for i in range(n)]).numpy(),
         "image_scores": np.array(results["pr_sp"]),
-        "grids": torch.stack(record["grids"]).numpy(),
+        "grids": torch.cat(run.grids).numpy(),
         "maps": np.stack([m[0] for m in results["anomaly_maps"]]),
-        "tta_losses": np.array(record["losses"]).reshape(n, TTA_STEPS),
+        "tta_losses": np.array(run.losses).reshape(n, TTA_STEPS),
         "tta_grads": per_image_steps(steps["grads"], n),
         "tta_weights": per_image_steps(steps["weights"], n),
         "metrics": np.array([local[name][-1] for name in OFFICIAL_METRIC_LISTS]).T,
@@ -481,37 +497,64 @@ def _official_result(record, steps, local, categories) -> dict[str, np.ndarray]:
 
 
 # --- comparison ------------------------------------------------------------------------------------------
-def sampled(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """What the fixture keeps (the full arrays are megabytes): the texts' class embeddings and every 16th
-    prompt embedding, class embeddings, every 4th element of the view embeddings, every 8th patch token's
-    every 2nd element, the pooled grids (the maps are their upsampling), every 12th row and column of the
-    maps, image scores, the TTA losses and every 160th element of each step's gradients and weights."""
+def kept_samples(outputs: dict[str, np.ndarray], tokens: Any, tta: Any) -> dict[str, np.ndarray]:
+    """What both AnoVL fixtures keep (the full arrays are megabytes): the texts' class embeddings, class
+    embeddings, the ``tokens`` sample of the patch tokens, the pooled grids (the maps are their
+    upsampling), every 12th row and column of the maps, image scores, the TTA losses and the ``tta`` sample
+    of each step's gradients and weights."""
     kept = ("text_classes", "class_embedding", "image_scores", "grids", "tta_losses")
     return {k: outputs[k] for k in kept} | {
+        "tokens_sampled": outputs["tokens"][tokens],
+        "maps_sampled": outputs["maps"][MAP_SAMPLES],
+        "tta_grads_sampled": outputs["tta_grads"][tta],
+        "tta_weights_sampled": outputs["tta_weights"][tta],
+    }
+
+
+def sampled(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """:func:`kept_samples` (every 8th patch token's every 2nd element, every 160th TTA element) plus every
+    16th prompt embedding and every 4th element of the view embeddings."""
+    return kept_samples(outputs, np.s_[:, ::8, ::2], TTA_SAMPLES) | {
         "text_prompts_sampled": outputs["text_prompts"][:, ::16],
         "view_embeddings_sampled": outputs["view_embeddings"][:, :, ::4],
-        "tokens_sampled": outputs["tokens"][:, ::8, ::2],
-        "maps_sampled": outputs["maps"][MAP_SAMPLES],
-        "tta_grads_sampled": outputs["tta_grads"][TTA_SAMPLES],
-        "tta_weights_sampled": outputs["tta_weights"][TTA_SAMPLES],
     }
 
 
 def main() -> None:
+    quantities = ("images", "masks", "text_classes", "text_prompts", "class_embedding", "view_embeddings")
+    quantities += ("tokens", "image_scores", "grids", "maps", "tta_losses", "tta_grads", "tta_weights")
+    run_parity(__doc__, __file__, "vl_test.py", zsad_outputs, official_outputs, quantities, FIXTURE, sampled)
+
+
+def run_parity(
+    doc, script, official_script, zsad_side, official_side, quantities, fixture, sample, write=None
+) -> None:
+    """A parity script's command line (``doc``, ``script``): in the subprocess, ``official_side``; else
+    zsad's side (``zsad_side``) on the images ``write`` makes (default: MVTec layout), the official side
+    in a subprocess, then :func:`compare_and_store`."""
     args = ps.parity_arguments(
-        __doc__, "checkout of hq-deng/AnoVL", "PYTHONPATH entries the official side needs (kornia, ...)"
+        doc, "checkout of hq-deng/AnoVL", "PYTHONPATH entries the official side needs (kornia, ...)"
     )
-    if ps.serve_official_side(args, official_outputs):
+    if ps.serve_official_side(args, official_side):
         return
     root, ours, theirs = ps.zsad_then_official(  # the checkout first: its open_clip shadows zsad's
         args,
-        __file__,
-        zsad_outputs,
+        script,
+        zsad_side,
         ps.parity_state_dict(name=MODEL),
         (str(args.official.resolve()), args.official_env),
+        **({"write": write} if write else {}),
     )
+    title = f"AnoVL: {official_script} ({args.official}) vs zsad"
+    compare_and_store(args, title, root, ours, theirs, quantities, fixture, sample)
+
+
+def compare_and_store(args, title, root, ours, theirs, quantities, fixture, sample) -> None:
+    """Print max |delta| of ``quantities``, the TTA weights' agreement and the per-category metrics of
+    both sides (and zsad's metrics on their maps); with ``--write-fixture`` store ``sample(theirs)``,
+    the inputs' identity and fingerprints in ``fixture``."""
     n = len(ours["paths"])
-    print(f"AnoVL: vl_test.py ({args.official}) vs zsad, {n} images, {TTA_STEPS} TTA steps each")
+    print(f"{title}, {n} images, {TTA_STEPS} TTA steps each")
     if theirs["paths"].tolist() != ours["paths"].tolist():
         raise SystemExit(
             f"the two sides read the files in another order: {theirs['paths']} vs {ours['paths']}"
@@ -519,9 +562,7 @@ def main() -> None:
     for name in ("category_ids", "labels"):
         if not np.array_equal(theirs[name], ours[name]):
             raise SystemExit(f"{name} differ: {theirs[name]} vs {ours[name]}")
-    for name in ("images", "masks", "text_classes", "text_prompts", "class_embedding", "view_embeddings"):
-        ps.print_delta(name, theirs[name], ours[name])
-    for name in ("tokens", "image_scores", "grids", "maps", "tta_losses", "tta_grads", "tta_weights"):
+    for name in quantities:
         ps.print_delta(name, theirs[name], ours[name])
     agree = weights_agree(theirs["tta_grads"], theirs["tta_weights"], ours["tta_weights"])
     print(f"  TTA weights within tolerance: {agree.sum()} of {agree.size} (see weights_agree)")
@@ -531,7 +572,7 @@ def main() -> None:
         ps.print_delta("  zsad's metric on their maps", theirs["metrics"][:, m], on_theirs[:, m])
     if args.write_fixture:
         ps.save_fixture(
-            FIXTURE,
+            fixture,
             weights_fingerprint=ps.weights_fingerprint(ps.parity_state_dict(name=MODEL)),
             pixels_fingerprint=ps.pixels_fingerprint(root),
             paths=theirs["paths"],
@@ -540,7 +581,7 @@ def main() -> None:
             labels=theirs["labels"],
             masks_sum=theirs["masks"].reshape(n, -1).sum(1),
             metrics=theirs["metrics"],
-            **sampled(theirs),
+            **sample(theirs),
         )
 
 

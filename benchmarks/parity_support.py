@@ -153,10 +153,16 @@ def load_fixture(path: Path) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-def parity_inputs(folder: Path, fixture: dict[str, np.ndarray], state_dict: dict[str, torch.Tensor]) -> Path:
-    """Write the parity images under ``folder`` and check that they and the weights are those of the
-    fixture's official run (else a comparison would mean nothing: rerun the parity script)."""
-    root = write_parity_images(folder / "mvtec")
+def parity_inputs(
+    folder: Path,
+    fixture: dict[str, np.ndarray],
+    state_dict: dict[str, torch.Tensor],
+    write: Callable[[Path], Path] | None = None,
+) -> Path:
+    """Write the parity images under ``folder`` (``write(folder)`` returns their root) and check that they
+    and the weights are those of the fixture's official run (else a comparison would mean nothing: rerun
+    the parity script)."""
+    root = (write or _mvtec_layout)(folder)
     if pixels_fingerprint(root) != str(fixture["pixels_fingerprint"]):
         raise AssertionError("the generated images differ from the fixture's: rerun the parity script")
     np.testing.assert_allclose(
@@ -227,16 +233,22 @@ def serve_official_side(args: argparse.Namespace, official_outputs: Callable[...
     return True
 
 
+def _mvtec_layout(folder: Path) -> Path:
+    return write_parity_images(folder / "mvtec")
+
+
 def zsad_then_official(
     args: argparse.Namespace,
     script: str,
     zsad_outputs: Callable[[Path], dict[str, np.ndarray]],
     weights: dict[str, torch.Tensor],
     pythonpath: tuple[str, ...] = (),
+    write: Callable[[Path], Path] = _mvtec_layout,
 ) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """``(images root, zsad's outputs, the official ones)``: the parity images written to a new folder,
-    zsad run on them in this process, then ``script``'s official side in a subprocess."""
+    """``(images root, zsad's outputs, the official ones)``: the parity images written to a new folder
+    (``write(folder)`` returns their root), zsad run on them in this process, then ``script``'s official
+    side in a subprocess."""
     work = Path(tempfile.mkdtemp(prefix=f"zsad-{Path(script).stem}-"))
-    root = write_parity_images(work / "mvtec")
+    root = write(work)
     ours = zsad_outputs(root)
     return root, ours, run_official_side(script, args.official, root, weights, work, pythonpath)
