@@ -3,6 +3,7 @@
     python benchmarks/metrics.py                    # 100 maps of 518 x 518, float16 then float32, best of 7
     python benchmarks/metrics.py --dtype float32 --num-maps 20 --size 256
     python benchmarks/metrics.py --memory-check     # 1000 maps of 518 x 518 through AnomalyEvaluator
+    python benchmarks/metrics.py --curves --num-maps 60 --dtype float32   # metrics + curves: two splits vs one
 
 All implementations run on the same inputs in one process. The maps imitate CLIP patch maps: a 37 x 37 grid
 upsampled bilinearly to the image size plus pixel noise, with elliptic defects (their masks) raising the
@@ -12,6 +13,8 @@ AUPRO sorts the anomaly-free scores above a sampled floor), and float16, the opt
 (``eval.pixel_score_dtype=float16``; the exact metrics then count bit patterns instead of sorting). Targets (issue 3): exact >= 10x faster than the legacy AUPRO
 as the AnomalyCLIP code computes it (``--reference-legacy``), >= 2x faster than full sort. zsad's own
 cflow-style AUPRO (``legacy_cflow_aupro``) reads the same sorted split and is timed for information.
+``--curves`` times what ``AnomalyEvaluator`` does when a category finishes: ``pixel_metrics`` then
+``pixel_curves`` (two splits and sorts) against ``pixel_metrics_and_curves`` (one), on the same inputs.
 """
 
 from __future__ import annotations
@@ -31,7 +34,16 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_modules.metrics import AnomalyEvaluator, _split, aupro, legacy_cflow_aupro, pro  # noqa: E402  # noqa: E402
+from lightning_modules.metrics import (  # noqa: E402
+    AnomalyEvaluator,
+    _split,
+    aupro,
+    legacy_cflow_aupro,
+    pixel_curves,
+    pixel_metrics,
+    pixel_metrics_and_curves,
+    pro,
+)
 
 
 def synthetic_batch(
@@ -193,6 +205,30 @@ def run_timing(args: argparse.Namespace, dtype: str) -> dict[str, float]:
     return ratios
 
 
+def run_curves_timing(args: argparse.Namespace, dtype: str) -> float:
+    """A category's pixel metrics and curves: the two separate calls vs the one-split function; the ratio."""
+    g = torch.Generator().manual_seed(args.seed)
+    maps_t, masks_t, _ = synthetic_batch(args.num_maps, args.size, g)
+    maps, masks = list(maps_t.numpy().astype(dtype)), list(masks_t.numpy())
+    limit = args.fpr_limit
+    print(
+        f"{args.num_maps} maps of {args.size} x {args.size}, {dtype}: pixel metrics + curves, best of {args.repeat}"
+    )
+    timed = {}
+    for name, fn in {
+        "pixel_metrics": lambda: pixel_metrics(maps, masks, limit),
+        "pixel_curves": lambda: pixel_curves(maps, masks),
+        "pixel_metrics_and_curves (one split)": lambda: pixel_metrics_and_curves(maps, masks, limit),
+    }.items():
+        _, best, median = best_of(fn, args.repeat)
+        timed[name] = best
+        print(f"  {name:40s} {best:8.3f} s (median {median:.3f})")
+    separate = timed["pixel_metrics"] + timed["pixel_curves"]
+    ratio = separate / timed["pixel_metrics_and_curves (one split)"]
+    print(f"{dtype}: metrics + curves separately {separate:.3f} s; from one split {ratio:.2f}x faster")
+    return ratio
+
+
 def run_memory_check(args: argparse.Namespace) -> None:
     """One category of --num-maps images through AnomalyEvaluator (update in batches, compute once)."""
     dtype = {"float16": torch.float16, "float32": torch.float32}[args.pixel_dtype]
@@ -255,6 +291,11 @@ def main() -> None:
     )
     parser.add_argument("--memory-check", action="store_true", help="peak RSS of one 1000-image category")
     parser.add_argument(
+        "--curves",
+        action="store_true",
+        help="time pixel metrics + curves as two calls vs pixel_metrics_and_curves (one split)",
+    )
+    parser.add_argument(
         "--pixel-dtype",
         default="float32",
         choices=("float16", "float32"),
@@ -264,6 +305,11 @@ def main() -> None:
     if args.memory_check:
         args.num_maps = args.num_maps or 1000
         run_memory_check(args)
+    elif args.curves:
+        args.num_maps = args.num_maps or 60
+        dtypes = ("float16", "float32") if args.dtype == "both" else (args.dtype,)
+        ratios = {dtype: run_curves_timing(args, dtype) for dtype in dtypes}
+        print("summary: " + ", ".join(f"{dtype} {r:.2f}x" for dtype, r in ratios.items()))
     else:
         args.num_maps = args.num_maps or 100
         dtypes = ("float16", "float32") if args.dtype == "both" else (args.dtype,)

@@ -324,6 +324,7 @@ def run(args: argparse.Namespace) -> int:
             pixel_metrics=has_masks,
             fpr_limit=args.fpr_limit,
             pixel_score_dtype=torch.float32,
+            keep_curves=False,  # only the metrics are written: no curve work
         )
         for index, item in enumerate(items):
             amap = read_map(find_map(maps_root, item))

@@ -4,7 +4,8 @@
   returns an :class:`EvaluationResult` (per category, missing-with-reason, unweighted category mean).
   Each category is scored and its pixels freed once complete, under DDP too (:mod:`.distributed`).
 - :mod:`.curves`: the ROC, PR and PRO curves those metrics integrate and the F1-optimal thresholds
-  (``AnomalyEvaluator.curves``, ``ranking_curve``, ``pixel_curves``).
+  (``AnomalyEvaluator.curves``, ``ranking_curve``, ``pixel_curves``), and ``pixel_metrics_and_curves``,
+  which computes the pixel metrics and curves from one split (what the evaluator uses).
 - Functional pieces: exact ``aupro``/``pro_curve`` (partial selection, float64), the biased 200-threshold
   ``legacy_cflow_aupro`` of the published tables (reported beside the exact one as ``aupro_cflow``), ``binary_auroc``,
   ``binary_average_precision`` (sklearn's step-wise AP), ``f1_max``.
@@ -17,6 +18,7 @@ from lightning_modules.metrics.curves import (
     curve_set,
     f1_thresholds,
     pixel_curves,
+    pixel_metrics_and_curves,
     ranking_curve,
 )
 from lightning_modules.metrics.evaluation_result import IMAGE_METRICS, METRIC_NAMES, EvaluationResult
@@ -56,6 +58,7 @@ __all__ = [
     "legacy_cflow_aupro",
     "pixel_curves",
     "pixel_metrics",
+    "pixel_metrics_and_curves",
     "pro_curve",
     "ranking_curve",
     "trapezoid_area",

@@ -20,7 +20,13 @@ from torchmetrics import Metric
 
 from lightning_modules.metrics._arrays import UndefinedMetricError
 from lightning_modules.metrics._split import _split_scores
-from lightning_modules.metrics.curves import CURVE_POINTS, CurveSet, curve_set
+from lightning_modules.metrics.curves import (
+    CURVE_POINTS,
+    CurveSet,
+    PixelCurves,
+    curves_of_category,
+    pixel_metrics_and_curves,
+)
 from lightning_modules.metrics.distributed import gather_category
 from lightning_modules.metrics.evaluation_result import IMAGE_METRICS, METRIC_NAMES, EvaluationResult
 from lightning_modules.metrics.functional import PIXEL_METRICS, pixel_metrics
@@ -36,6 +42,9 @@ from lightning_modules.metrics.ranking import (
 PIXEL_SCORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 _FLOAT16_MAX = 65504.0
+
+#: A category's pixel metric values, the reasons of the undefined ones and notes for the result.
+_PixelResults = tuple[dict[str, float | None], dict[str, str], list[str]]
 
 
 class AnomalyEvaluator(Metric):
@@ -66,9 +75,11 @@ class AnomalyEvaluator(Metric):
     process must finish the same categories in the same order). :attr:`while_waiting`, when set, is called
     while a process waits for the others and may raise to stop (zsad's requeue signal does). Without ``expected_samples`` (a custom or
     shuffled sampler, sizes unknown) DDP falls back to holding every pixel until the end of the epoch, when
-    the states are gathered; the numbers are the same. The curves kept for :meth:`curves` are thinned to
-    ``curve_points`` points each (``None``: the full curves, which for pixels are larger than the pixel
-    states they come from). torchmetrics options pass through ``kwargs`` (e.g.
+    the states are gathered; the numbers are the same. A category's pixel metrics and curves come from one
+    split of its pixels (:func:`~.curves.pixel_metrics_and_curves`), computed once, when it finishes or at
+    the first :meth:`compute` or :meth:`curves` after the last update. The curves kept for :meth:`curves`
+    are thinned to ``curve_points`` points each (``None``: the full curves, which for pixels are larger
+    than the pixel states they come from); ``keep_curves=False`` computes and keeps none. torchmetrics options pass through ``kwargs`` (e.g.
     ``compute_on_cpu=True`` keeps the pixel states of a GPU run in host memory).
     """
 
@@ -100,6 +111,7 @@ class AnomalyEvaluator(Metric):
         samples_per_category: Sequence[int] | None = None,
         expected_samples: Sequence[Collection[int]] | None = None,
         curve_points: int | None = CURVE_POINTS,
+        keep_curves: bool = True,
         **kwargs: Any,
     ) -> None:
         if "aupro_method" in kwargs:
@@ -134,6 +146,7 @@ class AnomalyEvaluator(Metric):
         self.pixel_metrics = bool(pixel_metrics)
         self.fpr_limit = float(fpr_limit)
         self.curve_points = None if curve_points is None else int(curve_points)
+        self.keep_curves = bool(keep_curves)
         self.pixel_score_dtype = pixel_score_dtype
         self.samples_per_category = (
             None if samples_per_category is None else [int(n) for n in samples_per_category]
@@ -141,11 +154,13 @@ class AnomalyEvaluator(Metric):
         self.expected_samples = (
             None if expected_samples is None else [frozenset(int(i) for i in s) for s in expected_samples]
         )
-        # Per category: sample ids seen so far, and the pixel results of categories already finished; under
-        # DDP the next category to finish. The most pixel samples stored at once (before freeing any).
+        # Per category: sample ids seen so far, and the pixel results of categories already finished; the
+        # results of the others computed since the last update; under DDP the next category to finish. The
+        # most pixel samples stored at once (before freeing any).
         self._seen: dict[int, set[int]] = {}
-        self._finished: dict[int, tuple[dict[str, float | None], dict[str, str], list[str]]] = {}
+        self._finished: dict[int, _PixelResults] = {}
         self._finished_curves: dict[int, CurveSet] = {}
+        self._since_update: dict[int, tuple[_PixelResults, CurveSet | None]] = {}
         self._next_in_order = 0
         self.peak_stored_pixel_samples = 0
         # Called while this process waits for the others to finish a category; may raise to stop.
@@ -187,6 +202,7 @@ class AnomalyEvaluator(Metric):
         has_mask: Tensor | None = None,
     ) -> None:
         """Add one batch; pixel data is kept only for samples that have pixel ground truth."""
+        self._since_update = {}
         category_ids = torch.as_tensor(category_ids).reshape(-1)
         b = category_ids.shape[0]
         sample_ids = torch.as_tensor(sample_ids).reshape(-1)
@@ -245,6 +261,7 @@ class AnomalyEvaluator(Metric):
         self._seen = {}
         self._finished = {}
         self._finished_curves = {}
+        self._since_update = {}
         self._next_in_order = 0
         self.peak_stored_pixel_samples = 0
 
@@ -336,8 +353,9 @@ class AnomalyEvaluator(Metric):
             self._next_in_order += 1
 
     def _finish_category(self, ci: int, drop: bool = True) -> None:
-        self._finished[ci] = self._category_pixel_metrics(ci)
-        self._finished_curves[ci] = self._category_curves(ci)
+        self._finished[ci], curves = self._category_results(ci)
+        if curves is not None:
+            self._finished_curves[ci] = curves
         if drop:
             self._drop_pixel_chunks(self._category_chunks(ci))
 
@@ -417,34 +435,52 @@ class AnomalyEvaluator(Metric):
             int(img_cat.size - keep.size),
         )
 
-    def _category_pixel_metrics(self, ci: int) -> tuple[dict[str, float | None], dict[str, str], list[str]]:
-        """Pixel metrics of category ``ci`` from the stored states: (values, reasons, notes)."""
-        name = self.categories[ci]
-        img_cat, _, _, img_pixel_gt, keep, _ = self._image_states()
+    def _results(self, ci: int) -> tuple[_PixelResults, CurveSet | None]:
+        """Category ``ci``'s pixel results and curves: kept when it finished, else computed once per update."""
+        if ci in self._finished:
+            return self._finished[ci], self._finished_curves.get(ci)
+        if ci not in self._since_update:
+            self._since_update[ci] = self._category_results(ci)
+        return self._since_update[ci]
+
+    def _category_results(self, ci: int) -> tuple[_PixelResults, CurveSet | None]:
+        """Pixel (values, reasons, notes) of category ``ci`` from the stored states and, with
+        ``keep_curves``, its curves (thinned), the pixel ones from the same split as the metrics."""
+        img_cat, img_score, img_label, img_pixel_gt, keep, _ = self._image_states()
         idx = keep[img_cat[keep] == ci]
         status = img_pixel_gt[idx]
         values: dict[str, float | None] = dict.fromkeys(PIXEL_METRICS)
         notes: list[str] = []
+        pixel: PixelCurves | None = None
+        maps, gts = self._category_pixels(ci) if self.pixel_metrics and idx.size else ([], [])
         if not self.pixel_metrics:
-            return values, dict.fromkeys(PIXEL_METRICS, "pixel metrics disabled (pixel_metrics=False)"), notes
-        if idx.size == 0:
-            return values, dict.fromkeys(PIXEL_METRICS, "no samples"), notes
-        maps, gts = self._category_pixels(ci)
-        if not maps:
+            reasons = dict.fromkeys(PIXEL_METRICS, "pixel metrics disabled (pixel_metrics=False)")
+        elif idx.size == 0:
+            reasons = dict.fromkeys(PIXEL_METRICS, "no samples")
+        elif not maps:
             why = (
                 "no anomaly maps were given"
                 if bool((status == 0).all())
                 else "no pixel ground truth (no sample has a mask)"
             )
-            return values, dict.fromkeys(PIXEL_METRICS, why), notes
-        if int((status != 2).sum()):
-            notes.append(
-                f"{name}: {int((status != 2).sum())} of {idx.size} samples have no map or no mask "
-                "and are left out of the pixel metrics"
-            )
-        pv, pr = pixel_metrics(maps, gts, fpr_limit=self.fpr_limit)
-        values.update(pv)
-        return values, pr, notes
+            reasons = dict.fromkeys(PIXEL_METRICS, why)
+        else:
+            if int((status != 2).sum()):
+                notes.append(
+                    f"{self.categories[ci]}: {int((status != 2).sum())} of {idx.size} samples have no map or "
+                    "no mask and are left out of the pixel metrics"
+                )
+            if self.keep_curves:
+                pv, reasons, pixel = pixel_metrics_and_curves(maps, gts, fpr_limit=self.fpr_limit)
+            else:
+                pv, reasons = pixel_metrics(maps, gts, fpr_limit=self.fpr_limit)
+            values.update(pv)
+        if not self.keep_curves:
+            return (values, reasons, notes), None
+        curves = curves_of_category(img_score[idx], img_label[idx], pixel)
+        return (values, reasons, notes), curves if self.curve_points is None else curves.thinned(
+            self.curve_points
+        )
 
     def compute(self) -> EvaluationResult:
         """Metrics per category; undefined ones are None with a reason in ``missing``."""
@@ -459,7 +495,7 @@ class AnomalyEvaluator(Metric):
             values: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
             reasons: dict[str, str] = {}
             self._image_metrics(img_score[idx], img_label[idx], values, reasons)
-            pv, pr, pn = self._finished[ci] if ci in self._finished else self._category_pixel_metrics(ci)
+            (pv, pr, pn), _ = self._results(ci)
             values.update(pv)
             reasons.update(pr)
             notes.extend(pn)
@@ -479,21 +515,16 @@ class AnomalyEvaluator(Metric):
 
     def curves(self) -> dict[str, CurveSet]:
         """Each category's ROC, PR and PRO curves and F1-optimal thresholds (:mod:`.curves`) from the same
-        synchronised, de-duplicated states as :meth:`compute`; under DDP every process must call it."""
+        synchronised, de-duplicated states as :meth:`compute` (computed with its metrics, so after
+        :meth:`compute` with nothing left to compute); under DDP every process must call it."""
+        if not self.keep_curves:
+            raise ValueError("this evaluator keeps no curves (keep_curves=False)")
+        if all(ci in self._finished or ci in self._since_update for ci in range(len(self.categories))):
+            return {name: self._results(ci)[1] for ci, name in enumerate(self.categories)}
         with self.sync_context(
             dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
         ):
-            return {
-                name: self._finished_curves[ci] if ci in self._finished_curves else self._category_curves(ci)
-                for ci, name in enumerate(self.categories)
-            }
-
-    def _category_curves(self, ci: int) -> CurveSet:
-        img_cat, img_score, img_label, _, keep, _ = self._image_states()
-        idx = keep[img_cat[keep] == ci]
-        maps, gts = self._category_pixels(ci) if self.pixel_metrics else ([], [])
-        curves = curve_set(img_score[idx], img_label[idx], maps, gts)
-        return curves if self.curve_points is None else curves.thinned(self.curve_points)
+            return {name: self._results(ci)[1] for ci, name in enumerate(self.categories)}
 
     def _category_pixels(self, ci: int) -> tuple[list[Tensor], list[Tensor]]:
         """(maps, masks) of category ``ci``: 2-D views of the first occurrence of each of its samples, in

@@ -84,6 +84,15 @@ def pixel_metrics(
 
     Returns (values, reasons): an undefined metric has value None and its reason in ``reasons``.
     """
+    values, reasons, _, _ = _pixel_metrics(maps, masks, fpr_limit, metrics)
+    return values, reasons
+
+
+def _pixel_metrics(
+    maps: MapsLike, masks: MapsLike, fpr_limit: float, metrics: Sequence[str]
+) -> tuple[dict[str, float | None], dict[str, str], _PixelSplit | _ValueHistogram, _RankStats | None]:
+    """:func:`pixel_metrics`, plus the split (or histogram) it read and its rank statistics (None when not
+    computed), so that the curves (:func:`~.curves.pixel_metrics_and_curves`) need no second split and sort."""
     fpr_limit = _check_fpr_limit(fpr_limit)
     unknown = [m for m in metrics if m not in PIXEL_METRICS]
     if unknown:
@@ -135,4 +144,5 @@ def pixel_metrics(
             attempt("pixel_auroc", lambda: _auroc_from_stats(get_stats()))
         if "pixel_ap" in metrics:
             attempt("pixel_ap", lambda: _ap_from_stats(get_stats()))
-    return values, reasons
+        return values, reasons, source, stats[0] if stats else None
+    return values, reasons, source, None

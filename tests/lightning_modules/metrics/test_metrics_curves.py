@@ -13,10 +13,12 @@ from lightning_modules.metrics import (
     aupro,
     pixel_curves,
     pixel_metrics,
+    pixel_metrics_and_curves,
     pro_curve,
     ranking_curve,
     trapezoid_area,
 )
+from lightning_modules.metrics import evaluator as evaluator_module
 from lightning_modules.metrics.curves import curve_set, thin_indices
 
 
@@ -134,3 +136,138 @@ def test_kept_curves_are_thinned_and_keep_the_f1_thresholds():
     assert AnomalyEvaluator(["c"]).curve_points == CURVE_POINTS
     with pytest.raises(ValueError, match="curve_points"):
         AnomalyEvaluator(["c"], curve_points=2)
+
+
+def _same_curves(got, want) -> bool:
+    """Exactly equal pixel curves: (ranking, pro, reasons) of :func:`pixel_curves`."""
+    (ranking, pro, reasons), (want_ranking, want_pro, want_reasons) = got, want
+    if (
+        reasons != want_reasons
+        or (ranking is None) != (want_ranking is None)
+        or (pro is None) != (want_pro is None)
+    ):
+        return False
+    same_ranking = ranking is None or all(
+        np.array_equal(getattr(ranking, f), getattr(want_ranking, f)) for f in vars(ranking)
+    )
+    return same_ranking and (
+        pro is None or all(np.array_equal(a, b) for a, b in zip(pro, want_pro, strict=True))
+    )
+
+
+def _tied_maps(seed: int, masks: np.ndarray) -> np.ndarray:
+    """Scores on a coarse grid (ties within and between the classes), anomalous pixels raised."""
+    rng = np.random.default_rng(seed)
+    return np.round(rng.random(masks.shape) + 0.6 * masks * rng.random(masks.shape), 2)
+
+
+def _masks(kind: str) -> np.ndarray:
+    masks = np.zeros((5, 20, 24), dtype=np.uint8)
+    if kind == "regions":
+        masks[0, 2:8, 3:9] = 1
+        masks[1, 10:20, 10:14] = 1
+        masks[1, 0, 0] = 1  # a one-pixel region
+        masks[4, 5:7, 5:20] = 1
+    elif kind == "all anomalous":
+        masks[:] = 1
+    return masks
+
+
+@pytest.mark.parametrize("kind", ["regions", "no anomalous pixels", "all anomalous"])
+@pytest.mark.parametrize(
+    "as_input",
+    [
+        lambda m: m.astype(np.float32),
+        lambda m: m.astype(np.float64),
+        lambda m: m.astype(np.float16),
+        lambda m: torch.from_numpy(m.astype(np.float32)),
+        lambda m: torch.from_numpy(m.astype(np.float32)).bfloat16(),
+    ],
+    ids=["float32", "float64", "float16", "torch-float32", "torch-bfloat16"],
+)
+@pytest.mark.parametrize("fpr_limit", [0.3, 1.0, 0.004])
+def test_metrics_and_curves_from_one_split_equal_the_separate_calls(kind, as_input, fpr_limit):
+    masks = _masks(kind)
+    maps = as_input(_tied_maps(7, masks))
+    map_list, mask_list = list(maps), list(masks)
+    values, reasons, curves = pixel_metrics_and_curves(map_list, mask_list, fpr_limit)
+    want_values, want_reasons = pixel_metrics(map_list, mask_list, fpr_limit)
+    assert values == want_values and reasons == want_reasons  # == on floats: bit for bit
+    assert _same_curves(curves, pixel_curves(map_list, mask_list))
+    if kind != "regions":
+        assert set(curves[2]) == {"pixel", "pro"} and set(reasons) == set(want_values)
+
+
+@pytest.mark.parametrize(
+    "maps",
+    [
+        np.ones((5, 20, 24), np.float32),  # all scores equal: the cflow thresholds are undefined
+        np.where(_masks("regions"), np.inf, _tied_maps(3, _masks("regions"))).astype(np.float32),
+        np.where(_masks("regions"), 0.0, 1.0 + _tied_maps(4, _masks("regions"))).astype(
+            np.float32
+        ),  # below all
+    ],
+    ids=["constant", "infinite", "anomalous-lowest"],
+)
+def test_metrics_and_curves_from_one_split_in_degenerate_cases(maps):
+    masks = list(_masks("regions"))
+    values, reasons, curves = pixel_metrics_and_curves(list(maps), masks)
+    assert (values, reasons) == pixel_metrics(list(maps), masks)
+    assert _same_curves(curves, pixel_curves(list(maps), masks))
+    assert reasons or all(v is not None for v in values.values())
+
+
+def test_metrics_and_curves_from_one_split_reject_nan_like_the_separate_calls():
+    maps = _tied_maps(5, _masks("regions")).astype(np.float32)
+    maps[2, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        pixel_metrics_and_curves(list(maps), list(_masks("regions")))
+
+
+def test_evaluator_computes_a_category_once_per_update(monkeypatch):
+    """compute() and curves() share one pixel_metrics_and_curves call per category until the next
+    update, which makes them recompute (the new samples count)."""
+    calls = []
+    real = evaluator_module.pixel_metrics_and_curves
+    monkeypatch.setattr(
+        evaluator_module, "pixel_metrics_and_curves", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    masks = torch.from_numpy(_masks("regions"))
+    maps = torch.from_numpy(_tied_maps(9, masks.numpy())).float()
+    labels = (masks.flatten(1).amax(1) > 0).long()
+    evaluator = AnomalyEvaluator(["c"], curve_points=None)
+    evaluator.update(
+        torch.zeros(4, dtype=torch.long),
+        torch.arange(4),
+        maps[:4].amax((1, 2)),
+        labels[:4],
+        maps[:4],
+        masks[:4],
+    )
+    first = evaluator.compute().per_category["c"]
+    first_curves = evaluator.curves()["c"]
+    assert len(calls) == 1
+    assert first_curves.pro_fpr.shape == pixel_curves(list(maps[:4]), list(masks[:4]))[1][0].shape
+    evaluator.update(
+        torch.zeros(1, dtype=torch.long),
+        torch.tensor([4]),
+        maps[4:].amax((1, 2)),
+        labels[4:],
+        maps[4:],
+        masks[4:],
+    )
+    curves = evaluator.curves()["c"]
+    results = evaluator.compute().per_category["c"]
+    assert len(calls) == 2
+    want_values, _ = pixel_metrics(list(maps), list(masks))
+    assert {m: results[m] for m in want_values} == want_values != {m: first[m] for m in want_values}
+    assert _same_curves(
+        (curves.pixel, (curves.pro_fpr, curves.pro), {}), pixel_curves(list(maps), list(masks))
+    )
+    no_curves = AnomalyEvaluator(["c"], keep_curves=False)
+    no_curves.update(
+        torch.zeros(5, dtype=torch.long), torch.arange(5), maps.amax((1, 2)), labels, maps, masks
+    )
+    assert no_curves.compute().per_category["c"] == results and len(calls) == 2
+    with pytest.raises(ValueError, match="keep_curves"):
+        no_curves.curves()
