@@ -220,10 +220,7 @@ def _curves_from(
         reasons["pixel"] = str(err)
     try:
         _require_pro(source)
-        x, y = _pro_polyline(*pro_steps(source), 1.0)
-        if y[-1] < 1.0:  # anomalous pixels scored below every anomaly-free pixel
-            x, y = np.append(x, 1.0), np.append(y, 1.0)
-        pro = (x, y)
+        pro = _pro_polyline(*pro_steps(source), 1.0, to_one=True)
     except UndefinedMetricError as err:
         reasons["pro"] = str(err)
     return ranking, pro, reasons

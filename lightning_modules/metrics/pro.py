@@ -160,24 +160,29 @@ def pro_curve(maps: MapsLike, masks: MapsLike, fpr_limit: float | None = None) -
         fpr, pro_gt, pro_ge = _pro_steps_from_histogram(_histogram_pixels(map_list, mask_list))
     else:
         fpr, pro_gt, pro_ge = _pro_steps(_split_pixels(map_list, mask_list, aupro_fpr_limit=limit), limit)
-    x, y = _pro_polyline(fpr, pro_gt, pro_ge, limit)
-    if fpr_limit is None and y[-1] < 1.0:  # anomalous pixels scored below every anomaly-free pixel
-        x, y = np.append(x, 1.0), np.append(y, 1.0)
+    x, y = _pro_polyline(fpr, pro_gt, pro_ge, limit, to_one=fpr_limit is None)
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
 def _pro_polyline(
-    fpr: np.ndarray, pro_gt: np.ndarray, pro_ge: np.ndarray, limit: float
+    fpr: np.ndarray, pro_gt: np.ndarray, pro_ge: np.ndarray, limit: float, to_one: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices of the PRO polyline from (0, 0) to the first vertex whose FPR reaches past ``limit``."""
+    """Vertices of the PRO polyline from (0, 0) to the first vertex whose FPR reaches past ``limit``; with
+    ``to_one``, closed at (1, 1) when it ends lower (anomalous pixels scored below every anomaly-free one).
+    Filled in place: a whole-range curve has two vertices per distinct anomaly-free score."""
     n = min(fpr.shape[0], int(np.searchsorted(fpr, limit, side="right")) + 1)
-    x = np.zeros(2 * n + 1)
-    y = np.zeros(2 * n + 1)
-    x[1::2] = np.concatenate(([0.0], fpr[: n - 1]))
-    x[2::2] = fpr[:n]
-    y[1::2] = pro_gt[:n]
-    y[2::2] = pro_ge[:n]
-    return x, np.minimum(y, 1.0)  # summed weights may round past 1 (the MVTec AD code clips too)
+    closed = to_one and min(float(pro_ge[n - 1]), 1.0) < 1.0
+    x = np.empty(2 * n + 1 + closed)
+    y = np.empty(2 * n + 1 + closed)
+    x[:2] = y[0] = 0.0
+    x[3 : 2 * n : 2] = fpr[: n - 1]
+    x[2 : 2 * n + 1 : 2] = fpr[:n]
+    y[1 : 2 * n : 2] = pro_gt[:n]
+    y[2 : 2 * n + 1 : 2] = pro_ge[:n]
+    if closed:
+        x[-1] = y[-1] = 1.0
+    np.minimum(y, 1.0, out=y)  # summed weights may round past 1 (the MVTec AD code clips too)
+    return x, y
 
 
 def trapezoid_area(x: MapLike, y: MapLike, x_max: float) -> float:
