@@ -18,33 +18,16 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_modules.metrics._arrays import UndefinedMetricError
-from lightning_modules.metrics._split import _split_scores
-from lightning_modules.metrics.curves import (
-    CURVE_POINTS,
-    CurveSet,
-    PixelCurves,
-    curves_of_category,
-    pixel_metrics_and_curves,
-)
+from lightning_modules.metrics.category_results import PixelResults, category_pixel_results, image_metrics
+from lightning_modules.metrics.curves import CURVE_POINTS, CurveSet
 from lightning_modules.metrics.distributed import gather_category
-from lightning_modules.metrics.evaluation_result import IMAGE_METRICS, METRIC_NAMES, EvaluationResult
-from lightning_modules.metrics.functional import PIXEL_METRICS, pixel_metrics
-from lightning_modules.metrics.ranking import (
-    _ap_from_stats,
-    _auroc_from_stats,
-    _f1_max_from_stats,
-    _rank_stats,
-)
+from lightning_modules.metrics.evaluation_result import METRIC_NAMES, EvaluationResult
 
 #: Storage types of pixel scores: float32 (default, exact for float32 maps) or float16 (half the memory;
 #: the metrics are then exact for the maps rounded to float16).
 PIXEL_SCORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 _FLOAT16_MAX = 65504.0
-
-#: A category's pixel metric values, the reasons of the undefined ones and notes for the result.
-_PixelResults = tuple[dict[str, float | None], dict[str, str], list[str]]
 
 
 class AnomalyEvaluator(Metric):
@@ -158,9 +141,9 @@ class AnomalyEvaluator(Metric):
         # results of the others computed since the last update; under DDP the next category to finish. The
         # most pixel samples stored at once (before freeing any).
         self._seen: dict[int, set[int]] = {}
-        self._finished: dict[int, _PixelResults] = {}
+        self._finished: dict[int, PixelResults] = {}
         self._finished_curves: dict[int, CurveSet] = {}
-        self._since_update: dict[int, tuple[_PixelResults, CurveSet | None]] = {}
+        self._since_update: dict[int, tuple[PixelResults, CurveSet | None]] = {}
         self._next_in_order = 0
         self.peak_stored_pixel_samples = 0
         # Called while this process waits for the others to finish a category; may raise to stop.
@@ -435,7 +418,7 @@ class AnomalyEvaluator(Metric):
             int(img_cat.size - keep.size),
         )
 
-    def _results(self, ci: int) -> tuple[_PixelResults, CurveSet | None]:
+    def _results(self, ci: int) -> tuple[PixelResults, CurveSet | None]:
         """Category ``ci``'s pixel results and curves: kept when it finished, else computed once per update."""
         if ci in self._finished:
             return self._finished[ci], self._finished_curves.get(ci)
@@ -443,43 +426,21 @@ class AnomalyEvaluator(Metric):
             self._since_update[ci] = self._category_results(ci)
         return self._since_update[ci]
 
-    def _category_results(self, ci: int) -> tuple[_PixelResults, CurveSet | None]:
-        """Pixel (values, reasons, notes) of category ``ci`` from the stored states and, with
-        ``keep_curves``, its curves (thinned), the pixel ones from the same split as the metrics."""
+    def _category_results(self, ci: int) -> tuple[PixelResults, CurveSet | None]:
         img_cat, img_score, img_label, img_pixel_gt, keep, _ = self._image_states()
         idx = keep[img_cat[keep] == ci]
-        status = img_pixel_gt[idx]
-        values: dict[str, float | None] = dict.fromkeys(PIXEL_METRICS)
-        notes: list[str] = []
-        pixel: PixelCurves | None = None
         maps, gts = self._category_pixels(ci) if self.pixel_metrics and idx.size else ([], [])
-        if not self.pixel_metrics:
-            reasons = dict.fromkeys(PIXEL_METRICS, "pixel metrics disabled (pixel_metrics=False)")
-        elif idx.size == 0:
-            reasons = dict.fromkeys(PIXEL_METRICS, "no samples")
-        elif not maps:
-            why = (
-                "no anomaly maps were given"
-                if bool((status == 0).all())
-                else "no pixel ground truth (no sample has a mask)"
-            )
-            reasons = dict.fromkeys(PIXEL_METRICS, why)
-        else:
-            if int((status != 2).sum()):
-                notes.append(
-                    f"{self.categories[ci]}: {int((status != 2).sum())} of {idx.size} samples have no map or "
-                    "no mask and are left out of the pixel metrics"
-                )
-            if self.keep_curves:
-                pv, reasons, pixel = pixel_metrics_and_curves(maps, gts, fpr_limit=self.fpr_limit)
-            else:
-                pv, reasons = pixel_metrics(maps, gts, fpr_limit=self.fpr_limit)
-            values.update(pv)
-        if not self.keep_curves:
-            return (values, reasons, notes), None
-        curves = curves_of_category(img_score[idx], img_label[idx], pixel)
-        return (values, reasons, notes), curves if self.curve_points is None else curves.thinned(
-            self.curve_points
+        return category_pixel_results(
+            self.categories[ci],
+            img_score[idx],
+            img_label[idx],
+            img_pixel_gt[idx],
+            maps,
+            gts,
+            enabled=self.pixel_metrics,
+            fpr_limit=self.fpr_limit,
+            keep_curves=self.keep_curves,
+            curve_points=self.curve_points,
         )
 
     def compute(self) -> EvaluationResult:
@@ -494,7 +455,7 @@ class AnomalyEvaluator(Metric):
             num_images[name] = int(idx.size)
             values: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
             reasons: dict[str, str] = {}
-            self._image_metrics(img_score[idx], img_label[idx], values, reasons)
+            image_metrics(img_score[idx], img_label[idx], values, reasons)
             (pv, pr, pn), _ = self._results(ci)
             values.update(pv)
             reasons.update(pr)
@@ -553,31 +514,3 @@ class AnomalyEvaluator(Metric):
                 raise RuntimeError("pixel states are inconsistent with their per-sample sizes")
             yield scores[offset : offset + n].view(h, w), gts[offset : offset + n].view(h, w)
             offset += n
-
-    @staticmethod
-    def _image_metrics(
-        scores: Tensor, labels: Tensor, values: dict[str, float | None], reasons: dict[str, str]
-    ) -> None:
-        n = int(scores.shape[0])
-        n_pos = int(labels.sum())
-        if n == 0:
-            why = "no samples"
-        elif n_pos == n:
-            why = "no normal images (only one label present)"
-        elif n_pos == 0:
-            why = "no anomalous images (only one label present)"
-        else:
-            why = ""
-        if why:
-            for m in IMAGE_METRICS:
-                reasons[m] = why
-            return
-        try:
-            stats = _rank_stats(_split_scores(scores, labels))
-        except UndefinedMetricError as err:  # pragma: no cover - guarded above
-            for m in IMAGE_METRICS:
-                reasons[m] = str(err)
-            return
-        values["image_auroc"] = _auroc_from_stats(stats)
-        values["image_ap"] = _ap_from_stats(stats)
-        values["image_f1_max"] = _f1_max_from_stats(stats)

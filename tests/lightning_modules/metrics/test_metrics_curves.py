@@ -11,6 +11,7 @@ from lightning_modules.metrics import (
     CURVE_POINTS,
     AnomalyEvaluator,
     aupro,
+    category_results,
     pixel_curves,
     pixel_metrics,
     pixel_metrics_and_curves,
@@ -18,7 +19,6 @@ from lightning_modules.metrics import (
     ranking_curve,
     trapezoid_area,
 )
-from lightning_modules.metrics import evaluator as evaluator_module
 from lightning_modules.metrics.curves import curve_set, thin_indices
 
 
@@ -228,9 +228,9 @@ def test_evaluator_computes_a_category_once_per_update(monkeypatch):
     """compute() and curves() share one pixel_metrics_and_curves call per category until the next
     update, which makes them recompute (the new samples count)."""
     calls = []
-    real = evaluator_module.pixel_metrics_and_curves
+    real = category_results.pixel_metrics_and_curves
     monkeypatch.setattr(
-        evaluator_module, "pixel_metrics_and_curves", lambda *a, **k: calls.append(1) or real(*a, **k)
+        category_results, "pixel_metrics_and_curves", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     masks = torch.from_numpy(_masks("regions"))
     maps = torch.from_numpy(_tied_maps(9, masks.numpy())).float()
