@@ -187,7 +187,7 @@ def pixel_metrics_and_curves(
 ) -> tuple[dict[str, float | None], dict[str, str], PixelCurves]:
     """``pixel_metrics(maps, masks, fpr_limit)`` and ``pixel_curves(maps, masks)`` from one split, one sort
     and one set of rank statistics: the curves then cost only the PRO steps (float32, 60 maps of 518 x 518:
-    1.5x faster than the two calls, ``benchmarks/metrics.py --curves``). 16-bit scores keep both paths: the metrics split them (the cflow AUPRO needs the split)
+    1.25-1.5x faster than the two calls, ``benchmarks/metrics.py --curves``). 16-bit scores keep both paths: the metrics split them (the cflow AUPRO needs the split)
     while the curves count bit patterns, whose PRO sums round differently in the last bits."""
     map_list, mask_list = _paired_maps(maps, masks)
     if _format16(map_list):
