@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -80,6 +80,46 @@ def feature_noise(
 ) -> torch.Tensor:
     """``[B, *shape]`` Gaussian noise, image ``i`` from generator ``i`` (drawn on the CPU: same numbers on any device)."""
     return torch.stack([torch.randn(*shape, generator=g) * std for g in generators]).to(device)
+
+
+def check_tta_config(cfg: TTAConfig) -> None:
+    """The ``method.tta`` settings every AnoVL adaptation (vl_test.py's and vis_test.py's) needs."""
+    if cfg.reset not in TTA_RESETS:
+        raise ConfigError(f"method.tta.reset must be one of {list(TTA_RESETS)}, got {cfg.reset!r}")
+    if cfg.steps < 0 or cfg.noise_copies < 1:
+        raise ConfigError(
+            f"method.tta needs steps >= 0 and noise_copies >= 1, got {cfg.steps} and {cfg.noise_copies}"
+        )
+
+
+def require_autograd() -> None:
+    """TTA cannot run under ``torch.inference_mode`` (it cannot be left from inside): refuse, never skip."""
+    if torch.is_inference_mode_enabled():
+        raise ZsadError(
+            "test-time adaptation needs autograd but the test loop runs in inference mode: build the "
+            "Trainer with inference_mode=False (zsad's runner does this when needs_grad_at_test is true)"
+        )
+
+
+def category_adapter(
+    kept: dict[str, tuple[nn.Module, torch.optim.Optimizer]],
+    category: str,
+    cfg: TTAConfig,
+    build: Callable[[], nn.Module],
+    initialise: Callable[[nn.Module], None],
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The adapter and AdamW an image of ``category`` adapts under ``cfg.reset``: built and initialised
+    once per category and kept in ``kept`` (``image``: new for every image, replacing the kept one);
+    ``image_keep_optimizer`` re-initialises the adapter per image while the optimizer's moments carry over."""
+    state = None if cfg.reset == "image" else kept.get(category)
+    if state is None:
+        adapter = build()
+        initialise(adapter)
+        optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        state = kept[category] = (adapter, optimizer)
+    elif cfg.reset == "image_keep_optimizer":
+        initialise(state[0])
+    return state
 
 
 def tta_loss(
@@ -136,12 +176,7 @@ class TestTimeAdaptation:
     __test__ = False  # not a pytest test class
 
     def __init__(self, cfg: TTAConfig, temperature: float = 1.0) -> None:
-        if cfg.reset not in TTA_RESETS:
-            raise ConfigError(f"method.tta.reset must be one of {list(TTA_RESETS)}, got {cfg.reset!r}")
-        if cfg.steps < 0 or cfg.noise_copies < 1:
-            raise ConfigError(
-                f"method.tta needs steps >= 0 and noise_copies >= 1, got {cfg.steps} and {cfg.noise_copies}"
-            )
+        check_tta_config(cfg)
         self.cfg = cfg
         self.temperature = temperature
         self._persistent: dict[str, tuple[TextAdapter, torch.optim.Optimizer]] = {}
@@ -150,9 +185,6 @@ class TestTimeAdaptation:
     def reset(self) -> None:
         """Forget adapters kept across images (a new test epoch or dataset)."""
         self._persistent.clear()
-
-    def _optimizer(self, adapter: TextAdapter) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(adapter.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
     def adapt(
         self,
@@ -163,21 +195,18 @@ class TestTimeAdaptation:
         synthetic: SyntheticAnomalies | None = None,
     ) -> torch.Tensor:
         """Adapted tokens ``[B, N, D]`` (no gradient attached)."""
-        if torch.is_inference_mode_enabled():
-            raise ZsadError(
-                "test-time adaptation needs autograd but the test loop runs in inference mode: build the "
-                "Trainer with inference_mode=False (zsad's runner does this when needs_grad_at_test is true)"
-            )
+        require_autograd()
         if len(seeds) != tokens.shape[0]:
             raise ValueError(f"TTA needs one seed per image, got {len(seeds)} for {tokens.shape[0]} images")
         tokens = tokens.detach().float()
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         if self.cfg.reset == "image":
-            adapter = TextAdapter(text.prompts)
-            adapter.reset_parameters(generators)
+            adapter, optimizer = category_adapter(
+                {}, "", self.cfg, lambda: TextAdapter(text.prompts), lambda a: a.reset_parameters(generators)
+            )
             self.last_losses = run_steps(
                 adapter,
-                self._optimizer(adapter),
+                optimizer,
                 tokens,
                 text.classes,
                 generators,
@@ -201,14 +230,13 @@ class TestTimeAdaptation:
         out, losses = [], []
         for i, generator in enumerate(generators):
             one = slice(i, i + 1)
-            state = self._persistent.get(categories[i])
-            if state is None:
-                adapter = TextAdapter(text.prompts[one])
-                adapter.reset_parameters([generator])
-                state = self._persistent[categories[i]] = (adapter, self._optimizer(adapter))
-            elif self.cfg.reset == "image_keep_optimizer":
-                state[0].reset_parameters([generator])
-            adapter, optimizer = state
+            adapter, optimizer = category_adapter(
+                self._persistent,
+                categories[i],
+                self.cfg,
+                lambda one=one: TextAdapter(text.prompts[one]),
+                lambda a, generator=generator: a.reset_parameters([generator]),
+            )
             part = (
                 None
                 if synthetic is None

@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datamodules.errors import ConfigError, ZsadError
-from lightning_modules.anovl.config import TTA_RESETS, TTAConfig
+from datamodules.errors import ZsadError
+from lightning_modules.anovl.config import TTAConfig
 from lightning_modules.anovl.model import ABNORMAL, NORMAL
+from lightning_modules.anovl.tta import category_adapter, check_tta_config, feature_noise, require_autograd
 from lightning_modules.ops import gaussian_blur, l2_normalize
 
 if TYPE_CHECKING:
@@ -119,31 +120,13 @@ class TiledAdaptation:
     __test__ = False
 
     def __init__(self, cfg: TTAConfig) -> None:
-        if cfg.reset not in TTA_RESETS:
-            raise ConfigError(f"method.tta.reset must be one of {list(TTA_RESETS)}, got {cfg.reset!r}")
+        check_tta_config(cfg)
         self.cfg = cfg
         self._persistent: dict[str, tuple[FeatureAdapter, torch.optim.Optimizer]] = {}
         self.last_losses: list[float] = []
 
     def reset(self) -> None:
         self._persistent.clear()
-
-    def _state(
-        self, category: str, dim: int, generator: torch.Generator, device: torch.device
-    ) -> tuple[FeatureAdapter, torch.optim.Optimizer]:
-        """The category's adapter and optimizer: created once (``image``: per image); the adapter is
-        re-initialised per image unless ``tta.reset=category``."""
-        state = None if self.cfg.reset == "image" else self._persistent.get(category)
-        if state is None:
-            adapter = FeatureAdapter(dim).to(device)
-            optimizer = torch.optim.AdamW(
-                adapter.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
-            )
-            adapter.reset_parameters(generator)
-            state = self._persistent[category] = (adapter, optimizer)
-        elif self.cfg.reset == "image_keep_optimizer":
-            state[0].reset_parameters(generator)
-        return state
 
     def adapt(
         self,
@@ -155,19 +138,22 @@ class TiledAdaptation:
         category: str,
         generator: torch.Generator,
     ) -> torch.Tensor:
-        """Adapted tile tokens ``[2, N, D]`` of one image (no gradient attached)."""
-        if torch.is_inference_mode_enabled():
-            raise ZsadError(
-                "test-time adaptation needs autograd but the test loop runs in inference mode: build the "
-                "Trainer with inference_mode=False (zsad's runner does this when needs_grad_at_test is true)"
-            )
+        """Adapted tile tokens ``[2, N, D]`` of one image (no gradient attached): the category's adapter and
+        AdamW under ``tta.reset`` (:func:`~.tta.category_adapter`)."""
+        require_autograd()
         tokens = tokens.detach().float()
-        adapter, optimizer = self._state(category, tokens.shape[-1], generator, tokens.device)
+        adapter, optimizer = category_adapter(
+            self._persistent,
+            category,
+            self.cfg,
+            lambda: FeatureAdapter(tokens.shape[-1]).to(tokens.device),
+            lambda a: a.reset_parameters(generator),
+        )
         self.last_losses = []
+        noise_shape = (self.cfg.noise_copies, *tokens.shape)
         with torch.enable_grad():
             for _ in range(self.cfg.steps):
-                noise = torch.randn(self.cfg.noise_copies, *tokens.shape, generator=generator)
-                noise = (noise * self.cfg.noise_std).to(tokens.device)
+                noise = feature_noise([generator], noise_shape, self.cfg.noise_std, tokens.device)[0]
                 loss = vis_test_loss(adapter, tokens, noise, classes, grid, size, offset, self.cfg)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
