@@ -397,10 +397,7 @@ def main() -> None:
     if args.write_fixture:
         ps.save_fixture(
             FIXTURE,
-            weights_fingerprint=ps.weights_fingerprint(state_dict()),
-            pixels_fingerprint=ps.pixels_fingerprint(root),
-            paths=ours["paths"],
-            masks_sum=theirs["masks"].reshape(len(theirs["masks"]), -1).sum(1),
+            **ps.input_record(state_dict(), root, ours["paths"], theirs["masks"]),
             metric_names=np.array(names),
             metrics=np.array([metrics[k] for k in names]),
             **{k: v for k, v in theirs.items() if k.startswith("prompt_learner.")},

@@ -573,13 +573,10 @@ def compare_and_store(args, title, root, ours, theirs, quantities, fixture, samp
     if args.write_fixture:
         ps.save_fixture(
             fixture,
-            weights_fingerprint=ps.weights_fingerprint(ps.parity_state_dict(name=MODEL)),
-            pixels_fingerprint=ps.pixels_fingerprint(root),
-            paths=theirs["paths"],
+            **ps.input_record(ps.parity_state_dict(name=MODEL), root, theirs["paths"], theirs["masks"]),
             categories=theirs["categories"],
             category_ids=theirs["category_ids"],
             labels=theirs["labels"],
-            masks_sum=theirs["masks"].reshape(n, -1).sum(1),
             metrics=theirs["metrics"],
             **sample(theirs),
         )

@@ -153,6 +153,23 @@ def load_fixture(path: Path) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
+def mask_sums(masks: Any) -> np.ndarray:
+    """Mask pixels per image: what a fixture keeps of the masks to show both sides read the same ones."""
+    masks = np.asarray(masks)
+    return masks.reshape(len(masks), -1).sum(1)
+
+
+def input_record(state_dict: dict[str, torch.Tensor], root: Path, paths: Any, masks: Any) -> dict[str, Any]:
+    """What a fixture records of its run's inputs, for :func:`parity_inputs` and the tests to check: the
+    weights' and the images' fingerprints, the image paths in reading order and the masks' pixel counts."""
+    return {
+        "weights_fingerprint": weights_fingerprint(state_dict),
+        "pixels_fingerprint": pixels_fingerprint(root),
+        "paths": paths,
+        "masks_sum": mask_sums(masks),
+    }
+
+
 def parity_inputs(
     folder: Path,
     fixture: dict[str, np.ndarray],

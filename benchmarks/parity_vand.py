@@ -269,10 +269,7 @@ def main() -> None:
     if args.write_fixture:
         ps.save_fixture(
             FIXTURE,
-            weights_fingerprint=ps.weights_fingerprint(vand_state_dict()),
-            pixels_fingerprint=ps.pixels_fingerprint(root),
-            paths=ours["paths"],
-            masks_sum=theirs["masks"].reshape(len(theirs["masks"]), -1).sum(1),
+            **ps.input_record(vand_state_dict(), root, ours["paths"], theirs["masks"]),
             **sampled(theirs),
         )
 

@@ -239,12 +239,9 @@ def main() -> None:
     if args.write_fixture:
         ps.save_fixture(
             FIXTURE,
-            weights_fingerprint=ps.weights_fingerprint(ps.parity_state_dict()),
-            pixels_fingerprint=ps.pixels_fingerprint(root),
+            **ps.input_record(ps.parity_state_dict(), root, theirs["paths"], theirs["masks"]),
             categories=ours["categories"],
-            paths=theirs["paths"],
             labels=theirs["labels"],
-            masks_sum=theirs["masks"].reshape(len(theirs["masks"]), -1).sum(1),
             **{name: theirs[name] for name in COMPARED if name not in ("images", "masks", "maps")},
             maps_sampled=theirs["maps"][MAP_SAMPLES],  # the full maps do not compress (1.8 MB)
         )
