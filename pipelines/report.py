@@ -21,7 +21,8 @@ from typing import Any
 
 from datamodules.atomic_io import atomic_write_text
 from datamodules.errors import ZsadError
-from pipelines.published import SOURCE, published
+from lightning_modules.method_spec import PublishedNumbers
+from lightning_modules.registry import get_method
 from pipelines.report_grouping import (
     CFLOW_AUPRO,
     Grouping,
@@ -101,10 +102,27 @@ def _tables(reference: bool, grouping: Grouping) -> list[tuple[str, tuple[str, .
     return [(TABLES[0][0], TABLES[0][1], None), (TABLES[1][0], TABLES[1][1], note)]
 
 
+def method_published(method: str) -> PublishedNumbers | None:
+    """The paper's numbers of ``method`` (its spec's ``published``); None for a method without any, or one
+    this version does not know (runs of another version or a plugin)."""
+    try:
+        return get_method(method).published
+    except ZsadError:
+        return None
+
+
+def published_sources(grouping: Grouping) -> str:
+    """The papers of the published rows, one each."""
+    numbers = (method_published(grouping.column_method[column]) for column in grouping.columns)
+    return "; ".join(dict.fromkeys(n.source for n in numbers if n is not None)) or "none of these methods"
+
+
 def _published_for(row: str, column: str, grouping: Grouping, metric: str) -> float | None:
-    dataset = _row_dataset(row, grouping)
-    method = grouping.column_method[column]
-    return published(dataset, method).get("aupro" if metric == CFLOW_AUPRO else metric)
+    numbers = method_published(grouping.column_method[column])
+    if numbers is None:
+        return None
+    values = numbers.results.get(_row_dataset(row, grouping), {})
+    return values.get("aupro" if metric == CFLOW_AUPRO else metric)
 
 
 def _row_dataset(row: str, grouping: Grouping) -> str:
@@ -171,7 +189,7 @@ def _markdown(grouping: Grouping, n_runs: int, reference: bool, group_by: list[s
         if note:
             lines += [note, ""]
     if reference:
-        lines += [f"Published rows: {SOURCE}.", ""]
+        lines += [f"Published rows: {published_sources(grouping)}.", ""]
     if grouping.warnings:
         lines += ["## Warnings", "", *(f"- {w}" for w in grouping.warnings), ""]
     if grouping.notes:
@@ -266,7 +284,8 @@ def build_report(
     atomic_write_text(paths[0], markdown + "\n")
     atomic_write_text(paths[1], csv_text)
     tables = [(t, table_rows(grouping, m, reference), n) for t, m, n in _tables(reference, grouping)]
-    atomic_write_text(paths[2], render_html(grouping, tables, markdown.splitlines()[0][2:], reference))
+    sources = published_sources(grouping) if reference else None
+    atomic_write_text(paths[2], render_html(grouping, tables, markdown.splitlines()[0][2:], sources))
     if wandb_mode != "disabled":
         _log_to_wandb(rows, out_dir, wandb_group, wandb_mode, project)
     return Report(markdown, csv_text, *paths, len(runs), grouping.warnings)

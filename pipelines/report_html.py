@@ -82,7 +82,7 @@ def render_html(
     grouping: Grouping,
     tables: list[tuple[str, list[tuple[str, list[str]]], str | None]],
     title: str,
-    reference: bool,
+    published_sources: str | None,
 ) -> str:
     body = [f"<h1>{_e(title)}</h1>", "<p>Cells: mean±std over seeds, in percent, n = number of seeds.</p>"]
     body += ["<table>", "<tr><th>setting</th><th>seeds</th><th>keys</th></tr>"]
@@ -96,10 +96,8 @@ def render_html(
         body += [f"<h2>{_e(table_title)}</h2>", *_table(rows, grouping.columns)]
         if note:
             body.append(f'<p class="note">{_e(note)}</p>')
-    if reference:
-        from pipelines.published import SOURCE
-
-        body.append(f'<p class="note">Published rows: {_e(SOURCE)}.</p>')
+    if published_sources is not None:  # --reference
+        body.append(f'<p class="note">Published rows: {_e(published_sources)}.</p>')
     if grouping.warnings:
         body += [
             "<h2>Warnings</h2>",

@@ -8,12 +8,13 @@ from typing import Any
 import torch
 
 from datamodules.errors import ConfigError, ZsadError
-from lightning_modules.base import EvalConfig, ZeroShotModule, run_folder
+from lightning_modules.base import ZeroShotModule, run_folder
 from lightning_modules.category_module import backbone_identity
 from lightning_modules.cmg.cmle import GlobalStructure
 from lightning_modules.cmg.config import CMGConfig
 from lightning_modules.cmg.model import CMG
 from lightning_modules.cmg.texts import ImageTexts
+from lightning_modules.eval_config import EvalConfig
 
 log = logging.getLogger(__name__)
 RUN_CACHE = "run"  # cmer.cache_dir value meaning {run_dir}/cache/cmer
@@ -31,10 +32,6 @@ class CMGModule(ZeroShotModule):
         self.model = model if model is not None else CMG(cfg)
         self.texts: ImageTexts | None = None
         self.structure: GlobalStructure | None = None
-
-    @property
-    def image_size(self) -> int:
-        return self.cfg.backbone.image_size
 
     def checkpoint_identity(self) -> dict[str, Any]:
         """Only what shapes the autoencoder: CMER/CMLE settings may differ between training and test."""

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from datamodules.errors import ConfigError
+from lightning_modules.registry import get_method
 from pipelines.cli import main
 from pipelines.config import compose, to_yaml
-from pipelines.published import published
 from pipelines.report import build_report
 
 PNG_1x1 = bytes.fromhex(
@@ -188,7 +188,7 @@ def test_reference_compares_the_cflow_aupro_or_says_it_cannot(tmp_path):
     assert "| mvtec (published) | 91.5, 96.2 |" in report.markdown
     cflow = row(csv_rows(report), "anomalyclip", "aupro_cflow")
     assert float(cflow["published"]) == pytest.approx(0.814) and float(cflow["mean"]) == pytest.approx(0.8)
-    assert published("isic", "vand") == {"pixel_auroc": 0.894, "aupro": 0.772}
+    assert get_method("vand").published.results["isic"] == {"pixel_auroc": 0.894, "aupro": 0.772}
 
 
 def test_cli_writes_markdown_csv_and_a_self_contained_html_page(tmp_path, sigma_sweep, capsys):

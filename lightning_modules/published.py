@@ -1,4 +1,5 @@
-"""Published numbers that reports can show as reference rows.
+"""Published numbers of the methods, which ``zsad report --reference`` shows as reference rows (each
+method's spec names its paper's numbers: ``MethodSpec.published``).
 
 From the AnomalyCLIP paper (ICLR 2024), Tables 1 and 2: image level (AUROC, AP), pixel level (AUROC, AUPRO),
 in percent. AnomalyCLIP, VAND and CoOp were trained on the MVTec AD test set for every dataset except
@@ -6,6 +7,8 @@ MVTec AD itself (trained on VisA); WinCLIP's and VAND's MVTec AD / VisA numbers 
 """
 
 from __future__ import annotations
+
+from lightning_modules.method_spec import PublishedNumbers
 
 SOURCE = "AnomalyCLIP paper (Zhou et al., ICLR 2024), Tables 1-2"
 METHODS = ("clip", "clip_ac", "winclip", "vand", "coop", "anomalyclip")
@@ -42,16 +45,17 @@ _PIXEL = {
 }
 
 
-def published(dataset: str, method: str) -> dict[str, float]:
-    """Fractions in [0, 1] keyed like zsad's results (image_auroc, image_ap, pixel_auroc, aupro)."""
-    if method not in METHODS:
-        return {}
+def anomalyclip_paper(method: str) -> PublishedNumbers:
+    """``method``'s numbers in the AnomalyCLIP paper, as fractions keyed like zsad's results (image_auroc,
+    image_ap, pixel_auroc and the papers' cflow-style AUPRO as ``aupro``)."""
     i = METHODS.index(method)
-    out: dict[str, float] = {}
-    image = _IMAGE.get(dataset, [None] * len(METHODS))[i]
-    pixel = _PIXEL.get(dataset, [None] * len(METHODS))[i]
-    if image:
-        out["image_auroc"], out["image_ap"] = image[0] / 100, image[1] / 100
-    if pixel:
-        out["pixel_auroc"], out["aupro"] = pixel[0] / 100, pixel[1] / 100
-    return out
+    results: dict[str, dict[str, float]] = {}
+    for dataset in {**_IMAGE, **_PIXEL}:
+        out = results.setdefault(dataset, {})
+        image = _IMAGE.get(dataset, [None] * len(METHODS))[i]
+        pixel = _PIXEL.get(dataset, [None] * len(METHODS))[i]
+        if image:
+            out["image_auroc"], out["image_ap"] = image[0] / 100, image[1] / 100
+        if pixel:
+            out["pixel_auroc"], out["aupro"] = pixel[0] / 100, pixel[1] / 100
+    return PublishedNumbers(SOURCE, {dataset: out for dataset, out in results.items() if out})
