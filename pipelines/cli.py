@@ -130,6 +130,7 @@ def _report_command(args: argparse.Namespace) -> int:
         wandb_mode=args.wandb_mode,
         project=args.project,
         group_by=args.group_by,
+        baseline=args.baseline,
     )
     print(outcome.markdown)
     print(
@@ -321,6 +322,12 @@ def build_parser(command: Sequence[str] | None = None) -> argparse.ArgumentParse
         metavar="KEY",
         help="group by these config keys only (e.g. method.name source.name); cells that then mix other "
         "settings are flagged",
+    )
+    report.add_argument(
+        "--baseline",
+        metavar="RUN_OR_EXPERIMENT",
+        help="follow every number with its difference to this setting's (a run folder, or an experiment "
+        "name whose runs share one setting, e.g. cmg_baseline for the CMG ablation)",
     )
     report.add_argument(
         "--wandb-mode",

@@ -132,17 +132,48 @@ def _row_dataset(row: str, grouping: Grouping) -> str:
     return row
 
 
-def table_rows(grouping: Grouping, metrics: tuple[str, ...], reference: bool) -> list[tuple[str, list[str]]]:
-    """(row label, one text per column) for one table, published rows interleaved."""
+def baseline_column(grouping: Grouping, runs: list[RunRecord], which: str) -> str:
+    """The setting (column) of ``which``: a run folder, or an experiment name whose runs share one setting
+    (e.g. ``cmg_baseline`` of the CMG ablation)."""
+    path = Path(which).resolve()
+    chosen = [r.setting for r in runs if r.run_dir.resolve() == path or r.results.get("experiment") == which]
+    columns = {
+        cell.column for cell in grouping.cells.values() for e in cell.entries if e.run.setting in chosen
+    }
+    if len(columns) != 1:
+        found = f"settings {sorted(columns)}" if columns else "no run"
+        raise ZsadError(
+            f"--baseline {which}: {found} of the report match; give one run folder or an experiment name "
+            "whose runs share one setting"
+        )
+    return columns.pop()
+
+
+def _difference(cell: Any, base: Any, metric: str) -> str:
+    """`` (+1.2)``: this cell's mean minus the baseline's, in percent points; empty without both."""
+    if base is None or cell is base:
+        return ""
+    values, reference = cell.values(metric), base.values(metric)
+    if not values or not reference:
+        return ""
+    return f" ({100 * (statistics.fmean(values) - statistics.fmean(reference)):+.1f})"
+
+
+def table_rows(
+    grouping: Grouping, metrics: tuple[str, ...], reference: bool, baseline: str | None = None
+) -> list[tuple[str, list[str]]]:
+    """(row label, one text per column) for one table, published rows interleaved; with a ``baseline``
+    column, each number of the other columns is followed by its difference to the baseline's."""
     out = []
     for row in grouping.rows:
         texts = []
+        base = grouping.cells.get((row, baseline)) if baseline is not None else None
         for column in grouping.columns:
             cell = grouping.cells.get((row, column))
             if cell is None:
                 texts.append("")
                 continue
-            numbers = ", ".join(_cell_text(cell.values(m)) for m in metrics)
+            numbers = ", ".join(_cell_text(cell.values(m)) + _difference(cell, base, m) for m in metrics)
             texts.append(f"{numbers} (n={len(cell.entries)})")
         out.append((row, texts))
         if reference:
@@ -160,7 +191,9 @@ def table_rows(grouping: Grouping, metrics: tuple[str, ...], reference: bool) ->
     return out
 
 
-def _markdown(grouping: Grouping, n_runs: int, reference: bool, group_by: list[str] | None) -> str:
+def _markdown(
+    grouping: Grouping, n_runs: int, reference: bool, group_by: list[str] | None, baseline: str | None
+) -> str:
     how = (
         f"grouped by {', '.join(group_by)}"
         if group_by
@@ -170,6 +203,7 @@ def _markdown(grouping: Grouping, n_runs: int, reference: bool, group_by: list[s
         f"# Results ({n_runs} runs, {len(grouping.columns)} settings)",
         "",
         f"Cells: mean±std over seeds, in percent, n = number of seeds; {how} (docs/reports.md).",
+        *([f"(±x.x): the difference of the mean to the baseline setting `{baseline}`."] if baseline else []),
         "",
         "| setting | seeds | keys |",
         "|---|---|---|",
@@ -183,7 +217,7 @@ def _markdown(grouping: Grouping, n_runs: int, reference: bool, group_by: list[s
         lines.append("|---" * (len(grouping.columns) + 1) + "|")
         lines += [
             f"| {row} | " + " | ".join(texts) + " |"
-            for row, texts in table_rows(grouping, metrics, reference)
+            for row, texts in table_rows(grouping, metrics, reference, baseline)
         ]
         lines.append("")
         if note:
@@ -264,7 +298,10 @@ def build_report(
     wandb_mode: str = "offline",
     project: str = "zsad",
     group_by: list[str] | None = None,
+    baseline: str | None = None,
 ) -> Report:
+    """``baseline``: a run folder or an experiment name whose setting the other cells are compared with
+    (e.g. the CMG ablation against ``cmg_baseline``)."""
     from pipelines.report_html import render_html
 
     run_dirs, default_out, wandb_group = _collect_run_dirs(inputs)
@@ -274,7 +311,8 @@ def build_report(
         raise ZsadError("no finished runs (results.json with evaluated targets) found in the given inputs")
     grouping = group(entries, group_by)
     _note_unfinished(grouping, run_dirs, runs)
-    markdown = _markdown(grouping, len(runs), reference, group_by)
+    base = baseline_column(grouping, runs, baseline) if baseline else None
+    markdown = _markdown(grouping, len(runs), reference, group_by, base)
     rows = _csv_rows(grouping)
     csv_text = _csv_text(rows)
 
@@ -283,7 +321,7 @@ def build_report(
     paths = out_dir / "report.md", out_dir / "report.csv", out_dir / "report.html"
     atomic_write_text(paths[0], markdown + "\n")
     atomic_write_text(paths[1], csv_text)
-    tables = [(t, table_rows(grouping, m, reference), n) for t, m, n in _tables(reference, grouping)]
+    tables = [(t, table_rows(grouping, m, reference, base), n) for t, m, n in _tables(reference, grouping)]
     sources = published_sources(grouping) if reference else None
     atomic_write_text(paths[2], render_html(grouping, tables, markdown.splitlines()[0][2:], sources))
     if wandb_mode != "disabled":

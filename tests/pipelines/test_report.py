@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from datamodules.errors import ConfigError
+from datamodules.errors import ConfigError, ZsadError
 from lightning_modules.registry import get_method
 from pipelines.cli import main
 from pipelines.config import compose, to_yaml
@@ -135,6 +135,23 @@ def test_group_by_merges_settings_and_warns_what_a_cell_mixes(tmp_path, sigma_sw
         build_report(
             [str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled", group_by=["method.gausian_sigma"]
         )
+
+
+def test_baseline_follows_each_number_with_its_difference(tmp_path, sigma_sweep):
+    """What the CMG ablation table gave: every setting against a baseline (a run folder or an experiment)."""
+    runs, _ = sigma_sweep
+    report = build_report(
+        [str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled", baseline=str(runs / "s0.0_1")
+    )
+    sharp, smooth = np.mean([0.44, 0.5, 0.6]), np.mean([0.7, 0.9])
+    line = next(r for r in report.markdown.splitlines() if r.startswith("| synthetic | "))
+    sharp_cell, smooth_cell = line.split(" | ")[1:3]  # columns in label order: sigma 0.0, then 2.0
+    assert sharp_cell.startswith(f"{100 * sharp:.1f}±") and "(+" not in sharp_cell and "(-" not in sharp_cell
+    assert smooth_cell.startswith(f"{100 * smooth:.1f}±")
+    assert f"({100 * (smooth - sharp):+.1f})" in smooth_cell.split(",")[0]
+    assert "baseline setting `anomalyclip gaussian_sigma=0.0`" in report.markdown
+    with pytest.raises(ZsadError, match="--baseline demo: settings .* match"):  # both settings ran "demo"
+        build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled", baseline="demo")
 
 
 def test_schedules_and_data_never_mix_silently(tmp_path):
