@@ -43,7 +43,9 @@ def wall_time(arguments: list[str]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     runs = {**BASELINES, **{name: ["-m", "pipelines.cli", *words] for name, words in COMMANDS.items()}}

@@ -67,7 +67,9 @@ def test_zsad_test_with_the_checkpoint_reproduces_the_full_run(ablation_runs, tm
 def test_the_report_compares_the_ablation_against_the_baseline(ablation_runs, tmp_path):
     runs, _ = ablation_runs
     folders = [str(runs[name]) for name in ABLATIONS]
-    report = build_report(folders, out=str(tmp_path / "report"), wandb_mode="disabled", baseline="cmg_baseline")
+    report = build_report(
+        folders, out=str(tmp_path / "report"), wandb_mode="disabled", baseline="cmg_baseline"
+    )
     means = {
         name: json.loads((runs[name] / "results.json").read_text())["targets"]["synthetic"]["mean"]
         for name in ABLATIONS
