@@ -14,17 +14,6 @@ from datamodules.errors import ZsadError
 from lightning_modules.checkpoint_io import safe_torch_load
 from lightning_modules.eval_config import EvalConfig
 
-#: zsad's Trainers work in ``RUN/.lightning`` (their ``default_root_dir``), a folder that never holds
-#: checkpoints, so Lightning cannot find a SLURM requeue checkpoint there (see pipelines/runner.py).
-LIGHTNING_DIR = ".lightning"
-
-
-def run_folder(trainer: L.Trainer) -> Path:
-    """The run folder of ``trainer``: the parent of zsad's ``RUN/.lightning``, else ``default_root_dir``."""
-    root = Path(trainer.default_root_dir)
-    return root.parent if root.name == LIGHTNING_DIR else root
-
-
 #: Reads a checkpoint in a method's authors' format: (module, checkpoint dict, file) -> trainable state.
 OfficialReader = Callable[[Any, dict[str, Any], str], dict[str, torch.Tensor]]
 
@@ -45,6 +34,9 @@ class ZeroShotModule(L.LightningModule):
         # The method's protocol on the target under test (MethodSpec.dataset_protocol), which the runner
         # sets before each target; None: the method has one protocol (or nothing told it otherwise).
         self.method_protocol: dict[str, Any] | None = None
+        # The run folder of the job this module runs in (the runner sets it), for files a method keeps with
+        # its run (CMG's relevance cache); None outside a job.
+        self.run_dir: Path | None = None
         self.evaluator = None
         self.test_results = None
         self.test_curves = None  # per category CurveSet of the last test epoch (F1 thresholds, pictures)

@@ -346,6 +346,7 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
         print(f"zsad: skipped unreadable image: {error}", file=sys.stderr)
     module, checkpoint = evaluation_module(cfg, spec)
     out = options.out
+    module.run_dir = out  # the folder this job writes (a method's run files, e.g. CMG's relevance cache)
     (out / UNREADABLE_FILE).unlink(missing_ok=True)  # never report a previous attempt's files
     thresholds = Thresholds(
         options.image_threshold,

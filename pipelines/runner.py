@@ -1,15 +1,15 @@
 """The three jobs: train on a source, test on targets, or run both (the zero-shot protocol).
 
-Cluster behaviour lives here too: every process of a DDP job agrees on one run directory, a run that
-was preempted resumes from its newest checkpoint in that directory with the same W&B run id, and only
-global rank 0 writes results. Which folder a run uses and whether its config may use it is
-:mod:`pipelines.run_folder`; who owns it and how it stands (``run.lock``, ``status.json``),
-:mod:`pipelines.run_state`.
+Each job looks its method's spec up once (``MethodSpec``: what the method provides) and refuses what the
+config alone shows to be wrong before any model, data or run folder exists; then it builds the module and
+the datamodules and runs :func:`fit` and/or :func:`evaluate` inside its frame (:mod:`pipelines.job`: the
+run folder and its lock, config and status files, stop signals, loggers). A run that was preempted resumes
+exactly from its newest checkpoint in that folder (:mod:`pipelines.checkpointing`); only global rank 0
+writes results.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -27,7 +27,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from datamodules.datamodule import AnomalyDataModule
 from datamodules.errors import ConfigError
 from datamodules.progress import lightning_progress_bar
-from lightning_modules.base import LIGHTNING_DIR, ZeroShotModule
+from lightning_modules.base import ZeroShotModule
 from lightning_modules.feature_cache import CachedTraining
 from lightning_modules.method_spec import MethodSpec
 from lightning_modules.metrics.curves import f1_thresholds
@@ -44,19 +44,13 @@ from pipelines.checkpointing import (
 from pipelines.config import (
     ExperimentConfig,
 )
-from pipelines.loggers import drop_redone_training_rows, log_evaluation, make_loggers, wandb_hint
+from pipelines.job import LIGHTNING_DIR, Job, run_job
+from pipelines.loggers import drop_redone_training_rows, log_evaluation
 from pipelines.map_writer import MapWriter
 from pipelines.results import target_payload, write_results
-from pipelines.run_folder import (
-    RunOutcome,
-    finished_run,
-    prepare_run_dir,
-    refuse_resume_of_another_config,
-    wandb_run_id,
-    write_config,
-)
-from pipelines.run_state import acquire_run_lock, global_rank, record_failure, write_status
-from pipelines.stop_signals import TrainingInterrupted, deferred, stop_signal_guard
+from pipelines.run_folder import RunOutcome
+from pipelines.run_state import global_rank
+from pipelines.stop_signals import stop_signal_guard
 from pipelines.visualize import EvaluationPictures
 
 # The frozen CLIP stays in eval mode during training on purpose; this warning would only confuse users.
@@ -164,9 +158,7 @@ def method_datamodule(cfg: ExperimentConfig, spec: MethodSpec, data_cfg: Any) ->
     return datamodule
 
 
-def fit(
-    cfg: ExperimentConfig, spec: MethodSpec, module: ZeroShotModule, run_dir: Path, loggers: list[Logger]
-) -> Path:
+def fit(cfg: ExperimentConfig, spec: MethodSpec, module: ZeroShotModule, job: Job) -> Path:
     """Train on the source, resuming exactly from the run folder's newest valid checkpoint
     (:mod:`pipelines.checkpointing`); a training that already ended is not repeated: its final weights
     are loaded. A method with a feature cache trains on its frozen features, encoded once
@@ -176,6 +168,8 @@ def fit(
             "training needs a source dataset: set defaults.source in the experiment or source=NAME"
         )
     datamodule = method_datamodule(cfg, spec, cfg.source)
+    run_dir, loggers = job.run_dir, job.loggers
+    module.run_dir = run_dir
     resume = find_resume_checkpoint(run_dir, warn=global_rank() == 0)
     if resume is not None and resume.complete and resume.max_epochs == cfg.trainer.max_epochs:
         module.load_trained_weights(str(resume.path))
@@ -237,22 +231,10 @@ class _WriteResults(Callback):
     ``ddp_spawn`` included, where the launching process never sees the module's state)."""
 
     def __init__(
-        self,
-        run_dir: Path,
-        results: dict[str, Any],
-        key: str,
-        target: Any,
-        loggers: list[Logger],
-        protocol: dict[str, Any] | None = None,
+        self, job: Job, results: dict[str, Any], key: str, target: Any, protocol: dict[str, Any] | None
     ) -> None:
-        self.run_dir, self.results, self.key, self.target, self.loggers = (
-            run_dir,
-            results,
-            key,
-            target,
-            loggers,
-        )
-        self.protocol = protocol
+        self.run_dir, self.loggers = job.run_dir, job.loggers
+        self.results, self.key, self.target, self.protocol = results, key, target, protocol
 
     def on_test_end(self, trainer: L.Trainer, module: ZeroShotModule) -> None:
         if not trainer.is_global_zero:
@@ -281,16 +263,17 @@ def evaluate(
     cfg: ExperimentConfig,
     spec: MethodSpec,
     module: ZeroShotModule,
-    run_dir: Path,
-    loggers: list[Logger],
+    job: Job,
     results: dict[str, Any],
     datamodules: list[AnomalyDataModule],
 ) -> dict[str, Any]:
     """Test on every target, telling the module the method's protocol there; the results files are
     rewritten after each one."""
+    run_dir, loggers = job.run_dir, job.loggers
+    module.run_dir = run_dir
     targets = zip(_target_keys(cfg), cfg.targets, datamodules, method_protocols(cfg, spec), strict=True)
     for key, target, datamodule, protocol in targets:
-        callbacks: list[Callback] = [_WriteResults(run_dir, results, key, target, loggers, protocol)]
+        callbacks: list[Callback] = [_WriteResults(job, results, key, target, protocol)]
         if cfg.eval.save_maps:
             callbacks.append(MapWriter(run_dir / "maps" / key))
         if cfg.eval.visualize:
@@ -340,43 +323,6 @@ def _results_header(cfg: ExperimentConfig, run_dir: Path, checkpoint: Path | Non
 
 
 # --- jobs --------------------------------------------------------------------------------------------
-def _job(cfg: ExperimentConfig, job_type: str, body) -> RunOutcome:
-    """Common frame: own the run folder (its lock), skip when finished, config, status, loggers.
-
-    Whatever ends the job (an error, a stop signal at any moment, SystemExit), status.json says how it
-    ended and the lock is released; a job refused the folder (locked, or a finished or resumable run of
-    another config) leaves both alone. Runs inside the caller's :func:`stop_signal_guard`.
-    """
-    run_dir = prepare_run_dir(cfg)
-    with contextlib.ExitStack() as owned:
-        with deferred():  # a signal cannot come between taking the lock and owning its release
-            owned.enter_context(acquire_run_lock(run_dir))
-        finished = finished_run(cfg, run_dir, job_type)
-        if finished is not None:
-            return finished
-        refuse_resume_of_another_config(cfg, run_dir)
-        loggers: list[Logger] = []
-        try:
-            write_config(cfg, run_dir)
-            write_status(run_dir, "running")
-            loggers = make_loggers(cfg, run_dir, job_type=job_type, run_id=wandb_run_id(run_dir))
-            outcome = body(run_dir, loggers)
-            with deferred(stop_after=False):  # from here on a signal changes nothing: the run finished
-                write_status(run_dir, "finished")
-        except BaseException as error:
-            with deferred(stop_after=False):  # the status is written whole, whatever comes meanwhile
-                interruption = TrainingInterrupted.recognise(error)  # saved: the same command resumes it
-                if interruption is None:
-                    record_failure(run_dir, error)
-                    raise
-                stop_signals.close_loggers_after_stop(loggers, interruption)
-                write_status(run_dir, interruption.state, str(interruption), interruption.checkpoint)
-            raise interruption from None
-        with deferred(stop_after=False):  # finished: a signal changes nothing (a second Ctrl-C stops)
-            outcome.notes = _notes(loggers)
-    return outcome
-
-
 def train(cfg: ExperimentConfig) -> RunOutcome:
     spec = get_method(cfg.method.name)
     if not spec.trains:  # before any run folder or model exists
@@ -385,11 +331,7 @@ def train(cfg: ExperimentConfig) -> RunOutcome:
         )
     with stop_signal_guard():
         module = build_module(cfg, spec)
-        return _job(
-            cfg,
-            "train",
-            lambda run_dir, loggers: RunOutcome(run_dir, fit(cfg, spec, module, run_dir, loggers)),
-        )
+        return run_job(cfg, "train", lambda job: RunOutcome(job.run_dir, fit(cfg, spec, module, job)))
 
 
 def evaluation_module(cfg: ExperimentConfig, spec: MethodSpec) -> tuple[ZeroShotModule, Path | None]:
@@ -413,12 +355,12 @@ def test(cfg: ExperimentConfig) -> RunOutcome:
         module, checkpoint = evaluation_module(cfg, spec)
         datamodules = target_datamodules(cfg, spec)
 
-        def body(run_dir: Path, loggers: list[Logger]) -> RunOutcome:
-            header = _results_header(cfg, run_dir, checkpoint)
-            results = evaluate(cfg, spec, module, run_dir, loggers, header, datamodules)
-            return RunOutcome(run_dir, checkpoint, results)
+        def body(job: Job) -> RunOutcome:
+            header = _results_header(cfg, job.run_dir, checkpoint)
+            results = evaluate(cfg, spec, module, job, header, datamodules)
+            return RunOutcome(job.run_dir, checkpoint, results)
 
-        return _job(cfg, "eval", body)
+        return run_job(cfg, "eval", body)
 
 
 def run(cfg: ExperimentConfig) -> RunOutcome:
@@ -429,19 +371,10 @@ def run(cfg: ExperimentConfig) -> RunOutcome:
         module = build_module(cfg, spec)
         datamodules = target_datamodules(cfg, spec)  # a wrong target root fails before training
 
-        def body(run_dir: Path, loggers: list[Logger]) -> RunOutcome:
-            checkpoint = fit(cfg, spec, module, run_dir, loggers) if spec.trains else None
-            header = _results_header(cfg, run_dir, checkpoint)
-            results = evaluate(cfg, spec, module, run_dir, loggers, header, datamodules)
-            return RunOutcome(run_dir, checkpoint, results)
+        def body(job: Job) -> RunOutcome:
+            checkpoint = fit(cfg, spec, module, job) if spec.trains else None
+            header = _results_header(cfg, job.run_dir, checkpoint)
+            results = evaluate(cfg, spec, module, job, header, datamodules)
+            return RunOutcome(job.run_dir, checkpoint, results)
 
-        return _job(cfg, "run", body)
-
-
-def _notes(loggers: list[Logger]) -> list[str]:
-    hint = wandb_hint(loggers)
-    for logger in loggers:
-        logger.finalize("success")
-        if hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
-            logger.experiment.finish()  # W&B: close the run so the next one in this process starts clean
-    return [hint] if hint else []
+        return run_job(cfg, "run", body)

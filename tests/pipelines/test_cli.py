@@ -332,6 +332,7 @@ sys.exit(main(sys.argv[1:]))
 @pytest.mark.parametrize(
     "command",
     [["--help"], ["methods"], ["experiments"], ["data", "list"], ["config", "show", "demo"]],
+    ids=" ".join,
 )
 def test_listing_commands_import_neither_torch_lightning_nor_open_clip(command):
     """What users run to look around answers at once (benchmarks/cli_startup.py): method metadata comes
