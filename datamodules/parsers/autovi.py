@@ -20,7 +20,14 @@ from pathlib import Path
 
 from datamodules.errors import DatasetLayoutError
 from datamodules.index import NORMAL_DEFECT, DatasetIndex, DatasetSpec, list_image_files, register_dataset
-from datamodules.parsers.common import IMAGE_EXTENSIONS, Findings, make_records, subdirs, warn_unexpected
+from datamodules.parsers.common import (
+    IMAGE_EXTENSIONS,
+    Findings,
+    make_records,
+    pair_region_folders,
+    subdirs,
+    warn_unexpected,
+)
 from datamodules.regions import DEFECTS_CONFIG, read_defects_config
 
 AUTOVI_CATEGORIES = (
@@ -60,17 +67,12 @@ def parse_autovi(root: Path) -> DatasetIndex:
         records += make_records(((p, None) for p in train), category, name, 0, "", "train")
         defects = set()
         for defect_dir in subdirs(cat_dir / "test"):
-            images = list_image_files(defect_dir, IMAGE_EXTENSIONS)
             if defect_dir.name == NORMAL_DEFECT:
+                images = list_image_files(defect_dir, IMAGE_EXTENSIONS)
                 records += make_records(((p, None) for p in images), category, name, 0, "", "test")
                 continue
             defects.add(defect_dir.name)
-            pairs = []
-            for image in images:
-                mask = cat_dir / "ground_truth" / defect_dir.name / image.stem
-                if not mask.is_dir() or not any(mask.glob("*.png")):
-                    findings.error(f"no mask for {image} (expected a folder of region PNGs {mask}/)")
-                pairs.append((image, mask))
+            pairs = pair_region_folders(defect_dir, cat_dir / "ground_truth" / defect_dir.name, findings)
             records += make_records(pairs, category, name, 1, defect_dir.name, "test")
         for gt_dir in subdirs(cat_dir / "ground_truth"):
             if gt_dir.name not in defects:

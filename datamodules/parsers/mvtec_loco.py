@@ -25,7 +25,13 @@ from pathlib import Path
 
 from datamodules.errors import DatasetLayoutError
 from datamodules.index import NORMAL_DEFECT, DatasetIndex, DatasetSpec, list_image_files, register_dataset
-from datamodules.parsers.common import IMAGE_EXTENSIONS, Findings, make_records, subdirs, warn_unexpected
+from datamodules.parsers.common import (
+    IMAGE_EXTENSIONS,
+    Findings,
+    make_records,
+    pair_region_folders,
+    warn_unexpected,
+)
 from datamodules.regions import DEFECTS_CONFIG, read_defects_config
 
 MVTEC_LOCO_OBJECTS = ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors")
@@ -36,25 +42,6 @@ MVTEC_LOCO_CATEGORIES = tuple(f"{o}_{t}" for o in MVTEC_LOCO_OBJECTS for t in AN
 
 def _prompt_name(obj: str) -> str:
     return obj.replace("_", " ")
-
-
-def _anomalous(obj_dir: Path, folder: str, findings: Findings) -> list[tuple[Path, Path | None]]:
-    """The images of ``test/<folder>`` with their mask folders; a missing or empty one is an error."""
-    pairs = []
-    gt = obj_dir / "ground_truth" / folder
-    images = list_image_files(obj_dir / "test" / folder, IMAGE_EXTENSIONS)
-    for image in images:
-        mask = gt / image.stem
-        if not mask.is_dir() or not any(mask.glob("*.png")):
-            findings.error(f"no mask for {image} (expected a folder of region PNGs {mask}/)")
-        pairs.append((image, mask))
-    stems = {p.stem for p in images}
-    for folder_path in subdirs(gt):
-        if folder_path.name not in stems:
-            findings.problem(
-                f"mask folder {folder_path} has no image {obj_dir / 'test' / folder / folder_path.name}.png"
-            )
-    return pairs
 
 
 def parse_mvtec_loco(root: Path, rows: str = "by_type") -> DatasetIndex:
@@ -95,7 +82,10 @@ def parse_mvtec_loco(root: Path, rows: str = "by_type") -> DatasetIndex:
             for folder, kind in ANOMALY_TYPES.items():
                 if rows == "by_type" and row != f"{obj}_{kind}":
                     continue
-                records += make_records(_anomalous(obj_dir, folder, findings), row, name, 1, folder, "test")
+                pairs = pair_region_folders(
+                    obj_dir / "test" / folder, obj_dir / "ground_truth" / folder, findings
+                )
+                records += make_records(pairs, row, name, 1, folder, "test")
             if object_rules is not None:
                 rules[row] = object_rules
     index = DatasetIndex(
