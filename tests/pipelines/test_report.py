@@ -218,3 +218,13 @@ def test_cli_writes_markdown_csv_and_a_self_contained_html_page(tmp_path, sigma_
     assert page.count(f'src="data:image/png;base64,{base64.b64encode(PNG_1x1).decode()}"') == 2  # curves.png
     assert "plots/synthetic/ring/curves.png" in page and "ring/gallery.png" in page  # galleries named only
     assert "http://" not in page and "https://" not in page and "<link" not in page
+
+
+def test_published_real_iad_rows_name_their_source():
+    """Real-IAD's reference numbers (UniADet's README) come with their metrics and their source."""
+    from pipelines.published import SOURCE
+
+    assert published("realiad", "anomalyclip") == pytest.approx({"image_auroc": 0.695, "pixel_ap": 0.267})
+    assert published("realiad", "winclip") == pytest.approx({"image_auroc": 0.670, "pixel_ap": 0.033})
+    assert published("realiad", "vand") == {} and published("mvtec_ad2", "anomalyclip") == {}
+    assert "UniADet" in SOURCE and "AnomalyCLIP paper" in SOURCE
