@@ -130,11 +130,13 @@ def _report_command(args: argparse.Namespace) -> int:
         wandb_mode=args.wandb_mode,
         project=args.project,
         group_by=args.group_by,
+        latex=args.latex,
     )
     print(outcome.markdown)
-    print(
-        f"report: {outcome.markdown_path}, {outcome.csv_path} and {outcome.html_path} ({outcome.n_runs} runs)"
-    )
+    files = [outcome.markdown_path, outcome.csv_path, outcome.html_path]
+    if outcome.latex_path is not None:
+        files.append(outcome.latex_path)
+    print(f"report: {', '.join(map(str, files))} ({outcome.n_runs} runs)")
     return 0
 
 
@@ -287,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="group by these config keys only (e.g. method.name source.name); cells that then mix other "
         "settings are flagged",
+    )
+    report.add_argument(
+        "--latex",
+        action="store_true",
+        help="also write report.tex: booktabs tables in the papers' layout, best bold, second underlined",
     )
     report.add_argument(
         "--wandb-mode",

@@ -8,6 +8,8 @@ import html
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipelines.report_tables import Table, text_rows
+
 if TYPE_CHECKING:
     from pipelines.report_grouping import Grouping
 
@@ -34,12 +36,17 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _table(rows: list[tuple[str, list[str]]], columns: list[str]) -> list[str]:
-    out = ["<table>", "<tr><th>dataset</th>" + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>"]
-    for label, texts in rows:
+def _table(table: Table, columns: list[str], level: str = "h2") -> list[str]:
+    out = [f"<{level}>{_e(table.title)}</{level}>", "<table>"]
+    out.append(
+        f"<tr><th>{_e(table.row_header)}</th>" + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>"
+    )
+    for label, texts in text_rows(table):
         css = ' class="published"' if label.endswith("(published)") else ""
         out.append(f"<tr{css}><td>{_e(label)}</td>" + "".join(f"<td>{_e(t)}</td>" for t in texts) + "</tr>")
     out.append("</table>")
+    if table.note:
+        out.append(f'<p class="note">{_e(table.note)}</p>')
     return out
 
 
@@ -80,11 +87,15 @@ def _curves(grouping: Grouping) -> list[str]:
 
 def render_html(
     grouping: Grouping,
-    tables: list[tuple[str, list[tuple[str, list[str]]], str | None]],
+    tables: list[Table],
+    per_category: list[tuple[str, list[Table]]],
     title: str,
     reference: bool,
+    cells: str,
+    extra: list[str] | None = None,
 ) -> str:
-    body = [f"<h1>{_e(title)}</h1>", "<p>Cells: mean±std over seeds, in percent, n = number of seeds.</p>"]
+    """The page; ``extra``: HTML blocks placed after the tables (the paired comparisons)."""
+    body = [f"<h1>{_e(title)}</h1>", f"<p>Cells: {_e(cells)}.</p>"]
     body += ["<table>", "<tr><th>setting</th><th>seeds</th><th>keys</th></tr>"]
     for column in grouping.columns:
         seeds = ", ".join(map(str, grouping.column_seeds[column]))
@@ -92,14 +103,18 @@ def render_html(
             f"<tr><td>{_e(column)}</td><td>{_e(seeds)}</td><td>{_e(grouping.column_keys[column])}</td></tr>"
         )
     body.append("</table>")
-    for table_title, rows, note in tables:
-        body += [f"<h2>{_e(table_title)}</h2>", *_table(rows, grouping.columns)]
-        if note:
-            body.append(f'<p class="note">{_e(note)}</p>')
+    for table in tables:
+        body += _table(table, grouping.columns)
     if reference:
         from pipelines.published import SOURCE
 
         body.append(f'<p class="note">Published rows: {_e(SOURCE)}.</p>')
+    for row, row_tables in per_category:
+        body.append(f"<details><summary>Per category: {_e(row)}</summary>")
+        for table in row_tables:
+            body += _table(table, grouping.columns, "h3")
+        body.append("</details>")
+    body += extra or []
     if grouping.warnings:
         body += [
             "<h2>Warnings</h2>",

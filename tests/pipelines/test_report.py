@@ -218,3 +218,137 @@ def test_cli_writes_markdown_csv_and_a_self_contained_html_page(tmp_path, sigma_
     assert page.count(f'src="data:image/png;base64,{base64.b64encode(PNG_1x1).decode()}"') == 2  # curves.png
     assert "plots/synthetic/ring/curves.png" in page and "ring/gallery.png" in page  # galleries named only
     assert "http://" not in page and "https://" not in page and "<link" not in page
+
+
+def _with_categories(run: Path, dataset: str, categories: dict[str, dict[str, float | None]]) -> None:
+    """Give a run's only target per-category numbers (and a dataset name with published numbers)."""
+    results = json.loads((run / "results.json").read_text())
+    (target,) = results["targets"].values()
+    results["targets"] = {dataset: {**target, "dataset": dataset, "categories": categories}}
+    (run / "results.json").write_text(json.dumps(results))
+
+
+@pytest.fixture()
+def category_sweep(tmp_path) -> Path:
+    """Two settings x two seeds on two categories of 'mvtec' (which has published numbers)."""
+    runs = tmp_path / "runs"
+    numbers = {
+        ("0.0", 1): (0.80, 0.60),
+        ("0.0", 2): (0.82, 0.64),
+        ("2.0", 1): (0.90, 0.50),
+        ("2.0", 2): (0.92, 0.52),
+    }
+    for (sigma, seed), (bottle, cable) in numbers.items():
+        run = make_run(runs, f"s{sigma}_{seed}", [f"method.gaussian_sigma={sigma}", f"seed={seed}"], 0.7)
+        pixel = {"pixel_auroc": 0.9, "aupro": 0.7 + 0.1 * (sigma == "2.0")}
+        _with_categories(
+            run,
+            "mvtec",
+            {
+                "bottle": {"image_auroc": bottle, "image_ap": bottle, **pixel},
+                "cable_x": {"image_auroc": cable, "image_ap": None, **pixel},
+            },
+        )
+    return runs
+
+
+def test_per_category_tables_in_markdown_csv_and_html(tmp_path, category_sweep):
+    report = build_report([str(category_sweep)], out=str(tmp_path / "rep"), wandb_mode="disabled")
+    section = report.markdown.split("## Per category: mvtec")[1]
+    assert "| category | anomalyclip gaussian_sigma=0.0 | anomalyclip gaussian_sigma=2.0 |" in section
+    assert "| bottle | 81.0±1.4, 81.0±1.4 (n=2) | 91.0±1.4, 91.0±1.4 (n=2) |" in section
+    assert "| cable_x | 62.0±2.8, - (n=2) | 51.0±1.4, - (n=2) |" in section  # undefined AP: '-'
+    assert "| mean | 70.0±0.0, 35.0±0.0 (n=2) |" in section  # the category mean of results.json
+    rows = [r for r in csv_rows(report) if r["setting"] == "anomalyclip gaussian_sigma=2.0"]
+    bottle = next(r for r in rows if r["category"] == "bottle" and r["metric"] == "image_auroc")
+    assert float(bottle["mean"]) == pytest.approx(0.91) and float(bottle["std"]) == pytest.approx(
+        0.02**0.5 / 10
+    )
+    assert bottle["n"] == "2" and bottle["seeds"] == "1 2" and bottle["published"] == ""
+    mean = next(r for r in rows if r["category"] == "mean" and r["metric"] == "image_auroc")
+    assert float(mean["published"]) == pytest.approx(0.915)  # only the dataset row has published numbers
+    assert not any(r["category"] == "cable_x" and r["metric"] == "image_ap" for r in rows)
+    page = report.html_path.read_text()
+    assert "<summary>Per category: mvtec</summary>" in page and "<th>category</th>" in page
+
+
+def test_latex_tables_mark_best_and_second_per_row_and_metric(tmp_path, category_sweep):
+    import re
+    import shutil
+    import subprocess
+
+    # a third setting, so that each row has a best, a second and a third
+    run = make_run(category_sweep, "s4.0_1", ["method.gaussian_sigma=4.0", "seed=1"], 0.7)
+    pixel = {"pixel_auroc": 0.9, "aupro": 0.5}
+    _with_categories(
+        run,
+        "mvtec",
+        {
+            "bottle": {"image_auroc": 0.85, "image_ap": 0.95, **pixel},
+            "cable_x": {"image_auroc": 0.4, "image_ap": 0.3, **pixel},
+        },
+    )
+    out = tmp_path / "rep"
+    assert (
+        main(
+            [
+                "report",
+                str(category_sweep),
+                "--out",
+                str(out),
+                "--latex",
+                "--reference",
+                "--wandb-mode",
+                "disabled",
+            ]
+        )
+        == 0
+    )
+    tex = (out / "report.tex").read_text()
+    assert tex.startswith("\\documentclass") and tex.rstrip().endswith("\\end{document}")
+    assert (
+        tex.count("\\begin{table}") == tex.count("\\end{table}") == 4
+    )  # image, pixel; per category: image, pixel
+    # a rule under each header, one above each per-category table's mean row
+    assert tex.count("\\toprule") == tex.count("\\midrule") - 2 == tex.count("\\bottomrule") == 4
+    assert "-0.0" not in tex
+    lines: dict[str, str] = {}  # label -> its first row (the image tables come first)
+    for line in tex.splitlines():
+        if " & " in line and line.endswith("\\\\"):
+            lines.setdefault(line.split(" & ")[0], line)
+    for line in lines.values():  # every row: a label and one cell per setting column
+        assert len(re.split(r"(?<!\\)&", line)) == 4
+    assert (
+        "Category & anomalyclip gaussian\\_sigma=0.0 & anomalyclip gaussian\\_sigma=2.0 & anomalyclip gaussian\\_sigma=4.0"
+        in tex
+    )
+    # bottle AUROC: 81.0 < 85.0 < 91.0 -> 91.0 bold, 85.0 underlined; AP: 81.0 < 91.0 < 95.0
+    bottle = [cell.strip() for cell in lines["bottle"].rstrip(" \\").split(" & ")[1:]]
+    assert bottle[0].startswith("81.0") and " / 81.0" in bottle[0]
+    assert bottle[1].startswith("\\textbf{91.0}") and "/ \\underline{91.0}" in bottle[1]
+    assert bottle[2].startswith("\\underline{85.0}") and "/ \\textbf{95.0}" in bottle[2]
+    assert "\\scriptsize $\\pm$1.4" in bottle[0] and "$\\pm$" not in bottle[2]  # std only with n >= 2
+    # cable_x AP is undefined in two columns: '--', and a single value is not ranked
+    assert lines["cable\\_x"].count("--") >= 2 and "\\textbf{30.0}" not in lines["cable\\_x"]
+    # --reference: dataset cells carry their difference from the published number (AnomalyCLIP, mvtec 91.5)
+    assert "{\\scriptsize ($-$21.5)}" in lines["mvtec"]
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex not installed: the structure above is checked, compiling is not")
+    done = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
+        cwd=out, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert (out / "report.pdf").stat().st_size > 0 and "Overfull" not in (out / "report.log").read_text()
+
+
+def test_draws_are_replicates_like_seeds(tmp_path):
+    runs = tmp_path / "runs"
+    for draw, value in ((0, 0.6), (1, 0.8)):
+        run = make_run(runs, f"draw{draw}", [], value)
+        results = json.loads((run / "results.json").read_text())
+        (run / "results.json").write_text(json.dumps({**results, "draw": draw}))
+    report = build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled")
+    found = row(csv_rows(report), "anomalyclip", "image_auroc")
+    assert int(found["n"]) == 2 and float(found["mean"]) == pytest.approx(0.7)
+    assert found["seeds"] == "111/draw0 111/draw1" and "identical runs" not in report.markdown
