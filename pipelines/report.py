@@ -18,7 +18,7 @@ import dataclasses
 import io
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datamodules.atomic_io import atomic_write_text
 from datamodules.errors import ZsadError
@@ -38,11 +38,16 @@ from pipelines.report_tables import (
     Table,
     category_tables,
     dataset_tables,
+    percent,
     published_value,
     row_dataset,
+    table_specs,
     text_rows,
 )
 from pipelines.run_state import read_status
+
+if TYPE_CHECKING:
+    from pipelines.report_bootstrap import Comparison
 
 #: What a cell shows (markdown and HTML say it above the tables).
 CELLS = "mean±std over the replicates (seeds, draws), in percent, n = number of replicates"
@@ -58,6 +63,7 @@ class Report:
     latex_path: Path | None
     n_runs: int
     warnings: list[str]
+    comparisons: list[Comparison] = dataclasses.field(default_factory=list)
 
 
 # --- loading ------------------------------------------------------------------------------------------
@@ -221,6 +227,9 @@ def _note_unfinished(grouping: Grouping, run_dirs: list[Path], runs: list[RunRec
             )
 
 
+DEFAULT_RESAMPLES = 1000  # --compare without --bootstrap
+
+
 def build_report(
     inputs: list[str],
     out: str | None = None,
@@ -229,6 +238,9 @@ def build_report(
     project: str = "zsad",
     group_by: list[str] | None = None,
     latex: bool = False,
+    bootstrap: int | None = None,
+    seed: int = 0,
+    compare: tuple[str, str] | None = None,
 ) -> Report:
     from pipelines.report_html import render_html
 
@@ -239,10 +251,46 @@ def build_report(
         raise ZsadError("no finished runs (results.json with evaluated targets) found in the given inputs")
     grouping = group(entries, group_by)
     _note_unfinished(grouping, run_dirs, runs)
+    settings = None
+    if compare is not None:
+        from pipelines.report_bootstrap import resolve_setting
+
+        settings = (
+            resolve_setting(compare[0], grouping.columns),
+            resolve_setting(compare[1], grouping.columns),
+        )
     intervals: Intervals = {}
+    extra: list[str] = []
+    extra_html: list[str] = []
+    comparisons: list[Comparison] = []
+    if bootstrap or settings:
+        from pipelines.report_bootstrap import bootstrap as resample
+        from pipelines.report_bootstrap import compare as paired
+        from pipelines.report_html import comparison_html, paragraph
+
+        found = resample(grouping, bootstrap or DEFAULT_RESAMPLES, seed)
+        intervals = found.intervals
+        about = f"Intervals [low, high]: {INTERVALS.format(n=found.n_resamples, seed=seed)}"
+        extra += [about, ""]
+        extra_html.append(paragraph(about))
+        grouping.notes += found.notes
+        if settings is not None:
+            metrics = tuple(dict.fromkeys(m for _, ms, _ in table_specs(reference, grouping) for m in ms))
+            comparisons = paired(grouping, found, *settings, metrics)
+            title, about, header, lines = _comparison_rows(comparisons, *settings, found.n_resamples)
+            extra += [
+                f"## {title}",
+                "",
+                about,
+                "",
+                "| " + " | ".join(header) + " |",
+                "|---" * len(header) + "|",
+            ]
+            extra += ["| " + " | ".join(line) + " |" for line in lines] + [""]
+            extra_html += comparison_html(title, about, header, lines)
     tables = dataset_tables(grouping, reference, intervals)
     per_category = category_tables(grouping, reference, intervals)
-    markdown = _markdown(grouping, len(runs), tables, per_category, reference, group_by, [])
+    markdown = _markdown(grouping, len(runs), tables, per_category, reference, group_by, extra)
     rows = _csv_rows(grouping, intervals)
     csv_text = _csv_text(rows)
 
@@ -251,7 +299,11 @@ def build_report(
     paths = out_dir / "report.md", out_dir / "report.csv", out_dir / "report.html"
     atomic_write_text(paths[0], markdown + "\n")
     atomic_write_text(paths[1], csv_text)
-    page = render_html(grouping, tables, per_category, markdown.splitlines()[0][2:], reference, CELLS)
+    if settings is not None:
+        atomic_write_text(out_dir / "compare.csv", _comparison_csv(comparisons, *settings))
+    page = render_html(
+        grouping, tables, per_category, markdown.splitlines()[0][2:], reference, CELLS, extra_html
+    )
     atomic_write_text(paths[2], page)
     latex_path = None
     if latex:
@@ -261,7 +313,64 @@ def build_report(
         atomic_write_text(latex_path, render_latex(grouping, tables, per_category, reference))
     if wandb_mode != "disabled":
         _log_to_wandb(rows, out_dir, wandb_group, wandb_mode, project)
-    return Report(markdown, csv_text, *paths, latex_path, len(runs), grouping.warnings)
+    return Report(markdown, csv_text, *paths, latex_path, len(runs), grouping.warnings, comparisons)
+
+
+INTERVALS = (
+    "95% percentile bootstrap intervals of each cell's mean over {n} resamples of the test images (each "
+    "category's normal and anomalous images drawn with replacement, the same draws for every run on the same "
+    "images; seed {seed}), every metric recomputed exactly from the runs' saved maps: the uncertainty from the "
+    "choice of test images, with the replicates fixed; ± is the spread over replicates."
+)
+
+
+def _comparison_rows(
+    comparisons: list[Comparison], a: str, b: str, n: int
+) -> tuple[str, str, list[str], list[list[str]]]:
+    """(title, explanation, header, rows) of the paired comparison, for markdown and HTML."""
+    about = (
+        f"The difference on the same test images, its 95% percentile interval over {n} paired resamples and the "
+        f"two-sided bootstrap p-value (twice the share of resampled differences on the far side of 0; at least "
+        f"{2 / (n + 1):.2g})."
+    )
+    header = ["dataset", "metric", a, b, "difference [95% interval]", "p"]
+    rows = [
+        [
+            c.dataset,
+            c.metric,
+            percent(c.a),
+            percent(c.b),
+            f"{percent(c.difference, signed=True)} [{percent(c.interval[0], signed=True)}, "
+            f"{percent(c.interval[1], signed=True)}]",
+            f"{c.p_value:.3g}",
+        ]
+        for c in comparisons
+    ]
+    if not rows:
+        rows = [["(no dataset has results of both settings)", "", "", "", "", ""]]
+    return f"Paired comparison: {a} − {b}", about, header, rows
+
+
+def _comparison_csv(comparisons: list[Comparison], a: str, b: str) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        [
+            "dataset",
+            "metric",
+            "setting_a",
+            "setting_b",
+            "a",
+            "b",
+            "difference",
+            "ci_low",
+            "ci_high",
+            "p_value",
+        ]
+    )
+    for c in comparisons:
+        writer.writerow([c.dataset, c.metric, a, b, c.a, c.b, c.difference, *c.interval, c.p_value])
+    return buffer.getvalue()
 
 
 def _log_to_wandb(

@@ -50,6 +50,18 @@ def _table(table: Table, columns: list[str], level: str = "h2") -> list[str]:
     return out
 
 
+def paragraph(text: str) -> str:
+    return f'<p class="note">{_e(text)}</p>'
+
+
+def comparison_html(title: str, about: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """The paired comparison's section (the rows as report.md shows them)."""
+    out = [f"<h2>{_e(title)}</h2>", paragraph(about), "<table>"]
+    out.append("<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>")
+    out += ["<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows]
+    return [*out, "</table>"]
+
+
 def _curves(grouping: Grouping) -> list[str]:
     """The settings compared in one figure per target and category, then each setting's own pictures
     (its first replicate's ``curves.png``; galleries are named, not embedded: they are large)."""

@@ -352,3 +352,153 @@ def test_draws_are_replicates_like_seeds(tmp_path):
     found = row(csv_rows(report), "anomalyclip", "image_auroc")
     assert int(found["n"]) == 2 and float(found["mean"]) == pytest.approx(0.7)
     assert found["seeds"] == "111/draw0 111/draw1" and "identical runs" not in report.markdown
+
+
+# --- --bootstrap and --compare --------------------------------------------------------------------------
+IMAGES = {"ring": 7, "cells": 6}  # test images per category (the first 3 normal)
+
+
+def _save_run_maps(run: Path, rng: np.random.Generator, shift: float, rename: str | None = None) -> None:
+    """What eval.save_maps writes (maps, masks, image_scores.csv) for a small two-category target, and the
+    run's results.json numbers computed from them as the evaluation would."""
+    from lightning_modules.metrics import binary_auroc, binary_average_precision, f1_max, pixel_metrics
+    from pipelines.map_writer import save_mask
+
+    folder = run / "maps" / "synthetic"
+    lines = ["image,category,label,score"]
+    categories = {}
+    for category, n in IMAGES.items():
+        maps, masks, scores, labels = [], [], [], []
+        for i in range(n):
+            label = int(i >= 3)
+            mask = np.zeros((8, 8), dtype=bool)
+            if label:
+                mask[1 + i % 3 : 4 + i % 3, 2:5] = True
+            amap = (rng.random((8, 8)) + shift * mask).astype(np.float32)
+            name = f"{category}/test/{'bad' if label else 'good'}/{i:03d}"
+            name = rename if rename and name.endswith("/004") and category == "ring" else name
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            np.save(folder / f"{name}.npy", amap)
+            save_mask(folder / f"{name}.mask.png", mask)
+            maps.append(amap), masks.append(mask), scores.append(float(amap.max())), labels.append(label)
+            lines.append(f"{name},{category},{label},{float(amap.max())!r}")
+        values, _ = pixel_metrics(maps, masks)
+        categories[category] = {
+            **values,
+            **{k: f(np.array(scores), np.array(labels)) for k, f in (
+                ("image_auroc", binary_auroc), ("image_ap", binary_average_precision), ("image_f1_max", f1_max))},
+        }  # fmt: skip
+    (folder / "image_scores.csv").write_text("\n".join(lines) + "\n")
+    results = json.loads((run / "results.json").read_text())
+    target = results["targets"]["synthetic"]
+    target["categories"] = categories
+    target["mean"] = {m: float(np.mean([c[m] for c in categories.values()])) for m in categories["ring"]}
+    (run / "results.json").write_text(json.dumps(results))
+
+
+@pytest.fixture()
+def runs_with_maps(tmp_path) -> Path:
+    runs = tmp_path / "runs"
+    rng = np.random.default_rng(0)
+    for sigma, shift in ((0.0, 0.3), (2.0, 0.8)):
+        for seed in (1, 2):
+            run = make_run(runs, f"s{sigma}_{seed}", [f"method.gaussian_sigma={sigma}", f"seed={seed}"], 0.5)
+            _save_run_maps(run, rng, shift)
+    return runs
+
+
+def _resampled(runs: Path, folders: list[str], category: str, metric: str, n: int, seed: int) -> np.ndarray:
+    """Independently: the replicates' mean of ``metric`` on each resample, every resample's images listed
+    (an image drawn twice appears twice) and scored by zsad's functions."""
+    from lightning_modules.metrics import binary_auroc, pixel_metrics
+    from lightning_modules.metrics.bootstrap import stratified_weights
+    from pipelines.report_bootstrap import _generator
+
+    per_run = []
+    for folder in folders:
+        maps_dir = runs / folder / "maps" / "synthetic"
+        rows = sorted(
+            (r for r in csv.DictReader((maps_dir / "image_scores.csv").open()) if r["category"] == category),
+            key=lambda r: r["image"],
+        )
+        images = tuple((r["image"], int(r["label"])) for r in rows)
+        weights = stratified_weights([label for _, label in images], n, _generator(seed, category, images))
+        values = []
+        for w in weights:
+            drawn = [r for r, k in zip(rows, w, strict=True) for _ in range(k)]
+            if metric == "image_auroc":
+                values.append(
+                    binary_auroc([float(r["score"]) for r in drawn], [int(r["label"]) for r in drawn])
+                )
+            else:
+                from datamodules.images import load_mask
+
+                maps = [np.load(maps_dir / f"{r['image']}.npy") for r in drawn]
+                masks = [load_mask(maps_dir / f"{r['image']}.mask.png") for r in drawn]
+                values.append(pixel_metrics(maps, masks)[0][metric])
+        per_run.append(values)
+    return np.mean(per_run, axis=0)
+
+
+def test_bootstrap_intervals_and_paired_comparison_equal_an_independent_computation(tmp_path, runs_with_maps):
+    runs = runs_with_maps
+    out = tmp_path / "rep"
+    report = build_report(
+        [str(runs)], out=str(out), wandb_mode="disabled", bootstrap=60, seed=3,
+        compare=("gaussian_sigma=2.0", "sigma=0.0"),
+    )  # fmt: skip
+    assert "saved maps give other" not in report.markdown  # the maps reproduce results.json
+    rows = csv_rows(report)
+    strong, weak = "anomalyclip gaussian_sigma=2.0", "anomalyclip gaussian_sigma=0.0"
+    # a category's interval: percentiles of the replicates' mean on the same resamples
+    aupro = _resampled(runs, ["s2.0_1", "s2.0_2"], "cells", "aupro", 60, 3)
+    found = next(r for r in rows if (r["setting"], r["category"], r["metric"]) == (strong, "cells", "aupro"))
+    assert [float(found["ci_low"]), float(found["ci_high"])] == pytest.approx(
+        np.percentile(aupro, [2.5, 97.5]), abs=1e-12
+    )
+    # the dataset's: the categories' mean on each resample, then percentiles; the paired difference likewise
+    dataset = {
+        folders[0]: np.mean([_resampled(runs, folders, c, "image_auroc", 60, 3) for c in IMAGES], axis=0)
+        for folders in (["s2.0_1", "s2.0_2"], ["s0.0_1", "s0.0_2"])
+    }
+    found = next(
+        r for r in rows if (r["setting"], r["category"], r["metric"]) == (weak, "mean", "image_auroc")
+    )
+    assert float(found["ci_low"]) == pytest.approx(np.percentile(dataset["s0.0_1"], 2.5), abs=1e-12)
+    (paired,) = [c for c in report.comparisons if c.metric == "image_auroc"]
+    difference = dataset["s2.0_1"] - dataset["s0.0_1"]
+    assert paired.interval == pytest.approx(tuple(np.percentile(difference, [2.5, 97.5])), abs=1e-12)
+    far = min((difference <= 0).sum(), (difference >= 0).sum())
+    assert paired.p_value == pytest.approx(min(1.0, 2 * (far + 1) / 61))
+    assert paired.b == pytest.approx(float(found["mean"])) and paired.difference == paired.a - paired.b
+    assert {c.metric for c in report.comparisons} == {"image_auroc", "image_ap", "pixel_auroc", "aupro"}
+    assert f"## Paired comparison: {strong} − {weak}" in report.markdown
+    assert (
+        "95% percentile bootstrap intervals" in report.markdown
+        and " [" in report.markdown.split("## image")[1]
+    )
+    assert (out / "compare.csv").read_text().startswith("dataset,metric,setting_a,setting_b")
+    assert "Paired comparison" in report.html_path.read_text()
+
+
+def test_compare_refuses_runs_on_other_images_and_bootstrap_names_missing_maps(tmp_path, runs_with_maps):
+    from datamodules.errors import ZsadError
+
+    runs = runs_with_maps
+    other = make_run(runs, "other_images", ["method.gaussian_sigma=4.0", "seed=1"], 0.5)
+    _save_run_maps(other, np.random.default_rng(1), 0.5, rename="ring/test/bad/104")
+    with pytest.raises(
+        ZsadError, match=r"synthetic/ring: the runs did not evaluate the same images: 1 .*104"
+    ):
+        build_report([str(runs)], out=str(tmp_path / "a"), wandb_mode="disabled", bootstrap=5,
+                     compare=("sigma=4.0", "sigma=0.0"))  # fmt: skip
+    with pytest.raises(ConfigError, match="matches several settings"):
+        build_report(
+            [str(runs)], out=str(tmp_path / "a"), wandb_mode="disabled", compare=("anomalyclip", "sigma=0.0")
+        )
+    bare = tmp_path / "bare"
+    make_run(bare, "r", [], 0.5)
+    with pytest.raises(
+        ZsadError, match=r"needs the saved maps of .* evaluate it again with eval.save_maps=true"
+    ):
+        build_report([str(bare)], out=str(tmp_path / "b"), wandb_mode="disabled", bootstrap=5)
