@@ -324,7 +324,10 @@ def _sweep(r: _Ranked, weights: np.ndarray, tstar: np.ndarray | None, f1: bool) 
         work *= count_w
         ap += np.sum(work, axis=0)
         if tstar is not None and v[-1] >= tstar.min():
-            rho_w = _per_value(wt64, units, is_first, r.pos_weight[p0:p1])
+            if is_first.all():  # one positive per value (continuous maps): its 1/|region| times its count
+                rho_w = count_w * r.pos_weight[p0:p1, None]
+            else:
+                rho_w = _per_value(wt64, units, is_first, r.pos_weight[p0:p1])
             if v[0] <= tstar.max():  # some resamples' t* fall in this block
                 at_or_above += np.sum(np.where(v[:, None] >= tstar, rho_w, 0.0), axis=0)
                 rho_w[v[:, None] <= tstar] = 0.0
