@@ -301,9 +301,8 @@ def build_report(
     atomic_write_text(paths[1], csv_text)
     if settings is not None:
         atomic_write_text(out_dir / "compare.csv", _comparison_csv(comparisons, *settings))
-    page = render_html(
-        grouping, tables, per_category, markdown.splitlines()[0][2:], reference, CELLS, extra_html
-    )
+    title = markdown.splitlines()[0][2:]
+    page = render_html(grouping, tables, per_category, title, reference, CELLS, extra_html, out_dir.resolve())
     atomic_write_text(paths[2], page)
     latex_path = None
     if latex:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,36 +63,61 @@ def comparison_html(title: str, about: str, header: list[str], rows: list[list[s
     return [*out, "</table>"]
 
 
-def _curves(grouping: Grouping) -> list[str]:
-    """The settings compared in one figure per target and category, then each setting's own pictures
-    (its first replicate's ``curves.png``; galleries are named, not embedded: they are large)."""
-    from pipelines.report_curves import comparison_figures, first_replicates
+def _link(path: Path, out_dir: Path | None) -> str:
+    """An ``<a>`` to a file of a run folder, relative to the report's folder (so that the pair can move)."""
+    target = os.path.relpath(path.resolve(), out_dir) if out_dir is not None else path.as_posix()
+    return f'<a href="{_e(Path(target).as_posix())}">{_e(path.name)}</a>'
+
+
+def _curves(grouping: Grouping, out_dir: Path | None) -> list[str]:
+    """The settings compared in one figure per target and category, then per setting and category its
+    first replicate's ``curves.png`` (embedded) and links to every replicate's curves and gallery (not
+    embedded: about 0.5 MB each)."""
+    from pipelines.report_curves import comparison_figures, plot_folders
 
     out = ["<h2>Curves</h2>"]
-    figures = comparison_figures(grouping)
-    for caption, png in figures:
+    for caption, png in comparison_figures(grouping):
         uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         out.append(
             f'<figure><img class="wide" src="{uri}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
         )
-    for row in grouping.rows:
-        for column, entry in first_replicates(grouping, row).items():
-            plots = entry.run.run_dir / "plots" / entry.target_key
-            pictures = sorted(plots.glob("*/curves.png")) if plots.is_dir() else []
-            if not pictures:
-                continue
-            out.append(
-                f"<details><summary>{_e(row)} / {_e(column)}, seed {_e(entry.run.seed_label)}</summary>"
-            )
-            for picture in pictures:
-                caption = picture.relative_to(entry.run.run_dir).as_posix()
+    for (row, column), cell in sorted(grouping.cells.items()):
+        folders = [(e, plot_folders(e)) for e in cell.entries]
+        if not any(f for _, f in folders):
+            continue
+        method = grouping.column_method[column]
+        seeds = ", ".join(e.run.seed_label for e in cell.entries)
+        out.append(f"<details><summary>{_e(row)} / {_e(column)} ({_e(method)}; seeds {_e(seeds)})</summary>")
+        first, first_folders = folders[0]
+        for category, folder in first_folders.items():
+            picture = folder / "curves.png"
+            if picture.is_file():
+                caption = f"{method}, run {first.run.run_dir.name} (seed {first.run.seed_label}): {row} / {category}"
                 out.append(
                     f'<figure><img src="{_data_uri(picture)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
                 )
-            galleries = sorted(plots.glob("*/gallery.png"))
-            if galleries:
-                out.append(f'<p class="note">Galleries: {_e(", ".join(str(g) for g in galleries))}</p>')
-            out.append("</details>")
+        items = []
+        for entry, per_category in folders:
+            for category, folder in per_category.items():
+                links = [
+                    _link(folder / name, out_dir)
+                    for name in ("curves.png", "gallery.png")
+                    if (folder / name).is_file()
+                ]
+                if links:
+                    items.append(
+                        f"<li>{_e(entry.run.run_dir.name)} (seed {_e(entry.run.seed_label)}) {_e(category)}: "
+                        + ", ".join(links)
+                        + "</li>"
+                    )
+        if items:
+            out += [
+                '<p class="note">Pictures of every run (curves and galleries):</p>',
+                "<ul>",
+                *items,
+                "</ul>",
+            ]
+        out.append("</details>")
     if len(out) == 1:
         out.append('<p class="note">No run has curve pictures (RUN/plots/).</p>')
     return out
@@ -105,6 +131,7 @@ def render_html(
     reference: bool,
     cells: str,
     extra: list[str] | None = None,
+    out_dir: Path | None = None,
 ) -> str:
     """The page; ``extra``: HTML blocks placed after the tables (the paired comparisons)."""
     body = [f"<h1>{_e(title)}</h1>", f"<p>Cells: {_e(cells)}.</p>"]
@@ -141,7 +168,7 @@ def render_html(
             *(f'<li class="note">{_e(n)}</li>' for n in grouping.notes),
             "</ul>",
         ]
-    body += _curves(grouping)
+    body += _curves(grouping, out_dir)
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
         f"<title>{_e(title)}</title><style>{STYLE}</style></head>\n<body>\n"

@@ -191,17 +191,27 @@ def test_reference_compares_the_cflow_aupro_or_says_it_cannot(tmp_path):
     assert published("isic", "vand") == {"pixel_auroc": 0.894, "aupro": 0.772}
 
 
-def test_cli_writes_markdown_csv_and_a_self_contained_html_page(tmp_path, sigma_sweep, capsys):
+def test_cli_writes_markdown_csv_and_a_self_contained_html_page(tmp_path, sigma_sweep, capsys, monkeypatch):
+    from pipelines import report_curves
+
     runs, _ = sigma_sweep
-    for folder in ("s0.0_1_rerun", "s2.0_1"):  # each setting's first replicate (seed 1; the newest rerun)
+    replicates = ("s0.0_1_rerun", "s0.0_2", "s0.0_3_elsewhere", "s2.0_1", "s2.0_2")  # the runs counted
+    for k, folder in enumerate(replicates):
+        results = json.loads((runs / folder / "results.json").read_text())
+        target = results["targets"]["synthetic"]
+        target["categories"] = {"ring": target["mean"]}
+        (runs / folder / "results.json").write_text(json.dumps(results))
         plots = runs / folder / "plots" / "synthetic" / "ring"
         plots.mkdir(parents=True)
         (plots / "roc.csv").write_text(
-            "level,fpr,tpr\nimage,0,0\nimage,0.5,1\nimage,1,1\npixel,0,0\npixel,1,1\n"
+            f"level,fpr,tpr\nimage,0,0\nimage,0,{k / 10}\nimage,0.5,1\nimage,1,1\npixel,0,0\npixel,1,1\n"
         )
         (plots / "pro.csv").write_text("fpr,pro\n0,0\n0.3,0.6\n")
         (plots / "curves.png").write_bytes(PNG_1x1)
         (plots / "gallery.png").write_bytes(PNG_1x1)
+    drawn = []
+    original = report_curves.comparison_png
+    monkeypatch.setattr(report_curves, "comparison_png", lambda s, *a: drawn.append(s) or original(s, *a))
     out = tmp_path / "rep"
     assert main(["report", str(runs), "--out", str(out), "--wandb-mode", "disabled"]) == 0
     printed = capsys.readouterr().out
@@ -210,14 +220,32 @@ def test_cli_writes_markdown_csv_and_a_self_contained_html_page(tmp_path, sigma_
     assert next(csv.DictReader((out / "report.csv").open()))["setting"].startswith("anomalyclip")
     page = (out / "report.html").read_text()
     assert "<table>" in page and "anomalyclip gaussian_sigma=0.0" in page and "<style>" in page
-    # one figure compares the settings' curves (drawn from the points), then each setting's own pictures
+    # one figure compares the settings: every replicate's curve, and each panel's legend has the metric
     assert (
         page.count('class="wide" src="data:image/png;base64,') == 1
         and "synthetic / ring</figcaption>" in page
     )
-    assert page.count(f'src="data:image/png;base64,{base64.b64encode(PNG_1x1).decode()}"') == 2  # curves.png
-    assert "plots/synthetic/ring/curves.png" in page and "ring/gallery.png" in page  # galleries named only
+    (settings,) = drawn
+    assert [len(s.replicates) for s in settings] == [3, 2]
+    assert settings[0].legends[0] == "anomalyclip gaussian_sigma=0.0: AUROC 51.3±8.1 (seeds 1, 2, 3)"
+    assert settings[1].legends[2] == "anomalyclip gaussian_sigma=2.0: AUPRO 25.0±0.0 (seeds 1, 2)"
+    # then each setting's first replicate's curves.png, embedded, and links to every run's pictures
+    assert page.count(f'src="data:image/png;base64,{base64.b64encode(PNG_1x1).decode()}"') == 2
+    assert page.count('<a href="../runs/') == 2 * len(replicates)
+    assert '<a href="../runs/s2.0_2/plots/synthetic/ring/gallery.png">gallery.png</a>' in page
     assert "http://" not in page and "https://" not in page and "<link" not in page
+
+
+def test_mean_curves_average_each_fpr_and_take_the_top_of_vertical_segments():
+    from pipelines.report_curves import GRID, vertical_mean
+
+    step = (np.array([0.0, 0.0, 0.5, 1.0]), np.array([0.0, 0.8, 1.0, 1.0]))  # vertical at FPR 0
+    diagonal = (np.array([0.0, 1.0]), np.array([0.0, 1.0]))
+    x, y = vertical_mean([step, diagonal], 1.0)
+    assert x.shape == (GRID,) and x[-1] == 1.0
+    assert y[0] == pytest.approx(0.4) and y[GRID // 4] == pytest.approx((0.9 + 0.25) / 2)
+    x, y = vertical_mean([diagonal], 0.3)  # PRO: up to the FPR limit
+    assert x[-1] == pytest.approx(0.3) and y[-1] == pytest.approx(0.3)
 
 
 def _with_categories(run: Path, dataset: str, categories: dict[str, dict[str, float | None]]) -> None:
