@@ -240,10 +240,10 @@ def _kth_largest(r: _Ranked, weights: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _SweepResult:
-    twice_u: np.ndarray  # per resample, int64 (object for huge counts): twice the Mann-Whitney count
+    twice_u: np.ndarray  # per resample, int64: twice the Mann-Whitney count
     ap: np.ndarray
     f1_max: np.ndarray
-    pro_area: np.ndarray  # sum over positives > t* of w rho (#(t*, s] + #(t*, s)); NaN without t*
+    pro_area: np.ndarray  # sum over positives > t* of w rho (#(t*, s] + #(t*, s)); 0 without t*
     pro_gt: np.ndarray  # sum of w rho over positives > t*
     pro_ge: np.ndarray  # ... >= t*
 
@@ -286,10 +286,13 @@ def _sweep(r: _Ranked, weights: np.ndarray, tstar: np.ndarray | None, f1: bool) 
     n_values = th.values.shape[0]
     ends = np.append(th.first[1:], r.pos.shape[0])
     n_neg = r.n_neg
-    if 2 * int(r.n_pos.max(initial=0)) * int(n_neg.max(initial=0)) >= 2**53:
-        raise ValueError("too many pixels per image for exact float64 counts")
     n_pos_w = (weights @ r.n_pos).astype(np.float64)
     n_neg_w = (weights @ n_neg).astype(np.float64)
+    too_many = 2 * int(r.n_pos.max(initial=0)) * int(n_neg.max(initial=0)) >= 2**53
+    if too_many or 2 * n_pos_w.max(initial=0) * n_neg_w.max(initial=0) >= 2**62:
+        raise ValueError(
+            "too many pixels for exact integer pair counts (float64 per image, int64 per resample)"
+        )
     # Weighted counts are integers: float32 holds them (and their sums) exactly below 2**24.
     counts_type = np.float32 if max(n_neg_w.max(initial=0), n_pos_w.max(initial=0)) < 2**24 else np.float64
     wt = np.ascontiguousarray(weights.T, dtype=counts_type)  # (units, resamples)
