@@ -62,7 +62,7 @@ def preprocessing_for(cfg: DataConfig, method_default: ImagePreprocessing) -> Im
 class AnomalyDataModule(L.LightningDataModule):
     """Train on ``cfg.train_split`` (the source's test split in the zero-shot protocol), test on
     ``cfg.test_split``. ``image_size`` and ``preprocessing`` come from the method (the model's input size
-    and its official code's resize; ``ZeroShotModule.preprocessing``); the data config's preprocessing keys
+    and its official code's resize; ``MethodSpec.preprocessing``); the data config's preprocessing keys
     override the latter. ``seed`` orders the training batches of every epoch (default: the seed of
     ``lightning.seed_everything``, else 0)."""
 
@@ -125,7 +125,12 @@ class AnomalyDataModule(L.LightningDataModule):
         return ImageMaskTransform(self.transform_spec(train))
 
     def _dataset(self, split: str, train: bool) -> AnomalyDataset:
-        return AnomalyDataset(self.split_index(split), self._transform(train), categories=self.categories)
+        return AnomalyDataset(
+            self.split_index(split),
+            self._transform(train),
+            categories=self.categories,
+            with_regions=not train,
+        )
 
     def train_dataset(self) -> AnomalyDataset:
         """The training split's images (what a feature cache encodes once)."""

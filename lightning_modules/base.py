@@ -51,7 +51,8 @@ class ZeroShotModule(L.LightningModule):
         from lightning_modules.metrics import AnomalyEvaluator
 
         datamodule = self.trainer.datamodule
-        counts = datamodule.test_index.counts()
+        test_index = datamodule.test_index
+        counts = test_index.counts()
         self.evaluator = AnomalyEvaluator(
             categories=datamodule.categories,
             pixel_metrics=datamodule.full_index.has_masks,
@@ -59,6 +60,10 @@ class ZeroShotModule(L.LightningModule):
             pixel_score_dtype=self.eval_cfg.pixel_score_torch_dtype,
             samples_per_category=[sum(counts.get(c, {}).values()) for c in datamodule.categories],
             expected_samples=self._expected_test_samples(),
+            # Real-IAD: the sample-level columns; MVTec LOCO, AutoVI: sPRO (docs/metrics.md)
+            sample_metrics=any(r.group is not None for r in test_index.records),
+            region_metrics=bool(test_index.region_rules),
+            spro_fpr_limit=self.eval_cfg.spro_fpr_limit,
         ).to(self.device)
 
     def _expected_test_samples(self) -> list[frozenset[int]] | None:
@@ -88,6 +93,9 @@ class ZeroShotModule(L.LightningModule):
             anomaly_maps=maps,
             masks=batch["mask"] if maps is not None else None,
             has_mask=batch["has_mask"],
+            group_ids=batch.get("group_id"),
+            regions=batch.get("regions"),
+            region_saturation=batch.get("region_saturation"),
         )
         return {"image_scores": scores, "anomaly_maps": maps}
 

@@ -20,6 +20,9 @@ class EvalConfig:
     # AUPRO integrates PRO over FPR in [0, fpr_limit]; every result has the exact `aupro` and the published
     # cflow-style `aupro_cflow` (docs/metrics.md).
     fpr_limit: float = 0.3
+    # AU-sPRO (datasets with region saturation rules: MVTec LOCO, AutoVI) integrates up to this FPR; MVTec's LOCO
+    # code computes 0.01, 0.05, 0.1, 0.3 and 1.0 (docs/metrics.md, sPRO).
+    spro_fpr_limit: float = 0.05
     pixel_score_dtype: PixelScoreDtype = PixelScoreDtype.float32
     # Write every test image's anomaly map to {run_dir}/maps/{target}/, mirroring the dataset's folders
     # (e.g. {cls}/test/{defect}/{stem}.npy, what `zsad evaluate-maps` reads), stored as pixel_score_dtype.
