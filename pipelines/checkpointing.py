@@ -37,13 +37,15 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from datamodules.atomic_io import atomic_torch_save
 from datamodules.resumable import derived_seed
-from lightning_modules.checkpoint_io import safe_torch_load
+from lightning_modules.checkpoint_io import CheckpointError, read_checkpoint, safe_torch_load
 from pipelines import stop_signals
+from pipelines.config import config_dir
 from pipelines.loggers import close_interrupted
 from pipelines.stop_signals import STOP_SIGNALS, TrainingInterrupted
 
@@ -74,6 +76,36 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> Any:
         return safe_torch_load(path, map_location=map_location or "cpu")
+
+
+# --- a checkpoint to evaluate (`checkpoint=`) ---------------------------------------------------------
+def _command_for(path: Path, method: str) -> str:
+    """The command that evaluates ``path``: with the experiment of the run folder it lies in (its
+    ``config.yaml``), else with any experiment of its method."""
+    config = path.parent.parent / "config.yaml"  # RUN/checkpoints/last.ckpt
+    try:
+        experiment = yaml.safe_load(config.read_text()).get("name") if config.is_file() else None
+    except (OSError, yaml.YAMLError, AttributeError):
+        experiment = None
+    if experiment and (config_dir() / "experiment" / f"{experiment}.yaml").is_file():
+        return f"zsad test {experiment} checkpoint={path}"
+    return f"zsad test EXPERIMENT method={method} checkpoint={path}"
+
+
+def read_trained_checkpoint(path: Path, method: str) -> Any:
+    """The content of a checkpoint given to evaluate ``method`` (``checkpoint=``), refused before any model
+    is built or input read when it is missing, damaged, not a checkpoint, unsafe, or another method's
+    (the message names that method and the command that would evaluate it)."""
+    checkpoint = read_checkpoint(path)
+    identity = checkpoint.get("zsad") if isinstance(checkpoint, dict) else None
+    saved = identity.get("method") if isinstance(identity, dict) else None
+    if saved is not None and saved != method:
+        raise CheckpointError(
+            f"{path} is a checkpoint of method '{saved}', not of '{method}' (this config's method): "
+            f"evaluate it with `{_command_for(path, saved)}`",
+            path=path,
+        )
+    return checkpoint
 
 
 # --- choosing the checkpoint to resume from ----------------------------------------------------------
@@ -122,6 +154,8 @@ def find_resume_checkpoint(run_dir: Path, warn: bool = True) -> ResumePoint | No
             point = _check_resume_checkpoint(path)
         except Exception as error:  # noqa: BLE001 - truncated, corrupt, refused or foreign: try the next
             reason = " ".join(str(error).split())[:300] or type(error).__name__
+            if isinstance(error, CheckpointError):  # "PATH is truncated or corrupt (...)": say "it is ..."
+                reason = reason.replace(f"{path} ", "it ", 1).removesuffix("; re-copy it")
             rejected.append(f"{path} ({reason})")
             if warn:
                 log.warning("zsad: skipping checkpoint %s: it cannot be resumed from: %s", path, reason)

@@ -37,6 +37,7 @@ from pipelines.checkpointing import (
     RequeueEvaluation,
     find_resume_checkpoint,
     last_checkpoint,
+    read_trained_checkpoint,
     restore_signal_handlers,
 )
 from pipelines.config import (
@@ -355,15 +356,16 @@ def train(cfg: ExperimentConfig) -> RunOutcome:
 
 def evaluation_module(cfg: ExperimentConfig) -> tuple[ZeroShotModule, Path | None]:
     """The configured method with its trained weights (``checkpoint=``, required for trained methods)."""
-    module = build_module(cfg)
     spec = get_method(cfg.method.name)
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else None
     if spec.trains and checkpoint is None:
         raise ConfigError(
             f"method '{spec.name}' is trained: pass checkpoint=RUN_DIR/checkpoints/last.ckpt (written by `zsad train`)"
         )
+    weights = read_trained_checkpoint(checkpoint, cfg.method.name) if checkpoint is not None else None
+    module = build_module(cfg)
     if checkpoint is not None:
-        module.load_trained_weights(str(checkpoint))
+        module.load_trained_weights(str(checkpoint), weights)
     return module, checkpoint
 
 

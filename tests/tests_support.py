@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zipfile
 from pathlib import Path
 
 import lightning as L
@@ -68,3 +70,14 @@ def authors_prompt_learner(module: AnomalyCLIPModule, seed: int = 0) -> dict[str
         state[f"compound_prompt_projections.{j}.weight"] = torch.randn(896, width, generator=g)
         state[f"compound_prompt_projections.{j}.bias"] = torch.randn(896, generator=g)
     return state
+
+
+def flip_a_bit_in_tensor_data(path: Path, record: str = "/data/0") -> None:
+    """One bit of a tensor's bytes inside a ``torch.save`` archive (the first tensor by default), as a
+    storage fault would: the file still loads with ``torch.load``, with one value changed."""
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(record))
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    data[info.header_offset + 30 + name_length + extra_length + min(5, info.file_size - 1)] ^= 0x10
+    path.write_bytes(bytes(data))

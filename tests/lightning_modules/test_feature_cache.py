@@ -18,13 +18,14 @@ from lightning_modules.anomalyclip import AnomalyCLIPModule
 from lightning_modules.coop import CoOpConfig, CoOpModule
 from lightning_modules.feature_cache import (
     CachedFeatureDataset,
+    FeatureTable,
     build_feature_table,
     cache_identity,
     cache_key,
     shard_indices,
 )
 from lightning_modules.vand import VANDConfig, VANDModule
-from tests_support import quiet_trainer, tiny_anomalyclip_config
+from tests_support import flip_a_bit_in_tensor_data, quiet_trainer, tiny_anomalyclip_config
 
 
 def _datamodule(root, **overrides) -> AnomalyDataModule:
@@ -152,15 +153,14 @@ def test_random_flip_bypasses_the_cache(synthetic_pair, tmp_path):
 
 
 @pytest.mark.slow
-def test_disk_cache_is_reused_without_encoding(synthetic_pair, tmp_path, monkeypatch):
+def test_disk_cache_is_reused_without_encoding(synthetic_pair, tmp_path, monkeypatch, caplog):
     source, _ = synthetic_pair
     cache_dir = tmp_path / "cache"
-    first, _ = _fit(
-        lambda: AnomalyCLIPModule(tiny_anomalyclip_config(cache_dir=str(cache_dir))),
-        source,
-        tmp_path,
-        epochs=1,
-    )
+
+    def make():
+        return AnomalyCLIPModule(tiny_anomalyclip_config(cache_dir=str(cache_dir)))
+
+    first, _ = _fit(make, source, tmp_path, epochs=1)
     files = list(cache_dir.glob("anomalyclip-*.pt"))
     assert first.feature_cache_status == "cached (built)" and len(files) == 1
 
@@ -178,6 +178,17 @@ def test_disk_cache_is_reused_without_encoding(synthetic_pair, tmp_path, monkeyp
     assert second.feature_cache_status.startswith("cached (loaded")
     for (name, a), (_, b) in zip(_trainable(first).items(), _trainable(second).items(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
+
+    # a table damaged on disk (one bit of its features) is refused by its CRC-32s, named, and rebuilt
+    flip_a_bit_in_tensor_data(files[0])
+    monkeypatch.undo()
+    with caplog.at_level(logging.WARNING):
+        third, _ = _fit(make, source, tmp_path, epochs=1)
+    assert third.feature_cache_status == "cached (built)"
+    assert f"not using the feature cache {files[0]}" in caplog.text and "CRC-32" in caplog.text
+    for (name, a), (_, b) in zip(_trainable(first).items(), _trainable(third).items(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    assert len(FeatureTable.load(files[0])) == 14  # rewritten whole: its CRC-32s match again
 
 
 def test_cache_key_changes_with_what_changes_the_features(synthetic_pair, tmp_path, monkeypatch):
