@@ -143,7 +143,9 @@ def test_wandb_offline_run_files_are_written(tmp_path, synthetic_pair):
 
 
 @pytest.mark.slow
-def test_saved_outputs_mirror_the_dataset_and_evaluate_maps_reproduces_the_run(tmp_path, synthetic_pair):
+def test_saved_outputs_mirror_the_dataset_and_evaluate_maps_reproduces_the_run(
+    tmp_path, synthetic_pair, capsys
+):
     """eval.save_maps writes one float32 map per test image where `zsad evaluate-maps` looks for it and the
     method's image scores beside them; at the ground truth's size (32 px here) that command then gives all
     of the run's metrics again."""
@@ -212,6 +214,29 @@ def test_saved_outputs_mirror_the_dataset_and_evaluate_maps_reproduces_the_run(t
     assert any(n.startswith("--dataset mvtec_layout differs from the synthetic") for n in by_max["notes"])
     for category, metrics in run.items():
         assert by_max["per_category"][category]["aupro"] == pytest.approx(metrics["aupro"], abs=1e-12)
+
+    # every file written is in checksums.sha256, which the standard tool checks too; a map changed since
+    # (one bit of its data) is refused by name, not scored
+    listed = (maps_dir / "checksums.sha256").read_text().splitlines()
+    assert (
+        len(listed) == 14 + 2
+        and subprocess.run(["sha256sum", "--check", "--quiet", "checksums.sha256"], cwd=maps_dir).returncode
+        == 0
+    )
+    damaged = maps_dir / saved[3]
+    data = bytearray(damaged.read_bytes())
+    data[-5] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["evaluate-maps", *maps, "--output", str(tmp_path / "no.json")]) == 2
+    err = (
+        capsys.readouterr().err.strip().splitlines()[-1]
+    )  # after the progress lines of the categories before
+    assert err.startswith("zsad: error: ")
+    assert (
+        f"{damaged} does not match its SHA-256 in {maps_dir / 'checksums.sha256'}" in err and "\n" not in err
+    )
+    assert not (tmp_path / "no.json").exists()
 
 
 def test_evaluate_maps_says_which_image_has_no_score(tmp_path, synthetic_pair, capsys):
