@@ -42,6 +42,9 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from datamodules.atomic_io import atomic_torch_save
+from datamodules.errors import DataChangedError
+from datamodules.fingerprint import changes, describe_changes
+from datamodules.fingerprint import summary as fingerprint_summary
 from datamodules.resumable import derived_seed
 from lightning_modules.checkpoint_io import CheckpointError, read_checkpoint, safe_torch_load
 from pipelines import stop_signals
@@ -116,6 +119,7 @@ class ResumePoint:
     max_epochs: int
     epoch: int
     global_step: int
+    data: dict[str, Any] | None = None  # the training split's fingerprint (datamodules.fingerprint)
 
 
 def _check_resume_checkpoint(path: Path) -> ResumePoint:
@@ -130,6 +134,7 @@ def _check_resume_checkpoint(path: Path) -> ResumePoint:
         max_epochs=int(marker["max_epochs"]),
         epoch=int(checkpoint.get("epoch", 0)),
         global_step=int(checkpoint.get("global_step", 0)),
+        data=marker.get("data"),
     )
 
 
@@ -166,6 +171,39 @@ def find_resume_checkpoint(run_dir: Path, warn: bool = True) -> ResumePoint | No
     if rejected and warn:
         log.warning("zsad: no valid checkpoint in %s; training restarts from scratch", run_dir)
     return None
+
+
+def refuse_resume_on_other_data(point: ResumePoint, fingerprint: dict[str, Any], run_dir: Path) -> None:
+    """Raises :class:`DataChangedError` naming the files added, removed or changed (other content) since
+    ``point`` was trained, when a resume would continue on them: one run trained on two datasets belongs
+    to no experiment. A checkpoint without a fingerprint (written before zsad recorded one) is resumed with
+    a warning."""
+    if point.data is None:
+        log.warning("zsad: %s records no data fingerprint: the training data cannot be compared", point.path)
+        return
+    found = changes(point.data, fingerprint)
+    if not any(found.values()):
+        return
+    first = next(name for kind in ("changed", "removed", "added") for name in found[kind])
+    raise DataChangedError(
+        f"run folder {run_dir} holds an unfinished run trained on other data: since {point.path.name}, the "
+        f"training files below {fingerprint['root']} changed: {describe_changes(found)}; resuming would train "
+        f"one run on two datasets. Restore those files to resume it, or start a fresh run on the data as "
+        f"they are now: rm -r {run_dir / CHECKPOINT_DIR}, then the same command (or use another run_dir)",
+        path=Path(fingerprint["root"]) / first,
+    )
+
+
+def training_data(checkpoint: Path | None) -> dict[str, Any] | None:
+    """The summary of the data ``checkpoint`` was trained on (what results record), None when it records
+    none (an official or older checkpoint) or cannot be read."""
+    if checkpoint is None:
+        return None
+    try:
+        marker = safe_torch_load(checkpoint).get(RESUME_KEY) or {}
+    except (CheckpointError, FileNotFoundError, AttributeError):
+        return None
+    return fingerprint_summary(marker["data"]) if isinstance(marker.get("data"), dict) else None
 
 
 # --- interruptions (the signal record and TrainingInterrupted: pipelines.stop_signals) ---------------
@@ -286,10 +324,12 @@ class ExactResume(_StopOnSignal):
         self.interval_s = None if checkpoint_minutes is None else 60.0 * checkpoint_minutes
         self._last_save = time.monotonic()
         self._complete = False
+        self._data: dict[str, Any] | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._install_handlers()
+            self._data = getattr(trainer.datamodule, "train_fingerprint", None)  # into every checkpoint
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install_handlers()  # again: Lightning registers its handlers after setup
@@ -368,4 +408,5 @@ class ExactResume(_StopOnSignal):
             "format": RESUME_FORMAT,
             "complete": self._complete,
             "max_epochs": self.max_epochs,
+            "data": self._data,
         }

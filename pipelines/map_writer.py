@@ -104,6 +104,7 @@ class MapWriter(Callback):
             "version": trainer.datamodule.test_index.version,
             "split": data_cfg.test_split,
             "categories": list(trainer.datamodule.categories),
+            "data_fingerprint": trainer.datamodule.test_fingerprint_summary,
         }
         checksums[DATASET_FILE] = write_text_file(
             self.out_dir / DATASET_FILE, json.dumps(record, indent=2) + "\n"

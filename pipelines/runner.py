@@ -38,7 +38,9 @@ from pipelines.checkpointing import (
     find_resume_checkpoint,
     last_checkpoint,
     read_trained_checkpoint,
+    refuse_resume_on_other_data,
     restore_signal_handlers,
+    training_data,
 )
 from pipelines.config import (
     ExperimentConfig,
@@ -175,6 +177,8 @@ def fit(cfg: ExperimentConfig, module: ZeroShotModule, run_dir: Path, loggers: l
     if resume is not None and resume.complete and resume.max_epochs == cfg.trainer.max_epochs:
         module.load_trained_weights(str(resume.path))
         return resume.path
+    if resume is not None:  # never one training on two datasets
+        refuse_resume_on_other_data(resume, datamodule.train_fingerprint, run_dir)
     if global_rank() == 0:
         drop_redone_training_rows(loggers, resume.global_step if resume else 0)
     trainer, ckpt_path = make_trainer(cfg, run_dir, loggers, training=True), resume and str(resume.path)
@@ -237,6 +241,7 @@ class _WriteResults(Callback):
             "preprocessing": dataclasses.asdict(datamodule.preprocessing),
             "options": dict(datamodule.cfg.options or {}),
             "n_images": len(index.records),
+            "data_fingerprint": datamodule.test_fingerprint_summary,  # which images these numbers saw
             **({"method_protocol": self.protocol} if self.protocol is not None else {}),
         }
         thresholds = f1_thresholds(module.test_curves) if module.test_curves is not None else None
@@ -298,6 +303,7 @@ def _results_header(cfg: ExperimentConfig, run_dir: Path, checkpoint: Path | Non
         "seed": cfg.seed,
         "run_dir": str(run_dir),
         "checkpoint": str(checkpoint) if checkpoint else None,
+        "source_data": training_data(checkpoint),  # the fingerprint of what the weights were trained on
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "eval": dataclasses.asdict(cfg.eval),
         "targets": {},

@@ -62,6 +62,16 @@ def test_run_writes_results_files_and_train_then_test_reproduces_them(tmp_path, 
     expected_mean = np.mean([m["image_auroc"] for m in target_results["categories"].values()])
     assert means["image_auroc"] == pytest.approx(expected_mean)
     assert target_results["image_size"] == 32 and target_results["eval_size"] == 32
+    # which images these numbers saw, and which the weights were trained on (small sets: contents hashed)
+    from datamodules.fingerprint import index_fingerprint
+    from datamodules.index import build_index
+
+    tested = index_fingerprint(build_index("synthetic", target).select(split="test"))
+    trained = index_fingerprint(build_index("synthetic", source).select(split="test"))
+    assert target_results["data_fingerprint"]["digest"] == tested["digest"]
+    assert target_results["data_fingerprint"]["n_files"] == 14 + 8  # test images and masks
+    assert results["source_data"]["digest"] == trained["digest"] != tested["digest"]
+    assert results["source_data"]["content"] == "sha256 of every file"
     assert target_results["preprocessing"]["interpolation"] == "bicubic"  # AnomalyCLIP's official resize
     assert target_results["preprocessing"]["mask_interpolation"] == "bilinear"
 
@@ -180,6 +190,9 @@ def test_saved_outputs_mirror_the_dataset_and_evaluate_maps_reproduces_the_run(
         "version": "synthetic",
         "split": "test",
         "categories": ["cells", "ring"],
+        "data_fingerprint": json.loads((run_dir / "results.json").read_text())["targets"]["synthetic"][
+            "data_fingerprint"
+        ],
     }
 
     run = json.loads((run_dir / "results.json").read_text())["targets"]["synthetic"]["categories"]
