@@ -24,13 +24,16 @@ results) to the same run uninterrupted. How:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import random
+import re
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from datamodules.atomic_io import atomic_torch_save
-from datamodules.errors import DataChangedError
+from datamodules.errors import DataChangedError, ZsadError
 from datamodules.fingerprint import changes, describe_changes
 from datamodules.fingerprint import summary as fingerprint_summary
 from datamodules.resumable import derived_seed
@@ -206,6 +209,35 @@ def training_data(checkpoint: Path | None) -> dict[str, Any] | None:
     return fingerprint_summary(marker["data"]) if isinstance(marker.get("data"), dict) else None
 
 
+# --- divergence -------------------------------------------------------------------------------------
+class TrainingDiverged(ZsadError):
+    """A training step's loss was not finite: training stopped there, on every process, before any
+    checkpoint of the weights that step made (status ``failed``; no ``last.ckpt``, no evaluation)."""
+
+    _TEXT = re.compile(r"TrainingDiverged: (training diverged at [^\n]*)")
+
+    @classmethod
+    def recognise(cls, error: BaseException) -> TrainingDiverged | None:
+        """``error`` as a divergence: this type, or its text re-raised from a ``ddp_spawn`` process."""
+        if isinstance(error, cls):
+            return error
+        match = cls._TEXT.search(str(error))
+        return cls(match.group(1)) if match else None
+
+
+@contextlib.contextmanager
+def divergence_as_one_line() -> Iterator[None]:
+    """Around ``trainer.fit``: a divergence in a spawned process arrives as that process's traceback;
+    it leaves as the one-line :class:`TrainingDiverged`."""
+    try:
+        yield
+    except Exception as error:
+        diverged = TrainingDiverged.recognise(error)
+        if diverged is None or diverged is error:
+            raise
+        raise diverged from None
+
+
 # --- interruptions (the signal record and TrainingInterrupted: pipelines.stop_signals) ---------------
 def _log_this_step(trainer: L.Trainer) -> None:
     """Log the step that just ended, as Lightning does right after ``on_train_batch_end``: a stop raised
@@ -325,6 +357,7 @@ class ExactResume(_StopOnSignal):
         self._last_save = time.monotonic()
         self._complete = False
         self._data: dict[str, Any] | None = None
+        self._loss: torch.Tensor | None = None  # the last step's loss (this process), until agreed on
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
@@ -346,17 +379,39 @@ class ExactResume(_StopOnSignal):
 
     # --- checkpoints ----------------------------------------------------------------------------------
     def _agree(self, trainer: L.Trainer) -> tuple[int, bool]:
-        """(stop signal of any process, whether rank 0's clock says a checkpoint is due), the same on all."""
+        """(stop signal of any process, whether rank 0's clock says a checkpoint is due), the same on all.
+        Raises :class:`TrainingDiverged` on every process, before anything is saved, when the last step's
+        loss was not finite on any of them (one scalar read per step; under DDP it rides on the one
+        all-reduce that already decides the checkpoints, so no process waits for one that stopped)."""
         due = (
             trainer.is_global_zero
             and self.interval_s is not None
             and time.monotonic() - self._last_save >= self.interval_s
         )
-        if trainer.world_size == 1:
-            return self._signal, due
-        flags = torch.tensor([self._signal, int(due)], device=trainer.strategy.root_device)
-        flags = trainer.strategy.reduce(flags, reduce_op="max")
-        return int(flags[0]), bool(flags[1])
+        device = trainer.strategy.root_device
+        flags = torch.tensor([self._signal, int(due), 0], device=device)
+        if self._loss is not None:
+            flags[2] = (~torch.isfinite(self._loss.to(device))).any()
+        if trainer.world_size > 1:
+            flags = trainer.strategy.reduce(flags, reduce_op="max")
+        signum, due, diverged = flags.tolist()
+        if diverged:
+            self._diverge(trainer)
+        return int(signum), bool(due)
+
+    def _diverge(self, trainer: L.Trainer) -> None:
+        loss = self._loss if self._loss is not None and not bool(torch.isfinite(self._loss).all()) else None
+        found = (
+            f"loss = {float(loss.float().flatten()[0]):g}"
+            if loss is not None
+            else "the loss of another process is not finite"
+        )
+        lr = getattr(getattr(trainer.lightning_module, "cfg", None), "lr", None)
+        lower = f"lower method.lr (now {lr:g})" if isinstance(lr, int | float) else "lower the learning rate"
+        raise TrainingDiverged(
+            f"training diverged at epoch {trainer.current_epoch} step {trainer.global_step - 1}: {found}; "
+            f"{lower} or check the data, in another run_dir (nothing was saved after the last finite step)"
+        )
 
     def _save_resume(self, trainer: L.Trainer) -> Path:
         folder = resume_dir(self.run_dir)
@@ -382,8 +437,10 @@ class ExactResume(_StopOnSignal):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        self._loss = loss.detach() if isinstance(loss, torch.Tensor) else None
         if batch_idx + 1 >= trainer.num_training_batches:
-            return  # the epoch-end checkpoint follows
+            return  # the epoch-end checkpoint follows (after the same agreement)
         signum, due = self._agree(trainer)
         if signum or due:
             path = self._save_resume(trainer)

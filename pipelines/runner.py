@@ -35,6 +35,7 @@ from pipelines.checkpointing import (
     AtomicCheckpointIO,
     ExactResume,
     RequeueEvaluation,
+    divergence_as_one_line,
     find_resume_checkpoint,
     last_checkpoint,
     read_trained_checkpoint,
@@ -183,7 +184,7 @@ def fit(cfg: ExperimentConfig, module: ZeroShotModule, run_dir: Path, loggers: l
         drop_redone_training_rows(loggers, resume.global_step if resume else 0)
     trainer, ckpt_path = make_trainer(cfg, run_dir, loggers, training=True), resume and str(resume.path)
     try:
-        with stop_signals.under_trainer(trainer):  # its safe points decide (pipelines.stop_signals)
+        with stop_signals.under_trainer(trainer), divergence_as_one_line():  # its safe points decide
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     finally:
         restore_signal_handlers(trainer)
