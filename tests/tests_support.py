@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
+import subprocess
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 
 from lightning_modules.anomalyclip import AnomalyCLIPConfig, AnomalyCLIPModule
@@ -81,3 +85,19 @@ def flip_a_bit_in_tensor_data(path: Path, record: str = "/data/0") -> None:
     name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
     data[info.header_offset + 30 + name_length + extra_length + min(5, info.file_size - 1)] ^= 0x10
     path.write_bytes(bytes(data))
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (e.g. ``64k``) at ``folder``: a filesystem that really fills up. Needs root;
+    the test is skipped where it cannot be mounted."""
+    folder.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
