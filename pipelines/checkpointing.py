@@ -426,6 +426,7 @@ class ExactResume(_StopOnSignal):
         return path
 
     def _stop(self, trainer: L.Trainer, signum: int, checkpoint: Path) -> None:
+        stop_signals.note_saved(checkpoint)
         interruption = TrainingInterrupted(signal.Signals(signum).name, checkpoint)
         if trainer.is_global_zero:
             # W&B first: a requeue's SIGTERM also stops W&B's service
