@@ -359,12 +359,14 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
     spec = get_method(cfg.method.name)
     check_options(options)
     refuse_inexact_ddp(cfg, spec, planned_processes(cfg))
+    module, checkpoint = evaluation_module(
+        cfg, spec
+    )  # an unusable checkpoint is refused before inputs are read
     images = collect_images(options.inputs)
     if options.submission is not None:
         submission.check_inputs(images.images)
     for _, error in images.unreadable if global_rank() == 0 else []:
         print(f"zsad: skipped unreadable image: {error}", file=sys.stderr)
-    module, checkpoint = evaluation_module(cfg, spec)
     out = options.out
     module.run_dir = out  # the folder this job writes (a method's run files, e.g. CMG's relevance cache)
     (out / UNREADABLE_FILE).unlink(missing_ok=True)  # never report a previous attempt's files

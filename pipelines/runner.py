@@ -37,9 +37,13 @@ from pipelines.checkpointing import (
     AtomicCheckpointIO,
     ExactResume,
     RequeueEvaluation,
+    divergence_as_one_line,
     find_resume_checkpoint,
     last_checkpoint,
+    read_trained_checkpoint,
+    refuse_resume_on_other_data,
     restore_signal_handlers,
+    training_data,
 )
 from pipelines.config import (
     ExperimentConfig,
@@ -174,13 +178,15 @@ def fit(cfg: ExperimentConfig, spec: MethodSpec, module: ZeroShotModule, job: Jo
     if resume is not None and resume.complete and resume.max_epochs == cfg.trainer.max_epochs:
         module.load_trained_weights(str(resume.path))
         return resume.path
+    if resume is not None:  # never one training on two datasets
+        refuse_resume_on_other_data(resume, datamodule.train_fingerprint, run_dir)
     if global_rank() == 0:
         drop_redone_training_rows(loggers, resume.global_step if resume else 0)
     callbacks = [CachedTraining(datamodule, spec.feature_cache(cfg.method))] if spec.feature_cache else []
     trainer = make_trainer(cfg, run_dir, loggers, training=True, callbacks=callbacks)
     ckpt_path = resume and str(resume.path)
     try:
-        with stop_signals.under_trainer(trainer):  # its safe points decide (pipelines.stop_signals)
+        with stop_signals.under_trainer(trainer), divergence_as_one_line():  # its safe points decide
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     finally:
         restore_signal_handlers(trainer)
@@ -250,6 +256,7 @@ class _WriteResults(Callback):
             "preprocessing": dataclasses.asdict(datamodule.preprocessing),
             "options": dict(datamodule.cfg.options or {}),
             "n_images": len(index.records),
+            "data_fingerprint": datamodule.test_fingerprint_summary,  # which images these numbers saw
             **({"method_protocol": self.protocol} if self.protocol is not None else {}),
         }
         thresholds = f1_thresholds(module.test_curves) if module.test_curves is not None else None
@@ -321,6 +328,7 @@ def _results_header(cfg: ExperimentConfig, run_dir: Path, checkpoint: Path | Non
         "seed": cfg.seed,
         "run_dir": str(run_dir),
         "checkpoint": str(checkpoint) if checkpoint else None,
+        "source_data": training_data(checkpoint),  # the fingerprint of what the weights were trained on
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "eval": dataclasses.asdict(cfg.eval),
         "targets": {},
@@ -341,15 +349,17 @@ def train(cfg: ExperimentConfig) -> RunOutcome:
 
 def evaluation_module(cfg: ExperimentConfig, spec: MethodSpec) -> tuple[ZeroShotModule, Path | None]:
     """The configured method with its trained weights (``checkpoint=``, required for trained methods): a
-    zsad checkpoint, or the authors' released weights for a method whose spec reads them."""
-    module = build_module(cfg, spec)
+    zsad checkpoint, or the authors' released weights for a method whose spec reads them. An unusable
+    checkpoint is refused before the model is built."""
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else None
     if spec.trains and checkpoint is None:
         raise ConfigError(
             f"method '{spec.name}' is trained: pass checkpoint=RUN_DIR/checkpoints/last.ckpt (written by `zsad train`)"
         )
+    weights = read_trained_checkpoint(checkpoint, cfg.method.name) if checkpoint is not None else None
+    module = build_module(cfg, spec)
     if checkpoint is not None:
-        module.load_trained_weights(str(checkpoint), spec.official_checkpoint)
+        module.load_trained_weights(str(checkpoint), spec.official_checkpoint, weights)
     return module, checkpoint
 
 
