@@ -37,7 +37,6 @@ VAND_MODEL = ps.PARITY_MODEL_12  # their ViT reads the 12th block
 VAND_MODEL_CONFIG = ps.PARITY_MODELS[VAND_MODEL]
 COMPARED = ("images", "masks", "text", "image_embedding", "tokens", "maps", "image_scores", "loss", "grads")
 METRICS = ("pixel_auroc", "image_auroc", "image_ap", "pixel_ap", "aupro_cflow")  # compared with zsad
-# the last official column, test.py's own call of cal_pro_score, is printed, not compared
 
 
 def vand_state_dict(seed: int = ps.WEIGHTS_SEED) -> dict[str, torch.Tensor]:
@@ -213,29 +212,30 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
 
 
 def _test_py_metrics(obj_list, items, gt, anomaly_maps, image_scores) -> np.ndarray:
-    """test.py's zero-shot metrics per class: sklearn on the summed anomalous maps and the image scores,
-    and its own ``cal_pro_score``, once on [N, H, W] and once shaped as test.py collects them, [N, 1, H, W]:
-    there ``measure.label`` labels 3-D regions whose ``coords[:, 0]`` is the singleton axis, so each region
-    pixel counts its whole image row as true positives (PRO far above 1)."""
+    """test.py's zero-shot metrics per class, as its metric loop computes them: sklearn on the summed
+    anomalous maps and the image scores, and its own ``cal_pro_score`` on the [N, H, W] arrays it gets by
+    squeezing axis 1 of the [N, 1, H, W] maps and masks it collected at batch size 1 (test.py, lines
+    264-268, as since its first commit)."""
     from sklearn.metrics import average_precision_score, roc_auc_score
     from test import cal_pro_score
 
-    maps = np.sum([m.detach()[:, 1].numpy() for m in anomaly_maps], axis=0)[:, None]
+    maps = np.sum([m.detach()[:, 1].numpy() for m in anomaly_maps], axis=0)[:, None]  # [N, 1, H, W]
     masks, labels, scores = gt.numpy()[:, None], items["anomaly"].numpy(), image_scores.detach().numpy()
     rows = []
     for obj in obj_list:
         sel = np.array([c == obj for c in items["cls_name"]])
         gt_px, pr_px, gt_sp, pr_sp = masks[sel], maps[sel], labels[sel], scores[sel]
-        rows.append(
-            [
-                roc_auc_score(gt_px.ravel(), pr_px.ravel()),
-                roc_auc_score(gt_sp, pr_sp),
-                average_precision_score(gt_sp, pr_sp),
-                average_precision_score(gt_px.ravel(), pr_px.ravel()),
-                cal_pro_score(gt_px[:, 0], pr_px[:, 0]),  # on [N, H, W]: the cflow AUPRO (see below)
-                cal_pro_score(gt_px, pr_px),  # as test.py calls it
-            ]
-        )
+        row = [
+            roc_auc_score(gt_px.ravel(), pr_px.ravel()),
+            roc_auc_score(gt_sp, pr_sp),
+            average_precision_score(gt_sp, pr_sp),
+            average_precision_score(gt_px.ravel(), pr_px.ravel()),
+        ]
+        if len(gt_px.shape) == 4:  # test.py's own lines
+            gt_px = gt_px.squeeze(1)
+        if len(pr_px.shape) == 4:
+            pr_px = pr_px.squeeze(1)
+        rows.append([*row, cal_pro_score(gt_px, pr_px)])
     return np.asarray(rows)
 
 
@@ -262,10 +262,6 @@ def main() -> None:
         theirs[name] = a
     for m, metric in enumerate(METRICS):
         ps.print_delta(f"{metric} (per category)", theirs["metrics"][:, m], ours["metrics"][:, m])
-    print(
-        f"  test.py's own AUPRO call ([N, 1, H, W]): {theirs['metrics'][:, -1]} (zsad: {ours['metrics'][:, -1]})"
-    )
-    theirs["metrics"] = theirs["metrics"][:, : len(METRICS)]
     if args.write_fixture:
         ps.save_fixture(
             FIXTURE,
