@@ -570,6 +570,14 @@ def compare_and_store(args, title, root, ours, theirs, quantities, fixture, samp
     for m, metric in enumerate(METRICS):
         ps.print_delta(f"{metric} (per category)", theirs["metrics"][:, m], ours["metrics"][:, m])
         ps.print_delta("  zsad's metric on their maps", theirs["metrics"][:, m], on_theirs[:, m])
+        if metric == "aupro_cflow":
+            ps.print_cflow_agreement(
+                theirs["metrics"][:, m],
+                ours["metrics"][:, m],
+                ours["maps"],
+                ours["masks"],
+                ours["category_ids"],
+            )
     if args.write_fixture:
         ps.save_fixture(
             fixture,
