@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.atomic_io import atomic_write_text
-from lightning_modules.metrics.evaluation_result import METRIC_NAMES
+from lightning_modules.metrics.evaluation_result import METRIC_NAMES, as_percent, aupro_gap_warning
 
 #: Every result has both AUPROs: ``aupro`` (exact) and ``aupro_cflow`` (the published 200-threshold one).
 METRICS = METRIC_NAMES
-CSV_COLUMNS = ("dataset", "category", "n_normal", "n_anomalous", *METRICS)
+CSV_COLUMNS = ("dataset", "category", "n_normal", "n_anomalous", *METRICS, "aupro_warning")
 MEAN_ROW = "mean"
 
 
@@ -38,16 +38,19 @@ def target_payload(
 ) -> dict[str, Any]:
     """JSON-ready results of one evaluated dataset; ``evaluation`` is an ``EvaluationResult``;
     ``thresholds``: per category the F1-optimal ``{"image": t, "pixel": t}`` (score >= t is anomalous),
-    what ``zsad predict --threshold-from RUN`` reads."""
-    categories = {
-        category: {
+    what ``zsad predict --threshold-from RUN`` reads. A category whose two AUPROs are more than
+    ``AUPRO_GAP_MARGIN`` apart carries ``aupro_warning``, the one-line reason."""
+    categories = {}
+    for category, metrics in evaluation.per_category.items():
+        values = {m: _clean(metrics.get(m)) for m in METRICS}
+        warning = aupro_gap_warning(values)
+        categories[category] = {
             "n_normal": counts.get(category, {}).get("normal", 0),
             "n_anomalous": counts.get(category, {}).get("anomalous", 0),
-            **{m: _clean(metrics.get(m)) for m in METRICS},
+            **values,
+            **({"aupro_warning": warning} if warning else {}),
             **({"f1_thresholds": thresholds.get(category)} if thresholds is not None else {}),
         }
-        for category, metrics in evaluation.per_category.items()
-    }
     return {
         "dataset": dataset,
         **details,
@@ -90,7 +93,8 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """Per-category table in percent with one decimal, as papers report; '-' where undefined."""
+    """Per-category table in percent with one decimal, as papers report; '-' where undefined; a '!' after
+    an AUPRO cflow that is far from the exact AUPRO, with the reason in a line below the table."""
     header = (
         "dataset",
         "category",
@@ -102,11 +106,14 @@ def format_table(results: dict[str, Any]) -> str:
         "AUPRO",
         "AUPRO cflow",
     )
-    lines = []
+    lines, warnings = [], []
     for key, target in results["targets"].items():
         rows = list(target["categories"].items()) + [(MEAN_ROW, target["mean"])]
         for category, metrics in rows:
-            cells = [f"{100 * v:.1f}" if v is not None else "-" for v in (metrics.get(m) for m in METRICS)]
+            cells = [as_percent(metrics.get(m)) for m in METRICS]
+            if metrics.get("aupro_warning"):
+                cells[METRICS.index("aupro_cflow")] += "!"
+                warnings.append(f"! {key}/{category}: {metrics['aupro_warning']}")
             lines.append((key, category, *cells))
     widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
 
@@ -116,4 +123,4 @@ def format_table(results: dict[str, Any]) -> str:
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         )
 
-    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, lines)])
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, lines), *warnings])
