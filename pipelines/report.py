@@ -21,6 +21,7 @@ from typing import Any
 
 from datamodules.atomic_io import atomic_write_text
 from datamodules.errors import ZsadError
+from lightning_modules.metrics.evaluation_result import as_percent
 from pipelines.published import SOURCE, published
 from pipelines.report_grouping import (
     CFLOW_AUPRO,
@@ -75,8 +76,8 @@ def _collect_run_dirs(inputs: list[str]) -> tuple[list[Path], Path | None, str |
 def _cell_text(values: list[float]) -> str:
     if not values:
         return "-"
-    mean = 100 * statistics.fmean(values)
-    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f}±{100 * statistics.stdev(values):.1f}"
+    mean = as_percent(statistics.fmean(values))
+    return mean if len(values) == 1 else f"{mean}±{as_percent(statistics.stdev(values))}"
 
 
 def _tables(reference: bool, grouping: Grouping) -> list[tuple[str, tuple[str, ...], str | None]]:
@@ -134,7 +135,7 @@ def table_rows(grouping: Grouping, metrics: tuple[str, ...], reference: bool) ->
                 # the papers' AUPRO is the cflow-style one: marked where the column holds the exact AUPRO
                 ref.append(
                     ", ".join(
-                        "-" if v is None else f"{100 * v:.1f}" + ("*" if m == "aupro" else "")
+                        "-" if v is None else as_percent(v) + ("*" if m == "aupro" else "")
                         for m, v in zip(metrics, values, strict=True)
                     )
                 )

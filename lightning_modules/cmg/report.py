@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightning_modules.metrics.evaluation_result import METRIC_NAMES as METRICS
+from lightning_modules.metrics.evaluation_result import as_percent
 
 LABELS = {
     "image_auroc": "img AUROC", "image_ap": "img AP", "image_f1_max": "img F1",
@@ -23,7 +24,7 @@ LABELS = {
 def _cell(value: float | None, reference: float | None) -> str:
     if value is None:
         return "-"
-    text = f"{100 * value:.1f}"
+    text = as_percent(value)
     if reference is not None:
         text += f" ({100 * (value - reference):+.1f})"
     return text
