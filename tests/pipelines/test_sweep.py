@@ -116,12 +116,15 @@ def test_sbatch_script_has_array_signal_requeue_and_ddp_settings(tmp_path, synth
 
 
 def test_study_sweeps_are_valid_files():
-    """The shipped studies load and expand (their runs compose once every method is registered)."""
+    """The shipped studies load and expand (their runs compose once every method is registered); every
+    run of the commented example, the file newcomers copy, composes."""
     for path in sorted((config_dir() / "sweep").glob("*.yaml")):
         cfg, _ = sweep.load_sweep(path)
         runs = sweep.expand(cfg)
         assert runs, path
         assert yaml.safe_load(path.read_text())["name"] == cfg.name
+    cfg, _ = sweep.load_sweep("example")
+    assert sweep.invalid_runs(cfg, sweep.expand(cfg)) == []
 
 
 # --- what reaches the sbatch script or a shell ---------------------------------------------------------
