@@ -4,8 +4,8 @@
 
 ``--official`` is a checkout of hq-deng/AnoVL (its folder leads the official side's ``sys.path``, so
 ``import open_clip`` is the authors' vendored copy); ``--official-env`` holds what vl_test.py imports beyond
-zsad's environment (kornia, scikit-image, tabulate, ``setuptools<81`` for ``pkg_resources``; docs/methods.md
-gives the pip line). Nothing is fetched.
+zsad's environment (kornia, scikit-image, tabulate, opencv-python-headless, ``setuptools<81`` for
+``pkg_resources``; docs/methods.md gives the pip line). Nothing is fetched.
 
 The official side (a subprocess) writes ``meta.json`` with the authors' ``data/mvtec.py`` solver (class list
 set to the generated categories) and runs **their ``vl_test.test(args)`` itself**, with the arguments of

@@ -161,19 +161,22 @@ def cflow_aupro_tolerance(
     masks: Any,
     category_ids: Any,
     map_atol: float = MAPS_ATOL,
-    draws: int = 8,
+    draws: int = 16,
     fpr_limit: float = 0.3,
 ) -> np.ndarray:
-    """Per category, how far the 200-threshold cflow-style AUPRO of ``maps`` moves when the maps move by
-    up to ``map_atol`` (at least 1e-6): the largest change over ``draws`` seeded uniform perturbations in
+    """Per category, twice how far the 200-threshold cflow-style AUPRO of ``maps`` moves when the maps move
+    by up to ``map_atol`` (at least 1e-6): the largest change over ``draws`` seeded uniform perturbations in
     [-map_atol, map_atol] and the two one-sided ones (anomalous pixels down and anomaly-free ones up, and
-    the reverse).
+    the reverse), doubled because both sides carry such noise (the official run behind a fixture as much
+    as zsad).
 
     The tolerance for comparing the cflow AUPRO of zsad's *own* maps with the official one. Its thresholds
     are a grid of 200 steps over the category's score range, so every pixel within map noise of a step can
-    flip: rerunning the official AnomalyCLIP code moved its maps by 1.8e-6 and this AUPRO by 1.65e-5. The
-    metric's definition is compared to 1e-6 on the official maps themselves (in the parity scripts, and in
-    the tests where the fixture holds those maps)."""
+    flip: rerunning the official AnomalyCLIP code moved its maps by 1.8e-6 and this AUPRO by 1.65e-5 (one
+    flip on its weave maps; the tolerance there is 3.5e-5). Maps as narrow as the random-weight AnoVL ones
+    (0.465 to 0.503: a grid step of 1.9e-4) get tolerances of several 1e-3. The metric's definition is
+    compared to 1e-6 on the official maps themselves (in the parity scripts, and in the tests where the
+    fixture holds those maps)."""
     from lightning_modules.metrics import legacy_cflow_aupro
 
     maps = np.asarray(torch.as_tensor(maps).detach().float().cpu())
@@ -193,7 +196,7 @@ def cflow_aupro_tolerance(
             )
             for shift in shifts
         ]
-        tolerances.append(max(1e-6, *moved))
+        tolerances.append(max(1e-6, 2 * max(moved)))
     return np.asarray(tolerances)
 
 
@@ -210,8 +213,8 @@ def print_cflow_agreement(official: Any, zsad: Any, maps: Any, masks: Any, categ
     delta, tolerance = cflow_aupro_agreement(official, zsad, maps, masks, category_ids)
     verdict = "within" if (delta <= tolerance).all() else "OUTSIDE"
     print(
-        f"    cflow AUPRO of zsad's maps: |delta| {np.array2string(delta, precision=2)} {verdict} the "
-        f"tolerance map noise of {MAPS_ATOL:g} allows on them, {np.array2string(tolerance, precision=2)}"
+        f"    cflow AUPRO of zsad's maps: |delta| {', '.join(f'{d:.2e}' for d in delta)} {verdict} the "
+        f"tolerance map noise of {MAPS_ATOL:g} allows on them, {', '.join(f'{t:.2e}' for t in tolerance)}"
     )
 
 
