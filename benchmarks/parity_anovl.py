@@ -174,6 +174,19 @@ def zsad_metrics(maps, masks, scores, labels) -> list[float]:
     ]
 
 
+def own_metrics_agreement(official: np.ndarray, ours: dict[str, np.ndarray]) -> tuple[float, float, Any, Any]:
+    """How zsad's metrics of its own maps and scores (``ours``) compare with the official table: the largest
+    |delta| of the image metrics, of the pixel metrics but the cflow AUPRO, and that AUPRO's per-category
+    |delta| with its derived tolerance (:func:`parity_support.cflow_aupro_agreement`)."""
+    delta = np.abs(ours["metrics"] - official)
+    cflow = METRICS.index("aupro_cflow")
+    others = [c for c in PIXEL_METRIC_COLUMNS if c != cflow]
+    cflow_delta, tolerance = ps.cflow_aupro_agreement(
+        official[:, cflow], ours["metrics"][:, cflow], ours["maps"], ours["masks"], ours["category_ids"]
+    )
+    return delta[:, IMAGE_METRIC_COLUMNS].max(), delta[:, others].max(), cflow_delta, tolerance
+
+
 def per_category_metrics(outputs: dict[str, np.ndarray]) -> np.ndarray:
     """``[C, len(METRICS)]``: zsad's metrics on one side's maps and image scores, per category."""
     rows = []
