@@ -10,6 +10,9 @@ resolution (the model's map at its input size, resized bilinearly); ``overlays/{
 heatmap over the image, and ``panels/{name}.png`` (image | heatmap with colorbar | thresholded region),
 both in one colour range for the run (:mod:`pipelines.predict_pictures`); ``masks/{name}.png`` (0/255,
 map >= the pixel threshold, when there is one).
+With ``--submission mvtec_ad2`` the maps are float16 ``anomaly_images/{name}.tiff`` and the masks
+``anomaly_images_thresholded/{name}.png``, the form MVTec AD 2's evaluation server takes
+(:mod:`pipelines.submission`).
 ``predictions.csv`` (path, score, label; label empty without an image threshold), ``prediction.json``
 (what was run, the thresholds and where they came from) and ``unreadable.csv`` for inputs that could not
 be decoded (named on stderr and skipped: one bad file never costs the other predictions).
@@ -39,6 +42,7 @@ from datamodules.atomic_io import atomic_write, atomic_write_text
 from datamodules.errors import ConfigError, ZsadError
 from datamodules.image_folder import ImageFolderDataModule, ImageList, collect_images
 from datamodules.images import load_image_rgb
+from pipelines import submission
 from pipelines.map_writer import save_atomically
 from pipelines.predict_pictures import MapStatistics, panel_title, run_warnings, threshold_mask
 from pipelines.predict_thresholds import (
@@ -71,6 +75,7 @@ class PredictOptions:
     batch_size: int = 8
     num_workers: int | None = None
     overlay_range: tuple[float, float] | None = None  # None: the run's maps' min and max
+    submission: str | None = None  # "mvtec_ad2": MVTec's evaluation-server form (pipelines/submission.py)
 
 
 @dataclasses.dataclass
@@ -82,12 +87,12 @@ class PredictOutcome:
 
 
 # --- outputs -----------------------------------------------------------------------------------------
-def _write_tiff(path: Path, array: np.ndarray) -> None:
+def _write_tiff(path: Path, array: np.ndarray, dtype: type = np.float32) -> None:
     import tifffile
 
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()  # tifffile wants a named file or a buffer, not a bare descriptor
-    tifffile.imwrite(buffer, array.astype(np.float32))
+    tifffile.imwrite(buffer, array.astype(dtype))
     atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
 
 
@@ -129,6 +134,8 @@ class PredictionWriter(Callback):
         self.stats = MapStatistics()  # this process's
 
     def name(self, image: Path) -> str:
+        if self.options.submission is not None:
+            return submission.name_of(image)
         return image.relative_to(self.root).with_suffix("").as_posix()
 
     def on_predict_batch_end(
@@ -156,7 +163,13 @@ class PredictionWriter(Callback):
             )
             anomaly_map = full[0, 0].cpu().numpy()
             name = self.name(Path(path_text))
-            if self.options.map_format in ("tiff", "both"):
+            if self.options.submission is not None:  # MVTec AD 2's server: float16 in anomaly_images/
+                _write_tiff(
+                    self.out / submission.MAPS_DIR / f"{name}.tiff",
+                    submission.as_map(anomaly_map),
+                    np.float16,
+                )
+            elif self.options.map_format in ("tiff", "both"):
                 _write_tiff(self.out / "maps" / f"{name}.tiff", anomaly_map)
             if self.options.map_format in ("npy", "both"):
                 save_atomically(self.out / "maps" / f"{name}.npy", anomaly_map)
@@ -164,15 +177,28 @@ class PredictionWriter(Callback):
             self.stats.add_map(anomaly_map, self.options.overlay_range, self.thresholds.pixel)
             if self.thresholds.pixel is not None:
                 mask = threshold_mask(anomaly_map, self.thresholds.pixel)
-                save_png(mask.astype(np.uint8) * 255, self.out / "masks" / f"{name}.png")
+                save_png(mask.astype(np.uint8) * 255, self._mask_path(name))
 
-    def _read_map(self, name: str) -> np.ndarray:
-        """A map this process wrote (pictures are drawn from the files, not from maps held in memory)."""
-        if self.options.map_format == "npy":
-            return np.load(self.out / "maps" / f"{name}.npy")
+    def _mask_path(self, name: str) -> Path:
+        masks = "masks" if self.options.submission is None else submission.MASKS_DIR
+        return self.out / masks / f"{name}.png"
+
+    def _read_back(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """The map and mask this process wrote for ``name`` (pictures are drawn from the files, not from
+        maps held in memory; with --submission the server's float16 map)."""
         import tifffile
+        from PIL import Image
 
-        return tifffile.imread(self.out / "maps" / f"{name}.tiff")
+        if self.options.submission is not None:
+            anomaly_map = tifffile.imread(self.out / submission.MAPS_DIR / f"{name}.tiff").astype(np.float32)
+        elif self.options.map_format == "npy":
+            anomaly_map = np.load(self.out / "maps" / f"{name}.npy")
+        else:
+            anomaly_map = tifffile.imread(self.out / "maps" / f"{name}.tiff")
+        if self.thresholds.pixel is None:
+            return anomaly_map, None
+        with Image.open(self._mask_path(name)) as mask:
+            return anomaly_map, np.asarray(mask) > 127
 
     def on_predict_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
         from pipelines.predict_pictures import ColourRange, draw_pictures
@@ -184,10 +210,7 @@ class PredictionWriter(Callback):
         elif stats.n_maps:
             colours = ColourRange.of_maps(stats.low, stats.high, stats.n_maps)
         for item in self.written:
-            anomaly_map = self._read_map(item.name)
-            mask = (
-                None if self.thresholds.pixel is None else threshold_mask(anomaly_map, self.thresholds.pixel)
-            )
+            anomaly_map, mask = self._read_back(item.name)
             title = panel_title(item.name, item.score, item.label, self.thresholds, mask, colours)
             draw_pictures(
                 load_image_rgb(item.path),
@@ -273,6 +296,10 @@ def check_options(options: PredictOptions) -> None:
         raise ConfigError(f"--fpr must be in [0, 1), got {options.fpr}")
     if options.map_format not in MAP_FORMATS:
         raise ConfigError(f"--map-format must be one of {MAP_FORMATS}")
+    if options.submission is not None and options.submission not in submission.SUBMISSIONS:
+        raise ConfigError(f"--submission must be one of {submission.SUBMISSIONS}")
+    if options.submission is not None and options.map_format != "tiff":
+        raise ConfigError("--submission writes the server's float16 TIFF maps: leave --map-format at tiff")
     if (options.out / PREDICTIONS_FILE).exists():
         raise ZsadError(
             f"{options.out} already holds predictions ({PREDICTIONS_FILE}); choose another --out or remove it"
@@ -283,10 +310,12 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
     from pipelines.runner import evaluation_module
 
     check_options(options)
+    module, checkpoint = evaluation_module(cfg)  # an unusable checkpoint is refused before inputs are read
     images = collect_images(options.inputs)
+    if options.submission is not None:
+        submission.check_inputs(images.images)
     for _, error in images.unreadable if global_rank() == 0 else []:
         print(f"zsad: skipped unreadable image: {error}", file=sys.stderr)
-    module, checkpoint = evaluation_module(cfg)
     out = options.out
     (out / UNREADABLE_FILE).unlink(missing_ok=True)  # never report a previous attempt's files
     thresholds = Thresholds(
@@ -319,6 +348,7 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
         "object_name": options.object_name,
         "thresholds": {k: v for k, v in dataclasses.asdict(thresholds).items() if k != "warnings"},
         "map_format": options.map_format,
+        "submission": options.submission,
     }
     writer = PredictionWriter(out, images, thresholds, options, record)
     _run(cfg, module, _datamodule(images, module, options), out, writer)
@@ -397,6 +427,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-workers", type=int, help="loader processes (default: from the CPU cores)")
     parser.add_argument(
+        "--submission",
+        choices=submission.SUBMISSIONS,
+        help="write maps (and thresholded masks) in the form an evaluation server takes: mvtec_ad2 = MVTec AD 2's "
+        "private test sets, --input ROOT/*/test_private ROOT/*/test_private_mixed (docs/datasets.md)",
+    )
+    parser.add_argument(
         "--overlay-range",
         type=float,
         nargs=2,
@@ -424,6 +460,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         overlay_range=None if args.overlay_range is None else tuple(args.overlay_range),
+        submission=args.submission,
     )
     outcome = predict(cfg, options)
     if outcome.n_predicted is None:  # not global rank 0
@@ -434,4 +471,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if outcome.unreadable:
         print(f"{len(outcome.unreadable)} unreadable inputs skipped: {outcome.out / 'unreadable.csv'}")
+    if options.submission is not None:
+        for line in submission.incomplete_splits(submission.written_names(outcome.out)):
+            print(f"incomplete for MVTec's server: {line}")
+        print(
+            f"anomaly images: {outcome.out / submission.MAPS_DIR} (MVTec's check_and_prepare_data_for_upload.py packs them)"
+        )
     return 0

@@ -15,11 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.atomic_io import atomic_write_text
-from lightning_modules.metrics.evaluation_result import METRIC_NAMES, as_percent, aupro_gap_warning
+from lightning_modules.metrics.evaluation_result import (
+    METRIC_NAMES,
+    SAMPLE_METRICS,
+    SPRO_METRICS,
+    as_percent,
+    aupro_gap_warning,
+)
 
 #: Every result has both AUPROs: ``aupro`` (exact) and ``aupro_cflow`` (the published 200-threshold one).
 METRICS = METRIC_NAMES
-CSV_COLUMNS = ("dataset", "category", "n_normal", "n_anomalous", *METRICS, "aupro_warning")
+#: Columns only targets whose data allows them have (Real-IAD's sample level, sPRO); order of the tables.
+EXTRA_METRICS = (*SAMPLE_METRICS, *SPRO_METRICS)
+#: Why a category's two AUPROs disagree (docs/metrics.md): a key where they do, a column after the metrics.
+WARNING_COLUMN = "aupro_warning"
+CSV_COLUMNS = ("dataset", "category", "n_normal", "n_anomalous", *METRICS, WARNING_COLUMN)
 MEAN_ROW = "mean"
 
 
@@ -40,31 +50,40 @@ def target_payload(
     ``thresholds``: per category the F1-optimal ``{"image": t, "pixel": t}`` (score >= t is anomalous),
     what ``zsad predict --threshold-from RUN`` reads. A category whose two AUPROs are more than
     ``AUPRO_GAP_MARGIN`` apart carries ``aupro_warning``, the one-line reason."""
+    names = (*METRICS, *getattr(evaluation, "extra_metrics", ()))
     categories = {}
     for category, metrics in evaluation.per_category.items():
-        values = {m: _clean(metrics.get(m)) for m in METRICS}
+        values = {m: _clean(metrics.get(m)) for m in names}
         warning = aupro_gap_warning(values)
         categories[category] = {
             "n_normal": counts.get(category, {}).get("normal", 0),
             "n_anomalous": counts.get(category, {}).get("anomalous", 0),
             **values,
-            **({"aupro_warning": warning} if warning else {}),
+            **({WARNING_COLUMN: warning} if warning else {}),
             **({"f1_thresholds": thresholds.get(category)} if thresholds is not None else {}),
         }
     return {
         "dataset": dataset,
         **details,
         "categories": categories,
-        "mean": {m: _clean(evaluation.mean.get(m)) for m in METRICS},
+        "mean": {m: _clean(evaluation.mean.get(m)) for m in names},
         "missing": evaluation.missing,
         "fpr_limit": evaluation.fpr_limit,
         "pixel_score_dtype": evaluation.pixel_score_dtype,
     }
 
 
+def _extra_columns(results: dict[str, Any]) -> tuple[str, ...]:
+    """The extra metrics (:data:`EXTRA_METRICS`) any target of ``results`` has, in their fixed order."""
+    present = {m for target in results["targets"].values() for m in target.get("mean", {})}
+    return tuple(m for m in EXTRA_METRICS if m in present)
+
+
 def csv_text(results: dict[str, Any]) -> str:
+    """One row per category; the extra columns appear only where a target has them."""
+    columns = (*CSV_COLUMNS, *_extra_columns(results))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for key, target in results["targets"].items():
         rows = [{"category": c, **v} for c, v in target["categories"].items()]
@@ -74,7 +93,7 @@ def csv_text(results: dict[str, Any]) -> str:
             {"category": MEAN_ROW, "n_normal": n_normal, "n_anomalous": n_anomalous, **target["mean"]}
         )
         for row in rows:
-            writer.writerow({"dataset": key, **{c: row.get(c) for c in CSV_COLUMNS if c != "dataset"}})
+            writer.writerow({"dataset": key, **{c: row.get(c) for c in columns if c != "dataset"}})
     return buffer.getvalue()
 
 
@@ -92,6 +111,9 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
     return json_path, csv_path
 
 
+EXTRA_HEADERS = {"sample_auroc": "S AUROC", "sample_ap": "S AP", "sample_f1_max": "S F1", "spro": "sPRO"}
+
+
 def format_table(results: dict[str, Any]) -> str:
     """Per-category table in percent with one decimal, as papers report; '-' where undefined; a '!' after
     an AUPRO cflow that is far from the exact AUPRO, with the reason in a line below the table."""
@@ -106,14 +128,16 @@ def format_table(results: dict[str, Any]) -> str:
         "AUPRO",
         "AUPRO cflow",
     )
+    extra = _extra_columns(results)
+    header = (*header, *(EXTRA_HEADERS[m] for m in extra))
     lines, warnings = [], []
     for key, target in results["targets"].items():
         rows = list(target["categories"].items()) + [(MEAN_ROW, target["mean"])]
         for category, metrics in rows:
-            cells = [as_percent(metrics.get(m)) for m in METRICS]
-            if metrics.get("aupro_warning"):
+            cells = [as_percent(metrics.get(m)) for m in (*METRICS, *extra)]
+            if metrics.get(WARNING_COLUMN):
                 cells[METRICS.index("aupro_cflow")] += "!"
-                warnings.append(f"! {key}/{category}: {metrics['aupro_warning']}")
+                warnings.append(f"! {key}/{category}: {metrics[WARNING_COLUMN]}")
             lines.append((key, category, *cells))
     widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
 

@@ -73,3 +73,14 @@ def test_runs_outside_sweeps_are_named_tagged_and_grouped_by_what_differs_from_t
     cfg = compose("vand_mvtec_to_all", [])
     label_adhoc_run(cfg, "vand_mvtec_to_all", [])
     assert cfg.logger.wandb.name == "vand mvtec->16 targets seed=111" and list(cfg.logger.wandb.tags) == []
+
+
+def test_extra_columns_are_logged_per_category_where_a_target_has_them():
+    from pipelines.loggers import evaluation_scalars
+
+    values = dict.fromkeys(METRICS, 0.5)
+    payload = {"mean": {**values, "spro": 0.25}, "categories": {"box_logical": {**values, "spro": 0.25}}}
+    scalars = evaluation_scalars("mvtec_loco", payload)
+    assert scalars["eval/mvtec_loco/spro"] == scalars["eval/mvtec_loco/box_logical/spro"] == 0.25
+    plain = evaluation_scalars("mvtec", {"mean": values, "categories": {"bottle": values}})
+    assert not any("spro" in key or "sample_" in key for key in plain)
