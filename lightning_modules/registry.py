@@ -24,6 +24,12 @@ class MethodSpec:
     # (method config, dataset name) -> what that target's results record as the method's protocol
     # (``method_protocol``); raises ConfigError for a protocol the method does not implement there.
     dataset_protocol: Callable[[Any, str], dict[str, Any]] | None = None
+    # The configs/method/ name of the method on the tiny random-weight CLIP (e.g. "anomalyclip_tiny"):
+    # tests/test_every_method.py trains, resumes, reloads, predicts and evaluates under DDP with it.
+    tiny_config: str = ""
+    # (method config) -> why an evaluation over several processes is refused with it, None when a
+    # multi-process evaluation gives exactly the single-process results. None: never refused.
+    ddp_refusal: Callable[[Any], str | None] | None = None
 
 
 _METHODS: dict[str, MethodSpec] = {}

@@ -13,6 +13,7 @@ register_method(
         trains=True,
         needs="image labels; pixel masks optional (image loss only without them)",
         description="object-agnostic prompts + deep text tokens + DPAM on a frozen CLIP (ICLR 2024)",
+        tiny_config="anomalyclip_tiny",
     )
 )
 

@@ -16,6 +16,8 @@ register_method(
         needs="nothing: training-free (test images only)",
         description="domain-aware state prompts + V-V tokens + per-image test-time adaptation (AnoVL)",
         dataset_protocol=AnoVLModule.protocol_on,
+        tiny_config="anovl_tiny",
+        ddp_refusal=AnoVLModule.ddp_refusal,
     )
 )
 

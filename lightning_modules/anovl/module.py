@@ -86,16 +86,25 @@ class AnoVLModule(ZeroShotModule):
             if tta is not None:
                 tta.reset()
 
+    @staticmethod
+    def ddp_refusal(cfg: AnoVLConfig) -> str | None:
+        """Why ``cfg`` cannot be evaluated over several processes, None when it can: the authors' TTA
+        carries optimizer state from image to image of a category, in index order; split over processes,
+        each would adapt on another subset and the scores would depend on the world size."""
+        reset = cfg.tta.reset
+        if not cfg.tta.enabled or reset not in SEQUENTIAL_TTA_RESETS:
+            return None
+        return (
+            f"method.tta.reset={reset} adapts the images of a category one after another (the authors' "
+            f"protocol), which cannot be split over several processes: evaluate on one device "
+            f"(trainer.devices=1 trainer.num_nodes=1) or set method.tta.reset=image (order-independent)"
+        )
+
     def check_sequential_tta(self, world_size: int) -> None:
-        """The authors' TTA carries optimizer state from image to image of a category, in index order; split
-        over processes, each would adapt on another subset and the scores would depend on the world size."""
-        reset = self.cfg.tta.reset
-        if self.tta is not None and reset in SEQUENTIAL_TTA_RESETS and world_size > 1:
-            raise ConfigError(
-                f"method.tta.reset={reset} adapts the images of a category one after another (the authors' "
-                f"protocol), which cannot be split over {world_size} processes: evaluate on one device "
-                f"(trainer.devices=1 trainer.num_nodes=1) or set method.tta.reset=image (order-independent)"
-            )
+        """Refuses an evaluation over ``world_size`` > 1 processes that :meth:`ddp_refusal` refuses."""
+        reason = self.ddp_refusal(self.cfg)
+        if reason is not None and world_size > 1:
+            raise ConfigError(f"{reason} (this evaluation has {world_size} processes)")
 
     @classmethod
     def protocol_on(cls, cfg: AnoVLConfig, dataset: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ for _config, _description in (
             trains=False,
             needs="nothing to train on (category names for the prompts)",
             description=_description,
+            tiny_config=f"{_config.name}_tiny",
         )
     )
 

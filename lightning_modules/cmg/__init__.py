@@ -13,6 +13,7 @@ register_method(
         trains=True,
         needs="normal training images of all categories of a dataset (source train_split: train); no labels or masks",
         description="token-autoencoder detector on frozen CLIP + CMER occlusion relevance + CMLE text structure",
+        tiny_config="cmg_tiny",
     )
 )
 

@@ -13,6 +13,7 @@ register_method(
         trains=True,
         needs="image labels of the auxiliary data (no masks)",
         description="CoOp: '[V1..Vn] normal/anomalous [cls].' context shared by all classes, image loss only",
+        tiny_config="coop_tiny",
     )
 )
 

@@ -16,6 +16,8 @@ register_method(
         needs="nothing: training-free (the other test images of each category are the visual references)",
         description="AnoVL text branch + same-category test images as visual references + TTA (DIE-CLIP)",
         dataset_protocol=DualImageModule.protocol_on,
+        tiny_config="dual_image_tiny",
+        ddp_refusal=DualImageModule.ddp_refusal,
     )
 )
 

@@ -13,6 +13,7 @@ register_method(
         trains=True,
         needs="pixel masks of the auxiliary data (no image loss)",
         description="APRIL-GAN: linear layers on raw tokens of blocks 6/12/18/24, focal + Dice, mosaic option",
+        tiny_config="vand_tiny",
     )
 )
 

@@ -13,6 +13,7 @@ register_method(
         trains=False,
         needs="nothing to train on (category names for the prompts)",
         description="compositional prompt ensemble, 2x2/3x3 windows through the ViT, harmonic aggregation",
+        tiny_config="winclip_tiny",
     )
 )
 

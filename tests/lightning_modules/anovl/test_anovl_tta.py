@@ -180,7 +180,9 @@ def test_sequential_tta_refuses_ddp(tiny_clip):
 
     module = AnoVLModule(tiny_anovl_config(), model=AnoVL(tiny_anovl_config(), *tiny_clip))
     module.check_sequential_tta(world_size=1)
-    with pytest.raises(ConfigError, match=r"tta\.reset=image_keep_optimizer.*2 processes.*reset=image"):
+    with pytest.raises(
+        ConfigError, match=r"tta\.reset=image_keep_optimizer.*several processes.*reset=image.*has 2 processes"
+    ):
         module.check_sequential_tta(world_size=2)
     per_image = tiny_anovl_config(**{"tta.reset": "image"})
     AnoVLModule(per_image, model=AnoVL(per_image, *tiny_clip)).check_sequential_tta(world_size=4)
