@@ -245,6 +245,16 @@ class _WriteResults(Callback):
         log_evaluation(self.loggers, self.key, payload)
 
 
+def refuse_multi_process_evaluation(cfg: ExperimentConfig, world_size: int) -> None:
+    """The refusal a method declares (``MethodSpec.ddp_refusal``) of an evaluation over ``world_size`` > 1
+    processes, raised where the Trainer is built: before ``ddp_spawn`` starts any process, so the user gets
+    the one-line reason (a refusal inside a spawned process would come back as its traceback)."""
+    refusal = get_method(cfg.method.name).ddp_refusal
+    reason = refusal(cfg.method) if refusal is not None and world_size > 1 else None
+    if reason is not None:
+        raise ConfigError(reason)
+
+
 def evaluate(
     cfg: ExperimentConfig,
     module: ZeroShotModule,
@@ -273,6 +283,7 @@ def evaluate(
             inference_mode=not module.needs_grad_at_test,
             callbacks=callbacks,
         )
+        refuse_multi_process_evaluation(cfg, trainer.num_devices * trainer.num_nodes)
         with stop_signals.under_trainer(trainer):  # its batch ends decide (pipelines.stop_signals)
             trainer.test(module, datamodule=datamodule, verbose=False)
         if (run_dir / "results.json").is_file():  # written by rank 0, possibly in another process
