@@ -292,11 +292,12 @@ def _datamodule(images: ImageList, module: Any, options: PredictOptions) -> Imag
 
 
 def _run(cfg: Any, module: Any, datamodule: ImageFolderDataModule, out: Path, callback: Callback) -> None:
-    from pipelines.runner import make_trainer  # with the run's progress bar (whole lines in log files)
+    from pipelines.runner import make_trainer, refuse_multi_process_evaluation
 
-    trainer = make_trainer(
+    trainer = make_trainer(  # with the run's progress bar (whole lines in log files)
         cfg, out, [], training=False, inference_mode=not module.needs_grad_at_test, callbacks=[callback]
     )
+    refuse_multi_process_evaluation(cfg, trainer.num_devices * trainer.num_nodes)
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
 
 
