@@ -129,18 +129,22 @@ def test_a_run_writes_complete_results_and_trains_only_what_it_saves(runs):
             assert 0.0 <= metrics[key] <= 1.0, key
     for key, mean in results["mean"].items():
         assert mean == pytest.approx(np.mean([m[key] for m in results["categories"].values()])), key
-    rows = list(csv.DictReader((runs.reference / "results.csv").open()))
-    assert sorted(row["category"] for row in rows) == sorted([*CATEGORIES, "mean"])
+    module = runs.module  # what the run recorded about its inputs is what the method did
+    assert results["image_size"] == module.image_size
+    assert results["preprocessing"] == dataclasses.asdict(module.dataset_preprocessing("synthetic"))
+    rows = {row["category"]: row for row in csv.DictReader((runs.reference / "results.csv").open())}
+    assert set(rows) == {*CATEGORIES, "mean"}
+    assert float(rows["mean"]["image_auroc"]) == pytest.approx(results["mean"]["image_auroc"])
     assert (runs.reference / "config.yaml").is_file()
     assert (runs.reference / "checkpoints").is_dir() == runs.spec.trains  # training-free: no checkpoint
 
-    after = runs.module.state_dict()
+    after = module.state_dict()
     changed = {key for key, value in runs.before.items() if not torch.equal(after[key], value)}
     if not runs.spec.trains:
         assert not changed, f"a training-free method changed its weights: {sorted(changed)}"
         return
     # the checkpoint holds exactly the trainable parameters, which training changed, and nothing else did
-    trainable = runs.module.trainable_state_keys()
+    trainable = module.trainable_state_keys()
     assert set(_trained(runs.reference)) == trainable
     assert changed and changed <= trainable, f"changed beyond the trainable parameters: {changed - trainable}"
 
@@ -198,6 +202,8 @@ def test_a_two_process_evaluation_equals_one_process_or_is_refused(runs, tmp_pat
         assert capsys.readouterr().err.strip() == f"zsad: error: {refusal}"
         return
     assert code == 0
+    printed = capsys.readouterr().out
+    assert "img AUROC" in printed and all(category in printed for category in CATEGORIES)
     one, two = runs.evaluation, run_dir
     assert _targets(two) == _targets(one)  # thresholds, curves' points and all
     # each process wrote the maps of its images; rank 0 the image scores and pictures of both
