@@ -4,8 +4,9 @@ results, the checkpoint reloads to the same results, ``zsad predict`` writes a m
 2-process evaluation gives exactly the single-process results (or is refused with the one-line reason the
 method's spec declares). A new method gets all of it by registering a ``MethodSpec`` with a ``tiny_config``.
 
-The uninterrupted run is the reference of every check, so each method trains twice (2 epochs of 4 steps)
-and evaluates 14 target images four times (drawing the evaluation pictures in the two it compares). A
+The uninterrupted run is the reference of every check, so a trained method trains twice (2 epochs of 4
+steps) and evaluates the 14 target images four times, a training-free one three times (drawing the
+evaluation pictures only in the two evaluations whose pictures are compared). A
 matrix product's last float32 bits may depend on how many images share it and on the number of threads,
 which would make comparing one process with two approximate: evaluation batches hold one image, and every
 process, the spawned ones too, computes on one thread; that makes it exact.
@@ -205,7 +206,8 @@ def test_a_two_process_evaluation_equals_one_process_or_is_refused(runs, tmp_pat
     printed = capsys.readouterr().out
     assert "img AUROC" in printed and all(category in printed for category in CATEGORIES)
     one, two = runs.evaluation, run_dir
-    assert _targets(two) == _targets(one)  # thresholds, curves' points and all
+    assert _targets(two) == _targets(one)  # every metric and F1 threshold
+    assert not list(two.rglob("*.tmp"))
     # each process wrote the maps of its images; rank 0 the image scores and pictures of both
     maps = [one / "maps", two / "maps"]
     assert _files(maps[0]) == _files(maps[1]) and len(_files(maps[0])) == 14 + 2  # + scores, dataset.json
