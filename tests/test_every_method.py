@@ -28,7 +28,10 @@ import torch
 from baselines_support import write_method_experiment
 from omegaconf import OmegaConf
 
-from lightning_modules.registry import MethodSpec, get_method, method_names
+from datamodules.fingerprint import index_fingerprint
+from datamodules.index import build_index
+from lightning_modules.method_spec import MethodSpec
+from lightning_modules.registry import get_method, method_names
 from pipelines import runner
 from pipelines.cli import main
 from pipelines.config import compose, find_config, to_object
@@ -51,6 +54,8 @@ class MethodRuns:
     experiment: Path
     reference: Path  # `zsad run`: trained (trained methods), then evaluated on the synthetic target
     evaluation: Path  # `zsad test` of the reference's checkpoint, with its maps saved (one process)
+    source: Path  # the synthetic datasets' roots (trained methods train on the source's test split)
+    target: Path
     module: Any = None  # the module the reference run built, trained
     before: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # ...its state before that
 
@@ -69,6 +74,11 @@ def _targets(run_dir: Path) -> dict[str, Any]:
 
 def _trained(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def _test_split_digest(root: Path) -> str:
+    """The fingerprint digest of a dataset's test split (small sets: every file's contents hashed)."""
+    return index_fingerprint(build_index("synthetic", root).select(split="test"))["digest"]
 
 
 def _files(folder: Path) -> list[Path]:
@@ -107,14 +117,14 @@ def runs(request, tmp_path_factory, synthetic_pair) -> MethodRuns:
     experiment = write_method_experiment(tmp_path, spec.tiny_config, source if spec.trains else None, target)
     built: list[tuple[Any, dict[str, torch.Tensor]]] = []
 
-    def build_module(cfg):
-        module = BUILD_MODULE(cfg)
+    def build_module(cfg, spec):
+        module = BUILD_MODULE(cfg, spec)
         built.append((module, {k: v.clone() for k, v in module.state_dict().items()}))
         return module
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runner, "build_module", build_module)
-        runs = MethodRuns(spec, experiment, tmp_path / "reference", tmp_path / "evaluation")
+        runs = MethodRuns(spec, experiment, tmp_path / "reference", tmp_path / "evaluation", source, target)
         assert main(runs.args("run", runs.reference, *UNCOMPARED)) == 0
     runs.module, runs.before = built[0]
     assert main(runs.args("test", runs.evaluation, *runs.checkpoint, "eval.save_maps=true")) == 0
@@ -130,15 +140,21 @@ def test_a_run_writes_complete_results_and_trains_only_what_it_saves(runs):
             assert 0.0 <= metrics[key] <= 1.0, key
     for key, mean in results["mean"].items():
         assert mean == pytest.approx(np.mean([m[key] for m in results["categories"].values()])), key
-    module = runs.module  # what the run recorded about its inputs is what the method did
-    assert results["image_size"] == module.image_size
-    assert results["preprocessing"] == dataclasses.asdict(module.dataset_preprocessing("synthetic"))
+    # what the run recorded about its inputs is what the method's spec says and the images it saw
+    cfg = to_object(compose(runs.experiment, runs.args("run", runs.reference)[2:])).method
+    assert results["image_size"] == runs.spec.image_size(cfg)
+    assert results["preprocessing"] == dataclasses.asdict(runs.spec.preprocessing(cfg, "synthetic"))
+    fingerprint = results["data_fingerprint"]
+    assert fingerprint["digest"] == _test_split_digest(runs.target) and fingerprint["n_files"] == 14 + 8
+    trained_on = json.loads((runs.reference / "results.json").read_text())["source_data"]
+    assert (trained_on or {}).get("digest") == (_test_split_digest(runs.source) if runs.spec.trains else None)
     rows = {row["category"]: row for row in csv.DictReader((runs.reference / "results.csv").open())}
     assert set(rows) == {*CATEGORIES, "mean"}
     assert float(rows["mean"]["image_auroc"]) == pytest.approx(results["mean"]["image_auroc"])
     assert (runs.reference / "config.yaml").is_file()
     assert (runs.reference / "checkpoints").is_dir() == runs.spec.trains  # training-free: no checkpoint
 
+    module = runs.module
     after = module.state_dict()
     changed = {key for key, value in runs.before.items() if not torch.equal(after[key], value)}
     if not runs.spec.trains:
@@ -174,9 +190,8 @@ def test_a_training_stopped_by_a_signal_resumes_to_identical_weights_and_results
     assert _targets(run_dir) == _targets(runs.reference)
 
 
-def test_predict_writes_a_map_per_image_at_its_size(runs, tmp_path, synthetic_pair):
-    _, target = synthetic_pair
-    folder, out = target / "ring" / "test", tmp_path / "predicted"
+def test_predict_writes_a_map_per_image_at_its_size(runs, tmp_path):
+    folder, out = runs.target / "ring" / "test", tmp_path / "predicted"
     images = sorted(p.relative_to(folder) for p in folder.rglob("*.png"))
     args = ["predict", str(runs.experiment), *COMMON, *runs.checkpoint, "--object", "ring"]
     assert main([*args, "--out", str(out), "--input", str(folder)]) == 0
@@ -190,17 +205,19 @@ def test_predict_writes_a_map_per_image_at_its_size(runs, tmp_path, synthetic_pa
         assert (out / "overlays" / image).is_file()
 
 
-def test_a_two_process_evaluation_equals_one_process_or_is_refused(runs, tmp_path, capsys, synthetic_pair):
+def test_a_two_process_evaluation_equals_one_process_or_is_refused(runs, tmp_path, capsys):
     run_dir = tmp_path / "ddp"
     args = runs.args("test", run_dir, *runs.checkpoint, "eval.save_maps=true", *DDP)
     refusal = runs.spec.ddp_refusal and runs.spec.ddp_refusal(to_object(compose(args[1], args[2:])).method)
     capsys.readouterr()
     code = main(args)
     if refusal:  # in one line, before any process is spawned; `zsad predict` too
-        assert (code, capsys.readouterr().err.strip()) == (2, f"zsad: error: {refusal}")
-        images = ["--input", str(synthetic_pair[1] / "ring" / "test"), "--out", str(tmp_path / "predicted")]
-        assert main(["predict", args[1], *COMMON, *runs.checkpoint, *DDP, *images]) == 2
-        assert capsys.readouterr().err.strip() == f"zsad: error: {refusal}"
+        images = ["--input", str(runs.target / "ring" / "test"), "--out", str(tmp_path / "predicted")]
+        codes = [code, main(["predict", args[1], *COMMON, *runs.checkpoint, *DDP, *images])]
+        errors = capsys.readouterr().err.strip().split("\n")
+        assert codes == [2, 2] and len(errors) == 2, errors
+        assert all(error.startswith(f"zsad: error: {refusal}") for error in errors), errors
+        assert not run_dir.exists()  # refused from the config, before a run folder
         return
     assert code == 0
     printed = capsys.readouterr().out
@@ -208,14 +225,14 @@ def test_a_two_process_evaluation_equals_one_process_or_is_refused(runs, tmp_pat
     one, two = runs.evaluation, run_dir
     assert _targets(two) == _targets(one)  # every metric and F1 threshold
     assert not list(two.rglob("*.tmp"))
-    # each process wrote the maps of its images; rank 0 the image scores and pictures of both
-    maps = [one / "maps", two / "maps"]
-    assert _files(maps[0]) == _files(maps[1]) and len(_files(maps[0])) == 14 + 2  # + scores, dataset.json
-    for name in _files(maps[0]):
-        if name.suffix == ".npy":
-            np.testing.assert_array_equal(np.load(maps[0] / name), np.load(maps[1] / name))
-        else:
-            assert (maps[0] / name).read_text() == (maps[1] / name).read_text(), name
+    # each process wrote the maps (and masks) of its images, rank 0 the image scores, the checksums and the
+    # pictures of both: the same files, byte for byte
+    maps = _files(one / "maps")
+    assert maps == _files(two / "maps") and len([name for name in maps if name.suffix == ".npy"]) == 14
+    different = [
+        name for name in maps if (one / "maps" / name).read_bytes() != (two / "maps" / name).read_bytes()
+    ]
+    assert not different, f"2 processes wrote other files than 1: {different}"
     assert _files(one / "plots") == _files(two / "plots") and _files(one / "plots")
     for name in _files(one / "plots"):
         if name.suffix == ".csv":
