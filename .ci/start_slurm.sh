@@ -48,9 +48,10 @@ fi
 chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge 2>/dev/null || true
 chmod 400 /etc/munge/munge.key
 pgrep -x munged >/dev/null || su -s /bin/sh munge -c "/usr/sbin/munged"
-pgrep -x slurmctld >/dev/null || slurmctld
+# -xf: this instance's daemons run without arguments; the two-node SLURM's (start_slurm_two_nodes.sh) do not
+pgrep -xf slurmctld >/dev/null || slurmctld
 sleep 1
-pgrep -x slurmd >/dev/null || slurmd
+pgrep -xf slurmd >/dev/null || slurmd
 
 for _ in $(seq 1 30); do
   if timeout 5 sinfo -h -o %T 2>/dev/null | grep -qE "idle|mixed|alloc"; then
