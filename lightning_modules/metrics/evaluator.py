@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lightning_modules.metrics._arrays import return_freed_memory
 from lightning_modules.metrics.category_results import PixelResults, category_pixel_results, image_metrics
 from lightning_modules.metrics.curves import CURVE_POINTS, CurveSet
 from lightning_modules.metrics.distributed import gather_category
@@ -356,6 +357,7 @@ class AnomalyEvaluator(Metric):
         for name in self._PIXEL_STATES:
             chunks = self._pixel_chunks(name)
             setattr(self, name, [c for i, c in enumerate(chunks) if i not in positions])
+        return_freed_memory()  # or the process's RSS grows with every category scored
 
     @contextmanager
     def _states_replaced(self, states: dict[str, Tensor]) -> Iterator[None]:
