@@ -14,6 +14,7 @@
 # node of that name for any name while it is the only one read). These names do not resolve, unlike a
 # real cluster's nodes: a job gives Lightning MASTER_ADDR=127.0.0.1 itself (docs/cluster.md).
 set -euo pipefail
+source "$(dirname "$0")/slurm_settings.sh"
 
 conf_dir=/etc/slurm-two-nodes
 export SLURM_CONF=$conf_dir/slurm.conf
@@ -36,26 +37,15 @@ mkdir -p "$conf_dir" "$spool/ctld" "$spool/zsad-node1" "$spool/zsad-node2" /var/
 cat > "$SLURM_CONF" <<CONF
 ClusterName=zsad-two-nodes
 SlurmctldHost=${host}(127.0.0.1)
-SlurmUser=root
+$(shared_slurm_settings)
 SlurmctldPort=6827
 SlurmdPort=6828
-AuthType=auth/munge
 StateSaveLocation=$spool/ctld
 SlurmdSpoolDir=$spool/%n
 SlurmctldPidFile=/run/slurmctld-two-nodes.pid
 SlurmdPidFile=/run/slurmd-two-nodes-%n.pid
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-ReturnToService=2
-SchedulerType=sched/backfill
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-MpiDefault=none
 SlurmctldLogFile=/var/log/slurm/slurmctld-two-nodes.log
 SlurmdLogFile=/var/log/slurm/slurmd-two-nodes-%n.log
-MinJobAge=600
 NodeName=zsad-node1 NodeHostname=${host} NodeAddr=127.0.0.1 Port=6828 CPUs=1 RealMemory=2000 State=UNKNOWN
 NodeName=zsad-node2 NodeHostname=${host} NodeAddr=127.0.0.1 Port=6829 CPUs=1 RealMemory=2000 State=UNKNOWN
 PartitionName=two Nodes=ALL Default=YES MaxTime=INFINITE State=UP
