@@ -153,6 +153,7 @@ def run_rank(rank: int, args: argparse.Namespace, run: dict, port: int, out_dir:
             "metric_seconds": clock.wall,
             "metric_cpu_seconds": clock.cpu,
             "peak_held": ev.peak_stored_pixel_samples,
+            "scored": ev.scored_here,
             "largest_share": max(len(s) for s in expected_samples(loader, sample_category, len(sizes))),
             "rss_growth_mib": rss_mib() - rss0,
             "device_peak_mib": torch.cuda.max_memory_allocated() / MIB if device.type == "cuda" else None,
@@ -225,7 +226,8 @@ def main() -> None:
             print(
                 f"  {name:>22} rank {r}: {rec['received']} maps, metrics {wall:.2f} ms/image wall, {cpu:.2f} "
                 f"CPU; at most {rec['peak_held']} maps held ({rec['peak_held'] * state_mib:.0f} MiB of states), "
-                f"largest category share {rec['largest_share']}; peak RSS +{rec['rss_growth_mib']:.0f} MiB{device}; "
+                f"largest category share {rec['largest_share']}; scored {rec['scored']} categories; "
+                f"peak RSS +{rec['rss_growth_mib']:.0f} MiB{device}; "
                 f"curves {rec['curves_mib']:.1f} MiB"
             )
     whole, alone = records["one process"][0], records["largest category alone"][0]

@@ -58,15 +58,19 @@ def test_scale_benchmark_holds_the_largest_category_and_gives_one_result():
         "scale_eval.py", "--categories", "4", "--samples", "2", "--size", "32", "--batch", str(batch),
         "--pool", "8", "--model-size", "32", "--model-batches", "1",
     )  # fmt: skip
-    rows = re.findall(r"(\w[\w ]+) rank (\d): (\d+) maps, .* at most (\d+) maps held .*share (\d+);", out)
+    rows = re.findall(
+        r"(\w[\w ]+) rank (\d): (\d+) maps, .* at most (\d+) maps held .*share (\d+); scored (\d+)", out
+    )
     assert [(run.strip(), int(rank)) for run, rank, *_ in rows] == [
         ("one process", 0), ("2 processes", 0), ("2 processes", 1), ("largest category alone", 0)
     ]  # fmt: skip
-    received, held, largest = ([int(row[i]) for row in rows] for i in (2, 3, 4))
+    received, held, largest, scored = ([int(row[i]) for row in rows] for i in (2, 3, 4, 5))
     # 4 categories of 10-15 maps; the 2 processes get 23 each (the sampler pads 45 with one duplicate)
     assert received == [45, 23, 23, 15] and largest[0] == largest[3] == 15 and max(largest[1:3]) == 8
     # what a process holds is bounded by its share of the largest category (a batch may reach into the
     # next category before the last one is scored), not by the dataset
     assert all(h <= share + batch - 1 for h, share in zip(held, largest, strict=True)), held
+    # under DDP each category is scored by one process (ids 0, 2 by rank 0; 1, 3 by rank 1), not by both
+    assert scored == [4, 2, 2, 1]
     assert "identical results, 1 vs 2 processes: True" in out
     assert "largest category alone gives its results in the whole set: True" in out
