@@ -110,6 +110,17 @@ class AnomalyDataModule(L.LightningDataModule):
         return self.full_index.categories()
 
     @property
+    def category_folders(self) -> list[str]:
+        """Each category's id as its dataset names it (a multi-source training set qualifies ids that two
+        sources share in ``categories``; methods that put the folder name into prompts read this)."""
+        return self.categories
+
+    @property
+    def category_datasets(self) -> list[str]:
+        """The dataset each category (``categories`` order) comes from."""
+        return [self.cfg.name] * len(self.categories)
+
+    @property
     def domain(self) -> str:
         return self.spec.domain
 

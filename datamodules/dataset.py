@@ -29,6 +29,10 @@ class AnomalyDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def transform_for(self, position: int) -> ImageMaskTransform:
+        """The transform of the item at ``position`` (one for all here; per source in a multi-source set)."""
+        return self.transform
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         record = self.records[i]
         image = open_image(record.image_path)

@@ -25,9 +25,14 @@ from lightning_modules.clip.factory import create_clip, mlp_activation, with_mlp
 from lightning_modules.clip.frozen import FrozenCLIP
 from lightning_modules.clip.prompts import PROMPT_WORDS
 from lightning_modules.losses import dice_loss, focal_loss
-from lightning_modules.ops import anomaly_probability, class_probability_maps, gaussian_blur, l2_normalize
+from lightning_modules.mosaic import MOSAIC_STYLES
+from lightning_modules.ops import (
+    anomaly_probability,
+    class_probability_maps,
+    gaussian_blur,
+    normalized_as_stored,
+)
 from lightning_modules.vand.config import VAND_ACTIVATIONS, VANDConfig
-from lightning_modules.vand.mosaic import MOSAIC_STYLES
 
 ABNORMAL = 1
 
@@ -48,12 +53,6 @@ def resolve_activation(cfg: VANDConfig, clip_model: nn.Module) -> str:
     native = clip_model.visual.image_size
     native = native[0] if isinstance(native, tuple | list) else int(native)
     return "gelu" if cfg.backbone.image_size != native else mlp_activation(clip_model)
-
-
-def normalized_as_stored(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalised in float32 and stored in ``x``'s dtype, as the authors' in-place ``x /= x.norm(...)``
-    (float16 under autocast; a no-op cast in float32)."""
-    return l2_normalize(x.float()).to(x.dtype)
 
 
 def check_choices(cfg: VANDConfig) -> None:

@@ -18,8 +18,8 @@ from baselines_support import (
     write_method_experiment,
 )
 
+from lightning_modules.mosaic import SameCategoryMosaic, mosaic_2x2
 from lightning_modules.vand import VAND, VANDConfig, VANDOutput
-from lightning_modules.vand.mosaic import SameCategoryMosaic, mosaic_2x2
 from pipelines.cli import main
 from tests_support import zsad_test_from_run
 
