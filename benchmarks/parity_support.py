@@ -139,6 +139,11 @@ def print_delta(name: str, official: Any, ours: Any) -> float:
     return delta
 
 
+def json_line(method: str, deltas: dict[str, float]) -> str:
+    """A parity script's last line: ``{"method": ..., "max_abs_delta": {quantity: value}}``."""
+    return json.dumps({"method": method, "max_abs_delta": {k: float(v) for k, v in deltas.items()}})
+
+
 def save_fixture(path: Path, **arrays: Any) -> Path:
     """Write ``arrays`` (numbers, strings, tensors) compressed to ``path`` and print its size."""
     path.parent.mkdir(parents=True, exist_ok=True)

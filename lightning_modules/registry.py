@@ -37,6 +37,7 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 
 
 def _load_builtin_methods() -> None:
+    import lightning_modules.adaclip  # noqa: F401
     import lightning_modules.anomalyclip  # noqa: F401
     import lightning_modules.anovl  # noqa: F401
     import lightning_modules.clip_zero_shot  # noqa: F401

@@ -153,6 +153,10 @@ class AdaCLIPOutput:
     image_probs: torch.Tensor  # [B, 2] softmax(100 cos) of the (fused) image feature: normal, anomalous
     patch_logits: list[torch.Tensor]  # per feature layer [B, N, 2]: 100 cos on the token grid
     grid: tuple[int, int]
+    texts: torch.Tensor  # [B, D, 2] each image's (normal, anomalous) texts, L2-normalised
+    patches: list[torch.Tensor]  # per feature layer [B, N, D]: the heads' patch embeddings, L2-normalised
+    class_feature: torch.Tensor  # [B, D] the class head's image feature, L2-normalised
+    fused: torch.Tensor | None  # [B, D] HSF's fused patch feature (None without HSF)
 
     @property
     def image_scores(self) -> torch.Tensor:
@@ -325,9 +329,10 @@ class AdaCLIP(FrozenCLIP):
             normalized_as_stored(head(features.tokens[layer][:, 1:]))
             for layer, head in zip(self.feature_layers, prompts.patch_heads, strict=True)
         ]
-        image_feature = normalized_as_stored(prompts.cls_head(pooled))
+        class_feature = image_feature = normalized_as_stored(prompts.cls_head(pooled))
         scale = 1.0 / self.cfg.temperature
         logits = [(scale * p) @ text for p in patches]  # their (100 * patch) @ text
+        fused = None
         if self.cfg.use_hsf:
             if hsf_seeds is None or len(hsf_seeds) != batch:
                 raise ValueError("HSF needs one k-means seed per image (hsf_seeds)")
@@ -337,7 +342,7 @@ class AdaCLIP(FrozenCLIP):
             alpha = self.cfg.hsf_alpha
             image_feature = F.normalize(alpha * fused + (1 - alpha) * image_feature, dim=1)
         image_probs = (scale * image_feature[:, None] @ text)[:, 0].softmax(dim=1)
-        return AdaCLIPOutput(image_probs, logits, features.grid)
+        return AdaCLIPOutput(image_probs, logits, features.grid, text, patches, class_feature, fused)
 
     # --- training and test ------------------------------------------------------------------------
     def loss(
@@ -376,7 +381,10 @@ class AdaCLIP(FrozenCLIP):
         hsf_seeds: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(image scores [B], maps [B, H, W])``: the maps smoothed with scipy's ``gaussian_filter(sigma)``."""
-        output = self(images, category_ids, hsf_seeds)
+        return self.test_outputs(self(images, category_ids, hsf_seeds), size)
+
+    def test_outputs(self, output: AdaCLIPOutput, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Their evaluation: the anomalous image probability and the smoothed test map."""
         with self.autocast():
             maps = output.anomaly_map(size)
         return output.image_scores.float(), gaussian_blur(maps.float(), self.cfg.gaussian_sigma)
