@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 
 import lightning as L
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.config import DataConfig
 from datamodules.dataset import AnomalyDataset
-from datamodules.errors import ConfigError
+from datamodules.errors import ConfigError, ZsadError
 from datamodules.index import DatasetIndex, DatasetSpec, build_index, get_dataset_spec
 from datamodules.resumable import EpochSampler, ResumableDataLoader
 from datamodules.transforms import ImageMaskTransform, ImagePreprocessing, TransformSpec
@@ -57,6 +58,21 @@ def preprocessing_for(cfg: DataConfig, method_default: ImagePreprocessing) -> Im
         return method_default.with_overrides(**{key: getattr(cfg, key, None) for key in PREPROCESSING_KEYS})
     except ValueError as error:
         raise ConfigError(f"data '{cfg.name}': {error}") from None
+
+
+def resumable_train_loader(
+    dataset: Dataset, cfg: DataConfig, trainer: L.Trainer | None, seed: int, workers: int
+) -> ResumableDataLoader:
+    """Each process's share of a (seed, epoch) permutation of ``dataset``, in batches; resumable mid-epoch."""
+    world, rank = (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
+    return ResumableDataLoader(
+        dataset,
+        EpochSampler(dataset, num_replicas=world, rank=rank, seed=seed),
+        batch_size=cfg.batch_size,
+        num_workers=workers,
+        pin_memory=cfg.pin_memory and torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+    )
 
 
 class AnomalyDataModule(L.LightningDataModule):
@@ -166,17 +182,47 @@ class AnomalyDataModule(L.LightningDataModule):
         self.cached_train_features = dataset
 
     def _train_loader(self, dataset: Dataset, workers: int) -> ResumableDataLoader:
-        """Each process's share of a (seed, epoch) permutation, in batches; resumable mid-epoch."""
-        trainer = self.trainer
-        world, rank = (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
-        return ResumableDataLoader(
-            dataset,
-            EpochSampler(dataset, num_replicas=world, rank=rank, seed=self.seed),
-            batch_size=self.cfg.batch_size,
-            num_workers=workers,
-            pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
-            persistent_workers=workers > 0,
-        )
+        return resumable_train_loader(dataset, self.cfg, self.trainer, self.seed, workers)
+
+    # --- what a run records and checks -----------------------------------------------------------
+    def training_data(self) -> list[dict]:
+        """What this datamodule trains on, as results.json and training checkpoints record it."""
+        index = self.split_index(self.cfg.train_split)
+        paths = "\n".join(str(r.image_path.relative_to(index.root)) for r in index.records)
+        return [
+            {
+                "dataset": self.cfg.name,
+                "root": str(index.root),
+                "options": dict(getattr(self.cfg, "options", None) or {}),
+                "split": self.cfg.train_split,
+                "version": index.version,
+                "categories": list(self.categories),
+                "n_images": len(index.records),
+                "images_sha256": hashlib.sha256(paths.encode()).hexdigest(),
+            }
+        ]
+
+    def state_dict(self) -> dict:
+        """Stored in training checkpoints (Lightning saves a datamodule's state): the training data."""
+        return {"training_data": self.training_data()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """On resume: the checkpoint's training data must be this one (never resume onto other data)."""
+        self.check_training_data(self.training_data(), state)
+
+    @staticmethod
+    def check_training_data(current: list[dict], state: dict) -> None:
+        saved = state.get("training_data") if isinstance(state, dict) else None
+        if saved is not None and saved != current:
+            changed = sorted(
+                {k for old, new in zip(saved, current, strict=False) for k in new if old.get(k) != new.get(k)}
+            )
+            what = f"its {', '.join(changed)}" if changed and len(saved) == len(current) else "the sources"
+            raise ZsadError(
+                f"the checkpoint to resume from was trained on other data ({what} changed since: "
+                f"{[d['dataset'] for d in saved]} then, {[d['dataset'] for d in current]} now); "
+                "restore that data or start a new run (another run_dir)"
+            )
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         if train and self.cached_train_features is not None:

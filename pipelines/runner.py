@@ -26,8 +26,10 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from datamodules.datamodule import AnomalyDataModule
 from datamodules.errors import ConfigError
+from datamodules.multi_source import MultiSourceDataModule
 from datamodules.progress import lightning_progress_bar
 from lightning_modules.base import LIGHTNING_DIR, ZeroShotModule
+from lightning_modules.checkpoint_io import safe_torch_load
 from lightning_modules.metrics.curves import f1_thresholds
 from lightning_modules.registry import get_method
 from pipelines import stop_signals
@@ -39,9 +41,7 @@ from pipelines.checkpointing import (
     last_checkpoint,
     restore_signal_handlers,
 )
-from pipelines.config import (
-    ExperimentConfig,
-)
+from pipelines.config import ExperimentConfig, source_configs, source_label
 from pipelines.loggers import drop_redone_training_rows, log_evaluation, make_loggers, wandb_hint
 from pipelines.map_writer import MapWriter
 from pipelines.results import target_payload, write_results
@@ -161,15 +161,26 @@ def _datamodule(data_cfg: Any, module: ZeroShotModule, seed: int) -> AnomalyData
     return datamodule
 
 
+def training_datamodule(
+    cfg: ExperimentConfig, module: ZeroShotModule
+) -> AnomalyDataModule | MultiSourceDataModule:
+    """The source's datamodule, or one training set of several sources (each read by its own parser with
+    the method's preprocessing for that dataset)."""
+    sources = source_configs(cfg)
+    if not sources:
+        raise ConfigError(
+            "training needs a source dataset: set defaults.source in the experiment or source=NAME "
+            "(several: source=[A,B])"
+        )
+    parts = [_datamodule(source, module, cfg.seed) for source in sources]
+    return parts[0] if len(parts) == 1 else MultiSourceDataModule(parts, seed=cfg.seed)
+
+
 def fit(cfg: ExperimentConfig, module: ZeroShotModule, run_dir: Path, loggers: list[Logger]) -> Path:
-    """Train on the source, resuming exactly from the run folder's newest valid checkpoint
+    """Train on the source(s), resuming exactly from the run folder's newest valid checkpoint
     (:mod:`pipelines.checkpointing`); a training that already ended is not repeated: its final weights
     are loaded."""
-    if cfg.source is None:
-        raise ConfigError(
-            "training needs a source dataset: set defaults.source in the experiment or source=NAME"
-        )
-    datamodule = _datamodule(cfg.source, module, cfg.seed)
+    datamodule = training_datamodule(cfg, module)
     resume = find_resume_checkpoint(run_dir, warn=global_rank() == 0)
     if resume is not None and resume.complete and resume.max_epochs == cfg.trainer.max_epochs:
         module.load_trained_weights(str(resume.path))
@@ -293,7 +304,8 @@ def _results_header(cfg: ExperimentConfig, run_dir: Path, checkpoint: Path | Non
     return {
         "experiment": cfg.name,
         "method": cfg.method.name,
-        "source": cfg.source.name if cfg.source else None,
+        "source": source_label(cfg),  # "mvtec", or "mvtec+colondb" for several sources
+        "sources": _training_data(cfg, checkpoint),
         "seed": cfg.seed,
         "run_dir": str(run_dir),
         "checkpoint": str(checkpoint) if checkpoint else None,
@@ -301,6 +313,22 @@ def _results_header(cfg: ExperimentConfig, run_dir: Path, checkpoint: Path | Non
         "eval": dataclasses.asdict(cfg.eval),
         "targets": {},
     }
+
+
+def _training_data(cfg: ExperimentConfig, checkpoint: Path | None) -> list[dict[str, Any]]:
+    """What the evaluated weights were trained on: as the training checkpoint recorded it (its datamodule
+    state: dataset, root, split, categories, image count and paths' hash per source), else the config's
+    sources by name, root and split."""
+    if checkpoint is not None and checkpoint.is_file():
+        try:
+            state = safe_torch_load(checkpoint, mmap=True)  # the tensors are not read
+        except Exception:  # noqa: BLE001 - not a zsad checkpoint (the authors' files): no record
+            state = None
+        for datamodule in (AnomalyDataModule, MultiSourceDataModule):
+            record = state.get(datamodule.__qualname__) if isinstance(state, dict) else None
+            if isinstance(record, dict) and "training_data" in record:
+                return record["training_data"]
+    return [{"dataset": s.name, "root": s.root, "split": s.train_split} for s in source_configs(cfg)]
 
 
 # --- jobs --------------------------------------------------------------------------------------------
