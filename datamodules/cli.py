@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datamodules.errors import ZsadError
-from datamodules.images import image_size, load_image_rgb, load_mask
+from datamodules.images import image_size, load_image_rgb, load_mask, mask_size
 from datamodules.index import DatasetIndex, DatasetSpec, build_index, dataset_names, get_dataset_spec
 from datamodules.parsers.common import DatasetLayoutProblems
 from datamodules.progress import progress
@@ -115,10 +115,14 @@ class CheckReport:
 
 def _check_files(index: DatasetIndex, decode: bool, report: CheckReport) -> None:
     """Open every image and mask; masks must exist for anomalous images and match the image size."""
-    seen: collections.Counter[Path] = collections.Counter(r.image_path for r in index.records)
-    for path, n in seen.items():
+    # One image may serve several category rows (MVTec LOCO's good images are in its logical and its
+    # structural row), never twice in one.
+    seen: collections.Counter[tuple[str, Path]] = collections.Counter(
+        (r.category, r.image_path) for r in index.records
+    )
+    for (category, path), n in seen.items():
         if n > 1:
-            report.errors.append(f"image {path} is indexed {n} times")
+            report.errors.append(f"image {path} is indexed {n} times in category {category}")
     records = progress(index.records, "checking images", unit="img") if decode else index.records
     for r in records:
         try:
@@ -131,14 +135,14 @@ def _check_files(index: DatasetIndex, decode: bool, report: CheckReport) -> None
             continue
         report.n_checked += 1
         if r.mask_path is None:
-            if index.has_masks and r.label == 1 and r.split == "test":
+            if index.category_has_masks(r.category) and r.label == 1 and r.split == "test":
                 report.errors.append(f"anomalous image {r.image_path} has no mask")
             continue
         try:
             if decode:
                 mh, mw = load_mask(r.mask_path).shape
             else:
-                mw, mh = image_size(r.mask_path)
+                mw, mh = mask_size(r.mask_path)
         except ZsadError as error:
             report.errors.append(str(error))
             continue
@@ -246,17 +250,18 @@ def check_dataset(
     report.warnings.extend(index.warnings)
     report.errors.extend(index.problems)
     missing: list[str] = []
-    if spec.categories:
+    known = spec.categories_of(index.version)
+    if known:
         found = set(index.categories())
         if not categories:
-            missing = [c for c in spec.categories if c not in found]
+            missing = [c for c in known if c not in found]
             if missing:
                 report.errors.append(
                     f"{len(missing)} categor{'y' if len(missing) == 1 else 'ies'} missing under {index.root} "
                     f"(no images indexed): {', '.join(missing)}"
                 )
         for c in index.categories():
-            if c not in spec.categories:
+            if c not in known:
                 report.warnings.append(f"category {c} is not one of {name}'s categories")
     report.decoded = len(index.records) <= DECODE_AUTO_MAX_IMAGES if decode is None else decode
     _check_files(index, report.decoded, report)

@@ -152,7 +152,12 @@ class AnomalyDataModule(L.LightningDataModule):
         return ImageMaskTransform(self.transform_spec(train))
 
     def _dataset(self, split: str, train: bool) -> AnomalyDataset:
-        return AnomalyDataset(self.split_index(split), self._transform(train), categories=self.categories)
+        return AnomalyDataset(
+            self.split_index(split),
+            self._transform(train),
+            categories=self.categories,
+            with_regions=not train,
+        )
 
     def train_dataset(self) -> AnomalyDataset:
         """The training split's images (what a feature cache encodes once)."""

@@ -3,7 +3,8 @@
 Benchmarks mix grayscale, palette, 16-bit and RGB(A) files. The model's input is made from the decoded
 image by :mod:`datamodules.transforms` (as each method's official code does); :func:`load_image_rgb` is
 8-bit RGB for checks. Masks are read as the official code reads them: ``convert("L") > 0`` (the luma of a
-colour mask; VisA stores class indices, others 0/255).
+colour mask; VisA stores class indices, others 0/255). A mask may also be a *folder* of PNGs, one per defect
+region (MVTec LOCO, AutoVI): its mask is the union of them.
 """
 
 from __future__ import annotations
@@ -72,7 +73,47 @@ def open_mask(path: str | Path) -> Image.Image:
     return Image.fromarray(load_mask(path).astype(np.uint8) * 255, mode="L")
 
 
+def region_files(folder: str | Path) -> list[Path]:
+    """The PNGs of a mask folder (one per defect region), sorted as MVTec's LOCO evaluation globs them
+    (``sorted(glob("*.png"))``); an empty folder is a :class:`CorruptImageError` naming it."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.glob("*.png") if not p.name.startswith("."))
+    if not files:
+        raise CorruptImageError(f"mask folder {folder} holds no PNG (one per defect region expected)")
+    return files
+
+
 def load_mask(path: str | Path) -> np.ndarray:
     """``(H, W)`` bool: anomalous where the luma (``convert("L")``, as every official pipeline reads masks)
-    is non-zero; palette, 16-bit and RGB(A) masks included."""
-    return np.asarray(_open(Path(path)).convert("L")) > 0
+    is non-zero; palette, 16-bit and RGB(A) masks included. A folder is the union of its region PNGs (their
+    sizes must agree)."""
+    path = Path(path)
+    if not path.is_dir():
+        return np.asarray(_open(path).convert("L")) > 0
+    union: np.ndarray | None = None
+    for region in region_files(path):
+        mask = np.asarray(_open(region).convert("L")) > 0
+        if union is not None and union.shape != mask.shape:
+            raise CorruptImageError(
+                f"region {region} is {mask.shape[1]}x{mask.shape[0]} but the other regions of {path} are "
+                f"{union.shape[1]}x{union.shape[0]}"
+            )
+        union = mask if union is None else union | mask
+    assert union is not None  # region_files raised for an empty folder
+    return union
+
+
+def mask_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of a mask file, or of every region PNG of a mask folder (headers only; regions of
+    different sizes are a :class:`CorruptImageError`)."""
+    path = Path(path)
+    if not path.is_dir():
+        return image_size(path)
+    sizes = {region: image_size(region) for region in region_files(path)}
+    first = next(iter(sizes.values()))
+    for region, size in sizes.items():
+        if size != first:
+            raise CorruptImageError(
+                f"region {region} is {size[0]}x{size[1]} but the first region of {path} is {first[0]}x{first[1]}"
+            )
+    return first

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.errors import ConfigError, DatasetLayoutError, ZsadError
+from datamodules.regions import RegionRules
 
 NORMAL_DEFECT = "good"
 
@@ -31,6 +32,9 @@ class SampleRecord:
     label: int  # 0 normal, 1 anomalous
     defect_type: str  # NORMAL_DEFECT for normal images
     split: str  # "train" or "test"
+    # Multi-view datasets (Real-IAD): the physical sample this view belongs to; the sample-level metrics
+    # score a sample by the maximum over its views. None: the image is a sample of its own.
+    group: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +68,15 @@ class DatasetIndex:
     problems: list[str] = dataclasses.field(
         default_factory=list
     )  # the copy looks incomplete (unpaired masks)
+    # Datasets whose masks are folders of one PNG per defect region with a defects_config.json (MVTec LOCO,
+    # AutoVI): per category, the pixel value -> saturation rule of each defect, for the sPRO metric.
+    region_rules: dict[str, RegionRules] = dataclasses.field(default_factory=dict)
+    # Categories without pixel ground truth in a dataset that has masks for the others (BMAD's image-level
+    # subsets): no pixel metrics there, and their anomalous images need no mask.
+    mask_free_categories: frozenset[str] = frozenset()
+
+    def category_has_masks(self, category: str) -> bool:
+        return self.has_masks and category not in self.mask_free_categories
 
     def categories(self) -> list[str]:
         """Category ids in first-seen order (parsers emit them sorted)."""
@@ -91,7 +104,10 @@ class DatasetIndex:
         anomalous: collections.Counter[str] = collections.Counter()
         for r in self.records:
             (anomalous if r.label else normal)[r.category] += 1
-        return {c: CategoryCapabilities(normal[c], anomalous[c], self.has_masks) for c in self.categories()}
+        return {
+            c: CategoryCapabilities(normal[c], anomalous[c], self.category_has_masks(c))
+            for c in self.categories()
+        }
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per category: number of normal and anomalous images (for checks and reports)."""
@@ -127,6 +143,12 @@ class DatasetSpec:
         None  # when only the total is known (no per-category counts)
     )
     counts_verified: bool = True  # False: counts from papers, not confirmed; a mismatch is only a warning
+    # Versions whose category rows differ from ``categories`` (MVTec LOCO's rows=object).
+    version_categories: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def categories_of(self, version: str) -> tuple[str, ...]:
+        """The category ids an indexed version has (``categories`` unless the version names its own)."""
+        return tuple(self.version_categories.get(version, self.categories))
 
     def expected_counts(self, version: str | None = None) -> CountTable | None:
         """Expected per-category test counts of an indexed version (``DatasetIndex.version``); None when

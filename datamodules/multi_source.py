@@ -61,6 +61,7 @@ class CombinedTrainingSet(Dataset):
         part, local = self._locate(position)
         item = part[local]
         item["sample_id"] = item["sample_id"] + (position - local)
+        item.pop("group_id", None)  # multi-view sources' sample groups: evaluation only, not in every source
         return item
 
     def transform_for(self, position: int) -> ImageMaskTransform:
@@ -79,14 +80,20 @@ def source_keys(parts: Sequence[AnomalyDataModule]) -> list[str]:
 
 
 def _qualified(index: DatasetIndex, key: str, shared: set[str]) -> DatasetIndex:
-    """``index`` with the categories two sources share renamed ``{key}:{category}``."""
+    """``index`` with the categories two sources share renamed ``{key}:{category}`` (in its records and in
+    what it says per category)."""
     if not shared:
         return index
-    records = [
-        dataclasses.replace(r, category=f"{key}:{r.category}") if r.category in shared else r
-        for r in index.records
-    ]
-    return dataclasses.replace(index, records=records)
+
+    def name(category: str) -> str:
+        return f"{key}:{category}" if category in shared else category
+
+    return dataclasses.replace(
+        index,
+        records=[dataclasses.replace(r, category=name(r.category)) for r in index.records],
+        region_rules={name(c): rules for c, rules in index.region_rules.items()},
+        mask_free_categories=frozenset(name(c) for c in index.mask_free_categories),
+    )
 
 
 class MultiSourceDataModule(L.LightningDataModule):
@@ -139,8 +146,13 @@ class MultiSourceDataModule(L.LightningDataModule):
             dataset=self.name,
             root=indexes[0].root,
             records=[r for index in indexes for r in index.records],
-            has_masks=all(index.has_masks for index in indexes),
+            has_masks=any(index.has_masks for index in indexes),
             version="+".join(index.version for index in indexes),
+            mask_free_categories=frozenset(
+                c
+                for index in indexes
+                for c in (index.mask_free_categories if index.has_masks else index.categories())
+            ),
         )
 
     @property

@@ -39,6 +39,9 @@ class EvalConfig:
     # AUPRO integrates PRO over FPR in [0, fpr_limit]; every result has the exact `aupro` and the published
     # cflow-style `aupro_cflow` (docs/metrics.md).
     fpr_limit: float = 0.3
+    # AU-sPRO (datasets with region saturation rules: MVTec LOCO, AutoVI) integrates up to this FPR; MVTec's LOCO
+    # code computes 0.01, 0.05, 0.1, 0.3 and 1.0 (docs/metrics.md, sPRO).
+    spro_fpr_limit: float = 0.05
     pixel_score_dtype: PixelScoreDtype = PixelScoreDtype.float32
     # Write every test image's anomaly map to {run_dir}/maps/{target}/, mirroring the dataset's folders
     # (e.g. {cls}/test/{defect}/{stem}.npy, what `zsad evaluate-maps` reads), stored as pixel_score_dtype.
@@ -93,7 +96,8 @@ class ZeroShotModule(L.LightningModule):
         from lightning_modules.metrics import AnomalyEvaluator
 
         datamodule = self.trainer.datamodule
-        counts = datamodule.test_index.counts()
+        test_index = datamodule.test_index
+        counts = test_index.counts()
         self.evaluator = AnomalyEvaluator(
             categories=datamodule.categories,
             pixel_metrics=datamodule.full_index.has_masks,
@@ -101,6 +105,10 @@ class ZeroShotModule(L.LightningModule):
             pixel_score_dtype=self.eval_cfg.pixel_score_torch_dtype,
             samples_per_category=[sum(counts.get(c, {}).values()) for c in datamodule.categories],
             expected_samples=self._expected_test_samples(),
+            # Real-IAD: the sample-level columns; MVTec LOCO, AutoVI: sPRO (docs/metrics.md)
+            sample_metrics=any(r.group is not None for r in test_index.records),
+            region_metrics=bool(test_index.region_rules),
+            spro_fpr_limit=self.eval_cfg.spro_fpr_limit,
         ).to(self.device)
 
     def _expected_test_samples(self) -> list[frozenset[int]] | None:
@@ -130,6 +138,9 @@ class ZeroShotModule(L.LightningModule):
             anomaly_maps=maps,
             masks=batch["mask"] if maps is not None else None,
             has_mask=batch["has_mask"],
+            group_ids=batch.get("group_id"),
+            regions=batch.get("regions"),
+            region_saturation=batch.get("region_saturation"),
         )
         return {"image_scores": scores, "anomaly_maps": maps}
 

@@ -31,7 +31,9 @@ import torch
 
 from datamodules.atomic_io import atomic_write_text
 from datamodules.errors import DatasetLayoutError, ZsadError
+from datamodules.index import DatasetIndex
 from datamodules.parsers.mvtec import LAYOUT_DATASET, MVTEC_CATEGORIES
+from datamodules.regions import RegionRules, load_regions
 from pipelines.map_writer import DATASET_FILE, map_name, read_dataset_record, read_image_scores
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -52,6 +54,9 @@ class TestImage:
     image: Path
     mask: Path | None  # None: no anomalous pixels (a normal image) or a dataset without pixel ground truth
     label: int  # 0 normal, 1 anomalous
+    group: str | None = (
+        None  # multi-view datasets (Real-IAD): the physical sample, for the sample-level metrics
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -96,9 +101,10 @@ def mvtec_test_images(root: Path, category: str) -> list[TestImage]:
 
 def indexed_test_images(
     dataset: str, root: Path, options: dict[str, str], split: str
-) -> tuple[dict[str, list[TestImage]], bool]:
+) -> tuple[dict[str, list[TestImage]], DatasetIndex]:
     """The test images of any registered dataset, read by zsad's own parser for its raw layout, by category;
-    and whether the dataset has pixel ground truth. Paths mirror what ``eval.save_maps`` writes."""
+    and the index (which categories have pixel ground truth, region rules). Paths mirror what
+    ``eval.save_maps`` writes."""
     from datamodules.index import build_index
 
     index = build_index(dataset, root, **options).select(split=split)
@@ -107,9 +113,11 @@ def indexed_test_images(
     items: dict[str, list[TestImage]] = {}
     for record in index.records:
         relative = map_name(record.image_path, index.root, record.category)
-        image = TestImage(record.category, relative, record.image_path, record.mask_path, record.label)
+        image = TestImage(
+            record.category, relative, record.image_path, record.mask_path, record.label, record.group
+        )
         items.setdefault(record.category, []).append(image)
-    return items, index.has_masks
+    return items, index
 
 
 def read_mask(item: TestImage) -> np.ndarray:
@@ -120,6 +128,17 @@ def read_mask(item: TestImage) -> np.ndarray:
         width, height = image_size(item.image)  # header only
         return np.zeros((height, width), dtype=bool)
     return load_mask(item.mask)
+
+
+def regions_of(item: TestImage, rules: RegionRules) -> dict[str, torch.Tensor]:
+    """The defect regions of an image whose mask is a folder (MVTec LOCO, AutoVI) at the ground truth's own
+    resolution, with MVTec's saturation areas: the evaluator's ``regions``/``region_saturation``."""
+    if item.mask is None or not item.mask.is_dir():
+        return {}
+    regions = load_regions(item.mask, rules)
+    masks = torch.from_numpy(np.stack([array for array, _ in regions]))[None]
+    areas = [rule.saturation_area(int(array.sum())) for array, rule in regions]
+    return {"regions": masks, "region_saturation": torch.tensor([areas], dtype=torch.float64)}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -225,6 +244,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.3,
         help="FPR limit of both AUPROs: exact aupro and the published cflow-style aupro_cflow (default 0.3)",
     )
+    parser.add_argument(
+        "--spro-fpr-limit",
+        type=float,
+        default=0.05,
+        help="FPR limit of AU-sPRO, for datasets with region saturation rules (MVTec LOCO, AutoVI; default 0.05)",
+    )
 
 
 @dataclass(frozen=True)
@@ -286,15 +311,16 @@ def run(args: argparse.Namespace) -> int:
     maps_root = Path(args.maps)
     if not maps_root.is_dir():
         raise MapsError(f"--maps {maps_root} is not a directory")
-    if not 0.0 < args.fpr_limit <= 1.0:
-        raise ZsadError(f"--fpr-limit must be in (0, 1]; got {args.fpr_limit}")
+    for flag, limit in (("--fpr-limit", args.fpr_limit), ("--spro-fpr-limit", args.spro_fpr_limit)):
+        if not 0.0 < limit <= 1.0:
+            raise ZsadError(f"{flag} must be in (0, 1]; got {limit}")
     truth = ground_truth(args, maps_root)
     gt_root = truth.root
+    index = None
     if truth.dataset in ("mvtec", LAYOUT_DATASET):
         by_category = {c: [] for c in mvtec_categories(gt_root, truth.dataset)}  # one class at a time below
-        has_masks = True
     else:
-        by_category, has_masks = indexed_test_images(truth.dataset, gt_root, truth.options, truth.split)
+        by_category, index = indexed_test_images(truth.dataset, gt_root, truth.options, truth.split)
     available = list(by_category)
     if args.categories:
         unknown = [c for c in args.categories if c not in available]
@@ -319,14 +345,22 @@ def run(args: argparse.Namespace) -> int:
     resized: dict[str, int] = {}
     for category in categories:
         items = by_category[category] or mvtec_test_images(gt_root, category)
+        has_masks = index is None or index.category_has_masks(category)
+        rules = index.region_rules.get(category) if index is not None else None
+        groups = {
+            g: i for i, g in enumerate(sorted({item.group for item in items if item.group is not None}))
+        }
         evaluator = AnomalyEvaluator(
             [category],
             pixel_metrics=has_masks,
             fpr_limit=args.fpr_limit,
             pixel_score_dtype=torch.float32,
             keep_curves=False,  # only the metrics are written: no curve work
+            sample_metrics=bool(groups),
+            region_metrics=rules is not None,
+            spro_fpr_limit=args.spro_fpr_limit,
         )
-        for index, item in enumerate(items):
+        for position, item in enumerate(items):
             amap = read_map(find_map(maps_root, item))
             mask = read_mask(item) if has_masks else None
             if mask is not None and amap.shape != mask.shape:
@@ -342,11 +376,13 @@ def run(args: argparse.Namespace) -> int:
                 raise MapsError(f"--image-scores {args.image_scores} has no score for {item.relative}")
             evaluator.update(
                 torch.tensor([0]),
-                torch.tensor([index]),
+                torch.tensor([position]),
                 score,
                 torch.tensor([item.label]),
                 amap_t[None] if mask is not None else None,
                 torch.from_numpy(mask)[None] if mask is not None else None,
+                group_ids=torch.tensor([groups.get(item.group, -1)]),
+                **(regions_of(item, rules) if rules is not None and mask is not None else {}),
             )
         results.append(evaluator.compute())
         print(f"evaluated {category}: {len(items)} test images", file=sys.stderr)

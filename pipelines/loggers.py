@@ -149,14 +149,23 @@ def _flat_config(cfg: ExperimentConfig) -> dict[str, Any]:
 def evaluation_scalars(target: str, payload: dict[str, Any]) -> dict[str, float]:
     """``eval/{target}/{metric}`` (the category mean) and ``eval/{target}/{category}/{metric}``; undefined
     metrics are left out (results.json says why)."""
-    from pipelines.results import METRICS
-
     scalars = {f"eval/{target}/{m}": v for m, v in payload["mean"].items() if v is not None}
     for category, values in payload["categories"].items():
         scalars.update(
-            {f"eval/{target}/{category}/{m}": values[m] for m in METRICS if values.get(m) is not None}
+            {
+                f"eval/{target}/{category}/{m}": values[m]
+                for m in _metrics(payload)
+                if values.get(m) is not None
+            }
         )
     return scalars
+
+
+def _metrics(payload: dict[str, Any]) -> tuple[str, ...]:
+    """The target's metric columns: every result's, plus the sample-level and sPRO ones where it has them."""
+    from pipelines.results import EXTRA_METRICS, METRICS
+
+    return (*METRICS, *(m for m in EXTRA_METRICS if m in payload["mean"]))
 
 
 def log_evaluation(loggers: list[Logger], target: str, payload: dict[str, Any]) -> None:
@@ -164,16 +173,15 @@ def log_evaluation(loggers: list[Logger], target: str, payload: dict[str, Any]) 
     values (what the runs table and parallel-coordinates plots compare) and as a per-category table."""
     from lightning.pytorch.loggers import WandbLogger
 
-    from pipelines.results import METRICS
-
     scalars = evaluation_scalars(target, payload)
+    metrics = _metrics(payload)
     for logger in loggers:
         if scalars:
             logger.log_metrics(scalars)
         if isinstance(logger, WandbLogger):
-            columns = ["category", "n_normal", "n_anomalous", *METRICS]
+            columns = ["category", "n_normal", "n_anomalous", *metrics]
             rows = [
-                [c, v.get("n_normal"), v.get("n_anomalous"), *(v.get(m) for m in METRICS)]
+                [c, v.get("n_normal"), v.get("n_anomalous"), *(v.get(m) for m in metrics)]
                 for c, v in payload["categories"].items()
             ]
             logger.log_table(key=f"eval/{target}/per_category", columns=columns, data=rows)

@@ -8,6 +8,9 @@ Per readable input image (below ``--out``, mirroring the images' paths below the
 ``maps/{name}.tiff`` (float32) and/or ``.npy`` (``--map-format``), the anomaly map at the image's own
 resolution (the model's map at its input size, resized bilinearly); ``overlays/{name}.png``, the map as a
 heatmap over the image; ``masks/{name}.png`` (0/255, map >= the pixel threshold, when there is one).
+With ``--submission mvtec_ad2`` the maps are float16 ``anomaly_images/{name}.tiff`` and the masks
+``anomaly_images_thresholded/{name}.png``, the form MVTec AD 2's evaluation server takes
+(:mod:`pipelines.submission`).
 ``predictions.csv`` (path, score, label; label empty without an image threshold), ``prediction.json``
 (what was run, the thresholds and where they came from) and ``unreadable.csv`` for inputs that could not
 be decoded (named on stderr and skipped: one bad file never costs the other predictions).
@@ -38,6 +41,7 @@ from datamodules.atomic_io import atomic_write, atomic_write_text
 from datamodules.errors import ConfigError, ZsadError
 from datamodules.image_folder import ImageFolderDataModule, ImageList, collect_images
 from datamodules.images import load_image_rgb
+from pipelines import submission
 from pipelines.map_writer import save_atomically
 from pipelines.run_state import global_rank
 
@@ -72,6 +76,7 @@ class PredictOptions:
     batch_size: int = 8
     num_workers: int | None = None
     overlay_range: tuple[float, float] = (0.0, 1.0)
+    submission: str | None = None  # "mvtec_ad2": MVTec's evaluation-server form (pipelines/submission.py)
 
 
 @dataclasses.dataclass
@@ -185,12 +190,12 @@ def gather_objects(value: Any) -> list[Any]:
 
 
 # --- outputs -----------------------------------------------------------------------------------------
-def _write_tiff(path: Path, array: np.ndarray) -> None:
+def _write_tiff(path: Path, array: np.ndarray, dtype: type = np.float32) -> None:
     import tifffile
 
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()  # tifffile wants a named file or a buffer, not a bare descriptor
-    tifffile.imwrite(buffer, array.astype(np.float32))
+    tifffile.imwrite(buffer, array.astype(dtype))
     atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
 
 
@@ -218,6 +223,8 @@ class PredictionWriter(Callback):
         self.known_unreadable = {str(path): error for path, error in images.unreadable}  # bad headers
 
     def name(self, image: Path) -> str:
+        if self.options.submission is not None:
+            return submission.name_of(image)
         return image.relative_to(self.root).with_suffix("").as_posix()
 
     def on_predict_batch_end(
@@ -244,7 +251,13 @@ class PredictionWriter(Callback):
             )
             anomaly_map = full[0, 0].cpu().numpy()
             name = self.name(Path(path_text))
-            if self.options.map_format in ("tiff", "both"):
+            if self.options.submission is not None:  # MVTec AD 2's server: float16 in anomaly_images/
+                _write_tiff(
+                    self.out / submission.MAPS_DIR / f"{name}.tiff",
+                    submission.as_map(anomaly_map),
+                    np.float16,
+                )
+            elif self.options.map_format in ("tiff", "both"):
                 _write_tiff(self.out / "maps" / f"{name}.tiff", anomaly_map)
             if self.options.map_format in ("npy", "both"):
                 save_atomically(self.out / "maps" / f"{name}.npy", anomaly_map)
@@ -255,7 +268,8 @@ class PredictionWriter(Callback):
             if self.thresholds.pixel is not None:
                 # in float64: a float32 comparison would round the threshold to the maps' precision first
                 mask = (anomaly_map.astype(np.float64) >= self.thresholds.pixel).astype(np.uint8) * 255
-                save_png(mask, self.out / "masks" / f"{name}.png")
+                masks = "masks" if self.options.submission is None else submission.MASKS_DIR
+                save_png(mask, self.out / masks / f"{name}.png")
 
     def on_predict_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
         gathered = gather_objects((self.rows, self.unreadable))
@@ -322,6 +336,10 @@ def check_options(options: PredictOptions) -> None:
         raise ConfigError(f"--fpr must be in [0, 1), got {options.fpr}")
     if options.map_format not in MAP_FORMATS:
         raise ConfigError(f"--map-format must be one of {MAP_FORMATS}")
+    if options.submission is not None and options.submission not in submission.SUBMISSIONS:
+        raise ConfigError(f"--submission must be one of {submission.SUBMISSIONS}")
+    if options.submission is not None and options.map_format != "tiff":
+        raise ConfigError("--submission writes the server's float16 TIFF maps: leave --map-format at tiff")
     if (options.out / PREDICTIONS_FILE).exists():
         raise ZsadError(
             f"{options.out} already holds predictions ({PREDICTIONS_FILE}); choose another --out or remove it"
@@ -333,6 +351,8 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
 
     check_options(options)
     images = collect_images(options.inputs)
+    if options.submission is not None:
+        submission.check_inputs(images.images)
     for _, error in images.unreadable if global_rank() == 0 else []:
         print(f"zsad: skipped unreadable image: {error}", file=sys.stderr)
     module, checkpoint = evaluation_module(cfg)
@@ -367,6 +387,7 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
         "thresholds": dataclasses.asdict(thresholds),
         "map_format": options.map_format,
         "overlay_range": list(options.overlay_range),
+        "submission": options.submission,
     }
     writer = PredictionWriter(out, images, thresholds, options, record)
     _run(cfg, module, _datamodule(images, module, options), out, writer)
@@ -445,6 +466,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-workers", type=int, help="loader processes (default: from the CPU cores)")
     parser.add_argument(
+        "--submission",
+        choices=submission.SUBMISSIONS,
+        help="write maps (and thresholded masks) in the form an evaluation server takes: mvtec_ad2 = MVTec AD 2's "
+        "private test sets, --input ROOT/*/test_private ROOT/*/test_private_mixed (docs/datasets.md)",
+    )
+    parser.add_argument(
         "--overlay-range",
         type=float,
         nargs=2,
@@ -473,6 +500,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         overlay_range=tuple(args.overlay_range),
+        submission=args.submission,
     )
     outcome = predict(cfg, options)
     if outcome.n_predicted is None:  # not global rank 0
@@ -483,4 +511,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if outcome.unreadable:
         print(f"{len(outcome.unreadable)} unreadable inputs skipped: {outcome.out / 'unreadable.csv'}")
+    if options.submission is not None:
+        for line in submission.incomplete_splits(submission.written_names(outcome.out)):
+            print(f"incomplete for MVTec's server: {line}")
+        print(
+            f"anomaly images: {outcome.out / submission.MAPS_DIR} (MVTec's check_and_prepare_data_for_upload.py packs them)"
+        )
     return 0

@@ -3,11 +3,20 @@
 From the AnomalyCLIP paper (ICLR 2024), Tables 1 and 2: image level (AUROC, AP), pixel level (AUROC, AUPRO),
 in percent. AnomalyCLIP, VAND and CoOp were trained on the MVTec AD test set for every dataset except
 MVTec AD itself (trained on VisA); WinCLIP's and VAND's MVTec AD / VisA numbers are from their own papers.
+
+The benchmarks of 2025-2026 (issue 27): only Real-IAD has zero-shot numbers of zsad's methods in a source
+stored here, the comparison table of UniADet's README (gaobb/UniADet, "Comparison with State-of-the-Arts",
+zero-shot rows; image AUROC and pixel AP, as there): AnomalyCLIP 69.5 / 26.7, WinCLIP 67.0 / 3.3. That table
+does not state the auxiliary training set, the Real-IAD split or the resolution; compare with care. No source
+with numbers of zsad's methods on MVTec AD 2, MVTec LOCO AD, BMAD, AutoVI or KolektorSDD2 was found.
 """
 
 from __future__ import annotations
 
-SOURCE = "AnomalyCLIP paper (Zhou et al., ICLR 2024), Tables 1-2"
+SOURCE = (
+    "AnomalyCLIP paper (Zhou et al., ICLR 2024), Tables 1-2; Real-IAD rows: UniADet's README "
+    "(github.com/gaobb/UniADet, zero-shot comparison table; protocol not stated there)"
+)
 METHODS = ("clip", "clip_ac", "winclip", "vand", "coop", "anomalyclip")
 
 # dataset -> one (AUROC, AP) pair per method in METHODS order; None where the paper has no number
@@ -42,8 +51,18 @@ _PIXEL = {
 }
 
 
+# (dataset, method) -> numbers in percent keyed like zsad's results, from the sources named above
+_OTHER_SOURCES: dict[tuple[str, str], dict[str, float]] = {
+    ("realiad", "anomalyclip"): {"image_auroc": 69.5, "pixel_ap": 26.7},
+    ("realiad", "winclip"): {"image_auroc": 67.0, "pixel_ap": 3.3},
+}
+
+
 def published(dataset: str, method: str) -> dict[str, float]:
-    """Fractions in [0, 1] keyed like zsad's results (image_auroc, image_ap, pixel_auroc, aupro)."""
+    """Fractions in [0, 1] keyed like zsad's results (image_auroc, image_ap, pixel_auroc, aupro; pixel_ap
+    for the Real-IAD rows)."""
+    if (dataset, method) in _OTHER_SOURCES:
+        return {k: v / 100 for k, v in _OTHER_SOURCES[(dataset, method)].items()}
     if method not in METHODS:
         return {}
     i = METHODS.index(method)

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.atomic_io import atomic_write_text
-from lightning_modules.metrics.evaluation_result import METRIC_NAMES
+from lightning_modules.metrics.evaluation_result import METRIC_NAMES, SAMPLE_METRICS, SPRO_METRICS
 
 #: Every result has both AUPROs: ``aupro`` (exact) and ``aupro_cflow`` (the published 200-threshold one).
 METRICS = METRIC_NAMES
+#: Columns only targets whose data allows them have (Real-IAD's sample level, sPRO); order of the tables.
+EXTRA_METRICS = (*SAMPLE_METRICS, *SPRO_METRICS)
 CSV_COLUMNS = ("dataset", "category", "n_normal", "n_anomalous", *METRICS)
 MEAN_ROW = "mean"
 
@@ -39,11 +41,12 @@ def target_payload(
     """JSON-ready results of one evaluated dataset; ``evaluation`` is an ``EvaluationResult``;
     ``thresholds``: per category the F1-optimal ``{"image": t, "pixel": t}`` (score >= t is anomalous),
     what ``zsad predict --threshold-from RUN`` reads."""
+    names = (*METRICS, *getattr(evaluation, "extra_metrics", ()))
     categories = {
         category: {
             "n_normal": counts.get(category, {}).get("normal", 0),
             "n_anomalous": counts.get(category, {}).get("anomalous", 0),
-            **{m: _clean(metrics.get(m)) for m in METRICS},
+            **{m: _clean(metrics.get(m)) for m in names},
             **({"f1_thresholds": thresholds.get(category)} if thresholds is not None else {}),
         }
         for category, metrics in evaluation.per_category.items()
@@ -52,16 +55,24 @@ def target_payload(
         "dataset": dataset,
         **details,
         "categories": categories,
-        "mean": {m: _clean(evaluation.mean.get(m)) for m in METRICS},
+        "mean": {m: _clean(evaluation.mean.get(m)) for m in names},
         "missing": evaluation.missing,
         "fpr_limit": evaluation.fpr_limit,
         "pixel_score_dtype": evaluation.pixel_score_dtype,
     }
 
 
+def _extra_columns(results: dict[str, Any]) -> tuple[str, ...]:
+    """The extra metrics (:data:`EXTRA_METRICS`) any target of ``results`` has, in their fixed order."""
+    present = {m for target in results["targets"].values() for m in target.get("mean", {})}
+    return tuple(m for m in EXTRA_METRICS if m in present)
+
+
 def csv_text(results: dict[str, Any]) -> str:
+    """One row per category; the extra columns appear only where a target has them."""
+    columns = (*CSV_COLUMNS, *_extra_columns(results))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for key, target in results["targets"].items():
         rows = [{"category": c, **v} for c, v in target["categories"].items()]
@@ -71,7 +82,7 @@ def csv_text(results: dict[str, Any]) -> str:
             {"category": MEAN_ROW, "n_normal": n_normal, "n_anomalous": n_anomalous, **target["mean"]}
         )
         for row in rows:
-            writer.writerow({"dataset": key, **{c: row.get(c) for c in CSV_COLUMNS if c != "dataset"}})
+            writer.writerow({"dataset": key, **{c: row.get(c) for c in columns if c != "dataset"}})
     return buffer.getvalue()
 
 
@@ -89,6 +100,9 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
     return json_path, csv_path
 
 
+EXTRA_HEADERS = {"sample_auroc": "S AUROC", "sample_ap": "S AP", "sample_f1_max": "S F1", "spro": "sPRO"}
+
+
 def format_table(results: dict[str, Any]) -> str:
     """Per-category table in percent with one decimal, as papers report; '-' where undefined."""
     header = (
@@ -102,11 +116,14 @@ def format_table(results: dict[str, Any]) -> str:
         "AUPRO",
         "AUPRO cflow",
     )
+    extra = _extra_columns(results)
+    header = (*header, *(EXTRA_HEADERS[m] for m in extra))
     lines = []
     for key, target in results["targets"].items():
         rows = list(target["categories"].items()) + [(MEAN_ROW, target["mean"])]
         for category, metrics in rows:
-            cells = [f"{100 * v:.1f}" if v is not None else "-" for v in (metrics.get(m) for m in METRICS)]
+            values = (metrics.get(m) for m in (*METRICS, *extra))
+            cells = [f"{100 * v:.1f}" if v is not None else "-" for v in values]
             lines.append((key, category, *cells))
     widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
 

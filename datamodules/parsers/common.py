@@ -155,6 +155,23 @@ def pair_by_stem(
     return pairs
 
 
+def pair_region_folders(image_dir: Path, gt_dir: Path, findings: Findings) -> list[tuple[Path, Path | None]]:
+    """Images of ``image_dir`` with their masks as folders ``gt_dir/{stem}/`` of region PNGs (MVTec LOCO,
+    AutoVI): a missing or empty folder is an error naming it, a folder without an image a problem."""
+    images = list_image_files(image_dir, IMAGE_EXTENSIONS)
+    pairs: list[tuple[Path, Path | None]] = []
+    for image in images:
+        mask = gt_dir / image.stem
+        if not mask.is_dir() or not any(mask.glob("*.png")):
+            findings.error(f"no mask for {image} (expected a folder of region PNGs {mask}/)")
+        pairs.append((image, mask))
+    stems = {p.stem for p in images}
+    for folder in subdirs(gt_dir):
+        if folder.name not in stems:
+            findings.problem(f"mask folder {folder} has no image {image_dir / folder.name}.png")
+    return pairs
+
+
 def make_records(
     items: Iterable[tuple[Path, Path | None]],
     category: str,

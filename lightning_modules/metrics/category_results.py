@@ -7,8 +7,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from torch import Tensor
 
+from lightning_modules.metrics._arrays import UndefinedMetricError
 from lightning_modules.metrics._split import _split_scores
 from lightning_modules.metrics.curves import (
     CurveSet,
@@ -16,7 +18,7 @@ from lightning_modules.metrics.curves import (
     curves_of_category,
     pixel_metrics_and_curves,
 )
-from lightning_modules.metrics.evaluation_result import IMAGE_METRICS
+from lightning_modules.metrics.evaluation_result import IMAGE_METRICS, SAMPLE_METRICS
 from lightning_modules.metrics.functional import PIXEL_METRICS, pixel_metrics
 from lightning_modules.metrics.ranking import (
     _ap_from_stats,
@@ -24,6 +26,7 @@ from lightning_modules.metrics.ranking import (
     _f1_max_from_stats,
     _rank_stats,
 )
+from lightning_modules.metrics.spro import spro_from_parts
 
 #: A category's pixel metric values, the reasons of the undefined ones and notes for the result.
 PixelResults = tuple[dict[str, float | None], dict[str, str], list[str]]
@@ -77,9 +80,14 @@ def category_pixel_results(
 
 
 def image_metrics(
-    scores: Tensor, labels: Tensor, values: dict[str, float | None], reasons: dict[str, str]
+    scores: Tensor,
+    labels: Tensor,
+    values: dict[str, float | None],
+    reasons: dict[str, str],
+    names: Sequence[str] = IMAGE_METRICS,
 ) -> None:
-    """Image AUROC, AP and F1-max into ``values`` from one split and one sort, or their reason."""
+    """Image AUROC, AP and F1-max into ``values`` (under ``names``) from one split and one sort, or their
+    reason."""
     n = int(scores.shape[0])
     n_pos = int(labels.sum())
     if n == 0:
@@ -90,9 +98,52 @@ def image_metrics(
         why = "no anomalous images (only one label present)"
     else:
         stats = _rank_stats(_split_scores(scores, labels))
-        values["image_auroc"] = _auroc_from_stats(stats)
-        values["image_ap"] = _ap_from_stats(stats)
-        values["image_f1_max"] = _f1_max_from_stats(stats)
+        auroc, ap, f1 = names
+        values[auroc] = _auroc_from_stats(stats)
+        values[ap] = _ap_from_stats(stats)
+        values[f1] = _f1_max_from_stats(stats)
         return
-    for m in IMAGE_METRICS:
+    for m in names:
         reasons[m] = why
+
+
+def sample_level_metrics(
+    scores: Tensor,
+    labels: Tensor,
+    groups: np.ndarray,
+    values: dict[str, float | None],
+    reasons: dict[str, str],
+) -> None:
+    """The image metrics over physical samples (``groups``: one id per image, -1 for an image that is a
+    sample of its own): a sample scores the maximum of its views' scores and is anomalous when any view is
+    (ADEval's ``max(score)``, ``max(label)``). Exact and order-free: a maximum needs no summation order."""
+    groups = np.asarray(groups, dtype=np.int64)
+    alone = groups < 0
+    keys = groups.copy()
+    keys[alone] = groups.max(initial=0) + 1 + np.arange(int(alone.sum()))  # own ids for lone images
+    _, inverse = np.unique(keys, return_inverse=True)
+    n = int(inverse.max()) + 1 if inverse.size else 0
+    score = np.full(n, -np.inf)
+    label = np.zeros(n, dtype=np.int64)
+    np.maximum.at(score, inverse, np.asarray(scores, dtype=np.float64))
+    np.maximum.at(label, inverse, np.asarray(labels, dtype=np.int64))
+    image_metrics(torch.from_numpy(score), torch.from_numpy(label), values, reasons, SAMPLE_METRICS)
+
+
+def category_spro(
+    maps: Sequence[Tensor],
+    masks: Sequence[Tensor],
+    regions: Sequence[tuple[np.ndarray, float]],
+    fpr_limit: float,
+) -> tuple[float | None, str]:
+    """One category's AU-sPRO (:mod:`.spro`) from its maps and masks (the anomaly-free pixels: outside
+    the masks, which are the regions' union) and its regions; (None, reason) where undefined."""
+    if not regions:
+        return None, "no ground-truth regions with saturation rules (no defects_config.json?)"
+    anomaly_free = [m[g == 0].float().cpu().numpy() for m, g in zip(maps, masks, strict=True)]
+    try:
+        return spro_from_parts(
+            np.concatenate(anomaly_free) if anomaly_free else np.zeros(0, np.float32), regions, fpr_limit
+        ), ""
+    except UndefinedMetricError as error:
+        return None, str(error)

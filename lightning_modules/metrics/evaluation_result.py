@@ -11,6 +11,10 @@ from lightning_modules.metrics.functional import PIXEL_METRICS
 
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")
 METRIC_NAMES = IMAGE_METRICS + PIXEL_METRICS
+#: Columns a result has only where the data allows them: the image metrics over multi-view samples
+#: (Real-IAD) and MVTec LOCO's AU-sPRO (datasets with region saturation rules).
+SAMPLE_METRICS = ("sample_auroc", "sample_ap", "sample_f1_max")
+SPRO_METRICS = ("spro",)
 
 
 @dataclass
@@ -28,6 +32,13 @@ class EvaluationResult:
     pixel_score_dtype: str = "float32"
     duplicates_dropped: int = 0
     notes: list[str] = field(default_factory=list)
+    extra_metrics: list[str] = field(
+        default_factory=list
+    )  # columns beyond METRIC_NAMES (SAMPLE_METRICS, spro)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return (*METRIC_NAMES, *self.extra_metrics)
 
     @classmethod
     def from_categories(
@@ -40,18 +51,20 @@ class EvaluationResult:
         pixel_score_dtype: str = "float32",
         duplicates_dropped: int = 0,
         notes: Sequence[str] = (),
+        extra_metrics: Sequence[str] = (),
     ) -> EvaluationResult:
         """Build a result from per-category values, computing the means (used to merge per-class runs)."""
         categories = list(per_category)
+        names = (*METRIC_NAMES, *extra_metrics)
         mean: dict[str, float | None] = {}
         counts: dict[str, int] = {}
-        for name in METRIC_NAMES:
+        for name in names:
             values = [v[name] for v in per_category.values() if v.get(name) is not None]
             counts[name] = len(values)
             mean[name] = math.fsum(values) / len(values) if values else None
         return cls(
             categories=categories,
-            per_category={c: {n: per_category[c].get(n) for n in METRIC_NAMES} for c in categories},
+            per_category={c: {n: per_category[c].get(n) for n in names} for c in categories},
             missing={c: dict(missing.get(c, {})) for c in categories},
             mean=mean,
             mean_counts=counts,
@@ -60,6 +73,7 @@ class EvaluationResult:
             pixel_score_dtype=pixel_score_dtype,
             duplicates_dropped=duplicates_dropped,
             notes=list(notes),
+            extra_metrics=list(extra_metrics),
         )
 
     @classmethod
@@ -87,6 +101,7 @@ class EvaluationResult:
             pixel_score_dtype=first.pixel_score_dtype,
             duplicates_dropped=sum(r.duplicates_dropped for r in results),
             notes=[n for r in results for n in r.notes],
+            extra_metrics=list(dict.fromkeys(m for r in results for m in r.extra_metrics)),
         )
 
     def to_rows(self) -> list[dict[str, Any]]:
@@ -101,7 +116,7 @@ class EvaluationResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form with everything needed to interpret the numbers."""
         return {
-            "metrics": list(METRIC_NAMES),
+            "metrics": list(self.metric_names),
             "categories": self.categories,
             "per_category": self.per_category,
             "missing": self.missing,
@@ -116,11 +131,11 @@ class EvaluationResult:
 
     def format_table(self, percent: bool = True) -> str:
         """Plain-text table (percent with one decimal, as the papers report); '-' marks undefined metrics."""
-        header = ["category", "n", *METRIC_NAMES]
+        header = ["category", "n", *self.metric_names]
         lines = [header]
         for row in self.to_rows():
             cells = [str(row["category"]), "" if row["num_images"] is None else str(row["num_images"])]
-            for name in METRIC_NAMES:
+            for name in self.metric_names:
                 v = row[name]
                 cells.append("-" if v is None else (f"{100 * v:.1f}" if percent else f"{v:.4f}"))
             lines.append(cells)

@@ -18,10 +18,22 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_modules.metrics.category_results import PixelResults, category_pixel_results, image_metrics
+from lightning_modules.metrics.category_results import (
+    PixelResults,
+    category_pixel_results,
+    category_spro,
+    image_metrics,
+    sample_level_metrics,
+)
 from lightning_modules.metrics.curves import CURVE_POINTS, CurveSet
 from lightning_modules.metrics.distributed import gather_category
-from lightning_modules.metrics.evaluation_result import METRIC_NAMES, EvaluationResult
+from lightning_modules.metrics.evaluation_result import (
+    METRIC_NAMES,
+    SAMPLE_METRICS,
+    SPRO_METRICS,
+    EvaluationResult,
+)
+from lightning_modules.metrics.spro import SPRO_FPR_LIMIT, region_scores
 
 #: Storage types of pixel scores: float32 (default, exact for float32 maps) or float16 (half the memory;
 #: the metrics are then exact for the maps rounded to float16).
@@ -64,6 +76,14 @@ class AnomalyEvaluator(Metric):
     are thinned to ``curve_points`` points each (``None``: the full curves, which for pixels are larger
     than the pixel states they come from); ``keep_curves=False`` computes and keeps none. torchmetrics options pass through ``kwargs`` (e.g.
     ``compute_on_cpu=True`` keeps the pixel states of a GPU run in host memory).
+
+    Two optional result columns, exact under DDP like the rest (their states are gathered and de-duplicated
+    with the others): ``sample_metrics`` adds ``sample_auroc``/``sample_ap``/``sample_f1_max`` over the
+    physical samples of a multi-view dataset (``update``'s ``group_ids``: a sample scores the maximum of its
+    views' scores and is anomalous when any view is, as Real-IAD's ADEval counts them); ``region_metrics``
+    adds ``spro``, MVTec LOCO's AU-sPRO up to ``spro_fpr_limit`` (:mod:`.spro`), from ``update``'s
+    ``regions`` (B, R, H, W) and ``region_saturation`` (B, R); a region keeps only its pixels' scores, and
+    the anomaly-free pixels are those of the masks, which must be the regions' union.
     """
 
     is_differentiable = False
@@ -81,9 +101,18 @@ class AnomalyEvaluator(Metric):
     pix_width: list[Tensor]
     pix_scores: list[Tensor]
     pix_masks: list[Tensor]
+    img_group: list[Tensor]
+    reg_category: list[Tensor]
+    reg_sample: list[Tensor]
+    reg_index: list[Tensor]
+    reg_saturation: list[Tensor]
+    reg_scores: list[Tensor]
+    reg_size: list[Tensor]
 
-    _IMAGE_STATES = ("img_category", "img_sample", "img_score", "img_label", "img_pixel_gt")
+    _IMAGE_STATES = ("img_category", "img_sample", "img_score", "img_label", "img_pixel_gt", "img_group")
     _PIXEL_STATES = ("pix_category", "pix_sample", "pix_height", "pix_width", "pix_scores", "pix_masks")
+    # one row per ground-truth region (sPRO), its pixels' scores back to back
+    _REGION_STATES = ("reg_category", "reg_sample", "reg_index", "reg_saturation", "reg_size", "reg_scores")
 
     def __init__(
         self,
@@ -95,6 +124,9 @@ class AnomalyEvaluator(Metric):
         expected_samples: Sequence[Collection[int]] | None = None,
         curve_points: int | None = CURVE_POINTS,
         keep_curves: bool = True,
+        sample_metrics: bool = False,
+        region_metrics: bool = False,
+        spro_fpr_limit: float = SPRO_FPR_LIMIT,
         **kwargs: Any,
     ) -> None:
         if "aupro_method" in kwargs:
@@ -108,8 +140,9 @@ class AnomalyEvaluator(Metric):
             raise ValueError("categories must not be empty")
         if len(set(self.categories)) != len(self.categories):
             raise ValueError(f"categories must be unique; got {self.categories}")
-        if not 0.0 < float(fpr_limit) <= 1.0:
-            raise ValueError(f"fpr_limit must be in (0, 1]; got {fpr_limit}")
+        for name, limit in (("fpr_limit", fpr_limit), ("spro_fpr_limit", spro_fpr_limit)):
+            if not 0.0 < float(limit) <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1]; got {limit}")
         if pixel_score_dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             raise ValueError(f"pixel_score_dtype must be a float dtype; got {pixel_score_dtype}")
         if samples_per_category is not None and len(samples_per_category) != len(self.categories):
@@ -128,6 +161,9 @@ class AnomalyEvaluator(Metric):
             )
         self.pixel_metrics = bool(pixel_metrics)
         self.fpr_limit = float(fpr_limit)
+        self.sample_metrics = bool(sample_metrics)
+        self.region_metrics = bool(region_metrics)
+        self.spro_fpr_limit = float(spro_fpr_limit)
         self.curve_points = None if curve_points is None else int(curve_points)
         self.keep_curves = bool(keep_curves)
         self.pixel_score_dtype = pixel_score_dtype
@@ -160,9 +196,21 @@ class AnomalyEvaluator(Metric):
             "pix_width": torch.int64,
             "pix_scores": pixel_score_dtype,
             "pix_masks": torch.uint8,
+            "img_group": torch.int64,  # -1: the image is a sample of its own
+            "reg_category": torch.int64,
+            "reg_sample": torch.int64,
+            "reg_index": torch.int64,
+            "reg_saturation": torch.float64,
+            "reg_size": torch.int64,
+            "reg_scores": pixel_score_dtype,
         }
         for name in self._state_dtypes:
             self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    @property
+    def extra_metrics(self) -> tuple[str, ...]:
+        """The result columns beyond :data:`METRIC_NAMES` this evaluator computes."""
+        return (SAMPLE_METRICS if self.sample_metrics else ()) + (SPRO_METRICS if self.region_metrics else ())
 
     @property
     def pixel_score_dtype_name(self) -> str:
@@ -183,6 +231,9 @@ class AnomalyEvaluator(Metric):
         anomaly_maps: Tensor | None = None,
         masks: Tensor | None = None,
         has_mask: Tensor | None = None,
+        group_ids: Tensor | None = None,
+        regions: Tensor | None = None,
+        region_saturation: Tensor | None = None,
     ) -> None:
         """Add one batch; pixel data is kept only for samples that have pixel ground truth."""
         self._since_update = {}
@@ -205,6 +256,9 @@ class AnomalyEvaluator(Metric):
         if image_scores.is_floating_point() and bool(torch.isnan(image_scores).any()):
             raise ValueError("image_scores contain NaN")
         dev = self.device
+        groups = torch.full((b,), -1, dtype=torch.int64) if group_ids is None else torch.as_tensor(group_ids)
+        if groups.reshape(-1).shape[0] != b:
+            raise ValueError(f"group_ids has {groups.reshape(-1).shape[0]} entries but category_ids has {b}")
         pixel_gt = torch.zeros(b, dtype=torch.uint8, device=dev)
         if anomaly_maps is not None and self.pixel_metrics:
             maps = self._as_bhw(anomaly_maps, "anomaly_maps", b)
@@ -226,11 +280,14 @@ class AnomalyEvaluator(Metric):
                         continue  # duplicates of a finished category's samples (checked below)
                     sel = keep & (cats == ci)
                     self._store_pixels(category_ids[sel], sample_ids[sel], maps[sel], gts[sel])
+                    if self.region_metrics and regions is not None:
+                        self._store_regions(ci, sample_ids, maps, regions, region_saturation, sel)
         self.img_category.append(category_ids.to(dev, torch.int64))
         self.img_sample.append(sample_ids.to(dev, torch.int64))
         self.img_score.append(image_scores.detach().to(dev, torch.float64))
         self.img_label.append(labels.to(dev, torch.uint8))
         self.img_pixel_gt.append(pixel_gt)
+        self.img_group.append(groups.reshape(-1).to(dev, torch.int64))
         self.peak_stored_pixel_samples = max(self.peak_stored_pixel_samples, self.stored_pixel_samples)
         self._finish_complete_categories(category_ids, sample_ids)
 
@@ -277,6 +334,28 @@ class AnomalyEvaluator(Metric):
         self.pix_scores.append(maps.to(dev, self.pixel_score_dtype).reshape(-1))
         self.pix_masks.append((gts > 0).to(dev, torch.uint8).reshape(-1))
 
+    def _store_regions(
+        self, ci: int, samples: Tensor, maps: Tensor, regions: Tensor, saturation: Tensor | None, sel: Tensor
+    ) -> None:
+        """One row per region with pixels of the selected samples (a category's chunk, like the pixels)."""
+        if saturation is None:
+            raise ValueError("regions need region_saturation")
+        rows, scores = [], []
+        for i in torch.nonzero(sel).reshape(-1).tolist():
+            for k, values, area in region_scores(maps[i].detach(), regions[i], saturation[i]):
+                rows.append((int(samples[i]), k, area, int(values.shape[0])))
+                scores.append(values.reshape(-1))
+        if not rows:
+            return
+        dev = self.device
+        sample, index, area, size = zip(*rows, strict=True)
+        self.reg_category.append(torch.full((len(rows),), ci, dtype=torch.int64, device=dev))
+        self.reg_sample.append(torch.tensor(sample, dtype=torch.int64, device=dev))
+        self.reg_index.append(torch.tensor(index, dtype=torch.int64, device=dev))
+        self.reg_saturation.append(torch.tensor(area, dtype=torch.float64, device=dev))
+        self.reg_size.append(torch.tensor(size, dtype=torch.int64, device=dev))
+        self.reg_scores.append(torch.cat(scores).to(dev, self.pixel_score_dtype))
+
     # --- categories finished early (known sizes) ---------------------------------------------------------
     @staticmethod
     def _distributed() -> bool:
@@ -321,6 +400,8 @@ class AnomalyEvaluator(Metric):
             local = {name: self._cat(name)[rows] for name in self._IMAGE_STATES}
             pixels = self._category_chunks(ci)
             local.update({name: self._cat_chunks(name, pixels) for name in self._PIXEL_STATES})
+            region_rows = self._category_chunks(ci, "reg_category")
+            local.update({name: self._cat_chunks(name, region_rows) for name in self._REGION_STATES})
             with self._states_replaced(
                 gather_category(ci, local, self.device, self.process_group, self.while_waiting)
             ):
@@ -333,6 +414,7 @@ class AnomalyEvaluator(Metric):
                     )
                 self._finish_category(ci, drop=False)
             self._drop_pixel_chunks(pixels)
+            self._drop_pixel_chunks(region_rows, self._REGION_STATES)
             self._next_in_order += 1
 
     def _finish_category(self, ci: int, drop: bool = True) -> None:
@@ -341,10 +423,11 @@ class AnomalyEvaluator(Metric):
             self._finished_curves[ci] = curves
         if drop:
             self._drop_pixel_chunks(self._category_chunks(ci))
+            self._drop_pixel_chunks(self._category_chunks(ci, "reg_category"), self._REGION_STATES)
 
-    def _category_chunks(self, ci: int) -> list[int]:
-        """Positions of category ``ci``'s stored pixel chunks (one category per chunk)."""
-        return [i for i, chunk in enumerate(self._pixel_chunks("pix_category")) if int(chunk[0]) == ci]
+    def _category_chunks(self, ci: int, key: str = "pix_category") -> list[int]:
+        """Positions of category ``ci``'s stored pixel (or region) chunks (one category per chunk)."""
+        return [i for i, chunk in enumerate(self._pixel_chunks(key)) if chunk.numel() and int(chunk[0]) == ci]
 
     def _cat_chunks(self, name: str, positions: list[int]) -> Tensor:
         chunks = self._pixel_chunks(name)
@@ -352,8 +435,8 @@ class AnomalyEvaluator(Metric):
             return torch.empty(0, dtype=self._state_dtypes[name], device=self.device)
         return torch.cat([chunks[i] for i in positions])
 
-    def _drop_pixel_chunks(self, positions: list[int]) -> None:
-        for name in self._PIXEL_STATES:
+    def _drop_pixel_chunks(self, positions: list[int], names: tuple[str, ...] = _PIXEL_STATES) -> None:
+        for name in names:
             chunks = self._pixel_chunks(name)
             setattr(self, name, [c for i, c in enumerate(chunks) if i not in positions])
 
@@ -430,7 +513,7 @@ class AnomalyEvaluator(Metric):
         img_cat, img_score, img_label, img_pixel_gt, keep, _ = self._image_states()
         idx = keep[img_cat[keep] == ci]
         maps, gts = self._category_pixels(ci) if self.pixel_metrics and idx.size else ([], [])
-        return category_pixel_results(
+        (values, reasons, notes), curves = category_pixel_results(
             self.categories[ci],
             img_score[idx],
             img_label[idx],
@@ -442,10 +525,30 @@ class AnomalyEvaluator(Metric):
             keep_curves=self.keep_curves,
             curve_points=self.curve_points,
         )
+        if self.region_metrics:
+            values["spro"], why = category_spro(maps, gts, self._category_regions(ci), self.spro_fpr_limit)
+            if why:
+                reasons["spro"] = why
+        return (values, reasons, notes), curves
+
+    def _category_regions(self, ci: int) -> list[tuple[np.ndarray, float]]:
+        """(scores, saturation) of category ``ci``'s regions, each region of each sample once."""
+        rows = self._cat("reg_category").cpu().numpy() == ci
+        if not rows.any():
+            return []
+        sample = self._cat("reg_sample").cpu().numpy()
+        first = self._first_occurrences(sample[rows], self._cat("reg_index").cpu().numpy()[rows])
+        sizes = self._cat("reg_size").cpu().numpy()
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])[rows]
+        scores = self._cat("reg_scores").cpu().float().numpy()
+        saturation = self._cat("reg_saturation").cpu().numpy()[rows]
+        size = sizes[rows]
+        return [(scores[starts[i] : starts[i] + size[i]], float(saturation[i])) for i in first]
 
     def compute(self) -> EvaluationResult:
         """Metrics per category; undefined ones are None with a reason in ``missing``."""
         img_cat, img_score, img_label, _, keep, duplicates = self._image_states()
+        img_group = self._cat("img_group").cpu().numpy() if self.sample_metrics else None
         per_category: dict[str, dict[str, float | None]] = {}
         missing: dict[str, dict[str, str]] = {}
         num_images: dict[str, int] = {}
@@ -453,9 +556,11 @@ class AnomalyEvaluator(Metric):
         for ci, name in enumerate(self.categories):
             idx = keep[img_cat[keep] == ci]
             num_images[name] = int(idx.size)
-            values: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
+            values: dict[str, float | None] = dict.fromkeys((*METRIC_NAMES, *self.extra_metrics))
             reasons: dict[str, str] = {}
             image_metrics(img_score[idx], img_label[idx], values, reasons)
+            if img_group is not None:
+                sample_level_metrics(img_score[idx], img_label[idx], img_group[idx], values, reasons)
             (pv, pr, pn), _ = self._results(ci)
             values.update(pv)
             reasons.update(pr)
@@ -472,6 +577,7 @@ class AnomalyEvaluator(Metric):
             pixel_score_dtype=self.pixel_score_dtype_name,
             duplicates_dropped=duplicates,
             notes=notes,
+            extra_metrics=self.extra_metrics,
         )
 
     def curves(self) -> dict[str, CurveSet]:

@@ -8,6 +8,7 @@ under ``tmp_path`` and returns its root; tests break it on purpose where they ne
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -298,6 +299,186 @@ def fake_covid(tmp_path: Path) -> Path:
     return root
 
 
+def write_region(path: Path, rows: slice, cols: slice, value: int, size: tuple[int, int] = (W, H)) -> Path:
+    """One defect region PNG of a mask folder (MVTec LOCO, AutoVI): ``value`` inside the box, 0 elsewhere."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = np.zeros((size[1], size[0]), dtype=np.uint8)
+    array[rows, cols] = value
+    Image.fromarray(array, mode="L").save(path)
+    return path
+
+
+LOCO_DEFECTS = [  # pixel value 255: a relative rule; 1: an absolute one (pixels)
+    {
+        "defect_name": "missing_item",
+        "pixel_value": 255,
+        "saturation_threshold": 0.5,
+        "relative_saturation": True,
+    },
+    {"defect_name": "scratch", "pixel_value": 1, "saturation_threshold": 10, "relative_saturation": False},
+]
+
+
+@pytest.fixture
+def fake_mvtec_ad2(tmp_path: Path) -> Path:
+    """``{cls}/{train,validation}/good``, ``test_public/{good,bad}`` + ``ground_truth/bad/*_mask.png``,
+    ``test_private{,_mixed}`` (2 images each, so MVTec's file counts do not hold) and a ``license.txt``."""
+    root = tmp_path / "mvtec_ad_2"
+    for category in ("can", "walnuts"):
+        cat = root / category
+        write_image(cat / "train" / "good" / "000_regular.png")
+        write_image(cat / "validation" / "good" / "000_regular.png", seed=1)
+        for i in range(2):
+            write_image(cat / "test_public" / "good" / f"{i:03d}_regular.png", seed=10 + i)
+            write_image(cat / "test_public" / "bad" / f"{i:03d}_overexposed.png", seed=20 + i)
+            write_mask(cat / "test_public" / "ground_truth" / "bad" / f"{i:03d}_overexposed_mask.png")
+            write_image(cat / "test_private" / f"{i:03d}_regular.png", seed=30 + i)
+            write_image(cat / "test_private_mixed" / f"{i:03d}_mixed.png", seed=40 + i)
+    (root / "license.txt").write_text("CC BY-NC-SA 4.0\n")
+    return root
+
+
+REALIAD_VIEWS = 5
+
+
+@pytest.fixture
+def fake_realiad(tmp_path: Path) -> Path:
+    """``realiad_1024/{cls}/{OK,NG/<code>}/S####/`` with 5 views per sample and masks beside the NG views,
+    ``realiad_jsons/{cls}.json`` (multi-view) and ``realiad_jsons_sv/`` (view C1 only). Per class: OK
+    samples 1 and 2 (test) and 4 (train); NG sample 3 (code QS) whose view C3 does not show the defect, so
+    the JSON lists it as OK without a mask although it lies in the NG folder."""
+    root = tmp_path / "Real-IAD"
+    for category in ("audiojack", "zipper"):
+        base = root / "realiad_1024" / category
+        train, test, single = [], [], []
+        for number, folder, kind in (
+            (1, "OK", "OK"),
+            (2, "OK", "OK"),
+            (3, "NG/QS", "NG_QS"),
+            (4, "OK", "OK"),
+        ):
+            for view in range(1, REALIAD_VIEWS + 1):
+                stem = f"{category}_{number:04d}_{kind}_C{view}_2023092209{number:02d}{view:02d}"
+                relative = f"{folder}/S{number:04d}/{stem}"
+                write_image(base / f"{relative}.jpg", seed=number * 10 + view)
+                shows = kind != "OK" and view != 3
+                if kind != "OK":
+                    write_mask(base / f"{relative}.png", empty=not shows)
+                sample = {
+                    "category": category,
+                    "anomaly_class": "QS" if shows else "OK",
+                    "image_path": f"{relative}.jpg",
+                    "mask_path": f"{relative}.png" if shows else None,
+                }
+                (train if number == 4 else test).append(sample)
+                if view == 1 and number != 4:
+                    single.append(sample)
+        meta = {"prefix": category, "normal_class": "OK"}
+        for folder, samples in (("realiad_jsons", test), ("realiad_jsons_sv", single)):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            payload = {"meta": meta, "train": train, "test": samples}
+            (root / folder / f"{category}.json").write_text(json.dumps(payload))
+    return root
+
+
+@pytest.fixture
+def fake_mvtec_loco(tmp_path: Path) -> Path:
+    """Two objects with ``defects_config.json`` (:data:`LOCO_DEFECTS`); each anomalous image has a folder of
+    region PNGs: logical ``000`` has two regions (values 255 and 1), every other one a single region."""
+    root = tmp_path / "mvtec_loco_anomaly_detection"
+    for obj in ("breakfast_box", "pushpins"):
+        cat = root / obj
+        write_image(cat / "train" / "good" / "000.png")
+        write_image(cat / "validation" / "good" / "000.png", seed=1)
+        for i in range(2):
+            write_image(cat / "test" / "good" / f"{i:03d}.png", seed=10 + i)
+            for kind, value in (("logical_anomalies", 255), ("structural_anomalies", 1)):
+                write_image(cat / "test" / kind / f"{i:03d}.png", seed=20 + i)
+                write_region(
+                    cat / "ground_truth" / kind / f"{i:03d}" / "000.png", slice(2, 8), slice(2, 10), value
+                )
+        write_region(
+            cat / "ground_truth" / "logical_anomalies" / "000" / "001.png", slice(9, 14), slice(12, 20), 1
+        )
+        (cat / "defects_config.json").write_text(json.dumps(LOCO_DEFECTS))
+    (root / "license.txt").write_text("CC BY-NC-SA 4.0\n")
+    (root / "readme.txt").write_text("MVTec LOCO AD\n")
+    return root
+
+
+@pytest.fixture
+def fake_bmad(tmp_path: Path) -> Path:
+    """``Brain_AD/BraTS2021_slice/`` (a wrapper; ``test/<label>/<img|label>``), ``Liver_AD/hist_DIY/``
+    (``test/<img|label>/<label>``, lower-case ``ungood``) and ``Chest-AD/`` (image level, no wrapper), each
+    with a ``valid/`` that holds anomalies too; plus a ``.DS_Store`` and a readme."""
+    root = tmp_path / "BMAD"
+    brain = root / "Brain_AD" / "BraTS2021_slice"
+    write_image(brain / "train" / "good" / "img" / "00003_60.png", mode="L")
+    for label in ("good", "Ungood"):
+        for i in range(2):
+            write_image(brain / "test" / label / "img" / f"0000{i}_9{i}.png", mode="L", seed=i)
+            write_image(brain / "valid" / label / "img" / f"0010{i}_9{i}.png", mode="L", seed=i)
+            if label == "Ungood":
+                write_mask(brain / "test" / label / "label" / f"0000{i}_9{i}.png")
+                write_mask(brain / "valid" / label / "label" / f"0010{i}_9{i}.png")
+    liver = root / "Liver_AD" / "hist_DIY"
+    write_image(liver / "train" / "good" / "0.png", mode="L")
+    for label in ("good", "ungood"):
+        for i in range(2):
+            write_image(liver / "test" / "img" / label / f"{i}.png", mode="L", seed=i)
+            if label == "ungood":
+                write_mask(liver / "test" / "label" / label / f"{i}.png")
+    chest = root / "Chest-AD"
+    write_image(chest / "train" / "good" / "0.png", mode="L")
+    for label in ("good", "Ungood"):
+        for i in range(3):
+            write_image(chest / "test" / label / f"{label}{i}.png", mode="L", seed=i)
+            write_image(chest / "val" / label / f"{label}{i}.png", mode="L", seed=i)
+    (root / ".DS_Store").write_bytes(b"\0")
+    (root / "README.md").write_text("BMAD\n")
+    return root
+
+
+AUTOVI_DEFECTS = [
+    {
+        "defect_name": "fastening",
+        "pixel_value": 255,
+        "saturation_threshold": 1.0,
+        "relative_saturation": True,
+    },
+]
+
+
+@pytest.fixture
+def fake_autovi(tmp_path: Path) -> Path:
+    """``engine_wiring`` inside a wrapper folder of its own name, with ``defects_config.json``;
+    ``pipe_clip`` directly under the root, without one (no sPRO there)."""
+    root = tmp_path / "AutoVI"
+    for cat in (root / "engine_wiring" / "engine_wiring", root / "pipe_clip"):
+        write_image(cat / "train" / "good" / "0000.png")
+        for i in range(2):
+            write_image(cat / "test" / "good" / f"{i:04d}.png", seed=10 + i)
+            write_image(cat / "test" / "fastening" / f"{i:04d}.png", seed=20 + i)
+            write_region(
+                cat / "ground_truth" / "fastening" / f"{i:04d}" / "0000.png", slice(0, 8), slice(0, 12), 255
+            )
+    (root / "engine_wiring" / "engine_wiring" / "defects_config.json").write_text(json.dumps(AUTOVI_DEFECTS))
+    return root
+
+
+@pytest.fixture
+def fake_ksdd2(tmp_path: Path) -> Path:
+    """``{train,test}/{id}.png`` + ``{id}_GT.png``: an all-zero GT is a normal image, any non-zero pixel
+    (here value 1) an anomalous one."""
+    root = tmp_path / "KolektorSDD2"
+    for split, n in (("test", 4), ("train", 2)):
+        for i in range(n):
+            stem = f"{10000 + i}"
+            write_image(root / split / f"{stem}.png", seed=i)
+            write_mask(root / split / f"{stem}_GT.png", value=1, empty=i % 2 == 0)
+    return root
+
+
 # --------------------------------------------------------------------------------------------------
 # loading a batch through the DataModule
 
@@ -318,12 +499,10 @@ def load_test_batch(name: str, root: Path, image_size: int = 32, **options: str)
     assert set(batch["label"].tolist()) <= {0, 1}
     normal = batch["label"] == 0
     assert batch["mask"][normal].sum() == 0, "normal images must get empty masks"
-    has_masks = bool(batch["has_mask"].all())
-    if has_masks:
-        anomalous = batch["mask"][~normal].flatten(1).sum(1)
-        assert (anomalous > 0).all(), "every anomalous image must have a non-empty mask"
-    else:
-        assert batch["mask"].sum() == 0
+    masked = batch["has_mask"]  # per image: BMAD has categories without masks
+    anomalous = batch["mask"][~normal & masked].flatten(1).sum(1)
+    assert (anomalous > 0).all(), "every anomalous image with ground truth must have a non-empty mask"
+    assert batch["mask"][~masked].sum() == 0
     return batch
 
 

@@ -1,12 +1,16 @@
-"""AnomalyDataModule's loader settings: how many workers load data when ``data.num_workers`` is unset."""
+"""AnomalyDataModule's loader settings (how many workers load data when ``data.num_workers`` is unset), and
+what its test batches give the evaluator through a method's test loop (sample groups, regions)."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from datamodules import datamodule as datamodule_module
 from datamodules.config import DataConfig
 from datamodules.datamodule import AnomalyDataModule, auto_num_workers, usable_cores
+from lightning_modules.base import ZeroShotModule
+from tests_support import quiet_trainer
 
 
 @pytest.fixture
@@ -57,3 +61,31 @@ def test_loaders_use_the_setting_or_the_automatic_count(cores, synthetic_pair):
     assert loader_workers(None) == [(5, True), (5, True)]
     assert loader_workers(0) == [(0, False), (0, False)]
     assert loader_workers(3) == [(3, True), (3, True)]
+
+
+class _MaskOracle(ZeroShotModule):
+    """Scores each image by its ground truth: maps are the masks (plus a little noise), scores their maxima."""
+
+    def predict_batch(self, batch):
+        maps = batch["mask"] + 0.01 * torch.rand(
+            batch["mask"].shape, generator=torch.Generator().manual_seed(0)
+        )
+        return maps.amax((1, 2)), maps
+
+
+@pytest.mark.parametrize(
+    ("name", "fixture"), [("realiad", "fake_realiad"), ("mvtec_loco", "fake_mvtec_loco")]
+)
+def test_test_loop_gives_the_evaluator_sample_groups_and_regions(name, fixture, request):
+    """Real-IAD's views grouped into samples give the sample-level columns, MVTec LOCO's region folders sPRO;
+    a perfect map scores 1 on both, and the other datasets' columns are unchanged."""
+    cfg = DataConfig(name=name, root=str(request.getfixturevalue(fixture)), num_workers=0, eval_batch_size=7)
+    module = _MaskOracle()
+    quiet_trainer().test(module, datamodule=AnomalyDataModule(cfg, image_size=32))
+    result = module.test_results
+    extra = ["sample_auroc", "sample_ap", "sample_f1_max"] if name == "realiad" else ["spro"]
+    assert result.extra_metrics == extra
+    for metric in extra:
+        assert result.mean[metric] == pytest.approx(1.0) and result.mean_counts[metric] == len(
+            result.categories
+        )

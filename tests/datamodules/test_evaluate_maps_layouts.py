@@ -79,3 +79,46 @@ def test_unknown_dataset_and_missing_map_are_one_line_errors(fake_visa, tmp_path
     (tmp_path / "maps" / f"{next(iter(saved))}.npy").unlink()
     assert main([*args, "--dataset", "visa"]) == 2
     assert "no anomaly map for" in capsys.readouterr().err
+
+
+def test_region_datasets_get_spro_at_the_ground_truth_resolution(fake_mvtec_loco, tmp_path):
+    """MVTec LOCO's maps are scored as MVTec's own LOCO evaluation does: regions at the image's resolution
+    with the saturation rules of defects_config.json (here: the functional sPRO on the same regions)."""
+    from datamodules.regions import load_regions
+    from lightning_modules.metrics.spro import spro
+
+    save_maps(fake_mvtec_loco, "mvtec_loco", tmp_path / "maps")
+    result = evaluate(fake_mvtec_loco, tmp_path / "maps", "mvtec_loco", "--spro-fpr-limit", "0.3")
+    index = build_index("mvtec_loco", fake_mvtec_loco).select(split="test")
+    for category in index.categories():
+        maps, regions, areas = [], [], []
+        for record in index.select(categories=[category]).records:
+            relative = record.image_path.relative_to(index.root).with_suffix("")
+            maps.append(np.load(tmp_path / "maps" / f"{relative}.npy"))
+            found = load_regions(record.mask_path, index.region_rules[category]) if record.label else []
+            regions.append([array for array, _ in found])
+            areas.append([rule.saturation_area(int(array.sum())) for array, rule in found])
+        expected = spro(maps, regions, areas, fpr_limit=0.3)
+        assert result["per_category"][category]["spro"] == pytest.approx(expected, abs=1e-12)
+    assert "spro" in result["metrics"]
+
+
+def test_sample_level_metrics_and_mask_free_categories(fake_realiad, fake_bmad, tmp_path):
+    """Real-IAD: a sample scores the maximum of its views; BMAD: pixel metrics only where a subset has masks."""
+    saved = save_maps(fake_realiad, "realiad", tmp_path / "realiad")
+    result = evaluate(fake_realiad, tmp_path / "realiad", "realiad")
+    index = build_index("realiad", fake_realiad).select(split="test", categories=["zipper"])
+    by_sample: dict[str, tuple[float, int]] = {}
+    for record in index.records:
+        amap, label, _, _ = saved[record.image_path.relative_to(index.root).with_suffix("").as_posix()]
+        score, anomalous = by_sample.get(record.group, (-np.inf, 0))
+        by_sample[record.group] = (max(score, float(amap.max())), max(anomalous, label))
+    scores, labels = zip(*by_sample.values(), strict=True)
+    assert len(by_sample) == 3
+    assert result["per_category"]["zipper"]["sample_auroc"] == pytest.approx(roc_auc_score(labels, scores))
+
+    save_maps(fake_bmad, "bmad", tmp_path / "bmad")
+    result = evaluate(fake_bmad, tmp_path / "bmad", "bmad")
+    assert result["per_category"]["Brain"]["pixel_auroc"] is not None
+    assert result["per_category"]["Chest"]["pixel_auroc"] is None
+    assert result["per_category"]["Chest"]["image_auroc"] is not None

@@ -43,3 +43,14 @@ def test_sweep_runs_log_per_category_scalars_under_readable_names(tmp_path, synt
     for key, value in expected.items():
         assert logged[key] == pytest.approx(value), key
         assert run["summary"][key] == pytest.approx(value), key
+
+
+def test_extra_columns_are_logged_per_category_where_a_target_has_them():
+    from pipelines.loggers import evaluation_scalars
+
+    values = dict.fromkeys(METRICS, 0.5)
+    payload = {"mean": {**values, "spro": 0.25}, "categories": {"box_logical": {**values, "spro": 0.25}}}
+    scalars = evaluation_scalars("mvtec_loco", payload)
+    assert scalars["eval/mvtec_loco/spro"] == scalars["eval/mvtec_loco/box_logical/spro"] == 0.25
+    plain = evaluation_scalars("mvtec", {"mean": values, "categories": {"bottle": values}})
+    assert not any("spro" in key or "sample_" in key for key in plain)

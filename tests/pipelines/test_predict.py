@@ -239,3 +239,41 @@ def test_any_format_and_size_gets_a_map_at_its_own_size_and_unreadable_files_are
     rows = _rows(out / "predictions.csv")
     assert len(rows) == 4 and all(r["label"] == "" for r in rows)
     assert sorted(Path(r["path"]).name for r in _rows(out / "unreadable.csv")) == ["cut.png", "garbage.png"]
+
+
+def test_mvtec_ad2_submission_is_in_the_servers_form(tmp_path, capsys):
+    """--submission mvtec_ad2: float16 anomaly_images/{object}/{split}/{NNN}_{kind}.tiff at each image's size
+    and 0/255 anomaly_images_thresholded/*.png, as MVTec's upload checker requires; incomplete splits named;
+    an image outside the private test sets is refused before predicting."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "mvtec_ad_2"
+    for split, kind in (("test_private", "regular"), ("test_private_mixed", "mixed")):
+        for i in range(2):
+            path = root / "can" / split / f"{i:03d}_{kind}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (30, 41, 3), dtype=np.uint8)).save(path)
+    out = tmp_path / "out"
+    args = ["predict", "clip_all", "method=clip_tiny", *COMMON, "trainer.enable_progress_bar=false"]
+    inputs = ["--input", str(root / "can" / "test_private"), str(root / "can" / "test_private_mixed")]
+    submission = ["--submission", "mvtec_ad2", "--pixel-threshold", "0.5"]
+    assert main([*args, "--out", str(out), *submission, *inputs]) == 0
+    printed = capsys.readouterr().out
+    for name in ("can/test_private/001_regular", "can/test_private_mixed/000_mixed"):
+        amap = tifffile.imread(out / "anomaly_images" / f"{name}.tiff")
+        assert amap.dtype == np.float16 and amap.shape == (30, 41)
+        mask = np.asarray(Image.open(out / "anomaly_images_thresholded" / f"{name}.png"))
+        assert mask.ndim == 2 and set(np.unique(mask)) <= {0, 255}
+    assert not (out / "maps").exists() and not (out / "masks").exists()
+    assert (
+        "can/test_private: 2 of 321 images" in printed and "walnuts/test_private_mixed: 0 of 228" in printed
+    )
+    assert json.loads((out / "prediction.json").read_text())["submission"] == "mvtec_ad2"
+
+    stray = root / "can" / "test_public" / "good" / "000_regular.png"
+    stray.parent.mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (30, 41, 3), dtype=np.uint8)).save(stray)
+    assert main([*args, "--out", str(tmp_path / "o2"), *submission, "--input", str(root)]) == 2
+    assert (
+        "test_public/good/000_regular is not an image of MVTec AD 2's private test sets"
+        in capsys.readouterr().err
+    )

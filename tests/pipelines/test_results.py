@@ -139,3 +139,28 @@ def test_a_full_disk_is_one_clear_error_and_the_old_file_survives(small_tmpfs):
         atomic_write_text(path, "x" * 200_000)
     assert path.read_text() == '{"old": true}\n'
     assert [p.name for p in small_tmpfs.iterdir()] == ["results.json"]
+
+
+def test_extra_metrics_are_new_keys_and_columns_only_where_a_target_has_them() -> None:
+    """Real-IAD's sample-level columns and sPRO extend results.json/csv; other targets keep their schema."""
+    from lightning_modules.metrics import METRIC_NAMES, EvaluationResult
+    from pipelines.results import CSV_COLUMNS, csv_text, format_table, target_payload
+
+    plain = EvaluationResult.from_categories({"a": dict.fromkeys(METRIC_NAMES, 0.5)}, {})
+    extended = EvaluationResult.from_categories(
+        {"b": {**dict.fromkeys(METRIC_NAMES, 0.5), "sample_auroc": 0.75, "spro": 0.25}},
+        {},
+        extra_metrics=("sample_auroc", "spro"),
+    )
+    counts = {"a": {"normal": 1, "anomalous": 1}, "b": {"normal": 1, "anomalous": 1}}
+    first = target_payload("mvtec", counts, plain, {})
+    assert list(first["mean"]) == list(METRIC_NAMES)  # unchanged schema
+    second = target_payload("realiad", counts, extended, {})
+    assert second["categories"]["b"]["sample_auroc"] == 0.75 and second["mean"]["spro"] == 0.25
+    header = csv_text({"targets": {"mvtec": first}}).splitlines()[0]
+    assert header == ",".join(CSV_COLUMNS)
+    lines = csv_text({"targets": {"mvtec": first, "realiad": second}}).splitlines()
+    assert lines[0] == ",".join((*CSV_COLUMNS, "sample_auroc", "spro"))
+    assert lines[1].endswith(",,") and lines[3].endswith(",0.75,0.25")  # mvtec row empty, realiad filled
+    table = format_table({"targets": {"realiad": second}})
+    assert "S AUROC" in table and "sPRO" in table and "75.0" in table

@@ -1,6 +1,7 @@
 """Two processes (Lightning ddp_spawn on CPU/gloo) give exactly the one-process result, although the
 DistributedSampler pads with a duplicate: at the end of the epoch, and with categories finished (and their
-pixels freed) one after another."""
+pixels freed) one after another; the sample-level metrics (views grouped into samples) and sPRO (regions with
+saturation areas) included."""
 
 from __future__ import annotations
 
@@ -126,10 +127,12 @@ SIZES = [7, 1, 6, 2, 5]  # uneven; "b" has fewer samples than processes; 21 samp
 UNEVEN = ["a", "b", "c", "d", "e"]
 UNEVEN_CATEGORY = [ci for ci, n in enumerate(SIZES) for _ in range(n)]
 BATCH = 3
+EXTRAS = {"sample_metrics": True, "region_metrics": True, "spro_fpr_limit": 0.3}
 
 
 class UnevenSet(Dataset):
-    """Samples in category order with maps of one size (a batch may span two categories)."""
+    """Samples in category order with maps of one size (a batch may span two categories); two views per
+    physical sample (``group``), and each anomalous one's mask is a region with a saturation area."""
 
     def __len__(self) -> int:
         return len(UNEVEN_CATEGORY)
@@ -147,13 +150,17 @@ class UnevenSet(Dataset):
 
 
 def update_batch(ev: AnomalyEvaluator, batch: dict) -> None:
+    masks = torch.stack(batch["mask"])
     ev.update(
         batch["cat"],
         batch["sid"],
         batch["score"],
         batch["label"],
         torch.stack(batch["map"]),
-        torch.stack(batch["mask"]),
+        masks,
+        group_ids=batch["sid"] // 2,
+        regions=masks[:, None],
+        region_saturation=masks.flatten(1).sum(1, keepdim=True).double() / 2,
     )
 
 
@@ -181,8 +188,8 @@ class TwoEvaluatorsModule(pl.LightningModule):
         own = expected_samples(self.trainer.test_dataloaders, UNEVEN_CATEGORY, len(UNEVEN))
         assert own is not None
         self.own_shares = [len(s) for s in own]
-        self.bounded = AnomalyEvaluator(UNEVEN, samples_per_category=SIZES, expected_samples=own)
-        self.fallback = AnomalyEvaluator(UNEVEN, samples_per_category=SIZES)
+        self.bounded = AnomalyEvaluator(UNEVEN, samples_per_category=SIZES, expected_samples=own, **EXTRAS)
+        self.fallback = AnomalyEvaluator(UNEVEN, samples_per_category=SIZES, **EXTRAS)
         self.received = 0
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
@@ -214,7 +221,7 @@ class TwoEvaluatorsModule(pl.LightningModule):
 @pytest.mark.timeout(300)
 @pytest.mark.filterwarnings("ignore:The `srun` command is available")
 def test_ddp_finishes_categories_in_order_with_bounded_memory_and_one_process_results(tmp_path):
-    single = AnomalyEvaluator(UNEVEN, samples_per_category=SIZES)
+    single = AnomalyEvaluator(UNEVEN, samples_per_category=SIZES, **EXTRAS)
     for batch in DataLoader(UnevenSet(), batch_size=4, collate_fn=collate):
         update_batch(single, batch)
     expected = json.loads(json.dumps({"result": result_json(single), "curves": curves_json(single)}))
@@ -233,3 +240,5 @@ def test_ddp_finishes_categories_in_order_with_bounded_memory_and_one_process_re
         assert got["bounded"]["left"] == 0
         assert got["fallback"]["peak"] == got["fallback"]["left"] == 11  # everything until the end
     assert expected["result"]["per_category"]["b"]["pixel_auroc"] is not None  # a 1-sample category
+    assert expected["result"]["per_category"]["a"]["sample_auroc"] is not None
+    assert all(expected["result"]["per_category"][c]["spro"] is not None for c in UNEVEN)
