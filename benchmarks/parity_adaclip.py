@@ -104,9 +104,8 @@ def zsad_config(backbone_interpolation: str = "bicubic_no_antialias", **override
     backbone = BackboneConfig(
         name=MODEL, pretrained=None, image_size=IMAGE_SIZE, pos_embed_interpolation=backbone_interpolation
     )
-    return AdaCLIPConfig(
-        backbone=backbone, k_clusters=K_CLUSTERS, lr=LEARNING_RATE, mosaic_rate=0.0, **SETTINGS, **overrides
-    )
+    settings = {"k_clusters": K_CLUSTERS, "lr": LEARNING_RATE, "mosaic_rate": 0.0, **SETTINGS, **overrides}
+    return AdaCLIPConfig(backbone=backbone, **settings)
 
 
 def named_grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -9,13 +9,21 @@ stored here, the comparison table of UniADet's README (gaobb/UniADet, "Compariso
 zero-shot rows; image AUROC and pixel AP, as there): AnomalyCLIP 69.5 / 26.7, WinCLIP 67.0 / 3.3. That table
 does not state the auxiliary training set, the Real-IAD split or the resolution; compare with care. No source
 with numbers of zsad's methods on MVTec AD 2, MVTec LOCO AD, BMAD, AutoVI or KolektorSDD2 was found.
+
+AdaCLIP (Cao et al., ECCV 2024): the image AUROC its paper claims on MVTec AD, VisA and MPDD (89.2, 85.8,
+82.5), as sotaverified.org lists them ("claimed", unverified there): the paper's tables themselves
+(arXiv 2407.15795; its README's Table_industrial.png / Table_medical.png are Git LFS objects) could not be
+read here, so its other columns are absent. Their README corrects the paper's training data: MVTec AD +
+ColonDB for VisA and the other targets, VisA + ClinicDB for MVTec AD and ColonDB
+(configs/experiment/adaclip_*.yaml).
 """
 
 from __future__ import annotations
 
 SOURCE = (
     "AnomalyCLIP paper (Zhou et al., ICLR 2024), Tables 1-2; Real-IAD rows: UniADet's README "
-    "(github.com/gaobb/UniADet, zero-shot comparison table; protocol not stated there)"
+    "(github.com/gaobb/UniADet, zero-shot comparison table; protocol not stated there); AdaCLIP rows: "
+    "its paper's image AUROC as listed by sotaverified.org (the paper's tables could not be read)"
 )
 METHODS = ("clip", "clip_ac", "winclip", "vand", "coop", "anomalyclip")
 
@@ -55,6 +63,9 @@ _PIXEL = {
 _OTHER_SOURCES: dict[tuple[str, str], dict[str, float]] = {
     ("realiad", "anomalyclip"): {"image_auroc": 69.5, "pixel_ap": 26.7},
     ("realiad", "winclip"): {"image_auroc": 67.0, "pixel_ap": 3.3},
+    ("mvtec", "adaclip"): {"image_auroc": 89.2},
+    ("visa", "adaclip"): {"image_auroc": 85.8},
+    ("mpdd", "adaclip"): {"image_auroc": 82.5},
 }
 
 

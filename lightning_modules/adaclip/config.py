@@ -13,6 +13,7 @@ ADACLIP_ACTIVATIONS = ("gelu", "quick_gelu")
 ADACLIP_PROMPT_WORDS = ("authors", "folder", "object_word")
 DICE_UNITS = ("row", "image")
 MOSAIC_LABELS = ("replaced_item", "any_tile")
+MASKLESS_PIXEL_LOSSES = ("zeros", "skip")
 
 
 def _adaclip_backbone() -> BackboneConfig:
@@ -60,6 +61,10 @@ class AdaCLIPConfig:
     # Their train_one_batch squeezes the [1, 1, H, W] mask to [H, W], so BinaryDiceLoss treats each image
     # row as a sample ("row": Dice per row, averaged); "image": Dice per image (the loss as written).
     dice_unit: str = "row"
+    # Images without pixel ground truth (BrainMRI, HeadCT, Br35H, in their all-datasets model): "zeros", as
+    # their dataset classes give every such image an all-zero mask (anomalous ones too), or "skip": the pixel
+    # losses leave them out (a deviation).
+    maskless_pixel_loss: str = "zeros"
     lr: float = 0.01  # --learning_rate
     betas: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.999])
     weight_decay: float = 0.01  # AdamW's default (not set in their trainer)

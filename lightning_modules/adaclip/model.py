@@ -30,6 +30,7 @@ from lightning_modules.adaclip.config import (
     ADACLIP_ACTIVATIONS,
     ADACLIP_PROMPT_WORDS,
     DICE_UNITS,
+    MASKLESS_PIXEL_LOSSES,
     MOSAIC_LABELS,
     PROMPTING_BRANCHES,
     PROMPTING_TYPES,
@@ -52,6 +53,7 @@ def check_choices(cfg: AdaCLIPConfig) -> None:
         ("prompt_words", cfg.prompt_words, ADACLIP_PROMPT_WORDS),
         ("dice_unit", cfg.dice_unit, DICE_UNITS),
         ("mosaic_label", cfg.mosaic_label, MOSAIC_LABELS),
+        ("maskless_pixel_loss", cfg.maskless_pixel_loss, MASKLESS_PIXEL_LOSSES),
     ):
         if value not in allowed:
             raise ConfigError(f"method.{key} must be one of {list(allowed)}, got {value!r}")
@@ -346,18 +348,30 @@ class AdaCLIP(FrozenCLIP):
 
     # --- training and test ------------------------------------------------------------------------
     def loss(
-        self, output: AdaCLIPOutput, labels: torch.Tensor, masks: torch.Tensor
+        self,
+        output: AdaCLIPOutput,
+        labels: torch.Tensor,
+        masks: torch.Tensor,
+        has_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Their train_one_batch: focal(image probabilities, label) + per layer focal(p, gt) + Dice(p_a, gt)
-        + Dice(p_n, 1 - gt), computed outside autocast (in float32 on the CPU)."""
+        + Dice(p_n, 1 - gt), computed outside autocast (in float32 on the CPU). Images without ground truth
+        (``has_mask`` false) count with their all-zero masks, or not at all (``maskless_pixel_loss``)."""
         gt = (masks > 0.5).float()
         gamma = self.cfg.focal_gamma
         image_loss = focal_loss(
             output.image_probs[..., None, None], (labels > 0.5).long()[:, None, None], gamma
         )
         pixel_loss = masks.new_zeros((), dtype=torch.float32)
+        keep = None
+        if self.cfg.maskless_pixel_loss == "skip" and has_mask is not None and not bool(has_mask.all()):
+            keep = has_mask.to(masks.device)
+            if not bool(keep.any()):
+                return {"loss": image_loss, "image_loss": image_loss, "pixel_loss": pixel_loss}
         with self.autocast():  # their per-layer maps are made inside the autocast forward
             layer_probs = output.layer_probs(tuple(masks.shape[-2:]))
+        if keep is not None:
+            gt, layer_probs = gt[keep], [probs[keep] for probs in layer_probs]
         for probs in layer_probs:
             pixel_loss = (
                 pixel_loss

@@ -6,7 +6,6 @@ from typing import Any
 
 import torch
 
-from datamodules.errors import ZsadError
 from datamodules.resumable import derived_seed
 from datamodules.transforms import ImagePreprocessing
 from lightning_modules.adaclip.config import AdaCLIPConfig
@@ -90,14 +89,10 @@ class AdaCLIPModule(CategoryTextModule):
             )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        if not bool(batch["has_mask"].all()):
-            raise ZsadError(
-                "AdaCLIP trains on pixel masks: a source dataset has none (pick sources with masks)"
-            )
         if self.mosaic is not None:
             batch = self.mosaic(batch)
         output = self.model(batch["image"], batch["category_id"], self.hsf_seeds(batch, self.global_step))
-        losses = self.model.loss(output, batch["label"], batch["mask"])
+        losses = self.model.loss(output, batch["label"], batch["mask"], batch["has_mask"])
         self.log_dict(
             {f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch["label"])
         )

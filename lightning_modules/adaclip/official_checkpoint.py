@@ -73,12 +73,15 @@ def zsad_state_dict(
     depth = module.cfg.prompting_depth
     state: dict[str, torch.Tensor] = {}
     statics: dict[str, int] = {"text": 0, "visual": 0}
+    generators: set[int] = set()
     for key, tensor in checkpoint.items():
         if match := _STATIC.fullmatch(key):
             tower, index = match.group(1), int(match.group(2))
             statics[tower] += 1
             name = _static_name(prompts, tower, index)
         elif match := _LINEAR.fullmatch(key):
+            if match.group(1).startswith("dynamic"):
+                generators.add(int(match.group(2)))
             name = _linear_name(prompts, match.group(1), int(match.group(2)), match.group(3))
         else:
             raise ZsadError(f"{source} ({FORMAT}): unexpected entry '{key}'")
@@ -90,4 +93,29 @@ def zsad_state_dict(
                 f"{source} ({FORMAT}): {count} {tower} static prompts, but method.prompting_depth is {depth}; "
                 "set it as the checkpoint was trained"
             )
+    cfg = module.cfg
+    kinds = {
+        "dynamic prompt generators (prompting_type with D)": (bool(generators), "D" in cfg.prompting_type),
+        "text static prompts (S, branch with L)": (
+            statics["text"] > 0,
+            "S" in cfg.prompting_type and "L" in cfg.prompting_branch,
+        ),
+        "visual static prompts (S, branch with V)": (
+            statics["visual"] > 0,
+            "S" in cfg.prompting_type and "V" in cfg.prompting_branch,
+        ),
+    }
+    for kind, (in_file, configured) in kinds.items():
+        if in_file != configured:
+            raise ZsadError(
+                f"{source} ({FORMAT}) {'has' if in_file else 'has no'} {kind}, but method.prompting_type="
+                f"{cfg.prompting_type!r} / prompting_branch={cfg.prompting_branch!r} "
+                f"{'do not use them' if in_file else 'need them'}; set them as the checkpoint was trained"
+            )
+    length = cfg.prompting_length
+    if generators and len(generators) != length:
+        raise ZsadError(
+            f"{source} ({FORMAT}): {len(generators)} dynamic prompt tokens, but method.prompting_length is "
+            f"{length}; set it as the checkpoint was trained"
+        )
     return checked_official_state(module, state, source, FORMAT)

@@ -236,14 +236,17 @@ def test_cli_writes_markdown_csv_and_a_self_contained_html_page(tmp_path, sigma_
     assert "http://" not in page and "https://" not in page and "<link" not in page
 
 
-def test_published_real_iad_rows_name_their_source():
-    """Real-IAD's reference numbers (UniADet's README) come with their metrics and their source."""
+def test_published_real_iad_and_adaclip_rows_name_their_source():
+    """Real-IAD's reference numbers (UniADet's README) and AdaCLIP's (its paper's image AUROC, as
+    sotaverified.org lists them) come with their metrics and their source."""
     from pipelines.published import SOURCE
 
     assert published("realiad", "anomalyclip") == pytest.approx({"image_auroc": 0.695, "pixel_ap": 0.267})
     assert published("realiad", "winclip") == pytest.approx({"image_auroc": 0.670, "pixel_ap": 0.033})
     assert published("realiad", "vand") == {} and published("mvtec_ad2", "anomalyclip") == {}
-    assert "UniADet" in SOURCE and "AnomalyCLIP paper" in SOURCE
+    assert published("visa", "adaclip") == pytest.approx({"image_auroc": 0.858})
+    assert published("btad", "adaclip") == {}
+    assert "UniADet" in SOURCE and "AnomalyCLIP paper" in SOURCE and "AdaCLIP" in SOURCE
 
 
 def test_mean_curves_average_each_fpr_and_take_the_top_of_vertical_segments():
