@@ -272,9 +272,20 @@ def check_checkout(official: Path) -> None:
         )
 
 
-def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
+def _write_their_meta(official: Path, root: Path, categories: list[str]) -> None:
+    """``meta.json`` as their ``data_preprocess/mvtec.py`` writes it, for the given class folders."""
     import importlib.util
 
+    path = official / "data_preprocess" / "mvtec.py"
+    spec = importlib.util.spec_from_file_location("their_mvtec_solver", path)
+    solver_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(solver_module)
+    solver = solver_module.MVTecSolver(root=str(root))
+    solver.CLSNAMES = categories
+    solver.run()
+
+
+def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
     import dataset.base_dataset as base_dataset
     import method.trainer as trainer_module
     from dataset import MVTecDataset
@@ -286,15 +297,8 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     _copying_norm()
     base_dataset.Image.fromarray = ps.old_pillow_fromarray(base_dataset.Image.fromarray)
     trainer_module.create_model_and_transforms = _their_create_model(torch.load(weights, weights_only=True))
-    spec = importlib.util.spec_from_file_location(
-        "their_mvtec_solver", official / "data_preprocess" / "mvtec.py"
-    )
-    solver_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(solver_module)
     categories = list(ps.CATEGORIES)
-    solver = solver_module.MVTecSolver(root=str(root))
-    solver.CLSNAMES = categories
-    solver.run()
+    _write_their_meta(official, root, categories)
 
     # recorders: their features, HSF output and forward output per call; k-means seeds per image
     seeds: list[int] = []
