@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import os
+from typing import Any
 
 import lightning as L
 import torch
@@ -19,7 +19,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.config import DataConfig
 from datamodules.dataset import AnomalyDataset
-from datamodules.errors import ConfigError, ZsadError
+from datamodules.errors import ConfigError
+from datamodules.fingerprint import index_fingerprint
+from datamodules.fingerprint import summary as fingerprint_summary
 from datamodules.index import DatasetIndex, DatasetSpec, build_index, get_dataset_spec
 from datamodules.resumable import EpochSampler, ResumableDataLoader
 from datamodules.transforms import ImageMaskTransform, ImagePreprocessing, TransformSpec
@@ -163,9 +165,22 @@ class AnomalyDataModule(L.LightningDataModule):
         """The training split's images (what a feature cache encodes once)."""
         return self._dataset(self.cfg.train_split, train=True)
 
+    # --- data identity ----------------------------------------------------------------------------
+    @functools.cached_property
+    def train_fingerprint(self) -> dict[str, Any]:
+        """The training split's files (:mod:`datamodules.fingerprint`), computed once: what a run's
+        checkpoints record and a resume compares, and part of the feature cache's key."""
+        return index_fingerprint(self.split_index(self.cfg.train_split))
+
+    @functools.cached_property
+    def test_fingerprint_summary(self) -> dict[str, Any]:
+        """The test split's fingerprint without its file list: what results and saved maps record."""
+        return fingerprint_summary(index_fingerprint(self.test_index))
+
     # --- feature cache ----------------------------------------------------------------------------
     def train_cache_identity(self) -> dict:
-        """What of the data changes cached training features: dataset, root, split, categories, transform."""
+        """What of the data changes cached training features: dataset, root, split, categories, transform,
+        and the training files themselves (their fingerprint's digest: other images, other features)."""
         index = self.split_index(self.cfg.train_split)
         return {
             "dataset": self.cfg.name,
@@ -174,6 +189,7 @@ class AnomalyDataModule(L.LightningDataModule):
             "split": self.cfg.train_split,
             "categories": list(self.categories),
             "n_images": len(index.records),
+            "files": self.train_fingerprint["digest"],
             "transform": dataclasses.asdict(self.transform_spec(train=True)),
         }
 
@@ -188,46 +204,6 @@ class AnomalyDataModule(L.LightningDataModule):
 
     def _train_loader(self, dataset: Dataset, workers: int) -> ResumableDataLoader:
         return resumable_train_loader(dataset, self.cfg, self.trainer, self.seed, workers)
-
-    # --- what a run records and checks -----------------------------------------------------------
-    def training_data(self) -> list[dict]:
-        """What this datamodule trains on, as results.json and training checkpoints record it."""
-        index = self.split_index(self.cfg.train_split)
-        paths = "\n".join(str(r.image_path.relative_to(index.root)) for r in index.records)
-        return [
-            {
-                "dataset": self.cfg.name,
-                "root": str(index.root),
-                "options": dict(getattr(self.cfg, "options", None) or {}),
-                "split": self.cfg.train_split,
-                "version": index.version,
-                "categories": list(self.categories),
-                "n_images": len(index.records),
-                "images_sha256": hashlib.sha256(paths.encode()).hexdigest(),
-            }
-        ]
-
-    def state_dict(self) -> dict:
-        """Stored in training checkpoints (Lightning saves a datamodule's state): the training data."""
-        return {"training_data": self.training_data()}
-
-    def load_state_dict(self, state: dict) -> None:
-        """On resume: the checkpoint's training data must be this one (never resume onto other data)."""
-        self.check_training_data(self.training_data(), state)
-
-    @staticmethod
-    def check_training_data(current: list[dict], state: dict) -> None:
-        saved = state.get("training_data") if isinstance(state, dict) else None
-        if saved is not None and saved != current:
-            changed = sorted(
-                {k for old, new in zip(saved, current, strict=False) for k in new if old.get(k) != new.get(k)}
-            )
-            what = f"its {', '.join(changed)}" if changed and len(saved) == len(current) else "the sources"
-            raise ZsadError(
-                f"the checkpoint to resume from was trained on other data ({what} changed since: "
-                f"{[d['dataset'] for d in saved]} then, {[d['dataset'] for d in current]} now); "
-                "restore that data or start a new run (another run_dir)"
-            )
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         if train and self.cached_train_features is not None:

@@ -8,7 +8,8 @@ permutation, so a resumed run continues exactly. Category ids stay the sources' 
 share one; those become ``dataset:category`` in ``categories`` (``category_folders`` keeps the ids as the
 datasets name them, for prompts).
 
-It only trains: evaluation is per target, each with its own :class:`AnomalyDataModule`.
+It only trains: evaluation is per target, each with its own :class:`AnomalyDataModule`. Its training
+files form one fingerprint (checkpoints record it; a resume onto other files is refused).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import bisect
 import collections
 import dataclasses
 import functools
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from datamodules.config import DataConfig
 from datamodules.datamodule import AnomalyDataModule, resumable_train_loader
 from datamodules.dataset import AnomalyDataset
 from datamodules.errors import ConfigError, ZsadError
+from datamodules.fingerprint import digest
 from datamodules.index import DatasetIndex, SampleRecord
 from datamodules.transforms import ImageMaskTransform
 
@@ -94,6 +97,25 @@ def _qualified(index: DatasetIndex, key: str, shared: set[str]) -> DatasetIndex:
         region_rules={name(c): rules for c, rules in index.region_rules.items()},
         mask_free_categories=frozenset(name(c) for c in index.mask_free_categories),
     )
+
+
+def combined_fingerprint(fingerprints: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several fingerprints as one: each file named by its path below the roots' common folder."""
+    root = Path(os.path.commonpath([f["root"] for f in fingerprints]))
+    files = {
+        Path(os.path.relpath(Path(f["root"]) / name, root)).as_posix(): entry
+        for f in fingerprints
+        for name, entry in f["files"].items()
+    }
+    contents = sorted({f["content"] for f in fingerprints})
+    return {
+        "format": fingerprints[0]["format"],
+        "root": str(root),
+        "content": contents[0] if len(contents) == 1 else "; ".join(contents),
+        "files": files,
+        "bytes": sum(entry[0] for entry in files.values()),
+        "digest": digest(files),
+    }
 
 
 class MultiSourceDataModule(L.LightningDataModule):
@@ -191,15 +213,12 @@ class MultiSourceDataModule(L.LightningDataModule):
         ]
         return CombinedTrainingSet(parts)
 
-    # --- what a run records and checks -----------------------------------------------------------
-    def training_data(self) -> list[dict[str, Any]]:
-        return [record for p in self.parts for record in p.training_data()]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"training_data": self.training_data()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        AnomalyDataModule.check_training_data(self.training_data(), state)
+    # --- data identity ----------------------------------------------------------------------------
+    @functools.cached_property
+    def train_fingerprint(self) -> dict[str, Any]:
+        """The sources' training files as one fingerprint (:mod:`datamodules.fingerprint`), named below the
+        sources' common folder: what checkpoints record and a resume compares."""
+        return combined_fingerprint([p.train_fingerprint for p in self.parts])
 
     # --- feature cache ----------------------------------------------------------------------------
     def train_cache_identity(self) -> dict[str, Any]:

@@ -29,7 +29,6 @@ from datamodules.errors import ConfigError
 from datamodules.multi_source import MultiSourceDataModule
 from datamodules.progress import lightning_progress_bar
 from lightning_modules.base import LIGHTNING_DIR, ZeroShotModule
-from lightning_modules.checkpoint_io import safe_torch_load
 from lightning_modules.metrics.curves import f1_thresholds
 from lightning_modules.registry import get_method
 from pipelines import stop_signals
@@ -37,9 +36,13 @@ from pipelines.checkpointing import (
     AtomicCheckpointIO,
     ExactResume,
     RequeueEvaluation,
+    divergence_as_one_line,
     find_resume_checkpoint,
     last_checkpoint,
+    read_trained_checkpoint,
+    refuse_resume_on_other_data,
     restore_signal_handlers,
+    training_data,
 )
 from pipelines.config import ExperimentConfig, source_configs, source_label
 from pipelines.loggers import drop_redone_training_rows, log_evaluation, make_loggers, wandb_hint
@@ -185,11 +188,13 @@ def fit(cfg: ExperimentConfig, module: ZeroShotModule, run_dir: Path, loggers: l
     if resume is not None and resume.complete and resume.max_epochs == cfg.trainer.max_epochs:
         module.load_trained_weights(str(resume.path))
         return resume.path
+    if resume is not None:  # never one training on two datasets
+        refuse_resume_on_other_data(resume, datamodule.train_fingerprint, run_dir)
     if global_rank() == 0:
         drop_redone_training_rows(loggers, resume.global_step if resume else 0)
     trainer, ckpt_path = make_trainer(cfg, run_dir, loggers, training=True), resume and str(resume.path)
     try:
-        with stop_signals.under_trainer(trainer):  # its safe points decide (pipelines.stop_signals)
+        with stop_signals.under_trainer(trainer), divergence_as_one_line():  # its safe points decide
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     finally:
         restore_signal_handlers(trainer)
@@ -247,6 +252,7 @@ class _WriteResults(Callback):
             "preprocessing": dataclasses.asdict(datamodule.preprocessing),
             "options": dict(datamodule.cfg.options or {}),
             "n_images": len(index.records),
+            "data_fingerprint": datamodule.test_fingerprint_summary,  # which images these numbers saw
             **({"method_protocol": self.protocol} if self.protocol is not None else {}),
         }
         thresholds = f1_thresholds(module.test_curves) if module.test_curves is not None else None
@@ -310,30 +316,15 @@ def _results_header(cfg: ExperimentConfig, run_dir: Path, checkpoint: Path | Non
         "experiment": cfg.name,
         "method": cfg.method.name,
         "source": source_label(cfg),  # "mvtec", or "mvtec+colondb" for several sources
-        "sources": _training_data(cfg, checkpoint),
+        "sources": [{"dataset": s.name, "root": s.root, "split": s.train_split} for s in source_configs(cfg)],
         "seed": cfg.seed,
         "run_dir": str(run_dir),
         "checkpoint": str(checkpoint) if checkpoint else None,
+        "source_data": training_data(checkpoint),  # the fingerprint of what the weights were trained on
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "eval": dataclasses.asdict(cfg.eval),
         "targets": {},
     }
-
-
-def _training_data(cfg: ExperimentConfig, checkpoint: Path | None) -> list[dict[str, Any]]:
-    """What the evaluated weights were trained on: as the training checkpoint recorded it (its datamodule
-    state: dataset, root, split, categories, image count and paths' hash per source), else the config's
-    sources by name, root and split."""
-    if checkpoint is not None and checkpoint.is_file():
-        try:
-            state = safe_torch_load(checkpoint, mmap=True)  # the tensors are not read
-        except Exception:  # noqa: BLE001 - not a zsad checkpoint (the authors' files): no record
-            state = None
-        for datamodule in (AnomalyDataModule, MultiSourceDataModule):
-            record = state.get(datamodule.__qualname__) if isinstance(state, dict) else None
-            if isinstance(record, dict) and "training_data" in record:
-                return record["training_data"]
-    return [{"dataset": s.name, "root": s.root, "split": s.train_split} for s in source_configs(cfg)]
 
 
 # --- jobs --------------------------------------------------------------------------------------------
@@ -388,15 +379,16 @@ def train(cfg: ExperimentConfig) -> RunOutcome:
 
 def evaluation_module(cfg: ExperimentConfig) -> tuple[ZeroShotModule, Path | None]:
     """The configured method with its trained weights (``checkpoint=``, required for trained methods)."""
-    module = build_module(cfg)
     spec = get_method(cfg.method.name)
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else None
     if spec.trains and checkpoint is None:
         raise ConfigError(
             f"method '{spec.name}' is trained: pass checkpoint=RUN_DIR/checkpoints/last.ckpt (written by `zsad train`)"
         )
+    weights = read_trained_checkpoint(checkpoint, cfg.method.name) if checkpoint is not None else None
+    module = build_module(cfg)
     if checkpoint is not None:
-        module.load_trained_weights(str(checkpoint))
+        module.load_trained_weights(str(checkpoint), weights)
     return module, checkpoint
 
 

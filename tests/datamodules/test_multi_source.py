@@ -1,10 +1,10 @@
 """Several training sources as one training set: each source read by its own parser with its own
 preprocessing, category ids kept (qualified where two sources share one), one resumable shuffled loader,
-and the training data recorded in and checked against checkpoints."""
+and one fingerprint of all training files (what checkpoints record)."""
 
 from __future__ import annotations
 
-import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,8 @@ import torch
 
 from datamodules import AnomalyDataModule, DataConfig
 from datamodules.dataset import AnomalyDataset
-from datamodules.errors import ConfigError, ZsadError
+from datamodules.errors import ConfigError
+from datamodules.fingerprint import changes
 from datamodules.multi_source import MultiSourceDataModule
 from datamodules.synthetic import generate_synthetic_dataset
 from datamodules.transforms import ImageMaskTransform, ImagePreprocessing
@@ -92,16 +93,17 @@ def test_sources_must_agree_on_what_one_loader_uses(synthetic_pair, shared_disc)
         MultiSourceDataModule([_data(source), _data(shared_disc, batch_size=1)])
 
 
-def test_a_resume_onto_other_training_data_is_refused(synthetic_pair, shared_disc, tmp_path):
+def test_the_training_files_of_all_sources_form_one_fingerprint(synthetic_pair, shared_disc):
+    """What checkpoints record and a resume compares: every source's files, named below their common
+    folder, so a change in any source shows."""
     source, _ = synthetic_pair
     combined = MultiSourceDataModule([_data(source), _data(shared_disc)])
-    state = combined.state_dict()
-    assert [d["n_images"] for d in state["training_data"]] == [14, 12]
-    MultiSourceDataModule([_data(source), _data(shared_disc)]).load_state_dict(state)  # same data: fine
-    changed = dataclasses.replace(combined.parts[1].cfg, categories=["grain"])
-    other = MultiSourceDataModule([_data(source), AnomalyDataModule(changed, 32, ImagePreprocessing())])
-    with pytest.raises(ZsadError, match="trained on other data .*categories.*n_images"):
-        other.load_state_dict(state)
-    single = _data(source)
-    with pytest.raises(ZsadError, match="trained on other data"):
-        single.load_state_dict(state)
+    fingerprint = combined.train_fingerprint
+    parts = [p.train_fingerprint for p in combined.parts]
+    assert len(fingerprint["files"]) == sum(len(p["files"]) for p in parts)
+    assert Path(fingerprint["root"]) == Path(os.path.commonpath([source, shared_disc]))
+    name = Path(os.path.relpath(shared_disc / "grain/test/good/000.png", fingerprint["root"])).as_posix()
+    assert fingerprint["files"][name] == parts[1]["files"]["grain/test/good/000.png"]
+    changed = dict(fingerprint["files"])
+    changed[name] = [1, 0, "0" * 64]
+    assert changes(fingerprint, {**fingerprint, "files": changed})["changed"] == [name]

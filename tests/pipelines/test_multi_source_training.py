@@ -51,10 +51,11 @@ def test_two_sources_train_as_one_set_record_it_and_resume_exactly(tmp_path, syn
     assert main(["run", str(experiment), *args, f"run_dir={reference}"]) == 0
     results = json.loads((reference / "results.json").read_text())
     assert results["source"] == "synthetic+synthetic"
-    assert [(s["root"], s["categories"], s["n_images"]) for s in results["sources"]] == [
-        (str(synthetic_pair[0]), ["disc", "weave"], 14),
-        (str(tmp_path / "data" / "industrial2"), ["disc", "grain"], 12),
+    assert [(s["root"], s["split"]) for s in results["sources"]] == [
+        (str(synthetic_pair[0]), "test"),
+        (str(tmp_path / "data" / "industrial2"), "test"),
     ]
+    assert results["source_data"]["n_files"] == 26 + 16  # both sources' images and masks
 
     run = ["run", str(experiment), *args, f"run_dir={run_dir}"]
     _interrupt_at(monkeypatch, SendAt(0, 3, signal.SIGTERM))  # mid-epoch
