@@ -68,6 +68,9 @@ class TrainerConfig:
     # faster on A100/H100); "medium" allows bfloat16 products. Only 32-true uses float32 products throughout.
     float32_matmul_precision: MatmulPrecision = MatmulPrecision.highest
     log_every_n_steps: int = 10
+    # Sum the gradients of this many batches before each optimizer step (memory: the activations of one
+    # batch at a time). Checkpoints and stops fall on optimizer steps only, so a resume stays exact.
+    accumulate_grad_batches: int = 1
     # Training saves a resume checkpoint at the end of every epoch and, within an epoch, after the first step
     # that ends this many minutes after the previous checkpoint (null: epoch ends only), so a hard kill loses
     # at most about this much work. See docs/cluster.md, "Interruptions and exact resume".

@@ -45,8 +45,11 @@ def _two_source_experiment(tmp_path: Path, synthetic_pair) -> Path:
 
 @pytest.mark.slow
 def test_two_sources_train_as_one_set_record_it_and_resume_exactly(tmp_path, synthetic_pair, monkeypatch):
+    """With gradients accumulated over 2 batches too: a stop asked for between the two batches of one
+    optimizer step waits for it (the summed gradients are in no checkpoint)."""
     experiment = _two_source_experiment(tmp_path, synthetic_pair)
-    args = [*FAST, "trainer.max_epochs=2"]  # 26 images in batches of 4: 7 steps per epoch
+    # 26 images in batches of 4: 7 batches, 4 optimizer steps per epoch
+    args = [*FAST, "trainer.max_epochs=2", "trainer.accumulate_grad_batches=2"]
     reference, run_dir = tmp_path / "reference", tmp_path / "interrupted"
     assert main(["run", str(experiment), *args, f"run_dir={reference}"]) == 0
     results = json.loads((reference / "results.json").read_text())
@@ -58,8 +61,9 @@ def test_two_sources_train_as_one_set_record_it_and_resume_exactly(tmp_path, syn
     assert results["source_data"]["n_files"] == 26 + 16  # both sources' images and masks
 
     run = ["run", str(experiment), *args, f"run_dir={run_dir}"]
-    _interrupt_at(monkeypatch, SendAt(0, 3, signal.SIGTERM))  # mid-epoch
+    _interrupt_at(monkeypatch, SendAt(0, 2, signal.SIGTERM))  # mid-epoch, between two accumulated batches
     assert main(run) == 128 + signal.SIGTERM
+    assert [p.name for p in (run_dir / "checkpoints" / "resume").iterdir()] == ["step-000000002.ckpt"]
     _interrupt_at(monkeypatch, None)
     assert main(run) == 0
     _assert_same_training(run_dir, reference)
