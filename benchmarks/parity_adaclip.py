@@ -73,21 +73,16 @@ METRICS = ("pixel_auroc", "pixel_f1", "pixel_ap", "image_auroc", "image_f1", "im
 THEIR_METRICS = ("auroc_px", "f1_px", "ap_px", "auroc_im", "f1_im", "ap_im")  # calculate_metric's keys
 
 
-def register_model() -> None:
-    import open_clip
+ps.PARITY_MODELS[MODEL] = MODEL_CONFIG
 
-    if MODEL not in open_clip.list_models():
-        folder = Path(tempfile.mkdtemp(prefix="zsad-parity-"))
-        open_clip.add_model_config(ps.write_model_config(folder, MODEL_CONFIG, MODEL))
+
+def register_model() -> None:
+    ps.register_parity_model(MODEL)
 
 
 def state_dict(seed: int = ps.WEIGHTS_SEED) -> dict[str, torch.Tensor]:
     """open_clip's initialisation of the parity CLIP after ``torch.manual_seed(seed)``."""
-    import open_clip
-
-    register_model()
-    torch.manual_seed(seed)
-    return open_clip.create_model(MODEL, pretrained=None).state_dict()
+    return ps.parity_state_dict(seed, MODEL)
 
 
 def hsf_seed(path: str, *salt: object) -> int:
@@ -110,26 +105,6 @@ def zsad_config(backbone_interpolation: str = "bicubic_no_antialias", **override
 
 def named_grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
-
-
-def evaluate(categories, category_ids, scores, labels, maps, masks) -> dict[str, float]:
-    """zsad's evaluator on the given scores and maps: ``{category/metric: value}``."""
-    from lightning_modules.metrics import AnomalyEvaluator
-
-    evaluator = AnomalyEvaluator(categories=list(categories))
-    evaluator.update(
-        category_ids=torch.as_tensor(category_ids),
-        sample_ids=torch.arange(len(labels)),
-        image_scores=torch.as_tensor(scores).float(),
-        labels=torch.as_tensor(labels),
-        anomaly_maps=torch.as_tensor(maps).float(),
-        masks=torch.as_tensor(masks).float(),
-        has_mask=torch.ones(len(labels), dtype=torch.bool),
-    )
-    result = evaluator.compute()
-    return {
-        f"{c}/{k}": v for c in result.categories for k, v in result.per_category[c].items() if v is not None
-    }
 
 
 def zsad_module(initial: dict[str, torch.Tensor], **overrides):
@@ -202,7 +177,7 @@ def zsad_outputs(
     result["metrics"] = metrics_table(
         ids.numpy(), scores.numpy(), labels.numpy(), maps.numpy(), masks.numpy()
     )
-    aupro = evaluate(data.categories, ids, scores, labels, maps, masks)
+    aupro = ps.evaluator_metrics(data.categories, ids, scores, labels, maps, masks)
     result["aupro_names"] = np.array(sorted(k for k in aupro if k.split("/")[1] in ("aupro", "aupro_cflow")))
     result["aupro"] = np.array([aupro[k] for k in result["aupro_names"]])
     # three training steps of batch size 1, as theirs
@@ -285,11 +260,30 @@ def _write_their_meta(official: Path, root: Path, categories: list[str]) -> None
     solver.run()
 
 
+def their_trainer():
+    """Their ``AdaCLIP_Trainer`` with their defaults on the parity CLIP, built after ``torch.manual_seed(3)``
+    (``method.trainer.create_model_and_transforms`` must be :func:`_their_create_model`'s)."""
+    from method import AdaCLIP_Trainer
+
+    torch.manual_seed(PROMPTS_SEED)
+    return AdaCLIP_Trainer(
+        backbone=MODEL,
+        feat_list=FEATURE_LAYERS,
+        input_dim=MODEL_CONFIG["vision_cfg"]["width"],
+        output_dim=MODEL_CONFIG["embed_dim"],
+        learning_rate=LEARNING_RATE,
+        device="cpu",
+        image_size=IMAGE_SIZE,
+        use_hsf=True,
+        k_clusters=K_CLUSTERS,
+        **SETTINGS,
+    )
+
+
 def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
     import dataset.base_dataset as base_dataset
     import method.trainer as trainer_module
     from dataset import MVTecDataset
-    from method import AdaCLIP_Trainer
     from method.adaclip import AdaCLIP, HybridSemanticFusion
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -338,19 +332,7 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
 
     trainer_module.calculate_metric = calculate_metric
 
-    torch.manual_seed(PROMPTS_SEED)
-    model = AdaCLIP_Trainer(
-        backbone=MODEL,
-        feat_list=FEATURE_LAYERS,
-        input_dim=MODEL_CONFIG["vision_cfg"]["width"],
-        output_dim=MODEL_CONFIG["embed_dim"],
-        learning_rate=LEARNING_RATE,
-        device="cpu",
-        image_size=IMAGE_SIZE,
-        use_hsf=True,
-        k_clusters=K_CLUSTERS,
-        **SETTINGS,
-    )
+    model = their_trainer()
     work = Path(tempfile.mkdtemp(prefix="zsad-adaclip-official-"))
     model.save(str(work / "initial.pth"))  # their released weights' format
     initial = torch.load(work / "initial.pth", weights_only=True)
@@ -522,7 +504,7 @@ def main() -> None:
         ids, theirs["image_scores"], theirs["labels"], theirs["maps"], theirs["masks"]
     )
     ps.print_delta("  zsad's metrics on their maps", theirs["metrics"], same_metrics)
-    aupro = evaluate(
+    aupro = ps.evaluator_metrics(
         ps.CATEGORIES, ids, theirs["image_scores"], theirs["labels"], theirs["maps"], theirs["masks"]
     )
     names = ours["aupro_names"].tolist()

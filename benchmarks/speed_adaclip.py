@@ -103,7 +103,6 @@ def official_times(official: Path, root: Path, weights: Path) -> dict[str, np.nd
     import dataset.base_dataset as base_dataset
     import method.trainer as trainer_module
     from dataset import MVTecDataset
-    from method import AdaCLIP_Trainer
 
     torch.set_num_threads(1)
     pa._copying_norm()
@@ -113,19 +112,7 @@ def official_times(official: Path, root: Path, weights: Path) -> dict[str, np.nd
     )
     categories = sorted(p.name for p in root.iterdir() if p.is_dir())
     pa._write_their_meta(official, root, categories)
-    torch.manual_seed(pa.PROMPTS_SEED)
-    model = AdaCLIP_Trainer(
-        backbone=pa.MODEL,
-        feat_list=pa.FEATURE_LAYERS,
-        input_dim=pa.MODEL_CONFIG["vision_cfg"]["width"],
-        output_dim=pa.MODEL_CONFIG["embed_dim"],
-        learning_rate=pa.LEARNING_RATE,
-        device="cpu",
-        image_size=pa.IMAGE_SIZE,
-        use_hsf=True,
-        k_clusters=pa.K_CLUSTERS,
-        **pa.SETTINGS,
-    )
+    model = pa.their_trainer()
     data = MVTecDataset(
         clsnames=categories,
         transform=model.preprocess,

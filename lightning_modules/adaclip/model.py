@@ -36,7 +36,7 @@ from lightning_modules.adaclip.config import (
     PROMPTING_TYPES,
     AdaCLIPConfig,
 )
-from lightning_modules.clip.factory import create_clip, with_mlp_activation
+from lightning_modules.clip.factory import clip_with_activation
 from lightning_modules.clip.frozen import FrozenCLIP
 from lightning_modules.clip.prompts import encode_prompt_ensemble, trim_after_end_token
 from lightning_modules.losses import dice_loss, focal_loss
@@ -219,13 +219,7 @@ class AdaCLIP(FrozenCLIP):
 
     def __init__(self, cfg: AdaCLIPConfig, clip_model: nn.Module | None = None, tokenizer=None) -> None:
         check_choices(cfg)
-        owned = clip_model is None
-        if owned:
-            clip_model, tokenizer = create_clip(
-                cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir
-            )
-        # a model handed in may be shared (tests): it is copied rather than changed when the activation differs
-        clip_model = with_mlp_activation(clip_model, cfg.activation, in_place=owned)
+        clip_model, tokenizer, _ = clip_with_activation(cfg.backbone, clip_model, tokenizer, cfg.activation)
         super().__init__(cfg.backbone, clip_model, tokenizer, prompt_ensemble=cfg.prompt_ensemble)
         self.cfg = cfg
         layers = cfg.feature_layers or default_feature_layers(self.vision.depth)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from datamodules.errors import ConfigError
-from lightning_modules.clip.factory import create_clip, mlp_activation, with_mlp_activation
+from lightning_modules.clip.factory import clip_with_activation, mlp_activation
 from lightning_modules.clip.frozen import FrozenCLIP
 from lightning_modules.clip.prompts import PROMPT_WORDS
 from lightning_modules.losses import dice_loss, focal_loss
@@ -68,14 +68,9 @@ def check_choices(cfg: VANDConfig) -> None:
 class VAND(FrozenCLIP):
     def __init__(self, cfg: VANDConfig, clip_model: nn.Module | None = None, tokenizer=None) -> None:
         check_choices(cfg)
-        owned = clip_model is None
-        if owned:
-            clip_model, tokenizer = create_clip(
-                cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir
-            )
-        activation = resolve_activation(cfg, clip_model)
-        # a model handed in may be shared (tests): it is copied rather than changed when the activation differs
-        clip_model = with_mlp_activation(clip_model, activation, in_place=owned)
+        clip_model, tokenizer, activation = clip_with_activation(
+            cfg.backbone, clip_model, tokenizer, lambda model: resolve_activation(cfg, model)
+        )
         super().__init__(
             cfg.backbone,
             clip_model,

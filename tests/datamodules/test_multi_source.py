@@ -15,25 +15,7 @@ from datamodules.dataset import AnomalyDataset
 from datamodules.errors import ConfigError
 from datamodules.fingerprint import changes
 from datamodules.multi_source import MultiSourceDataModule
-from datamodules.synthetic import generate_synthetic_dataset
 from datamodules.transforms import ImageMaskTransform, ImagePreprocessing
-
-
-@pytest.fixture(scope="module")
-def shared_disc(tmp_path_factory, synthetic_pair) -> Path:
-    """A second industrial dataset whose "disc" category has the id of the first source's."""
-    root = tmp_path_factory.mktemp("other") / "industrial2"
-    generate_synthetic_dataset(
-        root,
-        style="industrial",
-        seed=5,
-        categories=["disc", "grain"],
-        image_size=32,
-        n_train=1,
-        n_test_good=2,
-        n_test_defect_per_kind=1,
-    )
-    return root
 
 
 def _data(root: Path, **options) -> AnomalyDataModule:
@@ -42,10 +24,10 @@ def _data(root: Path, **options) -> AnomalyDataModule:
 
 
 def test_each_source_keeps_its_preprocessing_and_shared_category_ids_are_qualified(
-    synthetic_pair, shared_disc
+    synthetic_pair, shared_category_source
 ):
     source, _ = synthetic_pair
-    first, second = _data(source), _data(shared_disc, interpolation="bilinear")
+    first, second = _data(source), _data(shared_category_source, interpolation="bilinear")
     combined = MultiSourceDataModule([first, second])
     assert combined.keys == ["synthetic@industrial", "synthetic@industrial2"]
     assert combined.categories == [
@@ -75,9 +57,9 @@ def test_each_source_keeps_its_preprocessing_and_shared_category_ids_are_qualifi
     ]
 
 
-def test_one_shuffled_order_over_all_sources_resumes_mid_epoch(synthetic_pair, shared_disc):
+def test_one_shuffled_order_over_all_sources_resumes_mid_epoch(synthetic_pair, shared_category_source):
     source, _ = synthetic_pair
-    combined = MultiSourceDataModule([_data(source), _data(shared_disc)], seed=11)
+    combined = MultiSourceDataModule([_data(source), _data(shared_category_source)], seed=11)
     loader = combined.train_dataloader()
     epoch = [batch["sample_id"].tolist() for batch in loader]
     assert sorted(i for b in epoch for i in b) == list(range(len(combined.train_dataset())))
@@ -87,22 +69,24 @@ def test_one_shuffled_order_over_all_sources_resumes_mid_epoch(synthetic_pair, s
     assert [batch["sample_id"].tolist() for batch in resumed] == epoch[2:]
 
 
-def test_sources_must_agree_on_what_one_loader_uses(synthetic_pair, shared_disc):
+def test_sources_must_agree_on_what_one_loader_uses(synthetic_pair, shared_category_source):
     source, _ = synthetic_pair
     with pytest.raises(ConfigError, match="disagree on batch_size.*source.batch_size"):
-        MultiSourceDataModule([_data(source), _data(shared_disc, batch_size=1)])
+        MultiSourceDataModule([_data(source), _data(shared_category_source, batch_size=1)])
 
 
-def test_the_training_files_of_all_sources_form_one_fingerprint(synthetic_pair, shared_disc):
+def test_the_training_files_of_all_sources_form_one_fingerprint(synthetic_pair, shared_category_source):
     """What checkpoints record and a resume compares: every source's files, named below their common
     folder, so a change in any source shows."""
     source, _ = synthetic_pair
-    combined = MultiSourceDataModule([_data(source), _data(shared_disc)])
+    combined = MultiSourceDataModule([_data(source), _data(shared_category_source)])
     fingerprint = combined.train_fingerprint
     parts = [p.train_fingerprint for p in combined.parts]
     assert len(fingerprint["files"]) == sum(len(p["files"]) for p in parts)
-    assert Path(fingerprint["root"]) == Path(os.path.commonpath([source, shared_disc]))
-    name = Path(os.path.relpath(shared_disc / "grain/test/good/000.png", fingerprint["root"])).as_posix()
+    assert Path(fingerprint["root"]) == Path(os.path.commonpath([source, shared_category_source]))
+    name = Path(
+        os.path.relpath(shared_category_source / "grain/test/good/000.png", fingerprint["root"])
+    ).as_posix()
     assert fingerprint["files"][name] == parts[1]["files"]["grain/test/good/000.png"]
     changed = dict(fingerprint["files"])
     changed[name] = [1, 0, "0" * 64]

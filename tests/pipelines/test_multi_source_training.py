@@ -12,23 +12,13 @@ import pytest
 from test_cli import FAST
 from test_resume import SendAt, _assert_same_training, _interrupt_at
 
-from datamodules.synthetic import generate_synthetic_dataset
 from pipelines.cli import main
 
 
-def _two_source_experiment(tmp_path: Path, synthetic_pair) -> Path:
+def _two_source_experiment(tmp_path: Path, synthetic_pair, shared_category_source) -> Path:
     source, target = synthetic_pair
     second = tmp_path / "data" / "industrial2"
-    generate_synthetic_dataset(
-        second,
-        style="industrial",
-        seed=5,
-        categories=["disc", "grain"],
-        image_size=32,
-        n_train=1,
-        n_test_good=2,
-        n_test_defect_per_kind=1,
-    )
+    shutil.copytree(shared_category_source, second)  # this test changes a file of it
     data = tmp_path / "data"
     for name, root in (("a", source), ("b", second), ("t", target)):
         (data / f"{name}.yaml").write_text(
@@ -44,10 +34,12 @@ def _two_source_experiment(tmp_path: Path, synthetic_pair) -> Path:
 
 
 @pytest.mark.slow
-def test_two_sources_train_as_one_set_record_it_and_resume_exactly(tmp_path, synthetic_pair, monkeypatch):
+def test_two_sources_train_as_one_set_record_it_and_resume_exactly(
+    tmp_path, synthetic_pair, shared_category_source, monkeypatch
+):
     """With gradients accumulated over 2 batches too: a stop asked for between the two batches of one
     optimizer step waits for it (the summed gradients are in no checkpoint)."""
-    experiment = _two_source_experiment(tmp_path, synthetic_pair)
+    experiment = _two_source_experiment(tmp_path, synthetic_pair, shared_category_source)
     # 26 images in batches of 4: 7 batches, 4 optimizer steps per epoch
     args = [*FAST, "trainer.max_epochs=2", "trainer.accumulate_grad_batches=2"]
     reference, run_dir = tmp_path / "reference", tmp_path / "interrupted"
