@@ -243,7 +243,7 @@ def test_saved_outputs_mirror_the_dataset_and_evaluate_maps_reproduces_the_run(
     # (one bit of its data) is refused by name, not scored
     listed = (maps_dir / "checksums.sha256").read_text().splitlines()
     assert (
-        len(listed) == 14 + 2
+        len(listed) == 14 + len(masks) + 2  # maps, the masks beside them, image_scores.csv, dataset.json
         and subprocess.run(["sha256sum", "--check", "--quiet", "checksums.sha256"], cwd=maps_dir).returncode
         == 0
     )
