@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -66,10 +67,14 @@ class AdaCLIPModule(CategoryTextModule):
         self.model.set_classes(words)
 
     def hsf_seeds(self, batch: dict[str, Any], step: int | None = None) -> list[int]:
-        """One k-means seed per image for HSF, from the run's seed, the image's path and (training) the
-        step: independent of batching and of the process, exact on resume."""
+        """One k-means seed per image for HSF, from the run's seed, the end of the image's path (its last
+        four parts: the same wherever the dataset is stored) and, in training, the step: independent of
+        batching and of the process, exact on resume."""
         parts = () if step is None else (step,)
-        return [derived_seed(self.seed, "adaclip-hsf", p, *parts) % 2**32 for p in batch["image_path"]]
+        return [
+            derived_seed(self.seed, "adaclip-hsf", *Path(p).parts[-4:], *parts) % 2**32
+            for p in batch["image_path"]
+        ]
 
     def on_train_start(self) -> None:
         """The mosaic draws its tiles from the training set, known once the loader exists: only items of
