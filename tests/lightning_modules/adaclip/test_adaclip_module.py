@@ -162,3 +162,14 @@ def test_their_object_words():
     categories = ["bottle", "brainmri", "colondb", "Class1"]
     datasets = ["mvtec", "brainmri", "colondb", "dagm"]
     assert authors_class_names(categories, datasets) == ["bottle", "brain_mri", "colondb", "Class1"]
+
+
+def test_hsf_seeds_follow_the_image_not_the_folder_it_is_stored_in(tiny_clip):
+    module = AdaCLIPModule(_tiny(tiny_clip).cfg, model=_tiny(tiny_clip))
+    here = module.hsf_seeds({"image_path": ["/data/mvtec/bottle/test/broken_large/000.png"]})
+    there = module.hsf_seeds({"image_path": ["/scratch/copy/mvtec/bottle/test/broken_large/000.png"]})
+    other = module.hsf_seeds({"image_path": ["/data/mvtec/bottle/test/broken_large/001.png"]})
+    assert here == there != other
+    assert module.hsf_seeds({"image_path": ["/d/x/a/b/c.png"]}, step=1) != module.hsf_seeds(
+        {"image_path": ["/d/x/a/b/c.png"]}, step=2
+    )
