@@ -107,6 +107,13 @@ def named_grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
+def preprocessing():
+    """AdaCLIP's preprocessing as its spec declares it (their RGB conversion, then AnomalyCLIP's resize)."""
+    from lightning_modules.adaclip.spec import ADACLIP
+
+    return ADACLIP.preprocessing(zsad_config(), "synthetic")
+
+
 def zsad_module(initial: dict[str, torch.Tensor], **overrides):
     """zsad's AdaCLIP on the parity CLIP, its trainable state read from the authors' initial file."""
     import open_clip
@@ -136,7 +143,7 @@ def zsad_outputs(
     data = AnomalyDataModule(
         DataConfig(name="synthetic", root=str(root), num_workers=0, eval_batch_size=64),
         IMAGE_SIZE,
-        module.preprocessing,
+        preprocessing(),
     )
     model.set_classes(list(data.categories))  # prompt_words=authors: the folder names here
     batch = next(iter(data.test_dataloader()))

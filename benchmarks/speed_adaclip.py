@@ -59,7 +59,7 @@ def zsad_times(root: Path, initial: dict[str, torch.Tensor]) -> dict[str, float]
     data = AnomalyDataModule(
         DataConfig(name="synthetic", root=str(root), num_workers=0, eval_batch_size=8),
         pa.IMAGE_SIZE,
-        module.preprocessing,
+        pa.preprocessing(),
     )
     model.set_classes(list(data.categories))
     counts = data.test_index.counts()

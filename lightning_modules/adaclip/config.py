@@ -69,6 +69,10 @@ class AdaCLIPConfig:
     betas: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.999])
     weight_decay: float = 0.01  # AdamW's default (not set in their trainer)
     gaussian_sigma: float = 4.0  # test maps: scipy gaussian_filter(sigma=4)
+    # Test one image at a time, as their loop (batch size 1): HSF's k-means is discontinuous in its input,
+    # so in a batch an image's score can depend on the batch's other images (other BLAS blocking moves the
+    # embeddings by ~1e-7). false: batched (faster; DDP evaluation is then refused, docs/methods.md#adaclip).
+    per_image_test: bool = True
     # 2x2 mosaic (dataset/base_dataset.py combine_img, VAND's): items of these source datasets become,
     # with probability mosaic_rate, four distinct random images of their category (random.sample) pasted
     # full size. Their MVTecDataset defaults to aug_rate 0.2, every other dataset class to 0.

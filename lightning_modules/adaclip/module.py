@@ -8,11 +8,10 @@ from typing import Any
 import torch
 
 from datamodules.resumable import derived_seed
-from datamodules.transforms import ImagePreprocessing
 from lightning_modules.adaclip.config import AdaCLIPConfig
 from lightning_modules.adaclip.model import AdaCLIP
-from lightning_modules.base import EvalConfig
 from lightning_modules.category_module import CategoryTextModule, category_words
+from lightning_modules.eval_config import EvalConfig
 from lightning_modules.mosaic import SameCategoryMosaic
 
 # The cls_name of the authors' dataset classes (dataset/*.py) where it is not zsad's category id; their
@@ -46,11 +45,6 @@ class AdaCLIPModule(CategoryTextModule):
         # The runner seeds torch (L.seed_everything(experiment seed)) right before building the module.
         self.seed = int(torch.initial_seed())
         self.mosaic: SameCategoryMosaic | None = None
-
-    @property
-    def preprocessing(self) -> ImagePreprocessing:
-        """Their dataset converts to RGB before the transform; then Resize((S, S), BICUBIC) as AnomalyCLIP."""
-        return ImagePreprocessing(rgb_before_resize=True)
 
     def checkpoint_identity(self) -> dict[str, Any]:
         return {**super().checkpoint_identity(), "feature_layers": list(self.model.feature_layers)}
@@ -104,8 +98,18 @@ class AdaCLIPModule(CategoryTextModule):
         return losses["loss"]
 
     def predict_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        size = tuple(batch["mask"].shape[-2:])
-        return self.model.predict(batch["image"], batch["category_id"], size, self.hsf_seeds(batch))
+        """One image at a time by default (``per_image_test``, as their loop): HSF's scores then do not
+        depend on the batch's other images, so any batching or DDP split gives the same numbers."""
+        size, seeds = tuple(batch["mask"].shape[-2:]), self.hsf_seeds(batch)
+        if not self.cfg.per_image_test:
+            return self.model.predict(batch["image"], batch["category_id"], size, seeds)
+        outputs = [
+            self.model.predict(
+                batch["image"][i : i + 1], batch["category_id"][i : i + 1], size, seeds[i : i + 1]
+            )
+            for i in range(len(seeds))
+        ]
+        return torch.cat([s for s, _ in outputs]), torch.cat([m for _, m in outputs])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(

@@ -15,6 +15,7 @@ from datamodules.errors import ConfigError, ZsadError
 from lightning_modules.adaclip import AdaCLIP, AdaCLIPConfig, AdaCLIPModule
 from lightning_modules.adaclip.model import default_feature_layers, hybrid_semantic_fusion
 from lightning_modules.adaclip.module import authors_class_names
+from lightning_modules.adaclip.spec import ADACLIP
 from lightning_modules.clip.config import BackboneConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
@@ -54,7 +55,7 @@ def _parity_module(**overrides) -> AdaCLIPModule:
 def test_the_authors_checkpoint_loads_by_name_and_shape(authors_file):
     state = torch.load(authors_file, weights_only=True)
     module = _parity_module()
-    module.load_trained_weights(str(authors_file))
+    module.load_trained_weights(str(authors_file), ADACLIP.official_checkpoint)
     params = dict(module.model.prompts.named_parameters())
     assert torch.equal(params["patch_heads.2.weight"], state["clip_model.patch_token_layer.head.2.weight"])
     assert torch.equal(params["text_static.0"], state["clip_model.text_prompter.static_prompts.1"])
@@ -89,7 +90,9 @@ def test_a_checkpoint_that_does_not_fit_is_refused_with_one_line(
         state["clip_model.text_prompter.static_prompts.1"] = torch.zeros(5, 16)
     torch.save(state, tmp_path / "file.pth")
     with pytest.raises(ZsadError, match=message):
-        _parity_module(**overrides).load_trained_weights(str(tmp_path / "file.pth"))
+        _parity_module(**overrides).load_trained_weights(
+            str(tmp_path / "file.pth"), ADACLIP.official_checkpoint
+        )
 
 
 VARIANTS = [(t, b) for t in ("SD", "S", "D") for b in ("VL", "V", "L")] + [("SD", "")]

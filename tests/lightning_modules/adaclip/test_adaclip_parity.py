@@ -105,7 +105,7 @@ def test_a_changed_default_fails_the_comparison(fixture, root):
     ):
         module = pa.zsad_module(pa.initial_state(fixture), **override)
         data = AnomalyDataModule(
-            DataConfig(name="synthetic", root=str(root), num_workers=0), pa.IMAGE_SIZE, module.preprocessing
+            DataConfig(name="synthetic", root=str(root), num_workers=0), pa.IMAGE_SIZE, pa.preprocessing()
         )
         module.model.set_classes(list(data.categories))
         paths = [str(Path(r.image_path).relative_to(root)) for r in data.test_index.records]
