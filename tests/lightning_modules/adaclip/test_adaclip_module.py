@@ -176,3 +176,24 @@ def test_hsf_seeds_follow_the_image_not_the_folder_it_is_stored_in(tiny_clip):
     assert module.hsf_seeds({"image_path": ["/d/x/a/b/c.png"]}, step=1) != module.hsf_seeds(
         {"image_path": ["/d/x/a/b/c.png"]}, step=2
     )
+
+
+def test_per_image_test_scores_do_not_depend_on_the_batch_and_ddp_is_refused_otherwise(tiny_clip):
+    """HSF's k-means is discontinuous in its input, so batched scores may depend on the batch's other
+    images; one image at a time (the default, as the authors' loop) they cannot, and a DDP evaluation (other
+    batches) is then exact. Batched, the spec refuses DDP with one line."""
+    model = _tiny(tiny_clip)
+    module = AdaCLIPModule(model.cfg, model=model)
+    generator = torch.Generator().manual_seed(3)
+    batch = {
+        "image": torch.randn(3, 3, 64, 64, generator=generator),
+        "category_id": torch.tensor([0, 1, 0]),
+        "mask": torch.zeros(3, 64, 64),
+        "image_path": ["/d/a/t/b/0.png", "/d/a/t/b/1.png", "/d/a/t/b/2.png"],
+    }
+    scores, maps = module.predict_batch(batch)
+    alone = module.predict_batch({k: v[1:2] for k, v in batch.items()})
+    assert torch.equal(scores[1:2], alone[0]) and torch.equal(maps[1:2], alone[1])
+    assert ADACLIP.ddp_refusal_reason(model.cfg) is None
+    batched = dataclasses.replace(model.cfg, per_image_test=False)
+    assert "method.per_image_test=true" in ADACLIP.ddp_refusal_reason(batched)
