@@ -108,7 +108,9 @@ class FAPromptOutput:
     prior_probs: torch.Tensor  # [B, 2, H, W] the same with the image's own prompts (with the prior)
     static_max: torch.Tensor  # [B] max over patches of the abnormal probability (static prompts)
     prior_max: torch.Tensor  # [B] the same with the prior
+    prior_patches: torch.Tensor  # [B, k, D] the patch embeddings the prior is computed from
     prior: torch.Tensor  # [B, width] the meta-net's output added to the abnormal vectors
+    image_text: torch.Tensor  # [B, 2, D] each image's normalised normal and abnormal texts (with the prior)
     abnormal_text: torch.Tensor  # [num_abnormal, D] static abnormality prompts' features (not normalised)
 
     @property
@@ -193,7 +195,8 @@ class FAPrompt(AnomalyCLIPBase):
         static_logits = class_logits(patches, static_text) / temperature
         static_patch_probs = static_logits.softmax(dim=-1)  # [B, N, 2]
 
-        prior = self.prompts.prior(self.select_prior_patches(patches, static_patch_probs[..., ABNORMAL]))
+        prior_patches = self.select_prior_patches(patches, static_patch_probs[..., ABNORMAL])
+        prior = self.prompts.prior(prior_patches)
         abnormal = self.prompts.abnormal(prior).flatten(0, 1)  # [B * count, L, width]
         if texts == "train":
             normal = self.prompts.normal()[None].expand(batch, 1, -1, -1)
@@ -216,7 +219,9 @@ class FAPrompt(AnomalyCLIPBase):
             prior_probs=self._upsample(prior_patch_probs, features.grid, size),
             static_max=static_patch_probs[..., ABNORMAL].max(dim=1).values,
             prior_max=prior_patch_probs[..., ABNORMAL].max(dim=1).values,
+            prior_patches=prior_patches,
             prior=prior,
+            image_text=image_text,
             abnormal_text=static[1:],
         )
 
@@ -253,9 +258,9 @@ class FAPrompt(AnomalyCLIPBase):
         image_loss = F.cross_entropy(output.image_logits, labels)
         score_loss = binary_focal_loss_with_logits(output.image_scores, labels.float(), gamma=cfg.focal_gamma)
         texts = l2_normalize(output.abnormal_text)
-        pairs = torch.triu(torch.ones(len(texts), len(texts), dtype=torch.bool, device=texts.device), 1)
-        decorrelation = (texts @ texts.t())[pairs].abs().sum()
-        prior_loss = (output.prior[labels == 0] ** 2).mean(dim=1).sum()
+        decorrelation = torch.triu((texts @ texts.t()).abs(), diagonal=1).sum()  # pairs j < m
+        normal = (labels == 0).to(output.prior.dtype)
+        prior_loss = ((output.prior**2).mean(dim=1) * normal).sum()
         total = (
             map_loss
             + image_loss
