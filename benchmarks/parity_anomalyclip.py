@@ -133,6 +133,7 @@ def zsad_outputs(root: Path, prompt_learner: dict[str, torch.Tensor], cfg=None) 
     from datamodules import AnomalyDataModule, DataConfig
     from lightning_modules.anomalyclip import AnomalyCLIP, AnomalyCLIPModule
     from lightning_modules.anomalyclip.official_checkpoint import zsad_state_dict
+    from lightning_modules.registry import get_method
 
     register_model()
     cfg = cfg or zsad_config()
@@ -146,7 +147,7 @@ def zsad_outputs(root: Path, prompt_learner: dict[str, torch.Tensor], cfg=None) 
     data = AnomalyDataModule(
         DataConfig(name="synthetic", root=str(root), num_workers=0, eval_batch_size=64),
         IMAGE_SIZE,
-        module.preprocessing,
+        get_method("anomalyclip").preprocessing(cfg, "synthetic"),
     )
     batch = next(iter(data.test_dataloader()))
     images, masks, labels = batch["image"], batch["mask"], batch["label"]
@@ -389,11 +390,19 @@ def main() -> None:
     metrics = official_metrics(theirs)
     ours_metrics = dict(zip(ours["metric_names"].tolist(), ours["metrics"].tolist(), strict=True))
     names = sorted(metrics)
-    ps.print_delta(
-        "metrics (" + ", ".join(sorted({n.split("/")[1] for n in names})) + ")",
-        [metrics[k] for k in names],
-        [ours_metrics[k] for k in names],
-    )
+    for metric in sorted({n.split("/")[1] for n in names}):
+        keys = [f"{c}/{metric}" for c in ours["categories"]]  # category id order
+        ps.print_delta(
+            f"{metric} (per category)", [metrics[k] for k in keys], [ours_metrics[k] for k in keys]
+        )
+        if metric == "aupro_cflow":
+            ps.print_cflow_agreement(
+                [metrics[k] for k in keys],
+                [ours_metrics[k] for k in keys],
+                ours["maps"],
+                ours["masks"],
+                ours["category_ids"],
+            )
     if args.write_fixture:
         ps.save_fixture(
             FIXTURE,

@@ -9,8 +9,9 @@ import torch
 
 from lightning_modules.anomalyclip.config import AnomalyCLIPBaseConfig
 from lightning_modules.anomalyclip.model import AnomalyCLIP, AnomalyCLIPBase
-from lightning_modules.base import EvalConfig, ZeroShotModule
-from lightning_modules.feature_cache import backbone_cache_identity, prepare_cached_training
+from lightning_modules.base import ZeroShotModule
+from lightning_modules.eval_config import EvalConfig
+from lightning_modules.feature_cache import backbone_cache_identity
 
 
 class AnomalyCLIPBaseModule(ZeroShotModule):
@@ -30,10 +31,6 @@ class AnomalyCLIPBaseModule(ZeroShotModule):
         super().__init__(eval_cfg)
         self.cfg = cfg
         self.model = model if model is not None else self.model_class(cfg)
-
-    @property
-    def image_size(self) -> int:
-        return self.cfg.backbone.image_size
 
     def checkpoint_identity(self) -> dict[str, Any]:
         backbone = (
@@ -61,9 +58,6 @@ class AnomalyCLIPBaseModule(ZeroShotModule):
 
     def feature_cache_bypass_reason(self) -> str | None:
         return None
-
-    def on_fit_start(self) -> None:
-        prepare_cached_training(self, self.cfg.cache_features, self.cfg.cache_dir, self.cfg.cache_max_gb)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         masks = batch["mask"]

@@ -1,4 +1,5 @@
-"""Published numbers that reports can show as reference rows.
+"""Published numbers of the methods, which ``zsad report --reference`` shows as reference rows: each method's
+spec names its numbers (``MethodSpec.published``), built here from the tables below.
 
 From the AnomalyCLIP paper (ICLR 2024), Tables 1 and 2: image level (AUROC, AP), pixel level (AUROC, AUPRO),
 in percent. AnomalyCLIP, VAND and CoOp were trained on the MVTec AD test set for every dataset except
@@ -13,9 +14,11 @@ with numbers of zsad's methods on MVTec AD 2, MVTec LOCO AD, BMAD, AutoVI or Kol
 
 from __future__ import annotations
 
-SOURCE = (
-    "AnomalyCLIP paper (Zhou et al., ICLR 2024), Tables 1-2; Real-IAD rows: UniADet's README "
-    "(github.com/gaobb/UniADet, zero-shot comparison table; protocol not stated there)"
+from lightning_modules.method_spec import PublishedNumbers
+
+ANOMALYCLIP_PAPER = "AnomalyCLIP paper (Zhou et al., ICLR 2024), Tables 1-2"
+UNIADET_README = (
+    "UniADet's README (github.com/gaobb/UniADet, zero-shot comparison table; protocol not stated there)"
 )
 METHODS = ("clip", "clip_ac", "winclip", "vand", "coop", "anomalyclip")
 
@@ -58,19 +61,22 @@ _OTHER_SOURCES: dict[tuple[str, str], dict[str, float]] = {
 }
 
 
-def published(dataset: str, method: str) -> dict[str, float]:
-    """Fractions in [0, 1] keyed like zsad's results (image_auroc, image_ap, pixel_auroc, aupro; pixel_ap
-    for the Real-IAD rows)."""
-    if (dataset, method) in _OTHER_SOURCES:
-        return {k: v / 100 for k, v in _OTHER_SOURCES[(dataset, method)].items()}
-    if method not in METHODS:
-        return {}
+def anomalyclip_paper(method: str) -> PublishedNumbers:
+    """``method``'s numbers as fractions keyed like zsad's results: the AnomalyCLIP paper's (image_auroc,
+    image_ap, pixel_auroc and the papers' cflow-style AUPRO as ``aupro``), and its Real-IAD rows from
+    UniADet's README (image_auroc, pixel_ap) where there are any."""
     i = METHODS.index(method)
-    out: dict[str, float] = {}
-    image = _IMAGE.get(dataset, [None] * len(METHODS))[i]
-    pixel = _PIXEL.get(dataset, [None] * len(METHODS))[i]
-    if image:
-        out["image_auroc"], out["image_ap"] = image[0] / 100, image[1] / 100
-    if pixel:
-        out["pixel_auroc"], out["aupro"] = pixel[0] / 100, pixel[1] / 100
-    return out
+    results: dict[str, dict[str, float]] = {}
+    for dataset in {**_IMAGE, **_PIXEL}:
+        out = results.setdefault(dataset, {})
+        image = _IMAGE.get(dataset, [None] * len(METHODS))[i]
+        pixel = _PIXEL.get(dataset, [None] * len(METHODS))[i]
+        if image:
+            out["image_auroc"], out["image_ap"] = image[0] / 100, image[1] / 100
+        if pixel:
+            out["pixel_auroc"], out["aupro"] = pixel[0] / 100, pixel[1] / 100
+    others = {dataset: numbers for (dataset, name), numbers in _OTHER_SOURCES.items() if name == method}
+    for dataset, numbers in others.items():
+        results[dataset] = {k: v / 100 for k, v in numbers.items()}
+    source = ANOMALYCLIP_PAPER + (f"; Real-IAD rows: {UNIADET_README}" if others else "")
+    return PublishedNumbers(source, {dataset: out for dataset, out in results.items() if out})
