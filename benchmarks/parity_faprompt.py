@@ -89,7 +89,6 @@ LOSSES = ("map_loss", "image_loss", "score_loss", "decorrelation_loss", "prior_l
 SHARED = ("images", "masks", "image_embedding", "patches", "static_texts")  # AnomalyCLIPBase
 OWN = ("prior_patches", "prior", "image_texts", "static_maps", "prior_maps", "static_max", "prior_max")
 FINAL = ("image_scores", "maps")
-REPORTED = ("image_auroc", "image_ap", "pixel_auroc", "aupro_cflow")  # their test.py table
 
 
 def state_dict(seed: int = ps.WEIGHTS_SEED) -> dict[str, torch.Tensor]:
@@ -162,6 +161,7 @@ def zsad_outputs(
     from datamodules import AnomalyDataModule, DataConfig
     from lightning_modules.anomalyclip.model import ImageFeatures
     from lightning_modules.faprompt.official_checkpoint import zsad_state_dict
+    from lightning_modules.registry import get_method
 
     module = zsad_module(cfg)
     model = module.model
@@ -170,7 +170,7 @@ def zsad_outputs(
     data = AnomalyDataModule(
         DataConfig(name="synthetic", root=str(root), num_workers=0, eval_batch_size=64),
         IMAGE_SIZE,
-        module.preprocessing,
+        get_method("faprompt").preprocessing(module.cfg, "synthetic"),
     )
     batch = next(iter(data.test_dataloader()))
     paths = [str(Path(p).relative_to(root)) for p in batch["image_path"]]
@@ -194,7 +194,7 @@ def zsad_outputs(
     stepped = {f"stepped.{k}": as_official(named[k], shapes[k]) for k in LEARNABLE}
 
     # test.py with the learner their train.py saved
-    module.load_trained_weights(str(trained_file))
+    module.load_trained_weights(str(trained_file), get_method("faprompt").official_checkpoint)
     with torch.no_grad():
         output = model.scores(features, size, texts="inference")
         static = model._static_texts()
@@ -553,6 +553,15 @@ def compare(theirs: dict[str, np.ndarray], ours: dict[str, np.ndarray]) -> dict[
     for metric in sorted({k.split("/")[1] for k in official}):
         names = [k for k in sorted(official) if k.endswith("/" + metric)]
         deltas[metric] = ps.print_delta(metric, [official[k] for k in names], [mine[k] for k in names])
+        if metric == "aupro_cflow":
+            keys = [f"{c}/{metric}" for c in ours["categories"]]  # category id order
+            ps.print_cflow_agreement(
+                [official[k] for k in keys],
+                [mine[k] for k in keys],
+                ours["maps"],
+                ours["masks"],
+                ours["category_ids"],
+            )
     from lightning_modules.metrics import legacy_cflow_aupro
 
     sampled_maps, sampled_masks = theirs["maps"][:, ::7, ::7], theirs["masks"][:, ::7, ::7]
