@@ -34,6 +34,7 @@ with 24 vision blocks (their ``DPAM_layer=20`` and ``--features_list 6 12 18 24`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -149,17 +150,39 @@ def write_learner(path: Path, learner: dict[str, np.ndarray], seed: int = 0) -> 
     return path
 
 
+def train_step_outputs(module, features, labels, masks, initial, order) -> dict[str, np.ndarray]:
+    """train.py's step on the batch in their (shuffled) ``order``, from their initial learner: the losses,
+    the gradients and the weights after Adam's step, in their names and shapes."""
+    from lightning_modules.anomalyclip.model import ImageFeatures
+
+    model = module.model
+    (layer,) = model.cfg.map_layers
+    step_features = ImageFeatures(
+        features.image_embedding[order], {layer: features.patch_embeddings[layer][order]}, features.grid
+    )
+    losses = model.loss(model.scores(step_features, tuple(masks.shape[-2:])), labels[order], masks[order])
+    losses["loss"].backward()
+    shapes = {k: v.shape for k, v in initial.items()}
+    named = {official_name(n): p for n, p in module.named_parameters() if p.requires_grad}
+    grads = {f"grad.{k}": as_official(named[k].grad, shapes[k]) for k in LEARNABLE}
+    optimizer = module.configure_optimizers()
+    optimizer.step()
+    stepped = {f"stepped.{k}": as_official(named[k], shapes[k]) for k in LEARNABLE}
+    return {k: v.detach().numpy() for k, v in losses.items()} | grads | stepped
+
+
 def zsad_outputs(
     root: Path,
     initial: dict[str, np.ndarray],
     trained_file: Path,
     train_paths: list[str],
     cfg=None,
+    train_step: bool = True,
 ) -> dict[str, np.ndarray]:
     """zsad on the files under ``root``: one training step from the authors' initial learner on the batch
-    in their order, then evaluation with the learner their train.py saved (``trained_file``)."""
+    in their order (``train_step``), then evaluation with the learner their train.py saved
+    (``trained_file``)."""
     from datamodules import AnomalyDataModule, DataConfig
-    from lightning_modules.anomalyclip.model import ImageFeatures
     from lightning_modules.faprompt.official_checkpoint import zsad_state_dict
     from lightning_modules.registry import get_method
 
@@ -179,19 +202,8 @@ def zsad_outputs(
     features = model.encode_images(images)
     (layer,) = model.cfg.map_layers
 
-    # train.py's step on the batch in their (shuffled) order
     order = [paths.index(p) for p in train_paths]
-    step_features = ImageFeatures(
-        features.image_embedding[order], {layer: features.patch_embeddings[layer][order]}, features.grid
-    )
-    losses = model.loss(model.scores(step_features, size), labels[order], masks[order])
-    losses["loss"].backward()
-    shapes = {k: v.shape for k, v in initial.items()}
-    named = {official_name(n): p for n, p in module.named_parameters() if p.requires_grad}
-    grads = {f"grad.{k}": as_official(named[k].grad, shapes[k]) for k in LEARNABLE}
-    optimizer = module.configure_optimizers()
-    optimizer.step()
-    stepped = {f"stepped.{k}": as_official(named[k], shapes[k]) for k in LEARNABLE}
+    step = train_step_outputs(module, features, labels, masks, initial, order) if train_step else {}
 
     # test.py with the learner their train.py saved
     module.load_trained_weights(str(trained_file), get_method("faprompt").official_checkpoint)
@@ -218,9 +230,7 @@ def zsad_outputs(
         "prior_max": output.prior_max.numpy(),
         "image_scores": scores.numpy(),
         "maps": maps.numpy(),
-        **{k: v.detach().numpy() for k, v in losses.items()},
-        **grads,
-        **stepped,
+        **step,
     }
     metrics = ps.evaluator_metrics(
         result["categories"], result["category_ids"], scores, labels, maps, masks > 0.5
@@ -264,12 +274,7 @@ class Recorder:
     def of(self, phase: str, kind: str) -> list[Any]:
         return self.calls[phase].get(kind, [])
 
-    def patches(self, lib, model_class, learner_class, dataset_class, build_model, weights: Path):
-        def load(name, device="cpu", design_details=None, jit=False, download_root=None):
-            """AnomalyCLIP_lib.load on the CPU for a state dict: ``build_model`` then ``float()``."""
-            state = torch.load(weights, weights_only=True)
-            return build_model(name, state, design_details).to(device).float(), None
-
+    def patches(self, lib, model_class, learner_class, dataset_class) -> list[tuple[Any, str, Any]]:
         encode_image, encode_text = model_class.encode_image, model_class.encode_text_learn
         forward, init, getitem = learner_class.forward, learner_class.__init__, dataset_class.__getitem__
         similarity_ori, similarity, similarity_map = (
@@ -313,7 +318,6 @@ class Recorder:
             return wrapped
 
         return [
-            (lib, "load", load),
             (model_class, "encode_image", recorded_encode_image),
             (model_class, "encode_text_learn", recorded_encode_text),
             (learner_class, "__init__", recorded_init),
@@ -333,10 +337,24 @@ def patched(patches) -> Iterator[None]:
         yield
 
 
-def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
-    from parity_anovl import (
-        locals_of,
-    )  # (it puts benchmarks/ first on sys.path: import it before the checkout)
+@dataclasses.dataclass
+class OfficialSide:
+    """Their modules, imported from the checkout with the shims, and the patches every run needs."""
+
+    lib: types.ModuleType  # AnomalyCLIP_lib
+    model_class: type  # AnomalyCLIP_lib.AnomalyCLIP.AnomalyCLIP
+    faprompt: types.ModuleType  # FAPrompt.py (shimmed)
+    train: types.ModuleType  # train.py (shimmed)
+    test: types.ModuleType
+    metrics: types.ModuleType
+    dataset_class: type
+    patches: list[tuple[Any, str, Any]]  # AnomalyCLIP_lib.load of the parity weights
+
+
+def official_side(official: Path, weights: Path) -> OfficialSide:
+    """Their code from the checkout ``official`` (first on ``sys.path``), with the shims of the module
+    docstring, and ``AnomalyCLIP_lib.load`` returning their ``build_model`` of the parity weights."""
+    import parity_anovl  # noqa: F401  (it puts benchmarks/ first on sys.path: import it before the checkout)
 
     sys.path.insert(0, str(official))  # before benchmarks/ (which has its own metrics.py)
     import AnomalyCLIP_lib
@@ -362,31 +380,63 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     categories = list(ps.CATEGORIES)
     dataset.generate_class_info = lambda name: (categories, {c: i for i, c in enumerate(categories)})
     dataset.Image.fromarray = ps.old_pillow_fromarray(dataset.Image.fromarray)
-    work = weights.parent
-    recorder = Recorder(root)
-    patches = recorder.patches(
-        AnomalyCLIP_lib, AnomalyCLIP, faprompt.FAPrompt, dataset.Dataset, build_model, weights
+
+    def load(name, device="cpu", design_details=None, jit=False, download_root=None):
+        """AnomalyCLIP_lib.load on the CPU for a state dict: ``build_model`` then ``float()``."""
+        state = torch.load(weights, weights_only=True)
+        return build_model(name, state, design_details).to(device).float(), None
+
+    return OfficialSide(
+        AnomalyCLIP_lib,
+        AnomalyCLIP,
+        faprompt,
+        train,
+        test,
+        metrics,
+        dataset.Dataset,
+        [(AnomalyCLIP_lib, "load", load)],
     )
-    num_images = sum(len(v) for v in _meta(root)["test"].values())
+
+
+def official_args(
+    root: Path, work: Path, batch_size: int
+) -> tuple[types.SimpleNamespace, types.SimpleNamespace]:
+    """train.py's and test.py's arguments (train.sh / test.sh, at the parity size) on ``root``: one epoch at
+    ``batch_size``, then test.py on the ``epoch_1.pth`` it saves."""
     train_args = types.SimpleNamespace(
         train_data_path=str(root),
         save_path=str(work / "checkpoints"),
         epoch=1,
         learning_rate=0.001,
-        batch_size=num_images,
+        batch_size=batch_size,
         print_freq=1,
         save_freq=1,
         **COMMON_ARGS,
     )
-    trained_file = work / "checkpoints" / "epoch_1.pth"
     test_args = types.SimpleNamespace(
         data_path=str(root),
         save_path=str(work / "results"),
-        checkpoint_path=str(trained_file),
+        checkpoint_path=str(work / "checkpoints" / "epoch_1.pth"),
         metrics="image-pixel-level",
         sigma=SIGMA,
         **COMMON_ARGS,
     )
+    return train_args, test_args
+
+
+def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
+    from parity_anovl import locals_of
+
+    side = official_side(official, weights)
+    train, test, metrics = side.train, side.test, side.metrics
+    work = weights.parent
+    recorder = Recorder(root)
+    patches = side.patches + recorder.patches(
+        side.lib, side.model_class, side.faprompt.FAPrompt, side.dataset_class
+    )
+    num_images = sum(len(v) for v in _meta(root)["test"].values())
+    train_args, test_args = official_args(root, work, num_images)
+    trained_file = Path(test_args.checkpoint_path)
     with patched(patches):
         train.setup_seed(train_args.seed)
         step_names = ("loss", "image_loss", "image_loss2", "loss_ab", "loss_bias", "prompt_learner", "items")
