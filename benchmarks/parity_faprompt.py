@@ -658,23 +658,34 @@ def steps_agree(
     return bool((np.abs(p_official - p_mine) <= bound).all())
 
 
-def main() -> None:
+def arguments(doc: str):
+    """The parity command line plus ``--anomalyclip DIR`` (this script's and speed_faprompt.py's)."""
+
     def extra(parser) -> None:
         parser.add_argument(
             "--anomalyclip", type=Path, help="checkout of zqhang/AnomalyCLIP (its meta.json solver)"
         )
 
-    args = ps.parity_arguments(
-        __doc__, "checkout of mala-lab/FAPrompt", "PYTHONPATH entries for their imports", extra=extra
+    return ps.parity_arguments(
+        doc, "checkout of mala-lab/FAPrompt", "PYTHONPATH entries for their imports", extra=extra
     )
-    if ps.serve_official_side(args, official_outputs):
-        return
+
+
+def prepared_files(args, prefix: str) -> tuple[Path, Path, tuple[str, ...]]:
+    """``(work folder, images root with their meta.json, the official side's PYTHONPATH)``."""
     if args.anomalyclip is None:
         raise SystemExit("--anomalyclip DIR (a checkout of zqhang/AnomalyCLIP) is needed for meta.json")
-    work = Path(tempfile.mkdtemp(prefix="zsad-parity-faprompt-"))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     root = ps.write_parity_images(work / "mvtec")
     write_meta_json(args.anomalyclip.resolve(), root)
-    pythonpath = tuple(p for p in (str(args.official.resolve()), args.official_env) if p)
+    return work, root, tuple(p for p in (str(args.official.resolve()), args.official_env) if p)
+
+
+def main() -> None:
+    args = arguments(__doc__)
+    if ps.serve_official_side(args, official_outputs):
+        return
+    work, root, pythonpath = prepared_files(args, "zsad-parity-faprompt-")
     theirs = ps.run_official_side(__file__, args.official, root, state_dict(), work, pythonpath)
     initial = {k.removeprefix("initial."): v for k, v in theirs.items() if k.startswith("initial.")}
     ours = zsad_outputs(root, initial, Path(str(theirs["trained_file"])), theirs["train_paths"].tolist())

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -113,25 +112,13 @@ def zsad_times(root: Path, their_file: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    def extra(parser) -> None:
-        parser.add_argument(
-            "--anomalyclip", type=Path, help="checkout of zqhang/AnomalyCLIP (its meta.json solver)"
-        )
-
-    args = ps.parity_arguments(
-        __doc__, "checkout of mala-lab/FAPrompt", "PYTHONPATH entries for their imports", extra=extra
-    )
+    args = pf.arguments(__doc__)
     if args.official_side:
         ps.save_fixture(
             args.official_side, **official_times(args.official.resolve(), args.root, args.weights)
         )
         return
-    if args.anomalyclip is None:
-        raise SystemExit("--anomalyclip DIR (a checkout of zqhang/AnomalyCLIP) is needed for meta.json")
-    work = Path(tempfile.mkdtemp(prefix="zsad-speed-faprompt-"))
-    root = ps.write_parity_images(work / "mvtec")
-    pf.write_meta_json(args.anomalyclip.resolve(), root)
-    pythonpath = tuple(p for p in (str(args.official.resolve()), args.official_env) if p)
+    work, root, pythonpath = pf.prepared_files(args, "zsad-speed-faprompt-")
     theirs = {
         k: float(v)
         for k, v in ps.run_official_side(

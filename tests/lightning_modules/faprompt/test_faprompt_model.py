@@ -6,24 +6,16 @@ import pytest
 import torch
 
 from datamodules.errors import ConfigError
-from lightning_modules.clip.config import BackboneConfig
 from lightning_modules.faprompt import FAPrompt, FAPromptConfig
 from lightning_modules.losses import dice_loss, focal_loss
+from tests_support import tiny_anomalyclip_config
 
 SIZE = (32, 32)
 
 
 def tiny_config(**overrides) -> FAPromptConfig:
     """FAPrompt on the tiny random-weight CLIP at 32 px (DPAM on blocks 2..6, maps from block 6)."""
-    cfg = FAPromptConfig(
-        backbone=BackboneConfig(name="zsad-tiny-vit", pretrained=None, image_size=32),
-        dpam_start_block=2,
-        map_layers=[6],
-        gaussian_sigma=1.0,
-    )
-    for key, value in overrides.items():
-        setattr(cfg, key, value)
-    return cfg
+    return tiny_anomalyclip_config(FAPromptConfig, **overrides)
 
 
 @pytest.fixture

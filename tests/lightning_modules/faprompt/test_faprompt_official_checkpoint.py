@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from datamodules.errors import ZsadError
-from lightning_modules.clip.config import BackboneConfig
 from lightning_modules.faprompt import FAPromptConfig, FAPromptModule
 from lightning_modules.registry import get_method
-from tests_support import authors_prompt_learner
+from tests_support import authors_prompt_learner, tiny_anomalyclip_config
 
 AUTHORS_FORMAT = get_method("faprompt").official_checkpoint  # the reader `zsad test` uses
 
@@ -19,12 +18,7 @@ AUTHORS_FORMAT = get_method("faprompt").official_checkpoint  # the reader `zsad 
 @pytest.fixture(scope="module")
 def module() -> FAPromptModule:
     torch.manual_seed(0)
-    cfg = FAPromptConfig(
-        backbone=BackboneConfig(name="zsad-tiny-vit", pretrained=None, image_size=32),
-        dpam_start_block=2,
-        map_layers=[6],
-    )
-    return FAPromptModule(cfg)
+    return FAPromptModule(tiny_anomalyclip_config(FAPromptConfig))
 
 
 def their_learner(module: FAPromptModule, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -90,7 +84,6 @@ def test_a_file_that_does_not_fit_is_refused_clearly(module, tmp_path, change, m
 def test_an_anomalyclip_file_is_refused(module, tmp_path):
     """AnomalyCLIP's learner has the same container and no meta-net: one line names what does not fit."""
     from lightning_modules.anomalyclip import AnomalyCLIPModule
-    from tests_support import tiny_anomalyclip_config
 
     learner = authors_prompt_learner(AnomalyCLIPModule(tiny_anomalyclip_config()))
     torch.save({"prompt_learner": learner}, tmp_path / "anomalyclip.pth")
