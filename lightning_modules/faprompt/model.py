@@ -32,7 +32,7 @@ from lightning_modules.anomalyclip.model import (
 from lightning_modules.clip import PromptTextEncoder
 from lightning_modules.faprompt.config import PRIOR_SELECTIONS, FAPromptConfig
 from lightning_modules.losses import binary_focal_loss_with_logits
-from lightning_modules.ops import class_logits, gaussian_blur, l2_normalize
+from lightning_modules.ops import class_logits, gaussian_blur, l2_normalize, upsample_patch_probabilities
 
 
 class CompoundAbnormalityPrompts(nn.Module):
@@ -215,8 +215,8 @@ class FAPrompt(AnomalyCLIPBase):
         image_logits = class_logits(features.image_embedding.float()[:, None], image_text)[:, 0] / temperature
         return FAPromptOutput(
             image_logits=image_logits,
-            static_probs=self._upsample(static_patch_probs, features.grid, size),
-            prior_probs=self._upsample(prior_patch_probs, features.grid, size),
+            static_probs=upsample_patch_probabilities(static_patch_probs, features.grid, size),
+            prior_probs=upsample_patch_probabilities(prior_patch_probs, features.grid, size),
             static_max=static_patch_probs[..., ABNORMAL].max(dim=1).values,
             prior_max=prior_patch_probs[..., ABNORMAL].max(dim=1).values,
             prior_patches=prior_patches,
@@ -224,12 +224,6 @@ class FAPrompt(AnomalyCLIPBase):
             image_text=image_text,
             abnormal_text=static[1:],
         )
-
-    @staticmethod
-    def _upsample(patch_probs: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-        """``[B, N, 2]`` patch probabilities to ``[B, 2, H, W]`` (bilinear, ``get_similarity_map``)."""
-        maps = patch_probs.transpose(1, 2).unflatten(2, grid)
-        return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
     def forward(self, images: torch.Tensor, size: tuple[int, int] | None = None) -> FAPromptOutput:
         size = size or tuple(images.shape[-2:])
