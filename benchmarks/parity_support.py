@@ -152,32 +152,6 @@ def print_delta(name: str, official: Any, ours: Any) -> float:
     return delta
 
 
-def json_line(method: str, deltas: dict[str, float]) -> str:
-    """A parity script's last line: ``{"method": ..., "max_abs_delta": {quantity: value}}``."""
-    return json.dumps({"method": method, "max_abs_delta": {k: float(v) for k, v in deltas.items()}})
-
-
-def evaluator_metrics(categories, category_ids, scores, labels, maps, masks) -> dict[str, float]:
-    """zsad's evaluator (exact AUPRO and cflow-style AUPRO included) on the given scores and maps:
-    ``{category/metric: value}`` for every defined metric."""
-    from lightning_modules.metrics import AnomalyEvaluator
-
-    evaluator = AnomalyEvaluator(categories=list(categories))
-    evaluator.update(
-        category_ids=torch.as_tensor(category_ids),
-        sample_ids=torch.arange(len(labels)),
-        image_scores=torch.as_tensor(scores).float(),
-        labels=torch.as_tensor(labels),
-        anomaly_maps=torch.as_tensor(maps).float(),
-        masks=torch.as_tensor(masks).float(),
-        has_mask=torch.ones(len(labels), dtype=torch.bool),
-    )
-    result = evaluator.compute()
-    return {
-        f"{c}/{k}": v for c in result.categories for k, v in result.per_category[c].items() if v is not None
-    }
-
-
 #: How far two sides' maps may differ in the parity tests (float32 noise, several times what they measure).
 MAPS_ATOL = 1e-5
 
@@ -242,6 +216,32 @@ def print_cflow_agreement(official: Any, zsad: Any, maps: Any, masks: Any, categ
         f"    cflow AUPRO of zsad's maps: |delta| {', '.join(f'{d:.2e}' for d in delta)} {verdict} the "
         f"tolerance map noise of {MAPS_ATOL:g} allows on them, {', '.join(f'{t:.2e}' for t in tolerance)}"
     )
+
+
+def json_line(method: str, deltas: dict[str, float]) -> str:
+    """A parity script's last line: ``{"method": ..., "max_abs_delta": {quantity: value}}``."""
+    return json.dumps({"method": method, "max_abs_delta": {k: float(v) for k, v in deltas.items()}})
+
+
+def evaluator_metrics(categories, category_ids, scores, labels, maps, masks) -> dict[str, float]:
+    """zsad's evaluator (exact AUPRO and cflow-style AUPRO included) on the given scores and maps:
+    ``{category/metric: value}`` for every defined metric."""
+    from lightning_modules.metrics import AnomalyEvaluator
+
+    evaluator = AnomalyEvaluator(categories=list(categories))
+    evaluator.update(
+        category_ids=torch.as_tensor(category_ids),
+        sample_ids=torch.arange(len(labels)),
+        image_scores=torch.as_tensor(scores).float(),
+        labels=torch.as_tensor(labels),
+        anomaly_maps=torch.as_tensor(maps).float(),
+        masks=torch.as_tensor(masks).float(),
+        has_mask=torch.ones(len(labels), dtype=torch.bool),
+    )
+    result = evaluator.compute()
+    return {
+        f"{c}/{k}": v for c in result.categories for k, v in result.per_category[c].items() if v is not None
+    }
 
 
 def save_fixture(path: Path, **arrays: Any) -> Path:
