@@ -244,6 +244,25 @@ def evaluator_metrics(categories, category_ids, scores, labels, maps, masks) -> 
     }
 
 
+def predict_into(evaluator: Any, module: Any, loader: Any) -> int:
+    """zsad's test path on ``loader``: ``module.predict_batch`` per batch into ``evaluator`` (an
+    AnomalyEvaluator, computed by the caller); returns the number of images (the speed scripts)."""
+    count = 0
+    for batch in loader:
+        scores, maps = module.predict_batch(batch)
+        evaluator.update(
+            category_ids=batch["category_id"],
+            sample_ids=batch["sample_id"],
+            image_scores=scores,
+            labels=batch["label"],
+            anomaly_maps=maps,
+            masks=batch["mask"],
+            has_mask=batch["has_mask"],
+        )
+        count += len(scores)
+    return count
+
+
 def save_fixture(path: Path, **arrays: Any) -> Path:
     """Write ``arrays`` (numbers, strings, tensors) compressed to ``path`` and print its size."""
     path.parent.mkdir(parents=True, exist_ok=True)

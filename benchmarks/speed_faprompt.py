@@ -96,17 +96,7 @@ def zsad_times(root: Path, their_file: Path) -> dict[str, float]:
         module = pf.zsad_module(cfg)
         module.load_trained_weights(str(their_file), spec.official_checkpoint)
         evaluator = AnomalyEvaluator(categories=list(data.categories))
-        for batch in data.test_dataloader():
-            scores, maps = module.predict_batch(batch)
-            evaluator.update(
-                category_ids=batch["category_id"],
-                sample_ids=batch["sample_id"],
-                image_scores=scores,
-                labels=batch["label"],
-                anomaly_maps=maps,
-                masks=batch["mask"],
-                has_mask=batch["has_mask"],
-            )
+        ps.predict_into(evaluator, module, data.test_dataloader())
         evaluator.compute()
 
     return {"train_s": best_of(train), "test_s": best_of(test)}
