@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from lightning_modules.checkpoint_io import safe_torch_load
 
 FILLS = ("mean", "image_mean")
 APPLY_TO = ("tokens", "pixels")
-CACHE_FORMAT = 1  # bump when the relevance computation changes, so old cache files are ignored
+CACHE_FORMAT = 2  # bump when the relevance computation changes, so old cache files are ignored
 
 
 def cell_regions(size: int, grid: int, device: torch.device | None = None) -> torch.Tensor:
@@ -129,7 +130,14 @@ class RelevanceCache:
 
     @staticmethod
     def key(image_path: str, text: str) -> str:
-        return f"{image_path}\n{text}"
+        """The image's path with its size and modification time (as the data fingerprint's entries), and the
+        text: an image regenerated or replaced at the same path is a cache miss, never another image's
+        relevance (a path that is not a file, e.g. an in-memory sample, is keyed by the path alone)."""
+        try:
+            stat = os.stat(image_path)
+        except OSError:
+            return f"{image_path}\n{text}"
+        return f"{image_path}\t{stat.st_size}\t{stat.st_mtime_ns}\n{text}"
 
     def _read(self) -> dict[str, torch.Tensor]:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from lightning_modules.cmg.cmer import (
@@ -95,3 +97,20 @@ def test_relevance_cache_round_trip_and_keys(tmp_path):
     memory.put([key], torch.zeros(1, 4))
     memory.save()
     assert memory.path is None and len(list(tmp_path.iterdir())) == 1
+
+
+def test_relevance_cache_misses_an_image_replaced_at_the_same_path(tmp_path):
+    """A dataset regenerated at the same root (issue 29's stale-cache fault) must not reuse the relevance of
+    the image that was there before."""
+    image = tmp_path / "data" / "a.png"
+    image.parent.mkdir()
+    image.write_bytes(b"first image")
+    settings = {"backbone": "tiny", "grid": 2, "fill": "mean"}
+    cache = RelevanceCache(settings, tmp_path / "cache")
+    cache.put([RelevanceCache.key(str(image), "a photo")], torch.ones(1, 4))
+    cache.save()
+    again = RelevanceCache(settings, tmp_path / "cache")
+    assert again.get([RelevanceCache.key(str(image), "a photo")])[0] is not None  # unchanged: a hit
+    image.write_bytes(b"another image, longer")
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    assert again.get([RelevanceCache.key(str(image), "a photo")]) == [None]
