@@ -54,6 +54,10 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
+#: The ``content`` of a fingerprint whose digest hashes every file's bytes (comparable across copies).
+EVERY_FILE_HASHED = "sha256 of every file"
+
+
 def _entry(path: Path, hash_content: bool) -> FileEntry:
     stat = path.stat()
     return [stat.st_size, stat.st_mtime_ns, file_sha256(path) if hash_content else None]
@@ -86,7 +90,7 @@ def index_fingerprint(index: DatasetIndex, content_limit: int = CONTENT_HASH_LIM
         for path in paths:
             files[_relative(path, root)] = _entry(path, hashed)
     content = {
-        (True, True): "sha256 of every file",
+        (True, True): EVERY_FILE_HASHED,
         (False, True): "sha256 of masks; images by size and time",
         (True, False): "sha256 of images; masks by size and time",
         (False, False): "every file by size and time",

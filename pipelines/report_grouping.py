@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from datamodules.errors import ConfigError, ZsadError
+from datamodules.fingerprint import EVERY_FILE_HASHED
 
 # Config keys (dotted, fnmatch patterns) that do not change a run's numbers: where things are read and
 # written, logging, and how fast it runs. Everything else separates settings. ``seed`` is the replicate axis.
@@ -402,4 +403,33 @@ def _mixing_warnings(kept: list[Entry], all_keys: list[str], row: str, column: s
         values = {json.dumps(e.payload.get(field), default=str) for e in kept if field in e.payload}
         if len(values) > 1:
             out.append(f"{row} / {column} mixes different data: {field} = {', '.join(sorted(values))}")
+    out += _fingerprint_warnings(kept, row, column)
+    return out
+
+
+def _fingerprint_warnings(kept: list[Entry], row: str, column: str) -> list[str]:
+    """Runs of one cell must have seen the same files (the ``data_fingerprint`` each run records): other
+    file counts or bytes are other data; other digests are when every run hashed every file's content (a
+    digest of sizes and modification times differs between copies of the same files on other machines, so
+    it is not compared). The root folder is not compared either (the same data may live elsewhere)."""
+    prints = [
+        e.payload["data_fingerprint"] for e in kept if isinstance(e.payload.get("data_fingerprint"), dict)
+    ]
+    if len(prints) < 2:
+        return []
+    out = []
+    for field in ("n_files", "bytes"):
+        values = {str(p.get(field)) for p in prints}
+        if len(values) > 1:
+            out.append(
+                f"{row} / {column} mixes different data: data_fingerprint {field} = {', '.join(sorted(values))}"
+            )
+    if not out and all(p.get("content") == EVERY_FILE_HASHED for p in prints):
+        digests = {str(p.get("digest")) for p in prints}
+        if len(digests) > 1:
+            shown = ", ".join(d[:12] for d in sorted(digests))
+            out.append(
+                f"{row} / {column} mixes different data: the runs' files differ in content (data_fingerprint "
+                f"digests {shown}); rerun them on one copy of the dataset"
+            )
     return out

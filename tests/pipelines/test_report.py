@@ -68,6 +68,36 @@ def make_run(
     return run_dir
 
 
+def test_a_cell_of_runs_that_saw_other_files_is_warned(tmp_path):
+    """Same setting, other seeds, but other files behind the same dataset name (a regenerated or edited
+    copy): the report says so; copies whose digests are of sizes and times only are not compared."""
+    runs = tmp_path / "runs"
+
+    def fingerprint(run_dir: Path, **fields) -> None:
+        results = json.loads((run_dir / "results.json").read_text())
+        base = {
+            "root": "/data",
+            "content": "sha256 of every file",
+            "n_files": 20,
+            "bytes": 1000,
+            "digest": "a" * 64,
+        }
+        results["targets"]["synthetic"]["data_fingerprint"] = base | fields
+        (run_dir / "results.json").write_text(json.dumps(results))
+
+    fingerprint(make_run(runs, "s1", ["seed=1"], 0.8))
+    fingerprint(make_run(runs, "s2", ["seed=2"], 0.7), root="/elsewhere")  # same files elsewhere: fine
+    assert not any("data_fingerprint" in w for w in build_report([str(runs)], wandb_mode="disabled").warnings)
+    fingerprint(make_run(runs, "s3", ["seed=3"], 0.6), digest="b" * 64)  # same counts, other content
+    warnings = build_report([str(runs)], wandb_mode="disabled").warnings
+    assert any("files differ in content" in w and "aaaaaaaaaaaa, bbbbbbbbbbbb" in w for w in warnings)
+    fingerprint(runs / "s3", digest="b" * 64, content="every file by size and time")  # copies: not compared
+    assert not any("data_fingerprint" in w for w in build_report([str(runs)], wandb_mode="disabled").warnings)
+    fingerprint(runs / "s3", bytes=999, content="every file by size and time")
+    warnings = build_report([str(runs)], wandb_mode="disabled").warnings
+    assert any("mixes different data: data_fingerprint bytes = 1000, 999" in w for w in warnings)
+
+
 def csv_rows(report) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(report.csv_text)))
 
