@@ -127,6 +127,18 @@ def mlp_activation(model: nn.Module) -> str:
     return kinds.pop()
 
 
+def authors_activation(requested: str, image_size: int, model: nn.Module) -> str:
+    """The MLP activation of code that vendors open_clip 2.x's factory with an ``img_size`` argument (VAND,
+    MuSc): away from the native input size it rebuilds CLIP from the architecture JSON (ViT-L-14-336.json
+    has no quick_gelu: exact GELU) and loads the weights into it; at the native size the weights' own model
+    runs. ``requested`` other than ``"authors"`` forces that activation."""
+    if requested != "authors":
+        return requested
+    native = model.visual.image_size
+    native = native[0] if isinstance(native, tuple | list) else int(native)
+    return "gelu" if image_size != native else mlp_activation(model)
+
+
 def with_mlp_activation(model: nn.Module, activation: str, in_place: bool = False) -> nn.Module:
     """The model with every transformer MLP of both towers using ``activation`` (weights unchanged).
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from datamodules.errors import ConfigError
-from lightning_modules.clip.factory import clip_with_activation, mlp_activation
+from lightning_modules.clip.factory import authors_activation, clip_with_activation
 from lightning_modules.clip.frozen import FrozenCLIP
 from lightning_modules.clip.prompts import PROMPT_WORDS
 from lightning_modules.losses import dice_loss, focal_loss
@@ -48,11 +48,7 @@ class VANDOutput:
 
 def resolve_activation(cfg: VANDConfig, clip_model: nn.Module) -> str:
     """The MLP activation the authors' code would run: GELU unless the input size is the native one."""
-    if cfg.activation != "authors":
-        return cfg.activation
-    native = clip_model.visual.image_size
-    native = native[0] if isinstance(native, tuple | list) else int(native)
-    return "gelu" if cfg.backbone.image_size != native else mlp_activation(clip_model)
+    return authors_activation(cfg.activation, cfg.backbone.image_size, clip_model)
 
 
 def check_choices(cfg: VANDConfig) -> None:

@@ -1,0 +1,61 @@
+"""MuSc settings (docs/methods.md#musc); every default is the authors' code (xrli-U/MuSc: configs/musc.yaml,
+models/musc.py, models/modules/*), the source of each is named beside it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lightning_modules.clip.config import BackboneConfig
+
+# models/musc.py ``k_score``: the RsCIN neighbourhood sizes per dataset (any other dataset: [1, 2, 3])
+AUTHORS_K_LISTS = {"visa": [1, 8, 9]}
+DEFAULT_K_LIST = [1, 2, 3]
+ACTIVATIONS = ("authors", "gelu", "quick_gelu")
+
+
+def _musc_backbone() -> BackboneConfig:
+    # configs/musc.yaml: ViT-L-14-336, pretrained openai, img_resize 518 (37 x 37 patches); their factory's
+    # resize_pos_embed: F.interpolate bicubic without antialiasing
+    return BackboneConfig(
+        name="ViT-L-14-336-quickgelu",
+        pretrained="openai",
+        image_size=518,
+        pos_embed_interpolation="bicubic_no_antialias",
+    )
+
+
+@dataclasses.dataclass
+class MuScConfig:
+    name: str = "musc"
+    backbone: BackboneConfig = dataclasses.field(default_factory=_musc_backbone)
+    # MLP activation. "authors": exact GELU whenever backbone.image_size differs from the architecture's
+    # native size (their factory rebuilds CLIP from ViT-L-14-336.json, which has no quick_gelu, and loads
+    # OpenAI's weights into it), the weights' own activation at the native size; "gelu" / "quick_gelu" force one.
+    activation: str = "authors"
+    # configs/musc.yaml feature_layers, 0-based as theirs: the residual stream after blocks 6, 12, 18, 24
+    feature_layers: list[int] = dataclasses.field(default_factory=lambda: [5, 11, 17, 23])
+    r_list: list[int] = dataclasses.field(default_factory=lambda: [1, 3, 5])  # LNAMD degrees (musc.yaml)
+    # MSM interval over the other images, ranked by distance (models/musc.py: MSM(topmin_min=0, topmin_max=0.3));
+    # a value below 1 is a share of the other images, floored
+    topmin_min: float = 0.0
+    topmin_max: float = 0.3
+    # Subsets scored separately (musc.yaml datasets.divide_num; 1 = the whole category together): each
+    # defect type's images shuffled with Python's random.seed(divide_seed) and dealt round-robin
+    # (datasets/mvtec.py sub_datasets; seed 42 from examples/musc_main.py)
+    divide_num: int = 1
+    divide_seed: int = 42
+    # RsCIN neighbourhood sizes; null: the authors' per-dataset choice (visa [1, 8, 9], others [1, 2, 3]);
+    # a list containing 0 turns re-scoring off (image score = max of the map)
+    k_list: list[int] | None = None
+    # fp16 autocast of the feature extraction and LNAMD on CUDA, as their torch.cuda.amp.autocast(); nothing
+    # on CPU (CUDA autocast is disabled there, in their code too)
+    amp: bool = True
+    # Elements of one block of the MSM distance matrix (memory bound, not results: the block layout depends
+    # only on the set's size, so every process of a DDP run computes the same blocks)
+    distance_block_elements: int = 1 << 26
+    extract_batch_size: int = 4  # musc.yaml models.batch_size: images per ViT pass (memory only)
+
+    def k_list_for(self, dataset: str | None) -> list[int]:
+        if self.k_list is not None:
+            return list(self.k_list)
+        return list(AUTHORS_K_LISTS.get((dataset or "").lower(), DEFAULT_K_LIST))
