@@ -145,7 +145,9 @@ def zsad_outputs(root: Path, cfg=None) -> dict[str, np.ndarray]:
     cfg = cfg or zsad_config()
     model = MuSc(cfg, clip, tokenizer)
     data = AnomalyDataModule(
-        DataConfig(name="synthetic", root=str(root), num_workers=0, eval_batch_size=cfg.extract_batch_size),
+        DataConfig(
+            name="synthetic", root=str(root), num_workers=0, eval_batch_size=4
+        ),  # musc.yaml batch_size
         IMAGE_SIZE,
         preprocessing(cfg, "synthetic"),
     )

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 #: The evaluation protocols a method may support. Every method is zero-shot today (no image of the target
 #: dataset is seen before its test); few-shot and transductive protocols will be added as values here.
 ZERO_SHOT = "zero_shot"
+#: Scored against the other unlabeled test images of the same category (MuSc); still no training image.
+TRANSDUCTIVE = "transductive"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ from lightning_modules.coop.spec import COOP
 from lightning_modules.dual_image.spec import DUAL_IMAGE
 from lightning_modules.faprompt.spec import FAPROMPT
 from lightning_modules.method_spec import MethodSpec
+from lightning_modules.musc.spec import MUSC
 from lightning_modules.vand.spec import VAND
 from lightning_modules.winclip.spec import WINCLIP
 
@@ -31,6 +32,7 @@ BUILTIN_METHODS: tuple[MethodSpec, ...] = (
     COOP,
     DUAL_IMAGE,
     FAPROMPT,
+    MUSC,
     VAND,
     WINCLIP,
 )

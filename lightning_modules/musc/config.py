@@ -53,7 +53,6 @@ class MuScConfig:
     # Elements of one block of the MSM distance matrix (memory bound, not results: the block layout depends
     # only on the set's size, so every process of a DDP run computes the same blocks)
     distance_block_elements: int = 1 << 26
-    extract_batch_size: int = 4  # musc.yaml models.batch_size: images per ViT pass (memory only)
 
     def k_list_for(self, dataset: str | None) -> list[int]:
         if self.k_list is not None:

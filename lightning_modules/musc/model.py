@@ -105,6 +105,35 @@ class MuSc(FrozenCLIP):
             per_degree.append(torch.stack(per_layer).mean(dim=0))
         return torch.stack(per_degree).mean(dim=0)
 
+    def upsample(self, grids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Patch grids ``[N, patches]`` as maps ``[N, H, W]``: bilinear, align_corners=True (models/musc.py)."""
+        return F.interpolate(grids.view(-1, 1, *self.grid), size=size, mode="bilinear", align_corners=True)[
+            :, 0
+        ]
+
+    @torch.no_grad()
+    def category_grids_and_scores(
+        self,
+        layer_tokens: Sequence[torch.Tensor],
+        embeddings: torch.Tensor,
+        subsets: Sequence[Sequence[int]],
+        size: tuple[int, int],
+        k_list: Sequence[int],
+        chunk: int = 16,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(patch grids [N, patches] float64, image scores [N])`` of a category's ``N`` images
+        (``layer_tokens``: ``[N, 1 + patches, width]`` per layer), MSM run within each of ``subsets``; the
+        image score before RsCIN is the maximum of the map upsampled to ``size`` (``chunk`` images at a time)."""
+        n = embeddings.shape[0]
+        grids = torch.empty(n, self.grid[0] * self.grid[1], dtype=torch.float64, device=embeddings.device)
+        for subset in subsets:
+            index = torch.as_tensor(list(subset), dtype=torch.long, device=embeddings.device)
+            grids[index] = self.patch_scores([t[index.to(t.device)] for t in layer_tokens]).to(grids.device)
+        maxima = torch.cat(
+            [self.upsample(grids[i : i + chunk], size).flatten(1).amax(dim=1) for i in range(0, n, chunk)]
+        )
+        return grids, rescore_images(maxima, embeddings, k_list)
+
     @torch.no_grad()
     def score_category(
         self,
@@ -114,15 +143,6 @@ class MuSc(FrozenCLIP):
         size: tuple[int, int],
         k_list: Sequence[int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(image scores [N], maps [N, H, W] float64)`` of a category's ``N`` images (``layer_tokens``:
-        ``[N, 1 + patches, width]`` per layer), MSM run within each of ``subsets``."""
-        n = embeddings.shape[0]
-        patch = torch.empty(n, self.grid[0] * self.grid[1], dtype=torch.float64, device=embeddings.device)
-        for subset in subsets:
-            index = torch.as_tensor(list(subset), dtype=torch.long, device=embeddings.device)
-            patch[index] = self.patch_scores([t[index.to(t.device)] for t in layer_tokens]).to(patch.device)
-        maps = F.interpolate(patch.view(n, 1, *self.grid), size=size, mode="bilinear", align_corners=True)[
-            :, 0
-        ]
-        scores = rescore_images(maps.flatten(1).amax(dim=1), embeddings, k_list)
-        return scores, maps
+        """``(image scores [N], maps [N, H, W] float64)``: :meth:`category_grids_and_scores`, upsampled."""
+        grids, scores = self.category_grids_and_scores(layer_tokens, embeddings, subsets, size, k_list)
+        return scores, self.upsample(grids, size)

@@ -1,0 +1,167 @@
+"""MuSc in Lightning: transductive, training-free evaluation of whole categories.
+
+A test (or predict) epoch first runs this process's own loader once to extract every image's features,
+then scores each category against *all* its test images, whatever the batch size or the number of
+processes: under DDP each process extracts its share, the category's features are gathered on every
+process (padding duplicates dropped, sorted by image path: the same tensors everywhere), and every process
+scores the whole category identically. The test steps then hand each batch's precomputed maps and scores
+to the evaluator and callbacks like any other method (docs/methods.md#musc).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from datamodules.errors import ZsadError
+from lightning_modules.base import ZeroShotModule
+from lightning_modules.category_module import backbone_identity
+from lightning_modules.eval_config import EvalConfig
+from lightning_modules.musc.config import MuScConfig
+from lightning_modules.musc.model import MuSc, divide_subsets
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+class MuScModule(ZeroShotModule):
+    method_name = "musc"
+
+    def __init__(
+        self, cfg: MuScConfig, eval_cfg: EvalConfig | None = None, model: MuSc | None = None
+    ) -> None:
+        super().__init__(eval_cfg)
+        self.cfg = cfg
+        self.model = model if model is not None else MuSc(cfg)
+        # sample_id -> (patch grid [patches] float64, image score) of this process's samples
+        self._scored: dict[int, tuple[torch.Tensor, float]] = {}
+
+    # --- nothing to train -------------------------------------------------------------------------
+    def _no_training(self) -> ZsadError:
+        return ZsadError(
+            "method 'musc' is training-free: evaluate it with `zsad run` or `zsad test` (no checkpoint)"
+        )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        raise self._no_training()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        raise self._no_training()
+
+    def checkpoint_identity(self) -> dict[str, Any]:
+        return {"method": self.method_name, "backbone": backbone_identity(self.cfg.backbone)}
+
+    # --- the transductive pass --------------------------------------------------------------------
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self._score_all()  # (``zsad predict`` comes here too, through on_predict_epoch_start)
+
+    def _loader(self) -> Iterable[dict[str, Any]]:
+        """This process's share of the epoch's images, in a loader of its own: the same dataset and batch
+        sampler (Lightning's DistributedSampler under DDP) as the epoch's loader, whose iterator (persistent
+        workers) must be left to the epoch."""
+        trainer = self.trainer
+        loader = trainer.predict_dataloaders if trainer.predicting else trainer.test_dataloaders
+        if not isinstance(loader, DataLoader):
+            raise ZsadError(f"MuSc needs one DataLoader per evaluation, got {type(loader).__name__}")
+        return DataLoader(
+            loader.dataset,
+            batch_sampler=loader.batch_sampler,
+            num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+        )
+
+    def _k_list(self) -> list[int]:
+        """The protocol's (the runner sets it per target from spec.dataset_protocol), else by dataset name."""
+        if self.method_protocol and "k_list" in self.method_protocol:
+            return list(self.method_protocol["k_list"])
+        return self.cfg.k_list_for(getattr(self.trainer.datamodule.cfg, "name", None))
+
+    def _score_all(self) -> None:
+        loader = self._loader()
+        datamodule = self.trainer.datamodule
+        records = datamodule.test_index.records
+        k_list = self._k_list()
+        extracted: dict[int, list[tuple[int, list[torch.Tensor], torch.Tensor]]] = {}
+        for batch in loader:
+            images = batch["image"].to(self.device)
+            tokens, embeddings = self.model.extract(images)
+            for i, (sample, category) in enumerate(
+                zip(batch["sample_id"].tolist(), batch["category_id"].tolist(), strict=True)
+            ):
+                extracted.setdefault(category, []).append(
+                    (sample, [t[i].cpu() for t in tokens], embeddings[i].cpu())
+                )
+        self._scored = {}
+        size = self._mask_size()
+        for category in range(len(datamodule.categories)):
+            samples, tokens, embeddings = self._gather(extracted.get(category, []))
+            if not len(samples):
+                continue
+            order = sorted(range(len(samples)), key=lambda i: str(records[int(samples[i])].image_path))
+            index = torch.as_tensor(order)
+            samples, embeddings = samples[index], embeddings[index]
+            tokens = [t[index] for t in tokens]
+            defects = [records[int(s)].defect_type for s in samples]
+            subsets = divide_subsets(defects, self.cfg.divide_num, self.cfg.divide_seed)
+            grids, scores = self.model.category_grids_and_scores(
+                [t.to(self.device) for t in tokens], embeddings.to(self.device), subsets, size, k_list
+            )
+            mine = {s for s, _, _ in extracted.get(category, [])}
+            for i, sample in enumerate(samples.tolist()):
+                if sample in mine:
+                    self._scored[sample] = (grids[i].cpu(), float(scores[i]))
+
+    def _mask_size(self) -> tuple[int, int]:
+        size = self.model.vision.image_size
+        return (size, size)
+
+    def _gather(self, items: list[tuple[int, list[torch.Tensor], torch.Tensor]]):
+        """The category's (sample ids [N], tokens per layer [N, 1 + patches, width], embeddings [N, D]) of every
+        process, padding duplicates dropped (the first copy kept)."""
+        layers = len(self.model.blocks)
+        if items:
+            samples = torch.tensor([s for s, _, _ in items], dtype=torch.long)
+            tokens = [torch.stack([t[layer] for _, t, _ in items]) for layer in range(layers)]
+            embeddings = torch.stack([e for _, _, e in items])
+        else:
+            samples = torch.zeros(0, dtype=torch.long)
+            shape = (0, self.model.grid[0] * self.model.grid[1] + 1, self.model.vision.width)
+            tokens = [torch.zeros(shape) for _ in range(layers)]
+            embeddings = torch.zeros(0, self.model.vision.output_dim)
+        if _distributed():
+            from torchmetrics.utilities.distributed import gather_all_tensors
+
+            device = self.device
+            samples = torch.cat(gather_all_tensors(samples.to(device))).cpu()
+            tokens = [torch.cat(gather_all_tensors(t.to(device))).cpu() for t in tokens]
+            embeddings = torch.cat(gather_all_tensors(embeddings.to(device))).cpu()
+        first: dict[int, int] = {}
+        for i, s in enumerate(samples.tolist()):
+            first.setdefault(s, i)
+        keep = torch.as_tensor(sorted(first.values()), dtype=torch.long)
+        return samples[keep], [t[keep] for t in tokens], embeddings[keep]
+
+    # --- the steps: precomputed results -----------------------------------------------------------
+    def predict_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        samples = batch["sample_id"].tolist()
+        missing = [s for s in samples if s not in self._scored]
+        if missing:
+            raise RuntimeError(
+                f"MuSc has no scores for samples {missing}: the transductive pass did not see them"
+            )
+        grids = torch.stack([self._scored[s][0] for s in samples]).to(self.device)
+        scores = torch.tensor([self._scored[s][1] for s in samples], device=self.device)
+        grid = self.model.grid
+        maps = F.interpolate(
+            grids.view(-1, 1, *grid),
+            size=tuple(batch["mask"].shape[-2:]),
+            mode="bilinear",
+            align_corners=True,
+        )[:, 0]
+        return scores, maps.float()
