@@ -73,6 +73,16 @@ class TrainerConfig:
 
 
 @dataclasses.dataclass
+class ProtocolConfig:
+    """How the targets are evaluated (docs/protocols.md): zero-shot (``shots: 0``), or k-shot: every
+    category's ``shots`` normal training images handed to the method before its test images, the whole
+    evaluation repeated for ``draws`` seeded draws of them (the replicates of a k-shot table cell)."""
+
+    shots: int = 0  # K reference images per category; 0: zero-shot
+    draws: int = 1  # few-shot: independent reference draws, each evaluated and recorded
+
+
+@dataclasses.dataclass
 class WandbConfig:
     mode: str = "offline"  # offline (sync later with `wandb sync`), online, or disabled
     project: str = "zsad"
@@ -102,6 +112,7 @@ class ExperimentConfig:
     source: DataConfig | None = None  # auxiliary training data (its train_split, the test split by default)
     targets: list[DataConfig] = dataclasses.field(default_factory=list)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    protocol: ProtocolConfig = dataclasses.field(default_factory=ProtocolConfig)
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     logger: LoggerConfig = dataclasses.field(default_factory=LoggerConfig)
 

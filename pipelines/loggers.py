@@ -143,8 +143,23 @@ def close_interrupted(loggers: list[Logger], state: str, exit_code: int) -> None
 
 
 def display_name(cfg: ExperimentConfig) -> str:
-    """``logger.wandb.name``, else method, experiment and seed: runs of one experiment differ by seed."""
-    return cfg.logger.wandb.name or f"{cfg.method.name} {cfg.name} seed={cfg.seed}"
+    """``logger.wandb.name``, else method, experiment, protocol and seed (``winclip winclip_all zero-shot
+    seed=111``, ``... 4-shot (5 draws) seed=111``): runs of one experiment differ by protocol and seed."""
+    from pipelines.protocol import protocol_label
+
+    return (
+        cfg.logger.wandb.name
+        or f"{cfg.method.name} {cfg.name} {protocol_label(cfg.protocol)} seed={cfg.seed}"
+    )
+
+
+def log_references(loggers: list[Logger], plan: dict[str, Any]) -> None:
+    """A few-shot run's reference files (per draw, target and category) into the loggers' hyperparameters:
+    W&B's config (``references.draw{d}.{target}.{category}``), the CSV log's hparams.yaml. Rank 0 only."""
+    from pipelines.protocol import references_config
+
+    for logger in loggers:
+        logger.log_hyperparams({"references": references_config(plan)})
 
 
 def _flat_config(cfg: ExperimentConfig) -> dict[str, Any]:
