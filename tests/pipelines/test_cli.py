@@ -287,6 +287,7 @@ def test_missing_dataset_root_is_one_line_and_exit_2(tmp_path, synthetic_pair, c
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("zsad: error: dataset root for 'synthetic' does not exist") and "\n" not in err
+    assert f"generate it: zsad data synth --out {tmp_path / 'nowhere'} --style " in err  # not "download it"
     assert not (tmp_path / "runs").exists()  # nothing trained, no run folder
 
 

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -270,6 +271,16 @@ def test_requeues_keep_one_wandb_run_that_records_them_and_the_whole_csv_log(
         128 + signal.SIGUSR1
     ]
     assert summary_json(last)["zsad/restarts"] == "2"
+    # W&B 0.31 offline: a folder per session, each run record asking to resume the run; one
+    # `wandb sync RUN/wandb` uploads them all, one after another (what zsad's closing line says)
+    records = [[r.run for r in s if r.WhichOneof("record_type") == "run"] for s in (first, last)]
+    assert all(run.resume and run.run_id == records[0][0].run_id for (run,) in records)
+    assert len({(run.display_name, run.run_group) for (run,) in records}) == 1
+    listed = subprocess.run(
+        [sys.executable, "-m", "wandb", "sync", "--dry-run", str(run_dir / "wandb")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert f"Would sync {len(sessions)} run(s)" in listed.stdout + listed.stderr
 
     rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
     assert {row["epoch"] for row in rows if row.get("epoch")} == {"0", "1"}  # epoch 0 survived the restarts
