@@ -110,15 +110,16 @@ def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def write_parity_images(root: Path, seed: int = IMAGES_SEED) -> Path:
-    """A small synthetic MVTec-layout dataset (PNG images and 0/255 masks) under ``root``; returns ``root``."""
+def write_parity_images(root: Path, seed: int = IMAGES_SEED, n_train: int = 1) -> Path:
+    """A small synthetic MVTec-layout dataset (PNG images and 0/255 masks) under ``root``; returns ``root``.
+    ``n_train`` normal training images per category (the few-shot parity draws its references there)."""
     generate_synthetic_dataset(
         root,
         seed=seed,
         style="industrial",
         categories=list(CATEGORIES),
         image_size=IMAGE_FILE_SIZE,
-        n_train=1,
+        n_train=n_train,
         n_test_good=2,
         n_test_defect_per_kind=1,
         overwrite=True,
@@ -331,6 +332,14 @@ def serve_official_side(args: argparse.Namespace, official_outputs: Callable[...
 
 def _mvtec_layout(folder: Path) -> Path:
     return write_parity_images(folder / "mvtec")
+
+
+FEW_SHOT_TRAIN_IMAGES = 4  # normal training images per category of the few-shot parity images
+
+
+def few_shot_layout(folder: Path) -> Path:
+    """The parity images with :data:`FEW_SHOT_TRAIN_IMAGES` training images per category (few-shot parity)."""
+    return write_parity_images(folder / "mvtec", n_train=FEW_SHOT_TRAIN_IMAGES)
 
 
 def zsad_then_official(

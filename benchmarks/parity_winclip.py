@@ -132,9 +132,6 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     categories = list(ps.CATEGORIES)
     with _official_imports(official):
         from anomalib.data.datasets.image.mvtecad import MVTecADDataset
-        from anomalib.metrics.aupr import _AUPR
-        from anomalib.metrics.aupro import _AUPRO
-        from anomalib.metrics.auroc import _AUROC
         from anomalib.models.image.winclip import torch_model
         from anomalib.models.image.winclip.lightning_model import WinClip
 
@@ -176,8 +173,19 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     result["labels"] = result["labels"].astype(np.int64)
     counts = [len(MVTecADDataset(root=root, category=c, split="test")) for c in categories]
     result["category_ids"] = np.repeat(np.arange(len(categories)), counts)
+    result["metrics"] = anomalib_metrics(result, len(categories))
+    return result
+
+
+def anomalib_metrics(result: dict[str, np.ndarray], n_categories: int) -> np.ndarray:
+    """``[C, len(METRICS)]``: anomalib's AUROC, AUPR and AUPRO per category of one side's outputs
+    (``scores``, ``labels``, ``maps``, ``masks``, ``category_ids``); on the official side only."""
+    from anomalib.metrics.aupr import _AUPR
+    from anomalib.metrics.aupro import _AUPRO
+    from anomalib.metrics.auroc import _AUROC
+
     metrics = []
-    for c in range(len(categories)):
+    for c in range(n_categories):
         sel = result["category_ids"] == c
         scores, labels = torch.from_numpy(result["scores"][sel]), torch.from_numpy(result["labels"][sel])
         maps, masks = torch.from_numpy(result["maps"][sel]), torch.from_numpy(result["masks"][sel]).int()
@@ -192,8 +200,7 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
             metric.update(preds, target)
             row.append(float(metric.compute()))
         metrics.append(row)
-    result["metrics"] = np.asarray(metrics)
-    return result
+    return np.asarray(metrics)
 
 
 COMPARED = (
