@@ -94,8 +94,12 @@ class VAND(FrozenCLIP):
         )
         self.cfg = cfg
         self.activation = activation
-        for key in ("feature_layers", "few_shot_layers"):
-            layers = getattr(cfg, key)
+        few_shot = cfg.feature_layers if cfg.few_shot_layers is None else cfg.few_shot_layers
+        self.few_shot_layers = list(few_shot)
+        for key, layers in (
+            ("feature_layers", cfg.feature_layers),
+            ("few_shot_layers", self.few_shot_layers),
+        ):
             if not layers or any(not 1 <= layer <= self.vision.depth for layer in layers):
                 raise ConfigError(f"{key} must be non-empty and lie in 1..{self.vision.depth}, got {layers}")
         self.heads = nn.ModuleList(
@@ -138,10 +142,10 @@ class VAND(FrozenCLIP):
     def set_references(self, category_id: int, images: torch.Tensor) -> None:
         """The memory bank of category ``category_id`` from its K reference images ``[K, 3, S, S]``: raw
         patch tokens of ``few_shot_layers``, without autocast (the authors' ``memory()`` runs outside it)."""
-        features = self._encode_images(images, self.cfg.few_shot_layers)
+        features = self._encode_images(images, self.few_shot_layers)
         self.memory[int(category_id)] = [
             features[f"tokens_{layer}"].reshape(-1, self.vision.width).float()
-            for layer in self.cfg.few_shot_layers
+            for layer in self.few_shot_layers
         ]
 
     def clear_references(self) -> None:
@@ -156,7 +160,7 @@ class VAND(FrozenCLIP):
         out = torch.zeros(b, *size, device=category_ids.device)
         for category in torch.unique(category_ids).tolist():
             rows = (category_ids == category).nonzero().flatten()
-            for layer, bank in zip(self.cfg.few_shot_layers, self.memory[category], strict=True):
+            for layer, bank in zip(self.few_shot_layers, self.memory[category], strict=True):
                 tokens = features[f"tokens_{layer}"][rows.to(bank.device)].float()
                 distance = 1.0 - l2_normalize(tokens) @ l2_normalize(bank).T  # [b, N, K*N]
                 grid_map = distance.amin(dim=-1).view(-1, 1, *grid)
@@ -214,7 +218,7 @@ class VAND(FrozenCLIP):
         if not self.memory:
             output = self(images, category_ids, size)
             return output.image_scores, gaussian_blur(output.anomaly_map(), self.cfg.gaussian_sigma)
-        features = self.encode_images(images, self.cfg.few_shot_layers)
+        features = self.encode_images(images, self.few_shot_layers)
         output = self.scores(features, category_ids, size)
         maps = output.anomaly_map().float() + self.few_shot_map(features, category_ids, size)
         maps = gaussian_blur(maps, self.cfg.gaussian_sigma)
