@@ -82,12 +82,23 @@ class ProtocolConfig:
     draws: int = 1  # few-shot: independent reference draws, each evaluated and recorded
 
 
+def _protocol_label(shots: int, draws: int) -> str:
+    from pipelines.protocol import protocol_label
+
+    return protocol_label(ProtocolConfig(int(shots), int(draws)))
+
+
+# ``${zsad_protocol:${protocol.shots},${protocol.draws}}``: "zero-shot" or "4-shot (5 draws)", for names
+# that are interpolations (a sweep's W&B run names)
+OmegaConf.register_resolver("zsad_protocol", _protocol_label, replace=True)
+
+
 @dataclasses.dataclass
 class WandbConfig:
     mode: str = "offline"  # offline (sync later with `wandb sync`), online, or disabled
     project: str = "zsad"
     entity: str | None = None
-    # The run's display name; None: "{method} {source}->{targets} seed={seed}". Sweeps set it from the
+    # The run's display name; None: "{method} {source}->{targets} {protocol} seed={seed}". Sweeps set it from the
     # run's varied keys, `zsad train/test/run/demo` from the overrides that differ from the experiment file,
     # so that runs can be told apart on the dashboard (pipelines.loggers.label_adhoc_run).
     name: str | None = None

@@ -355,7 +355,10 @@ def group(entries: list[Entry], group_by: list[str] | None = None) -> Grouping:
             f"{len(missing_config)} run(s) have no config.yaml and are grouped only by method, source and "
             f"eval settings, which may mix settings: {', '.join(missing_config)}",
         )
-    ordered_columns = sorted(set(column_labels.values()))
+    # a method's columns side by side, zero-shot first, then by K (not "1-shot, 2-shot, zero-shot")
+    ordered_columns = sorted(
+        set(column_labels.values()), key=lambda c: (column_method[c], column_shots[c], c)
+    )
     column_seeds = {
         label: sorted({e.run.seed_label for c in cells.values() if c.column == label for e in c.entries})
         for label in ordered_columns
