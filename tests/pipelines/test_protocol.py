@@ -169,3 +169,14 @@ def test_vand_k_shot_image_scores_are_normalised_per_category_in_metrics_and_sav
         mine = [r for r in rows if r["category"] == category]
         auroc = roc_auc_score([int(r["label"]) for r in mine], [float(r["score"]) for r in mine])
         assert auroc == pytest.approx(metrics["image_auroc"])
+
+
+def test_k_shot_columns_are_compared_with_the_papers_k_shot_numbers():
+    from pipelines.report_tables import published_value
+
+    # the zero-shot row, then WinCLIP+'s 4-shot one
+    assert published_value("mvtec", "winclip", "image_auroc", shots=0) == pytest.approx(0.918)
+    assert published_value("mvtec", "winclip", "image_auroc", shots=4) == pytest.approx(0.952)
+    assert published_value("visa", "winclip", "aupro_cflow", shots=1) == pytest.approx(0.851)
+    assert published_value("mvtec", "winclip", "image_auroc", shots=3) is None  # the paper has no 3-shot row
+    assert published_value("mvtec", "vand", "image_auroc", shots=1) is None  # no stored source
