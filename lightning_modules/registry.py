@@ -9,6 +9,7 @@ and configs only: no torch, Lightning or open_clip.
 from __future__ import annotations
 
 from datamodules.errors import ZsadError
+from lightning_modules.adaclip.spec import ADACLIP
 from lightning_modules.anomalyclip.spec import ANOMALYCLIP
 from lightning_modules.anovl.spec import ANOVL
 from lightning_modules.clip_zero_shot.spec import CLIP, CLIP_AC
@@ -20,6 +21,7 @@ from lightning_modules.vand.spec import VAND
 from lightning_modules.winclip.spec import WINCLIP
 
 BUILTIN_METHODS: tuple[MethodSpec, ...] = (
+    ADACLIP,
     ANOMALYCLIP,
     ANOVL,
     CLIP,

@@ -358,6 +358,7 @@ class ExactResume(_StopOnSignal):
         self._complete = False
         self._data: dict[str, Any] | None = None
         self._loss: torch.Tensor | None = None  # the last step's loss (this process), until agreed on
+        self._accumulating = False  # inside a gradient-accumulation window (its losses are summed)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
@@ -371,6 +372,7 @@ class ExactResume(_StopOnSignal):
     # --- randomness -----------------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seed_position(self.seed, trainer.current_epoch, "epoch", trainer.global_rank)
+        self._accumulating = False  # Lightning steps the optimizer at every epoch's end
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -438,9 +440,17 @@ class ExactResume(_StopOnSignal):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        self._loss = loss.detach() if isinstance(loss, torch.Tensor) else None
+        loss = loss.detach() if isinstance(loss, torch.Tensor) else None
+        if self._accumulating and loss is not None and self._loss is not None:
+            loss = loss + self._loss  # a non-finite loss anywhere in the accumulation window stays one
+        self._loss = loss
         if batch_idx + 1 >= trainer.num_training_batches:
             return  # the epoch-end checkpoint follows (after the same agreement)
+        # with trainer.accumulate_grad_batches, a checkpoint (or a stop) only after an optimizer step: the
+        # gradients summed so far are in no checkpoint
+        self._accumulating = (batch_idx + 1) % trainer.accumulate_grad_batches != 0
+        if self._accumulating:
+            return
         signum, due = self._agree(trainer)
         if signum or due:
             path = self._save_resume(trainer)

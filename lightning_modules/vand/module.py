@@ -11,9 +11,9 @@ from lightning_modules.category_module import CategoryTextModule, category_words
 from lightning_modules.eval_config import EvalConfig
 from lightning_modules.feature_cache import backbone_cache_identity
 from lightning_modules.metrics.category_scores import CategoryScoreRule
+from lightning_modules.mosaic import SameCategoryMosaic
 from lightning_modules.vand.config import VANDConfig
 from lightning_modules.vand.model import FEW_SHOT_SCORE, VAND
-from lightning_modules.vand.mosaic import SameCategoryMosaic
 
 
 class VANDModule(CategoryTextModule):
