@@ -368,6 +368,34 @@ def few_shot_layout(folder: Path) -> Path:
     return write_parity_images(folder / "mvtec", n_train=FEW_SHOT_TRAIN_IMAGES)
 
 
+REFERENCES_FILE = "references.json"  # beside the weights file: the few-shot references of the official side
+
+
+def few_shot_then_official(
+    args: argparse.Namespace,
+    script: str,
+    zsad_outputs: Callable[[Path], dict[str, np.ndarray]],
+    weights: dict[str, torch.Tensor],
+    pythonpath: tuple[str, ...] = (),
+) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """:func:`zsad_then_official` on the few-shot parity images (:func:`few_shot_layout`): the references
+    zsad's protocol drew (its outputs' ``categories`` and ``references``) are written beside the weights,
+    where the official side reads them (:func:`official_references`)."""
+
+    def zsad_then_write_references(root: Path) -> dict[str, np.ndarray]:
+        ours = zsad_outputs(root)
+        files = dict(zip(ours["categories"].tolist(), ours["references"].tolist(), strict=True))
+        (root.parent / REFERENCES_FILE).write_text(json.dumps(files))
+        return ours
+
+    return zsad_then_official(args, script, zsad_then_write_references, weights, pythonpath, few_shot_layout)
+
+
+def official_references(weights: Path) -> dict[str, list[str]]:
+    """Per category the reference files (below the images root) zsad drew, on the official side."""
+    return json.loads((weights.parent / REFERENCES_FILE).read_text())
+
+
 def zsad_then_official(
     args: argparse.Namespace,
     script: str,

@@ -40,7 +40,6 @@ import torch  # noqa: E402
 FIXTURE = ps.FIXTURES / "vand_fewshot.npz"
 SHOTS, SEED = 2, 111
 OFFICIAL_MODEL = "ViT-zsad-parity-240-12"  # their code takes the ViT branch only for a name with "ViT"
-REFERENCES_FILE = "references.json"  # beside the weights: the official side's file list
 COMPARED = ("memory", "maps", "image_scores")
 
 
@@ -149,7 +148,7 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     model_config = ps.PARITY_MODELS[ps.PARITY_MODEL_12]
     heads = pv.heads_state_dict(model_config["vision_cfg"]["width"], model_config["embed_dim"])
     torch.save({"trainable_linearlayer": heads}, checkpoint)
-    files = json.loads((work / REFERENCES_FILE).read_text())
+    files = ps.official_references(weights)
     solver = MVTecSolver(root=str(root))
     solver.CLSNAMES = list(ps.CATEGORIES)
     solver.run()
@@ -209,19 +208,14 @@ def main() -> None:
     if ps.serve_official_side(args, official_outputs):
         return
 
-    def zsad_then_write_references(root: Path) -> dict[str, np.ndarray]:
-        ours = zsad_outputs(root)
-        files = dict(zip(ours["categories"].tolist(), ours["references"].tolist(), strict=True))
-        (root.parent / REFERENCES_FILE).write_text(json.dumps(files))
-        return ours
-
-    root, ours, theirs = ps.zsad_then_official(  # the checkout first: its vendored open_clip shadows zsad's
-        args,
-        __file__,
-        zsad_then_write_references,
-        pv.vand_state_dict(),
-        (str(args.official.resolve()), args.official_env),
-        write=ps.few_shot_layout,
+    root, ours, theirs = (
+        ps.few_shot_then_official(  # the checkout first: its vendored open_clip shadows zsad's
+            args,
+            __file__,
+            zsad_outputs,
+            pv.vand_state_dict(),
+            (str(args.official.resolve()), args.official_env),
+        )
     )
     categories = ours["categories"].tolist()
     print(

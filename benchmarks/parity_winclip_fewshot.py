@@ -18,7 +18,6 @@ tests/fixtures/parity/winclip_fewshot.npz (tests/lightning_modules/winclip/test_
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from unittest import mock
@@ -38,7 +37,6 @@ from lightning_modules.winclip import WinCLIP, WinCLIPConfig  # noqa: E402
 
 FIXTURE = ps.FIXTURES / "winclip_fewshot.npz"
 SHOTS, SEED = 2, 111
-REFERENCES_FILE = "references.json"  # beside the weights: the official side's file list
 REFERENCE_SAMPLES = np.s_[:, :, ::8, ::8]  # the fixture keeps every 8th row and column of the references
 
 
@@ -120,7 +118,7 @@ def sampled(r: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 @torch.no_grad()
 def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
     """anomalib's reading, pre-processor and WinClipModel with reference images (setup), on the same files."""
-    files = json.loads((weights.parent / REFERENCES_FILE).read_text())
+    files = ps.official_references(weights)
     categories = list(ps.CATEGORIES)
     with pw._official_imports(official):
         from anomalib.data.datasets.image.mvtecad import MVTecADDataset
@@ -199,19 +197,12 @@ def main() -> None:
     if ps.serve_official_side(args, official_outputs):
         return
 
-    def zsad_then_write_references(root: Path) -> dict[str, np.ndarray]:
-        ours = zsad_outputs(root)
-        files = dict(zip(ours["categories"].tolist(), ours["references"].tolist(), strict=True))
-        (root.parent / REFERENCES_FILE).write_text(json.dumps(files))
-        return ours
-
-    root, ours, theirs = ps.zsad_then_official(
+    root, ours, theirs = ps.few_shot_then_official(
         args,
         __file__,
-        zsad_then_write_references,
+        zsad_outputs,
         ps.parity_state_dict(),
         (args.official_env, str(args.official / "src")),
-        write=ps.few_shot_layout,
     )
     categories = [str(c) for c in ours["categories"]]
     print(

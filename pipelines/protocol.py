@@ -86,6 +86,25 @@ def reference_plan(
     }
 
 
+def skipped_references(plan: dict[str, list[ReferenceDraw]] | None) -> list[str]:
+    """One line per (target, category) where drawn training images were test images and were skipped
+    (the draws took the next files instead), for the job to say so."""
+    lines = []
+    for key, draws in (plan or {}).items():
+        counts: dict[str, list[int]] = {}
+        for draw in draws:
+            for category, n in draw.skipped.items():
+                if n:
+                    counts.setdefault(category, []).append(draw.draw)
+        lines += [
+            f"zsad: target '{key}', category '{category}': drawn training images that are test images (same "
+            f"file or bytes) were skipped in draw(s) {', '.join(map(str, ds))} "
+            "(results.json: draws[d].references[target].skipped_test_images)"
+            for category, ds in counts.items()
+        ]
+    return lines
+
+
 def protocol_header(cfg: Any, plan: dict[str, list[ReferenceDraw]] | None) -> dict[str, Any]:
     """results.json's ``protocol`` and, for a few-shot run, its ``draws`` (references, no results yet)."""
     protocol = cfg.protocol

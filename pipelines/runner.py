@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.datamodule import AnomalyDataModule
 from datamodules.errors import ConfigError
@@ -58,6 +59,7 @@ from pipelines.protocol import (
     record_result,
     reference_plan,
     resumed_draws,
+    skipped_references,
 )
 from pipelines.results import target_payload, write_results
 from pipelines.run_folder import RunOutcome
@@ -419,6 +421,8 @@ def test(cfg: ExperimentConfig) -> RunOutcome:
     with stop_signal_guard():
         datamodules = target_datamodules(cfg, spec)
         plan = reference_plan(cfg, _target_keys(cfg), datamodules)  # refused: before model or run folder
+        for line in skipped_references(plan):
+            rank_zero_info(line)
         module, checkpoint = evaluation_module(cfg, spec)
 
         def body(job: Job) -> RunOutcome:
@@ -436,6 +440,8 @@ def run(cfg: ExperimentConfig) -> RunOutcome:
     with stop_signal_guard():
         datamodules = target_datamodules(cfg, spec)  # a wrong target root fails before training
         plan = reference_plan(cfg, _target_keys(cfg), datamodules)  # refused: before model or run folder
+        for line in skipped_references(plan):
+            rank_zero_info(line)
         module = build_module(cfg, spec)
 
         def body(job: Job) -> RunOutcome:

@@ -128,6 +128,32 @@ def test_a_target_without_normal_training_images_is_refused_before_any_run_folde
     assert not (tmp_path / "r").exists()
 
 
+def test_a_training_image_that_is_a_test_image_is_skipped_and_the_run_says_so(
+    experiment, tmp_path, capsys, caplog
+):
+    data = yaml.safe_load((experiment.parent / "tgt.yaml").read_text())
+    copy = tmp_path / "overlap"
+    shutil.copytree(data["root"], copy)
+    shutil.copyfile(copy / "ring" / "test" / "good" / "000.png", copy / "ring" / "train" / "good" / "001.png")
+    run = tmp_path / "r"
+    args = [f"targets.0.root={copy}", "protocol.shots=2", "protocol.draws=3", f"run_dir={run}"]
+    assert main(["run", str(experiment), *QUIET, *args]) == 0
+    draws = json.loads((run / "results.json").read_text())["draws"]
+    for d in draws:  # 001.png has a test image's bytes: never drawn
+        assert sorted(d["references"]["synthetic"]["files"]["ring"]) == [
+            f"ring/train/good/00{i}.png" for i in (0, 2)
+        ]
+    skipped = {d["draw"]: d["references"]["synthetic"].get("skipped_test_images") for d in draws}
+    assert {"ring": 1} in skipped.values() and set(map(str, skipped.values())) <= {"None", "{'ring': 1}"}
+    shown = ", ".join(str(d) for d, n in skipped.items() if n)
+    captured = capsys.readouterr()
+    said = captured.out + captured.err + caplog.text
+    assert (
+        f"category 'ring': drawn training images that are test images (same file or bytes) were skipped in draw(s) {shown}"
+        in said
+    )
+
+
 def test_a_resumed_run_keeps_its_finished_draws_and_refuses_other_references(tmp_path):
     from datamodules.errors import DataChangedError
     from pipelines.protocol import resumed_draws
