@@ -18,6 +18,7 @@ tests/fixtures/parity/winclip.npz (tests/lightning_modules/winclip/test_winclip_
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
@@ -216,6 +217,22 @@ COMPARED = (
 )
 
 
+def print_comparison(
+    theirs: dict[str, np.ndarray], ours: dict[str, np.ndarray], compared: Sequence[str], categories: list[str]
+) -> None:
+    """Max |delta| of each compared output and metric, and anomalib's metrics per category (after checking
+    that both loaders read the files in the same order)."""
+    if not np.array_equal(theirs["paths"], ours["paths"]):
+        raise SystemExit(f"the loaders read the files in another order: {theirs['paths']} vs {ours['paths']}")
+    for name in compared:
+        ps.print_delta(name, theirs[name], ours[name])
+    for m, metric in enumerate(METRICS):
+        ps.print_delta(f"{metric} (per category)", theirs["metrics"][:, m], ours["metrics"][:, m])
+    for c, category in enumerate(categories):
+        values = ", ".join(f"{m} {v:.6f}" for m, v in zip(METRICS, theirs["metrics"][c], strict=True))
+        print(f"  anomalib {category}: {values}")
+
+
 def main() -> None:
     args = ps.parity_arguments(
         __doc__,
@@ -235,15 +252,7 @@ def main() -> None:
     print(
         f"WinCLIP: anomalib ({args.official}) vs zsad, categories {categories}, {len(ours['scores'])} images"
     )
-    if not np.array_equal(theirs["paths"], ours["paths"]):
-        raise SystemExit(f"the loaders read the files in another order: {theirs['paths']} vs {ours['paths']}")
-    for name in COMPARED[:-1]:
-        ps.print_delta(name, theirs[name], ours[name])
-    for m, metric in enumerate(METRICS):
-        ps.print_delta(f"{metric} (per category)", theirs["metrics"][:, m], ours["metrics"][:, m])
-    for c, category in enumerate(categories):
-        values = ", ".join(f"{m} {v:.6f}" for m, v in zip(METRICS, theirs["metrics"][c], strict=True))
-        print(f"  anomalib {category}: {values}")
+    print_comparison(theirs, ours, COMPARED[:-1], categories)
     if args.write_fixture:
         ps.save_fixture(
             FIXTURE,

@@ -209,15 +209,7 @@ def main() -> None:
         f"WinCLIP+ ({SHOTS}-shot): anomalib ({args.official}) vs zsad, categories {categories}, "
         f"{len(ours['scores'])} images; references {dict(zip(categories, ours['references'].tolist(), strict=True))}"
     )
-    if not np.array_equal(theirs["paths"], ours["paths"]):
-        raise SystemExit(f"the loaders read the files in another order: {theirs['paths']} vs {ours['paths']}")
-    for name in COMPARED:
-        ps.print_delta(name, theirs[name], ours[name])
-    for m, metric in enumerate(pw.METRICS):
-        ps.print_delta(f"{metric} (per category)", theirs["metrics"][:, m], ours["metrics"][:, m])
-    for c, category in enumerate(categories):
-        values = ", ".join(f"{m} {v:.6f}" for m, v in zip(pw.METRICS, theirs["metrics"][c], strict=True))
-        print(f"  anomalib {category}: {values}")
+    pw.print_comparison(theirs, ours, COMPARED, categories)
     if args.write_fixture:
         kept = ("labels", "few_shot", "scores", "metrics")
         ps.save_fixture(
