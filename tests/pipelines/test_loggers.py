@@ -32,7 +32,7 @@ def test_sweep_runs_log_per_category_scalars_under_readable_names(tmp_path, synt
     (wandb_dir,) = (run_dir / "wandb").glob("offline-run-*")
     run = offline_run(wandb_dir)
 
-    assert run["name"] == "anomalyclip gaussian_sigma=2.0 seed=1"
+    assert run["name"] == "anomalyclip zero-shot gaussian_sigma=2.0 seed=1"
     assert run["group"] == "sigmas" and run["job_type"] == "run"
     assert "method.gaussian_sigma=2.0" in run["tags"] and "seed=1" in run["tags"]
     logged = {k: v for row in run["history"] for k, v in row.items()}
