@@ -110,15 +110,16 @@ def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def write_parity_images(root: Path, seed: int = IMAGES_SEED) -> Path:
-    """A small synthetic MVTec-layout dataset (PNG images and 0/255 masks) under ``root``; returns ``root``."""
+def write_parity_images(root: Path, seed: int = IMAGES_SEED, n_train: int = 1) -> Path:
+    """A small synthetic MVTec-layout dataset (PNG images and 0/255 masks) under ``root``; returns ``root``.
+    ``n_train`` normal training images per category (the few-shot parity draws its references there)."""
     generate_synthetic_dataset(
         root,
         seed=seed,
         style="industrial",
         categories=list(CATEGORIES),
         image_size=IMAGE_FILE_SIZE,
-        n_train=1,
+        n_train=n_train,
         n_test_good=2,
         n_test_defect_per_kind=1,
         overwrite=True,
@@ -382,6 +383,42 @@ def serve_official_side(args: argparse.Namespace, official_outputs: Callable[...
 
 def _mvtec_layout(folder: Path) -> Path:
     return write_parity_images(folder / "mvtec")
+
+
+FEW_SHOT_TRAIN_IMAGES = 4  # normal training images per category of the few-shot parity images
+
+
+def few_shot_layout(folder: Path) -> Path:
+    """The parity images with :data:`FEW_SHOT_TRAIN_IMAGES` training images per category (few-shot parity)."""
+    return write_parity_images(folder / "mvtec", n_train=FEW_SHOT_TRAIN_IMAGES)
+
+
+REFERENCES_FILE = "references.json"  # beside the weights file: the few-shot references of the official side
+
+
+def few_shot_then_official(
+    args: argparse.Namespace,
+    script: str,
+    zsad_outputs: Callable[[Path], dict[str, np.ndarray]],
+    weights: dict[str, torch.Tensor],
+    pythonpath: tuple[str, ...] = (),
+) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """:func:`zsad_then_official` on the few-shot parity images (:func:`few_shot_layout`): the references
+    zsad's protocol drew (its outputs' ``categories`` and ``references``) are written beside the weights,
+    where the official side reads them (:func:`official_references`)."""
+
+    def zsad_then_write_references(root: Path) -> dict[str, np.ndarray]:
+        ours = zsad_outputs(root)
+        files = dict(zip(ours["categories"].tolist(), ours["references"].tolist(), strict=True))
+        (root.parent / REFERENCES_FILE).write_text(json.dumps(files))
+        return ours
+
+    return zsad_then_official(args, script, zsad_then_write_references, weights, pythonpath, few_shot_layout)
+
+
+def official_references(weights: Path) -> dict[str, list[str]]:
+    """Per category the reference files (below the images root) zsad drew, on the official side."""
+    return json.loads((weights.parent / REFERENCES_FILE).read_text())
 
 
 def zsad_then_official(

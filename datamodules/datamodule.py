@@ -23,6 +23,7 @@ from datamodules.errors import ConfigError
 from datamodules.fingerprint import index_fingerprint
 from datamodules.fingerprint import summary as fingerprint_summary
 from datamodules.index import DatasetIndex, DatasetSpec, build_index, get_dataset_spec
+from datamodules.references import ReferenceDraw, ReferenceImages, draw_references
 from datamodules.resumable import EpochSampler, ResumableDataLoader
 from datamodules.transforms import ImageMaskTransform, ImagePreprocessing, TransformSpec
 
@@ -164,6 +165,18 @@ class AnomalyDataModule(L.LightningDataModule):
     def train_dataset(self) -> AnomalyDataset:
         """The training split's images (what a feature cache encodes once)."""
         return self._dataset(self.cfg.train_split, train=True)
+
+    # --- few-shot references ---------------------------------------------------------------------
+    def reference_draws(self, shots: int, seed: int, draws: int) -> list[ReferenceDraw]:
+        """``draws`` seeded draws of ``shots`` normal training images per category, none a test image
+        (:mod:`datamodules.references`); a ConfigError when the dataset cannot give them."""
+        return draw_references(
+            self.full_index, self.test_index, self.categories, shots, seed, draws, self.cfg.name
+        )
+
+    def reference_images(self, draw: ReferenceDraw) -> ReferenceImages:
+        """A draw's images, read with the test images' transform (the method's preprocessing)."""
+        return ReferenceImages(draw, self._transform(train=False))
 
     # --- data identity ----------------------------------------------------------------------------
     @functools.cached_property

@@ -17,9 +17,12 @@ if TYPE_CHECKING:
     from lightning_modules.base import ZeroShotModule
     from lightning_modules.eval_config import EvalConfig
 
-#: The evaluation protocols a method may support. Every method is zero-shot today (no image of the target
-#: dataset is seen before its test); few-shot and transductive protocols will be added as values here.
+#: The evaluation protocols a method may support: zero-shot (no image of the target dataset is seen before
+#: its test) and few-shot (K normal training images of each target category are handed to the module before
+#: that category's test images: ``ZeroShotModule.set_references``; ``protocol.shots`` / ``protocol.draws``).
+#: Transductive protocols will be further values here.
 ZERO_SHOT = "zero_shot"
+FEW_SHOT = "few_shot"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +41,17 @@ class PublishedNumbers:
 
     source: str  # the paper and its tables
     results: Mapping[str, Mapping[str, float]]  # dataset -> metric (results.json's names) -> fraction
+    # k-shot rows: shots -> dataset -> metric -> fraction (means over the papers' reference draws), and
+    # where they come from (when not ``source``)
+    few_shot: Mapping[int, Mapping[str, Mapping[str, float]]] = dataclasses.field(default_factory=dict)
+    few_shot_source: str | None = None
+
+    def numbers(self, shots: int = 0) -> Mapping[str, Mapping[str, float]]:
+        """dataset -> metric -> fraction of the zero-shot rows (``shots=0``) or of the ``shots``-shot rows."""
+        return self.results if shots == 0 else self.few_shot.get(shots, {})
+
+    def source_of(self, shots: int = 0) -> str:
+        return self.source if shots == 0 else (self.few_shot_source or self.source)
 
 
 def cache_settings(cfg: Any) -> CacheSettings:
@@ -86,7 +100,9 @@ class MethodSpec:
     # ConfigError for one it does not implement. None: one protocol everywhere, nothing recorded.
     dataset_protocol: Callable[[Any, str], dict[str, Any]] | None = None
     # --- evaluation -------------------------------------------------------------------------------
-    protocols: tuple[str, ...] = (ZERO_SHOT,)  # the evaluation protocols it supports
+    # The evaluation protocols it supports; with FEW_SHOT its module implements set_references (and
+    # clear_references), which the runner's few-shot evaluation feeds (docs/adding_a_method.md).
+    protocols: tuple[str, ...] = (ZERO_SHOT,)
     # cfg -> whether the test loop needs autograd (test-time adaptation): the Trainer then runs without
     # inference mode. None: never.
     grad_at_test: Callable[[Any], bool] | None = None
@@ -98,6 +114,10 @@ class MethodSpec:
     # format (their released weights); None: only zsad checkpoints load.
     official_checkpoint: Callable[[Any, dict[str, Any], str], dict[str, Any]] | None = None
     published: PublishedNumbers | None = None  # the paper's numbers, for ``zsad report --reference``
+
+    @property
+    def few_shot(self) -> bool:
+        return FEW_SHOT in self.protocols
 
     def protocol_on(self, cfg: Any, dataset: str) -> dict[str, Any] | None:
         """The protocol record of ``dataset`` (None: the method declares none); raises ConfigError."""

@@ -271,6 +271,19 @@ def test_grid_values_may_be_lists_mappings_and_quoted_strings(tmp_path, syntheti
         assert ("name='1'" in run.tags) == (values["name"] == "1")  # the string "1", not the number
 
 
+def test_sweep_run_names_name_the_protocol_once(tmp_path, synthetic_pair):
+    from pipelines.config import compose
+
+    grid = {"seed": [1], "protocol.shots": [0, 2], "method.lr": [0.01]}
+    path = write_sweep(tmp_path, *synthetic_pair, seeds=[1], extra={"grid": grid})
+    cfg, _ = sweep.load_sweep(path)
+    names = {
+        compose(run.experiment, sweep._run_overrides(cfg.name, run)).logger.wandb.name
+        for run in sweep.expand(cfg)
+    }
+    assert names == {"anomalyclip zero-shot lr=0.01 seed=1", "anomalyclip 2-shot (1 draw) lr=0.01 seed=1"}
+
+
 def test_plan_reports_every_invalid_run_with_its_id(tmp_path, synthetic_pair, capsys):
     variants = [{"trainer.max_epochs": 2}, {"trainer.max_epoch": 2}]
     path = write_sweep(tmp_path, *synthetic_pair, seeds=[1, 2], extra={"variants": variants})
