@@ -9,6 +9,7 @@ Draws are made on the CPU and moved to the device, so they do not depend on the 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,9 +44,7 @@ def image_keys(dataset: str, paths: Sequence[str], root: str | Path | None) -> l
     for path in paths:
         relative = Path(path)
         if root is not None:
-            try:
+            with contextlib.suppress(ValueError):
                 relative = relative.relative_to(Path(root))
-            except ValueError:
-                pass
         keys.append((dataset, relative.as_posix()))
     return keys
