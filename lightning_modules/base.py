@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,13 @@ class ZeroShotModule(L.LightningModule):
             sample_metrics=any(r.group is not None for r in test_index.records),
             region_metrics=bool(test_index.region_rules),
             spro_fpr_limit=self.eval_cfg.spro_fpr_limit,
+            image_score_rule=self.image_score_rule(),
         ).to(self.device)
+
+    def image_score_rule(self) -> Callable[[str, torch.Tensor], torch.Tensor] | None:
+        """A per-category image-score rule (:class:`~lightning_modules.metrics.AnomalyEvaluator`'s
+        ``image_score_rule``) for methods whose ``test_step`` passes score components; None: scores as given."""
+        return None
 
     def _expected_test_samples(self) -> list[frozenset[int]] | None:
         """Per category, the test samples this process's loader yields, so that a DDP evaluation scores

@@ -39,6 +39,7 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 def _load_builtin_methods() -> None:
     import lightning_modules.anomalyclip  # noqa: F401
     import lightning_modules.anovl  # noqa: F401
+    import lightning_modules.bayes_pfl  # noqa: F401
     import lightning_modules.clip_zero_shot  # noqa: F401
     import lightning_modules.cmg  # noqa: F401
     import lightning_modules.coop  # noqa: F401

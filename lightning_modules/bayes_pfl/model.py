@@ -36,6 +36,7 @@ from lightning_modules.clip.factory import create_clip, with_mlp_activation
 from lightning_modules.clip.text import PromptTextEncoder
 from lightning_modules.clip.vision import DualPathVisionEncoder
 from lightning_modules.ops import gaussian_blur, l2_normalize
+from lightning_modules.stochastic import keyed_generator, keyed_normal
 
 
 @dataclasses.dataclass
@@ -270,6 +271,26 @@ class BayesPFL(nn.Module):
         if kl_context is None:
             return z_context, z_normal, z_abnormal, image.new_zeros(())
         return z_context, z_normal, z_abnormal, kl_context + kl_normal + kl_abnormal
+
+    def training_draws(
+        self, batch: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One draw per distribution from the global RNG (seeded per step by the runner), in the authors'
+        order: the image-specific ``[B, D]``, then the normal and abnormal ``[1, D]``."""
+        context = torch.randn(batch, 1, self.dim, device=device)
+        return context, torch.randn(1, self.dim, device=device), torch.randn(1, self.dim, device=device)
+
+    def test_draws(
+        self, seed: int, dataset: str, keys: Sequence[tuple[str, ...]], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``test_samples`` draws per distribution: each image's image-specific ``[R, D]`` from the
+        generator of its key, the normal then abnormal image-agnostic ``[R, D]`` from the dataset's (one
+        draw shared by every image of the target, as their test.py keeps the first image's)."""
+        shape = (self.cfg.test_samples, self.dim)
+        context = keyed_normal(seed, keys, shape, device)
+        agnostic = keyed_generator(seed, dataset, "image-agnostic")
+        normal, abnormal = (torch.randn(shape, generator=agnostic).to(device) for _ in range(2))
+        return context, normal, abnormal
 
     # --- scores ---------------------------------------------------------------------------------------
     def image_logits(

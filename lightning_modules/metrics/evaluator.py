@@ -127,6 +127,7 @@ class AnomalyEvaluator(Metric):
         sample_metrics: bool = False,
         region_metrics: bool = False,
         spro_fpr_limit: float = SPRO_FPR_LIMIT,
+        image_score_rule: Callable[[str, Tensor], Tensor] | None = None,
         **kwargs: Any,
     ) -> None:
         if "aupro_method" in kwargs:
@@ -167,6 +168,10 @@ class AnomalyEvaluator(Metric):
         self.curve_points = None if curve_points is None else int(curve_points)
         self.keep_curves = bool(keep_curves)
         self.pixel_score_dtype = pixel_score_dtype
+        # A method whose image score is a per-category rule (Bayes-PFL: min-max normalisations over the
+        # category's images) passes [B, K] score components to update; the rule maps a category's
+        # (name, [N, K] components of its de-duplicated samples) to their [N] scores.
+        self.image_score_rule = image_score_rule
         self.samples_per_category = (
             None if samples_per_category is None else [int(n) for n in samples_per_category]
         )
@@ -240,7 +245,8 @@ class AnomalyEvaluator(Metric):
         category_ids = torch.as_tensor(category_ids).reshape(-1)
         b = category_ids.shape[0]
         sample_ids = torch.as_tensor(sample_ids).reshape(-1)
-        image_scores = torch.as_tensor(image_scores).reshape(-1)
+        image_scores = torch.as_tensor(image_scores)
+        image_scores = image_scores.reshape(b, -1) if self.image_score_rule else image_scores.reshape(-1)
         labels = torch.as_tensor(labels).reshape(-1)
         for name, t in (("sample_ids", sample_ids), ("image_scores", image_scores), ("labels", labels)):
             if t.shape[0] != b:
@@ -515,7 +521,7 @@ class AnomalyEvaluator(Metric):
         maps, gts = self._category_pixels(ci) if self.pixel_metrics and idx.size else ([], [])
         (values, reasons, notes), curves = category_pixel_results(
             self.categories[ci],
-            img_score[idx],
+            self._category_scores(ci, img_score[idx]),
             img_label[idx],
             img_pixel_gt[idx],
             maps,
@@ -545,6 +551,12 @@ class AnomalyEvaluator(Metric):
         size = sizes[rows]
         return [(scores[starts[i] : starts[i] + size[i]], float(saturation[i])) for i in first]
 
+    def _category_scores(self, ci: int, scores: Tensor) -> Tensor:
+        """Category ``ci``'s image scores: as stored, or the method's rule applied to its components."""
+        if self.image_score_rule is None or scores.numel() == 0:
+            return scores.reshape(-1)
+        return self.image_score_rule(self.categories[ci], scores).double().reshape(-1)
+
     def compute(self) -> EvaluationResult:
         """Metrics per category; undefined ones are None with a reason in ``missing``."""
         img_cat, img_score, img_label, _, keep, duplicates = self._image_states()
@@ -558,9 +570,10 @@ class AnomalyEvaluator(Metric):
             num_images[name] = int(idx.size)
             values: dict[str, float | None] = dict.fromkeys((*METRIC_NAMES, *self.extra_metrics))
             reasons: dict[str, str] = {}
-            image_metrics(img_score[idx], img_label[idx], values, reasons)
+            scores = self._category_scores(ci, img_score[idx])
+            image_metrics(scores, img_label[idx], values, reasons)
             if img_group is not None:
-                sample_level_metrics(img_score[idx], img_label[idx], img_group[idx], values, reasons)
+                sample_level_metrics(scores, img_label[idx], img_group[idx], values, reasons)
             (pv, pr, pn), _ = self._results(ci)
             values.update(pv)
             reasons.update(pr)
