@@ -61,6 +61,22 @@ def optimizer_groups(
     return groups, head
 
 
+def build_optimizers(
+    model: BayesPFL, cfg: BayesPFLConfig, total_steps: int
+) -> tuple[torch.optim.Adam, torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
+    """train.py's ``optimizer_stage1`` (its groups) with the warm-up cosine schedule over ``total_steps``
+    (their ``len(loader) * epochs``) and ``optimizer_stage2`` (the image head, constant rate)."""
+    groups, head = optimizer_groups(model, cfg)
+    betas = tuple(cfg.betas)
+    stage1 = torch.optim.Adam(groups, lr=cfg.lr_linear, betas=betas)
+    stage2 = torch.optim.Adam([{"params": head, "lr": cfg.lr_linear}], lr=cfg.lr_linear, betas=betas)
+    warmup = int(cfg.warmup_fraction * total_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        stage1, lambda step: cosine_with_warmup(step, warmup, total_steps)
+    )
+    return stage1, stage2, schedule
+
+
 class BayesPFLModule(ZeroShotModule):
     """Stage 1 trains the prompt bank, flows, RCA and heads; stage 2 (from ``stage2_start_epoch``) only the
     image-score head with its own Adam, as the authors. The CLIP weights never enter an optimiser."""
@@ -170,17 +186,8 @@ class BayesPFLModule(ZeroShotModule):
         return losses["loss"]
 
     def configure_optimizers(self) -> Any:
-        groups, head = optimizer_groups(self.model, self.cfg)
-        betas = tuple(self.cfg.betas)
-        stage1 = torch.optim.Adam(groups, lr=self.cfg.lr_linear, betas=betas)
-        stage2 = torch.optim.Adam(
-            [{"params": head, "lr": self.cfg.lr_linear}], lr=self.cfg.lr_linear, betas=betas
-        )
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
-        warmup = int(self.cfg.warmup_fraction * total)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            stage1, lambda step: cosine_with_warmup(step, warmup, total)
-        )
+        stage1, stage2, schedule = build_optimizers(self.model, self.cfg, total)
         return [stage1, stage2], [{"scheduler": schedule, "interval": "step"}]
 
     # --- evaluation ---------------------------------------------------------------------------------------
