@@ -156,6 +156,7 @@ def _datamodule(data_cfg: Any, module: ZeroShotModule, seed: int) -> AnomalyData
         image_size=module.image_size,
         preprocessing=module.dataset_preprocessing(data_cfg.name),
         seed=seed,
+        augmentation=module.train_augmentation(data_cfg.name),
     )
     _ = datamodule.full_index  # parse now: a wrong root fails before any training time is spent
     return datamodule

@@ -63,6 +63,9 @@ class VCPCLIPConfig:
     # four anomalous images of the category (mosaic_rate, their --aug_rate 0.2). "none": no augmentation.
     augmentation: str = "authors"
     mosaic_rate: float = 0.2
+    mosaic_datasets: list[str] = dataclasses.field(
+        default_factory=lambda: ["mvtec"]
+    )  # their MVTecDataset only
     # Frozen image features encoded once and reused (lightning_modules/feature_cache.py); bypassed while the
     # augmentation changes training images every epoch (the authors' protocol).
     cache_features: bool = True

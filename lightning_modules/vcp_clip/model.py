@@ -41,7 +41,8 @@ ABNORMAL = 1
 class DeepTextPrompts(nn.Module):
     """VPT-deep prompts of the text tower (their ``CLIP._init_prompt``): ``n`` tokens for block 1 and for
     each later block, each through one shared ``Linear`` and ``Dropout``, and the ``LayerNorm`` applied before
-    ``ln_final``. Initialisation as theirs: tokens ``U(-1, 1)``, the Linear's weight Kaiming-normal (fan out)."""
+    ``ln_final``. Initialisation as theirs: tokens ``U(-1, 1)``, the Linear's weight Kaiming-normal (fan out),
+    its weight and bias rounded to float16 values (their CLIP is built in float16, then cast back)."""
 
     def __init__(self, width: int, length: int, blocks: int, dropout: float) -> None:
         super().__init__()
@@ -49,6 +50,9 @@ class DeepTextPrompts(nn.Module):
         self.deep = nn.Parameter(torch.empty(blocks - 1, length, width).uniform_(-1.0, 1.0))
         self.proj = nn.Linear(width, width)
         nn.init.kaiming_normal_(self.proj.weight, a=0, mode="fan_out")
+        with torch.no_grad():  # their build_model's convert_weights rounds every Linear through float16
+            self.proj.weight.copy_(self.proj.weight.half().float())
+            self.proj.bias.copy_(self.proj.bias.half().float())
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.dropout = nn.Dropout(dropout)
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from datamodules.augment import TrainAugmentation
 from datamodules.errors import ZsadError
 from lightning_modules.base import EvalConfig, ZeroShotModule
 from lightning_modules.category_module import backbone_identity
@@ -50,6 +51,14 @@ class VCPCLIPModule(ZeroShotModule):
             value = getattr(self.cfg, name)
             fields[name] = list(value) if isinstance(value, list | tuple) else value
         return {"method": self.method_name, "backbone": backbone_identity(self.cfg.backbone), **fields}
+
+    def train_augmentation(self, dataset: str) -> TrainAugmentation | None:
+        """Their dataset classes' augmentation in mode "train": the albumentations pipeline on every image,
+        the mosaic only in their MVTec AD class (``mosaic_datasets``)."""
+        if self.cfg.augmentation == "none":
+            return None
+        mosaic = self.cfg.mosaic_rate if dataset in self.cfg.mosaic_datasets else 0.0
+        return TrainAugmentation(pipeline="vcp_clip", mosaic_rate=mosaic)
 
     # --- feature cache: the frozen image features are the same every epoch (without augmentation) -------
     def feature_cache_identity(self) -> dict[str, Any]:
