@@ -368,7 +368,10 @@ def official_parameters(trainable_layer, new_lan_embed, zero_try, model) -> list
     ]
 
 
-def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
+def official_setup(official: Path, root: Path, weights: Path) -> types.SimpleNamespace:
+    """The official side's preparation: their modules imported (with the shims), the files converted and
+    indexed as their README says, their model and trainable modules built from ``INIT_SEED``, the initial
+    state saved as train.py saves a checkpoint, and test.sh's arguments for their ``test.test``."""
     work = Path(tempfile.mkdtemp(prefix="zsad-vcp-official-"))
     sys.path.insert(0, str(official))  # before benchmarks/
     os.chdir(official)  # their tokenizer reads ./models/bpe_simple_vocab_16e6.txt.gz
@@ -383,12 +386,9 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     import utils.dataset as their_dataset
     from dataset.datasets200 import MVTec as their_conversion
     from dataset.make_meta import metaSolver
-    from models.model_CLIP import Load_CLIP, tokenize
+    from models.model_CLIP import Load_CLIP
     from models.post_vcp import Zero_Parameter
     from models.pre_vcp import Context_Prompting
-    from models.prompt_ensemble import Prompt_Ensemble
-    from torch.nn import functional as F
-    from utils.loss import BinaryDiceLoss, FocalLoss
 
     their_transformer.torch = _CpuZeros()
     their_dataset.Image.fromarray = ps.old_pillow_fromarray(their_dataset.Image.fromarray)
@@ -439,23 +439,6 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
             initial |= {f"{INITIAL}{section}|{k}": v.detach().numpy().copy() for k, v in entries.items()}
         else:
             initial[f"{INITIAL}{section}"] = entries.detach().numpy().copy()
-
-    # test.py itself, with test.sh's arguments
-    captured = {}
-    calculate = their_test.calcuate_metric
-
-    def capture(results, *args, **kwargs):
-        captured["results"] = results
-        return calculate(results, *args, **kwargs)
-
-    their_test.calcuate_metric = capture
-    their_test.Load_CLIP = lambda *a, **k: (model, None, preprocess_test)
-    recorders = {
-        name: _Recorder(getattr(their_test, name))
-        for name in ("roc_auc_score", "average_precision_score", "cal_pro_score")
-    }
-    for name, recorder in recorders.items():
-        setattr(their_test, name, recorder)
     args = types.SimpleNamespace(
         data_path=str(data_root),
         save_path=str(work / "results"),
@@ -474,6 +457,111 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
         use_global=True,
         total_d_layer_len=TOTAL_D_LAYER_LEN,
     )
+    their_test.Load_CLIP = lambda *a, **k: (model, None, preprocess_test)
+    return types.SimpleNamespace(**locals())
+
+
+def official_optimizer(setup: types.SimpleNamespace, model, model_optim) -> torch.optim.Optimizer:
+    """train.py's Adam: two learning rates (train.sh's 4e-5, and 0.01 for the temperatures)."""
+    new_lan_embed, zero_try, trainable_layer = setup.new_lan_embed, setup.zero_try, setup.trainable_layer
+    parameter_prompt_list = [m for n, m in new_lan_embed.named_parameters() if n != "prompt_temp"]
+    group1 = [m for n, m in zero_try.named_parameters() if n not in ["prompt_temp_l1"]]
+    group2 = [zero_try.prompt_temp_l1]
+    lr_group1 = list(trainable_layer.parameters()) + parameter_prompt_list + list(model_optim.values())
+    return torch.optim.Adam(
+        [
+            {"params": group1 + lr_group1, "lr": 4e-5},
+            {"params": group2 + [new_lan_embed.prompt_temp], "lr": 0.01},
+        ],
+        lr=4e-5,
+        betas=(0.5, 0.999),
+    )
+
+
+def official_step(
+    setup: types.SimpleNamespace, model, optimizer, prompt_pre, patch_tokens, image_features, items
+):
+    """The body of train.py's loop after the frozen encoder, up to ``loss.backward()``: ``(loss, texts)``."""
+    from torch.nn import functional as F
+    from utils.loss import BinaryDiceLoss, FocalLoss
+
+    new_lan_embed, zero_try, trainable_layer = setup.new_lan_embed, setup.zero_try, setup.trainable_layer
+    class_token = new_lan_embed.before_extract_feat(patch_tokens, image_features, use_global=True)
+    text_embeddings = prompt_pre.forward_ensemble(model, class_token, "cpu")
+    step_text = text_embeddings.detach().clone()
+    text_embeddings = text_embeddings.permute(0, 2, 1)
+    anomaly_maps_new = []
+    for layer in range(len(patch_tokens)):
+        dense_feature = patch_tokens[layer][:, 1:, :].clone()
+        dense_feature = dense_feature / dense_feature.norm(dim=-1, keepdim=True)
+        F_s_a, F_t_a = zero_try(text_embeddings.permute(0, 2, 1), dense_feature)
+        anomaly_map_new = zero_try.prompt_temp_l1.exp() * dense_feature @ F_t_a.permute(0, 2, 1)
+        B, L, C = anomaly_map_new.shape
+        H = int(np.sqrt(L))
+        anomaly_map_new = F.interpolate(
+            anomaly_map_new.permute(0, 2, 1).view(B, 2, H, H),
+            size=IMAGE_SIZE,
+            mode="bilinear",
+            align_corners=True,
+        )
+        anomaly_maps_new.append(torch.softmax(anomaly_map_new, dim=1))
+    patch_tokens_linear = trainable_layer(patch_tokens)
+    anomaly_maps_raw = []
+    for layer in range(len(patch_tokens_linear)):
+        dense_feature = patch_tokens_linear[layer].clone()
+        dense_feature = dense_feature / dense_feature.norm(dim=-1, keepdim=True)
+        anomaly_map_raw = new_lan_embed.prompt_temp.exp() * dense_feature @ text_embeddings
+        B, L, C = anomaly_map_raw.shape
+        H = int(np.sqrt(L))
+        anomaly_map_raw = F.interpolate(
+            anomaly_map_raw.permute(0, 2, 1).view(B, 2, H, H),
+            size=IMAGE_SIZE,
+            mode="bilinear",
+            align_corners=True,
+        )
+        anomaly_maps_raw.append(torch.softmax(anomaly_map_raw, dim=1))
+    gt = items["img_mask"].squeeze()
+    gt[gt > 0.5], gt[gt < 0.5] = 1, 0
+    loss_focal, loss_dice = FocalLoss(), BinaryDiceLoss()
+    loss_new = 0
+    for num in range(len(anomaly_maps_new)):
+        loss_new += loss_focal(anomaly_maps_new[num], gt)
+        loss_new += loss_dice(anomaly_maps_new[num][:, 1, :, :], gt)
+    loss_base = 0
+    for num in range(len(anomaly_maps_raw)):
+        loss_base += loss_focal(anomaly_maps_raw[num], gt)
+        loss_base += loss_dice(anomaly_maps_raw[num][:, 1, :, :], gt)
+    loss = loss_new + loss_base
+    optimizer.zero_grad()
+    loss.backward()
+    return loss, step_text
+
+
+def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
+    setup = official_setup(official, root, weights)
+    from models.model_CLIP import Load_CLIP, tokenize
+    from models.prompt_ensemble import Prompt_Ensemble
+
+    their_test, their_train, their_dataset = setup.their_test, setup.their_train, setup.their_dataset
+    original, data_root, checkpoint_path = setup.original, setup.data_root, setup.checkpoint_path
+    trainable_layer, new_lan_embed, zero_try = setup.trainable_layer, setup.new_lan_embed, setup.zero_try
+    save_dict, initial, args = setup.save_dict, setup.initial, setup.args
+
+    # test.py itself, with test.sh's arguments
+    captured = {}
+    calculate = their_test.calcuate_metric
+
+    def capture(results, *args, **kwargs):
+        captured["results"] = results
+        return calculate(results, *args, **kwargs)
+
+    their_test.calcuate_metric = capture
+    recorders = {
+        name: _Recorder(getattr(their_test, name))
+        for name in ("roc_auc_score", "average_precision_score", "cal_pro_score")
+    }
+    for name, recorder in recorders.items():
+        setattr(their_test, name, recorder)
     their_test.test(args)
     results = captured["results"]
     paths = [original(p) for p in results["path"]]
@@ -568,66 +656,8 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
         model.train()
     recorded = []
     model.prompt_dropout.register_forward_hook(lambda _m, _x, out: recorded.append((out != 0).numpy()))
-    parameter_prompt_list = [m for n, m in new_lan_embed.named_parameters() if n != "prompt_temp"]
-    group1 = [m for n, m in zero_try.named_parameters() if n not in ["prompt_temp_l1"]]
-    group2 = [zero_try.prompt_temp_l1]
-    lr_group1 = list(trainable_layer.parameters()) + parameter_prompt_list + list(model_optim.values())
-    optimizer = torch.optim.Adam(
-        [
-            {"params": group1 + lr_group1, "lr": 4e-5},
-            {"params": group2 + [new_lan_embed.prompt_temp], "lr": 0.01},
-        ],
-        lr=4e-5,
-        betas=(0.5, 0.999),
-    )
-    class_token = new_lan_embed.before_extract_feat(patch_tokens, image_features, use_global=True)
-    text_embeddings = prompt_pre.forward_ensemble(model, class_token, "cpu")
-    step_text = text_embeddings.detach().clone()
-    text_embeddings = text_embeddings.permute(0, 2, 1)
-    anomaly_maps_new = []
-    for layer in range(len(patch_tokens)):
-        dense_feature = patch_tokens[layer][:, 1:, :].clone()
-        dense_feature = dense_feature / dense_feature.norm(dim=-1, keepdim=True)
-        F_s_a, F_t_a = zero_try(text_embeddings.permute(0, 2, 1), dense_feature)
-        anomaly_map_new = zero_try.prompt_temp_l1.exp() * dense_feature @ F_t_a.permute(0, 2, 1)
-        B, L, C = anomaly_map_new.shape
-        H = int(np.sqrt(L))
-        anomaly_map_new = F.interpolate(
-            anomaly_map_new.permute(0, 2, 1).view(B, 2, H, H),
-            size=IMAGE_SIZE,
-            mode="bilinear",
-            align_corners=True,
-        )
-        anomaly_maps_new.append(torch.softmax(anomaly_map_new, dim=1))
-    patch_tokens_linear = trainable_layer(patch_tokens)
-    anomaly_maps_raw = []
-    for layer in range(len(patch_tokens_linear)):
-        dense_feature = patch_tokens_linear[layer].clone()
-        dense_feature = dense_feature / dense_feature.norm(dim=-1, keepdim=True)
-        anomaly_map_raw = new_lan_embed.prompt_temp.exp() * dense_feature @ text_embeddings
-        B, L, C = anomaly_map_raw.shape
-        H = int(np.sqrt(L))
-        anomaly_map_raw = F.interpolate(
-            anomaly_map_raw.permute(0, 2, 1).view(B, 2, H, H),
-            size=IMAGE_SIZE,
-            mode="bilinear",
-            align_corners=True,
-        )
-        anomaly_maps_raw.append(torch.softmax(anomaly_map_raw, dim=1))
-    gt = items["img_mask"].squeeze()
-    gt[gt > 0.5], gt[gt < 0.5] = 1, 0
-    loss_focal, loss_dice = FocalLoss(), BinaryDiceLoss()
-    loss_new = 0
-    for num in range(len(anomaly_maps_new)):
-        loss_new += loss_focal(anomaly_maps_new[num], gt)
-        loss_new += loss_dice(anomaly_maps_new[num][:, 1, :, :], gt)
-    loss_base = 0
-    for num in range(len(anomaly_maps_raw)):
-        loss_base += loss_focal(anomaly_maps_raw[num], gt)
-        loss_base += loss_dice(anomaly_maps_raw[num][:, 1, :, :], gt)
-    loss = loss_new + loss_base
-    optimizer.zero_grad()
-    loss.backward()
+    optimizer = official_optimizer(setup, model, model_optim)
+    loss, step_text = official_step(setup, model, optimizer, prompt_pre, patch_tokens, image_features, items)
     parameters = official_parameters(trainable_layer, new_lan_embed, zero_try, model)
     grads = torch.cat([p.grad.flatten() for p in parameters])
     optimizer.step()
