@@ -142,6 +142,7 @@ def make_trainer(
         plugins=plugins or None,
         enable_checkpointing=False,  # ExactResume writes the checkpoints
         log_every_n_steps=t.log_every_n_steps,
+        accumulate_grad_batches=t.accumulate_grad_batches,
         deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=False,
