@@ -130,11 +130,16 @@ def _report_command(args: argparse.Namespace) -> int:
         wandb_mode=args.wandb_mode,
         project=args.project,
         group_by=args.group_by,
+        latex=args.latex,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        compare=tuple(args.compare) if args.compare else None,
     )
     print(outcome.markdown)
-    print(
-        f"report: {outcome.markdown_path}, {outcome.csv_path} and {outcome.html_path} ({outcome.n_runs} runs)"
-    )
+    files = [outcome.markdown_path, outcome.csv_path, outcome.html_path]
+    if outcome.latex_path is not None:
+        files.append(outcome.latex_path)
+    print(f"report: {', '.join(map(str, files))} ({outcome.n_runs} runs)")
     return 0
 
 
@@ -287,6 +292,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="group by these config keys only (e.g. method.name source.name); cells that then mix other "
         "settings are flagged",
+    )
+    report.add_argument(
+        "--latex",
+        action="store_true",
+        help="also write report.tex: booktabs tables in the papers' layout, best bold, second underlined",
+    )
+    report.add_argument(
+        "--bootstrap",
+        type=int,
+        metavar="N",
+        help="add 95%% percentile intervals per cell from N resamples of each category's test images (stratified "
+        "by label; every metric recomputed exactly from the maps the runs saved with eval.save_maps=true)",
+    )
+    report.add_argument("--seed", type=int, default=0, help="seed of the --bootstrap draws (default 0)")
+    report.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("SETTING_A", "SETTING_B"),
+        help="the paired difference A - B per dataset on the same test images, its interval and bootstrap "
+        "p-value (settings by their column label or a unique part of it; --bootstrap N resamples, default 1000)",
     )
     report.add_argument(
         "--wandb-mode",

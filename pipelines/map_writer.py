@@ -5,6 +5,9 @@ below the dataset root (``{cls}/test/{defect}/{stem}.npy`` for MVTec AD layouts)
 with the method's own image score of every image, and ``dataset.json``: which dataset, root, parser options
 and split the maps belong to (``zsad evaluate-maps`` takes its defaults from it). Scoring them again reproduces the run's metrics; at the
 ground truth's full resolution it gives the numbers the MVTec AD evaluation script would.
+Beside each map of an image with pixel ground truth lies the mask it was scored against, at the map's size
+(``{stem}.mask.png``, 0/255): maps and masks together are exactly the run's pixel inputs, what
+``zsad report --bootstrap`` resamples.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from lightning.pytorch.callbacks import Callback
 from datamodules.atomic_io import atomic_write, atomic_write_text
 
 IMAGE_SCORES_FILE = "image_scores.csv"
+MASK_SUFFIX = ".mask.png"  # the evaluated mask beside a map: {name}.mask.png (never a map suffix)
 IMAGE_SCORES_COLUMNS = ("image", "category", "label", "score")
 DATASET_FILE = "dataset.json"
 
@@ -61,12 +65,17 @@ class MapWriter(Callback):
             maps = maps.detach().float().cpu().numpy().astype(dtype)
         scores = outputs["image_scores"].detach().float().cpu().tolist()
         category_ids = batch["category_id"].tolist()
+        has_mask = batch["has_mask"].reshape(-1).tolist() if "has_mask" in batch else [False] * len(scores)
         for i, (path, category_id) in enumerate(zip(batch["image_path"], category_ids, strict=True)):
             category = datamodule.categories[category_id]
             name = map_name(Path(path), root, category)
             self.rows[name] = (category, int(batch["label"][i]), float(scores[i]))
             if maps is not None:
                 save_atomically(self.out_dir / f"{name}.npy", maps[i])
+                if has_mask[i]:  # binarised as the evaluator does (> 0), at the map's size
+                    save_mask(
+                        self.out_dir / f"{name}{MASK_SUFFIX}", batch["mask"][i].detach().cpu().numpy() > 0
+                    )
 
     def on_test_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
         rows = self.rows
@@ -109,6 +118,15 @@ def map_name(image: Path, root: Path, category: str) -> str:
 def save_atomically(file: Path, array: np.ndarray) -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(file, lambda handle: np.save(handle, array))
+
+
+def save_mask(file: Path, mask: np.ndarray) -> None:
+    """A bool mask as a 1-bit PNG (a few hundred bytes), written atomically."""
+    from PIL import Image
+
+    file.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(np.squeeze(mask).astype(np.uint8) * 255).convert("1")
+    atomic_write(file, lambda handle: image.save(handle, format="PNG"))
 
 
 def read_image_scores(path: Path) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Paper-style tables from finished runs: datasets x settings, image (AUROC, AP) and pixel (AUROC, AUPRO).
+"""Paper-style tables from finished runs: datasets x settings and, per dataset, categories x settings, image
+(AUROC, AP) and pixel (AUROC, AUPRO).
 
 A table is only as honest as its grouping. Runs are grouped by their *full resolved config*
 (``config.yaml``) minus the seed and minus the keys that cannot change a result (:data:`IGNORED_KEYS`):
@@ -6,8 +7,8 @@ each distinct setting is a column, named by its method and the keys that differ 
 of that method; each target is a row. A cell is the mean ± sample standard deviation over seeds, with n.
 Identical reruns (same setting and same seed) count once, the newest result; a cell that still mixes
 anything but seeds (``--group-by`` chose coarser groups, runs without ``config.yaml``, different data
-behind the same name) gets a warning. Written as ``report.md``, ``report.csv`` and a self-contained
-``report.html`` (tables and every run's curves); see docs/reports.md.
+behind the same name) gets a warning. Written as ``report.md``, ``report.csv``, a self-contained
+``report.html`` (tables and every run's curves) and, with ``--latex``, ``report.tex``; see docs/reports.md.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import dataclasses
 import io
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datamodules.atomic_io import atomic_write_text
 from datamodules.errors import ZsadError
-from pipelines.published import SOURCE, published
+from pipelines.published import SOURCE
 from pipelines.report_grouping import (
     CFLOW_AUPRO,
     Grouping,
@@ -31,12 +32,25 @@ from pipelines.report_grouping import (
     load_run,
     metric_value,
 )
+from pipelines.report_tables import (
+    MEAN_ROW,
+    Intervals,
+    Table,
+    category_tables,
+    dataset_tables,
+    percent,
+    published_value,
+    row_dataset,
+    table_specs,
+    text_rows,
+)
 from pipelines.run_state import read_status
 
-TABLES = (
-    ("image level (AUROC, AP)", ("image_auroc", "image_ap")),
-    ("pixel level (AUROC, AUPRO)", ("pixel_auroc", "aupro")),
-)
+if TYPE_CHECKING:
+    from pipelines.report_bootstrap import Comparison
+
+#: What a cell shows (markdown and HTML say it above the tables).
+CELLS = "mean±std over the replicates (seeds, draws), in percent, n = number of replicates"
 
 
 @dataclasses.dataclass
@@ -46,8 +60,10 @@ class Report:
     markdown_path: Path
     csv_path: Path
     html_path: Path
+    latex_path: Path | None
     n_runs: int
     warnings: list[str]
+    comparisons: list[Comparison] = dataclasses.field(default_factory=list)
 
 
 # --- loading ------------------------------------------------------------------------------------------
@@ -72,77 +88,25 @@ def _collect_run_dirs(inputs: list[str]) -> tuple[list[Path], Path | None, str |
 
 
 # --- rendering ----------------------------------------------------------------------------------------
-def _cell_text(values: list[float]) -> str:
-    if not values:
-        return "-"
-    mean = 100 * statistics.fmean(values)
-    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f}±{100 * statistics.stdev(values):.1f}"
+def _markdown_table(table: Table, columns: list[str], level: str = "##") -> list[str]:
+    lines = [f"{level} {table.title}", "", f"| {table.row_header} | " + " | ".join(columns) + " |"]
+    lines.append("|---" * (len(columns) + 1) + "|")
+    lines += [f"| {label} | " + " | ".join(texts) + " |" for label, texts in text_rows(table)]
+    lines.append("")
+    if table.note:
+        lines += [table.note, ""]
+    return lines
 
 
-def _tables(reference: bool, grouping: Grouping) -> list[tuple[str, tuple[str, ...], str | None]]:
-    """(title, metrics, note). With --reference the pixel table shows the papers' cflow AUPRO."""
-    if not reference:
-        return [(title, metrics, None) for title, metrics in TABLES]
-    has_cflow = any(c.values(CFLOW_AUPRO) for c in grouping.cells.values())
-    if has_cflow:
-        note = (
-            "AUPRO here is the 200-threshold cflow-style AUPRO of the public ZSAD code (`aupro_cflow`), the "
-            "one the papers report, so it is comparable with the published rows; the exact AUPRO is in report.csv."
-        )
-        return [
-            (*TABLES[0], None),
-            ("pixel level (AUROC, AUPRO cflow-style)", ("pixel_auroc", CFLOW_AUPRO), note),
-        ]
-    note = (
-        "AUPRO here is zsad's exact AUPRO; the published AUPRO (marked *) is the papers' 200-threshold "
-        "cflow-style AUPRO, which these runs did not record (no `aupro_cflow`): the two are NOT comparable. "
-        "Runs of this zsad version record `aupro_cflow` beside `aupro`: evaluate again to compare."
-    )
-    return [(TABLES[0][0], TABLES[0][1], None), (TABLES[1][0], TABLES[1][1], note)]
-
-
-def _published_for(row: str, column: str, grouping: Grouping, metric: str) -> float | None:
-    dataset = _row_dataset(row, grouping)
-    method = grouping.column_method[column]
-    return published(dataset, method).get("aupro" if metric == CFLOW_AUPRO else metric)
-
-
-def _row_dataset(row: str, grouping: Grouping) -> str:
-    for cell in grouping.cells.values():
-        if cell.row == row and cell.entries:
-            return str(cell.entries[0].payload.get("dataset", row))
-    return row
-
-
-def table_rows(grouping: Grouping, metrics: tuple[str, ...], reference: bool) -> list[tuple[str, list[str]]]:
-    """(row label, one text per column) for one table, published rows interleaved."""
-    out = []
-    for row in grouping.rows:
-        texts = []
-        for column in grouping.columns:
-            cell = grouping.cells.get((row, column))
-            if cell is None:
-                texts.append("")
-                continue
-            numbers = ", ".join(_cell_text(cell.values(m)) for m in metrics)
-            texts.append(f"{numbers} (n={len(cell.entries)})")
-        out.append((row, texts))
-        if reference:
-            ref = []
-            for column in grouping.columns:
-                values = [_published_for(row, column, grouping, m) for m in metrics]
-                # the papers' AUPRO is the cflow-style one: marked where the column holds the exact AUPRO
-                ref.append(
-                    ", ".join(
-                        "-" if v is None else f"{100 * v:.1f}" + ("*" if m == "aupro" else "")
-                        for m, v in zip(metrics, values, strict=True)
-                    )
-                )
-            out.append((f"{row} (published)", ref))
-    return out
-
-
-def _markdown(grouping: Grouping, n_runs: int, reference: bool, group_by: list[str] | None) -> str:
+def _markdown(
+    grouping: Grouping,
+    n_runs: int,
+    tables: list[Table],
+    per_category: list[tuple[str, list[Table]]],
+    reference: bool,
+    group_by: list[str] | None,
+    extra: list[str],
+) -> str:
     how = (
         f"grouped by {', '.join(group_by)}"
         if group_by
@@ -151,7 +115,7 @@ def _markdown(grouping: Grouping, n_runs: int, reference: bool, group_by: list[s
     lines = [
         f"# Results ({n_runs} runs, {len(grouping.columns)} settings)",
         "",
-        f"Cells: mean±std over seeds, in percent, n = number of seeds; {how} (docs/reports.md).",
+        f"Cells: {CELLS}; {how} (docs/reports.md).",
         "",
         "| setting | seeds | keys |",
         "|---|---|---|",
@@ -160,18 +124,15 @@ def _markdown(grouping: Grouping, n_runs: int, reference: bool, group_by: list[s
         seeds = ", ".join(map(str, grouping.column_seeds[column]))
         lines.append(f"| {column} | {seeds} | {grouping.column_keys[column]} |")
     lines.append("")
-    for title, metrics, note in _tables(reference, grouping):
-        lines += [f"## {title}", "", "| dataset | " + " | ".join(grouping.columns) + " |"]
-        lines.append("|---" * (len(grouping.columns) + 1) + "|")
-        lines += [
-            f"| {row} | " + " | ".join(texts) + " |"
-            for row, texts in table_rows(grouping, metrics, reference)
-        ]
-        lines.append("")
-        if note:
-            lines += [note, ""]
+    for table in tables:
+        lines += _markdown_table(table, grouping.columns)
     if reference:
         lines += [f"Published rows: {SOURCE}.", ""]
+    for row, row_tables in per_category:
+        lines += [f"## Per category: {row}", ""]
+        for table in row_tables:
+            lines += _markdown_table(table, grouping.columns, "###")
+    lines += extra
     if grouping.warnings:
         lines += ["## Warnings", "", *(f"- {w}" for w in grouping.warnings), ""]
     if grouping.notes:
@@ -179,14 +140,30 @@ def _markdown(grouping: Grouping, n_runs: int, reference: bool, group_by: list[s
     return "\n".join(lines)
 
 
-CSV_FIELDS = ("dataset", "setting", "method", "metric", "mean", "std", "n", "seeds", "published", "runs")
+CSV_FIELDS = (
+    "dataset",
+    "category",
+    "setting",
+    "method",
+    "metric",
+    "mean",
+    "std",
+    "n",
+    "ci_low",
+    "ci_high",
+    "seeds",
+    "published",
+    "runs",
+)
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _csv_rows(grouping: Grouping) -> list[dict[str, Any]]:
+def _csv_rows(grouping: Grouping, intervals: Intervals) -> list[dict[str, Any]]:
+    """One row per (dataset, category, setting, metric): the category mean (category ``mean``) first, then
+    each category."""
     rows = []
     for (row, column), cell in sorted(grouping.cells.items()):
         metrics = sorted(
@@ -194,26 +171,37 @@ def _csv_rows(grouping: Grouping) -> list[dict[str, Any]]:
         )
         if any(metric_value(e, CFLOW_AUPRO) is not None for e in cell.entries) and CFLOW_AUPRO not in metrics:
             metrics.append(CFLOW_AUPRO)
-        for metric in metrics:
-            numbers = cell.values(metric)
-            if not numbers:
-                continue
-            rows.append(
-                {
-                    "dataset": row,
-                    "setting": column,
-                    "method": grouping.column_method[column],
-                    "metric": metric,
-                    "mean": statistics.fmean(numbers),
-                    "std": statistics.stdev(numbers) if len(numbers) > 1 else 0.0,
-                    "n": len(numbers),
-                    "seeds": " ".join(
-                        e.run.seed_label for e in cell.entries if metric_value(e, metric) is not None
-                    ),
-                    "published": None if metric == "aupro" else _published_for(row, column, grouping, metric),
-                    "runs": " ".join(str(e.run.run_dir) for e in cell.entries),
-                }
-            )
+        dataset = row_dataset(row, grouping)
+        for category in (None, *cell.categories()):
+            for metric in metrics:
+                numbers = cell.values(metric, category)
+                if not numbers:
+                    continue
+                interval = intervals.get((row, column, category, metric))
+                reference = None
+                if category is None and metric != "aupro":
+                    reference = published_value(dataset, grouping.column_method[column], metric)
+                rows.append(
+                    {
+                        "dataset": row,
+                        "category": MEAN_ROW if category is None else category,
+                        "setting": column,
+                        "method": grouping.column_method[column],
+                        "metric": metric,
+                        "mean": statistics.fmean(numbers),
+                        "std": statistics.stdev(numbers) if len(numbers) > 1 else 0.0,
+                        "n": len(numbers),
+                        "ci_low": None if interval is None else interval[0],
+                        "ci_high": None if interval is None else interval[1],
+                        "seeds": " ".join(
+                            e.run.seed_label
+                            for e in cell.entries
+                            if metric_value(e, metric, category) is not None
+                        ),
+                        "published": reference,
+                        "runs": " ".join(str(e.run.run_dir) for e in cell.entries),
+                    }
+                )
     return rows
 
 
@@ -239,6 +227,9 @@ def _note_unfinished(grouping: Grouping, run_dirs: list[Path], runs: list[RunRec
             )
 
 
+DEFAULT_RESAMPLES = 1000  # --compare without --bootstrap
+
+
 def build_report(
     inputs: list[str],
     out: str | None = None,
@@ -246,6 +237,10 @@ def build_report(
     wandb_mode: str = "offline",
     project: str = "zsad",
     group_by: list[str] | None = None,
+    latex: bool = False,
+    bootstrap: int | None = None,
+    seed: int = 0,
+    compare: tuple[str, str] | None = None,
 ) -> Report:
     from pipelines.report_html import render_html
 
@@ -256,8 +251,47 @@ def build_report(
         raise ZsadError("no finished runs (results.json with evaluated targets) found in the given inputs")
     grouping = group(entries, group_by)
     _note_unfinished(grouping, run_dirs, runs)
-    markdown = _markdown(grouping, len(runs), reference, group_by)
-    rows = _csv_rows(grouping)
+    settings = None
+    if compare is not None:
+        from pipelines.report_bootstrap import resolve_setting
+
+        settings = (
+            resolve_setting(compare[0], grouping.columns),
+            resolve_setting(compare[1], grouping.columns),
+        )
+    intervals: Intervals = {}
+    extra: list[str] = []
+    extra_html: list[str] = []
+    comparisons: list[Comparison] = []
+    if bootstrap or settings:
+        from pipelines.report_bootstrap import bootstrap as resample
+        from pipelines.report_bootstrap import compare as paired
+        from pipelines.report_html import comparison_html, paragraph
+
+        found = resample(grouping, bootstrap or DEFAULT_RESAMPLES, seed)
+        intervals = found.intervals
+        about = f"Intervals [low, high]: {INTERVALS.format(n=found.n_resamples, seed=seed)}"
+        extra += [about, ""]
+        extra_html.append(paragraph(about))
+        grouping.notes += found.notes
+        if settings is not None:
+            metrics = tuple(dict.fromkeys(m for _, ms, _ in table_specs(reference, grouping) for m in ms))
+            comparisons = paired(grouping, found, *settings, metrics)
+            title, about, header, lines = _comparison_rows(comparisons, *settings, found.n_resamples)
+            extra += [
+                f"## {title}",
+                "",
+                about,
+                "",
+                "| " + " | ".join(header) + " |",
+                "|---" * len(header) + "|",
+            ]
+            extra += ["| " + " | ".join(line) + " |" for line in lines] + [""]
+            extra_html += comparison_html(title, about, header, lines)
+    tables = dataset_tables(grouping, reference, intervals)
+    per_category = category_tables(grouping, reference, intervals)
+    markdown = _markdown(grouping, len(runs), tables, per_category, reference, group_by, extra)
+    rows = _csv_rows(grouping, intervals)
     csv_text = _csv_text(rows)
 
     out_dir = Path(out) if out else (default_out or Path("report"))
@@ -265,11 +299,77 @@ def build_report(
     paths = out_dir / "report.md", out_dir / "report.csv", out_dir / "report.html"
     atomic_write_text(paths[0], markdown + "\n")
     atomic_write_text(paths[1], csv_text)
-    tables = [(t, table_rows(grouping, m, reference), n) for t, m, n in _tables(reference, grouping)]
-    atomic_write_text(paths[2], render_html(grouping, tables, markdown.splitlines()[0][2:], reference))
+    if settings is not None:
+        atomic_write_text(out_dir / "compare.csv", _comparison_csv(comparisons, *settings))
+    title = markdown.splitlines()[0][2:]
+    page = render_html(grouping, tables, per_category, title, reference, CELLS, extra_html, out_dir.resolve())
+    atomic_write_text(paths[2], page)
+    latex_path = None
+    if latex:
+        from pipelines.report_latex import render_latex
+
+        latex_path = out_dir / "report.tex"
+        atomic_write_text(latex_path, render_latex(grouping, tables, per_category, reference))
     if wandb_mode != "disabled":
         _log_to_wandb(rows, out_dir, wandb_group, wandb_mode, project)
-    return Report(markdown, csv_text, *paths, len(runs), grouping.warnings)
+    return Report(markdown, csv_text, *paths, latex_path, len(runs), grouping.warnings, comparisons)
+
+
+INTERVALS = (
+    "95% percentile bootstrap intervals of each cell's mean over {n} resamples of the test images (each "
+    "category's normal and anomalous images drawn with replacement, the same draws for every run on the same "
+    "images; seed {seed}), every metric recomputed exactly from the runs' saved maps: the uncertainty from the "
+    "choice of test images, with the replicates fixed; ± is the spread over replicates."
+)
+
+
+def _comparison_rows(
+    comparisons: list[Comparison], a: str, b: str, n: int
+) -> tuple[str, str, list[str], list[list[str]]]:
+    """(title, explanation, header, rows) of the paired comparison, for markdown and HTML."""
+    about = (
+        f"The difference on the same test images, its 95% percentile interval over {n} paired resamples and the "
+        f"two-sided bootstrap p-value (twice the share of resampled differences on the far side of 0; at least "
+        f"{2 / (n + 1):.2g})."
+    )
+    header = ["dataset", "metric", a, b, "difference [95% interval]", "p"]
+    rows = [
+        [
+            c.dataset,
+            c.metric,
+            percent(c.a),
+            percent(c.b),
+            f"{percent(c.difference, signed=True)} [{percent(c.interval[0], signed=True)}, "
+            f"{percent(c.interval[1], signed=True)}]",
+            f"{c.p_value:.3g}",
+        ]
+        for c in comparisons
+    ]
+    if not rows:
+        rows = [["(no dataset has results of both settings)", "", "", "", "", ""]]
+    return f"Paired comparison: {a} − {b}", about, header, rows
+
+
+def _comparison_csv(comparisons: list[Comparison], a: str, b: str) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        [
+            "dataset",
+            "metric",
+            "setting_a",
+            "setting_b",
+            "a",
+            "b",
+            "difference",
+            "ci_low",
+            "ci_high",
+            "p_value",
+        ]
+    )
+    for c in comparisons:
+        writer.writerow([c.dataset, c.metric, a, b, c.a, c.b, c.difference, *c.interval, c.p_value])
+    return buffer.getvalue()
 
 
 def _log_to_wandb(

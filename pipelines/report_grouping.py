@@ -66,17 +66,26 @@ class RunRecord:
     )
 
     @property
+    def draw(self) -> Any:
+        """The few-shot reference draw of the run (``draw`` in results.json; None where the run has none)."""
+        return self.results.get("draw")
+
+    @property
     def replicate(self) -> str:
-        """What a cell averages over: the seed, and for test runs the checkpoint they evaluated."""
-        return json.dumps([self.seed, self.checkpoint], default=str)
+        """What a cell averages over: the seed (and the draw, where a run records one), and for test runs
+        the checkpoint they evaluated."""
+        parts = [self.seed, self.checkpoint] + ([self.draw] if self.draw is not None else [])
+        return json.dumps(parts, default=str)
 
     @property
     def seed_label(self) -> str:
-        """The seed as shown; a test run adds its checkpoint's run folder (RUN/checkpoints/x.ckpt)."""
-        if not self.checkpoint:
-            return str(self.seed)
-        path = Path(self.checkpoint)
-        return f"{self.seed}@{path.parent.parent.name if path.parent.name == 'checkpoints' else path.name}"
+        """The seed as shown; a test run adds its checkpoint's run folder (RUN/checkpoints/x.ckpt), a run
+        with a reference draw adds ``/draw``."""
+        label = str(self.seed)
+        if self.checkpoint:
+            path = Path(self.checkpoint)
+            label += f"@{path.parent.parent.name if path.parent.name == 'checkpoints' else path.name}"
+        return label if self.draw is None else f"{label}/draw{self.draw}"
 
 
 @dataclasses.dataclass
@@ -99,8 +108,14 @@ class Cell:
     column: str
     entries: list[Entry]  # one per distinct (setting, seed): identical reruns removed
 
-    def values(self, metric: str) -> list[float]:
-        return [v for v in (metric_value(e, metric) for e in self.entries) if v is not None]
+    def values(self, metric: str, category: str | None = None) -> list[float]:
+        """The replicates' numbers of ``metric``: their category means, or one category's values."""
+        found = (metric_value(e, metric, category) for e in self.entries)
+        return [v for v in found if v is not None]
+
+    def categories(self) -> list[str]:
+        """The categories any replicate evaluated, in the order of the first that has them."""
+        return list(dict.fromkeys(c for e in self.entries for c in e.payload.get("categories") or {}))
 
 
 # --- loading ------------------------------------------------------------------------------------------
@@ -172,14 +187,22 @@ def entries_of(runs: list[RunRecord]) -> list[Entry]:
     return entries
 
 
-def metric_value(entry: Entry, metric: str) -> float | None:
-    """A cell's number; ``aupro_cflow`` falls back to ``aupro`` of older runs whose ``aupro`` was the cflow
-    AUPRO (``eval.aupro_method=legacy_cflow`` before both were recorded)."""
-    mean = entry.payload.get("mean", {})
+def metric_value(entry: Entry, metric: str, category: str | None = None) -> float | None:
+    """A cell's number: the category mean, or one category's value (None where undefined or absent).
+    ``aupro_cflow`` falls back to ``aupro`` of older runs whose ``aupro`` was the cflow AUPRO
+    (``eval.aupro_method=legacy_cflow`` before both were recorded)."""
+    if category is None:
+        numbers = entry.payload.get("mean", {})
+    else:
+        numbers = (entry.payload.get("categories") or {}).get(category) or {}
     legacy = (entry.run.results.get("eval") or {}).get("aupro_method") == "legacy_cflow"
-    if metric == CFLOW_AUPRO and mean.get(CFLOW_AUPRO) is None and legacy:
-        return mean.get("aupro")
-    return mean.get(metric)
+    if metric == CFLOW_AUPRO and numbers.get(CFLOW_AUPRO) is None and legacy:
+        return _number(numbers.get("aupro"))
+    return _number(numbers.get(metric))
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 # --- grouping -----------------------------------------------------------------------------------------

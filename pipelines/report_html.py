@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from pipelines.report_tables import Table, text_rows
 
 if TYPE_CHECKING:
     from pipelines.report_grouping import Grouping
@@ -34,45 +37,87 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _table(rows: list[tuple[str, list[str]]], columns: list[str]) -> list[str]:
-    out = ["<table>", "<tr><th>dataset</th>" + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>"]
-    for label, texts in rows:
+def _table(table: Table, columns: list[str], level: str = "h2") -> list[str]:
+    out = [f"<{level}>{_e(table.title)}</{level}>", "<table>"]
+    out.append(
+        f"<tr><th>{_e(table.row_header)}</th>" + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>"
+    )
+    for label, texts in text_rows(table):
         css = ' class="published"' if label.endswith("(published)") else ""
         out.append(f"<tr{css}><td>{_e(label)}</td>" + "".join(f"<td>{_e(t)}</td>" for t in texts) + "</tr>")
     out.append("</table>")
+    if table.note:
+        out.append(f'<p class="note">{_e(table.note)}</p>')
     return out
 
 
-def _curves(grouping: Grouping) -> list[str]:
-    """The settings compared in one figure per target and category, then each setting's own pictures
-    (its first replicate's ``curves.png``; galleries are named, not embedded: they are large)."""
-    from pipelines.report_curves import comparison_figures, first_replicates
+def paragraph(text: str) -> str:
+    return f'<p class="note">{_e(text)}</p>'
+
+
+def comparison_html(title: str, about: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """The paired comparison's section (the rows as report.md shows them)."""
+    out = [f"<h2>{_e(title)}</h2>", paragraph(about), "<table>"]
+    out.append("<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>")
+    out += ["<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows]
+    return [*out, "</table>"]
+
+
+def _link(path: Path, out_dir: Path | None) -> str:
+    """An ``<a>`` to a file of a run folder, relative to the report's folder (so that the pair can move)."""
+    target = os.path.relpath(path.resolve(), out_dir) if out_dir is not None else path.as_posix()
+    return f'<a href="{_e(Path(target).as_posix())}">{_e(path.name)}</a>'
+
+
+def _curves(grouping: Grouping, out_dir: Path | None) -> list[str]:
+    """The settings compared in one figure per target and category, then per setting and category its
+    first replicate's ``curves.png`` (embedded) and links to every replicate's curves and gallery (not
+    embedded: about 0.5 MB each)."""
+    from pipelines.report_curves import comparison_figures, plot_folders
 
     out = ["<h2>Curves</h2>"]
-    figures = comparison_figures(grouping)
-    for caption, png in figures:
+    for caption, png in comparison_figures(grouping):
         uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         out.append(
             f'<figure><img class="wide" src="{uri}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
         )
-    for row in grouping.rows:
-        for column, entry in first_replicates(grouping, row).items():
-            plots = entry.run.run_dir / "plots" / entry.target_key
-            pictures = sorted(plots.glob("*/curves.png")) if plots.is_dir() else []
-            if not pictures:
-                continue
-            out.append(
-                f"<details><summary>{_e(row)} / {_e(column)}, seed {_e(entry.run.seed_label)}</summary>"
-            )
-            for picture in pictures:
-                caption = picture.relative_to(entry.run.run_dir).as_posix()
+    for (row, column), cell in sorted(grouping.cells.items()):
+        folders = [(e, plot_folders(e)) for e in cell.entries]
+        if not any(f for _, f in folders):
+            continue
+        method = grouping.column_method[column]
+        seeds = ", ".join(e.run.seed_label for e in cell.entries)
+        out.append(f"<details><summary>{_e(row)} / {_e(column)} ({_e(method)}; seeds {_e(seeds)})</summary>")
+        first, first_folders = folders[0]
+        for category, folder in first_folders.items():
+            picture = folder / "curves.png"
+            if picture.is_file():
+                caption = f"{method}, run {first.run.run_dir.name} (seed {first.run.seed_label}): {row} / {category}"
                 out.append(
                     f'<figure><img src="{_data_uri(picture)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
                 )
-            galleries = sorted(plots.glob("*/gallery.png"))
-            if galleries:
-                out.append(f'<p class="note">Galleries: {_e(", ".join(str(g) for g in galleries))}</p>')
-            out.append("</details>")
+        items = []
+        for entry, per_category in folders:
+            for category, folder in per_category.items():
+                links = [
+                    _link(folder / name, out_dir)
+                    for name in ("curves.png", "gallery.png")
+                    if (folder / name).is_file()
+                ]
+                if links:
+                    items.append(
+                        f"<li>{_e(entry.run.run_dir.name)} (seed {_e(entry.run.seed_label)}) {_e(category)}: "
+                        + ", ".join(links)
+                        + "</li>"
+                    )
+        if items:
+            out += [
+                '<p class="note">Pictures of every run (curves and galleries):</p>',
+                "<ul>",
+                *items,
+                "</ul>",
+            ]
+        out.append("</details>")
     if len(out) == 1:
         out.append('<p class="note">No run has curve pictures (RUN/plots/).</p>')
     return out
@@ -80,11 +125,16 @@ def _curves(grouping: Grouping) -> list[str]:
 
 def render_html(
     grouping: Grouping,
-    tables: list[tuple[str, list[tuple[str, list[str]]], str | None]],
+    tables: list[Table],
+    per_category: list[tuple[str, list[Table]]],
     title: str,
     reference: bool,
+    cells: str,
+    extra: list[str] | None = None,
+    out_dir: Path | None = None,
 ) -> str:
-    body = [f"<h1>{_e(title)}</h1>", "<p>Cells: mean±std over seeds, in percent, n = number of seeds.</p>"]
+    """The page; ``extra``: HTML blocks placed after the tables (the paired comparisons)."""
+    body = [f"<h1>{_e(title)}</h1>", f"<p>Cells: {_e(cells)}.</p>"]
     body += ["<table>", "<tr><th>setting</th><th>seeds</th><th>keys</th></tr>"]
     for column in grouping.columns:
         seeds = ", ".join(map(str, grouping.column_seeds[column]))
@@ -92,14 +142,18 @@ def render_html(
             f"<tr><td>{_e(column)}</td><td>{_e(seeds)}</td><td>{_e(grouping.column_keys[column])}</td></tr>"
         )
     body.append("</table>")
-    for table_title, rows, note in tables:
-        body += [f"<h2>{_e(table_title)}</h2>", *_table(rows, grouping.columns)]
-        if note:
-            body.append(f'<p class="note">{_e(note)}</p>')
+    for table in tables:
+        body += _table(table, grouping.columns)
     if reference:
         from pipelines.published import SOURCE
 
         body.append(f'<p class="note">Published rows: {_e(SOURCE)}.</p>')
+    for row, row_tables in per_category:
+        body.append(f"<details><summary>Per category: {_e(row)}</summary>")
+        for table in row_tables:
+            body += _table(table, grouping.columns, "h3")
+        body.append("</details>")
+    body += extra or []
     if grouping.warnings:
         body += [
             "<h2>Warnings</h2>",
@@ -114,7 +168,7 @@ def render_html(
             *(f'<li class="note">{_e(n)}</li>' for n in grouping.notes),
             "</ul>",
         ]
-    body += _curves(grouping)
+    body += _curves(grouping, out_dir)
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
         f"<title>{_e(title)}</title><style>{STYLE}</style></head>\n<body>\n"

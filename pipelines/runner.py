@@ -264,7 +264,12 @@ def evaluate(
         if cfg.eval.visualize:
             callbacks.append(
                 EvaluationPictures(
-                    run_dir / "plots" / key, key, loggers, cfg.eval.gallery_size, cfg.eval.fpr_limit
+                    run_dir / "plots" / key,
+                    key,
+                    loggers,
+                    cfg.eval.gallery_size,
+                    cfg.eval.fpr_limit,
+                    run_label=f"{cfg.method.name} ({run_dir.name})",
                 )
             )
         trainer = make_trainer(

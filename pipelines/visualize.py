@@ -334,11 +334,19 @@ class EvaluationPictures(Callback):
     """Curves and gallery of one target's evaluation (rank 0 draws; see the module docstring)."""
 
     def __init__(
-        self, out_dir: Path, target: str, loggers: list, gallery_size: int, fpr_limit: float
+        self,
+        out_dir: Path,
+        target: str,
+        loggers: list,
+        gallery_size: int,
+        fpr_limit: float,
+        run_label: str | None = None,
     ) -> None:
+        """``run_label`` (e.g. method and run folder) heads the pictures' titles, so that they say whose they are."""
         if gallery_size < 0:
             raise ConfigError(f"eval.gallery_size must be >= 0 (0: curves only), got {gallery_size}")
         self.out_dir, self.target, self.loggers = Path(out_dir), target, loggers
+        self.title = f"{run_label}: {target}" if run_label else target
         self.gallery_size, self.fpr_limit = gallery_size, fpr_limit
         self.heaps = GalleryHeaps(gallery_size)
         self.merged: dict[int, list[GalleryItem]] = {}
@@ -397,7 +405,7 @@ class EvaluationPictures(Callback):
                 curves,
                 results[category],
                 self.fpr_limit,
-                f"{self.target} / {category}",
+                f"{self.title} / {category}",
                 folder / "curves.png",
             )
             pictures[f"{category}/curves"] = folder / "curves.png"
@@ -409,7 +417,7 @@ class EvaluationPictures(Callback):
             plot_gallery(
                 rows,
                 threshold,
-                f"{self.target} / {category}: most and least anomalous",
+                f"{self.title} / {category}: most and least anomalous",
                 folder / "gallery.png",
             )
             pictures[f"{category}/gallery"] = folder / "gallery.png"

@@ -122,12 +122,18 @@ def _aupro_from_split(sp: _PixelSplit, fpr_limit: float) -> float:
     x0, x1 = (k - i0) / n_ok, (k + ties) / n_ok
     y0 = float(w[n_lt > 0].sum()) / sp.n_regions  # PRO(> t*)
     y1 = float(w.sum()) / sp.n_regions  # PRO(>= t*)
+    return (area + _last_trapezoid(x0, x1, y0, y1, fpr_limit)) / fpr_limit
+
+
+def _last_trapezoid(x0: float, x1: float, y0: float, y1: float, fpr_limit: float) -> float:
+    """The area of the PRO curve's segment from (x0, y0) to (x1, y1) up to ``fpr_limit`` (interpolated
+    where the segment crosses it): the exact AUPRO's last piece, where the FPR passes the limit."""
     if fpr_limit >= x1:
-        area += 0.5 * (y0 + y1) * (x1 - x0)
-    elif fpr_limit > x0:
+        return 0.5 * (y0 + y1) * (x1 - x0)
+    if fpr_limit > x0:
         y_limit = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
-        area += 0.5 * (y0 + y_limit) * (fpr_limit - x0)
-    return area / fpr_limit
+        return 0.5 * (y0 + y_limit) * (fpr_limit - x0)
+    return 0.0
 
 
 def _pro_steps_from_histogram(h: _ValueHistogram) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -224,19 +230,10 @@ def _legacy_from_split(sp: _PixelSplit, fpr_limit: float, num_thresholds: int) -
     ops = sp.ops
     lo = min(float(sp.neg[0]), float(sp.pos[0]))
     hi = max(float(sp.neg[-1]), float(sp.pos[-1]))
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise UndefinedMetricError("scores include infinity: the legacy thresholds are undefined")
-    # Reproduce the reference code's arithmetic: thresholds in the maps' dtype (float32 in practice).
     dtype = np.float64 if _is_float64(sp.neg) else np.float32
-    min_th, max_th = dtype(lo), dtype(hi)
-    delta = (max_th - min_th) / dtype(num_thresholds)
-    if not delta > 0:
-        raise UndefinedMetricError("all anomaly scores are equal: the legacy thresholds are undefined")
-    thresholds = np.arange(min_th, max_th, delta)
+    thresholds = _legacy_thresholds(lo, hi, dtype, num_thresholds)
     n_thr = len(thresholds)
-    # np.arange returns float64; each threshold is compared in the maps' dtype, as numpy 1.x did with the
-    # reference's ``amaps <= th``.
-    th = ops.from_numpy(thresholds.astype(dtype))
+    th = ops.from_numpy(thresholds)
     # FPR(t) = #(neg > t) / n_neg; neg is sorted.
     neg_le = ops.to_numpy(ops.searchsorted(sp.neg, th, right=True)).astype(np.int64)
     fprs = (sp.n_neg - neg_le) / sp.n_neg
@@ -248,6 +245,25 @@ def _legacy_from_split(sp: _PixelSplit, fpr_limit: float, num_thresholds: int) -
     tp = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:].astype(np.float64)  # [region, threshold]
     ratio = np.ascontiguousarray((tp / sp.region_sizes.astype(np.float64)[:, None]).T)
     pros = np.array([np.mean(row) for row in ratio])  # per threshold, as the reference's np.mean
+    return _legacy_area(fprs, pros, fpr_limit)
+
+
+def _legacy_thresholds(lo: float, hi: float, dtype: type, num_thresholds: int) -> np.ndarray:
+    """The reference code's thresholds over scores from ``lo`` to ``hi``, in the maps' dtype (float32 in
+    practice): ``np.arange(min, max, (max - min) / num_thresholds)``."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise UndefinedMetricError("scores include infinity: the legacy thresholds are undefined")
+    min_th, max_th = dtype(lo), dtype(hi)
+    delta = (max_th - min_th) / dtype(num_thresholds)
+    if not delta > 0:
+        raise UndefinedMetricError("all anomaly scores are equal: the legacy thresholds are undefined")
+    # np.arange returns float64; each threshold is compared in the maps' dtype, as numpy 1.x did with the
+    # reference's ``amaps <= th``.
+    return np.arange(min_th, max_th, delta).astype(dtype)
+
+
+def _legacy_area(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float) -> float:
+    """The reference code's area: the points with FPR < ``fpr_limit``, FPRs min-max rescaled, trapezoids."""
     keep = fprs < fpr_limit
     if int(keep.sum()) < 2:
         raise UndefinedMetricError(f"fewer than 2 of the legacy thresholds have FPR < {fpr_limit}")

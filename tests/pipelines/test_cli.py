@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from datamodules.images import load_mask
 from pipelines.cli import main
+from pipelines.report import build_report
 from pipelines.run_state import write_status
 from tests_support import zsad_test_from_run
 
@@ -212,6 +214,15 @@ def test_saved_outputs_mirror_the_dataset_and_evaluate_maps_reproduces_the_run(t
     assert any(n.startswith("--dataset mvtec_layout differs from the synthetic") for n in by_max["notes"])
     for category, metrics in run.items():
         assert by_max["per_category"][category]["aupro"] == pytest.approx(metrics["aupro"], abs=1e-12)
+    # beside each map the mask it was scored against: with them `zsad report --bootstrap` resamples the
+    # run's own inputs (its point estimates are the run's metrics: no note says otherwise)
+    masks = sorted(p.relative_to(maps_dir) for p in maps_dir.rglob("*.mask.png"))
+    assert [str(m).replace(".mask.png", ".npy") for m in masks] == [str(p) for p in saved]
+    defect = next(p for p in images if "/good/" not in str(p))
+    truth = target / defect.parts[0] / "ground_truth" / defect.parent.name / f"{defect.stem}_mask.png"
+    np.testing.assert_array_equal(load_mask(maps_dir / defect.with_suffix(".mask.png")), load_mask(truth))
+    report = build_report([str(run_dir)], out=str(tmp_path / "rep"), wandb_mode="disabled", bootstrap=20)
+    assert "saved maps give other" not in report.markdown and "95% percentile bootstrap" in report.markdown
 
 
 def test_evaluate_maps_says_which_image_has_no_score(tmp_path, synthetic_pair, capsys):

@@ -191,17 +191,27 @@ def test_reference_compares_the_cflow_aupro_or_says_it_cannot(tmp_path):
     assert published("isic", "vand") == {"pixel_auroc": 0.894, "aupro": 0.772}
 
 
-def test_cli_writes_markdown_csv_and_a_self_contained_html_page(tmp_path, sigma_sweep, capsys):
+def test_cli_writes_markdown_csv_and_a_self_contained_html_page(tmp_path, sigma_sweep, capsys, monkeypatch):
+    from pipelines import report_curves
+
     runs, _ = sigma_sweep
-    for folder in ("s0.0_1_rerun", "s2.0_1"):  # each setting's first replicate (seed 1; the newest rerun)
+    replicates = ("s0.0_1_rerun", "s0.0_2", "s0.0_3_elsewhere", "s2.0_1", "s2.0_2")  # the runs counted
+    for k, folder in enumerate(replicates):
+        results = json.loads((runs / folder / "results.json").read_text())
+        target = results["targets"]["synthetic"]
+        target["categories"] = {"ring": target["mean"]}
+        (runs / folder / "results.json").write_text(json.dumps(results))
         plots = runs / folder / "plots" / "synthetic" / "ring"
         plots.mkdir(parents=True)
         (plots / "roc.csv").write_text(
-            "level,fpr,tpr\nimage,0,0\nimage,0.5,1\nimage,1,1\npixel,0,0\npixel,1,1\n"
+            f"level,fpr,tpr\nimage,0,0\nimage,0,{k / 10}\nimage,0.5,1\nimage,1,1\npixel,0,0\npixel,1,1\n"
         )
         (plots / "pro.csv").write_text("fpr,pro\n0,0\n0.3,0.6\n")
         (plots / "curves.png").write_bytes(PNG_1x1)
         (plots / "gallery.png").write_bytes(PNG_1x1)
+    drawn = []
+    original = report_curves.comparison_png
+    monkeypatch.setattr(report_curves, "comparison_png", lambda s, *a: drawn.append(s) or original(s, *a))
     out = tmp_path / "rep"
     assert main(["report", str(runs), "--out", str(out), "--wandb-mode", "disabled"]) == 0
     printed = capsys.readouterr().out
@@ -210,13 +220,19 @@ def test_cli_writes_markdown_csv_and_a_self_contained_html_page(tmp_path, sigma_
     assert next(csv.DictReader((out / "report.csv").open()))["setting"].startswith("anomalyclip")
     page = (out / "report.html").read_text()
     assert "<table>" in page and "anomalyclip gaussian_sigma=0.0" in page and "<style>" in page
-    # one figure compares the settings' curves (drawn from the points), then each setting's own pictures
+    # one figure compares the settings: every replicate's curve, and each panel's legend has the metric
     assert (
         page.count('class="wide" src="data:image/png;base64,') == 1
         and "synthetic / ring</figcaption>" in page
     )
-    assert page.count(f'src="data:image/png;base64,{base64.b64encode(PNG_1x1).decode()}"') == 2  # curves.png
-    assert "plots/synthetic/ring/curves.png" in page and "ring/gallery.png" in page  # galleries named only
+    (settings,) = drawn
+    assert [len(s.replicates) for s in settings] == [3, 2]
+    assert settings[0].legends[0] == "anomalyclip gaussian_sigma=0.0: AUROC 51.3±8.1 (seeds 1, 2, 3)"
+    assert settings[1].legends[2] == "anomalyclip gaussian_sigma=2.0: AUPRO 25.0±0.0 (seeds 1, 2)"
+    # then each setting's first replicate's curves.png, embedded, and links to every run's pictures
+    assert page.count(f'src="data:image/png;base64,{base64.b64encode(PNG_1x1).decode()}"') == 2
+    assert page.count('<a href="../runs/') == 2 * len(replicates)
+    assert '<a href="../runs/s2.0_2/plots/synthetic/ring/gallery.png">gallery.png</a>' in page
     assert "http://" not in page and "https://" not in page and "<link" not in page
 
 
@@ -228,3 +244,300 @@ def test_published_real_iad_rows_name_their_source():
     assert published("realiad", "winclip") == pytest.approx({"image_auroc": 0.670, "pixel_ap": 0.033})
     assert published("realiad", "vand") == {} and published("mvtec_ad2", "anomalyclip") == {}
     assert "UniADet" in SOURCE and "AnomalyCLIP paper" in SOURCE
+
+
+def test_mean_curves_average_each_fpr_and_take_the_top_of_vertical_segments():
+    from pipelines.report_curves import GRID, vertical_mean
+
+    step = (np.array([0.0, 0.0, 0.5, 1.0]), np.array([0.0, 0.8, 1.0, 1.0]))  # vertical at FPR 0
+    diagonal = (np.array([0.0, 1.0]), np.array([0.0, 1.0]))
+    x, y = vertical_mean([step, diagonal], 1.0)
+    assert x.shape == (GRID,) and x[-1] == 1.0
+    assert y[0] == pytest.approx(0.4) and y[GRID // 4] == pytest.approx((0.9 + 0.25) / 2)
+    x, y = vertical_mean([diagonal], 0.3)  # PRO: up to the FPR limit
+    assert x[-1] == pytest.approx(0.3) and y[-1] == pytest.approx(0.3)
+
+
+def _with_categories(run: Path, dataset: str, categories: dict[str, dict[str, float | None]]) -> None:
+    """Give a run's only target per-category numbers (and a dataset name with published numbers)."""
+    results = json.loads((run / "results.json").read_text())
+    (target,) = results["targets"].values()
+    results["targets"] = {dataset: {**target, "dataset": dataset, "categories": categories}}
+    (run / "results.json").write_text(json.dumps(results))
+
+
+@pytest.fixture()
+def category_sweep(tmp_path) -> Path:
+    """Two settings x two seeds on two categories of 'mvtec' (which has published numbers)."""
+    runs = tmp_path / "runs"
+    numbers = {
+        ("0.0", 1): (0.80, 0.60),
+        ("0.0", 2): (0.82, 0.64),
+        ("2.0", 1): (0.90, 0.50),
+        ("2.0", 2): (0.92, 0.52),
+    }
+    for (sigma, seed), (bottle, cable) in numbers.items():
+        run = make_run(runs, f"s{sigma}_{seed}", [f"method.gaussian_sigma={sigma}", f"seed={seed}"], 0.7)
+        pixel = {"pixel_auroc": 0.9, "aupro": 0.7 + 0.1 * (sigma == "2.0")}
+        _with_categories(
+            run,
+            "mvtec",
+            {
+                "bottle": {"image_auroc": bottle, "image_ap": bottle, **pixel},
+                "cable_x": {"image_auroc": cable, "image_ap": None, **pixel},
+            },
+        )
+    return runs
+
+
+def test_per_category_tables_in_markdown_csv_and_html(tmp_path, category_sweep):
+    report = build_report([str(category_sweep)], out=str(tmp_path / "rep"), wandb_mode="disabled")
+    section = report.markdown.split("## Per category: mvtec")[1]
+    assert "| category | anomalyclip gaussian_sigma=0.0 | anomalyclip gaussian_sigma=2.0 |" in section
+    assert "| bottle | 81.0±1.4, 81.0±1.4 (n=2) | 91.0±1.4, 91.0±1.4 (n=2) |" in section
+    assert "| cable_x | 62.0±2.8, - (n=2) | 51.0±1.4, - (n=2) |" in section  # undefined AP: '-'
+    assert "| mean | 70.0±0.0, 35.0±0.0 (n=2) |" in section  # the category mean of results.json
+    rows = [r for r in csv_rows(report) if r["setting"] == "anomalyclip gaussian_sigma=2.0"]
+    bottle = next(r for r in rows if r["category"] == "bottle" and r["metric"] == "image_auroc")
+    assert float(bottle["mean"]) == pytest.approx(0.91) and float(bottle["std"]) == pytest.approx(
+        0.02**0.5 / 10
+    )
+    assert bottle["n"] == "2" and bottle["seeds"] == "1 2" and bottle["published"] == ""
+    mean = next(r for r in rows if r["category"] == "mean" and r["metric"] == "image_auroc")
+    assert float(mean["published"]) == pytest.approx(0.915)  # only the dataset row has published numbers
+    assert not any(r["category"] == "cable_x" and r["metric"] == "image_ap" for r in rows)
+    page = report.html_path.read_text()
+    assert "<summary>Per category: mvtec</summary>" in page and "<th>category</th>" in page
+
+
+def test_latex_tables_mark_best_and_second_per_row_and_metric(tmp_path, category_sweep):
+    import re
+    import shutil
+    import subprocess
+
+    # a third setting, so that each row has a best, a second and a third
+    run = make_run(category_sweep, "s4.0_1", ["method.gaussian_sigma=4.0", "seed=1"], 0.7)
+    pixel = {"pixel_auroc": 0.9, "aupro": 0.5}
+    _with_categories(
+        run,
+        "mvtec",
+        {
+            "bottle": {"image_auroc": 0.85, "image_ap": 0.95, **pixel},
+            "cable_x": {"image_auroc": 0.4, "image_ap": 0.3, **pixel},
+        },
+    )
+    out = tmp_path / "rep"
+    assert (
+        main(
+            [
+                "report",
+                str(category_sweep),
+                "--out",
+                str(out),
+                "--latex",
+                "--reference",
+                "--wandb-mode",
+                "disabled",
+            ]
+        )
+        == 0
+    )
+    tex = (out / "report.tex").read_text()
+    assert tex.startswith("\\documentclass") and tex.rstrip().endswith("\\end{document}")
+    assert (
+        tex.count("\\begin{table}") == tex.count("\\end{table}") == 4
+    )  # image, pixel; per category: image, pixel
+    # a rule under each header, one above each per-category table's mean row
+    assert tex.count("\\toprule") == tex.count("\\midrule") - 2 == tex.count("\\bottomrule") == 4
+    assert "-0.0" not in tex
+    lines: dict[str, str] = {}  # label -> its first row (the image tables come first)
+    for line in tex.splitlines():
+        if " & " in line and line.endswith("\\\\"):
+            lines.setdefault(line.split(" & ")[0], line)
+    for line in lines.values():  # every row: a label and one cell per setting column
+        assert len(re.split(r"(?<!\\)&", line)) == 4
+    assert (
+        "Category & anomalyclip gaussian\\_sigma=0.0 & anomalyclip gaussian\\_sigma=2.0 & anomalyclip gaussian\\_sigma=4.0"
+        in tex
+    )
+    # bottle AUROC: 81.0 < 85.0 < 91.0 -> 91.0 bold, 85.0 underlined; AP: 81.0 < 91.0 < 95.0
+    bottle = [cell.strip() for cell in lines["bottle"].rstrip(" \\").split(" & ")[1:]]
+    assert bottle[0].startswith("81.0") and " / 81.0" in bottle[0]
+    assert bottle[1].startswith("\\textbf{91.0}") and "/ \\underline{91.0}" in bottle[1]
+    assert bottle[2].startswith("\\underline{85.0}") and "/ \\textbf{95.0}" in bottle[2]
+    assert "\\scriptsize $\\pm$1.4" in bottle[0] and "$\\pm$" not in bottle[2]  # std only with n >= 2
+    # cable_x AP is undefined in two columns: '--', and a single value is not ranked
+    assert lines["cable\\_x"].count("--") >= 2 and "\\textbf{30.0}" not in lines["cable\\_x"]
+    # --reference: dataset cells carry their difference from the published number (AnomalyCLIP, mvtec 91.5)
+    assert "{\\scriptsize ($-$21.5)}" in lines["mvtec"]
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex not installed: the structure above is checked, compiling is not")
+    done = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
+        cwd=out, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert (out / "report.pdf").stat().st_size > 0 and "Overfull" not in (out / "report.log").read_text()
+
+
+def test_draws_are_replicates_like_seeds(tmp_path):
+    runs = tmp_path / "runs"
+    for draw, value in ((0, 0.6), (1, 0.8)):
+        run = make_run(runs, f"draw{draw}", [], value)
+        results = json.loads((run / "results.json").read_text())
+        (run / "results.json").write_text(json.dumps({**results, "draw": draw}))
+    report = build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled")
+    found = row(csv_rows(report), "anomalyclip", "image_auroc")
+    assert int(found["n"]) == 2 and float(found["mean"]) == pytest.approx(0.7)
+    assert found["seeds"] == "111/draw0 111/draw1" and "identical runs" not in report.markdown
+
+
+# --- --bootstrap and --compare --------------------------------------------------------------------------
+IMAGES = {"ring": 7, "cells": 6}  # test images per category (the first 3 normal)
+
+
+def _save_run_maps(run: Path, rng: np.random.Generator, shift: float, rename: str | None = None) -> None:
+    """What eval.save_maps writes (maps, masks, image_scores.csv) for a small two-category target, and the
+    run's results.json numbers computed from them as the evaluation would."""
+    from lightning_modules.metrics import binary_auroc, binary_average_precision, f1_max, pixel_metrics
+    from pipelines.map_writer import save_mask
+
+    folder = run / "maps" / "synthetic"
+    lines = ["image,category,label,score"]
+    categories = {}
+    for category, n in IMAGES.items():
+        maps, masks, scores, labels = [], [], [], []
+        for i in range(n):
+            label = int(i >= 3)
+            mask = np.zeros((8, 8), dtype=bool)
+            if label:
+                mask[1 + i % 3 : 4 + i % 3, 2:5] = True
+            amap = (rng.random((8, 8)) + shift * mask).astype(np.float32)
+            name = f"{category}/test/{'bad' if label else 'good'}/{i:03d}"
+            name = rename if rename and name.endswith("/004") and category == "ring" else name
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            np.save(folder / f"{name}.npy", amap)
+            save_mask(folder / f"{name}.mask.png", mask)
+            score = float(amap.max()) + float(rng.normal(0, 0.3))  # a method's own score: not separable
+            maps.append(amap), masks.append(mask), scores.append(score), labels.append(label)
+            lines.append(f"{name},{category},{label},{score!r}")
+        values, _ = pixel_metrics(maps, masks)
+        categories[category] = {
+            **values,
+            **{k: f(np.array(scores), np.array(labels)) for k, f in (
+                ("image_auroc", binary_auroc), ("image_ap", binary_average_precision), ("image_f1_max", f1_max))},
+        }  # fmt: skip
+    (folder / "image_scores.csv").write_text("\n".join(lines) + "\n")
+    results = json.loads((run / "results.json").read_text())
+    target = results["targets"]["synthetic"]
+    target["categories"] = categories
+    target["mean"] = {m: float(np.mean([c[m] for c in categories.values()])) for m in categories["ring"]}
+    (run / "results.json").write_text(json.dumps(results))
+
+
+@pytest.fixture()
+def runs_with_maps(tmp_path) -> Path:
+    runs = tmp_path / "runs"
+    rng = np.random.default_rng(0)
+    for sigma, shift in ((0.0, 0.3), (2.0, 0.8)):
+        for seed in (1, 2):
+            run = make_run(runs, f"s{sigma}_{seed}", [f"method.gaussian_sigma={sigma}", f"seed={seed}"], 0.5)
+            _save_run_maps(run, rng, shift)
+    return runs
+
+
+def _resampled(runs: Path, folders: list[str], category: str, metric: str, n: int, seed: int) -> np.ndarray:
+    """Independently: the replicates' mean of ``metric`` on each resample, every resample's images listed
+    (an image drawn twice appears twice) and scored by zsad's functions."""
+    from lightning_modules.metrics import binary_auroc, pixel_metrics
+    from lightning_modules.metrics.bootstrap import stratified_weights
+    from pipelines.report_bootstrap import _generator
+
+    per_run = []
+    for folder in folders:
+        maps_dir = runs / folder / "maps" / "synthetic"
+        rows = sorted(
+            (r for r in csv.DictReader((maps_dir / "image_scores.csv").open()) if r["category"] == category),
+            key=lambda r: r["image"],
+        )
+        images = tuple((r["image"], int(r["label"])) for r in rows)
+        weights = stratified_weights([label for _, label in images], n, _generator(seed, category, images))
+        values = []
+        for w in weights:
+            drawn = [r for r, k in zip(rows, w, strict=True) for _ in range(k)]
+            if metric == "image_auroc":
+                values.append(
+                    binary_auroc([float(r["score"]) for r in drawn], [int(r["label"]) for r in drawn])
+                )
+            else:
+                from datamodules.images import load_mask
+
+                maps = [np.load(maps_dir / f"{r['image']}.npy") for r in drawn]
+                masks = [load_mask(maps_dir / f"{r['image']}.mask.png") for r in drawn]
+                values.append(pixel_metrics(maps, masks)[0][metric])
+        per_run.append(values)
+    return np.mean(per_run, axis=0)
+
+
+def test_bootstrap_intervals_and_paired_comparison_equal_an_independent_computation(tmp_path, runs_with_maps):
+    runs = runs_with_maps
+    out = tmp_path / "rep"
+    report = build_report(
+        [str(runs)], out=str(out), wandb_mode="disabled", bootstrap=60, seed=3,
+        compare=("gaussian_sigma=2.0", "sigma=0.0"),
+    )  # fmt: skip
+    assert "saved maps give other" not in report.markdown  # the maps reproduce results.json
+    rows = csv_rows(report)
+    strong, weak = "anomalyclip gaussian_sigma=2.0", "anomalyclip gaussian_sigma=0.0"
+    # a category's interval: percentiles of the replicates' mean on the same resamples
+    aupro = _resampled(runs, ["s2.0_1", "s2.0_2"], "cells", "aupro", 60, 3)
+    found = next(r for r in rows if (r["setting"], r["category"], r["metric"]) == (strong, "cells", "aupro"))
+    assert [float(found["ci_low"]), float(found["ci_high"])] == pytest.approx(
+        np.percentile(aupro, [2.5, 97.5]), abs=1e-12
+    )
+    # the dataset's: the categories' mean on each resample, then percentiles; the paired difference likewise
+    dataset = {
+        folders[0]: np.mean([_resampled(runs, folders, c, "image_auroc", 60, 3) for c in IMAGES], axis=0)
+        for folders in (["s2.0_1", "s2.0_2"], ["s0.0_1", "s0.0_2"])
+    }
+    found = next(
+        r for r in rows if (r["setting"], r["category"], r["metric"]) == (weak, "mean", "image_auroc")
+    )
+    assert float(found["ci_low"]) == pytest.approx(np.percentile(dataset["s0.0_1"], 2.5), abs=1e-12)
+    (paired,) = [c for c in report.comparisons if c.metric == "image_auroc"]
+    difference = dataset["s2.0_1"] - dataset["s0.0_1"]
+    assert paired.interval == pytest.approx(tuple(np.percentile(difference, [2.5, 97.5])), abs=1e-12)
+    far = min((difference <= 0).sum(), (difference >= 0).sum())
+    assert paired.p_value == pytest.approx(min(1.0, 2 * (far + 1) / 61))
+    assert paired.b == pytest.approx(float(found["mean"])) and paired.difference == paired.a - paired.b
+    assert {c.metric for c in report.comparisons} == {"image_auroc", "image_ap", "pixel_auroc", "aupro"}
+    assert f"## Paired comparison: {strong} − {weak}" in report.markdown
+    assert (
+        "95% percentile bootstrap intervals" in report.markdown
+        and " [" in report.markdown.split("## image")[1]
+    )
+    assert (out / "compare.csv").read_text().startswith("dataset,metric,setting_a,setting_b")
+    assert "Paired comparison" in report.html_path.read_text()
+
+
+def test_compare_refuses_runs_on_other_images_and_bootstrap_names_missing_maps(tmp_path, runs_with_maps):
+    from datamodules.errors import ZsadError
+
+    runs = runs_with_maps
+    other = make_run(runs, "other_images", ["method.gaussian_sigma=4.0", "seed=1"], 0.5)
+    _save_run_maps(other, np.random.default_rng(1), 0.5, rename="ring/test/bad/104")
+    with pytest.raises(
+        ZsadError, match=r"synthetic/ring: the runs did not evaluate the same images: 1 .*104"
+    ):
+        build_report([str(runs)], out=str(tmp_path / "a"), wandb_mode="disabled", bootstrap=5,
+                     compare=("sigma=4.0", "sigma=0.0"))  # fmt: skip
+    with pytest.raises(ConfigError, match="matches several settings"):
+        build_report(
+            [str(runs)], out=str(tmp_path / "a"), wandb_mode="disabled", compare=("anomalyclip", "sigma=0.0")
+        )
+    bare = tmp_path / "bare"
+    make_run(bare, "r", [], 0.5)
+    with pytest.raises(
+        ZsadError, match=r"needs the saved maps of .* evaluate it again with eval.save_maps=true"
+    ):
+        build_report([str(bare)], out=str(tmp_path / "b"), wandb_mode="disabled", bootstrap=5)

@@ -1,0 +1,202 @@
+"""The report's tables as data, before any format: rows (datasets, or one dataset's categories) x settings,
+one :class:`Stat` per metric in each cell (the replicates' values, their mean ± std, n, and a bootstrap
+interval when one was computed). report.py writes them as markdown and CSV, report_html.py as HTML and
+report_latex.py as LaTeX, so every format shows the same numbers."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from typing import TYPE_CHECKING
+
+from pipelines.published import published
+
+if TYPE_CHECKING:
+    from pipelines.report_grouping import Grouping
+
+TABLES = (
+    ("image level (AUROC, AP)", ("image_auroc", "image_ap")),
+    ("pixel level (AUROC, AUPRO)", ("pixel_auroc", "aupro")),
+)
+CFLOW_AUPRO = "aupro_cflow"
+MEAN_ROW = "mean"  # a per-category table's last row: the dataset's category mean, as in results.csv
+#: (row, column, category or None for the category mean, metric) -> (low, high): bootstrap intervals.
+Intervals = dict[tuple[str, str, str | None, str], tuple[float, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stat:
+    """One metric of one cell: a value per replicate (seed, draw, checkpoint) and, with ``--bootstrap``,
+    the percentile interval of their mean over resampled test images."""
+
+    values: tuple[float, ...]
+    interval: tuple[float, float] | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation over the replicates (None below two)."""
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+
+@dataclasses.dataclass
+class Row:
+    label: str
+    dataset: str  # the dataset whose published numbers apply (a dataset row), else ""
+    cells: list[list[Stat] | None]  # per column one Stat per metric; None where the column has no runs
+    n: list[int]  # replicates per column (0 where it has no runs)
+    published: list[list[float | None]] | None = None  # per column per metric (fractions), with --reference
+
+
+@dataclasses.dataclass
+class Table:
+    title: str
+    row_header: str  # "dataset" or "category"
+    metrics: tuple[str, ...]
+    rows: list[Row]
+    note: str | None = None
+
+
+def percent(value: float | None, signed: bool = False) -> str:
+    """A fraction in percent with one decimal, as the papers print it; never ``-0.0``."""
+    if value is None:
+        return "-"
+    text = f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+    return "0.0" if text in ("-0.0", "+0.0") else text
+
+
+def stat_text(stat: Stat) -> str:
+    """``mean±std`` in percent (std with n >= 2), the interval as ``[low, high]`` where computed."""
+    if stat.mean is None:
+        return "-"
+    text = percent(stat.mean) if stat.std is None else f"{percent(stat.mean)}±{percent(stat.std)}"
+    if stat.interval is not None:
+        text += f" [{percent(stat.interval[0])}, {percent(stat.interval[1])}]"
+    return text
+
+
+def table_specs(reference: bool, grouping: Grouping) -> list[tuple[str, tuple[str, ...], str | None]]:
+    """(title, metrics, note). With --reference the pixel table shows the papers' cflow AUPRO."""
+    if not reference:
+        return [(title, metrics, None) for title, metrics in TABLES]
+    has_cflow = any(c.values(CFLOW_AUPRO) for c in grouping.cells.values())
+    if has_cflow:
+        note = (
+            "AUPRO here is the 200-threshold cflow-style AUPRO of the public ZSAD code (`aupro_cflow`), the "
+            "one the papers report, so it is comparable with the published rows; the exact AUPRO is in report.csv."
+        )
+        return [
+            (*TABLES[0], None),
+            ("pixel level (AUROC, AUPRO cflow-style)", ("pixel_auroc", CFLOW_AUPRO), note),
+        ]
+    note = (
+        "AUPRO here is zsad's exact AUPRO; the published AUPRO (marked *) is the papers' 200-threshold "
+        "cflow-style AUPRO, which these runs did not record (no `aupro_cflow`): the two are NOT comparable. "
+        "Runs of this zsad version record `aupro_cflow` beside `aupro`: evaluate again to compare."
+    )
+    return [(TABLES[0][0], TABLES[0][1], None), (TABLES[1][0], TABLES[1][1], note)]
+
+
+def row_dataset(row: str, grouping: Grouping) -> str:
+    for cell in grouping.cells.values():
+        if cell.row == row and cell.entries:
+            return str(cell.entries[0].payload.get("dataset", row))
+    return row
+
+
+def published_value(dataset: str, method: str, metric: str) -> float | None:
+    """The published number of a dataset-level cell (the papers' AUPRO is the cflow-style one)."""
+    return published(dataset, method).get("aupro" if metric == CFLOW_AUPRO else metric)
+
+
+def _row(
+    grouping: Grouping,
+    row: str,
+    label: str,
+    category: str | None,
+    metrics: tuple[str, ...],
+    intervals: Intervals,
+) -> Row:
+    cells: list[list[Stat] | None] = []
+    counts = []
+    for column in grouping.columns:
+        cell = grouping.cells.get((row, column))
+        if cell is None or (category is not None and category not in cell.categories()):
+            cells.append(None)
+            counts.append(0)
+            continue
+        cells.append(
+            [
+                Stat(tuple(cell.values(m, category)), intervals.get((row, column, category, m)))
+                for m in metrics
+            ]
+        )
+        counts.append(len(cell.entries))
+    return Row(label, row_dataset(row, grouping) if category is None else "", cells, counts)
+
+
+def dataset_tables(grouping: Grouping, reference: bool, intervals: Intervals | None = None) -> list[Table]:
+    """The datasets x settings tables (category means), with the published numbers under --reference."""
+    tables = []
+    for title, metrics, note in table_specs(reference, grouping):
+        rows = [_row(grouping, r, r, None, metrics, intervals or {}) for r in grouping.rows]
+        if reference:
+            for row in rows:
+                row.published = [
+                    [published_value(row.dataset, grouping.column_method[c], m) for m in metrics]
+                    for c in grouping.columns
+                ]
+        tables.append(Table(title, "dataset", metrics, rows, note))
+    return tables
+
+
+def category_tables(
+    grouping: Grouping, reference: bool, intervals: Intervals | None = None
+) -> list[tuple[str, list[Table]]]:
+    """Per dataset row with more than one category: (row, its categories x settings tables, the category
+    mean as the last row), the metric pairs of :func:`dataset_tables`."""
+    out = []
+    for row in grouping.rows:
+        categories = list(
+            dict.fromkeys(c for cell in grouping.cells.values() if cell.row == row for c in cell.categories())
+        )
+        if len(categories) < 2:
+            continue
+        tables = []
+        for title, metrics, _ in table_specs(reference, grouping):
+            rows = [_row(grouping, row, c, c, metrics, intervals or {}) for c in categories]
+            rows.append(_row(grouping, row, MEAN_ROW, None, metrics, intervals or {}))
+            rows[-1].dataset = ""  # the published numbers belong to the dataset tables
+            tables.append(Table(f"{row}: {title}", "category", metrics, rows))
+        out.append((row, tables))
+    return out
+
+
+def text_rows(table: Table) -> list[tuple[str, list[str]]]:
+    """(row label, one text per column) of a table for markdown and HTML: ``numbers (n=N)``; published
+    rows (``ROW (published)``) under their dataset's row."""
+    out = []
+    for row in table.rows:
+        texts = [
+            "" if stats is None else f"{', '.join(stat_text(s) for s in stats)} (n={n})"
+            for stats, n in zip(row.cells, row.n, strict=True)
+        ]
+        out.append((row.label, texts))
+        if row.published is not None:
+            # the papers' AUPRO is the cflow-style one: marked where the column holds the exact AUPRO
+            ref = [
+                ", ".join(
+                    percent(v) + ("*" if m == "aupro" and v is not None else "")
+                    for m, v in zip(table.metrics, values, strict=True)
+                )
+                for values in row.published
+            ]
+            out.append((f"{row.label} (published)", ref))
+    return out
