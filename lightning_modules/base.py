@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from datamodules.augment import TrainAugmentation
 from datamodules.errors import ZsadError
 from datamodules.transforms import ImagePreprocessing
 from lightning_modules.checkpoint_io import safe_torch_load
@@ -88,6 +89,11 @@ class ZeroShotModule(L.LightningModule):
     def dataset_preprocessing(self, dataset: str) -> ImagePreprocessing:
         """The preprocessing of ``dataset``'s images: the method's, unless its protocol there differs."""
         return self.preprocessing
+
+    def train_augmentation(self, dataset: str) -> TrainAugmentation | None:
+        """The official code's training augmentation when training on ``dataset`` (datamodules/augment.py),
+        applied by the datamodule to the training split; None: none (every method but VCP-CLIP)."""
+        return None
 
     def predict_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(image scores [B], anomaly maps [B, H, W] at the mask size or None)``."""

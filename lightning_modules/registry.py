@@ -45,6 +45,7 @@ def _load_builtin_methods() -> None:
     import lightning_modules.coop  # noqa: F401
     import lightning_modules.dual_image  # noqa: F401
     import lightning_modules.vand  # noqa: F401
+    import lightning_modules.vcp_clip  # noqa: F401
     import lightning_modules.winclip  # noqa: F401
 
 

@@ -310,6 +310,8 @@ class ExactResume(_StopOnSignal):
     ) -> None:
         if batch_idx + 1 >= trainer.num_training_batches:
             return  # the epoch-end checkpoint follows
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # inside a gradient accumulation window: the summed gradients are in no checkpoint
         signum, due = self._agree(trainer)
         if signum or due:
             path = self._save_resume(trainer)

@@ -64,6 +64,10 @@ class TrainerConfig:
     # faster on A100/H100); "medium" allows bfloat16 products. Only 32-true uses float32 products throughout.
     float32_matmul_precision: MatmulPrecision = MatmulPrecision.highest
     log_every_n_steps: int = 10
+    # Gradients of this many training batches are summed (each loss divided by it) before one optimizer step:
+    # a batch too large for the GPU (e.g. VCP-CLIP's 32 at 518 px on an 11 GB card) in smaller pieces, the
+    # same gradient when the pieces are of equal size. Checkpoints and stops wait for the window's step.
+    accumulate_grad_batches: int = 1
     # Training saves a resume checkpoint at the end of every epoch and, within an epoch, after the first step
     # that ends this many minutes after the previous checkpoint (null: epoch ends only), so a hard kill loses
     # at most about this much work. See docs/cluster.md, "Interruptions and exact resume".

@@ -142,6 +142,7 @@ def make_trainer(
         plugins=plugins or None,
         enable_checkpointing=False,  # ExactResume writes the checkpoints
         log_every_n_steps=t.log_every_n_steps,
+        accumulate_grad_batches=t.accumulate_grad_batches,
         deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=False,
@@ -156,6 +157,7 @@ def _datamodule(data_cfg: Any, module: ZeroShotModule, seed: int) -> AnomalyData
         image_size=module.image_size,
         preprocessing=module.dataset_preprocessing(data_cfg.name),
         seed=seed,
+        augmentation=module.train_augmentation(data_cfg.name),
     )
     _ = datamodule.full_index  # parse now: a wrong root fails before any training time is spent
     return datamodule

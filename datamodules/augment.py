@@ -1,0 +1,127 @@
+"""Training augmentation of a method's official dataset class, applied to the decoded image before the resize.
+
+A method declares a :class:`TrainAugmentation` (``ZeroShotModule.train_augmentation``); the datamodule then
+serves its training split through :class:`AugmentedDataset`. Each item draws from generators seeded from
+(run seed, epoch, sample index), so an epoch's augmentations do not depend on the loader's workers, on how DDP shares the samples, or on where a resumed run starts
+(docs/cluster.md, exact resume); their distribution is the official code's, not its draws.
+
+``pipeline="vcp_clip"``: VCP-CLIP's datasets in mode "train" (``utils/dataset.py``): with probability
+``mosaic_rate`` (their ``aug_rate`` 0.2, only in their MVTec AD class) the image is replaced by a 2x2 mosaic of
+four anomalous images of its category, each drawn with ``random.choice`` from the category's anomalous files
+(their merged ``test/anomaly`` folder, listed in name order), pasted full size on a canvas twice the first
+one's size (masks alike); then, always, their albumentations pipeline on the RGB array and its mask:
+``Rotate(30)``, ``RandomRotate90``, ``RandomBrightnessContrast``, ``GaussNoise``, ``OneOf(Blur(3), ColorJitter,
+GaussianBlur)``, each with p = 0.5, with the defaults albumentations had when their experiments ran (spring
+2024, 1.3-1.4.2): the same in 1.4.24, which zsad pins, except ``GaussNoise``, whose default became a standard
+deviation of 20-44 % of 255 in 1.4.2x; zsad passes the old one, a variance drawn uniformly in [10, 50] (in
+pixel values squared). **Reconstruction**: their albumentations version is not recorded.
+
+Each item seeds its own ``random.Random`` (the mosaic's draws, as their ``random.random()`` and
+``random.choice``) and the pipeline's generators (``set_random_seed``) from (run seed, epoch, sample index).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import random
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from datamodules.dataset import AnomalyDataset
+from datamodules.images import open_image, open_mask
+from datamodules.resumable import derived_seed
+
+PIPELINES = ("none", "vcp_clip")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainAugmentation:
+    pipeline: str = "none"  # one of PIPELINES
+    mosaic_rate: float = 0.0  # share of items replaced by a 2x2 mosaic of anomalous images of their category
+
+    def __post_init__(self) -> None:
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"augmentation pipeline must be one of {PIPELINES}, got {self.pipeline!r}")
+        if not 0.0 <= self.mosaic_rate <= 1.0:
+            raise ValueError(f"mosaic_rate must lie in [0, 1], got {self.mosaic_rate}")
+
+    @property
+    def active(self) -> bool:
+        return self.pipeline != "none" or self.mosaic_rate > 0
+
+
+@functools.cache
+def _vcp_clip_pipeline() -> Any:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
+    import albumentations as A
+
+    with warnings.catch_warnings():  # var_limit is deprecated in 1.4.24, and the only way to its old meaning
+        warnings.simplefilter("ignore", DeprecationWarning)
+        noise = A.GaussNoise(var_limit=(10 / 255**2, 50 / 255**2), p=0.5)
+    return A.Compose(
+        [
+            A.Rotate(limit=30, p=0.5),
+            A.RandomRotate90(p=0.5),
+            A.RandomBrightnessContrast(p=0.5),
+            # albumentations <= 1.4.2's GaussNoise(var_limit=(10, 50)) in pixel values: 1.4.24 takes it
+            # normalised by 255^2 (a larger var_limit is converted wrongly there)
+            noise,
+            A.OneOf([A.Blur(blur_limit=3, p=0.5), A.ColorJitter(p=0.5), A.GaussianBlur(p=0.5)], p=0.5),
+        ],
+        is_check_shapes=False,
+    )
+
+
+def paste_2x2(tiles: list[Image.Image], mode: str) -> Image.Image:
+    """Four images pasted in reading order at the corners of cells the size of the first one, on a black
+    canvas twice that size (a larger tile overlaps the next cell or is cut at the edge: PIL's ``paste``)."""
+    width, height = tiles[0].size
+    canvas = Image.new(mode, (2 * width, 2 * height))
+    for i, tile in enumerate(tiles):
+        canvas.paste(tile, ((i % 2) * width, (i // 2) * height))
+    return canvas
+
+
+def vcp_clip_augment(image: Image.Image, mask: Image.Image, seed: int) -> tuple[Image.Image, Image.Image]:
+    """Their ``img_trans(mask=..., image=...)`` on ``np.array`` of the image and mask (mode "L")."""
+    pipeline = _vcp_clip_pipeline()
+    pipeline.set_random_seed(seed % 2**32)
+    out = pipeline(image=np.array(image), mask=np.array(mask))
+    return Image.fromarray(out["image"]), Image.fromarray(out["mask"].astype(np.uint8), mode="L")
+
+
+class AugmentedDataset(AnomalyDataset):
+    """The training split with the method's augmentation. Items are asked for as ``(epoch, index)`` (the
+    datamodule's sampler does so); a bare index means epoch 0."""
+
+    def __init__(self, *args: Any, augmentation: TrainAugmentation, seed: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.augmentation = augmentation
+        self.seed = seed
+        self.anomalous: dict[str, list[int]] = {}
+        for position, record in enumerate(self.records):
+            if record.label == 1 and record.mask_path is not None:
+                self.anomalous.setdefault(record.category, []).append(position)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        seed = derived_seed(self.seed, epoch, i, "augment")
+        draw = random.Random(seed)
+        record = self.records[i]
+        pool = self.anomalous.get(record.category, [])
+        if draw.random() < self.augmentation.mosaic_rate and pool:
+            tiles = [self.records[draw.choice(pool)] for _ in range(4)]
+            images = [open_image(r.image_path) for r in tiles]
+            image = paste_2x2(images, "RGB")
+            mask = paste_2x2([open_mask(r.mask_path) for r in tiles], "L")
+        else:
+            image = open_image(record.image_path)
+            mask = open_mask(record.mask_path) if record.mask_path is not None else Image.new("L", image.size)
+        if self.augmentation.pipeline == "vcp_clip":  # their images are 8-bit RGB files (make_dataset_new.py)
+            image, mask = vcp_clip_augment(image.convert("RGB"), mask, seed)
+        return self.item(i, *self.transform(image, mask))
