@@ -68,6 +68,42 @@ STEP_SEED = 11
 TRAIN_BATCH = 6
 TOTAL_STEPS = 20  # their len(loader) * epochs: a warm-up of int(0.1 * 20) = 2 steps, so step 1 has lr 0
 INITIAL = "initial|"
+# Training augmentation under forced draws (both sides): per plan, each transform applied or not (None) with
+# the given parameters; "noise" is the variance of GaussNoise, its standard normal array comes from the plan's
+# index; "oneof" picks Blur (ksize 3), ColorJitter (brightness, contrast, saturation, hue, order) or
+# GaussianBlur (ksize). Plan i augments the i-th image of AUG_IMAGES (relative to the raw data root).
+AUG_PLANS = (
+    {"rotate": 17.3, "rot90": 1, "rbc": (1.12, -0.08), "noise": 31.0, "oneof": ("blur",)},
+    {
+        "rotate": -28.9,
+        "rot90": None,
+        "rbc": None,
+        "noise": None,
+        "oneof": ("jitter", 1.15, 0.86, 1.18, 0.13, [2, 0, 3, 1]),
+    },
+    {"rotate": None, "rot90": 3, "rbc": (0.83, 0.19), "noise": 12.5, "oneof": ("gauss", 5)},
+    {
+        "rotate": 4.2,
+        "rot90": 2,
+        "rbc": None,
+        "noise": 48.0,
+        "oneof": ("jitter", 0.82, 1.19, 0.81, -0.19, [3, 1, 0, 2]),
+    },
+    {"rotate": None, "rot90": None, "rbc": (1.0, 0.0), "noise": None, "oneof": ("gauss", 7)},
+)
+AUG_IMAGES = (
+    "disc/test/hole/000.png",
+    "disc/test/good/000.png",
+    "weave/test/scratch/000.png",
+    "weave/test/stain/000.png",
+    "weave/test/good/001.png",
+)
+MOSAIC_TILES = (
+    "disc/test/hole/000.png",
+    "disc/test/scratch/000.png",
+    "disc/test/scratch/000.png",
+    "disc/test/stain/000.png",
+)
 SAMPLE = 8  # the fixture keeps every 8th row and column of the 240 x 240 maps
 IMAGE_SAMPLE, TOKEN_SAMPLE = 16, 45  # and of the input images, every 45th patch token
 COMPARED = (
@@ -141,6 +177,105 @@ def test_draws(paths: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     context = keyed_normal(SEED, [(DATASET, p) for p in paths], shape)
     agnostic = keyed_generator(SEED, DATASET, "image-agnostic")
     return context, torch.randn(shape, generator=agnostic), torch.randn(shape, generator=agnostic)
+
+
+def plan_noise(index: int, shape: tuple[int, ...], variance: float) -> np.ndarray:
+    """GaussNoise's float64 array of plan ``index`` (what 1.3.1 draws with np.random.normal)."""
+    return np.random.default_rng(index).standard_normal(shape) * variance**0.5
+
+
+def forced(transform, applied: bool, **methods) -> None:
+    """Make ``transform`` apply (p = 1) or not (p = 0) and return the given parameters."""
+    transform.p = 1.0 if applied else 0.0
+    for name, value in methods.items():
+        setattr(transform, name, value)
+
+
+def zsad_augment_forced(index: int, image, mask, pipeline=None):
+    """zsad's Bayes-PFL augmentation (datamodules/augment.py: albumentations 1.4.24 with
+    datamodules/augment_compat.py) with plan ``index``'s draws in place of its generators'."""
+    from datamodules import augment_compat as compat
+    from datamodules.augment import apply_bgr
+    from datamodules.augment_compat import qu_et_al_pipeline
+
+    plan = AUG_PLANS[index]
+    pipeline = pipeline or qu_et_al_pipeline()
+    rotate, rot90, rbc, noise, oneof = pipeline.transforms
+    if isinstance(rotate, compat.Rotate):
+        forced(
+            rotate,
+            plan["rotate"] is not None,
+            get_params_dependent_on_data=lambda params, data: {"angle": plan["rotate"]},
+        )
+    else:  # albumentations' own Rotate (the tests' negative control): its angle draw returns the plan's
+        draws = types.SimpleNamespace(random=lambda: 0.5, uniform=lambda *a: plan["rotate"])
+        forced(rotate, plan["rotate"] is not None, py_random=draws)
+    forced(rot90, plan["rot90"] is not None, get_params=lambda: {"factor": plan["rot90"]})
+    alpha, beta = plan["rbc"] or (1.0, 0.0)
+    forced(
+        rbc,
+        plan["rbc"] is not None,
+        get_params_dependent_on_data=lambda params, data: {"alpha": alpha, "beta": beta * 255},
+    )
+    gauss_noise = {"gauss": None}
+
+    def noise_params(params, data):
+        gauss_noise["gauss"] = plan_noise(index, data["image"].shape, plan["noise"])
+        return gauss_noise | (
+            {"noise_map": gauss_noise["gauss"].astype(np.float32)}
+            if not hasattr(noise, "variance_range")
+            else {}
+        )
+
+    forced(noise, plan["noise"] is not None, get_params_dependent_on_data=noise_params)
+    kind = plan["oneof"][0]
+    which = {"blur": 0, "jitter": 1, "gauss": 2}[kind]
+    forced(oneof, True)
+    oneof.transforms_ps = [float(i == which) for i in range(3)]
+    blur, jitter, gauss = oneof.transforms
+    blur.get_params = lambda: {"kernel": 3}
+    if kind == "jitter":
+        b, c, sat, h, order = plan["oneof"][1:]
+        jitter.get_params = lambda: {
+            "brightness": b,
+            "contrast": c,
+            "saturation": sat,
+            "hue": h,
+            "order": list(order),
+        }
+    if kind == "gauss":
+        gauss.get_params = lambda: {"ksize": plan["oneof"][1], "sigma": 0.0}
+    return apply_bgr(pipeline, image, mask)
+
+
+def raw_image_and_mask(root: Path, path: str):
+    """A raw MVTec-layout file and its mask (0/255, "L"; an empty one for a good image), as zsad reads them."""
+    from PIL import Image
+
+    from datamodules.images import open_image, open_mask
+
+    image = open_image(root / path)
+    if "/good/" in path:
+        return image, Image.new("L", image.size)
+    return image, open_mask(root / path.replace("/test/", "/ground_truth/").replace(".png", "_mask.png"))
+
+
+def zsad_augmentations(root: Path) -> dict[str, np.ndarray]:
+    """Every plan through zsad's pipeline and the mosaic of MOSAIC_TILES, from the raw files under ``root``."""
+    from datamodules.augment import paste_2x2
+
+    images, masks = [], []
+    for index, path in enumerate(AUG_IMAGES):
+        image, mask = zsad_augment_forced(index, *raw_image_and_mask(root, path))
+        images.append(np.array(image))
+        masks.append(np.array(mask))
+    tiles = [raw_image_and_mask(root, p) for p in MOSAIC_TILES]
+    return {
+        "aug_images": np.stack(images),
+        "aug_masks": np.stack(masks),
+        "mosaic_image": np.array(paste_2x2([t[0] for t in tiles], "RGB")),
+        "mosaic_mask": np.array(paste_2x2([t[1] for t in tiles], "L")),
+    }
 
 
 def build_zsad(checkpoint: dict, cfg=None):
@@ -442,6 +577,8 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     def original(path: str) -> str:
         return str(Path(cv2_recorder.sources[os.path.abspath(path)]).relative_to(root))
 
+    augmentations = official_augmentations(their_datasets, data_root, cv2_recorder, root)
+
     # their CLIP and model, seeded; the initial state saved as train.py saves checkpoints
     config_path = work / f"{MODEL}.json"
     config_path.write_text(json.dumps(MODEL_CONFIG))
@@ -666,7 +803,80 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
         for name in step["grads"][s]:
             result[f"grad{s}|{name}"] = step["grads"][s][name]
             result[f"param{s}|{name}"] = step["params"][s][name]
-    return result | initial
+    return result | initial | augmentations
+
+
+def official_augmentations(
+    their_datasets, data_root: Path, cv2_recorder, root: Path
+) -> dict[str, np.ndarray]:
+    """Their ``MyDataset.Trans`` (albumentations 1.3.1, on the BGR array) under each plan's draws, and their
+    ``combine_img`` mosaic with ``random.choice`` returning MOSAIC_TILES, on their re-packed BMP files."""
+    from PIL import Image
+
+    bmp_of = {str(Path(src).relative_to(root)): bmp for bmp, src in cv2_recorder.sources.items()}
+    dataset = their_datasets.MyDataset(
+        root=str(data_root), transform=None, target_transform=None, mode="train", dataset="mvtec"
+    )
+    images, masks = [], []
+    for index, path in enumerate(AUG_IMAGES):
+        plan = AUG_PLANS[index]
+        bmp = bmp_of[path]
+        image = Image.open(bmp)
+        if "/good/" in path:
+            mask = Image.fromarray(np.zeros((image.size[1], image.size[0])), mode="L")
+        else:
+            mask_file = bmp.replace("/test/anomaly/", "/ground_truth/anomaly/").replace(".bmp", ".png")
+            mask = Image.fromarray(
+                (np.array(Image.open(mask_file).convert("L")) > 0).astype(np.uint8) * 255, mode="L"
+            )
+        rotate, rot90, rbc, noise, oneof = dataset.img_trans.transforms
+        forced(
+            rotate,
+            plan["rotate"] is not None,
+            get_params_dependent_on_targets=lambda params, a=plan["rotate"]: {"angle": a},
+        )
+        forced(rot90, plan["rot90"] is not None, get_params=lambda k=plan["rot90"]: {"factor": k})
+        alpha, beta = plan["rbc"] or (1.0, 0.0)
+        forced(rbc, plan["rbc"] is not None, get_params=lambda a=alpha, b=beta: {"alpha": a, "beta": b})
+        forced(
+            noise,
+            plan["noise"] is not None,
+            get_params_dependent_on_targets=lambda params, i=index, v=plan["noise"]: {
+                "gauss": plan_noise(i, params["image"].shape, v)
+            },
+        )
+        kind = plan["oneof"][0]
+        which = {"blur": 0, "jitter": 1, "gauss": 2}[kind]
+        forced(oneof, True)
+        oneof.transforms_ps = [float(i == which) for i in range(3)]
+        blur, jitter, gauss = oneof.transforms
+        blur.get_params = lambda: {"ksize": 3}
+        if kind == "jitter":
+            b, c, sat, h, order = plan["oneof"][1:]
+            jitter.get_params = lambda b=b, c=c, sat=sat, h=h, o=order: {
+                "brightness": b,
+                "contrast": c,
+                "saturation": sat,
+                "hue": h,
+                "order": list(o),
+            }
+        if kind == "gauss":
+            gauss.get_params = lambda k=plan["oneof"][1]: {"ksize": k, "sigma": 0.0}
+        out_image, out_mask = dataset.Trans(image, mask)
+        images.append(np.array(out_image))
+        masks.append(np.array(out_mask))
+    # combine_img: four random.choice draws among the category's anomalous BMP files
+    tiles = [Path(bmp_of[p]).name for p in MOSAIC_TILES]
+    choice = their_datasets.random.choice
+    their_datasets.random.choice = lambda files: tiles.pop(0)
+    mosaic_image, mosaic_mask = dataset.combine_img("disc")
+    their_datasets.random.choice = choice
+    return {
+        "aug_images": np.stack(images),
+        "aug_masks": np.stack(masks),
+        "mosaic_image": np.array(mosaic_image),
+        "mosaic_mask": np.array(mosaic_mask),
+    }
 
 
 # --- comparison -------------------------------------------------------------------------------------------
@@ -696,6 +906,8 @@ def compare(official: dict[str, np.ndarray], ours: dict) -> dict[str, float]:
     )
     for key in ("step_loss", "step_loss_parts", "step_lr"):
         deltas[key] = ps.print_delta(key, official[key], ours[key])
+    for key in ("aug_images", "aug_masks", "mosaic_image", "mosaic_mask"):
+        deltas[key] = ps.print_delta(f"augmentation: {key}", official[key], ours[key])
     for s in range(2):
         grads = {
             ours["zsad_name"](k.split("|", 1)[1]): v for k, v in official.items() if k.startswith(f"grad{s}|")
@@ -754,6 +966,7 @@ def fixture_arrays(official: dict[str, np.ndarray], weights: dict[str, torch.Ten
         "official_metrics",
         "official_aupro_cflow",
         "sampled_metrics",
+        *("aug_images", "aug_masks", "mosaic_image", "mosaic_mask"),
     ):
         keep[key] = official[key]
     for key in ("image_features", "texts", "image_logits", "probability", "top_k", "image_scores"):
@@ -777,7 +990,9 @@ def main() -> None:
     root = ps.write_parity_images(work / "mvtec")
     env = tuple(p for p in args.official_env.split(os.pathsep) if p)
     official = ps.run_official_side(__file__, args.official, root, weights, work, env)
-    ours = zsad_outputs(root, initial_checkpoint(official), list(official["train_paths"]))
+    ours = zsad_outputs(
+        root, initial_checkpoint(official), list(official["train_paths"])
+    ) | zsad_augmentations(root)
     print("Bayes-PFL parity (max |official - zsad|):")
     deltas = compare(official, ours)
     if args.write_fixture:

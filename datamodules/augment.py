@@ -36,7 +36,7 @@ from datamodules.dataset import AnomalyDataset
 from datamodules.images import open_image, open_mask
 from datamodules.resumable import derived_seed
 
-PIPELINES = ("none", "vcp_clip")
+PIPELINES = ("none", "vcp_clip", "bayes_pfl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +95,30 @@ def vcp_clip_augment(image: Image.Image, mask: Image.Image, seed: int) -> tuple[
     return Image.fromarray(out["image"]), Image.fromarray(out["mask"].astype(np.uint8), mode="L")
 
 
+@functools.cache
+def _bayes_pfl_pipeline() -> Any:
+    from datamodules.augment_compat import qu_et_al_pipeline
+
+    return qu_et_al_pipeline()
+
+
+def apply_bgr(pipeline: Any, image: Image.Image, mask: Image.Image) -> tuple[Image.Image, Image.Image]:
+    """Bayes-PFL's ``MyDataset.Trans``: the pipeline on ``np.array(img)[:, :, ::-1]`` (BGR, which their
+    ColorJitter's grey and hue steps then read as RGB) and the mask array, the image flipped back to RGB."""
+    out = pipeline(
+        image=np.ascontiguousarray(np.array(image.convert("RGB"))[:, :, ::-1]), mask=np.array(mask)
+    )
+    rgb = np.ascontiguousarray(out["image"][:, :, ::-1]).astype(np.uint8)
+    return Image.fromarray(rgb), Image.fromarray(out["mask"].astype(np.uint8), mode="L")
+
+
+def bayes_pfl_augment(image: Image.Image, mask: Image.Image, seed: int) -> tuple[Image.Image, Image.Image]:
+    """Their ``img_trans`` in albumentations 1.3.1's semantics (datamodules/augment_compat.py), seeded."""
+    pipeline = _bayes_pfl_pipeline()
+    pipeline.set_random_seed(seed % 2**32)
+    return apply_bgr(pipeline, image, mask)
+
+
 class AugmentedDataset(AnomalyDataset):
     """The training split with the method's augmentation. Items are asked for as ``(epoch, index)`` (the
     datamodule's sampler does so); a bare index means epoch 0."""
@@ -114,7 +138,8 @@ class AugmentedDataset(AnomalyDataset):
         draw = random.Random(seed)
         record = self.records[i]
         pool = self.anomalous.get(record.category, [])
-        if draw.random() < self.augmentation.mosaic_rate and pool:
+        mosaic = draw.random() < self.augmentation.mosaic_rate and bool(pool)
+        if mosaic:
             tiles = [self.records[draw.choice(pool)] for _ in range(4)]
             images = [open_image(r.image_path) for r in tiles]
             image = paste_2x2(images, "RGB")
@@ -124,4 +149,9 @@ class AugmentedDataset(AnomalyDataset):
             mask = open_mask(record.mask_path) if record.mask_path is not None else Image.new("L", image.size)
         if self.augmentation.pipeline == "vcp_clip":  # their images are 8-bit RGB files (make_dataset_new.py)
             image, mask = vcp_clip_augment(image.convert("RGB"), mask, seed)
-        return self.item(i, *self.transform(image, mask))
+        elif self.augmentation.pipeline == "bayes_pfl":  # RGB BMP files in their re-packed copies
+            image, mask = bayes_pfl_augment(image, mask, seed)
+        item = self.item(i, *self.transform(image, mask))
+        if mosaic:  # four anomalous tiles: their combine_img's item is anomalous (anomaly = 1)
+            item["label"] = item["label"].new_tensor(1)
+        return item

@@ -104,3 +104,6 @@ class BayesPFLConfig:
     # four anomalous images of the category (mosaic_rate: their aug_rate 0.4). "none": no augmentation.
     augmentation: str = "authors"
     mosaic_rate: float = 0.4
+    mosaic_datasets: list[str] = dataclasses.field(
+        default_factory=lambda: ["mvtec"]
+    )  # their `dataset == "mvtec"`

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from datamodules.augment import TrainAugmentation
 from datamodules.errors import ConfigError, ZsadError
 from lightning_modules.base import EvalConfig, ZeroShotModule
 from lightning_modules.bayes_pfl.config import BAYES_PFL_AUGMENTATIONS, BayesPFLConfig
@@ -128,6 +129,14 @@ class BayesPFLModule(ZeroShotModule):
         self.trained_stage = (
             int(checkpoint.get(STAGE_KEY, 1)) if "state_dict" in checkpoint else OFFICIAL_STAGE
         )
+
+    def train_augmentation(self, dataset: str) -> TrainAugmentation | None:
+        """Their MyDataset in mode "train": the albumentations pipeline (BGR, 1.3.1's semantics) on every
+        image, the mosaic of four anomalous images of the category only in their MVTec AD training."""
+        if self.cfg.augmentation == "none":
+            return None
+        mosaic = self.cfg.mosaic_rate if dataset in self.cfg.mosaic_datasets else 0.0
+        return TrainAugmentation(pipeline="bayes_pfl", mosaic_rate=mosaic)
 
     # --- feature cache: the frozen image features are the same every epoch (without augmentation) -------
     def feature_cache_identity(self) -> dict[str, Any]:

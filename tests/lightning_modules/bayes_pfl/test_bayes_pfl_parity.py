@@ -105,3 +105,66 @@ def test_a_changed_default_fails_the_comparison(fixture, root):
     changed = _zsad(fixture, root, train=False, activation="quick_gelu")
     assert ps.max_abs_delta(fixture["maps"], changed["maps"]) > 100 * TOLERANCE
     assert ps.max_abs_delta(fixture["image_features"], changed["image_features"]) > 100 * TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def augmented(root) -> dict[str, np.ndarray]:
+    return pb.zsad_augmentations(root)
+
+
+@pytest.mark.parametrize("key", ["aug_images", "aug_masks", "mosaic_image", "mosaic_mask"])
+def test_augmentation_equals_their_albumentations_131_pipeline(fixture, augmented, key):
+    """Their MyDataset.Trans (albumentations 1.3.1 on the BGR array of their BMP copy) and combine_img
+    against zsad's pipeline (1.4.24 + datamodules/augment_compat.py) on the raw files, under the same draws:
+    pixel for pixel, every transform of their pipeline applied at least once."""
+    assert augmented[key].shape == fixture[key].shape
+    assert ps.max_abs_delta(fixture[key], augmented[key]) == 0.0
+
+
+def test_stock_albumentations_1424_transforms_fail_the_augmentation_comparison(fixture, root):
+    """Negative control: 1.4.24's own Rotate, GaussNoise and ColorJitter in place of the 1.3.1 ones."""
+    import albumentations as A
+
+    from datamodules.augment_compat import qu_et_al_pipeline
+
+    worst = 0.0
+    for index, path in enumerate(pb.AUG_IMAGES):
+        pipeline = qu_et_al_pipeline()
+        rotate, rot90, rbc, _, oneof = pipeline.transforms
+        stock = A.Compose(
+            [
+                A.Rotate(limit=30),
+                rot90,
+                rbc,
+                A.GaussNoise(),
+                A.OneOf([oneof.transforms[0], A.ColorJitter(), oneof.transforms[2]]),
+            ]
+        )
+        image, _ = pb.zsad_augment_forced(index, *pb.raw_image_and_mask(root, path), pipeline=stock)
+        worst = max(worst, ps.max_abs_delta(fixture["aug_images"][index], np.array(image)))
+    assert worst >= 2
+
+
+def test_the_authors_parameter_distributions():
+    """1.3.1's draws: GaussianBlur kernels 3/5/7 with probabilities 1/5, 2/5, 2/5; hue within +-0.2; the
+    GaussNoise variance uniform in [10, 50]; a seeded pipeline is a function of its seed."""
+    from datamodules.augment import bayes_pfl_augment
+    from datamodules.augment_compat import ColorJitter, GaussianBlur, GaussNoise
+
+    blur = GaussianBlur()
+    blur.set_random_seed(0)
+    sizes = np.array([blur.get_params()["ksize"] for _ in range(20000)])
+    np.testing.assert_allclose([np.mean(sizes == k) for k in (3, 5, 7)], [0.2, 0.4, 0.4], atol=0.015)
+    assert ColorJitter().hue == (-0.2, 0.2)
+    noise = GaussNoise()
+    noise.set_random_seed(0)
+    image = np.zeros((64, 64, 3), np.uint8)
+    sigmas = [noise.get_params_dependent_on_data({}, {"image": image})["gauss"].std() for _ in range(200)]
+    assert 10 < min(sigmas) ** 2 and max(sigmas) ** 2 < 50 * 1.05
+
+    from PIL import Image
+
+    picture = Image.fromarray((np.arange(48 * 64 * 3) % 251).astype(np.uint8).reshape(48, 64, 3))
+    mask = Image.new("L", (64, 48))
+    first, again, other = (np.array(bayes_pfl_augment(picture, mask, seed)[0]) for seed in (5, 5, 6))
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
