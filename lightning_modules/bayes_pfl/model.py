@@ -130,11 +130,13 @@ class BayesPFL(nn.Module):
         if cfg.activation not in BAYES_PFL_ACTIVATIONS:
             raise ConfigError(f"activation must be one of {BAYES_PFL_ACTIVATIONS}, got {cfg.activation!r}")
         self.cfg = cfg
-        if clip_model is None:
+        owned = clip_model is None
+        if owned:
             clip_model, tokenizer = create_clip(
                 cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir
             )
-        clip_model = with_mlp_activation(clip_model, cfg.activation, in_place=True)
+        # a model handed in is the caller's: changed on a copy
+        clip_model = with_mlp_activation(clip_model, cfg.activation, in_place=owned)
         clip_model.eval().requires_grad_(False)
         self.clip = clip_model
         self.tokenizer = tokenizer
