@@ -525,7 +525,11 @@ def _imgaug_stub() -> types.ModuleType:
     return package
 
 
-def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
+def official_setup(
+    official: Path, root: Path, weights: Path, test_samples: int = TEST_SAMPLES
+) -> types.SimpleNamespace:
+    """Their data preparation, CLIP and (seeded) model, with the shims; what the parity and the speed
+    benchmark (benchmarks/speed_bayes_pfl.py) run their code on."""
     work = Path(tempfile.mkdtemp(prefix="zsad-bayes-pfl-official-"))
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import albumentations  # noqa: F401 - before the imgaug stub (albumentations 1.x probes imgaug itself)
@@ -545,16 +549,14 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     )  # their PFL.forward and loss build CPU tensors then .cuda()
 
     import datasets as their_datasets
-    import models.metric_and_visualization as their_metrics
+    import models.metric_and_visualization as their_metrics  # noqa: F401 - handed on in the namespace
     import models.PFL as their_pfl
     import models.transformer as their_transformer
-    import test as their_test
+    import test as their_test  # noqa: F401 - handed on in the namespace
     from dataset.datasets import MVTec as their_conversion
     from dataset.make_meta import metaSolver
-    from loss import DiceLoss, FocalLoss, Orthogonal_Loss
-    from models.model_CLIP import Load_CLIP, tokenize
-    from models.VPB import Context_Prompting, TextEncoder
-    from transformers import get_cosine_schedule_with_warmup
+    from models.model_CLIP import Load_CLIP
+    from models.VPB import Context_Prompting
 
     their_transformer.torch = _CpuZeros()
     draws = _KeyedDraws()
@@ -577,8 +579,6 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     def original(path: str) -> str:
         return str(Path(cv2_recorder.sources[os.path.abspath(path)]).relative_to(root))
 
-    augmentations = official_augmentations(their_datasets, data_root, cv2_recorder, root)
-
     # their CLIP and model, seeded; the initial state saved as train.py saves checkpoints
     config_path = work / f"{MODEL}.json"
     config_path.write_text(json.dumps(MODEL_CONFIG))
@@ -600,7 +600,7 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
         prompt_context_len=CONTEXT_LEN,
         prompt_num=PROMPT_NUM,
         prompt_state_len=STATE_LEN,
-        sample_num=TEST_SAMPLES,
+        sample_num=test_samples,
         device_id=0,
         vision_width=MODEL_CONFIG["vision_cfg"]["width"],
         text_width=MODEL_CONFIG["text_cfg"]["width"],
@@ -609,6 +609,109 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     torch.manual_seed(INIT_SEED)
     my_model = Context_Prompting(args=args)
     torch.save({"MyModel": my_model.state_dict()}, args.checkpoint_path)
+    return types.SimpleNamespace(**{k: v for k, v in locals().items() if not k.startswith("_")})
+
+
+def official_optimizer(setup: types.SimpleNamespace):
+    """train.py's ``optimizer_stage1`` (its groups, verbatim in logic) and the warm-up cosine schedule, with
+    each parameter's name."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    model = setup.my_model
+    groups: dict[str, list] = {"prompt": [], "pfl": [], "linear": []}
+    names: dict[int, str] = {}
+    for name, p in model.named_parameters():
+        names[id(p)] = name
+        if "prompt" in name:
+            groups["prompt"].append(p)
+        elif "PFL" in name and "encoder" not in name and "decoder" not in name:
+            groups["pfl"].append(p)
+        elif "temperature" not in name:
+            groups["linear"].append(p)
+    optimizer = torch.optim.Adam(
+        [
+            {"params": groups["prompt"], "lr": 0.001},
+            {"params": [model.temperature_pixel, model.temperature_image], "lr": 0.01},
+            {"params": groups["pfl"], "lr": 0.001},
+            {"params": groups["linear"], "lr": 0.0001},
+        ],
+        lr=0.0001,
+        betas=(0.5, 0.999),
+    )
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, num_warmup_steps=int(0.1 * TOTAL_STEPS), num_training_steps=TOTAL_STEPS
+    )
+    return optimizer, scheduler, names
+
+
+def official_step(setup: types.SimpleNamespace, items: dict, optimizer, scheduler) -> list:
+    """One iteration of train.py's loop body (stage 1) on ``items``: returns [loss, class, seg, dist, text]."""
+    from loss import DiceLoss, FocalLoss, Orthogonal_Loss
+    from models.model_CLIP import tokenize
+    from models.VPB import TextEncoder
+
+    model, args = setup.my_model, setup.args
+    focal, dice, orthogonal, cross = FocalLoss(), DiceLoss(), Orthogonal_Loss(), torch.nn.CrossEntropyLoss()
+    image, anomaly = items["img"], items["anomaly"]
+    gt = items["img_mask"].squeeze()
+    gt[gt > 0.5], gt[gt < 0.5] = 1, 0
+    optimizer.zero_grad()
+    with torch.no_grad():
+        image_features, _, patch_tokens = setup.model_clip.encode_image(image, args.features_list)
+    text_embeddings, loss_reg = model.forward_ensemble(
+        TextEncoder(setup.model_clip, args),
+        image_features,
+        patch_tokens,
+        items["cls_name"],
+        "cpu",
+        tokenize,
+        mode="train",
+    )
+    pro_img, maps_list = model(text_embeddings, image_features, patch_tokens, stage=1, mode="train")
+    pro_img = pro_img.squeeze(2)
+    index = torch.randint(0, PROMPT_NUM, (1, 1))[0]
+    pro_img = torch.cat([pro_img[:, index], pro_img[:, index + PROMPT_NUM]], dim=1)
+    loss_class = cross(pro_img, anomaly)
+    loss_dist = loss_reg[1] + loss_reg[2] + loss_reg[3]
+    loss_text = orthogonal(text_embeddings, args)
+    loss_seg = 0
+    for anomaly_map in maps_list:
+        selected = torch.softmax(
+            torch.cat([anomaly_map[:, index], anomaly_map[:, index + PROMPT_NUM]], dim=1), dim=1
+        )
+        loss_seg = loss_seg + focal(selected.clone(), gt.clone()) + dice(selected, gt)
+    loss = loss_class + loss_seg + loss_dist + loss_text
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return [float(x.detach()) for x in (loss, loss_class, loss_seg, loss_dist, loss_text)]
+
+
+def official_train_batch(setup: types.SimpleNamespace, batch_size: int = TRAIN_BATCH) -> dict:
+    """The first batch of their training loader in test mode (the augmentation is compared on its own)."""
+    maker = setup.their_datasets.Makedataset(
+        train_data_path=str(setup.data_root),
+        preprocess_test=setup.preprocess_test,
+        mode="test",
+        image_size=IMAGE_SIZE,
+    )
+    loader, _ = maker.mask_dataset(name="mvtec", product_list=None, batchsize=batch_size, shuf=False)
+    return next(iter(loader))
+
+
+def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
+    setup = official_setup(official, root, weights)
+    their_datasets, their_metrics, their_test = setup.their_datasets, setup.their_metrics, setup.their_test
+    draws, original, model_clip, my_model, args = (
+        setup.draws,
+        setup.original,
+        setup.model_clip,
+        setup.my_model,
+        setup.args,
+    )
+    Context_Prompting = setup.Context_Prompting
+    augmentations = official_augmentations(their_datasets, setup.data_root, setup.cv2_recorder, root)
     initial = {f"{INITIAL}{k}": v.detach().numpy().copy() for k, v in my_model.state_dict().items()}
 
     # test.py itself, with test.sh's arguments; capture what each image goes through
@@ -663,7 +766,7 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
         return calculate(results, *a, **k)
 
     their_test.calcuate_metric_pixel = capture
-    their_test.Load_CLIP = lambda *a, **k: (model_clip, None, preprocess_test)
+    their_test.Load_CLIP = lambda *a, **k: (model_clip, None, setup.preprocess_test)
     recorders = {
         name: _Recorder(getattr(their_metrics, name)) for name in ("roc_auc_score", "average_precision_score")
     }
@@ -725,71 +828,17 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     }
 
     # train.py's loop body, twice, on the first batch of their training loader (test mode: no augmentation)
-    maker = their_datasets.Makedataset(
-        train_data_path=str(data_root), preprocess_test=preprocess_test, mode="test", image_size=IMAGE_SIZE
-    )
-    loader, _ = maker.mask_dataset(name="mvtec", product_list=None, batchsize=TRAIN_BATCH, shuf=False)
-    items = next(iter(loader))
-    text_encoder = TextEncoder(model_clip, args)
+    items = official_train_batch(setup)
     my_model.zk_n = my_model.zk_a = None
     my_model.train()
-    groups: dict[str, list] = {"prompt": [], "pfl": [], "linear": []}
-    names: dict[int, str] = {}
-    for name, p in my_model.named_parameters():
-        names[id(p)] = name
-        if "prompt" in name:
-            groups["prompt"].append(p)
-        elif "PFL" in name and "encoder" not in name and "decoder" not in name:
-            groups["pfl"].append(p)
-        elif "temperature" not in name:
-            groups["linear"].append(p)
-    optimizer = torch.optim.Adam(
-        [
-            {"params": groups["prompt"], "lr": 0.001},
-            {"params": [my_model.temperature_pixel, my_model.temperature_image], "lr": 0.01},
-            {"params": groups["pfl"], "lr": 0.001},
-            {"params": groups["linear"], "lr": 0.0001},
-        ],
-        lr=0.0001,
-        betas=(0.5, 0.999),
-    )
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, num_warmup_steps=int(0.1 * TOTAL_STEPS), num_training_steps=TOTAL_STEPS
-    )
-    focal, dice, orthogonal, cross = FocalLoss(), DiceLoss(), Orthogonal_Loss(), torch.nn.CrossEntropyLoss()
-    image, anomaly = items["img"], items["anomaly"]
-    gt = items["img_mask"].squeeze()
-    gt[gt > 0.5], gt[gt < 0.5] = 1, 0
+    optimizer, scheduler, names = official_optimizer(setup)
     step = {"loss": [], "parts": [], "lr": [], "grads": [], "params": []}
     for s in range(2):
         torch.manual_seed(STEP_SEED + s)
-        optimizer.zero_grad()
-        with torch.no_grad():
-            image_features, _, patch_tokens = model_clip.encode_image(image, args.features_list)
-        text_embeddings, loss_reg = my_model.forward_ensemble(
-            text_encoder, image_features, patch_tokens, items["cls_name"], "cpu", tokenize, mode="train"
-        )
-        pro_img, maps_list = my_model(text_embeddings, image_features, patch_tokens, stage=1, mode="train")
-        pro_img = pro_img.squeeze(2)
-        index = torch.randint(0, PROMPT_NUM, (1, 1))[0]
-        pro_img = torch.cat([pro_img[:, index], pro_img[:, index + PROMPT_NUM]], dim=1)
-        loss_class = cross(pro_img, anomaly)
-        loss_dist = loss_reg[1] + loss_reg[2] + loss_reg[3]
-        loss_text = orthogonal(text_embeddings, args)
-        loss_seg = 0
-        for anomaly_map in maps_list:
-            selected = torch.softmax(
-                torch.cat([anomaly_map[:, index], anomaly_map[:, index + PROMPT_NUM]], dim=1), dim=1
-            )
-            loss_seg = loss_seg + focal(selected.clone(), gt.clone()) + dice(selected, gt)
-        loss = loss_class + loss_seg + loss_dist + loss_text
-        optimizer.zero_grad()
-        loss.backward()
         step["lr"].append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-        step["loss"].append(float(loss.detach()))
-        step["parts"].append([float(loss_class), float(loss_seg), float(loss_dist), float(loss_text)])
+        losses = official_step(setup, dict(items), optimizer, scheduler)
+        step["loss"].append(losses[0])
+        step["parts"].append(losses[1:])
         with_grad = [p for p in my_model.parameters() if p.grad is not None]
         step["grads"].append({names[id(p)]: p.grad.detach().numpy().copy() for p in with_grad})
         step["params"].append({names[id(p)]: p.detach().numpy().copy() for p in with_grad})
