@@ -278,7 +278,7 @@ def zsad_augmentations(root: Path) -> dict[str, np.ndarray]:
     }
 
 
-def build_zsad(checkpoint: dict, cfg=None):
+def build_zsad(checkpoint: dict | None, cfg=None):
     import open_clip
 
     from lightning_modules.bayes_pfl.model import BayesPFL
@@ -291,7 +291,8 @@ def build_zsad(checkpoint: dict, cfg=None):
     clip.load_state_dict(state_dict())
     model = BayesPFL(cfg, clip, open_clip.get_tokenizer(MODEL))
     module = BayesPFLModule(cfg, model=model)
-    module.load_state_dict(zsad_state_dict(module, checkpoint, "parity"), strict=False)
+    if checkpoint is not None:
+        module.load_state_dict(zsad_state_dict(module, checkpoint, "parity"), strict=False)
     return module, model, cfg
 
 
