@@ -27,9 +27,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import open_clip  # noqa: E402
 import torch  # noqa: E402
+from perf_support import clip_with_text_tower_only  # noqa: E402
 
 from lightning_modules.vcp_clip import VCPCLIP, VCPCLIPConfig  # noqa: E402
 
@@ -40,18 +42,7 @@ CONTEXT_ALLOWANCE_GIB = 0.75  # CUDA context, cuBLAS workspaces, allocator slack
 def build(cfg: VCPCLIPConfig) -> VCPCLIP:
     """The real architecture: the vision tower on the meta device (counted, never run), the text tower
     materialised on the CPU with random values (it runs in the trainable graph)."""
-    clip = open_clip.create_model(cfg.backbone.name, pretrained=None, device="meta")
-    for name in ("transformer", "token_embedding", "ln_final"):
-        getattr(clip, name).to_empty(device="cpu")
-    for name in ("positional_embedding", "text_projection"):
-        setattr(clip, name, torch.nn.Parameter(torch.randn_like(getattr(clip, name), device="cpu")))
-    for p in [
-        *clip.transformer.parameters(),
-        *clip.token_embedding.parameters(),
-        *clip.ln_final.parameters(),
-    ]:
-        p.data.normal_(std=0.02)
-    clip.attn_mask = torch.empty(77, 77).fill_(float("-inf")).triu_(1)
+    clip = clip_with_text_tower_only(cfg.backbone.name)
     return VCPCLIP(cfg, clip, open_clip.get_tokenizer(cfg.backbone.name))
 
 

@@ -107,3 +107,24 @@ def machine() -> str:
         f"{device}; torch {torch.__version__}; {torch.get_num_threads()} torch threads; "
         f"{os.cpu_count()} CPUs visible; python {platform.python_version()}"
     )
+
+
+def clip_with_text_tower_only(name: str):
+    """An open_clip model of architecture ``name`` whose vision tower stays on the meta device (counted, never
+    run) and whose text tower is materialised on the CPU with random values (it runs in a trainable graph):
+    what the memory estimates (benchmarks/memory_*.py) measure the trainable part of a method on."""
+    import open_clip
+
+    clip = open_clip.create_model(name, pretrained=None, device="meta")
+    for part in ("transformer", "token_embedding", "ln_final"):
+        getattr(clip, part).to_empty(device="cpu")
+    for part in ("positional_embedding", "text_projection"):
+        setattr(clip, part, torch.nn.Parameter(torch.randn_like(getattr(clip, part), device="cpu")))
+    for p in [
+        *clip.transformer.parameters(),
+        *clip.token_embedding.parameters(),
+        *clip.ln_final.parameters(),
+    ]:
+        p.data.normal_(std=0.02)
+    clip.attn_mask = torch.empty(77, 77).fill_(float("-inf")).triu_(1)
+    return clip

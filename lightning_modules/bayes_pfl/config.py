@@ -102,6 +102,9 @@ class BayesPFLConfig:
     # pipeline Rotate(30) / RandomRotate90 / RandomBrightnessContrast / GaussNoise / OneOf(Blur, ColorJitter,
     # GaussianBlur), each p=0.5, on the full-size image before the resize, and on MVTec AD the 2x2 mosaic of
     # four anomalous images of the category (mosaic_rate: their aug_rate 0.4). "none": no augmentation.
+    # Memory only, same numbers: recompute the text blocks' activations in the backward pass (every image
+    # sends 2 x bank prompts through the text tower with gradients; benchmarks/memory_bayes_pfl.py).
+    checkpoint_text_blocks: bool = False
     augmentation: str = "authors"
     mosaic_rate: float = 0.4
     mosaic_datasets: list[str] = dataclasses.field(

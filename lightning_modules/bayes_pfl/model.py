@@ -146,6 +146,7 @@ class BayesPFL(nn.Module):
             pos_embed_interpolation=cfg.backbone.pos_embed_interpolation,
         )
         self.text = PromptTextEncoder(clip_model)
+        self.text.checkpoint_blocks = cfg.checkpoint_text_blocks
         layers = list(cfg.feature_layers)
         if not layers or min(layers) < 1 or max(layers) > self.vision.depth:
             raise ConfigError(f"feature_layers {layers} must lie in 1..{self.vision.depth}")

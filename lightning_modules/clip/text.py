@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class PromptTextEncoder(nn.Module):
@@ -37,6 +38,7 @@ class PromptTextEncoder(nn.Module):
         mask = getattr(clip_model, "attn_mask", getattr(tower, "attn_mask", None))
         self.register_buffer("attn_mask", mask, persistent=False)
         self.batch_first = getattr(self.transformer, "batch_first", True)
+        self.checkpoint_blocks = False  # recompute each block's activations in the backward pass (memory)
 
     @property
     def width(self) -> int:
@@ -96,10 +98,7 @@ class PromptTextEncoder(nn.Module):
             if 0 <= j < len(deep_tokens):
                 deep = deep_tokens[j].to(x.dtype).expand(n, -1, -1)
                 x = torch.cat([x[:, :1], deep, x[:, 1 + deep.shape[1] :]], dim=1)
-            if self.batch_first:
-                x = block(x, attn_mask=mask)
-            else:
-                x = block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+            x = self._block(block, x, mask)
         eot = token_ids.argmax(dim=-1) if eot_positions is None else eot_positions
         pooled = x[torch.arange(n, device=x.device), eot.to(x.device) + shift]
         if final_norm is not None:
@@ -108,6 +107,18 @@ class PromptTextEncoder(nn.Module):
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(pooled)
         return pooled @ self.text_projection
+
+    def _block(self, block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """One block; under ``checkpoint_blocks`` with gradients, its activations are recomputed in the
+        backward pass instead of kept (same numbers, less memory: Bayes-PFL's many prompts per image)."""
+        if self.checkpoint_blocks and torch.is_grad_enabled():
+            return checkpoint(self._run_block, block, x, mask, use_reentrant=False)
+        return self._run_block(block, x, mask)
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.batch_first:
+            return block(x, attn_mask=mask)
+        return block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
 
     def encode(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Plain CLIP text features for tokenised text (hand-written prompts)."""

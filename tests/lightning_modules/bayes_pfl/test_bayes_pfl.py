@@ -167,3 +167,24 @@ def test_bayes_pfl_trains_both_stages_with_augmentation_and_tests(tmp_path, synt
     for category, metrics in first["categories"].items():
         for key in ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "aupro_cflow"):
             assert again["categories"][category][key] == metrics[key], (category, key)
+
+
+def test_text_block_checkpointing_changes_no_number(tiny_clip):
+    """checkpoint_text_blocks (the memory switch that lets batch 32 fit 11 GB): same loss and gradients."""
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        module = _module(tiny_clip, checkpoint_text_blocks=checkpointing)
+        model = module.model.train()
+        torch.manual_seed(1)
+        features = model.encode_images(torch.randn(2, 3, 32, 32))
+        eps = model.training_draws(2, torch.device("cpu"))
+        output = model.scores_from_draws(features, ["bottle", "grid"], (32, 32), 1, 1, eps)
+        loss = model.loss(output, torch.tensor([0, 1]), (torch.rand(2, 32, 32) > 0.8).float())["loss"]
+        loss.backward()
+        results.append(
+            (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        )
+    assert torch.equal(results[0][0], results[1][0])
+    assert results[0][1].keys() == results[1][1].keys()
+    assert all(torch.equal(results[0][1][n], results[1][1][n]) for n in results[0][1])
