@@ -107,6 +107,11 @@ class BayesPFLConfig:
     checkpoint_text_blocks: bool = False
     augmentation: str = "authors"
     mosaic_rate: float = 0.4
+    # Frozen image features encoded once and reused (lightning_modules/feature_cache.py): only without the
+    # augmentation, which changes the training images every epoch (the authors' protocol bypasses it).
+    cache_features: bool = True
+    cache_dir: str | None = None
+    cache_max_gb: float | None = None
     mosaic_datasets: list[str] = dataclasses.field(
         default_factory=lambda: ["mvtec"]
     )  # their `dataset == "mvtec"`

@@ -161,7 +161,7 @@ class BayesPFLModule(ZeroShotModule):
         return 2 if start is not None and epoch >= start else 1
 
     def on_fit_start(self) -> None:
-        prepare_cached_training(self, True, None, None)
+        prepare_cached_training(self, self.cfg.cache_features, self.cfg.cache_dir, self.cfg.cache_max_gb)
 
     def words(self, category_ids: torch.Tensor) -> list[str]:
         categories = self.trainer.datamodule.categories
