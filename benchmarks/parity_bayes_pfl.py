@@ -298,12 +298,12 @@ def build_zsad(checkpoint: dict | None, cfg=None):
 
 def zsad_batch(root: Path):
     from datamodules import AnomalyDataModule, DataConfig
-    from lightning_modules.base import ZeroShotModule
+    from lightning_modules.bayes_pfl.spec import BAYES_PFL
 
     data = AnomalyDataModule(
         DataConfig(name=DATASET, root=str(root), num_workers=0, eval_batch_size=64),
         IMAGE_SIZE,
-        ZeroShotModule().preprocessing,
+        BAYES_PFL.preprocessing(zsad_config(), DATASET),
     )
     batch = next(iter(data.test_dataloader()))
     return data, batch, [str(Path(p).relative_to(root)) for p in batch["image_path"]]

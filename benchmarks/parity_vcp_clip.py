@@ -188,6 +188,7 @@ def zsad_outputs(
     from lightning_modules.vcp_clip.model import VCPCLIP
     from lightning_modules.vcp_clip.module import VCPCLIPModule
     from lightning_modules.vcp_clip.official_checkpoint import zsad_state_dict
+    from lightning_modules.vcp_clip.spec import VCP_CLIP
 
     register_model()
     cfg = cfg or zsad_config()
@@ -199,7 +200,7 @@ def zsad_outputs(
     data = AnomalyDataModule(
         DataConfig(name="synthetic", root=str(root), num_workers=0, eval_batch_size=64),
         IMAGE_SIZE,
-        module.preprocessing,
+        VCP_CLIP.preprocessing(cfg, "synthetic"),
     )
     batch = next(iter(data.test_dataloader()))
     images, masks, labels, ids = batch["image"], batch["mask"], batch["label"], batch["category_id"]

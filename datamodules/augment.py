@@ -1,6 +1,6 @@
 """Training augmentation of a method's official dataset class, applied to the decoded image before the resize.
 
-A method declares a :class:`TrainAugmentation` (``ZeroShotModule.train_augmentation``); the datamodule then
+A method declares a :class:`TrainAugmentation` (``MethodSpec.train_augmentation``); the datamodule then
 serves its training split through :class:`AugmentedDataset`. Each item draws from generators seeded from
 (run seed, epoch, sample index), so an epoch's augmentations do not depend on the loader's workers, on how DDP shares the samples, or on where a resumed run starts
 (docs/cluster.md, exact resume); their distribution is the official code's, not its draws.
@@ -17,7 +17,10 @@ deviation of 20-44 % of 255 in 1.4.2x; zsad passes the old one, a variance drawn
 pixel values squared). **Reconstruction**: their albumentations version is not recorded.
 
 Each item seeds its own ``random.Random`` (the mosaic's draws, as their ``random.random()`` and
-``random.choice``) and the pipeline's generators (``set_random_seed``) from (run seed, epoch, sample index).
+``random.choice``) and the pipeline's generators from (run seed, epoch, sample index): one Python and one
+NumPy generator shared by all its transforms (:func:`seed_pipeline`), one stream as the official code's global
+generators. (albumentations' ``Compose.set_random_seed`` seeds every transform with the *same* seed: their
+identical first draws would apply all five transforms or none, and correlate their parameters.)
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ def paste_2x2(tiles: list[Image.Image], mode: str) -> Image.Image:
 def vcp_clip_augment(image: Image.Image, mask: Image.Image, seed: int) -> tuple[Image.Image, Image.Image]:
     """Their ``img_trans(mask=..., image=...)`` on ``np.array`` of the image and mask (mode "L")."""
     pipeline = _vcp_clip_pipeline()
-    pipeline.set_random_seed(seed % 2**32)
+    seed_pipeline(pipeline, seed)
     out = pipeline(image=np.array(image), mask=np.array(mask))
     return Image.fromarray(out["image"]), Image.fromarray(out["mask"].astype(np.uint8), mode="L")
 
@@ -115,8 +118,13 @@ def apply_bgr(pipeline: Any, image: Image.Image, mask: Image.Image) -> tuple[Ima
 def bayes_pfl_augment(image: Image.Image, mask: Image.Image, seed: int) -> tuple[Image.Image, Image.Image]:
     """Their ``img_trans`` in albumentations 1.3.1's semantics (datamodules/augment_compat.py), seeded."""
     pipeline = _bayes_pfl_pipeline()
-    pipeline.set_random_seed(seed % 2**32)
+    seed_pipeline(pipeline, seed)
     return apply_bgr(pipeline, image, mask)
+
+
+def seed_pipeline(pipeline: Any, seed: int) -> None:
+    """One Python and one NumPy generator for all of ``pipeline``'s transforms, seeded by ``seed``."""
+    pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
 class AugmentedDataset(AnomalyDataset):

@@ -8,14 +8,15 @@ from typing import Any
 
 import torch
 
-from datamodules.augment import TrainAugmentation
 from datamodules.errors import ConfigError, ZsadError
-from lightning_modules.base import EvalConfig, ZeroShotModule
+from lightning_modules.base import OfficialReader, ZeroShotModule
 from lightning_modules.bayes_pfl.config import BAYES_PFL_AUGMENTATIONS, BayesPFLConfig
 from lightning_modules.bayes_pfl.model import BayesPFL, combine_image_scores
 from lightning_modules.bayes_pfl.official_checkpoint import OFFICIAL_STAGE
 from lightning_modules.category_module import backbone_identity
-from lightning_modules.feature_cache import backbone_cache_identity, prepare_cached_training
+from lightning_modules.checkpoint_io import read_checkpoint
+from lightning_modules.eval_config import EvalConfig
+from lightning_modules.feature_cache import backbone_cache_identity
 from lightning_modules.stochastic import image_keys
 
 #: config fields that shape the trainable parameters or the texts they were trained against
@@ -121,22 +122,17 @@ class BayesPFLModule(ZeroShotModule):
         super().on_load_checkpoint(checkpoint)
         self.trained_stage = int(checkpoint.get(STAGE_KEY, 1))
 
-    def load_trained_weights(self, path: str) -> None:
-        super().load_trained_weights(path)
-        from lightning_modules.checkpoint_io import safe_torch_load
-
-        checkpoint = safe_torch_load(path)
-        self.trained_stage = (
-            int(checkpoint.get(STAGE_KEY, 1)) if "state_dict" in checkpoint else OFFICIAL_STAGE
-        )
-
-    def train_augmentation(self, dataset: str) -> TrainAugmentation | None:
-        """Their MyDataset in mode "train": the albumentations pipeline (BGR, 1.3.1's semantics) on every
-        image, the mosaic of four anomalous images of the category only in their MVTec AD training."""
-        if self.cfg.augmentation == "none":
-            return None
-        mosaic = self.cfg.mosaic_rate if dataset in self.cfg.mosaic_datasets else 0.0
-        return TrainAugmentation(pipeline="bayes_pfl", mosaic_rate=mosaic)
+    def load_trained_weights(
+        self, path: str, official_format: OfficialReader | None = None, checkpoint: Any = None
+    ) -> None:
+        """As every module's, and the stage: a zsad checkpoint's own, the authors' files' 2 (their test.py)."""
+        if checkpoint is None:
+            checkpoint = read_checkpoint(path)
+        super().load_trained_weights(path, official_format, checkpoint)
+        if "state_dict" in checkpoint:
+            self.trained_stage = int(checkpoint.get(STAGE_KEY, 1))
+        else:
+            self.trained_stage = OFFICIAL_STAGE
 
     # --- feature cache: the frozen image features are the same every epoch (without augmentation) -------
     def feature_cache_identity(self) -> dict[str, Any]:
@@ -159,9 +155,6 @@ class BayesPFLModule(ZeroShotModule):
     def stage_of(self, epoch: int) -> int:
         start = self.cfg.stage2_start_epoch
         return 2 if start is not None and epoch >= start else 1
-
-    def on_fit_start(self) -> None:
-        prepare_cached_training(self, self.cfg.cache_features, self.cfg.cache_dir, self.cfg.cache_max_gb)
 
     def words(self, category_ids: torch.Tensor) -> list[str]:
         categories = self.trainer.datamodule.categories

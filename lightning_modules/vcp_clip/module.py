@@ -6,11 +6,11 @@ from typing import Any
 
 import torch
 
-from datamodules.augment import TrainAugmentation
 from datamodules.errors import ZsadError
-from lightning_modules.base import EvalConfig, ZeroShotModule
+from lightning_modules.base import ZeroShotModule
 from lightning_modules.category_module import backbone_identity
-from lightning_modules.feature_cache import backbone_cache_identity, prepare_cached_training
+from lightning_modules.eval_config import EvalConfig
+from lightning_modules.feature_cache import backbone_cache_identity
 from lightning_modules.vcp_clip.config import VCPCLIPConfig
 from lightning_modules.vcp_clip.model import VCPCLIP
 
@@ -52,14 +52,6 @@ class VCPCLIPModule(ZeroShotModule):
             fields[name] = list(value) if isinstance(value, list | tuple) else value
         return {"method": self.method_name, "backbone": backbone_identity(self.cfg.backbone), **fields}
 
-    def train_augmentation(self, dataset: str) -> TrainAugmentation | None:
-        """Their dataset classes' augmentation in mode "train": the albumentations pipeline on every image,
-        the mosaic only in their MVTec AD class (``mosaic_datasets``)."""
-        if self.cfg.augmentation == "none":
-            return None
-        mosaic = self.cfg.mosaic_rate if dataset in self.cfg.mosaic_datasets else 0.0
-        return TrainAugmentation(pipeline="vcp_clip", mosaic_rate=mosaic)
-
     # --- feature cache: the frozen image features are the same every epoch (without augmentation) -------
     def feature_cache_identity(self) -> dict[str, Any]:
         return {
@@ -77,9 +69,6 @@ class VCPCLIPModule(ZeroShotModule):
         if self.cfg.augmentation != "none":
             return f"VCP-CLIP's training augmentation (augmentation={self.cfg.augmentation}) changes images every epoch"
         return None
-
-    def on_fit_start(self) -> None:
-        prepare_cached_training(self, self.cfg.cache_features, self.cfg.cache_dir, self.cfg.cache_max_gb)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if not bool(batch["has_mask"].all()):

@@ -64,6 +64,16 @@ def test_run_writes_results_files_and_train_then_test_reproduces_them(tmp_path, 
     expected_mean = np.mean([m["image_auroc"] for m in target_results["categories"].values()])
     assert means["image_auroc"] == pytest.approx(expected_mean)
     assert target_results["image_size"] == 32 and target_results["eval_size"] == 32
+    # which images these numbers saw, and which the weights were trained on (small sets: contents hashed)
+    from datamodules.fingerprint import index_fingerprint
+    from datamodules.index import build_index
+
+    tested = index_fingerprint(build_index("synthetic", target).select(split="test"))
+    trained = index_fingerprint(build_index("synthetic", source).select(split="test"))
+    assert target_results["data_fingerprint"]["digest"] == tested["digest"]
+    assert target_results["data_fingerprint"]["n_files"] == 14 + 8  # test images and masks
+    assert results["source_data"]["digest"] == trained["digest"] != tested["digest"]
+    assert results["source_data"]["content"] == "sha256 of every file"
     assert target_results["preprocessing"]["interpolation"] == "bicubic"  # AnomalyCLIP's official resize
     assert target_results["preprocessing"]["mask_interpolation"] == "bilinear"
 
@@ -94,6 +104,7 @@ def test_test_loop_metrics_equal_sklearn(tmp_path, synthetic_pair):
     import torch
 
     from datamodules.datamodule import AnomalyDataModule
+    from lightning_modules.registry import get_method
     from pipelines import runner
     from pipelines.config import compose, to_object
 
@@ -105,7 +116,7 @@ def test_test_loop_metrics_equal_sklearn(tmp_path, synthetic_pair):
         )
     )
     outcome = runner.run(cfg)
-    module = runner.build_module(cfg)
+    module = runner.build_module(cfg, get_method(cfg.method.name))
     module.load_trained_weights(str(outcome.checkpoint))
     datamodule = AnomalyDataModule(cfg.targets[0], image_size=32)
     scores, labels, categories, pixel_scores, pixel_labels = [], [], [], [], []
@@ -145,7 +156,9 @@ def test_wandb_offline_run_files_are_written(tmp_path, synthetic_pair):
 
 
 @pytest.mark.slow
-def test_saved_outputs_mirror_the_dataset_and_evaluate_maps_reproduces_the_run(tmp_path, synthetic_pair):
+def test_saved_outputs_mirror_the_dataset_and_evaluate_maps_reproduces_the_run(
+    tmp_path, synthetic_pair, capsys
+):
     """eval.save_maps writes one float32 map per test image where `zsad evaluate-maps` looks for it and the
     method's image scores beside them; at the ground truth's size (32 px here) that command then gives all
     of the run's metrics again."""
@@ -180,6 +193,9 @@ def test_saved_outputs_mirror_the_dataset_and_evaluate_maps_reproduces_the_run(t
         "version": "synthetic",
         "split": "test",
         "categories": ["cells", "ring"],
+        "data_fingerprint": json.loads((run_dir / "results.json").read_text())["targets"]["synthetic"][
+            "data_fingerprint"
+        ],
     }
 
     run = json.loads((run_dir / "results.json").read_text())["targets"]["synthetic"]["categories"]
@@ -223,6 +239,29 @@ def test_saved_outputs_mirror_the_dataset_and_evaluate_maps_reproduces_the_run(t
     np.testing.assert_array_equal(load_mask(maps_dir / defect.with_suffix(".mask.png")), load_mask(truth))
     report = build_report([str(run_dir)], out=str(tmp_path / "rep"), wandb_mode="disabled", bootstrap=20)
     assert "saved maps give other" not in report.markdown and "95% percentile bootstrap" in report.markdown
+
+    # every file written is in checksums.sha256, which the standard tool checks too; a map changed since
+    # (one bit of its data) is refused by name, not scored
+    listed = (maps_dir / "checksums.sha256").read_text().splitlines()
+    assert (
+        len(listed) == 14 + len(masks) + 2  # maps, the masks beside them, image_scores.csv, dataset.json
+        and subprocess.run(["sha256sum", "--check", "--quiet", "checksums.sha256"], cwd=maps_dir).returncode
+        == 0
+    )
+    damaged = maps_dir / saved[3]
+    data = bytearray(damaged.read_bytes())
+    data[-5] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["evaluate-maps", *maps, "--output", str(tmp_path / "no.json")]) == 2
+    err = (
+        capsys.readouterr().err.strip().splitlines()[-1]
+    )  # after the progress lines of the categories before
+    assert err.startswith("zsad: error: ")
+    assert (
+        f"{damaged} does not match its SHA-256 in {maps_dir / 'checksums.sha256'}" in err and "\n" not in err
+    )
+    assert not (tmp_path / "no.json").exists()
 
 
 def test_evaluate_maps_says_which_image_has_no_score(tmp_path, synthetic_pair, capsys):
@@ -327,3 +366,45 @@ def test_a_run_says_each_start_up_line_once(tmp_path, synthetic_pair):
     for line in ("GPU available: ", "TPU available: ", "W&B run saved offline; upload it with: wandb sync"):
         assert output.count(line) == 1, output
     assert "Run data is saved locally" not in output and "syncing is set to" not in output, output
+
+
+HEAVY = ("torch", "lightning", "open_clip")
+# Runs a zsad command in a fresh interpreter and prints, at exit, which heavy packages it imported.
+_IMPORT_PROBE = """
+import atexit, sys
+atexit.register(lambda: print("imported:", *[m for m in {heavy} if m in sys.modules], file=sys.stderr))
+from pipelines.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["--help"], ["methods"], ["experiments"], ["data", "list"], ["config", "show", "demo"]],
+    ids=" ".join,
+)
+def test_listing_commands_import_neither_torch_lightning_nor_open_clip(command):
+    """What users run to look around answers at once (benchmarks/cli_startup.py): method metadata comes
+    from the specs and configs; torch, Lightning and open_clip load when a job starts."""
+    probe = _IMPORT_PROBE.format(heavy=HEAVY)
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *command], capture_output=True, text=True, timeout=120
+    )
+    imported = done.stderr.strip().splitlines()[-1]
+    assert imported.startswith("imported:") and imported.split()[1:] == [], (command, imported)
+    assert done.returncode == 0 and done.stdout, done.stderr
+
+
+def test_a_broken_subcommand_fails_loudly_instead_of_disappearing(monkeypatch, capsys):
+    """Feature subcommands load their module when they run: a module that cannot be imported is an
+    ImportError for that command, and `--help` still lists it."""
+    from pipelines.cli import build_parser
+
+    monkeypatch.setitem(sys.modules, "pipelines.predict", None)  # `import pipelines.predict` now fails
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "predict" in capsys.readouterr().out
+    with pytest.raises(ImportError):
+        main(["predict", "demo", "--input", "x", "--out", "y"])
+    with pytest.raises(ImportError):
+        build_parser()  # every subcommand's arguments (what a test of the whole CLI builds)

@@ -21,6 +21,7 @@ from datamodules.errors import ZsadError
 from lightning_modules.bayes_pfl import BayesPFL, BayesPFLConfig, BayesPFLModule
 from lightning_modules.bayes_pfl.model import combine_image_scores
 from lightning_modules.bayes_pfl.official_checkpoint import zsad_name
+from lightning_modules.bayes_pfl.spec import BAYES_PFL
 from lightning_modules.stochastic import keyed_normal
 from pipelines.cli import main
 from tests_support import zsad_test_from_run
@@ -125,7 +126,7 @@ def test_their_checkpoint_format_loads_into_stage_two(tiny_clip, tmp_path):
     state = _their_state(module)
     path = tmp_path / "train_visa.pth"
     torch.save({"MyModel": state}, path)
-    module.load_trained_weights(str(path))
+    module.load_trained_weights(str(path), BAYES_PFL.official_checkpoint)
     params = dict(module.named_parameters())
     for name, tensor in state.items():
         if zsad_name(name) is not None:
@@ -139,14 +140,14 @@ def test_a_wrong_shape_or_an_unknown_entry_is_refused(tiny_clip, tmp_path):
     state["prompt_context"] = torch.zeros(2, 5, module.model.dim)
     torch.save({"MyModel": state}, tmp_path / "shape.pth")
     with pytest.raises(ZsadError, match="prompt_context has shape"):
-        module.load_trained_weights(str(tmp_path / "shape.pth"))
+        module.load_trained_weights(str(tmp_path / "shape.pth"), BAYES_PFL.official_checkpoint)
     state = _their_state(module) | {"visual_prompt": torch.zeros(1)}
     torch.save({"MyModel": state}, tmp_path / "unknown.pth")
     with pytest.raises(ZsadError, match="unexpected entry 'visual_prompt'"):
-        module.load_trained_weights(str(tmp_path / "unknown.pth"))
+        module.load_trained_weights(str(tmp_path / "unknown.pth"), BAYES_PFL.official_checkpoint)
     torch.save({"prompt_learner": {}}, tmp_path / "other.pth")
     with pytest.raises(ZsadError, match="no 'MyModel'"):
-        module.load_trained_weights(str(tmp_path / "other.pth"))
+        module.load_trained_weights(str(tmp_path / "other.pth"), BAYES_PFL.official_checkpoint)
 
 
 # --- end to end ---------------------------------------------------------------------------------------------
@@ -218,3 +219,12 @@ def test_two_process_evaluation_equals_one_process(tmp_path, synthetic_pair):
             # compositions); every exact metric agrees to float rounding
             tolerance = 1e-3 if key == "aupro_cflow" else 1e-6
             assert double[category][key] == pytest.approx(value, abs=tolerance), (category, key)
+
+
+def test_the_augmentation_and_its_mosaic_follow_their_dataset_class():
+    from datamodules.augment import TrainAugmentation
+    from lightning_modules.bayes_pfl.spec import train_augmentation
+
+    assert train_augmentation(BayesPFLConfig(), "mvtec") == TrainAugmentation("bayes_pfl", 0.4)
+    assert train_augmentation(BayesPFLConfig(), "visa") == TrainAugmentation("bayes_pfl", 0.0)
+    assert train_augmentation(BayesPFLConfig(augmentation="none"), "mvtec") is None

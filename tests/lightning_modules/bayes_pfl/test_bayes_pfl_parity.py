@@ -168,3 +168,10 @@ def test_the_authors_parameter_distributions():
     mask = Image.new("L", (64, 48))
     first, again, other = (np.array(bayes_pfl_augment(picture, mask, seed)[0]) for seed in (5, 5, 6))
     assert np.array_equal(first, again) and not np.array_equal(first, other)
+    # the five p = 0.5 decisions are independent (one stream, as their global generators): an image comes
+    # out unchanged with probability 1/32, not 1/2 as when every transform gets the same seed
+    unchanged = sum(
+        np.array_equal(np.array(bayes_pfl_augment(picture, mask, seed)[0]), np.array(picture))
+        for seed in range(320)
+    )
+    assert 1 <= unchanged <= 30

@@ -27,6 +27,7 @@ from datamodules.augment import AugmentedDataset, TrainAugmentation
 from datamodules.errors import ZsadError
 from lightning_modules.vcp_clip import VCPCLIP, VCPCLIPConfig, VCPCLIPModule
 from lightning_modules.vcp_clip.model import top_k_mean
+from lightning_modules.vcp_clip.spec import VCP_CLIP
 from pipelines.cli import main
 from tests_support import zsad_test_from_run
 
@@ -121,12 +122,11 @@ def test_mosaic_pastes_four_anomalous_images_of_the_category(tmp_path):
 
 
 def test_the_mosaic_is_only_for_the_datasets_of_their_mvtec_class():
-    module = VCPCLIPModule.__new__(VCPCLIPModule)
-    module.cfg = VCPCLIPConfig()
-    assert module.train_augmentation("mvtec") == TrainAugmentation("vcp_clip", 0.2)
-    assert module.train_augmentation("visa") == TrainAugmentation("vcp_clip", 0.0)
-    module.cfg = VCPCLIPConfig(augmentation="none")
-    assert module.train_augmentation("mvtec") is None
+    from lightning_modules.vcp_clip.spec import train_augmentation
+
+    assert train_augmentation(VCPCLIPConfig(), "mvtec") == TrainAugmentation("vcp_clip", 0.2)
+    assert train_augmentation(VCPCLIPConfig(), "visa") == TrainAugmentation("vcp_clip", 0.0)
+    assert train_augmentation(VCPCLIPConfig(augmentation="none"), "mvtec") is None
 
 
 # --- the authors' checkpoint format -----------------------------------------------------------------------
@@ -155,7 +155,7 @@ def test_the_authors_checkpoint_loads_with_names_and_shapes_checked(tmp_path):
     fixture = ps.load_fixture(pvc.FIXTURE)  # the authors' initial state, written by their code
     checkpoint = pvc.initial_checkpoint(fixture)
     module = _parity_module()
-    module.load_trained_weights(str(_their_file(tmp_path, checkpoint)))
+    module.load_trained_weights(str(_their_file(tmp_path, checkpoint)), VCP_CLIP.official_checkpoint)
     params = dict(module.model.named_parameters())
     torch.testing.assert_close(
         params["post_vcp.key.weight"], checkpoint["Zero_try"]["k_proj_pre_1.weight"][..., 0]
@@ -165,12 +165,14 @@ def test_the_authors_checkpoint_loads_with_names_and_shapes_checked(tmp_path):
 
     wrong = {**checkpoint, "prompt_embeddings": torch.zeros(1, 2, 64)}
     with pytest.raises(ZsadError, match=r"deep_prompts.shallow has shape \(1, 2, 64\)"):
-        module.load_trained_weights(str(_their_file(tmp_path, wrong)))
+        module.load_trained_weights(str(_their_file(tmp_path, wrong)), VCP_CLIP.official_checkpoint)
     unknown = {**checkpoint, "visual_prompt": torch.zeros(3)}
     with pytest.raises(ZsadError, match="unexpected entry 'visual_prompt'"):
-        module.load_trained_weights(str(_their_file(tmp_path, unknown)))
+        module.load_trained_weights(str(_their_file(tmp_path, unknown)), VCP_CLIP.official_checkpoint)
     with pytest.raises(ZsadError, match="no 'New_Lan_Embed'"):
-        module.load_trained_weights(str(_their_file(tmp_path, {"trainable_linearlayer": {}})))
+        module.load_trained_weights(
+            str(_their_file(tmp_path, {"trainable_linearlayer": {}})), VCP_CLIP.official_checkpoint
+        )
 
 
 # --- end to end -------------------------------------------------------------------------------------------
