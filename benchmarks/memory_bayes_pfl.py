@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import open_clip  # noqa: E402
 import torch  # noqa: E402
-from perf_support import clip_with_text_tower_only  # noqa: E402
+from perf_support import SavedForBackward, clip_with_text_tower_only  # noqa: E402
 
 from lightning_modules.bayes_pfl import BayesPFL, BayesPFLConfig  # noqa: E402
 
@@ -45,22 +45,16 @@ def saved_bytes(model: BayesPFL, size: int) -> int:
         "image": torch.randn(1, model.dim),
         "patches": torch.randn(1, len(model.cfg.feature_layers), grid * grid, model.vision.width),
     }
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
 
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedForBackward() as saved:
         eps = model.training_draws(1, torch.device("cpu"))
         output = model.scores_from_draws(features, ["bottle"], (size, size), 0, 1, eps)
         loss = model.loss(output, torch.ones(1, dtype=torch.long), (torch.rand(1, size, size) > 0.9).float())[
             "loss"
         ]
     del loss, output
-    return sum(storages.values())
+    return saved.bytes
 
 
 def main() -> None:

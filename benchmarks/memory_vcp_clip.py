@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import open_clip  # noqa: E402
 import torch  # noqa: E402
-from perf_support import clip_with_text_tower_only  # noqa: E402
+from perf_support import SavedForBackward, clip_with_text_tower_only  # noqa: E402
 
 from lightning_modules.vcp_clip import VCPCLIP, VCPCLIPConfig  # noqa: E402
 
@@ -53,22 +53,16 @@ def saved_bytes(model: VCPCLIP, size: int, autocast: bool) -> int:
         f"tokens_{layer}": torch.randn(1, grid * grid, model.vision.width)
         for layer in model.cfg.feature_layers
     }
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
 
     model.train()
     context = (
         torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
     )
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), context:
+    with SavedForBackward() as saved, context:
         output = model.scores(features, (size, size))
         loss = model.loss(output, (torch.rand(1, size, size) > 0.9).float())
     del loss, output
-    return sum(storages.values())
+    return saved.bytes
 
 
 def main() -> None:

@@ -425,22 +425,7 @@ def zsad_outputs(root: Path, checkpoint: dict, train_paths: list[str], cfg=None,
 
 
 # --- the official side (a subprocess) -----------------------------------------------------------------
-class _CpuZeros:
-    """``torch`` for their transformer module, except that ``zeros([H, H]).to('cuda')`` stays on the CPU."""
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-    @staticmethod
-    def zeros(*args, **kwargs):
-        if len(args) == 1 and isinstance(args[0], list):  # their unused attention sum
-
-            class _Stay(torch.Tensor):
-                def to(self, *a, **k):
-                    return torch.Tensor(self)
-
-            return torch.zeros(*args, **kwargs).as_subclass(_Stay)
-        return torch.zeros(*args, **kwargs)
+_CpuZeros, _RecordingCv2, _Recorder = ps.CpuZeros, ps.RecordingCv2, ps.Recorder  # Qu et al.'s shims
 
 
 class _KeyedDraws:
@@ -462,38 +447,6 @@ class _KeyedDraws:
         row = self.rows.pop(0)
         assert row.shape == tensor.shape, (row.shape, tensor.shape)
         return row.to(tensor.dtype)
-
-
-class _RecordingCv2:
-    """``cv2`` for their data conversion: records which image file each written BMP comes from."""
-
-    def __init__(self, cv2):
-        self.cv2, self.last_image, self.sources = cv2, None, {}
-
-    def __getattr__(self, name):
-        return getattr(self.cv2, name)
-
-    def imread(self, path, flags=None):
-        if flags == self.cv2.IMREAD_COLOR:
-            self.last_image = path
-        return self.cv2.imread(path, flags)
-
-    def imwrite(self, path, image, *args):
-        if path.endswith(".bmp"):
-            self.sources[os.path.abspath(path)] = self.last_image
-        return self.cv2.imwrite(path, image, *args)
-
-
-class _Recorder:
-    """Wraps a metric function: keeps (args, result) of every call."""
-
-    def __init__(self, function):
-        self.function, self.calls = function, []
-
-    def __call__(self, *args, **kwargs):
-        value = self.function(*args, **kwargs)
-        self.calls.append((args, value))
-        return value
 
 
 def _imgaug_stub() -> types.ModuleType:

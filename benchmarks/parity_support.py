@@ -269,3 +269,54 @@ def zsad_then_official(
     root = write(work)
     ours = zsad_outputs(root)
     return root, ours, run_official_side(script, args.official, root, weights, work, pythonpath)
+
+
+# --- shims for the official code of Qu et al. (VCP-CLIP, Bayes-PFL: the same CLIP and data code) --------
+class CpuZeros:
+    """``torch`` for the ViT module of Qu et al.'s CLIP code (VCP-CLIP, Bayes-PFL), except that ``zeros([H, H]).to('cuda')`` stays on the CPU."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def zeros(*args, **kwargs):
+        if len(args) == 1 and isinstance(args[0], list):  # their unused attention sum
+
+            class _Stay(torch.Tensor):
+                def to(self, *a, **k):
+                    return torch.Tensor(self)
+
+            return torch.zeros(*args, **kwargs).as_subclass(_Stay)
+        return torch.zeros(*args, **kwargs)
+
+
+class RecordingCv2:
+    """``cv2`` for Qu et al.'s data conversion (``make_VAND``): records which image file each written BMP comes from."""
+
+    def __init__(self, cv2):
+        self.cv2, self.last_image, self.sources = cv2, None, {}
+
+    def __getattr__(self, name):
+        return getattr(self.cv2, name)
+
+    def imread(self, path, flags=None):
+        if flags == self.cv2.IMREAD_COLOR:
+            self.last_image = path
+        return self.cv2.imread(path, flags)
+
+    def imwrite(self, path, image, *args):
+        if path.endswith(".bmp"):
+            self.sources[os.path.abspath(path)] = self.last_image
+        return self.cv2.imwrite(path, image, *args)
+
+
+class Recorder:
+    """Wraps a metric function: keeps (args, result) of every call."""
+
+    def __init__(self, function):
+        self.function, self.calls = function, []
+
+    def __call__(self, *args, **kwargs):
+        value = self.function(*args, **kwargs)
+        self.calls.append((args, value))
+        return value

@@ -128,3 +128,28 @@ def clip_with_text_tower_only(name: str):
         p.data.normal_(std=0.02)
     clip.attn_mask = torch.empty(77, 77).fill_(float("-inf")).triu_(1)
     return clip
+
+
+class SavedForBackward:
+    """Context manager adding up the bytes autograd saves for the backward pass inside it (each storage once):
+    ``with SavedForBackward() as saved: loss = ...`` then ``saved.bytes``."""
+
+    def __init__(self) -> None:
+        self._storages: dict[int, int] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        self._storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._storages.values())
+
+    def __enter__(self) -> SavedForBackward:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
