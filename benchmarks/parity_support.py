@@ -269,3 +269,24 @@ def zsad_then_official(
     root = write(work)
     ours = zsad_outputs(root)
     return root, ours, run_official_side(script, args.official, root, weights, work, pythonpath)
+
+
+def zsad_metrics(categories, category_ids, scores, labels, maps, masks) -> dict[str, float]:
+    """zsad's evaluator (exact and cflow-style AUPRO included) on the given scores and maps (from either
+    side): ``{"category/metric": value}`` for every metric it computes."""
+    from lightning_modules.metrics import AnomalyEvaluator
+
+    evaluator = AnomalyEvaluator(categories=list(categories))
+    evaluator.update(
+        category_ids=torch.as_tensor(category_ids),
+        sample_ids=torch.arange(len(labels)),
+        image_scores=torch.as_tensor(scores).float(),
+        labels=torch.as_tensor(labels),
+        anomaly_maps=torch.as_tensor(maps).float(),
+        masks=torch.as_tensor(masks).float(),
+        has_mask=torch.ones(len(labels), dtype=torch.bool),
+    )
+    result = evaluator.compute()
+    return {
+        f"{c}/{k}": v for c in result.categories for k, v in result.per_category[c].items() if v is not None
+    }

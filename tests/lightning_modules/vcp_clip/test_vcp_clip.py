@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -174,16 +175,18 @@ def test_the_authors_checkpoint_loads_with_names_and_shapes_checked(tmp_path):
 
 
 # --- end to end -------------------------------------------------------------------------------------------
-def test_vcp_clip_trains_and_runs_end_to_end(tmp_path, synthetic_pair, monkeypatch):
+@pytest.mark.parametrize("augmentation", ["authors", "none"])
+def test_vcp_clip_trains_and_runs_end_to_end(tmp_path, synthetic_pair, monkeypatch, augmentation):
+    """With the authors' augmentation (and the mosaic) the feature cache steps aside; without, it is used."""
     source, target = synthetic_pair
     built = capture_modules(monkeypatch)
     experiment = write_method_experiment(tmp_path, "vcp_clip_tiny", source, target)
     run_dir = tmp_path / "run"
-    assert (
-        main(["run", str(experiment), *FAST, f"run_dir={run_dir}", "method.mosaic_datasets=[synthetic]"]) == 0
-    )
+    options = [f"method.augmentation={augmentation}", "method.mosaic_datasets=[synthetic]"]
+    assert main(["run", str(experiment), *FAST, f"run_dir={run_dir}", *options]) == 0
     first = check_results(run_dir, {"ring", "cells"})
     assert_only_trainable_parts_changed(built[0])
+    assert built[0].feature_cache_status.startswith("cached" if augmentation == "none" else "bypassed")
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert state and all(key.startswith("model.") and not key.startswith("model.clip.") for key in state)
     assert zsad_test_from_run(experiment, run_dir, tmp_path / "eval", FAST) == 0
@@ -240,3 +243,54 @@ def test_augmented_accumulated_training_resumes_bit_identically(tmp_path, synthe
     expected = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert ours.keys() == expected.keys()
     assert all(torch.equal(ours[k], expected[k]) for k in expected), "trainable parameters differ"
+
+
+def _as_their_file(module: VCPCLIPModule, path: Path) -> Path:
+    """The module's trainable state written as their train.py writes a checkpoint."""
+    state = {
+        k.removeprefix("model."): v.detach().clone() for k, v in module.named_parameters() if v.requires_grad
+    }
+    post = {"query": "q_proj_pre", "key": "k_proj_pre_1", "value": "v_proj_pre_1", "out": "proj_post_t"}
+    saved = {
+        "trainable_linearlayer": {
+            k.replace("heads.", "fc."): v for k, v in state.items() if k.startswith("heads.")
+        },
+        "New_Lan_Embed": {
+            "prompt_query": state["pre_vcp.query"],
+            "prompt_temp": state["pre_log_scale"],
+            "prompt_linear1.fc.weight": state["pre_vcp.conv.weight"],
+            "prompt_linear1.fc.bias": state["pre_vcp.conv.bias"],
+        },
+        "Zero_try": {"prompt_temp_l1": state["post_log_scale"]}
+        | {f"{theirs}.weight": state[f"post_vcp.{ours}.weight"][..., None] for ours, theirs in post.items()}
+        | {f"{theirs}.bias": state[f"post_vcp.{ours}.bias"] for ours, theirs in post.items()},
+        "prompt_embeddings": torch.nn.Parameter(state["deep_prompts.shallow"]),
+        "deep_prompt_embeddings": torch.nn.Parameter(state["deep_prompts.deep"]),
+        "prompt_text_projection": torch.nn.Parameter(torch.zeros(64, 64)),
+    } | {f"prompt_{k}": torch.nn.Parameter(state[f"deep_prompts.{k}"]) for k in ("proj.weight", "proj.bias")}
+    saved |= {
+        f"prompt_{k}": torch.nn.Parameter(state[f"deep_prompts.{k}"]) for k in ("norm.weight", "norm.bias")
+    }
+    torch.save(saved, path)
+    return path
+
+
+def test_zsad_test_evaluates_a_file_in_the_authors_format(tmp_path, synthetic_pair):
+    from pipelines import runner
+    from pipelines.config import compose, to_object
+
+    source, target = synthetic_pair
+    experiment = write_method_experiment(tmp_path, "vcp_clip_tiny", source, target)
+    module = runner.build_module(to_object(compose(experiment, FAST)))
+    torch.manual_seed(4)
+    for p in module.model.trainable_parameters():
+        p.data.normal_()
+    path = _as_their_file(module, tmp_path / "train_visa.pth")
+    assert main(["test", str(experiment), *FAST, f"checkpoint={path}", f"run_dir={tmp_path / 't'}"]) == 0
+    mean = json.loads((tmp_path / "t" / "results.json").read_text())["targets"]["synthetic"]["mean"]
+    assert mean["image_auroc"] is not None and mean["aupro_cflow"] is not None
+    fresh = runner.build_module(to_object(compose(experiment, FAST)))
+    fresh.load_trained_weights(str(path))
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(dict(fresh.named_parameters())[name], p), name
