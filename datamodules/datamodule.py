@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from typing import Any
 
 import lightning as L
 import torch
@@ -20,6 +21,8 @@ from datamodules.augment import AugmentedDataset, TrainAugmentation
 from datamodules.config import DataConfig
 from datamodules.dataset import AnomalyDataset
 from datamodules.errors import ConfigError
+from datamodules.fingerprint import index_fingerprint
+from datamodules.fingerprint import summary as fingerprint_summary
 from datamodules.index import DatasetIndex, DatasetSpec, build_index, get_dataset_spec
 from datamodules.resumable import EpochSampler, ResumableDataLoader
 from datamodules.transforms import ImageMaskTransform, ImagePreprocessing, TransformSpec
@@ -148,9 +151,22 @@ class AnomalyDataModule(L.LightningDataModule):
         """The training split's images (what a feature cache encodes once)."""
         return self._dataset(self.cfg.train_split, train=True)
 
+    # --- data identity ----------------------------------------------------------------------------
+    @functools.cached_property
+    def train_fingerprint(self) -> dict[str, Any]:
+        """The training split's files (:mod:`datamodules.fingerprint`), computed once: what a run's
+        checkpoints record and a resume compares, and part of the feature cache's key."""
+        return index_fingerprint(self.split_index(self.cfg.train_split))
+
+    @functools.cached_property
+    def test_fingerprint_summary(self) -> dict[str, Any]:
+        """The test split's fingerprint without its file list: what results and saved maps record."""
+        return fingerprint_summary(index_fingerprint(self.test_index))
+
     # --- feature cache ----------------------------------------------------------------------------
     def train_cache_identity(self) -> dict:
-        """What of the data changes cached training features: dataset, root, split, categories, transform."""
+        """What of the data changes cached training features: dataset, root, split, categories, transform,
+        and the training files themselves (their fingerprint's digest: other images, other features)."""
         index = self.split_index(self.cfg.train_split)
         return {
             "dataset": self.cfg.name,
@@ -159,6 +175,7 @@ class AnomalyDataModule(L.LightningDataModule):
             "split": self.cfg.train_split,
             "categories": list(self.categories),
             "n_images": len(index.records),
+            "files": self.train_fingerprint["digest"],
             "transform": dataclasses.asdict(self.transform_spec(train=True)),
         }
 

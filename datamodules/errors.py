@@ -55,3 +55,12 @@ class WriteFailedError(ZsadError):
     def __init__(self, message: str, path: object = None) -> None:
         super().__init__(message)
         self.path = str(path) if path is not None else None
+
+
+class DataChangedError(ZsadError):
+    """An unfinished run's training data differ from those its checkpoints were trained on: resuming would
+    train one run on two datasets (the files are named; the run folder is kept as it is)."""
+
+    def __init__(self, message: str, path: object = None) -> None:
+        super().__init__(message)
+        self.path = str(path) if path is not None else None

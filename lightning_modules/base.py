@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from datamodules.augment import TrainAugmentation
 from datamodules.errors import ZsadError
 from datamodules.transforms import ImagePreprocessing
-from lightning_modules.checkpoint_io import safe_torch_load
+from lightning_modules.checkpoint_io import read_checkpoint
 
 #: zsad's Trainers work in ``RUN/.lightning`` (their ``default_root_dir``), a folder that never holds
 #: checkpoints, so Lightning cannot find a SLURM requeue checkpoint there (see pipelines/runner.py).
@@ -181,16 +181,11 @@ class ZeroShotModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_checkpoint(self, checkpoint, source="checkpoint")
 
-    def load_trained_weights(self, path: str) -> None:
-        """Load the trainable state of a checkpoint written by this module type (``zsad test``)."""
-        try:
-            checkpoint = safe_torch_load(path)  # never runs code from the file
-        except FileNotFoundError:
-            raise ZsadError(f"checkpoint not found: {path}") from None
-        except ZsadError:
-            raise
-        except Exception as error:  # noqa: BLE001 - a corrupt file of any kind
-            raise ZsadError(f"cannot read checkpoint {path}: {error}") from None
+    def load_trained_weights(self, path: str, checkpoint: Any = None) -> None:
+        """Load the trainable state of a checkpoint written by this module type (``zsad test``);
+        ``checkpoint``: the file's content when the caller read it already (checked, never run)."""
+        if checkpoint is None:
+            checkpoint = read_checkpoint(path)
         if isinstance(checkpoint, dict) and "state_dict" not in checkpoint:
             checkpoint = {"state_dict": self.official_state_dict(checkpoint, source=path)}
         check_checkpoint(self, checkpoint, source=path)
@@ -251,12 +246,28 @@ def checked_official_state(
     return tensors
 
 
+def _differences(saved: Any, expected: Any, prefix: str = "") -> list[str]:
+    """``key (saved X, now Y)`` for every dotted key whose value differs between two identities."""
+    if isinstance(saved, dict) and isinstance(expected, dict):
+        keys = list(expected) + [k for k in saved if k not in expected]
+        return [d for k in keys for d in _differences(saved.get(k), expected.get(k), f"{prefix}{k}.")]
+    return [] if saved == expected else [f"{prefix.rstrip('.')} (saved {saved!r}, now {expected!r})"]
+
+
 def check_checkpoint(module: ZeroShotModule, checkpoint: dict[str, Any], source: str) -> None:
     saved = checkpoint.get("zsad")
     expected = module.checkpoint_identity()
+    if isinstance(saved, dict) and saved.get("method") != expected.get("method"):
+        raise ZsadError(
+            f"{source} is a checkpoint of method '{saved.get('method')}', not of '{module.method_name}': "
+            f"evaluate it with a config of method '{saved.get('method')}'"
+        )
     if saved is not None and saved != expected:
-        diff = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
-        raise ZsadError(f"{source} was trained with a different setup: {diff} (saved, current)")
+        differences = _differences(saved, expected)
+        raise ZsadError(
+            f"{source} was trained with a different setup of '{module.method_name}': differs in "
+            f"{'; '.join(differences[:4])}{' ...' if len(differences) > 4 else ''}; use the config it was trained with"
+        )
     missing = module.trainable_state_keys() - set(checkpoint.get("state_dict", {}))
     if missing:
         raise ZsadError(

@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from datamodules.atomic_io import atomic_torch_save
 from datamodules.progress import progress
+from lightning_modules.checkpoint_io import safe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,10 @@ class FeatureTable:
     @classmethod
     def load(cls, path: Path) -> FeatureTable:
         """Memory-mapped: the OS shares the pages among the processes reading the same file (the ranks of a
-        DDP run, concurrent runs of a sweep on one node) and pages them in on demand."""
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        DDP run, concurrent runs of a sweep on one node). Every record is checked against the CRC-32 that
+        ``torch.save`` stored with it before it is used (:func:`~lightning_modules.checkpoint_io.verify_checksums`:
+        one read of the file, which also brings its pages into the page cache)."""
+        payload = safe_torch_load(path, mmap=True)  # its CRC-32s checked first: a damaged table is refused
         payload["identity"] = json.loads(payload["identity"])
         return cls(**payload)
 
@@ -337,7 +340,7 @@ def _load_matching_table(file: Path, key: str, image_paths: list[str]) -> Featur
     try:
         table = FeatureTable.load(file)
     except Exception as error:  # noqa: BLE001 - a stale or corrupt cache file is rebuilt, never fatal
-        log.warning("ignoring unreadable feature cache %s (%s)", file, error)
+        log.warning("zsad: not using the feature cache %s: %s; it is rebuilt", file, error)
         return None
     return table if table.key == key and table.image_paths == image_paths else None
 

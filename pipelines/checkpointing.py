@@ -24,26 +24,34 @@ results) to the same run uninterrupted. How:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import random
+import re
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from datamodules.atomic_io import atomic_torch_save
+from datamodules.errors import DataChangedError, ZsadError
+from datamodules.fingerprint import changes, describe_changes
+from datamodules.fingerprint import summary as fingerprint_summary
 from datamodules.resumable import derived_seed
-from lightning_modules.checkpoint_io import safe_torch_load
+from lightning_modules.checkpoint_io import CheckpointError, read_checkpoint, safe_torch_load
 from pipelines import stop_signals
+from pipelines.config import config_dir
 from pipelines.loggers import close_interrupted
 from pipelines.stop_signals import STOP_SIGNALS, TrainingInterrupted
 
@@ -76,6 +84,36 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return safe_torch_load(path, map_location=map_location or "cpu")
 
 
+# --- a checkpoint to evaluate (`checkpoint=`) ---------------------------------------------------------
+def _command_for(path: Path, method: str) -> str:
+    """The command that evaluates ``path``: with the experiment of the run folder it lies in (its
+    ``config.yaml``), else with any experiment of its method."""
+    config = path.parent.parent / "config.yaml"  # RUN/checkpoints/last.ckpt
+    try:
+        experiment = yaml.safe_load(config.read_text()).get("name") if config.is_file() else None
+    except (OSError, yaml.YAMLError, AttributeError):
+        experiment = None
+    if experiment and (config_dir() / "experiment" / f"{experiment}.yaml").is_file():
+        return f"zsad test {experiment} checkpoint={path}"
+    return f"zsad test EXPERIMENT method={method} checkpoint={path}"
+
+
+def read_trained_checkpoint(path: Path, method: str) -> Any:
+    """The content of a checkpoint given to evaluate ``method`` (``checkpoint=``), refused before any model
+    is built or input read when it is missing, damaged, not a checkpoint, unsafe, or another method's
+    (the message names that method and the command that would evaluate it)."""
+    checkpoint = read_checkpoint(path)
+    identity = checkpoint.get("zsad") if isinstance(checkpoint, dict) else None
+    saved = identity.get("method") if isinstance(identity, dict) else None
+    if saved is not None and saved != method:
+        raise CheckpointError(
+            f"{path} is a checkpoint of method '{saved}', not of '{method}' (this config's method): "
+            f"evaluate it with `{_command_for(path, saved)}`",
+            path=path,
+        )
+    return checkpoint
+
+
 # --- choosing the checkpoint to resume from ----------------------------------------------------------
 @dataclasses.dataclass
 class ResumePoint:
@@ -84,6 +122,7 @@ class ResumePoint:
     max_epochs: int
     epoch: int
     global_step: int
+    data: dict[str, Any] | None = None  # the training split's fingerprint (datamodules.fingerprint)
 
 
 def _check_resume_checkpoint(path: Path) -> ResumePoint:
@@ -98,6 +137,7 @@ def _check_resume_checkpoint(path: Path) -> ResumePoint:
         max_epochs=int(marker["max_epochs"]),
         epoch=int(checkpoint.get("epoch", 0)),
         global_step=int(checkpoint.get("global_step", 0)),
+        data=marker.get("data"),
     )
 
 
@@ -122,6 +162,8 @@ def find_resume_checkpoint(run_dir: Path, warn: bool = True) -> ResumePoint | No
             point = _check_resume_checkpoint(path)
         except Exception as error:  # noqa: BLE001 - truncated, corrupt, refused or foreign: try the next
             reason = " ".join(str(error).split())[:300] or type(error).__name__
+            if isinstance(error, CheckpointError):  # "PATH is truncated or corrupt (...)": say "it is ..."
+                reason = reason.replace(f"{path} ", "it ", 1).removesuffix("; re-copy it")
             rejected.append(f"{path} ({reason})")
             if warn:
                 log.warning("zsad: skipping checkpoint %s: it cannot be resumed from: %s", path, reason)
@@ -132,6 +174,68 @@ def find_resume_checkpoint(run_dir: Path, warn: bool = True) -> ResumePoint | No
     if rejected and warn:
         log.warning("zsad: no valid checkpoint in %s; training restarts from scratch", run_dir)
     return None
+
+
+def refuse_resume_on_other_data(point: ResumePoint, fingerprint: dict[str, Any], run_dir: Path) -> None:
+    """Raises :class:`DataChangedError` naming the files added, removed or changed (other content) since
+    ``point`` was trained, when a resume would continue on them: one run trained on two datasets belongs
+    to no experiment. A checkpoint without a fingerprint (written before zsad recorded one) is resumed with
+    a warning."""
+    if point.data is None:
+        log.warning("zsad: %s records no data fingerprint: the training data cannot be compared", point.path)
+        return
+    found = changes(point.data, fingerprint)
+    if not any(found.values()):
+        return
+    first = next(name for kind in ("changed", "removed", "added") for name in found[kind])
+    raise DataChangedError(
+        f"run folder {run_dir} holds an unfinished run trained on other data: since {point.path.name}, the "
+        f"training files below {fingerprint['root']} changed: {describe_changes(found)}; resuming would train "
+        f"one run on two datasets. Restore those files to resume it, or start a fresh run on the data as "
+        f"they are now: rm -r {run_dir / CHECKPOINT_DIR}, then the same command (or use another run_dir)",
+        path=Path(fingerprint["root"]) / first,
+    )
+
+
+def training_data(checkpoint: Path | None) -> dict[str, Any] | None:
+    """The summary of the data ``checkpoint`` was trained on (what results record), None when it records
+    none (an official or older checkpoint) or cannot be read."""
+    if checkpoint is None:
+        return None
+    try:
+        marker = safe_torch_load(checkpoint).get(RESUME_KEY) or {}
+    except (CheckpointError, FileNotFoundError, AttributeError):
+        return None
+    return fingerprint_summary(marker["data"]) if isinstance(marker.get("data"), dict) else None
+
+
+# --- divergence -------------------------------------------------------------------------------------
+class TrainingDiverged(ZsadError):
+    """A training step's loss was not finite: training stopped there, on every process, before any
+    checkpoint of the weights that step made (status ``failed``; no ``last.ckpt``, no evaluation)."""
+
+    _TEXT = re.compile(r"TrainingDiverged: (training diverged at [^\n]*)")
+
+    @classmethod
+    def recognise(cls, error: BaseException) -> TrainingDiverged | None:
+        """``error`` as a divergence: this type, or its text re-raised from a ``ddp_spawn`` process."""
+        if isinstance(error, cls):
+            return error
+        match = cls._TEXT.search(str(error))
+        return cls(match.group(1)) if match else None
+
+
+@contextlib.contextmanager
+def divergence_as_one_line() -> Iterator[None]:
+    """Around ``trainer.fit``: a divergence in a spawned process arrives as that process's traceback;
+    it leaves as the one-line :class:`TrainingDiverged`."""
+    try:
+        yield
+    except Exception as error:
+        diverged = TrainingDiverged.recognise(error)
+        if diverged is None or diverged is error:
+            raise
+        raise diverged from None
 
 
 # --- interruptions (the signal record and TrainingInterrupted: pipelines.stop_signals) ---------------
@@ -252,10 +356,14 @@ class ExactResume(_StopOnSignal):
         self.interval_s = None if checkpoint_minutes is None else 60.0 * checkpoint_minutes
         self._last_save = time.monotonic()
         self._complete = False
+        self._data: dict[str, Any] | None = None
+        self._loss: torch.Tensor | None = None  # the last step's loss (this process), until agreed on
+        self._in_window = False  # the last batch left a gradient accumulation window open
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._install_handlers()
+            self._data = getattr(trainer.datamodule, "train_fingerprint", None)  # into every checkpoint
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install_handlers()  # again: Lightning registers its handlers after setup
@@ -272,17 +380,39 @@ class ExactResume(_StopOnSignal):
 
     # --- checkpoints ----------------------------------------------------------------------------------
     def _agree(self, trainer: L.Trainer) -> tuple[int, bool]:
-        """(stop signal of any process, whether rank 0's clock says a checkpoint is due), the same on all."""
+        """(stop signal of any process, whether rank 0's clock says a checkpoint is due), the same on all.
+        Raises :class:`TrainingDiverged` on every process, before anything is saved, when the last step's
+        loss was not finite on any of them (one scalar read per step; under DDP it rides on the one
+        all-reduce that already decides the checkpoints, so no process waits for one that stopped)."""
         due = (
             trainer.is_global_zero
             and self.interval_s is not None
             and time.monotonic() - self._last_save >= self.interval_s
         )
-        if trainer.world_size == 1:
-            return self._signal, due
-        flags = torch.tensor([self._signal, int(due)], device=trainer.strategy.root_device)
-        flags = trainer.strategy.reduce(flags, reduce_op="max")
-        return int(flags[0]), bool(flags[1])
+        device = trainer.strategy.root_device
+        flags = torch.tensor([self._signal, int(due), 0], device=device)
+        if self._loss is not None:
+            flags[2] = (~torch.isfinite(self._loss.to(device))).any()
+        if trainer.world_size > 1:
+            flags = trainer.strategy.reduce(flags, reduce_op="max")
+        signum, due, diverged = flags.tolist()
+        if diverged:
+            self._diverge(trainer)
+        return int(signum), bool(due)
+
+    def _diverge(self, trainer: L.Trainer) -> None:
+        loss = self._loss if self._loss is not None and not bool(torch.isfinite(self._loss).all()) else None
+        found = (
+            f"loss = {float(loss.float().flatten()[0]):g}"
+            if loss is not None
+            else "the loss of another process is not finite"
+        )
+        lr = getattr(getattr(trainer.lightning_module, "cfg", None), "lr", None)
+        lower = f"lower method.lr (now {lr:g})" if isinstance(lr, int | float) else "lower the learning rate"
+        raise TrainingDiverged(
+            f"training diverged at epoch {trainer.current_epoch} step {trainer.global_step - 1}: {found}; "
+            f"{lower} or check the data, in another run_dir (nothing was saved after the last finite step)"
+        )
 
     def _save_resume(self, trainer: L.Trainer) -> Path:
         folder = resume_dir(self.run_dir)
@@ -297,6 +427,7 @@ class ExactResume(_StopOnSignal):
         return path
 
     def _stop(self, trainer: L.Trainer, signum: int, checkpoint: Path) -> None:
+        stop_signals.note_saved(checkpoint)
         interruption = TrainingInterrupted(signal.Signals(signum).name, checkpoint)
         if trainer.is_global_zero:
             # W&B first: a requeue's SIGTERM also stops W&B's service
@@ -308,10 +439,20 @@ class ExactResume(_StopOnSignal):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if batch_idx + 1 >= trainer.num_training_batches:
-            return  # the epoch-end checkpoint follows
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:
-            return  # inside a gradient accumulation window: the summed gradients are in no checkpoint
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        loss = loss.detach() if isinstance(loss, torch.Tensor) else None
+        if self._in_window and self._loss is not None and loss is not None:
+            # a window keeps its first non-finite loss for the agreement at its end (no device sync here)
+            loss = torch.where(torch.isfinite(self._loss).all(), loss, self._loss)
+        self._loss = loss
+        last = batch_idx + 1 >= trainer.num_training_batches
+        # inside a gradient accumulation window the summed gradients are in no checkpoint: agreement,
+        # checkpoints and stops wait for the window's optimizer step
+        self._in_window = not last and (batch_idx + 1) % trainer.accumulate_grad_batches != 0
+        if last:
+            return  # the epoch-end checkpoint follows (after the same agreement)
+        if self._in_window:
+            return
         signum, due = self._agree(trainer)
         if signum or due:
             path = self._save_resume(trainer)
@@ -336,4 +477,5 @@ class ExactResume(_StopOnSignal):
             "format": RESUME_FORMAT,
             "complete": self._complete,
             "max_epochs": self.max_epochs,
+            "data": self._data,
         }

@@ -20,6 +20,7 @@ so.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from collections.abc import Sequence
@@ -34,7 +35,15 @@ from datamodules.errors import DatasetLayoutError, ZsadError
 from datamodules.index import DatasetIndex
 from datamodules.parsers.mvtec import LAYOUT_DATASET, MVTEC_CATEGORIES
 from datamodules.regions import RegionRules, load_regions
-from pipelines.map_writer import DATASET_FILE, map_name, read_dataset_record, read_image_scores
+from pipelines.map_writer import (
+    DATASET_FILE,
+    ChecksumMismatchError,
+    checked_bytes,
+    map_name,
+    read_checksums,
+    read_dataset_record,
+    read_image_scores,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MAP_SUFFIXES = (".npy", ".tiff", ".tif")
@@ -164,15 +173,21 @@ def find_map(maps_root: Path, item: TestImage) -> Path:
     raise MapsError(f"no anomaly map for {item.relative} (looked for {looked})")
 
 
-def read_map(path: Path) -> np.ndarray:
-    """A 2-D float map from .npy or .tiff; singleton channel axes are dropped."""
+def read_map(
+    path: Path, maps_root: Path | None = None, checksums: dict[str, str] | None = None
+) -> np.ndarray:
+    """A 2-D float map from .npy or .tiff; singleton channel axes are dropped. With ``checksums`` (the
+    ``checksums.sha256`` of ``maps_root``) a listed map must match its SHA-256."""
     try:
+        data = checked_bytes(path, maps_root, checksums) if checksums else path.read_bytes()
         if path.suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
         else:
             import tifffile
 
-            arr = tifffile.imread(path)
+            arr = tifffile.imread(io.BytesIO(data))
+    except ChecksumMismatchError as err:
+        raise MapsError(str(err)) from None
     except (OSError, ValueError) as err:
         raise MapsError(f"cannot read anomaly map {path}: {err}") from err
     arr = np.squeeze(np.asarray(arr))
@@ -314,6 +329,10 @@ def run(args: argparse.Namespace) -> int:
     for flag, limit in (("--fpr-limit", args.fpr_limit), ("--spro-fpr-limit", args.spro_fpr_limit)):
         if not 0.0 < limit <= 1.0:
             raise ZsadError(f"{flag} must be in (0, 1]; got {limit}")
+    try:
+        checksums = read_checksums(maps_root)  # written by eval.save_maps: each map read is checked
+    except (OSError, ValueError) as err:
+        raise MapsError(f"cannot read the checksums of --maps {maps_root}: {err}") from err
     truth = ground_truth(args, maps_root)
     gt_root = truth.root
     index = None
@@ -361,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
             spro_fpr_limit=args.spro_fpr_limit,
         )
         for position, item in enumerate(items):
-            amap = read_map(find_map(maps_root, item))
+            amap = read_map(find_map(maps_root, item), maps_root, checksums)
             mask = read_mask(item) if has_masks else None
             if mask is not None and amap.shape != mask.shape:
                 key = f"{amap.shape[0]}x{amap.shape[1]} -> {mask.shape[0]}x{mask.shape[1]}"

@@ -11,7 +11,7 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from datamodules.atomic_io import atomic_write_text
+from datamodules.atomic_io import atomic_write_text, write_error
 from datamodules.errors import ConfigError
 from pipelines.config import ExperimentConfig
 
@@ -65,6 +65,13 @@ class _AppendingWriter(ExperimentWriter):
         if self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as file:
                 self.metrics_keys = sorted(next(csv.reader(file), []))
+
+    def save(self) -> None:
+        """Lightning's append; a failure (a full disk) names ``metrics.csv`` and the free space."""
+        try:
+            super().save()
+        except OSError as error:
+            raise write_error(Path(self.metrics_file_path), error) from error
 
 
 class AppendingCSVLogger(CSVLogger):

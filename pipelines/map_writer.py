@@ -2,8 +2,11 @@
 
 For each target, ``RUN/maps/{target}/`` receives one anomaly map per test image at the path of the image
 below the dataset root (``{cls}/test/{defect}/{stem}.npy`` for MVTec AD layouts), ``image_scores.csv``
-with the method's own image score of every image, and ``dataset.json``: which dataset, root, parser options
-and split the maps belong to (``zsad evaluate-maps`` takes its defaults from it). Scoring them again reproduces the run's metrics; at the
+with the method's own image score of every image, ``dataset.json``: which dataset, root, parser options,
+split and data fingerprint the maps belong to (``zsad evaluate-maps`` takes its defaults from it), and last
+``checksums.sha256``: the SHA-256 of every file above, in ``sha256sum`` format (``sha256sum -c
+checksums.sha256`` in the folder checks them too). ``zsad evaluate-maps`` checks each file it reads
+against it and refuses one that changed since. Scoring them again reproduces the run's metrics; at the
 ground truth's full resolution it gives the numbers the MVTec AD evaluation script would.
 Beside each map of an image with pixel ground truth lies the mask it was scored against, at the map's size
 (``{stem}.mask.png``, 0/255): maps and masks together are exactly the run's pixel inputs, what
@@ -13,6 +16,7 @@ Beside each map of an image with pixel ground truth lies the mask it was scored 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -24,11 +28,17 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from datamodules.atomic_io import atomic_write, atomic_write_text
+from datamodules.errors import ZsadError
 
 IMAGE_SCORES_FILE = "image_scores.csv"
 MASK_SUFFIX = ".mask.png"  # the evaluated mask beside a map: {name}.mask.png (never a map suffix)
 IMAGE_SCORES_COLUMNS = ("image", "category", "label", "score")
 DATASET_FILE = "dataset.json"
+CHECKSUMS_FILE = "checksums.sha256"
+
+
+class ChecksumMismatchError(ZsadError, ValueError):
+    """A file of a maps folder differs from what ``eval.save_maps`` wrote (its ``checksums.sha256``)."""
 
 
 class MapWriter(Callback):
@@ -42,9 +52,10 @@ class MapWriter(Callback):
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = Path(out_dir)
         self.rows: dict[str, tuple[str, int, float]] = {}
+        self.checksums: dict[str, str] = {}  # map file below out_dir -> SHA-256 of what was written
 
     def on_test_epoch_start(self, trainer: L.Trainer, module: Any) -> None:
-        self.rows = {}
+        self.rows, self.checksums = {}, {}
 
     def on_test_batch_end(
         self,
@@ -71,18 +82,19 @@ class MapWriter(Callback):
             name = map_name(Path(path), root, category)
             self.rows[name] = (category, int(batch["label"][i]), float(scores[i]))
             if maps is not None:
-                save_atomically(self.out_dir / f"{name}.npy", maps[i])
+                self.checksums[f"{name}.npy"] = save_atomically(self.out_dir / f"{name}.npy", maps[i])
                 if has_mask[i]:  # binarised as the evaluator does (> 0), at the map's size
-                    save_mask(
+                    self.checksums[f"{name}{MASK_SUFFIX}"] = save_mask(
                         self.out_dir / f"{name}{MASK_SUFFIX}", batch["mask"][i].detach().cpu().numpy() > 0
                     )
 
     def on_test_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
-        rows = self.rows
+        rows, checksums = self.rows, self.checksums
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, rows)
-            rows = {key: row for part in gathered for key, row in part.items()}
+            torch.distributed.all_gather_object(gathered, (rows, checksums))
+            rows = {key: row for part, _ in gathered for key, row in part.items()}
+            checksums = {key: digest for _, part in gathered for key, digest in part.items()}
         if not trainer.is_global_zero:
             return
         text = io.StringIO()
@@ -92,7 +104,7 @@ class MapWriter(Callback):
             category, label, score = rows[image]
             writer.writerow([image, category, label, repr(score)])
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out_dir / IMAGE_SCORES_FILE, text.getvalue())
+        checksums[IMAGE_SCORES_FILE] = write_text_file(self.out_dir / IMAGE_SCORES_FILE, text.getvalue())
         data_cfg = trainer.datamodule.cfg
         record = {
             "dataset": data_cfg.name,
@@ -101,8 +113,12 @@ class MapWriter(Callback):
             "version": trainer.datamodule.test_index.version,
             "split": data_cfg.test_split,
             "categories": list(trainer.datamodule.categories),
+            "data_fingerprint": trainer.datamodule.test_fingerprint_summary,
         }
-        atomic_write_text(self.out_dir / DATASET_FILE, json.dumps(record, indent=2) + "\n")
+        checksums[DATASET_FILE] = write_text_file(
+            self.out_dir / DATASET_FILE, json.dumps(record, indent=2) + "\n"
+        )
+        write_checksums(self.out_dir, checksums)
 
 
 def map_name(image: Path, root: Path, category: str) -> str:
@@ -115,23 +131,76 @@ def map_name(image: Path, root: Path, category: str) -> str:
         return f"{category}/{image.stem}"
 
 
-def save_atomically(file: Path, array: np.ndarray) -> None:
+def save_atomically(file: Path, array: np.ndarray) -> str:
+    """Write ``array`` as ``.npy`` atomically; returns the SHA-256 of the bytes written."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    data = buffer.getvalue()
     file.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(file, lambda handle: np.save(handle, array))
+    atomic_write(file, lambda handle: handle.write(data))
+    return hashlib.sha256(data).hexdigest()
 
 
-def save_mask(file: Path, mask: np.ndarray) -> None:
-    """A bool mask as a 1-bit PNG (a few hundred bytes), written atomically."""
+def write_text_file(file: Path, text: str) -> str:
+    """:func:`atomic_write_text`; returns the SHA-256 of what was written."""
+    atomic_write_text(file, text)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_checksums(folder: Path, checksums: dict[str, str]) -> None:
+    """``checksums.sha256`` of ``folder`` in ``sha256sum`` format (``HEX  NAME``, names below ``folder``)."""
+    lines = [f"{checksums[name]}  {name}\n" for name in sorted(checksums)]
+    atomic_write_text(folder / CHECKSUMS_FILE, "".join(lines))
+
+
+def read_checksums(folder: Path) -> dict[str, str] | None:
+    """``checksums.sha256`` of ``folder`` as {name below it: SHA-256}, None when it has none."""
+    file = Path(folder) / CHECKSUMS_FILE
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        return None
+    entries = {}
+    for line in text.splitlines():
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64:
+            raise ValueError(f"{file}: not a sha256sum line: {line[:80]!r}")
+        entries[name] = digest
+    return entries
+
+
+def checked_bytes(file: Path, folder: Path, checksums: dict[str, str] | None) -> bytes:
+    """The bytes of ``file`` (in ``folder``), after checking them against ``checksums`` when it lists the
+    file; a mismatch raises :class:`ChecksumMismatchError` saying that the file changed since."""
+    data = Path(file).read_bytes()
+    name = Path(file).relative_to(folder).as_posix() if checksums else ""
+    expected = checksums.get(name) if checksums else None
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise ChecksumMismatchError(
+            f"{file} does not match its SHA-256 in {Path(folder) / CHECKSUMS_FILE}: it was changed or damaged "
+            "after eval.save_maps wrote it; re-copy the maps folder or write the maps again"
+        )
+    return data
+
+
+def save_mask(file: Path, mask: np.ndarray) -> str:
+    """A bool mask as a 1-bit PNG (a few hundred bytes), written atomically; returns its SHA-256."""
     from PIL import Image
 
+    buffer = io.BytesIO()
+    Image.fromarray(np.squeeze(mask).astype(np.uint8) * 255).convert("1").save(buffer, format="PNG")
+    data = buffer.getvalue()
     file.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(np.squeeze(mask).astype(np.uint8) * 255).convert("1")
-    atomic_write(file, lambda handle: image.save(handle, format="PNG"))
+    atomic_write(file, lambda handle: handle.write(data))
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_image_scores(path: Path) -> dict[str, float]:
-    """``image_scores.csv`` as {image path below the dataset root, without suffix: score}."""
-    with open(path, newline="") as handle:
+    """``image_scores.csv`` as {image path below the dataset root, without suffix: score}, checked
+    against the ``checksums.sha256`` beside it when that lists it."""
+    path = Path(path)
+    text = checked_bytes(path, path.parent, read_checksums(path.parent)).decode("utf-8")
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or not {"image", "score"} <= set(reader.fieldnames):
             raise ValueError(f"{path} needs the columns 'image' and 'score' (has {reader.fieldnames})")
@@ -144,7 +213,7 @@ def read_dataset_record(maps_dir: Path) -> dict[str, Any] | None:
     if not file.is_file():
         return None
     try:
-        record = json.loads(file.read_text())
+        record = json.loads(checked_bytes(file, Path(maps_dir), read_checksums(maps_dir)))
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read {file}: {err}") from err
     if not isinstance(record, dict) or not {"dataset", "root", "options", "split"} <= set(record):

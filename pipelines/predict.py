@@ -350,12 +350,12 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
     from pipelines.runner import evaluation_module
 
     check_options(options)
+    module, checkpoint = evaluation_module(cfg)  # an unusable checkpoint is refused before inputs are read
     images = collect_images(options.inputs)
     if options.submission is not None:
         submission.check_inputs(images.images)
     for _, error in images.unreadable if global_rank() == 0 else []:
         print(f"zsad: skipped unreadable image: {error}", file=sys.stderr)
-    module, checkpoint = evaluation_module(cfg)
     out = options.out
     (out / UNREADABLE_FILE).unlink(missing_ok=True)  # never report a previous attempt's files
     thresholds = Thresholds(

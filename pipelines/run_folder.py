@@ -20,7 +20,6 @@ from datamodules.atomic_io import atomic_write_text, write_error
 from datamodules.errors import FinishedRunError, RunFolderError, UnfinishedRunError
 from pipelines.checkpointing import has_training_checkpoints
 from pipelines.config import (
-    PLACEMENT_KEYS,
     RESUME_NEUTRAL_KEYS,
     ExperimentConfig,
     config_differences,
@@ -132,8 +131,8 @@ def finished_run(cfg: ExperimentConfig, run_dir: Path, job_type: str) -> RunOutc
     and ``config.yaml`` are never replaced by those of a different experiment."""
     if read_status(run_dir).get("state") != "finished":
         return None
-    _refuse_another_config(
-        cfg, run_dir, PLACEMENT_KEYS, FinishedRunError, "a finished run",
+    _refuse_another_config(  # the keys a resume may change change no result: a run resumed with them is this one
+        cfg, run_dir, RESUME_NEUTRAL_KEYS, FinishedRunError, "a finished run",
         "use another run_dir, or delete that folder to redo it",
     )  # fmt: skip
     results_file = run_dir / "results.json"

@@ -24,6 +24,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -34,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.atomic_io import FILE_MODE, atomic_write_text
-from datamodules.errors import RunFolderError, RunLockedError
+from datamodules.errors import RunFolderError, RunLockedError, WriteFailedError
 
 STATUS_FILE = "status.json"
+STATUS_BYTES = 4096  # status.json's size: room for the failure status when the disk is full
 LOCK_FILE = "run.lock"
 STATES = ("running", "finished", "failed", "interrupted", "preempted")
 # squeue states of a job that will still run (or runs) and so still owns its lock
@@ -102,13 +104,45 @@ def write_status(
         "error": error,
         "error_file": str(error_file) if error_file is not None else None,
     }
-    atomic_write_text(Path(run_dir) / STATUS_FILE, json.dumps(status, indent=2) + "\n")
+    path, text = Path(run_dir) / STATUS_FILE, _padded(json.dumps(status, indent=2))
+    try:
+        atomic_write_text(path, text)
+    except WriteFailedError:
+        if not _overwrite_in_place(path, text):  # a full disk: the status still says how the run ended
+            raise
+
+
+def _padded(text: str) -> str:
+    """``text`` padded with spaces (JSON whitespace) to a multiple of :data:`STATUS_BYTES`: the file keeps
+    room for any later status, which :func:`_overwrite_in_place` can use when the disk is full."""
+    size = -(-(len(text) + 1) // STATUS_BYTES) * STATUS_BYTES
+    return text + " " * (size - len(text) - 1) + "\n"
+
+
+def _overwrite_in_place(path: Path, text: str) -> bool:
+    """Write ``text`` over ``path``'s own bytes (no new block is needed, so it works on a full disk or at
+    the quota, on filesystems that overwrite in place); False when it cannot. Not atomic: only used when
+    the atomic write failed, for one small file."""
+    data = text.encode()
+    try:
+        if path.stat().st_size < len(data):
+            return False
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return True
 
 
 def state_after(error: BaseException) -> str:
-    """The state a run stopped by ``error`` is in: ``preempted`` when SLURM stopped it to requeue
-    (Lightning raises SIGTERMException after saving its requeue checkpoint), ``interrupted`` for Ctrl-C
-    or an exit request, else ``failed``."""
+    """The state a run stopped by ``error`` is in: ``preempted`` for Lightning's SIGTERMException (a
+    SIGTERM that reached Lightning's own handler, e.g. in an evaluation: nothing is saved), ``interrupted``
+    for Ctrl-C or an exit request, else ``failed``. (Stops that zsad saved and recorded as
+    ``TrainingInterrupted`` never get here.)"""
     if type(error).__name__ == "SIGTERMException":
         return "preempted"
     if isinstance(error, KeyboardInterrupt | SystemExit):
@@ -143,8 +177,9 @@ def record_failure(run_dir: Path, error: BaseException) -> None:
     """Mark a run stopped by ``error`` (see :func:`state_after`) with its first line and file.
 
     Leaves the status alone when the error says the folder is not this process's to use (another owner,
-    a finished run of another config), or while another live process holds the folder's lock. Best
-    effort: when even status.json cannot be written (a full disk), say so on stderr instead."""
+    a finished run of another config), or while another live process holds the folder's lock. On a full
+    disk the status is written over the old one in place (:data:`STATUS_BYTES`); when even that fails,
+    stderr says so, and the error that ended the run is still the one raised (naming its file)."""
     if isinstance(error, RunFolderError):
         return
     holder = read_lock(run_dir)
@@ -153,7 +188,7 @@ def record_failure(run_dir: Path, error: BaseException) -> None:
     try:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         write_status(run_dir, state_after(error), error_line(error), error_file(error))
-    except OSError as status_error:
+    except (OSError, WriteFailedError) as status_error:  # the error that ended the run is the one raised
         print(f"zsad: could not record the run's state in {run_dir}: {status_error}", file=sys.stderr)
 
 
@@ -283,9 +318,9 @@ def _create_lock(path: Path, record: dict[str, Any]) -> bool:
 
 
 @contextlib.contextmanager
-def _folder_guard(run_dir: Path) -> Iterator[None]:
-    """Serialises stale-lock takeovers of one folder between processes (flock on the folder itself;
-    without flock support, e.g. some network filesystems, the takeover is unguarded)."""
+def folder_guard(run_dir: Path) -> Iterator[None]:
+    """Serialises stale-lock takeovers of one folder, or the submissions of one sweep, between processes
+    (flock on the folder itself; without flock support, e.g. some network filesystems, unguarded)."""
     try:
         fd = os.open(run_dir, os.O_RDONLY)
     except OSError:
@@ -318,7 +353,7 @@ def acquire_run_lock(run_dir: Path) -> Iterator[dict[str, Any]]:
         "started": _now(),
     }
     if not _create_lock(path, record):
-        with _folder_guard(run_dir):
+        with folder_guard(run_dir):
             holder = read_lock(run_dir)
             if holder is not None and not lock_is_stale(holder):
                 raise RunLockedError(
@@ -335,10 +370,35 @@ def acquire_run_lock(run_dir: Path) -> Iterator[dict[str, Any]]:
                 f"run folder {run_dir} was just taken by {describe_lock(holder)}; use another run_dir",
                 path=path,
             )
+    remove_stray_temp_files(run_dir)
     try:
         yield record
     finally:
         release_run_lock(run_dir, record)
+
+
+# A temp file of zsad's atomic writes (``.{name}.{8 random characters}.tmp``, datamodules.atomic_io).
+_TEMP_FILE = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stray_temp_files(run_dir: Path) -> list[Path]:
+    """Remove the temp files that writers killed mid-write (``kill -9``, a lost node) left in ``run_dir``:
+    called by its new owner, so no live writer of the folder can own one (W&B's folder is W&B's, and a
+    ``run.lock`` temp file may be a process's that is trying to take the lock right now)."""
+    removed = []
+    for folder, subfolders, files in os.walk(run_dir):
+        if Path(folder) == Path(run_dir):
+            subfolders[:] = [name for name in subfolders if name != "wandb"]
+        for name in files:
+            if _TEMP_FILE.fullmatch(name) and not name.startswith(f".{LOCK_FILE}."):  # a contender's
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+                    removed.append(Path(folder) / name)
+    if removed:
+        print(
+            f"zsad: removed {len(removed)} temp file(s) of interrupted writes in {run_dir}", file=sys.stderr
+        )
+    return removed
 
 
 def release_run_lock(run_dir: Path, record: dict[str, Any]) -> None:

@@ -35,9 +35,13 @@ from pipelines.checkpointing import (
     AtomicCheckpointIO,
     ExactResume,
     RequeueEvaluation,
+    divergence_as_one_line,
     find_resume_checkpoint,
     last_checkpoint,
+    read_trained_checkpoint,
+    refuse_resume_on_other_data,
     restore_signal_handlers,
+    training_data,
 )
 from pipelines.config import (
     ExperimentConfig,
@@ -176,11 +180,13 @@ def fit(cfg: ExperimentConfig, module: ZeroShotModule, run_dir: Path, loggers: l
     if resume is not None and resume.complete and resume.max_epochs == cfg.trainer.max_epochs:
         module.load_trained_weights(str(resume.path))
         return resume.path
+    if resume is not None:  # never one training on two datasets
+        refuse_resume_on_other_data(resume, datamodule.train_fingerprint, run_dir)
     if global_rank() == 0:
         drop_redone_training_rows(loggers, resume.global_step if resume else 0)
     trainer, ckpt_path = make_trainer(cfg, run_dir, loggers, training=True), resume and str(resume.path)
     try:
-        with stop_signals.under_trainer(trainer):  # its safe points decide (pipelines.stop_signals)
+        with stop_signals.under_trainer(trainer), divergence_as_one_line():  # its safe points decide
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     finally:
         restore_signal_handlers(trainer)
@@ -238,6 +244,7 @@ class _WriteResults(Callback):
             "preprocessing": dataclasses.asdict(datamodule.preprocessing),
             "options": dict(datamodule.cfg.options or {}),
             "n_images": len(index.records),
+            "data_fingerprint": datamodule.test_fingerprint_summary,  # which images these numbers saw
             **({"method_protocol": self.protocol} if self.protocol is not None else {}),
         }
         thresholds = f1_thresholds(module.test_curves) if module.test_curves is not None else None
@@ -304,6 +311,7 @@ def _results_header(cfg: ExperimentConfig, run_dir: Path, checkpoint: Path | Non
         "seed": cfg.seed,
         "run_dir": str(run_dir),
         "checkpoint": str(checkpoint) if checkpoint else None,
+        "source_data": training_data(checkpoint),  # the fingerprint of what the weights were trained on
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "eval": dataclasses.asdict(cfg.eval),
         "targets": {},
@@ -362,15 +370,16 @@ def train(cfg: ExperimentConfig) -> RunOutcome:
 
 def evaluation_module(cfg: ExperimentConfig) -> tuple[ZeroShotModule, Path | None]:
     """The configured method with its trained weights (``checkpoint=``, required for trained methods)."""
-    module = build_module(cfg)
     spec = get_method(cfg.method.name)
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else None
     if spec.trains and checkpoint is None:
         raise ConfigError(
             f"method '{spec.name}' is trained: pass checkpoint=RUN_DIR/checkpoints/last.ckpt (written by `zsad train`)"
         )
+    weights = read_trained_checkpoint(checkpoint, cfg.method.name) if checkpoint is not None else None
+    module = build_module(cfg)
     if checkpoint is not None:
-        module.load_trained_weights(str(checkpoint))
+        module.load_trained_weights(str(checkpoint), weights)
     return module, checkpoint
 
 

@@ -69,8 +69,11 @@ class TrainingInterrupted(ZsadError):
         or Ctrl-C (Lightning turns it into ``SystemExit(1)``)."""
         if isinstance(error, cls):
             return error
+        for earlier in _earlier_errors(error):  # raised while one was handled (W&B's service gone too)
+            if isinstance(earlier, cls):
+                return earlier
         if isinstance(error, StopRequested):
-            return cls(error.signal_name, None)
+            return cls(error.signal_name, _record.saved)
         match = re.search(  # first: the checkpoint a ddp_spawn process saved, named in its text
             r"TrainingInterrupted: (?:interrupted|preempted) by (SIG\w+) \((?:saved (.+?)|no new checkpoint)\)",
             str(error),
@@ -79,7 +82,7 @@ class TrainingInterrupted(ZsadError):
             return cls(match.group(1), match.group(2))
         received = received_signal()
         if received and not isinstance(error, ZsadError):
-            return cls(received, None)
+            return cls(received, _record.saved)
         if type(error).__name__ == "SIGTERMException":
             return cls("SIGTERM", None)
         if isinstance(error, KeyboardInterrupt) or (
@@ -87,6 +90,16 @@ class TrainingInterrupted(ZsadError):
         ):
             return cls("SIGINT", None)
         return None
+
+
+def _earlier_errors(error: BaseException) -> list[BaseException]:
+    """The errors ``error`` was raised while handling, or from (``__context__``, ``__cause__``), newest first."""
+    found: list[BaseException] = []
+    current = error.__cause__ or error.__context__
+    while current is not None and current not in found:
+        found.append(current)
+        current = current.__cause__ or current.__context__
+    return found
 
 
 class StopRequested(KeyboardInterrupt):
@@ -128,6 +141,7 @@ class _Record:
     deferring: int = 0  # nesting depth of deferred() blocks that hold SIGINT too
     deferring_stops: int = 0  # ...that hold SIGTERM and SIGUSR1 (every deferred() block)
     forwarding: int = 0  # ...around a Trainer whose processes this one spawned (ddp_spawn)
+    saved: str | None = None  # the checkpoint the stop saved (what the status and the message name)
 
 
 _record = _Record()
@@ -147,7 +161,12 @@ def new_trainer() -> None:
     """A Trainer starts: outside a job's guard (``zsad predict``, a ``ddp_spawn`` process) it has a
     record of its own; inside one, a signal received before it carries into it."""
     if not _record.guarded:
-        _record.signum, _record.acted, _record.by_guard = 0, False, False
+        _record.signum, _record.acted, _record.by_guard, _record.saved = 0, False, False, None
+
+
+def note_saved(checkpoint: Path | str) -> None:
+    """The checkpoint a stop saved: the interruption names it whatever error ends the job afterwards."""
+    _record.saved = str(checkpoint)
 
 
 def note_signal(signum: int) -> bool:
@@ -233,7 +252,7 @@ def stop_signal_guard() -> Iterator[None]:
         return
     from pipelines.run_state import global_rank
 
-    _record.signum, _record.acted, _record.by_guard = 0, False, False
+    _record.signum, _record.acted, _record.by_guard, _record.saved = 0, False, False, None
     _record.deferring = _record.deferring_stops = _record.forwarding = 0
     _record.guarded = True
     previous: dict[int, Any] = {}

@@ -25,6 +25,7 @@ import datetime
 import hashlib
 import itertools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -124,6 +125,8 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, Path]:
         raise ConfigError(
             f"{path}: set 'experiment' (the base experiment config), or give it in the grid or every variant"
         )
+    if any(ord(c) < 32 or ord(c) == 127 for c in cfg.output_dir):
+        raise ConfigError(f"{path}: output_dir {cfg.output_dir!r} contains control characters (a newline?)")
     empty = [k for k, v in cfg.grid.items() if not v]
     if empty:
         raise ConfigError(f"{path}: grid entries without values: {empty}")
@@ -307,24 +310,45 @@ def submissions(directory: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
-def scheduler_view(cfg: SweepConfig, runs: list[PlannedRun]) -> dict[str, slurm.Task] | None:
-    """Run id -> its task in the newest submission that included it (``GONE`` once SLURM forgot the
-    job); None when the scheduler cannot be asked."""
-    newest: dict[str, tuple[str, int]] = {}
-    for entry in submissions(sweep_dir(cfg)):
+def scheduler_view(cfg: SweepConfig, runs: list[PlannedRun]) -> dict[str, list[slurm.Task]] | None:
+    """Run id -> its task in every submission that included it, newest first (``GONE`` once SLURM forgot
+    the job); None when the scheduler cannot be asked."""
+    included: dict[str, list[tuple[str, int]]] = {}
+    for entry in submissions(sweep_dir(cfg)):  # oldest first
         ids = entry.get("ids") or [runs[i].id if i < len(runs) else None for i in entry["indices"]]
         for index, run_id in zip(entry["indices"], ids, strict=True):
             if run_id:
-                newest[run_id] = (entry["job_id"], index)
-    view: dict[str, slurm.Task] = {}
-    for job_id in sorted({job for job, _ in newest.values()}):
+                included.setdefault(run_id, []).insert(0, (entry["job_id"], index))
+    arrays: dict[str, dict[int, slurm.Task]] = {}
+    for job_id in sorted({job for pairs in included.values() for job, _ in pairs}):
         tasks = slurm.array_tasks(job_id, job_name(cfg))
         if tasks is None:
             return None
-        for run_id, (job, index) in newest.items():
-            if job == job_id:
-                view[run_id] = tasks.get(index) or slurm.Task(f"{job}_{index}", "GONE", 0)
-    return view
+        arrays[job_id] = tasks
+    return {
+        run_id: [arrays[job].get(index) or slurm.Task(f"{job}_{index}", "GONE", 0) for job, index in pairs]
+        for run_id, pairs in included.items()
+    }
+
+
+def current_task(tasks: list[slurm.Task], file: dict[str, Any]) -> slurm.Task | None:
+    """The task that stands for a run (``tasks`` newest first): the one its status names (the owner of
+    its folder) while it is active, else an active one, else the newest. A newer duplicate that the run
+    lock refused therefore never hides the task that runs it."""
+    active = [task for task in tasks if task.active]
+    owner = [task for task in active if task.job == file.get("slurm_job")]
+    return (owner or active or tasks or [None])[0]
+
+
+def refused_duplicates(directory: Path, tasks: list[slurm.Task], current: slurm.Task | None) -> list[str]:
+    """The ended tasks of a run that the run lock refused (their log says the folder was in use)."""
+    refused = []
+    for task in tasks:
+        if task is not current and not task.active:
+            summary = log_summary(directory / "slurm-logs" / f"{task.job}.out") or ""
+            if " is in use by " in summary or " was just taken by " in summary:
+                refused.append(task.job)
+    return refused
 
 
 _TRACEBACK_LAST = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*")
@@ -389,8 +413,13 @@ def status(cfg: SweepConfig) -> list[dict[str, Any]]:
     for index, run in enumerate(runs):
         run_dir = Path(run.run_dir)
         file = run_state.read_status(run_dir)
-        task = view.get(run.id) if view is not None else None
+        tasks = view.get(run.id, []) if view is not None else []
+        task = current_task(tasks, file)
         state, why = _row_state(run_dir, file, task, view is not None)
+        duplicates = refused_duplicates(directory, tasks, task)
+        if duplicates:  # a second submission of a run already owned: nothing of it ran
+            note = f"duplicate task {', '.join(duplicates)} refused: the run folder was already in use"
+            why = f"{why}; {note}" if why else note
         job = task.job if task else file.get("slurm_job")
         log = directory / "slurm-logs" / f"{job}.out" if job else None
         error_file = file.get("error_file") if state in ("failed", "interrupted") else None
@@ -416,7 +445,7 @@ def render_sbatch(
 def owners(runs: list[PlannedRun], view: dict[str, slurm.Task] | None) -> dict[str, str]:
     """Run id -> who trains it now: its queued or running SLURM task, or another live owner of its
     folder (e.g. a local `zsad sweep run`)."""
-    busy = {run.id: view[run.id].job for run in runs if view and run.id in view and view[run.id].active}
+    busy = {run.id: task.job for run in runs for task in (view or {}).get(run.id, [])[::-1] if task.active}
     for run in runs:
         run_dir = Path(run.run_dir)
         file = run_state.read_status(run_dir)
@@ -431,49 +460,71 @@ def owners(runs: list[PlannedRun], view: dict[str, slurm.Task] | None) -> dict[s
 def submit(cfg: SweepConfig, source: Path, dry_run: bool = False) -> dict[str, Any]:
     """Render the array script for the unfinished runs and hand it to ``sbatch``. A run is trained by
     one job at a time: runs still queued or running are left out (``busy``), and a submission of
-    nothing but such runs is refused, naming their jobs."""
+    nothing but such runs is refused, naming their jobs. Everything is validated before anything is
+    written, and submissions of one sweep take turns (a lock on its folder), so concurrent submits see
+    each other's jobs and queue each run once."""
     from pipelines.run_state import is_finished
 
     runs = expand(cfg)
     check_runs(cfg, runs)
     directory = sweep_dir(cfg)
-    unfinished = [i for i, run in enumerate(runs) if not is_finished(Path(run.run_dir))]
-    busy = owners([runs[i] for i in unfinished], scheduler_view(cfg, runs))
-    todo = [i for i in unfinished if runs[i].id not in busy]
-    result: dict[str, Any] = {"runs": len(runs), "to_run": todo, "busy": busy, "job_id": None, "script": None}
-    if busy and not todo:
-        jobs = sorted({job.split("_")[0] for job in busy.values() if not job.startswith("pid")})
-        holders = ", ".join(f"{run_id} ({job})" for run_id, job in busy.items())
-        cancel = f" or cancel them (scancel {' '.join(jobs)})" if jobs else ""
-        raise ZsadError(
-            f"sweep '{cfg.name}' is already queued or running: its {len(busy)} unfinished runs are owned by "
-            f"{holders}; wait for them (zsad sweep status){cancel} before submitting again"
-        )
-    if not todo:
-        return result
+    render_sbatch(cfg, directory / MANIFEST, list(range(len(runs))))  # every value, before any file
     directory.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    suffix, n = "", 1
-    while (directory / f"submit-{stamp}{suffix}.sbatch").exists():
-        suffix, n = f"-{n}", n + 1
-    write_manifest(cfg, source, runs)
-    manifest = write_manifest(cfg, source, runs, name=f"submit-{stamp}{suffix}.manifest.json")
-    (directory / "slurm-logs").mkdir(exist_ok=True)
-    script = directory / f"submit-{stamp}{suffix}.sbatch"
-    atomic_write_text(script, render_sbatch(cfg, manifest, todo))
-    result["script"] = str(script)
-    if dry_run:
-        return result
-    if shutil.which("sbatch") is None:
-        raise ZsadError(
-            f"sbatch not found: is this a SLURM login node? The script is at {script}; or use `zsad sweep run --local`"
+    with run_state.folder_guard(directory):
+        unfinished = [i for i, run in enumerate(runs) if not is_finished(Path(run.run_dir))]
+        busy = owners([runs[i] for i in unfinished], scheduler_view(cfg, runs))
+        todo = [i for i in unfinished if runs[i].id not in busy]
+        result: dict[str, Any] = {
+            "runs": len(runs),
+            "to_run": todo,
+            "busy": busy,
+            "job_id": None,
+            "script": None,
+        }
+        if busy and not todo:
+            jobs = sorted({job.split("_")[0] for job in busy.values() if not job.startswith("pid")})
+            holders = ", ".join(f"{run_id} ({job})" for run_id, job in busy.items())
+            cancel = f" or cancel them (scancel {' '.join(jobs)})" if jobs else ""
+            raise ZsadError(
+                f"sweep '{cfg.name}' is already queued or running: its {len(busy)} unfinished runs are owned by "
+                f"{holders}; wait for them (zsad sweep status){cancel} before submitting again"
+            )
+        if not todo:
+            return result
+        name = _new_submission_name(directory)
+        write_manifest(cfg, source, runs)
+        manifest = write_manifest(cfg, source, runs, name=f"{name}.manifest.json")
+        (directory / "slurm-logs").mkdir(exist_ok=True)
+        script = directory / f"{name}.sbatch"
+        atomic_write_text(script, render_sbatch(cfg, manifest, todo))
+        result["script"] = str(script)
+        if dry_run:
+            return result
+        if shutil.which("sbatch") is None:
+            raise ZsadError(
+                f"sbatch not found: is this a SLURM login node? The script is at {script}; or use `zsad sweep run --local`"
+            )
+        proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ZsadError(f"sbatch failed: {proc.stderr.strip() or proc.stdout.strip()} (script: {script})")
+        job_id = proc.stdout.strip().split(";")[0]
+        result["job_id"] = job_id
+        entry = {"job_id": job_id, "indices": todo, "ids": [runs[i].id for i in todo], "script": str(script),
+                 "manifest": str(manifest), "submitted": name.removeprefix("submit-")}  # fmt: skip
+        atomic_write_text(
+            directory / SUBMISSIONS, json.dumps([*submissions(directory), entry], indent=2) + "\n"
         )
-    proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ZsadError(f"sbatch failed: {proc.stderr.strip() or proc.stdout.strip()} (script: {script})")
-    job_id = proc.stdout.strip().split(";")[0]
-    result["job_id"] = job_id
-    entry = {"job_id": job_id, "indices": todo, "ids": [runs[i].id for i in todo], "script": str(script),
-             "manifest": str(manifest), "submitted": stamp}  # fmt: skip
-    atomic_write_text(directory / SUBMISSIONS, json.dumps([*submissions(directory), entry], indent=2) + "\n")
     return result
+
+
+def _new_submission_name(directory: Path) -> str:
+    """``submit-STAMP`` (``-N`` added when taken), reserved by creating its script file exclusively."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in itertools.count():
+        name = f"submit-{stamp}{f'-{n}' if n else ''}"
+        try:
+            os.close(os.open(directory / f"{name}.sbatch", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            continue
+        return name
+    raise AssertionError("unreachable")

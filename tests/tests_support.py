@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import struct
+import subprocess
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 
 from lightning_modules.anomalyclip import AnomalyCLIPConfig, AnomalyCLIPModule
@@ -68,3 +74,30 @@ def authors_prompt_learner(module: AnomalyCLIPModule, seed: int = 0) -> dict[str
         state[f"compound_prompt_projections.{j}.weight"] = torch.randn(896, width, generator=g)
         state[f"compound_prompt_projections.{j}.bias"] = torch.randn(896, generator=g)
     return state
+
+
+def flip_a_bit_in_tensor_data(path: Path, record: str = "/data/0") -> None:
+    """One bit of a tensor's bytes inside a ``torch.save`` archive (the first tensor by default), as a
+    storage fault would: the file still loads with ``torch.load``, with one value changed."""
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(record))
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    data[info.header_offset + 30 + name_length + extra_length + min(5, info.file_size - 1)] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (e.g. ``64k``) at ``folder``: a filesystem that really fills up. Needs root;
+    the test is skipped where it cannot be mounted."""
+    folder.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)

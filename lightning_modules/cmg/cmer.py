@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from datamodules.atomic_io import atomic_torch_save
 from datamodules.errors import ConfigError
+from lightning_modules.checkpoint_io import safe_torch_load
 
 FILLS = ("mean", "image_mean")
 APPLY_TO = ("tokens", "pixels")
@@ -132,7 +133,7 @@ class RelevanceCache:
 
     def _read(self) -> dict[str, torch.Tensor]:
         try:
-            payload = torch.load(self.path, map_location="cpu", weights_only=True)
+            payload = safe_torch_load(self.path)  # CRC-32s checked: a damaged file is never used
         except Exception:  # noqa: BLE001 - a corrupt or foreign file is only a cache miss
             return {}
         return payload.get("entries", {}) if payload.get("settings") == self.settings else {}

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from datamodules.errors import ZsadError
 from lightning_modules.metrics.category_results import (
     PixelResults,
     category_pixel_results,
@@ -40,6 +41,10 @@ from lightning_modules.metrics.spro import SPRO_FPR_LIMIT, region_scores
 PIXEL_SCORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 _FLOAT16_MAX = 65504.0
+
+
+class NonFiniteScoresError(ZsadError, ValueError):
+    """A method's image scores or anomaly maps contain NaN: nothing can be ranked."""
 
 
 class AnomalyEvaluator(Metric):
@@ -254,7 +259,7 @@ class AnomalyEvaluator(Metric):
         if bool(((labels != 0) & (labels != 1)).any()):
             raise ValueError("labels must be 0/1")
         if image_scores.is_floating_point() and bool(torch.isnan(image_scores).any()):
-            raise ValueError("image_scores contain NaN")
+            raise self._not_a_number("image scores", torch.isnan(image_scores), category_ids)
         dev = self.device
         groups = torch.full((b,), -1, dtype=torch.int64) if group_ids is None else torch.as_tensor(group_ids)
         if groups.reshape(-1).shape[0] != b:
@@ -272,7 +277,7 @@ class AnomalyEvaluator(Metric):
                 keep = keep.reshape(-1).to(torch.bool).cpu()
                 if keep.shape[0] != b:
                     raise ValueError(f"has_mask has {keep.shape[0]} entries but category_ids has {b}")
-                self._check_maps(maps[keep])
+                self._check_maps(maps[keep], category_ids[keep.to(category_ids.device)])
                 pixel_gt = torch.where(keep, 2, 1).to(dev, torch.uint8)
                 cats = category_ids.cpu()
                 for ci in torch.unique(cats[keep]).tolist():  # one stored chunk per category
@@ -314,9 +319,19 @@ class AnomalyEvaluator(Metric):
             raise ValueError(f"{name} must be (B,H,W) or (B,1,H,W) with B={b}; got {tuple(x.shape)}")
         return x
 
-    def _check_maps(self, maps: Tensor) -> None:
+    def _not_a_number(self, what: str, nan: Tensor, category_ids: Tensor) -> NonFiniteScoresError:
+        """One line: which scores are NaN, how many and where (a diverged training, broken weights)."""
+        nan = nan.reshape(nan.shape[0], -1).any(dim=1).cpu()
+        categories = sorted({self.categories[int(c)] for c in category_ids.cpu()[nan]})
+        return NonFiniteScoresError(
+            f"the method's {what} contain NaN for {int(nan.sum())} of {nan.shape[0]} images of this batch "
+            f"(category {', '.join(categories)}): its weights or inputs are not finite (a training that "
+            "diverged? check the checkpoint), so no metric can be computed"
+        )
+
+    def _check_maps(self, maps: Tensor, category_ids: Tensor) -> None:
         if maps.is_floating_point() and bool(torch.isnan(maps).any()):
-            raise ValueError("anomaly_maps contain NaN")
+            raise self._not_a_number("anomaly maps", torch.isnan(maps), category_ids)
         if self.pixel_score_dtype == torch.float16 and bool((maps.abs() > _FLOAT16_MAX).any()):
             raise ValueError(
                 "anomaly_maps exceed the float16 range (|x| > 65504); store pixel scores as float32 "

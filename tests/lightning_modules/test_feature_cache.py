@@ -14,17 +14,19 @@ from baselines_support import one_torch_thread, tiny_backbone  # noqa: F401 - au
 
 from datamodules.config import DataConfig
 from datamodules.datamodule import AnomalyDataModule
+from datamodules.synthetic import generate_synthetic_dataset
 from lightning_modules.anomalyclip import AnomalyCLIPModule
 from lightning_modules.coop import CoOpConfig, CoOpModule
 from lightning_modules.feature_cache import (
     CachedFeatureDataset,
+    FeatureTable,
     build_feature_table,
     cache_identity,
     cache_key,
     shard_indices,
 )
 from lightning_modules.vand import VANDConfig, VANDModule
-from tests_support import quiet_trainer, tiny_anomalyclip_config
+from tests_support import flip_a_bit_in_tensor_data, quiet_trainer, tiny_anomalyclip_config
 
 
 def _datamodule(root, **overrides) -> AnomalyDataModule:
@@ -152,15 +154,14 @@ def test_random_flip_bypasses_the_cache(synthetic_pair, tmp_path):
 
 
 @pytest.mark.slow
-def test_disk_cache_is_reused_without_encoding(synthetic_pair, tmp_path, monkeypatch):
+def test_disk_cache_is_reused_without_encoding(synthetic_pair, tmp_path, monkeypatch, caplog):
     source, _ = synthetic_pair
     cache_dir = tmp_path / "cache"
-    first, _ = _fit(
-        lambda: AnomalyCLIPModule(tiny_anomalyclip_config(cache_dir=str(cache_dir))),
-        source,
-        tmp_path,
-        epochs=1,
-    )
+
+    def make():
+        return AnomalyCLIPModule(tiny_anomalyclip_config(cache_dir=str(cache_dir)))
+
+    first, _ = _fit(make, source, tmp_path, epochs=1)
     files = list(cache_dir.glob("anomalyclip-*.pt"))
     assert first.feature_cache_status == "cached (built)" and len(files) == 1
 
@@ -178,6 +179,17 @@ def test_disk_cache_is_reused_without_encoding(synthetic_pair, tmp_path, monkeyp
     assert second.feature_cache_status.startswith("cached (loaded")
     for (name, a), (_, b) in zip(_trainable(first).items(), _trainable(second).items(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
+
+    # a table damaged on disk (one bit of its features) is refused by its CRC-32s, named, and rebuilt
+    flip_a_bit_in_tensor_data(files[0])
+    monkeypatch.undo()
+    with caplog.at_level(logging.WARNING):
+        third, _ = _fit(make, source, tmp_path, epochs=1)
+    assert third.feature_cache_status == "cached (built)"
+    assert f"not using the feature cache {files[0]}" in caplog.text and "CRC-32" in caplog.text
+    for (name, a), (_, b) in zip(_trainable(first).items(), _trainable(third).items(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    assert len(FeatureTable.load(files[0])) == 14  # rewritten whole: its CRC-32s match again
 
 
 def test_cache_key_changes_with_what_changes_the_features(synthetic_pair, tmp_path, monkeypatch):
@@ -227,6 +239,40 @@ def test_cache_key_changes_with_what_changes_the_features(synthetic_pair, tmp_pa
     os.utime(weights_file, ns=(1, 1))
     assert key(weights=str(weights_file)) != changed[-1]
     assert key({"lr": 0.1, "prompt_length": 4}) == base  # trainable-side settings do not change features
+
+    # the dataset regenerated at the same root: other images, another key; the same images written
+    # again (new modification times, same bytes) keep it (their contents are hashed)
+    root = tmp_path / "data"
+    kept = key(root=_synthesize(root, seed=3))
+    assert key(root=_synthesize(root, seed=4)) != kept
+    assert key(root=_synthesize(root, seed=3)) == kept
+
+
+def _synthesize(root: Path, seed: int) -> Path:
+    """``zsad data synth --overwrite`` at ``root``: the synthetic source's layout, drawn from ``seed``."""
+    kwargs = dict(image_size=32, n_train=1, n_test_good=3, n_test_defect_per_kind=1, overwrite=True)
+    return generate_synthetic_dataset(
+        root, seed=seed, style="industrial", categories=["disc", "weave"], **kwargs
+    ).root
+
+
+@pytest.mark.slow
+def test_a_shared_cache_is_not_reused_for_a_dataset_regenerated_at_the_same_root(tmp_path):
+    cache_dir, root = tmp_path / "cache", _synthesize(tmp_path / "data", seed=3)
+
+    def make():
+        return AnomalyCLIPModule(tiny_anomalyclip_config(cache_dir=str(cache_dir)))
+
+    first, _ = _fit(make, root, tmp_path, epochs=1)
+    _synthesize(root, seed=4)
+    second, _ = _fit(make, root, tmp_path, epochs=1)
+    assert (first.feature_cache_status, second.feature_cache_status) == ("cached (built)", "cached (built)")
+    assert len(list(cache_dir.glob("anomalyclip-*.pt"))) == 2
+    uncached, _ = _fit(
+        lambda: AnomalyCLIPModule(tiny_anomalyclip_config(cache_features=False)), root, tmp_path, epochs=1
+    )
+    for (name, a), (_, b) in zip(_trainable(second).items(), _trainable(uncached).items(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)  # trained on the new images
 
 
 def test_memory_limit_reason_uses_the_setting_or_half_the_available_memory(monkeypatch):

@@ -64,6 +64,16 @@ def test_run_writes_results_files_and_train_then_test_reproduces_them(tmp_path, 
     expected_mean = np.mean([m["image_auroc"] for m in target_results["categories"].values()])
     assert means["image_auroc"] == pytest.approx(expected_mean)
     assert target_results["image_size"] == 32 and target_results["eval_size"] == 32
+    # which images these numbers saw, and which the weights were trained on (small sets: contents hashed)
+    from datamodules.fingerprint import index_fingerprint
+    from datamodules.index import build_index
+
+    tested = index_fingerprint(build_index("synthetic", target).select(split="test"))
+    trained = index_fingerprint(build_index("synthetic", source).select(split="test"))
+    assert target_results["data_fingerprint"]["digest"] == tested["digest"]
+    assert target_results["data_fingerprint"]["n_files"] == 14 + 8  # test images and masks
+    assert results["source_data"]["digest"] == trained["digest"] != tested["digest"]
+    assert results["source_data"]["content"] == "sha256 of every file"
     assert target_results["preprocessing"]["interpolation"] == "bicubic"  # AnomalyCLIP's official resize
     assert target_results["preprocessing"]["mask_interpolation"] == "bilinear"
 
@@ -145,7 +155,9 @@ def test_wandb_offline_run_files_are_written(tmp_path, synthetic_pair):
 
 
 @pytest.mark.slow
-def test_saved_outputs_mirror_the_dataset_and_evaluate_maps_reproduces_the_run(tmp_path, synthetic_pair):
+def test_saved_outputs_mirror_the_dataset_and_evaluate_maps_reproduces_the_run(
+    tmp_path, synthetic_pair, capsys
+):
     """eval.save_maps writes one float32 map per test image where `zsad evaluate-maps` looks for it and the
     method's image scores beside them; at the ground truth's size (32 px here) that command then gives all
     of the run's metrics again."""
@@ -180,6 +192,9 @@ def test_saved_outputs_mirror_the_dataset_and_evaluate_maps_reproduces_the_run(t
         "version": "synthetic",
         "split": "test",
         "categories": ["cells", "ring"],
+        "data_fingerprint": json.loads((run_dir / "results.json").read_text())["targets"]["synthetic"][
+            "data_fingerprint"
+        ],
     }
 
     run = json.loads((run_dir / "results.json").read_text())["targets"]["synthetic"]["categories"]
@@ -223,6 +238,29 @@ def test_saved_outputs_mirror_the_dataset_and_evaluate_maps_reproduces_the_run(t
     np.testing.assert_array_equal(load_mask(maps_dir / defect.with_suffix(".mask.png")), load_mask(truth))
     report = build_report([str(run_dir)], out=str(tmp_path / "rep"), wandb_mode="disabled", bootstrap=20)
     assert "saved maps give other" not in report.markdown and "95% percentile bootstrap" in report.markdown
+
+    # every file written is in checksums.sha256, which the standard tool checks too; a map changed since
+    # (one bit of its data) is refused by name, not scored
+    listed = (maps_dir / "checksums.sha256").read_text().splitlines()
+    assert (
+        len(listed) == 14 + len(masks) + 2  # maps, the masks beside them, image_scores.csv, dataset.json
+        and subprocess.run(["sha256sum", "--check", "--quiet", "checksums.sha256"], cwd=maps_dir).returncode
+        == 0
+    )
+    damaged = maps_dir / saved[3]
+    data = bytearray(damaged.read_bytes())
+    data[-5] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["evaluate-maps", *maps, "--output", str(tmp_path / "no.json")]) == 2
+    err = (
+        capsys.readouterr().err.strip().splitlines()[-1]
+    )  # after the progress lines of the categories before
+    assert err.startswith("zsad: error: ")
+    assert (
+        f"{damaged} does not match its SHA-256 in {maps_dir / 'checksums.sha256'}" in err and "\n" not in err
+    )
+    assert not (tmp_path / "no.json").exists()
 
 
 def test_evaluate_maps_says_which_image_has_no_score(tmp_path, synthetic_pair, capsys):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 from PIL import Image
 
 from pipelines.cli import main
@@ -174,6 +175,44 @@ def test_errors_name_what_is_wrong(tmp_path, synthetic_pair, capsys):
         == 2
     )
     assert "checkpoint not found" in capsys.readouterr().err
+    # an unusable checkpoint is named for what it is before any input is read (garbage.png is unreadable)
+    (tmp_path / "garbage.png").write_bytes(b"not an image")
+    run = tmp_path / "vand_run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: vand_visa_to_mvtec\nmethod: {name: vand}\n")
+    torch.save({"state_dict": {}, "zsad": {"method": "vand"}}, run / "checkpoints" / "last.ckpt")
+    torch.save({"state_dict": {"w": torch.zeros(99)}}, tmp_path / "whole.ckpt")
+    (tmp_path / "cut.ckpt").write_bytes((tmp_path / "whole.ckpt").read_bytes()[:700])
+    (tmp_path / "notes.ckpt").write_text("these are my notes\n")
+    for file, says in (
+        (
+            tmp_path / "cut.ckpt",
+            "is truncated or corrupt (its zip directory, at the end of the file, is missing",
+        ),
+        (tmp_path / "notes.ckpt", "is not a checkpoint: it is a text file"),
+        (
+            run / "checkpoints" / "last.ckpt",
+            "is a checkpoint of method 'vand', not of 'anomalyclip' (this config's method): evaluate it with "
+            f"`zsad test vand_visa_to_mvtec checkpoint={run / 'checkpoints' / 'last.ckpt'}`",
+        ),
+    ):
+        inputs = ["--input", image, str(tmp_path / "garbage.png")]
+        assert (
+            main(
+                [
+                    "predict",
+                    "clip_all",
+                    "method=anomalyclip_tiny",
+                    f"checkpoint={file}",
+                    *COMMON,
+                    *inputs,
+                    *out,
+                ]
+            )
+            == 2
+        )
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"zsad: error: {file} {says}") and "\n" not in err, err  # no "unreadable" line
     assert (
         main(
             ["predict", "clip_all", "method=clip_tiny", *COMMON, "--input", str(tmp_path / "none*.png"), *out]

@@ -7,7 +7,6 @@ import json
 import multiprocessing
 import os
 import stat
-import subprocess
 import threading
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from datamodules.atomic_io import atomic_write, atomic_write_text
 from datamodules.errors import WriteFailedError
+from tests_support import mounted_tmpfs
 
 
 def _payload(writer: str, i: int) -> str:
@@ -121,15 +121,8 @@ def test_files_get_the_usual_permissions(tmp_path):
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 64 KiB tmpfs (needs root; skipped elsewhere, the injected ENOSPC above always runs)."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    with mounted_tmpfs(tmp_path / "tmpfs", "64k") as mount:
+        yield mount
 
 
 def test_a_full_disk_is_one_clear_error_and_the_old_file_survives(small_tmpfs):

@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from wandb_support import summary_json, wandb_records
 
 from pipelines import runner
 from pipelines.cli import main
-from tests_support import zsad_test_from_run
+from tests_support import flip_a_bit_in_tensor_data, zsad_test_from_run
 
 SLURM_LIKE_ENV = {  # what Lightning's SLURMEnvironment.detect() looks for, as in an sbatch task
     "SLURM_NTASKS": "1",
@@ -185,14 +186,16 @@ def test_interrupted_and_crashed_runs_resume_to_the_uninterrupted_result(
     assert json.loads(status.read_text())["state"] == "failed"
     assert len(list((run_dir / "checkpoints" / "resume").glob("step-*.ckpt"))) == 2  # the newest two kept
 
-    # a kill during a write cannot leave a cut file (atomic renames); a damaged newest one is still skipped
+    # a kill during a write cannot leave a cut file (atomic renames); a newest one damaged on disk (one
+    # bit of a tensor, which torch.load alone reads without a word) is skipped by its CRC-32s
     older, newest = sorted((run_dir / "checkpoints" / "resume").glob("step-*.ckpt"))
-    newest.write_bytes(newest.read_bytes()[:1000])
+    flip_a_bit_in_tensor_data(newest)
     _interrupt_at(monkeypatch, None)
     caplog.clear()
     with caplog.at_level("WARNING"):
         assert main(args) == 0
     assert f"skipping checkpoint {newest}" in caplog.text and f"resuming from {older}" in caplog.text
+    assert "do not match the CRC-32 stored with them" in caplog.text
     _assert_same_training(run_dir, reference)
     assert not list(run_dir.rglob("*.tmp")) and not list(run_dir.rglob("hpc_ckpt_*"))
 
@@ -336,6 +339,43 @@ def test_an_unfinished_run_resumes_only_with_its_own_config_and_logs_each_step_o
     assert main([*args, "trainer.checkpoint_minutes=0"]) == 0
     rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
     assert [(row["epoch"], row["step"]) for row in rows] == [(str(step // 4), str(step)) for step in range(8)]
+
+
+@pytest.mark.slow
+def test_a_resume_on_other_data_is_refused_naming_the_files_and_touched_files_are_no_change(
+    tmp_path, synthetic_pair, monkeypatch, capsys
+):
+    """A training image deleted between sessions: the resume is refused naming it (one run trained on two
+    datasets belongs to no experiment). Restored, and another image rewritten with the same bytes (a new
+    modification time, e.g. a copy without -p), the run resumes and ends as the uninterrupted run."""
+    source = shutil.copytree(synthetic_pair[0], tmp_path / "source")
+    experiment = write_experiment(tmp_path, source, synthetic_pair[1])
+    reference, run_dir = tmp_path / "reference", tmp_path / "r"
+    assert main(["train", str(experiment), *EXACT, f"run_dir={reference}"]) == 0
+    args = ["train", str(experiment), *EXACT, f"run_dir={run_dir}"]
+    _interrupt_at(monkeypatch, SendAt(1, 1, signal.SIGINT))
+    assert main(args) == 130
+    checkpoints = _folder_contents(run_dir / "checkpoints")
+
+    deleted = source / "disc" / "test" / "good" / "001.png"
+    kept = deleted.read_bytes()
+    deleted.unlink()
+    _interrupt_at(monkeypatch, None)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"zsad: error: run folder {run_dir} holds an unfinished run trained on other data")
+    assert "1 removed (disc/test/good/001.png)" in err and f"rm -r {run_dir / 'checkpoints'}" in err
+    assert "\n" not in err
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed" and status["error_file"] == str(deleted)
+    assert _folder_contents(run_dir / "checkpoints") == checkpoints  # nothing trained, nothing lost
+
+    deleted.write_bytes(kept)  # the same bytes again, a new modification time
+    touched = source / "weave" / "test" / "good" / "000.png"
+    touched.write_bytes(touched.read_bytes())
+    assert main(args) == 0
+    _assert_same_training(run_dir, reference, results=False)
 
 
 class SignalAtTestBatch(Callback):

@@ -3,6 +3,7 @@ Ctrl-C ends with a truthful status, no lock and no temp file (training-free CLIP
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -16,6 +17,7 @@ from baselines_support import FAST, write_method_experiment
 from pipelines import runner
 from pipelines.cli import _report, main
 from pipelines.run_state import LOCK_FILE, read_lock, read_status
+from tests_support import mounted_tmpfs
 
 
 @pytest.fixture
@@ -96,6 +98,28 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_folder(tmp_path, e
     assert read_lock(run_dir) is None  # released when its owner ended
 
 
+def test_temp_files_of_writers_killed_mid_write_are_removed_by_the_next_owner(tmp_path, experiments, capsys):
+    run_dir = tmp_path / "run"
+    checkpoint = run_dir / "checkpoints" / "resume" / "step-000000004.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from pathlib import Path; from datamodules.atomic_io import atomic_write\n"
+         "def write(handle):\n    handle.write(b'half a checkpoint'); print('writing', flush=True); sys.stdin.read()\n"
+         f"atomic_write(Path({str(checkpoint)!r}), write)"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(runner.__file__).parents[1],
+    )  # fmt: skip
+    assert writer.stdout.readline().strip() == "writing"
+    writer.kill()  # SIGKILL mid-write: nothing of Python runs, its temp file stays
+    writer.wait(timeout=60)
+    (stray,) = checkpoint.parent.glob(".step-000000004.ckpt.*.tmp")
+    (run_dir / "notes.tmp").write_text("not zsad's: kept")
+    assert main(["test", str(experiments["clip_tiny"]), *FAST, f"run_dir={run_dir}"]) == 0
+    assert not stray.exists() and not checkpoint.exists() and (run_dir / "notes.tmp").is_file()
+    assert f"removed 1 temp file(s) of interrupted writes in {run_dir}" in capsys.readouterr().err
+    assert [p for p in _leftovers(run_dir) if p != "notes.tmp"] == []
+
+
 def _fail_fsync_of(name: str, monkeypatch) -> None:
     """ENOSPC when a temp file of ``name`` is made durable, as a full disk reports it."""
     real_fsync = os.fsync
@@ -142,6 +166,44 @@ def test_a_full_disk_in_any_other_writer_is_one_line_and_a_failed_status(
     status = read_status(run_dir)
     assert status["state"] == "failed" and status["error_file"] == str(run_dir / "logs" / "metrics.csv")
     assert _leftovers(run_dir) == []
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    with mounted_tmpfs(tmp_path / "tmpfs", "2m") as mount:
+        yield mount
+
+
+def _fill(folder: Path) -> None:
+    """Write zeros into ``folder`` until its filesystem has no byte left."""
+    with open(folder / "filler", "wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 4096)
+
+
+def test_a_disk_that_fills_during_evaluation_records_the_failure_naming_the_file(
+    tmpfs, experiments, capsys, monkeypatch
+):
+    run_dir = tmpfs / "run"
+    evaluate = runner.evaluate
+
+    def disk_fills_first(*args, **kwargs):
+        _fill(tmpfs)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "evaluate", disk_fills_first)
+    assert main(["run", str(experiments["clip_tiny"]), *FAST, f"run_dir={run_dir}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        err.startswith("zsad: error: cannot write ")
+        and "No space left on device (ENOSPC); 0 B free there" in err
+    )
+    failed = err.removeprefix("zsad: error: cannot write ").split(" in ", 1)[0]
+    assert failed != "status.json"
+    status = read_status(run_dir)  # written in place: a new file cannot be made on this disk
+    assert status["state"] == "failed" and Path(status["error_file"]).name == failed, status
+    assert status["error"] == f"WriteFailedError: {err.removeprefix('zsad: error: ')}"[:500]
+    assert _leftovers(run_dir) == [] and not (run_dir / "results.json").exists()
 
 
 def test_ctrl_c_records_interrupted_and_releases_the_folder(tmp_path, experiments, capsys, monkeypatch):

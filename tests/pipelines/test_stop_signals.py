@@ -191,3 +191,25 @@ def test_under_a_trainer_sigterm_waits_for_it_but_ctrl_c_stops_at_once():
         signal.raise_signal(signal.SIGINT)  # a KeyboardInterrupt, as Lightning always got it
         steps.append("not reached")
     assert steps == ["the Trainer went on"] and stopped.value.state == "interrupted"
+
+
+def test_a_stop_that_saved_a_checkpoint_names_it_whatever_error_ends_the_job(monkeypatch):
+    """Under SLURM the SIGTERM also stops W&B's service, so W&B's teardown fails after the training saved
+    and raised its interruption: the job still ends as that interruption, naming the checkpoint."""
+    monkeypatch.setattr(stop_signals, "_record", stop_signals._Record())
+    stop_signals.note_signal(signal.SIGTERM)
+    try:
+        try:
+            raise TrainingInterrupted("SIGTERM", "RUN/checkpoints/resume/step-000004254.ckpt")
+        except TrainingInterrupted:
+            raise ConnectionResetError("W&B's service is gone") from None  # no __cause__, a __context__
+    except ConnectionResetError as error:
+        recognised = TrainingInterrupted.recognise(error)
+    assert str(recognised).startswith(
+        "preempted by SIGTERM (saved RUN/checkpoints/resume/step-000004254.ckpt)"
+    )
+    # the interruption itself lost (an error of another kind after the save): the record still knows
+    stop_signals.note_saved("RUN/checkpoints/resume/step-000004254.ckpt")
+    assert TrainingInterrupted.recognise(OSError("teardown failed")).checkpoint.endswith(
+        "step-000004254.ckpt"
+    )

@@ -337,6 +337,42 @@ def test_status_combines_the_scheduler_and_the_run_folders(tmp_path, synthetic_p
     assert "process is gone" in rows[7]["error"]
 
 
+def test_a_duplicate_task_refused_by_the_run_lock_is_shown_as_such(tmp_path, synthetic_pair, monkeypatch):
+    """Run 0 runs in task 77_0; a second submission's task 78_0 was refused by its run lock and ended
+    FAILED: the run is running (77_0), and the duplicate is named as what it was."""
+    from pipelines import slurm
+
+    cfg, _ = sweep.load_sweep(write_sweep(tmp_path, *synthetic_pair, seeds=[1]))
+    run = sweep.expand(cfg)[0]
+    directory = sweep.sweep_dir(cfg)
+    (directory / "slurm-logs").mkdir(parents=True)
+    entries = [{"job_id": job, "indices": [0], "ids": [run.id]} for job in ("77", "78")]
+    (directory / "submissions.json").write_text(json.dumps(entries))
+    queue = {"77": {0: slurm.Task("77_0", "RUNNING", 0)}, "78": {0: slurm.Task("78_0", "FAILED", 0)}}
+    monkeypatch.setattr(slurm, "array_tasks", lambda job_id, name=None: queue.get(job_id, {}))
+    Path(run.run_dir).mkdir(parents=True)
+    (Path(run.run_dir) / "status.json").write_text(json.dumps({"state": "running", "slurm_job": "77_0"}))
+    (directory / "slurm-logs" / "78_0.out").write_text(
+        f"zsad: error: run folder {run.run_dir} is in use by pid 4711 on vm, SLURM job 77_0, since x: wait\n"
+    )
+    (row,) = sweep.status(cfg)
+    assert (row["state"], row["job"]) == ("running", "77_0")
+    assert row["error"] == "duplicate task 78_0 refused: the run folder was already in use"
+
+
+def test_a_sweep_file_is_validated_before_anything_is_written(tmp_path, synthetic_pair, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    for output_dir, says in (
+        (f"{out}/$(touch {out}/X)", "cannot be given to sbatch"),
+        (f"{out}/a\nb", "control characters"),
+    ):
+        path = write_sweep(tmp_path, *synthetic_pair, seeds=[1], extra={"output_dir": output_dir})
+        assert main(["sweep", "submit", str(path), "--dry-run"]) == 2
+        assert says in capsys.readouterr().err
+    assert list(out.iterdir()) == []  # no manifest, no folder, nothing run
+
+
 def test_a_second_submit_is_refused_while_runs_are_queued_or_running(
     tmp_path, synthetic_pair, monkeypatch, capsys
 ):
