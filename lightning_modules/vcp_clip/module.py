@@ -11,7 +11,7 @@ from datamodules.errors import ZsadError
 from lightning_modules.base import EvalConfig, ZeroShotModule
 from lightning_modules.category_module import backbone_identity
 from lightning_modules.feature_cache import backbone_cache_identity, prepare_cached_training
-from lightning_modules.vcp_clip.config import VCPCLIPConfig
+from lightning_modules.vcp_clip.config import VCPCLIPConfig, train_augmentation
 from lightning_modules.vcp_clip.model import VCPCLIP
 
 #: config fields that shape the trainable parameters or the texts they were trained against
@@ -53,12 +53,7 @@ class VCPCLIPModule(ZeroShotModule):
         return {"method": self.method_name, "backbone": backbone_identity(self.cfg.backbone), **fields}
 
     def train_augmentation(self, dataset: str) -> TrainAugmentation | None:
-        """Their dataset classes' augmentation in mode "train": the albumentations pipeline on every image,
-        the mosaic only in their MVTec AD class (``mosaic_datasets``)."""
-        if self.cfg.augmentation == "none":
-            return None
-        mosaic = self.cfg.mosaic_rate if dataset in self.cfg.mosaic_datasets else 0.0
-        return TrainAugmentation(pipeline="vcp_clip", mosaic_rate=mosaic)
+        return train_augmentation(self.cfg, dataset)
 
     # --- feature cache: the frozen image features are the same every epoch (without augmentation) -------
     def feature_cache_identity(self) -> dict[str, Any]:
