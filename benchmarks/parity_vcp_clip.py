@@ -75,6 +75,7 @@ COMPARED = (
 )
 NORMALISED = ("image_scores", "maps")  # after their per-category min-max normalisation (both sides)
 STEP = ("step_text", "loss", "grads", "params_after_step")
+AUG_SEED, AUG_EPOCH, AUG_RATE = 111, 2, 0.5  # the augmentation compared: a mosaic for about half the items
 SAMPLE = 8  # the fixture keeps every 8th row and column of the 240 x 240 maps
 TOKEN_SAMPLE = 45  # and every 45th patch token
 GRADIENT_ATOL = 1e-6
@@ -166,6 +167,28 @@ def evaluate(categories, category_ids, scores, labels, maps, masks) -> dict[str,
     return {k: v for k, v in metrics.items() if k.split("/")[1] in METRICS}
 
 
+def zsad_augmentations(root: Path, preprocessing) -> dict[str, np.ndarray]:
+    """zsad's training split with VCP-CLIP's augmentation (noise as albumentations 1.4.24, which the
+    official side runs), epoch AUG_EPOCH, in index order."""
+    from datamodules import AnomalyDataModule, DataConfig
+    from datamodules.augment import TrainAugmentation
+
+    data = AnomalyDataModule(
+        DataConfig(name="synthetic", root=str(root), num_workers=0),
+        IMAGE_SIZE,
+        preprocessing,
+        seed=AUG_SEED,
+        augmentation=TrainAugmentation("vcp_clip", AUG_RATE, noise="albumentations_1.4.24"),
+    )
+    dataset = data.train_dataset()
+    items = [dataset[(AUG_EPOCH, i)] for i in range(len(dataset))]
+    return {
+        "aug_paths": np.array([str(Path(item["image_path"]).relative_to(root)) for item in items]),
+        "aug_images": np.stack([item["image"].numpy() for item in items]),
+        "aug_masks": np.stack([(item["mask"] > 0.5).numpy() for item in items]),
+    }
+
+
 def zsad_outputs(
     root: Path, checkpoint: dict, dropout_masks: np.ndarray, their_paths: list[str], cfg=None
 ) -> dict:
@@ -237,13 +260,17 @@ def zsad_outputs(
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in official_order(model)])
     optimizer.step()
-    return result | {
-        "step_text": step_text.detach().numpy(),
-        "loss": loss.detach().numpy(),
-        "grads": grads.numpy(),
-        "params_after_step": torch.cat([p.detach().flatten() for p in official_order(model)]).numpy(),
-        "learning_rates": learning_rates(model, cfg),
-    }
+    return (
+        result
+        | zsad_augmentations(root, module.preprocessing)
+        | {
+            "step_text": step_text.detach().numpy(),
+            "loss": loss.detach().numpy(),
+            "grads": grads.numpy(),
+            "params_after_step": torch.cat([p.detach().flatten() for p in official_order(model)]).numpy(),
+            "learning_rates": learning_rates(model, cfg),
+        }
+    )
 
 
 def step_agrees(official_grads, official_params, params, learning_rates) -> np.ndarray:
@@ -526,6 +553,53 @@ def official_step(
     return loss, step_text
 
 
+def official_augmentations(setup: types.SimpleNamespace, root: Path) -> dict[str, np.ndarray]:
+    """Their ``MVTecDataset`` in mode "train" (``aug_rate`` AUG_RATE: mosaic, then their albumentations
+    pipeline), each item drawn with zsad's seed of that sample: ``random.seed`` for their ``random.random()``
+    and ``random.choice``, ``img_trans.set_random_seed`` for the pipeline (albumentations 1.4.24's own
+    generators). Shim: their ``os.listdir`` is sorted (its order is the filesystem's)."""
+    import random
+
+    from datamodules.index import build_index
+    from datamodules.resumable import derived_seed
+
+    their_dataset = setup.their_dataset
+    their_dataset.os = types.SimpleNamespace(path=os.path, listdir=lambda path: sorted(os.listdir(path)))
+    maker = their_dataset.Makedataset(
+        train_data_path=str(setup.data_root),
+        preprocess_test=setup.preprocess_test,
+        mode="train",
+        train_mode="zero",
+        image_size=IMAGE_SIZE,
+        aug=AUG_RATE,
+    )
+    data = their_dataset.MVTecDataset(
+        root=str(setup.data_root),
+        transform=setup.preprocess_test,
+        target_transform=maker.target_transform,
+        aug_rate=AUG_RATE,
+        mode="train",
+        train_mode="zero",
+        product_list=list(ps.CATEGORIES),
+        dataset="mvtec",
+    )
+    positions = {
+        str(r.image_path.relative_to(root)): i
+        for i, r in enumerate(build_index("synthetic", root).select(split="test").records)
+    }
+    rows = {"aug_paths": [], "aug_images": [], "aug_masks": []}
+    for k in range(len(data)):
+        path = setup.original(os.path.join(str(setup.data_root), data.data_all[k]["img_path"]))
+        seed = derived_seed(AUG_SEED, AUG_EPOCH, positions[path], "augment")
+        random.seed(seed)
+        data.img_trans.set_random_seed(seed % 2**32)
+        item = data[k]
+        rows["aug_paths"].append(path)
+        rows["aug_images"].append(item["img"].numpy())
+        rows["aug_masks"].append((item["img_mask"][0] > 0.5).numpy())
+    return {k: np.stack(v) if k != "aug_paths" else np.array(v) for k, v in rows.items()}
+
+
 def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
     setup = official_setup(official, root, weights)
     from models.model_CLIP import Load_CLIP, tokenize
@@ -657,6 +731,7 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     step_order = [step_paths.index(p) for p in paths]  # test.py's order, as the other entries
     return (
         result
+        | official_augmentations(setup, root)
         | initial
         | {
             "images": image.numpy()[step_order],
@@ -694,6 +769,8 @@ def sampled(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: outputs[k] for k in kept if k in outputs} | {
         "tokens_sampled": outputs["tokens"][:, :, ::TOKEN_SAMPLE],
         "masks_sampled": outputs["masks"][every] > 0.5,
+        "aug_images_sampled": outputs["aug_images"][:, :, ::SAMPLE, ::SAMPLE],
+        "aug_masks_sum": outputs["aug_masks"].reshape(len(outputs["aug_masks"]), -1).sum(1),
         **{
             f"{k}_sampled": outputs[k][every].astype(np.float32)
             for k in ("pre_maps", "post_maps", "maps", "maps_raw")
@@ -744,6 +821,11 @@ def main() -> None:
         theirs[name] = theirs[name][order]
     for name in STEP:
         deltas[name] = ps.print_delta(name, theirs[name], ours[name])
+    aug_order = [list(theirs["aug_paths"]).index(p) for p in ours["aug_paths"]]
+    for name in ("aug_paths", "aug_images", "aug_masks"):
+        theirs[name] = theirs[name][aug_order]
+    for name in ("aug_images", "aug_masks"):
+        deltas[name] = ps.print_delta(f"{name} (augmented, epoch {AUG_EPOCH})", theirs[name], ours[name])
     agree = step_agrees(
         theirs["grads"], theirs["params_after_step"], ours["params_after_step"], ours["learning_rates"]
     )

@@ -37,16 +37,23 @@ from datamodules.images import open_image, open_mask
 from datamodules.resumable import derived_seed
 
 PIPELINES = ("none", "vcp_clip")
+# GaussNoise of the vcp_clip pipeline: "var_10_50" (albumentations <= 1.4.2's default, a variance uniform in
+# [10, 50] pixel values squared) or "albumentations_1.4.24" (that version's default, a standard deviation
+# uniform in 20-44 % of 255: what their unpinned code gets with it)
+NOISES = ("var_10_50", "albumentations_1.4.24")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainAugmentation:
     pipeline: str = "none"  # one of PIPELINES
     mosaic_rate: float = 0.0  # share of items replaced by a 2x2 mosaic of anomalous images of their category
+    noise: str = "var_10_50"  # one of NOISES
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
             raise ValueError(f"augmentation pipeline must be one of {PIPELINES}, got {self.pipeline!r}")
+        if self.noise not in NOISES:
+            raise ValueError(f"augmentation noise must be one of {NOISES}, got {self.noise!r}")
         if not 0.0 <= self.mosaic_rate <= 1.0:
             raise ValueError(f"mosaic_rate must lie in [0, 1], got {self.mosaic_rate}")
 
@@ -56,13 +63,16 @@ class TrainAugmentation:
 
 
 @functools.cache
-def _vcp_clip_pipeline() -> Any:
+def _vcp_clip_pipeline(noise: str = "var_10_50") -> Any:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
     import albumentations as A
 
-    with warnings.catch_warnings():  # var_limit is deprecated in 1.4.24, and the only way to its old meaning
-        warnings.simplefilter("ignore", DeprecationWarning)
-        noise = A.GaussNoise(var_limit=(10 / 255**2, 50 / 255**2), p=0.5)
+    if noise == "albumentations_1.4.24":
+        gauss_noise = A.GaussNoise(p=0.5)
+    else:
+        with warnings.catch_warnings():  # var_limit is deprecated in 1.4.24, and the only way to its meaning
+            warnings.simplefilter("ignore", DeprecationWarning)
+            gauss_noise = A.GaussNoise(var_limit=(10 / 255**2, 50 / 255**2), p=0.5)
     return A.Compose(
         [
             A.Rotate(limit=30, p=0.5),
@@ -70,7 +80,7 @@ def _vcp_clip_pipeline() -> Any:
             A.RandomBrightnessContrast(p=0.5),
             # albumentations <= 1.4.2's GaussNoise(var_limit=(10, 50)) in pixel values: 1.4.24 takes it
             # normalised by 255^2 (a larger var_limit is converted wrongly there)
-            noise,
+            gauss_noise,
             A.OneOf([A.Blur(blur_limit=3, p=0.5), A.ColorJitter(p=0.5), A.GaussianBlur(p=0.5)], p=0.5),
         ],
         is_check_shapes=False,
@@ -87,9 +97,11 @@ def paste_2x2(tiles: list[Image.Image], mode: str) -> Image.Image:
     return canvas
 
 
-def vcp_clip_augment(image: Image.Image, mask: Image.Image, seed: int) -> tuple[Image.Image, Image.Image]:
+def vcp_clip_augment(
+    image: Image.Image, mask: Image.Image, seed: int, noise: str = "var_10_50"
+) -> tuple[Image.Image, Image.Image]:
     """Their ``img_trans(mask=..., image=...)`` on ``np.array`` of the image and mask (mode "L")."""
-    pipeline = _vcp_clip_pipeline()
+    pipeline = _vcp_clip_pipeline(noise)
     pipeline.set_random_seed(seed % 2**32)
     out = pipeline(image=np.array(image), mask=np.array(mask))
     return Image.fromarray(out["image"]), Image.fromarray(out["mask"].astype(np.uint8), mode="L")
@@ -123,5 +135,5 @@ class AugmentedDataset(AnomalyDataset):
             image = open_image(record.image_path)
             mask = open_mask(record.mask_path) if record.mask_path is not None else Image.new("L", image.size)
         if self.augmentation.pipeline == "vcp_clip":  # their images are 8-bit RGB files (make_dataset_new.py)
-            image, mask = vcp_clip_augment(image.convert("RGB"), mask, seed)
+            image, mask = vcp_clip_augment(image.convert("RGB"), mask, seed, self.augmentation.noise)
         return self.item(i, *self.transform(image, mask))

@@ -82,4 +82,4 @@ def train_augmentation(cfg: VCPCLIPConfig, dataset: str):
     from datamodules.augment import TrainAugmentation
 
     mosaic = cfg.mosaic_rate if dataset in cfg.mosaic_datasets else 0.0
-    return TrainAugmentation(pipeline="vcp_clip", mosaic_rate=mosaic)
+    return TrainAugmentation(pipeline="vcp_clip", mosaic_rate=mosaic, noise=cfg.augmentation_noise)
