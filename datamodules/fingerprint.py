@@ -2,8 +2,8 @@
 
 A run's numbers belong to the images it read. The fingerprint of an index lists every image and mask file
 (its path below the dataset root, size and modification time) and, where that is cheap, a SHA-256 of its
-content: always for masks (small files), and for the images of a set whose images total at most
-:data:`CONTENT_HASH_LIMIT` bytes. Its ``digest`` identifies the data in one string; the per-file list says
+content: for the masks and for the images of a set, each when they total at most
+:data:`CONTENT_HASH_LIMIT` bytes (masks nearly always do: small files). Its ``digest`` identifies the data in one string; the per-file list says
 what changed (:func:`changes`). Training checkpoints carry the fingerprint of the training split, so a
 resume onto other data is refused naming the files; results record the fingerprint summary
 (:func:`summary`) of every target, so two results can be compared knowing whether they saw the same images;
@@ -28,7 +28,7 @@ from typing import Any
 from datamodules.index import DatasetIndex
 
 FINGERPRINT_FORMAT = 1
-#: The images of a set are hashed when they total at most this many bytes (masks always are).
+#: The images (and, separately, the masks) of a set are hashed when they total at most this many bytes.
 CONTENT_HASH_LIMIT = 256 * 2**20
 _READ_CHUNK = 1 << 20
 
@@ -78,16 +78,23 @@ def index_fingerprint(index: DatasetIndex, content_limit: int = CONTENT_HASH_LIM
     ``FileNotFoundError`` for a file the index names but the disk does not have."""
     root = Path(index.root)
     images, masks = index_files(index)
-    image_bytes = sum(path.stat().st_size for path in images)
-    hash_images = image_bytes <= content_limit
+    hash_images, hash_masks = (
+        sum(p.stat().st_size for p in paths) <= content_limit for paths in (images, masks)
+    )
     files: dict[str, FileEntry] = {}
-    for paths, hashed in ((images, hash_images), (masks, True)):
+    for paths, hashed in ((images, hash_images), (masks, hash_masks)):
         for path in paths:
             files[_relative(path, root)] = _entry(path, hashed)
+    content = {
+        (True, True): "sha256 of every file",
+        (False, True): "sha256 of masks; images by size and time",
+        (True, False): "sha256 of images; masks by size and time",
+        (False, False): "every file by size and time",
+    }[hash_images, hash_masks]
     return {
         "format": FINGERPRINT_FORMAT,
         "root": str(root),
-        "content": "sha256 of every file" if hash_images else "sha256 of masks; images by size and time",
+        "content": content,
         "files": files,
         "bytes": sum(entry[0] for entry in files.values()),
         "digest": digest(files),

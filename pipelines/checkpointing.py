@@ -427,7 +427,6 @@ class ExactResume(_StopOnSignal):
         return path
 
     def _stop(self, trainer: L.Trainer, signum: int, checkpoint: Path) -> None:
-        stop_signals.note_saved(checkpoint)
         interruption = TrainingInterrupted(signal.Signals(signum).name, checkpoint)
         if trainer.is_global_zero:
             # W&B first: a requeue's SIGTERM also stops W&B's service
@@ -457,13 +456,15 @@ class ExactResume(_StopOnSignal):
         if signum or due:
             path = self._save_resume(trainer)
             if signum:
-                _log_this_step(trainer)
+                stop_signals.note_saved(path)  # the job names it however it ends: W&B's service, signalled
+                _log_this_step(trainer)  # too, may fail the logging of this step
                 self._stop(trainer, signum, path)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         signum, _ = self._agree(trainer)
         path = self._save_resume(trainer)
         if signum:
+            stop_signals.note_saved(path)
             self._stop(trainer, signum, path)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

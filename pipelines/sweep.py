@@ -442,7 +442,7 @@ def render_sbatch(
     )
 
 
-def owners(runs: list[PlannedRun], view: dict[str, slurm.Task] | None) -> dict[str, str]:
+def owners(runs: list[PlannedRun], view: dict[str, list[slurm.Task]] | None) -> dict[str, str]:
     """Run id -> who trains it now: its queued or running SLURM task, or another live owner of its
     folder (e.g. a local `zsad sweep run`)."""
     busy = {run.id: task.job for run in runs for task in (view or {}).get(run.id, [])[::-1] if task.active}

@@ -257,6 +257,8 @@ def test_requeues_keep_one_wandb_run_that_records_them_and_the_whole_csv_log(
     assert _main_in_new_process(args, SendAt(1, 1, signal.SIGTERM, to_wandb=True)) == 128 + signal.SIGTERM
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "preempted" and "SIGTERM" in status["error"]
+    saved = run_dir / "checkpoints" / "resume" / "step-000000006.ckpt"  # what it saved, however it ended
+    assert f"(saved {saved})" in status["error"] and status["error_file"] == str(saved)
     assert _main_in_new_process(args) == 0
 
     sessions = sorted((run_dir / "wandb").glob("offline-run-*"), key=lambda p: p.stat().st_mtime)
@@ -339,6 +341,14 @@ def test_an_unfinished_run_resumes_only_with_its_own_config_and_logs_each_step_o
     assert main([*args, "trainer.checkpoint_minutes=0"]) == 0
     rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
     assert [(row["epoch"], row["step"]) for row in rows] == [(str(step // 4), str(step)) for step in range(8)]
+
+    # finished after a resume that changed only a key no result depends on: the original command is
+    # this run, skipped (not refused as another config)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith(
+        f"skipped: {run_dir} already holds a finished run of this config"
+    )
 
 
 @pytest.mark.slow

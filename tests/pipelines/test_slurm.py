@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -227,3 +228,100 @@ def test_requeued_timed_out_and_killed_tasks_end_as_the_uninterrupted_run(
     assert "nothing to submit" in capsys.readouterr().out
     assert main(["report", str(path), "--wandb-mode", "disabled"]) == 0
     assert "| synthetic |" in (directory / "report.md").read_text()
+
+
+def _scancel_submitted(directory: Path) -> None:
+    jobs = [entry["job_id"] for entry in sweep.submissions(directory)]
+    if jobs:
+        subprocess.run(["scancel", *jobs], check=False)
+
+
+# `zsad sweep submit` in a process whose first submit pauses after asking SLURM about earlier jobs (and
+# before submitting) until the second has tried to start its own: the worst moment for two submits.
+_RACING_SUBMIT = """
+import sys, time
+from pathlib import Path
+from pipelines import run_state, sweep
+from pipelines.cli import main
+gate, role, path = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+guard, view = run_state.folder_guard, sweep.scheduler_view
+def trying(directory):
+    (gate / f"{role}-trying").touch()
+    return guard(directory)
+def asked(cfg, runs):
+    answer = view(cfg, runs)
+    (gate / f"{role}-asked").touch()
+    deadline = time.monotonic() + 120
+    while role == "first" and not (gate / "second-trying").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return answer
+run_state.folder_guard, sweep.scheduler_view = trying, asked
+sys.exit(main(["sweep", "submit", path]))
+"""
+
+
+@pytest.mark.timeout(600)
+def test_concurrent_submits_of_one_sweep_queue_each_run_once(slurm, tmp_path, synthetic_pair):
+    """Two `zsad sweep submit` of the same sweep at once, the second starting while the first has asked
+    SLURM and not yet submitted: the second waits for the first (the sweep folder's lock), sees its runs
+    queued and is refused; one script, one job."""
+    extra = {"slurm": {"gpus_per_node": 0, "cpus_per_task": 1, "time": "10", "partition": "debug",
+                       "extra_sbatch": ["--hold"]}}  # fmt: skip  # held: the jobs never start
+    path = write_sweep(tmp_path, *synthetic_pair, seeds=[1, 2], name="twice", extra=extra)
+    cfg, _ = sweep.load_sweep(path)
+    directory, gate = sweep.sweep_dir(cfg), tmp_path / "gate"
+    gate.mkdir()
+    root = Path(sweep.__file__).resolve().parents[1]
+
+    def start(role: str) -> subprocess.Popen:
+        command = [sys.executable, "-c", _RACING_SUBMIT, str(gate), role, str(path)]
+        return subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = start("first")
+    try:
+        _wait(
+            lambda: (gate / "first-asked").exists() or first.poll() is not None,
+            300,
+            "the first submit to ask SLURM",
+            0.1,
+        )
+        second = start("second")
+        (out, err), (out2, err2) = first.communicate(timeout=300), second.communicate(timeout=300)
+        assert (first.returncode, second.returncode) == (0, 2), (out, err, out2, err2)
+        assert "already queued or running" in err2 and "\n" not in err2.strip()
+        (entry,) = sweep.submissions(directory)
+        assert sorted(entry["ids"]) == sorted(run.id for run in sweep.expand(cfg))
+        assert len(list(directory.glob("submit-*.sbatch"))) == 1
+        assert [row["state"] for row in sweep.status(cfg)] == ["queued", "queued"]
+    finally:
+        _scancel_submitted(directory)
+
+
+@pytest.mark.timeout(900)
+def test_sigterm_under_slurm_names_the_checkpoint_it_saved(slurm, tmp_path, synthetic_pair):
+    """`scancel --signal=TERM` signals every process of the step, W&B's service too: the training saves
+    a checkpoint and stops as preempted, and the status names that checkpoint although W&B's teardown
+    fails after it."""
+    extra = {
+        "overrides": ["trainer.max_epochs=400", "logger.wandb.mode=offline", "method.backbone.image_size=32"],
+        "slurm": {"gpus_per_node": 0, "cpus_per_task": 1, "time": "15", "partition": "debug"},
+    }
+    path = write_sweep(tmp_path, *synthetic_pair, seeds=[5], name="term", extra=extra)
+    cfg, _ = sweep.load_sweep(path)
+    directory, (run,) = sweep.sweep_dir(cfg), sweep.expand(cfg)
+    run_dir = Path(run.run_dir)
+    assert main(["sweep", "submit", str(path)]) == 0
+    try:
+        task = f"{sweep.submissions(directory)[-1]['job_id']}_0"
+        _wait(lambda: _training(run_dir), 600, "the task to train", interval=0.5)
+        subprocess.run(["scancel", "--signal=TERM", task], check=True)
+        status = _wait(
+            lambda: (s := json.loads((run_dir / "status.json").read_text()))["state"] != "running" and s,
+            300,
+            "the task to stop",
+        )
+        assert status["state"] == "preempted", (status, _logs(directory))
+        saved = re.search(r"\(saved (\S+step-\d{9}\.ckpt)\)", status["error"])
+        assert saved and Path(saved.group(1)).is_file() and status["error_file"] == saved.group(1), status
+    finally:
+        _scancel_submitted(directory)
