@@ -63,9 +63,13 @@ class VCPCLIPConfig:
     # four anomalous images of the category (mosaic_rate, their --aug_rate 0.2). "none": no augmentation.
     augmentation: str = "authors"
     mosaic_rate: float = 0.2
-    mosaic_datasets: list[str] = dataclasses.field(
-        default_factory=lambda: ["mvtec"]
-    )  # their MVTecDataset only
+    # the mosaic is in their MVTecDataset only (VisaDataset and OtherDataset have none)
+    mosaic_datasets: list[str] = dataclasses.field(default_factory=lambda: ["mvtec"])
+    # GaussNoise of the augmentation. Reconstruction: their albumentations version is not recorded;
+    # "var_10_50" is the default of the versions of spring 2024 (variance uniform in [10, 50] pixel values
+    # squared); "albumentations_1.4.24" the default their unpinned code gets with 1.4.24 (standard deviation
+    # 20-44 % of 255).
+    augmentation_noise: str = "var_10_50"
     # Frozen image features encoded once and reused (lightning_modules/feature_cache.py); bypassed while the
     # augmentation changes training images every epoch (the authors' protocol).
     cache_features: bool = True
