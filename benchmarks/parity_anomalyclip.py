@@ -118,6 +118,7 @@ def zsad_outputs(root: Path, prompt_learner: dict[str, torch.Tensor], cfg=None) 
     from datamodules import AnomalyDataModule, DataConfig
     from lightning_modules.anomalyclip import AnomalyCLIP, AnomalyCLIPModule
     from lightning_modules.anomalyclip.official_checkpoint import zsad_state_dict
+    from lightning_modules.registry import get_method
 
     register_model()
     cfg = cfg or zsad_config()
@@ -131,7 +132,7 @@ def zsad_outputs(root: Path, prompt_learner: dict[str, torch.Tensor], cfg=None) 
     data = AnomalyDataModule(
         DataConfig(name="synthetic", root=str(root), num_workers=0, eval_batch_size=64),
         IMAGE_SIZE,
-        module.preprocessing,
+        get_method("anomalyclip").preprocessing(cfg, "synthetic"),
     )
     batch = next(iter(data.test_dataloader()))
     images, masks, labels = batch["image"], batch["mask"], batch["label"]

@@ -214,6 +214,7 @@ def zsad_outputs(root: Path, cfg=None, views: bool = True) -> dict[str, np.ndarr
     from datamodules import AnomalyDataModule, DataConfig
     from lightning_modules.anovl import AnoVL, AnoVLModule
     from lightning_modules.anovl.model import anovl_views
+    from lightning_modules.registry import get_method
 
     clip, tokenizer = ps.parity_clip(name=MODEL)
     cfg = cfg or zsad_config()
@@ -222,7 +223,7 @@ def zsad_outputs(root: Path, cfg=None, views: bool = True) -> dict[str, np.ndarr
     data = AnomalyDataModule(
         DataConfig(name="synthetic", root=str(root), num_workers=0, eval_batch_size=64),
         IMAGE_SIZE,
-        module.preprocessing,
+        get_method("anovl").preprocessing(cfg, "synthetic"),
     )
     module.bind_data(data)
     batch = next(iter(data.test_dataloader()))

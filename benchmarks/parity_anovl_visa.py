@@ -15,7 +15,7 @@ AD: the random draws (adapter initialisation, then each step's noise, from one g
 Pillow >= 11's float64 mask, and CUDA off.
 
 zsad's side: its VisA parser and datamodule with AnoVL's VisA preprocessing
-(``AnoVLModule.dataset_preprocessing``), ``vis_test_predict`` with its ``TiledAdaptation`` and zsad's
+(the AnoVL spec's ``preprocessing`` on VisA), ``vis_test_predict`` with its ``TiledAdaptation`` and zsad's
 metrics.
 """
 
@@ -52,7 +52,8 @@ def zsad_outputs(root: Path, cfg=None) -> dict[str, np.ndarray]:
     metrics (images one at a time, as the test loop feeds them under vis_test)."""
     from datamodules import AnomalyDataModule, DataConfig
     from lightning_modules.anovl import AnoVL, AnoVLModule
-    from lightning_modules.anovl.vis_test import tile_pair, vis_test_predict
+    from lightning_modules.anovl.tiled_visa import tile_pair, vis_test_predict
+    from lightning_modules.registry import get_method
 
     clip, tokenizer = ps.parity_clip(name=pa.MODEL)
     cfg = cfg or pa.zsad_config()
@@ -61,7 +62,7 @@ def zsad_outputs(root: Path, cfg=None) -> dict[str, np.ndarray]:
     data = AnomalyDataModule(
         DataConfig(name="visa", root=str(root), num_workers=0),
         pa.IMAGE_SIZE,
-        module.dataset_preprocessing("visa"),
+        get_method("anovl").preprocessing(cfg, "visa"),  # vis_test.py's short-side resize
     )
     module.bind_data(data)
     rows: dict[str, list[Any]] = {k: [] for k in ("paths", "ids", "labels", "images", "masks")}

@@ -61,7 +61,8 @@ def zsad_outputs(root: Path) -> dict[str, np.ndarray]:
     from datamodules import AnomalyDataModule, DataConfig
     from lightning_modules.clip.config import BackboneConfig
     from lightning_modules.metrics import binary_auroc, binary_average_precision, legacy_cflow_aupro
-    from lightning_modules.vand import VAND, VANDConfig, VANDModule
+    from lightning_modules.registry import get_method
+    from lightning_modules.vand import VAND, VANDConfig
 
     model, tokenizer = ps.parity_clip(vand_state_dict(), VAND_MODEL)
     cfg = VANDConfig(
@@ -77,7 +78,7 @@ def zsad_outputs(root: Path) -> dict[str, np.ndarray]:
     data = AnomalyDataModule(
         DataConfig(name="synthetic", root=str(root), num_workers=0, eval_batch_size=64),
         IMAGE_SIZE,
-        VANDModule(cfg, model=vand).preprocessing,
+        get_method("vand").preprocessing(cfg, "synthetic"),
     )
     vand.set_classes(list(data.categories))  # prompt_words=folder: the folder names
     batch = next(iter(data.test_dataloader()))

@@ -172,13 +172,14 @@ def zsad_augmentations(root: Path, preprocessing) -> dict[str, np.ndarray]:
     official side runs), epoch AUG_EPOCH, in index order."""
     from datamodules import AnomalyDataModule, DataConfig
     from datamodules.augment import TrainAugmentation
+    from datamodules.mosaic import Mosaic
 
     data = AnomalyDataModule(
         DataConfig(name="synthetic", root=str(root), num_workers=0),
         IMAGE_SIZE,
         preprocessing,
         seed=AUG_SEED,
-        augmentation=TrainAugmentation("vcp_clip", AUG_RATE, noise="albumentations_1.4.24"),
+        augmentation=TrainAugmentation("vcp_clip", Mosaic(AUG_RATE), noise="albumentations_1.4.24"),
     )
     dataset = data.train_dataset()
     items = [dataset[(AUG_EPOCH, i)] for i in range(len(dataset))]
@@ -197,6 +198,7 @@ def zsad_outputs(
     import open_clip
 
     from datamodules import AnomalyDataModule, DataConfig
+    from lightning_modules.registry import get_method
     from lightning_modules.vcp_clip.model import VCPCLIP
     from lightning_modules.vcp_clip.module import VCPCLIPModule
     from lightning_modules.vcp_clip.official_checkpoint import zsad_state_dict
@@ -211,7 +213,7 @@ def zsad_outputs(
     data = AnomalyDataModule(
         DataConfig(name="synthetic", root=str(root), num_workers=0, eval_batch_size=64),
         IMAGE_SIZE,
-        module.preprocessing,
+        get_method("vcp_clip").preprocessing(cfg, "synthetic"),
     )
     batch = next(iter(data.test_dataloader()))
     images, masks, labels, ids = batch["image"], batch["mask"], batch["label"], batch["category_id"]
@@ -262,7 +264,7 @@ def zsad_outputs(
     optimizer.step()
     return (
         result
-        | zsad_augmentations(root, module.preprocessing)
+        | zsad_augmentations(root, get_method("vcp_clip").preprocessing(cfg, "synthetic"))
         | {
             "step_text": step_text.detach().numpy(),
             "loss": loss.detach().numpy(),

@@ -32,7 +32,8 @@ from datamodules import AnomalyDataModule, DataConfig  # noqa: E402
 from lightning_modules.category_module import category_words  # noqa: E402
 from lightning_modules.clip.config import BackboneConfig  # noqa: E402
 from lightning_modules.metrics import aupro, binary_auroc, binary_average_precision  # noqa: E402
-from lightning_modules.winclip import WinCLIP, WinCLIPConfig, WinCLIPModule  # noqa: E402
+from lightning_modules.registry import get_method  # noqa: E402
+from lightning_modules.winclip import WinCLIP, WinCLIPConfig  # noqa: E402
 
 FIXTURE = ps.FIXTURES / "winclip.npz"
 METRICS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
@@ -72,7 +73,7 @@ def zsad_outputs(root: Path, cfg: WinCLIPConfig | None = None) -> dict[str, np.n
     data = AnomalyDataModule(
         DataConfig(name="synthetic", root=str(root), num_workers=0, eval_batch_size=4),
         IMAGE_SIZE,
-        WinCLIPModule(cfg, model=winclip).preprocessing,
+        get_method("winclip").preprocessing(cfg, "synthetic"),
     )
     winclip.set_classes(category_words(data))
     out: dict[str, list] = {k: [] for k in ("images", "masks", "labels", "category_ids", "image_embeddings")}

@@ -82,6 +82,7 @@ def zsad_times(root: Path, repeats: int) -> dict[str, float]:
     import open_clip
 
     from datamodules import AnomalyDataModule, DataConfig
+    from lightning_modules.registry import get_method
     from lightning_modules.vcp_clip import VCPCLIP, VCPCLIPModule
 
     torch.set_num_threads(1)
@@ -94,7 +95,7 @@ def zsad_times(root: Path, repeats: int) -> dict[str, float]:
     data = AnomalyDataModule(
         DataConfig(name="synthetic", root=str(root), num_workers=0, eval_batch_size=32, batch_size=12),
         pvc.IMAGE_SIZE,
-        module.preprocessing,
+        get_method("vcp_clip").preprocessing(cfg, "synthetic"),
     )
 
     def test_loop(full: bool) -> None:

@@ -1,20 +1,21 @@
 """Training augmentation of a method's official dataset class, applied to the decoded image before the resize.
 
-A method declares a :class:`TrainAugmentation` (``ZeroShotModule.train_augmentation``); the datamodule then
-serves its training split through :class:`AugmentedDataset`. Each item draws from generators seeded from
-(run seed, epoch, sample index), so an epoch's augmentations do not depend on the loader's workers, on how DDP shares the samples, or on where a resumed run starts
-(docs/cluster.md, exact resume); their distribution is the official code's, not its draws.
+A method's spec declares a :class:`TrainAugmentation` per training dataset (``MethodSpec.train_augmentation``);
+the runner hands it to the source's datamodule, which then serves its training split through
+:class:`AugmentedDataset`. Each item draws from generators seeded from (run seed, epoch, sample index), so
+an epoch's augmentations do not depend on the loader's workers, on how DDP shares the samples, or on where a
+resumed run starts (docs/cluster.md, exact resume); their distribution is the official code's, not its draws.
+Two parts, in the authors' order:
 
-``pipeline="vcp_clip"``: VCP-CLIP's datasets in mode "train" (``utils/dataset.py``): with probability
-``mosaic_rate`` (their ``aug_rate`` 0.2, only in their MVTec AD class) the image is replaced by a 2x2 mosaic of
-four anomalous images of its category, each drawn with ``random.choice`` from the category's anomalous files
-(their merged ``test/anomaly`` folder, listed in name order), pasted full size on a canvas twice the first
-one's size (masks alike); then, always, their albumentations pipeline on the RGB array and its mask:
-``Rotate(30)``, ``RandomRotate90``, ``RandomBrightnessContrast``, ``GaussNoise``, ``OneOf(Blur(3), ColorJitter,
-GaussianBlur)``, each with p = 0.5, with the defaults albumentations had when their experiments ran (spring
-2024, 1.3-1.4.2): the same in 1.4.24, which zsad pins, except ``GaussNoise``, whose default became a standard
-deviation of 20-44 % of 255 in 1.4.2x; zsad passes the old one, a variance drawn uniformly in [10, 50] (in
-pixel values squared). **Reconstruction**: their albumentations version is not recorded.
+1. ``mosaic`` (:mod:`datamodules.mosaic`): with probability ``mosaic.rate`` the item becomes a 2x2 mosaic of
+   four images of its category (VCP-CLIP: anomalous ones, in their MVTec AD class only);
+2. ``pipeline="vcp_clip"``: VCP-CLIP's datasets in mode "train" (``utils/dataset.py``), always: their
+   albumentations pipeline on the RGB array and its mask: ``Rotate(30)``, ``RandomRotate90``,
+   ``RandomBrightnessContrast``, ``GaussNoise``, ``OneOf(Blur(3), ColorJitter, GaussianBlur)``, each with
+   p = 0.5, with the defaults albumentations had when their experiments ran (spring 2024, 1.3-1.4.2): the
+   same in 1.4.24, which zsad pins, except ``GaussNoise``, whose default became a standard deviation of
+   20-44 % of 255 in 1.4.2x; zsad passes the old one, a variance drawn uniformly in [10, 50] (in pixel values
+   squared). **Reconstruction**: their albumentations version is not recorded.
 
 Each item seeds its own ``random.Random`` (the mosaic's draws, as their ``random.random()`` and
 ``random.choice``) and the pipeline's generators (``set_random_seed``) from (run seed, epoch, sample index).
@@ -30,10 +31,12 @@ import warnings
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from datamodules.dataset import AnomalyDataset
 from datamodules.images import open_image, open_mask
+from datamodules.mosaic import Mosaic, MosaicTiles, paste_records
 from datamodules.resumable import derived_seed
 
 PIPELINES = ("none", "vcp_clip")
@@ -46,7 +49,7 @@ NOISES = ("var_10_50", "albumentations_1.4.24")
 @dataclasses.dataclass(frozen=True)
 class TrainAugmentation:
     pipeline: str = "none"  # one of PIPELINES
-    mosaic_rate: float = 0.0  # share of items replaced by a 2x2 mosaic of anomalous images of their category
+    mosaic: Mosaic | None = None  # the 2x2 mosaic first (datamodules/mosaic.py); None: none
     noise: str = "var_10_50"  # one of NOISES
 
     def __post_init__(self) -> None:
@@ -54,12 +57,10 @@ class TrainAugmentation:
             raise ValueError(f"augmentation pipeline must be one of {PIPELINES}, got {self.pipeline!r}")
         if self.noise not in NOISES:
             raise ValueError(f"augmentation noise must be one of {NOISES}, got {self.noise!r}")
-        if not 0.0 <= self.mosaic_rate <= 1.0:
-            raise ValueError(f"mosaic_rate must lie in [0, 1], got {self.mosaic_rate}")
 
     @property
     def active(self) -> bool:
-        return self.pipeline != "none" or self.mosaic_rate > 0
+        return self.pipeline != "none" or (self.mosaic is not None and self.mosaic.rate > 0)
 
 
 @functools.cache
@@ -87,16 +88,6 @@ def _vcp_clip_pipeline(noise: str = "var_10_50") -> Any:
     )
 
 
-def paste_2x2(tiles: list[Image.Image], mode: str) -> Image.Image:
-    """Four images pasted in reading order at the corners of cells the size of the first one, on a black
-    canvas twice that size (a larger tile overlaps the next cell or is cut at the edge: PIL's ``paste``)."""
-    width, height = tiles[0].size
-    canvas = Image.new(mode, (2 * width, 2 * height))
-    for i, tile in enumerate(tiles):
-        canvas.paste(tile, ((i % 2) * width, (i // 2) * height))
-    return canvas
-
-
 def vcp_clip_augment(
     image: Image.Image, mask: Image.Image, seed: int, noise: str = "var_10_50"
 ) -> tuple[Image.Image, Image.Image]:
@@ -115,25 +106,30 @@ class AugmentedDataset(AnomalyDataset):
         super().__init__(*args, **kwargs)
         self.augmentation = augmentation
         self.seed = seed
-        self.anomalous: dict[str, list[int]] = {}
-        for position, record in enumerate(self.records):
-            if record.label == 1 and record.mask_path is not None:
-                self.anomalous.setdefault(record.category, []).append(position)
+        mosaic = augmentation.mosaic
+        self.tiles = MosaicTiles(self.records, mosaic) if mosaic is not None and mosaic.rate > 0 else None
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
         seed = derived_seed(self.seed, epoch, i, "augment")
         draw = random.Random(seed)
         record = self.records[i]
-        pool = self.anomalous.get(record.category, [])
-        if draw.random() < self.augmentation.mosaic_rate and pool:
-            tiles = [self.records[draw.choice(pool)] for _ in range(4)]
-            images = [open_image(r.image_path) for r in tiles]
-            image = paste_2x2(images, "RGB")
-            mask = paste_2x2([open_mask(r.mask_path) for r in tiles], "L")
+        label = None
+        mosaic = self.augmentation.mosaic
+        positions = None
+        if self.tiles is not None and draw.random() < mosaic.rate:
+            positions = self.tiles.draw(record.category, draw)
+        if positions is not None:
+            tiles = [self.records[p] for p in positions]
+            image, mask = paste_records(tiles)
+            if mosaic.label == "any_tile":
+                label = max(tile.label for tile in tiles)
         else:
             image = open_image(record.image_path)
             mask = open_mask(record.mask_path) if record.mask_path is not None else Image.new("L", image.size)
         if self.augmentation.pipeline == "vcp_clip":  # their images are 8-bit RGB files (make_dataset_new.py)
             image, mask = vcp_clip_augment(image.convert("RGB"), mask, seed, self.augmentation.noise)
-        return self.item(i, *self.transform(image, mask))
+        item = self.item(i, *self.transform(image, mask), image_size=image.size)
+        if label is not None:
+            item["label"] = torch.tensor(label, dtype=torch.long)
+        return item

@@ -1,4 +1,4 @@
-"""``zsad data list`` and ``zsad data check`` (registered by ``pipelines/cli.py``).
+"""``zsad data list`` and ``zsad data check`` (registered by ``pipelines/cli.py``; light to import).
 
 ``list`` shows what each benchmark offers (classes, masks, normal images, expected test counts), so a
 user knows which metrics a dataset can give before running anything. ``check`` indexes a raw folder,
@@ -15,10 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datamodules.errors import ZsadError
-from datamodules.images import image_size, load_image_rgb, load_mask, mask_size
 from datamodules.index import DatasetIndex, DatasetSpec, build_index, dataset_names, get_dataset_spec
 from datamodules.parsers.common import DatasetLayoutProblems
-from datamodules.progress import progress
 
 MAX_PRINTED = 100  # errors/warnings printed per section; the summary gives the full count
 # `zsad data check` decodes every file of datasets up to this many images unless told (--decode/--no-decode):
@@ -115,6 +113,11 @@ class CheckReport:
 
 def _check_files(index: DatasetIndex, decode: bool, report: CheckReport) -> None:
     """Open every image and mask; masks must exist for anomalous images and match the image size."""
+    # Image decoding and the progress bar (PIL, numpy, Lightning's bar) load only for a check, so that
+    # `zsad data list` and `zsad --help` answer at once.
+    from datamodules.images import image_size, load_image_rgb, load_mask, mask_size
+    from datamodules.progress import progress
+
     # One image may serve several category rows (MVTec LOCO's good images are in its logical and its
     # structural row), never twice in one.
     seen: collections.Counter[tuple[str, Path]] = collections.Counter(

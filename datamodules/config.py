@@ -18,7 +18,7 @@ class DataConfig:
     train_split: str = "test"
     test_split: str = "test"
     eval_size: int | None = None  # resolution of masks/maps for metrics; None: the model's input size
-    # Preprocessing: unset (None) keys follow the method's official code (ZeroShotModule.preprocessing,
+    # Preprocessing: unset (None) keys follow the method's official code (MethodSpec.preprocessing,
     # datamodules.transforms.ImagePreprocessing, docs/datasets.md "Preprocessing"); a value overrides it.
     resize_backend: str | None = None  # "pil" (AnomalyCLIP, VAND, AnoVL) or "tensor" (anomalib's WinCLIP)
     interpolation: str | None = None  # image resize: "bicubic" or "bilinear" (AnoVL, Dual-Image)

@@ -66,7 +66,7 @@ def preprocessing_for(cfg: DataConfig, method_default: ImagePreprocessing) -> Im
 class AnomalyDataModule(L.LightningDataModule):
     """Train on ``cfg.train_split`` (the source's test split in the zero-shot protocol), test on
     ``cfg.test_split``. ``image_size`` and ``preprocessing`` come from the method (the model's input size
-    and its official code's resize; ``ZeroShotModule.preprocessing``); the data config's preprocessing keys
+    and its official code's resize; ``MethodSpec.preprocessing``); the data config's preprocessing keys
     override the latter. ``seed`` orders the training batches of every epoch (default: the seed of
     ``lightning.seed_everything``, else 0)."""
 

@@ -1,7 +1,7 @@
 """Image and mask preprocessing as each method's official code does it (docs/datasets.md, "Preprocessing").
 
 The official pipelines differ in ways that move the numbers, so each method declares an
-:class:`ImagePreprocessing` (``ZeroShotModule.preprocessing``) and the datamodule applies it:
+:class:`ImagePreprocessing` (its spec's ``MethodSpec.preprocessing``) and the datamodule applies it:
 
 - AnomalyCLIP, VAND (and, by default, the methods without official code): the PIL image is resized in its
   file's mode with torchvision's ``Resize((S, S), BICUBIC)`` (PIL resampling, which always antialiases),

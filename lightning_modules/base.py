@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,49 +10,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.augment import TrainAugmentation
 from datamodules.errors import ZsadError
-from datamodules.transforms import ImagePreprocessing
 from lightning_modules.checkpoint_io import read_checkpoint
+from lightning_modules.eval_config import EvalConfig
 
-#: zsad's Trainers work in ``RUN/.lightning`` (their ``default_root_dir``), a folder that never holds
-#: checkpoints, so Lightning cannot find a SLURM requeue checkpoint there (see pipelines/runner.py).
-LIGHTNING_DIR = ".lightning"
-
-
-def run_folder(trainer: L.Trainer) -> Path:
-    """The run folder of ``trainer``: the parent of zsad's ``RUN/.lightning``, else ``default_root_dir``."""
-    root = Path(trainer.default_root_dir)
-    return root.parent if root.name == LIGHTNING_DIR else root
-
-
-class PixelScoreDtype(enum.Enum):
-    """Storage of pixel scores while a category accumulates (an Enum: any other value is a config error)."""
-
-    float32 = "float32"  # exact for float32 maps
-    float16 = "float16"  # half the memory; metrics are exact for the maps rounded to float16
-
-
-@dataclasses.dataclass
-class EvalConfig:
-    # AUPRO integrates PRO over FPR in [0, fpr_limit]; every result has the exact `aupro` and the published
-    # cflow-style `aupro_cflow` (docs/metrics.md).
-    fpr_limit: float = 0.3
-    # AU-sPRO (datasets with region saturation rules: MVTec LOCO, AutoVI) integrates up to this FPR; MVTec's LOCO
-    # code computes 0.01, 0.05, 0.1, 0.3 and 1.0 (docs/metrics.md, sPRO).
-    spro_fpr_limit: float = 0.05
-    pixel_score_dtype: PixelScoreDtype = PixelScoreDtype.float32
-    # Write every test image's anomaly map to {run_dir}/maps/{target}/, mirroring the dataset's folders
-    # (e.g. {cls}/test/{defect}/{stem}.npy, what `zsad evaluate-maps` reads), stored as pixel_score_dtype.
-    save_maps: bool = False
-    # Pictures of every evaluation (pipelines/visualize.py): per category ROC, PR and PRO curves (PNG + the
-    # points as CSV) and a gallery of the most and least anomalous test images, in {run_dir}/plots/ and W&B.
-    visualize: bool = True
-    gallery_size: int = 8  # gallery images per category: the most anomalous half and the least anomalous half
-
-    @property
-    def pixel_score_torch_dtype(self) -> torch.dtype:
-        return getattr(torch, PixelScoreDtype(self.pixel_score_dtype).value)
+#: Reads a checkpoint in a method's authors' format: (module, checkpoint dict, file) -> trainable state.
+OfficialReader = Callable[[Any, dict[str, Any], str], dict[str, torch.Tensor]]
 
 
 class ZeroShotModule(L.LightningModule):
@@ -66,34 +27,22 @@ class ZeroShotModule(L.LightningModule):
     """
 
     method_name: str = "?"
-    # Methods that adapt at test time (TTA) need autograd in the test loop; the runner then builds the
-    # Trainer with inference_mode=False (inference mode cannot be undone by enable_grad inside a step).
-    needs_grad_at_test: bool = False
 
     def __init__(self, eval_cfg: EvalConfig | None = None) -> None:
         super().__init__()
         self.eval_cfg = eval_cfg or EvalConfig()
+        # The method's protocol on the target under test (MethodSpec.dataset_protocol), which the runner
+        # sets before each target; None: the method has one protocol (or nothing told it otherwise).
+        self.method_protocol: dict[str, Any] | None = None
+        # The run folder of the job this module runs in (the runner sets it), for files a method keeps with
+        # its run (CMG's relevance cache); None outside a job.
+        self.run_dir: Path | None = None
         self.evaluator = None
         self.test_results = None
         self.test_curves = None  # per category CurveSet of the last test epoch (F1 thresholds, pictures)
         self.strict_loading = False  # frozen weights are deliberately absent from checkpoints
 
     # --- evaluation -------------------------------------------------------------------------------
-    @property
-    def preprocessing(self) -> ImagePreprocessing:
-        """How the method's official code resizes images and masks (docs/datasets.md, "Preprocessing");
-        AnomalyCLIP's by default, overridden by methods whose code differs (AnoVL: bilinear)."""
-        return ImagePreprocessing()
-
-    def dataset_preprocessing(self, dataset: str) -> ImagePreprocessing:
-        """The preprocessing of ``dataset``'s images: the method's, unless its protocol there differs."""
-        return self.preprocessing
-
-    def train_augmentation(self, dataset: str) -> TrainAugmentation | None:
-        """The official code's training augmentation when training on ``dataset`` (datamodules/augment.py),
-        applied by the datamodule to the training split; None: none (every method but VCP-CLIP)."""
-        return None
-
     def predict_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(image scores [B], anomaly maps [B, H, W] at the mask size or None)``."""
         raise NotImplementedError
@@ -181,36 +130,23 @@ class ZeroShotModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_checkpoint(self, checkpoint, source="checkpoint")
 
-    def load_trained_weights(self, path: str, checkpoint: Any = None) -> None:
-        """Load the trainable state of a checkpoint written by this module type (``zsad test``);
+    def load_trained_weights(
+        self, path: str, official_format: OfficialReader | None = None, checkpoint: Any = None
+    ) -> None:
+        """Load the trainable state of a checkpoint written by this module type (``zsad test``), or of the
+        authors' released weights read by ``official_format`` (``MethodSpec.official_checkpoint``);
         ``checkpoint``: the file's content when the caller read it already (checked, never run)."""
         if checkpoint is None:
             checkpoint = read_checkpoint(path)
         if isinstance(checkpoint, dict) and "state_dict" not in checkpoint:
-            checkpoint = {"state_dict": self.official_state_dict(checkpoint, source=path)}
+            if official_format is None:
+                raise ZsadError(
+                    f"{path} is not a zsad checkpoint (no 'state_dict'; keys: {sorted(checkpoint)[:5]}) and "
+                    f"method '{self.method_name}' reads no other format"
+                )
+            checkpoint = {"state_dict": official_format(self, checkpoint, path)}
         check_checkpoint(self, checkpoint, source=path)
         self.load_state_dict(checkpoint["state_dict"], strict=False)
-
-    def official_state_dict(self, checkpoint: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
-        """The trainable state of a checkpoint in the method authors' own format (their released weights).
-
-        A method whose authors released weights converts them in ``official_checkpoint.py`` of its package,
-        ``zsad_state_dict(module, checkpoint, source)`` (e.g. ``lightning_modules/anomalyclip``); that checks
-        names and shapes and raises a :class:`ZsadError` for any other file."""
-        package = type(self).__module__.rpartition(".")[0]
-        name = f"{package}.official_checkpoint"
-        try:
-            converter = importlib.import_module(name) if package else None
-        except ModuleNotFoundError as error:
-            if error.name != name:
-                raise
-            converter = None
-        if converter is None:
-            raise ZsadError(
-                f"{source} is not a zsad checkpoint (no 'state_dict'; keys: {sorted(checkpoint)[:5]}) and "
-                f"method '{self.method_name}' reads no other format"
-            )
-        return converter.zsad_state_dict(self, checkpoint, source)
 
 
 def official_entries(checkpoint: dict[str, Any], key: str, source: str, what: str) -> dict[str, torch.Tensor]:

@@ -13,8 +13,9 @@ from typing import Any
 import torch
 
 from datamodules.errors import ZsadError
-from lightning_modules.base import EvalConfig, ZeroShotModule
+from lightning_modules.base import ZeroShotModule
 from lightning_modules.clip.frozen import FrozenCLIP
+from lightning_modules.eval_config import EvalConfig
 
 
 def category_words(datamodule: Any) -> list[str]:
@@ -39,10 +40,6 @@ class CategoryTextModule(ZeroShotModule):
         super().__init__(eval_cfg)
         self.cfg = cfg
         self.model = model
-
-    @property
-    def image_size(self) -> int:
-        return self.cfg.backbone.image_size
 
     def checkpoint_identity(self) -> dict[str, Any]:
         fields = {}

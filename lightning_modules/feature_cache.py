@@ -5,9 +5,12 @@ features for a training image in every epoch. Encoding (and decoding + resizing 
 dataset and resolution, then training on the stored features, makes every later step cost only the
 trainable part (docs/methods.md#anomalyclip, `cache_features`).
 
-How it fits Lightning (the datamodule owns ``train_dataloader``):
+How it fits Lightning (the datamodule owns ``train_dataloader``), one way, from the runner to the datamodule:
 
-1. ``on_fit_start`` of a module that opts in calls :func:`prepare_cached_training`. It asks the module
+1. For a method whose spec has a ``feature_cache`` (``MethodSpec.feature_cache``: the config's settings), the
+   runner adds a :class:`CachedTraining` callback with the source datamodule to the fit. Its ``on_fit_start``
+   (inside the fit: the processes, the device and the precision exist; before the module's hook and the
+   first batch) calls :func:`prepare_cached_training`. It asks the module
    whether caching applies (:meth:`FeatureCacheSource.feature_cache_bypass_reason`: e.g. VAND's mosaic
    or a random flip changes the image every epoch, so the cache is bypassed and the reason logged once).
 2. It builds a :class:`FeatureTable`: one pass over the training split in index order, batched, without
@@ -43,11 +46,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from datamodules.atomic_io import atomic_torch_save
 from datamodules.progress import progress
 from lightning_modules.checkpoint_io import safe_torch_load
+from lightning_modules.method_spec import CacheSettings
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +60,10 @@ CACHE_FORMAT = 1  # bump when the stored layout changes
 
 
 class FeatureCacheSource(Protocol):
-    """What a LightningModule provides to have its frozen features cached."""
+    """What a LightningModule provides to have its frozen features cached (its spec has ``feature_cache``)."""
+
+    method_name: str  # names the saved table's file
+    device: torch.device  # where it encodes
 
     def feature_cache_identity(self) -> dict[str, Any]:
         """Everything of the *model* that changes the features (backbone, weights, input size, layers...)."""
@@ -345,48 +353,40 @@ def _load_matching_table(file: Path, key: str, image_paths: list[str]) -> Featur
     return table if table.key == key and table.image_paths == image_paths else None
 
 
-def _bypass(module: Any, reason: str) -> None:
+def _bypass(reason: str) -> str:
     from lightning.pytorch.utilities import rank_zero_info
 
-    module.feature_cache_status = f"bypassed: {reason}"
     rank_zero_info(f"zsad feature cache not used: {reason}")
+    return f"bypassed: {reason}"
 
 
 def prepare_cached_training(
-    module: Any, enabled: bool, cache_dir: str | None = None, max_gb: float | None = None
-) -> FeatureTable | None:
-    """Call from ``on_fit_start``: build (or load) the training split's feature table and make the
-    datamodule serve it. Returns the table, or None when the cache is off or bypassed (reason logged once
-    and kept in ``module.feature_cache_status``). A table that would have to be built and would not fit in
-    memory (see :func:`memory_limit_reason`) is bypassed too; all processes of a run take the same decision.
-    A table loaded from ``cache_dir`` is memory-mapped (pages shared by the node's processes, paged in on
-    demand), so it is not held to that limit."""
+    source: FeatureCacheSource, datamodule: Any, trainer: Any, settings: CacheSettings
+) -> tuple[FeatureTable | None, str]:
+    """Build (or load) the training split's feature table and make ``datamodule`` serve it; returns the table
+    (None when the cache is off or bypassed, the reason logged once) and the status. A table that would have
+    to be built and would not fit in memory (see :func:`memory_limit_reason`) is bypassed too; all processes
+    of a run take the same decision. A table loaded from ``settings.cache_dir`` is memory-mapped (pages shared
+    by the node's processes, paged in on demand), so it is not held to that limit."""
     from lightning.pytorch.utilities import rank_zero_info
 
-    if not enabled:
-        module.feature_cache_status = "off"
-        return None
-    trainer = module.trainer
-    datamodule = getattr(trainer, "datamodule", None)
-    if datamodule is None or not hasattr(datamodule, "use_cached_train_features"):
-        _bypass(module, "training data does not come from an AnomalyDataModule")
-        return None
-    reason = module.feature_cache_bypass_reason() or datamodule.train_cache_bypass_reason()
+    if not settings.enabled:
+        return None, "off"
+    reason = source.feature_cache_bypass_reason() or datamodule.train_cache_bypass_reason()
     if reason:
         datamodule.use_cached_train_features(None)
-        _bypass(module, reason)
-        return None
+        return None, _bypass(reason)
 
-    identity = cache_identity(module, datamodule)
+    identity = cache_identity(source, datamodule)
     key = cache_key(identity)
     current = datamodule.cached_train_features
     if current is not None and current.table.key == key:
-        module.feature_cache_status = "cached (in memory)"
-        return current.table
+        return current.table, "cached (in memory)"
 
     dataset = datamodule.train_dataset()
     context = trainer.precision_plugin.train_step_context  # as around training_step
-    file = Path(cache_dir) / f"{getattr(module, 'method_name', 'features')}-{key}.pt" if cache_dir else None
+    name = getattr(source, "method_name", "features")
+    file = Path(settings.cache_dir) / f"{name}-{key}.pt" if settings.cache_dir else None
     paths = [str(record.image_path) for record in dataset.records]
     table = _load_matching_table(file, key, paths) if file is not None else None
     # Loading or building is one decision under DDP (the build is collective): if a process could not load
@@ -394,31 +394,31 @@ def prepare_cached_training(
     if not trainer.strategy.reduce_boolean_decision(table is not None, all=True):
         table = None
     if table is not None:
-        module.feature_cache_status = f"cached (loaded {file})"
+        status = f"cached (loaded {file})"
     else:
-        table_bytes = estimate_table_bytes(dataset, module.encode_for_cache, module.device, context)
-        too_big = memory_limit_reason(table_bytes, max_gb, max(1, int(getattr(trainer, "num_devices", 1))))
+        table_bytes = estimate_table_bytes(dataset, source.encode_for_cache, source.device, context)
+        processes_here = max(1, int(getattr(trainer, "num_devices", 1)))
+        too_big = memory_limit_reason(table_bytes, settings.max_gb, processes_here)
         if not trainer.strategy.reduce_boolean_decision(too_big is None, all=True):
             datamodule.use_cached_train_features(None)
-            _bypass(
-                module, too_big or "the feature table does not fit in memory on another process of this run"
+            return None, _bypass(
+                too_big or "the feature table does not fit in memory on another process of this run"
             )
-            return None
         processes = int(trainer.world_size)
         start = time.perf_counter()
         table = build_feature_table(
             dataset,
-            module.encode_for_cache,
+            source.encode_for_cache,
             key,
             identity,
-            device=module.device,
+            device=source.device,
             batch_size=datamodule.cfg.eval_batch_size,
             num_workers=datamodule.num_workers,
             context=context,
             collective=trainer.strategy if processes > 1 else None,
         )
         seconds = time.perf_counter() - start
-        module.feature_cache_status = "cached (built)"
+        status = "cached (built)"
         shared = f", shared by {processes} processes" if processes > 1 else ""
         rank_zero_info(
             f"zsad feature cache: encoded {len(table)} training images once in {seconds:.1f}s{shared} "
@@ -433,4 +433,19 @@ def prepare_cached_training(
                 trainer.strategy.barrier("zsad-feature-cache-saved")
                 table = _load_matching_table(file, key, paths) or table
     datamodule.use_cached_train_features(CachedFeatureDataset(table))
-    return table
+    return table, status
+
+
+class CachedTraining(Callback):
+    """Trains the fitted module on its frozen features, encoded once (this module's docstring): what the
+    runner adds to a fit when the method's spec has a ``feature_cache``. ``datamodule`` is the one being fit;
+    ``status`` says what happened ("off", "bypassed: WHY", "cached (built)", "cached (loaded FILE)", ...)."""
+
+    def __init__(self, datamodule: Any, settings: CacheSettings) -> None:
+        self.datamodule = datamodule
+        self.settings = settings
+        self.status = "not prepared"
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        """Before the module's own ``on_fit_start`` and before the first training batch is loaded."""
+        _, self.status = prepare_cached_training(pl_module, self.datamodule, trainer, self.settings)

@@ -1,55 +1,54 @@
-"""Method registry: name -> (config dataclass, LightningModule class, what it needs).
+"""Method registry: name -> :class:`~lightning_modules.method_spec.MethodSpec`.
 
-A method is a plain-torch model, a LightningModule and a typed config; registering it here makes it
-usable by ``zsad train/test/run`` and in sweeps.
+A method is a plain-torch model, a LightningModule and a typed config; its package's ``spec.py`` says so
+in one :class:`MethodSpec`, and listing that spec below makes it usable by ``zsad train/test/run``, sweeps,
+``zsad predict`` and the every-method test (docs/adding_a_method.md). Reading the registry imports the specs
+and configs only: no torch, Lightning or open_clip.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from typing import Any
-
 from datamodules.errors import ZsadError
+from lightning_modules.anomalyclip.spec import ANOMALYCLIP
+from lightning_modules.anovl.spec import ANOVL
+from lightning_modules.clip_zero_shot.spec import CLIP, CLIP_AC
+from lightning_modules.cmg.spec import CMG
+from lightning_modules.coop.spec import COOP
+from lightning_modules.dual_image.spec import DUAL_IMAGE
+from lightning_modules.method_spec import MethodSpec
+from lightning_modules.vand.spec import VAND
+from lightning_modules.vcp_clip.spec import VCP_CLIP
+from lightning_modules.winclip.spec import WINCLIP
 
-
-@dataclasses.dataclass(frozen=True)
-class MethodSpec:
-    name: str
-    config_class: type
-    build_module: Callable[[Any, Any], Any]  # (method config, EvalConfig) -> ZeroShotModule
-    trains: bool
-    needs: str  # e.g. "image labels + masks of the auxiliary data"
-    description: str = ""
-    # (method config, dataset name) -> what that target's results record as the method's protocol
-    # (``method_protocol``); raises ConfigError for a protocol the method does not implement there.
-    dataset_protocol: Callable[[Any, str], dict[str, Any]] | None = None
-
+BUILTIN_METHODS: tuple[MethodSpec, ...] = (
+    ANOMALYCLIP,
+    ANOVL,
+    CLIP,
+    CLIP_AC,
+    CMG,
+    COOP,
+    DUAL_IMAGE,
+    VAND,
+    VCP_CLIP,
+    WINCLIP,
+)
 
 _METHODS: dict[str, MethodSpec] = {}
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
+    """Add a method (the built-in ones are listed above; a plugin or a test may add its own)."""
     if spec.name in _METHODS:
         raise ValueError(f"method '{spec.name}' registered twice")
     _METHODS[spec.name] = spec
     return spec
 
 
-def _load_builtin_methods() -> None:
-    import lightning_modules.anomalyclip  # noqa: F401
-    import lightning_modules.anovl  # noqa: F401
-    import lightning_modules.clip_zero_shot  # noqa: F401
-    import lightning_modules.cmg  # noqa: F401
-    import lightning_modules.coop  # noqa: F401
-    import lightning_modules.dual_image  # noqa: F401
-    import lightning_modules.vand  # noqa: F401
-    import lightning_modules.vcp_clip  # noqa: F401
-    import lightning_modules.winclip  # noqa: F401
+for _spec in BUILTIN_METHODS:
+    register_method(_spec)
 
 
 def get_method(name: str) -> MethodSpec:
-    _load_builtin_methods()
     try:
         return _METHODS[name]
     except KeyError:
@@ -57,5 +56,4 @@ def get_method(name: str) -> MethodSpec:
 
 
 def method_names() -> list[str]:
-    _load_builtin_methods()
     return sorted(_METHODS)

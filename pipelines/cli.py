@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from datamodules.errors import ConfigError, ZsadError
 
@@ -134,6 +134,7 @@ def _report_command(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         seed=args.seed,
         compare=tuple(args.compare) if args.compare else None,
+        baseline=args.baseline,
     )
     print(outcome.markdown)
     files = [outcome.markdown_path, outcome.csv_path, outcome.html_path]
@@ -214,15 +215,49 @@ def _sweep_task(args: argparse.Namespace) -> int:
     return 0
 
 
-def _optional(module: str, attribute: str):
-    """Subcommands that live with their feature (datasets, metrics); absent ones are not offered."""
-    try:
-        return getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError):
-        return None
+# --- subcommands that live with their feature ---------------------------------------------------------
+# Their modules import what the work needs (numpy, torch, Lightning): they are imported plainly (an
+# ImportError is an error, never a missing subcommand), but only for the subcommand that runs, so that
+# `zsad --help`, `zsad methods` or `zsad data list` do not wait for them (docs/performance.md).
+Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _synth() -> Command:
+    from datamodules import synthetic
+
+    return synthetic.add_arguments, synthetic.run
+
+
+def _predict() -> Command:
+    from pipelines import predict
+
+    return predict.add_arguments, predict.run
+
+
+def _evaluate_maps() -> Command:
+    from pipelines import evaluate_maps
+
+    return evaluate_maps.add_arguments, evaluate_maps.run
+
+
+def _add_command(
+    sub: Any, name: str, text: str, command: Callable[[], Command], build: bool, **kwargs: Any
+) -> None:
+    """Subcommand ``name`` with its help; its arguments and function only when ``build``."""
+    parser = sub.add_parser(name, help=text, **kwargs)
+    if build:
+        add_arguments, run_command = command()
+        add_arguments(parser)
+        parser.set_defaults(func=run_command)
+
+
+def build_parser(command: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``zsad`` parser. ``command`` (the words of the command line, e.g. ``["data", "synth"]``): only
+    that subcommand gets the arguments defined by its feature module (what :func:`main` builds); None: all."""
+
+    def builds(*words: str) -> bool:
+        return command is None or [w for w in command if not w.startswith("-")][: len(words)] == list(words)
+
     parser = argparse.ArgumentParser(prog="zsad", description="Zero-shot anomaly detection experiments.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -284,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--reference",
         action="store_true",
-        help="add the published AnomalyCLIP-paper numbers as rows (AUPRO compared as the papers' cflow-style)",
+        help="add each method's published numbers as rows (its paper's; AUPRO compared as the papers' cflow-style)",
     )
     report.add_argument(
         "--group-by",
@@ -314,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
         "p-value (settings by their column label or a unique part of it; --bootstrap N resamples, default 1000)",
     )
     report.add_argument(
+        "--baseline",
+        metavar="RUN_OR_EXPERIMENT",
+        help="follow every number with its difference to this setting's (a run folder, or an experiment "
+        "name whose runs share one setting, e.g. cmg_baseline for the CMG ablation)",
+    )
+    report.add_argument(
         "--wandb-mode",
         default="offline",
         choices=["offline", "online", "disabled"],
@@ -338,41 +379,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="datasets: generate synthetic data, list and check benchmarks")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    from datamodules import synthetic
+    text = "write a synthetic dataset in the MVTec AD layout"
+    _add_command(data_sub, "synth", text, _synth, builds("data", "synth"))
+    from datamodules import cli as data_cli  # light: images are opened inside `check` only
 
-    synth = data_sub.add_parser("synth", help="write a synthetic dataset in the MVTec AD layout")
-    synthetic.add_arguments(synth)
-    synth.set_defaults(func=synthetic.run)
-    for name, add, run, text in (
-        ("list", "add_list_arguments", "run_list", "the supported benchmarks and their expected counts"),
-        ("check", "add_check_arguments", "run_check", "index and validate a dataset root"),
+    for name, add_arguments, run_command, text in (
+        (
+            "list",
+            data_cli.add_list_arguments,
+            data_cli.run_list,
+            "the supported benchmarks and their expected counts",
+        ),
+        ("check", data_cli.add_check_arguments, data_cli.run_check, "index and validate a dataset root"),
     ):
-        add_arguments, run_command = _optional("datamodules.cli", add), _optional("datamodules.cli", run)
-        if add_arguments and run_command:
-            p = data_sub.add_parser(name, help=text)
-            add_arguments(p)
-            p.set_defaults(func=run_command)
+        p = data_sub.add_parser(name, help=text)
+        add_arguments(p)
+        p.set_defaults(func=run_command)
 
-    add_predict, run_predict = (
-        _optional("pipelines.predict", "add_arguments"),
-        _optional("pipelines.predict", "run"),
-    )
-    if add_predict and run_predict:
-        text = "anomaly maps, scores, masks and overlays for any images (files, folders, globs)"
-        p = sub.add_parser("predict", help=text, description=text)
-        add_predict(p)
-        p.set_defaults(func=run_predict)
-
-    add_maps, run_maps = (
-        _optional("pipelines.evaluate_maps", "add_arguments"),
-        _optional("pipelines.evaluate_maps", "run"),
-    )
-    if add_maps and run_maps:
-        p = sub.add_parser(
-            "evaluate-maps", help="evaluate saved anomaly maps against a dataset's ground truth"
-        )
-        add_maps(p)
-        p.set_defaults(func=run_maps)
+    text = "anomaly maps, scores, masks and overlays for any images (files, folders, globs)"
+    _add_command(sub, "predict", text, _predict, builds("predict"), description=text)
+    text = "evaluate saved anomaly maps against a dataset's ground truth"
+    _add_command(sub, "evaluate-maps", text, _evaluate_maps, builds("evaluate-maps"))
     return parser
 
 
@@ -387,7 +414,7 @@ def user_message(error: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     from pipelines.stop_signals import TrainingInterrupted
 

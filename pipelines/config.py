@@ -29,7 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from datamodules.config import DataConfig
 from datamodules.errors import ConfigError
-from lightning_modules.base import EvalConfig
+from lightning_modules.eval_config import EvalConfig
 
 GROUPS = ("method", "source", "targets")
 # Keys that say where a run's files go or how it is shown, not what it computes: a finished run folder

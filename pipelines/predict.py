@@ -41,6 +41,8 @@ from datamodules.atomic_io import atomic_write, atomic_write_text
 from datamodules.errors import ConfigError, ZsadError
 from datamodules.image_folder import ImageFolderDataModule, ImageList, collect_images
 from datamodules.images import load_image_rgb
+from lightning_modules.method_spec import MethodSpec
+from lightning_modules.registry import get_method
 from pipelines import submission
 from pipelines.map_writer import save_atomically
 from pipelines.run_state import global_rank
@@ -293,11 +295,14 @@ class PredictionWriter(Callback):
 
 
 # --- the job -----------------------------------------------------------------------------------------
-def _datamodule(images: ImageList, module: Any, options: PredictOptions) -> ImageFolderDataModule:
+def _datamodule(
+    images: ImageList, cfg: Any, spec: MethodSpec, options: PredictOptions
+) -> ImageFolderDataModule:
+    """The images at the method's input size, with its authors' preprocessing for images of no benchmark."""
     return ImageFolderDataModule(
         images,
-        module.image_size,
-        module.preprocessing,
+        spec.image_size(cfg.method),
+        spec.preprocessing(cfg.method, None),
         object_name=options.object_name,
         domain=options.domain,
         batch_size=options.batch_size,
@@ -305,12 +310,14 @@ def _datamodule(images: ImageList, module: Any, options: PredictOptions) -> Imag
     )
 
 
-def _run(cfg: Any, module: Any, datamodule: ImageFolderDataModule, out: Path, callback: Callback) -> None:
-    from pipelines.runner import make_trainer  # with the run's progress bar (whole lines in log files)
+def _run(
+    cfg: Any, spec: MethodSpec, module: Any, datamodule: ImageFolderDataModule, out: Path, callback: Callback
+) -> None:
+    from pipelines.runner import make_trainer, refuse_inexact_ddp  # the run's progress bar, its refusals
 
-    trainer = make_trainer(
-        cfg, out, [], training=False, inference_mode=not module.needs_grad_at_test, callbacks=[callback]
-    )
+    inference_mode = not spec.needs_grad_at_test(cfg.method)
+    trainer = make_trainer(cfg, out, [], training=False, inference_mode=inference_mode, callbacks=[callback])
+    refuse_inexact_ddp(cfg, spec, trainer.world_size)
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
 
 
@@ -347,16 +354,21 @@ def check_options(options: PredictOptions) -> None:
 
 
 def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
-    from pipelines.runner import evaluation_module
+    from pipelines.runner import evaluation_module, planned_processes, refuse_inexact_ddp
 
+    spec = get_method(cfg.method.name)
     check_options(options)
-    module, checkpoint = evaluation_module(cfg)  # an unusable checkpoint is refused before inputs are read
+    refuse_inexact_ddp(cfg, spec, planned_processes(cfg))
+    module, checkpoint = evaluation_module(
+        cfg, spec
+    )  # an unusable checkpoint is refused before inputs are read
     images = collect_images(options.inputs)
     if options.submission is not None:
         submission.check_inputs(images.images)
     for _, error in images.unreadable if global_rank() == 0 else []:
         print(f"zsad: skipped unreadable image: {error}", file=sys.stderr)
     out = options.out
+    module.run_dir = out  # the folder this job writes (a method's run files, e.g. CMG's relevance cache)
     (out / UNREADABLE_FILE).unlink(missing_ok=True)  # never report a previous attempt's files
     thresholds = Thresholds(
         options.image_threshold,
@@ -370,7 +382,7 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
     if options.normal_dir is not None:
         normals = collect_images([str(options.normal_dir)])
         statistics = NormalStatistics(options.fpr, out, f"normal images in {options.normal_dir}")
-        _run(cfg, module, _datamodule(normals, module, options), out, statistics)
+        _run(cfg, spec, module, _datamodule(normals, cfg, spec, options), out, statistics)
         # ddp_spawn: the statistics were computed in the spawned processes; rank 0 left them in a file
         thresholds = statistics.thresholds or Thresholds(
             **json.loads((out / NORMAL_THRESHOLDS_FILE).read_text())
@@ -381,8 +393,8 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
         "checkpoint": str(checkpoint) if checkpoint else None,
         "inputs": list(options.inputs),
         "root": str(images.root),
-        "image_size": module.image_size,
-        "preprocessing": dataclasses.asdict(module.preprocessing),
+        "image_size": spec.image_size(cfg.method),
+        "preprocessing": dataclasses.asdict(spec.preprocessing(cfg.method, None)),
         "object_name": options.object_name,
         "thresholds": dataclasses.asdict(thresholds),
         "map_format": options.map_format,
@@ -390,7 +402,7 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
         "submission": options.submission,
     }
     writer = PredictionWriter(out, images, thresholds, options, record)
-    _run(cfg, module, _datamodule(images, module, options), out, writer)
+    _run(cfg, spec, module, _datamodule(images, cfg, spec, options), out, writer)
     if global_rank() != 0:  # torchrun/srun: rank 0 may still be writing; it reports for everyone
         return PredictOutcome(out, None, [], thresholds)
     # Read back what rank 0 wrote (under ddp_spawn it ran in another process).

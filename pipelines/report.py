@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from datamodules.atomic_io import atomic_write_text
 from datamodules.errors import ZsadError
-from pipelines.published import SOURCE
 from pipelines.report_grouping import (
     CFLOW_AUPRO,
     Grouping,
@@ -36,9 +35,11 @@ from pipelines.report_tables import (
     MEAN_ROW,
     Intervals,
     Table,
+    baseline_column,
     category_tables,
     dataset_tables,
     percent,
+    published_sources,
     published_value,
     row_dataset,
     table_specs,
@@ -106,6 +107,7 @@ def _markdown(
     reference: bool,
     group_by: list[str] | None,
     extra: list[str],
+    baseline: str | None = None,
 ) -> str:
     how = (
         f"grouped by {', '.join(group_by)}"
@@ -116,6 +118,7 @@ def _markdown(
         f"# Results ({n_runs} runs, {len(grouping.columns)} settings)",
         "",
         f"Cells: {CELLS}; {how} (docs/reports.md).",
+        *([f"(±x.x): the difference of the mean to the baseline setting `{baseline}`."] if baseline else []),
         "",
         "| setting | seeds | keys |",
         "|---|---|---|",
@@ -127,7 +130,7 @@ def _markdown(
     for table in tables:
         lines += _markdown_table(table, grouping.columns)
     if reference:
-        lines += [f"Published rows: {SOURCE}.", ""]
+        lines += [f"Published rows: {published_sources(grouping)}.", ""]
     for row, row_tables in per_category:
         lines += [f"## Per category: {row}", ""]
         for table in row_tables:
@@ -241,7 +244,10 @@ def build_report(
     bootstrap: int | None = None,
     seed: int = 0,
     compare: tuple[str, str] | None = None,
+    baseline: str | None = None,
 ) -> Report:
+    """``baseline``: a run folder or an experiment name whose setting every other cell is compared with
+    (e.g. the CMG ablation against ``cmg_baseline``)."""
     from pipelines.report_html import render_html
 
     run_dirs, default_out, wandb_group = _collect_run_dirs(inputs)
@@ -251,6 +257,7 @@ def build_report(
         raise ZsadError("no finished runs (results.json with evaluated targets) found in the given inputs")
     grouping = group(entries, group_by)
     _note_unfinished(grouping, run_dirs, runs)
+    base = baseline_column(grouping, runs, baseline) if baseline else None
     settings = None
     if compare is not None:
         from pipelines.report_bootstrap import resolve_setting
@@ -288,9 +295,9 @@ def build_report(
             ]
             extra += ["| " + " | ".join(line) + " |" for line in lines] + [""]
             extra_html += comparison_html(title, about, header, lines)
-    tables = dataset_tables(grouping, reference, intervals)
-    per_category = category_tables(grouping, reference, intervals)
-    markdown = _markdown(grouping, len(runs), tables, per_category, reference, group_by, extra)
+    tables = dataset_tables(grouping, reference, intervals, base)
+    per_category = category_tables(grouping, reference, intervals, base)
+    markdown = _markdown(grouping, len(runs), tables, per_category, reference, group_by, extra, base)
     rows = _csv_rows(grouping, intervals)
     csv_text = _csv_text(rows)
 

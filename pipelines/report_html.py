@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.report_tables import Table, text_rows
+from pipelines.report_tables import Table, published_sources, text_rows
 
 if TYPE_CHECKING:
     from pipelines.report_grouping import Grouping
@@ -145,9 +145,7 @@ def render_html(
     for table in tables:
         body += _table(table, grouping.columns)
     if reference:
-        from pipelines.published import SOURCE
-
-        body.append(f'<p class="note">Published rows: {_e(SOURCE)}.</p>')
+        body.append(f'<p class="note">Published rows: {_e(published_sources(grouping))}.</p>')
     for row, row_tables in per_category:
         body.append(f"<details><summary>Per category: {_e(row)}</summary>")
         for table in row_tables:

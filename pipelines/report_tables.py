@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.published import published
+from datamodules.errors import ZsadError
+from lightning_modules.method_spec import PublishedNumbers
+from lightning_modules.registry import get_method
 
 if TYPE_CHECKING:
-    from pipelines.report_grouping import Grouping
+    from pipelines.report_grouping import Grouping, RunRecord
 
 TABLES = (
     ("image level (AUROC, AP)", ("image_auroc", "image_ap")),
@@ -62,6 +65,7 @@ class Table:
     metrics: tuple[str, ...]
     rows: list[Row]
     note: str | None = None
+    baseline: int | None = None  # --baseline: the column the others' differences are taken against
 
 
 def percent(value: float | None, signed: bool = False) -> str:
@@ -111,9 +115,43 @@ def row_dataset(row: str, grouping: Grouping) -> str:
     return row
 
 
+def method_published(method: str) -> PublishedNumbers | None:
+    """The published numbers of ``method`` (its spec's ``published``); None for a method without any, or one
+    this version does not know (runs of another version or of a plugin)."""
+    try:
+        return get_method(method).published
+    except ZsadError:
+        return None
+
+
 def published_value(dataset: str, method: str, metric: str) -> float | None:
     """The published number of a dataset-level cell (the papers' AUPRO is the cflow-style one)."""
-    return published(dataset, method).get("aupro" if metric == CFLOW_AUPRO else metric)
+    numbers = method_published(method)
+    values = numbers.results.get(dataset, {}) if numbers is not None else {}
+    return values.get("aupro" if metric == CFLOW_AUPRO else metric)
+
+
+def published_sources(grouping: Grouping) -> str:
+    """Where the published rows come from: the sources of the shown methods' numbers, each once."""
+    numbers = (method_published(grouping.column_method[column]) for column in grouping.columns)
+    return "; ".join(dict.fromkeys(n.source for n in numbers if n is not None)) or "none of these methods"
+
+
+def baseline_column(grouping: Grouping, runs: list[RunRecord], which: str) -> str:
+    """The setting (column) of ``which`` for --baseline: a run folder, or an experiment name whose runs share
+    one setting (e.g. ``cmg_baseline`` of the CMG ablation)."""
+    path = Path(which).resolve()
+    chosen = [r.setting for r in runs if r.run_dir.resolve() == path or r.results.get("experiment") == which]
+    columns = {
+        cell.column for cell in grouping.cells.values() for e in cell.entries if e.run.setting in chosen
+    }
+    if len(columns) != 1:
+        found = f"settings {sorted(columns)}" if columns else "no run"
+        raise ZsadError(
+            f"--baseline {which}: {found} of the report match; give one run folder or an experiment name "
+            "whose runs share one setting"
+        )
+    return columns.pop()
 
 
 def _row(
@@ -142,8 +180,11 @@ def _row(
     return Row(label, row_dataset(row, grouping) if category is None else "", cells, counts)
 
 
-def dataset_tables(grouping: Grouping, reference: bool, intervals: Intervals | None = None) -> list[Table]:
-    """The datasets x settings tables (category means), with the published numbers under --reference."""
+def dataset_tables(
+    grouping: Grouping, reference: bool, intervals: Intervals | None = None, baseline: str | None = None
+) -> list[Table]:
+    """The datasets x settings tables (category means), with the published numbers under --reference and
+    the differences to the ``baseline`` column with --baseline."""
     tables = []
     for title, metrics, note in table_specs(reference, grouping):
         rows = [_row(grouping, r, r, None, metrics, intervals or {}) for r in grouping.rows]
@@ -153,12 +194,16 @@ def dataset_tables(grouping: Grouping, reference: bool, intervals: Intervals | N
                     [published_value(row.dataset, grouping.column_method[c], m) for m in metrics]
                     for c in grouping.columns
                 ]
-        tables.append(Table(title, "dataset", metrics, rows, note))
+        tables.append(Table(title, "dataset", metrics, rows, note, _index(grouping, baseline)))
     return tables
 
 
+def _index(grouping: Grouping, column: str | None) -> int | None:
+    return grouping.columns.index(column) if column is not None else None
+
+
 def category_tables(
-    grouping: Grouping, reference: bool, intervals: Intervals | None = None
+    grouping: Grouping, reference: bool, intervals: Intervals | None = None, baseline: str | None = None
 ) -> list[tuple[str, list[Table]]]:
     """Per dataset row with more than one category: (row, its categories x settings tables, the category
     mean as the last row), the metric pairs of :func:`dataset_tables`."""
@@ -174,18 +219,36 @@ def category_tables(
             rows = [_row(grouping, row, c, c, metrics, intervals or {}) for c in categories]
             rows.append(_row(grouping, row, MEAN_ROW, None, metrics, intervals or {}))
             rows[-1].dataset = ""  # the published numbers belong to the dataset tables
-            tables.append(Table(f"{row}: {title}", "category", metrics, rows))
+            tables.append(
+                Table(f"{row}: {title}", "category", metrics, rows, baseline=_index(grouping, baseline))
+            )
         out.append((row, tables))
     return out
 
 
+def _difference(stat: Stat, base: Stat | None) -> str:
+    """`` (+1.2)``: the mean minus the baseline's, in percent points; empty without both (or for the
+    baseline itself)."""
+    if base is None or stat is base or stat.mean is None or base.mean is None:
+        return ""
+    return f" ({percent(stat.mean - base.mean, signed=True)})"
+
+
 def text_rows(table: Table) -> list[tuple[str, list[str]]]:
-    """(row label, one text per column) of a table for markdown and HTML: ``numbers (n=N)``; published
-    rows (``ROW (published)``) under their dataset's row."""
+    """(row label, one text per column) of a table for markdown and HTML: ``numbers (n=N)``, each number
+    followed by its difference to the baseline column's with --baseline; published rows
+    (``ROW (published)``) under their dataset's row."""
     out = []
     for row in table.rows:
+        base = row.cells[table.baseline] if table.baseline is not None else None
         texts = [
-            "" if stats is None else f"{', '.join(stat_text(s) for s in stats)} (n={n})"
+            ""
+            if stats is None
+            else ", ".join(
+                stat_text(s) + _difference(s, base[i] if base is not None else None)
+                for i, s in enumerate(stats)
+            )
+            + f" (n={n})"
             for stats, n in zip(row.cells, row.n, strict=True)
         ]
         out.append((row.label, texts))

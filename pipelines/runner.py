@@ -1,15 +1,15 @@
 """The three jobs: train on a source, test on targets, or run both (the zero-shot protocol).
 
-Cluster behaviour lives here too: every process of a DDP job agrees on one run directory, a run that
-was preempted resumes from its newest checkpoint in that directory with the same W&B run id, and only
-global rank 0 writes results. Which folder a run uses and whether its config may use it is
-:mod:`pipelines.run_folder`; who owns it and how it stands (``run.lock``, ``status.json``),
-:mod:`pipelines.run_state`.
+Each job looks its method's spec up once (``MethodSpec``: what the method provides) and refuses what the
+config alone shows to be wrong before any model, data or run folder exists; then it builds the module and
+the datamodules and runs :func:`fit` and/or :func:`evaluate` inside its frame (:mod:`pipelines.job`: the
+run folder and its lock, config and status files, stop signals, loggers). A run that was preempted resumes
+exactly from its newest checkpoint in that folder (:mod:`pipelines.checkpointing`); only global rank 0
+writes results.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -27,7 +27,9 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from datamodules.datamodule import AnomalyDataModule
 from datamodules.errors import ConfigError
 from datamodules.progress import lightning_progress_bar
-from lightning_modules.base import LIGHTNING_DIR, ZeroShotModule
+from lightning_modules.base import ZeroShotModule
+from lightning_modules.feature_cache import CachedTraining
+from lightning_modules.method_spec import MethodSpec
 from lightning_modules.metrics.curves import f1_thresholds
 from lightning_modules.registry import get_method
 from pipelines import stop_signals
@@ -46,19 +48,13 @@ from pipelines.checkpointing import (
 from pipelines.config import (
     ExperimentConfig,
 )
-from pipelines.loggers import drop_redone_training_rows, log_evaluation, make_loggers, wandb_hint
+from pipelines.job import LIGHTNING_DIR, Job, run_job
+from pipelines.loggers import drop_redone_training_rows, log_evaluation
 from pipelines.map_writer import MapWriter
 from pipelines.results import target_payload, write_results
-from pipelines.run_folder import (
-    RunOutcome,
-    finished_run,
-    prepare_run_dir,
-    refuse_resume_of_another_config,
-    wandb_run_id,
-    write_config,
-)
-from pipelines.run_state import acquire_run_lock, global_rank, record_failure, write_status
-from pipelines.stop_signals import TrainingInterrupted, deferred, stop_signal_guard
+from pipelines.run_folder import RunOutcome
+from pipelines.run_state import global_rank
+from pipelines.stop_signals import stop_signal_guard
 from pipelines.visualize import EvaluationPictures
 
 # The frozen CLIP stays in eval mode during training on purpose; this warning would only confuse users.
@@ -85,9 +81,9 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_lightning_
 
 
 # --- trainer -----------------------------------------------------------------------------------------
-def build_module(cfg: ExperimentConfig) -> ZeroShotModule:
+def build_module(cfg: ExperimentConfig, spec: MethodSpec) -> ZeroShotModule:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    return get_method(cfg.method.name).build_module(cfg.method, cfg.eval)
+    return spec.build_module(cfg.method, cfg.eval)
 
 
 def _devices(value: str) -> int | str | list[int]:
@@ -155,27 +151,34 @@ def make_trainer(
     )
 
 
-def _datamodule(data_cfg: Any, module: ZeroShotModule, seed: int) -> AnomalyDataModule:
+def method_datamodule(
+    cfg: ExperimentConfig, spec: MethodSpec, data_cfg: Any, training: bool = False
+) -> AnomalyDataModule:
+    """``data_cfg``'s datamodule at the method's input size, with its authors' preprocessing there and, for
+    the training source, their training augmentation there (``MethodSpec.train_augmentation``)."""
     datamodule = AnomalyDataModule(
         data_cfg,
-        image_size=module.image_size,
-        preprocessing=module.dataset_preprocessing(data_cfg.name),
-        seed=seed,
-        augmentation=module.train_augmentation(data_cfg.name),
+        image_size=spec.image_size(cfg.method),
+        preprocessing=spec.preprocessing(cfg.method, data_cfg.name),
+        seed=cfg.seed,
+        augmentation=spec.augmentation_on(cfg.method, data_cfg.name) if training else None,
     )
     _ = datamodule.full_index  # parse now: a wrong root fails before any training time is spent
     return datamodule
 
 
-def fit(cfg: ExperimentConfig, module: ZeroShotModule, run_dir: Path, loggers: list[Logger]) -> Path:
+def fit(cfg: ExperimentConfig, spec: MethodSpec, module: ZeroShotModule, job: Job) -> Path:
     """Train on the source, resuming exactly from the run folder's newest valid checkpoint
     (:mod:`pipelines.checkpointing`); a training that already ended is not repeated: its final weights
-    are loaded."""
+    are loaded. A method with a feature cache trains on its frozen features, encoded once
+    (:class:`~lightning_modules.feature_cache.CachedTraining`)."""
     if cfg.source is None:
         raise ConfigError(
             "training needs a source dataset: set defaults.source in the experiment or source=NAME"
         )
-    datamodule = _datamodule(cfg.source, module, cfg.seed)
+    datamodule = method_datamodule(cfg, spec, cfg.source, training=True)
+    run_dir, loggers = job.run_dir, job.loggers
+    module.run_dir = run_dir
     resume = find_resume_checkpoint(run_dir, warn=global_rank() == 0)
     if resume is not None and resume.complete and resume.max_epochs == cfg.trainer.max_epochs:
         module.load_trained_weights(str(resume.path))
@@ -184,7 +187,9 @@ def fit(cfg: ExperimentConfig, module: ZeroShotModule, run_dir: Path, loggers: l
         refuse_resume_on_other_data(resume, datamodule.train_fingerprint, run_dir)
     if global_rank() == 0:
         drop_redone_training_rows(loggers, resume.global_step if resume else 0)
-    trainer, ckpt_path = make_trainer(cfg, run_dir, loggers, training=True), resume and str(resume.path)
+    callbacks = [CachedTraining(datamodule, spec.feature_cache(cfg.method))] if spec.feature_cache else []
+    trainer = make_trainer(cfg, run_dir, loggers, training=True, callbacks=callbacks)
+    ckpt_path = resume and str(resume.path)
     try:
         with stop_signals.under_trainer(trainer), divergence_as_one_line():  # its safe points decide
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -193,19 +198,43 @@ def fit(cfg: ExperimentConfig, module: ZeroShotModule, run_dir: Path, loggers: l
     return last_checkpoint(run_dir)
 
 
-def method_protocols(cfg: ExperimentConfig) -> list[dict[str, Any] | None]:
+def method_protocols(cfg: ExperimentConfig, spec: MethodSpec) -> list[dict[str, Any] | None]:
     """Per target, the method's protocol there as its results record it (None: the method declares none);
     a protocol the method refuses on a target raises ConfigError before any model, data or run folder."""
-    protocol = get_method(cfg.method.name).dataset_protocol
-    return [protocol(cfg.method, target.name) if protocol else None for target in cfg.targets]
+    return [spec.protocol_on(cfg.method, target.name) for target in cfg.targets]
 
 
-def target_datamodules(cfg: ExperimentConfig, module: ZeroShotModule) -> list[AnomalyDataModule]:
+def planned_processes(cfg: ExperimentConfig) -> int | None:
+    """How many processes the trainer config asks for, when the config says (a count or a list of device
+    ids, times the nodes); None when Lightning decides (``devices=auto`` or ``-1``)."""
+    devices = _devices(cfg.trainer.devices)
+    if isinstance(devices, list):
+        return len(devices) * cfg.trainer.num_nodes
+    if isinstance(devices, int) and devices > 0:
+        return devices * cfg.trainer.num_nodes
+    return None
+
+
+def refuse_inexact_ddp(cfg: ExperimentConfig, spec: MethodSpec, processes: int | None) -> None:
+    """A multi-process evaluation that would not equal one process (``MethodSpec.ddp_refusal``) is refused."""
+    reason = spec.ddp_refusal_reason(cfg.method)
+    if reason is not None and processes is not None and processes > 1:
+        raise ConfigError(f"{reason} (this evaluation has {processes} processes)")
+
+
+def check_evaluation(cfg: ExperimentConfig, spec: MethodSpec) -> None:
+    """What is refused from the config alone, before any model, data or run folder: a protocol the method
+    does not implement on a target, a multi-process evaluation that would not equal one process."""
+    method_protocols(cfg, spec)
+    refuse_inexact_ddp(cfg, spec, planned_processes(cfg))
+
+
+def target_datamodules(cfg: ExperimentConfig, spec: MethodSpec) -> list[AnomalyDataModule]:
     if not cfg.targets:
         raise ConfigError(
             "no targets to evaluate: set defaults.targets in the experiment or targets=[NAME,...]"
         )
-    return [_datamodule(target, module, cfg.seed) for target in cfg.targets]
+    return [method_datamodule(cfg, spec, target) for target in cfg.targets]
 
 
 class _WriteResults(Callback):
@@ -213,22 +242,10 @@ class _WriteResults(Callback):
     ``ddp_spawn`` included, where the launching process never sees the module's state)."""
 
     def __init__(
-        self,
-        run_dir: Path,
-        results: dict[str, Any],
-        key: str,
-        target: Any,
-        loggers: list[Logger],
-        protocol: dict[str, Any] | None = None,
+        self, job: Job, results: dict[str, Any], key: str, target: Any, protocol: dict[str, Any] | None
     ) -> None:
-        self.run_dir, self.results, self.key, self.target, self.loggers = (
-            run_dir,
-            results,
-            key,
-            target,
-            loggers,
-        )
-        self.protocol = protocol
+        self.run_dir, self.loggers = job.run_dir, job.loggers
+        self.results, self.key, self.target, self.protocol = results, key, target, protocol
 
     def on_test_end(self, trainer: L.Trainer, module: ZeroShotModule) -> None:
         if not trainer.is_global_zero:
@@ -239,7 +256,7 @@ class _WriteResults(Callback):
             "root": str(index.root),
             "version": index.version,
             "split": self.target.test_split,
-            "image_size": module.image_size,
+            "image_size": datamodule.image_size,
             "eval_size": datamodule.eval_size,
             "preprocessing": dataclasses.asdict(datamodule.preprocessing),
             "options": dict(datamodule.cfg.options or {}),
@@ -256,16 +273,19 @@ class _WriteResults(Callback):
 
 def evaluate(
     cfg: ExperimentConfig,
+    spec: MethodSpec,
     module: ZeroShotModule,
-    run_dir: Path,
-    loggers: list[Logger],
+    job: Job,
     results: dict[str, Any],
     datamodules: list[AnomalyDataModule],
 ) -> dict[str, Any]:
-    """Test on every target; the results files are rewritten after each one."""
-    targets = zip(_target_keys(cfg), cfg.targets, datamodules, method_protocols(cfg), strict=True)
+    """Test on every target, telling the module the method's protocol there; the results files are
+    rewritten after each one."""
+    run_dir, loggers = job.run_dir, job.loggers
+    module.run_dir = run_dir
+    targets = zip(_target_keys(cfg), cfg.targets, datamodules, method_protocols(cfg, spec), strict=True)
     for key, target, datamodule, protocol in targets:
-        callbacks: list[Callback] = [_WriteResults(run_dir, results, key, target, loggers, protocol)]
+        callbacks: list[Callback] = [_WriteResults(job, results, key, target, protocol)]
         if cfg.eval.save_maps:
             callbacks.append(MapWriter(run_dir / "maps" / key))
         if cfg.eval.visualize:
@@ -284,9 +304,11 @@ def evaluate(
             run_dir,
             loggers,
             training=False,
-            inference_mode=not module.needs_grad_at_test,
+            inference_mode=not spec.needs_grad_at_test(cfg.method),
             callbacks=callbacks,
         )
+        refuse_inexact_ddp(cfg, spec, trainer.world_size)  # devices=auto: known once Lightning decided
+        module.method_protocol = protocol
         with stop_signals.under_trainer(trainer):  # its batch ends decide (pipelines.stop_signals)
             trainer.test(module, datamodule=datamodule, verbose=False)
         if (run_dir / "results.json").is_file():  # written by rank 0, possibly in another process
@@ -319,107 +341,60 @@ def _results_header(cfg: ExperimentConfig, run_dir: Path, checkpoint: Path | Non
 
 
 # --- jobs --------------------------------------------------------------------------------------------
-def _job(cfg: ExperimentConfig, job_type: str, body) -> RunOutcome:
-    """Common frame: own the run folder (its lock), skip when finished, config, status, loggers.
-
-    Whatever ends the job (an error, a stop signal at any moment, SystemExit), status.json says how it
-    ended and the lock is released; a job refused the folder (locked, or a finished or resumable run of
-    another config) leaves both alone. Runs inside the caller's :func:`stop_signal_guard`.
-    """
-    run_dir = prepare_run_dir(cfg)
-    with contextlib.ExitStack() as owned:
-        with deferred():  # a signal cannot come between taking the lock and owning its release
-            owned.enter_context(acquire_run_lock(run_dir))
-        finished = finished_run(cfg, run_dir, job_type)
-        if finished is not None:
-            return finished
-        refuse_resume_of_another_config(cfg, run_dir)
-        loggers: list[Logger] = []
-        try:
-            write_config(cfg, run_dir)
-            write_status(run_dir, "running")
-            loggers = make_loggers(cfg, run_dir, job_type=job_type, run_id=wandb_run_id(run_dir))
-            outcome = body(run_dir, loggers)
-            with deferred(stop_after=False):  # from here on a signal changes nothing: the run finished
-                write_status(run_dir, "finished")
-        except BaseException as error:
-            with deferred(stop_after=False):  # the status is written whole, whatever comes meanwhile
-                interruption = TrainingInterrupted.recognise(error)  # saved: the same command resumes it
-                if interruption is None:
-                    record_failure(run_dir, error)
-                    raise
-                stop_signals.close_loggers_after_stop(loggers, interruption)
-                write_status(run_dir, interruption.state, str(interruption), interruption.checkpoint)
-            raise interruption from None
-        with deferred(stop_after=False):  # finished: a signal changes nothing (a second Ctrl-C stops)
-            outcome.notes = _notes(loggers)
-    return outcome
-
-
 def train(cfg: ExperimentConfig) -> RunOutcome:
-    if not get_method(cfg.method.name).trains:  # before any run folder or model exists
+    spec = get_method(cfg.method.name)
+    if not spec.trains:  # before any run folder or model exists
         raise ConfigError(
-            f"method '{cfg.method.name}' is training-free: evaluate it with `zsad run` or `zsad test` (no checkpoint)"
+            f"method '{spec.name}' is training-free: evaluate it with `zsad run` or `zsad test` (no checkpoint)"
         )
     with stop_signal_guard():
-        module = build_module(cfg)
-        return _job(
-            cfg, "train", lambda run_dir, loggers: RunOutcome(run_dir, fit(cfg, module, run_dir, loggers))
-        )
+        module = build_module(cfg, spec)
+        return run_job(cfg, "train", lambda job: RunOutcome(job.run_dir, fit(cfg, spec, module, job)))
 
 
-def evaluation_module(cfg: ExperimentConfig) -> tuple[ZeroShotModule, Path | None]:
-    """The configured method with its trained weights (``checkpoint=``, required for trained methods)."""
-    spec = get_method(cfg.method.name)
+def evaluation_module(cfg: ExperimentConfig, spec: MethodSpec) -> tuple[ZeroShotModule, Path | None]:
+    """The configured method with its trained weights (``checkpoint=``, required for trained methods): a
+    zsad checkpoint, or the authors' released weights for a method whose spec reads them. An unusable
+    checkpoint is refused before the model is built."""
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else None
     if spec.trains and checkpoint is None:
         raise ConfigError(
             f"method '{spec.name}' is trained: pass checkpoint=RUN_DIR/checkpoints/last.ckpt (written by `zsad train`)"
         )
     weights = read_trained_checkpoint(checkpoint, cfg.method.name) if checkpoint is not None else None
-    module = build_module(cfg)
+    module = build_module(cfg, spec)
     if checkpoint is not None:
-        module.load_trained_weights(str(checkpoint), weights)
+        module.load_trained_weights(str(checkpoint), spec.official_checkpoint, weights)
     return module, checkpoint
 
 
 def test(cfg: ExperimentConfig) -> RunOutcome:
-    method_protocols(cfg)  # a refused target stops the job before anything is built
+    spec = get_method(cfg.method.name)
+    check_evaluation(cfg, spec)  # a refused target or DDP evaluation stops the job before anything is built
     with stop_signal_guard():
-        module, checkpoint = evaluation_module(cfg)
-        datamodules = target_datamodules(cfg, module)
+        module, checkpoint = evaluation_module(cfg, spec)
+        datamodules = target_datamodules(cfg, spec)
 
-        def body(run_dir: Path, loggers: list[Logger]) -> RunOutcome:
-            results = evaluate(
-                cfg, module, run_dir, loggers, _results_header(cfg, run_dir, checkpoint), datamodules
-            )
-            return RunOutcome(run_dir, checkpoint, results)
+        def body(job: Job) -> RunOutcome:
+            header = _results_header(cfg, job.run_dir, checkpoint)
+            results = evaluate(cfg, spec, module, job, header, datamodules)
+            return RunOutcome(job.run_dir, checkpoint, results)
 
-        return _job(cfg, "eval", body)
+        return run_job(cfg, "eval", body)
 
 
 def run(cfg: ExperimentConfig) -> RunOutcome:
     """Train on the source (its test split, by the zero-shot protocol), then evaluate every target."""
-    method_protocols(cfg)  # a refused target stops the job before any training
+    spec = get_method(cfg.method.name)
+    check_evaluation(cfg, spec)  # a refused target or DDP evaluation stops the job before any training
     with stop_signal_guard():
-        module = build_module(cfg)
-        datamodules = target_datamodules(cfg, module)  # a wrong target root fails before training
-        trains = get_method(cfg.method.name).trains
+        module = build_module(cfg, spec)
+        datamodules = target_datamodules(cfg, spec)  # a wrong target root fails before training
 
-        def body(run_dir: Path, loggers: list[Logger]) -> RunOutcome:
-            checkpoint = fit(cfg, module, run_dir, loggers) if trains else None
-            results = evaluate(
-                cfg, module, run_dir, loggers, _results_header(cfg, run_dir, checkpoint), datamodules
-            )
-            return RunOutcome(run_dir, checkpoint, results)
+        def body(job: Job) -> RunOutcome:
+            checkpoint = fit(cfg, spec, module, job) if spec.trains else None
+            header = _results_header(cfg, job.run_dir, checkpoint)
+            results = evaluate(cfg, spec, module, job, header, datamodules)
+            return RunOutcome(job.run_dir, checkpoint, results)
 
-        return _job(cfg, "run", body)
-
-
-def _notes(loggers: list[Logger]) -> list[str]:
-    hint = wandb_hint(loggers)
-    for logger in loggers:
-        logger.finalize("success")
-        if hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
-            logger.experiment.finish()  # W&B: close the run so the next one in this process starts clean
-    return [hint] if hint else []
+        return run_job(cfg, "run", body)

@@ -54,8 +54,8 @@ def capture_modules(monkeypatch) -> list[Any]:
     built: list[Any] = []
     original = runner.build_module
 
-    def build(cfg):
-        module = original(cfg)
+    def build(cfg, spec):
+        module = original(cfg, spec)
         module.frozen_before = {k: v.clone() for k, v in module.model.clip.state_dict().items()}
         module.trainable_before = {
             n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad

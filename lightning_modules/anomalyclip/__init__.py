@@ -1,19 +1,26 @@
-"""AnomalyCLIP (Zhou et al., ICLR 2024): object-agnostic prompt learning for zero-shot anomaly detection."""
+"""AnomalyCLIP (Zhou et al., ICLR 2024): object-agnostic prompt learning for zero-shot anomaly detection.
+
+The spec (``spec.py``) and the config load without torch; the model and module classes below are imported
+on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from lightning_modules.anomalyclip.config import AnomalyCLIPConfig
-from lightning_modules.anomalyclip.model import AnomalyCLIP, ObjectAgnosticPrompts
-from lightning_modules.anomalyclip.module import AnomalyCLIPModule
-from lightning_modules.registry import MethodSpec, register_method
-
-register_method(
-    MethodSpec(
-        name="anomalyclip",
-        config_class=AnomalyCLIPConfig,
-        build_module=lambda cfg, eval_cfg: AnomalyCLIPModule(cfg, eval_cfg),
-        trains=True,
-        needs="image labels; pixel masks optional (image loss only without them)",
-        description="object-agnostic prompts + deep text tokens + DPAM on a frozen CLIP (ICLR 2024)",
-    )
-)
 
 __all__ = ["AnomalyCLIP", "AnomalyCLIPConfig", "AnomalyCLIPModule", "ObjectAgnosticPrompts"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from lightning_modules.anomalyclip.model import AnomalyCLIP, ObjectAgnosticPrompts
+    from lightning_modules.anomalyclip.module import AnomalyCLIPModule
+
+    return {
+        "AnomalyCLIP": AnomalyCLIP,
+        "AnomalyCLIPModule": AnomalyCLIPModule,
+        "ObjectAgnosticPrompts": ObjectAgnosticPrompts,
+    }[name]

@@ -9,8 +9,9 @@ import torch
 
 from lightning_modules.anomalyclip.config import AnomalyCLIPConfig
 from lightning_modules.anomalyclip.model import AnomalyCLIP
-from lightning_modules.base import EvalConfig, ZeroShotModule
-from lightning_modules.feature_cache import backbone_cache_identity, prepare_cached_training
+from lightning_modules.base import ZeroShotModule
+from lightning_modules.eval_config import EvalConfig
+from lightning_modules.feature_cache import backbone_cache_identity
 
 
 class AnomalyCLIPModule(ZeroShotModule):
@@ -24,10 +25,6 @@ class AnomalyCLIPModule(ZeroShotModule):
         super().__init__(eval_cfg)
         self.cfg = cfg
         self.model = model if model is not None else AnomalyCLIP(cfg)
-
-    @property
-    def image_size(self) -> int:
-        return self.cfg.backbone.image_size
 
     def checkpoint_identity(self) -> dict[str, Any]:
         backbone = (
@@ -57,9 +54,6 @@ class AnomalyCLIPModule(ZeroShotModule):
 
     def feature_cache_bypass_reason(self) -> str | None:
         return None
-
-    def on_fit_start(self) -> None:
-        prepare_cached_training(self, self.cfg.cache_features, self.cfg.cache_dir, self.cfg.cache_max_gb)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         masks = batch["mask"]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from lightning_modules.anovl.prompts import TEXTURE_CATEGORIES
 from lightning_modules.clip.config import BackboneConfig
 
+# MVTec AD's texture classes, as in the authors' code (their prompts call them textures, not objects).
+TEXTURE_CATEGORIES = ("carpet", "grid", "leather", "tile", "wood")
 TTA_RESETS = ("image", "image_keep_optimizer", "category")
 SEQUENTIAL_TTA_RESETS = ("image_keep_optimizer", "category")  # state carried from image to image
 
@@ -58,7 +59,7 @@ class AnoVLConfig:
     # dataset's prompt name, "metal nut").
     prompt_words: str = "folder"
     # VisA's protocol (lightning_modules/anovl/protocol.py): "vis_test" (the authors' vis_test.py: short side
-    # to 240 without a crop, two tiles, class-token score, D x D adapter; anovl/vis_test.py) or "vl_test"
+    # to 240 without a crop, two tiles, class-token score, D x D adapter; anovl/tiled_visa.py) or "vl_test"
     # (vl_test.py's, as on MVTec AD; a deviation on VisA, recorded in results.json). Other datasets always
     # get vl_test.py's.
     visa_protocol: str = "vis_test"

@@ -9,15 +9,15 @@ from typing import Any
 import torch
 
 from datamodules.errors import ConfigError
-from datamodules.transforms import ImagePreprocessing
-from lightning_modules.anovl.config import SEQUENTIAL_TTA_RESETS, AnoVLConfig
+from lightning_modules.anovl.config import AnoVLConfig
 from lightning_modules.anovl.model import AnoVL, BatchText, CategoryText
 from lightning_modules.anovl.prompts import AUTHORS_CLASS_MAPPING, prompt_kind
-from lightning_modules.anovl.protocol import VIS_TEST, VISA_PROTOCOLS, dataset_protocol
+from lightning_modules.anovl.protocol import VIS_TEST, VL_TEST, check_visa_protocol
+from lightning_modules.anovl.tiled_visa import TiledAdaptation, vis_test_predict
 from lightning_modules.anovl.tta import TestTimeAdaptation
-from lightning_modules.anovl.vis_test import TiledAdaptation, vis_test_predict
-from lightning_modules.base import EvalConfig, ZeroShotModule
+from lightning_modules.base import ZeroShotModule
 from lightning_modules.clip.prompts import PROMPT_WORDS
+from lightning_modules.eval_config import EvalConfig
 
 
 def image_seed(seed: int, image_path: str, salt: int = 0) -> int:
@@ -31,8 +31,6 @@ class AnoVLModule(ZeroShotModule):
 
     method_name = "anovl"
     model_class: type[AnoVL] = AnoVL
-    authors_code = True  # False: the method's protocol is a reconstruction (Dual-Image)
-    protocols: tuple[str, ...] = VISA_PROTOCOLS  # the protocols (protocol.py) this method implements
 
     def __init__(
         self, cfg: AnoVLConfig, eval_cfg: EvalConfig | None = None, model: AnoVL | None = None
@@ -43,35 +41,22 @@ class AnoVLModule(ZeroShotModule):
                 f"method.prompt_words must be one of {list(PROMPT_WORDS)}, got {cfg.prompt_words!r}"
             )
         self.cfg = cfg
-        self.protocol_on(cfg, "")  # a wrong method.visa_protocol fails here, before the model is built
+        check_visa_protocol(cfg.visa_protocol)  # a wrong value fails here, before the model is built
         self.model = model if model is not None else self.model_class(cfg)
         # The runner seeds torch (L.seed_everything(experiment seed)) right before building the module.
         self.seed = int(cfg.seed) if cfg.seed is not None else int(torch.initial_seed())
         self.tta = TestTimeAdaptation(cfg.tta, cfg.pixel_temperature) if cfg.tta.enabled else None
         self.tiled_tta = TiledAdaptation(cfg.tta) if cfg.tta.enabled else None  # vis_test.py's
-        self.protocol = "vl_test"  # of the bound dataset (protocol.py)
         self._categories: list[str] = []
         self._object_names: dict[str, str] = {}
         self._domain = "industrial"
         self._texts: dict[str, CategoryText] = {}
 
     @property
-    def image_size(self) -> int:
-        return self.cfg.backbone.image_size
-
-    @property
-    def preprocessing(self) -> ImagePreprocessing:  # AnoVL's vl_test.py: Resize((S, S)), i.e. bilinear
-        return ImagePreprocessing(interpolation="bilinear")
-
-    def dataset_preprocessing(self, dataset: str) -> ImagePreprocessing:
-        """vis_test.py (VisA): ``Resize(S)``, the short side to S without a crop (bilinear)."""
-        if self.protocol_on(self.cfg, dataset)["protocol"] == VIS_TEST:
-            return ImagePreprocessing(interpolation="bilinear", resize="short_side")
-        return self.preprocessing
-
-    @property
-    def needs_grad_at_test(self) -> bool:  # type: ignore[override]
-        return bool(self.cfg.tta.enabled)
+    def protocol(self) -> str:
+        """The authors' script whose protocol runs on the target under test (protocol.py): what the runner
+        set in :attr:`method_protocol`, vl_test.py's when nothing was set."""
+        return (self.method_protocol or {}).get("protocol", VL_TEST)
 
     # --- data binding ------------------------------------------------------------------------------
     def bind_data(self, datamodule: Any) -> None:
@@ -80,38 +65,11 @@ class AnoVLModule(ZeroShotModule):
         self._object_names = datamodule.full_index.prompt_names()
         self._domain = datamodule.domain
         self._texts.clear()
-        cfg = getattr(datamodule, "cfg", None)
-        self.protocol = self.protocol_on(self.cfg, cfg.name)["protocol"] if cfg is not None else "vl_test"
         for tta in (self.tta, self.tiled_tta):
             if tta is not None:
                 tta.reset()
 
-    def check_sequential_tta(self, world_size: int) -> None:
-        """The authors' TTA carries optimizer state from image to image of a category, in index order; split
-        over processes, each would adapt on another subset and the scores would depend on the world size."""
-        reset = self.cfg.tta.reset
-        if self.tta is not None and reset in SEQUENTIAL_TTA_RESETS and world_size > 1:
-            raise ConfigError(
-                f"method.tta.reset={reset} adapts the images of a category one after another (the authors' "
-                f"protocol), which cannot be split over {world_size} processes: evaluate on one device "
-                f"(trainer.devices=1 trainer.num_nodes=1) or set method.tta.reset=image (order-independent)"
-            )
-
-    @classmethod
-    def protocol_on(cls, cfg: AnoVLConfig, dataset: str) -> dict[str, Any]:
-        """The protocol this method runs on ``dataset`` (``method.visa_protocol``), as results record it;
-        refused when zsad does not implement it. The runner checks every target before any work (the
-        registry's ``dataset_protocol``); the test epoch checks again for direct use of the module."""
-        return dataset_protocol(
-            cfg.visa_protocol,
-            dataset,
-            method=cls.method_name,
-            authors_code=cls.authors_code,
-            implemented=cls.protocols,
-        )
-
     def on_test_epoch_start(self) -> None:
-        self.check_sequential_tta(self.trainer.world_size)
         super().on_test_epoch_start()
         self.bind_data(self.trainer.datamodule)
 

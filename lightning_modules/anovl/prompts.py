@@ -61,8 +61,6 @@ MEDIA: dict[str, tuple[str, ...]] = {
     "texture": ("industrial photo", "textural photo", "surface picture"),
     "medical": ("medical photo", "medical image", "clinical image"),
 }
-# MVTec AD's texture classes, as in the authors' code.
-TEXTURE_CATEGORIES = ("carpet", "grid", "leather", "tile", "wood")
 # The authors' class_mapping: folder names that their prompts replace (every other folder name is used as
 # it is, "metal_nut" with its underscore).
 AUTHORS_CLASS_MAPPING = {"macaroni1": "macaroni", "macaroni2": "macaroni"}

@@ -19,7 +19,7 @@ image, so under ``image`` scores depend neither on batch composition nor on how 
 
 Gradients: only the adapter requires them; the CLIP stays frozen and its features enter as constants.
 Lightning runs ``test`` under ``torch.inference_mode`` unless the Trainer is built with
-``inference_mode=False`` (zsad's runner does so for methods with ``needs_grad_at_test``); inference mode
+``inference_mode=False`` (zsad's runner does so for methods whose spec has ``grad_at_test``); inference mode
 cannot be left from inside, so TTA refuses to run there rather than silently doing nothing.
 """
 
@@ -97,7 +97,7 @@ def require_autograd() -> None:
     if torch.is_inference_mode_enabled():
         raise ZsadError(
             "test-time adaptation needs autograd but the test loop runs in inference mode: build the "
-            "Trainer with inference_mode=False (zsad's runner does this when needs_grad_at_test is true)"
+            "Trainer with inference_mode=False (zsad's runner does this when the method's spec says grad_at_test)"
         )
 
 

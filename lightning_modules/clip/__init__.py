@@ -3,12 +3,13 @@
 - :mod:`factory`: create a model offline (local file, cache, or random weights) and the tiny test model;
 - :mod:`vision`: the image encoder with position-embedding interpolation, intermediate tokens and the
   V-V attention dual path (DPAM);
-- :mod:`text`: a text encoder that takes learned prompt embeddings and per-block deep tokens.
+- :mod:`text`: a text encoder that takes learned prompt embeddings and per-block deep tokens;
+- :mod:`config`: the backbone's typed config, which methods' configs import without loading torch.
 """
 
-from lightning_modules.clip.factory import TINY_MODEL, create_clip, register_builtin_configs
-from lightning_modules.clip.text import PromptTextEncoder
-from lightning_modules.clip.vision import DualPathVisionEncoder, VisionFeatures
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "TINY_MODEL",
@@ -18,3 +19,22 @@ __all__ = [
     "create_clip",
     "register_builtin_configs",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The names above on first use (torch and open_clip load then, not when a config is read)."""
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from lightning_modules.clip.factory import TINY_MODEL, create_clip, register_builtin_configs
+    from lightning_modules.clip.text import PromptTextEncoder
+    from lightning_modules.clip.vision import DualPathVisionEncoder, VisionFeatures
+
+    exports = {
+        "TINY_MODEL": TINY_MODEL,
+        "DualPathVisionEncoder": DualPathVisionEncoder,
+        "PromptTextEncoder": PromptTextEncoder,
+        "VisionFeatures": VisionFeatures,
+        "create_clip": create_clip,
+        "register_builtin_configs": register_builtin_configs,
+    }
+    return exports[name]

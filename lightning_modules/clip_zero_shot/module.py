@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from lightning_modules.base import EvalConfig
 from lightning_modules.category_module import TrainingFreeModule
 from lightning_modules.clip_zero_shot.config import CLIPConfig
 from lightning_modules.clip_zero_shot.model import CLIPZeroShot
+from lightning_modules.eval_config import EvalConfig
 
 
 class CLIPZeroShotModule(TrainingFreeModule):

@@ -8,12 +8,13 @@ from typing import Any
 import torch
 
 from datamodules.errors import ConfigError, ZsadError
-from lightning_modules.base import EvalConfig, ZeroShotModule, run_folder
+from lightning_modules.base import ZeroShotModule
 from lightning_modules.category_module import backbone_identity
 from lightning_modules.cmg.cmle import GlobalStructure
 from lightning_modules.cmg.config import CMGConfig
 from lightning_modules.cmg.model import CMG
 from lightning_modules.cmg.texts import ImageTexts
+from lightning_modules.eval_config import EvalConfig
 
 log = logging.getLogger(__name__)
 RUN_CACHE = "run"  # cmer.cache_dir value meaning {run_dir}/cache/cmer
@@ -32,10 +33,6 @@ class CMGModule(ZeroShotModule):
         self.texts: ImageTexts | None = None
         self.structure: GlobalStructure | None = None
 
-    @property
-    def image_size(self) -> int:
-        return self.cfg.backbone.image_size
-
     def checkpoint_identity(self) -> dict[str, Any]:
         """Only what shapes the autoencoder: CMER/CMLE settings may differ between training and test."""
         d = self.cfg.detector
@@ -52,9 +49,8 @@ class CMGModule(ZeroShotModule):
         """Texts of this dataset's images, and the on-disk CMER cache when one is configured."""
         self.texts = ImageTexts.from_datamodule(datamodule, self.cfg.text_template, self.cfg.captions_file)
         cache_dir = self.cfg.cmer.cache_dir
-        if cache_dir == RUN_CACHE:
-            trainer = getattr(self, "_trainer", None)
-            cache_dir = str(run_folder(trainer) / "cache" / "cmer") if trainer is not None else None
+        if cache_dir == RUN_CACHE:  # the folder of the job this module runs in; memory only outside one
+            cache_dir = str(self.run_dir / "cache" / "cmer") if self.run_dir is not None else None
         if self.cfg.cmer.enabled:
             self.model.use_relevance_cache_dir(cache_dir)
 

@@ -1,19 +1,22 @@
-"""CoOp: learnable class-aware prompt context on a frozen CLIP, trained with image labels only."""
+"""CoOp: learnable class-aware prompt context on a frozen CLIP, trained with image labels only.
+
+The spec (``spec.py``) and the config load without torch; the model and module classes below are imported
+on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from lightning_modules.coop.config import CoOpConfig
-from lightning_modules.coop.model import ClassAwareContext, CoOp
-from lightning_modules.coop.module import CoOpModule
-from lightning_modules.registry import MethodSpec, register_method
-
-register_method(
-    MethodSpec(
-        name="coop",
-        config_class=CoOpConfig,
-        build_module=lambda cfg, eval_cfg: CoOpModule(cfg, eval_cfg),
-        trains=True,
-        needs="image labels of the auxiliary data (no masks)",
-        description="CoOp: '[V1..Vn] normal/anomalous [cls].' context shared by all classes, image loss only",
-    )
-)
 
 __all__ = ["ClassAwareContext", "CoOp", "CoOpConfig", "CoOpModule"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from lightning_modules.coop.model import ClassAwareContext, CoOp
+    from lightning_modules.coop.module import CoOpModule
+
+    return {"ClassAwareContext": ClassAwareContext, "CoOp": CoOp, "CoOpModule": CoOpModule}[name]

@@ -6,11 +6,11 @@ from typing import Any
 
 import torch
 
-from lightning_modules.base import EvalConfig
 from lightning_modules.category_module import CategoryTextModule
 from lightning_modules.coop.config import CoOpConfig
 from lightning_modules.coop.model import CoOp
-from lightning_modules.feature_cache import backbone_cache_identity, prepare_cached_training
+from lightning_modules.eval_config import EvalConfig
+from lightning_modules.feature_cache import backbone_cache_identity
 
 
 class CoOpModule(CategoryTextModule):
@@ -33,10 +33,6 @@ class CoOpModule(CategoryTextModule):
 
     def feature_cache_bypass_reason(self) -> str | None:
         return None
-
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        prepare_cached_training(self, self.cfg.cache_features, self.cfg.cache_dir, self.cfg.cache_max_gb)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if "features" in batch:  # served by the feature cache: no image, no encoder pass

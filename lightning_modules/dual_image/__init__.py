@@ -1,23 +1,16 @@
 """Dual-Image Enhanced CLIP (Zhang et al., arXiv 2405.04782): test images of a category as each other's
 visual reference, a joint vision-language score and test-time adaptation with synthesized anomalies,
-on AnoVL's text branch; training-free. Beyond AnoVL the method is a documented reconstruction."""
+on AnoVL's text branch; training-free. Beyond AnoVL the method is a documented reconstruction.
+
+The spec (``spec.py``) and the configs load without torch; the model and module classes below are imported
+on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from lightning_modules.dual_image.config import DualImageConfig, DualImageTTAConfig, VisualReferenceConfig
-from lightning_modules.dual_image.model import DualImageCLIP
-from lightning_modules.dual_image.module import DualImageModule, ReferenceBank
-from lightning_modules.registry import MethodSpec, register_method
-
-register_method(
-    MethodSpec(
-        name="dual_image",
-        config_class=DualImageConfig,
-        build_module=lambda cfg, eval_cfg: DualImageModule(cfg, eval_cfg),
-        trains=False,
-        needs="nothing: training-free (the other test images of each category are the visual references)",
-        description="AnoVL text branch + same-category test images as visual references + TTA (DIE-CLIP)",
-        dataset_protocol=DualImageModule.protocol_on,
-    )
-)
 
 __all__ = [
     "DualImageCLIP",
@@ -27,3 +20,16 @@ __all__ = [
     "ReferenceBank",
     "VisualReferenceConfig",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from lightning_modules.dual_image.model import DualImageCLIP
+    from lightning_modules.dual_image.module import DualImageModule, ReferenceBank
+
+    return {
+        "DualImageCLIP": DualImageCLIP,
+        "DualImageModule": DualImageModule,
+        "ReferenceBank": ReferenceBank,
+    }[name]

@@ -24,11 +24,10 @@ from torch.utils.data import DataLoader, Subset
 
 from datamodules.progress import progress
 from lightning_modules.anovl.module import AnoVLModule, image_seed
-from lightning_modules.anovl.protocol import VL_TEST
-from lightning_modules.base import EvalConfig
 from lightning_modules.dual_image.config import DualImageConfig
 from lightning_modules.dual_image.model import DualImageCLIP
 from lightning_modules.dual_image.reference import pair_partners
+from lightning_modules.eval_config import EvalConfig
 
 PAIRING_SALT = 2
 _BANKS_KEPT = 2  # categories whose banks stay in memory (a shard's padding revisits the first one)
@@ -46,8 +45,6 @@ class ReferenceBank:
 
 class DualImageModule(AnoVLModule):
     method_name = "dual_image"
-    authors_code = False  # [reconstruction] no public code: its protocol (vl_test.py's everywhere) is zsad's
-    protocols = (VL_TEST,)  # vis_test.py's tiles would need tiled visual references too
     model_class = DualImageCLIP
     cfg: DualImageConfig
     model: DualImageCLIP

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 
 from datamodules.errors import ZsadError
-from lightning_modules.base import EvalConfig
 from lightning_modules.category_module import CategoryTextModule, category_words
-from lightning_modules.feature_cache import backbone_cache_identity, prepare_cached_training
+from lightning_modules.eval_config import EvalConfig
+from lightning_modules.feature_cache import backbone_cache_identity
 from lightning_modules.vand.config import VANDConfig
 from lightning_modules.vand.model import VAND
 from lightning_modules.vand.mosaic import SameCategoryMosaic
@@ -56,10 +56,6 @@ class VANDModule(CategoryTextModule):
         if self.cfg.mosaic_rate > 0:
             return f"VAND's mosaic (mosaic_rate={self.cfg.mosaic_rate}) changes training images every epoch"
         return None
-
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        prepare_cached_training(self, self.cfg.cache_features, self.cfg.cache_dir, self.cfg.cache_max_gb)
 
     def on_train_start(self) -> None:
         """The mosaic draws its tiles from the training dataset, known once the loader exists."""

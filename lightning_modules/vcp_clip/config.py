@@ -75,15 +75,3 @@ class VCPCLIPConfig:
     cache_features: bool = True
     cache_dir: str | None = None
     cache_max_gb: float | None = None
-
-
-def train_augmentation(cfg: VCPCLIPConfig, dataset: str):
-    """Their dataset classes' augmentation in mode "train" when training on ``dataset``: the albumentations
-    pipeline on every image, the mosaic only in their MVTec AD class (``mosaic_datasets``); None without.
-    Light (the spec's hook): the datamodules' augmentation is imported when asked."""
-    if cfg.augmentation == "none":
-        return None
-    from datamodules.augment import TrainAugmentation
-
-    mosaic = cfg.mosaic_rate if dataset in cfg.mosaic_datasets else 0.0
-    return TrainAugmentation(pipeline="vcp_clip", mosaic_rate=mosaic, noise=cfg.augmentation_noise)

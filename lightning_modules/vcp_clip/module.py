@@ -6,12 +6,12 @@ from typing import Any
 
 import torch
 
-from datamodules.augment import TrainAugmentation
 from datamodules.errors import ZsadError
-from lightning_modules.base import EvalConfig, ZeroShotModule
+from lightning_modules.base import ZeroShotModule
 from lightning_modules.category_module import backbone_identity
-from lightning_modules.feature_cache import backbone_cache_identity, prepare_cached_training
-from lightning_modules.vcp_clip.config import VCPCLIPConfig, train_augmentation
+from lightning_modules.eval_config import EvalConfig
+from lightning_modules.feature_cache import backbone_cache_identity
+from lightning_modules.vcp_clip.config import VCPCLIPConfig
 from lightning_modules.vcp_clip.model import VCPCLIP
 
 #: config fields that shape the trainable parameters or the texts they were trained against
@@ -41,10 +41,6 @@ class VCPCLIPModule(ZeroShotModule):
         self.cfg = cfg
         self.model = model if model is not None else VCPCLIP(cfg)
 
-    @property
-    def image_size(self) -> int:
-        return self.cfg.backbone.image_size
-
     def checkpoint_identity(self) -> dict[str, Any]:
         fields = {}
         for name in IDENTITY_FIELDS:
@@ -52,10 +48,8 @@ class VCPCLIPModule(ZeroShotModule):
             fields[name] = list(value) if isinstance(value, list | tuple) else value
         return {"method": self.method_name, "backbone": backbone_identity(self.cfg.backbone), **fields}
 
-    def train_augmentation(self, dataset: str) -> TrainAugmentation | None:
-        return train_augmentation(self.cfg, dataset)
-
-    # --- feature cache: the frozen image features are the same every epoch (without augmentation) -------
+    # --- feature cache: the frozen image features are the same every epoch (without augmentation: the
+    # datamodule, handed the spec's train_augmentation, is the one that says the cache steps aside) ------
     def feature_cache_identity(self) -> dict[str, Any]:
         return {
             "method": self.method_name,
@@ -69,12 +63,7 @@ class VCPCLIPModule(ZeroShotModule):
         return self.model.encode_images(images)
 
     def feature_cache_bypass_reason(self) -> str | None:
-        if self.cfg.augmentation != "none":
-            return f"VCP-CLIP's training augmentation (augmentation={self.cfg.augmentation}) changes images every epoch"
         return None
-
-    def on_fit_start(self) -> None:
-        prepare_cached_training(self, self.cfg.cache_features, self.cfg.cache_dir, self.cfg.cache_max_gb)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if not bool(batch["has_mask"].all()):

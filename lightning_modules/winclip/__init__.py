@@ -1,19 +1,22 @@
-"""WinCLIP (CVPR 2023), zero-shot: compositional prompts, multi-scale windows, harmonic aggregation."""
+"""WinCLIP (CVPR 2023), zero-shot: compositional prompts, multi-scale windows, harmonic aggregation.
 
-from lightning_modules.registry import MethodSpec, register_method
+The spec (``spec.py``) and the config load without torch; the model and module classes below are imported
+on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
 from lightning_modules.winclip.config import WinCLIPConfig
-from lightning_modules.winclip.model import WinCLIP
-from lightning_modules.winclip.module import WinCLIPModule
-
-register_method(
-    MethodSpec(
-        name="winclip",
-        config_class=WinCLIPConfig,
-        build_module=lambda cfg, eval_cfg: WinCLIPModule(cfg, eval_cfg),
-        trains=False,
-        needs="nothing to train on (category names for the prompts)",
-        description="compositional prompt ensemble, 2x2/3x3 windows through the ViT, harmonic aggregation",
-    )
-)
 
 __all__ = ["WinCLIP", "WinCLIPConfig", "WinCLIPModule"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from lightning_modules.winclip.model import WinCLIP
+    from lightning_modules.winclip.module import WinCLIPModule
+
+    return {"WinCLIP": WinCLIP, "WinCLIPModule": WinCLIPModule}[name]

@@ -22,11 +22,7 @@ from datamodules.datamodule import AnomalyDataModule
 from datamodules.errors import ConfigError
 from datamodules.images import open_image, open_mask
 from datamodules.transforms import ImageMaskTransform, ImagePreprocessing, TransformSpec
-from lightning_modules.anomalyclip.module import AnomalyCLIPModule
-from lightning_modules.anovl.module import AnoVLModule
-from lightning_modules.dual_image.module import DualImageModule
-from lightning_modules.vand.module import VANDModule
-from lightning_modules.winclip.module import WinCLIPModule
+from lightning_modules.registry import get_method
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
@@ -205,15 +201,14 @@ def test_colour_masks_go_through_luma_and_eval_size_is_the_mask_size(tmp_path: P
 
 
 def test_methods_declare_their_official_preprocessing() -> None:
-    def declared(cls: type) -> ImagePreprocessing:
-        return cls.__new__(cls).preprocessing  # the property reads no state
+    def declared(name: str) -> ImagePreprocessing:
+        spec = get_method(name)
+        return spec.preprocessing(spec.config_class(), "mvtec")
 
-    for cls in (AnomalyCLIPModule, VANDModule):
-        assert declared(cls) == ImagePreprocessing()
-    assert declared(AnoVLModule).interpolation == declared(DualImageModule).interpolation == "bilinear"
-    assert declared(WinCLIPModule) == ImagePreprocessing(
-        resize_backend="tensor", mask_interpolation="nearest"
-    )
+    for name in ("anomalyclip", "vand", "coop", "clip", "cmg"):
+        assert declared(name) == ImagePreprocessing()
+    assert declared("anovl").interpolation == declared("dual_image").interpolation == "bilinear"
+    assert declared("winclip") == ImagePreprocessing(resize_backend="tensor", mask_interpolation="nearest")
 
 
 def test_datamodule_applies_the_method_choice_and_the_data_config_overrides(fake_mvtec: Path) -> None:

@@ -1,5 +1,7 @@
 """Cached frozen features (lightning_modules/feature_cache.py): identical features, identical training,
-keys that change with what changes the features, the on-disk cache, and the bypasses (mosaic, flip)."""
+keys that change with what changes the features, the on-disk cache, and the bypasses (mosaic, flip).
+Fits add the :class:`CachedTraining` callback with the datamodule, as the runner does for a method whose
+spec has a feature cache."""
 
 from __future__ import annotations
 
@@ -19,12 +21,14 @@ from lightning_modules.anomalyclip import AnomalyCLIPModule
 from lightning_modules.coop import CoOpConfig, CoOpModule
 from lightning_modules.feature_cache import (
     CachedFeatureDataset,
+    CachedTraining,
     FeatureTable,
     build_feature_table,
     cache_identity,
     cache_key,
     shard_indices,
 )
+from lightning_modules.method_spec import cache_settings
 from lightning_modules.vand import VANDConfig, VANDModule
 from tests_support import flip_a_bit_in_tensor_data, quiet_trainer, tiny_anomalyclip_config
 
@@ -36,16 +40,16 @@ def _datamodule(root, **overrides) -> AnomalyDataModule:
     return AnomalyDataModule(cfg, image_size=32)
 
 
-def _trainer(tmp_path, epochs: int) -> L.Trainer:
-    return quiet_trainer(max_epochs=epochs, default_root_dir=tmp_path)
-
-
 def _fit(make_module, root, tmp_path, epochs: int = 2, seed: int = 7, **data_overrides):
+    """(module, datamodule, the CachedTraining callback) after fitting as the runner does."""
     L.seed_everything(seed, verbose=False)
     module = make_module()
     datamodule = _datamodule(root, **data_overrides)
-    _trainer(tmp_path, epochs).fit(module, datamodule=datamodule)
-    return module, datamodule
+    cache = CachedTraining(datamodule, cache_settings(module.cfg))
+    quiet_trainer(max_epochs=epochs, default_root_dir=tmp_path, callbacks=[cache]).fit(
+        module, datamodule=datamodule
+    )
+    return module, datamodule, cache
 
 
 def _trainable(module) -> dict[str, torch.Tensor]:
@@ -53,16 +57,16 @@ def _trainable(module) -> dict[str, torch.Tensor]:
 
 
 def _assert_same_training(make_cached, make_uncached, root, tmp_path) -> None:
-    cached, datamodule = _fit(make_cached, root, tmp_path)
-    assert cached.feature_cache_status == "cached (built)"
+    cached, datamodule, cache = _fit(make_cached, root, tmp_path)
+    assert cache.status == "cached (built)"
     assert isinstance(datamodule.train_dataloader().dataset, CachedFeatureDataset)
-    uncached, _ = _fit(make_uncached, root, tmp_path)
-    assert uncached.feature_cache_status == "off"
+    uncached, _, cache = _fit(make_uncached, root, tmp_path)
+    assert cache.status == "off"
     a, b = _trainable(cached), _trainable(uncached)
     assert a.keys() == b.keys() and a
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
-    other_seed, _ = _fit(make_cached, root, tmp_path, seed=8)
+    other_seed, _, _ = _fit(make_cached, root, tmp_path, seed=8)
     assert any(not torch.allclose(a[n], p) for n, p in _trainable(other_seed).items())
 
 
@@ -133,13 +137,13 @@ def test_coop_same_seed_same_context_cached_or_not(synthetic_pair, tmp_path):
 def test_vand_mosaic_bypasses_the_cache_and_says_why(synthetic_pair, tmp_path, caplog):
     source, _ = synthetic_pair
     with caplog.at_level(logging.INFO):
-        module, datamodule = _fit(
+        _, datamodule, cache = _fit(
             lambda: VANDModule(VANDConfig(backbone=tiny_backbone(), feature_layers=[3, 6], mosaic_rate=0.5)),
             source,
             tmp_path,
             epochs=1,
         )
-    assert module.feature_cache_status.startswith("bypassed: VAND's mosaic")
+    assert cache.status.startswith("bypassed: VAND's mosaic")
     assert datamodule.cached_train_features is None
     assert sum("feature cache not used" in r.getMessage() for r in caplog.records) == 1
 
@@ -147,10 +151,10 @@ def test_vand_mosaic_bypasses_the_cache_and_says_why(synthetic_pair, tmp_path, c
 @pytest.mark.slow
 def test_random_flip_bypasses_the_cache(synthetic_pair, tmp_path):
     source, _ = synthetic_pair
-    module, datamodule = _fit(
+    _, datamodule, cache = _fit(
         lambda: AnomalyCLIPModule(tiny_anomalyclip_config()), source, tmp_path, epochs=1, hflip_p=0.5
     )
-    assert "horizontal flip" in module.feature_cache_status and datamodule.cached_train_features is None
+    assert "horizontal flip" in cache.status and datamodule.cached_train_features is None
 
 
 @pytest.mark.slow
@@ -161,22 +165,22 @@ def test_disk_cache_is_reused_without_encoding(synthetic_pair, tmp_path, monkeyp
     def make():
         return AnomalyCLIPModule(tiny_anomalyclip_config(cache_dir=str(cache_dir)))
 
-    first, _ = _fit(make, source, tmp_path, epochs=1)
+    first, _, cache = _fit(make, source, tmp_path, epochs=1)
     files = list(cache_dir.glob("anomalyclip-*.pt"))
-    assert first.feature_cache_status == "cached (built)" and len(files) == 1
+    assert cache.status == "cached (built)" and len(files) == 1
 
     def no_encoding(self, images):
         raise AssertionError("the image encoder ran although the disk cache holds every feature")
 
     monkeypatch.setattr(AnomalyCLIPModule, "encode_for_cache", no_encoding)
     # a saved table is memory-mapped, not copied into the process: the in-memory size limit does not apply
-    second, _ = _fit(
+    second, _, cache = _fit(
         lambda: AnomalyCLIPModule(tiny_anomalyclip_config(cache_dir=str(cache_dir), cache_max_gb=1e-6)),
         source,
         tmp_path,
         epochs=1,
     )
-    assert second.feature_cache_status.startswith("cached (loaded")
+    assert cache.status.startswith("cached (loaded")
     for (name, a), (_, b) in zip(_trainable(first).items(), _trainable(second).items(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
 
@@ -184,8 +188,8 @@ def test_disk_cache_is_reused_without_encoding(synthetic_pair, tmp_path, monkeyp
     flip_a_bit_in_tensor_data(files[0])
     monkeypatch.undo()
     with caplog.at_level(logging.WARNING):
-        third, _ = _fit(make, source, tmp_path, epochs=1)
-    assert third.feature_cache_status == "cached (built)"
+        third, _, cache = _fit(make, source, tmp_path, epochs=1)
+    assert cache.status == "cached (built)"
     assert f"not using the feature cache {files[0]}" in caplog.text and "CRC-32" in caplog.text
     for (name, a), (_, b) in zip(_trainable(first).items(), _trainable(third).items(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
@@ -263,12 +267,12 @@ def test_a_shared_cache_is_not_reused_for_a_dataset_regenerated_at_the_same_root
     def make():
         return AnomalyCLIPModule(tiny_anomalyclip_config(cache_dir=str(cache_dir)))
 
-    first, _ = _fit(make, root, tmp_path, epochs=1)
+    _, _, first = _fit(make, root, tmp_path, epochs=1)
     _synthesize(root, seed=4)
-    second, _ = _fit(make, root, tmp_path, epochs=1)
-    assert (first.feature_cache_status, second.feature_cache_status) == ("cached (built)", "cached (built)")
+    second, _, cache = _fit(make, root, tmp_path, epochs=1)
+    assert (first.status, cache.status) == ("cached (built)", "cached (built)")
     assert len(list(cache_dir.glob("anomalyclip-*.pt"))) == 2
-    uncached, _ = _fit(
+    uncached, _, _ = _fit(
         lambda: AnomalyCLIPModule(tiny_anomalyclip_config(cache_features=False)), root, tmp_path, epochs=1
     )
     for (name, a), (_, b) in zip(_trainable(second).items(), _trainable(uncached).items(), strict=True):
@@ -311,11 +315,11 @@ def test_size_estimate_matches_the_built_table(synthetic_pair):
 def test_a_table_too_large_for_memory_is_bypassed_and_training_still_runs(synthetic_pair, tmp_path, caplog):
     source, _ = synthetic_pair
     with caplog.at_level(logging.INFO):
-        module, datamodule = _fit(
+        module, datamodule, cache = _fit(
             lambda: AnomalyCLIPModule(tiny_anomalyclip_config(cache_max_gb=1e-6)), source, tmp_path, epochs=1
         )
-    assert module.feature_cache_status.startswith("bypassed: the feature table would take")
-    assert "method.cache_max_gb=1e-06" in module.feature_cache_status
+    assert cache.status.startswith("bypassed: the feature table would take")
+    assert "method.cache_max_gb=1e-06" in cache.status
     assert datamodule.cached_train_features is None and module.trainer.current_epoch == 1
 
 
@@ -341,9 +345,10 @@ class RecordingAnomalyCLIP(AnomalyCLIPModule):
     def on_train_start(self) -> None:
         table = self.trainer.datamodule.cached_train_features.table
         mapped = Path("/proc/self/maps").read_text()
+        (cache,) = [c for c in self.trainer.callbacks if isinstance(c, CachedTraining)]
         record = {
             "images_encoded": self.images_encoded,
-            "status": self.feature_cache_status,
+            "status": cache.status,
             "table": table,
             "maps_the_cache_file": any(f"anomalyclip-{table.key}.pt" in line for line in mapped.splitlines()),
         }
@@ -360,8 +365,12 @@ def test_ddp_processes_share_the_cache_build_and_train_as_without_it(synthetic_p
     def fit(make_module) -> dict[str, torch.Tensor]:
         L.seed_everything(7, verbose=False)
         module = make_module()
-        trainer = quiet_trainer(max_epochs=2, default_root_dir=tmp_path, strategy="ddp_spawn", devices=2)
-        trainer.fit(module, datamodule=_datamodule(source, **data))
+        datamodule = _datamodule(source, **data)
+        cache = CachedTraining(datamodule, cache_settings(module.cfg))
+        trainer = quiet_trainer(
+            max_epochs=2, default_root_dir=tmp_path, strategy="ddp_spawn", devices=2, callbacks=[cache]
+        )
+        trainer.fit(module, datamodule=datamodule)
         return _trainable(module)  # ddp_spawn hands rank 0's trained weights back to this process
 
     cache_dir = str(tmp_path / "cache")

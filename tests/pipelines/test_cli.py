@@ -104,6 +104,7 @@ def test_test_loop_metrics_equal_sklearn(tmp_path, synthetic_pair):
     import torch
 
     from datamodules.datamodule import AnomalyDataModule
+    from lightning_modules.registry import get_method
     from pipelines import runner
     from pipelines.config import compose, to_object
 
@@ -115,7 +116,7 @@ def test_test_loop_metrics_equal_sklearn(tmp_path, synthetic_pair):
         )
     )
     outcome = runner.run(cfg)
-    module = runner.build_module(cfg)
+    module = runner.build_module(cfg, get_method(cfg.method.name))
     module.load_trained_weights(str(outcome.checkpoint))
     datamodule = AnomalyDataModule(cfg.targets[0], image_size=32)
     scores, labels, categories, pixel_scores, pixel_labels = [], [], [], [], []
@@ -365,3 +366,45 @@ def test_a_run_says_each_start_up_line_once(tmp_path, synthetic_pair):
     for line in ("GPU available: ", "TPU available: ", "W&B run saved offline; upload it with: wandb sync"):
         assert output.count(line) == 1, output
     assert "Run data is saved locally" not in output and "syncing is set to" not in output, output
+
+
+HEAVY = ("torch", "lightning", "open_clip")
+# Runs a zsad command in a fresh interpreter and prints, at exit, which heavy packages it imported.
+_IMPORT_PROBE = """
+import atexit, sys
+atexit.register(lambda: print("imported:", *[m for m in {heavy} if m in sys.modules], file=sys.stderr))
+from pipelines.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["--help"], ["methods"], ["experiments"], ["data", "list"], ["config", "show", "demo"]],
+    ids=" ".join,
+)
+def test_listing_commands_import_neither_torch_lightning_nor_open_clip(command):
+    """What users run to look around answers at once (benchmarks/cli_startup.py): method metadata comes
+    from the specs and configs; torch, Lightning and open_clip load when a job starts."""
+    probe = _IMPORT_PROBE.format(heavy=HEAVY)
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *command], capture_output=True, text=True, timeout=120
+    )
+    imported = done.stderr.strip().splitlines()[-1]
+    assert imported.startswith("imported:") and imported.split()[1:] == [], (command, imported)
+    assert done.returncode == 0 and done.stdout, done.stderr
+
+
+def test_a_broken_subcommand_fails_loudly_instead_of_disappearing(monkeypatch, capsys):
+    """Feature subcommands load their module when they run: a module that cannot be imported is an
+    ImportError for that command, and `--help` still lists it."""
+    from pipelines.cli import build_parser
+
+    monkeypatch.setitem(sys.modules, "pipelines.predict", None)  # `import pipelines.predict` now fails
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "predict" in capsys.readouterr().out
+    with pytest.raises(ImportError):
+        main(["predict", "demo", "--input", "x", "--out", "y"])
+    with pytest.raises(ImportError):
+        build_parser()  # every subcommand's arguments (what a test of the whole CLI builds)

@@ -1,4 +1,4 @@
-"""End-to-end runs of the four CMG ablation configs on synthetic data, and the ablation table."""
+"""End-to-end runs of the four CMG ablation configs on synthetic data, and `zsad report --baseline` on them."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from lightning_modules.cmg.report import ablation_table
 from pipelines.cli import main
+from pipelines.report import build_report
 
 ABLATIONS = ("cmg_baseline", "cmg_cmer", "cmg_cmle", "cmg_full")
 
@@ -64,27 +64,18 @@ def test_zsad_test_with_the_checkpoint_reproduces_the_full_run(ablation_runs, tm
 
 
 @pytest.mark.slow
-def test_ablation_table_compares_the_runs_against_the_baseline(ablation_runs):
+def test_the_report_compares_the_ablation_against_the_baseline(ablation_runs, tmp_path):
     runs, _ = ablation_runs
-    table = ablation_table([runs[name] for name in ABLATIONS]).splitlines()
-    assert table[0].startswith("| run | target | img AUROC |") and len(table) == 2 + len(ABLATIONS)
-    baseline = json.loads((runs["cmg_baseline"] / "results.json").read_text())["targets"]["synthetic"]["mean"]
-    full = json.loads((runs["cmg_full"] / "results.json").read_text())["targets"]["synthetic"]["mean"]
-    assert (
-        table[2].startswith("| cmg_baseline | synthetic | ")
-        and f"{100 * baseline['image_auroc']:.1f} |" in table[2]
+    folders = [str(runs[name]) for name in ABLATIONS]
+    report = build_report(
+        folders, out=str(tmp_path / "report"), wandb_mode="disabled", baseline="cmg_baseline"
     )
-    delta = 100 * (full["image_auroc"] - baseline["image_auroc"])
-    assert (
-        table[5].startswith("| cmg_full | synthetic | ")
-        and f"{100 * full['image_auroc']:.1f} ({delta:+.1f})" in table[5]
-    )
-
-
-def test_ablation_table_marks_missing_metrics(tmp_path):
-    run = tmp_path / "r"
-    run.mkdir()
-    mean = {"image_auroc": 0.5, "pixel_auroc": None}
-    (run / "results.json").write_text(json.dumps({"experiment": "x", "targets": {"btad": {"mean": mean}}}))
-    table = ablation_table([run], metrics=("image_auroc", "pixel_auroc"))
-    assert table.splitlines()[2] == "| x | btad | 50.0 | - |"
+    means = {
+        name: json.loads((runs[name] / "results.json").read_text())["targets"]["synthetic"]["mean"]
+        for name in ABLATIONS
+    }
+    line = next(r for r in report.markdown.splitlines() if r.startswith("| synthetic | "))
+    baseline, full = means["cmg_baseline"]["image_auroc"], means["cmg_full"]["image_auroc"]
+    assert f"{100 * baseline:.1f}, " in line  # the baseline's own cell: no difference
+    assert f"{100 * full:.1f} ({100 * (full - baseline):+.1f})" in line
+    assert report.n_runs == len(ABLATIONS) and report.warnings == []

@@ -8,6 +8,7 @@ import pytest
 import torch
 from test_cli import FAST, write_experiment
 
+from lightning_modules.registry import get_method
 from pipelines import runner
 from pipelines.cli import main
 from pipelines.config import compose, to_object
@@ -18,7 +19,8 @@ from tests_support import authors_prompt_learner
 def test_zsad_test_evaluates_the_authors_file(tmp_path, synthetic_pair):
     source, target = synthetic_pair
     experiment = write_experiment(tmp_path, source, target)
-    module = runner.build_module(to_object(compose(experiment, FAST)))
+    cfg = to_object(compose(experiment, FAST))
+    module = runner.build_module(cfg, get_method(cfg.method.name))
     torch.save({"prompt_learner": authors_prompt_learner(module)}, tmp_path / "epoch_15.pth")
     args = [
         "test",

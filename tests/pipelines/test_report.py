@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import yaml
 
-from datamodules.errors import ConfigError
+from datamodules.errors import ConfigError, ZsadError
+from lightning_modules.registry import get_method
 from pipelines.cli import main
 from pipelines.config import compose, to_yaml
-from pipelines.published import published
 from pipelines.report import build_report
 
 PNG_1x1 = bytes.fromhex(
@@ -137,6 +137,23 @@ def test_group_by_merges_settings_and_warns_what_a_cell_mixes(tmp_path, sigma_sw
         )
 
 
+def test_baseline_follows_each_number_with_its_difference(tmp_path, sigma_sweep):
+    """What the CMG ablation table gave: every setting against a baseline (a run folder or an experiment)."""
+    runs, _ = sigma_sweep
+    report = build_report(
+        [str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled", baseline=str(runs / "s0.0_1")
+    )
+    sharp, smooth = np.mean([0.44, 0.5, 0.6]), np.mean([0.7, 0.9])
+    line = next(r for r in report.markdown.splitlines() if r.startswith("| synthetic | "))
+    sharp_cell, smooth_cell = line.split(" | ")[1:3]  # columns in label order: sigma 0.0, then 2.0
+    assert sharp_cell.startswith(f"{100 * sharp:.1f}±") and "(+" not in sharp_cell and "(-" not in sharp_cell
+    assert smooth_cell.startswith(f"{100 * smooth:.1f}±")
+    assert f"({100 * (smooth - sharp):+.1f})" in smooth_cell.split(",")[0]
+    assert "baseline setting `anomalyclip gaussian_sigma=0.0`" in report.markdown
+    with pytest.raises(ZsadError, match="--baseline demo: settings .* match"):  # both settings ran "demo"
+        build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled", baseline="demo")
+
+
 def test_schedules_and_data_never_mix_silently(tmp_path):
     runs = tmp_path / "runs"
     make_run(runs, "long", ["trainer.max_epochs=15"], 0.8)
@@ -188,7 +205,7 @@ def test_reference_compares_the_cflow_aupro_or_says_it_cannot(tmp_path):
     assert "| mvtec (published) | 91.5, 96.2 |" in report.markdown
     cflow = row(csv_rows(report), "anomalyclip", "aupro_cflow")
     assert float(cflow["published"]) == pytest.approx(0.814) and float(cflow["mean"]) == pytest.approx(0.8)
-    assert published("isic", "vand") == {"pixel_auroc": 0.894, "aupro": 0.772}
+    assert get_method("vand").published.results["isic"] == {"pixel_auroc": 0.894, "aupro": 0.772}
 
 
 def test_cli_writes_markdown_csv_and_a_self_contained_html_page(tmp_path, sigma_sweep, capsys, monkeypatch):
@@ -238,12 +255,12 @@ def test_cli_writes_markdown_csv_and_a_self_contained_html_page(tmp_path, sigma_
 
 def test_published_real_iad_rows_name_their_source():
     """Real-IAD's reference numbers (UniADet's README) come with their metrics and their source."""
-    from pipelines.published import SOURCE
-
-    assert published("realiad", "anomalyclip") == pytest.approx({"image_auroc": 0.695, "pixel_ap": 0.267})
-    assert published("realiad", "winclip") == pytest.approx({"image_auroc": 0.670, "pixel_ap": 0.033})
-    assert published("realiad", "vand") == {} and published("mvtec_ad2", "anomalyclip") == {}
-    assert "UniADet" in SOURCE and "AnomalyCLIP paper" in SOURCE
+    anomalyclip, winclip, vand = (get_method(m).published for m in ("anomalyclip", "winclip", "vand"))
+    assert anomalyclip.results["realiad"] == pytest.approx({"image_auroc": 0.695, "pixel_ap": 0.267})
+    assert winclip.results["realiad"] == pytest.approx({"image_auroc": 0.670, "pixel_ap": 0.033})
+    assert "realiad" not in vand.results and "mvtec_ad2" not in anomalyclip.results
+    assert "UniADet" in anomalyclip.source and "AnomalyCLIP paper" in anomalyclip.source
+    assert "UniADet" not in vand.source  # each method names the sources of its own numbers
 
 
 def test_mean_curves_average_each_fpr_and_take_the_top_of_vertical_segments():

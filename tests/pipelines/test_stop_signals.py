@@ -58,7 +58,7 @@ def _fake_scontrol(folder: Path) -> Path:
     [
         ("evaluate", signal.SIGUSR1, "preempted", True),  # SLURM's warning after training, before testing
         ("find_resume_checkpoint", signal.SIGTERM, "preempted", False),  # the source indexed, not trained
-        ("make_loggers", signal.SIGINT, "interrupted", False),  # the folder owned, loggers not yet open
+        ("job.make_loggers", signal.SIGINT, "interrupted", False),  # the folder owned, loggers not open
     ],
 )
 def test_a_stop_signal_between_trainers_leaves_a_resumable_run(

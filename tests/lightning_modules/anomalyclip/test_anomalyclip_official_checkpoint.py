@@ -8,7 +8,10 @@ import torch
 from datamodules.errors import ZsadError
 from lightning_modules.anomalyclip import AnomalyCLIPModule
 from lightning_modules.base import ZeroShotModule
+from lightning_modules.registry import get_method
 from tests_support import authors_prompt_learner, tiny_anomalyclip_config
+
+AUTHORS_FORMAT = get_method("anomalyclip").official_checkpoint  # the reader `zsad test` uses
 
 
 def test_authors_checkpoint_maps_onto_the_prompts(tmp_path):
@@ -16,7 +19,7 @@ def test_authors_checkpoint_maps_onto_the_prompts(tmp_path):
     learner = authors_prompt_learner(module)
     path = tmp_path / "epoch_15.pth"
     torch.save({"prompt_learner": learner}, path)
-    module.load_trained_weights(str(path))
+    module.load_trained_weights(str(path), AUTHORS_FORMAT)
     prompts = module.model.prompts
     assert torch.equal(prompts.normal_context, learner["ctx_pos"][0, 0])
     assert torch.equal(prompts.abnormal_context, learner["ctx_neg"][0, 0])
@@ -45,19 +48,19 @@ def test_a_file_that_does_not_fit_is_refused_clearly(tmp_path, change, message):
     change(learner)
     torch.save({"prompt_learner": learner}, tmp_path / "bad.pth")
     with pytest.raises(ZsadError, match=message):
-        module.load_trained_weights(str(tmp_path / "bad.pth"))
+        module.load_trained_weights(str(tmp_path / "bad.pth"), AUTHORS_FORMAT)
 
 
 def test_other_files_are_refused(tmp_path):
     module = AnomalyCLIPModule(tiny_anomalyclip_config())
     torch.save({"trainable_linearlayer": {"fc.0.weight": torch.zeros(2, 2)}}, tmp_path / "vand.pth")
     with pytest.raises(ZsadError, match="neither a zsad checkpoint .* nor the AnomalyCLIP authors'"):
-        module.load_trained_weights(str(tmp_path / "vand.pth"))
+        module.load_trained_weights(str(tmp_path / "vand.pth"), AUTHORS_FORMAT)
     shifted = AnomalyCLIPModule(tiny_anomalyclip_config(deep_prompt_blocks=[3, 4, 5, 6, 7, 8, 9]))
     learner = authors_prompt_learner(shifted)
     torch.save({"prompt_learner": learner}, tmp_path / "shifted.pth")
     with pytest.raises(ZsadError, match="start at text block 2"):
-        shifted.load_trained_weights(str(tmp_path / "shifted.pth"))
+        shifted.load_trained_weights(str(tmp_path / "shifted.pth"), AUTHORS_FORMAT)
 
 
 class _NoReleasedWeights(ZeroShotModule):

@@ -20,7 +20,7 @@ import parity_anovl_visa as pv  # noqa: E402
 import parity_support as ps  # noqa: E402
 from dual_image_support import single_thread  # noqa: E402, F401 - a fixture
 
-from lightning_modules.anovl.vis_test import upsample_merge  # noqa: E402
+from lightning_modules.anovl.tiled_visa import upsample_merge  # noqa: E402
 
 # As for MVTec AD (test_anovl_parity.py): zsad's maps differ from theirs by float32 noise (<= 1.8e-7),
 # which reorders neighbouring pixels of the narrow random-weight maps; measured 2.0e-5 (cflow AUPRO).

@@ -123,6 +123,7 @@ def test_training_lowers_the_loss_and_writes_the_relevance_cache(tiny_clip, cmg_
     L.seed_everything(3, verbose=False)
     cfg = tiny_cmg_config(cmer=CMERConfig(grid=2, cache_dir="run"))
     module = _module(tiny_clip, cfg)
+    module.run_dir = tmp_path  # the job's folder, as the runner hands it over: cache_dir "run" is below it
     datamodule = _datamodule(cmg_dataset)
     module.bind_data(datamodule)
     before = _training_loss(module, datamodule)

@@ -26,8 +26,11 @@ from lightning.pytorch.callbacks import Callback
 from datamodules import AnomalyDataModule, DataConfig
 from datamodules.augment import AugmentedDataset, TrainAugmentation
 from datamodules.errors import ZsadError
+from datamodules.mosaic import Mosaic
+from lightning_modules.registry import get_method
 from lightning_modules.vcp_clip import VCPCLIP, VCPCLIPConfig, VCPCLIPModule
 from lightning_modules.vcp_clip.model import top_k_mean
+from lightning_modules.vcp_clip.spec import VCP_CLIP
 from pipelines.cli import main
 from tests_support import zsad_test_from_run
 
@@ -79,12 +82,9 @@ def test_image_score_is_the_sum_of_both_maps_top_k_means():
 
 
 # --- the authors' augmentation ----------------------------------------------------------------------------
-def _augmented(root: Path, rate: float) -> AugmentedDataset:
+def _augmented(root: Path, augmentation: TrainAugmentation) -> AugmentedDataset:
     data = AnomalyDataModule(
-        DataConfig(name="synthetic", root=str(root), num_workers=0),
-        32,
-        augmentation=TrainAugmentation(pipeline="vcp_clip", mosaic_rate=rate),
-        seed=5,
+        DataConfig(name="synthetic", root=str(root), num_workers=0), 32, augmentation=augmentation, seed=5
     )
     dataset = data.train_dataset()
     assert isinstance(dataset, AugmentedDataset)
@@ -93,7 +93,7 @@ def _augmented(root: Path, rate: float) -> AugmentedDataset:
 
 def test_augmentation_is_a_function_of_seed_epoch_and_sample(tmp_path):
     root = ps.write_parity_images(tmp_path / "mvtec")
-    dataset = _augmented(root, rate=0.0)
+    dataset = _augmented(root, TrainAugmentation(pipeline="vcp_clip"))
     state = random.getstate(), np.random.get_state()[1].copy()
     first = [dataset[(1, i)]["image"] for i in range(len(dataset))]
     assert random.getstate() == state[0] and np.array_equal(np.random.get_state()[1], state[1])
@@ -108,26 +108,26 @@ def test_augmentation_is_a_function_of_seed_epoch_and_sample(tmp_path):
 def test_mosaic_pastes_four_anomalous_images_of_the_category(tmp_path):
     root = ps.write_parity_images(tmp_path / "mvtec")
     plain = AnomalyDataModule(DataConfig(name="synthetic", root=str(root), num_workers=0), 32).train_dataset()
-    dataset = _augmented(root, rate=1.0)
-    dataset.augmentation = TrainAugmentation(pipeline="none", mosaic_rate=1.0)  # the mosaic alone
+    dataset = _augmented(root, TrainAugmentation(mosaic=Mosaic(1.0)))  # the mosaic alone
     for i in range(len(dataset)):
         item = dataset[(0, i)]
         assert item["mask"].sum() > 0  # every tile is anomalous
         assert item["category_id"] == plain[i]["category_id"]
-    assert dataset.anomalous and all(
+        assert item["label"] == plain[i]["label"]  # the replaced item's label (their loss uses none)
+    pools = dataset.tiles.by_category
+    assert sorted(pools) == sorted(dataset.categories) and all(
         dataset.records[p].label == 1 and dataset.records[p].category == c
-        for c, positions in dataset.anomalous.items()
-        for p in positions
+        for c, folders in pools.items()
+        for p in folders[""]
     )
 
 
-def test_the_mosaic_is_only_for_the_datasets_of_their_mvtec_class():
-    module = VCPCLIPModule.__new__(VCPCLIPModule)
-    module.cfg = VCPCLIPConfig()
-    assert module.train_augmentation("mvtec") == TrainAugmentation("vcp_clip", 0.2)
-    assert module.train_augmentation("visa") == TrainAugmentation("vcp_clip", 0.0)
-    module.cfg = VCPCLIPConfig(augmentation="none")
-    assert module.train_augmentation("mvtec") is None
+def test_the_spec_hands_the_mosaic_only_to_the_datasets_of_their_mvtec_class():
+    assert get_method("vcp_clip") is VCP_CLIP
+    cfg = VCPCLIPConfig()
+    assert VCP_CLIP.augmentation_on(cfg, "mvtec") == TrainAugmentation("vcp_clip", Mosaic(0.2, "anomalous"))
+    assert VCP_CLIP.augmentation_on(cfg, "visa") == TrainAugmentation("vcp_clip", None)
+    assert VCP_CLIP.augmentation_on(VCPCLIPConfig(augmentation="none"), "mvtec") is None
 
 
 # --- the authors' checkpoint format -----------------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_the_authors_checkpoint_loads_with_names_and_shapes_checked(tmp_path):
     fixture = ps.load_fixture(pvc.FIXTURE)  # the authors' initial state, written by their code
     checkpoint = pvc.initial_checkpoint(fixture)
     module = _parity_module()
-    module.load_trained_weights(str(_their_file(tmp_path, checkpoint)))
+    module.load_trained_weights(str(_their_file(tmp_path, checkpoint)), VCP_CLIP.official_checkpoint)
     params = dict(module.model.named_parameters())
     torch.testing.assert_close(
         params["post_vcp.key.weight"], checkpoint["Zero_try"]["k_proj_pre_1.weight"][..., 0]
@@ -166,27 +166,43 @@ def test_the_authors_checkpoint_loads_with_names_and_shapes_checked(tmp_path):
 
     wrong = {**checkpoint, "prompt_embeddings": torch.zeros(1, 2, 64)}
     with pytest.raises(ZsadError, match=r"deep_prompts.shallow has shape \(1, 2, 64\)"):
-        module.load_trained_weights(str(_their_file(tmp_path, wrong)))
+        module.load_trained_weights(str(_their_file(tmp_path, wrong)), VCP_CLIP.official_checkpoint)
     unknown = {**checkpoint, "visual_prompt": torch.zeros(3)}
     with pytest.raises(ZsadError, match="unexpected entry 'visual_prompt'"):
-        module.load_trained_weights(str(_their_file(tmp_path, unknown)))
+        module.load_trained_weights(str(_their_file(tmp_path, unknown)), VCP_CLIP.official_checkpoint)
     with pytest.raises(ZsadError, match="no 'New_Lan_Embed'"):
-        module.load_trained_weights(str(_their_file(tmp_path, {"trainable_linearlayer": {}})))
+        module.load_trained_weights(
+            str(_their_file(tmp_path, {"trainable_linearlayer": {}})), VCP_CLIP.official_checkpoint
+        )
 
 
 # --- end to end -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("augmentation", ["authors", "none"])
 def test_vcp_clip_trains_and_runs_end_to_end(tmp_path, synthetic_pair, monkeypatch, augmentation):
     """With the authors' augmentation (and the mosaic) the feature cache steps aside; without, it is used."""
+    from lightning_modules.feature_cache import CachedTraining
+    from pipelines import runner
+
     source, target = synthetic_pair
     built = capture_modules(monkeypatch)
+    caches: list[CachedTraining] = []
+
+    class Recorded(CachedTraining):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            caches.append(self)
+
+    monkeypatch.setattr(runner, "CachedTraining", Recorded)
     experiment = write_method_experiment(tmp_path, "vcp_clip_tiny", source, target)
     run_dir = tmp_path / "run"
     options = [f"method.augmentation={augmentation}", "method.mosaic_datasets=[synthetic]"]
     assert main(["run", str(experiment), *FAST, f"run_dir={run_dir}", *options]) == 0
     first = check_results(run_dir, {"ring", "cells"})
     assert_only_trainable_parts_changed(built[0])
-    assert built[0].feature_cache_status.startswith("cached" if augmentation == "none" else "bypassed")
+    if augmentation == "none":
+        assert caches[0].status == "cached (built)"
+    else:  # the datamodule was handed the spec's augmentation, and says why the cache steps aside
+        assert caches[0].status.startswith("bypassed: the method's training augmentation")
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert state and all(key.startswith("model.") and not key.startswith("model.clip.") for key in state)
     assert zsad_test_from_run(experiment, run_dir, tmp_path / "eval", FAST) == 0
@@ -281,7 +297,8 @@ def test_zsad_test_evaluates_a_file_in_the_authors_format(tmp_path, synthetic_pa
 
     source, target = synthetic_pair
     experiment = write_method_experiment(tmp_path, "vcp_clip_tiny", source, target)
-    module = runner.build_module(to_object(compose(experiment, FAST)))
+    cfg = to_object(compose(experiment, FAST))
+    module = runner.build_module(cfg, VCP_CLIP)
     torch.manual_seed(4)
     for p in module.model.trainable_parameters():
         p.data.normal_()
@@ -289,8 +306,8 @@ def test_zsad_test_evaluates_a_file_in_the_authors_format(tmp_path, synthetic_pa
     assert main(["test", str(experiment), *FAST, f"checkpoint={path}", f"run_dir={tmp_path / 't'}"]) == 0
     mean = json.loads((tmp_path / "t" / "results.json").read_text())["targets"]["synthetic"]["mean"]
     assert mean["image_auroc"] is not None and mean["aupro_cflow"] is not None
-    fresh = runner.build_module(to_object(compose(experiment, FAST)))
-    fresh.load_trained_weights(str(path))
+    fresh = runner.build_module(cfg, VCP_CLIP)
+    fresh.load_trained_weights(str(path), VCP_CLIP.official_checkpoint)
     for name, p in module.named_parameters():
         if p.requires_grad:
             assert torch.equal(dict(fresh.named_parameters())[name], p), name

@@ -1,4 +1,5 @@
-"""AnoVL on VisA as the authors' ``vis_test.py`` does it (docs/methods.md#anovl, "VisA").
+"""AnoVL on VisA as the authors' ``vis_test.py`` script does it: their tiled VisA protocol
+(docs/methods.md#anovl, "VisA"; ``method.visa_protocol=vis_test``, chosen in protocol.py).
 
 The image arrives with its short side resized to the model's size ``S`` and no crop (``S x W``, ``W >= S``).
 It is cut into two overlapping ``S x S`` tiles, the left and the right end (``image_tiling``); everything

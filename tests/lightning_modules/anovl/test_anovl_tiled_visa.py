@@ -1,4 +1,5 @@
-"""The pieces of AnoVL's vis_test.py protocol (VisA) that the parity fixture does not isolate: tiling and
+"""The pieces of AnoVL's tiled VisA protocol (the authors' vis_test.py; lightning_modules/anovl/tiled_visa.py)
+that the parity fixture does not isolate: tiling and
 merging geometry, the shapes it refuses, the adapter's initialisation and the TTA's reset rules."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import torch
 
 from datamodules.errors import ZsadError
 from lightning_modules.anovl import TTAConfig
-from lightning_modules.anovl.vis_test import FeatureAdapter, TiledAdaptation, merge_tiles, tile_pair
+from lightning_modules.anovl.tiled_visa import FeatureAdapter, TiledAdaptation, merge_tiles, tile_pair
 
 
 @pytest.mark.parametrize("width", [6, 4, 8])

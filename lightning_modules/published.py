@@ -1,4 +1,5 @@
-"""Published numbers that reports can show as reference rows.
+"""Published numbers of the methods, which ``zsad report --reference`` shows as reference rows: each method's
+spec names its numbers (``MethodSpec.published``), built here from the tables below.
 
 From the AnomalyCLIP paper (ICLR 2024), Tables 1 and 2: image level (AUROC, AP), pixel level (AUROC, AUPRO),
 in percent. AnomalyCLIP, VAND and CoOp were trained on the MVTec AD test set for every dataset except
@@ -9,20 +10,15 @@ stored here, the comparison table of UniADet's README (gaobb/UniADet, "Compariso
 zero-shot rows; image AUROC and pixel AP, as there): AnomalyCLIP 69.5 / 26.7, WinCLIP 67.0 / 3.3. That table
 does not state the auxiliary training set, the Real-IAD split or the resolution; compare with care. No source
 with numbers of zsad's methods on MVTec AD 2, MVTec LOCO AD, BMAD, AutoVI or KolektorSDD2 was found.
-
-VCP-CLIP (Qu et al., ECCV 2024): its VisA row (trained on MVTec AD; pixel AUROC / AUPRO / AP, image AUROC /
-AP) as its issue #3 quotes the paper (xiaozhen228/VCP-CLIP, "Lower performance using the official
-checkpoint"; the authors answer there that the paper reports a mean over several trainings): compare it with
-the seed mean of configs/sweep/vcp_clip_seeds.yaml. Its MVTec AD row and the other datasets' are in the
-paper's tables, which no source stored here holds.
 """
 
 from __future__ import annotations
 
-SOURCE = (
-    "AnomalyCLIP paper (Zhou et al., ICLR 2024), Tables 1-2; Real-IAD rows: UniADet's README "
-    "(github.com/gaobb/UniADet, zero-shot comparison table; protocol not stated there); VCP-CLIP's VisA row: "
-    "the paper (Qu et al., ECCV 2024) as quoted in github.com/xiaozhen228/VCP-CLIP issue #3 (a mean over seeds)"
+from lightning_modules.method_spec import PublishedNumbers
+
+ANOMALYCLIP_PAPER = "AnomalyCLIP paper (Zhou et al., ICLR 2024), Tables 1-2"
+UNIADET_README = (
+    "UniADet's README (github.com/gaobb/UniADet, zero-shot comparison table; protocol not stated there)"
 )
 METHODS = ("clip", "clip_ac", "winclip", "vand", "coop", "anomalyclip")
 
@@ -62,29 +58,25 @@ _PIXEL = {
 _OTHER_SOURCES: dict[tuple[str, str], dict[str, float]] = {
     ("realiad", "anomalyclip"): {"image_auroc": 69.5, "pixel_ap": 26.7},
     ("realiad", "winclip"): {"image_auroc": 67.0, "pixel_ap": 3.3},
-    ("visa", "vcp_clip"): {
-        "pixel_auroc": 95.7,
-        "aupro": 90.7,
-        "pixel_ap": 30.1,
-        "image_auroc": 83.8,
-        "image_ap": 87.6,
-    },
 }
 
 
-def published(dataset: str, method: str) -> dict[str, float]:
-    """Fractions in [0, 1] keyed like zsad's results (image_auroc, image_ap, pixel_auroc, aupro; pixel_ap
-    for the Real-IAD and VCP-CLIP rows)."""
-    if (dataset, method) in _OTHER_SOURCES:
-        return {k: v / 100 for k, v in _OTHER_SOURCES[(dataset, method)].items()}
-    if method not in METHODS:
-        return {}
+def anomalyclip_paper(method: str) -> PublishedNumbers:
+    """``method``'s numbers as fractions keyed like zsad's results: the AnomalyCLIP paper's (image_auroc,
+    image_ap, pixel_auroc and the papers' cflow-style AUPRO as ``aupro``), and its Real-IAD rows from
+    UniADet's README (image_auroc, pixel_ap) where there are any."""
     i = METHODS.index(method)
-    out: dict[str, float] = {}
-    image = _IMAGE.get(dataset, [None] * len(METHODS))[i]
-    pixel = _PIXEL.get(dataset, [None] * len(METHODS))[i]
-    if image:
-        out["image_auroc"], out["image_ap"] = image[0] / 100, image[1] / 100
-    if pixel:
-        out["pixel_auroc"], out["aupro"] = pixel[0] / 100, pixel[1] / 100
-    return out
+    results: dict[str, dict[str, float]] = {}
+    for dataset in {**_IMAGE, **_PIXEL}:
+        out = results.setdefault(dataset, {})
+        image = _IMAGE.get(dataset, [None] * len(METHODS))[i]
+        pixel = _PIXEL.get(dataset, [None] * len(METHODS))[i]
+        if image:
+            out["image_auroc"], out["image_ap"] = image[0] / 100, image[1] / 100
+        if pixel:
+            out["pixel_auroc"], out["aupro"] = pixel[0] / 100, pixel[1] / 100
+    others = {dataset: numbers for (dataset, name), numbers in _OTHER_SOURCES.items() if name == method}
+    for dataset, numbers in others.items():
+        results[dataset] = {k: v / 100 for k, v in numbers.items()}
+    source = ANOMALYCLIP_PAPER + (f"; Real-IAD rows: {UNIADET_README}" if others else "")
+    return PublishedNumbers(source, {dataset: out for dataset, out in results.items() if out})

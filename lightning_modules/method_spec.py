@@ -1,0 +1,120 @@
+"""What a method is to zsad: one :class:`MethodSpec`, the whole contract between a method's package and the
+rest (runner, CLI, predict, reports, the every-method test). docs/adding_a_method.md walks through it.
+
+A spec is light: importing it and the method's config loads neither torch, Lightning nor open_clip, so
+that ``zsad methods``, ``zsad config show`` and ``--help`` answer at once. Its builders and hooks import
+the method's model and module inside their bodies, when a job needs them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from datamodules.augment import TrainAugmentation
+    from datamodules.transforms import ImagePreprocessing
+    from lightning_modules.base import ZeroShotModule
+    from lightning_modules.eval_config import EvalConfig
+
+#: The evaluation protocols a method may support. Every method is zero-shot today (no image of the target
+#: dataset is seen before its test); few-shot and transductive protocols will be added as values here.
+ZERO_SHOT = "zero_shot"
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheSettings:
+    """Whether (and where) a method's frozen training features are encoded once and reused
+    (lightning_modules/feature_cache.py)."""
+
+    enabled: bool
+    cache_dir: str | None = None  # also keep the table on disk there, for later runs
+    max_gb: float | None = None  # in-memory limit per process (None: half of the available memory)
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishedNumbers:
+    """The numbers a paper reports for a method, shown as reference rows by ``zsad report --reference``."""
+
+    source: str  # the paper and its tables
+    results: Mapping[str, Mapping[str, float]]  # dataset -> metric (results.json's names) -> fraction
+
+
+def cache_settings(cfg: Any) -> CacheSettings:
+    """The config's ``cache_features``, ``cache_dir`` and ``cache_max_gb`` (AnomalyCLIP, VAND, CoOp)."""
+    return CacheSettings(bool(cfg.cache_features), cfg.cache_dir, cfg.cache_max_gb)
+
+
+def backbone_image_size(cfg: Any) -> int:
+    """The model's input size: ``backbone.image_size`` of the method's config."""
+    return int(cfg.backbone.image_size)
+
+
+def official_preprocessing(cfg: Any, dataset: str | None) -> ImagePreprocessing:
+    """AnomalyCLIP's resize (bicubic PIL, bilinear mask; docs/datasets.md), the default of every method."""
+    from datamodules.transforms import ImagePreprocessing
+
+    return ImagePreprocessing()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MethodSpec:
+    """Everything zsad needs to know about one method; registered in :mod:`lightning_modules.registry`.
+
+    Hooks take the method's config (``cfg``, an instance of ``config_class``) and, where it matters, the
+    dataset (a name of ``zsad data list``; None for images of no benchmark, as ``zsad predict`` gets).
+    """
+
+    # --- what it is -------------------------------------------------------------------------------
+    name: str  # ``method=NAME`` picks configs/method/NAME.yaml, whose ``name`` is this
+    config_class: type  # the typed config dataclass (its defaults are the authors' code)
+    description: str = ""  # one line for ``zsad methods``
+    tiny_config: str  # configs/method/{tiny_config}.yaml: the tiny random-weight CLIP, for tests and demos
+    # --- building ---------------------------------------------------------------------------------
+    build_module: Callable[[Any, EvalConfig], ZeroShotModule]  # (cfg, eval config) -> LightningModule
+    # --- training ---------------------------------------------------------------------------------
+    trains: bool  # False: training-free (``zsad run`` skips fitting, ``zsad train`` refuses)
+    needs: str  # what it trains on, for ``zsad methods`` (e.g. "image labels; pixel masks optional")
+    # Frozen features encoded once and reused every epoch (cfg -> settings); None: the method has none.
+    # Its module then implements lightning_modules.feature_cache.FeatureCacheSource.
+    feature_cache: Callable[[Any], CacheSettings] | None = None
+    # --- data -------------------------------------------------------------------------------------
+    image_size: Callable[[Any], int] = backbone_image_size  # cfg -> input size of the model
+    # (cfg, dataset) -> how the authors' code resizes images and masks there (AnoVL: per dataset)
+    preprocessing: Callable[[Any, str | None], ImagePreprocessing] = official_preprocessing
+    # (cfg, dataset) -> the method's protocol there, recorded in results.json as ``method_protocol``; raises
+    # ConfigError for one it does not implement. None: one protocol everywhere, nothing recorded.
+    dataset_protocol: Callable[[Any, str], dict[str, Any]] | None = None
+    # (cfg, dataset) -> the training augmentation of the authors' dataset class when training on that dataset
+    # (datamodules/augment.py), which the runner hands to the source's datamodule: it draws per (seed, epoch,
+    # sample), so a resume and a DDP training stay exact. None (the field or the answer): the training
+    # images as they are. With one, the feature cache steps aside (the images change every epoch).
+    train_augmentation: Callable[[Any, str], TrainAugmentation | None] | None = None
+    # --- evaluation -------------------------------------------------------------------------------
+    protocols: tuple[str, ...] = (ZERO_SHOT,)  # the evaluation protocols it supports
+    # cfg -> whether the test loop needs autograd (test-time adaptation): the Trainer then runs without
+    # inference mode. None: never.
+    grad_at_test: Callable[[Any], bool] | None = None
+    # cfg -> why an evaluation over several processes would differ from one process (refused then), or
+    # None when a DDP evaluation equals a single-process one. None: always exact.
+    ddp_refusal: Callable[[Any], str | None] | None = None
+    # --- weights and numbers ----------------------------------------------------------------------
+    # (module, checkpoint dict, file) -> the module's trainable state from a checkpoint in the authors'
+    # format (their released weights); None: only zsad checkpoints load.
+    official_checkpoint: Callable[[Any, dict[str, Any], str], dict[str, Any]] | None = None
+    published: PublishedNumbers | None = None  # the paper's numbers, for ``zsad report --reference``
+
+    def protocol_on(self, cfg: Any, dataset: str) -> dict[str, Any] | None:
+        """The protocol record of ``dataset`` (None: the method declares none); raises ConfigError."""
+        return self.dataset_protocol(cfg, dataset) if self.dataset_protocol is not None else None
+
+    def augmentation_on(self, cfg: Any, dataset: str) -> TrainAugmentation | None:
+        """The training augmentation when training on ``dataset`` (None: none)."""
+        return self.train_augmentation(cfg, dataset) if self.train_augmentation is not None else None
+
+    def needs_grad_at_test(self, cfg: Any) -> bool:
+        return bool(self.grad_at_test(cfg)) if self.grad_at_test is not None else False
+
+    def ddp_refusal_reason(self, cfg: Any) -> str | None:
+        return self.ddp_refusal(cfg) if self.ddp_refusal is not None else None

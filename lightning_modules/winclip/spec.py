@@ -1,0 +1,35 @@
+"""WinCLIP's contract with zsad (lightning_modules/method_spec.py); light: the model loads in the builder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning_modules.method_spec import MethodSpec
+from lightning_modules.published import anomalyclip_paper
+from lightning_modules.winclip.config import WinCLIPConfig
+
+
+def build_module(cfg: WinCLIPConfig, eval_cfg: Any) -> Any:
+    from lightning_modules.winclip.module import WinCLIPModule
+
+    return WinCLIPModule(cfg, eval_cfg)
+
+
+def preprocessing(cfg: WinCLIPConfig, dataset: str | None) -> Any:
+    """anomalib's: ``convert("RGB")``, then the tensor resized (bicubic, antialiased); the mask nearest."""
+    from datamodules.transforms import ImagePreprocessing
+
+    return ImagePreprocessing(resize_backend="tensor", mask_interpolation="nearest")
+
+
+WINCLIP = MethodSpec(
+    name="winclip",
+    config_class=WinCLIPConfig,
+    description="compositional prompt ensemble, 2x2/3x3 windows through the ViT, harmonic aggregation",
+    tiny_config="winclip_tiny",
+    build_module=build_module,
+    trains=False,
+    needs="nothing to train on (category names for the prompts)",
+    preprocessing=preprocessing,
+    published=anomalyclip_paper("winclip"),
+)
