@@ -558,10 +558,11 @@ def official_step(
 def official_augmentations(setup: types.SimpleNamespace, root: Path) -> dict[str, np.ndarray]:
     """Their ``MVTecDataset`` in mode "train" (``aug_rate`` AUG_RATE: mosaic, then their albumentations
     pipeline), each item drawn with zsad's seed of that sample: ``random.seed`` for their ``random.random()``
-    and ``random.choice``, ``img_trans.set_random_seed`` for the pipeline (albumentations 1.4.24's own
-    generators). Shim: their ``os.listdir`` is sorted (its order is the filesystem's)."""
+    and ``random.choice``, ``seed_pipeline(img_trans, seed)`` for the pipeline (one Python and one NumPy
+    generator shared by its transforms, albumentations 1.4.24's ``set_random_state``). Shim: their ``os.listdir`` is sorted (its order is the filesystem's)."""
     import random
 
+    from datamodules.augment import seed_pipeline
     from datamodules.index import build_index
     from datamodules.resumable import derived_seed
 
@@ -594,12 +595,15 @@ def official_augmentations(setup: types.SimpleNamespace, root: Path) -> dict[str
         path = setup.original(os.path.join(str(setup.data_root), data.data_all[k]["img_path"]))
         seed = derived_seed(AUG_SEED, AUG_EPOCH, positions[path], "augment")
         random.seed(seed)
-        data.img_trans.set_random_seed(seed % 2**32)
+        seed_pipeline(data.img_trans, seed)
         item = data[k]
         rows["aug_paths"].append(path)
         rows["aug_images"].append(item["img"].numpy())
         rows["aug_masks"].append((item["img_mask"][0] > 0.5).numpy())
-    return {k: np.stack(v) if k != "aug_paths" else np.array(v) for k, v in rows.items()}
+    import cv2
+
+    rows = {k: np.stack(v) if k != "aug_paths" else np.array(v) for k, v in rows.items()}
+    return rows | {"aug_opencv": np.array(cv2.__version__)}  # the images depend on OpenCV's version
 
 
 def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
@@ -877,6 +881,7 @@ def main() -> None:
             metric_names=np.array(names),
             metrics=np.array([metrics[k] for k in names]),
             dropout_masks=theirs["dropout_masks"][:, order],
+            aug_opencv=theirs["aug_opencv"],
             **{k: v for k, v in theirs.items() if k.startswith(INITIAL)},
             **sampled(theirs),
         )

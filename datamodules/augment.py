@@ -18,7 +18,9 @@ Two parts, in the authors' order:
    squared). **Reconstruction**: their albumentations version is not recorded.
 
 Each item seeds its own ``random.Random`` (the mosaic's draws, as their ``random.random()`` and
-``random.choice``) and the pipeline's generators (``set_random_seed``) from (run seed, epoch, sample index).
+``random.choice``) and the pipeline's generators from (run seed, epoch, sample index): one Python and one
+NumPy generator shared by all its transforms (:func:`seed_pipeline`), one stream as the official code's
+global generators.
 """
 
 from __future__ import annotations
@@ -93,9 +95,16 @@ def vcp_clip_augment(
 ) -> tuple[Image.Image, Image.Image]:
     """Their ``img_trans(mask=..., image=...)`` on ``np.array`` of the image and mask (mode "L")."""
     pipeline = _vcp_clip_pipeline(noise)
-    pipeline.set_random_seed(seed % 2**32)
+    seed_pipeline(pipeline, seed)
     out = pipeline(image=np.array(image), mask=np.array(mask))
     return Image.fromarray(out["image"]), Image.fromarray(out["mask"].astype(np.uint8), mode="L")
+
+
+def seed_pipeline(pipeline: Any, seed: int) -> None:
+    """One Python and one NumPy generator for all of ``pipeline``'s transforms, seeded by ``seed``: one stream,
+    as the official code's global generators. (``Compose.set_random_seed`` gives every transform generators
+    of the *same* seed: their identical first draws would apply all five transforms or none.)"""
+    pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
 class AugmentedDataset(AnomalyDataset):

@@ -22,6 +22,7 @@ from baselines_support import (
     write_method_experiment,
 )
 from lightning.pytorch.callbacks import Callback
+from PIL import Image
 
 from datamodules import AnomalyDataModule, DataConfig
 from datamodules.augment import AugmentedDataset, TrainAugmentation
@@ -103,6 +104,21 @@ def test_augmentation_is_a_function_of_seed_epoch_and_sample(tmp_path):
     )  # order and history do not matter
     other_epoch = [dataset[(2, i)]["image"] for i in range(len(dataset))]
     assert not all(torch.equal(a, b) for a, b in zip(first, other_epoch, strict=True))
+
+
+def test_the_pipeline_s_transforms_draw_from_one_stream():
+    """Each transform applies with p = 0.5 independently of the others (their global generators): an image
+    leaves the five unchanged in about 1 of 32 seeds. Generators of one seed per transform (albumentations'
+    Compose.set_random_seed) would apply all five or none: unchanged in every second seed."""
+    from datamodules.augment import vcp_clip_augment
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    mask = Image.new("L", (16, 16))
+    unchanged = sum(
+        np.array_equal(np.array(vcp_clip_augment(image, mask, seed)[0]), np.array(image))
+        for seed in range(96)
+    )
+    assert unchanged <= 9  # 3 expected; 48 with one seed per transform
 
 
 def test_mosaic_pastes_four_anomalous_images_of_the_category(tmp_path):
