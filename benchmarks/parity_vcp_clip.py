@@ -168,7 +168,7 @@ def evaluate(categories, category_ids, scores, labels, maps, masks) -> dict[str,
 
 
 def zsad_augmentations(root: Path, preprocessing) -> dict[str, np.ndarray]:
-    """zsad's training split with VCP-CLIP's augmentation (noise as albumentations 1.4.24, which the
+    """zsad's training split with VCP-CLIP's augmentation (albumentations 1.4.24's defaults, which the
     official side runs), epoch AUG_EPOCH, in index order."""
     from datamodules import AnomalyDataModule, DataConfig
     from datamodules.augment import TrainAugmentation
@@ -179,7 +179,7 @@ def zsad_augmentations(root: Path, preprocessing) -> dict[str, np.ndarray]:
         IMAGE_SIZE,
         preprocessing,
         seed=AUG_SEED,
-        augmentation=TrainAugmentation("vcp_clip", Mosaic(AUG_RATE), noise="albumentations_1.4.24"),
+        augmentation=TrainAugmentation("vcp_clip", Mosaic(AUG_RATE), defaults="albumentations_1.4.24"),
     )
     dataset = data.train_dataset()
     items = [dataset[(AUG_EPOCH, i)] for i in range(len(dataset))]

@@ -12,10 +12,11 @@ Two parts, in the authors' order:
 2. ``pipeline="vcp_clip"``: VCP-CLIP's datasets in mode "train" (``utils/dataset.py``), always: their
    albumentations pipeline on the RGB array and its mask: ``Rotate(30)``, ``RandomRotate90``,
    ``RandomBrightnessContrast``, ``GaussNoise``, ``OneOf(Blur(3), ColorJitter, GaussianBlur)``, each with
-   p = 0.5, with the defaults albumentations had when their experiments ran (spring 2024, 1.3-1.4.2): the
-   same in 1.4.24, which zsad pins, except ``GaussNoise``, whose default became a standard deviation of
-   20-44 % of 255 in 1.4.2x; zsad passes the old one, a variance drawn uniformly in [10, 50] (in pixel values
-   squared). **Reconstruction**: their albumentations version is not recorded.
+   p = 0.5, with the defaults of albumentations 1.3.x-1.4.2 (current when their code was written; the same
+   first author's Bayes-PFL pins 1.3.1): the same in 1.4.24, which zsad pins, except ``GaussNoise`` (a standard deviation of
+   20-44 % of 255 instead of a variance in [10, 50]) and ``ColorJitter``'s hue (+-0.5 instead of +-0.2), which
+   zsad passes explicitly. **Reconstruction**: their albumentations version is not recorded; what 1.4.24
+   computes differently under the same parameters is listed in docs/methods.md#vcp-clip.
 
 Each item seeds its own ``random.Random`` (the mosaic's draws, as their ``random.random()`` and
 ``random.choice``) and the pipeline's generators from (run seed, epoch, sample index): one Python and one
@@ -42,23 +43,24 @@ from datamodules.mosaic import Mosaic, MosaicTiles, paste_records
 from datamodules.resumable import derived_seed
 
 PIPELINES = ("none", "vcp_clip")
-# GaussNoise of the vcp_clip pipeline: "var_10_50" (albumentations <= 1.4.2's default, a variance uniform in
-# [10, 50] pixel values squared) or "albumentations_1.4.24" (that version's default, a standard deviation
-# uniform in 20-44 % of 255: what their unpinned code gets with it)
-NOISES = ("var_10_50", "albumentations_1.4.24")
+# Defaults of the vcp_clip pipeline's transforms (their code passes none): "albumentations_1.4.2", those of
+# albumentations 1.3.x-1.4.2 (GaussNoise: a variance uniform in [10, 50] pixel values squared; ColorJitter: hue
+# in [-0.2, 0.2]), or "albumentations_1.4.24", that version's (GaussNoise: a standard deviation uniform in
+# 20-44 % of 255; ColorJitter: hue in [-0.5, 0.5]): what their unpinned code gets with it
+DEFAULTS = ("albumentations_1.4.2", "albumentations_1.4.24")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainAugmentation:
     pipeline: str = "none"  # one of PIPELINES
     mosaic: Mosaic | None = None  # the 2x2 mosaic first (datamodules/mosaic.py); None: none
-    noise: str = "var_10_50"  # one of NOISES
+    defaults: str = "albumentations_1.4.2"  # one of DEFAULTS: whose transform defaults the pipeline takes
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
             raise ValueError(f"augmentation pipeline must be one of {PIPELINES}, got {self.pipeline!r}")
-        if self.noise not in NOISES:
-            raise ValueError(f"augmentation noise must be one of {NOISES}, got {self.noise!r}")
+        if self.defaults not in DEFAULTS:
+            raise ValueError(f"augmentation defaults must be one of {DEFAULTS}, got {self.defaults!r}")
 
     @property
     def active(self) -> bool:
@@ -66,35 +68,35 @@ class TrainAugmentation:
 
 
 @functools.cache
-def _vcp_clip_pipeline(noise: str = "var_10_50") -> Any:
+def _vcp_clip_pipeline(defaults: str = "albumentations_1.4.2") -> Any:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
     import albumentations as A
 
-    if noise == "albumentations_1.4.24":
-        gauss_noise = A.GaussNoise(p=0.5)
+    if defaults == "albumentations_1.4.24":
+        gauss_noise, color_jitter = A.GaussNoise(p=0.5), A.ColorJitter(p=0.5)
     else:
         with warnings.catch_warnings():  # var_limit is deprecated in 1.4.24, and the only way to its meaning
             warnings.simplefilter("ignore", DeprecationWarning)
+            # 1.4.2's GaussNoise(var_limit=(10, 50)) in pixel values: 1.4.24 takes it normalised by 255^2
             gauss_noise = A.GaussNoise(var_limit=(10 / 255**2, 50 / 255**2), p=0.5)
+        color_jitter = A.ColorJitter(hue=0.2, p=0.5)  # 1.4.2's hue range; brightness etc. as in 1.4.24
     return A.Compose(
         [
             A.Rotate(limit=30, p=0.5),
             A.RandomRotate90(p=0.5),
             A.RandomBrightnessContrast(p=0.5),
-            # albumentations <= 1.4.2's GaussNoise(var_limit=(10, 50)) in pixel values: 1.4.24 takes it
-            # normalised by 255^2 (a larger var_limit is converted wrongly there)
             gauss_noise,
-            A.OneOf([A.Blur(blur_limit=3, p=0.5), A.ColorJitter(p=0.5), A.GaussianBlur(p=0.5)], p=0.5),
+            A.OneOf([A.Blur(blur_limit=3, p=0.5), color_jitter, A.GaussianBlur(p=0.5)], p=0.5),
         ],
         is_check_shapes=False,
     )
 
 
 def vcp_clip_augment(
-    image: Image.Image, mask: Image.Image, seed: int, noise: str = "var_10_50"
+    image: Image.Image, mask: Image.Image, seed: int, defaults: str = "albumentations_1.4.2"
 ) -> tuple[Image.Image, Image.Image]:
     """Their ``img_trans(mask=..., image=...)`` on ``np.array`` of the image and mask (mode "L")."""
-    pipeline = _vcp_clip_pipeline(noise)
+    pipeline = _vcp_clip_pipeline(defaults)
     seed_pipeline(pipeline, seed)
     out = pipeline(image=np.array(image), mask=np.array(mask))
     return Image.fromarray(out["image"]), Image.fromarray(out["mask"].astype(np.uint8), mode="L")
@@ -137,7 +139,7 @@ class AugmentedDataset(AnomalyDataset):
             image = open_image(record.image_path)
             mask = open_mask(record.mask_path) if record.mask_path is not None else Image.new("L", image.size)
         if self.augmentation.pipeline == "vcp_clip":  # their images are 8-bit RGB files (make_dataset_new.py)
-            image, mask = vcp_clip_augment(image.convert("RGB"), mask, seed, self.augmentation.noise)
+            image, mask = vcp_clip_augment(image.convert("RGB"), mask, seed, self.augmentation.defaults)
         item = self.item(i, *self.transform(image, mask), image_size=image.size)
         if label is not None:
             item["label"] = torch.tensor(label, dtype=torch.long)

@@ -65,11 +65,12 @@ class VCPCLIPConfig:
     mosaic_rate: float = 0.2
     # the mosaic is in their MVTecDataset only (VisaDataset and OtherDataset have none)
     mosaic_datasets: list[str] = dataclasses.field(default_factory=lambda: ["mvtec"])
-    # GaussNoise of the augmentation. Reconstruction: their albumentations version is not recorded;
-    # "var_10_50" is the default of the versions of spring 2024 (variance uniform in [10, 50] pixel values
-    # squared); "albumentations_1.4.24" the default their unpinned code gets with 1.4.24 (standard deviation
-    # 20-44 % of 255).
-    augmentation_noise: str = "var_10_50"
+    # Whose defaults the albumentations transforms take (their code passes none). Reconstruction: their
+    # albumentations version is not recorded; "albumentations_1.4.2": those of 1.3.x-1.4.2 (GaussNoise: a
+    # variance uniform in [10, 50] pixel values squared; ColorJitter: hue in [-0.2, 0.2]; the same first
+    # author's Bayes-PFL pins 1.3.1); "albumentations_1.4.24": what their unpinned code gets with 1.4.24
+    # (a standard deviation uniform in 20-44 % of 255; hue in [-0.5, 0.5]).
+    augmentation_defaults: str = "albumentations_1.4.2"
     # Frozen image features encoded once and reused (lightning_modules/feature_cache.py); bypassed while the
     # augmentation changes training images every epoch (the authors' protocol).
     cache_features: bool = True

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datamodules.augment import NOISES
+from datamodules.augment import DEFAULTS
 from datamodules.errors import ConfigError
 from lightning_modules.clip.factory import create_clip, with_mlp_activation
 from lightning_modules.clip.text import PromptTextEncoder
@@ -135,7 +135,7 @@ def check_choices(cfg: VCPCLIPConfig) -> None:
     for key, value, allowed in (
         ("activation", cfg.activation, VCP_ACTIVATIONS),
         ("augmentation", cfg.augmentation, VCP_AUGMENTATIONS),
-        ("augmentation_noise", cfg.augmentation_noise, NOISES),
+        ("augmentation_defaults", cfg.augmentation_defaults, DEFAULTS),
     ):
         if value not in allowed:
             raise ConfigError(f"method.{key} must be one of {list(allowed)}, got {value!r}")

@@ -50,7 +50,7 @@ def train_augmentation(cfg: VCPCLIPConfig, dataset: str) -> Any:
     from datamodules.mosaic import Mosaic
 
     mosaic = Mosaic(cfg.mosaic_rate, tiles="anomalous") if dataset in cfg.mosaic_datasets else None
-    return TrainAugmentation(pipeline="vcp_clip", mosaic=mosaic, noise=cfg.augmentation_noise)
+    return TrainAugmentation(pipeline="vcp_clip", mosaic=mosaic, defaults=cfg.augmentation_defaults)
 
 
 VCP_CLIP = MethodSpec(

@@ -121,6 +121,32 @@ def test_the_pipeline_s_transforms_draw_from_one_stream():
     assert unchanged <= 9  # 3 expected; 48 with one seed per transform
 
 
+@pytest.mark.parametrize(
+    ("defaults", "noise_std", "hue"),
+    [
+        ("albumentations_1.4.2", (10**0.5, 50**0.5), 0.2),
+        ("albumentations_1.4.24", (0.2 * 255, 0.44 * 255), 0.5),
+    ],
+)
+def test_the_transforms_take_the_defaults_of_the_chosen_albumentations(defaults, noise_std, hue):
+    """GaussNoise: 1.4.2's variance in [10, 50] (a standard deviation of 3.2-7.1) or 1.4.24's standard
+    deviation of 20-44 % of 255; ColorJitter's hue range."""
+    import copy
+
+    from datamodules.augment import _vcp_clip_pipeline
+
+    pipeline = _vcp_clip_pipeline(defaults)
+    noise = copy.deepcopy(pipeline.transforms[3])
+    noise.p = 1.0
+    flat = np.full((64, 64, 3), 128, dtype=np.uint8)
+    stds = []
+    for seed in range(20):
+        noise.set_random_seed(seed)
+        stds.append((noise(image=flat)["image"].astype(float) - 128).std())
+    assert noise_std[0] * 0.9 < min(stds) and max(stds) < noise_std[1] * 1.1
+    assert pipeline.transforms[4].transforms[1].hue == (-hue, hue)
+
+
 def test_mosaic_pastes_four_anomalous_images_of_the_category(tmp_path):
     root = ps.write_parity_images(tmp_path / "mvtec")
     plain = AnomalyDataModule(DataConfig(name="synthetic", root=str(root), num_workers=0), 32).train_dataset()
@@ -144,6 +170,8 @@ def test_the_spec_hands_the_mosaic_only_to_the_datasets_of_their_mvtec_class():
     assert VCP_CLIP.augmentation_on(cfg, "mvtec") == TrainAugmentation("vcp_clip", Mosaic(0.2, "anomalous"))
     assert VCP_CLIP.augmentation_on(cfg, "visa") == TrainAugmentation("vcp_clip", None)
     assert VCP_CLIP.augmentation_on(VCPCLIPConfig(augmentation="none"), "mvtec") is None
+    stock = VCPCLIPConfig(augmentation_defaults="albumentations_1.4.24")
+    assert VCP_CLIP.augmentation_on(stock, "visa").defaults == "albumentations_1.4.24"
 
 
 # --- the authors' checkpoint format -----------------------------------------------------------------------
