@@ -375,11 +375,19 @@ def main() -> None:
     metrics = official_metrics(theirs)
     ours_metrics = dict(zip(ours["metric_names"].tolist(), ours["metrics"].tolist(), strict=True))
     names = sorted(metrics)
-    ps.print_delta(
-        "metrics (" + ", ".join(sorted({n.split("/")[1] for n in names})) + ")",
-        [metrics[k] for k in names],
-        [ours_metrics[k] for k in names],
-    )
+    for metric in sorted({n.split("/")[1] for n in names}):
+        keys = [f"{c}/{metric}" for c in ours["categories"]]  # category id order
+        ps.print_delta(
+            f"{metric} (per category)", [metrics[k] for k in keys], [ours_metrics[k] for k in keys]
+        )
+        if metric == "aupro_cflow":
+            ps.print_cflow_agreement(
+                [metrics[k] for k in keys],
+                [ours_metrics[k] for k in keys],
+                ours["maps"],
+                ours["masks"],
+                ours["category_ids"],
+            )
     if args.write_fixture:
         ps.save_fixture(
             FIXTURE,
