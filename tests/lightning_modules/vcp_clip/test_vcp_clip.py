@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import sys
@@ -14,14 +13,10 @@ import pytest
 import torch
 from baselines_support import (
     FAST,
-    assert_only_trainable_parts_changed,
-    capture_modules,
-    check_results,
     one_torch_thread,  # noqa: F401 - autouse fixture
     tiny_backbone,
     write_method_experiment,
 )
-from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
 from datamodules import AnomalyDataModule, DataConfig
@@ -33,7 +28,7 @@ from lightning_modules.vcp_clip import VCPCLIP, VCPCLIPConfig, VCPCLIPModule
 from lightning_modules.vcp_clip.model import top_k_mean
 from lightning_modules.vcp_clip.spec import VCP_CLIP
 from pipelines.cli import main
-from tests_support import zsad_test_from_run
+from tests_support import SendAt, interrupt_training_at
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
 
@@ -222,13 +217,15 @@ def test_the_authors_checkpoint_loads_with_names_and_shapes_checked(tmp_path):
 
 # --- end to end -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("augmentation", ["authors", "none"])
-def test_vcp_clip_trains_and_runs_end_to_end(tmp_path, synthetic_pair, monkeypatch, augmentation):
-    """With the authors' augmentation (and the mosaic) the feature cache steps aside; without, it is used."""
+def test_the_runner_hands_the_augmentation_to_the_training_datamodule(
+    tmp_path, synthetic_pair, monkeypatch, augmentation
+):
+    """With the authors' augmentation (and the mosaic) the feature cache steps aside; without, it is used.
+    (Results, trainable-only checkpoints and their reload: tests/test_every_method.py.)"""
     from lightning_modules.feature_cache import CachedTraining
     from pipelines import runner
 
     source, target = synthetic_pair
-    built = capture_modules(monkeypatch)
     caches: list[CachedTraining] = []
 
     class Recorded(CachedTraining):
@@ -240,39 +237,17 @@ def test_vcp_clip_trains_and_runs_end_to_end(tmp_path, synthetic_pair, monkeypat
     experiment = write_method_experiment(tmp_path, "vcp_clip_tiny", source, target)
     run_dir = tmp_path / "run"
     options = [f"method.augmentation={augmentation}", "method.mosaic_datasets=[synthetic]"]
-    assert main(["run", str(experiment), *FAST, f"run_dir={run_dir}", *options]) == 0
-    first = check_results(run_dir, {"ring", "cells"})
-    assert_only_trainable_parts_changed(built[0])
+    assert main(["train", str(experiment), *FAST, f"run_dir={run_dir}", *options]) == 0
     if augmentation == "none":
         assert caches[0].status == "cached (built)"
     else:  # the datamodule was handed the spec's augmentation, and says why the cache steps aside
         assert caches[0].status.startswith("bypassed: the method's training augmentation")
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    assert state and all(key.startswith("model.") and not key.startswith("model.clip.") for key in state)
-    assert zsad_test_from_run(experiment, run_dir, tmp_path / "eval", FAST) == 0
-    again = check_results(tmp_path / "eval", {"ring", "cells"})
-    for category, metrics in first["categories"].items():
-        assert again["categories"][category]["pixel_auroc"] == pytest.approx(metrics["pixel_auroc"], abs=1e-6)
-        assert "aupro" in metrics and "aupro_cflow" in metrics
-
-
-class _InterruptAt(Callback):
-    """SIGINT to this process after training batch ``batch`` of ``epoch`` (Ctrl-C)."""
-
-    def __init__(self, epoch: int, batch: int) -> None:
-        self.epoch, self.batch = epoch, batch
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 @pytest.mark.slow
 def test_augmented_accumulated_training_resumes_bit_identically(tmp_path, synthetic_pair, monkeypatch):
     """The authors' augmentation (mosaic included) and gradient accumulation: Ctrl-C inside an accumulation
     window stops after the window's optimizer step, and the resumed run ends with the same parameters."""
-    from pipelines import runner
-
     source, target = synthetic_pair
     experiment = write_method_experiment(tmp_path, "vcp_clip_tiny", source, target)
     common = [
@@ -284,20 +259,13 @@ def test_augmented_accumulated_training_resumes_bit_identically(tmp_path, synthe
     ]
     reference, run_dir = tmp_path / "reference", tmp_path / "interrupted"
     assert main(["run", str(experiment), *common, f"run_dir={reference}"]) == 0
-    make_trainer = runner.make_trainer
-
-    def interrupted(cfg, run_dir, loggers, training, **kwargs):
-        if training:
-            kwargs["callbacks"] = [_InterruptAt(1, 0), *(kwargs.get("callbacks") or [])]
-        return make_trainer(cfg, run_dir, loggers, training, **kwargs)
-
-    monkeypatch.setattr(runner, "make_trainer", interrupted)
+    interrupt_training_at(monkeypatch, SendAt(1, 0, signal.SIGINT))  # Ctrl-C after epoch 1's first batch
     assert main(["run", str(experiment), *common, f"run_dir={run_dir}"]) == 130
     saved = sorted((run_dir / "checkpoints" / "resume").glob("step-*.ckpt"))[-1]
     # 4 batches per epoch (14 images, batch 4): 2 optimizer steps in epoch 0, the signal after epoch 1's first
     # batch waits for the window's step: 3 steps saved, none half-accumulated
     assert torch.load(saved, weights_only=False)["global_step"] == 3
-    monkeypatch.setattr(runner, "make_trainer", make_trainer)
+    interrupt_training_at(monkeypatch, None)
     assert main(["run", str(experiment), *common, f"run_dir={run_dir}"]) == 0
     ours = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     expected = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
