@@ -108,22 +108,7 @@ def grads_of(tensors) -> np.ndarray:
 
 def evaluate(categories, category_ids, scores, labels, maps, masks) -> dict[str, float]:
     """zsad's evaluator (exact AUPRO and cflow-style AUPRO included) on the given scores and maps."""
-    from lightning_modules.metrics import AnomalyEvaluator
-
-    evaluator = AnomalyEvaluator(categories=list(categories))
-    evaluator.update(
-        category_ids=torch.as_tensor(category_ids),
-        sample_ids=torch.arange(len(labels)),
-        image_scores=torch.as_tensor(scores).float(),
-        labels=torch.as_tensor(labels),
-        anomaly_maps=torch.as_tensor(maps).float(),
-        masks=torch.as_tensor(masks).float(),
-        has_mask=torch.ones(len(labels), dtype=torch.bool),
-    )
-    result = evaluator.compute()
-    return {
-        f"{c}/{k}": v for c in result.categories for k, v in result.per_category[c].items() if v is not None
-    }
+    return ps.zsad_metrics(categories, category_ids, scores, labels, maps, masks)
 
 
 def zsad_outputs(root: Path, prompt_learner: dict[str, torch.Tensor], cfg=None) -> dict[str, np.ndarray]:
@@ -390,11 +375,19 @@ def main() -> None:
     metrics = official_metrics(theirs)
     ours_metrics = dict(zip(ours["metric_names"].tolist(), ours["metrics"].tolist(), strict=True))
     names = sorted(metrics)
-    ps.print_delta(
-        "metrics (" + ", ".join(sorted({n.split("/")[1] for n in names})) + ")",
-        [metrics[k] for k in names],
-        [ours_metrics[k] for k in names],
-    )
+    for metric in sorted({n.split("/")[1] for n in names}):
+        keys = [f"{c}/{metric}" for c in ours["categories"]]  # category id order
+        ps.print_delta(
+            f"{metric} (per category)", [metrics[k] for k in keys], [ours_metrics[k] for k in keys]
+        )
+        if metric == "aupro_cflow":
+            ps.print_cflow_agreement(
+                [metrics[k] for k in keys],
+                [ours_metrics[k] for k in keys],
+                ours["maps"],
+                ours["masks"],
+                ours["category_ids"],
+            )
     if args.write_fixture:
         ps.save_fixture(
             FIXTURE,

@@ -4,8 +4,8 @@
 
 ``--official`` is a checkout of hq-deng/AnoVL (its folder leads the official side's ``sys.path``, so
 ``import open_clip`` is the authors' vendored copy); ``--official-env`` holds what vl_test.py imports beyond
-zsad's environment (kornia, scikit-image, tabulate, ``setuptools<81`` for ``pkg_resources``; docs/methods.md
-gives the pip line). Nothing is fetched.
+zsad's environment (kornia, scikit-image, tabulate, opencv-python-headless, ``setuptools<81`` for
+``pkg_resources``; docs/methods.md gives the pip line). Nothing is fetched.
 
 The official side (a subprocess) writes ``meta.json`` with the authors' ``data/mvtec.py`` solver (class list
 set to the generated categories) and runs **their ``vl_test.test(args)`` itself**, with the arguments of
@@ -172,6 +172,19 @@ def zsad_metrics(maps, masks, scores, labels) -> list[float]:
         f1_max(scores, labels),
         binary_average_precision(scores, labels),
     ]
+
+
+def own_metrics_agreement(official: np.ndarray, ours: dict[str, np.ndarray]) -> tuple[float, float, Any, Any]:
+    """How zsad's metrics of its own maps and scores (``ours``) compare with the official table: the largest
+    |delta| of the image metrics, of the pixel metrics but the cflow AUPRO, and that AUPRO's per-category
+    |delta| with its derived tolerance (:func:`parity_support.cflow_aupro_agreement`)."""
+    delta = np.abs(ours["metrics"] - official)
+    cflow = METRICS.index("aupro_cflow")
+    others = [c for c in PIXEL_METRIC_COLUMNS if c != cflow]
+    cflow_delta, tolerance = ps.cflow_aupro_agreement(
+        official[:, cflow], ours["metrics"][:, cflow], ours["maps"], ours["masks"], ours["category_ids"]
+    )
+    return delta[:, IMAGE_METRIC_COLUMNS].max(), delta[:, others].max(), cflow_delta, tolerance
 
 
 def per_category_metrics(outputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -571,6 +584,14 @@ def compare_and_store(args, title, root, ours, theirs, quantities, fixture, samp
     for m, metric in enumerate(METRICS):
         ps.print_delta(f"{metric} (per category)", theirs["metrics"][:, m], ours["metrics"][:, m])
         ps.print_delta("  zsad's metric on their maps", theirs["metrics"][:, m], on_theirs[:, m])
+        if metric == "aupro_cflow":
+            ps.print_cflow_agreement(
+                theirs["metrics"][:, m],
+                ours["metrics"][:, m],
+                ours["maps"],
+                ours["masks"],
+                ours["category_ids"],
+            )
     if args.write_fixture:
         ps.save_fixture(
             fixture,

@@ -262,7 +262,7 @@ def raw_image_and_mask(root: Path, path: str):
 
 def zsad_augmentations(root: Path) -> dict[str, np.ndarray]:
     """Every plan through zsad's pipeline and the mosaic of MOSAIC_TILES, from the raw files under ``root``."""
-    from datamodules.augment import paste_2x2
+    from datamodules.mosaic import paste_2x2
 
     images, masks = [], []
     for index, path in enumerate(AUG_IMAGES):
@@ -270,11 +270,12 @@ def zsad_augmentations(root: Path) -> dict[str, np.ndarray]:
         images.append(np.array(image))
         masks.append(np.array(mask))
     tiles = [raw_image_and_mask(root, p) for p in MOSAIC_TILES]
+    quarter = tiles[0][0].size  # combine_img's cells: the first image's size
     return {
         "aug_images": np.stack(images),
         "aug_masks": np.stack(masks),
-        "mosaic_image": np.array(paste_2x2([t[0] for t in tiles], "RGB")),
-        "mosaic_mask": np.array(paste_2x2([t[1] for t in tiles], "L")),
+        "mosaic_image": np.array(paste_2x2([t[0] for t in tiles], "RGB", quarter)),
+        "mosaic_mask": np.array(paste_2x2([t[1] for t in tiles], "L", quarter)),
     }
 
 

@@ -2,7 +2,9 @@
 
     python benchmarks/parity_vand.py --official /tmp/vand --official-env /tmp/vand-env [--write-fixture]
 
-where /tmp/vand-env holds setuptools<81, tabulate, scikit-image (test.py, prompt_ensemble.py imports).
+where /tmp/vand-env holds setuptools<81, tabulate, scikit-image, opencv-python-headless (what test.py and
+prompt_ensemble.py import; docs/methods.md has the pip line). benchmarks/parity_vand_gelu.py runs the same
+comparison at an input size other than the model's native one (the exact-GELU rule).
 
 ``--official`` is a checkout of ByChelsea/VAND-APRIL-GAN (its folder goes first on the official side's
 ``sys.path``, so ``import open_clip`` is the authors' vendored copy); ``--official-env`` holds what it
@@ -20,6 +22,8 @@ attention sum to ``'cuda'`` and needs a 12th block, so the parity model here has
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sys
 from pathlib import Path
 
@@ -29,19 +33,36 @@ import numpy as np  # noqa: E402
 import parity_support as ps  # noqa: E402
 import torch  # noqa: E402
 
-FIXTURE = ps.FIXTURES / "vand.npz"
 IMAGE_SIZE = 240
 FEATURE_LAYERS = [3, 6, 9, 12]
 HEADS_SEED = 1
-VAND_MODEL = ps.PARITY_MODEL_12  # their ViT reads the 12th block
-VAND_MODEL_CONFIG = ps.PARITY_MODELS[VAND_MODEL]
 COMPARED = ("images", "masks", "text", "image_embedding", "tokens", "maps", "image_scores", "loss", "grads")
 METRICS = ("pixel_auroc", "image_auroc", "image_ap", "pixel_ap", "aupro_cflow")  # compared with zsad
-# the last official column, test.py's own call of cal_pro_score, is printed, not compared
+MLP_ACTIVATION_NAMES = {"GELU": "gelu", "QuickGELU": "quick_gelu"}  # module class -> zsad's name
 
 
-def vand_state_dict(seed: int = ps.WEIGHTS_SEED) -> dict[str, torch.Tensor]:
-    return ps.parity_state_dict(seed, VAND_MODEL)
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One VAND parity setting: the parity CLIP each side builds and how the authors' factory loads it."""
+
+    fixture: Path
+    official_model: str  # the model config the authors' factory reads (their ViT reads the 12th block)
+    zsad_model: str  # the model zsad builds from the same weights
+    # their create_model(..., pretrained="openai"): OpenAI's loader (QuickGELU, float16 weights), and at an
+    # input size other than the model's native one their rebuild from official_model's config (exact GELU)
+    openai: bool = False
+
+
+# At the model's native 240 px, its weights loaded as they are (pretrained=None on both sides).
+NATIVE = Case(ps.FIXTURES / "vand.npz", ps.PARITY_MODEL_12, ps.PARITY_MODEL_12)
+FIXTURE = NATIVE.fixture
+
+
+def vand_state_dict(seed: int = ps.WEIGHTS_SEED, case: Case = NATIVE) -> dict[str, torch.Tensor]:
+    """The parity weights; through OpenAI's loader as it leaves them: rounded to float16 (OpenAI's files
+    are float16 and its loader converts the model to float16 before loading them)."""
+    weights = ps.parity_state_dict(seed, case.official_model)
+    return {k: v.half().float() for k, v in weights.items()} if case.openai else weights
 
 
 def heads_state_dict(width: int, dim: int) -> dict[str, torch.Tensor]:
@@ -57,16 +78,22 @@ def _step(maps_per_layer, loss, heads) -> dict[str, np.ndarray]:
     return {"loss": loss.detach().numpy(), "grads": grads.numpy()}
 
 
-def zsad_outputs(root: Path) -> dict[str, np.ndarray]:
+def zsad_outputs(root: Path, case: Case = NATIVE, activation: str = "authors") -> dict[str, np.ndarray]:
     from datamodules import AnomalyDataModule, DataConfig
     from lightning_modules.clip.config import BackboneConfig
     from lightning_modules.metrics import binary_auroc, binary_average_precision, legacy_cflow_aupro
     from lightning_modules.registry import get_method
     from lightning_modules.vand import VAND, VANDConfig
 
-    model, tokenizer = ps.parity_clip(vand_state_dict(), VAND_MODEL)
+    model, tokenizer = ps.parity_clip(vand_state_dict(case=case), case.zsad_model)
     cfg = VANDConfig(
-        backbone=BackboneConfig(name=VAND_MODEL, pretrained=None, image_size=IMAGE_SIZE),
+        backbone=BackboneConfig(
+            name=case.zsad_model,
+            pretrained=None,
+            image_size=IMAGE_SIZE,
+            pos_embed_interpolation="bicubic",  # as configs/method/vand.yaml (open_clip's resize_pos_embed)
+        ),
+        activation=activation,
         feature_layers=list(FEATURE_LAYERS),
         fp16_autocast=False,
         mosaic_rate=0.0,
@@ -94,8 +121,10 @@ def zsad_outputs(root: Path) -> dict[str, np.ndarray]:
         "tokens": torch.stack([features[f"tokens_{layer}"] for layer in FEATURE_LAYERS]).numpy(),
         "maps": torch.stack([p.detach() for p in output.pixel_probs]).numpy(),
         "image_scores": output.image_scores.numpy(),
+        "mlp_activation": np.array(vand.activation),
     }
     amap, labels = output.anomaly_map().detach(), batch["label"]
+    result |= {"category_ids": ids.numpy(), "anomaly_maps": amap.numpy()}
     rows = []
     for c in range(len(data.categories)):
         sel = ids == c
@@ -127,7 +156,7 @@ class _CpuZeros:
         return torch.zeros(*args, **kwargs).as_subclass(_Stay)
 
 
-def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
+def official_outputs(official: Path, root: Path, weights: Path, case: Case = NATIVE) -> dict[str, np.ndarray]:
     import open_clip  # the authors' vendored copy (the official folder leads PYTHONPATH)
     import open_clip.transformer as vendored_transformer
     import torchvision.transforms as transforms
@@ -143,11 +172,24 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     import dataset
 
     dataset.Image.fromarray = ps.old_pillow_fromarray(dataset.Image.fromarray)
-    ps.register_parity_model(VAND_MODEL, open_clip)
-    model, _, preprocess = open_clip.create_model_and_transforms(VAND_MODEL, IMAGE_SIZE, pretrained=None)
-    model.load_state_dict(torch.load(weights, weights_only=True))
+    ps.register_parity_model(case.official_model, open_clip)
+    if case.openai:
+        # their test.py's create_model_and_transforms(model, img_size, pretrained="openai"), with the weights
+        # file registered as this model's "openai" download and looked up where it already is
+        from open_clip import pretrained as vendored_pretrained
+
+        url = f"file://{weights.resolve()}"
+        vendored_pretrained._PRETRAINED[case.official_model] = {"openai": vendored_pretrained._pcfg(url)}
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            case.official_model, IMAGE_SIZE, pretrained="openai", cache_dir=str(weights.resolve().parent)
+        )
+    else:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            case.official_model, IMAGE_SIZE, pretrained=None
+        )
+        model.load_state_dict(torch.load(weights, weights_only=True))
     model.eval()
-    tokenizer = open_clip.get_tokenizer(VAND_MODEL)
+    tokenizer = open_clip.get_tokenizer(case.official_model)
     solver = MVTecSolver(root=str(root))
     solver.CLSNAMES = list(ps.CATEGORIES)
     solver.run()
@@ -160,7 +202,7 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     )
     data = MVTecDataset(root=str(root), transform=preprocess, target_transform=transform, aug_rate=0.0)
     items = next(iter(torch.utils.data.DataLoader(data, batch_size=len(data), shuffle=False)))
-    config = VAND_MODEL_CONFIG
+    config = ps.PARITY_MODELS[case.official_model]
     trainable_layer = LinearLayer(
         config["vision_cfg"]["width"], config["embed_dim"], len(FEATURE_LAYERS), "ViT"
     )
@@ -208,48 +250,62 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
         "tokens": raw_tokens.numpy(),
         "maps": torch.stack([m.detach() for m in anomaly_maps]).numpy(),
         "image_scores": image_scores.detach().numpy(),
+        # the activation their MLPs run (the open_clip Transformer's "gelu" module of every block)
+        "mlp_activation": np.array(
+            MLP_ACTIVATION_NAMES[type(model.visual.transformer.resblocks[0].mlp.gelu).__name__]
+        ),
     }
     result["metrics"] = _test_py_metrics(obj_list, items, gt, anomaly_maps, image_scores)
     return result | _step(anomaly_maps, loss, trainable_layer)
 
 
 def _test_py_metrics(obj_list, items, gt, anomaly_maps, image_scores) -> np.ndarray:
-    """test.py's zero-shot metrics per class: sklearn on the summed anomalous maps and the image scores,
-    and its own ``cal_pro_score``, once on [N, H, W] and once shaped as test.py collects them, [N, 1, H, W]:
-    there ``measure.label`` labels 3-D regions whose ``coords[:, 0]`` is the singleton axis, so each region
-    pixel counts its whole image row as true positives (PRO far above 1)."""
+    """test.py's zero-shot metrics per class, as its metric loop computes them: sklearn on the summed
+    anomalous maps and the image scores, and its own ``cal_pro_score`` on the [N, H, W] arrays it gets by
+    squeezing axis 1 of the [N, 1, H, W] maps and masks it collected at batch size 1 (test.py, lines
+    264-268, as since its first commit)."""
     from sklearn.metrics import average_precision_score, roc_auc_score
     from test import cal_pro_score
 
-    maps = np.sum([m.detach()[:, 1].numpy() for m in anomaly_maps], axis=0)[:, None]
+    maps = np.sum([m.detach()[:, 1].numpy() for m in anomaly_maps], axis=0)[:, None]  # [N, 1, H, W]
     masks, labels, scores = gt.numpy()[:, None], items["anomaly"].numpy(), image_scores.detach().numpy()
     rows = []
     for obj in obj_list:
         sel = np.array([c == obj for c in items["cls_name"]])
         gt_px, pr_px, gt_sp, pr_sp = masks[sel], maps[sel], labels[sel], scores[sel]
-        rows.append(
-            [
-                roc_auc_score(gt_px.ravel(), pr_px.ravel()),
-                roc_auc_score(gt_sp, pr_sp),
-                average_precision_score(gt_sp, pr_sp),
-                average_precision_score(gt_px.ravel(), pr_px.ravel()),
-                cal_pro_score(gt_px[:, 0], pr_px[:, 0]),  # on [N, H, W]: the cflow AUPRO (see below)
-                cal_pro_score(gt_px, pr_px),  # as test.py calls it
-            ]
-        )
+        row = [
+            roc_auc_score(gt_px.ravel(), pr_px.ravel()),
+            roc_auc_score(gt_sp, pr_sp),
+            average_precision_score(gt_sp, pr_sp),
+            average_precision_score(gt_px.ravel(), pr_px.ravel()),
+        ]
+        if len(gt_px.shape) == 4:  # test.py's own lines
+            gt_px = gt_px.squeeze(1)
+        if len(pr_px.shape) == 4:
+            pr_px = pr_px.squeeze(1)
+        rows.append([*row, cal_pro_score(gt_px, pr_px)])
     return np.asarray(rows)
 
 
-def main() -> None:
+def run_parity(case: Case, doc: str, script: str) -> None:
+    """A parity script's main for ``case``: zsad here, the authors' side in a subprocess of ``script``."""
     args = ps.parity_arguments(
-        __doc__, "checkout of ByChelsea/VAND-APRIL-GAN", "PYTHONPATH entries the official side needs"
+        doc, "checkout of ByChelsea/VAND-APRIL-GAN", "PYTHONPATH entries the official side needs"
     )
-    if ps.serve_official_side(args, official_outputs):
+    if ps.serve_official_side(args, functools.partial(official_outputs, case=case)):
         return
     root, ours, theirs = ps.zsad_then_official(  # the checkout first: its vendored open_clip shadows zsad's
-        args, __file__, zsad_outputs, vand_state_dict(), (str(args.official.resolve()), args.official_env)
+        args,
+        script,
+        functools.partial(zsad_outputs, case=case),
+        vand_state_dict(case=case),
+        (str(args.official.resolve()), args.official_env),
     )
-    print(f"VAND: APRIL-GAN ({args.official}) vs zsad, {len(ours['paths'])} images, one training step")
+    print(
+        f"VAND: APRIL-GAN ({args.official}) vs zsad, {len(ours['paths'])} images, one training step; "
+        f"{case.official_model} run at {IMAGE_SIZE} px: MLP activation theirs {theirs['mlp_activation']}, "
+        f"zsad's {ours['mlp_activation']}"
+    )
     if not np.array_equal(np.sort(theirs["paths"]), np.sort(ours["paths"])):
         raise SystemExit("the two sides read different files")
     order = [list(theirs["paths"]).index(p) for p in ours["paths"]]  # zsad's order
@@ -263,22 +319,43 @@ def main() -> None:
         theirs[name] = a
     for m, metric in enumerate(METRICS):
         ps.print_delta(f"{metric} (per category)", theirs["metrics"][:, m], ours["metrics"][:, m])
-    print(
-        f"  test.py's own AUPRO call ([N, 1, H, W]): {theirs['metrics'][:, -1]} (zsad: {ours['metrics'][:, -1]})"
+    cflow = METRICS.index("aupro_cflow")
+    ps.print_delta(
+        "  zsad's cflow AUPRO on their maps", theirs["metrics"][:, cflow], on_their_maps(theirs, ours)
     )
-    theirs["metrics"] = theirs["metrics"][:, : len(METRICS)]
+    ps.print_cflow_agreement(
+        theirs["metrics"][:, cflow],
+        ours["metrics"][:, cflow],
+        ours["anomaly_maps"],
+        ours["masks"],
+        ours["category_ids"],
+    )
     if args.write_fixture:
         ps.save_fixture(
-            FIXTURE,
-            **ps.input_record(vand_state_dict(), root, ours["paths"], theirs["masks"]),
+            case.fixture,
+            **ps.input_record(vand_state_dict(case=case), root, ours["paths"], theirs["masks"]),
             **sampled(theirs),
         )
+
+
+def main() -> None:
+    run_parity(NATIVE, __doc__, __file__)
+
+
+def on_their_maps(theirs: dict[str, np.ndarray], ours: dict[str, np.ndarray]) -> np.ndarray:
+    """zsad's ``legacy_cflow_aupro`` per category on the authors' summed anomalous maps (zsad's order)."""
+    from lightning_modules.metrics import legacy_cflow_aupro
+
+    maps = theirs["maps"][:, :, 1].sum(axis=0)  # [layers, N, 2, H, W] -> [N, H, W], as test.py's np.sum
+    ids = ours["category_ids"]
+    return np.array([legacy_cflow_aupro(maps[ids == c], ours["masks"][ids == c]) for c in np.unique(ids)])
 
 
 def sampled(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What the fixture keeps (the full tokens and maps are megabytes): texts, image embeddings and scores,
     the tokens of every 32nd patch, every 10th row and column of the anomalous maps, loss and gradient."""
     kept = {k: outputs[k] for k in ("text", "image_embedding", "image_scores", "loss", "grads", "metrics")}
+    kept["mlp_activation"] = outputs["mlp_activation"]
     return kept | {
         "tokens_sampled": outputs["tokens"][:, :, ::32],
         "maps_sampled": outputs["maps"][:, :, 1, ::10, ::10],

@@ -75,6 +75,7 @@ COMPARED = (
 )
 NORMALISED = ("image_scores", "maps")  # after their per-category min-max normalisation (both sides)
 STEP = ("step_text", "loss", "grads", "params_after_step")
+AUG_SEED, AUG_EPOCH, AUG_RATE = 111, 2, 0.5  # the augmentation compared: a mosaic for about half the items
 SAMPLE = 8  # the fixture keeps every 8th row and column of the 240 x 240 maps
 TOKEN_SAMPLE = 45  # and every 45th patch token
 GRADIENT_ATOL = 1e-6
@@ -161,20 +162,32 @@ def min_max_per_category(values: np.ndarray, category_ids: np.ndarray) -> np.nda
 
 
 def evaluate(categories, category_ids, scores, labels, maps, masks) -> dict[str, float]:
-    from lightning_modules.metrics import AnomalyEvaluator
+    """zsad's evaluator on the given scores and maps: the METRICS of each category."""
+    metrics = ps.zsad_metrics(categories, category_ids, scores, labels, maps, masks)
+    return {k: v for k, v in metrics.items() if k.split("/")[1] in METRICS}
 
-    evaluator = AnomalyEvaluator(categories=list(categories))
-    evaluator.update(
-        category_ids=torch.as_tensor(category_ids),
-        sample_ids=torch.arange(len(labels)),
-        image_scores=torch.as_tensor(scores).float(),
-        labels=torch.as_tensor(labels),
-        anomaly_maps=torch.as_tensor(maps).float(),
-        masks=torch.as_tensor(masks).float(),
-        has_mask=torch.ones(len(labels), dtype=torch.bool),
+
+def zsad_augmentations(root: Path, preprocessing) -> dict[str, np.ndarray]:
+    """zsad's training split with VCP-CLIP's augmentation (albumentations 1.4.24's transforms, which the
+    official side runs), epoch AUG_EPOCH, in index order."""
+    from datamodules import AnomalyDataModule, DataConfig
+    from datamodules.augment import TrainAugmentation
+    from datamodules.mosaic import Mosaic
+
+    data = AnomalyDataModule(
+        DataConfig(name="synthetic", root=str(root), num_workers=0),
+        IMAGE_SIZE,
+        preprocessing,
+        seed=AUG_SEED,
+        augmentation=TrainAugmentation("vcp_clip", Mosaic(AUG_RATE), albumentations="1.4.24"),
     )
-    result = evaluator.compute()
-    return {f"{c}/{k}": result.per_category[c][k] for c in result.categories for k in METRICS}
+    dataset = data.train_dataset()
+    items = [dataset[(AUG_EPOCH, i)] for i in range(len(dataset))]
+    return {
+        "aug_paths": np.array([str(Path(item["image_path"]).relative_to(root)) for item in items]),
+        "aug_images": np.stack([item["image"].numpy() for item in items]),
+        "aug_masks": np.stack([(item["mask"] > 0.5).numpy() for item in items]),
+    }
 
 
 def zsad_outputs(
@@ -185,10 +198,10 @@ def zsad_outputs(
     import open_clip
 
     from datamodules import AnomalyDataModule, DataConfig
+    from lightning_modules.registry import get_method
     from lightning_modules.vcp_clip.model import VCPCLIP
     from lightning_modules.vcp_clip.module import VCPCLIPModule
     from lightning_modules.vcp_clip.official_checkpoint import zsad_state_dict
-    from lightning_modules.vcp_clip.spec import VCP_CLIP
 
     register_model()
     cfg = cfg or zsad_config()
@@ -200,7 +213,7 @@ def zsad_outputs(
     data = AnomalyDataModule(
         DataConfig(name="synthetic", root=str(root), num_workers=0, eval_batch_size=64),
         IMAGE_SIZE,
-        VCP_CLIP.preprocessing(cfg, "synthetic"),
+        get_method("vcp_clip").preprocessing(cfg, "synthetic"),
     )
     batch = next(iter(data.test_dataloader()))
     images, masks, labels, ids = batch["image"], batch["mask"], batch["label"], batch["category_id"]
@@ -249,13 +262,17 @@ def zsad_outputs(
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in official_order(model)])
     optimizer.step()
-    return result | {
-        "step_text": step_text.detach().numpy(),
-        "loss": loss.detach().numpy(),
-        "grads": grads.numpy(),
-        "params_after_step": torch.cat([p.detach().flatten() for p in official_order(model)]).numpy(),
-        "learning_rates": learning_rates(model, cfg),
-    }
+    return (
+        result
+        | zsad_augmentations(root, get_method("vcp_clip").preprocessing(cfg, "synthetic"))
+        | {
+            "step_text": step_text.detach().numpy(),
+            "loss": loss.detach().numpy(),
+            "grads": grads.numpy(),
+            "params_after_step": torch.cat([p.detach().flatten() for p in official_order(model)]).numpy(),
+            "learning_rates": learning_rates(model, cfg),
+        }
+    )
 
 
 def step_agrees(official_grads, official_params, params, learning_rates) -> np.ndarray:
@@ -300,7 +317,6 @@ def official_order(model) -> list[torch.nn.Parameter]:
 
 
 # --- the official side (a subprocess) -----------------------------------------------------------------
-_CpuZeros, _RecordingCv2, _Recorder = ps.CpuZeros, ps.RecordingCv2, ps.Recorder  # Qu et al.'s shims
 
 
 def official_parameters(trainable_layer, new_lan_embed, zero_try, model) -> list[torch.nn.Parameter]:
@@ -344,12 +360,12 @@ def official_setup(official: Path, root: Path, weights: Path) -> types.SimpleNam
     from models.post_vcp import Zero_Parameter
     from models.pre_vcp import Context_Prompting
 
-    their_transformer.torch = _CpuZeros()
+    their_transformer.torch = ps.CpuZeros()
     their_dataset.Image.fromarray = ps.old_pillow_fromarray(their_dataset.Image.fromarray)
 
     # their data preparation (README: make_dataset_new.py, then make_meta.py)
     data_root = work / "mvisa" / "data"
-    cv2_recorder = _RecordingCv2(their_conversion.cv2)
+    cv2_recorder = ps.RecordingCv2(their_conversion.cv2)
     their_conversion.cv2 = cv2_recorder
     converter = their_conversion.Mvtec_dataset(str(root))
     converter.dataset_name = list(ps.CATEGORIES)
@@ -491,6 +507,57 @@ def official_step(
     return loss, step_text
 
 
+def official_augmentations(setup: types.SimpleNamespace, root: Path) -> dict[str, np.ndarray]:
+    """Their ``MVTecDataset`` in mode "train" (``aug_rate`` AUG_RATE: mosaic, then their albumentations
+    pipeline), each item drawn with zsad's seed of that sample: ``random.seed`` for their ``random.random()``
+    and ``random.choice``, ``seed_pipeline(img_trans, seed)`` for the pipeline (one Python and one NumPy
+    generator shared by its transforms, albumentations 1.4.24's ``set_random_state``). Shim: their ``os.listdir`` is sorted (its order is the filesystem's)."""
+    import random
+
+    from datamodules.augment import seed_pipeline
+    from datamodules.index import build_index
+    from datamodules.resumable import derived_seed
+
+    their_dataset = setup.their_dataset
+    their_dataset.os = types.SimpleNamespace(path=os.path, listdir=lambda path: sorted(os.listdir(path)))
+    maker = their_dataset.Makedataset(
+        train_data_path=str(setup.data_root),
+        preprocess_test=setup.preprocess_test,
+        mode="train",
+        train_mode="zero",
+        image_size=IMAGE_SIZE,
+        aug=AUG_RATE,
+    )
+    data = their_dataset.MVTecDataset(
+        root=str(setup.data_root),
+        transform=setup.preprocess_test,
+        target_transform=maker.target_transform,
+        aug_rate=AUG_RATE,
+        mode="train",
+        train_mode="zero",
+        product_list=list(ps.CATEGORIES),
+        dataset="mvtec",
+    )
+    positions = {
+        str(r.image_path.relative_to(root)): i
+        for i, r in enumerate(build_index("synthetic", root).select(split="test").records)
+    }
+    rows = {"aug_paths": [], "aug_images": [], "aug_masks": []}
+    for k in range(len(data)):
+        path = setup.original(os.path.join(str(setup.data_root), data.data_all[k]["img_path"]))
+        seed = derived_seed(AUG_SEED, AUG_EPOCH, positions[path], "augment")
+        random.seed(seed)
+        seed_pipeline(data.img_trans, seed)
+        item = data[k]
+        rows["aug_paths"].append(path)
+        rows["aug_images"].append(item["img"].numpy())
+        rows["aug_masks"].append((item["img_mask"][0] > 0.5).numpy())
+    import cv2
+
+    rows = {k: np.stack(v) if k != "aug_paths" else np.array(v) for k, v in rows.items()}
+    return rows | {"aug_opencv": np.array(cv2.__version__)}  # the images depend on OpenCV's version
+
+
 def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
     setup = official_setup(official, root, weights)
     from models.model_CLIP import Load_CLIP, tokenize
@@ -511,7 +578,7 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
 
     their_test.calcuate_metric = capture
     recorders = {
-        name: _Recorder(getattr(their_test, name))
+        name: ps.Recorder(getattr(their_test, name))
         for name in ("roc_auc_score", "average_precision_score", "cal_pro_score")
     }
     for name, recorder in recorders.items():
@@ -622,6 +689,7 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     step_order = [step_paths.index(p) for p in paths]  # test.py's order, as the other entries
     return (
         result
+        | official_augmentations(setup, root)
         | initial
         | {
             "images": image.numpy()[step_order],
@@ -659,6 +727,8 @@ def sampled(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: outputs[k] for k in kept if k in outputs} | {
         "tokens_sampled": outputs["tokens"][:, :, ::TOKEN_SAMPLE],
         "masks_sampled": outputs["masks"][every] > 0.5,
+        "aug_images_sampled": outputs["aug_images"][:, :, ::SAMPLE, ::SAMPLE],
+        "aug_masks_sum": outputs["aug_masks"].reshape(len(outputs["aug_masks"]), -1).sum(1),
         **{
             f"{k}_sampled": outputs[k][every].astype(np.float32)
             for k in ("pre_maps", "post_maps", "maps", "maps_raw")
@@ -709,6 +779,11 @@ def main() -> None:
         theirs[name] = theirs[name][order]
     for name in STEP:
         deltas[name] = ps.print_delta(name, theirs[name], ours[name])
+    aug_order = [list(theirs["aug_paths"]).index(p) for p in ours["aug_paths"]]
+    for name in ("aug_paths", "aug_images", "aug_masks"):
+        theirs[name] = theirs[name][aug_order]
+    for name in ("aug_images", "aug_masks"):
+        deltas[name] = ps.print_delta(f"{name} (augmented, epoch {AUG_EPOCH})", theirs[name], ours[name])
     agree = step_agrees(
         theirs["grads"], theirs["params_after_step"], ours["params_after_step"], ours["learning_rates"]
     )
@@ -758,6 +833,7 @@ def main() -> None:
             metric_names=np.array(names),
             metrics=np.array([metrics[k] for k in names]),
             dropout_masks=theirs["dropout_masks"][:, order],
+            aug_opencv=theirs["aug_opencv"],
             **{k: v for k, v in theirs.items() if k.startswith(INITIAL)},
             **sampled(theirs),
         )

@@ -82,8 +82,8 @@ def zsad_times(root: Path, repeats: int) -> dict[str, float]:
     import open_clip
 
     from datamodules import AnomalyDataModule, DataConfig
+    from lightning_modules.registry import get_method
     from lightning_modules.vcp_clip import VCPCLIP, VCPCLIPModule
-    from lightning_modules.vcp_clip.spec import VCP_CLIP
 
     torch.set_num_threads(1)
     pvc.register_model()
@@ -95,7 +95,7 @@ def zsad_times(root: Path, repeats: int) -> dict[str, float]:
     data = AnomalyDataModule(
         DataConfig(name="synthetic", root=str(root), num_workers=0, eval_batch_size=32, batch_size=12),
         pvc.IMAGE_SIZE,
-        VCP_CLIP.preprocessing(cfg, "synthetic"),
+        get_method("vcp_clip").preprocessing(cfg, "synthetic"),
     )
 
     def test_loop(full: bool) -> None:

@@ -56,8 +56,10 @@ class EpochTimer(Callback):
         self.fit_s = time.perf_counter() - self._fit_start
 
 
-def train(root: Path, args: argparse.Namespace, cache: bool, epochs: int) -> tuple[EpochTimer, str]:
-    """The epoch timings and the feature cache's status of a fit as the runner does it."""
+def train(
+    root: Path, args: argparse.Namespace, cache: bool, epochs: int
+) -> tuple[EpochTimer, AnomalyCLIPModule, str]:
+    """The epoch timings, the trained module and the feature cache's status of a fit as the runner does it."""
     L.seed_everything(args.seed, verbose=False)
     cfg, device = model_from_arguments(args)
     cfg.cache_features = cache
@@ -86,7 +88,7 @@ def train(root: Path, args: argparse.Namespace, cache: bool, epochs: int) -> tup
         default_root_dir=args.tmp,
     )
     trainer.fit(module, datamodule=datamodule)
-    return timer, cached_training.status
+    return timer, module, cached_training.status
 
 
 def main() -> None:
@@ -125,8 +127,8 @@ def main() -> None:
             f"batch {args.batch_size}, {args.workers} workers, precision {args.precision}, device {args.device}"
         )
         uncached = train(root, args, cache=False, epochs=uncached_epochs) if uncached_epochs else None
-        cached, b = train(root, args, cache=True, epochs=args.epochs)
-    assert b == "cached (built)", b
+        cached, b, status = train(root, args, cache=True, epochs=args.epochs)
+    assert status == "cached (built)", status
     t_cached = statistics.mean(cached.epochs)
     build = cached.setup_s - (uncached[0].setup_s if uncached else 0.0)
     print(
@@ -140,7 +142,7 @@ def main() -> None:
     )
     if uncached is None:
         return
-    timer, a = uncached
+    timer, a, _ = uncached
     t_uncached = statistics.mean(timer.epochs)
     print(
         f"epoch without cache:      {t_uncached:8.3f} s  (epochs: {', '.join(f'{t:.3f}' for t in timer.epochs)})"

@@ -1,108 +1,92 @@
 """Training augmentation of a method's official dataset class, applied to the decoded image before the resize.
 
-A method declares a :class:`TrainAugmentation` (``MethodSpec.train_augmentation``); the datamodule then
-serves its training split through :class:`AugmentedDataset`. Each item draws from generators seeded from
-(run seed, epoch, sample index), so an epoch's augmentations do not depend on the loader's workers, on how DDP shares the samples, or on where a resumed run starts
-(docs/cluster.md, exact resume); their distribution is the official code's, not its draws.
+A method's spec declares a :class:`TrainAugmentation` per training dataset (``MethodSpec.train_augmentation``);
+the runner hands it to the source's datamodule, which then serves its training split through
+:class:`AugmentedDataset`. Each item draws from generators seeded from (run seed, epoch, sample index), so
+an epoch's augmentations do not depend on the loader's workers, on how DDP shares the samples, or on where a
+resumed run starts (docs/cluster.md, exact resume); their distribution is the official code's, not its draws.
+Two parts, in the authors' order:
 
-``pipeline="vcp_clip"``: VCP-CLIP's datasets in mode "train" (``utils/dataset.py``): with probability
-``mosaic_rate`` (their ``aug_rate`` 0.2, only in their MVTec AD class) the image is replaced by a 2x2 mosaic of
-four anomalous images of its category, each drawn with ``random.choice`` from the category's anomalous files
-(their merged ``test/anomaly`` folder, listed in name order), pasted full size on a canvas twice the first
-one's size (masks alike); then, always, their albumentations pipeline on the RGB array and its mask:
-``Rotate(30)``, ``RandomRotate90``, ``RandomBrightnessContrast``, ``GaussNoise``, ``OneOf(Blur(3), ColorJitter,
-GaussianBlur)``, each with p = 0.5, with the defaults albumentations had when their experiments ran (spring
-2024, 1.3-1.4.2): the same in 1.4.24, which zsad pins, except ``GaussNoise``, whose default became a standard
-deviation of 20-44 % of 255 in 1.4.2x; zsad passes the old one, a variance drawn uniformly in [10, 50] (in
-pixel values squared). **Reconstruction**: their albumentations version is not recorded.
+1. ``mosaic`` (:mod:`datamodules.mosaic`): with probability ``mosaic.rate`` the item becomes a 2x2 mosaic of
+   four images of its category (VCP-CLIP, Bayes-PFL: anomalous ones, in their MVTec AD class only);
+2. ``pipeline``: the albumentations pipeline of Qu et al.'s dataset classes in mode "train", always, on the
+   image array and its mask: ``Rotate(30)``, ``RandomRotate90``, ``RandomBrightnessContrast``, ``GaussNoise``,
+   ``OneOf(Blur(3), ColorJitter, GaussianBlur)``, each with p = 0.5 and albumentations' defaults otherwise.
+   ``vcp_clip`` (VCP-CLIP's ``utils/dataset.py``) runs it on the RGB array; ``bayes_pfl`` (Bayes-PFL's
+   ``MyDataset.Trans``) on the BGR array of their BMP copies. ``albumentations`` says whose semantics the
+   transforms take: ``"1.3.1"`` (:mod:`datamodules.augment_compat`, pixel for pixel; Bayes-PFL pins it) or
+   ``"1.4.24"``, the installed version's own (a 15-fold GaussNoise, a wider hue range, other rounding).
 
 Each item seeds its own ``random.Random`` (the mosaic's draws, as their ``random.random()`` and
 ``random.choice``) and the pipeline's generators from (run seed, epoch, sample index): one Python and one
-NumPy generator shared by all its transforms (:func:`seed_pipeline`), one stream as the official code's global
-generators. (albumentations' ``Compose.set_random_seed`` seeds every transform with the *same* seed: their
-identical first draws would apply all five transforms or none, and correlate their parameters.)
+NumPy generator shared by all its transforms (:func:`seed_pipeline`), one stream as the official code's
+global generators.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import random
-import warnings
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from datamodules.dataset import AnomalyDataset
 from datamodules.images import open_image, open_mask
+from datamodules.mosaic import Mosaic, MosaicTiles, paste_records
 from datamodules.resumable import derived_seed
 
 PIPELINES = ("none", "vcp_clip", "bayes_pfl")
+# whose semantics the pipeline's albumentations transforms take (datamodules/augment_compat.py for 1.3.1's)
+ALBUMENTATIONS = ("1.3.1", "1.4.24")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainAugmentation:
     pipeline: str = "none"  # one of PIPELINES
-    mosaic_rate: float = 0.0  # share of items replaced by a 2x2 mosaic of anomalous images of their category
+    mosaic: Mosaic | None = None  # the 2x2 mosaic first (datamodules/mosaic.py); None: none
+    albumentations: str = "1.3.1"  # one of ALBUMENTATIONS
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
             raise ValueError(f"augmentation pipeline must be one of {PIPELINES}, got {self.pipeline!r}")
-        if not 0.0 <= self.mosaic_rate <= 1.0:
-            raise ValueError(f"mosaic_rate must lie in [0, 1], got {self.mosaic_rate}")
+        if self.albumentations not in ALBUMENTATIONS:
+            raise ValueError(
+                f"augmentation albumentations must be one of {ALBUMENTATIONS}, got {self.albumentations!r}"
+            )
 
     @property
     def active(self) -> bool:
-        return self.pipeline != "none" or self.mosaic_rate > 0
+        return self.pipeline != "none" or (self.mosaic is not None and self.mosaic.rate > 0)
 
 
 @functools.cache
-def _vcp_clip_pipeline() -> Any:
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
-    import albumentations as A
+def _pipeline(albumentations: str) -> Any:
+    from datamodules.augment_compat import qu_et_al_pipeline
 
-    with warnings.catch_warnings():  # var_limit is deprecated in 1.4.24, and the only way to its old meaning
-        warnings.simplefilter("ignore", DeprecationWarning)
-        noise = A.GaussNoise(var_limit=(10 / 255**2, 50 / 255**2), p=0.5)
-    return A.Compose(
-        [
-            A.Rotate(limit=30, p=0.5),
-            A.RandomRotate90(p=0.5),
-            A.RandomBrightnessContrast(p=0.5),
-            # albumentations <= 1.4.2's GaussNoise(var_limit=(10, 50)) in pixel values: 1.4.24 takes it
-            # normalised by 255^2 (a larger var_limit is converted wrongly there)
-            noise,
-            A.OneOf([A.Blur(blur_limit=3, p=0.5), A.ColorJitter(p=0.5), A.GaussianBlur(p=0.5)], p=0.5),
-        ],
-        is_check_shapes=False,
-    )
+    return qu_et_al_pipeline(albumentations)
 
 
-def paste_2x2(tiles: list[Image.Image], mode: str) -> Image.Image:
-    """Four images pasted in reading order at the corners of cells the size of the first one, on a black
-    canvas twice that size (a larger tile overlaps the next cell or is cut at the edge: PIL's ``paste``)."""
-    width, height = tiles[0].size
-    canvas = Image.new(mode, (2 * width, 2 * height))
-    for i, tile in enumerate(tiles):
-        canvas.paste(tile, ((i % 2) * width, (i // 2) * height))
-    return canvas
-
-
-def vcp_clip_augment(image: Image.Image, mask: Image.Image, seed: int) -> tuple[Image.Image, Image.Image]:
-    """Their ``img_trans(mask=..., image=...)`` on ``np.array`` of the image and mask (mode "L")."""
-    pipeline = _vcp_clip_pipeline()
+def vcp_clip_augment(
+    image: Image.Image, mask: Image.Image, seed: int, albumentations: str = "1.3.1"
+) -> tuple[Image.Image, Image.Image]:
+    """VCP-CLIP's ``img_trans(mask=..., image=...)`` on ``np.array`` of the RGB image and the mask ("L")."""
+    pipeline = _pipeline(albumentations)
     seed_pipeline(pipeline, seed)
-    out = pipeline(image=np.array(image), mask=np.array(mask))
+    out = pipeline(image=np.array(image.convert("RGB")), mask=np.array(mask))
     return Image.fromarray(out["image"]), Image.fromarray(out["mask"].astype(np.uint8), mode="L")
 
 
-@functools.cache
-def _bayes_pfl_pipeline() -> Any:
-    from datamodules.augment_compat import qu_et_al_pipeline
-
-    return qu_et_al_pipeline()
+def bayes_pfl_augment(
+    image: Image.Image, mask: Image.Image, seed: int, albumentations: str = "1.3.1"
+) -> tuple[Image.Image, Image.Image]:
+    """Bayes-PFL's ``img_trans``, seeded (:func:`apply_bgr`)."""
+    pipeline = _pipeline(albumentations)
+    seed_pipeline(pipeline, seed)
+    return apply_bgr(pipeline, image, mask)
 
 
 def apply_bgr(pipeline: Any, image: Image.Image, mask: Image.Image) -> tuple[Image.Image, Image.Image]:
@@ -115,15 +99,13 @@ def apply_bgr(pipeline: Any, image: Image.Image, mask: Image.Image) -> tuple[Ima
     return Image.fromarray(rgb), Image.fromarray(out["mask"].astype(np.uint8), mode="L")
 
 
-def bayes_pfl_augment(image: Image.Image, mask: Image.Image, seed: int) -> tuple[Image.Image, Image.Image]:
-    """Their ``img_trans`` in albumentations 1.3.1's semantics (datamodules/augment_compat.py), seeded."""
-    pipeline = _bayes_pfl_pipeline()
-    seed_pipeline(pipeline, seed)
-    return apply_bgr(pipeline, image, mask)
+AUGMENT = {"vcp_clip": vcp_clip_augment, "bayes_pfl": bayes_pfl_augment}
 
 
 def seed_pipeline(pipeline: Any, seed: int) -> None:
-    """One Python and one NumPy generator for all of ``pipeline``'s transforms, seeded by ``seed``."""
+    """One Python and one NumPy generator for all of ``pipeline``'s transforms, seeded by ``seed``: one stream,
+    as the official code's global generators. (``Compose.set_random_seed`` gives every transform generators
+    of the *same* seed: their identical first draws would apply all five transforms or none.)"""
     pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
@@ -135,31 +117,33 @@ class AugmentedDataset(AnomalyDataset):
         super().__init__(*args, **kwargs)
         self.augmentation = augmentation
         self.seed = seed
-        self.anomalous: dict[str, list[int]] = {}
-        for position, record in enumerate(self.records):
-            if record.label == 1 and record.mask_path is not None:
-                self.anomalous.setdefault(record.category, []).append(position)
+        mosaic = augmentation.mosaic
+        self.tiles = MosaicTiles(self.records, mosaic) if mosaic is not None and mosaic.rate > 0 else None
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
         seed = derived_seed(self.seed, epoch, i, "augment")
         draw = random.Random(seed)
         record = self.records[i]
-        pool = self.anomalous.get(record.category, [])
-        mosaic = draw.random() < self.augmentation.mosaic_rate and bool(pool)
-        if mosaic:
-            tiles = [self.records[draw.choice(pool)] for _ in range(4)]
-            images = [open_image(r.image_path) for r in tiles]
-            image = paste_2x2(images, "RGB")
-            mask = paste_2x2([open_mask(r.mask_path) for r in tiles], "L")
+        label = None
+        mosaic = self.augmentation.mosaic
+        positions = None
+        if self.tiles is not None and draw.random() < mosaic.rate:
+            positions = self.tiles.draw(record.category, draw)
+        if positions is not None:
+            tiles = [self.records[p] for p in positions]
+            image, mask = paste_records(tiles)
+            if mosaic.label == "any_tile":
+                label = max(tile.label for tile in tiles)
         else:
             image = open_image(record.image_path)
             mask = open_mask(record.mask_path) if record.mask_path is not None else Image.new("L", image.size)
-        if self.augmentation.pipeline == "vcp_clip":  # their images are 8-bit RGB files (make_dataset_new.py)
-            image, mask = vcp_clip_augment(image.convert("RGB"), mask, seed)
-        elif self.augmentation.pipeline == "bayes_pfl":  # RGB BMP files in their re-packed copies
-            image, mask = bayes_pfl_augment(image, mask, seed)
-        item = self.item(i, *self.transform(image, mask))
-        if mosaic:  # four anomalous tiles: their combine_img's item is anomalous (anomaly = 1)
-            item["label"] = item["label"].new_tensor(1)
+        if (
+            self.augmentation.pipeline != "none"
+        ):  # their images are 8-bit RGB (VCP-CLIP) or BMP (Bayes-PFL) files
+            augment = AUGMENT[self.augmentation.pipeline]
+            image, mask = augment(image, mask, seed, self.augmentation.albumentations)
+        item = self.item(i, *self.transform(image, mask), image_size=image.size)
+        if label is not None:
+            item["label"] = torch.tensor(label, dtype=torch.long)
         return item

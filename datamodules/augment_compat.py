@@ -1,10 +1,11 @@
 """albumentations 1.3.1's semantics on the installed albumentations (1.4.24), for the pipelines of authors who
-pinned 1.3.1 (Bayes-PFL's requirements.txt: ``albumentations==1.3.1``).
+pinned 1.3.1 (Bayes-PFL's requirements.txt: ``albumentations==1.3.1``) or, reconstructing, ran it (VCP-CLIP,
+by the same first author, records no version).
 
 Same parameters in, same pixels out, and the same parameter distributions: four transforms of 1.4.24 differ
 from 1.3.1 and are replaced here by subclasses whose draws and ``apply`` are 1.3.1's (the others, RandomRotate90,
-RandomBrightnessContrast, Blur and OneOf, agree; tests/datamodules/test_augment_compat.py compares every one with
-arrays 1.3.1 produced under the same draws):
+RandomBrightnessContrast, Blur and OneOf, agree; tests/lightning_modules/bayes_pfl/test_bayes_pfl_parity.py compares
+the pipeline with arrays 1.3.1 produced under the same draws):
 
 - ``Rotate``: 1.3.1 builds the matrix with ``cv2.getRotationMatrix2D((w/2 - 0.5, h/2 - 0.5), angle, 1)``;
   1.4.24 composes it in float64, a few ulp apart, which moves OpenCV's 1/32-pixel fixed-point sampling
@@ -125,15 +126,21 @@ class GaussianBlur(A.GaussianBlur):
         return {"ksize": ksize, "sigma": self.py_random.uniform(*self.sigma_limit)}
 
 
-def qu_et_al_pipeline() -> A.Compose:
-    """The training augmentation of Bayes-PFL's ``MyDataset.img_trans`` (datasets.py), 1.3.1's semantics."""
+def qu_et_al_pipeline(albumentations: str = "1.3.1") -> A.Compose:
+    """The training augmentation of Qu et al.'s dataset classes (Bayes-PFL's ``MyDataset.img_trans``,
+    datasets.py; VCP-CLIP's ``img_trans``, utils/dataset.py): in 1.3.1's semantics, or in the installed
+    albumentations' own (``"1.4.24"``: what their code gets with it)."""
+    if albumentations == "1.3.1":
+        rotate, noise, jitter, blur = Rotate, GaussNoise, ColorJitter, GaussianBlur
+    else:
+        rotate, noise, jitter, blur = A.Rotate, A.GaussNoise, A.ColorJitter, A.GaussianBlur
     return A.Compose(
         [
-            Rotate(limit=30, p=0.5),
+            rotate(limit=30, p=0.5),
             A.RandomRotate90(p=0.5),
             A.RandomBrightnessContrast(p=0.5),
-            GaussNoise(p=0.5),
-            A.OneOf([A.Blur(blur_limit=3, p=0.5), ColorJitter(p=0.5), GaussianBlur(p=0.5)], p=0.5),
+            noise(p=0.5),
+            A.OneOf([A.Blur(blur_limit=3, p=0.5), jitter(p=0.5), blur(p=0.5)], p=0.5),
         ],
         is_check_shapes=False,
     )

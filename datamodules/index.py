@@ -211,6 +211,10 @@ def build_index(name: str, root: str | Path, **options: Any) -> DatasetIndex:
             )
     root = Path(root).expanduser()
     if not root.is_dir():
+        if name == "synthetic":  # generated, never downloaded
+            raise DatasetLayoutError(
+                f"dataset root for '{name}' does not exist: {root} ({_synth_hint(root)})"
+            )
         raise DatasetLayoutError(
             f"dataset root for '{name}' does not exist: {root} "
             f"(set source.root=/path/to/{name} or targets.N.root=/path/to/{name}, or data_root=DIR for every "
@@ -222,6 +226,17 @@ def build_index(name: str, root: str | Path, **options: Any) -> DatasetIndex:
             f"no images found for dataset '{name}' under {root}; is this the right folder?"
         )
     return index
+
+
+def _synth_hint(root: Path) -> str:
+    """How to write the synthetic dataset a config points at (its folder name is the style the configs use)."""
+    from datamodules.synthetic_render import STYLES
+
+    style = root.name if root.name in STYLES else "|".join(sorted(STYLES))
+    return (
+        f"generate it: zsad data synth --out {root} --style {style}; `zsad demo` writes both synthetic "
+        "datasets under its output folder"
+    )
 
 
 def _load_builtin_parsers() -> None:

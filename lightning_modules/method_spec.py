@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from datamodules.augment import TrainAugmentation
     from datamodules.transforms import ImagePreprocessing
     from lightning_modules.base import ZeroShotModule
     from lightning_modules.eval_config import EvalConfig
@@ -82,13 +83,14 @@ class MethodSpec:
     image_size: Callable[[Any], int] = backbone_image_size  # cfg -> input size of the model
     # (cfg, dataset) -> how the authors' code resizes images and masks there (AnoVL: per dataset)
     preprocessing: Callable[[Any, str | None], ImagePreprocessing] = official_preprocessing
-    # (cfg, dataset) -> the authors' training augmentation when training on that dataset
-    # (datamodules.augment.TrainAugmentation, applied to the training split, seeded per (seed, epoch, sample));
-    # None: no augmentation (VCP-CLIP, Bayes-PFL have one)
-    train_augmentation: Callable[[Any, str], Any] | None = None
     # (cfg, dataset) -> the method's protocol there, recorded in results.json as ``method_protocol``; raises
     # ConfigError for one it does not implement. None: one protocol everywhere, nothing recorded.
     dataset_protocol: Callable[[Any, str], dict[str, Any]] | None = None
+    # (cfg, dataset) -> the training augmentation of the authors' dataset class when training on that dataset
+    # (datamodules/augment.py), which the runner hands to the source's datamodule: it draws per (seed, epoch,
+    # sample), so a resume and a DDP training stay exact. None (the field or the answer): the training
+    # images as they are. With one, the feature cache steps aside (the images change every epoch).
+    train_augmentation: Callable[[Any, str], TrainAugmentation | None] | None = None
     # --- evaluation -------------------------------------------------------------------------------
     protocols: tuple[str, ...] = (ZERO_SHOT,)  # the evaluation protocols it supports
     # cfg -> whether the test loop needs autograd (test-time adaptation): the Trainer then runs without
@@ -106,6 +108,10 @@ class MethodSpec:
     def protocol_on(self, cfg: Any, dataset: str) -> dict[str, Any] | None:
         """The protocol record of ``dataset`` (None: the method declares none); raises ConfigError."""
         return self.dataset_protocol(cfg, dataset) if self.dataset_protocol is not None else None
+
+    def augmentation_on(self, cfg: Any, dataset: str) -> TrainAugmentation | None:
+        """The training augmentation when training on ``dataset`` (None: none)."""
+        return self.train_augmentation(cfg, dataset) if self.train_augmentation is not None else None
 
     def needs_grad_at_test(self, cfg: Any) -> bool:
         return bool(self.grad_at_test(cfg)) if self.grad_at_test is not None else False

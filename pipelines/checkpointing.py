@@ -358,6 +358,7 @@ class ExactResume(_StopOnSignal):
         self._complete = False
         self._data: dict[str, Any] | None = None
         self._loss: torch.Tensor | None = None  # the last step's loss (this process), until agreed on
+        self._in_window = False  # the last batch left a gradient accumulation window open
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
@@ -438,11 +439,19 @@ class ExactResume(_StopOnSignal):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        self._loss = loss.detach() if isinstance(loss, torch.Tensor) else None
-        if batch_idx + 1 >= trainer.num_training_batches:
+        loss = loss.detach() if isinstance(loss, torch.Tensor) else None
+        if self._in_window and self._loss is not None and loss is not None:
+            # a window keeps its first non-finite loss for the agreement at its end (no device sync here)
+            loss = torch.where(torch.isfinite(self._loss).all(), loss, self._loss)
+        self._loss = loss
+        last = batch_idx + 1 >= trainer.num_training_batches
+        # inside a gradient accumulation window the summed gradients are in no checkpoint: agreement,
+        # checkpoints and stops wait for the window's optimizer step
+        self._in_window = not last and (batch_idx + 1) % trainer.accumulate_grad_batches != 0
+        if last:
             return  # the epoch-end checkpoint follows (after the same agreement)
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:
-            return  # inside a gradient accumulation window: the summed gradients are in no checkpoint
+        if self._in_window:
+            return
         signum, due = self._agree(trainer)
         if signum or due:
             path = self._save_resume(trainer)

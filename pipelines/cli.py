@@ -33,9 +33,11 @@ def _experiment_command(job: str) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         from pipelines import runner
         from pipelines.config import compose, to_object
+        from pipelines.loggers import label_adhoc_run
 
-        cfg = to_object(compose(args.config, args.overrides))
-        outcome = getattr(runner, job)(cfg)
+        composed = compose(args.config, args.overrides)
+        label_adhoc_run(composed, args.config, args.overrides)
+        outcome = getattr(runner, job)(to_object(composed))
         _report(outcome)
         return 0
 
@@ -75,11 +77,14 @@ def _demo(args: argparse.Namespace) -> int:
     from datamodules.synthetic import MANIFEST_NAME, generate_synthetic_dataset
     from pipelines import runner
     from pipelines.config import compose, to_object
+    from pipelines.loggers import label_adhoc_run
 
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"output_dir={args.out}")
-    cfg = to_object(compose("demo", overrides))
+    composed = compose("demo", overrides)
+    label_adhoc_run(composed, "demo", overrides)
+    cfg = to_object(composed)
     for data_cfg, style in ((cfg.source, "industrial"), (cfg.targets[0], "vivid")):
         root = Path(data_cfg.root)
         if (root / MANIFEST_NAME).is_file():

@@ -81,11 +81,25 @@ class WandbConfig:
     mode: str = "offline"  # offline (sync later with `wandb sync`), online, or disabled
     project: str = "zsad"
     entity: str | None = None
-    # The run's display name; None: "{method} {experiment name} seed={seed}". Sweeps set it from the run's
-    # varied keys so that the runs of a sweep can be told apart on the dashboard.
+    # The run's display name; None: "{method} {source}->{targets} seed={seed}". Sweeps set it from the
+    # run's varied keys, `zsad train/test/run/demo` from the overrides that differ from the experiment file,
+    # so that runs can be told apart on the dashboard (pipelines.loggers.label_adhoc_run).
     name: str | None = None
-    group: str | None = None  # sweeps: the sweep's name
+    group: str | None = None  # sweeps: the sweep's name; None: the experiment's name
     tags: list[str] = dataclasses.field(default_factory=list)
+
+
+WANDB_TAG_LENGTH = 64  # W&B refuses longer tags
+
+
+def wandb_tag(setting: str) -> str:
+    """A ``key=value`` setting as a W&B tag: at most 64 characters, the value's end kept when it is cut
+    (a path's file name tells more than its first folders)."""
+    if len(setting) <= WANDB_TAG_LENGTH:
+        return setting
+    key, sep, value = setting.partition("=")
+    head = f"{key}{sep}..." if sep and len(key) < WANDB_TAG_LENGTH // 2 else "..."
+    return head + setting[len(setting) - (WANDB_TAG_LENGTH - len(head)) :]
 
 
 @dataclasses.dataclass

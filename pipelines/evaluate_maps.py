@@ -418,10 +418,15 @@ def run(args: argparse.Namespace) -> int:
         "image_score": "maximum of the anomaly map" if image_scores is None else str(args.image_scores),
         **result.to_dict(),
     }
+    warnings = result.aupro_warnings()
+    if warnings:
+        payload["aupro_warnings"] = warnings
     text = json.dumps(payload, indent=2)
     print(result.format_table())
     for note in result.notes:
         print(f"note: {note}")
+    for category, warning in warnings.items():
+        print(f"warning: {category}: {warning}")
     for category, reasons in result.missing.items():
         for metric, reason in reasons.items():
             print(f"missing: {category} {metric}: {reason}")

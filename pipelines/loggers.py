@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from omegaconf import DictConfig
 
 from datamodules.atomic_io import atomic_write_text, write_error
-from datamodules.errors import ConfigError
-from pipelines.config import ExperimentConfig
+from datamodules.errors import ConfigError, ZsadError
+from pipelines.config import GROUPS, PLACEMENT_KEYS, ExperimentConfig, wandb_tag
 
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -36,8 +38,8 @@ def make_loggers(
             save_dir=str(run_dir),
             project=wandb_cfg.project,
             entity=wandb_cfg.entity,
-            group=wandb_cfg.group,
-            tags=[str(tag)[:64] for tag in wandb_cfg.tags],  # W&B refuses longer tags
+            group=wandb_cfg.group or cfg.name,  # runs outside sweeps: grouped by experiment
+            tags=[wandb_tag(str(tag)) for tag in wandb_cfg.tags],
             job_type=job_type,
             mode=wandb_cfg.mode,
             id=run_id,
@@ -142,9 +144,66 @@ def close_interrupted(loggers: list[Logger], state: str, exit_code: int) -> None
                 print(f"zsad: could not close the W&B run: {type(error).__name__}: {error}")
 
 
-def display_name(cfg: ExperimentConfig) -> str:
-    """``logger.wandb.name``, else method, experiment and seed: runs of one experiment differ by seed."""
-    return cfg.logger.wandb.name or f"{cfg.method.name} {cfg.name} seed={cfg.seed}"
+def display_name(cfg: Any, varied: Sequence[str] = ()) -> str:
+    """``logger.wandb.name``, else method, data, ``varied`` settings and seed, e.g.
+    ``vand synthetic_source->synthetic_target lr=0.01 seed=111`` (the experiment is the run's group)."""
+    if cfg.logger.wandb.name:
+        return cfg.logger.wandb.name
+    targets = [t.name for t in cfg.targets]
+    data = ",".join(targets) if len(targets) <= 3 else f"{len(targets)} targets"
+    if cfg.source is not None:
+        data = f"{cfg.source.name}->{data}" if targets else cfg.source.name
+    return " ".join([cfg.method.name, *([data] if data else []), *varied, f"seed={cfg.seed}"])
+
+
+def differing_overrides(experiment: str | Path, overrides: Sequence[str], cfg: DictConfig) -> list[str]:
+    """The command-line ``key=value`` overrides that change ``cfg`` from what the experiment file alone
+    composes to (``seed=111`` when the file says 111 does not), leaving out where files go and how the run
+    is shown (``run_dir``, ``logger.*``, ...). All of them when the file alone does not compose."""
+    from omegaconf import OmegaConf
+
+    from pipelines.config import compose, parse_override
+
+    try:
+        alone: DictConfig | None = compose(experiment, [])
+    except ZsadError:  # e.g. a value the file leaves to the command line
+        alone = None
+    differing = []
+    for text in overrides:
+        key, _ = parse_override(text)
+        if any(key == k or key.startswith(f"{k}.") for k in PLACEMENT_KEYS):
+            continue
+        if alone is not None:
+            before, after = (OmegaConf.select(c, key, default=None) for c in (alone, cfg))
+            if _plain(before) == _plain(after):
+                continue
+        differing.append(text.strip())
+    return differing
+
+
+def _plain(value: Any) -> Any:
+    from omegaconf import Container, OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, Container) else value
+
+
+def label_adhoc_run(cfg: DictConfig, experiment: str | Path, overrides: Sequence[str]) -> None:
+    """Name, group and tag a run started from the command line as sweeps do theirs (in ``cfg``, where the
+    user has not): the name says method, data, the overrides that differ from the experiment file and the
+    seed; the group is the experiment; the tags are those overrides. Every session of the run gets the same."""
+    wandb_cfg = cfg.logger.wandb
+    varied = differing_overrides(experiment, overrides, cfg)
+    shown = [
+        f"{key.rsplit('.', 1)[-1]}={value}"
+        for key, _, value in (text.partition("=") for text in varied)
+        if key not in ("seed", "checkpoint", *GROUPS)  # the name shows these itself, or is too long
+    ]
+    if not wandb_cfg.name:
+        wandb_cfg.name = display_name(cfg, shown)
+    if not wandb_cfg.group:
+        wandb_cfg.group = cfg.name
+    if not wandb_cfg.tags:
+        wandb_cfg.tags = [wandb_tag(text) for text in varied]
 
 
 def _flat_config(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -200,7 +259,10 @@ def wandb_hint(loggers: list[Logger]) -> str | None:
 
     for logger in loggers:
         if isinstance(logger, WandbLogger) and getattr(logger.experiment.settings, "mode", "") == "offline":
-            return f"W&B run saved offline; upload it with: wandb sync {logger.experiment.dir.rsplit('/files', 1)[0]}"
+            # every session of the run (one folder each, a requeued run has several) in one call: W&B
+            # syncs the folders of one run id one after another, the later ones resuming it
+            sessions = Path(logger.experiment.dir).parent.parent
+            return f"W&B run saved offline; upload it with: wandb sync {sessions}"
     return None
 
 

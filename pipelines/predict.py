@@ -7,7 +7,9 @@
 Per readable input image (below ``--out``, mirroring the images' paths below their common folder):
 ``maps/{name}.tiff`` (float32) and/or ``.npy`` (``--map-format``), the anomaly map at the image's own
 resolution (the model's map at its input size, resized bilinearly); ``overlays/{name}.png``, the map as a
-heatmap over the image; ``masks/{name}.png`` (0/255, map >= the pixel threshold, when there is one).
+heatmap over the image, and ``panels/{name}.png`` (image | heatmap with colorbar | thresholded region),
+both in one colour range for the run (:mod:`pipelines.predict_pictures`); ``masks/{name}.png`` (0/255,
+map >= the pixel threshold, when there is one).
 With ``--submission mvtec_ad2`` the maps are float16 ``anomaly_images/{name}.tiff`` and the masks
 ``anomaly_images_thresholded/{name}.png``, the form MVTec AD 2's evaluation server takes
 (:mod:`pipelines.submission`).
@@ -27,7 +29,6 @@ import csv
 import dataclasses
 import io
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,21 +46,19 @@ from lightning_modules.method_spec import MethodSpec
 from lightning_modules.registry import get_method
 from pipelines import submission
 from pipelines.map_writer import save_atomically
+from pipelines.predict_pictures import MapStatistics, panel_title, run_warnings, threshold_mask
+from pipelines.predict_thresholds import (
+    NORMAL_THRESHOLDS_FILE,
+    NormalStatistics,
+    Thresholds,
+    gather_objects,
+    thresholds_from_run,
+)
 from pipelines.run_state import global_rank
 
 MAP_FORMATS = ("tiff", "npy", "both")
 PREDICTIONS_FILE = "predictions.csv"
 UNREADABLE_FILE = "unreadable.csv"
-NORMAL_THRESHOLDS_FILE = "normal_thresholds.json"
-
-
-@dataclasses.dataclass
-class Thresholds:
-    """``score >= image`` is anomalous, ``map >= pixel`` is an anomalous pixel; None: not given."""
-
-    image: float | None = None
-    pixel: float | None = None
-    source: str = "none"
 
 
 @dataclasses.dataclass
@@ -77,7 +76,7 @@ class PredictOptions:
     domain: str = "industrial"
     batch_size: int = 8
     num_workers: int | None = None
-    overlay_range: tuple[float, float] = (0.0, 1.0)
+    overlay_range: tuple[float, float] | None = None  # None: the run's maps' min and max
     submission: str | None = None  # "mvtec_ad2": MVTec's evaluation-server form (pipelines/submission.py)
 
 
@@ -87,108 +86,6 @@ class PredictOutcome:
     n_predicted: int | None  # None in the processes other than global rank 0
     unreadable: list[tuple[str, str]]
     thresholds: Thresholds
-
-
-# --- thresholds --------------------------------------------------------------------------------------
-def thresholds_from_run(run_dir: Path, category: str | None) -> Thresholds:
-    """The F1-optimal thresholds an evaluation stored in ``RUN/results.json`` for one target/category
-    (``category`` may be omitted when the run evaluated exactly one)."""
-    path = Path(run_dir) / "results.json"
-    try:
-        results = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ZsadError(
-            f"--threshold-from: {path} not found (pass the folder of a `zsad test` or `zsad run`)"
-        ) from None
-    except ValueError as error:
-        raise ZsadError(f"--threshold-from: cannot read {path}: {error}") from None
-    available = {
-        f"{target}/{name}": values
-        for target, payload in results.get("targets", {}).items()
-        for name, values in payload.get("categories", {}).items()
-    }
-    if category is None:
-        if len(available) != 1:
-            raise ZsadError(
-                f"--threshold-from {run_dir}: the run has {len(available)} categories; choose one with "
-                f"--threshold-category, one of: {', '.join(sorted(available)) or 'none'}"
-            )
-        category = next(iter(available))
-    if category not in available:
-        raise ZsadError(
-            f"--threshold-category {category} is not in {path}; available: {', '.join(sorted(available))}"
-        )
-    stored = available[category].get("f1_thresholds")
-    if not stored:
-        raise ZsadError(
-            f"{path} has no F1 thresholds for {category} (written by zsad before thresholds were stored?); re-run the evaluation"
-        )
-    if stored.get("image") is None and stored.get("pixel") is None:
-        raise ZsadError(
-            f"{path}: both F1 thresholds of {category} are undefined (one class or no ground truth)"
-        )
-    return Thresholds(
-        stored.get("image"), stored.get("pixel"), f"F1-optimal thresholds of {category} in {path}"
-    )
-
-
-def fpr_threshold(normal_scores: np.ndarray, fpr: float) -> float:
-    """The lowest threshold at which at most ``fpr`` of the normal scores are flagged (``score >= t``):
-    just above the ``floor(fpr * n)``-th highest normal score (0-based), so that ties never push the
-    false-positive rate past ``fpr``. The step is taken in the scores' own precision (float32 maps), so
-    the threshold is a value of that type and comparisons in float32 or float64 agree."""
-    values = np.sort(np.asarray(normal_scores).reshape(-1))[::-1]
-    k = math.floor(fpr * values.size)
-    if k >= values.size:
-        return float(values[-1])
-    return float(np.nextafter(values[k], np.array(np.inf, dtype=values.dtype)))
-
-
-class NormalStatistics(Callback):
-    """Image scores and maps of the normal images (``--normal-dir``); at the end every process has the
-    thresholds at ``fpr`` from all processes' images, and rank 0 records them in ``out``."""
-
-    def __init__(self, fpr: float, out: Path, source: str) -> None:
-        self.fpr, self.out, self.source = fpr, out, source
-        self.scores: list[np.ndarray] = []
-        self.pixels: list[np.ndarray] = []
-        self.thresholds: Thresholds | None = None
-
-    def on_predict_batch_end(
-        self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, *index: int
-    ) -> None:
-        readable = np.array([not e for e in batch["error"]], dtype=bool)
-        self.scores.append(outputs["image_scores"].detach().float().cpu().numpy()[readable])
-        if outputs.get("anomaly_maps") is not None:
-            self.pixels.append(outputs["anomaly_maps"].detach().float().cpu().numpy()[readable].reshape(-1))
-
-    def on_predict_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
-        mine = tuple(
-            np.concatenate(values) if values else np.zeros(0) for values in (self.scores, self.pixels)
-        )
-        parts = gather_objects(mine)
-        scores = np.concatenate([p[0] for p in parts])
-        pixels = np.concatenate([p[1] for p in parts])
-        self.thresholds = Thresholds(
-            fpr_threshold(scores, self.fpr),
-            fpr_threshold(pixels, self.fpr) if pixels.size else None,
-            f"{self.source}: {scores.size} normal images at FPR {self.fpr:g}",
-        )
-        if trainer.is_global_zero:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(
-                self.out / NORMAL_THRESHOLDS_FILE,
-                json.dumps(dataclasses.asdict(self.thresholds), indent=2) + "\n",
-            )
-
-
-def gather_objects(value: Any) -> list[Any]:
-    """``value`` of every process (just ``[value]`` without DDP)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        gathered: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, value)
-        return gathered
-    return [value]
 
 
 # --- outputs -----------------------------------------------------------------------------------------
@@ -201,9 +98,21 @@ def _write_tiff(path: Path, array: np.ndarray, dtype: type = np.float32) -> None
     atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
 
 
+@dataclasses.dataclass
+class _Written:
+    """What the picture pass needs of one predicted image (its map is read back from its file)."""
+
+    path: str
+    name: str
+    score: float
+    label: int | None
+
+
 class PredictionWriter(Callback):
-    """Writes each readable image's map, overlay and mask from the process that predicted it; rank 0
-    gathers every process's rows into ``predictions.csv`` and ``unreadable.csv``."""
+    """Writes each readable image's map and mask from the process that predicted it; once every image is
+    predicted, the run's colour range is known (all processes' map ranges) and each process draws its
+    images' overlays and panels; then rank 0 gathers every process's rows into ``predictions.csv`` and
+    ``unreadable.csv`` and writes ``prediction.json``."""
 
     def __init__(
         self,
@@ -223,6 +132,8 @@ class PredictionWriter(Callback):
         self.rows: dict[str, tuple[float, int | None]] = {}
         self.unreadable: dict[str, str] = {}
         self.known_unreadable = {str(path): error for path, error in images.unreadable}  # bad headers
+        self.written: list[_Written] = []
+        self.stats = MapStatistics()  # this process's
 
     def name(self, image: Path) -> str:
         if self.options.submission is not None:
@@ -232,11 +143,10 @@ class PredictionWriter(Callback):
     def on_predict_batch_end(
         self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, *index: int
     ) -> None:
-        from pipelines.visualize import overlay, save_png
+        from pipelines.visualize import save_png
 
         scores = outputs["image_scores"].detach().float().cpu().tolist()
         maps = outputs.get("anomaly_maps")
-        low, high = self.options.overlay_range
         for i, path_text in enumerate(batch["image_path"]):
             if batch["error"][i]:
                 self.unreadable[path_text] = batch["error"][i]
@@ -245,6 +155,8 @@ class PredictionWriter(Callback):
             image_threshold = self.thresholds.image
             label = None if image_threshold is None else int(scores[i] >= image_threshold)
             self.rows[path_text] = (scores[i], label)
+            self.stats.n_images += 1
+            self.stats.n_anomalous += int(bool(label))
             if maps is None:
                 continue
             height, width = (int(v) for v in batch["original_size"][i])
@@ -263,24 +175,65 @@ class PredictionWriter(Callback):
                 _write_tiff(self.out / "maps" / f"{name}.tiff", anomaly_map)
             if self.options.map_format in ("npy", "both"):
                 save_atomically(self.out / "maps" / f"{name}.npy", anomaly_map)
-            save_png(
-                overlay(load_image_rgb(path_text), anomaly_map, low, high),
-                self.out / "overlays" / f"{name}.png",
-            )
+            self.written.append(_Written(path_text, name, scores[i], label))
+            self.stats.add_map(anomaly_map, self.options.overlay_range, self.thresholds.pixel)
             if self.thresholds.pixel is not None:
-                # in float64: a float32 comparison would round the threshold to the maps' precision first
-                mask = (anomaly_map.astype(np.float64) >= self.thresholds.pixel).astype(np.uint8) * 255
-                masks = "masks" if self.options.submission is None else submission.MASKS_DIR
-                save_png(mask, self.out / masks / f"{name}.png")
+                mask = threshold_mask(anomaly_map, self.thresholds.pixel)
+                save_png(mask.astype(np.uint8) * 255, self._mask_path(name))
+
+    def _mask_path(self, name: str) -> Path:
+        masks = "masks" if self.options.submission is None else submission.MASKS_DIR
+        return self.out / masks / f"{name}.png"
+
+    def _read_back(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """The map and mask this process wrote for ``name`` (pictures are drawn from the files, not from
+        maps held in memory; with --submission the server's float16 map)."""
+        import tifffile
+        from PIL import Image
+
+        if self.options.submission is not None:
+            anomaly_map = tifffile.imread(self.out / submission.MAPS_DIR / f"{name}.tiff").astype(np.float32)
+        elif self.options.map_format == "npy":
+            anomaly_map = np.load(self.out / "maps" / f"{name}.npy")
+        else:
+            anomaly_map = tifffile.imread(self.out / "maps" / f"{name}.tiff")
+        if self.thresholds.pixel is None:
+            return anomaly_map, None
+        with Image.open(self._mask_path(name)) as mask:
+            return anomaly_map, np.asarray(mask) > 127
 
     def on_predict_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
-        gathered = gather_objects((self.rows, self.unreadable))
+        from pipelines.predict_pictures import ColourRange, draw_pictures
+
+        stats = MapStatistics.total(gather_objects(self.stats))
+        colours = None
+        if self.options.overlay_range is not None:
+            colours = ColourRange.given(*self.options.overlay_range)
+        elif stats.n_maps:
+            colours = ColourRange.of_maps(stats.low, stats.high, stats.n_maps)
+        for item in self.written:
+            anomaly_map, mask = self._read_back(item.name)
+            title = panel_title(item.name, item.score, item.label, self.thresholds, mask, colours)
+            draw_pictures(
+                load_image_rgb(item.path),
+                anomaly_map,
+                colours,
+                mask,
+                self.thresholds.pixel,
+                title,
+                self.out,
+                item.name,
+            )
+        gathered = gather_objects((self.rows, self.unreadable))  # also: every process has drawn its pictures
         rows = {k: v for part in gathered for k, v in part[0].items()}
         unreadable = {**self.known_unreadable, **{k: v for part in gathered for k, v in part[1].items()}}
         if not trainer.is_global_zero:
             return
         from pipelines.visualize import table_csv
 
+        warnings = run_warnings(stats, self.thresholds, colours)
+        for warning in warnings:
+            print(f"zsad: warning: {warning}", file=sys.stderr)
         lines = [
             (path, repr(score), "" if label is None else label)
             for path, (score, label) in sorted(rows.items())
@@ -290,7 +243,14 @@ class PredictionWriter(Callback):
                 self.out / UNREADABLE_FILE, table_csv(("path", "error"), sorted(unreadable.items()))
             )
         atomic_write_text(self.out / PREDICTIONS_FILE, table_csv(("path", "score", "label"), lines))
-        record = {**self.record, "n_predicted": len(rows), "n_unreadable": len(unreadable)}
+        record = {
+            **self.record,
+            "overlay_range": None if colours is None else dataclasses.asdict(colours),
+            "map_range": {"min": stats.low, "max": stats.high} if stats.n_maps else None,
+            "warnings": [*self.thresholds.warnings, *warnings],
+            "n_predicted": len(rows),
+            "n_unreadable": len(unreadable),
+        }
         atomic_write_text(self.out / "prediction.json", json.dumps(record, indent=2) + "\n")
 
 
@@ -378,7 +338,7 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
         else "none",
     )
     if options.threshold_from is not None:
-        thresholds = thresholds_from_run(options.threshold_from, options.threshold_category)
+        thresholds = thresholds_from_run(options.threshold_from, options.threshold_category, images.images)
     if options.normal_dir is not None:
         normals = collect_images([str(options.normal_dir)])
         statistics = NormalStatistics(options.fpr, out, f"normal images in {options.normal_dir}")
@@ -387,6 +347,8 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
         thresholds = statistics.thresholds or Thresholds(
             **json.loads((out / NORMAL_THRESHOLDS_FILE).read_text())
         )
+    for warning in thresholds.warnings if global_rank() == 0 else []:
+        print(f"zsad: warning: {warning}", file=sys.stderr)
     record = {
         "experiment": cfg.name,
         "method": cfg.method.name,
@@ -396,9 +358,8 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
         "image_size": spec.image_size(cfg.method),
         "preprocessing": dataclasses.asdict(spec.preprocessing(cfg.method, None)),
         "object_name": options.object_name,
-        "thresholds": dataclasses.asdict(thresholds),
+        "thresholds": {k: v for k, v in dataclasses.asdict(thresholds).items() if k != "warnings"},
         "map_format": options.map_format,
-        "overlay_range": list(options.overlay_range),
         "submission": options.submission,
     }
     writer = PredictionWriter(out, images, thresholds, options, record)
@@ -487,9 +448,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overlay-range",
         type=float,
         nargs=2,
-        default=(0.0, 1.0),
         metavar=("LOW", "HIGH"),
-        help="map values the heatmap colours span (default 0 1)",
+        help="map values the heatmap colours span (default: the lowest and highest value of all this run's maps)",
     )
 
 
@@ -511,7 +471,7 @@ def run(args: argparse.Namespace) -> int:
         domain=args.domain,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-        overlay_range=tuple(args.overlay_range),
+        overlay_range=None if args.overlay_range is None else tuple(args.overlay_range),
         submission=args.submission,
     )
     outcome = predict(cfg, options)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from datamodules.errors import ZsadError
 from lightning_modules.method_spec import PublishedNumbers
+from lightning_modules.metrics.evaluation_result import as_percent as percent  # one rule for every table
 from lightning_modules.registry import get_method
 
 if TYPE_CHECKING:
@@ -66,14 +67,6 @@ class Table:
     rows: list[Row]
     note: str | None = None
     baseline: int | None = None  # --baseline: the column the others' differences are taken against
-
-
-def percent(value: float | None, signed: bool = False) -> str:
-    """A fraction in percent with one decimal, as the papers print it; never ``-0.0``."""
-    if value is None:
-        return "-"
-    text = f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
-    return "0.0" if text in ("-0.0", "+0.0") else text
 
 
 def stat_text(stat: Stat) -> str:

@@ -15,13 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.atomic_io import atomic_write_text
-from lightning_modules.metrics.evaluation_result import METRIC_NAMES, SAMPLE_METRICS, SPRO_METRICS
+from lightning_modules.metrics.evaluation_result import (
+    METRIC_NAMES,
+    SAMPLE_METRICS,
+    SPRO_METRICS,
+    as_percent,
+    aupro_gap_warning,
+)
 
 #: Every result has both AUPROs: ``aupro`` (exact) and ``aupro_cflow`` (the published 200-threshold one).
 METRICS = METRIC_NAMES
 #: Columns only targets whose data allows them have (Real-IAD's sample level, sPRO); order of the tables.
 EXTRA_METRICS = (*SAMPLE_METRICS, *SPRO_METRICS)
-CSV_COLUMNS = ("dataset", "category", "n_normal", "n_anomalous", *METRICS)
+#: Why a category's two AUPROs disagree (docs/metrics.md): a key where they do, a column after the metrics.
+WARNING_COLUMN = "aupro_warning"
+CSV_COLUMNS = ("dataset", "category", "n_normal", "n_anomalous", *METRICS, WARNING_COLUMN)
 MEAN_ROW = "mean"
 
 
@@ -40,17 +48,20 @@ def target_payload(
 ) -> dict[str, Any]:
     """JSON-ready results of one evaluated dataset; ``evaluation`` is an ``EvaluationResult``;
     ``thresholds``: per category the F1-optimal ``{"image": t, "pixel": t}`` (score >= t is anomalous),
-    what ``zsad predict --threshold-from RUN`` reads."""
+    what ``zsad predict --threshold-from RUN`` reads. A category whose two AUPROs are more than
+    ``AUPRO_GAP_MARGIN`` apart carries ``aupro_warning``, the one-line reason."""
     names = (*METRICS, *getattr(evaluation, "extra_metrics", ()))
-    categories = {
-        category: {
+    categories = {}
+    for category, metrics in evaluation.per_category.items():
+        values = {m: _clean(metrics.get(m)) for m in names}
+        warning = aupro_gap_warning(values)
+        categories[category] = {
             "n_normal": counts.get(category, {}).get("normal", 0),
             "n_anomalous": counts.get(category, {}).get("anomalous", 0),
-            **{m: _clean(metrics.get(m)) for m in names},
+            **values,
+            **({WARNING_COLUMN: warning} if warning else {}),
             **({"f1_thresholds": thresholds.get(category)} if thresholds is not None else {}),
         }
-        for category, metrics in evaluation.per_category.items()
-    }
     return {
         "dataset": dataset,
         **details,
@@ -104,7 +115,8 @@ EXTRA_HEADERS = {"sample_auroc": "S AUROC", "sample_ap": "S AP", "sample_f1_max"
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """Per-category table in percent with one decimal, as papers report; '-' where undefined."""
+    """Per-category table in percent with one decimal, as papers report; '-' where undefined; a '!' after
+    an AUPRO cflow that is far from the exact AUPRO, with the reason in a line below the table."""
     header = (
         "dataset",
         "category",
@@ -118,12 +130,14 @@ def format_table(results: dict[str, Any]) -> str:
     )
     extra = _extra_columns(results)
     header = (*header, *(EXTRA_HEADERS[m] for m in extra))
-    lines = []
+    lines, warnings = [], []
     for key, target in results["targets"].items():
         rows = list(target["categories"].items()) + [(MEAN_ROW, target["mean"])]
         for category, metrics in rows:
-            values = (metrics.get(m) for m in (*METRICS, *extra))
-            cells = [f"{100 * v:.1f}" if v is not None else "-" for v in values]
+            cells = [as_percent(metrics.get(m)) for m in (*METRICS, *extra)]
+            if metrics.get(WARNING_COLUMN):
+                cells[METRICS.index("aupro_cflow")] += "!"
+                warnings.append(f"! {key}/{category}: {metrics[WARNING_COLUMN]}")
             lines.append((key, category, *cells))
     widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
 
@@ -133,4 +147,4 @@ def format_table(results: dict[str, Any]) -> str:
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         )
 
-    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, lines)])
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, lines), *warnings])

@@ -142,6 +142,7 @@ def make_trainer(
         plugins=plugins or None,
         enable_checkpointing=False,  # ExactResume writes the checkpoints
         log_every_n_steps=t.log_every_n_steps,
+        accumulate_grad_batches=t.accumulate_grad_batches,
         deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=False,
@@ -150,14 +151,17 @@ def make_trainer(
     )
 
 
-def method_datamodule(cfg: ExperimentConfig, spec: MethodSpec, data_cfg: Any) -> AnomalyDataModule:
-    """``data_cfg``'s datamodule at the method's input size, with its authors' preprocessing there."""
+def method_datamodule(
+    cfg: ExperimentConfig, spec: MethodSpec, data_cfg: Any, training: bool = False
+) -> AnomalyDataModule:
+    """``data_cfg``'s datamodule at the method's input size, with its authors' preprocessing there and, for
+    the training source, their training augmentation there (``MethodSpec.train_augmentation``)."""
     datamodule = AnomalyDataModule(
         data_cfg,
         image_size=spec.image_size(cfg.method),
         preprocessing=spec.preprocessing(cfg.method, data_cfg.name),
         seed=cfg.seed,
-        augmentation=spec.train_augmentation(cfg.method, data_cfg.name) if spec.train_augmentation else None,
+        augmentation=spec.augmentation_on(cfg.method, data_cfg.name) if training else None,
     )
     _ = datamodule.full_index  # parse now: a wrong root fails before any training time is spent
     return datamodule
@@ -172,7 +176,7 @@ def fit(cfg: ExperimentConfig, spec: MethodSpec, module: ZeroShotModule, job: Jo
         raise ConfigError(
             "training needs a source dataset: set defaults.source in the experiment or source=NAME"
         )
-    datamodule = method_datamodule(cfg, spec, cfg.source)
+    datamodule = method_datamodule(cfg, spec, cfg.source, training=True)
     run_dir, loggers = job.run_dir, job.loggers
     module.run_dir = run_dir
     resume = find_resume_checkpoint(run_dir, warn=global_rank() == 0)

@@ -48,7 +48,6 @@ SUBMISSIONS = "submissions.json"
 _SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 # Keys a sweep sets itself for every run.
 _MANAGED_KEYS = ("run_dir",)
-WANDB_TAG_LENGTH = 64  # W&B refuses longer tags
 
 
 @dataclasses.dataclass
@@ -75,8 +74,10 @@ class PlannedRun:
     @property
     def tags(self) -> list[str]:
         """The run's own settings as W&B tags (``key=value``, at most W&B's 64 characters each)."""
+        from pipelines.config import wandb_tag
+
         tags = [o for o in self.overrides if not o.startswith(("run_dir=", "logger.", "output_dir="))]
-        return [t if len(t) <= WANDB_TAG_LENGTH else t[: WANDB_TAG_LENGTH - 3] + "..." for t in tags]
+        return [wandb_tag(t) for t in tags]
 
 
 def _refuse_unquoted_time(path: Path) -> None:

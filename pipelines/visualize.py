@@ -34,6 +34,7 @@ from datamodules.atomic_io import atomic_write, atomic_write_text
 from datamodules.errors import ConfigError
 from datamodules.images import load_image_rgb
 from lightning_modules.metrics.curves import CurveSet, RankingCurve, thin_indices
+from lightning_modules.metrics.evaluation_result import as_percent
 
 TILE = 160  # gallery tile size in pixels
 GAP = 4
@@ -144,8 +145,7 @@ def plot_curves(curves: CurveSet, metrics: dict[str, Any], fpr_limit: float, tit
     styles = {"image": "tab:blue", "pixel": "tab:orange"}
 
     def value(name: str) -> str:
-        v = metrics.get(name)
-        return "-" if v is None else f"{100 * v:.1f}"
+        return as_percent(metrics.get(name))
 
     curve: RankingCurve | None
     for level, curve in (("image", curves.image), ("pixel", curves.pixel)):

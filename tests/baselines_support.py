@@ -47,37 +47,6 @@ def check_results(run_dir: Path, categories: set[str]) -> dict[str, Any]:
     return results
 
 
-def capture_modules(monkeypatch) -> list[Any]:
-    """Record every module the runner builds, with a copy of its frozen CLIP weights taken before training."""
-    from pipelines import runner
-
-    built: list[Any] = []
-    original = runner.build_module
-
-    def build(cfg, spec):
-        module = original(cfg, spec)
-        module.frozen_before = {k: v.clone() for k, v in module.model.clip.state_dict().items()}
-        module.trainable_before = {
-            n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad
-        }
-        built.append(module)
-        return module
-
-    monkeypatch.setattr(runner, "build_module", build)
-    return built
-
-
-def assert_only_trainable_parts_changed(module: Any) -> None:
-    after = module.model.clip.state_dict()
-    assert after.keys() == module.frozen_before.keys()
-    for key, before in module.frozen_before.items():
-        assert torch.equal(after[key], before), f"frozen CLIP weight {key} changed"
-    assert not any(p.requires_grad for p in module.model.clip.parameters())
-    trained = dict(module.named_parameters())
-    assert module.trainable_before, "nothing trainable"
-    assert any(not torch.equal(trained[n], before) for n, before in module.trainable_before.items())
-
-
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Autouse in the modules that import it: the tiny models' ops are so small that on a shared 2-core

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import struct
 import subprocess
 import zipfile
@@ -12,9 +13,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from lightning_modules.anomalyclip import AnomalyCLIPConfig, AnomalyCLIPModule
 from lightning_modules.clip.config import BackboneConfig
+from pipelines import runner
 
 
 def quiet_trainer(**settings) -> L.Trainer:
@@ -101,3 +104,57 @@ def mounted_tmpfs(folder: Path, size: str) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", str(folder)], check=False)
+
+
+# --- stopping a training from inside it ------------------------------------------------------------
+class SendAt(Callback):
+    """Sends ``signum`` to this process (global rank 0) after training batch ``batch`` of ``epoch``, or
+    raises ``RuntimeError`` there when ``signum`` is None (a crash: nothing saved on the way out). With
+    ``to_wandb`` the W&B service process gets it too, as when SLURM signals every process of a job."""
+
+    def __init__(self, epoch: int, batch: int, signum: int | None, to_wandb: bool = False) -> None:
+        self.epoch, self.batch, self.signum, self.to_wandb = epoch, batch, signum, to_wandb
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (trainer.current_epoch, batch_idx) != (self.epoch, self.batch) or not trainer.is_global_zero:
+            return
+        if self.signum is None:
+            raise RuntimeError("simulated node failure")
+        if self.to_wandb:
+            for pid in wandb_service_pids():
+                os.kill(pid, self.signum)
+        os.kill(os.getpid(), self.signum)
+
+
+def wandb_service_pids() -> list[int]:
+    pids = []
+    for child in Path("/proc").glob("[0-9]*"):
+        try:
+            stat, cmdline = (child / "stat").read_text(), (child / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"wandb-core" in cmdline:
+            pids.append(int(child.name))
+    assert pids, "no W&B service process found"
+    return pids
+
+
+MAKE_TRAINER = runner.make_trainer  # the real one, whatever a test patches in
+
+
+def make_trainer_with(event: SendAt | None, built: list[bool]):
+    def make_trainer(cfg, run_dir, loggers, training, **kwargs):
+        built.append(training)
+        if training and event is not None:
+            kwargs["callbacks"] = [event, *(kwargs.get("callbacks") or [])]
+        return MAKE_TRAINER(cfg, run_dir, loggers, training, **kwargs)
+
+    return make_trainer
+
+
+def interrupt_training_at(monkeypatch, event: SendAt | None) -> list[bool]:
+    """Adds ``event`` to the training Trainer of the next runs; returns the ``training`` flag of every
+    Trainer built."""
+    built: list[bool] = []
+    monkeypatch.setattr(runner, "make_trainer", make_trainer_with(event, built))
+    return built

@@ -36,9 +36,15 @@ def train_augmentation(cfg: BayesPFLConfig, dataset: str) -> Any:
     if cfg.augmentation == "none":
         return None
     from datamodules.augment import TrainAugmentation
+    from datamodules.mosaic import Mosaic
 
-    mosaic = cfg.mosaic_rate if dataset in cfg.mosaic_datasets else 0.0
-    return TrainAugmentation(pipeline="bayes_pfl", mosaic_rate=mosaic)
+    # combine_img's item is anomalous (their anomaly = 1): its four tiles are
+    mosaic = (
+        Mosaic(cfg.mosaic_rate, tiles="anomalous", label="any_tile")
+        if dataset in cfg.mosaic_datasets
+        else None
+    )
+    return TrainAugmentation(pipeline="bayes_pfl", mosaic=mosaic)
 
 
 BAYES_PFL = MethodSpec(

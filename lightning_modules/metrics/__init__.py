@@ -21,7 +21,14 @@ from lightning_modules.metrics.curves import (
     pixel_metrics_and_curves,
     ranking_curve,
 )
-from lightning_modules.metrics.evaluation_result import IMAGE_METRICS, METRIC_NAMES, EvaluationResult
+from lightning_modules.metrics.evaluation_result import (
+    AUPRO_GAP_MARGIN,
+    IMAGE_METRICS,
+    METRIC_NAMES,
+    EvaluationResult,
+    as_percent,
+    aupro_gap_warning,
+)
 from lightning_modules.metrics.evaluator import PIXEL_SCORE_DTYPES, AnomalyEvaluator
 from lightning_modules.metrics.functional import (
     CFLOW_THRESHOLDS,
@@ -38,6 +45,7 @@ from lightning_modules.metrics.functional import (
 )
 
 __all__ = [
+    "AUPRO_GAP_MARGIN",
     "CFLOW_THRESHOLDS",
     "CURVE_POINTS",
     "IMAGE_METRICS",
@@ -49,7 +57,9 @@ __all__ = [
     "EvaluationResult",
     "RankingCurve",
     "UndefinedMetricError",
+    "as_percent",
     "aupro",
+    "aupro_gap_warning",
     "binary_auroc",
     "binary_average_precision",
     "curve_set",

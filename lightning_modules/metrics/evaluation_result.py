@@ -16,6 +16,33 @@ METRIC_NAMES = IMAGE_METRICS + PIXEL_METRICS
 SAMPLE_METRICS = ("sample_auroc", "sample_ap", "sample_f1_max")
 SPRO_METRICS = ("spro",)
 
+#: When the published 200-threshold AUPRO and the exact one differ by more than this (a fraction: 5
+#: points), results flag it (docs/metrics.md, "When the two AUPROs disagree"): on maps whose scores the
+#: grid resolves they stay within about 1 point; 5 points apart, the grid is too coarse for the maps.
+AUPRO_GAP_MARGIN = 0.05
+
+
+def as_percent(value: float | None, signed: bool = False) -> str:
+    """A metric in percent with one decimal, as the papers print it (``signed``: with its sign, for
+    differences); '-' when undefined, never '-0.0' or '+0.0'."""
+    if value is None:
+        return "-"
+    text = f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+    return "0.0" if text in ("-0.0", "+0.0") else text
+
+
+def aupro_gap_warning(metrics: dict[str, Any]) -> str | None:
+    """One line when a category's ``aupro_cflow`` and exact ``aupro`` differ by more than
+    :data:`AUPRO_GAP_MARGIN` (None otherwise, or when either is undefined)."""
+    exact, cflow = metrics.get("aupro"), metrics.get("aupro_cflow")
+    if exact is None or cflow is None or abs(exact - cflow) <= AUPRO_GAP_MARGIN:
+        return None
+    return (
+        f"AUPRO cflow {as_percent(cflow)} vs exact {as_percent(exact)}, more than {as_percent(AUPRO_GAP_MARGIN)} "
+        "points apart: the published AUPRO's 200 evenly spaced thresholds are too coarse for these maps; "
+        "trust aupro (docs/metrics.md)"
+    )
+
 
 @dataclass
 class EvaluationResult:
@@ -129,6 +156,11 @@ class EvaluationResult:
             "notes": self.notes,
         }
 
+    def aupro_warnings(self) -> dict[str, str]:
+        """Per category whose two AUPROs disagree (:func:`aupro_gap_warning`), the one-line reason."""
+        warnings = {c: aupro_gap_warning(self.per_category[c]) for c in self.categories}
+        return {c: w for c, w in warnings.items() if w}
+
     def format_table(self, percent: bool = True) -> str:
         """Plain-text table (percent with one decimal, as the papers report); '-' marks undefined metrics."""
         header = ["category", "n", *self.metric_names]
@@ -137,7 +169,7 @@ class EvaluationResult:
             cells = [str(row["category"]), "" if row["num_images"] is None else str(row["num_images"])]
             for name in self.metric_names:
                 v = row[name]
-                cells.append("-" if v is None else (f"{100 * v:.1f}" if percent else f"{v:.4f}"))
+                cells.append(as_percent(v) if percent else ("-" if v is None else f"{v:.4f}"))
             lines.append(cells)
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         return "\n".join(

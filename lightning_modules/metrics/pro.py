@@ -273,7 +273,7 @@ def _legacy_area(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float) -> float:
         raise UndefinedMetricError(f"the legacy FPRs below {fpr_limit} are all equal: rescaling is undefined")
     f = (f - f.min()) / span
     # sklearn.metrics.auc on FPRs that fall as the threshold rises: area = -trapezoid(p, f).
-    return float(-np.sum(0.5 * (p[1:] + p[:-1]) * (f[1:] - f[:-1])))
+    return float(-np.sum(0.5 * (p[1:] + p[:-1]) * (f[1:] - f[:-1]))) + 0.0  # + 0.0: no -0.0 for a zero area
 
 
 def legacy_cflow_aupro(

@@ -63,9 +63,15 @@ class VCPCLIPConfig:
     # four anomalous images of the category (mosaic_rate, their --aug_rate 0.2). "none": no augmentation.
     augmentation: str = "authors"
     mosaic_rate: float = 0.2
-    mosaic_datasets: list[str] = dataclasses.field(
-        default_factory=lambda: ["mvtec"]
-    )  # their MVTecDataset only
+    # the mosaic is in their MVTecDataset only (VisaDataset and OtherDataset have none)
+    mosaic_datasets: list[str] = dataclasses.field(default_factory=lambda: ["mvtec"])
+    # Whose semantics the albumentations transforms take (their code passes no parameters but p).
+    # Reconstruction: their albumentations version is not recorded; "1.3.1": the version the same first
+    # author's Bayes-PFL pins, current when their code was written (datamodules/augment_compat.py: GaussNoise
+    # a variance uniform in [10, 50] pixel values squared, ColorJitter's hue in [-0.2, 0.2], ...); "1.4.24":
+    # what their unpinned code gets with 1.4.24 (a noise standard deviation of 20-44 % of 255, hue in
+    # [-0.5, 0.5], other rounding).
+    albumentations: str = "1.3.1"
     # Frozen image features encoded once and reused (lightning_modules/feature_cache.py); bypassed while the
     # augmentation changes training images every epoch (the authors' protocol).
     cache_features: bool = True

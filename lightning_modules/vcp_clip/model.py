@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datamodules.augment import ALBUMENTATIONS
 from datamodules.errors import ConfigError
 from lightning_modules.clip.factory import create_clip, with_mlp_activation
 from lightning_modules.clip.text import PromptTextEncoder
@@ -134,6 +135,7 @@ def check_choices(cfg: VCPCLIPConfig) -> None:
     for key, value, allowed in (
         ("activation", cfg.activation, VCP_ACTIVATIONS),
         ("augmentation", cfg.augmentation, VCP_AUGMENTATIONS),
+        ("albumentations", cfg.albumentations, ALBUMENTATIONS),
     ):
         if value not in allowed:
             raise ConfigError(f"method.{key} must be one of {list(allowed)}, got {value!r}")
@@ -185,8 +187,9 @@ class VCPCLIP(nn.Module):
         self.post_log_scale = nn.Parameter(torch.tensor(log_scale))  # their prompt_temp_l1 (tau_2)
 
     def _set_templates(self, tokenizer) -> None:
-        """Token embeddings of each template around the class slot: ``prefix [T, L, w]`` holds the start
-        token and words (padded), the class tokens go at ``class_positions``, then the end token and padding."""
+        """Token embeddings ``[T, L, w]`` of the templates without their class slot (start token, words, end
+        token, padding); the class tokens are inserted at ``class_positions`` (where the end token is), as
+        their ``encode_text`` replaces ``<|class|>`` and drops the sequence's last positions."""
         templates = [*self.cfg.normal_templates, *self.cfg.abnormal_templates]
         token_ids = tokenizer(templates)
         length, r = token_ids.shape[1], self.cfg.prompt_length

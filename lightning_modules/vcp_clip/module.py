@@ -41,10 +41,6 @@ class VCPCLIPModule(ZeroShotModule):
         self.cfg = cfg
         self.model = model if model is not None else VCPCLIP(cfg)
 
-    @property
-    def image_size(self) -> int:
-        return self.cfg.backbone.image_size
-
     def checkpoint_identity(self) -> dict[str, Any]:
         fields = {}
         for name in IDENTITY_FIELDS:
@@ -52,7 +48,8 @@ class VCPCLIPModule(ZeroShotModule):
             fields[name] = list(value) if isinstance(value, list | tuple) else value
         return {"method": self.method_name, "backbone": backbone_identity(self.cfg.backbone), **fields}
 
-    # --- feature cache: the frozen image features are the same every epoch (without augmentation) -------
+    # --- feature cache: the frozen image features are the same every epoch (without augmentation: the
+    # datamodule, handed the spec's train_augmentation, is the one that says the cache steps aside) ------
     def feature_cache_identity(self) -> dict[str, Any]:
         return {
             "method": self.method_name,
@@ -66,8 +63,6 @@ class VCPCLIPModule(ZeroShotModule):
         return self.model.encode_images(images)
 
     def feature_cache_bypass_reason(self) -> str | None:
-        if self.cfg.augmentation != "none":
-            return f"VCP-CLIP's training augmentation (augmentation={self.cfg.augmentation}) changes images every epoch"
         return None
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

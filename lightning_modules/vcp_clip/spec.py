@@ -1,6 +1,5 @@
-"""VCP-CLIP's contract with zsad (lightning_modules/method_spec.py); light: the model loads in the builders.
-(Adapted to the MethodSpec contract in h/bayespfl, which merged h/vcpclip: the VCP-CLIP branch's own
-adaptation supersedes this file.)"""
+"""VCP-CLIP's contract with zsad (lightning_modules/method_spec.py); light: the model loads in the builders,
+the datamodules' augmentation when a training asks for it."""
 
 from __future__ import annotations
 
@@ -9,8 +8,11 @@ from typing import Any
 from lightning_modules.method_spec import MethodSpec, PublishedNumbers, cache_settings
 from lightning_modules.vcp_clip.config import VCPCLIPConfig
 
-#: The paper's VisA row (trained on MVTec AD) as github.com/xiaozhen228/VCP-CLIP issue #3 quotes it (the
-#: authors answer there that the paper reports a mean over several trainings).
+#: Its VisA row (trained on MVTec AD; percent), as the authors' issue #3 quotes the paper
+#: (xiaozhen228/VCP-CLIP, "Lower performance using the official checkpoint"; the authors answer there that the
+#: paper reports a mean over several trainings): compare it with the seed mean of
+#: configs/sweep/vcp_clip_seeds.yaml. Its MVTec AD row and the other datasets' are in the paper's tables,
+#: which no source stored here holds.
 PUBLISHED = PublishedNumbers(
     "VCP-CLIP paper (Qu et al., ECCV 2024) as quoted in github.com/xiaozhen228/VCP-CLIP issue #3 (a mean over seeds)",
     {
@@ -32,20 +34,23 @@ def build_module(cfg: VCPCLIPConfig, eval_cfg: Any) -> Any:
 
 
 def read_official_checkpoint(module: Any, checkpoint: dict[str, Any], source: str) -> dict[str, Any]:
+    """The authors' ``save_dict`` files (``train_visa.pth``, ``train_mvtec.pth``; official_checkpoint.py)."""
     from lightning_modules.vcp_clip.official_checkpoint import zsad_state_dict
 
     return zsad_state_dict(module, checkpoint, source)
 
 
 def train_augmentation(cfg: VCPCLIPConfig, dataset: str) -> Any:
-    """Their dataset classes' augmentation in mode "train": the albumentations pipeline on every image, the
-    mosaic only in their MVTec AD class (``mosaic_datasets``)."""
+    """Their dataset classes' augmentation in mode "train" when training on ``dataset``: the albumentations
+    pipeline on every image, the mosaic of anomalous tiles only in their MVTec AD class
+    (``mosaic_datasets``); None with ``augmentation=none``."""
     if cfg.augmentation == "none":
         return None
     from datamodules.augment import TrainAugmentation
+    from datamodules.mosaic import Mosaic
 
-    mosaic = cfg.mosaic_rate if dataset in cfg.mosaic_datasets else 0.0
-    return TrainAugmentation(pipeline="vcp_clip", mosaic_rate=mosaic)
+    mosaic = Mosaic(cfg.mosaic_rate, tiles="anomalous") if dataset in cfg.mosaic_datasets else None
+    return TrainAugmentation(pipeline="vcp_clip", mosaic=mosaic, albumentations=cfg.albumentations)
 
 
 VCP_CLIP = MethodSpec(
@@ -56,6 +61,8 @@ VCP_CLIP = MethodSpec(
     build_module=build_module,
     trains=True,
     needs="pixel masks of the auxiliary data (no image loss)",
+    # the cache steps aside while the augmentation changes the images every epoch (the authors' protocol;
+    # the datamodule says so once); with augmentation=none the frozen features are encoded once
     feature_cache=cache_settings,
     train_augmentation=train_augmentation,
     official_checkpoint=read_official_checkpoint,

@@ -23,6 +23,18 @@ def test_demo_composes_base_method_data_and_experiment():
     assert cfg.trainer.max_epochs == 15 and cfg.seed == 111
 
 
+def test_every_method_has_a_tiny_demo_the_readme_names():
+    """`zsad demo method=NAME_tiny` is each method's synthetic quick start (README, Quick start): its config
+    composes with the demo for every registered method, and the README lists it."""
+    from lightning_modules.registry import method_names
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for name in method_names():
+        cfg = to_object(compose("demo", [f"method={name}_tiny"]))
+        assert cfg.method.name == name and cfg.method.backbone.pretrained is None  # random weights, offline
+        assert f"zsad demo method={name}_tiny" in readme, name
+
+
 def test_overrides_are_typed_and_nested():
     cfg = to_object(
         compose(

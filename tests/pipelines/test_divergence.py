@@ -10,10 +10,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from test_cli import FAST, write_experiment
-from test_resume import _interrupt_at
 
 from lightning_modules.checkpoint_io import safe_torch_load
 from pipelines.cli import main
+from tests_support import interrupt_training_at
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,7 @@ def test_a_nan_on_one_ddp_process_stops_every_process_at_that_step(
     run_dir = tmp_path / "r"
     experiment = write_experiment(tmp_path, *synthetic_pair)
     ddp = [*FAST, "trainer.strategy=ddp_spawn", "trainer.devices=2", "method.cache_features=false"]
-    _interrupt_at(monkeypatch, NaNInputsAt(epoch=1, batch=0, rank=1))  # 2 steps per epoch and process
+    interrupt_training_at(monkeypatch, NaNInputsAt(epoch=1, batch=0, rank=1))  # 2 steps per epoch and process
     assert main(["train", str(experiment), *ddp, f"run_dir={run_dir}"]) == 2
     _assert_stopped_cleanly(run_dir, capsys.readouterr().err.strip().splitlines()[-1], "epoch 1 step 2")
     assert [p.name for p in (run_dir / "checkpoints" / "resume").iterdir()] == ["step-000000002.ckpt"]

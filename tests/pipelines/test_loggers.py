@@ -10,6 +10,8 @@ from sweep_helpers import write_sweep
 from wandb_support import offline_run
 
 from pipelines import sweep
+from pipelines.config import compose
+from pipelines.loggers import label_adhoc_run
 from pipelines.results import METRICS
 
 
@@ -43,6 +45,34 @@ def test_sweep_runs_log_per_category_scalars_under_readable_names(tmp_path, synt
     for key, value in expected.items():
         assert logged[key] == pytest.approx(value), key
         assert run["summary"][key] == pytest.approx(value), key
+
+
+def test_runs_outside_sweeps_are_named_tagged_and_grouped_by_what_differs_from_the_experiment_file():
+    overrides = [
+        "method=vand_tiny",
+        "source=synthetic_source",
+        "targets=[synthetic_target]",
+        "seed=111",  # the file's own value: not a difference
+        "method.lr=0.01",
+        "run_dir=/tmp/elsewhere",  # where the files go, not what the run computes
+        "logger.wandb.mode=disabled",
+        f"checkpoint=/{'long/' * 20}last.ckpt",
+    ]
+    cfg = compose("vand_visa_to_mvtec", overrides)
+    label_adhoc_run(cfg, "vand_visa_to_mvtec", overrides)
+    wandb_cfg = cfg.logger.wandb
+    assert wandb_cfg.name == "vand synthetic->synthetic lr=0.01 seed=111"
+    assert wandb_cfg.group == "vand_visa_to_mvtec"
+    assert list(wandb_cfg.tags[:4]) == overrides[:3] + ["method.lr=0.01"]
+    assert wandb_cfg.tags[4] == "checkpoint=..." + overrides[-1][-50:] and len(wandb_cfg.tags[4]) == 64
+    # a name, group or tags the user gives are kept; the file alone: data and seed only
+    given = ["logger.wandb.name=mine", "logger.wandb.tags=[a]", "seed=5"]
+    cfg = compose("vand_visa_to_mvtec", given)
+    label_adhoc_run(cfg, "vand_visa_to_mvtec", given)
+    assert (cfg.logger.wandb.name, list(cfg.logger.wandb.tags)) == ("mine", ["a"])
+    cfg = compose("vand_mvtec_to_all", [])
+    label_adhoc_run(cfg, "vand_mvtec_to_all", [])
+    assert cfg.logger.wandb.name == "vand mvtec->16 targets seed=111" and list(cfg.logger.wandb.tags) == []
 
 
 def test_extra_columns_are_logged_per_category_where_a_target_has_them():

@@ -15,7 +15,9 @@ import tifffile
 import torch
 from PIL import Image
 
+from datamodules.images import load_image_rgb
 from pipelines.cli import main
+from pipelines.visualize import overlay
 
 COMMON = ["trainer.accelerator=cpu", "trainer.devices=1", "logger.wandb.mode=disabled"]
 
@@ -79,6 +81,7 @@ def test_predictions_equal_the_evaluation_and_follow_the_runs_thresholds(evaluat
     }
     rows = _rows(out / "predictions.csv")
     assert len(rows) == 7 and [r["path"] for r in rows] == sorted(r["path"] for r in rows)
+    maps = {}
     for row in rows:
         path = Path(row["path"])
         key = path.relative_to(target).with_suffix("").as_posix()
@@ -97,9 +100,19 @@ def test_predictions_equal_the_evaluation_and_follow_the_runs_thresholds(evaluat
         np.testing.assert_allclose(anomaly_map, saved.astype(np.float32), rtol=2**-10, atol=1e-6)
         mask = np.asarray(Image.open(out / "masks" / f"{name}.png"))
         np.testing.assert_array_equal(mask == 255, anomaly_map.astype(float) >= pixel_t)
-        assert Image.open(out / "overlays" / f"{name}.png").size == (32, 32)
+        maps[name] = anomaly_map
     record = json.loads((out / "prediction.json").read_text())
     assert record["thresholds"]["image"] == image_t and "synthetic/ring" in record["thresholds"]["source"]
+    # one colour range for the whole run, the maps' own: every overlay uses it, every image has a panel
+    low, high = min(m.min() for m in maps.values()), max(m.max() for m in maps.values())
+    assert record["overlay_range"]["low"] == low and record["overlay_range"]["high"] == high
+    assert record["overlay_range"]["from_maps"] and "min and max of all 7" in record["overlay_range"]["rule"]
+    assert record["warnings"] == []  # the inputs are ring images, as the thresholds' category
+    for name, anomaly_map in maps.items():
+        image = load_image_rgb(str(target / "ring" / "test" / f"{name}.png"))
+        drawn = np.asarray(Image.open(out / "overlays" / f"{name}.png"))
+        np.testing.assert_array_equal(drawn, overlay(image, anomaly_map, low, high))
+        assert Image.open(out / "panels" / f"{name}.png").size[1] > 256  # title above 256 px tiles
     # a second prediction into the same folder would mix two runs' files: refused
     assert main([*args, "--input", *inputs]) == 2
     assert "already holds predictions" in capsys.readouterr().err
@@ -280,6 +293,24 @@ def test_any_format_and_size_gets_a_map_at_its_own_size_and_unreadable_files_are
     assert sorted(Path(r["path"]).name for r in _rows(out / "unreadable.csv")) == ["cut.png", "garbage.png"]
 
 
+def test_thresholds_of_another_category_and_maps_outside_the_given_range_are_warned_about(
+    evaluated, tmp_path, capsys
+):
+    target, run_dir = evaluated
+    out = tmp_path / "warned"
+    args = ["predict", "clip_all", "method=clip_tiny", *COMMON, "trainer.enable_progress_bar=false"]
+    args += ["--out", str(out), "--threshold-from", str(run_dir), "--threshold-category", "synthetic/cells"]
+    args += ["--overlay-range", "5", "6", "--input", str(target / "ring" / "test" / "good")]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    record = json.loads((out / "prediction.json").read_text())
+    assert record["overlay_range"] == {"low": 5.0, "high": 6.0, "rule": "--overlay-range", "from_maps": False}
+    other, outside = record["warnings"][:2]
+    assert other.startswith("3 of 3 inputs") and "not images of synthetic/cells" in other
+    assert "outside --overlay-range 5 6: 100.0% of the pixels" in outside
+    assert all(f"zsad: warning: {w}" in err for w in record["warnings"])
+
+
 def test_mvtec_ad2_submission_is_in_the_servers_form(tmp_path, capsys):
     """--submission mvtec_ad2: float16 anomaly_images/{object}/{split}/{NNN}_{kind}.tiff at each image's size
     and 0/255 anomaly_images_thresholded/*.png, as MVTec's upload checker requires; incomplete splits named;
@@ -302,6 +333,7 @@ def test_mvtec_ad2_submission_is_in_the_servers_form(tmp_path, capsys):
         assert amap.dtype == np.float16 and amap.shape == (30, 41)
         mask = np.asarray(Image.open(out / "anomaly_images_thresholded" / f"{name}.png"))
         assert mask.ndim == 2 and set(np.unique(mask)) <= {0, 255}
+        assert (out / "panels" / f"{name}.png").is_file()  # drawn from the server's map and mask
     assert not (out / "maps").exists() and not (out / "masks").exists()
     assert (
         "can/test_private: 2 of 321 images" in printed and "walnuts/test_private_mixed: 0 of 228" in printed

@@ -1,8 +1,11 @@
-"""Atomic writes of run files: concurrent writers never collide, failures leave no temp file and no torn file."""
+"""Run files: atomic writes (concurrent writers never collide, failures leave no temp file and no torn
+file) and what results.json, results.csv and the printed table say."""
 
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import json
 import multiprocessing
 import os
@@ -10,10 +13,14 @@ import stat
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import ndimage
 
 from datamodules.atomic_io import atomic_write, atomic_write_text
 from datamodules.errors import WriteFailedError
+from lightning_modules.metrics import EvaluationResult, aupro, legacy_cflow_aupro
+from pipelines.results import csv_text, format_table, target_payload
 from tests_support import mounted_tmpfs
 
 
@@ -132,6 +139,46 @@ def test_a_full_disk_is_one_clear_error_and_the_old_file_survives(small_tmpfs):
         atomic_write_text(path, "x" * 200_000)
     assert path.read_text() == '{"old": true}\n'
     assert [p.name for p in small_tmpfs.iterdir()] == ["results.json"]
+
+
+def _category(rng, long_tail: bool) -> tuple[np.ndarray, np.ndarray]:
+    """20 maps of 64 x 64 px: smooth noise, a disc on every second image scored higher; ``long_tail``:
+    the scores exponentiated twice over (a few very high scores stretch the cflow AUPRO's thresholds)."""
+    maps, masks = [], []
+    yy, xx = np.ogrid[:64, :64]
+    for i in range(20):
+        mask = (yy - 20 - i) ** 2 + (xx - 40) ** 2 <= 36 if i % 2 else np.zeros((64, 64), bool)
+        noise = ndimage.gaussian_filter(rng.normal(size=(64, 64)), 4)
+        score = noise / noise.std() + 3 * ndimage.gaussian_filter(mask.astype(float), 2)
+        maps.append(np.exp(2 * score) if long_tail else score)
+        masks.append(mask)
+    return np.stack(maps).astype(np.float32), np.stack(masks)
+
+
+def test_far_apart_aupros_are_flagged_in_results_and_the_printed_table():
+    rng = np.random.default_rng(0)
+    per_category = {}
+    for name, long_tail in (("smooth", False), ("long_tail", True)):
+        maps, masks = _category(rng, long_tail)
+        per_category[name] = {"aupro": aupro(maps, masks), "aupro_cflow": legacy_cflow_aupro(maps, masks)}
+    smooth, tail = per_category["smooth"], per_category["long_tail"]
+    assert abs(smooth["aupro"] - smooth["aupro_cflow"]) < 0.01  # the grid resolves these maps
+    assert tail["aupro"] - tail["aupro_cflow"] > 0.3  # a few high scores leave it too coarse
+    per_category["zero"] = {"aupro": 0.0, "aupro_cflow": -0.0}
+    evaluation = EvaluationResult.from_categories(per_category, {})
+    payload = target_payload("synthetic", {}, evaluation, {})
+    assert "aupro_warning" not in payload["categories"]["smooth"]
+    warning = payload["categories"]["long_tail"]["aupro_warning"]
+    assert warning.startswith(
+        f"AUPRO cflow {100 * tail['aupro_cflow']:.1f} vs exact {100 * tail['aupro']:.1f}"
+    )
+    assert "more than 5.0 points apart" in warning and "200 evenly spaced thresholds" in warning
+    rows = {r["category"]: r for r in csv.DictReader(io.StringIO(csv_text({"targets": {"s": payload}})))}
+    assert rows["long_tail"]["aupro_warning"] == warning and rows["smooth"]["aupro_warning"] == ""
+    table = format_table({"targets": {"s": payload}}).splitlines()
+    (flagged,) = [line for line in table if line.startswith("s  ") and line.rstrip().endswith("!")]
+    assert "long_tail" in flagged and table[-1] == f"! s/long_tail: {warning}"
+    assert "-0.0" not in "\n".join(table)  # a -0.0 prints as 0.0
 
 
 def test_extra_metrics_are_new_keys_and_columns_only_where_a_target_has_them() -> None:

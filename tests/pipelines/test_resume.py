@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +22,14 @@ from wandb_support import summary_json, wandb_records
 
 from pipelines import runner
 from pipelines.cli import main
-from tests_support import flip_a_bit_in_tensor_data, zsad_test_from_run
+from tests_support import (
+    MAKE_TRAINER,
+    SendAt,
+    flip_a_bit_in_tensor_data,
+    interrupt_training_at,
+    make_trainer_with,
+    zsad_test_from_run,
+)
 
 SLURM_LIKE_ENV = {  # what Lightning's SLURMEnvironment.detect() looks for, as in an sbatch task
     "SLURM_NTASKS": "1",
@@ -75,63 +83,10 @@ def test_evaluation_under_slurm_ignores_requeue_checkpoints(tmp_path, synthetic_
 
 
 # --- exact resume ------------------------------------------------------------------------------------
-class SendAt(Callback):
-    """Sends ``signum`` to this process (global rank 0) after training batch ``batch`` of ``epoch``, or
-    raises ``RuntimeError`` there when ``signum`` is None (a crash: nothing saved on the way out). With
-    ``to_wandb`` the W&B service process gets it too, as when SLURM signals every process of a job."""
-
-    def __init__(self, epoch: int, batch: int, signum: int | None, to_wandb: bool = False) -> None:
-        self.epoch, self.batch, self.signum, self.to_wandb = epoch, batch, signum, to_wandb
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if (trainer.current_epoch, batch_idx) != (self.epoch, self.batch) or not trainer.is_global_zero:
-            return
-        if self.signum is None:
-            raise RuntimeError("simulated node failure")
-        if self.to_wandb:
-            for pid in _wandb_service_pids():
-                os.kill(pid, self.signum)
-        os.kill(os.getpid(), self.signum)
-
-
-def _wandb_service_pids() -> list[int]:
-    pids = []
-    for child in Path("/proc").glob("[0-9]*"):
-        try:
-            stat, cmdline = (child / "stat").read_text(), (child / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"wandb-core" in cmdline:
-            pids.append(int(child.name))
-    assert pids, "no W&B service process found"
-    return pids
-
-
-MAKE_TRAINER = runner.make_trainer
-
-
-def _make_trainer_with(event: SendAt | None, built: list[bool]):
-    def make_trainer(cfg, run_dir, loggers, training, **kwargs):
-        built.append(training)
-        if training and event is not None:
-            kwargs["callbacks"] = [event, *(kwargs.get("callbacks") or [])]
-        return MAKE_TRAINER(cfg, run_dir, loggers, training, **kwargs)
-
-    return make_trainer
-
-
-def _interrupt_at(monkeypatch, event: SendAt | None) -> list[bool]:
-    """Adds ``event`` to the training Trainer of the next runs; returns the ``training`` flag of every
-    Trainer built."""
-    built: list[bool] = []
-    monkeypatch.setattr(runner, "make_trainer", _make_trainer_with(event, built))
-    return built
-
-
 def _main_with(args: list[str], event: SendAt | None) -> None:
     for key in [k for k in os.environ if k.startswith("WANDB_SERVICE")]:
         del os.environ[key]  # this process starts its own W&B service
-    runner.make_trainer = _make_trainer_with(event, [])
+    runner.make_trainer = make_trainer_with(event, [])
     sys.exit(main(args))
 
 
@@ -176,11 +131,11 @@ def test_interrupted_and_crashed_runs_resume_to_the_uninterrupted_result(
         (SendAt(0, 3, signal.SIGUSR1), 128 + signal.SIGUSR1, "preempted"),
         (SendAt(1, 1, signal.SIGINT), 130, "interrupted"),
     ):
-        _interrupt_at(monkeypatch, event)
+        interrupt_training_at(monkeypatch, event)
         assert main(args) == code
         assert json.loads(status.read_text())["state"] == state
     # a crash right after a time-based checkpoint (one after every step): the restart loses nothing
-    _interrupt_at(monkeypatch, SendAt(2, 2, None))
+    interrupt_training_at(monkeypatch, SendAt(2, 2, None))
     with pytest.raises(RuntimeError, match="simulated node failure"):
         main([*args, "trainer.checkpoint_minutes=0"])
     assert json.loads(status.read_text())["state"] == "failed"
@@ -190,7 +145,7 @@ def test_interrupted_and_crashed_runs_resume_to_the_uninterrupted_result(
     # bit of a tensor, which torch.load alone reads without a word) is skipped by its CRC-32s
     older, newest = sorted((run_dir / "checkpoints" / "resume").glob("step-*.ckpt"))
     flip_a_bit_in_tensor_data(newest)
-    _interrupt_at(monkeypatch, None)
+    interrupt_training_at(monkeypatch, None)
     caplog.clear()
     with caplog.at_level("WARNING"):
         assert main(args) == 0
@@ -209,10 +164,10 @@ def test_two_process_ddp_run_interrupted_mid_epoch_resumes_exactly(tmp_path, syn
     reference, run_dir = tmp_path / "reference", tmp_path / "interrupted"
     assert main(["train", str(experiment), *ddp, f"run_dir={reference}"]) == 0
     args = ["train", str(experiment), *ddp, f"run_dir={run_dir}"]
-    _interrupt_at(monkeypatch, SendAt(0, 0, signal.SIGTERM))  # 2 steps per epoch and process
+    interrupt_training_at(monkeypatch, SendAt(0, 0, signal.SIGTERM))  # 2 steps per epoch and process
     assert main(args) == 128 + signal.SIGTERM
     assert json.loads((run_dir / "status.json").read_text())["state"] == "preempted"
-    _interrupt_at(monkeypatch, None)
+    interrupt_training_at(monkeypatch, None)
     assert main(args) == 0
     _assert_same_training(run_dir, reference, results=False)
 
@@ -251,7 +206,9 @@ def test_requeues_keep_one_wandb_run_that_records_them_and_the_whole_csv_log(
     run_dir = tmp_path / "w"
     overrides = [o for o in FAST if not o.startswith("logger")] + ["trainer.log_every_n_steps=1"]
     args = ["train", str(experiment), *overrides, "logger.wandb.mode=offline", f"run_dir={run_dir}"]
-    _interrupt_at(monkeypatch, SendAt(0, 1, signal.SIGUSR1))  # SLURM's warning: W&B closes the session
+    interrupt_training_at(
+        monkeypatch, SendAt(0, 1, signal.SIGUSR1)
+    )  # SLURM's warning: W&B closes the session
     assert main(args) == 128 + signal.SIGUSR1
     # SIGTERM that reaches the W&B service too: still preempted, not a W&B connection error
     assert _main_in_new_process(args, SendAt(1, 1, signal.SIGTERM, to_wandb=True)) == 128 + signal.SIGTERM
@@ -270,6 +227,16 @@ def test_requeues_keep_one_wandb_run_that_records_them_and_the_whole_csv_log(
         128 + signal.SIGUSR1
     ]
     assert summary_json(last)["zsad/restarts"] == "2"
+    # W&B 0.31 offline: a folder per session, each run record asking to resume the run; one
+    # `wandb sync RUN/wandb` uploads them all, one after another (what zsad's closing line says)
+    records = [[r.run for r in s if r.WhichOneof("record_type") == "run"] for s in (first, last)]
+    assert all(run.resume and run.run_id == records[0][0].run_id for (run,) in records)
+    assert len({(run.display_name, run.run_group) for (run,) in records}) == 1
+    listed = subprocess.run(
+        [sys.executable, "-m", "wandb", "sync", "--dry-run", str(run_dir / "wandb")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert f"Would sync {len(sessions)} run(s)" in listed.stdout + listed.stderr
 
     rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
     assert {row["epoch"] for row in rows if row.get("epoch")} == {"0", "1"}  # epoch 0 survived the restarts
@@ -292,7 +259,7 @@ def test_a_run_stopped_during_evaluation_evaluates_its_final_weights_without_ret
         main(args)
     final = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
     monkeypatch.undo()
-    built = _interrupt_at(monkeypatch, None)
+    built = interrupt_training_at(monkeypatch, None)
     assert main(args) == 0
     assert built == [False]  # only the test Trainer: nothing was trained again
     assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == final
@@ -316,7 +283,7 @@ def test_an_unfinished_run_resumes_only_with_its_own_config_and_logs_each_step_o
     tmp_path, synthetic_pair, monkeypatch, capsys
 ):
     run_dir, args = _tiny_job(tmp_path, synthetic_pair, "train", "trainer.log_every_n_steps=1")
-    _interrupt_at(monkeypatch, SendAt(1, 1, signal.SIGINT))  # mid-epoch 1: steps 4 and 5 done
+    interrupt_training_at(monkeypatch, SendAt(1, 1, signal.SIGINT))  # mid-epoch 1: steps 4 and 5 done
     assert main(args) == 130
     before = _folder_contents(run_dir)
     capsys.readouterr()
@@ -337,7 +304,7 @@ def test_an_unfinished_run_resumes_only_with_its_own_config_and_logs_each_step_o
     older, newest = sorted((run_dir / "checkpoints" / "resume").glob("step-*.ckpt"))
     assert (older.name, newest.name) == ("step-000000004.ckpt", "step-000000006.ckpt")
     newest.write_bytes(newest.read_bytes()[:1000])
-    _interrupt_at(monkeypatch, None)
+    interrupt_training_at(monkeypatch, None)
     assert main([*args, "trainer.checkpoint_minutes=0"]) == 0
     rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
     assert [(row["epoch"], row["step"]) for row in rows] == [(str(step // 4), str(step)) for step in range(8)]
@@ -363,14 +330,14 @@ def test_a_resume_on_other_data_is_refused_naming_the_files_and_touched_files_ar
     reference, run_dir = tmp_path / "reference", tmp_path / "r"
     assert main(["train", str(experiment), *EXACT, f"run_dir={reference}"]) == 0
     args = ["train", str(experiment), *EXACT, f"run_dir={run_dir}"]
-    _interrupt_at(monkeypatch, SendAt(1, 1, signal.SIGINT))
+    interrupt_training_at(monkeypatch, SendAt(1, 1, signal.SIGINT))
     assert main(args) == 130
     checkpoints = _folder_contents(run_dir / "checkpoints")
 
     deleted = source / "disc" / "test" / "good" / "001.png"
     kept = deleted.read_bytes()
     deleted.unlink()
-    _interrupt_at(monkeypatch, None)
+    interrupt_training_at(monkeypatch, None)
     capsys.readouterr()
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
@@ -457,6 +424,6 @@ def test_sigusr1_during_evaluation_under_slurm_is_zsads_requeue_not_lightnings(
     assert signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None)  # handlers restored
 
     # the requeued job evaluates the final weights again, without training
-    built = _interrupt_at(monkeypatch, None)
+    built = interrupt_training_at(monkeypatch, None)
     assert main(args) == 0 and built == [False]
     assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"

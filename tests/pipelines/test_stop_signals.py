@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from lightning.pytorch.callbacks import Callback
 from test_cli import FAST, write_experiment
-from test_resume import MAKE_TRAINER, _interrupt_at, _target_results
+from test_resume import _target_results
 
 from pipelines import runner, stop_signals
 from pipelines.cli import main
 from pipelines.run_state import read_lock, read_status
 from pipelines.stop_signals import TrainingInterrupted, deferred, stop_signal_guard
+from tests_support import MAKE_TRAINER, interrupt_training_at
 
 ROOT = Path(runner.__file__).parents[1]
 ONE_EPOCH = [*FAST, "trainer.max_epochs=1"]
@@ -97,7 +98,7 @@ def test_a_stop_signal_between_trainers_leaves_a_resumable_run(
 
     # the same command finishes; training that ended is not redone; results as if never stopped
     final = last.read_bytes() if trained_before else None
-    built = _interrupt_at(monkeypatch, None)
+    built = interrupt_training_at(monkeypatch, None)
     assert main(args) == 0
     assert built == ([False] if trained_before else [True, False])
     assert final is None or last.read_bytes() == final
@@ -134,7 +135,7 @@ def test_a_signal_after_the_trainers_last_check_stops_the_job_as_the_trainer_ret
     assert not (run_dir / "results.json").exists()
     assert signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None)  # the guard's handlers are gone
 
-    built = _interrupt_at(monkeypatch, None)
+    built = interrupt_training_at(monkeypatch, None)
     assert main(args) == 0 and built == [False]  # the complete last.ckpt: evaluated, not trained again
     assert _target_results(run_dir) == _target_results(reference_dir)
 

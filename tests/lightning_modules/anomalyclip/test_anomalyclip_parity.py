@@ -58,9 +58,19 @@ def test_prompt_gradients_match_the_authors_within_one_fp16_ulp(fixture, ours):
 
 
 def test_metrics_match_the_authors(fixture, ours):
+    """Their sklearn metrics and zsad's evaluator on their maps (the fixture) against zsad on its own maps:
+    1e-6, but for the cflow AUPRO, whose 200-step threshold grid flips on map noise (the official code's
+    own reruns move it by 1.65e-5): within how far map noise moves it on these maps."""
     metrics = dict(zip(ours["metric_names"].tolist(), ours["metrics"].tolist(), strict=True))
     names = fixture["metric_names"].tolist()
-    assert ps.max_abs_delta(fixture["metrics"], [metrics[k] for k in names]) <= 1e-6
+    exact = [i for i, name in enumerate(names) if not name.endswith("/aupro_cflow")]
+    ours_values = np.array([metrics[k] for k in names])
+    assert ps.max_abs_delta(fixture["metrics"][exact], ours_values[exact]) <= 1e-6
+    cflow = [names.index(f"{c}/aupro_cflow") for c in ours["categories"]]  # in category id order
+    delta, tolerance = ps.cflow_aupro_agreement(
+        fixture["metrics"][cflow], ours_values[cflow], ours["maps"], ours["masks"], ours["category_ids"]
+    )
+    assert (delta <= tolerance).all(), (delta, tolerance)
 
 
 def test_without_the_fp16_deep_prompts_the_gradients_no_longer_match(fixture, root):

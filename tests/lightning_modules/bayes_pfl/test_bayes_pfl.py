@@ -223,8 +223,10 @@ def test_two_process_evaluation_equals_one_process(tmp_path, synthetic_pair):
 
 def test_the_augmentation_and_its_mosaic_follow_their_dataset_class():
     from datamodules.augment import TrainAugmentation
+    from datamodules.mosaic import Mosaic
     from lightning_modules.bayes_pfl.spec import train_augmentation
 
-    assert train_augmentation(BayesPFLConfig(), "mvtec") == TrainAugmentation("bayes_pfl", 0.4)
-    assert train_augmentation(BayesPFLConfig(), "visa") == TrainAugmentation("bayes_pfl", 0.0)
+    mosaic = Mosaic(0.4, tiles="anomalous", label="any_tile")  # combine_img's item is anomalous
+    assert train_augmentation(BayesPFLConfig(), "mvtec") == TrainAugmentation("bayes_pfl", mosaic)
+    assert train_augmentation(BayesPFLConfig(), "visa") == TrainAugmentation("bayes_pfl", None)
     assert train_augmentation(BayesPFLConfig(augmentation="none"), "mvtec") is None

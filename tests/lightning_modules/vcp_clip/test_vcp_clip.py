@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import json
 import random
 import signal
 import sys
@@ -13,23 +13,21 @@ import pytest
 import torch
 from baselines_support import (
     FAST,
-    assert_only_trainable_parts_changed,
-    capture_modules,
-    check_results,
     one_torch_thread,  # noqa: F401 - autouse fixture
     tiny_backbone,
     write_method_experiment,
 )
-from lightning.pytorch.callbacks import Callback
 
 from datamodules import AnomalyDataModule, DataConfig
 from datamodules.augment import AugmentedDataset, TrainAugmentation
 from datamodules.errors import ZsadError
+from datamodules.mosaic import Mosaic
+from lightning_modules.registry import get_method
 from lightning_modules.vcp_clip import VCPCLIP, VCPCLIPConfig, VCPCLIPModule
 from lightning_modules.vcp_clip.model import top_k_mean
 from lightning_modules.vcp_clip.spec import VCP_CLIP
 from pipelines.cli import main
-from tests_support import zsad_test_from_run
+from tests_support import SendAt, interrupt_training_at
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
 
@@ -79,12 +77,9 @@ def test_image_score_is_the_sum_of_both_maps_top_k_means():
 
 
 # --- the authors' augmentation ----------------------------------------------------------------------------
-def _augmented(root: Path, rate: float) -> AugmentedDataset:
+def _augmented(root: Path, augmentation: TrainAugmentation) -> AugmentedDataset:
     data = AnomalyDataModule(
-        DataConfig(name="synthetic", root=str(root), num_workers=0),
-        32,
-        augmentation=TrainAugmentation(pipeline="vcp_clip", mosaic_rate=rate),
-        seed=5,
+        DataConfig(name="synthetic", root=str(root), num_workers=0), 32, augmentation=augmentation, seed=5
     )
     dataset = data.train_dataset()
     assert isinstance(dataset, AugmentedDataset)
@@ -93,7 +88,7 @@ def _augmented(root: Path, rate: float) -> AugmentedDataset:
 
 def test_augmentation_is_a_function_of_seed_epoch_and_sample(tmp_path):
     root = ps.write_parity_images(tmp_path / "mvtec")
-    dataset = _augmented(root, rate=0.0)
+    dataset = _augmented(root, TrainAugmentation(pipeline="vcp_clip"))
     state = random.getstate(), np.random.get_state()[1].copy()
     first = [dataset[(1, i)]["image"] for i in range(len(dataset))]
     assert random.getstate() == state[0] and np.array_equal(np.random.get_state()[1], state[1])
@@ -108,25 +103,28 @@ def test_augmentation_is_a_function_of_seed_epoch_and_sample(tmp_path):
 def test_mosaic_pastes_four_anomalous_images_of_the_category(tmp_path):
     root = ps.write_parity_images(tmp_path / "mvtec")
     plain = AnomalyDataModule(DataConfig(name="synthetic", root=str(root), num_workers=0), 32).train_dataset()
-    dataset = _augmented(root, rate=1.0)
-    dataset.augmentation = TrainAugmentation(pipeline="none", mosaic_rate=1.0)  # the mosaic alone
+    dataset = _augmented(root, TrainAugmentation(mosaic=Mosaic(1.0)))  # the mosaic alone
     for i in range(len(dataset)):
         item = dataset[(0, i)]
         assert item["mask"].sum() > 0  # every tile is anomalous
         assert item["category_id"] == plain[i]["category_id"]
-    assert dataset.anomalous and all(
+        assert item["label"] == plain[i]["label"]  # the replaced item's label (their loss uses none)
+    pools = dataset.tiles.by_category
+    assert sorted(pools) == sorted(dataset.categories) and all(
         dataset.records[p].label == 1 and dataset.records[p].category == c
-        for c, positions in dataset.anomalous.items()
-        for p in positions
+        for c, folders in pools.items()
+        for p in folders[""]
     )
 
 
-def test_the_mosaic_is_only_for_the_datasets_of_their_mvtec_class():
-    from lightning_modules.vcp_clip.spec import train_augmentation
-
-    assert train_augmentation(VCPCLIPConfig(), "mvtec") == TrainAugmentation("vcp_clip", 0.2)
-    assert train_augmentation(VCPCLIPConfig(), "visa") == TrainAugmentation("vcp_clip", 0.0)
-    assert train_augmentation(VCPCLIPConfig(augmentation="none"), "mvtec") is None
+def test_the_spec_hands_the_mosaic_only_to_the_datasets_of_their_mvtec_class():
+    assert get_method("vcp_clip") is VCP_CLIP
+    cfg = VCPCLIPConfig()
+    assert VCP_CLIP.augmentation_on(cfg, "mvtec") == TrainAugmentation("vcp_clip", Mosaic(0.2, "anomalous"))
+    assert VCP_CLIP.augmentation_on(cfg, "visa") == TrainAugmentation("vcp_clip", None)
+    assert VCP_CLIP.augmentation_on(VCPCLIPConfig(augmentation="none"), "mvtec") is None
+    stock = VCPCLIPConfig(albumentations="1.4.24")
+    assert VCP_CLIP.augmentation_on(stock, "visa").albumentations == "1.4.24"
 
 
 # --- the authors' checkpoint format -----------------------------------------------------------------------
@@ -176,42 +174,38 @@ def test_the_authors_checkpoint_loads_with_names_and_shapes_checked(tmp_path):
 
 
 # --- end to end -------------------------------------------------------------------------------------------
-def test_vcp_clip_trains_and_runs_end_to_end(tmp_path, synthetic_pair, monkeypatch):
+@pytest.mark.parametrize("augmentation", ["authors", "none"])
+def test_the_runner_hands_the_augmentation_to_the_training_datamodule(
+    tmp_path, synthetic_pair, monkeypatch, augmentation
+):
+    """With the authors' augmentation (and the mosaic) the feature cache steps aside; without, it is used.
+    (Results, trainable-only checkpoints and their reload: tests/test_every_method.py.)"""
+    from lightning_modules.feature_cache import CachedTraining
+    from pipelines import runner
+
     source, target = synthetic_pair
-    built = capture_modules(monkeypatch)
+    caches: list[CachedTraining] = []
+
+    class Recorded(CachedTraining):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            caches.append(self)
+
+    monkeypatch.setattr(runner, "CachedTraining", Recorded)
     experiment = write_method_experiment(tmp_path, "vcp_clip_tiny", source, target)
     run_dir = tmp_path / "run"
-    assert (
-        main(["run", str(experiment), *FAST, f"run_dir={run_dir}", "method.mosaic_datasets=[synthetic]"]) == 0
-    )
-    first = check_results(run_dir, {"ring", "cells"})
-    assert_only_trainable_parts_changed(built[0])
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    assert state and all(key.startswith("model.") and not key.startswith("model.clip.") for key in state)
-    assert zsad_test_from_run(experiment, run_dir, tmp_path / "eval", FAST) == 0
-    again = check_results(tmp_path / "eval", {"ring", "cells"})
-    for category, metrics in first["categories"].items():
-        assert again["categories"][category]["pixel_auroc"] == pytest.approx(metrics["pixel_auroc"], abs=1e-6)
-        assert "aupro" in metrics and "aupro_cflow" in metrics
-
-
-class _InterruptAt(Callback):
-    """SIGINT to this process after training batch ``batch`` of ``epoch`` (Ctrl-C)."""
-
-    def __init__(self, epoch: int, batch: int) -> None:
-        self.epoch, self.batch = epoch, batch
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
-            os.kill(os.getpid(), signal.SIGINT)
+    options = [f"method.augmentation={augmentation}", "method.mosaic_datasets=[synthetic]"]
+    assert main(["train", str(experiment), *FAST, f"run_dir={run_dir}", *options]) == 0
+    if augmentation == "none":
+        assert caches[0].status == "cached (built)"
+    else:  # the datamodule was handed the spec's augmentation, and says why the cache steps aside
+        assert caches[0].status.startswith("bypassed: the method's training augmentation")
 
 
 @pytest.mark.slow
 def test_augmented_accumulated_training_resumes_bit_identically(tmp_path, synthetic_pair, monkeypatch):
     """The authors' augmentation (mosaic included) and gradient accumulation: Ctrl-C inside an accumulation
     window stops after the window's optimizer step, and the resumed run ends with the same parameters."""
-    from pipelines import runner
-
     source, target = synthetic_pair
     experiment = write_method_experiment(tmp_path, "vcp_clip_tiny", source, target)
     common = [
@@ -223,22 +217,67 @@ def test_augmented_accumulated_training_resumes_bit_identically(tmp_path, synthe
     ]
     reference, run_dir = tmp_path / "reference", tmp_path / "interrupted"
     assert main(["run", str(experiment), *common, f"run_dir={reference}"]) == 0
-    make_trainer = runner.make_trainer
-
-    def interrupted(cfg, run_dir, loggers, training, **kwargs):
-        if training:
-            kwargs["callbacks"] = [_InterruptAt(1, 0), *(kwargs.get("callbacks") or [])]
-        return make_trainer(cfg, run_dir, loggers, training, **kwargs)
-
-    monkeypatch.setattr(runner, "make_trainer", interrupted)
+    interrupt_training_at(monkeypatch, SendAt(1, 0, signal.SIGINT))  # Ctrl-C after epoch 1's first batch
     assert main(["run", str(experiment), *common, f"run_dir={run_dir}"]) == 130
     saved = sorted((run_dir / "checkpoints" / "resume").glob("step-*.ckpt"))[-1]
     # 4 batches per epoch (14 images, batch 4): 2 optimizer steps in epoch 0, the signal after epoch 1's first
     # batch waits for the window's step: 3 steps saved, none half-accumulated
     assert torch.load(saved, weights_only=False)["global_step"] == 3
-    monkeypatch.setattr(runner, "make_trainer", make_trainer)
+    interrupt_training_at(monkeypatch, None)
     assert main(["run", str(experiment), *common, f"run_dir={run_dir}"]) == 0
     ours = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     expected = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert ours.keys() == expected.keys()
     assert all(torch.equal(ours[k], expected[k]) for k in expected), "trainable parameters differ"
+
+
+def _as_their_file(module: VCPCLIPModule, path: Path) -> Path:
+    """The module's trainable state written as their train.py writes a checkpoint."""
+    state = {
+        k.removeprefix("model."): v.detach().clone() for k, v in module.named_parameters() if v.requires_grad
+    }
+    post = {"query": "q_proj_pre", "key": "k_proj_pre_1", "value": "v_proj_pre_1", "out": "proj_post_t"}
+    saved = {
+        "trainable_linearlayer": {
+            k.replace("heads.", "fc."): v for k, v in state.items() if k.startswith("heads.")
+        },
+        "New_Lan_Embed": {
+            "prompt_query": state["pre_vcp.query"],
+            "prompt_temp": state["pre_log_scale"],
+            "prompt_linear1.fc.weight": state["pre_vcp.conv.weight"],
+            "prompt_linear1.fc.bias": state["pre_vcp.conv.bias"],
+        },
+        "Zero_try": {"prompt_temp_l1": state["post_log_scale"]}
+        | {f"{theirs}.weight": state[f"post_vcp.{ours}.weight"][..., None] for ours, theirs in post.items()}
+        | {f"{theirs}.bias": state[f"post_vcp.{ours}.bias"] for ours, theirs in post.items()},
+        "prompt_embeddings": torch.nn.Parameter(state["deep_prompts.shallow"]),
+        "deep_prompt_embeddings": torch.nn.Parameter(state["deep_prompts.deep"]),
+        "prompt_text_projection": torch.nn.Parameter(torch.zeros(64, 64)),
+    } | {f"prompt_{k}": torch.nn.Parameter(state[f"deep_prompts.{k}"]) for k in ("proj.weight", "proj.bias")}
+    saved |= {
+        f"prompt_{k}": torch.nn.Parameter(state[f"deep_prompts.{k}"]) for k in ("norm.weight", "norm.bias")
+    }
+    torch.save(saved, path)
+    return path
+
+
+def test_zsad_test_evaluates_a_file_in_the_authors_format(tmp_path, synthetic_pair):
+    from pipelines import runner
+    from pipelines.config import compose, to_object
+
+    source, target = synthetic_pair
+    experiment = write_method_experiment(tmp_path, "vcp_clip_tiny", source, target)
+    cfg = to_object(compose(experiment, FAST))
+    module = runner.build_module(cfg, VCP_CLIP)
+    torch.manual_seed(4)
+    for p in module.model.trainable_parameters():
+        p.data.normal_()
+    path = _as_their_file(module, tmp_path / "train_visa.pth")
+    assert main(["test", str(experiment), *FAST, f"checkpoint={path}", f"run_dir={tmp_path / 't'}"]) == 0
+    mean = json.loads((tmp_path / "t" / "results.json").read_text())["targets"]["synthetic"]["mean"]
+    assert mean["image_auroc"] is not None and mean["aupro_cflow"] is not None
+    fresh = runner.build_module(cfg, VCP_CLIP)
+    fresh.load_trained_weights(str(path), VCP_CLIP.official_checkpoint)
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(dict(fresh.named_parameters())[name], p), name
