@@ -2,6 +2,7 @@
 # Start a single-node SLURM (munge, slurmctld, slurmd) on loopback, for the cluster tests.
 # Needs root and Debian's slurm-wlm. Idempotent: does nothing when the node already answers.
 set -euo pipefail
+source "$(dirname "$0")/slurm_settings.sh"
 
 if command -v sinfo >/dev/null && timeout 5 sinfo -h -o %T 2>/dev/null | grep -qE "idle|mixed|alloc"; then
   echo "slurm: already running"; exit 0
@@ -19,24 +20,13 @@ mkdir -p "$conf_dir" /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/
 cat > "$conf_dir/slurm.conf" <<CONF
 ClusterName=zsad-ci
 SlurmctldHost=${host}(127.0.0.1)
-SlurmUser=root
+$(shared_slurm_settings)
 SlurmctldPort=6817
 SlurmdPort=6818
-AuthType=auth/munge
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-ReturnToService=2
-SchedulerType=sched/backfill
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-MpiDefault=none
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
-MinJobAge=600
 NodeName=${host} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=4000 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
@@ -48,9 +38,10 @@ fi
 chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge 2>/dev/null || true
 chmod 400 /etc/munge/munge.key
 pgrep -x munged >/dev/null || su -s /bin/sh munge -c "/usr/sbin/munged"
-pgrep -x slurmctld >/dev/null || slurmctld
+# -xf: this instance's daemons run without arguments; the two-node SLURM's (start_slurm_two_nodes.sh) do not
+pgrep -xf slurmctld >/dev/null || slurmctld
 sleep 1
-pgrep -x slurmd >/dev/null || slurmd
+pgrep -xf slurmd >/dev/null || slurmd
 
 for _ in $(seq 1 30); do
   if timeout 5 sinfo -h -o %T 2>/dev/null | grep -qE "idle|mixed|alloc"; then

@@ -106,11 +106,6 @@ def grads_of(tensors) -> np.ndarray:
     return torch.cat([t.grad.flatten() for t in tensors]).numpy()
 
 
-def evaluate(categories, category_ids, scores, labels, maps, masks) -> dict[str, float]:
-    """zsad's evaluator (exact AUPRO and cflow-style AUPRO included) on the given scores and maps."""
-    return ps.zsad_metrics(categories, category_ids, scores, labels, maps, masks)
-
-
 def zsad_outputs(root: Path, prompt_learner: dict[str, torch.Tensor], cfg=None) -> dict[str, np.ndarray]:
     """zsad on the files under ``root`` with the authors' prompt initialisation ``prompt_learner``."""
     import open_clip
@@ -160,7 +155,9 @@ def zsad_outputs(root: Path, prompt_learner: dict[str, torch.Tensor], cfg=None) 
         "image_loss": losses["image_loss"].detach().numpy(),
         "grads": grads_of(model.trainable_parameters()),
     }
-    metrics = evaluate(result["categories"], result["category_ids"], scores, labels, maps, masks > 0.5)
+    metrics = ps.evaluator_metrics(
+        result["categories"], result["category_ids"], scores, labels, maps, masks > 0.5
+    )
     return result | {
         "metric_names": np.array(sorted(metrics)),
         "metrics": np.array([metrics[k] for k in sorted(metrics)]),
@@ -342,7 +339,7 @@ def sampled(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def official_metrics(theirs: dict[str, np.ndarray]) -> dict[str, float]:
     """Their sklearn metrics and, for the AUPROs, zsad's evaluator on their maps (see the module docstring)."""
     ids = np.array([list(ps.CATEGORIES).index(c) for c in theirs["cls"]])
-    ours_on_theirs = evaluate(
+    ours_on_theirs = ps.evaluator_metrics(
         ps.CATEGORIES, ids, theirs["image_scores"], theirs["labels"], theirs["maps"], theirs["masks"]
     )
     sklearn = dict(

@@ -218,6 +218,32 @@ def print_cflow_agreement(official: Any, zsad: Any, maps: Any, masks: Any, categ
     )
 
 
+def json_line(method: str, deltas: dict[str, float]) -> str:
+    """A parity script's last line: ``{"method": ..., "max_abs_delta": {quantity: value}}``."""
+    return json.dumps({"method": method, "max_abs_delta": {k: float(v) for k, v in deltas.items()}})
+
+
+def evaluator_metrics(categories, category_ids, scores, labels, maps, masks) -> dict[str, float]:
+    """zsad's evaluator (exact AUPRO and cflow-style AUPRO included) on the given scores and maps:
+    ``{category/metric: value}`` for every defined metric."""
+    from lightning_modules.metrics import AnomalyEvaluator
+
+    evaluator = AnomalyEvaluator(categories=list(categories))
+    evaluator.update(
+        category_ids=torch.as_tensor(category_ids),
+        sample_ids=torch.arange(len(labels)),
+        image_scores=torch.as_tensor(scores).float(),
+        labels=torch.as_tensor(labels),
+        anomaly_maps=torch.as_tensor(maps).float(),
+        masks=torch.as_tensor(masks).float(),
+        has_mask=torch.ones(len(labels), dtype=torch.bool),
+    )
+    result = evaluator.compute()
+    return {
+        f"{c}/{k}": v for c in result.categories for k, v in result.per_category[c].items() if v is not None
+    }
+
+
 def save_fixture(path: Path, **arrays: Any) -> Path:
     """Write ``arrays`` (numbers, strings, tensors) compressed to ``path`` and print its size."""
     path.parent.mkdir(parents=True, exist_ok=True)

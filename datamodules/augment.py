@@ -113,12 +113,14 @@ class AugmentedDataset(AnomalyDataset):
     """The training split with the method's augmentation. Items are asked for as ``(epoch, index)`` (the
     datamodule's sampler does so); a bare index means epoch 0."""
 
+    takes_epoch = True  # datamodules.datamodule.resumable_train_loader asks for (epoch, index)
+
     def __init__(self, *args: Any, augmentation: TrainAugmentation, seed: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.augmentation = augmentation
         self.seed = seed
         mosaic = augmentation.mosaic
-        self.tiles = MosaicTiles(self.records, mosaic) if mosaic is not None and mosaic.rate > 0 else None
+        self.tiles = MosaicTiles(self.records) if mosaic is not None and mosaic.rate > 0 else None
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, i = key if isinstance(key, tuple) else (0, key)

@@ -26,6 +26,7 @@ class DataConfig:
     mask_interpolation: str | None = None  # "bilinear" then > mask_threshold (official) or "nearest"
     mask_threshold: float | None = None  # official: 0.5
     high_bit_depth: str | None = None  # 16-bit images: "clip" at 255 (official) or "scale" to 8 bits
+    rgb_before_resize: bool | None = None  # convert("RGB") before the PIL resize (AdaCLIP) or after
     batch_size: int = 8
     eval_batch_size: int = 8
     # DataLoader worker processes per training process; None: as many as the CPU cores this process may use

@@ -63,6 +63,24 @@ def preprocessing_for(cfg: DataConfig, method_default: ImagePreprocessing) -> Im
         raise ConfigError(f"data '{cfg.name}': {error}") from None
 
 
+def resumable_train_loader(
+    dataset: Dataset, cfg: DataConfig, trainer: L.Trainer | None, seed: int, workers: int
+) -> ResumableDataLoader:
+    """Each process's share of a (seed, epoch) permutation of ``dataset``, in batches; resumable mid-epoch.
+    A dataset whose items depend on the epoch (``takes_epoch``: a seeded augmentation) is asked for
+    ``(epoch, index)``."""
+    world, rank = (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
+    with_epoch = bool(getattr(dataset, "takes_epoch", False))
+    return ResumableDataLoader(
+        dataset,
+        EpochSampler(dataset, num_replicas=world, rank=rank, seed=seed, with_epoch=with_epoch),
+        batch_size=cfg.batch_size,
+        num_workers=workers,
+        pin_memory=cfg.pin_memory and torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+    )
+
+
 class AnomalyDataModule(L.LightningDataModule):
     """Train on ``cfg.train_split`` (the source's test split in the zero-shot protocol), test on
     ``cfg.test_split``. ``image_size`` and ``preprocessing`` come from the method (the model's input size
@@ -115,6 +133,17 @@ class AnomalyDataModule(L.LightningDataModule):
     @property
     def categories(self) -> list[str]:
         return self.full_index.categories()
+
+    @property
+    def category_folders(self) -> list[str]:
+        """Each category's id as its dataset names it (a multi-source training set qualifies ids that two
+        sources share in ``categories``; methods that put the folder name into prompts read this)."""
+        return self.categories
+
+    @property
+    def category_datasets(self) -> list[str]:
+        """The dataset each category (``categories`` order) comes from."""
+        return [self.cfg.name] * len(self.categories)
 
     @property
     def domain(self) -> str:
@@ -191,23 +220,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.cached_train_features = dataset
 
     def _train_loader(self, dataset: Dataset, workers: int) -> ResumableDataLoader:
-        """Each process's share of a (seed, epoch) permutation, in batches; resumable mid-epoch."""
-        trainer = self.trainer
-        world, rank = (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
-        return ResumableDataLoader(
-            dataset,
-            EpochSampler(
-                dataset,
-                num_replicas=world,
-                rank=rank,
-                seed=self.seed,
-                with_epoch=isinstance(dataset, AugmentedDataset),
-            ),
-            batch_size=self.cfg.batch_size,
-            num_workers=workers,
-            pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
-            persistent_workers=workers > 0,
-        )
+        return resumable_train_loader(dataset, self.cfg, self.trainer, self.seed, workers)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         if train and self.cached_train_features is not None:

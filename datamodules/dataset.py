@@ -50,6 +50,10 @@ class AnomalyDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def transform_for(self, position: int) -> ImageMaskTransform:
+        """The transform of the item at ``position`` (one for all here; per source in a multi-source set)."""
+        return self.transform
+
     def _has_regions(self, record: SampleRecord) -> bool:
         return (
             record.category in self.index.region_rules

@@ -1,21 +1,14 @@
-"""The 2x2 mosaic of the authors' MVTec AD dataset classes (VAND, VCP-CLIP, AdaCLIP: ``combine_img``), drawn
-per training sample.
+"""The 2x2 mosaic of Qu et al.'s MVTec AD dataset classes (VCP-CLIP, Bayes-PFL: ``combine_img``), drawn per
+training sample, and the authors' paste that VAND's and AdaCLIP's in-step mosaic (lightning_modules/mosaic.py)
+shares.
 
-With probability ``rate`` an item becomes four images of its category pasted *full size* in reading order on
-a black canvas twice the size of the first one (a larger image overlaps the next cell or is cut at the
+With probability ``rate`` an item becomes four ``random.choice`` draws (with replacement) of its category's
+anomalous images with masks (their merged ``test/anomaly`` folder), pasted *full size* in reading order on a
+black canvas twice the size of the first one (a larger image overlaps the next cell or is cut at the
 canvas' edge, as PIL's ``paste``), the masks alike on an "L" canvas; the canvas then goes through the
-method's augmentation and preprocessing like any training image. The authors differ only in which four
-images they draw (``tiles``) and in the label the item keeps (``label``):
-
-- ``anomalous`` (VCP-CLIP, ``utils/dataset.py``): four ``random.choice`` of the category's anomalous images
-  with masks (their merged ``test/anomaly`` folder), with replacement;
-- ``folder_then_file`` (VAND, ``MVTecDataset.combine_img``): per tile one of the category's test folders
-  (``good`` or a defect type), then a file in it;
-- ``distinct`` (AdaCLIP, ``dataset/base_dataset.py``): four distinct images of the category
-  (``random.sample``); a category with fewer than four keeps its items (theirs would fail).
-
-``label``: ``replaced`` keeps the replaced item's label (AdaCLIP reads it before making the mosaic;
-VCP-CLIP's loss does not use it), ``any_tile`` takes 1 when any tile is anomalous (VAND).
+method's augmentation and preprocessing like any training image. ``label``: ``replaced`` keeps the replaced
+item's label (VCP-CLIP's loss does not use it), ``any_tile`` takes 1 when any tile is anomalous (Bayes-PFL's
+``combine_img`` returns ``anomaly = 1``).
 
 The datamodule applies it (:class:`datamodules.augment.AugmentedDataset`), each item drawing from a
 ``random.Random`` seeded by (run seed, epoch, sample index): the same mosaics whatever the loader's workers,
@@ -34,21 +27,17 @@ from PIL import Image
 from datamodules.images import open_image, open_mask
 from datamodules.index import SampleRecord
 
-TILE_RULES = ("anomalous", "folder_then_file", "distinct")
 LABEL_RULES = ("replaced", "any_tile")
 
 
 @dataclasses.dataclass(frozen=True)
 class Mosaic:
-    rate: float  # share of items replaced by a mosaic (the authors' aug_rate, 0.2)
-    tiles: str = "anomalous"  # one of TILE_RULES: which four images of the category
+    rate: float  # share of items replaced by a mosaic (the authors' aug_rate: VCP-CLIP 0.2, Bayes-PFL 0.4)
     label: str = "replaced"  # one of LABEL_RULES: the mosaic item's image label
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError(f"mosaic rate must lie in [0, 1], got {self.rate}")
-        if self.tiles not in TILE_RULES:
-            raise ValueError(f"mosaic tiles must be one of {TILE_RULES}, got {self.tiles!r}")
         if self.label not in LABEL_RULES:
             raise ValueError(f"mosaic label must be one of {LABEL_RULES}, got {self.label!r}")
 
@@ -80,29 +69,18 @@ def paste_records(records: Sequence[SampleRecord]) -> tuple[Image.Image, Image.I
 
 
 class MosaicTiles:
-    """Where one training split's mosaics draw their tiles: per category, its positions in index order
-    (grouped by folder for ``folder_then_file``; only anomalous images with masks for ``anomalous``)."""
+    """Where one training split's mosaics draw their tiles: per category, the positions of its anomalous
+    images with masks, in index order."""
 
-    def __init__(self, records: Sequence[SampleRecord], mosaic: Mosaic) -> None:
-        self.mosaic = mosaic
-        self.by_category: dict[str, dict[str, list[int]]] = {}
+    def __init__(self, records: Sequence[SampleRecord]) -> None:
+        self.by_category: dict[str, list[int]] = {}
         for position, record in enumerate(records):
-            if mosaic.tiles == "anomalous" and (record.label != 1 or record.mask_path is None):
-                continue
-            folder = record.defect_type if mosaic.tiles == "folder_then_file" else ""
-            self.by_category.setdefault(record.category, {}).setdefault(folder, []).append(position)
+            if record.label == 1 and record.mask_path is not None:
+                self.by_category.setdefault(record.category, []).append(position)
 
     def draw(self, category: str, rng: random.Random) -> list[int] | None:
         """Positions of the four tiles of an item of ``category`` that ``rng`` turned into a mosaic (its
-        first draw was below the rate), or None when the category has no (or, for ``distinct``, too few)
-        images to draw from: the item stays as it is."""
-        folders = self.by_category.get(category)
-        if not folders:
-            return None
-        if self.mosaic.tiles == "folder_then_file":
-            groups = list(folders.values())
-            return [rng.choice(rng.choice(groups)) for _ in range(4)]
-        pool = folders[""]
-        if self.mosaic.tiles == "distinct":
-            return rng.sample(pool, 4) if len(pool) >= 4 else None
-        return [rng.choice(pool) for _ in range(4)]
+        first draw was below the rate), or None when the category has no anomalous image: the item stays
+        as it is."""
+        pool = self.by_category.get(category)
+        return [rng.choice(pool) for _ in range(4)] if pool else None

@@ -68,6 +68,10 @@ class ImagePreprocessing:
     # side to S and the long one to int(S * long / short), no crop (AnoVL's vis_test.py on VisA). The
     # mask goes the same way to the evaluation size.
     resize: str = "square"
+    # Convert the decoded image to RGB *before* the resize (AdaCLIP's dataset: Image.open(...).convert("RGB")
+    # then the transform); the same pixels for 8-bit grey and RGB files, not for palette ("P": then resized
+    # bicubic, not nearest), RGBA (alpha dropped first) or 16-bit files (clipped at 255 first).
+    rgb_before_resize: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -129,6 +133,8 @@ class ImageMaskTransform:
         if image.mode in HIGH_BIT_MODES and pre.high_bit_depth == "scale":
             image = scale_to_8bit(image)
         if pre.resize_backend == "pil":
+            if pre.rgb_before_resize:
+                image = image.convert("RGB")
             resized = _resize_pil(image, size, pre.interpolation, pre.resize)
             tensor = TF.pil_to_tensor(resized.convert("RGB"))
             tensor = tensor.float().div(255)

@@ -58,6 +58,13 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     )
 
 
+def normalized_as_stored(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalised in float32 and stored in ``x``'s dtype, as the authors' in-place ``x /= x.norm(...)``
+    under CUDA autocast (VAND, AdaCLIP: the norm of a float16 tensor is taken in float32); a no-op cast in
+    float32."""
+    return l2_normalize(x.float()).to(x.dtype)
+
+
 def class_logits(embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
     """Cosines ``[B, ..., C]`` of L2-normalised ``[B, ..., D]`` embeddings with ``[C, D]`` texts shared by
     the batch or ``[B, C, D]`` texts of each image's own category."""

@@ -9,6 +9,7 @@ and configs only: no torch, Lightning or open_clip.
 from __future__ import annotations
 
 from datamodules.errors import ZsadError
+from lightning_modules.adaclip.spec import ADACLIP
 from lightning_modules.anomalyclip.spec import ANOMALYCLIP
 from lightning_modules.anovl.spec import ANOVL
 from lightning_modules.bayes_pfl.spec import BAYES_PFL
@@ -22,6 +23,7 @@ from lightning_modules.vcp_clip.spec import VCP_CLIP
 from lightning_modules.winclip.spec import WINCLIP
 
 BUILTIN_METHODS: tuple[MethodSpec, ...] = (
+    ADACLIP,
     ANOMALYCLIP,
     ANOVL,
     BAYES_PFL,

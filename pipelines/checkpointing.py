@@ -358,7 +358,7 @@ class ExactResume(_StopOnSignal):
         self._complete = False
         self._data: dict[str, Any] | None = None
         self._loss: torch.Tensor | None = None  # the last step's loss (this process), until agreed on
-        self._in_window = False  # the last batch left a gradient accumulation window open
+        self._accumulating = False  # inside a gradient-accumulation window (its losses are summed)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
@@ -368,10 +368,17 @@ class ExactResume(_StopOnSignal):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install_handlers()  # again: Lightning registers its handlers after setup
         self._last_save = time.monotonic()
+        # The resumed loader's position (ResumableDataLoader.load_state_dict) reaches a train loader Lightning
+        # builds after the checkpoint's restore; one built before it, when configure_optimizers reads
+        # trainer.estimated_stepping_batches (Bayes-PFL's schedule length), is kept by FitLoop.setup_data,
+        # which then skips the loading: the epoch would start again from its first batch. Load it here, before
+        # the first batch is drawn (a no-op when the loop loaded it or nothing is to be loaded).
+        trainer.fit_loop._load_combined_loader_states()
 
     # --- randomness -----------------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seed_position(self.seed, trainer.current_epoch, "epoch", trainer.global_rank)
+        self._accumulating = False  # Lightning steps the optimizer at every epoch's end
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -440,17 +447,15 @@ class ExactResume(_StopOnSignal):
     ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         loss = loss.detach() if isinstance(loss, torch.Tensor) else None
-        if self._in_window and self._loss is not None and loss is not None:
-            # a window keeps its first non-finite loss for the agreement at its end (no device sync here)
-            loss = torch.where(torch.isfinite(self._loss).all(), loss, self._loss)
+        if self._accumulating and loss is not None and self._loss is not None:
+            loss = loss + self._loss  # a non-finite loss anywhere in the accumulation window stays one
         self._loss = loss
-        last = batch_idx + 1 >= trainer.num_training_batches
-        # inside a gradient accumulation window the summed gradients are in no checkpoint: agreement,
-        # checkpoints and stops wait for the window's optimizer step
-        self._in_window = not last and (batch_idx + 1) % trainer.accumulate_grad_batches != 0
-        if last:
+        if batch_idx + 1 >= trainer.num_training_batches:
             return  # the epoch-end checkpoint follows (after the same agreement)
-        if self._in_window:
+        # with trainer.accumulate_grad_batches, a checkpoint (or a stop) only after an optimizer step: the
+        # gradients summed so far are in no checkpoint
+        self._accumulating = (batch_idx + 1) % trainer.accumulate_grad_batches != 0
+        if self._accumulating:
             return
         signum, due = self._agree(trainer)
         if signum or due:

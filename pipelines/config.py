@@ -12,6 +12,10 @@ An experiment YAML names its parts in ``defaults`` and overrides what it needs::
 Composition order: the dataclass schema <- configs/base.yaml <- method/data files <- the experiment body
 <- command-line ``key=value`` overrides. ``method=NAME``, ``source=NAME`` and ``targets=[A,B]`` on the
 command line pick other files. Unknown keys, wrong types and missing values are :class:`ConfigError`.
+
+Several training sources (``source: [mvtec, colondb]``) compose into a list of data configs: a key set
+on ``source`` in the experiment body or on the command line (``source.batch_size=1``) applies to every
+source, ``source.N.key`` to the N-th; ``name`` and ``root`` only per source.
 """
 
 from __future__ import annotations
@@ -64,9 +68,8 @@ class TrainerConfig:
     # faster on A100/H100); "medium" allows bfloat16 products. Only 32-true uses float32 products throughout.
     float32_matmul_precision: MatmulPrecision = MatmulPrecision.highest
     log_every_n_steps: int = 10
-    # Gradients of this many training batches are summed (each loss divided by it) before one optimizer step:
-    # a batch too large for the GPU (e.g. VCP-CLIP's 32 at 518 px on an 11 GB card) in smaller pieces, the
-    # same gradient when the pieces are of equal size. Checkpoints and stops wait for the window's step.
+    # Sum the gradients of this many batches before each optimizer step (memory: the activations of one
+    # batch at a time). Checkpoints and stops fall on optimizer steps only, so a resume stays exact.
     accumulate_grad_batches: int = 1
     # Training saves a resume checkpoint at the end of every epoch and, within an epoch, after the first step
     # that ends this many minutes after the previous checkpoint (null: epoch ends only), so a hard kill loses
@@ -117,7 +120,9 @@ class ExperimentConfig:
     run_dir: str | None = None  # default: {output_dir}/{name}/{timestamp}
     checkpoint: str | None = None  # trained weights for `zsad test`
     method: Any = MISSING  # the registered method's own config dataclass
-    source: DataConfig | None = None  # auxiliary training data (its train_split, the test split by default)
+    # Auxiliary training data (its train_split, the test split by default): one dataset, or a list of datasets
+    # trained on together as one set (each with its own parser and preprocessing; docs/datasets.md).
+    source: Any = None
     targets: list[DataConfig] = dataclasses.field(default_factory=list)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
@@ -227,23 +232,90 @@ def compose(experiment: str | Path, overrides: Sequence[str] = ()) -> DictConfig
         if "method" not in defaults:
             raise ConfigError(f"{path}: defaults must name a method (e.g. defaults: {{method: anomalyclip}})")
         cfg.method = _group_node("method", defaults["method"], None)
-        if defaults.get("source"):
-            cfg.source = _group_node("data", defaults["source"], DataConfig)
+        source = defaults.get("source")
+        if source:
+            nodes = [
+                _group_node("data", s, DataConfig) for s in ([source] if isinstance(source, str) else source)
+            ]
+            cfg.source = nodes[0] if isinstance(source, str) else nodes
         targets = defaults.get("targets") or []
         cfg.targets = [
             _group_node("data", t, DataConfig) for t in ([targets] if isinstance(targets, str) else targets)
         ]
+        if "source" in body:
+            cfg.source = _merged_sources(cfg.source, body.pop("source"), str(path))
         cfg = OmegaConf.merge(cfg, body)
     except OmegaConfBaseException as error:
         raise _one_line(error, str(path)) from None
 
     for key, value in values:
-        try:
-            OmegaConf.update(cfg, key, value, merge=True)
-        except OmegaConfBaseException as error:
-            raise _one_line(error, f"override '{key}={value}'") from None
+        for target in _source_broadcast(cfg, key, value):
+            try:
+                OmegaConf.update(cfg, target, value, merge=True)
+            except OmegaConfBaseException as error:
+                raise _one_line(error, f"override '{key}={value}'") from None
     _validate(cfg, path)
     return cfg
+
+
+PER_SOURCE_KEYS = ("name", "root")  # never the same for two sources
+
+
+def _merged_sources(current: Any, body: Any, where: str) -> Any:
+    """The composed source(s) with the experiment body's ``source`` merged in: a mapping applies to every
+    source of a list, a list to the sources one by one; without a composed source the body defines it."""
+    if body is None:
+        return None
+    as_node = lambda value: OmegaConf.merge(OmegaConf.structured(DataConfig), value)  # noqa: E731
+    if isinstance(body, ListConfig):
+        if current is None:
+            return [as_node(item) for item in body]
+        if not isinstance(current, ListConfig | list) or len(current) != len(body):
+            raise ConfigError(
+                f"{where}: the source list has {len(body)} entries for {_count(current)} sources"
+            )
+        return [OmegaConf.merge(node, item) for node, item in zip(current, body, strict=True)]
+    if current is None:
+        return as_node(body)
+    if isinstance(current, ListConfig | list):
+        per_source = sorted(set(body) & set(PER_SOURCE_KEYS))
+        if per_source:
+            raise ConfigError(
+                f"{where}: source.{per_source[0]} cannot apply to every one of {len(current)} sources; "
+                f"give a list (source: [{{...}}, {{...}}]) or source.N.{per_source[0]}"
+            )
+        return [OmegaConf.merge(node, body) for node in current]
+    return OmegaConf.merge(current, body)
+
+
+def _count(source: Any) -> int:
+    return len(source) if isinstance(source, ListConfig | list) else int(source is not None)
+
+
+def _source_broadcast(cfg: DictConfig, key: str, value: Any) -> list[str]:
+    """The keys an override sets: ``source.K`` on a list of sources sets ``source.N.K`` for every N."""
+    parts = key.split(".")
+    if parts[0] != "source" or len(parts) < 2 or parts[1].isdigit() or not isinstance(cfg.source, ListConfig):
+        return [key]
+    if parts[1] in PER_SOURCE_KEYS:
+        raise ConfigError(
+            f"override '{key}={value}': {len(cfg.source)} sources have one {parts[1]} each; set source.N.{parts[1]}"
+        )
+    return [".".join(["source", str(i), *parts[1:]]) for i in range(len(cfg.source))]
+
+
+def source_configs(cfg: Any) -> list[Any]:
+    """The training source(s) of a composed config or its dataclass tree, as a list (empty: none)."""
+    source = cfg.source
+    if source is None:
+        return []
+    return list(source) if isinstance(source, ListConfig | list | tuple) else [source]
+
+
+def source_label(cfg: Any) -> str | None:
+    """How results name the training data: the dataset, or the datasets joined by "+" (None: no source)."""
+    names = [s.name for s in source_configs(cfg)]
+    return "+".join(names) if names else None
 
 
 def _validate(cfg: DictConfig, path: Path) -> None:
@@ -251,12 +323,28 @@ def _validate(cfg: DictConfig, path: Path) -> None:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as error:
         raise _one_line(error, str(path)) from None
+    _validate_sources(cfg, path)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(
             f"{path}: missing values for {', '.join(missing)} (set them in the file or as key=value)"
         )
     _validate_name(cfg, path)
+
+
+def _validate_sources(cfg: DictConfig, path: Path) -> None:
+    """``source``: null, one data config or a non-empty list of them (a plain value is a ConfigError)."""
+    source = cfg.source
+    if source is None:
+        return
+    nodes = list(source) if isinstance(source, ListConfig) else [source]
+    if not nodes:
+        raise ConfigError(f"{path}: source is an empty list; name one or more datasets, or null for none")
+    for node in nodes:
+        if not isinstance(node, DictConfig) or OmegaConf.get_type(node) is not DataConfig:
+            raise ConfigError(
+                f"{path}: source must name a data config (source: mvtec) or a list of them, got {node!r}"
+            )
 
 
 def _validate_name(cfg: DictConfig, path: Path) -> None:

@@ -26,6 +26,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from datamodules.datamodule import AnomalyDataModule
 from datamodules.errors import ConfigError
+from datamodules.multi_source import MultiSourceDataModule
 from datamodules.progress import lightning_progress_bar
 from lightning_modules.base import ZeroShotModule
 from lightning_modules.feature_cache import CachedTraining
@@ -45,9 +46,7 @@ from pipelines.checkpointing import (
     restore_signal_handlers,
     training_data,
 )
-from pipelines.config import (
-    ExperimentConfig,
-)
+from pipelines.config import ExperimentConfig, source_configs, source_label
 from pipelines.job import LIGHTNING_DIR, Job, run_job
 from pipelines.loggers import drop_redone_training_rows, log_evaluation
 from pipelines.map_writer import MapWriter
@@ -167,16 +166,25 @@ def method_datamodule(
     return datamodule
 
 
+def training_datamodule(cfg: ExperimentConfig, spec: MethodSpec) -> AnomalyDataModule | MultiSourceDataModule:
+    """The source's datamodule, or one training set of several sources (each read by its own parser with
+    the method's preprocessing for that dataset; docs/datasets.md, "Training on several datasets")."""
+    sources = source_configs(cfg)
+    if not sources:
+        raise ConfigError(
+            "training needs a source dataset: set defaults.source in the experiment or source=NAME "
+            "(several: source=[A,B])"
+        )
+    parts = [method_datamodule(cfg, spec, source, training=True) for source in sources]
+    return parts[0] if len(parts) == 1 else MultiSourceDataModule(parts, seed=cfg.seed)
+
+
 def fit(cfg: ExperimentConfig, spec: MethodSpec, module: ZeroShotModule, job: Job) -> Path:
-    """Train on the source, resuming exactly from the run folder's newest valid checkpoint
+    """Train on the source(s), resuming exactly from the run folder's newest valid checkpoint
     (:mod:`pipelines.checkpointing`); a training that already ended is not repeated: its final weights
     are loaded. A method with a feature cache trains on its frozen features, encoded once
     (:class:`~lightning_modules.feature_cache.CachedTraining`)."""
-    if cfg.source is None:
-        raise ConfigError(
-            "training needs a source dataset: set defaults.source in the experiment or source=NAME"
-        )
-    datamodule = method_datamodule(cfg, spec, cfg.source, training=True)
+    datamodule = training_datamodule(cfg, spec)
     run_dir, loggers = job.run_dir, job.loggers
     module.run_dir = run_dir
     resume = find_resume_checkpoint(run_dir, warn=global_rank() == 0)
@@ -329,7 +337,8 @@ def _results_header(cfg: ExperimentConfig, run_dir: Path, checkpoint: Path | Non
     return {
         "experiment": cfg.name,
         "method": cfg.method.name,
-        "source": cfg.source.name if cfg.source else None,
+        "source": source_label(cfg),  # "mvtec", or "mvtec+colondb" for several sources
+        "sources": [{"dataset": s.name, "root": s.root, "split": s.train_split} for s in source_configs(cfg)],
         "seed": cfg.seed,
         "run_dir": str(run_dir),
         "checkpoint": str(checkpoint) if checkpoint else None,

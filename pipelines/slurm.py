@@ -139,11 +139,15 @@ def render_script(
     if s.gpus_per_node > 0:
         directives.append(f"#SBATCH --gpus-per-node={s.gpus_per_node}")
     directives += [f"#SBATCH {option}" for option in s.extra_sbatch]
+    # One process (srun task) per GPU, or per node on CPU; Lightning's SLURM detection checks that
+    # trainer.devices and trainer.num_nodes match the tasks per node and the nodes (docs/cluster.md).
     trainer = [f"trainer.num_nodes={s.nodes}"]
     if s.gpus_per_node > 0:
         trainer += ["trainer.accelerator=gpu", f"trainer.devices={s.gpus_per_node}"]
-        if s.gpus_per_node * s.nodes > 1:
-            trainer.append("trainer.strategy=ddp")
+    elif s.nodes > 1:
+        trainer += ["trainer.accelerator=cpu", "trainer.devices=1"]
+    if max(s.gpus_per_node, 1) * s.nodes > 1:
+        trainer.append("trainer.strategy=ddp")
     return string.Template(TEMPLATE.read_text()).substitute(
         job_name=job_name,
         array=f"{compress(sorted(indices))}%{s.max_concurrent}",

@@ -32,3 +32,21 @@ def synthetic_pair(tmp_path_factory) -> tuple[Path, Path]:
     )
     target = generate_synthetic_dataset(base / "vivid", style="vivid", categories=["ring", "cells"], **kwargs)
     return source.root, target.root
+
+
+@pytest.fixture(scope="session")
+def shared_category_source(tmp_path_factory) -> Path:
+    """A second 'industrial' dataset whose category 'disc' has the id of the first source's (training on
+    several sources)."""
+    root = tmp_path_factory.mktemp("second") / "industrial2"
+    generate_synthetic_dataset(
+        root,
+        style="industrial",
+        seed=5,
+        categories=["disc", "grain"],
+        image_size=32,
+        n_train=1,
+        n_test_good=2,
+        n_test_defect_per_kind=1,
+    )
+    return root

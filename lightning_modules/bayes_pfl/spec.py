@@ -39,11 +39,7 @@ def train_augmentation(cfg: BayesPFLConfig, dataset: str) -> Any:
     from datamodules.mosaic import Mosaic
 
     # combine_img's item is anomalous (their anomaly = 1): its four tiles are
-    mosaic = (
-        Mosaic(cfg.mosaic_rate, tiles="anomalous", label="any_tile")
-        if dataset in cfg.mosaic_datasets
-        else None
-    )
+    mosaic = Mosaic(cfg.mosaic_rate, label="any_tile") if dataset in cfg.mosaic_datasets else None
     return TrainAugmentation(pipeline="bayes_pfl", mosaic=mosaic)
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
@@ -141,3 +143,16 @@ def with_mlp_activation(model: nn.Module, activation: str, in_place: bool = Fals
     for mlp in _mlps(model):
         mlp.gelu = MLP_ACTIVATIONS[activation]()
     return model
+
+
+def clip_with_activation(
+    backbone: Any, clip_model: nn.Module | None, tokenizer: Any, activation: str | Callable[[nn.Module], str]
+) -> tuple[nn.Module, Any, str]:
+    """``(model, tokenizer, activation)``: the backbone's CLIP (created unless one is handed in) with every
+    MLP running ``activation`` (a name, or a rule that picks one from the model). A model handed in may be
+    shared (tests): it is copied rather than changed when its activation differs."""
+    owned = clip_model is None
+    if owned:
+        clip_model, tokenizer = create_clip(backbone.name, backbone.pretrained, backbone.cache_dir)
+    name = activation(clip_model) if callable(activation) else activation
+    return with_mlp_activation(clip_model, name, in_place=owned), tokenizer, name

@@ -1,8 +1,9 @@
 """Hand-written prompt ensembles: normal / anomalous states x templates, averaged per category.
 
 The one place for the ensembles the baselines use (docs/methods.md): CLIP's single pair, CLIP-AC's
-("normal/anomalous [cls]" in CLIP's 80 ImageNet templates), WinCLIP's compositional ensemble and VAND's
-(APRIL-GAN's ``prompt_ensemble.py``: one more anomalous state and 35 ImageNet-style templates). ``{}`` in a
+("normal/anomalous [cls]" in CLIP's 80 ImageNet templates), WinCLIP's compositional ensemble, VAND's
+(APRIL-GAN's ``prompt_ensemble.py``: one more anomalous state and 35 ImageNet-style templates) and AdaCLIP's
+(VAND's states, 4 of its templates). ``{}`` in a
 state is the object word (e.g. "metal nut", or VAND's raw folder name "metal_nut"), ``{}`` in a template is
 the stated object.
 """
@@ -144,6 +145,9 @@ VAND = PromptEnsemble(
     VAND_TEMPLATES,
 )
 
+# AdaCLIP (method/adaclip.py TextEmbebddingLayer): VAND's states with the first 4 of its templates, states outer.
+ADACLIP = PromptEnsemble(VAND.normal_states, VAND.abnormal_states, VAND_TEMPLATES[:4])
+
 # CLIP-AC [reconstruction] (docs/methods.md#clip-and-clip-ac says what was searched): the labels "normal [c]" /
 # "anomalous [c]" are those a summary of the WinCLIP paper gives for CLIP-AC (junxnone/aiwiki issue 468);
 # putting them into CLIP's 80 ImageNet templates (open_clip's copy of OpenAI's list, e.g. "a bad photo of a
@@ -159,6 +163,7 @@ PROMPT_ENSEMBLES: dict[str, PromptEnsemble] = {
     "winclip": WINCLIP,
     "winclip_anomalib": WINCLIP_ANOMALIB,
     "vand": VAND,
+    "adaclip": ADACLIP,
 }
 
 

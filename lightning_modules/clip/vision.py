@@ -10,6 +10,10 @@ residual streams (docs/methods.md#shared-clip-machinery):
 
 The class token comes from the original stream; patch tokens for anomaly maps from the V-V stream.
 Both attentions run through PyTorch's fused ``scaled_dot_product_attention``.
+
+Deep visual prompts (AdaCLIP's, VPT-deep style): learned tokens appended after the patch tokens before
+block 1 and overwritten with new ones before each following prompted block; they travel through every later
+block, but the returned tokens never include them.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from datamodules.errors import ConfigError
 
-POS_EMBED_INTERPOLATIONS = ("bilinear", "bicubic")
+# "bicubic_no_antialias": F.interpolate's plain bicubic (a = -0.75), what open_clip 2.16's resize_pos_embed
+# does (AdaCLIP's vendored copy); "bicubic" antialiases (torch's separable filter, a = -0.5) even when upsampling.
+POS_EMBED_INTERPOLATIONS = ("bilinear", "bicubic", "bicubic_no_antialias")
 
 
 @dataclasses.dataclass
@@ -40,7 +47,8 @@ def resize_position_embedding(pos_embed: torch.Tensor, grid: int, mode: str = "b
     """Resize ``[1 + s*s, D]`` to ``[1 + grid*grid, D]``; the class position is kept.
 
     ``bilinear`` (no antialiasing) is what AnomalyCLIP's code does at 518 px; ``bicubic`` with antialiasing
-    is open_clip's own resize. They differ by ~5e-2 in the table, so faithful configs pick the authors'.
+    is open_clip's own resize; ``bicubic_no_antialias`` AdaCLIP's (open_clip 2.16's). They differ by ~5e-2
+    in the table, so faithful configs pick the authors'.
     """
     if mode not in POS_EMBED_INTERPOLATIONS:
         raise ConfigError(f"pos_embed_interpolation must be one of {POS_EMBED_INTERPOLATIONS}, got {mode!r}")
@@ -53,6 +61,8 @@ def resize_position_embedding(pos_embed: torch.Tensor, grid: int, mode: str = "b
     table = pos_embed[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2).to(compute_dtype)
     if mode == "bilinear":
         table = F.interpolate(table, size=(grid, grid), mode="bilinear", align_corners=False)
+    elif mode == "bicubic_no_antialias":
+        table = F.interpolate(table, size=(grid, grid), mode="bicubic", align_corners=False)
     else:
         table = F.interpolate(table, size=(grid, grid), mode="bicubic", align_corners=False, antialias=True)
     table = table.permute(0, 2, 3, 1).reshape(grid * grid, -1).to(pos_embed.dtype)
@@ -66,7 +76,7 @@ class DualPathVisionEncoder(nn.Module):
         visual: ``clip_model.visual``.
         image_size: input size; the position embedding is interpolated when the grid changes.
         dpam_blocks: 1-indexed blocks that run the dual path; must be contiguous (empty: plain CLIP).
-        pos_embed_interpolation: ``"bilinear"`` (AnomalyCLIP) or ``"bicubic"`` (open_clip).
+        pos_embed_interpolation: one of :data:`POS_EMBED_INTERPOLATIONS`.
     """
 
     def __init__(
@@ -108,6 +118,9 @@ class DualPathVisionEncoder(nn.Module):
             persistent=False,
         )
         self.dpam_blocks = self._check_blocks(sorted(set(dpam_blocks)))
+        # Recompute each plain block in the backward pass instead of keeping its activations (memory only;
+        # the same numbers): for methods that backpropagate through the encoder (AdaCLIP's visual prompts).
+        self.checkpoint_blocks = False
 
     @property
     def depth(self) -> int:
@@ -141,6 +154,11 @@ class DualPathVisionEncoder(nn.Module):
         return self.visual.ln_pre(x)
 
     def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint_blocks and torch.is_grad_enabled():
+            return checkpoint(self._run_block, block, x, use_reentrant=False)
+        return self._run_block(block, x)
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.batch_first:
             return block(x)
         return block(x.transpose(0, 1)).transpose(0, 1)
@@ -168,25 +186,40 @@ class DualPathVisionEncoder(nn.Module):
         return x_ori, x_vv
 
     def forward(
-        self, images: torch.Tensor, layers: Iterable[int] = (), original_layers: Iterable[int] = ()
+        self,
+        images: torch.Tensor,
+        layers: Iterable[int] = (),
+        original_layers: Iterable[int] = (),
+        deep_prompts: Sequence[torch.Tensor] = (),
     ) -> VisionFeatures:
+        """Features of ``images``; ``deep_prompts`` (one ``[B, n, width]`` tensor per block from block 1, all
+        with the same ``n``) are appended before block 1 and replace the last ``n`` tokens before each of the
+        next ``len(deep_prompts) - 1`` blocks (their values as given: a caller rounds or casts them)."""
         wanted, wanted_original = set(layers), set(original_layers)
         for name, chosen in (("layers", wanted), ("original_layers", wanted_original)):
             if chosen and (min(chosen) < 1 or max(chosen) > self.depth):
                 raise ConfigError(f"requested {name} {sorted(chosen)} outside 1..{self.depth}")
+        deep_prompts = list(deep_prompts)
+        if deep_prompts and self.dpam_blocks:
+            raise ConfigError("deep visual prompts and the V-V dual path (DPAM) cannot be combined")
+        if len(deep_prompts) > self.depth:
+            raise ConfigError(f"{len(deep_prompts)} prompted blocks exceed the depth {self.depth}")
         x = self.embed(images)
+        length = x.shape[1]  # class token + patch tokens; prompts follow them
         x_vv: torch.Tensor | None = None
         tokens: dict[int, torch.Tensor] = {}
         original: dict[int, torch.Tensor] = {}
         for i, block in enumerate(self.blocks, start=1):
+            if i <= len(deep_prompts):
+                x = torch.cat([x[:, :length], deep_prompts[i - 1].to(x.dtype)], dim=1)
             if i in self.dpam_blocks:
                 x, x_vv = self._dual_block(block, x, x_vv)
             else:
                 x = self._block(block, x)
             if i in wanted:
-                tokens[i] = x_vv if x_vv is not None else x
+                tokens[i] = x_vv if x_vv is not None else x[:, :length]
             if i in wanted_original:
-                original[i] = x
+                original[i] = x[:, :length]
         return VisionFeatures(
             class_token=x[:, 0], tokens=tokens, grid=(self.grid, self.grid), original_tokens=original
         )

@@ -69,14 +69,19 @@ def category_pixel_results(
                 "and are left out of the pixel metrics"
             )
         if keep_curves:
-            pv, reasons, pixel = pixel_metrics_and_curves(maps, masks, fpr_limit=fpr_limit)
+            pv, reasons, pixel = pixel_metrics_and_curves(
+                maps, masks, fpr_limit=fpr_limit, pro_points=curve_points
+            )
         else:
             pv, reasons = pixel_metrics(maps, masks, fpr_limit=fpr_limit)
         values.update(pv)
     if not keep_curves:
         return (values, reasons, notes), None
     curves = curves_of_category(scores, labels, pixel)
-    return (values, reasons, notes), curves if curve_points is None else curves.thinned(curve_points)
+    # the PRO curve came thinned (pixel_metrics_and_curves' pro_points)
+    return (values, reasons, notes), curves if curve_points is None else curves.thinned(
+        curve_points, thin_pro=False
+    )
 
 
 def image_metrics(

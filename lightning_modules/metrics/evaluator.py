@@ -19,6 +19,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from datamodules.errors import ZsadError
+from lightning_modules.metrics._arrays import return_freed_memory
 from lightning_modules.metrics.category_results import (
     PixelResults,
     category_pixel_results,
@@ -69,8 +70,9 @@ class AnomalyEvaluator(Metric):
     :func:`~.distributed.expected_samples` derives them from the loader): every process then finishes the
     categories in ascending order, each as soon as its own samples of it and of the categories before it
     have arrived (at once for a category it has none of), by gathering only that category's states from
-    all processes (:func:`~.distributed.gather_category`); a process holds its share of the category in
-    progress plus, while finishing one, the gathered category. A padding duplicate that arrives after its
+    all processes (:func:`~.distributed.gather_category`), which one of them scores (category id modulo the
+    number of processes; :meth:`compute` and :meth:`curves` share the results); a process holds its share
+    of the category in progress plus, while finishing one, the gathered category. A padding duplicate that arrives after its
     category was finished is not stored; the test step must issue no collective of its own per step (every
     process must finish the same categories in the same order). :attr:`while_waiting`, when set, is called
     while a process waits for the others and may raise to stop (zsad's requeue signal does). Without ``expected_samples`` (a custom or
@@ -191,7 +193,12 @@ class AnomalyEvaluator(Metric):
         self._finished_curves: dict[int, CurveSet] = {}
         self._since_update: dict[int, tuple[PixelResults, CurveSet | None]] = {}
         self._next_in_order = 0
+        # Under DDP: categories finished but scored by another process, and how many finished categories
+        # every process has the results of (_share_scored).
+        self._scored_elsewhere: set[int] = set()
+        self._shared_upto = 0
         self.peak_stored_pixel_samples = 0
+        self.scored_here = 0  # categories whose pixel metrics and curves this process computed early
         # Called while this process waits for the others to finish a category; may raise to stop.
         self.while_waiting: Callable[[], None] | None = None
         self._state_dtypes = {
@@ -287,7 +294,7 @@ class AnomalyEvaluator(Metric):
                 pixel_gt = torch.where(keep, 2, 1).to(dev, torch.uint8)
                 cats = category_ids.cpu()
                 for ci in torch.unique(cats[keep]).tolist():  # one stored chunk per category
-                    if ci in self._finished:
+                    if ci in self._finished or ci in self._scored_elsewhere:
                         continue  # duplicates of a finished category's samples (checked below)
                     sel = keep & (cats == ci)
                     self._store_pixels(category_ids[sel], sample_ids[sel], maps[sel], gts[sel])
@@ -314,7 +321,10 @@ class AnomalyEvaluator(Metric):
         self._finished_curves = {}
         self._since_update = {}
         self._next_in_order = 0
+        self._scored_elsewhere = set()
+        self._shared_upto = 0
         self.peak_stored_pixel_samples = 0
+        self.scored_here = 0
 
     @staticmethod
     def _as_bhw(x: Tensor, name: str, b: int) -> Tensor:
@@ -412,7 +422,10 @@ class AnomalyEvaluator(Metric):
 
     def _finish_in_order(self) -> None:
         """Finish the next categories whose samples this process expects have all arrived (every process
-        issues the same gathers in the same order); raises on every process alike when one is incomplete."""
+        issues the same gathers in the same order); raises on every process alike when one is incomplete.
+        Each category is scored by one process, category id modulo the number of processes (any would
+        compute the same numbers from the same gathered states): the metric work is shared, not repeated;
+        :meth:`_share_scored` hands everyone the results."""
         while self._next_in_order < len(self.categories):
             ci = self._next_in_order
             if len(self._seen.get(ci, ())) < len(self.expected_samples[ci]):
@@ -433,13 +446,38 @@ class AnomalyEvaluator(Metric):
                         "samples arrived on all processes together (samples_per_category or "
                         "expected_samples is wrong)"
                     )
-                self._finish_category(ci, drop=False)
+                group = self.process_group
+                if ci % torch.distributed.get_world_size(group) == torch.distributed.get_rank(group):
+                    self._finish_category(ci, drop=False)
+                else:
+                    self._scored_elsewhere.add(ci)
             self._drop_pixel_chunks(pixels)
             self._drop_pixel_chunks(region_rows, self._REGION_STATES)
             self._next_in_order += 1
 
+    def _share_scored(self) -> None:
+        """Give every process the results and curves of every category finished so far, each from the
+        process that scored it (one ``all_gather_object``; every process calls this from :meth:`compute`
+        and :meth:`curves`, after finishing the same categories)."""
+        if not self._distributed() or self._shared_upto == self._next_in_order:
+            return
+        done = range(self._shared_upto, self._next_in_order)
+        mine = {
+            ci: (self._finished[ci], self._finished_curves.get(ci)) for ci in done if ci in self._finished
+        }
+        everyone: list[Any] = [None] * torch.distributed.get_world_size(self.process_group)
+        torch.distributed.all_gather_object(everyone, mine, group=self.process_group)
+        for scored in everyone:
+            for ci, (results, curves) in scored.items():
+                self._finished[ci] = results
+                if curves is not None:
+                    self._finished_curves[ci] = curves
+        self._scored_elsewhere.clear()
+        self._shared_upto = self._next_in_order
+
     def _finish_category(self, ci: int, drop: bool = True) -> None:
         self._finished[ci], curves = self._category_results(ci)
+        self.scored_here += 1
         if curves is not None:
             self._finished_curves[ci] = curves
         if drop:
@@ -460,6 +498,7 @@ class AnomalyEvaluator(Metric):
         for name in names:
             chunks = self._pixel_chunks(name)
             setattr(self, name, [c for i, c in enumerate(chunks) if i not in positions])
+        return_freed_memory()  # or the process's RSS grows with every category scored
 
     @contextmanager
     def _states_replaced(self, states: dict[str, Tensor]) -> Iterator[None]:
@@ -574,6 +613,7 @@ class AnomalyEvaluator(Metric):
 
     def compute(self) -> EvaluationResult:
         """Metrics per category; undefined ones are None with a reason in ``missing``."""
+        self._share_scored()
         img_cat, img_score, img_label, _, keep, duplicates = self._image_states()
         img_group = self._cat("img_group").cpu().numpy() if self.sample_metrics else None
         per_category: dict[str, dict[str, float | None]] = {}
@@ -614,6 +654,7 @@ class AnomalyEvaluator(Metric):
         :meth:`compute` with nothing left to compute); under DDP every process must call it."""
         if not self.keep_curves:
             raise ValueError("this evaluator keeps no curves (keep_curves=False)")
+        self._share_scored()
         if all(ci in self._finished or ci in self._since_update for ci in range(len(self.categories))):
             return {name: self._results(ci)[1] for ci, name in enumerate(self.categories)}
         with self.sync_context(

@@ -58,6 +58,14 @@ def _top_normals(sp: _PixelSplit, k: int) -> tuple[Any, int]:
     return top, ties
 
 
+def _weight_from(sp: _PixelSplit) -> np.ndarray:
+    """``w[i]`` = the region weights of the anomalous pixels ``pos[i:]`` summed from the highest score down
+    (``w[n_pos] = 0``; ``pos`` is sorted): one running sum from which every PRO value of the curve is read,
+    so that the curve never steps down by a rounding."""
+    weight = sp.ops.to_numpy(sp.pos_weight).astype(np.float64, copy=False)
+    return np.concatenate((np.cumsum(weight[::-1])[::-1], [0.0]))
+
+
 def _pro_steps(sp: _PixelSplit, fpr_limit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The exact PRO curve down to the first threshold whose FPR exceeds ``fpr_limit``.
 
@@ -65,6 +73,7 @@ def _pro_steps(sp: _PixelSplit, fpr_limit: float) -> tuple[np.ndarray, np.ndarra
     ``fpr[k]`` = FPR at threshold u_k, ``pro_ge[k]`` = PRO counting pixels with score >= u_k and
     ``pro_gt[k]`` = PRO counting pixels with score > u_k. The curve's polyline runs
     (fpr[k-1], pro_ge[k-1]) -> (fpr[k-1], pro_gt[k]) (vertical: anomalous pixels only) -> (fpr[k], pro_ge[k]).
+    PRO values are ``_weight_from(sp)`` at the first anomalous pixel scoring >= (or >) the threshold.
     """
     _require_pro(sp)
     ops = sp.ops
@@ -73,19 +82,18 @@ def _pro_steps(sp: _PixelSplit, fpr_limit: float) -> tuple[np.ndarray, np.ndarra
     top, ties = _top_normals(sp, k)
     thresholds, counts = ops.unique_counts(top)  # ascending
     n_thr = int(thresholds.shape[0])
-    # Anomalous pixels below the lowest threshold never count, so only the rest are binned. For each pixel,
-    # the number of thresholds <= its score (>= counting) and < its score (> counting).
-    start = int(ops.searchsorted(sp.pos, thresholds[:1], right=False)[0])  # pos is sorted (_split_pixels)
-    pos, weight = sp.pos[start:], sp.pos_weight[start:]
-    idx_le = ops.searchsorted(thresholds, pos, right=True, sorted_needles=True)
-    idx_lt = ops.searchsorted(thresholds, pos, right=False, sorted_needles=True)
-    hist_ge = ops.to_numpy(ops.bincount(idx_le, weight, n_thr + 1))
-    hist_gt = ops.to_numpy(ops.bincount(idx_lt, weight, n_thr + 1))
+    # Anomalous pixels below thresholds[i] (pos is sorted): those whose count of thresholds <= their score is
+    # at most i; at or below it: those with at most i thresholds < their score.
+    idx_le = ops.searchsorted(thresholds, sp.pos, right=True, sorted_needles=True)
+    idx_lt = ops.searchsorted(thresholds, sp.pos, right=False, sorted_needles=True)
+    below = np.cumsum(ops.to_numpy(ops.bincount(idx_le, None, n_thr + 1))[:n_thr])
+    at_or_below = np.cumsum(ops.to_numpy(ops.bincount(idx_lt, None, n_thr + 1))[:n_thr])
+    weight_from = _weight_from(sp)
     counts = ops.to_numpy(counts).astype(np.int64)
     counts[0] += ties
     fpr = np.cumsum(counts[::-1]) / n_ok
-    pro_ge = np.cumsum(hist_ge[::-1])[:n_thr] / sp.n_regions
-    pro_gt = np.cumsum(hist_gt[::-1])[:n_thr] / sp.n_regions
+    pro_ge = weight_from[below[::-1]] / sp.n_regions
+    pro_gt = weight_from[at_or_below[::-1]] / sp.n_regions
     return fpr, pro_gt, pro_ge
 
 

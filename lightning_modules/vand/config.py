@@ -44,7 +44,7 @@ class VANDConfig:
     mosaic_rate: float = 0.2
     # "authors": per tile a folder (good or a defect type) then a file, full-size originals pasted 2x2 and
     # then preprocessed; "resized_tiles": zsad's earlier mosaic (uniform tiles, preprocessed tensors
-    # area-downsampled). lightning_modules/vand/mosaic.py.
+    # area-downsampled). lightning_modules/mosaic.py.
     mosaic_style: str = "authors"
     focal_gamma: float = 2.0
     lr: float = 1e-3

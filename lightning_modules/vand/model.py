@@ -21,13 +21,18 @@ import torch
 from torch import nn
 
 from datamodules.errors import ConfigError
-from lightning_modules.clip.factory import create_clip, mlp_activation, with_mlp_activation
+from lightning_modules.clip.factory import clip_with_activation, mlp_activation
 from lightning_modules.clip.frozen import FrozenCLIP
 from lightning_modules.clip.prompts import PROMPT_WORDS
 from lightning_modules.losses import dice_loss, focal_loss
-from lightning_modules.ops import anomaly_probability, class_probability_maps, gaussian_blur, l2_normalize
+from lightning_modules.mosaic import MOSAIC_STYLES
+from lightning_modules.ops import (
+    anomaly_probability,
+    class_probability_maps,
+    gaussian_blur,
+    normalized_as_stored,
+)
 from lightning_modules.vand.config import VAND_ACTIVATIONS, VANDConfig
-from lightning_modules.vand.mosaic import MOSAIC_STYLES
 
 ABNORMAL = 1
 
@@ -50,12 +55,6 @@ def resolve_activation(cfg: VANDConfig, clip_model: nn.Module) -> str:
     return "gelu" if cfg.backbone.image_size != native else mlp_activation(clip_model)
 
 
-def normalized_as_stored(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalised in float32 and stored in ``x``'s dtype, as the authors' in-place ``x /= x.norm(...)``
-    (float16 under autocast; a no-op cast in float32)."""
-    return l2_normalize(x.float()).to(x.dtype)
-
-
 def check_choices(cfg: VANDConfig) -> None:
     for key, value, allowed in (
         ("activation", cfg.activation, VAND_ACTIVATIONS),
@@ -69,14 +68,9 @@ def check_choices(cfg: VANDConfig) -> None:
 class VAND(FrozenCLIP):
     def __init__(self, cfg: VANDConfig, clip_model: nn.Module | None = None, tokenizer=None) -> None:
         check_choices(cfg)
-        owned = clip_model is None
-        if owned:
-            clip_model, tokenizer = create_clip(
-                cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir
-            )
-        activation = resolve_activation(cfg, clip_model)
-        # a model handed in may be shared (tests): it is copied rather than changed when the activation differs
-        clip_model = with_mlp_activation(clip_model, activation, in_place=owned)
+        clip_model, tokenizer, activation = clip_with_activation(
+            cfg.backbone, clip_model, tokenizer, lambda model: resolve_activation(cfg, model)
+        )
         super().__init__(
             cfg.backbone,
             clip_model,

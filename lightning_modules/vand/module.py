@@ -10,9 +10,9 @@ from datamodules.errors import ZsadError
 from lightning_modules.category_module import CategoryTextModule, category_words
 from lightning_modules.eval_config import EvalConfig
 from lightning_modules.feature_cache import backbone_cache_identity
+from lightning_modules.mosaic import SameCategoryMosaic
 from lightning_modules.vand.config import VANDConfig
 from lightning_modules.vand.model import VAND
-from lightning_modules.vand.mosaic import SameCategoryMosaic
 
 
 class VANDModule(CategoryTextModule):

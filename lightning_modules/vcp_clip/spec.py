@@ -49,7 +49,7 @@ def train_augmentation(cfg: VCPCLIPConfig, dataset: str) -> Any:
     from datamodules.augment import TrainAugmentation
     from datamodules.mosaic import Mosaic
 
-    mosaic = Mosaic(cfg.mosaic_rate, tiles="anomalous") if dataset in cfg.mosaic_datasets else None
+    mosaic = Mosaic(cfg.mosaic_rate) if dataset in cfg.mosaic_datasets else None
     return TrainAugmentation(pipeline="vcp_clip", mosaic=mosaic, albumentations=cfg.albumentations)
 
 

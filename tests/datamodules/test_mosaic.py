@@ -1,4 +1,4 @@
-"""The authors' 2x2 mosaic (datamodules/mosaic.py): their paste, their three tile draws, the label rules, and
+"""The authors' 2x2 mosaic (datamodules/mosaic.py): their paste, the anomalous tiles, the label rules, and
 the datamodule applying it per (seed, epoch, sample)."""
 
 from __future__ import annotations
@@ -32,31 +32,19 @@ def _records() -> list[SampleRecord]:
     return out + [_record("b", NORMAL_DEFECT, Path(f"b/good/{i}.png")) for i in range(3)]
 
 
-def test_the_three_tile_draws_of_the_authors():
+def test_the_tiles_are_the_category_s_anomalous_images_drawn_with_replacement():
     records = _records()
     rng = random.Random(0)
-    anomalous = MosaicTiles(records, Mosaic(1.0, "anomalous"))  # VCP-CLIP: anomalous images with masks
-    drawn = [p for _ in range(200) for p in anomalous.draw("a", rng)]
-    assert set(drawn) == {2, 3, 4, 5}
-    assert anomalous.draw("b", rng) is None  # no anomalous image: the item stays as it is
-
-    folders = MosaicTiles(records, Mosaic(1.0, "folder_then_file"))  # VAND: a folder, then a file in it
-    drawn = [p for _ in range(1000) for p in folders.draw("a", rng)]
-    assert set(drawn) == set(range(6))
-    assert drawn.count(5) / len(drawn) == pytest.approx(1 / 3, abs=0.03)  # 'hole' is one of three folders
-
-    distinct = MosaicTiles(records, Mosaic(1.0, "distinct"))  # AdaCLIP: random.sample of the category
-    for _ in range(50):
-        tiles = distinct.draw("a", rng)
-        assert len(set(tiles)) == 4 and set(tiles) <= set(range(6))
-    assert distinct.draw("b", rng) is None  # three images: theirs would fail, the item stays
+    tiles = MosaicTiles(records)
+    drawn = [p for _ in range(200) for p in tiles.draw("a", rng)]
+    assert set(drawn) == {2, 3, 4, 5}  # their merged test/anomaly folder: every defect type, no good image
+    assert drawn.count(5) / len(drawn) == pytest.approx(1 / 4, abs=0.05)  # uniform over files, not folders
+    assert tiles.draw("b", rng) is None  # no anomalous image: the item stays as it is
 
 
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="rate must lie in"):
         Mosaic(1.5)
-    with pytest.raises(ValueError, match="tiles must be one of"):
-        Mosaic(0.2, tiles="uniform")
     with pytest.raises(ValueError, match="label must be one of"):
         Mosaic(0.2, label="max")
 
@@ -83,7 +71,7 @@ def test_paste_is_full_size_in_reading_order_and_a_normal_mask_is_transposed(tmp
 @pytest.mark.parametrize("label", ["replaced", "any_tile"])
 def test_the_datamodule_applies_it_per_seed_epoch_and_sample(synthetic_pair, label):
     source, _ = synthetic_pair
-    mosaic = Mosaic(1.0, "folder_then_file", label)
+    mosaic = Mosaic(1.0, label)
 
     def dataset(seed: int):
         augmentation = TrainAugmentation(mosaic=mosaic)

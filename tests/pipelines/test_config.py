@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from datamodules.config import DataConfig
 from datamodules.errors import ConfigError
 from lightning_modules.anomalyclip import AnomalyCLIPConfig
-from pipelines.config import compose, parse_override, to_object
+from pipelines.config import compose, parse_override, source_label, to_object
 
 
 def test_demo_composes_base_method_data_and_experiment():
@@ -108,3 +109,30 @@ def test_parse_override_values():
     assert parse_override("a=[x,y]") == ("a", ["x", "y"])
     assert parse_override("a=/path/to/w.bin") == ("a", "/path/to/w.bin")
     assert Path(parse_override("a=runs/x")[1]) == Path("runs/x")
+
+
+def test_several_sources_compose_into_a_list_with_shared_and_per_source_keys(tmp_path):
+    """``source: [a, b]``: each data file as its own typed config; a key on ``source`` (experiment body
+    or command line) sets every source, ``source.N.key`` one; name and root are per source only."""
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(
+        "defaults: {method: adaclip_tiny, source: [mvtec, colondb], targets: [visa]}\n"
+        "name: two\nsource: {batch_size: 1}\n"
+    )
+    cfg = to_object(compose(experiment, ["source.num_workers=0", "source.1.root=/data/colon"]))
+    assert [(s.name, s.batch_size, s.num_workers) for s in cfg.source] == [("mvtec", 1, 0), ("colondb", 1, 0)]
+    assert all(isinstance(s, DataConfig) for s in cfg.source) and cfg.source[1].root == "/data/colon"
+    assert source_label(cfg) == "mvtec+colondb"
+    assert source_label(to_object(compose("demo"))) == "synthetic"
+    single = to_object(compose(experiment, ["source=[visa]"]))
+    assert [s.name for s in single.source] == ["visa"] and single.source[0].batch_size == 1
+    for override, fragment in (
+        ("source.root=/x", "2 sources have one root each; set source.N.root"),
+        ("source.1.nokey=1", "Key 'nokey' not in 'DataConfig'"),
+        ("source.batch_size=many", "could not be converted to Integer"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            compose(experiment, [override])
+    experiment.write_text("defaults: {method: adaclip_tiny, source: [mvtec, colondb]}\nsource: {root: /x}\n")
+    with pytest.raises(ConfigError, match="source.root cannot apply to every one of 2 sources"):
+        compose(experiment)

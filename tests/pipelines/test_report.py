@@ -253,14 +253,19 @@ def test_cli_writes_markdown_csv_and_a_self_contained_html_page(tmp_path, sigma_
     assert "http://" not in page and "https://" not in page and "<link" not in page
 
 
-def test_published_real_iad_rows_name_their_source():
-    """Real-IAD's reference numbers (UniADet's README) come with their metrics and their source."""
+def test_published_real_iad_and_adaclip_rows_name_their_source():
+    """Real-IAD's reference numbers (UniADet's README) and AdaCLIP's (its paper's image AUROC, as
+    sotaverified.org lists them) come with their metrics and their source."""
     anomalyclip, winclip, vand = (get_method(m).published for m in ("anomalyclip", "winclip", "vand"))
     assert anomalyclip.results["realiad"] == pytest.approx({"image_auroc": 0.695, "pixel_ap": 0.267})
     assert winclip.results["realiad"] == pytest.approx({"image_auroc": 0.670, "pixel_ap": 0.033})
     assert "realiad" not in vand.results and "mvtec_ad2" not in anomalyclip.results
     assert "UniADet" in anomalyclip.source and "AnomalyCLIP paper" in anomalyclip.source
     assert "UniADet" not in vand.source  # each method names the sources of its own numbers
+    adaclip = get_method("adaclip").published
+    assert sorted(adaclip.results) == ["mpdd", "mvtec", "visa"]
+    assert adaclip.results["visa"] == pytest.approx({"image_auroc": 0.858})
+    assert "AdaCLIP paper" in adaclip.source and "sotaverified" in adaclip.source
 
 
 def test_mean_curves_average_each_fpr_and_take_the_top_of_vertical_segments():

@@ -12,16 +12,14 @@ import datetime
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from sweep_helpers import write_sweep
+from sweep_helpers import require_slurm, slurm_problem, wait_for, write_sweep
 
 from pipelines import sweep
 from pipelines.cli import main
@@ -30,39 +28,9 @@ from pipelines.run_state import is_finished
 pytestmark = pytest.mark.slow
 
 
-def _slurm_problem() -> str | None:
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        return "SLURM client tools (sbatch, sinfo) are not installed"
-    try:
-        states = subprocess.run(
-            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as error:
-        return f"sinfo failed: {error}"
-    if not any(state in states for state in ("idle", "mixed", "alloc")):
-        return (
-            f"no SLURM node is up (sinfo: {states.strip() or 'nothing'}); start one with .ci/start_slurm.sh"
-        )
-    return None
-
-
 @pytest.fixture(scope="module")
 def slurm() -> None:
-    problem = _slurm_problem()
-    if problem:
-        if os.environ.get("CI") == "true" or os.environ.get("ZSAD_REQUIRE_SLURM") == "1":
-            pytest.fail(f"SLURM is required here but unavailable: {problem}")
-        pytest.skip(problem)
-
-
-def _wait(condition, timeout: float, what: str, interval: float = 2.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    require_slurm(slurm_problem())
 
 
 def _job_field(task: str, field: str) -> str:
@@ -87,7 +55,7 @@ def _release(task: str, *settings: str) -> None:
         eligible = _job_field(task, "EligibleTime")
         return eligible[:1].isdigit() and datetime.datetime.fromisoformat(eligible) <= datetime.datetime.now()
 
-    _wait(released, 120, f"SLURM to accept the release of {task}", interval=3)
+    wait_for(released, 120, f"SLURM to accept the release of {task}", interval=3)
 
 
 def _logs(directory: Path) -> str:
@@ -171,7 +139,7 @@ def test_requeued_timed_out_and_killed_tasks_end_as_the_uninterrupted_run(
                 os.kill(paused[index], signal.SIGSTOP)
         return len(paused) == 2
 
-    _wait(pause_when_training, 600, "tasks 0 and 1 to train", interval=0.1)
+    wait_for(pause_when_training, 600, "tasks 0 and 1 to train", interval=0.1)
     assert state(0) == "running" and state(1) == "running"
     try:
         # task 0: SIGUSR1 to the batch step only. scancel retries while the job is being requeued (which
@@ -185,29 +153,29 @@ def test_requeued_timed_out_and_killed_tasks_end_as_the_uninterrupted_run(
         subprocess.run(
             ["scontrol", "update", f"JobId={tasks[1]}", f"TimeLimit={elapsed // 60 + 3}"], check=True
         )
-        _wait(lambda: all(_signalled(p) for p in paused.values()), 120, "SIGUSR1 to reach tasks 0 and 1")
+        wait_for(lambda: all(_signalled(p) for p in paused.values()), 120, "SIGUSR1 to reach tasks 0 and 1")
     finally:
         for process in paused.values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process, signal.SIGCONT)
-    _wait(lambda: _requeued_and_pending(tasks[0]), 300, "task 0 to be requeued")
+    wait_for(lambda: _requeued_and_pending(tasks[0]), 300, "task 0 to be requeued")
     assert state(0) == "preempted"
     if scancel.poll() is None:
         scancel.terminate()
     scancel.wait(timeout=60)
     _release(tasks[0])
-    _wait(lambda: _requeued_and_pending(tasks[1]), 300, "task 1 to be requeued")
+    wait_for(lambda: _requeued_and_pending(tasks[1]), 300, "task 1 to be requeued")
     _release(tasks[1], "TimeLimit=30")
 
     # task 2: killed with -9 once it trains, then submitted again (the others are left out)
-    _wait(lambda: _training(run_dirs[2]), 600, "task 2 to train", interval=0.1)
+    wait_for(lambda: _training(run_dirs[2]), 600, "task 2 to train", interval=0.1)
     os.kill(pid(2), signal.SIGKILL)
-    _wait(lambda: state(2) == "interrupted", 300, "task 2 to be seen as interrupted")
+    wait_for(lambda: state(2) == "interrupted", 300, "task 2 to be seen as interrupted")
     assert main(["sweep", "submit", str(path)]) == 0
     resubmitted = sweep.submissions(directory)[-1]
     assert resubmitted["ids"] == [runs[2].id]  # the runs still queued or running are left out
 
-    _wait(lambda: all(is_finished(d) for d in run_dirs), 1200, "every run to finish", interval=5)
+    wait_for(lambda: all(is_finished(d) for d in run_dirs), 1200, "every run to finish", interval=5)
     assert [r["state"] for r in sweep.status(cfg)] == ["finished"] * 4
     for index in (0, 1):
         status = json.loads((run_dirs[index] / "status.json").read_text())
@@ -279,7 +247,7 @@ def test_concurrent_submits_of_one_sweep_queue_each_run_once(slurm, tmp_path, sy
 
     first = start("first")
     try:
-        _wait(
+        wait_for(
             lambda: (gate / "first-asked").exists() or first.poll() is not None,
             300,
             "the first submit to ask SLURM",
@@ -313,9 +281,9 @@ def test_sigterm_under_slurm_names_the_checkpoint_it_saved(slurm, tmp_path, synt
     assert main(["sweep", "submit", str(path)]) == 0
     try:
         task = f"{sweep.submissions(directory)[-1]['job_id']}_0"
-        _wait(lambda: _training(run_dir), 600, "the task to train", interval=0.5)
+        wait_for(lambda: _training(run_dir), 600, "the task to train", interval=0.5)
         subprocess.run(["scancel", "--signal=TERM", task], check=True)
-        status = _wait(
+        status = wait_for(
             lambda: (s := json.loads((run_dir / "status.json").read_text()))["state"] != "running" and s,
             300,
             "the task to stop",

@@ -113,6 +113,15 @@ def test_sbatch_script_has_array_signal_requeue_and_ddp_settings(tmp_path, synth
     assert (
         "trainer.devices=4" in script and "trainer.num_nodes=2" in script and "trainer.strategy=ddp" in script
     )
+    # on CPU one process per node: Lightning's SLURM detection wants devices = tasks per node
+    cfg.slurm.gpus_per_node = 0
+    script = sweep.render_sbatch(cfg, tmp_path / "manifest.json", [0])
+    assert "#SBATCH --nodes=2\n#SBATCH --ntasks-per-node=1\n" in script and "--gpus-per-node" not in script
+    overrides = "trainer.num_nodes=2 trainer.accelerator=cpu trainer.devices=1 trainer.strategy=ddp --index"
+    assert overrides in script
+    cfg.slurm.nodes = 1  # one CPU process: the experiment's own trainer settings apply
+    assert "sweep run-task" in (script := sweep.render_sbatch(cfg, tmp_path / "manifest.json", [0]))
+    assert " trainer.num_nodes=1 --index" in script
 
 
 def test_study_sweeps_are_valid_files():

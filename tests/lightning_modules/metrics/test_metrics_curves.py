@@ -104,6 +104,46 @@ def test_thin_keeps_endpoints_and_the_requested_point():
     assert thin_indices(x[:50], x[:50], limit=100).tolist() == list(range(50))
 
 
+@pytest.mark.parametrize("scores", ["distinct", "tied", "one region below"])
+@pytest.mark.parametrize("points", [3, 10, 257])
+def test_the_thinned_pro_curve_is_the_whole_curve_thinned(scores, points):
+    """pixel_metrics_and_curves(pro_points=N) finds the PRO points without the whole curve: exactly those
+    thin_indices keeps of the whole curve, with scores tied across the classes, and for a curve that ends
+    below PRO 1 and closes at (1, 1)."""
+    generator = torch.Generator().manual_seed(5)
+    masks = torch.zeros(4, 24, 24)
+    masks[1, 3:9, 4:12] = masks[2, 10:20, 2:5] = masks[3, 0:2, :] = 1
+    maps = torch.rand(4, 24, 24, generator=generator) + 0.3 * masks
+    if scores == "tied":
+        maps = (maps * 16).round() / 16
+    elif scores == "one region below":
+        maps[3, 0:2, :] -= 2.0
+    ranking, (x, y), _ = pixel_curves(list(maps), list(masks))
+    kept = thin_indices(x, y, limit=points)
+    values, _, (thin_ranking, (thin_x, thin_y), _) = pixel_metrics_and_curves(
+        list(maps), list(masks), pro_points=points
+    )
+    assert x.shape[0] > points or scores == "tied"
+    assert np.array_equal(thin_x, x[kept]) and np.array_equal(thin_y, y[kept])
+    assert (thin_y[-1] == 1.0) and (y[-2] < 1.0) == (scores == "one region below")
+    assert np.array_equal(thin_ranking.f1, ranking.f1) and values == pixel_metrics(list(maps), list(masks))[0]
+
+
+def test_thin_measures_length_as_dx_plus_dy():
+    """Points are spread evenly by |dx| + |dy|: along a monotone curve that is (x - x0) + (y - y0) at each
+    point (how the PRO points are found without the curve), otherwise the running sum."""
+    x = np.linspace(0.0, 1.0, 1001)
+    along = x + x**3  # monotone: the length at each point
+    assert (
+        thin_indices(x, x**3, limit=5).tolist() == np.searchsorted(along, [0.0, 2 / 3, 4 / 3, 2.0]).tolist()
+    )
+    assert thin_indices(x, x**3, limit=5).tolist() == [0, 524, 808, 1000]
+    wave = np.sin(8 * x)  # goes back in y: the length is summed
+    length = np.concatenate(([0.0], np.cumsum(np.abs(np.diff(x)) + np.abs(np.diff(wave)))))
+    want = np.searchsorted(length, np.linspace(0.0, length[-1], 4))
+    assert thin_indices(x, wave, limit=5).tolist() == want.tolist()
+
+
 def test_kept_curves_are_thinned_and_keep_the_f1_thresholds():
     """A finished category keeps thinned curves (an exact pixel curve is larger than the pixels): at most
     about CURVE_POINTS points, the same F1-optimal thresholds and F1-max, every kept point a point of the

@@ -13,8 +13,8 @@ from baselines_support import (
     tiny_backbone,
 )
 
+from lightning_modules.mosaic import SameCategoryMosaic, mosaic_2x2
 from lightning_modules.vand import VAND, VANDConfig, VANDOutput
-from lightning_modules.vand.mosaic import SameCategoryMosaic, mosaic_2x2
 
 
 def _tiny_vand(tiny_clip, **overrides) -> VAND:

@@ -17,8 +17,8 @@ from torch import nn
 
 from datamodules.errors import ConfigError
 from lightning_modules.clip.factory import mlp_activation
+from lightning_modules.mosaic import SameCategoryMosaic
 from lightning_modules.vand import VAND, VANDConfig, VANDModule
-from lightning_modules.vand.mosaic import SameCategoryMosaic
 
 
 def _vand(tiny_clip, image_size: int, **overrides) -> VAND:

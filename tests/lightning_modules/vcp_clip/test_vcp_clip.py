@@ -112,15 +112,15 @@ def test_mosaic_pastes_four_anomalous_images_of_the_category(tmp_path):
     pools = dataset.tiles.by_category
     assert sorted(pools) == sorted(dataset.categories) and all(
         dataset.records[p].label == 1 and dataset.records[p].category == c
-        for c, folders in pools.items()
-        for p in folders[""]
+        for c, positions in pools.items()
+        for p in positions
     )
 
 
 def test_the_spec_hands_the_mosaic_only_to_the_datasets_of_their_mvtec_class():
     assert get_method("vcp_clip") is VCP_CLIP
     cfg = VCPCLIPConfig()
-    assert VCP_CLIP.augmentation_on(cfg, "mvtec") == TrainAugmentation("vcp_clip", Mosaic(0.2, "anomalous"))
+    assert VCP_CLIP.augmentation_on(cfg, "mvtec") == TrainAugmentation("vcp_clip", Mosaic(0.2))
     assert VCP_CLIP.augmentation_on(cfg, "visa") == TrainAugmentation("vcp_clip", None)
     assert VCP_CLIP.augmentation_on(VCPCLIPConfig(augmentation="none"), "mvtec") is None
     stock = VCPCLIPConfig(albumentations="1.4.24")
