@@ -122,21 +122,12 @@ METRICS = ("pixel_auroc", "pixel_ap", "image_auroc", "image_ap")
 
 
 def register_model() -> None:
-    import open_clip
-
-    if MODEL not in open_clip.list_models():
-        folder = Path(tempfile.mkdtemp(prefix="zsad-parity-"))
-        open_clip.add_model_config(ps.write_model_config(folder, MODEL_CONFIG, MODEL))
+    ps.register_parity_model(MODEL, config=MODEL_CONFIG)
 
 
 def state_dict(seed: int = ps.WEIGHTS_SEED) -> dict[str, torch.Tensor]:
     """open_clip's initialisation after ``torch.manual_seed(seed)``, rounded to float16 values."""
-    import open_clip
-
-    register_model()
-    torch.manual_seed(seed)
-    weights = open_clip.create_model(MODEL, pretrained=None).state_dict()
-    return {k: v.half().float() if v.is_floating_point() else v for k, v in weights.items()}
+    return ps.parity_state_dict(seed, MODEL, MODEL_CONFIG, float16_values=True)
 
 
 def zsad_config(**overrides):
@@ -316,23 +307,20 @@ def evaluate(
     """zsad's evaluator; ``scores`` are ``[N, 2]`` components combined by the authors' rule (``alpha``), or
     final ``[N]`` scores (``alpha=None``: the official side's)."""
     from lightning_modules.bayes_pfl.model import combine_image_scores
-    from lightning_modules.metrics import AnomalyEvaluator
 
     rule = None if alpha is None else (lambda _, parts: combine_image_scores(parts, alpha))
-    evaluator = AnomalyEvaluator(categories=list(categories), image_score_rule=rule)
-    evaluator.update(
-        category_ids=torch.as_tensor(category_ids),
-        sample_ids=torch.arange(len(labels)),
-        image_scores=torch.as_tensor(scores).double(),
-        labels=torch.as_tensor(labels),
-        anomaly_maps=torch.as_tensor(maps).float(),
-        masks=torch.as_tensor(masks).float(),
-        has_mask=torch.ones(len(labels), dtype=torch.bool),
+    metrics = ps.evaluator_metrics(
+        categories,
+        category_ids,
+        scores,
+        labels,
+        maps,
+        masks,
+        image_score_rule=rule,
+        score_dtype=torch.float64,
     )
-    result = evaluator.compute()
-    return {
-        f"{c}/{k}": result.per_category[c][k] for c in result.categories for k in (*METRICS, "aupro_cflow")
-    }
+    scored = dict.fromkeys(key.split("/")[0] for key in metrics)  # the categories the evaluator scored
+    return {f"{c}/{k}": metrics.get(f"{c}/{k}") for c in scored for k in (*METRICS, "aupro_cflow")}
 
 
 def zsad_outputs(root: Path, checkpoint: dict, train_paths: list[str], cfg=None, train: bool = True) -> dict:

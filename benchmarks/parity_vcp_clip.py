@@ -84,22 +84,12 @@ METRICS = ("pixel_auroc", "image_auroc", "image_ap", "pixel_ap", "aupro_cflow")
 
 
 def register_model() -> None:
-    import open_clip
-
-    if MODEL not in open_clip.list_models():
-        folder = Path(tempfile.mkdtemp(prefix="zsad-parity-"))
-        open_clip.add_model_config(ps.write_model_config(folder, MODEL_CONFIG, MODEL))
+    ps.register_parity_model(MODEL, config=MODEL_CONFIG)
 
 
 def state_dict(seed: int = ps.WEIGHTS_SEED) -> dict[str, torch.Tensor]:
-    """open_clip's initialisation after ``torch.manual_seed(seed)``, rounded to float16 values (as OpenAI's
-    released weights are, which their ``build_model`` casts through float16)."""
-    import open_clip
-
-    register_model()
-    torch.manual_seed(seed)
-    weights = open_clip.create_model(MODEL, pretrained=None).state_dict()
-    return {k: v.half().float() if v.is_floating_point() else v for k, v in weights.items()}
+    """open_clip's initialisation after ``torch.manual_seed(seed)``, rounded to float16 values."""
+    return ps.parity_state_dict(seed, MODEL, MODEL_CONFIG, float16_values=True)
 
 
 def zsad_config(**overrides):
@@ -163,7 +153,7 @@ def min_max_per_category(values: np.ndarray, category_ids: np.ndarray) -> np.nda
 
 def evaluate(categories, category_ids, scores, labels, maps, masks) -> dict[str, float]:
     """zsad's evaluator on the given scores and maps: the METRICS of each category."""
-    metrics = ps.zsad_metrics(categories, category_ids, scores, labels, maps, masks)
+    metrics = ps.evaluator_metrics(categories, category_ids, scores, labels, maps, masks)
     return {k: v for k, v in metrics.items() if k.split("/")[1] in METRICS}
 
 

@@ -126,7 +126,8 @@ class ZeroShotModule(L.LightningModule):
         return {name for name, p in self.named_parameters() if p.requires_grad}
 
     def checkpoint_identity(self) -> dict[str, Any]:
-        """What must match between the module that saved a checkpoint and the one loading it."""
+        """What must match between the module that saved a checkpoint and the one loading it (a method adds
+        the config fields its trained weights depend on: :func:`config_fields`)."""
         return {"method": self.method_name}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -154,6 +155,12 @@ class ZeroShotModule(L.LightningModule):
             checkpoint = {"state_dict": official_format(self, checkpoint, path)}
         check_checkpoint(self, checkpoint, source=path)
         self.load_state_dict(checkpoint["state_dict"], strict=False)
+
+
+def config_fields(cfg: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """``cfg``'s fields ``names`` as a checkpoint records them (sequences as lists)."""
+    values = {name: getattr(cfg, name) for name in names}
+    return {k: list(v) if isinstance(v, list | tuple) else v for k, v in values.items()}
 
 
 def official_entries(checkpoint: dict[str, Any], key: str, source: str, what: str) -> dict[str, torch.Tensor]:

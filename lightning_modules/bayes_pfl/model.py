@@ -32,7 +32,7 @@ from torch import nn
 from datamodules.errors import ConfigError
 from lightning_modules.bayes_pfl.config import BAYES_PFL_ACTIVATIONS, BayesPFLConfig
 from lightning_modules.bayes_pfl.flows import GaussianPosterior, ImageAgnosticFlow, ImageSpecificFlow
-from lightning_modules.clip.factory import create_clip, with_mlp_activation
+from lightning_modules.clip.factory import clip_with_activation
 from lightning_modules.clip.text import PromptTextEncoder
 from lightning_modules.clip.vision import DualPathVisionEncoder
 from lightning_modules.ops import gaussian_blur, l2_normalize
@@ -130,13 +130,8 @@ class BayesPFL(nn.Module):
         if cfg.activation not in BAYES_PFL_ACTIVATIONS:
             raise ConfigError(f"activation must be one of {BAYES_PFL_ACTIVATIONS}, got {cfg.activation!r}")
         self.cfg = cfg
-        owned = clip_model is None
-        if owned:
-            clip_model, tokenizer = create_clip(
-                cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir
-            )
         # a model handed in is the caller's: changed on a copy
-        clip_model = with_mlp_activation(clip_model, cfg.activation, in_place=owned)
+        clip_model, tokenizer, _ = clip_with_activation(cfg.backbone, clip_model, tokenizer, cfg.activation)
         clip_model.eval().requires_grad_(False)
         self.clip = clip_model
         self.tokenizer = tokenizer

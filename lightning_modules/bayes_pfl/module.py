@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from datamodules.errors import ConfigError, ZsadError
-from lightning_modules.base import OfficialReader, ZeroShotModule
+from lightning_modules.base import OfficialReader, ZeroShotModule, config_fields
 from lightning_modules.bayes_pfl.config import BAYES_PFL_AUGMENTATIONS, BayesPFLConfig
 from lightning_modules.bayes_pfl.model import BayesPFL, combine_image_scores
 from lightning_modules.bayes_pfl.official_checkpoint import OFFICIAL_STAGE
@@ -108,10 +108,7 @@ class BayesPFLModule(ZeroShotModule):
         return self.cfg.backbone.image_size
 
     def checkpoint_identity(self) -> dict[str, Any]:
-        fields = {}
-        for name in IDENTITY_FIELDS:
-            value = getattr(self.cfg, name)
-            fields[name] = list(value) if isinstance(value, list | tuple) else value
+        fields = config_fields(self.cfg, IDENTITY_FIELDS)
         return {"method": self.method_name, "backbone": backbone_identity(self.cfg.backbone), **fields}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

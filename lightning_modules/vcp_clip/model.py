@@ -29,7 +29,7 @@ from torch import nn
 
 from datamodules.augment import ALBUMENTATIONS
 from datamodules.errors import ConfigError
-from lightning_modules.clip.factory import create_clip, with_mlp_activation
+from lightning_modules.clip.factory import clip_with_activation
 from lightning_modules.clip.text import PromptTextEncoder
 from lightning_modules.clip.vision import DualPathVisionEncoder
 from lightning_modules.losses import dice_loss, focal_loss
@@ -149,13 +149,8 @@ class VCPCLIP(nn.Module):
     def __init__(self, cfg: VCPCLIPConfig, clip_model: nn.Module | None = None, tokenizer=None) -> None:
         super().__init__()
         check_choices(cfg)
-        owned = clip_model is None
-        if owned:
-            clip_model, tokenizer = create_clip(
-                cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir
-            )
         # a model handed in may be shared (tests): copied rather than changed when the activation differs
-        clip_model = with_mlp_activation(clip_model, cfg.activation, in_place=owned)
+        clip_model, tokenizer, _ = clip_with_activation(cfg.backbone, clip_model, tokenizer, cfg.activation)
         clip_model.eval().requires_grad_(False)
         self.cfg = cfg
         self.clip = clip_model

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from datamodules.errors import ZsadError
-from lightning_modules.base import ZeroShotModule
+from lightning_modules.base import ZeroShotModule, config_fields
 from lightning_modules.category_module import backbone_identity
 from lightning_modules.eval_config import EvalConfig
 from lightning_modules.feature_cache import backbone_cache_identity
@@ -42,10 +42,7 @@ class VCPCLIPModule(ZeroShotModule):
         self.model = model if model is not None else VCPCLIP(cfg)
 
     def checkpoint_identity(self) -> dict[str, Any]:
-        fields = {}
-        for name in IDENTITY_FIELDS:
-            value = getattr(self.cfg, name)
-            fields[name] = list(value) if isinstance(value, list | tuple) else value
+        fields = config_fields(self.cfg, IDENTITY_FIELDS)
         return {"method": self.method_name, "backbone": backbone_identity(self.cfg.backbone), **fields}
 
     # --- feature cache: the frozen image features are the same every epoch (without augmentation: the
