@@ -260,6 +260,25 @@ def evaluator_metrics(
     }
 
 
+def predict_into(evaluator: Any, module: Any, loader: Any) -> int:
+    """zsad's test path on ``loader``: ``module.predict_batch`` per batch into ``evaluator`` (an
+    AnomalyEvaluator, computed by the caller); returns the number of images (the speed scripts)."""
+    count = 0
+    for batch in loader:
+        scores, maps = module.predict_batch(batch)
+        evaluator.update(
+            category_ids=batch["category_id"],
+            sample_ids=batch["sample_id"],
+            image_scores=scores,
+            labels=batch["label"],
+            anomaly_maps=maps,
+            masks=batch["mask"],
+            has_mask=batch["has_mask"],
+        )
+        count += len(scores)
+    return count
+
+
 def save_fixture(path: Path, **arrays: Any) -> Path:
     """Write ``arrays`` (numbers, strings, tensors) compressed to ``path`` and print its size."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -324,12 +343,18 @@ def old_pillow_fromarray(fromarray):
 
 
 def parity_arguments(
-    doc: str, official_help: str, official_env_help: str | None = None
+    doc: str,
+    official_help: str,
+    official_env_help: str | None = None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> argparse.Namespace:
     """The command line every parity script shares: ``--official PATH`` (the authors' checkout),
     ``--write-fixture``, optionally ``--official-env`` (PYTHONPATH entries for the official side), and
-    the internal flags with which the script runs its own official side in a subprocess."""
+    the internal flags with which the script runs its own official side in a subprocess; ``extra`` adds a
+    script's own (optional) arguments."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--official", type=Path, required=True, help=official_help)
     if official_env_help:
         parser.add_argument("--official-env", default="", help=official_env_help)

@@ -72,19 +72,7 @@ def zsad_times(root: Path, initial: dict[str, torch.Tensor]) -> dict[str, float]
             categories=data.categories,
             samples_per_category=[sum(counts[c].values()) for c in data.categories],
         )
-        n = 0
-        for batch in data.test_dataloader():
-            scores, maps = module.predict_batch(batch)
-            evaluator.update(
-                category_ids=batch["category_id"],
-                sample_ids=batch["sample_id"],
-                image_scores=scores,
-                labels=batch["label"],
-                anomaly_maps=maps,
-                masks=batch["mask"],
-                has_mask=batch["has_mask"],
-            )
-            n += len(scores)
+        n = ps.predict_into(evaluator, module, data.test_dataloader())
         evaluator.compute()
         times |= {f"{mode}_images": n, f"{mode}_s": time.perf_counter() - start}
     items = data._dataset(data.cfg.test_split, train=False)

@@ -1,4 +1,4 @@
-"""Segmentation losses of AnomalyCLIP and VAND, written to match the authors' definitions exactly."""
+"""Losses of AnomalyCLIP, VAND and FAPrompt, written to match the authors' definitions exactly."""
 
 from __future__ import annotations
 
@@ -28,3 +28,13 @@ def dice_loss(pred: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> 
     target = target.reshape(target.shape[0], -1).to(pred.dtype)
     dice = (2.0 * (pred * target).sum(dim=1) + smooth) / (pred.sum(dim=1) + target.sum(dim=1) + smooth)
     return 1.0 - dice.mean()
+
+
+def binary_focal_loss_with_logits(
+    inputs: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0, alpha: float = 1.0
+) -> torch.Tensor:
+    """FAPrompt's ``BinaryFocalLoss`` (``logits=True``): ``alpha (1 - p_t)^gamma BCE``, averaged, with
+    ``BCE = binary_cross_entropy_with_logits(inputs, targets)`` and ``p_t = exp(-BCE)``. Their train.py
+    feeds it a score in [0, 1] (not a logit), which zsad reproduces."""
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    return (alpha * (1 - torch.exp(-bce)) ** gamma * bce).mean()

@@ -20,7 +20,14 @@ def patch_class_probabilities(
     authors' ``get_similarity_map``).
     """
     logits = patch_embeddings @ text_embeddings.t() / temperature
-    probs = logits.softmax(dim=-1)
+    return upsample_patch_probabilities(logits.softmax(dim=-1), grid, size)
+
+
+def upsample_patch_probabilities(
+    probs: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]
+) -> torch.Tensor:
+    """Patch class probabilities ``[B, N, C]`` as maps ``[B, C, H, W]``: reshaped to the token grid and
+    bilinearly upsampled (align_corners=False, the authors' ``get_similarity_map``)."""
     b, _, c = probs.shape
     probs = probs.transpose(1, 2).reshape(b, c, *grid)
     return F.interpolate(probs, size=size, mode="bilinear", align_corners=False)

@@ -17,6 +17,7 @@ from lightning_modules.clip_zero_shot.spec import CLIP, CLIP_AC
 from lightning_modules.cmg.spec import CMG
 from lightning_modules.coop.spec import COOP
 from lightning_modules.dual_image.spec import DUAL_IMAGE
+from lightning_modules.faprompt.spec import FAPROMPT
 from lightning_modules.method_spec import MethodSpec
 from lightning_modules.vand.spec import VAND
 from lightning_modules.vcp_clip.spec import VCP_CLIP
@@ -32,6 +33,7 @@ BUILTIN_METHODS: tuple[MethodSpec, ...] = (
     CMG,
     COOP,
     DUAL_IMAGE,
+    FAPROMPT,
     VAND,
     VCP_CLIP,
     WINCLIP,

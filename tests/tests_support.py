@@ -33,9 +33,10 @@ def quiet_trainer(**settings) -> L.Trainer:
     return L.Trainer(**{**defaults, **settings})
 
 
-def tiny_anomalyclip_config(**overrides) -> AnomalyCLIPConfig:
-    """AnomalyCLIP on the tiny random-weight CLIP at 32 px (DPAM on blocks 2..6, maps from block 6)."""
-    cfg = AnomalyCLIPConfig(
+def tiny_anomalyclip_config(config_class: type = AnomalyCLIPConfig, **overrides) -> AnomalyCLIPConfig:
+    """AnomalyCLIP (or another method on its code: ``config_class``, e.g. FAPromptConfig) on the tiny
+    random-weight CLIP at 32 px (DPAM on blocks 2..6, maps from block 6)."""
+    cfg = config_class(
         backbone=BackboneConfig(name="zsad-tiny-vit", pretrained=None, image_size=32),
         dpam_start_block=2,
         map_layers=[6],

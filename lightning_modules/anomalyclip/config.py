@@ -1,4 +1,8 @@
-"""AnomalyCLIP settings; defaults are the authors' (docs/methods.md)."""
+"""AnomalyCLIP settings; defaults are the authors' (docs/methods.md).
+
+:class:`AnomalyCLIPBaseConfig` holds what every method built on AnomalyCLIP's code shares (its frozen CLIP
+with DPAM, the deep text tokens, the optimiser, the feature cache); FAPrompt's config extends it too.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,9 @@ from lightning_modules.clip.config import BackboneConfig
 
 
 @dataclasses.dataclass
-class AnomalyCLIPConfig:
+class AnomalyCLIPBaseConfig:
     name: str = "anomalyclip"
     backbone: BackboneConfig = dataclasses.field(default_factory=BackboneConfig)
-    prompt_length: int = 12  # learnable vectors V1..V12 / W1..W12 before "object" / "damaged object"
     deep_prompt_length: int = 4  # deep text tokens overwrite positions 1..4 ...
     deep_prompt_blocks: list[int] = dataclasses.field(
         default_factory=lambda: list(range(2, 10))
@@ -27,7 +30,6 @@ class AnomalyCLIPConfig:
     )  # released code (2025 fix): layer 24 only
     image_embedding_ln_post: bool = False  # the authors skip ln_post for the class token
     temperature: float = 0.07
-    pixel_loss_weight: float = 4.0  # lambda in L = CE + lambda * sum_layers(focal + dice + dice)
     focal_gamma: float = 2.0
     lr: float = 1e-3
     betas: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.999])
@@ -37,3 +39,9 @@ class AnomalyCLIPConfig:
     cache_features: bool = True
     cache_dir: str | None = None
     cache_max_gb: float | None = None  # per process; None: at most half the free memory
+
+
+@dataclasses.dataclass
+class AnomalyCLIPConfig(AnomalyCLIPBaseConfig):
+    prompt_length: int = 12  # learnable vectors V1..V12 / W1..W12 before "object" / "damaged object"
+    pixel_loss_weight: float = 4.0  # lambda in L = CE + lambda * sum_layers(focal + dice + dice)

@@ -1,5 +1,8 @@
 """AnomalyCLIP as a plain torch model: object-agnostic prompts on a frozen CLIP.
 
+:class:`AnomalyCLIPBase` is the part of AnomalyCLIP's code that FAPrompt's code reuses (the frozen CLIP with
+DPAM, deep text tokens, the loss terms); :class:`AnomalyCLIP` adds its object-agnostic prompts and scoring.
+
 Only :class:`ObjectAgnosticPrompts` trains (about 43k numbers for ViT-L-14); the CLIP weights are frozen.
 Image features do not depend on the prompts, so :meth:`AnomalyCLIP.encode_images` runs without gradients
 and :meth:`AnomalyCLIP.scores` turns (cached or fresh) image features into logits and maps.
@@ -8,12 +11,14 @@ and :meth:`AnomalyCLIP.scores` turns (cached or fresh) image features into logit
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from datamodules.errors import ConfigError
-from lightning_modules.anomalyclip.config import AnomalyCLIPConfig
+from lightning_modules.anomalyclip.config import AnomalyCLIPBaseConfig, AnomalyCLIPConfig
 from lightning_modules.clip import DualPathVisionEncoder, PromptTextEncoder, create_clip
 from lightning_modules.losses import dice_loss, focal_loss
 from lightning_modules.ops import gaussian_blur, l2_normalize, patch_class_probabilities
@@ -81,8 +86,17 @@ class AnomalyCLIPOutput:
         return sum((p[:, ABNORMAL] + 1.0 - p[:, NORMAL]) / 2.0 for p in self.pixel_probs.values())
 
 
-class AnomalyCLIP(nn.Module):
-    def __init__(self, cfg: AnomalyCLIPConfig, clip_model: nn.Module | None = None, tokenizer=None) -> None:
+class AnomalyCLIPBase(nn.Module):
+    """The frozen CLIP of AnomalyCLIP's code and what the methods built on that code share (AnomalyCLIP,
+    FAPrompt): DPAM image features, learned prompts through the text tower with float16-rounded deep tokens,
+    the segmentation loss terms and the inference-text cache. A subclass owns ``self.prompts``, the only
+    trainable module, and scores images with it."""
+
+    prompts: nn.Module
+
+    def __init__(
+        self, cfg: AnomalyCLIPBaseConfig, clip_model: nn.Module | None = None, tokenizer=None
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         if clip_model is None:
@@ -91,6 +105,7 @@ class AnomalyCLIP(nn.Module):
             )
         clip_model.eval().requires_grad_(False)
         self.clip = clip_model
+        self.tokenizer = tokenizer
         self.vision = DualPathVisionEncoder(
             clip_model.visual,
             image_size=cfg.backbone.image_size,
@@ -99,9 +114,6 @@ class AnomalyCLIP(nn.Module):
         )
         self.text = PromptTextEncoder(clip_model)
         self._check_layers()
-        self.prompts = ObjectAgnosticPrompts(
-            self.text, tokenizer, cfg.prompt_length, cfg.deep_prompt_length, len(cfg.deep_prompt_blocks)
-        )
 
     def _check_layers(self) -> None:
         blocks = self.cfg.deep_prompt_blocks
@@ -120,7 +132,7 @@ class AnomalyCLIP(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.prompts.parameters())
 
-    def train(self, mode: bool = True) -> AnomalyCLIP:
+    def train(self, mode: bool = True) -> AnomalyCLIPBase:
         """The frozen CLIP always stays in eval mode (no dropout), whatever Lightning asks."""
         super().train(mode)
         self.clip.eval()
@@ -148,40 +160,68 @@ class AnomalyCLIP(nn.Module):
         patches = {layer: tensors[f"patch_{layer}"] for layer in self.cfg.map_layers}
         return ImageFeatures(tensors["image_embedding"], patches, (self.vision.grid, self.vision.grid))
 
-    def text_embeddings(self) -> torch.Tensor:
-        """``[2, D]`` L2-normalised (0 normal, 1 abnormal); differentiable w.r.t. the prompts."""
-        prompts = self.prompts()
-        deep = list(self.prompts.deep_tokens)
+    # --- text ----------------------------------------------------------------------------------------
+    def encode_prompts(
+        self, prompts: torch.Tensor, token_ids: torch.Tensor, deep_tokens: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Text features ``[n, D]`` (float32, not normalised) of ``n`` prompt embeddings ``[n, L, width]``
+        with the deep tokens (one ``[k, width]`` per block of ``deep_prompt_blocks``)."""
         if self.cfg.round_deep_prompts_fp16:
             # The authors' order (AnomalyCLIP_lib: ``context.expand(n, -1, -1).permute(1, 0, 2).half()``): one
             # copy per prompt, then rounded. The forward equals rounding first, but the gradient of each copy
             # is rounded to float16 before the copies' gradients are summed, not after.
-            deep = [d.expand(prompts.shape[0], -1, -1).half().float() for d in deep]
+            deep_tokens = [d.expand(prompts.shape[0], -1, -1).half().float() for d in deep_tokens]
         first = self.cfg.deep_prompt_blocks[0] if self.cfg.deep_prompt_blocks else 2
-        features = self.text(prompts, self.prompts.token_ids, deep, deep_first_block=first)
-        return l2_normalize(features.float())
+        return self.text(prompts, token_ids, deep_tokens, deep_first_block=first).float()
 
-    def inference_text_embeddings(self) -> torch.Tensor:
-        """:meth:`text_embeddings` for inference, computed once and reused until the prompts change.
-
-        The text side does not depend on the image, so evaluation needs it once, not once per batch (at
-        batch size 1 on small inputs the text encoder is a sizeable share of the time). The cache is keyed by
-        the prompts' storage and in-place version counters (an optimizer step or ``load_state_dict`` bumps
-        them), the device and the autocast state.
-        """
-        device = self.prompts.normal_context.device
+    def cached_for_inference(self, name: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` (texts, which do not depend on the image) once for inference, reused until the
+        prompts change: at batch size 1 on small inputs the text encoder is a sizeable share of the time.
+        Keyed by the prompts' storage and in-place version counters (an optimizer step or ``load_state_dict``
+        bumps them), the device and the autocast state."""
+        device = next(self.prompts.parameters()).device
         key = (
             tuple((p.data_ptr(), p._version) for p in self.prompts.parameters()),
             device,
             torch.is_autocast_enabled(device.type),
             torch.get_autocast_dtype(device.type),
         )
-        cached = getattr(self, "_inference_text", None)
-        if cached is None or cached[0] != key:
+        cache = self.__dict__.setdefault("_inference_cache", {})
+        if name not in cache or cache[name][0] != key:
             with torch.no_grad():
-                cached = (key, self.text_embeddings())
-            self._inference_text = cached
-        return cached[1]
+                cache[name] = (key, compute())
+        return cache[name][1]
+
+
+def segmentation_losses(
+    probs: torch.Tensor, gt: torch.Tensor, focal_gamma: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three map terms of the authors' train.py for class probabilities ``[B, 2, H, W]`` and a binary
+    mask ``[B, H, W]``: ``(focal, dice(S_a, gt), dice(S_n, 1 - gt))``, added in this order by the callers."""
+    return (
+        focal_loss(probs, gt, gamma=focal_gamma),
+        dice_loss(probs[:, ABNORMAL], gt),
+        dice_loss(probs[:, NORMAL], 1.0 - gt),
+    )
+
+
+class AnomalyCLIP(AnomalyCLIPBase):
+    def __init__(self, cfg: AnomalyCLIPConfig, clip_model: nn.Module | None = None, tokenizer=None) -> None:
+        super().__init__(cfg, clip_model, tokenizer)
+        self.prompts = ObjectAgnosticPrompts(
+            self.text, self.tokenizer, cfg.prompt_length, cfg.deep_prompt_length, len(cfg.deep_prompt_blocks)
+        )
+
+    def text_embeddings(self) -> torch.Tensor:
+        """``[2, D]`` L2-normalised (0 normal, 1 abnormal); differentiable w.r.t. the prompts."""
+        prompts = self.prompts()
+        return l2_normalize(
+            self.encode_prompts(prompts, self.prompts.token_ids, list(self.prompts.deep_tokens))
+        )
+
+    def inference_text_embeddings(self) -> torch.Tensor:
+        """:meth:`text_embeddings` for inference, computed once and reused until the prompts change."""
+        return self.cached_for_inference("text", self.text_embeddings)
 
     def scores(
         self, features: ImageFeatures, size: tuple[int, int], text: torch.Tensor | None = None
@@ -211,10 +251,9 @@ class AnomalyCLIP(nn.Module):
         if masks is not None:
             gt = (masks > 0.5).float()
             for probs in output.pixel_probs.values():
-                pixel_loss = pixel_loss + focal_loss(probs, gt, gamma=self.cfg.focal_gamma)
-                pixel_loss = (
-                    pixel_loss + dice_loss(probs[:, ABNORMAL], gt) + dice_loss(probs[:, NORMAL], 1.0 - gt)
-                )
+                focal, dice_abnormal, dice_normal = segmentation_losses(probs, gt, self.cfg.focal_gamma)
+                pixel_loss = pixel_loss + focal
+                pixel_loss = pixel_loss + dice_abnormal + dice_normal
         total = image_loss + self.cfg.pixel_loss_weight * pixel_loss
         return {"loss": total, "image_loss": image_loss, "pixel_loss": pixel_loss}
 

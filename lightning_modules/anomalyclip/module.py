@@ -1,4 +1,4 @@
-"""AnomalyCLIP training and batched evaluation in Lightning."""
+"""AnomalyCLIP (and FAPrompt, built on its code) training and batched evaluation in Lightning."""
 
 from __future__ import annotations
 
@@ -7,24 +7,30 @@ from typing import Any
 
 import torch
 
-from lightning_modules.anomalyclip.config import AnomalyCLIPConfig
-from lightning_modules.anomalyclip.model import AnomalyCLIP
+from lightning_modules.anomalyclip.config import AnomalyCLIPBaseConfig
+from lightning_modules.anomalyclip.model import AnomalyCLIP, AnomalyCLIPBase
 from lightning_modules.base import ZeroShotModule
 from lightning_modules.eval_config import EvalConfig
 from lightning_modules.feature_cache import backbone_cache_identity
 
 
-class AnomalyCLIPModule(ZeroShotModule):
-    """Trains only the prompts (Adam, the authors' betas); the CLIP weights never enter the optimizer."""
+class AnomalyCLIPBaseModule(ZeroShotModule):
+    """Training and batched evaluation of a method built on AnomalyCLIP's code (:class:`AnomalyCLIPBase`):
+    only the prompts train (Adam, the authors' betas), the CLIP weights never enter the optimizer, and the
+    frozen image features are cached. Subclasses name the method, its model and its prompt-shape keys."""
 
-    method_name = "anomalyclip"
+    model_class: type[AnomalyCLIPBase]
+    shape_keys: tuple[str, ...] = ("deep_prompt_length", "deep_prompt_blocks")  # what a checkpoint must match
 
     def __init__(
-        self, cfg: AnomalyCLIPConfig, eval_cfg: EvalConfig | None = None, model: AnomalyCLIP | None = None
+        self,
+        cfg: AnomalyCLIPBaseConfig,
+        eval_cfg: EvalConfig | None = None,
+        model: AnomalyCLIPBase | None = None,
     ) -> None:
         super().__init__(eval_cfg)
         self.cfg = cfg
-        self.model = model if model is not None else AnomalyCLIP(cfg)
+        self.model = model if model is not None else self.model_class(cfg)
 
     def checkpoint_identity(self) -> dict[str, Any]:
         backbone = (
@@ -33,9 +39,7 @@ class AnomalyCLIPModule(ZeroShotModule):
             else dict(self.cfg.backbone)
         )
         backbone.pop("cache_dir", None)
-        shape = {
-            k: getattr(self.cfg, k) for k in ("prompt_length", "deep_prompt_length", "deep_prompt_blocks")
-        }
+        shape = {k: getattr(self.cfg, k) for k in self.shape_keys}
         return {
             "method": self.method_name,
             "backbone": backbone,
@@ -74,3 +78,9 @@ class AnomalyCLIPModule(ZeroShotModule):
         return torch.optim.Adam(
             self.model.trainable_parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.betas)
         )
+
+
+class AnomalyCLIPModule(AnomalyCLIPBaseModule):
+    method_name = "anomalyclip"
+    model_class = AnomalyCLIP
+    shape_keys = ("prompt_length", "deep_prompt_length", "deep_prompt_blocks")

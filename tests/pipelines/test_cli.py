@@ -344,9 +344,13 @@ def test_listing_commands_import_neither_torch_lightning_nor_open_clip(command):
 def test_a_broken_subcommand_fails_loudly_instead_of_disappearing(monkeypatch, capsys):
     """Feature subcommands load their module when they run: a module that cannot be imported is an
     ImportError for that command, and `--help` still lists it."""
+    import pipelines
     from pipelines.cli import build_parser
 
     monkeypatch.setitem(sys.modules, "pipelines.predict", None)  # `import pipelines.predict` now fails
+    # ...and `from pipelines import predict` too, also after an earlier test imported it (the package's
+    # attribute would be found before sys.modules is consulted)
+    monkeypatch.delattr(pipelines, "predict", raising=False)
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "predict" in capsys.readouterr().out

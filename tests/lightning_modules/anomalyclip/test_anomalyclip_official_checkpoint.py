@@ -39,7 +39,7 @@ def test_authors_checkpoint_maps_onto_the_prompts(tmp_path):
         (lambda s: s.update(ctx_neg=torch.zeros(12, 64)), r"ctx_neg has shape \(12, 64\), expected \[1, 1"),
         (lambda s: s.pop("compound_prompts_text.7"), "missing .'model.prompts.deep_tokens.7'"),
         (lambda s: s.update(extra=torch.zeros(1)), "unexpected entry 'extra'"),
-        (lambda s: s["tokenized_prompts_neg"][0, 0].__setitem__(3, 5), "abnormal prompt tokens differ"),
+        (lambda s: s["tokenized_prompts_neg"][0, 0].__setitem__(3, 5), "tokenized_prompts_neg differ"),
     ],
 )
 def test_a_file_that_does_not_fit_is_refused_clearly(tmp_path, change, message):
