@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-import time
 import types
 from pathlib import Path
 
@@ -33,18 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import parity_bayes_pfl as pb  # noqa: E402
 import parity_support as ps  # noqa: E402
 import torch  # noqa: E402
+from perf_support import fastest  # noqa: E402
 
 REPEATS = 3
 TEST_SAMPLES = 10  # test.sh --sample_num
-
-
-def best_of(function) -> float:
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def official_times(official: Path, root: Path, weights: Path) -> dict[str, float]:
@@ -57,13 +48,13 @@ def official_times(official: Path, root: Path, weights: Path) -> dict[str, float
         setup.draws.rows = None  # the global RNG, as theirs
         setup.their_test.test(setup.args)
 
-    timed_test = best_of(test_loop)
+    timed_test = fastest(test_loop, REPEATS)
     items = pb.official_train_batch(setup)
     setup.my_model.train()
     optimizer, scheduler, _ = pb.official_optimizer(setup)
     return {
         "test_loop_s": timed_test,
-        "train_step_s": best_of(lambda: pb.official_step(setup, dict(items), optimizer, scheduler)),
+        "train_step_s": fastest(lambda: pb.official_step(setup, dict(items), optimizer, scheduler), REPEATS),
     }
 
 
@@ -85,7 +76,7 @@ def zsad_times(root: Path) -> dict[str, float]:
             for batch in data.test_dataloader():
                 module.score_components(batch)
 
-    timed_test = best_of(test_loop)
+    timed_test = fastest(test_loop, REPEATS)
     batch = next(iter(data.test_dataloader()))
     images, masks, labels = (
         batch["image"][: pb.TRAIN_BATCH],
@@ -107,7 +98,7 @@ def zsad_times(root: Path) -> dict[str, float]:
         stage1.step()
         schedule.step()
 
-    return {"test_loop_s": timed_test, "train_step_s": best_of(step)}
+    return {"test_loop_s": timed_test, "train_step_s": fastest(step, REPEATS)}
 
 
 def main() -> None:

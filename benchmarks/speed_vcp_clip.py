@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,15 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import parity_support as ps  # noqa: E402
 import parity_vcp_clip as pvc  # noqa: E402
 import torch  # noqa: E402
-
-
-def best_of(repeats: int, function) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from perf_support import fastest  # noqa: E402
 
 
 def official_times(official: Path, root: Path, weights: Path, repeats: int) -> dict[str, float]:
@@ -49,7 +40,7 @@ def official_times(official: Path, root: Path, weights: Path, repeats: int) -> d
     from models.prompt_ensemble import Prompt_Ensemble
 
     setup.their_test.calcuate_metric = lambda *args, **kwargs: None
-    test_loop = best_of(repeats, lambda: setup.their_test.test(setup.args))
+    test_loop = fastest(lambda: setup.their_test.test(setup.args), repeats)
 
     model = setup.model
     model.train()
@@ -75,7 +66,7 @@ def official_times(official: Path, root: Path, weights: Path, repeats: int) -> d
         pvc.official_step(setup, model, optimizer, prompt_pre, patch_tokens, image_features, dict(items))
         optimizer.step()
 
-    return {"test_loop_s": test_loop, "train_step_s": best_of(repeats, step)}
+    return {"test_loop_s": test_loop, "train_step_s": fastest(step, repeats)}
 
 
 def zsad_times(root: Path, repeats: int) -> dict[str, float]:
@@ -108,8 +99,8 @@ def zsad_times(root: Path, repeats: int) -> dict[str, float]:
                     output = model(batch["image"], tuple(batch["mask"].shape[-2:]))
                     output.pre_map(), output.post_map()
 
-    timed_test = best_of(repeats, lambda: test_loop(False))
-    timed_predict = best_of(repeats, lambda: test_loop(True))
+    timed_test = fastest(lambda: test_loop(False), repeats)
+    timed_predict = fastest(lambda: test_loop(True), repeats)
     batch = next(iter(data.test_dataloader()))
     module.train()
     optimizer = module.configure_optimizers()
@@ -121,7 +112,7 @@ def zsad_times(root: Path, repeats: int) -> dict[str, float]:
         loss.backward()
         optimizer.step()
 
-    return {"test_loop_s": timed_test, "predict_s": timed_predict, "train_step_s": best_of(repeats, step)}
+    return {"test_loop_s": timed_test, "predict_s": timed_predict, "train_step_s": fastest(step, repeats)}
 
 
 def main() -> None:
