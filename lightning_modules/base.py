@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -13,6 +13,9 @@ from torch.utils.data import DataLoader
 from datamodules.errors import ZsadError
 from lightning_modules.checkpoint_io import read_checkpoint
 from lightning_modules.eval_config import EvalConfig
+
+if TYPE_CHECKING:
+    from lightning_modules.metrics.category_scores import CategoryScoreRule
 
 #: Reads a checkpoint in a method's authors' format: (module, checkpoint dict, file) -> trainable state.
 OfficialReader = Callable[[Any, dict[str, Any], str], dict[str, torch.Tensor]]
@@ -91,9 +94,11 @@ class ZeroShotModule(L.LightningModule):
     def clear_references(self) -> None:
         """Forget every category's references (the next evaluation is zero-shot or another draw's)."""
 
-    def image_score_rule(self) -> Any:
+    def image_score_rule(self) -> CategoryScoreRule | None:
         """A :class:`~lightning_modules.metrics.category_scores.CategoryScoreRule` when image scores depend
-        on the whole category (``predict_batch`` then returns their parts ``[B, parts]``); None: per image."""
+        on the whole category (VAND's k-shot normalisation, Bayes-PFL's min-max mix): ``predict_batch`` then
+        returns their parts ``[B, parts]`` and the evaluator combines a category's parts once it is
+        complete; None: per image."""
         return None
 
     def _expected_test_samples(self) -> list[frozenset[int]] | None:
@@ -157,7 +162,8 @@ class ZeroShotModule(L.LightningModule):
         return {name for name, p in self.named_parameters() if p.requires_grad}
 
     def checkpoint_identity(self) -> dict[str, Any]:
-        """What must match between the module that saved a checkpoint and the one loading it."""
+        """What must match between the module that saved a checkpoint and the one loading it (a method adds
+        the config fields its trained weights depend on: :func:`config_fields`)."""
         return {"method": self.method_name}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -185,6 +191,12 @@ class ZeroShotModule(L.LightningModule):
             checkpoint = {"state_dict": official_format(self, checkpoint, path)}
         check_checkpoint(self, checkpoint, source=path)
         self.load_state_dict(checkpoint["state_dict"], strict=False)
+
+
+def config_fields(cfg: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """``cfg``'s fields ``names`` as a checkpoint records them (sequences as lists)."""
+    values = {name: getattr(cfg, name) for name in names}
+    return {k: list(v) if isinstance(v, list | tuple) else v for k, v in values.items()}
 
 
 def official_entries(checkpoint: dict[str, Any], key: str, source: str, what: str) -> dict[str, torch.Tensor]:

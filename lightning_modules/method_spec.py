@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from datamodules.augment import TrainAugmentation
     from datamodules.transforms import ImagePreprocessing
     from lightning_modules.base import ZeroShotModule
     from lightning_modules.eval_config import EvalConfig
@@ -99,6 +100,11 @@ class MethodSpec:
     # (cfg, dataset) -> the method's protocol there, recorded in results.json as ``method_protocol``; raises
     # ConfigError for one it does not implement. None: one protocol everywhere, nothing recorded.
     dataset_protocol: Callable[[Any, str], dict[str, Any]] | None = None
+    # (cfg, dataset) -> the training augmentation of the authors' dataset class when training on that dataset
+    # (datamodules/augment.py), which the runner hands to the source's datamodule: it draws per (seed, epoch,
+    # sample), so a resume and a DDP training stay exact. None (the field or the answer): the training
+    # images as they are. With one, the feature cache steps aside (the images change every epoch).
+    train_augmentation: Callable[[Any, str], TrainAugmentation | None] | None = None
     # --- evaluation -------------------------------------------------------------------------------
     # The evaluation protocols it supports; with FEW_SHOT its module implements set_references (and
     # clear_references), which the runner's few-shot evaluation feeds (docs/adding_a_method.md).
@@ -122,6 +128,10 @@ class MethodSpec:
     def protocol_on(self, cfg: Any, dataset: str) -> dict[str, Any] | None:
         """The protocol record of ``dataset`` (None: the method declares none); raises ConfigError."""
         return self.dataset_protocol(cfg, dataset) if self.dataset_protocol is not None else None
+
+    def augmentation_on(self, cfg: Any, dataset: str) -> TrainAugmentation | None:
+        """The training augmentation when training on ``dataset`` (None: none)."""
+        return self.train_augmentation(cfg, dataset) if self.train_augmentation is not None else None
 
     def needs_grad_at_test(self, cfg: Any) -> bool:
         return bool(self.grad_at_test(cfg)) if self.grad_at_test is not None else False

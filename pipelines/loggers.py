@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from datamodules.atomic_io import atomic_write_text, write_error
 from datamodules.errors import ConfigError, ZsadError
-from pipelines.config import GROUPS, PLACEMENT_KEYS, ExperimentConfig, wandb_tag
+from pipelines.config import GROUPS, PLACEMENT_KEYS, ExperimentConfig, source_label, wandb_tag
 
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -154,8 +154,9 @@ def display_name(cfg: Any, varied: Sequence[str] = ()) -> str:
         return cfg.logger.wandb.name
     targets = [t.name for t in cfg.targets]
     data = ",".join(targets) if len(targets) <= 3 else f"{len(targets)} targets"
-    if cfg.source is not None:
-        data = f"{cfg.source.name}->{data}" if targets else cfg.source.name
+    source = source_label(cfg)  # several sources: joined by "+"
+    if source is not None:
+        data = f"{source}->{data}" if targets else source
     protocol = protocol_label(cfg.protocol)
     return " ".join([cfg.method.name, *([data] if data else []), protocol, *varied, f"seed={cfg.seed}"])
 

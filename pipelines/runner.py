@@ -161,13 +161,17 @@ def make_trainer(
     )
 
 
-def method_datamodule(cfg: ExperimentConfig, spec: MethodSpec, data_cfg: Any) -> AnomalyDataModule:
-    """``data_cfg``'s datamodule at the method's input size, with its authors' preprocessing there."""
+def method_datamodule(
+    cfg: ExperimentConfig, spec: MethodSpec, data_cfg: Any, training: bool = False
+) -> AnomalyDataModule:
+    """``data_cfg``'s datamodule at the method's input size, with its authors' preprocessing there and, for
+    the training source, their training augmentation there (``MethodSpec.train_augmentation``)."""
     datamodule = AnomalyDataModule(
         data_cfg,
         image_size=spec.image_size(cfg.method),
         preprocessing=spec.preprocessing(cfg.method, data_cfg.name),
         seed=cfg.seed,
+        augmentation=spec.augmentation_on(cfg.method, data_cfg.name) if training else None,
     )
     _ = datamodule.full_index  # parse now: a wrong root fails before any training time is spent
     return datamodule
@@ -182,7 +186,7 @@ def training_datamodule(cfg: ExperimentConfig, spec: MethodSpec) -> AnomalyDataM
             "training needs a source dataset: set defaults.source in the experiment or source=NAME "
             "(several: source=[A,B])"
         )
-    parts = [method_datamodule(cfg, spec, source) for source in sources]
+    parts = [method_datamodule(cfg, spec, source, training=True) for source in sources]
     return parts[0] if len(parts) == 1 else MultiSourceDataModule(parts, seed=cfg.seed)
 
 
