@@ -265,8 +265,7 @@ class AnomalyEvaluator(Metric):
         category_ids = torch.as_tensor(category_ids).reshape(-1)
         b = category_ids.shape[0]
         sample_ids = torch.as_tensor(sample_ids).reshape(-1)
-        image_scores = torch.as_tensor(image_scores)
-        image_scores = image_scores.reshape(b, -1) if self.image_score_rule else image_scores.reshape(-1)
+        image_scores = torch.as_tensor(image_scores).reshape(-1)
         labels = torch.as_tensor(labels).reshape(-1)
         for name, t in (("sample_ids", sample_ids), ("image_scores", image_scores), ("labels", labels)):
             if t.shape[0] != b:
@@ -648,10 +647,9 @@ class AnomalyEvaluator(Metric):
             num_images[name] = int(idx.size)
             values: dict[str, float | None] = dict.fromkeys((*METRIC_NAMES, *self.extra_metrics))
             reasons: dict[str, str] = {}
-            scores = img_score[idx]
-            image_metrics(scores, img_label[idx], values, reasons)
+            image_metrics(img_score[idx], img_label[idx], values, reasons)
             if img_group is not None:
-                sample_level_metrics(scores, img_label[idx], img_group[idx], values, reasons)
+                sample_level_metrics(img_score[idx], img_label[idx], img_group[idx], values, reasons)
             (pv, pr, pn), _ = self._results(ci)
             values.update(pv)
             reasons.update(pr)
