@@ -110,6 +110,8 @@ def test_sbatch_script_has_array_signal_requeue_and_ddp_settings(tmp_path, synth
                  "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4", "module load cuda"):  # fmt: skip
         assert line in script
     assert "srun " in script and "sweep run-task" in script and '--index "$SLURM_ARRAY_TASK_ID"' in script
+    # the submitting shell's rendezvous is not the job's (test_multinode runs the collision); setup may set it
+    assert "\nunset MASTER_ADDR MASTER_PORT\nmodule load cuda\n" in script
     assert (
         "trainer.devices=4" in script and "trainer.num_nodes=2" in script and "trainer.strategy=ddp" in script
     )
