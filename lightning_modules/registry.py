@@ -12,6 +12,7 @@ from datamodules.errors import ZsadError
 from lightning_modules.adaclip.spec import ADACLIP
 from lightning_modules.anomalyclip.spec import ANOMALYCLIP
 from lightning_modules.anovl.spec import ANOVL
+from lightning_modules.bayes_pfl.spec import BAYES_PFL
 from lightning_modules.clip_zero_shot.spec import CLIP, CLIP_AC
 from lightning_modules.cmg.spec import CMG
 from lightning_modules.coop.spec import COOP
@@ -20,12 +21,14 @@ from lightning_modules.faprompt.spec import FAPROMPT
 from lightning_modules.method_spec import MethodSpec
 from lightning_modules.musc.spec import MUSC
 from lightning_modules.vand.spec import VAND
+from lightning_modules.vcp_clip.spec import VCP_CLIP
 from lightning_modules.winclip.spec import WINCLIP
 
 BUILTIN_METHODS: tuple[MethodSpec, ...] = (
     ADACLIP,
     ANOMALYCLIP,
     ANOVL,
+    BAYES_PFL,
     CLIP,
     CLIP_AC,
     CMG,
@@ -34,6 +37,7 @@ BUILTIN_METHODS: tuple[MethodSpec, ...] = (
     FAPROMPT,
     MUSC,
     VAND,
+    VCP_CLIP,
     WINCLIP,
 )
 
