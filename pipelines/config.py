@@ -89,14 +89,14 @@ class ProtocolConfig:
     draws: int = 1  # few-shot: independent reference draws, each evaluated and recorded
 
 
-def _protocol_label(shots: int, draws: int) -> str:
+def _protocol_label(shots: int, draws: int, method: str | None = None) -> str:
     from pipelines.protocol import protocol_label
 
-    return protocol_label(ProtocolConfig(int(shots), int(draws)))
+    return protocol_label(ProtocolConfig(int(shots), int(draws)), method)
 
 
-# ``${zsad_protocol:${protocol.shots},${protocol.draws}}``: "zero-shot" or "4-shot (5 draws)", for names
-# that are interpolations (a sweep's W&B run names)
+# ``${zsad_protocol:${protocol.shots},${protocol.draws},${method.name}}``: "zero-shot", "transductive" or
+# "4-shot (5 draws)", for names that are interpolations (a sweep's W&B run names)
 OmegaConf.register_resolver("zsad_protocol", _protocol_label, replace=True)
 
 

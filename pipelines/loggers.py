@@ -157,7 +157,7 @@ def display_name(cfg: Any, varied: Sequence[str] = ()) -> str:
     source = source_label(cfg)  # several sources: joined by "+"
     if source is not None:
         data = f"{source}->{data}" if targets else source
-    protocol = protocol_label(cfg.protocol)
+    protocol = protocol_label(cfg.protocol, cfg.method.name)
     return " ".join([cfg.method.name, *([data] if data else []), protocol, *varied, f"seed={cfg.seed}"])
 
 

@@ -1,5 +1,5 @@
-"""The evaluation protocol of a job (``protocol.*``, docs/protocols.md): zero-shot, or k-shot with seeded
-reference draws.
+"""The evaluation protocol of a job (``protocol.*``, docs/protocols.md): zero-shot (transductive for a
+method that declares it: MuSc), or k-shot with seeded reference draws.
 
 - :func:`check_protocol` refuses, from the config alone, a protocol the method does not declare
   (``MethodSpec.protocols``) or keys that do not fit it.
@@ -22,8 +22,8 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from datamodules.errors import ConfigError, DataChangedError
-from lightning_modules.method_spec import FEW_SHOT, ZERO_SHOT
+from datamodules.errors import ConfigError, DataChangedError, ZsadError
+from lightning_modules.method_spec import FEW_SHOT, TRANSDUCTIVE, ZERO_SHOT
 
 if TYPE_CHECKING:  # light: the CLI's quick commands import this module without torch
     from datamodules.references import ReferenceDraw
@@ -35,19 +35,35 @@ def is_few_shot(protocol: Any) -> bool:
     return int(protocol.shots) > 0
 
 
-def protocol_name(protocol: Any) -> str:
-    return FEW_SHOT if is_few_shot(protocol) else ZERO_SHOT
+def without_references(method: str | None) -> str:
+    """ZERO_SHOT or TRANSDUCTIVE: what ``protocol.shots=0`` is for ``method`` (its spec declares it; a name
+    the registry does not know, e.g. in an old run folder, is zero-shot)."""
+    from lightning_modules.registry import get_method
+
+    if method is None:
+        return ZERO_SHOT
+    try:
+        return get_method(str(method)).protocol_without_references
+    except ZsadError:
+        return ZERO_SHOT
 
 
-def shots_label(shots: int) -> str:
-    """``zero-shot`` or ``4-shot``: the protocol as tables and run names show it."""
-    return "zero-shot" if int(shots) == 0 else f"{int(shots)}-shot"
+def protocol_name(protocol: Any, method: str | None = None) -> str:
+    return FEW_SHOT if is_few_shot(protocol) else without_references(method)
 
 
-def protocol_label(protocol: Any) -> str:
-    """``zero-shot``, ``4-shot (5 draws)``, ``1-shot (1 draw)``."""
+def shots_label(shots: int, method: str | None = None) -> str:
+    """``zero-shot``, ``transductive`` (a method that scores the test images against each other) or
+    ``4-shot``: the protocol as tables and run names show it."""
+    if int(shots) > 0:
+        return f"{int(shots)}-shot"
+    return "transductive" if without_references(method) == TRANSDUCTIVE else "zero-shot"
+
+
+def protocol_label(protocol: Any, method: str | None = None) -> str:
+    """``zero-shot``, ``transductive``, ``4-shot (5 draws)``, ``1-shot (1 draw)``."""
     if not is_few_shot(protocol):
-        return shots_label(0)
+        return shots_label(0, method)
     draws = int(protocol.draws)
     return f"{shots_label(protocol.shots)} ({draws} draw{'s' if draws != 1 else ''})"
 
@@ -68,7 +84,7 @@ def check_protocol(cfg: Any, spec: Any) -> None:
     if not spec.few_shot:
         raise ConfigError(
             f"method '{spec.name}' has no few-shot mode (its protocols: {', '.join(spec.protocols)}); "
-            "evaluate it zero-shot (protocol.shots=0)"
+            f"evaluate it {shots_label(0, spec.name)} (protocol.shots=0)"
         )
 
 
@@ -110,8 +126,8 @@ def protocol_header(cfg: Any, plan: dict[str, list[ReferenceDraw]] | None) -> di
     protocol = cfg.protocol
     header: dict[str, Any] = {
         "protocol": {
-            "name": protocol_name(protocol),
-            "label": protocol_label(protocol),
+            "name": protocol_name(protocol, cfg.method.name),
+            "label": protocol_label(protocol, cfg.method.name),
             **({"shots": protocol.shots, "draws": protocol.draws} if plan is not None else {}),
         }
     }

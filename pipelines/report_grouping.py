@@ -392,9 +392,11 @@ def _column_labels(
     method = {cid: str(s.get("method.name", "?")) for cid, s in columns.items()}
     source = {cid: s.get("source.name") for cid, s in columns.items()}
     several_sources = len(set(source.values())) > 1
-    # once any column is k-shot, every label names its protocol (zero-shot / k-shot) after the method
+    # once any column is k-shot or transductive, every label names its protocol (zero-shot / transductive /
+    # k-shot) after the method
     shots = {cid: _shots(s) for cid, s in columns.items()}
-    name_protocol = any(shots.values())
+    protocol = {cid: shots_label(shots[cid], method[cid]) for cid in columns}
+    name_protocol = any(label != shots_label(0) for label in protocol.values())
     labels, descriptions = {}, {}
     short = _short_names(column_keys, all_keys)
     for cid in columns:
@@ -405,7 +407,7 @@ def _column_labels(
             if k not in ("method.name", "source.name", *([SHOTS_KEY] if name_protocol else ()))
             and len({dict(c)[k] for c in siblings}) > 1
         ]
-        parts = [method[cid], *([shots_label(shots[cid])] if name_protocol else [])]
+        parts = [method[cid], *([protocol[cid]] if name_protocol else [])]
         if several_sources:
             parts.append(f"from {_show(source[cid])}")
         parts += [f"{short[k]}={_show(json.loads(dict(cid)[k]))}" for k in varying]

@@ -170,7 +170,7 @@ def _display_name(choice: dict[str, Any], varies_experiment: bool) -> str:
         for k, v in choice.items()
         if k not in ("seed", "method") and not k.startswith("protocol.")
     ]
-    protocol = "${zsad_protocol:${protocol.shots},${protocol.draws}}"
+    protocol = "${zsad_protocol:${protocol.shots},${protocol.draws},${method.name}}"
     parts = ["${method.name}", *(["${name}"] if varies_experiment else []), protocol, *varied, "seed=${seed}"]
     return " ".join(parts)
 

@@ -35,6 +35,7 @@ from lightning_modules.registry import get_method, method_names
 from pipelines import runner
 from pipelines.cli import main
 from pipelines.config import compose, find_config, to_object
+from pipelines.protocol import shots_label
 from tests_support import SendAt, interrupt_training_at
 
 pytestmark = pytest.mark.slow
@@ -251,7 +252,7 @@ def test_a_k_shot_evaluation_on_two_processes_equals_one_or_the_method_is_refuse
         assert code == 2 and not one.exists()
         assert capsys.readouterr().err.strip() == (
             f"zsad: error: method '{runs.spec.name}' has no few-shot mode (its protocols: "
-            f"{', '.join(runs.spec.protocols)}); evaluate it zero-shot (protocol.shots=0)"
+            f"{', '.join(runs.spec.protocols)}); evaluate it {shots_label(0, runs.spec.name)} (protocol.shots=0)"
         )
         return
     assert code == 0 and main(runs.args("test", two, *runs.checkpoint, *few_shot, *DDP)) == 0

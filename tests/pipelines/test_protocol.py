@@ -1,4 +1,4 @@
-"""The few-shot protocol end to end (docs/protocols.md): a k-shot run evaluates every reference draw,
+"""The protocols (docs/protocols.md), the few-shot one end to end: a k-shot run evaluates every reference draw,
 records each draw's files and numbers, means them; ``zsad report`` treats draws as replicates beside the
 zero-shot column; methods without a few-shot mode and targets without normal training images are refused in
 one line."""
@@ -111,6 +111,27 @@ def test_a_method_without_a_few_shot_mode_is_refused_in_one_line(experiment, tmp
     listing = capsys.readouterr().out
     assert "protocols: zero-shot, few-shot" in listing.split("winclip")[-1]
     assert "protocols: zero-shot\n" in listing.split("anomalyclip")[1]
+    assert "protocols: transductive\n" in listing.split("musc")[1]
+
+
+def test_a_transductive_method_is_named_so_in_results_sweep_run_names_and_report_columns():
+    """MuSc at ``protocol.shots=0`` scores the test images against each other: not zero-shot."""
+    from omegaconf import OmegaConf
+
+    from pipelines import config  # noqa: F401  (registers the zsad_protocol resolver)
+    from pipelines.protocol import protocol_header
+    from pipelines.report_grouping import _column_labels
+
+    def job(method: str) -> object:
+        name = "${zsad_protocol:${protocol.shots},${protocol.draws},${method.name}}"
+        return OmegaConf.create({"protocol": {"shots": 0, "draws": 1}, "method": {"name": method}, "n": name})
+
+    assert protocol_header(job("musc"), None)["protocol"] == {"name": "transductive", "label": "transductive"}
+    assert protocol_header(job("vand"), None)["protocol"] == {"name": "zero_shot", "label": "zero-shot"}
+    assert (job("musc").n, job("vand").n) == ("transductive", "zero-shot")
+    columns = {(("method.name", f'"{m}"'),): {"method.name": m} for m in ("musc", "vand")}
+    labels, _ = _column_labels(columns, ["method.name"], ["method.name"])
+    assert sorted(labels.values()) == ["musc transductive", "vand zero-shot"]
 
 
 def test_a_target_without_normal_training_images_is_refused_before_any_run_folder(
