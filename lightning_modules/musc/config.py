@@ -50,9 +50,10 @@ class MuScConfig:
     # fp16 autocast of the feature extraction and LNAMD on CUDA, as their torch.cuda.amp.autocast(); nothing
     # on CPU (CUDA autocast is disabled there, in their code too)
     amp: bool = True
-    # Elements of one block of the MSM distance matrix (memory bound, not results: the block layout depends
-    # only on the set's size, so every process of a DDP run computes the same blocks)
-    distance_block_elements: int = 1 << 26
+    # Elements of one block of the MSM distance matrix (memory and speed, not results: the block layout
+    # depends only on the set's size, so every process of a DDP run computes the same blocks); null: 2^26 on
+    # a GPU, 2^20 on the CPU (musc/scoring.py distance_block)
+    distance_block_elements: int | None = None
 
     def k_list_for(self, dataset: str | None) -> list[int]:
         if self.k_list is not None:

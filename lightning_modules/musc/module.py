@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from datamodules.errors import ZsadError
@@ -157,11 +156,5 @@ class MuScModule(ZeroShotModule):
             )
         grids = torch.stack([self._scored[s][0] for s in samples]).to(self.device)
         scores = torch.tensor([self._scored[s][1] for s in samples], device=self.device)
-        grid = self.model.grid
-        maps = F.interpolate(
-            grids.view(-1, 1, *grid),
-            size=tuple(batch["mask"].shape[-2:]),
-            mode="bilinear",
-            align_corners=True,
-        )[:, 0]
+        maps = self.model.upsample(grids, tuple(batch["mask"].shape[-2:]))
         return scores, maps.float()

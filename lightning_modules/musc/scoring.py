@@ -18,8 +18,17 @@ import torch.nn.functional as F
 
 from datamodules.errors import ConfigError
 
-# Elements of one block of the distance matrix (float32): ~256 MiB, small enough for any GPU or CPU.
-DEFAULT_DISTANCE_BLOCK = 1 << 26
+# Elements of one block of the distance matrix (float32): 256 MiB on a GPU (large GEMMs keep it busy),
+# 4 MiB on the CPU (blocks that stay in cache: faster there, benchmarks/speed_musc.py; the same numbers)
+GPU_DISTANCE_BLOCK = 1 << 26
+CPU_DISTANCE_BLOCK = 1 << 20
+
+
+def distance_block(device: torch.device, elements: int | None = None) -> int:
+    """``elements``, or the default block size for ``device`` when None."""
+    if elements is not None:
+        return int(elements)
+    return GPU_DISTANCE_BLOCK if device.type == "cuda" else CPU_DISTANCE_BLOCK
 
 
 def aggregate_neighbourhood(tokens: torch.Tensor, grid: tuple[int, int], r: int) -> torch.Tensor:
@@ -50,14 +59,15 @@ def mutual_scores(
     features: torch.Tensor,
     topmin_min: float = 0.0,
     topmin_max: float = 0.3,
-    block_elements: int = DEFAULT_DISTANCE_BLOCK,
+    block_elements: int | None = None,
 ) -> torch.Tensor:
     """MSM: ``features`` ``[N, L, C]`` (all images of one set) -> patch scores ``[N, L]`` in float64.
 
     For every patch of image ``i`` and every other image ``j``: the distance to ``j``'s nearest patch.
     Over ``j``, the values ranked ``k_min .. k_max - 1`` from the smallest are averaged
     (``k = interval_count(N - 1, topmin)``). Distances are computed in blocks of query and reference
-    images of at most ``block_elements`` entries, never one image pair at a time."""
+    images of at most ``block_elements`` entries (None: :func:`distance_block` of the device), never one
+    image pair at a time unless a block holds only one."""
     n, length, c = features.shape
     k_max, k_min = interval_count(n - 1, topmin_max), interval_count(n - 1, topmin_min)
     if k_max < k_min:
@@ -68,7 +78,7 @@ def mutual_scores(
             f"images: empty (topmin_min={topmin_min}, topmin_max={topmin_max}); a set needs more images "
             "(lower divide_num) or other topmin bounds"
         )
-    per_block = max(1, block_elements // (length * length))
+    per_block = max(1, distance_block(features.device, block_elements) // (length * length))
     queries = max(1, min(n, per_block))
     references = max(1, min(n, per_block // queries))
     flat = features.reshape(n * length, c)

@@ -60,7 +60,7 @@ def _msm_reference(z: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
     return scores
 
 
-@pytest.mark.parametrize("block_elements", [1, 40, 1 << 26])
+@pytest.mark.parametrize("block_elements", [1, 40, 1 << 26, None])
 def test_msm_averages_the_smallest_nearest_patch_distances_to_the_other_images(block_elements):
     z = aggregate_neighbourhood(_tokens(b=11), (4, 4), 1).float()
     ours = mutual_scores(z, block_elements=block_elements)
