@@ -381,3 +381,18 @@ class AAClip(FrozenCLIP):
                 maps + F.interpolate(blurred[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
             )
         return scores, maps
+
+
+def min_max(values: torch.Tensor) -> torch.Tensor:
+    """metrics_eval's ``(x - min) / (max - min)`` over all of a category's values, skipped when the maximum
+    is already 1."""
+    if float(values.max()) == 1.0:
+        return values
+    return (values - values.min()) / (values.max() - values.min())
+
+
+def fused_image_scores(image_scores: torch.Tensor, maps: torch.Tensor, medical: bool) -> torch.Tensor:
+    """metrics_eval's image score of one category's test images: scores and maps min-max normalised over the
+    category, then ``0.5 * max(map) + 0.5 * score`` (industrial) or ``max(map)`` (medical)."""
+    peak = min_max(maps).amax(dim=(-2, -1))
+    return peak if medical else peak * 0.5 + min_max(image_scores) * 0.5
