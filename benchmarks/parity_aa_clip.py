@@ -71,12 +71,12 @@ def state_dict(seed: int = ps.WEIGHTS_SEED) -> dict[str, torch.Tensor]:
     return ps.parity_state_dict(seed, MODEL)
 
 
-def zsad_config(**overrides):
+def zsad_config(backbone_interpolation: str = "bicubic", **overrides):
     from lightning_modules.aa_clip import AAClipConfig
     from lightning_modules.clip.config import BackboneConfig
 
     backbone = BackboneConfig(
-        name=MODEL, pretrained=None, image_size=IMAGE_SIZE, pos_embed_interpolation="bicubic"
+        name=MODEL, pretrained=None, image_size=IMAGE_SIZE, pos_embed_interpolation=backbone_interpolation
     )
     return AAClipConfig(backbone=backbone, surgery_until_layer=SURGERY_UNTIL_LAYER, **overrides)
 
