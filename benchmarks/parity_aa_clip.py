@@ -82,10 +82,10 @@ def zsad_config(backbone_interpolation: str = "bicubic", **overrides):
 
 
 def preprocessing():
-    """Their transforms: RGB, Resize((S, S), BICUBIC), OpenAI normalisation; masks resized NEAREST, != 0."""
-    from datamodules.transforms import ImagePreprocessing
+    """AA-CLIP's preprocessing as its spec declares it (RGB, bicubic resize; masks nearest, != 0)."""
+    from lightning_modules.aa_clip.spec import AA_CLIP
 
-    return ImagePreprocessing(rgb_before_resize=True, mask_interpolation="nearest")
+    return AA_CLIP.preprocessing(zsad_config(), "synthetic")
 
 
 def zsad_model(initial: dict[str, torch.Tensor], **overrides):

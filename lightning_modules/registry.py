@@ -9,6 +9,7 @@ and configs only: no torch, Lightning or open_clip.
 from __future__ import annotations
 
 from datamodules.errors import ZsadError
+from lightning_modules.aa_clip.spec import AA_CLIP
 from lightning_modules.adaclip.spec import ADACLIP
 from lightning_modules.anomalyclip.spec import ANOMALYCLIP
 from lightning_modules.anovl.spec import ANOVL
@@ -22,6 +23,7 @@ from lightning_modules.vand.spec import VAND
 from lightning_modules.winclip.spec import WINCLIP
 
 BUILTIN_METHODS: tuple[MethodSpec, ...] = (
+    AA_CLIP,
     ADACLIP,
     ANOMALYCLIP,
     ANOVL,

@@ -48,6 +48,10 @@ class AAClipConfig:
     surgery_until_layer: int = 20
     surgery_attention_over: str = "batch"
     text_loss_layers: str = "last"
+    # Object word of the prompts: "authors", their hand-written description of each class
+    # (lightning_modules/aa_clip/object_words.py; zsad's object word where they have none), or
+    # "object_word": the dataset's readable prompt name ("metal nut").
+    prompt_words: str = "authors"
     temperature: float = 0.01  # their 100 * cos in every map
     text_norm_weight: float = 0.1  # --text_norm_weight: the squared mean normal-anomalous text cosine
     focal_gamma: float = 2.0  # FocalLoss() defaults (gamma 2, alpha None, smooth 1e-5)
