@@ -15,6 +15,7 @@ SURGERY_ATTENTION_AXES = ("batch", "tokens")
 # Stage 1's segmentation loss: "last", the last feature layer only, as their loop *assigns* the loss per
 # layer (`loss = calculate_seg_loss(...)`); "all": summed over the feature layers (a deviation).
 TEXT_LOSS_LAYERS = ("last", "all")
+AA_CLIP_PROMPT_WORDS = ("authors", "object_word")
 
 
 def _aa_clip_backbone() -> BackboneConfig:

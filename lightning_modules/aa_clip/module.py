@@ -15,8 +15,6 @@ from lightning_modules.aa_clip.object_words import authors_object_words
 from lightning_modules.category_module import CategoryTextModule, category_words
 from lightning_modules.eval_config import EvalConfig
 
-PROMPT_WORDS = ("authors", "object_word")
-
 
 class AAClipModule(CategoryTextModule):
     """Manual optimisation: stage 1 steps the text adapters once per batch (their batch of
@@ -35,10 +33,6 @@ class AAClipModule(CategoryTextModule):
     def __init__(
         self, cfg: AAClipConfig, eval_cfg: EvalConfig | None = None, model: AAClip | None = None
     ) -> None:
-        if cfg.prompt_words not in PROMPT_WORDS:
-            raise ConfigError(
-                f"method.prompt_words must be one of {list(PROMPT_WORDS)}, got {cfg.prompt_words!r}"
-            )
         super().__init__(cfg, eval_cfg, model if model is not None else AAClip(cfg))
         self.automatic_optimization = False
         self.register_buffer("category_medical", torch.zeros(0, dtype=torch.bool), persistent=False)

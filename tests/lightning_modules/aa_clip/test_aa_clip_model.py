@@ -92,3 +92,5 @@ def test_settings_the_tower_cannot_hold_are_refused():
         tiny(surgery_until_layer=20)
     with pytest.raises(ConfigError, match="surgery_attention_over"):
         tiny(surgery_attention_over="heads")
+    with pytest.raises(ConfigError, match="prompt_words"):
+        tiny(prompt_words="ensemble")
