@@ -79,20 +79,33 @@ def write_model_config(folder: Path, config: dict[str, Any] | None = None, name:
     return path
 
 
-def register_parity_model(name: str = PARITY_MODEL, clip_package: Any = open_clip) -> None:
-    """Make the parity model ``name`` (a key of :data:`PARITY_MODELS`) known to ``clip_package``: the
-    installed open_clip, or an official checkout's vendored copy (same ``list_models``/``add_model_config``)."""
+def register_parity_model(
+    name: str = PARITY_MODEL, clip_package: Any = open_clip, config: dict[str, Any] | None = None
+) -> None:
+    """Make the parity model ``name`` (a key of :data:`PARITY_MODELS`, or a script's own ``config``) known to
+    ``clip_package``: the installed open_clip, or an official checkout's vendored copy (same
+    ``list_models``/``add_model_config``)."""
     if name not in clip_package.list_models():
         folder = Path(tempfile.mkdtemp(prefix="zsad-parity-"))
-        clip_package.add_model_config(write_model_config(folder, PARITY_MODELS[name], name))
+        clip_package.add_model_config(write_model_config(folder, config or PARITY_MODELS[name], name))
 
 
-def parity_state_dict(seed: int = WEIGHTS_SEED, name: str = PARITY_MODEL) -> dict[str, torch.Tensor]:
-    """The random weights both sides load: open_clip's initialisation after ``torch.manual_seed(seed)``."""
-    register_parity_model(name)
+def parity_state_dict(
+    seed: int = WEIGHTS_SEED,
+    name: str = PARITY_MODEL,
+    config: dict[str, Any] | None = None,
+    float16_values: bool = False,
+) -> dict[str, torch.Tensor]:
+    """The random weights both sides load: open_clip's initialisation after ``torch.manual_seed(seed)``;
+    ``float16_values``: rounded to float16 values (as OpenAI's released weights are, which the CLIP code of
+    Qu et al., VCP-CLIP and Bayes-PFL, casts through float16)."""
+    register_parity_model(name, config=config)
     torch.manual_seed(seed)
-    model = open_clip.create_model(name, pretrained=None)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    weights = open_clip.create_model(name, pretrained=None).state_dict()
+    rounded = {
+        k: v.half().float() if float16_values and v.is_floating_point() else v for k, v in weights.items()
+    }
+    return {k: v.detach().clone() for k, v in rounded.items()}
 
 
 def parity_clip(state_dict: dict[str, torch.Tensor] | None = None, name: str = PARITY_MODEL):
@@ -110,15 +123,16 @@ def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def write_parity_images(root: Path, seed: int = IMAGES_SEED) -> Path:
-    """A small synthetic MVTec-layout dataset (PNG images and 0/255 masks) under ``root``; returns ``root``."""
+def write_parity_images(root: Path, seed: int = IMAGES_SEED, n_train: int = 1) -> Path:
+    """A small synthetic MVTec-layout dataset (PNG images and 0/255 masks) under ``root``; returns ``root``.
+    ``n_train`` normal training images per category (the few-shot parity draws its references there)."""
     generate_synthetic_dataset(
         root,
         seed=seed,
         style="industrial",
         categories=list(CATEGORIES),
         image_size=IMAGE_FILE_SIZE,
-        n_train=1,
+        n_train=n_train,
         n_test_good=2,
         n_test_defect_per_kind=1,
         overwrite=True,
@@ -223,16 +237,19 @@ def json_line(method: str, deltas: dict[str, float]) -> str:
     return json.dumps({"method": method, "max_abs_delta": {k: float(v) for k, v in deltas.items()}})
 
 
-def evaluator_metrics(categories, category_ids, scores, labels, maps, masks) -> dict[str, float]:
+def evaluator_metrics(
+    categories, category_ids, scores, labels, maps, masks, image_score_rule=None, score_dtype=torch.float32
+) -> dict[str, float]:
     """zsad's evaluator (exact AUPRO and cflow-style AUPRO included) on the given scores and maps:
-    ``{category/metric: value}`` for every defined metric."""
+    ``{category/metric: value}`` for every defined metric. ``image_score_rule``: the evaluator's per-category
+    rule over ``[N, K]`` score components (Bayes-PFL's)."""
     from lightning_modules.metrics import AnomalyEvaluator
 
-    evaluator = AnomalyEvaluator(categories=list(categories))
+    evaluator = AnomalyEvaluator(categories=list(categories), image_score_rule=image_score_rule)
     evaluator.update(
         category_ids=torch.as_tensor(category_ids),
         sample_ids=torch.arange(len(labels)),
-        image_scores=torch.as_tensor(scores).float(),
+        image_scores=torch.as_tensor(scores).to(score_dtype),
         labels=torch.as_tensor(labels),
         anomaly_maps=torch.as_tensor(maps).float(),
         masks=torch.as_tensor(masks).float(),
@@ -384,6 +401,42 @@ def _mvtec_layout(folder: Path) -> Path:
     return write_parity_images(folder / "mvtec")
 
 
+FEW_SHOT_TRAIN_IMAGES = 4  # normal training images per category of the few-shot parity images
+
+
+def few_shot_layout(folder: Path) -> Path:
+    """The parity images with :data:`FEW_SHOT_TRAIN_IMAGES` training images per category (few-shot parity)."""
+    return write_parity_images(folder / "mvtec", n_train=FEW_SHOT_TRAIN_IMAGES)
+
+
+REFERENCES_FILE = "references.json"  # beside the weights file: the few-shot references of the official side
+
+
+def few_shot_then_official(
+    args: argparse.Namespace,
+    script: str,
+    zsad_outputs: Callable[[Path], dict[str, np.ndarray]],
+    weights: dict[str, torch.Tensor],
+    pythonpath: tuple[str, ...] = (),
+) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """:func:`zsad_then_official` on the few-shot parity images (:func:`few_shot_layout`): the references
+    zsad's protocol drew (its outputs' ``categories`` and ``references``) are written beside the weights,
+    where the official side reads them (:func:`official_references`)."""
+
+    def zsad_then_write_references(root: Path) -> dict[str, np.ndarray]:
+        ours = zsad_outputs(root)
+        files = dict(zip(ours["categories"].tolist(), ours["references"].tolist(), strict=True))
+        (root.parent / REFERENCES_FILE).write_text(json.dumps(files))
+        return ours
+
+    return zsad_then_official(args, script, zsad_then_write_references, weights, pythonpath, few_shot_layout)
+
+
+def official_references(weights: Path) -> dict[str, list[str]]:
+    """Per category the reference files (below the images root) zsad drew, on the official side."""
+    return json.loads((weights.parent / REFERENCES_FILE).read_text())
+
+
 def zsad_then_official(
     args: argparse.Namespace,
     script: str,
@@ -399,3 +452,54 @@ def zsad_then_official(
     root = write(work)
     ours = zsad_outputs(root)
     return root, ours, run_official_side(script, args.official, root, weights, work, pythonpath)
+
+
+# --- shims for the official code of Qu et al. (VCP-CLIP, Bayes-PFL: the same CLIP and data code) --------
+class CpuZeros:
+    """``torch`` for the ViT module of Qu et al.'s CLIP code (VCP-CLIP, Bayes-PFL), except that ``zeros([H, H]).to('cuda')`` stays on the CPU."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def zeros(*args, **kwargs):
+        if len(args) == 1 and isinstance(args[0], list):  # their unused attention sum
+
+            class _Stay(torch.Tensor):
+                def to(self, *a, **k):
+                    return torch.Tensor(self)
+
+            return torch.zeros(*args, **kwargs).as_subclass(_Stay)
+        return torch.zeros(*args, **kwargs)
+
+
+class RecordingCv2:
+    """``cv2`` for Qu et al.'s data conversion (``make_VAND``): records which image file each written BMP comes from."""
+
+    def __init__(self, cv2):
+        self.cv2, self.last_image, self.sources = cv2, None, {}
+
+    def __getattr__(self, name):
+        return getattr(self.cv2, name)
+
+    def imread(self, path, flags=None):
+        if flags == self.cv2.IMREAD_COLOR:
+            self.last_image = path
+        return self.cv2.imread(path, flags)
+
+    def imwrite(self, path, image, *args):
+        if path.endswith(".bmp"):
+            self.sources[os.path.abspath(path)] = self.last_image
+        return self.cv2.imwrite(path, image, *args)
+
+
+class Recorder:
+    """Wraps a metric function: keeps (args, result) of every call."""
+
+    def __init__(self, function):
+        self.function, self.calls = function, []
+
+    def __call__(self, *args, **kwargs):
+        value = self.function(*args, **kwargs)
+        self.calls.append((args, value))
+        return value

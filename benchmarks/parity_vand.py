@@ -342,6 +342,18 @@ def main() -> None:
     run_parity(NATIVE, __doc__, __file__)
 
 
+def assert_test_py_metrics(official: np.ndarray, ours: np.ndarray, maps, masks, category_ids) -> None:
+    """test.py's metrics per class (rows, :data:`METRICS` columns) against zsad's: sklearn's AUROC and AP to
+    1e-6, the cflow AUPRO (test.py's ``cal_pro_score``) within how far map noise moves it on zsad's maps
+    (its 200-step threshold grid flips on map noise; ``parity_support.cflow_aupro_agreement``)."""
+    assert official.shape == ours.shape == (official.shape[0], len(METRICS))
+    cflow = METRICS.index("aupro_cflow")
+    exact = [i for i in range(len(METRICS)) if i != cflow]
+    assert ps.max_abs_delta(official[:, exact], ours[:, exact]) <= 1e-6
+    delta, tolerance = ps.cflow_aupro_agreement(official[:, cflow], ours[:, cflow], maps, masks, category_ids)
+    assert (delta <= tolerance).all(), (delta, tolerance)
+
+
 def on_their_maps(theirs: dict[str, np.ndarray], ours: dict[str, np.ndarray]) -> np.ndarray:
     """zsad's ``legacy_cflow_aupro`` per category on the authors' summed anomalous maps (zsad's order)."""
     from lightning_modules.metrics import legacy_cflow_aupro

@@ -18,6 +18,7 @@ tests/fixtures/parity/winclip.npz (tests/lightning_modules/winclip/test_winclip_
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
@@ -132,9 +133,6 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     categories = list(ps.CATEGORIES)
     with _official_imports(official):
         from anomalib.data.datasets.image.mvtecad import MVTecADDataset
-        from anomalib.metrics.aupr import _AUPR
-        from anomalib.metrics.aupro import _AUPRO
-        from anomalib.metrics.auroc import _AUROC
         from anomalib.models.image.winclip import torch_model
         from anomalib.models.image.winclip.lightning_model import WinClip
 
@@ -176,8 +174,19 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     result["labels"] = result["labels"].astype(np.int64)
     counts = [len(MVTecADDataset(root=root, category=c, split="test")) for c in categories]
     result["category_ids"] = np.repeat(np.arange(len(categories)), counts)
+    result["metrics"] = anomalib_metrics(result, len(categories))
+    return result
+
+
+def anomalib_metrics(result: dict[str, np.ndarray], n_categories: int) -> np.ndarray:
+    """``[C, len(METRICS)]``: anomalib's AUROC, AUPR and AUPRO per category of one side's outputs
+    (``scores``, ``labels``, ``maps``, ``masks``, ``category_ids``); on the official side only."""
+    from anomalib.metrics.aupr import _AUPR
+    from anomalib.metrics.aupro import _AUPRO
+    from anomalib.metrics.auroc import _AUROC
+
     metrics = []
-    for c in range(len(categories)):
+    for c in range(n_categories):
         sel = result["category_ids"] == c
         scores, labels = torch.from_numpy(result["scores"][sel]), torch.from_numpy(result["labels"][sel])
         maps, masks = torch.from_numpy(result["maps"][sel]), torch.from_numpy(result["masks"][sel]).int()
@@ -192,8 +201,7 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
             metric.update(preds, target)
             row.append(float(metric.compute()))
         metrics.append(row)
-    result["metrics"] = np.asarray(metrics)
-    return result
+    return np.asarray(metrics)
 
 
 COMPARED = (
@@ -207,6 +215,22 @@ COMPARED = (
     "scores",
     "metrics",
 )
+
+
+def print_comparison(
+    theirs: dict[str, np.ndarray], ours: dict[str, np.ndarray], compared: Sequence[str], categories: list[str]
+) -> None:
+    """Max |delta| of each compared output and metric, and anomalib's metrics per category (after checking
+    that both loaders read the files in the same order)."""
+    if not np.array_equal(theirs["paths"], ours["paths"]):
+        raise SystemExit(f"the loaders read the files in another order: {theirs['paths']} vs {ours['paths']}")
+    for name in compared:
+        ps.print_delta(name, theirs[name], ours[name])
+    for m, metric in enumerate(METRICS):
+        ps.print_delta(f"{metric} (per category)", theirs["metrics"][:, m], ours["metrics"][:, m])
+    for c, category in enumerate(categories):
+        values = ", ".join(f"{m} {v:.6f}" for m, v in zip(METRICS, theirs["metrics"][c], strict=True))
+        print(f"  anomalib {category}: {values}")
 
 
 def main() -> None:
@@ -228,15 +252,7 @@ def main() -> None:
     print(
         f"WinCLIP: anomalib ({args.official}) vs zsad, categories {categories}, {len(ours['scores'])} images"
     )
-    if not np.array_equal(theirs["paths"], ours["paths"]):
-        raise SystemExit(f"the loaders read the files in another order: {theirs['paths']} vs {ours['paths']}")
-    for name in COMPARED[:-1]:
-        ps.print_delta(name, theirs[name], ours[name])
-    for m, metric in enumerate(METRICS):
-        ps.print_delta(f"{metric} (per category)", theirs["metrics"][:, m], ours["metrics"][:, m])
-    for c, category in enumerate(categories):
-        values = ", ".join(f"{m} {v:.6f}" for m, v in zip(METRICS, theirs["metrics"][c], strict=True))
-        print(f"  anomalib {category}: {values}")
+    print_comparison(theirs, ours, COMPARED[:-1], categories)
     if args.write_fixture:
         ps.save_fixture(
             FIXTURE,

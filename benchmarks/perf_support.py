@@ -8,6 +8,8 @@ import os
 import platform
 import shutil
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -107,3 +109,60 @@ def machine() -> str:
         f"{device}; torch {torch.__version__}; {torch.get_num_threads()} torch threads; "
         f"{os.cpu_count()} CPUs visible; python {platform.python_version()}"
     )
+
+
+def clip_with_text_tower_only(name: str):
+    """An open_clip model of architecture ``name`` whose vision tower stays on the meta device (counted, never
+    run) and whose text tower is materialised on the CPU with random values (it runs in a trainable graph):
+    what the memory estimates (benchmarks/memory_*.py) measure the trainable part of a method on."""
+    import open_clip
+
+    clip = open_clip.create_model(name, pretrained=None, device="meta")
+    for part in ("transformer", "token_embedding", "ln_final"):
+        getattr(clip, part).to_empty(device="cpu")
+    for part in ("positional_embedding", "text_projection"):
+        setattr(clip, part, torch.nn.Parameter(torch.randn_like(getattr(clip, part), device="cpu")))
+    for p in [
+        *clip.transformer.parameters(),
+        *clip.token_embedding.parameters(),
+        *clip.ln_final.parameters(),
+    ]:
+        p.data.normal_(std=0.02)
+    clip.attn_mask = torch.empty(77, 77).fill_(float("-inf")).triu_(1)
+    return clip
+
+
+class SavedForBackward:
+    """Context manager adding up the bytes autograd saves for the backward pass inside it (each storage once):
+    ``with SavedForBackward() as saved: loss = ...`` then ``saved.bytes``."""
+
+    def __init__(self) -> None:
+        self._storages: dict[int, int] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        self._storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._storages.values())
+
+    def __enter__(self) -> SavedForBackward:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def fastest(function: Callable[[], object], repeats: int) -> float:
+    """The shortest of ``repeats`` wall-clock times of ``function()`` (seconds): the run least disturbed by
+    the rest of a shared machine."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)

@@ -26,8 +26,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -37,18 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import parity_faprompt as pf  # noqa: E402
 import parity_support as ps  # noqa: E402
 import torch  # noqa: E402
+from perf_support import fastest  # noqa: E402
 
 REPEATS = 3
 BATCH = 8  # train.sh --batch_size; zsad's evaluation batch too
-
-
-def best_of(function: Callable[[], object]) -> float:
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def official_times(official: Path, root: Path, weights: Path) -> dict[str, float]:
@@ -57,8 +47,8 @@ def official_times(official: Path, root: Path, weights: Path) -> dict[str, float
     train_args, test_args = pf.official_args(root, weights.parent, BATCH)
     with pf.patched(side.patches):
         side.train.setup_seed(train_args.seed)
-        timed_train = best_of(lambda: side.train.train(train_args))
-        timed_test = best_of(lambda: side.test.test(test_args))
+        timed_train = fastest(lambda: side.train.train(train_args), REPEATS)
+        timed_test = fastest(lambda: side.test.test(test_args), REPEATS)
     return {"train_s": timed_train, "test_s": timed_test}
 
 
@@ -99,7 +89,7 @@ def zsad_times(root: Path, their_file: Path) -> dict[str, float]:
         ps.predict_into(evaluator, module, data.test_dataloader())
         evaluator.compute()
 
-    return {"train_s": best_of(train), "test_s": best_of(test)}
+    return {"train_s": fastest(train, REPEATS), "test_s": fastest(test, REPEATS)}
 
 
 def main() -> None:

@@ -17,12 +17,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.augment import AugmentedDataset, TrainAugmentation
 from datamodules.config import DataConfig
 from datamodules.dataset import AnomalyDataset
 from datamodules.errors import ConfigError
 from datamodules.fingerprint import index_fingerprint
 from datamodules.fingerprint import summary as fingerprint_summary
 from datamodules.index import DatasetIndex, DatasetSpec, build_index, get_dataset_spec
+from datamodules.references import ReferenceDraw, ReferenceImages, draw_references
 from datamodules.resumable import EpochSampler, ResumableDataLoader
 from datamodules.transforms import ImageMaskTransform, ImagePreprocessing, TransformSpec
 
@@ -65,11 +67,14 @@ def preprocessing_for(cfg: DataConfig, method_default: ImagePreprocessing) -> Im
 def resumable_train_loader(
     dataset: Dataset, cfg: DataConfig, trainer: L.Trainer | None, seed: int, workers: int
 ) -> ResumableDataLoader:
-    """Each process's share of a (seed, epoch) permutation of ``dataset``, in batches; resumable mid-epoch."""
+    """Each process's share of a (seed, epoch) permutation of ``dataset``, in batches; resumable mid-epoch.
+    A dataset whose items depend on the epoch (``takes_epoch``: a seeded augmentation) is asked for
+    ``(epoch, index)``."""
     world, rank = (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
+    with_epoch = bool(getattr(dataset, "takes_epoch", False))
     return ResumableDataLoader(
         dataset,
-        EpochSampler(dataset, num_replicas=world, rank=rank, seed=seed),
+        EpochSampler(dataset, num_replicas=world, rank=rank, seed=seed, with_epoch=with_epoch),
         batch_size=cfg.batch_size,
         num_workers=workers,
         pin_memory=cfg.pin_memory and torch.cuda.is_available(),
@@ -90,9 +95,12 @@ class AnomalyDataModule(L.LightningDataModule):
         image_size: int,
         preprocessing: ImagePreprocessing | None = None,
         seed: int | None = None,
+        augmentation: TrainAugmentation | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
+        # the method's training augmentation (datamodules/augment.py), seeded per (seed, epoch, sample)
+        self.augmentation = augmentation if augmentation is not None and augmentation.active else None
         self.image_size = image_size
         self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
         self.eval_size = cfg.eval_size or image_size
@@ -154,6 +162,14 @@ class AnomalyDataModule(L.LightningDataModule):
         return ImageMaskTransform(self.transform_spec(train))
 
     def _dataset(self, split: str, train: bool) -> AnomalyDataset:
+        if train and self.augmentation is not None:
+            return AugmentedDataset(
+                self.split_index(split),
+                self._transform(train),
+                categories=self.categories,
+                augmentation=self.augmentation,
+                seed=self.seed,
+            )
         return AnomalyDataset(
             self.split_index(split),
             self._transform(train),
@@ -164,6 +180,18 @@ class AnomalyDataModule(L.LightningDataModule):
     def train_dataset(self) -> AnomalyDataset:
         """The training split's images (what a feature cache encodes once)."""
         return self._dataset(self.cfg.train_split, train=True)
+
+    # --- few-shot references ---------------------------------------------------------------------
+    def reference_draws(self, shots: int, seed: int, draws: int) -> list[ReferenceDraw]:
+        """``draws`` seeded draws of ``shots`` normal training images per category, none a test image
+        (:mod:`datamodules.references`); a ConfigError when the dataset cannot give them."""
+        return draw_references(
+            self.full_index, self.test_index, self.categories, shots, seed, draws, self.cfg.name
+        )
+
+    def reference_images(self, draw: ReferenceDraw) -> ReferenceImages:
+        """A draw's images, read with the test images' transform (the method's preprocessing)."""
+        return ReferenceImages(draw, self._transform(train=False))
 
     # --- data identity ----------------------------------------------------------------------------
     @functools.cached_property
@@ -194,6 +222,8 @@ class AnomalyDataModule(L.LightningDataModule):
         }
 
     def train_cache_bypass_reason(self) -> str | None:
+        if self.augmentation is not None:
+            return f"the method's training augmentation ({self.augmentation}) changes training images every epoch"
         if self.cfg.hflip_p > 0:
             return f"random horizontal flip (hflip_p={self.cfg.hflip_p}) changes training images every epoch"
         return None

@@ -72,7 +72,17 @@ class AnomalyDataset(Dataset):
                     f"mask {record.mask_path} is {mask.size[0]}x{mask.size[1]} but image {record.image_path} "
                     f"is {image.size[0]}x{image.size[1]}"
                 )
-        image_tensor, mask_tensor = self.transform(image, mask)
+        return self.item(i, *self.transform(image, mask), image_size=image.size)
+
+    def item(
+        self,
+        i: int,
+        image_tensor: torch.Tensor,
+        mask_tensor: torch.Tensor,
+        image_size: tuple[int, int] | None = None,
+    ) -> dict[str, Any]:
+        """The item of record ``i`` from its transformed image and mask (an augmented copy included)."""
+        record = self.records[i]
         item = {
             "image": image_tensor,
             "mask": mask_tensor,
@@ -87,7 +97,7 @@ class AnomalyDataset(Dataset):
             group = -1 if record.group is None else self._group_ids[record.group]
             item["group_id"] = torch.tensor(group, dtype=torch.long)
         if self.max_regions:
-            item.update(self._regions(record, image.size, mask_tensor))
+            item.update(self._regions(record, image_size, mask_tensor))
         return item
 
     def _regions(

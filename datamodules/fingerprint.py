@@ -45,7 +45,7 @@ def file_sha256(path: str | Path) -> str:
     return sha.hexdigest()
 
 
-def _relative(path: Path, root: Path) -> str:
+def relative_name(path: Path, root: Path) -> str:
     """A file's name in the fingerprint: its path below the dataset root (the root itself is part of
     the run's config), or the path as given for a file outside it (a parser that follows a file list)."""
     try:
@@ -88,7 +88,7 @@ def index_fingerprint(index: DatasetIndex, content_limit: int = CONTENT_HASH_LIM
     files: dict[str, FileEntry] = {}
     for paths, hashed in ((images, hash_images), (masks, hash_masks)):
         for path in paths:
-            files[_relative(path, root)] = _entry(path, hashed)
+            files[relative_name(path, root)] = _entry(path, hashed)
     content = {
         (True, True): EVERY_FILE_HASHED,
         (False, True): "sha256 of masks; images by size and time",

@@ -26,12 +26,14 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.augment import AugmentedDataset
 from datamodules.config import DataConfig
 from datamodules.datamodule import AnomalyDataModule, resumable_train_loader
 from datamodules.dataset import AnomalyDataset
 from datamodules.errors import ConfigError, ZsadError
 from datamodules.fingerprint import digest
 from datamodules.index import DatasetIndex, SampleRecord
+from datamodules.resumable import derived_seed
 from datamodules.transforms import ImageMaskTransform
 
 # What the combined loader takes from the data configs: every source must say the same (a ConfigError
@@ -45,6 +47,8 @@ class CombinedTrainingSet(Dataset):
 
     def __init__(self, parts: Sequence[AnomalyDataset]) -> None:
         self.parts = list(parts)
+        # a source with a seeded augmentation (datamodules/augment.py) takes the epoch with the index
+        self.takes_epoch = any(getattr(part, "takes_epoch", False) for part in self.parts)
         self.records: list[SampleRecord] = [r for part in self.parts for r in part.records]
         self.categories = self.parts[0].categories
         self.offsets = [0]
@@ -60,9 +64,10 @@ class CombinedTrainingSet(Dataset):
         part = bisect.bisect_right(self.offsets, position) - 1
         return self.parts[part], position - self.offsets[part]
 
-    def __getitem__(self, position: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, position = key if isinstance(key, tuple) else (0, key)
         part, local = self._locate(position)
-        item = part[local]
+        item = part[(epoch, local)] if getattr(part, "takes_epoch", False) else part[local]
         item["sample_id"] = item["sample_id"] + (position - local)
         item.pop("group_id", None)  # multi-view sources' sample groups: evaluation only, not in every source
         return item
@@ -205,12 +210,20 @@ class MultiSourceDataModule(L.LightningDataModule):
         return dataclasses.replace(self.full_index, records=records)
 
     def train_dataset(self) -> CombinedTrainingSet:
-        parts = [
-            AnomalyDataset(
-                index, ImageMaskTransform(part.transform_spec(train=True)), categories=self.categories
+        """Each source's training split with its transform and, when its method has one there, its
+        training augmentation (seeded per source, epoch and sample)."""
+        parts = []
+        for number, (part, index) in enumerate(zip(self.parts, self._indexes(train=True), strict=True)):
+            transform = ImageMaskTransform(part.transform_spec(train=True))
+            if part.augmentation is None:
+                parts.append(AnomalyDataset(index, transform, categories=self.categories))
+                continue
+            seed = derived_seed(part.seed, number, "source")
+            parts.append(
+                AugmentedDataset(
+                    index, transform, categories=self.categories, augmentation=part.augmentation, seed=seed
+                )
             )
-            for part, index in zip(self.parts, self._indexes(train=True), strict=True)
-        ]
         return CombinedTrainingSet(parts)
 
     # --- data identity ----------------------------------------------------------------------------

@@ -31,9 +31,14 @@ def derived_seed(*parts: int | str) -> int:
 class EpochSampler(DistributedSampler):
     """``DistributedSampler`` order (also for one process) that can skip the first samples of an epoch."""
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
+    def __init__(
+        self, dataset: Dataset, num_replicas: int, rank: int, seed: int, with_epoch: bool = False
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self._skip = 0
+        # yield (epoch, index): datasets whose items depend on the epoch (seeded augmentation) learn it per
+        # item, which reaches persistent loader workers too
+        self.with_epoch = with_epoch
 
     def skip_next(self, samples: int) -> None:
         """The next iteration starts after this process's first ``samples`` samples of the epoch."""
@@ -42,6 +47,8 @@ class EpochSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())[self._skip :]
         self._skip = 0
+        if self.with_epoch:
+            return iter([(self.epoch, i) for i in indices])
         return iter(indices)
 
 

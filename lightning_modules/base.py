@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -13,6 +13,9 @@ from torch.utils.data import DataLoader
 from datamodules.errors import ZsadError
 from lightning_modules.checkpoint_io import read_checkpoint
 from lightning_modules.eval_config import EvalConfig
+
+if TYPE_CHECKING:
+    from lightning_modules.metrics.category_scores import CategoryScoreRule
 
 #: Reads a checkpoint in a method's authors' format: (module, checkpoint dict, file) -> trainable state.
 OfficialReader = Callable[[Any, dict[str, Any], str], dict[str, torch.Tensor]]
@@ -34,6 +37,10 @@ class ZeroShotModule(L.LightningModule):
         # The method's protocol on the target under test (MethodSpec.dataset_protocol), which the runner
         # sets before each target; None: the method has one protocol (or nothing told it otherwise).
         self.method_protocol: dict[str, Any] | None = None
+        # The few-shot references of the target under test (datamodules.references.ReferenceImages: K normal
+        # training images per category, read with the method's preprocessing), which the runner sets before
+        # each evaluation of a few-shot protocol; None: zero-shot. See :meth:`set_references`.
+        self.references: Any = None
         # The run folder of the job this module runs in (the runner sets it), for files a method keeps with
         # its run (CMG's relevance cache); None outside a job.
         self.run_dir: Path | None = None
@@ -64,7 +71,35 @@ class ZeroShotModule(L.LightningModule):
             sample_metrics=any(r.group is not None for r in test_index.records),
             region_metrics=bool(test_index.region_rules),
             spro_fpr_limit=self.eval_cfg.spro_fpr_limit,
+            image_score_rule=self.image_score_rule(),
         ).to(self.device)
+        self.load_references()
+
+    # --- few-shot (MethodSpec.protocols has FEW_SHOT) -------------------------------------------------
+    def load_references(self) -> None:
+        """Hand each category's references to :meth:`set_references` before its test images (every
+        process the same images, so a DDP evaluation equals one process), or forget them (zero-shot)."""
+        self.clear_references()
+        if self.references is None:
+            return
+        for category_id, category in enumerate(self.trainer.datamodule.categories):
+            self.set_references(category_id, self.references.images(category).to(self.device))
+
+    def set_references(self, category_id: int, images: torch.Tensor) -> None:
+        """A few-shot method builds its memory of category ``category_id`` (an index into the datamodule's
+        categories, as batches' ``category_id``) from ``images`` ``[K, 3, S, S]``, preprocessed like the
+        test images; :meth:`predict_batch` then uses it for that category's images."""
+        raise ZsadError(f"method '{self.method_name}' has no few-shot mode")
+
+    def clear_references(self) -> None:
+        """Forget every category's references (the next evaluation is zero-shot or another draw's)."""
+
+    def image_score_rule(self) -> CategoryScoreRule | None:
+        """A :class:`~lightning_modules.metrics.category_scores.CategoryScoreRule` when image scores depend
+        on the whole category (VAND's k-shot normalisation, Bayes-PFL's min-max mix): ``predict_batch`` then
+        returns their parts ``[B, parts]`` and the evaluator combines a category's parts once it is
+        complete; None: per image."""
+        return None
 
     def _expected_test_samples(self) -> list[frozenset[int]] | None:
         """Per category, the test samples this process's loader yields, so that a DDP evaluation scores
@@ -83,8 +118,11 @@ class ZeroShotModule(L.LightningModule):
         return expected_samples(loader, [ids[r.category] for r in datamodule.test_index.records], len(ids))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor | None]:
-        """Feeds the evaluator; returns the batch's scores and maps for callbacks (e.g. the map writer)."""
+        """Feeds the evaluator; returns the batch's scores and maps for callbacks (e.g. the map writer);
+        under an image-score rule also the parts (``image_score_parts``) and, as ``image_scores``, the
+        rule's per-image score."""
         scores, maps = self.predict_batch(batch)
+        outputs = self._outputs(scores, maps)
         self.evaluator.update(
             category_ids=batch["category_id"],
             sample_ids=batch["sample_id"],
@@ -97,7 +135,13 @@ class ZeroShotModule(L.LightningModule):
             regions=batch.get("regions"),
             region_saturation=batch.get("region_saturation"),
         )
-        return {"image_scores": scores, "anomaly_maps": maps}
+        return outputs
+
+    def _outputs(self, scores: torch.Tensor, maps: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+        rule = self.evaluator.image_score_rule if self.evaluator is not None else self.image_score_rule()
+        if rule is None:
+            return {"image_scores": scores, "anomaly_maps": maps}
+        return {"image_scores": rule.per_image(scores), "image_score_parts": scores, "anomaly_maps": maps}
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self.evaluator.compute()
@@ -111,15 +155,15 @@ class ZeroShotModule(L.LightningModule):
         self.evaluator = None  # nothing to evaluate
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor | None]:
-        scores, maps = self.predict_batch(batch)
-        return {"image_scores": scores, "anomaly_maps": maps}
+        return self._outputs(*self.predict_batch(batch))
 
     # --- checkpoints ------------------------------------------------------------------------------
     def trainable_state_keys(self) -> set[str]:
         return {name for name, p in self.named_parameters() if p.requires_grad}
 
     def checkpoint_identity(self) -> dict[str, Any]:
-        """What must match between the module that saved a checkpoint and the one loading it."""
+        """What must match between the module that saved a checkpoint and the one loading it (a method adds
+        the config fields its trained weights depend on: :func:`config_fields`)."""
         return {"method": self.method_name}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -147,6 +191,12 @@ class ZeroShotModule(L.LightningModule):
             checkpoint = {"state_dict": official_format(self, checkpoint, path)}
         check_checkpoint(self, checkpoint, source=path)
         self.load_state_dict(checkpoint["state_dict"], strict=False)
+
+
+def config_fields(cfg: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """``cfg``'s fields ``names`` as a checkpoint records them (sequences as lists)."""
+    values = {name: getattr(cfg, name) for name in names}
+    return {k: list(v) if isinstance(v, list | tuple) else v for k, v in values.items()}
 
 
 def official_entries(checkpoint: dict[str, Any], key: str, source: str, what: str) -> dict[str, torch.Tensor]:

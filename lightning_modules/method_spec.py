@@ -13,13 +13,17 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from datamodules.augment import TrainAugmentation
     from datamodules.transforms import ImagePreprocessing
     from lightning_modules.base import ZeroShotModule
     from lightning_modules.eval_config import EvalConfig
 
-#: The evaluation protocols a method may support. Every method is zero-shot today (no image of the target
-#: dataset is seen before its test); few-shot and transductive protocols will be added as values here.
+#: The evaluation protocols a method may support: zero-shot (no image of the target dataset is seen before
+#: its test) and few-shot (K normal training images of each target category are handed to the module before
+#: that category's test images: ``ZeroShotModule.set_references``; ``protocol.shots`` / ``protocol.draws``).
+#: Transductive protocols will be further values here.
 ZERO_SHOT = "zero_shot"
+FEW_SHOT = "few_shot"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +42,17 @@ class PublishedNumbers:
 
     source: str  # the paper and its tables
     results: Mapping[str, Mapping[str, float]]  # dataset -> metric (results.json's names) -> fraction
+    # k-shot rows: shots -> dataset -> metric -> fraction (means over the papers' reference draws), and
+    # where they come from (when not ``source``)
+    few_shot: Mapping[int, Mapping[str, Mapping[str, float]]] = dataclasses.field(default_factory=dict)
+    few_shot_source: str | None = None
+
+    def numbers(self, shots: int = 0) -> Mapping[str, Mapping[str, float]]:
+        """dataset -> metric -> fraction of the zero-shot rows (``shots=0``) or of the ``shots``-shot rows."""
+        return self.results if shots == 0 else self.few_shot.get(shots, {})
+
+    def source_of(self, shots: int = 0) -> str:
+        return self.source if shots == 0 else (self.few_shot_source or self.source)
 
 
 def cache_settings(cfg: Any) -> CacheSettings:
@@ -85,8 +100,15 @@ class MethodSpec:
     # (cfg, dataset) -> the method's protocol there, recorded in results.json as ``method_protocol``; raises
     # ConfigError for one it does not implement. None: one protocol everywhere, nothing recorded.
     dataset_protocol: Callable[[Any, str], dict[str, Any]] | None = None
+    # (cfg, dataset) -> the training augmentation of the authors' dataset class when training on that dataset
+    # (datamodules/augment.py), which the runner hands to the source's datamodule: it draws per (seed, epoch,
+    # sample), so a resume and a DDP training stay exact. None (the field or the answer): the training
+    # images as they are. With one, the feature cache steps aside (the images change every epoch).
+    train_augmentation: Callable[[Any, str], TrainAugmentation | None] | None = None
     # --- evaluation -------------------------------------------------------------------------------
-    protocols: tuple[str, ...] = (ZERO_SHOT,)  # the evaluation protocols it supports
+    # The evaluation protocols it supports; with FEW_SHOT its module implements set_references (and
+    # clear_references), which the runner's few-shot evaluation feeds (docs/adding_a_method.md).
+    protocols: tuple[str, ...] = (ZERO_SHOT,)
     # cfg -> whether the test loop needs autograd (test-time adaptation): the Trainer then runs without
     # inference mode. None: never.
     grad_at_test: Callable[[Any], bool] | None = None
@@ -99,9 +121,17 @@ class MethodSpec:
     official_checkpoint: Callable[[Any, dict[str, Any], str], dict[str, Any]] | None = None
     published: PublishedNumbers | None = None  # the paper's numbers, for ``zsad report --reference``
 
+    @property
+    def few_shot(self) -> bool:
+        return FEW_SHOT in self.protocols
+
     def protocol_on(self, cfg: Any, dataset: str) -> dict[str, Any] | None:
         """The protocol record of ``dataset`` (None: the method declares none); raises ConfigError."""
         return self.dataset_protocol(cfg, dataset) if self.dataset_protocol is not None else None
+
+    def augmentation_on(self, cfg: Any, dataset: str) -> TrainAugmentation | None:
+        """The training augmentation when training on ``dataset`` (None: none)."""
+        return self.train_augmentation(cfg, dataset) if self.train_augmentation is not None else None
 
     def needs_grad_at_test(self, cfg: Any) -> bool:
         return bool(self.grad_at_test(cfg)) if self.grad_at_test is not None else False

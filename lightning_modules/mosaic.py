@@ -29,9 +29,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from datamodules.images import open_image, open_mask
+from datamodules.mosaic import paste_records
 
 MOSAIC_STYLES = ("authors", "distinct", "resized_tiles")
 MOSAIC_LABELS = ("any_tile", "replaced")
@@ -45,19 +44,6 @@ def mosaic_2x2(tiles: list[torch.Tensor]) -> torch.Tensor:
     bottom = torch.cat(tiles[2:], dim=-1)
     grid = torch.cat([top, bottom], dim=-2)
     return F.interpolate(grid[None].float(), size=tiles[0].shape[-2:], mode="area")[0]
-
-
-def paste_2x2(tiles: list[Image.Image], mode: str, quarter: tuple[int, int]) -> Image.Image:
-    """Four PIL images pasted in reading order at the corners of the ``quarter`` (width, height) cells of a
-    black ``mode`` canvas twice that size (PIL converts each to the canvas' mode; a tile larger than its
-    cell overlaps the next or is cut at the edge, as the authors' ``paste``)."""
-    if len(tiles) != 4:
-        raise ValueError(f"a 2x2 mosaic needs 4 tiles, got {len(tiles)}")
-    width, height = quarter
-    canvas = Image.new(mode, (2 * width, 2 * height))
-    for i, tile in enumerate(tiles):
-        canvas.paste(tile, ((i % 2) * width, (i // 2) * height))
-    return canvas
 
 
 class SameCategoryMosaic:
@@ -131,17 +117,8 @@ class SameCategoryMosaic:
             mask = mosaic_2x2([item["mask"][None] for item in items])[0] > 0.5
             return image, mask.float(), max(int(item["label"]) for item in items)
         records = [self.dataset.records[p] for p in positions]
-        images = [open_image(record.image_path) for record in records]
-        # A normal tile's mask is the authors' Image.fromarray(np.zeros((W, H))): zeros of size H x W
-        # (transposed; it only matters for non-square tiles), pasted like any mask.
-        masks = [
-            open_mask(r.mask_path) if r.mask_path is not None else Image.new("L", (im.height, im.width))
-            for r, im in zip(records, images, strict=True)
-        ]
-        quarter = images[0].size  # the first image sets the cells, for the image and the mask canvas alike
-        image, mask = self._transform(positions[0])(
-            paste_2x2(images, "RGB", quarter), paste_2x2(masks, "L", quarter)
-        )
+        # the authors' paste (datamodules/mosaic.py), through the transform of the first tile's source
+        image, mask = self._transform(positions[0])(*paste_records(records))
         return image, mask, max(int(record.label) for record in records)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,9 @@ zero-shot rows; image AUROC and pixel AP, as there): AnomalyCLIP 69.5 / 26.7, Wi
 does not state the auxiliary training set, the Real-IAD split or the resolution; compare with care. No source
 with numbers of zsad's methods on MVTec AD 2, MVTec LOCO AD, BMAD, AutoVI or KolektorSDD2 was found.
 
+k-shot rows (``zsad report --reference`` on k-shot columns): WinCLIP+'s from the WinCLIP paper (below). No
+stored source states APRIL-GAN's (VAND's) k-shot numbers, so VAND's k-shot columns have no reference row.
+
 AdaCLIP (Cao et al., ECCV 2024): the image AUROC its paper claims on MVTec AD, VisA and MPDD (89.2, 85.8,
 82.5), as sotaverified.org lists them ("claimed", unverified there): the paper's tables themselves
 (arXiv 2407.15795; its README's Table_industrial.png / Table_medical.png are Git LFS objects) could not be
@@ -68,6 +71,20 @@ _OTHER_SOURCES: dict[tuple[str, str], dict[str, float]] = {
 }
 
 
+WINCLIP_PAPER = (
+    "WinCLIP paper (Jeong et al., CVPR 2023), few-normal-shot rows: image AUROC and AUPRO per K as its "
+    "'Results from the Paper' on paperswithcode, 1-shot pixel AUROC from its abstract"
+)
+# shots -> dataset -> numbers in percent (WinCLIP+, means over the paper's reference draws); only numbers a
+# stored source states: the paper's AUPR, F1-max and 2/4-shot pixel AUROC are not in one
+_WINCLIP_FEW_SHOT = {
+    1: {"mvtec": {"image_auroc": 93.1, "pixel_auroc": 95.2, "aupro": 87.1},
+        "visa": {"image_auroc": 83.8, "pixel_auroc": 96.4, "aupro": 85.1}},
+    2: {"mvtec": {"image_auroc": 94.4, "aupro": 88.4}, "visa": {"image_auroc": 84.6, "aupro": 86.2}},
+    4: {"mvtec": {"image_auroc": 95.2, "aupro": 89.0}, "visa": {"image_auroc": 87.3, "aupro": 87.6}},
+}  # fmt: skip
+
+
 def anomalyclip_paper(method: str) -> PublishedNumbers:
     """``method``'s numbers as fractions keyed like zsad's results: the AnomalyCLIP paper's (image_auroc,
     image_ap, pixel_auroc and the papers' cflow-style AUPRO as ``aupro``), and its Real-IAD rows from
@@ -86,7 +103,16 @@ def anomalyclip_paper(method: str) -> PublishedNumbers:
     for dataset, numbers in others.items():
         results[dataset] = {k: v / 100 for k, v in numbers.items()}
     source = ANOMALYCLIP_PAPER + (f"; Real-IAD rows: {UNIADET_README}" if others else "")
-    return PublishedNumbers(source, {dataset: out for dataset, out in results.items() if out})
+    few_shot = {
+        shots: {dataset: {k: v / 100 for k, v in numbers.items()} for dataset, numbers in rows.items()}
+        for shots, rows in (_WINCLIP_FEW_SHOT.items() if method == "winclip" else ())
+    }
+    return PublishedNumbers(
+        source,
+        {dataset: out for dataset, out in results.items() if out},
+        few_shot=few_shot,
+        few_shot_source=WINCLIP_PAPER if few_shot else None,
+    )
 
 
 ADACLIP_PAPER = (

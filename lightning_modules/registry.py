@@ -13,6 +13,7 @@ from lightning_modules.aa_clip.spec import AA_CLIP
 from lightning_modules.adaclip.spec import ADACLIP
 from lightning_modules.anomalyclip.spec import ANOMALYCLIP
 from lightning_modules.anovl.spec import ANOVL
+from lightning_modules.bayes_pfl.spec import BAYES_PFL
 from lightning_modules.clip_zero_shot.spec import CLIP, CLIP_AC
 from lightning_modules.cmg.spec import CMG
 from lightning_modules.coop.spec import COOP
@@ -20,6 +21,7 @@ from lightning_modules.dual_image.spec import DUAL_IMAGE
 from lightning_modules.faprompt.spec import FAPROMPT
 from lightning_modules.method_spec import MethodSpec
 from lightning_modules.vand.spec import VAND
+from lightning_modules.vcp_clip.spec import VCP_CLIP
 from lightning_modules.winclip.spec import WINCLIP
 
 BUILTIN_METHODS: tuple[MethodSpec, ...] = (
@@ -27,6 +29,7 @@ BUILTIN_METHODS: tuple[MethodSpec, ...] = (
     ADACLIP,
     ANOMALYCLIP,
     ANOVL,
+    BAYES_PFL,
     CLIP,
     CLIP_AC,
     CMG,
@@ -34,6 +37,7 @@ BUILTIN_METHODS: tuple[MethodSpec, ...] = (
     DUAL_IMAGE,
     FAPROMPT,
     VAND,
+    VCP_CLIP,
     WINCLIP,
 )
 

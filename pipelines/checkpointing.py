@@ -368,6 +368,12 @@ class ExactResume(_StopOnSignal):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install_handlers()  # again: Lightning registers its handlers after setup
         self._last_save = time.monotonic()
+        # The resumed loader's position (ResumableDataLoader.load_state_dict) reaches a train loader Lightning
+        # builds after the checkpoint's restore; one built before it, when configure_optimizers reads
+        # trainer.estimated_stepping_batches (Bayes-PFL's schedule length), is kept by FitLoop.setup_data,
+        # which then skips the loading: the epoch would start again from its first batch. Load it here, before
+        # the first batch is drawn (a no-op when the loop loaded it or nothing is to be loaded).
+        trainer.fit_loop._load_combined_loader_states()
 
     # --- randomness -----------------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -102,6 +102,8 @@ def _methods(args: argparse.Namespace) -> int:
     for name in method_names():
         spec = get_method(name)
         print(f"{name:14s} {'trains' if spec.trains else 'training-free':14s} needs: {spec.needs}")
+        protocols = ", ".join(p.replace("_", "-") for p in spec.protocols)
+        print(f"{'':14s} protocols: {protocols}")
         if spec.description:
             print(f"{'':14s} {spec.description}")
     return 0

@@ -80,11 +80,32 @@ class TrainerConfig:
 
 
 @dataclasses.dataclass
+class ProtocolConfig:
+    """How the targets are evaluated (docs/protocols.md): zero-shot (``shots: 0``), or k-shot: every
+    category's ``shots`` normal training images handed to the method before its test images, the whole
+    evaluation repeated for ``draws`` seeded draws of them (the replicates of a k-shot table cell)."""
+
+    shots: int = 0  # K reference images per category; 0: zero-shot
+    draws: int = 1  # few-shot: independent reference draws, each evaluated and recorded
+
+
+def _protocol_label(shots: int, draws: int) -> str:
+    from pipelines.protocol import protocol_label
+
+    return protocol_label(ProtocolConfig(int(shots), int(draws)))
+
+
+# ``${zsad_protocol:${protocol.shots},${protocol.draws}}``: "zero-shot" or "4-shot (5 draws)", for names
+# that are interpolations (a sweep's W&B run names)
+OmegaConf.register_resolver("zsad_protocol", _protocol_label, replace=True)
+
+
+@dataclasses.dataclass
 class WandbConfig:
     mode: str = "offline"  # offline (sync later with `wandb sync`), online, or disabled
     project: str = "zsad"
     entity: str | None = None
-    # The run's display name; None: "{method} {source}->{targets} seed={seed}". Sweeps set it from the
+    # The run's display name; None: "{method} {source}->{targets} {protocol} seed={seed}". Sweeps set it from the
     # run's varied keys, `zsad train/test/run/demo` from the overrides that differ from the experiment file,
     # so that runs can be told apart on the dashboard (pipelines.loggers.label_adhoc_run).
     name: str | None = None
@@ -125,6 +146,7 @@ class ExperimentConfig:
     source: Any = None
     targets: list[DataConfig] = dataclasses.field(default_factory=list)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    protocol: ProtocolConfig = dataclasses.field(default_factory=ProtocolConfig)
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     logger: LoggerConfig = dataclasses.field(default_factory=LoggerConfig)
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from datamodules.atomic_io import atomic_write_text, write_error
 from datamodules.errors import ConfigError, ZsadError
-from pipelines.config import GROUPS, PLACEMENT_KEYS, ExperimentConfig, wandb_tag
+from pipelines.config import GROUPS, PLACEMENT_KEYS, ExperimentConfig, source_label, wandb_tag
 
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -145,15 +145,20 @@ def close_interrupted(loggers: list[Logger], state: str, exit_code: int) -> None
 
 
 def display_name(cfg: Any, varied: Sequence[str] = ()) -> str:
-    """``logger.wandb.name``, else method, data, ``varied`` settings and seed, e.g.
-    ``vand synthetic_source->synthetic_target lr=0.01 seed=111`` (the experiment is the run's group)."""
+    """``logger.wandb.name``, else method, data, protocol, ``varied`` settings and seed, e.g.
+    ``vand synthetic_source->synthetic_target zero-shot lr=0.01 seed=111``, ``winclip mvtec 4-shot (5 draws)
+    seed=111`` (the experiment is the run's group)."""
+    from pipelines.protocol import protocol_label
+
     if cfg.logger.wandb.name:
         return cfg.logger.wandb.name
     targets = [t.name for t in cfg.targets]
     data = ",".join(targets) if len(targets) <= 3 else f"{len(targets)} targets"
-    if cfg.source is not None:
-        data = f"{cfg.source.name}->{data}" if targets else cfg.source.name
-    return " ".join([cfg.method.name, *([data] if data else []), *varied, f"seed={cfg.seed}"])
+    source = source_label(cfg)  # several sources: joined by "+"
+    if source is not None:
+        data = f"{source}->{data}" if targets else source
+    protocol = protocol_label(cfg.protocol)
+    return " ".join([cfg.method.name, *([data] if data else []), protocol, *varied, f"seed={cfg.seed}"])
 
 
 def differing_overrides(experiment: str | Path, overrides: Sequence[str], cfg: DictConfig) -> list[str]:
@@ -197,6 +202,7 @@ def label_adhoc_run(cfg: DictConfig, experiment: str | Path, overrides: Sequence
         f"{key.rsplit('.', 1)[-1]}={value}"
         for key, _, value in (text.partition("=") for text in varied)
         if key not in ("seed", "checkpoint", *GROUPS)  # the name shows these itself, or is too long
+        and not key.startswith("protocol.")  # shown as the protocol's label
     ]
     if not wandb_cfg.name:
         wandb_cfg.name = display_name(cfg, shown)
@@ -204,6 +210,15 @@ def label_adhoc_run(cfg: DictConfig, experiment: str | Path, overrides: Sequence
         wandb_cfg.group = cfg.name
     if not wandb_cfg.tags:
         wandb_cfg.tags = [wandb_tag(text) for text in varied]
+
+
+def log_references(loggers: list[Logger], plan: dict[str, Any]) -> None:
+    """A few-shot run's reference files (per draw, target and category) into the loggers' hyperparameters:
+    W&B's config (``references.draw{d}.{target}.{category}``), the CSV log's hparams.yaml. Rank 0 only."""
+    from pipelines.protocol import references_config
+
+    for logger in loggers:
+        logger.log_hyperparams({"references": references_config(plan)})
 
 
 def _flat_config(cfg: ExperimentConfig) -> dict[str, Any]:

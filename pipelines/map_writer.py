@@ -51,7 +51,7 @@ class MapWriter(Callback):
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = Path(out_dir)
-        self.rows: dict[str, tuple[str, int, float]] = {}
+        self.rows: dict[str, tuple[str, int, Any]] = {}  # image -> (category, label, score or score parts)
         self.checksums: dict[str, str] = {}  # map file below out_dir -> SHA-256 of what was written
 
     def on_test_epoch_start(self, trainer: L.Trainer, module: Any) -> None:
@@ -74,13 +74,15 @@ class MapWriter(Callback):
         if maps is not None:
             dtype = np.float16 if module.eval_cfg.pixel_score_torch_dtype == torch.float16 else np.float32
             maps = maps.detach().float().cpu().numpy().astype(dtype)
-        scores = outputs["image_scores"].detach().float().cpu().tolist()
+        # under an image-score rule the parts, combined per category at the end (category_scores.py)
+        parts = outputs.get("image_score_parts")
+        scores = (parts if parts is not None else outputs["image_scores"]).detach().double().cpu().tolist()
         category_ids = batch["category_id"].tolist()
         has_mask = batch["has_mask"].reshape(-1).tolist() if "has_mask" in batch else [False] * len(scores)
         for i, (path, category_id) in enumerate(zip(batch["image_path"], category_ids, strict=True)):
             category = datamodule.categories[category_id]
             name = map_name(Path(path), root, category)
-            self.rows[name] = (category, int(batch["label"][i]), float(scores[i]))
+            self.rows[name] = (category, int(batch["label"][i]), scores[i])
             if maps is not None:
                 self.checksums[f"{name}.npy"] = save_atomically(self.out_dir / f"{name}.npy", maps[i])
                 if has_mask[i]:  # binarised as the evaluator does (> 0), at the map's size
@@ -97,6 +99,7 @@ class MapWriter(Callback):
             checksums = {key: digest for _, part in gathered for key, digest in part.items()}
         if not trainer.is_global_zero:
             return
+        rows = _combined(rows, module.image_score_rule())
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(IMAGE_SCORES_COLUMNS)
@@ -119,6 +122,23 @@ class MapWriter(Callback):
             self.out_dir / DATASET_FILE, json.dumps(record, indent=2) + "\n"
         )
         write_checksums(self.out_dir, checksums)
+
+
+def _combined(rows: dict[str, tuple[str, int, Any]], rule: Any) -> dict[str, tuple[str, int, float]]:
+    """The rows with each image's score; under an image-score rule from the parts of its category's images."""
+    if rule is None:
+        return {image: (category, label, float(score)) for image, (category, label, score) in rows.items()}
+    from lightning_modules.metrics.category_scores import combined_scores
+
+    images = sorted(rows)
+    categories = sorted({rows[image][0] for image in images})
+    ids = [categories.index(rows[image][0]) for image in images]
+    scores = combined_scores(
+        rule, ids, torch.tensor([rows[image][2] for image in images], dtype=torch.float64)
+    )
+    return {
+        image: (rows[image][0], rows[image][1], float(s)) for image, s in zip(images, scores, strict=True)
+    }
 
 
 def map_name(image: Path, root: Path, category: str) -> str:

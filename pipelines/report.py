@@ -28,7 +28,7 @@ from pipelines.report_grouping import (
     RunRecord,
     entries_of,
     group,
-    load_run,
+    load_runs,
     metric_value,
 )
 from pipelines.report_tables import (
@@ -183,7 +183,9 @@ def _csv_rows(grouping: Grouping, intervals: Intervals) -> list[dict[str, Any]]:
                 interval = intervals.get((row, column, category, metric))
                 reference = None
                 if category is None and metric != "aupro":
-                    reference = published_value(dataset, grouping.column_method[column], metric)
+                    reference = published_value(
+                        dataset, grouping.column_method[column], metric, grouping.column_shots.get(column, 0)
+                    )
                 rows.append(
                     {
                         "dataset": row,
@@ -251,7 +253,7 @@ def build_report(
     from pipelines.report_html import render_html
 
     run_dirs, default_out, wandb_group = _collect_run_dirs(inputs)
-    runs = [r for r in (load_run(d) for d in run_dirs) if r is not None]
+    runs = [r for d in run_dirs for r in load_runs(d)]
     entries = entries_of(runs)
     if not entries:
         raise ZsadError("no finished runs (results.json with evaluated targets) found in the given inputs")

@@ -72,7 +72,7 @@ def _generator(seed: int, category: str, images: tuple[tuple[str, int], ...]) ->
 
 
 def _maps_folder(entry: Entry) -> Path:
-    folder = entry.run.run_dir / "maps" / entry.target_key
+    folder = entry.run.output_dir / "maps" / entry.target_key
     if not (folder / IMAGE_SCORES_FILE).is_file():
         raise ZsadError(
             f"--bootstrap needs the saved maps of {entry.run.run_dir} ({entry.target_key}): "

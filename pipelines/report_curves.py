@@ -124,7 +124,7 @@ def comparison_png(settings: list[SettingCurves], title: str, fpr_limit: float) 
 
 def plot_folders(entry: Entry) -> dict[str, Path]:
     """Category -> the folder of curve points and pictures that an evaluation wrote for this entry."""
-    target_dir = entry.run.run_dir / "plots" / entry.target_key
+    target_dir = entry.run.output_dir / "plots" / entry.target_key
     if not target_dir.is_dir():
         return {}
     return {p.name: p for p in sorted(target_dir.iterdir()) if p.is_dir()}

@@ -21,6 +21,7 @@ import yaml
 
 from datamodules.errors import ConfigError, ZsadError
 from datamodules.fingerprint import EVERY_FILE_HASHED
+from pipelines.protocol import shots_label
 
 # Config keys (dotted, fnmatch patterns) that do not change a run's numbers: where things are read and
 # written, logging, and how fast it runs. Everything else separates settings. ``seed`` is the replicate axis.
@@ -44,7 +45,11 @@ IGNORED_KEYS = (
     "eval.save_maps",
     "eval.visualize",  # pictures of an evaluation
     "eval.gallery_size",
+    "protocol.draws",  # how many reference draws a few-shot run made: each draw is a replicate, like a seed
 )
+#: The protocol key that separates settings (zero-shot and k-shot columns side by side); absent in the
+#: configs of runs older than the protocol, which were zero-shot.
+SHOTS_KEY = "protocol.shots"
 TARGET_PREFIX = "target."  # a target's own settings in a cell's setting (from ``targets.N.*``)
 # Fields of a target's results that must agree for runs to be the same experiment on the same data.
 DATA_FIELDS = ("version", "n_images", "split", "image_size", "eval_size", "preprocessing", "options")
@@ -65,6 +70,11 @@ class RunRecord:
     checkpoint: str | None = (
         None  # a `zsad test` run's weights: runs of other checkpoints are other replicates
     )
+    outputs: Path | None = None  # where its maps and plots are (a few-shot draw's: RUN/draws/{draw})
+
+    @property
+    def output_dir(self) -> Path:
+        return self.outputs or self.run_dir
 
     @property
     def draw(self) -> Any:
@@ -145,6 +155,7 @@ def _without_ignored(flat: dict[str, Any]) -> dict[str, Any]:
 def _setting_from_results(results: dict[str, Any]) -> dict[str, Any]:
     """What a results.json alone says about a run without config.yaml (older or hand-made runs)."""
     flat = {"method.name": results.get("method"), "source.name": results.get("source")}
+    flat[SHOTS_KEY] = (results.get("protocol") or {}).get("shots", 0)
     flat.update(flatten(results.get("eval") or {}, "eval."))
     return _without_ignored(flat)
 
@@ -163,13 +174,32 @@ def load_run(run_dir: Path) -> RunRecord | None:
         return RunRecord(run_dir, results, _setting_from_results(results), [], results.get("seed"), False)
     config = yaml.safe_load(config_path.read_text()) or {}
     targets = config.pop("targets", None) or []
-    setting = _without_ignored(flatten(config))
+    setting = {SHOTS_KEY: 0, **_without_ignored(flatten(config))}
     target_settings = [
         {k: v for k, v in flatten(t).items() if not is_ignored(f"{TARGET_PREFIX}{k}")} for t in targets
     ]
     return RunRecord(
         run_dir, results, setting, target_settings, config.get("seed"), True, config.get("checkpoint")
     )
+
+
+def load_runs(run_dir: Path) -> list[RunRecord]:
+    """The run's record, or for a few-shot run one record per finished reference draw (its ``draw``, the
+    draw's targets and outputs): the replicates a cell averages over, like seeds."""
+    run = load_run(run_dir)
+    if run is None:
+        return []
+    draws = [d for d in run.results.get("draws") or [] if d.get("targets")]
+    if not draws:
+        return [run]
+    return [
+        dataclasses.replace(
+            run,
+            results={**run.results, "draw": d["draw"], "targets": d["targets"]},
+            outputs=run.run_dir / "draws" / str(d["draw"]),
+        )
+        for d in draws
+    ]
 
 
 def entries_of(runs: list[RunRecord]) -> list[Entry]:
@@ -254,6 +284,7 @@ class Grouping:
     column_seeds: dict[str, list[Any]]
     warnings: list[str]
     notes: list[str]
+    column_shots: dict[str, int] = dataclasses.field(default_factory=dict)  # label -> K (0: zero-shot)
 
 
 def group(entries: list[Entry], group_by: list[str] | None = None) -> Grouping:
@@ -305,6 +336,7 @@ def group(entries: list[Entry], group_by: list[str] | None = None) -> Grouping:
             column_labels[(kind, cid)] = f"{label} ({kind})" if kind else label
             descriptions[(kind, cid)] = described[cid]
     column_method = {column_labels[column_id(e)]: str(e.setting.get("method.name", "?")) for e in entries}
+    column_shots = {column_labels[column_id(e)]: _shots(e.setting) for e in entries}
 
     buckets: dict[tuple[str, str], list[Entry]] = defaultdict(list)
     for e in entries:
@@ -324,7 +356,10 @@ def group(entries: list[Entry], group_by: list[str] | None = None) -> Grouping:
             f"{len(missing_config)} run(s) have no config.yaml and are grouped only by method, source and "
             f"eval settings, which may mix settings: {', '.join(missing_config)}",
         )
-    ordered_columns = sorted(set(column_labels.values()))
+    # a method's columns side by side, zero-shot first, then by K (not "1-shot, 2-shot, zero-shot")
+    ordered_columns = sorted(
+        set(column_labels.values()), key=lambda c: (column_method[c], column_shots[c], c)
+    )
     column_seeds = {
         label: sorted({e.run.seed_label for c in cells.values() if c.column == label for e in c.entries})
         for label in ordered_columns
@@ -332,8 +367,21 @@ def group(entries: list[Entry], group_by: list[str] | None = None) -> Grouping:
     rows = sorted(set(row_labels.values()))
     column_described = {column_labels[cid]: descriptions[cid] for cid in column_labels}
     return Grouping(
-        cells, rows, ordered_columns, column_method, column_described, column_seeds, warnings, notes
+        cells,
+        rows,
+        ordered_columns,
+        column_method,
+        column_described,
+        column_seeds,
+        warnings,
+        notes,
+        column_shots,
     )
+
+
+def _shots(setting: dict[str, Any]) -> int:
+    value = setting.get(SHOTS_KEY, 0)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _column_labels(
@@ -344,6 +392,9 @@ def _column_labels(
     method = {cid: str(s.get("method.name", "?")) for cid, s in columns.items()}
     source = {cid: s.get("source.name") for cid, s in columns.items()}
     several_sources = len(set(source.values())) > 1
+    # once any column is k-shot, every label names its protocol (zero-shot / k-shot) after the method
+    shots = {cid: _shots(s) for cid, s in columns.items()}
+    name_protocol = any(shots.values())
     labels, descriptions = {}, {}
     short = _short_names(column_keys, all_keys)
     for cid in columns:
@@ -351,15 +402,17 @@ def _column_labels(
         varying = [
             k
             for k in column_keys
-            if k not in ("method.name", "source.name") and len({dict(c)[k] for c in siblings}) > 1
+            if k not in ("method.name", "source.name", *([SHOTS_KEY] if name_protocol else ()))
+            and len({dict(c)[k] for c in siblings}) > 1
         ]
-        parts = [method[cid]]
+        parts = [method[cid], *([shots_label(shots[cid])] if name_protocol else [])]
         if several_sources:
             parts.append(f"from {_show(source[cid])}")
         parts += [f"{short[k]}={_show(json.loads(dict(cid)[k]))}" for k in varying]
         labels[cid] = " ".join(parts)
         shown = [k for k in ("method.name", "source.name") if k in column_keys] + varying
-        descriptions[cid] = ", ".join(f"{k}={_show(json.loads(dict(cid)[k]))}" for k in shown)
+        described = [f"{k}={_show(json.loads(dict(cid)[k]))}" for k in shown]
+        descriptions[cid] = ", ".join([*described, *([f"{SHOTS_KEY}={shots[cid]}"] if name_protocol else [])])
     return labels, descriptions
 
 

@@ -117,17 +117,23 @@ def method_published(method: str) -> PublishedNumbers | None:
         return None
 
 
-def published_value(dataset: str, method: str, metric: str) -> float | None:
-    """The published number of a dataset-level cell (the papers' AUPRO is the cflow-style one)."""
+def published_value(dataset: str, method: str, metric: str, shots: int = 0) -> float | None:
+    """The published number of a dataset-level cell (the papers' AUPRO is the cflow-style one): the
+    zero-shot rows, or a k-shot column's (``shots``) k-shot rows."""
     numbers = method_published(method)
-    values = numbers.results.get(dataset, {}) if numbers is not None else {}
+    values = numbers.numbers(shots).get(dataset, {}) if numbers is not None else {}
     return values.get("aupro" if metric == CFLOW_AUPRO else metric)
 
 
 def published_sources(grouping: Grouping) -> str:
-    """Where the published rows come from: the sources of the shown methods' numbers, each once."""
-    numbers = (method_published(grouping.column_method[column]) for column in grouping.columns)
-    return "; ".join(dict.fromkeys(n.source for n in numbers if n is not None)) or "none of these methods"
+    """Where the published rows come from: the sources of the shown methods' numbers (their k-shot
+    sources for k-shot columns), each once."""
+    sources = []
+    for column in grouping.columns:
+        numbers = method_published(grouping.column_method[column])
+        if numbers is not None:
+            sources.append(numbers.source_of(grouping.column_shots.get(column, 0)))
+    return "; ".join(dict.fromkeys(sources)) or "none of these methods"
 
 
 def baseline_column(grouping: Grouping, runs: list[RunRecord], which: str) -> str:
@@ -184,7 +190,12 @@ def dataset_tables(
         if reference:
             for row in rows:
                 row.published = [
-                    [published_value(row.dataset, grouping.column_method[c], m) for m in metrics]
+                    [
+                        published_value(
+                            row.dataset, grouping.column_method[c], m, grouping.column_shots.get(c, 0)
+                        )
+                        for m in metrics
+                    ]
                     for c in grouping.columns
                 ]
         tables.append(Table(title, "dataset", metrics, rows, note, _index(grouping, baseline)))

@@ -114,9 +114,26 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
 EXTRA_HEADERS = {"sample_auroc": "S AUROC", "sample_ap": "S AP", "sample_f1_max": "S F1", "spro": "sPRO"}
 
 
+def protocol_line(results: dict[str, Any]) -> str | None:
+    """``protocol: zero-shot`` or ``protocol: 4-shot, mean over 5 draws (...)``: what the table's numbers
+    are; None for results of an older version (no ``protocol``)."""
+    protocol = results.get("protocol")
+    if not protocol:
+        return None
+    if protocol.get("name") != "few_shot":
+        return f"protocol: {protocol.get('label', protocol.get('name'))}"
+    done = sorted({t.get("n_draws", 0) for t in results["targets"].values()})
+    shown = "/".join(map(str, done)) or "0"
+    return (
+        f"protocol: {protocol['shots']}-shot, mean over {shown} of {protocol['draws']} reference draws "
+        "(each draw's numbers and reference files: results.json 'draws')"
+    )
+
+
 def format_table(results: dict[str, Any]) -> str:
-    """Per-category table in percent with one decimal, as papers report; '-' where undefined; a '!' after
-    an AUPRO cflow that is far from the exact AUPRO, with the reason in a line below the table."""
+    """Per-category table in percent with one decimal, as papers report; '-' where undefined; the
+    protocol's line first (few-shot: the numbers are means over the reference draws); a '!' after an AUPRO
+    cflow that is far from the exact AUPRO, with the reason in a line below the table."""
     header = (
         "dataset",
         "category",
@@ -147,4 +164,5 @@ def format_table(results: dict[str, Any]) -> str:
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         )
 
-    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, lines), *warnings])
+    first = [line] if (line := protocol_line(results)) else []
+    return "\n".join([*first, fmt(header), "  ".join("-" * w for w in widths), *map(fmt, lines), *warnings])

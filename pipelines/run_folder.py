@@ -25,6 +25,7 @@ from pipelines.config import (
     config_differences,
     to_yaml,
 )
+from pipelines.protocol import has_finished_draws
 from pipelines.run_state import global_rank, read_status
 
 RUN_DIR_ENV = "ZSAD_RUN_DIR"
@@ -115,8 +116,8 @@ def refuse_resume_of_another_config(cfg: ExperimentConfig, run_dir: Path) -> Non
     run whose config differs from ``cfg`` in anything but :data:`RESUME_NEUTRAL_KEYS` or a larger
     ``trainer.max_epochs`` (continuing the training is the uninterrupted longer run: randomness and data
     order depend on the position only, and no schedule depends on max_epochs): resuming would mix two
-    configs' training."""
-    if has_training_checkpoints(run_dir):
+    configs' training. Finished few-shot draws count like checkpoints: a resume keeps them."""
+    if has_training_checkpoints(run_dir) or has_finished_draws(run_dir):
         _refuse_another_config(
             cfg, run_dir, RESUME_NEUTRAL_KEYS, UnfinishedRunError, "an unfinished run",
             "resume it with the same config, or use another run_dir", longer_training=True,

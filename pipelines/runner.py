@@ -23,11 +23,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.datamodule import AnomalyDataModule
 from datamodules.errors import ConfigError
 from datamodules.multi_source import MultiSourceDataModule
 from datamodules.progress import lightning_progress_bar
+from datamodules.references import ReferenceDraw
 from lightning_modules.base import ZeroShotModule
 from lightning_modules.feature_cache import CachedTraining
 from lightning_modules.method_spec import MethodSpec
@@ -48,8 +50,17 @@ from pipelines.checkpointing import (
 )
 from pipelines.config import ExperimentConfig, source_configs, source_label
 from pipelines.job import LIGHTNING_DIR, Job, run_job
-from pipelines.loggers import drop_redone_training_rows, log_evaluation
+from pipelines.loggers import drop_redone_training_rows, log_evaluation, log_references
 from pipelines.map_writer import MapWriter
+from pipelines.protocol import (
+    check_protocol,
+    finished,
+    protocol_header,
+    record_result,
+    reference_plan,
+    resumed_draws,
+    skipped_references,
+)
 from pipelines.results import target_payload, write_results
 from pipelines.run_folder import RunOutcome
 from pipelines.run_state import global_rank
@@ -150,13 +161,17 @@ def make_trainer(
     )
 
 
-def method_datamodule(cfg: ExperimentConfig, spec: MethodSpec, data_cfg: Any) -> AnomalyDataModule:
-    """``data_cfg``'s datamodule at the method's input size, with its authors' preprocessing there."""
+def method_datamodule(
+    cfg: ExperimentConfig, spec: MethodSpec, data_cfg: Any, training: bool = False
+) -> AnomalyDataModule:
+    """``data_cfg``'s datamodule at the method's input size, with its authors' preprocessing there and, for
+    the training source, their training augmentation there (``MethodSpec.train_augmentation``)."""
     datamodule = AnomalyDataModule(
         data_cfg,
         image_size=spec.image_size(cfg.method),
         preprocessing=spec.preprocessing(cfg.method, data_cfg.name),
         seed=cfg.seed,
+        augmentation=spec.augmentation_on(cfg.method, data_cfg.name) if training else None,
     )
     _ = datamodule.full_index  # parse now: a wrong root fails before any training time is spent
     return datamodule
@@ -171,7 +186,7 @@ def training_datamodule(cfg: ExperimentConfig, spec: MethodSpec) -> AnomalyDataM
             "training needs a source dataset: set defaults.source in the experiment or source=NAME "
             "(several: source=[A,B])"
         )
-    parts = [method_datamodule(cfg, spec, source) for source in sources]
+    parts = [method_datamodule(cfg, spec, source, training=True) for source in sources]
     return parts[0] if len(parts) == 1 else MultiSourceDataModule(parts, seed=cfg.seed)
 
 
@@ -227,8 +242,10 @@ def refuse_inexact_ddp(cfg: ExperimentConfig, spec: MethodSpec, processes: int |
 
 
 def check_evaluation(cfg: ExperimentConfig, spec: MethodSpec) -> None:
-    """What is refused from the config alone, before any model, data or run folder: a protocol the method
-    does not implement on a target, a multi-process evaluation that would not equal one process."""
+    """What is refused from the config alone, before any model, data or run folder: an evaluation protocol
+    or a protocol on a target the method does not implement, a multi-process evaluation that would not
+    equal one process."""
+    check_protocol(cfg, spec)
     method_protocols(cfg, spec)
     refuse_inexact_ddp(cfg, spec, planned_processes(cfg))
 
@@ -246,10 +263,17 @@ class _WriteResults(Callback):
     ``ddp_spawn`` included, where the launching process never sees the module's state)."""
 
     def __init__(
-        self, job: Job, results: dict[str, Any], key: str, target: Any, protocol: dict[str, Any] | None
+        self,
+        job: Job,
+        results: dict[str, Any],
+        key: str,
+        target: Any,
+        protocol: dict[str, Any] | None,
+        draw: int | None = None,
     ) -> None:
         self.run_dir, self.loggers = job.run_dir, job.loggers
         self.results, self.key, self.target, self.protocol = results, key, target, protocol
+        self.draw = draw  # the few-shot reference draw evaluated; None: zero-shot
 
     def on_test_end(self, trainer: L.Trainer, module: ZeroShotModule) -> None:
         if not trainer.is_global_zero:
@@ -270,9 +294,11 @@ class _WriteResults(Callback):
         }
         thresholds = f1_thresholds(module.test_curves) if module.test_curves is not None else None
         payload = target_payload(self.target.name, index.counts(), module.test_results, details, thresholds)
-        self.results["targets"][self.key] = payload
+        record_result(self.results, self.draw, self.key, payload)
         write_results(self.run_dir, self.results)
-        log_evaluation(self.loggers, self.key, payload)
+        if self.draw is not None:  # the draw's numbers, then the mean over the draws so far
+            log_evaluation(self.loggers, f"{self.key}/draw{self.draw}", payload)
+        log_evaluation(self.loggers, self.key, self.results["targets"][self.key])
 
 
 def evaluate(
@@ -282,41 +308,50 @@ def evaluate(
     job: Job,
     results: dict[str, Any],
     datamodules: list[AnomalyDataModule],
+    plan: dict[str, list[ReferenceDraw]] | None = None,
 ) -> dict[str, Any]:
     """Test on every target, telling the module the method's protocol there; the results files are
-    rewritten after each one."""
+    rewritten after each one. Few-shot (``plan``: per target its reference draws): every target once per
+    draw, the module handed the draw's references first; (draw, target) pairs a preempted session finished
+    are skipped; a draw's maps and pictures go to ``RUN/draws/{draw}/``."""
     run_dir, loggers = job.run_dir, job.loggers
     module.run_dir = run_dir
-    targets = zip(_target_keys(cfg), cfg.targets, datamodules, method_protocols(cfg, spec), strict=True)
-    for key, target, datamodule, protocol in targets:
-        callbacks: list[Callback] = [_WriteResults(job, results, key, target, protocol)]
-        if cfg.eval.save_maps:
-            callbacks.append(MapWriter(run_dir / "maps" / key))
-        if cfg.eval.visualize:
-            callbacks.append(
-                EvaluationPictures(
-                    run_dir / "plots" / key,
-                    key,
-                    loggers,
-                    cfg.eval.gallery_size,
-                    cfg.eval.fpr_limit,
-                    run_label=f"{cfg.method.name} ({run_dir.name})",
+    targets = list(zip(_target_keys(cfg), cfg.targets, datamodules, method_protocols(cfg, spec), strict=True))
+    for draw in range(cfg.protocol.draws) if plan is not None else [None]:
+        outputs = run_dir if draw is None else run_dir / "draws" / str(draw)
+        for key, target, datamodule, protocol in targets:
+            if finished(results, draw, key):
+                continue
+            callbacks: list[Callback] = [_WriteResults(job, results, key, target, protocol, draw)]
+            if cfg.eval.save_maps:
+                callbacks.append(MapWriter(outputs / "maps" / key))
+            if cfg.eval.visualize:
+                callbacks.append(
+                    EvaluationPictures(
+                        outputs / "plots" / key,
+                        key if draw is None else f"{key}/draw{draw}",
+                        loggers,
+                        cfg.eval.gallery_size,
+                        cfg.eval.fpr_limit,
+                        run_label=f"{cfg.method.name} ({run_dir.name})",
+                    )
                 )
+            trainer = make_trainer(
+                cfg,
+                run_dir,
+                loggers,
+                training=False,
+                inference_mode=not spec.needs_grad_at_test(cfg.method),
+                callbacks=callbacks,
             )
-        trainer = make_trainer(
-            cfg,
-            run_dir,
-            loggers,
-            training=False,
-            inference_mode=not spec.needs_grad_at_test(cfg.method),
-            callbacks=callbacks,
-        )
-        refuse_inexact_ddp(cfg, spec, trainer.world_size)  # devices=auto: known once Lightning decided
-        module.method_protocol = protocol
-        with stop_signals.under_trainer(trainer):  # its batch ends decide (pipelines.stop_signals)
-            trainer.test(module, datamodule=datamodule, verbose=False)
-        if (run_dir / "results.json").is_file():  # written by rank 0, possibly in another process
-            results = json.loads((run_dir / "results.json").read_text())
+            refuse_inexact_ddp(cfg, spec, trainer.world_size)  # devices=auto: known once Lightning decided
+            module.method_protocol = protocol
+            module.references = None if draw is None else datamodule.reference_images(plan[key][draw])
+            with stop_signals.under_trainer(trainer):  # its batch ends decide (pipelines.stop_signals)
+                trainer.test(module, datamodule=datamodule, verbose=False)
+            if (run_dir / "results.json").is_file():  # written by rank 0, possibly in another process
+                results = json.loads((run_dir / "results.json").read_text())
+    module.references = None
     return results
 
 
@@ -343,6 +378,17 @@ def _results_header(cfg: ExperimentConfig, run_dir: Path, checkpoint: Path | Non
         "eval": dataclasses.asdict(cfg.eval),
         "targets": {},
     }
+
+
+def _evaluation_header(
+    cfg: ExperimentConfig, job: Job, checkpoint: Path | None, plan: dict[str, list[ReferenceDraw]] | None
+) -> dict[str, Any]:
+    """results.json's header with the protocol (and a few-shot run's draws: references, results a preempted
+    session finished); the draws' reference files also go into the W&B config."""
+    header = {**_results_header(cfg, job.run_dir, checkpoint), **protocol_header(cfg, plan)}
+    if plan is not None and global_rank() == 0:
+        log_references(job.loggers, plan)
+    return resumed_draws(job.run_dir, header)
 
 
 # --- jobs --------------------------------------------------------------------------------------------
@@ -377,12 +423,15 @@ def test(cfg: ExperimentConfig) -> RunOutcome:
     spec = get_method(cfg.method.name)
     check_evaluation(cfg, spec)  # a refused target or DDP evaluation stops the job before anything is built
     with stop_signal_guard():
-        module, checkpoint = evaluation_module(cfg, spec)
         datamodules = target_datamodules(cfg, spec)
+        plan = reference_plan(cfg, _target_keys(cfg), datamodules)  # refused: before model or run folder
+        for line in skipped_references(plan):
+            rank_zero_info(line)
+        module, checkpoint = evaluation_module(cfg, spec)
 
         def body(job: Job) -> RunOutcome:
-            header = _results_header(cfg, job.run_dir, checkpoint)
-            results = evaluate(cfg, spec, module, job, header, datamodules)
+            header = _evaluation_header(cfg, job, checkpoint, plan)
+            results = evaluate(cfg, spec, module, job, header, datamodules, plan)
             return RunOutcome(job.run_dir, checkpoint, results)
 
         return run_job(cfg, "eval", body)
@@ -393,13 +442,16 @@ def run(cfg: ExperimentConfig) -> RunOutcome:
     spec = get_method(cfg.method.name)
     check_evaluation(cfg, spec)  # a refused target or DDP evaluation stops the job before any training
     with stop_signal_guard():
-        module = build_module(cfg, spec)
         datamodules = target_datamodules(cfg, spec)  # a wrong target root fails before training
+        plan = reference_plan(cfg, _target_keys(cfg), datamodules)  # refused: before model or run folder
+        for line in skipped_references(plan):
+            rank_zero_info(line)
+        module = build_module(cfg, spec)
 
         def body(job: Job) -> RunOutcome:
             checkpoint = fit(cfg, spec, module, job) if spec.trains else None
-            header = _results_header(cfg, job.run_dir, checkpoint)
-            results = evaluate(cfg, spec, module, job, header, datamodules)
+            header = _evaluation_header(cfg, job, checkpoint, plan)
+            results = evaluate(cfg, spec, module, job, header, datamodules, plan)
             return RunOutcome(job.run_dir, checkpoint, results)
 
         return run_job(cfg, "run", body)

@@ -163,13 +163,15 @@ def _slug(text: str) -> str:
 
 
 def _display_name(choice: dict[str, Any], varies_experiment: bool) -> str:
-    """``anomalyclip gaussian_sigma=2.0 seed=1``: method and experiment come from the composed config."""
+    """``anomalyclip zero-shot gaussian_sigma=2.0 seed=1``: method, experiment and protocol (``4-shot (5
+    draws)``) come from the composed config."""
     varied = [
         f"{k.rsplit('.', 1)[-1]}={override_value(v)}"
         for k, v in choice.items()
-        if k not in ("seed", "method")
+        if k not in ("seed", "method") and not k.startswith("protocol.")
     ]
-    parts = ["${method.name}", *(["${name}"] if varies_experiment else []), *varied, "seed=${seed}"]
+    protocol = "${zsad_protocol:${protocol.shots},${protocol.draws}}"
+    parts = ["${method.name}", *(["${name}"] if varies_experiment else []), protocol, *varied, "seed=${seed}"]
     return " ".join(parts)
 
 

@@ -50,3 +50,16 @@ def shared_category_source(tmp_path_factory) -> Path:
         n_test_defect_per_kind=1,
     )
     return root
+
+
+@pytest.fixture(autouse=True)
+def _own_rendezvous_port():
+    """Lightning keeps the first free port it finds in ``MASTER_PORT`` for the rest of the process: one DDP
+    test that leaves processes behind would hand that port, taken, to every later DDP test. Each test finds
+    its own."""
+    before = os.environ.get("MASTER_PORT")
+    yield
+    if before is None:
+        os.environ.pop("MASTER_PORT", None)
+    else:
+        os.environ["MASTER_PORT"] = before

@@ -237,3 +237,28 @@ def test_a_two_process_evaluation_equals_one_process_or_is_refused(runs, tmp_pat
     for name in _files(one / "plots"):
         if name.suffix == ".csv":
             assert (one / "plots" / name).read_text() == (two / "plots" / name).read_text(), name
+
+
+def test_a_k_shot_evaluation_on_two_processes_equals_one_or_the_method_is_refused(runs, tmp_path, capsys):
+    """A method with a few-shot mode (``MethodSpec.protocols``) evaluates 1-shot the same on one and two
+    processes (every process builds the same memory; category-level scores are combined once complete);
+    any other method is refused in one line before a run folder exists."""
+    few_shot = ["protocol.shots=1", "eval.save_maps=true"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    capsys.readouterr()
+    code = main(runs.args("test", one, *runs.checkpoint, *few_shot))
+    if not runs.spec.few_shot:
+        assert code == 2 and not one.exists()
+        assert capsys.readouterr().err.strip() == (
+            f"zsad: error: method '{runs.spec.name}' has no few-shot mode (its protocols: "
+            f"{', '.join(runs.spec.protocols)}); evaluate it zero-shot (protocol.shots=0)"
+        )
+        return
+    assert code == 0 and main(runs.args("test", two, *runs.checkpoint, *few_shot, *DDP)) == 0
+    draws = [json.loads((run / "results.json").read_text())["draws"] for run in (one, two)]
+    assert draws[0] == draws[1] and draws[0][0]["targets"]["synthetic"]  # references, every metric
+    scores = one / "draws" / "0" / "maps" / "synthetic" / "image_scores.csv"
+    assert scores.read_text() == (two / scores.relative_to(one)).read_text()
+    assert (
+        _targets(one)["synthetic"]["mean"] != _targets(runs.evaluation)["synthetic"]["mean"]
+    )  # not zero-shot

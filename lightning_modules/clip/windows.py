@@ -51,10 +51,14 @@ def harmonic_window_aggregation(
 ) -> torch.Tensor:
     """Per-patch harmonic mean ``[B, N]`` of the scores ``[B, W]`` of the windows covering each patch.
 
-    A patch covered by no window gets NaN (cannot happen with stride 1 when the window fits the grid).
+    A window scoring 0 (WinCLIP+'s visual distance to an identical reference window) makes its patches 0,
+    as the reference's ``n / sum(1 / s)``; a patch covered by no window gets NaN (cannot happen with
+    stride 1 when the window fits the grid).
     """
-    membership = torch.zeros(
-        windows.shape[0], num_patches, dtype=window_scores.dtype, device=window_scores.device
+    index = windows.to(window_scores.device)
+    inverse = (1.0 / window_scores).repeat_interleave(index.shape[1], dim=1)  # [B, W * k], window-major
+    sums = window_scores.new_zeros(window_scores.shape[0], num_patches).index_add_(
+        1, index.flatten(), inverse
     )
-    membership.scatter_(1, windows.to(window_scores.device), 1.0)
-    return membership.sum(dim=0) / ((1.0 / window_scores) @ membership)
+    counts = torch.bincount(index.flatten(), minlength=num_patches).to(window_scores.dtype)
+    return counts / sums

@@ -27,6 +27,7 @@ from lightning_modules.metrics.category_results import (
     image_metrics,
     sample_level_metrics,
 )
+from lightning_modules.metrics.category_scores import CategoryScoreRule, combined_scores
 from lightning_modules.metrics.curves import CURVE_POINTS, CurveSet
 from lightning_modules.metrics.distributed import gather_category
 from lightning_modules.metrics.evaluation_result import (
@@ -134,6 +135,7 @@ class AnomalyEvaluator(Metric):
         sample_metrics: bool = False,
         region_metrics: bool = False,
         spro_fpr_limit: float = SPRO_FPR_LIMIT,
+        image_score_rule: CategoryScoreRule | None = None,
         **kwargs: Any,
     ) -> None:
         if "aupro_method" in kwargs:
@@ -171,6 +173,12 @@ class AnomalyEvaluator(Metric):
         self.sample_metrics = bool(sample_metrics)
         self.region_metrics = bool(region_metrics)
         self.spro_fpr_limit = float(spro_fpr_limit)
+        # Scores that depend on the whole category (category_scores.py): ``update`` then takes the parts.
+        self.image_score_rule = image_score_rule
+        self._part_states = tuple(
+            f"img_part{i}" for i in range(image_score_rule.parts if image_score_rule else 0)
+        )
+        self._image_state_names = (*self._IMAGE_STATES, *self._part_states)
         self.curve_points = None if curve_points is None else int(curve_points)
         self.keep_curves = bool(keep_curves)
         self.pixel_score_dtype = pixel_score_dtype
@@ -215,6 +223,7 @@ class AnomalyEvaluator(Metric):
             "reg_saturation": torch.float64,
             "reg_size": torch.int64,
             "reg_scores": pixel_score_dtype,
+            **dict.fromkeys(self._part_states, torch.float64),
         }
         for name in self._state_dtypes:
             self.add_state(name, default=[], dist_reduce_fx="cat")
@@ -247,8 +256,12 @@ class AnomalyEvaluator(Metric):
         regions: Tensor | None = None,
         region_saturation: Tensor | None = None,
     ) -> None:
-        """Add one batch; pixel data is kept only for samples that have pixel ground truth."""
+        """Add one batch; pixel data is kept only for samples that have pixel ground truth. With an
+        ``image_score_rule``, ``image_scores`` are the ``[B, parts]`` parts of the images' scores."""
         self._since_update = {}
+        parts = self._score_parts(image_scores)
+        if parts is not None:
+            image_scores = parts[:, 0]
         category_ids = torch.as_tensor(category_ids).reshape(-1)
         b = category_ids.shape[0]
         sample_ids = torch.as_tensor(sample_ids).reshape(-1)
@@ -267,6 +280,8 @@ class AnomalyEvaluator(Metric):
             raise ValueError("labels must be 0/1")
         if image_scores.is_floating_point() and bool(torch.isnan(image_scores).any()):
             raise self._not_a_number("image scores", torch.isnan(image_scores), category_ids)
+        if parts is not None and bool(torch.isnan(parts).any()):
+            raise self._not_a_number("image score parts", torch.isnan(parts), category_ids)
         dev = self.device
         groups = torch.full((b,), -1, dtype=torch.int64) if group_ids is None else torch.as_tensor(group_ids)
         if groups.reshape(-1).shape[0] != b:
@@ -300,8 +315,22 @@ class AnomalyEvaluator(Metric):
         self.img_label.append(labels.to(dev, torch.uint8))
         self.img_pixel_gt.append(pixel_gt)
         self.img_group.append(groups.reshape(-1).to(dev, torch.int64))
+        for name, part in zip(self._part_states, parts.T if parts is not None else (), strict=True):
+            getattr(self, name).append(part.detach().to(dev, torch.float64))
         self.peak_stored_pixel_samples = max(self.peak_stored_pixel_samples, self.stored_pixel_samples)
         self._finish_complete_categories(category_ids, sample_ids)
+
+    def _score_parts(self, image_scores: Tensor) -> Tensor | None:
+        """``[B, parts]`` under an image-score rule (checked), else None."""
+        if self.image_score_rule is None:
+            return None
+        parts = torch.as_tensor(image_scores)
+        if parts.ndim != 2 or parts.shape[1] != self.image_score_rule.parts:
+            raise ValueError(
+                f"image score rule '{self.image_score_rule.name}' takes [B, {self.image_score_rule.parts}] "
+                f"score parts; got {tuple(parts.shape)}"
+            )
+        return parts
 
     def forward(self, *args: Any, **kwargs: Any) -> None:
         """Calling the metric only accumulates: a per-batch evaluation would sort every pixel of the batch
@@ -425,7 +454,7 @@ class AnomalyEvaluator(Metric):
             if len(self._seen.get(ci, ())) < len(self.expected_samples[ci]):
                 return
             rows = self._cat("img_category") == ci
-            local = {name: self._cat(name)[rows] for name in self._IMAGE_STATES}
+            local = {name: self._cat(name)[rows] for name in self._image_state_names}
             pixels = self._category_chunks(ci)
             local.update({name: self._cat_chunks(name, pixels) for name in self._PIXEL_STATES})
             region_rows = self._category_chunks(ci, "reg_category")
@@ -546,9 +575,14 @@ class AnomalyEvaluator(Metric):
         img_cat = self._cat("img_category").cpu().numpy()
         img_sample = self._cat("img_sample").cpu().numpy()
         keep = self._first_occurrences(img_cat, img_sample)
+        scores = self._cat("img_score").cpu()
+        if self.image_score_rule is not None:  # each category's scores from its samples' parts
+            parts = torch.stack([self._cat(name).cpu() for name in self._part_states], dim=1)
+            scores = torch.zeros_like(scores)
+            scores[keep] = combined_scores(self.image_score_rule, img_cat[keep], parts[keep])
         return (
             img_cat,
-            self._cat("img_score").cpu(),
+            scores,
             self._cat("img_label").cpu(),
             self._cat("img_pixel_gt").cpu().numpy(),
             keep,

@@ -37,6 +37,10 @@ class VANDConfig:
     feature_layers: list[int] = dataclasses.field(
         default_factory=lambda: [6, 12, 18, 24]
     )  # raw block outputs
+    # Few-shot (the few-shot protocol, protocol.shots=K): the blocks whose raw patch tokens of the K
+    # reference images form the memory bank (the authors' --few_shot_features); None: feature_layers, as
+    # their test_few_shot.sh passes the same blocks to both (6 12 18 24).
+    few_shot_layers: list[int] | None = None
     temperature: float = 0.01  # the authors' 100 * cos, for image and patch scores
     # 2x2 mosaic of same-category images, applied to this share of training images. The authors use it
     # when training on MVTec AD (rate 0.2, 3 epochs) and not on VisA (15 epochs): the experiment configs set

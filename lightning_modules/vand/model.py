@@ -9,6 +9,13 @@ the anomaly channel. Image score: anomaly softmax of CLIP's image embedding. Los
 As the authors' code runs it (docs/methods.md#vand): exact GELU in both towers at any size other than the
 architecture's native one (``activation``), and text encoding, encoder, heads and maps under fp16 autocast
 on CUDA (``fp16_autocast``; the loss outside it).
+
+Few-shot (the authors' ``test.py --mode few_shot``, :meth:`VAND.set_references`): a memory bank of the raw
+patch tokens of ``few_shot_layers`` of the K reference images (encoded without autocast, as their
+``few_shot.memory``); per layer each test patch's ``min (1 - cos)`` over the bank, upsampled (bilinear,
+``align_corners=True``), summed over layers and added to the zero-shot map. The image score is then
+``(zero-shot probability + min-max normalised map maximum) / 2``, the normalisation over the category's
+test images (:data:`FEW_SHOT_SCORE`, applied by the evaluator).
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ from lightning_modules.clip.factory import clip_with_activation, mlp_activation
 from lightning_modules.clip.frozen import FrozenCLIP
 from lightning_modules.clip.prompts import PROMPT_WORDS
 from lightning_modules.losses import dice_loss, focal_loss
+from lightning_modules.metrics.category_scores import CategoryScoreRule
 from lightning_modules.mosaic import MOSAIC_STYLES
 from lightning_modules.ops import (
     anomaly_probability,
     class_probability_maps,
     gaussian_blur,
+    l2_normalize,
     normalized_as_stored,
 )
 from lightning_modules.vand.config import VAND_ACTIVATIONS, VANDConfig
@@ -80,14 +89,19 @@ class VAND(FrozenCLIP):
         )
         self.cfg = cfg
         self.activation = activation
-        bad = [layer for layer in cfg.feature_layers if not 1 <= layer <= self.vision.depth]
-        if bad or not cfg.feature_layers:
-            raise ConfigError(
-                f"feature_layers must be non-empty and lie in 1..{self.vision.depth}, got {cfg.feature_layers}"
-            )
+        few_shot = cfg.feature_layers if cfg.few_shot_layers is None else cfg.few_shot_layers
+        self.few_shot_layers = list(few_shot)
+        for key, layers in (
+            ("feature_layers", cfg.feature_layers),
+            ("few_shot_layers", self.few_shot_layers),
+        ):
+            if not layers or any(not 1 <= layer <= self.vision.depth for layer in layers):
+                raise ConfigError(f"{key} must be non-empty and lie in 1..{self.vision.depth}, got {layers}")
         self.heads = nn.ModuleList(
             nn.Linear(self.vision.width, self.vision.output_dim) for _ in cfg.feature_layers
         )
+        # few-shot: category id -> per few_shot_layers entry the bank [K*N, width]; empty: zero-shot
+        self.memory: dict[int, list[torch.Tensor]] = {}
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """fp16 autocast where the authors' ``torch.cuda.amp.autocast()`` is active: on CUDA only."""
@@ -101,17 +115,55 @@ class VAND(FrozenCLIP):
             super().set_classes(words)
 
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode_images(
+        self, images: torch.Tensor, extra_layers: Sequence[int] = ()
+    ) -> dict[str, torch.Tensor]:
         """Frozen features (cacheable): ``image_embedding`` [B, D] and raw patch tokens ``tokens_{layer}``
-        [B, N, width] of each feature layer."""
+        [B, N, width] of each feature layer (and of ``extra_layers``: the few-shot memory's)."""
         with self.autocast():
-            return self._encode_images(images)
+            return self._encode_images(images, extra_layers)
 
-    def _encode_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.vision(images, layers=self.cfg.feature_layers)
+    def _encode_images(
+        self, images: torch.Tensor, extra_layers: Sequence[int] = ()
+    ) -> dict[str, torch.Tensor]:
+        layers = sorted({*self.cfg.feature_layers, *extra_layers})
+        features = self.vision(images, layers=layers)
         return {"image_embedding": normalized_as_stored(self.vision.project(features.class_token))} | {
-            f"tokens_{layer}": features.tokens[layer][:, 1:] for layer in self.cfg.feature_layers
+            f"tokens_{layer}": features.tokens[layer][:, 1:] for layer in layers
         }
+
+    # --- few-shot ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def set_references(self, category_id: int, images: torch.Tensor) -> None:
+        """The memory bank of category ``category_id`` from its K reference images ``[K, 3, S, S]``: raw
+        patch tokens of ``few_shot_layers``, without autocast (the authors' ``memory()`` runs outside it)."""
+        features = self._encode_images(images, self.few_shot_layers)
+        self.memory[int(category_id)] = [
+            features[f"tokens_{layer}"].reshape(-1, self.vision.width).float()
+            for layer in self.few_shot_layers
+        ]
+
+    def clear_references(self) -> None:
+        self.memory = {}
+
+    def few_shot_map(
+        self, features: dict[str, torch.Tensor], category_ids: torch.Tensor, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """``[B, H, W]``: per few-shot layer each patch's ``min (1 - cos)`` over the category's bank,
+        upsampled (bilinear, ``align_corners=True``), summed over the layers (float32)."""
+        b, grid = category_ids.shape[0], (self.vision.grid, self.vision.grid)
+        out = torch.zeros(b, *size, device=category_ids.device)
+        for category in torch.unique(category_ids).tolist():
+            rows = (category_ids == category).nonzero().flatten()
+            for layer, bank in zip(self.few_shot_layers, self.memory[category], strict=True):
+                tokens = features[f"tokens_{layer}"][rows.to(bank.device)].float()
+                distance = 1.0 - l2_normalize(tokens) @ l2_normalize(bank).T  # [b, N, K*N]
+                grid_map = distance.amin(dim=-1).view(-1, 1, *grid)
+                upsampled = nn.functional.interpolate(
+                    grid_map, size=size, mode="bilinear", align_corners=True
+                )
+                out[rows.to(out.device)] += upsampled[:, 0].to(out.device)
+        return out
 
     def forward(self, images: torch.Tensor, category_ids: torch.Tensor, size: tuple[int, int]) -> VANDOutput:
         return self.scores(self.encode_images(images), category_ids, size)
@@ -156,5 +208,32 @@ class VAND(FrozenCLIP):
     def predict(
         self, images: torch.Tensor, category_ids: torch.Tensor, size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        output = self(images, category_ids, size)
-        return output.image_scores, gaussian_blur(output.anomaly_map(), self.cfg.gaussian_sigma)
+        """``(image scores [B], maps [B, H, W])``; with a memory (few-shot) the scores are the parts
+        ``[B, 2]`` (zero-shot probability, map maximum) that :data:`FEW_SHOT_SCORE` combines per category."""
+        if not self.memory:
+            output = self(images, category_ids, size)
+            return output.image_scores, gaussian_blur(output.anomaly_map(), self.cfg.gaussian_sigma)
+        features = self.encode_images(images, self.few_shot_layers)
+        output = self.scores(features, category_ids, size)
+        maps = output.anomaly_map().float() + self.few_shot_map(features, category_ids, size)
+        maps = gaussian_blur(maps, self.cfg.gaussian_sigma)
+        return torch.stack([output.image_scores.float(), maps.flatten(1).amax(dim=1)], dim=1), maps
+
+
+def _few_shot_scores(parts: torch.Tensor) -> torch.Tensor:
+    """test.py's few-shot image score of one category's test images ``[n, 2]``: ``(p + (m - min m) /
+    (max m - min m)) / 2``; where every image has the same map maximum (their code divides 0 by 0 and
+    sklearn refuses the NaN) the normalised part is 0."""
+    probability, maxima = parts[:, 0], parts[:, 1]
+    spread = maxima.max() - maxima.min()
+    normalised = (maxima - maxima.min()) / spread if spread > 0 else torch.zeros_like(maxima)
+    return 0.5 * (probability + normalised)
+
+
+#: The few-shot image score: its normalisation spans the category's test images (evaluator-applied).
+FEW_SHOT_SCORE = CategoryScoreRule(
+    name="vand_few_shot",
+    parts=2,
+    combine=_few_shot_scores,
+    per_image=lambda parts: 0.5 * (parts[:, 0] + parts[:, 1]),
+)

@@ -10,9 +10,10 @@ from datamodules.errors import ZsadError
 from lightning_modules.category_module import CategoryTextModule, category_words
 from lightning_modules.eval_config import EvalConfig
 from lightning_modules.feature_cache import backbone_cache_identity
+from lightning_modules.metrics.category_scores import CategoryScoreRule
 from lightning_modules.mosaic import SameCategoryMosaic
 from lightning_modules.vand.config import VANDConfig
-from lightning_modules.vand.model import VAND
+from lightning_modules.vand.model import FEW_SHOT_SCORE, VAND
 
 
 class VANDModule(CategoryTextModule):
@@ -38,6 +39,17 @@ class VANDModule(CategoryTextModule):
             self.model.set_classes(list(datamodule.categories))
         else:
             self.model.set_classes(category_words(datamodule))
+
+    # --- few-shot (the authors' test.py --mode few_shot) --------------------------------------------
+    def set_references(self, category_id: int, images: torch.Tensor) -> None:
+        self.model.set_references(category_id, images)
+
+    def clear_references(self) -> None:
+        self.model.clear_references()
+
+    def image_score_rule(self) -> CategoryScoreRule | None:
+        """Few-shot image scores are normalised over the category's test images (test.py)."""
+        return FEW_SHOT_SCORE if self.references is not None else None
 
     # --- feature cache: the frozen image features are the same every epoch (unless mosaic) ------------
     def feature_cache_identity(self) -> dict[str, Any]:

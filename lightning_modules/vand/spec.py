@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_modules.method_spec import MethodSpec, cache_settings
+from lightning_modules.method_spec import FEW_SHOT, ZERO_SHOT, MethodSpec, cache_settings
 from lightning_modules.published import anomalyclip_paper
 from lightning_modules.vand.config import VANDConfig
 
@@ -32,5 +32,6 @@ VAND = MethodSpec(
     needs="pixel masks of the auxiliary data (no image loss)",
     feature_cache=cache_settings,
     official_checkpoint=read_official_checkpoint,
+    protocols=(ZERO_SHOT, FEW_SHOT),  # test.py --mode few_shot: the memory bank of K normal images
     published=anomalyclip_paper("vand"),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_modules.method_spec import MethodSpec
+from lightning_modules.method_spec import FEW_SHOT, ZERO_SHOT, MethodSpec
 from lightning_modules.published import anomalyclip_paper
 from lightning_modules.winclip.config import WinCLIPConfig
 
@@ -31,5 +31,6 @@ WINCLIP = MethodSpec(
     trains=False,
     needs="nothing to train on (category names for the prompts)",
     preprocessing=preprocessing,
+    protocols=(ZERO_SHOT, FEW_SHOT),  # WinCLIP+ with the few-shot protocol's references
     published=anomalyclip_paper("winclip"),
 )

@@ -91,3 +91,30 @@ def test_the_training_files_of_all_sources_form_one_fingerprint(synthetic_pair, 
     changed = dict(fingerprint["files"])
     changed[name] = [1, 0, "0" * 64]
     assert changes(fingerprint, {**fingerprint, "files": changed})["changed"] == [name]
+
+
+def test_each_source_keeps_its_training_augmentation(synthetic_pair, shared_category_source):
+    """A source whose method augments there (the spec's train_augmentation) is augmented in the combined set
+    too, per (seed, source, epoch, sample); the other source's items stay as they are."""
+    from datamodules.augment import TrainAugmentation
+
+    source, _ = synthetic_pair
+    augmented = AnomalyDataModule(
+        DataConfig(name="synthetic", root=str(source), num_workers=0, batch_size=4),
+        image_size=32,
+        preprocessing=ImagePreprocessing(),
+        seed=11,
+        augmentation=TrainAugmentation("vcp_clip"),
+    )
+    combined = MultiSourceDataModule([augmented, _data(shared_category_source)], seed=11)
+    dataset = combined.train_dataset()
+    assert dataset.takes_epoch and combined.train_dataloader().sampler.with_epoch
+    plain = MultiSourceDataModule([_data(source), _data(shared_category_source)], seed=11).train_dataset()
+    first = len(augmented.train_dataset())
+    for position in (0, first - 1):  # the augmented source: other pixels, another epoch other again
+        item = dataset[(0, position)]
+        assert not torch.equal(item["image"], plain[position]["image"])
+        assert torch.equal(item["image"], dataset[(0, position)]["image"])
+        assert not torch.equal(item["image"], dataset[(1, position)]["image"])
+    for position in (first, len(dataset) - 1):  # the other source: as it is, whatever the epoch
+        assert torch.equal(dataset[(3, position)]["image"], plain[position]["image"])

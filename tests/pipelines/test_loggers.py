@@ -32,7 +32,7 @@ def test_sweep_runs_log_per_category_scalars_under_readable_names(tmp_path, synt
     (wandb_dir,) = (run_dir / "wandb").glob("offline-run-*")
     run = offline_run(wandb_dir)
 
-    assert run["name"] == "anomalyclip gaussian_sigma=2.0 seed=1"
+    assert run["name"] == "anomalyclip zero-shot gaussian_sigma=2.0 seed=1"
     assert run["group"] == "sigmas" and run["job_type"] == "run"
     assert "method.gaussian_sigma=2.0" in run["tags"] and "seed=1" in run["tags"]
     logged = {k: v for row in run["history"] for k, v in row.items()}
@@ -61,7 +61,7 @@ def test_runs_outside_sweeps_are_named_tagged_and_grouped_by_what_differs_from_t
     cfg = compose("vand_visa_to_mvtec", overrides)
     label_adhoc_run(cfg, "vand_visa_to_mvtec", overrides)
     wandb_cfg = cfg.logger.wandb
-    assert wandb_cfg.name == "vand synthetic->synthetic lr=0.01 seed=111"
+    assert wandb_cfg.name == "vand synthetic->synthetic zero-shot lr=0.01 seed=111"
     assert wandb_cfg.group == "vand_visa_to_mvtec"
     assert list(wandb_cfg.tags[:4]) == overrides[:3] + ["method.lr=0.01"]
     assert wandb_cfg.tags[4] == "checkpoint=..." + overrides[-1][-50:] and len(wandb_cfg.tags[4]) == 64
@@ -72,7 +72,16 @@ def test_runs_outside_sweeps_are_named_tagged_and_grouped_by_what_differs_from_t
     assert (cfg.logger.wandb.name, list(cfg.logger.wandb.tags)) == ("mine", ["a"])
     cfg = compose("vand_mvtec_to_all", [])
     label_adhoc_run(cfg, "vand_mvtec_to_all", [])
-    assert cfg.logger.wandb.name == "vand mvtec->16 targets seed=111" and list(cfg.logger.wandb.tags) == []
+    assert (
+        cfg.logger.wandb.name == "vand mvtec->16 targets zero-shot seed=111"
+        and list(cfg.logger.wandb.tags) == []
+    )
+    # the protocol is named once, by its label (not as its keys)
+    shots = ["protocol.shots=2", "protocol.draws=3"]
+    cfg = compose("vand_visa_to_mvtec", shots)
+    label_adhoc_run(cfg, "vand_visa_to_mvtec", shots)
+    assert cfg.logger.wandb.name == "vand visa->mvtec 2-shot (3 draws) seed=111"
+    assert list(cfg.logger.wandb.tags) == shots
 
 
 def test_extra_columns_are_logged_per_category_where_a_target_has_them():

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 from test_cli import FAST
-from test_resume import SendAt, _assert_same_training, _interrupt_at
+from test_resume import _assert_same_training
 
 from pipelines.cli import main
+from tests_support import SendAt, interrupt_training_at
 
 
 def _two_source_experiment(tmp_path: Path, synthetic_pair, shared_category_source) -> Path:
@@ -53,19 +54,21 @@ def test_two_sources_train_as_one_set_record_it_and_resume_exactly(
     assert results["source_data"]["n_files"] == 26 + 16  # both sources' images and masks
 
     run = ["run", str(experiment), *args, f"run_dir={run_dir}"]
-    _interrupt_at(monkeypatch, SendAt(0, 2, signal.SIGTERM))  # mid-epoch, between two accumulated batches
+    interrupt_training_at(
+        monkeypatch, SendAt(0, 2, signal.SIGTERM)
+    )  # mid-epoch, between two accumulated batches
     assert main(run) == 128 + signal.SIGTERM
     assert [p.name for p in (run_dir / "checkpoints" / "resume").iterdir()] == ["step-000000002.ckpt"]
-    _interrupt_at(monkeypatch, None)
+    interrupt_training_at(monkeypatch, None)
     assert main(run) == 0
     _assert_same_training(run_dir, reference)
 
     # the same config on changed data: the resume checkpoint's training data no longer matches
     changed = tmp_path / "changed"
-    _interrupt_at(monkeypatch, SendAt(0, 3, signal.SIGTERM))
+    interrupt_training_at(monkeypatch, SendAt(0, 3, signal.SIGTERM))
     assert main(["train", str(experiment), *args, f"run_dir={changed}"]) == 128 + signal.SIGTERM
     extra = tmp_path / "data" / "industrial2" / "grain" / "test" / "good"
     shutil.copy(extra / "000.png", extra / "009.png")
-    _interrupt_at(monkeypatch, None)
+    interrupt_training_at(monkeypatch, None)
     assert main(["train", str(experiment), *args, f"run_dir={changed}"]) == 2  # a user error
     assert "trained on other data" in json.loads((changed / "status.json").read_text())["error"]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.fabric.plugins.environments.lightning import find_free_network_port
 from sweep_helpers import require_slurm, slurm_problem, wait_for, write_sweep
 
 from lightning_modules.checkpoint_io import safe_torch_load
@@ -59,7 +60,7 @@ def _metrics(run_dir: Path) -> tuple[dict, dict]:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_a_two_node_sweep_trains_as_one_node_and_evaluates_as_one_process(
-    two_node_slurm, tmp_path, synthetic_pair
+    two_node_slurm, tmp_path, synthetic_pair, monkeypatch
 ):
     extra = {
         "overrides": SETTINGS,
@@ -67,6 +68,9 @@ def test_a_two_node_sweep_trains_as_one_node_and_evaluates_as_one_process(
         "slurm": {"nodes": 2, "gpus_per_node": 0, "cpus_per_task": 1, "time": "20",
                   "setup": ["export MASTER_ADDR=127.0.0.1"]},
     }  # fmt: skip
+    # the port this process's DDP runs below meet at, in the submitting environment too (as it is after any
+    # earlier DDP run in this process): the job must not inherit it, or its processes meet these
+    monkeypatch.setenv("MASTER_PORT", str(find_free_network_port()))
     path = write_sweep(tmp_path, *synthetic_pair, seeds=[5], name="two_nodes", extra=extra)
     cfg, _ = sweep.load_sweep(path)
     (run,) = sweep.expand(cfg)

@@ -110,6 +110,8 @@ def test_sbatch_script_has_array_signal_requeue_and_ddp_settings(tmp_path, synth
                  "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4", "module load cuda"):  # fmt: skip
         assert line in script
     assert "srun " in script and "sweep run-task" in script and '--index "$SLURM_ARRAY_TASK_ID"' in script
+    # the submitting shell's rendezvous is not the job's (test_multinode runs the collision); setup may set it
+    assert "\nunset MASTER_ADDR MASTER_PORT\nmodule load cuda\n" in script
     assert (
         "trainer.devices=4" in script and "trainer.num_nodes=2" in script and "trainer.strategy=ddp" in script
     )
@@ -269,6 +271,19 @@ def test_grid_values_may_be_lists_mappings_and_quoted_strings(tmp_path, syntheti
         assert list(composed.logger.wandb.tags) == run.tags and all(len(t) <= 64 for t in run.tags)
         assert any(t.startswith("targets=") for t in run.tags)
         assert ("name='1'" in run.tags) == (values["name"] == "1")  # the string "1", not the number
+
+
+def test_sweep_run_names_name_the_protocol_once(tmp_path, synthetic_pair):
+    from pipelines.config import compose
+
+    grid = {"seed": [1], "protocol.shots": [0, 2], "method.lr": [0.01]}
+    path = write_sweep(tmp_path, *synthetic_pair, seeds=[1], extra={"grid": grid})
+    cfg, _ = sweep.load_sweep(path)
+    names = {
+        compose(run.experiment, sweep._run_overrides(cfg.name, run)).logger.wandb.name
+        for run in sweep.expand(cfg)
+    }
+    assert names == {"anomalyclip zero-shot lr=0.01 seed=1", "anomalyclip 2-shot (1 draw) lr=0.01 seed=1"}
 
 
 def test_plan_reports_every_invalid_run_with_its_id(tmp_path, synthetic_pair, capsys):

@@ -57,20 +57,10 @@ def test_features_maps_scores_loss_and_gradient_match_the_authors(fixture, ours,
 
 
 def test_metrics_match_test_py(fixture, ours):
-    """Pixel/image AUROC and AP (sklearn in test.py) to 1e-6 and the cflow AUPRO (test.py's cal_pro_score)
-    within how far map noise moves it on zsad's maps (its 200-step threshold grid flips on map noise)."""
-    assert ours["metrics"].shape == fixture["metrics"].shape == (2, len(pv.METRICS))
-    cflow = pv.METRICS.index("aupro_cflow")
-    exact = [i for i in range(len(pv.METRICS)) if i != cflow]
-    assert ps.max_abs_delta(fixture["metrics"][:, exact], ours["metrics"][:, exact]) <= 1e-6
-    delta, tolerance = ps.cflow_aupro_agreement(
-        fixture["metrics"][:, cflow],
-        ours["metrics"][:, cflow],
-        ours["anomaly_maps"],
-        ours["masks"],
-        ours["category_ids"],
+    assert fixture["metrics"].shape[0] == 2
+    pv.assert_test_py_metrics(
+        fixture["metrics"], ours["metrics"], ours["anomaly_maps"], ours["masks"], ours["category_ids"]
     )
-    assert (delta <= tolerance).all(), (delta, tolerance)
 
 
 @pytest.mark.parametrize("case", ["other_size_gelu"], indirect=True)

@@ -1,0 +1,153 @@
+"""Few-shot references: K normal images per category, drawn from a target's own normal training images.
+
+Every parser indexes a dataset's normal training images as ``split="train"`` records with label 0
+(MVTec AD's ``train/good``, VisA's ``train`` rows of ``split_csv/1cls.csv``, BTAD's ``train/ok``, ...); those
+are the pool a few-shot evaluation draws its references from (:data:`REFERENCE_SPLIT`). A draw depends on
+the experiment seed, the draw number and the category's name only (numpy's ``SeedSequence`` of the three:
+one category's draw does not move when other categories are selected, and two draws never share a stream),
+so every process of a DDP job draws the same files, and a run's recorded file lists (:meth:`ReferenceDraw.
+record`) say which images each number saw.
+
+A reference is never one of the evaluated test images: a drawn file whose path is a test image's, or whose
+content is byte for byte a test image's, is skipped and the next one of the draw's permutation taken (the
+count is recorded as ``skipped``); a category left with fewer than K usable images is refused.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from datamodules.errors import ConfigError
+from datamodules.fingerprint import file_sha256, relative_name
+from datamodules.images import open_image
+from datamodules.index import DatasetIndex, SampleRecord
+
+REFERENCE_SPLIT = "train"  # the parsers' split of normal training images
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceDraw:
+    """One draw of references for one target: per category the files, in drawn order."""
+
+    draw: int
+    seed: tuple[int, int]  # (experiment seed, draw), with the category's CRC-32 the draw's SeedSequence
+    paths: dict[str, list[Path]]  # category -> image files
+    root: Path  # the dataset root the recorded names are relative to
+    skipped: dict[str, int]  # category -> drawn files skipped because they are test images
+
+    def files(self) -> dict[str, list[str]]:
+        """Per category the files below the dataset root (the names results.json records)."""
+        return {c: [relative_name(p, self.root) for p in paths] for c, paths in self.paths.items()}
+
+    def record(self) -> dict[str, Any]:
+        """What results.json and the W&B config keep of the draw."""
+        skipped = {c: n for c, n in self.skipped.items() if n}
+        return {"files": self.files(), **({"skipped_test_images": skipped} if skipped else {})}
+
+
+def category_stream(seed: int, draw: int, category: str) -> np.random.Generator:
+    """The random stream of one category's draw: a function of the seed, the draw and the name only."""
+    return np.random.default_rng([int(seed) % 2**64, int(draw), zlib.crc32(category.encode("utf-8"))])
+
+
+def normal_training_records(index: DatasetIndex) -> dict[str, list[SampleRecord]]:
+    """Per category the normal images of :data:`REFERENCE_SPLIT`, sorted by path (index order may follow
+    a file listing's order, which differs between file systems)."""
+    pools: dict[str, list[SampleRecord]] = collections.defaultdict(list)
+    for record in index.records:
+        if record.split == REFERENCE_SPLIT and record.label == 0:
+            pools[record.category].append(record)
+    return {c: sorted(records, key=lambda r: str(r.image_path)) for c, records in pools.items()}
+
+
+class _TestImages:
+    """Whether a file is one of the evaluated test images: the same path, or the same bytes (sizes are
+    compared first; a file is hashed only when a test image has its size)."""
+
+    def __init__(self, records: list[SampleRecord]) -> None:
+        self.paths = {r.image_path.resolve() for r in records}
+        self.by_size: dict[int, list[Path]] = collections.defaultdict(list)
+        for path in self.paths:
+            self.by_size[path.stat().st_size].append(path)
+        self._hashes: dict[Path, str] = {}
+
+    def _hash(self, path: Path) -> str:
+        if path not in self._hashes:
+            self._hashes[path] = file_sha256(path)
+        return self._hashes[path]
+
+    def __contains__(self, path: Path) -> bool:
+        path = path.resolve()
+        if path in self.paths:
+            return True
+        same_size = self.by_size.get(path.stat().st_size, [])
+        return bool(same_size) and any(self._hash(path) == self._hash(other) for other in same_size)
+
+
+def draw_references(
+    index: DatasetIndex,
+    test_index: DatasetIndex,
+    categories: list[str],
+    shots: int,
+    seed: int,
+    draws: int,
+    target: str,
+) -> list[ReferenceDraw]:
+    """``draws`` draws of ``shots`` distinct normal training images per category of ``categories``, none a
+    test image of ``test_index``; a ConfigError (one line) when the target has no normal training images or
+    a category has fewer than ``shots`` usable ones."""
+    pools = normal_training_records(index)
+    if not pools:
+        raise ConfigError(
+            f"target '{target}' has no normal training images (no '{REFERENCE_SPLIT}' split at {index.root}): "
+            f"the few-shot protocol draws its references from them; evaluate it zero-shot (protocol.shots=0)"
+        )
+    tests = _TestImages(test_index.records)
+    out = []
+    for draw in range(draws):
+        paths, skipped = {}, {}
+        for category in categories:
+            pool = pools.get(category, [])
+            order = category_stream(seed, draw, category).permutation(len(pool))
+            chosen: list[Path] = []
+            skipped[category] = 0
+            for position in order.tolist():
+                if len(chosen) == shots:
+                    break
+                if pool[position].image_path in tests:
+                    skipped[category] += 1
+                else:
+                    chosen.append(pool[position].image_path)
+            if len(chosen) < shots:
+                overlap = f" ({skipped[category]} of them are test images)" if skipped[category] else ""
+                raise ConfigError(
+                    f"target '{target}', category '{category}': {len(pool)} normal training images{overlap}, "
+                    f"fewer than protocol.shots={shots} usable as references"
+                )
+            paths[category] = chosen
+        out.append(ReferenceDraw(draw, (int(seed), draw), paths, Path(index.root), skipped))
+    return out
+
+
+class ReferenceImages:
+    """One draw's references of one target, read with the target's own test transform (the method's
+    preprocessing): what the runner hands a few-shot module (``ZeroShotModule.references``)."""
+
+    def __init__(self, draw: ReferenceDraw, transform: Any) -> None:
+        self.draw = draw
+        self.transform = transform  # datamodules.transforms.ImageMaskTransform
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.draw.paths)
+
+    def images(self, category: str) -> torch.Tensor:
+        """``[K, 3, S, S]``: the category's references, preprocessed as its test images."""
+        return torch.stack([self.transform.image(open_image(path)) for path in self.draw.paths[category]])

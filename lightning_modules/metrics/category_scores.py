@@ -1,0 +1,40 @@
+"""Image scores that depend on a whole category: a method scores each image with a few parts, and a rule
+turns the parts of all test images of a category into their scores once the category is complete.
+
+VAND's few-shot test (APRIL-GAN's ``test.py``) is one: an image's score is the mean of its zero-shot
+probability and the maximum of its map min-max normalised over the category's test images. The
+evaluator applies the rule to each category's de-duplicated samples (the same set in one process or
+gathered from all under DDP), so the numbers do not depend on batches or processes; callbacks that keep
+per-image scores (the saved maps' ``image_scores.csv``) apply it at the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class CategoryScoreRule:
+    """``parts`` numbers per image (``predict_batch`` returns scores ``[B, parts]``); ``combine`` maps the
+    ``[n, parts]`` parts of one category's test images to their ``[n]`` scores; ``per_image`` gives a score
+    from one image's parts alone, for what must rank images before their category is complete (the
+    evaluation pictures' gallery)."""
+
+    name: str
+    parts: int
+    combine: Callable[[Tensor], Tensor]
+    per_image: Callable[[Tensor], Tensor]
+
+
+def combined_scores(rule: CategoryScoreRule, category_ids: Sequence[int], parts: Tensor) -> Tensor:
+    """The rule applied per category: ``parts`` ``[n, P]`` of distinct samples, ``category_ids`` ``[n]``."""
+    ids = torch.as_tensor(category_ids).reshape(-1)
+    scores = torch.zeros(parts.shape[0], dtype=torch.float64)
+    for category in torch.unique(ids).tolist():
+        rows = (ids == category).nonzero().flatten()
+        scores[rows] = rule.combine(parts[rows].double()).double().cpu()
+    return scores

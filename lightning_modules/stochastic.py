@@ -1,0 +1,50 @@
+"""Seeded randomness for stochastic inference: every draw comes from a generator of its own key.
+
+A method that samples at test time (Bayes-PFL's Monte-Carlo prompts) draws each image's randomness from a
+CPU generator seeded by ``(seed, dataset, image key)`` (:func:`keyed_generator`), never from the global RNG.
+An image's result is then a function of the image and the seed alone: the same whatever the batch size, the
+number of loader workers, the DDP world size or the order of the test set, and a rerun is bit-identical.
+Draws are made on the CPU and moved to the device, so they do not depend on the accelerator either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from datamodules.resumable import derived_seed
+
+
+def keyed_generator(seed: int, *key: int | str) -> torch.Generator:
+    """A CPU generator seeded by ``seed`` and ``key`` (e.g. the dataset and an image's relative path)."""
+    return torch.Generator().manual_seed(derived_seed(seed, *key))
+
+
+def keyed_normal(
+    seed: int,
+    keys: Sequence[tuple[int | str, ...]],
+    shape: Sequence[int],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``[len(keys), *shape]`` standard normal draws, row ``i`` from the generator of ``keys[i]``."""
+    rows = [torch.randn(tuple(shape), generator=keyed_generator(seed, *key)) for key in keys]
+    if not rows:
+        return torch.empty(0, *shape, device=device, dtype=dtype)
+    return torch.stack(rows).to(device=device, dtype=dtype)
+
+
+def image_keys(dataset: str, paths: Sequence[str], root: str | Path | None) -> list[tuple[str, str]]:
+    """``(dataset, path relative to the dataset root)`` per image: a key that names the image whatever the
+    batch it comes in, the process that loads it or the folder the dataset is copied to."""
+    keys = []
+    for path in paths:
+        relative = Path(path)
+        if root is not None:
+            with contextlib.suppress(ValueError):
+                relative = relative.relative_to(Path(root))
+        keys.append((dataset, relative.as_posix()))
+    return keys

@@ -1,0 +1,62 @@
+"""Few-shot reference draws: seeded and reproducible per category, from the normal training images only,
+never a test image (by path or by content), refused in one line where a target cannot give K of them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from datamodules.errors import ConfigError
+from datamodules.index import build_index
+from datamodules.references import draw_references
+from datamodules.synthetic import generate_synthetic_dataset
+
+CATEGORIES = ["ring", "cells"]
+
+
+@pytest.fixture()
+def root(tmp_path) -> Path:
+    kwargs = dict(seed=5, image_size=32, n_train=5, n_test_good=2, n_test_defect_per_kind=1)
+    return generate_synthetic_dataset(tmp_path / "d", style="vivid", categories=CATEGORIES, **kwargs).root
+
+
+def draws(root: Path, shots: int = 2, seed: int = 7, n: int = 3, categories=CATEGORIES):
+    index = build_index("synthetic", root)
+    return draw_references(index, index.select(split="test"), list(categories), shots, seed, n, "tgt")
+
+
+def test_draws_are_seeded_distinct_training_images_independent_of_the_other_categories(root):
+    first = draws(root)
+    assert [d.files() for d in first] == [d.files() for d in draws(root)]  # reproducible
+    assert len({tuple(d.files()["ring"]) for d in first}) > 1  # draws differ
+    for d in first:
+        for category, files in d.files().items():
+            assert len(set(files)) == 2 and all(f.startswith(f"{category}/train/good/") for f in files)
+    alone = draws(root, categories=["cells"])  # one category's draw does not depend on which others run
+    assert [d.files()["cells"] for d in alone] == [d.files()["cells"] for d in first]
+    assert [d.files() for d in draws(root, seed=8)] != [d.files() for d in first]
+
+
+def test_a_training_image_with_a_test_images_content_is_never_drawn(root):
+    good = sorted((root / "ring" / "test" / "good").iterdir())[0]
+    for train in (root / "ring" / "train" / "good").iterdir():
+        if train.name != "004.png":
+            shutil.copyfile(good, train)  # four of five training images are a test image, byte for byte
+    (only,) = {tuple(d.files()["ring"]) for d in draws(root, shots=1, n=4)}
+    assert only == ("ring/train/good/004.png",)
+    skipped = [d.record().get("skipped_test_images", {}) for d in draws(root, shots=1, n=4)]
+    assert any(skipped) and all(set(s) <= {"ring"} for s in skipped)  # recorded, and only where it happened
+    with pytest.raises(
+        ConfigError, match=r"'ring': 5 normal training images \(4 of them are test images\), fewer"
+    ):
+        draws(root, shots=2)
+
+
+def test_a_target_without_normal_training_images_is_refused_in_one_line(root):
+    for category in CATEGORIES:
+        shutil.rmtree(root / category / "train")
+    with pytest.raises(ConfigError, match="target 'tgt' has no normal training images") as error:
+        draws(root)
+    assert "\n" not in str(error.value) and "protocol.shots=0" in str(error.value)
