@@ -11,8 +11,8 @@ blocks run V-V attention) plus CLIP's image embedding, with an orthogonality pen
 anchors. Stage 2 freezes the anchors and trains the vision side: patch features of every map layer against
 the anchors (focal + Dice), the image feature against them (cross-entropy). Test: ``(a - n + 1) / 2`` of the
 ``100 * cos`` logits per layer, blurred on the patch grid (kornia), upsampled and summed over the layers;
-image score ``(cos_a + 1) / 2`` of the image feature. The per-category min-max fusion of both is the
-evaluator's (their metrics_eval).
+image score ``(cos_a + 1) / 2`` of the image feature. Their metrics_eval's per-category min-max fusion of
+both is :data:`IMAGE_SCORE_RULE`, which the evaluator applies once a category is complete.
 
 Numerics as the authors' code, every deviation a switch of :class:`AAClipConfig`.
 """
@@ -39,6 +39,7 @@ from lightning_modules.clip.frozen import FrozenCLIP
 from lightning_modules.clip.prompts import get_ensemble, trim_after_end_token
 from lightning_modules.clip.vision import default_feature_layers
 from lightning_modules.losses import dice_loss, focal_loss
+from lightning_modules.metrics.category_scores import CategoryScoreRule
 from lightning_modules.ops import kornia_gaussian_blur, l2_normalize
 
 NORMAL, ABNORMAL = 0, 1
@@ -385,16 +386,45 @@ class AAClip(FrozenCLIP):
         return scores, maps
 
 
-def min_max(values: torch.Tensor) -> torch.Tensor:
-    """metrics_eval's ``(x - min) / (max - min)`` over all of a category's values, skipped when the maximum
-    is already 1."""
-    if float(values.max()) == 1.0:
+def min_max(values: torch.Tensor, low: torch.Tensor | None = None) -> torch.Tensor:
+    """metrics_eval's ``(x - min) / (max - min)`` over all of a category's values (``low``: their minimum,
+    where ``values`` holds only the maxima), skipped when the maximum is already 1."""
+    high = values.max()
+    if float(high) == 1.0:
         return values
-    return (values - values.min()) / (values.max() - values.min())
+    low = values.min() if low is None else low
+    return (values - low) / (high - low)
+
+
+#: predict_batch's score parts per image: (image score, map maximum, map minimum, 1 for a medical dataset)
+SCORE, MAP_MAX, MAP_MIN, MEDICAL = range(4)
+
+
+def combine_image_scores(parts: torch.Tensor) -> torch.Tensor:
+    """metrics_eval's image scores of one category's test images from their parts ``[n, 4]``: scores and
+    maps min-max normalised over the category (the maps over all their pixels), then ``0.5 * max(map) +
+    0.5 * score`` (industrial) or ``max(map)`` (medical)."""
+    peak = min_max(parts[:, MAP_MAX], parts[:, MAP_MIN].min())
+    return peak if bool(parts[0, MEDICAL]) else peak * 0.5 + min_max(parts[:, SCORE]) * 0.5
+
+
+def image_score_parts(image_scores: torch.Tensor, maps: torch.Tensor, medical: bool) -> torch.Tensor:
+    """The ``[B, 4]`` parts :func:`combine_image_scores` takes, from scores ``[B]`` and maps ``[B, H, W]``."""
+    flag = torch.full_like(image_scores, float(medical))
+    return torch.stack([image_scores, maps.amax(dim=(-2, -1)), maps.amin(dim=(-2, -1)), flag], dim=1)
+
+
+def per_image_score(parts: torch.Tensor) -> torch.Tensor:
+    """One image alone (pictures, ``zsad predict``): the fusion without the category's normalisation."""
+    fused = parts[:, MAP_MAX] * 0.5 + parts[:, SCORE] * 0.5
+    return torch.where(parts[:, MEDICAL] > 0, parts[:, MAP_MAX], fused)
+
+
+IMAGE_SCORE_RULE = CategoryScoreRule(
+    name="aa_clip", parts=4, combine=combine_image_scores, per_image=per_image_score
+)
 
 
 def fused_image_scores(image_scores: torch.Tensor, maps: torch.Tensor, medical: bool) -> torch.Tensor:
-    """metrics_eval's image score of one category's test images: scores and maps min-max normalised over the
-    category, then ``0.5 * max(map) + 0.5 * score`` (industrial) or ``max(map)`` (medical)."""
-    peak = min_max(maps).amax(dim=(-2, -1))
-    return peak if medical else peak * 0.5 + min_max(image_scores) * 0.5
+    """metrics_eval's image scores of one category's test images (scores ``[n]``, maps ``[n, H, W]``)."""
+    return combine_image_scores(image_score_parts(image_scores, maps, medical))

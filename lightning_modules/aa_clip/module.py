@@ -10,10 +10,11 @@ import torch
 from datamodules.errors import ConfigError
 from datamodules.index import dataset_names, get_dataset_spec
 from lightning_modules.aa_clip.config import AAClipConfig
-from lightning_modules.aa_clip.model import AAClip
+from lightning_modules.aa_clip.model import IMAGE_SCORE_RULE, AAClip, image_score_parts
 from lightning_modules.aa_clip.object_words import authors_object_words
 from lightning_modules.category_module import CategoryTextModule, category_words
 from lightning_modules.eval_config import EvalConfig
+from lightning_modules.metrics.category_scores import CategoryScoreRule
 
 
 class AAClipModule(CategoryTextModule):
@@ -109,18 +110,21 @@ class AAClipModule(CategoryTextModule):
             self.model.class_text = None
 
     def predict_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Their get_predictions per image, blurred by the domain of the image's dataset; metrics_eval's
-        per-category min-max fusion of scores and maps is not applied here (see docs/methods.md#aa-clip)."""
+        """Their get_predictions per image, blurred by the domain of the image's dataset; the scores are the
+        parts of :meth:`image_score_rule` (score, map maximum and minimum, medical flag) ``[B, 4]``."""
         ids, size = batch["category_id"], tuple(batch["mask"].shape[-2:])
         medical = self.category_medical[ids.cpu()]
-        scores = torch.empty(len(ids), device=batch["image"].device)
+        parts = torch.empty(len(ids), 4, device=batch["image"].device)
         maps = torch.empty(len(ids), *size, device=batch["image"].device)
         for flag in medical.unique().tolist():
             chosen = (medical == flag).to(ids.device)
-            scores[chosen], maps[chosen] = self.model.predict(
-                batch["image"][chosen], ids[chosen], size, bool(flag)
-            )
-        return scores, maps
+            scores, maps[chosen] = self.model.predict(batch["image"][chosen], ids[chosen], size, bool(flag))
+            parts[chosen] = image_score_parts(scores, maps[chosen], bool(flag))
+        return parts, maps
+
+    def image_score_rule(self) -> CategoryScoreRule:
+        """Their metrics_eval fuses each category's min-max normalised scores and map maxima."""
+        return IMAGE_SCORE_RULE
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
         adapters, betas = self.model.adapters, tuple(self.cfg.betas)

@@ -70,8 +70,8 @@ def test_the_last_layer_alone_makes_stage_one_loss_unless_all_are_asked_for(batc
 def test_fused_image_scores_follow_their_metrics_eval():
     scores = torch.tensor([0.2, 0.4, 0.6])
     maps = torch.tensor([0.0, 1.0, 3.0])[:, None, None] * torch.ones(3, 2, 2)
-    maps[1, 0, 0] = 2.0
-    peak = torch.tensor([0.0, 2.0, 3.0]) / 3.0
+    maps[1, 0, 0], maps[2, 1, 1] = 2.0, -1.0  # the category's lowest pixel is not in its lowest-peak map
+    peak = (torch.tensor([0.0, 2.0, 3.0]) + 1.0) / 4.0
     torch.testing.assert_close(fused_image_scores(scores, maps, medical=True), peak)
     torch.testing.assert_close(
         fused_image_scores(scores, maps, medical=False), 0.5 * peak + 0.5 * torch.tensor([0.0, 0.5, 1.0])
