@@ -22,6 +22,14 @@ def preprocessing(cfg: AAClipConfig, dataset: str | None) -> Any:
     return ImagePreprocessing(rgb_before_resize=True, mask_interpolation="nearest")
 
 
+def read_official_checkpoint(module: Any, checkpoint: dict[str, Any], source: str) -> dict[str, Any]:
+    """Their train.py's ``image_adapter_{epoch}.pth`` and the ``text_adapter.pth`` beside it
+    (official_checkpoint.py; they have released none)."""
+    from lightning_modules.aa_clip.official_checkpoint import zsad_state_dict
+
+    return zsad_state_dict(module, checkpoint, source)
+
+
 AA_CLIP = MethodSpec(
     name="aa_clip",
     config_class=AAClipConfig,
@@ -31,4 +39,5 @@ AA_CLIP = MethodSpec(
     trains=True,
     needs="image labels + pixel masks of the auxiliary data",
     preprocessing=preprocessing,
+    official_checkpoint=read_official_checkpoint,
 )

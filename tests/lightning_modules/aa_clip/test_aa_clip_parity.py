@@ -108,3 +108,34 @@ def test_a_changed_default_fails_the_comparison(fixture, root):
     with torch.no_grad():
         _, maps = model.predict(batch["image"], batch["category_id"], (pa.IMAGE_SIZE,) * 2, medical=False)
     assert ps.max_abs_delta(fixture["maps_sampled"], maps.numpy()[:, ::9, ::9]) > 1e-3
+
+
+def test_their_checkpoint_files_load_by_their_names(fixture, tmp_path):
+    """The files their train.py writes (``text_adapter.pth``, ``image_adapter_{epoch}.pth``), holding the
+    parameters their one-step run reached under their own names, load through the reader `zsad test` uses;
+    an image file without its text file beside it is refused in one line."""
+    from datamodules.errors import ZsadError
+    from lightning_modules.aa_clip.module import AAClipModule
+    from lightning_modules.registry import get_method
+
+    text, image = pa.step_tensors(fixture, "text", "param"), pa.step_tensors(fixture, "image", "param")
+    to_torch = lambda arrays: {k: torch.from_numpy(v) for k, v in arrays.items()}  # noqa: E731
+    torch.save(
+        {"epoch": 1, "image_adapter": to_torch(image), "image_optimizer": {}},
+        tmp_path / "image_adapter_1.pth",
+    )
+    model = pa.zsad_model(pa.initial_state(fixture))
+    module = AAClipModule(model.cfg, model=model)
+    reader = get_method("aa_clip").official_checkpoint
+    with pytest.raises(ZsadError, match="needs the text_adapter.pth"):
+        module.load_trained_weights(str(tmp_path / "image_adapter_1.pth"), reader)
+    torch.save(
+        {"epoch": 5, "text_adapter": to_torch(text), "text_optimizer": {}}, tmp_path / "text_adapter.pth"
+    )
+    module.load_trained_weights(str(tmp_path / "image_adapter_1.pth"), reader)
+    adapters = module.model.adapters
+    for side, theirs in (("text_adapter", text), ("image_adapter", image)):
+        state = getattr(adapters, side).state_dict()
+        assert sorted(state) == sorted(theirs)
+        for name, value in theirs.items():
+            np.testing.assert_array_equal(state[name].numpy(), value, err_msg=name)
