@@ -252,9 +252,10 @@ def _their_create_model(weights: dict[str, torch.Tensor]):
     return create_model
 
 
-def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
-    import logging
-
+def their_side(official: Path, root: Path, weights: Path) -> types.SimpleNamespace:
+    """Their modules with the shims above, the parity classes in their tables, their ``AdaptedCLIP`` on the
+    parity weights (adapters from ``torch.manual_seed(ADAPTERS_SEED)``) and a ``meta.jsonl`` of the files
+    under ``root`` (their dataset format); this script's and speed_aa_clip.py's official side."""
     sys.modules.setdefault("ipdb", types.ModuleType("ipdb"))  # imported by their modules, never called
     import dataset.constants as constants
     import forward_utils
@@ -271,8 +272,49 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     import train as their_train
     from dataset import BaseSingleClassDataset
     from model.adapter import AdaptedCLIP
+
+    clip_model = model.clip.create_model(model_name=MODEL, img_size=IMAGE_SIZE, device="cpu")
+    clip_model.eval()
+    torch.manual_seed(ADAPTERS_SEED)
+    adapted = AdaptedCLIP(
+        clip_model=clip_model,
+        text_adapt_weight=0.1,
+        image_adapt_weight=0.1,
+        text_adapt_until=3,
+        image_adapt_until=6,
+        levels=FEATURE_LAYERS,
+        relu=False,  # their --relu (store_true)
+    ).eval()
+    meta = root / "meta.jsonl"
+    with meta.open("w") as f:
+        for path in sorted(root.glob("*/test/*/*.png")):
+            relative = path.relative_to(root)
+            category, _, kind, name = relative.parts
+            row = {"image_path": str(relative), "label": int(kind != "good"), "class_name": category}
+            if kind != "good":
+                row["mask_path"] = f"{category}/ground_truth/{kind}/{Path(name).stem}_mask.png"
+            f.write(json.dumps(row) + "\n")
+    return types.SimpleNamespace(
+        adapted=adapted,
+        categories=categories,
+        meta=meta,
+        forward_utils=forward_utils,
+        test=their_test,
+        train=their_train,
+        dataset=lambda category: BaseSingleClassDataset(str(root), str(meta), IMAGE_SIZE, category),
+        create_model=model.clip.create_model,
+        AdaptedCLIP=AdaptedCLIP,
+    )
+
+
+def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
+    import logging
+
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+    side = their_side(official, root, weights)
+    adapted, categories, forward_utils = side.adapted, side.categories, side.forward_utils
+    their_test, their_train = side.test, side.train
     recorded: list[float] = []
     fused_scores: list[np.ndarray] = []
     original_auc, original_ap = forward_utils.roc_auc_score, forward_utils.average_precision_score
@@ -292,27 +334,14 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
         average_precision_score,
     )
     forwards: list[tuple[list[torch.Tensor], torch.Tensor]] = []
-    original_forward = AdaptedCLIP.forward
+    original_forward = side.AdaptedCLIP.forward
 
     def forward(self, x):
         out = original_forward(self, x)
         forwards.append(([t.detach().clone() for t in out[0]], out[1].detach().clone()))
         return out
 
-    AdaptedCLIP.forward = forward
-
-    clip_model = model.clip.create_model(model_name=MODEL, img_size=IMAGE_SIZE, device="cpu")
-    clip_model.eval()
-    torch.manual_seed(ADAPTERS_SEED)
-    adapted = AdaptedCLIP(
-        clip_model=clip_model,
-        text_adapt_weight=0.1,
-        image_adapt_weight=0.1,
-        text_adapt_until=3,
-        image_adapt_until=6,
-        levels=FEATURE_LAYERS,
-        relu=False,  # their --relu (store_true)
-    ).eval()
+    side.AdaptedCLIP.forward = forward
     initial = {
         k: v.clone()
         for k, v in adapted.state_dict().items()
@@ -320,20 +349,11 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     }
 
     # their test path, per class (test.py main)
-    meta = root / "meta.jsonl"
-    with meta.open("w") as f:
-        for path in sorted(root.glob("*/test/*/*.png")):
-            relative = path.relative_to(root)
-            category, _, kind, name = relative.parts
-            row = {"image_path": str(relative), "label": int(kind != "good"), "class_name": category}
-            if kind != "good":
-                row["mask_path"] = f"{category}/ground_truth/{kind}/{Path(name).stem}_mask.png"
-            f.write(json.dumps(row) + "\n")
     with torch.no_grad():
         text_embeddings = forward_utils.get_adapted_text_embedding(adapted, DATASET, "cpu")
     result: dict[str, list] = {k: [] for k in ("paths", "images", "masks", "raw_scores", "maps", "labels")}
     for category in categories:
-        data = BaseSingleClassDataset(str(root), str(meta), IMAGE_SIZE, category)
+        data = side.dataset(category)
         loader = torch.utils.data.DataLoader(data, batch_size=32, shuffle=False)
         with torch.no_grad():
             masks, labels, preds, preds_image, files = their_test.get_predictions(
@@ -361,7 +381,7 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     # one step of each stage (train.py), recording gradients before each Adam step
     by_path = {}
     for category in categories:
-        data = BaseSingleClassDataset(str(root), str(meta), IMAGE_SIZE, category)
+        data = side.dataset(category)
         by_path |= {data.meta[i]["image_path"]: data[i] for i in range(len(data))}
     grads: dict[str, torch.Tensor] = {}
     learnable = {
@@ -391,7 +411,7 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
 
     logger = logging.getLogger("aa_clip_parity")
     save = Path(tempfile.mkdtemp(prefix="zsad-aa-clip-official-"))
-    clip_surgery = model.clip.create_model(model_name=MODEL, img_size=IMAGE_SIZE, device="cpu")
+    clip_surgery = side.create_model(model_name=MODEL, img_size=IMAGE_SIZE, device="cpu")
     clip_surgery.eval()
     clip_surgery.visual.DAPM_replace(DPAM_layer=SURGERY_UNTIL_LAYER)
     text_optimizer = torch.optim.Adam(adapted.text_adapter.parameters(), lr=1e-5, betas=(0.5, 0.999))
