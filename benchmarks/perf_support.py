@@ -4,6 +4,7 @@ dataset, the tiny random-weight AnomalyCLIP, and a description of the machine fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
@@ -155,6 +156,47 @@ class SavedForBackward:
 
     def __exit__(self, *exc: object) -> None:
         self._hooks.__exit__(*exc)
+
+
+def _remember(record: dict[int, int], tensor: torch.Tensor) -> None:
+    storage = tensor.untyped_storage()
+    record[storage._cdata] = max(record.get(storage._cdata, 0), storage.nbytes())
+
+
+@contextlib.contextmanager
+def saved_bytes(record: dict[int, int], fused_attention: bool):
+    """Record the bytes of every tensor autograd saves (one entry per storage). ``fused_attention``: count
+    attention as a fused GPU kernel keeps it (flash / memory-efficient: q, k, v, the output and the row
+    log-sum-exp), as zsad's open_clip blocks run on a GPU; else as the math path that the meta device runs
+    and that the authors' blocks need anyway (``nn.MultiheadAttention(need_weights=True)`` materialises the
+    L x L attention of every head)."""
+    import torch.nn.functional as F
+
+    original = F.scaled_dot_product_attention
+    sequential = 0  # a unique key for the log-sum-exp rows, which have no tensor here
+
+    def fused(query, key, value, *args, **kwargs):
+        nonlocal sequential
+        if not (torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))):
+            return original(query, key, value, *args, **kwargs)  # nothing is kept for a backward pass
+        out = query.clone()  # shape and autograd of the real output (q, k, v, out: same shapes here)
+        for tensor in (query, key, value, out):
+            _remember(record, tensor)
+        sequential += 1
+        record[-sequential] = query.shape[:-1].numel() * 4  # float32 log-sum-exp per query row
+        return out
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        _remember(record, tensor)
+        return tensor
+
+    if fused_attention:
+        F.scaled_dot_product_attention = fused
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            yield
+    finally:
+        F.scaled_dot_product_attention = original
 
 
 def fastest(function: Callable[[], object], repeats: int) -> float:
