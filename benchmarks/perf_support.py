@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import shutil
@@ -208,3 +209,34 @@ def fastest(function: Callable[[], object], repeats: int) -> float:
         function()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def speed_rounds() -> int:
+    """How many alternating rounds the speed scripts run (``ZSAD_SPEED_ROUNDS``, default 2)."""
+    return int(os.environ.get("ZSAD_SPEED_ROUNDS", "2"))
+
+
+def alternating_fastest(
+    authors: Callable[[], dict[str, float]], zsad: Callable[[], dict[str, float]], rounds: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Each side's fastest time per key over ``rounds`` rounds in which the two sides take turns: the
+    rounds least disturbed by the rest of a shared machine, whose load varies."""
+    best: tuple[dict[str, float], dict[str, float]] = ({}, {})
+    for _ in range(rounds):
+        for side, times in zip(best, (authors, zsad), strict=True):
+            for key, value in times().items():
+                side[key] = min(side.get(key, float("inf")), float(value))
+    return best
+
+
+def print_speedups(
+    method: str, rows: tuple[tuple[str, str], ...], theirs: dict[str, float], ours: dict[str, float]
+) -> None:
+    """One line per ``(key, label)`` of ``rows`` (their seconds, zsad's, the ratio), then the JSON line."""
+    ratios = {}
+    width = max(len(label) for _, label in rows)
+    for name, label in rows:
+        key = name.removesuffix("_s")
+        ratios[key] = theirs[name] / ours[name]
+        print(f"  {label:<{width}} authors {theirs[name]:.3f} s, zsad {ours[name]:.3f} s: {ratios[key]:.2f}x")
+    print(json.dumps({"method": method, "authors_s": theirs, "zsad_s": ours, "speedup": ratios}))

@@ -24,7 +24,6 @@ with the ratios (their time / zsad's).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -37,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import parity_aa_clip as pa  # noqa: E402
 import parity_support as ps  # noqa: E402
 import torch  # noqa: E402
-from perf_support import fastest  # noqa: E402
+from perf_support import alternating_fastest, fastest, print_speedups, speed_rounds  # noqa: E402
 
 REPEATS = 3
 TEXT_BATCH, IMAGE_BATCH, TEST_BATCH = 4, 2, 32
@@ -146,38 +145,27 @@ def main() -> None:
     args = ps.parity_arguments(
         __doc__, "checkout of Mwxinnn/AA-CLIP", "PYTHONPATH entries the official side needs"
     )
-    if args.official_side:
-        ps.save_fixture(
-            args.official_side, **official_times(args.official.resolve(), args.root, args.weights)
-        )
+    if ps.serve_official_side(args, official_times):
         return
     work = Path(tempfile.mkdtemp(prefix="zsad-speed-aa-clip-"))
     root = ps.write_parity_images(work / "mvtec")
     pythonpath = tuple(p for p in (str(args.official.resolve()), args.official_env) if p)
     initial = pa.initial_state(ps.load_fixture(pa.FIXTURE))  # their AdaptedCLIP's, seed ADAPTERS_SEED
-    rounds = int(os.environ.get("ZSAD_SPEED_ROUNDS", "2"))
-    theirs: dict[str, float] = {}
-    ours: dict[str, float] = {}
-    for _ in range(rounds):  # the sides alternate; each one's fastest round counts (the load varies)
-        official = ps.run_official_side(__file__, args.official, root, pa.state_dict(), work, pythonpath)
-        for k, v in official.items():
-            theirs[k] = min(theirs.get(k, float("inf")), float(v))
-        for k, v in zsad_times(root, initial).items():
-            ours[k] = min(ours.get(k, float("inf")), v)
+    rounds = speed_rounds()
+    theirs, ours = alternating_fastest(
+        lambda: ps.run_official_side(__file__, args.official, root, pa.state_dict(), work, pythonpath),
+        lambda: zsad_times(root, initial),
+        rounds,
+    )
     print(
         f"AA-CLIP speed, 12 images of the parity CLIP at {pa.IMAGE_SIZE} px, CPU, one thread, best of "
         f"{REPEATS} x {rounds} alternating rounds"
     )
-    ratios = {}
-    labels = (
+    rows = (
         ("train_s", f"training (an epoch per stage, batch {TEXT_BATCH} / {IMAGE_BATCH})"),
         ("test_s", "test (12 images)"),
     )
-    for name, label in labels:
-        key = name.removesuffix("_s")
-        ratios[key] = theirs[name] / ours[name]
-        print(f"  {label:<44} authors {theirs[name]:.3f} s, zsad {ours[name]:.3f} s: {ratios[key]:.2f}x")
-    print(json.dumps({"method": "aa_clip", "authors_s": theirs, "zsad_s": ours, "speedup": ratios}))
+    print_speedups("aa_clip", rows, theirs, ours)
 
 
 if __name__ == "__main__":
