@@ -6,9 +6,8 @@ Both sides run on the parity CLIP of benchmarks/parity_aa_clip.py (8 vision bloc
 over its 12 generated images, in float32 on the CPU, one thread each (``torch.set_num_threads(1)``), each
 side in its own process, from the same initial adapters:
 
-- **training**: one epoch of each stage on the 12 images without augmentation (their loaders' random
-  rotation, translation, flips and colour jitter are not in zsad yet; both sides get the same fixed
-  batches): their ``train_text_adapter`` at batch 4 with the "surgery" CLIP ``train.py main`` builds (a
+- **training**: one epoch of each stage on the 12 images, both sides on the same fixed batches without
+  augmentation (the models and loops are timed, not the loaders): their ``train_text_adapter`` at batch 4 with the "surgery" CLIP ``train.py main`` builds (a
   second CLIP whose last blocks run V-V attention; its construction is timed), then their
   ``train_image_adapter`` at batch 2 with its MultiStepLR; zsad's ``text_stage_loss`` / ``image_stage_loss``
   on the same batches with the same optimisers (its surgery blocks share the frozen CLIP's weights);

@@ -16,6 +16,7 @@ SURGERY_ATTENTION_AXES = ("batch", "tokens")
 # layer (`loss = calculate_seg_loss(...)`); "all": summed over the feature layers (a deviation).
 TEXT_LOSS_LAYERS = ("last", "all")
 AA_CLIP_PROMPT_WORDS = ("authors", "object_word")
+AA_CLIP_AUGMENTATIONS = ("authors", "none")
 
 
 def _aa_clip_backbone() -> BackboneConfig:
@@ -66,6 +67,10 @@ class AAClipConfig:
     betas: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.999])  # both optimisers
     image_lr_milestones: list[int] = dataclasses.field(default_factory=lambda: [16000, 32000])
     image_lr_gamma: float = 0.5
+    # Training augmentation (dataset/__init__.py BaseDataset): "authors", random rotation (30 degrees),
+    # translation (0.15) and flips of the normalised image and its mask in both stages, colour jitter in
+    # stage 2 (datamodules/augment.py, pipeline "aa_clip"); "none" (a deviation).
+    augmentation: str = "authors"
     # Test maps: kornia gaussian_blur2d (reflect border) on the patch grid, by the dataset's domain
     # (forward_utils.calculate_similarity_map: kernel 7 / sigma 1 industrial, kernel 9 / sigma 1.5 medical).
     industrial_blur_kernel: int = 7

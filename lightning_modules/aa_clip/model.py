@@ -29,6 +29,7 @@ from torch import nn
 from datamodules.errors import ConfigError
 from lightning_modules.aa_clip.config import (
     AA_CLIP_ACTIVATIONS,
+    AA_CLIP_AUGMENTATIONS,
     AA_CLIP_PROMPT_WORDS,
     SURGERY_ATTENTION_AXES,
     TEXT_LOSS_LAYERS,
@@ -51,6 +52,7 @@ def check_choices(cfg: AAClipConfig) -> None:
         ("surgery_attention_over", cfg.surgery_attention_over, SURGERY_ATTENTION_AXES),
         ("text_loss_layers", cfg.text_loss_layers, TEXT_LOSS_LAYERS),
         ("prompt_words", cfg.prompt_words, AA_CLIP_PROMPT_WORDS),
+        ("augmentation", cfg.augmentation, AA_CLIP_AUGMENTATIONS),
     ):
         if value not in allowed:
             raise ConfigError(f"method.{key} must be one of {list(allowed)}, got {value!r}")

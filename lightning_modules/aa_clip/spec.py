@@ -22,6 +22,15 @@ def preprocessing(cfg: AAClipConfig, dataset: str | None) -> Any:
     return ImagePreprocessing(rgb_before_resize=True, mask_interpolation="nearest")
 
 
+def train_augmentation(cfg: AAClipConfig, dataset: str) -> Any:
+    """Their BaseDataset: rotation, translation and flips in both stages, colour jitter from stage 2 on."""
+    if cfg.augmentation == "none":
+        return None
+    from datamodules.augment import TrainAugmentation
+
+    return TrainAugmentation(pipeline="aa_clip", color_from_epoch=cfg.text_epochs)
+
+
 def read_official_checkpoint(module: Any, checkpoint: dict[str, Any], source: str) -> dict[str, Any]:
     """Their train.py's ``image_adapter_{epoch}.pth`` and the ``text_adapter.pth`` beside it
     (official_checkpoint.py; they have released none)."""
@@ -39,5 +48,6 @@ AA_CLIP = MethodSpec(
     trains=True,
     needs="image labels + pixel masks of the auxiliary data",
     preprocessing=preprocessing,
+    train_augmentation=train_augmentation,
     official_checkpoint=read_official_checkpoint,
 )
