@@ -79,10 +79,11 @@ class AAClipModule(CategoryTextModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         text_optimizer, image_optimizer = self.optimizers()
         images, masks, ids = batch["image"], batch["mask"], batch["category_id"]
+        adapters = self.model.adapters
         if self.in_text_stage():
             losses = self.model.text_stage_loss(images, masks, ids)
             text_optimizer.zero_grad()
-            self.manual_backward(losses["loss"])
+            self.manual_backward(self.with_every_parameter(losses["loss"], adapters.image_adapter))
             text_optimizer.step()
             self.log_dict(
                 {f"train/text_{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(ids)
@@ -96,13 +97,21 @@ class AAClipModule(CategoryTextModule):
                 images[chunk], masks[chunk], batch["label"][chunk], ids[chunk]
             )
             image_optimizer.zero_grad()
-            self.manual_backward(losses["loss"])
+            self.manual_backward(self.with_every_parameter(losses["loss"], adapters.text_adapter))
             image_optimizer.step()
             scheduler.step()
             total.append(losses["loss"].detach())
         loss = torch.stack(total).mean()
         self.log("train/image_loss", loss, prog_bar=True, batch_size=len(ids))
         return loss
+
+    def with_every_parameter(self, loss: torch.Tensor, idle: torch.nn.Module) -> torch.Tensor:
+        """Under DDP, which reduces every trainable parameter in each backward pass, the other stage's
+        adapters (``idle``) join the loss with weight 0: their gradients are 0 and their optimiser does not
+        step (plain ``ddp`` works, no ``find_unused_parameters``). One process: the loss as it is."""
+        if self.trainer.world_size == 1:
+            return loss
+        return loss + 0.0 * sum(p.sum() for p in idle.parameters())
 
     def on_train_epoch_start(self) -> None:
         """Entering stage 2 (or resuming in it): the anchors are recomputed from the trained text adapters."""
