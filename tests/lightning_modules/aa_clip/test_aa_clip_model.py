@@ -94,3 +94,24 @@ def test_settings_the_tower_cannot_hold_are_refused():
         tiny(surgery_attention_over="heads")
     with pytest.raises(ConfigError, match="prompt_words"):
         tiny(prompt_words="ensemble")
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_under_ddp_the_idle_stage_joins_the_backward_with_zero_gradients(batch, processes):
+    """DDP reduces every trainable parameter in each backward pass: stage 1's loss carries the image
+    adapters with weight 0 on several processes (same value, zero gradients), never in one."""
+    from types import SimpleNamespace
+
+    from lightning_modules.aa_clip.module import AAClipModule
+
+    images, masks, _, ids = batch
+    model = tiny()
+    module = AAClipModule(model.cfg, model=model)
+    module._trainer = SimpleNamespace(world_size=processes)
+    loss = model.text_stage_loss(images, masks, ids)["loss"]
+    joined = module.with_every_parameter(loss, model.adapters.image_adapter)
+    assert float(joined) == float(loss) and (joined is loss) == (processes == 1)
+    joined.backward()
+    grads = [p.grad for p in model.adapters.image_adapter.parameters()]
+    assert all(g is None for g in grads) if processes == 1 else all(bool((g == 0).all()) for g in grads)
+    assert all(p.grad is not None for p in model.adapters.text_adapter.parameters())
