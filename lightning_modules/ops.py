@@ -114,16 +114,16 @@ def class_probability_maps(
 
 def kornia_gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """anomalib's ``GaussianBlur2d`` of ``[B, H, W]`` maps (PatchCore's and AnomalyDINO's smoothing): kornia's
-    kernel of size ``2 * int(4 * sigma + 0.5) + 1``, normalised, as one 2-D convolution over torch's
-    ``reflect`` padding (the edge sample not repeated: scipy's ``mirror``, unlike :func:`gaussian_blur`)."""
+    normalised kernel of size ``2 * int(4 * sigma + 0.5) + 1`` over torch's ``reflect`` padding (the edge
+    sample not repeated: scipy's ``mirror``, unlike :func:`gaussian_blur`). anomalib convolves once with the
+    2-D outer product; its two 1-D factors here give the same maps to float rounding, several times faster."""
     if sigma <= 0:
         return maps
     size = 2 * int(4.0 * sigma + 0.5) + 1
     x = torch.arange(size, device=maps.device, dtype=maps.dtype) - size // 2
-    kernel_1d = torch.exp(-x.pow(2.0) / (2 * float(sigma) ** 2))
-    kernel_1d = kernel_1d / kernel_1d.sum()
-    kernel = kernel_1d[:, None] @ kernel_1d[None, :]
-    kernel = kernel / kernel.abs().sum()
+    kernel = torch.exp(-x.pow(2.0) / (2 * float(sigma) ** 2))
+    kernel = kernel / kernel.sum()
     pad = size // 2
-    padded = F.pad(maps[:, None], (pad, pad, pad, pad), mode="reflect")
-    return F.conv2d(padded, kernel[None, None])[:, 0]
+    out = F.pad(maps[:, None], (pad, pad, pad, pad), mode="reflect")
+    out = F.conv2d(out, kernel.view(1, 1, -1, 1))
+    return F.conv2d(out, kernel.view(1, 1, 1, -1))[:, 0]

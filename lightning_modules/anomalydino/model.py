@@ -77,11 +77,18 @@ class AnomalyDINO(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(image scores [B], anomaly maps [B, H, W])`` at the mask size ``size``."""
         distances = self.patch_distances(category_ids, self.patch_features(images))
-        cropped, pads = self.encoder.crop(images)
+        return self.image_scores(distances), self.anomaly_maps(distances, images.shape[-2:], size)
+
+    def anomaly_maps(
+        self, distances: torch.Tensor, input_size: tuple[int, int], size: tuple[int, int]
+    ) -> torch.Tensor:
+        """``[B, H, W]`` maps of ``[B, N]`` patch distances: upsampled (nearest, as anomalib) to the cropped
+        input, smoothed, padded back to ``input_size`` and resized (bilinear) to ``size`` if it differs."""
+        left, right, top, bottom = pads = self.encoder.crop_pads(input_size)
+        cropped = (input_size[0] - top - bottom, input_size[1] - left - right)
         grid = self.encoder.grid
-        maps = distances.view(-1, 1, grid, grid)
-        maps = F.interpolate(maps, size=tuple(cropped.shape[-2:]))[:, 0]  # nearest, as anomalib's
+        maps = F.interpolate(distances.view(-1, 1, grid, grid), size=cropped)[:, 0]
         maps = pad_back(kornia_gaussian_blur(maps, self.cfg.gaussian_sigma), pads)
         if tuple(maps.shape[-2:]) != tuple(size):  # masks evaluated at another size than the input
             maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        return self.image_scores(distances), maps
+        return maps

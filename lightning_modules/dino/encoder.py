@@ -26,10 +26,11 @@ TINY_DINO = "zsad-tiny-dinov2"  # random weights only: tests and the demo
 WEIGHT_FILES = (".pth", ".pt", ".bin", ".safetensors")
 
 
-def _tiny_dino() -> VisionTransformer:
-    """DINOv2's architecture (class token, LayerScale, patch 14) at width 32, 2 blocks, native 56 px."""
+def tiny_dino() -> VisionTransformer:
+    """DINOv2's architecture (class token, LayerScale, patch 14, a 37 x 37 position embedding for timm's
+    518 px) at width 32 with 2 blocks: random weights, for tests and the demo."""
     return VisionTransformer(
-        img_size=56,
+        img_size=518,
         patch_size=14,
         embed_dim=32,
         depth=2,
@@ -86,7 +87,7 @@ def create_dino(cfg: DinoBackboneConfig) -> VisionTransformer:
     """The architecture with its weights, in eval mode, every parameter frozen."""
     path = weights_file(cfg)  # before allocating a large random model
     if cfg.name == TINY_DINO:
-        model = _tiny_dino()
+        model = tiny_dino()
     elif cfg.name in timm.list_models():
         # as anomalib's TimmFeatureExtractor: timm's default (518 px) position embedding, dynamic input size
         model = timm.create_model(cfg.name, pretrained=False, dynamic_img_size=True)
@@ -139,14 +140,17 @@ class DinoEncoder(nn.Module):
         vit.patch_embed.set_input_size(img_size=(size, size))
         vit.pos_embed = nn.Parameter(pos_embed, requires_grad=False)
 
+    def crop_pads(self, size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """``(left, right, top, bottom)``: what anomalib's centre crop to the patch grid removes of an input of
+        ``size`` (its map is padded back by the same amounts: :func:`pad_back`)."""
+        crop_h, crop_w = size[0] % self.patch_size, size[1] % self.patch_size
+        return crop_w // 2, crop_w - crop_w // 2, crop_h // 2, crop_h - crop_h // 2
+
     def crop(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-        """``(images cropped to the patch grid, (left, right, top, bottom) removed)``, as anomalib's centre
-        crop (the map is padded back by the same amounts)."""
+        """``(images cropped to the patch grid, crop_pads)``."""
         h, w = images.shape[-2:]
-        crop_h, crop_w = h % self.patch_size, w % self.patch_size
-        top, left = crop_h // 2, crop_w // 2
-        pads = (left, crop_w - left, top, crop_h - top)
-        return images[..., top : h - pads[3], left : w - pads[1]], pads
+        left, right, top, bottom = pads = self.crop_pads((h, w))
+        return images[..., top : h - bottom, left : w - right], pads
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ def tiny(image_size: int = 42, **overrides) -> DinoBackboneConfig:
 def test_features_equal_timms_dynamic_size_forward_with_its_antialiased_position_embedding():
     torch.manual_seed(0)
     vit = create_dino(tiny())
-    reference = copy.deepcopy(vit)  # native 56 px: timm resamples its position embedding on every call
+    reference = copy.deepcopy(vit)  # 518 px: timm resamples its position embedding on every call
     encoder = DinoEncoder(tiny(image_size=70, pos_embed_antialias=True), vit)
     images = torch.randn(2, 3, 70, 70)
     (expected,) = reference.forward_intermediates(

@@ -1,0 +1,21 @@
+"""AnomalyDINO's contract with zsad (lightning_modules/method_spec.py); light: the model loads in the builder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning_modules.anomalydino.config import AnomalyDINOConfig
+
+
+def build_module(cfg: AnomalyDINOConfig, eval_cfg: Any) -> Any:
+    from lightning_modules.anomalydino.module import AnomalyDINOModule
+
+    return AnomalyDINOModule(cfg, eval_cfg)
+
+
+def preprocessing(cfg: AnomalyDINOConfig, dataset: str | None) -> Any:
+    """anomalib's: ``convert("RGB")``, the float tensor resized (bicubic, antialiased) and normalised with
+    ImageNet's mean/std; the mask nearest."""
+    from datamodules.transforms import ImagePreprocessing
+
+    return ImagePreprocessing(resize_backend="tensor", mask_interpolation="nearest", normalization="imagenet")
