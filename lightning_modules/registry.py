@@ -11,6 +11,7 @@ from __future__ import annotations
 from datamodules.errors import ZsadError
 from lightning_modules.adaclip.spec import ADACLIP
 from lightning_modules.anomalyclip.spec import ANOMALYCLIP
+from lightning_modules.anomalydino.spec import ANOMALYDINO
 from lightning_modules.anovl.spec import ANOVL
 from lightning_modules.bayes_pfl.spec import BAYES_PFL
 from lightning_modules.clip_zero_shot.spec import CLIP, CLIP_AC
@@ -26,6 +27,7 @@ from lightning_modules.winclip.spec import WINCLIP
 BUILTIN_METHODS: tuple[MethodSpec, ...] = (
     ADACLIP,
     ANOMALYCLIP,
+    ANOMALYDINO,
     ANOVL,
     BAYES_PFL,
     CLIP,

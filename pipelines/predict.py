@@ -54,6 +54,7 @@ from pipelines.predict_thresholds import (
     gather_objects,
     thresholds_from_run,
 )
+from pipelines.protocol import refuse_without_references
 from pipelines.run_state import global_rank
 
 MAP_FORMATS = ("tiff", "npy", "both")
@@ -317,6 +318,9 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
     from pipelines.runner import evaluation_module, planned_processes, refuse_inexact_ddp
 
     spec = get_method(cfg.method.name)
+    refuse_without_references(
+        spec, "`zsad predict` takes no reference images yet: use `zsad test` with protocol.shots=K"
+    )
     check_options(options)
     refuse_inexact_ddp(cfg, spec, planned_processes(cfg))
     module, checkpoint = evaluation_module(
