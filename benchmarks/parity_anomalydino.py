@@ -17,13 +17,17 @@ preprocessing), ``AnomalyDINO.set_references`` and ``predict``, and its own metr
 Shims on anomalib's side (none changes a number): ``timm.create_model`` returns the parity ViT (the
 DINOv2 architecture at width 32, 2 blocks, :func:`parity_state_dict`'s weights) instead of downloading
 ``vit_small_patch14_dinov2``, and the feature extractor's block index is set to that ViT's last block (anomalib
-infers it from the name: 11 for "small"). Prints max |delta| per quantity; ``--write-fixture`` stores the
-official outputs in tests/fixtures/parity/anomalydino.npz
-(tests/lightning_modules/anomalydino/test_anomalydino_parity.py).
+infers it from the name: 11 for "small"); with ``masking=True``, its randomized PCA gets zsad's seed
+(``random_state=0``; anomalib draws from numpy's global generator, so its own masks vary between runs).
+Both sides run once with anomalib's defaults and once with ``masking=True`` (every category). Prints max
+|delta| per quantity; ``--write-fixture`` stores the official outputs in
+tests/fixtures/parity/anomalydino.npz (tests/lightning_modules/anomalydino/test_anomalydino_parity.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,8 +54,10 @@ MAP_SAMPLES = np.s_[:, ::6, ::6]  # the fixture keeps every 6th row and column o
 
 
 def parity_state_dict() -> dict[str, torch.Tensor]:
-    """The tiny DINOv2's seeded random weights, with LayerScale gammas near 1 and a position embedding of
-    unit scale (timm's init, 1e-5 and 0.02, would leave the blocks and the positions nearly unused)."""
+    """The tiny DINOv2's seeded random weights, with LayerScale gammas near 1, a position embedding of unit
+    scale (timm's init, 1e-5 and 0.02, would leave the blocks and the positions nearly unused) and a final
+    LayerNorm scaled so that the first principal component of an image's patches crosses masking's threshold
+    on part of them (as DINOv2's features do)."""
     torch.manual_seed(ps.WEIGHTS_SEED)
     state = tiny_dino().state_dict()
     generator = torch.Generator().manual_seed(ps.WEIGHTS_SEED)
@@ -59,6 +65,9 @@ def parity_state_dict() -> dict[str, torch.Tensor]:
         if name.endswith(".gamma"):
             state[name] = 0.5 + torch.rand(value.shape, generator=generator)
     state["pos_embed"] = state["pos_embed"] * 50
+    state["norm.weight"] = (
+        state["norm.weight"] * 6
+    )  # features of a scale where masking's threshold (10) splits
     return state
 
 
@@ -92,6 +101,7 @@ def zsad_outputs(
     cfg = cfg or zsad_config()
     model = AnomalyDINO(cfg, DinoEncoder(cfg.backbone, parity_vit(state_dict or parity_state_dict())))
     data = datamodule(root, cfg)
+    model.set_masked_categories(list(range(len(data.categories))) if cfg.masking else [])
     references = data.reference_images(data.reference_draws(SHOTS, SEED, 1)[0])
     reference_images, memory = [], []
     for category_id, category in enumerate(data.categories):
@@ -104,7 +114,7 @@ def zsad_outputs(
     paths = []
     for batch in data.test_dataloader():
         images, ids = batch["image"], batch["category_id"]
-        distances = model.patch_distances(ids, model.patch_features(images))  # model.predict's steps
+        distances = model.masked_distances(ids, model.encode(images))  # model.predict's steps
         out["distances"].append(distances)
         scores = model.image_scores(distances)
         maps = model.anomaly_maps(distances, images.shape[-2:], (IMAGE_SIZE, IMAGE_SIZE))
@@ -121,10 +131,12 @@ def zsad_outputs(
         "categories": np.array(data.categories),
         "references": np.array([references.draw.files()[c] for c in data.categories]),
         "reference_images": torch.stack(reference_images).numpy(),
-        "memory": torch.stack(memory).numpy(),
+        "memory_size": np.array([len(m) for m in memory]),
     }
+    if not cfg.masking:
+        result["memory"] = torch.stack(memory).numpy()
     result["metrics"] = pw._per_category_metrics(result)
-    return result | sampled(result)
+    return result | sampled(result) if not cfg.masking else result | masked_sampled(result)
 
 
 def sampled(r: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -138,6 +150,13 @@ def sampled(r: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
+MASKED = ("memory_size", "distances", "scores", "metrics")  # compared with masking on (prefix "masked_")
+
+
+def masked_sampled(r: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"maps_sampled": r["maps"][MAP_SAMPLES]}
+
+
 @contextmanager
 def _official_imports(official: Path):
     """anomalib importable from a checkout (``src/``) or a ``pip install --target`` folder."""
@@ -149,8 +168,15 @@ def _official_imports(official: Path):
         sys.path.remove(path)
 
 
-@torch.no_grad()
 def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
+    """anomalib's outputs with its defaults and, prefixed ``masked_``, with ``masking=True``."""
+    plain = official_run(official, root, weights, masking=False)
+    masked = official_run(official, root, weights, masking=True)
+    return plain | {f"masked_{k}": v for k, v in masked.items() if k in (*MASKED, "maps")}
+
+
+@torch.no_grad()
+def official_run(official: Path, root: Path, weights: Path, masking: bool) -> dict[str, np.ndarray]:
     """anomalib's reading, pre-processor, AnomalyDINOModel (memory from the references, test forward) and
     metrics on the same files and weights."""
     files = ps.official_references(weights)
@@ -159,10 +185,16 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
         from anomalib.data.datasets.image.mvtecad import MVTecADDataset
         from anomalib.data.utils import read_image
         from anomalib.models.components.feature_extractors import timm as timm_extractor
+        from anomalib.models.image.anomaly_dino import torch_model
         from anomalib.models.image.anomaly_dino.lightning_model import AnomalyDINO as OfficialLightning
         from anomalib.models.image.anomaly_dino.torch_model import AnomalyDINOModel
         from torchvision.tv_tensors import Image
 
+    # shim: anomalib's randomized PCA draws from numpy's global generator (its masks change from run to run
+    # where an image's two leading components are close); it gets zsad's seed, the same algorithm
+    seeded_pca = functools.partial(torch_model.PCA, random_state=0)
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(torch_model, "PCA", seeded_pca))
     state_dict = torch.load(weights, weights_only=True)
     transform = OfficialLightning.configure_pre_processor().transform
     out: dict[str, list] = {k: [] for k in ("images", "masks", "labels", "distances", "scores", "maps")}
@@ -171,7 +203,7 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     for category in categories:
         vit = parity_vit(state_dict)
         with mock.patch.object(timm_extractor.timm, "create_model", return_value=vit):
-            model = AnomalyDINOModel()  # anomalib's defaults: 1 neighbour, no masking, no coreset
+            model = AnomalyDINOModel(masking=masking)  # else anomalib's defaults: 1 neighbour, no coreset
         model.feature_encoder.idx = [len(vit.blocks) - 1]  # shim: the tiny ViT's last block
         recorded: list[torch.Tensor] = []  # the patch distances the map generator receives
         model.anomaly_map_generator.register_forward_pre_hook(
@@ -201,6 +233,9 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
             out["maps"].append(prediction.anomaly_map[:, 0])
             paths.append(str(Path(item.image_path).relative_to(root)))
     result = {k: torch.cat(v).numpy() for k, v in out.items()}
+    result["memory_size"] = np.array([len(m) for m in memory["memory"]])
+    if masking:
+        memory.pop("memory")  # ragged: each category keeps its foreground patches
     result |= {k: torch.stack([torch.as_tensor(x) for x in v]).numpy() for k, v in memory.items()}
     result["masks"] = result["masks"].reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
     result["labels"] = result["labels"].astype(np.int64)
@@ -208,6 +243,7 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     result["paths"] = np.array(paths)
     result["categories"] = np.array(categories)
     result["metrics"] = pw.anomalib_metrics(result, len(categories))
+    stack.close()
     return result
 
 
@@ -233,6 +269,12 @@ def main() -> None:
     pw.print_comparison(theirs, ours, COMPARED, categories)
     deltas = {name: ps.max_abs_delta(theirs[name], ours[name]) for name in COMPARED}
     deltas["metrics"] = ps.max_abs_delta(theirs["metrics"], ours["metrics"])
+    masked = zsad_outputs(root, zsad_config(masking=True))
+    print(
+        f"with masking=True: memory sizes anomalib {theirs['masked_memory_size'].tolist()}, zsad {masked['memory_size'].tolist()}"
+    )
+    for name in (*MASKED, "maps"):
+        deltas[f"masked_{name}"] = ps.print_delta(f"masked {name}", theirs[f"masked_{name}"], masked[name])
     if args.write_fixture:
         ps.save_fixture(
             FIXTURE,
@@ -241,6 +283,8 @@ def main() -> None:
             references=ours["references"],
             **{name: theirs[name] for name in ("labels", "distances", "scores", "metrics")},
             **sampled(theirs),
+            **{f"masked_{name}": theirs[f"masked_{name}"] for name in MASKED},
+            masked_maps_sampled=theirs["masked_maps"][MAP_SAMPLES],
         )
     print(ps.json_line("anomalydino", deltas))
 

@@ -4,10 +4,10 @@
 
 Both sides run on the parity model of benchmarks/parity_anomalydino.py (the tiny DINOv2 at 252 px) over its
 12 generated test images and 2 references per category, in float32 on the CPU, one thread each, each side in
-its own process, and time what a user runs, model construction included: anomalib's side builds one
-``AnomalyDINOModel`` per category (anomalib's one-category-per-run usage), fills its memory from the
-references (``read_image``, the pre-processor, the training-mode forward, ``fit()``), then runs its test loop
-(``MVTecADDataset``, a batch of one per image, the pre-processor, the forward) and its AUROC / AUPR / AUPRO;
+its own process, and time what a user runs, model construction included: anomalib's side is the parity's
+official run (``parity_anomalydino.official_run``: one ``AnomalyDINOModel`` per category, anomalib's
+one-category-per-run usage, its memory from the references, its test loop at a batch of one per image, its
+AUROC / AUPR / AUPRO; the parity's read-outs add tensor copies only);
 zsad's builds its model once, sets every category's references and evaluates its loader at batch 8 with
 ``AnomalyDINO.predict`` and its evaluator (AUROC, AP, F1-max, the exact and the 200-threshold AUPRO).
 The two sides alternate for ``ZSAD_SPEED_ROUNDS`` rounds (default 2), each timing everything ``REPEATS``
@@ -20,7 +20,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from unittest import mock
 
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = "1"
@@ -28,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import parity_anomalydino as pa  # noqa: E402
 import parity_support as ps  # noqa: E402
-import parity_winclip as pw  # noqa: E402
 import torch  # noqa: E402
 from perf_support import fastest  # noqa: E402
 
@@ -37,50 +35,9 @@ BATCH = 8  # zsad's evaluation batch
 
 
 def official_times(official: Path, root: Path, weights: Path) -> dict[str, float]:
+    """The parity's official run with anomalib's defaults (its read-outs add tensor copies only)."""
     torch.set_num_threads(1)
-    files = ps.official_references(weights)
-    with pa._official_imports(official):
-        from anomalib.data.datasets.image.mvtecad import MVTecADDataset
-        from anomalib.data.utils import read_image
-        from anomalib.models.components.feature_extractors import timm as timm_extractor
-        from anomalib.models.image.anomaly_dino.lightning_model import AnomalyDINO
-        from anomalib.models.image.anomaly_dino.torch_model import AnomalyDINOModel
-        from torchvision.tv_tensors import Image
-    state_dict = torch.load(weights, weights_only=True)
-
-    @torch.no_grad()
-    def test() -> None:
-        transform = AnomalyDINO.configure_pre_processor().transform
-        result: dict[str, list] = {"scores": [], "labels": [], "maps": [], "masks": []}
-        counts = []
-        for category in ps.CATEGORIES:
-            vit = pa.parity_vit(state_dict)
-            with mock.patch.object(timm_extractor.timm, "create_model", return_value=vit):
-                model = AnomalyDINOModel()
-            model.feature_encoder.idx = [len(vit.blocks) - 1]
-            references = [read_image(root / f, as_tensor=True) for f in files[category]]
-            model.train()
-            model(transform(Image(torch.stack(references))))
-            model.fit()
-            model.eval()
-            dataset = MVTecADDataset(root=root, category=category, split="test")
-            counts.append(len(dataset))
-            for i in range(len(dataset)):
-                item = dataset[i]
-                batch = dataset.collate_fn([item])
-                image, mask = transform(batch.image, batch.gt_mask)
-                prediction = model(image)
-                result["scores"].append(prediction.pred_score.view(-1))
-                result["maps"].append(prediction.anomaly_map[:, 0])
-                result["masks"].append(mask.float().view(1, *mask.shape[-2:]))
-                result["labels"].append(item.gt_label.view(1))
-        arrays = {k: torch.cat(v).numpy() for k, v in result.items()}
-        arrays["category_ids"] = torch.repeat_interleave(
-            torch.arange(len(counts)), torch.tensor(counts)
-        ).numpy()
-        pw.anomalib_metrics(arrays, len(counts))
-
-    return {"test_s": fastest(test, REPEATS)}
+    return {"test_s": fastest(lambda: pa.official_run(official, root, weights, masking=False), REPEATS)}
 
 
 def zsad_times(root: Path, references: dict[str, list[str]]) -> dict[str, float]:

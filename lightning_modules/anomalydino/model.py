@@ -2,7 +2,8 @@
 detection by nearest-neighbour patch matching in DINOv2's feature space.
 
 - memory of a category: the last block's normalised patch tokens of its K normal reference images, each
-  L2-normalised (:meth:`AnomalyDINO.set_references`);
+  L2-normalised (:meth:`AnomalyDINO.set_references`); with masking, only their foreground patches
+  (masking.py), and a test image's background patches score 0;
 - patch distance: ``1 - cos`` to the nearest reference patch (clamped to [0, 2]; the mean over
   ``num_neighbours`` nearest);
 - image score: mean of the top 1 % of the image's patch distances;
@@ -20,6 +21,7 @@ from torch import nn
 
 from datamodules.errors import ZsadError
 from lightning_modules.anomalydino.config import AnomalyDINOConfig
+from lightning_modules.anomalydino.masking import foreground_masks
 from lightning_modules.dino.encoder import DinoEncoder, pad_back
 from lightning_modules.ops import kornia_gaussian_blur
 
@@ -33,18 +35,42 @@ class AnomalyDINO(nn.Module):
             raise ZsadError(f"top_fraction must be in (0, 1], got {cfg.top_fraction}")
         self.cfg = cfg
         self.encoder = encoder if encoder is not None else DinoEncoder(cfg.backbone)
-        self.memory: dict[int, torch.Tensor] = {}  # category id -> [K * N, D], rows L2-normalised
+        self.memory: dict[int, torch.Tensor] = {}  # category id -> [M, D], rows L2-normalised
+        self.masked: set[int] = set()  # category ids whose patches are foreground-masked (cfg.masking)
+
+    def set_masked_categories(self, category_ids: list[int]) -> None:
+        """The categories (ids as batches' ``category_id``) whose references and images are masked."""
+        self.masked = {int(c) for c in category_ids}
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, N, D]`` patch features as the backbone gives them (masking reads these)."""
+        return self.encoder(images).float()
+
+    def foreground(self, category_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` bool: the patches that count (every patch unless the image's category is masked)."""
+        keep = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+        rows = [i for i, c in enumerate(category_ids.tolist()) if c in self.masked]
+        if rows:
+            keep[rows] = foreground_masks(features[rows], (self.encoder.grid, self.encoder.grid))
+        return keep
 
     @torch.no_grad()
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, N, D]`` L2-normalised patch features."""
-        return F.normalize(self.encoder(images).float(), p=2, dim=-1)
+        return F.normalize(self.encode(images), p=2, dim=-1)
 
     @torch.no_grad()
     def set_references(self, category_id: int, images: torch.Tensor) -> None:
         """The memory of category ``category_id`` from its K normal reference images ``[K, 3, S, S]``."""
-        features = self.patch_features(images)
-        self.memory[int(category_id)] = features.reshape(-1, features.shape[-1])
+        features = self.encode(images)
+        keep = self.foreground(torch.full((len(images),), int(category_id)), features)
+        if not keep.any():
+            raise ZsadError(
+                f"masking left no foreground patch in the references of category id {category_id}: leave it "
+                "out of method.masked_categories"
+            )
+        self.memory[int(category_id)] = F.normalize(features[keep], p=2, dim=-1)
 
     def clear_references(self) -> None:
         self.memory = {}
@@ -76,8 +102,13 @@ class AnomalyDINO(nn.Module):
         self, images: torch.Tensor, category_ids: torch.Tensor, size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(image scores [B], anomaly maps [B, H, W])`` at the mask size ``size``."""
-        distances = self.patch_distances(category_ids, self.patch_features(images))
+        distances = self.masked_distances(category_ids, self.encode(images))
         return self.image_scores(distances), self.anomaly_maps(distances, images.shape[-2:], size)
+
+    def masked_distances(self, category_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` patch distances of raw ``features``, 0 on masked-out background patches."""
+        distances = self.patch_distances(category_ids, F.normalize(features, p=2, dim=-1))
+        return distances * self.foreground(category_ids, features)
 
     def anomaly_maps(
         self, distances: torch.Tensor, input_size: tuple[int, int], size: tuple[int, int]

@@ -23,7 +23,17 @@ class AnomalyDINOModule(TrainingFreeModule):
         super().__init__(cfg, eval_cfg, model if model is not None else AnomalyDINO(cfg))
 
     def use_datamodule_categories(self) -> None:
-        """Nothing to prepare per category but the references (``load_references``)."""
+        """Which of the datamodule's categories are foreground-masked (before the references are read)."""
+        names = self.cfg.masked_categories
+        categories = self.trainer.datamodule.categories
+        masked = (
+            [i for i, c in enumerate(categories) if names is None or c in names] if self.cfg.masking else []
+        )
+        self.model.set_masked_categories(masked)
+
+    def on_test_epoch_start(self) -> None:
+        self.use_datamodule_categories()  # the references' memory depends on it
+        super().on_test_epoch_start()
 
     def set_references(self, category_id: int, images: torch.Tensor) -> None:
         self.model.set_references(category_id, images)

@@ -56,3 +56,13 @@ def test_a_reference_image_scores_zero_and_a_category_without_references_is_refu
         model.predict(references, torch.tensor([1, 1]), (45, 45))
     model.clear_references()
     assert model.memory == {}
+
+
+def test_masking_that_leaves_no_reference_patch_is_refused_and_other_categories_are_unmasked():
+    model = tiny_model(masking=True)  # the tiny model's features are far below masking's threshold of 10
+    references = torch.randn(1, 3, 42, 42)
+    model.set_masked_categories([0])
+    with pytest.raises(ZsadError, match="no foreground patch.*masked_categories"):
+        model.set_references(0, references)
+    model.set_references(1, references)  # not masked: every patch
+    assert model.memory[1].shape == (9, 32)

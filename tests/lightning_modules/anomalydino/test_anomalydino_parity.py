@@ -57,6 +57,18 @@ def test_metrics_match_anomalib(fixture, ours):
     assert ps.max_abs_delta(fixture["metrics"], ours["metrics"]) <= 1e-6
 
 
+def test_foreground_masking_matches_anomalib(fixture, ours, root):
+    """With ``masking=True`` (every category): the same foreground patches in the memory, distances (0 on
+    the background), maps, scores and metrics; without masking the masked outputs are far off."""
+    masked = pa.zsad_outputs(root, pa.zsad_config(masking=True))
+    np.testing.assert_array_equal(masked["memory_size"], fixture["masked_memory_size"])
+    assert (fixture["masked_memory_size"] < ours["memory_size"]).all()  # background left the memory
+    for name in ("distances", "scores", "maps_sampled"):
+        assert ps.max_abs_delta(fixture[f"masked_{name}"], masked[name]) <= TOLERANCE, name
+    assert ps.max_abs_delta(fixture["masked_metrics"], masked["metrics"]) <= 1e-6
+    assert ps.max_abs_delta(fixture["masked_distances"], ours["distances"]) > 100 * TOLERANCE
+
+
 def test_negative_control_timms_antialiased_position_embedding_does_not_match(fixture, root):
     """The comparison can fail: resampling the position embedding with antialiasing (timm's default, which
     anomalib switches off) moves the patch distances far beyond the tolerance."""
