@@ -6,6 +6,7 @@ from typing import Any
 
 from lightning_modules.anomalydino.config import AnomalyDINOConfig
 from lightning_modules.method_spec import FEW_SHOT, MethodSpec
+from lightning_modules.published import anomalydino_paper
 
 
 def build_module(cfg: AnomalyDINOConfig, eval_cfg: Any) -> Any:
@@ -32,4 +33,5 @@ ANOMALYDINO = MethodSpec(
     needs="K normal reference images per category (protocol.shots=K); nothing to train",
     preprocessing=preprocessing,
     protocols=(FEW_SHOT,),  # no zero-shot mode: images are scored against the references only
+    published=anomalydino_paper(),
 )
