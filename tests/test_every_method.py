@@ -204,13 +204,13 @@ def test_predict_writes_a_map_per_image_at_its_size(runs, tmp_path, capsys):
     folder, out = runs.target / "ring" / "test", tmp_path / "predicted"
     images = sorted(p.relative_to(folder) for p in folder.rglob("*.png"))
     args = ["predict", str(runs.experiment), *COMMON, *runs.checkpoint, "--object", "ring"]
-    capsys.readouterr()
-    code = main([*args, "--out", str(out), "--input", str(folder)])
-    if not runs.zero_shot:  # predict takes no reference images: refused in one line, nothing written
+    if not runs.zero_shot:  # without references refused in one line, nothing written; with them it runs
+        capsys.readouterr()
+        assert main([*args, "--out", str(out), "--input", str(folder)]) == 2 and not out.exists()
         error = capsys.readouterr().err.strip()
-        assert code == 2 and "\n" not in error and "takes no reference images" in error and not out.exists()
-        return
-    assert code == 0
+        assert "\n" not in error and "--references DIR" in error, error
+        args += ["--references", str(runs.target / "ring" / "train" / "good")]
+    assert main([*args, "--out", str(out), "--input", str(folder)]) == 0
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert sorted(Path(row["path"]).relative_to(folder) for row in rows) == images and len(images) == 7
     assert all(np.isfinite(float(row["score"])) for row in rows)
