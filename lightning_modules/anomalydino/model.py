@@ -56,11 +56,6 @@ class AnomalyDINO(nn.Module):
         return keep
 
     @torch.no_grad()
-    def patch_features(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, N, D]`` L2-normalised patch features."""
-        return F.normalize(self.encode(images), p=2, dim=-1)
-
-    @torch.no_grad()
     def set_references(self, category_id: int, images: torch.Tensor) -> None:
         """The memory of category ``category_id`` from its K normal reference images ``[K, 3, S, S]``."""
         features = self.encode(images)
