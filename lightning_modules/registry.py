@@ -12,6 +12,7 @@ from datamodules.errors import ZsadError
 from lightning_modules.aa_clip.spec import AA_CLIP
 from lightning_modules.adaclip.spec import ADACLIP
 from lightning_modules.anomalyclip.spec import ANOMALYCLIP
+from lightning_modules.anomalydino.spec import ANOMALYDINO
 from lightning_modules.anovl.spec import ANOVL
 from lightning_modules.bayes_pfl.spec import BAYES_PFL
 from lightning_modules.clip_zero_shot.spec import CLIP, CLIP_AC
@@ -28,6 +29,7 @@ BUILTIN_METHODS: tuple[MethodSpec, ...] = (
     AA_CLIP,
     ADACLIP,
     ANOMALYCLIP,
+    ANOMALYDINO,
     ANOVL,
     BAYES_PFL,
     CLIP,
