@@ -129,18 +129,11 @@ def class_probability_maps(
     return F.interpolate(maps.softmax(dim=1), size=size, mode="bilinear", align_corners=align_corners)
 
 
-def kornia_gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+def anomalib_gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """anomalib's ``GaussianBlur2d`` of ``[B, H, W]`` maps (PatchCore's and AnomalyDINO's smoothing): kornia's
-    normalised kernel of size ``2 * int(4 * sigma + 0.5) + 1`` over torch's ``reflect`` padding (the edge
-    sample not repeated: scipy's ``mirror``, unlike :func:`gaussian_blur`). anomalib convolves once with the
-    2-D outer product; its two 1-D factors here give the same maps to float rounding, several times faster."""
+    kernel of size ``2 * int(4 * sigma + 0.5) + 1`` (:func:`kornia_gaussian_blur`); ``sigma <= 0`` leaves the
+    maps as they are. anomalib convolves once with the 2-D outer product; its two 1-D factors give the same
+    maps to float rounding, several times faster."""
     if sigma <= 0:
         return maps
-    size = 2 * int(4.0 * sigma + 0.5) + 1
-    x = torch.arange(size, device=maps.device, dtype=maps.dtype) - size // 2
-    kernel = torch.exp(-x.pow(2.0) / (2 * float(sigma) ** 2))
-    kernel = kernel / kernel.sum()
-    pad = size // 2
-    out = F.pad(maps[:, None], (pad, pad, pad, pad), mode="reflect")
-    out = F.conv2d(out, kernel.view(1, 1, -1, 1))
-    return F.conv2d(out, kernel.view(1, 1, 1, -1))[:, 0]
+    return kornia_gaussian_blur(maps, 2 * int(4.0 * sigma + 0.5) + 1, sigma)

@@ -23,7 +23,7 @@ from datamodules.errors import ZsadError
 from lightning_modules.anomalydino.config import AnomalyDINOConfig
 from lightning_modules.anomalydino.masking import foreground_masks
 from lightning_modules.dino.encoder import DinoEncoder, pad_back
-from lightning_modules.ops import kornia_gaussian_blur
+from lightning_modules.ops import anomalib_gaussian_blur
 
 
 class AnomalyDINO(nn.Module):
@@ -114,7 +114,7 @@ class AnomalyDINO(nn.Module):
         cropped = (input_size[0] - top - bottom, input_size[1] - left - right)
         grid = self.encoder.grid
         maps = F.interpolate(distances.view(-1, 1, grid, grid), size=cropped)[:, 0]
-        maps = pad_back(kornia_gaussian_blur(maps, self.cfg.gaussian_sigma), pads)
+        maps = pad_back(anomalib_gaussian_blur(maps, self.cfg.gaussian_sigma), pads)
         if tuple(maps.shape[-2:]) != tuple(size):  # masks evaluated at another size than the input
             maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         return maps

@@ -11,7 +11,7 @@ from datamodules.errors import ZsadError
 from lightning_modules.anomalydino.config import AnomalyDINOConfig
 from lightning_modules.anomalydino.model import AnomalyDINO
 from lightning_modules.dino.config import DinoBackboneConfig
-from lightning_modules.ops import kornia_gaussian_blur
+from lightning_modules.ops import anomalib_gaussian_blur
 
 
 def tiny_model(image_size: int = 42, **overrides) -> AnomalyDINO:
@@ -20,11 +20,11 @@ def tiny_model(image_size: int = 42, **overrides) -> AnomalyDINO:
     return AnomalyDINO(AnomalyDINOConfig(backbone=backbone, **overrides))
 
 
-def test_kornia_blur_is_scipys_gaussian_filter_with_mirror_boundary():
+def test_anomalib_blur_is_scipys_gaussian_filter_truncated_at_four_sigma_with_mirror_boundary():
     maps = torch.rand(2, 40, 40)
     expected = [ndimage.gaussian_filter(m.double().numpy(), 4.0, mode="mirror", truncate=4.0) for m in maps]
     np.testing.assert_allclose(
-        kornia_gaussian_blur(maps, 4.0).numpy(), np.stack(expected), atol=5e-6
+        anomalib_gaussian_blur(maps, 4.0).numpy(), np.stack(expected), atol=5e-6
     )  # float32 sums
 
 
