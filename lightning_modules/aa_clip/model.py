@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datamodules.errors import ConfigError
+from datamodules.errors import ConfigError, require_choices
 from lightning_modules.aa_clip.config import (
     AA_CLIP_ACTIVATIONS,
     AA_CLIP_AUGMENTATIONS,
@@ -47,15 +47,13 @@ NORMAL, ABNORMAL = 0, 1
 
 
 def check_choices(cfg: AAClipConfig) -> None:
-    for key, value, allowed in (
+    require_choices(
         ("activation", cfg.activation, AA_CLIP_ACTIVATIONS),
         ("surgery_attention_over", cfg.surgery_attention_over, SURGERY_ATTENTION_AXES),
         ("text_loss_layers", cfg.text_loss_layers, TEXT_LOSS_LAYERS),
         ("prompt_words", cfg.prompt_words, AA_CLIP_PROMPT_WORDS),
         ("augmentation", cfg.augmentation, AA_CLIP_AUGMENTATIONS),
-    ):
-        if value not in allowed:
-            raise ConfigError(f"method.{key} must be one of {list(allowed)}, got {value!r}")
+    )
     for key in ("text_adapt_until", "image_adapt_until"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"method.{key} must be at least 0, got {getattr(cfg, key)}")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from torch import nn
 
-from datamodules.errors import ConfigError
+from datamodules.errors import ConfigError, require_choices
 from lightning_modules.adaclip.config import (
     ADACLIP_ACTIVATIONS,
     ADACLIP_PROMPT_WORDS,
@@ -47,7 +47,7 @@ NORMAL, ABNORMAL = 0, 1
 
 
 def check_choices(cfg: AdaCLIPConfig) -> None:
-    for key, value, allowed in (
+    require_choices(
         ("prompting_type", cfg.prompting_type, PROMPTING_TYPES),
         ("prompting_branch", cfg.prompting_branch, PROMPTING_BRANCHES),
         ("activation", cfg.activation, ADACLIP_ACTIVATIONS),
@@ -55,9 +55,7 @@ def check_choices(cfg: AdaCLIPConfig) -> None:
         ("dice_unit", cfg.dice_unit, DICE_UNITS),
         ("mosaic_label", cfg.mosaic_label, MOSAIC_LABELS),
         ("maskless_pixel_loss", cfg.maskless_pixel_loss, MASKLESS_PIXEL_LOSSES),
-    ):
-        if value not in allowed:
-            raise ConfigError(f"method.{key} must be one of {list(allowed)}, got {value!r}")
+    )
     if cfg.prompting_branch and not cfg.prompting_type:
         raise ConfigError(
             f"method.prompting_branch={cfg.prompting_branch!r} needs a prompting_type (S, D or SD); "
