@@ -24,55 +24,17 @@ backward pass (one block's activations live at a time).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from perf_support import saved_bytes  # noqa: E402
 
 GIB = 2**30
 CARD_GIB = 11.0  # the 11 GB cards of AdaCLIP issue 23 (two 2080 Ti)
-
-
-def _remember(record: dict[int, int], tensor: torch.Tensor) -> None:
-    storage = tensor.untyped_storage()
-    record[storage._cdata] = max(record.get(storage._cdata, 0), storage.nbytes())
-
-
-@contextlib.contextmanager
-def saved_bytes(record: dict[int, int], fused_attention: bool):
-    """Record the bytes of every tensor autograd saves (one entry per storage). ``fused_attention``: count
-    attention as a fused GPU kernel keeps it (flash / memory-efficient: q, k, v, the output and the row
-    log-sum-exp), as zsad's open_clip blocks run on a GPU; else as the math path that the meta device runs
-    and that the authors' blocks need anyway (``nn.MultiheadAttention(need_weights=True)`` materialises the
-    L x L attention of every head)."""
-    import torch.nn.functional as F
-
-    original = F.scaled_dot_product_attention
-    sequential = 0  # a unique key for the log-sum-exp rows, which have no tensor here
-
-    def fused(query, key, value, *args, **kwargs):
-        nonlocal sequential
-        out = query.clone()  # shape and autograd of the real output (q, k, v, out: same shapes here)
-        for tensor in (query, key, value, out):
-            _remember(record, tensor)
-        sequential += 1
-        record[-sequential] = query.shape[:-1].numel() * 4  # float32 log-sum-exp per query row
-        return out
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        _remember(record, tensor)
-        return tensor
-
-    if fused_attention:
-        F.scaled_dot_product_attention = fused
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            yield
-    finally:
-        F.scaled_dot_product_attention = original
 
 
 def build(backbone: str, image_size: int, dtype: torch.dtype):

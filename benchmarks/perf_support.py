@@ -4,6 +4,8 @@ dataset, the tiny random-weight AnomalyCLIP, and a description of the machine fo
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import platform
 import shutil
@@ -157,6 +159,47 @@ class SavedForBackward:
         self._hooks.__exit__(*exc)
 
 
+def _remember(record: dict[int, int], tensor: torch.Tensor) -> None:
+    storage = tensor.untyped_storage()
+    record[storage._cdata] = max(record.get(storage._cdata, 0), storage.nbytes())
+
+
+@contextlib.contextmanager
+def saved_bytes(record: dict[int, int], fused_attention: bool):
+    """Record the bytes of every tensor autograd saves (one entry per storage). ``fused_attention``: count
+    attention as a fused GPU kernel keeps it (flash / memory-efficient: q, k, v, the output and the row
+    log-sum-exp), as zsad's open_clip blocks run on a GPU; else as the math path that the meta device runs
+    and that the authors' blocks need anyway (``nn.MultiheadAttention(need_weights=True)`` materialises the
+    L x L attention of every head)."""
+    import torch.nn.functional as F
+
+    original = F.scaled_dot_product_attention
+    sequential = 0  # a unique key for the log-sum-exp rows, which have no tensor here
+
+    def fused(query, key, value, *args, **kwargs):
+        nonlocal sequential
+        if not (torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))):
+            return original(query, key, value, *args, **kwargs)  # nothing is kept for a backward pass
+        out = query.clone()  # shape and autograd of the real output (q, k, v, out: same shapes here)
+        for tensor in (query, key, value, out):
+            _remember(record, tensor)
+        sequential += 1
+        record[-sequential] = query.shape[:-1].numel() * 4  # float32 log-sum-exp per query row
+        return out
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        _remember(record, tensor)
+        return tensor
+
+    if fused_attention:
+        F.scaled_dot_product_attention = fused
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
 def fastest(function: Callable[[], object], repeats: int) -> float:
     """The shortest of ``repeats`` wall-clock times of ``function()`` (seconds): the run least disturbed by
     the rest of a shared machine."""
@@ -166,3 +209,34 @@ def fastest(function: Callable[[], object], repeats: int) -> float:
         function()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def speed_rounds() -> int:
+    """How many alternating rounds the speed scripts run (``ZSAD_SPEED_ROUNDS``, default 2)."""
+    return int(os.environ.get("ZSAD_SPEED_ROUNDS", "2"))
+
+
+def alternating_fastest(
+    authors: Callable[[], dict[str, float]], zsad: Callable[[], dict[str, float]], rounds: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Each side's fastest time per key over ``rounds`` rounds in which the two sides take turns: the
+    rounds least disturbed by the rest of a shared machine, whose load varies."""
+    best: tuple[dict[str, float], dict[str, float]] = ({}, {})
+    for _ in range(rounds):
+        for side, times in zip(best, (authors, zsad), strict=True):
+            for key, value in times().items():
+                side[key] = min(side.get(key, float("inf")), float(value))
+    return best
+
+
+def print_speedups(
+    method: str, rows: tuple[tuple[str, str], ...], theirs: dict[str, float], ours: dict[str, float]
+) -> None:
+    """One line per ``(key, label)`` of ``rows`` (their seconds, zsad's, the ratio), then the JSON line."""
+    ratios = {}
+    width = max(len(label) for _, label in rows)
+    for name, label in rows:
+        key = name.removesuffix("_s")
+        ratios[key] = theirs[name] / ours[name]
+        print(f"  {label:<{width}} authors {theirs[name]:.3f} s, zsad {ours[name]:.3f} s: {ratios[key]:.2f}x")
+    print(json.dumps({"method": method, "authors_s": theirs, "zsad_s": ours, "speedup": ratios}))

@@ -23,7 +23,6 @@ with the ratios (their time / zsad's).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import parity_faprompt as pf  # noqa: E402
 import parity_support as ps  # noqa: E402
 import torch  # noqa: E402
-from perf_support import fastest  # noqa: E402
+from perf_support import alternating_fastest, fastest, print_speedups, speed_rounds  # noqa: E402
 
 REPEATS = 3
 BATCH = 8  # train.sh --batch_size; zsad's evaluation batch too
@@ -100,25 +99,18 @@ def main() -> None:
         )
         return
     work, root, pythonpath = pf.prepared_files(args, "zsad-speed-faprompt-")
-    rounds = int(os.environ.get("ZSAD_SPEED_ROUNDS", "2"))
-    theirs: dict[str, float] = {}
-    ours: dict[str, float] = {}
-    for _ in range(rounds):  # the sides alternate; each one's fastest round counts (the load varies)
-        official = ps.run_official_side(__file__, args.official, root, pf.state_dict(), work, pythonpath)
-        for k, v in official.items():
-            theirs[k] = min(theirs.get(k, float("inf")), float(v))
-        for k, v in zsad_times(root, work / "checkpoints" / "epoch_1.pth").items():
-            ours[k] = min(ours.get(k, float("inf")), v)
+    rounds = speed_rounds()
+    theirs, ours = alternating_fastest(
+        lambda: ps.run_official_side(__file__, args.official, root, pf.state_dict(), work, pythonpath),
+        lambda: zsad_times(root, work / "checkpoints" / "epoch_1.pth"),
+        rounds,
+    )
     print(
         f"FAPrompt speed, 12 images of the parity CLIP at {pf.IMAGE_SIZE} px, CPU, one thread, best of "
         f"{REPEATS} x {rounds} alternating rounds"
     )
-    ratios = {}
-    for name, label in (("train_s", f"training (2 steps at batch {BATCH})"), ("test_s", "test (12 images)")):
-        key = name.removesuffix("_s")
-        ratios[key] = theirs[name] / ours[name]
-        print(f"  {label:<32} authors {theirs[name]:.3f} s, zsad {ours[name]:.3f} s: {ratios[key]:.2f}x")
-    print(json.dumps({"method": "faprompt", "authors_s": theirs, "zsad_s": ours, "speedup": ratios}))
+    rows = (("train_s", f"training (2 steps at batch {BATCH})"), ("test_s", "test (12 images)"))
+    print_speedups("faprompt", rows, theirs, ours)
 
 
 if __name__ == "__main__":

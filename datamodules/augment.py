@@ -17,6 +17,13 @@ Two parts, in the authors' order:
    transforms take: ``"1.3.1"`` (:mod:`datamodules.augment_compat`, pixel for pixel; Bayes-PFL pins it) or
    ``"1.4.24"``, the installed version's own (a 15-fold GaussNoise, a wider hue range, other rounding).
 
+``aa_clip`` (AA-CLIP's ``BaseDataset``) is not an albumentations pipeline: from epoch ``color_from_epoch``
+(their stage 2) ``RandomApply(ColorJitter(brightness / contrast / saturation = 0.5), p=0.7)`` on the image
+before the resize, then on the preprocessed (normalised) image and mask together, in every epoch:
+``RandomApply(RandomRotation(30 degrees), p=0.5)``, ``RandomApply(RandomAffine(translate=(0.15, 0.15)),
+p=0.5)``, horizontal and vertical flips with p = 0.5: torchvision's tensor transforms, nearest
+interpolation, fill 0 in the normalised space (:func:`aa_clip_color`, :func:`aa_clip_geometry`).
+
 Each item seeds its own ``random.Random`` (the mosaic's draws, as their ``random.random()`` and
 ``random.choice``) and the pipeline's generators from (run seed, epoch, sample index): one Python and one
 NumPy generator shared by all its transforms (:func:`seed_pipeline`), one stream as the official code's
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import random
 from typing import Any
 
@@ -39,7 +47,7 @@ from datamodules.images import open_image, open_mask
 from datamodules.mosaic import Mosaic, MosaicTiles, paste_records
 from datamodules.resumable import derived_seed
 
-PIPELINES = ("none", "vcp_clip", "bayes_pfl")
+PIPELINES = ("none", "vcp_clip", "bayes_pfl", "aa_clip")
 # whose semantics the pipeline's albumentations transforms take (datamodules/augment_compat.py for 1.3.1's)
 ALBUMENTATIONS = ("1.3.1", "1.4.24")
 
@@ -49,6 +57,8 @@ class TrainAugmentation:
     pipeline: str = "none"  # one of PIPELINES
     mosaic: Mosaic | None = None  # the 2x2 mosaic first (datamodules/mosaic.py); None: none
     albumentations: str = "1.3.1"  # one of ALBUMENTATIONS
+    # aa_clip: the first epoch of colour jitter (their stage 2's loader; stage 1's has none)
+    color_from_epoch: int = 0
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
@@ -100,6 +110,50 @@ def apply_bgr(pipeline: Any, image: Image.Image, mask: Image.Image) -> tuple[Ima
 
 
 AUGMENT = {"vcp_clip": vcp_clip_augment, "bayes_pfl": bayes_pfl_augment}
+AA_CLIP_ROTATION = math.degrees(math.pi / 6)  # their RandomRotation(degrees=math.degrees(math.pi / 6))
+
+
+def _applies(p: float, generator: torch.Generator) -> bool:
+    """torchvision's ``RandomApply`` / flip draw: applied when a uniform draw is below ``p``."""
+    return float(torch.rand(1, generator=generator)) < p
+
+
+def _uniform(low: float, high: float, generator: torch.Generator) -> float:
+    return float(torch.empty(1).uniform_(low, high, generator=generator))
+
+
+def aa_clip_color(image: Image.Image, generator: torch.Generator) -> Image.Image:
+    """Their stage-2 ``transform_x`` head: brightness, contrast, saturation jitter of 0.5, each with p = 0.7."""
+    from torchvision.transforms import functional as TF
+
+    for adjust in (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation):
+        if _applies(0.7, generator):
+            image = adjust(image, _uniform(0.5, 1.5, generator))
+    return image
+
+
+def aa_clip_geometry(
+    image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Their ``transforms_list`` on ``cat([image, mask])``: rotation, translation, flips (nearest, fill 0)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    stacked = torch.cat([image, mask[None].to(image.dtype)])
+    nearest, fill = InterpolationMode.NEAREST, [0.0] * stacked.shape[0]
+    if _applies(0.5, generator):
+        stacked = TF.rotate(
+            stacked, _uniform(-AA_CLIP_ROTATION, AA_CLIP_ROTATION, generator), nearest, fill=fill
+        )
+    if _applies(0.5, generator):
+        height, width = stacked.shape[-2:]
+        shift = [round(_uniform(-0.15 * size, 0.15 * size, generator)) for size in (width, height)]
+        stacked = TF.affine(stacked, 0.0, shift, 1.0, [0.0, 0.0], nearest, fill=fill)
+    if _applies(0.5, generator):
+        stacked = stacked.flip(-1)
+    if _applies(0.5, generator):
+        stacked = stacked.flip(-2)
+    return stacked[:-1], stacked[-1].to(mask.dtype)
 
 
 def seed_pipeline(pipeline: Any, seed: int) -> None:
@@ -140,12 +194,16 @@ class AugmentedDataset(AnomalyDataset):
         else:
             image = open_image(record.image_path)
             mask = open_mask(record.mask_path) if record.mask_path is not None else Image.new("L", image.size)
-        if (
-            self.augmentation.pipeline != "none"
-        ):  # their images are 8-bit RGB (VCP-CLIP) or BMP (Bayes-PFL) files
-            augment = AUGMENT[self.augmentation.pipeline]
-            image, mask = augment(image, mask, seed, self.augmentation.albumentations)
-        item = self.item(i, *self.transform(image, mask), image_size=image.size)
+        pipeline = self.augmentation.pipeline
+        generator = torch.Generator().manual_seed(seed) if pipeline == "aa_clip" else None
+        if pipeline == "aa_clip" and epoch >= self.augmentation.color_from_epoch:
+            image = aa_clip_color(image.convert("RGB"), generator)
+        elif pipeline in AUGMENT:  # their images are 8-bit RGB (VCP-CLIP) or BMP (Bayes-PFL) files
+            image, mask = AUGMENT[pipeline](image, mask, seed, self.augmentation.albumentations)
+        tensors = self.transform(image, mask)
+        if generator is not None:
+            tensors = aa_clip_geometry(*tensors, generator)
+        item = self.item(i, *tensors, image_size=image.size)
         if label is not None:
             item["label"] = torch.tensor(label, dtype=torch.long)
         return item

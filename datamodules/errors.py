@@ -7,6 +7,8 @@ Everything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class ZsadError(Exception):
     """An error the user can fix; the message says what is wrong and what to do."""
@@ -14,6 +16,13 @@ class ZsadError(Exception):
 
 class ConfigError(ZsadError, ValueError):
     """A config file, key, value or override is wrong."""
+
+
+def require_choices(*choices: tuple[str, object, Sequence[object]], prefix: str = "method.") -> None:
+    """Refuse the first ``(key, value, allowed)`` whose value is not one of its allowed values, naming them."""
+    for key, value, allowed in choices:
+        if value not in allowed:
+            raise ConfigError(f"{prefix}{key} must be one of {list(allowed)}, got {value!r}")
 
 
 class WeightsNotFoundError(ZsadError):

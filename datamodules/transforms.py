@@ -12,6 +12,7 @@ The official pipelines differ in ways that move the numbers, so each method decl
 - WinCLIP (anomalib): ``convert("RGB")`` first, then the float tensor in [0, 1] is resized by torchvision
   (``Resize((240, 240), BICUBIC, antialias=True)``) and normalised; the mask (``convert("L") > 0``) is
   resized as a ``Mask``, i.e. nearest on the tensor.
+- AnomalyDINO (anomalib): WinCLIP's resize at 252 px, normalised with ImageNet's mean/std (DINOv2's).
 
 Every field is a switch whose default is AnomalyCLIP's behaviour; ``DataConfig`` can override the
 method's choice per dataset, and the applied values are recorded in the results.
@@ -32,6 +33,9 @@ from datamodules.images import HIGH_BIT_MODES, scale_to_8bit
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI's, used by every official pipeline
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DINOv2's (torchvision's ImageNet statistics), anomalib's AnomalyDINO
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATIONS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 
 RESIZE_BACKENDS = ("pil", "tensor")
 RESIZES = ("square", "short_side")
@@ -72,6 +76,9 @@ class ImagePreprocessing:
     # then the transform); the same pixels for 8-bit grey and RGB files, not for palette ("P": then resized
     # bicubic, not nearest), RGBA (alpha dropped first) or 16-bit files (clipped at 255 first).
     rgb_before_resize: bool = False
+    # The mean/std the resized image is normalised with: "clip" (OpenAI's, every CLIP method) or "imagenet"
+    # (the DINOv2 backbones': AnomalyDINO).
+    normalization: str = "clip"
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -80,6 +87,7 @@ class ImagePreprocessing:
             ("mask_interpolation", MASK_INTERPOLATIONS),
             ("high_bit_depth", HIGH_BIT_DEPTHS),
             ("resize", RESIZES),
+            ("normalization", tuple(NORMALIZATIONS)),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -125,8 +133,9 @@ class ImageMaskTransform:
     def __init__(self, spec: TransformSpec) -> None:
         self.spec = spec
         self.pre = spec.preprocessing
-        self.mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(CLIP_STD).view(3, 1, 1)
+        mean, std = NORMALIZATIONS[self.pre.normalization]
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
 
     def image(self, image: Image.Image) -> torch.Tensor:
         pre, size = self.pre, self.spec.image_size

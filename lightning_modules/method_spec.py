@@ -130,6 +130,11 @@ class MethodSpec:
         return FEW_SHOT in self.protocols
 
     @property
+    def runs_without_references(self) -> bool:
+        """Whether it evaluates at ``protocol.shots=0`` (zero-shot or transductive); AnomalyDINO does not."""
+        return ZERO_SHOT in self.protocols or TRANSDUCTIVE in self.protocols
+
+    @property
     def protocol_without_references(self) -> str:
         """What ``protocol.shots=0`` means for it: TRANSDUCTIVE where it declares that, else ZERO_SHOT."""
         return TRANSDUCTIVE if TRANSDUCTIVE in self.protocols else ZERO_SHOT

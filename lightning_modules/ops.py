@@ -59,6 +59,23 @@ def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> to
     return out.reshape(b, h, w)
 
 
+def kornia_gaussian_blur(maps: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
+    """``kornia.filters.gaussian_blur2d(maps[:, None], (k, k), (sigma, sigma))[:, 0]`` (kornia 0.6.9, the
+    defaults: separable, ``'reflect'`` border = torch's, edge sample not repeated) for ``[B, H, W]`` maps:
+    the same float32 kernel and the same two padded convolutions, rows first. Unlike scipy's filter
+    (:func:`gaussian_blur`) the kernel size is given, not derived from sigma."""
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"the blur kernel size must be an odd positive integer, got {kernel_size}")
+    x = torch.arange(kernel_size, device=maps.device) - kernel_size // 2
+    kernel = torch.exp(-(x**2.0) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).to(maps.dtype)
+    pad = kernel_size // 2
+    out = maps[:, None]
+    out = F.conv2d(F.pad(out, (pad, pad, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    out = F.conv2d(F.pad(out, (0, 0, pad, pad), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return out[:, 0]
+
+
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(
         torch.finfo(x.dtype).tiny if x.is_floating_point() else 1e-12
@@ -110,3 +127,13 @@ def class_probability_maps(
     if upsample_logits:
         return F.interpolate(maps, size=size, mode="bilinear", align_corners=align_corners).softmax(dim=1)
     return F.interpolate(maps.softmax(dim=1), size=size, mode="bilinear", align_corners=align_corners)
+
+
+def anomalib_gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """anomalib's ``GaussianBlur2d`` of ``[B, H, W]`` maps (PatchCore's and AnomalyDINO's smoothing): kornia's
+    kernel of size ``2 * int(4 * sigma + 0.5) + 1`` (:func:`kornia_gaussian_blur`); ``sigma <= 0`` leaves the
+    maps as they are. anomalib convolves once with the 2-D outer product; its two 1-D factors give the same
+    maps to float rounding, several times faster."""
+    if sigma <= 0:
+        return maps
+    return kornia_gaussian_blur(maps, 2 * int(4.0 * sigma + 0.5) + 1, sigma)

@@ -9,8 +9,10 @@ and configs only: no torch, Lightning or open_clip.
 from __future__ import annotations
 
 from datamodules.errors import ZsadError
+from lightning_modules.aa_clip.spec import AA_CLIP
 from lightning_modules.adaclip.spec import ADACLIP
 from lightning_modules.anomalyclip.spec import ANOMALYCLIP
+from lightning_modules.anomalydino.spec import ANOMALYDINO
 from lightning_modules.anovl.spec import ANOVL
 from lightning_modules.bayes_pfl.spec import BAYES_PFL
 from lightning_modules.clip_zero_shot.spec import CLIP, CLIP_AC
@@ -25,8 +27,10 @@ from lightning_modules.vcp_clip.spec import VCP_CLIP
 from lightning_modules.winclip.spec import WINCLIP
 
 BUILTIN_METHODS: tuple[MethodSpec, ...] = (
+    AA_CLIP,
     ADACLIP,
     ANOMALYCLIP,
+    ANOMALYDINO,
     ANOVL,
     BAYES_PFL,
     CLIP,

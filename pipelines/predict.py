@@ -2,7 +2,7 @@
 
     zsad predict CONFIG [checkpoint=RUN/checkpoints/last.ckpt] [key=value ...] --input PATH... --out DIR
         [--image-threshold T] [--pixel-threshold T] | [--threshold-from RUN [--threshold-category T/C]]
-        | [--normal-dir DIR --fpr 0.01]
+        | [--normal-dir DIR --fpr 0.01] [--references DIR]
 
 Per readable input image (below ``--out``, mirroring the images' paths below their common folder):
 ``maps/{name}.tiff`` (float32) and/or ``.npy`` (``--map-format``), the anomaly map at the image's own
@@ -16,6 +16,9 @@ With ``--submission mvtec_ad2`` the maps are float16 ``anomaly_images/{name}.tif
 ``predictions.csv`` (path, score, label; label empty without an image threshold), ``prediction.json``
 (what was run, the thresholds and where they came from) and ``unreadable.csv`` for inputs that could not
 be decoded (named on stderr and skipped: one bad file never costs the other predictions).
+A few-shot method (WinCLIP+, VAND k-shot, AnomalyDINO) takes ``--references DIR``: every image below DIR is
+a normal reference of the object (recorded in ``prediction.json``); AnomalyDINO, which has no zero-shot mode,
+needs it.
 
 Runs like ``zsad test``: the same trainer/strategy config, batched; under DDP every image is predicted
 exactly once (Lightning's unrepeated sampler for prediction), its files are written by the process that
@@ -54,6 +57,7 @@ from pipelines.predict_thresholds import (
     gather_objects,
     thresholds_from_run,
 )
+from pipelines.protocol import refuse_without_references
 from pipelines.run_state import global_rank
 
 MAP_FORMATS = ("tiff", "npy", "both")
@@ -70,6 +74,7 @@ class PredictOptions:
     threshold_from: Path | None = None
     threshold_category: str | None = None
     normal_dir: Path | None = None
+    references: Path | None = None  # few-shot methods: normal images of the object (every image below)
     fpr: float = 0.01
     map_format: str = "tiff"
     object_name: str = "object"
@@ -270,6 +275,24 @@ def _datamodule(
     )
 
 
+def _reference_images(options: PredictOptions, cfg: Any, spec: MethodSpec) -> Any:
+    """``--references DIR``: every readable image below DIR as the object's references, preprocessed as the
+    inputs (the same K images for every process); None without the option."""
+    if options.references is None:
+        return None
+    from datamodules.references import ReferenceDraw
+
+    found = collect_images([str(options.references)])
+    if not found.images:
+        raise ConfigError(f"--references {options.references}: no readable image there")
+    datamodule = _datamodule(found, cfg, spec, options)
+    categories = datamodule.categories
+    draw = ReferenceDraw(
+        0, (0, 0), {c: list(found.images) for c in categories}, found.root, {c: 0 for c in categories}
+    )
+    return datamodule.reference_images(draw)
+
+
 def _run(
     cfg: Any, spec: MethodSpec, module: Any, datamodule: ImageFolderDataModule, out: Path, callback: Callback
 ) -> None:
@@ -317,6 +340,10 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
     from pipelines.runner import evaluation_module, planned_processes, refuse_inexact_ddp
 
     spec = get_method(cfg.method.name)
+    if options.references is None:
+        refuse_without_references(spec, "give `zsad predict` normal images of the object: --references DIR")
+    elif not spec.few_shot:
+        raise ConfigError(f"method '{spec.name}' has no few-shot mode: it takes no --references")
     check_options(options)
     refuse_inexact_ddp(cfg, spec, planned_processes(cfg))
     module, checkpoint = evaluation_module(
@@ -339,6 +366,8 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
     )
     if options.threshold_from is not None:
         thresholds = thresholds_from_run(options.threshold_from, options.threshold_category, images.images)
+    references = _reference_images(options, cfg, spec)
+    module.references = references  # None: zero-shot
     if options.normal_dir is not None:
         normals = collect_images([str(options.normal_dir)])
         statistics = NormalStatistics(options.fpr, out, f"normal images in {options.normal_dir}")
@@ -358,6 +387,9 @@ def predict(cfg: Any, options: PredictOptions) -> PredictOutcome:
         "image_size": spec.image_size(cfg.method),
         "preprocessing": dataclasses.asdict(spec.preprocessing(cfg.method, None)),
         "object_name": options.object_name,
+        "references": [str(p) for p in references.draw.paths[references.categories[0]]]
+        if references
+        else None,
         "thresholds": {k: v for k, v in dataclasses.asdict(thresholds).items() if k != "warnings"},
         "map_format": options.map_format,
         "submission": options.submission,
@@ -407,6 +439,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threshold-category",
         metavar="TARGET/CATEGORY",
         help="which of the run's categories (when it has several)",
+    )
+    parser.add_argument(
+        "--references",
+        type=Path,
+        metavar="DIR",
+        help="few-shot methods (WinCLIP+, VAND k-shot, AnomalyDINO): normal images of the object, its references",
     )
     parser.add_argument(
         "--normal-dir",
@@ -465,6 +503,7 @@ def run(args: argparse.Namespace) -> int:
         threshold_from=args.threshold_from,
         threshold_category=args.threshold_category,
         normal_dir=args.normal_dir,
+        references=args.references,
         fpr=args.fpr,
         map_format=args.map_format,
         object_name=args.object_name,

@@ -80,11 +80,22 @@ def check_protocol(cfg: Any, spec: Any) -> None:
             raise ConfigError(
                 f"protocol.draws={protocol.draws} needs a few-shot protocol: set protocol.shots=K (K > 0)"
             )
+        refuse_without_references(spec, "evaluate it few-shot: set protocol.shots=K (K > 0)")
         return
     if not spec.few_shot:
         raise ConfigError(
             f"method '{spec.name}' has no few-shot mode (its protocols: {', '.join(spec.protocols)}); "
             f"evaluate it {shots_label(0, spec.name)} (protocol.shots=0)"
+        )
+
+
+def refuse_without_references(spec: Any, what_to_do: str) -> None:
+    """A method with no zero-shot (or transductive) mode (AnomalyDINO scores images only against reference
+    images) refuses a job that gives it none, in one line."""
+    if not spec.runs_without_references:
+        raise ConfigError(
+            f"method '{spec.name}' has no zero-shot mode (its protocols: {', '.join(spec.protocols)}): it "
+            f"scores each image against K normal reference images of its category; {what_to_do}"
         )
 
 

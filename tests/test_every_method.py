@@ -64,9 +64,19 @@ class MethodRuns:
     def checkpoint(self) -> list[str]:
         return [f"checkpoint={self.reference / 'checkpoints' / 'last.ckpt'}"] if self.spec.trains else []
 
+    @property
+    def zero_shot(self) -> bool:
+        """Whether the method evaluates without references (zero-shot or transductive); one that has no such
+        mode (AnomalyDINO) runs every check 1-shot, its outputs in the run's ``draws/0``."""
+        return self.spec.runs_without_references
+
+    def outputs(self, run_dir: Path) -> Path:
+        return run_dir if self.zero_shot else run_dir / "draws" / "0"
+
     def args(self, job: str, run_dir: Path, *overrides: str) -> list[str]:
         epochs = EPOCHS if self.spec.trains else []
-        return [job, str(self.experiment), *COMMON, *epochs, *overrides, f"run_dir={run_dir}"]
+        protocol = [] if self.zero_shot else ["protocol.shots=1"]
+        return [job, str(self.experiment), *COMMON, *epochs, *protocol, *overrides, f"run_dir={run_dir}"]
 
 
 def _targets(run_dir: Path) -> dict[str, Any]:
@@ -191,10 +201,16 @@ def test_a_training_stopped_by_a_signal_resumes_to_identical_weights_and_results
     assert _targets(run_dir) == _targets(runs.reference)
 
 
-def test_predict_writes_a_map_per_image_at_its_size(runs, tmp_path):
+def test_predict_writes_a_map_per_image_at_its_size(runs, tmp_path, capsys):
     folder, out = runs.target / "ring" / "test", tmp_path / "predicted"
     images = sorted(p.relative_to(folder) for p in folder.rglob("*.png"))
     args = ["predict", str(runs.experiment), *COMMON, *runs.checkpoint, "--object", "ring"]
+    if not runs.zero_shot:  # without references refused in one line, nothing written; with them it runs
+        capsys.readouterr()
+        assert main([*args, "--out", str(out), "--input", str(folder)]) == 2 and not out.exists()
+        error = capsys.readouterr().err.strip()
+        assert "\n" not in error and "--references DIR" in error, error
+        args += ["--references", str(runs.target / "ring" / "train" / "good")]
     assert main([*args, "--out", str(out), "--input", str(folder)]) == 0
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert sorted(Path(row["path"]).relative_to(folder) for row in rows) == images and len(images) == 7
@@ -213,6 +229,7 @@ def test_a_two_process_evaluation_equals_one_process_or_is_refused(runs, tmp_pat
     capsys.readouterr()
     code = main(args)
     if refusal:  # in one line, before any process is spawned; `zsad predict` too
+        assert runs.zero_shot, "a method without zero-shot mode: check its DDP refusal with references"
         images = ["--input", str(runs.target / "ring" / "test"), "--out", str(tmp_path / "predicted")]
         codes = [code, main(["predict", args[1], *COMMON, *runs.checkpoint, *DDP, *images])]
         errors = capsys.readouterr().err.strip().split("\n")
@@ -223,9 +240,9 @@ def test_a_two_process_evaluation_equals_one_process_or_is_refused(runs, tmp_pat
     assert code == 0
     printed = capsys.readouterr().out
     assert "img AUROC" in printed and all(category in printed for category in CATEGORIES)
-    one, two = runs.evaluation, run_dir
-    assert _targets(two) == _targets(one)  # every metric and F1 threshold
-    assert not list(two.rglob("*.tmp"))
+    assert _targets(run_dir) == _targets(runs.evaluation)  # every metric and F1 threshold
+    assert not list(run_dir.rglob("*.tmp"))
+    one, two = runs.outputs(runs.evaluation), runs.outputs(run_dir)
     # each process wrote the maps (and masks) of its images, rank 0 the image scores, the checksums and the
     # pictures of both: the same files, byte for byte
     maps = _files(one / "maps")
@@ -260,6 +277,7 @@ def test_a_k_shot_evaluation_on_two_processes_equals_one_or_the_method_is_refuse
     assert draws[0] == draws[1] and draws[0][0]["targets"]["synthetic"]  # references, every metric
     scores = one / "draws" / "0" / "maps" / "synthetic" / "image_scores.csv"
     assert scores.read_text() == (two / scores.relative_to(one)).read_text()
-    assert (
-        _targets(one)["synthetic"]["mean"] != _targets(runs.evaluation)["synthetic"]["mean"]
-    )  # not zero-shot
+    if runs.zero_shot:
+        assert (
+            _targets(one)["synthetic"]["mean"] != _targets(runs.evaluation)["synthetic"]["mean"]
+        )  # not zero-shot

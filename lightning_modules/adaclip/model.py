@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from torch import nn
 
-from datamodules.errors import ConfigError
+from datamodules.errors import ConfigError, require_choices
 from lightning_modules.adaclip.config import (
     ADACLIP_ACTIVATIONS,
     ADACLIP_PROMPT_WORDS,
@@ -39,6 +39,7 @@ from lightning_modules.adaclip.config import (
 from lightning_modules.clip.factory import clip_with_activation
 from lightning_modules.clip.frozen import FrozenCLIP
 from lightning_modules.clip.prompts import encode_prompt_ensemble, trim_after_end_token
+from lightning_modules.clip.vision import default_feature_layers
 from lightning_modules.losses import dice_loss, focal_loss
 from lightning_modules.ops import gaussian_blur, normalized_as_stored
 
@@ -46,7 +47,7 @@ NORMAL, ABNORMAL = 0, 1
 
 
 def check_choices(cfg: AdaCLIPConfig) -> None:
-    for key, value, allowed in (
+    require_choices(
         ("prompting_type", cfg.prompting_type, PROMPTING_TYPES),
         ("prompting_branch", cfg.prompting_branch, PROMPTING_BRANCHES),
         ("activation", cfg.activation, ADACLIP_ACTIVATIONS),
@@ -54,9 +55,7 @@ def check_choices(cfg: AdaCLIPConfig) -> None:
         ("dice_unit", cfg.dice_unit, DICE_UNITS),
         ("mosaic_label", cfg.mosaic_label, MOSAIC_LABELS),
         ("maskless_pixel_loss", cfg.maskless_pixel_loss, MASKLESS_PIXEL_LOSSES),
-    ):
-        if value not in allowed:
-            raise ConfigError(f"method.{key} must be one of {list(allowed)}, got {value!r}")
+    )
     if cfg.prompting_branch and not cfg.prompting_type:
         raise ConfigError(
             f"method.prompting_branch={cfg.prompting_branch!r} needs a prompting_type (S, D or SD); "
@@ -66,14 +65,6 @@ def check_choices(cfg: AdaCLIPConfig) -> None:
         raise ConfigError("method.prompting_depth and method.prompting_length must be at least 1")
     if cfg.use_hsf and (cfg.k_clusters < 1 or cfg.hsf_tokens_per_cluster < 1):
         raise ConfigError("method.k_clusters and method.hsf_tokens_per_cluster must be at least 1")
-
-
-def default_feature_layers(depth: int) -> list[int]:
-    """train.py's rule: ``substage = layers // 4`` and the blocks ``substage * (1, 2, 3, 4)``."""
-    quarter = depth // 4
-    if quarter < 1:
-        raise ConfigError(f"a vision tower of {depth} blocks has no quarters; set method.feature_layers")
-    return [quarter, 2 * quarter, 3 * quarter, 4 * quarter]
 
 
 def _linears(count: int, fan_in: int, fan_out: int) -> nn.ModuleList:

@@ -148,6 +148,13 @@ VAND = PromptEnsemble(
 # AdaCLIP (method/adaclip.py TextEmbebddingLayer): VAND's states with the first 4 of its templates, states outer.
 ADACLIP = PromptEnsemble(VAND.normal_states, VAND.abnormal_states, VAND_TEMPLATES[:4])
 
+# AA-CLIP's (dataset/constants.py PROMPTS): 3 normal / 5 anomalous states x 2 templates, states outer.
+AA_CLIP = PromptEnsemble(
+    ("{}", "a {}", "the {}"),
+    ("a damaged {}", "a broken {}", "a {} with flaw", "a {} with defect", "a {} with damage"),
+    ("{}.", "a photo of {}."),
+)
+
 # CLIP-AC [reconstruction] (docs/methods.md#clip-and-clip-ac says what was searched): the labels "normal [c]" /
 # "anomalous [c]" are those a summary of the WinCLIP paper gives for CLIP-AC (junxnone/aiwiki issue 468);
 # putting them into CLIP's 80 ImageNet templates (open_clip's copy of OpenAI's list, e.g. "a bad photo of a
@@ -164,6 +171,7 @@ PROMPT_ENSEMBLES: dict[str, PromptEnsemble] = {
     "winclip_anomalib": WINCLIP_ANOMALIB,
     "vand": VAND,
     "adaclip": ADACLIP,
+    "aa_clip": AA_CLIP,
 }
 
 

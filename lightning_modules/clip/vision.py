@@ -69,6 +69,15 @@ def resize_position_embedding(pos_embed: torch.Tensor, grid: int, mode: str = "b
     return torch.cat([pos_embed[:1], table], dim=0)
 
 
+def default_feature_layers(depth: int) -> list[int]:
+    """The four quarters of the vision depth, ``depth // 4 * (1, 2, 3, 4)``: [6, 12, 18, 24] on 24 blocks
+    (AdaCLIP's train.py rule; AA-CLIP's fixed levels)."""
+    quarter = depth // 4
+    if quarter < 1:
+        raise ConfigError(f"a vision tower of {depth} blocks has no quarters; set method.feature_layers")
+    return [quarter, 2 * quarter, 3 * quarter, 4 * quarter]
+
+
 class DualPathVisionEncoder(nn.Module):
     """Wraps an open_clip ``VisionTransformer`` (weights shared, never modified).
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datamodules.errors import ConfigError
+from datamodules.errors import ConfigError, require_choices
 from lightning_modules.clip.factory import authors_activation, clip_with_activation
 from lightning_modules.clip.frozen import FrozenCLIP
 from lightning_modules.musc.config import ACTIVATIONS, MuScConfig
@@ -51,8 +51,7 @@ def divide_subsets(defect_types: Sequence[str], divide_num: int, seed: int) -> l
 
 class MuSc(FrozenCLIP):
     def __init__(self, cfg: MuScConfig, clip_model: nn.Module | None = None, tokenizer=None) -> None:
-        if cfg.activation not in ACTIVATIONS:
-            raise ConfigError(f"method.activation must be one of {list(ACTIVATIONS)}, got {cfg.activation!r}")
+        require_choices(("activation", cfg.activation, ACTIVATIONS))
         clip_model, tokenizer, self_activation = clip_with_activation(
             cfg.backbone,
             clip_model,

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from datamodules.errors import ConfigError
+from datamodules.errors import ConfigError, require_choices
 from lightning_modules.clip.factory import authors_activation, clip_with_activation
 from lightning_modules.clip.frozen import FrozenCLIP
 from lightning_modules.clip.prompts import PROMPT_WORDS
@@ -61,13 +61,11 @@ def resolve_activation(cfg: VANDConfig, clip_model: nn.Module) -> str:
 
 
 def check_choices(cfg: VANDConfig) -> None:
-    for key, value, allowed in (
+    require_choices(
         ("activation", cfg.activation, VAND_ACTIVATIONS),
         ("prompt_words", cfg.prompt_words, PROMPT_WORDS),
         ("mosaic_style", cfg.mosaic_style, MOSAIC_STYLES),
-    ):
-        if value not in allowed:
-            raise ConfigError(f"method.{key} must be one of {list(allowed)}, got {value!r}")
+    )
 
 
 class VAND(FrozenCLIP):

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datamodules.augment import ALBUMENTATIONS
-from datamodules.errors import ConfigError
+from datamodules.errors import ConfigError, require_choices
 from lightning_modules.clip.factory import clip_with_activation
 from lightning_modules.clip.text import PromptTextEncoder
 from lightning_modules.clip.vision import DualPathVisionEncoder
@@ -132,13 +132,11 @@ def top_k_mean(maps: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def check_choices(cfg: VCPCLIPConfig) -> None:
-    for key, value, allowed in (
+    require_choices(
         ("activation", cfg.activation, VCP_ACTIVATIONS),
         ("augmentation", cfg.augmentation, VCP_AUGMENTATIONS),
         ("albumentations", cfg.albumentations, ALBUMENTATIONS),
-    ):
-        if value not in allowed:
-            raise ConfigError(f"method.{key} must be one of {list(allowed)}, got {value!r}")
+    )
     if not cfg.normal_templates or not cfg.abnormal_templates:
         raise ConfigError(
             "method.normal_templates and method.abnormal_templates need one template each at least"

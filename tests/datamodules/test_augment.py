@@ -1,5 +1,6 @@
 """Qu et al.'s albumentations pipeline (datamodules/augment.py, datamodules/augment_compat.py): seeded draws
-from one stream, the transforms of the chosen albumentations, 1.3.1's kernel draw. Pixel-for-pixel agreement
+from one stream, the transforms of the chosen albumentations, 1.3.1's kernel draw; AA-CLIP's torchvision
+augmentation (geometry after the preprocessing, colour jitter from its stage 2). Pixel-for-pixel agreement
 with the authors' pipelines: tests/lightning_modules/{vcp_clip,bayes_pfl}/test_*_parity.py."""
 
 from __future__ import annotations
@@ -8,10 +9,13 @@ import copy
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from datamodules.augment import TrainAugmentation, bayes_pfl_augment, vcp_clip_augment
+from datamodules import AnomalyDataModule, DataConfig
+from datamodules.augment import TrainAugmentation, aa_clip_geometry, bayes_pfl_augment, vcp_clip_augment
 from datamodules.augment_compat import GaussianBlur, qu_et_al_pipeline
+from datamodules.resumable import derived_seed
 
 
 @pytest.mark.parametrize("augment", [vcp_clip_augment, bayes_pfl_augment], ids=["vcp_clip", "bayes_pfl"])
@@ -62,3 +66,38 @@ def test_an_unknown_pipeline_or_version_is_refused():
         TrainAugmentation("vcpclip")
     with pytest.raises(ValueError, match="albumentations must be one of"):
         TrainAugmentation("vcp_clip", albumentations="2.0")
+
+
+def test_aa_clip_geometry_moves_image_and_mask_together_filling_zeros():
+    """Their rotation, translation and flips run on ``cat([image, mask])``: a channel equal to the mask stays
+    equal to it; what moves in is 0 (the normalised space's 0, as theirs); the draws are the seed's."""
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.rand(32, 32, generator=g) > 0.7).float()
+    image = torch.cat([mask[None], torch.randn(2, 32, 32, generator=g) + 5.0])  # never 0 before
+    outputs = [aa_clip_geometry(image, mask, torch.Generator().manual_seed(s)) for s in range(32)]
+    assert all(torch.equal(out[0], m) for out, m in outputs)
+    assert any(bool((out[1:] == 0).any()) for out, _ in outputs)  # rotated or shifted in
+    again = aa_clip_geometry(image, mask, torch.Generator().manual_seed(5))
+    assert torch.equal(again[0], outputs[5][0]) and not torch.equal(outputs[5][0], outputs[6][0])
+
+
+def test_aa_clip_jitters_colour_from_its_epoch_on_and_moves_after_the_preprocessing(synthetic_pair):
+    """Before ``color_from_epoch`` (their stage 1) an item is the plain preprocessed item moved by the
+    geometry of its seed; from then on colour jitter comes first (on the image before the resize)."""
+    source, _ = synthetic_pair
+    config = DataConfig(name="synthetic", root=str(source), num_workers=0)
+    plain = AnomalyDataModule(config, 32).train_dataset()
+    augmentation = TrainAugmentation("aa_clip", color_from_epoch=1)
+    data = AnomalyDataModule(config, 32, augmentation=augmentation, seed=3).train_dataset()
+    jittered = []
+    for i in range(len(plain)):
+        for epoch in (0, 1):
+            g = torch.Generator().manual_seed(derived_seed(3, epoch, i, "augment"))
+            image, mask = aa_clip_geometry(plain[i]["image"], plain[i]["mask"], g)
+            item = data[(epoch, i)]
+            assert torch.equal(item["mask"], mask) or epoch == 1
+            if epoch == 0:
+                assert torch.equal(item["image"], image)
+            else:
+                jittered.append(not torch.equal(item["image"], image))
+    assert any(jittered)

@@ -164,7 +164,7 @@ def test_16_bit_images_can_be_scaled_instead_of_clipped(tmp_path: Path) -> None:
     assert np.abs(image - _normalised(np.asarray(resized.convert("RGB")))).max() <= 1e-6
 
 
-def test_winclip_resizes_the_float_tensor_as_anomalib(tmp_path: Path) -> None:
+def test_winclip_and_anomalydino_resize_the_float_tensor_as_anomalib(tmp_path: Path) -> None:
     path, mask = _textured(tmp_path / "t.png"), _blob_mask(tmp_path / "m.png")
     image, target = _zsad(path, mask, resize_backend="tensor", mask_interpolation="nearest")
     rgb = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
@@ -174,6 +174,11 @@ def test_winclip_resizes_the_float_tensor_as_anomalib(tmp_path: Path) -> None:
     assert np.abs(image - _official_pil_image(path, Image.Resampling.BICUBIC)).max() > 1e-3  # not PIL's
     binary = torch.from_numpy(np.array(Image.open(mask).convert("L")) > 0)[None, None].float()
     assert (target == (F.interpolate(binary, (SIZE, SIZE), mode="nearest")[0, 0].numpy() > 0.5)).all()
+    # AnomalyDINO (anomalib): the same resize, DINOv2's ImageNet mean/std
+    dino, _ = _zsad(path, resize_backend="tensor", normalization="imagenet")
+    imagenet_mean, imagenet_std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    reference = (resized.numpy() - imagenet_mean[:, None, None]) / imagenet_std[:, None, None]
+    assert np.abs(dino - reference).max() <= 1e-6
 
 
 def test_masks_are_resized_bilinear_and_binarised_above_half(tmp_path: Path) -> None:

@@ -182,6 +182,9 @@ def test_errors_name_what_is_wrong(tmp_path, synthetic_pair, capsys):
     out = ["--out", str(tmp_path / "o")]
     assert main(["predict", "clip_all", "method=anomalyclip_tiny", *COMMON, "--input", image, *out]) == 2
     assert "checkpoint=" in capsys.readouterr().err  # a trained method needs its weights
+    references = ["--references", str(target / "ring" / "train" / "good")]
+    assert main(["predict", "clip_all", *COMMON, "--input", image, *out, *references]) == 2
+    assert "has no few-shot mode: it takes no --references" in capsys.readouterr().err
     missing = f"checkpoint={tmp_path / 'gone.ckpt'}"
     assert (
         main(["predict", "clip_all", "method=anomalyclip_tiny", missing, *COMMON, "--input", image, *out])

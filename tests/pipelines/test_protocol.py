@@ -112,6 +112,14 @@ def test_a_method_without_a_few_shot_mode_is_refused_in_one_line(experiment, tmp
     assert "protocols: zero-shot, few-shot" in listing.split("winclip")[-1]
     assert "protocols: zero-shot\n" in listing.split("anomalyclip")[1]
     assert "protocols: transductive\n" in listing.split("musc")[1]
+    assert "protocols: few-shot\n" in listing.split("anomalydino")[1]
+    # the converse: a method without zero-shot mode (AnomalyDINO) refuses a job without references
+    zero_shot = ["run", str(experiment), *QUIET, "method=anomalydino_tiny", f"run_dir={tmp_path}/z"]
+    assert main(zero_shot) == 2 and not (tmp_path / "z").exists()
+    assert capsys.readouterr().err.strip() == (
+        "zsad: error: method 'anomalydino' has no zero-shot mode (its protocols: few_shot): it scores each "
+        "image against K normal reference images of its category; evaluate it few-shot: set protocol.shots=K (K > 0)"
+    )
 
 
 def test_a_transductive_method_is_named_so_in_results_sweep_run_names_and_report_columns():

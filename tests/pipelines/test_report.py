@@ -296,6 +296,11 @@ def test_published_real_iad_and_adaclip_rows_name_their_source():
     assert sorted(adaclip.results) == ["mpdd", "mvtec", "visa"]
     assert adaclip.results["visa"] == pytest.approx({"image_auroc": 0.858})
     assert "AdaCLIP paper" in adaclip.source and "sotaverified" in adaclip.source
+    anomalydino = get_method("anomalydino").published  # few-shot only: a 1-shot row, no zero-shot one
+    assert anomalydino.numbers(0) == {} and anomalydino.numbers(1) == {"mvtec": {"image_auroc": 0.966}}
+    assert "AnomalyDINO paper" in anomalydino.source_of(
+        1
+    ) and "not anomalib's defaults" in anomalydino.source_of(1)
 
 
 def test_mean_curves_average_each_fpr_and_take_the_top_of_vertical_segments():

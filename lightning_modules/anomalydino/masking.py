@@ -1,0 +1,42 @@
+"""anomalib's foreground masking of AnomalyDINO (``AnomalyDINOModel.compute_background_masks``): which patches
+of an image are object, from the first principal component of its patch features."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from sklearn.decomposition import PCA
+
+THRESHOLD = 10.0  # on the first principal component's score
+CENTRE_BORDER = 0.2  # the centre (without this share of each border) ...
+CENTRE_SHARE = 0.35  # ... must be more than this share foreground, else the component's sign is flipped
+KERNEL = 3  # dilation and closing, in patches
+
+
+def foreground_masks(features: torch.Tensor, grid: tuple[int, int], random_state: int = 0) -> torch.Tensor:
+    """``[B, N]`` bool: per image of ``[B, N, D]`` patch features, the patches whose first principal component
+    exceeds :data:`THRESHOLD` (sign chosen so that the image's centre is mostly foreground), dilated and
+    closed with a 3 x 3 kernel. ``random_state`` seeds sklearn's randomized SVD (anomalib draws from numpy's
+    global generator: the same component to float precision, reproducibly here)."""
+    h, w = grid
+    y0, y1, x0, x1 = (
+        int(h * CENTRE_BORDER),
+        int(h * (1 - CENTRE_BORDER)),
+        int(w * CENTRE_BORDER),
+        int(w * (1 - CENTRE_BORDER)),
+    )
+    kernel = np.ones((KERNEL, KERNEL), np.uint8)
+    masks = []
+    for image in features.detach().cpu().float().numpy():
+        component = PCA(n_components=1, svd_solver="randomized", random_state=random_state).fit_transform(
+            image
+        )
+        mask = (component > THRESHOLD).reshape(grid)
+        centre = mask[y0:y1, x0:x1]
+        if centre.sum() <= centre.size * CENTRE_SHARE:
+            mask = (-component > THRESHOLD).reshape(grid)
+        mask = cv2.dilate(mask.astype(np.uint8), kernel)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel).astype(bool)
+        masks.append(mask.reshape(-1))
+    return torch.from_numpy(np.stack(masks)).to(features.device)

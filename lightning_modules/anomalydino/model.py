@@ -1,0 +1,120 @@
+"""AnomalyDINO (Damm et al., WACV 2025) as anomalib implements it, in plain torch: training-free few-shot
+detection by nearest-neighbour patch matching in DINOv2's feature space.
+
+- memory of a category: the last block's normalised patch tokens of its K normal reference images, each
+  L2-normalised (:meth:`AnomalyDINO.set_references`); with masking, only their foreground patches
+  (masking.py), and a test image's background patches score 0;
+- patch distance: ``1 - cos`` to the nearest reference patch (clamped to [0, 2]; the mean over
+  ``num_neighbours`` nearest);
+- image score: mean of the top 1 % of the image's patch distances;
+- map: the patch distances upsampled (nearest) to the input size and smoothed by anomalib's Gaussian blur
+  (sigma 4), padded back where the input was cropped to the patch grid.
+
+There is no zero-shot mode: a category's images are scored only against its references.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from datamodules.errors import ZsadError
+from lightning_modules.anomalydino.config import AnomalyDINOConfig
+from lightning_modules.anomalydino.masking import foreground_masks
+from lightning_modules.dino.encoder import DinoEncoder, pad_back
+from lightning_modules.ops import anomalib_gaussian_blur
+
+
+class AnomalyDINO(nn.Module):
+    def __init__(self, cfg: AnomalyDINOConfig, encoder: DinoEncoder | None = None) -> None:
+        super().__init__()
+        if cfg.num_neighbours < 1:
+            raise ZsadError(f"num_neighbours must be >= 1, got {cfg.num_neighbours}")
+        if not 0.0 < cfg.top_fraction <= 1.0:
+            raise ZsadError(f"top_fraction must be in (0, 1], got {cfg.top_fraction}")
+        self.cfg = cfg
+        self.encoder = encoder if encoder is not None else DinoEncoder(cfg.backbone)
+        self.memory: dict[int, torch.Tensor] = {}  # category id -> [M, D], rows L2-normalised
+        self.masked: set[int] = set()  # category ids whose patches are foreground-masked (cfg.masking)
+
+    def set_masked_categories(self, category_ids: list[int]) -> None:
+        """The categories (ids as batches' ``category_id``) whose references and images are masked."""
+        self.masked = {int(c) for c in category_ids}
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, N, D]`` patch features as the backbone gives them (masking reads these)."""
+        return self.encoder(images).float()
+
+    def foreground(self, category_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` bool: the patches that count (every patch unless the image's category is masked)."""
+        keep = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+        rows = [i for i, c in enumerate(category_ids.tolist()) if c in self.masked]
+        if rows:
+            keep[rows] = foreground_masks(features[rows], (self.encoder.grid, self.encoder.grid))
+        return keep
+
+    @torch.no_grad()
+    def set_references(self, category_id: int, images: torch.Tensor) -> None:
+        """The memory of category ``category_id`` from its K normal reference images ``[K, 3, S, S]``."""
+        features = self.encode(images)
+        keep = self.foreground(torch.full((len(images),), int(category_id)), features)
+        if not keep.any():
+            raise ZsadError(
+                f"masking left no foreground patch in the references of category id {category_id}: leave it "
+                "out of method.masked_categories"
+            )
+        self.memory[int(category_id)] = F.normalize(features[keep], p=2, dim=-1)
+
+    def clear_references(self) -> None:
+        self.memory = {}
+
+    def patch_distances(self, category_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``[B, N]``: each patch's mean ``1 - cos`` to its ``num_neighbours`` nearest reference patches of
+        its image's category."""
+        out = features.new_empty(features.shape[:2])
+        for category in torch.unique(category_ids).tolist():
+            if category not in self.memory:
+                raise ZsadError(
+                    "AnomalyDINO scores images against reference images of their category and has none: "
+                    "evaluate it few-shot (protocol.shots=K)"
+                )
+            rows = (category_ids == category).nonzero().flatten().to(features.device)
+            similarity = features[rows] @ self.memory[category].T
+            distances = (1 - similarity).clamp(min=0.0, max=2.0)
+            k = min(self.cfg.num_neighbours, distances.shape[-1])
+            out[rows] = torch.topk(distances, k=k, dim=-1, largest=False).values.mean(dim=-1)
+        return out
+
+    def image_scores(self, distances: torch.Tensor) -> torch.Tensor:
+        """``[B]``: the mean of each image's largest ``max(int(N * top_fraction), 1)`` patch distances."""
+        top = max(int(distances.shape[-1] * self.cfg.top_fraction), 1)
+        return torch.topk(distances, top, dim=-1).values.mean(dim=-1)
+
+    @torch.no_grad()
+    def predict(
+        self, images: torch.Tensor, category_ids: torch.Tensor, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image scores [B], anomaly maps [B, H, W])`` at the mask size ``size``."""
+        distances = self.masked_distances(category_ids, self.encode(images))
+        return self.image_scores(distances), self.anomaly_maps(distances, images.shape[-2:], size)
+
+    def masked_distances(self, category_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` patch distances of raw ``features``, 0 on masked-out background patches."""
+        distances = self.patch_distances(category_ids, F.normalize(features, p=2, dim=-1))
+        return distances * self.foreground(category_ids, features)
+
+    def anomaly_maps(
+        self, distances: torch.Tensor, input_size: tuple[int, int], size: tuple[int, int]
+    ) -> torch.Tensor:
+        """``[B, H, W]`` maps of ``[B, N]`` patch distances: upsampled (nearest, as anomalib) to the cropped
+        input, smoothed, padded back to ``input_size`` and resized (bilinear) to ``size`` if it differs."""
+        left, right, top, bottom = pads = self.encoder.crop_pads(input_size)
+        cropped = (input_size[0] - top - bottom, input_size[1] - left - right)
+        grid = self.encoder.grid
+        maps = F.interpolate(distances.view(-1, 1, grid, grid), size=cropped)[:, 0]
+        maps = pad_back(anomalib_gaussian_blur(maps, self.cfg.gaussian_sigma), pads)
+        if tuple(maps.shape[-2:]) != tuple(size):  # masks evaluated at another size than the input
+            maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        return maps

@@ -1,0 +1,42 @@
+"""AnomalyDINO in Lightning: batched, training-free evaluation under the few-shot protocol (the runner's
+references, ``set_references``); anomalib's preprocessing (spec.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from lightning_modules.anomalydino.config import AnomalyDINOConfig
+from lightning_modules.anomalydino.model import AnomalyDINO
+from lightning_modules.category_module import TrainingFreeModule
+from lightning_modules.eval_config import EvalConfig
+
+
+class AnomalyDINOModule(TrainingFreeModule):
+    """``predict_batch`` scores each image against its category's references; no texts (the category ids
+    only select the memory)."""
+
+    method_name = "anomalydino"
+
+    def __init__(
+        self, cfg: AnomalyDINOConfig, eval_cfg: EvalConfig | None = None, model: AnomalyDINO | None = None
+    ) -> None:
+        super().__init__(cfg, eval_cfg, model if model is not None else AnomalyDINO(cfg))
+
+    def use_datamodule_categories(self) -> None:
+        """Which of the datamodule's categories are foreground-masked (before the references are read)."""
+        names = self.cfg.masked_categories
+        categories = self.trainer.datamodule.categories
+        masked = (
+            [i for i, c in enumerate(categories) if names is None or c in names] if self.cfg.masking else []
+        )
+        self.model.set_masked_categories(masked)
+
+    def on_test_epoch_start(self) -> None:
+        self.use_datamodule_categories()  # the references' memory depends on it
+        super().on_test_epoch_start()
+
+    def set_references(self, category_id: int, images: torch.Tensor) -> None:
+        self.model.set_references(category_id, images)
+
+    def clear_references(self) -> None:
+        self.model.clear_references()

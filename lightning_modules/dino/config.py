@@ -1,0 +1,22 @@
+"""Typed config of a DINO / DINOv2 backbone (timm's ``VisionTransformer``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class DinoBackboneConfig:
+    # A timm DINO/DINOv2 architecture ("vit_small_patch14_dinov2", "vit_base_patch14_dinov2", ...) or
+    # "zsad-tiny-dinov2" (2 blocks of width 32, patch 14: random weights only, for tests and the demo).
+    name: str = "vit_small_patch14_dinov2"
+    # Where the weights come from, never downloaded: a timm pretrained tag ("lvd142m") whose file is in the
+    # Hugging Face cache, a local file (timm's safetensors/bin, or Meta's dinov2_vits14_pretrain.pth), or null
+    # for random weights (tests and the demo only).
+    pretrained: str | None = "lvd142m"
+    image_size: int = 252  # input size (square); centre-cropped to a multiple of the patch size
+    # The position embedding (37 x 37 patches at timm's 518 px) is resampled bicubically to the input's grid.
+    # false: without antialiasing, as anomalib's TimmFeatureExtractor forces (for ONNX export); true: timm's
+    # default.
+    pos_embed_antialias: bool = False
+    cache_dir: str | None = None  # the Hugging Face hub cache to look in (None: its default)

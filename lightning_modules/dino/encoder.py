@@ -1,0 +1,180 @@
+"""A frozen timm DINO / DINOv2 ViT whose last block's normalised patch tokens are the features.
+
+Weights are never downloaded: they come from a local file (timm's format or Meta's ``*_pretrain.pth``, which
+timm's ``checkpoint_filter_fn`` converts), from a timm pretrained tag already in the Hugging Face cache, or
+are random (``pretrained: null``, tests and the demo). Anything else fails with one message that says where to
+put the weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import nn
+
+from datamodules.errors import WeightsNotFoundError, ZsadError
+from lightning_modules.clip.factory import RANDOM_WEIGHTS
+from lightning_modules.dino.config import DinoBackboneConfig
+
+TINY_DINO = "zsad-tiny-dinov2"  # random weights only: tests and the demo
+WEIGHT_FILES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+def tiny_dino() -> VisionTransformer:
+    """DINOv2's architecture (class token, LayerScale, patch 14, a 37 x 37 position embedding for timm's
+    518 px) at width 32 with 2 blocks: random weights, for tests and the demo."""
+    return VisionTransformer(
+        img_size=518,
+        patch_size=14,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        init_values=1e-5,
+        num_classes=0,
+        dynamic_img_size=True,
+    )
+
+
+def _hint(name: str, what: str) -> str:
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME", "~/.cache/huggingface") + "/hub"
+    return (
+        f"DINO weights {what} are not available offline: download them where you have internet (e.g. Meta's "
+        f"dinov2_vits14_pretrain.pth, or timm's {name} model.safetensors) and set "
+        f"method.backbone.pretrained=/path/to/file (or put them into the Hugging Face cache {cache})"
+    )
+
+
+def weights_file(cfg: DinoBackboneConfig) -> Path | None:
+    """The local file the backbone's weights load from; None: random weights."""
+    pretrained = cfg.pretrained
+    if pretrained is None or pretrained.lower() in RANDOM_WEIGHTS:
+        return None
+    if "/" in pretrained or pretrained.endswith(WEIGHT_FILES):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(
+                f"DINO weights file not found: {path}; set method.backbone.pretrained to an existing file or "
+                "to a pretrained tag such as 'lvd142m' whose weights are in your Hugging Face cache"
+            )
+        return path
+    if cfg.name == TINY_DINO:
+        raise ZsadError(f"'{TINY_DINO}' has random weights only: set method.backbone.pretrained=null")
+    try:
+        pretrained_cfg = timm.models.get_pretrained_cfg(f"{cfg.name}.{pretrained}", allow_unregistered=False)
+    except RuntimeError:
+        pretrained_cfg = None
+    if pretrained_cfg is None or not pretrained_cfg.hf_hub_id:
+        tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{cfg.name}.*")]
+        raise WeightsNotFoundError(
+            f"'{pretrained}' is neither a file nor a pretrained tag of {cfg.name} (tags: {', '.join(tags) or 'none'})"
+        )
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(pretrained_cfg.hf_hub_id, filename, cache_dir=cfg.cache_dir)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    raise WeightsNotFoundError(_hint(cfg.name, f"'{cfg.name}.{pretrained}' ({pretrained_cfg.hf_hub_id})"))
+
+
+def create_dino(cfg: DinoBackboneConfig) -> VisionTransformer:
+    """The architecture with its weights, in eval mode, every parameter frozen."""
+    path = weights_file(cfg)  # before allocating a large random model
+    if cfg.name == TINY_DINO:
+        model = tiny_dino()
+    elif cfg.name in timm.list_models():
+        # as anomalib's TimmFeatureExtractor: timm's default (518 px) position embedding, dynamic input size
+        model = timm.create_model(cfg.name, pretrained=False, dynamic_img_size=True)
+    else:
+        raise ZsadError(
+            f"unknown DINO architecture '{cfg.name}'; known include {TINY_DINO}, vit_small_patch14_dinov2, "
+            "vit_base_patch14_dinov2 (timm.list_models('*dino*'))"
+        )
+    if not isinstance(model, VisionTransformer):
+        raise ZsadError(f"'{cfg.name}' is not a timm VisionTransformer: pick a DINO/DINOv2 ViT")
+    if path is not None:
+        try:
+            timm.models.load_checkpoint(model, str(path), filter_fn=checkpoint_filter_fn)
+        except (OSError, RuntimeError, KeyError) as error:
+            raise ZsadError(f"cannot load DINO '{cfg.name}' from {path}: {error}") from error
+    return model.eval().requires_grad_(False)
+
+
+class DinoEncoder(nn.Module):
+    """``[B, 3, S, S]`` images -> ``[B, h*w, D]`` patch tokens of the last block after the final LayerNorm
+    (class and register tokens dropped), as anomalib's ``TimmFeatureExtractor(output_fmt="NLC", norm=True)``.
+
+    The input is centre-cropped to a multiple of the patch size (:meth:`crop`); the position embedding is
+    resampled once to the grid of ``image_size`` (``pos_embed_antialias``), which is what timm's dynamic-size
+    forward does on every call.
+    """
+
+    def __init__(self, cfg: DinoBackboneConfig, model: VisionTransformer | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vit = model if model is not None else create_dino(cfg)
+        self.patch_size = int(self.vit.patch_embed.patch_size[0])
+        self.depth = len(self.vit.blocks)
+        self.grid = cfg.image_size // self.patch_size
+        if self.grid < 1:
+            raise ZsadError(f"image_size {cfg.image_size} is smaller than the patch size {self.patch_size}")
+        self._fix_input_size(self.grid * self.patch_size)
+
+    def _fix_input_size(self, size: int) -> None:
+        vit = self.vit
+        old = vit.patch_embed.grid_size
+        prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
+        pos_embed = resample_abs_pos_embed(
+            vit.pos_embed.detach(),
+            new_size=(self.grid, self.grid),
+            old_size=old,
+            num_prefix_tokens=prefix,
+            antialias=self.cfg.pos_embed_antialias,
+        )
+        vit.patch_embed.set_input_size(img_size=(size, size))
+        vit.pos_embed = nn.Parameter(pos_embed, requires_grad=False)
+
+    def crop_pads(self, size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """``(left, right, top, bottom)``: what anomalib's centre crop to the patch grid removes of an input of
+        ``size`` (its map is padded back by the same amounts: :func:`pad_back`)."""
+        crop_h, crop_w = size[0] % self.patch_size, size[1] % self.patch_size
+        return crop_w // 2, crop_w - crop_w // 2, crop_h // 2, crop_h - crop_h // 2
+
+    def crop(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+        """``(images cropped to the patch grid, crop_pads)``."""
+        h, w = images.shape[-2:]
+        left, right, top, bottom = pads = self.crop_pads((h, w))
+        return images[..., top : h - bottom, left : w - right], pads
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        cropped, _ = self.crop(images)
+        if (
+            cropped.shape[-1] // self.patch_size != self.grid
+            or cropped.shape[-2] // self.patch_size != self.grid
+        ):
+            raise ZsadError(
+                f"images of {tuple(images.shape[-2:])} px do not fit the backbone's image_size {self.cfg.image_size}"
+            )
+        (tokens,) = self.vit.forward_intermediates(
+            cropped,
+            indices=[self.depth - 1],
+            norm=True,
+            return_prefix_tokens=False,
+            output_fmt="NLC",
+            intermediates_only=True,
+        )
+        return tokens
+
+
+def pad_back(maps: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
+    """``[B, H, W]`` maps of the cropped input padded back to its size (edge values replicated)."""
+    if not any(pads):
+        return maps
+    return F.pad(maps[:, None], pads, mode="replicate")[:, 0]
