@@ -85,16 +85,19 @@ def test_a_cell_of_runs_that_saw_other_files_is_warned(tmp_path):
         results["targets"]["synthetic"]["data_fingerprint"] = base | fields
         (run_dir / "results.json").write_text(json.dumps(results))
 
+    def report():  # into the test's folder, not the working directory's report/
+        return build_report([str(runs)], out=str(tmp_path / "report"), wandb_mode="disabled")
+
     fingerprint(make_run(runs, "s1", ["seed=1"], 0.8))
     fingerprint(make_run(runs, "s2", ["seed=2"], 0.7), root="/elsewhere")  # same files elsewhere: fine
-    assert not any("data_fingerprint" in w for w in build_report([str(runs)], wandb_mode="disabled").warnings)
+    assert not any("data_fingerprint" in w for w in report().warnings)
     fingerprint(make_run(runs, "s3", ["seed=3"], 0.6), digest="b" * 64)  # same counts, other content
-    warnings = build_report([str(runs)], wandb_mode="disabled").warnings
+    warnings = report().warnings
     assert any("files differ in content" in w and "aaaaaaaaaaaa, bbbbbbbbbbbb" in w for w in warnings)
     fingerprint(runs / "s3", digest="b" * 64, content="every file by size and time")  # copies: not compared
-    assert not any("data_fingerprint" in w for w in build_report([str(runs)], wandb_mode="disabled").warnings)
+    assert not any("data_fingerprint" in w for w in report().warnings)
     fingerprint(runs / "s3", bytes=999, content="every file by size and time")
-    warnings = build_report([str(runs)], wandb_mode="disabled").warnings
+    warnings = report().warnings
     assert any("mixes different data: data_fingerprint bytes = 1000, 999" in w for w in warnings)
 
 
