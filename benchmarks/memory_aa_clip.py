@@ -32,10 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from perf_support import saved_bytes  # noqa: E402
+from perf_support import (  # noqa: E402
+    CONTEXT_ALLOWANCE_GIB,
+    GIB,
+    frozen_block_transient_bytes,
+    saved_bytes,
+)
 
-GIB = 2**30
-CONTEXT_ALLOWANCE_GIB = 0.75  # CUDA context, cuBLAS workspaces, allocator slack
 CARD_GIB = 11
 
 
@@ -98,7 +101,10 @@ def main() -> None:
         theirs = stage_activations(model, stage, batch, size, fused_attention=False)
         if stage == "text":  # the frozen image pass first, then the text side's graph
             layers = len(model.feature_layers) * batch * (tokens - 1) * model.clip.visual.output_dim * 4
-            transient = (14 + 1) * batch * tokens * width * 4 + layers  # a block's peak + the other stream
+            # a block's peak + the other stream
+            transient = (
+                frozen_block_transient_bytes(batch, tokens, width, 4) + batch * tokens * width * 4 + layers
+            )
             ours, theirs = max(transient, layers + ours), max(transient, layers + theirs)
             their_grads = text_tower
         else:  # stage 1's text-tower gradients stay

@@ -31,9 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from perf_support import saved_bytes  # noqa: E402
+from perf_support import GIB, saved_bytes  # noqa: E402
 
-GIB = 2**30
 CARD_GIB = 11.0  # the 11 GB cards of AdaCLIP issue 23 (two 2080 Ti)
 
 

@@ -29,16 +29,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import open_clip  # noqa: E402
 import torch  # noqa: E402
-from perf_support import SavedForBackward, clip_with_text_tower_only  # noqa: E402
+from perf_support import (  # noqa: E402
+    CONTEXT_ALLOWANCE_GIB,
+    GIB,
+    clip_with_text_tower_only,
+    frozen_block_transient_bytes,
+    saved_bytes,
+)
 
 from lightning_modules.bayes_pfl import BayesPFL, BayesPFLConfig  # noqa: E402
 
-GIB = 2**30
-CONTEXT_ALLOWANCE_GIB = 0.75  # CUDA context, cuBLAS workspaces, allocator slack
 CARD_GIB = 11
 
 
-def saved_bytes(model: BayesPFL, size: int) -> int:
+def saved_per_image(model: BayesPFL, size: int) -> int:
     """Bytes the trainable part saves for backward on one image (each storage counted once)."""
     grid = size // model.vision.visual.conv1.kernel_size[0]
     features = {
@@ -47,14 +51,15 @@ def saved_bytes(model: BayesPFL, size: int) -> int:
     }
 
     model.train()
-    with SavedForBackward() as saved:
+    record: dict[int, int] = {}
+    with saved_bytes(record, fused_attention=False):
         eps = model.training_draws(1, torch.device("cpu"))
         output = model.scores_from_draws(features, ["bottle"], (size, size), 0, 1, eps)
         loss = model.loss(output, torch.ones(1, dtype=torch.long), (torch.rand(1, size, size) > 0.9).float())[
             "loss"
         ]
     del loss, output
-    return saved.bytes
+    return sum(record.values())
 
 
 def main() -> None:
@@ -74,7 +79,7 @@ def main() -> None:
     trainable = sum(p.numel() for p in model.trainable_parameters())
     width = model.vision.width
     tokens = (size // model.vision.visual.conv1.kernel_size[0]) ** 2 + 1
-    encoder = 14 * b * tokens * width * 4
+    encoder = frozen_block_transient_bytes(b, tokens, width, 4)
     features = len(cfg.feature_layers) * b * tokens * width * 4
     fixed = 4 * frozen + 16 * trainable + CONTEXT_ALLOWANCE_GIB * GIB
     print(
@@ -84,7 +89,7 @@ def main() -> None:
     rows = {}
     for label, checkpointing in (("as the authors", False), ("method.checkpoint_text_blocks=true", True)):
         model.text.checkpoint_blocks = checkpointing
-        per_image = saved_bytes(model, size)
+        per_image = saved_per_image(model, size)
         total = fixed + max(encoder, features + b * per_image)
         most = int((CARD_GIB * GIB - fixed) // (per_image + features / b))
         rows[label] = {

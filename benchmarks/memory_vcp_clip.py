@@ -31,12 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import open_clip  # noqa: E402
 import torch  # noqa: E402
-from perf_support import SavedForBackward, clip_with_text_tower_only  # noqa: E402
+from perf_support import (  # noqa: E402
+    CONTEXT_ALLOWANCE_GIB,
+    GIB,
+    clip_with_text_tower_only,
+    frozen_block_transient_bytes,
+    saved_bytes,
+)
 
 from lightning_modules.vcp_clip import VCPCLIP, VCPCLIPConfig  # noqa: E402
-
-GIB = 2**30
-CONTEXT_ALLOWANCE_GIB = 0.75  # CUDA context, cuBLAS workspaces, allocator slack
 
 
 def build(cfg: VCPCLIPConfig) -> VCPCLIP:
@@ -46,7 +49,7 @@ def build(cfg: VCPCLIPConfig) -> VCPCLIP:
     return VCPCLIP(cfg, clip, open_clip.get_tokenizer(cfg.backbone.name))
 
 
-def saved_bytes(model: VCPCLIP, size: int, autocast: bool) -> int:
+def saved_per_image(model: VCPCLIP, size: int, autocast: bool) -> int:
     """Bytes the trainable part saves for backward on one image (each storage counted once)."""
     grid = size // model.vision.visual.conv1.kernel_size[0]
     features = {"image_embedding": torch.randn(1, model.vision.output_dim)} | {
@@ -58,11 +61,12 @@ def saved_bytes(model: VCPCLIP, size: int, autocast: bool) -> int:
     context = (
         torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
     )
-    with SavedForBackward() as saved, context:
+    record: dict[int, int] = {}
+    with saved_bytes(record, fused_attention=False), context:
         output = model.scores(features, (size, size))
         loss = model.loss(output, (torch.rand(1, size, size) > 0.9).float())
     del loss, output
-    return saved.bytes
+    return sum(record.values())
 
 
 def main() -> None:
@@ -82,8 +86,8 @@ def main() -> None:
     tokens = (size // model.vision.visual.conv1.kernel_size[0]) ** 2 + 1
     rows = {}
     for label, autocast, element in (("fp32", False, 4), ("fp16 autocast (the authors')", True, 2)):
-        per_image = saved_bytes(model, size, autocast)
-        encoder = 14 * b * tokens * width * element
+        per_image = saved_per_image(model, size, autocast)
+        encoder = frozen_block_transient_bytes(b, tokens, width, element)
         features = len(cfg.feature_layers) * b * tokens * width * element
         total = (
             4 * frozen + 16 * trainable + max(encoder, features + b * per_image) + CONTEXT_ALLOWANCE_GIB * GIB

@@ -134,29 +134,17 @@ def clip_with_text_tower_only(name: str):
     return clip
 
 
-class SavedForBackward:
-    """Context manager adding up the bytes autograd saves for the backward pass inside it (each storage once):
-    ``with SavedForBackward() as saved: loss = ...`` then ``saved.bytes``."""
+GIB = 2**30
+CONTEXT_ALLOWANCE_GIB = (
+    0.75  # the memory estimates' allowance: CUDA context, cuBLAS workspaces, allocator slack
+)
 
-    def __init__(self) -> None:
-        self._storages: dict[int, int] = {}
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
 
-    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        self._storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    @property
-    def bytes(self) -> int:
-        return sum(self._storages.values())
-
-    def __enter__(self) -> SavedForBackward:
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._hooks.__exit__(*exc)
+def frozen_block_transient_bytes(batch: int, tokens: int, width: int, element_bytes: int) -> int:
+    """A frozen (no-gradient) ViT block's peak on ``batch`` sequences of ``tokens``: input, LayerNorm, qkv,
+    attention output, MLP hidden and its activation, ``14 * B * L * width`` elements, fused attention
+    without an ``L x L`` matrix (the memory estimates' bound for a frozen encoder pass)."""
+    return 14 * batch * tokens * width * element_bytes
 
 
 def _remember(record: dict[int, int], tensor: torch.Tensor) -> None:
