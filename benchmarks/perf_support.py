@@ -163,6 +163,9 @@ def saved_bytes(record: dict[int, int], fused_attention: bool):
 
     original = F.scaled_dot_product_attention
     sequential = 0  # a unique key for the log-sum-exp rows, which have no tensor here
+    # what a fused kernel would keep, kept here too: a freed q, k or v could hand its storage's address (the
+    # record's key) to a later tensor, which would then be counted as the same storage
+    kept: list[torch.Tensor] = []
 
     def fused(query, key, value, *args, **kwargs):
         nonlocal sequential
@@ -171,6 +174,7 @@ def saved_bytes(record: dict[int, int], fused_attention: bool):
         out = query.clone()  # shape and autograd of the real output (q, k, v, out: same shapes here)
         for tensor in (query, key, value, out):
             _remember(record, tensor)
+            kept.append(tensor)
         sequential += 1
         record[-sequential] = query.shape[:-1].numel() * 4  # float32 log-sum-exp per query row
         return out
