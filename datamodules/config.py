@@ -17,6 +17,11 @@ class DataConfig:
     # Zero-shot protocol: the auxiliary training data is the *test* split of the source dataset.
     train_split: str = "test"
     test_split: str = "test"
+    # A few-shot training set (a source only): train_shots/2 normal and train_shots/2 anomalous images per
+    # category of train_split, drawn at random with train_shots_seed (AA-CLIP's --training_mode few_shot;
+    # the draw is a reconstruction, datamodules/training_shots.py). None: the whole split.
+    train_shots: int | None = None
+    train_shots_seed: int = 0
     eval_size: int | None = None  # resolution of masks/maps for metrics; None: the model's input size
     # Preprocessing: unset (None) keys follow the method's official code (MethodSpec.preprocessing,
     # datamodules.transforms.ImagePreprocessing, docs/datasets.md "Preprocessing"); a value overrides it.

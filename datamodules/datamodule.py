@@ -26,6 +26,7 @@ from datamodules.fingerprint import summary as fingerprint_summary
 from datamodules.index import DatasetIndex, DatasetSpec, build_index, get_dataset_spec
 from datamodules.references import ReferenceDraw, ReferenceImages, draw_references
 from datamodules.resumable import EpochSampler, ResumableDataLoader
+from datamodules.training_shots import training_shots
 from datamodules.transforms import ImageMaskTransform, ImagePreprocessing, TransformSpec
 
 MAX_AUTO_WORKERS = 8
@@ -127,6 +128,15 @@ class AnomalyDataModule(L.LightningDataModule):
     def split_index(self, split: str) -> DatasetIndex:
         return self.full_index.select(split=split)
 
+    @functools.cached_property
+    def train_index(self) -> DatasetIndex:
+        """The training split, or its few-shot draw when ``train_shots`` is set
+        (:mod:`datamodules.training_shots`)."""
+        index = self.split_index(self.cfg.train_split)
+        if self.cfg.train_shots is None:
+            return index
+        return training_shots(index, self.cfg.train_shots, self.cfg.train_shots_seed)
+
     @property
     def test_index(self) -> DatasetIndex:
         return self.split_index(self.cfg.test_split)
@@ -162,16 +172,17 @@ class AnomalyDataModule(L.LightningDataModule):
         return ImageMaskTransform(self.transform_spec(train))
 
     def _dataset(self, split: str, train: bool) -> AnomalyDataset:
+        index = self.train_index if train else self.split_index(split)
         if train and self.augmentation is not None:
             return AugmentedDataset(
-                self.split_index(split),
+                index,
                 self._transform(train),
                 categories=self.categories,
                 augmentation=self.augmentation,
                 seed=self.seed,
             )
         return AnomalyDataset(
-            self.split_index(split),
+            index,
             self._transform(train),
             categories=self.categories,
             with_regions=not train,
@@ -198,7 +209,7 @@ class AnomalyDataModule(L.LightningDataModule):
     def train_fingerprint(self) -> dict[str, Any]:
         """The training split's files (:mod:`datamodules.fingerprint`), computed once: what a run's
         checkpoints record and a resume compares, and part of the feature cache's key."""
-        return index_fingerprint(self.split_index(self.cfg.train_split))
+        return index_fingerprint(self.train_index)
 
     @functools.cached_property
     def test_fingerprint_summary(self) -> dict[str, Any]:
@@ -209,12 +220,13 @@ class AnomalyDataModule(L.LightningDataModule):
     def train_cache_identity(self) -> dict:
         """What of the data changes cached training features: dataset, root, split, categories, transform,
         and the training files themselves (their fingerprint's digest: other images, other features)."""
-        index = self.split_index(self.cfg.train_split)
+        index = self.train_index
         return {
             "dataset": self.cfg.name,
             "root": str(index.root),
             "options": dict(getattr(self.cfg, "options", None) or {}),
             "split": self.cfg.train_split,
+            "train_shots": [self.cfg.train_shots, self.cfg.train_shots_seed],
             "categories": list(self.categories),
             "n_images": len(index.records),
             "files": self.train_fingerprint["digest"],

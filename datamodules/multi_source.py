@@ -156,7 +156,7 @@ class MultiSourceDataModule(L.LightningDataModule):
         """Each source's full index or training split, shared category ids qualified by the source."""
         shared = self._shared_categories
         return [
-            _qualified(p.split_index(p.cfg.train_split) if train else p.full_index, key, shared)
+            _qualified(p.train_index if train else p.full_index, key, shared)
             for p, key in zip(self.parts, self.keys, strict=True)
         ]
 
@@ -203,11 +203,16 @@ class MultiSourceDataModule(L.LightningDataModule):
             )
         return domains.pop()
 
-    def split_index(self, split: str) -> DatasetIndex:
-        """The sources' own training splits (each source's ``train_split``) whatever ``split`` says: a
-        multi-source set exists for training only."""
+    @functools.cached_property
+    def train_index(self) -> DatasetIndex:
+        """The sources' training splits (each source's ``train_split``, or its ``train_shots`` draw) as one
+        index."""
         records = [r for index in self._indexes(train=True) for r in index.records]
         return dataclasses.replace(self.full_index, records=records)
+
+    def split_index(self, split: str) -> DatasetIndex:
+        """:attr:`train_index` whatever ``split`` says: a multi-source set exists for training only."""
+        return self.train_index
 
     def train_dataset(self) -> CombinedTrainingSet:
         """Each source's training split with its transform and, when its method has one there, its

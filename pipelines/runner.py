@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info
 
+from datamodules.config import DataConfig
 from datamodules.datamodule import AnomalyDataModule
 from datamodules.errors import ConfigError
 from datamodules.multi_source import MultiSourceDataModule
@@ -364,12 +365,21 @@ def _target_keys(cfg: ExperimentConfig) -> list[str]:
     ]
 
 
+def _source_record(source: DataConfig) -> dict[str, Any]:
+    """What results.json says of one training source; a few-shot training set adds its draw's settings (its
+    files are in the checkpoint's fingerprint)."""
+    record: dict[str, Any] = {"dataset": source.name, "root": source.root, "split": source.train_split}
+    if source.train_shots is not None:
+        record.update(train_shots=source.train_shots, train_shots_seed=source.train_shots_seed)
+    return record
+
+
 def _results_header(cfg: ExperimentConfig, run_dir: Path, checkpoint: Path | None) -> dict[str, Any]:
     return {
         "experiment": cfg.name,
         "method": cfg.method.name,
         "source": source_label(cfg),  # "mvtec", or "mvtec+colondb" for several sources
-        "sources": [{"dataset": s.name, "root": s.root, "split": s.train_split} for s in source_configs(cfg)],
+        "sources": [_source_record(s) for s in source_configs(cfg)],
         "seed": cfg.seed,
         "run_dir": str(run_dir),
         "checkpoint": str(checkpoint) if checkpoint else None,

@@ -62,12 +62,12 @@ class CMGModule(ZeroShotModule):
         return self.texts.batch_texts(batch["image_path"], batch["category_id"])
 
     def _training_texts(self, datamodule: Any) -> list[str]:
-        records = datamodule.split_index(datamodule.cfg.train_split).records
+        records = datamodule.train_index.records
         return [self.texts.text(r.image_path, r.category) for r in records]
 
     def _check_training_data(self, datamodule: Any) -> None:
         """Catch silent fallbacks: a captions file whose paths match nothing, flips that CMER cannot see."""
-        records = datamodule.split_index(datamodule.cfg.train_split).records
+        records = datamodule.train_index.records
         if self.cfg.captions_file:
             captioned = sum(self.texts.caption(r.image_path) is not None for r in records)
             if captioned == 0:
