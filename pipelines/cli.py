@@ -142,6 +142,7 @@ def _report_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         compare=tuple(args.compare) if args.compare else None,
         baseline=args.baseline,
+        layout=args.layout,
     )
     print(outcome.markdown)
     files = [outcome.markdown_path, outcome.csv_path, outcome.html_path]
@@ -348,6 +349,13 @@ def build_parser(command: Sequence[str] | None = None) -> argparse.ArgumentParse
         "by label; every metric recomputed exactly from the maps the runs saved with eval.save_maps=true)",
     )
     report.add_argument("--seed", type=int, default=0, help="seed of the --bootstrap draws (default 0)")
+    report.add_argument(
+        "--layout",
+        default="anomalyclip",
+        choices=["anomalyclip", "adaptclip", "full"],
+        help="the tables' metrics: anomalyclip (image AUROC, AP; pixel AUROC, AUPRO), adaptclip (image AUROC; "
+        "pixel AUPR first, AUROC), full (image AUROC, AP, F1-max; pixel AUROC, AP, AUPRO)",
+    )
     report.add_argument(
         "--compare",
         nargs=2,

@@ -32,6 +32,7 @@ from pipelines.report_grouping import (
     metric_value,
 )
 from pipelines.report_tables import (
+    DEFAULT_LAYOUT,
     MEAN_ROW,
     Intervals,
     Table,
@@ -247,9 +248,11 @@ def build_report(
     seed: int = 0,
     compare: tuple[str, str] | None = None,
     baseline: str | None = None,
+    layout: str = DEFAULT_LAYOUT,
 ) -> Report:
     """``baseline``: a run folder or an experiment name whose setting every other cell is compared with
-    (e.g. the CMG ablation against ``cmg_baseline``)."""
+    (e.g. the CMG ablation against ``cmg_baseline``); ``layout``: the tables' metrics
+    (:data:`pipelines.report_tables.LAYOUTS`)."""
     from pipelines.report_html import render_html
 
     run_dirs, default_out, wandb_group = _collect_run_dirs(inputs)
@@ -284,7 +287,9 @@ def build_report(
         extra_html.append(paragraph(about))
         grouping.notes += found.notes
         if settings is not None:
-            metrics = tuple(dict.fromkeys(m for _, ms, _ in table_specs(reference, grouping) for m in ms))
+            metrics = tuple(
+                dict.fromkeys(m for _, ms, _ in table_specs(reference, grouping, layout) for m in ms)
+            )
             comparisons = paired(grouping, found, *settings, metrics)
             title, about, header, lines = _comparison_rows(comparisons, *settings, found.n_resamples)
             extra += [
@@ -297,8 +302,8 @@ def build_report(
             ]
             extra += ["| " + " | ".join(line) + " |" for line in lines] + [""]
             extra_html += comparison_html(title, about, header, lines)
-    tables = dataset_tables(grouping, reference, intervals, base)
-    per_category = category_tables(grouping, reference, intervals, base)
+    tables = dataset_tables(grouping, reference, intervals, base, layout)
+    per_category = category_tables(grouping, reference, intervals, base, layout)
     markdown = _markdown(grouping, len(runs), tables, per_category, reference, group_by, extra, base)
     rows = _csv_rows(grouping, intervals)
     csv_text = _csv_text(rows)

@@ -33,7 +33,9 @@ PREAMBLE = r"""\documentclass{article}
 METRIC_NAMES = {
     "image_auroc": "AUROC",
     "image_ap": "AP",
+    "image_f1_max": "F1-max",
     "pixel_auroc": "AUROC",
+    "pixel_ap": "AP",
     "aupro": "AUPRO",
     "aupro_cflow": "AUPRO (cflow-style)",
 }

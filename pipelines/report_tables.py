@@ -18,10 +18,24 @@ from lightning_modules.registry import get_method
 if TYPE_CHECKING:
     from pipelines.report_grouping import Grouping, RunRecord
 
-TABLES = (
-    ("image level (AUROC, AP)", ("image_auroc", "image_ap")),
-    ("pixel level (AUROC, AUPRO)", ("pixel_auroc", "aupro")),
-)
+#: ``--layout``: the metrics of the two tables as the papers print them. ``anomalyclip``: AnomalyCLIP's and
+#: most zero-shot papers' pairs; ``adaptclip``: AdaptCLIP's, whose papers report pixel AUPR (zsad's pixel AP)
+#: as the segmentation metric, first, beside pixel AUROC (their README tables); ``full``: every metric.
+LAYOUTS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "anomalyclip": (
+        ("image level (AUROC, AP)", ("image_auroc", "image_ap")),
+        ("pixel level (AUROC, AUPRO)", ("pixel_auroc", "aupro")),
+    ),
+    "adaptclip": (
+        ("image level (AUROC)", ("image_auroc",)),
+        ("pixel level (AUPR, AUROC)", ("pixel_ap", "pixel_auroc")),
+    ),
+    "full": (
+        ("image level (AUROC, AP, F1-max)", ("image_auroc", "image_ap", "image_f1_max")),
+        ("pixel level (AUROC, AP, AUPRO)", ("pixel_auroc", "pixel_ap", "aupro")),
+    ),
+}
+DEFAULT_LAYOUT = "anomalyclip"
 CFLOW_AUPRO = "aupro_cflow"
 MEAN_ROW = "mean"  # a per-category table's last row: the dataset's category mean, as in results.csv
 #: (row, column, category or None for the category mean, metric) -> (low, high): bootstrap intervals.
@@ -79,26 +93,39 @@ def stat_text(stat: Stat) -> str:
     return text
 
 
-def table_specs(reference: bool, grouping: Grouping) -> list[tuple[str, tuple[str, ...], str | None]]:
-    """(title, metrics, note). With --reference the pixel table shows the papers' cflow AUPRO."""
+def table_specs(
+    reference: bool, grouping: Grouping, layout: str = DEFAULT_LAYOUT
+) -> list[tuple[str, tuple[str, ...], str | None]]:
+    """(title, metrics, note) of each table of ``layout``. With --reference a table's AUPRO is the papers'
+    cflow-style one where the runs recorded it, else a note says the two are not comparable."""
+    if layout not in LAYOUTS:
+        raise ZsadError(f"unknown report layout '{layout}'; known: {', '.join(LAYOUTS)}")
+    tables = LAYOUTS[layout]
     if not reference:
-        return [(title, metrics, None) for title, metrics in TABLES]
-    has_cflow = any(c.values(CFLOW_AUPRO) for c in grouping.cells.values())
-    if has_cflow:
+        return [(title, metrics, None) for title, metrics in tables]
+    if any(c.values(CFLOW_AUPRO) for c in grouping.cells.values()):
         note = (
             "AUPRO here is the 200-threshold cflow-style AUPRO of the public ZSAD code (`aupro_cflow`), the "
             "one the papers report, so it is comparable with the published rows; the exact AUPRO is in report.csv."
         )
         return [
-            (*TABLES[0], None),
-            ("pixel level (AUROC, AUPRO cflow-style)", ("pixel_auroc", CFLOW_AUPRO), note),
+            (
+                (
+                    title.replace("AUPRO", "AUPRO cflow-style"),
+                    tuple(CFLOW_AUPRO if m == "aupro" else m for m in metrics),
+                    note,
+                )
+                if "aupro" in metrics
+                else (title, metrics, None)
+            )
+            for title, metrics in tables
         ]
     note = (
         "AUPRO here is zsad's exact AUPRO; the published AUPRO (marked *) is the papers' 200-threshold "
         "cflow-style AUPRO, which these runs did not record (no `aupro_cflow`): the two are NOT comparable. "
         "Runs of this zsad version record `aupro_cflow` beside `aupro`: evaluate again to compare."
     )
-    return [(TABLES[0][0], TABLES[0][1], None), (TABLES[1][0], TABLES[1][1], note)]
+    return [(title, metrics, note if "aupro" in metrics else None) for title, metrics in tables]
 
 
 def row_dataset(row: str, grouping: Grouping) -> str:
@@ -180,12 +207,16 @@ def _row(
 
 
 def dataset_tables(
-    grouping: Grouping, reference: bool, intervals: Intervals | None = None, baseline: str | None = None
+    grouping: Grouping,
+    reference: bool,
+    intervals: Intervals | None = None,
+    baseline: str | None = None,
+    layout: str = DEFAULT_LAYOUT,
 ) -> list[Table]:
-    """The datasets x settings tables (category means), with the published numbers under --reference and
-    the differences to the ``baseline`` column with --baseline."""
+    """The datasets x settings tables (category means) of ``layout``, with the published numbers under
+    --reference and the differences to the ``baseline`` column with --baseline."""
     tables = []
-    for title, metrics, note in table_specs(reference, grouping):
+    for title, metrics, note in table_specs(reference, grouping, layout):
         rows = [_row(grouping, r, r, None, metrics, intervals or {}) for r in grouping.rows]
         if reference:
             for row in rows:
@@ -207,7 +238,11 @@ def _index(grouping: Grouping, column: str | None) -> int | None:
 
 
 def category_tables(
-    grouping: Grouping, reference: bool, intervals: Intervals | None = None, baseline: str | None = None
+    grouping: Grouping,
+    reference: bool,
+    intervals: Intervals | None = None,
+    baseline: str | None = None,
+    layout: str = DEFAULT_LAYOUT,
 ) -> list[tuple[str, list[Table]]]:
     """Per dataset row with more than one category: (row, its categories x settings tables, the category
     mean as the last row), the metric pairs of :func:`dataset_tables`."""
@@ -219,7 +254,7 @@ def category_tables(
         if len(categories) < 2:
             continue
         tables = []
-        for title, metrics, _ in table_specs(reference, grouping):
+        for title, metrics, _ in table_specs(reference, grouping, layout):
             rows = [_row(grouping, row, c, c, metrics, intervals or {}) for c in categories]
             rows.append(_row(grouping, row, MEAN_ROW, None, metrics, intervals or {}))
             rows[-1].dataset = ""  # the published numbers belong to the dataset tables

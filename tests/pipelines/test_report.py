@@ -241,6 +241,54 @@ def test_reference_compares_the_cflow_aupro_or_says_it_cannot(tmp_path):
     assert get_method("vand").published.results["isic"] == {"pixel_auroc": 0.894, "aupro": 0.772}
 
 
+def test_layouts_choose_the_tables_metrics_in_the_papers_order(tmp_path):
+    runs = tmp_path / "runs"
+    run = make_run(runs, "r", [], 0.9, aupro_cflow=0.8)
+    results = json.loads((run / "results.json").read_text())
+    target = results["targets"]["synthetic"]
+    target["mean"].update(pixel_ap=0.3, image_f1_max=0.7)
+    results["targets"] = {"mvtec": {**target, "dataset": "mvtec"}}
+    (run / "results.json").write_text(json.dumps(results))
+
+    def report(layout, reference=False):
+        out = tmp_path / f"{layout}-{reference}"
+        return build_report(
+            [str(runs)], out=str(out), reference=reference, wandb_mode="disabled", layout=layout
+        )
+
+    adapt = report("adaptclip")
+    assert "## image level (AUROC)" in adapt.markdown and "| mvtec | 90.0 (n=1) |" in adapt.markdown
+    assert (
+        "## pixel level (AUPR, AUROC)" in adapt.markdown and "| mvtec | 30.0, 50.0 (n=1) |" in adapt.markdown
+    )
+    assert "AUPRO" not in adapt.markdown.split("## pixel level")[1].split("##")[0]
+    full = report("full", reference=True)  # the papers' cflow AUPRO replaces the exact one under --reference
+    assert (
+        "## image level (AUROC, AP, F1-max)" in full.markdown
+        and "| mvtec | 90.0, 45.0, 70.0 (n=1) |" in full.markdown
+    )
+    assert "## pixel level (AUROC, AP, AUPRO cflow-style)" in full.markdown
+    assert "| mvtec | 50.0, 30.0, 80.0 (n=1) |" in full.markdown
+    assert "| mvtec (published) | 91.1, -, 81.4 |" in full.markdown  # AnomalyCLIP's paper: no pixel AP
+    assert "## image level (AUROC, AP)" in report("anomalyclip").markdown
+    with pytest.raises(ZsadError, match="unknown report layout 'paper'; known: anomalyclip, adaptclip, full"):
+        report("paper")
+
+
+def test_the_cli_offers_every_layout(capsys):
+    from pipelines.cli import build_parser
+    from pipelines.report_tables import LAYOUTS
+
+    parser = build_parser(["report"])
+    assert parser.parse_args(["report", "runs"]).layout == "anomalyclip"
+    assert [parser.parse_args(["report", "runs", "--layout", name]).layout for name in LAYOUTS] == list(
+        LAYOUTS
+    )
+    with pytest.raises(SystemExit):
+        parser.parse_args(["report", "runs", "--layout", "paper"])
+    assert "invalid choice: 'paper'" in capsys.readouterr().err
+
+
 def test_cli_writes_markdown_csv_and_a_self_contained_html_page(tmp_path, sigma_sweep, capsys, monkeypatch):
     from pipelines import report_curves
 
