@@ -323,9 +323,13 @@ def parity_inputs(
     root = (write or _mvtec_layout)(folder)
     if pixels_fingerprint(root) != str(fixture["pixels_fingerprint"]):
         raise AssertionError("the generated images differ from the fixture's: rerun the parity script")
-    np.testing.assert_allclose(
-        weights_fingerprint(state_dict), fixture["weights_fingerprint"], rtol=1e-12, atol=1e-12
-    )
+    actual, expected = weights_fingerprint(state_dict), fixture["weights_fingerprint"]
+    # Equal weights up to float32 rounding of their random init: a vectorised erfinv or exp (timm's
+    # trunc_normal_) rounds its last bit differently on another instruction set (AVX2 / AVX-512), moving a
+    # tensor's sum by ~1e-8 of its sum of |x|; other weights (another seed, shape or init) move it by far more.
+    scale = np.maximum(np.abs(expected[:, 1:]), 1e-12)
+    if actual.shape != expected.shape or (np.abs(actual - expected) > 1e-6 * scale).any():
+        raise AssertionError("the parity weights differ from the fixture's: rerun the parity script")
     return root
 
 

@@ -107,7 +107,11 @@ def test_predictions_equal_the_evaluation_and_follow_the_runs_thresholds(evaluat
     low, high = min(m.min() for m in maps.values()), max(m.max() for m in maps.values())
     assert record["overlay_range"]["low"] == low and record["overlay_range"]["high"] == high
     assert record["overlay_range"]["from_maps"] and "min and max of all 7" in record["overlay_range"]["rule"]
-    assert record["warnings"] == []  # the inputs are ring images, as the thresholds' category
+    # the inputs are ring images, as the thresholds' category: no warning but the one the labels imply (the
+    # random model's F1-optimal threshold of 7 images can be their lowest score, on some CPUs' rounding)
+    all_anomalous = all(int(r["label"]) == 1 for r in rows)
+    expected = ["all 7 images are labelled anomalous: every score is >= the image threshold"] * all_anomalous
+    assert [w.split(" (")[0].rsplit(" ", 1)[0] for w in record["warnings"]] == expected
     for name, anomaly_map in maps.items():
         image = load_image_rgb(str(target / "ring" / "test" / f"{name}.png"))
         drawn = np.asarray(Image.open(out / "overlays" / f"{name}.png"))

@@ -19,6 +19,14 @@ import parity_adaclip as pa  # noqa: E402
 import parity_support as ps  # noqa: E402
 
 
+# The fixture was written on one CPU; float32 sums round differently on another instruction set (AVX2,
+# AVX-512), and the prompts' float16 rounding (their .half()) turns a last-bit difference into a float16 step:
+# 1.3e-5 measured on an AVX-512 machine against a fixture written elsewhere. The negative controls below move
+# the maps by > 1e-3 and the loss by > 1e-2.
+MAPS_ACROSS_CPUS = 5e-5
+METRICS_ACROSS_CPUS = 1e-5  # zsad's metrics of its own maps: ties of map values within the maps' noise
+
+
 @pytest.fixture(scope="module")
 def fixture() -> dict[str, np.ndarray]:
     return ps.load_fixture(pa.FIXTURE)
@@ -51,23 +59,24 @@ def test_inputs_are_the_same_files_and_masks(fixture, ours):
 )
 def test_features_maps_and_scores_match_the_authors(fixture, ours, name):
     assert ours[name].shape == fixture[name].shape
-    assert ps.max_abs_delta(fixture[name], ours[name]) <= 1e-5, name
+    assert ps.max_abs_delta(fixture[name], ours[name]) <= MAPS_ACROSS_CPUS, name
 
 
 def test_metrics_match_the_authors(fixture, ours):
     """Their table (sklearn; pixel and image AUROC, F1-max, AP per class) from zsad's maps and scores, and
     zsad's AUPROs on their maps against zsad's on its own."""
-    assert ps.max_abs_delta(fixture["metrics"], ours["metrics"]) <= 1e-6
+    assert ps.max_abs_delta(fixture["metrics"], ours["metrics"]) <= METRICS_ACROSS_CPUS
     assert ours["aupro_names"].tolist() == fixture["aupro_names"].tolist()
-    assert ps.max_abs_delta(fixture["aupro"], ours["aupro"]) <= 1e-6
+    assert ps.max_abs_delta(fixture["aupro"], ours["aupro"]) <= METRICS_ACROSS_CPUS
 
 
 def gradients_agree(official: dict[str, np.ndarray], ours: dict[str, np.ndarray]) -> bool:
     """Prompt gradients within 1e-3 of each tensor's largest (two float16 steps: their ``.half()`` rounds
     each prompt copy's gradient, and copies that differ by 1e-7 can round apart), the linear heads' within
-    5e-5 of it."""
+    3e-4 of it (5e-5 on the fixture's CPU; 1.1e-4 on another instruction set, the prompts' float16 steps
+    reaching the heads' inputs)."""
     for name, value in official.items():
-        bound = 1e-3 if "static" in name or "dynamic" in name else 5e-5
+        bound = 1e-3 if "static" in name or "dynamic" in name else 3e-4
         if np.abs(value - ours[name]).max() > bound * np.abs(value).max():
             return False
     return True
@@ -75,14 +84,16 @@ def gradients_agree(official: dict[str, np.ndarray], ours: dict[str, np.ndarray]
 
 def test_training_step_matches_the_authors(fixture, ours, module):
     """The first step: loss, every gradient (float16 rounding of the prompts as theirs) and every parameter
-    after AdamW (lr, betas, weight decay 0.01: its effect, 2e-5 here, is above the tolerance)."""
-    assert ps.max_abs_delta(fixture["step0_loss"], ours["step0_loss"]) <= 1e-5
+    after AdamW (lr, betas, weight decay 0.01: its effect, 2e-5 here, is above the tolerance; the step of a
+    component whose gradient is near AdamW's eps moves with the gradient's last bits: 2.5e-6 across CPUs)."""
+    loss = fixture["step0_loss"]
+    assert ps.max_abs_delta(loss, ours["step0_loss"]) <= 1e-5 * max(1.0, abs(float(loss)))
     theirs = pa.step_tensors(fixture, module, "grad", 0)
     mine = pa.step_tensors(ours, module, "grad", 0)
     assert sorted(theirs) == sorted(mine)
     assert gradients_agree(theirs, mine)
     theirs, mine = pa.step_tensors(fixture, module, "param", 0), pa.step_tensors(ours, module, "param", 0)
-    assert max(ps.max_abs_delta(theirs[k], mine[k]) for k in theirs) <= 1e-6
+    assert max(ps.max_abs_delta(theirs[k], mine[k]) for k in theirs) <= 1e-5
 
 
 def test_later_steps_stay_within_adamw_sensitivity(fixture, ours):

@@ -39,7 +39,8 @@ def ours(root) -> dict[str, np.ndarray]:
 def test_scoring_pieces_match_the_authors_functions(fixture):
     ours = pm.zsad_unit_outputs()
     for name in (k for k in fixture if k.startswith("unit_")):
-        np.testing.assert_allclose(ours[name], fixture[name], atol=1e-6, rtol=0, err_msg=name)
+        # float32 pieces: 1e-6, relative where a value is large (RsCIN's 7.7: last bits differ between CPUs)
+        np.testing.assert_allclose(ours[name], fixture[name], atol=1e-6, rtol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("divide_num", pm.DIVIDE_NUMS)
