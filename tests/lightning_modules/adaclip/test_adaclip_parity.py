@@ -18,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
 import parity_adaclip as pa  # noqa: E402
 import parity_support as ps  # noqa: E402
 
-
 # The fixture was written on one CPU; float32 sums round differently on another instruction set (AVX2,
 # AVX-512), and the prompts' float16 rounding (their .half()) turns a last-bit difference into a float16 step:
 # 1.3e-5 measured on an AVX-512 machine against a fixture written elsewhere. The negative controls below move
