@@ -71,6 +71,10 @@ def test_a_two_node_sweep_trains_as_one_node_and_evaluates_as_one_process(
     # the port this process's DDP runs below meet at, in the submitting environment too (as it is after any
     # earlier DDP run in this process): the job must not inherit it, or its processes meet these
     monkeypatch.setenv("MASTER_PORT", str(find_free_network_port()))
+    # one torch thread per process on both sides (the job inherits it; Lightning keeps a set value): CPU float
+    # sums are split by thread, and with SLURM's unbound tasks each node's process would take both cores,
+    # the local DDP processes one each, and their last bits differ (~1e-7) on some CPUs
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     path = write_sweep(tmp_path, *synthetic_pair, seeds=[5], name="two_nodes", extra=extra)
     cfg, _ = sweep.load_sweep(path)
     (run,) = sweep.expand(cfg)
