@@ -67,10 +67,24 @@ def dataset_protocol(cfg: MuScConfig, dataset: str) -> dict[str, Any]:
 
 def preprocessing(cfg: MuScConfig, dataset: str | None) -> Any:
     """Their dataset converts to RGB, then open_clip's val transform (Resize((S, S), BICUBIC) on the PIL
-    image); masks resized bilinearly and truncated to int (:data:`AUTHORS_MASK_THRESHOLD`)."""
+    image, OpenAI's mean/std); with a DINO / DINOv2 backbone (no CLIP transform) their own: Resize((S, S))
+    (PIL bilinear), CenterCrop(S), ImageNet mean/std (datasets/mvtec.py). Masks resized bilinearly and
+    truncated to int (:data:`AUTHORS_MASK_THRESHOLD`)."""
     from datamodules.transforms import ImagePreprocessing
 
+    if cfg.backbone_family != "clip":
+        return ImagePreprocessing(
+            rgb_before_resize=True,
+            interpolation="bilinear",
+            normalization="imagenet",
+            mask_threshold=AUTHORS_MASK_THRESHOLD,
+        )
     return ImagePreprocessing(rgb_before_resize=True, mask_threshold=AUTHORS_MASK_THRESHOLD)
+
+
+def image_size(cfg: MuScConfig) -> int:
+    """The chosen backbone's input size (``backbone.image_size`` or ``dino.image_size``)."""
+    return cfg.input_size
 
 
 MUSC = MethodSpec(
@@ -82,6 +96,7 @@ MUSC = MethodSpec(
     trains=False,
     needs="nothing to train on (the target category's unlabeled test images, all at once)",
     preprocessing=preprocessing,
+    image_size=image_size,
     dataset_protocol=dataset_protocol,
     protocols=(TRANSDUCTIVE,),
     published=PUBLISHED,
