@@ -28,6 +28,12 @@ What is changed on the official side, and why (no number changes):
   ``vit_base``, at width 32);
 - their class list is the generated categories; CUDA is hidden (CPU, float32; their autocast is CUDA-only).
 
+A full-size check besides (printed only): their vendored ViT-B/14 (DINOv2, built as the hub's
+``dinov2_vitb14``) and ViT-B/16 (DINO, their ``vit_base``) with seeded random weights, saved in Meta's
+checkpoint format and read by zsad's encoder from that file through timm's ``checkpoint_filter_fn`` (as
+``dino.pretrained=/path/to/dinov2_vitb14_pretrain.pth`` does), tokens of layers 2 5 8 11 and the class token at
+336 / 256 px.
+
 The weights: the tiny ViTs' seeded random init (``torch.manual_seed(WEIGHTS_SEED)``), LayerScale gammas in
 0.5..1.5, the position embedding scaled by 10 (timm's init, 1e-5 and 0.02, would leave the blocks and the
 positions nearly unused, and the interpolation untested) and the attention's qkv weights by 20 (sharp
@@ -236,7 +242,71 @@ def official_outputs(official: Path, root: Path, weights_file: Path) -> dict[str
         result[f"{tag}_maps"] = np.concatenate(record["maps"])
         result[f"{tag}_labels"] = np.concatenate(record["labels"])
         result[f"{tag}_metrics"] = np.asarray(record["metrics"], dtype=np.float64)
-    return result
+    return result | official_full_size(weights_file.parent)
+
+
+# Full-size check (printed, not in the fixture): their vendored ViT-B/14 (DINOv2, as the hub's dinov2_vitb14)
+# and ViT-B/16 (DINO, their vit_base) with seeded random weights saved in Meta's checkpoint format, read by
+# zsad's encoder from that file (timm's checkpoint filter), at their scripts' sizes and layers 2 5 8 11
+FULL_SIZE = {
+    "v2": ("dinov2_vitb14_pretrain.pth", "vit_base_patch14_dinov2", 336),
+    "v1": ("dino_vitbase16_pretrain.pth", "vit_base_patch16_224", 256),
+}
+FULL_LAYERS = [2, 5, 8, 11]
+
+
+def full_size_input(size: int) -> torch.Tensor:
+    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(ps.WEIGHTS_SEED))
+
+
+def official_full_size(folder: Path) -> dict[str, np.ndarray]:
+    import models.backbone.dino_vision_transformer as dino_vits
+    import models.backbone.vision_transformer as vits
+
+    out: dict[str, np.ndarray] = {}
+    for tag, (file, _, size) in FULL_SIZE.items():
+        torch.manual_seed(ps.WEIGHTS_SEED)
+        if tag == "v2":
+            model = dino_vits.vit_base(patch_size=14, img_size=518, init_values=1.0, block_chunks=0)
+        else:
+            model = vits.vit_base(patch_size=16, num_classes=0)
+        state = model.state_dict()
+        generator = torch.Generator().manual_seed(ps.WEIGHTS_SEED)
+        for name, value in state.items():
+            if name.endswith("gamma"):
+                state[name] = torch.rand(value.shape, generator=generator)
+            if name == "pos_embed":
+                state[name] = value + torch.randn(value.shape, generator=generator)
+        model.load_state_dict(state)
+        torch.save(state, folder / file)
+        x = full_size_input(size)
+        with torch.no_grad():
+            if tag == "v2":
+                tokens = model.eval().get_intermediate_layers(x, n=FULL_LAYERS)
+            else:
+                every = model.eval().get_intermediate_layers(x, n=max(FULL_LAYERS) + 1)
+                tokens = [every[layer][:, 1:] for layer in FULL_LAYERS]
+            out[f"full_{tag}_tokens"] = torch.stack(list(tokens)).numpy()
+            out[f"full_{tag}_class"] = model(x).numpy()
+    return out
+
+
+def zsad_full_size(folder: Path) -> dict[str, np.ndarray]:
+    from lightning_modules.dino.config import DinoBackboneConfig
+    from lightning_modules.dino.encoder import DinoEncoder
+    from lightning_modules.musc.features import dino_blocks
+
+    out: dict[str, np.ndarray] = {}
+    for tag, (file, name, size) in FULL_SIZE.items():
+        cfg = DinoBackboneConfig(
+            name=name, pretrained=str(folder / file), image_size=size, interpolate_offset=0.1
+        )
+        encoder = DinoEncoder(cfg)
+        blocks = dino_blocks("dinov2" if tag == "v2" else "dino", FULL_LAYERS, encoder.depth)
+        tokens, class_token = encoder.layer_tokens(full_size_input(size), blocks)
+        out[f"full_{tag}_tokens"] = torch.stack([t[:, 1:] for t in tokens]).numpy()
+        out[f"full_{tag}_class"] = class_token.numpy()
+    return out
 
 
 COMPARED = ("images", "masks", "tokens", "embeddings", "maps", "scores", "metrics")
@@ -270,6 +340,9 @@ def main() -> None:
                 f"{m} {v:.6f}" for m, v in zip(pm.METRICS, theirs[f"{tag}_metrics"][c], strict=True)
             )
             print(f"  authors, {tag}, {category}: {values}")
+    full = zsad_full_size(root.parent)
+    for name in sorted(full):
+        deltas[name] = ps.print_delta(name.replace("_", " "), theirs[name], full[name])
     if args.write_fixture:
         stored: dict[str, Any] = {}
         for tag in RUNS:

@@ -108,8 +108,9 @@ def create_dino(cfg: DinoBackboneConfig) -> VisionTransformer:
     if cfg.name in TINY_MODELS:
         model = TINY_MODELS[cfg.name]()
     elif cfg.name in timm.list_models():
-        # as anomalib's TimmFeatureExtractor: timm's default (518 px) position embedding, dynamic input size
-        model = timm.create_model(cfg.name, pretrained=False, dynamic_img_size=True)
+        # as anomalib's TimmFeatureExtractor: timm's default (518 px) position embedding, dynamic input size;
+        # no classifier head (DINO's weights have none; timm's default for vit_base_patch16_224 has one)
+        model = timm.create_model(cfg.name, pretrained=False, dynamic_img_size=True, num_classes=0)
     else:
         raise ZsadError(
             f"unknown DINO architecture '{cfg.name}'; known include {', '.join(TINY_MODELS)}, "
