@@ -98,3 +98,28 @@ def test_the_checkpoint_identity_names_the_chosen_backbone():
     cfg = dino_config()
     identity = MuScModule(cfg).checkpoint_identity()
     assert identity["backbone_family"] == "dinov2" and identity["backbone"]["name"] == TINY_DINO
+
+
+def test_the_backbone_sweep_runs_compose_and_its_dino_rows_have_the_readmes_numbers():
+    from lightning_modules.musc.spec import AUTHORS_DINO_BACKBONES, BACKBONE_STUDY, backbone_study
+    from pipelines import sweep
+    from pipelines.config import compose, to_object
+
+    cfg, _ = sweep.load_sweep("musc_backbones")
+    runs = sweep.expand(cfg)
+    assert sweep.invalid_runs(cfg, runs) == []
+    timm_names = {(v[1], v[0]): k for k, v in AUTHORS_DINO_BACKBONES.items()}
+    studied = set()
+    for run in runs:
+        method = to_object(compose(run.experiment, list(run.overrides))).method
+        if method.backbone_family == "clip":
+            continue
+        name = timm_names[(method.dino.name, method.backbone_family)]
+        studied.add((name, method.dino.image_size))
+        assert method.dino.interpolate_offset == 0.1
+        assert method.feature_layers == ([2, 5, 8, 11] if "vitl" not in name else [5, 11, 17, 23])
+    assert studied == set(BACKBONE_STUDY)
+    numbers = backbone_study("dinov2_vitl14", 518).results
+    assert numbers["mvtec"]["image_auroc"] == pytest.approx(0.9708) and numbers["btad"][
+        "aupro"
+    ] == pytest.approx(0.8247)
