@@ -123,3 +123,28 @@ def test_the_backbone_sweep_runs_compose_and_its_dino_rows_have_the_readmes_numb
     assert numbers["mvtec"]["image_auroc"] == pytest.approx(0.9708) and numbers["btad"][
         "aupro"
     ] == pytest.approx(0.8247)
+
+
+def test_zsad_run_with_the_tiny_dinov2_config(tmp_path, synthetic_pair):
+    """End to end (`zsad run`): the DINOv2 family's input size and preprocessing reach the datamodule and
+    results.json, and every category gets its metrics."""
+    import json
+
+    from baselines_support import write_method_experiment
+
+    from pipelines.cli import main
+
+    _, target = synthetic_pair
+    experiment = write_method_experiment(tmp_path, "musc_dinov2_tiny", None, target)
+    run_dir = tmp_path / "run"
+    args = ["run", str(experiment), "logger.wandb.mode=disabled", "trainer.enable_progress_bar=false"]
+    assert main([*args, "eval.visualize=false", f"run_dir={run_dir}"]) == 0
+    results = json.loads((run_dir / "results.json").read_text())["targets"]["synthetic"]
+    assert results["image_size"] == 112
+    assert (results["preprocessing"]["interpolation"], results["preprocessing"]["normalization"]) == (
+        "bilinear",
+        "imagenet",
+    )
+    assert set(results["categories"]) == {"ring", "cells"}
+    for metrics in results["categories"].values():
+        assert 0.0 <= metrics["image_auroc"] <= 1.0 and 0.0 <= metrics["pixel_auroc"] <= 1.0
