@@ -1,4 +1,5 @@
-"""MuSc as plain torch on a frozen CLIP: features of one image batch at a time, scores of a whole set.
+"""MuSc as plain torch on a frozen backbone (CLIP, DINO or DINOv2): features of one image batch at a time,
+scores of a whole set.
 
 - :meth:`MuSc.extract`: the tokens of the configured layers (class token first) and the class embedding of
   each image, from the configured backbone family (musc/features.py: CLIP, DINO or DINOv2);
