@@ -1,7 +1,8 @@
 """MuSc parity with DINOv2 and DINO backbones: the authors' examples/musc_main.py and zsad on the same seeded
 random-weight tiny ViTs and image files.
 
-    python benchmarks/parity_musc_dino.py --official /tmp/MuSc --official-env /tmp/musc-env [--write-fixture]
+    python benchmarks/parity_musc_dino.py --official /tmp/MuSc --official-env /tmp/musc-env \
+        [--dinov2-hub /tmp/dinov2] [--write-fixture]
 
 As benchmarks/parity_musc.py (the CLIP rows; the same checkout, environment and generated images), but their
 ``--backbone_name`` is ``dinov2_vitb14`` or ``dino_vitbase16``: their ``models/musc.py`` then loads the model
@@ -20,12 +21,15 @@ extraction. Runs, each with divide_num 1 and their RsCIN k_list of mvtec_ad (1, 
 
 What is changed on the official side, and why (no number changes):
 
-- ``_backbones.load`` returns the tiny model built from **their vendored code** with the parity weights:
-  DINOv2 from ``models/backbone/dino_vision_transformer.py`` (``DinoVisionTransformer`` with
-  ``block_chunks=0``, as the torch-hub ``dinov2_vit*14`` builders: the hub code itself is downloaded at run
+- ``_backbones.load`` returns the tiny model built from the authors' model code with the parity weights:
+  DINOv2 from their vendored ``models/backbone/dino_vision_transformer.py`` (``DinoVisionTransformer`` with
+  ``block_chunks=0``, as the torch-hub ``dinov2_vit*14`` builders; the hub code itself is downloaded at run
   time; the vendored copy has the same ``interpolate_pos_encoding``, ``get_intermediate_layers`` and
   ``forward``), DINO from ``models/backbone/vision_transformer.py`` (``VisionTransformer`` as their
   ``vit_base``, at width 32);
+- with ``--dinov2-hub CHECKOUT`` (of facebookresearch/dinov2) the DINOv2 model is built from that checkout's
+  ``dinov2/models/vision_transformer.py`` with the hub builders' arguments instead: the code their
+  ``torch.hub.load`` runs (nothing is downloaded here);
 - their class list is the generated categories; CUDA is hidden (CPU, float32; their autocast is CUDA-only).
 
 A full-size check besides (printed only): their vendored ViT-B/14 (DINOv2, built as the hub's
@@ -67,6 +71,8 @@ RUNS = {
     "v1last": ("dino_vitbase16", "dino", "zsad-tiny-dino", 128, [0]),
 }
 MAP_SAMPLES = np.s_[:, ::8, ::8]
+# --dinov2-hub reaches the official side (a subprocess) through this environment variable
+HUB_VARIABLE = "ZSAD_PARITY_DINOV2_HUB"
 TOKEN_IMAGES = 4  # the fixture keeps the first images' patch tokens of every layer
 
 
@@ -140,7 +146,20 @@ def official_model(tiny: str, state: dict[str, torch.Tensor]) -> torch.nn.Module
     """The tiny ViT built from their vendored code, as the builder their ``_backbones.load`` reaches."""
     import functools
 
-    if tiny == "zsad-tiny-dinov2":
+    hub = os.environ.get(HUB_VARIABLE)
+    if tiny == "zsad-tiny-dinov2" and hub:
+        # the code their torch.hub.load('facebookresearch/dinov2', name) runs: dinov2/hub/backbones.py's
+        # _make_dinov2_model arguments (torch.hub puts the repository first on sys.path, as here)
+        sys.path.insert(0, hub)
+        from dinov2.models.vision_transformer import DinoVisionTransformer
+
+        model = DinoVisionTransformer(
+            img_size=518, patch_size=14, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4,
+            init_values=1e-5, ffn_layer="mlp", block_chunks=0, num_register_tokens=0,
+            interpolate_antialias=False, interpolate_offset=0.1,
+        )  # fmt: skip
+        state = {**state, "mask_token": model.mask_token.detach().clone()}
+    elif tiny == "zsad-tiny-dinov2":
         import models.backbone.dino_vision_transformer as dino_vits
 
         model = dino_vits.DinoVisionTransformer(
@@ -317,9 +336,17 @@ def main() -> None:
         __doc__,
         "checkout of xrli-U/MuSc",
         "PYTHONPATH entries for the official side (scikit-image, openpyxl)",
+        lambda parser: parser.add_argument(
+            "--dinov2-hub",
+            type=Path,
+            help="checkout of facebookresearch/dinov2: the DINOv2 runs build the model from it (the code their "
+            "torch.hub.load runs) instead of their vendored copy",
+        ),
     )
     if ps.serve_official_side(args, official_outputs):
         return
+    if args.dinov2_hub:
+        os.environ[HUB_VARIABLE] = str(args.dinov2_hub.resolve())
     weights = state_dict()
     root, ours, theirs = ps.zsad_then_official(
         args, __file__, zsad_outputs, weights, (args.official_env,), write=pm.write_images
