@@ -133,26 +133,32 @@ def zsad_metrics(scores, labels, maps, masks) -> list[float]:
     ]
 
 
-def zsad_outputs(root: Path, cfg=None) -> dict[str, np.ndarray]:
+def zsad_outputs(
+    root: Path, cfg=None, model=None, divide_nums: tuple[int, ...] | None = None
+) -> dict[str, np.ndarray]:
     """zsad on the files under ``root``, per divide_num: inputs, tokens, maps, scores, metrics per category,
-    in the order of the authors' loop (category, then subset, then defect type and file)."""
+    in the order of the authors' loop (category, then subset, then defect type and file). ``model``: a
+    built ``MuSc`` for ``cfg`` (None: on the parity CLIP); ``divide_nums``: None: :data:`DIVIDE_NUMS`, or
+    ``cfg.divide_num`` where it is not 1."""
     from datamodules import AnomalyDataModule, DataConfig
     from lightning_modules.musc.model import MuSc, divide_subsets
     from lightning_modules.musc.spec import preprocessing
 
-    ps.register_parity_model(ZSAD_MODEL)
-    clip, tokenizer = ps.parity_clip(state_dict(), name=ZSAD_MODEL)
     cfg = cfg or zsad_config()
-    model = MuSc(cfg, clip, tokenizer)
+    if model is None:
+        ps.register_parity_model(ZSAD_MODEL)
+        clip, tokenizer = ps.parity_clip(state_dict(), name=ZSAD_MODEL)
+        model = MuSc(cfg, clip, tokenizer)
+    size = cfg.input_size
     data = AnomalyDataModule(
         DataConfig(
             name="synthetic", root=str(root), num_workers=0, eval_batch_size=4
         ),  # musc.yaml batch_size
-        IMAGE_SIZE,
+        size,
         preprocessing(cfg, "synthetic"),
     )
     batches: dict[str, list] = {k: [] for k in ("images", "masks", "labels", "category_ids", "embeddings")}
-    layers: list[list[torch.Tensor]] = [[] for _ in FEATURE_LAYERS]
+    layers: list[list[torch.Tensor]] = [[] for _ in cfg.feature_layers]
     paths: list[str] = []
     for batch in data.test_dataloader():
         tokens, embeddings = model.extract(batch["image"])
@@ -170,7 +176,9 @@ def zsad_outputs(root: Path, cfg=None) -> dict[str, np.ndarray]:
     every = {k: torch.cat(v) for k, v in batches.items()}
     tokens = [torch.cat(t) for t in layers]
     result: dict[str, Any] = {"categories": np.array(data.categories)}
-    for divide_num in (cfg.divide_num,) if cfg.divide_num != 1 else DIVIDE_NUMS:
+    if divide_nums is None:
+        divide_nums = (cfg.divide_num,) if cfg.divide_num != 1 else DIVIDE_NUMS
+    for divide_num in divide_nums:
         order, scores, maps, rows = [], [], [], []
         for c in range(len(data.categories)):
             members = sorted(np.flatnonzero(every["category_ids"].numpy() == c), key=lambda i: paths[i])
@@ -182,7 +190,7 @@ def zsad_outputs(root: Path, cfg=None) -> dict[str, np.ndarray]:
                 [t[index] for t in tokens],
                 every["embeddings"][index],
                 subsets,
-                (IMAGE_SIZE, IMAGE_SIZE),
+                (size, size),
                 K_LIST,
             )
             # the authors' order: subset after subset
@@ -200,6 +208,7 @@ def zsad_outputs(root: Path, cfg=None) -> dict[str, np.ndarray]:
         result[f"{tag}_images"] = every["images"][order_t].numpy()
         result[f"{tag}_masks"] = every["masks"][order_t].numpy().astype(np.int32)
         result[f"{tag}_tokens"] = tokens[0][order_t].numpy()
+        result[f"{tag}_layer_tokens"] = np.stack([t[order_t].numpy() for t in tokens])
         result[f"{tag}_embeddings"] = every["embeddings"][order_t].numpy()
     return result
 

@@ -7,8 +7,9 @@ import dataclasses
 
 @dataclasses.dataclass
 class DinoBackboneConfig:
-    # A timm DINO/DINOv2 architecture ("vit_small_patch14_dinov2", "vit_base_patch14_dinov2", ...) or
-    # "zsad-tiny-dinov2" (2 blocks of width 32, patch 14: random weights only, for tests and the demo).
+    # A timm DINO/DINOv2 architecture ("vit_small_patch14_dinov2", "vit_base_patch14_dinov2", ...; DINO v1:
+    # "vit_base_patch16_224", "vit_base_patch8_224" with the tag "dino") or "zsad-tiny-dinov2" /
+    # "zsad-tiny-dino" (2 blocks of width 32, patch 14 / 16: random weights only, for tests and the demo).
     name: str = "vit_small_patch14_dinov2"
     # Where the weights come from, never downloaded: a timm pretrained tag ("lvd142m") whose file is in the
     # Hugging Face cache, a local file (timm's safetensors/bin, or Meta's dinov2_vits14_pretrain.pth), or null
@@ -19,4 +20,9 @@ class DinoBackboneConfig:
     # false: without antialiasing, as anomalib's TimmFeatureExtractor forces (for ONNX export); true: timm's
     # default.
     pos_embed_antialias: bool = False
+    # null: the position embedding is resampled to the input's grid by size (timm, anomalib). A number: DINO's
+    # and DINOv2's own ``interpolate_pos_encoding`` (their "historical kludge", ``interpolate_offset`` 0.1):
+    # F.interpolate with scale_factor (grid + offset) / native grid, which samples slightly other positions;
+    # nothing at the native grid (their early return). MuSc's DINO backbones use 0.1, as the authors' models.
+    interpolate_offset: float | None = None
     cache_dir: str | None = None  # the Hugging Face hub cache to look in (None: its default)

@@ -9,6 +9,7 @@ put the weights.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import timm
@@ -23,6 +24,7 @@ from lightning_modules.clip.factory import RANDOM_WEIGHTS
 from lightning_modules.dino.config import DinoBackboneConfig
 
 TINY_DINO = "zsad-tiny-dinov2"  # random weights only: tests and the demo
+TINY_DINO_V1 = "zsad-tiny-dino"  # DINO (v1)'s architecture, random weights only: tests
 WEIGHT_FILES = (".pth", ".pt", ".bin", ".safetensors")
 
 
@@ -41,11 +43,28 @@ def tiny_dino() -> VisionTransformer:
     )
 
 
+def tiny_dino_v1() -> VisionTransformer:
+    """DINO (v1)'s ViT (class token, no LayerScale, patch 16, a 14 x 14 position embedding for 224 px, as
+    Meta's ``vit_base(patch_size=16)``) at width 32 with 2 blocks: random weights, for tests."""
+    return VisionTransformer(
+        img_size=224,
+        patch_size=16,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=0,
+        dynamic_img_size=True,
+    )
+
+
+TINY_MODELS = {TINY_DINO: tiny_dino, TINY_DINO_V1: tiny_dino_v1}
+
+
 def _hint(name: str, what: str) -> str:
     cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME", "~/.cache/huggingface") + "/hub"
     return (
         f"DINO weights {what} are not available offline: download them where you have internet (e.g. Meta's "
-        f"dinov2_vits14_pretrain.pth, or timm's {name} model.safetensors) and set "
+        f"dinov2_vits14_pretrain.pth or dino_vitbase16_pretrain.pth, or timm's {name} model.safetensors) and set "
         f"method.backbone.pretrained=/path/to/file (or put them into the Hugging Face cache {cache})"
     )
 
@@ -63,8 +82,8 @@ def weights_file(cfg: DinoBackboneConfig) -> Path | None:
                 "to a pretrained tag such as 'lvd142m' whose weights are in your Hugging Face cache"
             )
         return path
-    if cfg.name == TINY_DINO:
-        raise ZsadError(f"'{TINY_DINO}' has random weights only: set method.backbone.pretrained=null")
+    if cfg.name in TINY_MODELS:
+        raise ZsadError(f"'{cfg.name}' has random weights only: set method.backbone.pretrained=null")
     try:
         pretrained_cfg = timm.models.get_pretrained_cfg(f"{cfg.name}.{pretrained}", allow_unregistered=False)
     except RuntimeError:
@@ -86,15 +105,17 @@ def weights_file(cfg: DinoBackboneConfig) -> Path | None:
 def create_dino(cfg: DinoBackboneConfig) -> VisionTransformer:
     """The architecture with its weights, in eval mode, every parameter frozen."""
     path = weights_file(cfg)  # before allocating a large random model
-    if cfg.name == TINY_DINO:
-        model = tiny_dino()
+    if cfg.name in TINY_MODELS:
+        model = TINY_MODELS[cfg.name]()
     elif cfg.name in timm.list_models():
-        # as anomalib's TimmFeatureExtractor: timm's default (518 px) position embedding, dynamic input size
-        model = timm.create_model(cfg.name, pretrained=False, dynamic_img_size=True)
+        # as anomalib's TimmFeatureExtractor: timm's default (518 px) position embedding, dynamic input size;
+        # no classifier head (DINO's weights have none; timm's default for vit_base_patch16_224 has one)
+        model = timm.create_model(cfg.name, pretrained=False, dynamic_img_size=True, num_classes=0)
     else:
         raise ZsadError(
-            f"unknown DINO architecture '{cfg.name}'; known include {TINY_DINO}, vit_small_patch14_dinov2, "
-            "vit_base_patch14_dinov2 (timm.list_models('*dino*'))"
+            f"unknown DINO architecture '{cfg.name}'; known include {', '.join(TINY_MODELS)}, "
+            "vit_small_patch14_dinov2, vit_base_patch14_dinov2, vit_base_patch16_224 (timm.list_models('*dino*'), "
+            "timm.list_pretrained('*.dino'))"
         )
     if not isinstance(model, VisionTransformer):
         raise ZsadError(f"'{cfg.name}' is not a timm VisionTransformer: pick a DINO/DINOv2 ViT")
@@ -112,7 +133,8 @@ class DinoEncoder(nn.Module):
 
     The input is centre-cropped to a multiple of the patch size (:meth:`crop`); the position embedding is
     resampled once to the grid of ``image_size`` (``pos_embed_antialias``), which is what timm's dynamic-size
-    forward does on every call.
+    forward does on every call, or as DINO's own code does (``interpolate_offset``). :meth:`layer_tokens`
+    gives the normalised tokens of any blocks (MuSc).
     """
 
     def __init__(self, cfg: DinoBackboneConfig, model: VisionTransformer | None = None) -> None:
@@ -130,13 +152,18 @@ class DinoEncoder(nn.Module):
         vit = self.vit
         old = vit.patch_embed.grid_size
         prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
-        pos_embed = resample_abs_pos_embed(
-            vit.pos_embed.detach(),
-            new_size=(self.grid, self.grid),
-            old_size=old,
-            num_prefix_tokens=prefix,
-            antialias=self.cfg.pos_embed_antialias,
-        )
+        if self.cfg.interpolate_offset is not None:
+            pos_embed = offset_resample(
+                vit.pos_embed.detach(), self.grid, tuple(old), prefix, self.cfg.interpolate_offset
+            )
+        else:
+            pos_embed = resample_abs_pos_embed(
+                vit.pos_embed.detach(),
+                new_size=(self.grid, self.grid),
+                old_size=old,
+                num_prefix_tokens=prefix,
+                antialias=self.cfg.pos_embed_antialias,
+            )
         vit.patch_embed.set_input_size(img_size=(size, size))
         vit.pos_embed = nn.Parameter(pos_embed, requires_grad=False)
 
@@ -171,6 +198,52 @@ class DinoEncoder(nn.Module):
             intermediates_only=True,
         )
         return tokens
+
+    @torch.no_grad()
+    def layer_tokens(
+        self, images: torch.Tensor, blocks: Sequence[int]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``([B, 1 + h*w, D] per 0-based block of blocks, [B, D])``: each block's output after the final
+        LayerNorm, class token first (register tokens dropped), as DINO's and DINOv2's
+        ``get_intermediate_layers`` (``norm=True``); and the last block's normalised class token, their
+        ``forward`` (``x_norm_clstoken``). ``images`` must already be of ``image_size``."""
+        if images.shape[-2:] != (self.grid * self.patch_size,) * 2:
+            raise ZsadError(
+                f"images of {tuple(images.shape[-2:])} px: the backbone takes {self.grid * self.patch_size} px"
+            )
+        vit = self.vit
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
+        wanted, taken = set(blocks), {}
+        for i, block in enumerate(vit.blocks):
+            x = block(x)
+            if i in wanted:
+                taken[i] = vit.norm(x)
+        missing = sorted(wanted - set(taken))
+        if missing:
+            raise ZsadError(f"blocks {missing} are not among the {self.depth} of {self.cfg.name}")
+        start = vit.num_prefix_tokens
+        tokens = [torch.cat([taken[b][:, :1], taken[b][:, start:]], dim=1) for b in blocks]
+        return tokens, vit.norm(x)[:, 0]
+
+
+def offset_resample(
+    pos_embed: torch.Tensor, grid: int, old: tuple[int, int], prefix: int, offset: float
+) -> torch.Tensor:
+    """DINO's and DINOv2's ``interpolate_pos_encoding`` (facebookresearch/dino and dinov2
+    ``vision_transformer.py``): the ``[1, prefix + h*w, C]`` embedding's grid resampled bicubically (no
+    antialiasing) with ``scale_factor`` (grid + offset) / old grid, in float32, unchanged at the native grid."""
+    if (grid, grid) == old:
+        return pos_embed
+    h, w = old
+    dtype = pos_embed.dtype
+    patches = pos_embed[:, prefix:].float().reshape(1, h, w, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(
+        patches, scale_factor=((grid + offset) / h, (grid + offset) / w), mode="bicubic", antialias=False
+    )
+    if patches.shape[-2:] != (grid, grid):
+        raise ZsadError(f"position embedding of {old} resampled to {tuple(patches.shape[-2:])}, not {grid}")
+    patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)
+    return torch.cat([pos_embed[:, :prefix].float(), patches], dim=1).to(dtype)
 
 
 def pad_back(maps: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:

@@ -1,7 +1,8 @@
-"""MuSc as plain torch on a frozen CLIP: features of one image batch at a time, scores of a whole set.
+"""MuSc as plain torch on a frozen backbone (CLIP, DINO or DINOv2): features of one image batch at a time,
+scores of a whole set.
 
-- :meth:`MuSc.extract`: the residual stream after the configured blocks (class token first) and the
-  L2-normalised CLIP image embedding of each image;
+- :meth:`MuSc.extract`: the tokens of the configured layers (class token first) and the class embedding of
+  each image, from the configured backbone family (musc/features.py: CLIP, DINO or DINOv2);
 - :meth:`MuSc.score_category`: for each LNAMD degree ``r`` and each layer, MSM within each subset of the
   category (:func:`divide_subsets`); the mean over layers, then over degrees, bilinearly upsampled
   (align_corners=True) in float64; image score = max of the map, re-scored by RsCIN over the category.
@@ -19,9 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from datamodules.errors import ConfigError, require_choices
-from lightning_modules.clip.factory import authors_activation, clip_with_activation
-from lightning_modules.clip.frozen import FrozenCLIP
-from lightning_modules.musc.config import ACTIVATIONS, MuScConfig
+from lightning_modules.musc.config import BACKBONE_FAMILIES, MuScConfig
+from lightning_modules.musc.features import ClipFeatures, DinoFeatures
 from lightning_modules.musc.scoring import aggregate_neighbourhood, mutual_scores, rescore_images
 
 
@@ -49,30 +49,36 @@ def divide_subsets(defect_types: Sequence[str], divide_num: int, seed: int) -> l
     return subsets
 
 
-class MuSc(FrozenCLIP):
-    def __init__(self, cfg: MuScConfig, clip_model: nn.Module | None = None, tokenizer=None) -> None:
-        require_choices(("activation", cfg.activation, ACTIVATIONS))
-        clip_model, tokenizer, self_activation = clip_with_activation(
-            cfg.backbone,
-            clip_model,
-            tokenizer,
-            lambda model: authors_activation(cfg.activation, cfg.backbone.image_size, model),
-        )
-        super().__init__(cfg.backbone, clip_model, tokenizer)
-        self.cfg = cfg
-        self.activation = self_activation
-        self.blocks = [layer + 1 for layer in cfg.feature_layers]  # the authors' ``features_list``
-        if not self.blocks or min(self.blocks) < 1 or max(self.blocks) > self.vision.depth:
-            raise ConfigError(
-                f"musc feature_layers {cfg.feature_layers} must lie in 0..{self.vision.depth - 1} "
-                f"(0-based blocks of {cfg.backbone.name})"
-            )
+class MuSc(nn.Module):
+    """MuSc on a frozen backbone: ``cfg.backbone_family`` picks CLIP (``clip_model``, ``tokenizer``: a given
+    open_clip model instead of ``cfg.backbone``'s) or DINO / DINOv2 (``dino_model``: a given timm ViT instead
+    of ``cfg.dino``'s)."""
+
+    def __init__(
+        self,
+        cfg: MuScConfig,
+        clip_model: nn.Module | None = None,
+        tokenizer=None,
+        dino_model: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        require_choices(("backbone_family", cfg.backbone_family, BACKBONE_FAMILIES))
         if not cfg.r_list:
             raise ConfigError("musc r_list must name at least one aggregation degree")
+        self.cfg = cfg
+        self.features: ClipFeatures | DinoFeatures = (
+            ClipFeatures(cfg, clip_model, tokenizer)
+            if cfg.backbone_family == "clip"
+            else DinoFeatures(cfg, dino_model)
+        )
+        self.image_size = self.features.image_size
+        self.width = self.features.width
+        self.embedding_dim = self.features.embedding_dim
+        self.n_layers = len(cfg.feature_layers)
 
     @property
     def grid(self) -> tuple[int, int]:
-        return (self.vision.grid, self.vision.grid)
+        return (self.features.grid, self.features.grid)
 
     def autocast(self, device: torch.device):
         """fp16 autocast on CUDA when ``amp`` (the authors' ``torch.cuda.amp.autocast()``), else nothing."""
@@ -80,12 +86,10 @@ class MuSc(FrozenCLIP):
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """``([B, 1 + N, width] per configured layer, L2-normalised image embeddings [B, D])``."""
+        """``([B, 1 + N, width] per configured layer, class embeddings [B, D])`` (musc/features.py)."""
         with self.autocast(images.device):
-            features = self.vision(images, layers=self.blocks)
-            embedding = self.vision.project(features.class_token)
-        embedding = embedding / embedding.norm(dim=-1, keepdim=True)
-        return [features.tokens[b] for b in self.blocks], embedding.float()
+            tokens, embedding = self.features(images)
+        return tokens, embedding.float()
 
     @torch.no_grad()
     def patch_scores(self, layer_tokens: Sequence[torch.Tensor]) -> torch.Tensor:

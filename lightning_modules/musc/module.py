@@ -53,7 +53,11 @@ class MuScModule(ZeroShotModule):
         raise self._no_training()
 
     def checkpoint_identity(self) -> dict[str, Any]:
-        return {"method": self.method_name, "backbone": backbone_identity(self.cfg.backbone)}
+        return {
+            "method": self.method_name,
+            "backbone_family": self.cfg.backbone_family,
+            "backbone": backbone_identity(self.cfg.active_backbone()),
+        }
 
     # --- the transductive pass --------------------------------------------------------------------
     def on_test_epoch_start(self) -> None:
@@ -117,22 +121,22 @@ class MuScModule(ZeroShotModule):
                     self._scored[sample] = (grids[i].cpu(), float(scores[i]))
 
     def _mask_size(self) -> tuple[int, int]:
-        size = self.model.vision.image_size
+        size = self.model.image_size
         return (size, size)
 
     def _gather(self, items: list[tuple[int, list[torch.Tensor], torch.Tensor]]):
         """The category's (sample ids [N], tokens per layer [N, 1 + patches, width], embeddings [N, D]) of every
         process, padding duplicates dropped (the first copy kept)."""
-        layers = len(self.model.blocks)
+        layers = self.model.n_layers
         if items:
             samples = torch.tensor([s for s, _, _ in items], dtype=torch.long)
             tokens = [torch.stack([t[layer] for _, t, _ in items]) for layer in range(layers)]
             embeddings = torch.stack([e for _, _, e in items])
         else:
             samples = torch.zeros(0, dtype=torch.long)
-            shape = (0, self.model.grid[0] * self.model.grid[1] + 1, self.model.vision.width)
+            shape = (0, self.model.grid[0] * self.model.grid[1] + 1, self.model.width)
             tokens = [torch.zeros(shape) for _ in range(layers)]
-            embeddings = torch.zeros(0, self.model.vision.output_dim)
+            embeddings = torch.zeros(0, self.model.embedding_dim)
         if _distributed():
             from torchmetrics.utilities.distributed import gather_all_tensors
 

@@ -49,6 +49,74 @@ PUBLISHED = PublishedNumbers(
 )
 
 
+#: Their README's "Results of different backbones" (github.com/xrli-U/MuSc, the mean rows of each dataset; their
+#: scripts/musc_{mvtec_ad,visa,btad}.sh; every other setting the paper's default) for the DINO / DINOv2 rows of
+#: configs/sweep/musc_backbones.yaml: (their backbone_name, img_resize) -> dataset -> (image AUROC, F1-max,
+#: AP, pixel AUROC, F1-max, AP, cflow AUPRO) in percent.
+BACKBONE_STUDY_SOURCE = "MuSc README (github.com/xrli-U/MuSc), 'Results of different backbones', mean rows"
+BACKBONE_STUDY_METRICS = (
+    "image_auroc",
+    "image_f1_max",
+    "image_ap",
+    "pixel_auroc",
+    "pixel_f1_max",
+    "pixel_ap",
+    "aupro",
+)
+BACKBONE_STUDY: dict[tuple[str, int], dict[str, tuple[float, ...]]] = {
+    ("dino_vitbase16", 256): {
+        "mvtec": (89.39, 93.77, 95.37, 95.83, 54.02, 52.84, 84.24),
+        "visa": (78.21, 80.12, 81.11, 95.74, 36.81, 32.84, 70.21),
+        "btad": (93.63, 95.66, 98.66, 97.55, 52.16, 49.25, 72.86),
+    },
+    ("dino_vitbase16", 512): {
+        "mvtec": (94.11, 96.13, 97.26, 97.78, 62.07, 63.20, 92.49),
+        "visa": (84.11, 83.52, 85.91, 97.74, 42.86, 38.27, 83.00),
+        "btad": (92.38, 92.66, 97.81, 97.44, 53.32, 53.02, 74.91),
+    },
+    ("dinov2_vitb14", 336): {
+        "mvtec": (95.67, 96.80, 97.95, 97.74, 60.23, 59.45, 93.84),
+        "visa": (87.65, 86.24, 88.51, 97.80, 41.68, 37.06, 85.01),
+        "btad": (93.60, 91.65, 97.19, 98.08, 63.28, 65.32, 74.35),
+    },
+    ("dinov2_vitb14", 518): {
+        "mvtec": (96.31, 96.87, 98.32, 98.07, 64.65, 65.31, 95.59),
+        "visa": (90.25, 87.48, 90.86, 98.66, 45.56, 41.23, 91.80),
+        "btad": (94.99, 95.11, 98.55, 98.30, 65.75, 68.89, 80.41),
+    },
+    ("dinov2_vitl14", 336): {
+        "mvtec": (96.84, 97.45, 98.68, 98.17, 61.77, 61.21, 94.62),
+        "visa": (90.18, 88.47, 90.56, 98.38, 43.84, 38.74, 88.38),
+        "btad": (94.15, 92.64, 97.61, 98.19, 63.86, 66.03, 76.33),
+    },
+    ("dinov2_vitl14", 518): {
+        "mvtec": (97.08, 97.13, 98.82, 98.34, 66.15, 67.39, 96.16),
+        "visa": (91.73, 89.20, 92.27, 98.78, 47.12, 42.79, 92.40),
+        "btad": (95.62, 95.40, 98.76, 98.40, 65.88, 69.90, 82.47),
+    },
+}
+#: zsad's timm architecture of each of their DINO / DINOv2 backbone names (Meta's weights: timm's tags
+#: ``dino`` / ``lvd142m``, or Meta's own ``<name>_pretrain.pth`` files)
+AUTHORS_DINO_BACKBONES = {
+    "dino_vitbase16": ("dino", "vit_base_patch16_224", "dino"),
+    "dino_vitbase8": ("dino", "vit_base_patch8_224", "dino"),
+    "dinov2_vitb14": ("dinov2", "vit_base_patch14_dinov2", "lvd142m"),
+    "dinov2_vitl14": ("dinov2", "vit_large_patch14_dinov2", "lvd142m"),
+}
+
+
+def backbone_study(name: str, size: int) -> PublishedNumbers:
+    """The README's numbers of their backbone ``name`` at ``size`` px (:data:`BACKBONE_STUDY`), as fractions."""
+    rows = BACKBONE_STUDY[(name, size)]
+    return PublishedNumbers(
+        f"{BACKBONE_STUDY_SOURCE}: {name} at {size} px",
+        {
+            d: {m: v / 100 for m, v in zip(BACKBONE_STUDY_METRICS, row, strict=True)}
+            for d, row in rows.items()
+        },
+    )
+
+
 def build_module(cfg: MuScConfig, eval_cfg: Any) -> Any:
     from lightning_modules.musc.module import MuScModule
 
@@ -67,10 +135,24 @@ def dataset_protocol(cfg: MuScConfig, dataset: str) -> dict[str, Any]:
 
 def preprocessing(cfg: MuScConfig, dataset: str | None) -> Any:
     """Their dataset converts to RGB, then open_clip's val transform (Resize((S, S), BICUBIC) on the PIL
-    image); masks resized bilinearly and truncated to int (:data:`AUTHORS_MASK_THRESHOLD`)."""
+    image, OpenAI's mean/std); with a DINO / DINOv2 backbone (no CLIP transform) their own: Resize((S, S))
+    (PIL bilinear), CenterCrop(S), ImageNet mean/std (datasets/mvtec.py). Masks resized bilinearly and
+    truncated to int (:data:`AUTHORS_MASK_THRESHOLD`)."""
     from datamodules.transforms import ImagePreprocessing
 
+    if cfg.backbone_family != "clip":
+        return ImagePreprocessing(
+            rgb_before_resize=True,
+            interpolation="bilinear",
+            normalization="imagenet",
+            mask_threshold=AUTHORS_MASK_THRESHOLD,
+        )
     return ImagePreprocessing(rgb_before_resize=True, mask_threshold=AUTHORS_MASK_THRESHOLD)
+
+
+def image_size(cfg: MuScConfig) -> int:
+    """The chosen backbone's input size (``backbone.image_size`` or ``dino.image_size``)."""
+    return cfg.input_size
 
 
 MUSC = MethodSpec(
@@ -82,6 +164,7 @@ MUSC = MethodSpec(
     trains=False,
     needs="nothing to train on (the target category's unlabeled test images, all at once)",
     preprocessing=preprocessing,
+    image_size=image_size,
     dataset_protocol=dataset_protocol,
     protocols=(TRANSDUCTIVE,),
     published=PUBLISHED,
