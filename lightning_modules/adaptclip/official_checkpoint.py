@@ -29,7 +29,7 @@ _IGNORED = re.compile(r"token_(prefix|suffix)_(pos|neg)")
 _HEAD = re.compile(r"(local|global)_adapter\.(\d+)\.(.+)")
 
 
-def _textual(
+def textual_state(
     module: ZeroShotModule, entries: dict[str, torch.Tensor], source: str
 ) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
@@ -57,7 +57,7 @@ def _textual(
     return state
 
 
-def _visual(entries: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+def visual_state(entries: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     state = {}
     for key, tensor in entries.items():
         name = key.replace("local_adater.", "local_adapter.", 1)
@@ -67,7 +67,9 @@ def _visual(entries: dict[str, torch.Tensor], source: str) -> dict[str, torch.Te
     return state
 
 
-def _pq(module: ZeroShotModule, entries: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+def pq_state(
+    module: ZeroShotModule, entries: dict[str, torch.Tensor], source: str
+) -> dict[str, torch.Tensor]:
     share = module.cfg.pq_share_heads
     state: dict[str, torch.Tensor] = {}
     for key, tensor in entries.items():
@@ -96,8 +98,8 @@ def zsad_state_dict(
         for key in ("textual_learner", "visual_learner", "pq_learner")
     }
     state = (
-        _textual(module, parts["textual_learner"], source)
-        | _visual(parts["visual_learner"], source)
-        | _pq(module, parts["pq_learner"], source)
+        textual_state(module, parts["textual_learner"], source)
+        | visual_state(parts["visual_learner"], source)
+        | pq_state(module, parts["pq_learner"], source)
     )
     return checked_official_state(module, state, source, FORMAT)

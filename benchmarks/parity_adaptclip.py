@@ -1,0 +1,543 @@
+"""AdaptCLIP parity: the authors' train() and test() and zsad on the same tiny random-weight CLIP and files.
+
+    python benchmarks/parity_adaptclip.py --official /tmp/AdaptCLIP --official-env /tmp/adaptclip-env [--write-fixture]
+
+``--official`` is a checkout of gaobb/AdaptCLIP; ``--official-env`` holds what their modules import beyond
+zsad's environment (``pip install --target /tmp/adaptclip-env einops==0.7.0 tabulate==0.9.0``, their
+requirements.txt versions). Nothing is fetched.
+
+The official side (a subprocess) runs their ``train.train(args)`` for one epoch of one batch (all eight test
+images of the parity set, one prompt image each: their ``--k_shots 1`` default) and their ``test.test(args)``
+at ``--k_shots 0`` and ``1`` on the checkpoint it saved, with the arguments of their scripts
+(``--features_list 6 12 18 24 --n_ctx 12 --vl_reduction 4 --pq_context``, three adapters, seed 10, sigma 4,
+``average_mean`` fusion), in float32 on the CPU. It records the adapters as built (their initialisation
+after ``setup_seed(10)``), every gradient of the Adam step, the saved ``epoch_1.pth`` and, per test run, the
+maps and image scores their loop hands its evaluator. zsad then loads the initial adapters through its
+reader of their checkpoint format, takes the same step (loss, gradients, parameters and BatchNorm
+statistics after Adam) and evaluates their trained checkpoint zero-shot and 1-shot.
+
+Shims on the official side, none changing a number:
+
+- their repository has no ``dataset.py`` and no ``tools.py`` (both imported by train.py and test.py):
+  ``tools.get_transform`` is **reconstructed** as AnomalyCLIP's (bicubic resize, center crop, OpenAI mean and
+  std; masks bilinear, ``> 0.5``), ``setup_seed`` seeds random / numpy / torch, ``get_logger`` is a plain
+  logger, ``Evaluator`` records what the loop hands it (zsad's evaluator computes the metrics of both sides);
+  ``Dataset`` / ``PromptDataset`` read the MVTec layout (masks ``> 0``), the training prompt of a sample is
+  the normal training image of its category (the parity set has one: zsad's ``train_prompts:
+  normal_train`` draws the same), the test references likewise (zsad's 1-shot draw);
+- ``input_dim = 768`` (ViT-L-14-336's, written out in train.py and test.py) is replaced by the parity model's
+  output width in their source before it is loaded, and ``--pq_mid_dim 32`` keeps the fixture small (both
+  sides; 128 is the default);
+- ``adaptcliplib.load`` builds their ``AdaptCLIP`` with their ``build_model`` from the parity weights (its own
+  path reads OpenAI's archive); ``Tensor.cuda`` is the identity (``label.long().cuda()``, the static texts'
+  ``.cuda()``); ``pkg_resources`` (only ``packaging`` used) is stubbed.
+
+The parity CLIP has 24 vision blocks (their DPAM_layer=20 and the layers 6/12/18/24 are written out too;
+64 wide, one head, 14 px patches), output width 32 and a 4-block text tower, built at 112 px and run at
+154 px (11 x 11 patches: the position embedding is interpolated as at 518 px).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import parity_support as ps  # noqa: E402
+import torch  # noqa: E402
+
+FIXTURE = ps.FIXTURES / "adaptclip.npz"
+MODEL = "zsad-parity-adaptclip"
+EMBED_DIM = 32
+MODEL_CONFIG = {
+    "embed_dim": EMBED_DIM,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 112, "layers": 24, "width": 64, "head_width": 64, "patch_size": 14},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 4},
+}
+IMAGE_SIZE = 154
+SEED = 10
+PQ_MID_DIM = 32
+SHOTS = (0, 1)
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+REPORTED = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
+
+ps.PARITY_MODELS[MODEL] = MODEL_CONFIG
+
+
+def state_dict(seed: int = ps.WEIGHTS_SEED) -> dict[str, torch.Tensor]:
+    return ps.parity_state_dict(seed, MODEL)
+
+
+def zsad_config(**overrides):
+    from lightning_modules.adaptclip import AdaptCLIPConfig
+    from lightning_modules.clip.config import BackboneConfig
+
+    backbone = BackboneConfig(name=MODEL, pretrained=None, image_size=IMAGE_SIZE)
+    return AdaptCLIPConfig(backbone=backbone, pq_mid_dim=PQ_MID_DIM, cache_features=False, **overrides)
+
+
+def zsad_module(cfg=None):
+    from lightning_modules.adaptclip import AdaptCLIP, AdaptCLIPModule
+
+    cfg = cfg or zsad_config()
+    clip, tokenizer = ps.parity_clip(state_dict(), MODEL)
+    return AdaptCLIPModule(cfg, model=AdaptCLIP(cfg, clip, tokenizer))
+
+
+def checkpoint_of(outputs: dict[str, np.ndarray], prefix: str) -> dict[str, dict[str, torch.Tensor]]:
+    """``{"textual_learner": ..., "visual_learner": ..., "pq_learner": ...}`` stored under ``prefix``."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in outputs.items():
+        if key.startswith(prefix):
+            part, name = key[len(prefix) :].split(".", 1)
+            parts.setdefault(part, {})[name] = torch.from_numpy(np.array(value))
+    return parts
+
+
+def zsad_names(module, official: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Their entries (partial sets allowed: gradients) under zsad's names."""
+    from lightning_modules.adaptclip.official_checkpoint import pq_state, textual_state, visual_state
+
+    return (
+        textual_state(module, official.get("textual_learner", {}), "parity")
+        | visual_state(official.get("visual_learner", {}), "parity")
+        | pq_state(module, official.get("pq_learner", {}), "parity")
+    )
+
+
+def zsad_outputs(root: Path, initial, trained, cfg=None) -> dict[str, np.ndarray]:
+    """zsad on the files under ``root``: one training step from their ``initial`` adapters, then zero-shot and
+    1-shot inference with their ``trained`` checkpoint."""
+    from datamodules import AnomalyDataModule, DataConfig
+    from lightning_modules.adaptclip.official_checkpoint import zsad_state_dict
+    from lightning_modules.adaptclip.training_prompts import TrainingPrompts
+    from lightning_modules.registry import get_method
+
+    module = zsad_module(cfg)
+    model = module.model
+    module.load_state_dict(zsad_state_dict(module, initial, "parity initial"), strict=False)
+    data = AnomalyDataModule(
+        DataConfig(name="synthetic", root=str(root), num_workers=0, eval_batch_size=64),
+        IMAGE_SIZE,
+        get_method("adaptclip").preprocessing(module.cfg, "synthetic"),
+        seed=SEED,
+    )
+    batch = next(iter(data.test_dataloader()))
+    images, masks, labels, ids = batch["image"], batch["mask"], batch["label"], batch["category_id"]
+    size = tuple(masks.shape[-2:])
+
+    # one training step (train.py)
+    module.train()
+    prompts = TrainingPrompts(data, module.cfg.train_prompts, module.cfg.train_shots)
+    prompt_images = prompts.images(0, batch["sample_id"], ids)
+    b, s = prompt_images.shape[:2]
+    prompt_tokens = [
+        t.reshape(b, s, *t.shape[1:]) for t in model.encode_images(prompt_images.flatten(0, 1)).tokens
+    ]
+    output = model.scores(model.encode_images(images), size, prompt_tokens)
+    losses = model.loss(output, labels, masks)
+    losses["loss"].backward()
+    grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+    module.configure_optimizers().step()
+    stepped = {
+        k: v.detach().clone() for k, v in module.state_dict().items() if k in module.trainable_state_keys()
+    }
+
+    # test.py with their trained checkpoint
+    module.load_state_dict(zsad_state_dict(module, trained, "parity trained"), strict=False)
+    module.eval()
+    result = {
+        "paths": np.array([str(Path(p).relative_to(root)) for p in batch["image_path"]]),
+        "categories": np.array(list(data.categories)),
+        "category_ids": ids.numpy(),
+        "labels": labels.numpy(),
+        "images": images.numpy(),
+        "masks": (masks > 0.5).float().numpy(),
+        "static_text": model.static_text.numpy(),
+        "loss": losses["loss"].detach().numpy(),
+    }
+    result |= {f"grad/{k}": v.numpy() for k, v in grads.items()}
+    result |= {f"stepped/{k}": v.numpy() for k, v in stepped.items()}
+    draw = data.reference_draws(1, SEED, 1)[0]
+    references = data.reference_images(draw)
+    for shots in SHOTS:
+        model.clear_references()
+        if shots:
+            for category_id, category in enumerate(data.categories):
+                model.set_references(category_id, references.images(category))
+        scores, maps = model.predict(images, ids, size)
+        result[f"scores_{shots}shot"] = scores.numpy()
+        result[f"maps_{shots}shot"] = maps.numpy()
+        metrics = ps.evaluator_metrics(result["categories"], ids, scores, labels, maps, masks > 0.5)
+        result[f"metric_names_{shots}shot"] = np.array(sorted(metrics))
+        result[f"metrics_{shots}shot"] = np.array([metrics[k] for k in sorted(metrics)])
+    result["references"] = np.array(
+        [str(p.relative_to(root)) for c in data.categories for p in draw.paths[c]]
+    )
+    return result
+
+
+# --- the official side ---------------------------------------------------------------------------------
+def _test_images(root: Path) -> list[Path]:
+    return sorted(root.glob("*/test/*/*.png"))
+
+
+def _official_shims(root: Path, recorded: dict) -> None:
+    import packaging.version
+    from PIL import Image
+    from torchvision import transforms
+
+    sys.modules["pkg_resources"] = types.SimpleNamespace(packaging=packaging)
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # CPU: label.long().cuda(), tokens.cuda()
+
+    def get_transform(image_size):
+        """**reconstruction** (tools.py is not public): AnomalyCLIP's utils.get_transform."""
+        size = (image_size, image_size)
+        preprocess = transforms.Compose(
+            [
+                transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
+                transforms.CenterCrop(size),
+                transforms.ToTensor(),
+                transforms.Normalize(mean=OPENAI_MEAN, std=OPENAI_STD),
+            ]
+        )
+        target = transforms.Compose(
+            [transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()]
+        )
+        return preprocess, target
+
+    def setup_seed(seed):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    class Evaluator:
+        def __init__(self, device, metrics, sample_level=False):
+            self.metrics = metrics
+
+        def run(self, results, cls_name, logger):
+            recorded["results"] = results
+            return dict.fromkeys(self.metrics, 0.0)
+
+    categories = sorted({p.parts[-4] for p in _test_images(root)})
+
+    def read(path: Path, transform, target_transform):
+        image = Image.open(path).convert("RGB")
+        defect = path.parent.name
+        if defect == "good":
+            mask = Image.fromarray(np.zeros((image.size[1], image.size[0]), dtype=np.uint8), mode="L")
+        else:
+            gt = path.parents[2] / "ground_truth" / defect / f"{path.stem}_mask.png"
+            mask = Image.fromarray(
+                (np.array(Image.open(gt).convert("L")) > 0).astype(np.uint8) * 255, mode="L"
+            )
+        return transform(image), target_transform(mask), int(defect != "good")
+
+    def normal_train(category: str, k: int) -> list[Path]:
+        return sorted((root / category / "train" / "good").glob("*.png"))[:k]
+
+    class Dataset(torch.utils.data.Dataset):
+        def __init__(
+            self,
+            root,
+            transform,
+            target_transform,
+            dataset_name,
+            k_shots,
+            save_dir,
+            mode,
+            seed,
+            class_name=None,
+        ):
+            self.transform, self.target_transform, self.k_shots, self.mode = (
+                transform,
+                target_transform,
+                k_shots,
+                mode,
+            )
+            self.files = _test_images(Path(root))
+            self.obj_list, self.view_list = categories, [""]
+
+        def __len__(self):
+            return len(self.files)
+
+        def __getitem__(self, index):
+            path = self.files[index]
+            image, mask, anomaly = read(path, self.transform, self.target_transform)
+            category = path.parts[-4]
+            item = {
+                "img": image,
+                "img_mask": mask,
+                "anomaly": anomaly,
+                "cls_name": category,
+                "cls_id": categories.index(category),
+                "sample_id": index,
+                "img_path": str(path),
+                "view_id": "",
+            }
+            if self.mode == "train":
+                prompts = [
+                    read(p, self.transform, self.target_transform)[0]
+                    for p in normal_train(category, self.k_shots)
+                ]
+                item["prompt_img"] = torch.stack(prompts)
+            return item
+
+    class PromptDataset(Dataset):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.files = [p for c in categories for p in normal_train(c, self.k_shots)]
+
+        def __getitem__(self, index):
+            path = self.files[index]
+            image, mask, _ = read(path, self.transform, self.target_transform)
+            return {"img": image, "img_mask": mask, "cls_name": path.parts[-4], "view_id": ""}
+
+    tools = types.ModuleType("tools")
+    tools.get_transform, tools.setup_seed, tools.Evaluator = get_transform, setup_seed, Evaluator
+    tools.get_logger = lambda save_path, log_file: logging.getLogger("adaptclip-parity")
+    tools.normalize = tools.visualizer = None
+    dataset = types.ModuleType("dataset")
+    dataset.Dataset, dataset.PromptDataset = Dataset, PromptDataset
+    sys.modules["tools"], sys.modules["dataset"] = tools, dataset
+
+
+def _load_script(official: Path, name: str) -> types.ModuleType:
+    """Their train.py / test.py with ViT-L's written-out output width replaced by the parity model's."""
+    source = (official / f"{name}.py").read_text()
+    assert source.count("input_dim = 768") >= 1, name
+    module = types.ModuleType(f"adaptclip_{name}")
+    module.__file__ = str(official / f"{name}.py")
+    exec(
+        compile(source.replace("input_dim = 768", f"input_dim = {EMBED_DIM}"), module.__file__, "exec"),
+        module.__dict__,
+    )
+    return module
+
+
+def _script_torch(**optimizers) -> types.SimpleNamespace:
+    """``torch`` for their scripts: data loaders in the main process (their ``num_workers=4`` would need the
+    shim datasets picklable; the items are the same) and, for train.py, the recording optimizer."""
+
+    def loader(*args, **kwargs):
+        return torch.utils.data.DataLoader(*args, **{**kwargs, "num_workers": 0})
+
+    data = types.SimpleNamespace(**{**vars(torch.utils.data), "DataLoader": loader})
+    utils = types.SimpleNamespace(**{**vars(torch.utils), "data": data})
+    optim = types.SimpleNamespace(**{**vars(torch.optim), **optimizers})
+    return types.SimpleNamespace(**{**vars(torch), "utils": utils, "optim": optim})
+
+
+def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
+    sys.path.insert(0, str(official))
+    recorded: dict = {}
+    _official_shims(root, recorded)
+    import adaptcliplib
+    from adaptcliplib.build_model import build_model
+
+    assert Path(adaptcliplib.__file__).is_relative_to(official), adaptcliplib.__file__
+    adaptcliplib.load = lambda name, device="cpu", **kwargs: (
+        build_model(name, torch.load(weights, weights_only=True)).to(device).float(),
+        None,
+    )
+    train_script, test_script = _load_script(official, "train"), _load_script(official, "test")
+
+    built, initial = {}, {}
+
+    def recording(cls, key):
+        class Recording(cls):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                built[key] = self
+                initial[key] = {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+        return Recording
+
+    for cls, key in (
+        ("TextualAdapter", "textual_learner"),
+        ("VisualAdapter", "visual_learner"),
+        ("PQAdapter", "pq_learner"),
+    ):
+        setattr(train_script, cls, recording(getattr(train_script, cls), key))
+    grads: dict[int, torch.Tensor] = {}
+
+    class RecordingAdam(torch.optim.Adam):
+        def step(self, closure=None):
+            for group in self.param_groups:
+                grads.update({id(p): p.grad.detach().clone() for p in group["params"] if p.grad is not None})
+            return super().step(closure)
+
+    train_script.torch = _script_torch(Adam=RecordingAdam)
+    test_script.torch = _script_torch()
+    work = Path(tempfile.mkdtemp(prefix="adaptclip-official-"))
+    n_images = len(_test_images(root))
+    common = dict(
+        features_list=[6, 12, 18, 24],
+        image_size=IMAGE_SIZE,
+        n_ctx=12,
+        seed=SEED,
+        visual_learner=True,
+        textual_learner=True,
+        pq_learner=True,
+        vl_reduction=4,
+        pq_mid_dim=PQ_MID_DIM,
+        pq_context=True,
+        pretrained_model="ViT-L/14@336px",
+        dataset="mvtec",
+    )
+    train_args = types.SimpleNamespace(
+        train_data_path=str(root), save_path=str(work), epoch=1, learning_rate=0.001, batch_size=n_images,
+        print_freq=1, save_freq=1, k_shots=1, **common,
+    )  # fmt: skip
+    train_script.setup_seed(SEED)
+    train_script.train(train_args)
+    trained = torch.load(work / "epoch_1.pth", weights_only=True)
+    result: dict[str, np.ndarray] = {}
+    for key, module in built.items():
+        result |= {f"initial/{key}.{k}": v.numpy() for k, v in initial[key].items()}
+        result |= {f"trained/{key}.{k}": v.numpy() for k, v in trained[key].items()}
+        result |= {
+            f"grad/{key}.{n}": grads[id(p)].numpy() for n, p in module.named_parameters() if id(p) in grads
+        }
+    result["static_text"] = built["textual_learner"].static_text_features.numpy()
+
+    # the inputs as their loader gives them
+    data = sys.modules["dataset"].Dataset(
+        str(root), *sys.modules["tools"].get_transform(IMAGE_SIZE), "mvtec", 0, "", "test", SEED
+    )
+    items = [data[i] for i in range(len(data))]
+    result["paths"] = np.array([str(Path(it["img_path"]).relative_to(root)) for it in items])
+    result["images"] = torch.stack([it["img"] for it in items]).numpy()
+    masks = torch.stack([it["img_mask"][0] for it in items])
+    result["masks"] = (masks > 0.5).float().numpy()
+    result["labels"] = np.array([it["anomaly"] for it in items])
+    result["cls"] = np.array([it["cls_name"] for it in items])
+
+    for shots in SHOTS:
+        test_args = types.SimpleNamespace(
+            test_data_path=str(root), save_path=str(work), checkpoint_path=str(work / "epoch_1.pth"), batch_size=8,
+            sigma=4, k_shots=shots, eval_metrics=["I-AUROC"], fusion_type="average_mean", class_name=None, **common,
+        )  # fmt: skip
+        test_script.setup_seed(SEED)
+        test_script.test(test_args)
+        results = recorded["results"]
+        paths = [str(Path(p).relative_to(root)) for p in results["query_paths"]]
+        assert paths == result["paths"].tolist(), "their test loader read another order"
+        result[f"scores_{shots}shot"] = results["pr_anomalys"].float().numpy()
+        result[f"maps_{shots}shot"] = results["pr_masks"].float().numpy()
+    return result
+
+
+# --- comparison --------------------------------------------------------------------------------------
+def sampled(theirs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What the fixture keeps: their initial and trained adapters, static texts, scores, every 7th row and
+    column of the maps, every 5th image row/column and the paths, labels and masks' sums."""
+    kept = {k: v for k, v in theirs.items() if k.startswith(("initial/", "trained/"))}
+    kept |= {k: theirs[k] for k in ("static_text", "labels", "cls")}
+    for shots in SHOTS:
+        kept[f"scores_{shots}shot"] = theirs[f"scores_{shots}shot"]
+        kept[f"maps_{shots}shot_sampled"] = theirs[f"maps_{shots}shot"][:, ::7, ::7]
+        kept[f"metric_names_{shots}shot"] = theirs[f"metric_names_{shots}shot"]
+        kept[f"metrics_{shots}shot"] = theirs[f"metrics_{shots}shot"]
+    kept["images_sampled"] = theirs["images"][:, :, ::5, ::5]
+    return kept
+
+
+def official_metrics(theirs: dict[str, np.ndarray], shots: int) -> dict[str, float]:
+    """zsad's evaluator on their maps and scores (their Evaluator module is not public)."""
+    ids = np.array([list(ps.CATEGORIES).index(c) for c in theirs["cls"]])
+    metrics = ps.evaluator_metrics(
+        ps.CATEGORIES,
+        ids,
+        theirs[f"scores_{shots}shot"],
+        theirs["labels"],
+        theirs[f"maps_{shots}shot"],
+        theirs["masks"],
+    )
+    return {k: v for k, v in metrics.items() if k.split("/")[1] in REPORTED}
+
+
+def deltas(theirs: dict[str, np.ndarray], ours: dict[str, np.ndarray]) -> dict[str, float]:
+    """Print and return max |delta| per quantity (their arrays already in zsad's image order)."""
+    out = {}
+    for name in (
+        "images",
+        "masks",
+        "static_text",
+        *(f"{k}_{s}shot" for s in SHOTS for k in ("maps", "scores")),
+    ):
+        out[name] = ps.print_delta(name, theirs[name], ours[name])
+    return out | {
+        "grads": compare_named(theirs, ours, "grad/"),
+        "after_step": compare_named(theirs, ours, "stepped/"),
+    }
+
+
+def compare_named(theirs: dict[str, np.ndarray], ours: dict[str, np.ndarray], kind: str) -> float:
+    """Gradients (``grad/``) or the state after Adam (``stepped/``, theirs: the saved epoch_1.pth)."""
+    module = zsad_module()
+    prefix = "grad/" if kind == "grad/" else "trained/"
+    official = zsad_names(module, checkpoint_of(theirs, prefix))
+    mine = {k.removeprefix(kind): v for k, v in ours.items() if k.startswith(kind)}
+    assert set(official) == set(mine), sorted(set(official) ^ set(mine))[:5]
+    worst = max(float(np.abs(official[k].numpy().astype(np.float64) - mine[k]).max()) for k in official)
+    print(
+        f"  {'gradients' if kind == 'grad/' else 'state after the Adam step'}: max |delta| {worst:.3g} over {len(official)} tensors"
+    )
+    return worst
+
+
+def main() -> None:
+    args = ps.parity_arguments(__doc__, "checkout of gaobb/AdaptCLIP", "PYTHONPATH entries for their imports")
+    if ps.serve_official_side(args, official_outputs):
+        return
+    work = Path(tempfile.mkdtemp(prefix="zsad-parity-adaptclip-"))
+    root = ps.write_parity_images(work / "mvtec")
+    env = tuple(p for p in args.official_env.split(":") if p)
+    theirs = ps.run_official_side(__file__, args.official, root, state_dict(), work, env)
+    ours = zsad_outputs(root, checkpoint_of(theirs, "initial/"), checkpoint_of(theirs, "trained/"))
+    print(f"AdaptCLIP: official ({args.official}) vs zsad, {len(ours['paths'])} images, one training step")
+    order = [list(theirs["paths"]).index(p) for p in ours["paths"]]
+    for name in (
+        "paths",
+        "cls",
+        "labels",
+        "images",
+        "masks",
+        *(f"{k}_{s}shot" for s in SHOTS for k in ("maps", "scores")),
+    ):
+        theirs[name] = theirs[name][order]
+    result = deltas(theirs, ours)
+    for shots in SHOTS:
+        theirs[f"metric_names_{shots}shot"], theirs[f"metrics_{shots}shot"] = (
+            np.array(sorted(m := official_metrics(theirs, shots))),
+            np.array([m[k] for k in sorted(m)]),
+        )
+        mine = dict(
+            zip(
+                ours[f"metric_names_{shots}shot"].tolist(), ours[f"metrics_{shots}shot"].tolist(), strict=True
+            )
+        )
+        keys = sorted(m)
+        result[f"metrics_{shots}shot"] = ps.print_delta(
+            f"metrics {shots}-shot", [m[k] for k in keys], [mine[k] for k in keys]
+        )
+    print(ps.json_line("adaptclip", result))
+    if args.write_fixture:
+        ps.save_fixture(
+            FIXTURE,
+            **ps.input_record(state_dict(), root, ours["paths"], theirs["masks"]),
+            **sampled(theirs),
+        )
+
+
+if __name__ == "__main__":
+    main()
