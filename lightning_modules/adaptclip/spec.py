@@ -6,6 +6,7 @@ from typing import Any
 
 from lightning_modules.adaptclip.config import AdaptCLIPConfig
 from lightning_modules.method_spec import FEW_SHOT, ZERO_SHOT, MethodSpec, cache_settings
+from lightning_modules.published import adaptclip_readme
 
 
 def build_module(cfg: AdaptCLIPConfig, eval_cfg: Any) -> Any:
@@ -32,4 +33,5 @@ ADAPTCLIP = MethodSpec(
     feature_cache=cache_settings,
     official_checkpoint=read_official_checkpoint,
     protocols=(ZERO_SHOT, FEW_SHOT),  # test.py --k_shots 0 / 1 2 4: one model for both
+    published=adaptclip_readme(),
 )
