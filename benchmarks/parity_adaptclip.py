@@ -338,7 +338,36 @@ def _script_torch(**optimizers) -> types.SimpleNamespace:
     return types.SimpleNamespace(**{**vars(torch), "utils": utils, "optim": optim})
 
 
-def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
+def official_args(root: Path, work: Path, train_batch: int, shots: int = 0):
+    """``(train args, test args)`` as their scripts pass them, at the parity size."""
+    common = dict(
+        features_list=[6, 12, 18, 24],
+        image_size=IMAGE_SIZE,
+        n_ctx=12,
+        seed=SEED,
+        visual_learner=True,
+        textual_learner=True,
+        pq_learner=True,
+        vl_reduction=4,
+        pq_mid_dim=PQ_MID_DIM,
+        pq_context=True,
+        pretrained_model="ViT-L/14@336px",
+        dataset="mvtec",
+    )
+    train_args = types.SimpleNamespace(
+        train_data_path=str(root), save_path=str(work), epoch=1, learning_rate=0.001, batch_size=train_batch,
+        print_freq=1, save_freq=1, k_shots=1, **common,
+    )  # fmt: skip
+    test_args = types.SimpleNamespace(
+        test_data_path=str(root), save_path=str(work), checkpoint_path=str(work / "epoch_1.pth"), batch_size=8,
+        sigma=4, k_shots=shots, eval_metrics=["I-AUROC"], fusion_type="average_mean", class_name=None, **common,
+    )  # fmt: skip
+    return train_args, test_args
+
+
+def official_side(official: Path, root: Path, weights: Path) -> types.SimpleNamespace:
+    """Their train.py and test.py loaded with the shims (module docstring); ``built`` / ``initial`` / ``grads``
+    fill as train() runs, ``recorded["results"]`` as test() runs."""
     sys.path.insert(0, str(official))
     recorded: dict = {}
     _official_shims(root, recorded)
@@ -379,26 +408,23 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
 
     train_script.torch = _script_torch(Adam=RecordingAdam)
     test_script.torch = _script_torch()
-    work = Path(tempfile.mkdtemp(prefix="adaptclip-official-"))
-    n_images = len(_test_images(root))
-    common = dict(
-        features_list=[6, 12, 18, 24],
-        image_size=IMAGE_SIZE,
-        n_ctx=12,
-        seed=SEED,
-        visual_learner=True,
-        textual_learner=True,
-        pq_learner=True,
-        vl_reduction=4,
-        pq_mid_dim=PQ_MID_DIM,
-        pq_context=True,
-        pretrained_model="ViT-L/14@336px",
-        dataset="mvtec",
+    return types.SimpleNamespace(
+        train=train_script, test=test_script, recorded=recorded, built=built, initial=initial, grads=grads
     )
-    train_args = types.SimpleNamespace(
-        train_data_path=str(root), save_path=str(work), epoch=1, learning_rate=0.001, batch_size=n_images,
-        print_freq=1, save_freq=1, k_shots=1, **common,
-    )  # fmt: skip
+
+
+def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
+    side = official_side(official, root, weights)
+    train_script, test_script, built, initial, grads = (
+        side.train,
+        side.test,
+        side.built,
+        side.initial,
+        side.grads,
+    )
+    recorded = side.recorded
+    work = Path(tempfile.mkdtemp(prefix="adaptclip-official-"))
+    train_args, _ = official_args(root, work, len(_test_images(root)))
     train_script.setup_seed(SEED)
     train_script.train(train_args)
     trained = torch.load(work / "epoch_1.pth", weights_only=True)
@@ -424,10 +450,7 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     result["cls"] = np.array([it["cls_name"] for it in items])
 
     for shots in SHOTS:
-        test_args = types.SimpleNamespace(
-            test_data_path=str(root), save_path=str(work), checkpoint_path=str(work / "epoch_1.pth"), batch_size=8,
-            sigma=4, k_shots=shots, eval_metrics=["I-AUROC"], fusion_type="average_mean", class_name=None, **common,
-        )  # fmt: skip
+        _, test_args = official_args(root, work, len(_test_images(root)), shots)
         test_script.setup_seed(SEED)
         test_script.test(test_args)
         results = recorded["results"]
