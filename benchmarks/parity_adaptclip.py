@@ -16,21 +16,24 @@ maps and image scores their loop hands its evaluator. zsad then loads the initia
 reader of their checkpoint format, takes the same step (loss, gradients, parameters and BatchNorm
 statistics after Adam) and evaluates their trained checkpoint zero-shot and 1-shot.
 
-Shims on the official side, none changing a number:
+Their own ``dataset`` package (``Dataset``, ``PromptDataset``; meta.json written by their
+``dataset/mvtec.py`` solver) and ``tools`` (``get_transform``, ``setup_seed``, ``Evaluator``: anomalib's
+metrics) run as they are. Shims on the official side, none changing a number:
 
-- their repository has no ``dataset.py`` and no ``tools.py`` (both imported by train.py and test.py):
-  ``tools.get_transform`` is **reconstructed** as AnomalyCLIP's (bicubic resize, center crop, OpenAI mean and
-  std; masks bilinear, ``> 0.5``), ``setup_seed`` seeds random / numpy / torch, ``get_logger`` is a plain
-  logger, ``Evaluator`` records what the loop hands it (zsad's evaluator computes the metrics of both sides);
-  ``Dataset`` / ``PromptDataset`` read the MVTec layout (masks ``> 0``), the training prompt of a sample is
-  the normal training image of its category (the parity set has one: zsad's ``train_prompts:
-  normal_train`` draws the same), the test references likewise (zsad's 1-shot draw);
+- the solver's class list is the generated categories; Pillow >= 11's refusal of their float64 all-zero
+  mask is undone as in parity_anomalyclip.py;
 - ``input_dim = 768`` (ViT-L-14-336's, written out in train.py and test.py) is replaced by the parity model's
   output width in their source before it is loaded, and ``--pq_mid_dim 32`` keeps the fixture small (both
   sides; 128 is the default);
 - ``adaptcliplib.load`` builds their ``AdaptCLIP`` with their ``build_model`` from the parity weights (its own
   path reads OpenAI's archive); ``Tensor.cuda`` is the identity (``label.long().cuda()``, the static texts'
-  ``.cuda()``); ``pkg_resources`` (only ``packaging`` used) is stubbed.
+  ``.cuda()``); ``pkg_resources`` (only ``packaging`` used) is stubbed;
+- their data loaders run in the main process (``num_workers=0``; the same items) and ``Evaluator.run`` /
+  ``Adam.step`` are wrapped to record what they receive.
+
+With one normal training image per category (the parity set), their training prompt
+(``random.choice(meta["train"][cls])``) and 1-shot reference (``torch.randint`` after ``manual_seed(10)``)
+are the image zsad's ``train_prompts: normal_train`` and its 1-shot draw take.
 
 The parity CLIP has 24 vision blocks (their DPAM_layer=20 and the layers 6/12/18/24 are written out too;
 64 wide, one head, 14 px patches), output width 32 and a 4-block text tower, built at 112 px and run at
@@ -39,9 +42,7 @@ The parity CLIP has 24 vision blocks (their DPAM_layer=20 and the layers 6/12/18
 
 from __future__ import annotations
 
-import logging
 import os
-import random
 import re
 import sys
 import tempfile
@@ -188,128 +189,15 @@ def zsad_outputs(root: Path, initial, trained, cfg=None) -> dict[str, np.ndarray
 
 
 # --- the official side ---------------------------------------------------------------------------------
-def _test_images(root: Path) -> list[Path]:
-    return sorted(root.glob("*/test/*/*.png"))
+METRIC_NAMES = {"I-AUROC": "image_auroc", "I-AP": "image_ap", "P-AUROC": "pixel_auroc", "P-AP": "pixel_ap"}
+THEIR_METRICS = ["I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "P-AUPRO"]  # test.py's default
 
 
-def _official_shims(root: Path, recorded: dict) -> None:
+def _official_shims() -> None:
     import packaging.version
-    from PIL import Image
-    from torchvision import transforms
 
     sys.modules["pkg_resources"] = types.SimpleNamespace(packaging=packaging)
     torch.Tensor.cuda = lambda self, *args, **kwargs: self  # CPU: label.long().cuda(), tokens.cuda()
-
-    def get_transform(image_size):
-        """**reconstruction** (tools.py is not public): AnomalyCLIP's utils.get_transform."""
-        size = (image_size, image_size)
-        preprocess = transforms.Compose(
-            [
-                transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
-                transforms.CenterCrop(size),
-                transforms.ToTensor(),
-                transforms.Normalize(mean=OPENAI_MEAN, std=OPENAI_STD),
-            ]
-        )
-        target = transforms.Compose(
-            [transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()]
-        )
-        return preprocess, target
-
-    def setup_seed(seed):
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-
-    class Evaluator:
-        def __init__(self, device, metrics, sample_level=False):
-            self.metrics = metrics
-
-        def run(self, results, cls_name, logger):
-            recorded["results"] = results
-            return dict.fromkeys(self.metrics, 0.0)
-
-    categories = sorted({p.parts[-4] for p in _test_images(root)})
-
-    def read(path: Path, transform, target_transform):
-        image = Image.open(path).convert("RGB")
-        defect = path.parent.name
-        if defect == "good":
-            mask = Image.fromarray(np.zeros((image.size[1], image.size[0]), dtype=np.uint8), mode="L")
-        else:
-            gt = path.parents[2] / "ground_truth" / defect / f"{path.stem}_mask.png"
-            mask = Image.fromarray(
-                (np.array(Image.open(gt).convert("L")) > 0).astype(np.uint8) * 255, mode="L"
-            )
-        return transform(image), target_transform(mask), int(defect != "good")
-
-    def normal_train(category: str, k: int) -> list[Path]:
-        return sorted((root / category / "train" / "good").glob("*.png"))[:k]
-
-    class Dataset(torch.utils.data.Dataset):
-        def __init__(
-            self,
-            root,
-            transform,
-            target_transform,
-            dataset_name,
-            k_shots,
-            save_dir,
-            mode,
-            seed,
-            class_name=None,
-        ):
-            self.transform, self.target_transform, self.k_shots, self.mode = (
-                transform,
-                target_transform,
-                k_shots,
-                mode,
-            )
-            self.files = _test_images(Path(root))
-            self.obj_list, self.view_list = categories, [""]
-
-        def __len__(self):
-            return len(self.files)
-
-        def __getitem__(self, index):
-            path = self.files[index]
-            image, mask, anomaly = read(path, self.transform, self.target_transform)
-            category = path.parts[-4]
-            item = {
-                "img": image,
-                "img_mask": mask,
-                "anomaly": anomaly,
-                "cls_name": category,
-                "cls_id": categories.index(category),
-                "sample_id": index,
-                "img_path": str(path),
-                "view_id": "",
-            }
-            if self.mode == "train":
-                prompts = [
-                    read(p, self.transform, self.target_transform)[0]
-                    for p in normal_train(category, self.k_shots)
-                ]
-                item["prompt_img"] = torch.stack(prompts)
-            return item
-
-    class PromptDataset(Dataset):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.files = [p for c in categories for p in normal_train(c, self.k_shots)]
-
-        def __getitem__(self, index):
-            path = self.files[index]
-            image, mask, _ = read(path, self.transform, self.target_transform)
-            return {"img": image, "img_mask": mask, "cls_name": path.parts[-4], "view_id": ""}
-
-    tools = types.ModuleType("tools")
-    tools.get_transform, tools.setup_seed, tools.Evaluator = get_transform, setup_seed, Evaluator
-    tools.get_logger = lambda save_path, log_file: logging.getLogger("adaptclip-parity")
-    tools.normalize = tools.visualizer = None
-    dataset = types.ModuleType("dataset")
-    dataset.Dataset, dataset.PromptDataset = Dataset, PromptDataset
-    sys.modules["tools"], sys.modules["dataset"] = tools, dataset
 
 
 def _load_script(official: Path, name: str) -> types.ModuleType:
@@ -360,7 +248,7 @@ def official_args(root: Path, work: Path, train_batch: int, shots: int = 0):
     )  # fmt: skip
     test_args = types.SimpleNamespace(
         test_data_path=str(root), save_path=str(work), checkpoint_path=str(work / "epoch_1.pth"), batch_size=8,
-        sigma=4, k_shots=shots, eval_metrics=["I-AUROC"], fusion_type="average_mean", class_name=None, **common,
+        sigma=4, k_shots=shots, eval_metrics=THEIR_METRICS, fusion_type="average_mean", class_name=None, **common,
     )  # fmt: skip
     return train_args, test_args
 
@@ -368,13 +256,31 @@ def official_args(root: Path, work: Path, train_batch: int, shots: int = 0):
 def official_side(official: Path, root: Path, weights: Path) -> types.SimpleNamespace:
     """Their train.py and test.py loaded with the shims (module docstring); ``built`` / ``initial`` / ``grads``
     fill as train() runs, ``recorded["results"]`` as test() runs."""
-    sys.path.insert(0, str(official))
-    recorded: dict = {}
-    _official_shims(root, recorded)
+    sys.path.insert(0, str(official))  # before benchmarks/ (which has its own metrics.py)
+    _official_shims()
     import adaptcliplib
+    import dataset.dataset
+    import tools
     from adaptcliplib.build_model import build_model
+    from dataset.mvtec import MVTecSolver
 
-    assert Path(adaptcliplib.__file__).is_relative_to(official), adaptcliplib.__file__
+    for module in (adaptcliplib, dataset, tools, sys.modules["metrics"]):
+        assert Path(module.__file__).is_relative_to(official), module.__file__
+    # meta.json of the parity files by their solver (class list: the generated categories)
+    solver = MVTecSolver(root=str(root))
+    solver.CLSNAMES = list(ps.CATEGORIES)
+    solver.run()
+    dataset.dataset.Image.fromarray = ps.old_pillow_fromarray(dataset.dataset.Image.fromarray)
+    recorded: dict = {}
+    evaluate = tools.Evaluator.run
+
+    def recording_run(self, results, cls_name, logger=None):
+        recorded["results"] = results
+        value = evaluate(self, results, cls_name, logger)
+        recorded.setdefault("metrics", {})[cls_name] = value
+        return value
+
+    tools.Evaluator.run = recording_run
     adaptcliplib.load = lambda name, device="cpu", **kwargs: (
         build_model(name, torch.load(weights, weights_only=True)).to(device).float(),
         None,
@@ -409,7 +315,15 @@ def official_side(official: Path, root: Path, weights: Path) -> types.SimpleName
     train_script.torch = _script_torch(Adam=RecordingAdam)
     test_script.torch = _script_torch()
     return types.SimpleNamespace(
-        train=train_script, test=test_script, recorded=recorded, built=built, initial=initial, grads=grads
+        train=train_script,
+        test=test_script,
+        recorded=recorded,
+        built=built,
+        initial=initial,
+        grads=grads,
+        data=dataset.dataset.Dataset(
+            str(root), *tools.get_transform(IMAGE_SIZE), "mvtec", 0, "", "test", SEED
+        ),
     )
 
 
@@ -424,7 +338,7 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     )
     recorded = side.recorded
     work = Path(tempfile.mkdtemp(prefix="adaptclip-official-"))
-    train_args, _ = official_args(root, work, len(_test_images(root)))
+    train_args, _ = official_args(root, work, len(side.data))
     train_script.setup_seed(SEED)
     train_script.train(train_args)
     trained = torch.load(work / "epoch_1.pth", weights_only=True)
@@ -438,10 +352,7 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     result["static_text"] = built["textual_learner"].static_text_features.numpy()
 
     # the inputs as their loader gives them
-    data = sys.modules["dataset"].Dataset(
-        str(root), *sys.modules["tools"].get_transform(IMAGE_SIZE), "mvtec", 0, "", "test", SEED
-    )
-    items = [data[i] for i in range(len(data))]
+    items = [side.data[i] for i in range(len(side.data))]
     result["paths"] = np.array([str(Path(it["img_path"]).relative_to(root)) for it in items])
     result["images"] = torch.stack([it["img"] for it in items]).numpy()
     masks = torch.stack([it["img_mask"][0] for it in items])
@@ -450,9 +361,18 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     result["cls"] = np.array([it["cls_name"] for it in items])
 
     for shots in SHOTS:
-        _, test_args = official_args(root, work, len(_test_images(root)), shots)
+        _, test_args = official_args(root, work, len(side.data), shots)
+        recorded["metrics"] = {}
         test_script.setup_seed(SEED)
         test_script.test(test_args)
+        names = sorted(f"{c}/{METRIC_NAMES.get(m, m)}" for c in recorded["metrics"] for m in THEIR_METRICS)
+        values = {
+            f"{c}/{METRIC_NAMES.get(m, m)}": v
+            for c, row in recorded["metrics"].items()
+            for m, v in row.items()
+        }
+        result[f"their_metric_names_{shots}shot"] = np.array(names)
+        result[f"their_metrics_{shots}shot"] = np.array([values[n] for n in names])
         results = recorded["results"]
         paths = [str(Path(p).relative_to(root)) for p in results["query_paths"]]
         assert paths == result["paths"].tolist(), "their test loader read another order"
@@ -478,6 +398,8 @@ def sampled(theirs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         kept[f"maps_{shots}shot_sampled"] = theirs[f"maps_{shots}shot"][:, ::7, ::7]
         kept[f"metric_names_{shots}shot"] = theirs[f"metric_names_{shots}shot"]
         kept[f"metrics_{shots}shot"] = theirs[f"metrics_{shots}shot"]
+        kept[f"their_metric_names_{shots}shot"] = theirs[f"their_metric_names_{shots}shot"]
+        kept[f"their_metrics_{shots}shot"] = theirs[f"their_metrics_{shots}shot"]
     kept["images_sampled"] = theirs["images"][:, :, ::5, ::5]
     return kept
 
@@ -567,6 +489,21 @@ def main() -> None:
         keys = sorted(m)
         result[f"metrics_{shots}shot"] = ps.print_delta(
             f"metrics {shots}-shot", [m[k] for k in keys], [mine[k] for k in keys]
+        )
+        # their Evaluator (anomalib's torchmetrics AUROC and AUPR) against zsad's on zsad's maps: the AUROCs
+        # agree; their "AP" is anomalib's AUPR (trapezoidal area under the PR curve), not average precision
+        theirs_own = dict(
+            zip(
+                theirs[f"their_metric_names_{shots}shot"].tolist(),
+                theirs[f"their_metrics_{shots}shot"].tolist(),
+                strict=True,
+            )
+        )
+        shared = sorted(k for k in theirs_own if k.split("/")[1] in ("image_auroc", "pixel_auroc"))
+        if os.environ.get("ADAPTCLIP_PARITY_VERBOSE"):
+            print({k: (theirs_own[k], mine[k]) for k in shared})
+        result[f"their_evaluator_{shots}shot"] = ps.print_delta(
+            f"their Evaluator {shots}-shot", [theirs_own[k] for k in shared], [mine[k] for k in shared]
         )
     print(ps.json_line("adaptclip", result))
     if args.write_fixture:

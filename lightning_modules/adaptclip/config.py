@@ -33,12 +33,14 @@ class AdaptCLIPConfig:
     betas: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.999])
     gaussian_sigma: float = 4.0  # test.py --sigma
     fusion: str = "average_mean"  # test.py --fusion_type: of the adapters' maps and scores
-    # Prompt images per training sample (train.py --k_shots, default 1; their script does not set it).
+    # Prompt images per training sample: their dataset/dataset.py takes one whatever --k_shots (one
+    # random.choice per item), so 1; more is a zsad extension.
     train_shots: int = 1
-    # **reconstruction** (their dataset.py is not in the repository): where a training sample's prompt images
-    # come from. "normal_train": normal training images (train/good) of its category in the source dataset,
-    # as their PromptDataset takes the test-time references; "training_split": normal images of the training
-    # split itself (the sample excluded). Drawn per (seed, epoch, sample), so a resume is exact.
+    # Where a training sample's prompt images come from: "normal_train", the normal training images of its
+    # category (their Dataset: meta.json's "train" entries of the class, MVTec AD's train/good), or
+    # "training_split", the normal images of the training split itself, the sample excluded (a deviation).
+    # Their draw is Python's random.choice in each loader worker (not reproducible); zsad's depends on
+    # (seed, epoch, sample) only, so a resume is exact.
     train_prompts: str = "normal_train"
     # Frozen query features computed once per training split and reused every epoch (lightning_modules/
     # feature_cache.py); the prompt images are encoded each step. cache_dir: also keep them on disk.

@@ -1,11 +1,10 @@
 """The prompt images of AdaptCLIP's training samples (their train.py feeds ``items['prompt_img']``, ``k_shots``
 normal images per sample, to the prompt-query adapter).
 
-**Reconstruction**: the authors' dataset.py is not in their repository, so which normal images a training
-sample gets is not public. ``normal_train`` (default) takes them from the source dataset's normal training
-images of the sample's category (MVTec AD's ``train/good``), where their PromptDataset takes the test-time
-references; ``training_split`` from the normal images of the training split itself, the sample excluded.
-Each sample's draw depends on (seed, epoch, sample) only, so a resumed or multi-process training sees the
+Their ``dataset/dataset.py`` (``Dataset.__getitem__`` in train mode) takes one image per item with
+``random.choice(meta_train_info[cls_name])``: the category's normal training images (MVTec AD's
+``train/good``); zsad's ``normal_train`` (default) draws from the same pool. ``training_split`` (a
+deviation) takes the normal images of the training split itself, the sample excluded. Each sample's draw depends on (seed, epoch, sample) only, so a resumed or multi-process training sees the
 same prompts.
 """
 

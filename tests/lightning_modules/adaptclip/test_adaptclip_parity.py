@@ -79,17 +79,38 @@ def test_metrics_match_the_authors(fixture, ours, shots):
         assert mine[key] == pytest.approx(value, abs=1e-6), key
 
 
+@pytest.mark.parametrize("shots", pa.SHOTS)
+def test_aurocs_match_their_own_evaluator(fixture, ours, shots):
+    """Their tools.Evaluator (anomalib's torchmetrics metrics) on their maps: image and pixel AUROC as zsad's.
+    Their "P-AP" / "I-AP" is anomalib's AUPR (trapezoidal area under the PR curve), which zsad's average
+    precision is not (docs/methods.md#adaptclip), so it is not compared."""
+    theirs = dict(
+        zip(
+            fixture[f"their_metric_names_{shots}shot"].tolist(),
+            fixture[f"their_metrics_{shots}shot"].tolist(),
+            strict=True,
+        )
+    )
+    mine = dict(
+        zip(ours[f"metric_names_{shots}shot"].tolist(), ours[f"metrics_{shots}shot"].tolist(), strict=True)
+    )
+    keys = [k for k in theirs if k.endswith(("/image_auroc", "/pixel_auroc"))]
+    assert len(keys) == 4
+    for key in keys:
+        assert mine[key] == pytest.approx(theirs[key], abs=1e-6), key
+
+
 def test_one_training_step_ends_where_the_authors_step_ended(fixture, ours):
     """Every adapter parameter and BatchNorm statistic after one Adam step equals their saved epoch_1.pth
-    within 2e-5: 2% of the step (lr 1e-3). Adam's first step is ``lr * g / (|g| + 1e-8)``, so parameters
+    within 5e-5: 5% of the step (lr 1e-3). Adam's first step is ``lr * g / (|g| + 1e-8)``, so parameters
     whose gradient is ~0 (a bias before a BatchNorm) move by float noise on either side; the rest agree to
-    ~1e-7."""
+    ~1e-7 (their loader shuffles the batch: the sums run in another order)."""
     module = pa.zsad_module()
     official = pa.zsad_names(module, pa.checkpoint_of(fixture, "trained/"))
     mine = {k.removeprefix("stepped/"): v for k, v in ours.items() if k.startswith("stepped/")}
     assert set(official) == set(mine) == module.trainable_state_keys()
     for key, tensor in official.items():
-        assert np.abs(tensor.numpy().astype(np.float64) - mine[key]).max() <= 2e-5, key
+        assert np.abs(tensor.numpy().astype(np.float64) - mine[key]).max() <= 5e-5, key
 
 
 @pytest.mark.parametrize(
