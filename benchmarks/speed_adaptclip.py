@@ -11,9 +11,9 @@ user runs, model construction (static texts included) too:
   8 (query and prompt encoding, the three adapters, losses, backward, Adam; no feature cache) and the
   trainable state saved;
 - **test**: their ``test.test(args)`` on that file, zero-shot and 1-shot (their loader at batch 8, scipy's
-  Gaussian filter; their Evaluator is not public, so its metric time is not counted) against zsad's (the file
-  read with its official-checkpoint reader, loader at batch 8, ``AdaptCLIP.predict``, its evaluator: AUROC,
-  AP, F1-max and both AUPROs).
+  Gaussian filter, their ``tools.Evaluator``: anomalib's AUROC, AUPR, F1-max and AUPRO) against zsad's (the
+  file read with its official-checkpoint reader, loader at batch 8, ``AdaptCLIP.predict``, its evaluator:
+  AUROC, AP, F1-max and both AUPROs).
 
 The two sides alternate for ``ZSAD_SPEED_ROUNDS`` rounds (default 2), each timing everything ``REPEATS``
 times; each side's fastest time counts. The last line is one JSON object with the ratios (theirs / zsad's).
