@@ -87,11 +87,12 @@ def zsad_config(**overrides):
     return AdaptCLIPConfig(backbone=backbone, pq_mid_dim=PQ_MID_DIM, cache_features=False, **overrides)
 
 
-def zsad_module(cfg=None):
+def zsad_module(cfg=None, weights: dict[str, torch.Tensor] | None = None):
+    """zsad's module on the parity CLIP (``weights``: its state dict, default :func:`state_dict`)."""
     from lightning_modules.adaptclip import AdaptCLIP, AdaptCLIPModule
 
     cfg = cfg or zsad_config()
-    clip, tokenizer = ps.parity_clip(state_dict(), MODEL)
+    clip, tokenizer = ps.parity_clip(state_dict() if weights is None else weights, MODEL)
     return AdaptCLIPModule(cfg, model=AdaptCLIP(cfg, clip, tokenizer))
 
 
