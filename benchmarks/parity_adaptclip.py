@@ -8,7 +8,7 @@ requirements.txt versions). Nothing is fetched.
 
 The official side (a subprocess) runs their ``train.train(args)`` for one epoch of one batch (all eight test
 images of the parity set, one prompt image each: their ``--k_shots 1`` default) and their ``test.test(args)``
-at ``--k_shots 0`` and ``1`` on the checkpoint it saved, with the arguments of their scripts
+at ``--k_shots 0``, ``1``, ``2`` and ``4`` on the checkpoint it saved, with the arguments of their scripts
 (``--features_list 6 12 18 24 --n_ctx 12 --vl_reduction 4 --pq_context``, three adapters, seed 10, sigma 4,
 ``average_mean`` fusion), in float32 on the CPU. It records the adapters as built (their initialisation
 after ``setup_seed(10)``), every gradient of the Adam step, the saved ``epoch_1.pth`` and, per test run, the
@@ -31,9 +31,10 @@ metrics) run as they are. Shims on the official side, none changing a number:
 - their data loaders run in the main process (``num_workers=0``; the same items) and ``Evaluator.run`` /
   ``Adam.step`` are wrapped to record what they receive.
 
-With one normal training image per category (the parity set), their training prompt
-(``random.choice(meta["train"][cls])``) and 1-shot reference (``torch.randint`` after ``manual_seed(10)``)
-are the image zsad's ``train_prompts: normal_train`` and its 1-shot draw take.
+The parity images have 4 normal training images per category. Their draws (the training prompt of each
+item: ``random.choice(meta["train"][cls])``; the K references: ``torch.randint`` after ``manual_seed(10)``,
+with replacement) are recorded and zsad reads and encodes the same files (its own draws come from other
+streams: docs/methods.md#adaptclip), so every number below is computed on the same images.
 
 The parity CLIP has 24 vision blocks (their DPAM_layer=20 and the layers 6/12/18/24 are written out too;
 64 wide, one head, 14 px patches), output width 32 and a 4-block text tower, built at 112 px and run at
@@ -43,6 +44,7 @@ The parity CLIP has 24 vision blocks (their DPAM_layer=20 and the layers 6/12/18
 from __future__ import annotations
 
 import os
+import random
 import re
 import sys
 import tempfile
@@ -67,7 +69,7 @@ MODEL_CONFIG = {
 IMAGE_SIZE = 154
 SEED = 10
 PQ_MID_DIM = 32
-SHOTS = (0, 1)
+SHOTS = (0, 1, 2, 4)  # their test script's --k_shots
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 REPORTED = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
@@ -117,10 +119,14 @@ def zsad_names(module, official: dict[str, dict[str, torch.Tensor]]) -> dict[str
     )
 
 
-def zsad_outputs(root: Path, initial, trained, cfg=None) -> dict[str, np.ndarray]:
+def zsad_outputs(
+    root: Path, initial, trained, drawn: dict[str, np.ndarray], cfg=None
+) -> dict[str, np.ndarray]:
     """zsad on the files under ``root``: one training step from their ``initial`` adapters, then zero-shot and
-    1-shot inference with their ``trained`` checkpoint."""
+    k-shot inference with their ``trained`` checkpoint. ``drawn``: the files their code drew (``train_prompt``
+    per query path, ``references_{k}shot`` per category in order): zsad reads and encodes those."""
     from datamodules import AnomalyDataModule, DataConfig
+    from datamodules.references import ReferenceDraw
     from lightning_modules.adaptclip.official_checkpoint import zsad_state_dict
     from lightning_modules.adaptclip.training_prompts import TrainingPrompts
     from lightning_modules.registry import get_method
@@ -141,6 +147,15 @@ def zsad_outputs(root: Path, initial, trained, cfg=None) -> dict[str, np.ndarray
     # one training step (train.py)
     module.train()
     prompts = TrainingPrompts(data, module.cfg.train_prompts, module.cfg.train_shots)
+    # their Python random.choice per item is not zsad's stream: the same pool, their picks read here
+    chosen = dict(
+        zip(drawn["train_prompt_queries"].tolist(), drawn["train_prompt_files"].tolist(), strict=True)
+    )
+    query_of = {
+        int(i): str(Path(p).relative_to(root))
+        for i, p in zip(batch["sample_id"], batch["image_path"], strict=True)
+    }
+    prompts.paths = lambda epoch, sample, category: [root / chosen[query_of[int(sample)]]]
     prompt_images = prompts.images(0, batch["sample_id"], ids)
     b, s = prompt_images.shape[:2]
     prompt_tokens = [
@@ -170,11 +185,14 @@ def zsad_outputs(root: Path, initial, trained, cfg=None) -> dict[str, np.ndarray
     }
     result |= {f"grad/{k}": v.numpy() for k, v in grads.items()}
     result |= {f"stepped/{k}": v.numpy() for k, v in stepped.items()}
-    draw = data.reference_draws(1, SEED, 1)[0]
-    references = data.reference_images(draw)
     for shots in SHOTS:
         model.clear_references()
         if shots:
+            paths = {c: [] for c in data.categories}
+            for file in np.asarray(drawn[f"references_{shots}shot"]).tolist():
+                paths[Path(file).parts[0]].append(root / file)  # in their order (duplicates kept)
+            assert all(len(p) == shots for p in paths.values()), paths
+            references = data.reference_images(ReferenceDraw(0, (SEED, 0), paths, root, {}))
             for category_id, category in enumerate(data.categories):
                 model.set_references(category_id, references.images(category))
         scores, maps = model.predict(images, ids, size)
@@ -183,9 +201,6 @@ def zsad_outputs(root: Path, initial, trained, cfg=None) -> dict[str, np.ndarray
         metrics = ps.evaluator_metrics(result["categories"], ids, scores, labels, maps, masks > 0.5)
         result[f"metric_names_{shots}shot"] = np.array(sorted(metrics))
         result[f"metrics_{shots}shot"] = np.array([metrics[k] for k in sorted(metrics)])
-    result["references"] = np.array(
-        [str(p.relative_to(root)) for c in data.categories for p in draw.paths[c]]
-    )
     return result
 
 
@@ -282,6 +297,28 @@ def official_side(official: Path, root: Path, weights: Path) -> types.SimpleName
         return value
 
     tools.Evaluator.run = recording_run
+    # the files their loaders draw: the training prompt of each item (random.choice) and the references
+    their_getitem, their_prompts_init = (
+        dataset.dataset.Dataset.__getitem__,
+        dataset.dataset.PromptDataset.__init__,
+    )
+
+    def getitem(self, index):
+        recorded["item"] = self.data_all[index]["img_path"]
+        return their_getitem(self, index)
+
+    def choice(pool):
+        picked = random.choice(pool)
+        recorded.setdefault("train_prompts", {})[recorded["item"]] = picked["img_path"]
+        return picked
+
+    def prompts_init(self, *args, **kwargs):
+        their_prompts_init(self, *args, **kwargs)
+        recorded[f"references_{self.k_shots}shot"] = [d["img_path"] for d in self.prompt_data_all]
+
+    dataset.dataset.Dataset.__getitem__ = getitem
+    dataset.dataset.random = types.SimpleNamespace(choice=choice)
+    dataset.dataset.PromptDataset.__init__ = prompts_init
     adaptcliplib.load = lambda name, device="cpu", **kwargs: (
         build_model(name, torch.load(weights, weights_only=True)).to(device).float(),
         None,
@@ -351,6 +388,9 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
             f"grad/{key}.{n}": grads[id(p)].numpy() for n, p in module.named_parameters() if id(p) in grads
         }
     result["static_text"] = built["textual_learner"].static_text_features.numpy()
+    queries = sorted(recorded["train_prompts"])
+    result["train_prompt_queries"] = np.array(queries)
+    result["train_prompt_files"] = np.array([recorded["train_prompts"][q] for q in queries])
 
     # the inputs as their loader gives them
     items = [side.data[i] for i in range(len(side.data))]
@@ -372,6 +412,8 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
             for c, row in recorded["metrics"].items()
             for m, v in row.items()
         }
+        if shots:
+            result[f"references_{shots}shot"] = np.array(recorded[f"references_{shots}shot"])
         result[f"their_metric_names_{shots}shot"] = np.array(names)
         result[f"their_metrics_{shots}shot"] = np.array([values[n] for n in names])
         results = recorded["results"]
@@ -393,7 +435,10 @@ def sampled(theirs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for k, v in theirs.items()
         if k.startswith(("initial/", "trained/")) and not repeated.fullmatch(k)
     }
-    kept |= {k: theirs[k] for k in ("static_text", "labels", "cls")}
+    kept |= {
+        k: theirs[k] for k in ("static_text", "labels", "cls", "train_prompt_queries", "train_prompt_files")
+    }
+    kept |= {f"references_{s}shot": theirs[f"references_{s}shot"] for s in SHOTS if s}
     for shots in SHOTS:
         kept[f"scores_{shots}shot"] = theirs[f"scores_{shots}shot"]
         kept[f"maps_{shots}shot_sampled"] = theirs[f"maps_{shots}shot"][:, ::7, ::7]
@@ -461,10 +506,10 @@ def main() -> None:
     if ps.serve_official_side(args, official_outputs):
         return
     work = Path(tempfile.mkdtemp(prefix="zsad-parity-adaptclip-"))
-    root = ps.write_parity_images(work / "mvtec")
+    root = ps.few_shot_layout(work)  # 4 normal training images per category: their draws choose among them
     env = tuple(p for p in args.official_env.split(":") if p)
     theirs = ps.run_official_side(__file__, args.official, root, state_dict(), work, env)
-    ours = zsad_outputs(root, checkpoint_of(theirs, "initial/"), checkpoint_of(theirs, "trained/"))
+    ours = zsad_outputs(root, checkpoint_of(theirs, "initial/"), checkpoint_of(theirs, "trained/"), theirs)
     print(f"AdaptCLIP: official ({args.official}) vs zsad, {len(ours['paths'])} images, one training step")
     order = [list(theirs["paths"]).index(p) for p in ours["paths"]]
     for name in (

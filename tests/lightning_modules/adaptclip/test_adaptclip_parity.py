@@ -25,13 +25,13 @@ def fixture() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def root(fixture, tmp_path_factory) -> Path:
-    return ps.parity_inputs(tmp_path_factory.mktemp("parity"), fixture, pa.state_dict())
+    return ps.parity_inputs(tmp_path_factory.mktemp("parity"), fixture, pa.state_dict(), ps.few_shot_layout)
 
 
 def run(fixture, root, **overrides) -> dict[str, np.ndarray]:
     cfg = pa.zsad_config(**overrides)
     outputs = pa.zsad_outputs(
-        root, pa.checkpoint_of(fixture, "initial/"), pa.checkpoint_of(fixture, "trained/"), cfg
+        root, pa.checkpoint_of(fixture, "initial/"), pa.checkpoint_of(fixture, "trained/"), fixture, cfg
     )
     return outputs | {f"maps_{s}shot_sampled": outputs[f"maps_{s}shot"][:, ::7, ::7] for s in pa.SHOTS}
 
@@ -46,8 +46,18 @@ def test_inputs_are_the_same_files_masks_and_pixels(fixture, ours):
     np.testing.assert_array_equal(ps.mask_sums(ours["masks"]), fixture["masks_sum"])
     assert ps.max_abs_delta(fixture["images_sampled"], ours["images"][:, :, ::5, ::5]) <= 1e-6
     assert ours["labels"].tolist() == fixture["labels"].tolist()
-    # the 1-shot references zsad's protocol drew are the official side's (the one training image per category)
-    assert ours["references"].tolist() == [f"{c}/train/good/000.png" for c in ours["categories"]]
+    # what their code drew (zsad reads and encodes the same files): normal training images of the category
+    drawn = [
+        *fixture["train_prompt_files"].tolist(),
+        *(f for k in pa.SHOTS if k for f in fixture[f"references_{k}shot"].tolist()),
+    ]
+    assert drawn and all(Path(f).parts[1:3] == ("train", "good") for f in drawn)
+    assert [Path(f).parts[0] for f in fixture["references_2shot"].tolist()] == [
+        "disc",
+        "disc",
+        "weave",
+        "weave",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -101,16 +111,19 @@ def test_aurocs_match_their_own_evaluator(fixture, ours, shots):
 
 
 def test_one_training_step_ends_where_the_authors_step_ended(fixture, ours):
-    """Every adapter parameter and BatchNorm statistic after one Adam step equals their saved epoch_1.pth
-    within 5e-5: 5% of the step (lr 1e-3). Adam's first step is ``lr * g / (|g| + 1e-8)``, so parameters
-    whose gradient is ~0 (a bias before a BatchNorm) move by float noise on either side; the rest agree to
-    ~1e-7 (their loader shuffles the batch: the sums run in another order)."""
+    """Every adapter parameter and BatchNorm statistic after one Adam step equals their saved epoch_1.pth:
+    at least 99 % of the numbers within 1e-6, none further than one step (lr 1e-3). Adam's first step is
+    ``lr * g / (|g| + 1e-8)``: where a gradient is ~0 (a dead ReLU channel before a transposed convolution, a
+    bias before a BatchNorm) float noise on either side moves it by up to a step; their loader also
+    shuffles the batch, so sums run in another order."""
     module = pa.zsad_module()
     official = pa.zsad_names(module, pa.checkpoint_of(fixture, "trained/"))
     mine = {k.removeprefix("stepped/"): v for k, v in ours.items() if k.startswith("stepped/")}
     assert set(official) == set(mine) == module.trainable_state_keys()
-    for key, tensor in official.items():
-        assert np.abs(tensor.numpy().astype(np.float64) - mine[key]).max() <= 5e-5, key
+    deltas = [np.abs(t.numpy().astype(np.float64) - mine[k]).ravel() for k, t in official.items()]
+    every = np.concatenate(deltas)
+    assert every.max() <= 1e-3
+    assert (every > 1e-6).mean() <= 0.01, (every > 1e-6).mean()
 
 
 @pytest.mark.parametrize(
