@@ -98,3 +98,42 @@ def test_published_rows_are_the_readme_ablation_rows_4_and_7():
                 {"image_auroc": image_auroc / 100, "pixel_ap": pixel_ap / 100}
             )
     assert "row 4" in published.source_of(0) and "row 7" in published.source_of(1)
+
+
+def test_a_repeated_prompt_image_changes_nothing_and_more_prompts_run():
+    """K prompt (or reference) images are pooled: a duplicate adds no new nearest patch (their 2-shot draw
+    with replacement can repeat an image), and several distinct ones run through the same adapter."""
+    from lightning_modules.adaptclip.model import AdaptCLIP
+    from pipelines.config import compose, to_object
+
+    cfg = to_object(compose("demo", ["method=adaptclip_tiny"])).method
+    torch.manual_seed(0)
+    model = AdaptCLIP(cfg).eval()
+    features = model.encode_images(torch.randn(3, 3, 64, 64))
+    prompt = model.encode_images(torch.randn(3, 3, 64, 64)).tokens
+    once = model.scores(features, (64, 64), [t[:, None] for t in prompt])
+    twice = model.scores(features, (64, 64), [torch.stack([t, t], dim=1) for t in prompt])
+    for a, b in zip(
+        [*once.pq_probs, *once.pq_aligns, *once.pq_logits],
+        [*twice.pq_probs, *twice.pq_aligns, *twice.pq_logits],
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b)
+    other = model.encode_images(torch.randn(3, 3, 64, 64)).tokens
+    both = model.scores(
+        features, (64, 64), [torch.stack([t, u], dim=1) for t, u in zip(prompt, other, strict=True)]
+    )
+    closer = [
+        torch.minimum(a, b)
+        for a, b in zip(
+            once.pq_aligns,
+            model.scores(features, (64, 64), [u[:, None] for u in other]).pq_aligns,
+            strict=True,
+        )
+    ]
+    for pooled, expected, single in zip(both.pq_aligns, closer, once.pq_aligns, strict=True):
+        assert pooled.shape == (3, 1, 64, 64)
+        # the patch-level minimum over both images, upsampled with nonnegative bilinear weights, lies below
+        # each image's own upsampled alignment map
+        assert (pooled <= expected + 1e-6).all()
+        assert (pooled < single - 1e-6).any()  # the second image is nearer somewhere
