@@ -4,17 +4,18 @@
 
 ``--official`` is a checkout of gaobb/AdaptCLIP; ``--official-env`` holds what their modules import beyond
 zsad's environment (``pip install --target /tmp/adaptclip-env einops==0.7.0 tabulate==0.9.0``, their
-requirements.txt versions). Nothing is fetched.
+requirements.txt versions, and ``pip install --target /tmp/adaptclip-env --no-deps kornia==0.6.3`` for their
+metrics' connected components). Nothing is fetched.
 
-The official side (a subprocess) runs their ``train.train(args)`` for one epoch of one batch (all eight test
-images of the parity set, one prompt image each: their ``--k_shots 1`` default) and their ``test.test(args)``
+The official side (a subprocess) runs their ``train.train(args)`` for one epoch of one batch (all twelve test
+images of the parity set, one prompt image each, as their Dataset gives whatever ``--k_shots``) and their ``test.test(args)``
 at ``--k_shots 0``, ``1``, ``2`` and ``4`` on the checkpoint it saved, with the arguments of their scripts
 (``--features_list 6 12 18 24 --n_ctx 12 --vl_reduction 4 --pq_context``, three adapters, seed 10, sigma 4,
 ``average_mean`` fusion), in float32 on the CPU. It records the adapters as built (their initialisation
 after ``setup_seed(10)``), every gradient of the Adam step, the saved ``epoch_1.pth`` and, per test run, the
 maps and image scores their loop hands its evaluator. zsad then loads the initial adapters through its
 reader of their checkpoint format, takes the same step (loss, gradients, parameters and BatchNorm
-statistics after Adam) and evaluates their trained checkpoint zero-shot and 1-shot.
+statistics after Adam) and evaluates their trained checkpoint zero-shot and at 1, 2 and 4 shots.
 
 Their own ``dataset`` package (``Dataset``, ``PromptDataset``; meta.json written by their
 ``dataset/mvtec.py`` solver) and ``tools`` (``get_transform``, ``setup_seed``, ``Evaluator``: anomalib's
@@ -70,8 +71,6 @@ IMAGE_SIZE = 154
 SEED = 10
 PQ_MID_DIM = 32
 SHOTS = (0, 1, 2, 4)  # their test script's --k_shots
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 REPORTED = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
 
 ps.PARITY_MODELS[MODEL] = MODEL_CONFIG
