@@ -214,8 +214,10 @@ def checked_official_state(
     module: ZeroShotModule, tensors: dict[str, torch.Tensor], source: str, what: str
 ) -> dict[str, torch.Tensor]:
     """``tensors`` (zsad parameter name -> the authors' tensor, already reshaped) after checking that they
-    are exactly the module's trainable parameters, each with its shape; ``what`` names the authors' format."""
-    params = dict(module.named_parameters())
+    are exactly the module's trainable state (:meth:`~ZeroShotModule.trainable_state_keys`: parameters, and
+    buffers where a method keeps them, as BatchNorm statistics), each with its shape; ``what`` names the
+    authors' format."""
+    params = dict(module.named_parameters()) | dict(module.named_buffers())
     expected = module.trainable_state_keys()
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)

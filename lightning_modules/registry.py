@@ -11,6 +11,7 @@ from __future__ import annotations
 from datamodules.errors import ZsadError
 from lightning_modules.aa_clip.spec import AA_CLIP
 from lightning_modules.adaclip.spec import ADACLIP
+from lightning_modules.adaptclip.spec import ADAPTCLIP
 from lightning_modules.anomalyclip.spec import ANOMALYCLIP
 from lightning_modules.anomalydino.spec import ANOMALYDINO
 from lightning_modules.anovl.spec import ANOVL
@@ -29,6 +30,7 @@ from lightning_modules.winclip.spec import WINCLIP
 BUILTIN_METHODS: tuple[MethodSpec, ...] = (
     AA_CLIP,
     ADACLIP,
+    ADAPTCLIP,
     ANOMALYCLIP,
     ANOMALYDINO,
     ANOVL,
