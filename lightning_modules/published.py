@@ -155,10 +155,11 @@ ADAPTCLIP_README = (
 
 
 def adaptclip_readme() -> PublishedNumbers:
-    """AdaptCLIP's zero-shot and 1-shot image AUROC and pixel AP (AUPR) on MVTec AD and VisA (README)."""
+    """AdaptCLIP's zero-shot and 1-shot image AUROC and pixel AUPR on MVTec AD and VisA (README): their AUPR is
+    anomalib's trapezoidal area under the PR curve, zsad's ``pixel_aupr`` (not its step-wise ``pixel_ap``)."""
 
-    def cells(image_auroc: float, pixel_ap: float) -> dict[str, float]:
-        return {"image_auroc": image_auroc / 100, "pixel_ap": pixel_ap / 100}
+    def cells(image_auroc: float, pixel_aupr: float) -> dict[str, float]:
+        return {"image_auroc": image_auroc / 100, "pixel_aupr": pixel_aupr / 100}
 
     return PublishedNumbers(
         ADAPTCLIP_README,

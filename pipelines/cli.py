@@ -354,7 +354,7 @@ def build_parser(command: Sequence[str] | None = None) -> argparse.ArgumentParse
         default="anomalyclip",
         choices=["anomalyclip", "adaptclip", "full"],
         help="the tables' metrics: anomalyclip (image AUROC, AP; pixel AUROC, AUPRO), adaptclip (image AUROC; "
-        "pixel AUPR first, AUROC), full (image AUROC, AP, F1-max; pixel AUROC, AP, AUPRO)",
+        "pixel AUPR first, AUROC), full (image AUROC, AP, F1-max; pixel AUROC, AP, AUPR, AUPRO)",
     )
     report.add_argument(
         "--compare",

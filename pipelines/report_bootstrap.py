@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from datamodules.errors import ConfigError, ZsadError
-from lightning_modules.metrics import METRIC_NAMES
-from lightning_modules.metrics.bootstrap import ResampledCategory, stratified_weights
+from lightning_modules.metrics.bootstrap import RESAMPLED_METRICS, ResampledCategory, stratified_weights
 from pipelines.map_writer import IMAGE_SCORES_FILE, MASK_SUFFIX
 from pipelines.report_tables import Intervals
 
@@ -107,7 +106,7 @@ def entry_draws(entry: Entry, n_resamples: int, seed: int, notes: list[str]) -> 
         ).metrics(weights)
         differ = [
             m
-            for m in METRIC_NAMES
+            for m in RESAMPLED_METRICS
             if isinstance(recorded[category].get(m), float)
             and not abs(values[m][0] - recorded[category][m]) <= _SAME
         ]

@@ -36,6 +36,7 @@ METRIC_NAMES = {
     "image_f1_max": "F1-max",
     "pixel_auroc": "AUROC",
     "pixel_ap": "AP",
+    "pixel_aupr": "AUPR",
     "aupro": "AUPRO",
     "aupro_cflow": "AUPRO (cflow-style)",
 }

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from pipelines.report_grouping import Grouping, RunRecord
 
 #: ``--layout``: the metrics of the two tables as the papers print them. ``anomalyclip``: AnomalyCLIP's and
-#: most zero-shot papers' pairs; ``adaptclip``: AdaptCLIP's, whose papers report pixel AUPR (zsad's pixel AP)
-#: as the segmentation metric, first, beside pixel AUROC (their README tables); ``full``: every metric.
+#: most zero-shot papers' pairs; ``adaptclip``: AdaptCLIP's, whose papers report pixel AUPR (anomalib's
+#: trapezoid, zsad's ``pixel_aupr``) as the segmentation metric, first, beside pixel AUROC (their README
+#: tables); ``full``: every metric.
 LAYOUTS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "anomalyclip": (
         ("image level (AUROC, AP)", ("image_auroc", "image_ap")),
@@ -28,11 +29,11 @@ LAYOUTS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     ),
     "adaptclip": (
         ("image level (AUROC)", ("image_auroc",)),
-        ("pixel level (AUPR, AUROC)", ("pixel_ap", "pixel_auroc")),
+        ("pixel level (AUPR, AUROC)", ("pixel_aupr", "pixel_auroc")),
     ),
     "full": (
         ("image level (AUROC, AP, F1-max)", ("image_auroc", "image_ap", "image_f1_max")),
-        ("pixel level (AUROC, AP, AUPRO)", ("pixel_auroc", "pixel_ap", "aupro")),
+        ("pixel level (AUROC, AP, AUPR, AUPRO)", ("pixel_auroc", "pixel_ap", "pixel_aupr", "aupro")),
     ),
 }
 DEFAULT_LAYOUT = "anomalyclip"

@@ -142,6 +142,7 @@ def format_table(results: dict[str, Any]) -> str:
         "img F1",
         "px AUROC",
         "px AP",
+        "px AUPR",
         "AUPRO",
         "AUPRO cflow",
     )

@@ -8,7 +8,7 @@
   which computes the pixel metrics and curves from one split (what the evaluator uses).
 - Functional pieces: exact ``aupro``/``pro_curve`` (partial selection, float64), the biased 200-threshold
   ``legacy_cflow_aupro`` of the published tables (reported beside the exact one as ``aupro_cflow``), ``binary_auroc``,
-  ``binary_average_precision`` (sklearn's step-wise AP), ``f1_max``.
+  ``binary_average_precision`` (sklearn's step-wise AP), ``binary_aupr`` (anomalib's trapezoidal AUPR), ``f1_max``.
 """
 
 from lightning_modules.metrics.curves import (
@@ -35,6 +35,7 @@ from lightning_modules.metrics.functional import (
     PIXEL_METRICS,
     UndefinedMetricError,
     aupro,
+    binary_aupr,
     binary_auroc,
     binary_average_precision,
     f1_max,
@@ -61,6 +62,7 @@ __all__ = [
     "aupro",
     "aupro_gap_warning",
     "binary_auroc",
+    "binary_aupr",
     "binary_average_precision",
     "curve_set",
     "f1_max",

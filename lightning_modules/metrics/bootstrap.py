@@ -18,7 +18,8 @@ each image's anomaly-free (negative) scores sorted once:
 - **cflow AUPRO**: each resample's 200 thresholds from its own minimum and maximum (``pro.py``), the FPR
   and per-region overlaps counted per image (integers), the area ``pro.py``'s.
 
-Values a resample leaves undefined (e.g. it drew no anomalous pixel) are NaN.
+Values a resample leaves undefined (e.g. it drew no anomalous pixel) are NaN. Not resampled: the pixel AUPR
+(anomalib's trapezoid), whose terms need each resample's next distinct positive score (:data:`RESAMPLED_METRICS`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from lightning_modules.metrics.pro import (
 
 #: Elements of one (resamples x thresholds) float64 block (16 MiB): bounds the memory of every step.
 _BLOCK = 1 << 21
+#: The metrics a resample gets: all of a category's but the pixel AUPR (see the module doc).
+RESAMPLED_METRICS = tuple(m for m in METRIC_NAMES if m != "pixel_aupr")
 
 
 def stratified_weights(
@@ -410,11 +413,11 @@ class ResampledCategory:
         maps: Sequence[MapLike | None] | None = None,
         masks: Sequence[MapLike | None] | None = None,
         fpr_limit: float = 0.3,
-        metrics: Sequence[str] = METRIC_NAMES,
+        metrics: Sequence[str] = RESAMPLED_METRICS,
     ) -> None:
-        unknown = [m for m in metrics if m not in METRIC_NAMES]
+        unknown = [m for m in metrics if m not in RESAMPLED_METRICS]
         if unknown:
-            raise ValueError(f"unknown metrics {unknown}; choose from {METRIC_NAMES}")
+            raise ValueError(f"metrics {unknown} are not resampled; choose from {RESAMPLED_METRICS}")
         self.metric_names = tuple(metrics)
         self.fpr_limit = _check_fpr_limit(fpr_limit)
         self.labels = np.asarray(labels).astype(np.int64).reshape(-1)

@@ -46,10 +46,12 @@ from lightning_modules.metrics.pro import (
 )
 from lightning_modules.metrics.ranking import (
     _ap_from_stats,
+    _aupr_from_stats,
     _auroc_from_stats,
     _rank_stats,
     _RankStats,
     _require_both,
+    binary_aupr,
     binary_auroc,
     binary_average_precision,
     f1_max,
@@ -60,6 +62,7 @@ __all__ = [
     "PIXEL_METRICS",
     "UndefinedMetricError",
     "aupro",
+    "binary_aupr",
     "binary_auroc",
     "binary_average_precision",
     "f1_max",
@@ -69,8 +72,10 @@ __all__ = [
     "trapezoid_area",
 ]
 
-#: The pixel metrics :func:`pixel_metrics` computes: exact AUPRO and the published cflow-style AUPRO side by side.
-PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "aupro", "aupro_cflow")
+#: The pixel metrics :func:`pixel_metrics` computes: AP (sklearn's) and AUPR (anomalib's trapezoid, the
+#: "pixel AUPR" of AdaptCLIP's papers), exact AUPRO and the published cflow-style AUPRO side by side.
+PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_aupr", "aupro", "aupro_cflow")
+RANKING_METRICS = ("pixel_auroc", "pixel_ap", "pixel_aupr")  # from one sort's rank statistics
 
 
 def pixel_metrics(
@@ -99,7 +104,7 @@ def _pixel_metrics(
         raise ValueError(f"unknown pixel metrics {unknown}; choose from {PIXEL_METRICS}")
     want_pro = "aupro" in metrics
     want_cflow = "aupro_cflow" in metrics
-    ranking = "pixel_auroc" in metrics or "pixel_ap" in metrics
+    ranking = any(m in metrics for m in RANKING_METRICS)
     map_list, mask_list = _paired_maps(maps, masks)
     source: _PixelSplit | _ValueHistogram
     if _format16(map_list) and not want_cflow:
@@ -144,5 +149,7 @@ def _pixel_metrics(
             attempt("pixel_auroc", lambda: _auroc_from_stats(get_stats()))
         if "pixel_ap" in metrics:
             attempt("pixel_ap", lambda: _ap_from_stats(get_stats()))
+        if "pixel_aupr" in metrics:
+            attempt("pixel_aupr", lambda: _aupr_from_stats(get_stats()))
         return values, reasons, source, stats[0] if stats else None
     return values, reasons, source, None

@@ -1,5 +1,6 @@
-"""AUROC, AP (sklearn's step-wise definition) and F1-max, exact with ties, from the two value-sorted arrays of
-a split (or the per-value counts of a 16-bit histogram)."""
+"""AUROC, AP (sklearn's step-wise definition), AUPR (anomalib's trapezoidal area under the PR curve) and
+F1-max, exact with ties, from the two value-sorted arrays of a split (or the per-value counts of a 16-bit
+histogram)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,18 @@ def _ap_from_stats(st: _RankStats) -> float:
     return float(np.sum(st.counts * precision) / st.n_pos)  # np.sum: deterministic, unlike BLAS dot
 
 
+def _aupr_from_stats(st: _RankStats) -> float:
+    # anomalib's AUPR (AdaptCLIP's "AP" / pixel AUPR): torchmetrics' PR curve at every distinct score plus the
+    # point (recall 0, precision 1), sorted by recall (stable) and integrated by the trapezoid rule. Recall is
+    # flat between two distinct positive values, so only its steps count: from the precision at the next higher
+    # positive value (1 above the highest) to the precision at the lowest threshold with this recall, just
+    # above the next lower positive value (the lowest score of all for the lowest positive value).
+    at_value = st.tp_ge / (st.tp_ge + st.n_neg - st.neg_lt)
+    start = np.append(at_value[1:], 1.0)
+    lowest = st.tp_ge / (st.tp_ge + st.n_neg - np.concatenate(([0], st.neg_le[:-1])))
+    return float(np.sum(st.counts * (start + lowest)) / (2 * st.n_pos))
+
+
 def _f1_max_from_stats(st: _RankStats) -> float:
     fp_ge = st.n_neg - st.neg_lt
     # F1 = 2TP / (2TP + FP + FN) = 2TP / (TP + FP + n_pos); its maximum lies at a score positives have.
@@ -88,6 +101,14 @@ def binary_average_precision(scores: MapLike, labels: MapLike) -> float:
     sp = _split_scores(scores, labels)
     _require_both(sp)
     return _ap_from_stats(_rank_stats(sp))
+
+
+def binary_aupr(scores: MapLike, labels: MapLike) -> float:
+    """Area under the precision-recall curve by the trapezoid rule, as anomalib's ``AUPR`` (torchmetrics'
+    ``BinaryPrecisionRecallCurve`` and ``auc(recall, precision, reorder=True)``); not sklearn's AP."""
+    sp = _split_scores(scores, labels)
+    _require_both(sp)
+    return _aupr_from_stats(_rank_stats(sp))
 
 
 def f1_max(scores: MapLike, labels: MapLike) -> float:

@@ -246,7 +246,7 @@ def test_layouts_choose_the_tables_metrics_in_the_papers_order(tmp_path):
     run = make_run(runs, "r", [], 0.9, aupro_cflow=0.8)
     results = json.loads((run / "results.json").read_text())
     target = results["targets"]["synthetic"]
-    target["mean"].update(pixel_ap=0.3, image_f1_max=0.7)
+    target["mean"].update(pixel_ap=0.3, pixel_aupr=0.35, image_f1_max=0.7)
     results["targets"] = {"mvtec": {**target, "dataset": "mvtec"}}
     (run / "results.json").write_text(json.dumps(results))
 
@@ -259,7 +259,7 @@ def test_layouts_choose_the_tables_metrics_in_the_papers_order(tmp_path):
     adapt = report("adaptclip")
     assert "## image level (AUROC)" in adapt.markdown and "| mvtec | 90.0 (n=1) |" in adapt.markdown
     assert (
-        "## pixel level (AUPR, AUROC)" in adapt.markdown and "| mvtec | 30.0, 50.0 (n=1) |" in adapt.markdown
+        "## pixel level (AUPR, AUROC)" in adapt.markdown and "| mvtec | 35.0, 50.0 (n=1) |" in adapt.markdown
     )
     assert "AUPRO" not in adapt.markdown.split("## pixel level")[1].split("##")[0]
     full = report("full", reference=True)  # the papers' cflow AUPRO replaces the exact one under --reference
@@ -267,9 +267,9 @@ def test_layouts_choose_the_tables_metrics_in_the_papers_order(tmp_path):
         "## image level (AUROC, AP, F1-max)" in full.markdown
         and "| mvtec | 90.0, 45.0, 70.0 (n=1) |" in full.markdown
     )
-    assert "## pixel level (AUROC, AP, AUPRO cflow-style)" in full.markdown
-    assert "| mvtec | 50.0, 30.0, 80.0 (n=1) |" in full.markdown
-    assert "| mvtec (published) | 91.1, -, 81.4 |" in full.markdown  # AnomalyCLIP's paper: no pixel AP
+    assert "## pixel level (AUROC, AP, AUPR, AUPRO cflow-style)" in full.markdown
+    assert "| mvtec | 50.0, 30.0, 35.0, 80.0 (n=1) |" in full.markdown
+    assert "| mvtec (published) | 91.1, -, -, 81.4 |" in full.markdown  # AnomalyCLIP's paper: no pixel AP
     assert "## image level (AUROC, AP)" in report("anomalyclip").markdown
     with pytest.raises(ZsadError, match="unknown report layout 'paper'; known: anomalyclip, adaptclip, full"):
         report("paper")

@@ -91,9 +91,9 @@ def test_metrics_match_the_authors(fixture, ours, shots):
 
 @pytest.mark.parametrize("shots", pa.SHOTS)
 def test_aurocs_match_their_own_evaluator(fixture, ours, shots):
-    """Their tools.Evaluator (anomalib's torchmetrics metrics) on their maps: image and pixel AUROC as zsad's.
-    Their "P-AP" / "I-AP" is anomalib's AUPR (trapezoidal area under the PR curve), which zsad's average
-    precision is not (docs/methods.md#adaptclip), so it is not compared."""
+    """Their tools.Evaluator (anomalib's torchmetrics metrics) on their maps: image and pixel AUROC as zsad's,
+    and their "P-AP", anomalib's AUPR (trapezoidal area under the PR curve, what their README calls pixel
+    AUPR), as zsad's ``pixel_aupr`` (not its step-wise ``pixel_ap``; torchmetrics counts in float32)."""
     theirs = dict(
         zip(
             fixture[f"their_metric_names_{shots}shot"].tolist(),
@@ -108,6 +108,11 @@ def test_aurocs_match_their_own_evaluator(fixture, ours, shots):
     assert len(keys) == 4
     for key in keys:
         assert mine[key] == pytest.approx(theirs[key], abs=1e-6), key
+    auprs = [k for k in theirs if k.endswith("/pixel_ap")]  # their Evaluator's P-AP: anomalib's AUPR
+    assert len(auprs) == 2
+    for key in auprs:
+        assert mine[key.replace("/pixel_ap", "/pixel_aupr")] == pytest.approx(theirs[key], abs=1e-6), key
+        assert abs(mine[key] - theirs[key]) > 1e-5, key  # the step-wise AP is another number
 
 
 def test_one_training_step_ends_where_the_authors_step_ended(fixture, ours):

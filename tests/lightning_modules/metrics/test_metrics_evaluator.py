@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from aupr_reference import anomalib_aupr
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from lightning_modules.metrics import (
@@ -106,6 +107,9 @@ def expected_metrics(samples, dtype=torch.float32):
             v["pixel_ap"] = average_precision_score(
                 np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps])
             )
+            v["pixel_aupr"] = anomalib_aupr(
+                np.concatenate([m.ravel() for m in maps]), np.concatenate([m.ravel() for m in masks])
+            )
             v["aupro"] = aupro(maps, masks)
             v["aupro_cflow"] = legacy_cflow_aupro(maps, masks)
         out[name] = v
@@ -139,6 +143,7 @@ def test_per_category_values_mean_and_missing():
         "image_f1_max": 3,
         "pixel_auroc": 3,
         "pixel_ap": 3,
+        "pixel_aupr": 3,
         "aupro": 3,
         "aupro_cflow": 3,
     }

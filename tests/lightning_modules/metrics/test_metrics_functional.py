@@ -8,6 +8,7 @@ from bisect import bisect
 import numpy as np
 import pytest
 import torch
+from aupr_reference import anomalib_aupr
 from scipy import ndimage
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
@@ -17,6 +18,7 @@ from lightning_modules.metrics import (
     _histogram,
     _split,
     aupro,
+    binary_aupr,
     binary_auroc,
     binary_average_precision,
     f1_max,
@@ -94,6 +96,27 @@ def anomalyclip_pro(masks, amaps, max_step=200, expect_fpr=0.3):
     fprs = fprs[idxes]
     fprs = (fprs - fprs.min()) / (fprs.max() - fprs.min())
     return auc(fprs, pros[idxes])
+
+
+def test_aupr_is_anomalibs_trapezoid_not_the_step_wise_ap():
+    from torchmetrics.classification import BinaryPrecisionRecallCurve
+    from torchmetrics.utilities.compute import auc as torchmetrics_auc
+
+    rng = np.random.default_rng(3)
+    apart = 0.0
+    for trial in range(200):
+        n = int(rng.integers(2, 300))
+        s = rng.random(n) if trial % 3 == 0 else rng.integers(0, int(rng.integers(2, 30)), n) / 30.0  # ties
+        y = rng.integers(0, 2, n)
+        if y.min() == y.max():
+            continue
+        assert binary_aupr(s, y) == pytest.approx(anomalib_aupr(s, y), abs=1e-12)
+        apart = max(apart, abs(binary_aupr(s, y) - binary_average_precision(s, y)))
+    assert apart > 1e-2  # another number than AP
+    s, y = rng.random(500).astype(np.float32), rng.integers(0, 2, 500)
+    precision, recall, _ = BinaryPrecisionRecallCurve()(torch.from_numpy(s), torch.from_numpy(y))
+    reference = float(torchmetrics_auc(recall, precision, reorder=True))  # anomalib's AUPR.compute itself
+    assert binary_aupr(s, y) == pytest.approx(reference, abs=1e-6)  # torchmetrics counts in float32
 
 
 def random_case(rng, n_levels=None, n_images=None):
@@ -437,8 +460,9 @@ def test_pixel_metrics_match_sklearn_and_aupro():
     assert values["pixel_ap"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
     assert values["aupro"] == pytest.approx(aupro(maps, masks), abs=1e-12)
     assert values["aupro_cflow"] == pytest.approx(anomalyclip_pro(masks, maps), abs=1e-12)
+    assert values["pixel_aupr"] == pytest.approx(anomalib_aupr(s, y), abs=1e-12)
     values, reasons = pixel_metrics(maps, np.zeros_like(masks))
-    assert values == {"aupro": None, "aupro_cflow": None, "pixel_auroc": None, "pixel_ap": None}
+    assert values == dict.fromkeys(("aupro", "aupro_cflow", "pixel_auroc", "pixel_ap", "pixel_aupr"))
     assert "no anomalous" in reasons["pixel_auroc"] and "no anomalous regions" in reasons["aupro"]
     assert "no anomalous regions" in reasons["aupro_cflow"]
     with pytest.raises(ValueError, match="unknown pixel metrics"):
