@@ -7,8 +7,8 @@ The category imitates CLIP patch maps (benchmarks/metrics.py's ``synthetic_batch
 float32 maps, image score = the map's maximum). Timed in one process on the same inputs:
 
 - one evaluation: every metric of the category as the evaluator computes it (image AUROC/AP/F1-max, pixel
-  AUROC/AP, exact AUPRO, cflow AUPRO; ``pixel_metrics`` and the image functions), best of 3;
-- the bootstrap: preparing the category (each image's split, once) and the seven metrics of ``--resamples``
+  AUROC/AP/AUPR, exact AUPRO, cflow AUPRO; ``pixel_metrics`` and the image functions), best of 3;
+- the bootstrap: preparing the category (each image's split, once) and the eight metrics of ``--resamples``
   stratified resamples (``ResampledCategory``);
 - direct recomputation: every metric of a few resamples recomputed from their image lists (an image drawn
   twice appears twice), the cost per resample the bootstrap replaces; the same resamples' values are

@@ -18,8 +18,10 @@ each image's anomaly-free (negative) scores sorted once:
 - **cflow AUPRO**: each resample's 200 thresholds from its own minimum and maximum (``pro.py``), the FPR
   and per-region overlaps counted per image (integers), the area ``pro.py``'s.
 
-Values a resample leaves undefined (e.g. it drew no anomalous pixel) are NaN. Not resampled: the pixel AUPR
-(anomalib's trapezoid), whose terms need each resample's next distinct positive score (:data:`RESAMPLED_METRICS`).
+- **pixel AUPR** (anomalib's trapezoid): the same per-value counts, each drawn value's step of recall between
+  the precisions at its drawn neighbours (:class:`_AuprCarry`). Equal to the direct value up to float rounding.
+
+Values a resample leaves undefined (e.g. it drew no anomalous pixel) are NaN.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ from lightning_modules.metrics.pro import (
 
 #: Elements of one (resamples x thresholds) float64 block (16 MiB): bounds the memory of every step.
 _BLOCK = 1 << 21
-#: The metrics a resample gets: all of a category's but the pixel AUPR (see the module doc).
-RESAMPLED_METRICS = tuple(m for m in METRIC_NAMES if m != "pixel_aupr")
+#: The metrics a resample gets: every metric of a category.
+RESAMPLED_METRICS = METRIC_NAMES
 
 
 def stratified_weights(
@@ -246,6 +248,7 @@ class _SweepResult:
     twice_u: np.ndarray  # per resample, int64: twice the Mann-Whitney count
     ap: np.ndarray
     f1_max: np.ndarray
+    aupr: np.ndarray  # NaN unless asked for
     pro_area: np.ndarray  # sum over positives > t* of w rho (#(t*, s] + #(t*, s)); 0 without t*
     pro_gt: np.ndarray  # sum of w rho over positives > t*
     pro_ge: np.ndarray  # ... >= t*
@@ -280,10 +283,56 @@ def _suffix_sums(rows: np.ndarray, carry: np.ndarray) -> np.ndarray:
     return out
 
 
-def _sweep(r: _Ranked, weights: np.ndarray, tstar: np.ndarray | None, f1: bool) -> _SweepResult:
+class _AuprCarry:
+    """The trapezoidal AUPR (``ranking._aupr_from_stats``) of every resample along the sweep. A resample's
+    distinct positive scores are those it draws (weighted count > 0): each one's step of recall runs from the
+    precision at its next higher drawn value (1 for the highest) to the precision at the lowest threshold
+    above its next lower drawn value, whose negatives > that value are known only when the sweep reaches it.
+    So each drawn value adds its first half at once and its predecessor's second half, and the last drawn
+    value of a block is carried into the next (lower) block."""
+
+    def __init__(self, n_resamples: int) -> None:
+        self.precision = np.ones(n_resamples)  # at the last drawn value above (1: none yet)
+        self.count = np.zeros(n_resamples)  # its positives (0: none yet)
+        self.tp = np.zeros(n_resamples)  # its positives >= it
+        self.area = np.zeros(n_resamples)  # twice the area so far, times the resample's positives
+
+    def block(self, count_w: np.ndarray, tp_ge: np.ndarray, precision: np.ndarray, gt_w: np.ndarray) -> None:
+        """One block of values, rows ascending (the sweep's order): ``gt_w`` the negatives > each value."""
+        count, tp, prec, gt = count_w[::-1], tp_ge[::-1], precision[::-1], gt_w[::-1]  # highest first
+        drawn = count > 0
+        rows, cols = np.arange(count.shape[0])[:, None], np.arange(count.shape[1])[None, :]
+        last = np.maximum.accumulate(np.where(drawn, rows, -1), axis=0)  # latest drawn row so far
+        before = np.vstack([np.full((1, count.shape[1]), -1), last[:-1]])  # ... strictly above each row
+        at = np.maximum(before, 0)
+        previous_precision = np.where(before >= 0, prec[at, cols], self.precision)
+        previous_count = np.where(before >= 0, count[at, cols], self.count)
+        previous_tp = np.where(before >= 0, tp[at, cols], self.tp)
+        first_half = np.where(drawn, count * previous_precision, 0.0)
+        pending = drawn & (previous_count > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            second_half = np.where(pending, previous_count * previous_tp / (previous_tp + gt), 0.0)
+        self.area += np.sum(first_half, axis=0) + np.sum(second_half, axis=0)
+        final = last[-1]
+        found = final >= 0
+        at_final = np.maximum(final, 0), cols[0]
+        self.precision = np.where(found, prec[at_final], self.precision)
+        self.count = np.where(found, count[at_final], self.count)
+        self.tp = np.where(found, tp[at_final], self.tp)
+
+    def result(self, n_pos_w: np.ndarray, n_neg_w: np.ndarray) -> np.ndarray:
+        """The lowest drawn value's second half (its lowest threshold is the lowest score: every negative)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            last = np.where(self.count > 0, self.count * self.tp / (self.tp + n_neg_w), 0.0)
+            return (self.area + last) / (2.0 * n_pos_w)
+
+
+def _sweep(
+    r: _Ranked, weights: np.ndarray, tstar: np.ndarray | None, f1: bool, aupr: bool = False
+) -> _SweepResult:
     """One pass over the distinct positive scores, highest first, in blocks of thresholds x resamples
-    (thresholds first: the sums along them run over contiguous rows): the AUROC matrix, AP (and F1-max) of
-    every resample, and with ``tstar`` the AUPRO sums above each resample's t*."""
+    (thresholds first: the sums along them run over contiguous rows): the AUROC matrix, AP (and F1-max,
+    the AUPR) of every resample, and with ``tstar`` the AUPRO sums above each resample's t*."""
     n, n_resamples = r.n_units, weights.shape[0]
     th = r.thresholds
     n_values = th.values.shape[0]
@@ -306,6 +355,7 @@ def _sweep(r: _Ranked, weights: np.ndarray, tstar: np.ndarray | None, f1: bool) 
     tp = np.zeros(n_resamples)
     ap, best_f1 = np.zeros(n_resamples), np.zeros(n_resamples)
     area, above, at_or_above = np.zeros(n_resamples), np.zeros(n_resamples), np.zeros(n_resamples)
+    aupr_carry = _AuprCarry(n_resamples) if aupr else None
     step = max(64, _BLOCK // max(n_resamples, 1))
     for stop in range(n_values, 0, -step):
         start = max(0, stop - step)
@@ -327,6 +377,9 @@ def _sweep(r: _Ranked, weights: np.ndarray, tstar: np.ndarray | None, f1: bool) 
             best_f1 = np.maximum(best_f1, np.max(2.0 * tp_ge / (work + n_pos_w), axis=0))
         np.maximum(work, 1.0, out=work)
         np.divide(tp_ge, work, out=work)  # precision at v
+        if aupr_carry is not None:
+            le_w = lt_w + (eq.T.astype(counts_type) @ wt).astype(np.float64)  # negatives <= v
+            aupr_carry.block(count_w, tp_ge, work, n_neg_w - le_w)
         work *= count_w
         ap += np.sum(work, axis=0)
         if tstar is not None and v[-1] >= tstar.min():
@@ -354,7 +407,10 @@ def _sweep(r: _Ranked, weights: np.ndarray, tstar: np.ndarray | None, f1: bool) 
     twice_u = np.einsum("bi,bi->b", weights @ m_int, weights)
     with np.errstate(invalid="ignore", divide="ignore"):
         ap = ap / n_pos_w
-    return _SweepResult(twice_u, ap, best_f1, area, above, at_or_above)
+    aupr_values = (
+        aupr_carry.result(n_pos_w, n_neg_w) if aupr_carry is not None else np.full(n_resamples, np.nan)
+    )
+    return _SweepResult(twice_u, ap, best_f1, aupr_values, area, above, at_or_above)
 
 
 def _cflow(r: _Ranked, weights: np.ndarray, fpr_limit: float) -> np.ndarray:
@@ -459,6 +515,8 @@ class ResampledCategory:
                 out[f"{level}_auroc"][b] = int(sweep.twice_u[b]) / (2 * int(n_pos[b]) * int(n_neg[b]))
             if f"{level}_ap" in out:
                 out[f"{level}_ap"][b] = sweep.ap[b]
+            if f"{level}_aupr" in out:
+                out[f"{level}_aupr"][b] = sweep.aupr[b]
 
     def _pixel_metrics(self, out: dict, weights: np.ndarray) -> None:
         r = self.pixels
@@ -468,7 +526,7 @@ class ResampledCategory:
         if "aupro" in out and pro_ok.any():
             need = np.array([_normals_needed(int(n), self.fpr_limit) if n else 1 for n in n_neg])
             tstar = np.where(pro_ok, _kth_largest(r, weights, need), np.inf).astype(r.pos.dtype)
-        sweep = _sweep(r, weights, tstar, f1=False)
+        sweep = _sweep(r, weights, tstar, f1=False, aupr="pixel_aupr" in out)
         self._ranking(out, "pixel", sweep, weights @ r.n_pos, n_neg)
         if tstar is not None:
             n_ge = n_neg - _count_below(r, weights, tstar, right=False)

@@ -15,7 +15,7 @@ from lightning_modules.metrics import (
     f1_max,
     pixel_metrics,
 )
-from lightning_modules.metrics.bootstrap import RESAMPLED_METRICS, ResampledCategory, stratified_weights
+from lightning_modules.metrics.bootstrap import ResampledCategory, stratified_weights
 
 EXACT = ("image_auroc", "image_f1_max", "pixel_auroc")
 
@@ -60,7 +60,7 @@ def direct(scores, labels, maps, masks, multiplicity, fpr_limit):
             [maps[i] for i in with_gt], [masks[i] for i in with_gt], fpr_limit=fpr_limit
         )
         out.update(values)
-    return {name: value for name, value in out.items() if name in RESAMPLED_METRICS}
+    return out
 
 
 def check(got: dict[str, np.ndarray], weights: np.ndarray, *inputs, fpr_limit: float) -> None:
@@ -123,7 +123,15 @@ def test_stratified_weights_keep_each_label_count_and_are_seeded():
     assert (weights[:, labels == 1] == 0).any() and (weights > 1).any()  # a resample, not a permutation
 
 
-def test_the_pixel_aupr_is_not_resampled_and_asking_for_it_says_so():
-    assert "pixel_aupr" not in RESAMPLED_METRICS and "pixel_ap" in RESAMPLED_METRICS
-    with pytest.raises(ValueError, match=r"\['pixel_aupr'\] are not resampled"):
-        ResampledCategory([0.1, 0.9], [0, 1], metrics=("pixel_aupr",))
+def test_metrics_carried_across_blocks_of_thresholds_equal_direct_recomputation(monkeypatch):
+    """Blocks of 64 thresholds (the pixel AUPR's drawn neighbours then lie in other blocks)."""
+    import lightning_modules.metrics.bootstrap as bootstrap
+
+    monkeypatch.setattr(bootstrap, "_BLOCK", 1)
+    rng = np.random.default_rng(11)
+    inputs = category(rng, size=20, levels=None)
+    weights = stratified_weights(inputs[1], 12, rng)
+    weights[0] = 1
+    got = ResampledCategory(*inputs).metrics(weights)
+    check(got, weights, *inputs, fpr_limit=0.3)
+    assert np.isfinite(got["pixel_aupr"]).all()
