@@ -33,6 +33,7 @@ import contextlib
 import os
 import runpy
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -251,32 +252,24 @@ def official_unit_outputs() -> dict[str, np.ndarray]:
     return out
 
 
-def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
-    os.chdir(official)
-    sys.path.insert(0, str(official))
-    import models.backbone.open_clip as open_clip
-    import models.musc as musc
-    from datasets.mvtec import MVTecDataset
-    from models.backbone.open_clip.model import resize_pos_embed
-
-    ps.register_parity_model(MODEL, clip_package=open_clip)
-    create, getitem = open_clip.create_model_and_transforms, MVTecDataset.__getitem__
-    record: dict[str, list] = {}
-
-    def create_parity_model(name, img_size, pretrained=None, **kwargs):
-        model, train_transform, val_transform = create(name, img_size, pretrained=None, **kwargs)
-        loaded = torch.load(weights, weights_only=True)
-        resize_pos_embed(loaded, model)
-        model.load_state_dict(loaded)
-        encode_image = model.encode_image
-
-        def recorded_encode_image(image, out_layers, *args, **kwargs):
-            pooled, tokens = encode_image(image, out_layers, *args, **kwargs)
-            record["tokens"].append(tokens[0].detach().clone())
-            return pooled, tokens
-
-        model.encode_image = recorded_encode_image
-        return model, train_transform, val_transform
+def run_their_main(
+    musc: Any,
+    dataset_class: Any,
+    root: Path,
+    model_patch: Callable[[list], tuple[Any, str, Any]],
+    options: list[str],
+    tokens_dim: int = 0,
+) -> dict[str, np.ndarray]:
+    """One run of their ``examples/musc_main.py`` on ``root`` (from their checkout's folder, ``mvtec_ad`` with
+    the generated categories, on the CPU) with ``options`` (backbone, size, divide_num, output folder, feature
+    layers), recording what passes through their dataset item, RsCIN and metrics. ``model_patch(tokens)``:
+    (target, attribute, replacement) that gives their code the parity model and appends each batch's tokens
+    to ``tokens`` (concatenated along ``tokens_dim``)."""
+    getitem, rscin, compute_metrics = dataset_class.__getitem__, musc.RsCIN, musc.compute_metrics
+    record: dict[str, list] = {
+        k: []
+        for k in ("paths", "images", "masks", "tokens", "embeddings", "scores", "maps", "labels", "metrics")
+    }
 
     def recorded_getitem(dataset, index):
         item = getitem(dataset, index)
@@ -298,39 +291,70 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
         record["metrics"].append([*image_metric, *pixel_metric])
         return image_metric, pixel_metric
 
-    rscin, compute_metrics = musc.RsCIN, musc.compute_metrics
+    argv = ["musc_main.py", "--config", "configs/musc.yaml", "--data_path", str(root)]
+    argv += ["--dataset_name", "mvtec_ad", "--class_name", "ALL", "--device", "0", *options]
+    with contextlib.ExitStack() as stack:
+        for target, attribute, value in (
+            model_patch(record["tokens"]),
+            (dataset_class, "__getitem__", recorded_getitem),
+            (musc, "RsCIN", recorded_rscin),
+            (musc, "compute_metrics", recorded_metrics),
+            (musc, "_CLASSNAMES_mvtec_ad", list(ps.CATEGORIES)),
+            (torch.cuda, "is_available", lambda: False),
+            (sys, "argv", argv),
+        ):
+            stack.enter_context(mock.patch.object(target, attribute, value))
+        runpy.run_path("examples/musc_main.py", run_name="__main__")
+    return {
+        "paths": np.array(record["paths"]),
+        "images": torch.stack(record["images"]).numpy(),
+        # their ground truth: the resized mask truncated to int (models/musc.py gt_px)
+        "masks": torch.stack(record["masks"])[:, 0].numpy().astype(np.int32),
+        "tokens": torch.cat(record["tokens"], dim=tokens_dim).numpy(),
+        "embeddings": np.concatenate(record["embeddings"]).astype(np.float32),
+        "scores": np.concatenate(record["scores"]),
+        "maps": np.concatenate(record["maps"]),
+        "labels": np.concatenate(record["labels"]),
+        "metrics": np.asarray(record["metrics"], dtype=np.float64),
+    }
+
+
+def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
+    os.chdir(official)
+    sys.path.insert(0, str(official))
+    import models.backbone.open_clip as open_clip
+    import models.musc as musc
+    from datasets.mvtec import MVTecDataset
+    from models.backbone.open_clip.model import resize_pos_embed
+
+    ps.register_parity_model(MODEL, clip_package=open_clip)
+    create = open_clip.create_model_and_transforms
+
+    def model_patch(tokens: list) -> tuple[Any, str, Any]:
+        def create_parity_model(name, img_size, pretrained=None, **kwargs):
+            model, train_transform, val_transform = create(name, img_size, pretrained=None, **kwargs)
+            loaded = torch.load(weights, weights_only=True)
+            resize_pos_embed(loaded, model)
+            model.load_state_dict(loaded)
+            encode_image = model.encode_image
+
+            def recorded_encode_image(image, out_layers, *args, **kwargs):
+                pooled, layer_tokens = encode_image(image, out_layers, *args, **kwargs)
+                tokens.append(layer_tokens[0].detach().clone())
+                return pooled, layer_tokens
+
+            model.encode_image = recorded_encode_image
+            return model, train_transform, val_transform
+
+        return open_clip, "create_model_and_transforms", create_parity_model
+
     result: dict[str, Any] = official_unit_outputs()
     for divide_num in DIVIDE_NUMS:
-        record.update({k: [] for k in ("paths", "images", "masks", "tokens", "embeddings", "scores", "maps")})
-        record.update({"labels": [], "metrics": []})
-        argv = ["musc_main.py", "--config", "configs/musc.yaml", "--data_path", str(root)]
-        argv += ["--dataset_name", "mvtec_ad", "--class_name", "ALL", "--backbone_name", MODEL]
-        argv += ["--img_resize", str(IMAGE_SIZE), "--divide_num", str(divide_num), "--device", "0"]
-        argv += ["--output_dir", str(weights.parent / "official_output"), "--feature_layers"]
-        argv += [str(layer) for layer in FEATURE_LAYERS]
-        with contextlib.ExitStack() as stack:
-            for target, attribute, value in (
-                (open_clip, "create_model_and_transforms", create_parity_model),
-                (MVTecDataset, "__getitem__", recorded_getitem),
-                (musc, "RsCIN", recorded_rscin),
-                (musc, "compute_metrics", recorded_metrics),
-                (musc, "_CLASSNAMES_mvtec_ad", list(ps.CATEGORIES)),
-                (torch.cuda, "is_available", lambda: False),
-                (sys, "argv", argv),
-            ):
-                stack.enter_context(mock.patch.object(target, attribute, value))
-            runpy.run_path("examples/musc_main.py", run_name="__main__")
-        tag = f"d{divide_num}"
-        result[f"{tag}_paths"] = np.array(record["paths"])
-        result[f"{tag}_images"] = torch.stack(record["images"]).numpy()
-        # their ground truth: the resized mask truncated to int (models/musc.py gt_px)
-        result[f"{tag}_masks"] = torch.stack(record["masks"])[:, 0].numpy().astype(np.int32)
-        result[f"{tag}_tokens"] = torch.cat(record["tokens"]).numpy()
-        result[f"{tag}_embeddings"] = np.concatenate(record["embeddings"]).astype(np.float32)
-        result[f"{tag}_scores"] = np.concatenate(record["scores"])
-        result[f"{tag}_maps"] = np.concatenate(record["maps"])
-        result[f"{tag}_labels"] = np.concatenate(record["labels"])
-        result[f"{tag}_metrics"] = np.asarray(record["metrics"], dtype=np.float64)
+        options = ["--backbone_name", MODEL, "--img_resize", str(IMAGE_SIZE), "--divide_num", str(divide_num)]
+        options += ["--output_dir", str(weights.parent / "official_output"), "--feature_layers"]
+        options += [str(layer) for layer in FEATURE_LAYERS]
+        run = run_their_main(musc, MVTecDataset, root, model_patch, options)
+        result |= {f"d{divide_num}_{key}": value for key, value in run.items()}
     return result
 
 

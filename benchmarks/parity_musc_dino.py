@@ -48,13 +48,10 @@ them), the same state dict loaded into both sides.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import runpy
 import sys
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -188,79 +185,35 @@ def official_outputs(official: Path, root: Path, weights_file: Path) -> dict[str
     from datasets.mvtec import MVTecDataset
 
     weights = torch.load(weights_file, weights_only=True)
-    getitem = MVTecDataset.__getitem__
-    rscin, compute_metrics = musc.RsCIN, musc.compute_metrics
-    record: dict[str, list] = {}
     result: dict[str, Any] = {}
-
     for tag, (backbone_name, _, tiny, size, layers) in RUNS.items():
         features_list = [layer + 1 for layer in layers]  # models/musc.py
 
-        def load(name, tiny=tiny, features_list=features_list, expected=backbone_name):
-            assert name == expected, name
-            model = official_model(tiny, split_state(weights, tiny))
-            intermediate = model.get_intermediate_layers
+        def model_patch(tokens: list, tiny=tiny, features_list=features_list, expected=backbone_name):
+            def load(name):
+                assert name == expected, name
+                model = official_model(tiny, split_state(weights, tiny))
+                intermediate = model.get_intermediate_layers
 
-            def recorded_intermediate(*args, **kwargs):
-                out = intermediate(*args, **kwargs)
-                if "dinov2" in name:  # the features_list blocks, patch tokens only
-                    record["tokens"].append(torch.stack([o.detach().clone() for o in out]))
-                else:  # the last max(features_list) blocks, class token first: models/musc.py's indexing
-                    picked = [out[layer - 1][:, 1:] for layer in features_list]
-                    record["tokens"].append(torch.stack([o.detach().clone() for o in picked]))
-                return out
+                def recorded_intermediate(*args, **kwargs):
+                    out = intermediate(*args, **kwargs)
+                    if "dinov2" in name:  # the features_list blocks, patch tokens only
+                        tokens.append(torch.stack([o.detach().clone() for o in out]))
+                    else:  # the last max(features_list) blocks, class token first: models/musc.py's indexing
+                        picked = [out[layer - 1][:, 1:] for layer in features_list]
+                        tokens.append(torch.stack([o.detach().clone() for o in picked]))
+                    return out
 
-            model.get_intermediate_layers = recorded_intermediate
-            return model
+                model.get_intermediate_layers = recorded_intermediate
+                return model
 
-        def recorded_getitem(dataset, index):
-            item = getitem(dataset, index)
-            record["paths"].append(str(Path(item["image_path"]).relative_to(root)))
-            record["images"].append(item["image"])
-            record["masks"].append(item["mask"])
-            return item
+            return backbones, "load", load
 
-        def recorded_rscin(scores, cls_tokens=None, k_list=(0,)):
-            out = rscin(scores, cls_tokens, k_list=k_list)
-            record["embeddings"].append(np.asarray(cls_tokens))
-            record["scores"].append(np.asarray(out))
-            return out
-
-        def recorded_metrics(gt_sp, pr_sp, gt_px, pr_px):
-            image_metric, pixel_metric = compute_metrics(gt_sp, pr_sp, gt_px, pr_px)
-            record["maps"].append(pr_px[:, 0])
-            record["labels"].append(gt_sp)
-            record["metrics"].append([*image_metric, *pixel_metric])
-            return image_metric, pixel_metric
-
-        record.update({k: [] for k in ("paths", "images", "masks", "tokens", "embeddings", "scores", "maps")})
-        record.update({"labels": [], "metrics": []})
-        argv = ["musc_main.py", "--config", "configs/musc.yaml", "--data_path", str(root)]
-        argv += ["--dataset_name", "mvtec_ad", "--class_name", "ALL", "--backbone_name", backbone_name]
-        argv += ["--img_resize", str(size), "--divide_num", "1", "--device", "0"]
-        argv += ["--output_dir", str(weights_file.parent / "official_output"), "--feature_layers"]
-        argv += [str(layer) for layer in layers]
-        with contextlib.ExitStack() as stack:
-            for target, attribute, value in (
-                (backbones, "load", load),
-                (MVTecDataset, "__getitem__", recorded_getitem),
-                (musc, "RsCIN", recorded_rscin),
-                (musc, "compute_metrics", recorded_metrics),
-                (musc, "_CLASSNAMES_mvtec_ad", list(ps.CATEGORIES)),
-                (torch.cuda, "is_available", lambda: False),
-                (sys, "argv", argv),
-            ):
-                stack.enter_context(mock.patch.object(target, attribute, value))
-            runpy.run_path("examples/musc_main.py", run_name="__main__")
-        result[f"{tag}_paths"] = np.array(record["paths"])
-        result[f"{tag}_images"] = torch.stack(record["images"]).numpy()
-        result[f"{tag}_masks"] = torch.stack(record["masks"])[:, 0].numpy().astype(np.int32)
-        result[f"{tag}_tokens"] = torch.cat(record["tokens"], dim=1).numpy()
-        result[f"{tag}_embeddings"] = np.concatenate(record["embeddings"]).astype(np.float32)
-        result[f"{tag}_scores"] = np.concatenate(record["scores"])
-        result[f"{tag}_maps"] = np.concatenate(record["maps"])
-        result[f"{tag}_labels"] = np.concatenate(record["labels"])
-        result[f"{tag}_metrics"] = np.asarray(record["metrics"], dtype=np.float64)
+        options = ["--backbone_name", backbone_name, "--img_resize", str(size), "--divide_num", "1"]
+        options += ["--output_dir", str(weights_file.parent / "official_output"), "--feature_layers"]
+        options += [str(layer) for layer in layers]
+        run = pm.run_their_main(musc, MVTecDataset, root, model_patch, options, tokens_dim=1)
+        result |= {f"{tag}_{key}": value for key, value in run.items()}
     return result | official_full_size(weights_file.parent)
 
 
