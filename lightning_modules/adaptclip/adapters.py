@@ -8,8 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.clip import PromptTextEncoder
-
 
 class ResidualMLP(nn.Module):
     """``x + Linear(D, D/r, no bias) -> BatchNorm1d -> ReLU -> Linear(D/r, D, no bias)`` over the last
@@ -40,30 +38,6 @@ class VisualAdapter(nn.Module):
         super().__init__()
         self.local_adapter = ResidualMLP(dim, reduction)
         self.global_adapter = ResidualMLP(dim, reduction)
-
-
-class TextualPrompts(nn.Module):
-    """``[V1..Vn] .`` (normal) and ``[W1..Wn] .`` (anomalous): ``n`` learnable vectors replace the
-    placeholder words after the start token (their ``TextualAdapter``: ``ctx_pos`` / ``ctx_neg``, normal
-    init with std 0.02); the rest of each prompt is CLIP's own token embeddings."""
-
-    def __init__(self, text_encoder: PromptTextEncoder, tokenizer, prompt_length: int) -> None:
-        super().__init__()
-        width = text_encoder.width
-        placeholder = " ".join(["X"] * prompt_length)
-        token_ids = tokenizer([f"{placeholder}.", f"{placeholder}."])
-        with torch.no_grad():
-            embeddings = text_encoder.embed(token_ids)
-        self.register_buffer("token_ids", token_ids, persistent=False)
-        self.register_buffer("prefix", embeddings[:, :1].clone(), persistent=False)
-        self.register_buffer("suffix", embeddings[:, 1 + prompt_length :].clone(), persistent=False)
-        self.normal_context = nn.Parameter(torch.empty(prompt_length, width).normal_(std=0.02))
-        self.abnormal_context = nn.Parameter(torch.empty(prompt_length, width).normal_(std=0.02))
-
-    def forward(self) -> torch.Tensor:
-        """Prompt embeddings ``[2, L, width]``: index 0 normal, 1 anomalous."""
-        context = torch.stack([self.normal_context, self.abnormal_context]).to(self.prefix.dtype)
-        return torch.cat([self.prefix, context, self.suffix], dim=1)
 
 
 def _local_head(dim: int, mid: int) -> nn.Sequential:

@@ -28,10 +28,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from datamodules.errors import ConfigError, require_choices
-from lightning_modules.adaptclip.adapters import PQAdapter, TextualPrompts, VisualAdapter
+from lightning_modules.adaptclip.adapters import PQAdapter, VisualAdapter
 from lightning_modules.adaptclip.config import FUSIONS, TRAIN_PROMPT_SOURCES, AdaptCLIPConfig
 from lightning_modules.anomalyclip.model import segmentation_losses
-from lightning_modules.clip import DualPathVisionEncoder, PromptTextEncoder, create_clip
+from lightning_modules.clip import (
+    DualPathVisionEncoder,
+    LearnedContextPrompts,
+    PromptTextEncoder,
+    create_clip,
+)
 from lightning_modules.ops import gaussian_blur, upsample_patch_probabilities
 
 NORMAL, ABNORMAL = 0, 1
@@ -143,7 +148,8 @@ class AdaptCLIP(nn.Module):
             )
         self.text = PromptTextEncoder(clip_model)
         dim = self.vision.output_dim
-        self.textual = TextualPrompts(self.text, tokenizer, cfg.prompt_length)
+        # their TextualAdapter: "[V1..Vn]." / "[W1..Wn]." (ctx_pos / ctx_neg), normal init with std 0.02
+        self.textual = LearnedContextPrompts(self.text, tokenizer, cfg.prompt_length, ("{}.", "{}."))
         self.visual = VisualAdapter(dim, cfg.visual_reduction)
         self.pq = PQAdapter(dim, cfg.pq_mid_dim, len(cfg.feature_layers), cfg.pq_context, cfg.pq_share_heads)
         with torch.no_grad():

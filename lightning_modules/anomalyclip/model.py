@@ -19,14 +19,19 @@ from torch import nn
 
 from datamodules.errors import ConfigError
 from lightning_modules.anomalyclip.config import AnomalyCLIPBaseConfig, AnomalyCLIPConfig
-from lightning_modules.clip import DualPathVisionEncoder, PromptTextEncoder, create_clip
+from lightning_modules.clip import (
+    DualPathVisionEncoder,
+    LearnedContextPrompts,
+    PromptTextEncoder,
+    create_clip,
+)
 from lightning_modules.losses import dice_loss, focal_loss
 from lightning_modules.ops import gaussian_blur, l2_normalize, patch_class_probabilities
 
 NORMAL, ABNORMAL = 0, 1
 
 
-class ObjectAgnosticPrompts(nn.Module):
+class ObjectAgnosticPrompts(LearnedContextPrompts):
     """``[V1..Vn] object .`` / ``[W1..Wn] damaged object .`` plus deep text tokens.
 
     The learnable vectors replace the embeddings of ``n`` placeholder words right after the start token;
@@ -41,26 +46,11 @@ class ObjectAgnosticPrompts(nn.Module):
         deep_prompt_length: int,
         num_deep_blocks: int,
     ) -> None:
-        super().__init__()
-        width = text_encoder.width
-        placeholder = " ".join(["X"] * prompt_length)
-        token_ids = tokenizer([f"{placeholder} object.", f"{placeholder} damaged object."])
-        with torch.no_grad():
-            embeddings = text_encoder.embed(token_ids)
-        self.register_buffer("token_ids", token_ids, persistent=False)
-        self.register_buffer("prefix", embeddings[:, :1].clone(), persistent=False)
-        self.register_buffer("suffix", embeddings[:, 1 + prompt_length :].clone(), persistent=False)
-        self.normal_context = nn.Parameter(torch.empty(prompt_length, width).normal_(std=0.02))
-        self.abnormal_context = nn.Parameter(torch.empty(prompt_length, width).normal_(std=0.02))
+        super().__init__(text_encoder, tokenizer, prompt_length, ("{} object.", "{} damaged object."))
         self.deep_tokens = nn.ParameterList(
-            nn.Parameter(torch.empty(deep_prompt_length, width).normal_(std=0.02))
+            nn.Parameter(torch.empty(deep_prompt_length, text_encoder.width).normal_(std=0.02))
             for _ in range(num_deep_blocks)
         )
-
-    def forward(self) -> torch.Tensor:
-        """Prompt embeddings ``[2, L, width]``: index 0 normal, 1 abnormal."""
-        context = torch.stack([self.normal_context, self.abnormal_context]).to(self.prefix.dtype)
-        return torch.cat([self.prefix, context, self.suffix], dim=1)
 
 
 @dataclasses.dataclass

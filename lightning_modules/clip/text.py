@@ -123,3 +123,31 @@ class PromptTextEncoder(nn.Module):
     def encode(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Plain CLIP text features for tokenised text (hand-written prompts)."""
         return self(self.embed(token_ids), token_ids)
+
+
+class LearnedContextPrompts(nn.Module):
+    """A normal and an anomalous prompt whose first ``prompt_length`` words are learnable vectors
+    (``normal_context``, ``abnormal_context``; normal init, std 0.02) right after the start token; the rest of
+    each prompt (its words, end token, padding) stays CLIP's own token embeddings. ``texts``: the two prompts
+    with ``{}`` where the learned words stand (AnomalyCLIP's ``"{} object."`` / ``"{} damaged object."``,
+    AdaptCLIP's ``"{}."`` twice)."""
+
+    def __init__(
+        self, text_encoder: PromptTextEncoder, tokenizer, prompt_length: int, texts: tuple[str, str]
+    ) -> None:
+        super().__init__()
+        width = text_encoder.width
+        placeholder = " ".join(["X"] * prompt_length)
+        token_ids = tokenizer([text.format(placeholder) for text in texts])
+        with torch.no_grad():
+            embeddings = text_encoder.embed(token_ids)
+        self.register_buffer("token_ids", token_ids, persistent=False)
+        self.register_buffer("prefix", embeddings[:, :1].clone(), persistent=False)
+        self.register_buffer("suffix", embeddings[:, 1 + prompt_length :].clone(), persistent=False)
+        self.normal_context = nn.Parameter(torch.empty(prompt_length, width).normal_(std=0.02))
+        self.abnormal_context = nn.Parameter(torch.empty(prompt_length, width).normal_(std=0.02))
+
+    def forward(self) -> torch.Tensor:
+        """Prompt embeddings ``[2, L, width]``: index 0 normal, 1 anomalous."""
+        context = torch.stack([self.normal_context, self.abnormal_context]).to(self.prefix.dtype)
+        return torch.cat([self.prefix, context, self.suffix], dim=1)
