@@ -257,12 +257,16 @@ def run_their_main(
     dataset_class: Any,
     root: Path,
     model_patch: Callable[[list], tuple[Any, str, Any]],
-    options: list[str],
+    backbone_name: str,
+    size: int,
+    divide_num: int,
+    feature_layers: list[int],
+    output_dir: Path,
     tokens_dim: int = 0,
 ) -> dict[str, np.ndarray]:
     """One run of their ``examples/musc_main.py`` on ``root`` (from their checkout's folder, ``mvtec_ad`` with
-    the generated categories, on the CPU) with ``options`` (backbone, size, divide_num, output folder, feature
-    layers), recording what passes through their dataset item, RsCIN and metrics. ``model_patch(tokens)``:
+    the generated categories, on the CPU) with these command-line settings, recording what passes through
+    their dataset item, RsCIN and metrics. ``model_patch(tokens)``:
     (target, attribute, replacement) that gives their code the parity model and appends each batch's tokens
     to ``tokens`` (concatenated along ``tokens_dim``)."""
     getitem, rscin, compute_metrics = dataset_class.__getitem__, musc.RsCIN, musc.compute_metrics
@@ -292,7 +296,9 @@ def run_their_main(
         return image_metric, pixel_metric
 
     argv = ["musc_main.py", "--config", "configs/musc.yaml", "--data_path", str(root)]
-    argv += ["--dataset_name", "mvtec_ad", "--class_name", "ALL", "--device", "0", *options]
+    argv += ["--dataset_name", "mvtec_ad", "--class_name", "ALL", "--backbone_name", backbone_name]
+    argv += ["--img_resize", str(size), "--divide_num", str(divide_num), "--device", "0"]
+    argv += ["--output_dir", str(output_dir), "--feature_layers", *(str(layer) for layer in feature_layers)]
     with contextlib.ExitStack() as stack:
         for target, attribute, value in (
             model_patch(record["tokens"]),
@@ -350,10 +356,10 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
 
     result: dict[str, Any] = official_unit_outputs()
     for divide_num in DIVIDE_NUMS:
-        options = ["--backbone_name", MODEL, "--img_resize", str(IMAGE_SIZE), "--divide_num", str(divide_num)]
-        options += ["--output_dir", str(weights.parent / "official_output"), "--feature_layers"]
-        options += [str(layer) for layer in FEATURE_LAYERS]
-        run = run_their_main(musc, MVTecDataset, root, model_patch, options)
+        output_dir = weights.parent / "official_output"
+        run = run_their_main(
+            musc, MVTecDataset, root, model_patch, MODEL, IMAGE_SIZE, divide_num, FEATURE_LAYERS, output_dir
+        )
         result |= {f"d{divide_num}_{key}": value for key, value in run.items()}
     return result
 

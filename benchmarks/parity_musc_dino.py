@@ -209,10 +209,10 @@ def official_outputs(official: Path, root: Path, weights_file: Path) -> dict[str
 
             return backbones, "load", load
 
-        options = ["--backbone_name", backbone_name, "--img_resize", str(size), "--divide_num", "1"]
-        options += ["--output_dir", str(weights_file.parent / "official_output"), "--feature_layers"]
-        options += [str(layer) for layer in layers]
-        run = pm.run_their_main(musc, MVTecDataset, root, model_patch, options, tokens_dim=1)
+        output_dir = weights_file.parent / "official_output"
+        run = pm.run_their_main(
+            musc, MVTecDataset, root, model_patch, backbone_name, size, 1, layers, output_dir, tokens_dim=1
+        )
         result |= {f"{tag}_{key}": value for key, value in run.items()}
     return result | official_full_size(weights_file.parent)
 
@@ -281,7 +281,7 @@ def zsad_full_size(folder: Path) -> dict[str, np.ndarray]:
     return out
 
 
-COMPARED = ("images", "masks", "tokens", "embeddings", "maps", "scores", "metrics")
+COMPARED = pm.COMPARED
 
 
 def main() -> None:
