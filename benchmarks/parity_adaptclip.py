@@ -145,7 +145,7 @@ def zsad_outputs(
 
     # one training step (train.py)
     module.train()
-    prompts = TrainingPrompts(data, module.cfg.train_prompts, module.cfg.train_shots)
+    prompts = TrainingPrompts(data, module.cfg.train_prompts, module.cfg.train_prompt_images)
     # their Python random.choice per item is not zsad's stream: the same pool, their picks read here
     chosen = dict(
         zip(drawn["train_prompt_queries"].tolist(), drawn["train_prompt_files"].tolist(), strict=True)

@@ -75,7 +75,7 @@ def zsad_times(root: Path, their_file: Path) -> dict[str, float]:
         torch.manual_seed(pa.SEED)
         module = pa.zsad_module(cfg, weights)
         model = module.model.train()
-        prompts = TrainingPrompts(data, cfg.train_prompts, cfg.train_shots)
+        prompts = TrainingPrompts(data, cfg.train_prompts, cfg.train_prompt_images)
         optimizer = module.configure_optimizers()
         for batch in data.test_dataloader():
             masks = batch["mask"]

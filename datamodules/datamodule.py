@@ -226,7 +226,6 @@ class AnomalyDataModule(L.LightningDataModule):
             "root": str(index.root),
             "options": dict(getattr(self.cfg, "options", None) or {}),
             "split": self.cfg.train_split,
-            "train_shots": [self.cfg.train_shots, self.cfg.train_shots_seed],
             "categories": list(self.categories),
             "n_images": len(index.records),
             "files": self.train_fingerprint["digest"],

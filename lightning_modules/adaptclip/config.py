@@ -35,7 +35,7 @@ class AdaptCLIPConfig:
     fusion: str = "average_mean"  # test.py --fusion_type: of the adapters' maps and scores
     # Prompt images per training sample: their dataset/dataset.py takes one whatever --k_shots (one
     # random.choice per item), so 1; more is a zsad extension.
-    train_shots: int = 1
+    train_prompt_images: int = 1
     # Where a training sample's prompt images come from: "normal_train", the normal training images of its
     # category (their Dataset: meta.json's "train" entries of the class, MVTec AD's train/good), or
     # "training_split", the normal images of the training split itself, the sample excluded (a deviation).

@@ -114,8 +114,8 @@ def check_config(cfg: AdaptCLIPConfig) -> None:
     require_choices(
         ("fusion", cfg.fusion, FUSIONS), ("train_prompts", cfg.train_prompts, TRAIN_PROMPT_SOURCES)
     )
-    if cfg.train_shots < 1:
-        raise ConfigError(f"train_shots must be at least 1, got {cfg.train_shots}")
+    if cfg.train_prompt_images < 1:
+        raise ConfigError(f"train_prompt_images must be at least 1, got {cfg.train_prompt_images}")
 
 
 class AdaptCLIP(nn.Module):

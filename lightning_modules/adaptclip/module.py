@@ -62,7 +62,9 @@ class AdaptCLIPModule(ZeroShotModule):
         return None
 
     def on_fit_start(self) -> None:
-        self.prompts = TrainingPrompts(self.trainer.datamodule, self.cfg.train_prompts, self.cfg.train_shots)
+        self.prompts = TrainingPrompts(
+            self.trainer.datamodule, self.cfg.train_prompts, self.cfg.train_prompt_images
+        )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         masks = batch["mask"]

@@ -49,7 +49,7 @@ class TrainingPrompts:
             if usable < shots:
                 raise ConfigError(
                     f"adaptclip: category '{category}' of the source has {max(usable, 0)} normal images for "
-                    f"train_prompts={source}, fewer than train_shots={shots}"
+                    f"train_prompts={source}, fewer than train_prompt_images={shots}"
                 )
 
     def paths(self, epoch: int, sample_id: int, category_id: int) -> list[Any]:

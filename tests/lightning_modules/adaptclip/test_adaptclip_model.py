@@ -74,7 +74,7 @@ def test_static_prompts_are_their_147_normal_and_84_anomalous_texts():
     [
         ("fusion", "max", "fusion"),
         ("train_prompts", "test", "train_prompts"),
-        ("train_shots", 0, "train_shots"),
+        ("train_prompt_images", 0, "train_prompt_images"),
     ],
 )
 def test_unknown_settings_are_refused(field, value, message):
