@@ -124,6 +124,15 @@ class MethodSpec:
     # format (their released weights); None: only zsad checkpoints load.
     official_checkpoint: Callable[[Any, dict[str, Any], str], dict[str, Any]] | None = None
     published: PublishedNumbers | None = None  # the paper's numbers, for ``zsad report --reference``
+    # A run's method settings (its config.yaml's ``method`` keys, flattened and dotted: ``backbone.name``,
+    # ``feature_layers``; an absent key has its default) -> the published numbers measured in that setting,
+    # or None where no source states any. None: ``published`` beside every setting of the method. MuSc: its
+    # README's backbone study gives each backbone and input size its own numbers.
+    published_for: Callable[[Mapping[str, Any]], PublishedNumbers | None] | None = None
+
+    def published_numbers(self, settings: Mapping[str, Any]) -> PublishedNumbers | None:
+        """The published numbers beside a run of these method ``settings`` (see ``published_for``)."""
+        return self.published if self.published_for is None else self.published_for(settings)
 
     @property
     def few_shot(self) -> bool:

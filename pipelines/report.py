@@ -38,10 +38,10 @@ from pipelines.report_tables import (
     Table,
     baseline_column,
     category_tables,
+    column_value,
     dataset_tables,
     percent,
     published_sources,
-    published_value,
     row_dataset,
     table_specs,
     text_rows,
@@ -184,9 +184,7 @@ def _csv_rows(grouping: Grouping, intervals: Intervals) -> list[dict[str, Any]]:
                 interval = intervals.get((row, column, category, metric))
                 reference = None
                 if category is None and metric != "aupro":
-                    reference = published_value(
-                        dataset, grouping.column_method[column], metric, grouping.column_shots.get(column, 0)
-                    )
+                    reference = column_value(grouping, column, dataset, metric)
                 rows.append(
                     {
                         "dataset": row,

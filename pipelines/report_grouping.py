@@ -50,6 +50,7 @@ IGNORED_KEYS = (
 #: The protocol key that separates settings (zero-shot and k-shot columns side by side); absent in the
 #: configs of runs older than the protocol, which were zero-shot.
 SHOTS_KEY = "protocol.shots"
+METHOD_PREFIX = "method."
 TARGET_PREFIX = "target."  # a target's own settings in a cell's setting (from ``targets.N.*``)
 # Fields of a target's results that must agree for runs to be the same experiment on the same data.
 DATA_FIELDS = ("version", "n_images", "split", "image_size", "eval_size", "preprocessing", "options")
@@ -285,6 +286,9 @@ class Grouping:
     warnings: list[str]
     notes: list[str]
     column_shots: dict[str, int] = dataclasses.field(default_factory=dict)  # label -> K (0: zero-shot)
+    # label -> the distinct method settings of its runs (``method.*`` keys without the prefix): which
+    # published numbers stand beside it (MethodSpec.published_for)
+    column_method_settings: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
 
 
 def group(entries: list[Entry], group_by: list[str] | None = None) -> Grouping:
@@ -337,6 +341,11 @@ def group(entries: list[Entry], group_by: list[str] | None = None) -> Grouping:
             descriptions[(kind, cid)] = described[cid]
     column_method = {column_labels[column_id(e)]: str(e.setting.get("method.name", "?")) for e in entries}
     column_shots = {column_labels[column_id(e)]: _shots(e.setting) for e in entries}
+    column_method_settings: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for e in entries:
+        settings = {k[len(METHOD_PREFIX) :]: v for k, v in e.setting.items() if k.startswith(METHOD_PREFIX)}
+        if settings not in column_method_settings[column_labels[column_id(e)]]:
+            column_method_settings[column_labels[column_id(e)]].append(settings)
 
     buckets: dict[tuple[str, str], list[Entry]] = defaultdict(list)
     for e in entries:
@@ -376,6 +385,7 @@ def group(entries: list[Entry], group_by: list[str] | None = None) -> Grouping:
         warnings,
         notes,
         column_shots,
+        dict(column_method_settings),
     )
 
 

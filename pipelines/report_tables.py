@@ -137,31 +137,56 @@ def row_dataset(row: str, grouping: Grouping) -> str:
 
 
 def method_published(method: str) -> PublishedNumbers | None:
-    """The published numbers of ``method`` (its spec's ``published``); None for a method without any, or one
-    this version does not know (runs of another version or of a plugin)."""
+    """The published numbers of ``method`` at its paper's setting (its spec's ``published``); None for a method
+    without any, or one this version does not know (runs of another version or of a plugin)."""
     try:
         return get_method(method).published
     except ZsadError:
         return None
 
 
-def published_value(dataset: str, method: str, metric: str, shots: int = 0) -> float | None:
-    """The published number of a dataset-level cell (the papers' AUPRO is the cflow-style one): the
-    zero-shot rows, or a k-shot column's (``shots``) k-shot rows."""
-    numbers = method_published(method)
+def column_published(grouping: Grouping, column: str) -> PublishedNumbers | None:
+    """The published numbers measured in a column's setting (MethodSpec.published_for: MuSc's backbone
+    study gives each backbone its own); None where no source states any, or where the column's runs differ in
+    a way that gives them different ones."""
+    try:
+        spec = get_method(grouping.column_method[column])
+    except ZsadError:
+        return None
+    found = [spec.published_numbers(s) for s in grouping.column_method_settings.get(column) or [{}]]
+    return found[0] if all(f == found[0] for f in found) else None
+
+
+def published_cell(
+    numbers: PublishedNumbers | None, dataset: str, metric: str, shots: int = 0
+) -> float | None:
+    """One published number (the papers' AUPRO is the cflow-style one): the zero-shot rows, or a k-shot
+    column's (``shots``) k-shot rows."""
     values = numbers.numbers(shots).get(dataset, {}) if numbers is not None else {}
     return values.get("aupro" if metric == CFLOW_AUPRO else metric)
 
 
+def published_value(dataset: str, method: str, metric: str, shots: int = 0) -> float | None:
+    """The published number of a dataset-level cell of ``method`` at its paper's setting."""
+    return published_cell(method_published(method), dataset, metric, shots)
+
+
+def column_value(grouping: Grouping, column: str, dataset: str, metric: str) -> float | None:
+    """The published number beside a dataset-level cell of ``column`` (its setting's, its shots')."""
+    return published_cell(
+        column_published(grouping, column), dataset, metric, grouping.column_shots.get(column, 0)
+    )
+
+
 def published_sources(grouping: Grouping) -> str:
-    """Where the published rows come from: the sources of the shown methods' numbers (their k-shot
-    sources for k-shot columns), each once."""
+    """Where the published rows come from: the sources of the shown settings' numbers (their k-shot sources
+    for k-shot columns), each once."""
     sources = []
     for column in grouping.columns:
-        numbers = method_published(grouping.column_method[column])
+        numbers = column_published(grouping, column)
         if numbers is not None:
             sources.append(numbers.source_of(grouping.column_shots.get(column, 0)))
-    return "; ".join(dict.fromkeys(sources)) or "none of these methods"
+    return "; ".join(dict.fromkeys(sources)) or "none of these settings"
 
 
 def baseline_column(grouping: Grouping, runs: list[RunRecord], which: str) -> str:
@@ -222,13 +247,7 @@ def dataset_tables(
         if reference:
             for row in rows:
                 row.published = [
-                    [
-                        published_value(
-                            row.dataset, grouping.column_method[c], m, grouping.column_shots.get(c, 0)
-                        )
-                        for m in metrics
-                    ]
-                    for c in grouping.columns
+                    [column_value(grouping, c, row.dataset, m) for m in metrics] for c in grouping.columns
                 ]
         tables.append(Table(title, "dataset", metrics, rows, note, _index(grouping, baseline)))
     return tables

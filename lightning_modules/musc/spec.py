@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from lightning_modules.method_spec import TRANSDUCTIVE, MethodSpec, PublishedNumbers
@@ -50,9 +51,11 @@ PUBLISHED = PublishedNumbers(
 
 
 #: Their README's "Results of different backbones" (github.com/xrli-U/MuSc, the mean rows of each dataset; their
-#: scripts/musc_{mvtec_ad,visa,btad}.sh; every other setting the paper's default) for the DINO / DINOv2 rows of
-#: configs/sweep/musc_backbones.yaml: (their backbone_name, img_resize) -> dataset -> (image AUROC, F1-max,
-#: AP, pixel AUROC, F1-max, AP, cflow AUPRO) in percent.
+#: scripts/musc_{mvtec_ad,visa,btad}.sh: feature layers 2 5 8 11 for the 12-block ViTs, 5 11 17 23 for the
+#: 24-block ones, divide_num 1, r_list 1 3 5, every other setting the paper's default), the rows of
+#: configs/sweep/musc_backbones.yaml: (their backbone_name, img_resize) -> dataset -> (image AUROC, F1-max, AP,
+#: pixel AUROC, F1-max, AP, cflow AUPRO) in percent. Their ViT-L-14-336 / 518 rows are the paper's default
+#: (:data:`PUBLISHED`'s numbers).
 BACKBONE_STUDY_SOURCE = "MuSc README (github.com/xrli-U/MuSc), 'Results of different backbones', mean rows"
 BACKBONE_STUDY_METRICS = (
     "image_auroc",
@@ -64,6 +67,56 @@ BACKBONE_STUDY_METRICS = (
     "aupro",
 )
 BACKBONE_STUDY: dict[tuple[str, int], dict[str, tuple[float, ...]]] = {
+    ("ViT-B-32", 256): {
+        "mvtec": (87.99, 92.31, 94.38, 93.08, 42.06, 37.21, 72.62),
+        "visa": (72.95, 76.90, 77.68, 89.30, 25.93, 20.68, 50.95),
+        "btad": (92.19, 95.55, 98.47, 96.74, 43.98, 35.70, 68.56),
+    },
+    ("ViT-B-32", 512): {
+        "mvtec": (89.91, 92.72, 95.12, 95.73, 53.32, 52.33, 83.72),
+        "visa": (77.82, 80.20, 81.01, 96.06, 34.72, 30.20, 73.08),
+        "btad": (93.31, 94.61, 98.40, 97.41, 52.94, 48.80, 69.59),
+    },
+    ("ViT-B-16", 256): {
+        "mvtec": (92.78, 93.98, 96.59, 96.21, 52.48, 50.23, 87.00),
+        "visa": (81.44, 80.86, 83.84, 95.97, 36.72, 31.81, 73.48),
+        "btad": (92.44, 91.00, 97.31, 97.45, 55.27, 52.19, 72.68),
+    },
+    ("ViT-B-16", 512): {
+        "mvtec": (94.20, 95.20, 97.34, 97.09, 61.24, 61.45, 91.67),
+        "visa": (86.48, 84.12, 88.05, 97.98, 42.21, 37.29, 85.10),
+        "btad": (94.11, 92.99, 97.98, 97.91, 59.18, 59.05, 77.86),
+    },
+    ("ViT-B-16-plus-240", 240): {
+        "mvtec": (94.77, 95.43, 97.60, 96.26, 52.23, 50.27, 87.70),
+        "visa": (82.62, 81.61, 85.05, 96.11, 37.84, 33.43, 72.37),
+        "btad": (92.86, 93.99, 97.96, 97.68, 54.81, 51.33, 73.47),
+    },
+    ("ViT-B-16-plus-240", 512): {
+        "mvtec": (95.69, 96.50, 98.11, 97.28, 60.71, 61.29, 92.14),
+        "visa": (86.72, 84.22, 89.41, 97.95, 43.27, 37.68, 83.52),
+        "btad": (94.13, 93.84, 98.34, 98.14, 58.66, 57.53, 77.23),
+    },
+    ("ViT-L-14", 336): {
+        "mvtec": (96.06, 96.65, 98.25, 97.24, 59.41, 58.10, 91.69),
+        "visa": (88.38, 85.23, 89.77, 98.32, 44.67, 40.42, 87.80),
+        "btad": (92.74, 93.21, 97.71, 97.84, 56.60, 55.94, 77.01),
+    },
+    ("ViT-L-14", 518): {
+        "mvtec": (95.94, 96.32, 98.30, 97.42, 63.06, 63.67, 92.92),
+        "visa": (90.86, 87.75, 91.66, 98.45, 45.74, 42.09, 89.93),
+        "btad": (94.82, 95.29, 98.58, 97.77, 55.55, 55.46, 80.62),
+    },
+    ("ViT-L-14-336", 336): {
+        "mvtec": (96.40, 96.44, 98.30, 97.03, 57.51, 55.44, 92.18),
+        "visa": (88.61, 85.31, 90.00, 98.53, 45.10, 40.92, 89.35),
+        "btad": (95.11, 94.48, 98.53, 97.42, 56.75, 55.23, 79.63),
+    },
+    ("ViT-L-14-336", 518): {
+        "mvtec": (97.77, 97.37, 99.07, 97.11, 62.16, 62.26, 93.45),
+        "visa": (92.57, 89.06, 93.31, 98.71, 48.90, 45.38, 92.43),
+        "btad": (96.16, 93.90, 97.85, 97.35, 57.86, 57.15, 83.43),
+    },
     ("dino_vitbase16", 256): {
         "mvtec": (89.39, 93.77, 95.37, 95.83, 54.02, 52.84, 84.24),
         "visa": (78.21, 80.12, 81.11, 95.74, 36.81, 32.84, 70.21),
@@ -95,6 +148,15 @@ BACKBONE_STUDY: dict[tuple[str, int], dict[str, tuple[float, ...]]] = {
         "btad": (95.62, 95.40, 98.76, 98.40, 65.88, 69.90, 82.47),
     },
 }
+#: zsad's open_clip model and weights of each of their CLIP backbone names (their scripts' --pretrained; zsad
+#: names OpenAI's models -quickgelu, the activation their weights were trained with)
+AUTHORS_CLIP_BACKBONES = {
+    "ViT-B-32": ("ViT-B-32-quickgelu", "openai"),
+    "ViT-B-16": ("ViT-B-16-quickgelu", "openai"),
+    "ViT-B-16-plus-240": ("ViT-B-16-plus-240", "laion400m_e31"),
+    "ViT-L-14": ("ViT-L-14-quickgelu", "openai"),
+    "ViT-L-14-336": ("ViT-L-14-336-quickgelu", "openai"),
+}
 #: zsad's timm architecture of each of their DINO / DINOv2 backbone names (Meta's weights: timm's tags
 #: ``dino`` / ``lvd142m``, or Meta's own ``<name>_pretrain.pth`` files)
 AUTHORS_DINO_BACKBONES = {
@@ -103,6 +165,18 @@ AUTHORS_DINO_BACKBONES = {
     "dinov2_vitb14": ("dinov2", "vit_base_patch14_dinov2", "lvd142m"),
     "dinov2_vitl14": ("dinov2", "vit_large_patch14_dinov2", "lvd142m"),
 }
+#: The settings besides the backbone that change MuSc's numbers: a study row stands beside a run only where
+#: these are the paper's (the config's defaults; their scripts set divide_num 1 and r_list 1 3 5 as these do).
+STUDY_FIXED_SETTINGS = (
+    "activation",
+    "r_list",
+    "topmin_min",
+    "topmin_max",
+    "divide_num",
+    "divide_seed",
+    "k_list",
+    "amp",
+)
 
 
 def backbone_study(name: str, size: int) -> PublishedNumbers:
@@ -115,6 +189,43 @@ def backbone_study(name: str, size: int) -> PublishedNumbers:
             for d, row in rows.items()
         },
     )
+
+
+def _authors_backbone(settings: Mapping[str, Any]) -> tuple[str, int] | None:
+    """(their backbone_name, img_resize) of a run's method settings; None for a backbone they did not run."""
+    default = MuScConfig()
+
+    def get(key: str, fallback: Any) -> Any:
+        return settings.get(key, fallback)
+
+    family = get("backbone_family", default.backbone_family)
+    if family == "clip":
+        used = (
+            get("backbone.name", default.backbone.name),
+            get("backbone.pretrained", default.backbone.pretrained),
+        )
+        names = [n for n, v in AUTHORS_CLIP_BACKBONES.items() if v == used]
+        size = get("backbone.image_size", default.backbone.image_size)
+    else:
+        used = (family, get("dino.name", default.dino.name), get("dino.pretrained", default.dino.pretrained))
+        names = [n for n, v in AUTHORS_DINO_BACKBONES.items() if v == used]
+        size = get("dino.image_size", default.dino.image_size)
+    return (names[0], int(size)) if names else None
+
+
+def published_for(settings: Mapping[str, Any]) -> PublishedNumbers | None:
+    """The paper's numbers for its default setting; the README's backbone study for another backbone and size
+    of it run with their scripts' feature layers; None for anything else (no source states numbers there)."""
+    default = MuScConfig()
+    if any(settings.get(k, getattr(default, k)) != getattr(default, k) for k in STUDY_FIXED_SETTINGS):
+        return None
+    row = _authors_backbone(settings)
+    if row is None or row not in BACKBONE_STUDY:
+        return None
+    their_layers = [2, 5, 8, 11] if "-B-" in row[0] or "vitb" in row[0] else [5, 11, 17, 23]
+    if list(settings.get("feature_layers", default.feature_layers)) != their_layers:
+        return None
+    return PUBLISHED if row == ("ViT-L-14-336", 518) else backbone_study(*row)
 
 
 def build_module(cfg: MuScConfig, eval_cfg: Any) -> Any:
@@ -168,4 +279,5 @@ MUSC = MethodSpec(
     dataset_protocol=dataset_protocol,
     protocols=(TRANSDUCTIVE,),
     published=PUBLISHED,
+    published_for=published_for,
 )

@@ -649,3 +649,51 @@ def test_compare_refuses_runs_on_other_images_and_bootstrap_names_missing_maps(t
         ZsadError, match=r"needs the saved maps of .* evaluate it again with eval.save_maps=true"
     ):
         build_report([str(bare)], out=str(tmp_path / "b"), wandb_mode="disabled", bootstrap=5)
+
+
+def test_reference_rows_are_those_measured_in_the_columns_setting(tmp_path):
+    """MuSc's README gives each backbone and size its own numbers: a DINOv2 column gets its study row, the
+    default column the paper's, and a setting no source measured (other layers, other r_list) none."""
+    base = yaml.safe_load(to_yaml(compose("musc_mvtec_visa_btad")))
+    runs = tmp_path / "runs"
+    settings = {
+        "default": {},
+        "dinov2_b14": {
+            "backbone_family": "dinov2",
+            "dino": {**base["method"]["dino"], "name": "vit_base_patch14_dinov2", "image_size": 336},
+            "feature_layers": [2, 5, 8, 11],
+        },
+        "clip_b32": {
+            "backbone": {**base["method"]["backbone"], "name": "ViT-B-32-quickgelu", "image_size": 512},
+            "feature_layers": [2, 5, 8, 11],
+        },
+        "b32_other_layers": {
+            "backbone": {**base["method"]["backbone"], "name": "ViT-B-32-quickgelu", "image_size": 512},
+        },
+        "other_r_list": {"r_list": [1, 3]},
+    }
+    for folder, method in settings.items():
+        run_dir = runs / folder
+        run_dir.mkdir(parents=True)
+        cfg = copy.deepcopy(base)
+        cfg["method"].update(method)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump({**cfg, "run_dir": str(run_dir)}))
+        mean = {"image_auroc": 0.9, "image_ap": 0.9, "pixel_auroc": 0.9, "aupro": 0.8, "aupro_cflow": 0.8}
+        results = {
+            "experiment": cfg["name"], "method": "musc", "source": None, "seed": cfg["seed"],
+            "run_dir": str(run_dir), "created": "2026-01-01T00:00:00+00:00",
+            "targets": {"mvtec": {"dataset": "mvtec", "n_images": 20, "version": None, "mean": mean}},
+        }  # fmt: skip
+        (run_dir / "results.json").write_text(json.dumps(results))
+    report = build_report([str(runs)], out=str(tmp_path / "rep"), reference=True, wandb_mode="disabled")
+    published = {
+        r["runs"].rsplit("/", 1)[-1]: r["published"] for r in csv_rows(report) if r["metric"] == "image_auroc"
+    }
+    assert published == {
+        "default": "0.9777",  # the paper's default: ViT-L-14-336 at 518 px
+        "dinov2_b14": "0.9567",  # README, dinov2_vitb14 at 336 px
+        "clip_b32": "0.8991",  # README, ViT-B-32 at 512 px
+        "b32_other_layers": "",  # their ViT-B runs used layers 2 5 8 11
+        "other_r_list": "",
+    }
+    assert "dinov2_vitb14 at 336 px" in report.markdown and "ViT-B-32 at 512 px" in report.markdown

@@ -100,29 +100,56 @@ def test_the_checkpoint_identity_names_the_chosen_backbone():
     assert identity["backbone_family"] == "dinov2" and identity["backbone"]["name"] == TINY_DINO
 
 
-def test_the_backbone_sweep_runs_compose_and_its_dino_rows_have_the_readmes_numbers():
-    from lightning_modules.musc.spec import AUTHORS_DINO_BACKBONES, BACKBONE_STUDY, backbone_study
+def test_every_backbone_sweep_run_gets_its_readme_row_as_published_numbers():
+    """Each variant of musc_backbones is one row of their README's backbone study (their backbone names,
+    sizes and their scripts' layers), and ``published_for`` of its resolved settings returns that row: the
+    numbers `zsad report --reference` puts beside it."""
+    import dataclasses
+
+    from lightning_modules.musc.spec import (
+        AUTHORS_CLIP_BACKBONES,
+        AUTHORS_DINO_BACKBONES,
+        BACKBONE_STUDY,
+        PUBLISHED,
+        backbone_study,
+        published_for,
+    )
     from pipelines import sweep
     from pipelines.config import compose, to_object
+    from pipelines.report_grouping import flatten
 
     cfg, _ = sweep.load_sweep("musc_backbones")
     runs = sweep.expand(cfg)
     assert sweep.invalid_runs(cfg, runs) == []
-    timm_names = {(v[1], v[0]): k for k, v in AUTHORS_DINO_BACKBONES.items()}
+    clip_names = {v: k for k, v in AUTHORS_CLIP_BACKBONES.items()}
+    dino_names = {(v[1], v[0]): k for k, v in AUTHORS_DINO_BACKBONES.items()}
     studied = set()
     for run in runs:
         method = to_object(compose(run.experiment, list(run.overrides))).method
         if method.backbone_family == "clip":
-            continue
-        name = timm_names[(method.dino.name, method.backbone_family)]
-        studied.add((name, method.dino.image_size))
-        assert method.dino.interpolate_offset == 0.1
-        assert method.feature_layers == ([2, 5, 8, 11] if "vitl" not in name else [5, 11, 17, 23])
+            row = (clip_names[(method.backbone.name, method.backbone.pretrained)], method.backbone.image_size)
+        else:
+            row = (dino_names[(method.dino.name, method.backbone_family)], method.dino.image_size)
+            assert method.dino.interpolate_offset == 0.1
+        studied.add(row)
+        twelve_blocks = "-B-" in row[0] or "vitb" in row[0]
+        assert method.feature_layers == ([2, 5, 8, 11] if twelve_blocks else [5, 11, 17, 23])
+        expected = PUBLISHED if row == ("ViT-L-14-336", 518) else backbone_study(*row)
+        assert published_for(flatten(dataclasses.asdict(method))) == expected, row
     assert studied == set(BACKBONE_STUDY)
     numbers = backbone_study("dinov2_vitl14", 518).results
     assert numbers["mvtec"]["image_auroc"] == pytest.approx(0.9708) and numbers["btad"][
         "aupro"
     ] == pytest.approx(0.8247)
+    # the README's default row is the paper's default numbers (PUBLISHED), metric for metric
+    default = backbone_study("ViT-L-14-336", 518).results
+    for dataset, metrics in PUBLISHED.results.items():
+        assert {m: default[dataset][m] for m in metrics} == pytest.approx(metrics)
+    # settings no source measured: none
+    assert published_for({"feature_layers": [2, 5, 8, 11]}) is None  # their ViT-L runs used 5 11 17 23
+    assert published_for({"activation": "gelu"}) is None
+    assert published_for({"backbone.image_size": 448}) is None
+    assert published_for({}) == PUBLISHED
 
 
 def test_zsad_run_with_the_tiny_dinov2_config(tmp_path, synthetic_pair):
