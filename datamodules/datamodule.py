@@ -24,6 +24,7 @@ from datamodules.errors import ConfigError
 from datamodules.fingerprint import index_fingerprint
 from datamodules.fingerprint import summary as fingerprint_summary
 from datamodules.index import DatasetIndex, DatasetSpec, build_index, get_dataset_spec
+from datamodules.item_extras import ItemExtras, WithItemExtras
 from datamodules.references import ReferenceDraw, ReferenceImages, draw_references
 from datamodules.resumable import EpochSampler, ResumableDataLoader
 from datamodules.training_shots import training_shots
@@ -107,6 +108,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.eval_size = cfg.eval_size or image_size
         self.preprocessing = preprocessing_for(cfg, preprocessing or ImagePreprocessing())
         self.cached_train_features: Dataset | None = None  # set by a method's feature cache (on_fit_start)
+        self.train_item_extras: ItemExtras | None = None  # set by a method that adds inputs per item
 
     @functools.cached_property
     def spec(self) -> DatasetSpec:
@@ -243,17 +245,19 @@ class AnomalyDataModule(L.LightningDataModule):
         """Serve ``dataset`` (cached features) from :meth:`train_dataloader`; None goes back to the images."""
         self.cached_train_features = dataset
 
+    def set_train_item_extras(self, extras: ItemExtras | None) -> None:
+        """Add ``extras(epoch, sample_id, category_id)`` to every training item, made in the loader's workers
+        (:mod:`datamodules.item_extras`; AdaptCLIP's prompt images); None: the items alone."""
+        self.train_item_extras = extras
+
     def _train_loader(self, dataset: Dataset, workers: int) -> ResumableDataLoader:
         return resumable_train_loader(dataset, self.cfg, self.trainer, self.seed, workers)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        if train and self.cached_train_features is not None:
-            # In-memory tensors: worker processes would only add start-up and copying cost.
-            return self._train_loader(self.cached_train_features, workers=0)
+        if train:
+            return self._training_loader(split)
         dataset = self._dataset(split, train)
         workers = self.num_workers
-        if train:
-            return self._train_loader(dataset, workers)
         return DataLoader(
             dataset,
             batch_size=self.eval_batch_size,
@@ -262,6 +266,19 @@ class AnomalyDataModule(L.LightningDataModule):
             pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
             persistent_workers=workers > 0,
         )
+
+    def _training_loader(self, split: str) -> ResumableDataLoader:
+        if self.cached_train_features is not None:
+            dataset, workers = self.cached_train_features, 0
+            # In-memory tensors: worker processes would only add start-up and copying cost, unless items
+            # carry extras read from files.
+            if self.train_item_extras is not None:
+                workers = self.num_workers
+        else:
+            dataset, workers = self._dataset(split, train=True), self.num_workers
+        if self.train_item_extras is not None:
+            dataset = WithItemExtras(dataset, self.train_item_extras)
+        return self._train_loader(dataset, workers)
 
     @property
     def eval_batch_size(self) -> int:

@@ -65,6 +65,11 @@ class AdaptCLIPModule(ZeroShotModule):
         self.prompts = TrainingPrompts(
             self.trainer.datamodule, self.cfg.train_prompts, self.cfg.train_prompt_images
         )
+        # each item's prompt images are read in the loader's workers, beside the item (``prompt_images``)
+        self.trainer.datamodule.set_train_item_extras(self.prompts)
+
+    def on_fit_end(self) -> None:
+        self.trainer.datamodule.set_train_item_extras(None)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         masks = batch["mask"]
@@ -72,9 +77,7 @@ class AdaptCLIPModule(ZeroShotModule):
             features = self.model.features_from_tensors(batch["features"])
         else:
             features = self.model.encode_images(batch["image"])
-        images = self.prompts.images(self.current_epoch, batch["sample_id"], batch["category_id"]).to(
-            self.device
-        )
+        images = batch["prompt_images"]  # [B, S, 3, H, W]: TrainingPrompts, read in the loader's workers
         b, s = images.shape[:2]
         prompt = self.model.encode_images(images.flatten(0, 1)).tokens
         prompt_tokens = [t.reshape(b, s, *t.shape[1:]) for t in prompt]

@@ -5,7 +5,8 @@ Their ``dataset/dataset.py`` (``Dataset.__getitem__`` in train mode) takes one i
 ``random.choice(meta_train_info[cls_name])``: the category's normal training images (MVTec AD's
 ``train/good``); zsad's ``normal_train`` (default) draws from the same pool. ``training_split`` (a
 deviation) takes the normal images of the training split itself, the sample excluded. Each sample's draw depends on (seed, epoch, sample) only, so a resumed or multi-process training sees the
-same prompts.
+same prompts. The module hands a :class:`TrainingPrompts` to the datamodule (``set_train_item_extras``): the
+loader's workers read each item's prompt images beside it (``prompt_images``), as their DataLoader does.
 """
 
 from __future__ import annotations
@@ -59,11 +60,21 @@ class TrainingPrompts:
         order = np.random.default_rng([self.seed % 2**64, int(epoch), int(sample_id)]).permutation(len(pool))
         return [pool[i] for i in order[: self.shots].tolist()]
 
+    def sample_images(self, epoch: int, sample_id: int, category_id: int) -> torch.Tensor:
+        """``[S, 3, H, W]``: one sample's prompt images, preprocessed like the test images."""
+        return torch.stack(
+            [self.transform.image(open_image(p)) for p in self.paths(epoch, sample_id, category_id)]
+        )
+
+    def __call__(self, epoch: int, sample_id: int, category_id: int) -> dict[str, torch.Tensor]:
+        """The item extras of one training sample (datamodules/item_extras.py)."""
+        return {"prompt_images": self.sample_images(epoch, sample_id, category_id)}
+
     def images(self, epoch: int, sample_ids: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
         """``[B, S, 3, H, W]``: the prompt images of a batch, preprocessed like the test images."""
         return torch.stack(
             [
-                torch.stack([self.transform.image(open_image(p)) for p in self.paths(epoch, s, c)])
+                self.sample_images(epoch, s, c)
                 for s, c in zip(sample_ids.tolist(), category_ids.tolist(), strict=True)
             ]
         )

@@ -137,3 +137,26 @@ def test_a_repeated_prompt_image_changes_nothing_and_more_prompts_run():
         # each image's own upsampled alignment map
         assert (pooled <= expected + 1e-6).all()
         assert (pooled < single - 1e-6).any()  # the second image is nearer somewhere
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_loaders_workers_read_each_items_prompt_images_as_drawn(source, workers):
+    """The prompt images arrive in the batch (read in the loader's workers, as their DataLoader does), the
+    images TrainingPrompts draws for (epoch, sample), whatever the number of workers."""
+    prompts = TrainingPrompts(source, "normal_train", 2)
+    data = AnomalyDataModule(
+        DataConfig(name="synthetic", root=source.cfg.root, num_workers=workers, batch_size=4), 32, seed=5
+    )
+    data.set_train_item_extras(prompts)
+    loader = data.train_dataloader()
+    seen = 0
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            expected = prompts.images(epoch, batch["sample_id"], batch["category_id"])
+            assert batch["prompt_images"].shape == (len(batch["sample_id"]), 2, 3, 32, 32)
+            torch.testing.assert_close(batch["prompt_images"], expected, rtol=0, atol=0)
+            seen += len(batch["sample_id"])
+    assert seen == 2 * len(source.split_index("test").records)
+    data.set_train_item_extras(None)
+    assert "prompt_images" not in next(iter(data.train_dataloader()))
