@@ -143,6 +143,7 @@ def _report_command(args: argparse.Namespace) -> int:
         compare=tuple(args.compare) if args.compare else None,
         baseline=args.baseline,
         layout=args.layout,
+        confidence=args.confidence,
     )
     print(outcome.markdown)
     files = [outcome.markdown_path, outcome.csv_path, outcome.html_path]
@@ -345,10 +346,17 @@ def build_parser(command: Sequence[str] | None = None) -> argparse.ArgumentParse
         "--bootstrap",
         type=int,
         metavar="N",
-        help="add 95%% percentile intervals per cell from N resamples of each category's test images (stratified "
+        help="add percentile intervals (95%%, or --confidence) per cell from N resamples of each category's test images (stratified "
         "by label; every metric recomputed exactly from the maps the runs saved with eval.save_maps=true)",
     )
     report.add_argument("--seed", type=int, default=0, help="seed of the --bootstrap draws (default 0)")
+    report.add_argument(
+        "--confidence",
+        type=float,
+        metavar="LEVEL",
+        help="level of the --bootstrap and --compare intervals, a fraction (default 0.95: the 2.5th and 97.5th "
+        "percentiles)",
+    )
     report.add_argument(
         "--layout",
         default="anomalyclip",

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from datamodules.atomic_io import atomic_write_text
-from datamodules.errors import ZsadError
+from datamodules.errors import ConfigError, ZsadError
 from pipelines.report_grouping import (
     CFLOW_AUPRO,
     Grouping,
@@ -247,10 +247,12 @@ def build_report(
     compare: tuple[str, str] | None = None,
     baseline: str | None = None,
     layout: str = DEFAULT_LAYOUT,
+    confidence: float | None = None,
 ) -> Report:
     """``baseline``: a run folder or an experiment name whose setting every other cell is compared with
     (e.g. the CMG ablation against ``cmg_baseline``); ``layout``: the tables' metrics
-    (:data:`pipelines.report_tables.LAYOUTS`)."""
+    (:data:`pipelines.report_tables.LAYOUTS`); ``confidence``: the level of the bootstrap intervals
+    (default 0.95)."""
     from pipelines.report_html import render_html
 
     run_dirs, default_out, wandb_group = _collect_run_dirs(inputs)
@@ -269,18 +271,27 @@ def build_report(
             resolve_setting(compare[0], grouping.columns),
             resolve_setting(compare[1], grouping.columns),
         )
+    if confidence is not None and not (bootstrap or settings):
+        raise ConfigError(
+            "--confidence sets the level of the --bootstrap and --compare intervals: add --bootstrap N (or "
+            "--compare A B), or leave it out"
+        )
     intervals: Intervals = {}
     extra: list[str] = []
     extra_html: list[str] = []
     comparisons: list[Comparison] = []
     if bootstrap or settings:
+        from pipelines.report_bootstrap import CONFIDENCE
         from pipelines.report_bootstrap import bootstrap as resample
         from pipelines.report_bootstrap import compare as paired
         from pipelines.report_html import comparison_html, paragraph
 
-        found = resample(grouping, bootstrap or DEFAULT_RESAMPLES, seed)
+        found = resample(
+            grouping, bootstrap or DEFAULT_RESAMPLES, seed, CONFIDENCE if confidence is None else confidence
+        )
         intervals = found.intervals
-        about = f"Intervals [low, high]: {INTERVALS.format(n=found.n_resamples, seed=seed)}"
+        level = level_label(found.confidence)
+        about = f"Intervals [low, high]: {INTERVALS.format(level=level, n=found.n_resamples, seed=seed)}"
         extra += [about, ""]
         extra_html.append(paragraph(about))
         grouping.notes += found.notes
@@ -289,7 +300,7 @@ def build_report(
                 dict.fromkeys(m for _, ms, _ in table_specs(reference, grouping, layout) for m in ms)
             )
             comparisons = paired(grouping, found, *settings, metrics)
-            title, about, header, lines = _comparison_rows(comparisons, *settings, found.n_resamples)
+            title, about, header, lines = _comparison_rows(comparisons, *settings, found.n_resamples, level)
             extra += [
                 f"## {title}",
                 "",
@@ -327,8 +338,13 @@ def build_report(
     return Report(markdown, csv_text, *paths, latex_path, len(runs), grouping.warnings, comparisons)
 
 
+def level_label(confidence: float) -> str:
+    """``95%``, ``90%``, ``99.9%``: an interval level as the tables print it."""
+    return f"{100 * confidence:.10g}%"
+
+
 INTERVALS = (
-    "95% percentile bootstrap intervals of each cell's mean over {n} resamples of the test images (each "
+    "{level} percentile bootstrap intervals of each cell's mean over {n} resamples of the test images (each "
     "category's normal and anomalous images drawn with replacement, the same draws for every run on the same "
     "images; seed {seed}), every metric recomputed exactly from the runs' saved maps: the uncertainty from the "
     "choice of test images, with the replicates fixed; ± is the spread over replicates."
@@ -336,15 +352,15 @@ INTERVALS = (
 
 
 def _comparison_rows(
-    comparisons: list[Comparison], a: str, b: str, n: int
+    comparisons: list[Comparison], a: str, b: str, n: int, level: str = "95%"
 ) -> tuple[str, str, list[str], list[list[str]]]:
     """(title, explanation, header, rows) of the paired comparison, for markdown and HTML."""
     about = (
-        f"The difference on the same test images, its 95% percentile interval over {n} paired resamples and the "
+        f"The difference on the same test images, its {level} percentile interval over {n} paired resamples and the "
         f"two-sided bootstrap p-value (twice the share of resampled differences on the far side of 0; at least "
         f"{2 / (n + 1):.2g})."
     )
-    header = ["dataset", "metric", a, b, "difference [95% interval]", "p"]
+    header = ["dataset", "metric", a, b, f"difference [{level} interval]", "p"]
     rows = [
         [
             c.dataset,

@@ -8,7 +8,7 @@ the image scores), by :mod:`lightning_modules.metrics.bootstrap`. The draws depe
 category and its list of images, so every run that evaluated the same images gets the same resamples: a
 cell's value in a resample is the mean over its replicates (and, for a dataset, over its categories) of
 their metrics on the same images, and the difference of two settings is paired image by image.
-Intervals are percentile intervals (95%) of those resampled values; the comparison's p-value is the
+Intervals are percentile intervals (95% unless ``--confidence`` says otherwise) of those resampled values; the comparison's p-value is the
 two-sided percentile-bootstrap one (twice the share of resampled differences on the far side of 0).
 """
 
@@ -30,7 +30,7 @@ from pipelines.report_tables import Intervals
 if TYPE_CHECKING:
     from pipelines.report_grouping import Cell, Entry, Grouping
 
-CONFIDENCE = 0.95
+CONFIDENCE = 0.95  # --confidence's default: the level of the percentile intervals
 #: A point estimate from the saved maps may differ from results.json by float rounding, not more.
 _SAME = 1e-9
 
@@ -58,6 +58,7 @@ class Comparison:
 class Bootstrap:
     n_resamples: int
     seed: int
+    confidence: float  # the intervals' level (0.95: the 2.5th and 97.5th percentiles)
     intervals: Intervals
     draws: dict[tuple[str, str], dict[str | None, dict[str, np.ndarray]]]  # (row, column) -> cell draws
     images: dict[tuple[str, str], dict[str, set[tuple[tuple[str, int], ...]]]]  # cell -> category -> lists
@@ -178,21 +179,29 @@ def _cell_draws(
     return out
 
 
-def _interval(values: np.ndarray) -> tuple[float, float] | None:
+def check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError(
+            f"--confidence is the intervals' level, a fraction strictly between 0 and 1 (e.g. 0.95), got {confidence}"
+        )
+
+
+def _interval(values: np.ndarray, confidence: float) -> tuple[float, float] | None:
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         return None
-    tail = 100 * (1 - CONFIDENCE) / 2
+    tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(finite, [tail, 100 - tail])
     return float(low), float(high)
 
 
-def bootstrap(grouping: Grouping, n_resamples: int, seed: int) -> Bootstrap:
-    """Resample every cell's runs (one category at a time) and their percentile intervals."""
+def bootstrap(grouping: Grouping, n_resamples: int, seed: int, confidence: float = CONFIDENCE) -> Bootstrap:
+    """Resample every cell's runs (one category at a time) and their ``confidence`` percentile intervals."""
     from datamodules.progress import progress
 
     if n_resamples < 1:
         raise ConfigError(f"--bootstrap needs a number of resamples >= 1, got {n_resamples}")
+    check_confidence(confidence)
     notes: list[str] = []
     draws, images, intervals = {}, {}, {}
     cells = sorted(grouping.cells.items())
@@ -206,7 +215,7 @@ def bootstrap(grouping: Grouping, n_resamples: int, seed: int) -> Bootstrap:
                 images[(row, column)].setdefault(category, set()).add(c.images)
         for category, metrics in cell_draws.items():
             for metric, values in metrics.items():
-                found = _interval(values)
+                found = _interval(values, confidence)
                 if found is not None:
                     intervals[(row, column, category, metric)] = found
                 undefined = int(np.isnan(values).sum())
@@ -214,7 +223,7 @@ def bootstrap(grouping: Grouping, n_resamples: int, seed: int) -> Bootstrap:
                     notes.append(
                         f"{row} / {column} / {category}: {metric} is undefined in {undefined} of {n_resamples} resamples (left out of its interval)"
                     )
-    return Bootstrap(n_resamples, seed, intervals, draws, images, notes)
+    return Bootstrap(n_resamples, seed, confidence, intervals, draws, images, notes)
 
 
 def resolve_setting(name: str, columns: list[str]) -> str:
@@ -273,7 +282,7 @@ def compare(
             if not values_a or not values_b or draws_a is None or draws_b is None:
                 continue
             difference = draws_a - draws_b
-            interval = _interval(difference)
+            interval = _interval(difference, found.confidence)
             if interval is None:
                 continue
             finite = difference[np.isfinite(difference)]

@@ -628,6 +628,36 @@ def test_bootstrap_intervals_and_paired_comparison_equal_an_independent_computat
     assert "Paired comparison" in report.html_path.read_text()
 
 
+def test_confidence_sets_the_intervals_level(tmp_path, runs_with_maps):
+    """--confidence 0.8: the 10th and 90th percentiles of the same resamples, named in the text; a level
+    outside (0, 1), or one without --bootstrap, is refused."""
+    from datamodules.errors import ConfigError
+
+    runs = runs_with_maps
+    report = build_report(
+        [str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled", bootstrap=40, seed=3, confidence=0.8,
+        compare=("gaussian_sigma=2.0", "sigma=0.0"),
+    )  # fmt: skip
+    aupro = _resampled(runs, ["s2.0_1", "s2.0_2"], "cells", "aupro", 40, 3)
+    found = next(
+        r
+        for r in csv_rows(report)
+        if (r["setting"], r["category"], r["metric"]) == ("anomalyclip gaussian_sigma=2.0", "cells", "aupro")
+    )
+    assert [float(found["ci_low"]), float(found["ci_high"])] == pytest.approx(
+        np.percentile(aupro, [10, 90]), abs=1e-12
+    )
+    assert "80% percentile bootstrap intervals" in report.markdown and "95%" not in report.markdown
+    assert "difference [80% interval]" in report.markdown
+    for level in (0.0, 1.0, 95.0):
+        with pytest.raises(ConfigError, match="strictly between 0 and 1"):
+            build_report(
+                [str(runs)], out=str(tmp_path / "a"), wandb_mode="disabled", bootstrap=5, confidence=level
+            )
+    with pytest.raises(ConfigError, match="add --bootstrap N"):
+        build_report([str(runs)], out=str(tmp_path / "b"), wandb_mode="disabled", confidence=0.9)
+
+
 def test_compare_refuses_runs_on_other_images_and_bootstrap_names_missing_maps(tmp_path, runs_with_maps):
     from datamodules.errors import ZsadError
 
