@@ -289,6 +289,9 @@ class Grouping:
     # label -> the distinct method settings of its runs (``method.*`` keys without the prefix): which
     # published numbers stand beside it (MethodSpec.published_for)
     column_method_settings: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    # labels whose runs differ in method or protocol.shots (--group-by can merge them): column_method and
+    # column_shots hold one run's, and no single setting's published numbers belong beside them
+    mixed_columns: set[str] = dataclasses.field(default_factory=set)
 
 
 def group(entries: list[Entry], group_by: list[str] | None = None) -> Grouping:
@@ -341,6 +344,10 @@ def group(entries: list[Entry], group_by: list[str] | None = None) -> Grouping:
             descriptions[(kind, cid)] = described[cid]
     column_method = {column_labels[column_id(e)]: str(e.setting.get("method.name", "?")) for e in entries}
     column_shots = {column_labels[column_id(e)]: _shots(e.setting) for e in entries}
+    kinds: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    for e in entries:
+        kinds[column_labels[column_id(e)]].add((str(e.setting.get("method.name", "?")), _shots(e.setting)))
+    mixed_columns = {label for label, found in kinds.items() if len(found) > 1}
     column_method_settings: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for e in entries:
         settings = {k[len(METHOD_PREFIX) :]: v for k, v in e.setting.items() if k.startswith(METHOD_PREFIX)}
@@ -386,6 +393,7 @@ def group(entries: list[Entry], group_by: list[str] | None = None) -> Grouping:
         notes,
         column_shots,
         dict(column_method_settings),
+        mixed_columns,
     )
 
 

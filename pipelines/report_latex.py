@@ -104,7 +104,11 @@ def _row_line(row: Row, metrics: tuple[str, ...]) -> str:
             continue
         numbers = []
         for i, stat in enumerate(stats):
-            reference = None if row.published is None else row.published[column][i]
+            # the published AUPRO is the cflow-style one: no difference from zsad's exact AUPRO (the
+            # markdown marks it NOT comparable, the CSV leaves it out)
+            reference = None
+            if row.published is not None and metrics[i] != "aupro":
+                reference = row.published[column][i]
             numbers.append(_number(stat, marks[i].get(column), reference))
         cells.append(" / ".join(numbers))
     return " & ".join([escape(row.label), *cells]) + r" \\"

@@ -148,7 +148,9 @@ def method_published(method: str) -> PublishedNumbers | None:
 def column_published(grouping: Grouping, column: str) -> PublishedNumbers | None:
     """The published numbers measured in a column's setting (MethodSpec.published_for: MuSc's backbone
     study gives each backbone its own); None where no source states any, or where the column's runs differ in
-    a way that gives them different ones."""
+    a way that gives them different ones (other methods or shots included)."""
+    if column in grouping.mixed_columns:
+        return None
     try:
         spec = get_method(grouping.column_method[column])
     except ZsadError:

@@ -4,9 +4,11 @@ normal images per sample, to the prompt-query adapter).
 Their ``dataset/dataset.py`` (``Dataset.__getitem__`` in train mode) takes one image per item with
 ``random.choice(meta_train_info[cls_name])``: the category's normal training images (MVTec AD's
 ``train/good``); zsad's ``normal_train`` (default) draws from the same pool. ``training_split`` (a
-deviation) takes the normal images of the training split itself, the sample excluded. Each sample's draw depends on (seed, epoch, sample) only, so a resumed or multi-process training sees the
-same prompts. The module hands a :class:`TrainingPrompts` to the datamodule (``set_train_item_extras``): the
-loader's workers read each item's prompt images beside it (``prompt_images``), as their DataLoader does.
+deviation) takes the normal images of the training set itself (the few-shot draw under ``source.train_shots``),
+the sample excluded. Each sample's draw depends on (seed, epoch, sample) only, so a resumed or multi-process
+training sees the same prompts. The module hands a :class:`TrainingPrompts` to the datamodule
+(``set_train_item_extras``): the loader's workers read each item's prompt images beside it (``prompt_images``),
+as their DataLoader does.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class TrainingPrompts:
         self.shots = shots
         self.transform = ImageMaskTransform(datamodule.transform_spec(train=False))
         self.categories = list(datamodule.categories)
-        train_split = datamodule.split_index(datamodule.cfg.train_split).records
+        # the training set as the loader indexes it (sample_id): the few-shot draw under source.train_shots
+        train_split = datamodule.train_index.records
         self.train_paths = [r.image_path for r in train_split]
         if source == "normal_train":
             self.pools = {

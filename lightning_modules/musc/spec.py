@@ -177,6 +177,13 @@ STUDY_FIXED_SETTINGS = (
     "k_list",
     "amp",
 )
+#: Per backbone family, its switches away from the authors' models (the config's defaults; only the chosen
+#: family's are read, the other backbone is not built): the position-embedding resampling.
+STUDY_FIXED_BACKBONE_SETTINGS = {
+    "clip": ("backbone.pos_embed_interpolation",),
+    "dino": ("dino.pos_embed_antialias", "dino.interpolate_offset"),
+    "dinov2": ("dino.pos_embed_antialias", "dino.interpolate_offset"),
+}
 
 
 def backbone_study(name: str, size: int) -> PublishedNumbers:
@@ -217,7 +224,16 @@ def published_for(settings: Mapping[str, Any]) -> PublishedNumbers | None:
     """The paper's numbers for its default setting; the README's backbone study for another backbone and size
     of it run with their scripts' feature layers; None for anything else (no source states numbers there)."""
     default = MuScConfig()
-    if any(settings.get(k, getattr(default, k)) != getattr(default, k) for k in STUDY_FIXED_SETTINGS):
+
+    def default_of(key: str) -> Any:
+        node: Any = default
+        for part in key.split("."):
+            node = getattr(node, part)
+        return node
+
+    family = settings.get("backbone_family", default.backbone_family)
+    fixed = STUDY_FIXED_SETTINGS + STUDY_FIXED_BACKBONE_SETTINGS.get(family, ())
+    if any(settings.get(k, default_of(k)) != default_of(k) for k in fixed):
         return None
     row = _authors_backbone(settings)
     if row is None or row not in BACKBONE_STUDY:

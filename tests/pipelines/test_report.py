@@ -241,6 +241,59 @@ def test_reference_compares_the_cflow_aupro_or_says_it_cannot(tmp_path):
     assert get_method("vand").published.results["isic"] == {"pixel_auroc": 0.894, "aupro": 0.772}
 
 
+def test_latex_gives_no_difference_between_the_exact_aupro_and_the_published_cflow_one(tmp_path):
+    """Runs without `aupro_cflow`: the AUPRO column is zsad's exact AUPRO, the published one the cflow-style
+    (markdown marks it '*' and says NOT comparable, the CSV leaves it empty); LaTeX must not print their
+    difference as "difference from the published number". The AUROC beside it keeps its difference."""
+    runs = tmp_path / "runs"
+    run = make_run(runs, "r", [], 0.9)
+    results = json.loads((run / "results.json").read_text())
+    results["targets"] = {"mvtec": {**results["targets"]["synthetic"], "dataset": "mvtec"}}
+    (run / "results.json").write_text(json.dumps(results))
+    out = tmp_path / "rep"
+    args = ["report", str(runs), "--out", str(out), "--latex", "--reference", "--wandb-mode", "disabled"]
+    assert main(args) == 0
+    assert "| mvtec (published) | 91.1, 81.4* |" in (out / "report.md").read_text()  # AnomalyCLIP, Table 2
+    pixel = [line for line in (out / "report.tex").read_text().splitlines() if line.startswith("mvtec & ")][1]
+    # pixel AUROC 50.0 - 91.1 published; AUPRO 25.0 exact against 81.4 cflow-style: no difference
+    assert pixel == r"mvtec & 50.0\,{\scriptsize ($-$41.1)} / 25.0 \\"
+
+
+def test_a_column_mixing_methods_or_shots_gets_no_published_numbers(tmp_path):
+    """--group-by can put runs of two methods, or a zero-shot and a 1-shot run, in one column: no single
+    setting's published numbers belong beside it (they were those of whichever run came last)."""
+
+    def report(runs: Path, group_by: list[str]):
+        out = tmp_path / f"rep-{runs.name}"
+        built = build_report(
+            [str(runs)], out=str(out), reference=True, wandb_mode="disabled", group_by=group_by
+        )
+        return {r["metric"]: r["published"] for r in csv_rows(built)}, built.markdown
+
+    def mvtec_run(runs: Path, folder: str, overrides: list[str]) -> None:
+        run = make_run(runs, folder, overrides, 0.9)
+        results = json.loads((run / "results.json").read_text())
+        results["targets"] = {"mvtec": {**results["targets"]["synthetic"], "dataset": "mvtec"}}
+        (run / "results.json").write_text(json.dumps(results))
+
+    methods = tmp_path / "methods"
+    mvtec_run(methods, "a", ["seed=1"])
+    published, _ = report(methods, ["method.gaussian_sigma"])
+    assert float(published["image_auroc"]) == pytest.approx(0.915)  # one method: AnomalyCLIP's numbers
+    mvtec_run(methods, "b", ["seed=2", "method.name=vand"])
+    published, markdown = report(methods, ["method.gaussian_sigma"])
+    assert published["image_auroc"] == "" and "| mvtec (published) | -, - |" in markdown
+
+    shots = tmp_path / "shots"
+    mvtec_run(shots, "a", ["seed=1", "method.name=adaptclip"])
+    mvtec_run(shots, "b", ["seed=2", "method.name=adaptclip", "protocol.shots=1"])
+    published, markdown = report(shots, ["method.name"])
+    assert published["image_auroc"] == "" and "| mvtec (published) | -, - |" in markdown
+    rows = [r for r in csv_rows(build_report([str(shots)], out=str(tmp_path / "apart"), reference=True,
+                                              wandb_mode="disabled")) if r["metric"] == "image_auroc"]  # fmt: skip
+    assert sorted(float(r["published"]) for r in rows) == pytest.approx([0.935, 0.942])
+
+
 def test_layouts_choose_the_tables_metrics_in_the_papers_order(tmp_path):
     runs = tmp_path / "runs"
     run = make_run(runs, "r", [], 0.9, aupro_cflow=0.8)

@@ -43,6 +43,26 @@ def test_training_split_prompts_exclude_the_sample_itself(source):
                 assert path != record.image_path and path.parent.name == "good"
 
 
+def test_training_split_prompts_of_a_few_shot_training_set_come_from_it_and_exclude_the_sample(tmp_path):
+    """With source.train_shots, sample_id indexes the drawn set: the prompts are its normal images (never one
+    the draw left out) and never the sample itself (the whole split's position sample_id is another image)."""
+    root = tmp_path / "src"
+    generate_synthetic_dataset(
+        root, seed=1, categories=["disc", "weave"], image_size=32, n_train=3, n_test_good=6
+    )
+    cfg = DataConfig(name="synthetic", root=str(root), num_workers=0, train_shots=4)
+    data = AnomalyDataModule(cfg, 32, seed=5)
+    drawn = data.train_index.records
+    assert len(drawn) < len(data.split_index("test").records)
+    prompts = TrainingPrompts(data, "training_split", 1)
+    normal = {(r.category, r.image_path) for r in drawn if r.label == 0}
+    for sample, record in enumerate(drawn):
+        category = data.categories.index(record.category)
+        for epoch in range(6):
+            (path,) = prompts.paths(epoch, sample, category)
+            assert path != record.image_path and (record.category, path) in normal
+
+
 def test_fusion_is_their_fusion_fun():
     a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.3])
     torch.testing.assert_close(fuse([a, b], "average_mean"), torch.tensor([0.75, 0.15]))

@@ -152,6 +152,21 @@ def test_every_backbone_sweep_run_gets_its_readme_row_as_published_numbers():
     assert published_for({}) == PUBLISHED
 
 
+def test_no_published_numbers_beside_a_backbone_switched_away_from_the_authors():
+    """The position-embedding switches (named deviations, docs/methods.md#musc) change the features: a run
+    with one of them off the authors' value is no setting their paper or README measured. The other family's
+    switches are not read (that backbone is not built)."""
+    from lightning_modules.musc.spec import PUBLISHED, published_for
+
+    assert published_for({"backbone.pos_embed_interpolation": "bilinear"}) is None
+    dinov2 = {"backbone_family": "dinov2"}
+    assert published_for(dinov2) is not None
+    assert published_for({**dinov2, "dino.interpolate_offset": None}) is None
+    assert published_for({**dinov2, "dino.pos_embed_antialias": True}) is None
+    assert published_for({**dinov2, "backbone.pos_embed_interpolation": "bilinear"}) == published_for(dinov2)
+    assert published_for({"dino.interpolate_offset": None}) == PUBLISHED
+
+
 def test_zsad_run_with_the_tiny_dinov2_config(tmp_path, synthetic_pair):
     """End to end (`zsad run`): the DINOv2 family's input size and preprocessing reach the datamodule and
     results.json, and every category gets its metrics."""
