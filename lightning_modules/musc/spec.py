@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import PurePath
 from typing import Any
 
 from lightning_modules.method_spec import TRANSDUCTIVE, MethodSpec, PublishedNumbers
@@ -157,6 +158,15 @@ AUTHORS_CLIP_BACKBONES = {
     "ViT-L-14": ("ViT-L-14-quickgelu", "openai"),
     "ViT-L-14-336": ("ViT-L-14-336-quickgelu", "openai"),
 }
+#: The released files of those weights (open_clip's download URLs), as a user gives them as
+#: ``backbone.pretrained=/path/to/FILE``: the same weights as the tag
+AUTHORS_CLIP_FILES = {
+    "ViT-B-32": "ViT-B-32.pt",
+    "ViT-B-16": "ViT-B-16.pt",
+    "ViT-B-16-plus-240": "vit_b_16_plus_240-laion400m_e31-8fb26589.pt",
+    "ViT-L-14": "ViT-L-14.pt",
+    "ViT-L-14-336": "ViT-L-14-336px.pt",
+}
 #: zsad's timm architecture of each of their DINO / DINOv2 backbone names (Meta's weights: timm's tags
 #: ``dino`` / ``lvd142m``, or Meta's own ``<name>_pretrain.pth`` files)
 AUTHORS_DINO_BACKBONES = {
@@ -168,7 +178,6 @@ AUTHORS_DINO_BACKBONES = {
 #: The settings besides the backbone that change MuSc's numbers: a study row stands beside a run only where
 #: these are the paper's (the config's defaults; their scripts set divide_num 1 and r_list 1 3 5 as these do).
 STUDY_FIXED_SETTINGS = (
-    "activation",
     "r_list",
     "topmin_min",
     "topmin_max",
@@ -178,9 +187,9 @@ STUDY_FIXED_SETTINGS = (
     "amp",
 )
 #: Per backbone family, its switches away from the authors' models (the config's defaults; only the chosen
-#: family's are read, the other backbone is not built): the position-embedding resampling.
+#: family's are read, the other backbone is not built): the position-embedding resampling, CLIP's activation.
 STUDY_FIXED_BACKBONE_SETTINGS = {
-    "clip": ("backbone.pos_embed_interpolation",),
+    "clip": ("backbone.pos_embed_interpolation", "activation"),
     "dino": ("dino.pos_embed_antialias", "dino.interpolate_offset"),
     "dinov2": ("dino.pos_embed_antialias", "dino.interpolate_offset"),
 }
@@ -199,7 +208,8 @@ def backbone_study(name: str, size: int) -> PublishedNumbers:
 
 
 def _authors_backbone(settings: Mapping[str, Any]) -> tuple[str, int] | None:
-    """(their backbone_name, img_resize) of a run's method settings; None for a backbone they did not run."""
+    """(their backbone_name, img_resize) of a run's method settings; None for a backbone they did not run.
+    The weights: their tag, or a file of the released name (which weights another file holds is unknown)."""
     default = MuScConfig()
 
     def get(key: str, fallback: Any) -> Any:
@@ -207,17 +217,30 @@ def _authors_backbone(settings: Mapping[str, Any]) -> tuple[str, int] | None:
 
     family = get("backbone_family", default.backbone_family)
     if family == "clip":
-        used = (
-            get("backbone.name", default.backbone.name),
-            get("backbone.pretrained", default.backbone.pretrained),
-        )
-        names = [n for n, v in AUTHORS_CLIP_BACKBONES.items() if v == used]
+        model = get("backbone.name", default.backbone.name)
+        weights = str(get("backbone.pretrained", default.backbone.pretrained))
+        names = [
+            n
+            for n, (architecture, tag) in AUTHORS_CLIP_BACKBONES.items()
+            if model == architecture and (weights == tag or _file_named(weights, AUTHORS_CLIP_FILES[n]))
+        ]
         size = get("backbone.image_size", default.backbone.image_size)
     else:
-        used = (family, get("dino.name", default.dino.name), get("dino.pretrained", default.dino.pretrained))
-        names = [n for n, v in AUTHORS_DINO_BACKBONES.items() if v == used]
+        model = get("dino.name", default.dino.name)
+        weights = str(get("dino.pretrained", default.dino.pretrained))
+        names = [
+            n
+            for n, (kind, architecture, tag) in AUTHORS_DINO_BACKBONES.items()
+            if (kind, architecture) == (family, model)
+            and (weights == tag or _file_named(weights, f"{n}_pretrain.pth"))
+        ]
         size = get("dino.image_size", default.dino.image_size)
     return (names[0], int(size)) if names else None
+
+
+def _file_named(weights: str, name: str) -> bool:
+    """Whether ``weights`` is a path to a file called ``name`` (OpenAI's, open_clip's and Meta's releases)."""
+    return PurePath(weights).name == name
 
 
 def published_for(settings: Mapping[str, Any]) -> PublishedNumbers | None:

@@ -165,6 +165,17 @@ def test_no_published_numbers_beside_a_backbone_switched_away_from_the_authors()
     assert published_for({**dinov2, "dino.pos_embed_antialias": True}) is None
     assert published_for({**dinov2, "backbone.pos_embed_interpolation": "bilinear"}) == published_for(dinov2)
     assert published_for({"dino.interpolate_offset": None}) == PUBLISHED
+    # CLIP's activation switch does not touch a DINO backbone; CLIP's does
+    assert published_for({**dinov2, "activation": "gelu"}) == published_for(dinov2)
+    # the released weight files, given by path, are the tags' weights; a file of another name is unknown
+    assert published_for({"backbone.pretrained": "/weights/ViT-L-14-336px.pt"}) == PUBLISHED
+    assert published_for({"backbone.pretrained": "/weights/my_finetuned.pt"}) is None
+    assert published_for({**dinov2, "dino.pretrained": "/w/dinov2_vitl14_pretrain.pth"}) == published_for(
+        dinov2
+    )
+    assert (
+        published_for({**dinov2, "dino.pretrained": "/w/dinov2_vitb14_pretrain.pth"}) is None
+    )  # not ViT-L's
 
 
 def test_zsad_run_with_the_tiny_dinov2_config(tmp_path, synthetic_pair):
