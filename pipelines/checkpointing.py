@@ -197,6 +197,35 @@ def refuse_resume_on_other_data(point: ResumePoint, fingerprint: dict[str, Any],
     )
 
 
+#: The parts of a run's config that decide the weights it trains (what a `zsad test` of them records).
+TRAINED_SECTIONS = ("method", "source", "trainer")
+
+
+def trained_setting(config: dict[str, Any]) -> dict[str, Any]:
+    """The training-deciding sections of a resolved config (as config.yaml holds it)."""
+    return {key: config[key] for key in TRAINED_SECTIONS if key in config}
+
+
+def checkpoint_setting(checkpoint: Path | None) -> dict[str, Any] | None:
+    """The training setting of a zsad checkpoint: the one it carries (ExactResume), else that of the run folder
+    it lies in (``RUN/config.yaml`` beside ``RUN/checkpoints/``, older checkpoints); None for the authors'
+    weights or a file outside a run folder, whose setting is unknown."""
+    if checkpoint is None:
+        return None
+    try:
+        marker = safe_torch_load(checkpoint).get(RESUME_KEY) or {}
+    except (CheckpointError, FileNotFoundError, AttributeError):
+        marker = {}
+    if isinstance(marker.get("setting"), dict):
+        return marker["setting"]
+    config = Path(checkpoint).parent.parent / "config.yaml"
+    try:
+        loaded = yaml.safe_load(config.read_text()) if config.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None
+    return trained_setting(loaded) if isinstance(loaded, dict) else None
+
+
 def training_data(checkpoint: Path | None) -> dict[str, Any] | None:
     """The summary of the data ``checkpoint`` was trained on (what results record), None when it records
     none (an official or older checkpoint) or cannot be read."""
@@ -348,9 +377,17 @@ class RequeueEvaluation(_StopOnSignal):
 class ExactResume(_StopOnSignal):
     """Position-seeded randomness, periodic and on-signal checkpoints, and ``last.ckpt`` at the end."""
 
-    def __init__(self, run_dir: Path, seed: int, max_epochs: int, checkpoint_minutes: float | None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        seed: int,
+        max_epochs: int,
+        checkpoint_minutes: float | None,
+        setting: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
+        self.setting = setting  # the run's training setting (trained_setting), carried by every checkpoint
         self.seed = seed
         self.max_epochs = max_epochs
         self.interval_s = None if checkpoint_minutes is None else 60.0 * checkpoint_minutes
@@ -484,4 +521,5 @@ class ExactResume(_StopOnSignal):
             "complete": self._complete,
             "max_epochs": self.max_epochs,
             "data": self._data,
+            "setting": self.setting,
         }

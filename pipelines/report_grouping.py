@@ -51,6 +51,7 @@ IGNORED_KEYS = (
 #: configs of runs older than the protocol, which were zero-shot.
 SHOTS_KEY = "protocol.shots"
 METHOD_PREFIX = "method."
+TRAINED_PREFIX = "trained."  # a test run's checkpoint's training setting (results.json trained_setting)
 TARGET_PREFIX = "target."  # a target's own settings in a cell's setting (from ``targets.N.*``)
 # Fields of a target's results that must agree for runs to be the same experiment on the same data.
 DATA_FIELDS = ("version", "n_images", "split", "image_size", "eval_size", "preprocessing", "options")
@@ -161,6 +162,16 @@ def _setting_from_results(results: dict[str, Any]) -> dict[str, Any]:
     return _without_ignored(flat)
 
 
+def _trained_keys(results: dict[str, Any]) -> dict[str, Any]:
+    """A `zsad test` run's weights' training setting (results.json ``trained_setting``: method, source,
+    trainer) as ``trained.*`` keys: test runs of checkpoints trained differently are other settings, not
+    replicates of one. (A `zsad run` records its own, which its config already is.)"""
+    trained = results.get("trained_setting")
+    if not isinstance(trained, dict):
+        return {}
+    return {f"{TRAINED_PREFIX}{k}": v for k, v in flatten(trained).items() if not is_ignored(k)}
+
+
 def load_run(run_dir: Path) -> RunRecord | None:
     try:
         results = json.loads((run_dir / "results.json").read_text())
@@ -175,7 +186,9 @@ def load_run(run_dir: Path) -> RunRecord | None:
         return RunRecord(run_dir, results, _setting_from_results(results), [], results.get("seed"), False)
     config = yaml.safe_load(config_path.read_text()) or {}
     targets = config.pop("targets", None) or []
-    setting = {SHOTS_KEY: 0, **_without_ignored(flatten(config))}
+    # a test run's weights were trained elsewhere (``checkpoint=``): their setting joins its own
+    trained = _trained_keys(results) if config.get("checkpoint") else {}
+    setting = {SHOTS_KEY: 0, **_without_ignored(flatten(config)), **trained}
     target_settings = [
         {k: v for k, v in flatten(t).items() if not is_ignored(f"{TARGET_PREFIX}{k}")} for t in targets
     ]

@@ -20,6 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -41,15 +42,17 @@ from pipelines.checkpointing import (
     AtomicCheckpointIO,
     ExactResume,
     RequeueEvaluation,
+    checkpoint_setting,
     divergence_as_one_line,
     find_resume_checkpoint,
     last_checkpoint,
     read_trained_checkpoint,
     refuse_resume_on_other_data,
     restore_signal_handlers,
+    trained_setting,
     training_data,
 )
-from pipelines.config import ExperimentConfig, source_configs, source_label
+from pipelines.config import ExperimentConfig, source_configs, source_label, to_yaml
 from pipelines.job import LIGHTNING_DIR, Job, run_job
 from pipelines.loggers import drop_redone_training_rows, log_evaluation, log_references
 from pipelines.map_writer import MapWriter
@@ -131,7 +134,8 @@ def make_trainer(
         callbacks.append(lightning_progress_bar())  # whole lines when the output is a log file
     plugins: list[Any] = []
     if training:
-        callbacks.append(ExactResume(run_dir, cfg.seed, t.max_epochs, t.checkpoint_minutes))
+        setting = trained_setting(yaml.safe_load(to_yaml(cfg)))
+        callbacks.append(ExactResume(run_dir, cfg.seed, t.max_epochs, t.checkpoint_minutes, setting))
         plugins.append(AtomicCheckpointIO())
     else:
         callbacks.append(RequeueEvaluation())
@@ -384,6 +388,9 @@ def _results_header(cfg: ExperimentConfig, run_dir: Path, checkpoint: Path | Non
         "run_dir": str(run_dir),
         "checkpoint": str(checkpoint) if checkpoint else None,
         "source_data": training_data(checkpoint),  # the fingerprint of what the weights were trained on
+        # how they were trained (method, source, trainer; zsad checkpoints): the report keeps test runs of
+        # checkpoints trained differently apart
+        "trained_setting": checkpoint_setting(checkpoint),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "eval": dataclasses.asdict(cfg.eval),
         "targets": {},

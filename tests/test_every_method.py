@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+import yaml
 from baselines_support import write_method_experiment
 from omegaconf import OmegaConf
 
@@ -178,8 +179,15 @@ def test_a_run_writes_complete_results_and_trains_only_what_it_saves(runs):
 
 
 def test_the_reloaded_checkpoint_gives_the_runs_results(runs):
-    """`zsad test checkpoint=` evaluates the weights the run ended with, exactly as the run did."""
+    """`zsad test checkpoint=` evaluates the weights the run ended with, exactly as the run did, and records
+    how they were trained (the checkpoint carries the run's method, source and trainer settings)."""
     assert _targets(runs.evaluation) == _targets(runs.reference)
+    trained = json.loads((runs.evaluation / "results.json").read_text())["trained_setting"]
+    if not runs.spec.trains:
+        assert trained is None
+        return
+    config = yaml.safe_load((runs.reference / "config.yaml").read_text())
+    assert trained == {key: config[key] for key in ("method", "source", "trainer")}
 
 
 def test_a_training_stopped_by_a_signal_resumes_to_identical_weights_and_results(runs, tmp_path, monkeypatch):

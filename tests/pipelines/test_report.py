@@ -218,6 +218,27 @@ def test_test_runs_of_different_checkpoints_are_different_replicates(tmp_path):
     assert "2 identical runs with seed 111@trainB counted once" in report.markdown
 
 
+def test_test_runs_of_checkpoints_trained_differently_are_other_settings(tmp_path):
+    """One test config, checkpoints of two trainings that differ in lr: two columns, not two replicates of
+    one; checkpoints of the same training setting (other seeds) stay replicates."""
+    runs = tmp_path / "runs"
+    trained = {
+        "trainA": {"method": {"lr": 0.001}, "trainer": {"max_epochs": 2}},
+        "trainB": {"method": {"lr": 0.001}, "trainer": {"max_epochs": 2}},
+        "trainC": {"method": {"lr": 0.01}, "trainer": {"max_epochs": 2}},
+    }
+    for name, value in (("trainA", 0.6), ("trainB", 0.8), ("trainC", 0.9)):
+        run = make_run(runs, f"test_{name}", [f"checkpoint=/r/{name}/checkpoints/last.ckpt"], value)
+        results = json.loads((run / "results.json").read_text())
+        (run / "results.json").write_text(json.dumps({**results, "trained_setting": trained[name]}))
+    report = build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled")
+    rows = {r["setting"]: r for r in csv_rows(report) if r["metric"] == "image_auroc"}
+    assert set(rows) == {"anomalyclip trained.method.lr=0.001", "anomalyclip trained.method.lr=0.01"}
+    same = rows["anomalyclip trained.method.lr=0.001"]
+    assert int(same["n"]) == 2 and float(same["mean"]) == pytest.approx(0.7)
+    assert int(rows["anomalyclip trained.method.lr=0.01"]["n"]) == 1
+
+
 def test_reference_compares_the_cflow_aupro_or_says_it_cannot(tmp_path):
     exact_only = tmp_path / "exact"
     make_run(exact_only, "r", ["method.gaussian_sigma=0.0"], 0.9)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback
 from test_cli import FAST, write_experiment
 from wandb_support import summary_json, wandb_records
@@ -427,3 +428,23 @@ def test_sigusr1_during_evaluation_under_slurm_is_zsads_requeue_not_lightnings(
     built = interrupt_training_at(monkeypatch, None)
     assert main(args) == 0 and built == [False]
     assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+
+
+def test_a_checkpoints_training_setting_is_the_one_it_carries_else_its_run_folders(tmp_path):
+    """ExactResume's marker carries the training setting; an older checkpoint without it gives its run
+    folder's config.yaml sections; the authors' weights or a file outside a run folder give none."""
+    from pipelines.checkpointing import RESUME_KEY, checkpoint_setting, trained_setting
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    config = {"name": "x", "seed": 3, "method": {"name": "vand", "lr": 0.1}, "source": {"name": "mvtec"},
+              "trainer": {"max_epochs": 2}, "targets": [{"name": "visa"}], "eval": {"save_maps": False}}  # fmt: skip
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    carried = {"method": {"name": "vand", "lr": 0.5}}
+    torch.save({RESUME_KEY: {"format": 1, "setting": carried}}, run / "checkpoints" / "new.ckpt")
+    torch.save({RESUME_KEY: {"format": 1}}, run / "checkpoints" / "old.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "theirs.pth")
+    assert checkpoint_setting(run / "checkpoints" / "new.ckpt") == carried
+    assert checkpoint_setting(run / "checkpoints" / "old.ckpt") == trained_setting(config)
+    assert trained_setting(config) == {k: config[k] for k in ("method", "source", "trainer")}
+    assert checkpoint_setting(tmp_path / "theirs.pth") is None and checkpoint_setting(None) is None
