@@ -30,6 +30,7 @@ from lightning_modules.ops import anomalib_gaussian_blur, gaussian_blur
 MAP_RESIZES = ("anomalib", "bilinear")  # AnomalyDINOConfig.map_resize
 GAUSSIANS = {"anomalib": anomalib_gaussian_blur, "scipy": gaussian_blur}  # AnomalyDINOConfig.gaussian
 PREPROCESSINGS = ("anomalib", "authors")  # AnomalyDINOConfig.preprocessing
+REFERENCE_CHUNK = 16  # references (with rotations: K * 8 images) are encoded this many at a time
 
 
 class AnomalyDINO(nn.Module):
@@ -80,7 +81,7 @@ class AnomalyDINO(nn.Module):
         """The memory of category ``category_id`` from its K normal reference images ``[K, 3, S, S]`` (with
         rotate_references: every rotation of each); their background patches leave it where the category
         is masked and ``mask_references`` is set."""
-        features = self.encode(images)
+        features = torch.cat([self.encode(chunk) for chunk in images.split(REFERENCE_CHUNK)])
         if self.cfg.mask_references:
             grid = self.encoder.grid_of(tuple(images.shape[-2:]))
             keep = self.foreground(torch.full((len(images),), int(category_id)), features, grid)
