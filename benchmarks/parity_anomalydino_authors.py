@@ -282,6 +282,13 @@ def compare(theirs: dict[str, np.ndarray], ours: dict[str, np.ndarray], run: str
             zsad = zsad.reshape(-1, *zsad.shape[-3:])[..., : official.shape[-2], : official.shape[-1]]
         deltas[f"{run}_{name}"] = ps.print_delta(f"{run} {name}", official, zsad)
     np.testing.assert_array_equal(theirs[f"{run}_memory_size"], ours["memory_size"])
+    for m, name in enumerate(ZSAD_METRICS):
+        ps.print_delta(f"  {name}", theirs[f"{run}_metrics"][:, SHARED[m]], ours["metrics"][:, m])
+    # zsad's evaluator on THEIR maps and scores: the metric implementations alone
+    on_theirs = zsad_metrics({**ours, "maps": theirs[f"{run}_maps"], "scores": theirs[f"{run}_scores"]})
+    deltas[f"{run}_metrics_on_their_maps"] = ps.print_delta(
+        f"{run} metrics, zsad's on their maps", theirs[f"{run}_metrics"][:, SHARED], on_theirs
+    )
     return deltas
 
 

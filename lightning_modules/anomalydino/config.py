@@ -29,6 +29,10 @@ class AnomalyDINOConfig:
     # Whether masking also drops the references' background patches: true (anomalib) or false (the authors'
     # default ``--mask_ref_images False``: only test images are masked).
     mask_references: bool = True
+    # The masks' dilation and closing (3 x 3): "grid" (anomalib: on the patch grid) or "raster" (the authors'
+    # compute_background_mask runs them on the [N, 1] column of the mask: the neighbours of a patch are the
+    # previous and next patch in row-major order, across row ends).
+    mask_morphology: str = "grid"
     # The preprocessing of images and masks: "anomalib" (252 x 252, the float tensor resized bicubic,
     # antialiased) or "authors" (their DINOv2Wrapper: PIL bicubic resize of the short side to
     # backbone.image_size, aspect kept; masks and maps at the image file's own resolution, as their

@@ -14,11 +14,21 @@ CENTRE_SHARE = 0.35  # ... must be more than this share foreground, else the com
 KERNEL = 3  # dilation and closing, in patches
 
 
-def foreground_masks(features: torch.Tensor, grid: tuple[int, int], random_state: int = 0) -> torch.Tensor:
+MORPHOLOGIES = ("grid", "raster")  # AnomalyDINOConfig.mask_morphology
+
+
+def foreground_masks(
+    features: torch.Tensor, grid: tuple[int, int], random_state: int = 0, morphology: str = "grid"
+) -> torch.Tensor:
     """``[B, N]`` bool: per image of ``[B, N, D]`` patch features, the patches whose first principal component
     exceeds :data:`THRESHOLD` (sign chosen so that the image's centre is mostly foreground), dilated and
-    closed with a 3 x 3 kernel. ``random_state`` seeds sklearn's randomized SVD (anomalib draws from numpy's
-    global generator: the same component to float precision, reproducibly here)."""
+    closed with a 3 x 3 kernel. ``random_state`` seeds sklearn's randomized SVD (anomalib and the authors
+    draw from numpy's global generator: the same component to float precision, reproducibly here).
+    ``morphology``: "grid" (anomalib: on the patch grid) or "raster" (the authors' ``compute_background_mask``
+    dilates and closes the ``[N, 1]`` column of the mask: each patch's neighbours are the previous and the
+    next patch in row-major order, across row ends)."""
+    if morphology not in MORPHOLOGIES:
+        raise ValueError(f"mask morphology must be one of {MORPHOLOGIES}, got {morphology!r}")
     h, w = grid
     y0, y1, x0, x1 = (
         int(h * CENTRE_BORDER),
@@ -36,6 +46,7 @@ def foreground_masks(features: torch.Tensor, grid: tuple[int, int], random_state
         centre = mask[y0:y1, x0:x1]
         if centre.sum() <= centre.size * CENTRE_SHARE:
             mask = (-component > THRESHOLD).reshape(grid)
+        mask = mask.reshape(-1, 1) if morphology == "raster" else mask
         mask = cv2.dilate(mask.astype(np.uint8), kernel)
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel).astype(bool)
         masks.append(mask.reshape(-1))
