@@ -36,7 +36,6 @@ def foreground_masks(
         int(w * CENTRE_BORDER),
         int(w * (1 - CENTRE_BORDER)),
     )
-    kernel = np.ones((KERNEL, KERNEL), np.uint8)
     masks = []
     for image in features.detach().cpu().float().numpy():
         component = PCA(n_components=1, svd_solver="randomized", random_state=random_state).fit_transform(
@@ -46,8 +45,14 @@ def foreground_masks(
         centre = mask[y0:y1, x0:x1]
         if centre.sum() <= centre.size * CENTRE_SHARE:
             mask = (-component > THRESHOLD).reshape(grid)
-        mask = mask.reshape(-1, 1) if morphology == "raster" else mask
-        mask = cv2.dilate(mask.astype(np.uint8), kernel)
-        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel).astype(bool)
-        masks.append(mask.reshape(-1))
+        masks.append(dilate_close(mask, morphology).reshape(-1))
     return torch.from_numpy(np.stack(masks)).to(features.device)
+
+
+def dilate_close(mask: np.ndarray, morphology: str = "grid") -> np.ndarray:
+    """``[h, w]`` bool mask dilated, then closed, with a 3 x 3 kernel (cv2) on the patch grid ("grid") or on
+    its row-major ``[h * w, 1]`` column ("raster", the authors'); same shape back."""
+    kernel = np.ones((KERNEL, KERNEL), np.uint8)
+    work = mask.reshape(-1, 1) if morphology == "raster" else mask
+    work = cv2.dilate(work.astype(np.uint8), kernel)
+    return cv2.morphologyEx(work, cv2.MORPH_CLOSE, kernel).astype(bool).reshape(mask.shape)
