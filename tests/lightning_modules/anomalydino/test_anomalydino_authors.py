@@ -188,3 +188,57 @@ def test_the_authors_config_composes_and_a_wrong_key_is_refused():
         AnomalyDINO(AnomalyDINOConfig(preprocessing="authors"))
     with pytest.raises(ZsadError, match="map_resize"):
         AnomalyDINO(AnomalyDINOConfig(map_resize="nearest"))
+
+
+def test_a_run_in_the_authors_setting_rotates_sorted_references_and_scores_at_the_files_size(tmp_path):
+    """``zsad run`` with configs/method/anomalydino_authors.yaml on the tiny DINOv2: sorted references
+    (recorded), each category's memory from the rotated references, masks and maps at the files' size."""
+    import json
+
+    from datamodules.synthetic import generate_synthetic_dataset
+    from pipelines.cli import main
+
+    kwargs = dict(seed=3, image_size=40, n_train=3, n_test_good=2, n_test_defect_per_kind=1)
+    target = generate_synthetic_dataset(tmp_path / "d", style="vivid", categories=["ring", "cells"], **kwargs)
+    (tmp_path / "tgt.yaml").write_text(f"name: synthetic\nroot: {target.root}\nnum_workers: 0\n")
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text(
+        f"defaults:\n  method: anomalydino_authors\n  targets: [{tmp_path / 'tgt.yaml'}]\n"
+        f"name: authors\noutput_dir: {tmp_path / 'runs'}\ntrainer: {{accelerator: cpu, devices: '1'}}\n"
+    )
+    run_dir = tmp_path / "run"
+    tiny = ["method.backbone.name=zsad-tiny-dinov2", "method.backbone.pretrained=null"]
+    args = ["run", str(experiment), "logger.wandb.mode=disabled", "trainer.enable_progress_bar=false", *tiny]
+    protocol = ["method.backbone.image_size=42", "protocol.shots=2", "protocol.selection=sorted"]
+    assert main([*args, *protocol, "eval.save_maps=true", f"run_dir={run_dir}"]) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["protocol"]["selection"] == "sorted"
+    files = results["draws"][0]["references"]["synthetic"]["files"]
+    assert files == {c: [f"{c}/train/good/000.png", f"{c}/train/good/001.png"] for c in ("cells", "ring")}
+    assert results["draws"][0]["targets"]["synthetic"]["preprocessing"]["mask_size"] == "original"
+    saved = np.load(run_dir / "draws" / "0" / "maps" / "synthetic" / "ring" / "test" / "hole" / "000.npy")
+    assert saved.shape == (40, 40)  # the file's size, not the 42 px input
+
+
+def test_the_module_hands_rotated_references_of_the_rotated_categories_only():
+    from unittest import mock
+
+    from lightning_modules.anomalydino.module import AnomalyDINOModule
+
+    module = AnomalyDINOModule(authors_model(rotate_references=True, rotated_categories=["screw"]).cfg)
+    calls = []
+
+    class References:
+        def images(self, category, angles=None):
+            calls.append((category, angles))
+            return torch.randn(2 * (len(angles) if angles else 1), 3, 42, 42)
+
+    module.references = References()
+    trainer = mock.Mock()
+    trainer.datamodule.categories = ["bottle", "screw"]
+    with mock.patch.object(
+        AnomalyDINOModule, "trainer", new_callable=mock.PropertyMock, return_value=trainer
+    ):
+        module.load_references()
+    assert calls == [("bottle", None), ("screw", [0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0])]
+    assert module.model.memory[0].shape[0] == 2 * 9 and module.model.memory[1].shape[0] == 16 * 9
