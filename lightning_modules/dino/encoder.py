@@ -246,6 +246,8 @@ class DinoEncoder(nn.Module):
         LayerNorm, class token first (register tokens dropped), as DINO's and DINOv2's
         ``get_intermediate_layers`` (``norm=True``); and the last block's normalised class token, their
         ``forward`` (``x_norm_clstoken``). ``images`` must already be of ``image_size``."""
+        if self.cfg.any_aspect:
+            raise ZsadError("layer_tokens takes square inputs of image_size: set backbone.any_aspect=false")
         if images.shape[-2:] != (self.grid * self.patch_size,) * 2:
             raise ZsadError(
                 f"images of {tuple(images.shape[-2:])} px: the backbone takes {self.grid * self.patch_size} px"
