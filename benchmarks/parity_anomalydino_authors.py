@@ -237,7 +237,50 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
                 rows["reference_images"].append(torch.stack(prepared[:n_references]).numpy())
                 rows["scores"] |= {f"{category}/test/{k}": v for k, v in scores.items()}
             result |= collect(post_eval, root, out_dir / "anomaly_maps" / "seed=0", rows, run)
-    return result
+    return result | official_full_size(weights.parent)
+
+
+# Full-size check (printed, not in the fixture): the hub's dinov2_vits14 architecture with seeded random
+# weights, saved in Meta's checkpoint format and read by zsad's encoder from that file (timm's
+# checkpoint_filter_fn, as method.backbone.pretrained=/path/to/dinov2_vits14_pretrain.pth), on a non-square
+# input of the authors' size (short side 448: a 32 x 42 grid from the 37 x 37 position embedding)
+FULL_SIZE_FILE, FULL_SIZE_INPUT = "dinov2_vits14_pretrain.pth", (448, 597)
+
+
+def full_size_input() -> torch.Tensor:
+    return torch.randn(1, 3, *FULL_SIZE_INPUT, generator=torch.Generator().manual_seed(ps.WEIGHTS_SEED))
+
+
+def official_full_size(folder: Path) -> dict[str, np.ndarray]:
+    sys.path.insert(0, os.environ[HUB_VARIABLE])
+    from dinov2.hub.backbones import _make_dinov2_model
+
+    torch.manual_seed(ps.WEIGHTS_SEED)
+    model = _make_dinov2_model(arch_name="vit_small", pretrained=False)  # what torch.hub.load builds
+    state = model.state_dict()
+    generator = torch.Generator().manual_seed(ps.WEIGHTS_SEED)
+    for name, value in state.items():
+        if name.endswith("gamma"):
+            state[name] = torch.rand(value.shape, generator=generator)
+        if name == "pos_embed":
+            state[name] = value + torch.randn(value.shape, generator=generator)
+    model.load_state_dict(state)
+    torch.save(state, folder / FULL_SIZE_FILE)
+    image = full_size_input()[..., :448, :588]  # their prepare_image's top-left crop
+    with torch.no_grad():
+        tokens = model.eval().get_intermediate_layers(image)[0]
+    return {"full_tokens": tokens.numpy()}
+
+
+def zsad_full_size(folder: Path) -> np.ndarray:
+    from lightning_modules.dino.config import DinoBackboneConfig
+    from lightning_modules.dino.encoder import DinoEncoder
+
+    cfg = DinoBackboneConfig(
+        name="vit_small_patch14_dinov2", pretrained=str(folder / FULL_SIZE_FILE), image_size=448,
+        crop="top_left", any_aspect=True, interpolate_offset=0.1,
+    )  # fmt: skip
+    return DinoEncoder(cfg)(full_size_input()).numpy()
 
 
 def collect(post_eval: Any, root: Path, maps_dir: Path, rows: dict[str, Any], run: str) -> dict[str, Any]:
@@ -335,6 +378,9 @@ def main() -> None:
                 f"{m} {v:.6f}" for m, v in zip(METRICS, theirs[f"{run}_metrics"][c], strict=True)
             )
             print(f"  authors, {run}, {category}: {values}")
+    deltas["full_size_tokens"] = ps.print_delta(
+        f"full size: ViT-S/14 tokens at {FULL_SIZE_INPUT}", theirs["full_tokens"], zsad_full_size(root.parent)
+    )
     if args.write_fixture:
         stored: dict[str, Any] = {}
         for run in RUNS:
