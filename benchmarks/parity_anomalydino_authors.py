@@ -186,9 +186,19 @@ def official_dinov2(state: dict[str, torch.Tensor]) -> torch.nn.Module:
 
 
 def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.ndarray]:
+    result: dict[str, Any] = {}
+    for run in RUNS:
+        result |= official_run(official, root, weights, run)
+    return result | official_full_size(weights.parent)
+
+
+def official_run(official: Path, root: Path, weights: Path, run: str) -> dict[str, np.ndarray]:
+    """Their run_anomaly_detection per category and their post_eval, with the shims of the docstring; the
+    read-outs (the arrays faiss.normalize_L2 and prepare_image see) add copies only."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.chdir(official)
-    sys.path.insert(0, str(official))
+    if str(official) not in sys.path:
+        sys.path.insert(0, str(official))
     import faiss
     import src.backbones as backbones
     import src.detection as detection
@@ -196,48 +206,46 @@ def official_outputs(official: Path, root: Path, weights: Path) -> dict[str, np.
     from sklearn.decomposition import PCA
 
     state = torch.load(weights, weights_only=True)
-    result: dict[str, Any] = {}
-    for run, (masking, rotation) in RUNS.items():
-        normalized: list[np.ndarray] = []  # every array their faiss.normalize_L2 receives (memory first)
-        prepared: list[torch.Tensor] = []  # every image tensor their prepare_image returns
+    masking, rotation = RUNS[run]
+    normalized: list[np.ndarray] = []  # every array their faiss.normalize_L2 receives (memory first)
+    prepared: list[torch.Tensor] = []  # every image tensor their prepare_image returns
 
-        def record_normalize(x, _normalize=faiss.normalize_L2, _out=normalized):
-            _normalize(x)
-            _out.append(x.copy())
+    def record_normalize(x, _normalize=faiss.normalize_L2):
+        _normalize(x)
+        normalized.append(x.copy())
 
-        with (
-            mock.patch("torch.hub.load", lambda *a, **k: official_dinov2(state)),
-            mock.patch.object(backbones, "PCA", functools.partial(PCA, random_state=0)),
-            mock.patch("torch.cuda.synchronize", lambda *a, **k: None),
-            mock.patch.object(detection.faiss, "normalize_L2", record_normalize),
-        ):
-            model = backbones.get_model("dinov2_vits14", "cpu", smaller_edge_size=RESOLUTION)
-            prepare = model.prepare_image
+    with (
+        mock.patch("torch.hub.load", lambda *a, **k: official_dinov2(state)),
+        mock.patch.object(backbones, "PCA", functools.partial(PCA, random_state=0)),
+        mock.patch("torch.cuda.synchronize", lambda *a, **k: None),
+        mock.patch.object(detection.faiss, "normalize_L2", record_normalize),
+    ):
+        model = backbones.get_model("dinov2_vits14", "cpu", smaller_edge_size=RESOLUTION)
+        prepare = model.prepare_image
 
-            def recorded_prepare(image, _prepare=prepare, _out=prepared):
-                tensor, grid = _prepare(image)
-                _out.append(tensor.clone())
-                return tensor, grid
+        def recorded_prepare(image):
+            tensor, grid = prepare(image)
+            prepared.append(tensor.clone())
+            return tensor, grid
 
-            model.prepare_image = recorded_prepare
-            out_dir = weights.parent / f"official_{run}"
-            rows: dict[str, Any] = {"scores": {}, "memory": [], "reference_images": []}
-            for category in ps.CATEGORIES:
-                kinds = sorted(p.name for p in (root / category / "test").iterdir() if p.name != "good")
-                normalized.clear()
-                prepared.clear()
-                scores, _, _ = detection.run_anomaly_detection(
-                    model, category, data_root=str(root), n_ref_samples=SHOTS,
-                    object_anomalies={category: kinds}, plots_dir=str(out_dir), save_examples=False,
-                    masking=masking, mask_ref_images=False, rotation=rotation, knn_metric="L2_normalized",
-                    knn_neighbors=1, faiss_on_cpu=True, seed=0, save_patch_dists=True, save_tiffs=True,
-                )  # fmt: skip
-                rows["memory"].append(normalized[0])
-                n_references = SHOTS * (8 if rotation else 1)
-                rows["reference_images"].append(torch.stack(prepared[:n_references]).numpy())
-                rows["scores"] |= {f"{category}/test/{k}": v for k, v in scores.items()}
-            result |= collect(post_eval, root, out_dir / "anomaly_maps" / "seed=0", rows, run)
-    return result | official_full_size(weights.parent)
+        model.prepare_image = recorded_prepare
+        out_dir = weights.parent / f"official_{run}"
+        rows: dict[str, Any] = {"scores": {}, "memory": [], "reference_images": []}
+        for category in ps.CATEGORIES:
+            kinds = sorted(p.name for p in (root / category / "test").iterdir() if p.name != "good")
+            normalized.clear()
+            prepared.clear()
+            scores, _, _ = detection.run_anomaly_detection(
+                model, category, data_root=str(root), n_ref_samples=SHOTS,
+                object_anomalies={category: kinds}, plots_dir=str(out_dir), save_examples=False,
+                masking=masking, mask_ref_images=False, rotation=rotation, knn_metric="L2_normalized",
+                knn_neighbors=1, faiss_on_cpu=True, seed=0, save_patch_dists=True, save_tiffs=True,
+            )  # fmt: skip
+            rows["memory"].append(normalized[0])
+            n_references = SHOTS * (8 if rotation else 1)
+            rows["reference_images"].append(torch.stack(prepared[:n_references]).numpy())
+            rows["scores"] |= {f"{category}/test/{k}": v for k, v in scores.items()}
+        return collect(post_eval, root, out_dir / "anomaly_maps" / "seed=0", rows, run)
 
 
 # Full-size check (printed, not in the fixture): the hub's dinov2_vits14 architecture with seeded random
