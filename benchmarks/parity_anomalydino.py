@@ -114,7 +114,8 @@ def zsad_outputs(
     paths = []
     for batch in data.test_dataloader():
         images, ids = batch["image"], batch["category_id"]
-        distances = model.masked_distances(ids, model.encode(images))  # model.predict's steps
+        grid = model.encoder.grid_of(tuple(images.shape[-2:]))
+        distances = model.masked_distances(ids, model.encode(images), grid)  # model.predict's steps
         out["distances"].append(distances)
         scores = model.image_scores(distances)
         maps = model.anomaly_maps(distances, images.shape[-2:], (IMAGE_SIZE, IMAGE_SIZE))

@@ -195,11 +195,14 @@ class AnomalyDataModule(L.LightningDataModule):
         return self._dataset(self.cfg.train_split, train=True)
 
     # --- few-shot references ---------------------------------------------------------------------
-    def reference_draws(self, shots: int, seed: int, draws: int) -> list[ReferenceDraw]:
+    def reference_draws(
+        self, shots: int, seed: int, draws: int, selection: str = "random"
+    ) -> list[ReferenceDraw]:
         """``draws`` seeded draws of ``shots`` normal training images per category, none a test image
-        (:mod:`datamodules.references`); a ConfigError when the dataset cannot give them."""
+        (:mod:`datamodules.references`; ``selection="sorted"``: the sorted files block by block); a
+        ConfigError when the dataset cannot give them."""
         return draw_references(
-            self.full_index, self.test_index, self.categories, shots, seed, draws, self.cfg.name
+            self.full_index, self.test_index, self.categories, shots, seed, draws, self.cfg.name, selection
         )
 
     def reference_images(self, draw: ReferenceDraw) -> ReferenceImages:
@@ -282,9 +285,11 @@ class AnomalyDataModule(L.LightningDataModule):
 
     @property
     def eval_batch_size(self) -> int:
-        """``eval_batch_size``; 1 when images keep their aspect ratio (``resize=short_side``): images of
-        different shapes cannot be stacked into one batch (the authors' loader has batch size 1)."""
-        return 1 if self.preprocessing.resize == "short_side" else self.cfg.eval_batch_size
+        """``eval_batch_size``; 1 when images keep their aspect ratio (``resize=short_side``) or masks their
+        file's size (``mask_size=original``): images of different shapes cannot be stacked into one batch
+        (the authors' loaders have batch size 1)."""
+        keeps_shape = self.preprocessing.resize == "short_side" or self.preprocessing.mask_size == "original"
+        return 1 if keeps_shape else self.cfg.eval_batch_size
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.cfg.train_split, train=True)

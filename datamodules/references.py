@@ -11,6 +11,10 @@ record`) say which images each number saw.
 A reference is never one of the evaluated test images: a drawn file whose path is a test image's, or whose
 content is byte for byte a test image's, is skipped and the next one of the draw's permutation taken (the
 count is recorded as ``skipped``); a category left with fewer than K usable images is refused.
+
+``selection="sorted"`` (``protocol.selection``) takes the files in sorted order instead, draw d the
+d-th block of K (the AnomalyDINO authors' ``sorted(os.listdir(train/good))[seed*K:(seed+1)*K]`` with their
+seed = the draw number; the experiment seed then plays no part).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from datamodules.errors import ConfigError
 from datamodules.fingerprint import file_sha256, relative_name
@@ -30,6 +35,7 @@ from datamodules.images import open_image
 from datamodules.index import DatasetIndex, SampleRecord
 
 REFERENCE_SPLIT = "train"  # the parsers' split of normal training images
+SELECTIONS = ("random", "sorted")  # protocol.selection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,10 +105,14 @@ def draw_references(
     seed: int,
     draws: int,
     target: str,
+    selection: str = "random",
 ) -> list[ReferenceDraw]:
     """``draws`` draws of ``shots`` distinct normal training images per category of ``categories``, none a
     test image of ``test_index``; a ConfigError (one line) when the target has no normal training images or
-    a category has fewer than ``shots`` usable ones."""
+    a category has fewer than ``shots`` usable ones. ``selection``: "random" (seeded permutations) or
+    "sorted" (draw d: the sorted files from position d * shots on)."""
+    if selection not in SELECTIONS:
+        raise ConfigError(f"protocol.selection must be one of {SELECTIONS}, got {selection!r}")
     pools = normal_training_records(index)
     if not pools:
         raise ConfigError(
@@ -115,7 +125,10 @@ def draw_references(
         paths, skipped = {}, {}
         for category in categories:
             pool = pools.get(category, [])
-            order = category_stream(seed, draw, category).permutation(len(pool))
+            if selection == "sorted":  # the pool is sorted by path (normal_training_records)
+                order = np.arange(min(draw * shots, len(pool)), len(pool))
+            else:
+                order = category_stream(seed, draw, category).permutation(len(pool))
             chosen: list[Path] = []
             skipped[category] = 0
             for position in order.tolist():
@@ -127,9 +140,14 @@ def draw_references(
                     chosen.append(pool[position].image_path)
             if len(chosen) < shots:
                 overlap = f" ({skipped[category]} of them are test images)" if skipped[category] else ""
+                where = (
+                    f" from position {draw * shots} on (protocol.selection=sorted)"
+                    if selection == "sorted"
+                    else ""
+                )
                 raise ConfigError(
                     f"target '{target}', category '{category}': {len(pool)} normal training images{overlap}, "
-                    f"fewer than protocol.shots={shots} usable as references"
+                    f"fewer than protocol.shots={shots} usable as references{where}"
                 )
             paths[category] = chosen
         out.append(ReferenceDraw(draw, (int(seed), draw), paths, Path(index.root), skipped))
@@ -148,6 +166,32 @@ class ReferenceImages:
     def categories(self) -> list[str]:
         return list(self.draw.paths)
 
-    def images(self, category: str) -> torch.Tensor:
-        """``[K, 3, S, S]``: the category's references, preprocessed as its test images."""
-        return torch.stack([self.transform.image(open_image(path)) for path in self.draw.paths[category]])
+    def images(self, category: str, angles: list[float] | None = None) -> torch.Tensor:
+        """``[K, 3, S, S]``: the category's references, preprocessed as its test images; with ``angles``
+        ``[K * len(angles), 3, S, S]``: each reference rotated by each angle before its preprocessing
+        (:func:`rotations`), reference by reference."""
+        images = [open_image(path) for path in self.draw.paths[category]]
+        if angles is not None:
+            images = [rotated for image in images for rotated in rotations(image, angles)]
+        return torch.stack([self.transform.image(image) for image in images])
+
+
+def rotations(image: Image.Image, angles: list[float]) -> list[Image.Image]:
+    """The AnomalyDINO authors' reference augmentation (``src/utils.py`` ``augment_image``/``rotate_image``):
+    the RGB image rotated counter-clockwise by each angle (degrees) about its centre ``(w / 2, h / 2)``,
+    ``cv2.warpAffine`` with bilinear interpolation and cv2's default border (reflect-101), at its own size.
+    (Their images come from ``cv2.imread(IMREAD_COLOR)``: the same RGB pixels as ``convert("RGB")`` for
+    8-bit files.)"""
+    import cv2
+
+    array = np.asarray(image.convert("RGB"))
+    height, width = array.shape[:2]
+    centre = (width / 2, height / 2)
+    out = []
+    for angle in angles:
+        matrix = cv2.getRotationMatrix2D(centre, float(angle), 1.0)
+        rotated = cv2.warpAffine(
+            array, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_DEFAULT
+        )
+        out.append(Image.fromarray(rotated))
+    return out

@@ -39,6 +39,7 @@ NORMALIZATIONS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMA
 
 RESIZE_BACKENDS = ("pil", "tensor")
 RESIZES = ("square", "short_side")
+MASK_SIZES = ("eval_size", "original")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 MASK_INTERPOLATIONS = ("bilinear", "nearest")
 HIGH_BIT_DEPTHS = ("clip", "scale")
@@ -79,6 +80,10 @@ class ImagePreprocessing:
     # The mean/std the resized image is normalised with: "clip" (OpenAI's, every CLIP method) or "imagenet"
     # (the DINOv2 backbones': AnomalyDINO).
     normalization: str = "clip"
+    # The ground-truth mask's size for metrics: "eval_size" (resized as above) or "original" (the mask
+    # file's own resolution, binarised > mask_threshold; the AnomalyDINO authors' post_eval, which resizes
+    # the maps to each image's size instead); "original" evaluates a batch of one image at a time.
+    mask_size: str = "eval_size"
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -88,6 +93,7 @@ class ImagePreprocessing:
             ("high_bit_depth", HIGH_BIT_DEPTHS),
             ("resize", RESIZES),
             ("normalization", tuple(NORMALIZATIONS)),
+            ("mask_size", MASK_SIZES),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -154,6 +160,10 @@ class ImageMaskTransform:
 
     def mask(self, mask: Image.Image | None) -> torch.Tensor:
         size, pre = self.spec.eval_size, self.pre
+        if pre.mask_size == "original":
+            if mask is None:
+                raise ValueError("mask_size='original' needs the image's size for a normal image's mask")
+            return (TF.pil_to_tensor(mask)[0].float().div(255) > pre.mask_threshold).float()
         if (
             mask is None and pre.resize == "square"
         ):  # a normal image: the official code resizes an all-zero mask
@@ -172,6 +182,7 @@ class ImageMaskTransform:
         if self.spec.hflip_p > 0 and random.random() < self.spec.hflip_p:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mask is not None else None
-        if mask is None and self.pre.resize == "short_side":  # its shape follows the image's
+        if mask is None and (self.pre.resize == "short_side" or self.pre.mask_size == "original"):
+            # its shape follows the image's
             return self.image(image), self.mask(Image.new("L", image.size))
         return self.image(image), self.mask(mask)

@@ -130,8 +130,8 @@ def adaclip_paper() -> PublishedNumbers:
 
 ANOMALYDINO_PAPER = (
     "AnomalyDINO paper (Damm et al., WACV 2025, arXiv 2405.14529v2), abstract: the authors' code and setting "
-    "(448 px, foreground masking of 5 MVTec AD categories, rotated references), not anomalib's defaults; the "
-    "paper's tables could not be read here"
+    "(448 px, foreground masking of 5 MVTec AD categories, rotated references: zsad's method=anomalydino_authors), "
+    "not anomalib's defaults; the paper's tables could not be read here"
 )
 
 

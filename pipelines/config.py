@@ -87,6 +87,10 @@ class ProtocolConfig:
 
     shots: int = 0  # K reference images per category; 0: zero-shot
     draws: int = 1  # few-shot: independent reference draws, each evaluated and recorded
+    # few-shot: how a draw picks its references (datamodules/references.py): "random" (seeded by the experiment
+    # seed, the draw and the category) or "sorted" (draw d: the category's sorted normal training files from
+    # position d * shots on, the AnomalyDINO authors' selection with their seed = d)
+    selection: str = "random"
 
 
 def _protocol_label(shots: int, draws: int, method: str | None = None) -> str:

@@ -108,7 +108,7 @@ def reference_plan(
         return None
     p = cfg.protocol
     return {
-        key: datamodule.reference_draws(p.shots, cfg.seed, p.draws)
+        key: datamodule.reference_draws(p.shots, cfg.seed, p.draws, p.selection)
         for key, datamodule in zip(keys, datamodules, strict=True)
     }
 
@@ -140,6 +140,11 @@ def protocol_header(cfg: Any, plan: dict[str, list[ReferenceDraw]] | None) -> di
             "name": protocol_name(protocol, cfg.method.name),
             "label": protocol_label(protocol, cfg.method.name),
             **({"shots": protocol.shots, "draws": protocol.draws} if plan is not None else {}),
+            **(
+                {"selection": protocol.selection}
+                if plan is not None and protocol.selection != "random"
+                else {}
+            ),
         }
     }
     if plan is not None:

@@ -1,5 +1,6 @@
 """AnomalyDINO settings (docs/methods.md#anomalydino); defaults are anomalib's ``AnomalyDINO`` (2.7.0), the
-parity reference of issue 26; the authors' own code (dammsi/AnomalyDINO) differs where the docs say."""
+parity reference of issue 26; the authors' own code (dammsi/AnomalyDINO, ``run_anomalydino.py``) is the
+setting ``configs/method/anomalydino_authors.yaml`` (each of its differences a switch below)."""
 
 from __future__ import annotations
 
@@ -25,3 +26,32 @@ class AnomalyDINOConfig:
     # pill, screw and toothbrush of MVTec AD.
     masking: bool = False
     masked_categories: list[str] | None = None
+    # Whether masking also drops the references' background patches: true (anomalib) or false (the authors'
+    # default ``--mask_ref_images False``: only test images are masked).
+    mask_references: bool = True
+    # The masks' dilation and closing (3 x 3): "grid" (anomalib: on the patch grid) or "raster" (the authors'
+    # compute_background_mask runs them on the [N, 1] column of the mask: the neighbours of a patch are the
+    # previous and next patch in row-major order, across row ends).
+    mask_morphology: str = "grid"
+    # The preprocessing of images and masks: "anomalib" (252 x 252, the float tensor resized bicubic,
+    # antialiased) or "authors" (their DINOv2Wrapper: PIL bicubic resize of the short side to
+    # backbone.image_size, aspect kept; masks and maps at the image file's own resolution, as their
+    # post_eval; needs backbone.any_aspect and backbone.crop=top_left).
+    preprocessing: str = "anomalib"
+    # Map: "anomalib" (patch distances upsampled nearest to the cropped input, smoothed, padded back, resized
+    # bilinear to the mask size) or "bilinear" (the authors' dists2map: the patch grid resized bilinear,
+    # cv2's INTER_LINEAR, straight to the mask size, then smoothed there).
+    map_resize: str = "anomalib"
+    # Map smoothing: "anomalib" (its GaussianBlur2d: kernel 2 * int(4 * sigma + 0.5) + 1, torch 'reflect'
+    # padding) or "scipy" (the authors': scipy.ndimage.gaussian_filter(sigma), mode 'reflect' = the edge
+    # sample repeated, truncate 4).
+    gaussian: str = "anomalib"
+    # Rotation augmentation of the references (the authors' augment_image): each reference image, as
+    # decoded, rotated about its centre by each of rotation_angles (cv2.warpAffine, bilinear, reflect-101
+    # border), every rotation's patches in the memory. rotated_categories: the category folder names it
+    # applies to (None: every category: their default --preprocess agnostic; "informed": hazelnut, screw).
+    rotate_references: bool = False
+    rotated_categories: list[str] | None = None
+    rotation_angles: list[float] = dataclasses.field(
+        default_factory=lambda: [0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0]
+    )

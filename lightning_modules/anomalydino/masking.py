@@ -14,11 +14,21 @@ CENTRE_SHARE = 0.35  # ... must be more than this share foreground, else the com
 KERNEL = 3  # dilation and closing, in patches
 
 
-def foreground_masks(features: torch.Tensor, grid: tuple[int, int], random_state: int = 0) -> torch.Tensor:
+MORPHOLOGIES = ("grid", "raster")  # AnomalyDINOConfig.mask_morphology
+
+
+def foreground_masks(
+    features: torch.Tensor, grid: tuple[int, int], random_state: int = 0, morphology: str = "grid"
+) -> torch.Tensor:
     """``[B, N]`` bool: per image of ``[B, N, D]`` patch features, the patches whose first principal component
     exceeds :data:`THRESHOLD` (sign chosen so that the image's centre is mostly foreground), dilated and
-    closed with a 3 x 3 kernel. ``random_state`` seeds sklearn's randomized SVD (anomalib draws from numpy's
-    global generator: the same component to float precision, reproducibly here)."""
+    closed with a 3 x 3 kernel. ``random_state`` seeds sklearn's randomized SVD (anomalib and the authors
+    draw from numpy's global generator: the same component to float precision, reproducibly here).
+    ``morphology``: "grid" (anomalib: on the patch grid) or "raster" (the authors' ``compute_background_mask``
+    dilates and closes the ``[N, 1]`` column of the mask: each patch's neighbours are the previous and the
+    next patch in row-major order, across row ends)."""
+    if morphology not in MORPHOLOGIES:
+        raise ValueError(f"mask morphology must be one of {MORPHOLOGIES}, got {morphology!r}")
     h, w = grid
     y0, y1, x0, x1 = (
         int(h * CENTRE_BORDER),
@@ -26,7 +36,6 @@ def foreground_masks(features: torch.Tensor, grid: tuple[int, int], random_state
         int(w * CENTRE_BORDER),
         int(w * (1 - CENTRE_BORDER)),
     )
-    kernel = np.ones((KERNEL, KERNEL), np.uint8)
     masks = []
     for image in features.detach().cpu().float().numpy():
         component = PCA(n_components=1, svd_solver="randomized", random_state=random_state).fit_transform(
@@ -36,7 +45,14 @@ def foreground_masks(features: torch.Tensor, grid: tuple[int, int], random_state
         centre = mask[y0:y1, x0:x1]
         if centre.sum() <= centre.size * CENTRE_SHARE:
             mask = (-component > THRESHOLD).reshape(grid)
-        mask = cv2.dilate(mask.astype(np.uint8), kernel)
-        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel).astype(bool)
-        masks.append(mask.reshape(-1))
+        masks.append(dilate_close(mask, morphology).reshape(-1))
     return torch.from_numpy(np.stack(masks)).to(features.device)
+
+
+def dilate_close(mask: np.ndarray, morphology: str = "grid") -> np.ndarray:
+    """``[h, w]`` bool mask dilated, then closed, with a 3 x 3 kernel (cv2) on the patch grid ("grid") or on
+    its row-major ``[h * w, 1]`` column ("raster", the authors'); same shape back."""
+    kernel = np.ones((KERNEL, KERNEL), np.uint8)
+    work = mask.reshape(-1, 1) if morphology == "raster" else mask
+    work = cv2.dilate(work.astype(np.uint8), kernel)
+    return cv2.morphologyEx(work, cv2.MORPH_CLOSE, kernel).astype(bool).reshape(mask.shape)

@@ -8,7 +8,9 @@ detection by nearest-neighbour patch matching in DINOv2's feature space.
   ``num_neighbours`` nearest);
 - image score: mean of the top 1 % of the image's patch distances;
 - map: the patch distances upsampled (nearest) to the input size and smoothed by anomalib's Gaussian blur
-  (sigma 4), padded back where the input was cropped to the patch grid.
+  (sigma 4), padded back where the input was cropped to the patch grid; or, as the authors' ``dists2map``
+  (``map_resize: bilinear``, ``gaussian: scipy``), the patch grid resized bilinear to the mask size and
+  smoothed there by scipy's Gaussian filter.
 
 There is no zero-shot mode: a category's images are scored only against its references.
 """
@@ -21,9 +23,14 @@ from torch import nn
 
 from datamodules.errors import ZsadError
 from lightning_modules.anomalydino.config import AnomalyDINOConfig
-from lightning_modules.anomalydino.masking import foreground_masks
+from lightning_modules.anomalydino.masking import MORPHOLOGIES, foreground_masks
 from lightning_modules.dino.encoder import DinoEncoder, pad_back
-from lightning_modules.ops import anomalib_gaussian_blur
+from lightning_modules.ops import anomalib_gaussian_blur, gaussian_blur
+
+MAP_RESIZES = ("anomalib", "bilinear")  # AnomalyDINOConfig.map_resize
+GAUSSIANS = {"anomalib": anomalib_gaussian_blur, "scipy": gaussian_blur}  # AnomalyDINOConfig.gaussian
+PREPROCESSINGS = ("anomalib", "authors")  # AnomalyDINOConfig.preprocessing
+REFERENCE_CHUNK = 16  # references (with rotations: K * 8 images) are encoded this many at a time
 
 
 class AnomalyDINO(nn.Module):
@@ -33,6 +40,18 @@ class AnomalyDINO(nn.Module):
             raise ZsadError(f"num_neighbours must be >= 1, got {cfg.num_neighbours}")
         if not 0.0 < cfg.top_fraction <= 1.0:
             raise ZsadError(f"top_fraction must be in (0, 1], got {cfg.top_fraction}")
+        for name, allowed in (
+            ("map_resize", MAP_RESIZES),
+            ("gaussian", tuple(GAUSSIANS)),
+            ("preprocessing", PREPROCESSINGS),
+            ("mask_morphology", MORPHOLOGIES),
+        ):
+            if getattr(cfg, name) not in allowed:
+                raise ZsadError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
+        if cfg.preprocessing == "authors" and not cfg.backbone.any_aspect:
+            raise ZsadError(
+                "preprocessing=authors keeps each image's aspect ratio: set backbone.any_aspect=true"
+            )
         self.cfg = cfg
         self.encoder = encoder if encoder is not None else DinoEncoder(cfg.backbone)
         self.memory: dict[int, torch.Tensor] = {}  # category id -> [M, D], rows L2-normalised
@@ -47,19 +66,28 @@ class AnomalyDINO(nn.Module):
         """``[B, N, D]`` patch features as the backbone gives them (masking reads these)."""
         return self.encoder(images).float()
 
-    def foreground(self, category_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """``[B, N]`` bool: the patches that count (every patch unless the image's category is masked)."""
+    def foreground(
+        self, category_ids: torch.Tensor, features: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """``[B, N]`` bool: the patches that count (every patch unless the image's category is masked);
+        ``grid``: the images' patch rows and columns."""
         keep = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
         rows = [i for i, c in enumerate(category_ids.tolist()) if c in self.masked]
         if rows:
-            keep[rows] = foreground_masks(features[rows], (self.encoder.grid, self.encoder.grid))
+            keep[rows] = foreground_masks(features[rows], grid, morphology=self.cfg.mask_morphology)
         return keep
 
     @torch.no_grad()
     def set_references(self, category_id: int, images: torch.Tensor) -> None:
-        """The memory of category ``category_id`` from its K normal reference images ``[K, 3, S, S]``."""
-        features = self.encode(images)
-        keep = self.foreground(torch.full((len(images),), int(category_id)), features)
+        """The memory of category ``category_id`` from its K normal reference images ``[K, 3, S, S]`` (with
+        rotate_references: every rotation of each); their background patches leave it where the category
+        is masked and ``mask_references`` is set."""
+        features = torch.cat([self.encode(chunk) for chunk in images.split(REFERENCE_CHUNK)])
+        if self.cfg.mask_references:
+            grid = self.encoder.grid_of(tuple(images.shape[-2:]))
+            keep = self.foreground(torch.full((len(images),), int(category_id)), features, grid)
+        else:  # the authors' default: references are not masked
+            keep = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
         if not keep.any():
             raise ZsadError(
                 f"masking left no foreground patch in the references of category id {category_id}: leave it "
@@ -97,24 +125,35 @@ class AnomalyDINO(nn.Module):
         self, images: torch.Tensor, category_ids: torch.Tensor, size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(image scores [B], anomaly maps [B, H, W])`` at the mask size ``size``."""
-        distances = self.masked_distances(category_ids, self.encode(images))
+        grid = self.encoder.grid_of(tuple(images.shape[-2:]))
+        distances = self.masked_distances(category_ids, self.encode(images), grid)
         return self.image_scores(distances), self.anomaly_maps(distances, images.shape[-2:], size)
 
-    def masked_distances(self, category_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """``[B, N]`` patch distances of raw ``features``, 0 on masked-out background patches."""
+    def masked_distances(
+        self, category_ids: torch.Tensor, features: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """``[B, N]`` patch distances of raw ``features`` (of a ``grid`` of patches), 0 on masked-out
+        background patches."""
         distances = self.patch_distances(category_ids, F.normalize(features, p=2, dim=-1))
-        return distances * self.foreground(category_ids, features)
+        return distances * self.foreground(category_ids, features, grid)
 
     def anomaly_maps(
         self, distances: torch.Tensor, input_size: tuple[int, int], size: tuple[int, int]
     ) -> torch.Tensor:
         """``[B, H, W]`` maps of ``[B, N]`` patch distances: upsampled (nearest, as anomalib) to the cropped
-        input, smoothed, padded back to ``input_size`` and resized (bilinear) to ``size`` if it differs."""
+        input, smoothed, padded back to ``input_size`` and resized (bilinear) to ``size`` if it differs; or
+        (``map_resize: bilinear``, the authors') resized bilinear to ``size`` and smoothed there."""
+        blur = GAUSSIANS[self.cfg.gaussian]
+        grid = distances.view(-1, 1, *self.encoder.grid_of(tuple(input_size)))
+        if self.cfg.map_resize == "bilinear":  # cv2.resize INTER_LINEAR = half-pixel centres, edges clamped
+            # in float64 as theirs (float64 distances): float32 rounding would break ties of the smoothed
+            # background differently and move pixel AUROC by up to 1e-3 on the masked parity run
+            maps = F.interpolate(grid.double(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+            return blur(maps, self.cfg.gaussian_sigma).to(distances.dtype)
         left, right, top, bottom = pads = self.encoder.crop_pads(input_size)
         cropped = (input_size[0] - top - bottom, input_size[1] - left - right)
-        grid = self.encoder.grid
-        maps = F.interpolate(distances.view(-1, 1, grid, grid), size=cropped)[:, 0]
-        maps = pad_back(anomalib_gaussian_blur(maps, self.cfg.gaussian_sigma), pads)
+        maps = F.interpolate(grid, size=cropped)[:, 0]
+        maps = pad_back(blur(maps, self.cfg.gaussian_sigma), pads)
         if tuple(maps.shape[-2:]) != tuple(size):  # masks evaluated at another size than the input
             maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         return maps

@@ -35,6 +35,20 @@ class AnomalyDINOModule(TrainingFreeModule):
         self.use_datamodule_categories()  # the references' memory depends on it
         super().on_test_epoch_start()
 
+    def load_references(self) -> None:
+        """The base's loading, with each reference also rotated by ``rotation_angles`` where
+        ``rotate_references`` applies to the category (the authors' augmentation, before preprocessing)."""
+        self.clear_references()
+        if self.references is None:
+            return
+        cfg = self.cfg
+        for category_id, category in enumerate(self.trainer.datamodule.categories):
+            rotate = cfg.rotate_references and (
+                cfg.rotated_categories is None or category in cfg.rotated_categories
+            )
+            images = self.references.images(category, list(cfg.rotation_angles) if rotate else None)
+            self.set_references(category_id, images.to(self.device))
+
     def set_references(self, category_id: int, images: torch.Tensor) -> None:
         self.model.set_references(category_id, images)
 

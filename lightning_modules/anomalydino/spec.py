@@ -17,9 +17,20 @@ def build_module(cfg: AnomalyDINOConfig, eval_cfg: Any) -> Any:
 
 def preprocessing(cfg: AnomalyDINOConfig, dataset: str | None) -> Any:
     """anomalib's: ``convert("RGB")``, the float tensor resized (bicubic, antialiased) and normalised with
-    ImageNet's mean/std; the mask nearest."""
+    ImageNet's mean/std; the mask nearest. ``preprocessing: authors`` (their DINOv2Wrapper and post_eval):
+    the RGB image's short side resized to the input size by PIL (bicubic), aspect kept, ImageNet's mean/std;
+    the mask at the file's own resolution."""
     from datamodules.transforms import ImagePreprocessing
 
+    if cfg.preprocessing == "authors":
+        return ImagePreprocessing(
+            resize_backend="pil",
+            interpolation="bicubic",
+            resize="short_side",
+            rgb_before_resize=True,
+            normalization="imagenet",
+            mask_size="original",
+        )
     return ImagePreprocessing(resize_backend="tensor", mask_interpolation="nearest", normalization="imagenet")
 
 

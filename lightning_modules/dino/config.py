@@ -16,6 +16,14 @@ class DinoBackboneConfig:
     # for random weights (tests and the demo only).
     pretrained: str | None = "lvd142m"
     image_size: int = 252  # input size (square); centre-cropped to a multiple of the patch size
+    # How the input is cropped to a multiple of the patch size: "centre" (anomalib) or "top_left" (the
+    # AnomalyDINO authors' ``prepare_image``: the last rows and columns dropped).
+    crop: str = "centre"
+    # false: inputs of image_size x image_size (after the crop); true: any size and aspect (AnomalyDINO's
+    # authors: the short side at image_size, the long one as the file's aspect gives it), the position
+    # embedding resampled for each input's patch grid (with interpolate_offset: DINOv2's
+    # ``interpolate_pos_encoding`` on a non-square grid).
+    any_aspect: bool = False
     # The position embedding (37 x 37 patches at timm's 518 px) is resampled bicubically to the input's grid.
     # false: without antialiasing, as anomalib's TimmFeatureExtractor forces (for ONNX export); true: timm's
     # default.

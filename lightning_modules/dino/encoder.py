@@ -26,6 +26,7 @@ from lightning_modules.dino.config import DinoBackboneConfig
 TINY_DINO = "zsad-tiny-dinov2"  # random weights only: tests and the demo
 TINY_DINO_V1 = "zsad-tiny-dino"  # DINO (v1)'s architecture, random weights only: tests
 WEIGHT_FILES = (".pth", ".pt", ".bin", ".safetensors")
+CROPS = ("centre", "top_left")  # DinoBackboneConfig.crop
 
 
 def tiny_dino() -> VisionTransformer:
@@ -146,31 +147,44 @@ class DinoEncoder(nn.Module):
         self.grid = cfg.image_size // self.patch_size
         if self.grid < 1:
             raise ZsadError(f"image_size {cfg.image_size} is smaller than the patch size {self.patch_size}")
-        self._fix_input_size(self.grid * self.patch_size)
+        if cfg.crop not in CROPS:
+            raise ZsadError(f"backbone.crop must be one of {CROPS}, got {cfg.crop!r}")
+        if cfg.any_aspect:  # the position embedding stays the checkpoint's, resampled per input grid
+            self._pos_embeds: dict[tuple[int, int], torch.Tensor] = {}
+        else:
+            self._fix_input_size(self.grid * self.patch_size)
 
-    def _fix_input_size(self, size: int) -> None:
+    def _resampled_pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The checkpoint's position embedding for a ``grid`` (rows, columns) of patches."""
         vit = self.vit
-        old = vit.patch_embed.grid_size
+        old = tuple(vit.patch_embed.grid_size)
         prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
         if self.cfg.interpolate_offset is not None:
-            pos_embed = offset_resample(
-                vit.pos_embed.detach(), self.grid, tuple(old), prefix, self.cfg.interpolate_offset
-            )
-        else:
-            pos_embed = resample_abs_pos_embed(
-                vit.pos_embed.detach(),
-                new_size=(self.grid, self.grid),
-                old_size=old,
-                num_prefix_tokens=prefix,
-                antialias=self.cfg.pos_embed_antialias,
-            )
-        vit.patch_embed.set_input_size(img_size=(size, size))
-        vit.pos_embed = nn.Parameter(pos_embed, requires_grad=False)
+            return offset_resample(vit.pos_embed.detach(), grid, old, prefix, self.cfg.interpolate_offset)
+        return resample_abs_pos_embed(
+            vit.pos_embed.detach(),
+            new_size=list(grid),
+            old_size=old,
+            num_prefix_tokens=prefix,
+            antialias=self.cfg.pos_embed_antialias,
+        )
+
+    def _fix_input_size(self, size: int) -> None:
+        pos_embed = self._resampled_pos_embed((self.grid, self.grid))
+        self.vit.patch_embed.set_input_size(img_size=(size, size))
+        self.vit.pos_embed = nn.Parameter(pos_embed, requires_grad=False)
+
+    def grid_of(self, size: tuple[int, int]) -> tuple[int, int]:
+        """``(rows, columns)`` of patches of an input of ``size`` (after the crop)."""
+        return size[0] // self.patch_size, size[1] // self.patch_size
 
     def crop_pads(self, size: tuple[int, int]) -> tuple[int, int, int, int]:
-        """``(left, right, top, bottom)``: what anomalib's centre crop to the patch grid removes of an input of
-        ``size`` (its map is padded back by the same amounts: :func:`pad_back`)."""
+        """``(left, right, top, bottom)``: what the crop to the patch grid removes of an input of ``size``:
+        anomalib's centre crop (its map is padded back by the same amounts: :func:`pad_back`) or the
+        authors' top-left one (``crop: top_left``: the last rows and columns)."""
         crop_h, crop_w = size[0] % self.patch_size, size[1] % self.patch_size
+        if self.cfg.crop == "top_left":
+            return 0, crop_w, 0, crop_h
         return crop_w // 2, crop_w - crop_w // 2, crop_h // 2, crop_h - crop_h // 2
 
     def crop(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
@@ -182,6 +196,8 @@ class DinoEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         cropped, _ = self.crop(images)
+        if self.cfg.any_aspect:
+            return self._any_aspect_tokens(cropped)
         if (
             cropped.shape[-1] // self.patch_size != self.grid
             or cropped.shape[-2] // self.patch_size != self.grid
@@ -199,6 +215,29 @@ class DinoEncoder(nn.Module):
         )
         return tokens
 
+    def _any_aspect_tokens(self, cropped: torch.Tensor) -> torch.Tensor:
+        """The last block's normalised patch tokens of inputs of any grid (``any_aspect``): timm's forward
+        with the checkpoint's position embedding resampled to this grid (cached per grid), as DINOv2's
+        ``prepare_tokens_with_masks`` + ``get_intermediate_layers(norm=True)``."""
+        vit = self.vit
+        grid = self.grid_of(tuple(cropped.shape[-2:]))
+        if min(grid) < 1:
+            raise ZsadError(f"images of {tuple(cropped.shape[-2:])} px are smaller than a patch")
+        if grid not in self._pos_embeds:
+            self._pos_embeds[grid] = self._resampled_pos_embed(grid)
+        pos_embed = self._pos_embeds[grid].to(cropped.device)
+        x = vit.patch_embed(cropped)
+        x = x.reshape(x.shape[0], -1, x.shape[-1]) if x.ndim == 4 else x  # NHWC (dynamic size) -> NLC
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
+        if vit.no_embed_class:
+            x = torch.cat([*prefix, x + pos_embed], dim=1)
+        else:
+            x = torch.cat([*prefix, x], dim=1) + pos_embed
+        x = vit.norm_pre(vit.patch_drop(vit.pos_drop(x)))
+        for block in vit.blocks:
+            x = block(x)
+        return vit.norm(x)[:, vit.num_prefix_tokens :]
+
     @torch.no_grad()
     def layer_tokens(
         self, images: torch.Tensor, blocks: Sequence[int]
@@ -207,6 +246,8 @@ class DinoEncoder(nn.Module):
         LayerNorm, class token first (register tokens dropped), as DINO's and DINOv2's
         ``get_intermediate_layers`` (``norm=True``); and the last block's normalised class token, their
         ``forward`` (``x_norm_clstoken``). ``images`` must already be of ``image_size``."""
+        if self.cfg.any_aspect:
+            raise ZsadError("layer_tokens takes square inputs of image_size: set backbone.any_aspect=false")
         if images.shape[-2:] != (self.grid * self.patch_size,) * 2:
             raise ZsadError(
                 f"images of {tuple(images.shape[-2:])} px: the backbone takes {self.grid * self.patch_size} px"
@@ -227,22 +268,27 @@ class DinoEncoder(nn.Module):
 
 
 def offset_resample(
-    pos_embed: torch.Tensor, grid: int, old: tuple[int, int], prefix: int, offset: float
+    pos_embed: torch.Tensor, grid: int | tuple[int, int], old: tuple[int, int], prefix: int, offset: float
 ) -> torch.Tensor:
     """DINO's and DINOv2's ``interpolate_pos_encoding`` (facebookresearch/dino and dinov2
     ``vision_transformer.py``): the ``[1, prefix + h*w, C]`` embedding's grid resampled bicubically (no
-    antialiasing) with ``scale_factor`` (grid + offset) / old grid, in float32, unchanged at the native grid."""
-    if (grid, grid) == old:
+    antialiasing) with ``scale_factor`` (rows + offset) / old rows, (columns + offset) / old columns, in
+    float32, unchanged at the native grid. ``grid``: the new (rows, columns) or one number for a square.
+    (DINOv2 names the input's height ``w``: its scale factors are still (rows, columns) of the grid.)"""
+    rows, cols = (grid, grid) if isinstance(grid, int) else tuple(grid)
+    if (rows, cols) == tuple(old):
         return pos_embed
     h, w = old
     dtype = pos_embed.dtype
     patches = pos_embed[:, prefix:].float().reshape(1, h, w, -1).permute(0, 3, 1, 2)
     patches = F.interpolate(
-        patches, scale_factor=((grid + offset) / h, (grid + offset) / w), mode="bicubic", antialias=False
+        patches, scale_factor=((rows + offset) / h, (cols + offset) / w), mode="bicubic", antialias=False
     )
-    if patches.shape[-2:] != (grid, grid):
-        raise ZsadError(f"position embedding of {old} resampled to {tuple(patches.shape[-2:])}, not {grid}")
-    patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)
+    if patches.shape[-2:] != (rows, cols):
+        raise ZsadError(
+            f"position embedding of {old} resampled to {tuple(patches.shape[-2:])}, not {(rows, cols)}"
+        )
+    patches = patches.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)
     return torch.cat([pos_embed[:, :prefix].float(), patches], dim=1).to(dtype)
 
 

@@ -1,0 +1,128 @@
+"""AnomalyDINO speed in the authors' setting: zsad against the authors' own test loop (dammsi/AnomalyDINO),
+same tiny DINOv2, same files, same CPU.
+
+    python benchmarks/speed_anomalydino_authors.py --official /tmp/anomalydino_src \
+        --official-env /tmp/anomalydino-env --dinov2-hub /tmp/dinov2
+
+Both sides run the ``full`` setting of benchmarks/parity_anomalydino_authors.py (masking, 8 rotations of each
+of the 2 references per category, 112 px short side, the 12 non-square test images, maps at the files' size)
+in float32 on the CPU, one thread each, each side in its own process, and time what a user runs, model
+construction included: the authors' side is the parity's official run (``official_run``: their
+``get_model``, ``run_anomaly_detection`` per category with faiss on the CPU, writing the ``.npy`` / ``.tiff``
+their evaluation reads, then ``post_eval``'s classification and segmentation metrics; the parity's read-outs
+add array copies only); zsad's builds its model once, sets every category's (rotated) references and
+evaluates its loader (batch 1: the images keep their aspect) with ``AnomalyDINOModule.predict_batch`` and
+its evaluator (AUROC, AP, F1-max, the exact and the 200-threshold AUPRO). The sides alternate for
+``ZSAD_SPEED_ROUNDS`` rounds (default 2), each timing everything ``REPEATS`` times; each side's fastest time
+counts. The last line is one JSON object with the ratio (their time / zsad's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = "1"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import parity_anomalydino as pa  # noqa: E402
+import parity_anomalydino_authors as paa  # noqa: E402
+import parity_support as ps  # noqa: E402
+import torch  # noqa: E402
+from perf_support import fastest  # noqa: E402
+
+REPEATS = 3
+RUN = "full"
+
+
+def official_times(official: Path, root: Path, weights: Path) -> dict[str, float]:
+    torch.set_num_threads(1)
+    return {"test_s": fastest(lambda: paa.official_run(official, root, weights, RUN), REPEATS)}
+
+
+def zsad_times(root: Path) -> dict[str, float]:
+    from datamodules import AnomalyDataModule, DataConfig
+    from lightning_modules.anomalydino.model import AnomalyDINO
+    from lightning_modules.anomalydino.module import AnomalyDINOModule
+    from lightning_modules.anomalydino.spec import preprocessing
+    from lightning_modules.dino.encoder import DinoEncoder
+    from lightning_modules.metrics import AnomalyEvaluator
+
+    torch.set_num_threads(1)
+    cfg = paa.run_config(RUN)
+    state_dict = pa.parity_state_dict()
+
+    @torch.no_grad()
+    def test() -> None:
+        data = AnomalyDataModule(
+            DataConfig(name="synthetic", root=str(root), num_workers=0),
+            cfg.backbone.image_size,
+            preprocessing(cfg, "synthetic"),
+        )
+        model = AnomalyDINO(cfg, DinoEncoder(cfg.backbone, pa.parity_vit(state_dict)))
+        model.set_masked_categories(list(range(len(data.categories))))
+        module = AnomalyDINOModule(cfg, model=model)
+        drawn = data.reference_images(data.reference_draws(paa.SHOTS, 0, 1, "sorted")[0])
+        for category_id, category in enumerate(data.categories):  # the module's load_references
+            module.set_references(category_id, drawn.images(category, list(cfg.rotation_angles)))
+        evaluator = AnomalyEvaluator(categories=list(data.categories))
+        ps.predict_into(evaluator, module, data.test_dataloader())
+        evaluator.compute()
+
+    return {"test_s": fastest(test, REPEATS)}
+
+
+def main() -> None:
+    args = ps.parity_arguments(
+        __doc__,
+        "an extract of dammsi/AnomalyDINO",
+        "PYTHONPATH entries for the official side (faiss-cpu)",
+        lambda parser: parser.add_argument(
+            "--dinov2-hub", type=Path, help="an extract of facebookresearch/dinov2"
+        ),
+    )
+    if args.official_side:
+        ps.save_fixture(
+            args.official_side, **official_times(args.official.resolve(), args.root, args.weights)
+        )
+        return
+    if args.dinov2_hub is None:
+        raise SystemExit("--dinov2-hub DIR (an extract of facebookresearch/dinov2) is required")
+    os.environ[paa.HUB_VARIABLE] = str(args.dinov2_hub.resolve())
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="zsad-speed-anomalydino-authors-"))
+    root = paa.authors_layout(work)
+    pythonpath = tuple(p for p in (args.official_env,) if p)
+    rounds = int(os.environ.get("ZSAD_SPEED_ROUNDS", "2"))
+    theirs, ours = float("inf"), float("inf")
+    for _ in range(rounds):  # the sides alternate; each one's fastest round counts (the load varies)
+        official = ps.run_official_side(
+            __file__, args.official, root, pa.parity_state_dict(), work, pythonpath
+        )
+        theirs = min(theirs, float(official["test_s"]))
+        ours = min(ours, zsad_times(root)["test_s"])
+    print(
+        f"AnomalyDINO speed, the authors' setting ({RUN}: masking, 8 rotations of {paa.SHOTS} references per "
+        f"category), the parity DINOv2 at {paa.RESOLUTION} px, CPU, one thread, best of {REPEATS} x {rounds} rounds"
+    )
+    print(
+        f"  test (references + test loop + metrics)  authors {theirs:.3f} s, zsad {ours:.3f} s: {theirs / ours:.2f}x"
+    )
+    print(
+        json.dumps(
+            {
+                "method": "anomalydino_authors",
+                "authors_s": {"test_s": theirs},
+                "zsad_s": {"test_s": ours},
+                "speedup": {"test": theirs / ours},
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
