@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from pathlib import PurePath
 from typing import Any
 
 from lightning_modules.anomalydino.config import AnomalyDINOConfig
-from lightning_modules.method_spec import FEW_SHOT, MethodSpec
+from lightning_modules.method_spec import FEW_SHOT, MethodSpec, PublishedNumbers
 from lightning_modules.published import anomalydino_paper
 
 
@@ -34,6 +37,64 @@ def preprocessing(cfg: AnomalyDINOConfig, dataset: str | None) -> Any:
     return ImagePreprocessing(resize_backend="tensor", mask_interpolation="nearest", normalization="imagenet")
 
 
+#: The authors' setting (configs/method/anomalydino_authors.yaml, their run_anomalydino.py defaults) as
+#: flattened method settings: where the paper's numbers were measured. masked_categories and the reference
+#: weights are checked apart (the categories in any order; their tag or Meta's file).
+AUTHORS_SETTING: dict[str, Any] = {
+    "backbone.name": "vit_small_patch14_dinov2",
+    "backbone.image_size": 448,
+    "backbone.any_aspect": True,
+    "backbone.crop": "top_left",
+    "backbone.interpolate_offset": 0.1,
+    "backbone.pos_embed_antialias": False,
+    "preprocessing": "authors",
+    "num_neighbours": 1,
+    "top_fraction": 0.01,
+    "map_resize": "bilinear",
+    "gaussian": "scipy",
+    "gaussian_sigma": 4.0,
+    "masking": True,
+    "mask_references": False,
+    "mask_morphology": "raster",
+    "rotate_references": True,
+    "rotated_categories": None,
+    "rotation_angles": [0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0],
+}
+#: their get_dataset_info(..., "agnostic") masks these MVTec AD categories and every VisA category
+AUTHORS_MASKED = (
+    *("capsule", "hazelnut", "pill", "screw", "toothbrush"),
+    *("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2"),
+    *("pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum"),
+)
+AUTHORS_WEIGHTS = ("lvd142m", "dinov2_vits14_pretrain.pth")  # timm's tag of Meta's weights, Meta's file
+
+
+def published_for(settings: Mapping[str, Any]) -> PublishedNumbers | None:
+    """The paper's numbers beside runs of the authors' setting only (they were measured with their code:
+    448 px, masking, rotated references); anomalib's defaults and any other setting: none."""
+    default = dataclasses.asdict(AnomalyDINOConfig())
+
+    def value(key: str) -> Any:
+        if key in settings:
+            return settings[key]
+        node: Any = default
+        for part in key.split("."):
+            node = node[part]
+        return node
+
+    if any(value(k) != v for k, v in AUTHORS_SETTING.items()):
+        return None
+    masked = value("masked_categories")
+    if masked is None or set(masked) != set(AUTHORS_MASKED):  # None: every category masked, bottle too
+        return None
+    weights = str(value("backbone.pretrained"))
+    if weights != AUTHORS_WEIGHTS[0] and PurePath(weights).name != AUTHORS_WEIGHTS[1]:
+        return None
+    return ANOMALYDINO_PUBLISHED
+
+
+ANOMALYDINO_PUBLISHED = anomalydino_paper()
+
 ANOMALYDINO = MethodSpec(
     name="anomalydino",
     config_class=AnomalyDINOConfig,
@@ -44,5 +105,6 @@ ANOMALYDINO = MethodSpec(
     needs="K normal reference images per category (protocol.shots=K); nothing to train",
     preprocessing=preprocessing,
     protocols=(FEW_SHOT,),  # no zero-shot mode: images are scored against the references only
-    published=anomalydino_paper(),
+    published=ANOMALYDINO_PUBLISHED,
+    published_for=published_for,
 )

@@ -242,3 +242,25 @@ def test_the_module_hands_rotated_references_of_the_rotated_categories_only():
         module.load_references()
     assert calls == [("bottle", None), ("screw", [0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0])]
     assert module.model.memory[0].shape[0] == 2 * 9 and module.model.memory[1].shape[0] == 16 * 9
+
+
+def test_the_papers_numbers_stand_beside_the_authors_setting_only():
+    """`zsad report --reference`: the paper measured 96.6 with the authors' code; a run of their preset gets
+    it (weights by tag or Meta's file), anomalib's defaults or one switch off their value get none."""
+    import dataclasses
+
+    from lightning_modules.anomalydino.spec import ANOMALYDINO_PUBLISHED, published_for
+    from pipelines.config import compose, to_object
+    from pipelines.report_grouping import flatten
+
+    authors = flatten(dataclasses.asdict(to_object(compose("anomalydino_authors_mvtec_visa")).method))
+    anomalib = flatten(dataclasses.asdict(to_object(compose("anomalydino_mvtec_visa")).method))
+    assert published_for(authors) == ANOMALYDINO_PUBLISHED
+    assert ANOMALYDINO_PUBLISHED.numbers(1)["mvtec"]["image_auroc"] == pytest.approx(0.966)
+    assert published_for(anomalib) is None and published_for({}) is None
+    assert published_for({**authors, "backbone.pretrained": "/w/dinov2_vits14_pretrain.pth"}) is not None
+    assert published_for({**authors, "backbone.pretrained": "/w/other.pth"}) is None
+    for key, value in (("mask_morphology", "grid"), ("gaussian", "anomalib"), ("rotate_references", False),
+                       ("backbone.image_size", 672), ("masked_categories", ["capsule"]),
+                       ("masked_categories", None)):  # fmt: skip
+        assert published_for({**authors, key: value}) is None, key
