@@ -290,7 +290,10 @@ class _WriteResults(Callback):
             "version": index.version,
             "split": self.target.test_split,
             "image_size": datamodule.image_size,
-            "eval_size": datamodule.eval_size,
+            # masks (and maps) at each file's own resolution (AnomalyDINO's authors' setting): no one size
+            "eval_size": "original"
+            if datamodule.preprocessing.mask_size == "original"
+            else datamodule.eval_size,
             "preprocessing": dataclasses.asdict(datamodule.preprocessing),
             "options": dict(datamodule.cfg.options or {}),
             "n_images": len(index.records),

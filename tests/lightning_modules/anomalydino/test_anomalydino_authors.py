@@ -216,6 +216,7 @@ def test_a_run_in_the_authors_setting_rotates_sorted_references_and_scores_at_th
     files = results["draws"][0]["references"]["synthetic"]["files"]
     assert files == {c: [f"{c}/train/good/000.png", f"{c}/train/good/001.png"] for c in ("cells", "ring")}
     assert results["draws"][0]["targets"]["synthetic"]["preprocessing"]["mask_size"] == "original"
+    assert results["draws"][0]["targets"]["synthetic"]["eval_size"] == "original"  # no one evaluation size
     saved = np.load(run_dir / "draws" / "0" / "maps" / "synthetic" / "ring" / "test" / "hole" / "000.npy")
     assert saved.shape == (40, 40)  # the file's size, not the 42 px input
 
