@@ -4,10 +4,13 @@ morphology and the reference selection; the config composes and a wrong key is r
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 import torch
+from baselines_support import one_torch_thread  # noqa: F401 (autouse: one torch thread, as DDP processes)
 from PIL import Image
 from scipy import ndimage
 
@@ -190,28 +193,41 @@ def test_the_authors_config_composes_and_a_wrong_key_is_refused():
         AnomalyDINO(AnomalyDINOConfig(map_resize="nearest"))
 
 
-def test_a_run_in_the_authors_setting_rotates_sorted_references_and_scores_at_the_files_size(tmp_path):
-    """``zsad run`` with configs/method/anomalydino_authors.yaml on the tiny DINOv2: sorted references
-    (recorded), each category's memory from the rotated references, masks and maps at the files' size."""
+def authors_run(tmp_path: Path, run_dir: Path, *extra: str) -> dict:
+    """``zsad run`` with configs/method/anomalydino_authors.yaml on the tiny DINOv2 (2-shot, sorted
+    references, maps saved) over a vivid synthetic target of 40 px files; its results.json."""
     import json
 
     from datamodules.synthetic import generate_synthetic_dataset
     from pipelines.cli import main
 
-    kwargs = dict(seed=3, image_size=40, n_train=3, n_test_good=2, n_test_defect_per_kind=1)
-    target = generate_synthetic_dataset(tmp_path / "d", style="vivid", categories=["ring", "cells"], **kwargs)
-    (tmp_path / "tgt.yaml").write_text(f"name: synthetic\nroot: {target.root}\nnum_workers: 0\n")
-    experiment = tmp_path / "experiment.yaml"
-    experiment.write_text(
-        f"defaults:\n  method: anomalydino_authors\n  targets: [{tmp_path / 'tgt.yaml'}]\n"
-        f"name: authors\noutput_dir: {tmp_path / 'runs'}\ntrainer: {{accelerator: cpu, devices: '1'}}\n"
-    )
-    run_dir = tmp_path / "run"
+    if not (tmp_path / "tgt.yaml").is_file():
+        kwargs = dict(seed=3, image_size=40, n_train=3, n_test_good=2, n_test_defect_per_kind=1)
+        target = generate_synthetic_dataset(
+            tmp_path / "d", style="vivid", categories=["ring", "cells"], **kwargs
+        )
+        (tmp_path / "tgt.yaml").write_text(f"name: synthetic\nroot: {target.root}\nnum_workers: 0\n")
+        (tmp_path / "experiment.yaml").write_text(
+            f"defaults:\n  method: anomalydino_authors\n  targets: [{tmp_path / 'tgt.yaml'}]\n"
+            f"name: authors\noutput_dir: {tmp_path / 'runs'}\ntrainer: {{accelerator: cpu, devices: '1'}}\n"
+        )
     tiny = ["method.backbone.name=zsad-tiny-dinov2", "method.backbone.pretrained=null"]
-    args = ["run", str(experiment), "logger.wandb.mode=disabled", "trainer.enable_progress_bar=false", *tiny]
+    args = [
+        "run",
+        str(tmp_path / "experiment.yaml"),
+        "logger.wandb.mode=disabled",
+        "trainer.enable_progress_bar=false",
+    ]
     protocol = ["method.backbone.image_size=42", "protocol.shots=2", "protocol.selection=sorted"]
-    assert main([*args, *protocol, "eval.save_maps=true", f"run_dir={run_dir}"]) == 0
-    results = json.loads((run_dir / "results.json").read_text())
+    assert main([*args, *tiny, *protocol, "eval.save_maps=true", f"run_dir={run_dir}", *extra]) == 0
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_a_run_in_the_authors_setting_rotates_sorted_references_and_scores_at_the_files_size(tmp_path):
+    """Sorted references (recorded), each category's memory from the rotated references, masks and maps at
+    the files' size."""
+    run_dir = tmp_path / "run"
+    results = authors_run(tmp_path, run_dir)
     assert results["protocol"]["selection"] == "sorted"
     files = results["draws"][0]["references"]["synthetic"]["files"]
     assert files == {c: [f"{c}/train/good/000.png", f"{c}/train/good/001.png"] for c in ("cells", "ring")}
@@ -219,6 +235,17 @@ def test_a_run_in_the_authors_setting_rotates_sorted_references_and_scores_at_th
     assert results["draws"][0]["targets"]["synthetic"]["eval_size"] == "original"  # no one evaluation size
     saved = np.load(run_dir / "draws" / "0" / "maps" / "synthetic" / "ring" / "test" / "hole" / "000.npy")
     assert saved.shape == (40, 40)  # the file's size, not the 42 px input
+
+
+def test_the_authors_setting_on_two_processes_equals_one(tmp_path):
+    """Batch 1, maps at each file's size, rotated references built on every process: a 2-process DDP
+    evaluation gives the one-process results and image scores exactly (with one thread per process on
+    both sides, as each spawned process has here: docs/cluster.md)."""
+    one = authors_run(tmp_path, tmp_path / "one")
+    two = authors_run(tmp_path, tmp_path / "two", "trainer.strategy=ddp_spawn", "trainer.devices=2")
+    assert one["draws"] == two["draws"] and one["draws"][0]["targets"]["synthetic"]["categories"]
+    scores = Path("draws") / "0" / "maps" / "synthetic" / "image_scores.csv"
+    assert (tmp_path / "one" / scores).read_text() == (tmp_path / "two" / scores).read_text()
 
 
 def test_the_module_hands_rotated_references_of_the_rotated_categories_only():
