@@ -196,13 +196,26 @@ class AnomalyDataModule(L.LightningDataModule):
 
     # --- few-shot references ---------------------------------------------------------------------
     def reference_draws(
-        self, shots: int, seed: int, draws: int, selection: str = "random"
+        self,
+        shots: int,
+        seed: int,
+        draws: int,
+        selection: str = "random",
+        listed: list[list[str]] | None = None,
     ) -> list[ReferenceDraw]:
         """``draws`` seeded draws of ``shots`` normal training images per category, none a test image
-        (:mod:`datamodules.references`; ``selection="sorted"``: the sorted files block by block); a
-        ConfigError when the dataset cannot give them."""
+        (:mod:`datamodules.references`; ``selection="sorted"``: the sorted files block by block; "listed":
+        the files ``listed[d]``'s lines name); a ConfigError when the dataset cannot give them."""
         return draw_references(
-            self.full_index, self.test_index, self.categories, shots, seed, draws, self.cfg.name, selection
+            self.full_index,
+            self.test_index,
+            self.categories,
+            shots,
+            seed,
+            draws,
+            self.cfg.name,
+            selection,
+            listed,
         )
 
     def reference_images(self, draw: ReferenceDraw) -> ReferenceImages:

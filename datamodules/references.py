@@ -14,7 +14,9 @@ count is recorded as ``skipped``); a category left with fewer than K usable imag
 
 ``selection="sorted"`` (``protocol.selection``) takes the files in sorted order instead, draw d the
 d-th block of K (the AnomalyDINO authors' ``sorted(os.listdir(train/good))[seed*K:(seed+1)*K]`` with their
-seed = the draw number; the experiment seed then plays no part).
+seed = the draw number; the experiment seed then plays no part). ``selection="listed"`` takes the files a
+list names (one list per draw: the draws the authors' code recorded, e.g. APRIL-GAN's ``k_shot.txt``), with
+their repeats (their ``torch.randint`` draws with replacement); a listed test image is refused, not skipped.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import zlib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -35,7 +37,7 @@ from datamodules.images import open_image
 from datamodules.index import DatasetIndex, SampleRecord
 
 REFERENCE_SPLIT = "train"  # the parsers' split of normal training images
-SELECTIONS = ("random", "sorted")  # protocol.selection
+SELECTIONS = ("random", "sorted", "listed")  # protocol.selection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +49,9 @@ class ReferenceDraw:
     paths: dict[str, list[Path]]  # category -> image files
     root: Path  # the dataset root the recorded names are relative to
     skipped: dict[str, int]  # category -> drawn files skipped because they are test images
+    # selection "listed": the lines of the draw's list that name no normal training image of this target
+    # (another target's, or none: protocol.reference_plan refuses those)
+    unmatched: tuple[str, ...] = ()
 
     def files(self) -> dict[str, list[str]]:
         """Per category the files below the dataset root (the names results.json records)."""
@@ -106,11 +111,13 @@ def draw_references(
     draws: int,
     target: str,
     selection: str = "random",
+    listed: list[list[str]] | None = None,
 ) -> list[ReferenceDraw]:
     """``draws`` draws of ``shots`` distinct normal training images per category of ``categories``, none a
     test image of ``test_index``; a ConfigError (one line) when the target has no normal training images or
-    a category has fewer than ``shots`` usable ones. ``selection``: "random" (seeded permutations) or
-    "sorted" (draw d: the sorted files from position d * shots on)."""
+    a category has fewer than ``shots`` usable ones. ``selection``: "random" (seeded permutations),
+    "sorted" (draw d: the sorted files from position d * shots on) or "listed" (draw d: the files the lines
+    ``listed[d]`` name, :func:`listed_references`)."""
     if selection not in SELECTIONS:
         raise ConfigError(f"protocol.selection must be one of {SELECTIONS}, got {selection!r}")
     pools = normal_training_records(index)
@@ -120,6 +127,13 @@ def draw_references(
             f"the few-shot protocol draws its references from them; evaluate it zero-shot (protocol.shots=0)"
         )
     tests = _TestImages(test_index.records)
+    if selection == "listed":
+        if listed is None or len(listed) != draws:
+            raise ConfigError(f"protocol.selection=listed needs one list of references per draw ({draws})")
+        return [
+            listed_references(lines, pools, tests, categories, shots, seed, draw, Path(index.root), target)
+            for draw, lines in enumerate(listed)
+        ]
     out = []
     for draw in range(draws):
         paths, skipped = {}, {}
@@ -152,6 +166,57 @@ def draw_references(
             paths[category] = chosen
         out.append(ReferenceDraw(draw, (int(seed), draw), paths, Path(index.root), skipped))
     return out
+
+
+def _listed_path(line: str, names: dict[str, SampleRecord]) -> SampleRecord | None:
+    """The normal training image a list's line names: its path below the dataset root, or a path ending with
+    one (the authors' lists are relative to their own data folder, or absolute)."""
+    parts = PurePosixPath(line.replace("\\", "/")).parts
+    for start in range(len(parts)):
+        found = names.get("/".join(parts[start:]))
+        if found is not None:
+            return found
+    return None
+
+
+def listed_references(
+    lines: list[str],
+    pools: dict[str, list[SampleRecord]],
+    tests: _TestImages,
+    categories: list[str],
+    shots: int,
+    seed: int,
+    draw: int,
+    root: Path,
+    target: str,
+) -> ReferenceDraw:
+    """Draw ``draw`` as a list names it: per category its listed images in the list's order (repeats kept:
+    the authors' draws with replacement); exactly ``shots`` per category, never a test image."""
+    names = {relative_name(r.image_path, root): r for pool in pools.values() for r in pool}
+    paths: dict[str, list[Path]] = {c: [] for c in categories}
+    unmatched = []
+    for line in (raw.strip() for raw in lines):
+        if not line:
+            continue
+        record = _listed_path(line, names)
+        if record is None:
+            unmatched.append(line)
+        elif record.category in paths:
+            if record.image_path in tests:
+                raise ConfigError(
+                    f"target '{target}': the reference list of draw {draw} names {line}, one of the evaluated "
+                    "test images (same file or bytes): a reference is never a test image"
+                )
+            paths[record.category].append(record.image_path)
+    wrong = {c: len(p) for c, p in paths.items() if len(p) != shots}
+    if wrong:
+        counts = ", ".join(f"{c}: {n}" for c, n in wrong.items())
+        raise ConfigError(
+            f"target '{target}': the reference list of draw {draw} names {counts} normal training images of "
+            f"these categories, not protocol.shots={shots} each"
+        )
+    skipped = dict.fromkeys(categories, 0)
+    return ReferenceDraw(draw, (int(seed), draw), paths, root, skipped, tuple(unmatched))
 
 
 class ReferenceImages:

@@ -89,8 +89,13 @@ class ProtocolConfig:
     draws: int = 1  # few-shot: independent reference draws, each evaluated and recorded
     # few-shot: how a draw picks its references (datamodules/references.py): "random" (seeded by the experiment
     # seed, the draw and the category) or "sorted" (draw d: the category's sorted normal training files from
-    # position d * shots on, the AnomalyDINO authors' selection with their seed = d)
+    # position d * shots on, the AnomalyDINO authors' selection with their seed = d) or "listed" (the files
+    # named in ``references``)
     selection: str = "random"
+    # selection "listed": one text file per draw naming its reference images, one path per line, as the
+    # authors' code records its draws (APRIL-GAN's k_shot.txt, AdaptCLIP's *_prompts.txt): paths relative to
+    # the dataset root or ending with such a path, a category's lines in their order (repeats kept)
+    references: list[str] | None = None
 
 
 def _protocol_label(shots: int, draws: int, method: str | None = None) -> str:

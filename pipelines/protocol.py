@@ -76,10 +76,9 @@ def check_protocol(cfg: Any, spec: Any) -> None:
             f"protocol.shots must be >= 0 and protocol.draws >= 1, got {protocol.shots} and {protocol.draws}"
         )
     if not is_few_shot(protocol):
-        if protocol.draws != 1:
-            raise ConfigError(
-                f"protocol.draws={protocol.draws} needs a few-shot protocol: set protocol.shots=K (K > 0)"
-            )
+        if protocol.draws != 1 or protocol.references:
+            what = f"protocol.draws={protocol.draws}" if protocol.draws != 1 else "protocol.references"
+            raise ConfigError(f"{what} needs a few-shot protocol: set protocol.shots=K (K > 0)")
         refuse_without_references(spec, "evaluate it few-shot: set protocol.shots=K (K > 0)")
         return
     if not spec.few_shot:
@@ -87,6 +86,36 @@ def check_protocol(cfg: Any, spec: Any) -> None:
             f"method '{spec.name}' has no few-shot mode (its protocols: {', '.join(spec.protocols)}); "
             f"evaluate it {shots_label(0, spec.name)} (protocol.shots=0)"
         )
+    check_reference_lists(protocol)
+
+
+def check_reference_lists(protocol: Any) -> None:
+    """``protocol.references`` (selection "listed"): one readable list per draw, and only with that selection."""
+    lists = list(protocol.references or [])
+    if protocol.selection != "listed":
+        if lists:
+            raise ConfigError(
+                "protocol.references names reference lists: set protocol.selection=listed to use them"
+            )
+        return
+    if len(lists) != protocol.draws:
+        raise ConfigError(
+            f"protocol.selection=listed takes one reference list per draw: protocol.references has {len(lists)} "
+            f"file(s) and protocol.draws={protocol.draws}; set protocol.draws={len(lists) or 1} and give "
+            "that many lists"
+        )
+    for path in lists:
+        if not Path(path).expanduser().is_file():
+            raise ConfigError(
+                f"protocol.references: no file {path} (a list of reference images, one per line)"
+            )
+
+
+def reference_lists(protocol: Any) -> list[list[str]] | None:
+    """The lines of each draw's reference list (selection "listed"), else None."""
+    if protocol.selection != "listed":
+        return None
+    return [Path(path).expanduser().read_text().splitlines() for path in protocol.references]
 
 
 def refuse_without_references(spec: Any, what_to_do: str) -> None:
@@ -107,10 +136,20 @@ def reference_plan(
     if not is_few_shot(cfg.protocol):
         return None
     p = cfg.protocol
-    return {
-        key: datamodule.reference_draws(p.shots, cfg.seed, p.draws, p.selection)
+    listed = reference_lists(p)
+    plan = {
+        key: datamodule.reference_draws(p.shots, cfg.seed, p.draws, p.selection, listed)
         for key, datamodule in zip(keys, datamodules, strict=True)
     }
+    for d in range(p.draws if listed is not None else 0):
+        nowhere = set.intersection(*(set(draws[d].unmatched) for draws in plan.values()))
+        if nowhere:
+            example = sorted(nowhere)[0]
+            raise ConfigError(
+                f"{p.references[d]}: {len(nowhere)} line(s) name no normal training image of any target, e.g. "
+                f"{example} (a path below a target's root, or ending with one)"
+            )
+    return plan
 
 
 def skipped_references(plan: dict[str, list[ReferenceDraw]] | None) -> list[str]:
@@ -143,6 +182,11 @@ def protocol_header(cfg: Any, plan: dict[str, list[ReferenceDraw]] | None) -> di
             **(
                 {"selection": protocol.selection}
                 if plan is not None and protocol.selection != "random"
+                else {}
+            ),
+            **(
+                {"references": [str(r) for r in protocol.references]}
+                if plan is not None and protocol.selection == "listed"
                 else {}
             ),
         }

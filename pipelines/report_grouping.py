@@ -46,6 +46,7 @@ IGNORED_KEYS = (
     "eval.visualize",  # pictures of an evaluation
     "eval.gallery_size",
     "protocol.draws",  # how many reference draws a few-shot run made: each draw is a replicate, like a seed
+    "protocol.references",  # the lists naming each draw's references (selection listed): replicates too
 )
 #: The protocol key that separates settings (zero-shot and k-shot columns side by side); absent in the
 #: configs of runs older than the protocol, which were zero-shot.

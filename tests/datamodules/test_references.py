@@ -60,3 +60,42 @@ def test_a_target_without_normal_training_images_is_refused_in_one_line(root):
     with pytest.raises(ConfigError, match="target 'tgt' has no normal training images") as error:
         draws(root)
     assert "\n" not in str(error.value) and "protocol.shots=0" in str(error.value)
+
+
+def listed(root: Path, lists: list[list[str]], shots: int = 2):
+    index = build_index("synthetic", root)
+    test = index.select(split="test")
+    return draw_references(index, test, CATEGORIES, shots, 7, len(lists), "tgt", "listed", lists)
+
+
+def test_listed_draws_take_the_named_files_in_their_order_with_their_repeats(root):
+    """The authors' recorded draws (APRIL-GAN's k_shot.txt: their data-folder-relative paths, drawn with
+    replacement): each line matched by the path below the root it ends with, absolute or relative."""
+    lines = [
+        "mvtec_like/ring/train/good/003.png",  # relative to their data folder
+        f"{root / 'cells' / 'train' / 'good' / '001.png'}",  # absolute
+        "ring\\train\\good\\003.png",  # a repeat, with Windows separators
+        "",
+        "cells/train/good/000.png",
+        "other_set/bottle/train/good/000.png",  # another target's: kept apart, not an error here
+    ]
+    (draw,) = listed(root, [lines])
+    assert draw.files() == {
+        "ring": ["ring/train/good/003.png", "ring/train/good/003.png"],
+        "cells": ["cells/train/good/001.png", "cells/train/good/000.png"],
+    }
+    assert draw.unmatched == ("other_set/bottle/train/good/000.png",) and draw.seed == (7, 0)
+    second = ["ring/train/good/000.png", "ring/train/good/001.png", "cells/train/good/002.png"] * 1
+    with pytest.raises(
+        ConfigError, match=r"draw 1 names cells: 1 normal training images .* not protocol.shots=2"
+    ):
+        listed(root, [lines, second])
+
+
+def test_a_listed_test_image_is_refused_not_skipped(root):
+    shutil.copyfile(
+        sorted((root / "ring" / "test" / "good").iterdir())[0], root / "ring" / "train" / "good" / "000.png"
+    )
+    lines = ["ring/train/good/000.png", "ring/train/good/001.png", "cells/train/good/0.png"]
+    with pytest.raises(ConfigError, match=r"names ring/train/good/000.png, one of the evaluated test images"):
+        listed(root, [lines])

@@ -235,3 +235,45 @@ def test_k_shot_columns_are_compared_with_the_papers_k_shot_numbers():
     assert published_value("visa", "winclip", "aupro_cflow", shots=1) == pytest.approx(0.851)
     assert published_value("mvtec", "winclip", "image_auroc", shots=3) is None  # the paper has no 3-shot row
     assert published_value("mvtec", "vand", "image_auroc", shots=1) is None  # no stored source
+
+
+def test_listed_reference_draws_are_the_files_the_lists_name(experiment, tmp_path, capsys):
+    """protocol.selection=listed with one list per draw (the authors' k_shot.txt): the run uses and records
+    exactly those files, repeats included; a line of no target, a list per draw missing, or lists without
+    the selection are refused in one line before any run folder."""
+    lists = []
+    for d, picks in enumerate((("000", "002"), ("001", "001"))):
+        path = tmp_path / f"k_shot_{d}.txt"
+        path.write_text("".join(f"data/{c}/train/good/{n}.png\n" for c in ("ring", "cells") for n in picks))
+        lists.append(str(path))
+    run = tmp_path / "listed"
+    listed = [
+        "protocol.shots=2",
+        "protocol.draws=2",
+        "protocol.selection=listed",
+        f"protocol.references=[{','.join(lists)}]",
+    ]
+    assert main(["run", str(experiment), *QUIET, *listed, f"run_dir={run}"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["protocol"]["selection"] == "listed" and results["protocol"]["references"] == lists
+    files = [d["references"]["synthetic"]["files"] for d in results["draws"]]
+    assert files[0]["ring"] == ["ring/train/good/000.png", "ring/train/good/002.png"]
+    assert files[1]["cells"] == ["cells/train/good/001.png", "cells/train/good/001.png"]  # with replacement
+
+    Path(lists[1]).write_text(Path(lists[1]).read_text() + "data/bottle/train/good/000.png\n")
+    assert main(["run", str(experiment), *QUIET, *listed, f"run_dir={tmp_path}/a"]) == 2
+    assert (
+        "1 line(s) name no normal training image of any target, e.g. data/bottle" in capsys.readouterr().err
+    )
+    one_list = [
+        "protocol.shots=2",
+        "protocol.selection=listed",
+        f"protocol.references=[{lists[0]}]",
+        "protocol.draws=2",
+    ]
+    assert main(["run", str(experiment), *QUIET, *one_list, f"run_dir={tmp_path}/b"]) == 2
+    assert "one reference list per draw: protocol.references has 1 file(s)" in capsys.readouterr().err
+    unused = ["protocol.shots=2", f"protocol.references=[{lists[0]}]"]
+    assert main(["run", str(experiment), *QUIET, *unused, f"run_dir={tmp_path}/c"]) == 2
+    assert "set protocol.selection=listed" in capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in "abc")
