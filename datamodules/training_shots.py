@@ -9,9 +9,10 @@ drawn files become the training split's fingerprint, which checkpoints and resul
 compares. This is unrelated to the few-shot *evaluation* protocol (``protocol.shots``: normal reference
 images of the target, :mod:`datamodules.references`).
 
-A draw depends on ``train_shots_seed`` and the category's name only (:func:`datamodules.references.
-category_stream`): one category's images do not move when other categories are selected, and a sweep over
-run seeds trains every seed on the same images, as one ``{K}-shot.jsonl`` per dataset did.
+A draw depends on ``train_shots_seed``, the category's name and the label only (:func:`datamodules.
+references.category_stream`, one stream per label): one category's images do not move when other categories
+are selected, its anomalous images do not move when normal images are added (or the other way round), and a
+sweep over run seeds trains every seed on the same images, as one ``{K}-shot.jsonl`` per dataset did.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from datamodules.errors import ConfigError
 from datamodules.index import DatasetIndex, SampleRecord
 from datamodules.references import category_stream
 
-# category_stream's draw number for training shots: far from the reference draws' 0, 1, 2, ...
+# category_stream's draw number for training shots (+ the label): far from the reference draws' 0, 1, 2, ...
 TRAINING_SHOTS_DRAW = 2**31
 
 
@@ -43,8 +44,8 @@ def training_shots(index: DatasetIndex, shots: int, seed: int) -> DatasetIndex:
         pools[(record.category, record.label)].append(record)
     chosen: set[int] = set()
     for category in index.categories():
-        stream = category_stream(seed, TRAINING_SHOTS_DRAW, category)
         for label, name in ((0, "normal"), (1, "anomalous")):
+            stream = category_stream(seed, TRAINING_SHOTS_DRAW + label, category)
             pool = sorted(pools[(category, label)], key=lambda r: str(r.image_path))
             if len(pool) < per_label:
                 raise ConfigError(

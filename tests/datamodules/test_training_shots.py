@@ -47,6 +47,21 @@ def test_each_category_gives_half_normal_half_anomalous_images_seeded_per_catego
     assert files == sorted(files, key=order.index)  # the split's order is kept
 
 
+def test_adding_normal_images_does_not_move_the_anomalous_draw(root):
+    """One stream per label: a category's anomalous images stay when its normal pool grows (a copy with
+    more normal images) and the other way round."""
+    import shutil
+
+    before = drawn(root, 4)
+    good = root / "ring" / "test" / "good"
+    for i, image in enumerate(sorted(good.iterdir())):
+        shutil.copyfile(image, good / f"extra_{i}.png")
+    after = drawn(root, 4)
+    anomalous = [f for f in before if "/good/" not in f]
+    assert anomalous == [f for f in after if "/good/" not in f]
+    assert [f for f in before if f.startswith("cells/")] == [f for f in after if f.startswith("cells/")]
+
+
 def test_odd_or_too_many_shots_are_refused_in_one_line(root):
     with pytest.raises(ConfigError, match="even number"):
         drawn(root, 3)
