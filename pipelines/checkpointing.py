@@ -45,7 +45,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from datamodules.atomic_io import atomic_torch_save
-from datamodules.errors import DataChangedError, ZsadError
+from datamodules.errors import ConfigError, DataChangedError, ZsadError
 from datamodules.fingerprint import changes, describe_changes
 from datamodules.fingerprint import summary as fingerprint_summary
 from datamodules.resumable import derived_seed
@@ -112,6 +112,31 @@ def read_trained_checkpoint(path: Path, method: str) -> Any:
             path=path,
         )
     return checkpoint
+
+
+def _override(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"[{','.join(names)}]"
+
+
+def refuse_other_training_source(checkpoint: Path, content: Any, sources: list[Any]) -> None:
+    """Refuse to evaluate a checkpoint under a config whose training source is not the one it was trained on
+    (results, run names and reports would file its numbers under the wrong training data), in one line."""
+    trained = checkpoint_setting(checkpoint, content)
+    node = (trained or {}).get("source")
+    entries = node if isinstance(node, list) else [node] if isinstance(node, dict) else []
+    theirs = [(e.get("name"), e.get("train_shots")) for e in entries]
+    ours = [(s.name, getattr(s, "train_shots", None)) for s in sources]
+    if not theirs or not ours or theirs == ours:
+        return
+
+    def label(pairs: list[tuple[Any, Any]]) -> str:
+        return "+".join(f"{name}" + (f" ({shots}-shot)" if shots else "") for name, shots in pairs)
+
+    raise ConfigError(
+        f"{checkpoint} was trained on {label(theirs)} and this config's source is {label(ours)}: its results "
+        f"would be filed under the wrong training data; evaluate it with the experiment it was trained with, "
+        f"or set source={_override([str(n) for n, _ in theirs])} to match"
+    )
 
 
 # --- choosing the checkpoint to resume from ----------------------------------------------------------
@@ -206,14 +231,15 @@ def trained_setting(config: dict[str, Any]) -> dict[str, Any]:
     return {key: config[key] for key in TRAINED_SECTIONS if key in config}
 
 
-def checkpoint_setting(checkpoint: Path | None) -> dict[str, Any] | None:
+def checkpoint_setting(checkpoint: Path | None, content: Any = None) -> dict[str, Any] | None:
     """The training setting of a zsad checkpoint: the one it carries (ExactResume), else that of the run folder
     it lies in (``RUN/config.yaml`` beside ``RUN/checkpoints/``, older checkpoints); None for the authors'
-    weights or a file outside a run folder, whose setting is unknown."""
+    weights or a file outside a run folder, whose setting is unknown. ``content``: the file already read."""
     if checkpoint is None:
         return None
     try:
-        marker = safe_torch_load(checkpoint).get(RESUME_KEY) or {}
+        loaded = content if content is not None else safe_torch_load(checkpoint)
+        marker = loaded.get(RESUME_KEY) or {}
     except (CheckpointError, FileNotFoundError, AttributeError):
         marker = {}
     if isinstance(marker.get("setting"), dict):

@@ -47,6 +47,7 @@ from pipelines.checkpointing import (
     find_resume_checkpoint,
     last_checkpoint,
     read_trained_checkpoint,
+    refuse_other_training_source,
     refuse_resume_on_other_data,
     restore_signal_handlers,
     trained_setting,
@@ -433,6 +434,8 @@ def evaluation_module(cfg: ExperimentConfig, spec: MethodSpec) -> tuple[ZeroShot
             f"method '{spec.name}' is trained: pass checkpoint=RUN_DIR/checkpoints/last.ckpt (written by `zsad train`)"
         )
     weights = read_trained_checkpoint(checkpoint, cfg.method.name) if checkpoint is not None else None
+    if checkpoint is not None:
+        refuse_other_training_source(checkpoint, weights, source_configs(cfg))
     module = build_module(cfg, spec)
     if checkpoint is not None:
         module.load_trained_weights(str(checkpoint), spec.official_checkpoint, weights)

@@ -448,3 +448,28 @@ def test_a_checkpoints_training_setting_is_the_one_it_carries_else_its_run_folde
     assert checkpoint_setting(run / "checkpoints" / "old.ckpt") == trained_setting(config)
     assert trained_setting(config) == {k: config[k] for k in ("method", "source", "trainer")}
     assert checkpoint_setting(tmp_path / "theirs.pth") is None and checkpoint_setting(None) is None
+
+
+def test_a_checkpoint_is_not_evaluated_under_another_training_source(tmp_path):
+    """`zsad test visa_to_mvtec checkpoint=<trained on MVTec AD>` would file MVTec-trained numbers under
+    VisA: refused in one line; the same source, no source in the config, or weights of unknown training pass."""
+    from datamodules.config import DataConfig
+    from datamodules.errors import ConfigError
+    from pipelines.checkpointing import RESUME_KEY, refuse_other_training_source
+
+    path = tmp_path / "last.ckpt"
+    content = {RESUME_KEY: {"format": 1, "setting": {"source": {"name": "mvtec", "train_shots": None}}}}
+    with pytest.raises(
+        ConfigError, match=r"trained on mvtec and this config's source is visa: .* source=mvtec"
+    ):
+        refuse_other_training_source(path, content, [DataConfig(name="visa", root="/v")])
+    with pytest.raises(ConfigError, match=r"trained on mvtec and this config's source is mvtec \(16-shot\)"):
+        refuse_other_training_source(path, content, [DataConfig(name="mvtec", root="/m", train_shots=16)])
+    refuse_other_training_source(path, content, [DataConfig(name="mvtec", root="/elsewhere")])
+    refuse_other_training_source(path, content, [])
+    refuse_other_training_source(
+        tmp_path / "theirs.pth", {"state_dict": {}}, [DataConfig(name="visa", root="/v")]
+    )
+    several = {RESUME_KEY: {"format": 1, "setting": {"source": [{"name": "mvtec"}, {"name": "colondb"}]}}}
+    with pytest.raises(ConfigError, match=r"trained on mvtec\+colondb .* source=\[mvtec,colondb\]"):
+        refuse_other_training_source(path, several, [DataConfig(name="visa", root="/v")])
