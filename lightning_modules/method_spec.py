@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -56,6 +57,45 @@ class PublishedNumbers:
 
     def source_of(self, shots: int = 0) -> str:
         return self.source if shots == 0 else (self.few_shot_source or self.source)
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": [1, {"c": 2}]}}`` -> ``{"a.b.0": 1, "a.b.1.c": 2}``; empty containers stay values (the
+    dotted keys of reports, sweeps and ``published_for``)."""
+    if isinstance(node, dict) and node:
+        items: Any = node.items()
+    elif isinstance(node, list) and node and any(isinstance(v, dict | list) for v in node):
+        items = enumerate(node)
+    else:
+        return {prefix.rstrip("."): node}
+    out: dict[str, Any] = {}
+    for key, value in items:
+        out.update(flatten(value, f"{prefix}{key}."))
+    return out
+
+
+def published_at_defaults(
+    numbers: PublishedNumbers,
+    config_class: type,
+    ignore: tuple[str, ...] = (),
+    files: Mapping[str, str] | None = None,
+) -> Callable[[Mapping[str, Any]], PublishedNumbers | None]:
+    """A ``published_for``: ``numbers`` beside a run whose method settings are the config's defaults (the
+    authors' code), none beside any other. ``ignore``: keys that do not change results (caches); ``files``:
+    key -> the released file that a path given there may name instead of the default tag."""
+    defaults = flatten(dataclasses.asdict(config_class()))
+    released = dict(files or {})
+
+    def same(key: str, value: Any) -> bool:
+        if value == defaults[key]:
+            return True
+        return key in released and isinstance(value, str) and PurePath(value).name == released[key]
+
+    def published_for(settings: Mapping[str, Any]) -> PublishedNumbers | None:
+        changed = [k for k, v in settings.items() if k in defaults and k not in ignore and not same(k, v)]
+        return None if changed else numbers
+
+    return published_for
 
 
 def cache_settings(cfg: Any) -> CacheSettings:

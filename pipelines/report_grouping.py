@@ -21,6 +21,7 @@ import yaml
 
 from datamodules.errors import ConfigError, ZsadError
 from datamodules.fingerprint import EVERY_FILE_HASHED
+from lightning_modules.method_spec import flatten
 from pipelines.protocol import shots_label
 
 # Config keys (dotted, fnmatch patterns) that do not change a run's numbers: where things are read and
@@ -133,20 +134,6 @@ class Cell:
 
 
 # --- loading ------------------------------------------------------------------------------------------
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": [1, {"c": 2}]}}`` -> ``{"a.b.0": 1, "a.b.1.c": 2}``; empty containers stay values."""
-    if isinstance(node, dict) and node:
-        items: Iterable = node.items()
-    elif isinstance(node, list) and node and any(isinstance(v, dict | list) for v in node):
-        items = enumerate(node)
-    else:
-        return {prefix.rstrip("."): node}
-    out: dict[str, Any] = {}
-    for key, value in items:
-        out.update(flatten(value, f"{prefix}{key}."))
-    return out
-
-
 def is_ignored(key: str) -> bool:
     return any(fnmatch.fnmatchcase(key, pattern) for pattern in IGNORED_KEYS)
 

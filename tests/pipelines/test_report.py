@@ -306,8 +306,9 @@ def test_a_column_mixing_methods_or_shots_gets_no_published_numbers(tmp_path):
     assert published["image_auroc"] == "" and "| mvtec (published) | -, - |" in markdown
 
     shots = tmp_path / "shots"
-    mvtec_run(shots, "a", ["seed=1", "method.name=adaptclip"])
-    mvtec_run(shots, "b", ["seed=2", "method.name=adaptclip", "protocol.shots=1"])
+    adaptclip = "method=" + json.dumps(yaml.safe_load(to_yaml(compose("adaptclip_mvtec_to_all")))["method"])
+    mvtec_run(shots, "a", ["seed=1", adaptclip])
+    mvtec_run(shots, "b", ["seed=2", adaptclip, "protocol.shots=1"])
     published, markdown = report(shots, ["method.name"])
     assert published["image_auroc"] == "" and "| mvtec (published) | -, - |" in markdown
     rows = [r for r in csv_rows(build_report([str(shots)], out=str(tmp_path / "apart"), reference=True,

@@ -278,8 +278,8 @@ def test_the_papers_numbers_stand_beside_the_authors_setting_only():
     import dataclasses
 
     from lightning_modules.anomalydino.spec import ANOMALYDINO_PUBLISHED, published_for
+    from lightning_modules.method_spec import flatten
     from pipelines.config import compose, to_object
-    from pipelines.report_grouping import flatten
 
     authors = flatten(dataclasses.asdict(to_object(compose("anomalydino_authors_mvtec_visa")).method))
     anomalib = flatten(dataclasses.asdict(to_object(compose("anomalydino_mvtec_visa")).method))

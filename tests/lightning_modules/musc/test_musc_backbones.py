@@ -106,6 +106,7 @@ def test_every_backbone_sweep_run_gets_its_readme_row_as_published_numbers():
     numbers `zsad report --reference` puts beside it."""
     import dataclasses
 
+    from lightning_modules.method_spec import flatten
     from lightning_modules.musc.spec import (
         AUTHORS_CLIP_BACKBONES,
         AUTHORS_DINO_BACKBONES,
@@ -116,7 +117,6 @@ def test_every_backbone_sweep_run_gets_its_readme_row_as_published_numbers():
     )
     from pipelines import sweep
     from pipelines.config import compose, to_object
-    from pipelines.report_grouping import flatten
 
     cfg, _ = sweep.load_sweep("musc_backbones")
     runs = sweep.expand(cfg)
