@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_modules.adaclip.config import AdaCLIPConfig
-from lightning_modules.method_spec import MethodSpec
+from lightning_modules.method_spec import MethodSpec, published_at_defaults
 from lightning_modules.published import adaclip_paper
 
 
@@ -41,6 +41,8 @@ def read_official_checkpoint(module: Any, checkpoint: dict[str, Any], source: st
     return zsad_state_dict(module, checkpoint, source)
 
 
+ADACLIP_PUBLISHED = adaclip_paper()
+
 ADACLIP = MethodSpec(
     name="adaclip",
     config_class=AdaCLIPConfig,
@@ -52,5 +54,12 @@ ADACLIP = MethodSpec(
     preprocessing=preprocessing,
     ddp_refusal=ddp_refusal,
     official_checkpoint=read_official_checkpoint,
-    published=adaclip_paper(),
+    published=ADACLIP_PUBLISHED,
+    # the paper's numbers beside the authors' settings only (gradient checkpointing changes no number)
+    published_for=published_at_defaults(
+        ADACLIP_PUBLISHED,
+        AdaCLIPConfig,
+        ignore=("gradient_checkpointing",),
+        files={"backbone.pretrained": "ViT-L-14-336px.pt"},
+    ),
 )

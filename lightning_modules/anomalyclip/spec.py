@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_modules.anomalyclip.config import AnomalyCLIPConfig
-from lightning_modules.method_spec import MethodSpec, cache_settings
+from lightning_modules.method_spec import MethodSpec, cache_settings, published_at_defaults
 from lightning_modules.published import anomalyclip_paper
 
 
@@ -22,6 +22,8 @@ def read_official_checkpoint(module: Any, checkpoint: dict[str, Any], source: st
     return zsad_state_dict(module, checkpoint, source)
 
 
+ANOMALYCLIP_PUBLISHED = anomalyclip_paper("anomalyclip")
+
 ANOMALYCLIP = MethodSpec(
     name="anomalyclip",
     config_class=AnomalyCLIPConfig,
@@ -32,5 +34,12 @@ ANOMALYCLIP = MethodSpec(
     needs="image labels; pixel masks optional (image loss only without them)",
     feature_cache=cache_settings,
     official_checkpoint=read_official_checkpoint,
-    published=anomalyclip_paper("anomalyclip"),
+    published=ANOMALYCLIP_PUBLISHED,
+    # the paper's numbers beside the authors' settings only (the config's defaults; caches change nothing)
+    published_for=published_at_defaults(
+        ANOMALYCLIP_PUBLISHED,
+        AnomalyCLIPConfig,
+        ignore=("cache_features", "cache_dir", "cache_max_gb"),
+        files={"backbone.pretrained": "ViT-L-14-336px.pt"},
+    ),
 )

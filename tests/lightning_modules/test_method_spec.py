@@ -1,0 +1,59 @@
+"""Published numbers follow the setting (``MethodSpec.published_for``): a method's paper numbers stand beside
+runs of the authors' settings (every experiment of the method composes to them), none beside a switched one."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from lightning_modules.method_spec import PublishedNumbers, flatten, published_at_defaults
+from lightning_modules.registry import get_method
+from pipelines.config import compose, to_object
+
+#: methods whose numbers stand beside their defaults only, an experiment of each, and a switch off the authors'
+#: value that a user may set
+AT_DEFAULTS = {
+    "anomalyclip": (("anomalyclip_mvtec_to_visa", "anomalyclip_visa_to_mvtec"), ("gaussian_sigma", 0.0)),
+    "adaclip": (("adaclip_mvtec_colondb_to_all", "adaclip_all_datasets"), ("per_image_test", False)),
+    "bayes_pfl": (("bayes_pfl_mvtec_to_all", "bayes_pfl_visa_to_mvtec"), ("test_samples", 1)),
+    "adaptclip": (("adaptclip_mvtec_to_all", "adaptclip_visa_to_mvtec"), ("pq_context", False)),
+}
+
+
+@pytest.mark.parametrize("method", sorted(AT_DEFAULTS))
+def test_the_papers_numbers_stand_beside_the_authors_settings_only(method):
+    experiments, (key, value) = AT_DEFAULTS[method]
+    spec = get_method(method)
+    for experiment in experiments:
+        settings = flatten(dataclasses.asdict(to_object(compose(experiment)).method))
+        assert spec.published_numbers(settings) is spec.published, experiment
+        assert settings[key] != value
+        assert spec.published_numbers({**settings, key: value}) is None, (experiment, key)
+    tiny = flatten(dataclasses.asdict(to_object(compose("demo", [f"method={method}_tiny"])).method))
+    assert spec.published_numbers(tiny) is None  # a random-weight tiny model is no setting of the paper
+
+
+def test_published_at_defaults_ignores_what_changes_no_number_and_knows_released_files():
+    @dataclasses.dataclass
+    class Backbone:
+        name: str = "ViT-L-14-336-quickgelu"
+        pretrained: str = "openai"
+
+    @dataclasses.dataclass
+    class Config:
+        backbone: Backbone = dataclasses.field(default_factory=Backbone)
+        lr: float = 0.001
+        cache_dir: str | None = None
+
+    numbers = PublishedNumbers("paper", {"mvtec": {"image_auroc": 0.9}})
+    published_for = published_at_defaults(
+        numbers, Config, ignore=("cache_dir",), files={"backbone.pretrained": "ViT-L-14-336px.pt"}
+    )
+    assert published_for({}) is numbers and published_for({"lr": 0.001, "cache_dir": "/c"}) is numbers
+    assert published_for({"backbone.pretrained": "/weights/ViT-L-14-336px.pt"}) is numbers
+    assert (
+        published_for({"lr": 0.01}) is None and published_for({"backbone.pretrained": "/w/other.pt"}) is None
+    )
+    assert published_for({"backbone.name": "ViT-B-16"}) is None
+    assert published_for({"unknown.key": 1}) is numbers  # keys of other versions: not this config's
