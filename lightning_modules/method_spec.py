@@ -79,15 +79,18 @@ def published_at_defaults(
     config_class: type,
     ignore: tuple[str, ...] = (),
     files: Mapping[str, str] | None = None,
+    also: Mapping[str, tuple[Any, ...]] | None = None,
 ) -> Callable[[Mapping[str, Any]], PublishedNumbers | None]:
     """A ``published_for``: ``numbers`` beside a run whose method settings are the config's defaults (the
     authors' code), none beside any other. ``ignore``: keys that do not change results (caches); ``files``:
-    key -> the released file that a path given there may name instead of the default tag."""
+    key -> the released file that a path given there may name instead of the default tag; ``also``: key ->
+    the other values the authors' scripts set for some training direction (the experiments' overrides)."""
     defaults = flatten(dataclasses.asdict(config_class()))
     released = dict(files or {})
+    alternatives = dict(also or {})
 
     def same(key: str, value: Any) -> bool:
-        if value == defaults[key]:
+        if value == defaults[key] or value in alternatives.get(key, ()):
             return True
         return key in released and isinstance(value, str) and PurePath(value).name == released[key]
 

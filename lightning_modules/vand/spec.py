@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_modules.method_spec import FEW_SHOT, ZERO_SHOT, MethodSpec, cache_settings
+from lightning_modules.method_spec import (
+    FEW_SHOT,
+    ZERO_SHOT,
+    MethodSpec,
+    cache_settings,
+    published_at_defaults,
+)
 from lightning_modules.published import anomalyclip_paper
 from lightning_modules.vand.config import VANDConfig
 
@@ -22,6 +28,8 @@ def read_official_checkpoint(module: Any, checkpoint: dict[str, Any], source: st
     return zsad_state_dict(module, checkpoint, source)
 
 
+VAND_PUBLISHED = anomalyclip_paper("vand")
+
 VAND = MethodSpec(
     name="vand",
     config_class=VANDConfig,
@@ -33,5 +41,13 @@ VAND = MethodSpec(
     feature_cache=cache_settings,
     official_checkpoint=read_official_checkpoint,
     protocols=(ZERO_SHOT, FEW_SHOT),  # test.py --mode few_shot: the memory bank of K normal images
-    published=anomalyclip_paper("vand"),
+    published=VAND_PUBLISHED,
+    # beside the authors' settings only: the defaults, with the mosaic off as their VisA training sets it
+    published_for=published_at_defaults(
+        VAND_PUBLISHED,
+        VANDConfig,
+        ignore=("cache_features", "cache_dir", "cache_max_gb"),
+        files={"backbone.pretrained": "ViT-L-14-336px.pt"},
+        also={"mosaic_rate": (0.0,)},
+    ),
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_modules.method_spec import MethodSpec, PublishedNumbers, cache_settings
+from lightning_modules.method_spec import MethodSpec, PublishedNumbers, cache_settings, published_at_defaults
 from lightning_modules.vcp_clip.config import VCPCLIPConfig
 
 #: Its VisA row (trained on MVTec AD; percent), as the authors' issue #3 quotes the paper
@@ -67,4 +67,12 @@ VCP_CLIP = MethodSpec(
     train_augmentation=train_augmentation,
     official_checkpoint=read_official_checkpoint,
     published=PUBLISHED,
+    # beside the authors' settings only: the defaults, with their MVTec AD training's lr (train.sh: 2e-5)
+    published_for=published_at_defaults(
+        PUBLISHED,
+        VCPCLIPConfig,
+        ignore=("cache_features", "cache_dir", "cache_max_gb"),
+        files={"backbone.pretrained": "ViT-L-14-336px.pt"},
+        also={"lr": (2e-5,)},
+    ),
 )

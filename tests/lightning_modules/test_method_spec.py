@@ -18,6 +18,8 @@ AT_DEFAULTS = {
     "adaclip": (("adaclip_mvtec_colondb_to_all", "adaclip_all_datasets"), ("per_image_test", False)),
     "bayes_pfl": (("bayes_pfl_mvtec_to_all", "bayes_pfl_visa_to_mvtec"), ("test_samples", 1)),
     "adaptclip": (("adaptclip_mvtec_to_all", "adaptclip_visa_to_mvtec"), ("pq_context", False)),
+    "vand": (("vand_mvtec_to_all", "vand_visa_to_mvtec"), ("mosaic_rate", 0.5)),
+    "vcp_clip": (("vcp_clip_mvtec_to_visa", "vcp_clip_visa_to_mvtec"), ("lr", 1e-3)),
 }
 
 
@@ -57,3 +59,5 @@ def test_published_at_defaults_ignores_what_changes_no_number_and_knows_released
     )
     assert published_for({"backbone.name": "ViT-B-16"}) is None
     assert published_for({"unknown.key": 1}) is numbers  # keys of other versions: not this config's
+    scripted = published_at_defaults(numbers, Config, also={"lr": (0.002,)})
+    assert scripted({"lr": 0.002}) is numbers and scripted({"lr": 0.003}) is None
