@@ -74,6 +74,12 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: The feature-cache keys of a method config: they change no number (``published_at_defaults``'s ``ignore``).
+CACHE_KEYS = ("cache_features", "cache_dir", "cache_max_gb")
+#: OpenAI's released ViT-L/14@336px file, as ``backbone.pretrained=/path/FILE`` names it instead of "openai".
+OPENAI_VIT_L14_336 = {"backbone.pretrained": "ViT-L-14-336px.pt"}
+
+
 def published_at_defaults(
     numbers: PublishedNumbers,
     config_class: type,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_modules.adaclip.config import AdaCLIPConfig
-from lightning_modules.method_spec import MethodSpec, published_at_defaults
+from lightning_modules.method_spec import OPENAI_VIT_L14_336, MethodSpec, published_at_defaults
 from lightning_modules.published import adaclip_paper
 
 
@@ -60,6 +60,6 @@ ADACLIP = MethodSpec(
         ADACLIP_PUBLISHED,
         AdaCLIPConfig,
         ignore=("gradient_checkpointing",),
-        files={"backbone.pretrained": "ViT-L-14-336px.pt"},
+        files=OPENAI_VIT_L14_336,
     ),
 )

@@ -6,7 +6,9 @@ from typing import Any
 
 from lightning_modules.adaptclip.config import AdaptCLIPConfig
 from lightning_modules.method_spec import (
+    CACHE_KEYS,
     FEW_SHOT,
+    OPENAI_VIT_L14_336,
     ZERO_SHOT,
     MethodSpec,
     cache_settings,
@@ -47,7 +49,7 @@ ADAPTCLIP = MethodSpec(
     published_for=published_at_defaults(
         ADAPTCLIP_PUBLISHED,
         AdaptCLIPConfig,
-        ignore=("cache_features", "cache_dir", "cache_max_gb"),
-        files={"backbone.pretrained": "ViT-L-14-336px.pt"},
+        ignore=CACHE_KEYS,
+        files=OPENAI_VIT_L14_336,
     ),
 )

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_modules.anomalyclip.config import AnomalyCLIPConfig
-from lightning_modules.method_spec import MethodSpec, cache_settings, published_at_defaults
+from lightning_modules.method_spec import (
+    CACHE_KEYS,
+    OPENAI_VIT_L14_336,
+    MethodSpec,
+    cache_settings,
+    published_at_defaults,
+)
 from lightning_modules.published import anomalyclip_paper
 
 
@@ -39,7 +45,7 @@ ANOMALYCLIP = MethodSpec(
     published_for=published_at_defaults(
         ANOMALYCLIP_PUBLISHED,
         AnomalyCLIPConfig,
-        ignore=("cache_features", "cache_dir", "cache_max_gb"),
-        files={"backbone.pretrained": "ViT-L-14-336px.pt"},
+        ignore=CACHE_KEYS,
+        files=OPENAI_VIT_L14_336,
     ),
 )

@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_modules.bayes_pfl.config import BayesPFLConfig
-from lightning_modules.method_spec import MethodSpec, PublishedNumbers, cache_settings, published_at_defaults
+from lightning_modules.method_spec import (
+    CACHE_KEYS,
+    OPENAI_VIT_L14_336,
+    MethodSpec,
+    PublishedNumbers,
+    cache_settings,
+    published_at_defaults,
+)
 
 #: The paper (Qu et al., CVPR 2025, arXiv 2503.10080): image AUROC as zsad's issue 25 quotes it, MVTec AD pixel
 #: AUROC as wizwand.com's listing of the paper gives it; the paper's tables could not be read here, so its other
@@ -60,7 +67,7 @@ BAYES_PFL = MethodSpec(
     published_for=published_at_defaults(
         PUBLISHED,
         BayesPFLConfig,
-        ignore=("cache_features", "cache_dir", "cache_max_gb", "checkpoint_text_blocks", "sampling_seed"),
-        files={"backbone.pretrained": "ViT-L-14-336px.pt"},
+        ignore=(*CACHE_KEYS, "checkpoint_text_blocks", "sampling_seed"),
+        files=OPENAI_VIT_L14_336,
     ),
 )

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_modules.method_spec import (
+    CACHE_KEYS,
     FEW_SHOT,
+    OPENAI_VIT_L14_336,
     ZERO_SHOT,
     MethodSpec,
     cache_settings,
@@ -46,8 +48,8 @@ VAND = MethodSpec(
     published_for=published_at_defaults(
         VAND_PUBLISHED,
         VANDConfig,
-        ignore=("cache_features", "cache_dir", "cache_max_gb"),
-        files={"backbone.pretrained": "ViT-L-14-336px.pt"},
+        ignore=CACHE_KEYS,
+        files=OPENAI_VIT_L14_336,
         also={"mosaic_rate": (0.0,)},
     ),
 )

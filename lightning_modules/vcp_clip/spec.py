@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_modules.method_spec import MethodSpec, PublishedNumbers, cache_settings, published_at_defaults
+from lightning_modules.method_spec import (
+    CACHE_KEYS,
+    OPENAI_VIT_L14_336,
+    MethodSpec,
+    PublishedNumbers,
+    cache_settings,
+    published_at_defaults,
+)
 from lightning_modules.vcp_clip.config import VCPCLIPConfig
 
 #: Its VisA row (trained on MVTec AD; percent), as the authors' issue #3 quotes the paper
@@ -71,8 +78,8 @@ VCP_CLIP = MethodSpec(
     published_for=published_at_defaults(
         PUBLISHED,
         VCPCLIPConfig,
-        ignore=("cache_features", "cache_dir", "cache_max_gb"),
-        files={"backbone.pretrained": "ViT-L-14-336px.pt"},
+        ignore=CACHE_KEYS,
+        files=OPENAI_VIT_L14_336,
         also={"lr": (2e-5,)},
     ),
 )
