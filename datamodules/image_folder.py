@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from datamodules.config import DataConfig
 from datamodules.datamodule import AnomalyDataModule
@@ -109,7 +110,9 @@ class ImageFolderDataset(AnomalyDataset):
             size = self.transform.spec.image_size
             item = {
                 "image": torch.zeros(3, size, size),
-                "mask": self.transform.mask(None),
+                # an empty mask of the file's size, resized as a decoded image's would be (masks at the file's
+                # own size, mask_size=original, and short-side resizes need that size)
+                "mask": self.transform.mask(Image.new("L", self.sizes[i][::-1])),
                 "label": torch.tensor(0),
                 "category_id": torch.tensor(0),
                 "sample_id": torch.tensor(i),

@@ -237,7 +237,10 @@ class ReferenceImages:
         (:func:`rotations`), reference by reference."""
         images = [open_image(path) for path in self.draw.paths[category]]
         if angles is not None:
-            images = [rotated for image in images for rotated in rotations(image, angles)]
+            # rotated from the image the test images' preprocessing starts from (16-bit files: its bit depth)
+            images = [
+                rotated for image in images for rotated in rotations(self.transform.eight_bit(image), angles)
+            ]
         return torch.stack([self.transform.image(image) for image in images])
 
 

@@ -143,10 +143,17 @@ class ImageMaskTransform:
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
 
+    def eight_bit(self, image: Image.Image) -> Image.Image:
+        """A 16-bit or float image scaled to 8 bits where ``high_bit_depth="scale"``; else as it is (Pillow
+        clips it at 255 when it converts it). What :meth:`image` starts from, and what any change of the
+        decoded image before it (AnomalyDINO's reference rotations) must start from too."""
+        if image.mode in HIGH_BIT_MODES and self.pre.high_bit_depth == "scale":
+            return scale_to_8bit(image)
+        return image
+
     def image(self, image: Image.Image) -> torch.Tensor:
         pre, size = self.pre, self.spec.image_size
-        if image.mode in HIGH_BIT_MODES and pre.high_bit_depth == "scale":
-            image = scale_to_8bit(image)
+        image = self.eight_bit(image)
         if pre.resize_backend == "pil":
             if pre.rgb_before_resize:
                 image = image.convert("RGB")

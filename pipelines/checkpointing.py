@@ -124,19 +124,46 @@ def refuse_other_training_source(checkpoint: Path, content: Any, sources: list[A
     trained = checkpoint_setting(checkpoint, content)
     node = (trained or {}).get("source")
     entries = node if isinstance(node, list) else [node] if isinstance(node, dict) else []
-    theirs = [(e.get("name"), e.get("train_shots")) for e in entries]
-    ours = [(s.name, getattr(s, "train_shots", None)) for s in sources]
+    theirs = [_training_set(e.get("name"), e.get("train_shots"), e.get("train_shots_seed")) for e in entries]
+    ours = [
+        _training_set(s.name, getattr(s, "train_shots", None), getattr(s, "train_shots_seed", 0))
+        for s in sources
+    ]
+    if len(theirs) == len(ours):  # a checkpoint that records no draw seed (older): name and shots only
+        ours = [(n, k, None if t[2] is None else d) for (n, k, d), t in zip(ours, theirs, strict=True)]
     if not theirs or not ours or theirs == ours:
         return
 
-    def label(pairs: list[tuple[Any, Any]]) -> str:
-        return "+".join(f"{name}" + (f" ({shots}-shot)" if shots else "") for name, shots in pairs)
+    def label(sets: list[tuple[Any, Any, Any]]) -> str:
+        return "+".join(
+            f"{name}"
+            + (
+                f" ({shots}-shot, train_shots_seed={seed})"
+                if seed is not None
+                else f" ({shots}-shot)"
+                if shots
+                else ""
+            )
+            for name, shots, seed in sets
+        )
 
+    same_names = [n for n, _, _ in theirs] == [n for n, _, _ in ours]
+    fix = (
+        "set source.train_shots and source.train_shots_seed to match"
+        if same_names
+        else f"set source={_override([str(n) for n, _, _ in theirs])} to match"
+    )
     raise ConfigError(
         f"{checkpoint} was trained on {label(theirs)} and this config's source is {label(ours)}: its results "
         f"would be filed under the wrong training data; evaluate it with the experiment it was trained with, "
-        f"or set source={_override([str(n) for n, _ in theirs])} to match"
+        f"or {fix}"
     )
+
+
+def _training_set(name: Any, shots: Any, seed: Any) -> tuple[Any, Any, Any]:
+    """A training source as the data it trains on: its name and, for a few-shot training set, its draw
+    (train_shots, train_shots_seed)."""
+    return (name, shots, seed if shots else None)
 
 
 # --- choosing the checkpoint to resume from ----------------------------------------------------------

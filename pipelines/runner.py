@@ -412,9 +412,21 @@ def _evaluation_header(
     return resumed_draws(job.run_dir, header)
 
 
+def refuse_checkpoint(cfg: ExperimentConfig, command: str) -> None:
+    """``checkpoint=`` names weights to evaluate (`zsad test`); `zsad train` and `zsad run` train their own and
+    would ignore it (its numbers filed under that checkpoint in config.yaml, and zsad report would make the fresh
+    weights its replicate): refused in one line."""
+    if cfg.checkpoint:
+        raise ConfigError(
+            f"`zsad {command}` trains its own weights and would ignore checkpoint={cfg.checkpoint}: evaluate "
+            "those weights with `zsad test CONFIG checkpoint=...`, or drop checkpoint= to train"
+        )
+
+
 # --- jobs --------------------------------------------------------------------------------------------
 def train(cfg: ExperimentConfig) -> RunOutcome:
     spec = get_method(cfg.method.name)
+    refuse_checkpoint(cfg, "train")
     if not spec.trains:  # before any run folder or model exists
         raise ConfigError(
             f"method '{spec.name}' is training-free: evaluate it with `zsad run` or `zsad test` (no checkpoint)"
@@ -463,6 +475,7 @@ def test(cfg: ExperimentConfig) -> RunOutcome:
 def run(cfg: ExperimentConfig) -> RunOutcome:
     """Train on the source (its test split, by the zero-shot protocol), then evaluate every target."""
     spec = get_method(cfg.method.name)
+    refuse_checkpoint(cfg, "run")
     check_evaluation(cfg, spec)  # a refused target or DDP evaluation stops the job before any training
     with stop_signal_guard():
         datamodules = target_datamodules(cfg, spec)  # a wrong target root fails before training

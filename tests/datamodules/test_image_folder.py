@@ -58,3 +58,20 @@ def test_items_use_the_methods_preprocessing_and_a_truncated_file_becomes_a_flag
         open_image(images / "a" / "one.png"), None
     )
     assert torch.equal(one["image"], expected)
+
+
+def test_a_truncated_file_is_a_placeholder_too_where_masks_keep_the_files_size(images):
+    """Under AnomalyDINO's authors' preprocessing (short side, masks at the file's size) a truncated file
+    stopped `zsad predict` with "mask_size='original' needs the image's size" instead of being set aside:
+    its placeholder's mask now has the file's size, as a decoded image's."""
+    data = (images / "a" / "one.png").read_bytes()
+    (images / "a" / "cut.png").write_bytes(data[: len(data) // 2])
+    found = collect_images([str(images / "a")])
+    preprocessing = ImagePreprocessing(resize="short_side", mask_size="original", rgb_before_resize=True)
+    datamodule = ImageFolderDataModule(found, 28, preprocessing, num_workers=0)
+    items = {item["image_path"]: item for item in datamodule.predict_dataloader().dataset}
+    cut = items[str((images / "a" / "cut.png").resolve())]
+    assert "cut.png" in cut["error"] and cut["original_size"].tolist() == [20, 30]
+    assert cut["mask"].shape == (20, 30) and not cut["mask"].any() and not cut["has_mask"]
+    one = items[str((images / "a" / "one.png").resolve())]
+    assert one["error"] == "" and one["mask"].shape == (20, 30) and one["image"].shape == (3, 28, 42)

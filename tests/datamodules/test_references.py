@@ -99,3 +99,32 @@ def test_a_listed_test_image_is_refused_not_skipped(root):
     lines = ["ring/train/good/000.png", "ring/train/good/001.png", "cells/train/good/0.png"]
     with pytest.raises(ConfigError, match=r"names ring/train/good/000.png, one of the evaluated test images"):
         listed(root, [lines])
+
+
+@pytest.mark.parametrize("high_bit_depth", ["clip", "scale"])
+def test_a_reference_rotated_by_0_degrees_is_the_reference_itself_also_for_16_bit_files(
+    tmp_path, high_bit_depth
+):
+    """The rotations (AnomalyDINO's rotate_references) decoded a 16-bit file with Pillow's clipping at 255
+    whatever the preprocessing said: under high_bit_depth=scale the rotated references were clipped, the
+    test images scaled (mostly white against grey). A rotation by 0 degrees is the identity: its reference
+    must be the unrotated one, as the test images are preprocessed."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from datamodules.references import ReferenceDraw, ReferenceImages
+    from datamodules.transforms import ImageMaskTransform, ImagePreprocessing, TransformSpec
+
+    path = tmp_path / "ref.png"
+    ramp = np.linspace(0, 65535, 24 * 16).reshape(16, 24).astype(np.uint16)
+    Image.fromarray(ramp).save(path)
+    preprocessing = ImagePreprocessing(
+        resize="short_side", rgb_before_resize=True, mask_size="original", high_bit_depth=high_bit_depth
+    )
+    transform = ImageMaskTransform(TransformSpec(14, 14, preprocessing))
+    draw = ReferenceDraw(0, (0, 0), {"c": [path]}, tmp_path, {"c": 0})
+    references = ReferenceImages(draw, transform)
+    plain, (rotated,) = references.images("c"), references.images("c", [0.0])
+    assert plain.shape == (1, 3, 14, 21)
+    torch.testing.assert_close(rotated, plain[0], rtol=0, atol=0)

@@ -358,3 +358,19 @@ def test_a_broken_subcommand_fails_loudly_instead_of_disappearing(monkeypatch, c
         main(["predict", "demo", "--input", "x", "--out", "y"])
     with pytest.raises(ImportError):
         build_parser()  # every subcommand's arguments (what a test of the whole CLI builds)
+
+
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_run_and_train_refuse_a_checkpoint_they_would_ignore(tmp_path, synthetic_pair, capsys, command):
+    """`zsad run/train ... checkpoint=X` trained fresh weights and ignored X (results.json then filed the fresh
+    weights' numbers under checkpoint X in config.yaml, and zsad report made them X's replicate): refused in
+    one line, before any run folder exists."""
+    experiment = write_experiment(tmp_path, *synthetic_pair)
+    checkpoint = tmp_path / "other" / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"not read")
+    run_dir = tmp_path / "r"
+    code = main([command, str(experiment), *FAST, f"checkpoint={checkpoint}", f"run_dir={run_dir}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "zsad test" in err and "\n" not in err
+    assert not run_dir.exists()

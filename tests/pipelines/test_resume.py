@@ -473,3 +473,27 @@ def test_a_checkpoint_is_not_evaluated_under_another_training_source(tmp_path):
     several = {RESUME_KEY: {"format": 1, "setting": {"source": [{"name": "mvtec"}, {"name": "colondb"}]}}}
     with pytest.raises(ConfigError, match=r"trained on mvtec\+colondb .* source=\[mvtec,colondb\]"):
         refuse_other_training_source(path, several, [DataConfig(name="visa", root="/v")])
+
+
+def test_a_few_shot_checkpoint_is_not_evaluated_under_another_draw_of_its_training_set(tmp_path):
+    """A checkpoint trained on the 16-shot draw of train_shots_seed=0, tested under a config that says
+    train_shots_seed=1, passed: results.json's sources recorded the other draw (and run names, reports filed
+    the numbers under it). Refused; the same draw, or a checkpoint that records no draw seed, passes."""
+    from datamodules.config import DataConfig
+    from datamodules.errors import ConfigError
+    from pipelines.checkpointing import RESUME_KEY, refuse_other_training_source
+
+    path = tmp_path / "last.ckpt"
+    source = {"name": "mvtec", "train_shots": 16, "train_shots_seed": 0}
+    content = {RESUME_KEY: {"format": 1, "setting": {"source": source}}}
+    with pytest.raises(ConfigError, match=r"seed=0\) and .*seed=1\): .*source.train_shots_seed to match"):
+        refuse_other_training_source(
+            path, content, [DataConfig(name="mvtec", root="/m", train_shots=16, train_shots_seed=1)]
+        )
+    refuse_other_training_source(
+        path, content, [DataConfig(name="mvtec", root="/m", train_shots=16, train_shots_seed=0)]
+    )
+    older = {RESUME_KEY: {"format": 1, "setting": {"source": {"name": "mvtec", "train_shots": 16}}}}
+    refuse_other_training_source(
+        path, older, [DataConfig(name="mvtec", root="/m", train_shots=16, train_shots_seed=1)]
+    )
