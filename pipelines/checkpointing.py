@@ -45,9 +45,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from datamodules.atomic_io import atomic_torch_save
-from datamodules.errors import ConfigError, DataChangedError, ZsadError
+from datamodules.errors import DataChangedError, ZsadError
 from datamodules.fingerprint import changes, describe_changes
-from datamodules.fingerprint import summary as fingerprint_summary
 from datamodules.resumable import derived_seed
 from lightning_modules.checkpoint_io import CheckpointError, read_checkpoint, safe_torch_load
 from pipelines import stop_signals
@@ -112,58 +111,6 @@ def read_trained_checkpoint(path: Path, method: str) -> Any:
             path=path,
         )
     return checkpoint
-
-
-def _override(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else f"[{','.join(names)}]"
-
-
-def refuse_other_training_source(checkpoint: Path, content: Any, sources: list[Any]) -> None:
-    """Refuse to evaluate a checkpoint under a config whose training source is not the one it was trained on
-    (results, run names and reports would file its numbers under the wrong training data), in one line."""
-    trained = checkpoint_setting(checkpoint, content)
-    node = (trained or {}).get("source")
-    entries = node if isinstance(node, list) else [node] if isinstance(node, dict) else []
-    theirs = [_training_set(e.get("name"), e.get("train_shots"), e.get("train_shots_seed")) for e in entries]
-    ours = [
-        _training_set(s.name, getattr(s, "train_shots", None), getattr(s, "train_shots_seed", 0))
-        for s in sources
-    ]
-    if len(theirs) == len(ours):  # a checkpoint that records no draw seed (older): name and shots only
-        ours = [(n, k, None if t[2] is None else d) for (n, k, d), t in zip(ours, theirs, strict=True)]
-    if not theirs or not ours or theirs == ours:
-        return
-
-    def label(sets: list[tuple[Any, Any, Any]]) -> str:
-        return "+".join(
-            f"{name}"
-            + (
-                f" ({shots}-shot, train_shots_seed={seed})"
-                if seed is not None
-                else f" ({shots}-shot)"
-                if shots
-                else ""
-            )
-            for name, shots, seed in sets
-        )
-
-    same_names = [n for n, _, _ in theirs] == [n for n, _, _ in ours]
-    fix = (
-        "set source.train_shots and source.train_shots_seed to match"
-        if same_names
-        else f"set source={_override([str(n) for n, _, _ in theirs])} to match"
-    )
-    raise ConfigError(
-        f"{checkpoint} was trained on {label(theirs)} and this config's source is {label(ours)}: its results "
-        f"would be filed under the wrong training data; evaluate it with the experiment it was trained with, "
-        f"or {fix}"
-    )
-
-
-def _training_set(name: Any, shots: Any, seed: Any) -> tuple[Any, Any, Any]:
-    """A training source as the data it trains on: its name and, for a few-shot training set, its draw
-    (train_shots, train_shots_seed)."""
-    return (name, shots, seed if shots else None)
 
 
 # --- choosing the checkpoint to resume from ----------------------------------------------------------
@@ -247,48 +194,6 @@ def refuse_resume_on_other_data(point: ResumePoint, fingerprint: dict[str, Any],
         f"they are now: rm -r {run_dir / CHECKPOINT_DIR}, then the same command (or use another run_dir)",
         path=Path(fingerprint["root"]) / first,
     )
-
-
-#: The parts of a run's config that decide the weights it trains (what a `zsad test` of them records).
-TRAINED_SECTIONS = ("method", "source", "trainer")
-
-
-def trained_setting(config: dict[str, Any]) -> dict[str, Any]:
-    """The training-deciding sections of a resolved config (as config.yaml holds it)."""
-    return {key: config[key] for key in TRAINED_SECTIONS if key in config}
-
-
-def checkpoint_setting(checkpoint: Path | None, content: Any = None) -> dict[str, Any] | None:
-    """The training setting of a zsad checkpoint: the one it carries (ExactResume), else that of the run folder
-    it lies in (``RUN/config.yaml`` beside ``RUN/checkpoints/``, older checkpoints); None for the authors'
-    weights or a file outside a run folder, whose setting is unknown. ``content``: the file already read."""
-    if checkpoint is None:
-        return None
-    try:
-        loaded = content if content is not None else safe_torch_load(checkpoint)
-        marker = loaded.get(RESUME_KEY) or {}
-    except (CheckpointError, FileNotFoundError, AttributeError):
-        marker = {}
-    if isinstance(marker.get("setting"), dict):
-        return marker["setting"]
-    config = Path(checkpoint).parent.parent / "config.yaml"
-    try:
-        loaded = yaml.safe_load(config.read_text()) if config.is_file() else None
-    except (OSError, yaml.YAMLError):
-        return None
-    return trained_setting(loaded) if isinstance(loaded, dict) else None
-
-
-def training_data(checkpoint: Path | None) -> dict[str, Any] | None:
-    """The summary of the data ``checkpoint`` was trained on (what results record), None when it records
-    none (an official or older checkpoint) or cannot be read."""
-    if checkpoint is None:
-        return None
-    try:
-        marker = safe_torch_load(checkpoint).get(RESUME_KEY) or {}
-    except (CheckpointError, FileNotFoundError, AttributeError):
-        return None
-    return fingerprint_summary(marker["data"]) if isinstance(marker.get("data"), dict) else None
 
 
 # --- divergence -------------------------------------------------------------------------------------

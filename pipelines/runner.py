@@ -42,16 +42,12 @@ from pipelines.checkpointing import (
     AtomicCheckpointIO,
     ExactResume,
     RequeueEvaluation,
-    checkpoint_setting,
     divergence_as_one_line,
     find_resume_checkpoint,
     last_checkpoint,
     read_trained_checkpoint,
-    refuse_other_training_source,
     refuse_resume_on_other_data,
     restore_signal_handlers,
-    trained_setting,
-    training_data,
 )
 from pipelines.config import ExperimentConfig, source_configs, source_label, to_yaml
 from pipelines.job import LIGHTNING_DIR, Job, run_job
@@ -70,6 +66,12 @@ from pipelines.results import target_payload, write_results
 from pipelines.run_folder import RunOutcome
 from pipelines.run_state import global_rank
 from pipelines.stop_signals import stop_signal_guard
+from pipelines.trained_with import (
+    checkpoint_setting,
+    refuse_other_training_source,
+    trained_setting,
+    training_data,
+)
 from pipelines.visualize import EvaluationPictures
 
 # The frozen CLIP stays in eval mode during training on purpose; this warning would only confuse users.

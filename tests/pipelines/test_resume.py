@@ -433,7 +433,8 @@ def test_sigusr1_during_evaluation_under_slurm_is_zsads_requeue_not_lightnings(
 def test_a_checkpoints_training_setting_is_the_one_it_carries_else_its_run_folders(tmp_path):
     """ExactResume's marker carries the training setting; an older checkpoint without it gives its run
     folder's config.yaml sections; the authors' weights or a file outside a run folder give none."""
-    from pipelines.checkpointing import RESUME_KEY, checkpoint_setting, trained_setting
+    from pipelines.checkpointing import RESUME_KEY
+    from pipelines.trained_with import checkpoint_setting, trained_setting
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -455,7 +456,8 @@ def test_a_checkpoint_is_not_evaluated_under_another_training_source(tmp_path):
     VisA: refused in one line; the same source, no source in the config, or weights of unknown training pass."""
     from datamodules.config import DataConfig
     from datamodules.errors import ConfigError
-    from pipelines.checkpointing import RESUME_KEY, refuse_other_training_source
+    from pipelines.checkpointing import RESUME_KEY
+    from pipelines.trained_with import refuse_other_training_source
 
     path = tmp_path / "last.ckpt"
     content = {RESUME_KEY: {"format": 1, "setting": {"source": {"name": "mvtec", "train_shots": None}}}}
@@ -481,7 +483,8 @@ def test_a_few_shot_checkpoint_is_not_evaluated_under_another_draw_of_its_traini
     the numbers under it). Refused; the same draw, or a checkpoint that records no draw seed, passes."""
     from datamodules.config import DataConfig
     from datamodules.errors import ConfigError
-    from pipelines.checkpointing import RESUME_KEY, refuse_other_training_source
+    from pipelines.checkpointing import RESUME_KEY
+    from pipelines.trained_with import refuse_other_training_source
 
     path = tmp_path / "last.ckpt"
     source = {"name": "mvtec", "train_shots": 16, "train_shots_seed": 0}
