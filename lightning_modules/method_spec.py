@@ -74,10 +74,13 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-#: The feature-cache keys of a method config: they change no number (``published_at_defaults``'s ``ignore``).
+#: Cache keys of a method config (its feature cache, ``backbone.cache_dir``): they change no number, and
+#: ``published_at_defaults`` never reads them.
 CACHE_KEYS = ("cache_features", "cache_dir", "cache_max_gb")
 #: OpenAI's released ViT-L/14@336px file, as ``backbone.pretrained=/path/FILE`` names it instead of "openai".
 OPENAI_VIT_L14_336 = {"backbone.pretrained": "ViT-L-14-336px.pt"}
+#: open_clip's released LAION-400M ViT-B-16-plus-240 file (WinCLIP's weights)
+LAION400M_VIT_B16_PLUS_240 = {"backbone.pretrained": "vit_b_16_plus_240-laion400m_e31-8fb26589.pt"}
 
 
 def published_at_defaults(
@@ -88,7 +91,8 @@ def published_at_defaults(
     also: Mapping[str, tuple[Any, ...]] | None = None,
 ) -> Callable[[Mapping[str, Any]], PublishedNumbers | None]:
     """A ``published_for``: ``numbers`` beside a run whose method settings are the config's defaults (the
-    authors' code), none beside any other. ``ignore``: keys that do not change results (caches); ``files``:
+    authors' code), none beside any other. ``ignore``: keys that do not change results (cache keys never
+    count); ``files``:
     key -> the released file that a path given there may name instead of the default tag; ``also``: key ->
     the other values the authors' scripts set for some training direction (the experiments' overrides)."""
     defaults = flatten(dataclasses.asdict(config_class()))
@@ -100,8 +104,11 @@ def published_at_defaults(
             return True
         return key in released and isinstance(value, str) and PurePath(value).name == released[key]
 
+    def read(key: str) -> bool:
+        return key in defaults and key not in ignore and key.rsplit(".", 1)[-1] not in CACHE_KEYS
+
     def published_for(settings: Mapping[str, Any]) -> PublishedNumbers | None:
-        changed = [k for k, v in settings.items() if k in defaults and k not in ignore and not same(k, v)]
+        changed = [k for k, v in settings.items() if read(k) and not same(k, v)]
         return None if changed else numbers
 
     return published_for

@@ -6,7 +6,6 @@ from typing import Any
 
 from lightning_modules.adaptclip.config import AdaptCLIPConfig
 from lightning_modules.method_spec import (
-    CACHE_KEYS,
     FEW_SHOT,
     OPENAI_VIT_L14_336,
     ZERO_SHOT,
@@ -49,7 +48,6 @@ ADAPTCLIP = MethodSpec(
     published_for=published_at_defaults(
         ADAPTCLIP_PUBLISHED,
         AdaptCLIPConfig,
-        ignore=CACHE_KEYS,
         files=OPENAI_VIT_L14_336,
     ),
 )

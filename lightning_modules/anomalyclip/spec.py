@@ -6,7 +6,6 @@ from typing import Any
 
 from lightning_modules.anomalyclip.config import AnomalyCLIPConfig
 from lightning_modules.method_spec import (
-    CACHE_KEYS,
     OPENAI_VIT_L14_336,
     MethodSpec,
     cache_settings,
@@ -45,7 +44,6 @@ ANOMALYCLIP = MethodSpec(
     published_for=published_at_defaults(
         ANOMALYCLIP_PUBLISHED,
         AnomalyCLIPConfig,
-        ignore=CACHE_KEYS,
         files=OPENAI_VIT_L14_336,
     ),
 )

@@ -6,7 +6,6 @@ from typing import Any
 
 from lightning_modules.bayes_pfl.config import BayesPFLConfig
 from lightning_modules.method_spec import (
-    CACHE_KEYS,
     OPENAI_VIT_L14_336,
     MethodSpec,
     PublishedNumbers,
@@ -67,7 +66,7 @@ BAYES_PFL = MethodSpec(
     published_for=published_at_defaults(
         PUBLISHED,
         BayesPFLConfig,
-        ignore=(*CACHE_KEYS, "checkpoint_text_blocks", "sampling_seed"),
+        ignore=("checkpoint_text_blocks", "sampling_seed"),
         files=OPENAI_VIT_L14_336,
     ),
 )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_modules.method_spec import (
-    CACHE_KEYS,
     FEW_SHOT,
     OPENAI_VIT_L14_336,
     ZERO_SHOT,
@@ -48,7 +47,6 @@ VAND = MethodSpec(
     published_for=published_at_defaults(
         VAND_PUBLISHED,
         VANDConfig,
-        ignore=CACHE_KEYS,
         files=OPENAI_VIT_L14_336,
         also={"mosaic_rate": (0.0,)},
     ),

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_modules.method_spec import (
-    CACHE_KEYS,
     OPENAI_VIT_L14_336,
     MethodSpec,
     PublishedNumbers,
@@ -78,7 +77,6 @@ VCP_CLIP = MethodSpec(
     published_for=published_at_defaults(
         PUBLISHED,
         VCPCLIPConfig,
-        ignore=CACHE_KEYS,
         files=OPENAI_VIT_L14_336,
         also={"lr": (2e-5,)},
     ),

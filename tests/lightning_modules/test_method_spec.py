@@ -20,7 +20,11 @@ AT_DEFAULTS = {
     "adaptclip": (("adaptclip_mvtec_to_all", "adaptclip_visa_to_mvtec"), ("pq_context", False)),
     "vand": (("vand_mvtec_to_all", "vand_visa_to_mvtec"), ("mosaic_rate", 0.5)),
     "vcp_clip": (("vcp_clip_mvtec_to_visa", "vcp_clip_visa_to_mvtec"), ("lr", 1e-3)),
+    "clip": (("clip_all",), ("backbone.image_size", 224)),
+    "winclip": (("winclip_all",), ("backbone.name", "ViT-B-16")),
 }
+#: experiments that are deliberately not a setting of the method's published numbers
+NOT_THE_PAPERS = {"demo": "a tiny random-weight model", "anomalydino_mvtec_visa": "anomalib's setting"}
 
 
 @pytest.mark.parametrize("method", sorted(AT_DEFAULTS))
@@ -61,3 +65,19 @@ def test_published_at_defaults_ignores_what_changes_no_number_and_knows_released
     assert published_for({"unknown.key": 1}) is numbers  # keys of other versions: not this config's
     scripted = published_at_defaults(numbers, Config, also={"lr": (0.002,)})
     assert scripted({"lr": 0.002}) is numbers and scripted({"lr": 0.003}) is None
+
+
+def test_every_experiment_of_a_method_with_published_numbers_gets_them():
+    """The experiments are the authors' protocols: each composes to a setting its method's published numbers
+    stand beside (`zsad report --reference`), except the ones named in NOT_THE_PAPERS."""
+    from pipelines.config import config_dir
+
+    missing = []
+    for path in sorted((config_dir() / "experiment").glob("*.yaml")):
+        cfg = to_object(compose(path.stem))
+        spec = get_method(cfg.method.name)
+        if spec.published is None or path.stem in NOT_THE_PAPERS:
+            continue
+        if spec.published_numbers(flatten(dataclasses.asdict(cfg.method))) is None:
+            missing.append(path.stem)
+    assert missing == []
