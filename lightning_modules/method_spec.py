@@ -74,6 +74,18 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def with_defaults(settings: Mapping[str, Any], config_class: type) -> dict[str, Any]:
+    """A run's flattened method settings (``published_for``'s argument) completed by the config's defaults:
+    an absent key has its default (runs without config.yaml record only the method's name)."""
+    return {**flatten(dataclasses.asdict(config_class())), **settings}
+
+
+def is_released_file(weights: Any, tag: str, released: str) -> bool:
+    """Whether ``backbone.pretrained``-like ``weights`` are the published weights: their tag, or a path to the
+    file of the released name (which weights a file of another name holds is unknown)."""
+    return weights == tag or (isinstance(weights, str) and PurePath(weights).name == released)
+
+
 #: Cache keys of a method config (its feature cache, ``backbone.cache_dir``): they change no number, and
 #: ``published_at_defaults`` never reads them.
 CACHE_KEYS = ("cache_features", "cache_dir", "cache_max_gb")
@@ -100,9 +112,13 @@ def published_at_defaults(
     alternatives = dict(also or {})
 
     def same(key: str, value: Any) -> bool:
-        if value == defaults[key] or value in alternatives.get(key, ()):
+        if value in alternatives.get(key, ()):
             return True
-        return key in released and isinstance(value, str) and PurePath(value).name == released[key]
+        return (
+            is_released_file(value, defaults[key], released[key])
+            if key in released
+            else value == defaults[key]
+        )
 
     def read(key: str) -> bool:
         return key in defaults and key not in ignore and key.rsplit(".", 1)[-1] not in CACHE_KEYS

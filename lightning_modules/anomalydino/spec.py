@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from pathlib import PurePath
 from typing import Any
 
 from lightning_modules.anomalydino.config import AnomalyDINOConfig
-from lightning_modules.method_spec import FEW_SHOT, MethodSpec, PublishedNumbers
+from lightning_modules.method_spec import (
+    FEW_SHOT,
+    MethodSpec,
+    PublishedNumbers,
+    is_released_file,
+    with_defaults,
+)
 from lightning_modules.published import anomalydino_paper
 
 
@@ -72,23 +76,13 @@ AUTHORS_WEIGHTS = ("lvd142m", "dinov2_vits14_pretrain.pth")  # timm's tag of Met
 def published_for(settings: Mapping[str, Any]) -> PublishedNumbers | None:
     """The paper's numbers beside runs of the authors' setting only (they were measured with their code:
     448 px, masking, rotated references); anomalib's defaults and any other setting: none."""
-    default = dataclasses.asdict(AnomalyDINOConfig())
-
-    def value(key: str) -> Any:
-        if key in settings:
-            return settings[key]
-        node: Any = default
-        for part in key.split("."):
-            node = node[part]
-        return node
-
-    if any(value(k) != v for k, v in AUTHORS_SETTING.items()):
+    setting = with_defaults(settings, AnomalyDINOConfig)
+    if any(setting[k] != v for k, v in AUTHORS_SETTING.items()):
         return None
-    masked = value("masked_categories")
+    masked = setting["masked_categories"]
     if masked is None or set(masked) != set(AUTHORS_MASKED):  # None: every category masked, bottle too
         return None
-    weights = str(value("backbone.pretrained"))
-    if weights != AUTHORS_WEIGHTS[0] and PurePath(weights).name != AUTHORS_WEIGHTS[1]:
+    if not is_released_file(setting["backbone.pretrained"], *AUTHORS_WEIGHTS):
         return None
     return ANOMALYDINO_PUBLISHED
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import PurePath
 from typing import Any
 
-from lightning_modules.method_spec import TRANSDUCTIVE, MethodSpec, PublishedNumbers
+from lightning_modules.method_spec import (
+    TRANSDUCTIVE,
+    MethodSpec,
+    PublishedNumbers,
+    is_released_file,
+    with_defaults,
+)
 from lightning_modules.musc.config import MuScConfig
 
 # The authors' masks: Resize((S, S)) (PIL bilinear) + ToTensor, then ``.astype(np.int32)`` in models/musc.py:
@@ -207,62 +212,40 @@ def backbone_study(name: str, size: int) -> PublishedNumbers:
     )
 
 
-def _authors_backbone(settings: Mapping[str, Any]) -> tuple[str, int] | None:
-    """(their backbone_name, img_resize) of a run's method settings; None for a backbone they did not run.
-    The weights: their tag, or a file of the released name (which weights another file holds is unknown)."""
-    default = MuScConfig()
-
-    def get(key: str, fallback: Any) -> Any:
-        return settings.get(key, fallback)
-
-    family = get("backbone_family", default.backbone_family)
+def _authors_backbone(setting: Mapping[str, Any]) -> tuple[str, int] | None:
+    """(their backbone_name, img_resize) of a run's complete method setting (:func:`with_defaults`); None for
+    a backbone they did not run. The weights: their tag, or a file of the released name."""
+    family = setting["backbone_family"]
     if family == "clip":
-        model = get("backbone.name", default.backbone.name)
-        weights = str(get("backbone.pretrained", default.backbone.pretrained))
+        model, weights, size = (setting[f"backbone.{k}"] for k in ("name", "pretrained", "image_size"))
         names = [
             n
             for n, (architecture, tag) in AUTHORS_CLIP_BACKBONES.items()
-            if model == architecture and (weights == tag or _file_named(weights, AUTHORS_CLIP_FILES[n]))
+            if model == architecture and is_released_file(weights, tag, AUTHORS_CLIP_FILES[n])
         ]
-        size = get("backbone.image_size", default.backbone.image_size)
     else:
-        model = get("dino.name", default.dino.name)
-        weights = str(get("dino.pretrained", default.dino.pretrained))
+        model, weights, size = (setting[f"dino.{k}"] for k in ("name", "pretrained", "image_size"))
         names = [
             n
             for n, (kind, architecture, tag) in AUTHORS_DINO_BACKBONES.items()
-            if (kind, architecture) == (family, model)
-            and (weights == tag or _file_named(weights, f"{n}_pretrain.pth"))
+            if (kind, architecture) == (family, model) and is_released_file(weights, tag, f"{n}_pretrain.pth")
         ]
-        size = get("dino.image_size", default.dino.image_size)
     return (names[0], int(size)) if names else None
-
-
-def _file_named(weights: str, name: str) -> bool:
-    """Whether ``weights`` is a path to a file called ``name`` (OpenAI's, open_clip's and Meta's releases)."""
-    return PurePath(weights).name == name
 
 
 def published_for(settings: Mapping[str, Any]) -> PublishedNumbers | None:
     """The paper's numbers for its default setting; the README's backbone study for another backbone and size
     of it run with their scripts' feature layers; None for anything else (no source states numbers there)."""
-    default = MuScConfig()
-
-    def default_of(key: str) -> Any:
-        node: Any = default
-        for part in key.split("."):
-            node = getattr(node, part)
-        return node
-
-    family = settings.get("backbone_family", default.backbone_family)
-    fixed = STUDY_FIXED_SETTINGS + STUDY_FIXED_BACKBONE_SETTINGS.get(family, ())
-    if any(settings.get(k, default_of(k)) != default_of(k) for k in fixed):
+    default = with_defaults({}, MuScConfig)
+    setting = with_defaults(settings, MuScConfig)
+    fixed = STUDY_FIXED_SETTINGS + STUDY_FIXED_BACKBONE_SETTINGS.get(setting["backbone_family"], ())
+    if any(setting[k] != default[k] for k in fixed):
         return None
-    row = _authors_backbone(settings)
+    row = _authors_backbone(setting)
     if row is None or row not in BACKBONE_STUDY:
         return None
     their_layers = [2, 5, 8, 11] if "-B-" in row[0] or "vitb" in row[0] else [5, 11, 17, 23]
-    if list(settings.get("feature_layers", default.feature_layers)) != their_layers:
+    if list(setting["feature_layers"]) != their_layers:
         return None
     return PUBLISHED if row == ("ViT-L-14-336", 518) else backbone_study(*row)
 
