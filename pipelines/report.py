@@ -41,6 +41,7 @@ from pipelines.report_tables import (
     column_value,
     dataset_tables,
     percent,
+    published_columns,
     published_sources,
     row_dataset,
     table_specs,
@@ -169,6 +170,7 @@ def _csv_rows(grouping: Grouping, intervals: Intervals) -> list[dict[str, Any]]:
     """One row per (dataset, category, setting, metric): the category mean (category ``mean``) first, then
     each category."""
     rows = []
+    published = published_columns(grouping)
     for (row, column), cell in sorted(grouping.cells.items()):
         metrics = sorted(
             {m for e in cell.entries for m, v in e.payload.get("mean", {}).items() if _is_number(v)}
@@ -184,7 +186,7 @@ def _csv_rows(grouping: Grouping, intervals: Intervals) -> list[dict[str, Any]]:
                 interval = intervals.get((row, column, category, metric))
                 reference = None
                 if category is None and metric != "aupro":
-                    reference = column_value(grouping, column, dataset, metric)
+                    reference = column_value(grouping, published, column, dataset, metric)
                 rows.append(
                     {
                         "dataset": row,

@@ -343,17 +343,19 @@ def group(entries: list[Entry], group_by: list[str] | None = None) -> Grouping:
         for cid, label in labels.items():
             column_labels[(kind, cid)] = f"{label} ({kind})" if kind else label
             descriptions[(kind, cid)] = described[cid]
-    column_method = {column_labels[column_id(e)]: str(e.setting.get("method.name", "?")) for e in entries}
-    column_shots = {column_labels[column_id(e)]: _shots(e.setting) for e in entries}
+    column_method: dict[str, str] = {}
+    column_shots: dict[str, int] = {}
     kinds: dict[str, set[tuple[str, int]]] = defaultdict(set)
-    for e in entries:
-        kinds[column_labels[column_id(e)]].add((str(e.setting.get("method.name", "?")), _shots(e.setting)))
-    mixed_columns = {label for label, found in kinds.items() if len(found) > 1}
     column_method_settings: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for e in entries:
+        label = column_labels[column_id(e)]
+        column_method[label] = str(e.setting.get("method.name", "?"))
+        column_shots[label] = _shots(e.setting)
+        kinds[label].add((column_method[label], column_shots[label]))
         settings = {k[len(METHOD_PREFIX) :]: v for k, v in e.setting.items() if k.startswith(METHOD_PREFIX)}
-        if settings not in column_method_settings[column_labels[column_id(e)]]:
-            column_method_settings[column_labels[column_id(e)]].append(settings)
+        if settings not in column_method_settings[label]:
+            column_method_settings[label].append(settings)
+    mixed_columns = {label for label, found in kinds.items() if len(found) > 1}
 
     buckets: dict[tuple[str, str], list[Entry]] = defaultdict(list)
     for e in entries:

@@ -173,19 +173,28 @@ def published_value(dataset: str, method: str, metric: str, shots: int = 0) -> f
     return published_cell(method_published(method), dataset, metric, shots)
 
 
-def column_value(grouping: Grouping, column: str, dataset: str, metric: str) -> float | None:
-    """The published number beside a dataset-level cell of ``column`` (its setting's, its shots')."""
-    return published_cell(
-        column_published(grouping, column), dataset, metric, grouping.column_shots.get(column, 0)
-    )
+def published_columns(grouping: Grouping) -> dict[str, PublishedNumbers | None]:
+    """:func:`column_published` of every column, resolved once for a whole table."""
+    return {column: column_published(grouping, column) for column in grouping.columns}
+
+
+def column_value(
+    grouping: Grouping,
+    published: dict[str, PublishedNumbers | None],
+    column: str,
+    dataset: str,
+    metric: str,
+) -> float | None:
+    """The published number beside a dataset-level cell of ``column`` (its setting's, its shots'), from
+    :func:`published_columns`."""
+    return published_cell(published[column], dataset, metric, grouping.column_shots.get(column, 0))
 
 
 def published_sources(grouping: Grouping) -> str:
     """Where the published rows come from: the sources of the shown settings' numbers (their k-shot sources
     for k-shot columns), each once."""
     sources = []
-    for column in grouping.columns:
-        numbers = column_published(grouping, column)
+    for column, numbers in published_columns(grouping).items():
         if numbers is not None:
             sources.append(numbers.source_of(grouping.column_shots.get(column, 0)))
     return "; ".join(dict.fromkeys(sources)) or "none of these settings"
@@ -247,9 +256,11 @@ def dataset_tables(
     for title, metrics, note in table_specs(reference, grouping, layout):
         rows = [_row(grouping, r, r, None, metrics, intervals or {}) for r in grouping.rows]
         if reference:
+            published = published_columns(grouping)
             for row in rows:
                 row.published = [
-                    [column_value(grouping, c, row.dataset, m) for m in metrics] for c in grouping.columns
+                    [column_value(grouping, published, c, row.dataset, m) for m in metrics]
+                    for c in grouping.columns
                 ]
         tables.append(Table(title, "dataset", metrics, rows, note, _index(grouping, baseline)))
     return tables
