@@ -284,16 +284,15 @@ class AnomalyDataModule(L.LightningDataModule):
         )
 
     def _training_loader(self, split: str) -> ResumableDataLoader:
+        extras = self.train_item_extras
         if self.cached_train_features is not None:
-            dataset, workers = self.cached_train_features, 0
             # In-memory tensors: worker processes would only add start-up and copying cost, unless items
             # carry extras read from files.
-            if self.train_item_extras is not None:
-                workers = self.num_workers
+            dataset, workers = self.cached_train_features, self.num_workers if extras is not None else 0
         else:
             dataset, workers = self._dataset(split, train=True), self.num_workers
-        if self.train_item_extras is not None:
-            dataset = WithItemExtras(dataset, self.train_item_extras)
+        if extras is not None:
+            dataset = WithItemExtras(dataset, extras)
         return self._train_loader(dataset, workers)
 
     @property

@@ -67,10 +67,9 @@ from pipelines.run_folder import RunOutcome
 from pipelines.run_state import global_rank
 from pipelines.stop_signals import stop_signal_guard
 from pipelines.trained_with import (
-    checkpoint_setting,
+    checkpoint_record,
     refuse_other_training_source,
     trained_setting,
-    training_data,
 )
 from pipelines.visualize import EvaluationPictures
 
@@ -393,10 +392,8 @@ def _results_header(cfg: ExperimentConfig, run_dir: Path, checkpoint: Path | Non
         "seed": cfg.seed,
         "run_dir": str(run_dir),
         "checkpoint": str(checkpoint) if checkpoint else None,
-        "source_data": training_data(checkpoint),  # the fingerprint of what the weights were trained on
-        # how they were trained (method, source, trainer; zsad checkpoints): the report keeps test runs of
-        # checkpoints trained differently apart
-        "trained_setting": checkpoint_setting(checkpoint),
+        # source_data and trained_setting: what the weights were trained on, and how
+        **checkpoint_record(checkpoint),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "eval": dataclasses.asdict(cfg.eval),
         "targets": {},

@@ -29,17 +29,24 @@ def trained_setting(config: dict[str, Any]) -> dict[str, Any]:
     return {key: config[key] for key in TRAINED_SECTIONS if key in config}
 
 
+def _marker(checkpoint: Path, content: Any = None) -> dict[str, Any]:
+    """What ExactResume wrote into ``checkpoint`` (``content``: the file already read); {} for the authors'
+    weights or a file that cannot be read."""
+    try:
+        loaded = content if content is not None else safe_torch_load(checkpoint)
+        marker = loaded.get(RESUME_KEY) or {}
+    except (CheckpointError, FileNotFoundError, AttributeError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
 def checkpoint_setting(checkpoint: Path | None, content: Any = None) -> dict[str, Any] | None:
     """The training setting of a zsad checkpoint: the one it carries (ExactResume), else that of the run folder
     it lies in (``RUN/config.yaml`` beside ``RUN/checkpoints/``, older checkpoints); None for the authors'
     weights or a file outside a run folder, whose setting is unknown. ``content``: the file already read."""
     if checkpoint is None:
         return None
-    try:
-        loaded = content if content is not None else safe_torch_load(checkpoint)
-        marker = loaded.get(RESUME_KEY) or {}
-    except (CheckpointError, FileNotFoundError, AttributeError):
-        marker = {}
+    marker = _marker(checkpoint, content)
     if isinstance(marker.get("setting"), dict):
         return marker["setting"]
     config = Path(checkpoint).parent.parent / "config.yaml"
@@ -50,16 +57,27 @@ def checkpoint_setting(checkpoint: Path | None, content: Any = None) -> dict[str
     return trained_setting(loaded) if isinstance(loaded, dict) else None
 
 
-def training_data(checkpoint: Path | None) -> dict[str, Any] | None:
+def training_data(checkpoint: Path | None, content: Any = None) -> dict[str, Any] | None:
     """The summary of the data ``checkpoint`` was trained on (what results record), None when it records
     none (an official or older checkpoint) or cannot be read."""
     if checkpoint is None:
         return None
-    try:
-        marker = safe_torch_load(checkpoint).get(RESUME_KEY) or {}
-    except (CheckpointError, FileNotFoundError, AttributeError):
-        return None
+    marker = _marker(checkpoint, content)
     return fingerprint_summary(marker["data"]) if isinstance(marker.get("data"), dict) else None
+
+
+def checkpoint_record(checkpoint: Path | None) -> dict[str, Any]:
+    """results.json's ``source_data`` (the fingerprint of what the weights were trained on) and
+    ``trained_setting`` (how: the report keeps test runs of checkpoints trained differently apart), from one
+    read of the file."""
+    try:
+        content = safe_torch_load(checkpoint) if checkpoint is not None else None
+    except (CheckpointError, FileNotFoundError):
+        content = {}
+    return {
+        "source_data": training_data(checkpoint, content),
+        "trained_setting": checkpoint_setting(checkpoint, content),
+    }
 
 
 def _override(names: list[str]) -> str:
