@@ -101,17 +101,7 @@ def refuse_other_training_source(checkpoint: Path, content: Any, sources: list[A
         return
 
     def label(sets: list[tuple[Any, Any, Any]]) -> str:
-        return "+".join(
-            f"{name}"
-            + (
-                f" ({shots}-shot, train_shots_seed={seed})"
-                if seed is not None
-                else f" ({shots}-shot)"
-                if shots
-                else ""
-            )
-            for name, shots, seed in sets
-        )
+        return "+".join(_training_set_label(*s) for s in sets)
 
     same_names = [n for n, _, _ in theirs] == [n for n, _, _ in ours]
     fix = (
@@ -124,6 +114,14 @@ def refuse_other_training_source(checkpoint: Path, content: Any, sources: list[A
         f"would be filed under the wrong training data; evaluate it with the experiment it was trained with, "
         f"or {fix}"
     )
+
+
+def _training_set_label(name: Any, shots: Any, seed: Any) -> str:
+    """``mvtec``, ``mvtec (16-shot)``, ``mvtec (16-shot, train_shots_seed=3)``."""
+    if not shots:
+        return f"{name}"
+    draw = f", train_shots_seed={seed}" if seed is not None else ""
+    return f"{name} ({shots}-shot{draw})"
 
 
 def _training_set(name: Any, shots: Any, seed: Any) -> tuple[Any, Any, Any]:
