@@ -222,13 +222,20 @@ def alternating_fastest(
 
 
 def print_speedups(
-    method: str, rows: tuple[tuple[str, str], ...], theirs: dict[str, float], ours: dict[str, float]
+    method: str,
+    rows: tuple[tuple[str, str], ...],
+    theirs: dict[str, float],
+    ours: dict[str, float],
+    reference: str = "authors",
 ) -> None:
-    """One line per ``(key, label)`` of ``rows`` (their seconds, zsad's, the ratio), then the JSON line."""
+    """One line per ``(key, label)`` of ``rows`` (their seconds, zsad's, the ratio), then the JSON line;
+    ``reference``: whose code "theirs" is (the authors', or anomalib's where that is the reference)."""
     ratios = {}
     width = max(len(label) for _, label in rows)
     for name, label in rows:
         key = name.removesuffix("_s")
         ratios[key] = theirs[name] / ours[name]
-        print(f"  {label:<{width}} authors {theirs[name]:.3f} s, zsad {ours[name]:.3f} s: {ratios[key]:.2f}x")
-    print(json.dumps({"method": method, "authors_s": theirs, "zsad_s": ours, "speedup": ratios}))
+        print(
+            f"  {label:<{width}} {reference} {theirs[name]:.3f} s, zsad {ours[name]:.3f} s: {ratios[key]:.2f}x"
+        )
+    print(json.dumps({"method": method, f"{reference}_s": theirs, "zsad_s": ours, "speedup": ratios}))

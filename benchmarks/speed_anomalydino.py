@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import parity_anomalydino as pa  # noqa: E402
 import parity_support as ps  # noqa: E402
 import torch  # noqa: E402
-from perf_support import fastest  # noqa: E402
+from perf_support import alternating_fastest, fastest, print_speedups, speed_rounds  # noqa: E402
 
 REPEATS = 3
 BATCH = 8  # zsad's evaluation batch
@@ -92,31 +92,18 @@ def main() -> None:
     )
     (root.parent / ps.REFERENCES_FILE).write_text(json.dumps(references))
     pythonpath = tuple(p for p in (args.official_env,) if p)
-    rounds = int(os.environ.get("ZSAD_SPEED_ROUNDS", "2"))
-    theirs, ours = float("inf"), float("inf")
-    for _ in range(rounds):  # the sides alternate; each one's fastest round counts (the load varies)
-        official = ps.run_official_side(
-            __file__, args.official, root, pa.parity_state_dict(), work, pythonpath
-        )
-        theirs = min(theirs, float(official["test_s"]))
-        ours = min(ours, zsad_times(root, references)["test_s"])
+    rounds = speed_rounds()
+    theirs, ours = alternating_fastest(
+        lambda: ps.run_official_side(__file__, args.official, root, pa.parity_state_dict(), work, pythonpath),
+        lambda: zsad_times(root, references),
+        rounds,
+    )
     print(
         f"AnomalyDINO speed, {len(ours_outputs['scores'])} test images and {pa.SHOTS} references per category "
         f"of the parity DINOv2 at {pa.IMAGE_SIZE} px, CPU, one thread, best of {REPEATS} x {rounds} rounds"
     )
-    print(
-        f"  test (references + test loop + metrics)  anomalib {theirs:.3f} s, zsad {ours:.3f} s: {theirs / ours:.2f}x"
-    )
-    print(
-        json.dumps(
-            {
-                "method": "anomalydino",
-                "anomalib_s": {"test_s": theirs},
-                "zsad_s": {"test_s": ours},
-                "speedup": {"test": theirs / ours},
-            }
-        )
-    )
+    rows = (("test_s", "test (references + test loop + metrics)"),)
+    print_speedups("anomalydino", rows, theirs, ours, reference="anomalib")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ counts. The last line is one JSON object with the ratio (their time / zsad's).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -32,7 +31,7 @@ import parity_anomalydino as pa  # noqa: E402
 import parity_anomalydino_authors as paa  # noqa: E402
 import parity_support as ps  # noqa: E402
 import torch  # noqa: E402
-from perf_support import fastest  # noqa: E402
+from perf_support import alternating_fastest, fastest, print_speedups, speed_rounds  # noqa: E402
 
 REPEATS = 3
 RUN = "full"
@@ -97,30 +96,18 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="zsad-speed-anomalydino-authors-"))
     root = paa.authors_layout(work)
     pythonpath = tuple(p for p in (args.official_env,) if p)
-    rounds = int(os.environ.get("ZSAD_SPEED_ROUNDS", "2"))
-    theirs, ours = float("inf"), float("inf")
-    for _ in range(rounds):  # the sides alternate; each one's fastest round counts (the load varies)
-        official = ps.run_official_side(
-            __file__, args.official, root, pa.parity_state_dict(), work, pythonpath
-        )
-        theirs = min(theirs, float(official["test_s"]))
-        ours = min(ours, zsad_times(root)["test_s"])
+    rounds = speed_rounds()
+    theirs, ours = alternating_fastest(
+        lambda: ps.run_official_side(__file__, args.official, root, pa.parity_state_dict(), work, pythonpath),
+        lambda: zsad_times(root),
+        rounds,
+    )
     print(
         f"AnomalyDINO speed, the authors' setting ({RUN}: masking, 8 rotations of {paa.SHOTS} references per "
         f"category), the parity DINOv2 at {paa.RESOLUTION} px, CPU, one thread, best of {REPEATS} x {rounds} rounds"
     )
-    print(
-        f"  test (references + test loop + metrics)  authors {theirs:.3f} s, zsad {ours:.3f} s: {theirs / ours:.2f}x"
-    )
-    print(
-        json.dumps(
-            {
-                "method": "anomalydino_authors",
-                "authors_s": {"test_s": theirs},
-                "zsad_s": {"test_s": ours},
-                "speedup": {"test": theirs / ours},
-            }
-        )
+    print_speedups(
+        "anomalydino_authors", (("test_s", "test (references + test loop + metrics)"),), theirs, ours
     )
 
 
