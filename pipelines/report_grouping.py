@@ -365,6 +365,7 @@ def group(entries: list[Entry], group_by: list[str] | None = None) -> Grouping:
     cells = {}
     for (row, column), members in buckets.items():
         kept = _drop_reruns(members, all_keys, row, column, notes)
+        kept = _merge_seed_independent(kept, all_keys, row, column, notes)
         warnings += _mixing_warnings(kept, all_keys, row, column)
         cells[(row, column)] = Cell(row, column, kept)
 
@@ -458,6 +459,29 @@ def _drop_reruns(
             )
     kept.sort(key=lambda e: (e.run.seed_label, str(e.run.run_dir)))
     return kept
+
+
+def _merge_seed_independent(
+    kept: list[Entry], all_keys: list[str], row: str, column: str, notes: list[str]
+) -> list[Entry]:
+    """Runs of one setting whose seeds changed nothing (every category's every number equal: a
+    training-free method, a sorted or listed reference selection) are one measurement, not independent
+    replicates: counted once (the first seed), so n and the spread are not overstated."""
+    by_result: dict[tuple, list[Entry]] = defaultdict(list)
+    for e in kept:
+        categories = e.payload.get("categories")
+        result = json.dumps(categories, sort_keys=True, default=str) if categories else id(e)
+        by_result[(_frozen(e.setting, all_keys), e.run.draw is not None, result)].append(e)
+    merged = []
+    for same in by_result.values():
+        merged.append(same[0])
+        if len(same) > 1:
+            seeds = ", ".join(e.run.seed_label for e in same)
+            notes.append(
+                f"{row} / {column}: the runs with seeds {seeds} have identical results in every category "
+                f"(the seed changes nothing in this setting): counted as one measurement ({same[0].run.run_dir})"
+            )
+    return merged
 
 
 def _mixing_warnings(kept: list[Entry], all_keys: list[str], row: str, column: str) -> list[str]:

@@ -151,6 +151,30 @@ def test_settings_become_columns_and_only_seeds_are_averaged(tmp_path, sigma_swe
     assert report.n_runs == 6
 
 
+def test_seeds_that_change_nothing_are_one_measurement(tmp_path):
+    """A training-free setting run under three seeds gives the same numbers three times: one measurement
+    (n=1, no spread), said in a note; a seed whose numbers differ in one category is a replicate."""
+    runs = tmp_path / "runs"
+
+    def with_categories(run_dir: Path, bottle: float) -> None:
+        results = json.loads((run_dir / "results.json").read_text())
+        categories = {"bottle": {"image_auroc": bottle}, "cable": {"image_auroc": 0.5}}
+        results["targets"]["synthetic"]["categories"] = categories
+        (run_dir / "results.json").write_text(json.dumps(results))
+
+    for seed in (1, 2, 3):
+        with_categories(make_run(runs, f"s{seed}", [f"seed={seed}"], 0.7), bottle=0.9)
+    report = build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled")
+    found = row(csv_rows(report), "anomalyclip", "image_auroc")
+    assert (int(found["n"]), found["seeds"]) == (1, "1")
+    assert "seeds 1, 2, 3 have identical results in every category" in report.markdown.split("## Notes")[1]
+
+    with_categories(runs / "s3", bottle=0.8)  # same mean row, another category number: its own draw
+    found = row(csv_rows(build_report([str(runs)], out=str(tmp_path / "rep2"), wandb_mode="disabled")),
+                "anomalyclip", "image_auroc")  # fmt: skip
+    assert (int(found["n"]), found["seeds"]) == (2, "1 3")
+
+
 def test_group_by_merges_settings_and_warns_what_a_cell_mixes(tmp_path, sigma_sweep):
     runs, values = sigma_sweep
     report = build_report(
