@@ -197,6 +197,18 @@ def dataset_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def known_category_names() -> set[str]:
+    """Every category id of every registered dataset and version: a name in none of them (nor in the
+    data at hand) is most likely a typo."""
+    _load_builtin_parsers()
+    names = set()
+    for spec in _REGISTRY.values():
+        names.update(spec.categories)
+        for categories in spec.version_categories.values():
+            names.update(categories)
+    return names
+
+
 def build_index(name: str, root: str | Path, **options: Any) -> DatasetIndex:
     """Parse ``root`` with the parser registered for ``name``; ``options`` go to the parser
     (``DataConfig.options``, ``zsad data check --option``)."""

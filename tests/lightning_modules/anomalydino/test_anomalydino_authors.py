@@ -272,6 +272,28 @@ def test_the_module_hands_rotated_references_of_the_rotated_categories_only():
     assert module.model.memory[0].shape[0] == 2 * 9 and module.model.memory[1].shape[0] == 16 * 9
 
 
+def test_a_category_name_of_no_dataset_is_warned_once(caplog):
+    """`rotated_categories=[hazelnut, screws]` would rotate hazelnut only, silently: a name that is no
+    category here nor of any known dataset is warned (once); names of other datasets (the authors' preset
+    lists MVTec AD's and VisA's together) and of the data at hand are not."""
+    from unittest import mock
+
+    from lightning_modules.anomalydino.module import AnomalyDINOModule
+
+    cfg = authors_model(rotated_categories=["hazelnut", "screws", "candle", "my_part"]).cfg
+    module = AnomalyDINOModule(cfg)
+    trainer = mock.Mock(is_global_zero=True)
+    trainer.datamodule.categories = ["hazelnut", "my_part"]
+    with (
+        mock.patch.object(AnomalyDINOModule, "trainer", new_callable=mock.PropertyMock, return_value=trainer),
+        caplog.at_level("WARNING", logger="lightning_modules.anomalydino.module"),
+    ):
+        module.use_datamodule_categories()
+        module.use_datamodule_categories()  # the next draw or target: not again
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "method.rotated_categories names screws," in warned[0]
+
+
 def test_the_papers_numbers_stand_beside_the_authors_setting_only():
     """`zsad report --reference`: the paper measured 96.6 with the authors' code; a run of their preset gets
     it (weights by tag or Meta's file), anomalib's defaults or one switch off their value get none."""
