@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datamodules.errors import ConfigError
+from datamodules.errors import ConfigError, ZsadError
 from datamodules.fingerprint import file_sha256, relative_name
 from datamodules.images import open_image
 from datamodules.index import DatasetIndex, SampleRecord
@@ -234,14 +234,32 @@ class ReferenceImages:
     def images(self, category: str, angles: list[float] | None = None) -> torch.Tensor:
         """``[K, 3, S, S]``: the category's references, preprocessed as its test images; with ``angles``
         ``[K * len(angles), 3, S, S]``: each reference rotated by each angle before its preprocessing
-        (:func:`rotations`), reference by reference."""
+        (:func:`rotations`), reference by reference. References of several sizes (a preprocessing that
+        keeps each file's aspect) are refused here: :meth:`images_by_size` gives them to a method that
+        encodes each size apart."""
+        groups = self.images_by_size(category, angles)
+        if len(groups) > 1:
+            sizes = ", ".join("x".join(map(str, g.shape[-2:])) for g in groups)
+            raise ZsadError(
+                f"the references of category '{category}' have {len(groups)} sizes after preprocessing "
+                f"({sizes}) and this method needs one: preprocess to a fixed image size"
+            )
+        return groups[0]
+
+    def images_by_size(self, category: str, angles: list[float] | None = None) -> list[torch.Tensor]:
+        """:meth:`images` as one ``[K_i, 3, H_i, W_i]`` stack per preprocessed size (in the order of each
+        size's first reference; one stack when all have one size)."""
         images = [open_image(path) for path in self.draw.paths[category]]
         if angles is not None:
             # rotated from the image the test images' preprocessing starts from (16-bit files: its bit depth)
             images = [
                 rotated for image in images for rotated in rotations(self.transform.eight_bit(image), angles)
             ]
-        return torch.stack([self.transform.image(image) for image in images])
+        by_size: dict[tuple[int, ...], list[torch.Tensor]] = {}
+        for image in images:
+            tensor = self.transform.image(image)
+            by_size.setdefault(tuple(tensor.shape), []).append(tensor)
+        return [torch.stack(group) for group in by_size.values()]
 
 
 def rotations(image: Image.Image, angles: list[float]) -> list[Image.Image]:

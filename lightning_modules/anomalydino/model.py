@@ -78,22 +78,28 @@ class AnomalyDINO(nn.Module):
         return keep
 
     @torch.no_grad()
-    def set_references(self, category_id: int, images: torch.Tensor) -> None:
+    def set_references(self, category_id: int, images: torch.Tensor | list[torch.Tensor]) -> None:
         """The memory of category ``category_id`` from its K normal reference images ``[K, 3, S, S]`` (with
-        rotate_references: every rotation of each); their background patches leave it where the category
-        is masked and ``mask_references`` is set."""
-        features = torch.cat([self.encode(chunk) for chunk in images.split(REFERENCE_CHUNK)])
-        if self.cfg.mask_references:
-            grid = self.encoder.grid_of(tuple(images.shape[-2:]))
-            keep = self.foreground(torch.full((len(images),), int(category_id)), features, grid)
-        else:  # the authors' default: references are not masked
-            keep = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
-        if not keep.any():
+        rotate_references: every rotation of each), or a list of such stacks, one per size (references
+        that keep their files' aspect, each size encoded apart: the memory is a set of patches, so their
+        order does not matter); their background patches leave it where the category is masked and
+        ``mask_references`` is set."""
+        kept = []
+        for stack in [images] if isinstance(images, torch.Tensor) else images:
+            features = torch.cat([self.encode(chunk) for chunk in stack.split(REFERENCE_CHUNK)])
+            if self.cfg.mask_references:
+                grid = self.encoder.grid_of(tuple(stack.shape[-2:]))
+                keep = self.foreground(torch.full((len(stack),), int(category_id)), features, grid)
+            else:  # the authors' default: references are not masked
+                keep = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+            kept.append(features[keep])
+        memory = torch.cat(kept)
+        if not len(memory):
             raise ZsadError(
                 f"masking left no foreground patch in the references of category id {category_id}: leave it "
                 "out of method.masked_categories"
             )
-        self.memory[int(category_id)] = F.normalize(features[keep], p=2, dim=-1)
+        self.memory[int(category_id)] = F.normalize(memory, p=2, dim=-1)
 
     def clear_references(self) -> None:
         self.memory = {}

@@ -13,7 +13,6 @@ from lightning_modules.anomalydino.model import AnomalyDINO
 from lightning_modules.category_module import TrainingFreeModule
 from lightning_modules.eval_config import EvalConfig
 
-
 log = logging.getLogger(__name__)
 
 
@@ -68,10 +67,10 @@ class AnomalyDINOModule(TrainingFreeModule):
             rotate = cfg.rotate_references and (
                 cfg.rotated_categories is None or category in cfg.rotated_categories
             )
-            images = self.references.images(category, list(cfg.rotation_angles) if rotate else None)
-            self.set_references(category_id, images.to(self.device))
+            stacks = self.references.images_by_size(category, list(cfg.rotation_angles) if rotate else None)
+            self.set_references(category_id, [stack.to(self.device) for stack in stacks])
 
-    def set_references(self, category_id: int, images: torch.Tensor) -> None:
+    def set_references(self, category_id: int, images: torch.Tensor | list[torch.Tensor]) -> None:
         self.model.set_references(category_id, images)
 
     def clear_references(self) -> None:

@@ -128,3 +128,33 @@ def test_a_reference_rotated_by_0_degrees_is_the_reference_itself_also_for_16_bi
     plain, (rotated,) = references.images("c"), references.images("c", [0.0])
     assert plain.shape == (1, 3, 14, 21)
     torch.testing.assert_close(rotated, plain[0], rtol=0, atol=0)
+
+
+def test_references_of_several_sizes_come_as_one_stack_per_size_or_are_refused(tmp_path):
+    """A preprocessing that keeps each file's aspect gives references of several sizes: `images` (a method
+    that stacks them) refuses in one line naming the sizes, `images_by_size` gives one stack per size."""
+    import numpy as np
+    import pytest
+    import torch
+    from PIL import Image
+
+    from datamodules.errors import ZsadError
+    from datamodules.references import ReferenceDraw, ReferenceImages
+    from datamodules.transforms import ImageMaskTransform, ImagePreprocessing, TransformSpec
+
+    paths = []
+    for name, (h, w) in {"a": (16, 24), "b": (24, 16), "c": (32, 48)}.items():
+        paths.append(tmp_path / f"{name}.png")
+        Image.fromarray(np.random.default_rng(len(paths)).integers(0, 255, (h, w, 3), np.uint8)).save(
+            paths[-1]
+        )
+    preprocessing = ImagePreprocessing(resize="short_side", rgb_before_resize=True, mask_size="original")
+    transform = ImageMaskTransform(TransformSpec(14, 14, preprocessing))
+    references = ReferenceImages(ReferenceDraw(0, (0, 0), {"c": paths}, tmp_path, {"c": 0}), transform)
+    wide, tall = references.images_by_size("c")
+    assert wide.shape == (2, 3, 14, 21) and tall.shape == (1, 3, 21, 14)  # a and c share one size
+    for stack, members in ((wide, [paths[0], paths[2]]), (tall, [paths[1]])):
+        one_by_one = [transform.image(Image.open(p)) for p in members]
+        torch.testing.assert_close(stack, torch.stack(one_by_one), rtol=0, atol=0)
+    with pytest.raises(ZsadError, match=r"category 'c' have 2 sizes after preprocessing \(14x21, 21x14\)"):
+        references.images("c")

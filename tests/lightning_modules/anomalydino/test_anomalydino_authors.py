@@ -257,9 +257,9 @@ def test_the_module_hands_rotated_references_of_the_rotated_categories_only():
     calls = []
 
     class References:
-        def images(self, category, angles=None):
+        def images_by_size(self, category, angles=None):
             calls.append((category, angles))
-            return torch.randn(2 * (len(angles) if angles else 1), 3, 42, 42)
+            return [torch.randn(2 * (len(angles) if angles else 1), 3, 42, 42)]
 
     module.references = References()
     trainer = mock.Mock()
@@ -270,6 +270,18 @@ def test_the_module_hands_rotated_references_of_the_rotated_categories_only():
         module.load_references()
     assert calls == [("bottle", None), ("screw", [0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0])]
     assert module.model.memory[0].shape[0] == 2 * 9 and module.model.memory[1].shape[0] == 16 * 9
+
+
+def test_references_of_several_sizes_are_each_encoded_at_their_own_size():
+    """The authors encode each reference alone at its own aspect: references of two sizes (a category with
+    portrait and landscape files) make one memory of every reference's patches, each image's patches as
+    encoding it alone gives them."""
+    model = authors_model().eval()
+    wide, tall = torch.randn(2, 3, 42, 56), torch.randn(1, 3, 56, 42)
+    model.set_references(0, [wide, tall])
+    alone = torch.cat([model.encode(image[None])[0] for image in [*wide, *tall]])
+    torch.testing.assert_close(model.memory[0], torch.nn.functional.normalize(alone, dim=-1))
+    assert len(model.memory[0]) == 3 * model.encode(wide[:1]).shape[1]
 
 
 def test_a_category_name_of_no_dataset_is_warned_once(caplog):
