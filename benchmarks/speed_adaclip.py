@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import parity_adaclip as pa  # noqa: E402
 import parity_support as ps  # noqa: E402
 import torch  # noqa: E402
+from perf_support import alternating_fastest, speed_rounds  # noqa: E402
 
 TRAIN_BATCH = 8
 
@@ -137,17 +138,15 @@ def main() -> None:
         return
     pa.check_checkout(args.official)
     repeats = int(os.environ.get("ZSAD_SPEED_REPEATS", "4"))
-    rounds = int(os.environ.get("ZSAD_SPEED_ROUNDS", "2"))
     work = Path(tempfile.mkdtemp(prefix="zsad-speed-adaclip-"))
     root = _repeated(ps.write_parity_images(work / "mvtec"), repeats)
     pythonpath = (str(args.official.resolve()), args.official_env)
     initial = pa.initial_state(ps.load_fixture(pa.FIXTURE))
-    theirs, ours = {}, {}
-    for _ in range(rounds):  # alternating, each side's fastest round: a shared machine's load varies
-        t = ps.run_official_side(__file__, args.official, root, pa.state_dict(), work, pythonpath)
-        o = zsad_times(root, initial)
-        theirs = {k: min(float(t[k]), theirs.get(k, float("inf"))) for k in t}
-        ours = {k: min(float(o[k]), ours.get(k, float("inf"))) for k in o}
+    theirs, ours = alternating_fastest(  # the image counts are the same every round
+        lambda: ps.run_official_side(__file__, args.official, root, pa.state_dict(), work, pythonpath),
+        lambda: zsad_times(root, initial),
+        speed_rounds(),
+    )
 
     def rate(times, kind: str) -> float:
         return float(times[f"{kind}_images"]) / float(times[f"{kind}_s"])
