@@ -144,7 +144,7 @@ def test_picture_and_map_writers_leave_the_old_file_or_none_and_no_temp_on_a_ful
     import tifffile
 
     from datamodules.errors import WriteFailedError
-    from pipelines.predict import _write_tiff
+    from pipelines.prediction_writer import _write_tiff
     from pipelines.visualize import _figure, _save_figure, save_png
 
     image = np.full((4, 4, 3), 200, dtype=np.uint8)
