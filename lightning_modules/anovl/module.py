@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,11 +19,13 @@ from lightning_modules.anovl.tta import TestTimeAdaptation
 from lightning_modules.base import ZeroShotModule
 from lightning_modules.clip.prompts import PROMPT_WORDS
 from lightning_modules.eval_config import EvalConfig
+from lightning_modules.stochastic import image_keys
 
 
 def image_seed(seed: int, image_path: str, salt: int = 0) -> int:
-    """A per-image seed from the run's seed and the image's path: independent of batching and of the
-    process that evaluates the image."""
+    """A per-image seed from the run's seed and the image's path (below the dataset root, see
+    :meth:`AnoVLModule.image_seeds`): independent of batching, of the process that evaluates the image and
+    of the folder the dataset lies in."""
     return (int(seed) * 1_000_003 + zlib.crc32(f"{salt}:{image_path}".encode())) % (2**63 - 1)
 
 
@@ -50,6 +53,7 @@ class AnoVLModule(ZeroShotModule):
         self._categories: list[str] = []
         self._object_names: dict[str, str] = {}
         self._domain = "industrial"
+        self._image_root: Path | None = None  # the target's root: image seeds key paths below it
         self._texts: dict[str, CategoryText] = {}
 
     @property
@@ -64,6 +68,7 @@ class AnoVLModule(ZeroShotModule):
         self._categories = list(datamodule.categories)
         self._object_names = datamodule.full_index.prompt_names()
         self._domain = datamodule.domain
+        self._image_root = getattr(datamodule.full_index, "root", None)
         self._texts.clear()
         for tta in (self.tta, self.tiled_tta):
             if tta is not None:
@@ -90,7 +95,10 @@ class AnoVLModule(ZeroShotModule):
         return [self._categories[i] for i in batch["category_id"].tolist()]
 
     def image_seeds(self, batch: dict[str, Any], salt: int = 0) -> list[int]:
-        return [image_seed(self.seed, path, salt) for path in batch["image_path"]]
+        """Each image's seed from its path below the bound target's root (lightning_modules/stochastic.py's
+        keys), so a copy of the dataset elsewhere gives the same numbers."""
+        keys = image_keys("", list(batch["image_path"]), self._image_root)
+        return [image_seed(self.seed, relative, salt) for _, relative in keys]
 
     def batch_text(self, categories: Sequence[str]) -> BatchText:
         return BatchText.stack([self.category_text(c) for c in categories])
