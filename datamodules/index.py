@@ -74,6 +74,10 @@ class DatasetIndex:
     # Categories without pixel ground truth in a dataset that has masks for the others (BMAD's image-level
     # subsets): no pixel metrics there, and their anomalous images need no mask.
     mask_free_categories: frozenset[str] = frozenset()
+    # Categories that are rows of one object's evaluation (MVTec LOCO's logical and structural rows: the
+    # object's test set split by anomaly type, one training pool): category -> the object. Few-shot draws
+    # are seeded by the object, so the rows get the same references (datamodules/references.py).
+    draw_keys: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def category_has_masks(self, category: str) -> bool:
         return self.has_masks and category not in self.mask_free_categories
