@@ -5,7 +5,7 @@ Every parser indexes a dataset's normal training images as ``split="train"`` rec
 are the pool a few-shot evaluation draws its references from (:data:`REFERENCE_SPLIT`). A draw depends on
 the experiment seed, the draw number and the category's name only (numpy's ``SeedSequence`` of the three:
 one category's draw does not move when other categories are selected, and two draws never share a stream;
-rows of one object, MVTec LOCO's logical and structural ones, use the object's name: ``DatasetIndex.draw_keys``),
+rows of one object, MVTec LOCO's logical and structural ones, use the object's name: ``DatasetIndex.row_objects``),
 so every process of a DDP job draws the same files, and a run's recorded file lists (:meth:`ReferenceDraw.
 record`) say which images each number saw.
 
@@ -143,7 +143,7 @@ def draw_references(
             if selection == "sorted":  # the pool is sorted by path (normal_training_records)
                 order = np.arange(min(draw * shots, len(pool)), len(pool))
             else:
-                stream = category_stream(seed, draw, index.draw_keys.get(category, category))
+                stream = category_stream(seed, draw, index.row_objects.get(category, category))
                 order = stream.permutation(len(pool))
             chosen: list[Path] = []
             skipped[category] = 0

@@ -51,6 +51,7 @@ class AnoVLModule(ZeroShotModule):
         self.tta = TestTimeAdaptation(cfg.tta, cfg.pixel_temperature) if cfg.tta.enabled else None
         self.tiled_tta = TiledAdaptation(cfg.tta) if cfg.tta.enabled else None  # vis_test.py's
         self._categories: list[str] = []
+        self._folders: dict[str, str] = {}  # category -> its folder (MVTec LOCO's rows: the object's)
         self._object_names: dict[str, str] = {}
         self._domain = "industrial"
         self._image_root: Path | None = None  # the target's root: image seeds key paths below it
@@ -66,6 +67,7 @@ class AnoVLModule(ZeroShotModule):
     def bind_data(self, datamodule: Any) -> None:
         """Read what scoring needs from the datamodule; drop what belonged to a previous target."""
         self._categories = list(datamodule.categories)
+        self._folders = dict(zip(self._categories, datamodule.category_folders, strict=True))
         self._object_names = datamodule.full_index.prompt_names()
         self._domain = datamodule.domain
         self._image_root = getattr(datamodule.full_index, "root", None)
@@ -81,7 +83,8 @@ class AnoVLModule(ZeroShotModule):
     def object_word(self, category: str) -> str:
         """What names the category in its prompts (``method.prompt_words``)."""
         if self.cfg.prompt_words == "folder":
-            return AUTHORS_CLASS_MAPPING.get(category, category)
+            folder = self._folders.get(category, category)
+            return AUTHORS_CLASS_MAPPING.get(folder, folder)
         return self._object_names.get(category, category.replace("_", " "))
 
     def category_text(self, category: str) -> CategoryText:

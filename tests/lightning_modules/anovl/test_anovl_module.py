@@ -14,6 +14,7 @@ from lightning_modules.anovl.module import image_seed
 CATEGORIES = ["metal_nut", "macaroni1"]
 DATAMODULE = SimpleNamespace(
     categories=CATEGORIES,
+    category_folders=CATEGORIES,
     domain="industrial",
     full_index=SimpleNamespace(prompt_names=lambda: {"metal_nut": "metal nut", "macaroni1": "macaroni"}),
 )
@@ -58,3 +59,17 @@ def test_an_images_tta_seed_does_not_depend_on_where_the_dataset_lies(tiny_clip,
 
 def _index(root):
     return SimpleNamespace(prompt_names=DATAMODULE.full_index.prompt_names, root=root)
+
+
+def test_folder_prompts_name_a_loco_rows_object_not_the_row(tiny_clip):
+    rows = ["breakfast_box_logical", "breakfast_box_structural"]
+    built = module(tiny_clip)
+    built.bind_data(
+        SimpleNamespace(
+            categories=rows,
+            category_folders=["breakfast_box", "breakfast_box"],
+            domain="industrial",
+            full_index=SimpleNamespace(prompt_names=lambda: dict.fromkeys(rows, "breakfast box"), root=None),
+        )
+    )
+    assert [built.object_word(c) for c in rows] == ["breakfast_box", "breakfast_box"]
