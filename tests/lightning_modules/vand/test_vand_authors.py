@@ -200,3 +200,26 @@ def test_folder_prompts_name_a_loco_rows_object_not_the_row(tiny_clip):
     module.__dict__["_trainer"] = SimpleNamespace(datamodule=datamodule)
     module.use_datamodule_categories()
     assert calls == [["breakfast_box", "breakfast_box"]]
+
+
+def test_folder_prompts_of_two_sources_sharing_a_category_name_the_folder(
+    tiny_clip, synthetic_pair, shared_category_source
+):
+    """Training on two sources that share a category id ("disc"): the combined ids are qualified
+    ("synthetic@industrial:disc") to keep them apart, but the prompts name the folder, "disc"."""
+    from datamodules.config import DataConfig
+    from datamodules.datamodule import AnomalyDataModule
+    from datamodules.multi_source import MultiSourceDataModule
+
+    parts = [
+        AnomalyDataModule(DataConfig(name="synthetic", root=str(root), num_workers=0), image_size=32)
+        for root in (synthetic_pair[0], shared_category_source)
+    ]
+    combined = MultiSourceDataModule(parts)
+    assert "synthetic@industrial:disc" in combined.categories
+    calls = []
+    module = VANDModule(VANDConfig(backbone=tiny_backbone(), feature_layers=[3]), model=_vand(tiny_clip, 32))
+    module.model.set_classes = calls.append
+    module.__dict__["_trainer"] = SimpleNamespace(datamodule=combined)
+    module.use_datamodule_categories()
+    assert calls == [["disc", "weave", "disc", "grain"]]
