@@ -149,9 +149,11 @@ class AnomalyDataModule(L.LightningDataModule):
 
     @property
     def category_folders(self) -> list[str]:
-        """Each category's id as its dataset names it (a multi-source training set qualifies ids that two
-        sources share in ``categories``; methods that put the folder name into prompts read this)."""
-        return self.categories
+        """Each category's folder as its dataset names it (a multi-source training set qualifies ids that two
+        sources share in ``categories``; MVTec LOCO's rows are their object's folder): what methods that put
+        the folder name into prompts read."""
+        rows = self.full_index.row_objects
+        return [rows.get(category, category) for category in self.categories]
 
     @property
     def category_datasets(self) -> list[str]:

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from datamodules.images import region_files
 from datamodules.index import DatasetIndex
 
 FINGERPRINT_FORMAT = 1
@@ -64,9 +65,17 @@ def _entry(path: Path, hash_content: bool) -> FileEntry:
 
 
 def index_files(index: DatasetIndex) -> tuple[list[Path], list[Path]]:
-    """The image and mask files of an index, each once, in index order."""
+    """The image and mask files of an index, each once, in index order; a mask that is a folder of region
+    PNGs (MVTec LOCO, AutoVI) counts by its region files."""
     images = list(dict.fromkeys(record.image_path for record in index.records))
-    masks = list(dict.fromkeys(r.mask_path for r in index.records if r.mask_path is not None))
+    masks = list(
+        dict.fromkeys(
+            file
+            for r in index.records
+            if r.mask_path is not None
+            for file in (region_files(r.mask_path) if r.mask_path.is_dir() else [r.mask_path])
+        )
+    )
     return images, masks
 
 

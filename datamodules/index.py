@@ -74,6 +74,11 @@ class DatasetIndex:
     # Categories without pixel ground truth in a dataset that has masks for the others (BMAD's image-level
     # subsets): no pixel metrics there, and their anomalous images need no mask.
     mask_free_categories: frozenset[str] = frozenset()
+    # Categories that are rows of one object (MVTec LOCO's logical and structural rows: the object's test set
+    # split by anomaly type, one training pool, one folder): category -> the object's folder. Few-shot draws
+    # are seeded by it, so the rows get the same references (datamodules/references.py), and it is the
+    # category's folder name in prompts (AnomalyDataModule.category_folders).
+    row_objects: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def category_has_masks(self, category: str) -> bool:
         return self.has_masks and category not in self.mask_free_categories

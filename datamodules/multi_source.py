@@ -188,7 +188,7 @@ class MultiSourceDataModule(L.LightningDataModule):
 
     @property
     def category_folders(self) -> list[str]:
-        return [c for p in self.parts for c in p.categories]
+        return [c for p in self.parts for c in p.category_folders]
 
     @property
     def category_datasets(self) -> list[str]:

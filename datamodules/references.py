@@ -4,7 +4,8 @@ Every parser indexes a dataset's normal training images as ``split="train"`` rec
 (MVTec AD's ``train/good``, VisA's ``train`` rows of ``split_csv/1cls.csv``, BTAD's ``train/ok``, ...); those
 are the pool a few-shot evaluation draws its references from (:data:`REFERENCE_SPLIT`). A draw depends on
 the experiment seed, the draw number and the category's name only (numpy's ``SeedSequence`` of the three:
-one category's draw does not move when other categories are selected, and two draws never share a stream),
+one category's draw does not move when other categories are selected, and two draws never share a stream;
+rows of one object, MVTec LOCO's logical and structural ones, use the object's name: ``DatasetIndex.row_objects``),
 so every process of a DDP job draws the same files, and a run's recorded file lists (:meth:`ReferenceDraw.
 record`) say which images each number saw.
 
@@ -142,7 +143,8 @@ def draw_references(
             if selection == "sorted":  # the pool is sorted by path (normal_training_records)
                 order = np.arange(min(draw * shots, len(pool)), len(pool))
             else:
-                order = category_stream(seed, draw, category).permutation(len(pool))
+                stream = category_stream(seed, draw, index.row_objects.get(category, category))
+                order = stream.permutation(len(pool))
             chosen: list[Path] = []
             skipped[category] = 0
             for position in order.tolist():

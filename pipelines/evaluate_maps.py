@@ -389,8 +389,10 @@ def run(args: argparse.Namespace) -> int:
             amap_t = torch.from_numpy(amap)
             if image_scores is None:
                 score = amap_t.max().reshape(1)
-            elif item.relative in image_scores:
-                score = torch.tensor([image_scores[item.relative]], dtype=torch.float32)
+            elif (category, item.relative) in image_scores:  # the row's own score (an image in two rows)
+                score = torch.tensor([image_scores[category, item.relative]], dtype=torch.float32)
+            elif (None, item.relative) in image_scores:
+                score = torch.tensor([image_scores[None, item.relative]], dtype=torch.float32)
             else:
                 raise MapsError(f"--image-scores {args.image_scores} has no score for {item.relative}")
             evaluator.update(

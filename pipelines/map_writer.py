@@ -2,7 +2,10 @@
 
 For each target, ``RUN/maps/{target}/`` receives one anomaly map per test image at the path of the image
 below the dataset root (``{cls}/test/{defect}/{stem}.npy`` for MVTec AD layouts), ``image_scores.csv``
-with the method's own image score of every image, ``dataset.json``: which dataset, root, parser options,
+with the method's own image score of every image in every category that holds it (MVTec LOCO's good test
+images have a row in the logical and in the structural row of their object, each with that row's score;
+their map file is one: a method whose map of an image depends on the row, e.g. MuSc's mutual scoring over
+the row's images, leaves the last row's), ``dataset.json``: which dataset, root, parser options,
 split and data fingerprint the maps belong to (``zsad evaluate-maps`` takes its defaults from it), and last
 ``checksums.sha256``: the SHA-256 of every file above, in ``sha256sum`` format (``sha256sum -c
 checksums.sha256`` in the folder checks them too). ``zsad evaluate-maps`` checks each file it reads
@@ -51,7 +54,9 @@ class MapWriter(Callback):
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = Path(out_dir)
-        self.rows: dict[str, tuple[str, int, Any]] = {}  # image -> (category, label, score or score parts)
+        # (image, category) -> (category, label, score or score parts): an image that two categories hold
+        # (MVTec LOCO's good images, in its logical and structural rows) has a row in each
+        self.rows: dict[tuple[str, str], tuple[str, int, Any]] = {}
         self.checksums: dict[str, str] = {}  # map file below out_dir -> SHA-256 of what was written
 
     def on_test_epoch_start(self, trainer: L.Trainer, module: Any) -> None:
@@ -82,7 +87,7 @@ class MapWriter(Callback):
         for i, (path, category_id) in enumerate(zip(batch["image_path"], category_ids, strict=True)):
             category = datamodule.categories[category_id]
             name = map_name(Path(path), root, category)
-            self.rows[name] = (category, int(batch["label"][i]), scores[i])
+            self.rows[(name, category)] = (category, int(batch["label"][i]), scores[i])
             if maps is not None:
                 self.checksums[f"{name}.npy"] = save_atomically(self.out_dir / f"{name}.npy", maps[i])
                 if has_mask[i]:  # binarised as the evaluator does (> 0), at the map's size
@@ -103,8 +108,8 @@ class MapWriter(Callback):
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(IMAGE_SCORES_COLUMNS)
-        for image in sorted(rows):
-            category, label, score = rows[image]
+        for image, category in sorted(rows):
+            _, label, score = rows[image, category]
             writer.writerow([image, category, label, repr(score)])
         self.out_dir.mkdir(parents=True, exist_ok=True)
         checksums[IMAGE_SCORES_FILE] = write_text_file(self.out_dir / IMAGE_SCORES_FILE, text.getvalue())
@@ -124,7 +129,9 @@ class MapWriter(Callback):
         write_checksums(self.out_dir, checksums)
 
 
-def _combined(rows: dict[str, tuple[str, int, Any]], rule: Any) -> dict[str, tuple[str, int, float]]:
+def _combined(
+    rows: dict[tuple[str, str], tuple[str, int, Any]], rule: Any
+) -> dict[tuple[str, str], tuple[str, int, float]]:
     """The rows with each image's score; under an image-score rule from the parts of its category's images."""
     if rule is None:
         return {image: (category, label, float(score)) for image, (category, label, score) in rows.items()}
@@ -215,16 +222,24 @@ def save_mask(file: Path, mask: np.ndarray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_image_scores(path: Path) -> dict[str, float]:
-    """``image_scores.csv`` as {image path below the dataset root, without suffix: score}, checked
-    against the ``checksums.sha256`` beside it when that lists it."""
+def read_image_scores(path: Path) -> dict[tuple[str | None, str], float]:
+    """``image_scores.csv`` as {(category, image path below the dataset root, without suffix): score}, and
+    {(None, image): score} for a lookup without the category (a file without a category column, or one that
+    names other categories), checked against the ``checksums.sha256`` beside it when that lists it. An image
+    that two categories hold (MVTec LOCO's good images) has a score per category."""
     path = Path(path)
     text = checked_bytes(path, path.parent, read_checksums(path.parent)).decode("utf-8")
     with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or not {"image", "score"} <= set(reader.fieldnames):
             raise ValueError(f"{path} needs the columns 'image' and 'score' (has {reader.fieldnames})")
-        return {row["image"]: float(row["score"]) for row in reader}
+        scores: dict[tuple[str | None, str], float] = {}
+        for row in reader:
+            score = float(row["score"])
+            scores[(None, row["image"])] = score
+            if row.get("category"):
+                scores[(row["category"], row["image"])] = score
+        return scores
 
 
 def read_dataset_record(maps_dir: Path) -> dict[str, Any] | None:

@@ -16,7 +16,9 @@ the sPRO metric each region with its saturation rule.
 Rows (option ``rows``): ``by_type`` (default) makes two categories per object, ``{cls}_logical`` and
 ``{cls}_structural``, each with all of the object's good test images, as MVTec's LOCO evaluation scores the
 two anomaly types (``get_auc_spros_per_subdir(..., add_good_images=True)``, and the image AUROC per type);
-``object`` makes one category per object with both types (``defect_type`` keeps the type).
+``object`` makes one category per object with both types (``defect_type`` keeps the type). The two rows
+of an object share its few-shot references (drawn as for ``object``) and its folder name in prompts
+(``category_folders``): one object, split by type.
 """
 
 from __future__ import annotations
@@ -88,8 +90,18 @@ def parse_mvtec_loco(root: Path, rows: str = "by_type") -> DatasetIndex:
                 records += make_records(pairs, row, name, 1, folder, "test")
             if object_rules is not None:
                 rules[row] = object_rules
+    # the two rows of an object are one folder: the same few-shot references, the object's name in prompts
+    row_objects = (
+        {f"{o}_{t}": o for o in present for t in ANOMALY_TYPES.values()} if rows == "by_type" else {}
+    )
     index = DatasetIndex(
-        dataset="mvtec_loco", root=root, records=records, has_masks=True, version=rows, region_rules=rules
+        dataset="mvtec_loco",
+        root=root,
+        records=records,
+        has_masks=True,
+        version=rows,
+        region_rules=rules,
+        row_objects=row_objects,
     )
     return findings.finish(index)
 

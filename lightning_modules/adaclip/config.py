@@ -53,8 +53,9 @@ class AdaCLIPConfig:
     prompt_ensemble: str = "adaclip"  # 7 normal / 5 anomalous states x 4 templates, averaged
     # Object word: "authors", the cls_name of their dataset classes (the category folders of MVTec AD, VisA,
     # MPDD, BTAD, DTD, DAGM; "brain_mri" for BrainMRI; the dataset's id for the single-category sets; zsad's
-    # category id where they have no class); "folder": zsad's category id; "object_word": the dataset's
-    # readable prompt name ("metal nut", "colon").
+    # category folder where they have no class); "folder": zsad's category folder (the category id, MVTec
+    # LOCO's rows their object's: datamodule.category_folders); "object_word": the dataset's readable prompt
+    # name ("metal nut", "colon").
     prompt_words: str = "authors"
     temperature: float = 0.01  # their 100 * cos for image scores and maps
     focal_gamma: float = 2.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,11 +19,13 @@ from lightning_modules.anovl.tta import TestTimeAdaptation
 from lightning_modules.base import ZeroShotModule
 from lightning_modules.clip.prompts import PROMPT_WORDS
 from lightning_modules.eval_config import EvalConfig
+from lightning_modules.stochastic import image_keys
 
 
 def image_seed(seed: int, image_path: str, salt: int = 0) -> int:
-    """A per-image seed from the run's seed and the image's path: independent of batching and of the
-    process that evaluates the image."""
+    """A per-image seed from the run's seed and the image's path (below the dataset root, see
+    :meth:`AnoVLModule.image_seeds`): independent of batching, of the process that evaluates the image and
+    of the folder the dataset lies in."""
     return (int(seed) * 1_000_003 + zlib.crc32(f"{salt}:{image_path}".encode())) % (2**63 - 1)
 
 
@@ -48,8 +51,10 @@ class AnoVLModule(ZeroShotModule):
         self.tta = TestTimeAdaptation(cfg.tta, cfg.pixel_temperature) if cfg.tta.enabled else None
         self.tiled_tta = TiledAdaptation(cfg.tta) if cfg.tta.enabled else None  # vis_test.py's
         self._categories: list[str] = []
+        self._folders: dict[str, str] = {}  # category -> its folder (MVTec LOCO's rows: the object's)
         self._object_names: dict[str, str] = {}
         self._domain = "industrial"
+        self._image_root: Path | None = None  # the target's root: image seeds key paths below it
         self._texts: dict[str, CategoryText] = {}
 
     @property
@@ -62,8 +67,10 @@ class AnoVLModule(ZeroShotModule):
     def bind_data(self, datamodule: Any) -> None:
         """Read what scoring needs from the datamodule; drop what belonged to a previous target."""
         self._categories = list(datamodule.categories)
+        self._folders = dict(zip(self._categories, datamodule.category_folders, strict=True))
         self._object_names = datamodule.full_index.prompt_names()
         self._domain = datamodule.domain
+        self._image_root = getattr(datamodule.full_index, "root", None)
         self._texts.clear()
         for tta in (self.tta, self.tiled_tta):
             if tta is not None:
@@ -76,7 +83,8 @@ class AnoVLModule(ZeroShotModule):
     def object_word(self, category: str) -> str:
         """What names the category in its prompts (``method.prompt_words``)."""
         if self.cfg.prompt_words == "folder":
-            return AUTHORS_CLASS_MAPPING.get(category, category)
+            folder = self._folders.get(category, category)
+            return AUTHORS_CLASS_MAPPING.get(folder, folder)
         return self._object_names.get(category, category.replace("_", " "))
 
     def category_text(self, category: str) -> CategoryText:
@@ -90,7 +98,10 @@ class AnoVLModule(ZeroShotModule):
         return [self._categories[i] for i in batch["category_id"].tolist()]
 
     def image_seeds(self, batch: dict[str, Any], salt: int = 0) -> list[int]:
-        return [image_seed(self.seed, path, salt) for path in batch["image_path"]]
+        """Each image's seed from its path below the bound target's root (lightning_modules/stochastic.py's
+        keys), so a copy of the dataset elsewhere gives the same numbers."""
+        keys = image_keys("", list(batch["image_path"]), self._image_root)
+        return [image_seed(self.seed, relative, salt) for _, relative in keys]
 
     def batch_text(self, categories: Sequence[str]) -> BatchText:
         return BatchText.stack([self.category_text(c) for c in categories])

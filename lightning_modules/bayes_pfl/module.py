@@ -153,7 +153,7 @@ class BayesPFLModule(ZeroShotModule):
         return 2 if start is not None and epoch >= start else 1
 
     def words(self, category_ids: torch.Tensor) -> list[str]:
-        categories = self.trainer.datamodule.categories
+        categories = self.trainer.datamodule.category_folders  # MVTec LOCO's rows: their object's folder
         mapping = self.cfg.category_words
         return [mapping.get(categories[int(i)], categories[int(i)]) for i in category_ids]
 

@@ -36,7 +36,7 @@ class VANDModule(CategoryTextModule):
         """Texts from the folder names ("metal_nut", the authors' cls_name) or the datasets' object words."""
         datamodule = self.trainer.datamodule
         if self.cfg.prompt_words == "folder":
-            self.model.set_classes(list(datamodule.categories))
+            self.model.set_classes(list(datamodule.category_folders))
         else:
             self.model.set_classes(category_words(datamodule))
 

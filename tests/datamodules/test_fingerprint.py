@@ -56,3 +56,22 @@ def test_images_of_a_large_set_are_compared_by_size_and_time_its_masks_by_conten
         os.utime(root / name, ns=(1, 1))  # touched: same size and content
     assert changes(before, _fingerprint(root, content_limit=limit))["changed"] == [image]
     assert _fingerprint(root, content_limit=0)["content"] == "every file by size and time"
+
+
+def test_a_mask_folder_is_fingerprinted_by_its_region_files(fake_mvtec_loco):
+    """MVTec LOCO's and AutoVI's masks are folders of region PNGs: the fingerprint (results.json's
+    data_fingerprint of every target, the saved maps' dataset.json, a training source's checkpoint record)
+    lists and hashes each region file, so it can be computed at all and a changed region is a change."""
+    index = build_index("mvtec_loco", fake_mvtec_loco).select(split="test")
+    before = index_fingerprint(index)
+    region = "breakfast_box/ground_truth/logical_anomalies/000/001.png"
+    regions = sorted(
+        p.relative_to(fake_mvtec_loco).as_posix() for p in fake_mvtec_loco.rglob("ground_truth/*/*/*.png")
+    )
+    assert set(regions) <= set(before["files"]) and len(regions) == 10
+    assert before["content"] == "sha256 of every file"
+    assert before["files"][region][2] == file_sha256(fake_mvtec_loco / region)
+    shutil.copyfile(
+        fake_mvtec_loco / "breakfast_box/ground_truth/logical_anomalies/000/000.png", fake_mvtec_loco / region
+    )
+    assert changes(before, index_fingerprint(index))["changed"] == [region]

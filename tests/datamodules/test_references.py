@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import write_image
 
 from datamodules.errors import ConfigError
 from datamodules.index import build_index
@@ -158,3 +159,21 @@ def test_references_of_several_sizes_come_as_one_stack_per_size_or_are_refused(t
         torch.testing.assert_close(stack, torch.stack(one_by_one), rtol=0, atol=0)
     with pytest.raises(ZsadError, match=r"category 'c' have 2 sizes after preprocessing \(14x21, 21x14\)"):
         references.images("c")
+
+
+def test_the_two_rows_of_a_loco_object_share_its_reference_draws(fake_mvtec_loco):
+    """MVTec LOCO's logical and structural rows are one object's test set split by anomaly type (MVTec's
+    evaluation scores the same maps of the good images in both), so a few-shot evaluation must give both
+    rows the object's references: the draws of the rows=object version, not one draw per row."""
+    for obj in ("breakfast_box", "pushpins"):
+        for i in range(1, 8):
+            write_image(fake_mvtec_loco / obj / "train" / "good" / f"{i:03d}.png", seed=100 + i)
+    by_type = build_index("mvtec_loco", fake_mvtec_loco)
+    objects = build_index("mvtec_loco", fake_mvtec_loco, rows="object")
+    rows = draw_references(by_type, by_type.select(split="test"), by_type.categories(), 2, 7, 4, "loco")
+    whole = draw_references(objects, objects.select(split="test"), objects.categories(), 2, 7, 4, "loco")
+    assert len({tuple(d.files()["pushpins"]) for d in whole}) > 1  # the draws differ from one another
+    for row_draw, object_draw in zip(rows, whole, strict=True):
+        for obj in ("breakfast_box", "pushpins"):
+            files = object_draw.files()[obj]
+            assert row_draw.files()[f"{obj}_logical"] == files == row_draw.files()[f"{obj}_structural"]

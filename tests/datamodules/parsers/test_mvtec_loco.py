@@ -88,3 +88,19 @@ def test_a_region_value_missing_from_the_config_is_named(fake_mvtec_loco: Path, 
     empty.mkdir()
     with pytest.raises(CorruptImageError, match="holds no PNG"):
         load_mask(empty)
+
+
+def test_the_rows_folder_is_their_objects(fake_mvtec_loco: Path) -> None:
+    """The prompts' "folder" word (the authors' cls_name: VAND, AnoVL, AdaCLIP, Bayes-PFL) of a row is its
+    object's folder: "breakfast_box_logical" would name the anomaly type in the text prompts, and differently
+    in the two rows that share the good images."""
+    from datamodules.config import DataConfig
+    from datamodules.datamodule import AnomalyDataModule
+
+    rows = AnomalyDataModule(DataConfig(name="mvtec_loco", root=str(fake_mvtec_loco)), image_size=32)
+    assert rows.categories == [
+        f"{o}_{t}" for o in ("breakfast_box", "pushpins") for t in ("logical", "structural")
+    ]
+    assert rows.category_folders == ["breakfast_box", "breakfast_box", "pushpins", "pushpins"]
+    objects = DataConfig(name="mvtec_loco", root=str(fake_mvtec_loco), options={"rows": "object"})
+    assert AnomalyDataModule(objects, image_size=32).category_folders == ["breakfast_box", "pushpins"]

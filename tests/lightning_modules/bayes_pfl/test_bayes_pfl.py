@@ -199,3 +199,17 @@ def test_a_training_stopped_in_stage_two_resumes_bit_identically(tmp_path, synth
     assert ours["state_dict"].keys() == expected["state_dict"].keys()
     different = [k for k, v in expected["state_dict"].items() if not torch.equal(ours["state_dict"][k], v)]
     assert not different, f"resumed weights differ from the uninterrupted run's: {different}"
+
+
+def test_a_loco_rows_prompt_word_is_its_object_folder_not_the_row(tiny_clip):
+    """Bayes-PFL's words are the category folder (their class name) unless category_words maps it: MVTec
+    LOCO's rows are one folder, so "_logical"/"_structural" never enter the prompts."""
+    from types import SimpleNamespace
+
+    module = _module(tiny_clip)
+    datamodule = SimpleNamespace(
+        categories=["breakfast_box_logical", "breakfast_box_structural"],
+        category_folders=["breakfast_box", "breakfast_box"],
+    )
+    module.__dict__["_trainer"] = SimpleNamespace(datamodule=datamodule)
+    assert module.words(torch.tensor([0, 1])) == ["breakfast_box", "breakfast_box"]

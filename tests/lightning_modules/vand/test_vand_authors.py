@@ -103,6 +103,7 @@ def test_prompts_use_folder_names_by_default(tiny_clip):
     module.model.set_classes = calls.append
     datamodule = SimpleNamespace(
         categories=["metal_nut", "pipe_fryum"],
+        category_folders=["metal_nut", "pipe_fryum"],
         full_index=SimpleNamespace(
             prompt_names=lambda: {"metal_nut": "metal nut", "pipe_fryum": "pipe fryum"}
         ),
@@ -179,3 +180,46 @@ def test_authors_mosaic_draws_a_folder_then_a_file():
         assert set(tiles) == set(range(10))
     assert shares["authors"] == pytest.approx(0.5, abs=0.05)
     assert shares["resized_tiles"] == pytest.approx(0.2, abs=0.05)
+
+
+def test_folder_prompts_name_a_loco_rows_object_not_the_row(tiny_clip):
+    """MVTec LOCO's rows "breakfast_box_logical"/"_structural" are one folder, "breakfast_box": the row id in
+    the prompt would name the anomaly type (datamodule.category_folders)."""
+    calls = []
+    module = VANDModule(VANDConfig(backbone=tiny_backbone(), feature_layers=[3]), model=_vand(tiny_clip, 32))
+    module.model.set_classes = calls.append
+    datamodule = SimpleNamespace(
+        categories=["breakfast_box_logical", "breakfast_box_structural"],
+        category_folders=["breakfast_box", "breakfast_box"],
+        full_index=SimpleNamespace(
+            prompt_names=lambda: dict.fromkeys(
+                ["breakfast_box_logical", "breakfast_box_structural"], "breakfast box"
+            )
+        ),
+    )
+    module.__dict__["_trainer"] = SimpleNamespace(datamodule=datamodule)
+    module.use_datamodule_categories()
+    assert calls == [["breakfast_box", "breakfast_box"]]
+
+
+def test_folder_prompts_of_two_sources_sharing_a_category_name_the_folder(
+    tiny_clip, synthetic_pair, shared_category_source
+):
+    """Training on two sources that share a category id ("disc"): the combined ids are qualified
+    ("synthetic@industrial:disc") to keep them apart, but the prompts name the folder, "disc"."""
+    from datamodules.config import DataConfig
+    from datamodules.datamodule import AnomalyDataModule
+    from datamodules.multi_source import MultiSourceDataModule
+
+    parts = [
+        AnomalyDataModule(DataConfig(name="synthetic", root=str(root), num_workers=0), image_size=32)
+        for root in (synthetic_pair[0], shared_category_source)
+    ]
+    combined = MultiSourceDataModule(parts)
+    assert "synthetic@industrial:disc" in combined.categories
+    calls = []
+    module = VANDModule(VANDConfig(backbone=tiny_backbone(), feature_layers=[3]), model=_vand(tiny_clip, 32))
+    module.model.set_classes = calls.append
+    module.__dict__["_trainer"] = SimpleNamespace(datamodule=combined)
+    module.use_datamodule_categories()
+    assert calls == [["disc", "weave", "disc", "grain"]]

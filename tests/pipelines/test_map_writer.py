@@ -1,0 +1,90 @@
+"""``eval.save_maps`` (pipelines/map_writer.py) on a dataset whose rows share images: MVTec LOCO's logical and
+structural rows both hold the object's good test images, and image_scores.csv (what ``zsad report
+--bootstrap`` resamples per category and ``zsad evaluate-maps --image-scores`` reads) must list them in
+both rows, with the scores each row's evaluation gave them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from datamodules.config import DataConfig
+from datamodules.datamodule import AnomalyDataModule
+from lightning_modules.base import ZeroShotModule
+from lightning_modules.metrics.category_scores import CategoryScoreRule
+from pipelines.cli import main
+from pipelines.map_writer import IMAGE_SCORES_FILE, MapWriter
+from tests.datamodules.conftest import LOCO_DEFECTS, write_image, write_region
+from tests_support import quiet_trainer
+
+OBJECTS = ("breakfast_box", "pushpins")
+TYPES = {"logical": "logical_anomalies", "structural": "structural_anomalies"}
+
+
+def _loco(root: Path) -> Path:
+    for obj in OBJECTS:
+        cat = root / obj
+        write_image(cat / "train" / "good" / "000.png")
+        for i in range(3):
+            write_image(cat / "test" / "good" / f"{i:03d}.png", seed=10 + i)
+            for folder in TYPES.values():
+                write_image(cat / "test" / folder / f"{i:03d}.png", seed=20 + i)
+                write_region(
+                    cat / "ground_truth" / folder / f"{i:03d}" / "000.png", slice(2, 8), slice(2, 10), 255
+                )
+        (cat / "defects_config.json").write_text(json.dumps(LOCO_DEFECTS))
+    return root
+
+
+def _part(path: str) -> float:
+    """A fixed number per image (its path below the objects), the same in both rows."""
+    return 1.0 + (zlib.crc32("/".join(Path(path).with_suffix("").parts[-4:]).encode()) % 997) / 997.0
+
+
+# a score that depends on the whole category: each image's part over the category's largest
+RULE = CategoryScoreRule("over_max", 1, lambda p: p[:, 0] / p[:, 0].max(), lambda p: p[:, 0])
+
+
+class _PerImage(ZeroShotModule):
+    rule: CategoryScoreRule | None = None
+
+    def image_score_rule(self):
+        return self.rule
+
+    def predict_batch(self, batch):
+        parts = torch.tensor([[_part(p)] for p in batch["image_path"]])
+        scores = parts if self.rule is not None else parts[:, 0]
+        return scores, batch["mask"] * 0 + parts[:, :1, None]
+
+
+@pytest.mark.parametrize("rule", [None, RULE], ids=["per_image", "category_rule"])
+def test_images_two_rows_share_are_listed_in_both_with_each_rows_score(tmp_path, rule):
+    root = _loco(tmp_path / "loco")
+    module = _PerImage()
+    module.rule = rule
+    out = tmp_path / "maps"
+    cfg = DataConfig(name="mvtec_loco", root=str(root), num_workers=0, eval_batch_size=4)
+    quiet_trainer(callbacks=[MapWriter(out)]).test(module, datamodule=AnomalyDataModule(cfg, image_size=32))
+    rows = list(csv.DictReader((out / IMAGE_SCORES_FILE).open()))
+    for obj in OBJECTS:
+        for kind, folder in TYPES.items():
+            images = [f"{obj}/test/{sub}/{i:03d}" for sub in ("good", folder) for i in range(3)]
+            parts = {image: _part(image) for image in images}
+            top = max(parts.values())
+            expected = {image: (p / top if rule is not None else p) for image, p in parts.items()}
+            listed = {r["image"]: float(r["score"]) for r in rows if r["category"] == f"{obj}_{kind}"}
+            assert listed.keys() == expected.keys()
+            for image, score in expected.items():
+                assert listed[image] == pytest.approx(score, abs=1e-6)
+    # scoring the saved maps again with their image scores reproduces every row's image metrics
+    assert main(["evaluate-maps", "--maps", str(out), "--image-scores", str(out / IMAGE_SCORES_FILE),
+                 "--output", str(tmp_path / "again.json")]) == 0  # fmt: skip
+    again = json.loads((tmp_path / "again.json").read_text())["per_category"]
+    for category, metrics in module.test_results.per_category.items():
+        for metric in ("image_auroc", "image_ap"):
+            assert again[category][metric] == pytest.approx(metrics[metric], abs=1e-9)
