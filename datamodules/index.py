@@ -87,6 +87,14 @@ class DatasetIndex:
         """Category ids in first-seen order (parsers emit them sorted)."""
         return list(dict.fromkeys(r.category for r in self.records))
 
+    def shared_images(self) -> set[Path]:
+        """The image files that more than one category holds (MVTec LOCO's good test images, in the logical
+        and the structural row of their object): what is saved per image is saved per row for them."""
+        held: dict[Path, set[str]] = {}
+        for record in self.records:
+            held.setdefault(record.image_path, set()).add(record.category)
+        return {path for path, categories in held.items() if len(categories) > 1}
+
     def select(self, split: str | None = None, categories: Sequence[str] | None = None) -> DatasetIndex:
         """A sub-index; unknown categories are an error that lists the known ones."""
         records = self.records

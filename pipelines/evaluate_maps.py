@@ -4,7 +4,9 @@ Like the MVTec AD evaluation script, but with this project's exact metric suite:
 test image (``.npy`` or ``.tiff``) at the image's path below the dataset root without its suffix, e.g.
 ``MAPS/{cls}/test/{defect}/{stem}.npy`` (what ``eval.save_maps`` writes). ``--dataset mvtec_layout``
 (default) reads any folder in MVTec AD's layout on its own, ``mvtec`` the same for MVTec AD itself (its
-classes, as ``zsad data check mvtec``); any other registered dataset is read by its parser.
+classes, as ``zsad data check mvtec``); any other registered dataset is read by its parser. An image that
+several categories hold (MVTec LOCO's good images, in both rows of their object) is looked up as
+``{stem}@{category}`` first (``eval.save_maps`` saves one map per row), then as ``{stem}``.
 The image score of each image is the maximum of its map (as in the MVTec AD script), or the method's own
 score from ``--image-scores`` (the ``image_scores.csv`` that ``eval.save_maps`` writes beside the maps).
 Maps written by ``eval.save_maps`` come with ``dataset.json``, from which the dataset, root, parser options
@@ -67,6 +69,13 @@ class TestImage:
         None  # multi-view datasets (Real-IAD): the physical sample, for the sample-level metrics
     )
 
+    @property
+    def names(self) -> list[str]:
+        """The names its map and score may have, own first: an image several categories hold is saved per
+        category (``{stem}@{category}``, map_writer.map_name); maps of another tool name it once."""
+        plain = self.relative.removesuffix(f"@{self.category}")
+        return [self.relative] if plain == self.relative else [self.relative, plain]
+
 
 # --------------------------------------------------------------------------------------------------------
 # Ground truth (MVTec AD layout), kept self-contained on purpose
@@ -120,8 +129,9 @@ def indexed_test_images(
     if not index.records:
         raise DatasetLayoutError(f"dataset '{dataset}' at {root} has no '{split}' images")
     items: dict[str, list[TestImage]] = {}
+    shared = index.shared_images()
     for record in index.records:
-        relative = map_name(record.image_path, index.root, record.category)
+        relative = map_name(record.image_path, index.root, record.category, record.image_path in shared)
         image = TestImage(
             record.category, relative, record.image_path, record.mask_path, record.label, record.group
         )
@@ -161,8 +171,8 @@ def _has_maps(maps_root: Path, category: str, items: list[TestImage]) -> bool:
 
 
 def map_candidates(maps_root: Path, item: TestImage) -> list[Path]:
-    base = maps_root / item.relative
-    return [base.with_name(base.name + suffix) for suffix in MAP_SUFFIXES]
+    bases = [maps_root / name for name in item.names]
+    return [base.with_name(base.name + suffix) for base in bases for suffix in MAP_SUFFIXES]
 
 
 def find_map(maps_root: Path, item: TestImage) -> Path:
@@ -387,12 +397,13 @@ def run(args: argparse.Namespace) -> int:
                 resized[key] = resized.get(key, 0) + 1
                 amap = resize_map(amap, mask.shape)
             amap_t = torch.from_numpy(amap)
+            # the row's own score first (an image in two rows), then one listed without its category
+            keys = [(row, name) for row in (category, None) for name in item.names]
             if image_scores is None:
                 score = amap_t.max().reshape(1)
-            elif (category, item.relative) in image_scores:  # the row's own score (an image in two rows)
-                score = torch.tensor([image_scores[category, item.relative]], dtype=torch.float32)
-            elif (None, item.relative) in image_scores:
-                score = torch.tensor([image_scores[None, item.relative]], dtype=torch.float32)
+            elif any(key in image_scores for key in keys):
+                found = next(image_scores[key] for key in keys if key in image_scores)
+                score = torch.tensor([found], dtype=torch.float32)
             else:
                 raise MapsError(f"--image-scores {args.image_scores} has no score for {item.relative}")
             evaluator.update(

@@ -2,15 +2,15 @@
 
 For each target, ``RUN/maps/{target}/`` receives one anomaly map per test image at the path of the image
 below the dataset root (``{cls}/test/{defect}/{stem}.npy`` for MVTec AD layouts), ``image_scores.csv``
-with the method's own image score of every image in every category that holds it (MVTec LOCO's good test
-images have a row in the logical and in the structural row of their object, each with that row's score;
-their map file is one: a method whose map of an image depends on the row, e.g. MuSc's mutual scoring over
-the row's images, leaves the last row's), ``dataset.json``: which dataset, root, parser options,
+with the method's own image score of every image in every category that holds it, ``dataset.json``: which dataset, root, parser options,
 split and data fingerprint the maps belong to (``zsad evaluate-maps`` takes its defaults from it), and last
 ``checksums.sha256``: the SHA-256 of every file above, in ``sha256sum`` format (``sha256sum -c
 checksums.sha256`` in the folder checks them too). ``zsad evaluate-maps`` checks each file it reads
 against it and refuses one that changed since. Scoring them again reproduces the run's metrics; at the
 ground truth's full resolution it gives the numbers the MVTec AD evaluation script would.
+An image that several categories hold (MVTec LOCO's good test images, in the logical and the structural row
+of their object) has its map, mask and score row once per category, ``{stem}@{category}.npy``: its map
+may depend on the row (MuSc's mutual scoring over the row's images, a per-category normalisation).
 Beside each map of an image with pixel ground truth lies the mask it was scored against, at the map's size
 (``{stem}.mask.png``, 0/255): maps and masks together are exactly the run's pixel inputs, what
 ``zsad report --bootstrap`` resamples.
@@ -58,9 +58,11 @@ class MapWriter(Callback):
         # (MVTec LOCO's good images, in its logical and structural rows) has a row in each
         self.rows: dict[tuple[str, str], tuple[str, int, Any]] = {}
         self.checksums: dict[str, str] = {}  # map file below out_dir -> SHA-256 of what was written
+        self.shared: set[Path] = set()
 
     def on_test_epoch_start(self, trainer: L.Trainer, module: Any) -> None:
         self.rows, self.checksums = {}, {}
+        self.shared = trainer.datamodule.test_index.shared_images()  # saved once per category holding them
 
     def on_test_batch_end(
         self,
@@ -86,7 +88,7 @@ class MapWriter(Callback):
         has_mask = batch["has_mask"].reshape(-1).tolist() if "has_mask" in batch else [False] * len(scores)
         for i, (path, category_id) in enumerate(zip(batch["image_path"], category_ids, strict=True)):
             category = datamodule.categories[category_id]
-            name = map_name(Path(path), root, category)
+            name = map_name(Path(path), root, category, shared=Path(path) in self.shared)
             self.rows[(name, category)] = (category, int(batch["label"][i]), scores[i])
             if maps is not None:
                 self.checksums[f"{name}.npy"] = save_atomically(self.out_dir / f"{name}.npy", maps[i])
@@ -148,14 +150,17 @@ def _combined(
     }
 
 
-def map_name(image: Path, root: Path, category: str) -> str:
+def map_name(image: Path, root: Path, category: str, shared: bool = False) -> str:
     """Where an image's map goes below the maps folder, without suffix: the image's path below the dataset
     root (``{cls}/test/{defect}/{stem}`` for MVTec AD), or ``{category}/{stem}`` for an image outside it
-    (a parser that follows a file list). ``zsad evaluate-maps`` looks the maps up by the same rule."""
+    (a parser that follows a file list); ``shared`` (an image several categories hold:
+    ``DatasetIndex.shared_images``) adds ``@{category}``, one map per category. ``zsad evaluate-maps``
+    looks the maps up by the same rule."""
     try:
-        return image.relative_to(root).with_suffix("").as_posix()
+        name = image.relative_to(root).with_suffix("").as_posix()
     except ValueError:
-        return f"{category}/{image.stem}"
+        name = f"{category}/{image.stem}"
+    return f"{name}@{category}" if shared else name
 
 
 def save_atomically(file: Path, array: np.ndarray) -> str:

@@ -1,7 +1,8 @@
 """``eval.save_maps`` (pipelines/map_writer.py) on a dataset whose rows share images: MVTec LOCO's logical and
 structural rows both hold the object's good test images, and image_scores.csv (what ``zsad report
 --bootstrap`` resamples per category and ``zsad evaluate-maps --image-scores`` reads) must list them in
-both rows, with the scores each row's evaluation gave them."""
+both rows, with the scores each row's evaluation gave them, and their maps (which may depend on the row) once
+per row."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,7 +61,10 @@ class _PerImage(ZeroShotModule):
     def predict_batch(self, batch):
         parts = torch.tensor([[_part(p)] for p in batch["image_path"]])
         scores = parts if self.rule is not None else parts[:, 0]
-        return scores, batch["mask"] * 0 + parts[:, :1, None]
+        # a map that depends on the row too (as MuSc's over the row's images): one shared map file would
+        # give one row the other's maps
+        row = batch["category_id"].float()[:, None, None]
+        return scores, batch["mask"] * 0 + parts[:, :1, None] + torch.linspace(0, 1, 32)[None, None] * row
 
 
 @pytest.mark.parametrize("rule", [None, RULE], ids=["per_image", "category_rule"])
@@ -69,18 +74,29 @@ def test_images_two_rows_share_are_listed_in_both_with_each_rows_score(tmp_path,
     module.rule = rule
     out = tmp_path / "maps"
     cfg = DataConfig(name="mvtec_loco", root=str(root), num_workers=0, eval_batch_size=4)
-    quiet_trainer(callbacks=[MapWriter(out)]).test(module, datamodule=AnomalyDataModule(cfg, image_size=32))
+    datamodule = AnomalyDataModule(cfg, image_size=32)
+    quiet_trainer(callbacks=[MapWriter(out)]).test(module, datamodule=datamodule)
+    categories = datamodule.categories
     rows = list(csv.DictReader((out / IMAGE_SCORES_FILE).open()))
     for obj in OBJECTS:
         for kind, folder in TYPES.items():
+            row = f"{obj}_{kind}"
             images = [f"{obj}/test/{sub}/{i:03d}" for sub in ("good", folder) for i in range(3)]
             parts = {image: _part(image) for image in images}
             top = max(parts.values())
-            expected = {image: (p / top if rule is not None else p) for image, p in parts.items()}
-            listed = {r["image"]: float(r["score"]) for r in rows if r["category"] == f"{obj}_{kind}"}
+            expected = {  # a good image's row and map file: {stem}@{row}
+                f"{image}@{row}" if "/good/" in image else image: (p / top if rule is not None else p)
+                for image, p in parts.items()
+            }
+            listed = {r["image"]: float(r["score"]) for r in rows if r["category"] == row}
             assert listed.keys() == expected.keys()
             for image, score in expected.items():
                 assert listed[image] == pytest.approx(score, abs=1e-6)
+            row_id = categories.index(row)
+            for image in expected:  # each row's own map, also of the good images both rows hold
+                saved = np.load(out / f"{image}.npy")
+                made = _part(image.split("@")[0]) + np.linspace(0, 1, 32, dtype=np.float32)[None] * row_id
+                np.testing.assert_allclose(saved, np.broadcast_to(made, saved.shape), rtol=0, atol=1e-6)
     # scoring the saved maps again with their image scores reproduces every row's image metrics
     assert main(["evaluate-maps", "--maps", str(out), "--image-scores", str(out / IMAGE_SCORES_FILE),
                  "--output", str(tmp_path / "again.json")]) == 0  # fmt: skip
