@@ -133,8 +133,8 @@ class AnomalyDataModule(L.LightningDataModule):
     @functools.cached_property
     def train_index(self) -> DatasetIndex:
         """The training split, or its few-shot draw when ``train_shots`` is set
-        (:mod:`datamodules.training_shots`)."""
-        index = self.split_index(self.cfg.train_split)
+        (:mod:`datamodules.training_shots`); an image two categories hold (MVTec LOCO's rows) once."""
+        index = self.split_index(self.cfg.train_split).once_per_image()
         if self.cfg.train_shots is None:
             return index
         return training_shots(index, self.cfg.train_shots, self.cfg.train_shots_seed)

@@ -87,6 +87,17 @@ class DatasetIndex:
         """Category ids in first-seen order (parsers emit them sorted)."""
         return list(dict.fromkeys(r.category for r in self.records))
 
+    def once_per_image(self) -> DatasetIndex:
+        """The index with each image file once, in the first category that holds it: a training set must
+        not see MVTec LOCO's good images twice because both rows of their object list them."""
+        seen: set[Path] = set()
+        records = []
+        for record in self.records:
+            if record.image_path not in seen:
+                seen.add(record.image_path)
+                records.append(record)
+        return self if len(records) == len(self.records) else dataclasses.replace(self, records=records)
+
     def shared_images(self) -> set[Path]:
         """The image files that more than one category holds (MVTec LOCO's good test images, in the logical
         and the structural row of their object): what is saved per image is saved per row for them."""

@@ -104,3 +104,22 @@ def test_the_rows_folder_is_their_objects(fake_mvtec_loco: Path) -> None:
     assert rows.category_folders == ["breakfast_box", "breakfast_box", "pushpins", "pushpins"]
     objects = DataConfig(name="mvtec_loco", root=str(fake_mvtec_loco), options={"rows": "object"})
     assert AnomalyDataModule(objects, image_size=32).category_folders == ["breakfast_box", "pushpins"]
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_training_set_of_rows_holds_each_image_once(fake_mvtec_loco: Path, split: str) -> None:
+    """Both rows of an object list its good images: a training set on MVTec LOCO saw each of them twice
+    (twice the weight of the anomalous images of either type); it holds each image file once, the same
+    images as the per-object rows."""
+    from datamodules.config import DataConfig
+    from datamodules.datamodule import AnomalyDataModule
+
+    def training(options: dict[str, str]) -> list[tuple[Path, int]]:
+        cfg = DataConfig(name="mvtec_loco", root=str(fake_mvtec_loco), train_split=split, options=options)
+        index = AnomalyDataModule(cfg, image_size=32).train_index
+        return sorted((r.image_path, r.label) for r in index.records)
+
+    rows, objects = training({}), training({"rows": "object"})
+    assert rows == objects and len({path for path, _ in rows}) == len(rows)
+    all_rows = build_index("mvtec_loco", fake_mvtec_loco).select(split=split).records
+    assert len(all_rows) > len(rows)  # the rows' lists do repeat the good images
