@@ -5,9 +5,12 @@ memory-bounded chunks, the configs and the spec's protocols."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from baselines_support import one_torch_thread  # noqa: F401 (autouse: one torch thread, as DDP processes)
 
 from datamodules.errors import ZsadError
 from lightning_modules.anomalydino.batched import (
@@ -145,3 +148,63 @@ def test_a_bad_quantile_is_refused():
     cfg.batched_quantile = 0.0
     with pytest.raises(ZsadError, match="batched_quantile"):
         AnomalyDINO(cfg)
+
+
+def batched_run(tmp_path, run_dir, *extra: str) -> dict:
+    """``zsad run`` with configs/method/anomalydino_batched.yaml on the tiny DINOv2 (guards: 6 images of
+    9 patches per category) over a vivid synthetic target of 40 px files, maps saved; its results.json."""
+    import json
+
+    from datamodules.synthetic import generate_synthetic_dataset
+    from pipelines.cli import main
+
+    if not (tmp_path / "tgt.yaml").is_file():
+        kwargs = dict(seed=3, image_size=40, n_train=1, n_test_good=2, n_test_defect_per_kind=1)
+        target = generate_synthetic_dataset(
+            tmp_path / "d", style="vivid", categories=["ring", "cells"], **kwargs
+        )
+        (tmp_path / "tgt.yaml").write_text(f"name: synthetic\nroot: {target.root}\nnum_workers: 0\n")
+        (tmp_path / "experiment.yaml").write_text(
+            f"defaults:\n  method: anomalydino_batched\n  targets: [{tmp_path / 'tgt.yaml'}]\n"
+            f"name: batched\noutput_dir: {tmp_path / 'runs'}\ntrainer: {{accelerator: cpu, devices: '1'}}\n"
+        )
+    args = [
+        "run", str(tmp_path / "experiment.yaml"), "logger.wandb.mode=disabled", "trainer.enable_progress_bar=false",
+        "method.backbone.name=zsad-tiny-dinov2", "method.backbone.pretrained=null", "method.backbone.image_size=42",
+        "method.batched_guards=true", "method.masked_categories=[cells]", "eval.save_maps=true",
+    ]  # fmt: skip
+    assert main([*args, f"run_dir={run_dir}", *extra]) == 0
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_a_batched_run_is_transductive_and_two_processes_equal_one(tmp_path):
+    """protocol.shots=0 runs the batched zero-shot pass (results say transductive); maps at the files' size;
+    a 2-process DDP evaluation (ddp_spawn, CPU) gives the one-process results and image scores exactly (with
+    one thread per process on both sides: with two threads in the single process the float32 matrix products
+    round differently, 6e-8 in the scores)."""
+    import numpy as np
+
+    one = batched_run(tmp_path, tmp_path / "one")
+    assert one["protocol"]["name"] == "transductive" and "draws" not in one
+    target = one["targets"]["synthetic"]
+    assert set(target["categories"]) == {"ring", "cells"} and 0 <= target["mean"]["image_auroc"] <= 1
+    saved = np.load(tmp_path / "one" / "maps" / "synthetic" / "ring" / "test" / "hole" / "000.npy")
+    assert saved.shape == (40, 40)  # the file's size, not the 42 px input
+    two = batched_run(tmp_path, tmp_path / "two", "trainer.strategy=ddp_spawn", "trainer.devices=2")
+    assert one["targets"] == two["targets"]
+    scores = Path("maps") / "synthetic" / "image_scores.csv"
+    assert (tmp_path / "one" / scores).read_text() == (tmp_path / "two" / scores).read_text()
+
+
+def test_the_authors_rules_refuse_a_run_where_their_code_fails(tmp_path, capsys):
+    """Without guards the tiny category (k = int(0.001 x 45) = 0) is refused in a line naming the switch."""
+    from pipelines.cli import main
+
+    batched_run(tmp_path, tmp_path / "ok")
+    args = ["run", str(tmp_path / "experiment.yaml"), "logger.wandb.mode=disabled"]
+    tiny = ["method.backbone.name=zsad-tiny-dinov2", "method.backbone.pretrained=null"]
+    capsys.readouterr()
+    code = main([*args, *tiny, "method.backbone.image_size=42", f"run_dir={tmp_path / 'refused'}"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith("zsad: error: AnomalyDINO batched zero-shot: k = int(0.001 x 45")
+    assert "method.batched_guards=true" in err
