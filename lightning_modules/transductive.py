@@ -1,7 +1,7 @@
 """What a transductive method's Lightning module needs (MethodSpec TRANSDUCTIVE: a category's test images
 scored against each other, whatever the batch size or number of processes): its own pass over the epoch's
-images and the gathering of every process's rows. AnomalyDINO's batched zero-shot pass uses these; MuSc's
-module (musc/module.py) has the same steps of its own."""
+images and the gathering of every process's rows. MuSc's module (musc/module.py) and AnomalyDINO's batched
+zero-shot pass (anomalydino/module.py) use these."""
 
 from __future__ import annotations
 
