@@ -113,7 +113,7 @@ def zsad_outputs(root: Path, cfg: Any = None) -> dict[str, np.ndarray]:
         data.test_dataloader(), len(categories), lambda sample: str(records[sample].image_path)
     )
     out: dict[str, list] = {k: [] for k in ("masks", "labels", "category_ids", "scores", "maps")}
-    paths, distances, foreground = [], [], []
+    paths, distances, foreground, patches = [], [], [], []
     for batch in data.test_dataloader():
         scores, maps = module.predict_batch(batch)
         out["scores"].append(scores)
@@ -126,6 +126,7 @@ def zsad_outputs(root: Path, cfg: Any = None) -> dict[str, np.ndarray]:
         features = model.encode(images)
         grid = model.encoder.grid_of(tuple(images.shape[-2:]))
         foreground.append(model.foreground(batch["category_id"], features, grid))
+        patches.append(features)
         paths.extend(str(Path(p).relative_to(root)) for p in batch["image_path"])
     order = np.argsort(paths)
     result = {k: torch.cat(v).numpy()[order] for k, v in out.items()}
@@ -134,6 +135,7 @@ def zsad_outputs(root: Path, cfg: Any = None) -> dict[str, np.ndarray]:
         "categories": np.array(categories),
         "distances": torch.stack(distances).numpy()[order],
         "foreground": torch.cat(foreground).numpy()[order],
+        "features": torch.cat(patches).numpy()[order],  # [n, N, D] raw patch tokens
     }
     values = ps.evaluator_metrics(
         result["categories"], result["category_ids"], result["scores"], result["labels"], result["maps"],

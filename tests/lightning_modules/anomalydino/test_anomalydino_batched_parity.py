@@ -99,3 +99,29 @@ def test_negative_control_non_strict_below_the_kth_does_not_match(fixture, root,
 def test_negative_control_another_setting_moves_the_distances(fixture, root, override):
     other = pab.zsad_outputs(root, pab.zsad_config(**override))
     assert ps.max_abs_delta(fixture["distances"], other["distances"]) > 1000 * TOLERANCE
+
+
+def test_negative_control_not_excluding_the_image_itself_does_not_match(fixture, ours):
+    """Their rule with each image's own patches left among the compared ones (a patch then meets itself at
+    distance 0): far from their distances; the same computation excluding them reproduces the fixture."""
+    import torch
+    import torch.nn.functional as F
+
+    def scored(exclude: bool) -> np.ndarray:
+        out = np.zeros_like(fixture["distances"])
+        for category in ours["categories"]:
+            rows = np.flatnonzero(np.char.startswith(ours["paths"].astype(str), f"{category}/"))
+            features = F.normalize(torch.from_numpy(ours["features"][rows]), dim=-1)
+            every = features.reshape(-1, features.shape[-1])
+            for position, row in enumerate(rows):
+                others = every.view(len(rows), -1, every.shape[-1])
+                others = torch.cat([others[:position], others[position + 1 :]]) if exclude else others
+                distance = 1 - features[position] @ others.reshape(-1, every.shape[-1]).T
+                kth = torch.kthvalue(distance, int(0.001 * distance.shape[1]), dim=1).values[:, None]
+                below = distance < kth
+                value = ((distance * below).sum(1) / below.sum(1)).numpy()
+                out[row] = np.where(fixture["foreground"][row], value, 0.0)
+        return out
+
+    assert ps.max_abs_delta(fixture["distances"], scored(exclude=True)) <= TOLERANCE
+    assert ps.max_abs_delta(fixture["distances"], scored(exclude=False)) > 1000 * TOLERANCE
