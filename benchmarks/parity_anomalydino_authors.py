@@ -73,7 +73,12 @@ HUB_VARIABLE = "ZSAD_PARITY_DINOV2_HUB"
 def authors_layout(folder: Path) -> Path:
     """The few-shot parity images, each image padded on the right by :data:`PAD` edge pixels and each
     mask by :data:`PAD` zeros (non-square files)."""
-    root = ps.few_shot_layout(folder)
+    return pad_right(ps.few_shot_layout(folder))
+
+
+def pad_right(root: Path) -> Path:
+    """Every image file under ``root`` padded on the right by :data:`PAD` edge pixels, every mask by
+    :data:`PAD` zeros; returns ``root``."""
     for path in sorted(root.rglob("*.png")):
         image = Image.open(path)
         mode, array = image.mode, np.asarray(image)

@@ -1,6 +1,9 @@
 """AnomalyDINO settings (docs/methods.md#anomalydino); defaults are anomalib's ``AnomalyDINO`` (2.7.0), the
 parity reference of issue 26; the authors' own code (dammsi/AnomalyDINO, ``run_anomalydino.py``) is the
-setting ``configs/method/anomalydino_authors.yaml`` (each of its differences a switch below)."""
+setting ``configs/method/anomalydino_authors.yaml`` (each of its differences a switch below); their batched
+zero-shot script (``run_anomalydino_batched.py``) the setting ``configs/method/anomalydino_batched.yaml`` at
+``protocol.shots=0`` (the transductive protocol: each test image scored against the category's other test
+images, ``batched_*`` below)."""
 
 from __future__ import annotations
 
@@ -55,3 +58,14 @@ class AnomalyDINOConfig:
     rotation_angles: list[float] = dataclasses.field(
         default_factory=lambda: [0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0]
     )
+    # Batched zero-shot (protocol.shots=0; their run_anomalydino_batched.py calculate_cosine_distances): each
+    # patch's cosine distances to every patch of the category's OTHER test images, the mean of those strictly
+    # below the k-th smallest, k = int(batched_quantile * M) of M such patches (their quantile=0.001);
+    # the image score is the mean of the int(N * top_fraction) largest (their dists_to_score, no max(., 1)).
+    batched_quantile: float = 0.001
+    # Where their code fails: k = 0 (M < 1 / quantile: torch.kthvalue raises), a foreground patch with no
+    # distance strictly below its k-th (k = 1, or ties: 0 / 0 = NaN, which roc_auc_score refuses) or an image
+    # of fewer than 1 / top_fraction patches (the mean of nothing: NaN). false (theirs): zsad refuses these
+    # with an error; true (a zsad guard, for small inputs): k >= 1, such a patch scores its k-th distance,
+    # and the score is the mean of at least 1 patch.
+    batched_guards: bool = False

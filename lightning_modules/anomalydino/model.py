@@ -12,7 +12,8 @@ detection by nearest-neighbour patch matching in DINOv2's feature space.
   (``map_resize: bilinear``, ``gaussian: scipy``), the patch grid resized bilinear to the mask size and
   smoothed there by scipy's Gaussian filter.
 
-There is no zero-shot mode: a category's images are scored only against its references.
+Without references (``protocol.shots=0``), the authors' batched zero-shot: each image scored against the
+category's other test images (batched.py; the module's transductive pass feeds it).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class AnomalyDINO(nn.Module):
             raise ZsadError(f"num_neighbours must be >= 1, got {cfg.num_neighbours}")
         if not 0.0 < cfg.top_fraction <= 1.0:
             raise ZsadError(f"top_fraction must be in (0, 1], got {cfg.top_fraction}")
+        if not 0.0 < cfg.batched_quantile <= 1.0:
+            raise ZsadError(f"batched_quantile must be in (0, 1], got {cfg.batched_quantile}")
         for name, allowed in (
             ("map_resize", MAP_RESIZES),
             ("gaussian", tuple(GAUSSIANS)),

@@ -1,17 +1,26 @@
 """AnomalyDINO in Lightning: batched, training-free evaluation under the few-shot protocol (the runner's
-references, ``set_references``); anomalib's preprocessing (spec.py)."""
+references, ``set_references``); anomalib's preprocessing (spec.py). Without references (``protocol.shots=0``,
+the transductive protocol) the authors' batched zero-shot: an epoch first extracts every image's patches and
+foreground mask on this process, gathers each category's from every process (padding duplicates dropped,
+sorted by image path: the same rows everywhere), scores the whole category (batched.py) and then hands each
+batch's precomputed distances and scores to the evaluator, as MuSc's module does."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
+from datamodules.errors import ZsadError
 from datamodules.index import known_category_names
+from lightning_modules.anomalydino.batched import category_scores
 from lightning_modules.anomalydino.config import AnomalyDINOConfig
 from lightning_modules.anomalydino.model import AnomalyDINO
 from lightning_modules.category_module import TrainingFreeModule
 from lightning_modules.eval_config import EvalConfig
+from lightning_modules.transductive import gather_rows, own_loader
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +36,8 @@ class AnomalyDINOModule(TrainingFreeModule):
     ) -> None:
         super().__init__(cfg, eval_cfg, model if model is not None else AnomalyDINO(cfg))
         self._warned: set[tuple[str, ...]] = set()
+        # batched zero-shot: sample_id -> (patch distances [N], image score) of this process's samples
+        self._scored: dict[int, tuple[torch.Tensor, float]] = {}
 
     def use_datamodule_categories(self) -> None:
         """Which of the datamodule's categories are foreground-masked (before the references are read).
@@ -55,6 +66,95 @@ class AnomalyDINOModule(TrainingFreeModule):
     def on_test_epoch_start(self) -> None:
         self.use_datamodule_categories()  # the references' memory depends on it
         super().on_test_epoch_start()
+        self._scored = {}
+        if self.references is None:  # protocol.shots=0: batched zero-shot (``zsad predict`` too)
+            self._score_all()
+
+    # --- batched zero-shot (the transductive protocol) ------------------------------------------------
+    def _score_all(self) -> None:
+        datamodule = self.trainer.datamodule
+        records = datamodule.test_index.records
+        self.score_without_references(
+            own_loader(self.trainer, "AnomalyDINO"),
+            len(datamodule.categories),
+            lambda sample: str(records[sample].image_path),
+        )
+
+    @torch.no_grad()
+    def score_without_references(
+        self, loader: Iterable[dict[str, Any]], n_categories: int, path_of: Callable[[int], str]
+    ) -> None:
+        """The batched zero-shot pass over this process's ``loader``: every category's images (ids below
+        ``n_categories``, gathered from every process, ordered by ``path_of(sample_id)``) scored against
+        each other; :meth:`predict_batch` then hands out this process's samples' results."""
+        self._scored = {}
+        extracted: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+        width = 0
+        for batch in loader:
+            images = batch["image"].to(self.device)
+            features = self.model.encode(images)
+            keep = self.model.foreground(
+                batch["category_id"], features, self.model.encoder.grid_of(tuple(images.shape[-2:]))
+            )
+            width = features.shape[-1]
+            for i, (sample, category) in enumerate(
+                zip(batch["sample_id"].tolist(), batch["category_id"].tolist(), strict=True)
+            ):
+                extracted.setdefault(category, []).append((sample, features[i].cpu(), keep[i].cpu()))
+        cfg = self.cfg
+        for category in range(n_categories):
+            samples, blocks, masks = self._gather(extracted.get(category, []), width)
+            if not samples:
+                continue
+            order = sorted(range(len(samples)), key=lambda i: path_of(samples[i]))
+            distances, scores = category_scores(
+                torch.cat([blocks[i] for i in order]).to(self.device),
+                [len(blocks[i]) for i in order],
+                torch.cat([masks[i] for i in order]).to(self.device),
+                cfg.batched_quantile,
+                cfg.top_fraction,
+                cfg.batched_guards,
+            )
+            mine = {s for s, _, _ in extracted.get(category, [])}
+            for position, i in enumerate(order):
+                if samples[i] in mine:
+                    self._scored[samples[i]] = (distances[position].cpu(), float(scores[position]))
+
+    def _gather(
+        self, items: list[tuple[int, torch.Tensor, torch.Tensor]], width: int
+    ) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor]]:
+        """The category's (sample ids, patch features [N_i, D], foreground [N_i]) of every process, padding
+        duplicates dropped (the first copy kept)."""
+        samples = torch.tensor([s for s, _, _ in items], dtype=torch.long)
+        counts = torch.tensor([len(f) for _, f, _ in items], dtype=torch.long)
+        features = torch.cat([f for _, f, _ in items]) if items else torch.zeros(0, width)
+        keep = (
+            torch.cat([k for _, _, k in items]).to(torch.uint8)
+            if items
+            else torch.zeros(0, dtype=torch.uint8)
+        )
+        samples, counts, features, keep = gather_rows([samples, counts, features, keep], self.device)
+        sizes = counts.tolist()
+        blocks, masks = features.split(sizes), keep.bool().split(sizes)
+        first: dict[int, int] = {}
+        for i, s in enumerate(samples.tolist()):
+            first.setdefault(s, i)
+        kept = sorted(first.values())
+        return [int(samples[i]) for i in kept], [blocks[i] for i in kept], [masks[i] for i in kept]
+
+    def predict_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.references is not None:
+            return super().predict_batch(batch)
+        samples = batch["sample_id"].tolist()
+        missing = [s for s in samples if s not in self._scored]
+        if missing:
+            raise ZsadError(
+                f"AnomalyDINO has no batched zero-shot scores for samples {missing}: the pass did not see them"
+            )
+        distances = torch.stack([self._scored[s][0] for s in samples]).to(self.device)
+        scores = torch.tensor([self._scored[s][1] for s in samples], device=self.device)
+        size = tuple(batch["mask"].shape[-2:])
+        return scores, self.model.anomaly_maps(distances, tuple(batch["image"].shape[-2:]), size)
 
     def load_references(self) -> None:
         """The base's loading, with each reference also rotated by ``rotation_angles`` where

@@ -8,6 +8,7 @@ from typing import Any
 from lightning_modules.anomalydino.config import AnomalyDINOConfig
 from lightning_modules.method_spec import (
     FEW_SHOT,
+    TRANSDUCTIVE,
     MethodSpec,
     PublishedNumbers,
     is_released_file,
@@ -92,13 +93,21 @@ ANOMALYDINO_PUBLISHED = anomalydino_paper()
 ANOMALYDINO = MethodSpec(
     name="anomalydino",
     config_class=AnomalyDINOConfig,
-    description="few-shot: DINOv2 patch features, 1-NN cosine distance to K reference images (anomalib's)",
+    description=(
+        "few-shot: DINOv2 patch features, 1-NN cosine distance to K reference images (anomalib's); "
+        "shots=0: the authors' batched zero-shot (each image against the category's other test images)"
+    ),
     tiny_config="anomalydino_tiny",
     build_module=build_module,
     trains=False,
-    needs="K normal reference images per category (protocol.shots=K); nothing to train",
+    needs=(
+        "K normal reference images per category (protocol.shots=K), or none: the category's unlabeled test "
+        "images, all at once (protocol.shots=0); nothing to train"
+    ),
     preprocessing=preprocessing,
-    protocols=(FEW_SHOT,),  # no zero-shot mode: images are scored against the references only
+    # k-shot: scored against the references; shots=0: batched zero-shot (run_anomalydino_batched.py), the
+    # transductive protocol (every process gathers each category's patches: a DDP evaluation is exact)
+    protocols=(FEW_SHOT, TRANSDUCTIVE),
     published=ANOMALYDINO_PUBLISHED,
     published_for=published_for,
 )

@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from datamodules.errors import ZsadError
 from lightning_modules.base import ZeroShotModule
@@ -22,10 +21,7 @@ from lightning_modules.category_module import backbone_identity
 from lightning_modules.eval_config import EvalConfig
 from lightning_modules.musc.config import MuScConfig
 from lightning_modules.musc.model import MuSc, divide_subsets
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+from lightning_modules.transductive import gather_rows, own_loader
 
 
 class MuScModule(ZeroShotModule):
@@ -65,19 +61,8 @@ class MuScModule(ZeroShotModule):
         self._score_all()  # (``zsad predict`` comes here too, through on_predict_epoch_start)
 
     def _loader(self) -> Iterable[dict[str, Any]]:
-        """This process's share of the epoch's images, in a loader of its own: the same dataset and batch
-        sampler (Lightning's DistributedSampler under DDP) as the epoch's loader, whose iterator (persistent
-        workers) must be left to the epoch."""
-        trainer = self.trainer
-        loader = trainer.predict_dataloaders if trainer.predicting else trainer.test_dataloaders
-        if not isinstance(loader, DataLoader):
-            raise ZsadError(f"MuSc needs one DataLoader per evaluation, got {type(loader).__name__}")
-        return DataLoader(
-            loader.dataset,
-            batch_sampler=loader.batch_sampler,
-            num_workers=loader.num_workers,
-            collate_fn=loader.collate_fn,
-        )
+        """This process's share of the epoch's images, in a loader of its own (lightning_modules/transductive.py)."""
+        return own_loader(self.trainer, "MuSc")
 
     def _k_list(self) -> list[int]:
         """The protocol's (the runner sets it per target from spec.dataset_protocol), else by dataset name."""
@@ -137,13 +122,7 @@ class MuScModule(ZeroShotModule):
             shape = (0, self.model.grid[0] * self.model.grid[1] + 1, self.model.width)
             tokens = [torch.zeros(shape) for _ in range(layers)]
             embeddings = torch.zeros(0, self.model.embedding_dim)
-        if _distributed():
-            from torchmetrics.utilities.distributed import gather_all_tensors
-
-            device = self.device
-            samples = torch.cat(gather_all_tensors(samples.to(device))).cpu()
-            tokens = [torch.cat(gather_all_tensors(t.to(device))).cpu() for t in tokens]
-            embeddings = torch.cat(gather_all_tensors(embeddings.to(device))).cpu()
+        samples, embeddings, *tokens = gather_rows([samples, embeddings, *tokens], self.device)
         first: dict[int, int] = {}
         for i, s in enumerate(samples.tolist()):
             first.setdefault(s, i)

@@ -24,7 +24,12 @@ AT_DEFAULTS = {
     "winclip": (("winclip_all",), ("backbone.name", "ViT-B-16")),
 }
 #: experiments that are deliberately not a setting of the method's published numbers
-NOT_THE_PAPERS = {"demo": "a tiny random-weight model", "anomalydino_mvtec_visa": "anomalib's setting"}
+NOT_THE_PAPERS = {
+    "demo": "a tiny random-weight model",
+    "anomalydino_mvtec_visa": "anomalib's setting",
+    # its paper's batched zero-shot table was not readable from a stored source: no numbers attached
+    "anomalydino_batched_mvtec_visa": "batched zero-shot, no published numbers in zsad",
+}
 
 
 @pytest.mark.parametrize("method", sorted(AT_DEFAULTS))

@@ -6,6 +6,7 @@ one line."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import shutil
@@ -16,6 +17,9 @@ import pytest
 import yaml
 
 from datamodules.synthetic import generate_synthetic_dataset
+from lightning_modules import registry
+from lightning_modules.method_spec import FEW_SHOT
+from lightning_modules.registry import get_method
 from pipelines.cli import main
 from pipelines.report import build_report
 
@@ -90,7 +94,7 @@ def test_a_k_shot_run_records_every_draw_and_the_report_sets_it_beside_zero_shot
     assert float(cell["std"]) == pytest.approx(statistics.stdev(per_draw))
 
 
-def test_a_method_without_a_few_shot_mode_is_refused_in_one_line(experiment, tmp_path, capsys):
+def test_a_method_without_a_few_shot_mode_is_refused_in_one_line(experiment, tmp_path, capsys, monkeypatch):
     args = [
         "run",
         str(experiment),
@@ -112,8 +116,11 @@ def test_a_method_without_a_few_shot_mode_is_refused_in_one_line(experiment, tmp
     assert "protocols: zero-shot, few-shot" in listing.split("winclip")[-1]
     assert "protocols: zero-shot\n" in listing.split("anomalyclip")[1]
     assert "protocols: transductive\n" in listing.split("musc")[1]
-    assert "protocols: few-shot\n" in listing.split("anomalydino")[1]
-    # the converse: a method without zero-shot mode (AnomalyDINO) refuses a job without references
+    assert "protocols: few-shot, transductive\n" in listing.split("anomalydino")[1]
+    # the converse: a method without zero-shot (or transductive) mode refuses a job without references; no
+    # registered method is one since AnomalyDINO's batched zero-shot: AnomalyDINO with its few-shot mode only
+    few_only = dataclasses.replace(get_method("anomalydino"), protocols=(FEW_SHOT,))
+    monkeypatch.setitem(registry._METHODS, "anomalydino", few_only)
     zero_shot = ["run", str(experiment), *QUIET, "method=anomalydino_tiny", f"run_dir={tmp_path}/z"]
     assert main(zero_shot) == 2 and not (tmp_path / "z").exists()
     assert capsys.readouterr().err.strip() == (
