@@ -1,10 +1,13 @@
 """What ``zsad predict`` writes (:mod:`pipelines.predict`): per image its map (at the image's resolution),
 thresholded mask, overlay and panel, from the process that predicted it; then ``predictions.csv``,
-``unreadable.csv`` and ``prediction.json`` from rank 0, every file written atomically."""
+``unreadable.csv``, ``prediction.json`` and last ``checksums.sha256`` (the SHA-256 of every map, mask and
+table, in ``sha256sum`` format: ``sha256sum -c checksums.sha256`` in the folder checks them) from rank 0,
+every file written atomically."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import sys
@@ -16,11 +19,11 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from datamodules.atomic_io import atomic_write, atomic_write_text
+from datamodules.atomic_io import atomic_write
 from datamodules.image_folder import ImageList
 from datamodules.images import load_image_rgb
 from pipelines import submission
-from pipelines.map_writer import save_atomically
+from pipelines.map_writer import save_atomically, write_checksums, write_text_file
 from pipelines.predict_pictures import MapStatistics, panel_title, run_warnings, threshold_mask
 from pipelines.predict_thresholds import Thresholds, gather_objects
 
@@ -31,13 +34,24 @@ PREDICTIONS_FILE = "predictions.csv"
 UNREADABLE_FILE = "unreadable.csv"
 
 
-def _write_tiff(path: Path, array: np.ndarray, dtype: type = np.float32) -> None:
+def _write_tiff(path: Path, array: np.ndarray, dtype: type = np.float32) -> str:
+    """``array`` as a TIFF of ``dtype``, written atomically; returns the SHA-256 of the bytes written."""
     import tifffile
 
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()  # tifffile wants a named file or a buffer, not a bare descriptor
     tifffile.imwrite(buffer, array.astype(dtype))
-    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+    data = buffer.getvalue()
+    atomic_write(path, lambda handle: handle.write(data))
+    return hashlib.sha256(data).hexdigest()
+
+
+def _png_digest(array: np.ndarray, path: Path) -> str:
+    """:func:`~pipelines.visualize.save_png`, returning the SHA-256 of the file it wrote."""
+    from pipelines.visualize import save_png
+
+    save_png(array, path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclasses.dataclass
@@ -75,6 +89,7 @@ class PredictionWriter(Callback):
         self.unreadable: dict[str, str] = {}
         self.known_unreadable = {str(path): error for path, error in images.unreadable}  # bad headers
         self.written: list[_Written] = []
+        self.checksums: dict[str, str] = {}  # map and mask files below ``out`` -> SHA-256 (this process's)
         self.stats = MapStatistics()  # this process's
 
     def name(self, image: Path) -> str:
@@ -85,8 +100,6 @@ class PredictionWriter(Callback):
     def on_predict_batch_end(
         self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, *index: int
     ) -> None:
-        from pipelines.visualize import save_png
-
         scores = outputs["image_scores"].detach().float().cpu().tolist()
         maps = outputs.get("anomaly_maps")
         for i, path_text in enumerate(batch["image_path"]):
@@ -108,20 +121,25 @@ class PredictionWriter(Callback):
             anomaly_map = full[0, 0].cpu().numpy()
             name = self.name(Path(path_text))
             if self.options.submission is not None:  # MVTec AD 2's server: float16 in anomaly_images/
-                _write_tiff(
-                    self.out / submission.MAPS_DIR / f"{name}.tiff",
-                    submission.as_map(anomaly_map),
-                    np.float16,
-                )
+                relative = f"{submission.MAPS_DIR}/{name}.tiff"
+                server_map = submission.as_map(anomaly_map)
+                self.checksums[relative] = _write_tiff(self.out / relative, server_map, np.float16)
             elif self.options.map_format in ("tiff", "both"):
-                _write_tiff(self.out / "maps" / f"{name}.tiff", anomaly_map)
+                self.checksums[f"maps/{name}.tiff"] = _write_tiff(
+                    self.out / "maps" / f"{name}.tiff", anomaly_map
+                )
             if self.options.map_format in ("npy", "both"):
-                save_atomically(self.out / "maps" / f"{name}.npy", anomaly_map)
+                self.checksums[f"maps/{name}.npy"] = save_atomically(
+                    self.out / "maps" / f"{name}.npy", anomaly_map
+                )
             self.written.append(_Written(path_text, name, scores[i], label))
             self.stats.add_map(anomaly_map, self.options.overlay_range, self.thresholds.pixel)
             if self.thresholds.pixel is not None:
                 mask = threshold_mask(anomaly_map, self.thresholds.pixel)
-                save_png(mask.astype(np.uint8) * 255, self._mask_path(name))
+                path = self._mask_path(name)
+                self.checksums[path.relative_to(self.out).as_posix()] = _png_digest(
+                    mask.astype(np.uint8) * 255, path
+                )
 
     def _mask_path(self, name: str) -> Path:
         masks = "masks" if self.options.submission is None else submission.MASKS_DIR
@@ -166,9 +184,11 @@ class PredictionWriter(Callback):
                 self.out,
                 item.name,
             )
-        gathered = gather_objects((self.rows, self.unreadable))  # also: every process has drawn its pictures
+        # also: every process has drawn its pictures
+        gathered = gather_objects((self.rows, self.unreadable, self.checksums))
         rows = {k: v for part in gathered for k, v in part[0].items()}
         unreadable = {**self.known_unreadable, **{k: v for part in gathered for k, v in part[1].items()}}
+        checksums = {k: v for part in gathered for k, v in part[2].items()}
         if not trainer.is_global_zero:
             return
         from pipelines.visualize import table_csv
@@ -181,10 +201,12 @@ class PredictionWriter(Callback):
             for path, (score, label) in sorted(rows.items())
         ]
         if unreadable:
-            atomic_write_text(
+            checksums[UNREADABLE_FILE] = write_text_file(
                 self.out / UNREADABLE_FILE, table_csv(("path", "error"), sorted(unreadable.items()))
             )
-        atomic_write_text(self.out / PREDICTIONS_FILE, table_csv(("path", "score", "label"), lines))
+        checksums[PREDICTIONS_FILE] = write_text_file(
+            self.out / PREDICTIONS_FILE, table_csv(("path", "score", "label"), lines)
+        )
         record = {
             **self.record,
             "overlay_range": None if colours is None else dataclasses.asdict(colours),
@@ -193,4 +215,7 @@ class PredictionWriter(Callback):
             "n_predicted": len(rows),
             "n_unreadable": len(unreadable),
         }
-        atomic_write_text(self.out / "prediction.json", json.dumps(record, indent=2) + "\n")
+        checksums["prediction.json"] = write_text_file(
+            self.out / "prediction.json", json.dumps(record, indent=2) + "\n"
+        )
+        write_checksums(self.out, checksums)  # last: a folder with it is complete

@@ -22,6 +22,19 @@ from pipelines.visualize import overlay
 COMMON = ["trainer.accelerator=cpu", "trainer.devices=1", "logger.wandb.mode=disabled"]
 
 
+def _checked(out: Path) -> set[str]:
+    """The files ``checksums.sha256`` lists (``sha256sum`` format), each checked against its bytes."""
+    import hashlib
+
+    listed = {}
+    for line in (out / "checksums.sha256").read_text().splitlines():
+        digest, name = line.split("  ", 1)
+        listed[name] = digest
+    for name, digest in listed.items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
+    return set(listed)
+
+
 def _rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -101,6 +114,9 @@ def test_predictions_equal_the_evaluation_and_follow_the_runs_thresholds(evaluat
         mask = np.asarray(Image.open(out / "masks" / f"{name}.png"))
         np.testing.assert_array_equal(mask == 255, anomaly_map.astype(float) >= pixel_t)
         maps[name] = anomaly_map
+    # every map, mask and table is in checksums.sha256 with the SHA-256 of its bytes
+    data = {p.relative_to(out).as_posix() for d in ("maps", "masks") for p in (out / d).rglob("*.*")}
+    assert len(data) == 3 * 7 and _checked(out) == data | {"predictions.csv", "prediction.json"}
     record = json.loads((out / "prediction.json").read_text())
     assert record["thresholds"]["image"] == image_t and "synthetic/ring" in record["thresholds"]["source"]
     # one colour range for the whole run, the maps' own: every overlay uses it, every image has a panel
@@ -146,6 +162,8 @@ def test_two_processes_predict_every_image_once(evaluated, tmp_path):
     assert [float(r["score"]) for r in rows] == pytest.approx([evaluation[k] for k in keys], rel=1e-5)
     assert [int(r["label"]) for r in rows] == [int(float(r["score"]) >= 0.5) for r in rows]
     assert len(list((out / "maps").rglob("*.tiff"))) == 7 and not list(out.rglob("*.tmp*"))
+    maps = {p.relative_to(out).as_posix() for p in (out / "maps").rglob("*.tiff")}
+    assert _checked(out) == maps | {"predictions.csv", "prediction.json"}  # both processes' maps listed
 
 
 def test_thresholds_at_a_false_positive_rate_of_normal_images(evaluated, tmp_path):
