@@ -1,11 +1,12 @@
 """What a transductive method's Lightning module needs (MethodSpec TRANSDUCTIVE: a category's test images
 scored against each other, whatever the batch size or number of processes): its own pass over the epoch's
-images and the gathering of every process's rows. MuSc's module (musc/module.py) and AnomalyDINO's batched
+images, handed out category by category as soon as a category is complete (so that the features of one
+category are held at a time, not the dataset's), and the gathering of every process's rows. MuSc's module (musc/module.py) and AnomalyDINO's batched
 zero-shot pass (anomalydino/module.py) use these."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -41,3 +42,44 @@ def gather_rows(tensors: list[torch.Tensor], device: torch.device) -> list[torch
     from torchmetrics.utilities.distributed import gather_all_tensors
 
     return [torch.cat(gather_all_tensors(t.to(device))).cpu() for t in tensors]
+
+
+def expected_per_category(trainer: Any, loader: Iterable[Any]) -> list[frozenset[int]] | None:
+    """Per category id, the samples this process's ``loader`` yields (padding duplicates left out), or None
+    when they cannot be known in advance (:func:`~lightning_modules.metrics.distributed.expected_samples`)."""
+    from lightning_modules.metrics.distributed import expected_samples
+
+    datamodule = trainer.datamodule
+    ids = {c: i for i, c in enumerate(datamodule.categories)}
+    records = datamodule.test_index.records
+    return expected_samples(loader, [ids[r.category] for r in records], len(ids))
+
+
+def category_stream(
+    loader: Iterable[dict[str, Any]],
+    n_categories: int,
+    extract: Callable[[dict[str, Any]], Sequence[tuple[int, int, Any]]],
+    expected: Sequence[frozenset[int]] | None,
+) -> Iterator[tuple[int, list[tuple[int, Any]]]]:
+    """``(category id, [(sample id, item), ...])`` of this process for every category id in ascending order
+    (``extract(batch)`` gives each sample's ``(sample id, category id, item)``), each as soon as the loader
+    has given every ``expected`` sample of it and of the categories before it: for a loader in category order
+    one category's items are held at a time. Every process yields every category in the same order, so
+    per-category gathers stay in step under DDP. ``expected`` None (samples not known in advance): all at the
+    end. A sample of a category already handed out (a padding duplicate) is dropped: its category's results
+    are complete without it."""
+    pending = [set(s) for s in expected] if expected is not None else None
+    items: dict[int, list[tuple[int, Any]]] = {}
+    done = 0
+    for batch in loader:
+        for sample, category, item in extract(batch):
+            if category < done:
+                continue
+            items.setdefault(category, []).append((sample, item))
+            if pending is not None:
+                pending[category].discard(sample)
+        while pending is not None and done < n_categories and not pending[done]:
+            yield done, items.pop(done, [])
+            done += 1
+    for category in range(done, n_categories):
+        yield category, items.pop(category, [])

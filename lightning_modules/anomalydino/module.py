@@ -1,14 +1,15 @@
 """AnomalyDINO in Lightning: batched, training-free evaluation under the few-shot protocol (the runner's
 references, ``set_references``); anomalib's preprocessing (spec.py). Without references (``protocol.shots=0``,
 the transductive protocol) the authors' batched zero-shot: an epoch first extracts every image's patches and
-foreground mask on this process, gathers each category's from every process (padding duplicates dropped,
-sorted by image path: the same rows everywhere), scores the whole category (batched.py) and then hands each
-batch's precomputed distances and scores to the evaluator, as MuSc's module does."""
+foreground mask on this process, gathers each category's from every process as soon as the category is
+complete (padding duplicates dropped, sorted by image path: the same rows everywhere), scores the whole
+category (batched.py) and then hands each batch's precomputed distances and scores to the evaluator, as
+MuSc's module does."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -20,7 +21,12 @@ from lightning_modules.anomalydino.config import AnomalyDINOConfig
 from lightning_modules.anomalydino.model import AnomalyDINO
 from lightning_modules.category_module import TrainingFreeModule
 from lightning_modules.eval_config import EvalConfig
-from lightning_modules.transductive import gather_rows, own_loader
+from lightning_modules.transductive import (
+    category_stream,
+    expected_per_category,
+    gather_rows,
+    own_loader,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,36 +80,45 @@ class AnomalyDINOModule(TrainingFreeModule):
     def _score_all(self) -> None:
         datamodule = self.trainer.datamodule
         records = datamodule.test_index.records
+        loader = own_loader(self.trainer, "AnomalyDINO")
         self.score_without_references(
-            own_loader(self.trainer, "AnomalyDINO"),
+            loader,
             len(datamodule.categories),
             lambda sample: str(records[sample].image_path),
+            expected_per_category(self.trainer, loader),
         )
 
     @torch.no_grad()
     def score_without_references(
-        self, loader: Iterable[dict[str, Any]], n_categories: int, path_of: Callable[[int], str]
+        self,
+        loader: Iterable[dict[str, Any]],
+        n_categories: int,
+        path_of: Callable[[int], str],
+        expected: Sequence[frozenset[int]] | None = None,
     ) -> None:
         """The batched zero-shot pass over this process's ``loader``: every category's images (ids below
         ``n_categories``, gathered from every process, ordered by ``path_of(sample_id)``) scored against
-        each other; :meth:`predict_batch` then hands out this process's samples' results."""
+        each other, each category once its ``expected`` samples have arrived (None: at the end;
+        transductive.category_stream); :meth:`predict_batch` then hands out the samples' results."""
         self._scored = {}
-        extracted: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
-        width = 0
-        for batch in loader:
+
+        def extract(batch: dict[str, Any]) -> list[tuple[int, int, tuple[torch.Tensor, torch.Tensor]]]:
             images = batch["image"].to(self.device)
             features = self.model.encode(images)
             keep = self.model.foreground(
                 batch["category_id"], features, self.model.encoder.grid_of(tuple(images.shape[-2:]))
             )
-            width = features.shape[-1]
-            for i, (sample, category) in enumerate(
-                zip(batch["sample_id"].tolist(), batch["category_id"].tolist(), strict=True)
-            ):
-                extracted.setdefault(category, []).append((sample, features[i].cpu(), keep[i].cpu()))
+            samples, categories = batch["sample_id"].tolist(), batch["category_id"].tolist()
+            return [
+                (sample, category, (features[i].cpu(), keep[i].cpu()))
+                for i, (sample, category) in enumerate(zip(samples, categories, strict=True))
+            ]
+
         cfg = self.cfg
-        for category in range(n_categories):
-            samples, blocks, masks = self._gather(extracted.get(category, []), width)
+        for _, items in category_stream(loader, n_categories, extract, expected):
+            samples, blocks, masks = self._gather(
+                [(s, f, k) for s, (f, k) in items], self.model.encoder.vit.embed_dim
+            )
             if not samples:
                 continue
             order = sorted(range(len(samples)), key=lambda i: path_of(samples[i]))
@@ -115,10 +130,8 @@ class AnomalyDINOModule(TrainingFreeModule):
                 cfg.top_fraction,
                 cfg.batched_guards,
             )
-            mine = {s for s, _, _ in extracted.get(category, [])}
-            for position, i in enumerate(order):
-                if samples[i] in mine:
-                    self._scored[samples[i]] = (distances[position].cpu(), float(scores[position]))
+            for position, i in enumerate(order):  # every sample's: a later padding duplicate needs it too
+                self._scored[samples[i]] = (distances[position].cpu(), float(scores[position]))
 
     def _gather(
         self, items: list[tuple[int, torch.Tensor, torch.Tensor]], width: int

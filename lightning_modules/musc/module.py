@@ -1,7 +1,8 @@
 """MuSc in Lightning: transductive, training-free evaluation of whole categories.
 
 A test (or predict) epoch first runs this process's own loader once to extract every image's features,
-then scores each category against *all* its test images, whatever the batch size or the number of
+scoring each category against *all* its test images as soon as the loader has given all of them (one
+category's features held at a time for a loader in category order: lightning_modules/transductive.py), whatever the batch size or the number of
 processes: under DDP each process extracts its share, the category's features are gathered on every
 process (padding duplicates dropped, sorted by image path: the same tensors everywhere), and every process
 scores the whole category identically. The test steps then hand each batch's precomputed maps and scores
@@ -21,7 +22,12 @@ from lightning_modules.category_module import backbone_identity
 from lightning_modules.eval_config import EvalConfig
 from lightning_modules.musc.config import MuScConfig
 from lightning_modules.musc.model import MuSc, divide_subsets
-from lightning_modules.transductive import gather_rows, own_loader
+from lightning_modules.transductive import (
+    category_stream,
+    expected_per_category,
+    gather_rows,
+    own_loader,
+)
 
 
 class MuScModule(ZeroShotModule):
@@ -33,7 +39,7 @@ class MuScModule(ZeroShotModule):
         super().__init__(eval_cfg)
         self.cfg = cfg
         self.model = model if model is not None else MuSc(cfg)
-        # sample_id -> (patch grid [patches] float64, image score) of this process's samples
+        # sample_id -> (patch grid [patches] float64, image score) of every sample of the categories scored
         self._scored: dict[int, tuple[torch.Tensor, float]] = {}
 
     # --- nothing to train -------------------------------------------------------------------------
@@ -71,24 +77,27 @@ class MuScModule(ZeroShotModule):
         return self.cfg.k_list_for(getattr(self.trainer.datamodule.cfg, "name", None))
 
     def _score_all(self) -> None:
+        """Each category's images scored against each other once this process's loader has given all of
+        them (transductive.category_stream: one category's tokens held at a time for a loader in
+        category order), gathered from every process and ordered by image path."""
         loader = self._loader()
         datamodule = self.trainer.datamodule
         records = datamodule.test_index.records
         k_list = self._k_list()
-        extracted: dict[int, list[tuple[int, list[torch.Tensor], torch.Tensor]]] = {}
-        for batch in loader:
-            images = batch["image"].to(self.device)
-            tokens, embeddings = self.model.extract(images)
-            for i, (sample, category) in enumerate(
-                zip(batch["sample_id"].tolist(), batch["category_id"].tolist(), strict=True)
-            ):
-                extracted.setdefault(category, []).append(
-                    (sample, [t[i].cpu() for t in tokens], embeddings[i].cpu())
-                )
+
+        def extract(batch: dict[str, Any]) -> list[tuple[int, int, tuple[list[torch.Tensor], torch.Tensor]]]:
+            tokens, embeddings = self.model.extract(batch["image"].to(self.device))
+            samples, categories = batch["sample_id"].tolist(), batch["category_id"].tolist()
+            return [
+                (sample, category, ([t[i].cpu() for t in tokens], embeddings[i].cpu()))
+                for i, (sample, category) in enumerate(zip(samples, categories, strict=True))
+            ]
+
         self._scored = {}
         size = self._mask_size()
-        for category in range(len(datamodule.categories)):
-            samples, tokens, embeddings = self._gather(extracted.get(category, []))
+        expected = expected_per_category(self.trainer, loader)
+        for _, items in category_stream(loader, len(datamodule.categories), extract, expected):
+            samples, tokens, embeddings = self._gather([(s, t, e) for s, (t, e) in items])
             if not len(samples):
                 continue
             order = sorted(range(len(samples)), key=lambda i: str(records[int(samples[i])].image_path))
@@ -100,10 +109,8 @@ class MuScModule(ZeroShotModule):
             grids, scores = self.model.category_grids_and_scores(
                 [t.to(self.device) for t in tokens], embeddings.to(self.device), subsets, size, k_list
             )
-            mine = {s for s, _, _ in extracted.get(category, [])}
-            for i, sample in enumerate(samples.tolist()):
-                if sample in mine:
-                    self._scored[sample] = (grids[i].cpu(), float(scores[i]))
+            for i, sample in enumerate(samples.tolist()):  # every sample's: a padding duplicate needs it too
+                self._scored[sample] = (grids[i].cpu(), float(scores[i]))
 
     def _mask_size(self) -> tuple[int, int]:
         size = self.model.image_size

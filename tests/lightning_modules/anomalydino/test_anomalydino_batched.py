@@ -208,3 +208,31 @@ def test_the_authors_rules_refuse_a_run_where_their_code_fails(tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and err.startswith("zsad: error: AnomalyDINO batched zero-shot: k = int(0.001 x 45")
     assert "method.batched_guards=true" in err
+
+
+def test_a_category_is_scored_before_the_next_ones_images_are_encoded(tmp_path):
+    """The pass holds one category's patches at a time (transductive.category_stream): the first category
+    is scored as soon as its images are encoded, before the next category's are."""
+    from unittest import mock
+
+    from lightning_modules.anomalydino import module as module_file
+    from lightning_modules.anomalydino.model import AnomalyDINO
+
+    events: list[str] = []
+    encode, score = AnomalyDINO.encode, module_file.category_scores
+
+    def encoding(self, images):
+        events.append("encode")
+        return encode(self, images)
+
+    def scoring(*args, **kwargs):
+        events.append("score")
+        return score(*args, **kwargs)
+
+    with (
+        mock.patch.object(AnomalyDINO, "encode", encoding),
+        mock.patch.object(module_file, "category_scores", scoring),
+    ):
+        batched_run(tmp_path, tmp_path / "run", "targets.0.eval_batch_size=2")
+    assert events.count("score") == 2 and events.count("encode") >= 4
+    assert events.index("score") < len(events) - 1 - events[::-1].index("encode")  # before the last encode

@@ -1,0 +1,64 @@
+"""The transductive pass's category stream (lightning_modules/transductive.py): each category handed out
+as soon as this process's loader has given all of it, so that one category's features are held at a time."""
+
+from __future__ import annotations
+
+import torch
+
+from lightning_modules.transductive import category_stream
+
+drawn: list[int] = []  # the first row of each batch drawn so far
+
+
+def _batches(rows: list[tuple[int, int]], size: int):
+    """Batches of (sample id, category id), recording when each is drawn."""
+    for start in range(0, len(rows), size):
+        part = rows[start : start + size]
+        drawn.append(start)
+        yield {
+            "sample_id": torch.tensor([s for s, _ in part]),
+            "category_id": torch.tensor([c for _, c in part]),
+        }
+
+
+def _extract(batch):
+    return [
+        (s, c, f"item{s}")
+        for s, c in zip(batch["sample_id"].tolist(), batch["category_id"].tolist(), strict=True)
+    ]
+
+
+def test_each_category_is_handed_out_once_its_samples_have_arrived_and_duplicates_are_dropped():
+    # this process's share: categories 0, 1, 2 in order, then DistributedSampler's padding (sample 0 again)
+    rows = [(0, 0), (2, 0), (4, 1), (6, 1), (8, 2), (10, 2), (0, 0)]
+    expected = [frozenset({0, 2}), frozenset({4, 6}), frozenset({8, 10}), frozenset()]
+    drawn.clear()
+    seen = []
+    for category, items in category_stream(_batches(rows, 2), 4, _extract, expected):
+        seen.append((category, [s for s, _ in items], list(drawn)))
+    assert seen == [
+        (0, [0, 2], [0]),  # as soon as its batch is in: before category 1's batch is drawn
+        (1, [4, 6], [0, 2]),
+        (2, [8, 10], [0, 2, 4]),
+        (3, [], [0, 2, 4]),  # none here: handed out (empty) in step, as every process does
+    ]
+    assert [s for _, items in category_stream(_batches(rows, 2), 4, _extract, expected) for s, _ in items] == [
+        0, 2, 4, 6, 8, 10,
+    ]  # the padding duplicate of a finished category is dropped  # fmt: skip
+
+
+def test_without_known_samples_every_category_comes_at_the_end():
+    rows = [(0, 0), (1, 1), (2, 0), (3, 1)]  # not in category order: nothing can be handed out early
+    drawn.clear()
+    seen = [
+        (c, [s for s, _ in items], len(drawn))
+        for c, items in category_stream(_batches(rows, 2), 2, _extract, None)
+    ]
+    assert seen == [(0, [0, 2], 2), (1, [1, 3], 2)]
+    expected = [frozenset({0, 2}), frozenset({1, 3})]
+    drawn.clear()
+    seen = [
+        (c, [s for s, _ in items], len(drawn))
+        for c, items in category_stream(_batches(rows, 2), 2, _extract, expected)
+    ]
+    assert seen == [(0, [0, 2], 2), (1, [1, 3], 2)]  # interleaved: category 0 completes with the last batch
