@@ -416,3 +416,46 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def speed_sides(
+    doc: str,
+    script: str,
+    official_imports: str,
+    official_times: Any,
+    zsad_times: Any,
+    layout: Any,
+) -> tuple[dict[str, float], dict[str, float], int] | None:
+    """The shared ``main`` of the AnomalyDINO authors' speed scripts: in the official side's process, its
+    times saved (None returned); else both sides alternating on ``layout(work folder)``'s files, each side's
+    fastest round (perf_support), and the number of rounds."""
+    import tempfile
+
+    from perf_support import alternating_fastest, speed_rounds
+
+    args = ps.parity_arguments(
+        doc,
+        "an extract of dammsi/AnomalyDINO",
+        f"PYTHONPATH entries for the official side ({official_imports}: their imports)",
+        lambda parser: parser.add_argument(
+            "--dinov2-hub", type=Path, help="an extract of facebookresearch/dinov2"
+        ),
+    )
+    if args.official_side:
+        ps.save_fixture(
+            args.official_side, **official_times(args.official.resolve(), args.root, args.weights)
+        )
+        return None
+    if args.dinov2_hub is None:
+        raise SystemExit("--dinov2-hub DIR (an extract of facebookresearch/dinov2) is required")
+    os.environ[HUB_VARIABLE] = str(args.dinov2_hub.resolve())
+    work = Path(tempfile.mkdtemp(prefix=f"zsad-{Path(script).stem.replace('_', '-')}-"))
+    root = layout(work)
+    pythonpath = tuple(p for p in (args.official_env,) if p)
+    rounds = speed_rounds()
+    theirs, ours = alternating_fastest(
+        lambda: ps.run_official_side(script, args.official, root, pa.parity_state_dict(), work, pythonpath),
+        lambda: zsad_times(root),
+        rounds,
+    )
+    return theirs, ours, rounds

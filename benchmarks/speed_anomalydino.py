@@ -62,6 +62,7 @@ def zsad_times(root: Path, references: dict[str, list[str]]) -> dict[str, float]
         module = AnomalyDINOModule(cfg, model=model)
         drawn = data.reference_images(data.reference_draws(pa.SHOTS, pa.SEED, 1)[0])
         assert drawn.draw.files() == references  # the official side's files
+        module.references = drawn  # few-shot: predict_batch scores against the memory, not batched zero-shot
         for category_id, category in enumerate(data.categories):
             module.set_references(category_id, drawn.images(category))
         evaluator = AnomalyEvaluator(categories=list(data.categories))

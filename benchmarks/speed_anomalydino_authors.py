@@ -31,7 +31,7 @@ import parity_anomalydino as pa  # noqa: E402
 import parity_anomalydino_authors as paa  # noqa: E402
 import parity_support as ps  # noqa: E402
 import torch  # noqa: E402
-from perf_support import alternating_fastest, fastest, print_speedups, speed_rounds  # noqa: E402
+from perf_support import fastest, print_speedups  # noqa: E402
 
 REPEATS = 3
 RUN = "full"
@@ -65,6 +65,7 @@ def zsad_times(root: Path) -> dict[str, float]:
         model.set_masked_categories(list(range(len(data.categories))))
         module = AnomalyDINOModule(cfg, model=model)
         drawn = data.reference_images(data.reference_draws(paa.SHOTS, 0, 1, "sorted")[0])
+        module.references = drawn  # few-shot: predict_batch scores against the memory, not batched zero-shot
         for category_id, category in enumerate(data.categories):  # the module's load_references
             module.set_references(category_id, drawn.images(category, list(cfg.rotation_angles)))
         evaluator = AnomalyEvaluator(categories=list(data.categories))
@@ -75,33 +76,10 @@ def zsad_times(root: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    args = ps.parity_arguments(
-        __doc__,
-        "an extract of dammsi/AnomalyDINO",
-        "PYTHONPATH entries for the official side (faiss-cpu)",
-        lambda parser: parser.add_argument(
-            "--dinov2-hub", type=Path, help="an extract of facebookresearch/dinov2"
-        ),
-    )
-    if args.official_side:
-        ps.save_fixture(
-            args.official_side, **official_times(args.official.resolve(), args.root, args.weights)
-        )
+    sides = paa.speed_sides(__doc__, __file__, "faiss-cpu", official_times, zsad_times, paa.authors_layout)
+    if sides is None:
         return
-    if args.dinov2_hub is None:
-        raise SystemExit("--dinov2-hub DIR (an extract of facebookresearch/dinov2) is required")
-    os.environ[paa.HUB_VARIABLE] = str(args.dinov2_hub.resolve())
-    import tempfile
-
-    work = Path(tempfile.mkdtemp(prefix="zsad-speed-anomalydino-authors-"))
-    root = paa.authors_layout(work)
-    pythonpath = tuple(p for p in (args.official_env,) if p)
-    rounds = speed_rounds()
-    theirs, ours = alternating_fastest(
-        lambda: ps.run_official_side(__file__, args.official, root, pa.parity_state_dict(), work, pythonpath),
-        lambda: zsad_times(root),
-        rounds,
-    )
+    theirs, ours, rounds = sides
     print(
         f"AnomalyDINO speed, the authors' setting ({RUN}: masking, 8 rotations of {paa.SHOTS} references per "
         f"category), the parity DINOv2 at {paa.RESOLUTION} px, CPU, one thread, best of {REPEATS} x {rounds} rounds"

@@ -39,7 +39,7 @@ import parity_anomalydino_authors as paa  # noqa: E402
 import parity_anomalydino_batched as pab  # noqa: E402
 import parity_support as ps  # noqa: E402
 import torch  # noqa: E402
-from perf_support import alternating_fastest, fastest, print_speedups, speed_rounds  # noqa: E402
+from perf_support import fastest, print_speedups  # noqa: E402
 
 REPEATS = 2
 IMAGES, PATCHES, WIDTH = 40, 1024, 384  # the scoring-only shape: one category at 448 px, ViT-S/14
@@ -128,33 +128,12 @@ def zsad_times(root: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    args = ps.parity_arguments(
-        __doc__,
-        "an extract of dammsi/AnomalyDINO",
-        "PYTHONPATH entries for the official side (faiss-cpu, pandas: their imports)",
-        lambda parser: parser.add_argument(
-            "--dinov2-hub", type=Path, help="an extract of facebookresearch/dinov2"
-        ),
+    sides = paa.speed_sides(
+        __doc__, __file__, "faiss-cpu, pandas", official_times, zsad_times, pab.batched_layout
     )
-    if args.official_side:
-        ps.save_fixture(
-            args.official_side, **official_times(args.official.resolve(), args.root, args.weights)
-        )
+    if sides is None:
         return
-    if args.dinov2_hub is None:
-        raise SystemExit("--dinov2-hub DIR (an extract of facebookresearch/dinov2) is required")
-    os.environ[paa.HUB_VARIABLE] = str(args.dinov2_hub.resolve())
-    import tempfile
-
-    work = Path(tempfile.mkdtemp(prefix="zsad-speed-anomalydino-batched-"))
-    root = pab.batched_layout(work)
-    pythonpath = tuple(p for p in (args.official_env,) if p)
-    rounds = speed_rounds()
-    theirs, ours = alternating_fastest(
-        lambda: ps.run_official_side(__file__, args.official, root, pa.parity_state_dict(), work, pythonpath),
-        lambda: zsad_times(root),
-        rounds,
-    )
+    theirs, ours, rounds = sides
     print(
         f"AnomalyDINO batched zero-shot speed: the parity's 44 files (tiny DINOv2, {pab.RESOLUTION} px) and "
         f"the scoring alone of {IMAGES} images x {PATCHES} patches x {WIDTH}; CPU, one thread, best of "
