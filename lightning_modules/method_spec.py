@@ -9,6 +9,7 @@ the method's model and module inside their bodies, when a job needs them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
@@ -130,6 +131,18 @@ def published_at_defaults(
     return published_for
 
 
+@dataclasses.dataclass(frozen=True)
+class MeasuredAt:
+    """Where a method's ``published`` numbers were measured: its config's defaults (the authors' code), and
+    (:func:`published_at_defaults`) ``files``: key -> the released file a path there may name instead of the
+    default tag; ``also``: key -> the other values the authors' scripts set for some training direction;
+    ``ignore``: keys that change no number (cache keys never count)."""
+
+    files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    also: Mapping[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    ignore: tuple[str, ...] = ()
+
+
 def cache_settings(cfg: Any) -> CacheSettings:
     """The config's ``cache_features``, ``cache_dir`` and ``cache_max_gb`` (AnomalyCLIP, VAND, CoOp)."""
     return CacheSettings(bool(cfg.cache_features), cfg.cache_dir, cfg.cache_max_gb)
@@ -196,15 +209,34 @@ class MethodSpec:
     # format (their released weights); None: only zsad checkpoints load.
     official_checkpoint: Callable[[Any, dict[str, Any], str], dict[str, Any]] | None = None
     published: PublishedNumbers | None = None  # the paper's numbers, for ``zsad report --reference``
-    # A run's method settings (its config.yaml's ``method`` keys, flattened and dotted: ``backbone.name``,
-    # ``feature_layers``; an absent key has its default) -> the published numbers measured in that setting,
-    # or None where no source states any. None: ``published`` beside every setting of the method. MuSc: its
-    # README's backbone study gives each backbone and input size its own numbers.
+    # Where ``published`` was measured: the config's defaults and what MeasuredAt adds; the numbers stand
+    # beside runs of that setting only. None (and no ``published_for``): beside every setting of the method.
+    published_at: MeasuredAt | None = None
+    # For a source that reports several settings, instead of ``published_at``: a run's method settings (its
+    # config.yaml's ``method`` keys, flattened and dotted: ``backbone.name``, ``feature_layers``; an absent
+    # key has its default) -> the published numbers measured in that setting, or None where no source
+    # states any. MuSc: its README's backbone study gives each backbone and input size its own numbers.
     published_for: Callable[[Mapping[str, Any]], PublishedNumbers | None] | None = None
 
+    def __post_init__(self) -> None:
+        if self.published_at is not None and (self.published is None or self.published_for is not None):
+            raise ValueError(f"method '{self.name}': published_at needs published and excludes published_for")
+
+    @functools.cached_property
+    def _published_at_defaults(self) -> Callable[[Mapping[str, Any]], PublishedNumbers | None] | None:
+        if self.published_at is None:
+            return None
+        at = self.published_at
+        return published_at_defaults(self.published, self.config_class, at.ignore, at.files, at.also)
+
     def published_numbers(self, settings: Mapping[str, Any]) -> PublishedNumbers | None:
-        """The published numbers beside a run of these method ``settings`` (see ``published_for``)."""
-        return self.published if self.published_for is None else self.published_for(settings)
+        """The published numbers beside a run of these method ``settings`` (``published_at`` /
+        ``published_for``; else ``published``)."""
+        if self.published_for is not None:
+            return self.published_for(settings)
+        if self._published_at_defaults is not None:
+            return self._published_at_defaults(settings)
+        return self.published
 
     @property
     def few_shot(self) -> bool:

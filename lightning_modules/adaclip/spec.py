@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_modules.adaclip.config import AdaCLIPConfig
-from lightning_modules.method_spec import OPENAI_VIT_L14_336, MethodSpec, published_at_defaults
+from lightning_modules.method_spec import OPENAI_VIT_L14_336, MeasuredAt, MethodSpec
 from lightning_modules.published import adaclip_paper
 
 
@@ -41,8 +41,6 @@ def read_official_checkpoint(module: Any, checkpoint: dict[str, Any], source: st
     return zsad_state_dict(module, checkpoint, source)
 
 
-ADACLIP_PUBLISHED = adaclip_paper()
-
 ADACLIP = MethodSpec(
     name="adaclip",
     config_class=AdaCLIPConfig,
@@ -54,12 +52,10 @@ ADACLIP = MethodSpec(
     preprocessing=preprocessing,
     ddp_refusal=ddp_refusal,
     official_checkpoint=read_official_checkpoint,
-    published=ADACLIP_PUBLISHED,
+    published=adaclip_paper(),
     # the paper's numbers beside the authors' settings only (gradient checkpointing changes no number)
-    published_for=published_at_defaults(
-        ADACLIP_PUBLISHED,
-        AdaCLIPConfig,
-        ignore=("gradient_checkpointing",),
+    published_at=MeasuredAt(
+        ignore=("gradient_checkpointing"),
         files=OPENAI_VIT_L14_336,
     ),
 )

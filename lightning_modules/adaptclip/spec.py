@@ -9,9 +9,9 @@ from lightning_modules.method_spec import (
     FEW_SHOT,
     OPENAI_VIT_L14_336,
     ZERO_SHOT,
+    MeasuredAt,
     MethodSpec,
     cache_settings,
-    published_at_defaults,
 )
 from lightning_modules.published import adaptclip_readme
 
@@ -29,8 +29,6 @@ def read_official_checkpoint(module: Any, checkpoint: dict[str, Any], source: st
     return zsad_state_dict(module, checkpoint, source)
 
 
-ADAPTCLIP_PUBLISHED = adaptclip_readme()
-
 ADAPTCLIP = MethodSpec(
     name="adaptclip",
     config_class=AdaptCLIPConfig,
@@ -42,12 +40,8 @@ ADAPTCLIP = MethodSpec(
     feature_cache=cache_settings,
     official_checkpoint=read_official_checkpoint,
     protocols=(ZERO_SHOT, FEW_SHOT),  # test.py --k_shots 0 / 1 2 4: one model for both
-    published=ADAPTCLIP_PUBLISHED,
+    published=adaptclip_readme(),
     # their README's rows were measured with their code's settings (its note: pq_context=False lowered other
     # published 1/2-shot numbers): beside the defaults only; the caches change no number
-    published_for=published_at_defaults(
-        ADAPTCLIP_PUBLISHED,
-        AdaptCLIPConfig,
-        files=OPENAI_VIT_L14_336,
-    ),
+    published_at=MeasuredAt(files=OPENAI_VIT_L14_336),
 )

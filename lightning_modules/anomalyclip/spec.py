@@ -7,9 +7,9 @@ from typing import Any
 from lightning_modules.anomalyclip.config import AnomalyCLIPConfig
 from lightning_modules.method_spec import (
     OPENAI_VIT_L14_336,
+    MeasuredAt,
     MethodSpec,
     cache_settings,
-    published_at_defaults,
 )
 from lightning_modules.published import anomalyclip_paper
 
@@ -27,8 +27,6 @@ def read_official_checkpoint(module: Any, checkpoint: dict[str, Any], source: st
     return zsad_state_dict(module, checkpoint, source)
 
 
-ANOMALYCLIP_PUBLISHED = anomalyclip_paper("anomalyclip")
-
 ANOMALYCLIP = MethodSpec(
     name="anomalyclip",
     config_class=AnomalyCLIPConfig,
@@ -39,11 +37,7 @@ ANOMALYCLIP = MethodSpec(
     needs="image labels; pixel masks optional (image loss only without them)",
     feature_cache=cache_settings,
     official_checkpoint=read_official_checkpoint,
-    published=ANOMALYCLIP_PUBLISHED,
+    published=anomalyclip_paper("anomalyclip"),
     # the paper's numbers beside the authors' settings only (the config's defaults; caches change nothing)
-    published_for=published_at_defaults(
-        ANOMALYCLIP_PUBLISHED,
-        AnomalyCLIPConfig,
-        files=OPENAI_VIT_L14_336,
-    ),
+    published_at=MeasuredAt(files=OPENAI_VIT_L14_336),
 )

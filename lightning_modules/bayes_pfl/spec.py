@@ -7,10 +7,10 @@ from typing import Any
 from lightning_modules.bayes_pfl.config import BayesPFLConfig
 from lightning_modules.method_spec import (
     OPENAI_VIT_L14_336,
+    MeasuredAt,
     MethodSpec,
     PublishedNumbers,
     cache_settings,
-    published_at_defaults,
 )
 
 #: The paper (Qu et al., CVPR 2025, arXiv 2503.10080): image AUROC as zsad's issue 25 quotes it, MVTec AD pixel
@@ -63,9 +63,7 @@ BAYES_PFL = MethodSpec(
     published=PUBLISHED,
     # the paper's numbers beside the authors' settings only; caches and text-block checkpointing change no
     # number, and another sampling seed is another draw of the same setting
-    published_for=published_at_defaults(
-        PUBLISHED,
-        BayesPFLConfig,
+    published_at=MeasuredAt(
         ignore=("checkpoint_text_blocks", "sampling_seed"),
         files=OPENAI_VIT_L14_336,
     ),

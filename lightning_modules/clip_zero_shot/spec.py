@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_modules.clip_zero_shot.config import CLIPACConfig, CLIPConfig
-from lightning_modules.method_spec import OPENAI_VIT_L14_336, MethodSpec, published_at_defaults
+from lightning_modules.method_spec import OPENAI_VIT_L14_336, MeasuredAt, MethodSpec
 from lightning_modules.published import anomalyclip_paper
 
 
@@ -16,8 +16,6 @@ def build_module(cfg: CLIPConfig, eval_cfg: Any) -> Any:
     return CLIPZeroShotModule(cfg, eval_cfg)
 
 
-CLIP_PUBLISHED = anomalyclip_paper("clip")
-
 CLIP = MethodSpec(
     name="clip",
     config_class=CLIPConfig,
@@ -26,12 +24,10 @@ CLIP = MethodSpec(
     build_module=build_module,
     trains=False,
     needs="nothing to train on (category names for the prompts)",
-    published=CLIP_PUBLISHED,
+    published=anomalyclip_paper("clip"),
     # beside zsad's defaults (the reference code's settings) only: not beside a tiny or switched model
-    published_for=published_at_defaults(CLIP_PUBLISHED, CLIPConfig, files=OPENAI_VIT_L14_336),
+    published_at=MeasuredAt(files=OPENAI_VIT_L14_336),
 )
-
-CLIP_AC_PUBLISHED = anomalyclip_paper("clip_ac")
 
 CLIP_AC = MethodSpec(
     name="clip_ac",
@@ -42,7 +38,7 @@ CLIP_AC = MethodSpec(
     build_module=build_module,
     trains=False,
     needs="nothing to train on (category names for the prompts)",
-    published=CLIP_AC_PUBLISHED,
+    published=anomalyclip_paper("clip_ac"),
     # beside zsad's defaults (the reference code's settings) only: not beside a tiny or switched model
-    published_for=published_at_defaults(CLIP_AC_PUBLISHED, CLIPACConfig, files=OPENAI_VIT_L14_336),
+    published_at=MeasuredAt(files=OPENAI_VIT_L14_336),
 )

@@ -7,9 +7,9 @@ from typing import Any
 from lightning_modules.coop.config import CoOpConfig
 from lightning_modules.method_spec import (
     OPENAI_VIT_L14_336,
+    MeasuredAt,
     MethodSpec,
     cache_settings,
-    published_at_defaults,
 )
 from lightning_modules.published import anomalyclip_paper
 
@@ -20,8 +20,6 @@ def build_module(cfg: CoOpConfig, eval_cfg: Any) -> Any:
     return CoOpModule(cfg, eval_cfg)
 
 
-COOP_PUBLISHED = anomalyclip_paper("coop")
-
 COOP = MethodSpec(
     name="coop",
     config_class=CoOpConfig,
@@ -31,7 +29,7 @@ COOP = MethodSpec(
     trains=True,
     needs="image labels of the auxiliary data (no masks)",
     feature_cache=cache_settings,
-    published=COOP_PUBLISHED,
+    published=anomalyclip_paper("coop"),
     # beside zsad's defaults (the reference code's settings) only: not beside a tiny or switched model
-    published_for=published_at_defaults(COOP_PUBLISHED, CoOpConfig, files=OPENAI_VIT_L14_336),
+    published_at=MeasuredAt(files=OPENAI_VIT_L14_336),
 )

@@ -8,9 +8,9 @@ from lightning_modules.method_spec import (
     FEW_SHOT,
     OPENAI_VIT_L14_336,
     ZERO_SHOT,
+    MeasuredAt,
     MethodSpec,
     cache_settings,
-    published_at_defaults,
 )
 from lightning_modules.published import anomalyclip_paper
 from lightning_modules.vand.config import VANDConfig
@@ -29,8 +29,6 @@ def read_official_checkpoint(module: Any, checkpoint: dict[str, Any], source: st
     return zsad_state_dict(module, checkpoint, source)
 
 
-VAND_PUBLISHED = anomalyclip_paper("vand")
-
 VAND = MethodSpec(
     name="vand",
     config_class=VANDConfig,
@@ -42,12 +40,7 @@ VAND = MethodSpec(
     feature_cache=cache_settings,
     official_checkpoint=read_official_checkpoint,
     protocols=(ZERO_SHOT, FEW_SHOT),  # test.py --mode few_shot: the memory bank of K normal images
-    published=VAND_PUBLISHED,
+    published=anomalyclip_paper("vand"),
     # beside the authors' settings only: the defaults, with the mosaic off as their VisA training sets it
-    published_for=published_at_defaults(
-        VAND_PUBLISHED,
-        VANDConfig,
-        files=OPENAI_VIT_L14_336,
-        also={"mosaic_rate": (0.0,)},
-    ),
+    published_at=MeasuredAt(files=OPENAI_VIT_L14_336, also={"mosaic_rate": (0.0,)}),
 )

@@ -7,10 +7,10 @@ from typing import Any
 
 from lightning_modules.method_spec import (
     OPENAI_VIT_L14_336,
+    MeasuredAt,
     MethodSpec,
     PublishedNumbers,
     cache_settings,
-    published_at_defaults,
 )
 from lightning_modules.vcp_clip.config import VCPCLIPConfig
 
@@ -74,10 +74,5 @@ VCP_CLIP = MethodSpec(
     official_checkpoint=read_official_checkpoint,
     published=PUBLISHED,
     # beside the authors' settings only: the defaults, with their MVTec AD training's lr (train.sh: 2e-5)
-    published_for=published_at_defaults(
-        PUBLISHED,
-        VCPCLIPConfig,
-        files=OPENAI_VIT_L14_336,
-        also={"lr": (2e-5,)},
-    ),
+    published_at=MeasuredAt(files=OPENAI_VIT_L14_336, also={"lr": (2e-5,)}),
 )

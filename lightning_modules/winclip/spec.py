@@ -8,8 +8,8 @@ from lightning_modules.method_spec import (
     FEW_SHOT,
     LAION400M_VIT_B16_PLUS_240,
     ZERO_SHOT,
+    MeasuredAt,
     MethodSpec,
-    published_at_defaults,
 )
 from lightning_modules.published import anomalyclip_paper
 from lightning_modules.winclip.config import WinCLIPConfig
@@ -28,8 +28,6 @@ def preprocessing(cfg: WinCLIPConfig, dataset: str | None) -> Any:
     return ImagePreprocessing(resize_backend="tensor", mask_interpolation="nearest")
 
 
-WINCLIP_PUBLISHED = anomalyclip_paper("winclip")
-
 WINCLIP = MethodSpec(
     name="winclip",
     config_class=WinCLIPConfig,
@@ -40,7 +38,7 @@ WINCLIP = MethodSpec(
     needs="nothing to train on (category names for the prompts)",
     preprocessing=preprocessing,
     protocols=(ZERO_SHOT, FEW_SHOT),  # WinCLIP+ with the few-shot protocol's references
-    published=WINCLIP_PUBLISHED,
+    published=anomalyclip_paper("winclip"),
     # beside zsad's defaults (the reference code's settings) only: not beside a tiny or switched model
-    published_for=published_at_defaults(WINCLIP_PUBLISHED, WinCLIPConfig, files=LAION400M_VIT_B16_PLUS_240),
+    published_at=MeasuredAt(files=LAION400M_VIT_B16_PLUS_240),
 )
