@@ -85,12 +85,20 @@ def zsad_config(**overrides) -> AnomalyDINOConfig:
     return cfg
 
 
-def datamodule(root: Path, cfg: AnomalyDINOConfig) -> AnomalyDataModule:
+def datamodule(root: Path, cfg: AnomalyDINOConfig, eval_batch_size: int | None = 4) -> AnomalyDataModule:
+    """zsad's datamodule of the generated files at ``root``, at ``cfg``'s input size and preprocessing (the
+    AnomalyDINO parity and speed scripts'); ``eval_batch_size`` None: DataConfig's default."""
+    batch = {} if eval_batch_size is None else {"eval_batch_size": eval_batch_size}
     return AnomalyDataModule(
-        DataConfig(name="synthetic", root=str(root), num_workers=0, eval_batch_size=4),
-        IMAGE_SIZE,
+        DataConfig(name="synthetic", root=str(root), num_workers=0, **batch),
+        cfg.backbone.image_size,
         preprocessing(cfg, "synthetic"),
     )
+
+
+def parity_model(cfg: AnomalyDINOConfig, state_dict: dict[str, torch.Tensor] | None = None) -> AnomalyDINO:
+    """zsad's AnomalyDINO on the parity ViT (``state_dict``: its weights, default the seeded ones)."""
+    return AnomalyDINO(cfg, DinoEncoder(cfg.backbone, parity_vit(state_dict or parity_state_dict())))
 
 
 @torch.no_grad()
@@ -99,7 +107,7 @@ def zsad_outputs(
 ) -> dict[str, np.ndarray]:
     """zsad's references, memory, patch distances, maps, image scores and per-category metrics."""
     cfg = cfg or zsad_config()
-    model = AnomalyDINO(cfg, DinoEncoder(cfg.backbone, parity_vit(state_dict or parity_state_dict())))
+    model = parity_model(cfg, state_dict)
     data = datamodule(root, cfg)
     model.set_masked_categories(list(range(len(data.categories))) if cfg.masking else [])
     references = data.reference_images(data.reference_draws(SHOTS, SEED, 1)[0])

@@ -118,18 +118,10 @@ def run_config(run: str, **overrides: Any):
 @torch.no_grad()
 def zsad_outputs(root: Path, cfg: Any = None, run: str = "full") -> dict[str, np.ndarray]:
     """zsad's references, memory, patch distances, maps, image scores and metrics (images sorted by path)."""
-    from datamodules import AnomalyDataModule, DataConfig
-    from lightning_modules.anomalydino.model import AnomalyDINO
-    from lightning_modules.anomalydino.spec import preprocessing
-    from lightning_modules.dino.encoder import DinoEncoder
 
     cfg = cfg or run_config(run)
-    model = AnomalyDINO(cfg, DinoEncoder(cfg.backbone, pa.parity_vit(pa.parity_state_dict())))
-    data = AnomalyDataModule(
-        DataConfig(name="synthetic", root=str(root), num_workers=0),
-        cfg.backbone.image_size,
-        preprocessing(cfg, "synthetic"),
-    )
+    model = pa.parity_model(cfg)
+    data = pa.datamodule(root, cfg, eval_batch_size=None)
     model.set_masked_categories(list(range(len(data.categories))) if cfg.masking else [])
     references = data.reference_images(data.reference_draws(SHOTS, 0, 1, "sorted")[0])
     reference_images, memory = [], []

@@ -91,19 +91,11 @@ def zsad_config(**overrides: Any):
 def zsad_outputs(root: Path, cfg: Any = None) -> dict[str, np.ndarray]:
     """zsad's masks, patch distances, image scores, maps and metrics (images sorted by path): the module's
     batched zero-shot pass over the datamodule's test loader, then its ``predict_batch`` per batch."""
-    from datamodules import AnomalyDataModule, DataConfig
-    from lightning_modules.anomalydino.model import AnomalyDINO
     from lightning_modules.anomalydino.module import AnomalyDINOModule
-    from lightning_modules.anomalydino.spec import preprocessing
-    from lightning_modules.dino.encoder import DinoEncoder
 
     cfg = cfg or zsad_config()
-    model = AnomalyDINO(cfg, DinoEncoder(cfg.backbone, pa.parity_vit(pa.parity_state_dict())))
-    data = AnomalyDataModule(
-        DataConfig(name="synthetic", root=str(root), num_workers=0),
-        cfg.backbone.image_size,
-        preprocessing(cfg, "synthetic"),
-    )
+    model = pa.parity_model(cfg)
+    data = pa.datamodule(root, cfg, eval_batch_size=None)
     categories = list(data.categories)
     masked = (cfg.masked_categories or []) if cfg.masking else []  # the module's use_datamodule_categories
     model.set_masked_categories([i for i, c in enumerate(categories) if c in masked])

@@ -41,10 +41,7 @@ def official_times(official: Path, root: Path, weights: Path) -> dict[str, float
 
 
 def zsad_times(root: Path, references: dict[str, list[str]]) -> dict[str, float]:
-    from datamodules import AnomalyDataModule, DataConfig
-    from lightning_modules.anomalydino.model import AnomalyDINO
     from lightning_modules.anomalydino.module import AnomalyDINOModule
-    from lightning_modules.dino.encoder import DinoEncoder
     from lightning_modules.metrics import AnomalyEvaluator
 
     torch.set_num_threads(1)
@@ -53,12 +50,8 @@ def zsad_times(root: Path, references: dict[str, list[str]]) -> dict[str, float]
 
     @torch.no_grad()
     def test() -> None:
-        data = AnomalyDataModule(
-            DataConfig(name="synthetic", root=str(root), num_workers=0, eval_batch_size=BATCH),
-            pa.IMAGE_SIZE,
-            pa.preprocessing(cfg, "synthetic"),
-        )
-        model = AnomalyDINO(cfg, DinoEncoder(cfg.backbone, pa.parity_vit(state_dict)))
+        data = pa.datamodule(root, cfg, eval_batch_size=BATCH)
+        model = pa.parity_model(cfg, state_dict)
         module = AnomalyDINOModule(cfg, model=model)
         drawn = data.reference_images(data.reference_draws(pa.SHOTS, pa.SEED, 1)[0])
         assert drawn.draw.files() == references  # the official side's files

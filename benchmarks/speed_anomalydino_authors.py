@@ -43,11 +43,7 @@ def official_times(official: Path, root: Path, weights: Path) -> dict[str, float
 
 
 def zsad_times(root: Path) -> dict[str, float]:
-    from datamodules import AnomalyDataModule, DataConfig
-    from lightning_modules.anomalydino.model import AnomalyDINO
     from lightning_modules.anomalydino.module import AnomalyDINOModule
-    from lightning_modules.anomalydino.spec import preprocessing
-    from lightning_modules.dino.encoder import DinoEncoder
     from lightning_modules.metrics import AnomalyEvaluator
 
     torch.set_num_threads(1)
@@ -56,12 +52,8 @@ def zsad_times(root: Path) -> dict[str, float]:
 
     @torch.no_grad()
     def test() -> None:
-        data = AnomalyDataModule(
-            DataConfig(name="synthetic", root=str(root), num_workers=0),
-            cfg.backbone.image_size,
-            preprocessing(cfg, "synthetic"),
-        )
-        model = AnomalyDINO(cfg, DinoEncoder(cfg.backbone, pa.parity_vit(state_dict)))
+        data = pa.datamodule(root, cfg, eval_batch_size=None)
+        model = pa.parity_model(cfg, state_dict)
         model.set_masked_categories(list(range(len(data.categories))))
         module = AnomalyDINOModule(cfg, model=model)
         drawn = data.reference_images(data.reference_draws(paa.SHOTS, 0, 1, "sorted")[0])

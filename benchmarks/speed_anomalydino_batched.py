@@ -87,12 +87,8 @@ def official_times(official: Path, root: Path, weights: Path) -> dict[str, float
 
 
 def zsad_times(root: Path) -> dict[str, float]:
-    from datamodules import AnomalyDataModule, DataConfig
     from lightning_modules.anomalydino.batched import category_scores
-    from lightning_modules.anomalydino.model import AnomalyDINO
     from lightning_modules.anomalydino.module import AnomalyDINOModule
-    from lightning_modules.anomalydino.spec import preprocessing
-    from lightning_modules.dino.encoder import DinoEncoder
     from lightning_modules.metrics import AnomalyEvaluator
 
     torch.set_num_threads(1)
@@ -101,12 +97,8 @@ def zsad_times(root: Path) -> dict[str, float]:
 
     @torch.no_grad()
     def test() -> None:
-        data = AnomalyDataModule(
-            DataConfig(name="synthetic", root=str(root), num_workers=0),
-            cfg.backbone.image_size,
-            preprocessing(cfg, "synthetic"),
-        )
-        model = AnomalyDINO(cfg, DinoEncoder(cfg.backbone, pa.parity_vit(state_dict)))
+        data = pa.datamodule(root, cfg, eval_batch_size=None)
+        model = pa.parity_model(cfg, state_dict)
         categories = list(data.categories)
         model.set_masked_categories([i for i, c in enumerate(categories) if c in cfg.masked_categories])
         module = AnomalyDINOModule(cfg, model=model)
