@@ -42,7 +42,8 @@ class AnomalyDINOModule(TrainingFreeModule):
     ) -> None:
         super().__init__(cfg, eval_cfg, model if model is not None else AnomalyDINO(cfg))
         self._warned: set[tuple[str, ...]] = set()
-        # batched zero-shot: sample_id -> (patch distances [N], image score) of this process's samples
+        # batched zero-shot: sample_id -> (patch distances [N], image score) of every sample of the categories
+        # scored (a padding duplicate of a finished category needs its result too)
         self._scored: dict[int, tuple[torch.Tensor, float]] = {}
 
     def use_datamodule_categories(self) -> None:
@@ -52,9 +53,9 @@ class AnomalyDINOModule(TrainingFreeModule):
         most likely a typo that would silently leave its category unmasked or unrotated, and is warned."""
         names = self.cfg.masked_categories
         categories = self.trainer.datamodule.categories
+        known = set(categories) | known_category_names()
         for key in ("masked_categories", "rotated_categories"):
-            listed = getattr(self.cfg, key) or []
-            unknown = sorted(set(listed) - set(categories) - known_category_names())
+            unknown = sorted(set(getattr(self.cfg, key) or []) - known)
             if unknown and self.trainer.is_global_zero and (key, *unknown) not in self._warned:
                 self._warned.add((key, *unknown))  # once per run, not per target and draw
                 log.warning(
