@@ -398,14 +398,14 @@ def run(args: argparse.Namespace) -> int:
                 amap = resize_map(amap, mask.shape)
             amap_t = torch.from_numpy(amap)
             # the row's own score first (an image in two rows), then one listed without its category
-            keys = [(row, name) for row in (category, None) for name in item.names]
             if image_scores is None:
                 score = amap_t.max().reshape(1)
-            elif any(key in image_scores for key in keys):
-                found = next(image_scores[key] for key in keys if key in image_scores)
-                score = torch.tensor([found], dtype=torch.float32)
             else:
-                raise MapsError(f"--image-scores {args.image_scores} has no score for {item.relative}")
+                keys = ((row, name) for row in (category, None) for name in item.names)
+                found = next((image_scores[key] for key in keys if key in image_scores), None)
+                if found is None:
+                    raise MapsError(f"--image-scores {args.image_scores} has no score for {item.relative}")
+                score = torch.tensor([found], dtype=torch.float32)
             evaluator.update(
                 torch.tensor([0]),
                 torch.tensor([position]),

@@ -444,12 +444,12 @@ def evaluation_module(cfg: ExperimentConfig, spec: MethodSpec) -> tuple[ZeroShot
         raise ConfigError(
             f"method '{spec.name}' is trained: pass checkpoint=RUN_DIR/checkpoints/last.ckpt (written by `zsad train`)"
         )
-    weights = read_trained_checkpoint(checkpoint, cfg.method.name) if checkpoint is not None else None
-    if checkpoint is not None:
-        refuse_other_training_source(checkpoint, weights, source_configs(cfg))
+    if checkpoint is None:
+        return build_module(cfg, spec), None
+    weights = read_trained_checkpoint(checkpoint, cfg.method.name)
+    refuse_other_training_source(checkpoint, weights, source_configs(cfg))
     module = build_module(cfg, spec)
-    if checkpoint is not None:
-        module.load_trained_weights(str(checkpoint), spec.official_checkpoint, weights)
+    module.load_trained_weights(str(checkpoint), spec.official_checkpoint, weights)
     return module, checkpoint
 
 
