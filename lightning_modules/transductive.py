@@ -44,6 +44,15 @@ def gather_rows(tensors: list[torch.Tensor], device: torch.device) -> list[torch
     return [torch.cat(gather_all_tensors(t.to(device))).cpu() for t in tensors]
 
 
+def first_copies(samples: torch.Tensor) -> list[int]:
+    """The positions of each sample id's first occurrence in gathered ``samples``, in order: the rows to keep
+    when a ``DistributedSampler`` padded some process with duplicates."""
+    first: dict[int, int] = {}
+    for position, sample in enumerate(samples.tolist()):
+        first.setdefault(sample, position)
+    return sorted(first.values())
+
+
 def expected_per_category(trainer: Any, loader: Iterable[Any]) -> list[frozenset[int]] | None:
     """Per category id, the samples this process's ``loader`` yields (padding duplicates left out), or None
     when they cannot be known in advance (:func:`~lightning_modules.metrics.distributed.expected_samples`)."""

@@ -24,6 +24,7 @@ from lightning_modules.eval_config import EvalConfig
 from lightning_modules.transductive import (
     category_stream,
     expected_per_category,
+    first_copies,
     gather_rows,
     own_loader,
 )
@@ -150,10 +151,7 @@ class AnomalyDINOModule(TrainingFreeModule):
         samples, counts, features, keep = gather_rows([samples, counts, features, keep], self.device)
         sizes = counts.tolist()
         blocks, masks = features.split(sizes), keep.bool().split(sizes)
-        first: dict[int, int] = {}
-        for i, s in enumerate(samples.tolist()):
-            first.setdefault(s, i)
-        kept = sorted(first.values())
+        kept = first_copies(samples)
         return [int(samples[i]) for i in kept], [blocks[i] for i in kept], [masks[i] for i in kept]
 
     def predict_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,6 +25,7 @@ from lightning_modules.musc.model import MuSc, divide_subsets
 from lightning_modules.transductive import (
     category_stream,
     expected_per_category,
+    first_copies,
     gather_rows,
     own_loader,
 )
@@ -130,10 +131,7 @@ class MuScModule(ZeroShotModule):
             tokens = [torch.zeros(shape) for _ in range(layers)]
             embeddings = torch.zeros(0, self.model.embedding_dim)
         samples, embeddings, *tokens = gather_rows([samples, embeddings, *tokens], self.device)
-        first: dict[int, int] = {}
-        for i, s in enumerate(samples.tolist()):
-            first.setdefault(s, i)
-        keep = torch.as_tensor(sorted(first.values()), dtype=torch.long)
+        keep = torch.as_tensor(first_copies(samples), dtype=torch.long)
         return samples[keep], [t[keep] for t in tokens], embeddings[keep]
 
     # --- the steps: precomputed results -----------------------------------------------------------
