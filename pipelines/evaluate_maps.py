@@ -372,6 +372,7 @@ def run(args: argparse.Namespace) -> int:
 
     results = []
     resized: dict[str, int] = {}
+    one_map_for_rows = 0  # images several categories hold, read from one map without a category
     for category in categories:
         items = by_category[category] or mvtec_test_images(gt_root, category)
         has_masks = index is None or index.category_has_masks(category)
@@ -390,7 +391,9 @@ def run(args: argparse.Namespace) -> int:
             spro_fpr_limit=args.spro_fpr_limit,
         )
         for position, item in enumerate(items):
-            amap = read_map(find_map(maps_root, item), maps_root, checksums)
+            found = find_map(maps_root, item)
+            one_map_for_rows += int(found.stem != Path(item.relative).name)  # {stem} for {stem}@{category}
+            amap = read_map(found, maps_root, checksums)
             mask = read_mask(item) if has_masks else None
             if mask is not None and amap.shape != mask.shape:
                 key = f"{amap.shape[0]}x{amap.shape[1]} -> {mask.shape[0]}x{mask.shape[1]}"
@@ -420,6 +423,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"evaluated {category}: {len(items)} test images", file=sys.stderr)
     result = EvaluationResult.merge(results)
     notes = [f"resized {n} maps {k} (bilinear) to the ground-truth size" for k, n in sorted(resized.items())]
+    if one_map_for_rows:  # maps of another tool, or of zsad before maps were saved per row
+        notes.append(
+            f"{one_map_for_rows} maps of images that several categories hold were read from one file for all of "
+            "them ({stem}, no {stem}@{category}): a map that depends on the category was not saved per row"
+        )
     result.notes.extend(truth.notes + notes)
 
     payload = {

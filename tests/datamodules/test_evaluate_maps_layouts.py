@@ -101,6 +101,11 @@ def test_region_datasets_get_spro_at_the_ground_truth_resolution(fake_mvtec_loco
         expected = spro(maps, regions, areas, fpr_limit=0.3)
         assert result["per_category"][category]["spro"] == pytest.approx(expected, abs=1e-12)
     assert "spro" in result["metrics"]
+    # the good images both rows hold, saved once by this tool: read for both rows, and said so
+    shared = len(index.shared_images())
+    assert shared and any(
+        f"{2 * shared} maps of images that several categories hold" in n for n in result["notes"]
+    )
 
 
 def test_sample_level_metrics_and_mask_free_categories(fake_realiad, fake_bmad, tmp_path):
