@@ -92,6 +92,7 @@ def zsad_outputs(root: Path, cfg: Any = None) -> dict[str, np.ndarray]:
     """zsad's masks, patch distances, image scores, maps and metrics (images sorted by path): the module's
     batched zero-shot pass over the datamodule's test loader, then its ``predict_batch`` per batch."""
     from lightning_modules.anomalydino.module import AnomalyDINOModule
+    from lightning_modules.transductive import Populations
 
     cfg = cfg or zsad_config()
     model = pa.parity_model(cfg)
@@ -100,10 +101,7 @@ def zsad_outputs(root: Path, cfg: Any = None) -> dict[str, np.ndarray]:
     masked = (cfg.masked_categories or []) if cfg.masking else []  # the module's use_datamodule_categories
     model.set_masked_categories([i for i, c in enumerate(categories) if c in masked])
     module = AnomalyDINOModule(cfg, model=model)
-    records = data.test_index.records
-    module.score_without_references(
-        data.test_dataloader(), len(categories), lambda sample: str(records[sample].image_path)
-    )
+    module.score_without_references(data.test_dataloader(), Populations.of(data))
     out: dict[str, list] = {k: [] for k in ("masks", "labels", "category_ids", "scores", "maps")}
     paths, distances, foreground, patches = [], [], [], []
     for batch in data.test_dataloader():

@@ -90,6 +90,7 @@ def zsad_times(root: Path) -> dict[str, float]:
     from lightning_modules.anomalydino.batched import category_scores
     from lightning_modules.anomalydino.module import AnomalyDINOModule
     from lightning_modules.metrics import AnomalyEvaluator
+    from lightning_modules.transductive import Populations
 
     torch.set_num_threads(1)
     cfg = pab.zsad_config()
@@ -102,10 +103,7 @@ def zsad_times(root: Path) -> dict[str, float]:
         categories = list(data.categories)
         model.set_masked_categories([i for i, c in enumerate(categories) if c in cfg.masked_categories])
         module = AnomalyDINOModule(cfg, model=model)
-        records = data.test_index.records
-        module.score_without_references(
-            data.test_dataloader(), len(categories), lambda s: str(records[s].image_path)
-        )
+        module.score_without_references(data.test_dataloader(), Populations.of(data))
         evaluator = AnomalyEvaluator(categories=categories)
         ps.predict_into(evaluator, module, data.test_dataloader())
         evaluator.compute()

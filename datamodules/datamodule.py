@@ -148,6 +148,12 @@ class AnomalyDataModule(L.LightningDataModule):
         return self.full_index.categories()
 
     @property
+    def category_populations(self) -> list[int]:
+        """Per category (``categories`` order), its test population (``DatasetIndex.category_populations``:
+        the rows of one object are one)."""
+        return self.full_index.category_populations()
+
+    @property
     def category_folders(self) -> list[str]:
         """Each category's folder as its dataset names it (a multi-source training set qualifies ids that two
         sources share in ``categories``; MVTec LOCO's rows are their object's folder): what methods that put

@@ -106,6 +106,22 @@ class DatasetIndex:
             held.setdefault(record.image_path, set()).add(record.category)
         return {path for path, categories in held.items() if len(categories) > 1}
 
+    def category_populations(self) -> list[int]:
+        """Per category (``categories()`` order), the id of the test population it belongs to: the rows of one
+        object (``row_objects``: MVTec LOCO's logical and structural rows) are one population, every other
+        category its own. What depends on a whole category's test images (MuSc's mutual scoring, VAND's and
+        Bayes-PFL's per-category score rules) sees its population's images, as the authors' code sees an
+        object's folder: a good image then gets one score and map in both rows, and the test set is not
+        split by anomaly type before it is scored."""
+        ids: dict[str, int] = {}
+        return [ids.setdefault(self.row_objects.get(c, c), len(ids)) for c in self.categories()]
+
+    def image_ids(self) -> list[int]:
+        """Per record, the position of the first record of the same image file: records that share an image
+        (``shared_images``) share its id, so a population counts the image once."""
+        first: dict[Path, int] = {}
+        return [first.setdefault(record.image_path, i) for i, record in enumerate(self.records)]
+
     def select(self, split: str | None = None, categories: Sequence[str] | None = None) -> DatasetIndex:
         """A sub-index; unknown categories are an error that lists the known ones."""
         records = self.records

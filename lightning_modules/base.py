@@ -72,6 +72,8 @@ class ZeroShotModule(L.LightningModule):
             region_metrics=bool(test_index.region_rules),
             spro_fpr_limit=self.eval_cfg.spro_fpr_limit,
             image_score_rule=self.image_score_rule(),
+            populations=datamodule.category_populations,  # the rule per object (MVTec LOCO's rows together)
+            image_ids=test_index.image_ids(),
         ).to(self.device)
         self.load_references()
 

@@ -1,11 +1,14 @@
-"""What a transductive method's Lightning module needs (MethodSpec TRANSDUCTIVE: a category's test images
+"""What a transductive method's Lightning module needs (MethodSpec TRANSDUCTIVE: a test population's images
 scored against each other, whatever the batch size or number of processes): its own pass over the epoch's
-images, handed out category by category as soon as a category is complete (so that the features of one
-category are held at a time, not the dataset's), and the gathering of every process's rows. MuSc's module (musc/module.py) and AnomalyDINO's batched
-zero-shot pass (anomalydino/module.py) use these."""
+images, handed out population by population as soon as a population is complete (so that the features of
+one population are held at a time, not the dataset's), and the gathering of every process's rows. A
+population is a category, or the rows of one object together (MVTec LOCO's logical and structural rows:
+``DatasetIndex.category_populations``), each image once. MuSc's module (musc/module.py) and AnomalyDINO's
+batched zero-shot pass (anomalydino/module.py) use these."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -53,42 +56,73 @@ def first_copies(samples: torch.Tensor) -> list[int]:
     return sorted(first.values())
 
 
-def expected_per_category(trainer: Any, loader: Iterable[Any]) -> list[frozenset[int]] | None:
-    """Per category id, the samples this process's ``loader`` yields (padding duplicates left out), or None
-    when they cannot be known in advance (:func:`~lightning_modules.metrics.distributed.expected_samples`)."""
-    from lightning_modules.metrics.distributed import expected_samples
+@dataclasses.dataclass(frozen=True)
+class Populations:
+    """Who is scored with whom: ``count`` populations, per sample id (a test index position) its population
+    and its image file. An image that several categories hold (MVTec LOCO's good test images, in both rows of
+    their object) is one image of its population, scored once; each of its samples gets that result."""
 
-    datamodule = trainer.datamodule
-    ids = {c: i for i, c in enumerate(datamodule.categories)}
-    records = datamodule.test_index.records
-    return expected_samples(loader, [ids[r.category] for r in records], len(ids))
+    count: int
+    of_sample: list[int]
+    paths: list[str]
+
+    @classmethod
+    def of(cls, datamodule: Any) -> Populations:
+        """The datamodule's test populations (``category_populations``)."""
+        ids = {c: i for i, c in enumerate(datamodule.categories)}
+        of_category = datamodule.category_populations
+        records = datamodule.test_index.records
+        return cls(
+            max(of_category, default=-1) + 1,
+            [of_category[ids[r.category]] for r in records],
+            [str(r.image_path) for r in records],
+        )
+
+    def expected(self, loader: Iterable[Any]) -> list[frozenset[int]] | None:
+        """Per population, the samples this process's ``loader`` yields (padding duplicates left out), or
+        None when they cannot be known in advance (:func:`~lightning_modules.metrics.distributed.expected_samples`)."""
+        from lightning_modules.metrics.distributed import expected_samples
+
+        return expected_samples(loader, self.of_sample, self.count)
+
+    def by_image(self, samples: Sequence[int]) -> tuple[list[int], list[int]]:
+        """A population's gathered ``samples`` (padding duplicates dropped) as its images, ordered by path:
+        the positions in ``samples`` of each image's first sample, and per position in ``samples`` the index
+        of its image among those."""
+        order = sorted(range(len(samples)), key=lambda i: (self.paths[samples[i]], samples[i]))
+        images: dict[str, int] = {}
+        keep: list[int] = []
+        for i in order:
+            if images.setdefault(self.paths[samples[i]], len(keep)) == len(keep):
+                keep.append(i)
+        return keep, [images[self.paths[sample]] for sample in samples]
 
 
-def category_stream(
+def population_stream(
     loader: Iterable[dict[str, Any]],
-    n_categories: int,
+    count: int,
     extract: Callable[[dict[str, Any]], Sequence[tuple[int, int, Any]]],
     expected: Sequence[frozenset[int]] | None,
 ) -> Iterator[tuple[int, list[tuple[int, Any]]]]:
-    """``(category id, [(sample id, item), ...])`` of this process for every category id in ascending order
-    (``extract(batch)`` gives each sample's ``(sample id, category id, item)``), each as soon as the loader
-    has given every ``expected`` sample of it and of the categories before it: for a loader in category order
-    one category's items are held at a time. Every process yields every category in the same order, so
-    per-category gathers stay in step under DDP. ``expected`` None (samples not known in advance): all at the
-    end. A sample of a category already handed out (a padding duplicate) is dropped: its category's results
-    are complete without it."""
+    """``(population id, [(sample id, item), ...])`` of this process for every population id below ``count``
+    in ascending order (``extract(batch)`` gives each sample's ``(sample id, population id, item)``), each as
+    soon as the loader has given every ``expected`` sample of it and of the populations before it: for a
+    loader in category order one population's items are held at a time. Every process yields every
+    population in the same order, so per-population gathers stay in step under DDP. ``expected`` None
+    (samples not known in advance): all at the end. A sample of a population already handed out (a padding
+    duplicate) is dropped: its population's results are complete without it."""
     pending = [set(s) for s in expected] if expected is not None else None
     items: dict[int, list[tuple[int, Any]]] = {}
     done = 0
     for batch in loader:
-        for sample, category, item in extract(batch):
-            if category < done:
+        for sample, population, item in extract(batch):
+            if population < done:
                 continue
-            items.setdefault(category, []).append((sample, item))
+            items.setdefault(population, []).append((sample, item))
             if pending is not None:
-                pending[category].discard(sample)
-        while pending is not None and done < n_categories and not pending[done]:
+                pending[population].discard(sample)
+        while pending is not None and done < count and not pending[done]:
             yield done, items.pop(done, [])
             done += 1
-    for category in range(done, n_categories):
-        yield category, items.pop(category, [])
+    for population in range(done, count):
+        yield population, items.pop(population, [])

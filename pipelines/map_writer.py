@@ -54,9 +54,9 @@ class MapWriter(Callback):
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = Path(out_dir)
-        # (image, category) -> (category, label, score or score parts): an image that two categories hold
-        # (MVTec LOCO's good images, in its logical and structural rows) has a row in each
-        self.rows: dict[tuple[str, str], tuple[str, int, Any]] = {}
+        # (image, category) -> (category, label, score or score parts, image file): an image that two
+        # categories hold (MVTec LOCO's good images, in its logical and structural rows) has a row in each
+        self.rows: dict[tuple[str, str], tuple[str, int, Any, str]] = {}
         self.checksums: dict[str, str] = {}  # map file below out_dir -> SHA-256 of what was written
         self.shared: set[Path] = set()
 
@@ -89,7 +89,7 @@ class MapWriter(Callback):
         for i, (path, category_id) in enumerate(zip(batch["image_path"], category_ids, strict=True)):
             category = datamodule.categories[category_id]
             name = map_name(Path(path), root, category, shared=Path(path) in self.shared)
-            self.rows[(name, category)] = (category, int(batch["label"][i]), scores[i])
+            self.rows[(name, category)] = (category, int(batch["label"][i]), scores[i], str(path))
             if maps is not None:
                 self.checksums[f"{name}.npy"] = save_atomically(self.out_dir / f"{name}.npy", maps[i])
                 if has_mask[i]:  # binarised as the evaluator does (> 0), at the map's size
@@ -106,7 +106,10 @@ class MapWriter(Callback):
             checksums = {key: digest for _, part in gathered for key, digest in part.items()}
         if not trainer.is_global_zero:
             return
-        rows = _combined(rows, module.image_score_rule())
+        datamodule = trainer.datamodule
+        rows = _combined(
+            rows, module.image_score_rule(), datamodule.categories, datamodule.category_populations
+        )
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(IMAGE_SCORES_COLUMNS)
@@ -115,15 +118,15 @@ class MapWriter(Callback):
             writer.writerow([image, category, label, repr(score)])
         self.out_dir.mkdir(parents=True, exist_ok=True)
         checksums[IMAGE_SCORES_FILE] = write_text_file(self.out_dir / IMAGE_SCORES_FILE, text.getvalue())
-        data_cfg = trainer.datamodule.cfg
+        data_cfg = datamodule.cfg
         record = {
             "dataset": data_cfg.name,
-            "root": str(trainer.datamodule.test_index.root),
+            "root": str(datamodule.test_index.root),
             "options": {key: str(value) for key, value in (data_cfg.options or {}).items()},
-            "version": trainer.datamodule.test_index.version,
+            "version": datamodule.test_index.version,
             "split": data_cfg.test_split,
-            "categories": list(trainer.datamodule.categories),
-            "data_fingerprint": trainer.datamodule.test_fingerprint_summary,
+            "categories": list(datamodule.categories),
+            "data_fingerprint": datamodule.test_fingerprint_summary,
         }
         checksums[DATASET_FILE] = write_text_file(
             self.out_dir / DATASET_FILE, json.dumps(record, indent=2) + "\n"
@@ -132,22 +135,28 @@ class MapWriter(Callback):
 
 
 def _combined(
-    rows: dict[tuple[str, str], tuple[str, int, Any]], rule: Any
+    rows: dict[tuple[str, str], tuple[str, int, Any, str]],
+    rule: Any,
+    categories: list[str],
+    populations: list[int],
 ) -> dict[tuple[str, str], tuple[str, int, float]]:
-    """The rows with each image's score; under an image-score rule from the parts of its category's images."""
+    """The rows with each image's score; under an image-score rule from the parts of its population's images
+    (category_scores.combined_scores: MVTec LOCO's rows of an object together, a shared image once), as
+    the evaluator combines them."""
     if rule is None:
-        return {image: (category, label, float(score)) for image, (category, label, score) in rows.items()}
+        return {key: (category, label, float(score)) for key, (category, label, score, _) in rows.items()}
     from lightning_modules.metrics.category_scores import combined_scores
 
-    images = sorted(rows)
-    categories = sorted({rows[image][0] for image in images})
-    ids = [categories.index(rows[image][0]) for image in images]
+    keys = sorted(rows)
+    files: dict[str, int] = {}
     scores = combined_scores(
-        rule, ids, torch.tensor([rows[image][2] for image in images], dtype=torch.float64)
+        rule,
+        [categories.index(rows[key][0]) for key in keys],
+        torch.tensor([rows[key][2] for key in keys], dtype=torch.float64),
+        populations,
+        [files.setdefault(rows[key][3], len(files)) for key in keys],
     )
-    return {
-        image: (rows[image][0], rows[image][1], float(s)) for image, s in zip(images, scores, strict=True)
-    }
+    return {key: (rows[key][0], rows[key][1], float(s)) for key, s in zip(keys, scores, strict=True)}
 
 
 def map_name(image: Path, root: Path, category: str, shared: bool = False) -> str:

@@ -9,7 +9,7 @@ MuSc's module does."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -22,11 +22,11 @@ from lightning_modules.anomalydino.model import AnomalyDINO
 from lightning_modules.category_module import TrainingFreeModule
 from lightning_modules.eval_config import EvalConfig
 from lightning_modules.transductive import (
-    category_stream,
-    expected_per_category,
+    Populations,
     first_copies,
     gather_rows,
     own_loader,
+    population_stream,
 )
 
 log = logging.getLogger(__name__)
@@ -80,28 +80,22 @@ class AnomalyDINOModule(TrainingFreeModule):
 
     # --- batched zero-shot (the transductive protocol) ------------------------------------------------
     def _score_all(self) -> None:
-        datamodule = self.trainer.datamodule
-        records = datamodule.test_index.records
         loader = own_loader(self.trainer, "AnomalyDINO")
-        self.score_without_references(
-            loader,
-            len(datamodule.categories),
-            lambda sample: str(records[sample].image_path),
-            expected_per_category(self.trainer, loader),
-        )
+        populations = Populations.of(self.trainer.datamodule)
+        self.score_without_references(loader, populations, populations.expected(loader))
 
     @torch.no_grad()
     def score_without_references(
         self,
         loader: Iterable[dict[str, Any]],
-        n_categories: int,
-        path_of: Callable[[int], str],
+        populations: Populations,
         expected: Sequence[frozenset[int]] | None = None,
     ) -> None:
-        """The batched zero-shot pass over this process's ``loader``: every category's images (ids below
-        ``n_categories``, gathered from every process, ordered by ``path_of(sample_id)``) scored against
-        each other, each category once its ``expected`` samples have arrived (None: at the end;
-        transductive.category_stream); :meth:`predict_batch` then hands out the samples' results."""
+        """The batched zero-shot pass over this process's ``loader``: every test population's images (a
+        category, or MVTec LOCO's rows of one object together, each image once; gathered from every process,
+        ordered by path) scored against each other, each population once its ``expected`` samples have
+        arrived (None: at the end; transductive.population_stream); :meth:`predict_batch` then hands out the
+        samples' results."""
         self._scored = {}
 
         def extract(batch: dict[str, Any]) -> list[tuple[int, int, tuple[torch.Tensor, torch.Tensor]]]:
@@ -110,30 +104,30 @@ class AnomalyDINOModule(TrainingFreeModule):
             keep = self.model.foreground(
                 batch["category_id"], features, self.model.encoder.grid_of(tuple(images.shape[-2:]))
             )
-            samples, categories = batch["sample_id"].tolist(), batch["category_id"].tolist()
+            samples = batch["sample_id"].tolist()
             return [
-                (sample, category, (features[i].cpu(), keep[i].cpu()))
-                for i, (sample, category) in enumerate(zip(samples, categories, strict=True))
+                (sample, populations.of_sample[sample], (features[i].cpu(), keep[i].cpu()))
+                for i, sample in enumerate(samples)
             ]
 
         cfg = self.cfg
-        for _, items in category_stream(loader, n_categories, extract, expected):
+        for _, items in population_stream(loader, populations.count, extract, expected):
             samples, blocks, masks = self._gather(
                 [(s, f, k) for s, (f, k) in items], self.model.encoder.vit.embed_dim
             )
             if not samples:
                 continue
-            order = sorted(range(len(samples)), key=lambda i: path_of(samples[i]))
+            keep, image_of = populations.by_image(samples)
             distances, scores = category_scores(
-                torch.cat([blocks[i] for i in order]).to(self.device),
-                [len(blocks[i]) for i in order],
-                torch.cat([masks[i] for i in order]).to(self.device),
+                torch.cat([blocks[i] for i in keep]).to(self.device),
+                [len(blocks[i]) for i in keep],
+                torch.cat([masks[i] for i in keep]).to(self.device),
                 cfg.batched_quantile,
                 cfg.top_fraction,
                 cfg.batched_guards,
             )
-            for position, i in enumerate(order):  # every sample's: a later padding duplicate needs it too
-                self._scored[samples[i]] = (distances[position].cpu(), float(scores[position]))
+            for sample, image in zip(samples, image_of, strict=True):  # a padding duplicate needs it too
+                self._scored[sample] = (distances[image].cpu(), float(scores[image]))
 
     def _gather(
         self, items: list[tuple[int, torch.Tensor, torch.Tensor]], width: int

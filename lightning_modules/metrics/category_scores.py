@@ -30,11 +30,32 @@ class CategoryScoreRule:
     per_image: Callable[[Tensor], Tensor]
 
 
-def combined_scores(rule: CategoryScoreRule, category_ids: Sequence[int], parts: Tensor) -> Tensor:
-    """The rule applied per category: ``parts`` ``[n, P]`` of distinct samples, ``category_ids`` ``[n]``."""
-    ids = torch.as_tensor(category_ids).reshape(-1)
+def combined_scores(
+    rule: CategoryScoreRule,
+    category_ids: Sequence[int],
+    parts: Tensor,
+    populations: Sequence[int] | None = None,
+    image_ids: Sequence[int] | None = None,
+) -> Tensor:
+    """The rule applied per category: ``parts`` ``[n, P]`` of distinct samples, ``category_ids`` ``[n]``.
+    ``populations`` (per category id, ``DatasetIndex.category_populations``) applies it per population
+    instead: the rows of one object (MVTec LOCO's) are combined together; ``image_ids`` (per row, an id of
+    its image file) counts an image that several rows hold once, with its first row's parts, and gives
+    every row of it that score."""
+    ids = torch.as_tensor(category_ids, dtype=torch.long).reshape(-1)
+    if populations is not None:
+        ids = torch.as_tensor(populations, dtype=torch.long)[ids]
+    images = (
+        torch.arange(len(ids))
+        if image_ids is None
+        else torch.as_tensor(image_ids, dtype=torch.long).reshape(-1)
+    )
     scores = torch.zeros(parts.shape[0], dtype=torch.float64)
-    for category in torch.unique(ids).tolist():
-        rows = (ids == category).nonzero().flatten()
-        scores[rows] = rule.combine(parts[rows].double()).double().cpu()
+    for group in torch.unique(ids).tolist():
+        rows = (ids == group).nonzero().flatten()
+        unique, inverse = torch.unique(images[rows], return_inverse=True)
+        first = torch.full((len(unique),), len(rows), dtype=torch.long)
+        first = first.scatter_reduce(0, inverse, torch.arange(len(rows)), reduce="amin")
+        combined = rule.combine(parts[rows[first]].double()).double().cpu()
+        scores[rows] = combined[inverse]
     return scores

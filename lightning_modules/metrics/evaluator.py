@@ -90,6 +90,11 @@ class AnomalyEvaluator(EarlyFinishing, Metric):
     adds ``spro``, MVTec LOCO's AU-sPRO up to ``spro_fpr_limit`` (:mod:`.spro`), from ``update``'s
     ``regions`` (B, R, H, W) and ``region_saturation`` (B, R); a region keeps only its pixels' scores, and
     the anomaly-free pixels are those of the masks, which must be the regions' union.
+
+    ``image_score_rule`` (:mod:`.category_scores`): image scores that depend on the whole category, from
+    the parts ``update`` takes, combined at :meth:`compute`; per population of ``populations`` (per
+    category id; MVTec LOCO's two rows of an object are one) with an image that several rows hold counted
+    once (``image_ids``: per sample id, an id of its image file), when given.
     """
 
     is_differentiable = False
@@ -134,6 +139,8 @@ class AnomalyEvaluator(EarlyFinishing, Metric):
         region_metrics: bool = False,
         spro_fpr_limit: float = SPRO_FPR_LIMIT,
         image_score_rule: CategoryScoreRule | None = None,
+        populations: Sequence[int] | None = None,
+        image_ids: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
         if "aupro_method" in kwargs:
@@ -162,6 +169,10 @@ class AnomalyEvaluator(EarlyFinishing, Metric):
             raise ValueError(
                 "expected_samples needs samples_per_category and one set of sample ids per category"
             )
+        if populations is not None and len(populations) != len(self.categories):
+            raise ValueError(
+                f"populations has {len(populations)} entries for {len(self.categories)} categories"
+            )
         if curve_points is not None and int(curve_points) < 3:
             raise ValueError(
                 f"curve_points must be at least 3 (or None for the full curves); got {curve_points}"
@@ -177,6 +188,10 @@ class AnomalyEvaluator(EarlyFinishing, Metric):
             f"img_part{i}" for i in range(image_score_rule.parts if image_score_rule else 0)
         )
         self._image_state_names = (*self._IMAGE_STATES, *self._part_states)
+        # The rule's groups (category_scores.combined_scores): per category id its population (the rows of one
+        # object together), per sample id its image file (an image several rows hold counted once).
+        self.populations = None if populations is None else [int(p) for p in populations]
+        self.image_ids = None if image_ids is None else torch.as_tensor(list(image_ids), dtype=torch.long)
         self.curve_points = None if curve_points is None else int(curve_points)
         self.keep_curves = bool(keep_curves)
         self.pixel_score_dtype = pixel_score_dtype
@@ -452,7 +467,10 @@ class AnomalyEvaluator(EarlyFinishing, Metric):
         if self.image_score_rule is not None:  # each category's scores from its samples' parts
             parts = torch.stack([self._cat(name).cpu() for name in self._part_states], dim=1)
             scores = torch.zeros_like(scores)
-            scores[keep] = combined_scores(self.image_score_rule, img_cat[keep], parts[keep])
+            images = None if self.image_ids is None else self.image_ids[img_sample[keep]]
+            scores[keep] = combined_scores(
+                self.image_score_rule, img_cat[keep], parts[keep], self.populations, images
+            )
         return (
             img_cat,
             scores,

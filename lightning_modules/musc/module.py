@@ -23,11 +23,11 @@ from lightning_modules.eval_config import EvalConfig
 from lightning_modules.musc.config import MuScConfig
 from lightning_modules.musc.model import MuSc, divide_subsets
 from lightning_modules.transductive import (
-    category_stream,
-    expected_per_category,
+    Populations,
     first_copies,
     gather_rows,
     own_loader,
+    population_stream,
 )
 
 
@@ -78,40 +78,46 @@ class MuScModule(ZeroShotModule):
         return self.cfg.k_list_for(getattr(self.trainer.datamodule.cfg, "name", None))
 
     def _score_all(self) -> None:
-        """Each category's images scored against each other once this process's loader has given all of
-        them (transductive.category_stream: one category's tokens held at a time for a loader in
+        """Each test population's images (a category, or MVTec LOCO's rows of one object together, each
+        image once: transductive.Populations) scored against each other once this process's loader has given
+        all of them (transductive.population_stream: one population's tokens held at a time for a loader in
         category order), gathered from every process and ordered by image path."""
         loader = self._loader()
         datamodule = self.trainer.datamodule
         records = datamodule.test_index.records
+        populations = Populations.of(datamodule)
         k_list = self._k_list()
 
         def extract(batch: dict[str, Any]) -> list[tuple[int, int, tuple[list[torch.Tensor], torch.Tensor]]]:
             tokens, embeddings = self.model.extract(batch["image"].to(self.device))
-            samples, categories = batch["sample_id"].tolist(), batch["category_id"].tolist()
+            samples = batch["sample_id"].tolist()
             return [
-                (sample, category, ([t[i].cpu() for t in tokens], embeddings[i].cpu()))
-                for i, (sample, category) in enumerate(zip(samples, categories, strict=True))
+                (sample, populations.of_sample[sample], ([t[i].cpu() for t in tokens], embeddings[i].cpu()))
+                for i, sample in enumerate(samples)
             ]
 
         self._scored = {}
         size = self._mask_size()
-        expected = expected_per_category(self.trainer, loader)
-        for _, items in category_stream(loader, len(datamodule.categories), extract, expected):
+        expected = populations.expected(loader)
+        for _, items in population_stream(loader, populations.count, extract, expected):
             samples, tokens, embeddings = self._gather([(s, t, e) for s, (t, e) in items])
             if not len(samples):
                 continue
-            order = sorted(range(len(samples)), key=lambda i: str(records[int(samples[i])].image_path))
-            index = torch.as_tensor(order)
-            samples, embeddings = samples[index], embeddings[index]
-            tokens = [t[index] for t in tokens]
-            defects = [records[int(s)].defect_type for s in samples]
+            keep, image_of = populations.by_image(samples.tolist())
+            index = torch.as_tensor(keep, dtype=torch.long)
+            defects = [records[int(s)].defect_type for s in samples[index]]
             subsets = divide_subsets(defects, self.cfg.divide_num, self.cfg.divide_seed)
             grids, scores = self.model.category_grids_and_scores(
-                [t.to(self.device) for t in tokens], embeddings.to(self.device), subsets, size, k_list
+                [t[index].to(self.device) for t in tokens],
+                embeddings[index].to(self.device),
+                subsets,
+                size,
+                k_list,
             )
-            for i, sample in enumerate(samples.tolist()):  # every sample's: a padding duplicate needs it too
-                self._scored[sample] = (grids[i].cpu(), float(scores[i]))
+            for sample, image in zip(
+                samples.tolist(), image_of, strict=True
+            ):  # a padding duplicate needs it too
+                self._scored[sample] = (grids[image].cpu(), float(scores[image]))
 
     def _mask_size(self) -> tuple[int, int]:
         size = self.model.image_size

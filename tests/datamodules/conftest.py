@@ -381,16 +381,15 @@ def fake_realiad(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def fake_mvtec_loco(tmp_path: Path) -> Path:
-    """Two objects with ``defects_config.json`` (:data:`LOCO_DEFECTS`); each anomalous image has a folder of
-    region PNGs: logical ``000`` has two regions (values 255 and 1), every other one a single region."""
-    root = tmp_path / "mvtec_loco_anomaly_detection"
+def write_mvtec_loco(root: Path, n_test: int = 2) -> Path:
+    """Two objects with ``defects_config.json`` (:data:`LOCO_DEFECTS`) and ``n_test`` images per test folder;
+    each anomalous image has a folder of region PNGs: logical ``000`` has two regions (values 255 and 1),
+    every other one a single region."""
     for obj in ("breakfast_box", "pushpins"):
         cat = root / obj
         write_image(cat / "train" / "good" / "000.png")
         write_image(cat / "validation" / "good" / "000.png", seed=1)
-        for i in range(2):
+        for i in range(n_test):
             write_image(cat / "test" / "good" / f"{i:03d}.png", seed=10 + i)
             for kind, value in (("logical_anomalies", 255), ("structural_anomalies", 1)):
                 write_image(cat / "test" / kind / f"{i:03d}.png", seed=20 + i)
@@ -404,6 +403,12 @@ def fake_mvtec_loco(tmp_path: Path) -> Path:
     (root / "license.txt").write_text("CC BY-NC-SA 4.0\n")
     (root / "readme.txt").write_text("MVTec LOCO AD\n")
     return root
+
+
+@pytest.fixture
+def fake_mvtec_loco(tmp_path: Path) -> Path:
+    """:func:`write_mvtec_loco` with two images per test folder."""
+    return write_mvtec_loco(tmp_path / "mvtec_loco_anomaly_detection")
 
 
 @pytest.fixture

@@ -3,9 +3,10 @@ as soon as this process's loader has given all of it, so that one category's fea
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from lightning_modules.transductive import category_stream
+from lightning_modules.transductive import population_stream
 
 drawn: list[int] = []  # the first row of each batch drawn so far
 
@@ -34,7 +35,7 @@ def test_each_category_is_handed_out_once_its_samples_have_arrived_and_duplicate
     expected = [frozenset({0, 2}), frozenset({4, 6}), frozenset({8, 10}), frozenset()]
     drawn.clear()
     seen = []
-    for category, items in category_stream(_batches(rows, 2), 4, _extract, expected):
+    for category, items in population_stream(_batches(rows, 2), 4, _extract, expected):
         seen.append((category, [s for s, _ in items], list(drawn)))
     assert seen == [
         (0, [0, 2], [0]),  # as soon as its batch is in: before category 1's batch is drawn
@@ -42,7 +43,7 @@ def test_each_category_is_handed_out_once_its_samples_have_arrived_and_duplicate
         (2, [8, 10], [0, 2, 4]),
         (3, [], [0, 2, 4]),  # none here: handed out (empty) in step, as every process does
     ]
-    assert [s for _, items in category_stream(_batches(rows, 2), 4, _extract, expected) for s, _ in items] == [
+    assert [s for _, items in population_stream(_batches(rows, 2), 4, _extract, expected) for s, _ in items] == [
         0, 2, 4, 6, 8, 10,
     ]  # the padding duplicate of a finished category is dropped  # fmt: skip
 
@@ -52,13 +53,59 @@ def test_without_known_samples_every_category_comes_at_the_end():
     drawn.clear()
     seen = [
         (c, [s for s, _ in items], len(drawn))
-        for c, items in category_stream(_batches(rows, 2), 2, _extract, None)
+        for c, items in population_stream(_batches(rows, 2), 2, _extract, None)
     ]
     assert seen == [(0, [0, 2], 2), (1, [1, 3], 2)]
     expected = [frozenset({0, 2}), frozenset({1, 3})]
     drawn.clear()
     seen = [
         (c, [s for s, _ in items], len(drawn))
-        for c, items in category_stream(_batches(rows, 2), 2, _extract, expected)
+        for c, items in population_stream(_batches(rows, 2), 2, _extract, expected)
     ]
     assert seen == [(0, [0, 2], 2), (1, [1, 3], 2)]  # interleaved: category 0 completes with the last batch
+
+
+def _image_scores(tmp_path, method: list[str], rows: str) -> dict[str, set[str]]:
+    """``zsad run`` of a transductive method on a generated MVTec LOCO with ``rows``, maps saved: per image
+    file (a good image's ``@row`` dropped), the scores its rows got (repr)."""
+    import csv
+
+    from pipelines.cli import main
+    from tests.datamodules.conftest import write_mvtec_loco
+
+    root = tmp_path / "loco"
+    if not root.is_dir():
+        write_mvtec_loco(root, n_test=3)
+    target = tmp_path / f"{rows}.yaml"
+    target.write_text(f"name: mvtec_loco\nroot: {root}\nnum_workers: 0\noptions: {{rows: {rows}}}\n")
+    run_dir = tmp_path / f"run_{rows}"
+    args = [
+        "run", "demo", f"targets=[{target}]", "logger.wandb.mode=disabled", "trainer.enable_progress_bar=false",
+        "eval.save_maps=true", f"run_dir={run_dir}", *method,
+    ]  # fmt: skip
+    assert main(args) == 0
+    scores: dict[str, set[str]] = {}
+    for row in csv.DictReader((run_dir / "maps" / "mvtec_loco" / "image_scores.csv").open()):
+        scores.setdefault(row["image"].split("@")[0], set()).add(row["score"])
+    return scores
+
+
+TINY_TRANSDUCTIVE = {
+    "musc": ["method=musc_tiny"],
+    "anomalydino_batched": [
+        "method=anomalydino_batched", "method.backbone.name=zsad-tiny-dinov2", "method.backbone.pretrained=null",
+        "method.backbone.image_size=42", "method.batched_guards=true",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("method", sorted(TINY_TRANSDUCTIVE))
+def test_the_rows_of_one_object_are_one_population(tmp_path, method):
+    """MVTec LOCO by type: MuSc and AnomalyDINO's batched pass score an object's test images together (each
+    once) as the authors' code scores the object's folder, so every image gets the score it gets with the
+    object as one category (rows=object), and a good image the same score in both rows."""
+    by_type = _image_scores(tmp_path, TINY_TRANSDUCTIVE[method], "by_type")
+    whole = _image_scores(tmp_path, TINY_TRANSDUCTIVE[method], "object")
+    assert by_type.keys() == whole.keys() and len(whole) == 2 * 9
+    assert all(len(scores) == 1 for scores in whole.values())
+    assert by_type == whole  # one score per image, the object's

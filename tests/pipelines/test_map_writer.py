@@ -1,8 +1,8 @@
 """``eval.save_maps`` (pipelines/map_writer.py) on a dataset whose rows share images: MVTec LOCO's logical and
 structural rows both hold the object's good test images, and image_scores.csv (what ``zsad report
 --bootstrap`` resamples per category and ``zsad evaluate-maps --image-scores`` reads) must list them in
-both rows, with the scores each row's evaluation gave them, and their maps (which may depend on the row) once
-per row."""
+both rows, with the scores the evaluation gave them (under a rule that depends on the whole category: over
+the object's test images, both rows together), and their maps (which may depend on the row) once per row."""
 
 from __future__ import annotations
 
@@ -21,26 +21,11 @@ from lightning_modules.base import ZeroShotModule
 from lightning_modules.metrics.category_scores import CategoryScoreRule
 from pipelines.cli import main
 from pipelines.map_writer import IMAGE_SCORES_FILE, MapWriter
-from tests.datamodules.conftest import LOCO_DEFECTS, write_image, write_region
+from tests.datamodules.conftest import write_mvtec_loco
 from tests_support import quiet_trainer
 
 OBJECTS = ("breakfast_box", "pushpins")
 TYPES = {"logical": "logical_anomalies", "structural": "structural_anomalies"}
-
-
-def _loco(root: Path) -> Path:
-    for obj in OBJECTS:
-        cat = root / obj
-        write_image(cat / "train" / "good" / "000.png")
-        for i in range(3):
-            write_image(cat / "test" / "good" / f"{i:03d}.png", seed=10 + i)
-            for folder in TYPES.values():
-                write_image(cat / "test" / folder / f"{i:03d}.png", seed=20 + i)
-                write_region(
-                    cat / "ground_truth" / folder / f"{i:03d}" / "000.png", slice(2, 8), slice(2, 10), 255
-                )
-        (cat / "defects_config.json").write_text(json.dumps(LOCO_DEFECTS))
-    return root
 
 
 def _part(path: str) -> float:
@@ -69,7 +54,7 @@ class _PerImage(ZeroShotModule):
 
 @pytest.mark.parametrize("rule", [None, RULE], ids=["per_image", "category_rule"])
 def test_images_two_rows_share_are_listed_in_both_with_each_rows_score(tmp_path, rule):
-    root = _loco(tmp_path / "loco")
+    root = write_mvtec_loco(tmp_path / "loco", n_test=3)
     module = _PerImage()
     module.rule = rule
     out = tmp_path / "maps"
@@ -83,7 +68,10 @@ def test_images_two_rows_share_are_listed_in_both_with_each_rows_score(tmp_path,
             row = f"{obj}_{kind}"
             images = [f"{obj}/test/{sub}/{i:03d}" for sub in ("good", folder) for i in range(3)]
             parts = {image: _part(image) for image in images}
-            top = max(parts.values())
+            # the rule sees the object's test images (both rows; a good image once), not the row's
+            top = max(
+                _part(f"{obj}/test/{sub}/{i:03d}") for sub in ("good", *TYPES.values()) for i in range(3)
+            )
             expected = {  # a good image's row and map file: {stem}@{row}
                 f"{image}@{row}" if "/good/" in image else image: (p / top if rule is not None else p)
                 for image, p in parts.items()

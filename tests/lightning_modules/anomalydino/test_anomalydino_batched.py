@@ -211,7 +211,7 @@ def test_the_authors_rules_refuse_a_run_where_their_code_fails(tmp_path, capsys)
 
 
 def test_a_category_is_scored_before_the_next_ones_images_are_encoded(tmp_path):
-    """The pass holds one category's patches at a time (transductive.category_stream): the first category
+    """The pass holds one category's patches at a time (transductive.population_stream): the first category
     is scored as soon as its images are encoded, before the next category's are."""
     from unittest import mock
 
