@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from baselines_support import one_torch_thread  # noqa: F401 (autouse: one torch thread, as DDP processes)
 
 from lightning_modules.transductive import population_stream
 
@@ -65,7 +66,7 @@ def test_without_known_samples_every_category_comes_at_the_end():
     assert seen == [(0, [0, 2], 2), (1, [1, 3], 2)]  # interleaved: category 0 completes with the last batch
 
 
-def _image_scores(tmp_path, method: list[str], rows: str) -> dict[str, set[str]]:
+def _image_scores(tmp_path, method: list[str], rows: str, *extra: str) -> dict[str, set[str]]:
     """``zsad run`` of a transductive method on a generated MVTec LOCO with ``rows``, maps saved: per image
     file (a good image's ``@row`` dropped), the scores its rows got (repr)."""
     import csv
@@ -77,11 +78,14 @@ def _image_scores(tmp_path, method: list[str], rows: str) -> dict[str, set[str]]
     if not root.is_dir():
         write_mvtec_loco(root, n_test=3)
     target = tmp_path / f"{rows}.yaml"
-    target.write_text(f"name: mvtec_loco\nroot: {root}\nnum_workers: 0\noptions: {{rows: {rows}}}\n")
-    run_dir = tmp_path / f"run_{rows}"
+    # one image per batch: an image's features do not depend on the batch it is encoded in (DDP test)
+    target.write_text(
+        f"name: mvtec_loco\nroot: {root}\nnum_workers: 0\neval_batch_size: 1\noptions: {{rows: {rows}}}\n"
+    )
+    run_dir = tmp_path / f"run_{rows}{len(extra)}"
     args = [
         "run", "demo", f"targets=[{target}]", "logger.wandb.mode=disabled", "trainer.enable_progress_bar=false",
-        "eval.save_maps=true", f"run_dir={run_dir}", *method,
+        "eval.save_maps=true", f"run_dir={run_dir}", *method, *extra,
     ]  # fmt: skip
     assert main(args) == 0
     scores: dict[str, set[str]] = {}
@@ -109,3 +113,12 @@ def test_the_rows_of_one_object_are_one_population(tmp_path, method):
     assert by_type.keys() == whole.keys() and len(whole) == 2 * 9
     assert all(len(scores) == 1 for scores in whole.values())
     assert by_type == whole  # one score per image, the object's
+
+
+def test_two_processes_gather_the_rows_of_one_object_as_one_process_does(tmp_path):
+    """Under DDP each process holds some of an object's samples of both rows (a good image may be on both,
+    as two samples): the gathered population is the same images, and the scores are one process's."""
+    method = TINY_TRANSDUCTIVE["musc"]
+    one = _image_scores(tmp_path, method, "by_type")
+    two = _image_scores(tmp_path, method, "by_type", "trainer.strategy=ddp_spawn", "trainer.devices=2")
+    assert two == one
