@@ -91,6 +91,10 @@ class AnomalyDataModule(L.LightningDataModule):
     override the latter. ``seed`` orders the training batches of every epoch (default: the seed of
     ``lightning.seed_everything``, else 0)."""
 
+    #: per-image random draws (Bayes-PFL, AnoVL) are keyed by the image's path below the dataset root
+    #: (lightning_modules/stochastic.image_keys), so a copy of the dataset elsewhere gives the same numbers
+    keys_by_content = False
+
     def __init__(
         self,
         cfg: DataConfig,

@@ -127,6 +127,10 @@ class ImageFolderDataset(AnomalyDataset):
 class ImageFolderDataModule(AnomalyDataModule):
     """The benchmarks' datamodule over user images: same transforms, batches and loader settings."""
 
+    #: per-image random draws are keyed by the file's content: the inputs' common folder, below which their
+    #: paths would be keys, changes with the other inputs of a call
+    keys_by_content = True
+
     def __init__(
         self,
         images: ImageList,

@@ -10,6 +10,8 @@ Draws are made on the CPU and moved to the device, so they do not depend on the 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,14 +39,37 @@ def keyed_normal(
     return torch.stack(rows).to(device=device, dtype=dtype)
 
 
-def image_keys(dataset: str, paths: Sequence[str], root: str | Path | None) -> list[tuple[str, str]]:
-    """``(dataset, path relative to the dataset root)`` per image: a key that names the image whatever the
-    batch it comes in, the process that loads it or the folder the dataset is copied to."""
+def image_keys(
+    dataset: str, paths: Sequence[str], root: str | Path | None, by_content: bool = False
+) -> list[tuple[str, str]]:
+    """``(dataset, key)`` per image: a key that names the image whatever the batch it comes in or the process
+    that loads it. A benchmark's image: its path relative to the dataset root, so a copy of the dataset in
+    another folder gives the same numbers. ``by_content`` (``zsad predict``'s inputs, which have no dataset
+    root: ``ImageFolderDataModule.keys_by_content``): the SHA-256 of the file, so an image's draws do not
+    change with the other inputs of the call (their common folder does)."""
     keys = []
     for path in paths:
+        if by_content:
+            keys.append((dataset, content_key(path)))
+            continue
         relative = Path(path)
         if root is not None:
             with contextlib.suppress(ValueError):
                 relative = relative.relative_to(Path(root))
         keys.append((dataset, relative.as_posix()))
     return keys
+
+
+def content_key(path: str | Path) -> str:
+    """``sha256:<hex>`` of the file's bytes (cached while its size and modification time stay)."""
+    stat = Path(path).stat()
+    return _content_key(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=65536)
+def _content_key(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"

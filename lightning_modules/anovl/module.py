@@ -55,6 +55,7 @@ class AnoVLModule(ZeroShotModule):
         self._object_names: dict[str, str] = {}
         self._domain = "industrial"
         self._image_root: Path | None = None  # the target's root: image seeds key paths below it
+        self._keys_by_content = False
         self._texts: dict[str, CategoryText] = {}
 
     @property
@@ -71,6 +72,7 @@ class AnoVLModule(ZeroShotModule):
         self._object_names = datamodule.full_index.prompt_names()
         self._domain = datamodule.domain
         self._image_root = getattr(datamodule.full_index, "root", None)
+        self._keys_by_content = bool(getattr(datamodule, "keys_by_content", False))  # zsad predict's inputs
         self._texts.clear()
         for tta in (self.tta, self.tiled_tta):
             if tta is not None:
@@ -99,8 +101,9 @@ class AnoVLModule(ZeroShotModule):
 
     def image_seeds(self, batch: dict[str, Any], salt: int = 0) -> list[int]:
         """Each image's seed from its path below the bound target's root (lightning_modules/stochastic.py's
-        keys), so a copy of the dataset elsewhere gives the same numbers."""
-        keys = image_keys("", list(batch["image_path"]), self._image_root)
+        keys), so a copy of the dataset elsewhere gives the same numbers; ``zsad predict``'s inputs: from
+        the file's content."""
+        keys = image_keys("", list(batch["image_path"]), self._image_root, self._keys_by_content)
         return [image_seed(self.seed, relative, salt) for _, relative in keys]
 
     def batch_text(self, categories: Sequence[str]) -> BatchText:

@@ -217,10 +217,11 @@ class BayesPFLModule(ZeroShotModule):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each image's image-specific draws from its own generator, the image-agnostic ones from the
         target's (docs/methods.md#bayes-pfl): the same for an image whatever batch, worker or process."""
-        root = getattr(getattr(self.trainer.datamodule, "full_index", None), "root", None)
-        return self.model.test_draws(
-            self.cfg.sampling_seed, self.target_name, image_keys(self.target_name, paths, root), device
-        )
+        datamodule = self.trainer.datamodule
+        root = getattr(getattr(datamodule, "full_index", None), "root", None)
+        by_content = getattr(datamodule, "keys_by_content", False)
+        keys = image_keys(self.target_name, paths, root, by_content)
+        return self.model.test_draws(self.cfg.sampling_seed, self.target_name, keys, device)
 
     def predict_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """The image scores' parts ``[B, 2]`` (probability, top-k mean) and the maps: the authors' score

@@ -373,3 +373,28 @@ def test_mvtec_ad2_submission_is_in_the_servers_form(tmp_path, capsys):
         "test_public/good/000_regular is not an image of MVTec AD 2's private test sets"
         in capsys.readouterr().err
     )
+
+
+def test_an_images_random_draws_do_not_depend_on_the_other_inputs(tmp_path):
+    """AnoVL's test-time adaptation draws per image (lightning_modules/stochastic.py): under ``zsad predict``
+    an image's key is its content, not its path below the inputs' common folder, which moves when inputs
+    from another folder join; the same file then gets the same map in both calls, and a copy of it too
+    (``tta.reset=image``: each image adapted alone; the authors' policy carries the optimizer over from the
+    images before it)."""
+    rng = np.random.default_rng(1)
+    first, other = tmp_path / "line" / "a", tmp_path / "elsewhere" / "b"
+    for folder in (first, other):
+        folder.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(first / f"{i}.png")
+    (other / "copy.png").write_bytes((first / "0.png").read_bytes())
+    args = ["predict", "clip_all", "method=anovl_tiny", "method.tta.reset=image", *COMMON]
+    args += ["trainer.enable_progress_bar=false"]
+    assert main([*args, "--out", str(tmp_path / "alone"), "--input", str(first)]) == 0
+    assert main([*args, "--out", str(tmp_path / "joined"), "--input", str(first), str(other)]) == 0
+    for i in range(2):  # common folder: line/a alone, tmp_path joined
+        alone = tifffile.imread(tmp_path / "alone" / "maps" / f"{i}.tiff")
+        joined = tifffile.imread(tmp_path / "joined" / "maps" / "line" / "a" / f"{i}.tiff")
+        np.testing.assert_array_equal(joined, alone)
+    copy = tifffile.imread(tmp_path / "joined" / "maps" / "elsewhere" / "b" / "copy.tiff")
+    np.testing.assert_array_equal(copy, tifffile.imread(tmp_path / "alone" / "maps" / "0.tiff"))
