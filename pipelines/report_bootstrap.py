@@ -5,7 +5,9 @@ Each category's test images are resampled with replacement, normal and anomalous
 stratified bootstrap), and every metric is recomputed exactly on each resample from the maps the run saved
 (``eval.save_maps=true``: ``RUN/maps/{target}/`` holds each image's map, the mask it was scored against and
 the image scores), by :mod:`lightning_modules.metrics.bootstrap`. The draws depend only on ``--seed``, the
-category and its list of images, so every run that evaluated the same images gets the same resamples: a
+category and its list of images (normal images that several categories hold, MVTec LOCO's good images in
+both rows of their object, on those files alone: the rows resample them alike, :func:`category_weights`),
+so every run that evaluated the same images gets the same resamples: a
 cell's value in a resample is the mean over its replicates (and, for a dataset, over its categories) of
 their metrics on the same images, and the difference of two settings is paired image by image.
 Intervals are percentile intervals (95% unless ``--confidence`` says otherwise) of those resampled values; the comparison's p-value is the
@@ -71,6 +73,30 @@ def _generator(seed: int, category: str, images: tuple[tuple[str, int], ...]) ->
     return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
 
 
+def category_weights(
+    seed: int, category: str, images: tuple[tuple[str, int], ...], n_resamples: int
+) -> np.ndarray:
+    """``(n_resamples, n)`` multiplicities of a category's ``images`` (stratified: as many normal and as many
+    anomalous images as it has). Normal images that several categories hold (saved as ``{stem}@{category}``:
+    MVTec LOCO's good images, in the logical and the structural row of their object) are drawn from a
+    generator of their files alone, so every row holding them resamples them alike: the rows' numbers stay
+    paired image by image in a resample, and the interval of their mean sees that they share those images.
+    Other categories: one generator of the category and its images, as always."""
+    labels = np.array([label for _, label in images], dtype=np.int64)
+    suffix = f"@{category}"
+    normal = np.flatnonzero(labels == 0)
+    if not any(images[i][0].endswith(suffix) for i in normal):
+        return stratified_weights(labels, n_resamples, _generator(seed, category, images))
+    files = tuple((images[i][0].removesuffix(suffix), 0) for i in normal)
+    weights = np.zeros((n_resamples, len(images)), dtype=np.int64)
+    weights[:, normal] = stratified_weights(np.zeros(len(normal)), n_resamples, _generator(seed, "", files))
+    anomalous = np.flatnonzero(labels != 0)
+    weights[:, anomalous] = stratified_weights(
+        np.ones(len(anomalous)), n_resamples, _generator(seed, category, images)
+    )
+    return weights
+
+
 def _maps_folder(entry: Entry) -> Path:
     folder = entry.run.output_dir / "maps" / entry.target_key
     if not (folder / IMAGE_SCORES_FILE).is_file():
@@ -98,9 +124,7 @@ def entry_draws(entry: Entry, n_resamples: int, seed: int, notes: list[str]) -> 
             raise ZsadError(f"{folder / IMAGE_SCORES_FILE} has no images of category '{category}'")
         images = tuple((r["image"], int(r["label"])) for r in own)
         maps, masks = _pixel_inputs(folder, own, recorded[category])
-        weights = stratified_weights(
-            [label for _, label in images], n_resamples, _generator(seed, category, images)
-        )
+        weights = category_weights(seed, category, images, n_resamples)
         weights = np.vstack([np.ones((1, len(images)), dtype=np.int64), weights])  # row 0: the run itself
         values = ResampledCategory(
             [float(r["score"]) for r in own], [label for _, label in images], maps, masks, fpr_limit

@@ -826,3 +826,30 @@ def test_reference_rows_are_those_measured_in_the_columns_setting(tmp_path):
         "other_r_list": "",
     }
     assert "dinov2_vitb14 at 336 px" in report.markdown and "ViT-B-32 at 512 px" in report.markdown
+
+
+def test_rows_that_share_normal_images_resample_them_alike():
+    """MVTec LOCO's two rows of an object both hold its good images (saved as ``{stem}@{row}``): a resample
+    draws them once for both rows, so the rows' numbers stay paired and the dataset mean's interval sees the
+    shared images; a category without shared images keeps its one generator."""
+    from lightning_modules.metrics.bootstrap import stratified_weights
+    from pipelines.report_bootstrap import _generator, category_weights
+
+    good = [f"box/test/good/{i:03d}" for i in range(4)]
+    rows = {
+        row: tuple(
+            [(f"{g}@{row}", 0) for g in good] + [(f"box/test/{row}_anomalies/{i:03d}", 1) for i in range(k)]
+        )
+        for row, k in (("box_logical", 3), ("box_structural", 5))
+    }
+    weights = {row: category_weights(7, row, images, 200) for row, images in rows.items()}
+    logical, structural = weights["box_logical"], weights["box_structural"]
+    np.testing.assert_array_equal(logical[:, :4], structural[:, :4])  # the good images: drawn alike
+    assert (logical[:, :4].sum(axis=1) == 4).all() and (logical[:, 4:].sum(axis=1) == 3).all()
+    assert (structural[:, 4:].sum(axis=1) == 5).all()  # stratified: as many of each label as the row has
+    assert len({tuple(w) for w in logical[:, :4]}) > 20  # and still resampled (35 ways to draw 4 of 4)
+    plain = (("cells/test/good/000", 0), ("cells/test/good/001", 0), ("cells/test/hole/000", 1))
+    np.testing.assert_array_equal(
+        category_weights(7, "cells", plain, 50),
+        stratified_weights([0, 0, 1], 50, _generator(7, "cells", plain)),
+    )
