@@ -1,8 +1,8 @@
 """Dual-Image Enhanced CLIP evaluation in Lightning (training-free, TTA in the test loop).
 
 Partners across processes. Under DDP each process sees only a shard of the test set, but an image's
-partners must come from its *whole* category. Each process therefore builds the reference bank of a
-category itself, from ``datamodule.test_index`` (every record of the test split, in index order): it loads
+partners must come from its *whole* category (MVTec LOCO's two rows of an object: the object's test images,
+each once). Each process therefore builds the reference bank of a category itself, from ``datamodule.test_index`` (every record of the test split, in index order): it loads
 and encodes all of the category's images once per test epoch, the first time a batch of that category
 arrives, and keeps the banks of the two most recent categories. Banks are identical on every process
 (same images, same order, same seeded pairing), so an image's partners and score do not depend on how
@@ -35,7 +35,8 @@ _BANKS_KEPT = 2  # categories whose banks stay in memory (a shard's padding revi
 
 @dataclasses.dataclass
 class ReferenceBank:
-    """Reference features of every test image of one category, in index order."""
+    """Reference features of every test image of one category (or test population: MVTec LOCO's rows of an
+    object together, each image once), in index order."""
 
     rows: dict[int, int]  # sample_id (position in the test index) -> row
     class_embedding: torch.Tensor  # [n, D]
@@ -56,9 +57,14 @@ class DualImageModule(AnoVLModule):
         self._dataset = None
         self._loader_options: dict[str, Any] = {}
         self._banks: collections.OrderedDict[str, ReferenceBank] = collections.OrderedDict()
+        self._population: dict[str, str] = {}
 
     def bind_data(self, datamodule: Any) -> None:
         super().bind_data(datamodule)
+        # a category's references come from its test population: MVTec LOCO's rows of one object together
+        # (DatasetIndex.row_objects), as the object's folder; every other category alone
+        rows = datamodule.full_index.row_objects
+        self._population = {category: rows.get(category, category) for category in self._categories}
         self._dataset = (
             datamodule.test_dataloader().dataset
         )  # the same items, ids and transforms as the test loop
@@ -67,11 +73,20 @@ class DualImageModule(AnoVLModule):
         self._banks.clear()
 
     def category_bank(self, category: str) -> ReferenceBank:
-        """The category's bank (built on first use; see the module docstring for why every process does it)."""
-        if category in self._banks:
-            self._banks.move_to_end(category)
-            return self._banks[category]
-        positions = [i for i, record in enumerate(self._dataset.records) if record.category == category]
+        """The bank of the category's test population (built on first use; see the module docstring for why
+        every process does it): its images, each once (MVTec LOCO's good images are in both rows)."""
+        population = self._population.get(category, category)
+        if population in self._banks:
+            self._banks.move_to_end(population)
+            return self._banks[population]
+        members = {c for c, p in self._population.items() if p == population} | {category}
+        positions, rows, first = [], {}, {}
+        for i, record in enumerate(self._dataset.records):
+            if record.category in members:
+                if record.image_path not in first:
+                    first[record.image_path] = len(positions)
+                    positions.append(i)
+                rows[i] = first[record.image_path]
         embeddings, tokens = [], collections.defaultdict(list)
         dtype = getattr(torch, self.cfg.visual.bank_dtype)
         loader = DataLoader(Subset(self._dataset, positions), shuffle=False, **self._loader_options)
@@ -81,15 +96,15 @@ class DualImageModule(AnoVLModule):
             for layer, value in layer_tokens.items():
                 tokens[layer].append(value.to(dtype))
         class_embedding = torch.cat(embeddings)
-        generator = torch.Generator().manual_seed(image_seed(self.seed, category, PAIRING_SALT))
+        generator = torch.Generator().manual_seed(image_seed(self.seed, population, PAIRING_SALT))
         partners = pair_partners(class_embedding, self.cfg.visual.pairing, self.cfg.visual.k, generator)
         bank = ReferenceBank(
-            rows={p: row for row, p in enumerate(positions)},
+            rows=rows,
             class_embedding=class_embedding,
             tokens={layer: torch.cat(values) for layer, values in tokens.items()},
             partners=partners,
         )
-        self._banks[category] = bank
+        self._banks[population] = bank
         while len(self._banks) > _BANKS_KEPT:
             self._banks.popitem(last=False)
         return bank

@@ -13,7 +13,7 @@ from lightning_modules.anovl.protocol import (
 )
 from lightning_modules.anovl.spec import tta_needs_grad
 from lightning_modules.dual_image.config import DualImageConfig
-from lightning_modules.method_spec import MethodSpec
+from lightning_modules.method_spec import TRANSDUCTIVE, MethodSpec
 
 
 def build_module(cfg: DualImageConfig, eval_cfg: Any) -> Any:
@@ -44,6 +44,9 @@ DUAL_IMAGE = MethodSpec(
     build_module=build_module,
     trains=False,
     needs="nothing: training-free (the other test images of each category are the visual references)",
+    # its numbers depend on which test images are scored together (each is the others' visual reference),
+    # as MuSc's: zsad's protocol name for that is transductive, never zero-shot (docs/protocols.md)
+    protocols=(TRANSDUCTIVE,),
     preprocessing=preprocessing,
     dataset_protocol=dual_image_protocol,
     grad_at_test=tta_needs_grad,

@@ -116,6 +116,9 @@ def test_a_method_without_a_few_shot_mode_is_refused_in_one_line(experiment, tmp
     assert "protocols: zero-shot, few-shot" in listing.split("winclip")[-1]
     assert "protocols: zero-shot\n" in listing.split("anomalyclip")[1]
     assert "protocols: transductive\n" in listing.split("musc")[1]
+    assert (
+        "protocols: transductive\n" in listing.split("\ndual_image")[1]
+    )  # test images as each other's references
     assert "protocols: few-shot, transductive\n" in listing.split("anomalydino")[1]
     # the converse: a method without zero-shot (or transductive) mode refuses a job without references; no
     # registered method is one since AnomalyDINO's batched zero-shot: AnomalyDINO with its few-shot mode only
