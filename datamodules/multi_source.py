@@ -18,6 +18,8 @@ import bisect
 import collections
 import dataclasses
 import functools
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +33,7 @@ from datamodules.config import DataConfig
 from datamodules.datamodule import AnomalyDataModule, resumable_train_loader
 from datamodules.dataset import AnomalyDataset
 from datamodules.errors import ConfigError, ZsadError
-from datamodules.fingerprint import digest
+from datamodules.fingerprint import digest, relative_name
 from datamodules.index import DatasetIndex, SampleRecord
 from datamodules.resumable import derived_seed
 from datamodules.transforms import ImageMaskTransform
@@ -39,6 +41,14 @@ from datamodules.transforms import ImageMaskTransform
 # What the combined loader takes from the data configs: every source must say the same (a ConfigError
 # names the key otherwise); eval_size is the training masks' size, which one batch must share.
 SHARED_LOADER_KEYS = ("batch_size", "num_workers", "pin_memory", "eval_size")
+
+
+def source_identity(dataset: str, index: DatasetIndex) -> str:
+    """What seeds a source's training augmentation besides the run's seed: its dataset and its training
+    images (paths below its root), not its position among the sources, so adding or reordering other
+    sources leaves its augmentations as they were (and a copy of it elsewhere gives the same)."""
+    names = sorted(relative_name(r.image_path, Path(index.root)) for r in index.records)
+    return f"{dataset}:{hashlib.sha256(json.dumps(names).encode()).hexdigest()}"
 
 
 class CombinedTrainingSet(Dataset):
@@ -218,12 +228,12 @@ class MultiSourceDataModule(L.LightningDataModule):
         """Each source's training split with its transform and, when its method has one there, its
         training augmentation (seeded per source, epoch and sample)."""
         parts = []
-        for number, (part, index) in enumerate(zip(self.parts, self._indexes(train=True), strict=True)):
+        for part, index in zip(self.parts, self._indexes(train=True), strict=True):
             transform = ImageMaskTransform(part.transform_spec(train=True))
             if part.augmentation is None:
                 parts.append(AnomalyDataset(index, transform, categories=self.categories))
                 continue
-            seed = derived_seed(part.seed, number, "source")
+            seed = derived_seed(part.seed, source_identity(part.cfg.name, index), "source")
             parts.append(
                 AugmentedDataset(
                     index, transform, categories=self.categories, augmentation=part.augmentation, seed=seed

@@ -118,3 +118,32 @@ def test_each_source_keeps_its_training_augmentation(synthetic_pair, shared_cate
         assert not torch.equal(item["image"], dataset[(1, position)]["image"])
     for position in (first, len(dataset) - 1):  # the other source: as it is, whatever the epoch
         assert torch.equal(dataset[(3, position)]["image"], plain[position]["image"])
+
+
+def test_a_sources_augmentations_do_not_depend_on_the_other_sources(synthetic_pair, shared_category_source):
+    """Augmentation draws are seeded by (seed, the source's dataset and training images, epoch, sample), not by
+    the source's position: put first, after another source or after a third one, it sees the same images."""
+    from datamodules.augment import TrainAugmentation
+
+    source, target = synthetic_pair
+
+    def augmented() -> AnomalyDataModule:
+        cfg = DataConfig(name="synthetic", root=str(source), num_workers=0, batch_size=4)
+        return AnomalyDataModule(
+            cfg,
+            image_size=32,
+            preprocessing=ImagePreprocessing(),
+            seed=11,
+            augmentation=TrainAugmentation("vcp_clip"),
+        )
+
+    first = MultiSourceDataModule([augmented(), _data(shared_category_source)], seed=11).train_dataset()
+    n = len(augmented().train_dataset())
+    for before in (_data(shared_category_source), _data(target)):
+        offset = len(before.train_dataset())
+        later = MultiSourceDataModule([before, augmented()], seed=11).train_dataset()
+        for position in range(n):
+            for epoch in (0, 2):
+                assert torch.equal(
+                    later[(epoch, offset + position)]["image"], first[(epoch, position)]["image"]
+                )
