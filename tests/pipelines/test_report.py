@@ -826,3 +826,55 @@ def test_reference_rows_are_those_measured_in_the_columns_setting(tmp_path):
         "other_r_list": "",
     }
     assert "dinov2_vitb14 at 336 px" in report.markdown and "ViT-B-32 at 512 px" in report.markdown
+
+
+def test_n_counts_the_replicates_behind_each_number(tmp_path):
+    """A seed that lacks a category (or has a metric undefined) adds nothing to that number: the tables'
+    ``n`` says how many replicates each mean±std is over (numpy, ddof=1), as the CSV's does."""
+    runs = tmp_path / "runs"
+    seeds = {  # seed -> categories (image_auroc, pixel_auroc); seed 3 has no cable, no pixel numbers
+        1: {"bottle": (0.90, 0.80), "cable": (0.50, 0.60)},
+        2: {"bottle": (0.80, 0.70), "cable": (0.56, 0.62)},
+        3: {"bottle": (0.86, None)},
+    }
+    for seed, categories in seeds.items():
+        run = make_run(runs, f"s{seed}", [f"seed={seed}"], 0.7)
+        results = json.loads((run / "results.json").read_text())
+        target = results["targets"]["synthetic"]
+        target["categories"] = {c: {"image_auroc": i, "pixel_auroc": p} for c, (i, p) in categories.items()}
+        target["mean"] = {
+            m: (float(np.mean(v)) if (v := [c[k] for c in categories.values() if c[k] is not None]) else None)
+            for k, m in ((0, "image_auroc"), (1, "pixel_auroc"))
+        }
+        target["mean"]["image_ap"] = 0.5 if seed < 3 else None
+        (run / "results.json").write_text(json.dumps(results))
+    report = build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled")
+    section = report.markdown.split("## Per category: synthetic")[1]
+
+    def shown(values: list[float]) -> str:
+        text = f"{100 * np.mean(values):.1f}"
+        return text if len(values) < 2 else f"{text}±{100 * np.std(values, ddof=1):.1f}"
+
+    cable_image = [seeds[s]["cable"][0] for s in (1, 2)]
+    cable_pixel = [seeds[s]["cable"][1] for s in (1, 2)]
+    assert f"| cable | {shown(cable_image)}, - (n=2) |" in section  # seed 3 has no cable
+    assert f"| cable | {shown(cable_pixel)}, - (n=2) |" in section
+    bottle_pixel = [seeds[s]["bottle"][1] for s in (1, 2)]
+    assert f"| bottle | {shown(bottle_pixel)}, - (n=2) |" in section  # seed 3's pixel_auroc is undefined
+    bottle_image = [seeds[s]["bottle"][0] for s in (1, 2, 3)]
+    assert f"| bottle | {shown(bottle_image)}, - (n=3) |" in section
+    # the dataset's image row: AUROC over the three seeds, AP over two (each metric's n where they differ)
+    dataset = report.markdown.split("## image level")[1]
+    assert (
+        f"| synthetic | {shown([np.mean(c) for c in ([0.9, 0.5], [0.8, 0.56], [0.86])])}, 50.0±0.0 (n=3, 2) |"
+        in dataset
+    )
+    rows = csv_rows(report)
+    for category, metric, values in (
+        ("cable", "image_auroc", cable_image),
+        ("bottle", "pixel_auroc", bottle_pixel),
+        ("bottle", "image_auroc", bottle_image),
+    ):
+        found = next(r for r in rows if (r["category"], r["metric"]) == (category, metric))
+        assert int(found["n"]) == len(values)
+        assert float(found["std"]) == pytest.approx(np.std(values, ddof=1), abs=1e-12)
