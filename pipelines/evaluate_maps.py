@@ -330,8 +330,11 @@ def ground_truth(args: argparse.Namespace, maps_root: Path) -> GroundTruth:
         options=options if options is not None else dict(record["options"]),
         split=args.split or record["split"],
         notes=notes,
-        # the run's categories, where the maps are scored against the dataset they were written for
-        saved=record.get("categories") if args.dataset in (None, record["dataset"]) else None,
+        # the run's categories, where the maps are scored against the dataset (and parser options) they
+        # were written for
+        saved=record.get("categories")
+        if args.dataset in (None, record["dataset"]) and options in (None, record["options"])
+        else None,
     )
 
 
