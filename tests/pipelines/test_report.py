@@ -878,3 +878,11 @@ def test_n_counts_the_replicates_behind_each_number(tmp_path):
         found = next(r for r in rows if (r["category"], r["metric"]) == (category, metric))
         assert int(found["n"]) == len(values)
         assert float(found["std"]) == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+    # the curves' legends name the seeds behind their number, as n counts them
+    from pipelines.report_curves import _legend
+    from pipelines.report_grouping import entries_of, group, load_runs
+
+    grouping = group(entries_of([r for d in sorted(runs.iterdir()) for r in load_runs(d)]))
+    (cell,) = grouping.cells.values()
+    assert _legend("x", cell, "cable", "image_auroc") == f"x: AUROC {shown(cable_image)} (seeds 1, 2)"
+    assert _legend("x", cell, "bottle", "image_auroc") == f"x: AUROC {shown(bottle_image)} (seeds 1, 2, 3)"
