@@ -886,3 +886,18 @@ def test_n_counts_the_replicates_behind_each_number(tmp_path):
     (cell,) = grouping.cells.values()
     assert _legend("x", cell, "cable", "image_auroc") == f"x: AUROC {shown(cable_image)} (seeds 1, 2)"
     assert _legend("x", cell, "bottle", "image_auroc") == f"x: AUROC {shown(bottle_image)} (seeds 1, 2, 3)"
+
+
+def test_latex_of_a_table_without_any_number_says_so(tmp_path):
+    """A dataset without pixel ground truth has no pixel numbers: its LaTeX pixel table is written (every
+    cell '-') with n = 0 in the caption, not a crash."""
+    runs = tmp_path / "runs"
+    for seed in (1, 2):
+        run = make_run(runs, f"s{seed}", [f"seed={seed}"], 0.7 + seed / 100)
+        results = json.loads((run / "results.json").read_text())
+        results["targets"]["synthetic"]["mean"].update(pixel_auroc=None, aupro=None)
+        (run / "results.json").write_text(json.dumps(results))
+    report = build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled", latex=True)
+    text = report.latex_path.read_text()
+    assert "Image level, AUROC / AP (\\%): mean over $n = 2$ replicates" in text
+    assert "Pixel level, AUROC / AUPRO (\\%): mean over $n = 0$ replicates" in text
