@@ -466,11 +466,16 @@ def _merge_seed_independent(
 ) -> list[Entry]:
     """Runs of one setting whose seeds changed nothing (every category's every number equal: a
     training-free method, a sorted or listed reference selection) are one measurement, not independent
-    replicates: counted once (the first seed), so n and the spread are not overstated."""
+    replicates: counted once (the first seed), so n and the spread are not overstated. Random reference
+    draws are never merged: two that picked the same files (a small pool) are two samples of the
+    protocol, as in results.json's mean over draws."""
     by_result: dict[tuple, list[Entry]] = defaultdict(list)
     for e in kept:
         categories = e.payload.get("categories")
-        result = json.dumps(categories, sort_keys=True, default=str) if categories else id(e)
+        random_draw = _shots(e.setting) > 0 and e.setting.get("protocol.selection", "random") == "random"
+        result = (
+            json.dumps(categories, sort_keys=True, default=str) if categories and not random_draw else id(e)
+        )
         by_result[(_frozen(e.setting, all_keys), e.run.draw is not None, result)].append(e)
     merged = []
     for same in by_result.values():

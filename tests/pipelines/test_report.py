@@ -901,3 +901,34 @@ def test_latex_of_a_table_without_any_number_says_so(tmp_path):
     text = report.latex_path.read_text()
     assert "Image level, AUROC / AP (\\%): mean over $n = 2$ replicates" in text
     assert "Pixel level, AUROC / AUPRO (\\%): mean over $n = 0$ replicates" in text
+
+
+@pytest.mark.parametrize("selection", ["random", "sorted"])
+def test_random_reference_draws_that_happen_to_coincide_are_each_a_replicate(tmp_path, selection):
+    """Random few-shot draws from a small pool can pick the same references (1-shot from 2 images: one
+    chance in two), and a deterministic method then gives equal numbers: each draw is still a sample of
+    the protocol, and the cell's mean is over all of them, as results.json's mean over draws. A `sorted`
+    selection, which the seed does not change, stays one measurement."""
+    runs = tmp_path / "runs"
+    draws = ((1, 0, 0.8), (1, 1, 0.6), (2, 0, 0.8))  # (seed, draw, bottle): seed 2's draw 0 = seed 1's draw 0
+    for seed, draw, bottle in draws:
+        run = make_run(
+            runs,
+            f"s{seed}_{draw}",
+            [f"seed={seed}", "protocol.shots=1", f"protocol.selection={selection}"],
+            0.7,
+        )
+        results = json.loads((run / "results.json").read_text())
+        target = results["targets"]["synthetic"]
+        target["categories"] = {"bottle": {"image_auroc": bottle}}
+        target["mean"] = {"image_auroc": bottle}
+        (run / "results.json").write_text(json.dumps({**results, "draw": draw}))
+    report = build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled")
+    found = row(csv_rows(report), "anomalyclip 1-shot", "image_auroc")
+    if selection == "random":
+        values = [bottle for *_, bottle in draws]
+        assert (int(found["n"]), float(found["mean"])) == (3, pytest.approx(np.mean(values)))
+        assert "identical results" not in report.markdown
+    else:
+        assert (int(found["n"]), float(found["mean"])) == (2, pytest.approx(0.7))
+        assert "identical results in every category" in report.markdown
