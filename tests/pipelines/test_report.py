@@ -932,3 +932,26 @@ def test_random_reference_draws_that_happen_to_coincide_are_each_a_replicate(tmp
     else:
         assert (int(found["n"]), float(found["mean"])) == (2, pytest.approx(0.7))
         assert "identical results in every category" in report.markdown
+
+
+def test_no_published_numbers_beside_a_test_of_weights_trained_in_another_setting(tmp_path):
+    """`zsad test` of a checkpoint: the test config's method settings can be the authors' while the weights
+    were trained with another lr (results.json trained_setting): the paper's numbers stand beside the
+    weights trained in the authors' setting only."""
+    runs = tmp_path / "runs"
+    defaults = demo_config()["method"]
+    for name, lr in (("paper", defaults["lr"]), ("other", 10 * defaults["lr"])):
+        run = make_run(runs, f"test_{name}", [f"checkpoint=/r/{name}/checkpoints/last.ckpt"], 0.8)
+        _with_categories(run, "mvtec", {"bottle": {"image_auroc": 0.8}})
+        results = json.loads((run / "results.json").read_text())
+        trained = {"method": {**defaults, "lr": lr}, "trainer": {"max_epochs": 2}}
+        (run / "results.json").write_text(json.dumps({**results, "trained_setting": trained}))
+    report = build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled", reference=True)
+    published = {
+        r["setting"]: r["published"]
+        for r in csv_rows(report)
+        if (r["category"], r["metric"]) == ("mean", "image_auroc")
+    }
+    paper, other = (f"anomalyclip trained.method.lr={lr}" for lr in (defaults["lr"], 10 * defaults["lr"]))
+    assert float(published[paper]) == pytest.approx(0.915)  # AnomalyCLIP's MVTec AD image AUROC
+    assert published[other] == ""
