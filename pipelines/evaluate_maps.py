@@ -118,18 +118,21 @@ def mvtec_test_images(root: Path, category: str) -> list[TestImage]:
 
 
 def indexed_test_images(
-    dataset: str, root: Path, options: dict[str, str], split: str
+    dataset: str, root: Path, options: dict[str, str], split: str, saved: list[str] | None = None
 ) -> tuple[dict[str, list[TestImage]], DatasetIndex]:
     """The test images of any registered dataset, read by zsad's own parser for its raw layout, by category;
     and the index (which categories have pixel ground truth, region rules). Paths mirror what
-    ``eval.save_maps`` writes."""
+    ``eval.save_maps`` writes: an image is saved per category where several of the ``saved`` categories
+    (the run's, dataset.json's; None: every category) hold it."""
     from datamodules.index import build_index
 
     index = build_index(dataset, root, **options).select(split=split)
     if not index.records:
         raise DatasetLayoutError(f"dataset '{dataset}' at {root} has no '{split}' images")
     items: dict[str, list[TestImage]] = {}
-    shared = index.shared_images()
+    known = set(index.categories())
+    run_rows = [c for c in saved or () if c in known]
+    shared = (index.select(categories=run_rows) if run_rows else index).shared_images()
     for record in index.records:
         relative = map_name(record.image_path, index.root, record.category, record.image_path in shared)
         image = TestImage(
@@ -286,6 +289,7 @@ class GroundTruth:
     options: dict[str, str]
     split: str
     notes: list[str]
+    saved: list[str] | None = None  # the categories the maps were written for (dataset.json), if known
 
 
 def ground_truth(args: argparse.Namespace, maps_root: Path) -> GroundTruth:
@@ -326,6 +330,11 @@ def ground_truth(args: argparse.Namespace, maps_root: Path) -> GroundTruth:
         options=options if options is not None else dict(record["options"]),
         split=args.split or record["split"],
         notes=notes,
+        # the run's categories, where the maps are scored against the dataset (and parser options) they
+        # were written for
+        saved=record.get("categories")
+        if args.dataset in (None, record["dataset"]) and options in (None, record["options"])
+        else None,
     )
 
 
@@ -349,15 +358,21 @@ def run(args: argparse.Namespace) -> int:
     if truth.dataset in ("mvtec", LAYOUT_DATASET):
         by_category = {c: [] for c in mvtec_categories(gt_root, truth.dataset)}  # one class at a time below
     else:
-        by_category, index = indexed_test_images(truth.dataset, gt_root, truth.options, truth.split)
+        by_category, index = indexed_test_images(
+            truth.dataset, gt_root, truth.options, truth.split, truth.saved
+        )
     available = list(by_category)
     if args.categories:
         unknown = [c for c in args.categories if c not in available]
         if unknown:
             raise DatasetLayoutError(f"classes {unknown} are not in --gt-root {gt_root} (it has {available})")
         categories = list(args.categories)
-    else:  # the classes with maps
-        categories = [c for c in available if _has_maps(maps_root, c, by_category[c])]
+    else:  # the classes with maps (of those the run evaluated, where dataset.json names them)
+        categories = [
+            c
+            for c in available
+            if (truth.saved is None or c in truth.saved) and _has_maps(maps_root, c, by_category[c])
+        ]
         if not categories:
             raise MapsError(
                 f"--maps {maps_root} has no maps of any class in --gt-root ({', '.join(available)})"

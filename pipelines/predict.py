@@ -53,6 +53,8 @@ from pipelines.protocol import refuse_without_references
 from pipelines.run_state import global_rank
 
 MAP_FORMATS = ("tiff", "npy", "both")
+#: The folders ``zsad predict`` writes per image (maps, masks, pictures; --submission's two)
+PREDICTION_FOLDERS = ("maps", "masks", "overlays", "panels", submission.MAPS_DIR, submission.MASKS_DIR)
 
 
 @dataclasses.dataclass
@@ -157,6 +159,13 @@ def check_options(options: PredictOptions) -> None:
     if (options.out / PREDICTIONS_FILE).exists():
         raise ZsadError(
             f"{options.out} already holds predictions ({PREDICTIONS_FILE}); choose another --out or remove it"
+        )
+    # an interrupted prediction's files would stay beside the new ones, unlisted in checksums.sha256
+    left = [d for d in PREDICTION_FOLDERS if (options.out / d).is_dir() and any((options.out / d).iterdir())]
+    if left:
+        raise ZsadError(
+            f"{options.out} holds files of an unfinished prediction ({', '.join(f'{d}/' for d in left)}; no "
+            f"{PREDICTIONS_FILE}); choose another --out or remove them"
         )
 
 

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from pipelines.report_bootstrap import Comparison
 
 #: What a cell shows (markdown and HTML say it above the tables).
-CELLS = "mean±std over the replicates (seeds, draws), in percent, n = number of replicates"
+CELLS = "mean±std over the replicates (seeds, draws), in percent, n = number of replicates with that number"
 
 
 @dataclasses.dataclass

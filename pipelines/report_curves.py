@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipelines.report_grouping import metric_value
 from pipelines.report_tables import percent
 
 if TYPE_CHECKING:
@@ -74,7 +75,9 @@ class SettingCurves:
 
 def _legend(column: str, cell: Cell, category: str, metric: str) -> str:
     values = cell.values(metric, category)
-    seeds = ", ".join(e.run.seed_label for e in cell.entries)
+    # the seeds behind the number (a replicate without this category or metric adds none); all without one
+    behind = [e for e in cell.entries if metric_value(e, metric, category) is not None] or cell.entries
+    seeds = ", ".join(e.run.seed_label for e in behind)
     if not values:
         return f"{column} (seeds {seeds})"
     shown = percent(statistics.fmean(values))

@@ -55,6 +55,9 @@ SHOTS_KEY = "protocol.shots"
 METHOD_PREFIX = "method."
 TRAINED_PREFIX = "trained."  # a test run's checkpoint's training setting (results.json trained_setting)
 TARGET_PREFIX = "target."  # a target's own settings in a cell's setting (from ``targets.N.*``)
+TRAINED_METHOD = (
+    f"{TRAINED_PREFIX}{METHOD_PREFIX}"  # the method settings a test run's weights were trained in
+)
 # Fields of a target's results that must agree for runs to be the same experiment on the same data.
 DATA_FIELDS = ("version", "n_images", "split", "image_size", "eval_size", "preprocessing", "options")
 CFLOW_AUPRO = "aupro_cflow"  # the papers' 200-threshold AUPRO, beside the exact one in results.json
@@ -353,8 +356,11 @@ def group(entries: list[Entry], group_by: list[str] | None = None) -> Grouping:
         column_shots[label] = _shots(e.setting)
         kinds[label].add((column_method[label], column_shots[label]))
         settings = {k[len(METHOD_PREFIX) :]: v for k, v in e.setting.items() if k.startswith(METHOD_PREFIX)}
-        if settings not in column_method_settings[label]:
-            column_method_settings[label].append(settings)
+        # a test run's weights were trained in their own method settings: those must be the paper's too
+        trained = {k[len(TRAINED_METHOD) :]: v for k, v in e.setting.items() if k.startswith(TRAINED_METHOD)}
+        for found in (settings, trained) if trained else (settings,):
+            if found not in column_method_settings[label]:
+                column_method_settings[label].append(found)
     mixed_columns = {label for label, found in kinds.items() if len(found) > 1}
 
     buckets: dict[tuple[str, str], list[Entry]] = defaultdict(list)
@@ -466,11 +472,16 @@ def _merge_seed_independent(
 ) -> list[Entry]:
     """Runs of one setting whose seeds changed nothing (every category's every number equal: a
     training-free method, a sorted or listed reference selection) are one measurement, not independent
-    replicates: counted once (the first seed), so n and the spread are not overstated."""
+    replicates: counted once (the first seed), so n and the spread are not overstated. Random reference
+    draws are never merged: two that picked the same files (a small pool) are two samples of the
+    protocol, as in results.json's mean over draws."""
     by_result: dict[tuple, list[Entry]] = defaultdict(list)
     for e in kept:
         categories = e.payload.get("categories")
-        result = json.dumps(categories, sort_keys=True, default=str) if categories else id(e)
+        random_draw = _shots(e.setting) > 0 and e.setting.get("protocol.selection", "random") == "random"
+        result = (
+            json.dumps(categories, sort_keys=True, default=str) if categories and not random_draw else id(e)
+        )
         by_result[(_frozen(e.setting, all_keys), e.run.draw is not None, result)].append(e)
     merged = []
     for same in by_result.values():

@@ -118,7 +118,7 @@ def _caption(table: Table, reference: bool) -> str:
     pair = " / ".join(METRIC_NAMES.get(m, m) for m in table.metrics)
     level = "Image" if table.metrics[0].startswith("image") else "Pixel"
     where = escape(table.title.split(":")[0]) + ": " if table.row_header == "category" else ""
-    counts = sorted({n for r in table.rows for n in r.n if n})
+    counts = sorted({s.n for r in table.rows for stats in r.cells if stats for s in stats if s.n}) or [0]
     replicates = f"$n = {counts[0]}$" if len(counts) == 1 else f"$n = {counts[0]}$--${counts[-1]}$"
     caption = (
         f"{where}{level} level, {escape(pair)} (\\%): mean over {replicates} replicates, $\\pm$ standard "

@@ -70,7 +70,7 @@ class Row:
     label: str
     dataset: str  # the dataset whose published numbers apply (a dataset row), else ""
     cells: list[list[Stat] | None]  # per column one Stat per metric; None where the column has no runs
-    n: list[int]  # replicates per column (0 where it has no runs)
+    n: list[int]  # replicates behind the column's numbers (the most of any metric; 0 where it has none)
     published: list[list[float | None]] | None = None  # per column per metric (fractions), with --reference
 
 
@@ -233,13 +233,12 @@ def _row(
             cells.append(None)
             counts.append(0)
             continue
-        cells.append(
-            [
-                Stat(tuple(cell.values(m, category)), intervals.get((row, column, category, m)))
-                for m in metrics
-            ]
-        )
-        counts.append(len(cell.entries))
+        stats = [
+            Stat(tuple(cell.values(m, category)), intervals.get((row, column, category, m))) for m in metrics
+        ]
+        cells.append(stats)
+        # the replicates behind the numbers (a seed without this category or metric adds none)
+        counts.append(max(s.n for s in stats))
     return Row(label, row_dataset(row, grouping) if category is None else "", cells, counts)
 
 
@@ -306,6 +305,11 @@ def _difference(stat: Stat, base: Stat | None) -> str:
     return f" ({percent(stat.mean - base.mean, signed=True)})"
 
 
+def _counts(stats: list[Stat], n: int) -> str:
+    """A cell's ``n``: one number, or each metric's where the replicates behind them differ."""
+    return str(n) if len({s.n for s in stats if s.n}) <= 1 else ", ".join(str(s.n) for s in stats)
+
+
 def text_rows(table: Table) -> list[tuple[str, list[str]]]:
     """(row label, one text per column) of a table for markdown and HTML: ``numbers (n=N)``, each number
     followed by its difference to the baseline column's with --baseline; published rows
@@ -320,7 +324,7 @@ def text_rows(table: Table) -> list[tuple[str, list[str]]]:
                 stat_text(s) + _difference(s, base[i] if base is not None else None)
                 for i, s in enumerate(stats)
             )
-            + f" (n={n})"
+            + f" (n={_counts(stats, n)})"
             for stats, n in zip(row.cells, row.n, strict=True)
         ]
         out.append((row.label, texts))

@@ -55,7 +55,7 @@ ADACLIP = MethodSpec(
     published=adaclip_paper(),
     # the paper's numbers beside the authors' settings only (gradient checkpointing changes no number)
     published_at=MeasuredAt(
-        ignore=("gradient_checkpointing"),
+        ignore=("gradient_checkpointing",),
         files=OPENAI_VIT_L14_336,
     ),
 )

@@ -86,3 +86,20 @@ def test_every_experiment_of_a_method_with_published_numbers_gets_them():
         if spec.published_numbers(flatten(dataclasses.asdict(cfg.method))) is None:
             missing.append(path.stem)
     assert missing == []
+
+
+def test_every_measured_at_names_keys_of_its_config():
+    """``MeasuredAt``'s ``ignore``, ``files`` and ``also`` are tuples/maps of keys of the method's config: a
+    bare string (``("key")``) would be read as a substring test, and a misspelt key would silently check
+    nothing."""
+    from lightning_modules.registry import BUILTIN_METHODS
+
+    for spec in BUILTIN_METHODS:
+        if spec.published_at is None:
+            continue
+        keys = set(flatten(dataclasses.asdict(spec.config_class())))
+        at = spec.published_at
+        assert isinstance(at.ignore, tuple), (spec.name, at.ignore)
+        named = [*at.ignore, *at.files, *at.also]
+        assert [k for k in named if k not in keys] == [], spec.name
+        assert all(isinstance(v, tuple) for v in at.also.values()), spec.name

@@ -94,3 +94,26 @@ def test_images_two_rows_share_are_listed_in_both_with_each_rows_score(tmp_path,
     for category, metrics in module.test_results.per_category.items():
         for metric in ("image_auroc", "image_ap"):
             assert again[category][metric] == pytest.approx(metrics[metric], abs=1e-9)
+
+
+def test_maps_of_a_run_over_some_rows_are_scored_without_a_note_or_the_rows_it_did_not_evaluate(tmp_path):
+    """A run over one row of each object (``categories``) saves the good images' maps once, under their
+    plain names: evaluate-maps (its categories from dataset.json) scores those rows, reproduces the run, and
+    says nothing about maps shared by rows (each map is its row's own)."""
+    root = write_mvtec_loco(tmp_path / "loco", n_test=3)
+    module = _PerImage()
+    out = tmp_path / "maps"
+    rows = ["breakfast_box_logical", "pushpins_structural"]
+    cfg = DataConfig(name="mvtec_loco", root=str(root), num_workers=0, eval_batch_size=4, categories=rows)
+    datamodule = AnomalyDataModule(cfg, image_size=32)
+    quiet_trainer(callbacks=[MapWriter(out)]).test(module, datamodule=datamodule)
+    assert (out / "breakfast_box/test/good/000.npy").is_file()  # one row holds it: the plain name
+    for extra in ([], ["--categories", *rows]):
+        assert main(["evaluate-maps", "--maps", str(out), "--image-scores", str(out / IMAGE_SCORES_FILE),
+                     "--output", str(tmp_path / "again.json"), *extra]) == 0  # fmt: skip
+        again = json.loads((tmp_path / "again.json").read_text())
+        assert not any("several categories hold" in n for n in again["notes"]), extra
+        assert list(again["per_category"]) == rows
+        for category, metrics in module.test_results.per_category.items():
+            for metric in ("image_auroc", "image_ap"):  # (pixel metrics: at the masks' own size)
+                assert again["per_category"][category][metric] == pytest.approx(metrics[metric], abs=1e-9)

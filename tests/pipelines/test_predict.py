@@ -398,3 +398,20 @@ def test_an_images_random_draws_do_not_depend_on_the_other_inputs(tmp_path):
         np.testing.assert_array_equal(joined, alone)
     copy = tifffile.imread(tmp_path / "joined" / "maps" / "elsewhere" / "b" / "copy.tiff")
     np.testing.assert_array_equal(copy, tifffile.imread(tmp_path / "alone" / "maps" / "0.tiff"))
+
+
+def test_a_folder_with_an_unfinished_predictions_files_is_refused(tmp_path, synthetic_pair, capsys):
+    """An --out where an interrupted `zsad predict` left maps (no predictions.csv yet): a new prediction there
+    would leave them beside its own files, unlisted in its checksums.sha256 (which must list exactly the
+    folder's maps, masks and tables): refused, as a finished one is."""
+    _, target = synthetic_pair
+    out = tmp_path / "out"
+    (out / "maps").mkdir(parents=True)
+    np.save(out / "maps" / "other_image.npy", np.zeros((4, 4), np.float32))  # the interrupted run's
+    args = ["predict", "clip_all", "method=clip_tiny", *COMMON, "trainer.enable_progress_bar=false"]
+    image = str(target / "ring" / "test" / "good" / "000.png")
+    assert main([*args, "--out", str(out), "--map-format", "npy", "--input", image]) == 2
+    assert "unfinished prediction" in capsys.readouterr().err
+    assert not (out / "checksums.sha256").exists()
+    (tmp_path / "empty" / "maps").mkdir(parents=True)  # empty folders hold nothing to mix
+    assert main([*args, "--out", str(tmp_path / "empty"), "--input", image]) == 0

@@ -853,3 +853,132 @@ def test_rows_that_share_normal_images_resample_them_alike():
         category_weights(7, "cells", plain, 50),
         stratified_weights([0, 0, 1], 50, _generator(7, "cells", plain)),
     )
+
+
+def test_n_counts_the_replicates_behind_each_number(tmp_path):
+    """A seed that lacks a category (or has a metric undefined) adds nothing to that number: the tables'
+    ``n`` says how many replicates each mean±std is over (numpy, ddof=1), as the CSV's does."""
+    runs = tmp_path / "runs"
+    seeds = {  # seed -> categories (image_auroc, pixel_auroc); seed 3 has no cable, no pixel numbers
+        1: {"bottle": (0.90, 0.80), "cable": (0.50, 0.60)},
+        2: {"bottle": (0.80, 0.70), "cable": (0.56, 0.62)},
+        3: {"bottle": (0.86, None)},
+    }
+    for seed, categories in seeds.items():
+        run = make_run(runs, f"s{seed}", [f"seed={seed}"], 0.7)
+        results = json.loads((run / "results.json").read_text())
+        target = results["targets"]["synthetic"]
+        target["categories"] = {c: {"image_auroc": i, "pixel_auroc": p} for c, (i, p) in categories.items()}
+        target["mean"] = {
+            m: (float(np.mean(v)) if (v := [c[k] for c in categories.values() if c[k] is not None]) else None)
+            for k, m in ((0, "image_auroc"), (1, "pixel_auroc"))
+        }
+        target["mean"]["image_ap"] = 0.5 if seed < 3 else None
+        (run / "results.json").write_text(json.dumps(results))
+    report = build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled")
+    section = report.markdown.split("## Per category: synthetic")[1]
+
+    def shown(values: list[float]) -> str:
+        text = f"{100 * np.mean(values):.1f}"
+        return text if len(values) < 2 else f"{text}±{100 * np.std(values, ddof=1):.1f}"
+
+    cable_image = [seeds[s]["cable"][0] for s in (1, 2)]
+    cable_pixel = [seeds[s]["cable"][1] for s in (1, 2)]
+    assert f"| cable | {shown(cable_image)}, - (n=2) |" in section  # seed 3 has no cable
+    assert f"| cable | {shown(cable_pixel)}, - (n=2) |" in section
+    bottle_pixel = [seeds[s]["bottle"][1] for s in (1, 2)]
+    assert f"| bottle | {shown(bottle_pixel)}, - (n=2) |" in section  # seed 3's pixel_auroc is undefined
+    bottle_image = [seeds[s]["bottle"][0] for s in (1, 2, 3)]
+    assert f"| bottle | {shown(bottle_image)}, - (n=3) |" in section
+    # the dataset's image row: AUROC over the three seeds, AP over two (each metric's n where they differ)
+    dataset = report.markdown.split("## image level")[1]
+    assert (
+        f"| synthetic | {shown([np.mean(c) for c in ([0.9, 0.5], [0.8, 0.56], [0.86])])}, 50.0±0.0 (n=3, 2) |"
+        in dataset
+    )
+    rows = csv_rows(report)
+    for category, metric, values in (
+        ("cable", "image_auroc", cable_image),
+        ("bottle", "pixel_auroc", bottle_pixel),
+        ("bottle", "image_auroc", bottle_image),
+    ):
+        found = next(r for r in rows if (r["category"], r["metric"]) == (category, metric))
+        assert int(found["n"]) == len(values)
+        assert float(found["std"]) == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+    # the curves' legends name the seeds behind their number, as n counts them
+    from pipelines.report_curves import _legend
+    from pipelines.report_grouping import entries_of, group, load_runs
+
+    grouping = group(entries_of([r for d in sorted(runs.iterdir()) for r in load_runs(d)]))
+    (cell,) = grouping.cells.values()
+    assert _legend("x", cell, "cable", "image_auroc") == f"x: AUROC {shown(cable_image)} (seeds 1, 2)"
+    assert _legend("x", cell, "bottle", "image_auroc") == f"x: AUROC {shown(bottle_image)} (seeds 1, 2, 3)"
+
+
+def test_latex_of_a_table_without_any_number_says_so(tmp_path):
+    """A dataset without pixel ground truth has no pixel numbers: its LaTeX pixel table is written (every
+    cell '-') with n = 0 in the caption, not a crash."""
+    runs = tmp_path / "runs"
+    for seed in (1, 2):
+        run = make_run(runs, f"s{seed}", [f"seed={seed}"], 0.7 + seed / 100)
+        results = json.loads((run / "results.json").read_text())
+        results["targets"]["synthetic"]["mean"].update(pixel_auroc=None, aupro=None)
+        (run / "results.json").write_text(json.dumps(results))
+    report = build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled", latex=True)
+    text = report.latex_path.read_text()
+    assert "Image level, AUROC / AP (\\%): mean over $n = 2$ replicates" in text
+    assert "Pixel level, AUROC / AUPRO (\\%): mean over $n = 0$ replicates" in text
+
+
+@pytest.mark.parametrize("selection", ["random", "sorted"])
+def test_random_reference_draws_that_happen_to_coincide_are_each_a_replicate(tmp_path, selection):
+    """Random few-shot draws from a small pool can pick the same references (1-shot from 2 images: one
+    chance in two), and a deterministic method then gives equal numbers: each draw is still a sample of
+    the protocol, and the cell's mean is over all of them, as results.json's mean over draws. A `sorted`
+    selection, which the seed does not change, stays one measurement."""
+    runs = tmp_path / "runs"
+    draws = ((1, 0, 0.8), (1, 1, 0.6), (2, 0, 0.8))  # (seed, draw, bottle): seed 2's draw 0 = seed 1's draw 0
+    for seed, draw, bottle in draws:
+        run = make_run(
+            runs,
+            f"s{seed}_{draw}",
+            [f"seed={seed}", "protocol.shots=1", f"protocol.selection={selection}"],
+            0.7,
+        )
+        results = json.loads((run / "results.json").read_text())
+        target = results["targets"]["synthetic"]
+        target["categories"] = {"bottle": {"image_auroc": bottle}}
+        target["mean"] = {"image_auroc": bottle}
+        (run / "results.json").write_text(json.dumps({**results, "draw": draw}))
+    report = build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled")
+    found = row(csv_rows(report), "anomalyclip 1-shot", "image_auroc")
+    if selection == "random":
+        values = [bottle for *_, bottle in draws]
+        assert (int(found["n"]), float(found["mean"])) == (3, pytest.approx(np.mean(values)))
+        assert "identical results" not in report.markdown
+    else:
+        assert (int(found["n"]), float(found["mean"])) == (2, pytest.approx(0.7))
+        assert "identical results in every category" in report.markdown
+
+
+def test_no_published_numbers_beside_a_test_of_weights_trained_in_another_setting(tmp_path):
+    """`zsad test` of a checkpoint: the test config's method settings can be the authors' while the weights
+    were trained with another lr (results.json trained_setting): the paper's numbers stand beside the
+    weights trained in the authors' setting only."""
+    runs = tmp_path / "runs"
+    defaults = demo_config()["method"]
+    for name, lr in (("paper", defaults["lr"]), ("other", 10 * defaults["lr"])):
+        run = make_run(runs, f"test_{name}", [f"checkpoint=/r/{name}/checkpoints/last.ckpt"], 0.8)
+        _with_categories(run, "mvtec", {"bottle": {"image_auroc": 0.8}})
+        results = json.loads((run / "results.json").read_text())
+        trained = {"method": {**defaults, "lr": lr}, "trainer": {"max_epochs": 2}}
+        (run / "results.json").write_text(json.dumps({**results, "trained_setting": trained}))
+    report = build_report([str(runs)], out=str(tmp_path / "rep"), wandb_mode="disabled", reference=True)
+    published = {
+        r["setting"]: r["published"]
+        for r in csv_rows(report)
+        if (r["category"], r["metric"]) == ("mean", "image_auroc")
+    }
+    paper, other = (f"anomalyclip trained.method.lr={lr}" for lr in (defaults["lr"], 10 * defaults["lr"]))
+    assert float(published[paper]) == pytest.approx(0.915)  # AnomalyCLIP's MVTec AD image AUROC
+    assert published[other] == ""
