@@ -51,6 +51,9 @@ class PublishedNumbers:
     # where they come from (when not ``source``)
     few_shot: Mapping[int, Mapping[str, Mapping[str, float]]] = dataclasses.field(default_factory=dict)
     few_shot_source: str | None = None
+    # dataset -> the training source its numbers were measured after, as results.json's ``source`` names it
+    # ("visa", "mvtec+colondb"), or None where the source does not say; None: a training-free method
+    trained_on: Callable[[str], str | None] | None = None
 
     def numbers(self, shots: int = 0) -> Mapping[str, Mapping[str, float]]:
         """dataset -> metric -> fraction of the zero-shot rows (``shots=0``) or of the ``shots``-shot rows."""
@@ -58,6 +61,19 @@ class PublishedNumbers:
 
     def source_of(self, shots: int = 0) -> str:
         return self.source if shots == 0 else (self.few_shot_source or self.source)
+
+    def measured_after(self, dataset: str, source: str | None) -> bool:
+        """Whether a run trained on ``source`` (results.json's ``source``) is in the direction the numbers of
+        ``dataset`` were measured after: the paper's MVTec AD numbers, trained on VisA, are no reference for a
+        run trained on MVTec AD itself. True where the method trains on nothing or the source is not stated."""
+        expected = self.trained_on(dataset) if self.trained_on is not None else None
+        return expected is None or set(str(source or "").split("+")) == set(expected.split("+"))
+
+
+def visa_for_mvtec(dataset: str) -> str:
+    """The usual zero-shot training direction (AnomalyCLIP's paper and the methods after it): VisA for MVTec
+    AD, MVTec AD for every other dataset."""
+    return "visa" if dataset == "mvtec" else "mvtec"
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:

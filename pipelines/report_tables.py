@@ -182,12 +182,21 @@ def column_value(
     grouping: Grouping,
     published: dict[str, PublishedNumbers | None],
     column: str,
-    dataset: str,
+    row: str,
     metric: str,
 ) -> float | None:
-    """The published number beside a dataset-level cell of ``column`` (its setting's, its shots'), from
-    :func:`published_columns`."""
-    return published_cell(published[column], dataset, metric, grouping.column_shots.get(column, 0))
+    """The published number beside the dataset-level cell (``row``, ``column``) (its setting's, its shots'),
+    from :func:`published_columns`; none where a run of the cell was trained on another source than the
+    paper's for that dataset (``PublishedNumbers.measured_after``: e.g. on MVTec AD itself, where the paper's
+    MVTec AD numbers were trained on VisA)."""
+    numbers = published[column]
+    dataset = row_dataset(row, grouping)
+    cell = grouping.cells.get((row, column))
+    if numbers is not None and cell is not None:
+        sources = {e.run.results.get("source") for e in cell.entries}
+        if not all(numbers.measured_after(dataset, source) for source in sources):
+            return None
+    return published_cell(numbers, dataset, metric, grouping.column_shots.get(column, 0))
 
 
 def published_sources(grouping: Grouping) -> str:
@@ -258,7 +267,7 @@ def dataset_tables(
             published = published_columns(grouping)
             for row in rows:
                 row.published = [
-                    [column_value(grouping, published, c, row.dataset, m) for m in metrics]
+                    [column_value(grouping, published, c, row.label, m) for m in metrics]
                     for c in grouping.columns
                 ]
         tables.append(Table(title, "dataset", metrics, rows, note, _index(grouping, baseline)))

@@ -11,6 +11,7 @@ from lightning_modules.method_spec import (
     MethodSpec,
     PublishedNumbers,
     cache_settings,
+    visa_for_mvtec,
 )
 
 #: The paper (Qu et al., CVPR 2025, arXiv 2503.10080): image AUROC as zsad's issue 25 quotes it, MVTec AD pixel
@@ -20,6 +21,7 @@ PUBLISHED = PublishedNumbers(
     "Bayes-PFL paper (Qu et al., CVPR 2025) as quoted in zsad issue 25 (image AUROC) and wizwand.com (MVTec AD "
     "pixel AUROC)",
     {"mvtec": {"image_auroc": 0.923, "pixel_auroc": 0.918}, "visa": {"image_auroc": 0.870}},
+    trained_on=visa_for_mvtec,
 )
 
 

@@ -11,6 +11,7 @@ from lightning_modules.method_spec import (
     MethodSpec,
     PublishedNumbers,
     cache_settings,
+    visa_for_mvtec,
 )
 from lightning_modules.vcp_clip.config import VCPCLIPConfig
 
@@ -30,6 +31,7 @@ PUBLISHED = PublishedNumbers(
             "image_ap": 0.876,
         }
     },
+    trained_on=visa_for_mvtec,
 )
 
 

@@ -275,6 +275,7 @@ def test_reference_compares_the_cflow_aupro_or_says_it_cannot(tmp_path):
     run = make_run(with_cflow, "r", [], 0.9, aupro_cflow=0.8)
     results = json.loads((run / "results.json").read_text())
     results["targets"] = {"mvtec": {**results["targets"]["synthetic"], "dataset": "mvtec"}}
+    results["source"] = "visa"  # the paper's training direction for MVTec AD
     (run / "results.json").write_text(json.dumps(results))
     report = build_report([str(with_cflow)], out=str(tmp_path / "b"), reference=True, wandb_mode="disabled")
     assert "## pixel level (AUROC, AUPRO cflow-style)" in report.markdown
@@ -294,6 +295,7 @@ def test_latex_gives_no_difference_between_the_exact_aupro_and_the_published_cfl
     run = make_run(runs, "r", [], 0.9)
     results = json.loads((run / "results.json").read_text())
     results["targets"] = {"mvtec": {**results["targets"]["synthetic"], "dataset": "mvtec"}}
+    results["source"] = "visa"  # the paper's training direction for MVTec AD
     (run / "results.json").write_text(json.dumps(results))
     out = tmp_path / "rep"
     args = ["report", str(runs), "--out", str(out), "--latex", "--reference", "--wandb-mode", "disabled"]
@@ -319,6 +321,7 @@ def test_a_column_mixing_methods_or_shots_gets_no_published_numbers(tmp_path):
         run = make_run(runs, folder, overrides, 0.9)
         results = json.loads((run / "results.json").read_text())
         results["targets"] = {"mvtec": {**results["targets"]["synthetic"], "dataset": "mvtec"}}
+        results["source"] = "visa"  # the paper's training direction for MVTec AD
         (run / "results.json").write_text(json.dumps(results))
 
     methods = tmp_path / "methods"
@@ -347,6 +350,7 @@ def test_layouts_choose_the_tables_metrics_in_the_papers_order(tmp_path):
     target = results["targets"]["synthetic"]
     target["mean"].update(pixel_ap=0.3, pixel_aupr=0.35, image_f1_max=0.7)
     results["targets"] = {"mvtec": {**target, "dataset": "mvtec"}}
+    results["source"] = "visa"  # the paper's training direction for MVTec AD
     (run / "results.json").write_text(json.dumps(results))
 
     def report(layout, reference=False):
@@ -466,10 +470,12 @@ def test_mean_curves_average_each_fpr_and_take_the_top_of_vertical_segments():
 
 
 def _with_categories(run: Path, dataset: str, categories: dict[str, dict[str, float | None]]) -> None:
-    """Give a run's only target per-category numbers (and a dataset name with published numbers)."""
+    """Give a run's only target per-category numbers (and a dataset name with published numbers, trained in
+    the paper's direction for it)."""
     results = json.loads((run / "results.json").read_text())
     (target,) = results["targets"].values()
     results["targets"] = {dataset: {**target, "dataset": dataset, "categories": categories}}
+    results["source"] = "visa" if dataset == "mvtec" else "mvtec"
     (run / "results.json").write_text(json.dumps(results))
 
 
@@ -982,3 +988,29 @@ def test_no_published_numbers_beside_a_test_of_weights_trained_in_another_settin
     paper, other = (f"anomalyclip trained.method.lr={lr}" for lr in (defaults["lr"], 10 * defaults["lr"]))
     assert float(published[paper]) == pytest.approx(0.915)  # AnomalyCLIP's MVTec AD image AUROC
     assert published[other] == ""
+
+
+def test_published_numbers_stand_only_beside_runs_trained_in_the_papers_direction(tmp_path):
+    """The paper's MVTec AD numbers were trained on VisA: a run trained on MVTec AD and tested on MVTec AD (in
+    domain) gets no published row, one trained on VisA does; AdaCLIP's two-source directions compare as sets;
+    a training-free method's numbers stand beside any run."""
+    for folder, source in (("in_domain", "mvtec"), ("from_visa", "visa")):
+        run = make_run(tmp_path / folder, "r", [], 0.9)
+        _with_categories(run, "mvtec", {"bottle": {"image_auroc": 0.9}})
+        results = json.loads((run / "results.json").read_text())
+        results["source"] = source
+        (run / "results.json").write_text(json.dumps(results))
+        report = build_report([str(tmp_path / folder)], out=str(tmp_path / f"rep_{folder}"), reference=True)
+        published = row(csv_rows(report), "anomalyclip", "image_auroc")["published"]
+        assert published == ("" if source == "mvtec" else "0.915")
+    adaclip = get_method("adaclip").published
+    assert adaclip.measured_after("visa", "colondb+mvtec") and adaclip.measured_after(
+        "mvtec", "visa+clinicdb"
+    )
+    assert not adaclip.measured_after("visa", "mvtec") and not adaclip.measured_after(
+        "mvtec", "mvtec+colondb"
+    )
+    assert get_method("winclip").published.measured_after("mvtec", "mvtec")  # trains on nothing
+    assert get_method("anomalyclip").published.measured_after(
+        "realiad", "visa"
+    )  # UniADet: direction unstated
