@@ -193,7 +193,7 @@ def _csv_rows(grouping: Grouping, intervals: Intervals) -> list[dict[str, Any]]:
                         "method": grouping.column_method[column],
                         "metric": metric,
                         "mean": statistics.fmean(numbers),
-                        "std": statistics.stdev(numbers) if len(numbers) > 1 else 0.0,
+                        "std": statistics.stdev(numbers) if len(numbers) > 1 else None,  # undefined for one
                         "n": len(numbers),
                         "ci_low": None if interval is None else interval[0],
                         "ci_high": None if interval is None else interval[1],
