@@ -76,7 +76,25 @@ class AnomalyDINOModule(TrainingFreeModule):
         super().on_test_epoch_start()
         self._scored = {}
         if self.references is None:  # protocol.shots=0: batched zero-shot (``zsad predict`` too)
+            self._warn_about_reference_keys()
             self._score_all()
+
+    def _warn_about_reference_keys(self) -> None:
+        """The batched zero-shot pass has no references: a reference key set away from its default there
+        changes nothing, and is warned once per run (it would otherwise look like part of the setting)."""
+        cfg, defaults = self.cfg, AnomalyDINOConfig()
+        inert = [
+            f"{key}={getattr(cfg, key)}"
+            for key in ("num_neighbours", "rotate_references")
+            if getattr(cfg, key) != getattr(defaults, key)
+        ]
+        if inert and self.trainer.is_global_zero and ("inert", *inert) not in self._warned:
+            self._warned.add(("inert", *inert))
+            log.warning(
+                "method.%s: a few-shot key that the batched zero-shot pass (protocol.shots=0, no references) "
+                "does not use; it changes nothing here",
+                ", method.".join(inert),
+            )
 
     # --- batched zero-shot (the transductive protocol) ------------------------------------------------
     def _score_all(self) -> None:

@@ -236,3 +236,30 @@ def test_a_category_is_scored_before_the_next_ones_images_are_encoded(tmp_path):
         batched_run(tmp_path, tmp_path / "run", "targets.0.eval_batch_size=2")
     assert events.count("score") == 2 and events.count("encode") >= 4
     assert events.index("score") < len(events) - 1 - events[::-1].index("encode")  # before the last encode
+
+
+def test_reference_keys_set_for_a_batched_pass_are_warned_once(caplog):
+    """At protocol.shots=0 there are no references to rotate or neighbours to average: such a key away from
+    its default changes nothing, and is warned once per run; at their defaults nothing is said."""
+    from unittest import mock
+
+    from lightning_modules.anomalydino.module import AnomalyDINOModule
+
+    def warnings_of(*overrides: str) -> list[str]:
+        cfg = to_object(compose("demo", ["method=anomalydino_tiny", *overrides])).method
+        module = AnomalyDINOModule(cfg)
+        trainer = mock.Mock(is_global_zero=True)
+        caplog.clear()
+        with (
+            mock.patch.object(
+                AnomalyDINOModule, "trainer", new_callable=mock.PropertyMock, return_value=trainer
+            ),
+            caplog.at_level("WARNING", logger="lightning_modules.anomalydino.module"),
+        ):
+            module._warn_about_reference_keys()
+            module._warn_about_reference_keys()  # the next target: not again
+        return [r.getMessage() for r in caplog.records]
+
+    (warned,) = warnings_of("method.rotate_references=true", "method.num_neighbours=3")
+    assert warned.startswith("method.num_neighbours=3, method.rotate_references=True: a few-shot key")
+    assert warnings_of() == []
