@@ -54,6 +54,8 @@ class PublishedNumbers:
     # dataset -> the training source its numbers were measured after, as results.json's ``source`` names it
     # ("visa", "mvtec+colondb"), or None where the source does not say; None: a training-free method
     trained_on: Callable[[str], str | None] | None = None
+    # dataset -> the training epochs of the paper's run (``trainer.max_epochs``), or None where not stated
+    epochs: Callable[[str], int | None] | None = None
 
     def numbers(self, shots: int = 0) -> Mapping[str, Mapping[str, float]]:
         """dataset -> metric -> fraction of the zero-shot rows (``shots=0``) or of the ``shots``-shot rows."""
@@ -62,12 +64,16 @@ class PublishedNumbers:
     def source_of(self, shots: int = 0) -> str:
         return self.source if shots == 0 else (self.few_shot_source or self.source)
 
-    def measured_after(self, dataset: str, source: str | None) -> bool:
-        """Whether a run trained on ``source`` (results.json's ``source``) is in the direction the numbers of
-        ``dataset`` were measured after: the paper's MVTec AD numbers, trained on VisA, are no reference for a
-        run trained on MVTec AD itself. True where the method trains on nothing or the source is not stated."""
+    def measured_after(self, dataset: str, source: str | None, epochs: int | None = None) -> bool:
+        """Whether a run trained on ``source`` (results.json's ``source``) for ``epochs`` (None: unknown) was
+        trained as the numbers of ``dataset`` were: the paper's MVTec AD numbers, trained on VisA, are no
+        reference for a run trained on MVTec AD itself, nor for one trained for 1 epoch instead of 15. True
+        where the method trains on nothing or the paper does not say."""
         expected = self.trained_on(dataset) if self.trained_on is not None else None
-        return expected is None or set(str(source or "").split("+")) == set(expected.split("+"))
+        if expected is not None and set(str(source or "").split("+")) != set(expected.split("+")):
+            return False
+        paper_epochs = self.epochs(dataset) if self.epochs is not None else None
+        return paper_epochs is None or epochs is None or int(epochs) == paper_epochs
 
 
 def visa_for_mvtec(dataset: str) -> str:

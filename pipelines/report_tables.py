@@ -14,9 +14,10 @@ from datamodules.errors import ZsadError
 from lightning_modules.method_spec import PublishedNumbers
 from lightning_modules.metrics.evaluation_result import as_percent as percent  # one rule for every table
 from lightning_modules.registry import get_method
+from pipelines.report_grouping import TRAINED_PREFIX
 
 if TYPE_CHECKING:
-    from pipelines.report_grouping import Grouping, RunRecord
+    from pipelines.report_grouping import Entry, Grouping, RunRecord
 
 #: ``--layout``: the metrics of the two tables as the papers print them. ``anomalyclip``: AnomalyCLIP's and
 #: most zero-shot papers' pairs; ``adaptclip``: AdaptCLIP's, whose papers report pixel AUPR (anomalib's
@@ -193,10 +194,19 @@ def column_value(
     dataset = row_dataset(row, grouping)
     cell = grouping.cells.get((row, column))
     if numbers is not None and cell is not None:
-        sources = {e.run.results.get("source") for e in cell.entries}
-        if not all(numbers.measured_after(dataset, source) for source in sources):
+        trained = {(e.run.results.get("source"), _trained_epochs(e)) for e in cell.entries}
+        if not all(numbers.measured_after(dataset, source, epochs) for source, epochs in trained):
             return None
     return published_cell(numbers, dataset, metric, grouping.column_shots.get(column, 0))
+
+
+def _trained_epochs(entry: Entry) -> int | None:
+    """The epochs the entry's weights were trained for: a `zsad test` run's checkpoint's (``trained.*``), a
+    `zsad run`'s own; None where unknown (the authors' weights, a run without config.yaml)."""
+    epochs = entry.setting.get(f"{TRAINED_PREFIX}trainer.max_epochs")
+    if epochs is None and not entry.run.results.get("checkpoint"):
+        epochs = entry.setting.get("trainer.max_epochs")
+    return epochs
 
 
 def published_sources(grouping: Grouping) -> str:

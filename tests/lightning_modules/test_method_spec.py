@@ -76,8 +76,9 @@ def test_published_at_defaults_ignores_what_changes_no_number_and_knows_released
 
 def test_every_experiment_of_a_method_with_published_numbers_gets_them():
     """The experiments are the authors' protocols: each composes to a setting its method's published numbers
-    stand beside (`zsad report --reference`), trained in the paper's direction for each of its targets with
-    numbers (`PublishedNumbers.trained_on`), except the ones named in NOT_THE_PAPERS."""
+    stand beside (`zsad report --reference`), trained in the paper's direction and for its epochs for each of
+    its targets with numbers (`PublishedNumbers.trained_on`, `epochs`), except the ones named in
+    NOT_THE_PAPERS."""
     from pipelines.config import config_dir, source_label
 
     missing = []
@@ -91,9 +92,10 @@ def test_every_experiment_of_a_method_with_published_numbers_gets_them():
             missing.append(path.stem)
             continue
         source = source_label(cfg) if spec.trains else None
+        epochs = cfg.trainer.max_epochs if spec.trains else None
         for target in cfg.targets:
-            if target.name in numbers.results and not numbers.measured_after(target.name, source):
-                missing.append(f"{path.stem}: {target.name} after {source}")
+            if target.name in numbers.results and not numbers.measured_after(target.name, source, epochs):
+                missing.append(f"{path.stem}: {target.name} after {source}, {epochs} epochs")
     assert missing == []
 
 
