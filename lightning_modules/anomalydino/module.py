@@ -54,7 +54,8 @@ class AnomalyDINOModule(TrainingFreeModule):
         most likely a typo that would silently leave its category unmasked or unrotated, and is warned."""
         names = self.cfg.masked_categories
         categories = self.trainer.datamodule.categories
-        known = set(categories) | known_category_names()
+        folders = self.trainer.datamodule.category_folders
+        known = set(categories) | set(folders) | known_category_names()
         for key in ("masked_categories", "rotated_categories"):
             unknown = sorted(set(getattr(self.cfg, key) or []) - known)
             if unknown and self.trainer.is_global_zero and (key, *unknown) not in self._warned:
@@ -66,10 +67,8 @@ class AnomalyDINOModule(TrainingFreeModule):
                     ", ".join(unknown),
                     ", ".join(categories),
                 )
-        masked = (
-            [i for i, c in enumerate(categories) if names is None or c in names] if self.cfg.masking else []
-        )
-        self.model.set_masked_categories(masked)
+        masked = [i for i in range(len(categories)) if _named(names, categories[i], folders[i])]
+        self.model.set_masked_categories(masked if self.cfg.masking else [])
 
     def on_test_epoch_start(self) -> None:
         self.use_datamodule_categories()  # the references' memory depends on it
@@ -187,10 +186,10 @@ class AnomalyDINOModule(TrainingFreeModule):
         if self.references is None:
             return
         cfg = self.cfg
-        for category_id, category in enumerate(self.trainer.datamodule.categories):
-            rotate = cfg.rotate_references and (
-                cfg.rotated_categories is None or category in cfg.rotated_categories
-            )
+        datamodule = self.trainer.datamodule
+        for category_id, category in enumerate(datamodule.categories):
+            folder = datamodule.category_folders[category_id]
+            rotate = cfg.rotate_references and _named(cfg.rotated_categories, category, folder)
             stacks = self.references.images_by_size(category, list(cfg.rotation_angles) if rotate else None)
             self.set_references(category_id, [stack.to(self.device) for stack in stacks])
 
@@ -199,3 +198,9 @@ class AnomalyDINOModule(TrainingFreeModule):
 
     def clear_references(self) -> None:
         self.model.clear_references()
+
+
+def _named(names: list[str] | None, category: str, folder: str) -> bool:
+    """Whether a category list (None: every category) names the category: by its id or by its folder (the
+    config says folder names; MVTec LOCO's rows ``breakfast_box_logical`` are the folder ``breakfast_box``)."""
+    return names is None or category in names or folder in names

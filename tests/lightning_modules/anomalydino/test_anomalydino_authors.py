@@ -264,12 +264,50 @@ def test_the_module_hands_rotated_references_of_the_rotated_categories_only():
     module.references = References()
     trainer = mock.Mock()
     trainer.datamodule.categories = ["bottle", "screw"]
+    trainer.datamodule.category_folders = ["bottle", "screw"]
     with mock.patch.object(
         AnomalyDINOModule, "trainer", new_callable=mock.PropertyMock, return_value=trainer
     ):
         module.load_references()
     assert calls == [("bottle", None), ("screw", [0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0])]
     assert module.model.memory[0].shape[0] == 2 * 9 and module.model.memory[1].shape[0] == 16 * 9
+
+
+def test_category_lists_name_folders_so_both_rows_of_a_loco_object_are_masked_and_rotated():
+    """`masked_categories` / `rotated_categories` are folder names (the config says so): MVTec LOCO's rows
+    `screw_bag_logical` and `screw_bag_structural` are the folder `screw_bag`, and both follow it; a row id
+    names its row alone."""
+    from unittest import mock
+
+    from lightning_modules.anomalydino.module import AnomalyDINOModule
+
+    rows = ["pushpins_logical", "pushpins_structural", "screw_bag_logical", "screw_bag_structural"]
+    cfg = authors_model(
+        masking=True,
+        masked_categories=["screw_bag", "pushpins_logical"],
+        rotate_references=True,
+        rotated_categories=["screw_bag"],
+    ).cfg
+    module = AnomalyDINOModule(cfg)
+    rotated = []
+
+    class References:
+        def images_by_size(self, category, angles=None):
+            rotated.append(angles is not None)
+            return [torch.randn(len(angles) if angles else 1, 3, 42, 42)]
+
+    module.references = References()
+    trainer = mock.Mock(is_global_zero=True)
+    trainer.datamodule.categories = rows
+    trainer.datamodule.category_folders = ["pushpins", "pushpins", "screw_bag", "screw_bag"]
+    with mock.patch.object(
+        AnomalyDINOModule, "trainer", new_callable=mock.PropertyMock, return_value=trainer
+    ):
+        module.use_datamodule_categories()
+        assert module.model.masked == {0, 2, 3}
+        module.model.set_masked_categories([])  # the random tiny model's masks keep no patch
+        module.load_references()
+    assert rotated == [False, False, True, True]
 
 
 def test_references_of_several_sizes_are_each_encoded_at_their_own_size():
@@ -296,6 +334,7 @@ def test_a_category_name_of_no_dataset_is_warned_once(caplog):
     module = AnomalyDINOModule(cfg)
     trainer = mock.Mock(is_global_zero=True)
     trainer.datamodule.categories = ["hazelnut", "my_part"]
+    trainer.datamodule.category_folders = ["hazelnut", "my_part"]
     with (
         mock.patch.object(AnomalyDINOModule, "trainer", new_callable=mock.PropertyMock, return_value=trainer),
         caplog.at_level("WARNING", logger="lightning_modules.anomalydino.module"),
