@@ -57,14 +57,9 @@ class DualImageModule(AnoVLModule):
         self._dataset = None
         self._loader_options: dict[str, Any] = {}
         self._banks: collections.OrderedDict[str, ReferenceBank] = collections.OrderedDict()
-        self._population: dict[str, str] = {}
 
     def bind_data(self, datamodule: Any) -> None:
         super().bind_data(datamodule)
-        # a category's references come from its test population: MVTec LOCO's rows of one object together
-        # (DatasetIndex.row_objects), as the object's folder; every other category alone
-        rows = datamodule.full_index.row_objects
-        self._population = {category: rows.get(category, category) for category in self._categories}
         self._dataset = (
             datamodule.test_dataloader().dataset
         )  # the same items, ids and transforms as the test loop
@@ -75,11 +70,13 @@ class DualImageModule(AnoVLModule):
     def category_bank(self, category: str) -> ReferenceBank:
         """The bank of the category's test population (built on first use; see the module docstring for why
         every process does it): its images, each once (MVTec LOCO's good images are in both rows)."""
-        population = self._population.get(category, category)
+        # its test population: the categories of its folder (MVTec LOCO's rows of one object together, as the
+        # object's folder; every other category alone), named by the folder (AnoVL's bind_data)
+        population = self._folders.get(category, category)
         if population in self._banks:
             self._banks.move_to_end(population)
             return self._banks[population]
-        members = {c for c, p in self._population.items() if p == population} | {category}
+        members = {c for c, folder in self._folders.items() if folder == population} | {category}
         positions, rows, first = [], {}, {}
         for i, record in enumerate(self._dataset.records):
             if record.category in members:
