@@ -43,6 +43,7 @@ from pipelines.report_tables import (
     percent,
     published_columns,
     published_sources,
+    row_dataset,
     table_specs,
     text_rows,
 )
@@ -176,6 +177,7 @@ def _csv_rows(grouping: Grouping, intervals: Intervals) -> list[dict[str, Any]]:
         )
         if any(metric_value(e, CFLOW_AUPRO) is not None for e in cell.entries) and CFLOW_AUPRO not in metrics:
             metrics.append(CFLOW_AUPRO)
+        dataset = row_dataset(row, grouping)
         for category in (None, *cell.categories()):
             for metric in metrics:
                 numbers = cell.values(metric, category)
@@ -184,7 +186,7 @@ def _csv_rows(grouping: Grouping, intervals: Intervals) -> list[dict[str, Any]]:
                 interval = intervals.get((row, column, category, metric))
                 reference = None
                 if category is None and metric != "aupro":
-                    reference = column_value(grouping, published, column, row, metric)
+                    reference = column_value(grouping, published, column, row, dataset, metric)
                 rows.append(
                     {
                         "dataset": row,

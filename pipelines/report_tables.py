@@ -184,14 +184,14 @@ def column_value(
     published: dict[str, PublishedNumbers | None],
     column: str,
     row: str,
+    dataset: str,
     metric: str,
 ) -> float | None:
-    """The published number beside the dataset-level cell (``row``, ``column``) (its setting's, its shots'),
-    from :func:`published_columns`; none where a run of the cell was trained on another source than the
-    paper's for that dataset (``PublishedNumbers.measured_after``: e.g. on MVTec AD itself, where the paper's
-    MVTec AD numbers were trained on VisA)."""
+    """The published number beside the dataset-level cell (``row``, ``column``) of ``dataset`` (its setting's,
+    its shots'), from :func:`published_columns`; none where a run of the cell was trained otherwise than the
+    paper's numbers of that dataset (``PublishedNumbers.measured_after``: e.g. on MVTec AD itself, where the
+    paper's MVTec AD numbers were trained on VisA)."""
     numbers = published[column]
-    dataset = row_dataset(row, grouping)
     cell = grouping.cells.get((row, column))
     if numbers is not None and cell is not None:
         trained = {(e.run.results.get("source"), _trained_epochs(e)) for e in cell.entries}
@@ -277,7 +277,7 @@ def dataset_tables(
             published = published_columns(grouping)
             for row in rows:
                 row.published = [
-                    [column_value(grouping, published, c, row.label, m) for m in metrics]
+                    [column_value(grouping, published, c, row.label, row.dataset, m) for m in metrics]
                     for c in grouping.columns
                 ]
         tables.append(Table(title, "dataset", metrics, rows, note, _index(grouping, baseline)))
