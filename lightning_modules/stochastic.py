@@ -14,6 +14,7 @@ import functools
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -58,6 +59,13 @@ def image_keys(
                 relative = relative.relative_to(Path(root))
         keys.append((dataset, relative.as_posix()))
     return keys
+
+
+def key_source(datamodule: Any) -> tuple[Path | None, bool]:
+    """What :func:`image_keys` names a datamodule's images by: its dataset root, and whether by content
+    (``keys_by_content``: ``zsad predict``'s inputs)."""
+    root = getattr(getattr(datamodule, "full_index", None), "root", None)
+    return root, bool(getattr(datamodule, "keys_by_content", False))
 
 
 def content_key(path: str | Path) -> str:

@@ -19,7 +19,7 @@ from lightning_modules.anovl.tta import TestTimeAdaptation
 from lightning_modules.base import ZeroShotModule
 from lightning_modules.clip.prompts import PROMPT_WORDS
 from lightning_modules.eval_config import EvalConfig
-from lightning_modules.stochastic import image_keys
+from lightning_modules.stochastic import image_keys, key_source
 
 
 def image_seed(seed: int, image_path: str, salt: int = 0) -> int:
@@ -71,8 +71,7 @@ class AnoVLModule(ZeroShotModule):
         self._folders = dict(zip(self._categories, datamodule.category_folders, strict=True))
         self._object_names = datamodule.full_index.prompt_names()
         self._domain = datamodule.domain
-        self._image_root = getattr(datamodule.full_index, "root", None)
-        self._keys_by_content = bool(getattr(datamodule, "keys_by_content", False))  # zsad predict's inputs
+        self._image_root, self._keys_by_content = key_source(datamodule)  # content: zsad predict's inputs
         self._texts.clear()
         for tta in (self.tta, self.tiled_tta):
             if tta is not None:

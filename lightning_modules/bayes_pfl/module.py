@@ -18,7 +18,7 @@ from lightning_modules.checkpoint_io import read_checkpoint
 from lightning_modules.eval_config import EvalConfig
 from lightning_modules.feature_cache import backbone_cache_identity
 from lightning_modules.metrics.category_scores import CategoryScoreRule
-from lightning_modules.stochastic import image_keys
+from lightning_modules.stochastic import image_keys, key_source
 
 #: config fields that shape the trainable parameters or the texts they were trained against
 IDENTITY_FIELDS = (
@@ -217,10 +217,7 @@ class BayesPFLModule(ZeroShotModule):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each image's image-specific draws from its own generator, the image-agnostic ones from the
         target's (docs/methods.md#bayes-pfl): the same for an image whatever batch, worker or process."""
-        datamodule = self.trainer.datamodule
-        root = getattr(getattr(datamodule, "full_index", None), "root", None)
-        by_content = getattr(datamodule, "keys_by_content", False)
-        keys = image_keys(self.target_name, paths, root, by_content)
+        keys = image_keys(self.target_name, paths, *key_source(self.trainer.datamodule))
         return self.model.test_draws(self.cfg.sampling_seed, self.target_name, keys, device)
 
     def predict_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
