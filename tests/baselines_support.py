@@ -57,3 +57,32 @@ def one_torch_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def tiny_dino_run(
+    tmp_path: Path, run_dir: Path, method: str, n_train: int, *overrides: str
+) -> dict[str, Any]:
+    """``zsad run`` of configs/method/``method``.yaml (an AnomalyDINO setting) on the tiny random-weight DINOv2
+    at 42 px, maps saved, over a vivid synthetic target of 40 px files (ring and cells: ``n_train`` normal
+    training images, 2 good and 1 per defect kind in test; written once per ``tmp_path``); its results.json."""
+    from datamodules.synthetic import generate_synthetic_dataset
+    from pipelines.cli import main
+
+    experiment = tmp_path / f"{method}.yaml"
+    if not experiment.is_file():
+        kwargs = dict(seed=3, image_size=40, n_train=n_train, n_test_good=2, n_test_defect_per_kind=1)
+        target = generate_synthetic_dataset(
+            tmp_path / "d", style="vivid", categories=["ring", "cells"], **kwargs
+        )
+        (tmp_path / "tgt.yaml").write_text(f"name: synthetic\nroot: {target.root}\nnum_workers: 0\n")
+        experiment.write_text(
+            f"defaults:\n  method: {method}\n  targets: [{tmp_path / 'tgt.yaml'}]\n"
+            f"name: {method}\noutput_dir: {tmp_path / 'runs'}\ntrainer: {{accelerator: cpu, devices: '1'}}\n"
+        )
+    args = [
+        "run", str(experiment), "logger.wandb.mode=disabled", "trainer.enable_progress_bar=false",
+        "method.backbone.name=zsad-tiny-dinov2", "method.backbone.pretrained=null", "method.backbone.image_size=42",
+        "eval.save_maps=true", f"run_dir={run_dir}", *overrides,
+    ]  # fmt: skip
+    assert main(args) == 0
+    return json.loads((run_dir / "results.json").read_text())

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from baselines_support import one_torch_thread  # noqa: F401 (autouse: one torch thread, as DDP processes)
+from baselines_support import one_torch_thread, tiny_dino_run  # noqa: F401 (autouse: one torch thread)
 from PIL import Image
 from scipy import ndimage
 
@@ -196,31 +196,8 @@ def test_the_authors_config_composes_and_a_wrong_key_is_refused():
 def authors_run(tmp_path: Path, run_dir: Path, *extra: str) -> dict:
     """``zsad run`` with configs/method/anomalydino_authors.yaml on the tiny DINOv2 (2-shot, sorted
     references, maps saved) over a vivid synthetic target of 40 px files; its results.json."""
-    import json
-
-    from datamodules.synthetic import generate_synthetic_dataset
-    from pipelines.cli import main
-
-    if not (tmp_path / "tgt.yaml").is_file():
-        kwargs = dict(seed=3, image_size=40, n_train=3, n_test_good=2, n_test_defect_per_kind=1)
-        target = generate_synthetic_dataset(
-            tmp_path / "d", style="vivid", categories=["ring", "cells"], **kwargs
-        )
-        (tmp_path / "tgt.yaml").write_text(f"name: synthetic\nroot: {target.root}\nnum_workers: 0\n")
-        (tmp_path / "experiment.yaml").write_text(
-            f"defaults:\n  method: anomalydino_authors\n  targets: [{tmp_path / 'tgt.yaml'}]\n"
-            f"name: authors\noutput_dir: {tmp_path / 'runs'}\ntrainer: {{accelerator: cpu, devices: '1'}}\n"
-        )
-    tiny = ["method.backbone.name=zsad-tiny-dinov2", "method.backbone.pretrained=null"]
-    args = [
-        "run",
-        str(tmp_path / "experiment.yaml"),
-        "logger.wandb.mode=disabled",
-        "trainer.enable_progress_bar=false",
-    ]
-    protocol = ["method.backbone.image_size=42", "protocol.shots=2", "protocol.selection=sorted"]
-    assert main([*args, *tiny, *protocol, "eval.save_maps=true", f"run_dir={run_dir}", *extra]) == 0
-    return json.loads((run_dir / "results.json").read_text())
+    protocol = ["protocol.shots=2", "protocol.selection=sorted"]
+    return tiny_dino_run(tmp_path, run_dir, "anomalydino_authors", 3, *protocol, *extra)
 
 
 def test_a_run_in_the_authors_setting_rotates_sorted_references_and_scores_at_the_files_size(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from baselines_support import one_torch_thread  # noqa: F401 (autouse: one torch thread, as DDP processes)
+from baselines_support import one_torch_thread, tiny_dino_run  # noqa: F401 (autouse: one torch thread)
 
 from datamodules.errors import ZsadError
 from lightning_modules.anomalydino.batched import (
@@ -153,28 +153,8 @@ def test_a_bad_quantile_is_refused():
 def batched_run(tmp_path, run_dir, *extra: str) -> dict:
     """``zsad run`` with configs/method/anomalydino_batched.yaml on the tiny DINOv2 (guards: 6 images of
     9 patches per category) over a vivid synthetic target of 40 px files, maps saved; its results.json."""
-    import json
-
-    from datamodules.synthetic import generate_synthetic_dataset
-    from pipelines.cli import main
-
-    if not (tmp_path / "tgt.yaml").is_file():
-        kwargs = dict(seed=3, image_size=40, n_train=1, n_test_good=2, n_test_defect_per_kind=1)
-        target = generate_synthetic_dataset(
-            tmp_path / "d", style="vivid", categories=["ring", "cells"], **kwargs
-        )
-        (tmp_path / "tgt.yaml").write_text(f"name: synthetic\nroot: {target.root}\nnum_workers: 0\n")
-        (tmp_path / "experiment.yaml").write_text(
-            f"defaults:\n  method: anomalydino_batched\n  targets: [{tmp_path / 'tgt.yaml'}]\n"
-            f"name: batched\noutput_dir: {tmp_path / 'runs'}\ntrainer: {{accelerator: cpu, devices: '1'}}\n"
-        )
-    args = [
-        "run", str(tmp_path / "experiment.yaml"), "logger.wandb.mode=disabled", "trainer.enable_progress_bar=false",
-        "method.backbone.name=zsad-tiny-dinov2", "method.backbone.pretrained=null", "method.backbone.image_size=42",
-        "method.batched_guards=true", "method.masked_categories=[cells]", "eval.save_maps=true",
-    ]  # fmt: skip
-    assert main([*args, f"run_dir={run_dir}", *extra]) == 0
-    return json.loads((run_dir / "results.json").read_text())
+    guarded = ["method.batched_guards=true", "method.masked_categories=[cells]"]
+    return tiny_dino_run(tmp_path, run_dir, "anomalydino_batched", 1, *guarded, *extra)
 
 
 def test_a_batched_run_is_transductive_and_two_processes_equal_one(tmp_path):
@@ -201,7 +181,7 @@ def test_the_authors_rules_refuse_a_run_where_their_code_fails(tmp_path, capsys)
     from pipelines.cli import main
 
     batched_run(tmp_path, tmp_path / "ok")
-    args = ["run", str(tmp_path / "experiment.yaml"), "logger.wandb.mode=disabled"]
+    args = ["run", str(tmp_path / "anomalydino_batched.yaml"), "logger.wandb.mode=disabled"]
     tiny = ["method.backbone.name=zsad-tiny-dinov2", "method.backbone.pretrained=null"]
     capsys.readouterr()
     code = main([*args, *tiny, "method.backbone.image_size=42", f"run_dir={tmp_path / 'refused'}"])
